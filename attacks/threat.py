@@ -1,0 +1,118 @@
+"""Threat models: the ε-ball, the [0, 1] pixel box, steepest-ascent steps and random starts.
+
+Conventions (torchattacks / RobustBench): inputs are NCHW in [0, 1], ε is in pixel units, and
+every adversarial example satisfies ``‖x_adv − x‖ ≤ ε`` (ℓ∞ or ℓ2 over all non-batch axes),
+``0 ≤ x_adv ≤ 1``, is finite and keeps the shape and dtype of ``x``.
+
+The steepest-ascent direction of a linear gain gᵀη over the unit ball is the dual-norm
+maximiser: ``sign(g)`` for ℓ∞ (gain ‖g‖₁) and ``g/‖g‖₂`` for ℓ2 (gain ‖g‖₂). FGSM, PGD and the
+Taylor attacks of Tsilivis & Kempe (supp. eq. 16, 20, 22) all step along it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from attacks._array import _TINY, Array, ops_for
+
+Norm = Literal["linf", "l2"]
+NORMS: tuple[str, ...] = ("linf", "l2")
+
+#: Slack allowed by the ε-ball invariant: float32 rounding of x ± ε.
+EPS_SLACK = 1e-6
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """An ℓ∞ or ℓ2 ball of radius ``eps`` around each input, intersected with the [0, 1] box."""
+
+    norm: Norm
+    eps: float
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}: choose one of {', '.join(NORMS)}")
+        if not np.isfinite(self.eps) or self.eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
+
+    def project(self, x_adv: Array, x: Array) -> Array:
+        """Nearest point of the ε-ball around ``x`` (then clipped to [0, 1])."""
+        ops = ops_for(x)
+        delta = x_adv - x
+        if self.norm == "linf":
+            delta = ops.clip(delta, -self.eps, self.eps)
+        else:
+            norms = ops.sqrt(ops.reduce(delta * delta, "sum"))
+            delta = delta * ops.clip(self.eps / ops.maximum(norms, _TINY), 0.0, 1.0)
+        # Clipping to the box after the projection only shrinks |δ| coordinate-wise, since x
+        # itself lies in [0, 1]: the result stays inside the ball.
+        return ops.clip(x + delta, 0.0, 1.0)
+
+    def random_start(self, x: Array, seed: int) -> Array:
+        """A point drawn uniformly from the ε-ball around ``x``, clipped to [0, 1].
+
+        The noise is drawn on the host from a seeded numpy generator and moved to ``x``'s
+        device once, so every backend sees the same start for the same seed.
+        """
+        ops = ops_for(x)
+        rng = np.random.default_rng(seed)
+        shape = tuple(x.shape)
+        if self.norm == "linf":
+            noise = rng.uniform(-self.eps, self.eps, size=shape)
+        else:
+            direction = rng.standard_normal(size=shape).reshape(shape[0], -1)
+            direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), _TINY)
+            dim = direction.shape[1]
+            radius = self.eps * rng.uniform(size=(shape[0], 1)) ** (1.0 / dim)
+            noise = (direction * radius).reshape(shape)
+        return ops.clip(x + ops.from_numpy(noise, like=x), 0.0, 1.0)
+
+
+def steepest_ascent(gradient: Array, norm: Norm) -> Array:
+    """Unit-ball maximiser of ⟨gradient, η⟩: sign(g) for ℓ∞, g/‖g‖₂ for ℓ2 (zero if g = 0)."""
+    ops = ops_for(gradient)
+    if norm == "linf":
+        return ops.sign(gradient)
+    norms = ops.sqrt(ops.reduce(gradient * gradient, "sum"))
+    return gradient / ops.maximum(norms, _TINY)
+
+
+def dual_norm(gradient: Array, norm: Norm) -> Array:
+    """Per-example dual norm, the gain of a steepest-ascent step: ‖g‖₁ for ℓ∞, ‖g‖₂ for ℓ2."""
+    ops = ops_for(gradient)
+    if norm == "linf":
+        return ops.reduce(ops.abs(gradient), "sum")
+    return ops.sqrt(ops.reduce(gradient * gradient, "sum"))
+
+
+def perturbation_norms(x_adv: Array, x: Array) -> dict[str, np.ndarray]:
+    """Per-example ℓ∞ and ℓ2 sizes of ``x_adv − x`` as numpy vectors."""
+    d = np.asarray(ops_for(x).to_numpy(x_adv), dtype=np.float64) - np.asarray(ops_for(x).to_numpy(x), dtype=np.float64)
+    flat = d.reshape(d.shape[0], -1)
+    return {"linf": np.abs(flat).max(axis=1), "l2": np.linalg.norm(flat, axis=1)}
+
+
+def check_adversarial(x_adv: Array, x: Array, threat: ThreatModel) -> None:
+    """Raise ``AssertionError`` unless ``x_adv`` satisfies every invariant of the attack contract."""
+    ops = ops_for(x)
+    assert tuple(x_adv.shape) == tuple(x.shape), f"shape {tuple(x_adv.shape)} != {tuple(x.shape)}"
+    assert x_adv.dtype == x.dtype, f"dtype {x_adv.dtype} != {x.dtype}"
+    adv = ops.to_numpy(x_adv)
+    assert np.all(np.isfinite(adv)), "non-finite values in x_adv"
+    assert adv.min() >= 0.0 and adv.max() <= 1.0, f"x_adv outside [0, 1]: [{adv.min()}, {adv.max()}]"
+    size = perturbation_norms(x_adv, x)[threat.norm].max(initial=0.0)
+    assert size <= threat.eps + EPS_SLACK, f"perturbation {size} exceeds eps {threat.eps}"
+
+
+def robust_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Share of examples whose prediction equals the label (clean or under attack)."""
+    predictions = np.asarray(predictions)
+    labels = np.asarray(labels)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} differ in shape")
+    if labels.size == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float(np.mean(predictions == labels))

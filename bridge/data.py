@@ -1,0 +1,405 @@
+"""Datasets as every command sees them: NCHW float32 images in [0, 1], int64 class ids.
+
+Dataset specs (DESIGN.md, data contract):
+- ``digits``: scikit-learn's bundled 8x8 digits (1797 images, always available offline); a
+  fixed split puts every third image (index % 3 == 2) in the test set: 1198 train, 599 test.
+- ``mnist``: the IDX files of torchvision's layout (``ROOT/MNIST/raw``), or directly in ROOT,
+  gzipped or not.
+- ``cifar10``: ``ROOT/cifar-10-batches-py`` (torchvision's layout; read with an unpickler that
+  only rebuilds numpy arrays, so a tampered file cannot run code) or ``cifar-10-batches-bin``.
+- a path to an ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 0-255 or float 0-1,
+  NCHW or NHW; optional ``label_names``), loaded without pickles.
+
+Then, in this order: ``from_test_split`` (use only the official test split, cut into train and
+test: for a root that holds only the MNIST test set), ``classes`` (a binary or smaller task;
+ids or label names), and class-balanced, seeded ``n_train`` / ``n_test`` subsets.
+Downloads happen only with ``download=True`` (through torchvision, online).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Named datasets; any other spec must be a path to an ``.npz`` file.
+DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
+
+
+class DataError(ValueError):
+    """Bad dataset spec, files or subset request; the message is one line meant for users."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A classification task, train and test splits, in the data contract."""
+
+    name: str
+    x_train: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    y_train: np.ndarray  # (N,) int64
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[int, ...]  # the task's class ids, in task order (binary: (negative, positive))
+    label_names: tuple[str, ...] | None = None  # name of every class id of the source, if known
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    def class_name(self, class_id: int) -> str:
+        if self.label_names is not None and 0 <= class_id < len(self.label_names):
+            return self.label_names[class_id]
+        return str(class_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n_train": int(self.x_train.shape[0]),
+            "n_test": int(self.x_test.shape[0]),
+            "image_shape": list(self.image_shape),
+            "classes": list(self.classes),
+            "class_names": [self.class_name(c) for c in self.classes],
+        }
+
+
+# -- public entry point ---------------------------------------------------------------------
+
+
+def load_dataset(
+    spec: str,
+    *,
+    root: str | Path | None = None,
+    classes: Sequence[int | str] | None = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+    from_test_split: bool = False,
+) -> Dataset:
+    """Load ``spec`` and cut it down as asked; raises ``DataError`` with a one-line reason."""
+    for flag, n in (("--n-train", n_train), ("--n-test", n_test)):
+        if n is not None and n < 1:
+            raise DataError(f"{flag} must be at least 1, got {n}")
+    raw = _load_raw(spec, root=root, download=download, want_train=not from_test_split)
+    name = spec if spec in DATASETS else Path(spec).name
+    xte, yte = _to_images(raw["x_test"], "x_test"), _to_labels(raw["y_test"], "y_test")
+    if from_test_split:  # the train split is cut from the test split below
+        xtr, ytr = xte[:0], yte[:0]
+    else:
+        xtr, ytr = _to_images(raw["x_train"], "x_train"), _to_labels(raw["y_train"], "y_train")
+    for split, x, y in (("train", xtr, ytr), ("test", xte, yte)):
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"{name}: x_{split} has {x.shape[0]} images but y_{split} has {y.shape[0]} labels")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"{name}: train images {xtr.shape[1:]} and test images {xte.shape[1:]} differ in shape")
+    label_names = raw.get("label_names")
+    rng = np.random.default_rng(seed)
+
+    task = (
+        _resolve_classes(classes, label_names, np.union1d(ytr, yte))
+        if classes
+        else tuple(int(c) for c in np.unique(np.concatenate([ytr, yte])))
+    )
+    if from_test_split:
+        pool_x, pool_y = xte, yte
+        keep = np.isin(pool_y, task)
+        pool_x, pool_y = pool_x[keep], pool_y[keep]
+        take = n_train if n_train is not None else pool_y.shape[0] // 2
+        train_idx = _balanced_subset(pool_y, task, take, rng, what="train (from the test split)")
+        rest = np.setdiff1d(np.arange(pool_y.shape[0]), train_idx)
+        xtr, ytr, xte, yte = pool_x[train_idx], pool_y[train_idx], pool_x[rest], pool_y[rest]
+        n_train = None
+        name = f"{name} (test split)"
+    for split, y in (("train", ytr), ("test", yte)):
+        absent = [c for c in task if not np.any(y == c)]
+        if absent:
+            raise DataError(f"{name}: class(es) {absent} absent from the {split} split")
+    keep_tr, keep_te = np.isin(ytr, task), np.isin(yte, task)
+    xtr, ytr, xte, yte = xtr[keep_tr], ytr[keep_tr], xte[keep_te], yte[keep_te]
+    if n_train is not None:
+        idx = _balanced_subset(ytr, task, n_train, rng, what="train")
+        xtr, ytr = xtr[idx], ytr[idx]
+    if n_test is not None:
+        idx = _balanced_subset(yte, task, n_test, rng, what="test")
+        xte, yte = xte[idx], yte[idx]
+    return Dataset(name, xtr, ytr, xte, yte, task, tuple(label_names) if label_names is not None else None)
+
+
+# -- subsets and classes --------------------------------------------------------------------
+
+
+def _resolve_classes(
+    requested: Sequence[int | str], label_names: Sequence[str] | None, present: np.ndarray
+) -> tuple[int, ...]:
+    out: list[int] = []
+    for c in requested:
+        text = str(c).strip()
+        if text.lstrip("-").isdigit():
+            cid = int(text)
+        elif label_names is not None and text in label_names:
+            cid = list(label_names).index(text)
+        else:
+            known = f" (names: {', '.join(label_names)})" if label_names is not None else ""
+            raise DataError(f"unknown class {text!r}: give class ids{known}")
+        if cid not in present:
+            raise DataError(f"class {cid} is absent from the data (present: {', '.join(map(str, present))})")
+        out.append(cid)
+    if len(out) < 2 or len(set(out)) != len(out):
+        raise DataError(f"--classes needs at least two distinct classes, got {','.join(map(str, requested))}")
+    return tuple(out)
+
+
+def _balanced_subset(
+    y: np.ndarray, classes: Sequence[int], n: int, rng: np.random.Generator, *, what: str
+) -> np.ndarray:
+    """Indices of ``n`` examples, as equal per class as possible (the first classes get the
+    remainder), drawn without replacement, returned in dataset order."""
+    if n > y.shape[0]:
+        raise DataError(f"asked for {n} {what} examples but the data has only {y.shape[0]}")
+    per_class, extra = divmod(n, len(classes))
+    chosen = []
+    for i, c in enumerate(classes):
+        want = per_class + (1 if i < extra else 0)
+        members = np.flatnonzero(y == c)
+        if want > members.size:
+            raise DataError(f"asked for {want} {what} examples of class {c} but the data has only {members.size}")
+        chosen.append(rng.choice(members, size=want, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+# -- conversions ----------------------------------------------------------------------------
+
+
+def _to_images(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{what} has dtype {x.dtype}; expected uint8 0-255 or float 0-1")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"{what} has shape {x.shape}; expected NCHW or NHW images")
+    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        raise DataError(f"{what} has shape {x.shape}, which looks like NHWC; transpose it to NCHW")
+    if x.shape[0] == 0:
+        raise DataError(f"{what} holds no images")
+    if x.dtype.kind == "f":
+        if not np.all(np.isfinite(x)):
+            raise DataError(f"{what} contains NaN or infinite values")
+        if x.min() < 0.0 or x.max() > 1.0:
+            raise DataError(f"{what} holds floats in [{x.min():.3g}, {x.max():.3g}]; expected [0, 1]")
+        return x.astype(np.float32)
+    if x.min() < 0 or x.max() > 255:
+        raise DataError(f"{what} holds integers in [{x.min()}, {x.max()}]; expected 0-255")
+    return (x.astype(np.float32) / 255.0).astype(np.float32)
+
+
+def _to_labels(y: np.ndarray, what: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{what} has shape {y.shape}; expected a vector of class ids")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"{what} holds non-integer labels")
+    elif y.dtype.kind not in "ui":
+        raise DataError(f"{what} has dtype {y.dtype}; expected integer class ids")
+    if y.size and y.min() < 0:
+        raise DataError(f"{what} holds negative class ids")
+    return y.astype(np.int64)
+
+
+# -- sources --------------------------------------------------------------------------------
+
+
+def _load_raw(spec: str, *, root: str | Path | None, download: bool, want_train: bool) -> dict[str, Any]:
+    if spec == "digits":
+        return _digits()
+    if spec in ("mnist", "cifar10"):
+        if root is None:
+            raise DataError(f"--data {spec} needs --data-root (the folder holding its files)")
+        root = Path(root)
+        if download:
+            _download(spec, root)
+        if not root.is_dir():
+            raise DataError(f"data root {root} does not exist or is not a folder")
+        return _mnist(root, want_train) if spec == "mnist" else _cifar10(root, want_train)
+    path = Path(spec)
+    if path.suffix != ".npz":
+        raise DataError(f"unknown dataset {spec!r}: use {', '.join(DATASETS)} or a path to an .npz file")
+    return _npz(path)
+
+
+def _digits() -> dict[str, Any]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    y = digits.target.astype(np.int64)
+    test = np.arange(y.shape[0]) % 3 == 2
+    return {"x_train": x[~test], "y_train": y[~test], "x_test": x[test], "y_test": y[test]}
+
+
+def _npz(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError(f"dataset file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise DataError(f"{path} lacks array(s) {', '.join(missing)}")
+            out = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            if "label_names" in f.files:
+                out["label_names"] = [str(s) for s in f["label_names"]]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as err:  # corrupt archive, or object arrays (pickles)
+        raise DataError(f"cannot read {path} as an .npz of plain arrays: {err}") from None
+    return out
+
+
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find(root: Path, name: str, subdirs: Sequence[str]) -> Path | None:
+    for sub in subdirs:
+        for candidate in (root / sub / name, root / sub / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != header + int(np.prod(shape)):
+        raise DataError(f"{path} is truncated or corrupt (shape {shape}, {len(data)} bytes)")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _mnist(root: Path, want_train: bool) -> dict[str, Any]:
+    subdirs = (".", "MNIST/raw", "mnist", "MNIST")
+    out: dict[str, Any] = {}
+    for split in ("train", "test") if want_train else ("test",):
+        images, labels = (_find(root, n, subdirs) for n in _MNIST_FILES[split])
+        if images is None or labels is None:
+            hint = ""
+            if split == "train" and _find(root, _MNIST_FILES["test"][0], subdirs) is not None:
+                hint = "; only the test set is there: add --from-test-split to cut it into train and test"
+            raise DataError(f"MNIST {split} files ({_MNIST_FILES[split][0]}[.gz]) not found under {root}{hint}")
+        out[f"x_{split}"], out[f"y_{split}"] = read_idx(images), read_idx(labels)
+    return out
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, strings and numpy arrays; refuses every other global."""
+
+    _ALLOWED: frozenset[tuple[str, str]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.multiarray", "scalar"),
+            ("numpy._core.multiarray", "scalar"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}: not a CIFAR-10 batch file")
+
+
+def _cifar_batch_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayOnlyUnpickler(f, encoding="latin1").load()
+    except DataError:
+        raise
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {err}") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR-10 batch file")
+    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in batch or "labels" not in batch:
+        raise DataError(f"{path} is not a CIFAR-10 batch file (no data/labels)")
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    return data.reshape(-1, 3, 32, 32), np.asarray(batch["labels"], dtype=np.int64)
+
+
+def _cifar_batch_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size % 3073:
+        raise DataError(f"{path} is not a CIFAR-10 binary batch ({raw.size} bytes)")
+    records = raw.reshape(-1, 3073)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+_CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _cifar10(root: Path, want_train: bool) -> dict[str, Any]:
+    layouts = (("cifar-10-batches-py", "", _cifar_batch_py), ("cifar-10-batches-bin", ".bin", _cifar_batch_bin))
+    for folder, suffix, reader in layouts:
+        base = root / folder
+        if not base.is_dir() and (root / f"test_batch{suffix}").is_file():
+            base = root
+        if not (base / f"test_batch{suffix}").is_file():
+            continue
+        parts = {"test": [base / f"test_batch{suffix}"]}
+        if want_train:
+            parts["train"] = [base / f"data_batch_{i}{suffix}" for i in range(1, 6)]
+        out: dict[str, Any] = {"label_names": list(_CIFAR_NAMES)}
+        for split, files in parts.items():
+            absent = [p.name for p in files if not p.is_file()]
+            if absent:
+                raise DataError(f"CIFAR-10 files missing under {base}: {', '.join(absent)}")
+            xs, ys = zip(*(reader(p) for p in files), strict=True)
+            out[f"x_{split}"], out[f"y_{split}"] = np.concatenate(xs), np.concatenate(ys)
+        return out
+    raise DataError(f"CIFAR-10 not found under {root} (expected cifar-10-batches-py/ or cifar-10-batches-bin/)")
+
+
+def _download(spec: str, root: Path) -> None:
+    try:
+        import torchvision.datasets as tvd
+
+        root.mkdir(parents=True, exist_ok=True)
+        source = tvd.MNIST if spec == "mnist" else tvd.CIFAR10
+        for train in (True, False):
+            source(root=str(root), train=train, download=True)
+    except Exception as err:  # network, disk or archive errors: one line for the user
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"download of {spec} into {root} failed: {reason}") from None
+
+
+def save_dataset_npz(dataset: Dataset, path: Path) -> None:
+    """Write ``dataset`` as an ``.npz`` this module reads back unchanged (float32 images)."""
+    arrays: dict[str, np.ndarray] = {
+        "x_train": dataset.x_train,
+        "y_train": dataset.y_train,
+        "x_test": dataset.x_test,
+        "y_test": dataset.y_test,
+    }
+    if dataset.label_names is not None:
+        arrays["label_names"] = np.asarray(dataset.label_names, dtype=str)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds

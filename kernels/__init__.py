@@ -1,0 +1,45 @@
+"""Infinite-width NTKs, kernel machines and Gram-matrix tools (the analytic half).
+
+Public names load lazily: ``import kernels`` costs nothing, and ``kernels.metrics`` (pure
+numpy) never pulls in JAX or neural-tangents.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "ARCHITECTURES": "kernels.architectures",
+    "Architecture": "kernels.architectures",
+    "UnknownArchitectureError": "kernels.architectures",
+    "get_architecture": "kernels.architectures",
+    "two_layer_ntk": "kernels.two_layer",
+    "two_layer_ntk_vjp": "kernels.two_layer",
+    "two_layer_stax_ntk": "kernels.two_layer",
+    "compute_gram": "kernels.gram",
+    "default_cache_dir": "kernels.gram",
+    "gram_cache_path": "kernels.gram",
+    "gram_matrix": "kernels.gram",
+    "CONDITION_WARNING": "kernels.machine",
+    "IllConditionedWarning": "kernels.machine",
+    "KernelMachine": "kernels.machine",
+    "PRECISIONS": "kernels.machine",
+    "fit_kernel_machine": "kernels.machine",
+    "spectral_filter": "kernels.machine",
+    "METHODS": "kernels.adversarial",
+    "AttackConfig": "kernels.adversarial",
+    "craft_adversarial": "kernels.adversarial",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

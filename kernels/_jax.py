@@ -1,0 +1,48 @@
+"""One place that imports JAX and neural-tangents, configured the way this package needs them.
+
+- float64 must be available (kernel Gram matrices are compared and inverted in float64), and
+  JAX only allows it when ``jax_enable_x64`` is set before arrays are made.
+- neural-tangents 0.6.5 imports TensorFlow (through tf2jax) at import time; TensorFlow's C++
+  start-up chatter about missing CUDA drivers is not ours to print, so it is held back and
+  shown only if the import fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from types import ModuleType
+
+
+def _import_neural_tangents() -> tuple[ModuleType, ModuleType]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # The chatter comes from C++ (absl) straight to file descriptor 2, so redirecting
+    # sys.stderr is not enough: park fd 2 on a temporary file for the duration of the import.
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import neural_tangents as nt
+            from neural_tangents import stax
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return nt, stax
+
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+
+nt, stax = _import_neural_tangents()
+
+__all__ = ["jax", "jnp", "nt", "stax"]

@@ -1,0 +1,161 @@
+"""Registry of infinite-width architectures and their NTKs.
+
+Tsilivis & Kempe, supp. D.2 (and the reference notebook): fully connected FC1..FC5 and fully
+convolutional CONV1, CONV2 networks in neural-tangents stax, NTK parameterisation,
+W_std = √2, b_std = 0.1, ReLU, 3x3 'SAME' convolutions with a Flatten readout (global average
+pooling costs ~0.4 s per Gram entry on a CPU: out of reach here). ``two-layer`` is the
+closed-form kernel of supp. eq. 29 (``kernels.two_layer``). Fully connected kernels are
+defined by stax and evaluated by the equal, vectorised recursion of ``kernels.relu``;
+``reference_kernel_fn`` keeps the independent route for the tests.
+
+Conventions (written once):
+- Every ``kernel_fn(x1, x2, get='ntk')`` returns the scalar NTK Θ of shape (N1, N2): at
+  infinite width the output dimensions are independent, so one scalar kernel serves binary
+  (one output) and k-class (k outputs) machines alike.
+- Inputs reach ``kernel_fn`` in the architecture's layout: ``flat`` (N, C·H·W) or ``nhwc``
+  (N, H, W, C). Data everywhere else is NCHW; ``to_layout`` converts.
+- ``entry_cost`` is the number of intermediate floats per Gram entry (H·W for flatten-readout
+  convolutions, whose kernels keep one covariance per pixel; 1 for dense nets). It sizes
+  batches under a memory budget.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kernels._jax import jnp, stax
+from kernels.relu import fully_connected_kernel_fn
+from kernels.two_layer import two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
+
+KernelFn = Callable[..., jnp.ndarray]
+KernelVjp = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+W_STD = math.sqrt(2.0)
+B_STD = 0.1
+
+
+class UnknownArchitectureError(KeyError):
+    """Raised for an architecture name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """An infinite-width architecture: its NTK function and how inputs reach it."""
+
+    name: str
+    description: str
+    layout: Literal["flat", "nhwc"]
+    kernel_fn: KernelFn = field(repr=False)
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    kernel_vjp: KernelVjp | None = field(default=None, repr=False)
+    #: The independent route ``kernel_fn`` is verified against (neural-tangents stax), if different.
+    reference_kernel_fn: KernelFn | None = field(default=None, repr=False)
+
+    def to_layout(self, x_nchw: jnp.ndarray) -> jnp.ndarray:
+        """NCHW (or already flat (N, d)) inputs → this architecture's layout."""
+        if self.layout == "flat":
+            return x_nchw.reshape(x_nchw.shape[0], -1)
+        if x_nchw.ndim != 4:
+            raise ValueError(f"{self.name} needs NCHW images, got shape {tuple(x_nchw.shape)}")
+        return jnp.transpose(x_nchw, (0, 2, 3, 1))
+
+    def from_layout(self, g: jnp.ndarray, nchw_shape: tuple[int, ...]) -> jnp.ndarray:
+        """Inverse of ``to_layout`` (for gradients), back to ``nchw_shape``."""
+        if self.layout == "flat":
+            return g.reshape(nchw_shape)
+        return jnp.transpose(g, (0, 3, 1, 2))
+
+    def entry_cost(self, nchw_shape: tuple[int, ...]) -> int:
+        if self.layout == "flat":
+            return 1
+        return int(nchw_shape[-2] * nchw_shape[-1])
+
+    def check_input(self, nchw_shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` if images of this shape cannot enter the architecture."""
+        if self.layout == "nhwc" and len(nchw_shape) != 4:
+            raise ValueError(f"architecture {self.name} needs NCHW images, got shape {nchw_shape}")
+
+    def fingerprint(self) -> str:
+        params = ",".join(f"{k}={v!r}" for k, v in sorted(self.hyperparameters.items()))
+        return f"{self.name}({params})"
+
+
+def fully_connected(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> Architecture:
+    """FC{depth}: Flatten, depth × (Dense, ReLU), Dense readout; NTK parameterisation.
+
+    Defined by stax; evaluated by ``kernels.relu``'s vectorised recursion of the same kernel
+    (equal in float64, several times faster on CPUs), stax's own ``kernel_fn`` kept as reference.
+    """
+    layers = [stax.Flatten()]
+    for _ in range(depth):
+        layers += [stax.Dense(512, W_std=W_std, b_std=b_std, parameterization="ntk"), stax.Relu()]
+    layers.append(stax.Dense(1, W_std=W_std, b_std=b_std, parameterization="ntk"))
+    _, _, kernel_fn = stax.serial(*layers)
+    return Architecture(
+        name=f"fc{depth}",
+        description=f"fully connected, {depth} hidden ReLU layer(s), W_std={W_std:.4g}, b_std={b_std:g}",
+        layout="flat",
+        kernel_fn=fully_connected_kernel_fn(depth, W_std, b_std),
+        hyperparameters={"depth": depth, "W_std": W_std, "b_std": b_std},
+        reference_kernel_fn=kernel_fn,
+    )
+
+
+def convolutional(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> Architecture:
+    """CONV{depth}: depth × (3x3 SAME Conv, ReLU), Flatten, Dense readout; NTK parameterisation."""
+    layers = []
+    for _ in range(depth):
+        layers += [
+            stax.Conv(64, (3, 3), padding="SAME", W_std=W_std, b_std=b_std, parameterization="ntk"),
+            stax.Relu(),
+        ]
+    layers += [stax.Flatten(), stax.Dense(1, W_std=W_std, b_std=b_std, parameterization="ntk")]
+    _, _, kernel_fn = stax.serial(*layers)
+    return Architecture(
+        name=f"conv{depth}",
+        description=f"fully convolutional, {depth} 3x3 ReLU conv layer(s), flatten readout",
+        layout="nhwc",
+        kernel_fn=kernel_fn,
+        hyperparameters={"depth": depth, "W_std": W_std, "b_std": b_std},
+    )
+
+
+def two_layer() -> Architecture:
+    """Supp. eq. 28-29: the closed-form NTK of a two-layer ReLU net with a frozen ±1 readout."""
+    return Architecture(
+        name="two-layer",
+        description="two-layer ReLU net of supp. eq. 28, closed-form NTK of eq. 29",
+        layout="flat",
+        kernel_fn=two_layer_ntk,
+        hyperparameters={},
+        kernel_vjp=two_layer_ntk_vjp,
+        reference_kernel_fn=lambda x1, x2, get="ntk": two_layer_stax_ntk(x1, x2),
+    )
+
+
+_FACTORIES: dict[str, Callable[[], Architecture]] = {
+    **{f"fc{d}": functools.partial(fully_connected, d) for d in range(1, 6)},
+    **{f"conv{d}": functools.partial(convolutional, d) for d in range(1, 3)},
+    "two-layer": two_layer,
+}
+
+#: Names accepted by ``get_architecture`` and the CLI's ``--arch``.
+ARCHITECTURES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def get_architecture(name: str) -> Architecture:
+    """The registered architecture called ``name`` (``fc1``..``fc5``, ``conv1``, ``conv2``, ``two-layer``)."""
+    try:
+        factory = _FACTORIES[name]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}: choose one of {', '.join(ARCHITECTURES)}"
+        ) from None
+    return factory()

@@ -1,0 +1,146 @@
+"""Gram matrices Θ(X1, X2) of an architecture's NTK: batched, float64, cached on disk.
+
+Batching goes through ``nt.batch`` (which also spreads work over every local device), one row
+block at a time so that a progress bar can follow a long computation. ``nt.batch`` needs both
+sizes to be multiples of its batch size, so inputs are padded with copies of their last row
+and the padding is cut away afterwards.
+
+The cache key hashes the architecture (name and hyperparameters), the exact input bytes and
+shapes, the dtype and the neural-tangents version, so a second run on the same data reuses
+the matrix and any change of data or kernel misses. Files are ``.npz`` without pickles,
+written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kernels._jax import jax, jnp, nt
+from kernels.architectures import Architecture
+
+log = logging.getLogger("ntkrobust")
+
+#: Bumped whenever the meaning of a cached file changes.
+CACHE_FORMAT = 1
+
+#: Bytes allowed for the intermediates of one kernel block (about 16 live arrays per entry).
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+_LIVE_ARRAYS = 16
+
+
+def block_size(arch: Architecture, nchw_shape: tuple[int, ...], *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """Side of a square kernel block whose intermediates fit in ``memory_budget`` bytes."""
+    per_entry = 8 * _LIVE_ARRAYS * arch.entry_cost(nchw_shape)
+    side = math.isqrt(max(memory_budget // per_entry, 1))
+    if side < 1:
+        raise ValueError(f"memory budget {memory_budget} bytes is too small for one kernel entry")
+    return min(side, 512)
+
+
+def default_cache_dir() -> Path:
+    """``$NTKROBUST_CACHE``, else ``$XDG_CACHE_HOME/ntkrobust``, else ``~/.cache/ntkrobust``."""
+    if os.environ.get("NTKROBUST_CACHE"):
+        return Path(os.environ["NTKROBUST_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ntkrobust"
+
+
+def gram_cache_path(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None, cache_dir: Path) -> Path:
+    """Where the Gram matrix of these inputs is (or would be) cached."""
+    digest = hashlib.sha256()
+    digest.update(f"{CACHE_FORMAT}|{arch.fingerprint()}|nt={version('neural-tangents')}|float64".encode())
+    for x in (x1, x2):
+        if x is None:
+            digest.update(b"|symmetric")
+            continue
+        x = np.ascontiguousarray(x)
+        digest.update(f"|{x.dtype.str}{x.shape}|".encode())
+        digest.update(x.tobytes())
+    return Path(cache_dir) / f"gram-{arch.name}-{digest.hexdigest()[:32]}.npz"
+
+
+def _pad_rows(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
+    short = (-x.shape[0]) % multiple
+    if short == 0:
+        return x
+    return jnp.concatenate([x, jnp.repeat(x[-1:], short, axis=0)], axis=0)
+
+
+def compute_gram(
+    arch: Architecture,
+    x1: np.ndarray,
+    x2: np.ndarray | None = None,
+    *,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool = False,
+) -> np.ndarray:
+    """Θ(x1, x2) (Θ(x1, x1) if ``x2`` is None) in float64 from NCHW inputs: shape (N1, N2)."""
+    symmetric = x2 is None
+    x2_ = x1 if symmetric else x2
+    arch.check_input(tuple(x1.shape))
+    a = arch.to_layout(jnp.asarray(x1, dtype=jnp.float64))
+    b = arch.to_layout(jnp.asarray(x2_, dtype=jnp.float64))
+    n1, n2 = a.shape[0], b.shape[0]
+    devices = jax.local_device_count()
+    side = min(block_size(arch, tuple(x1.shape), memory_budget=memory_budget), max(n1, n2))
+    batched = nt.batch(arch.kernel_fn, batch_size=side, device_count=-1, store_on_device=True)
+    rows_per_call = side * devices
+    a = _pad_rows(a, rows_per_call)
+    b = _pad_rows(b, side)
+    out = np.empty((n1, n2), dtype=np.float64)
+    starts = range(0, n1, rows_per_call)
+    for start in tqdm(starts, desc=f"Gram {arch.name} {n1}x{n2}", unit="block", disable=not progress, leave=False):
+        block = np.asarray(batched(a[start : start + rows_per_call], b, "ntk"))
+        stop = min(start + rows_per_call, n1)
+        out[start:stop] = block[: stop - start, :n2]
+    if symmetric:
+        out = 0.5 * (out + out.T)  # exact symmetry for the eigendecomposition
+    return out
+
+
+def gram_matrix(
+    arch: Architecture,
+    x1: np.ndarray,
+    x2: np.ndarray | None = None,
+    *,
+    cache_dir: Path | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool = False,
+) -> np.ndarray:
+    """``compute_gram`` through the on-disk cache (``cache_dir=None`` disables caching)."""
+    if cache_dir is None:
+        return compute_gram(arch, x1, x2, memory_budget=memory_budget, progress=progress)
+    path = gram_cache_path(arch, x1, x2, cache_dir)
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                gram = f["gram"]
+            expected = (x1.shape[0], (x1 if x2 is None else x2).shape[0])
+            if gram.shape == expected and gram.dtype == np.float64 and np.all(np.isfinite(gram)):
+                log.info("Gram cache hit: %s", path)
+                return gram
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or truncated by another process: recompute and overwrite
+        log.warning("ignoring unusable Gram cache file %s", path)
+    gram = compute_gram(arch, x1, x2, memory_budget=memory_budget, progress=progress)
+    _save_atomically(path, gram)
+    return gram
+
+
+def _save_atomically(path: Path, gram: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, gram=gram)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,457 @@
+"""Kernel regression with the NTK at any training time, and its input gradients for attacks.
+
+Tsilivis & Kempe eq. 7 (the mean prediction of an infinitely wide net after gradient flow on
+the ℓ2 loss for time t with learning rate η):
+    f_t(x) = Θ(x, X) Θ⁻¹ (I − e^{−ηΘt}) Y,        f_∞(x) = Θ(x, X) Θ⁻¹ Y.
+With Θ(X, X) = V diag(λ) Vᵀ, computed once, every t costs only a new spectral filter:
+    f_t(x) = Θ(x, X) α_t,   α_t = V diag(g_t(λ)) Vᵀ Y,   g_t(λ) = (1 − e^{−η(λ+ρ)t}) / (λ+ρ),
+and g_∞(λ) = 1/(λ+ρ). ρ is an optional ridge, given relative to tr(Θ)/n (the neural-tangents
+``diag_reg`` convention); the paper's setting is ρ = 0. Eigen-directions with
+λ + ρ ≤ rcond·λ_max (rcond = n·ε_float64, numpy's pinv default) are the Gram matrix's numerical
+null space and are left out: the Moore-Penrose solution, instead of the noise a plain solve of
+a singular system returns. Note neural-tangents' ``gradient_descent_mse`` divides time by
+``y_train.size``; here t is the t of eq. 7.
+
+Targets: a binary task (two classes) is one output with y = −1 for the first class and +1
+for the second; k ≥ 3 classes are k one-hot outputs. The loss that attacks increase is the
+cross-entropy on these outputs (supp. eq. 4 and 7): softplus(−y f) for one output, which makes
+FGSM exactly eq. 8, and softmax cross-entropy for k outputs (supp. eq. 8).
+
+Shapes: inputs are NCHW (or (N, d)) in [0, 1]; outputs ``logits`` (N, k); ``loss_gradient``
+has the shape of its input; ``output_jacobian`` (N, k, C, H, W). Test points go in blocks and
+the training set in chunks sized by a memory budget; each block is one jitted call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kernels._jax import jax, jnp
+from kernels.architectures import Architecture
+from kernels.gram import _LIVE_ARRAYS, DEFAULT_MEMORY_BUDGET, gram_matrix
+
+#: Condition numbers above this make the ridgeless t = ∞ solution amplify the ~1e-9 relative
+#: rounding error of arc-cosine kernel entries into visible error.
+CONDITION_WARNING = 1e8
+
+
+PRECISIONS: tuple[str, ...] = ("float64", "float32")
+
+
+class IllConditionedWarning(UserWarning):
+    """The Gram matrix is (numerically) singular or badly conditioned."""
+
+
+def spectral_filter(
+    eigenvalues: np.ndarray, *, time: float, ridge: float, learning_rate: float, cutoff: float
+) -> np.ndarray:
+    """g_t(λ) of eq. 7: (1 − e^{−η(λ+ρ)t})/(λ+ρ), 1/(λ+ρ) at t = ∞, 0 where λ+ρ ≤ cutoff."""
+    shifted = np.maximum(eigenvalues, 0.0) + ridge
+    keep = shifted > cutoff
+    safe = np.where(keep, shifted, 1.0)
+    if math.isinf(time):
+        g = 1.0 / safe
+    else:
+        g = -np.expm1(-learning_rate * time * safe) / safe
+    return np.where(keep, g, 0.0)
+
+
+def _binary_or_onehot(index: np.ndarray, k: int) -> np.ndarray:
+    if k == 1:
+        return (2.0 * index - 1.0)[:, None]
+    return np.eye(k)[index]
+
+
+def _loss_cotangent(f: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+    """∂L/∂f of the cross-entropy on the kernel outputs (stable forms), shape (B, k)."""
+    if f.shape[1] == 1:
+        y = 2.0 * index.astype(f.dtype) - 1.0
+        return (-y * jax.nn.sigmoid(-y * f[:, 0]))[:, None]  # d softplus(−y f) / df
+    return jax.nn.softmax(f, axis=1) - jax.nn.one_hot(index, f.shape[1], dtype=f.dtype)
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """How test points and training points are cut so one block fits the memory budget."""
+
+    test: int
+    train: int
+
+
+@dataclass(frozen=True)
+class KernelMachine:
+    """f_t of eq. 7 for one architecture, training set and time; see the module docstring."""
+
+    arch: Architecture
+    classes: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    x_train: jnp.ndarray = field(repr=False)  # (n, ...) in the architecture's layout, float64
+    targets: np.ndarray = field(repr=False)  # (n, k): ±1 column or one-hot
+    eigenvalues: np.ndarray = field(repr=False)  # (n,), descending
+    eigenvectors: np.ndarray = field(repr=False)  # (n, n), column i belongs to eigenvalues[i]
+    time: float
+    ridge: float  # absolute ρ added to every eigenvalue
+    learning_rate: float
+    cutoff: float
+    dual_coef: jnp.ndarray = field(repr=False)  # α_t, (n, k)
+    gradient: str  # "autodiff" or "closed-form" (supp. eq. 9)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    #: Arithmetic of test-time kernel rows, logits and input gradients. The Gram matrix, its
+    #: eigendecomposition and α are always float64; "float32" halves the cost of attacks on a
+    #: CPU (more on GPUs) at ~1e-6 relative error in the gradients.
+    precision: str = "float64"
+
+    # -- construction ---------------------------------------------------------------------
+
+    @property
+    def n_train(self) -> int:
+        return int(self.targets.shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.targets.shape[1])
+
+    @property
+    def condition_number(self) -> float:
+        kept = self.eigenvalues + self.ridge
+        kept = kept[kept > self.cutoff]
+        return float(kept.max() / kept.min())
+
+    @property
+    def dropped_directions(self) -> int:
+        return int(np.sum(np.maximum(self.eigenvalues, 0.0) + self.ridge <= self.cutoff))
+
+    def with_precision(self, precision: str) -> KernelMachine:
+        """The same machine evaluated in ``precision`` ("float64" or "float32")."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        return dataclasses.replace(self, precision=precision)
+
+    def at_time(self, time: float) -> KernelMachine:
+        """The same machine at another training time t (no new eigendecomposition)."""
+        if not (time >= 0):
+            raise ValueError(f"time must be >= 0 or inf, got {time}")
+        g = spectral_filter(
+            self.eigenvalues, time=time, ridge=self.ridge, learning_rate=self.learning_rate, cutoff=self.cutoff
+        )
+        coef = self.eigenvectors @ (g[:, None] * (self.eigenvectors.T @ self.targets))
+        return dataclasses.replace(self, time=float(time), dual_coef=jnp.asarray(coef))
+
+    # -- labels ---------------------------------------------------------------------------
+
+    def target_index(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Class ids → position among ``classes`` (for one output: 0 ↔ y = −1, 1 ↔ y = +1)."""
+        labels = np.asarray(labels)
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        try:
+            return np.array([lookup[int(c)] for c in labels], dtype=np.int64)
+        except KeyError as err:
+            raise ValueError(f"label {err.args[0]} is not one of the machine's classes {self.classes}") from None
+
+    # -- evaluation -----------------------------------------------------------------------
+
+    def _blocks(self, per_example_outputs: int = 1) -> _Blocks:
+        per_entry = 8 * _LIVE_ARRAYS * self.arch.entry_cost((1, *self.input_shape)) * per_example_outputs
+        entries = max(self.memory_budget // per_entry, 1)
+        n = self.n_train
+        if entries >= 64 * n:
+            return _Blocks(test=min(entries // n, 4096), train=n)
+        return _Blocks(test=64, train=max(entries // 64, 1))
+
+    @functools.cached_property
+    def _chunk_cache(self) -> dict[int, list[tuple[jnp.ndarray, jnp.ndarray]]]:
+        return {}
+
+    def _train_chunks(self, size: int) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
+        """(x_chunk, α_chunk) pairs of equal length at the evaluation precision; padding rows
+        carry α = 0. Made once per machine: PGD asks for them at every step."""
+        if size not in self._chunk_cache:
+            dtype = jnp.dtype(self.precision)
+            x, a = self.x_train.astype(dtype), self.dual_coef.astype(dtype)
+            short = (-x.shape[0]) % size
+            if short:
+                x = jnp.concatenate([x, jnp.repeat(x[-1:], short, axis=0)], axis=0)
+                a = jnp.concatenate([a, jnp.zeros((short, a.shape[1]), a.dtype)], axis=0)
+            self._chunk_cache[size] = [(x[i : i + size], a[i : i + size]) for i in range(0, x.shape[0], size)]
+        return self._chunk_cache[size]
+
+    def _over_test_blocks(
+        self, fn: Callable[..., jnp.ndarray], arrays: tuple[jnp.ndarray, ...], size: int
+    ) -> jnp.ndarray:
+        """``fn`` on equal-sized blocks of the ``arrays`` (last block padded), results joined.
+
+        Equal blocks mean one compiled shape; the padding repeats the last example.
+        """
+        n = arrays[0].shape[0]
+        size = min(size, n)
+        outs = []
+        for start in range(0, n, size):
+            blocks = [a[start : start + size] for a in arrays]
+            real = blocks[0].shape[0]
+            if real < size:
+                blocks = [jnp.concatenate([b, jnp.repeat(b[-1:], size - real, axis=0)], axis=0) for b in blocks]
+            outs.append(fn(*blocks)[:real])
+        return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
+
+    def logits(self, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
+        """f_t(x), shape (N, k), at the machine's precision."""
+        x = self._check(x)
+        blocks = self._blocks()
+        chunks = self._train_chunks(blocks.train)
+        compiled = _compiled(self.arch)
+
+        def block_logits(xb: jnp.ndarray) -> jnp.ndarray:
+            f = compiled.logits(xb, *chunks[0])
+            for xc, ac in chunks[1:]:
+                f = f + compiled.logits(xb, xc, ac)
+            return f
+
+        return self._over_test_blocks(block_logits, (x,), blocks.test)
+
+    def predict(self, x: np.ndarray | jnp.ndarray) -> np.ndarray:
+        """Predicted class ids, shape (N,)."""
+        f = np.asarray(self.logits(x))
+        index = (f[:, 0] > 0).astype(np.int64) if f.shape[1] == 1 else np.argmax(f, axis=1)
+        return np.asarray(self.classes, dtype=np.int64)[index]
+
+    def loss_gradient(self, x: np.ndarray | jnp.ndarray, target_index: np.ndarray | jnp.ndarray) -> jnp.ndarray:
+        """∇ₓ of the cross-entropy of each example (supp. eq. 5 / 8), shape and dtype of ``x``."""
+        x_arr = self._check(x)
+        index = jnp.asarray(target_index, dtype=jnp.int32)
+        blocks = self._blocks()
+        chunks = self._train_chunks(blocks.train)
+        compiled = _compiled(self.arch)
+        closed = self.gradient == "closed-form"
+
+        def block_gradient(xb: jnp.ndarray, ib: jnp.ndarray) -> jnp.ndarray:
+            if len(chunks) == 1:  # forward and backward in one pass, residuals reused
+                return compiled.loss_grad_one_pass(xb, ib, *chunks[0], closed)
+            # Several chunks: all logits first (the loss needs the whole sum), then one VJP
+            # per chunk, which recomputes that chunk's rows instead of keeping them all.
+            f = compiled.logits(xb, *chunks[0])
+            for xc, ac in chunks[1:]:
+                f = f + compiled.logits(xb, xc, ac)
+            cot = _loss_cotangent(f, ib)
+            g = compiled.rows_vjp(xb, chunks[0][0], cot @ chunks[0][1].T, closed)
+            for xc, ac in chunks[1:]:
+                g = g + compiled.rows_vjp(xb, xc, cot @ ac.T, closed)
+            return g
+
+        g = self._over_test_blocks(block_gradient, (x_arr, index), blocks.test)
+        return g.astype(_dtype_of(x))
+
+    def output_jacobian(self, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
+        """z[b, r] = ∇ₓ f_r(x_b) = DΘ(x_b, X)ᵀ α_r (supp. eq. 9), shape (N, k, *x.shape[1:])."""
+        x_arr = self._check(x)
+        blocks = self._blocks(per_example_outputs=self.n_outputs)
+        chunks = self._train_chunks(blocks.train)
+        compiled = _compiled(self.arch)
+        closed = self.gradient == "closed-form"
+
+        def block_jacobian(xb: jnp.ndarray) -> jnp.ndarray:
+            z = compiled.jacobian(xb, *chunks[0], closed)
+            for xc, ac in chunks[1:]:
+                z = z + compiled.jacobian(xb, xc, ac, closed)
+            return z
+
+        return self._over_test_blocks(block_jacobian, (x_arr,), blocks.test).astype(_dtype_of(x))
+
+    def _check(self, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match training inputs {self.input_shape}")
+        return jnp.asarray(x)
+
+
+def _dtype_of(x: np.ndarray | jnp.ndarray) -> np.dtype:
+    return np.dtype(x.dtype)
+
+
+class _Compiled:
+    """Jitted block functions of one architecture; α and the training chunk are arguments."""
+
+    def __init__(self, arch: Architecture) -> None:
+        self.arch = arch
+
+        def rows(xb: jnp.ndarray, xc: jnp.ndarray) -> jnp.ndarray:
+            return arch.kernel_fn(arch.to_layout(xb.astype(xc.dtype)), xc, "ntk")
+
+        def rows_vjp(xb: jnp.ndarray, xc: jnp.ndarray, cot: jnp.ndarray, closed: bool) -> jnp.ndarray:
+            z = arch.to_layout(xb.astype(xc.dtype))
+            if closed:
+                assert arch.kernel_vjp is not None
+                g = arch.kernel_vjp(z, xc, cot)
+            else:
+                _, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
+                (g,) = vjp(cot)
+            return arch.from_layout(g, xb.shape)
+
+        def logits(xb: jnp.ndarray, xc: jnp.ndarray, ac: jnp.ndarray) -> jnp.ndarray:
+            return rows(xb, xc) @ ac
+
+        def loss_grad_one_pass(xb, ib, xc, ac, closed):  # type: ignore[no-untyped-def]
+            z = arch.to_layout(xb.astype(xc.dtype))
+            if closed:
+                assert arch.kernel_vjp is not None
+                f = arch.kernel_fn(z, xc, "ntk") @ ac
+                g = arch.kernel_vjp(z, xc, _loss_cotangent(f, ib) @ ac.T)
+            else:
+                k, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
+                (g,) = vjp(_loss_cotangent(k @ ac, ib) @ ac.T)
+            return arch.from_layout(g, xb.shape)
+
+        def jacobian(xb, xc, ac, closed):  # type: ignore[no-untyped-def]
+            # One VJP of the kernel rows per output r, with cotangent α_r on every row.
+            cots = jnp.broadcast_to(ac.T[:, None, :], (ac.shape[1], xb.shape[0], ac.shape[0]))
+            z = arch.to_layout(xb.astype(xc.dtype))
+            if closed:
+                kernel_vjp = arch.kernel_vjp
+                assert kernel_vjp is not None
+                g = jax.vmap(lambda c: kernel_vjp(z, xc, c))(cots)
+            else:
+                _, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
+                g = jax.vmap(lambda c: vjp(c)[0])(cots)
+            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)  # (k, B, ...)
+            return jnp.swapaxes(g, 0, 1)
+
+        self.rows = jax.jit(rows)
+        self.rows_vjp = jax.jit(rows_vjp, static_argnums=3)
+        self.logits = jax.jit(logits)
+        self.loss_grad_one_pass = jax.jit(loss_grad_one_pass, static_argnums=4)
+        self.jacobian = jax.jit(jacobian, static_argnums=3)
+
+
+_COMPILED: dict[str, _Compiled] = {}
+
+
+def _compiled(arch: Architecture) -> _Compiled:
+    key = arch.fingerprint()
+    if key not in _COMPILED:
+        _COMPILED[key] = _Compiled(arch)
+    return _COMPILED[key]
+
+
+def fit_kernel_machine(
+    arch: Architecture,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    *,
+    classes: Sequence[int] | None = None,
+    time: float = math.inf,
+    ridge: float = 0.0,
+    learning_rate: float = 1.0,
+    gram: np.ndarray | None = None,
+    gradient: str = "auto",
+    cache_dir: Path | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    precision: str = "float64",
+    progress: bool = False,
+) -> KernelMachine:
+    """Eigendecompose Θ(X, X) once and return the machine f_t of eq. 7.
+
+    Args:
+        arch: the architecture whose NTK is Θ.
+        x_train: (n, C, H, W) or (n, d) inputs in [0, 1].
+        y_train: (n,) integer class ids.
+        classes: the task's classes in order; two classes make a binary ±1 task (first = −1).
+            Default: the sorted distinct labels of ``y_train``.
+        time: t of eq. 7 (``math.inf`` for the converged machine).
+        ridge: ρ relative to tr(Θ)/n (0 = the paper's ridgeless machine).
+        learning_rate: η of eq. 7.
+        gram: a precomputed Θ(x_train, x_train); computed (and cached) otherwise.
+        gradient: "autodiff", "closed-form" (supp. eq. 9; needs an analytic VJP) or "auto".
+        cache_dir: where Gram matrices are cached (None: no cache).
+        memory_budget: bytes for the intermediates of one kernel block.
+        precision: arithmetic of test-time evaluation ("float64" or "float32"); see KernelMachine.
+        progress: show progress bars.
+    """
+    x_train = np.asarray(x_train)
+    y_train = np.asarray(y_train)
+    if x_train.shape[0] != y_train.shape[0]:
+        raise ValueError(f"{x_train.shape[0]} inputs but {y_train.shape[0]} labels")
+    arch.check_input(tuple(x_train.shape))
+    classes = tuple(int(c) for c in (np.unique(y_train) if classes is None else classes))
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"need at least two distinct classes, got {classes}")
+    if not (ridge >= 0 and math.isfinite(ridge)):
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge}")
+    if not (learning_rate > 0):
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if gradient == "auto":
+        gradient = "closed-form" if arch.kernel_vjp is not None else "autodiff"
+    if gradient not in ("autodiff", "closed-form") or (gradient == "closed-form" and arch.kernel_vjp is None):
+        raise ValueError(f"gradient {gradient!r} is not available for {arch.name}")
+
+    if gram is None:
+        gram = gram_matrix(arch, x_train, cache_dir=cache_dir, memory_budget=memory_budget, progress=progress)
+    gram = np.asarray(gram, dtype=np.float64)
+    n = x_train.shape[0]
+    if gram.shape != (n, n):
+        raise ValueError(f"Gram matrix of shape {gram.shape} does not match {n} training points")
+    eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (gram + gram.T))
+    eigenvalues, eigenvectors = eigenvalues[::-1].copy(), eigenvectors[:, ::-1].copy()
+    absolute_ridge = ridge * float(np.trace(gram)) / n
+    k = 1 if len(classes) == 2 else len(classes)
+    untrained = KernelMachine(
+        arch=arch,
+        classes=classes,
+        input_shape=tuple(x_train.shape[1:]),
+        x_train=arch.to_layout(jnp.asarray(x_train, dtype=jnp.float64)),
+        targets=_binary_or_onehot(_index_of(y_train, classes), k),
+        eigenvalues=eigenvalues,
+        eigenvectors=eigenvectors,
+        time=0.0,
+        ridge=absolute_ridge,
+        learning_rate=float(learning_rate),
+        cutoff=n * np.finfo(np.float64).eps * (max(float(eigenvalues[0]), 0.0) + absolute_ridge),
+        dual_coef=jnp.zeros((n, k)),
+        gradient=gradient,
+        memory_budget=memory_budget,
+    )
+    machine = untrained.at_time(time).with_precision(precision)
+    _warn_if_ill_conditioned(machine)
+    return machine
+
+
+def _index_of(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    missing = sorted({int(c) for c in labels} - set(lookup))
+    if missing:
+        raise ValueError(f"training labels {missing} are not among the classes {classes}")
+    return np.array([lookup[int(c)] for c in labels], dtype=np.int64)
+
+
+def _warn_if_ill_conditioned(machine: KernelMachine) -> None:
+    dropped = machine.dropped_directions
+    cond = machine.condition_number
+    if dropped:
+        warnings.warn(
+            f"Gram matrix is numerically singular: {dropped} of {machine.n_train} eigen-directions "
+            f"(eigenvalue <= {machine.cutoff:.3g}) are left out (pseudo-inverse); duplicated inputs do this",
+            IllConditionedWarning,
+            stacklevel=3,
+        )
+    elif math.isinf(machine.time) and cond > CONDITION_WARNING:
+        warnings.warn(
+            f"Gram matrix is ill-conditioned (condition number {cond:.3g}); the ridgeless t=inf "
+            "machine amplifies rounding errors: consider a ridge or a finite time",
+            IllConditionedWarning,
+            stacklevel=3,
+        )
+
+
+__all__ = [
+    "CONDITION_WARNING",
+    "PRECISIONS",
+    "IllConditionedWarning",
+    "KernelMachine",
+    "fit_kernel_machine",
+    "spectral_filter",
+]

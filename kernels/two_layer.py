@@ -1,0 +1,77 @@
+"""The two-layer ReLU NTK in closed form, and its input gradient without autodiff.
+
+Tsilivis & Kempe, supplement C: the net of eq. 28,
+    f(x) = m^{-1/2} A·relu(W x),  A ∈ {±1}^{m×k} frozen,  W ~ N(0, 0.01²),
+has the NTK of eq. 29 (only W is trained; the scale of W cancels in the ReLU's indicator):
+    Θ(x, x') = (1/2 − arccos(u)/(2π))·xᵀx',   u = xᵀx' / (‖x‖‖x'‖).
+
+Supp. eq. 9 notes that for such analytic kernels the input gradient of the kernel machine,
+∇ₓf_r(x) = DΘ(x, X)ᵀ α_r, needs no autodiff. Writing A(u) = 1/2 − arccos(u)/(2π) and
+B(u) = u / (2π√(1 − u²)),
+    ∇ₓΘ(x, x') = (A + B)·x' − B·u·(‖x'‖/‖x‖)·x,
+so a cotangent w on the kernel rows (the weights of every Θ(x_i, x_j)) gives
+    Σ_j w_ij ∇Θ(x_i, x_j) = Σ_j w_ij (A_ij + B_ij) x_j − (Σ_j w_ij B_ij u_ij ‖x_j‖) x_i / ‖x_i‖.
+At u = ±1 (x parallel to a training point) Θ has a cone-shaped kink and no gradient; there
+we take the symmetric subgradient B = 0.
+
+Shapes: x1 (N1, d), x2 (N2, d) flat inputs; kernel (N1, N2); cotangent (N1, N2) → (N1, d).
+"""
+
+from __future__ import annotations
+
+import math
+
+from kernels._jax import jnp, stax
+from kernels.relu import angle, pairwise_dots, safe_sqrt
+
+_TINY = 1e-30  # keeps an all-zero input from dividing by zero; its kernel row is then 0
+
+
+def _geometry(x1: jnp.ndarray, x2: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+    """Dot products s, norms, and the angle θ = arccos(u) computed as atan2(√(‖x‖²‖x'‖² − s²), s)
+    (the vectorised ``kernels.relu.angle``: libm's arccos is a scalar call on CPUs)."""
+    dots = pairwise_dots(x1, x2)
+    sq1, sq2 = jnp.sum(x1 * x1, axis=1), jnp.sum(x2 * x2, axis=1)
+    root = safe_sqrt(sq1[:, None] * sq2[None, :] - dots**2)
+    n1 = jnp.sqrt(jnp.maximum(sq1, _TINY))
+    n2 = jnp.sqrt(jnp.maximum(sq2, _TINY))
+    return dots, root, angle(root, dots), n1, n2
+
+
+def two_layer_ntk(x1: jnp.ndarray, x2: jnp.ndarray, get: str = "ntk") -> jnp.ndarray:
+    """Supp. eq. 29 between every row of ``x1`` and of ``x2``: shape (N1, N2)."""
+    if get != "ntk":
+        raise ValueError("the two-layer closed form is an NTK only (get='ntk')")
+    dots, _, theta, _, _ = _geometry(x1, x2)
+    return (0.5 - theta / (2 * math.pi)) * dots
+
+
+def two_layer_ntk_vjp(x1: jnp.ndarray, x2: jnp.ndarray, cotangent: jnp.ndarray) -> jnp.ndarray:
+    """Σ_j cotangent[i, j]·∇_{x1_i} Θ(x1_i, x2_j) in closed form (supp. eq. 9): shape (N1, d)."""
+    dots, root, theta, n1, n2 = _geometry(x1, x2)
+    norms = n1[:, None] * n2[None, :]
+    u = jnp.clip(dots / norms, -1.0, 1.0)
+    a = 0.5 - theta / (2 * math.pi)
+    # B = u / (2π sin θ) with sin θ = root / (‖x‖‖x'‖); zero at the kink (sin θ ≈ 0).
+    kinked = root <= 1e-7 * norms
+    b = jnp.where(kinked, 0.0, u * norms / (2 * math.pi * jnp.where(kinked, 1.0, root)))
+    along_x2 = (cotangent * (a + b)) @ x2
+    along_x1 = jnp.sum(cotangent * b * u * n2[None, :], axis=1) / n1
+    return along_x2 - along_x1[:, None] * x1
+
+
+def two_layer_stax_ntk(x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
+    """Eq. 29 through neural-tangents, an independent route used to verify the closed form.
+
+    For Dense(W_std=1) → ReLU → Dense(W_std=1) without biases in NTK parameterisation,
+    ntk − nngp is the part of the NTK contributed by the first layer alone (the frozen
+    readout's contribution is the nngp term), and the 1/d of the NTK parameterisation is
+    undone by the factor d.
+    """
+    _, _, kernel_fn = stax.serial(
+        stax.Dense(1, W_std=1.0, b_std=None, parameterization="ntk"),
+        stax.Relu(),
+        stax.Dense(1, W_std=1.0, b_std=None, parameterization="ntk"),
+    )
+    k = kernel_fn(x1, x2, ("nngp", "ntk"))
+    return x1.shape[1] * (k.ntk - k.nngp)

@@ -1,0 +1,160 @@
+"""The shared attack algorithms on plain arrays: invariants, exact steps, backend neutrality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attacks import (
+    ThreatModel,
+    check_adversarial,
+    dual_norm,
+    fgsm,
+    pgd,
+    robust_accuracy,
+    steepest_ascent,
+    taylor_max_l1,
+    taylor_sum,
+)
+
+
+@pytest.fixture
+def batch(rng):
+    x = rng.uniform(0, 1, size=(6, 1, 4, 4)).astype(np.float32)
+    x[0, 0, 0, :2] = [0.0, 1.0]  # pixels at the box edges must stay inside [0, 1]
+    return x
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.3, 1.0])
+def test_fgsm_and_pgd_keep_every_invariant(batch, rng, norm, eps):
+    w = rng.standard_normal(batch.shape).astype(np.float32)
+    grad = lambda x, y: w  # noqa: E731
+    threat = ThreatModel(norm, eps)
+    check_adversarial(fgsm(grad, batch, None, eps=eps, norm=norm), batch, threat)
+    if eps > 0:
+        check_adversarial(pgd(grad, batch, None, eps=eps, step=eps / 4, steps=7, norm=norm), batch, threat)
+
+
+def test_linf_fgsm_is_the_sign_step_clipped(batch, rng):
+    w = rng.standard_normal(batch.shape).astype(np.float32)
+    x_adv = fgsm(lambda x, y: w, batch, None, eps=0.1)
+    np.testing.assert_array_equal(x_adv, np.clip(batch + np.float32(0.1) * np.sign(w), 0, 1))
+
+
+def test_l2_fgsm_moves_exactly_eps_when_no_pixel_clips():
+    x = np.full((3, 1, 5, 5), 0.5, dtype=np.float32)
+    w = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
+    x_adv = fgsm(lambda x, y: w, x, None, eps=0.2, norm="l2")
+    sizes = np.linalg.norm((x_adv - x).reshape(3, -1), axis=1)
+    np.testing.assert_allclose(sizes, 0.2, rtol=1e-5)
+
+
+def test_zero_gradient_gives_no_step_not_nan(batch):
+    x_adv = fgsm(lambda x, y: np.zeros_like(x), batch, None, eps=0.3, norm="l2")
+    np.testing.assert_array_equal(x_adv, batch)
+
+
+def test_pgd_on_a_linear_loss_reaches_the_ball_corner():
+    # With a constant gradient, ℓ∞ PGD without random start ends at clip(x + ε·sign(w)).
+    x = np.full((2, 1, 3, 3), 0.5, dtype=np.float32)
+    w = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
+    x_adv = pgd(lambda x, y: w, x, None, eps=0.2, step=0.03, steps=20, random_start=False)
+    np.testing.assert_allclose(x_adv, x + 0.2 * np.sign(w), atol=1e-6)
+
+
+def test_random_start_is_seeded_and_inside_the_ball(batch):
+    for norm in ("linf", "l2"):
+        threat = ThreatModel(norm, 0.3)
+        a, b = threat.random_start(batch, seed=5), threat.random_start(batch, seed=5)
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, threat.random_start(batch, seed=6))
+        check_adversarial(a, batch, threat)
+
+
+def _converter(backend):
+    if backend == "jax":
+        from kernels._jax import jnp
+
+        return jnp.asarray
+    import torch
+
+    return torch.as_tensor
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_same_pgd_runs_on_every_backend(batch, rng, backend, norm):
+    """One implementation: numpy, JAX and torch give the same iterates (same seed)."""
+    # A loss whose gradient depends on x, so that the iterates actually differ step to step.
+    w = rng.standard_normal(batch.shape).astype(np.float32)
+
+    def make_grad(convert):
+        w_b = convert(w)
+        return lambda x, y: w_b * (x - 0.5) + w_b
+
+    expected = pgd(make_grad(np.asarray), batch, None, eps=0.2, step=0.05, steps=5, norm=norm, seed=3)
+    convert = _converter(backend)
+    got = pgd(make_grad(convert), convert(batch), None, eps=0.2, step=0.05, steps=5, norm=norm, seed=3)
+    assert type(got).__module__.split(".")[0] in (backend, "jaxlib")
+    check_adversarial(got, convert(batch), ThreatModel(norm, 0.2))
+    got_np = got.numpy() if backend == "torch" else np.asarray(got)
+    np.testing.assert_allclose(got_np, expected, atol=1e-6)
+
+
+def test_steepest_ascent_and_dual_norm_are_a_dual_pair(rng):
+    g = rng.standard_normal((4, 3, 2, 2))
+    for norm in ("linf", "l2"):
+        d = steepest_ascent(g, norm)
+        gain = np.sum(g * d, axis=(1, 2, 3), keepdims=True)
+        np.testing.assert_allclose(gain, dual_norm(g, norm), rtol=1e-12)
+
+
+def test_taylor_binary_is_eq16(rng):
+    x = rng.uniform(0.2, 0.8, size=(5, 1, 3, 3))
+    z = rng.standard_normal((5, 1, 1, 3, 3))
+    index = np.array([0, 1, 1, 0, 1])  # y = −1, +1, +1, −1, +1
+    y = 2 * index - 1
+    expected = np.clip(x - 0.1 * y[:, None, None, None] * np.sign(z[:, 0]), 0, 1)
+    for attack in (taylor_max_l1, taylor_sum):
+        np.testing.assert_allclose(attack(lambda _: z, x, index, eps=0.1), expected, atol=1e-12)
+
+
+def test_taylor_multiclass_follows_eq20_and_eq22():
+    x = np.full((1, 1, 1, 3), 0.5)
+    # z_r for three classes; true class r* = 0.
+    z = np.array([[[[[0.0, 0.0, 0.0]]], [[[1.0, -1.0, 0.1]]], [[[3.0, 0.1, -0.1]]]]])
+    index = np.array([0])
+    # eq. 20: ‖z_1 − z_0‖₁ = 2.1 < ‖z_2 − z_0‖₁ = 3.2, so push along sign(z_2 − z_0).
+    np.testing.assert_allclose(taylor_max_l1(lambda _: z, x, index, eps=0.1), 0.5 + 0.1 * np.array([[[[1, 1, -1]]]]))
+    # eq. 22: sign((z_1 − z_0) + (z_2 − z_0)) = sign(4, −0.9, 0).
+    np.testing.assert_allclose(taylor_sum(lambda _: z, x, index, eps=0.1), 0.5 + 0.1 * np.array([[[[1, -1, 0]]]]))
+
+
+def test_threat_model_rejects_bad_settings():
+    with pytest.raises(ValueError, match="eps"):
+        ThreatModel("linf", -0.1)
+    with pytest.raises(ValueError, match="norm"):
+        ThreatModel("l1", 0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="step"):
+        pgd(lambda x, y: x, np.zeros((1, 1, 2, 2)), None, eps=0.1, step=0.0, steps=3)
+
+
+def test_check_adversarial_catches_each_violation(batch):
+    threat = ThreatModel("linf", 0.1)
+    with pytest.raises(AssertionError, match="exceeds"):
+        check_adversarial(np.clip(batch + 0.2, 0, 1), batch, threat)
+    with pytest.raises(AssertionError, match=r"\[0, 1\]"):
+        check_adversarial(batch + 0.05, batch, threat)
+    with pytest.raises(AssertionError, match="non-finite"):
+        bad = batch.copy()
+        bad[0, 0, 0, 0] = np.nan
+        check_adversarial(bad, batch, threat)
+    with pytest.raises(AssertionError, match="dtype"):
+        check_adversarial(batch.astype(np.float64), batch, threat)
+
+
+def test_robust_accuracy_is_the_share_still_correct():
+    assert robust_accuracy(np.array([1, 2, 3, 4]), np.array([1, 0, 3, 0])) == 0.5
+    with pytest.raises(ValueError):
+        robust_accuracy(np.array([1]), np.array([1, 2]))

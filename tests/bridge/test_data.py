@@ -1,0 +1,197 @@
+"""Dataset specs and loaders, exercised on files the tests write themselves."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+
+from bridge.data import DataError, load_dataset, read_idx, save_dataset_npz
+
+
+def test_digits_is_the_offline_default_in_the_data_contract():
+    data = load_dataset("digits")
+    assert data.x_train.shape == (1198, 1, 8, 8) and data.x_test.shape == (599, 1, 8, 8)
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    assert 0.0 <= data.x_train.min() and data.x_train.max() <= 1.0
+    assert data.classes == tuple(range(10))
+
+
+def test_binary_task_and_balanced_seeded_subsets():
+    a = load_dataset("digits", classes=["8", "3"], n_train=51, n_test=20, seed=4)
+    b = load_dataset("digits", classes=[8, 3], n_train=51, n_test=20, seed=4)
+    c = load_dataset("digits", classes=[8, 3], n_train=51, n_test=20, seed=5)
+    assert a.classes == (8, 3)  # task order as given: 8 is the negative class
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+    assert sorted(np.bincount(a.y_train)[[3, 8]]) == [25, 26] and set(np.unique(a.y_test)) == {3, 8}
+    assert np.bincount(a.y_test)[3] == np.bincount(a.y_test)[8] == 10
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.fixture
+def small_arrays(rng):
+    return {
+        "x_train": rng.integers(0, 256, size=(20, 5, 5), dtype=np.uint8),
+        "y_train": np.arange(20) % 2,
+        "x_test": rng.integers(0, 256, size=(8, 5, 5), dtype=np.uint8),
+        "y_test": np.arange(8) % 2,
+    }
+
+
+def test_npz_uint8_nhw_becomes_nchw_float(tmp_path, small_arrays):
+    data = load_dataset(write_npz(tmp_path / "d.npz", **small_arrays))
+    assert data.x_train.shape == (20, 1, 5, 5) and data.x_train.dtype == np.float32
+    np.testing.assert_allclose(data.x_train[:, 0] * 255, small_arrays["x_train"], atol=1e-4)
+
+
+def test_npz_float_nchw_round_trips_through_make_npz_writer(tmp_path, small_arrays):
+    arrays = dict(
+        small_arrays, x_train=small_arrays["x_train"][:, None] / 255.0, x_test=small_arrays["x_test"][:, None] / 255.0
+    )
+    data = load_dataset(write_npz(tmp_path / "d.npz", **arrays), n_train=10)
+    save_dataset_npz(data, tmp_path / "again.npz")
+    again = load_dataset(str(tmp_path / "again.npz"))
+    np.testing.assert_array_equal(again.x_train, data.x_train)
+    np.testing.assert_array_equal(again.y_test, data.y_test)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"x_train": np.full((20, 5, 5), np.nan)}, "NaN"),
+        ({"x_train": np.zeros((20, 5, 5, 1, 1))}, "shape"),
+        ({"x_train": np.zeros((20, 5, 5, 3))}, "NHWC"),
+        ({"y_train": np.arange(19) % 2}, "labels"),
+        ({"x_train": np.full((20, 5, 5), 2.0)}, r"\[0, 1\]"),
+        ({"x_test": np.zeros((8, 6, 6))}, "differ in shape"),
+        ({"y_train": np.full(20, 0.5)}, "non-integer"),
+    ],
+)
+def test_bad_npz_contents_are_one_line_errors(tmp_path, small_arrays, change, message):
+    path = write_npz(tmp_path / "bad.npz", **{**small_arrays, **change})
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset(path)
+    assert "\n" not in str(err.value)
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path, small_arrays):
+    path = tmp_path / "objects.npz"
+    np.savez(path, **{**small_arrays, "y_train": np.array([{"evil": 1}] * 20, dtype=object)})
+    with pytest.raises(DataError, match="plain arrays"):
+        load_dataset(str(path))
+
+
+def test_missing_keys_and_unknown_specs():
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("imagenet")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset("/nonexistent/data.npz")
+    with pytest.raises(DataError, match="needs --data-root"):
+        load_dataset("mnist")
+
+
+def test_subset_and_class_errors():
+    with pytest.raises(DataError, match="only 1198"):
+        load_dataset("digits", n_train=5000)
+    with pytest.raises(DataError, match="only 117"):
+        load_dataset("digits", classes=[3, 8], n_test=200)
+    with pytest.raises(DataError, match="class 3 but the data has only 54"):
+        load_dataset("digits", classes=[3, 8], n_test=116)  # 54 threes, 63 eights in the test split
+    with pytest.raises(DataError, match="absent"):
+        load_dataset("digits", classes=[3, 11])
+    with pytest.raises(DataError, match="unknown class"):
+        load_dataset("digits", classes=["cat", "dog"])
+
+
+def write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_root(tmp_path, rng):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", 30), ("t10k", 20)):
+        write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)))
+        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 3)
+    return tmp_path
+
+
+def test_mnist_torchvision_layout(mnist_root):
+    data = load_dataset("mnist", root=mnist_root, classes=[0, 2])
+    assert data.x_train.shape == (20, 1, 28, 28) and data.x_test.shape[1:] == (1, 28, 28)
+    assert set(np.unique(data.y_train)) == {0, 2}
+    np.testing.assert_array_equal(read_idx(mnist_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"), np.arange(20) % 3)
+
+
+def test_mnist_test_set_only_needs_from_test_split(mnist_root):
+    for f in (mnist_root / "MNIST" / "raw").glob("train-*"):
+        f.unlink()
+    with pytest.raises(DataError, match="--from-test-split"):
+        load_dataset("mnist", root=mnist_root)
+    data = load_dataset("mnist", root=mnist_root, from_test_split=True, n_train=12)
+    assert data.x_train.shape[0] == 12 and data.x_test.shape[0] == 8
+    assert np.bincount(data.y_train).tolist() == [4, 4, 4]
+
+
+def test_corrupt_idx_is_reported(tmp_path):
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + (5).to_bytes(4, "big") * 3 + b"short")
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+
+
+def cifar_batch(rng, n):
+    return {
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        b"labels": list(np.arange(n) % 10),
+        b"batch_label": b"synthetic",
+    }
+
+
+@pytest.fixture
+def cifar_root(tmp_path, rng):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / name, "wb") as f:
+            pickle.dump(cifar_batch(rng, 20), f, protocol=2)
+    return tmp_path
+
+
+def test_cifar10_python_batches_through_the_array_only_unpickler(cifar_root):
+    data = load_dataset("cifar10", root=cifar_root, classes=["airplane", "automobile"])
+    assert data.x_train.shape == (20, 3, 32, 32) and data.classes == (0, 1)
+    assert data.class_name(1) == "automobile"
+
+
+def test_cifar10_tampered_pickle_cannot_run_code(cifar_root, tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    with open(cifar_root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"data": Exploit(), b"labels": []}, f, protocol=2)
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        load_dataset("cifar10", root=cifar_root)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cifar10_binary_batches(tmp_path, rng):
+    base = tmp_path / "cifar-10-batches-bin"
+    base.mkdir()
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = np.concatenate([(np.arange(10) % 10)[:, None], rng.integers(0, 256, (10, 3072))], axis=1)
+        records.astype(np.uint8).tofile(base / name)
+    data = load_dataset("cifar10", root=tmp_path)
+    assert data.x_train.shape == (50, 3, 32, 32) and data.x_test.shape == (10, 3, 32, 32)

@@ -1,0 +1,81 @@
+"""Strict numerics and seeded fixtures shared by the suite.
+
+- numpy raises on invalid operations, overflow and division by zero inside tests;
+- JAX runs in float64 (``kernels._jax`` enables it) and refuses implicit rank promotion;
+- every random draw is seeded; the Gram cache lives in a per-session temporary folder;
+- nothing here needs ``../shared`` (real data tests are marked ``shared_data`` and skip).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _strict_numpy():
+    with np.errstate(all="raise", under="ignore"):  # underflow to 0 is benign (exp of -large)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    os.environ["NTKROBUST_CACHE"] = str(tmp_path_factory.mktemp("gram-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def jax_strict():
+    from kernels._jax import jax
+
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    return jax
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def digits_binary():
+    """Digits 3 vs 8: a hard-ish binary task (120 train, 60 test)."""
+    from bridge.data import load_dataset
+
+    return load_dataset("digits", classes=[3, 8], n_train=120, n_test=60, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_multiclass():
+    """All ten digits (200 train, 100 test)."""
+    from bridge.data import load_dataset
+
+    return load_dataset("digits", n_train=200, n_test=100, seed=0)
+
+
+@pytest.fixture(scope="session")
+def fc2_binary(digits_binary, jax_strict):
+    from kernels import fit_kernel_machine, get_architecture
+
+    return fit_kernel_machine(
+        get_architecture("fc2"), digits_binary.x_train, digits_binary.y_train, classes=digits_binary.classes
+    )
+
+
+@pytest.fixture(scope="session")
+def fc2_multiclass(digits_multiclass, jax_strict):
+    from kernels import fit_kernel_machine, get_architecture
+
+    return fit_kernel_machine(get_architecture("fc2"), digits_multiclass.x_train, digits_multiclass.y_train)
+
+
+def shared_data_or_skip(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    return path

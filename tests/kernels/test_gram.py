@@ -1,0 +1,77 @@
+"""Batched Gram matrices against the unbatched kernel, and the disk cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import ARCHITECTURES, UnknownArchitectureError, compute_gram, get_architecture, gram_matrix
+from kernels.gram import gram_cache_path
+
+
+@pytest.fixture
+def images(rng):
+    return rng.uniform(0, 1, size=(23, 1, 6, 6)).astype(np.float32), rng.uniform(0, 1, size=(17, 1, 6, 6)).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_batched_padded_gram_equals_one_unbatched_call(name, images, jax_strict):
+    """Chunked (block side 8, ragged sizes 23 x 17 padded) against one call of kernel_fn."""
+    from kernels._jax import jnp
+
+    arch = get_architecture(name)
+    x1, x2 = images
+    budget = 8 * 16 * arch.entry_cost(x1.shape) * 8 * 8  # a block side of exactly 8
+    chunked = compute_gram(arch, x1, x2, memory_budget=budget)
+    whole = np.asarray(
+        arch.kernel_fn(
+            arch.to_layout(jnp.asarray(x1, jnp.float64)), arch.to_layout(jnp.asarray(x2, jnp.float64)), "ntk"
+        )
+    )
+    assert chunked.shape == (23, 17) and chunked.dtype == np.float64
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12)
+
+
+def test_symmetric_gram_is_exactly_symmetric_and_psd(images):
+    gram = compute_gram(get_architecture("fc3"), images[0])
+    np.testing.assert_array_equal(gram, gram.T)
+    assert np.linalg.eigvalsh(gram).min() > -1e-10 * np.abs(gram).max()
+
+
+def test_cache_reuses_and_distinguishes(images, tmp_path, monkeypatch):
+    arch = get_architecture("fc2")
+    x = images[0]
+    first = gram_matrix(arch, x, cache_dir=tmp_path)
+    path = gram_cache_path(arch, x, None, tmp_path)
+    assert path.exists()
+
+    import kernels.gram as gram_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(gram_module, "compute_gram", fail)
+    np.testing.assert_array_equal(gram_matrix(arch, x, cache_dir=tmp_path), first)
+    # Different data, or a different architecture, is a different file.
+    other = x.copy()
+    other[0, 0, 0, 0] += 0.01
+    assert gram_cache_path(arch, other, None, tmp_path) != path
+    assert gram_cache_path(get_architecture("fc3"), x, None, tmp_path) != path
+
+
+def test_corrupt_cache_file_is_recomputed(images, tmp_path):
+    arch = get_architecture("fc1")
+    x = images[0]
+    path = gram_cache_path(arch, x, None, tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not an npz")
+    np.testing.assert_allclose(gram_matrix(arch, x, cache_dir=tmp_path), compute_gram(arch, x), rtol=1e-12)
+    with np.load(path, allow_pickle=False) as f:
+        assert f["gram"].shape == (23, 23)
+
+
+def test_unknown_architecture_names_the_choices():
+    with pytest.raises(UnknownArchitectureError, match="fc1, fc2"):
+        get_architecture("resnet")

@@ -1,0 +1,178 @@
+"""The kernel machine of eq. 7 against independent routes: nt.predict, direct solves, autodiff."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from kernels import IllConditionedWarning, compute_gram, fit_kernel_machine, get_architecture
+from kernels._jax import jax, jnp, nt
+
+
+def direct_logits(arch, x_train, targets, x, time=math.inf, ridge_abs=0.0):
+    """f_t by a plain solve / matrix exponential: no eigendecomposition shared with the machine."""
+    import scipy.linalg
+
+    gram = compute_gram(arch, x_train) + ridge_abs * np.eye(x_train.shape[0])
+    if math.isinf(time):
+        coef = np.linalg.solve(gram, targets)
+    else:
+        coef = np.linalg.solve(gram, (np.eye(gram.shape[0]) - scipy.linalg.expm(-time * gram)) @ targets)
+    return compute_gram(arch, x, x_train) @ coef
+
+
+def test_f0_is_zero_and_ft_tends_to_f_inf(fc2_binary, digits_binary):
+    x = digits_binary.x_test
+    assert np.abs(np.asarray(fc2_binary.at_time(0.0).logits(x))).max() == 0.0
+    f_inf = np.asarray(fc2_binary.logits(x))
+    gaps = [np.abs(np.asarray(fc2_binary.at_time(t).logits(x)) - f_inf).max() for t in (1e-2, 1.0, 1e2, 1e6)]
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-6 * np.abs(f_inf).max()
+
+
+def test_ridgeless_machine_at_infinity_interpolates_training_labels(
+    fc2_binary, fc2_multiclass, digits_binary, digits_multiclass
+):
+    f = np.asarray(fc2_binary.logits(digits_binary.x_train))
+    np.testing.assert_allclose(f, fc2_binary.targets, atol=1e-6)
+    np.testing.assert_array_equal(fc2_binary.predict(digits_binary.x_train), digits_binary.y_train)
+    f = np.asarray(fc2_multiclass.logits(digits_multiclass.x_train))
+    np.testing.assert_allclose(f, np.eye(10)[digits_multiclass.y_train], atol=1e-6)
+
+
+@pytest.mark.parametrize("time", [0.05, 3.0, math.inf])
+def test_eq7_matches_neural_tangents_predict(fc2_multiclass, digits_multiclass, time):
+    """nt.predict.gradient_descent_mse measures time in units of 1/y_train.size (its MSE is a mean)."""
+    machine = fc2_multiclass.at_time(time)
+    gram = compute_gram(machine.arch, digits_multiclass.x_train)
+    k_test = compute_gram(machine.arch, digits_multiclass.x_test, digits_multiclass.x_train)
+    predict = nt.predict.gradient_descent_mse(jnp.asarray(gram), jnp.asarray(machine.targets))
+    nt_time = None if math.isinf(time) else time * machine.targets.size
+    expected = predict(nt_time, 0.0, 0.0, jnp.asarray(k_test))[1]
+    np.testing.assert_allclose(machine.logits(digits_multiclass.x_test), expected, rtol=1e-6, atol=1e-8)
+
+
+def test_finite_time_and_ridge_match_direct_solves(digits_binary):
+    arch = get_architecture("fc1")
+    x_tr, x_te = digits_binary.x_train[:40], digits_binary.x_test[:10]
+    y_tr = digits_binary.y_train[:40]
+    machine = fit_kernel_machine(arch, x_tr, y_tr, classes=digits_binary.classes, time=0.01)
+    targets = machine.targets
+    np.testing.assert_allclose(machine.logits(x_te), direct_logits(arch, x_tr, targets, x_te, time=0.01), rtol=1e-8)
+    ridged = fit_kernel_machine(arch, x_tr, y_tr, classes=digits_binary.classes, ridge=0.1)
+    rho = 0.1 * np.trace(compute_gram(arch, x_tr)) / 40
+    assert ridged.ridge == pytest.approx(rho)
+    np.testing.assert_allclose(ridged.logits(x_te), direct_logits(arch, x_tr, targets, x_te, ridge_abs=rho), rtol=1e-8)
+
+
+def _cross_entropy_gradient_by_autodiff(machine, x, index):
+    """∇ₓ of the summed cross-entropy through jax.grad of Θ(x, X)·α, α from a plain solve."""
+    arch = machine.arch
+    gram = compute_gram(
+        arch, np.asarray(machine.arch.from_layout(machine.x_train, (machine.n_train, *machine.input_shape)))
+    )
+    alpha = jnp.asarray(np.linalg.solve(gram, machine.targets))
+
+    def loss(xb):
+        f = arch.kernel_fn(arch.to_layout(xb), machine.x_train, "ntk") @ alpha
+        if f.shape[1] == 1:
+            y = 2.0 * jnp.asarray(index) - 1.0
+            return jnp.sum(jax.nn.softplus(-y * f[:, 0]))
+        return -jnp.sum(jax.nn.log_softmax(f, axis=1)[jnp.arange(f.shape[0]), jnp.asarray(index)])
+
+    return np.asarray(jax.grad(loss)(jnp.asarray(x, jnp.float64)))
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_loss_gradient_equals_autodiff_of_the_direct_formula(
+    task, fc2_binary, fc2_multiclass, digits_binary, digits_multiclass
+):
+    machine, data = (fc2_binary, digits_binary) if task == "binary" else (fc2_multiclass, digits_multiclass)
+    x = data.x_test[:16].astype(np.float64)
+    index = machine.target_index(data.y_test[:16])
+    got = np.asarray(machine.loss_gradient(x, index))
+    want = _cross_entropy_gradient_by_autodiff(machine, x, index)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9 * np.abs(want).max())
+
+
+def test_chunked_evaluation_equals_one_block(fc2_multiclass, digits_multiclass):
+    """A memory budget that forces 64-example test blocks and 4-point training chunks."""
+    import dataclasses
+
+    small = dataclasses.replace(fc2_multiclass, memory_budget=8 * 16 * 64 * 4)
+    assert small._blocks().train < small.n_train
+    x = digits_multiclass.x_test[:70].astype(np.float64)
+    index = fc2_multiclass.target_index(digits_multiclass.y_test[:70])
+    np.testing.assert_allclose(small.logits(x), fc2_multiclass.logits(x), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        small.loss_gradient(x, index), fc2_multiclass.loss_gradient(x, index), rtol=1e-8, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        small.output_jacobian(x[:5]), fc2_multiclass.output_jacobian(x[:5]), rtol=1e-8, atol=1e-12
+    )
+
+
+def test_output_jacobian_rows_are_gradients_of_each_output(fc2_multiclass, digits_multiclass):
+    x = jnp.asarray(digits_multiclass.x_test[:3], jnp.float64)
+    z = np.asarray(fc2_multiclass.output_jacobian(x))
+    assert z.shape == (3, 10, 1, 8, 8)
+    for r in (0, 7):
+        g = jax.grad(lambda xb, r=r: jnp.sum(fc2_multiclass.logits(xb)[:, r]))(x)
+        np.testing.assert_allclose(z[:, r], g, rtol=1e-8, atol=1e-12)
+
+
+def test_closed_form_gradient_equals_autodiff_for_two_layer(digits_multiclass):
+    arch = get_architecture("two-layer")
+    data = digits_multiclass
+    closed = fit_kernel_machine(arch, data.x_train, data.y_train, gradient="closed-form")
+    auto = fit_kernel_machine(arch, data.x_train, data.y_train, gradient="autodiff")
+    x = data.x_test[:20].astype(np.float64)
+    index = closed.target_index(data.y_test[:20])
+    np.testing.assert_allclose(closed.loss_gradient(x, index), auto.loss_gradient(x, index), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(closed.output_jacobian(x), auto.output_jacobian(x), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="closed-form"):
+        fit_kernel_machine(get_architecture("fc2"), data.x_train[:10], data.y_train[:10], gradient="closed-form")
+
+
+def test_duplicated_training_points_warn_and_stay_finite(digits_binary):
+    x = np.concatenate([digits_binary.x_train[:30], digits_binary.x_train[:5]])
+    y = np.concatenate([digits_binary.y_train[:30], digits_binary.y_train[:5]])
+    with pytest.warns(IllConditionedWarning, match="singular"):
+        machine = fit_kernel_machine(get_architecture("fc2"), x, y, classes=digits_binary.classes)
+    assert machine.dropped_directions >= 5
+    f = np.asarray(machine.logits(x))
+    assert np.all(np.isfinite(f))
+    np.testing.assert_allclose(f, machine.targets, atol=1e-5)  # consistent duplicates: still interpolated
+
+
+def test_well_conditioned_machine_does_not_warn(digits_binary):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IllConditionedWarning)
+        fit_kernel_machine(get_architecture("fc2"), digits_binary.x_train, digits_binary.y_train)
+
+
+def test_labels_map_to_outputs(fc2_binary, digits_binary):
+    assert fc2_binary.classes == (3, 8) and fc2_binary.n_outputs == 1
+    np.testing.assert_array_equal(fc2_binary.target_index([3, 8, 8]), [0, 1, 1])
+    with pytest.raises(ValueError, match="not one of"):
+        fc2_binary.target_index([5])
+    with pytest.raises(ValueError, match="do not match"):
+        fc2_binary.logits(np.zeros((2, 1, 4, 4), np.float32))
+
+
+def test_float32_evaluation_agrees_with_float64(fc2_multiclass, digits_multiclass):
+    """float32 rows and gradients: ~1e-6 relative error, the same attack directions."""
+    fast = fc2_multiclass.with_precision("float32")
+    x = digits_multiclass.x_test
+    index = fc2_multiclass.target_index(digits_multiclass.y_test)
+    f64, f32 = np.asarray(fc2_multiclass.logits(x)), np.asarray(fast.logits(x))
+    assert f32.dtype == np.float32
+    np.testing.assert_allclose(f32, f64, atol=1e-4 * np.abs(f64).max())
+    np.testing.assert_array_equal(fast.predict(x), fc2_multiclass.predict(x))
+    g64, g32 = np.asarray(fc2_multiclass.loss_gradient(x, index)), np.asarray(fast.loss_gradient(x, index))
+    np.testing.assert_allclose(g32, g64, atol=1e-4 * np.abs(g64).max())
+    assert np.mean(np.sign(g32) == np.sign(g64)) > 0.999
+    with pytest.raises(ValueError, match="precision"):
+        fc2_multiclass.with_precision("float16")
