@@ -150,8 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return int(args.func(args))
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -297,6 +299,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
             progress=progress,
         )
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    if args.method == "pgd" and step * steps < eps:
+        notes.append(
+            f"PGD can move at most step*steps = {step * steps:.4g} from its start, less than eps = {eps:.4g}: "
+            "raise --steps or --step to use the whole budget"
+        )
     for note in notes:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
     clock["machine"] = time.perf_counter()
@@ -361,7 +368,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
             "attack": clock["attack"] - clock["machine"],
         },
         "versions": _versions(),
-        "argv": sys.argv[1:] if sys.argv and Path(sys.argv[0]).name in (PROG, "cli.py") else None,
+        "argv": args.argv,
     }
 
     import numpy as np

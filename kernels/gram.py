@@ -39,10 +39,7 @@ _LIVE_ARRAYS = 16
 def block_size(arch: Architecture, nchw_shape: tuple[int, ...], *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
     """Side of a square kernel block whose intermediates fit in ``memory_budget`` bytes."""
     per_entry = 8 * _LIVE_ARRAYS * arch.entry_cost(nchw_shape)
-    side = math.isqrt(max(memory_budget // per_entry, 1))
-    if side < 1:
-        raise ValueError(f"memory budget {memory_budget} bytes is too small for one kernel entry")
-    return min(side, 512)
+    return min(math.isqrt(max(memory_budget // per_entry, 1)), 512)
 
 
 def default_cache_dir() -> Path:

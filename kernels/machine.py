@@ -121,7 +121,7 @@ class KernelMachine:
 
     @property
     def condition_number(self) -> float:
-        kept = self.eigenvalues + self.ridge
+        kept = np.maximum(self.eigenvalues, 0.0) + self.ridge
         kept = kept[kept > self.cutoff]
         return float(kept.max() / kept.min())
 
@@ -149,12 +149,7 @@ class KernelMachine:
 
     def target_index(self, labels: Sequence[int] | np.ndarray) -> np.ndarray:
         """Class ids → position among ``classes`` (for one output: 0 ↔ y = −1, 1 ↔ y = +1)."""
-        labels = np.asarray(labels)
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        try:
-            return np.array([lookup[int(c)] for c in labels], dtype=np.int64)
-        except KeyError as err:
-            raise ValueError(f"label {err.args[0]} is not one of the machine's classes {self.classes}") from None
+        return _index_of(np.asarray(labels), self.classes)
 
     # -- evaluation -----------------------------------------------------------------------
 
@@ -424,7 +419,7 @@ def _index_of(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
     lookup = {c: i for i, c in enumerate(classes)}
     missing = sorted({int(c) for c in labels} - set(lookup))
     if missing:
-        raise ValueError(f"training labels {missing} are not among the classes {classes}")
+        raise ValueError(f"labels {missing} are not one of the classes {classes}")
     return np.array([lookup[int(c)] for c in labels], dtype=np.int64)
 
 

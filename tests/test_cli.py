@@ -65,6 +65,13 @@ def test_two_layer_uses_the_closed_form_gradient_and_the_cache(tmp_path, capsys)
     assert first["robust_accuracy"] == second["robust_accuracy"]
 
 
+def test_pgd_that_cannot_reach_eps_is_warned_about(tmp_path, capsys):
+    args = ["attack", *DIGITS_SMALL, "--method", "pgd", "--steps", "10", "--out", tmp_path / "r"]
+    code, _, stderr = run(args, capsys)
+    assert code == 0 and "warning: PGD can move at most" in stderr
+    assert "step*steps" in json.loads((tmp_path / "r" / "results.json").read_text())["warnings"][0]
+
+
 def test_fraction_eps_and_force(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
