@@ -36,10 +36,14 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 _LIVE_ARRAYS = 16
 
 
+def entries_within_budget(arch: Architecture, nchw_shape: tuple[int, ...], memory_budget: int) -> int:
+    """How many kernel entries (at least 1) one block may hold within ``memory_budget`` bytes."""
+    return max(memory_budget // (8 * _LIVE_ARRAYS * arch.entry_cost(nchw_shape)), 1)
+
+
 def block_size(arch: Architecture, nchw_shape: tuple[int, ...], *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
     """Side of a square kernel block whose intermediates fit in ``memory_budget`` bytes."""
-    per_entry = 8 * _LIVE_ARRAYS * arch.entry_cost(nchw_shape)
-    return min(math.isqrt(max(memory_budget // per_entry, 1)), 512)
+    return min(math.isqrt(entries_within_budget(arch, nchw_shape, memory_budget)), 512)
 
 
 def default_cache_dir() -> Path:

@@ -36,7 +36,7 @@ import numpy as np
 
 from kernels._jax import jax, jnp
 from kernels.architectures import Architecture
-from kernels.gram import _LIVE_ARRAYS, DEFAULT_MEMORY_BUDGET, gram_matrix
+from kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
 
 #: Condition numbers above this make the ridgeless t = ∞ solution amplify the ~1e-9 relative
 #: rounding error of arc-cosine kernel entries into visible error.
@@ -154,8 +154,8 @@ class KernelMachine:
     # -- evaluation -----------------------------------------------------------------------
 
     def _blocks(self, per_example_outputs: int = 1) -> _Blocks:
-        per_entry = 8 * _LIVE_ARRAYS * self.arch.entry_cost((1, *self.input_shape)) * per_example_outputs
-        entries = max(self.memory_budget // per_entry, 1)
+        budget = self.memory_budget // per_example_outputs
+        entries = entries_within_budget(self.arch, (1, *self.input_shape), budget)
         n = self.n_train
         if entries >= 64 * n:
             return _Blocks(test=min(entries // n, 4096), train=n)
