@@ -76,6 +76,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+DEFAULT_ROBUST_R = (1, 2, 5, 10, 20, 50, 100, -1)  # -1: every feature (the full machine)
+
+
+def _r_list(text: str) -> tuple[int, ...]:
+    """'1,5,all' → (1, 5, -1); 'none' → ()."""
+    if text.strip().lower() == "none":
+        return ()
+    values = []
+    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+        if item == "all":
+            values.append(-1)
+            continue
+        values.append(_positive_int(item))
+    if not values:
+        raise argparse.ArgumentTypeError("--robust-r needs at least one value (or 'none')")
+    return tuple(values)
+
+
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits", help="digits (default, offline), mnist, cifar10, or a path to an .npz")
@@ -90,6 +108,26 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-train", type=_positive_int, help="class-balanced training subset size (default: all)")
     g.add_argument("--n-test", type=_positive_int, help="class-balanced test subset size (default: all)")
     g.add_argument("--seed", type=int, default=0, help="seed of subsets and random starts (default 0)")
+
+
+def _add_machine_flags(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--time", type=_number, default=math.inf, help="training time t of eq. 7 (default inf)")
+    g.add_argument("--ridge", type=_number, default=0.0, help="ridge relative to tr(Θ)/n (default 0)")
+    g.add_argument("--learning-rate", type=_number, default=1.0, help="η of eq. 7 (default 1)")
+    g.add_argument(
+        "--gradient",
+        default="auto",
+        choices=("auto", "autodiff", "closed-form"),
+        help="input gradients: closed form (supp. eq. 9, two-layer only) or autodiff (default auto)",
+    )
+    g.add_argument(
+        "--precision",
+        default="float64",
+        choices=("float64", "float32"),
+        help="arithmetic of test-time kernel rows and gradients; the Gram matrix is always float64 (default float64)",
+    )
+    g.add_argument("--cache-dir", type=Path, help="Gram-matrix cache (default $NTKROBUST_CACHE or ~/.cache/ntkrobust)")
+    g.add_argument("--no-cache", action="store_true", help="do not read or write the Gram-matrix cache")
 
 
 def _add_output_flags(p: argparse.ArgumentParser, *, what: str) -> None:
@@ -111,23 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
     g = p.add_argument_group("kernel machine")
     g.add_argument("--arch", default="fc2", choices=ARCHITECTURES, help="infinite-width architecture (default fc2)")
-    g.add_argument("--time", type=_number, default=math.inf, help="training time t of eq. 7 (default inf)")
-    g.add_argument("--ridge", type=_number, default=0.0, help="ridge relative to tr(Θ)/n (default 0)")
-    g.add_argument("--learning-rate", type=_number, default=1.0, help="η of eq. 7 (default 1)")
-    g.add_argument(
-        "--gradient",
-        default="auto",
-        choices=("auto", "autodiff", "closed-form"),
-        help="input gradients: closed form (supp. eq. 9, two-layer only) or autodiff (default auto)",
-    )
-    g.add_argument(
-        "--precision",
-        default="float64",
-        choices=("float64", "float32"),
-        help="arithmetic of test-time kernel rows and gradients; the Gram matrix is always float64 (default float64)",
-    )
-    g.add_argument("--cache-dir", type=Path, help="Gram-matrix cache (default $NTKROBUST_CACHE or ~/.cache/ntkrobust)")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the Gram-matrix cache")
+    _add_machine_flags(g)
     g = p.add_argument_group("attack")
     g.add_argument("--method", default="fgsm", choices=METHODS, help="attack (default fgsm)")
     g.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default linf)")
@@ -137,6 +159,56 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-random-start", action="store_true", help="start PGD at x instead of a random point")
     _add_output_flags(p, what="output folder: adversarial.npz, results.json")
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser(
+        "features",
+        help="eigen-features of NTK machines: robustness vs usefulness, pictures, robust-only kernels",
+        description="Decompose NTK machines into eigen-features (Tsilivis & Kempe eq. 9), score each "
+        "feature's usefulness and robustness on held-out data (supp. A), draw them (fig. 2, fig. 5) and "
+        "test kernels built from the most robust features only (supp. D.3).",
+    )
+    _add_data_flags(p)
+    g = p.add_argument_group("kernel machines")
+    g.add_argument(
+        "--arch",
+        action="append",
+        choices=ARCHITECTURES,
+        help="infinite-width architecture; repeat for several (default fc2)",
+    )
+    _add_machine_flags(g)
+    g = p.add_argument_group("features")
+    g.add_argument("--n-features", type=_positive_int, default=100, help="features scored, from the top (default 100)")
+    g.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default linf)")
+    g.add_argument("--eps", type=_number, help="radius in pixel units, e.g. 0.3 or 8/255 (default: standard)")
+    g.add_argument(
+        "--feature-attack", default="fgsm", choices=("fgsm", "pgd"), help="attack on each feature (default fgsm)"
+    )
+    g.add_argument("--step", type=_number, help="PGD step size (default: standard, scaled with --eps)")
+    g.add_argument("--steps", type=_positive_int, help="PGD steps of --feature-attack pgd (default: standard)")
+    g.add_argument("--no-random-start", action="store_true", help="start PGD at x instead of a random point")
+    g.add_argument("--image-index", type=int, default=0, help="held-out image whose feature gradients are drawn")
+    g.add_argument("--top-k", type=_positive_int, default=5, help="features in the gallery (default 5)")
+    g.add_argument(
+        "--non-robust-below",
+        type=_number,
+        default=0.05,
+        help="robustness at or below which a useful feature counts as non-robust (default 0.05)",
+    )
+    g.add_argument(
+        "--robust-r",
+        type=_r_list,
+        default=DEFAULT_ROBUST_R,
+        help="r values of the robust-features-only kernels, comma-separated, 'all' = every feature, or "
+        "'none' to skip (default 1,2,5,10,20,50,100,all; values above --n-features are dropped)",
+    )
+    g.add_argument(
+        "--robust-steps",
+        type=_positive_int,
+        default=10,
+        help="PGD steps against f'_r, of size --step or 2.5·eps/steps (default 10)",
+    )
+    _add_output_flags(p, what="output folder: features.csv, PNG figures, results.json")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser(
         "make-npz",
@@ -259,30 +331,29 @@ def _resolve_threat(args: argparse.Namespace, channels: int) -> tuple[float, flo
     return eps, step, steps
 
 
-def cmd_attack(args: argparse.Namespace) -> int:
+def _check_machine_args(args: argparse.Namespace, arch_names: Sequence[str]) -> None:
     if not (args.time >= 0):
         raise UsageError(f"--time must be >= 0 or inf, got {args.time}")
     if not (math.isfinite(args.ridge) and args.ridge >= 0):
         raise UsageError(f"--ridge must be a finite number >= 0, got {args.ridge}")
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         raise UsageError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
-    if args.gradient == "closed-form" and args.arch != "two-layer":
-        raise UsageError(f"--gradient closed-form exists only for two-layer, not {args.arch}")
-    _check_out_dir(args.out, args.force)
-    clock = {"start": time.perf_counter()}
-    data = _load_data(args)
-    eps, step, steps = _resolve_threat(args, data.image_shape[0])
-    clock["data"] = time.perf_counter()
+    if args.gradient == "closed-form" and any(name != "two-layer" for name in arch_names):
+        raise UsageError("--gradient closed-form exists only for two-layer")
 
-    from attacks import ThreatModel, perturbation_norms, robust_accuracy
+
+def _fit_machine(args: argparse.Namespace, arch_name: str, data: Any, progress: bool):  # type: ignore[no-untyped-def]
+    """The kernel machine of the machine flags, its warnings, and its kernel diagnostics."""
     from kernels import fit_kernel_machine, get_architecture
-    from kernels.adversarial import AttackConfig, craft_adversarial
     from kernels.gram import default_cache_dir, gram_cache_path
 
-    arch = get_architecture(args.arch)
+    arch = get_architecture(arch_name)
+    try:
+        arch.check_input((1, *data.image_shape))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     cache_hit = cache_dir is not None and gram_cache_path(arch, data.x_train, None, cache_dir).exists()
-    progress = _progress(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         machine = fit_kernel_machine(
@@ -293,12 +364,69 @@ def cmd_attack(args: argparse.Namespace) -> int:
             time=args.time,
             ridge=args.ridge,
             learning_rate=args.learning_rate,
-            gradient=args.gradient,
+            gradient="auto" if args.gradient == "closed-form" and arch_name != "two-layer" else args.gradient,
             cache_dir=cache_dir,
             precision=args.precision,
             progress=progress,
         )
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    kernel = {
+        "architecture": arch.fingerprint(),
+        "description": arch.description,
+        "outputs": machine.n_outputs,
+        "condition_number": machine.condition_number,
+        "dropped_directions": machine.dropped_directions,
+        "gram_cache": "off" if cache_dir is None else ("hit" if cache_hit else "miss"),
+    }
+    return machine, notes, kernel
+
+
+def _data_config(args: argparse.Namespace, data: Any) -> dict[str, Any]:
+    return {
+        "data": args.data,
+        "data_root": str(args.data_root) if args.data_root else None,
+        "from_test_split": args.from_test_split,
+        "classes": list(data.classes),
+        "n_train": int(data.x_train.shape[0]),
+        "n_test": int(data.x_test.shape[0]),
+    }
+
+
+def _machine_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "time": args.time,
+        "ridge": args.ridge,
+        "learning_rate": args.learning_rate,
+        "gradient": args.gradient,
+        "precision": args.precision,
+    }
+
+
+def _write_outputs(out: Path, write) -> None:  # type: ignore[no-untyped-def]
+    """``write(staged)`` fills a staging folder; its files move into ``out`` only if all succeed."""
+    staged = _StagedOutput(out)
+    try:
+        write(staged)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    _check_machine_args(args, [args.arch])
+    _check_out_dir(args.out, args.force)
+    clock = {"start": time.perf_counter()}
+    data = _load_data(args)
+    eps, step, steps = _resolve_threat(args, data.image_shape[0])
+    clock["data"] = time.perf_counter()
+
+    from attacks import ThreatModel, perturbation_norms, robust_accuracy
+    from kernels.adversarial import AttackConfig, craft_adversarial
+
+    progress = _progress(args)
+    machine, notes, kernel = _fit_machine(args, args.arch, data, progress)
+    arch = machine.arch
     if args.method == "pgd" and step * steps < eps:
         notes.append(
             f"PGD can move at most step*steps = {step * steps:.4g} from its start, less than eps = {eps:.4g}: "
@@ -326,20 +454,12 @@ def cmd_attack(args: argparse.Namespace) -> int:
     results = {
         "command": "attack",
         "clean_accuracy": robust_accuracy(clean_pred, data.y_test),
-        "robust_accuracy": robust_accuracy(adv_pred, data.y_test),
+        "robust_accuracy": robust_accuracy(adv_pred, data.y_test, clean_pred),
         "config": {
-            "data": args.data,
-            "data_root": str(args.data_root) if args.data_root else None,
-            "from_test_split": args.from_test_split,
-            "classes": list(data.classes),
-            "n_train": int(data.x_train.shape[0]),
-            "n_test": int(data.x_test.shape[0]),
+            **_data_config(args, data),
             "arch": args.arch,
-            "time": args.time,
-            "ridge": args.ridge,
-            "learning_rate": args.learning_rate,
+            **_machine_config(args),
             "gradient": machine.gradient,
-            "precision": machine.precision,
             "method": args.method,
             "norm": args.norm,
             "eps": eps,
@@ -349,14 +469,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         },
         "seed": args.seed,
         "dataset": data.describe(),
-        "kernel": {
-            "architecture": arch.fingerprint(),
-            "description": arch.description,
-            "outputs": machine.n_outputs,
-            "condition_number": machine.condition_number,
-            "dropped_directions": machine.dropped_directions,
-            "gram_cache": "off" if cache_dir is None else ("hit" if cache_hit else "miss"),
-        },
+        "kernel": kernel,
         "perturbation": {
             "linf_max": float(sizes["linf"].max()),
             "l2_mean": float(sizes["l2"].mean()),
@@ -373,20 +486,244 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    staged = _StagedOutput(args.out)
-    try:
+    def write(staged: _StagedOutput) -> None:
         with open(staged.path("adversarial.npz"), "wb") as f:
             np.savez_compressed(f, x_adv=x_adv.astype(np.float32), x=data.x_test, y=data.y_test)
         _write_json(staged.path("results.json"), results)
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+
+    _write_outputs(args.out, write)
     print(
         f"{arch.name} NTK machine on {data.name} ({results['config']['n_train']} train, "
         f"{results['config']['n_test']} test): clean accuracy {results['clean_accuracy']:.3f}, "
         f"{args.method} {args.norm} eps={eps:.4g}: robust accuracy {results['robust_accuracy']:.3f} -> {args.out}"
     )
+    return 0
+
+
+# -- features -------------------------------------------------------------------------------
+
+
+def _resolve_r(requested: Sequence[int], n_features: int, n_train: int) -> list[int]:
+    """--robust-r values that apply: at most --n-features (the ranked ones), -1 = all n."""
+    values = sorted({n_train if r == -1 else r for r in requested if r == -1 or r <= n_features})
+    return values
+
+
+def _feature_captions(scores: Any, indices: Sequence[int]) -> list[str]:
+    return [f"#{i} u={scores.usefulness[i]:.2f} r={scores.robustness[i]:.2f}" for i in indices]
+
+
+def _early_and_late(mask: Any, each: int) -> list[int]:
+    """Up to ``each`` of the first and ``each`` of the last features where ``mask`` holds (TK fig. 5)."""
+    hits = [int(i) for i in mask.nonzero()[0]]
+    return hits if len(hits) <= 2 * each else hits[:each] + hits[-each:]
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    arch_names = args.arch or ["fc2"]
+    if len(set(arch_names)) != len(arch_names):
+        raise UsageError(f"--arch repeats an architecture: {', '.join(arch_names)}")
+    _check_machine_args(args, arch_names)
+    if not (0 <= args.non_robust_below <= 1):
+        raise UsageError(f"--non-robust-below must lie in [0, 1], got {args.non_robust_below}")
+    _check_out_dir(args.out, args.force)
+    clock = {"start": time.perf_counter()}
+    data = _load_data(args)
+    eps, step, steps = _resolve_threat(args, data.image_shape[0])
+    n_train, n_test = data.x_train.shape[0], data.x_test.shape[0]
+    if args.n_features > n_train:
+        raise UsageError(f"--n-features {args.n_features} exceeds the {n_train} training points (one feature each)")
+    if not 0 <= args.image_index < n_test:
+        raise UsageError(
+            f"--image-index {args.image_index} is out of range: {n_test} held-out images (0..{n_test - 1})"
+        )
+    r_values = _resolve_r(args.robust_r, args.n_features, n_train)
+    # PGD against f'_r: --step if given, else Madry et al.'s 2.5·ε/steps (2/255 for CIFAR's PGD-10).
+    robust_step = step if args.step is not None else 2.5 * eps / args.robust_steps
+    if args.robust_r and not r_values:
+        raise UsageError(f"no --robust-r value is at most --n-features {args.n_features} (or 'all')")
+
+    import numpy as np
+
+    import plots
+    from attacks import ThreatModel, robust_accuracy
+    from bridge.data import stratified_halves
+    from kernels.adversarial import AttackConfig, craft_adversarial
+    from kernels.features import feature_gradients, feature_scores, robustness_ranking
+    from kernels.robust_only import robust_only_kernels
+
+    progress = _progress(args)
+    threat = ThreatModel(norm=args.norm, eps=eps)
+    # Features are ranked on one half of the held-out data and robust-only kernels evaluated on
+    # the other, so the ranking never sees the points that judge it.
+    if r_values:
+        val_idx, eval_idx = stratified_halves(data.y_test, args.seed)
+    else:
+        val_idx, eval_idx = np.arange(n_test), np.arange(0)
+    x_val, y_val = data.x_test[val_idx], data.y_test[val_idx]
+    image, label = data.x_test[args.image_index], data.y_test[args.image_index]
+    clock["data"] = time.perf_counter()
+
+    per_arch: dict[str, Any] = {}
+    panels, gallery, strips, curves, tables = [], [], [], [], {}
+    notes: list[str] = []
+    for name in arch_names:
+        t0 = time.perf_counter()
+        machine, arch_notes, kernel = _fit_machine(args, name, data, progress)
+        notes += [f"{name}: {note}" for note in arch_notes]
+        t1 = time.perf_counter()
+        clean = machine.predict(x_val)
+        adv = machine.predict(craft_adversarial(machine, x_val, y_val, AttackConfig("fgsm", threat)))
+        scores = feature_scores(
+            machine,
+            x_val,
+            y_val,
+            threat,
+            n_features=args.n_features,
+            attack=args.feature_attack,
+            step=step,
+            steps=steps,
+            random_start=not args.no_random_start,
+            seed=args.seed,
+            progress=progress,
+        )
+        t2 = time.perf_counter()
+        top = list(range(min(args.top_k, args.n_features)))
+        gallery.append(
+            (name, feature_gradients(machine, image[None], label[None], top)[0], _feature_captions(scores, top))
+        )
+        weak = scores.useful_non_robust(args.non_robust_below)
+        shown = _early_and_late(weak, 3)
+        strip = feature_gradients(machine, image[None], label[None], shown)[0] if shown else np.zeros((0, *image.shape))
+        strips.append((name, strip, _feature_captions(scores, shown)))
+        panels.append((name, scores))
+        robust_only: list[Any] = []
+        if r_values:
+            robust_only = robust_only_kernels(
+                machine,
+                robustness_ranking(scores, n_train),
+                r_values,
+                data.x_test[eval_idx],
+                data.y_test[eval_idx],
+                threat,
+                pgd_step=robust_step,
+                pgd_steps=args.robust_steps,
+                random_start=not args.no_random_start,
+                seed=args.seed,
+                progress=progress,
+            )
+            curves.append((name, robust_only))
+        t3 = time.perf_counter()
+        tables[name] = scores
+        useful = scores.useful()
+        head = min(10, args.n_features)
+        per_arch[name] = {
+            "spearman_index_robustness": scores.spearman_index_robustness(),
+            "useful_non_robust_share": float(weak.mean()),
+            "useful_non_robust_share_of_useful": float(weak.sum() / useful.sum()) if useful.any() else None,
+            "useful_share": float(useful.mean()),
+            "mean_robustness_top10": float(scores.robustness[:head].mean()),
+            "mean_robustness_rest": float(scores.robustness[head:].mean()) if args.n_features > head else None,
+            "chance_usefulness": scores.chance,
+            "full_machine": {
+                "clean_accuracy": robust_accuracy(clean, y_val),
+                "fgsm_accuracy": robust_accuracy(adv, y_val, clean),
+            },
+            "useful_non_robust_features": [int(i) for i in weak.nonzero()[0]],
+            "robust_only": [res.as_dict() for res in robust_only],
+            "kernel": kernel,
+            "seconds": {"kernel_machine": t1 - t0, "features": t2 - t1, "robust_only": t3 - t2},
+        }
+
+    names = [str(data.class_name(c)) for c in data.classes]
+    what = f"{data.name}, {' vs '.join(names) if len(names) == 2 else f'{len(names)} classes'}"
+    threat_text = f"{args.feature_attack.upper()} {args.norm} eps={eps:.4g}"
+    results = {
+        "command": "features",
+        "architectures": per_arch,
+        "config": {
+            **_data_config(args, data),
+            "arch": arch_names,
+            **_machine_config(args),
+            "n_features": args.n_features,
+            "norm": args.norm,
+            "eps": eps,
+            "feature_attack": args.feature_attack,
+            "step": step if args.feature_attack == "pgd" else None,
+            "steps": steps if args.feature_attack == "pgd" else 1,
+            "random_start": not args.no_random_start,
+            "robust_steps": args.robust_steps,
+            "robust_step": robust_step if r_values else None,
+            "robust_r": r_values,
+            "non_robust_below": args.non_robust_below,
+            "image_index": args.image_index,
+            "top_k": args.top_k,
+            "validation_points": int(val_idx.size),
+            "evaluation_points": int(eval_idx.size),
+        },
+        "definitions": {
+            "usefulness": "held-out accuracy of the feature alone (supp. A eq. 1)",
+            "robustness": "share of held-out points the feature classifies correctly at x and at its own attack",
+            "useful": "usefulness above chance_usefulness, the share of the most frequent class",
+            "spearman_index_robustness": "Spearman correlation of eigen-index (0 = largest) and robustness",
+        },
+        "seed": args.seed,
+        "dataset": data.describe(),
+        "warnings": notes,
+        "seconds": {"data": clock["data"] - clock["start"], "total": time.perf_counter() - clock["start"]},
+        "versions": _versions(),
+        "argv": args.argv,
+    }
+
+    def write(staged: _StagedOutput) -> None:
+        for name, scores in tables.items():
+            csv = "features.csv" if len(tables) == 1 else f"features-{name}.csv"
+            rows = ["index,eigenvalue,usefulness,robustness"] + [
+                f"{i},{lam:.17g},{u:.6g},{r:.6g}"
+                for i, lam, u, r in zip(
+                    scores.index, scores.eigenvalue, scores.usefulness, scores.robustness, strict=True
+                )
+            ]
+            staged.path(csv).write_text("\n".join(rows) + "\n")
+        subtitle = f"{what}: {n_train} train, {val_idx.size} held out; {threat_text}"
+        plots.robustness_usefulness(
+            panels,
+            staged.path("robustness_usefulness.png"),
+            subtitle=subtitle,
+            useful_non_robust_below=args.non_robust_below,
+        )
+        image_text = f"held-out image {args.image_index} (class {data.class_name(int(label))})"
+        plots.feature_gallery(
+            image,
+            gallery,
+            staged.path("feature_gallery.png"),
+            subtitle=f"{what}: gradients of the top features' scores for {image_text}",
+        )
+        plots.feature_gallery(
+            image,
+            strips,
+            staged.path("useful_non_robust.png"),
+            subtitle=f"useful but non-robust features (robustness <= {args.non_robust_below:g}), earliest and latest; "
+            f"u = usefulness, r = robustness; {image_text}",
+        )
+        if curves:
+            plots.robust_only_curves(
+                curves,
+                staged.path("robust_only.png"),
+                subtitle=f"{what}: ranked on {val_idx.size}, evaluated on {eval_idx.size} held-out points; "
+                f"{args.norm} eps={eps:.4g}, PGD-{args.robust_steps}",
+            )
+        _write_json(staged.path("results.json"), results)
+
+    _write_outputs(args.out, write)
+    for name, entry in per_arch.items():
+        print(
+            f"{name}: Spearman(index, robustness) = {entry['spearman_index_robustness']:.2f}, "
+            f"useful non-robust {entry['useful_non_robust_share']:.2f} of {args.n_features} features, "
+            f"full machine clean {entry['full_machine']['clean_accuracy']:.3f} / "
+            f"FGSM {entry['full_machine']['fgsm_accuracy']:.3f}"
+        )
+    print(f"-> {args.out}")
     return 0
 
 

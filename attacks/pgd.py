@@ -21,6 +21,8 @@ Arguments:
     norm: ``"linf"`` (default) or ``"l2"``.
     random_start: start from a uniform draw in the ball (default True).
     seed: seed of the random start (default 0).
+    start: the first iterate, overriding ``random_start`` and ``seed`` (default None), e.g. the
+        random start of each example shared by several attacks on it; projected onto the ball.
     progress: show a progress bar over steps (default False).
 
 Shapes:
@@ -51,6 +53,7 @@ def pgd(
     norm: Norm = "linf",
     random_start: bool = True,
     seed: int = 0,
+    start: Array | None = None,
     progress: bool = False,
 ) -> Array:
     """Projected steepest ascent on the loss from a random point of the ε-ball."""
@@ -60,7 +63,10 @@ def pgd(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     ops = ops_for(x)
-    x_adv = threat.random_start(x, seed) if random_start else x
+    if start is not None:
+        x_adv = threat.project(start, x)
+    else:
+        x_adv = threat.random_start(x, seed) if random_start else x
     for _ in tqdm(range(steps), desc="PGD", unit="step", disable=not progress, leave=False):
         direction = ops.astype_like(steepest_ascent(loss_gradient(x_adv, y), norm), x)
         x_adv = threat.project(x_adv + step * direction, x)

@@ -107,12 +107,23 @@ def check_adversarial(x_adv: Array, x: Array, threat: ThreatModel) -> None:
     assert size <= threat.eps + EPS_SLACK, f"perturbation {size} exceeds eps {threat.eps}"
 
 
-def robust_accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Share of examples whose prediction equals the label (clean or under attack)."""
+def robust_accuracy(predictions: np.ndarray, labels: np.ndarray, clean_predictions: np.ndarray | None = None) -> float:
+    """Share of examples whose prediction equals the label: clean accuracy, or under attack.
+
+    With ``clean_predictions`` an example counts only if it is correct both clean and under
+    attack, the share *still* correct (RobustBench's convention; the robustness of supp. A eq. 2
+    takes the worst case over a ball that contains x itself).
+    """
     predictions = np.asarray(predictions)
     labels = np.asarray(labels)
     if predictions.shape != labels.shape:
         raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} differ in shape")
     if labels.size == 0:
         raise ValueError("accuracy of an empty set is undefined")
-    return float(np.mean(predictions == labels))
+    correct = predictions == labels
+    if clean_predictions is not None:
+        clean_predictions = np.asarray(clean_predictions)
+        if clean_predictions.shape != labels.shape:
+            raise ValueError(f"clean predictions {clean_predictions.shape} and labels {labels.shape} differ in shape")
+        correct &= clean_predictions == labels
+    return float(np.mean(correct))

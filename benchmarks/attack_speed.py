@@ -14,14 +14,10 @@ images; compile time is excluded (one warm-up call), every number is the median 
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import SHARED_MNIST, load_mnist, median_seconds  # first: puts the repository on sys.path
 
 from attacks import pgd
 from kernels import fit_kernel_machine, get_architecture
@@ -30,35 +26,13 @@ GOAL_STEP_RATIO = 3.0
 GOAL_LOOP_SPEEDUP = 20.0
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def load(mnist: Path, n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
-    if mnist.exists():
-        from bridge.data import load_dataset
-
-        data = load_dataset("mnist", root=mnist, from_test_split=True, n_train=n_train, n_test=n_test, seed=0)
-        return data.x_train, data.y_train, data.x_test, data.y_test, f"real MNIST from {mnist}"
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, size=(n_train + n_test, 1, 28, 28)).astype(np.float32)
-    y = np.arange(n_train + n_test) % 10
-    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], "synthetic uniform 28x28 images"
-
-
 def block(x):  # wait for JAX's asynchronous dispatch
     return x.block_until_ready() if hasattr(x, "block_until_ready") else x
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
+    parser.add_argument("--mnist", type=Path, default=SHARED_MNIST)
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
@@ -67,7 +41,7 @@ def main() -> None:
 
     from kernels._jax import jnp
 
-    x_tr, y_tr, x_te, y_te, source = load(args.mnist, args.n_train, args.n_test)
+    x_tr, y_tr, x_te, y_te, source = load_mnist(args.mnist, args.n_train, args.n_test)
     print(f"data: {source}; {x_tr.shape[0]} train, {x_te.shape[0]} test, inputs {x_te.shape[1:]}")
     machine = fit_kernel_machine(get_architecture("fc2"), x_tr, y_tr)
     x = jnp.asarray(x_te)

@@ -3,6 +3,14 @@
 Never imports JAX; exchanges numpy arrays with ``kernels``.
 """
 
-from bridge.data import DATASETS, DataError, Dataset, load_dataset, read_idx, save_dataset_npz
+from bridge.data import DATASETS, DataError, Dataset, load_dataset, read_idx, save_dataset_npz, stratified_halves
 
-__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "read_idx", "save_dataset_npz"]
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "Dataset",
+    "load_dataset",
+    "read_idx",
+    "save_dataset_npz",
+    "stratified_halves",
+]

@@ -172,6 +172,22 @@ def _balanced_subset(
     return np.sort(np.concatenate(chosen))
 
 
+def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split example indices in two halves with the same class mix (odd counts favour the first).
+
+    Used to rank features on one half of the held-out data and evaluate on the other.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        cut = (members.size + 1) // 2
+        first.append(members[:cut])
+        second.append(members[cut:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
 # -- conversions ----------------------------------------------------------------------------
 
 

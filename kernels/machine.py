@@ -37,6 +37,7 @@ import numpy as np
 from kernels._jax import jax, jnp
 from kernels.architectures import Architecture
 from kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
+from kernels.relu import pairwise_dots
 
 #: Condition numbers above this make the ridgeless t = ∞ solution amplify the ~1e-9 relative
 #: rounding error of arc-cosine kernel entries into visible error.
@@ -64,14 +65,23 @@ def spectral_filter(
     return np.where(keep, g, 0.0)
 
 
+def predicted_index(f: np.ndarray) -> np.ndarray:
+    """Target index predicted by outputs f (..., k): f > 0 for one output, argmax for k."""
+    f = np.asarray(f)
+    return (f[..., 0] > 0).astype(np.int64) if f.shape[-1] == 1 else np.argmax(f, axis=-1)
+
+
 def _binary_or_onehot(index: np.ndarray, k: int) -> np.ndarray:
     if k == 1:
         return (2.0 * index - 1.0)[:, None]
     return np.eye(k)[index]
 
 
-def _loss_cotangent(f: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
-    """∂L/∂f of the cross-entropy on the kernel outputs (stable forms), shape (B, k)."""
+def loss_cotangent(f: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+    """∂L/∂f of the cross-entropy on outputs f (B, k) for targets ``index`` (B,), shape (B, k).
+
+    One output: L = softplus(−y f) with y = ±1 (index 0 ↔ −1); k outputs: softmax cross-entropy.
+    """
     if f.shape[1] == 1:
         y = 2.0 * index.astype(f.dtype) - 1.0
         return (-y * jax.nn.sigmoid(-y * f[:, 0]))[:, None]  # d softplus(−y f) / df
@@ -117,7 +127,7 @@ class KernelMachine:
 
     @property
     def n_outputs(self) -> int:
-        return int(self.targets.shape[1])
+        return int(self.dual_coef.shape[1])
 
     @property
     def condition_number(self) -> float:
@@ -144,6 +154,31 @@ class KernelMachine:
         )
         coef = self.eigenvectors @ (g[:, None] * (self.eigenvectors.T @ self.targets))
         return dataclasses.replace(self, time=float(time), dual_coef=jnp.asarray(coef))
+
+    def restricted_to(self, eigen_indices: Sequence[int] | np.ndarray) -> KernelMachine:
+        """The machine built from the chosen eigen-directions of Θ(X, X) only.
+
+        With R the chosen set, α = Σ_{i∈R} g_t(λᵢ) vᵢ vᵢᵀ Y: a single index gives the feature
+        f⁽ⁱ⁾ of TK eq. 9 as a machine of its own, the r most robust give the robust-features-only
+        kernel Θ'_r of supp. D.3 (original eigenvalues), and every index gives this machine back.
+        The restriction survives ``at_time``.
+        """
+        chosen = np.unique(np.asarray(eigen_indices, dtype=np.int64))  # sorted: eigenvalues stay descending
+        if chosen.size == 0 or chosen[0] < 0 or chosen[-1] >= self.eigenvalues.shape[0]:
+            raise ValueError(f"eigen-indices must be in [0, {self.eigenvalues.shape[0]}) and not empty")
+        restricted = dataclasses.replace(
+            self, eigenvalues=self.eigenvalues[chosen], eigenvectors=self.eigenvectors[:, chosen]
+        )
+        return restricted.at_time(self.time)
+
+    def with_dual_coef(self, dual_coef: np.ndarray | jnp.ndarray) -> KernelMachine:
+        """Θ(x, X) @ ``dual_coef`` as the outputs (n, k'): the machine's kernel rows, logits and
+        gradients for another set of weights (e.g. eigenvectors, whose outputs are the
+        projections Θ(x, X) vᵢ). Spectral data are kept; ``at_time`` would restore α_t."""
+        dual_coef = jnp.asarray(dual_coef, dtype=jnp.float64)
+        if dual_coef.ndim != 2 or dual_coef.shape[0] != self.n_train:
+            raise ValueError(f"dual coefficients must have shape ({self.n_train}, k), got {tuple(dual_coef.shape)}")
+        return dataclasses.replace(self, dual_coef=dual_coef)
 
     # -- labels ---------------------------------------------------------------------------
 
@@ -213,9 +248,7 @@ class KernelMachine:
 
     def predict(self, x: np.ndarray | jnp.ndarray) -> np.ndarray:
         """Predicted class ids, shape (N,)."""
-        f = np.asarray(self.logits(x))
-        index = (f[:, 0] > 0).astype(np.int64) if f.shape[1] == 1 else np.argmax(f, axis=1)
-        return np.asarray(self.classes, dtype=np.int64)[index]
+        return np.asarray(self.classes, dtype=np.int64)[predicted_index(np.asarray(self.logits(x)))]
 
     def loss_gradient(self, x: np.ndarray | jnp.ndarray, target_index: np.ndarray | jnp.ndarray) -> jnp.ndarray:
         """∇ₓ of the cross-entropy of each example (supp. eq. 5 / 8), shape and dtype of ``x``."""
@@ -234,7 +267,7 @@ class KernelMachine:
             f = compiled.logits(xb, *chunks[0])
             for xc, ac in chunks[1:]:
                 f = f + compiled.logits(xb, xc, ac)
-            cot = _loss_cotangent(f, ib)
+            cot = loss_cotangent(f, ib)
             g = compiled.rows_vjp(xb, chunks[0][0], cot @ chunks[0][1].T, closed)
             for xc, ac in chunks[1:]:
                 g = g + compiled.rows_vjp(xb, xc, cot @ ac.T, closed)
@@ -243,21 +276,59 @@ class KernelMachine:
         g = self._over_test_blocks(block_gradient, (x_arr, index), blocks.test)
         return g.astype(_dtype_of(x))
 
-    def output_jacobian(self, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
-        """z[b, r] = ∇ₓ f_r(x_b) = DΘ(x_b, X)ᵀ α_r (supp. eq. 9), shape (N, k, *x.shape[1:])."""
+    def output_jacobian(
+        self,
+        x: np.ndarray | jnp.ndarray,
+        outputs: np.ndarray | None = None,
+        *,
+        route: str = "auto",
+    ) -> jnp.ndarray:
+        """z[b, q] = ∇ₓ f_r(x_b) = DΘ(x_b, X)ᵀ α_r (supp. eq. 9) for r = outputs[b, q].
+
+        ``outputs`` (N, q) picks q outputs per example (default: all k, the same for every
+        example). Shape (N, q, *x.shape[1:]), dtype of ``x``. Exact routes:
+        - ``cotangents``: one VJP of the kernel rows per picked output;
+        - ``pairs``: the input gradient of every entry Θ(x_b, x_j) once, contracted with α: one
+          backward pass whatever q is (convolutional kernels, many outputs);
+        - ``dots``: for kernels of x·x' and ‖x‖² (``Architecture.dot_kernel_fn``), the partial
+          derivatives of every entry once, then one matrix product with X.
+        "auto" takes ``dots`` where it exists, ``pairs`` for more than 3 outputs, else ``cotangents``.
+        """
         x_arr = self._check(x)
-        blocks = self._blocks(per_example_outputs=self.n_outputs)
+        if outputs is None:
+            outputs = np.broadcast_to(np.arange(self.n_outputs), (x_arr.shape[0], self.n_outputs))
+        outputs = np.asarray(outputs, dtype=np.int32)
+        if outputs.ndim != 2 or outputs.shape[0] != x_arr.shape[0]:
+            raise ValueError(f"outputs must have shape ({x_arr.shape[0]}, q), got {outputs.shape}")
+        if outputs.size and (outputs.min() < 0 or outputs.max() >= self.n_outputs):
+            raise ValueError(f"outputs must lie in [0, {self.n_outputs})")
+        q = outputs.shape[1]
+        if route == "auto":
+            route = "dots" if self.arch.dot_kernel_fn is not None else ("pairs" if q > 3 else "cotangents")
+        if route not in ("cotangents", "pairs", "dots") or (route == "dots" and self.arch.dot_kernel_fn is None):
+            raise ValueError(f"route {route!r} is not available for {self.arch.name}")
+        # Intermediates per kernel entry: q backward passes (cotangents); one input-sized
+        # gradient, about a conv entry's intermediates (pairs); q weights (dots).
+        blocks = self._blocks(per_example_outputs={"cotangents": q, "pairs": 4, "dots": max(q // 8, 1)}[route])
         chunks = self._train_chunks(blocks.train)
         compiled = _compiled(self.arch)
         closed = self.gradient == "closed-form"
+        jacobian: Callable[..., jnp.ndarray]
+        if route == "pairs":
+            jacobian = compiled.pair_jacobian
+        elif route == "dots":
+            jacobian = compiled.dot_jacobian
+        else:
+            jacobian = functools.partial(compiled.jacobian, closed=closed)
 
-        def block_jacobian(xb: jnp.ndarray) -> jnp.ndarray:
-            z = compiled.jacobian(xb, *chunks[0], closed)
+        def block_jacobian(xb: jnp.ndarray, ob: jnp.ndarray) -> jnp.ndarray:
+            z = jacobian(xb, chunks[0][0], chunks[0][1].T[ob])
             for xc, ac in chunks[1:]:
-                z = z + compiled.jacobian(xb, xc, ac, closed)
+                z = z + jacobian(xb, xc, ac.T[ob])
             return z
 
-        return self._over_test_blocks(block_jacobian, (x_arr,), blocks.test).astype(_dtype_of(x))
+        z = self._over_test_blocks(block_jacobian, (x_arr, jnp.asarray(outputs)), blocks.test)
+        return z.astype(_dtype_of(x))
 
     def _check(self, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
         if tuple(x.shape[1:]) != self.input_shape:
@@ -296,16 +367,16 @@ class _Compiled:
             if closed:
                 assert arch.kernel_vjp is not None
                 f = arch.kernel_fn(z, xc, "ntk") @ ac
-                g = arch.kernel_vjp(z, xc, _loss_cotangent(f, ib) @ ac.T)
+                g = arch.kernel_vjp(z, xc, loss_cotangent(f, ib) @ ac.T)
             else:
                 k, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
-                (g,) = vjp(_loss_cotangent(k @ ac, ib) @ ac.T)
+                (g,) = vjp(loss_cotangent(k @ ac, ib) @ ac.T)
             return arch.from_layout(g, xb.shape)
 
-        def jacobian(xb, xc, ac, closed):  # type: ignore[no-untyped-def]
-            # One VJP of the kernel rows per output r, with cotangent α_r on every row.
-            cots = jnp.broadcast_to(ac.T[:, None, :], (ac.shape[1], xb.shape[0], ac.shape[0]))
+        def jacobian(xb, xc, w, closed):  # type: ignore[no-untyped-def]
+            # One VJP of the kernel rows per picked output q, cotangent w[:, q] (weights on X).
             z = arch.to_layout(xb.astype(xc.dtype))
+            cots = jnp.swapaxes(w, 0, 1)  # (q, B, nc)
             if closed:
                 kernel_vjp = arch.kernel_vjp
                 assert kernel_vjp is not None
@@ -313,14 +384,48 @@ class _Compiled:
             else:
                 _, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
                 g = jax.vmap(lambda c: vjp(c)[0])(cots)
-            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)  # (k, B, ...)
+            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)  # (q, B, ...)
+            return jnp.swapaxes(g, 0, 1)
+
+        def pair_jacobian(xb, xc, w):  # type: ignore[no-untyped-def]
+            # ∇ of Θ(x_b, x_j) for every pair at once: the kernel of single pairs, mapped over
+            # pairs of broadcast copies, so one backward pass separates the B·n_c gradients.
+            z = arch.to_layout(xb.astype(xc.dtype))
+            b, nc = z.shape[0], xc.shape[0]
+            left = jnp.broadcast_to(z[:, None], (b, nc, *z.shape[1:])).reshape(b * nc, *z.shape[1:])
+            right = jnp.broadcast_to(xc[None], (b, nc, *xc.shape[1:])).reshape(b * nc, *xc.shape[1:])
+            pair_kernel = jax.vmap(lambda u, v: arch.kernel_fn(u[None], v[None], "ntk")[0, 0])
+            per_pair = jax.grad(lambda u: jnp.sum(pair_kernel(u, right)))(left).reshape(b, nc, -1)
+            g = jnp.einsum("bjd,bqj->qbd", per_pair, w.astype(per_pair.dtype)).reshape(w.shape[1], *z.shape)
+            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)  # (q, B, ...)
+            return jnp.swapaxes(g, 0, 1)
+
+        def dot_jacobian(xb, xc, w):  # type: ignore[no-untyped-def]
+            # Θ(x, x_j) = F(x·x_j, ‖x‖², ‖x_j‖²) entrywise, so ∇ₓΘ(x_b, x_j) = a_bj x_j + 2 s_bj x_b
+            # with a = ∂F/∂(x·x_j), s = ∂F/∂‖x‖²: one backward pass of the elementwise F gives
+            # them for every pair, and Σ_j w_qj ∇Θ is one matrix product with X.
+            dot_kernel = arch.dot_kernel_fn
+            assert dot_kernel is not None
+            z = arch.to_layout(xb.astype(xc.dtype))
+            dots = pairwise_dots(z, xc)
+            sq1 = jnp.broadcast_to(jnp.sum(z * z, axis=1)[:, None], dots.shape)
+            sq2 = jnp.broadcast_to(jnp.sum(xc * xc, axis=1)[None, :], dots.shape)
+            _, vjp = jax.vjp(lambda d_, s_: dot_kernel(d_, s_, sq2, z.shape[1]), dots, sq1)
+            a, s = vjp(jnp.ones_like(dots))
+            w = w.astype(dots.dtype)
+            along_x2 = jnp.einsum("bqj,jd->bqd", w * a[:, None, :], xc)
+            along_x1 = 2.0 * jnp.einsum("bqj,bj->bq", w, s)[:, :, None] * z[:, None, :]
+            g = jnp.swapaxes(along_x2 + along_x1, 0, 1)  # (q, B, d)
+            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)
             return jnp.swapaxes(g, 0, 1)
 
         self.rows = jax.jit(rows)
+        self.pair_jacobian = jax.jit(pair_jacobian)
         self.rows_vjp = jax.jit(rows_vjp, static_argnums=3)
         self.logits = jax.jit(logits)
         self.loss_grad_one_pass = jax.jit(loss_grad_one_pass, static_argnums=4)
-        self.jacobian = jax.jit(jacobian, static_argnums=3)
+        self.jacobian = jax.jit(jacobian, static_argnames="closed")
+        self.dot_jacobian = jax.jit(dot_jacobian)
 
 
 _COMPILED: dict[str, _Compiled] = {}
@@ -448,5 +553,7 @@ __all__ = [
     "IllConditionedWarning",
     "KernelMachine",
     "fit_kernel_machine",
+    "loss_cotangent",
+    "predicted_index",
     "spectral_filter",
 ]

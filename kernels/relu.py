@@ -141,18 +141,11 @@ def _relu_step_bwd(residuals, cotangents):  # type: ignore[no-untyped-def]
 relu_step.defvjp(_relu_step_fwd, _relu_step_bwd)
 
 
-def fully_connected_ntk(
-    x1: jnp.ndarray, x2: jnp.ndarray, get: str = "ntk", *, depth: int, W_std: float, b_std: float
+def _dense_relu_recursion(
+    nngp: jnp.ndarray, diag1: jnp.ndarray, diag2: jnp.ndarray, *, depth: int, w2: float, b2: float
 ) -> jnp.ndarray:
-    """The NTK of Dense, (ReLU, Dense) × depth in NTK parameterisation: shape (N1, N2)."""
-    if get != "ntk":
-        raise ValueError("the vectorised fully connected kernel returns the NTK only (get='ntk')")
-    w2, b2 = float(W_std) ** 2, float(b_std) ** 2  # Python floats stay weakly typed: float32 stays float32
-    d = x1.shape[1]
-    nngp = w2 * pairwise_dots(x1, x2) / d + b2
+    """Θ after ``depth`` × (ReLU, Dense) from the first Dense layer's Σ (N1, N2) and diagonals."""
     ntk = nngp
-    diag1 = w2 * jnp.sum(x1 * x1, axis=1) / d + b2
-    diag2 = w2 * jnp.sum(x2 * x2, axis=1) / d + b2
     for _ in range(depth):
         nngp, ntk = relu_step(nngp, ntk, diag1, diag2)
         diag1, diag2 = diag1 / 2, diag2 / 2
@@ -162,6 +155,49 @@ def fully_connected_ntk(
     return ntk
 
 
+def fully_connected_ntk(
+    x1: jnp.ndarray, x2: jnp.ndarray, get: str = "ntk", *, depth: int, W_std: float, b_std: float
+) -> jnp.ndarray:
+    """The NTK of Dense, (ReLU, Dense) × depth in NTK parameterisation: shape (N1, N2)."""
+    if get != "ntk":
+        raise ValueError("the vectorised fully connected kernel returns the NTK only (get='ntk')")
+    w2, b2 = float(W_std) ** 2, float(b_std) ** 2  # Python floats stay weakly typed: float32 stays float32
+    d = x1.shape[1]
+    return _dense_relu_recursion(
+        w2 * pairwise_dots(x1, x2) / d + b2,
+        w2 * jnp.sum(x1 * x1, axis=1) / d + b2,
+        w2 * jnp.sum(x2 * x2, axis=1) / d + b2,
+        depth=depth,
+        w2=w2,
+        b2=b2,
+    )
+
+
+def fully_connected_dot_ntk(
+    dots: jnp.ndarray, sq1: jnp.ndarray, sq2: jnp.ndarray, dim: int, *, depth: int, W_std: float, b_std: float
+) -> jnp.ndarray:
+    """The same kernel entry by entry from x·x', ‖x‖², ‖x'‖² (arrays of one shape) and d = dim.
+
+    Each entry is the recursion on a 1x1 problem, mapped over the entries, so the derivatives
+    with respect to ‖x‖² come out per entry (``KernelMachine.output_jacobian``'s dots route).
+    """
+    w2, b2 = float(W_std) ** 2, float(b_std) ** 2
+
+    def entry(dot: jnp.ndarray, s1: jnp.ndarray, s2: jnp.ndarray) -> jnp.ndarray:
+        one = (w2 * dot / dim + b2).reshape(1, 1)
+        d1, d2 = (w2 * s1 / dim + b2).reshape(1), (w2 * s2 / dim + b2).reshape(1)
+        return _dense_relu_recursion(one, d1, d2, depth=depth, w2=w2, b2=b2)[0, 0]
+
+    for _ in range(dots.ndim):
+        entry = jax.vmap(entry)
+    return entry(dots, sq1, sq2)
+
+
 def fully_connected_kernel_fn(depth: int, W_std: float, b_std: float):  # type: ignore[no-untyped-def]
     """``kernel_fn(x1, x2, get='ntk')`` of FC{depth}, in the neural-tangents calling convention."""
     return functools.partial(fully_connected_ntk, depth=depth, W_std=W_std, b_std=b_std)
+
+
+def fully_connected_dot_kernel_fn(depth: int, W_std: float, b_std: float):  # type: ignore[no-untyped-def]
+    """``dot_kernel_fn(dots, sq1, sq2, dim)`` of FC{depth} (see ``fully_connected_dot_ntk``)."""
+    return functools.partial(fully_connected_dot_ntk, depth=depth, W_std=W_std, b_std=b_std)

@@ -42,7 +42,13 @@ def two_layer_ntk(x1: jnp.ndarray, x2: jnp.ndarray, get: str = "ntk") -> jnp.nda
     """Supp. eq. 29 between every row of ``x1`` and of ``x2``: shape (N1, N2)."""
     if get != "ntk":
         raise ValueError("the two-layer closed form is an NTK only (get='ntk')")
-    dots, _, theta, _, _ = _geometry(x1, x2)
+    sq1, sq2 = jnp.sum(x1 * x1, axis=1), jnp.sum(x2 * x2, axis=1)
+    return two_layer_dot_ntk(pairwise_dots(x1, x2), sq1[:, None], sq2[None, :], x1.shape[1])
+
+
+def two_layer_dot_ntk(dots: jnp.ndarray, sq1: jnp.ndarray, sq2: jnp.ndarray, dim: int) -> jnp.ndarray:
+    """Eq. 29 entry by entry from x·x', ‖x‖², ‖x'‖² (broadcastable arrays); ``dim`` is unused."""
+    theta = angle(safe_sqrt(sq1 * sq2 - dots**2), dots)
     return (0.5 - theta / (2 * math.pi)) * dots
 
 

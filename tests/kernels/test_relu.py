@@ -11,7 +11,12 @@ from kernels import ARCHITECTURES, get_architecture
 from kernels._jax import jax, jnp
 from kernels.relu import angle
 
-WITH_REFERENCE = [n for n in ARCHITECTURES if get_architecture(n).reference_kernel_fn is not None]
+# Dense-input kernels with an independent route; the convolutional ones are tested in test_conv.py.
+WITH_REFERENCE = [
+    n
+    for n in ARCHITECTURES
+    if get_architecture(n).reference_kernel_fn is not None and get_architecture(n).layout == "flat"
+]
 
 
 def test_every_fully_connected_kernel_has_a_reference():

@@ -1,0 +1,42 @@
+"""Shared by the benchmark scripts: timing and the data they run on."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: The real MNIST test set of the steering repository, when it is checked out beside this one.
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls, after one warm-up call (compilation)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load_mnist(mnist: Path, n_train: int, n_test: int, seed: int = 0):  # type: ignore[no-untyped-def]
+    """(x_train, y_train, x_test, y_test, source): real MNIST cut from its test set when the
+    folder exists, else uniform noise images of the same shape (ten balanced classes)."""
+    if mnist.exists():
+        from bridge.data import load_dataset
+
+        data = load_dataset("mnist", root=mnist, from_test_split=True, n_train=n_train, n_test=n_test, seed=seed)
+        return data.x_train, data.y_train, data.x_test, data.y_test, f"real MNIST from {mnist}"
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(n_train + n_test, 1, 28, 28)).astype(np.float32)
+    y = np.arange(n_train + n_test) % 10
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], "synthetic uniform 28x28 images"
