@@ -364,7 +364,7 @@ def _fit_machine(args: argparse.Namespace, arch_name: str, data: Any, progress: 
             time=args.time,
             ridge=args.ridge,
             learning_rate=args.learning_rate,
-            gradient="auto" if args.gradient == "closed-form" and arch_name != "two-layer" else args.gradient,
+            gradient=args.gradient,  # closed-form was checked to name two-layer only
             cache_dir=cache_dir,
             precision=args.precision,
             progress=progress,

@@ -189,13 +189,9 @@ def feature_scores(
         x_pairs, t_pairs = xb[rows], tb[rows]
         if attack == "fgsm":
             # Gradients of the attacked pairs only: each example's correct features, padded
-            # to the longest list by repeating its first (the padding is never read).
+            # to the longest list with feature 0 (the padding is never read).
             slot = np.arange(rows.size) - np.searchsorted(rows, rows)  # position within its row
-            picked = np.repeat(
-                cols[np.searchsorted(rows, np.arange(xb.shape[0])).clip(max=rows.size - 1)][:, None],
-                slot.max() + 1,
-                axis=1,
-            )
+            picked = np.zeros((xb.shape[0], slot.max() + 1), dtype=np.int64)
             picked[rows, slot] = cols
             jac = np.asarray(proj.output_jacobian(xb, picked))  # (B, q, C, H, W)
             weight = _loss_weight(p[rows, cols], c[cols], t_pairs)

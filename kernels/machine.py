@@ -373,6 +373,11 @@ class _Compiled:
                 (g,) = vjp(loss_cotangent(k @ ac, ib) @ ac.T)
             return arch.from_layout(g, xb.shape)
 
+        def per_example(g: jnp.ndarray, xb: jnp.ndarray) -> jnp.ndarray:
+            """Gradients (q, B, layout...) → (B, q, *xb.shape[1:])."""
+            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)
+            return jnp.swapaxes(g, 0, 1)
+
         def jacobian(xb, xc, w, closed):  # type: ignore[no-untyped-def]
             # One VJP of the kernel rows per picked output q, cotangent w[:, q] (weights on X).
             z = arch.to_layout(xb.astype(xc.dtype))
@@ -384,8 +389,7 @@ class _Compiled:
             else:
                 _, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
                 g = jax.vmap(lambda c: vjp(c)[0])(cots)
-            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)  # (q, B, ...)
-            return jnp.swapaxes(g, 0, 1)
+            return per_example(g, xb)
 
         def pair_jacobian(xb, xc, w):  # type: ignore[no-untyped-def]
             # ∇ of Θ(x_b, x_j) for every pair at once: the kernel of single pairs, mapped over
@@ -397,8 +401,7 @@ class _Compiled:
             pair_kernel = jax.vmap(lambda u, v: arch.kernel_fn(u[None], v[None], "ntk")[0, 0])
             per_pair = jax.grad(lambda u: jnp.sum(pair_kernel(u, right)))(left).reshape(b, nc, -1)
             g = jnp.einsum("bjd,bqj->qbd", per_pair, w.astype(per_pair.dtype)).reshape(w.shape[1], *z.shape)
-            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)  # (q, B, ...)
-            return jnp.swapaxes(g, 0, 1)
+            return per_example(g, xb)
 
         def dot_jacobian(xb, xc, w):  # type: ignore[no-untyped-def]
             # Θ(x, x_j) = F(x·x_j, ‖x‖², ‖x_j‖²) entrywise, so ∇ₓΘ(x_b, x_j) = a_bj x_j + 2 s_bj x_b
@@ -415,9 +418,7 @@ class _Compiled:
             w = w.astype(dots.dtype)
             along_x2 = jnp.einsum("bqj,jd->bqd", w * a[:, None, :], xc)
             along_x1 = 2.0 * jnp.einsum("bqj,bj->bq", w, s)[:, :, None] * z[:, None, :]
-            g = jnp.swapaxes(along_x2 + along_x1, 0, 1)  # (q, B, d)
-            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)
-            return jnp.swapaxes(g, 0, 1)
+            return per_example(jnp.swapaxes(along_x2 + along_x1, 0, 1), xb)
 
         self.rows = jax.jit(rows)
         self.pair_jacobian = jax.jit(pair_jacobian)

@@ -74,6 +74,35 @@ def fc2_multiclass(digits_multiclass, jax_strict):
     return fit_kernel_machine(get_architecture("fc2"), digits_multiclass.x_train, digits_multiclass.y_train)
 
 
+@pytest.fixture
+def run_cli(capsys):
+    """``run_cli(argv) -> (exit status, stdout, stderr)`` through ``cli.main``."""
+    import cli
+
+    def run(argv):
+        code = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def assert_refused(run_cli, tmp_path):
+    """``assert_refused(argv, message)``: bad input is one line naming ``message`` on stderr,
+    exit status 2, no traceback, and nothing written (not even a staging folder)."""
+
+    def check(argv, message):
+        out = tmp_path / "out"
+        code, _, stderr = run_cli([*argv, "--out", out])
+        assert code == 2
+        assert stderr.count("\n") == 1 and message in stderr, stderr
+        assert "Traceback" not in stderr
+        assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+    return check
+
+
 def shared_data_or_skip(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

@@ -16,15 +16,9 @@ from attacks import ThreatModel, check_adversarial
 DIGITS_SMALL = ["--n-train", "150", "--n-test", "40"]
 
 
-def run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_attack_writes_the_interface_files(tmp_path, capsys):
+def test_attack_writes_the_interface_files(tmp_path, run_cli):
     out = tmp_path / "run"
-    code, stdout, stderr = run(["attack", *DIGITS_SMALL, "--method", "pgd", "--steps", "5", "--out", out], capsys)
+    code, stdout, stderr = run_cli(["attack", *DIGITS_SMALL, "--method", "pgd", "--steps", "5", "--out", out])
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == ["adversarial.npz", "results.json"]
     results = json.loads((out / "results.json").read_text())  # strict JSON: no Infinity/NaN literals
@@ -44,20 +38,20 @@ def test_attack_writes_the_interface_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["fgsm", "taylor-l1", "taylor-sum"])
-def test_attack_methods_and_binary_tasks(tmp_path, capsys, method):
+def test_attack_methods_and_binary_tasks(tmp_path, run_cli, method):
     out = tmp_path / method
     args = ["attack", "--classes", "3,8", *DIGITS_SMALL, "--method", method, "--eps", "0.2", "--out", out]
-    code, _, stderr = run(args, capsys)
+    code, _, stderr = run_cli(args)
     assert code == 0, stderr
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["classes"] == [3, 8] and results["kernel"]["outputs"] == 1
     assert results["robust_accuracy"] < results["clean_accuracy"]
 
 
-def test_two_layer_uses_the_closed_form_gradient_and_the_cache(tmp_path, capsys):
+def test_two_layer_uses_the_closed_form_gradient_and_the_cache(tmp_path, run_cli):
     args = ["attack", *DIGITS_SMALL, "--arch", "two-layer", "--norm", "l2", "--cache-dir", tmp_path / "cache"]
-    assert run([*args, "--out", tmp_path / "a"], capsys)[0] == 0
-    assert run([*args, "--out", tmp_path / "b"], capsys)[0] == 0
+    assert run_cli([*args, "--out", tmp_path / "a"])[0] == 0
+    assert run_cli([*args, "--out", tmp_path / "b"])[0] == 0
     first = json.loads((tmp_path / "a" / "results.json").read_text())
     second = json.loads((tmp_path / "b" / "results.json").read_text())
     assert first["config"]["gradient"] == "closed-form" and first["config"]["eps"] == 2.0
@@ -65,26 +59,26 @@ def test_two_layer_uses_the_closed_form_gradient_and_the_cache(tmp_path, capsys)
     assert first["robust_accuracy"] == second["robust_accuracy"]
 
 
-def test_pgd_that_cannot_reach_eps_is_warned_about(tmp_path, capsys):
+def test_pgd_that_cannot_reach_eps_is_warned_about(tmp_path, run_cli):
     args = ["attack", *DIGITS_SMALL, "--method", "pgd", "--steps", "10", "--out", tmp_path / "r"]
-    code, _, stderr = run(args, capsys)
+    code, _, stderr = run_cli(args)
     assert code == 0 and "warning: PGD can move at most" in stderr
     assert "step*steps" in json.loads((tmp_path / "r" / "results.json").read_text())["warnings"][0]
 
 
-def test_fraction_eps_and_force(tmp_path, capsys):
+def test_fraction_eps_and_force(tmp_path, run_cli):
     out = tmp_path / "run"
     out.mkdir()
     (out / "old.txt").write_text("previous run")
-    code, _, _ = run(["attack", *DIGITS_SMALL, "--eps", "8/255", "--force", "--out", out], capsys)
+    code, _, _ = run_cli(["attack", *DIGITS_SMALL, "--eps", "8/255", "--force", "--out", out])
     assert code == 0
     assert json.loads((out / "results.json").read_text())["config"]["eps"] == pytest.approx(8 / 255)
 
 
-def test_make_npz_then_attack_it(tmp_path, capsys):
+def test_make_npz_then_attack_it(tmp_path, run_cli):
     npz = tmp_path / "digits38.npz"
-    assert run(["make-npz", "--classes", "3,8", "--n-train", "60", "--out", npz], capsys)[0] == 0
-    code, _, stderr = run(["attack", "--data", npz, "--out", tmp_path / "run"], capsys)
+    assert run_cli(["make-npz", "--classes", "3,8", "--n-train", "60", "--out", npz])[0] == 0
+    code, _, stderr = run_cli(["attack", "--data", npz, "--out", tmp_path / "run"])
     assert code == 0, stderr
     assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["n_train"] == 60
 
@@ -122,37 +116,32 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, assert_refused):
     extra, message = BAD_INPUTS[case]
-    out = tmp_path / "out"
-    code, _, stderr = run(["attack", *extra, "--out", out], capsys)
-    assert code == 2
-    assert stderr.count("\n") == 1 and message in stderr, stderr
-    assert "Traceback" not in stderr
-    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+    assert_refused(["attack", *extra], message)
 
 
 @pytest.mark.parametrize("fixture, message", [("nan_npz", "NaN"), ("misshapen_npz", "NCHW or NHW")])
-def test_bad_npz_is_one_line_exit_2(fixture, message, request, tmp_path, capsys):
+def test_bad_npz_is_one_line_exit_2(fixture, message, request, tmp_path, run_cli):
     path = request.getfixturevalue(fixture)
-    code, _, stderr = run(["attack", "--data", path, "--out", tmp_path / "out"], capsys)
+    code, _, stderr = run_cli(["attack", "--data", path, "--out", tmp_path / "out"])
     assert code == 2 and stderr.count("\n") == 1 and message in stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_non_empty_out_without_force_is_left_alone(tmp_path, capsys):
+def test_existing_non_empty_out_without_force_is_left_alone(tmp_path, run_cli):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, _, stderr = run(["attack", "--out", out], capsys)
+    code, _, stderr = run_cli(["attack", "--out", out])
     assert code == 2 and "--force" in stderr and stderr.count("\n") == 1
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_make_npz_refuses_to_overwrite(tmp_path, capsys):
+def test_make_npz_refuses_to_overwrite(tmp_path, run_cli):
     npz = tmp_path / "d.npz"
     npz.write_bytes(b"precious")
-    code, _, stderr = run(["make-npz", "--out", npz], capsys)
+    code, _, stderr = run_cli(["make-npz", "--out", npz])
     assert code == 2 and "exists" in stderr and npz.read_bytes() == b"precious"
 
 

@@ -13,12 +13,6 @@ import cli
 SMALL = ["--n-train", "120", "--n-test", "60", "--n-features", "20", "--eps", "0.1", "--quiet"]
 
 
-def run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_real_png(path, min_bytes=8000):
     """A PNG with the right signature, a plausible size, and more than one colour in it."""
     import matplotlib.image
@@ -73,10 +67,10 @@ def test_features_writes_csvs_figures_and_results(two_archs):
         assert full["fgsm_own"] == full["fgsm_transfer"] and full["clean"] > 0.8
 
 
-def test_single_architecture_writes_features_csv_and_can_skip_robust_only(tmp_path, capsys):
+def test_single_architecture_writes_features_csv_and_can_skip_robust_only(tmp_path, run_cli):
     out = tmp_path / "one"
     args = ["features", *SMALL, "--classes", "3,8", "--robust-r", "none", "--image-index", "7", "--out", out]
-    code, stdout, stderr = run(args, capsys)
+    code, stdout, stderr = run_cli(args)
     assert code == 0, stderr
     assert (out / "features.csv").exists() and not (out / "robust_only.png").exists()
     results = json.loads((out / "results.json").read_text())
@@ -97,10 +91,6 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, assert_refused):
     extra, message = BAD[case]
-    out = tmp_path / "out"
-    code, _, stderr = run(["features", *extra, "--out", out], capsys)
-    assert code == 2
-    assert stderr.count("\n") == 1 and message in stderr, stderr
-    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+    assert_refused(["features", *extra], message)
