@@ -1,6 +1,7 @@
 """ntkrobust command line: parse, call the packages, write outputs.
 
     ntkrobust attack   --data digits --arch fc2 --method fgsm --out runs/digits-fc2
+    ntkrobust entk     --data digits --model mnist-cnn --n 100 --kind full --out runs/digits-entk
     ntkrobust make-npz --data mnist --data-root DIR --from-test-split --n-train 1000 --out mnist.npz
 
 Every command writes into ``--out`` atomically (files are staged, then renamed into place), so
@@ -30,6 +31,7 @@ from typing import Any, NoReturn
 PROG = "ntkrobust"
 ARCHITECTURES = ("fc1", "fc2", "fc3", "fc4", "fc5", "conv1", "conv2", "two-layer")  # = kernels.ARCHITECTURES
 METHODS = ("fgsm", "pgd", "taylor-l1", "taylor-sum")  # = kernels.adversarial.METHODS
+MODELS = (*ARCHITECTURES, "mnist-cnn", "cifar-cnn", "resnet18")  # = bridge.models.MODELS
 
 #: Standard threat models (eps, PGD step, PGD steps) by image type and norm: MNIST-like
 #: grey-scale images use Madry et al.'s ℓ∞ 0.3 / 0.01 / 40, colour images CIFAR-10's
@@ -209,6 +211,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_flags(p, what="output folder: features.csv, PNG figures, results.json")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser(
+        "entk",
+        help="empirical NTK of a torch net (registry model or checkpoint) on data, with kernel metrics",
+        description="The empirical NTK of a torch network on a class-balanced set of points, clean (C-NTK) "
+        "or on the net's own PGD examples (AE-NTK), with the kernel metrics of kernels/metrics.py and a "
+        "class-sorted kernel image.",
+    )
+    _add_data_flags(p)
+    g = p.add_argument_group("network")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--model", default=None, help=f"registry model at initialisation: {', '.join(MODELS)}")
+    which.add_argument("--checkpoint", type=Path, help="a checkpoint written by ntkrobust (rebuilds its own model)")
+    g.add_argument("--width", type=_positive_int, help="hidden width / base channels of --model (default: the model's)")
+    g.add_argument(
+        "--batch-stats",
+        action="store_true",
+        help="BatchNorm with the statistics of the kernel's points (RAT 'w/o buffer') instead of running ones",
+    )
+    g = p.add_argument_group("kernel")
+    g.add_argument("--n", type=_positive_int, default=100, help="class-balanced points from --split (default 100)")
+    g.add_argument("--split", choices=("train", "test"), default="train", help="where the points come from")
+    g.add_argument("--kind", default="trace", help="full (N,N,C,C), trace (N,N) or class:C (N,N) (default trace)")
+    g.add_argument(
+        "--adversarial-eps",
+        type=_number,
+        help="AE-NTK: the kernel on the net's own PGD examples of this linf radius (pixel units)",
+    )
+    g.add_argument("--pgd-steps", type=_positive_int, help="PGD steps (default: 40 grey / 10 colour images)")
+    g.add_argument("--pgd-step", type=_number, help="PGD step (default: the standard step scaled to the eps)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute dtype (default float32)")
+    g.add_argument(
+        "--memory-budget",
+        type=_positive_int,
+        default=4096,
+        help="working memory for Jacobian chunks in MiB, beside the kernel itself (default 4096)",
+    )
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    _add_output_flags(p, what="output folder: kernel.npz, metrics.json, kernel.png")
+    p.set_defaults(func=cmd_entk)
 
     p = sub.add_parser(
         "make-npz",
@@ -724,6 +766,189 @@ def cmd_features(args: argparse.Namespace) -> int:
             f"FGSM {entry['full_machine']['fgsm_accuracy']:.3f}"
         )
     print(f"-> {args.out}")
+    return 0
+
+
+# -- entk -----------------------------------------------------------------------------------
+
+
+def _torch_device(name: str):  # type: ignore[no-untyped-def]
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here")
+    return torch.device(name)
+
+
+def _torch_network(args: argparse.Namespace, data: Any):  # type: ignore[no-untyped-def]
+    """The registry model (at initialisation) or the checkpoint's, checked against the data."""
+    from bridge.checkpoint import CheckpointError, load_checkpoint
+    from bridge.models import ModelError, build_model, check_fits, model_config
+
+    classes = len(data.classes)
+    try:
+        if args.checkpoint is not None:
+            if args.width is not None:
+                raise UsageError("--width applies to --model; a checkpoint brings its own")
+            model, config, _ = load_checkpoint(args.checkpoint)
+            if config.num_classes != classes:
+                raise UsageError(
+                    f"checkpoint {args.checkpoint} has {config.num_classes} outputs, the data has {classes} classes"
+                )
+        else:
+            config = model_config(args.model or "fc2", data.image_shape, classes, width=args.width, seed=args.seed)
+            model = build_model(config)
+        check_fits(config, data.image_shape)
+    except (ModelError, CheckpointError) as err:
+        raise UsageError(str(err)) from None
+    return model, config
+
+
+def cmd_entk(args: argparse.Namespace) -> int:
+    _check_out_dir(args.out, args.force)
+    from bridge.entk import BudgetError, KernelKind
+
+    try:
+        kind = KernelKind.parse(args.kind)
+    except ValueError as err:
+        raise UsageError(f"--kind: {err}") from None
+    if args.adversarial_eps is not None and not 0 <= args.adversarial_eps <= 1:
+        raise UsageError(f"--adversarial-eps must lie in [0, 1] (pixel units), got {args.adversarial_eps:g}")
+    clock = {"start": time.perf_counter()}
+    data = _load_data(args)
+    x_all, y_all = (data.x_train, data.y_train) if args.split == "train" else (data.x_test, data.y_test)
+    if args.n > x_all.shape[0]:
+        raise UsageError(f"--n {args.n} exceeds the {x_all.shape[0]} {args.split} points of the data")
+
+    import numpy as np
+    import torch
+
+    from bridge.adversarial import pgd_examples, predict
+    from bridge.data import DataError, balanced_indices, task_indices
+    from bridge.entk import empirical_ntk, with_batch_statistics
+    from bridge.models import parameter_count
+    from kernels.metrics import kernel_metrics
+
+    warnings.filterwarnings("ignore", message="CUDA initialization")  # a CUDA build on a machine without a GPU
+    device = _torch_device(args.device)
+    model, config = _torch_network(args, data)
+    try:
+        kind.outputs(config.num_classes)
+        chosen = balanced_indices(y_all, data.classes, args.n, args.seed, what=args.split)
+    except (ValueError, DataError) as err:
+        raise UsageError(str(err)) from None
+    x_clean, y = x_all[chosen], y_all[chosen]
+    targets = task_indices(y, data.classes)
+    dtype = torch.float64 if args.dtype == "float64" else torch.float32
+    net = model.to(device=device, dtype=dtype).eval()
+    inputs = torch.as_tensor(x_clean, device=device, dtype=dtype)
+    labels = torch.as_tensor(targets, device=device)
+    if args.batch_stats:
+        net = with_batch_statistics(net, inputs)
+    clean_pred = predict(net, inputs)
+    adversarial: dict[str, Any] | None = None
+    x_kernel, kernel_pred = inputs, clean_pred
+    if args.adversarial_eps is not None:
+        std_eps, std_step, std_steps = STANDARD_THREATS[("grey" if data.image_shape[0] == 1 else "colour", "linf")]
+        eps = args.adversarial_eps
+        steps = args.pgd_steps or std_steps
+        step = args.pgd_step if args.pgd_step is not None else std_step * eps / std_eps
+        x_kernel = pgd_examples(net, inputs, labels, eps=eps, step=step, steps=steps, seed=args.seed)
+        kernel_pred = predict(net, x_kernel)
+        adversarial = {"eps": eps, "step": step, "steps": steps, "norm": "linf", "random_start": True}
+    clock["inputs"] = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        kernel = empirical_ntk(
+            net,
+            x_kernel,
+            kind=kind,
+            memory_budget=args.memory_budget * 2**20,
+            progress=_progress(args),
+        )
+    except BudgetError as err:
+        raise UsageError(f"--memory-budget {args.memory_budget}: {err}") from None
+    clock["kernel"] = time.perf_counter()
+
+    adversarial_labels = kernel_pred.cpu().numpy()
+    metrics = kernel_metrics(kernel, targets, num_classes=config.num_classes)
+    results: dict[str, Any] = {
+        "command": "entk",
+        "kind": str(kind),
+        "shape": list(kernel.shape),
+        "metrics": metrics,
+        "network": {
+            **config.to_dict(),
+            "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+            "parameters": parameter_count(model),
+            "batchnorm": "batch statistics of the points" if args.batch_stats else "running statistics",
+        },
+        "accuracy_clean": float((clean_pred == labels).double().mean()),
+        "config": {
+            **_data_config(args, data),
+            "split": args.split,
+            "n": args.n,
+            "kind": str(kind),
+            "adversarial": adversarial,
+            "dtype": args.dtype,
+            "memory_budget_mib": args.memory_budget,
+            "device": str(device),
+        },
+        "seed": args.seed,
+        "dataset": data.describe(),
+        "seconds": {"inputs": clock["inputs"] - clock["start"], "kernel": clock["kernel"] - clock["inputs"]},
+        "versions": _versions(),
+        "argv": args.argv,
+    }
+    if device.type == "cuda":
+        results["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if adversarial is not None:
+        # RAT sec. 4: AE-NTK specialization under clean labels (above) and adversarial labels
+        results["accuracy_adversarial"] = float((kernel_pred == labels).double().mean())
+        results["metrics_adversarial_labels"] = kernel_metrics(
+            kernel, adversarial_labels, num_classes=config.num_classes
+        )
+
+    import plots
+
+    picture = kernel if kernel.ndim == 2 else np.einsum("ijcc->ij", kernel) / kernel.shape[2]
+    which = "AE-NTK" if adversarial else "C-NTK"
+    label = "trace kernel" if kind.index is None else f"kernel of class {data.class_name(data.classes[kind.index])}"
+    subtitle = (
+        f"{config.model} (width {config.width}), {args.n} {data.name} {args.split} points"
+        + (f", PGD eps={adversarial['eps']:.4g}" if adversarial else "")
+        + (f", from {args.checkpoint.name}" if args.checkpoint else ", at initialisation")
+    )
+
+    def write(staged: _StagedOutput) -> None:
+        with open(staged.path("kernel.npz"), "wb") as f:
+            arrays = {"kernel": kernel, "x": x_kernel.cpu().numpy().astype(np.float32), "y": y}
+            if adversarial is not None:
+                arrays |= {"x_clean": x_clean, "y_adversarial": np.asarray(data.classes)[adversarial_labels]}
+            np.savez_compressed(f, **arrays)
+        _write_json(staged.path("metrics.json"), results)
+        plots.kernel_image(
+            picture,
+            targets,
+            staged.path("kernel.png"),
+            class_names=[data.class_name(c) for c in data.classes],
+            title=f"empirical {which}, {label}",
+            subtitle=subtitle,
+        )
+
+    _write_outputs(args.out, write)
+    summary = ", ".join(
+        f"{key.replace('_', ' ')} {metrics[key]:.3g}"
+        for key in ("effective_rank", "concentration_top20", "centered_alignment", "mean_specialization")
+        if key in metrics
+    )
+    print(
+        f"{kind} {which} of {config.model} ({results['network']['parameters']:,} parameters) on {args.n} "
+        f"{data.name} points in {results['seconds']['kernel']:.1f} s: {summary} -> {args.out}"
+    )
     return 0
 
 

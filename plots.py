@@ -9,7 +9,8 @@ Figures (Tsilivis & Kempe):
   figs. 2-3 (axes [0, 1], larger and darker markers for larger eigenvalues, chance marked);
 - ``feature_gallery``: input gradients of chosen features of one image, one row per
   architecture: the top features (fig. 2 left) or the useful, non-robust ones (fig. 5);
-- ``robust_only_curves``: accuracy of robust-features-only kernels against r, supp. figs. 4-5.
+- ``robust_only_curves``: accuracy of robust-features-only kernels against r, supp. figs. 4-5;
+- ``kernel_image``: a kernel matrix with its examples sorted by class, fig. 6 left.
 Image conventions: inputs are (C, H, W) in [0, 1]; a gradient is drawn with a diverging map
 centred at 0 for grey images and rescaled to [0, 1] per picture for colour images.
 """
@@ -172,3 +173,37 @@ def robust_only_curves(panels: Sequence[tuple[str, Sequence[Any]]], path: Path, 
 
 
 __all__ = ["feature_gallery", "robust_only_curves", "robustness_usefulness"]
+
+
+def kernel_image(
+    kernel: np.ndarray,
+    labels: np.ndarray,
+    path: Path,
+    *,
+    class_names: Sequence[str],
+    title: str,
+    subtitle: str = "",
+) -> None:
+    """An (N, N) kernel with rows and columns sorted by class (TK fig. 6 left), class blocks
+    outlined and named. Block structure along the diagonal is class alignment of the kernel."""
+    plt = _pyplot()
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    sorted_kernel = np.asarray(kernel)[np.ix_(order, order)]
+    counts = np.bincount(labels[order], minlength=len(class_names))
+    edges = np.concatenate([[0], np.cumsum(counts)])
+    fig, ax = plt.subplots(figsize=(6.2, 5.4), layout="constrained")
+    image = ax.imshow(sorted_kernel, cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.85, label="Θ(x, x′)")
+    for edge in edges[1:-1]:
+        ax.axhline(edge - 0.5, color="white", linewidth=0.6)
+        ax.axvline(edge - 0.5, color="white", linewidth=0.6)
+    present = [i for i, count in enumerate(counts) if count]
+    centres = [(edges[i] + edges[i + 1] - 1) / 2 for i in present]
+    names = [class_names[i] for i in present]
+    ax.set_xticks(centres, names, rotation=90 if max(len(n) for n in names) > 3 else 0, fontsize=8)
+    ax.set_yticks(centres, names, fontsize=8)
+    ax.set_title(title)
+    if subtitle:
+        _subtitle(fig, subtitle)
+    _save(fig, path)

@@ -172,6 +172,21 @@ def _balanced_subset(
     return np.sort(np.concatenate(chosen))
 
 
+def balanced_indices(labels: np.ndarray, classes: Sequence[int], n: int, seed: int, *, what: str = "") -> np.ndarray:
+    """Indices of ``n`` examples of ``labels``, class-balanced over ``classes``, seeded, in order:
+    the probe sets of empirical-NTK metrics (LOO sec. 3: "500 class-balanced training points")."""
+    return _balanced_subset(np.asarray(labels), classes, n, np.random.default_rng(seed), what=what or "probe")
+
+
+def task_indices(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Class ids → their position in the task's ``classes`` (the index of the net's output)."""
+    lookup = {int(c): i for i, c in enumerate(classes)}
+    try:
+        return np.array([lookup[int(label)] for label in labels], dtype=np.int64)
+    except KeyError as err:
+        raise DataError(f"label {err.args[0]} is not one of the task's classes {list(classes)}") from None
+
+
 def stratified_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split example indices in two halves with the same class mix (odd counts favour the first).
 

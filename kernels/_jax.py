@@ -5,6 +5,10 @@
 - neural-tangents 0.6.5 imports TensorFlow (through tf2jax) at import time; TensorFlow's C++
   start-up chatter about missing CUDA drivers is not ours to print, so it is held back and
   shown only if the import fails.
+- TensorFlow and Triton (which torch.func loads through torch._dynamo when the torch half runs
+  in the same process) each carry their own LLVM. Loading Triton's after TensorFlow's aborts the
+  process ("LLVM ERROR: inconsistency in registered CommandLine options"); the other order is
+  fine. So Triton, when installed, is loaded first (0.2 s; it does not import torch).
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from types import ModuleType
 
 
 def _import_neural_tangents() -> tuple[ModuleType, ModuleType]:
+    try:
+        import triton  # noqa: F401  (load order only, see the module docstring)
+    except ImportError:
+        pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # The chatter comes from C++ (absl) straight to file descriptor 2, so redirecting
     # sys.stderr is not enough: park fd 2 on a temporary file for the duration of the import.

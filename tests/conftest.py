@@ -103,6 +103,23 @@ def assert_refused(run_cli, tmp_path):
     return check
 
 
+def _assert_real_png(path: Path, min_bytes: int = 8000) -> None:
+    import matplotlib.image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > min_bytes, path.name
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+    assert np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0).shape[0] > 20, path.name
+
+
+@pytest.fixture
+def assert_real_png():
+    """``assert_real_png(path)``: a PNG with the right signature, a plausible size, and more
+    than twenty colours in it (not blank, not a stub)."""
+    return _assert_real_png
+
+
 def shared_data_or_skip(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():

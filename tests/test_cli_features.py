@@ -13,17 +13,6 @@ import cli
 SMALL = ["--n-train", "120", "--n-test", "60", "--n-features", "20", "--eps", "0.1", "--quiet"]
 
 
-def assert_real_png(path, min_bytes=8000):
-    """A PNG with the right signature, a plausible size, and more than one colour in it."""
-    import matplotlib.image
-
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > min_bytes, path.name
-    pixels = matplotlib.image.imread(path)
-    assert pixels.shape[0] > 200 and pixels.shape[1] > 200
-    assert np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0).shape[0] > 20, path.name
-
-
 @pytest.fixture(scope="module")
 def two_archs(tmp_path_factory):
     out = tmp_path_factory.mktemp("features") / "run"
@@ -33,7 +22,7 @@ def two_archs(tmp_path_factory):
     return out
 
 
-def test_features_writes_csvs_figures_and_results(two_archs):
+def test_features_writes_csvs_figures_and_results(two_archs, assert_real_png):
     names = sorted(p.name for p in two_archs.iterdir())
     assert names == [
         "feature_gallery.png",

@@ -1,0 +1,75 @@
+"""Checkpoints that rebuild their own model.
+
+A checkpoint is a ``torch.save`` of a plain dict: ``format`` (``CHECKPOINT_FORMAT``), ``config``
+(the ``ModelConfig`` as plain values: registry name and constructor arguments), ``state_dict``,
+and any extra plain entries a caller adds (epoch, optimiser state, history). It is written
+atomically (temporary file in the same folder, then rename) and read with
+``torch.load(weights_only=True)``, so loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bridge.models import ModelConfig, ModelError, build_model
+
+CHECKPOINT_FORMAT = "ntkrobust-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable checkpoint of this tool; the message is one line."""
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **extra: Any) -> Path:
+    """Write ``model``'s weights and ``config`` (plus ``extra`` entries) to ``path`` atomically."""
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "state_dict": model.state_dict(), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's dict, checked to be one of ours (``CheckpointError`` otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is not the user's business
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # unpickling, zip and format errors all mean "not ours"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a checkpoint of this tool ({reason[:120]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this tool (no '{CHECKPOINT_FORMAT}' format tag)")
+    return payload
+
+
+def load_checkpoint(
+    path: str | Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
+    """``(model, config, payload)``: the model rebuilt from the stored config, weights loaded."""
+    payload = read_checkpoint(path, map_location=map_location)
+    try:
+        config = ModelConfig.from_dict(payload.get("config") or {})
+        model = build_model(config)
+        model.load_state_dict(payload["state_dict"])
+    except (ModelError, KeyError, RuntimeError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: cannot rebuild its model ({first[:160]})") from None
+    return model, config, payload

@@ -1,0 +1,374 @@
+"""Torch models of the finite-net half, in one registry shared with the CLI.
+
+Three families:
+
+- **Twins of the analytic kernels** (``fc1``..``fc5``, ``conv1``, ``conv2``; ``kernels/
+  architectures.py``): the same layers in the NTK parameterisation with the same W_std = √2,
+  b_std = 0.1. A layer computes ``W_std/√fan_in · W h + b_std · b`` with W, b ~ N(0, 1), so as
+  the width grows the empirical NTK of each output approaches the analytic kernel Θ(x, x′)
+  (Jacot et al. 2018) and the full kernel approaches Θ ⊗ I_C.
+- **The two-layer net of Tsilivis & Kempe, supp. eq. 28**: f(x) = m^{-1/2} Aᵀ relu(W x),
+  W ~ N(0, 0.01²) trained, A ∈ {±1}^{m×k} frozen (a buffer, so the NTK is over W only: eq. 29).
+- **The paper nets**: the MNIST CNN of TK supp. E (conv 32, conv 64, each 3x3 + ReLU + 2x2 average
+  pooling, fc 256, linear), the CIFAR CNN of TK supp. E (3x3 convs of 32, 32, 64, 64, 128, 128
+  channels, 2x2 max pooling after the second, 2x2 average pooling after the last, linear), and
+  ResNet-18 with a 3x3 stride-1 stem and no max-pool (LOO, RAT), built from torchvision's
+  ``BasicBlock`` with torchvision's module names, so at width 64 its state dict has the keys and
+  shapes of ``torchvision.models.resnet18`` apart from the stem.
+
+``width`` is the hidden width of the twins and of the two-layer net, and the base channel count of
+the paper nets (32 for the CNNs: channels w, 2w, ... as above; 64 for ResNet-18). Normalisation,
+when wanted, lives inside the model (``mean`` / ``std`` per input channel), so inputs stay NCHW in
+[0, 1] and ε stays in pixel units. A model is fully described by its ``ModelConfig``; checkpoints
+store that config (``bridge.checkpoint``), so a checkpoint alone rebuilds its model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+W_STD = math.sqrt(2.0)  # the analytic kernels' defaults (kernels/architectures.py)
+B_STD = 0.1
+TWO_LAYER_W_STD = 0.01  # supp. eq. 28
+
+
+class ModelError(ValueError):
+    """Unknown model, bad constructor arguments, or a model that does not fit the data."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model: registry name and constructor arguments."""
+
+    model: str
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    width: int
+    seed: int = 0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values only: safe for ``torch.load(weights_only=True)`` and JSON."""
+        data = asdict(self)
+        for key in ("input_shape", "mean", "std"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        try:
+            return cls(
+                model=str(data["model"]),
+                input_shape=tuple(int(v) for v in data["input_shape"]),  # type: ignore[arg-type]
+                num_classes=int(data["num_classes"]),
+                width=int(data["width"]),
+                seed=int(data.get("seed", 0)),
+                mean=None if data.get("mean") is None else tuple(float(v) for v in data["mean"]),
+                std=None if data.get("std") is None else tuple(float(v) for v in data["std"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelError(f"not a model config: {error}") from None
+
+
+# --- layers -------------------------------------------------------------------------------
+
+
+class NTKLinear(nn.Module):
+    """Dense layer in the NTK parameterisation: W_std/√fan_in · W h + b_std · b, W, b ~ N(0, 1)."""
+
+    def __init__(self, in_features: int, out_features: int, *, W_std: float = W_STD, b_std: float = B_STD):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.randn(out_features))
+        self.w_scale = W_std / math.sqrt(in_features)
+        self.b_scale = b_std
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight) * self.w_scale + self.bias * self.b_scale
+
+
+class NTKConv2d(nn.Module):
+    """3x3 'SAME' convolution in the NTK parameterisation (fan_in = channels · 9), as stax.Conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, W_std: float = W_STD, b_std: float = B_STD):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.bias = nn.Parameter(torch.randn(out_channels))
+        self.w_scale = W_std / math.sqrt(in_channels * 9)
+        self.b_scale = b_std
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(h, self.weight, padding=1) * self.w_scale + (self.bias * self.b_scale)[:, None, None]
+
+
+class Normalize(nn.Module):
+    """(x − mean) / std per channel: normalisation inside the model, so ε stays in pixel units."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None, None])
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None, None])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class TwoLayerNet(nn.Module):
+    """Supp. eq. 28: f(x) = m^{-1/2} Aᵀ relu(W x); only W is a parameter, A ∈ {±1} is frozen."""
+
+    readout: torch.Tensor
+
+    def __init__(self, in_features: int, width: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(width, in_features) * TWO_LAYER_W_STD)
+        signs = torch.randint(0, 2, (width, num_classes)).to(torch.float32) * 2 - 1
+        self.register_buffer("readout", signs)
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(F.linear(x.flatten(1), self.weight))
+        return hidden @ self.readout.to(hidden.dtype) / math.sqrt(self.width)
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016) for small images: 3x3 stride-1 stem, no max-pool.
+
+    torchvision's ``BasicBlock`` and module names; channels width·(1, 2, 4, 8).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 64):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock, conv1x1
+
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        stages = []
+        inplanes = width
+        for index, planes in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            stride = 1 if index == 0 else 2
+            downsample = None
+            if stride != 1 or inplanes != planes:
+                downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))
+            stages.append(nn.Sequential(BasicBlock(inplanes, planes, stride, downsample), BasicBlock(planes, planes)))
+            inplanes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(8 * width, num_classes)
+        for module in self.modules():  # torchvision's initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+# --- builders -----------------------------------------------------------------------------
+
+
+def _fully_connected(depth: int) -> Callable[[ModelConfig], nn.Module]:
+    def build(config: ModelConfig) -> nn.Module:
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = math.prod(config.input_shape)
+        for _ in range(depth):
+            layers += [NTKLinear(fan_in, config.width), nn.ReLU()]
+            fan_in = config.width
+        layers.append(NTKLinear(fan_in, config.num_classes))
+        return nn.Sequential(*layers)
+
+    return build
+
+
+def _convolutional(depth: int) -> Callable[[ModelConfig], nn.Module]:
+    def build(config: ModelConfig) -> nn.Module:
+        channels, height, width = config.input_shape
+        layers: list[nn.Module] = []
+        for _ in range(depth):
+            layers += [NTKConv2d(channels, config.width), nn.ReLU()]
+            channels = config.width
+        layers += [nn.Flatten(), NTKLinear(channels * height * width, config.num_classes)]
+        return nn.Sequential(*layers)
+
+    return build
+
+
+def _two_layer(config: ModelConfig) -> nn.Module:
+    return TwoLayerNet(math.prod(config.input_shape), config.width, config.num_classes)
+
+
+def _mnist_cnn(config: ModelConfig) -> nn.Module:
+    channels, height, width = config.input_shape
+    w = config.width
+    return nn.Sequential(
+        nn.Conv2d(channels, w, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * w * (height // 4) * (width // 4), 8 * w),
+        nn.ReLU(),
+        nn.Linear(8 * w, config.num_classes),
+    )
+
+
+def _cifar_cnn(config: ModelConfig) -> nn.Module:
+    channels, height, width = config.input_shape
+    w = config.width
+    layers: list[nn.Module] = []
+    for index, out in enumerate((w, w, 2 * w, 2 * w, 4 * w, 4 * w)):
+        layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU()]
+        channels = out
+        if index == 1:
+            layers.append(nn.MaxPool2d(2))
+    layers += [nn.AvgPool2d(2), nn.Flatten(), nn.Linear(channels * (height // 4) * (width // 4), config.num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _resnet18(config: ModelConfig) -> nn.Module:
+    return ResNet18(config.input_shape[0], config.num_classes, config.width)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and what it is."""
+
+    name: str
+    description: str
+    build: Callable[[ModelConfig], nn.Module] = field(repr=False)
+    default_width: int
+    analytic_twin: str | None = None  # the kernels.ARCHITECTURES entry it converges to
+    min_side: int = 1  # smallest image height and width it accepts
+
+
+def _twin(name: str, layers: str, build: Callable[[ModelConfig], nn.Module], width: int) -> ModelSpec:
+    return ModelSpec(name, f"twin of the {name} kernel: {layers}", build, default_width=width, analytic_twin=name)
+
+
+MODELS: dict[str, ModelSpec] = {
+    **{
+        f"fc{d}": _twin(f"fc{d}", f"{d} NTK-parameterised dense ReLU layer(s)", _fully_connected(d), 512)
+        for d in range(1, 6)
+    },
+    **{
+        f"conv{d}": _twin(f"conv{d}", f"{d} NTK-parameterised 3x3 SAME conv(s), flatten", _convolutional(d), 64)
+        for d in (1, 2)
+    },
+    "two-layer": ModelSpec(
+        "two-layer",
+        "TK supp. eq. 28: m^-1/2 A relu(Wx), W ~ N(0, 0.01^2) trained, A in {+-1} frozen",
+        _two_layer,
+        default_width=1024,
+        analytic_twin="two-layer",
+    ),
+    "mnist-cnn": ModelSpec(
+        "mnist-cnn",
+        "TK supp. E MNIST CNN: conv32-avgpool, conv64-avgpool, fc256, linear (width = first conv's channels)",
+        _mnist_cnn,
+        default_width=32,
+        min_side=4,
+    ),
+    "cifar-cnn": ModelSpec(
+        "cifar-cnn",
+        "TK supp. E CIFAR CNN: 3x3 convs 32,32 | maxpool | 64,64,128,128 | avgpool, linear",
+        _cifar_cnn,
+        default_width=32,
+        min_side=4,
+    ),
+    "resnet18": ModelSpec(
+        "resnet18",
+        "ResNet-18, 3x3 stride-1 stem, no max-pool (torchvision BasicBlocks; width = stem channels)",
+        _resnet18,
+        default_width=64,
+    ),
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def model_config(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    width: int | None = None,
+    seed: int = 0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> ModelConfig:
+    """A checked ``ModelConfig`` (``width`` defaults to the model's own)."""
+    spec = get_model_spec(name)
+    config = ModelConfig(
+        model=name,
+        input_shape=tuple(int(v) for v in input_shape),  # type: ignore[arg-type]
+        num_classes=int(num_classes),
+        width=spec.default_width if width is None else int(width),
+        seed=int(seed),
+        mean=None if mean is None else tuple(float(v) for v in mean),
+        std=None if std is None else tuple(float(v) for v in std),
+    )
+    check_config(config)
+    return config
+
+
+def check_config(config: ModelConfig) -> None:
+    """Refuse, in one line, a config its model cannot be built from."""
+    spec = get_model_spec(config.model)
+    if len(config.input_shape) != 3 or min(config.input_shape) < 1:
+        raise ModelError(f"input shape must be (channels, height, width), got {config.input_shape}")
+    channels, height, width = config.input_shape
+    if min(height, width) < spec.min_side:
+        raise ModelError(f"{config.model} needs images at least {spec.min_side}x{spec.min_side}, got {height}x{width}")
+    if config.num_classes < 1 or config.width < 1:
+        raise ModelError(f"num_classes and width must be positive, got {config.num_classes} and {config.width}")
+    for key in ("mean", "std"):
+        value = getattr(config, key)
+        if value is not None and len(value) != channels:
+            raise ModelError(f"{key} needs one value per input channel ({channels}), got {len(value)}")
+    if (config.mean is None) != (config.std is None):
+        raise ModelError("give both mean and std, or neither")
+    if config.std is not None and min(config.std) <= 0:
+        raise ModelError("std must be positive")
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model of ``config``, initialised from ``config.seed`` (global RNG state untouched)."""
+    check_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = get_model_spec(config.model).build(config)
+    if config.mean is not None and config.std is not None:
+        model = nn.Sequential(Normalize(config.mean, config.std), model)
+    return model
+
+
+def check_fits(config: ModelConfig, image_shape: Sequence[int]) -> None:
+    """Refuse data whose image shape is not the model's input shape."""
+    if tuple(image_shape) != tuple(config.input_shape):
+        raise ModelError(
+            f"the {config.model} model takes images of shape {tuple(config.input_shape)}, "
+            f"the data has {tuple(image_shape)}"
+        )
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,217 @@
+"""Empirical NTK: against explicit per-example gradients, neural-tangents, and the analytic kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bridge.entk import BudgetError, KernelKind, empirical_ntk, plan_parameter_groups, with_batch_statistics
+from bridge.models import build_model, model_config
+
+TOL = 1e-11  # float64 throughout; the routes differ only in summation order
+
+CASES = {  # name: (input shape, width)
+    "fc2": ((1, 4, 4), 12),
+    "conv1": ((1, 5, 5), 3),
+    "two-layer": ((1, 4, 4), 16),
+    "mnist-cnn": ((1, 8, 8), 2),
+    "cifar-cnn": ((3, 8, 8), 2),
+    "resnet18": ((3, 6, 6), 2),
+}
+
+
+def explicit_gradient_gram(model: torch.nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> np.ndarray:
+    """Θ[i, j, c, d] = ∇θ f_c(x1_i) · ∇θ f_d(x2_j), one autograd call per example and output."""
+    model = model.double().eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def gradients(x: torch.Tensor) -> torch.Tensor:
+        rows = []
+        for example in x.double():
+            out = model(example[None])[0]
+            per_output = [torch.autograd.grad(out[c], params, retain_graph=True) for c in range(out.shape[0])]
+            rows.append(torch.stack([torch.cat([g.reshape(-1) for g in grads]) for grads in per_output]))
+        return torch.stack(rows)
+
+    g1, g2 = gradients(x1), gradients(x2)
+    return torch.einsum("iap,jbp->ijab", g1, g2).numpy()
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    shape, width = CASES[request.param]
+    model = build_model(model_config(request.param, shape, 3, width=width, seed=1))
+    generator = torch.Generator().manual_seed(0)
+    x1, x2 = torch.rand(4, *shape, generator=generator), torch.rand(3, *shape, generator=generator)
+    if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        model.train()  # give the running statistics non-trivial values
+        with torch.no_grad():
+            model(torch.rand(8, *shape, generator=generator))
+    return model.eval(), x1, x2, explicit_gradient_gram(model, x1, x2)
+
+
+def test_full_kernel_is_the_gram_matrix_of_per_example_gradients(case):
+    model, x1, x2, reference = case
+    full = empirical_ntk(model, x1, x2, kind="full", dtype=torch.float64)
+    assert full.shape == (4, 3, 3, 3) and full.dtype == np.float64
+    assert relative_error(full, reference) < TOL
+
+
+def test_trace_and_class_kernels_are_the_diagonal_blocks(case):
+    model, x1, x2, reference = case
+    trace = empirical_ntk(model, x1, x2, kind="trace", dtype=torch.float64)
+    assert relative_error(trace, np.einsum("ijcc->ij", reference) / 3) < TOL
+    for c in range(3):
+        block = empirical_ntk(model, x1, x2, kind=f"class:{c}", dtype=torch.float64)
+        assert relative_error(block, reference[:, :, c, c]) < TOL
+
+
+def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch):
+    """Groups of a fifth of the parameters (tensors sliced between groups), sub-batches of 2."""
+    import bridge.entk
+
+    model, x1, x2, reference = case
+    parameters = sum(p.numel() for p in model.parameters())
+    plans = []
+
+    def small_groups(sizes, capacity):
+        plans.append(plan_parameter_groups(sizes, min(capacity, parameters // 5)))
+        return plans[-1]
+
+    monkeypatch.setattr(bridge.entk, "plan_parameter_groups", small_groups)
+    monkeypatch.setattr(bridge.entk, "_MAX_SUB_BATCH", 2)
+    chunked = empirical_ntk(model, x1, x2, kind="full", dtype=torch.float64)
+    assert len(plans[0]) >= 5 and any(
+        stop - start < dict(model.named_parameters())[name].numel() for group in plans[0] for name, start, stop in group
+    )
+    assert relative_error(chunked, reference) < TOL
+    symmetric = empirical_ntk(model, x1, kind="full", dtype=torch.float64)
+    np.testing.assert_allclose(symmetric, symmetric.transpose(1, 0, 3, 2), rtol=0, atol=1e-12 * np.abs(symmetric).max())
+    reference_sym = explicit_gradient_gram(model, x1, x1)
+    assert relative_error(symmetric, reference_sym) < TOL
+
+
+def test_parameter_groups_cover_every_element_once_within_capacity():
+    sizes = {"a": 5, "b": 12, "c": 1, "d": 7}
+    for capacity in (1, 3, 4, 6, 25, 100):
+        groups = plan_parameter_groups(sizes, capacity)
+        assert all(sum(stop - start for _, start, stop in group) <= capacity for group in groups)
+        covered = {name: np.zeros(size, dtype=int) for name, size in sizes.items()}
+        for group in groups:
+            for name, start, stop in group:
+                covered[name][start:stop] += 1
+        assert all((count == 1).all() for count in covered.values())
+    assert len(plan_parameter_groups(sizes, 25)) == 1
+    with pytest.raises(BudgetError):
+        plan_parameter_groups(sizes, 0)
+
+
+def test_a_budget_too_small_for_one_chunk_is_refused():
+    model = build_model(model_config("mnist-cnn", (1, 8, 8), 10, width=2))
+    with pytest.raises(BudgetError, match="too small") as error:
+        empirical_ntk(model, torch.rand(3, 1, 8, 8), memory_budget=2_000)
+    assert "\n" not in str(error.value)
+
+
+def test_matches_neural_tangents_on_an_identical_mlp(jax_strict):
+    """Cross-framework: stax's NTK-parameterised MLP and the fc2 twin with the same weights."""
+    from kernels._jax import jnp, nt, stax
+
+    w_std, b_std = np.sqrt(2.0), 0.1
+    dense = {"W_std": w_std, "b_std": b_std, "parameterization": "ntk"}
+    init_fn, apply_fn, _ = stax.serial(
+        stax.Flatten(),
+        stax.Dense(24, **dense),
+        stax.Relu(),
+        stax.Dense(24, **dense),
+        stax.Relu(),
+        stax.Dense(3, **dense),
+    )
+    x = np.random.default_rng(0).random((6, 1, 4, 4))
+    _, params = init_fn(jax_strict.random.PRNGKey(0), (6, 16))
+    model = build_model(model_config("fc2", (1, 4, 4), 3, width=24)).double()
+    layers = [layer for layer in model if hasattr(layer, "weight")]
+    with torch.no_grad():
+        for layer, (weight, bias) in zip(layers, [p for p in params if p], strict=True):
+            layer.weight.copy_(torch.from_numpy(np.array(weight).T))
+            layer.bias.copy_(torch.from_numpy(np.array(bias).reshape(-1)))
+    flat = jnp.asarray(x.reshape(6, -1))
+    np.testing.assert_allclose(
+        model(torch.from_numpy(x)).detach().numpy(), np.asarray(apply_fn(params, flat)), atol=1e-13
+    )
+    ntk_fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=nt.NtkImplementation.JACOBIAN_CONTRACTION)
+    reference = np.asarray(ntk_fn(flat, None, params))
+    assert reference.shape == (6, 6, 3, 3)
+    assert relative_error(empirical_ntk(model, x, kind="full"), reference) < TOL
+
+
+@pytest.mark.parametrize("name", ["fc1", "two-layer", "conv1"])
+def test_twin_approaches_the_analytic_kernel_as_width_grows(digits_multiclass, jax_strict, name):
+    from kernels import compute_gram, get_architecture
+
+    x = digits_multiclass.x_train[:12]
+    analytic = np.asarray(compute_gram(get_architecture(name), x))
+
+    def error(width: int) -> float:
+        errors = []
+        for seed in range(3):
+            model = build_model(model_config(name, x.shape[1:], 2, width=width, seed=seed))
+            trace = empirical_ntk(model, x, kind="trace", dtype=torch.float64)
+            errors.append(np.linalg.norm(trace - analytic) / np.linalg.norm(analytic))
+        return float(np.mean(errors))
+
+    narrow, wide = error(32), error(2048)
+    assert wide < narrow / 3  # ~1/√width: 8x expected for a 64x wider net
+    assert wide < 0.1
+
+
+def test_full_kernel_of_a_wide_twin_is_block_diagonal_across_outputs(digits_multiclass):
+    x = digits_multiclass.x_train[:6]
+    model = build_model(model_config("fc1", x.shape[1:], 3, width=4096))
+    full = empirical_ntk(model, x, kind="full", dtype=torch.float64)
+    diagonal = np.einsum("ijcc->ijc", full)
+    off = full.copy()
+    for c in range(3):
+        off[:, :, c, c] = 0
+    assert np.abs(off).max() < 0.02 * np.abs(diagonal).max()
+
+
+def test_batch_statistics_are_those_of_the_input_set():
+    model = build_model(model_config("resnet18", (3, 6, 6), 4, width=2, seed=0))
+    x = torch.rand(10, 3, 6, 6, dtype=torch.float64)
+    model = model.double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = with_batch_statistics(model, x)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+    with torch.no_grad():
+        train_mode = model.train()(x)  # train-mode BatchNorm normalises with the batch's own statistics
+        model.eval()
+        torch.testing.assert_close(frozen(x), train_mode, rtol=1e-12, atol=1e-12)
+        assert (frozen(x[:3]) - train_mode[:3]).abs().max() < 1e-12  # fixed: sub-batches see the same stats
+    with_stats = empirical_ntk(model, x[:4], kind="full", batch_stats=True)
+    running = empirical_ntk(model, x[:4], kind="full")
+    union = torch.cat([x[:4]])
+    assert relative_error(with_stats, explicit_gradient_gram(with_batch_statistics(model, union), x[:4], x[:4])) < TOL
+    assert relative_error(with_stats, running) > 1e-3
+
+
+@pytest.mark.parametrize(("text", "expected"), [("full", KernelKind("full")), ("class:7", KernelKind("class", 7))])
+def test_kernel_kinds_parse(text, expected):
+    assert KernelKind.parse(text) == expected and str(expected) == text
+
+
+@pytest.mark.parametrize("text", ["diag", "class:", "class:-1", "class:x", "trace:1"])
+def test_bad_kernel_kinds_are_refused(text):
+    with pytest.raises(ValueError, match="full, trace or class"):
+        KernelKind.parse(text)
+
+
+def test_class_index_must_be_an_output():
+    model = build_model(model_config("fc1", (1, 4, 4), 3, width=4))
+    with pytest.raises(ValueError, match="class 3 is not an output"):
+        empirical_ntk(model, torch.rand(2, 1, 4, 4), kind="class:3")

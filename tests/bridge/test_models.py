@@ -1,0 +1,157 @@
+"""The torch model registry and checkpoints that rebuild their own model."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+import torch
+
+from bridge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from bridge.models import MODELS, ModelConfig, ModelError, build_model, check_fits, model_config, parameter_count
+
+SHAPES = {name: (3, 8, 8) if name in ("cifar-cnn", "resnet18") else (1, 8, 8) for name in MODELS}
+SMALL_WIDTH = {"resnet18": 4, "mnist-cnn": 4, "cifar-cnn": 4, "conv1": 8, "conv2": 8}
+
+
+def small_config(name: str, **kwargs) -> ModelConfig:
+    return model_config(name, SHAPES[name], 3, width=SMALL_WIDTH.get(name, 16), **kwargs)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_maps_nchw_batches_to_class_scores(name):
+    model = build_model(small_config(name)).eval()
+    out = model(torch.rand(5, *SHAPES[name]))
+    assert out.shape == (5, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_seeded_build_is_reproducible_and_leaves_the_global_rng_alone(name):
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = build_model(small_config(name, seed=7))
+    assert torch.equal(torch.rand(1), expected_next)
+    second = build_model(small_config(name, seed=7))
+    other = build_model(small_config(name, seed=8))
+    pairs = list(zip(first.state_dict().values(), second.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), other.parameters(), strict=True))
+
+
+def test_paper_nets_have_the_papers_layer_sizes():
+    mnist = build_model(model_config("mnist-cnn", (1, 28, 28), 10))
+    convs = [m for m in mnist.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in mnist.modules() if isinstance(m, torch.nn.Linear)]
+    assert [c.out_channels for c in convs] == [32, 64]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(64 * 7 * 7, 256), (256, 10)]
+    cifar = build_model(model_config("cifar-cnn", (3, 32, 32), 10))
+    assert [c.out_channels for c in cifar.modules() if isinstance(c, torch.nn.Conv2d)] == [32, 32, 64, 64, 128, 128]
+    assert [type(m).__name__ for m in cifar.modules() if "Pool" in type(m).__name__] == ["MaxPool2d", "AvgPool2d"]
+
+
+def test_resnet18_is_torchvisions_with_a_small_image_stem():
+    from torchvision.models import resnet18
+
+    ours = build_model(model_config("resnet18", (3, 32, 32), 10)).state_dict()
+    reference = resnet18(num_classes=10).state_dict()
+    assert ours.keys() == reference.keys()
+    differing = [key for key in ours if ours[key].shape != reference[key].shape]
+    assert differing == ["conv1.weight"]  # 3x3 stem in place of 7x7
+    assert ours["conv1.weight"].shape == (64, 3, 3, 3)
+    model = build_model(model_config("resnet18", (3, 32, 32), 10))
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert model.conv1.stride == (1, 1)
+
+
+def test_two_layer_net_is_supp_eq_28():
+    config = model_config("two-layer", (1, 8, 8), 4, width=4000)
+    model = build_model(config)
+    assert [name for name, _ in model.named_parameters()] == ["weight"]  # the readout A is frozen
+    assert set(model.readout.unique().tolist()) == {-1.0, 1.0}
+    assert model.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    x = torch.rand(3, 1, 8, 8)
+    expected = torch.relu(x.flatten(1) @ model.weight.T) @ model.readout / math.sqrt(4000)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_twins_are_ntk_parameterised():
+    """Standard-normal weights; a layer's output at init has variance W_std²·mean(h²) + b_std²."""
+    model = build_model(model_config("fc1", (1, 8, 8), 2, width=20000))
+    first = model[1]
+    assert first.weight.std().item() == pytest.approx(1.0, rel=0.02)
+    x = torch.rand(1, 1, 8, 8)
+    pre = first(x.flatten(1))
+    expected = 2.0 * x.pow(2).mean().item() + 0.01
+    assert pre.var().item() == pytest.approx(expected, rel=0.05)
+
+
+def test_width_is_the_twins_hidden_width():
+    assert parameter_count(build_model(model_config("fc1", (1, 8, 8), 2, width=10))) == 64 * 10 + 10 + 10 * 2 + 2
+    assert parameter_count(build_model(model_config("conv1", (1, 8, 8), 2, width=5))) == 9 * 5 + 5 + 5 * 64 * 2 + 2
+
+
+def test_normalisation_lives_inside_the_model():
+    plain = build_model(model_config("fc1", (3, 4, 4), 2, width=8))
+    normalised = build_model(model_config("fc1", (3, 4, 4), 2, width=8, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25)))
+    x = torch.rand(2, 3, 4, 4)
+    shifted = (x - torch.tensor([0.5, 0.4, 0.3])[:, None, None]) / torch.tensor([0.2, 0.2, 0.25])[:, None, None]
+    torch.testing.assert_close(normalised(x), plain(shifted))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "vgg"}, "unknown model"),
+        ({"input_shape": (1, 2, 2), "name": "mnist-cnn"}, "at least 4x4"),
+        ({"input_shape": (8, 8)}, "(channels, height, width)"),
+        ({"width": 0}, "positive"),
+        ({"mean": (0.5, 0.5), "std": (1.0, 1.0)}, "one value per input channel"),
+        ({"mean": (0.5,)}, "both mean and std"),
+    ],
+)
+def test_bad_model_requests_are_refused_in_one_line(kwargs, message):
+    arguments = {"name": "fc1", "input_shape": (1, 8, 8), "num_classes": 2, **kwargs}
+    with pytest.raises(ModelError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        model_config(arguments.pop("name"), arguments.pop("input_shape"), arguments.pop("num_classes"), **arguments)
+    assert "\n" not in str(error.value)
+
+
+def test_check_fits_names_both_shapes():
+    config = small_config("mnist-cnn")
+    check_fits(config, (1, 8, 8))
+    with pytest.raises(ModelError, match=r"\(1, 8, 8\).*\(3, 32, 32\)"):
+        check_fits(config, (3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["two-layer", "resnet18", "conv1"])
+def test_checkpoint_alone_rebuilds_its_model(tmp_path, name):
+    config = small_config(name, seed=3)
+    model = build_model(config)
+    with torch.no_grad():  # make the weights differ from a fresh build
+        for p in model.parameters():
+            p.add_(0.5)
+    path = save_checkpoint(tmp_path / "model.pt", model.eval(), config, epoch=4)
+    rebuilt, loaded, payload = load_checkpoint(path)
+    assert loaded == config and payload["epoch"] == 4
+    x = torch.rand(3, *config.input_shape)
+    torch.testing.assert_close(rebuilt.eval()(x), model(x), rtol=0, atol=0)
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
+
+
+def test_foreign_files_are_not_checkpoints(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), tensor)
+    pickled = tmp_path / "code.pt"
+    pickled.write_bytes(pickle.dumps(print))  # a pickle that would call code: weights_only refuses it
+    wrong_config = tmp_path / "config.pt"
+    torch.save({"format": "ntkrobust-checkpoint-v1", "config": {"model": "nope"}, "state_dict": {}}, wrong_config)
+    for path in (garbage, tensor, pickled, tmp_path / "missing.pt"):
+        with pytest.raises(CheckpointError) as error:
+            read_checkpoint(path)
+        assert "\n" not in str(error.value)
+    with pytest.raises(CheckpointError, match="cannot rebuild"):
+        load_checkpoint(wrong_config)
