@@ -245,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--memory-budget",
         type=_positive_int,
-        default=4096,
-        help="working memory for Jacobian chunks in MiB, beside the kernel itself (default 4096)",
+        help="working memory for Jacobian chunks in MiB, beside the kernel itself (default: 40%% of the free "
+        "memory of the device, at least 1024); more memory means fewer passes over the points",
     )
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
     _add_output_flags(p, what="output folder: kernel.npz, metrics.json, kernel.png")
@@ -827,7 +827,7 @@ def cmd_entk(args: argparse.Namespace) -> int:
 
     from bridge.adversarial import pgd_examples, predict
     from bridge.data import DataError, balanced_indices, task_indices
-    from bridge.entk import empirical_ntk, with_batch_statistics
+    from bridge.entk import auto_memory_budget, empirical_ntk, with_batch_statistics
     from bridge.models import parameter_count
     from kernels.metrics import kernel_metrics
 
@@ -861,14 +861,9 @@ def cmd_entk(args: argparse.Namespace) -> int:
     clock["inputs"] = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    budget = auto_memory_budget(device) if args.memory_budget is None else args.memory_budget * 2**20
     try:
-        kernel = empirical_ntk(
-            net,
-            x_kernel,
-            kind=kind,
-            memory_budget=args.memory_budget * 2**20,
-            progress=_progress(args),
-        )
+        kernel = empirical_ntk(net, x_kernel, kind=kind, memory_budget=budget, progress=_progress(args))
     except BudgetError as err:
         raise UsageError(f"--memory-budget {args.memory_budget}: {err}") from None
     clock["kernel"] = time.perf_counter()
@@ -894,7 +889,7 @@ def cmd_entk(args: argparse.Namespace) -> int:
             "kind": str(kind),
             "adversarial": adversarial,
             "dtype": args.dtype,
-            "memory_budget_mib": args.memory_budget,
+            "memory_budget_mib": budget // 2**20,
             "device": str(device),
         },
         "seed": args.seed,

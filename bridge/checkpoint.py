@@ -33,6 +33,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **e
     payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "state_dict": model.state_dict(), **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)

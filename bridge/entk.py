@@ -15,6 +15,12 @@ so that their activations and gradients fit the other half. Then Θ = Σ_groups 
 exactly, whatever the grouping (the tests check chunked = unchunked). When ``x2`` is omitted the
 kernel is symmetric and each group's Jacobian is computed once.
 
+Dense layers are cheaper still. For ``nn.Linear`` (and the twins' ``NTKLinear``) applied to one
+vector per example, y = s·W h + s_b·b, the gradient of output c is s·g_c hᵀ for W and s_b·g_c for
+b, with g_c = ∂f_c/∂y. So the layer adds (s² h·h′ + s_b²)(g_c·g′_d) to Θ_{cd}(x, x′) without ever
+forming its per-example gradients (the "structured derivatives" of neural-tangents, Novak et al.
+2022): g comes from differentiating with respect to a zero added to y, h from the layer's input.
+
 BatchNorm. With ``batch_stats=False`` the net runs in eval mode with its running statistics (RAT's
 "w buffer"). With ``batch_stats=True`` (RAT's "w/o buffer") every BatchNorm layer normalises with
 the mean and (biased) variance of the kernel's own input set, computed once in one forward pass
@@ -25,8 +31,11 @@ examples without depending on how they are chunked.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +44,8 @@ from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
 
 KINDS = ("full", "trace", "class")
-DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of working memory: Jacobian groups plus activations
+MIN_AUTO_BUDGET = 2**30  # the automatic budget: a share of the free memory, at least 1 GiB
+AUTO_BUDGET_SHARE = 0.4
 _MAX_SUB_BATCH = 128
 
 
@@ -78,13 +88,17 @@ Group = list[tuple[str, int, int]]
 
 def plan_parameter_groups(sizes: dict[str, int], capacity: int) -> list[Group]:
     """Cut parameters (name → element count, in order) into consecutive groups of at most
-    ``capacity`` elements; a tensor larger than what is left in a group is sliced."""
+    ``capacity`` elements. A tensor that fits in a group is never split (the gradient of a slice
+    costs as much as the whole tensor's); one larger than ``capacity`` is cut into slices."""
     if capacity < 1:
         raise BudgetError("memory budget too small for even one parameter's Jacobian column")
     groups: list[Group] = []
     current: Group = []
     room = capacity
     for name, size in sizes.items():
+        if size <= capacity and size > room:  # start a new group rather than split this tensor
+            groups.append(current)
+            current, room = [], capacity
         start = 0
         while start < size:
             stop = min(size, start + room)
@@ -96,7 +110,32 @@ def plan_parameter_groups(sizes: dict[str, int], capacity: int) -> list[Group]:
                 current, room = [], capacity
     if current:
         groups.append(current)
-    return groups
+    return [group for group in groups if group]
+
+
+def _forward_pass(model: nn.Module, x: torch.Tensor, hooks: list[torch.utils.hooks.RemovableHandle]) -> None:
+    """One no-grad forward pass of ``x`` that the ``hooks`` observe; the hooks go afterwards."""
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def auto_memory_budget(device: torch.device | str = "cpu") -> int:
+    """``AUTO_BUDGET_SHARE`` of the memory free now (the GPU's on CUDA), at least ``MIN_AUTO_BUDGET``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as meminfo:
+                fields = dict(line.split(":", 1) for line in meminfo)
+            free = int(fields["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):  # not Linux: assume a modest machine
+            free = 8 * 2**30
+    return max(int(AUTO_BUDGET_SHARE * free), MIN_AUTO_BUDGET)
 
 
 def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -109,7 +148,7 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
     model = copy.deepcopy(model).eval()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     counts: dict[int, int] = {}
-    hooks = []
+    hooks: list[torch.utils.hooks.RemovableHandle] = []
     for norm in norms:
         if not norm.track_running_stats:
             raise ValueError("a BatchNorm layer without running statistics has no per-example kernel")
@@ -120,12 +159,7 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
                 lambda m, args: counts.__setitem__(id(m), args[0].numel() // args[0].shape[1])
             )
         )
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _forward_pass(model, x, hooks)
     for norm in norms:
         n = counts[id(norm)]
         if norm.running_var is not None and n > 1:
@@ -145,27 +179,103 @@ def _activation_elements(model: nn.Module, example: torch.Tensor) -> int:
 
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    _forward_pass(model, example, hooks)
     return max(total, example.numel())
 
 
-class _JacobianEngine:
-    """Per-example Jacobians of the selected outputs with respect to one parameter group."""
+Factors = tuple[torch.Tensor, torch.Tensor]  # g (N, C′, out) and h (N, in) of one dense layer
 
-    def __init__(self, model: nn.Module, output_index: int | None):
+
+@dataclass(frozen=True)
+class _DenseLayer:
+    """A dense layer handled by its structure: y = w_scale·W h + b_scale·b."""
+
+    module: nn.Module
+    weight: str  # parameter names
+    bias: str | None
+    w_scale: float
+    b_scale: float
+
+
+def _dense_layers(model: nn.Module, example: torch.Tensor, trainable: set[str]) -> dict[str, _DenseLayer]:
+    """``nn.Linear`` / ``NTKLinear`` modules with a trainable weight, called exactly once per
+    forward pass on a single vector per example (shape (1, in) for one example)."""
+    from bridge.models import NTKLinear
+
+    candidates = {
+        name: module
+        for name, module in model.named_modules()
+        if type(module) in (nn.Linear, NTKLinear) and f"{name}.weight" in trainable
+    }
+    calls: dict[str, list[tuple[int, ...]]] = {name: [] for name in candidates}
+    hooks = [
+        module.register_forward_pre_hook(lambda m, args, name=name: calls[name].append(tuple(args[0].shape)))
+        for name, module in candidates.items()
+    ]
+    _forward_pass(model, example, hooks)
+    layers = {}
+    for name, module in candidates.items():
+        if calls[name] != [(1, module.weight.shape[1])]:
+            continue
+        bias = f"{name}.bias" if f"{name}.bias" in trainable else None
+        layers[name] = _DenseLayer(
+            module,
+            f"{name}.weight",
+            bias,
+            float(getattr(module, "w_scale", 1.0)),
+            float(getattr(module, "b_scale", 1.0)),
+        )
+    return layers
+
+
+class _JacobianEngine:
+    """Per-example Jacobians of the selected outputs with respect to one parameter group, and
+    the factors (g, h) of the dense layers, whose parameters the groups leave out."""
+
+    def __init__(self, model: nn.Module, output_index: int | None, example: torch.Tensor, *, structured: bool = True):
         self.model = model
         self.params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
         self.frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
         self.buffers = {name: b.detach() for name, b in model.named_buffers()}
         self.output_index = output_index
+        self.dense = _dense_layers(model, example, set(self.params)) if structured else {}
 
     def sizes(self) -> dict[str, int]:
-        return {name: p.numel() for name, p in self.params.items()}
+        """Element counts of the parameters left to the generic Jacobian groups."""
+        structured = {name for layer in self.dense.values() for name in (layer.weight, layer.bias) if name}
+        return {name: p.numel() for name, p in self.params.items() if name not in structured}
+
+    def _outputs(self, params: dict[str, torch.Tensor], example: torch.Tensor) -> torch.Tensor:
+        out = functional_call(self.model, (params, self.frozen, self.buffers), (example.unsqueeze(0),))[0]
+        return out if self.output_index is None else out[self.output_index : self.output_index + 1]
+
+    def dense_factors(self, x: torch.Tensor) -> dict[str, Factors]:
+        """Per dense layer: g (B, C′, out), the output's gradient at the layer's output, and
+        h (B, in), the layer's input, for a sub-batch ``x``."""
+
+        def outputs(shifts: dict[str, torch.Tensor], example: torch.Tensor):  # type: ignore[no-untyped-def]
+            inputs: dict[str, torch.Tensor] = {}
+
+            def tap(name: str):  # type: ignore[no-untyped-def]
+                def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+                    inputs[name] = args[0][0]
+                    return output + shifts[name]
+
+                return hook
+
+            hooks = [layer.module.register_forward_hook(tap(name)) for name, layer in self.dense.items()]
+            try:
+                return self._outputs(self.params, example), inputs
+            finally:
+                for hook in hooks:
+                    hook.remove()
+
+        zeros = {
+            name: torch.zeros(self.params[layer.weight].shape[0], dtype=x.dtype, device=x.device)
+            for name, layer in self.dense.items()
+        }
+        grads, inputs = vmap(jacrev(outputs, has_aux=True), in_dims=(None, 0))(zeros, x)
+        return {name: (grads[name], inputs[name]) for name in self.dense}
 
     def jacobian(self, group: Group, x: torch.Tensor) -> torch.Tensor:
         """(B, C′, P_group) for a sub-batch ``x`` (B, ...)."""
@@ -179,8 +289,7 @@ class _JacobianEngine:
                 if stop - start < flat.numel():  # rebuild the tensor around the differentiated slice
                     piece = torch.cat([flat[:start], piece, flat[stop:]])
                 params[name] = piece.reshape(self.params[name].shape)
-            out = functional_call(self.model, (params, self.frozen, self.buffers), (example.unsqueeze(0),))[0]
-            return out if self.output_index is None else out[self.output_index : self.output_index + 1]
+            return self._outputs(params, example)
 
         jac = vmap(jacrev(outputs), in_dims=(None, 0))(pieces, x)
         return torch.cat([jac[key].flatten(2) for key in pieces], dim=2)
@@ -197,6 +306,21 @@ def _contract(kind: KernelKind, j1: torch.Tensor, j2: torch.Tensor) -> torch.Ten
     return torch.bmm(j1.transpose(0, 1), j2.permute(1, 2, 0)).sum(0)
 
 
+def _contract_dense(
+    kind: KernelKind,
+    layer: _DenseLayer,
+    factors1: tuple[torch.Tensor, torch.Tensor],
+    factors2: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """A dense layer's kernel contribution (s² h·h′ + s_b²)(g_c·g′_d) from its factors."""
+    (g1, h1), (g2, h2) = factors1, factors2
+    scale = layer.w_scale**2 * (h1 @ h2.T)
+    if layer.bias is not None:
+        scale = scale + layer.b_scale**2
+    gradients = _contract(kind, g1, g2)
+    return gradients * (scale[:, :, None, None] if kind.name == "full" else scale)
+
+
 def empirical_ntk(
     model: nn.Module,
     x1: np.ndarray | torch.Tensor,
@@ -204,10 +328,11 @@ def empirical_ntk(
     *,
     kind: str | KernelKind = "trace",
     batch_stats: bool = False,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
+    structured: bool = True,
 ) -> np.ndarray:
     """The empirical NTK Θ(x1, x2) (Θ(x1, x1) if ``x2`` is None) of ``model``, as float64 numpy.
 
@@ -218,10 +343,14 @@ def empirical_ntk(
         batch_stats: BatchNorm with the statistics of the inputs (see the module docstring)
             instead of the running statistics.
         memory_budget: bytes of working memory for Jacobians and activations (the kernel itself,
-            the output, is extra). ``BudgetError`` when not even one chunk fits.
+            the output, is extra); default ``auto_memory_budget(device)``. ``BudgetError`` when
+            not even one chunk fits. A larger budget means fewer parameter groups, hence fewer
+            passes over the inputs.
         device: where to compute (default: where the model's parameters are).
         dtype: compute dtype, e.g. ``torch.float64`` to compare kernels (default: the model's).
         progress: show a progress bar over parameter groups and sub-batches.
+        structured: dense layers by their outer-product structure (see the module docstring);
+            False puts every parameter through the generic Jacobian groups (the same kernel).
     """
     kind = KernelKind.parse(kind) if isinstance(kind, str) else kind
     first = next(iter(model.parameters()), None)
@@ -238,29 +367,49 @@ def empirical_ntk(
     )
     if batch_stats:
         net = with_batch_statistics(net, a if b is None else torch.cat([a, b]))
+    if memory_budget is None:
+        memory_budget = auto_memory_budget(device)
 
     with torch.no_grad():
         num_outputs = net(a[:1]).shape[1]
     outputs = kind.outputs(num_outputs)
-    engine = _JacobianEngine(net, kind.index)
+    engine = _JacobianEngine(net, kind.index, a[:1], structured=structured)
     if not engine.params:
         raise ValueError("the model has no trainable parameters, so no tangent kernel")
     itemsize = torch.finfo(dtype).bits // 8
     samples = a.shape[0] + (0 if b is None else b.shape[0])
-    capacity = (memory_budget // 2) // (samples * outputs * itemsize)
-    groups = plan_parameter_groups(engine.sizes(), capacity)
+    factor_bytes = (
+        samples
+        * itemsize
+        * sum(
+            outputs * engine.params[layer.weight].shape[0] + engine.params[layer.weight].shape[1]
+            for layer in engine.dense.values()
+        )
+    )
+    capacity = (memory_budget // 2 - factor_bytes) // (samples * outputs * itemsize)
+    sizes = engine.sizes()
+    groups = plan_parameter_groups(sizes, capacity) if sizes else []
     activations = _activation_elements(net, a[:1])
 
     shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
     kernel = torch.zeros(
         shape + ((outputs, outputs) if kind.name == "full" else ()), dtype=torch.float64, device=device
     )
-    sizes = [_sub_batch_size(group, engine, activations, outputs, itemsize, memory_budget) for group in groups]
-    steps = sum(math.ceil(a.shape[0] / size) + (0 if b is None else math.ceil(b.shape[0] / size)) for size in sizes)
+    passes: list[Group | None] = [None] if engine.dense else []  # None: the dense layers' pass
+    passes += groups
+    batch = [_sub_batch_size(group or [], engine, activations, outputs, itemsize, memory_budget) for group in passes]
+    steps = sum(math.ceil(a.shape[0] / size) + (0 if b is None else math.ceil(b.shape[0] / size)) for size in batch)
     with tqdm(total=steps, desc=f"eNTK ({kind})", unit="chunk", disable=not progress, leave=False) as bar:
-        for group, size in zip(groups, sizes, strict=True):
-            j1 = _group_jacobian(engine, group, a, size, bar)
-            j2 = j1 if b is None else _group_jacobian(engine, group, b, size, bar)
+        for group, size in zip(passes, batch, strict=True):
+            if group is None:
+                f1 = _in_sub_batches(engine.dense_factors, a, size, bar)
+                f2 = f1 if b is None else _in_sub_batches(engine.dense_factors, b, size, bar)
+                for name, layer in engine.dense.items():
+                    kernel += _contract_dense(kind, layer, f1[name], f2[name]).to(torch.float64)
+                del f1, f2
+                continue
+            j1 = _in_sub_batches(functools.partial(engine.jacobian, group), a, size, bar)
+            j2 = j1 if b is None else _in_sub_batches(functools.partial(engine.jacobian, group), b, size, bar)
             kernel += _contract(kind, j1, j2).to(torch.float64)
             del j1, j2
     if kind.name == "trace":
@@ -288,9 +437,21 @@ def _sub_batch_size(
     return size
 
 
-def _group_jacobian(engine: _JacobianEngine, group: Group, x: torch.Tensor, size: int, bar: tqdm) -> torch.Tensor:
+def _in_sub_batches(compute: Callable[[torch.Tensor], Any], x: torch.Tensor, size: int, bar: tqdm) -> Any:
+    """``compute`` over sub-batches of ``x``, results (tensors, or nested dicts / tuples of
+    them) concatenated along the example axis."""
     parts = []
     for start in range(0, x.shape[0], size):
-        parts.append(engine.jacobian(group, x[start : start + size]))
+        parts.append(compute(x[start : start + size]))
         bar.update(1)
-    return torch.cat(parts)
+    return _concatenate(parts)
+
+
+def _concatenate(parts: list[Any]) -> Any:
+    """Tensors, or dicts / tuples of them, joined along the example axis."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {key: _concatenate([part[key] for part in parts]) for key in first}
+    if isinstance(first, tuple):
+        return tuple(_concatenate([part[i] for part in parts]) for i in range(len(first)))
+    return torch.cat(parts) if len(parts) > 1 else first

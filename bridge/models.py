@@ -132,13 +132,14 @@ class TwoLayerNet(nn.Module):
 
     def __init__(self, in_features: int, width: int, num_classes: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(width, in_features) * TWO_LAYER_W_STD)
+        self.hidden = nn.Linear(in_features, width, bias=False)  # W, drawn from N(0, 0.01²)
+        nn.init.normal_(self.hidden.weight, std=TWO_LAYER_W_STD)
         signs = torch.randint(0, 2, (width, num_classes)).to(torch.float32) * 2 - 1
         self.register_buffer("readout", signs)
         self.width = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.relu(F.linear(x.flatten(1), self.weight))
+        hidden = F.relu(self.hidden(x.flatten(1)))
         return hidden @ self.readout.to(hidden.dtype) / math.sqrt(self.width)
 
 

@@ -124,7 +124,7 @@ BAD = {
     "class mismatch": (["--checkpoint", "{dir}/binary.pt"], "has 2 outputs, the data has 10 classes"),
     "width with checkpoint": (["--checkpoint", "{dir}/binary.pt", "--width", "3"], "--width applies to --model"),
     "model too big for data": (["--model", "mnist-cnn", "--data", "{dir}/tiny.npz"], "needs images at least 4x4"),
-    "budget": (["--model", "mnist-cnn", "--memory-budget", "1"], "too small for one example"),
+    "budget": (["--model", "resnet18", "--memory-budget", "1"], "too small for one example"),
     "kind": (["--model", "fc1", "--kind", "diag"], "full, trace or class:C"),
     "class out of range": (["--model", "fc1", "--kind", "class:10"], "class 10 is not an output"),
     "eps": (["--model", "fc1", "--adversarial-eps", "8"], "must lie in [0, 1]"),

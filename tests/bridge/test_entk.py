@@ -71,29 +71,55 @@ def test_trace_and_class_kernels_are_the_diagonal_blocks(case):
         assert relative_error(block, reference[:, :, c, c]) < TOL
 
 
-def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch):
-    """Groups of a fifth of the parameters (tensors sliced between groups), sub-batches of 2."""
+@pytest.mark.parametrize("structured", [True, False], ids=["structured", "generic"])
+def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch, structured):
+    """Groups of a fifth of the generic parameters (tensors sliced), sub-batches of 2; with and
+    without the dense layers' structured route."""
     import bridge.entk
 
     model, x1, x2, reference = case
-    parameters = sum(p.numel() for p in model.parameters())
     plans = []
 
     def small_groups(sizes, capacity):
-        plans.append(plan_parameter_groups(sizes, min(capacity, parameters // 5)))
+        plans.append(plan_parameter_groups(sizes, min(capacity, max(sum(sizes.values()) // 5, 1))))
         return plans[-1]
 
     monkeypatch.setattr(bridge.entk, "plan_parameter_groups", small_groups)
     monkeypatch.setattr(bridge.entk, "_MAX_SUB_BATCH", 2)
-    chunked = empirical_ntk(model, x1, x2, kind="full", dtype=torch.float64)
-    assert len(plans[0]) >= 5 and any(
-        stop - start < dict(model.named_parameters())[name].numel() for group in plans[0] for name, start, stop in group
-    )
+    options = {"kind": "full", "dtype": torch.float64, "structured": structured}
+    chunked = empirical_ntk(model, x1, x2, **options)
+    if plans:
+        sizes = {name: p.numel() for name, p in model.named_parameters()}
+        assert len(plans[0]) >= 5 and any(stop - start < sizes[name] for g in plans[0] for name, start, stop in g)
+    else:
+        assert structured  # every parameter went the dense route (fc twins)
     assert relative_error(chunked, reference) < TOL
-    symmetric = empirical_ntk(model, x1, kind="full", dtype=torch.float64)
+    symmetric = empirical_ntk(model, x1, **options)
     np.testing.assert_allclose(symmetric, symmetric.transpose(1, 0, 3, 2), rtol=0, atol=1e-12 * np.abs(symmetric).max())
-    reference_sym = explicit_gradient_gram(model, x1, x1)
-    assert relative_error(symmetric, reference_sym) < TOL
+    assert relative_error(symmetric, explicit_gradient_gram(model, x1, x1)) < TOL
+
+
+def test_dense_layers_take_the_structured_route_only_where_it_is_exact():
+    from bridge.entk import _dense_layers
+
+    def dense(model, shape):
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        return sorted(_dense_layers(model.eval(), torch.rand(1, *shape), trainable))
+
+    assert dense(build_model(model_config("fc2", (1, 4, 4), 3, width=4)), (1, 4, 4)) == ["1", "3", "5"]
+    assert dense(build_model(model_config("mnist-cnn", (1, 8, 8), 3, width=2)), (1, 8, 8)) == ["7", "9"]
+    assert dense(build_model(model_config("two-layer", (1, 4, 4), 3, width=4)), (1, 4, 4)) == ["hidden"]
+    assert dense(build_model(model_config("resnet18", (3, 6, 6), 3, width=2)), (3, 6, 6)) == ["fc"]
+
+    class Tokens(torch.nn.Module):  # a Linear applied to several vectors per example, and one reused
+        def __init__(self):
+            super().__init__()
+            self.mix, self.twice = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.twice(self.twice(self.mix(x.reshape(-1, 4, 4)).mean(1)))
+
+    assert dense(Tokens(), (1, 4, 4)) == []
 
 
 def test_parameter_groups_cover_every_element_once_within_capacity():
@@ -106,7 +132,10 @@ def test_parameter_groups_cover_every_element_once_within_capacity():
             for name, start, stop in group:
                 covered[name][start:stop] += 1
         assert all((count == 1).all() for count in covered.values())
+        pieces = [(name, start, stop) for group in groups for name, start, stop in group]
+        assert all(stop - start == sizes[name] for name, start, stop in pieces if sizes[name] <= capacity)
     assert len(plan_parameter_groups(sizes, 25)) == 1
+    assert plan_parameter_groups(sizes, 13) == [[("a", 0, 5)], [("b", 0, 12), ("c", 0, 1)], [("d", 0, 7)]]
     with pytest.raises(BudgetError):
         plan_parameter_groups(sizes, 0)
 
@@ -118,35 +147,47 @@ def test_a_budget_too_small_for_one_chunk_is_refused():
     assert "\n" not in str(error.value)
 
 
-def test_matches_neural_tangents_on_an_identical_mlp(jax_strict):
-    """Cross-framework: stax's NTK-parameterised MLP and the fc2 twin with the same weights."""
+def _stax_twin(name: str, x: np.ndarray, stax, jax):  # type: ignore[no-untyped-def]
+    """A stax net, its parameters, and the torch twin carrying the same weights."""
+    dense = {"W_std": float(np.sqrt(2.0)), "b_std": 0.1, "parameterization": "ntk"}
+    model = build_model(model_config(name, x.shape[1:], 3, width=6)).double()
+    if name == "fc2":
+        layers = [stax.Flatten(), stax.Dense(6, **dense), stax.Relu(), stax.Dense(6, **dense), stax.Relu()]
+        stax_x = x.reshape(x.shape[0], -1)
+    else:  # conv1: stax is NHWC and flattens (h, w, c); torch is NCHW and flattens (c, h, w)
+        layers = [stax.Conv(6, (3, 3), padding="SAME", **dense), stax.Relu(), stax.Flatten()]
+        stax_x = x.transpose(0, 2, 3, 1)
+    init_fn, apply_fn, _ = stax.serial(*layers, stax.Dense(3, **dense))
+    _, params = init_fn(jax.random.PRNGKey(0), stax_x.shape)
+    weights = [(np.array(w), np.array(b).reshape(-1)) for w, b in (p for p in params if p)]
+    targets = [m for m in model.modules() if hasattr(m, "w_scale")]
+    if name == "conv1":
+        (conv_w, conv_b), (dense_w, dense_b) = weights
+        height, width = x.shape[2:]
+        dense_w = dense_w.reshape(height, width, 6, 3).transpose(2, 0, 1, 3).reshape(-1, 3)
+        weights = [(conv_w.transpose(3, 2, 0, 1), conv_b), (dense_w.T, dense_b)]
+    else:
+        weights = [(w.T, b) for w, b in weights]
+    with torch.no_grad():
+        for layer, (weight, bias) in zip(targets, weights, strict=True):
+            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+            layer.bias.copy_(torch.from_numpy(bias))
+    return apply_fn, params, stax_x, model
+
+
+@pytest.mark.parametrize("name", ["fc2", "conv1"])
+def test_matches_neural_tangents_on_an_identical_net(jax_strict, name):
+    """Cross-framework: stax's NTK-parameterised net and the torch twin with the same weights."""
     from kernels._jax import jnp, nt, stax
 
-    w_std, b_std = np.sqrt(2.0), 0.1
-    dense = {"W_std": w_std, "b_std": b_std, "parameterization": "ntk"}
-    init_fn, apply_fn, _ = stax.serial(
-        stax.Flatten(),
-        stax.Dense(24, **dense),
-        stax.Relu(),
-        stax.Dense(24, **dense),
-        stax.Relu(),
-        stax.Dense(3, **dense),
-    )
-    x = np.random.default_rng(0).random((6, 1, 4, 4))
-    _, params = init_fn(jax_strict.random.PRNGKey(0), (6, 16))
-    model = build_model(model_config("fc2", (1, 4, 4), 3, width=24)).double()
-    layers = [layer for layer in model if hasattr(layer, "weight")]
-    with torch.no_grad():
-        for layer, (weight, bias) in zip(layers, [p for p in params if p], strict=True):
-            layer.weight.copy_(torch.from_numpy(np.array(weight).T))
-            layer.bias.copy_(torch.from_numpy(np.array(bias).reshape(-1)))
-    flat = jnp.asarray(x.reshape(6, -1))
-    np.testing.assert_allclose(
-        model(torch.from_numpy(x)).detach().numpy(), np.asarray(apply_fn(params, flat)), atol=1e-13
-    )
+    x = np.random.default_rng(0).random((5, 1, 5, 5))
+    apply_fn, params, stax_x, model = _stax_twin(name, x, stax, jax_strict)
+    stax_x = jnp.asarray(stax_x)
+    outputs = model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(outputs, np.asarray(apply_fn(params, stax_x)), atol=1e-13)
     ntk_fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(), implementation=nt.NtkImplementation.JACOBIAN_CONTRACTION)
-    reference = np.asarray(ntk_fn(flat, None, params))
-    assert reference.shape == (6, 6, 3, 3)
+    reference = np.asarray(ntk_fn(stax_x, None, params))
+    assert reference.shape == (5, 5, 3, 3)
     assert relative_error(empirical_ntk(model, x, kind="full"), reference) < TOL
 
 

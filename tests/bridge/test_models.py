@@ -68,11 +68,11 @@ def test_resnet18_is_torchvisions_with_a_small_image_stem():
 def test_two_layer_net_is_supp_eq_28():
     config = model_config("two-layer", (1, 8, 8), 4, width=4000)
     model = build_model(config)
-    assert [name for name, _ in model.named_parameters()] == ["weight"]  # the readout A is frozen
+    assert [name for name, _ in model.named_parameters()] == ["hidden.weight"]  # the readout A is frozen
     assert set(model.readout.unique().tolist()) == {-1.0, 1.0}
-    assert model.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert model.hidden.weight.std().item() == pytest.approx(0.01, rel=0.02)
     x = torch.rand(3, 1, 8, 8)
-    expected = torch.relu(x.flatten(1) @ model.weight.T) @ model.readout / math.sqrt(4000)
+    expected = torch.relu(x.flatten(1) @ model.hidden.weight.T) @ model.readout / math.sqrt(4000)
     torch.testing.assert_close(model(x), expected)
 
 
@@ -138,6 +138,7 @@ def test_checkpoint_alone_rebuilds_its_model(tmp_path, name):
     x = torch.rand(3, *config.input_shape)
     torch.testing.assert_close(rebuilt.eval()(x), model(x), rtol=0, atol=0)
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed into place
+    assert path.stat().st_mode & 0o044  # readable by others, like any file the user writes
 
 
 def test_foreign_files_are_not_checkpoints(tmp_path):
