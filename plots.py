@@ -64,7 +64,9 @@ def _grid(plt: Any, rows: int, cols: int, size: float) -> tuple[Any, np.ndarray]
 def _subtitle(fig: Any, text: str) -> None:
     """A figure title wrapped to the figure's width (about 13 characters per inch at size 10)."""
     if text:
-        fig.suptitle(textwrap.fill(text, width=max(40, int(13 * fig.get_figwidth()))), fontsize=10)
+        fig.suptitle(
+            textwrap.fill(text, width=max(40, int(13 * fig.get_figwidth())), break_on_hyphens=False), fontsize=10
+        )
 
 
 def _save(fig: Any, path: Path) -> None:

@@ -28,6 +28,7 @@ import functools
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -297,7 +298,7 @@ def kernel_metrics(
     *,
     top: Sequence[int] = (10, 20),
     num_classes: int | None = None,
-) -> dict[str, float | list[list[float]]]:
+) -> dict[str, Any]:
     """The single-kernel metrics that apply, as JSON-ready plain floats and lists.
 
     Keys: ``frobenius_norm``, ``trace`` (of the trace kernel), ``effective_rank``,
@@ -305,13 +306,14 @@ def kernel_metrics(
     ``kernel_target_alignment`` and ``centered_alignment``, and for a full (N, N, C, C) kernel
     ``specialization_matrix`` (nested list C × C) and ``mean_specialization``. A metric that is
     undefined for this input (``UndefinedMetricError``, e.g. centred alignment with a single
-    class, specialization with a class absent from the labels) is left out; invalid input raises.
+    class, specialization with a class absent from the labels) is left out, and its reason is
+    kept under ``undefined`` (metric name → message); invalid input raises.
     """
     k = trace_kernel(kernel)
     cutoffs = [operator.index(p) for p in top]
     if any(p < 1 for p in cutoffs):
         raise ValueError(f"top cut-offs must be positive, got {list(top)}")
-    metrics: dict[str, float | list[list[float]]] = {
+    metrics: dict[str, Any] = {
         "frobenius_norm": frobenius_norm(k),
         "trace": float(np.trace(k)),
     }
@@ -321,22 +323,29 @@ def kernel_metrics(
         if p <= k.shape[0]:
             _record(metrics, f"concentration_top{p}", functools.partial(_concentration, values, p))
     if labels is None:
-        return metrics
+        return _with_reasons(metrics)
     _record(metrics, "kernel_target_alignment", lambda: kernel_target_alignment(k, labels, num_classes=num_classes))
     _record(metrics, "centered_alignment", lambda: centered_alignment(k, labels, num_classes=num_classes))
     if np.ndim(kernel) == 4:
         try:
             ksm = specialization_matrix(kernel, labels, num_classes=num_classes)
-        except UndefinedMetricError:
-            return metrics
+        except UndefinedMetricError as reason:
+            metrics.setdefault("undefined", {})["mean_specialization"] = str(reason)
+            return _with_reasons(metrics)
         metrics["specialization_matrix"] = ksm.tolist()
         metrics["mean_specialization"] = mean_specialization(ksm)
-    return metrics
+    return _with_reasons(metrics)
 
 
-def _record(metrics: dict[str, float | list[list[float]]], key: str, compute: Callable[[], float]) -> None:
-    """Store ``compute()`` under ``key`` unless the metric is undefined for this input."""
+def _record(metrics: dict[str, Any], key: str, compute: Callable[[], float]) -> None:
+    """Store ``compute()`` under ``key``, or why the metric is undefined for this input."""
     try:
         metrics[key] = compute()
-    except UndefinedMetricError:
-        pass
+    except UndefinedMetricError as reason:
+        metrics.setdefault("undefined", {})[key] = str(reason)
+
+
+def _with_reasons(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Put the ``undefined`` reasons, if any, last."""
+    reasons = metrics.pop("undefined", None)
+    return metrics if reasons is None else {**metrics, "undefined": reasons}

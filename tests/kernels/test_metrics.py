@@ -234,6 +234,9 @@ def test_kernel_metrics_keys_and_values(rng):
     assert set(kernel_metrics(k, top=(2,))) == {"frobenius_norm", "trace", "effective_rank", "concentration_top2"}
     single_class = kernel_metrics(full, np.zeros(12, dtype=np.int64), num_classes=3)
     assert "centered_alignment" not in single_class and "specialization_matrix" not in single_class
+    assert set(single_class["undefined"]) == {"centered_alignment", "mean_specialization"}
+    assert "class 1 has no labelled point" in single_class["undefined"]["mean_specialization"]
+    assert list(single_class)[-1] == "undefined"
     assert "kernel_target_alignment" in single_class
 
 
