@@ -192,12 +192,12 @@ OURS_PARTS = ("jacobians", "jacobian_calls", "dense_factors", "contraction", "co
 
 
 def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[no-untyped-def]
-    """Wrap ``_JacobianEngine.jacobian`` (one vmap(jacrev) sub-batch of one parameter group),
-    ``_JacobianEngine.dense_factors`` (the dense layers' g and h of one sub-batch) and
+    """Wrap ``JacobianEngine.jacobian`` (one vmap(jacrev) sub-batch of one parameter group),
+    ``JacobianEngine.dense_factors`` (the dense layers' g and h of one sub-batch) and
     ``_contract`` (one J1 J2^T) with timers."""
     import functools
 
-    from bridge import entk
+    from bridge import entk, jacobians
 
     def timed(fn, key: str, count: str | None = None):  # type: ignore[no-untyped-def]
         @functools.wraps(fn)
@@ -212,8 +212,9 @@ def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[
 
         return wrapper
 
-    entk._JacobianEngine.jacobian = timed(entk._JacobianEngine.jacobian, "jacobians", "jacobian_calls")
-    entk._JacobianEngine.dense_factors = timed(entk._JacobianEngine.dense_factors, "dense_factors")
+    engine = jacobians.JacobianEngine
+    engine.jacobian = timed(engine.jacobian, "jacobians", "jacobian_calls")  # type: ignore[method-assign]
+    engine.dense_factors = timed(engine.dense_factors, "dense_factors")  # type: ignore[method-assign]
     entk._contract = timed(entk._contract, "contraction", "contractions")
 
 

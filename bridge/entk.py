@@ -40,17 +40,24 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
 from tqdm.auto import tqdm
+
+from bridge.jacobians import (
+    BudgetError,
+    DenseLayer,
+    Group,
+    JacobianEngine,
+    activation_elements,
+    forward_pass,
+    plan_parameter_groups,
+)
+
+__all__ = ["KINDS", "BudgetError", "KernelKind", "auto_memory_budget", "empirical_ntk", "with_batch_statistics"]
 
 KINDS = ("full", "trace", "class")
 MIN_AUTO_BUDGET = 2**30  # the automatic budget: a share of the free memory, at least 1 GiB
 AUTO_BUDGET_SHARE = 0.4
 _MAX_SUB_BATCH = 128
-
-
-class BudgetError(ValueError):
-    """The memory budget cannot hold even the smallest chunk; the message says what is needed."""
 
 
 @dataclass(frozen=True)
@@ -80,47 +87,6 @@ class KernelKind:
         if not 0 <= self.index < num_outputs:
             raise ValueError(f"class {self.index} is not an output of a net with {num_outputs} outputs")
         return 1
-
-
-# A group is a list of (parameter name, start, stop) over the flattened parameter.
-Group = list[tuple[str, int, int]]
-
-
-def plan_parameter_groups(sizes: dict[str, int], capacity: int) -> list[Group]:
-    """Cut parameters (name → element count, in order) into consecutive groups of at most
-    ``capacity`` elements. A tensor that fits in a group is never split (the gradient of a slice
-    costs as much as the whole tensor's); one larger than ``capacity`` is cut into slices."""
-    if capacity < 1:
-        raise BudgetError("memory budget too small for even one parameter's Jacobian column")
-    groups: list[Group] = []
-    current: Group = []
-    room = capacity
-    for name, size in sizes.items():
-        if size <= capacity and size > room:  # start a new group rather than split this tensor
-            groups.append(current)
-            current, room = [], capacity
-        start = 0
-        while start < size:
-            stop = min(size, start + room)
-            current.append((name, start, stop))
-            room -= stop - start
-            start = stop
-            if room == 0:
-                groups.append(current)
-                current, room = [], capacity
-    if current:
-        groups.append(current)
-    return [group for group in groups if group]
-
-
-def _forward_pass(model: nn.Module, x: torch.Tensor, hooks: list[torch.utils.hooks.RemovableHandle]) -> None:
-    """One no-grad forward pass of ``x`` that the ``hooks`` observe; the hooks go afterwards."""
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
 
 
 def auto_memory_budget(device: torch.device | str = "cpu") -> int:
@@ -159,140 +125,13 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
                 lambda m, args: counts.__setitem__(id(m), args[0].numel() // args[0].shape[1])
             )
         )
-    _forward_pass(model, x, hooks)
+    forward_pass(model, x, hooks)
     for norm in norms:
         n = counts[id(norm)]
         if norm.running_var is not None and n > 1:
             norm.running_var.mul_((n - 1) / n)
         norm.momentum = 0.1
     return model.eval()
-
-
-def _activation_elements(model: nn.Module, example: torch.Tensor) -> int:
-    """Elements of every leaf module's output for one example: the activations a backward keeps."""
-    total = 0
-
-    def count(_module: nn.Module, _args: object, output: object) -> None:
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
-    _forward_pass(model, example, hooks)
-    return max(total, example.numel())
-
-
-Factors = tuple[torch.Tensor, torch.Tensor]  # g (N, C′, out) and h (N, in) of one dense layer
-
-
-@dataclass(frozen=True)
-class _DenseLayer:
-    """A dense layer handled by its structure: y = w_scale·W h + b_scale·b."""
-
-    module: nn.Module
-    weight: str  # parameter names
-    bias: str | None
-    w_scale: float
-    b_scale: float
-
-
-def _dense_layers(model: nn.Module, example: torch.Tensor, trainable: set[str]) -> dict[str, _DenseLayer]:
-    """``nn.Linear`` / ``NTKLinear`` modules with a trainable weight, called exactly once per
-    forward pass on a single vector per example (shape (1, in) for one example)."""
-    from bridge.models import NTKLinear
-
-    candidates = {
-        name: module
-        for name, module in model.named_modules()
-        if type(module) in (nn.Linear, NTKLinear) and f"{name}.weight" in trainable
-    }
-    calls: dict[str, list[tuple[int, ...]]] = {name: [] for name in candidates}
-    hooks = [
-        module.register_forward_pre_hook(lambda m, args, name=name: calls[name].append(tuple(args[0].shape)))
-        for name, module in candidates.items()
-    ]
-    _forward_pass(model, example, hooks)
-    layers = {}
-    for name, module in candidates.items():
-        if calls[name] != [(1, module.weight.shape[1])]:
-            continue
-        bias = f"{name}.bias" if f"{name}.bias" in trainable else None
-        layers[name] = _DenseLayer(
-            module,
-            f"{name}.weight",
-            bias,
-            float(getattr(module, "w_scale", 1.0)),
-            float(getattr(module, "b_scale", 1.0)),
-        )
-    return layers
-
-
-class _JacobianEngine:
-    """Per-example Jacobians of the selected outputs with respect to one parameter group, and
-    the factors (g, h) of the dense layers, whose parameters the groups leave out."""
-
-    def __init__(self, model: nn.Module, output_index: int | None, example: torch.Tensor, *, structured: bool = True):
-        self.model = model
-        self.params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-        self.frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
-        self.buffers = {name: b.detach() for name, b in model.named_buffers()}
-        self.output_index = output_index
-        self.dense = _dense_layers(model, example, set(self.params)) if structured else {}
-
-    def sizes(self) -> dict[str, int]:
-        """Element counts of the parameters left to the generic Jacobian groups."""
-        structured = {name for layer in self.dense.values() for name in (layer.weight, layer.bias) if name}
-        return {name: p.numel() for name, p in self.params.items() if name not in structured}
-
-    def _outputs(self, params: dict[str, torch.Tensor], example: torch.Tensor) -> torch.Tensor:
-        out = functional_call(self.model, (params, self.frozen, self.buffers), (example.unsqueeze(0),))[0]
-        return out if self.output_index is None else out[self.output_index : self.output_index + 1]
-
-    def dense_factors(self, x: torch.Tensor) -> dict[str, Factors]:
-        """Per dense layer: g (B, C′, out), the output's gradient at the layer's output, and
-        h (B, in), the layer's input, for a sub-batch ``x``."""
-
-        def outputs(shifts: dict[str, torch.Tensor], example: torch.Tensor):  # type: ignore[no-untyped-def]
-            inputs: dict[str, torch.Tensor] = {}
-
-            def tap(name: str):  # type: ignore[no-untyped-def]
-                def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-                    inputs[name] = args[0][0]
-                    return output + shifts[name]
-
-                return hook
-
-            hooks = [layer.module.register_forward_hook(tap(name)) for name, layer in self.dense.items()]
-            try:
-                return self._outputs(self.params, example), inputs
-            finally:
-                for hook in hooks:
-                    hook.remove()
-
-        zeros = {
-            name: torch.zeros(self.params[layer.weight].shape[0], dtype=x.dtype, device=x.device)
-            for name, layer in self.dense.items()
-        }
-        grads, inputs = vmap(jacrev(outputs, has_aux=True), in_dims=(None, 0))(zeros, x)
-        return {name: (grads[name], inputs[name]) for name in self.dense}
-
-    def jacobian(self, group: Group, x: torch.Tensor) -> torch.Tensor:
-        """(B, C′, P_group) for a sub-batch ``x`` (B, ...)."""
-        pieces = {f"{name}:{start}": self.params[name].reshape(-1)[start:stop] for name, start, stop in group}
-
-        def outputs(pieces: dict[str, torch.Tensor], example: torch.Tensor) -> torch.Tensor:
-            params = dict(self.params)
-            for name, start, stop in group:
-                flat = self.params[name].reshape(-1)
-                piece = pieces[f"{name}:{start}"]
-                if stop - start < flat.numel():  # rebuild the tensor around the differentiated slice
-                    piece = torch.cat([flat[:start], piece, flat[stop:]])
-                params[name] = piece.reshape(self.params[name].shape)
-            return self._outputs(params, example)
-
-        jac = vmap(jacrev(outputs), in_dims=(None, 0))(pieces, x)
-        return torch.cat([jac[key].flatten(2) for key in pieces], dim=2)
 
 
 def _contract(kind: KernelKind, j1: torch.Tensor, j2: torch.Tensor) -> torch.Tensor:
@@ -308,7 +147,7 @@ def _contract(kind: KernelKind, j1: torch.Tensor, j2: torch.Tensor) -> torch.Ten
 
 def _contract_dense(
     kind: KernelKind,
-    layer: _DenseLayer,
+    layer: DenseLayer,
     factors1: tuple[torch.Tensor, torch.Tensor],
     factors2: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
@@ -373,7 +212,7 @@ def empirical_ntk(
     with torch.no_grad():
         num_outputs = net(a[:1]).shape[1]
     outputs = kind.outputs(num_outputs)
-    engine = _JacobianEngine(net, kind.index, a[:1], structured=structured)
+    engine = JacobianEngine(net, kind.index, a[:1], structured=structured)
     if not engine.params:
         raise ValueError("the model has no trainable parameters, so no tangent kernel")
     itemsize = torch.finfo(dtype).bits // 8
@@ -389,7 +228,7 @@ def empirical_ntk(
     capacity = (memory_budget // 2 - factor_bytes) // (samples * outputs * itemsize)
     sizes = engine.sizes()
     groups = plan_parameter_groups(sizes, capacity) if sizes else []
-    activations = _activation_elements(net, a[:1])
+    activations = activation_elements(net, a[:1])
 
     shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
     kernel = torch.zeros(
@@ -418,7 +257,7 @@ def empirical_ntk(
 
 
 def _sub_batch_size(
-    group: Group, engine: _JacobianEngine, activations: int, outputs: int, itemsize: int, memory_budget: int
+    group: Group, engine: JacobianEngine, activations: int, outputs: int, itemsize: int, memory_budget: int
 ) -> int:
     """How many examples go through ``vmap(jacrev)`` at once for ``group``.
 

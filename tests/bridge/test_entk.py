@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.entk import BudgetError, KernelKind, empirical_ntk, plan_parameter_groups, with_batch_statistics
+from bridge.entk import BudgetError, KernelKind, empirical_ntk, with_batch_statistics
+from bridge.jacobians import plan_parameter_groups
 from bridge.models import build_model, model_config
 
 TOL = 1e-11  # float64 throughout; the routes differ only in summation order
@@ -100,11 +101,11 @@ def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch
 
 
 def test_dense_layers_take_the_structured_route_only_where_it_is_exact():
-    from bridge.entk import _dense_layers
+    from bridge.jacobians import dense_layers
 
     def dense(model, shape):
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-        return sorted(_dense_layers(model.eval(), torch.rand(1, *shape), trainable))
+        return sorted(dense_layers(model.eval(), torch.rand(1, *shape), trainable))
 
     assert dense(build_model(model_config("fc2", (1, 4, 4), 3, width=4)), (1, 4, 4)) == ["1", "3", "5"]
     assert dense(build_model(model_config("mnist-cnn", (1, 8, 8), 3, width=2)), (1, 8, 8)) == ["7", "9"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,3 +157,15 @@ def test_foreign_files_are_not_checkpoints(tmp_path):
         assert "\n" not in str(error.value)
     with pytest.raises(CheckpointError, match="cannot rebuild"):
         load_checkpoint(wrong_config)
+
+
+def test_bridge_loads_torch_only_for_its_torch_half():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bridge; assert 'torch' not in sys.modules and 'jax' not in sys.modules; "
+        "assert callable(bridge.empirical_ntk) and 'torch' in sys.modules and 'jax' not in sys.modules; "
+        "assert set(bridge.__all__) <= set(dir(bridge))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[2]))

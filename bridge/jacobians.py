@@ -1,0 +1,191 @@
+"""Per-example Jacobians of a torch net, one parameter group at a time, for ``bridge.entk``.
+
+- ``plan_parameter_groups`` cuts the trainable parameters into groups that fit a memory budget;
+- ``JacobianEngine.jacobian`` is ``vmap(jacrev(f))`` of the selected outputs with respect to one
+  group, for a sub-batch of examples: (B, C′, P_group);
+- ``dense_layers`` finds the dense layers whose per-example gradient is an outer product
+  s·g hᵀ (``nn.Linear``, the twins' ``NTKLinear``, applied to one vector per example), and
+  ``JacobianEngine.dense_factors`` returns their factors g (B, C′, out) and h (B, in), which
+  ``bridge.entk`` contracts without forming the gradients (the structured derivatives of
+  neural-tangents, Novak et al. 2022).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+
+class BudgetError(ValueError):
+    """The memory budget cannot hold even the smallest chunk; the message says what is needed."""
+
+
+# A group is a list of (parameter name, start, stop) over the flattened parameter.
+Group = list[tuple[str, int, int]]
+
+
+def plan_parameter_groups(sizes: dict[str, int], capacity: int) -> list[Group]:
+    """Cut parameters (name → element count, in order) into consecutive groups of at most
+    ``capacity`` elements. A tensor that fits in a group is never split (the gradient of a slice
+    costs as much as the whole tensor's); one larger than ``capacity`` is cut into slices."""
+    if capacity < 1:
+        raise BudgetError("memory budget too small for even one parameter's Jacobian column")
+    groups: list[Group] = []
+    current: Group = []
+    room = capacity
+    for name, size in sizes.items():
+        if size <= capacity and size > room:  # start a new group rather than split this tensor
+            groups.append(current)
+            current, room = [], capacity
+        start = 0
+        while start < size:
+            stop = min(size, start + room)
+            current.append((name, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                groups.append(current)
+                current, room = [], capacity
+    if current:
+        groups.append(current)
+    return [group for group in groups if group]
+
+
+def forward_pass(model: nn.Module, x: torch.Tensor, hooks: list[torch.utils.hooks.RemovableHandle]) -> None:
+    """One no-grad forward pass of ``x`` that the ``hooks`` observe; the hooks go afterwards."""
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def activation_elements(model: nn.Module, example: torch.Tensor) -> int:
+    """Elements of every leaf module's output for one example: the activations a backward keeps."""
+    total = 0
+
+    def count(_module: nn.Module, _args: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    forward_pass(model, example, hooks)
+    return max(total, example.numel())
+
+
+Factors = tuple[torch.Tensor, torch.Tensor]  # g (N, C′, out) and h (N, in) of one dense layer
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """A dense layer handled by its structure: y = w_scale·W h + b_scale·b."""
+
+    module: nn.Module
+    weight: str  # parameter names
+    bias: str | None
+    w_scale: float
+    b_scale: float
+
+
+def dense_layers(model: nn.Module, example: torch.Tensor, trainable: set[str]) -> dict[str, DenseLayer]:
+    """``nn.Linear`` / ``NTKLinear`` modules with a trainable weight, called exactly once per
+    forward pass on a single vector per example (shape (1, in) for one example)."""
+    from bridge.models import NTKLinear
+
+    candidates = {
+        name: module
+        for name, module in model.named_modules()
+        if type(module) in (nn.Linear, NTKLinear) and f"{name}.weight" in trainable
+    }
+    calls: dict[str, list[tuple[int, ...]]] = {name: [] for name in candidates}
+    hooks = [
+        module.register_forward_pre_hook(lambda m, args, name=name: calls[name].append(tuple(args[0].shape)))
+        for name, module in candidates.items()
+    ]
+    forward_pass(model, example, hooks)
+    layers = {}
+    for name, module in candidates.items():
+        if calls[name] != [(1, module.weight.shape[1])]:
+            continue
+        bias = f"{name}.bias" if f"{name}.bias" in trainable else None
+        layers[name] = DenseLayer(
+            module,
+            f"{name}.weight",
+            bias,
+            float(getattr(module, "w_scale", 1.0)),
+            float(getattr(module, "b_scale", 1.0)),
+        )
+    return layers
+
+
+class JacobianEngine:
+    """Per-example Jacobians of the selected outputs with respect to one parameter group, and
+    the factors (g, h) of the dense layers, whose parameters the groups leave out."""
+
+    def __init__(self, model: nn.Module, output_index: int | None, example: torch.Tensor, *, structured: bool = True):
+        self.model = model
+        self.params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+        self.frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
+        self.buffers = {name: b.detach() for name, b in model.named_buffers()}
+        self.output_index = output_index
+        self.dense = dense_layers(model, example, set(self.params)) if structured else {}
+
+    def sizes(self) -> dict[str, int]:
+        """Element counts of the parameters left to the generic Jacobian groups."""
+        structured = {name for layer in self.dense.values() for name in (layer.weight, layer.bias) if name}
+        return {name: p.numel() for name, p in self.params.items() if name not in structured}
+
+    def _outputs(self, params: dict[str, torch.Tensor], example: torch.Tensor) -> torch.Tensor:
+        out = functional_call(self.model, (params, self.frozen, self.buffers), (example.unsqueeze(0),))[0]
+        return out if self.output_index is None else out[self.output_index : self.output_index + 1]
+
+    def dense_factors(self, x: torch.Tensor) -> dict[str, Factors]:
+        """Per dense layer: g (B, C′, out), the output's gradient at the layer's output, and
+        h (B, in), the layer's input, for a sub-batch ``x``."""
+
+        def outputs(shifts: dict[str, torch.Tensor], example: torch.Tensor):  # type: ignore[no-untyped-def]
+            inputs: dict[str, torch.Tensor] = {}
+
+            def tap(name: str):  # type: ignore[no-untyped-def]
+                def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+                    inputs[name] = args[0][0]
+                    return output + shifts[name]
+
+                return hook
+
+            hooks = [layer.module.register_forward_hook(tap(name)) for name, layer in self.dense.items()]
+            try:
+                return self._outputs(self.params, example), inputs
+            finally:
+                for hook in hooks:
+                    hook.remove()
+
+        zeros = {
+            name: torch.zeros(self.params[layer.weight].shape[0], dtype=x.dtype, device=x.device)
+            for name, layer in self.dense.items()
+        }
+        grads, inputs = vmap(jacrev(outputs, has_aux=True), in_dims=(None, 0))(zeros, x)
+        return {name: (grads[name], inputs[name]) for name in self.dense}
+
+    def jacobian(self, group: Group, x: torch.Tensor) -> torch.Tensor:
+        """(B, C′, P_group) for a sub-batch ``x`` (B, ...)."""
+        pieces = {f"{name}:{start}": self.params[name].reshape(-1)[start:stop] for name, start, stop in group}
+
+        def outputs(pieces: dict[str, torch.Tensor], example: torch.Tensor) -> torch.Tensor:
+            params = dict(self.params)
+            for name, start, stop in group:
+                flat = self.params[name].reshape(-1)
+                piece = pieces[f"{name}:{start}"]
+                if stop - start < flat.numel():  # rebuild the tensor around the differentiated slice
+                    piece = torch.cat([flat[:start], piece, flat[stop:]])
+                params[name] = piece.reshape(self.params[name].shape)
+            return self._outputs(params, example)
+
+        jac = vmap(jacrev(outputs), in_dims=(None, 0))(pieces, x)
+        return torch.cat([jac[key].flatten(2) for key in pieces], dim=2)
