@@ -814,8 +814,10 @@ def cmd_entk(args: argparse.Namespace) -> int:
         kind = KernelKind.parse(args.kind)
     except ValueError as err:
         raise UsageError(f"--kind: {err}") from None
-    if args.adversarial_eps is not None and not 0 <= args.adversarial_eps <= 1:
-        raise UsageError(f"--adversarial-eps must lie in [0, 1] (pixel units), got {args.adversarial_eps:g}")
+    if args.adversarial_eps is not None and not 0 < args.adversarial_eps <= 1:
+        raise UsageError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {args.adversarial_eps:g}")
+    if args.pgd_step is not None and not (math.isfinite(args.pgd_step) and args.pgd_step > 0):
+        raise UsageError(f"--pgd-step must be a finite number > 0, got {args.pgd_step:g}")
     clock = {"start": time.perf_counter()}
     data = _load_data(args)
     x_all, y_all = (data.x_train, data.y_train) if args.split == "train" else (data.x_test, data.y_test)
@@ -879,7 +881,8 @@ def cmd_entk(args: argparse.Namespace) -> int:
             **config.to_dict(),
             "checkpoint": str(args.checkpoint) if args.checkpoint else None,
             "parameters": parameter_count(model),
-            "batchnorm": "batch statistics of the points" if args.batch_stats else "running statistics",
+            # with --adversarial-eps too, the statistics are those of the clean points, held fixed
+            "batchnorm": "batch statistics of the clean points" if args.batch_stats else "running statistics",
         },
         "accuracy_clean": float((clean_pred == labels).double().mean()),
         "config": {
