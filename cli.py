@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(p)
     g = p.add_argument_group("network")
     which = g.add_mutually_exclusive_group()
-    which.add_argument("--model", default=None, help=f"registry model at initialisation: {', '.join(MODELS)}")
+    which.add_argument("--model", help=f"registry model at initialisation (default fc2): {', '.join(MODELS)}")
     which.add_argument("--checkpoint", type=Path, help="a checkpoint written by ntkrobust (rebuilds its own model)")
     g.add_argument("--width", type=_positive_int, help="hidden width / base channels of --model (default: the model's)")
     g.add_argument(
