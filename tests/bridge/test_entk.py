@@ -237,8 +237,10 @@ def test_batch_statistics_are_those_of_the_input_set():
         assert (frozen(x[:3]) - train_mode[:3]).abs().max() < 1e-12  # fixed: sub-batches see the same stats
     with_stats = empirical_ntk(model, x[:4], kind="full", batch_stats=True)
     running = empirical_ntk(model, x[:4], kind="full")
-    union = torch.cat([x[:4]])
-    assert relative_error(with_stats, explicit_gradient_gram(with_batch_statistics(model, union), x[:4], x[:4])) < TOL
+    assert relative_error(with_stats, explicit_gradient_gram(with_batch_statistics(model, x[:4]), x[:4], x[:4])) < TOL
+    # between two sets, the statistics are those of both together
+    cross = empirical_ntk(model, x[:4], x[4:7], kind="full", batch_stats=True)
+    assert relative_error(cross, explicit_gradient_gram(with_batch_statistics(model, x[:7]), x[:4], x[4:7])) < TOL
     assert relative_error(with_stats, running) > 1e-3
 
 
