@@ -132,6 +132,17 @@ def _add_machine_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--no-cache", action="store_true", help="do not read or write the Gram-matrix cache")
 
 
+def _add_threat_flags(g: argparse._ArgumentGroup, *, steps_help: str, between: Sequence[Any] = ()) -> None:
+    """--norm, --eps, (``between``: extra (args, kwargs) flags), --step, --steps, --no-random-start."""
+    g.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default linf)")
+    g.add_argument("--eps", type=_number, help="radius in pixel units, e.g. 0.3 or 8/255 (default: standard)")
+    for flag_args, flag_kwargs in between:
+        g.add_argument(*flag_args, **flag_kwargs)
+    g.add_argument("--step", type=_number, help="PGD step size (default: standard, scaled with --eps)")
+    g.add_argument("--steps", type=_positive_int, help=steps_help)
+    g.add_argument("--no-random-start", action="store_true", help="start PGD at x instead of a random point")
+
+
 def _add_output_flags(p: argparse.ArgumentParser, *, what: str) -> None:
     p.add_argument("--out", type=Path, required=True, help=what)
     p.add_argument("--force", action="store_true", help="overwrite an existing, non-empty --out")
@@ -154,11 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_flags(g)
     g = p.add_argument_group("attack")
     g.add_argument("--method", default="fgsm", choices=METHODS, help="attack (default fgsm)")
-    g.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default linf)")
-    g.add_argument("--eps", type=_number, help="radius in pixel units, e.g. 0.3 or 8/255 (default: standard)")
-    g.add_argument("--step", type=_number, help="PGD step size (default: standard, scaled with --eps)")
-    g.add_argument("--steps", type=_positive_int, help="PGD steps (default: 40 grey-scale, 10 colour)")
-    g.add_argument("--no-random-start", action="store_true", help="start PGD at x instead of a random point")
+    _add_threat_flags(g, steps_help="PGD steps (default: 40 grey-scale, 10 colour)")
     _add_output_flags(p, what="output folder: adversarial.npz, results.json")
     p.set_defaults(func=cmd_attack)
 
@@ -180,14 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_flags(g)
     g = p.add_argument_group("features")
     g.add_argument("--n-features", type=_positive_int, default=100, help="features scored, from the top (default 100)")
-    g.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default linf)")
-    g.add_argument("--eps", type=_number, help="radius in pixel units, e.g. 0.3 or 8/255 (default: standard)")
-    g.add_argument(
-        "--feature-attack", default="fgsm", choices=("fgsm", "pgd"), help="attack on each feature (default fgsm)"
+    feature_attack = {"default": "fgsm", "choices": ("fgsm", "pgd"), "help": "attack on each feature (default fgsm)"}
+    _add_threat_flags(
+        g,
+        steps_help="PGD steps of --feature-attack pgd (default: standard)",
+        between=[(("--feature-attack",), feature_attack)],
     )
-    g.add_argument("--step", type=_number, help="PGD step size (default: standard, scaled with --eps)")
-    g.add_argument("--steps", type=_positive_int, help="PGD steps of --feature-attack pgd (default: standard)")
-    g.add_argument("--no-random-start", action="store_true", help="start PGD at x instead of a random point")
     g.add_argument("--image-index", type=int, default=0, help="held-out image whose feature gradients are drawn")
     g.add_argument("--top-k", type=_positive_int, default=5, help="features in the gallery (default 5)")
     g.add_argument(
@@ -358,18 +363,28 @@ def _progress(args: argparse.Namespace) -> bool:
 # -- attack ---------------------------------------------------------------------------------
 
 
+def _standard_threat(channels: int, norm: str) -> tuple[float, float, int]:
+    return STANDARD_THREATS[("grey" if channels == 1 else "colour", norm)]
+
+
+def _pgd_schedule(
+    channels: int, norm: str, eps: float, step: float | None, steps: int | None, *, step_flag: str
+) -> tuple[float, int]:
+    """PGD (step, steps): the given ones, else the standard ones with the step scaled to ``eps``."""
+    std_eps, std_step, std_steps = _standard_threat(channels, norm)
+    step = (std_step * eps / std_eps) if step is None else step
+    if not math.isfinite(step) or step <= 0:
+        raise UsageError(f"{step_flag} must be a finite number > 0, got {step}")
+    return step, std_steps if steps is None else steps
+
+
 def _resolve_threat(args: argparse.Namespace, channels: int) -> tuple[float, float, int]:
-    kind = "grey" if channels == 1 else "colour"
-    std_eps, std_step, std_steps = STANDARD_THREATS[(kind, args.norm)]
-    eps = std_eps if args.eps is None else args.eps
-    steps = std_steps if args.steps is None else args.steps
-    step = (std_step * eps / std_eps) if args.step is None else args.step
+    eps = _standard_threat(channels, args.norm)[0] if args.eps is None else args.eps
     if not math.isfinite(eps) or eps < 0:
         raise UsageError(f"--eps must be a finite number >= 0, got {eps}")
     if args.norm == "linf" and eps > 1:
         raise UsageError(f"--eps {eps:g} exceeds the [0, 1] pixel range (pixel units: did you mean {eps:g}/255?)")
-    if not math.isfinite(step) or step <= 0:
-        raise UsageError(f"--step must be a finite number > 0, got {step}")
+    step, steps = _pgd_schedule(channels, args.norm, eps, args.step, args.steps, step_flag="--step")
     return eps, step, steps
 
 
@@ -816,8 +831,6 @@ def cmd_entk(args: argparse.Namespace) -> int:
         raise UsageError(f"--kind: {err}") from None
     if args.adversarial_eps is not None and not 0 < args.adversarial_eps <= 1:
         raise UsageError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {args.adversarial_eps:g}")
-    if args.pgd_step is not None and not (math.isfinite(args.pgd_step) and args.pgd_step > 0):
-        raise UsageError(f"--pgd-step must be a finite number > 0, got {args.pgd_step:g}")
     clock = {"start": time.perf_counter()}
     data = _load_data(args)
     x_all, y_all = (data.x_train, data.y_train) if args.split == "train" else (data.x_test, data.y_test)
@@ -853,10 +866,10 @@ def cmd_entk(args: argparse.Namespace) -> int:
     adversarial: dict[str, Any] | None = None
     x_kernel, kernel_pred = inputs, clean_pred
     if args.adversarial_eps is not None:
-        std_eps, std_step, std_steps = STANDARD_THREATS[("grey" if data.image_shape[0] == 1 else "colour", "linf")]
         eps = args.adversarial_eps
-        steps = args.pgd_steps or std_steps
-        step = args.pgd_step if args.pgd_step is not None else std_step * eps / std_eps
+        step, steps = _pgd_schedule(
+            data.image_shape[0], "linf", eps, args.pgd_step, args.pgd_steps, step_flag="--pgd-step"
+        )
         x_kernel = pgd_examples(net, inputs, labels, eps=eps, step=step, steps=steps, seed=args.seed)
         kernel_pred = predict(net, x_kernel)
         adversarial = {"eps": eps, "step": step, "steps": steps, "norm": "linf", "random_start": True}
@@ -959,16 +972,10 @@ def cmd_make_npz(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.force:
         raise UsageError(f"--out {args.out} exists (use --force to overwrite)")
     from bridge.data import save_dataset_npz
+    from bridge.files import write_atomically
 
     data = _load_data(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{args.out.name}.", suffix=".partial", dir=args.out.parent)
-    os.close(fd)
-    try:
-        save_dataset_npz(data, Path(tmp))
-        os.replace(tmp, args.out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomically(args.out, lambda temporary: save_dataset_npz(data, temporary))
     sizes = f"{data.x_train.shape[0]} train, {data.x_test.shape[0]} test"
     print(f"{data.name}: {sizes}, classes {list(data.classes)} -> {args.out}")
     return 0

@@ -26,9 +26,7 @@ import argparse
 import itertools
 import json
 import math
-import os
 import platform
-import tempfile
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -38,6 +36,7 @@ from _common import ROOT, SHARED_MNIST, load_mnist  # before the project imports
 
 # kernels (JAX, neural-tangents, TensorFlow's LLVM) must be imported before any torch.func code
 # runs; kernels/_jax.py sorts out the load order. The torch half is imported in main().
+from bridge.files import write_atomically
 from kernels import compute_gram, get_architecture
 
 DENSE = ("fc1", "fc2", "fc3", "fc4", "fc5", "two-layer")
@@ -63,19 +62,6 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-def _write_atomically(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dense_params(name: str, width: int, fan_in: int, num_classes: int) -> int:
@@ -173,7 +159,7 @@ def _plot(path: Path, results: dict, title: str, panels: list[tuple[str, list[st
     axes[0][0].set_ylim(min(all_errors) / 2.5, max(all_errors) * 1.6)
     fig.suptitle(title, fontsize=11.5)
     fig.tight_layout()
-    _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=160))
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=160))
     plt.close(fig)
 
 
@@ -325,7 +311,7 @@ def main() -> None:
         "figure": {"title": title, "panels": panels},
         "results": results,
     }
-    _write_atomically(js, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+    write_atomically(js, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
     print(f"wrote {png} and {js}")
 
 

@@ -114,6 +114,7 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
     model = copy.deepcopy(model).eval()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     counts: dict[int, int] = {}
+    momenta = {id(norm): norm.momentum for norm in norms}
     hooks: list[torch.utils.hooks.RemovableHandle] = []
     for norm in norms:
         if not norm.track_running_stats:
@@ -130,7 +131,7 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
         n = counts[id(norm)]
         if norm.running_var is not None and n > 1:
             norm.running_var.mul_((n - 1) / n)
-        norm.momentum = 0.1
+        norm.momentum = momenta[id(norm)]
     return model.eval()
 
 

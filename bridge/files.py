@@ -1,0 +1,28 @@
+"""Files written atomically: a crash never leaves a half-written result (DESIGN.md, outputs)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """``write(temporary)`` fills a temporary file beside ``path``, which is renamed into place
+    only if ``write`` succeeds. The file gets the mode of any new file (the umask's), not the
+    private 0600 that ``mkstemp`` gives."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        write(Path(temporary))
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
