@@ -13,7 +13,6 @@ status 2. Heavy imports (JAX, neural-tangents, torch) happen inside the commands
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -32,6 +31,7 @@ PROG = "ntkrobust"
 ARCHITECTURES = ("fc1", "fc2", "fc3", "fc4", "fc5", "conv1", "conv2", "two-layer")  # = kernels.ARCHITECTURES
 METHODS = ("fgsm", "pgd", "taylor-l1", "taylor-sum")  # = kernels.adversarial.METHODS
 MODELS = (*ARCHITECTURES, "mnist-cnn", "cifar-cnn", "resnet18")  # = bridge.models.MODELS
+TRAINING_MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise")  # = bridge.training.MODES
 
 #: Standard threat models (eps, PGD step, PGD steps) by image type and norm: MNIST-like
 #: grey-scale images use Madry et al.'s ℓ∞ 0.3 / 0.01 / 40, colour images CIFAR-10's
@@ -68,14 +68,26 @@ def _class_list(text: str) -> list[str]:
     return items
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(minimum: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """'50,75' → (50, 75), each at least 1."""
+    return tuple(_positive_int(item.strip()) for item in text.split(",") if item.strip())
 
 
 DEFAULT_ROBUST_R = (1, 2, 5, 10, 20, 50, 100, -1)  # -1: every feature (the full machine)
@@ -258,6 +270,109 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_entk)
 
     p = sub.add_parser(
+        "train",
+        help="train a torch net (standard or adversarial) while tracking its empirical NTK",
+        description="SGD training in a standard or adversarial mode (TK supp. E, LOO, RAT), with the empirical "
+        "NTK of a fixed probe set on clean inputs (C-NTK) and on PGD examples (AE-NTK) tracked at initialisation "
+        "and after every epoch, clean and PGD accuracies per epoch, a checkpoint per epoch, and --resume. "
+        "With --linearize-from, trains the linearized (or --centered) network around a checkpoint (LOO sec. 2).",
+    )
+    _add_data_flags(p)
+    g = p.add_argument_group("network")
+    g.add_argument(
+        "--model", help=f"registry model (default mnist-cnn for 1-channel images, else cifar-cnn): {', '.join(MODELS)}"
+    )
+    g.add_argument("--width", type=_positive_int, help="hidden width / base channels of --model (default: the model's)")
+    g.add_argument(
+        "--linearize-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="train f_lin = f_θt + J(θ − θt) around this checkpoint's weights θt, BatchNorm frozen (LOO sec. 2)",
+    )
+    g.add_argument("--centered", action="store_true", help="with --linearize-from: train J(θ − θt) alone (centered)")
+    g = p.add_argument_group("training")
+    g.add_argument("--mode", default="standard", choices=TRAINING_MODES, help="training mode (default standard)")
+    g.add_argument("--epochs", type=_non_negative_int, default=10, help="epochs (default 10)")
+    g.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default 0.01)")
+    g.add_argument("--momentum", type=_number, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=_number, default=0.0, help="SGD weight decay (default 0)")
+    g.add_argument(
+        "--milestones", type=_int_list, default=(), help="epochs after which the learning rate drops, e.g. 50,75"
+    )
+    g.add_argument("--gamma", type=_number, default=0.1, help="learning-rate factor at each milestone (default 0.1)")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default 128)")
+    g.add_argument(
+        "--eps", type=_number, help="linf radius of training and evaluation attacks (default: 0.3 grey, 8/255 colour)"
+    )
+    g.add_argument(
+        "--pgd-steps", type=_positive_int, help="PGD steps of pgd / trades training (default: 40 grey, 10 colour)"
+    )
+    g.add_argument("--pgd-step", type=_number, help="PGD step (default: 0.01 grey, 2/255 colour, scaled to --eps)")
+    g.add_argument("--trades-beta", type=_number, default=6.0, help="TRADES robustness weight beta (default 6)")
+    g.add_argument(
+        "--switch-epoch",
+        type=_non_negative_int,
+        help="train clean for this many epochs, then in --mode (RAT sec. 5)",
+    )
+    g = p.add_argument_group("tracking")
+    g.add_argument(
+        "--track-kernel",
+        type=_non_negative_int,
+        default=300,
+        metavar="N",
+        help="class-balanced training points of the tracked eNTKs (default 300; 0: no kernels)",
+    )
+    g.add_argument(
+        "--track-every", type=_positive_int, metavar="STEPS", help="track every STEPS steps, not every epoch"
+    )
+    g.add_argument(
+        "--eval-n",
+        type=_positive_int,
+        default=500,
+        help="class-balanced points per split for the per-epoch PGD accuracy (default 500; clean accuracy uses all)",
+    )
+    g.add_argument(
+        "--eval-pgd-steps",
+        type=_positive_int,
+        help="PGD steps of the evaluation and AE-NTK (default: 40 grey, 20 colour)",
+    )
+    g.add_argument(
+        "--batchnorm",
+        choices=("running", "batch", "both"),
+        default="running",
+        help="BatchNorm statistics at evaluation: running ('w buffer'), batch ('w/o buffer') or both (RAT sec. 4)",
+    )
+    g.add_argument("--memory-budget", type=_positive_int, help="eNTK working memory in MiB (default: 40%% of free)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same configuration)")
+    _add_output_flags(p, what="run folder: config.json, history.json, checkpoints/, kernels/")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "dynamics",
+        help="figures of how the kernels of training runs moved (TK fig. 3, 6; LOO fig. 1, 4)",
+        description="Read the run folders of ntkrobust train and draw, the runs overlaid: kernel-distance "
+        "heatmaps, polar trajectories of the whole kernel and of its top-20 space, Frobenius norm and "
+        "concentration, kernel velocity and distance to the final kernel, effective rank and mean "
+        "specialization, class-sorted kernel images, accuracy curves, the relative magnitude of linearized "
+        "runs, and pictures of the top NTK eigenvectors at initialisation and at the end of every run.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders written by ntkrobust train")
+    g = p.add_argument_group("eigenvector pictures (LOO sec. 8)")
+    g.add_argument(
+        "--eigenvectors",
+        type=_non_negative_int,
+        default=4,
+        metavar="K",
+        help="top eigenvectors of the probe kernel to picture (default 4; 0: no pictures)",
+    )
+    g.add_argument("--eigenvector-class", type=_non_negative_int, default=0, help="output whose kernel (default 0)")
+    g.add_argument("--eigenvector-steps", type=_positive_int, default=200, help="optimisation steps (default 200)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    _add_output_flags(p, what="output folder: PNG figures and results.json")
+    p.set_defaults(func=cmd_dynamics)
+
+    p = sub.add_parser(
         "make-npz",
         help="write a dataset (after --classes / subsets / --from-test-split) as an .npz",
         description="Resolve the data flags and save the result as an .npz that --data accepts.",
@@ -341,19 +456,10 @@ class _StagedOutput:
         shutil.rmtree(self.stage, ignore_errors=True)
 
 
-def _json_safe(value: Any) -> Any:
-    """Strict JSON: non-finite floats (t = inf) become the strings "inf", "-inf", "nan"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.write_text(json.dumps(_json_safe(payload), indent=2, allow_nan=False) + "\n")
+    from bridge.files import write_json
+
+    write_json(path, payload)
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -804,7 +910,7 @@ def _torch_network(args: argparse.Namespace, data: Any):  # type: ignore[no-unty
 
     classes = len(data.classes)
     try:
-        if args.checkpoint is not None:
+        if getattr(args, "checkpoint", None) is not None:
             if args.width is not None:
                 raise UsageError("--width applies to --model; a checkpoint brings its own")
             model, config, _ = load_checkpoint(args.checkpoint)
@@ -960,6 +1066,280 @@ def cmd_entk(args: argparse.Namespace) -> int:
         f"{kind} {which} of {config.model} ({results['network']['parameters']:,} parameters) on {args.n} "
         f"{data.name} points in {results['seconds']['kernel']:.1f} s: {summary} -> {args.out}"
     )
+    return 0
+
+
+# -- train ----------------------------------------------------------------------------------
+
+
+def _training_threat(args: argparse.Namespace, channels: int) -> tuple[float, float, int, int]:
+    """(eps, PGD step, PGD training steps, PGD evaluation steps): the standard ones of the image
+    type unless given; evaluation uses 40 steps on grey images and 20 on colour (RobustBench)."""
+    eps = _standard_threat(channels, "linf")[0] if args.eps is None else args.eps
+    # eps = 0 is refused too: the per-epoch PGD accuracy and the AE-NTK need an attack
+    if not (math.isfinite(eps) and 0 < eps <= 1):
+        raise UsageError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
+    step, steps = _pgd_schedule(channels, "linf", eps, args.pgd_step, args.pgd_steps, step_flag="--pgd-step")
+    evaluation = args.eval_pgd_steps or (40 if channels == 1 else 20)
+    return eps, step, steps, evaluation
+
+
+def _linearization_parent(args: argparse.Namespace, data: Any):  # type: ignore[no-untyped-def]
+    """The parent network and config of --linearize-from, checked against the data."""
+    from bridge.checkpoint import CheckpointError, load_checkpoint
+    from bridge.models import ModelError, check_fits
+
+    if args.model is not None or args.width is not None:
+        raise UsageError("--model / --width do not apply with --linearize-from: the checkpoint brings its network")
+    try:
+        parent, config, payload = load_checkpoint(args.linearize_from)
+        check_fits(config, data.image_shape)
+    except (CheckpointError, ModelError) as err:
+        raise UsageError(str(err)) from None
+    if "linearization" in payload:
+        raise UsageError(f"--linearize-from {args.linearize_from} is itself a linearized network")
+    if config.num_classes != len(data.classes):
+        raise UsageError(
+            f"--linearize-from {args.linearize_from} has {config.num_classes} outputs, "
+            f"the data has {len(data.classes)} classes"
+        )
+    return parent, config, payload
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume and args.force:
+        raise UsageError("--resume continues the run in --out; --force would start it over: choose one")
+    if args.resume:
+        if not (args.out / "config.json").is_file():
+            raise UsageError(f"--resume: {args.out} holds no run to continue (no config.json)")
+    else:
+        _check_out_dir(args.out, args.force)
+    if args.centered and args.linearize_from is None:
+        raise UsageError("--centered needs --linearize-from CHECKPOINT (the network it is centered on)")
+    data = _load_data(args)
+    channels = data.image_shape[0]
+    eps, step, steps, eval_steps = _training_threat(args, channels)
+    if args.track_kernel > data.x_train.shape[0]:
+        raise UsageError(f"--track-kernel {args.track_kernel} exceeds the {data.x_train.shape[0]} training points")
+    if args.switch_epoch is not None and args.mode == "standard":
+        raise UsageError("--switch-epoch switches from clean training to an adversarial --mode; --mode is standard")
+
+    import torch
+
+    from bridge.data import DataError
+    from bridge.experiment import RunFolderError, TrackingConfig, run_training
+    from bridge.models import parameter_count
+    from bridge.training import TrainConfig
+
+    warnings.filterwarnings("ignore", message="CUDA initialization")  # a CUDA build on a machine without a GPU
+    device = _torch_device(args.device)
+    linearization: dict[str, Any] | None = None
+    kernel_network = magnitude = None
+    if args.linearize_from is not None:
+        from bridge.linearized import LinearizedNetwork, relative_magnitude
+
+        parent, config, payload = _linearization_parent(args, data)
+        model = LinearizedNetwork(parent, centered=args.centered)
+        linearization = {
+            "checkpoint": str(args.linearize_from),
+            "spawn_epoch": payload.get("epoch"),
+            "centered": args.centered,
+        }
+
+        def kernel_network(network):  # type: ignore[no-untyped-def]
+            return network.tangent_network()
+
+        def magnitude(network, x):  # type: ignore[no-untyped-def]
+            return relative_magnitude(network, x)
+    else:
+        args.model = args.model or ("mnist-cnn" if channels == 1 else "cifar-cnn")
+        model, config = _torch_network(args, data)
+    try:
+        train = TrainConfig(
+            mode=args.mode,
+            epochs=args.epochs,
+            lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            milestones=args.milestones,
+            gamma=args.gamma,
+            batch_size=args.batch_size,
+            eps=eps,
+            pgd_step=step,
+            pgd_steps=steps,
+            trades_beta=args.trades_beta,
+            switch_epoch=args.switch_epoch,
+            seed=args.seed,
+        )
+        tracking = TrackingConfig(
+            eps=eps,
+            step=step,
+            steps=eval_steps,
+            probe=args.track_kernel,
+            every=args.track_every,
+            eval_n=args.eval_n,
+            batchnorm=("running", "batch") if args.batchnorm == "both" else (args.batchnorm,),
+            memory_budget=None if args.memory_budget is None else args.memory_budget * 2**20,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    label = f"{config.model} {args.mode}" + (f" after {args.switch_epoch} clean" if args.switch_epoch else "")
+    if linearization is not None:
+        label = f"{config.model} {'centered' if args.centered else 'linearized'} {args.mode}"
+    run_config = {
+        "data": _data_config(args, data),
+        "model": {**config.to_dict(), "parameters": parameter_count(model)},
+        "linearization": linearization,
+        "train": train.to_dict(),
+        "tracking": tracking.to_dict(),
+        "device": str(device),
+    }
+    if args.force and not args.resume:  # start over: a previous run's files must not mix with this one's
+        for stale in ("checkpoints", "kernels"):
+            shutil.rmtree(args.out / stale, ignore_errors=True)
+        for stale in ("config.json", "history.json"):
+            (args.out / stale).unlink(missing_ok=True)
+    try:
+        history = run_training(
+            args.out,
+            model,
+            config,
+            data,
+            train,
+            tracking,
+            config=run_config,
+            label=label,
+            device=device,
+            resume=args.resume,
+            kernel_network=kernel_network,
+            relative_magnitude=magnitude,
+            metadata={"dataset": data.describe(), "versions": _versions(), "argv": args.argv},
+            progress=_progress(args),
+        )
+    except (RunFolderError, DataError) as err:
+        raise UsageError(str(err)) from None
+    last = history["epochs"][-1]
+    scores = last["accuracy"][tracking.batchnorm[0]]
+    kernels = history["kernels"]
+    growth = (
+        f", C-NTK Frobenius norm x{kernels[-1]['clean']['frobenius_norm'] / kernels[0]['clean']['frobenius_norm']:.3g}"
+        if len(kernels) > 1
+        else ""
+    )
+    print(
+        f"{label}: {last['epoch']} epochs, test clean {scores['test_clean']:.3f}, PGD {scores['test_pgd']:.3f} "
+        f"(eps {eps:.4g}){growth} -> {args.out}"
+    )
+    del torch
+    return 0
+
+
+# -- dynamics -------------------------------------------------------------------------------
+
+
+def _eigenvector_rows(args: argparse.Namespace, runs: Sequence[Any], progress: bool) -> tuple[list, list, dict]:  # type: ignore[type-arg]
+    """LOO fig. 4: pictures of the top eigenvectors of the class kernel on the probe, for the
+    network at initialisation (the first run's) and at the end of every run."""
+    import numpy as np
+
+    from bridge.checkpoint import CheckpointError, load_checkpoint
+    from bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
+
+    warnings.filterwarnings("ignore", message="CUDA initialization")
+    device = _torch_device(args.device)
+    networks = [("initialisation", runs[0].path / "checkpoints" / "epoch_000.pt")]
+    for run in runs:
+        found = sorted((run.path / "checkpoints").glob("epoch_*.pt"))
+        if not found:
+            raise UsageError(f"{run.path} has no checkpoints to picture its kernel's eigenvectors")
+        networks.append((f"end of {run.label}", found[-1]))
+    rows, cosines, summary = [], [], {}
+    for label, path in networks:
+        try:
+            model, config, _ = load_checkpoint(path)
+        except CheckpointError as err:
+            raise UsageError(str(err)) from None
+        if not 0 <= args.eigenvector_class < config.num_classes:
+            raise UsageError(
+                f"--eigenvector-class {args.eigenvector_class}: the nets have {config.num_classes} outputs"
+            )
+        from bridge.linearized import LinearizedNetwork
+
+        # a linearized net's kernel is its parent's at θt, for every θ
+        network = model.tangent_network() if isinstance(model, LinearizedNetwork) else model
+        network = network.to(device).eval()
+        with np.load(path.parents[1] / "kernels" / "probe.npz", allow_pickle=False) as probe:
+            x = probe["x"]
+        eigen = ntk_eigenvectors(network, x, output=args.eigenvector_class, top=args.eigenvectors)
+        pictures = []
+        for maximize in (True, False):
+            pictures.append(
+                eigenvector_images(
+                    network,
+                    eigen,
+                    maximize=maximize,
+                    steps=args.eigenvector_steps,
+                    image_shape=tuple(x.shape[1:]),
+                    seed=0,
+                    progress=progress,
+                )
+            )
+        rows.append((label, pictures[0][0], pictures[1][0]))
+        cosines.append((pictures[0][1], pictures[1][1]))
+        summary[label] = {
+            "checkpoint": str(path),
+            "eigenvalues": [float(v) for v in eigen.eigenvalues],
+            "cosine_max": [float(c) for c in pictures[0][1]],
+            "cosine_min": [float(c) for c in pictures[1][1]],
+        }
+    return rows, cosines, summary
+
+
+def cmd_dynamics(args: argparse.Namespace) -> int:
+    _check_out_dir(args.out, args.force)
+    from bridge.runs import RunError, dynamics_summary, json_summary, load_runs
+
+    try:
+        runs = load_runs(args.runs)
+        summaries = [dynamics_summary(run) for run in runs]
+    except RunError as err:
+        raise UsageError(str(err)) from None
+    import plots
+
+    eigenvectors: tuple[list, list, dict] | None = None  # type: ignore[type-arg]
+    if args.eigenvectors:
+        eigenvectors = _eigenvector_rows(args, runs, _progress(args))
+    results: dict[str, Any] = {
+        "command": "dynamics",
+        "runs": [json_summary(summary) for summary in summaries],
+        "config": {
+            "runs": [str(path) for path in args.runs],
+            "eigenvectors": args.eigenvectors,
+            "eigenvector_class": args.eigenvector_class,
+            "eigenvector_steps": args.eigenvector_steps,
+        },
+        "versions": _versions(),
+        "argv": args.argv,
+    }
+
+    def write(staged: _StagedOutput) -> None:
+        results["figures"] = plots.dynamics_figures(summaries, staged.stage)
+        if eigenvectors is not None:
+            rows, cosines, summary = eigenvectors
+            name = "eigenvectors.png"
+            plots.eigenvector_pictures(
+                rows,
+                staged.path(name),
+                cosines=cosines,
+                subtitle=f"top {args.eigenvectors} eigenvectors of the class-{args.eigenvector_class} eNTK "
+                f"on the probe set; {plots.dynamics_subtitle(summaries)}",
+            )
+            results["figures"]["eigenvectors"] = name
+            results["eigenvectors"] = summary
+        _write_json(staged.path("results.json"), results)
+
+    _write_outputs(args.out, write)
+    print(f"{len(runs)} run(s): {', '.join(sorted(results['figures'].values()))} -> {args.out}")
     return 0
 
 

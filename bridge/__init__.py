@@ -37,6 +37,8 @@ _TORCH_HALF = {
     "KernelKind": "bridge.entk",
     "empirical_ntk": "bridge.entk",
     "with_batch_statistics": "bridge.entk",
+    "LinearizedNetwork": "bridge.linearized",
+    "relative_magnitude": "bridge.linearized",
     "cross_entropy_gradient": "bridge.adversarial",
     "pgd_examples": "bridge.adversarial",
 }

@@ -2,7 +2,9 @@
 
 A checkpoint is a ``torch.save`` of a plain dict: ``format`` (``CHECKPOINT_FORMAT``), ``config``
 (the ``ModelConfig`` as plain values: registry name and constructor arguments), ``state_dict``,
-and any extra plain entries a caller adds (epoch, optimiser state, history). It is written
+and any extra plain entries a caller adds (epoch, optimiser state, history). A checkpoint of a
+``LinearizedNetwork`` (``bridge.linearized``) also records ``linearization``: ``{"centered": bool}``;
+its config is the parent's, and loading wraps the rebuilt parent again. It is written
 atomically (temporary file in the same folder, then rename) and read with
 ``torch.load(weights_only=True)``, so loading never runs code from the file.
 """
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from bridge.files import write_atomically
+from bridge.linearized import LinearizedNetwork
 from bridge.models import ModelConfig, ModelError, build_model
 
 CHECKPOINT_FORMAT = "ntkrobust-checkpoint-v1"
@@ -27,8 +30,16 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **extra: Any) -> Path:
-    """Write ``model``'s weights and ``config`` (plus ``extra`` entries) to ``path`` atomically."""
+    """Write ``model``'s weights and ``config`` (plus ``extra`` entries) to ``path`` atomically.
+
+    For a ``LinearizedNetwork``, ``config`` is its parent's, and ``linearization`` is recorded from
+    the model (an extra ``linearization`` entry, e.g. passed on from a loaded payload, must agree)."""
+    recorded = {"centered": model.centered} if isinstance(model, LinearizedNetwork) else None
+    if extra.pop("linearization", recorded) != recorded:
+        raise ValueError(f"the model's linearization is {recorded}, not the extra entry's")
     payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "state_dict": model.state_dict(), **extra}
+    if recorded is not None:
+        payload["linearization"] = recorded
     return write_atomically(path, lambda temporary: torch.save(payload, temporary))
 
 
@@ -52,11 +63,17 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 def load_checkpoint(
     path: str | Path, *, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
-    """``(model, config, payload)``: the model rebuilt from the stored config, weights loaded."""
+    """``(model, config, payload)``: the model rebuilt from the stored config, weights loaded; a
+    ``LinearizedNetwork`` around it when the payload records a ``linearization``."""
     payload = read_checkpoint(path, map_location=map_location)
     try:
         config = ModelConfig.from_dict(payload.get("config") or {})
         model = build_model(config)
+        if "linearization" in payload:
+            linearization = payload["linearization"]
+            if not isinstance(linearization, dict) or not isinstance(linearization.get("centered"), bool):
+                raise TypeError(f"bad linearization entry {linearization!r}")
+            model = LinearizedNetwork(model, centered=linearization["centered"])
         model.load_state_dict(payload["state_dict"])
     except (ModelError, KeyError, RuntimeError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -26,3 +29,20 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def json_safe(value: Any) -> Any:
+    """Strict JSON: non-finite floats (t = inf) become the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """``payload`` as strict, indented JSON, written atomically."""
+    text = json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
+    return write_atomically(path, lambda temporary: temporary.write_text(text))

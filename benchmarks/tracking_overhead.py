@@ -1,0 +1,99 @@
+"""Kernel-tracking overhead of ``ntkrobust train`` as a share of an epoch, measured in one run.
+
+    python benchmarks/tracking_overhead.py [--mnist ../shared/data/mnist] [--probe 300] [--n-train 5000]
+        [--repeats 3] [--device cpu|cuda]
+
+Case (the issue's): the MNIST CNN (~824K parameters) on MNIST (cut from the official test set when
+present, else noise images of its shape), the default probe of 300 class-balanced training points.
+One tracking point is what ``bridge.tracking.KernelTracker.track`` does after an epoch: PGD
+examples of the probe (ℓ∞ ε = 0.3, 40 steps of 0.01), the full C-NTK and AE-NTK (N, N, 10, 10) and
+their metrics. It is timed against one epoch of training on the same data and machine, batch 128:
+standard training and PGD-AT (PGD-40, the training mode the tracking is there to study).
+The per-epoch evaluation (clean accuracy on all points, PGD accuracy on --eval-n per split) is
+timed too and reported apart: it is not kernel tracking, and --eval-n sets its cost.
+
+Prints ratios (tracking seconds / epoch seconds; goal <= 0.15) measured in one run; times are
+medians of --repeats calls after one warm-up call. Full MNIST has 60,000 training images, twelve
+times the 5,000 here, so its epochs take 12x longer and the share falls 12x: that is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+
+from _common import SHARED_MNIST, load_mnist, median_seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", default=str(SHARED_MNIST))
+    parser.add_argument("--probe", type=int, default=300)
+    parser.add_argument("--n-train", type=int, default=5000)
+    parser.add_argument("--eval-n", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pgd-epochs", type=int, default=1, help="PGD-AT epochs to time (each is long)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import kernels  # noqa: F401  (TensorFlow/Triton import order: see kernels/_jax.py)
+    from bridge.data import balanced_indices
+    from bridge.models import build_model, model_config
+    from bridge.tracking import KernelTracker, clean_accuracy, robust_accuracy
+    from bridge.training import TrainConfig, make_optimizer, train_epoch
+
+    warnings.filterwarnings("ignore", message="CUDA initialization")
+    from pathlib import Path
+
+    x_train, y_train, _, _, source = load_mnist(Path(args.mnist), args.n_train, 1000)
+    device = torch.device(args.device)
+    x = torch.as_tensor(x_train, device=device)
+    y = torch.as_tensor(y_train, device=device)
+    config = model_config("mnist-cnn", (1, 28, 28), 10, seed=0)
+    model = build_model(config).to(device)
+    probe = torch.as_tensor(balanced_indices(y_train, tuple(range(10)), args.probe, 0, what="probe"), device=device)
+    tracker = KernelTracker(x=x[probe], targets=y[probe], num_classes=10, eps=0.3, step=0.01, steps=40)
+    print(
+        f"data: {source}; {x.shape[0]} training points, probe {args.probe}, device {device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+
+    standard = TrainConfig(mode="standard", epochs=1, batch_size=128)
+    adversarial = TrainConfig(mode="pgd", epochs=1, batch_size=128, eps=0.3, pgd_step=0.01, pgd_steps=40)
+    optimizer = make_optimizer(model, standard)
+    epoch_standard = median_seconds(lambda: train_epoch(model, optimizer, x, y, standard, 1), args.repeats)
+    track = median_seconds(lambda: tracker.track(model), args.repeats)
+    evaluation_points = torch.as_tensor(
+        balanced_indices(y_train, tuple(range(10)), args.eval_n, 0, what="eval"), device=device
+    )
+
+    def evaluate() -> None:
+        clean_accuracy(model, x, y)
+        robust_accuracy(model, x[evaluation_points], y[evaluation_points], eps=0.3, step=0.01, steps=40, seed=0)
+
+    evaluation = median_seconds(evaluate, args.repeats)
+    start = time.perf_counter()
+    for _ in range(args.pgd_epochs):
+        train_epoch(model, optimizer, x, y, adversarial, 1)
+    epoch_pgd = (time.perf_counter() - start) / args.pgd_epochs
+
+    print(f"epoch, standard training: {epoch_standard:8.2f} s")
+    print(f"epoch, PGD-40 AT:         {epoch_pgd:8.2f} s")
+    print(f"one tracking point:       {track:8.2f} s  (PGD-40 of the probe + C-NTK + AE-NTK + metrics)")
+    print(f"per-epoch evaluation:     {evaluation:8.2f} s  (clean on all, PGD-40 on {args.eval_n}; one split)")
+    scale = 60000 / x.shape[0]
+    for name, seconds in (("standard", epoch_standard), ("PGD-AT", epoch_pgd)):
+        share = track / seconds
+        print(
+            f"tracking / {name} epoch: {share:6.3f}  (goal <= 0.15: {'met' if share <= 0.15 else 'NOT met'}); "
+            f"on full MNIST (60k) about {share / scale:.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

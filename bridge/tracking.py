@@ -1,0 +1,158 @@
+"""What a training run measures: kernels on a fixed probe set, and clean / PGD accuracies.
+
+Kernel tracking (TK sec. 5 and supp. E, LOO sec. 3, RAT sec. 3): at initialisation and after
+every epoch (or every k steps), the empirical NTK of the net on a fixed, class-balanced probe set
+of training points,
+- C-NTK: on the clean probe points;
+- AE-NTK: on the net's own PGD examples of them (RAT sec. 3), with its metrics under the clean
+  labels and under the net's predictions on those examples, the "adversarial labels" (RAT sec. 4).
+The full (N, N, C, C) kernel is computed (its class blocks give the specialization metrics) and the
+trace kernel (N, N), the mean of the class blocks, is what is kept on disk and compared across time.
+
+BatchNorm at evaluation (RAT sec. 4): ``"running"`` uses the running statistics ("w buffer");
+``"batch"`` normalises every evaluation batch with its own statistics ("w/o buffer"), including a
+batch of adversarial examples while they are being crafted, without touching the running ones.
+
+Shapes: x (N, C, H, W) in [0, 1]; y (N,) int64 output indices; kernels (N, N) float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bridge.adversarial import pgd_examples, predict
+from bridge.entk import empirical_ntk
+from kernels.metrics import kernel_metrics, trace_kernel
+
+__all__ = ["BATCHNORM_MODES", "KernelTracker", "batch_statistics", "clean_accuracy", "has_batchnorm", "robust_accuracy"]
+
+BATCHNORM_MODES = ("running", "batch")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode except that every BatchNorm normalises with the statistics of the
+    batch it sees and leaves its running statistics as they are (RAT's "w/o buffer")."""
+    was_training = model.training
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.training) for m in norms]
+    model.eval()
+    try:
+        for m in norms:
+            # train mode makes BatchNorm use the batch's statistics; momentum 0 keeps the running
+            # ones: running ← (1 − 0)·running + 0·batch.
+            m.momentum = 0.0
+            m.train()
+        yield model
+    finally:
+        for m, (momentum, training) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _evaluation(model: nn.Module, batchnorm: str) -> Iterator[nn.Module]:
+    if batchnorm == "batch":
+        with batch_statistics(model):
+            yield model
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batchnorm: str = "running") -> float:
+    """Share of ``x`` classified as ``y``, BatchNorm in ``batchnorm`` mode."""
+    with _evaluation(model, batchnorm) as net:
+        return float((predict(net, x) == y).double().mean())
+
+
+def robust_accuracy(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    step: float,
+    steps: int,
+    seed: int,
+    batchnorm: str = "running",
+) -> float:
+    """Share of ``x`` still classified as ``y`` after ℓ∞ PGD with a random start (RobustBench's
+    robust accuracy), BatchNorm in ``batchnorm`` mode for the attack and the prediction alike."""
+    with _evaluation(model, batchnorm) as net:
+        x_adv = pgd_examples(net, x, y, eps=eps, step=step, steps=steps, seed=seed)
+        return float((predict(net, x_adv) == y).double().mean())
+
+
+@dataclass
+class KernelTracker:
+    """The probe set and how its kernels are taken.
+
+    ``x`` (N, C, H, W) and ``targets`` (N,) live on the net's device; ``eps``/``step``/``steps``
+    make the AE-NTK's PGD examples (ℓ∞, random start seeded by ``seed``, the same for every
+    tracking point so only the net changes); ``tangent`` maps the trained model to the network
+    whose empirical NTK is its kernel (the frozen parent for linearized dynamics).
+    """
+
+    x: torch.Tensor
+    targets: torch.Tensor
+    num_classes: int
+    eps: float
+    step: float
+    steps: int
+    seed: int = 0
+    batchnorm: str = "running"
+    memory_budget: int | None = None
+
+    def track(self, model: nn.Module, kernel_network: nn.Module | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """``(arrays, record)``: the trace C-NTK / AE-NTK and the AE inputs for the kernel file,
+        and the JSON record (metrics of both kernels, probe accuracies, seconds)."""
+        start = time.perf_counter()
+        tangent = model if kernel_network is None else kernel_network
+        labels = self.targets.cpu().numpy()
+        with _evaluation(model, self.batchnorm) as net:
+            predicted_clean = predict(net, self.x)
+            x_adv = pgd_examples(
+                net, self.x, self.targets, eps=self.eps, step=self.step, steps=self.steps, seed=self.seed
+            )
+            predicted_adv = predict(net, x_adv)
+        batch_stats = self.batchnorm == "batch"
+        clean = empirical_ntk(tangent, self.x, kind="full", batch_stats=batch_stats, memory_budget=self.memory_budget)
+        adversarial = empirical_ntk(
+            tangent, x_adv, kind="full", batch_stats=batch_stats, memory_budget=self.memory_budget
+        )
+        adversarial_labels = predicted_adv.cpu().numpy()
+        record: dict[str, Any] = {
+            "clean": kernel_metrics(clean, labels, num_classes=self.num_classes),
+            "adversarial": kernel_metrics(adversarial, labels, num_classes=self.num_classes),
+            "adversarial_labels": kernel_metrics(adversarial, adversarial_labels, num_classes=self.num_classes),
+            "probe_accuracy": {
+                "clean": float((predicted_clean == self.targets).double().mean()),
+                "pgd": float((predicted_adv == self.targets).double().mean()),
+            },
+        }
+        arrays = {
+            "clean": trace_kernel(clean),
+            "adversarial": trace_kernel(adversarial),
+            "x_adversarial": x_adv.detach().cpu().numpy().astype(np.float32),
+            "predicted_adversarial": adversarial_labels.astype(np.int64),
+        }
+        record["seconds"] = time.perf_counter() - start
+        return arrays, record

@@ -1,0 +1,263 @@
+"""Standard and adversarial training of a torch net: SGD with the modes of the three papers.
+
+Modes (``TrainConfig.mode``), each a loss on one mini-batch (x, y):
+- ``standard``: CE(f(x), y).
+- ``fgsm``: FGSM-AT (Goodfellow et al. 2015; RAT sec. 6): CE(f(x̃), y), x̃ one signed step of
+  size ε from x, no random start (the single-step AT that shows catastrophic overfitting).
+- ``fgsm-noise``: FGSM-AT from an anisotropic, per-sample noisy start (RAT sec. 6, "add some
+  anisotropy noise into every sample inside each mini-batch"). Every example draws its own
+  diagonal covariance (per-pixel standard deviations uniform in [0, ε]) and a Gaussian start
+  from it, so no two examples share a noise distribution; then one signed step of size ε,
+  projected back onto the ε-ball.
+- ``pgd``: PGD-AT (Madry et al. 2018; TK supp. E, LOO, RAT): CE(f(x̃), y), x̃ from PGD with a
+  random start, ``pgd_steps`` steps of ``pgd_step``.
+- ``trades``: TRADES (Zhang et al. 2019; RAT app. D): CE(f(x), y) + β·KL(p(x) ‖ p(x̃)), x̃ from
+  PGD on that KL, started at x + 0.001·N(0, I).
+``switch_epoch = k`` trains clean for epochs 1..k and in ``mode`` afterwards (RAT sec. 5).
+
+Adversarial examples are made in eval mode (BatchNorm running statistics, as TRADES' and most
+AT code does) and the update runs in train mode. They come from the project's own ``attacks``
+algorithms, driven by the net's loss gradient.
+
+Determinism: the epoch's shuffle and every attack's random draws are seeded by (seed, epoch)
+and (seed, step), never by global RNG state, so a run resumed from the checkpoint of epoch e
+takes exactly the steps the uninterrupted run took.
+
+Shapes: x (B, C, H, W) in [0, 1] on the net's device; y (B,) int64 output indices.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from attacks import fgsm, pgd
+from attacks.threat import ThreatModel
+from bridge.adversarial import cross_entropy_gradient
+
+__all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
+
+MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the training trajectory (with the model's config and the data).
+
+    Defaults: SGD with momentum 0.9, lr 0.01, no weight decay, batch 128, the MNIST ℓ∞ threat
+    (ε = 0.3, PGD-40 of step 0.01; TK supp. E trains with PGD-20 of step 0.1), TRADES β = 6.
+    ``milestones``: epochs after which the learning rate is multiplied by ``gamma``.
+    """
+
+    mode: str = "standard"
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = field(default_factory=tuple)
+    gamma: float = 0.1
+    batch_size: int = 128
+    eps: float = 0.3
+    pgd_step: float = 0.01
+    pgd_steps: int = 40
+    trades_beta: float = 6.0
+    switch_epoch: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown training mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if not 0 <= self.eps <= 1:
+            raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps:g}")
+        if self.mode != "standard" and self.eps == 0:
+            raise ValueError(f"mode {self.mode} needs eps > 0")
+        checks = (
+            ("epochs", self.epochs, self.epochs >= 0),
+            ("lr", self.lr, math.isfinite(self.lr) and self.lr > 0),
+            ("momentum", self.momentum, 0 <= self.momentum < 1),
+            ("weight decay", self.weight_decay, math.isfinite(self.weight_decay) and self.weight_decay >= 0),
+            ("gamma", self.gamma, math.isfinite(self.gamma) and self.gamma > 0),
+            ("batch size", self.batch_size, self.batch_size >= 1),
+            ("PGD step", self.pgd_step, math.isfinite(self.pgd_step) and self.pgd_step > 0),
+            ("PGD steps", self.pgd_steps, self.pgd_steps >= 1),
+            ("TRADES beta", self.trades_beta, math.isfinite(self.trades_beta) and self.trades_beta >= 0),
+            ("switch epoch", self.switch_epoch, self.switch_epoch is None or self.switch_epoch >= 0),
+            ("milestones", list(self.milestones), all(m >= 1 for m in self.milestones)),
+        )
+        for name, value, ok in checks:
+            if not ok:
+                raise ValueError(f"invalid {name} for training: {value}")
+
+    def mode_at(self, epoch: int) -> str:
+        """The mode of epoch ``epoch`` (1-based): clean up to ``switch_epoch``, then ``mode``."""
+        if self.switch_epoch is not None and epoch <= self.switch_epoch:
+            return "standard"
+        return self.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "milestones": list(self.milestones)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return cls(**{**values, "milestones": tuple(values.get("milestones", ()))})
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A 32-bit seed from ``seed`` and integer keys (epoch, step): independent streams per key."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The step schedule: epoch ``epoch`` (1-based) trains at lr·γ^(milestones passed), a
+    milestone m lowering the rate after epoch m. A pure function of the epoch, so a resumed
+    run needs no scheduler state."""
+    return config.lr * config.gamma ** sum(m < epoch for m in config.milestones)
+
+
+def _kl_gradient(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(x̃, p_clean) -> ∇ KL(p_clean ‖ p(x̃))``, summed over examples (TRADES' inner loss)."""
+
+    def gradient(x: torch.Tensor, clean_probabilities: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            loss = F.kl_div(F.log_softmax(model(x), dim=1), clean_probabilities, reduction="sum")
+            return torch.autograd.grad(loss, x)[0]
+
+    return gradient
+
+
+def _anisotropic_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
+    """x + σ ⊙ z with a per-example, per-pixel σ ~ U(0, ε) and z ~ N(0, I) (drawn on the host)."""
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(0.0, eps, size=tuple(x.shape))
+    noise = sigma * rng.standard_normal(size=tuple(x.shape))
+    return x + torch.as_tensor(noise, dtype=x.dtype, device=x.device)
+
+
+def training_inputs(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, config: TrainConfig, seed: int
+) -> torch.Tensor:
+    """The inputs the loss of ``mode`` is taken on (x̃; x for standard and TRADES' clean term)."""
+    if mode == "standard":
+        return x
+    was_training = model.training
+    model.eval()
+    try:
+        gradient = cross_entropy_gradient(model)
+        if mode == "fgsm":
+            return fgsm(gradient, x, y, eps=config.eps)
+        if mode == "fgsm-noise":
+            threat = ThreatModel(norm="linf", eps=config.eps)
+            start = threat.project(_anisotropic_start(x, config.eps, seed), x)
+            return threat.project(fgsm(gradient, start, y, eps=config.eps), x)
+        if mode == "pgd":
+            return pgd(gradient, x, y, eps=config.eps, step=config.pgd_step, steps=config.pgd_steps, seed=seed)
+        if mode == "trades":
+            with torch.no_grad():
+                clean = F.softmax(model(x), dim=1)
+            generator = torch.Generator().manual_seed(seed)
+            start = x + 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            return pgd(
+                _kl_gradient(model),
+                x,
+                clean,
+                eps=config.eps,
+                step=config.pgd_step,
+                steps=config.pgd_steps,
+                start=start,
+            )
+        raise ValueError(f"unknown training mode {mode!r}")
+    finally:
+        model.train(was_training)
+
+
+def training_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, config: TrainConfig, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss of ``mode`` on the batch, logits on the inputs it was taken on); ``model``
+    should be in train mode."""
+    inputs = training_inputs(model, x, y, mode, config, seed).detach()
+    if mode != "trades":
+        logits = model(inputs)
+        return F.cross_entropy(logits, y), logits
+    logits_clean = model(x)
+    logits_adversarial = model(inputs)
+    robust = F.kl_div(F.log_softmax(logits_adversarial, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+    return F.cross_entropy(logits_clean, y) + config.trades_beta * robust, logits_adversarial
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffle of epoch ``epoch``: a permutation of range(n) fixed by (seed, epoch)."""
+    return np.random.default_rng(derived_seed(seed, 1, epoch)).permutation(n)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    epoch: int,
+    *,
+    first_step: int = 0,
+    after_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One epoch (1-based ``epoch``) of mini-batch SGD in the epoch's mode over (x, y).
+
+    ``first_step`` is the global step count before this epoch; ``after_step(step)`` is called
+    after every update with the new global step (for tracking every k steps). Returns the mean
+    training loss, the accuracy on the training inputs (x̃ for AT: the running robust training
+    accuracy), the step count and the seconds.
+    """
+    mode = config.mode_at(epoch)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate(config, epoch)
+    order = torch.as_tensor(epoch_order(x.shape[0], config.seed, epoch), device=x.device)
+    batches = math.ceil(x.shape[0] / config.batch_size)
+    model.train()
+    total_loss, correct, seen, step = 0.0, 0, 0, first_step
+    start = time.perf_counter()
+    bar = tqdm(range(batches), desc=f"epoch {epoch} ({mode})", unit="batch", disable=not progress, leave=False)
+    for b in bar:
+        index = order[b * config.batch_size : (b + 1) * config.batch_size]
+        xb, yb = x[index], y[index]
+        loss, logits = training_loss(model, xb, yb, mode, config, derived_seed(config.seed, 2, step))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {loss.item()} at step {step + 1} (epoch {epoch})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        total_loss += loss.item() * yb.shape[0]
+        correct += int((logits.argmax(1) == yb).sum())
+        seen += yb.shape[0]
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if after_step is not None:
+            after_step(step)
+            model.train()
+    return {
+        "mode": mode,
+        "train_loss": total_loss / max(seen, 1),
+        "train_accuracy_running": correct / max(seen, 1),
+        "steps": step - first_step,
+        "seconds": time.perf_counter() - start,
+    }

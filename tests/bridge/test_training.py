@@ -1,0 +1,280 @@
+"""Training modes, the step schedule, BatchNorm evaluation modes, and resumable runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from bridge.data import load_dataset, task_indices
+from bridge.experiment import RunFolderError, TrackingConfig, run_training
+from bridge.models import build_model, model_config
+from bridge.tracking import batch_statistics, clean_accuracy
+from bridge.training import MODES, TrainConfig, learning_rate, train_epoch, training_inputs, training_loss
+
+warnings.filterwarnings("ignore", message="CUDA initialization")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", n_train=100, n_test=60, seed=0)
+
+
+def _tensors(data):
+    x = torch.as_tensor(data.x_train)
+    y = torch.as_tensor(task_indices(data.y_train, data.classes))
+    return x, y
+
+
+def _fc2(data, width=64, seed=0):
+    config = model_config("fc2", data.image_shape, len(data.classes), width=width, seed=seed)
+    return build_model(config), config
+
+
+def test_modes_are_the_cli_choices():
+    import cli
+
+    assert cli.TRAINING_MODES == MODES
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_mode_lowers_its_loss(digits, mode):
+    x, y = _tensors(digits)
+    x, y = x[:64], y[:64]
+    model, _ = _fc2(digits)
+    config = TrainConfig(mode=mode, lr=0.5, momentum=0.0, eps=0.1, pgd_step=0.03, pgd_steps=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+
+    def loss() -> float:  # the mode's own loss on the batch, with the same attack draws
+        model.train()
+        return float(training_loss(model, x, y, mode, config, seed=7)[0].detach())
+
+    before = loss()
+    for _ in range(3):
+        optimizer.zero_grad()
+        training_loss(model, x, y, mode, config, seed=7)[0].backward()
+        optimizer.step()
+    assert loss() < before - 0.02
+
+
+@pytest.mark.parametrize("mode", ["fgsm", "fgsm-noise", "pgd", "trades"])
+def test_training_inputs_stay_in_the_threat_model(digits, mode):
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    config = TrainConfig(mode=mode, eps=0.1, pgd_step=0.03, pgd_steps=3)
+    x_adv = training_inputs(model, x, y, mode, config, seed=3)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert float((x_adv - x).abs().max()) <= 0.1 + 1e-6
+    assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+    assert float((x_adv - x).abs().max()) > 0.05  # it moved
+    assert torch.equal(x_adv, training_inputs(model, x, y, mode, config, seed=3))  # seeded
+    assert model.training  # the mode was restored
+
+
+def test_anisotropic_noise_differs_per_example(digits):
+    """FGSM with noise: the same image twice in a batch gets different starts, hence (generally)
+    different training inputs; plain FGSM gives identical ones."""
+    x, y = _tensors(digits)
+    pair, labels = x[:1].repeat(2, 1, 1, 1), y[:1].repeat(2)
+    model, _ = _fc2(digits)
+    config = TrainConfig(mode="fgsm-noise", eps=0.1)
+    noisy = training_inputs(model, pair, labels, "fgsm-noise", config, seed=0)
+    plain = training_inputs(model, pair, labels, "fgsm", config, seed=0)
+    assert torch.equal(plain[0], plain[1])
+    assert float((noisy[0] - noisy[1]).abs().max()) > 0.01
+
+
+def test_trades_without_its_robust_term_is_cross_entropy(digits):
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    config = TrainConfig(mode="trades", eps=0.1, pgd_step=0.03, pgd_steps=2, trades_beta=0.0)
+    loss, _ = training_loss(model, x, y, "trades", config, seed=0)
+    clean = torch.nn.functional.cross_entropy(model(x), y)
+    assert float(loss.detach()) == pytest.approx(float(clean.detach()), rel=1e-6)
+
+
+def test_switch_epoch_and_step_schedule():
+    config = TrainConfig(mode="pgd", switch_epoch=2, lr=0.1, milestones=(2, 4), gamma=0.5)
+    assert [config.mode_at(e) for e in (1, 2, 3, 10)] == ["standard", "standard", "pgd", "pgd"]
+    assert [learning_rate(config, e) for e in (1, 2, 3, 4, 5)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mode": "free"}, "unknown training mode"),
+        ({"eps": 1.5}, "eps must lie in [0, 1]"),
+        ({"mode": "pgd", "eps": 0.0}, "needs eps > 0"),
+        ({"batch_size": 0}, "invalid batch size"),
+    ],
+)
+def test_bad_training_configuration(changes, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        TrainConfig(**changes)
+
+
+def test_epoch_uses_the_switch_mode_and_reports(digits):
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    config = TrainConfig(mode="fgsm", switch_epoch=1, lr=0.3, batch_size=32, eps=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    steps = []
+    first = train_epoch(model, optimizer, x, y, config, 1, after_step=steps.append)
+    second = train_epoch(model, optimizer, x, y, config, 2, first_step=4)
+    assert first["mode"] == "standard" and second["mode"] == "fgsm"
+    assert steps == [1, 2, 3, 4] and first["steps"] == 4
+    assert 0 <= second["train_accuracy_running"] <= 1
+
+
+def test_batch_statistics_evaluation_is_train_mode_batchnorm_without_side_effects():
+    import copy
+
+    config = model_config("resnet18", (3, 8, 8), 3, width=4, seed=0)
+    model = build_model(config)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(16, 3, 8, 8))  # non-trivial running statistics
+    model.eval()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.rand(10, 3, 8, 8) * 0.5 + 0.5  # statistics far from the running ones
+    with torch.no_grad(), batch_statistics(model) as net:
+        batch_out = net(x)
+        assert not net.training
+    with torch.no_grad():
+        reference = copy.deepcopy(model).train()(x)  # train-mode BatchNorm: the batch's statistics
+        running_out = model(x)
+    torch.testing.assert_close(batch_out, reference, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(batch_out, running_out, atol=1e-3)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if "num_batches" not in k)
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert norm.momentum == 0.1 and not model.training
+
+
+def test_batch_statistics_do_not_move_running_ones():
+    config = model_config("resnet18", (3, 8, 8), 3, width=4, seed=0)
+    model = build_model(config).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    clean_accuracy(model, torch.rand(12, 3, 8, 8), torch.zeros(12, dtype=torch.int64), batchnorm="batch")
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert not model.training
+
+
+# -- runs on disk ---------------------------------------------------------------------------
+
+
+def _run(tmp, data, *, epochs=3, every=None, resume=False, interrupt_at=None, probe=16, mode="pgd"):
+    model, config = _fc2(data, width=32)
+    train = TrainConfig(mode=mode, epochs=epochs, lr=0.3, batch_size=32, eps=0.1, pgd_step=0.03, pgd_steps=2)
+    tracking = TrackingConfig(eps=0.1, step=0.03, steps=2, probe=probe, every=every, eval_n=30)
+    run_config = {"model": config.to_dict(), "train": train.to_dict(), "tracking": tracking.to_dict(), "device": "cpu"}
+    if interrupt_at is not None:
+        import bridge.experiment as experiment
+
+        real = experiment.train_epoch
+
+        def interrupted(*args, **kwargs):
+            if args[5] == interrupt_at:  # the epoch argument
+                after = kwargs["after_step"]
+
+                def stop(step: int) -> None:
+                    after(step)
+                    if step == kwargs["first_step"] + 2:
+                        raise KeyboardInterrupt
+
+                kwargs["after_step"] = stop
+            return real(*args, **kwargs)
+
+        experiment.train_epoch = interrupted
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run_training(tmp, model, config, data, train, tracking, config=run_config, label="t", device="cpu")
+        finally:
+            experiment.train_epoch = real
+        return None
+    return run_training(
+        tmp,
+        model,
+        config,
+        data,
+        train,
+        tracking,
+        config=run_config,
+        label="t",
+        device=torch.device("cpu"),
+        resume=resume,
+    )
+
+
+def _without_times(history):
+    history = json.loads(json.dumps(history))
+    for record in history["epochs"] + history["kernels"]:
+        record.pop("seconds", None)
+    return history
+
+
+def test_run_tracks_one_kernel_per_epoch(tmp_path, digits):
+    history = _run(tmp_path, digits, epochs=2)
+    assert [r["epoch"] for r in history["epochs"]] == [0, 1, 2]
+    assert [k["epoch"] for k in history["kernels"]] == [0.0, 1.0, 2.0]
+    files = sorted(p.name for p in (tmp_path / "kernels").iterdir())
+    assert files == ["probe.npz", "step_0000000.npz", "step_0000004.npz", "step_0000008.npz"]
+    with np.load(tmp_path / "kernels" / "step_0000004.npz", allow_pickle=False) as arrays:
+        assert arrays["clean"].shape == arrays["adversarial"].shape == (16, 16)
+        np.testing.assert_allclose(arrays["clean"], arrays["clean"].T, rtol=1e-10)
+        assert arrays["x_adversarial"].shape == (16, 1, 8, 8)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch_000.pt",
+        "epoch_001.pt",
+        "epoch_002.pt",
+    ]
+    record = history["epochs"][-1]
+    assert set(record["accuracy"]["running"]) == {"train_clean", "train_pgd", "test_clean", "test_pgd"}
+    assert np.isfinite(record["train_loss"]) and record["mode"] == "pgd"
+    assert {"frobenius_norm", "concentration_top10", "mean_specialization"} <= set(history["kernels"][-1]["clean"])
+    assert json.loads((tmp_path / "history.json").read_text())["epochs"] == json.loads(json.dumps(history["epochs"]))
+
+
+def test_tracking_every_k_steps(tmp_path, digits):
+    history = _run(tmp_path, digits, epochs=1, every=3)
+    assert [k["step"] for k in history["kernels"]] == [0, 3]
+    assert history["kernels"][1]["epoch"] == pytest.approx(0.75)
+
+
+def test_resume_after_an_interruption_reproduces_the_run(tmp_path, digits):
+    reference = _run(tmp_path / "whole", digits, epochs=3, every=3)
+    _run(tmp_path / "cut", digits, epochs=3, every=3, interrupt_at=2)
+    stored = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert [r["epoch"] for r in stored["epochs"]] == [0, 1]  # the epoch in flight is lost, no more
+    assert (tmp_path / "cut" / "kernels" / "step_0000006.npz").exists()  # tracked before the cut
+    resumed = _run(tmp_path / "cut", digits, epochs=3, every=3, resume=True)
+    assert _without_times(resumed) == _without_times(reference)
+    for name in sorted(p.name for p in (tmp_path / "whole" / "kernels").iterdir()):
+        with (
+            np.load(tmp_path / "whole" / "kernels" / name) as a,
+            np.load(tmp_path / "cut" / "kernels" / name) as b,
+        ):
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key])
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "epoch_003.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "checkpoints" / "epoch_003.pt", weights_only=True)
+    for key, value in whole["state_dict"].items():
+        assert torch.equal(value, cut["state_dict"][key])
+
+
+def test_resume_refuses_another_configuration(tmp_path, digits):
+    _run(tmp_path, digits, epochs=1, probe=0)
+    with pytest.raises(RunFolderError, match=re.escape("different configuration: tracking.probe was 0, now 16")):
+        _run(tmp_path, digits, epochs=1, resume=True)
+
+
+def test_resume_with_more_epochs_continues(tmp_path, digits):
+    _run(tmp_path, digits, epochs=1, probe=0)
+    history = _run(tmp_path, digits, epochs=2, probe=0, resume=True)
+    assert [r["epoch"] for r in history["epochs"]] == [0, 1, 2]

@@ -1,0 +1,417 @@
+"""Run folders of ``ntkrobust train`` (bridge.runs) and the training-dynamics figures (plots).
+
+The runs are synthetic, written in the format of ``train --out RUN``: ``history.json``,
+``kernels/probe.npz`` and one ``kernels/step_*.npz`` per tracked kernel. Feature maps Φ_c (one
+per output) rotate towards the class directions and grow; the trace kernel is the mean of the
+Φ_c Φ_cᵀ, and the metrics in the history come from ``kernels.metrics.kernel_metrics`` of the
+full (N, N, C, C) kernel, as the trainer writes them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import plots
+from bridge.runs import (
+    RunError,
+    TrainingRun,
+    dynamics_summary,
+    json_summary,
+    kernel_dynamics,
+    load_run,
+    load_runs,
+)
+from kernels import metrics
+
+C = 3
+N = 24
+EPOCHS = 4
+STEPS = 5  # steps per epoch
+
+
+def synthetic_kernels(
+    targets: np.ndarray,
+    epochs: np.ndarray,
+    *,
+    seed: int,
+    growth: float,
+    settle: float,
+    features: int = 32,
+    wobble: float = 0.0,
+    align: float = 1.0,
+) -> list[np.ndarray]:
+    """Full kernels (N, N, C, C) at ``epochs``: rotation 1 − exp(−t / settle), norm × (1 + growth t²/E²)."""
+    rng = np.random.default_rng(seed)
+    n, c = targets.size, int(targets.max()) + 1
+    y = metrics.one_hot(targets, c)
+    start = rng.normal(size=(c, n, features)) / np.sqrt(features)
+    goal = rng.normal(size=(c, n, features)) / np.sqrt(features) * 0.4
+    goal += align * y.T[:, :, None] * rng.normal(size=(c, 1, features))  # class-aligned features
+    last = max(float(epochs[-1]), 1.0)
+    kernels = []
+    for t in epochs:
+        moved = 1.0 - np.exp(-t / settle) if settle > 0 else 0.0
+        scale = 1.0 + growth * (t / last) ** 2
+        phi = (1 - 0.7 * moved) * start + moved * goal + wobble * rng.normal(size=start.shape) / np.sqrt(features)
+        full = np.zeros((n, n, c, c))
+        for k in range(c):
+            full[:, :, k, k] = scale * phi[k] @ phi[k].T
+        kernels.append(full)
+    return kernels
+
+
+def accuracies(t: float, *, clean: float, pgd: float, seed: int) -> dict[str, float]:
+    rise = 1.0 - np.exp(-1.5 * t)
+    jitter = np.random.default_rng(seed).uniform(-0.03, 0.03, size=4)
+    values = {
+        "train_clean": 0.1 + (clean - 0.08) * rise,
+        "test_clean": 0.1 + (clean - 0.1) * rise,
+        "train_pgd": 0.05 + (pgd - 0.03) * rise,
+        "test_pgd": 0.05 + (pgd - 0.05) * rise,
+    }
+    return {k: float(np.clip(v + j, 0, 1)) for (k, v), j in zip(values.items(), jitter, strict=True)}
+
+
+def write_run(
+    folder: Path,
+    *,
+    label: str,
+    mode: str,
+    growth: float,
+    settle: float,
+    seed: int,
+    n: int = N,
+    classes: int = C,
+    epochs: int = EPOCHS,
+    track_every: int | None = None,
+    switch_epoch: int | None = None,
+    batch: bool = False,
+    linearized: bool = False,
+    clean_accuracy: float = 0.95,
+    pgd_accuracy: float = 0.05,
+    wobble: float = 0.0,
+    align: float = 1.0,
+) -> Path:
+    """A run folder in the format of ``ntkrobust train --out RUN``."""
+    rng = np.random.default_rng(seed)
+    kernel_dir = folder / "kernels"
+    kernel_dir.mkdir(parents=True)
+    targets = np.arange(n, dtype=np.int64) % classes
+    x = rng.uniform(0, 1, size=(n, 1, 6, 6)).astype(np.float32)
+    np.savez(kernel_dir / "probe.npz", x=x, y=targets + 1, targets=targets)
+    every = track_every or STEPS
+    steps = np.arange(0, epochs * STEPS + 1, every)
+    kernel_epochs = steps / STEPS
+    shape = {"wobble": wobble, "align": align}
+    clean = synthetic_kernels(targets, kernel_epochs, seed=seed, growth=growth, settle=settle, **shape)
+    adversarial = synthetic_kernels(
+        targets, kernel_epochs, seed=seed + 1, growth=growth / 3, settle=settle / 2, **shape
+    )
+    if linearized:  # the eNTK of a linearized net does not move
+        clean = [clean[0]] * len(clean)
+        adversarial = [adversarial[0]] * len(adversarial)
+    predicted = (targets + 1) % classes
+    records = []
+    for step, epoch, full, full_adv in zip(steps, kernel_epochs, clean, adversarial, strict=True):
+        name = f"kernels/step_{step:07d}.npz"
+        trace, trace_adv = metrics.trace_kernel(full), metrics.trace_kernel(full_adv)
+        np.savez(
+            folder / name,
+            clean=trace,
+            adversarial=trace_adv,
+            x_adversarial=x,
+            predicted_adversarial=predicted,
+        )
+        records.append(
+            {
+                "step": int(step),
+                "epoch": float(epoch),
+                "file": name,
+                "clean": metrics.kernel_metrics(full, targets, num_classes=classes),
+                "adversarial": metrics.kernel_metrics(full_adv, targets, num_classes=classes),
+                "adversarial_labels": metrics.kernel_metrics(full_adv, predicted, num_classes=classes),
+                "probe_accuracy": {"clean": 0.9, "pgd": 0.3},
+            }
+        )
+    epoch_records = []
+    for e in range(epochs + 1):
+        accuracy = {"running": accuracies(e, clean=clean_accuracy, pgd=pgd_accuracy, seed=seed + e)}
+        if batch:
+            accuracy["batch"] = accuracies(e, clean=clean_accuracy - 0.04, pgd=pgd_accuracy + 0.03, seed=seed + 100 + e)
+        record = {
+            "epoch": e,
+            "step": e * STEPS,
+            "mode": "init" if e == 0 else (mode if switch_epoch is None or e > switch_epoch else "standard"),
+            "lr": None if e == 0 else 0.1,
+            "train_loss": None if e == 0 else float(2.0 * np.exp(-e / 2)),
+            "accuracy": accuracy,
+            "seconds": {"train": 1.0, "track": 0.5, "evaluate": 0.2},
+        }
+        if linearized:
+            record["relative_magnitude"] = float(0.0 if e == 0 else 0.3 * e * np.exp(-e / 2))
+        epoch_records.append(record)
+    history = {
+        "command": "train",
+        "label": label,
+        "config": {
+            "model": {"model": "mnist-cnn", "input_shape": [1, 6, 6], "num_classes": classes, "width": 16},
+            "mode": mode,
+            "epochs": epochs,
+            "switch_epoch": switch_epoch,
+            "eps": 0.3,
+            "linearize_from": "RUN0/checkpoints/epoch_001.pt" if linearized else None,
+            "centered": False,
+            "track_kernel": n,
+            "track_every": track_every,
+        },
+        "class_names": [f"digit {k}" for k in range(classes)],
+        "steps_per_epoch": STEPS,
+        "epochs": epoch_records,
+        "kernels": records,
+        "versions": {"numpy": np.__version__},
+        "argv": ["train", "--out", str(folder)],
+    }
+    (folder / "history.json").write_text(json.dumps(history, indent=1, allow_nan=False))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "standard": write_run(root / "standard", label="cnn standard", mode="standard", growth=30, settle=2, seed=1),
+        "pgd": write_run(
+            root / "pgd",
+            label="cnn pgd",
+            mode="pgd",
+            growth=1,
+            settle=0.5,
+            seed=3,
+            switch_epoch=1,
+            batch=True,
+            clean_accuracy=0.85,
+            pgd_accuracy=0.6,
+        ),
+        "linearized": write_run(
+            root / "linearized", label="cnn linearized", mode="standard", growth=0, settle=1, seed=5, linearized=True
+        ),
+        "single": write_run(root / "single", label="one kernel", mode="standard", growth=1, settle=1, seed=7, epochs=0),
+    }
+
+
+@pytest.fixture(scope="module")
+def summaries(run_folders: dict[str, Path]) -> list[dict]:
+    """Standard, PGD (switch epoch, batch accuracies) and linearized, in this order."""
+    names = ("standard", "pgd", "linearized")
+    return [dynamics_summary(run) for run in load_runs([run_folders[n] for n in names])]
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+# -- reading runs ----------------------------------------------------------------------------
+
+
+def test_load_run_reads_the_history_probe_and_kernels(run_folders):
+    run = load_run(run_folders["pgd"])
+    assert isinstance(run, TrainingRun)
+    assert run.label == "cnn pgd" and run.mode == "pgd" and run.switch_epoch == 1
+    assert [e["epoch"] for e in run.epochs] == list(range(EPOCHS + 1))
+    np.testing.assert_array_equal(run.kernel_epochs, np.arange(EPOCHS + 1, dtype=float))
+    np.testing.assert_array_equal(run.probe_targets, np.arange(N) % C)
+    np.testing.assert_array_equal(run.probe_labels, np.arange(N) % C + 1)
+    assert run.class_names == ["digit 0", "digit 1", "digit 2"] and run.probe_size == N
+    assert run.clean_kernels is not None and run.adversarial_kernels is not None
+    assert len(run.clean_kernels) == len(run.adversarial_kernels) == EPOCHS + 1
+    assert run.clean_kernels[0].shape == (N, N) and run.clean_kernels[0].dtype == np.float64
+
+    lazy = load_run(run_folders["pgd"], kernels=False)
+    assert lazy.clean_kernels is None
+    np.testing.assert_array_equal(lazy.with_kernels().clean_kernels[-1], run.clean_kernels[-1])
+
+
+def test_load_runs_makes_repeated_labels_distinct(run_folders):
+    runs = load_runs([run_folders["standard"], run_folders["standard"].parent / "standard"], kernels=False)
+    assert len({run.label for run in runs}) == 2
+
+
+def test_not_a_run_folder_is_one_line(tmp_path):
+    with pytest.raises(RunError, match=r"no history\.json") as error:
+        load_run(tmp_path)
+    one_line(error)
+    with pytest.raises(RunError, match="no such directory"):
+        load_run(tmp_path / "absent")
+
+
+def test_corrupt_json_is_one_line(tmp_path):
+    (tmp_path / "history.json").write_text('{"epochs": [\n{"epoch": 0,,}')
+    with pytest.raises(RunError, match="unreadable JSON") as error:
+        load_run(tmp_path)
+    assert "line 2" in one_line(error)
+    (tmp_path / "history.json").write_text('{"command": "train"}')
+    with pytest.raises(RunError, match="not a training history"):
+        load_run(tmp_path)
+
+
+def test_missing_kernel_file_is_one_line(tmp_path):
+    folder = write_run(tmp_path / "run", label="x", mode="standard", growth=1, settle=1, seed=0, epochs=2)
+    (folder / "kernels" / "step_0000005.npz").unlink()
+    with pytest.raises(RunError, match=r"missing kernel file kernels/step_0000005\.npz") as error:
+        load_run(folder)
+    one_line(error)
+
+
+def test_probe_size_mismatch_is_one_line(tmp_path):
+    folder = write_run(tmp_path / "run", label="x", mode="standard", growth=1, settle=1, seed=0, epochs=1)
+    np.savez(folder / "kernels" / "step_0000005.npz", clean=np.eye(N + 1), adversarial=np.eye(N + 1))
+    with pytest.raises(RunError, match="probe size mismatch") as error:
+        load_run(folder)
+    one_line(error)
+    load_run(folder, kernels=False)  # the history alone still reads
+
+
+# -- kernel dynamics -------------------------------------------------------------------------
+
+
+def test_kernel_dynamics_matches_kernels_metrics(run_folders):
+    run = load_run(run_folders["standard"])
+    kernels, epochs = run.clean_kernels, run.kernel_epochs
+    dynamics = kernel_dynamics(kernels, epochs, top_k=20)
+    json.dumps(dynamics, allow_nan=False)  # JSON-ready
+    d = np.asarray(dynamics["distance_matrix"])
+    np.testing.assert_allclose(d, metrics.distance_matrix(kernels))
+    np.testing.assert_array_equal(d, d.T)
+    np.testing.assert_array_equal(np.diag(d), 0.0)
+    assert len(dynamics["velocity"]) == len(dynamics["velocity_epochs"]) == len(kernels) - 1
+    np.testing.assert_allclose(dynamics["velocity"], metrics.kernel_velocity(kernels, epochs))
+    np.testing.assert_allclose(dynamics["velocity_epochs"], (epochs[:-1] + epochs[1:]) / 2)
+    final = np.asarray(dynamics["distance_to_final"])
+    np.testing.assert_allclose(final, metrics.distance_to_final(kernels))
+    assert final[-1] == 0.0 and final[0] > 0
+    r, theta = metrics.polar_coordinates(kernels)
+    np.testing.assert_allclose(dynamics["polar_r"], r)
+    np.testing.assert_allclose(dynamics["polar_theta"], theta)
+    top_r, top_theta = metrics.polar_coordinates(kernels, top_k=20)
+    np.testing.assert_allclose(dynamics["top_polar_r"], top_r)
+    np.testing.assert_allclose(dynamics["top_polar_theta"], top_theta)
+    assert "undefined" not in dynamics
+
+
+def test_kernel_dynamics_of_a_single_kernel_and_a_small_probe(rng):
+    kernel = rng.normal(size=(8, 8))
+    dynamics = kernel_dynamics([kernel @ kernel.T], np.array([0.0]), top_k=20)
+    assert dynamics["distance_matrix"] == [[0.0]] and dynamics["distance_to_final"] == [0.0]
+    assert "velocity" not in dynamics and "polar_r" not in dynamics and "top_polar_r" not in dynamics
+    assert set(dynamics["undefined"]) == {"velocity", "polar", "top_polar"}
+    with pytest.raises(ValueError, match="strictly increasing"):
+        kernel_dynamics([kernel, kernel], np.array([1.0, 1.0]))
+
+
+def test_kernel_dynamics_of_a_frozen_kernel(summaries):
+    linearized = summaries[2]
+    dynamics = linearized["dynamics"]["clean"]
+    assert dynamics["velocity"] == [0.0] * EPOCHS and dynamics["distance_to_final"] == [0.0] * (EPOCHS + 1)
+    assert "polar" in dynamics["undefined"]
+
+
+def test_dynamics_summary_is_plain_data(summaries):
+    standard = summaries[0]
+    assert standard["label"] == "cnn standard" and standard["probe_size"] == N
+    assert set(standard["dynamics"]) == {"clean", "adversarial"}
+    assert standard["initial_kernel"].shape == (N, N)
+    assert summaries[1]["switch_epoch"] == 1 and summaries[2]["linearized"]
+    json.dumps(json_summary(standard), allow_nan=False)
+
+
+def test_single_kernel_run(run_folders):
+    summary = dynamics_summary(load_run(run_folders["single"]))
+    dynamics = summary["dynamics"]["clean"]
+    assert dynamics["distance_matrix"] == [[0.0]] and dynamics["distance_to_final"] == [0.0]
+    assert "velocity" not in dynamics and "polar_r" not in dynamics
+    assert plots.applicable_figures([summary]) == [
+        "kernel_distance",
+        "norm_concentration",
+        "velocity_distance",
+        "rank_specialization",
+        "kernel_images",
+        "accuracy",
+    ]
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def assert_png(path: Path) -> None:
+    """The checks of conftest's ``assert_real_png`` (signature, size, more than twenty colours),
+    with the colours counted on packed RGBA integers: np.unique over pixel rows takes seconds
+    per figure on two busy cores, this takes a few milliseconds."""
+    import matplotlib.image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 8000, path.name
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 200, path.name
+    channels = np.round(pixels * 255).astype(np.uint32).reshape(-1, pixels.shape[-1])
+    packed = np.zeros(channels.shape[0], dtype=np.uint32)
+    for c in range(channels.shape[1]):
+        packed = (packed << np.uint32(8)) | channels[:, c]
+    assert np.unique(packed).size > 20, path.name
+
+
+@pytest.fixture(scope="module")
+def figures(summaries, run_folders, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Every figure, once, for the three runs plus a single-kernel run and a run whose history
+    lacks accuracies, the AE-NTK and most metrics (each figure must draw what is there)."""
+    single = dynamics_summary(load_run(run_folders["single"]))
+    bare = {**summaries[0], "label": "bare", "switch_epoch": None}
+    bare["epochs"] = [{k: v for k, v in e.items() if k != "accuracy"} for e in bare["epochs"]]
+    bare["kernels"] = [{"epoch": r["epoch"], "clean": {"frobenius_norm": 1.0 + r["epoch"]}} for r in bare["kernels"]]
+    bare["dynamics"] = {"clean": bare["dynamics"]["clean"]}
+    out = tmp_path_factory.mktemp("figures")
+    return out, plots.dynamics_figures([*summaries, single, bare], out, subtitle="synthetic runs, probe of 24 points")
+
+
+def test_dynamics_figures_writes_every_figure(figures):
+    out, written = figures
+    assert written == plots.DYNAMICS_FIGURES
+    assert sorted(p.name for p in out.iterdir()) == sorted(written.values())
+    for name in written.values():
+        assert_png(out / name)
+
+
+def test_figures_of_runs_without_kernels_or_accuracies(run_folders, tmp_path):
+    history_only = {**dynamics_summary(load_run(run_folders["pgd"])), "kernels": [], "dynamics": {}}
+    history_only |= {"initial_kernel": None, "final_kernel": None}
+    assert plots.applicable_figures([history_only]) == ["accuracy"]
+    assert plots.applicable_figures([{"label": "empty"}]) == []
+    assert plots.dynamics_figures([{"label": "empty"}], tmp_path) == {}
+
+
+def test_eigenvector_pictures(tmp_path, rng, assert_real_png):
+    k = 3
+    rows = [(name, rng.uniform(0, 1, (k, 1, 8, 8)), rng.uniform(0, 1, (k, 1, 8, 8))) for name in ("init", "end")]
+    cosines = [(rng.uniform(0, 1, k), -rng.uniform(0, 1, k)) for _ in rows]
+    plots.eigenvector_pictures(rows, tmp_path / "eigen.png", cosines=cosines, subtitle="synthetic")
+    assert_png(tmp_path / "eigen.png")
+    colour = [("cifar $x$", rng.uniform(0, 1, (2, 3, 8, 8)), rng.uniform(0, 1, (2, 3, 8, 8)))]
+    plots.eigenvector_pictures(colour, tmp_path / "colour.png")
+    assert_real_png(tmp_path / "colour.png")  # the small one: the fixture takes seconds per megapixel
+    with pytest.raises(ValueError, match="cosine pairs"):
+        plots.eigenvector_pictures(rows, tmp_path / "bad.png", cosines=cosines[:1])
+
+
+def test_runs_and_plots_import_neither_torch_nor_jax():
+    import subprocess
+    import sys
+
+    code = "import sys, bridge.runs, plots; print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
