@@ -1124,8 +1124,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.switch_epoch is not None and args.mode == "standard":
         raise UsageError("--switch-epoch switches from clean training to an adversarial --mode; --mode is standard")
 
-    import torch
-
     from bridge.data import DataError
     from bridge.experiment import RunFolderError, TrackingConfig, run_training
     from bridge.models import parameter_count
@@ -1230,7 +1228,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{label}: {last['epoch']} epochs, test clean {scores['test_clean']:.3f}, PGD {scores['test_pgd']:.3f} "
         f"(eps {eps:.4g}){growth} -> {args.out}"
     )
-    del torch
     return 0
 
 
@@ -1249,6 +1246,8 @@ def _eigenvector_rows(args: argparse.Namespace, runs: Sequence[Any], progress: b
     device = _torch_device(args.device)
     networks = [("initialisation", runs[0].path / "checkpoints" / "epoch_000.pt")]
     for run in runs:
+        if not (run.path / "kernels" / "probe.npz").is_file():
+            raise UsageError(f"{run.path} tracked no kernels: no probe to picture eigenvectors on (--eigenvectors 0)")
         found = sorted((run.path / "checkpoints").glob("epoch_*.pt"))
         if not found:
             raise UsageError(f"{run.path} has no checkpoints to picture its kernel's eigenvectors")

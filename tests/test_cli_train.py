@@ -167,3 +167,9 @@ def test_dynamics_renders_every_figure(tmp_path, run_cli, two_runs, assert_real_
 def test_dynamics_refuses_a_folder_that_is_not_a_run(tmp_path, assert_refused):
     (tmp_path / "empty").mkdir()
     assert_refused(["dynamics", tmp_path / "empty", "--eigenvectors", "0"], "history.json")
+
+
+def test_dynamics_refuses_eigenvectors_of_a_run_without_kernels(tmp_path, run_cli, assert_refused):
+    run = tmp_path / "untracked"
+    assert run_cli([*train_args("--epochs", "1", "--track-kernel", "0"), "--out", run])[0] == 0
+    assert_refused(["dynamics", run], "tracked no kernels: no probe to picture eigenvectors on")

@@ -278,3 +278,17 @@ def test_resume_with_more_epochs_continues(tmp_path, digits):
     _run(tmp_path, digits, epochs=1, probe=0)
     history = _run(tmp_path, digits, epochs=2, probe=0, resume=True)
     assert [r["epoch"] for r in history["epochs"]] == [0, 1, 2]
+
+
+def test_run_with_batchnorm_evaluated_both_ways(tmp_path, digits):
+    config = model_config("resnet18", digits.image_shape, len(digits.classes), width=2, seed=0)
+    model = build_model(config)
+    train = TrainConfig(mode="fgsm", epochs=1, lr=0.05, batch_size=50, eps=0.1)
+    tracking = TrackingConfig(eps=0.1, step=0.03, steps=2, probe=0, eval_n=20, batchnorm=("running", "batch"))
+    history = run_training(
+        tmp_path, model, config, digits, train, tracking, config={}, label="bn", device=torch.device("cpu")
+    )
+    assert [set(record["accuracy"]) for record in history["epochs"]] == [{"running", "batch"}] * 2
+    # at initialisation the running statistics are the defaults (mean 0, variance 1), far from the
+    # batches' own, so the two evaluations of the same net see different inputs to every layer
+    assert history["epochs"][0]["accuracy"]["running"] != history["epochs"][0]["accuracy"]["batch"]
