@@ -893,6 +893,14 @@ def cmd_features(args: argparse.Namespace) -> int:
 # -- entk -----------------------------------------------------------------------------------
 
 
+def _quiet_torch_warnings() -> None:
+    """Silence torch's warnings that are not the user's business."""
+    # the registry's torch is a CUDA build; on a machine without a GPU it says so at every backward
+    warnings.filterwarnings("ignore", message="CUDA initialization")
+    # torch's own forward-mode decompositions (first torch.func.jvp) still use torch.jit.script
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
+
 def _torch_device(name: str):  # type: ignore[no-untyped-def]
     import torch
 
@@ -952,7 +960,7 @@ def cmd_entk(args: argparse.Namespace) -> int:
     from bridge.models import parameter_count
     from kernels.metrics import kernel_metrics
 
-    warnings.filterwarnings("ignore", message="CUDA initialization")  # a CUDA build on a machine without a GPU
+    _quiet_torch_warnings()
     device = _torch_device(args.device)
     model, config = _torch_network(args, data)
     try:
@@ -1129,7 +1137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bridge.models import parameter_count
     from bridge.training import TrainConfig
 
-    warnings.filterwarnings("ignore", message="CUDA initialization")  # a CUDA build on a machine without a GPU
+    _quiet_torch_warnings()
     device = _torch_device(args.device)
     linearization: dict[str, Any] | None = None
     kernel_network = magnitude = None
@@ -1242,7 +1250,7 @@ def _eigenvector_rows(args: argparse.Namespace, runs: Sequence[Any], progress: b
     from bridge.checkpoint import CheckpointError, load_checkpoint
     from bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
 
-    warnings.filterwarnings("ignore", message="CUDA initialization")
+    _quiet_torch_warnings()
     device = _torch_device(args.device)
     networks = [("initialisation", runs[0].path / "checkpoints" / "epoch_000.pt")]
     for run in runs:

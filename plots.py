@@ -897,7 +897,8 @@ def relative_magnitude_curve(runs: Sequence[Any], path: Path, *, subtitle: str =
                 shown.append(i)
     if shown:
         _mark_switches(ax, [runs[i] for i in shown], shown)
-        _style_epoch_axes(ax, "‖first-order term‖ / ‖zeroth-order term‖", "linearized training", log=True)
+        ylabel = r"$\Delta f^\top \Delta f \,/\, f_0^\top f_0$  (mean over test points)"
+        _style_epoch_axes(ax, ylabel, "linearized training", log=True)
     else:
         _empty(ax, "no run records a relative magnitude")
     _legend(fig, [(i, _label(runs[i], i)) for i in shown])
@@ -971,6 +972,8 @@ def dynamics_subtitle(runs: Sequence[Any]) -> str:
             return None
         if len(set(map(str, present))) == 1:
             return phrase.format(present[0])
+        if key == "probe_size":  # one phrase with the sizes in legend order, not one per run
+            return phrase.format(" / ".join(str(v) for v in present))
         per_run = (
             f"{phrase.format(v)} ({_label(run, i)})"
             for i, (run, v) in enumerate(zip(runs, values, strict=True))
