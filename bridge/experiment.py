@@ -47,7 +47,7 @@ from bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from bridge.data import Dataset, balanced_indices, task_indices
 from bridge.files import write_atomically, write_json
 from bridge.models import ModelConfig
-from bridge.tracking import BATCHNORM_MODES, KernelTracker, clean_accuracy, robust_accuracy
+from bridge.tracking import BATCHNORM_MODES, KernelTracker, clean_accuracy, pgd_accuracy
 from bridge.training import TrainConfig, derived_seed, learning_rate, make_optimizer, train_epoch
 
 __all__ = ["RunFolderError", "TrackingConfig", "run_training"]
@@ -124,6 +124,20 @@ def _subset(labels: np.ndarray, classes: tuple[int, ...], n: int | None, seed: i
     return balanced_indices(labels, classes, n, seed, what=what)
 
 
+def _evaluation_subset(
+    labels: np.ndarray, classes: tuple[int, ...], n: int | None, seed: int, probe: np.ndarray | None
+) -> np.ndarray:
+    """The training points of the PGD accuracy: ``n`` class-balanced ones (None: all); with a
+    ``probe`` (len ≤ n), the probe first, then class-balanced points from the rest."""
+    if probe is None:
+        return _subset(labels, classes, n, seed, "train")
+    if n is not None and n <= probe.shape[0]:
+        return probe
+    rest = np.setdiff1d(np.arange(labels.shape[0]), probe)
+    extra = rest[_subset(labels[rest], classes, None if n is None else n - probe.shape[0], seed, "train")]
+    return np.concatenate([probe, extra])
+
+
 def _save_arrays(path: Path, arrays: dict[str, Any]) -> None:
     def write(temporary: Path) -> None:
         with temporary.open("wb") as f:  # a file object: np.savez would append .npz to a name
@@ -168,13 +182,23 @@ def run_training(
     y_train = torch.as_tensor(task_indices(data.y_train, data.classes), device=device)
     x_test = torch.as_tensor(data.x_test, device=device, dtype=dtype)
     y_test = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)
-    eval_train = torch.as_tensor(_subset(data.y_train, data.classes, tracking.eval_n, train.seed, "train"))
     eval_test = torch.as_tensor(_subset(data.y_test, data.classes, tracking.eval_n, train.seed, "test"))
     optimizer = make_optimizer(model, train)
     steps_per_epoch = math.ceil(x_train.shape[0] / train.batch_size)
     tracker: KernelTracker | None = None
+    # The AE-NTK needs PGD examples of the probe; the evaluation attacks training points with the
+    # same threat and BatchNorm mode anyway. When the kernels are taken after every epoch and the
+    # evaluation set is large enough, it is made of the probe first (then other class-balanced
+    # points), so the kernels reuse its examples instead of attacking the probe a second time.
+    chosen = np.arange(0)
+    shared = False
     if tracking.probe:
         chosen = balanced_indices(data.y_train, data.classes, tracking.probe, train.seed, what="probe")
+        shared = tracking.every is None and (tracking.eval_n is None or tracking.eval_n >= tracking.probe)
+    eval_train = torch.as_tensor(
+        _evaluation_subset(data.y_train, data.classes, tracking.eval_n, train.seed, chosen if shared else None)
+    )
+    if tracking.probe:
         tracker = KernelTracker(
             x=x_train[torch.as_tensor(chosen, device=device)],
             targets=y_train[torch.as_tensor(chosen, device=device)],
@@ -211,25 +235,27 @@ def run_training(
         state.history.update({"config": config, **(metadata or {})})
     history = state.history
 
-    def track(step: int) -> float:
+    def track(step: int, probe_examples: torch.Tensor | None = None) -> float:
         if tracker is None:
             return 0.0
         network = model if kernel_network is None else kernel_network(model)
-        arrays, record = tracker.track(model, network)
+        arrays, record = tracker.track(model, network, x_adv=probe_examples)
         name = f"kernels/step_{step:07d}.npz"
         _save_arrays(out / name, arrays)
         history["kernels"].append({"step": step, "epoch": step / steps_per_epoch, "file": name, **record})
         return float(record["seconds"])
 
-    def evaluate() -> tuple[dict[str, Any], float]:
+    def evaluate() -> tuple[dict[str, Any], float, torch.Tensor | None]:
+        """(accuracies, seconds, PGD examples of the probe when the evaluation made them)."""
         start = time.perf_counter()
         result: dict[str, Any] = {}
+        probe_examples = None
         for mode in tracking.batchnorm:
             scores: dict[str, float] = {}
-            for split, x, y, chosen in (("train", x_train, y_train, eval_train), ("test", x_test, y_test, eval_test)):
-                index = chosen.to(x.device)
+            for split, x, y, subset in (("train", x_train, y_train, eval_train), ("test", x_test, y_test, eval_test)):
+                index = subset.to(x.device)
                 scores[f"{split}_clean"] = clean_accuracy(model, x, y, batchnorm=mode)
-                scores[f"{split}_pgd"] = robust_accuracy(
+                scores[f"{split}_pgd"], x_adv = pgd_accuracy(
                     model,
                     x[index],
                     y[index],
@@ -239,10 +265,12 @@ def run_training(
                     seed=derived_seed(train.seed, 4),
                     batchnorm=mode,
                 )
+                if shared and split == "train" and mode == tracking.batchnorm[0]:
+                    probe_examples = x_adv[: tracking.probe]  # the probe comes first in eval_train
             result[mode] = scores
         if relative_magnitude is not None:
             result["relative_magnitude"] = relative_magnitude(model, x_test)
-        return result, time.perf_counter() - start
+        return result, time.perf_counter() - start, probe_examples
 
     def checkpoint(epoch: int) -> None:
         save_checkpoint(
@@ -258,8 +286,8 @@ def run_training(
 
     epochs_bar = tqdm(total=train.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not progress)
     if state.epoch == 0 and not history["epochs"]:
-        track_seconds = track(0)
-        scores, evaluate_seconds = evaluate()
+        scores, evaluate_seconds, probe_examples = evaluate()
+        track_seconds = track(0, probe_examples)
         magnitude = scores.pop("relative_magnitude", None)
         record = {"epoch": 0, "step": 0, "mode": "init", "lr": None, "train_loss": None, "accuracy": scores}
         if magnitude is not None:
@@ -289,8 +317,8 @@ def run_training(
             progress=progress,
         )
         train_seconds = summary.pop("seconds") - step_track_seconds[0]
-        track_seconds = step_track_seconds[0] + (track(state.step) if tracking.every is None else 0.0)
-        scores, evaluate_seconds = evaluate()
+        scores, evaluate_seconds, probe_examples = evaluate()
+        track_seconds = step_track_seconds[0] + (track(state.step, probe_examples) if tracking.every is None else 0.0)
         magnitude = scores.pop("relative_magnitude", None)
         record = {"epoch": epoch, "step": state.step, **summary, "lr": learning_rate(train, epoch), "accuracy": scores}
         if magnitude is not None:

@@ -32,7 +32,7 @@ from bridge.adversarial import pgd_examples, predict
 from bridge.entk import empirical_ntk
 from kernels.metrics import kernel_metrics, trace_kernel
 
-__all__ = ["BATCHNORM_MODES", "KernelTracker", "batch_statistics", "clean_accuracy", "has_batchnorm", "robust_accuracy"]
+__all__ = ["BATCHNORM_MODES", "KernelTracker", "batch_statistics", "clean_accuracy", "has_batchnorm", "pgd_accuracy"]
 
 BATCHNORM_MODES = ("running", "batch")
 
@@ -83,7 +83,7 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batchn
         return float((predict(net, x) == y).double().mean())
 
 
-def robust_accuracy(
+def pgd_accuracy(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -93,12 +93,13 @@ def robust_accuracy(
     steps: int,
     seed: int,
     batchnorm: str = "running",
-) -> float:
-    """Share of ``x`` still classified as ``y`` after ℓ∞ PGD with a random start (RobustBench's
-    robust accuracy), BatchNorm in ``batchnorm`` mode for the attack and the prediction alike."""
+) -> tuple[float, torch.Tensor]:
+    """``(accuracy, x_adv)``: the share of ``x`` still classified as ``y`` after ℓ∞ PGD with a
+    random start (RobustBench's robust accuracy), and the PGD examples, BatchNorm in
+    ``batchnorm`` mode for the attack and the prediction alike."""
     with _evaluation(model, batchnorm) as net:
         x_adv = pgd_examples(net, x, y, eps=eps, step=step, steps=steps, seed=seed)
-        return float((predict(net, x_adv) == y).double().mean())
+        return float((predict(net, x_adv) == y).double().mean()), x_adv
 
 
 @dataclass
@@ -107,8 +108,8 @@ class KernelTracker:
 
     ``x`` (N, C, H, W) and ``targets`` (N,) live on the net's device; ``eps``/``step``/``steps``
     make the AE-NTK's PGD examples (ℓ∞, random start seeded by ``seed``, the same for every
-    tracking point so only the net changes); ``tangent`` maps the trained model to the network
-    whose empirical NTK is its kernel (the frozen parent for linearized dynamics).
+    tracking point so only the net changes), unless ``track`` is handed PGD examples of the probe
+    already made with that threat (a training run reuses its evaluation's: no second attack).
     """
 
     x: torch.Tensor
@@ -121,17 +122,24 @@ class KernelTracker:
     batchnorm: str = "running"
     memory_budget: int | None = None
 
-    def track(self, model: nn.Module, kernel_network: nn.Module | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    def track(
+        self, model: nn.Module, kernel_network: nn.Module | None = None, *, x_adv: torch.Tensor | None = None
+    ) -> tuple[dict[str, np.ndarray], dict]:
         """``(arrays, record)``: the trace C-NTK / AE-NTK and the AE inputs for the kernel file,
-        and the JSON record (metrics of both kernels, probe accuracies, seconds)."""
+        and the JSON record (metrics of both kernels, probe accuracies, seconds).
+
+        ``kernel_network``: the network whose eNTK is the model's kernel (default the model; the
+        frozen parent for linearized dynamics). ``x_adv``: PGD examples of the probe against
+        ``model`` under this tracker's threat and BatchNorm mode, if already made."""
         start = time.perf_counter()
         tangent = model if kernel_network is None else kernel_network
         labels = self.targets.cpu().numpy()
         with _evaluation(model, self.batchnorm) as net:
             predicted_clean = predict(net, self.x)
-            x_adv = pgd_examples(
-                net, self.x, self.targets, eps=self.eps, step=self.step, steps=self.steps, seed=self.seed
-            )
+            if x_adv is None:
+                x_adv = pgd_examples(
+                    net, self.x, self.targets, eps=self.eps, step=self.step, steps=self.steps, seed=self.seed
+                )
             predicted_adv = predict(net, x_adv)
         batch_stats = self.batchnorm == "batch"
         clean = empirical_ntk(tangent, self.x, kind="full", batch_stats=batch_stats, memory_budget=self.memory_budget)

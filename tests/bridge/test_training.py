@@ -292,3 +292,23 @@ def test_run_with_batchnorm_evaluated_both_ways(tmp_path, digits):
     # at initialisation the running statistics are the defaults (mean 0, variance 1), far from the
     # batches' own, so the two evaluations of the same net see different inputs to every layer
     assert history["epochs"][0]["accuracy"]["running"] != history["epochs"][0]["accuracy"]["batch"]
+
+
+def test_the_evaluation_set_starts_with_the_probe_and_the_kernels_reuse_its_attack(tmp_path, digits):
+    from bridge.experiment import _evaluation_subset
+
+    probe = np.array([3, 10, 40, 41])
+    subset = _evaluation_subset(digits.y_train, digits.classes, 24, 0, probe)
+    assert subset[:4].tolist() == probe.tolist() and len(set(subset.tolist())) == 24
+    assert _evaluation_subset(digits.y_train, digits.classes, 3, 0, probe).tolist() == probe.tolist()
+    assert len(_evaluation_subset(digits.y_train, digits.classes, None, 0, probe)) == digits.y_train.shape[0]
+
+    from bridge.tracking import KernelTracker, pgd_accuracy
+
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits, width=16)
+    tracker = KernelTracker(x=x[:8], targets=y[:8], num_classes=10, eps=0.1, step=0.03, steps=2)
+    accuracy, x_adv = pgd_accuracy(model, x[:8], y[:8], eps=0.1, step=0.03, steps=2, seed=5)
+    arrays, record = tracker.track(model, x_adv=x_adv)
+    np.testing.assert_array_equal(arrays["x_adversarial"], x_adv.numpy())
+    assert record["probe_accuracy"]["pgd"] == accuracy
