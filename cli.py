@@ -1140,7 +1140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _quiet_torch_warnings()
     device = _torch_device(args.device)
     linearization: dict[str, Any] | None = None
-    kernel_network = magnitude = None
+    kernel_network: Any = None  # linearized runs: the network whose eNTK is tracked, and LOO sec. 4 magnitude
+    magnitude: Any = None
     if args.linearize_from is not None:
         from bridge.linearized import LinearizedNetwork, relative_magnitude
 
@@ -1151,12 +1152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "spawn_epoch": payload.get("epoch"),
             "centered": args.centered,
         }
-
-        def kernel_network(network):  # type: ignore[no-untyped-def]
-            return network.tangent_network()
-
-        def magnitude(network, x):  # type: ignore[no-untyped-def]
-            return relative_magnitude(network, x)
+        kernel_network = LinearizedNetwork.tangent_network  # its kernel is the frozen parent's
+        magnitude = relative_magnitude
     else:
         args.model = args.model or ("mnist-cnn" if channels == 1 else "cifar-cnn")
         model, config = _torch_network(args, data)
