@@ -238,6 +238,15 @@ def _cifar_cnn(config: ModelConfig) -> nn.Module:
         if index == 1:
             layers.append(nn.MaxPool2d(2))
     layers += [nn.AvgPool2d(2), nn.Flatten(), nn.Linear(channels * (height // 4) * (width // 4), config.num_classes)]
+    # He initialisation (weights N(0, 2/fan_in), zero biases), as for any deep ReLU stack. torch's
+    # default (variance 1/(3·fan_in)) shrinks the signal at each of the six layers: the logits start
+    # at std ~0.009 on CIFAR-10 and SGD sits at loss log 10 for epochs (measured: 2.302 after two
+    # epochs at lr 0.01, against 1.88 with He initialisation). The two-layer MNIST CNN trains from
+    # torch's default and keeps it.
+    for layer in layers:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
 
 
@@ -286,7 +295,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "cifar-cnn": ModelSpec(
         "cifar-cnn",
-        "TK supp. E CIFAR CNN: 3x3 convs 32,32 | maxpool | 64,64,128,128 | avgpool, linear",
+        "TK supp. E CIFAR CNN: 3x3 convs 32,32 | maxpool | 64,64,128,128 | avgpool, linear (He init)",
         _cifar_cnn,
         default_width=32,
         min_side=4,

@@ -52,6 +52,16 @@ def test_paper_nets_have_the_papers_layer_sizes():
     assert [type(m).__name__ for m in cifar.modules() if "Pool" in type(m).__name__] == ["MaxPool2d", "AvgPool2d"]
 
 
+def test_the_deep_cifar_cnn_starts_with_a_signal():
+    """Six plain ReLU convs: with He initialisation the logits of CIFAR-like inputs start at a
+    usable scale (torch's default initialisation gives ~0.009, and SGD stalls at loss log 10)."""
+    cifar = build_model(model_config("cifar-cnn", (3, 32, 32), 10, seed=0))
+    with torch.no_grad():
+        logits = cifar(torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert 0.05 < float(logits.std()) < 5.0
+    assert all(float(m.bias.abs().max()) == 0 for m in cifar.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 def test_resnet18_is_torchvisions_with_a_small_image_stem():
     from torchvision.models import resnet18
 
