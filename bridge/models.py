@@ -246,7 +246,8 @@ def _cifar_cnn(config: ModelConfig) -> nn.Module:
     for layer in layers:
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
 
 
