@@ -1,8 +1,11 @@
-"""The finite-net half: data loading, torch models, checkpoints, empirical NTKs.
+"""The finite-net half: data loading, torch models, checkpoints, empirical NTKs, training with
+kernel tracking, linearized dynamics, NTK eigenvectors, and the reader of training runs.
 
-The data loaders (numpy only) load eagerly; the torch half (``bridge.models``,
-``bridge.checkpoint``, ``bridge.entk``, ``bridge.adversarial``) loads on first use of one of its
-names, so data-only commands never pay for importing torch.
+The data loaders (numpy only) load eagerly; everything else (``bridge.models``,
+``bridge.checkpoint``, ``bridge.entk``, ``bridge.adversarial``, ``bridge.training``,
+``bridge.tracking``, ``bridge.experiment``, ``bridge.linearized``, ``bridge.eigenvectors``, and the
+numpy-only ``bridge.runs``) loads on first use of one of its names, so data-only commands never
+pay for importing torch.
 
 Never imports JAX; exchanges numpy arrays with ``kernels``.
 """
@@ -41,6 +44,23 @@ _TORCH_HALF = {
     "relative_magnitude": "bridge.linearized",
     "cross_entropy_gradient": "bridge.adversarial",
     "pgd_examples": "bridge.adversarial",
+    "TrainConfig": "bridge.training",
+    "train_epoch": "bridge.training",
+    "KernelTracker": "bridge.tracking",
+    "batch_statistics": "bridge.tracking",
+    "clean_accuracy": "bridge.tracking",
+    "pgd_accuracy": "bridge.tracking",
+    "RunFolderError": "bridge.experiment",
+    "TrackingConfig": "bridge.experiment",
+    "run_training": "bridge.experiment",
+    "NTKEigenvectors": "bridge.eigenvectors",
+    "eigenvector_images": "bridge.eigenvectors",
+    "ntk_eigenvectors": "bridge.eigenvectors",
+    "RunError": "bridge.runs",
+    "TrainingRun": "bridge.runs",
+    "dynamics_summary": "bridge.runs",
+    "load_run": "bridge.runs",
+    "load_runs": "bridge.runs",
 }
 
 __all__ = [

@@ -176,6 +176,7 @@ def test_bridge_loads_torch_only_for_its_torch_half():
     code = (
         "import sys, bridge; assert 'torch' not in sys.modules and 'jax' not in sys.modules; "
         "assert callable(bridge.empirical_ntk) and 'torch' in sys.modules and 'jax' not in sys.modules; "
-        "assert set(bridge.__all__) <= set(dir(bridge))"
+        "assert set(bridge.__all__) <= set(dir(bridge)); "
+        "assert all(getattr(bridge, name) is not None for name in bridge.__all__)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[2]))
