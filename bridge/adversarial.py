@@ -20,17 +20,21 @@ from attacks import Norm, pgd
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def cross_entropy_gradient(model: nn.Module) -> LossGradient:
-    """``(x, y) -> ∇ₓ Σ_b CE(f(x_b), y_b)``: each example's own loss gradient (a sum, not a
-    mean, so the gradient of one example does not shrink with the batch size)."""
+def input_gradient(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LossGradient:
+    """``(x, target) -> ∇ₓ loss(f(x), target)`` for a loss summed over the batch, so that each
+    example's gradient is its own loss's (a mean would shrink it with the batch size)."""
 
-    def gradient(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def gradient(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            loss = F.cross_entropy(model(x), y, reduction="sum")
-            return torch.autograd.grad(loss, x)[0]
+            return torch.autograd.grad(loss(model(x), target), x)[0]
 
     return gradient
+
+
+def cross_entropy_gradient(model: nn.Module) -> LossGradient:
+    """``(x, y) -> ∇ₓ Σ_b CE(f(x_b), y_b)``: each example's own loss gradient."""
+    return input_gradient(model, lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
 
 
 @torch.no_grad()

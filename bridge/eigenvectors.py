@@ -27,7 +27,7 @@ from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from bridge.entk import auto_memory_budget, empirical_ntk
-from bridge.jacobians import activation_elements, dense_layers
+from bridge.jacobians import activation_elements, as_inputs, dense_layers
 
 __all__ = ["NTKEigenvectors", "eigenvector_images", "ntk_eigenvectors"]
 
@@ -83,7 +83,7 @@ def ntk_eigenvectors(
     if not params:
         raise ValueError("the model has no trainable parameters, so no tangent kernel")
     first = params[0][1]
-    xs = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(first.device, first.dtype)
+    xs = as_inputs(x, first.device, first.dtype)
     n = xs.shape[0]
     if not 1 <= top <= n:
         raise ValueError(f"top must be between 1 and the number of inputs ({n}), got {top}")

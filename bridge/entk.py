@@ -48,6 +48,7 @@ from bridge.jacobians import (
     Group,
     JacobianEngine,
     activation_elements,
+    as_inputs,
     forward_pass,
     plan_parameter_groups,
 )
@@ -199,12 +200,8 @@ def empirical_ntk(
     device = torch.device(device) if device is not None else first.device
     dtype = dtype or first.dtype
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    a = torch.as_tensor(np.asarray(x1) if not isinstance(x1, torch.Tensor) else x1).to(device, dtype)
-    b = (
-        None
-        if x2 is None
-        else torch.as_tensor(np.asarray(x2) if not isinstance(x2, torch.Tensor) else x2).to(device, dtype)
-    )
+    a = as_inputs(x1, device, dtype)
+    b = None if x2 is None else as_inputs(x2, device, dtype)
     if batch_stats:
         net = with_batch_statistics(net, a if b is None else torch.cat([a, b]))
     if memory_budget is None:

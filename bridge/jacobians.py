@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
@@ -189,3 +191,8 @@ class JacobianEngine:
 
         jac = vmap(jacrev(outputs), in_dims=(None, 0))(pieces, x)
         return torch.cat([jac[key].flatten(2) for key in pieces], dim=2)
+
+
+def as_inputs(x: Any, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Inputs (numpy, torch or nested lists) as a tensor of the net's device and dtype."""
+    return torch.as_tensor(x if isinstance(x, torch.Tensor) else np.asarray(x)).to(device, dtype)

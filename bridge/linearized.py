@@ -45,6 +45,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from bridge.jacobians import as_inputs
+
 __all__ = ["LinearizedNetwork", "relative_magnitude"]
 
 _SEPARATOR = "-"  # stands for "." in θ's names: parameter names may not contain dots
@@ -138,7 +140,7 @@ def relative_magnitude(model: LinearizedNetwork, x: torch.Tensor | np.ndarray, *
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     reference = next(iter(model.parameters()))
-    inputs = torch.as_tensor(x).to(device=reference.device, dtype=reference.dtype)
+    inputs = as_inputs(x, reference.device, reference.dtype)
     if inputs.shape[0] == 0:
         raise ValueError("relative magnitude of an empty input set")
     total = 0.0

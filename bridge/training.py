@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from attacks import fgsm, pgd
 from attacks.threat import ThreatModel
-from bridge.adversarial import cross_entropy_gradient
+from bridge.adversarial import cross_entropy_gradient, input_gradient
 
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
 
@@ -134,14 +134,7 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 
 def _kl_gradient(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``(x̃, p_clean) -> ∇ KL(p_clean ‖ p(x̃))``, summed over examples (TRADES' inner loss)."""
-
-    def gradient(x: torch.Tensor, clean_probabilities: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            loss = F.kl_div(F.log_softmax(model(x), dim=1), clean_probabilities, reduction="sum")
-            return torch.autograd.grad(loss, x)[0]
-
-    return gradient
+    return input_gradient(model, lambda logits, clean: F.kl_div(F.log_softmax(logits, dim=1), clean, reduction="sum"))
 
 
 def _anisotropic_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
