@@ -7,6 +7,7 @@ numpy, JAX or torch arrays without leaving their device.
 
 from attacks.fgsm import LossGradient, fgsm
 from attacks.pgd import pgd
+from attacks.random_sign import random_sign
 from attacks.taylor import OutputJacobian, taylor_max_l1, taylor_sum
 from attacks.threat import (
     EPS_SLACK,
@@ -18,6 +19,7 @@ from attacks.threat import (
     perturbation_norms,
     robust_accuracy,
     steepest_ascent,
+    transferability,
 )
 
 __all__ = [
@@ -32,8 +34,10 @@ __all__ = [
     "fgsm",
     "perturbation_norms",
     "pgd",
+    "random_sign",
     "robust_accuracy",
     "steepest_ascent",
     "taylor_max_l1",
     "taylor_sum",
+    "transferability",
 ]

@@ -127,3 +127,17 @@ def robust_accuracy(predictions: np.ndarray, labels: np.ndarray, clean_predictio
             raise ValueError(f"clean predictions {clean_predictions.shape} and labels {labels.shape} differ in shape")
         correct &= clean_predictions == labels
     return float(np.mean(correct))
+
+
+def transferability(clean_accuracy: float, transfer_accuracy: float, own_accuracy: float) -> float:
+    """Loo et al. sec. 5: τ = (Acc_b − Acc_other) / (Acc_b − Acc_own).
+
+    The accuracy drop that examples made on another model cause, as a share of the drop the
+    model's own (white-box) examples cause: 1 = as effective as the model's own attack, 0 = no
+    effect, NaN when the own attack causes no drop (τ is undefined).
+    """
+    for name, value in (("clean", clean_accuracy), ("transfer", transfer_accuracy), ("own", own_accuracy)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} accuracy must lie in [0, 1], got {value}")
+    drop = clean_accuracy - own_accuracy
+    return float("nan") if drop <= 0 else (clean_accuracy - transfer_accuracy) / drop
