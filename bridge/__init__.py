@@ -1,9 +1,11 @@
 """The finite-net half: data loading, torch models, checkpoints, empirical NTKs, training with
-kernel tracking, linearized dynamics, NTK eigenvectors, and the reader of training runs.
+kernel tracking, linearized dynamics, NTK eigenvectors, the reader of training runs, and transfer
+studies (the two-layer experiment of TK supp. C, target nets, empirical-NTK surrogates).
 
 The data loaders (numpy only) load eagerly; everything else (``bridge.models``,
 ``bridge.checkpoint``, ``bridge.entk``, ``bridge.adversarial``, ``bridge.training``,
-``bridge.tracking``, ``bridge.experiment``, ``bridge.linearized``, ``bridge.eigenvectors``, and the
+``bridge.tracking``, ``bridge.experiment``, ``bridge.linearized``, ``bridge.eigenvectors``,
+``bridge.two_layer``, ``bridge.transfer``, ``bridge.targets``, ``bridge.surrogate``, and the
 numpy-only ``bridge.runs``) loads on first use of one of its names, so data-only commands never
 pay for importing torch.
 
@@ -42,6 +44,7 @@ _TORCH_HALF = {
     "with_batch_statistics": "bridge.entk",
     "LinearizedNetwork": "bridge.linearized",
     "relative_magnitude": "bridge.linearized",
+    "adversarial_examples": "bridge.adversarial",
     "cross_entropy_gradient": "bridge.adversarial",
     "pgd_examples": "bridge.adversarial",
     "TrainConfig": "bridge.training",
@@ -61,6 +64,22 @@ _TORCH_HALF = {
     "dynamics_summary": "bridge.runs",
     "load_run": "bridge.runs",
     "load_runs": "bridge.runs",
+    "OutputChange": "bridge.two_layer",
+    "KernelAtTime": "bridge.two_layer",
+    "TwoLayerConfig": "bridge.two_layer",
+    "train_full_batch": "bridge.two_layer",
+    "two_layer_experiment": "bridge.two_layer",
+    "WhiteBoxAttack": "bridge.transfer",
+    "TargetEvaluation": "bridge.transfer",
+    "evaluate_target": "bridge.transfer",
+    "white_box_examples": "bridge.transfer",
+    "gradient_cosine": "bridge.transfer",
+    "Target": "bridge.targets",
+    "TargetError": "bridge.targets",
+    "load_target": "bridge.targets",
+    "EmpiricalKernelMachine": "bridge.surrogate",
+    "fit_empirical_kernel_machine": "bridge.surrogate",
+    "initial_networks": "bridge.surrogate",
 }
 
 __all__ = [

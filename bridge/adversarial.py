@@ -2,7 +2,13 @@
 
 The attack algorithms are written once, backend-neutral; a torch net supplies
 ``∇ₓ CE(f(x), y)`` and the loop stays on the net's device. Used for AE-NTKs (kernels on the
-net's own adversarial examples, RAT sec. 3) and, later, adversarial training and evaluation.
+net's own adversarial examples, RAT sec. 3), adversarial training and evaluation, and the net's
+own white-box attack in transfer studies.
+
+Outputs and labels, written once: a net with C ≥ 2 outputs predicts argmax f and its loss is the
+softmax cross-entropy; a net with one output (a binary task trained on ±1 targets, like the
+kernel machines of ``kernels.machine`` and the two-layer nets of TK supp. C) predicts index 1
+where f > 0 and its loss is the binary cross-entropy softplus(−y f) with y = ±1 for index 1 / 0.
 
 Shapes: x (B, C, H, W) in [0, 1] on the net's device; y (B,) int64 output indices.
 """
@@ -15,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import Norm, pgd
+from attacks import Norm, fgsm, pgd
 
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: The attacks ``adversarial_examples`` runs.
+WHITE_BOX_METHODS: tuple[str, ...] = ("fgsm", "pgd")
 
 
 def input_gradient(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LossGradient:
@@ -32,15 +41,79 @@ def input_gradient(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor]
     return gradient
 
 
+def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Σ_b of the cross-entropy of each example: softmax CE for C ≥ 2 outputs, softplus(−y f)
+    with y = ±1 for one output (the loss of ``kernels.machine.loss_cotangent``)."""
+    if logits.shape[1] == 1:
+        sign = 2.0 * y.to(logits.dtype) - 1.0
+        return F.softplus(-sign * logits[:, 0]).sum()
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
 def cross_entropy_gradient(model: nn.Module) -> LossGradient:
     """``(x, y) -> ∇ₓ Σ_b CE(f(x_b), y_b)``: each example's own loss gradient."""
-    return input_gradient(model, lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
+    return input_gradient(model, classification_loss)
+
+
+def predicted_index(logits: torch.Tensor) -> torch.Tensor:
+    """Output index predicted by logits (B, C): argmax, or f > 0 for one output."""
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
     """Predicted output indices (B,), in batches."""
-    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+    return torch.cat([predicted_index(model(x[i : i + batch_size])) for i in range(0, x.shape[0], batch_size)])
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
+    """Share of ``x`` that ``model`` classifies as ``y``."""
+    return float((predict(model, x, batch_size=batch_size) == y).double().mean())
+
+
+def adversarial_examples(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    method: str,
+    eps: float,
+    step: float | None = None,
+    steps: int = 1,
+    norm: Norm = "linf",
+    random_start: bool = True,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The net's own white-box FGSM, or PGD (``step``, ``steps``, random start unless told
+    otherwise), in batches; ``model`` should be in the mode it is evaluated in (eval mode, or
+    frozen batch statistics)."""
+    if method not in WHITE_BOX_METHODS:
+        raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(WHITE_BOX_METHODS)}")
+    if method == "pgd" and step is None:
+        raise ValueError("pgd needs a step size")
+    gradient = cross_entropy_gradient(model)
+    parts = []
+    for i in range(0, x.shape[0], batch_size):
+        batch = slice(i, i + batch_size)
+        if method == "fgsm":
+            parts.append(fgsm(gradient, x[batch], y[batch], eps=eps, norm=norm))
+        else:
+            assert step is not None
+            parts.append(
+                pgd(
+                    gradient,
+                    x[batch],
+                    y[batch],
+                    eps=eps,
+                    step=step,
+                    steps=steps,
+                    norm=norm,
+                    random_start=random_start,
+                    seed=seed + i,
+                )
+            )
+    return torch.cat(parts) if parts else x.clone()
 
 
 def pgd_examples(
@@ -55,11 +128,7 @@ def pgd_examples(
     seed: int = 0,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """PGD with a random start (``attacks.pgd``) against ``model``, in batches; ``model`` should
-    be in the mode it is evaluated in (eval mode, or frozen batch statistics)."""
-    gradient = cross_entropy_gradient(model)
-    parts = []
-    for i in range(0, x.shape[0], batch_size):
-        batch = slice(i, i + batch_size)
-        parts.append(pgd(gradient, x[batch], y[batch], eps=eps, step=step, steps=steps, norm=norm, seed=seed + i))
-    return torch.cat(parts)
+    """PGD with a random start (``attacks.pgd``) against ``model``, in batches."""
+    return adversarial_examples(
+        model, x, y, method="pgd", eps=eps, step=step, steps=steps, norm=norm, seed=seed, batch_size=batch_size
+    )

@@ -4,7 +4,9 @@ A checkpoint is a ``torch.save`` of a plain dict: ``format`` (``CHECKPOINT_FORMA
 (the ``ModelConfig`` as plain values: registry name and constructor arguments), ``state_dict``,
 and any extra plain entries a caller adds (epoch, optimiser state, history). A checkpoint of a
 ``LinearizedNetwork`` (``bridge.linearized``) also records ``linearization``: ``{"centered": bool}``;
-its config is the parent's, and loading wraps the rebuilt parent again. It is written
+its config is the parent's, and loading wraps the rebuilt parent again. A checkpoint of an
+``OutputChange`` (f − f₀, ``bridge.two_layer``) stores the trained net's weights and
+``minus_initial: True``; f₀ is the config's own initialisation, rebuilt from its seed. It is written
 atomically (temporary file in the same folder, then rename) and read with
 ``torch.load(weights_only=True)``, so loading never runs code from the file.
 """
@@ -21,6 +23,7 @@ from torch import nn
 from bridge.files import write_atomically
 from bridge.linearized import LinearizedNetwork
 from bridge.models import ModelConfig, ModelError, build_model
+from bridge.two_layer import OutputChange
 
 CHECKPOINT_FORMAT = "ntkrobust-checkpoint-v1"
 
@@ -37,6 +40,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **e
     recorded = {"centered": model.centered} if isinstance(model, LinearizedNetwork) else None
     if extra.pop("linearization", recorded) != recorded:
         raise ValueError(f"the model's linearization is {recorded}, not the extra entry's")
+    if isinstance(model, OutputChange):  # f0 is rebuilt from the config's seed
+        extra["minus_initial"] = True
+        model = model.network
     payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "state_dict": model.state_dict(), **extra}
     if recorded is not None:
         payload["linearization"] = recorded
@@ -64,7 +70,8 @@ def load_checkpoint(
     path: str | Path, *, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
     """``(model, config, payload)``: the model rebuilt from the stored config, weights loaded; a
-    ``LinearizedNetwork`` around it when the payload records a ``linearization``."""
+    ``LinearizedNetwork`` around it when the payload records a ``linearization``, an
+    ``OutputChange`` (f − f₀) when it records ``minus_initial``."""
     payload = read_checkpoint(path, map_location=map_location)
     try:
         config = ModelConfig.from_dict(payload.get("config") or {})
@@ -75,6 +82,8 @@ def load_checkpoint(
                 raise TypeError(f"bad linearization entry {linearization!r}")
             model = LinearizedNetwork(model, centered=linearization["centered"])
         model.load_state_dict(payload["state_dict"])
+        if payload.get("minus_initial"):
+            model = OutputChange(model, build_model(config))
     except (ModelError, KeyError, RuntimeError, TypeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: cannot rebuild its model ({first[:160]})") from None

@@ -1,0 +1,218 @@
+"""Target networks of transfer studies: this tool's checkpoints, and bring-your-own models.
+
+A target is named on the command line by one of
+- ``PATH`` to a checkpoint of ``ntkrobust train`` or ``ntkrobust two-layer`` (it rebuilds its own
+  model, linearized / centered wrappers and f − f₀ included), to a TorchScript file
+  (``torch.jit.save`` of a traced or scripted model), or to a ``.pt2`` exported program
+  (``torch.export.save``, TorchScript's successor; export it with a dynamic batch dimension): any
+  architecture, no code needed here;
+- ``MODEL=PATH`` or ``MODEL:WIDTH=PATH``: a plain state dict (``torch.save(model.state_dict())``)
+  of a registered model (``bridge.models.MODELS``), built for the data's image shape and classes.
+Every file is read with ``torch.load(weights_only=True)`` except TorchScript and exported
+programs, whose loaders run the file's own graph (a graph is code: only load files you trust).
+
+A target must take the data's images (N, C, H, W) in [0, 1] and return one logit per class of the
+task, or a single logit for a binary task (``bridge.adversarial``'s convention). Anything else is
+refused with a ``TargetError`` of one line, before any attack runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bridge.checkpoint import CheckpointError, load_checkpoint
+from bridge.models import MODELS, ModelError, build_model, check_fits, model_config
+
+
+class TargetError(ValueError):
+    """A target that cannot be loaded or does not fit the data; the message is one line."""
+
+
+@dataclass
+class Target:
+    """A loaded target: its label, the model (eval mode) and what it is (for results.json)."""
+
+    label: str
+    model: nn.Module = field(repr=False)
+    description: dict[str, Any]
+    epoch: int | None = None  # the training epoch, when a checkpoint records it
+    #: (dynamics, t') for a checkpoint in a run folder of ``ntkrobust train``: the run's name and
+    #: the epoch for standard dynamics; "linearized" / "centered from PARENT" and the spawn epoch
+    #: for linearized runs (LOO sec. 5 plots transferability against t')
+    curve: tuple[str, int] | None = None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:160]
+
+
+def _label(path: Path) -> str:
+    """``run-name epoch N`` for ``RUN/checkpoints/epoch_NNN.pt``, else the file's stem."""
+    if _in_run(path):
+        return f"{path.parent.parent.name} epoch {int(path.stem.removeprefix('epoch_'))}"
+    return path.stem
+
+
+def _in_run(path: Path) -> bool:
+    return path.parent.name == "checkpoints" and path.stem.startswith("epoch_") and path.stem[6:].isdigit()
+
+
+def _curve(path: Path) -> tuple[str, int] | None:
+    """Where a run folder's checkpoint sits among the dynamics of LOO sec. 5 (see ``Target.curve``)."""
+    if not _in_run(path):
+        return None
+    run = path.parent.parent
+    try:
+        config = json.loads((run / "config.json").read_text())
+        linearization = config.get("linearization")
+        if linearization:
+            kind = "centered" if linearization["centered"] else "linearized"
+            parent = Path(linearization["checkpoint"]).parent.parent.name
+            return f"{kind} from {parent}", int(linearization["spawn_epoch"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # not a run folder of this tool after all: the folder's name and the epoch
+    return run.name, int(path.stem.removeprefix("epoch_"))
+
+
+def load_target(
+    spec: str, *, image_shape: tuple[int, ...], num_classes: int, device: torch.device | str = "cpu"
+) -> Target:
+    """The target named by ``spec`` (see the module docstring), checked against the data."""
+    model_name, width, path = _parse(spec)
+    if not path.is_file():
+        raise TargetError(f"target {path} does not exist")
+    if model_name is not None:
+        target = _state_dict_target(path, model_name, width, image_shape, num_classes)
+    else:
+        target = _file_target(path, image_shape)
+    target.model = target.model.to(device).eval()
+    _check_outputs(target, image_shape, num_classes, device)
+    return target
+
+
+def _parse(spec: str) -> tuple[str | None, int | None, Path]:
+    head, sep, tail = spec.partition("=")
+    if not sep or head.partition(":")[0] not in MODELS:
+        return None, None, Path(spec)
+    name, _, width = head.partition(":")
+    if width and not width.isdigit():
+        raise TargetError(f"target {spec!r}: the width after {name}: must be a whole number")
+    return name, int(width) if width else None, Path(tail)
+
+
+def _file_target(path: Path, image_shape: tuple[int, ...]) -> Target:
+    label = _label(path)
+    try:
+        model, config, payload = load_checkpoint(path)
+    except CheckpointError as checkpoint_error:
+        # torch.export.load accepts only .pt2 files (and logs a traceback for anything else)
+        kind, loader = (
+            ("exported program", _exported_program) if path.suffix == ".pt2" else ("torchscript", _torchscript)
+        )
+        try:
+            with _quiet_torch():
+                return Target(label, loader(path), {"path": str(path), "kind": kind})
+        except Exception as error:
+            raise TargetError(
+                f"target {path}: not a checkpoint of this tool ({_first_line(checkpoint_error)}); "
+                f"not a {kind} that loads ({_first_line(error)[:80]})"
+            ) from None
+    try:
+        check_fits(config, image_shape)
+    except ModelError as error:
+        raise TargetError(f"target {path}: {error}") from None
+    epoch = payload.get("epoch")
+    kind = "linearized" if "linearization" in payload else "checkpoint"
+    description = {"path": str(path), "kind": kind, **config.to_dict()}
+    if "linearization" in payload:
+        description["centered"] = payload["linearization"]["centered"]
+    if payload.get("minus_initial"):
+        description["output"] = "f - f0"
+    return Target(label, model, description, epoch=epoch if isinstance(epoch, int) else None, curve=_curve(path))
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """No warnings and no log records from torch's loaders: a refusal is one line of ours."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _torchscript(path: Path) -> nn.Module:
+    return torch.jit.load(str(path), map_location="cpu")
+
+
+class _ExportedProgram(nn.Module):
+    """An exported program's module behind the usual interface: its graph refuses ``eval()`` and
+    already runs in the mode it was exported in, so it sits outside the module tree."""
+
+    program: nn.Module
+
+    def __init__(self, program: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "program", program)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program(x)
+
+
+def _exported_program(path: Path) -> nn.Module:
+    return _ExportedProgram(torch.export.load(str(path)).module())
+
+
+def _state_dict_target(
+    path: Path, name: str, width: int | None, image_shape: tuple[int, ...], num_classes: int
+) -> Target:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TargetError(f"target {path} is not a state dict that loads safely ({_first_line(error)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TargetError(f"target {path} is not a state dict (a dict of tensors)")
+    try:
+        config = model_config(name, image_shape, num_classes, width=width)
+        model = build_model(config)
+        model.load_state_dict(state)
+    except (ModelError, RuntimeError) as error:
+        raise TargetError(f"target {path} does not fit the {name} model: {_first_line(error)}") from None
+    return Target(_label(path), model, {"path": str(path), "kind": "state-dict", **config.to_dict()})
+
+
+def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: int, device: torch.device | str) -> None:
+    """One forward pass on a blank image: the shape must go in and the logits must fit the task."""
+    probe = torch.zeros((2, *image_shape), device=device)
+    try:
+        with torch.no_grad():
+            outputs = target.model(probe)
+    except Exception as error:
+        raise TargetError(
+            f"target {target.description['path']} does not take images of shape {tuple(image_shape)}: "
+            f"{_first_line(error)}"
+        ) from None
+    allowed = {num_classes, 1} if num_classes == 2 else {num_classes}
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] not in allowed:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise TargetError(
+            f"target {target.description['path']} returns {shape} for 2 images; "
+            f"the task needs (2, {num_classes}) logits" + (" or (2, 1)" if num_classes == 2 else "")
+        )
