@@ -2,6 +2,8 @@
 
     ntkrobust attack   --data digits --arch fc2 --method fgsm --out runs/digits-fc2
     ntkrobust entk     --data digits --model mnist-cnn --n 100 --kind full --out runs/digits-entk
+    ntkrobust two-layer --data digits --width 1000 --width 10000 --epochs 1000 --out runs/two-layer
+    ntkrobust transfer --data digits --kernel-arch fc2 --target runs/cnn/checkpoints/epoch_010.pt --out runs/transfer
     ntkrobust make-npz --data mnist --data-root DIR --from-test-split --n-train 1000 --out mnist.npz
 
 Every command writes into ``--out`` atomically (files are staged, then renamed into place), so
@@ -371,6 +373,99 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
     _add_output_flags(p, what="output folder: PNG figures and results.json")
     p.set_defaults(func=cmd_dynamics)
+
+    p = sub.add_parser(
+        "two-layer",
+        help="TK supp. C: wide two-layer nets against their NTK through training (gradient cosine, transfer)",
+        description="Train two-layer ReLU nets of supp. eq. 28 (full-batch gradient descent on the l2 loss) and, "
+        "at logged epochs, compare each net (as f - f0) with the closed-form NTK machine at the aligned time: "
+        "cosine similarity of loss input-gradients (supp. eq. 30) and the net's accuracy under its own white-box "
+        "attack, under the NTK-generated examples and under random-sign noise (TK fig. 4, supp. fig. 1).",
+    )
+    _add_data_flags(p)
+    g = p.add_argument_group("networks")
+    g.add_argument(
+        "--width", type=_positive_int, action="append", help="hidden width m; repeat for several (default 1000)"
+    )
+    g.add_argument("--nets", type=_positive_int, default=1, help="networks per width, seeds --seed, --seed+1, ...")
+    g.add_argument("--epochs", type=_positive_int, default=1000, help="full-batch epochs (default 1000)")
+    g.add_argument("--lr", type=_number, default=1e-2, help="gradient-descent learning rate (default 1e-2, supp. C)")
+    g.add_argument(
+        "--log-every",
+        type=_positive_int,
+        metavar="EPOCHS",
+        help="compare every EPOCHS epochs (default: epochs 1, 2, 5, 10, 20, 50, ... and the last)",
+    )
+    g.add_argument(
+        "--anchor-epoch",
+        type=_positive_int,
+        help="epoch whose best-matching kernel time fixes the linear epoch <-> t map (default: epochs/100, "
+        "as supp. C anchors at epoch 1e3 of 1e5)",
+    )
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    g = p.add_argument_group("attack")
+    g.add_argument("--method", default="fgsm", choices=("fgsm", "pgd"), help="white-box and NTK attack (default fgsm)")
+    _add_threat_flags(g, steps_help="PGD steps (default: 40 grey-scale, 10 colour)")
+    g.add_argument("--picture-index", type=_non_negative_int, default=0, help="test point of the gradient pictures")
+    _add_output_flags(p, what="output folder: results.json, figures, gradients.npz, one checkpoint per net")
+    p.set_defaults(func=cmd_two_layer)
+
+    p = sub.add_parser(
+        "transfer",
+        help="black-box NTK attacks against trained nets: transfer matrix, transferability tau",
+        description="Adversarial examples from the NTK machines of analytic architectures (before any training, "
+        "TK sec. 3.2) and from empirical-NTK surrogates (a kernel machine on the eNTK of nets at initialisation, "
+        "supp. B), against trained target nets (checkpoints of train / two-layer, TorchScript files, or state "
+        "dicts of registry models), beside each net's own white-box attack and random-sign noise of the same "
+        "eps; every net's own examples also attack every other net (transferability tau, LOO sec. 5).",
+    )
+    _add_data_flags(p)
+    g = p.add_argument_group("targets and sources")
+    g.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        metavar="CHECKPOINT",
+        help="a net to attack: a checkpoint of this tool, a TorchScript file, or MODEL[:WIDTH]=STATE_DICT; repeat",
+    )
+    g.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="a net whose white-box examples attack the targets, not itself a target (same forms); repeat",
+    )
+    g.add_argument(
+        "--kernel-arch",
+        action="append",
+        choices=ARCHITECTURES,
+        help="analytic NTK whose machine crafts black-box examples; repeat (default fc2 unless --surrogate)",
+    )
+    g.add_argument(
+        "--surrogate",
+        action="append",
+        default=[],
+        metavar="MODEL[:WIDTH]",
+        help="empirical-NTK surrogate: a kernel machine on the eNTK of this registry model at initialisation",
+    )
+    g.add_argument(
+        "--kernel-n", type=_positive_int, help="class-balanced training points of the NTK machines (default: all)"
+    )
+    g.add_argument("--surrogate-nets", type=_positive_int, default=1, help="initialisations averaged (default 1)")
+    g.add_argument(
+        "--surrogate-n",
+        type=_positive_int,
+        default=500,
+        help="class-balanced training points of the surrogate (default 500)",
+    )
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when available")
+    g = p.add_argument_group("kernel machines")
+    _add_machine_flags(g)
+    g = p.add_argument_group("attack")
+    g.add_argument("--method", default="fgsm", choices=("fgsm", "pgd"), help="attack of every source (default fgsm)")
+    _add_threat_flags(g, steps_help="PGD steps (default: 40 grey-scale, 10 colour)")
+    _add_output_flags(p, what="output folder: results.json, transfer.png, examples.npz")
+    p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser(
         "make-npz",
@@ -1345,6 +1440,478 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
     _write_outputs(args.out, write)
     print(f"{len(runs)} run(s): {', '.join(sorted(results['figures'].values()))} -> {args.out}")
     return 0
+
+
+# -- two-layer ------------------------------------------------------------------------------
+
+
+def _white_box_attack(args: argparse.Namespace, channels: int):  # type: ignore[no-untyped-def]
+    """The --method attack of the threat flags, for nets and kernel machines alike."""
+    from attacks import ThreatModel
+    from bridge.transfer import WhiteBoxAttack
+    from kernels.adversarial import AttackConfig
+
+    eps, step, steps = _resolve_threat(args, channels)
+    iterative = args.method == "pgd"
+    attack = WhiteBoxAttack(
+        method=args.method,
+        eps=eps,
+        norm=args.norm,
+        step=step if iterative else None,
+        steps=steps if iterative else 1,
+        random_start=not args.no_random_start,
+        seed=args.seed,
+    )
+    kernel_attack = AttackConfig(
+        method=args.method,
+        threat=ThreatModel(norm=args.norm, eps=eps),
+        step=step,
+        steps=steps,
+        random_start=not args.no_random_start,
+        seed=args.seed,
+    )
+    return attack, kernel_attack
+
+
+def _picture_epochs(epochs: Sequence[int]) -> list[int]:
+    """Three measured epochs spread evenly on a log scale, ending at the last (supp. fig. 1b)."""
+    if len(epochs) <= 3:
+        return list(epochs)
+    last = math.log(epochs[-1])
+    chosen = [min(epochs, key=lambda e: abs(math.log(e) - last * share)) for share in (1 / 3, 2 / 3, 1.0)]
+    return sorted(set(chosen))
+
+
+def cmd_two_layer(args: argparse.Namespace) -> int:
+    _check_out_dir(args.out, args.force)
+    widths = tuple(args.width or [1000])
+    if len(set(widths)) != len(widths):
+        raise UsageError(f"--width repeats a width: {', '.join(map(str, widths))}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    anchor = args.anchor_epoch or max(1, round(args.epochs / 100))
+    if anchor > args.epochs:
+        raise UsageError(f"--anchor-epoch {anchor} is after the last epoch ({args.epochs})")
+    clock = {"start": time.perf_counter()}
+    data = _load_data(args)
+    if args.picture_index >= data.x_test.shape[0]:
+        raise UsageError(f"--picture-index {args.picture_index} exceeds the {data.x_test.shape[0]} test points")
+    attack, kernel_attack = _white_box_attack(args, data.image_shape[0])
+
+    import numpy as np
+
+    from attacks import robust_accuracy
+    from bridge.checkpoint import save_checkpoint
+    from bridge.data import task_indices
+    from bridge.two_layer import ACCURACY_KEYS, KernelAtTime, TwoLayerConfig, log_epochs, two_layer_experiment
+    from kernels import fit_kernel_machine, get_architecture
+    from kernels.adversarial import craft_adversarial
+    from kernels.alignment import matching_time, theory_time_per_epoch
+
+    _quiet_torch_warnings()
+    device = _torch_device(args.device)
+    progress = _progress(args)
+    measured = log_epochs(args.epochs, args.log_every)
+    config = TwoLayerConfig(
+        widths=widths,
+        seeds=tuple(args.seed + i for i in range(args.nets)),
+        epochs=args.epochs,
+        measure_at=tuple(measured),
+        anchor_epoch=anchor,
+        learning_rate=args.lr,
+        picture_index=args.picture_index,
+    )
+    # t = 0 only to build the machine: every comparison moves it to an aligned time
+    machine = fit_kernel_machine(
+        get_architecture("two-layer"), data.x_train, data.y_train, classes=data.classes, time=0.0, progress=progress
+    )
+    clock["machine"] = time.perf_counter()
+    x_test, y_test = data.x_test, data.y_test
+    y_index = task_indices(y_test, data.classes)
+
+    def kernel_at(t: float) -> KernelAtTime:
+        at_t = machine.at_time(t)
+        examples = craft_adversarial(at_t, x_test, y_test, kernel_attack)
+        clean = at_t.predict(x_test)
+        return KernelAtTime(
+            time=t,
+            loss_gradient=np.asarray(at_t.loss_gradient(x_test, machine.target_index(y_test))),
+            examples=examples,
+            clean_accuracy=robust_accuracy(clean, y_test),
+            robust_accuracy=robust_accuracy(at_t.predict(examples), y_test, clean),
+        )
+
+    result = two_layer_experiment(
+        data.x_train,
+        machine.targets,
+        x_test,
+        y_index,
+        config,
+        attack,
+        match_time=lambda outputs: matching_time(machine, outputs),
+        kernel_at=kernel_at,
+        device=device,
+        progress=progress,
+    )
+    clock["experiment"] = time.perf_counter()
+    theory = theory_time_per_epoch(args.lr, machine.n_train)
+    checkpoints = [f"net_w{net['width']}_s{net['seed']}.pt" for net in result.nets]
+    results = {
+        "command": "two-layer",
+        **{key: {f"width {n['width']}, seed {n['seed']}": n[key] for n in result.nets} for key in ACCURACY_KEYS},
+        "alignment": {
+            "anchor_epoch": anchor,
+            "anchor_time": result.anchor_time,
+            "time_per_epoch": result.time_per_epoch,
+            "theory_time_per_epoch": theory,
+            "fitted_over_theory": result.time_per_epoch / theory,
+        },
+        "kernel": {"architecture": "two-layer", "outputs": machine.n_outputs, "epochs": result.kernel},
+        "nets": [{**net, "checkpoint": name} for net, name in zip(result.nets, checkpoints, strict=True)],
+        "config": {
+            **_data_config(args, data),
+            "widths": list(widths),
+            "seeds": list(config.seeds),
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "loss": "mean l2 to the kernel machine's targets, (1/2n) sum_i |f(x_i) - y_i|^2",
+            "measured_epochs": measured,
+            "attack": attack.to_dict(),
+            "picture_index": args.picture_index,
+            "device": str(device),
+        },
+        "seed": args.seed,
+        "dataset": data.describe(),
+        "seconds": {
+            "data_and_machine": clock["machine"] - clock["start"],
+            "experiment": clock["experiment"] - clock["machine"],
+        },
+        "versions": _versions(),
+        "argv": args.argv,
+    }
+
+    import plots
+
+    shown = _picture_epochs(measured)
+    rows_at = [measured.index(e) for e in shown]
+    picture_rows = [
+        (f"net, width {n['width']}" + (f", seed {n['seed']}" if args.nets > 1 else ""), pictures[rows_at])
+        for n, pictures in zip(result.nets, result.net_pictures, strict=True)
+    ] + [("NTK", result.kernel_pictures[rows_at])]
+    subtitle = (
+        f"{data.name}, {machine.n_train} train / {x_test.shape[0]} test, full-batch GD lr {args.lr:g}, "
+        f"epoch <-> t anchored at epoch {anchor} (t = {result.time_per_epoch:.3g} x epoch; theory {theory:.3g})"
+    )
+
+    def write(staged: _StagedOutput) -> None:
+        for (net_config, view), name in zip(result.networks, checkpoints, strict=True):
+            save_checkpoint(staged.path(name), view.cpu(), net_config, epoch=args.epochs, source="two-layer")
+        arrays: dict[str, Any] = {
+            "image": x_test[args.picture_index],
+            "epochs": np.asarray(measured),
+            "kernel": result.kernel_pictures,
+        }
+        for net, pictures in zip(result.nets, result.net_pictures, strict=True):
+            arrays[f"net_w{net['width']}_s{net['seed']}"] = pictures
+        with open(staged.path("gradients.npz"), "wb") as f:
+            np.savez_compressed(f, **arrays)
+        _write_json(staged.path("results.json"), results)
+        plots.two_layer_transfer(
+            result.nets,
+            {"epochs": result.kernel},
+            staged.path("two_layer.png"),
+            subtitle=subtitle,
+            method=args.method,
+            eps=attack.eps,
+        )
+        plots.gradient_pictures(
+            x_test[args.picture_index], picture_rows, shown, staged.path("gradients.png"), subtitle=subtitle
+        )
+
+    _write_outputs(args.out, write)
+    for net in result.nets:
+        print(
+            f"two-layer width {net['width']} seed {net['seed']} after {args.epochs} epochs: gradient cosine "
+            f"{net['gradient_cosine']:.3f}; accuracy clean {net['clean_accuracy']:.3f}, own {args.method} "
+            f"{net['white_box_accuracy']:.3f}, NTK {args.method} {net['ntk_attack_accuracy']:.3f}, "
+            f"random sign {net['random_accuracy']:.3f}"
+        )
+    print(f"-> {args.out}")
+    return 0
+
+
+# -- transfer -------------------------------------------------------------------------------
+
+
+def _load_targets(specs: Sequence[str], data: Any, device: Any) -> list:  # type: ignore[type-arg]
+    """The targets of ``specs``, with labels made unique; a bad one stops everything (exit 2)."""
+    from bridge.targets import TargetError, load_target
+
+    targets: list[Any] = []
+    for spec in specs:
+        try:
+            target = load_target(spec, image_shape=data.image_shape, num_classes=len(data.classes), device=device)
+        except TargetError as err:
+            raise UsageError(str(err)) from None
+        taken = {t.label for t in targets}
+        base, i = target.label, 2
+        while target.label in taken:
+            target.label, i = f"{base} ({i})", i + 1
+        targets.append(target)
+    return targets
+
+
+def _training_subset(data: Any, n: int | None, seed: int, flag: str):  # type: ignore[no-untyped-def]
+    """``data`` with a class-balanced, seeded subset of ``n`` training points (all if None)."""
+    import dataclasses
+
+    from bridge.data import DataError, balanced_indices
+
+    if n is None or n >= data.x_train.shape[0]:
+        return data
+    try:
+        chosen = balanced_indices(data.y_train, data.classes, n, seed, what=f"{flag} training")
+    except DataError as err:
+        raise UsageError(str(err)) from None
+    return dataclasses.replace(data, x_train=data.x_train[chosen], y_train=data.y_train[chosen])
+
+
+def _surrogate_examples(args: argparse.Namespace, spec: str, data: Any, attack: Any, device: Any):  # type: ignore[no-untyped-def]
+    """White-box examples of an empirical-NTK kernel machine (TK supp. B) and its fit record."""
+    from bridge.data import task_indices
+    from bridge.models import ModelError, check_fits, model_config
+    from bridge.surrogate import fit_empirical_kernel_machine, initial_networks
+    from bridge.transfer import white_box_examples
+
+    name, _, width = spec.partition(":")
+    try:
+        if width and not width.isdigit():
+            raise ModelError(f"--surrogate {spec}: the width after {name}: must be a whole number")
+        config = model_config(
+            name, data.image_shape, len(data.classes), width=int(width) if width else None, seed=args.seed
+        )
+        check_fits(config, data.image_shape)
+    except ModelError as err:
+        raise UsageError(str(err)) from None
+    fit_data = _training_subset(data, args.surrogate_n, args.seed, "--surrogate-n")
+    networks = [net.to(device) for net in initial_networks(config, args.surrogate_nets)]
+    machine = fit_empirical_kernel_machine(
+        networks,
+        fit_data.x_train,
+        task_indices(fit_data.y_train, data.classes),
+        len(data.classes),
+        ridge=args.ridge,
+        progress=_progress(args),
+    )
+    examples = white_box_examples(machine, data.x_test, task_indices(data.y_test, data.classes), attack, device=device)
+    fit = machine.fit_info
+    assert fit is not None  # set by fit_empirical_kernel_machine
+    return examples, {"model": config.to_dict(), "networks": args.surrogate_nets, **fit.to_dict()}
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    arch_names = args.kernel_arch or ([] if args.surrogate else ["fc2"])
+    if len(set(arch_names)) != len(arch_names):
+        raise UsageError(f"--kernel-arch repeats an architecture: {', '.join(arch_names)}")
+    _check_machine_args(args, arch_names)
+    _check_out_dir(args.out, args.force)
+    clock = {"start": time.perf_counter()}
+    data = _load_data(args)
+    attack, kernel_attack = _white_box_attack(args, data.image_shape[0])
+
+    import numpy as np
+
+    from attacks import robust_accuracy
+    from bridge.data import task_indices
+    from bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
+    from kernels.adversarial import craft_adversarial
+
+    _quiet_torch_warnings()
+    device = _torch_device(args.device)
+    progress = _progress(args)
+    targets = _load_targets(args.target, data, device)
+    extra_sources = _load_targets(args.source, data, device)
+    x_test, y_test = data.x_test, data.y_test
+    y_index = task_indices(y_test, data.classes)
+    clock["targets"] = time.perf_counter()
+
+    sources: dict[str, Any] = {}  # name -> examples of x_test
+    about: dict[str, dict[str, Any]] = {}  # name -> what made them
+    notes: list[str] = []
+    kernel_data = _training_subset(data, args.kernel_n, args.seed, "--kernel-n")
+    for arch_name in arch_names:
+        machine, arch_notes, kernel = _fit_machine(args, arch_name, kernel_data, progress)
+        notes += arch_notes
+        examples = craft_adversarial(machine, x_test, y_test, kernel_attack, progress=progress)
+        clean = machine.predict(x_test)
+        name = f"NTK {arch_name}"
+        sources[name] = examples
+        about[name] = {
+            "kind": "ntk",
+            **kernel,
+            "kernel_clean_accuracy": robust_accuracy(clean, y_test),
+            "kernel_robust_accuracy": robust_accuracy(machine.predict(examples), y_test, clean),
+        }
+    for spec in args.surrogate:
+        name = f"eNTK {spec}"
+        sources[name], fit = _surrogate_examples(args, spec, data, attack, device)
+        about[name] = {"kind": "entk-surrogate", **fit}
+    clock["black_box"] = time.perf_counter()
+    for net in [*targets, *extra_sources]:
+        name = net.label
+        sources[name] = white_box_examples(net.model, x_test, y_index, attack, device=device)
+        about[name] = {"kind": "white-box", "is_target": net in targets, "net": net.description}
+    for note in notes:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+
+    noisy = random_sign_examples(x_test, attack)
+    black_box = [name for name, a in about.items() if a["kind"] != "white-box"]
+    evaluations = {
+        t.label: evaluate_target(
+            t.model,
+            x_test,
+            y_index,
+            attack,
+            sources,
+            random_examples=noisy,
+            own_examples=sources[t.label],
+            device=device,
+        )
+        for t in targets
+    }
+    clock["evaluation"] = time.perf_counter()
+
+    rows = []
+    for target in targets:
+        evaluation = evaluations[target.label]
+        rows.append(
+            {
+                "name": target.label,
+                **target.description,
+                "epoch": target.epoch,
+                "clean_accuracy": evaluation.clean_accuracy,
+                "white_box_accuracy": evaluation.white_box_accuracy,
+                "ntk_attack_accuracy": _accuracies_of(evaluation.sources, about, "ntk"),
+                "surrogate_attack_accuracy": _accuracies_of(evaluation.sources, about, "entk-surrogate"),
+                "random_accuracy": evaluation.random_accuracy,
+                "transfer_accuracy": evaluation.sources,
+                "transferability": evaluation.transferability(),
+                "random_transferability": (
+                    (evaluation.clean_accuracy - evaluation.random_accuracy)
+                    / (evaluation.clean_accuracy - evaluation.white_box_accuracy)
+                    if evaluation.clean_accuracy > evaluation.white_box_accuracy
+                    else None
+                ),
+            }
+        )
+    columns = list(sources)
+    accuracy = np.array(
+        [
+            [r["clean_accuracy"], r["random_accuracy"], r["white_box_accuracy"]]
+            + [r["transfer_accuracy"][c] for c in columns]
+            for r in rows
+        ]
+    )
+    tau = np.array([[r["transferability"][c] for c in columns] for r in rows], dtype=np.float64)
+    results = {
+        "command": "transfer",
+        "targets": rows,
+        "sources": [{"name": name, **about[name]} for name in columns],
+        "matrix": {
+            "rows": [r["name"] for r in rows],
+            "columns": ["clean", "random sign", "own white-box", *columns],
+            "accuracy": accuracy.tolist(),
+            "transferability_columns": columns,
+            "transferability": tau.tolist(),
+        },
+        "config": {
+            **_data_config(args, data),
+            "kernel_archs": arch_names,
+            "kernel_n": int(kernel_data.x_train.shape[0]),
+            **_machine_config(args),
+            "surrogates": args.surrogate,
+            "surrogate_nets": args.surrogate_nets,
+            "surrogate_n": args.surrogate_n,
+            "attack": attack.to_dict(),
+            "device": str(device),
+        },
+        "seed": args.seed,
+        "dataset": data.describe(),
+        "warnings": notes,
+        "seconds": {
+            "data_and_targets": clock["targets"] - clock["start"],
+            "black_box_examples": clock["black_box"] - clock["targets"],
+            "evaluation": clock["evaluation"] - clock["black_box"],
+        },
+        "versions": _versions(),
+        "argv": args.argv,
+    }
+
+    import plots
+
+    subtitle = (
+        f"{data.name}, {data.x_test.shape[0]} test points, {args.method.upper()} eps {attack.eps:.4g} ({args.norm}); "
+        f"accuracy = share still correct"
+    )
+    curves = _transferability_series(targets, extra_sources, rows)
+
+    def write(staged: _StagedOutput) -> None:
+        with open(staged.path("examples.npz"), "wb") as f:
+            np.savez_compressed(
+                f, x=x_test, y=y_test, random_sign=noisy, **{_array_name(n): sources[n] for n in black_box}
+            )
+        _write_json(staged.path("results.json"), results)
+        plots.transfer_heatmap(
+            results["matrix"]["rows"],
+            results["matrix"]["columns"],
+            accuracy,
+            staged.path("transfer.png"),
+            transferability=(columns, tau),
+            subtitle=subtitle,
+        )
+        if curves:
+            plots.transferability_curves(
+                curves, staged.path("transferability.png"), subtitle=subtitle + f"; target {rows[0]['name']}"
+            )
+
+    _write_outputs(args.out, write)
+    for r in rows:
+        black = ", ".join(f"{n} {r['transfer_accuracy'][n]:.3f}" for n in black_box)
+        print(
+            f"{r['name']}: clean {r['clean_accuracy']:.3f}, own {args.method} {r['white_box_accuracy']:.3f}, "
+            f"random sign {r['random_accuracy']:.3f}" + (f", {black}" if black else "")
+        )
+    print(f"-> {args.out}")
+    return 0
+
+
+def _accuracies_of(accuracies: dict[str, float], about: dict[str, dict[str, Any]], kind: str) -> dict[str, float]:
+    """Accuracies under the sources of one kind, keyed without the kind's prefix ('NTK fc2' -> 'fc2')."""
+    return {name.split(" ", 1)[1]: acc for name, acc in accuracies.items() if about[name]["kind"] == kind}
+
+
+def _array_name(source: str) -> str:
+    """A source name as an .npz key: 'NTK fc2' -> 'ntk_fc2'."""
+    return "".join(c if c.isalnum() else "_" for c in source.lower())
+
+
+def _transferability_series(targets: Sequence[Any], extra: Sequence[Any], rows: Sequence[dict]) -> list:  # type: ignore[type-arg]
+    """LOO fig. 3: τ against the first target of the net sources from run folders, one series per
+    dynamics (a standard run by epoch; linearized / centered runs by spawn epoch, each at its
+    latest checkpoint); series of at least two points."""
+    latest: dict[tuple[str, int], tuple[int, float]] = {}
+    for net in [*targets[1:], *extra]:
+        if net.curve is None:
+            continue
+        epoch, tau = net.epoch or 0, rows[0]["transferability"][net.label]
+        if net.curve not in latest or latest[net.curve][0] <= epoch:
+            latest[net.curve] = (epoch, tau)
+    series: dict[str, list[tuple[int, float]]] = {}
+    for (name, position), (_, tau) in sorted(latest.items()):
+        series.setdefault(name, []).append((position, tau))
+    return [
+        (name, [p for p, _ in points], [t for _, t in points]) for name, points in series.items() if len(points) > 1
+    ]
 
 
 # -- make-npz -------------------------------------------------------------------------------

@@ -348,23 +348,6 @@ def test_single_kernel_run(run_folders):
 # -- figures ---------------------------------------------------------------------------------
 
 
-def assert_png(path: Path) -> None:
-    """The checks of conftest's ``assert_real_png`` (signature, size, more than twenty colours),
-    with the colours counted on packed RGBA integers: np.unique over pixel rows takes seconds
-    per figure on two busy cores, this takes a few milliseconds."""
-    import matplotlib.image
-
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 8000, path.name
-    pixels = matplotlib.image.imread(path)
-    assert pixels.shape[0] > 200 and pixels.shape[1] > 200, path.name
-    channels = np.round(pixels * 255).astype(np.uint32).reshape(-1, pixels.shape[-1])
-    packed = np.zeros(channels.shape[0], dtype=np.uint32)
-    for c in range(channels.shape[1]):
-        packed = (packed << np.uint32(8)) | channels[:, c]
-    assert np.unique(packed).size > 20, path.name
-
-
 @pytest.fixture(scope="module")
 def figures(summaries, run_folders, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """Every figure, once, for the three runs plus a single-kernel run and a run whose history
@@ -378,12 +361,12 @@ def figures(summaries, run_folders, tmp_path_factory) -> tuple[Path, dict[str, s
     return out, plots.dynamics_figures([*summaries, single, bare], out, subtitle="synthetic runs, probe of 24 points")
 
 
-def test_dynamics_figures_writes_every_figure(figures):
+def test_dynamics_figures_writes_every_figure(figures, assert_real_png):
     out, written = figures
     assert written == plots.DYNAMICS_FIGURES
     assert sorted(p.name for p in out.iterdir()) == sorted(written.values())
     for name in written.values():
-        assert_png(out / name)
+        assert_real_png(out / name)
 
 
 def test_figures_of_runs_without_kernels_or_accuracies(run_folders, tmp_path):
@@ -399,10 +382,10 @@ def test_eigenvector_pictures(tmp_path, rng, assert_real_png):
     rows = [(name, rng.uniform(0, 1, (k, 1, 8, 8)), rng.uniform(0, 1, (k, 1, 8, 8))) for name in ("init", "end")]
     cosines = [(rng.uniform(0, 1, k), -rng.uniform(0, 1, k)) for _ in rows]
     plots.eigenvector_pictures(rows, tmp_path / "eigen.png", cosines=cosines, subtitle="synthetic")
-    assert_png(tmp_path / "eigen.png")
+    assert_real_png(tmp_path / "eigen.png")
     colour = [("cifar $x$", rng.uniform(0, 1, (2, 3, 8, 8)), rng.uniform(0, 1, (2, 3, 8, 8)))]
     plots.eigenvector_pictures(colour, tmp_path / "colour.png")
-    assert_real_png(tmp_path / "colour.png")  # the small one: the fixture takes seconds per megapixel
+    assert_real_png(tmp_path / "colour.png")
     with pytest.raises(ValueError, match="cosine pairs"):
         plots.eigenvector_pictures(rows, tmp_path / "bad.png", cosines=cosines[:1])
 

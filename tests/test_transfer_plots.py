@@ -1,0 +1,186 @@
+"""The transfer figures of plots: two-layer nets against their NTK (TK fig. 4, supp. fig. 1a-b),
+accuracy of targets on the examples of attack sources, and transferability curves (LOO fig. 3).
+
+Synthetic, seeded inputs in the documented plain formats; each figure must be a real PNG
+(signature, size, more than twenty colours) and must draw what is there: a single net or epoch,
+None cosines and NaN accuracies are left out, not fatal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import plots
+
+EPOCHS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+TIME_PER_EPOCH = 0.01
+
+
+def net_record(epoch: int, width: int, rng: np.random.Generator) -> dict[str, float]:
+    """One epoch of a two-layer net: cosines near 0.9-0.99 (higher for wider nets), clean
+    accuracy rising from 0.1 to 0.95, both attacks driving the accuracy towards 0."""
+    rise = 1.0 - np.exp(-epoch / 300)
+    cosine = 0.99 - 0.05 * np.log10(epoch + 1) / 4 * np.sqrt(1000 / width) + rng.normal(0, 0.003)
+    clean = 0.1 + 0.85 * rise
+    white_box = clean * np.exp(-epoch / 800)
+    return {
+        "epoch": epoch,
+        "time": epoch * TIME_PER_EPOCH,
+        "gradient_cosine": float(cosine),
+        "gradient_cosine_q25": float(cosine - 0.04),
+        "gradient_cosine_q75": float(min(cosine + 0.02, 1.0)),
+        "clean_accuracy": float(clean),
+        "white_box_accuracy": float(white_box),
+        "ntk_attack_accuracy": float(min(clean, 1.05 * white_box + 0.01)),
+        "random_accuracy": float(clean - 0.03),
+    }
+
+
+@pytest.fixture
+def nets(rng) -> list[dict]:
+    return [
+        {"width": width, "seed": seed, "epochs": [net_record(e, width, rng) for e in EPOCHS]}
+        for width in (1000, 10000)
+        for seed in (0, 1)
+    ]
+
+
+@pytest.fixture
+def kernel() -> dict:
+    return {
+        "epochs": [
+            {
+                "epoch": e,
+                "time": e * TIME_PER_EPOCH,
+                "clean_accuracy": 0.1 + 0.86 * (1 - np.exp(-e / 300)),
+                "robust_accuracy": 0.9 * np.exp(-e / 700) * (1 - np.exp(-e / 300)),
+            }
+            for e in EPOCHS
+        ]
+    }
+
+
+def test_two_layer_transfer(tmp_path, nets, kernel, assert_real_png):
+    path = tmp_path / "two_layer.png"
+    plots.two_layer_transfer(nets, kernel, path, subtitle="MNIST, full-batch GD", method="fgsm", eps=0.3)
+    assert_real_png(path)
+
+
+def test_two_layer_transfer_one_net_with_gaps(tmp_path, nets, kernel, assert_real_png):
+    """One net; None cosines (some epochs, and all quartiles), a NaN accuracy, epoch 0 (off the log axis)."""
+    records = [dict(r) for r in nets[0]["epochs"]]
+    for i, record in enumerate(records):
+        record["gradient_cosine_q25"] = record["gradient_cosine_q75"] = None
+        if i % 3 == 0:
+            record["gradient_cosine"] = None
+    records[4]["white_box_accuracy"] = float("nan")
+    records[5]["random_accuracy"] = None
+    path = tmp_path / "gaps.png"
+    plots.two_layer_transfer([{"width": 1000, "seed": 3, "epochs": records}], kernel, path, eps=8 / 255)
+    assert_real_png(path)
+
+
+def test_two_layer_transfer_single_epoch_without_cosines(tmp_path, rng, assert_real_png):
+    record = net_record(1000, 1000, rng) | {"gradient_cosine": None, "time": None}
+    record |= {"gradient_cosine_q25": None, "gradient_cosine_q75": None}
+    path = tmp_path / "single.png"
+    plots.two_layer_transfer([{"width": 1000, "seed": 0, "epochs": [record]}], {"epochs": []}, path, method="pgd")
+    assert_real_png(path)
+
+
+def test_two_layer_transfer_without_epochs(tmp_path, assert_real_png):
+    path = tmp_path / "empty.png"
+    plots.two_layer_transfer([{"width": 100, "seed": 0, "epochs": [{"epoch": 0}]}], {}, path)
+    assert_real_png(path, colours=5)
+    plots.two_layer_transfer([], {}, tmp_path / "none.png")
+    assert_real_png(tmp_path / "none.png", colours=5)
+
+
+def test_budget_reads_like_the_papers():
+    assert plots._budget(8 / 255) == "ε = 8/255"
+    assert plots._budget(0.3) == "ε = 0.3"
+    assert plots._budget(None) == ""
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)], ids=["digits", "mnist", "cifar"])
+def test_gradient_pictures(tmp_path, rng, shape, assert_real_png):
+    image = rng.uniform(0, 1, shape)
+    base = rng.normal(size=shape)
+    epochs = [100, 1000, 10000]
+    rows = [
+        (label, np.stack([base + noise * rng.normal(size=shape) for _ in epochs]))
+        for label, noise in (("width 1000", 0.5), ("width 10000", 0.2), ("NTK", 0.0))
+    ]
+    path = tmp_path / "gradients.png"
+    plots.gradient_pictures(image, rows, epochs, path, subtitle="test image 0")
+    assert_real_png(path)
+
+
+def test_gradient_pictures_one_row_one_epoch_and_mismatch(tmp_path, rng, assert_real_png):
+    path = tmp_path / "one.png"
+    plots.gradient_pictures(rng.uniform(0, 1, (1, 8, 8)), [("NTK", rng.normal(size=(1, 1, 8, 8)))], [10], path)
+    assert_real_png(path)
+    with pytest.raises(ValueError, match="2 gradients for 3 epochs"):
+        plots.gradient_pictures(
+            rng.uniform(0, 1, (1, 8, 8)), [("NTK", rng.normal(size=(2, 1, 8, 8)))], [1, 2, 3], tmp_path / "bad.png"
+        )
+
+
+TARGETS = ["mnist-cnn standard epoch 15", "mnist-cnn adversarial epoch 15", "NTK fc2", "eNTK mnist-cnn"]
+SOURCES = [
+    "mnist-cnn standard epoch 1",
+    "mnist-cnn standard epoch 15",
+    "mnist-cnn adversarial epoch 15",
+    "NTK fc2",
+    "NTK fc3",
+    "eNTK mnist-cnn",
+    "eNTK init",
+    "random signs",
+]
+
+
+def test_transfer_heatmap_with_transferability(tmp_path, rng, assert_real_png):
+    accuracy = rng.uniform(0, 0.9, (len(TARGETS), len(SOURCES)))
+    accuracy[2, 3] = accuracy[3, 5] = np.nan  # a kernel is not attacked with its own examples here
+    tau = rng.uniform(-0.2, 1.2, (len(TARGETS), 7))  # beyond [0, 1]: colours clip, annotations do not
+    tau[0, 0] = np.nan
+    path = tmp_path / "heatmap.png"
+    plots.transfer_heatmap(TARGETS, SOURCES, accuracy, path, transferability=(SOURCES[:7], tau), subtitle="PGD")
+    height, width = assert_real_png(path)
+    plots.transfer_heatmap(TARGETS[:1], SOURCES[:2], accuracy[:1, :2], tmp_path / "small.png", title="small")
+    small_height, small_width = assert_real_png(tmp_path / "small.png")
+    assert width > small_width and height > small_height  # sized from the rows and columns
+
+
+def test_transfer_heatmap_all_nan_and_bad_shapes(tmp_path, assert_real_png):
+    plots.transfer_heatmap(["net"], ["NTK"], np.array([[np.nan]]), tmp_path / "nan.png")
+    assert_real_png(tmp_path / "nan.png", colours=5)
+    with pytest.raises(ValueError, match=r"accuracy has shape \(1, 3\), not \(1, 2\)"):
+        plots.transfer_heatmap(["a"], ["x", "y"], np.zeros((1, 3)), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="accuracy has shape"):  # not silently reshaped
+        plots.transfer_heatmap(["a", "b"], ["x", "y"], np.zeros((1, 4)), tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="transferability has shape"):
+        plots.transfer_heatmap(
+            ["a"], ["x"], np.zeros((1, 1)), tmp_path / "bad.png", transferability=(["x", "y"], np.zeros((1, 3)))
+        )
+
+
+def test_transferability_curves(tmp_path, assert_real_png):
+    epochs = np.arange(0, 101, 5)
+    series = [
+        ("standard", epochs, 1 - np.exp(-epochs / 5) - epochs / 400),
+        ("linearized", epochs, 0.95 * (1 - np.exp(-epochs / 8)) - epochs / 500),
+        ("centered", epochs, 0.1 + 0.15 * (1 - np.exp(-epochs / 20))),
+    ]
+    series[1][2][3] = np.nan
+    path = tmp_path / "tau.png"
+    plots.transferability_curves(series, path, subtitle="target: standard net at epoch 100")
+    assert_real_png(path)
+
+
+def test_transferability_curves_single_point_and_nothing(tmp_path, assert_real_png):
+    plots.transferability_curves([("standard", [10], [0.7])], tmp_path / "one.png")
+    assert_real_png(tmp_path / "one.png")
+    plots.transferability_curves([("standard", [], [])], tmp_path / "none.png")
+    assert_real_png(tmp_path / "none.png", colours=5)
