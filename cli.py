@@ -1729,8 +1729,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     _quiet_torch_warnings()
     device = _torch_device(args.device)
     progress = _progress(args)
-    targets = _load_targets(args.target, data, device)
-    extra_sources = _load_targets(args.source, data, device)
+    nets = _load_targets([*args.target, *args.source], data, device)  # one namespace of labels
+    targets, extra_sources = nets[: len(args.target)], nets[len(args.target) :]
     x_test, y_test = data.x_test, data.y_test
     y_index = task_indices(y_test, data.classes)
     clock["targets"] = time.perf_counter()
@@ -1757,10 +1757,9 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         sources[name], fit = _surrogate_examples(args, spec, data, attack, device)
         about[name] = {"kind": "entk-surrogate", **fit}
     clock["black_box"] = time.perf_counter()
-    for net in [*targets, *extra_sources]:
-        name = net.label
-        sources[name] = white_box_examples(net.model, x_test, y_index, attack, device=device)
-        about[name] = {"kind": "white-box", "is_target": net in targets, "net": net.description}
+    for i, net in enumerate(nets):
+        sources[net.label] = white_box_examples(net.model, x_test, y_index, attack, device=device)
+        about[net.label] = {"kind": "white-box", "is_target": i < len(targets), "net": net.description}
     for note in notes:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
 

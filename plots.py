@@ -1366,19 +1366,31 @@ def transfer_heatmap(
     row_w = 0.3 + 0.075 * max((len(str(r)) for r in row_labels), default=1)
     col_h = 0.3 + 0.05 * max((min(len(str(c)), _COLUMN_WRAP) for p in panels for c in p[0]), default=1)
     widths = [max(len(p[0]), 1) for p in panels]
-    fig_w = max(5.5, row_w + sum(cell_w * w + 1.3 for w in widths) + 0.4)
-    fig_h = max(3.0, cell_h * max(len(row_labels), 1) + col_h + 1.3)
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(fig_w, fig_h), squeeze=False, width_ratios=widths, layout="constrained"
-    )
+    panel_h = cell_h * max(len(row_labels), 1) + col_h
+    # many sources: the panels one above the other, so the figure keeps a printable width
+    stacked = sum(widths) > 16
+    if stacked:
+        fig_w = max(5.5, row_w + cell_w * max(widths) + 1.7)
+        fig_h = max(3.0, len(panels) * (panel_h + 0.6) + 0.9)
+        fig, axes = plt.subplots(len(panels), 1, figsize=(fig_w, fig_h), squeeze=False, layout="constrained")
+        panel_axes = list(axes[:, 0])
+    else:
+        fig_w = max(5.5, row_w + sum(cell_w * w + 1.3 for w in widths) + 0.4)
+        fig_h = max(3.0, panel_h + 1.3)
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(fig_w, fig_h), squeeze=False, width_ratios=widths, layout="constrained"
+        )
+        panel_axes = list(axes[0])
     for k, (ax, (columns, values, cmap, bar_label, panel_title, extend)) in enumerate(
-        zip(axes[0], panels, strict=True)
+        zip(panel_axes, panels, strict=True)
     ):
         _annotated_heatmap(fig, ax, values, columns, cmap, bar_label, extend=extend)
-        ax.set_yticks(np.arange(len(row_labels)), [_plain(r) for r in row_labels] if k == 0 else [], fontsize=9)
+        labelled = stacked or k == 0
+        ax.set_yticks(np.arange(len(row_labels)), [_plain(r) for r in row_labels] if labelled else [], fontsize=9)
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel("attack source (examples generated on)", fontsize=9)
-    axes[0, 0].set_ylabel("target (evaluated model)", fontsize=9)
+        if labelled:
+            ax.set_ylabel("target (evaluated model)", fontsize=9)
     _heading(fig, _plain(title), subtitle)
     _save(fig, path)
 

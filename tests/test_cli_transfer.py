@@ -62,6 +62,7 @@ def test_transfer_reports_the_matrix_for_checkpoints_torchscript_and_surrogates(
     argv = ["transfer", *TASK, "--kernel-arch", "fc1", "--kernel-arch", "two-layer", "--eps", "0.2"]
     argv += ["--target", two_layer_run / "net_w300_s0.pt", "--target", two_layer_run / "net_w300_s1.pt"]
     argv += ["--target", tmp_path / "mine.ts", "--surrogate", "fc1:32", "--surrogate-n", "30", "--quiet"]
+    argv += ["--source", two_layer_run / "net_w300_s0.pt"]  # a source only, under its own label
     code, stdout, stderr = run_cli([*argv, "--out", out])
     assert code == 0, stderr
     results = json.loads((out / "results.json").read_text())
@@ -75,12 +76,28 @@ def test_transfer_reports_the_matrix_for_checkpoints_torchscript_and_surrogates(
     assert first["transferability"]["net_w300_s0"] == pytest.approx(1.0)
     matrix = results["matrix"]
     assert matrix["columns"][:3] == ["clean", "random sign", "own white-box"]
-    assert np.asarray(matrix["accuracy"]).shape == (3, 3 + 2 + 1 + 3)
-    assert [s["kind"] for s in results["sources"]] == ["ntk", "ntk", "entk-surrogate", *["white-box"] * 3]
+    assert np.asarray(matrix["accuracy"]).shape == (3, 3 + 2 + 1 + 4) and matrix["columns"][-1] == "net_w300_s0 (2)"
+    assert [s["kind"] for s in results["sources"]] == ["ntk", "ntk", "entk-surrogate", *["white-box"] * 4]
+    assert [s["is_target"] for s in results["sources"][3:]] == [True, True, True, False]
     with np.load(out / "examples.npz", allow_pickle=False) as arrays:
         assert {"ntk_fc1", "ntk_two_layer", "entk_fc1_32", "random_sign", "x", "y"} == set(arrays.files)
     assert_real_png(out / "transfer.png")
     assert "net_w300_s0: clean" in stdout
+
+
+def test_transfer_draws_transferability_against_the_epochs_of_a_run(tmp_path, run_cli, assert_real_png):
+    run = tmp_path / "run"
+    train = ["train", *TASK, "--model", "fc1", "--width", "32", "--epochs", "2", "--lr", "0.1", "--batch-size", "30"]
+    train += ["--track-kernel", "0", "--eval-n", "10", "--eval-pgd-steps", "1", "--quiet"]
+    assert run_cli([*train, "--out", run])[0] == 0
+    checkpoints = run / "checkpoints"
+    argv = ["transfer", *TASK, "--kernel-arch", "fc1", "--target", checkpoints / "epoch_002.pt", "--quiet"]
+    argv += ["--source", checkpoints / "epoch_000.pt", "--source", checkpoints / "epoch_001.pt"]
+    code, _, stderr = run_cli([*argv, "--out", tmp_path / "transfer"])
+    assert code == 0, stderr
+    assert_real_png(tmp_path / "transfer" / "transferability.png")
+    results = json.loads((tmp_path / "transfer" / "results.json").read_text())
+    assert set(results["targets"][0]["transferability"]) == {"NTK fc1", "run epoch 2", "run epoch 0", "run epoch 1"}
 
 
 def _npz(path, side):

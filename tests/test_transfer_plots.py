@@ -153,6 +153,15 @@ def test_transfer_heatmap_with_transferability(tmp_path, rng, assert_real_png):
     assert width > small_width and height > small_height  # sized from the rows and columns
 
 
+def test_transfer_heatmap_stacks_its_panels_for_many_sources(tmp_path, rng, assert_real_png):
+    sources = [f"run epoch {e}" for e in range(20)]
+    accuracy, tau = rng.uniform(0, 1, (3, 23)), rng.uniform(0, 1, (3, 20))
+    columns = ["clean", "random sign", "own white-box", *sources]
+    plots.transfer_heatmap(TARGETS[:3], columns, accuracy, tmp_path / "wide.png", transferability=(sources, tau))
+    height, width = assert_real_png(tmp_path / "wide.png")
+    assert width < 3.5 * height  # one panel above the other, not 43 columns side by side
+
+
 def test_transfer_heatmap_all_nan_and_bad_shapes(tmp_path, assert_real_png):
     plots.transfer_heatmap(["net"], ["NTK"], np.array([[np.nan]]), tmp_path / "nan.png")
     assert_real_png(tmp_path / "nan.png", colours=5)
