@@ -109,39 +109,36 @@ def evaluate_target(
 
     ``own_examples``: the net's white-box examples if already made (``white_box_examples``)."""
     model = model.eval()
-    dtype = next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), torch.float32)
+    dtype = _input_dtype(model)
+    own = white_box_examples(model, x, y, attack, device=device) if own_examples is None else own_examples
+    noisy = random_sign_examples(x, attack) if random_examples is None else random_examples
 
-    def tensor(a: np.ndarray) -> torch.Tensor:
+    def predicted(a: np.ndarray) -> np.ndarray:
         if a.shape != x.shape:
             raise ValueError(f"examples of shape {a.shape} do not match the inputs' {x.shape}")
-        return torch.as_tensor(a).to(device, dtype)
+        return predict(model, torch.as_tensor(a).to(device, dtype), batch_size=batch_size).cpu().numpy()
 
-    inputs, labels = tensor(x), torch.as_tensor(y).to(device)
-    clean = predict(model, inputs, batch_size=batch_size).cpu().numpy()
-
-    def accuracy_on(examples: torch.Tensor) -> float:
-        adv = predict(model, examples, batch_size=batch_size).cpu().numpy()
-        return robust_accuracy(adv, y, clean)
-
-    own = attack.examples(model, inputs, labels) if own_examples is None else tensor(own_examples)
-    noisy = random_sign_examples(x, attack) if random_examples is None else random_examples
+    clean = predicted(x)
     return TargetEvaluation(
         clean_accuracy=robust_accuracy(clean, y),
-        white_box_accuracy=accuracy_on(own),
-        random_accuracy=accuracy_on(tensor(noisy)),
-        sources={name: accuracy_on(tensor(examples)) for name, examples in sources.items()},
-        white_box_examples=own.detach().cpu().numpy().astype(x.dtype),
+        white_box_accuracy=robust_accuracy(predicted(own), y, clean),
+        random_accuracy=robust_accuracy(predicted(noisy), y, clean),
+        sources={name: robust_accuracy(predicted(a), y, clean) for name, a in sources.items()},
+        white_box_examples=own,
     )
+
+
+def _input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype inputs take to ``model``: that of its floating-point state (float32 if none)."""
+    return next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), torch.float32)
 
 
 def white_box_examples(
     model: nn.Module, x: np.ndarray, y: np.ndarray, attack: WhiteBoxAttack, *, device: torch.device | str = "cpu"
 ) -> np.ndarray:
     """``attack`` against ``model`` (eval mode) on (x, y), as numpy examples like ``x``."""
-    model = model.eval()
-    dtype = next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), torch.float32)
-    inputs = torch.as_tensor(x).to(device, dtype)
-    own = attack.examples(model, inputs, torch.as_tensor(y).to(device))
+    inputs = torch.as_tensor(x).to(device, _input_dtype(model))
+    own = attack.examples(model.eval(), inputs, torch.as_tensor(y).to(device))
     return own.detach().cpu().numpy().astype(x.dtype)
 
 

@@ -32,6 +32,9 @@ from bridge.adversarial import cross_entropy_gradient
 from bridge.models import ModelConfig, build_model, model_config
 from bridge.transfer import WhiteBoxAttack, cosine_summary, evaluate_target, gradient_cosine, random_sign_examples
 
+#: The four numbers every transfer target reports (results.json).
+ACCURACY_KEYS = ("clean_accuracy", "white_box_accuracy", "ntk_attack_accuracy", "random_accuracy")
+
 
 class OutputChange(nn.Module):
     """f(x) − f₀(x): a net's output minus that of its initial weights (TK supp. C).
@@ -285,7 +288,3 @@ def two_layer_experiment(
         kernel_pictures=np.stack([kernel[e].loss_gradient[pick] for e in config.measure_at]),
         net_pictures=net_pictures,
     )
-
-
-#: The four numbers every transfer target reports (results.json).
-ACCURACY_KEYS = ("clean_accuracy", "white_box_accuracy", "ntk_attack_accuracy", "random_accuracy")
