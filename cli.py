@@ -453,6 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--surrogate-nets", type=_positive_int, default=1, help="initialisations averaged (default 1)")
     g.add_argument(
+        "--surrogate-ridge",
+        type=_number,
+        default=0.01,
+        help="ridge of the surrogate relative to tr/(N*C) (default 0.01: an empirical kernel is far worse "
+        "conditioned than an analytic one; --ridge sets the NTK machines')",
+    )
+    g.add_argument(
         "--surrogate-n",
         type=_positive_int,
         default=500,
@@ -1700,7 +1707,7 @@ def _surrogate_examples(args: argparse.Namespace, spec: str, data: Any, attack: 
         fit_data.x_train,
         task_indices(fit_data.y_train, data.classes),
         len(data.classes),
-        ridge=args.ridge,
+        ridge=args.surrogate_ridge,
         progress=_progress(args),
     )
     examples = white_box_examples(machine, data.x_test, task_indices(data.y_test, data.classes), attack, device=device)
@@ -1713,6 +1720,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     arch_names = args.kernel_arch or ([] if args.surrogate else ["fc2"])
     if len(set(arch_names)) != len(arch_names):
         raise UsageError(f"--kernel-arch repeats an architecture: {', '.join(arch_names)}")
+    if not (math.isfinite(args.surrogate_ridge) and args.surrogate_ridge >= 0):
+        raise UsageError(f"--surrogate-ridge must be a finite number >= 0, got {args.surrogate_ridge}")
     _check_machine_args(args, arch_names)
     _check_out_dir(args.out, args.force)
     clock = {"start": time.perf_counter()}
@@ -1831,6 +1840,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
             "surrogates": args.surrogate,
             "surrogate_nets": args.surrogate_nets,
             "surrogate_n": args.surrogate_n,
+            "surrogate_ridge": args.surrogate_ridge,
             "attack": attack.to_dict(),
             "device": str(device),
         },

@@ -130,6 +130,7 @@ def test_transfer_refusals(two_layer_run, tmp_path, assert_refused):
     )
     assert_refused(["transfer", *TASK, "--target", ckpt, "--kernel-arch", "fc1", "--kernel-arch", "fc1"], "repeats")
     assert_refused(["transfer", *TASK, "--target", ckpt, "--eps", "3"], "exceeds the [0, 1] pixel range")
+    assert_refused(["transfer", *TASK, "--target", ckpt, "--surrogate-ridge", "-1"], "--surrogate-ridge must be")
 
 
 def test_two_layer_refusals(assert_refused):
