@@ -1421,9 +1421,14 @@ def transferability_curves(
         values.extend(y[np.isfinite(y)].tolist())
         _line(ax, epochs, y, _colour(i), "-", marker, markersize=4.5, zorder=3)
         handles.append((Line2D([], [], color=_colour(i), marker=marker, ms=5, linewidth=1.7), _plain(label)))
-    for level, text in ((1.0, "τ = 1: as strong as the target's own attack"), (0.0, "τ = 0: no transfer")):
+    for level in (1.0, 0.0):  # explained in the legend: a label on the line would hide points near it
         ax.axhline(level, color="0.35", linestyle="--", linewidth=0.9, zorder=1)
-        ax.text(0.99, level, text, transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=8, color="0.3")
+    handles.append(
+        (
+            Line2D([], [], color="0.35", linestyle="--", linewidth=0.9),
+            "τ = 1: as strong as the target's own attack\nτ = 0: no transfer",
+        )
+    )
     span = max(values) - min(values)
     ax.set_ylim(min(values) - 0.06 * span, max(values) + 0.1 * span)
     if any(np.isfinite(_floats(e)).any() for _, e, _ in series):
