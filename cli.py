@@ -1686,17 +1686,13 @@ def _training_subset(data: Any, n: int | None, seed: int, flag: str):  # type: i
 def _surrogate_examples(args: argparse.Namespace, spec: str, data: Any, attack: Any, device: Any):  # type: ignore[no-untyped-def]
     """White-box examples of an empirical-NTK kernel machine (TK supp. B) and its fit record."""
     from bridge.data import task_indices
-    from bridge.models import ModelError, check_fits, model_config
+    from bridge.models import ModelError, check_fits, model_config, parse_model_name
     from bridge.surrogate import fit_empirical_kernel_machine, initial_networks
     from bridge.transfer import white_box_examples
 
-    name, _, width = spec.partition(":")
     try:
-        if width and not width.isdigit():
-            raise ModelError(f"--surrogate {spec}: the width after {name}: must be a whole number")
-        config = model_config(
-            name, data.image_shape, len(data.classes), width=int(width) if width else None, seed=args.seed
-        )
+        name, width = parse_model_name(spec)
+        config = model_config(name, data.image_shape, len(data.classes), width=width, seed=args.seed)
         check_fits(config, data.image_shape)
     except ModelError as err:
         raise UsageError(str(err)) from None
@@ -1730,7 +1726,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from attacks import robust_accuracy
+    from attacks import robust_accuracy, transferability
     from bridge.data import task_indices
     from bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
     from kernels.adversarial import craft_adversarial
@@ -1804,11 +1800,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
                 "random_accuracy": evaluation.random_accuracy,
                 "transfer_accuracy": evaluation.sources,
                 "transferability": evaluation.transferability(),
-                "random_transferability": (
-                    (evaluation.clean_accuracy - evaluation.random_accuracy)
-                    / (evaluation.clean_accuracy - evaluation.white_box_accuracy)
-                    if evaluation.clean_accuracy > evaluation.white_box_accuracy
-                    else None
+                "random_transferability": _finite_or_none(
+                    transferability(
+                        evaluation.clean_accuracy, evaluation.random_accuracy, evaluation.white_box_accuracy
+                    )
                 ),
             }
         )
@@ -1892,6 +1887,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         )
     print(f"-> {args.out}")
     return 0
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _accuracies_of(accuracies: dict[str, float], about: dict[str, dict[str, Any]], kind: str) -> dict[str, float]:

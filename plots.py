@@ -1167,9 +1167,9 @@ def two_layer_transfer(
     all_epochs.append(kx)
     kernel_robust = np.isfinite(kvalues["robust_accuracy"]).any()
     kernel_clean = np.isfinite(kvalues["clean_accuracy"]).any()
-    marker = "D" if kx.size < _SHORT else ""
-    _line(bottom, kx, kvalues["robust_accuracy"], "black", _KERNEL_STYLE, marker, linewidth=1.6, zorder=4)
-    _line(bottom, kx, kvalues["clean_accuracy"], "0.45", (0, (1, 1.6)), marker, linewidth=1.1, zorder=2)
+    kernel_marker = "D" if kx.size < _SHORT else ""
+    _line(bottom, kx, kvalues["robust_accuracy"], "black", _KERNEL_STYLE, kernel_marker, linewidth=1.6, zorder=4)
+    _line(bottom, kx, kvalues["clean_accuracy"], "0.45", (0, (1, 1.6)), kernel_marker, linewidth=1.1, zorder=2)
 
     epochs = np.concatenate(all_epochs) if all_epochs else np.zeros(0)
     top.set_ylabel("gradient cosine")
@@ -1219,7 +1219,6 @@ def two_layer_transfer(
         line = Line2D([], [], color="0.2", ls=style, linewidth=width, alpha=alpha, marker=mark if short else "")
         line.set_markerfacecolor("0.2" if style == "-" else "white")
         handles.append((line, f"net: {name}"))
-    kernel_marker = "D" if kx.size < _SHORT else ""
     if kernel_robust:
         line = Line2D([], [], color="black", ls=_KERNEL_STYLE, linewidth=1.6, marker=kernel_marker, mfc="white")
         handles.append((line, "NTK machine:\nits own attack"))

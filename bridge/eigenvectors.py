@@ -27,7 +27,7 @@ from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from bridge.entk import auto_memory_budget, empirical_ntk
-from bridge.jacobians import activation_elements, as_inputs, dense_layers
+from bridge.jacobians import activation_elements, as_inputs, dense_layers, transposed_products
 
 __all__ = ["NTKEigenvectors", "eigenvector_images", "ntk_eigenvectors"]
 
@@ -96,21 +96,17 @@ def ntk_eigenvectors(
     signs = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(top)])
     vectors *= np.where(signs == 0, 1.0, signs)
 
-    # Jᵀ u_i = ∂θ Σ_n u_ni f_c(x_n): one forward per sub-batch of X, then one backward per
-    # eigenvector through it (retain_graph), accumulated over sub-batches. Eval mode makes the
-    # sum over sub-batches exactly the sum over X. Memory: the activations of one sub-batch.
+    # Jᵀ u_i = ∂θ Σ_n u_ni f_c(x_n): u_i as weights on output c alone. Memory: the activations
+    # of one sub-batch.
     itemsize = torch.finfo(first.dtype).bits // 8
     per_example = 3 * itemsize * activation_elements(net, xs[:1])  # activations and their gradients
     size = max(1, min(memory_budget // per_example, _MAX_SUB_BATCH))
-    weights = torch.as_tensor(vectors, dtype=first.dtype, device=first.device)  # (N, k)
-    tensors = [p for _, p in params]
-    v = torch.zeros(top, sum(p.numel() for p in tensors), dtype=first.dtype, device=first.device)
-    for start in range(0, n, size):
-        with torch.enable_grad():
-            out = net(xs[start : start + size])[:, output]  # (B,)
-            for i in range(top):
-                grads = torch.autograd.grad(out @ weights[start : start + size, i], tensors, retain_graph=i < top - 1)
-                v[i] += torch.cat([g.reshape(-1) for g in grads])
+    with torch.no_grad():
+        outputs = net(xs[:1]).shape[1]
+    weights = torch.zeros(top, n, outputs, dtype=first.dtype, device=first.device)
+    weights[:, :, output] = torch.as_tensor(vectors.T, dtype=first.dtype, device=first.device)
+    products = transposed_products(net, xs, weights, [p for _, p in params], batch_size=size)
+    v = torch.stack([torch.cat([g.reshape(-1) for g in grads]) for grads in products])
     norms = v.norm(dim=1, keepdim=True)  # ‖Jᵀ u_i‖ = √λ_i
     if bool((norms == 0).any()):
         raise ValueError("an eigenvector has a zero eigenvalue: ask for fewer (top) or more varied inputs")

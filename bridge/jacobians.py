@@ -7,11 +7,14 @@
   s·g hᵀ (``nn.Linear``, the twins' ``NTKLinear``, applied to one vector per example), and
   ``JacobianEngine.dense_factors`` returns their factors g (B, C′, out) and h (B, in), which
   ``bridge.entk`` contracts without forming the gradients (the structured derivatives of
-  neural-tangents, Novak et al. 2022).
+  neural-tangents, Novak et al. 2022);
+- ``transposed_products`` gives Jᵀw = ∇θ Σ_n w_nᵀ f(x_n) for weights w on the outputs of a set,
+  without forming J (NTK eigenvectors, empirical-NTK kernel machines).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +194,26 @@ class JacobianEngine:
 
         jac = vmap(jacrev(outputs), in_dims=(None, 0))(pieces, x)
         return torch.cat([jac[key].flatten(2) for key in pieces], dim=2)
+
+
+def transposed_products(
+    model: nn.Module, x: torch.Tensor, weights: torch.Tensor, params: Sequence[torch.Tensor], *, batch_size: int
+) -> list[list[torch.Tensor]]:
+    """Jᵀ w_i = ∇θ Σ_n w_i[n]ᵀ f(x_n) for every w_i of ``weights`` (k, N, C), one tensor per
+    parameter of ``params``: one forward pass per sub-batch of ``x``, one backward pass per w_i
+    through it (the graph retained between them), summed over sub-batches. ``model`` should be in
+    eval mode, so that the sum over sub-batches is the sum over x. Memory: one sub-batch."""
+    k = weights.shape[0]
+    totals = [[torch.zeros_like(p) for p in params] for _ in range(k)]
+    for start in range(0, x.shape[0], batch_size):
+        batch = slice(start, start + batch_size)
+        with torch.enable_grad():
+            out = model(x[batch])
+            for i in range(k):
+                grads = torch.autograd.grad((out * weights[i, batch]).sum(), params, retain_graph=i < k - 1)
+                for total, g in zip(totals[i], grads, strict=True):
+                    total += g
+    return totals
 
 
 def as_inputs(x: Any, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:

@@ -316,6 +316,14 @@ def get_model_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def parse_model_name(text: str) -> tuple[str, int | None]:
+    """``MODEL`` or ``MODEL:WIDTH`` (as the CLI writes a registry model) → (name, width or None)."""
+    name, _, width = text.partition(":")
+    if width and not width.isdigit():
+        raise ModelError(f"{text!r}: the width after {name}: must be a whole number")
+    return name, int(width) if width else None
+
+
 def model_config(
     name: str,
     input_shape: Sequence[int],

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from bridge.entk import empirical_ntk
-from bridge.jacobians import as_inputs
+from bridge.jacobians import as_inputs, transposed_products
 from bridge.linearized import LinearizedNetwork
 from bridge.models import ModelConfig, build_model
 
@@ -183,19 +183,6 @@ class EmpiricalKernelMachine(nn.Module):
         return outputs[0] if len(outputs) == 1 else torch.stack(outputs).mean(0)
 
 
-def _tangent(network: nn.Module, x: torch.Tensor, alpha: torch.Tensor) -> list[torch.Tensor]:
-    """v = J(X)ᵀ vec(α) = ∇θ Σ_j α_jᵀ f(x_j), one tensor per trainable parameter, in batches."""
-    params = [p for p in network.parameters() if p.requires_grad]
-    tangent = [torch.zeros_like(p) for p in params]
-    for start in range(0, x.shape[0], VJP_BATCH):
-        batch = slice(start, start + VJP_BATCH)
-        with torch.enable_grad():
-            grads = torch.autograd.grad((network(x[batch]) * alpha[batch]).sum(), params)
-        for total, grad in zip(tangent, grads, strict=True):
-            total += grad
-    return tangent
-
-
 def _linearized(network: nn.Module, tangent: list[torch.Tensor], dtype: torch.dtype) -> LinearizedNetwork:
     """The centered linearization of ``network`` (at its parameters θ0) with θ = θ0 + v, in ``dtype``."""
     anchors = [p.detach() for p in network.parameters() if p.requires_grad]
@@ -256,7 +243,9 @@ def fit_empirical_kernel_machine(
     linearized = []
     for network in networks:
         net = copy.deepcopy(network).to(device=device, dtype=dtype).eval()
-        linearized.append(_linearized(net, _tangent(net, inputs, alpha_t), module_dtype))
+        params = [p for p in net.parameters() if p.requires_grad]
+        (tangent,) = transposed_products(net, inputs, alpha_t[None], params, batch_size=VJP_BATCH)  # v = J(X)ᵀα
+        linearized.append(_linearized(net, tangent, module_dtype))
     machine = EmpiricalKernelMachine(linearized)
 
     matrix = _system(gram)

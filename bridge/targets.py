@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from bridge.checkpoint import CheckpointError, load_checkpoint
-from bridge.models import MODELS, ModelError, build_model, check_fits, model_config
+from bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 
 
 class TargetError(ValueError):
@@ -105,10 +105,11 @@ def _parse(spec: str) -> tuple[str | None, int | None, Path]:
     head, sep, tail = spec.partition("=")
     if not sep or head.partition(":")[0] not in MODELS:
         return None, None, Path(spec)
-    name, _, width = head.partition(":")
-    if width and not width.isdigit():
-        raise TargetError(f"target {spec!r}: the width after {name}: must be a whole number")
-    return name, int(width) if width else None, Path(tail)
+    try:
+        name, width = parse_model_name(head)
+    except ModelError as error:
+        raise TargetError(f"target {error}") from None
+    return name, width, Path(tail)
 
 
 def _file_target(path: Path, image_shape: tuple[int, ...]) -> Target:

@@ -234,7 +234,7 @@ def two_layer_experiment(
                         "epoch": epoch,
                         "time": at.time,
                         "matched_time": match_time(outputs),
-                        "train_loss": float(0.5 * np.sum((outputs - targets) ** 2) / outputs.shape[0]),
+                        "train_loss": float(regression_loss(torch.from_numpy(outputs), torch.from_numpy(targets))),
                         "gradient_cosine": summary["mean"],
                         **{f"gradient_cosine_{key}": value for key, value in summary.items() if key != "mean"},
                         "clean_accuracy": evaluation.clean_accuracy,
