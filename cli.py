@@ -503,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load_data(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from bridge.data import DataError, load_dataset
+    from ntkrobust.bridge.data import DataError, load_dataset
 
     try:
         return load_dataset(
@@ -559,7 +559,7 @@ class _StagedOutput:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from bridge.files import write_json
+    from ntkrobust.bridge.files import write_json
 
     write_json(path, payload)
 
@@ -609,8 +609,8 @@ def _check_machine_args(args: argparse.Namespace, arch_names: Sequence[str]) -> 
 
 def _fit_machine(args: argparse.Namespace, arch_name: str, data: Any, progress: bool):  # type: ignore[no-untyped-def]
     """The kernel machine of the machine flags, its warnings, and its kernel diagnostics."""
-    from kernels import fit_kernel_machine, get_architecture
-    from kernels.gram import default_cache_dir, gram_cache_path
+    from ntkrobust.kernels import fit_kernel_machine, get_architecture
+    from ntkrobust.kernels.gram import default_cache_dir, gram_cache_path
 
     arch = get_architecture(arch_name)
     try:
@@ -686,8 +686,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     eps, step, steps = _resolve_threat(args, data.image_shape[0])
     clock["data"] = time.perf_counter()
 
-    from attacks import ThreatModel, perturbation_norms, robust_accuracy
-    from kernels.adversarial import AttackConfig, craft_adversarial
+    from ntkrobust.attacks import AttackSpec, perturbation_norms, robust_accuracy
+    from ntkrobust.kernels.adversarial import craft_adversarial
 
     progress = _progress(args)
     machine, notes, kernel = _fit_machine(args, args.arch, data, progress)
@@ -702,9 +702,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
     clock["machine"] = time.perf_counter()
 
     clean_pred = machine.predict(data.x_test)
-    config = AttackConfig(
+    config = AttackSpec(
         method=args.method,
-        threat=ThreatModel(norm=args.norm, eps=eps),
+        eps=eps,
+        norm=args.norm,
         step=step,
         steps=steps,
         random_start=not args.no_random_start,
@@ -810,12 +811,12 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    import plots
-    from attacks import ThreatModel, robust_accuracy
-    from bridge.data import stratified_halves
-    from kernels.adversarial import AttackConfig, craft_adversarial
-    from kernels.features import feature_gradients, feature_scores, robustness_ranking
-    from kernels.robust_only import robust_only_kernels
+    from ntkrobust import plots
+    from ntkrobust.attacks import AttackSpec, ThreatModel, robust_accuracy
+    from ntkrobust.bridge.data import stratified_halves
+    from ntkrobust.kernels.adversarial import craft_adversarial
+    from ntkrobust.kernels.features import feature_gradients, feature_scores, robustness_ranking
+    from ntkrobust.kernels.robust_only import robust_only_kernels
 
     progress = _progress(args)
     threat = ThreatModel(norm=args.norm, eps=eps)
@@ -838,7 +839,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         notes += [f"{name}: {note}" for note in arch_notes]
         t1 = time.perf_counter()
         clean = machine.predict(x_val)
-        adv = machine.predict(craft_adversarial(machine, x_val, y_val, AttackConfig("fgsm", threat)))
+        adv = machine.predict(craft_adversarial(machine, x_val, y_val, AttackSpec("fgsm", eps, args.norm)))
         scores = feature_scores(
             machine,
             x_val,
@@ -1015,8 +1016,8 @@ def _torch_device(name: str):  # type: ignore[no-untyped-def]
 
 def _torch_network(args: argparse.Namespace, data: Any):  # type: ignore[no-untyped-def]
     """The registry model (at initialisation) or the checkpoint's, checked against the data."""
-    from bridge.checkpoint import CheckpointError, load_checkpoint
-    from bridge.models import ModelError, build_model, check_fits, model_config
+    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+    from ntkrobust.bridge.models import ModelError, build_model, check_fits, model_config
 
     classes = len(data.classes)
     try:
@@ -1039,7 +1040,7 @@ def _torch_network(args: argparse.Namespace, data: Any):  # type: ignore[no-unty
 
 def cmd_entk(args: argparse.Namespace) -> int:
     _check_out_dir(args.out, args.force)
-    from bridge.entk import BudgetError, KernelKind
+    from ntkrobust.bridge.entk import BudgetError, KernelKind
 
     try:
         kind = KernelKind.parse(args.kind)
@@ -1056,11 +1057,11 @@ def cmd_entk(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from bridge.adversarial import pgd_examples, predict
-    from bridge.data import DataError, balanced_indices, task_indices
-    from bridge.entk import auto_memory_budget, empirical_ntk, with_batch_statistics
-    from bridge.models import parameter_count
-    from kernels.metrics import kernel_metrics
+    from ntkrobust.bridge.adversarial import pgd_examples, predict
+    from ntkrobust.bridge.data import DataError, balanced_indices, task_indices
+    from ntkrobust.bridge.entk import auto_memory_budget, empirical_ntk, with_batch_statistics
+    from ntkrobust.bridge.models import parameter_count
+    from ntkrobust.kernels.metrics import kernel_metrics
 
     _quiet_torch_warnings()
     device = _torch_device(args.device)
@@ -1139,7 +1140,7 @@ def cmd_entk(args: argparse.Namespace) -> int:
             kernel, adversarial_labels, num_classes=config.num_classes
         )
 
-    import plots
+    from ntkrobust import plots
 
     picture = kernel if kernel.ndim == 2 else np.einsum("ijcc->ij", kernel) / kernel.shape[2]
     which = "AE-NTK" if adversarial else "C-NTK"
@@ -1196,8 +1197,8 @@ def _training_threat(args: argparse.Namespace, channels: int) -> tuple[float, fl
 
 def _linearization_parent(args: argparse.Namespace, data: Any):  # type: ignore[no-untyped-def]
     """The parent network and config of --linearize-from, checked against the data."""
-    from bridge.checkpoint import CheckpointError, load_checkpoint
-    from bridge.models import ModelError, check_fits
+    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+    from ntkrobust.bridge.models import ModelError, check_fits
 
     if args.model is not None or args.width is not None:
         raise UsageError("--model / --width do not apply with --linearize-from: the checkpoint brings its network")
@@ -1234,10 +1235,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.switch_epoch is not None and args.mode == "standard":
         raise UsageError("--switch-epoch switches from clean training to an adversarial --mode; --mode is standard")
 
-    from bridge.data import DataError
-    from bridge.experiment import RunFolderError, TrackingConfig, run_training
-    from bridge.models import parameter_count
-    from bridge.training import TrainConfig
+    from ntkrobust.bridge.data import DataError
+    from ntkrobust.bridge.experiment import RunFolderError, TrackingConfig, run_training
+    from ntkrobust.bridge.models import parameter_count
+    from ntkrobust.bridge.training import TrainConfig
 
     _quiet_torch_warnings()
     device = _torch_device(args.device)
@@ -1245,7 +1246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     kernel_network: Any = None  # linearized runs: the network whose eNTK is tracked, and LOO sec. 4 magnitude
     magnitude: Any = None
     if args.linearize_from is not None:
-        from bridge.linearized import LinearizedNetwork, relative_magnitude
+        from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
 
         parent, config, payload = _linearization_parent(args, data)
         model = LinearizedNetwork(parent, centered=args.centered)
@@ -1346,8 +1347,8 @@ def _eigenvector_rows(args: argparse.Namespace, runs: Sequence[Any], progress: b
     network at initialisation (the first run's) and at the end of every run."""
     import numpy as np
 
-    from bridge.checkpoint import CheckpointError, load_checkpoint
-    from bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
+    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+    from ntkrobust.bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
 
     _quiet_torch_warnings()
     device = _torch_device(args.device)
@@ -1369,7 +1370,7 @@ def _eigenvector_rows(args: argparse.Namespace, runs: Sequence[Any], progress: b
             raise UsageError(
                 f"--eigenvector-class {args.eigenvector_class}: the nets have {config.num_classes} outputs"
             )
-        from bridge.linearized import LinearizedNetwork
+        from ntkrobust.bridge.linearized import LinearizedNetwork
 
         # a linearized net's kernel is its parent's at θt, for every θ
         network = model.tangent_network() if isinstance(model, LinearizedNetwork) else model
@@ -1403,14 +1404,14 @@ def _eigenvector_rows(args: argparse.Namespace, runs: Sequence[Any], progress: b
 
 def cmd_dynamics(args: argparse.Namespace) -> int:
     _check_out_dir(args.out, args.force)
-    from bridge.runs import RunError, dynamics_summary, json_summary, load_runs
+    from ntkrobust.bridge.runs import RunError, dynamics_summary, json_summary, load_runs
 
     try:
         runs = load_runs(args.runs)
         summaries = [dynamics_summary(run) for run in runs]
     except RunError as err:
         raise UsageError(str(err)) from None
-    import plots
+    from ntkrobust import plots
 
     eigenvectors: tuple[list, list, dict] | None = None  # type: ignore[type-arg]
     if args.eigenvectors:
@@ -1454,13 +1455,11 @@ def cmd_dynamics(args: argparse.Namespace) -> int:
 
 def _white_box_attack(args: argparse.Namespace, channels: int):  # type: ignore[no-untyped-def]
     """The --method attack of the threat flags, for nets and kernel machines alike."""
-    from attacks import ThreatModel
-    from bridge.transfer import WhiteBoxAttack
-    from kernels.adversarial import AttackConfig
+    from ntkrobust.attacks import AttackSpec
 
     eps, step, steps = _resolve_threat(args, channels)
     iterative = args.method == "pgd"
-    attack = WhiteBoxAttack(
+    attack = AttackSpec(
         method=args.method,
         eps=eps,
         norm=args.norm,
@@ -1469,15 +1468,7 @@ def _white_box_attack(args: argparse.Namespace, channels: int):  # type: ignore[
         random_start=not args.no_random_start,
         seed=args.seed,
     )
-    kernel_attack = AttackConfig(
-        method=args.method,
-        threat=ThreatModel(norm=args.norm, eps=eps),
-        step=step,
-        steps=steps,
-        random_start=not args.no_random_start,
-        seed=args.seed,
-    )
-    return attack, kernel_attack
+    return attack, attack
 
 
 def _picture_epochs(epochs: Sequence[int]) -> list[int]:
@@ -1507,13 +1498,13 @@ def cmd_two_layer(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from attacks import robust_accuracy
-    from bridge.checkpoint import save_checkpoint
-    from bridge.data import task_indices
-    from bridge.two_layer import ACCURACY_KEYS, KernelAtTime, TwoLayerConfig, log_epochs, two_layer_experiment
-    from kernels import fit_kernel_machine, get_architecture
-    from kernels.adversarial import craft_adversarial
-    from kernels.alignment import matching_time, theory_time_per_epoch
+    from ntkrobust.attacks import robust_accuracy
+    from ntkrobust.bridge.checkpoint import save_checkpoint
+    from ntkrobust.bridge.data import task_indices
+    from ntkrobust.bridge.two_layer import ACCURACY_KEYS, KernelAtTime, TwoLayerConfig, log_epochs, two_layer_experiment
+    from ntkrobust.kernels import fit_kernel_machine, get_architecture
+    from ntkrobust.kernels.adversarial import craft_adversarial
+    from ntkrobust.kernels.alignment import matching_time, theory_time_per_epoch
 
     _quiet_torch_warnings()
     device = _torch_device(args.device)
@@ -1597,7 +1588,7 @@ def cmd_two_layer(args: argparse.Namespace) -> int:
         "argv": args.argv,
     }
 
-    import plots
+    from ntkrobust import plots
 
     shown = _picture_epochs(measured)
     rows_at = [measured.index(e) for e in shown]
@@ -1652,7 +1643,7 @@ def cmd_two_layer(args: argparse.Namespace) -> int:
 
 def _load_targets(specs: Sequence[str], data: Any, device: Any) -> list:  # type: ignore[type-arg]
     """The targets of ``specs``, with labels made unique; a bad one stops everything (exit 2)."""
-    from bridge.targets import TargetError, load_target
+    from ntkrobust.bridge.targets import TargetError, load_target
 
     targets: list[Any] = []
     for spec in specs:
@@ -1672,7 +1663,7 @@ def _training_subset(data: Any, n: int | None, seed: int, flag: str):  # type: i
     """``data`` with a class-balanced, seeded subset of ``n`` training points (all if None)."""
     import dataclasses
 
-    from bridge.data import DataError, balanced_indices
+    from ntkrobust.bridge.data import DataError, balanced_indices
 
     if n is None or n >= data.x_train.shape[0]:
         return data
@@ -1685,10 +1676,10 @@ def _training_subset(data: Any, n: int | None, seed: int, flag: str):  # type: i
 
 def _surrogate_examples(args: argparse.Namespace, spec: str, data: Any, attack: Any, device: Any):  # type: ignore[no-untyped-def]
     """White-box examples of an empirical-NTK kernel machine (TK supp. B) and its fit record."""
-    from bridge.data import task_indices
-    from bridge.models import ModelError, check_fits, model_config, parse_model_name
-    from bridge.surrogate import fit_empirical_kernel_machine, initial_networks
-    from bridge.transfer import white_box_examples
+    from ntkrobust.bridge.data import task_indices
+    from ntkrobust.bridge.models import ModelError, check_fits, model_config, parse_model_name
+    from ntkrobust.bridge.surrogate import fit_empirical_kernel_machine, initial_networks
+    from ntkrobust.bridge.transfer import white_box_examples
 
     try:
         name, width = parse_model_name(spec)
@@ -1726,10 +1717,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from attacks import robust_accuracy, transferability
-    from bridge.data import task_indices
-    from bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
-    from kernels.adversarial import craft_adversarial
+    from ntkrobust.attacks import robust_accuracy, transferability
+    from ntkrobust.bridge.data import task_indices
+    from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
+    from ntkrobust.kernels.adversarial import craft_adversarial
 
     _quiet_torch_warnings()
     device = _torch_device(args.device)
@@ -1851,7 +1842,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         "argv": args.argv,
     }
 
-    import plots
+    from ntkrobust import plots
 
     subtitle = (
         f"{data.name}, {data.x_test.shape[0]} test points, {args.method.upper()} eps {attack.eps:.4g} ({args.norm}); "
@@ -1930,8 +1921,8 @@ def cmd_make_npz(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must name an .npz file, got {args.out}")
     if args.out.exists() and not args.force:
         raise UsageError(f"--out {args.out} exists (use --force to overwrite)")
-    from bridge.data import save_dataset_npz
-    from bridge.files import write_atomically
+    from ntkrobust.bridge.data import save_dataset_npz
+    from ntkrobust.bridge.files import write_atomically
 
     data = _load_data(args)
     write_atomically(args.out, lambda temporary: save_dataset_npz(data, temporary))

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attacks._array import Array, ops_for
-from attacks.threat import Norm, ThreatModel, steepest_ascent
+from ntkrobust.attacks._array import Array, ops_for
+from ntkrobust.attacks.threat import Norm, ThreatModel, steepest_ascent
 
 LossGradient = Callable[[Array, Array], Array]
 

@@ -37,9 +37,9 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
-from attacks._array import Array, ops_for
-from attacks.fgsm import LossGradient
-from attacks.threat import Norm, ThreatModel, steepest_ascent
+from ntkrobust.attacks._array import Array, ops_for
+from ntkrobust.attacks.fgsm import LossGradient
+from ntkrobust.attacks.threat import Norm, ThreatModel, steepest_ascent
 
 
 def pgd(

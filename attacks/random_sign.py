@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from attacks._array import Array, ops_for
-from attacks.fgsm import fgsm
-from attacks.threat import Norm
+from ntkrobust.attacks._array import Array, ops_for
+from ntkrobust.attacks.fgsm import fgsm
+from ntkrobust.attacks.threat import Norm
 
 
 def random_sign(x: Array, *, eps: float, norm: Norm = "linf", seed: int = 0) -> Array:

@@ -34,8 +34,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from attacks._array import Array, ops_for
-from attacks.threat import Norm, ThreatModel, dual_norm, steepest_ascent
+from ntkrobust.attacks._array import Array, ops_for
+from ntkrobust.attacks.threat import Norm, ThreatModel, dual_norm, steepest_ascent
 
 OutputJacobian = Callable[[Array], Array]
 

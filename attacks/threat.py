@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from attacks._array import _TINY, Array, ops_for
+from ntkrobust.attacks._array import _TINY, Array, ops_for
 
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 #: The real MNIST test set of the steering repository, when it is checked out beside this one.
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -32,7 +30,7 @@ def load_mnist(mnist: Path, n_train: int, n_test: int, seed: int = 0):  # type: 
     """(x_train, y_train, x_test, y_test, source): real MNIST cut from its test set when the
     folder exists, else uniform noise images of the same shape (ten balanced classes)."""
     if mnist.exists():
-        from bridge.data import load_dataset
+        from ntkrobust.bridge.data import load_dataset
 
         data = load_dataset("mnist", root=mnist, from_test_split=True, n_train=n_train, n_test=n_test, seed=seed)
         return data.x_train, data.y_train, data.x_test, data.y_test, f"real MNIST from {mnist}"

@@ -17,10 +17,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import SHARED_MNIST, load_mnist, median_seconds  # first: puts the repository on sys.path
+from _common import SHARED_MNIST, load_mnist, median_seconds
 
-from attacks import pgd
-from kernels import fit_kernel_machine, get_architecture
+from ntkrobust.attacks import pgd
+from ntkrobust.kernels import fit_kernel_machine, get_architecture
 
 GOAL_STEP_RATIO = 3.0
 GOAL_LOOP_SPEEDUP = 20.0
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--loop-examples", type=int, default=100, help="examples timed in the per-example loop")
     args = parser.parse_args()
 
-    from kernels._jax import jnp
+    from ntkrobust.kernels._jax import jnp
 
     x_tr, y_tr, x_te, y_te, source = load_mnist(args.mnist, args.n_train, args.n_test)
     print(f"data: {source}; {x_tr.shape[0]} train, {x_te.shape[0]} test, inputs {x_te.shape[1:]}")

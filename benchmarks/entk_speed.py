@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, SHARED_MNIST, load_mnist  # first: puts the repository on sys.path
+from _common import ROOT, SHARED_MNIST, load_mnist
 
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_subset.npz"
 
@@ -109,7 +109,7 @@ def _methods(model, kind: str, num_classes: int, device, budget: int | None):  #
     import torch
     from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-    from bridge.entk import empirical_ntk
+    from ntkrobust.bridge.entk import empirical_ntk
 
     full = kind == "full"
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -197,7 +197,7 @@ def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[
     ``_contract`` (one J1 J2^T) with timers."""
     import functools
 
-    from bridge import entk, jacobians
+    from ntkrobust.bridge import entk, jacobians
 
     def timed(fn, key: str, count: str | None = None):  # type: ignore[no-untyped-def]
         @functools.wraps(fn)
@@ -229,7 +229,7 @@ def worker(spec: dict) -> None:
     """Run one method at one N; save the kernel; print one JSON line (seconds, peak memory)."""
     import torch
 
-    from bridge.models import build_model, model_config
+    from ntkrobust.bridge.models import build_model, model_config
 
     device = torch.device(spec["device"])
     model = build_model(model_config(spec["model"], spec["input_shape"], spec["num_classes"])).eval().to(device)

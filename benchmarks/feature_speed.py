@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import SHARED_MNIST, load_mnist, median_seconds  # first: puts the repository on sys.path
+from _common import SHARED_MNIST, load_mnist, median_seconds
 
-from attacks import ThreatModel, robust_accuracy
-from kernels import feature_scores, fit_kernel_machine, get_architecture
-from kernels.adversarial import AttackConfig, craft_adversarial
+from ntkrobust.attacks import AttackSpec, ThreatModel, robust_accuracy
+from ntkrobust.kernels import feature_scores, fit_kernel_machine, get_architecture
+from ntkrobust.kernels.adversarial import craft_adversarial
 
 GOAL_FGSM_RATIO = 5.0
 GOAL_LOOP_SPEEDUP = 10.0
@@ -45,7 +45,7 @@ def main() -> None:
     print(f"data: {source}; {x_tr.shape[0]} train, {x_te.shape[0]} held out, inputs {x_te.shape[1:]}")
     machine = fit_kernel_machine(get_architecture(args.arch), x_tr, y_tr, precision=args.precision)
     threat = ThreatModel("linf", args.eps)
-    fgsm = AttackConfig("fgsm", threat)
+    fgsm = AttackSpec("fgsm", threat.eps, threat.norm)
     m = args.n_features
 
     def one_fgsm(mach=machine) -> tuple[float, float]:

@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    import kernels  # noqa: F401  (TensorFlow/Triton import order: see kernels/_jax.py)
-    from bridge.data import balanced_indices
-    from bridge.models import build_model, model_config
-    from bridge.tracking import KernelTracker, clean_accuracy, pgd_accuracy
-    from bridge.training import TrainConfig, make_optimizer, train_epoch
+    from ntkrobust import kernels  # noqa: F401  (TensorFlow/Triton import order: see kernels/_jax.py)
+    from ntkrobust.bridge.data import balanced_indices
+    from ntkrobust.bridge.models import build_model, model_config
+    from ntkrobust.bridge.tracking import KernelTracker, clean_accuracy, pgd_accuracy
+    from ntkrobust.bridge.training import TrainConfig, make_optimizer, train_epoch
 
     warnings.filterwarnings("ignore", message="CUDA initialization")
     from pathlib import Path

@@ -32,12 +32,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, SHARED_MNIST, load_mnist  # before the project imports: puts the repository on sys.path
+from _common import ROOT, SHARED_MNIST, load_mnist
 
 # kernels (JAX, neural-tangents, TensorFlow's LLVM) must be imported before any torch.func code
 # runs; kernels/_jax.py sorts out the load order. The torch half is imported in main().
-from bridge.files import write_atomically
-from kernels import compute_gram, get_architecture
+from ntkrobust.bridge.files import write_atomically
+from ntkrobust.kernels import compute_gram, get_architecture
 
 DENSE = ("fc1", "fc2", "fc3", "fc4", "fc5", "two-layer")
 CONV = ("conv1", "conv2")
@@ -95,7 +95,7 @@ def _load(data: str, mnist: Path, n: int) -> tuple[np.ndarray, str]:
     if data == "mnist" and mnist.exists():
         x, _, _, _, source = load_mnist(mnist, n, 1, seed=0)
         return x, source
-    from bridge.data import load_dataset
+    from ntkrobust.bridge.data import load_dataset
 
     if data == "mnist":
         print(f"no MNIST at {mnist}: using the scikit-learn digits instead")
@@ -189,8 +189,8 @@ def main() -> None:
 
     import torch  # after kernels: see the import of kernels above
 
-    from bridge.entk import empirical_ntk
-    from bridge.models import build_model, model_config
+    from ntkrobust.bridge.entk import empirical_ntk
+    from ntkrobust.bridge.models import build_model, model_config
 
     x, source = _load(args.data, args.mnist, args.n)
     pool = args.conv_pool if args.conv_pool is not None else (2 if x.shape[-1] >= 28 else 1)

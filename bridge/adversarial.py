@@ -21,12 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import Norm, fgsm, pgd
+from ntkrobust.attacks import NET_METHODS, AttackSpec, Norm, fgsm, pgd
 
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-#: The attacks ``adversarial_examples`` runs.
-WHITE_BOX_METHODS: tuple[str, ...] = ("fgsm", "pgd")
 
 
 def input_gradient(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LossGradient:
@@ -88,8 +85,8 @@ def adversarial_examples(
     """The net's own white-box FGSM, or PGD (``step``, ``steps``, random start unless told
     otherwise), in batches; ``model`` should be in the mode it is evaluated in (eval mode, or
     frozen batch statistics)."""
-    if method not in WHITE_BOX_METHODS:
-        raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(WHITE_BOX_METHODS)}")
+    if method not in NET_METHODS:
+        raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(NET_METHODS)}")
     if method == "pgd" and step is None:
         raise ValueError("pgd needs a step size")
     gradient = cross_entropy_gradient(model)
@@ -114,6 +111,25 @@ def adversarial_examples(
                 )
             )
     return torch.cat(parts) if parts else x.clone()
+
+
+def attack_examples(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, batch_size: int = 256
+) -> torch.Tensor:
+    """The white-box attack of ``spec`` (a method of ``attacks.NET_METHODS``) against ``model``."""
+    return adversarial_examples(
+        model,
+        x,
+        y,
+        method=spec.method,
+        eps=spec.eps,
+        step=spec.step,
+        steps=spec.steps,
+        norm=spec.norm,
+        random_start=spec.random_start,
+        seed=spec.seed,
+        batch_size=batch_size,
+    )
 
 
 def pgd_examples(

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bridge.files import write_atomically
-from bridge.linearized import LinearizedNetwork
-from bridge.models import ModelConfig, ModelError, build_model
-from bridge.two_layer import OutputChange
+from ntkrobust.bridge.files import write_atomically
+from ntkrobust.bridge.linearized import LinearizedNetwork
+from ntkrobust.bridge.models import ModelConfig, ModelError, build_model
+from ntkrobust.bridge.two_layer import OutputChange
 
 CHECKPOINT_FORMAT = "ntkrobust-checkpoint-v1"
 

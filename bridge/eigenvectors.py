@@ -26,8 +26,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from bridge.entk import auto_memory_budget, empirical_ntk
-from bridge.jacobians import activation_elements, as_inputs, dense_layers, transposed_products
+from ntkrobust.bridge.entk import auto_memory_budget, empirical_ntk
+from ntkrobust.bridge.jacobians import activation_elements, as_inputs, dense_layers, transposed_products
 
 __all__ = ["NTKEigenvectors", "eigenvector_images", "ntk_eigenvectors"]
 

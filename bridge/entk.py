@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bridge.jacobians import (
+from ntkrobust.bridge.jacobians import (
     BudgetError,
     DenseLayer,
     Group,

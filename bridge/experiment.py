@@ -1,14 +1,7 @@
 """A training run on disk: train, track kernels and accuracies, checkpoint, resume.
 
-The run folder (``ntkrobust train --out RUN``)::
-
-    RUN/config.json                   the resolved configuration (what --resume compares)
-    RUN/history.json                  one record per epoch (accuracies) and per tracked kernel (metrics)
-    RUN/checkpoints/epoch_000.pt      weights at initialisation, then after every epoch, with the
-                                      optimiser state and the history so far (bridge.checkpoint)
-    RUN/kernels/probe.npz             x (N, C, H, W) float32, y (N,) class ids, targets (N,) output indices
-    RUN/kernels/step_0000000.npz      clean / adversarial (N, N) float64 trace kernels, x_adversarial,
-                                      predicted_adversarial (output indices)
+The run folder (``ntkrobust train --out RUN``) is laid out as ``bridge.runfolder`` describes: the
+configuration, the history, a checkpoint per epoch and the tracked kernels with their probe.
 
 Every file is written atomically, in this order for each epoch: kernel files, checkpoint,
 history. An interrupted run therefore loses at most the epoch in flight: ``resume`` restarts
@@ -43,12 +36,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from bridge.data import Dataset, balanced_indices, task_indices
-from bridge.files import write_atomically, write_json
-from bridge.models import ModelConfig
-from bridge.tracking import BATCHNORM_MODES, KernelTracker, clean_accuracy, pgd_accuracy
-from bridge.training import TrainConfig, derived_seed, learning_rate, make_optimizer, train_epoch
+from ntkrobust.bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
+from ntkrobust.bridge.files import write_atomically, write_json
+from ntkrobust.bridge.models import ModelConfig
+from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
+from ntkrobust.bridge.tracking import BATCHNORM_MODES, KernelTracker, clean_accuracy, pgd_accuracy
+from ntkrobust.bridge.training import TrainConfig, derived_seed, learning_rate, make_optimizer, train_epoch
 
 __all__ = ["RunFolderError", "TrackingConfig", "run_training"]
 
@@ -113,11 +107,6 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]} was {old!r}, now {new!r}"]
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    found = sorted((out / "checkpoints").glob("epoch_*.pt"))
-    return found[-1] if found else None
-
-
 def _subset(labels: np.ndarray, classes: tuple[int, ...], n: int | None, seed: int, what: str) -> np.ndarray:
     if n is None or n >= labels.shape[0]:
         return np.arange(labels.shape[0])
@@ -171,7 +160,7 @@ def run_training(
     ``relative_magnitude(model, x_test)`` is recorded per epoch when given (linearized runs).
     Returns the history (as written to ``history.json``).
     """
-    out = Path(out)
+    run = RunFolder(out)
     if tracking.probe > data.x_train.shape[0]:
         raise RunFolderError(
             f"the probe set ({tracking.probe}) is larger than the {data.x_train.shape[0]} training points"
@@ -211,7 +200,7 @@ def run_training(
             memory_budget=tracking.memory_budget,
         )
 
-    state = _start(out, model, optimizer, config, resume, device)
+    state = _start(run, model, optimizer, config, resume, device)
     if not state.history:
         state.history = {
             "command": "train",
@@ -230,7 +219,7 @@ def run_training(
                 "y": data.y_train[chosen],
                 "targets": tracker.targets.cpu().numpy(),
             }
-            _save_arrays(out / "kernels" / "probe.npz", arrays)
+            _save_arrays(run.probe, arrays)
     else:
         state.history.update({"config": config, **(metadata or {})})
     history = state.history
@@ -240,8 +229,8 @@ def run_training(
             return 0.0
         network = model if kernel_network is None else kernel_network(model)
         arrays, record = tracker.track(model, network, x_adv=probe_examples)
-        name = f"kernels/step_{step:07d}.npz"
-        _save_arrays(out / name, arrays)
+        name = run.kernel_name(step)
+        _save_arrays(run.path / name, arrays)
         history["kernels"].append({"step": step, "epoch": step / steps_per_epoch, "file": name, **record})
         return float(record["seconds"])
 
@@ -274,7 +263,7 @@ def run_training(
 
     def checkpoint(epoch: int) -> None:
         save_checkpoint(
-            out / "checkpoints" / f"epoch_{epoch:03d}.pt",
+            run.checkpoint(epoch),
             model,
             model_config,
             epoch=epoch,
@@ -282,7 +271,7 @@ def run_training(
             optimizer=optimizer.state_dict(),
             history=history,
         )
-        write_json(out / "history.json", history)
+        write_json(run.history, history)
 
     epochs_bar = tqdm(total=train.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not progress)
     if state.epoch == 0 and not history["epochs"]:
@@ -333,12 +322,12 @@ def run_training(
         )
         epochs_bar.update(1)
     epochs_bar.close()
-    write_json(out / "history.json", history)
+    write_json(run.history, history)
     return history
 
 
 def _start(
-    out: Path,
+    run: RunFolder,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     config: dict[str, Any],
@@ -346,12 +335,12 @@ def _start(
     device: torch.device,
 ) -> _State:
     """A fresh run (writes ``config.json``), or the state of the last checkpoint of a resumed one."""
-    stored = out / "config.json"
+    stored = run.config
     if not resume:
         write_json(stored, config)
         return _State()
-    if not stored.is_file():
-        raise RunFolderError(f"--resume: {out} holds no run (no config.json)")
+    if not run.exists():
+        raise RunFolderError(f"--resume: {run.path} holds no run (no {CONFIG_FILE})")
     try:
         previous = json.loads(stored.read_text())
     except (OSError, ValueError) as error:
@@ -359,9 +348,9 @@ def _start(
     differences = _differences(_comparable(previous), _comparable(json.loads(json.dumps(config))))
     if differences:
         more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
-        raise RunFolderError(f"--resume: {out} was made with a different configuration: {differences[0]}{more}")
+        raise RunFolderError(f"--resume: {run.path} was made with a different configuration: {differences[0]}{more}")
     write_json(stored, config)  # the epochs may have grown
-    latest = _latest_checkpoint(out)
+    latest = run.latest_checkpoint()
     if latest is None:
         return _State()
     try:
@@ -371,7 +360,7 @@ def _start(
         state = _State(epoch=int(payload["epoch"]), step=int(payload["step"]), history=payload["history"])
     except (CheckpointError, KeyError, RuntimeError, ValueError) as error:
         raise RunFolderError(f"--resume: cannot resume from {latest} ({str(error).splitlines()[0][:160]})") from None
-    for stale in (out / "kernels").glob("step_*.npz"):  # kernels of the interrupted epoch
-        if int(stale.stem.split("_")[1]) > state.step:
+    for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
+        if step > state.step:
             stale.unlink()
     return state

@@ -101,7 +101,7 @@ class DenseLayer:
 def dense_layers(model: nn.Module, example: torch.Tensor, trainable: set[str]) -> dict[str, DenseLayer]:
     """``nn.Linear`` / ``NTKLinear`` modules with a trainable weight, called exactly once per
     forward pass on a single vector per example (shape (1, in) for one example)."""
-    from bridge.models import NTKLinear
+    from ntkrobust.bridge.models import NTKLinear
 
     candidates = {
         name: module

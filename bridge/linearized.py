@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from bridge.jacobians import as_inputs
+from ntkrobust.bridge.jacobians import as_inputs
 
 __all__ = ["LinearizedNetwork", "relative_magnitude"]
 

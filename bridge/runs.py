@@ -2,9 +2,9 @@
 
 numpy only (no torch, no JAX): reading a run and measuring how its kernel moved needs neither.
 
-A run folder holds ``history.json`` (per-epoch records under ``"epochs"``, per-tracked-kernel
-records under ``"kernels"``), ``kernels/probe.npz`` (``y`` class ids and ``targets`` output
-indices of the N probe points) and one ``kernels/step_*.npz`` per tracked kernel with the
+A run folder (laid out as ``bridge.runfolder`` describes) holds the history (per-epoch records
+under ``"epochs"``, per-tracked-kernel records under ``"kernels"``), the probe (``y`` class ids and
+``targets`` output indices of the N probe points) and one kernel file per tracked kernel with the
 ``clean`` trace eNTK on the probe (C-NTK) and the ``adversarial`` one on its PGD examples
 (AE-NTK), each (N, N).
 
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels import metrics
+from ntkrobust.bridge.runfolder import HISTORY_FILE, RunFolder
+from ntkrobust.kernels import metrics
 
 KINDS = ("clean", "adversarial")
 """The kernels of a tracked step: C-NTK on the clean probe, AE-NTK on its PGD examples."""
@@ -108,16 +109,17 @@ class TrainingRun:
 def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
     """Read and validate the run folder ``path``; with ``kernels`` also read every tracked kernel.
 
-    Raises ``RunError`` for a folder that is not a run: no ``history.json``, unreadable or
+    Raises ``RunError`` for a folder that is not a run: no history, unreadable or
     malformed JSON, a missing or unreadable kernel or probe file, kernels whose size differs
     from the probe's, tracked steps out of order.
     """
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"{path}: not a run folder (no such directory)")
-    history_path = path / "history.json"
+    folder = RunFolder(path)
+    history_path = folder.history
     if not history_path.is_file():
-        raise RunError(f"{path}: not a run folder (no history.json)")
+        raise RunError(f"{path}: not a run folder (no {HISTORY_FILE})")
     try:
         history = json.loads(history_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -134,7 +136,7 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
         raise RunError(f"{history_path}: malformed 'kernels' (expected records with a 'file')")
     kernel_epochs = _kernel_epochs(records, history, history_path)
     if records:
-        targets, labels = _read_probe(path / "kernels" / "probe.npz")
+        targets, labels = _read_probe(folder.probe)
     else:
         targets = labels = np.zeros(0, dtype=np.int64)
     class_names = _class_names(history, targets, history_path)

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bridge.entk import empirical_ntk
-from bridge.jacobians import as_inputs, transposed_products
-from bridge.linearized import LinearizedNetwork
-from bridge.models import ModelConfig, build_model
+from ntkrobust.bridge.entk import empirical_ntk
+from ntkrobust.bridge.jacobians import as_inputs, transposed_products
+from ntkrobust.bridge.linearized import LinearizedNetwork
+from ntkrobust.bridge.models import ModelConfig, build_model
 
 __all__ = [
     "EmpiricalKernelMachine",

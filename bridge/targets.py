@@ -30,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bridge.checkpoint import CheckpointError, load_checkpoint
-from bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
+from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
+from ntkrobust.bridge.runfolder import checkpoint_epoch
 
 
 class TargetError(ValueError):
@@ -58,23 +59,22 @@ def _first_line(error: BaseException) -> str:
 
 
 def _label(path: Path) -> str:
-    """``run-name epoch N`` for ``RUN/checkpoints/epoch_NNN.pt``, else the file's stem."""
-    if _in_run(path):
-        return f"{path.parent.parent.name} epoch {int(path.stem.removeprefix('epoch_'))}"
+    """``run-name epoch N`` for a checkpoint in a run folder (``bridge.runfolder``), else the file's stem."""
+    found = checkpoint_epoch(path)
+    if found is not None:
+        run, epoch = found
+        return f"{run.path.name} epoch {epoch}"
     return path.stem
-
-
-def _in_run(path: Path) -> bool:
-    return path.parent.name == "checkpoints" and path.stem.startswith("epoch_") and path.stem[6:].isdigit()
 
 
 def _curve(path: Path) -> tuple[str, int] | None:
     """Where a run folder's checkpoint sits among the dynamics of LOO sec. 5 (see ``Target.curve``)."""
-    if not _in_run(path):
+    found = checkpoint_epoch(path)
+    if found is None:
         return None
-    run = path.parent.parent
+    run, epoch = found
     try:
-        config = json.loads((run / "config.json").read_text())
+        config = json.loads(run.config.read_text())
         linearization = config.get("linearization")
         if linearization:
             kind = "centered" if linearization["centered"] else "linearized"
@@ -82,7 +82,7 @@ def _curve(path: Path) -> tuple[str, int] | None:
             return f"{kind} from {parent}", int(linearization["spawn_epoch"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # not a run folder of this tool after all: the folder's name and the epoch
-    return run.name, int(path.stem.removeprefix("epoch_"))
+    return run.path.name, epoch
 
 
 def load_target(

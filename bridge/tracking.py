@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bridge.adversarial import pgd_examples, predict
-from bridge.entk import empirical_ntk
-from kernels.metrics import kernel_metrics, trace_kernel
+from ntkrobust.bridge.adversarial import pgd_examples, predict
+from ntkrobust.bridge.entk import empirical_ntk
+from ntkrobust.kernels.metrics import kernel_metrics, trace_kernel
 
 __all__ = ["BATCHNORM_MODES", "KernelTracker", "batch_statistics", "clean_accuracy", "has_batchnorm", "pgd_accuracy"]
 

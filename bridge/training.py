@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from attacks import fgsm, pgd
-from attacks.threat import ThreatModel
-from bridge.adversarial import cross_entropy_gradient, input_gradient
+from ntkrobust.attacks import fgsm, pgd
+from ntkrobust.attacks.threat import ThreatModel
+from ntkrobust.bridge.adversarial import cross_entropy_gradient, input_gradient
 
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
 

@@ -19,57 +19,17 @@ task); every source's examples have the shape of x.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from attacks import Norm, random_sign, robust_accuracy, transferability
-from bridge.adversarial import WHITE_BOX_METHODS, adversarial_examples, predict
+from ntkrobust.attacks import AttackSpec, random_sign, robust_accuracy, transferability
+from ntkrobust.bridge.adversarial import attack_examples, predict
 
 
-@dataclass(frozen=True)
-class WhiteBoxAttack:
-    """A net's own attack: FGSM, or PGD with ``step`` × ``steps`` (random start unless told)."""
-
-    method: str
-    eps: float
-    norm: Norm = "linf"
-    step: float | None = None
-    steps: int = 1
-    random_start: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.method not in WHITE_BOX_METHODS:
-            raise ValueError(f"unknown white-box method {self.method!r}: choose one of {', '.join(WHITE_BOX_METHODS)}")
-        if self.method == "pgd" and (self.step is None or not self.step > 0 or self.steps < 1):
-            raise ValueError("pgd needs step > 0 and steps >= 1")
-
-    def examples(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return adversarial_examples(
-            model,
-            x,
-            y,
-            method=self.method,
-            eps=self.eps,
-            step=self.step,
-            steps=self.steps,
-            norm=self.norm,
-            random_start=self.random_start,
-            seed=self.seed,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.method == "fgsm":  # one step of eps, no start: the PGD fields do not apply
-            data.update(step=None, steps=1, random_start=False)
-        return data
-
-
-def random_sign_examples(x: np.ndarray, attack: WhiteBoxAttack) -> np.ndarray:
+def random_sign_examples(x: np.ndarray, attack: AttackSpec) -> np.ndarray:
     """The random-sign baseline of ``attack``'s ε and norm (seeded by its seed)."""
     return random_sign(x, eps=attack.eps, norm=attack.norm, seed=attack.seed)
 
@@ -97,7 +57,7 @@ def evaluate_target(
     model: nn.Module,
     x: np.ndarray,
     y: np.ndarray,
-    attack: WhiteBoxAttack,
+    attack: AttackSpec,
     sources: Mapping[str, np.ndarray],
     *,
     random_examples: np.ndarray | None = None,
@@ -134,11 +94,11 @@ def _input_dtype(model: nn.Module) -> torch.dtype:
 
 
 def white_box_examples(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, attack: WhiteBoxAttack, *, device: torch.device | str = "cpu"
+    model: nn.Module, x: np.ndarray, y: np.ndarray, attack: AttackSpec, *, device: torch.device | str = "cpu"
 ) -> np.ndarray:
     """``attack`` against ``model`` (eval mode) on (x, y), as numpy examples like ``x``."""
     inputs = torch.as_tensor(x).to(device, _input_dtype(model))
-    own = attack.examples(model.eval(), inputs, torch.as_tensor(y).to(device))
+    own = attack_examples(model.eval(), inputs, torch.as_tensor(y).to(device), attack)
     return own.detach().cpu().numpy().astype(x.dtype)
 
 

@@ -28,9 +28,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from bridge.adversarial import cross_entropy_gradient
-from bridge.models import ModelConfig, build_model, model_config
-from bridge.transfer import WhiteBoxAttack, cosine_summary, evaluate_target, gradient_cosine, random_sign_examples
+from ntkrobust.attacks import AttackSpec
+from ntkrobust.bridge.adversarial import cross_entropy_gradient
+from ntkrobust.bridge.models import ModelConfig, build_model, model_config
+from ntkrobust.bridge.transfer import cosine_summary, evaluate_target, gradient_cosine, random_sign_examples
 
 #: The four numbers every transfer target reports (results.json).
 ACCURACY_KEYS = ("clean_accuracy", "white_box_accuracy", "ntk_attack_accuracy", "random_accuracy")
@@ -175,7 +176,7 @@ def two_layer_experiment(
     x_test: np.ndarray,
     y_test: np.ndarray,
     config: TwoLayerConfig,
-    attack: WhiteBoxAttack,
+    attack: AttackSpec,
     *,
     match_time: Callable[[np.ndarray], float],
     kernel_at: Callable[[float], KernelAtTime],

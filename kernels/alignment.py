@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kernels.machine import KernelMachine, spectral_filter
+from ntkrobust.kernels.machine import KernelMachine, spectral_filter
 
 
 def _gain(machine: KernelMachine, time: float) -> np.ndarray:

@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from kernels._jax import jnp, stax
-from kernels.conv import convolutional_kernel_fn
-from kernels.relu import fully_connected_dot_kernel_fn, fully_connected_kernel_fn
-from kernels.two_layer import two_layer_dot_ntk, two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
+from ntkrobust.kernels._jax import jnp, stax
+from ntkrobust.kernels.conv import convolutional_kernel_fn
+from ntkrobust.kernels.relu import fully_connected_dot_kernel_fn, fully_connected_kernel_fn
+from ntkrobust.kernels.two_layer import two_layer_dot_ntk, two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
 
 KernelFn = Callable[..., jnp.ndarray]
 KernelVjp = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import functools
 
-from kernels._jax import jax, jnp
-from kernels.relu import relu_step
+from ntkrobust.kernels._jax import jax, jnp
+from ntkrobust.kernels.relu import relu_step
 
 #: Target size (pixels x columns) of one tile's covariance arrays: 2¹⁶ float64 = 512 KiB.
 _TILE_PIXEL_ENTRIES = 2**16

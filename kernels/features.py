@@ -30,9 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from attacks import ThreatModel, fgsm, pgd
-from kernels._jax import jnp
-from kernels.machine import KernelMachine, loss_cotangent, predicted_index, spectral_filter
+from ntkrobust.attacks import ThreatModel, fgsm, pgd
+from ntkrobust.kernels._jax import jnp
+from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index, spectral_filter
 
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 

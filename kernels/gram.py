@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from kernels._jax import jax, jnp, nt
-from kernels.architectures import Architecture
+from ntkrobust.kernels._jax import jax, jnp, nt
+from ntkrobust.kernels.architectures import Architecture
 
 log = logging.getLogger("ntkrobust")
 

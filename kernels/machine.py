@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels._jax import jax, jnp
-from kernels.architectures import Architecture
-from kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
-from kernels.relu import pairwise_dots
+from ntkrobust.kernels._jax import jax, jnp
+from ntkrobust.kernels.architectures import Architecture
+from ntkrobust.kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
+from ntkrobust.kernels.relu import pairwise_dots
 
 #: Condition numbers above this make the ridgeless t = ∞ solution amplify the ~1e-9 relative
 #: rounding error of arc-cosine kernel entries into visible error.

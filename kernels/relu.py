@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 
-from kernels._jax import jax, jnp
+from ntkrobust.kernels._jax import jax, jnp
 
 # Cephes atan: for |r| <= 0.66, atan(r) = r + r·z·P(z)/Q(z), z = r².
 _P = (

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from attacks import ThreatModel, robust_accuracy
-from kernels.adversarial import AttackConfig, craft_adversarial
-from kernels.machine import KernelMachine
+from ntkrobust.attacks import AttackSpec, ThreatModel, robust_accuracy
+from ntkrobust.kernels.adversarial import craft_adversarial
+from ntkrobust.kernels.machine import KernelMachine
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,8 @@ def robust_only_kernels(
     bad = [r for r in r_values if not 1 <= r <= ranking.size]
     if bad:
         raise ValueError(f"r must be in [1, {ranking.size}], got {bad}")
-    fgsm_config = AttackConfig(method="fgsm", threat=threat)
-    pgd_config = AttackConfig(
-        method="pgd", threat=threat, step=pgd_step, steps=pgd_steps, random_start=random_start, seed=seed
-    )
+    fgsm_config = AttackSpec("fgsm", threat.eps, threat.norm)
+    pgd_config = AttackSpec("pgd", threat.eps, threat.norm, pgd_step, pgd_steps, random_start, seed)
     transferred = {
         "fgsm": craft_adversarial(machine, x, labels, fgsm_config),
         "pgd": craft_adversarial(machine, x, labels, pgd_config),

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 
-from kernels._jax import jnp, stax
-from kernels.relu import angle, pairwise_dots, safe_sqrt
+from ntkrobust.kernels._jax import jnp, stax
+from ntkrobust.kernels.relu import angle, pairwise_dots, safe_sqrt
 
 _TINY = 1e-30  # keeps an all-zero input from dividing by zero; its kernel row is then 0
 

@@ -31,7 +31,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def jax_strict():
-    from kernels._jax import jax
+    from ntkrobust.kernels._jax import jax
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
     return jax
@@ -45,7 +45,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="session")
 def digits_binary():
     """Digits 3 vs 8: a hard-ish binary task (120 train, 60 test)."""
-    from bridge.data import load_dataset
+    from ntkrobust.bridge.data import load_dataset
 
     return load_dataset("digits", classes=[3, 8], n_train=120, n_test=60, seed=0)
 
@@ -53,14 +53,14 @@ def digits_binary():
 @pytest.fixture(scope="session")
 def digits_multiclass():
     """All ten digits (200 train, 100 test)."""
-    from bridge.data import load_dataset
+    from ntkrobust.bridge.data import load_dataset
 
     return load_dataset("digits", n_train=200, n_test=100, seed=0)
 
 
 @pytest.fixture(scope="session")
 def fc2_binary(digits_binary, jax_strict):
-    from kernels import fit_kernel_machine, get_architecture
+    from ntkrobust.kernels import fit_kernel_machine, get_architecture
 
     return fit_kernel_machine(
         get_architecture("fc2"), digits_binary.x_train, digits_binary.y_train, classes=digits_binary.classes
@@ -69,7 +69,7 @@ def fc2_binary(digits_binary, jax_strict):
 
 @pytest.fixture(scope="session")
 def fc2_multiclass(digits_multiclass, jax_strict):
-    from kernels import fit_kernel_machine, get_architecture
+    from ntkrobust.kernels import fit_kernel_machine, get_architecture
 
     return fit_kernel_machine(get_architecture("fc2"), digits_multiclass.x_train, digits_multiclass.y_train)
 
@@ -77,7 +77,7 @@ def fc2_multiclass(digits_multiclass, jax_strict):
 @pytest.fixture
 def run_cli(capsys):
     """``run_cli(argv) -> (exit status, stdout, stderr)`` through ``cli.main``."""
-    import cli
+    from ntkrobust import cli
 
     def run(argv):
         code = cli.main([str(a) for a in argv])

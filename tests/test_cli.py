@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cli
-from attacks import ThreatModel, check_adversarial
+from ntkrobust import cli
+from ntkrobust.attacks import ThreatModel, check_adversarial
 
 DIGITS_SMALL = ["--n-train", "150", "--n-test", "40"]
 
@@ -146,14 +146,15 @@ def test_make_npz_refuses_to_overwrite(tmp_path, run_cli):
 
 
 def test_cli_lists_match_the_library():
-    from kernels import ARCHITECTURES, METHODS
+    from ntkrobust.attacks import METHODS
+    from ntkrobust.kernels import ARCHITECTURES
 
     assert cli.ARCHITECTURES == ARCHITECTURES and cli.METHODS == METHODS
 
 
 def test_help_is_instant_no_heavy_imports():
     code = (
-        "import sys, cli\n"
+        "import sys\nfrom ntkrobust import cli\n"
         "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('jax', 'neural_tangents', 'torch', 'tensorflow', 'matplotlib') if m in sys.modules]\n"
         "print(heavy)\n"

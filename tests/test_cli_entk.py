@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import cli
+from ntkrobust import cli
 
 SMALL_WIDTH = {"resnet18": "4", "mnist-cnn": "4", "cifar-cnn": "4", "conv1": "8", "conv2": "8"}
 
@@ -18,7 +18,7 @@ def entk_args(model: str, *extra: object) -> list[str]:
 
 
 def test_registry_matches_the_cli_list():
-    from bridge.models import MODELS
+    from ntkrobust.bridge.models import MODELS
 
     assert tuple(MODELS) == cli.MODELS
 
@@ -28,7 +28,7 @@ def test_every_registered_model_on_digits(tmp_path, run_cli, model):
     out = tmp_path / model
     data = ["--data", "digits"]
     if model in ("cifar-cnn", "resnet18"):  # colour nets: digits made three-channel through an npz
-        from bridge.data import load_dataset, save_dataset_npz
+        from ntkrobust.bridge.data import load_dataset, save_dataset_npz
 
         digits = load_dataset("digits", n_train=60, n_test=20, seed=0)
         colour = dataclasses.replace(
@@ -87,8 +87,8 @@ def test_adversarial_kernel_is_on_the_nets_own_pgd_examples(tmp_path, run_cli):
 
 
 def test_checkpoint_rebuilds_the_model_and_batch_stats_change_the_kernel(tmp_path, run_cli):
-    from bridge.checkpoint import save_checkpoint
-    from bridge.models import build_model, model_config
+    from ntkrobust.bridge.checkpoint import save_checkpoint
+    from ntkrobust.bridge.models import build_model, model_config
 
     config = model_config("resnet18", (1, 8, 8), 10, width=2, seed=5)
     model = build_model(config)
@@ -105,8 +105,8 @@ def test_checkpoint_rebuilds_the_model_and_batch_stats_change_the_kernel(tmp_pat
 
 @pytest.fixture
 def foreign_files(tmp_path):
-    from bridge.checkpoint import save_checkpoint
-    from bridge.models import build_model, model_config
+    from ntkrobust.bridge.checkpoint import save_checkpoint
+    from ntkrobust.bridge.models import build_model, model_config
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00 not a checkpoint")
@@ -138,7 +138,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, foreign_files, assert_refused):
-    from bridge.data import Dataset, save_dataset_npz
+    from ntkrobust.bridge.data import Dataset, save_dataset_npz
 
     argv, message = BAD[case]
     x = np.random.default_rng(0).random((20, 1, 2, 2), dtype=np.float32)

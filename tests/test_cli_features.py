@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import cli
+from ntkrobust import cli
 
 SMALL = ["--n-train", "120", "--n-test", "60", "--n-features", "20", "--eps", "0.1", "--quiet"]
 

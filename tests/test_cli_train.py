@@ -130,7 +130,7 @@ def test_bad_linearization_checkpoint(tmp_path, assert_refused):
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A standard and a PGD run of two epochs each (module-scoped: the dynamics tests share them)."""
-    import cli
+    from ntkrobust import cli
 
     root = tmp_path_factory.mktemp("runs")
     for mode in ("standard", "pgd"):

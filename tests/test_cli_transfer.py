@@ -14,7 +14,7 @@ TASK = ["--data", "digits", "--classes", "3,8", "--n-train", "60", "--n-test", "
 
 @pytest.fixture(scope="module")
 def two_layer_run(tmp_path_factory):
-    import cli
+    from ntkrobust import cli
 
     out = tmp_path_factory.mktemp("two-layer") / "run"
     argv = ["two-layer", *TASK, "--width", "300", "--nets", "2", "--epochs", "20", "--eps", "0.2", "--quiet"]
@@ -54,7 +54,7 @@ def test_transfer_reports_the_matrix_for_checkpoints_torchscript_and_surrogates(
 ):
     import torch
 
-    from bridge.models import build_model, model_config
+    from ntkrobust.bridge.models import build_model, model_config
 
     net = build_model(model_config("fc1", (1, 8, 8), 2, width=16, seed=0)).eval()
     torch.jit.save(torch.jit.trace(net, torch.rand(2, 1, 8, 8)), tmp_path / "mine.ts")
@@ -121,7 +121,7 @@ def test_transfer_refusals(two_layer_run, tmp_path, assert_refused):
     )
     import torch
 
-    from bridge.models import build_model, model_config
+    from ntkrobust.bridge.models import build_model, model_config
 
     torch.save(build_model(model_config("fc1", (1, 3, 3), 2, width=8)).state_dict(), tmp_path / "w.pt")
     assert_refused(

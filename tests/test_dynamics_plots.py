@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import plots
-from bridge.runs import (
+from ntkrobust import plots
+from ntkrobust.bridge.runs import (
     RunError,
     TrainingRun,
     dynamics_summary,
@@ -25,7 +25,7 @@ from bridge.runs import (
     load_run,
     load_runs,
 )
-from kernels import metrics
+from ntkrobust.kernels import metrics
 
 C = 3
 N = 24

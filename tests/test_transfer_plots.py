@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import plots
+from ntkrobust import plots
 
 EPOCHS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 TIME_PER_EPOCH = 0.01

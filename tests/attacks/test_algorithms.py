@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacks import (
+from ntkrobust.attacks import (
     ThreatModel,
     check_adversarial,
     dual_norm,
@@ -74,7 +74,7 @@ def test_random_start_is_seeded_and_inside_the_ball(batch):
 
 def _converter(backend):
     if backend == "jax":
-        from kernels._jax import jnp
+        from ntkrobust.kernels._jax import jnp
 
         return jnp.asarray
     import torch

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from attacks import ThreatModel, check_adversarial, random_sign, transferability
+from ntkrobust.attacks import ThreatModel, check_adversarial, random_sign, transferability
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

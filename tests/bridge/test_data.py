@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from bridge.data import DataError, load_dataset, read_idx, save_dataset_npz
+from ntkrobust.bridge.data import DataError, load_dataset, read_idx, save_dataset_npz
 
 
 def test_digits_is_the_offline_default_in_the_data_contract():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.eigenvectors import NTKEigenvectors, eigenvector_images, ntk_eigenvectors
-from bridge.models import build_model, model_config
+from ntkrobust.bridge.eigenvectors import NTKEigenvectors, eigenvector_images, ntk_eigenvectors
+from ntkrobust.bridge.models import build_model, model_config
 
 TOL = 1e-8  # float64 throughout where routes are compared
 CASES = {  # name: (input shape, width); N = 12 inputs, 3 outputs
@@ -75,13 +75,13 @@ def test_v_are_the_right_singular_vectors_of_the_jacobian(name):
 
 
 def test_sub_batches_give_the_same_v_as_one_batch(monkeypatch):
-    import bridge.eigenvectors
+    from ntkrobust.bridge import eigenvectors
 
     model, x = tiny_model("conv1").double(), inputs("conv1")
     whole = ntk_eigenvectors(model, x, output=OUTPUT, top=3)
     batches: list[int] = []
     model.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))  # the copy keeps it
-    monkeypatch.setattr(bridge.eigenvectors, "_MAX_SUB_BATCH", 5)
+    monkeypatch.setattr(eigenvectors, "_MAX_SUB_BATCH", 5)
     chunked = ntk_eigenvectors(model, x, output=OUTPUT, top=3)
     assert batches[-3:] == [5, 5, 2]  # the gradient pass went through three sub-batches
     np.testing.assert_array_equal(chunked.eigenvalues, whole.eigenvalues)
@@ -130,8 +130,8 @@ def test_returned_cosines_are_those_of_the_returned_images(conv1_eigen):
 
 @pytest.mark.parametrize("name", ["conv1", "mnist-cnn"])
 def test_dense_layers_by_structure_equal_the_generic_route(monkeypatch, name):
-    import bridge.eigenvectors
-    from bridge.jacobians import dense_layers
+    from ntkrobust.bridge import eigenvectors
+    from ntkrobust.bridge.jacobians import dense_layers
 
     model = tiny_model(name).double()
     shape = CASES[name][0]
@@ -139,7 +139,7 @@ def test_dense_layers_by_structure_equal_the_generic_route(monkeypatch, name):
     assert dense_layers(model, torch.rand(1, *shape, dtype=torch.float64), trainable)  # the route is taken
     eigen = ntk_eigenvectors(model, inputs(name), output=OUTPUT, top=2)
     structured = eigenvector_images(model, eigen, maximize=True, steps=5, image_shape=shape)
-    monkeypatch.setattr(bridge.eigenvectors, "_STRUCTURED", False)
+    monkeypatch.setattr(eigenvectors, "_STRUCTURED", False)
     generic = eigenvector_images(model, eigen, maximize=True, steps=5, image_shape=shape)
     np.testing.assert_allclose(structured[1], generic[1], rtol=0, atol=1e-10)
     np.testing.assert_allclose(structured[0], generic[0], rtol=0, atol=1e-6)  # float32 images

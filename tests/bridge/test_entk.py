@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.entk import BudgetError, KernelKind, empirical_ntk, with_batch_statistics
-from bridge.jacobians import plan_parameter_groups
-from bridge.models import build_model, model_config
+from ntkrobust.bridge.entk import BudgetError, KernelKind, empirical_ntk, with_batch_statistics
+from ntkrobust.bridge.jacobians import plan_parameter_groups
+from ntkrobust.bridge.models import build_model, model_config
 
 TOL = 1e-11  # float64 throughout; the routes differ only in summation order
 
@@ -76,7 +76,7 @@ def test_trace_and_class_kernels_are_the_diagonal_blocks(case):
 def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch, structured):
     """Groups of a fifth of the generic parameters (tensors sliced), sub-batches of 2; with and
     without the dense layers' structured route."""
-    import bridge.entk
+    from ntkrobust.bridge import entk
 
     model, x1, x2, reference = case
     plans = []
@@ -85,8 +85,8 @@ def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch
         plans.append(plan_parameter_groups(sizes, min(capacity, max(sum(sizes.values()) // 5, 1))))
         return plans[-1]
 
-    monkeypatch.setattr(bridge.entk, "plan_parameter_groups", small_groups)
-    monkeypatch.setattr(bridge.entk, "_MAX_SUB_BATCH", 2)
+    monkeypatch.setattr(entk, "plan_parameter_groups", small_groups)
+    monkeypatch.setattr(entk, "_MAX_SUB_BATCH", 2)
     options = {"kind": "full", "dtype": torch.float64, "structured": structured}
     chunked = empirical_ntk(model, x1, x2, **options)
     if plans:
@@ -101,7 +101,7 @@ def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch
 
 
 def test_dense_layers_take_the_structured_route_only_where_it_is_exact():
-    from bridge.jacobians import dense_layers
+    from ntkrobust.bridge.jacobians import dense_layers
 
     def dense(model, shape):
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -179,7 +179,7 @@ def _stax_twin(name: str, x: np.ndarray, stax, jax):  # type: ignore[no-untyped-
 @pytest.mark.parametrize("name", ["fc2", "conv1"])
 def test_matches_neural_tangents_on_an_identical_net(jax_strict, name):
     """Cross-framework: stax's NTK-parameterised net and the torch twin with the same weights."""
-    from kernels._jax import jnp, nt, stax
+    from ntkrobust.kernels._jax import jnp, nt, stax
 
     x = np.random.default_rng(0).random((5, 1, 5, 5))
     apply_fn, params, stax_x, model = _stax_twin(name, x, stax, jax_strict)
@@ -194,7 +194,7 @@ def test_matches_neural_tangents_on_an_identical_net(jax_strict, name):
 
 @pytest.mark.parametrize("name", ["fc1", "two-layer", "conv1"])
 def test_twin_approaches_the_analytic_kernel_as_width_grows(digits_multiclass, jax_strict, name):
-    from kernels import compute_gram, get_architecture
+    from ntkrobust.kernels import compute_gram, get_architecture
 
     x = digits_multiclass.x_train[:12]
     analytic = np.asarray(compute_gram(get_architecture(name), x))

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bridge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from bridge.entk import empirical_ntk
-from bridge.linearized import LinearizedNetwork, relative_magnitude
-from bridge.models import MODELS, ModelConfig, build_model, model_config
+from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from ntkrobust.bridge.entk import empirical_ntk
+from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
+from ntkrobust.bridge.models import MODELS, ModelConfig, build_model, model_config
 
 EXACT = 1e-12  # float64: the same arithmetic, at most reordered
 TOL = 1e-10  # float64: hand-made steps and kernels through different routes

@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from bridge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from bridge.models import MODELS, ModelConfig, ModelError, build_model, check_fits, model_config, parameter_count
+from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from ntkrobust.bridge.models import (
+    MODELS,
+    ModelConfig,
+    ModelError,
+    build_model,
+    check_fits,
+    model_config,
+    parameter_count,
+)
 
 SHAPES = {name: (3, 8, 8) if name in ("cifar-cnn", "resnet18") else (1, 8, 8) for name in MODELS}
 SMALL_WIDTH = {"resnet18": 4, "mnist-cnn": 4, "cifar-cnn": 4, "conv1": 8, "conv2": 8}

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bridge.adversarial import pgd_examples, predict
-from bridge.data import load_dataset
-from bridge.entk import empirical_ntk
-from bridge.models import build_model, model_config
-from bridge.surrogate import (
+from ntkrobust.bridge.adversarial import pgd_examples, predict
+from ntkrobust.bridge.data import load_dataset
+from ntkrobust.bridge.entk import empirical_ntk
+from ntkrobust.bridge.models import build_model, model_config
+from ntkrobust.bridge.surrogate import (
     EmpiricalKernelMachine,
     dual_coefficients,
     empirical_gram,

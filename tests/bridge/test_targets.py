@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridge.checkpoint import save_checkpoint
-from bridge.linearized import LinearizedNetwork
-from bridge.models import build_model, model_config
-from bridge.targets import TargetError, load_target
-from bridge.two_layer import OutputChange
+from ntkrobust.bridge.checkpoint import save_checkpoint
+from ntkrobust.bridge.linearized import LinearizedNetwork
+from ntkrobust.bridge.models import build_model, model_config
+from ntkrobust.bridge.targets import TargetError, load_target
+from ntkrobust.bridge.two_layer import OutputChange
 
 torch.set_num_threads(1)
 # the tests make TorchScript files as a user would; torch deprecates making them, not loading them

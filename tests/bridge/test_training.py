@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.data import load_dataset, task_indices
-from bridge.experiment import RunFolderError, TrackingConfig, run_training
-from bridge.models import build_model, model_config
-from bridge.tracking import batch_statistics, clean_accuracy
-from bridge.training import MODES, TrainConfig, learning_rate, train_epoch, training_inputs, training_loss
+from ntkrobust.bridge.data import load_dataset, task_indices
+from ntkrobust.bridge.experiment import RunFolderError, TrackingConfig, run_training
+from ntkrobust.bridge.models import build_model, model_config
+from ntkrobust.bridge.tracking import batch_statistics, clean_accuracy
+from ntkrobust.bridge.training import MODES, TrainConfig, learning_rate, train_epoch, training_inputs, training_loss
 
 warnings.filterwarnings("ignore", message="CUDA initialization")
 
@@ -36,7 +36,7 @@ def _fc2(data, width=64, seed=0):
 
 
 def test_modes_are_the_cli_choices():
-    import cli
+    from ntkrobust import cli
 
     assert cli.TRAINING_MODES == MODES
 
@@ -175,7 +175,7 @@ def _run(tmp, data, *, epochs=3, every=None, resume=False, interrupt_at=None, pr
     tracking = TrackingConfig(eps=0.1, step=0.03, steps=2, probe=probe, every=every, eval_n=30)
     run_config = {"model": config.to_dict(), "train": train.to_dict(), "tracking": tracking.to_dict(), "device": "cpu"}
     if interrupt_at is not None:
-        import bridge.experiment as experiment
+        import ntkrobust.bridge.experiment as experiment
 
         real = experiment.train_epoch
 
@@ -295,7 +295,7 @@ def test_run_with_batchnorm_evaluated_both_ways(tmp_path, digits):
 
 
 def test_the_evaluation_set_starts_with_the_probe_and_the_kernels_reuse_its_attack(tmp_path, digits):
-    from bridge.experiment import _evaluation_subset
+    from ntkrobust.bridge.experiment import _evaluation_subset
 
     probe = np.array([3, 10, 40, 41])
     subset = _evaluation_subset(digits.y_train, digits.classes, 24, 0, probe)
@@ -303,7 +303,7 @@ def test_the_evaluation_set_starts_with_the_probe_and_the_kernels_reuse_its_atta
     assert _evaluation_subset(digits.y_train, digits.classes, 3, 0, probe).tolist() == probe.tolist()
     assert len(_evaluation_subset(digits.y_train, digits.classes, None, 0, probe)) == digits.y_train.shape[0]
 
-    from bridge.tracking import KernelTracker, pgd_accuracy
+    from ntkrobust.bridge.tracking import KernelTracker, pgd_accuracy
 
     x, y = _tensors(digits)
     model, _ = _fc2(digits, width=16)

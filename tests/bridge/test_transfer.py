@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from attacks import ThreatModel, check_adversarial
-from bridge.data import load_dataset, task_indices
-from bridge.models import build_model, model_config
-from bridge.transfer import (
-    WhiteBoxAttack,
+from ntkrobust.attacks import AttackSpec, ThreatModel, check_adversarial
+from ntkrobust.bridge.data import load_dataset, task_indices
+from ntkrobust.bridge.models import build_model, model_config
+from ntkrobust.bridge.transfer import (
     cosine_summary,
     evaluate_target,
     gradient_cosine,
     random_sign_examples,
     white_box_examples,
 )
-from bridge.two_layer import train_full_batch
+from ntkrobust.bridge.two_layer import train_full_batch
 
 torch.set_num_threads(1)
 EPS = 0.1
@@ -41,13 +40,13 @@ def trained_net(digits):
 
 
 def test_ntk_attack_beats_random_sign_on_a_trained_digits_net(digits, trained_net):
-    from kernels import fit_kernel_machine, get_architecture
-    from kernels.adversarial import AttackConfig, craft_adversarial
+    from ntkrobust.kernels import fit_kernel_machine, get_architecture
+    from ntkrobust.kernels.adversarial import craft_adversarial
 
     machine = fit_kernel_machine(get_architecture("fc1"), digits.x_train, digits.y_train, ridge=1e-3)
-    ntk = craft_adversarial(machine, digits.x_test, digits.y_test, AttackConfig("fgsm", ThreatModel("linf", EPS)))
+    ntk = craft_adversarial(machine, digits.x_test, digits.y_test, AttackSpec("fgsm", EPS))
     y = task_indices(digits.y_test, digits.classes)
-    attack = WhiteBoxAttack("fgsm", eps=EPS)
+    attack = AttackSpec("fgsm", eps=EPS)
     result = evaluate_target(trained_net, digits.x_test, y, attack, {"NTK fc1": ntk})
     assert result.clean_accuracy > 0.85
     # the kernel's examples, made without the net, do far more than noise of the same size
@@ -62,7 +61,7 @@ def test_ntk_attack_beats_random_sign_on_a_trained_digits_net(digits, trained_ne
 
 def test_own_examples_are_reused_and_counted_as_the_white_box_attack(digits, trained_net):
     y = task_indices(digits.y_test, digits.classes)
-    attack = WhiteBoxAttack("pgd", eps=EPS, step=0.025, steps=5, seed=1)
+    attack = AttackSpec("pgd", eps=EPS, step=0.025, steps=5, seed=1)
     own = white_box_examples(trained_net, digits.x_test, y, attack)
     check_adversarial(own, digits.x_test, ThreatModel("linf", EPS))
     fresh = evaluate_target(trained_net, digits.x_test, y, attack, {"own": own})
@@ -83,14 +82,14 @@ def test_one_output_nets_predict_by_sign(digits):
         epochs=100,
     )
     y_test = task_indices(binary.y_test, binary.classes)
-    result = evaluate_target(net, binary.x_test, y_test, WhiteBoxAttack("fgsm", eps=0.2), {})
+    result = evaluate_target(net, binary.x_test, y_test, AttackSpec("fgsm", eps=0.2), {})
     predicted = (net(torch.as_tensor(binary.x_test))[:, 0] > 0).long().numpy()
     assert result.clean_accuracy == pytest.approx(np.mean(predicted == y_test)) and result.clean_accuracy > 0.8
     assert result.white_box_accuracy < result.clean_accuracy
 
 
 def test_random_sign_examples_follow_the_attacks_budget(digits):
-    attack = WhiteBoxAttack("fgsm", eps=0.05, seed=4)
+    attack = AttackSpec("fgsm", eps=0.05, seed=4)
     noisy = random_sign_examples(digits.x_test, attack)
     check_adversarial(noisy, digits.x_test, ThreatModel("linf", 0.05))
     np.testing.assert_array_equal(noisy, random_sign_examples(digits.x_test, attack))
@@ -109,8 +108,8 @@ def test_gradient_cosine_and_its_summary(rng):
 
 
 def test_white_box_attack_configuration():
-    assert WhiteBoxAttack("fgsm", eps=0.3, step=0.1, steps=7).to_dict()["steps"] == 1
-    with pytest.raises(ValueError, match="unknown white-box method"):
-        WhiteBoxAttack("cw", eps=0.3)
+    assert AttackSpec("fgsm", eps=0.3, step=0.1, steps=7).to_dict()["steps"] == 1
+    with pytest.raises(ValueError, match="unknown attack method"):
+        AttackSpec("cw", eps=0.3)
     with pytest.raises(ValueError, match="pgd needs"):
-        WhiteBoxAttack("pgd", eps=0.3)
+        AttackSpec("pgd", eps=0.3)

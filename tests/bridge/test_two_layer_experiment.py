@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.adversarial import cross_entropy_gradient
-from bridge.checkpoint import load_checkpoint, save_checkpoint
-from bridge.data import load_dataset, task_indices
-from bridge.models import build_model, model_config
-from bridge.transfer import WhiteBoxAttack, gradient_cosine
-from bridge.two_layer import (
+from ntkrobust.attacks import AttackSpec
+from ntkrobust.bridge.adversarial import cross_entropy_gradient
+from ntkrobust.bridge.checkpoint import load_checkpoint, save_checkpoint
+from ntkrobust.bridge.data import load_dataset, task_indices
+from ntkrobust.bridge.models import build_model, model_config
+from ntkrobust.bridge.transfer import gradient_cosine
+from ntkrobust.bridge.two_layer import (
     KernelAtTime,
     OutputChange,
     TwoLayerConfig,
@@ -32,7 +33,7 @@ def three_vs_eight():
 
 @pytest.fixture(scope="module")
 def machine(three_vs_eight):
-    from kernels import fit_kernel_machine, get_architecture
+    from ntkrobust.kernels import fit_kernel_machine, get_architecture
 
     data = three_vs_eight
     return fit_kernel_machine(get_architecture("two-layer"), data.x_train, data.y_train, classes=data.classes, time=0.0)
@@ -98,7 +99,7 @@ def test_divergence_is_reported(three_vs_eight):
 
 def test_epoch_and_kernel_time_align_on_a_tiny_case(three_vs_eight, machine):
     # gradient descent on (1/2n) Σ ‖f − y‖² with rate η advances the kernel time by η/n per epoch
-    from kernels.alignment import matching_time
+    from ntkrobust.kernels.alignment import matching_time
 
     lr, n = 0.01, three_vs_eight.x_train.shape[0]
     _, view = _view(three_vs_eight.image_shape, 1, 20000)
@@ -168,7 +169,7 @@ def test_experiment_shares_the_kernel_across_nets_and_reports_every_epoch(three_
         data.x_test,
         y,
         config,
-        WhiteBoxAttack("fgsm", eps=0.1),
+        AttackSpec("fgsm", eps=0.1),
         match_time=lambda outputs: 0.25,
         kernel_at=kernel_at,
     )

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from kernels import fit_kernel_machine, get_architecture
-from kernels.alignment import aligned_times, matching_time, theory_time_per_epoch, training_outputs
+from ntkrobust.kernels import fit_kernel_machine, get_architecture
+from ntkrobust.kernels.alignment import aligned_times, matching_time, theory_time_per_epoch, training_outputs
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import functools
 import numpy as np
 import pytest
 
-import kernels.conv
-from kernels import get_architecture
-from kernels._jax import jax, jnp
+from ntkrobust.kernels import conv as conv_module
+from ntkrobust.kernels import get_architecture
+from ntkrobust.kernels._jax import jax, jnp
 
 SHAPES = [(8, 8, 1), (6, 7, 3)]
 N = 5  # images per side; equal sides let Θ(x1, x2) and Θ(x1, x1) share one compilation
@@ -62,7 +62,7 @@ def test_tiles_and_their_padding_leave_the_kernel_unchanged(rng, jax_strict, mon
     x1, x2 = _inputs(rng, SHAPES[1])
     whole = _kernel_and_vjp("conv2", False)(x1, x2, jnp.zeros((N, N)))[0]
     # Two columns per tile: five columns become tiles of 2, 2 and 1 + 1 padding column.
-    monkeypatch.setattr(kernels.conv, "_TILE_PIXEL_ENTRIES", 2 * 6 * 7)
+    monkeypatch.setattr(conv_module, "_TILE_PIXEL_ENTRIES", 2 * 6 * 7)
     tiled = get_architecture("conv2").kernel_fn(x1, x2, "ntk")
     np.testing.assert_allclose(tiled, whole, rtol=1e-14)
 

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from attacks import ThreatModel, robust_accuracy
-from kernels import (
+from ntkrobust.attacks import AttackSpec, ThreatModel, robust_accuracy
+from ntkrobust.kernels import (
     compute_gram,
     feature_coefficients,
     feature_gradients,
@@ -26,8 +26,8 @@ from kernels import (
     robustness_ranking,
     spearman_correlation,
 )
-from kernels.adversarial import AttackConfig, craft_adversarial
-from kernels.features import FeatureScores
+from ntkrobust.kernels.adversarial import craft_adversarial
+from ntkrobust.kernels.features import FeatureScores
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
@@ -86,7 +86,7 @@ def test_vectorised_scores_equal_a_per_feature_loop(
     m = 12
     pgd_args = {"step": eps / 4, "steps": 5, "seed": 3}
     scores = feature_scores(machine, x, y, threat, n_features=m, attack=attack, **(pgd_args if attack == "pgd" else {}))
-    config = AttackConfig(attack, threat, **(pgd_args if attack == "pgd" else {}))
+    config = AttackSpec(attack, threat.eps, threat.norm, **(pgd_args if attack == "pgd" else {}))
     usefulness, robustness = loop_scores(machine, x, y, config, m)
     np.testing.assert_array_equal(scores.usefulness, usefulness)
     np.testing.assert_array_equal(scores.robustness, robustness)
@@ -102,7 +102,7 @@ def test_scores_of_a_convolutional_kernel_take_the_pair_route(digits_multiclass)
     x, y = data.x_test[:20], data.y_test[:20]
     threat = ThreatModel("linf", 0.1)
     scores = feature_scores(machine, x, y, threat, n_features=12)
-    usefulness, robustness = loop_scores(machine, x, y, AttackConfig("fgsm", threat), 12)
+    usefulness, robustness = loop_scores(machine, x, y, AttackSpec("fgsm", threat.eps, threat.norm), 12)
     np.testing.assert_array_equal(scores.usefulness, usefulness)
     np.testing.assert_array_equal(scores.robustness, robustness)
 
@@ -214,7 +214,7 @@ def test_robust_only_kernels_end_at_the_full_machine(fc2_binary, digits_binary):
     assert [r.r for r in results] == [1, 5, fc2_binary.n_train]
     full = results[-1]
     clean = fc2_binary.predict(x)
-    adv = fc2_binary.predict(craft_adversarial(fc2_binary, x, y, AttackConfig("fgsm", threat)))
+    adv = fc2_binary.predict(craft_adversarial(fc2_binary, x, y, AttackSpec("fgsm", threat.eps, threat.norm)))
     assert full.clean == robust_accuracy(clean, y)
     assert full.fgsm_own == full.fgsm_transfer == robust_accuracy(adv, y, clean)
     assert full.pgd_own == full.pgd_transfer

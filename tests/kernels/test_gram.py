@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import ARCHITECTURES, UnknownArchitectureError, compute_gram, get_architecture, gram_matrix
-from kernels.gram import gram_cache_path
+from ntkrobust.kernels import ARCHITECTURES, UnknownArchitectureError, compute_gram, get_architecture, gram_matrix
+from ntkrobust.kernels.gram import gram_cache_path
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def images(rng):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_batched_padded_gram_equals_one_unbatched_call(name, images, jax_strict):
     """Chunked (block side 8, ragged sizes 23 x 17 padded) against one call of kernel_fn."""
-    from kernels._jax import jnp
+    from ntkrobust.kernels._jax import jnp
 
     arch = get_architecture(name)
     x1, x2 = images
@@ -47,7 +47,7 @@ def test_cache_reuses_and_distinguishes(images, tmp_path, monkeypatch):
     path = gram_cache_path(arch, x, None, tmp_path)
     assert path.exists()
 
-    import kernels.gram as gram_module
+    import ntkrobust.kernels.gram as gram_module
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed although cached")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attacks import ThreatModel, check_adversarial, robust_accuracy
-from kernels import METHODS, AttackConfig, craft_adversarial
-from kernels._jax import jax, jnp
+from ntkrobust.attacks import METHODS, AttackSpec, ThreatModel, check_adversarial, robust_accuracy
+from ntkrobust.kernels import craft_adversarial
+from ntkrobust.kernels._jax import jax, jnp
 
 
 def config(method, norm="linf", eps=0.2):
-    return AttackConfig(method=method, threat=ThreatModel(norm, eps), step=eps / 4, steps=10, seed=1)
+    return AttackSpec(method, eps, norm, step=eps / 4, steps=10, seed=1)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -69,6 +69,6 @@ def test_pgd_is_at_least_as_strong_as_fgsm_here(fc2_multiclass, digits_multiclas
 
 def test_attack_config_validates():
     with pytest.raises(ValueError, match="unknown attack"):
-        AttackConfig(method="cw", threat=ThreatModel("linf", 0.1))
+        AttackSpec("cw", 0.1)
     with pytest.raises(ValueError, match="pgd needs"):
-        AttackConfig(method="pgd", threat=ThreatModel("linf", 0.1), step=None, steps=10)
+        AttackSpec("pgd", 0.1, step=None, steps=10)

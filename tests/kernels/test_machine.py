@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from kernels import IllConditionedWarning, compute_gram, fit_kernel_machine, get_architecture
-from kernels._jax import jax, jnp, nt
+from ntkrobust.kernels import IllConditionedWarning, compute_gram, fit_kernel_machine, get_architecture
+from ntkrobust.kernels._jax import jax, jnp, nt
 
 
 def direct_logits(arch, x_train, targets, x, time=math.inf, ridge_abs=0.0):

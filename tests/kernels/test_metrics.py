@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels.metrics import (
+from ntkrobust.kernels.metrics import (
     UndefinedMetricError,
     centered_alignment,
     class_kernel,

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from kernels import ARCHITECTURES, get_architecture
-from kernels._jax import jax, jnp
-from kernels.relu import angle
+from ntkrobust.kernels import ARCHITECTURES, get_architecture
+from ntkrobust.kernels._jax import jax, jnp
+from ntkrobust.kernels.relu import angle
 
 # Dense-input kernels with an independent route; the convolutional ones are tested in test_conv.py.
 WITH_REFERENCE = [

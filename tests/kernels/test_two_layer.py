@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from kernels._jax import jax, jnp
-from kernels.two_layer import two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
+from ntkrobust.kernels._jax import jax, jnp
+from ntkrobust.kernels.two_layer import two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
 
 # Off the diagonal both routes agree to float64 rounding. On the diagonal (x = x') arccos is
 # evaluated at 1 − O(ε), where its slope is infinite: any route carries ~√ε ≈ 1e-8 relative

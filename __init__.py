@@ -1,0 +1,26 @@
+"""ntkrobust: adversarial robustness through neural tangent kernels.
+
+One installed name over the project's folders (the build maps this folder onto ``ntkrobust``):
+
+- ``ntkrobust.kernels``: the analytic half (infinite-width NTKs from neural-tangents, kernel
+  machines, eigen-features, Gram-matrix metrics);
+- ``ntkrobust.bridge``: the finite-net half (torch models, data, empirical NTKs, training with
+  kernel tracking, linearized dynamics, transfer);
+- ``ntkrobust.attacks``: threat models, the attack spec and the attack algorithms of both halves;
+- ``ntkrobust.studies``: one module per command, the only place that joins the two halves;
+- ``ntkrobust.plots``: every figure;
+- ``ntkrobust.cli``: the command line (``ntkrobust`` or ``python -m ntkrobust``).
+
+Importing ``ntkrobust`` imports nothing heavy: each subpackage loads its names on first use.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ntkrobust")
+except PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__"]

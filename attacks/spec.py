@@ -1,0 +1,136 @@
+"""The one attack spec of both halves: which attack, in which threat model, on which schedule.
+
+A kernel machine (``kernels.adversarial.craft_adversarial``), a torch net
+(``bridge.adversarial.attack_examples``), adversarial training and the command line all take an
+:class:`AttackSpec`. The conventions are those of torchattacks and RobustBench: inputs NCHW in
+[0, 1], ε in pixel units, robust accuracy = share still correct.
+
+Standard threat models, by image type and norm (``STANDARD_THREATS``):
+
+- grey-scale (MNIST-like) ℓ∞: Madry et al.'s ε = 0.3, PGD step 0.01, 40 steps;
+- colour (CIFAR-10-like) ℓ∞: ε = 8/255, step 2/255, 10 steps;
+- ℓ2: ε = 2.0 (grey) / 0.5 (colour, RobustBench), step 0.125.
+
+A step size given for the standard ε scales with the ε actually asked for (``pgd_schedule``), so
+``--eps 0.1`` on MNIST runs 40 steps of 0.01/3. Evaluation attacks (per-epoch PGD accuracy,
+AE-NTK) run 40 steps on grey and 20 on colour images (``EVALUATION_PGD_STEPS``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from ntkrobust.attacks.threat import NORMS, Norm, ThreatModel
+
+#: Attacks on kernel machines: FGSM, PGD and the first-order output attacks of TK supp. eq. 20 / 22.
+METHODS: tuple[str, ...] = ("fgsm", "pgd", "taylor-l1", "taylor-sum")
+#: Attacks on torch nets (and in transfer studies, where both halves attack).
+NET_METHODS: tuple[str, ...] = ("fgsm", "pgd")
+
+ImageType = Literal["grey", "colour"]
+
+#: (eps, PGD step, PGD steps) by image type and norm.
+STANDARD_THREATS: dict[tuple[ImageType, str], tuple[float, float, int]] = {
+    ("grey", "linf"): (0.3, 0.01, 40),
+    ("colour", "linf"): (8 / 255, 2 / 255, 10),
+    ("grey", "l2"): (2.0, 0.125, 40),
+    ("colour", "l2"): (0.5, 0.125, 10),
+}
+
+#: PGD steps of evaluation attacks (per-epoch robust accuracy, AE-NTK), by image type.
+EVALUATION_PGD_STEPS: dict[ImageType, int] = {"grey": 40, "colour": 20}
+
+
+def image_type(channels: int) -> ImageType:
+    """'grey' for one channel, else 'colour'."""
+    return "grey" if channels == 1 else "colour"
+
+
+def standard_threat(channels: int, norm: str = "linf") -> tuple[float, float, int]:
+    """(eps, PGD step, PGD steps) of the standard threat model of these images and norm."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
+    return STANDARD_THREATS[(image_type(channels), norm)]
+
+
+def pgd_schedule(
+    channels: int, norm: str, eps: float, step: float | None = None, steps: int | None = None
+) -> tuple[float, int]:
+    """PGD (step, steps): the given ones, else the standard ones with the step scaled to ``eps``."""
+    std_eps, std_step, std_steps = standard_threat(channels, norm)
+    step = (std_step * eps / std_eps) if step is None else step
+    if not math.isfinite(step) or step <= 0:
+        raise ValueError(f"the PGD step must be a finite number > 0, got {step}")
+    return step, std_steps if steps is None else steps
+
+
+def evaluation_steps(channels: int, steps: int | None = None) -> int:
+    """PGD steps of an evaluation attack: ``steps`` if given, else the standard ones."""
+    return EVALUATION_PGD_STEPS[image_type(channels)] if steps is None else steps
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """What to run: ``method`` in the ``norm`` ball of radius ``eps`` (pixel units); PGD takes
+    ``steps`` of ``step`` from a random start unless told otherwise (one-step methods ignore the
+    schedule). ``seed`` seeds the random starts (and the random-sign baseline)."""
+
+    method: str
+    eps: float
+    norm: Norm = "linf"
+    step: float | None = None
+    steps: int = 1
+    random_start: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown attack method {self.method!r}: choose one of {', '.join(METHODS)}")
+        ThreatModel(self.norm, self.eps)  # checks the norm and eps
+        if self.iterative and (self.step is None or not self.step > 0 or self.steps < 1):
+            raise ValueError("pgd needs step > 0 and steps >= 1")
+
+    @classmethod
+    def standard(
+        cls,
+        method: str,
+        channels: int,
+        *,
+        norm: Norm = "linf",
+        eps: float | None = None,
+        step: float | None = None,
+        steps: int | None = None,
+        random_start: bool = True,
+        seed: int = 0,
+    ) -> AttackSpec:
+        """The spec with every value not given taken from the standard threat model of images
+        with ``channels`` channels (the step scaled to ``eps``)."""
+        eps = standard_threat(channels, norm)[0] if eps is None else eps
+        step, steps = pgd_schedule(channels, norm, eps, step, steps)
+        return cls(method, eps, norm, step, steps, random_start, seed)
+
+    @property
+    def iterative(self) -> bool:
+        return self.method == "pgd"
+
+    @property
+    def threat(self) -> ThreatModel:
+        return ThreatModel(self.norm, self.eps)
+
+    def budget_warning(self) -> str | None:
+        """Why PGD cannot use its whole budget (step × steps < ε), or None."""
+        if self.iterative and self.step is not None and self.step * self.steps < self.eps:
+            return (
+                f"PGD can move at most step*steps = {self.step * self.steps:.4g} from its start, less than "
+                f"eps = {self.eps:.4g}: raise --steps or --step to use the whole budget"
+            )
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as recorded in results: one-step methods show no schedule and no start."""
+        data = asdict(self)
+        if not self.iterative:
+            data.update(step=None, steps=1, random_start=False)
+        return data
