@@ -14,9 +14,9 @@ Never imports JAX; exchanges numpy arrays with ``kernels``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ntkrobust._lazy import lazy_surface
 from ntkrobust.bridge.data import (
     DATASETS,
     DataError,
@@ -89,25 +89,105 @@ _TORCH_HALF = {
     "initial_networks": "ntkrobust.bridge.surrogate",
 }
 
+if TYPE_CHECKING:  # the names as type checkers and editors see them; at run time they load lazily
+    from ntkrobust.bridge.adversarial import adversarial_examples, attack_examples, cross_entropy_gradient, pgd_examples
+    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from ntkrobust.bridge.eigenvectors import NTKEigenvectors, eigenvector_images, ntk_eigenvectors
+    from ntkrobust.bridge.entk import BudgetError, KernelKind, empirical_ntk, with_batch_statistics
+    from ntkrobust.bridge.experiment import RunFolderError, TrackingConfig, run_training
+    from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
+    from ntkrobust.bridge.models import MODELS, ModelConfig, ModelError, build_model, model_config
+    from ntkrobust.bridge.runfolder import (
+        CHECKPOINT_DIR,
+        CONFIG_FILE,
+        HISTORY_FILE,
+        KERNEL_DIR,
+        PROBE_FILE,
+        RunFolder,
+        checkpoint_epoch,
+    )
+    from ntkrobust.bridge.runs import RunError, TrainingRun, dynamics_summary, load_run, load_runs
+    from ntkrobust.bridge.surrogate import EmpiricalKernelMachine, fit_empirical_kernel_machine, initial_networks
+    from ntkrobust.bridge.targets import Target, TargetError, load_target
+    from ntkrobust.bridge.tracking import KernelTracker, batch_statistics, clean_accuracy, pgd_accuracy
+    from ntkrobust.bridge.training import TrainConfig, train_epoch
+    from ntkrobust.bridge.transfer import TargetEvaluation, evaluate_target, gradient_cosine, white_box_examples
+    from ntkrobust.bridge.two_layer import (
+        KernelAtTime,
+        OutputChange,
+        TwoLayerConfig,
+        train_full_batch,
+        two_layer_experiment,
+    )
+
 __all__ = [
+    "CHECKPOINT_DIR",
+    "CONFIG_FILE",
     "DATASETS",
+    "HISTORY_FILE",
+    "KERNEL_DIR",
+    "MODELS",
+    "PROBE_FILE",
+    "BudgetError",
+    "CheckpointError",
     "DataError",
     "Dataset",
+    "EmpiricalKernelMachine",
+    "KernelAtTime",
+    "KernelKind",
+    "KernelTracker",
+    "LinearizedNetwork",
+    "ModelConfig",
+    "ModelError",
+    "NTKEigenvectors",
+    "OutputChange",
+    "RunError",
+    "RunFolder",
+    "RunFolderError",
+    "Target",
+    "TargetError",
+    "TargetEvaluation",
+    "TrackingConfig",
+    "TrainConfig",
+    "TrainingRun",
+    "TwoLayerConfig",
+    "adversarial_examples",
+    "attack_examples",
     "balanced_indices",
+    "batch_statistics",
+    "build_model",
+    "checkpoint_epoch",
+    "clean_accuracy",
+    "cross_entropy_gradient",
+    "dynamics_summary",
+    "eigenvector_images",
+    "empirical_ntk",
+    "evaluate_target",
+    "fit_empirical_kernel_machine",
+    "gradient_cosine",
+    "initial_networks",
+    "load_checkpoint",
     "load_dataset",
+    "load_run",
+    "load_runs",
+    "load_target",
+    "model_config",
+    "ntk_eigenvectors",
+    "pgd_accuracy",
+    "pgd_examples",
     "read_idx",
+    "relative_magnitude",
+    "run_training",
+    "save_checkpoint",
     "save_dataset_npz",
     "stratified_halves",
     "task_indices",
-    *_TORCH_HALF,
+    "train_epoch",
+    "train_full_batch",
+    "two_layer_experiment",
+    "white_box_examples",
+    "with_batch_statistics",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _TORCH_HALF:
-        raise AttributeError(f"module 'bridge' has no attribute {name!r}")
-    return getattr(importlib.import_module(_TORCH_HALF[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_surface(__name__, _TORCH_HALF, __all__)

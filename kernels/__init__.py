@@ -6,8 +6,9 @@ numpy) never pulls in JAX or neural-tangents.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from ntkrobust._lazy import lazy_surface
 
 _PUBLIC = {
     "ARCHITECTURES": "ntkrobust.kernels.architectures",
@@ -68,14 +69,116 @@ _PUBLIC = {
     "kernel_metrics": "ntkrobust.kernels.metrics",
 }
 
-__all__ = sorted(_PUBLIC)
+if TYPE_CHECKING:  # the names as type checkers and editors see them; at run time they load lazily
+    from ntkrobust.kernels.adversarial import craft_adversarial
+    from ntkrobust.kernels.alignment import aligned_times, matching_time, theory_time_per_epoch, training_outputs
+    from ntkrobust.kernels.architectures import ARCHITECTURES, Architecture, UnknownArchitectureError, get_architecture
+    from ntkrobust.kernels.features import (
+        ATTACKS,
+        FeatureScores,
+        feature_coefficients,
+        feature_gradients,
+        feature_outputs,
+        feature_scores,
+        loss_gradient_weights,
+        projection_machine,
+        robustness_ranking,
+        spearman_correlation,
+    )
+    from ntkrobust.kernels.gram import compute_gram, default_cache_dir, gram_cache_path, gram_matrix
+    from ntkrobust.kernels.machine import (
+        CONDITION_WARNING,
+        PRECISIONS,
+        IllConditionedWarning,
+        KernelMachine,
+        fit_kernel_machine,
+        loss_cotangent,
+        predicted_index,
+        spectral_filter,
+    )
+    from ntkrobust.kernels.metrics import (
+        UndefinedMetricError,
+        centered_alignment,
+        class_kernel,
+        distance_matrix,
+        distance_to_final,
+        effective_rank,
+        eigenvalue_concentration,
+        eigenvalues,
+        frobenius_norm,
+        kernel_alignment,
+        kernel_distance,
+        kernel_metrics,
+        kernel_target_alignment,
+        kernel_velocity,
+        mean_specialization,
+        one_hot,
+        polar_coordinates,
+        specialization_matrix,
+        top_eigenspace,
+        trace_kernel,
+    )
+    from ntkrobust.kernels.robust_only import RobustOnlyResult, robust_only_kernels
+    from ntkrobust.kernels.two_layer import two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
+
+__all__ = [
+    "ARCHITECTURES",
+    "ATTACKS",
+    "CONDITION_WARNING",
+    "PRECISIONS",
+    "Architecture",
+    "FeatureScores",
+    "IllConditionedWarning",
+    "KernelMachine",
+    "RobustOnlyResult",
+    "UndefinedMetricError",
+    "UnknownArchitectureError",
+    "aligned_times",
+    "centered_alignment",
+    "class_kernel",
+    "compute_gram",
+    "craft_adversarial",
+    "default_cache_dir",
+    "distance_matrix",
+    "distance_to_final",
+    "effective_rank",
+    "eigenvalue_concentration",
+    "eigenvalues",
+    "feature_coefficients",
+    "feature_gradients",
+    "feature_outputs",
+    "feature_scores",
+    "fit_kernel_machine",
+    "frobenius_norm",
+    "get_architecture",
+    "gram_cache_path",
+    "gram_matrix",
+    "kernel_alignment",
+    "kernel_distance",
+    "kernel_metrics",
+    "kernel_target_alignment",
+    "kernel_velocity",
+    "loss_cotangent",
+    "loss_gradient_weights",
+    "matching_time",
+    "mean_specialization",
+    "one_hot",
+    "polar_coordinates",
+    "predicted_index",
+    "projection_machine",
+    "robust_only_kernels",
+    "robustness_ranking",
+    "spearman_correlation",
+    "specialization_matrix",
+    "spectral_filter",
+    "theory_time_per_epoch",
+    "top_eigenspace",
+    "trace_kernel",
+    "training_outputs",
+    "two_layer_ntk",
+    "two_layer_ntk_vjp",
+    "two_layer_stax_ntk",
+]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
-    return getattr(importlib.import_module(_PUBLIC[name]), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_surface(__name__, _PUBLIC, __all__)

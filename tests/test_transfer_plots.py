@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ntkrobust import plots
+from ntkrobust.plots.transfer import _budget
 
 EPOCHS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 TIME_PER_EPOCH = 0.01
@@ -98,9 +99,9 @@ def test_two_layer_transfer_without_epochs(tmp_path, assert_real_png):
 
 
 def test_budget_reads_like_the_papers():
-    assert plots._budget(8 / 255) == "ε = 8/255"
-    assert plots._budget(0.3) == "ε = 0.3"
-    assert plots._budget(None) == ""
+    assert _budget(8 / 255) == "ε = 8/255"
+    assert _budget(0.3) == "ε = 0.3"
+    assert _budget(None) == ""
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)], ids=["digits", "mnist", "cifar"])

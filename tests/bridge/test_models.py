@@ -182,7 +182,7 @@ def test_bridge_loads_torch_only_for_its_torch_half():
     import sys
 
     code = (
-        "import sys, bridge; assert 'torch' not in sys.modules and 'jax' not in sys.modules; "
+        "import sys; from ntkrobust import bridge; assert 'torch' not in sys.modules and 'jax' not in sys.modules; "
         "assert callable(bridge.empirical_ntk) and 'torch' in sys.modules and 'jax' not in sys.modules; "
         "assert set(bridge.__all__) <= set(dir(bridge)); "
         "assert all(getattr(bridge, name) is not None for name in bridge.__all__)"

@@ -1,0 +1,231 @@
+"""The shared look of every figure: pyplot, image panels, titles and notes, colours, lines, axes, legends.
+
+Private to ``plots``: the figure modules import these helpers by name. matplotlib is imported
+only when a figure is drawn (``_pyplot``), with the Agg backend.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntkrobust.plots.types import KernelKind
+
+_RUN_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+"""Okabe & Ito's colour-blind-safe palette (blue, vermillion, green, purple, orange, sky blue, black)."""
+
+_MANY_POINTS = 40  # no markers on longer series
+_SWITCH_STYLE = (0, (1, 2))  # dotted vertical line at a run's switch epoch
+
+KernelStyle = tuple[KernelKind, str, str, str]
+"""How a kernel's series are drawn: (kind, legend name, line style, marker)."""
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- pictures ----------------------------------------------------------------------------------
+
+
+def _show_image(ax: Any, image: np.ndarray) -> None:
+    """An input image (C, H, W) in [0, 1]."""
+    if image.shape[0] == 1:
+        ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        ax.imshow(np.clip(np.transpose(image, (1, 2, 0)), 0.0, 1.0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _show_gradient(ax: Any, gradient: np.ndarray) -> None:
+    """A gradient (C, H, W): red = raises the score, blue = lowers it (grey); rescaled RGB (colour)."""
+    if gradient.shape[0] == 1:
+        scale = float(np.abs(gradient).max()) or 1.0
+        ax.imshow(gradient[0], cmap="RdBu_r", vmin=-scale, vmax=scale)
+    else:
+        low, high = float(gradient.min()), float(gradient.max())
+        ax.imshow(np.transpose((gradient - low) / ((high - low) or 1.0), (1, 2, 0)))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _grid(plt: Any, rows: int, cols: int, size: float) -> tuple[Any, np.ndarray]:
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False, layout="constrained")
+    return fig, axes
+
+
+# -- text --------------------------------------------------------------------------------------
+
+
+def _plain(text: Any) -> str:
+    """User text (labels, subtitles) with ``$`` escaped, so that matplotlib does not read mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _subtitle(fig: Any, text: str) -> None:
+    """A figure title wrapped to the figure's width (about 13 characters per inch at size 10)."""
+    if text:
+        fig.suptitle(
+            textwrap.fill(text, width=max(40, int(13 * fig.get_figwidth())), break_on_hyphens=False), fontsize=10
+        )
+
+
+def _heading(fig: Any, heading: str, subtitle: str) -> None:
+    _subtitle(fig, f"{heading}. {_plain(subtitle)}" if subtitle else heading)
+
+
+def _notes(fig: Any, notes: Sequence[tuple[str, str]]) -> None:
+    """What a figure could not draw, (what, why) pairs grouped by reason, in small grey type
+    under the panels."""
+    reasons: dict[str, list[str]] = {}
+    for what, why in notes:
+        if what not in reasons.setdefault(why, []):
+            reasons[why].append(what)
+    if reasons:
+        width = max(60, int(15 * fig.get_figwidth()))
+        lines = [
+            textwrap.fill(_plain(f"not shown: {', '.join(whats)} ({why})"), width) for why, whats in reasons.items()
+        ]
+        text = "\n".join(lines[:5]) + (f"\n(and {len(lines) - 5} more)" if len(lines) > 5 else "")
+        fig.supxlabel(text, fontsize=7.5, color="0.35")
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, textwrap.fill(_plain(text), 38), ha="center", va="center", fontsize=9, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=150)
+    _pyplot().close(fig)
+
+
+# -- colours and lines -------------------------------------------------------------------------
+
+
+def _colour(i: int) -> str:
+    return _RUN_COLOURS[i % len(_RUN_COLOURS)]
+
+
+def _shade(colour: str, amount: float) -> tuple[float, float, float]:
+    """``colour`` blended towards white (amount > 0) or black (amount < 0) by |amount|."""
+    from matplotlib.colors import to_rgb
+
+    rgb = np.asarray(to_rgb(colour))
+    target = 1.0 if amount > 0 else 0.0
+    r, g, b = rgb + abs(amount) * (target - rgb)
+    return float(r), float(g), float(b)
+
+
+def _floats(values: Any) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64).reshape(-1)
+
+
+def _line(ax: Any, x: Any, y: Any, colour: Any, style: Any, marker: str, *, log: bool = False, **kwargs: Any) -> int:
+    """One series (NaN and, on a log axis, non-positive values left out); returns the points left out."""
+    x, y = _floats(x), _floats(y)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if log:
+        keep &= y > 0
+    if keep.any():
+        ax.plot(
+            x[keep],
+            y[keep],
+            linestyle=style,
+            color=colour,
+            marker=marker if keep.sum() <= _MANY_POINTS else None,
+            markersize=kwargs.pop("markersize", 3.5),
+            markerfacecolor=colour if style == "-" else "white",
+            linewidth=kwargs.pop("linewidth", 1.7),
+            **kwargs,
+        )
+    return int((~keep).sum())
+
+
+# -- axes --------------------------------------------------------------------------------------
+
+
+def _epoch_ticks(axis: Any) -> None:
+    """Whole epochs as ticks; an axis around a single epoch spans one epoch either side."""
+    from matplotlib.ticker import MaxNLocator
+
+    low, high = axis.get_view_interval()
+    if abs(high - low) < 1:
+        centre = (low + high) / 2
+        axis.set_view_interval(centre - 0.5, centre + 0.5, ignore=True)
+        low, high = axis.get_view_interval()
+    whole = np.arange(np.ceil(min(low, high)), np.floor(max(low, high)) + 1)
+    if whole.size <= 2:  # MaxNLocator would fall back to fractional ticks
+        axis.set_ticks(whole if whole.size else [round((low + high) / 2, 2)])
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _style_epoch_axes(ax: Any, ylabel: str, title: str, *, log: bool = False) -> None:
+    _epoch_ticks(ax.xaxis)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="major")
+    if log:
+        _readable_log_axis(ax)
+
+
+def _readable_log_axis(ax: Any) -> None:
+    """A log y axis; within less than a decade, ticks read as plain numbers, not 2×10⁻¹."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    ax.grid(alpha=0.12, which="minor")
+    low, high = ax.get_ylim()
+    if low > 0 and high / low < 30:
+        every = high / low <= 3  # label every minor tick only on a very short axis
+
+        def minor(value: float, _: Any) -> str:
+            mantissa = round(value / 10 ** np.floor(np.log10(value)), 6)
+            return f"{value:.3g}" if every or mantissa in (2.0, 3.0, 5.0) else ""
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+        ax.tick_params(axis="y", which="both", labelsize=8)
+
+
+# -- legends -----------------------------------------------------------------------------------
+
+
+def _legend(
+    fig: Any,
+    runs: Sequence[tuple[int, str]] = (),
+    kinds: Sequence[KernelStyle] = (),
+    *,
+    switch: bool = False,
+    extra: Sequence[tuple[Any, str]] = (),
+) -> None:
+    """One legend for the figure, right of the panels: runs (index, label) by colour, kernels by
+    line style, a switch-epoch line, then ``extra`` (handle, label) pairs."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=_colour(i), linewidth=3) for i, _ in runs]
+    labels = [label for _, label in runs]
+    for _, name, style, marker in kinds:
+        face = "0.2" if style == "-" else "white"
+        handles.append(Line2D([], [], color="0.2", ls=style, marker=marker, markerfacecolor=face, ms=4))
+        labels.append(name)
+    if switch:
+        handles.append(Line2D([], [], color="0.3", ls=_SWITCH_STYLE, linewidth=1.2))
+        labels.append("switch epoch\n(standard → adversarial)")
+    for handle, label in extra:
+        handles.append(handle)
+        labels.append(label)
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)

@@ -1,0 +1,113 @@
+"""The training-dynamics figures of a set of runs, together (``ntkrobust dynamics``).
+
+``dynamics_figures`` draws every figure that applies to the run summaries (``RunSummary``, one
+per run, from ``bridge.runs.dynamics_summary``) under the fixed file names of
+``DYNAMICS_FIGURES``; ``applicable_figures`` says which, ``dynamics_subtitle`` what the runs
+share. The figures themselves live in ``plots.dynamics_kernels`` (pictures of kernels) and
+``plots.dynamics_curves`` (curves against the epoch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ntkrobust.plots._runs import _label, _relative_magnitudes
+from ntkrobust.plots.dynamics_curves import (
+    accuracy_curves,
+    kernel_norm_and_concentration,
+    kernel_velocity_and_distance,
+    rank_and_specialization,
+    relative_magnitude_curve,
+)
+from ntkrobust.plots.dynamics_kernels import kernel_distance_heatmaps, kernel_images_grid, polar_trajectories
+from ntkrobust.plots.types import RunSummary
+
+__all__ = ["DYNAMICS_FIGURES", "applicable_figures", "dynamics_figures", "dynamics_subtitle"]
+
+
+DYNAMICS_FIGURES = {
+    "kernel_distance": "kernel_distance.png",
+    "polar": "polar.png",
+    "norm_concentration": "norm_concentration.png",
+    "velocity_distance": "velocity_distance.png",
+    "rank_specialization": "rank_specialization.png",
+    "kernel_images": "kernel_images.png",
+    "accuracy": "accuracy.png",
+    "relative_magnitude": "relative_magnitude.png",
+}
+"""The figures of ``dynamics_figures``: name → file name in its output folder."""
+
+
+def dynamics_subtitle(runs: Sequence[RunSummary]) -> str:
+    """What the runs share, in a line: data set, model, probe size, attack (the legend names the
+    runs); a fact that differs between runs is given per run."""
+
+    def facts(key: str, phrase: str) -> str | None:
+        values = [run.get(key) for run in runs]
+        present = [v for v in values if v is not None]
+        if not present:
+            return None
+        if len(set(map(str, present))) == 1:
+            return phrase.format(present[0])
+        if key == "probe_size":  # one phrase with the sizes in legend order, not one per run
+            return phrase.format(" / ".join(str(v) for v in present))
+        per_run = (
+            f"{phrase.format(v)} ({_label(run, i)})"
+            for i, (run, v) in enumerate(zip(runs, values, strict=True))
+            if v is not None
+        )
+        return ", ".join(per_run)
+
+    adversarial = any("adversarial" in (run.get("dynamics") or {}) for run in runs)
+    parts = [
+        facts("dataset", "{}"),
+        facts("model", "{}"),
+        facts("probe_size", "trace eNTK on a probe of {} points"),
+        facts("eps", "AE-NTK on its PGD examples (eps {:.4g})") if adversarial else None,
+    ]
+    return "; ".join(p for p in parts if p)
+
+
+def applicable_figures(runs: Sequence[RunSummary]) -> list[str]:
+    """The ``DYNAMICS_FIGURES`` that ``dynamics_figures`` draws for these run summaries: kernel
+    figures need a run with tracked kernels, the polar one a run whose kernel moved, the
+    relative magnitude a run that records it, accuracy a run with epoch records."""
+    dynamics = [d for run in runs for d in (run.get("dynamics") or {}).values()]
+    tracked = any(run.get("kernels") for run in runs)
+    applies = {
+        "kernel_distance": any("distance_matrix" in d for d in dynamics),
+        "polar": any("polar_r" in d or "top_polar_r" in d for d in dynamics),
+        "norm_concentration": tracked,
+        "velocity_distance": any("distance_to_final" in d for d in dynamics),
+        "rank_specialization": tracked,
+        "kernel_images": any(run.get("final_kernel") is not None for run in runs),
+        "accuracy": any(run.get("epochs") for run in runs),
+        "relative_magnitude": any(_relative_magnitudes(run)[0].size for run in runs),
+    }
+    return [name for name in DYNAMICS_FIGURES if applies[name]]
+
+
+def dynamics_figures(runs: Sequence[RunSummary], out_dir: Path, *, subtitle: str = "") -> dict[str, str]:
+    """Every applicable training-dynamics figure (``applicable_figures``) of the run summaries
+    ``runs`` into ``out_dir``, under the fixed names of ``DYNAMICS_FIGURES``; returns
+    {figure: file name} of those written. ``subtitle`` defaults to the runs' descriptions. The
+    eigenvector figure (needs torch to compute) is ``eigenvector_pictures``, called on its own."""
+    draw = {
+        "kernel_distance": kernel_distance_heatmaps,
+        "polar": polar_trajectories,
+        "norm_concentration": kernel_norm_and_concentration,
+        "velocity_distance": kernel_velocity_and_distance,
+        "rank_specialization": rank_and_specialization,
+        "kernel_images": kernel_images_grid,
+        "accuracy": accuracy_curves,
+        "relative_magnitude": relative_magnitude_curve,
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subtitle = subtitle or dynamics_subtitle(runs)
+    written: dict[str, str] = {}
+    for name in applicable_figures(runs):
+        draw[name](runs, out_dir / DYNAMICS_FIGURES[name], subtitle=subtitle)
+        written[name] = DYNAMICS_FIGURES[name]
+    return written

@@ -1,0 +1,279 @@
+"""Training-dynamics figures drawn as pictures: kernels and their trajectories (TK sec. 5, LOO sec. 3).
+
+- ``kernel_distance_heatmaps``: d(Θ_s, Θ_t) between every two tracked epochs (TK fig. 3 left);
+- ``polar_trajectories``: kernel trajectories in polar space (TK fig. 3 right, supp. fig. 8);
+- ``kernel_images_grid``: class-sorted kernels at initialisation and at the end (TK fig. 6 left);
+- ``eigenvector_pictures``: inputs aligned with the kernel's eigenvectors (LOO fig. 4), drawn
+  from arrays rather than run summaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntkrobust.plots._runs import _KERNELS, _all_runs, _label
+from ntkrobust.plots._style import (
+    _MANY_POINTS,
+    _colour,
+    _empty,
+    _epoch_ticks,
+    _floats,
+    _grid,
+    _heading,
+    _legend,
+    _notes,
+    _plain,
+    _pyplot,
+    _save,
+    _shade,
+    _show_image,
+)
+from ntkrobust.plots.kernel_images import _class_blocks, _class_sorted
+from ntkrobust.plots.types import RunSummary
+
+__all__ = ["eigenvector_pictures", "kernel_distance_heatmaps", "kernel_images_grid", "polar_trajectories"]
+
+
+def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
+    """Kernel distance d(Θ_s, Θ_t) between every two tracked epochs, one panel per run (TK fig. 3
+    left): a row for the C-NTK and, when tracked, one for the AE-NTK; one colour scale for all."""
+    plt = _pyplot()
+    kinds = [k for k in _KERNELS if any(k[0] in (run.get("dynamics") or {}) for run in runs)] or [_KERNELS[0]]
+    rows, cols = len(kinds), max(len(runs), 1)
+    # "compressed" packs fixed-aspect (square) panels without the gaps "constrained" leaves
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.3 * cols + 1.2, 3.3 * rows + 0.9), squeeze=False, layout="compressed"
+    )
+    matrices = [
+        np.asarray(run["dynamics"][kind]["distance_matrix"])
+        for run in runs
+        for kind, *_ in kinds
+        if "distance_matrix" in (run.get("dynamics") or {}).get(kind, {})
+    ]
+    vmax = max((float(m.max()) for m in matrices), default=0.0) or 1.0
+    mesh = None
+    for row, (kind, name, _, _) in enumerate(kinds):
+        for col, run in enumerate(runs):
+            ax = axes[row, col]
+            ax.set_title(f"{_label(run, col)}\n{name}", fontsize=9, color=_colour(col))
+            dynamics = (run.get("dynamics") or {}).get(kind, {})
+            if "distance_matrix" not in dynamics:
+                reason = (dynamics.get("undefined") or {}).get("distance_matrix", f"no {name.split()[0]} tracked")
+                _empty(ax, reason)
+                continue
+            d = np.asarray(dynamics["distance_matrix"], dtype=np.float64)
+            t = _floats(dynamics["epochs"])
+            if t.size > 1:  # cells centred on the tracked epochs, however they are spaced
+                inner = (t[:-1] + t[1:]) / 2
+                edges = np.concatenate([[t[0] - (inner[0] - t[0])], inner, [t[-1] + (t[-1] - inner[-1])]])
+            else:
+                edges = np.array([t[0] - 0.5, t[0] + 0.5])
+            mesh = ax.pcolormesh(edges, edges, d, cmap="viridis", vmin=0.0, vmax=vmax, shading="flat")
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_ylim(edges[-1], edges[0])  # matrix orientation: the first epoch top left
+            ax.set_aspect("equal")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("epoch")
+            _epoch_ticks(ax.xaxis)
+            _epoch_ticks(ax.yaxis)
+            for spine in ax.spines.values():
+                spine.set_edgecolor(_colour(col))
+                spine.set_linewidth(2)
+    if mesh is not None:
+        fig.colorbar(
+            mesh,
+            ax=axes,
+            shrink=0.8,
+            label=r"kernel distance  $1 - \langle\Theta_s, \Theta_t\rangle_F \,/\, (\|\Theta_s\|_F \|\Theta_t\|_F)$",
+        )
+    _heading(fig, "Kernel rotation: distance between the kernels of every two tracked epochs (TK fig. 3)", subtitle)
+    _save(fig, path)
+
+
+def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
+    """Kernel trajectories in polar space (TK eq. 12, fig. 3 right; supp. fig. 8 for the top-k
+    space): radius r_t = ‖Θ_t − Θ₀‖_F / ‖Θ_f − Θ₀‖_F, angle θ_t between Θ_t and Θ₀. Every run
+    starts at the origin (Θ₀) and ends at r = 1 (star); its markers go from dark (early epochs)
+    to light (late), C-NTK solid with filled markers, AE-NTK dashed with open ones."""
+    plt = _pyplot()
+    from matplotlib.colors import LinearSegmentedColormap, Normalize
+    from matplotlib.lines import Line2D
+
+    top_k = next((int(d["top_k"]) for run in runs for d in (run.get("dynamics") or {}).values() if "top_k" in d), 20)
+    panels = [("polar", "whole kernel"), ("top_polar", f"top-{top_k} eigenspace")]
+    kinds = [k for k in _KERNELS if any(k[0] in (run.get("dynamics") or {}) for run in runs)]
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.8), subplot_kw={"projection": "polar"}, layout="constrained")
+    last_epoch = max((float(np.nanmax(_floats(run.get("kernel_epochs") or [0.0]))) for run in runs), default=1.0)
+    norm = Normalize(vmin=0.0, vmax=last_epoch or 1.0)
+    missing: dict[tuple[int, str], tuple[list[str], list[str]]] = {}  # (run, why) -> kernels, panels
+    shown: set[int] = set()
+    for ax, (key, name) in zip(axes, panels, strict=True):
+        theta_max, r_max = 0.0, 0.0
+        for i, run in enumerate(runs):
+            colour = _colour(i)
+            ramp: list[Any] = [_shade(colour, -0.6), colour, _shade(colour, 0.7)]
+            shades = LinearSegmentedColormap.from_list("epochs", ramp)
+            for kind, kind_name, style, marker in kinds:
+                dynamics: Mapping[str, Any] | None = (run.get("dynamics") or {}).get(kind)  # a Mapping: computed keys
+                if dynamics is None:
+                    continue
+                if f"{key}_r" not in dynamics:
+                    reason = (dynamics.get("undefined") or {}).get(key, "not computed")
+                    which, where = missing.setdefault((i, reason), ([], []))
+                    which.extend(k for k in [kind_name.split()[0]] if k not in which)
+                    where.extend(p for p in [name] if p not in where)
+                    continue
+                r, theta = _floats(dynamics[f"{key}_r"]), _floats(dynamics[f"{key}_theta"])
+                t = _floats(dynamics["epochs"])
+                ax.plot(theta, r, linestyle=style, color=colour, linewidth=1.2, alpha=0.85, zorder=2)
+                ax.scatter(
+                    theta,
+                    r,
+                    c=t,
+                    cmap=shades,
+                    norm=norm,
+                    s=28 if r.size <= _MANY_POINTS else 9,
+                    marker=marker,
+                    edgecolors=colour if style != "-" else "none",
+                    linewidths=0.8,
+                    zorder=3,
+                )
+                ax.scatter(
+                    theta[-1], r[-1], marker="*", s=180, color=colour, edgecolors="black", linewidths=0.7, zorder=4
+                )
+                theta_max, r_max = max(theta_max, float(theta.max())), max(r_max, float(r.max()))
+                shown.add(i)
+        ax.set_title(name, fontsize=10, pad=12)
+        if r_max == 0.0:
+            ax.set_thetamax(90.0)
+            ax.set_xticklabels([])
+            ax.set_yticklabels([])
+            ax.text(np.radians(45), 0.5, "nothing to draw", ha="center", va="center", fontsize=9, color="0.35")
+            continue
+        ax.scatter([0.0], [0.0], marker="o", s=50, color="black", zorder=5, clip_on=False)
+        degrees = min(180.0, max(5.0, float(np.ceil(np.degrees(theta_max) * 1.15))))
+        ax.set_thetamin(0.0)
+        ax.set_thetamax(degrees)
+        ax.set_rlim(0.0, max(1.05, 1.08 * r_max))
+        ax.annotate(
+            r"$r = \|\Theta_t - \Theta_0\|_F \;/\; \|\Theta_f - \Theta_0\|_F$",
+            xy=(0.0, ax.get_rmax() / 2),
+            xytext=(0, -20),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=9,
+            annotation_clip=False,
+        )
+        ax.text(
+            np.radians(degrees) * 0.5,
+            ax.get_rmax() * 1.16,
+            r"$\theta$ = angle between $\Theta_t$ and $\Theta_0$",
+            ha="center",
+            va="center",
+            rotation=degrees * 0.5 - 90,
+            fontsize=9,
+        )
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.4)
+    grey = LinearSegmentedColormap.from_list("epochs", ["0.1", "0.5", "0.88"])
+    scalar = plt.cm.ScalarMappable(norm=norm, cmap=grey)
+    fig.colorbar(scalar, ax=list(axes), shrink=0.55, pad=0.02, label="epoch (marker shade: darker = earlier)")
+    start = Line2D([], [], color="black", marker="o", linestyle="none", ms=6)
+    end = Line2D([], [], color="0.7", marker="*", markeredgecolor="black", linestyle="none", ms=11)
+    shown_runs = [(i, label) for i, label in _all_runs(runs) if i in shown]
+    _legend(fig, shown_runs, kinds, extra=[(start, r"start $\Theta_0$ (origin)"), (end, r"end $\Theta_f$ (r = 1)")])
+    notes = [
+        (f"{_label(runs[i], i)} {' and '.join(which)} ({' and '.join(where)})", why)
+        for (i, why), (which, where) in missing.items()
+    ]
+    _notes(fig, notes)
+    _heading(fig, "Kernel trajectories in polar space (TK eq. 12, fig. 3; supp. fig. 8)", subtitle)
+    _save(fig, path)
+
+
+def kernel_images_grid(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
+    """Class-sorted trace C-NTKs side by side (TK fig. 6 left): at initialisation (of the first
+    run) and the last tracked kernel of every run, each with its own colour scale, whose maximum
+    (and the Frobenius norm) the panel names, so that the growth of the kernel reads at a glance."""
+    plt = _pyplot()
+    panels: list[tuple[str, RunSummary, np.ndarray, int]] = []
+    first = next((run for run in runs if run.get("initial_kernel") is not None), None)
+    if first is not None:
+        panels.append(("initialisation", first, np.asarray(first["initial_kernel"]), -1))
+    for i, run in enumerate(runs):
+        if run.get("final_kernel") is not None:
+            epoch = _floats(run.get("kernel_epochs") or [np.nan])[-1]
+            when = f" (epoch {epoch:g})" if np.isfinite(epoch) else ""
+            panels.append((f"end of {_label(run, i)}{when}", run, np.asarray(run["final_kernel"]), i))
+    size = 3.9
+    # "compressed" packs fixed-aspect (square) panels without the gaps "constrained" leaves
+    fig, axes = plt.subplots(
+        1, max(len(panels), 1), figsize=(size * max(len(panels), 1), size + 1.9), squeeze=False, layout="compressed"
+    )
+    if not panels:
+        _empty(axes[0, 0], "no tracked kernels")
+    for ax, (title, run, kernel, index) in zip(axes[0], panels, strict=True):
+        labels = np.asarray(run.get("probe_targets") or np.zeros(kernel.shape[0], dtype=int), dtype=np.int64)
+        names = [str(n) for n in run.get("class_names") or []]
+        names += [str(c) for c in range(len(names), int(labels.max()) + 1)]
+        sorted_kernel, counts, edges = _class_sorted(kernel, labels, len(names))
+        image = ax.imshow(sorted_kernel, cmap="viridis", interpolation="nearest")
+        bar = fig.colorbar(image, ax=ax, shrink=0.85, location="bottom", pad=0.02)
+        bar.set_label(f"Θ(x, x′), this panel's scale (max {float(np.max(kernel)):.3g})", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+        _class_blocks(ax, counts, edges, names)
+        colour = "black" if index < 0 else _colour(index)
+        ax.set_title(
+            rf"{title}" + "\n" + rf"$\|\bar\Theta\|_F$ = {np.linalg.norm(kernel):.3g}", fontsize=9, color=colour
+        )
+        for spine in ax.spines.values():
+            spine.set_edgecolor("0.3" if index < 0 else colour)
+            spine.set_linewidth(2)
+    _heading(fig, "Trace C-NTK on the probe, sorted by class, each panel on its own colour scale (TK fig. 6)", subtitle)
+    _save(fig, path)
+
+
+def eigenvector_pictures(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    path: Path,
+    *,
+    cosines: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    subtitle: str = "",
+) -> None:
+    """LOO fig. 4: for each kernel (label, maximising (k, C, H, W), minimising (k, C, H, W)) the
+    inputs that maximise (upper row) and minimise (lower row) the cosine with the kernel's
+    eigenvector vᵢ, i = 1..k, inputs in [0, 1]; ``cosines``, one (max (k,), min (k,)) pair per
+    kernel, titles each input with its final cosine."""
+    plt = _pyplot()
+    if cosines is not None and len(cosines) != len(rows):
+        raise ValueError(f"{len(cosines)} cosine pairs for {len(rows)} kernels")
+    cols = max((max(hi.shape[0], lo.shape[0]) for _, hi, lo in rows), default=1) or 1
+    fig, axes = _grid(plt, 2 * max(len(rows), 1), cols, 1.75)
+    fig.set_figwidth(fig.get_figwidth() + 1.0)
+    fig.set_figheight(fig.get_figheight() + 0.6)
+    for r, (label, highest, lowest) in enumerate(rows):
+        for half, (images, which) in enumerate(((highest, "max"), (lowest, "min"))):
+            row = 2 * r + half
+            for c in range(cols):
+                ax = axes[row, c]
+                if c >= images.shape[0]:
+                    ax.axis("off")
+                    continue
+                _show_image(ax, np.asarray(images[c]))
+                title = f"v{c + 1}" if row == 0 else ""
+                if cosines is not None:
+                    cosine = f"cos {float(np.asarray(cosines[r][half])[c]):+.2f}"
+                    title = f"{title}\n{cosine}" if title else cosine
+                if title:
+                    ax.set_title(title, fontsize=8)
+            name = f"{_plain(label)}\n{which} cos" if half == 0 else f"{which} cos"
+            axes[row, 0].set_ylabel(name, fontsize=8.5, fontweight="bold" if half == 0 else "normal")
+    _heading(
+        fig, "Inputs aligned with the kernel's eigenvectors vᵢ: max (upper) / min (lower) cosine (LOO fig. 4)", subtitle
+    )
+    _save(fig, path)

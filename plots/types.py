@@ -1,0 +1,252 @@
+"""The plain inputs of the figures, described for the type checker and the reader.
+
+``plots`` takes plain data and imports none of ``kernels``, ``bridge`` or ``attacks``: the
+result objects of ``kernels`` are described here by the attributes a figure reads (Protocols),
+the JSON-like records of ``bridge`` by their keys (TypedDicts; every key optional, since a
+figure draws what is there and notes what is not). Numbers are plain floats or None; lists may
+be numpy arrays wherever a figure reads them through ``np.asarray``.
+
+Features (``robustness_usefulness``, ``feature_gallery``, ``robust_only_curves``):
+``FeatureScoresLike`` (``kernels.features.FeatureScores``), ``RobustOnlyPoint``
+(``kernels.robust_only.RobustOnlyResult``) and the panel / row tuples built from them.
+
+Training dynamics (every figure of ``plots.dynamics``): ``RunSummary``, one per run, as built by
+``bridge.runs.dynamics_summary`` (``json_summary`` is the same without the kernel arrays), with
+its ``EpochRecord``, ``KernelRecord`` and ``KernelDynamics`` parts.
+
+Transfer (``two_layer_transfer``): ``TwoLayerNet`` and ``TwoLayerKernel``, the ``nets`` and
+``{"epochs": kernel}`` of ``bridge.two_layer.TwoLayerResult``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol, TypedDict
+
+import numpy as np
+
+__all__ = [
+    "Accuracies",
+    "EpochRecord",
+    "FeaturePanel",
+    "FeatureScoresLike",
+    "GalleryRow",
+    "KernelDynamics",
+    "KernelKind",
+    "KernelMachineEpoch",
+    "KernelMetrics",
+    "KernelRecord",
+    "RobustOnlyPanel",
+    "RobustOnlyPoint",
+    "RunSummary",
+    "TransferabilitySeries",
+    "TwoLayerAccuracies",
+    "TwoLayerEpoch",
+    "TwoLayerKernel",
+    "TwoLayerNet",
+]
+
+# -- features (TK fig. 2, fig. 5, supp. figs. 2-5) ---------------------------------------------
+
+
+class FeatureScoresLike(Protocol):
+    """The scores of features ``index`` that ``robustness_usefulness`` draws, one entry each
+    (``kernels.features.FeatureScores``)."""
+
+    @property
+    def index(self) -> np.ndarray:  # (m,) eigen-index, 0 = largest eigenvalue
+        ...
+
+    @property
+    def eigenvalue(self) -> np.ndarray:  # (m,)
+        ...
+
+    @property
+    def usefulness(self) -> np.ndarray:  # (m,) held-out accuracy of the feature alone, in [0, 1]
+        ...
+
+    @property
+    def robustness(self) -> np.ndarray:  # (m,) share correct at x and at the attack on the feature
+        ...
+
+    @property
+    def chance(self) -> float:  # share of the most frequent held-out class
+        ...
+
+    def spearman_index_robustness(self) -> float:
+        """Spearman correlation of eigen-index and robustness."""
+        ...
+
+
+class RobustOnlyPoint(Protocol):
+    """Accuracies, in [0, 1], of the robust-features-only kernel f'_r at one r
+    (``kernels.robust_only.RobustOnlyResult``)."""
+
+    @property
+    def r(self) -> int: ...
+
+    @property
+    def clean(self) -> float: ...
+
+    @property
+    def fgsm_own(self) -> float: ...
+
+    @property
+    def pgd_own(self) -> float: ...
+
+    @property
+    def fgsm_transfer(self) -> float: ...
+
+    @property
+    def pgd_transfer(self) -> float: ...
+
+
+FeaturePanel = tuple[str, FeatureScoresLike]
+"""(architecture name, its feature scores): one panel of ``robustness_usefulness``."""
+
+GalleryRow = tuple[str, np.ndarray, Sequence[str]]
+"""(architecture name, gradients (k, C, H, W), captions (k,)): one row of ``feature_gallery``."""
+
+RobustOnlyPanel = tuple[str, Sequence[RobustOnlyPoint]]
+"""(architecture name, one point per r in increasing order): one panel of ``robust_only_curves``."""
+
+# -- training dynamics (TK sec. 5, LOO sec. 3) -------------------------------------------------
+
+KernelKind = Literal["clean", "adversarial", "adversarial_labels"]
+"""The kernels of a tracked step: the C-NTK on the clean probe, the AE-NTK on its PGD examples,
+and the AE-NTK under the net's own labels on those examples (specialization only)."""
+
+KernelMetrics = Mapping[str, Any]
+"""``kernels.metrics.kernel_metrics`` of one kernel: floats ``frobenius_norm``, ``trace``,
+``effective_rank``, ``concentration_top{p}`` (one per cut-off p), ``kernel_target_alignment``,
+``centered_alignment``, ``mean_specialization``, the nested list ``specialization_matrix``, and
+``undefined`` {metric: why it is missing}. A mapping, not a TypedDict: the figures read the
+``concentration_top{p}`` keys by name."""
+
+
+class Accuracies(TypedDict, total=False):
+    """Accuracies of one epoch, in [0, 1], with one kind of BatchNorm statistics."""
+
+    train_clean: float
+    train_pgd: float
+    test_clean: float
+    test_pgd: float
+
+
+class EpochRecord(TypedDict, total=False):
+    """One epoch of a training history (``history.json`` "epochs"; epoch 0 is the initialisation)."""
+
+    epoch: int
+    step: int
+    mode: str
+    lr: float | None
+    train_loss: float | None
+    accuracy: Mapping[str, Accuracies]  # "running" and, when recorded, "batch" statistics
+    relative_magnitude: float  # linearized runs only
+    seconds: Mapping[str, float]
+
+
+class KernelRecord(TypedDict, total=False):
+    """One tracked kernel of a training history, its epoch made explicit (``history.json`` "kernels")."""
+
+    step: int
+    epoch: float
+    file: str
+    clean: KernelMetrics  # the C-NTK on the clean probe
+    adversarial: KernelMetrics  # the AE-NTK on the probe's PGD examples
+    adversarial_labels: KernelMetrics  # the AE-NTK under the net's own labels on those examples
+    probe_accuracy: Mapping[str, float]
+    seconds: float
+
+
+class KernelDynamics(TypedDict, total=False):
+    """How a kernel trajectory of T kernels moved (``bridge.runs.kernel_dynamics``); a key that
+    could not be computed is absent and ``undefined`` says why."""
+
+    epochs: Sequence[float]  # (T,)
+    top_k: int
+    distance_matrix: Sequence[Sequence[float]]  # (T, T)
+    velocity: Sequence[float]  # (T - 1,) per epoch, at ``velocity_epochs``
+    velocity_epochs: Sequence[float]  # (T - 1,) interval midpoints
+    distance_to_final: Sequence[float]  # (T,)
+    polar_r: Sequence[float]  # (T,)
+    polar_theta: Sequence[float]  # (T,) radians
+    top_polar_r: Sequence[float]  # (T,) in the top-``top_k`` eigenspace
+    top_polar_theta: Sequence[float]
+    undefined: Mapping[str, str]  # name ("velocity", "polar", "top_polar", ...) -> why
+
+
+class RunSummary(TypedDict, total=False):
+    """One training run (``bridge.runs.dynamics_summary``); run i has colour i in every figure."""
+
+    label: str
+    path: str
+    mode: str | None
+    switch_epoch: int | None  # the epoch after which training switched to ``mode``
+    linearized: bool
+    description: str
+    dataset: str | None
+    model: str | None
+    eps: float | None
+    probe_size: int
+    class_names: Sequence[str]
+    probe_targets: Sequence[int]  # (N,) output indices of the probe points
+    epochs: Sequence[EpochRecord]
+    kernels: Sequence[KernelRecord]
+    kernel_epochs: Sequence[float]  # (T,)
+    dynamics: Mapping[str, KernelDynamics]  # "clean" and, when tracked, "adversarial"
+    initial_kernel: np.ndarray | None  # (N, N) first clean kernel
+    final_kernel: np.ndarray | None  # (N, N) last clean kernel
+
+
+# -- transfer (TK sec. 3.2, supp. C; LOO sec. 5) -----------------------------------------------
+
+
+class TwoLayerAccuracies(TypedDict, total=False):
+    """Accuracies, in [0, 1], of a two-layer net on the test points at one measured epoch."""
+
+    clean_accuracy: float
+    white_box_accuracy: float  # under the net's own attack
+    ntk_attack_accuracy: float  # on the NTK machine's adversarial examples
+    random_accuracy: float  # under a random-sign perturbation
+    gradient_cosine: float | None  # mean over the examples; None when no cosine is finite
+
+
+class TwoLayerEpoch(TwoLayerAccuracies, total=False):
+    """One measured epoch (≥ 1) of a two-layer net against the NTK machine at the aligned time."""
+
+    epoch: int
+    time: float | None  # the aligned NTK time t
+    matched_time: float
+    train_loss: float
+    gradient_cosine_median: float | None
+    gradient_cosine_q25: float | None
+    gradient_cosine_q75: float | None
+
+
+class TwoLayerNet(TwoLayerAccuracies, total=False):
+    """One trained two-layer net: width m, seed, its numbers at the last measured epoch, and
+    every measured epoch."""
+
+    width: int
+    seed: int
+    epochs: Sequence[TwoLayerEpoch]
+
+
+class KernelMachineEpoch(TypedDict, total=False):
+    """The NTK machine at the time aligned with one measured epoch, under its own attack."""
+
+    epoch: int
+    time: float
+    clean_accuracy: float
+    robust_accuracy: float
+
+
+class TwoLayerKernel(TypedDict, total=False):
+    """The NTK machine of ``two_layer_transfer``: its records at the measured epochs."""
+
+    epochs: Sequence[KernelMachineEpoch]
+
+
+TransferabilitySeries = tuple[str, Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]
+"""(label, source epochs t′, transferability τ at each): one curve of ``transferability_curves``."""

@@ -1,0 +1,143 @@
+"""What every study shares: the domain error, the results envelope and atomic output folders.
+
+A study's result is saved by ``StudyResult.save(out)``: its files are written into a hidden
+staging folder beside ``out`` and moved into place only when all of them succeeded, so a crash
+never leaves a half-written result. Every results record carries the same envelope (command,
+config, dataset, seed, warnings, seconds, versions, argv), written here once.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+#: Distributions whose versions every result records.
+_VERSIONED = ("ntkrobust", "numpy", "jax", "jaxlib", "neural-tangents", "scikit-learn", "torch", "torchvision")
+
+
+class StudyError(Exception):
+    """Bad settings or input, found before the compute: the command line prints it as one line
+    and exits with status 2."""
+
+
+def versions() -> dict[str, str]:
+    """Python's and every relevant package's version."""
+    out = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise StudyError(f"--out {out} exists and is not empty (use --force to overwrite)")
+
+
+class StagedOutput:
+    """Files written into a hidden staging folder beside ``out`` and moved in on ``commit``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+
+    def path(self, name: str) -> Path:
+        return self.stage / name
+
+    def commit(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(self.stage.iterdir()):
+            os.replace(f, self.out / f.name)
+        self.stage.rmdir()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.stage, ignore_errors=True)
+
+
+class Clock:
+    """Seconds between named marks: ``clock.mark("data")``, ``clock.between("start", "data")``."""
+
+    def __init__(self) -> None:
+        self.marks = {"start": time.perf_counter()}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.perf_counter()
+
+    def between(self, first: str, last: str) -> float:
+        return self.marks[last] - self.marks[first]
+
+    def since_start(self) -> float:
+        return time.perf_counter() - self.marks["start"]
+
+
+def envelope(
+    command: str,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    *,
+    seconds: dict[str, float] | None,
+    argv: Sequence[str] | None,
+    seed: int | None = None,
+    dataset: dict[str, Any] | None = None,
+    warnings: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """A results record: the command, the study's own ``metrics``, then the keys every record
+    shares (those given): config, seed, dataset, warnings, seconds, versions, argv."""
+    record: dict[str, Any] = {"command": command, **metrics, "config": config}
+    if seed is not None:
+        record["seed"] = seed
+    if dataset is not None:
+        record["dataset"] = dataset
+    if warnings is not None:
+        record["warnings"] = list(warnings)
+    if seconds is not None:
+        record["seconds"] = seconds
+    record |= {"versions": versions(), "argv": None if argv is None else list(argv)}
+    return record
+
+
+@dataclass
+class StudyResult:
+    """A study's outcome: ``record`` (the results JSON) and whatever its files are made from.
+
+    Subclasses write their arrays and figures in ``write_files`` and phrase ``summary``; ``save``
+    stages everything and moves it into ``out`` only if all of it was written.
+    """
+
+    record: dict[str, Any]
+    #: name of the results JSON inside ``out``
+    results_file: str = field(default="results.json", kw_only=True)
+
+    def write_files(self, staged: StagedOutput) -> None:
+        """Arrays and figures beside the results JSON (none by default)."""
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def save(self, out: str | Path) -> Path:
+        from ntkrobust.bridge.files import write_json
+
+        out = Path(out)
+        staged = StagedOutput(out)
+        try:
+            self.write_files(staged)
+            write_json(staged.path(self.results_file), self.record)
+            staged.commit()
+        except BaseException:
+            staged.discard()
+            raise
+        return out

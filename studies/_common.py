@@ -1,0 +1,248 @@
+"""Settings groups shared by several studies, and the steps they share: loading the data,
+fitting an NTK machine, resolving the attack spec, choosing the torch device and network.
+
+Heavy packages (JAX, neural-tangents, torch) are imported inside the functions, so building
+settings (and ``ntkrobust --help``) stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ntkrobust.studies._base import StudyError
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which data: ``digits`` (offline default), ``mnist``, ``cifar10`` or an .npz path, cut to a
+    class-balanced, seeded subset (``--classes``, ``--n-train``, ``--n-test``, ``--seed``)."""
+
+    data: str = "digits"
+    data_root: Path | None = None
+    download: bool = False
+    from_test_split: bool = False
+    classes: Sequence[int | str] | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    seed: int = 0
+
+    def load(self) -> Any:
+        """The ``bridge.data.Dataset``; a bad spec is a ``StudyError``."""
+        from ntkrobust.bridge.data import DataError, load_dataset
+
+        try:
+            return load_dataset(
+                self.data,
+                root=self.data_root,
+                classes=self.classes,
+                n_train=self.n_train,
+                n_test=self.n_test,
+                seed=self.seed,
+                download=self.download,
+                from_test_split=self.from_test_split,
+            )
+        except DataError as err:
+            raise StudyError(str(err)) from None
+
+    def config(self, data: Any) -> dict[str, Any]:
+        """The data part of a results config, with the sizes actually loaded."""
+        return {
+            "data": self.data,
+            "data_root": str(self.data_root) if self.data_root else None,
+            "from_test_split": self.from_test_split,
+            "classes": list(data.classes),
+            "n_train": int(data.x_train.shape[0]),
+            "n_test": int(data.x_test.shape[0]),
+        }
+
+
+@dataclass(frozen=True)
+class MachineSettings:
+    """The NTK machine of TK eq. 7: training time ``time`` (inf = converged), ``ridge`` relative to
+    tr(Θ)/n, learning rate, input-gradient route, test-time precision and the Gram cache."""
+
+    time: float = math.inf
+    ridge: float = 0.0
+    learning_rate: float = 1.0
+    gradient: str = "auto"
+    precision: str = "float64"
+    cache_dir: Path | None = None
+    cache: bool = True
+
+    def check(self, arch_names: Sequence[str]) -> None:
+        if not (self.time >= 0):
+            raise StudyError(f"--time must be >= 0 or inf, got {self.time}")
+        if not (math.isfinite(self.ridge) and self.ridge >= 0):
+            raise StudyError(f"--ridge must be a finite number >= 0, got {self.ridge}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise StudyError(f"--learning-rate must be a finite number > 0, got {self.learning_rate}")
+        if self.gradient == "closed-form" and any(name != "two-layer" for name in arch_names):
+            raise StudyError("--gradient closed-form exists only for two-layer")
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "ridge": self.ridge,
+            "learning_rate": self.learning_rate,
+            "gradient": self.gradient,
+            "precision": self.precision,
+        }
+
+    def fit(self, arch_name: str, data: Any, progress: bool) -> tuple[Any, list[str], dict[str, Any]]:
+        """The kernel machine on ``data``'s training split, its warnings, its kernel record."""
+        from ntkrobust.kernels import fit_kernel_machine, get_architecture
+        from ntkrobust.kernels.gram import default_cache_dir, gram_cache_path
+
+        arch = get_architecture(arch_name)
+        try:
+            arch.check_input((1, *data.image_shape))
+        except ValueError as err:
+            raise StudyError(str(err)) from None
+        cache_dir = (self.cache_dir or default_cache_dir()) if self.cache else None
+        cache_hit = cache_dir is not None and gram_cache_path(arch, data.x_train, None, cache_dir).exists()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            machine = fit_kernel_machine(
+                arch,
+                data.x_train,
+                data.y_train,
+                classes=data.classes,
+                time=self.time,
+                ridge=self.ridge,
+                learning_rate=self.learning_rate,
+                gradient=self.gradient,  # closed-form was checked to name two-layer only
+                cache_dir=cache_dir,
+                precision=self.precision,
+                progress=progress,
+            )
+        notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        kernel = {
+            "architecture": arch.fingerprint(),
+            "description": arch.description,
+            "outputs": machine.n_outputs,
+            "condition_number": machine.condition_number,
+            "dropped_directions": machine.dropped_directions,
+            "gram_cache": "off" if cache_dir is None else ("hit" if cache_hit else "miss"),
+        }
+        return machine, notes, kernel
+
+
+@dataclass(frozen=True)
+class ThreatSettings:
+    """The threat model and PGD schedule as asked; None takes the standard value of the images
+    (``attacks.spec``), the step scaled to ``eps``."""
+
+    norm: str = "linf"
+    eps: float | None = None
+    step: float | None = None
+    steps: int | None = None
+    random_start: bool = True
+
+    def resolve(self, channels: int) -> tuple[float, float, int]:
+        """(eps, PGD step, PGD steps) for images with ``channels`` channels."""
+        from ntkrobust.attacks import standard_threat
+
+        eps = standard_threat(channels, self.norm)[0] if self.eps is None else self.eps
+        if not math.isfinite(eps) or eps < 0:
+            raise StudyError(f"--eps must be a finite number >= 0, got {eps}")
+        if self.norm == "linf" and eps > 1:
+            raise StudyError(f"--eps {eps:g} exceeds the [0, 1] pixel range (pixel units: did you mean {eps:g}/255?)")
+        return (eps, *pgd_schedule(channels, self.norm, eps, self.step, self.steps, flag="--step"))
+
+    def spec(self, method: str, channels: int, seed: int) -> Any:
+        """The ``attacks.AttackSpec`` of ``method`` in this threat model."""
+        from ntkrobust.attacks import AttackSpec
+
+        eps, step, steps = self.resolve(channels)
+        iterative = method == "pgd"
+        return AttackSpec(
+            method,
+            eps,
+            self.norm,  # type: ignore[arg-type]  # checked by the spec
+            step=step if iterative else None,
+            steps=steps if iterative else 1,
+            random_start=self.random_start,
+            seed=seed,
+        )
+
+
+def pgd_schedule(
+    channels: int, norm: str, eps: float, step: float | None, steps: int | None, *, flag: str
+) -> tuple[float, int]:
+    """``attacks.pgd_schedule`` with its refusal phrased for the flag that set the step."""
+    from ntkrobust.attacks import spec
+
+    try:
+        return spec.pgd_schedule(channels, norm, eps, step, steps)
+    except ValueError:
+        raise StudyError(f"{flag} must be a finite number > 0, got {step}") from None
+
+
+def quiet_torch_warnings() -> None:
+    """Silence torch's warnings that are not the user's business."""
+    # the registry's torch is a CUDA build; on a machine without a GPU it says so at every backward
+    warnings.filterwarnings("ignore", message="CUDA initialization")
+    # torch's own forward-mode decompositions (first torch.func.jvp) still use torch.jit.script
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
+
+def torch_device(name: str) -> Any:
+    """``auto`` (cuda when available), ``cpu`` or ``cuda`` as a torch device."""
+    import torch
+
+    quiet_torch_warnings()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StudyError("--device cuda: no CUDA device is available here")
+    return torch.device(name)
+
+
+def torch_network(
+    data: Any, *, model: str | None, width: int | None, checkpoint: Path | None, seed: int
+) -> tuple[Any, Any]:
+    """The registry model (at initialisation) or the checkpoint's, checked against the data."""
+    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+    from ntkrobust.bridge.models import ModelError, build_model, check_fits, model_config
+
+    classes = len(data.classes)
+    try:
+        if checkpoint is not None:
+            if width is not None:
+                raise StudyError("--width applies to --model; a checkpoint brings its own")
+            net, config, _ = load_checkpoint(checkpoint)
+            if config.num_classes != classes:
+                raise StudyError(
+                    f"checkpoint {checkpoint} has {config.num_classes} outputs, the data has {classes} classes"
+                )
+        else:
+            config = model_config(model or "fc2", data.image_shape, classes, width=width, seed=seed)
+            net = build_model(config)
+        check_fits(config, data.image_shape)
+    except (ModelError, CheckpointError) as err:
+        raise StudyError(str(err)) from None
+    return net, config
+
+
+def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:
+    """``data`` with a class-balanced, seeded subset of ``n`` training points (all if None)."""
+    from ntkrobust.bridge.data import DataError, balanced_indices
+
+    if n is None or n >= data.x_train.shape[0]:
+        return data
+    try:
+        chosen = balanced_indices(data.y_train, data.classes, n, seed, what=f"{flag} training")
+    except DataError as err:
+        raise StudyError(str(err)) from None
+    return dataclasses.replace(data, x_train=data.x_train[chosen], y_train=data.y_train[chosen])
+
+
+def check_unique(values: Sequence[Any], flag: str, what: str) -> None:
+    if len(set(values)) != len(values):
+        raise StudyError(f"{flag} repeats {what}: {', '.join(map(str, values))}")

@@ -1,0 +1,194 @@
+"""``entk``: the empirical NTK of a torch net on a class-balanced set of points, clean (C-NTK) or
+on the net's own PGD examples (AE-NTK, RAT sec. 3-4), with the kernel metrics of
+``kernels.metrics`` and a class-sorted kernel image.
+
+Outputs: ``kernel.npz``, ``metrics.json``, ``kernel.png``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
+from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
+
+_SUMMARY_METRICS = ("effective_rank", "concentration_top20", "centered_alignment", "mean_specialization")
+
+
+@dataclass(frozen=True)
+class EntkSettings:
+    data: DataSettings = field(default_factory=DataSettings)
+    model: str | None = None  # registry model at initialisation (default fc2), or
+    checkpoint: Path | None = None  # a checkpoint of this tool
+    width: int | None = None
+    batch_stats: bool = False
+    n: int = 100
+    split: str = "train"
+    kind: str = "trace"
+    adversarial_eps: float | None = None
+    pgd_steps: int | None = None
+    pgd_step: float | None = None
+    dtype: str = "float32"
+    memory_budget: int | None = None  # MiB
+    device: str = "auto"
+
+
+@dataclass
+class EntkResult(StudyResult):
+    arrays: dict[str, np.ndarray]
+    picture: dict[str, Any]
+
+    def write_files(self, staged: StagedOutput) -> None:
+        from ntkrobust import plots
+
+        with open(staged.path("kernel.npz"), "wb") as f:
+            np.savez_compressed(f, **self.arrays)
+        plots.kernel_image(**self.picture, path=staged.path("kernel.png"))
+
+    def summary(self) -> str:
+        r = self.record
+        metrics = r["metrics"]
+        which = "AE-NTK" if r["config"]["adversarial"] else "C-NTK"
+        text = ", ".join(f"{key.replace('_', ' ')} {metrics[key]:.3g}" for key in _SUMMARY_METRICS if key in metrics)
+        return (
+            f"{r['kind']} {which} of {r['network']['model']} ({r['network']['parameters']:,} parameters) on "
+            f"{r['config']['n']} {r['dataset']['name']} points in {r['seconds']['kernel']:.1f} s: {text}"
+        )
+
+
+def _points(settings: EntkSettings, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    from ntkrobust.bridge.data import DataError, balanced_indices
+
+    x_all, y_all = (data.x_train, data.y_train) if settings.split == "train" else (data.x_test, data.y_test)
+    if settings.n > x_all.shape[0]:
+        raise StudyError(f"--n {settings.n} exceeds the {x_all.shape[0]} {settings.split} points of the data")
+    try:
+        chosen = balanced_indices(y_all, data.classes, settings.n, settings.data.seed, what=settings.split)
+    except DataError as err:
+        raise StudyError(str(err)) from None
+    return x_all[chosen], y_all[chosen]
+
+
+def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | None = None) -> EntkResult:
+    """The empirical NTK of the network of ``settings`` on ``settings.n`` points, and its metrics."""
+    from ntkrobust.bridge.entk import KernelKind
+
+    try:
+        kind = KernelKind.parse(settings.kind)
+    except ValueError as err:
+        raise StudyError(f"--kind: {err}") from None
+    eps = settings.adversarial_eps
+    if eps is not None and not 0 < eps <= 1:
+        raise StudyError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {eps:g}")
+    clock = Clock()
+    data = settings.data.load()
+    seed = settings.data.seed
+
+    import torch
+
+    from ntkrobust.bridge.adversarial import pgd_examples, predict
+    from ntkrobust.bridge.data import task_indices
+    from ntkrobust.bridge.entk import BudgetError, auto_memory_budget, empirical_ntk, with_batch_statistics
+    from ntkrobust.bridge.models import parameter_count
+    from ntkrobust.kernels.metrics import kernel_metrics
+
+    device = torch_device(settings.device)
+    model, config = torch_network(
+        data, model=settings.model, width=settings.width, checkpoint=settings.checkpoint, seed=seed
+    )
+    try:
+        kind.outputs(config.num_classes)
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    x_clean, y = _points(settings, data)
+    targets = task_indices(y, data.classes)
+    dtype = torch.float64 if settings.dtype == "float64" else torch.float32
+    net = model.to(device=device, dtype=dtype).eval()
+    inputs = torch.as_tensor(x_clean, device=device, dtype=dtype)
+    labels = torch.as_tensor(targets, device=device)
+    if settings.batch_stats:
+        net = with_batch_statistics(net, inputs)
+    clean_pred = predict(net, inputs)
+    adversarial: dict[str, Any] | None = None
+    x_kernel, kernel_pred = inputs, clean_pred
+    if eps is not None:
+        step, steps = pgd_schedule(
+            data.image_shape[0], "linf", eps, settings.pgd_step, settings.pgd_steps, flag="--pgd-step"
+        )
+        x_kernel = pgd_examples(net, inputs, labels, eps=eps, step=step, steps=steps, seed=seed)
+        kernel_pred = predict(net, x_kernel)
+        adversarial = {"eps": eps, "step": step, "steps": steps, "norm": "linf", "random_start": True}
+    clock.mark("inputs")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    budget = auto_memory_budget(device) if settings.memory_budget is None else settings.memory_budget * 2**20
+    try:
+        kernel = empirical_ntk(net, x_kernel, kind=kind, memory_budget=budget, progress=progress)
+    except BudgetError as err:
+        raise StudyError(f"--memory-budget {settings.memory_budget}: {err}") from None
+    clock.mark("kernel")
+
+    metrics: dict[str, Any] = {
+        "kind": str(kind),
+        "shape": list(kernel.shape),
+        "metrics": kernel_metrics(kernel, targets, num_classes=config.num_classes),
+        "network": {
+            **config.to_dict(),
+            "checkpoint": str(settings.checkpoint) if settings.checkpoint else None,
+            "parameters": parameter_count(model),
+            # with --adversarial-eps too, the statistics are those of the clean points, held fixed
+            "batchnorm": "batch statistics of the clean points" if settings.batch_stats else "running statistics",
+        },
+        "accuracy_clean": float((clean_pred == labels).double().mean()),
+    }
+    if device.type == "cuda":
+        metrics["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    adversarial_labels = kernel_pred.cpu().numpy()
+    if adversarial is not None:
+        # RAT sec. 4: AE-NTK specialization under clean labels (above) and adversarial labels
+        metrics["accuracy_adversarial"] = float((kernel_pred == labels).double().mean())
+        metrics["metrics_adversarial_labels"] = kernel_metrics(
+            kernel, adversarial_labels, num_classes=config.num_classes
+        )
+    run_config = {
+        **settings.data.config(data),
+        "split": settings.split,
+        "n": settings.n,
+        "kind": str(kind),
+        "adversarial": adversarial,
+        "dtype": settings.dtype,
+        "memory_budget_mib": budget // 2**20,
+        "device": str(device),
+    }
+    seconds = {"inputs": clock.between("start", "inputs"), "kernel": clock.between("inputs", "kernel")}
+    record = envelope("entk", metrics, run_config, seconds=seconds, argv=argv, seed=seed, dataset=data.describe())
+    arrays = {"kernel": kernel, "x": x_kernel.cpu().numpy().astype(np.float32), "y": y}
+    if adversarial is not None:
+        arrays |= {"x_clean": x_clean, "y_adversarial": np.asarray(data.classes)[adversarial_labels]}
+    picture = _picture(settings, data, kernel, targets, kind, config, adversarial)
+    return EntkResult(record, arrays=arrays, picture=picture, results_file="metrics.json")
+
+
+def _picture(
+    settings: EntkSettings, data: Any, kernel: np.ndarray, targets: np.ndarray, kind: Any, config: Any, adversarial: Any
+) -> dict[str, Any]:
+    """The arguments of the class-sorted kernel image."""
+    which = "AE-NTK" if adversarial else "C-NTK"
+    label = "trace kernel" if kind.index is None else f"kernel of class {data.class_name(data.classes[kind.index])}"
+    checkpoint = settings.checkpoint
+    subtitle = (
+        f"{config.model} (width {config.width}), {settings.n} {data.name} {settings.split} points"
+        + (f", PGD eps={adversarial['eps']:.4g}" if adversarial else "")
+        + (f", from {checkpoint.name}" if checkpoint else ", at initialisation")
+    )
+    return {
+        "kernel": kernel if kernel.ndim == 2 else np.einsum("ijcc->ij", kernel) / kernel.shape[2],
+        "labels": targets,
+        "class_names": [data.class_name(c) for c in data.classes],
+        "title": f"empirical {which}, {label}",
+        "subtitle": subtitle,
+    }

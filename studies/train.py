@@ -1,0 +1,247 @@
+"""``train``: SGD training of a torch net, standard or adversarial (TK supp. E, LOO, RAT), with
+the empirical NTK of a fixed probe set tracked on clean inputs (C-NTK) and on PGD examples
+(AE-NTK) at initialisation and after every epoch, clean and PGD accuracies per epoch, a
+checkpoint per epoch and ``resume``. With ``linearize_from``, trains the linearized (or
+``centered``) network around a checkpoint (LOO sec. 2).
+
+A training run writes its run folder (``bridge.runfolder``) as it goes, so ``run`` takes the
+folder in its settings and ``TrainResult.save`` has nothing left to write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ntkrobust.studies._base import StudyError, StudyResult, check_out_dir, versions
+from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
+
+TRAINING_MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise")  # = bridge.training.MODES
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    out: Path
+    data: DataSettings = field(default_factory=DataSettings)
+    model: str | None = None  # default: mnist-cnn for 1-channel images, else cifar-cnn
+    width: int | None = None
+    linearize_from: Path | None = None
+    centered: bool = False
+    mode: str = "standard"
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    batch_size: int = 128
+    eps: float | None = None
+    pgd_steps: int | None = None
+    pgd_step: float | None = None
+    trades_beta: float = 6.0
+    switch_epoch: int | None = None
+    track_kernel: int = 300
+    track_every: int | None = None
+    eval_n: int = 500
+    eval_pgd_steps: int | None = None
+    batchnorm: str = "running"
+    memory_budget: int | None = None  # MiB
+    device: str = "auto"
+    resume: bool = False
+    force: bool = False
+
+
+@dataclass
+class TrainResult(StudyResult):
+    out: Path
+    label: str
+
+    def save(self, out: str | Path) -> Path:
+        """The run folder is complete once ``run`` returns; it cannot move elsewhere."""
+        if Path(out).resolve() != self.out.resolve():
+            raise StudyError(f"a training run lives in its own folder {self.out}, not in {out}")
+        return self.out
+
+    def summary(self) -> str:
+        history = self.record
+        last = history["epochs"][-1]
+        scores = last["accuracy"][history["config"]["tracking"]["batchnorm"][0]]
+        kernels = history["kernels"]
+        growth = (
+            f", C-NTK Frobenius norm x"
+            f"{kernels[-1]['clean']['frobenius_norm'] / kernels[0]['clean']['frobenius_norm']:.3g}"
+            if len(kernels) > 1
+            else ""
+        )
+        eps = history["config"]["train"]["eps"]
+        return (
+            f"{self.label}: {last['epoch']} epochs, test clean {scores['test_clean']:.3f}, "
+            f"PGD {scores['test_pgd']:.3f} (eps {eps:.4g}){growth}"
+        )
+
+
+def _check_folder(settings: TrainSettings) -> None:
+    from ntkrobust.bridge.runfolder import RunFolder
+
+    if settings.resume and settings.force:
+        raise StudyError("--resume continues the run in --out; --force would start it over: choose one")
+    if settings.resume:
+        if not RunFolder(settings.out).exists():
+            raise StudyError(f"--resume: {settings.out} holds no run to continue (no config.json)")
+    else:
+        check_out_dir(settings.out, settings.force)
+    if settings.centered and settings.linearize_from is None:
+        raise StudyError("--centered needs --linearize-from CHECKPOINT (the network it is centered on)")
+
+
+def _threat(settings: TrainSettings, channels: int) -> tuple[float, float, int, int]:
+    """(eps, PGD step, PGD training steps, PGD evaluation steps): the standard ones of the image
+    type unless given (``attacks.spec``)."""
+    from ntkrobust.attacks import evaluation_steps, standard_threat
+
+    eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
+    # eps = 0 is refused too: the per-epoch PGD accuracy and the AE-NTK need an attack
+    if not (0 < eps <= 1):
+        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
+    step, steps = pgd_schedule(channels, "linf", eps, settings.pgd_step, settings.pgd_steps, flag="--pgd-step")
+    return eps, step, steps, evaluation_steps(channels, settings.eval_pgd_steps)
+
+
+def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The parent network, config and checkpoint payload of ``linearize_from``, checked."""
+    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+    from ntkrobust.bridge.models import ModelError, check_fits
+
+    path = settings.linearize_from
+    if settings.model is not None or settings.width is not None:
+        raise StudyError("--model / --width do not apply with --linearize-from: the checkpoint brings its network")
+    try:
+        parent, config, payload = load_checkpoint(path)
+        check_fits(config, data.image_shape)
+    except (CheckpointError, ModelError) as err:
+        raise StudyError(str(err)) from None
+    if "linearization" in payload:
+        raise StudyError(f"--linearize-from {path} is itself a linearized network")
+    if config.num_classes != len(data.classes):
+        raise StudyError(
+            f"--linearize-from {path} has {config.num_classes} outputs, the data has {len(data.classes)} classes"
+        )
+    return parent, config, payload
+
+
+def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
+    """The model to train, its config, and for linearized runs what tracking needs."""
+    if settings.linearize_from is None:
+        default = "mnist-cnn" if data.image_shape[0] == 1 else "cifar-cnn"
+        model, config = torch_network(
+            data, model=settings.model or default, width=settings.width, checkpoint=None, seed=settings.data.seed
+        )
+        return {"model": model, "config": config, "linearization": None, "kernel_network": None, "magnitude": None}
+    from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
+
+    parent, config, payload = _linearization_parent(settings, data)
+    return {
+        "model": LinearizedNetwork(parent, centered=settings.centered),
+        "config": config,
+        "linearization": {
+            "checkpoint": str(settings.linearize_from),
+            "spawn_epoch": payload.get("epoch"),
+            "centered": settings.centered,
+        },
+        "kernel_network": LinearizedNetwork.tangent_network,  # its kernel is the frozen parent's
+        "magnitude": relative_magnitude,  # LOO sec. 4
+    }
+
+
+def _configs(settings: TrainSettings, threat: tuple[float, float, int, int]) -> tuple[Any, Any]:
+    from ntkrobust.bridge.experiment import TrackingConfig
+    from ntkrobust.bridge.training import TrainConfig
+
+    eps, step, steps, eval_steps = threat
+    try:
+        train = TrainConfig(
+            mode=settings.mode,
+            epochs=settings.epochs,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+            milestones=tuple(settings.milestones),
+            gamma=settings.gamma,
+            batch_size=settings.batch_size,
+            eps=eps,
+            pgd_step=step,
+            pgd_steps=steps,
+            trades_beta=settings.trades_beta,
+            switch_epoch=settings.switch_epoch,
+            seed=settings.data.seed,
+        )
+        tracking = TrackingConfig(
+            eps=eps,
+            step=step,
+            steps=eval_steps,
+            probe=settings.track_kernel,
+            every=settings.track_every,
+            eval_n=settings.eval_n,
+            batchnorm=("running", "batch") if settings.batchnorm == "both" else (settings.batchnorm,),
+            memory_budget=None if settings.memory_budget is None else settings.memory_budget * 2**20,
+        )
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+    return train, tracking
+
+
+def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | None = None) -> TrainResult:
+    """Train into the run folder ``settings.out``; the result's record is its history."""
+    _check_folder(settings)
+    data = settings.data.load()
+    threat = _threat(settings, data.image_shape[0])
+    if settings.track_kernel > data.x_train.shape[0]:
+        raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {data.x_train.shape[0]} training points")
+    if settings.switch_epoch is not None and settings.mode == "standard":
+        raise StudyError("--switch-epoch switches from clean training to an adversarial --mode; --mode is standard")
+
+    from ntkrobust.bridge.data import DataError
+    from ntkrobust.bridge.experiment import RunFolderError, run_training
+    from ntkrobust.bridge.models import parameter_count
+    from ntkrobust.bridge.runfolder import RunFolder
+
+    device = torch_device(settings.device)
+    net = _network(settings, data)
+    config = net["config"]
+    train, tracking = _configs(settings, threat)
+    label = f"{config.model} {settings.mode}" + (
+        f" after {settings.switch_epoch} clean" if settings.switch_epoch else ""
+    )
+    if net["linearization"] is not None:
+        label = f"{config.model} {'centered' if settings.centered else 'linearized'} {settings.mode}"
+    run_config = {
+        "data": settings.data.config(data),
+        "model": {**config.to_dict(), "parameters": parameter_count(net["model"])},
+        "linearization": net["linearization"],
+        "train": train.to_dict(),
+        "tracking": tracking.to_dict(),
+        "device": str(device),
+    }
+    if settings.force and not settings.resume:  # start over: a previous run's files must not mix with this one's
+        RunFolder(settings.out).clear()
+    try:
+        history = run_training(
+            settings.out,
+            net["model"],
+            config,
+            data,
+            train,
+            tracking,
+            config=run_config,
+            label=label,
+            device=device,
+            resume=settings.resume,
+            kernel_network=net["kernel_network"],
+            relative_magnitude=net["magnitude"],
+            metadata={"dataset": data.describe(), "versions": versions(), "argv": argv},
+            progress=progress,
+        )
+    except (RunFolderError, DataError) as err:
+        raise StudyError(str(err)) from None
+    return TrainResult(history, out=settings.out, label=label, results_file="history.json")

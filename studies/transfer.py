@@ -1,0 +1,306 @@
+"""``transfer``: black-box NTK attacks against trained nets. Adversarial examples from the NTK
+machines of analytic architectures (before any training, TK sec. 3.2) and from empirical-NTK
+surrogates (a kernel machine on the eNTK of nets at initialisation, supp. B) attack trained target
+nets, beside each net's own white-box attack and random-sign noise of the same ε; every net's
+own examples also attack every other net (transferability τ, LOO sec. 5).
+
+Outputs: ``results.json``, ``transfer.png``, ``transferability.png`` (LOO fig. 3, when run
+folders give a series), ``examples.npz``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
+from ntkrobust.studies._common import (
+    DataSettings,
+    MachineSettings,
+    ThreatSettings,
+    check_unique,
+    torch_device,
+    training_subset,
+)
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    target: tuple[str, ...]  # checkpoints of this tool, TorchScript / .pt2 files, MODEL[:WIDTH]=STATE_DICT
+    source: tuple[str, ...] = ()  # nets whose white-box examples attack the targets (same forms)
+    data: DataSettings = field(default_factory=DataSettings)
+    kernel_arch: tuple[str, ...] | None = None  # default fc2 unless surrogates are given
+    surrogate: tuple[str, ...] = ()  # MODEL[:WIDTH] of empirical-NTK surrogates
+    kernel_n: int | None = None
+    surrogate_nets: int = 1
+    surrogate_ridge: float = 0.01
+    surrogate_n: int = 500
+    device: str = "auto"
+    machine: MachineSettings = field(default_factory=MachineSettings)
+    method: str = "fgsm"
+    threat: ThreatSettings = field(default_factory=ThreatSettings)
+
+
+@dataclass
+class TransferResult(StudyResult):
+    arrays: dict[str, np.ndarray]
+    figures: dict[str, Any]
+
+    def write_files(self, staged: StagedOutput) -> None:
+        from ntkrobust import plots
+
+        with open(staged.path("examples.npz"), "wb") as f:
+            np.savez_compressed(f, **self.arrays)
+        matrix, subtitle = self.record["matrix"], self.figures["subtitle"]
+        plots.transfer_heatmap(
+            matrix["rows"],
+            matrix["columns"],
+            np.asarray(matrix["accuracy"]),
+            staged.path("transfer.png"),
+            transferability=(matrix["transferability_columns"], np.asarray(matrix["transferability"], dtype=float)),
+            subtitle=subtitle,
+        )
+        if self.figures["curves"]:
+            plots.transferability_curves(
+                self.figures["curves"],
+                staged.path("transferability.png"),
+                subtitle=subtitle + f"; target {matrix['rows'][0]}",
+            )
+
+    def summary(self) -> str:
+        method = self.record["config"]["attack"]["method"]
+        black_box = [s["name"] for s in self.record["sources"] if s["kind"] != "white-box"]
+        lines = []
+        for r in self.record["targets"]:
+            black = ", ".join(f"{n} {r['transfer_accuracy'][n]:.3f}" for n in black_box)
+            lines.append(
+                f"{r['name']}: clean {r['clean_accuracy']:.3f}, own {method} {r['white_box_accuracy']:.3f}, "
+                f"random sign {r['random_accuracy']:.3f}" + (f", {black}" if black else "")
+            )
+        return "\n".join(lines)
+
+
+def load_targets(specs: Sequence[str], data: Any, device: Any) -> list[Any]:
+    """The nets of ``specs``, with labels made unique; a bad one stops everything."""
+    from ntkrobust.bridge.targets import TargetError, load_target
+
+    targets: list[Any] = []
+    for spec in specs:
+        try:
+            target = load_target(spec, image_shape=data.image_shape, num_classes=len(data.classes), device=device)
+        except TargetError as err:
+            raise StudyError(str(err)) from None
+        taken = {t.label for t in targets}
+        base, i = target.label, 2
+        while target.label in taken:
+            target.label, i = f"{base} ({i})", i + 1
+        targets.append(target)
+    return targets
+
+
+def _surrogate_examples(
+    settings: TransferSettings, spec: str, data: Any, attack: Any, device: Any, progress: bool
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """White-box examples of an empirical-NTK kernel machine (TK supp. B) and its fit record."""
+    from ntkrobust.bridge.data import task_indices
+    from ntkrobust.bridge.models import ModelError, check_fits, model_config, parse_model_name
+    from ntkrobust.bridge.surrogate import fit_empirical_kernel_machine, initial_networks
+    from ntkrobust.bridge.transfer import white_box_examples
+
+    seed = settings.data.seed
+    try:
+        name, width = parse_model_name(spec)
+        config = model_config(name, data.image_shape, len(data.classes), width=width, seed=seed)
+        check_fits(config, data.image_shape)
+    except ModelError as err:
+        raise StudyError(str(err)) from None
+    fit_data = training_subset(data, settings.surrogate_n, seed, "--surrogate-n")
+    networks = [net.to(device) for net in initial_networks(config, settings.surrogate_nets)]
+    machine = fit_empirical_kernel_machine(
+        networks,
+        fit_data.x_train,
+        task_indices(fit_data.y_train, data.classes),
+        len(data.classes),
+        ridge=settings.surrogate_ridge,
+        progress=progress,
+    )
+    examples = white_box_examples(machine, data.x_test, task_indices(data.y_test, data.classes), attack, device=device)
+    fit = machine.fit_info
+    assert fit is not None  # set by fit_empirical_kernel_machine
+    return examples, {"model": config.to_dict(), "networks": settings.surrogate_nets, **fit.to_dict()}
+
+
+def _black_box_sources(
+    settings: TransferSettings, arch_names: Sequence[str], data: Any, attack: Any, device: Any, progress: bool
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], list[str], int]:
+    """Examples of every NTK machine and eNTK surrogate, what made them, warnings, kernel n."""
+    from ntkrobust.attacks import robust_accuracy
+    from ntkrobust.kernels.adversarial import craft_adversarial
+
+    x_test, y_test = data.x_test, data.y_test
+    sources: dict[str, np.ndarray] = {}
+    about: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    kernel_data = training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n")
+    for arch_name in arch_names:
+        machine, arch_notes, kernel = settings.machine.fit(arch_name, kernel_data, progress)
+        notes += arch_notes
+        examples = craft_adversarial(machine, x_test, y_test, attack, progress=progress)
+        clean = machine.predict(x_test)
+        name = f"NTK {arch_name}"
+        sources[name] = examples
+        about[name] = {
+            "kind": "ntk",
+            **kernel,
+            "kernel_clean_accuracy": robust_accuracy(clean, y_test),
+            "kernel_robust_accuracy": robust_accuracy(machine.predict(examples), y_test, clean),
+        }
+    for spec in settings.surrogate:
+        name = f"eNTK {spec}"
+        sources[name], fit = _surrogate_examples(settings, spec, data, attack, device, progress)
+        about[name] = {"kind": "entk-surrogate", **fit}
+    return sources, about, notes, int(kernel_data.x_train.shape[0])
+
+
+def _target_row(target: Any, evaluation: Any, about: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from ntkrobust.attacks import transferability
+
+    random_tau = transferability(evaluation.clean_accuracy, evaluation.random_accuracy, evaluation.white_box_accuracy)
+    return {
+        "name": target.label,
+        **target.description,
+        "epoch": target.epoch,
+        "clean_accuracy": evaluation.clean_accuracy,
+        "white_box_accuracy": evaluation.white_box_accuracy,
+        "ntk_attack_accuracy": _accuracies_of(evaluation.sources, about, "ntk"),
+        "surrogate_attack_accuracy": _accuracies_of(evaluation.sources, about, "entk-surrogate"),
+        "random_accuracy": evaluation.random_accuracy,
+        "transfer_accuracy": evaluation.sources,
+        "transferability": evaluation.transferability(),
+        "random_transferability": random_tau if math.isfinite(random_tau) else None,
+    }
+
+
+def _matrix(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, Any]:
+    accuracy = [
+        [r["clean_accuracy"], r["random_accuracy"], r["white_box_accuracy"]]
+        + [r["transfer_accuracy"][c] for c in columns]
+        for r in rows
+    ]
+    tau = np.array([[r["transferability"][c] for c in columns] for r in rows], dtype=np.float64)
+    return {
+        "rows": [r["name"] for r in rows],
+        "columns": ["clean", "random sign", "own white-box", *columns],
+        "accuracy": accuracy,
+        "transferability_columns": list(columns),
+        "transferability": tau.tolist(),
+    }
+
+
+def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] | None = None) -> TransferResult:
+    """Attack every target with every source; the accuracy and τ matrices."""
+    arch_names = list(settings.kernel_arch or ([] if settings.surrogate else ["fc2"]))
+    check_unique(arch_names, "--kernel-arch", "an architecture")
+    if not (math.isfinite(settings.surrogate_ridge) and settings.surrogate_ridge >= 0):
+        raise StudyError(f"--surrogate-ridge must be a finite number >= 0, got {settings.surrogate_ridge}")
+    settings.machine.check(arch_names)
+    clock = Clock()
+    data = settings.data.load()
+    attack = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed)
+
+    from ntkrobust.bridge.data import task_indices
+    from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
+
+    device = torch_device(settings.device)
+    nets = load_targets([*settings.target, *settings.source], data, device)  # one namespace of labels
+    targets, extra_sources = nets[: len(settings.target)], nets[len(settings.target) :]
+    x_test, y_test = data.x_test, data.y_test
+    y_index = task_indices(y_test, data.classes)
+    clock.mark("targets")
+    sources, about, notes, kernel_n = _black_box_sources(settings, arch_names, data, attack, device, progress)
+    clock.mark("black_box")
+    for i, net in enumerate(nets):
+        sources[net.label] = white_box_examples(net.model, x_test, y_index, attack, device=device)
+        about[net.label] = {"kind": "white-box", "is_target": i < len(targets), "net": net.description}
+    noisy = random_sign_examples(x_test, attack)
+    black_box = [name for name, a in about.items() if a["kind"] != "white-box"]
+    rows = [
+        _target_row(
+            t,
+            evaluate_target(
+                t.model, x_test, y_index, attack, sources, random_examples=noisy, own_examples=sources[t.label],
+                device=device,
+            ),
+            about,
+        )
+        for t in targets
+    ]  # fmt: skip
+    clock.mark("evaluation")
+    metrics = {
+        "targets": rows,
+        "sources": [{"name": name, **about[name]} for name in sources],
+        "matrix": _matrix(rows, list(sources)),
+    }
+    run_config = {
+        **settings.data.config(data),
+        "kernel_archs": arch_names,
+        "kernel_n": kernel_n,
+        **settings.machine.config(),
+        "surrogates": list(settings.surrogate),
+        "surrogate_nets": settings.surrogate_nets,
+        "surrogate_n": settings.surrogate_n,
+        "surrogate_ridge": settings.surrogate_ridge,
+        "attack": attack.to_dict(),
+        "device": str(device),
+    }
+    seconds = {
+        "data_and_targets": clock.between("start", "targets"),
+        "black_box_examples": clock.between("targets", "black_box"),
+        "evaluation": clock.between("black_box", "evaluation"),
+    }
+    record = envelope(
+        "transfer", metrics, run_config, seconds=seconds, argv=argv, seed=settings.data.seed,
+        dataset=data.describe(), warnings=notes,
+    )  # fmt: skip
+    subtitle = (
+        f"{data.name}, {x_test.shape[0]} test points, {attack.method.upper()} eps {attack.eps:.4g} ({attack.norm}); "
+        f"accuracy = share still correct"
+    )
+    arrays = {"x": x_test, "y": y_test, "random_sign": noisy, **{_array_name(n): sources[n] for n in black_box}}
+    curves = transferability_series(targets, extra_sources, rows)
+    return TransferResult(record, arrays=arrays, figures={"subtitle": subtitle, "curves": curves})
+
+
+def _accuracies_of(accuracies: dict[str, float], about: dict[str, dict[str, Any]], kind: str) -> dict[str, float]:
+    """Accuracies under the sources of one kind, keyed without the kind's prefix ('NTK fc2' -> 'fc2')."""
+    return {name.split(" ", 1)[1]: acc for name, acc in accuracies.items() if about[name]["kind"] == kind}
+
+
+def _array_name(source: str) -> str:
+    """A source name as an .npz key: 'NTK fc2' -> 'ntk_fc2'."""
+    return "".join(c if c.isalnum() else "_" for c in source.lower())
+
+
+def transferability_series(
+    targets: Sequence[Any], extra: Sequence[Any], rows: Sequence[dict[str, Any]]
+) -> list[tuple[str, list[int], list[float]]]:
+    """LOO fig. 3: τ against the first target of the net sources from run folders, one series per
+    dynamics (a standard run by epoch; linearized / centered runs by spawn epoch, each at its
+    latest checkpoint); series of at least two points."""
+    latest: dict[tuple[str, int], tuple[int, float]] = {}
+    for net in [*targets[1:], *extra]:
+        if net.curve is None:
+            continue
+        epoch, tau = net.epoch or 0, rows[0]["transferability"][net.label]
+        if net.curve not in latest or latest[net.curve][0] <= epoch:
+            latest[net.curve] = (epoch, tau)
+    series: dict[str, list[tuple[int, float]]] = {}
+    for (name, position), (_, tau) in sorted(latest.items()):
+        series.setdefault(name, []).append((position, tau))
+    return [
+        (name, [p for p, _ in points], [t for _, t in points]) for name, points in series.items() if len(points) > 1
+    ]
