@@ -30,6 +30,7 @@ import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import ROOT, SHARED_MNIST, load_mnist
@@ -163,7 +164,7 @@ def _plot(path: Path, results: dict, title: str, panels: list[tuple[str, list[st
     plt.close(fig)
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="mnist", choices=("mnist", "digits"))
     parser.add_argument("--mnist", type=Path, default=SHARED_MNIST)
@@ -179,78 +180,62 @@ def main() -> None:
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"), help="eNTK compute dtype")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "twin-convergence")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON in --out")
-    args = parser.parse_args()
-    png, js = args.out / "twin_convergence.png", args.out / "twin_convergence.json"
-    if args.replot:
-        saved = json.loads(js.read_text())
-        _plot(png, saved["results"], saved["figure"]["title"], [tuple(p) for p in saved["figure"]["panels"]])
-        print(f"wrote {png}")
-        return
+    return parser.parse_args()
 
-    import torch  # after kernels: see the import of kernels above
 
+def _width_row(
+    name: str, inputs: np.ndarray, width: int, analytic: np.ndarray, args: argparse.Namespace, dtype: Any
+) -> dict[str, Any]:
+    """The relative errors of the twin ``name`` of ``width`` over its seeds, printed as one line."""
     from ntkrobust.bridge.entk import empirical_ntk
     from ntkrobust.bridge.models import build_model, model_config
 
-    x, source = _load(args.data, args.mnist, args.n)
-    pool = args.conv_pool if args.conv_pool is not None else (2 if x.shape[-1] >= 28 else 1)
-    x_conv = _pool(x, pool)
-    dtype = getattr(torch, args.dtype)
-    side, conv_side = "x".join(map(str, x.shape[-2:])), "x".join(map(str, x_conv.shape[-2:]))
-    print(f"data: {source}; N = {x.shape[0]} inputs {tuple(x.shape[1:])}; conv twins on {conv_side} (pool {pool})")
-    print(
-        f"seeds per width: {args.seeds} (dense), {args.conv_seeds} (conv); {args.num_classes} output(s); "
-        f"eNTK in {args.dtype}; {torch.get_num_threads()} torch threads"
-    )
+    norm = float(np.linalg.norm(analytic))
+    t0 = time.perf_counter()
+    errors = []
+    for seed in range(args.conv_seeds if name in CONV else args.seeds):
+        config = model_config(name, inputs.shape[1:], args.num_classes, width=width, seed=seed)
+        model = build_model(config)
+        empirical = empirical_ntk(model, inputs, kind="trace", dtype=dtype)
+        errors.append(float(np.linalg.norm(empirical - analytic) / norm))
+    seconds = time.perf_counter() - t0
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    row = {
+        "width": width,
+        "params": params,
+        "errors": errors,
+        "mean": float(np.mean(errors)),
+        "std": float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0,
+        "seconds": seconds,
+    }
+    print(f"  {name:<9} width {width:>5}  error {row['mean']:.4f} ± {row['std']:.4f}  ({seconds:.1f} s)", flush=True)
+    return row
 
-    started = time.perf_counter()
-    results: dict[str, dict] = {}  # type: ignore[type-arg]
-    for name in args.archs:
-        inputs = x_conv if name in CONV else x
-        analytic = np.asarray(compute_gram(get_architecture(name), inputs), dtype=np.float64)
-        norm = float(np.linalg.norm(analytic))
-        fan_in = math.prod(inputs.shape[1:])
-        if name in CONV:
-            widths = args.conv_widths
-        else:
-            widths = [w for w in args.widths if _dense_params(name, w, fan_in, args.num_classes) <= args.max_params]
-        rows = []
-        for width in widths:
-            t0 = time.perf_counter()
-            errors = []
-            for seed in range(args.conv_seeds if name in CONV else args.seeds):
-                config = model_config(name, inputs.shape[1:], args.num_classes, width=width, seed=seed)
-                model = build_model(config)
-                empirical = empirical_ntk(model, inputs, kind="trace", dtype=dtype)
-                errors.append(float(np.linalg.norm(empirical - analytic) / norm))
-            seconds = time.perf_counter() - t0
-            params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            row = {
-                "width": width,
-                "params": params,
-                "errors": errors,
-                "mean": float(np.mean(errors)),
-                "std": float(np.std(errors, ddof=1)) if len(errors) > 1 else 0.0,
-                "seconds": seconds,
-            }
-            rows.append(row)
-            print(
-                f"  {name:<9} width {width:>5}  error {row['mean']:.4f} ± {row['std']:.4f}  ({seconds:.1f} s)",
-                flush=True,
-            )
-        slope, slope_se = _fit_slope([r["width"] for r in rows], [r["mean"] for r in rows])
-        falls = all(b["mean"] < a["mean"] for a, b in itertools.pairwise(rows))
-        results[name] = {
-            "input_shape": list(inputs.shape[1:]),
-            "analytic_fro_norm": norm,
-            "rows": rows,
-            "slope": slope,
-            "slope_se": slope_se,
-            "monotone_decrease": falls,
-            "overall_ratio": rows[0]["mean"] / rows[-1]["mean"],
-        }
-    total = time.perf_counter() - started
 
+def _architecture(name: str, inputs: np.ndarray, args: argparse.Namespace, dtype: Any) -> dict[str, Any]:
+    """Every width of the twin ``name`` against its analytic kernel, and the fitted slope."""
+    analytic = np.asarray(compute_gram(get_architecture(name), inputs), dtype=np.float64)
+    norm = float(np.linalg.norm(analytic))
+    fan_in = math.prod(inputs.shape[1:])
+    if name in CONV:
+        widths = args.conv_widths
+    else:
+        widths = [w for w in args.widths if _dense_params(name, w, fan_in, args.num_classes) <= args.max_params]
+    rows = [_width_row(name, inputs, width, analytic, args, dtype) for width in widths]
+    slope, slope_se = _fit_slope([r["width"] for r in rows], [r["mean"] for r in rows])
+    falls = all(b["mean"] < a["mean"] for a, b in itertools.pairwise(rows))
+    return {
+        "input_shape": list(inputs.shape[1:]),
+        "analytic_fro_norm": norm,
+        "rows": rows,
+        "slope": slope,
+        "slope_se": slope_se,
+        "monotone_decrease": falls,
+        "overall_ratio": rows[0]["mean"] / rows[-1]["mean"],
+    }
+
+
+def _print_summary(results: dict[str, dict], total: float) -> None:  # type: ignore[type-arg]
     print()
     print(f"{'architecture':<13}{'width':>7}{'mean error':>13}{'std':>10}")
     for name, result in results.items():
@@ -268,7 +253,12 @@ def main() -> None:
         )
     print(f"total {total:.0f} s")
 
-    args.out.mkdir(parents=True, exist_ok=True)
+
+def _figure(
+    args: argparse.Namespace, source: str, x: np.ndarray, x_conv: np.ndarray, pool: int
+) -> tuple[str, list[tuple[str, list[str], str]]]:
+    """The figure's title and its panels (heading, architectures, x label)."""
+    side, conv_side = "x".join(map(str, x.shape[-2:])), "x".join(map(str, x_conv.shape[-2:]))
     data_name = "MNIST" if source.startswith("real MNIST") else "sklearn digits"
     outputs = "1 output" if args.num_classes == 1 else f"{args.num_classes} outputs, trace kernel"
     title = (
@@ -281,25 +271,61 @@ def main() -> None:
         (f"fully connected: {side} inputs, {args.seeds} seeds", list(DENSE), "width (hidden units)"),
         (f"convolutional: {conv_side} inputs{pooled}, {args.conv_seeds} seeds", list(CONV), "width (channels)"),
     ]
-    _plot(png, results, title, panels)
+    return title, panels
 
+
+def _config(args: argparse.Namespace, source: str, x: np.ndarray, x_conv: np.ndarray, pool: int) -> dict[str, Any]:
+    """The benchmark's settings as twin_convergence.json records them."""
+    return {
+        "data": source,
+        "n": int(x.shape[0]),
+        "input_shape": list(x.shape[1:]),
+        "conv_input_shape": list(x_conv.shape[1:]),
+        "conv_pool": pool,
+        "seeds_dense": list(range(args.seeds)),
+        "seeds_conv": list(range(args.conv_seeds)),
+        "dense_widths": args.widths,
+        "conv_widths": args.conv_widths,
+        "max_params": args.max_params,
+        "num_classes": args.num_classes,
+        "kernel_kind": "trace",
+        "entk_dtype": args.dtype,
+        "metric": "||Theta_emp - Theta||_F / ||Theta||_F",
+    }
+
+
+def main() -> None:
+    args = _parse_args()
+    png, js = args.out / "twin_convergence.png", args.out / "twin_convergence.json"
+    if args.replot:
+        saved = json.loads(js.read_text())
+        _plot(png, saved["results"], saved["figure"]["title"], [tuple(p) for p in saved["figure"]["panels"]])
+        print(f"wrote {png}")
+        return
+
+    import torch  # after kernels: see the import of kernels above
+
+    x, source = _load(args.data, args.mnist, args.n)
+    pool = args.conv_pool if args.conv_pool is not None else (2 if x.shape[-1] >= 28 else 1)
+    x_conv = _pool(x, pool)
+    dtype = getattr(torch, args.dtype)
+    conv_side = "x".join(map(str, x_conv.shape[-2:]))
+    print(f"data: {source}; N = {x.shape[0]} inputs {tuple(x.shape[1:])}; conv twins on {conv_side} (pool {pool})")
+    print(
+        f"seeds per width: {args.seeds} (dense), {args.conv_seeds} (conv); {args.num_classes} output(s); "
+        f"eNTK in {args.dtype}; {torch.get_num_threads()} torch threads"
+    )
+
+    started = time.perf_counter()
+    results = {name: _architecture(name, x_conv if name in CONV else x, args, dtype) for name in args.archs}
+    total = time.perf_counter() - started
+    _print_summary(results, total)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    title, panels = _figure(args, source, x, x_conv, pool)
+    _plot(png, results, title, panels)
     record = {
-        "config": {
-            "data": source,
-            "n": int(x.shape[0]),
-            "input_shape": list(x.shape[1:]),
-            "conv_input_shape": list(x_conv.shape[1:]),
-            "conv_pool": pool,
-            "seeds_dense": list(range(args.seeds)),
-            "seeds_conv": list(range(args.conv_seeds)),
-            "dense_widths": args.widths,
-            "conv_widths": args.conv_widths,
-            "max_params": args.max_params,
-            "num_classes": args.num_classes,
-            "kernel_kind": "trace",
-            "entk_dtype": args.dtype,
-            "metric": "||Theta_emp - Theta||_F / ||Theta||_F",
-        },
+        "config": _config(args, source, x, x_conv, pool),
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

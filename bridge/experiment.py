@@ -135,6 +135,197 @@ def _save_arrays(path: Path, arrays: dict[str, Any]) -> None:
     write_atomically(path, write)
 
 
+class _TrainingRun:
+    """A run in progress: the data as tensors on the device, the evaluation subsets, the kernel
+    tracker, the optimizer and the state (epoch, step, history), with what measures the model
+    and writes the run folder."""
+
+    def __init__(
+        self,
+        run: RunFolder,
+        model: nn.Module,
+        model_config: ModelConfig,
+        data: Dataset,
+        train: TrainConfig,
+        tracking: TrackingConfig,
+        *,
+        device: torch.device,
+        kernel_network: Callable[[nn.Module], nn.Module] | None,
+        relative_magnitude: Callable[[nn.Module, torch.Tensor], float] | None,
+    ) -> None:
+        self.run, self.model_config, self.data, self.train, self.tracking = run, model_config, data, train, tracking
+        self.device, self.kernel_network, self.relative_magnitude = device, kernel_network, relative_magnitude
+        self.model = model = model.to(device)
+        dtype = next(model.parameters()).dtype
+        self.x_train = torch.as_tensor(data.x_train, device=device, dtype=dtype)
+        self.y_train = torch.as_tensor(task_indices(data.y_train, data.classes), device=device)
+        self.x_test = torch.as_tensor(data.x_test, device=device, dtype=dtype)
+        self.y_test = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)
+        self.eval_test = torch.as_tensor(_subset(data.y_test, data.classes, tracking.eval_n, train.seed, "test"))
+        self.optimizer = make_optimizer(model, train)
+        self.steps_per_epoch = math.ceil(self.x_train.shape[0] / train.batch_size)
+        # The AE-NTK needs PGD examples of the probe; the evaluation attacks training points with the
+        # same threat and BatchNorm mode anyway. When the kernels are taken after every epoch and the
+        # evaluation set is large enough, it is made of the probe first (then other class-balanced
+        # points), so the kernels reuse its examples instead of attacking the probe a second time.
+        self.chosen = np.arange(0)
+        self.shared = False
+        if tracking.probe:
+            self.chosen = balanced_indices(data.y_train, data.classes, tracking.probe, train.seed, what="probe")
+            self.shared = tracking.every is None and (tracking.eval_n is None or tracking.eval_n >= tracking.probe)
+        self.eval_train = torch.as_tensor(
+            _evaluation_subset(
+                data.y_train, data.classes, tracking.eval_n, train.seed, self.chosen if self.shared else None
+            )
+        )
+        self.tracker = self._make_tracker() if tracking.probe else None
+        self.state = _State()
+        self.step_track_seconds = 0.0  # tracking inside an epoch, taken out of its training time
+
+    def _make_tracker(self) -> KernelTracker:
+        chosen = torch.as_tensor(self.chosen, device=self.device)
+        return KernelTracker(
+            x=self.x_train[chosen],
+            targets=self.y_train[chosen],
+            num_classes=len(self.data.classes),
+            eps=self.tracking.eps,
+            step=self.tracking.step,
+            steps=self.tracking.steps,
+            seed=derived_seed(self.train.seed, 3),
+            batchnorm=self.tracking.batchnorm[0],
+            memory_budget=self.tracking.memory_budget,
+        )
+
+    @property
+    def history(self) -> dict[str, Any]:
+        return self.state.history
+
+    def start(self, config: dict[str, Any], resume: bool, label: str, metadata: dict[str, Any] | None) -> None:
+        """Start the folder afresh (history header, probe file) or take up its last checkpoint."""
+        self.state = _start(self.run, self.model, self.optimizer, config, resume, self.device)
+        if self.state.history:
+            self.state.history.update({"config": config, **(metadata or {})})
+            return
+        self.state.history = {
+            "command": "train",
+            "label": label,
+            "config": config,
+            "class_names": [self.data.class_name(c) for c in self.data.classes],
+            "steps_per_epoch": self.steps_per_epoch,
+            "eval_points": {"train": int(self.eval_train.shape[0]), "test": int(self.eval_test.shape[0])},
+            "epochs": [],
+            "kernels": [],
+            **(metadata or {}),
+        }
+        if self.tracker is not None:
+            arrays = {
+                "x": self.tracker.x.cpu().numpy().astype(np.float32),
+                "y": self.data.y_train[self.chosen],
+                "targets": self.tracker.targets.cpu().numpy(),
+            }
+            _save_arrays(self.run.probe, arrays)
+
+    def track(self, step: int, probe_examples: torch.Tensor | None = None) -> float:
+        """Take the kernels at ``step`` into their file and the history; their seconds."""
+        if self.tracker is None:
+            return 0.0
+        network = self.model if self.kernel_network is None else self.kernel_network(self.model)
+        arrays, record = self.tracker.track(self.model, network, x_adv=probe_examples)
+        name = self.run.kernel_name(step)
+        _save_arrays(self.run.path / name, arrays)
+        self.history["kernels"].append({"step": step, "epoch": step / self.steps_per_epoch, "file": name, **record})
+        return float(record["seconds"])
+
+    def evaluate(self) -> tuple[dict[str, Any], float, torch.Tensor | None]:
+        """(accuracies, seconds, PGD examples of the probe when the evaluation made them)."""
+        start = time.perf_counter()
+        tracking = self.tracking
+        result: dict[str, Any] = {}
+        probe_examples = None
+        splits = (
+            ("train", self.x_train, self.y_train, self.eval_train),
+            ("test", self.x_test, self.y_test, self.eval_test),
+        )
+        for mode in tracking.batchnorm:
+            scores: dict[str, float] = {}
+            for split, x, y, subset in splits:
+                index = subset.to(x.device)
+                scores[f"{split}_clean"] = clean_accuracy(self.model, x, y, batchnorm=mode)
+                scores[f"{split}_pgd"], x_adv = pgd_accuracy(
+                    self.model,
+                    x[index],
+                    y[index],
+                    eps=tracking.eps,
+                    step=tracking.step,
+                    steps=tracking.steps,
+                    seed=derived_seed(self.train.seed, 4),
+                    batchnorm=mode,
+                )
+                if self.shared and split == "train" and mode == tracking.batchnorm[0]:
+                    probe_examples = x_adv[: tracking.probe]  # the probe comes first in eval_train
+            result[mode] = scores
+        if self.relative_magnitude is not None:
+            result["relative_magnitude"] = self.relative_magnitude(self.model, self.x_test)
+        return result, time.perf_counter() - start, probe_examples
+
+    def checkpoint(self, epoch: int) -> None:
+        save_checkpoint(
+            self.run.checkpoint(epoch),
+            self.model,
+            self.model_config,
+            epoch=epoch,
+            step=self.state.step,
+            optimizer=self.optimizer.state_dict(),
+            history=self.history,
+        )
+        write_json(self.run.history, self.history)
+
+    def record_epoch(self, head: dict[str, Any], scores: dict[str, Any], seconds: dict[str, float]) -> None:
+        """Append the epoch's record (``head``, then the accuracies, the relative magnitude of
+        linearized runs and the seconds) to the history, and checkpoint the epoch."""
+        magnitude = scores.pop("relative_magnitude", None)
+        record = {**head, "accuracy": scores}
+        if magnitude is not None:
+            record["relative_magnitude"] = magnitude
+        record["seconds"] = seconds
+        self.history["epochs"].append(record)
+        self.state.epoch = head["epoch"]
+        self.checkpoint(head["epoch"])
+
+    def record_initialisation(self) -> None:
+        scores, evaluate_seconds, probe_examples = self.evaluate()
+        track_seconds = self.track(0, probe_examples)
+        head = {"epoch": 0, "step": 0, "mode": "init", "lr": None, "train_loss": None}
+        self.record_epoch(head, scores, {"train": 0.0, "track": track_seconds, "evaluate": evaluate_seconds})
+
+    def after_step(self, step: int) -> None:
+        self.state.step = step
+        if self.tracking.every is not None and step % self.tracking.every == 0:
+            self.step_track_seconds += self.track(step)
+
+    def run_epoch(self, epoch: int, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Train, evaluate and track epoch ``epoch`` and record it; (training summary, accuracies)."""
+        self.step_track_seconds = 0.0
+        summary = train_epoch(
+            self.model,
+            self.optimizer,
+            self.x_train,
+            self.y_train,
+            self.train,
+            epoch,
+            first_step=self.state.step,
+            after_step=self.after_step,
+            progress=progress,
+        )
+        train_seconds = summary.pop("seconds") - self.step_track_seconds
+        scores, evaluate_seconds, probe_examples = self.evaluate()
+        after_epoch = self.track(self.state.step, probe_examples) if self.tracking.every is None else 0.0
+        track_seconds = self.step_track_seconds + after_epoch
+        head = {"epoch": epoch, "step": self.state.step, **summary, "lr": learning_rate(self.train, epoch)}
+        self.record_epoch(head, scores, {"train": train_seconds, "track": track_seconds, "evaluate": evaluate_seconds})
+        return summary, scores
+
+
 def run_training(
     out: Path,
     model: nn.Module,
@@ -165,165 +356,33 @@ def run_training(
         raise RunFolderError(
             f"the probe set ({tracking.probe}) is larger than the {data.x_train.shape[0]} training points"
         )
-    model = model.to(device)
-    dtype = next(model.parameters()).dtype
-    x_train = torch.as_tensor(data.x_train, device=device, dtype=dtype)
-    y_train = torch.as_tensor(task_indices(data.y_train, data.classes), device=device)
-    x_test = torch.as_tensor(data.x_test, device=device, dtype=dtype)
-    y_test = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)
-    eval_test = torch.as_tensor(_subset(data.y_test, data.classes, tracking.eval_n, train.seed, "test"))
-    optimizer = make_optimizer(model, train)
-    steps_per_epoch = math.ceil(x_train.shape[0] / train.batch_size)
-    tracker: KernelTracker | None = None
-    # The AE-NTK needs PGD examples of the probe; the evaluation attacks training points with the
-    # same threat and BatchNorm mode anyway. When the kernels are taken after every epoch and the
-    # evaluation set is large enough, it is made of the probe first (then other class-balanced
-    # points), so the kernels reuse its examples instead of attacking the probe a second time.
-    chosen = np.arange(0)
-    shared = False
-    if tracking.probe:
-        chosen = balanced_indices(data.y_train, data.classes, tracking.probe, train.seed, what="probe")
-        shared = tracking.every is None and (tracking.eval_n is None or tracking.eval_n >= tracking.probe)
-    eval_train = torch.as_tensor(
-        _evaluation_subset(data.y_train, data.classes, tracking.eval_n, train.seed, chosen if shared else None)
+    trainer = _TrainingRun(
+        run,
+        model,
+        model_config,
+        data,
+        train,
+        tracking,
+        device=device,
+        kernel_network=kernel_network,
+        relative_magnitude=relative_magnitude,
     )
-    if tracking.probe:
-        tracker = KernelTracker(
-            x=x_train[torch.as_tensor(chosen, device=device)],
-            targets=y_train[torch.as_tensor(chosen, device=device)],
-            num_classes=len(data.classes),
-            eps=tracking.eps,
-            step=tracking.step,
-            steps=tracking.steps,
-            seed=derived_seed(train.seed, 3),
-            batchnorm=tracking.batchnorm[0],
-            memory_budget=tracking.memory_budget,
-        )
-
-    state = _start(run, model, optimizer, config, resume, device)
-    if not state.history:
-        state.history = {
-            "command": "train",
-            "label": label,
-            "config": config,
-            "class_names": [data.class_name(c) for c in data.classes],
-            "steps_per_epoch": steps_per_epoch,
-            "eval_points": {"train": int(eval_train.shape[0]), "test": int(eval_test.shape[0])},
-            "epochs": [],
-            "kernels": [],
-            **(metadata or {}),
-        }
-        if tracker is not None:
-            arrays = {
-                "x": tracker.x.cpu().numpy().astype(np.float32),
-                "y": data.y_train[chosen],
-                "targets": tracker.targets.cpu().numpy(),
-            }
-            _save_arrays(run.probe, arrays)
-    else:
-        state.history.update({"config": config, **(metadata or {})})
-    history = state.history
-
-    def track(step: int, probe_examples: torch.Tensor | None = None) -> float:
-        if tracker is None:
-            return 0.0
-        network = model if kernel_network is None else kernel_network(model)
-        arrays, record = tracker.track(model, network, x_adv=probe_examples)
-        name = run.kernel_name(step)
-        _save_arrays(run.path / name, arrays)
-        history["kernels"].append({"step": step, "epoch": step / steps_per_epoch, "file": name, **record})
-        return float(record["seconds"])
-
-    def evaluate() -> tuple[dict[str, Any], float, torch.Tensor | None]:
-        """(accuracies, seconds, PGD examples of the probe when the evaluation made them)."""
-        start = time.perf_counter()
-        result: dict[str, Any] = {}
-        probe_examples = None
-        for mode in tracking.batchnorm:
-            scores: dict[str, float] = {}
-            for split, x, y, subset in (("train", x_train, y_train, eval_train), ("test", x_test, y_test, eval_test)):
-                index = subset.to(x.device)
-                scores[f"{split}_clean"] = clean_accuracy(model, x, y, batchnorm=mode)
-                scores[f"{split}_pgd"], x_adv = pgd_accuracy(
-                    model,
-                    x[index],
-                    y[index],
-                    eps=tracking.eps,
-                    step=tracking.step,
-                    steps=tracking.steps,
-                    seed=derived_seed(train.seed, 4),
-                    batchnorm=mode,
-                )
-                if shared and split == "train" and mode == tracking.batchnorm[0]:
-                    probe_examples = x_adv[: tracking.probe]  # the probe comes first in eval_train
-            result[mode] = scores
-        if relative_magnitude is not None:
-            result["relative_magnitude"] = relative_magnitude(model, x_test)
-        return result, time.perf_counter() - start, probe_examples
-
-    def checkpoint(epoch: int) -> None:
-        save_checkpoint(
-            run.checkpoint(epoch),
-            model,
-            model_config,
-            epoch=epoch,
-            step=state.step,
-            optimizer=optimizer.state_dict(),
-            history=history,
-        )
-        write_json(run.history, history)
-
-    epochs_bar = tqdm(total=train.epochs, initial=state.epoch, desc="training", unit="epoch", disable=not progress)
-    if state.epoch == 0 and not history["epochs"]:
-        scores, evaluate_seconds, probe_examples = evaluate()
-        track_seconds = track(0, probe_examples)
-        magnitude = scores.pop("relative_magnitude", None)
-        record = {"epoch": 0, "step": 0, "mode": "init", "lr": None, "train_loss": None, "accuracy": scores}
-        if magnitude is not None:
-            record["relative_magnitude"] = magnitude
-        record["seconds"] = {"train": 0.0, "track": track_seconds, "evaluate": evaluate_seconds}
-        history["epochs"].append(record)
-        checkpoint(0)
-    step_track_seconds = [0.0]  # tracking inside an epoch, taken out of its training time
-
-    def after_step(step: int) -> None:
-        state.step = step
-        if tracking.every is not None and step % tracking.every == 0:
-            step_track_seconds[0] += track(step)
-
-    for epoch in range(state.epoch + 1, train.epochs + 1):
-        step_track_seconds[0] = 0.0
-
-        summary = train_epoch(
-            model,
-            optimizer,
-            x_train,
-            y_train,
-            train,
-            epoch,
-            first_step=state.step,
-            after_step=after_step,
-            progress=progress,
-        )
-        train_seconds = summary.pop("seconds") - step_track_seconds[0]
-        scores, evaluate_seconds, probe_examples = evaluate()
-        track_seconds = step_track_seconds[0] + (track(state.step, probe_examples) if tracking.every is None else 0.0)
-        magnitude = scores.pop("relative_magnitude", None)
-        record = {"epoch": epoch, "step": state.step, **summary, "lr": learning_rate(train, epoch), "accuracy": scores}
-        if magnitude is not None:
-            record["relative_magnitude"] = magnitude
-        record["seconds"] = {"train": train_seconds, "track": track_seconds, "evaluate": evaluate_seconds}
-        history["epochs"].append(record)
-        state.epoch = epoch
-        checkpoint(epoch)
+    trainer.start(config, resume, label, metadata)
+    epochs_bar = tqdm(
+        total=train.epochs, initial=trainer.state.epoch, desc="training", unit="epoch", disable=not progress
+    )
+    if trainer.state.epoch == 0 and not trainer.history["epochs"]:
+        trainer.record_initialisation()
+    for epoch in range(trainer.state.epoch + 1, train.epochs + 1):
+        summary, scores = trainer.run_epoch(epoch, progress)
         shown = scores[tracking.batchnorm[0]]
         epochs_bar.set_postfix(
             loss=f"{summary['train_loss']:.3f}", test=f"{shown['test_clean']:.3f}", pgd=f"{shown['test_pgd']:.3f}"
         )
         epochs_bar.update(1)
     epochs_bar.close()
-    write_json(run.history, history)
-    return history
+    write_json(run.history, trainer.history)
+    return trainer.history
 
 
 def _start(
