@@ -62,6 +62,10 @@ class DataSettings:
         }
 
 
+#: input-gradient routes of a kernel machine (closed form: supp. eq. 9, two-layer only)
+GRADIENTS = ("auto", "autodiff", "closed-form")
+
+
 @dataclass(frozen=True)
 class MachineSettings:
     """The NTK machine of TK eq. 7: training time ``time`` (inf = converged), ``ridge`` relative to
@@ -76,6 +80,13 @@ class MachineSettings:
     cache: bool = True
 
     def check(self, arch_names: Sequence[str]) -> None:
+        from ntkrobust.kernels.architectures import ARCHITECTURES
+        from ntkrobust.kernels.machine import PRECISIONS
+
+        for name in arch_names:
+            check_choice(name, ARCHITECTURES, "--arch")
+        check_choice(self.gradient, GRADIENTS, "--gradient")
+        check_choice(self.precision, PRECISIONS, "--precision")
         if not (self.time >= 0):
             raise StudyError(f"--time must be >= 0 or inf, got {self.time}")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
@@ -146,8 +157,9 @@ class ThreatSettings:
 
     def resolve(self, channels: int) -> tuple[float, float, int]:
         """(eps, PGD step, PGD steps) for images with ``channels`` channels."""
-        from ntkrobust.attacks import standard_threat
+        from ntkrobust.attacks import NORMS, standard_threat
 
+        check_choice(self.norm, NORMS, "--norm")
         eps = standard_threat(channels, self.norm)[0] if self.eps is None else self.eps
         if not math.isfinite(eps) or eps < 0:
             raise StudyError(f"--eps must be a finite number >= 0, got {eps}")
@@ -155,10 +167,12 @@ class ThreatSettings:
             raise StudyError(f"--eps {eps:g} exceeds the [0, 1] pixel range (pixel units: did you mean {eps:g}/255?)")
         return (eps, *pgd_schedule(channels, self.norm, eps, self.step, self.steps, flag="--step"))
 
-    def spec(self, method: str, channels: int, seed: int) -> Any:
-        """The ``attacks.AttackSpec`` of ``method`` in this threat model."""
-        from ntkrobust.attacks import AttackSpec
+    def spec(self, method: str, channels: int, seed: int, *, methods: Sequence[str] | None = None) -> Any:
+        """The ``attacks.AttackSpec`` of ``method`` (one of ``methods``, default every attack of
+        ``attacks.METHODS``) in this threat model."""
+        from ntkrobust.attacks import METHODS, AttackSpec
 
+        check_choice(method, METHODS if methods is None else methods, "--method")
         eps, step, steps = self.resolve(channels)
         iterative = method == "pgd"
         return AttackSpec(
@@ -241,6 +255,12 @@ def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:
     except DataError as err:
         raise StudyError(str(err)) from None
     return dataclasses.replace(data, x_train=data.x_train[chosen], y_train=data.y_train[chosen])
+
+
+def check_choice(value: Any, choices: Sequence[Any], flag: str) -> None:
+    """Refuse a value that is not one of ``choices`` (argparse does this for the command line)."""
+    if value not in choices:
+        raise StudyError(f"{flag} {value!r}: choose one of {', '.join(map(str, choices))}")
 
 
 def check_unique(values: Sequence[Any], flag: str, what: str) -> None:

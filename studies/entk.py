@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
-from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
+from ntkrobust.studies._common import DataSettings, check_choice, pgd_schedule, torch_device, torch_network
 
 _SUMMARY_METRICS = ("effective_rank", "concentration_top20", "centered_alignment", "mean_specialization")
 
@@ -81,6 +81,10 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         kind = KernelKind.parse(settings.kind)
     except ValueError as err:
         raise StudyError(f"--kind: {err}") from None
+    check_choice(settings.split, ("train", "test"), "--split")
+    check_choice(settings.dtype, ("float32", "float64"), "--dtype")
+    if settings.model is not None and settings.checkpoint is not None:
+        raise StudyError("--model and --checkpoint name two networks: choose one")
     eps = settings.adversarial_eps
     if eps is not None and not 0 < eps <= 1:
         raise StudyError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {eps:g}")

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
-from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings, check_unique
+from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings, check_choice, check_unique
 
 #: r values of the robust-features-only kernels; -1: every feature (the full machine)
 DEFAULT_ROBUST_R = (1, 2, 5, 10, 20, 50, 100, -1)
@@ -209,6 +210,7 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
     arch_names = list(settings.arch)
     check_unique(arch_names, "--arch", "an architecture")
     settings.machine.check(arch_names)
+    check_choice(settings.feature_attack, NET_METHODS, "--feature-attack")
     if not (0 <= settings.non_robust_below <= 1):
         raise StudyError(f"--non-robust-below must lie in [0, 1], got {settings.non_robust_below}")
     clock = Clock()

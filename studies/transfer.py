@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
 from ntkrobust.studies._common import (
     DataSettings,
@@ -210,7 +211,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     settings.machine.check(arch_names)
     clock = Clock()
     data = settings.data.load()
-    attack = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed)
+    attack = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
 
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
 from ntkrobust.studies._common import DataSettings, ThreatSettings, check_unique, torch_device
 
@@ -129,7 +130,7 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
     data = settings.data.load()
     if settings.picture_index >= data.x_test.shape[0]:
         raise StudyError(f"--picture-index {settings.picture_index} exceeds the {data.x_test.shape[0]} test points")
-    spec = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed)
+    spec = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
 
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.two_layer import ACCURACY_KEYS, TwoLayerConfig, log_epochs, two_layer_experiment

@@ -4,11 +4,13 @@
 - JAX runs in float64 (``kernels._jax`` enables it) and refuses implicit rank promotion;
 - every random draw is seeded; the Gram cache lives in a per-session temporary folder;
 - nothing here needs ``../shared`` (real data tests are marked ``shared_data`` and skip).
+- the studies' tests share their expensive runs here (training runs, two-layer nets).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,96 @@ def shared_data_or_skip(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+# -- studies -----------------------------------------------------------------------------------
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("a refused setting reached the compute")
+
+
+@pytest.fixture
+def refuses(monkeypatch):
+    """``refuses(study, settings, message, compute=())``: ``study.run(settings)`` raises a one-line
+    ``StudyError`` naming ``message`` before it reaches any of ``compute`` (dotted paths of the
+    study's expensive steps, patched to fail); the error is returned."""
+    from ntkrobust.studies import StudyError
+
+    def check(study, settings, message, compute=()):
+        with monkeypatch.context() as patched:
+            for target in compute:
+                patched.setattr(target, _never)
+            with pytest.raises(StudyError, match=re.escape(message)) as caught:
+                study.run(settings)
+        assert "\n" not in str(caught.value)
+        return caught.value
+
+    return check
+
+
+#: small and fast training (fc2 of width 32, PGD of 2 steps, kernels of 20 probe points)
+SMALL_TRAINING = {
+    "model": "fc2",
+    "width": 32,
+    "lr": 0.1,
+    "batch_size": 50,
+    "eps": 0.1,
+    "pgd_steps": 2,
+    "eval_pgd_steps": 2,
+    "track_kernel": 20,
+    "eval_n": 30,
+}
+
+
+@pytest.fixture(scope="session")
+def small_training():
+    """``small_training(out, **changes) -> TrainSettings``: digits (100 train, 60 test) and the
+    settings of ``SMALL_TRAINING``, with ``changes``."""
+    from ntkrobust.studies import DataSettings
+    from ntkrobust.studies.train import TrainSettings
+
+    def make(out, **changes):
+        fields = {"data": DataSettings(n_train=100, n_test=60), **SMALL_TRAINING, **changes}
+        return TrainSettings(out=Path(out), **fields)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tracked_runs(tmp_path_factory, small_training):
+    """``{mode: TrainResult}``: a standard and a PGD run of two epochs with tracked kernels
+    (read them only: copy a run to change it)."""
+    from ntkrobust.studies import train
+
+    root = tmp_path_factory.mktemp("tracked")
+    return {mode: train.run(small_training(root / mode, mode=mode, epochs=2)) for mode in ("standard", "pgd")}
+
+
+@pytest.fixture(scope="session")
+def untracked_run(tmp_path_factory, small_training):
+    """A standard run of one epoch without kernels (``track_kernel=0``), read only."""
+    from ntkrobust.studies import train
+
+    return train.run(small_training(tmp_path_factory.mktemp("untracked") / "run", epochs=1, track_kernel=0))
+
+
+@pytest.fixture(scope="session")
+def binary_task():
+    """``DataSettings`` of digits 3 vs 8 (60 train, 40 test): the two-layer and transfer task."""
+    from ntkrobust.studies import DataSettings
+
+    return DataSettings(classes=(3, 8), n_train=60, n_test=40)
+
+
+@pytest.fixture(scope="session")
+def two_layer_nets(tmp_path_factory, binary_task):
+    """TK supp. C, small: two nets of width 300 trained 20 epochs on ``binary_task`` against
+    their NTK (FGSM eps 0.2), saved: ``(TwoLayerResult, folder)``."""
+    from ntkrobust.studies import ThreatSettings, two_layer
+
+    settings = two_layer.TwoLayerSettings(
+        data=binary_task, width=(300,), nets=2, epochs=20, threat=ThreatSettings(eps=0.2)
+    )
+    result = two_layer.run(settings)
+    return result, result.save(tmp_path_factory.mktemp("two-layer") / "run")

@@ -1,155 +1,250 @@
-"""The command line through ``main(argv)``: outputs, the interface files, and every bad input."""
+"""The command line without the compute: flags -> settings (``cli.settings_from``), bad input as
+one line with exit status 2, the output checks made before a study runs, and ``--help``.
+
+One end-to-end run per command is in ``test_cli_runs.py``; what the studies compute, and every
+setting they refuse, is tested on ``run(settings)`` in ``tests/studies``.
+"""
 
 from __future__ import annotations
 
-import json
+import argparse
+import importlib
+import math
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ntkrobust import cli
-from ntkrobust.attacks import ThreatModel, check_adversarial
-
-DIGITS_SMALL = ["--n-train", "150", "--n-test", "40"]
-
-
-def test_attack_writes_the_interface_files(tmp_path, run_cli):
-    out = tmp_path / "run"
-    code, stdout, stderr = run_cli(["attack", *DIGITS_SMALL, "--method", "pgd", "--steps", "5", "--out", out])
-    assert code == 0, stderr
-    assert sorted(p.name for p in out.iterdir()) == ["adversarial.npz", "results.json"]
-    results = json.loads((out / "results.json").read_text())  # strict JSON: no Infinity/NaN literals
-    assert 0.85 <= results["clean_accuracy"] <= 1.0
-    assert results["robust_accuracy"] < results["clean_accuracy"]
-    config = results["config"]
-    assert config["arch"] == "fc2" and config["method"] == "pgd" and config["time"] == "inf"
-    assert config["eps"] == 0.3 and config["step"] == 0.01 and config["steps"] == 5  # MNIST-like grey defaults
-    assert results["seed"] == 0 and results["versions"]["neural-tangents"] == "0.6.5"
-    with np.load(out / "adversarial.npz", allow_pickle=False) as f:
-        assert sorted(f.files) == ["x", "x_adv", "y"]
-        x, x_adv, y = f["x"], f["x_adv"], f["y"]
-    assert x.shape == x_adv.shape == (40, 1, 8, 8) and x_adv.dtype == np.float32 and y.dtype == np.int64
-    check_adversarial(x_adv, x, ThreatModel("linf", 0.3))
-    assert "robust accuracy" in stdout
-    assert not list(tmp_path.glob(".*partial"))  # staging folder cleaned up
+from ntkrobust.studies import DataSettings, MachineSettings, ThreatSettings
+from ntkrobust.studies.attack import AttackSettings
+from ntkrobust.studies.dynamics import DynamicsSettings
+from ntkrobust.studies.entk import EntkSettings
+from ntkrobust.studies.features import FeaturesSettings
+from ntkrobust.studies.make_npz import MakeNpzSettings
+from ntkrobust.studies.train import TrainSettings
+from ntkrobust.studies.transfer import TransferSettings
+from ntkrobust.studies.two_layer import TwoLayerSettings
 
 
-@pytest.mark.parametrize("method", ["fgsm", "taylor-l1", "taylor-sum"])
-def test_attack_methods_and_binary_tasks(tmp_path, run_cli, method):
-    out = tmp_path / method
-    args = ["attack", "--classes", "3,8", *DIGITS_SMALL, "--method", method, "--eps", "0.2", "--out", out]
-    code, _, stderr = run_cli(args)
-    assert code == 0, stderr
-    results = json.loads((out / "results.json").read_text())
-    assert results["config"]["classes"] == [3, 8] and results["kernel"]["outputs"] == 1
-    assert results["robust_accuracy"] < results["clean_accuracy"]
+def settings(argv: list[object]):
+    """The settings ``ntkrobust ARGV --out o`` hands to its study."""
+    args = cli.build_parser().parse_args([*map(str, argv), "--out", "o"])
+    module, name, _ = cli.COMMANDS[args.command]
+    return cli.settings_from(getattr(importlib.import_module(f"ntkrobust.studies.{module}"), name), args)
 
 
-def test_two_layer_uses_the_closed_form_gradient_and_the_cache(tmp_path, run_cli):
-    args = ["attack", *DIGITS_SMALL, "--arch", "two-layer", "--norm", "l2", "--cache-dir", tmp_path / "cache"]
-    assert run_cli([*args, "--out", tmp_path / "a"])[0] == 0
-    assert run_cli([*args, "--out", tmp_path / "b"])[0] == 0
-    first = json.loads((tmp_path / "a" / "results.json").read_text())
-    second = json.loads((tmp_path / "b" / "results.json").read_text())
-    assert first["config"]["gradient"] == "closed-form" and first["config"]["eps"] == 2.0
-    assert (first["kernel"]["gram_cache"], second["kernel"]["gram_cache"]) == ("miss", "hit")
-    assert first["robust_accuracy"] == second["robust_accuracy"]
+# -- flags -> settings ---------------------------------------------------------------------------
 
-
-def test_pgd_that_cannot_reach_eps_is_warned_about(tmp_path, run_cli):
-    args = ["attack", *DIGITS_SMALL, "--method", "pgd", "--steps", "10", "--out", tmp_path / "r"]
-    code, _, stderr = run_cli(args)
-    assert code == 0 and "warning: PGD can move at most" in stderr
-    assert "step*steps" in json.loads((tmp_path / "r" / "results.json").read_text())["warnings"][0]
-
-
-def test_fraction_eps_and_force(tmp_path, run_cli):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "old.txt").write_text("previous run")
-    code, _, _ = run_cli(["attack", *DIGITS_SMALL, "--eps", "8/255", "--force", "--out", out])
-    assert code == 0
-    assert json.loads((out / "results.json").read_text())["config"]["eps"] == pytest.approx(8 / 255)
-
-
-def test_make_npz_then_attack_it(tmp_path, run_cli):
-    npz = tmp_path / "digits38.npz"
-    assert run_cli(["make-npz", "--classes", "3,8", "--n-train", "60", "--out", npz])[0] == 0
-    code, _, stderr = run_cli(["attack", "--data", npz, "--out", tmp_path / "run"])
-    assert code == 0, stderr
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["n_train"] == 60
-
-
-@pytest.fixture
-def nan_npz(tmp_path):
-    path = tmp_path / "nan.npz"
-    x = np.full((10, 1, 4, 4), np.nan, np.float32)
-    np.savez(path, x_train=x, y_train=np.arange(10) % 2, x_test=x, y_test=np.arange(10) % 2)
-    return path
-
-
-@pytest.fixture
-def misshapen_npz(tmp_path):
-    path = tmp_path / "shape.npz"
-    np.savez(path, x_train=np.zeros((10, 4)), y_train=np.arange(10) % 2, x_test=np.zeros((3, 4)), y_test=np.arange(3))
-    return path
-
-
-BAD_INPUTS = {
-    "unknown architecture": (["--arch", "resnet"], "invalid choice"),
-    "unknown dataset": (["--data", "imagenet"], "unknown dataset"),
-    "missing data root": (["--data", "mnist", "--data-root", "/nonexistent/mnist"], "does not exist"),
-    "mnist without root": (["--data", "mnist"], "needs --data-root"),
-    "negative eps": (["--eps", "-0.1"], "--eps must be"),
-    "eps in 0-255 units": (["--eps", "8"], "did you mean 8/255"),
-    "class absent": (["--classes", "3,12"], "absent"),
-    "subset too large": (["--n-train", "5000"], "only 1198"),
-    "zero subset": (["--n-test", "0"], "at least 1"),
-    "bad number": (["--time", "soon"], "not a number"),
-    "negative time": (["--time", "-1"], "--time must be"),
-    "closed form for fc2": (["--gradient", "closed-form"], "only for two-layer"),
-    "one class": (["--classes", "3"], "at least two"),
+#: command -> (its required flags, the settings they give: every other field at its default)
+MINIMAL = {
+    "attack": ([], AttackSettings()),
+    "features": ([], FeaturesSettings()),
+    "entk": ([], EntkSettings()),
+    "train": ([], TrainSettings(out=Path("o"))),
+    "dynamics": (["r"], DynamicsSettings(runs=(Path("r"),))),
+    "two-layer": ([], TwoLayerSettings()),
+    "transfer": (["--target", "t.pt"], TransferSettings(target=("t.pt",))),
+    "make-npz": ([], MakeNpzSettings()),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, assert_refused):
-    extra, message = BAD_INPUTS[case]
-    assert_refused(["attack", *extra], message)
+def test_every_command_runs_a_study():
+    assert set(MINIMAL) == set(cli.COMMANDS)
 
 
-@pytest.mark.parametrize("fixture, message", [("nan_npz", "NaN"), ("misshapen_npz", "NCHW or NHW")])
-def test_bad_npz_is_one_line_exit_2(fixture, message, request, tmp_path, run_cli):
-    path = request.getfixturevalue(fixture)
-    code, _, stderr = run_cli(["attack", "--data", path, "--out", tmp_path / "out"])
-    assert code == 2 and stderr.count("\n") == 1 and message in stderr
-    assert not (tmp_path / "out").exists()
+@pytest.mark.parametrize("command", list(MINIMAL))
+def test_unset_flags_keep_the_settings_defaults(command):
+    flags, expected = MINIMAL[command]
+    assert settings([command, *flags]) == expected
 
 
-def test_existing_non_empty_out_without_force_is_left_alone(tmp_path, run_cli):
+@dataclass(frozen=True)
+class Inner:
+    flag: bool = True
+    n: int = 3
+
+
+@dataclass(frozen=True)
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    items: tuple[str, ...] = ()
+    name: str = "x"
+    absent: int = 7
+
+
+def test_settings_from_nests_negates_keeps_defaults_and_makes_tuples():
+    args = argparse.Namespace(no_flag=True, n=None, items=["a", "b"], name="y", unrelated=1)
+    assert cli.settings_from(Outer, args) == Outer(Inner(flag=False, n=3), ("a", "b"), "y", 7)
+
+
+def test_data_machine_and_threat_flags_fill_the_shared_groups():
+    argv = ["attack", "--data", "d.npz", "--data-root", "root", "--download", "--from-test-split"]
+    argv += ["--classes", "3, 8", "--n-train", "50", "--n-test", "20", "--seed", "4", "--arch", "two-layer"]
+    argv += ["--time", "inf", "--ridge", "1e-3", "--learning-rate", "0.5", "--gradient", "closed-form"]
+    argv += ["--precision", "float32", "--cache-dir", "cache", "--no-cache", "--method", "pgd", "--norm", "l2"]
+    argv += ["--eps", "8/255", "--step", "0.5", "--steps", "7", "--no-random-start"]
+    assert settings(argv) == AttackSettings(
+        data=DataSettings("d.npz", Path("root"), True, True, ("3", "8"), 50, 20, 4),
+        arch="two-layer",
+        machine=MachineSettings(math.inf, 1e-3, 0.5, "closed-form", "float32", Path("cache"), cache=False),
+        method="pgd",
+        threat=ThreatSettings("l2", 8 / 255, 0.5, 7, random_start=False),
+    )
+
+
+def test_repeated_and_list_flags_become_tuples():
+    features = settings(["features", "--arch", "fc2", "--arch", "two-layer", "--robust-r", "1,5,all"])
+    assert features.arch == ("fc2", "two-layer") and features.robust_r == (1, 5, -1)
+    assert settings(["features", "--robust-r", "none", "--feature-attack", "pgd"]).robust_r == ()
+    assert settings(["two-layer", "--width", "10", "--width", "20", "--nets", "2"]).width == (10, 20)
+    argv = ["transfer", "--target", "a.pt", "--target", "b.pt", "--source", "c.pt"]
+    argv += ["--kernel-arch", "fc1", "--kernel-arch", "conv1", "--surrogate", "fc1:32", "--surrogate", "fc2"]
+    transfer = settings(argv)
+    assert (transfer.target, transfer.source) == (("a.pt", "b.pt"), ("c.pt",))
+    assert (transfer.kernel_arch, transfer.surrogate) == (("fc1", "conv1"), ("fc1:32", "fc2"))
+    assert settings(["train", "--milestones", "50,75"]).milestones == (50, 75)
+    assert settings(["dynamics", "a", "b"]).runs == (Path("a"), Path("b"))
+    for each in (features, transfer):
+        hash(each)  # frozen and hashable: no list slipped through
+
+
+def test_command_specific_flags():
+    argv = ["entk", "--checkpoint", "net.pt", "--batch-stats", "--kind", "class:3", "--adversarial-eps", "8/255"]
+    entk = settings([*argv, "--pgd-steps", "3", "--split", "test", "--memory-budget", "512", "--device", "cpu"])
+    assert (entk.checkpoint, entk.model, entk.batch_stats, entk.kind) == (Path("net.pt"), None, True, "class:3")
+    assert (entk.adversarial_eps, entk.pgd_steps, entk.split, entk.memory_budget) == (8 / 255, 3, "test", 512)
+    argv = ["train", "--linearize-from", "p.pt", "--centered", "--mode", "trades", "--switch-epoch", "2", "--force"]
+    train = settings([*argv, "--batchnorm", "both", "--track-kernel", "0", "--epochs", "0"])
+    assert train.out == Path("o") and train.force and not train.resume  # a run folder is the study's own
+    assert (train.linearize_from, train.centered, train.mode, train.switch_epoch) == (Path("p.pt"), True, "trades", 2)
+    assert (train.batchnorm, train.track_kernel, train.epochs) == ("both", 0, 0)
+    dynamics = settings(["dynamics", "r", "--eigenvectors", "0", "--eigenvector-class", "3"])
+    assert (dynamics.eigenvectors, dynamics.eigenvector_class) == (0, 3)
+
+
+def test_cli_lists_match_the_library():
+    from ntkrobust.attacks import METHODS
+    from ntkrobust.bridge.models import MODELS
+    from ntkrobust.bridge.training import MODES
+    from ntkrobust.kernels import ARCHITECTURES
+
+    assert cli.ARCHITECTURES == ARCHITECTURES and cli.METHODS == METHODS
+    assert tuple(MODELS) == cli.MODELS and cli.TRAINING_MODES == MODES
+
+
+# -- bad input: one line, exit status 2 ----------------------------------------------------------
+
+#: refused by the parser
+BAD_FLAGS = {
+    "unknown command": (["bogus"], "invalid choice: 'bogus'"),
+    "unknown flag": (["attack", "--bogus"], "unrecognized arguments: --bogus"),
+    "unknown architecture": (["attack", "--arch", "resnet"], "invalid choice"),
+    "zero subset": (["attack", "--n-test", "0"], "at least 1"),
+    "bad number": (["attack", "--time", "soon"], "not a number"),
+    "one class": (["attack", "--classes", "3"], "at least two"),
+    "bad r": (["features", "--robust-r", "0"], "at least 1"),
+    "features architecture": (["features", "--arch", "resnet"], "invalid choice"),
+    "model and checkpoint": (["entk", "--model", "fc1", "--checkpoint", "n.pt"], "not allowed with"),
+    "unknown mode": (["train", "--mode", "free"], "invalid choice: 'free'"),
+    "no runs": (["dynamics"], "the following arguments are required: RUN_DIR"),
+    "no target": (["transfer"], "the following arguments are required: --target"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_bad_flags_are_one_line_exit_2_and_write_nothing(case, assert_refused):
+    assert_refused(*BAD_FLAGS[case])
+
+
+#: refused by the study (a StudyError), one per command
+STUDY_ERRORS = {
+    "attack": (["attack", "--eps", "8"], "did you mean 8/255"),
+    "features": (["features", "--non-robust-below", "2"], "--non-robust-below must lie in [0, 1]"),
+    "entk": (["entk", "--model", "fc1", "--kind", "diag"], "full, trace or class:C"),
+    "train": (["train", "--centered"], "--centered needs --linearize-from"),
+    "dynamics": (["dynamics", "/nonexistent/run"], "not a run folder"),
+    "two-layer": (["two-layer", "--lr", "0"], "--lr must be a finite number > 0"),
+    "transfer": (["transfer", "--target", "t.pt", "--surrogate-ridge", "-1"], "--surrogate-ridge must be"),
+}
+
+
+@pytest.mark.parametrize("command", list(STUDY_ERRORS))
+def test_study_errors_are_one_line_exit_2_and_write_nothing(command, assert_refused):
+    assert_refused(*STUDY_ERRORS[command])
+
+
+def test_make_npz_refuses_bad_data_as_one_line(tmp_path, run_cli):
+    code, _, stderr = run_cli(["make-npz", "--data", "imagenet", "--out", tmp_path / "d.npz"])
+    assert code == 2 and stderr.count("\n") == 1 and "unknown dataset 'imagenet'" in stderr
+    assert "Traceback" not in stderr and not list(tmp_path.iterdir())
+
+
+def test_an_interrupt_exits_130(run_cli, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ntkrobust.studies.attack.run", interrupted)
+    code, _, stderr = run_cli(["attack", "--out", tmp_path / "out"])
+    assert code == 130 and stderr == "ntkrobust: interrupted\n"
+
+
+# -- the output, checked before the study runs ---------------------------------------------------
+
+#: every command writing a folder, with its required flags
+FOLDER_COMMANDS = {command: flags for command, (flags, _) in MINIMAL.items() if command != "make-npz"}
+
+
+def _no_compute(monkeypatch, command):
+    """The study (for train, its training) fails if reached: the CLI's check must come first."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("the output was not checked before the compute")
+
+    module = cli.COMMANDS[command][0]
+    target = "ntkrobust.bridge.experiment.run_training" if command == "train" else f"ntkrobust.studies.{module}.run"
+    monkeypatch.setattr(target, never)
+
+
+@pytest.mark.parametrize("command", list(FOLDER_COMMANDS))
+def test_a_non_empty_out_without_force_is_left_alone(command, tmp_path, run_cli, monkeypatch):
+    _no_compute(monkeypatch, command)
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    code, _, stderr = run_cli(["attack", "--out", out])
-    assert code == 2 and "--force" in stderr and stderr.count("\n") == 1
+    code, _, stderr = run_cli([command, *FOLDER_COMMANDS[command], "--out", out])
+    assert code == 2 and stderr.count("\n") == 1
+    assert f"--out {out} exists and is not empty (use --force to overwrite)" in stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize("command", ["attack", "train"])
+def test_an_out_that_is_a_file_is_refused(command, tmp_path, run_cli, monkeypatch):
+    _no_compute(monkeypatch, command)
+    out = tmp_path / "results"
+    out.write_text("mine")
+    code, _, stderr = run_cli([command, "--force", "--out", out])
+    assert code == 2 and stderr.count("\n") == 1 and "exists and is not a folder" in stderr
+    assert out.read_text() == "mine"
 
 
 def test_make_npz_refuses_to_overwrite(tmp_path, run_cli):
     npz = tmp_path / "d.npz"
     npz.write_bytes(b"precious")
     code, _, stderr = run_cli(["make-npz", "--out", npz])
-    assert code == 2 and "exists" in stderr and npz.read_bytes() == b"precious"
+    assert code == 2 and stderr.count("\n") == 1 and "exists (use --force" in stderr
+    assert npz.read_bytes() == b"precious"
 
 
-def test_cli_lists_match_the_library():
-    from ntkrobust.attacks import METHODS
-    from ntkrobust.kernels import ARCHITECTURES
+def test_make_npz_wants_an_npz_name(tmp_path, run_cli):
+    code, _, stderr = run_cli(["make-npz", "--out", tmp_path / "d.txt"])
+    assert code == 2 and stderr.count("\n") == 1 and "--out must name an .npz file" in stderr
+    assert not list(tmp_path.iterdir())
 
-    assert cli.ARCHITECTURES == ARCHITECTURES and cli.METHODS == METHODS
+
+# -- help ----------------------------------------------------------------------------------------
 
 
 def test_help_is_instant_no_heavy_imports():

@@ -394,7 +394,7 @@ def test_runs_and_plots_import_neither_torch_nor_jax():
     import subprocess
     import sys
 
-    code = "import sys; import ntkrobust.bridge.runs, ntkrobust.plots; print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
+    code = "import sys, ntkrobust.bridge.runs, ntkrobust.plots; print(sorted({'torch', 'jax'} & set(sys.modules)))"
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

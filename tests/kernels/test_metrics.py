@@ -241,7 +241,7 @@ def test_kernel_metrics_keys_and_values(rng):
 
 
 def test_import_needs_neither_jax_nor_torch():
-    code = "import sys; import ntkrobust.kernels.metrics; assert 'jax' not in sys.modules and 'torch' not in sys.modules"
+    code = "import sys, ntkrobust.kernels.metrics; assert 'jax' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 

@@ -1,0 +1,148 @@
+"""``studies.train.run(settings)``: a tracked run written into its own folder, ``resume``,
+``force``, linearized and centered runs, the summary, and the settings it refuses before any
+training. The runs of the suite are the fixtures of ``conftest`` (``small_training``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ntkrobust.studies import DataSettings, StudyError, entk, train
+
+NO_TRAINING = ("ntkrobust.bridge.experiment.run_training",)
+
+
+@pytest.fixture
+def copy_of_untracked(untracked_run, tmp_path):
+    """A copy of the one-epoch run without kernels, free to change."""
+    return shutil.copytree(untracked_run.out, tmp_path / "run")
+
+
+def test_a_tracked_pgd_run(tracked_runs):
+    result = tracked_runs["pgd"]
+    out = result.out
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.json", "history.json", "kernels"]
+    assert len(list((out / "checkpoints").glob("epoch_*.pt"))) == 3
+    assert len(list((out / "kernels").glob("step_*.npz"))) == 3
+    history = result.record
+    assert history == json.loads((out / "history.json").read_text())
+    assert [r["mode"] for r in history["epochs"]] == ["init", "pgd", "pgd"]
+    assert history["config"]["train"]["eps"] == 0.1 and history["config"]["model"]["model"] == "fc2"
+    assert history["label"] == "fc2 pgd" and history["steps_per_epoch"] == 2
+    assert "torch" in history["versions"] and history["argv"] is None
+    summary = result.summary()
+    assert summary.startswith("fc2 pgd: 2 epochs, test clean ") and "Frobenius" in summary
+
+
+def test_save_keeps_the_run_in_its_own_folder(tracked_runs, tmp_path):
+    result = tracked_runs["standard"]
+    assert result.save(result.out) == result.out
+    with pytest.raises(StudyError, match="lives in its own folder"):
+        result.save(tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_checkpoint_of_a_run_loads_for_entk(tracked_runs):
+    checkpoint = tracked_runs["standard"].out / "checkpoints" / "epoch_001.pt"
+    settings = entk.EntkSettings(data=DataSettings(n_train=100, n_test=60), checkpoint=checkpoint, n=10)
+    network = entk.run(settings).record["network"]
+    assert network["model"] == "fc2" and network["width"] == 32 and network["checkpoint"] == str(checkpoint)
+
+
+def test_resume_continues_a_run(copy_of_untracked, small_training):
+    train.run(small_training(copy_of_untracked, epochs=2, track_kernel=0, resume=True))
+    history = json.loads((copy_of_untracked / "history.json").read_text())
+    assert [r["epoch"] for r in history["epochs"]] == [0, 1, 2]
+    assert json.loads((copy_of_untracked / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_resume_refuses_a_different_configuration(copy_of_untracked, small_training, refuses):
+    before = (copy_of_untracked / "history.json").read_text()
+    settings = small_training(copy_of_untracked, epochs=1, track_kernel=0, lr=0.2, resume=True)
+    refuses(train, settings, "different configuration: train.lr was 0.1, now 0.2")
+    assert (copy_of_untracked / "history.json").read_text() == before
+
+
+def test_force_starts_over_and_leaves_other_files(copy_of_untracked, small_training):
+    stale = copy_of_untracked / "checkpoints" / "epoch_005.pt"
+    stale.write_bytes(b"a previous, longer run")
+    (copy_of_untracked / "notes.txt").write_text("mine")
+    train.run(small_training(copy_of_untracked, epochs=1, track_kernel=0, force=True))
+    assert not stale.exists() and (copy_of_untracked / "notes.txt").read_text() == "mine"
+    assert [r["epoch"] for r in json.loads((copy_of_untracked / "history.json").read_text())["epochs"]] == [0, 1]
+
+
+def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, refuses):
+    parent = tracked_runs["standard"].out / "checkpoints" / "epoch_001.pt"
+    for centered in (False, True):
+        out = tmp_path / ("centered" if centered else "linearized")
+        settings = small_training(out, epochs=1, model=None, width=None, linearize_from=parent, centered=centered)
+        result = train.run(settings)
+        history = result.record
+        assert history["config"]["linearization"]["centered"] == centered
+        assert history["config"]["linearization"]["spawn_epoch"] == 1
+        assert history["label"] == f"fc2 {'centered' if centered else 'linearized'} standard"
+        magnitudes = [r["relative_magnitude"] for r in history["epochs"]]
+        assert magnitudes[0] == 0.0 and magnitudes[1] > 0
+        # the linearized network's kernel is frozen: the C-NTK is the parent's at every epoch
+        with (
+            np.load(out / "kernels" / "step_0000000.npz") as first,
+            np.load(out / "kernels" / "step_0000002.npz") as last,
+        ):
+            np.testing.assert_allclose(first["clean"], last["clean"], rtol=1e-6, atol=1e-9)
+    centered = json.loads((tmp_path / "centered" / "history.json").read_text())
+    assert centered["epochs"][0]["accuracy"]["running"]["test_clean"] == pytest.approx(0.1)  # f = 0: class 0
+    twice = small_training(
+        tmp_path / "twice", model=None, width=None, linearize_from=out / "checkpoints" / "epoch_001.pt"
+    )
+    refuses(train, twice, "is itself a linearized network", compute=NO_TRAINING)
+
+
+#: TrainSettings fields (beside small_training's, one epoch) -> the refusal
+BAD = {
+    "eps above 1": ({"eps": 1.5}, "--eps must lie in (0, 1]"),
+    "zero eps": ({"eps": 0.0}, "--eps must lie in (0, 1]"),
+    "unknown mode": ({"mode": "free"}, "unknown training mode 'free'"),
+    "probe too large": ({"track_kernel": 500}, "--track-kernel 500 exceeds the 100 training points"),
+    "centered alone": ({"centered": True}, "--centered needs --linearize-from"),
+    "switch without a mode": ({"switch_epoch": 2}, "--switch-epoch switches from clean training"),
+    "momentum": ({"momentum": 1.5}, "invalid momentum for training: 1.5"),
+    "resume nothing": ({"resume": True}, "holds no run to continue"),
+    "resume and force": ({"resume": True, "force": True}, "choose one"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_settings_are_refused_before_training(case, small_training, tmp_path, refuses):
+    fields, message = BAD[case]
+    out = tmp_path / "run"
+    refuses(train, small_training(out, epochs=1, **fields), message, compute=NO_TRAINING)
+    assert not out.exists()
+
+
+def test_cuda_request_without_a_gpu_is_refused(small_training, tmp_path, refuses):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    refuses(train, small_training(tmp_path / "run", device="cuda"), "no CUDA device", compute=NO_TRAINING)
+
+
+def test_a_folder_holding_other_files_needs_force(small_training, tmp_path, refuses):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    refuses(train, small_training(out), "exists and is not empty (use --force", compute=NO_TRAINING)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_bad_linearization_checkpoint(small_training, tmp_path, refuses):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    plain = {"model": None, "width": None}
+    for path, message in ((garbage, "is not a checkpoint of this tool"), (tmp_path / "missing.pt", "does not exist")):
+        refuses(train, small_training(tmp_path / "run", linearize_from=path, **plain), message, compute=NO_TRAINING)
+    refuses(train, small_training(tmp_path / "run", linearize_from=garbage), "--model / --width do not apply")

@@ -1,0 +1,85 @@
+"""``studies.two_layer.run(settings)``: TK supp. C, two-layer nets against their NTK through training
+(the nets of ``conftest.two_layer_nets``), the files its result saves, its summary, and the
+settings it refuses before any compute."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ntkrobust.studies import two_layer
+from ntkrobust.studies.two_layer import TwoLayerSettings
+
+NO_TRAINING = ("ntkrobust.kernels.fit_kernel_machine", "ntkrobust.bridge.two_layer.two_layer_experiment")
+
+
+def test_nets_move_towards_their_kernel(two_layer_nets):
+    record = two_layer_nets[0].record
+    for key in ("clean_accuracy", "white_box_accuracy", "ntk_attack_accuracy", "random_accuracy"):
+        assert set(record[key]) == {"width 300, seed 0", "width 300, seed 1"}
+    net = record["nets"][0]
+    assert [row["epoch"] for row in net["epochs"]] == [1, 2, 5, 10, 20]
+    assert all(-1 <= row["gradient_cosine"] <= 1 for row in net["epochs"])
+    assert net["epochs"][-1]["gradient_cosine"] > 0.5  # the net has moved towards its kernel
+    assert net["white_box_accuracy"] < net["random_accuracy"] <= net["clean_accuracy"]
+    alignment = record["alignment"]
+    assert alignment["anchor_epoch"] == 1 and 0.5 < alignment["fitted_over_theory"] < 2
+    assert len(record["kernel"]["epochs"]) == 5 and record["config"]["attack"]["eps"] == 0.2
+    assert record["config"]["seeds"] == [0, 1] and record["config"]["measured_epochs"] == [1, 2, 5, 10, 20]
+
+
+def test_save_writes_results_figures_arrays_and_checkpoints(two_layer_nets, assert_real_png):
+    out = two_layer_nets[1]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gradients.npz",
+        "gradients.png",
+        "net_w300_s0.pt",
+        "net_w300_s1.pt",
+        "results.json",
+        "two_layer.png",
+    ]
+    assert json.loads((out / "results.json").read_text())["nets"][1]["checkpoint"] == "net_w300_s1.pt"
+    with np.load(out / "gradients.npz", allow_pickle=False) as arrays:
+        assert arrays["kernel"].shape == (5, 1, 8, 8) and arrays["net_w300_s1"].shape == (5, 1, 8, 8)
+        assert arrays["epochs"].tolist() == [1, 2, 5, 10, 20]
+    assert_real_png(out / "two_layer.png")
+    assert_real_png(out / "gradients.png")
+
+
+def test_checkpoints_load_as_two_layer_nets(two_layer_nets):
+    from ntkrobust.bridge.checkpoint import load_checkpoint
+
+    _, config, payload = load_checkpoint(two_layer_nets[1] / "net_w300_s0.pt")
+    assert (config.model, config.width, config.num_classes) == ("two-layer", 300, 1)  # one output: a binary task
+    assert payload["epoch"] == 20
+
+
+def test_summary_has_a_line_per_net(two_layer_nets):
+    result = two_layer_nets[0]
+    lines = result.summary().splitlines()
+    assert [line.split(" after ")[0] for line in lines] == ["two-layer width 300 seed 0", "two-layer width 300 seed 1"]
+    net = result.record["nets"][0]
+    assert f"gradient cosine {net['gradient_cosine']:.3f}; accuracy clean {net['clean_accuracy']:.3f}" in lines[0]
+    assert "own fgsm" in lines[0] and "NTK fgsm" in lines[0]
+
+
+def test_picture_epochs_spread_on_a_log_scale():
+    assert two_layer.picture_epochs([1, 2, 5, 10, 20]) == [2, 10, 20]  # log 20 · (1/3, 2/3, 1)
+    assert two_layer.picture_epochs([1, 3]) == [1, 3]
+
+
+#: TwoLayerSettings fields (beside 5 epochs on the binary task) -> the refusal
+BAD = {
+    "anchor after the end": ({"anchor_epoch": 9}, "is after the last epoch"),
+    "picture index": ({"picture_index": 40}, "exceeds the 40 test points"),
+    "repeated width": ({"width": (10, 10)}, "repeats a width"),
+    "zero lr": ({"lr": 0.0}, "--lr must be a finite number > 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_settings_are_refused_before_training(case, binary_task, refuses):
+    fields, message = BAD[case]
+    refuses(two_layer, TwoLayerSettings(data=binary_task, epochs=5, **fields), message, compute=NO_TRAINING)
