@@ -29,6 +29,11 @@ import warnings
 
 from _common import SHARED_MNIST, load_mnist, median_seconds
 
+from ntkrobust.attacks import AttackSpec
+
+#: Madry et al.'s MNIST evaluation attack, as train evaluates and tracks with it
+MNIST_PGD = AttackSpec.standard("pgd", channels=1, seed=0)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = make_optimizer(model, standard)
     epoch_standard = median_seconds(lambda: train_epoch(model, optimizer, x, y, standard, 1), args.repeats)
     track = median_seconds(lambda: tracker.track(model), args.repeats)
-    examples = pgd_accuracy(model, tracker.x, tracker.targets, eps=0.3, step=0.01, steps=40, seed=0)[1]
+    examples = pgd_accuracy(model, tracker.x, tracker.targets, MNIST_PGD)[1]
     shared = median_seconds(lambda: tracker.track(model, x_adv=examples), args.repeats)
     evaluation_points = torch.as_tensor(
         balanced_indices(y_train, tuple(range(10)), args.eval_n, 0, what="eval"), device=device
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def evaluate() -> None:
         clean_accuracy(model, x, y)
-        pgd_accuracy(model, x[evaluation_points], y[evaluation_points], eps=0.3, step=0.01, steps=40, seed=0)
+        pgd_accuracy(model, x[evaluation_points], y[evaluation_points], MNIST_PGD)
 
     evaluation = median_seconds(evaluate, args.repeats)
     start = time.perf_counter()

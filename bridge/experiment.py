@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
 from ntkrobust.bridge.files import write_atomically, write_json
@@ -78,6 +79,10 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         if not self.batchnorm or any(mode not in BATCHNORM_MODES for mode in self.batchnorm):
             raise ValueError(f"batchnorm modes must be among {BATCHNORM_MODES}, got {self.batchnorm}")
+
+    def attack(self, seed: int) -> AttackSpec:
+        """The ℓ∞ PGD of the robust accuracies (random start seeded by ``seed``)."""
+        return AttackSpec("pgd", self.eps, "linf", self.step, self.steps, random_start=True, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "batchnorm": list(self.batchnorm)}
@@ -255,10 +260,7 @@ class _TrainingRun:
                     self.model,
                     x[index],
                     y[index],
-                    eps=tracking.eps,
-                    step=tracking.step,
-                    steps=tracking.steps,
-                    seed=derived_seed(self.train.seed, 4),
+                    tracking.attack(derived_seed(self.train.seed, 4)),
                     batchnorm=mode,
                 )
                 if self.shared and split == "train" and mode == tracking.batchnorm[0]:

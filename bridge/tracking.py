@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkrobust.bridge.adversarial import pgd_examples, predict
+from ntkrobust.attacks import AttackSpec
+from ntkrobust.bridge.adversarial import attack_examples, pgd_examples, predict
 from ntkrobust.bridge.entk import empirical_ntk
 from ntkrobust.kernels.metrics import kernel_metrics, trace_kernel
 
@@ -87,18 +88,15 @@ def pgd_accuracy(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    attack: AttackSpec,
     *,
-    eps: float,
-    step: float,
-    steps: int,
-    seed: int,
     batchnorm: str = "running",
 ) -> tuple[float, torch.Tensor]:
-    """``(accuracy, x_adv)``: the share of ``x`` still classified as ``y`` after ℓ∞ PGD with a
-    random start (RobustBench's robust accuracy), and the PGD examples, BatchNorm in
-    ``batchnorm`` mode for the attack and the prediction alike."""
+    """``(accuracy, x_adv)``: the share of ``x`` still classified as ``y`` after ``attack``
+    (RobustBench's robust accuracy), and its examples, BatchNorm in ``batchnorm`` mode for the
+    attack and the prediction alike."""
     with _evaluation(model, batchnorm) as net:
-        x_adv = pgd_examples(net, x, y, eps=eps, step=step, steps=steps, seed=seed)
+        x_adv = attack_examples(net, x, y, attack)
         return float((predict(net, x_adv) == y).double().mean()), x_adv
 
 

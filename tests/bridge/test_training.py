@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge.data import load_dataset, task_indices
 from ntkrobust.bridge.experiment import RunFolderError, TrackingConfig, run_training
 from ntkrobust.bridge.models import build_model, model_config
@@ -308,7 +309,7 @@ def test_the_evaluation_set_starts_with_the_probe_and_the_kernels_reuse_its_atta
     x, y = _tensors(digits)
     model, _ = _fc2(digits, width=16)
     tracker = KernelTracker(x=x[:8], targets=y[:8], num_classes=10, eps=0.1, step=0.03, steps=2)
-    accuracy, x_adv = pgd_accuracy(model, x[:8], y[:8], eps=0.1, step=0.03, steps=2, seed=5)
+    accuracy, x_adv = pgd_accuracy(model, x[:8], y[:8], AttackSpec("pgd", 0.1, step=0.03, steps=2, seed=5))
     arrays, record = tracker.track(model, x_adv=x_adv)
     np.testing.assert_array_equal(arrays["x_adversarial"], x_adv.numpy())
     assert record["probe_accuracy"]["pgd"] == accuracy
