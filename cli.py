@@ -428,7 +428,8 @@ def _transfer_parser(p: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="CHECKPOINT",
-        help="a net to attack: a checkpoint of this tool, a TorchScript file, or MODEL[:WIDTH]=STATE_DICT; repeat",
+        help="a net to attack: a checkpoint of this tool, MODEL[:WIDTH]=STATE_DICT, or (with --trust-model-code) "
+        "a TorchScript or .pt2 file; repeat",
     )
     g.add_argument(
         "--source",
@@ -436,6 +437,13 @@ def _transfer_parser(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="CHECKPOINT",
         help="a net whose white-box examples attack the targets, not itself a target (same forms); repeat",
+    )
+    g.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="also load TorchScript and .pt2 files as targets and sources: loading them runs code from the file "
+        "(a .pt2 can unpickle arbitrary objects), so only for files you made or trust; without it only this "
+        "tool's checkpoints and MODEL=STATE_DICT files load, with weights_only",
     )
     g.add_argument(
         "--kernel-arch",

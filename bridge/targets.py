@@ -8,8 +8,10 @@ A target is named on the command line by one of
   architecture, no code needed here;
 - ``MODEL=PATH`` or ``MODEL:WIDTH=PATH``: a plain state dict (``torch.save(model.state_dict())``)
   of a registered model (``bridge.models.MODELS``), built for the data's image shape and classes.
-Every file is read with ``torch.load(weights_only=True)`` except TorchScript and exported
-programs, whose loaders run the file's own graph (a graph is code: only load files you trust).
+Every file is read with ``torch.load(weights_only=True)``. TorchScript files and exported programs
+are code (their loaders run the file's graph, and ``torch.export.load`` falls back to a full
+unpickle of the file's blobs, which runs whatever the file says): they load only with
+``trust_code=True`` (``--trust-model-code``), never by default, and never as a fallback.
 
 A target must take the data's images (N, C, H, W) in [0, 1] and return one logit per class of the
 task, or a single logit for a binary task (``bridge.adversarial``'s convention). Anything else is
@@ -86,16 +88,26 @@ def _curve(path: Path) -> tuple[str, int] | None:
 
 
 def load_target(
-    spec: str, *, image_shape: tuple[int, ...], num_classes: int, device: torch.device | str = "cpu"
+    spec: str,
+    *,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+    device: torch.device | str = "cpu",
+    trust_code: bool = False,
 ) -> Target:
-    """The target named by ``spec`` (see the module docstring), checked against the data."""
+    """The target named by ``spec`` (see the module docstring), checked against the data.
+
+    ``trust_code``: also accept TorchScript and ``.pt2`` files, whose loading runs code from the
+    file; without it they are refused before anything of theirs is loaded."""
     model_name, width, path = _parse(spec)
+    if path.is_dir():
+        raise TargetError(f"target {path} is a folder, not a model file")
     if not path.is_file():
         raise TargetError(f"target {path} does not exist")
     if model_name is not None:
         target = _state_dict_target(path, model_name, width, image_shape, num_classes)
     else:
-        target = _file_target(path, image_shape)
+        target = _file_target(path, image_shape, trust_code)
     target.model = target.model.to(device).eval()
     _check_outputs(target, image_shape, num_classes, device)
     return target
@@ -103,8 +115,12 @@ def load_target(
 
 def _parse(spec: str) -> tuple[str | None, int | None, Path]:
     head, sep, tail = spec.partition("=")
-    if not sep or head.partition(":")[0] not in MODELS:
+    if not sep or Path(spec).exists():
         return None, None, Path(spec)
+    if head.partition(":")[0] not in MODELS:
+        raise TargetError(
+            f"target {spec}: unknown model {head.partition(':')[0]!r} (MODEL is one of {', '.join(MODELS)})"
+        )
     try:
         name, width = parse_model_name(head)
     except ModelError as error:
@@ -112,11 +128,16 @@ def _parse(spec: str) -> tuple[str | None, int | None, Path]:
     return name, width, Path(tail)
 
 
-def _file_target(path: Path, image_shape: tuple[int, ...]) -> Target:
+def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool) -> Target:
     label = _label(path)
     try:
         model, config, payload = load_checkpoint(path)
     except CheckpointError as checkpoint_error:
+        if not trust_code:  # refused before torch's loaders see the file: they would run its code
+            raise TargetError(
+                f"target {path}: not a checkpoint of this tool ({_first_line(checkpoint_error)}); a TorchScript or "
+                ".pt2 file carries code and loads only with --trust-model-code"
+            ) from None
         # torch.export.load accepts only .pt2 files (and logs a traceback for anything else)
         kind, loader = (
             ("exported program", _exported_program) if path.suffix == ".pt2" else ("torchscript", _torchscript)

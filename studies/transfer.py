@@ -33,6 +33,7 @@ from ntkrobust.studies._common import (
 class TransferSettings:
     target: tuple[str, ...]  # checkpoints of this tool, TorchScript / .pt2 files, MODEL[:WIDTH]=STATE_DICT
     source: tuple[str, ...] = ()  # nets whose white-box examples attack the targets (same forms)
+    trust_model_code: bool = False  # load TorchScript / .pt2 targets and sources (their loading runs code)
     data: DataSettings = field(default_factory=DataSettings)
     kernel_arch: tuple[str, ...] | None = None  # default fc2 unless surrogates are given
     surrogate: tuple[str, ...] = ()  # MODEL[:WIDTH] of empirical-NTK surrogates
@@ -85,14 +86,17 @@ class TransferResult(StudyResult):
         return "\n".join(lines)
 
 
-def load_targets(specs: Sequence[str], data: Any, device: Any) -> list[Any]:
-    """The nets of ``specs``, with labels made unique; a bad one stops everything."""
+def load_targets(specs: Sequence[str], data: Any, device: Any, *, trust_code: bool = False) -> list[Any]:
+    """The nets of ``specs``, with labels made unique; a bad one stops everything. TorchScript and
+    .pt2 files load only with ``trust_code`` (``bridge.targets``)."""
     from ntkrobust.bridge.targets import TargetError, load_target
 
     targets: list[Any] = []
     for spec in specs:
         try:
-            target = load_target(spec, image_shape=data.image_shape, num_classes=len(data.classes), device=device)
+            target = load_target(
+                spec, image_shape=data.image_shape, num_classes=len(data.classes), device=device, trust_code=trust_code
+            )
         except TargetError as err:
             raise StudyError(str(err)) from None
         taken = {t.label for t in targets}
@@ -217,7 +221,8 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
 
     device = torch_device(settings.device)
-    nets = load_targets([*settings.target, *settings.source], data, device)  # one namespace of labels
+    specs = [*settings.target, *settings.source]  # one namespace of labels
+    nets = load_targets(specs, data, device, trust_code=settings.trust_model_code)
     targets, extra_sources = nets[: len(settings.target)], nets[len(settings.target) :]
     x_test, y_test = data.x_test, data.y_test
     y_index = task_indices(y_test, data.classes)
@@ -251,6 +256,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
         "kernel_archs": arch_names,
         "kernel_n": kernel_n,
         **settings.machine.config(),
+        "trust_model_code": settings.trust_model_code,
         "surrogates": list(settings.surrogate),
         "surrogate_nets": settings.surrogate_nets,
         "surrogate_n": settings.surrogate_n,

@@ -23,8 +23,8 @@ def fc2():
     return config, build_model(config).eval()
 
 
-def _load(spec, classes=10):
-    return load_target(str(spec), image_shape=SHAPE, num_classes=classes)
+def _load(spec, classes=10, *, trust_code=False):
+    return load_target(str(spec), image_shape=SHAPE, num_classes=classes, trust_code=trust_code)
 
 
 def test_checkpoint_of_a_run_is_labelled_by_run_and_epoch(tmp_path, fc2):
@@ -67,12 +67,12 @@ def test_torchscript_and_state_dict_targets(tmp_path, fc2):
     _, net = fc2
     x = torch.rand(4, *SHAPE)
     torch.jit.save(torch.jit.trace(net, x), tmp_path / "net.ts")
-    scripted = _load(tmp_path / "net.ts")
+    scripted = _load(tmp_path / "net.ts", trust_code=True)
     assert scripted.description["kind"] == "torchscript" and scripted.label == "net"
     torch.testing.assert_close(scripted.model(x), net(x))
     exported = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(exported, tmp_path / "net.pt2")
-    program = _load(tmp_path / "net.pt2")
+    program = _load(tmp_path / "net.pt2", trust_code=True)
     assert program.description["kind"] == "exported program"
     torch.testing.assert_close(program.model(x), net(x))
     torch.save(net.state_dict(), tmp_path / "weights.pt")
@@ -94,9 +94,11 @@ def test_binary_tasks_take_one_or_two_logits(tmp_path):
     ("make", "message"),
     [
         (lambda d: d / "missing.pt", "does not exist"),
-        (lambda d: _write(d / "junk.pt", b"not a model"), "not a torchscript that loads"),
+        (lambda d: d, "is a folder, not a model file"),
+        (lambda d: f"nosuchmodel={_state(d)}", "unknown model 'nosuchmodel'"),
+        (lambda d: _write(d / "junk.pt", b"not a model"), "loads only with --trust-model-code"),
+        (lambda d: _script(d, (1, 8, 8)), "loads only with --trust-model-code"),
         (lambda d: _checkpoint(d, (1, 28, 28)), "takes images of shape (1, 28, 28), the data has (1, 8, 8)"),
-        (lambda d: _script(d, (1, 28, 28)), "does not take images of shape (1, 8, 8)"),
         (lambda d: f"fc2:64={_state(d)}", "does not fit the fc2 model"),
         (lambda d: f"fc2:x={_state(d)}", "must be a whole number"),
     ],
@@ -105,6 +107,62 @@ def test_bad_targets_are_refused_in_one_line(tmp_path, make, message):
     with pytest.raises(TargetError) as error:
         _load(make(tmp_path))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: _write(d / "junk.pt", b"not a model"), "not a torchscript that loads"),
+        (lambda d: _script(d, (1, 28, 28)), "does not take images of shape (1, 8, 8)"),
+    ],
+)
+def test_bad_trusted_files_are_refused_in_one_line(tmp_path, make, message):
+    with pytest.raises(TargetError) as error:
+        _load(make(tmp_path), trust_code=True)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+class _Payload:
+    """Unpickling this creates the marker file (builtins.open in write mode): the only effect."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _hostile_pt2(folder, marker):
+    """A real exported program whose sample-input blob is a pickle that creates ``marker``:
+    torch.export.load falls back to a full unpickle of such a blob."""
+    import io
+    import zipfile
+
+    net = build_model(model_config("fc1", SHAPE, 10, width=4)).eval()
+    torch.export.save(torch.export.export(net, (torch.rand(2, *SHAPE),)), folder / "good.pt2")
+    blob = io.BytesIO()
+    torch.save((_Payload(marker),), blob)
+    path = folder / "evil.pt2"
+    with zipfile.ZipFile(folder / "good.pt2") as good, zipfile.ZipFile(path, "w") as evil:
+        for item in good.infolist():
+            hostile = item.filename.endswith("sample_inputs/model.pt")
+            evil.writestr(item, blob.getvalue() if hostile else good.read(item.filename))
+    return path
+
+
+def test_a_hostile_pt2_never_runs_without_trust(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = _hostile_pt2(tmp_path, marker)
+    with pytest.raises(TargetError, match="loads only with --trust-model-code"):
+        _load(path)
+    with pytest.raises(TargetError, match="not a state dict that loads safely"):
+        _load(f"fc2={path}")  # as a state dict: torch.load(weights_only=True) never unpickles code
+    assert not marker.exists()
+    # the same file, trusted, is what torch.export.load makes of it: the payload runs (which is
+    # why trusting is the user's explicit decision)
+    with pytest.raises(TargetError):
+        _load(path, trust_code=True)
+    assert marker.exists()
 
 
 def _write(path, data):

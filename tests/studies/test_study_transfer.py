@@ -43,6 +43,7 @@ def matrix(two_layer_nets, binary_task, tmp_path_factory):
         surrogate=("fc1:32",),
         surrogate_n=30,
         threat=EPS,
+        trust_model_code=True,  # the TorchScript net is the test's own
     )
     result = transfer.run(settings)
     return result, result.save(folder / "out")
@@ -126,7 +127,10 @@ def test_refusals(two_layer_nets, binary_task, tmp_path, refuses):
     (tmp_path / "junk.ts").write_bytes(b"PK\x03\x04 not a zip")
     small = _npz(tmp_path / "small.npz", 3)
     weights = f"{tmp_path / 'w.pt'}"
-    check("not a torchscript that loads", target=(str(tmp_path / "junk.ts"),))
+    check("loads only with --trust-model-code", target=(str(tmp_path / "junk.ts"),))
+    check("not a torchscript that loads", target=(str(tmp_path / "junk.ts"),), trust_model_code=True)
+    check("is a folder, not a model file", target=(str(tmp_path),))
+    check("unknown model 'resnet50'", target=(f"resnet50={weights}",))
     check("takes images of shape (1, 8, 8), the data has (1, 3, 3)", data=small)
     check("does not exist", data=small, surrogate=("mnist-cnn",), target=(f"fc1={weights}",))
     torch.save(build_model(model_config("fc1", (1, 3, 3), 2, width=8)).state_dict(), weights)
