@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,12 @@ def load_dataset(
         if classes
         else tuple(int(c) for c in np.unique(np.concatenate([ytr, yte])))
     )
+    if len(task) < 2:
+        raise DataError(f"{name}: a classification task needs two classes or more; the data holds only class {task[0]}")
+    if label_names is not None and max(task) >= len(label_names):
+        raise DataError(
+            f"{name}: {len(label_names)} label_names for class ids up to {max(task)}: one name per class id, in order"
+        )
     if from_test_split:
         pool_x, pool_y = xte, yte
         keep = np.isin(pool_y, task)
@@ -128,6 +136,11 @@ def load_dataset(
         idx = _balanced_subset(yte, task, n_test, rng, what="test")
         xte, yte = xte[idx], yte[idx]
     return Dataset(name, xtr, ytr, xte, yte, task, tuple(label_names) if label_names is not None else None)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 # -- subsets and classes --------------------------------------------------------------------
@@ -287,8 +300,9 @@ def _npz(path: Path) -> dict[str, Any]:
                 out["label_names"] = [str(s) for s in f["label_names"]]
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as err:  # corrupt archive, or object arrays (pickles)
-        raise DataError(f"cannot read {path} as an .npz of plain arrays: {err}") from None
+    # a truncated or corrupted archive (bad zip, bad CRC, a broken deflate stream), or object arrays
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"cannot read {path} as an .npz of plain arrays: {_first_line(err)}") from None
     return out
 
 
@@ -312,8 +326,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except OSError as err:
-        raise DataError(f"cannot read {path}: {err}") from None
+    except (OSError, EOFError, zlib.error) as err:  # EOFError: a gzip cut short
+        raise DataError(f"cannot read {path}: {_first_line(err)}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]

@@ -22,6 +22,7 @@ import itertools
 import json
 import math
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,7 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
         raise RunError(f"{history_path}: not a training history (no list of epoch records under 'epochs')")
     if not isinstance(records, list) or not all(isinstance(r, dict) and "file" in r for r in records):
         raise RunError(f"{history_path}: malformed 'kernels' (expected records with a 'file')")
+    _check_epoch_records(epochs, history_path)
     kernel_epochs = _kernel_epochs(records, history, history_path)
     if records:
         targets, labels = _read_probe(folder.probe)
@@ -346,6 +348,26 @@ def _reason(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_epoch_records(epochs: list[dict[str, Any]], where: Path) -> None:
+    """Epoch records whose fields have the types ``bridge.experiment`` writes: a number ``epoch``,
+    numbers (or null) for the scalars, and ``accuracy`` as {mode: {split: number}}."""
+    for i, record in enumerate(epochs):
+        bad = [key for key in ("train_loss", "lr", "relative_magnitude") if not _is_number(record.get(key))]
+        if not _is_number(record.get("epoch")) or record.get("epoch") is None:
+            bad.append("epoch")
+        accuracy = record.get("accuracy", {})
+        if not isinstance(accuracy, dict) or not all(
+            isinstance(scores, dict) and all(_is_number(v) for v in scores.values()) for scores in accuracy.values()
+        ):
+            bad.append("accuracy")
+        if bad:
+            raise RunError(f"{where}: epoch record {i} has malformed {', '.join(bad)}")
+
+
 def _kernel_epochs(records: list[dict[str, Any]], history: dict[str, Any], where: Path) -> np.ndarray:
     steps_per_epoch = history.get("steps_per_epoch")
     epochs, steps = [], []
@@ -380,8 +402,17 @@ def _load_npz(path: Path, keys: Sequence[str], *, required: Sequence[str]) -> di
         raise
     except FileNotFoundError:
         raise RunError(f"{path}: missing") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise RunError(f"{path}: unreadable ({_reason(error)})") from None
+
+
+def probe_images(run: str | Path) -> np.ndarray:
+    """The probe images (N, C, H, W) of the run folder ``run`` (``RunError`` if unreadable)."""
+    path = RunFolder(Path(run)).probe
+    x = _load_npz(path, ("x",), required=("x",))["x"]
+    if x.ndim != 4 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.floating):
+        raise RunError(f"{path}: 'x' must be non-empty float images (N, C, H, W), got {x.dtype} {x.shape}")
+    return x
 
 
 def _read_probe(path: Path) -> tuple[np.ndarray, np.ndarray]:

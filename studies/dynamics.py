@@ -66,12 +66,11 @@ def eigenvector_rows(
 ) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """LOO fig. 4: pictures of the top eigenvectors of the class kernel on the probe, for the
     network at initialisation (the first run's) and at the end of every run."""
-    import numpy as np
-
     from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
     from ntkrobust.bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
     from ntkrobust.bridge.linearized import LinearizedNetwork
     from ntkrobust.bridge.runfolder import checkpoint_epoch
+    from ntkrobust.bridge.runs import RunError, probe_images
 
     device = torch_device(settings.device)
     rows, cosines, summary = [], [], {}
@@ -89,8 +88,10 @@ def eigenvector_rows(
         network = network.to(device).eval()
         located = checkpoint_epoch(path)
         assert located is not None  # every path above is a run folder's checkpoint
-        with np.load(located[0].probe, allow_pickle=False) as probe:
-            x = probe["x"]
+        try:
+            x = probe_images(located[0].path)
+        except RunError as err:
+            raise StudyError(str(err)) from None
         eigen = ntk_eigenvectors(network, x, output=settings.eigenvector_class, top=settings.eigenvectors)
         pictures = [
             eigenvector_images(
@@ -115,6 +116,15 @@ def eigenvector_rows(
     return rows, cosines, summary
 
 
+def _summary(run: Any, dynamics_summary: Any) -> Any:
+    """The run's dynamics; a history whose records have the wrong types is one line, not a traceback."""
+    try:
+        return dynamics_summary(run)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
+        kind = type(err).__name__
+        raise StudyError(f"{run.path}: malformed {run.path.name}/history.json records ({kind}: {err})") from None
+
+
 def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] | None = None) -> DynamicsResult:
     """Read the run folders and prepare every figure that applies to them."""
     from ntkrobust import plots
@@ -122,7 +132,7 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
 
     try:
         runs = load_runs(settings.runs)
-        summaries = [dynamics_summary(run) for run in runs]
+        summaries = [_summary(run, dynamics_summary) for run in runs]
     except RunError as err:
         raise StudyError(str(err)) from None
     metrics: dict[str, Any] = {"runs": [json_summary(summary) for summary in summaries]}

@@ -195,3 +195,52 @@ def test_cifar10_binary_batches(tmp_path, rng):
         records.astype(np.uint8).tofile(base / name)
     data = load_dataset("cifar10", root=tmp_path)
     assert data.x_train.shape == (50, 3, 32, 32) and data.x_test.shape == (10, 3, 32, 32)
+
+
+def _compressed_npz(path, arrays):
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_a_damaged_npz_is_one_line(tmp_path, small_arrays, damage):
+    path = _compressed_npz(tmp_path / "d.npz", small_arrays)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]  # BadZipFile before the fix
+    elif damage == "flip":
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            first = archive.infolist()[0]
+        # the middle of the first member's compressed stream (after its 30-byte header and name):
+        # zlib.error or a bad CRC before the fix
+        data[first.header_offset + 30 + len(first.filename) + first.compress_size // 2] ^= 0xFF
+    else:
+        data = bytearray()
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="cannot read") as error:
+        load_dataset(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_a_truncated_mnist_gzip_is_one_line(tmp_path):
+    images = bytes([0, 0, 8, 3]) + (4).to_bytes(4, "big") + (2).to_bytes(4, "big") * 2 + bytes(16)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    whole = gzip.compress(images)
+    path.write_bytes(whole[: len(whole) // 2])  # EOFError from gzip before the fix
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(path)
+
+
+def test_single_class_data_is_refused_at_load_time(tmp_path, small_arrays):
+    arrays = dict(small_arrays, y_train=np.full(20, 200), y_test=np.full(8, 200))
+    with pytest.raises(DataError, match="needs two classes or more; the data holds only class 200"):
+        load_dataset(write_npz(tmp_path / "one.npz", **arrays))
+
+
+def test_label_names_must_name_every_class(tmp_path, small_arrays):
+    arrays = dict(small_arrays, y_train=np.arange(20) % 10, y_test=np.arange(8) % 10, label_names=np.array(["a", "b"]))
+    with pytest.raises(DataError, match="2 label_names for class ids up to 9"):
+        load_dataset(write_npz(tmp_path / "names.npz", **arrays))

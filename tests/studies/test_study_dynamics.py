@@ -4,6 +4,7 @@ eigenvector pictures, the summary, and the run folders it refuses before any com
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ntkrobust.studies import dynamics
 from ntkrobust.studies.dynamics import DynamicsSettings
@@ -53,3 +54,27 @@ def test_eigenvectors_of_a_run_without_kernels_are_refused(untracked_run, refuse
 def test_an_eigenvector_class_beyond_the_outputs_is_refused(tracked_runs, refuses):
     settings = DynamicsSettings(runs=runs(tracked_runs), eigenvector_class=10)
     refuses(dynamics, settings, "--eigenvector-class 10: the nets have 10 outputs", compute=NO_EIGENVECTORS)
+
+
+def _copy(tracked_runs, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tracked_runs["standard"].out, tmp_path / "copy"))
+
+
+def test_a_probe_without_images_is_one_line(tracked_runs, tmp_path, refuses):
+    import numpy as np
+
+    run = _copy(tracked_runs, tmp_path)
+    with np.load(run / "kernels" / "probe.npz") as probe:
+        kept = {k: probe[k] for k in probe.files if k != "x"}
+    np.savez(run / "kernels" / "probe.npz", **kept)  # a KeyError on 'x' before the fix
+    refuses(dynamics, DynamicsSettings(runs=(run,), eigenvectors=1), "no 'x' array", compute=NO_EIGENVECTORS)
+
+
+def test_a_history_with_wrong_types_is_one_line(tracked_runs, tmp_path, refuses):
+    run = _copy(tracked_runs, tmp_path)
+    history = json.loads((run / "history.json").read_text())
+    history["epochs"][1]["accuracy"] = "high"  # an AttributeError in the summary before the fix
+    (run / "history.json").write_text(json.dumps(history))
+    refuses(dynamics, DynamicsSettings(runs=(run,), eigenvectors=0), "epoch record 1 has malformed accuracy")
