@@ -20,7 +20,9 @@ import argparse
 import dataclasses
 import importlib
 import math
+import signal
 import sys
+import threading
 import typing
 from collections.abc import Sequence
 from fractions import Fraction
@@ -28,9 +30,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
-from ntkrobust.studies._base import StudyError, check_out_dir
+from ntkrobust.studies._base import StudyError
+from ntkrobust.studies._output import OutputLock, check_out_dir, check_out_file, check_writable
 from ntkrobust.studies.features import DEFAULT_ROBUST_R
-from ntkrobust.studies.make_npz import check_out_file
 from ntkrobust.studies.train import TRAINING_MODES
 
 PROG = "ntkrobust"
@@ -321,7 +323,12 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--centered", action="store_true", help="with --linearize-from: train J(θ − θt) alone (centered)")
     g = p.add_argument_group("training")
     g.add_argument("--mode", default="standard", choices=TRAINING_MODES, help="training mode (default standard)")
-    g.add_argument("--epochs", type=_non_negative_int, default=10, help="epochs (default 10)")
+    g.add_argument(
+        "--epochs",
+        type=_non_negative_int,
+        default=10,
+        help="epochs (default 10; 0: only the evaluation, kernels and checkpoint at initialisation)",
+    )
     g.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default 0.01)")
     g.add_argument("--momentum", type=_number, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=_number, default=0.0, help="SGD weight decay (default 0)")
@@ -531,26 +538,49 @@ def settings_from(cls: type, args: argparse.Namespace) -> Any:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Settings from ``args``, the output checked, the study run, its result saved and summarised."""
+    """Settings from ``args``, the output checked and locked, the study run, its result saved and
+    summarised."""
     module_name, settings_name, _ = COMMANDS[args.command]
     module = importlib.import_module(f"ntkrobust.studies.{module_name}")
     settings = settings_from(getattr(module, settings_name), args)
     if args.command == "make-npz":
-        check_out_file(args.out, args.force)
-    elif args.command != "train":  # a run folder is checked by the study: it may be resumed
+        check_out_file(args.out, args.force, suffix=".npz")
+    elif args.command == "train":  # the study checks its run folder: it may be resumed
+        check_writable(args.out, "--out")
+    else:
         check_out_dir(args.out, args.force)
-    result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
-    record = getattr(result, "record", {})
-    for note in record.get("warnings", []) if isinstance(record, dict) else []:
-        print(f"{PROG}: warning: {note}", file=sys.stderr)
-    result.save(args.out)
+    with OutputLock(args.out):
+        result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
+        record = getattr(result, "record", {})
+        for note in record.get("warnings", []) if isinstance(record, dict) else []:
+            print(f"{PROG}: warning: {note}", file=sys.stderr)
+        result.save(args.out)
     summary = result.summary()
     print(f"{summary}\n-> {args.out}" if "\n" in summary else f"{summary} -> {args.out}")
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that staging folders and locks are cleaned up."""
+
+
+def _terminate(signum: int, frame: Any) -> NoReturn:
+    raise _Terminated
+
+
+def _resumable(args: Any) -> str:
+    """What to tell about a training run that stopped early (it resumes from its last epoch)."""
+    if getattr(args, "command", None) == "train" and (args.out / "config.json").is_file():
+        return f"; the run in {args.out} stays resumable: run the same command with --resume"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args: Any = None
+    previous = (
+        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
@@ -558,9 +588,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, StudyError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except OSError as err:  # a full disk, a folder made read-only during the run, ...
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"{PROG}: error: {err.strerror or err}{where}{_resumable(args)}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, _Terminated) as err:
+        print(
+            f"{PROG}: {'terminated' if isinstance(err, _Terminated) else 'interrupted'}{_resumable(args)}",
+            file=sys.stderr,
+        )
+        return 143 if isinstance(err, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ atomically (temporary file in the same folder, then rename) and read with
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,12 +49,26 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **e
     payload = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "state_dict": model.state_dict(), **extra}
     if recorded is not None:
         payload["linearization"] = recorded
-    return write_atomically(path, lambda temporary: torch.save(payload, temporary))
+    return write_atomically(path, lambda temporary: _save(payload, temporary))
+
+
+def _save(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save``, with a failed write reported as the ``OSError`` it is: torch's zip writer
+    says "unexpected pos ..." (a RuntimeError) when the disk fills up under it."""
+    try:
+        torch.save(payload, path)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "write failed"
+        full = shutil.disk_usage(path.parent).free < 2**20
+        code, text = (errno.ENOSPC, os.strerror(errno.ENOSPC)) if full else (errno.EIO, f"torch.save failed: {reason}")
+        raise OSError(code, text, str(path)) from None
 
 
 def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint's dict, checked to be one of ours (``CheckpointError`` otherwise)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

@@ -113,6 +113,10 @@ def load_dataset(
         raise DataError(
             f"{name}: {len(label_names)} label_names for class ids up to {max(task)}: one name per class id, in order"
         )
+    if n_train is not None and n_train < len(task):
+        raise DataError(
+            f"--n-train {n_train} leaves classes without a training point: at least {len(task)} for {len(task)} classes"
+        )
     if from_test_split:
         pool_x, pool_y = xte, yte
         keep = np.isin(pool_y, task)

@@ -108,6 +108,18 @@ class RunFolder:
         for file in (self.config, self.history):
             file.unlink(missing_ok=True)
 
+    def remove_temporaries(self) -> list[Path]:
+        """Remove the hidden ``.NAME.*.tmp`` files of atomic writes that a killed run left behind
+        (in the run folder, checkpoints/ and kernels/); the removed ones. Only while no other
+        process writes this run (the run's lock is held)."""
+        removed = []
+        for folder in (self.path, self.checkpoint_dir, self.kernel_dir):
+            for temporary in folder.glob(".*.tmp") if folder.is_dir() else ():
+                if temporary.is_file():
+                    temporary.unlink()
+                    removed.append(temporary)
+        return removed
+
 
 def checkpoint_epoch(path: Path) -> tuple[RunFolder, int] | None:
     """(its run folder, epoch) when ``path`` is ``RUN/checkpoints/epoch_NNN.pt``, else None."""

@@ -7,8 +7,12 @@ and the padding is cut away afterwards.
 
 The cache key hashes the architecture (name and hyperparameters), the exact input bytes and
 shapes, the dtype and the neural-tangents version, so a second run on the same data reuses
-the matrix and any change of data or kernel misses. Files are ``.npz`` without pickles,
-written atomically.
+the matrix and any change of data or kernel misses. Files are ``.npz`` without pickles that
+hold, beside the Gram, the full key it was computed for and a sha256 of its contents; a read
+checks both (and the shape, dtype and finiteness), so a file that is truncated, emptied,
+flipped, foreign or left over from another key is never used: it is recomputed and replaced.
+Entries are written to a temporary file in the cache folder and renamed into place, so
+concurrent runs never see (or leave) half an entry.
 """
 
 from __future__ import annotations
@@ -17,19 +21,27 @@ import hashlib
 import logging
 import math
 import os
+import secrets
+import shutil
 from importlib.metadata import version
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ntkrobust.kernels._jax import jax, jnp, nt
+from ntkrobust.kernels._jax import float64, jax, jnp, nt
 from ntkrobust.kernels.architectures import Architecture
 
 log = logging.getLogger("ntkrobust")
 
-#: Bumped whenever the meaning of a cached file changes.
-CACHE_FORMAT = 1
+#: Bumped whenever the meaning of a cached file changes (2: entries carry their key and checksum).
+CACHE_FORMAT = 2
+
+#: What a cached Gram lookup did: "off" (no cache), "hit", "miss" (no entry yet), or
+#: "recomputed: corrupt entry" (an entry was there but failed verification, and was replaced).
+CacheOutcome = Literal["off", "hit", "miss", "recomputed: corrupt entry"]
+CORRUPT_ENTRY: CacheOutcome = "recomputed: corrupt entry"
 
 #: Bytes allowed for the intermediates of one kernel block (about 16 live arrays per entry).
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -54,8 +66,8 @@ def default_cache_dir() -> Path:
     return Path(base) / "ntkrobust"
 
 
-def gram_cache_path(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None, cache_dir: Path) -> Path:
-    """Where the Gram matrix of these inputs is (or would be) cached."""
+def gram_cache_key(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None) -> str:
+    """The full cache key (sha256 hex) of the Gram matrix of these inputs."""
     digest = hashlib.sha256()
     digest.update(f"{CACHE_FORMAT}|{arch.fingerprint()}|nt={version('neural-tangents')}|float64".encode())
     for x in (x1, x2):
@@ -65,7 +77,16 @@ def gram_cache_path(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None, c
         x = np.ascontiguousarray(x)
         digest.update(f"|{x.dtype.str}{x.shape}|".encode())
         digest.update(x.tobytes())
-    return Path(cache_dir) / f"gram-{arch.name}-{digest.hexdigest()[:32]}.npz"
+    return digest.hexdigest()
+
+
+def gram_cache_path(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None, cache_dir: Path) -> Path:
+    """Where the Gram matrix of these inputs is (or would be) cached."""
+    return _entry_path(arch, gram_cache_key(arch, x1, x2), cache_dir)
+
+
+def _entry_path(arch: Architecture, key: str, cache_dir: Path) -> Path:
+    return Path(cache_dir) / f"gram-{arch.name}-{key[:32]}.npz"
 
 
 def _pad_rows(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
@@ -75,6 +96,7 @@ def _pad_rows(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
     return jnp.concatenate([x, jnp.repeat(x[-1:], short, axis=0)], axis=0)
 
 
+@float64
 def compute_gram(
     arch: Architecture,
     x1: np.ndarray,
@@ -117,31 +139,64 @@ def gram_matrix(
     progress: bool = False,
 ) -> np.ndarray:
     """``compute_gram`` through the on-disk cache (``cache_dir=None`` disables caching)."""
+    return cached_gram(arch, x1, x2, cache_dir=cache_dir, memory_budget=memory_budget, progress=progress)[0]
+
+
+def cached_gram(
+    arch: Architecture,
+    x1: np.ndarray,
+    x2: np.ndarray | None = None,
+    *,
+    cache_dir: Path | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: bool = False,
+) -> tuple[np.ndarray, CacheOutcome]:
+    """``gram_matrix`` and what the cache did (``CacheOutcome``): only a verified entry is a hit."""
     if cache_dir is None:
-        return compute_gram(arch, x1, x2, memory_budget=memory_budget, progress=progress)
-    path = gram_cache_path(arch, x1, x2, cache_dir)
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                gram = f["gram"]
-            expected = (x1.shape[0], (x1 if x2 is None else x2).shape[0])
-            if gram.shape == expected and gram.dtype == np.float64 and np.all(np.isfinite(gram)):
-                log.info("Gram cache hit: %s", path)
-                return gram
-        except (OSError, ValueError, KeyError):
-            pass  # unreadable or truncated by another process: recompute and overwrite
-        log.warning("ignoring unusable Gram cache file %s", path)
+        return compute_gram(arch, x1, x2, memory_budget=memory_budget, progress=progress), "off"
+    key = gram_cache_key(arch, x1, x2)
+    path = _entry_path(arch, key, cache_dir)
+    shape = (x1.shape[0], (x1 if x2 is None else x2).shape[0])
+    outcome: CacheOutcome = "miss"
+    if path.exists() or path.is_symlink():
+        gram = _read_entry(path, key, shape)
+        if gram is not None:
+            log.info("Gram cache hit: %s", path)
+            return gram, "hit"
+        log.warning("Gram cache entry %s is corrupt or not this Gram's: recomputing and replacing it", path)
+        outcome = CORRUPT_ENTRY
     gram = compute_gram(arch, x1, x2, memory_budget=memory_budget, progress=progress)
-    _save_atomically(path, gram)
-    return gram
+    _write_entry(path, key, gram)
+    return gram, outcome
 
 
-def _save_atomically(path: Path, gram: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _checksum(gram: np.ndarray) -> str:
+    """sha256 of a Gram's dtype, shape and bytes."""
+    gram = np.ascontiguousarray(gram)
+    return hashlib.sha256(f"{gram.dtype.str}{gram.shape}|".encode() + gram.tobytes()).hexdigest()
+
+
+def _read_entry(path: Path, key: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The entry's Gram if it verifies (key, checksum, shape, float64, finite), else None."""
     try:
-        with open(tmp, "wb") as f:
-            np.savez(f, gram=gram)
+        with np.load(path, allow_pickle=False) as f:
+            stored_key, stored_sum, gram = str(f["key"][()]), str(f["checksum"][()]), f["gram"]
+    except Exception:  # a damaged file can fail anywhere in zipfile, zlib or numpy's reader
+        return None
+    if stored_key != key or gram.shape != shape or gram.dtype != np.float64 or stored_sum != _checksum(gram):
+        return None
+    return gram if np.all(np.isfinite(gram)) else None
+
+
+def _write_entry(path: Path, key: str, gram: np.ndarray) -> None:
+    """The entry, filled in a temporary file beside ``path`` and renamed over whatever is there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)  # a folder squatting on the entry's name
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # one per writer, even per thread
+    try:
+        with open(tmp, "xb") as f:
+            np.savez(f, gram=gram, key=np.array(key), checksum=np.array(_checksum(gram)))
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)

@@ -1,17 +1,14 @@
-"""What every study shares: the domain error, the results envelope and atomic output folders.
+"""What every study shares: the results envelope and the result that saves itself.
 
 A study's result is saved by ``StudyResult.save(out)``: its files are written into a hidden
-staging folder beside ``out`` and moved into place only when all of them succeeded, so a crash
-never leaves a half-written result. Every results record carries the same envelope (command,
+staging folder beside ``out`` (``studies._output``) and moved into place only when all of them
+succeeded, so a crash never leaves a half-written result. Every results record carries the same envelope (command,
 config, dataset, seed, warnings, seconds, versions, argv), written here once.
 """
 
 from __future__ import annotations
 
-import os
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,13 +16,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from ntkrobust.studies._errors import StudyError
+from ntkrobust.studies._output import StagedOutput, check_out_dir
+
+__all__ = ["Clock", "StagedOutput", "StudyError", "StudyResult", "check_out_dir", "envelope", "versions"]
+
 #: Distributions whose versions every result records.
 _VERSIONED = ("ntkrobust", "numpy", "jax", "jaxlib", "neural-tangents", "scikit-learn", "torch", "torchvision")
-
-
-class StudyError(Exception):
-    """Bad settings or input, found before the compute: the command line prints it as one line
-    and exits with status 2."""
 
 
 def versions() -> dict[str, str]:
@@ -37,35 +34,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[dist] = "not installed"
     return out
-
-
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse an ``out`` that is a file, or a non-empty folder unless ``force``."""
-    if out.exists() and not out.is_dir():
-        raise StudyError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise StudyError(f"--out {out} exists and is not empty (use --force to overwrite)")
-
-
-class StagedOutput:
-    """Files written into a hidden staging folder beside ``out`` and moved in on ``commit``."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-
-    def path(self, name: str) -> Path:
-        return self.stage / name
-
-    def commit(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        for f in sorted(self.stage.iterdir()):
-            os.replace(f, self.out / f.name)
-        self.stage.rmdir()
-
-    def discard(self) -> None:
-        shutil.rmtree(self.stage, ignore_errors=True)
 
 
 class Clock:
@@ -132,12 +100,14 @@ class StudyResult:
         from ntkrobust.bridge.files import write_json
 
         out = Path(out)
-        staged = StagedOutput(out)
-        try:
+        staged = None
+        try:  # an interrupt at any point leaves no staging folder behind (a kill: the next run removes it)
+            staged = StagedOutput(out)
             self.write_files(staged)
             write_json(staged.path(self.results_file), self.record)
             staged.commit()
         except BaseException:
-            staged.discard()
+            if staged is not None:
+                staged.discard()
             raise
         return out

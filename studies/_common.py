@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkrobust.studies._base import StudyError
+from ntkrobust.studies._output import check_writable
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,10 @@ class MachineSettings:
             raise StudyError(f"--learning-rate must be a finite number > 0, got {self.learning_rate}")
         if self.gradient == "closed-form" and any(name != "two-layer" for name in arch_names):
             raise StudyError("--gradient closed-form exists only for two-layer")
+        if self.cache:  # a cache folder that cannot be made is found now, not after the compute
+            from ntkrobust.kernels.gram import default_cache_dir
+
+            check_writable(self.cache_dir or default_cache_dir(), "--cache-dir (or pass --no-cache)")
 
     def config(self) -> dict[str, Any]:
         return {
@@ -108,7 +113,7 @@ class MachineSettings:
     def fit(self, arch_name: str, data: Any, progress: bool) -> tuple[Any, list[str], dict[str, Any]]:
         """The kernel machine on ``data``'s training split, its warnings, its kernel record."""
         from ntkrobust.kernels import fit_kernel_machine, get_architecture
-        from ntkrobust.kernels.gram import default_cache_dir, gram_cache_path
+        from ntkrobust.kernels.gram import cached_gram, default_cache_dir
 
         arch = get_architecture(arch_name)
         try:
@@ -116,9 +121,10 @@ class MachineSettings:
         except ValueError as err:
             raise StudyError(str(err)) from None
         cache_dir = (self.cache_dir or default_cache_dir()) if self.cache else None
-        cache_hit = cache_dir is not None and gram_cache_path(arch, data.x_train, None, cache_dir).exists()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # the cache says what it did: "hit" only for a verified entry (kernels.gram.CacheOutcome)
+            gram, gram_cache = cached_gram(arch, data.x_train, cache_dir=cache_dir, progress=progress)
             machine = fit_kernel_machine(
                 arch,
                 data.x_train,
@@ -128,7 +134,7 @@ class MachineSettings:
                 ridge=self.ridge,
                 learning_rate=self.learning_rate,
                 gradient=self.gradient,  # closed-form was checked to name two-layer only
-                cache_dir=cache_dir,
+                gram=gram,
                 precision=self.precision,
                 progress=progress,
             )
@@ -139,7 +145,7 @@ class MachineSettings:
             "outputs": machine.n_outputs,
             "condition_number": machine.condition_number,
             "dropped_directions": machine.dropped_directions,
-            "gram_cache": "off" if cache_dir is None else ("hit" if cache_hit else "miss"),
+            "gram_cache": gram_cache,
         }
         return machine, notes, kernel
 
@@ -161,8 +167,8 @@ class ThreatSettings:
 
         check_choice(self.norm, NORMS, "--norm")
         eps = standard_threat(channels, self.norm)[0] if self.eps is None else self.eps
-        if not math.isfinite(eps) or eps < 0:
-            raise StudyError(f"--eps must be a finite number >= 0, got {eps}")
+        if not math.isfinite(eps) or eps <= 0:  # eps = 0 is no attack: its PGD step would be 0 too
+            raise StudyError(f"--eps must be a finite number > 0 (pixel units), got {eps:g}")
         if self.norm == "linf" and eps > 1:
             raise StudyError(f"--eps {eps:g} exceeds the [0, 1] pixel range (pixel units: did you mean {eps:g}/255?)")
         return (eps, *pgd_schedule(channels, self.norm, eps, self.step, self.steps, flag="--step"))
@@ -248,7 +254,9 @@ def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:
     """``data`` with a class-balanced, seeded subset of ``n`` training points (all if None)."""
     from ntkrobust.bridge.data import DataError, balanced_indices
 
-    if n is None or n >= data.x_train.shape[0]:
+    if n is not None and n > data.x_train.shape[0]:
+        raise StudyError(f"{flag} {n} exceeds the {data.x_train.shape[0]} training points of the data")
+    if n is None or n == data.x_train.shape[0]:
         return data
     try:
         chosen = balanced_indices(data.y_train, data.classes, n, seed, what=f"{flag} training")

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import StudyError
 from ntkrobust.studies._common import DataSettings
 
 
@@ -32,14 +31,6 @@ class MakeNpzResult:
         data = self.dataset
         sizes = f"{data.x_train.shape[0]} train, {data.x_test.shape[0]} test"
         return f"{data.name}: {sizes}, classes {list(data.classes)}"
-
-
-def check_out_file(out: Path, force: bool) -> None:
-    """Refuse an ``out`` that is not an .npz name, or an existing file unless ``force``."""
-    if out.suffix != ".npz":
-        raise StudyError(f"--out must name an .npz file, got {out}")
-    if out.exists() and not force:
-        raise StudyError(f"--out {out} exists (use --force to overwrite)")
 
 
 def run(settings: MakeNpzSettings, *, progress: bool = False, argv: list[str] | None = None) -> MakeNpzResult:

@@ -16,6 +16,7 @@ from typing import Any
 
 from ntkrobust.studies._base import StudyError, StudyResult, check_out_dir, versions
 from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
+from ntkrobust.studies._output import OutputLock
 
 TRAINING_MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise")  # = bridge.training.MODES
 
@@ -192,8 +193,18 @@ def _configs(settings: TrainSettings, threat: tuple[float, float, int, int]) -> 
 
 
 def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | None = None) -> TrainResult:
-    """Train into the run folder ``settings.out``; the result's record is its history."""
+    """Train into the run folder ``settings.out`` (locked while it runs); the result's record is
+    its history."""
+    from ntkrobust.bridge.runfolder import RunFolder
+
     _check_folder(settings)
+    with OutputLock(settings.out):
+        if settings.resume:  # a kill during an atomic write leaves its hidden temporary behind
+            RunFolder(settings.out).remove_temporaries()
+        return _train(settings, progress, argv)
+
+
+def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> TrainResult:
     data = settings.data.load()
     threat = _threat(settings, data.image_shape[0])
     if settings.track_kernel > data.x_train.shape[0]:

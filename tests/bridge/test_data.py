@@ -244,3 +244,9 @@ def test_label_names_must_name_every_class(tmp_path, small_arrays):
     arrays = dict(small_arrays, y_train=np.arange(20) % 10, y_test=np.arange(8) % 10, label_names=np.array(["a", "b"]))
     with pytest.raises(DataError, match="2 label_names for class ids up to 9"):
         load_dataset(write_npz(tmp_path / "names.npz", **arrays))
+
+
+def test_fewer_training_points_than_classes_are_refused():
+    with pytest.raises(DataError, match="--n-train 5 leaves classes without a training point: at least 10"):
+        load_dataset("digits", n_train=5)
+    assert load_dataset("digits", n_train=10).x_train.shape[0] == 10

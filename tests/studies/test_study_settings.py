@@ -33,3 +33,23 @@ def test_choices_are_checked_by_the_study(study, settings, message, monkeypatch)
     with pytest.raises(StudyError, match=message.replace("(", r"\(")) as error:
         study.run(settings)
     assert "\n" not in str(error.value)
+
+
+def test_eps_zero_is_named_as_such():
+    with pytest.raises(StudyError, match="--eps must be a finite number > 0"):
+        ThreatSettings(eps=0.0).resolve(channels=1)
+
+
+def test_a_subset_larger_than_the_data_is_refused(monkeypatch):
+    from ntkrobust.studies import DataSettings
+
+    settings = transfer.TransferSettings(target=("x.pt",), kernel_n=100_000, data=DataSettings(n_train=50))
+    monkeypatch.setattr(transfer, "load_targets", lambda *args, **kwargs: [])  # no nets needed
+    monkeypatch.setattr(MachineSettings, "fit", lambda *args: pytest.fail("compute before the check"))
+    with pytest.raises(StudyError, match="--kernel-n 100000 exceeds the 50 training points"):
+        transfer.run(settings)
+
+
+def test_a_folder_given_as_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(StudyError, match="is a folder, not a checkpoint file"):
+        entk.run(entk.EntkSettings(checkpoint=tmp_path, n=10))

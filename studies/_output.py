@@ -1,0 +1,152 @@
+"""Output locations: checked before any compute, locked while a run writes, staged atomically.
+
+- ``check_out_dir`` / ``check_out_file`` / ``check_writable``: an ``--out`` (or a cache folder)
+  that cannot be created is refused before the compute starts, not after it.
+- ``OutputLock``: a run holds ``.NAME.lock`` beside its ``--out`` (created with ``O_EXCL``, holding
+  the holder's pid), so a second run into the same folder is refused instead of silently
+  replacing the first one's files; a lock whose process is gone is stale and taken over.
+- ``StagedOutput``: files are written into a hidden ``.NAME.PID.*.partial`` folder beside
+  ``--out`` and moved in only when all of them were written; staging folders of processes that
+  died (SIGKILL) are removed by the next run into the same parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from ntkrobust.studies._errors import StudyError
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Refuse ``path`` when the nearest folder that exists above it (or itself) is a file or
+    does not let this process create files there (tried, not guessed: root on a read-only mount,
+    permissions, a full inode table)."""
+    if path.exists() and not path.is_dir():
+        raise StudyError(f"{flag} {path} exists and is not a folder")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise StudyError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ntkrobust-check.", dir=ancestor))
+    except OSError as err:
+        raise StudyError(f"{flag} {path}: cannot create files in {ancestor} ({err.strerror})") from None
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, a non-empty folder unless ``force``, or that cannot be
+    created."""
+    if out.exists() and not out.is_dir():
+        raise StudyError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(p for p in out.iterdir()) and not force:
+        raise StudyError(f"--out {out} exists and is not empty (use --force to overwrite)")
+    check_writable(out, "--out")
+
+
+def check_out_file(out: Path, force: bool, *, suffix: str) -> None:
+    """Refuse an output file without ``suffix``, an existing one unless ``force``, a folder, or
+    one whose folder cannot be created."""
+    if out.suffix != suffix:
+        raise StudyError(f"--out must name an {suffix} file, got {out}")
+    if out.is_dir():
+        raise StudyError(f"--out {out} is a folder")
+    if out.exists() and not force:
+        raise StudyError(f"--out {out} exists (use --force to overwrite)")
+    check_writable(out.parent, "--out's folder")
+
+
+class OutputLock:
+    """``with OutputLock(out):`` holds ``.NAME.lock`` beside ``out`` for this process.
+
+    Re-entrant within one process (a study that locks inside a command that already did); a
+    lock of a live process is a ``StudyError``; one of a dead process is removed and taken."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.path = out.parent / f".{out.name}.lock"
+        self.owned = False
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):  # a stale lock is removed once, then taken
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder == os.getpid():
+                    return self  # already ours: the outer holder releases it
+                if holder is not None and _alive(holder):
+                    raise StudyError(
+                        f"--out {self.out} is in use by another run (pid {holder}, lock {self.path})"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # its process is gone: a stale lock
+                continue
+            with os.fdopen(handle, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.owned = True
+            return self
+        raise StudyError(f"cannot take the lock {self.path}: another run keeps taking it")
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove staging folders of ``out`` left by processes that no longer run; the removed ones."""
+    removed = []
+    for stage in out.parent.glob(f".{out.name}.*.partial"):
+        pid = stage.name[len(out.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and stage.is_dir():
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
+
+
+class StagedOutput:
+    """Files written into a hidden staging folder beside ``out`` and moved in on ``commit``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(out)
+        self.stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
+
+    def path(self, name: str) -> Path:
+        return self.stage / name
+
+    def commit(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(self.stage.iterdir()):
+            os.replace(f, self.out / f.name)
+        self.stage.rmdir()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.stage)
