@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
+from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
 from ntkrobust.bridge.entk import auto_memory_budget, empirical_ntk
 from ntkrobust.bridge.jacobians import activation_elements, as_inputs, dense_layers, transposed_products
 

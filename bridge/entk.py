@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
 from ntkrobust.bridge.jacobians import (
     BudgetError,
     DenseLayer,

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
+
 
 class BudgetError(ValueError):
     """The memory budget cannot hold even the smallest chunk; the message says what is needed."""

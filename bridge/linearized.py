@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
 from ntkrobust.bridge.jacobians import as_inputs
 
 __all__ = ["LinearizedNetwork", "relative_magnitude"]

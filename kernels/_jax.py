@@ -1,56 +1,152 @@
 """One place that imports JAX and neural-tangents, configured the way this package needs them.
 
-- float64 must be available (kernel Gram matrices are compared and inverted in float64), and
-  JAX only allows it when ``jax_enable_x64`` is set before arrays are made.
-- neural-tangents 0.6.5 imports TensorFlow (through tf2jax) at import time; TensorFlow's C++
-  start-up chatter about missing CUDA drivers is not ours to print, so it is held back and
-  shown only if the import fails.
-- TensorFlow and Triton (which torch.func loads through torch._dynamo when the torch half runs
-  in the same process) each carry their own LLVM. Loading Triton's after TensorFlow's aborts the
-  process ("LLVM ERROR: inconsistency in registered CommandLine options"); the other order is
-  fine. So Triton, when installed, is loaded first (0.2 s; it does not import torch).
+float64 without changing the process's JAX default
+    Gram matrices are compared and inverted in float64, and JAX makes float64 arrays only while
+    ``jax_enable_x64`` is on. The package never sets that flag for the process: a user's own JAX
+    code keeps its float32 defaults (``jnp.ones``, ``jax.random.uniform``, ...). Instead, the
+    entry points that compute (``compute_gram``, ``fit_kernel_machine``, the ``KernelMachine``
+    methods, the feature and attack functions) are wrapped in ``float64``, which switches the
+    flag on for the calling thread for the duration of the call (``jax.experimental.enable_x64``,
+    thread-local; jit caches keep one compiled version per setting). Consequences:
+
+    - the float64 arrays they return (``logits``, ``loss_gradient`` of float64 inputs, a
+      machine's ``x_train``) stay float64, but JAX arithmetic on them in float32 user code gives
+      float32, as for any float64 array there; ``np.asarray`` keeps them exact;
+    - called on a tracer of the caller's own ``jax.grad`` / ``jit`` / ``vmap``, an entry point
+      runs at the caller's precision (float32 unless the caller enabled x64): switching the
+      flag inside a trace breaks JAX 0.4.38 (lowering errors and "Executable expected parameter
+      ... incompatible size" when float64 values cross into float32-traced code);
+    - the low-level kernel functions (``Architecture.kernel_fn``, ``kernels.relu``,
+      ``kernels.conv``, ``kernels.two_layer``) compute at the precision of their caller;
+    - whoever wants float64 JAX everywhere (e.g. tests that compare against stax in float64)
+      sets ``jax_enable_x64`` itself: the wrappers then do nothing.
+
+Import order: TensorFlow, Triton
+    TensorFlow and Triton (which torch loads through ``torch._dynamo``, e.g. at the first
+    ``torch.func.jacrev``) each carry their own copy of LLVM. TensorFlow loads its libraries
+    with ``RTLD_GLOBAL``, so when ``libtriton.so`` is loaded after them, its references to LLVM's
+    globals bind to TensorFlow's copy and its static initialisers crash the process (SIGSEGV,
+    exit 139, or "LLVM ERROR: inconsistency in registered CommandLine options"). Triton first,
+    then TensorFlow, is fine. Hence, on import of this module:
+
+    - Triton, when installed and not yet loaded, is loaded now (0.2 s; it does not import
+      torch), before anything can bring TensorFlow in; if TensorFlow is already loaded (the user
+      imported ``tensorflow`` or ``neural_tangents`` first), Triton is loaded with
+      ``RTLD_DEEPBIND`` so that it binds its own LLVM;
+    - neural-tangents 0.6.5 imports its ``experimental`` module (the eNTK of TensorFlow models,
+      which imports TensorFlow and tf2jax) eagerly from its ``__init__``; nothing this package
+      uses needs it. When this module is the first to import neural-tangents, ``experimental``
+      is a stand-in that imports the real module, TensorFlow included, on the first use of one
+      of its names, so ``neural_tangents.experimental.empirical_ntk_fn_tf`` still works.
+
+    The torch half's modules that use ``torch.func`` run the same guard
+    (``ntkrobust._load_order.load_triton_first``), so every import order works.
 """
 
 from __future__ import annotations
 
-import os
+import functools
+import importlib
+import importlib.machinery
+import importlib.util
 import sys
-import tempfile
-from types import ModuleType
+import types
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from ntkrobust._load_order import load_triton_first
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def _import_neural_tangents() -> tuple[ModuleType, ModuleType]:
+class _DeferredModule(types.ModuleType):
+    """Stands in for a module until one of its names is used, then imports the real one."""
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("__") and name.endswith("__"):  # metadata probes (inspect, pickle)
+            raise AttributeError(name)
+        return getattr(self._load(), name)
+
+    def __dir__(self) -> list[str]:
+        return dir(self._load())
+
+    def _load(self) -> types.ModuleType:
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            load_triton_first()
+            del sys.modules[name]
+            try:
+                real = importlib.import_module(name)  # also sets it on the parent package
+            except BaseException:
+                sys.modules[name] = self
+                raise
+        else:
+            real = importlib.import_module(name)
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules and getattr(sys.modules[parent], child, None) is self:
+            setattr(sys.modules[parent], child, real)
+        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__")})
+        return real
+
+
+def _defer_tensorflow_half_of_neural_tangents() -> None:
+    """Put a stand-in for ``neural_tangents.experimental`` in place before the package loads."""
+    name = "neural_tangents.experimental"
+    if "neural_tangents" in sys.modules or name in sys.modules:
+        return
     try:
-        import triton  # noqa: F401  (load order only, see the module docstring)
-    except ImportError:
-        pass
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # The chatter comes from C++ (absl) straight to file descriptor 2, so redirecting
-    # sys.stderr is not enough: park fd 2 on a temporary file for the duration of the import.
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            import neural_tangents as nt
-            from neural_tangents import stax
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-    return nt, stax
+        package = importlib.util.find_spec("neural_tangents")  # finds, does not import
+        locations = package.submodule_search_locations if package is not None else None
+        spec = importlib.machinery.PathFinder.find_spec(name, list(locations)) if locations else None
+    except (ImportError, ValueError):
+        return
+    if spec is None:
+        return
+    stand_in = _DeferredModule(name, "neural_tangents.experimental, imported on first use (see ntkrobust.kernels._jax)")
+    stand_in.__spec__ = spec
+    stand_in.__file__ = spec.origin
+    stand_in.__loader__ = spec.loader
+    stand_in.__package__ = name if spec.submodule_search_locations is not None else "neural_tangents"
+    if spec.submodule_search_locations is not None:
+        stand_in.__path__ = list(spec.submodule_search_locations)
+    sys.modules[name] = stand_in
 
+
+load_triton_first()
+_defer_tensorflow_half_of_neural_tangents()
 
 import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
-
 import jax.numpy as jnp  # noqa: E402
+import neural_tangents as nt  # noqa: E402
+from jax.experimental import enable_x64 as _enable_x64  # noqa: E402
+from neural_tangents import stax  # noqa: E402
 
-nt, stax = _import_neural_tangents()
 
-__all__ = ["jax", "jnp", "nt", "stax"]
+def x64_enabled() -> bool:
+    """Whether JAX makes 64-bit types in this thread right now (globally or in a ``float64`` call)."""
+    return bool(jax.config.read("jax_enable_x64"))
+
+
+def _traced(args: tuple[object, ...], kwargs: dict[str, object]) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves((args, kwargs)))
+
+
+def float64(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with ``jax_enable_x64`` on in this thread, leaving the process default alone.
+
+    A no-op where x64 is already on, and where an argument is a tracer of the caller's own
+    transformation (the call then runs at the caller's precision; see the module docstring).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if x64_enabled() or _traced(args, kwargs):
+            return fn(*args, **kwargs)
+        with _enable_x64(True):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+__all__ = ["float64", "jax", "jnp", "nt", "stax", "x64_enabled"]

@@ -19,10 +19,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntkrobust.attacks import AttackSpec, fgsm, pgd, taylor_max_l1, taylor_sum
-from ntkrobust.kernels._jax import jnp
+from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine
 
 
+@float64
 def craft_adversarial(
     machine: KernelMachine,
     x: np.ndarray,

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
-from ntkrobust.kernels._jax import jnp
+from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index, spectral_filter
 
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
@@ -93,6 +93,7 @@ def feature_gradients(
     return z * scale.reshape(*scale.shape, *([1] * (z.ndim - 2)))
 
 
+@float64
 def loss_gradient_weights(
     machine: KernelMachine, x: np.ndarray, labels: np.ndarray, indices: Sequence[int] | np.ndarray | None = None
 ) -> np.ndarray:
@@ -138,6 +139,7 @@ class FeatureScores:
         return spearman_correlation(self.index, self.robustness)
 
 
+@float64
 def feature_scores(
     machine: KernelMachine,
     x: np.ndarray,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntkrobust.kernels._jax import jax, jnp
+from ntkrobust.kernels._jax import float64, jax, jnp, x64_enabled
 from ntkrobust.kernels.architectures import Architecture
 from ntkrobust.kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
 from ntkrobust.kernels.relu import pairwise_dots
@@ -145,6 +145,7 @@ class KernelMachine:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         return dataclasses.replace(self, precision=precision)
 
+    @float64
     def at_time(self, time: float) -> KernelMachine:
         """The same machine at another training time t (no new eigendecomposition)."""
         if not (time >= 0):
@@ -171,6 +172,7 @@ class KernelMachine:
         )
         return restricted.at_time(self.time)
 
+    @float64
     def with_dual_coef(self, dual_coef: np.ndarray | jnp.ndarray) -> KernelMachine:
         """Θ(x, X) @ ``dual_coef`` as the outputs (n, k'): the machine's kernel rows, logits and
         gradients for another set of weights (e.g. eigenvectors, whose outputs are the
@@ -197,21 +199,27 @@ class KernelMachine:
         return _Blocks(test=64, train=max(entries // 64, 1))
 
     @functools.cached_property
-    def _chunk_cache(self) -> dict[int, list[tuple[jnp.ndarray, jnp.ndarray]]]:
+    def _chunk_cache(self) -> dict[tuple[int, str], list[tuple[jnp.ndarray, jnp.ndarray]]]:
         return {}
 
     def _train_chunks(self, size: int) -> list[tuple[jnp.ndarray, jnp.ndarray]]:
-        """(x_chunk, α_chunk) pairs of equal length at the evaluation precision; padding rows
-        carry α = 0. Made once per machine: PGD asks for them at every step."""
-        if size not in self._chunk_cache:
-            dtype = jnp.dtype(self.precision)
-            x, a = self.x_train.astype(dtype), self.dual_coef.astype(dtype)
+        """(x_chunk, α_chunk) pairs of equal length at the evaluation precision (float32 when the
+        caller traces the machine in float32 JAX, see ``kernels._jax``); padding rows carry α = 0.
+        Made once per machine, size and dtype, as concrete arrays even under a caller's trace:
+        PGD asks for them at every step."""
+        dtype = np.dtype(self.precision) if x64_enabled() else np.dtype(np.float32)
+        key = (size, dtype.name)
+        if key not in self._chunk_cache:
+            x, a = np.asarray(self.x_train, dtype=dtype), np.asarray(self.dual_coef, dtype=dtype)
             short = (-x.shape[0]) % size
             if short:
-                x = jnp.concatenate([x, jnp.repeat(x[-1:], short, axis=0)], axis=0)
-                a = jnp.concatenate([a, jnp.zeros((short, a.shape[1]), a.dtype)], axis=0)
-            self._chunk_cache[size] = [(x[i : i + size], a[i : i + size]) for i in range(0, x.shape[0], size)]
-        return self._chunk_cache[size]
+                x = np.concatenate([x, np.repeat(x[-1:], short, axis=0)], axis=0)
+                a = np.concatenate([a, np.zeros((short, a.shape[1]), a.dtype)], axis=0)
+            with jax.ensure_compile_time_eval():
+                self._chunk_cache[key] = [
+                    (jnp.asarray(x[i : i + size]), jnp.asarray(a[i : i + size])) for i in range(0, x.shape[0], size)
+                ]
+        return self._chunk_cache[key]
 
     def _over_test_blocks(
         self, fn: Callable[..., jnp.ndarray], arrays: tuple[jnp.ndarray, ...], size: int
@@ -231,6 +239,7 @@ class KernelMachine:
             outs.append(fn(*blocks)[:real])
         return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 
+    @float64
     def logits(self, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
         """f_t(x), shape (N, k), at the machine's precision."""
         x = self._check(x)
@@ -250,6 +259,7 @@ class KernelMachine:
         """Predicted class ids, shape (N,)."""
         return np.asarray(self.classes, dtype=np.int64)[predicted_index(np.asarray(self.logits(x)))]
 
+    @float64
     def loss_gradient(self, x: np.ndarray | jnp.ndarray, target_index: np.ndarray | jnp.ndarray) -> jnp.ndarray:
         """∇ₓ of the cross-entropy of each example (supp. eq. 5 / 8), shape and dtype of ``x``."""
         x_arr = self._check(x)
@@ -276,6 +286,7 @@ class KernelMachine:
         g = self._over_test_blocks(block_gradient, (x_arr, index), blocks.test)
         return g.astype(_dtype_of(x))
 
+    @float64
     def output_jacobian(
         self,
         x: np.ndarray | jnp.ndarray,
@@ -439,6 +450,7 @@ def _compiled(arch: Architecture) -> _Compiled:
     return _COMPILED[key]
 
 
+@float64
 def fit_kernel_machine(
     arch: Architecture,
     x_train: np.ndarray,

@@ -22,17 +22,18 @@ from __future__ import annotations
 import math
 
 from ntkrobust.kernels._jax import jnp, stax
-from ntkrobust.kernels.relu import angle, pairwise_dots, safe_sqrt
+from ntkrobust.kernels.relu import angle, pairwise_dots, sine_part
 
 _TINY = 1e-30  # keeps an all-zero input from dividing by zero; its kernel row is then 0
 
 
 def _geometry(x1: jnp.ndarray, x2: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
     """Dot products s, norms, and the angle θ = arccos(u) computed as atan2(√(‖x‖²‖x'‖² − s²), s)
-    (the vectorised ``kernels.relu.angle``: libm's arccos is a scalar call on CPUs)."""
+    (the vectorised ``kernels.relu.angle``: libm's arccos is a scalar call on CPUs; the root is
+    ``kernels.relu.sine_part``, exactly 0 within rounding, so identical inputs get θ = 0)."""
     dots = pairwise_dots(x1, x2)
     sq1, sq2 = jnp.sum(x1 * x1, axis=1), jnp.sum(x2 * x2, axis=1)
-    root = safe_sqrt(sq1[:, None] * sq2[None, :] - dots**2)
+    root = sine_part(sq1[:, None] * sq2[None, :], dots)
     n1 = jnp.sqrt(jnp.maximum(sq1, _TINY))
     n2 = jnp.sqrt(jnp.maximum(sq2, _TINY))
     return dots, root, angle(root, dots), n1, n2
@@ -48,7 +49,7 @@ def two_layer_ntk(x1: jnp.ndarray, x2: jnp.ndarray, get: str = "ntk") -> jnp.nda
 
 def two_layer_dot_ntk(dots: jnp.ndarray, sq1: jnp.ndarray, sq2: jnp.ndarray, dim: int) -> jnp.ndarray:
     """Eq. 29 entry by entry from x·x', ‖x‖², ‖x'‖² (broadcastable arrays); ``dim`` is unused."""
-    theta = angle(safe_sqrt(sq1 * sq2 - dots**2), dots)
+    theta = angle(sine_part(sq1 * sq2, dots), dots)
     return (0.5 - theta / (2 * math.pi)) * dots
 
 

@@ -61,37 +61,64 @@ def _networks(runs: Sequence[Any]) -> list[tuple[str, Path]]:
     return networks
 
 
-def eigenvector_rows(
-    settings: DynamicsSettings, runs: Sequence[Any], progress: bool
-) -> tuple[list[Any], list[Any], dict[str, Any]]:
-    """LOO fig. 4: pictures of the top eigenvectors of the class kernel on the probe, for the
-    network at initialisation (the first run's) and at the end of every run."""
+def _check_same_model(path: Path, found: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose network is not the one its run folder's config.json trained."""
+    import json
+
+    from ntkrobust.bridge.runfolder import checkpoint_epoch
+
+    located = checkpoint_epoch(path)
+    try:
+        trained = json.loads(located[0].config.read_text())["model"] if located else None
+    except (OSError, ValueError, KeyError, TypeError):
+        trained = None  # no readable config.json: nothing to compare with
+    if not isinstance(trained, dict):
+        return
+    differ = [key for key in ("model", "width", "num_classes", "input_shape") if trained.get(key) != found.get(key)]
+    if differ:
+        what = ", ".join(f"{key} {found.get(key)} (run: {trained.get(key)})" for key in differ)
+        raise StudyError(f"{path} is not the network its run trained: {what}")
+
+
+def _pictured_networks(
+    settings: DynamicsSettings, runs: Sequence[Any], device: Any
+) -> list[tuple[str, Path, Any, Any]]:
+    """(label, checkpoint, network whose kernel is pictured, probe images) of every network,
+    all loaded and checked before any eigenvector is computed."""
     from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
-    from ntkrobust.bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
     from ntkrobust.bridge.linearized import LinearizedNetwork
     from ntkrobust.bridge.runfolder import checkpoint_epoch
     from ntkrobust.bridge.runs import RunError, probe_images
 
-    device = torch_device(settings.device)
-    rows, cosines, summary = [], [], {}
+    loaded = []
     for label, path in _networks(runs):
         try:
             model, config, _ = load_checkpoint(path)
-        except CheckpointError as err:
+            located = checkpoint_epoch(path)
+            assert located is not None  # every path of _networks is a run folder's checkpoint
+            x = probe_images(located[0].path)
+        except (CheckpointError, RunError) as err:
             raise StudyError(str(err)) from None
+        _check_same_model(path, config.to_dict())
         if not 0 <= settings.eigenvector_class < config.num_classes:
             raise StudyError(
                 f"--eigenvector-class {settings.eigenvector_class}: the nets have {config.num_classes} outputs"
             )
         # a linearized net's kernel is its parent's at θt, for every θ
         network = model.tangent_network() if isinstance(model, LinearizedNetwork) else model
-        network = network.to(device).eval()
-        located = checkpoint_epoch(path)
-        assert located is not None  # every path above is a run folder's checkpoint
-        try:
-            x = probe_images(located[0].path)
-        except RunError as err:
-            raise StudyError(str(err)) from None
+        loaded.append((label, path, network.to(device).eval(), x))
+    return loaded
+
+
+def eigenvector_rows(
+    settings: DynamicsSettings, runs: Sequence[Any], progress: bool
+) -> tuple[list[Any], list[Any], dict[str, Any]]:
+    """LOO fig. 4: pictures of the top eigenvectors of the class kernel on the probe, for the
+    network at initialisation (the first run's) and at the end of every run."""
+    from ntkrobust.bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
+
+    rows, cosines, summary = [], [], {}
+    for label, path, network, x in _pictured_networks(settings, runs, torch_device(settings.device)):
         eigen = ntk_eigenvectors(network, x, output=settings.eigenvector_class, top=settings.eigenvectors)
         pictures = [
             eigenvector_images(

@@ -1,7 +1,9 @@
 """Strict numerics and seeded fixtures shared by the suite.
 
 - numpy raises on invalid operations, overflow and division by zero inside tests;
-- JAX runs in float64 (``kernels._jax`` enables it) and refuses implicit rank promotion;
+- JAX runs in float64 for the whole session (set here: the package itself switches float64 on
+  only around its own computations, leaving the user's process default alone) and refuses
+  implicit rank promotion;
 - every random draw is seeded; the Gram cache lives in a per-session temporary folder;
 - nothing here needs ``../shared`` (real data tests are marked ``shared_data`` and skip).
 - the studies' tests share their expensive runs here (training runs, two-layer nets).
@@ -15,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# before anything imports jax: the tests build their own float64 arrays and compare at 1e-12
+os.environ["JAX_ENABLE_X64"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

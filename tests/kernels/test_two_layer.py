@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from ntkrobust.kernels._jax import jax, jnp
-from ntkrobust.kernels.two_layer import two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
+from ntkrobust.kernels.two_layer import two_layer_dot_ntk, two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
 
-# Off the diagonal both routes agree to float64 rounding. On the diagonal (x = x') arccos is
-# evaluated at 1 − O(ε), where its slope is infinite: any route carries ~√ε ≈ 1e-8 relative
-# error there, so diagonal entries are compared at 1e-7.
+# Off the diagonal both routes agree to float64 rounding. On the diagonal (x = x') stax takes
+# arccos of a cosine within rounding of 1, where its slope is infinite: ~√ε ≈ 1e-8 relative
+# error, so stax's diagonal is compared at 1e-7. The closed form's diagonal is exact (θ = 0):
+# ‖x‖²/2 to float64 rounding of ‖x‖² (measured ≤ 2e-15 on MNIST), tested at 1e-14.
 OFF_DIAGONAL_RTOL = 1e-12
-DIAGONAL_RTOL = 1e-7
+STAX_DIAGONAL_RTOL = 1e-7
+EXACT_DIAGONAL_RTOL = 1e-14
 
 
 @pytest.fixture
@@ -28,7 +31,7 @@ def test_closed_form_equals_stax_equivalent_in_float64(points, jax_strict):
     k_closed, k_stax = np.asarray(two_layer_ntk(x1, x1)), np.asarray(two_layer_stax_ntk(x1, x1))
     off = ~np.eye(12, dtype=bool)
     np.testing.assert_allclose(k_closed[off], k_stax[off], rtol=OFF_DIAGONAL_RTOL)
-    np.testing.assert_allclose(np.diag(k_closed), np.diag(k_stax), rtol=DIAGONAL_RTOL)
+    np.testing.assert_allclose(np.diag(k_closed), np.diag(k_stax), rtol=STAX_DIAGONAL_RTOL)
     assert k_closed.dtype == np.float64
 
 
@@ -52,3 +55,32 @@ def test_vjp_at_a_training_point_is_finite():
     x = jnp.asarray([[0.3, 0.4], [0.6, 0.8], [1.0, 0.0]])
     g = two_layer_ntk_vjp(x, x, jnp.ones((3, 3)))
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_diagonal_is_exactly_half_the_squared_norm(rng, jax_strict):
+    """Θ(x, x) = (1/2 − arccos(1)/(2π))‖x‖² = ‖x‖²/2, here in exact rational arithmetic; an
+    arccos of the rounded cosine, 1 − O(ε), put 1e-9 to 1e-8 relative error on it."""
+    x_np = rng.uniform(0, 1, size=(40, 64))
+    x_np[x_np < 0.3] = 0.0
+    exact = np.array([float(sum(Fraction(float(v)) ** 2 for v in row) / 2) for row in x_np])
+    x = jnp.asarray(x_np)
+    np.testing.assert_allclose(np.diag(jax.jit(two_layer_ntk)(x, x)), exact, rtol=EXACT_DIAGONAL_RTOL)
+    flipped = np.asarray(jax.jit(two_layer_ntk)(x[:8], jnp.asarray(x_np[::-1].copy())))
+    np.testing.assert_allclose(np.fliplr(flipped).diagonal(), exact[:8], rtol=EXACT_DIAGONAL_RTOL)
+    sq = jnp.sum(x * x, axis=1)
+    np.testing.assert_allclose(two_layer_dot_ntk(sq, sq, sq, 64), exact, rtol=EXACT_DIAGONAL_RTOL)
+
+
+def test_vjp_at_and_near_a_training_point_equals_autodiff(points, rng):
+    # At x = x' both take θ = 0 and the kink's symmetric subgradient; near x' both stay finite.
+    x1, _ = points
+    direction = rng.standard_normal(20)
+    direction *= float(jnp.linalg.norm(x1[2])) / np.linalg.norm(direction)
+    near = [x1[2] + h * direction for h in (1e-12, 1e-9, 1e-5)]
+    x = jnp.concatenate([x1[:2], jnp.stack(near)])
+    cot = jnp.asarray(rng.standard_normal((5, 12)))
+    _, vjp = jax.vjp(lambda z: two_layer_ntk(z, x1), x)
+    closed, auto = np.asarray(two_layer_ntk_vjp(x, x1, cot)), np.asarray(vjp(cot)[0])
+    assert np.all(np.isfinite(closed)) and np.all(np.isfinite(auto))
+    np.testing.assert_allclose(closed[:2], auto[:2], rtol=1e-12, atol=1e-14 * float(np.abs(auto).max()))
+    np.testing.assert_allclose(closed[-1], auto[-1], rtol=1e-6, atol=1e-8 * float(np.abs(auto).max()))

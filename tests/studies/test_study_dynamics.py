@@ -78,3 +78,14 @@ def test_a_history_with_wrong_types_is_one_line(tracked_runs, tmp_path, refuses)
     history["epochs"][1]["accuracy"] = "high"  # an AttributeError in the summary before the fix
     (run / "history.json").write_text(json.dumps(history))
     refuses(dynamics, DynamicsSettings(runs=(run,), eigenvectors=0), "epoch record 1 has malformed accuracy")
+
+
+def test_a_final_checkpoint_of_another_network_is_refused(tracked_runs, tmp_path, refuses):
+    from ntkrobust.bridge.checkpoint import save_checkpoint
+    from ntkrobust.bridge.models import build_model, model_config
+
+    run = _copy(tracked_runs, tmp_path)
+    other = model_config("fc1", (1, 8, 8), 10, width=8)
+    save_checkpoint(run / "checkpoints" / "epoch_002.pt", build_model(other), other, epoch=2)
+    settings = DynamicsSettings(runs=(run,), eigenvectors=1)
+    refuses(dynamics, settings, "is not the network its run trained: model fc1 (run: fc2)", compute=NO_EIGENVECTORS)

@@ -138,6 +138,6 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_compute(tmp_path):
     from ntkrobust.studies import MachineSettings
 
     (tmp_path / "cache").write_text("x")
-    with pytest.raises(StudyError, match="--cache-dir .* exists and is not a folder"):
+    with pytest.raises(StudyError, match=r"--cache-dir .* exists and is not a folder"):
         MachineSettings(cache_dir=tmp_path / "cache").check(["fc2"])
     MachineSettings(cache_dir=tmp_path / "cache", cache=False).check(["fc2"])  # not used: not checked
