@@ -295,7 +295,19 @@ def _cases() -> list[Case]:
 
 
 _BACKGROUND: list[subprocess.Popen[bytes]] = []
-_LONG_TRAIN = ["train", *SMALL, "--model", "fc1", "--epochs", "200", "--track-kernel", "0", "--eval-n", "10", "--quiet"]
+_LONG_TRAIN = [
+    "train",
+    *SMALL,
+    "--model",
+    "fc1",
+    "--epochs",
+    "100000",
+    "--track-kernel",
+    "0",
+    "--eval-n",
+    "10",
+    "--quiet",
+]
 
 
 def _wait_for(path: Path, seconds: float = 120.0) -> None:
@@ -339,14 +351,17 @@ def _killed_run(folder: Path) -> list[str]:
     _wait_for(out / "checkpoints" / "epoch_002.pt")
     victim.kill()
     victim.wait()
-    (out / "checkpoints" / ".epoch_003.pt.x1y2z3.tmp").write_bytes(b"")
+    done = max(int(p.stem.removeprefix("epoch_")) for p in (out / "checkpoints").glob("epoch_*.pt"))
+    (out / "checkpoints" / f".epoch_{done + 1:03d}.pt.x1y2z3.tmp").write_bytes(b"")
+    (out / "target-epochs").write_text(str(done + 1))
     epochs = _LONG_TRAIN.index("--epochs")
-    return [*_LONG_TRAIN[:epochs], "--epochs", "3", *_LONG_TRAIN[epochs + 2 :], "--out", str(out), "--resume"]
+    return [*_LONG_TRAIN[:epochs], "--epochs", str(done + 1), *_LONG_TRAIN[epochs + 2 :], "--out", str(out), "--resume"]
 
 
 def _no_temporaries(folder: Path) -> str | None:
     history = json.loads((folder / "run" / "history.json").read_text())
-    return None if history["epochs"][-1]["epoch"] == 3 else "the resumed run did not reach epoch 3"
+    target = int((folder / "run" / "target-epochs").read_text())
+    return None if history["epochs"][-1]["epoch"] == target else f"the resumed run did not end at epoch {target}"
 
 
 def _out(argv: list[str], folder: Path) -> list[str]:
