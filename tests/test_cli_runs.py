@@ -162,3 +162,17 @@ def test_make_npz(tmp_path, run_cli):
     data = load_dataset(str(npz))
     assert data.x_train.shape[0] == 60 and list(data.classes) == [3, 8]
     assert_printed(stdout, f"digits: 60 train, {data.x_test.shape[0]} test, classes [3, 8]", npz)
+
+
+def test_features_prints_its_warnings(tmp_path, run_cli):
+    """A singular Gram (duplicated training images) is said on stderr, as attack says it."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = (digits.images * 16).astype(np.uint8)[:60], digits.target[:60] % 2
+    data = tmp_path / "duplicated.npz"
+    np.savez(data, x_train=np.concatenate([x[:30], x[:30]]), y_train=np.tile(y[:30], 2), x_test=x[30:], y_test=y[30:])
+    argv = ["features", "--data", data, "--n-features", "5", "--robust-r", "none", "--no-cache", "--quiet"]
+    code, _, stderr = run_cli([*argv, "--out", tmp_path / "out"])
+    assert code == 0, stderr
+    assert "ntkrobust: warning: fc2: Gram matrix is numerically singular" in stderr
