@@ -25,7 +25,7 @@ import secrets
 import shutil
 from importlib.metadata import version
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -129,17 +129,10 @@ def compute_gram(
     return out
 
 
-def gram_matrix(
-    arch: Architecture,
-    x1: np.ndarray,
-    x2: np.ndarray | None = None,
-    *,
-    cache_dir: Path | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    progress: bool = False,
-) -> np.ndarray:
-    """``compute_gram`` through the on-disk cache (``cache_dir=None`` disables caching)."""
-    return cached_gram(arch, x1, x2, cache_dir=cache_dir, memory_budget=memory_budget, progress=progress)[0]
+def gram_matrix(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None = None, **options: Any) -> np.ndarray:
+    """``compute_gram`` through the on-disk cache: ``cached_gram``'s Gram alone (same keywords:
+    ``cache_dir=None`` disables caching, ``memory_budget``, ``progress``)."""
+    return cached_gram(arch, x1, x2, **options)[0]
 
 
 def cached_gram(
