@@ -24,13 +24,14 @@ import signal
 import sys
 import threading
 import typing
+import warnings
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, NoReturn
 
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
-from ntkrobust.studies._base import StudyError
+from ntkrobust.studies._base import StudyError, StudyWarning
 from ntkrobust.studies._output import OutputLock, check_out_dir, check_out_file, check_writable
 from ntkrobust.studies.features import DEFAULT_ROBUST_R
 from ntkrobust.studies.train import TRAINING_MODES
@@ -46,7 +47,30 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line instead of usage + message
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(
+            f"{self.prog.removeprefix(PROG).strip() + ': ' if self.prog != PROG else ''}"
+            f"{message}{_did_you_mean(self, message)}"
+        )
+
+
+def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:
+    """' (did you mean --eps?)' for a mistyped flag or choice, else ''."""
+    import difflib
+    import re
+
+    if message.startswith("unrecognized arguments:"):
+        flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+        guesses = [
+            match[0]
+            for word in message.split(":", 1)[1].split()
+            if word.startswith("--") and (match := difflib.get_close_matches(word.split("=")[0], flags, n=1))
+        ]
+    elif found := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message):
+        choices = [c.strip().strip("'") for c in found.group(2).split(",")]
+        guesses = difflib.get_close_matches(found.group(1).lower(), choices, n=1)
+    else:
+        return ""
+    return f" (did you mean {' '.join(guesses)}?)" if guesses else ""
 
 
 def _number(text: str) -> float:
@@ -509,11 +533,32 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Adversarial robustness through neural tangent kernels.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (_, _, add_flags) in COMMANDS.items():
         help_text, description = _ABOUT[name]
-        add_flags(sub.add_parser(name, help=help_text, description=description))
+        command = sub.add_parser(name, help=help_text, description=description)
+        add_flags(command)
+        for action in command._actions:  # names in any case: --method PGD, --arch FC2
+            if action.choices and action.type is None and all(str(c) == str(c).lower() for c in action.choices):
+                action.type = str.lower
     return parser
+
+
+def _version() -> str:
+    from ntkrobust import __version__
+
+    return __version__
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed flags; an unknown flag is refused by its command's parser (which knows its flags)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def settings_from(cls: type, args: argparse.Namespace) -> Any:
@@ -549,11 +594,18 @@ def run_command(args: argparse.Namespace) -> int:
         check_writable(args.out, "--out")
     else:
         check_out_dir(args.out, args.force)
-    with OutputLock(args.out):
+    with OutputLock(args.out), warnings.catch_warnings():
+        warnings.simplefilter("always", StudyWarning)
+        shown = warnings.showwarning
+
+        def say(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:  # as soon as found
+            if issubclass(category, StudyWarning):
+                print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+            else:
+                shown(message, category, *rest, **kw)
+
+        warnings.showwarning = say
         result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
-        record = getattr(result, "record", {})
-        for note in record.get("warnings", []) if isinstance(record, dict) else []:
-            print(f"{PROG}: warning: {note}", file=sys.stderr)
         result.save(args.out)
     summary = result.summary()
     print(f"{summary}\n-> {args.out}" if "\n" in summary else f"{summary} -> {args.out}")
@@ -582,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
     )
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         args.argv = argv
         return run_command(args)
     except (UsageError, StudyError) as err:

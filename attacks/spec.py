@@ -119,14 +119,37 @@ class AttackSpec:
     def threat(self) -> ThreatModel:
         return ThreatModel(self.norm, self.eps)
 
-    def budget_warning(self) -> str | None:
-        """Why PGD cannot use its whole budget (step × steps < ε), or None."""
+    def budget_warning(self, flags: tuple[str, str] = ("--steps", "--step")) -> str | None:
+        """Why PGD cannot use its whole budget (step × steps < ε), or None; ``flags`` name the
+        steps and the step of the command that set them."""
         if self.iterative and self.step is not None and self.step * self.steps < self.eps:
             return (
                 f"PGD can move at most step*steps = {self.step * self.steps:.4g} from its start, less than "
-                f"eps = {self.eps:.4g}: raise --steps or --step to use the whole budget"
+                f"eps = {self.eps:.4g}: raise {flags[0]} or {flags[1]} to use the whole budget"
             )
         return None
+
+    def eps_hint(self, channels: int) -> str | None:
+        """A hint when an ℓ∞ ε looks made for the other image type (8/255 on MNIST, 0.3 on CIFAR)."""
+        if self.norm != "linf" or self.eps == 0:
+            return None
+        grey, colour = STANDARD_THREATS[("grey", "linf")][0], STANDARD_THREATS[("colour", "linf")][0]
+        if image_type(channels) == "grey" and self.eps <= 2 * colour:
+            return (
+                f"eps {self.eps:.4g} on grey-scale images is a colour-image radius (CIFAR-10's standard is 8/255 "
+                f"= {colour:.4g}; MNIST's is {grey:g})"
+            )
+        if image_type(channels) == "colour" and self.eps >= 0.1:
+            return (
+                f"eps {self.eps:.4g} on colour images is a grey-image radius (MNIST's standard is {grey:g}; "
+                f"CIFAR-10's is 8/255 = {colour:.4g})"
+            )
+        return None
+
+    def notes(self, channels: int, what: str = "", flags: tuple[str, str] = ("--steps", "--step")) -> list[str]:
+        """What a user should hear about this attack on these images (budget, ε), each prefixed
+        with ``what`` (e.g. "evaluation PGD: ")."""
+        return [f"{what}{note}" for note in (self.budget_warning(flags), self.eps_hint(channels)) if note]
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as recorded in results: one-step methods show no schedule and no start."""

@@ -158,8 +158,8 @@ def _resolve_classes(
         text = str(c).strip()
         if text.lstrip("-").isdigit():
             cid = int(text)
-        elif label_names is not None and text in label_names:
-            cid = list(label_names).index(text)
+        elif label_names is not None and text.lower() in (lowered := [str(n).lower() for n in label_names]):
+            cid = lowered.index(text.lower())  # names in any case: Cat, cat, CAT
         else:
             known = f" (names: {', '.join(label_names)})" if label_names is not None else ""
             raise DataError(f"unknown class {text!r}: give class ids{known}")

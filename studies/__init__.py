@@ -30,7 +30,7 @@ Example::
 Bad settings raise ``StudyError`` before any compute.
 """
 
-from ntkrobust.studies._base import StudyError, StudyResult
+from ntkrobust.studies._base import StudyError, StudyResult, StudyWarning
 from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings
 
-__all__ = ["DataSettings", "MachineSettings", "StudyError", "StudyResult", "ThreatSettings"]
+__all__ = ["DataSettings", "MachineSettings", "StudyError", "StudyResult", "StudyWarning", "ThreatSettings"]

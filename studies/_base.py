@@ -10,19 +10,39 @@ from __future__ import annotations
 
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._errors import StudyError
+from ntkrobust.studies._errors import StudyError, StudyWarning
 from ntkrobust.studies._output import StagedOutput, check_out_dir
 
-__all__ = ["Clock", "StagedOutput", "StudyError", "StudyResult", "check_out_dir", "envelope", "versions"]
+__all__ = [
+    "Clock",
+    "StagedOutput",
+    "StudyError",
+    "StudyResult",
+    "StudyWarning",
+    "check_out_dir",
+    "envelope",
+    "versions",
+    "warn",
+]
 
 #: Distributions whose versions every result records.
 _VERSIONED = ("ntkrobust", "numpy", "jax", "jaxlib", "neural-tangents", "scikit-learn", "torch", "torchvision")
+
+
+def warn(notes: list[str], *texts: str | None) -> None:
+    """Record each text in ``notes`` (the results' warnings) and raise it as a ``StudyWarning``
+    now, so that a long run says it at the start, not at the end."""
+    for text in texts:
+        if text:
+            notes.append(text)
+            warnings.warn(text, StudyWarning, stacklevel=2)
 
 
 def versions() -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.studies._base import Clock, StagedOutput, StudyResult, envelope
+from ntkrobust.studies._base import Clock, StagedOutput, StudyResult, envelope, warn
 from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings
 
 
@@ -46,14 +46,15 @@ def run(settings: AttackSettings, *, progress: bool = False, argv: list[str] | N
     data = settings.data.load()
     seed = settings.data.seed
     spec = settings.threat.spec(settings.method, data.image_shape[0], seed)
+    notes: list[str] = []
+    warn(notes, *spec.notes(data.image_shape[0]))
     clock.mark("data")
 
     from ntkrobust.attacks import perturbation_norms, robust_accuracy
     from ntkrobust.kernels.adversarial import craft_adversarial
 
-    machine, notes, kernel = settings.machine.fit(settings.arch, data, progress)
-    budget = spec.budget_warning()
-    notes += [budget] if budget else []
+    machine, fit_notes, kernel = settings.machine.fit(settings.arch, data, progress)
+    warn(notes, *fit_notes)
     clock.mark("machine")
     clean_pred = machine.predict(data.x_test)
     x_adv = craft_adversarial(machine, data.x_test, data.y_test, spec, progress=progress)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
 from ntkrobust.studies._common import DataSettings, check_choice, pgd_schedule, torch_device, torch_network
 
 _SUMMARY_METRICS = ("effective_rank", "concentration_top20", "centered_alignment", "mean_specialization")
@@ -94,6 +94,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
 
     import torch
 
+    from ntkrobust.attacks import AttackSpec
     from ntkrobust.bridge.adversarial import pgd_examples, predict
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.entk import BudgetError, auto_memory_budget, empirical_ntk, with_batch_statistics
@@ -118,10 +119,17 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         net = with_batch_statistics(net, inputs)
     clean_pred = predict(net, inputs)
     adversarial: dict[str, Any] | None = None
+    notes: list[str] = []
     x_kernel, kernel_pred = inputs, clean_pred
     if eps is not None:
         step, steps = pgd_schedule(
             data.image_shape[0], "linf", eps, settings.pgd_step, settings.pgd_steps, flag="--pgd-step"
+        )
+        warn(
+            notes,
+            *AttackSpec("pgd", eps, "linf", step, steps).notes(
+                data.image_shape[0], "AE-NTK PGD: ", ("--pgd-steps", "--pgd-step")
+            ),
         )
         x_kernel = pgd_examples(net, inputs, labels, eps=eps, step=step, steps=steps, seed=seed)
         kernel_pred = predict(net, x_kernel)
@@ -169,7 +177,9 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         "device": str(device),
     }
     seconds = {"inputs": clock.between("start", "inputs"), "kernel": clock.between("inputs", "kernel")}
-    record = envelope("entk", metrics, run_config, seconds=seconds, argv=argv, seed=seed, dataset=data.describe())
+    record = envelope(
+        "entk", metrics, run_config, seconds=seconds, argv=argv, seed=seed, dataset=data.describe(), warnings=notes
+    )
     arrays = {"kernel": kernel, "x": x_kernel.cpu().numpy().astype(np.float32), "y": y}
     if adversarial is not None:
         arrays |= {"x_clean": x_clean, "y_adversarial": np.asarray(data.classes)[adversarial_labels]}

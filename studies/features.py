@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.attacks.spec import NET_METHODS
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
+from ntkrobust.attacks.spec import NET_METHODS, AttackSpec
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
 from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings, check_choice, check_unique
 
 #: r values of the robust-features-only kernels; -1: every feature (the full machine)
@@ -131,6 +131,8 @@ def _one_architecture(
     eps, step, steps = split["threat"]
     x_val, y_val, image, label = split["x_val"], split["y_val"], split["image"], split["label"]
     machine, notes, kernel = settings.machine.fit(name, data, progress)
+    part_notes: list[str] = []
+    warn(part_notes, *(f"{name}: {note}" for note in notes))
     clock.mark("machine")
     clean = machine.predict(x_val)
     threat = ThreatModel(settings.threat.norm, eps)  # type: ignore[arg-type]  # checked by the settings
@@ -195,7 +197,7 @@ def _one_architecture(
     gallery = (name, feature_gradients(machine, image[None], label[None], top)[0], _captions(scores, top))
     return {
         "entry": entry,
-        "notes": [f"{name}: {note}" for note in notes],
+        "notes": part_notes,
         "scores": scores,
         "gallery": gallery,
         "strip": (name, strip, _captions(scores, shown)),
@@ -235,6 +237,14 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
         # PGD against f'_r: --step if given, else Madry et al.'s 2.5·ε/steps (2/255 for CIFAR's PGD-10)
         "robust_step": step if settings.threat.step is not None else 2.5 * eps / settings.robust_steps,
     }
+    notes: list[str] = []
+    channels = data.image_shape[0]
+    feature_attack = AttackSpec(settings.feature_attack, eps, settings.threat.norm, step, steps)  # type: ignore[arg-type]
+    robust_attack = AttackSpec("pgd", eps, settings.threat.norm, split["robust_step"], settings.robust_steps)  # type: ignore[arg-type]
+    warn(notes, *feature_attack.notes(channels, "feature attack: "))
+    budget = robust_attack.budget_warning(("--robust-steps", "--step"))
+    if r_values:  # its eps hint is the feature attack's: only the budget can differ
+        warn(notes, budget and f"robust-only kernels' PGD: {budget}")
     clock.mark("data")
     parts = {name: _one_architecture(settings, name, data, split, progress) for name in arch_names}
     pgd = settings.feature_attack == "pgd"
@@ -260,7 +270,7 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
     }
     metrics = {"architectures": {name: part["entry"] for name, part in parts.items()}, "definitions": _DEFINITIONS}
     seconds = {"data": clock.between("start", "data"), "total": clock.since_start()}
-    notes = [note for part in parts.values() for note in part["notes"]]
+    notes += [note for part in parts.values() for note in part["notes"]]
     record = envelope(
         "features", metrics, config, seconds=seconds, argv=argv, seed=settings.data.seed,
         dataset=data.describe(), warnings=notes,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import StudyError, StudyResult, check_out_dir, versions
+from ntkrobust.studies._base import StudyError, StudyResult, check_out_dir, versions, warn
 from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
 from ntkrobust.studies._output import OutputLock
 
@@ -107,6 +107,28 @@ def _threat(settings: TrainSettings, channels: int) -> tuple[float, float, int, 
         raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
     step, steps = pgd_schedule(channels, "linf", eps, settings.pgd_step, settings.pgd_steps, flag="--pgd-step")
     return eps, step, steps, evaluation_steps(channels, settings.eval_pgd_steps)
+
+
+def _attack_notes(settings: TrainSettings, threat: tuple[float, float, int, int], channels: int) -> list[str]:
+    """Warnings about the training and evaluation attacks (budget, eps), said before training."""
+    from ntkrobust.attacks import AttackSpec
+
+    eps, step, steps, eval_steps = threat
+    notes: list[str] = []
+    training = AttackSpec("pgd", eps, "linf", step, steps)
+    if settings.mode in ("pgd", "trades"):
+        warn(notes, *training.notes(channels, "training PGD: ", ("--pgd-steps", "--pgd-step")))
+    evaluation = AttackSpec("pgd", eps, "linf", step, eval_steps)
+    hint = training.eps_hint(channels) if settings.mode in ("pgd", "trades") else None
+    warn(
+        notes,
+        *(
+            note
+            for note in evaluation.notes(channels, "evaluation PGD: ", ("--eval-pgd-steps", "--pgd-step"))
+            if hint is None or hint not in note
+        ),
+    )
+    return notes
 
 
 def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -207,6 +229,7 @@ def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | No
 def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> TrainResult:
     data = settings.data.load()
     threat = _threat(settings, data.image_shape[0])
+    notes = _attack_notes(settings, threat, data.image_shape[0])
     if settings.track_kernel > data.x_train.shape[0]:
         raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {data.x_train.shape[0]} training points")
     if settings.switch_epoch is not None and settings.mode == "standard":
@@ -250,7 +273,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
             resume=settings.resume,
             kernel_network=net["kernel_network"],
             relative_magnitude=net["magnitude"],
-            metadata={"dataset": data.describe(), "versions": versions(), "argv": argv},
+            metadata={"dataset": data.describe(), "warnings": notes, "versions": versions(), "argv": argv},
             progress=progress,
         )
     except (RunFolderError, DataError) as err:

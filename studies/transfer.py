@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust.attacks.spec import NET_METHODS
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
 from ntkrobust.studies._common import (
     DataSettings,
     MachineSettings,
@@ -153,7 +153,7 @@ def _black_box_sources(
     kernel_data = training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n")
     for arch_name in arch_names:
         machine, arch_notes, kernel = settings.machine.fit(arch_name, kernel_data, progress)
-        notes += arch_notes
+        warn(notes, *arch_notes)
         examples = craft_adversarial(machine, x_test, y_test, attack, progress=progress)
         clean = machine.predict(x_test)
         name = f"NTK {arch_name}"
@@ -216,6 +216,8 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     clock = Clock()
     data = settings.data.load()
     attack = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
+    attack_notes: list[str] = []
+    warn(attack_notes, *attack.notes(data.image_shape[0]))
 
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
@@ -228,6 +230,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     y_index = task_indices(y_test, data.classes)
     clock.mark("targets")
     sources, about, notes, kernel_n = _black_box_sources(settings, arch_names, data, attack, device, progress)
+    notes[:0] = attack_notes
     clock.mark("black_box")
     for i, net in enumerate(nets):
         sources[net.label] = white_box_examples(net.model, x_test, y_index, attack, device=device)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust.attacks.spec import NET_METHODS
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
 from ntkrobust.studies._common import DataSettings, ThreatSettings, check_unique, torch_device
 
 
@@ -131,6 +131,8 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
     if settings.picture_index >= data.x_test.shape[0]:
         raise StudyError(f"--picture-index {settings.picture_index} exceeds the {data.x_test.shape[0]} test points")
     spec = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
+    notes: list[str] = []
+    warn(notes, *spec.notes(data.image_shape[0]))
 
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.two_layer import ACCURACY_KEYS, TwoLayerConfig, log_epochs, two_layer_experiment
@@ -198,7 +200,14 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
         "experiment": clock.between("machine", "experiment"),
     }
     record = envelope(
-        "two-layer", metrics, run_config, seconds=seconds, argv=argv, seed=settings.data.seed, dataset=data.describe()
+        "two-layer",
+        metrics,
+        run_config,
+        seconds=seconds,
+        argv=argv,
+        seed=settings.data.seed,
+        dataset=data.describe(),
+        warnings=notes,
     )
     subtitle = (
         f"{data.name}, {machine.n_train} train / {x_test.shape[0]} test, full-batch GD lr {settings.lr:g}, "

@@ -257,3 +257,26 @@ def test_help_is_instant_no_heavy_imports():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(cli.__file__).parent)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["attack", "--epss", "0.1"],
+            "ntkrobust: error: attack: unrecognized arguments: --epss 0.1 (did you mean --eps?)",
+        ),
+        (["atack"], "(did you mean attack?)"),
+        (["attack", "--arch", "fc7"], "attack: argument --arch: invalid choice: 'fc7'"),
+    ],
+)
+def test_error_lines_say_it_once_and_guess(argv, line, run_cli, tmp_path):
+    code, _, stderr = run_cli([*argv, "--out", tmp_path / "out"])
+    assert code == 2 and line in stderr and stderr.count("ntkrobust") == 1 and stderr.count("\n") == 1
+
+
+def test_names_in_any_case_and_the_version(run_cli, tmp_path):
+    args = cli.parse(["attack", "--method", "PGD", "--arch", "FC2", "--norm", "Linf", "--out", str(tmp_path)])
+    assert (args.method, args.arch, args.norm) == ("pgd", "fc2", "linf")
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])

@@ -42,7 +42,9 @@ def test_attack(tmp_path, run_cli):
     record = results(out / "results.json")
     assert record["config"]["eps"] == pytest.approx(8 / 255) and record["argv"] == argv
     ours = [line for line in stderr.splitlines() if line.startswith("ntkrobust:")]  # not JAX's own logging
-    assert ours == [f"ntkrobust: warning: {record['warnings'][0]}"] and "PGD can move at most" in stderr
+    assert ours == [f"ntkrobust: warning: {note}" for note in record["warnings"]]  # said as found, and recorded
+    assert "PGD can move at most" in ours[0] and "raise --steps or --step" in ours[0]
+    assert "eps 0.03137 on grey-scale images is a colour-image radius" in ours[1]
     summary = (
         f"fc2 NTK machine on digits (150 train, 40 test): clean accuracy {record['clean_accuracy']:.3f}, "
         f"pgd linf eps=0.03137: robust accuracy {record['robust_accuracy']:.3f}"

@@ -250,3 +250,8 @@ def test_fewer_training_points_than_classes_are_refused():
     with pytest.raises(DataError, match="--n-train 5 leaves classes without a training point: at least 10"):
         load_dataset("digits", n_train=5)
     assert load_dataset("digits", n_train=10).x_train.shape[0] == 10
+
+
+def test_class_names_in_any_case(tmp_path, small_arrays):
+    arrays = dict(small_arrays, label_names=np.array(["Cat", "Dog"]))
+    assert load_dataset(write_npz(tmp_path / "pets.npz", **arrays), classes=["dog", "CAT"]).classes == (1, 0)

@@ -53,3 +53,36 @@ def test_a_subset_larger_than_the_data_is_refused(monkeypatch):
 def test_a_folder_given_as_a_checkpoint_says_so(tmp_path):
     with pytest.raises(StudyError, match="is a folder, not a checkpoint file"):
         entk.run(entk.EntkSettings(checkpoint=tmp_path, n=10))
+
+
+def test_every_attacking_study_warns_of_a_budget_pgd_cannot_use(small_training, tmp_path):
+    """step x steps < eps is said (and recorded) by every command that attacks, before its compute."""
+    from ntkrobust.studies import DataSettings, StudyWarning, train
+
+    tiny = DataSettings(n_train=40, n_test=20)
+    budget = "PGD can move at most"
+    with pytest.warns(StudyWarning, match=f"evaluation PGD: {budget}.*raise --eval-pgd-steps or --pgd-step"):
+        result = train.run(small_training(tmp_path / "run", epochs=0, eps=0.3, pgd_step=0.01, eval_pgd_steps=2))
+    assert any(budget in note for note in result.record["warnings"])
+    with pytest.warns(StudyWarning, match=f"AE-NTK PGD: {budget}.*raise --pgd-steps"):
+        entk.run(entk.EntkSettings(data=tiny, n=10, adversarial_eps=0.3, pgd_steps=1))
+    threat = ThreatSettings(eps=0.3, steps=2)
+    with pytest.warns(StudyWarning, match=budget):
+        two_layer.run(two_layer.TwoLayerSettings(data=tiny, width=(20,), epochs=1, method="pgd", threat=threat))
+    with pytest.warns(StudyWarning, match=f"feature attack: {budget}"):
+        features.run(
+            features.FeaturesSettings(data=tiny, n_features=2, feature_attack="pgd", threat=threat, robust_r=())
+        )
+    with pytest.warns(StudyWarning, match=f"robust-only kernels' PGD: {budget}.*raise --robust-steps"):
+        settings = features.FeaturesSettings(
+            data=tiny, n_features=2, threat=ThreatSettings(step=0.001), robust_r=(1,), robust_steps=2
+        )
+        features.run(settings)
+
+
+@pytest.mark.parametrize(("channels", "eps", "hint"), [(1, 8 / 255, "colour-image radius"), (3, 0.3, "grey-image")])
+def test_an_eps_made_for_the_other_image_type_is_hinted(channels, eps, hint):
+    from ntkrobust.attacks import AttackSpec
+
+    assert hint in AttackSpec("fgsm", eps).eps_hint(channels)
+    assert AttackSpec("fgsm", 0.1).eps_hint(1) is None and AttackSpec("fgsm", 8 / 255).eps_hint(3) is None
