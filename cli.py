@@ -594,6 +594,7 @@ def run_command(args: argparse.Namespace) -> int:
         check_writable(args.out, "--out")
     else:
         check_out_dir(args.out, args.force)
+    _show_stages(not args.quiet)
     with OutputLock(args.out), warnings.catch_warnings():
         warnings.simplefilter("always", StudyWarning)
         shown = warnings.showwarning
@@ -610,6 +611,22 @@ def run_command(args: argparse.Namespace) -> int:
     summary = result.summary()
     print(f"{summary}\n-> {args.out}" if "\n" in summary else f"{summary} -> {args.out}")
     return 0
+
+
+def _show_stages(show: bool) -> None:
+    """One line per finished stage or epoch on stderr (the ``ntkrobust`` logger), in a terminal
+    beside the progress bars and in a file (nohup, CI, ``| tee``) on their own."""
+    import logging
+
+    logger = logging.getLogger(PROG)
+    logger.handlers = [h for h in logger.handlers if not getattr(h, "ntkrobust_cli", False)]
+    if show:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        handler.ntkrobust_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 class _Terminated(BaseException):

@@ -24,6 +24,7 @@ seeded by (seed, epoch, step) (``bridge.training``), reproduces the uninterrupte
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -138,6 +139,20 @@ def _save_arrays(path: Path, arrays: dict[str, Any]) -> None:
             np.savez(f, **arrays)
 
     write_atomically(path, write)
+
+
+#: one line per epoch for logs (the command line shows it on stderr unless --quiet)
+_log = logging.getLogger("ntkrobust")
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, mode: str) -> str:
+    scores, seconds = record["accuracy"][mode], record["seconds"]
+    what = "initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}/{epochs}"
+    loss = f"train loss {record['train_loss']:.4f}, " if record.get("train_loss") is not None else ""
+    return (
+        f"{what}: {loss}test clean {scores['test_clean']:.3f}, PGD {scores['test_pgd']:.3f} "
+        f"({seconds['train']:.1f} s training, {seconds['evaluate']:.1f} s evaluation, {seconds['track']:.1f} s kernels)"
+    )
 
 
 class _TrainingRun:
@@ -293,6 +308,7 @@ class _TrainingRun:
         self.history["epochs"].append(record)
         self.state.epoch = head["epoch"]
         self.checkpoint(head["epoch"])
+        _log.info(_epoch_line(record, self.train.epochs, self.tracking.batchnorm[0]))
 
     def record_initialisation(self) -> None:
         scores, evaluate_seconds, probe_examples = self.evaluate()

@@ -18,6 +18,7 @@ Shapes, written once: x (N, C, H, W) in [0, 1]; targets (N, k) float; outputs (N
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -271,6 +272,11 @@ def two_layer_experiment(
             )
             networks.append((net_config, view.eval()))
             net_pictures.append(np.stack(pictures))
+            logging.getLogger("ntkrobust").info(
+                f"two-layer width {width} seed {seed}: {config.epochs} epochs, gradient cosine "
+                f"{final['gradient_cosine']:.3f}, clean {final['clean_accuracy']:.3f}, own attack "
+                f"{final['white_box_accuracy']:.3f}, NTK attack {final['ntk_attack_accuracy']:.3f}"
+            )
 
     return TwoLayerResult(
         time_per_epoch=per_epoch,

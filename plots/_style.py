@@ -72,16 +72,38 @@ def _plain(text: Any) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _subtitle(fig: Any, text: str) -> None:
-    """A figure title wrapped to the figure's width (about 13 characters per inch at size 10)."""
-    if text:
-        fig.suptitle(
-            textwrap.fill(text, width=max(40, int(13 * fig.get_figwidth())), break_on_hyphens=False), fontsize=10
+_TITLE_SIZE = 11.0  # the figure's one-line title
+_SUBTITLE_SIZE = 8.5  # the details under it
+
+
+def _heading(fig: Any, heading: str, subtitle: str = "", *, ref: str = "") -> None:
+    """A short title of one line (``heading``, bold) and under it, in smaller grey type, the
+    details: ``ref`` (the paper's figure) and ``subtitle`` (what was run, user text), wrapped
+    to the figure's width. The details sit in lines the title reserves below itself, so that
+    constrained layout keeps the panels clear of them."""
+    from matplotlib.text import Annotation
+
+    inches = fig.get_figwidth()
+    title = textwrap.fill(heading, width=max(30, int(11 * inches)), break_on_hyphens=False)
+    details = " · ".join(p for p in (ref, _plain(subtitle)) if p)
+    lines = textwrap.wrap(details, width=max(40, int(16 * inches)), break_on_hyphens=False) if details else []
+    # blank title lines that hold the detail lines (plus a small gap above them)
+    reserve = int(np.ceil((len(lines) * _SUBTITLE_SIZE + 0.1 * _TITLE_SIZE) / _TITLE_SIZE)) if lines else 0
+    suptitle = fig.suptitle(title + "\n" * reserve, fontsize=_TITLE_SIZE, fontweight="bold", va="top")
+    if lines:
+        note = Annotation(
+            "\n".join(lines),
+            xy=(0.5, 0.0),
+            xycoords=suptitle,
+            xytext=(0, 1),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=_SUBTITLE_SIZE,
+            color="0.3",
         )
-
-
-def _heading(fig: Any, heading: str, subtitle: str) -> None:
-    _subtitle(fig, f"{heading}. {_plain(subtitle)}" if subtitle else heading)
+        note.set_gid("subtitle")
+        fig.add_artist(note)
 
 
 def _notes(fig: Any, notes: Sequence[tuple[str, str]]) -> None:
@@ -182,23 +204,39 @@ def _style_epoch_axes(ax: Any, ylabel: str, title: str, *, log: bool = False) ->
         _readable_log_axis(ax)
 
 
+def _tick_number(value: float, *, plain: bool) -> str:
+    """A tick of a log axis: a plain number (0.002, 0.5, 200) or m×10ᵏ (2×10⁻⁶)."""
+    if not np.isfinite(value) or value <= 0:
+        return ""
+    if plain:
+        return np.format_float_positional(value, precision=3, unique=True, fractional=False, trim="-")
+    exponent = int(np.floor(np.log10(value) + 1e-9))
+    mantissa = round(value / 10.0**exponent, 2)
+    power = rf"10^{{{exponent}}}"
+    return rf"${power}$" if mantissa == 1 else rf"${mantissa:g}\times{power}$"
+
+
 def _readable_log_axis(ax: Any) -> None:
-    """A log y axis; within less than a decade, ticks read as plain numbers, not 2×10⁻¹."""
-    from matplotlib.ticker import FuncFormatter
+    """A log y axis whose ticks all read alike, no offset text: plain numbers when the axis lies
+    within 0.001 to 10⁵, m×10ᵏ otherwise; within less than a factor of 30, minor ticks at 2, 3
+    and 5 (every minor tick within a factor of 3) labelled too."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ax.set_yscale("log")
     ax.grid(alpha=0.12, which="minor")
     low, high = ax.get_ylim()
+    plain = 1e-3 <= low and high <= 1e5
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _tick_number(value, plain=plain)))
     if low > 0 and high / low < 30:
         every = high / low <= 3  # label every minor tick only on a very short axis
 
         def minor(value: float, _: Any) -> str:
             mantissa = round(value / 10 ** np.floor(np.log10(value)), 6)
-            return f"{value:.3g}" if every or mantissa in (2.0, 3.0, 5.0) else ""
+            return _tick_number(value, plain=plain) if every or mantissa in (2.0, 3.0, 5.0) else ""
 
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
         ax.yaxis.set_minor_formatter(FuncFormatter(minor))
-        ax.tick_params(axis="y", which="both", labelsize=8)
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 # -- legends -----------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def _series_panels(
     *,
     heading: str,
     subtitle: str,
+    ref: str,
     series: Series = _metric_series,
 ) -> None:
     """Panels of per-run curves against the epoch: (key, y label, title, log y, kernels) each;
@@ -88,7 +89,8 @@ def _series_panels(
                     continue
                 dropped = _line(ax, x, y, _colour(i), style, marker, log=log)
                 if dropped:
-                    missing.setdefault((title, i, f"{dropped} value(s) ≤ 0, off the log axis"), []).append(short)
+                    off = _RESIDUAL_OFF_AXIS if key.startswith(_CONCENTRATION) else "value(s) ≤ 0, off the log axis"
+                    missing.setdefault((title, i, f"{dropped} {off}"), []).append(short)
                 drawn = drawn or dropped < x.size
                 used_kinds.add(kind)
         if drawn:
@@ -103,13 +105,32 @@ def _series_panels(
         (f"{title} of {_label(runs[i], i)} ({' and '.join(which)})", why) for (title, i, why), which in missing.items()
     ]
     _notes(fig, notes)
-    _heading(fig, heading, subtitle)
+    _heading(fig, heading, subtitle, ref=ref)
     _save(fig, path)
+
+
+_CONCENTRATION = "concentration_top"
+_RESIDUAL_FLOOR = 1e-12  # 1 − concentration below this is rounding: the concentration is 1
+_RESIDUAL_OFF_AXIS = "concentration(s) of 1 (nothing beyond the top p), off the log axis"
+
+
+def _residual_series(run: RunSummary, kind: str, key: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """``_metric_series``, with 1 − the concentration of a ``concentration_top*`` key: the
+    share of Σ λᵢ² beyond the top p, which a log axis reads where the concentration is 0.99999;
+    0 (off the log axis) where that share is rounding."""
+    x, y, reason = _metric_series(run, kind, key)
+    if key.startswith(_CONCENTRATION):
+        y = 1.0 - y
+        y[y < _RESIDUAL_FLOOR] = 0.0
+    return x, y, reason
 
 
 def kernel_norm_and_concentration(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
     """Frobenius norm of the trace eNTK (log scale) and its concentration Σ_{i≤p} λᵢ² / Σ λᵢ² on the
-    top-p eigenvalues for every recorded cut-off p, against the epoch (TK fig. 6 right, supp. fig. 7)."""
+    top-p eigenvalues for every recorded cut-off p, against the epoch (TK fig. 6 right, supp. fig. 7).
+    The concentration is drawn as 1 − it on a log axis, the share of the spectrum beyond the top
+    p: concentrations near 1 differ in their fifth decimal, which a linear axis shows only with
+    an offset (1e-5 + 9.999e-1)."""
     cutoffs = sorted(
         {
             int(key.removeprefix("concentration_top"))
@@ -124,10 +145,10 @@ def kernel_norm_and_concentration(runs: Sequence[RunSummary], path: Path, *, sub
     panels: list[_Panel] = [("frobenius_norm", r"$\|\bar\Theta\|_F$  (log scale)", "Frobenius norm", True, kinds)]
     panels += [
         (
-            f"concentration_top{p}",
-            rf"$\sum_{{i \leq {p}}} \lambda_i^2 \;/\; \sum_i \lambda_i^2$",
-            f"concentration on the top {p} eigenvalues",
-            False,
+            f"{_CONCENTRATION}{p}",
+            rf"$1 - \sum_{{i \leq {p}}} \lambda_i^2 \;/\; \sum_i \lambda_i^2$  (log scale)",
+            f"1 − concentration on the top {p}",
+            True,
             kinds,
         )
         for p in cutoffs
@@ -136,8 +157,10 @@ def kernel_norm_and_concentration(runs: Sequence[RunSummary], path: Path, *, sub
         runs,
         path,
         panels,
-        heading="Kernel norm and concentration of its spectrum on the top eigenvalues (TK fig. 6, supp. fig. 7)",
+        heading="Kernel norm and spectral concentration",
         subtitle=subtitle,
+        ref="TK fig. 6 right, supp. fig. 7; 1 − concentration: the share of Σλᵢ² beyond the top p eigenvalues",
+        series=_residual_series,
     )
 
 
@@ -158,8 +181,9 @@ def kernel_velocity_and_distance(runs: Sequence[RunSummary], path: Path, *, subt
                 kinds,
             ),
         ],
-        heading="Kernel velocity and distance to the final kernel (LOO fig. 1a-b)",
+        heading="Kernel velocity and distance to the final kernel",
         subtitle=subtitle,
+        ref="LOO fig. 1a-b",
         series=_dynamics_series,
     )
 
@@ -188,8 +212,9 @@ def rank_and_specialization(runs: Sequence[RunSummary], path: Path, *, subtitle:
                 [*kinds, *own],
             ),
         ],
-        heading="Effective rank and mean kernel specialization (LOO fig. 1c-d)",
+        heading="Effective rank and kernel specialization",
         subtitle=subtitle,
+        ref="LOO fig. 1c-d",
     )
 
 
@@ -253,7 +278,7 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
         handles.append((Line2D([], [], color="0.3", ls=_SWITCH_STYLE), "switch epoch"))
     _legend(fig, extra=handles)
     _notes(fig, notes)
-    _heading(fig, "Accuracy during training; test in the run's colour, train lighter (TK supp. fig. 6)", subtitle)
+    _heading(fig, "Accuracy during training", subtitle, ref="TK supp. fig. 6; test in the run's colour, train lighter")
     _save(fig, path)
 
 
@@ -282,5 +307,5 @@ def relative_magnitude_curve(runs: Sequence[RunSummary], path: Path, *, subtitle
         _empty(ax, "no run records a relative magnitude")
     _legend(fig, [(i, _label(runs[i], i)) for i in shown])
     _notes(fig, notes)
-    _heading(fig, "Relative magnitude of the first-order term in linearized training (LOO sec. 4)", subtitle)
+    _heading(fig, "First-order term of linearized training", subtitle, ref="LOO sec. 4")
     _save(fig, path)

@@ -46,7 +46,7 @@ def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle
     rows, cols = len(kinds), max(len(runs), 1)
     # "compressed" packs fixed-aspect (square) panels without the gaps "constrained" leaves
     fig, axes = plt.subplots(
-        rows, cols, figsize=(3.3 * cols + 1.2, 3.3 * rows + 0.9), squeeze=False, layout="compressed"
+        rows, cols, figsize=(3.3 * cols + 1.2, 3.65 * rows + 1.0), squeeze=False, layout="compressed"
     )
     matrices = [
         np.asarray(run["dynamics"][kind]["distance_matrix"])
@@ -90,15 +90,33 @@ def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle
             shrink=0.8,
             label=r"kernel distance  $1 - \langle\Theta_s, \Theta_t\rangle_F \,/\, (\|\Theta_s\|_F \|\Theta_t\|_F)$",
         )
-    _heading(fig, "Kernel rotation: distance between the kernels of every two tracked epochs (TK fig. 3)", subtitle)
+    _heading(fig, "Kernel distance between tracked epochs", subtitle, ref="TK fig. 3 left")
     _save(fig, path)
+
+
+_ANGLE_STEPS = (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 15.0, 30.0, 45.0)  # degrees
+_MIN_WEDGE = 45.0  # degrees: a narrower angle range is stretched to a quarter circle
+
+
+def _angle_axis(theta_max: float) -> tuple[float, float, float]:
+    """The angular axis of a polar panel whose largest angle is ``theta_max`` (degrees): the
+    upper limit (a whole number of ticks above the data), the tick step (at most 6 steps), and
+    the stretch: angles under ``_MIN_WEDGE`` are drawn stretched to a quarter circle (an
+    unstretched 4° wedge is a sliver), their ticks still naming the true angles."""
+    top = max(theta_max, 1e-3) * 1.08
+    step = next((s for s in _ANGLE_STEPS if top / s <= 6), 45.0)
+    upper = min(180.0, step * np.ceil(top / step))
+    stretch = 90.0 / upper if upper < _MIN_WEDGE else 1.0
+    return float(upper), float(step), float(stretch)
 
 
 def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
     """Kernel trajectories in polar space (TK eq. 12, fig. 3 right; supp. fig. 8 for the top-k
     space): radius r_t = ‖Θ_t − Θ₀‖_F / ‖Θ_f − Θ₀‖_F, angle θ_t between Θ_t and Θ₀. Every run
     starts at the origin (Θ₀) and ends at r = 1 (star); its markers go from dark (early epochs)
-    to light (late), C-NTK solid with filled markers, AE-NTK dashed with open ones."""
+    to light (late), C-NTK solid with filled markers, AE-NTK dashed with open ones. The angular
+    axis spans the data's angles (``_angle_axis``): small angles are stretched to a quarter
+    circle, the ticks naming the true angles and the axis label the stretch."""
     plt = _pyplot()
     from matplotlib.colors import LinearSegmentedColormap, Normalize
     from matplotlib.lines import Line2D
@@ -112,7 +130,16 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
     missing: dict[tuple[int, str], tuple[list[str], list[str]]] = {}  # (run, why) -> kernels, panels
     shown: set[int] = set()
     for ax, (key, name) in zip(axes, panels, strict=True):
-        theta_max, r_max = 0.0, 0.0
+        # the angles of this panel first: they set the stretch of its angular axis
+        angles = [
+            _floats(d[f"{key}_theta"])
+            for run in runs
+            for kind, *_ in kinds
+            if f"{key}_r" in (d := (run.get("dynamics") or {}).get(kind) or {})
+        ]
+        finite = np.concatenate([np.zeros(1), *(a[np.isfinite(a)] for a in angles)])
+        upper, step, stretch = _angle_axis(float(np.degrees(finite.max())))
+        r_max = 0.0
         for i, run in enumerate(runs):
             colour = _colour(i)
             ramp: list[Any] = [_shade(colour, -0.6), colour, _shade(colour, 0.7)]
@@ -127,7 +154,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
                     which.extend(k for k in [kind_name.split()[0]] if k not in which)
                     where.extend(p for p in [name] if p not in where)
                     continue
-                r, theta = _floats(dynamics[f"{key}_r"]), _floats(dynamics[f"{key}_theta"])
+                r, theta = _floats(dynamics[f"{key}_r"]), stretch * _floats(dynamics[f"{key}_theta"])
                 t = _floats(dynamics["epochs"])
                 ax.plot(theta, r, linestyle=style, color=colour, linewidth=1.2, alpha=0.85, zorder=2)
                 ax.scatter(
@@ -145,7 +172,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
                 ax.scatter(
                     theta[-1], r[-1], marker="*", s=180, color=colour, edgecolors="black", linewidths=0.7, zorder=4
                 )
-                theta_max, r_max = max(theta_max, float(theta.max())), max(r_max, float(r.max()))
+                r_max = max(r_max, float(r.max()))
                 shown.add(i)
         ax.set_title(name, fontsize=10, pad=12)
         if r_max == 0.0:
@@ -155,9 +182,11 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
             ax.text(np.radians(45), 0.5, "nothing to draw", ha="center", va="center", fontsize=9, color="0.35")
             continue
         ax.scatter([0.0], [0.0], marker="o", s=50, color="black", zorder=5, clip_on=False)
-        degrees = min(180.0, max(5.0, float(np.ceil(np.degrees(theta_max) * 1.15))))
+        degrees = upper * stretch  # the wedge drawn
         ax.set_thetamin(0.0)
         ax.set_thetamax(degrees)
+        ticks = np.arange(0.0, upper + step / 2, step)
+        ax.set_xticks(np.radians(ticks * stretch), [f"{t:g}°" for t in ticks])
         ax.set_rlim(0.0, max(1.05, 1.08 * r_max))
         ax.annotate(
             r"$r = \|\Theta_t - \Theta_0\|_F \;/\; \|\Theta_f - \Theta_0\|_F$",
@@ -169,13 +198,14 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
             fontsize=9,
             annotation_clip=False,
         )
-        ax.text(
-            np.radians(degrees) * 0.5,
-            ax.get_rmax() * 1.16,
-            r"$\theta$ = angle between $\Theta_t$ and $\Theta_0$",
-            ha="center",
-            va="center",
-            rotation=degrees * 0.5 - 90,
+        stretched = f"\n(angular axis stretched ×{stretch:.3g};\nticks: the true angles)" if stretch != 1.0 else ""
+        ax.text(  # the corner outside the arc
+            1.0,
+            1.0,
+            r"$\theta$ = angle between $\Theta_t$ and $\Theta_0$" + stretched,
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
             fontsize=9,
         )
         ax.tick_params(labelsize=8)
@@ -192,7 +222,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
         for (i, why), (which, where) in missing.items()
     ]
     _notes(fig, notes)
-    _heading(fig, "Kernel trajectories in polar space (TK eq. 12, fig. 3; supp. fig. 8)", subtitle)
+    _heading(fig, "Kernel trajectories in polar space", subtitle, ref="TK eq. 12, fig. 3 right; supp. fig. 8")
     _save(fig, path)
 
 
@@ -234,7 +264,12 @@ def kernel_images_grid(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
         for spine in ax.spines.values():
             spine.set_edgecolor("0.3" if index < 0 else colour)
             spine.set_linewidth(2)
-    _heading(fig, "Trace C-NTK on the probe, sorted by class, each panel on its own colour scale (TK fig. 6)", subtitle)
+    _heading(
+        fig,
+        "Class-sorted trace C-NTK on the probe",
+        subtitle,
+        ref="TK fig. 6 left; each panel on its own colour scale",
+    )
     _save(fig, path)
 
 
@@ -274,6 +309,9 @@ def eigenvector_pictures(
             name = f"{_plain(label)}\n{which} cos" if half == 0 else f"{which} cos"
             axes[row, 0].set_ylabel(name, fontsize=8.5, fontweight="bold" if half == 0 else "normal")
     _heading(
-        fig, "Inputs aligned with the kernel's eigenvectors vᵢ: max (upper) / min (lower) cosine (LOO fig. 4)", subtitle
+        fig,
+        "Inputs aligned with the kernel's eigenvectors",
+        subtitle,
+        ref="LOO fig. 4; max (upper) / min (lower) cosine with vᵢ",
     )
     _save(fig, path)

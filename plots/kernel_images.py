@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.plots._style import _pyplot, _save, _subtitle
+from ntkrobust.plots._style import _heading, _plain, _pyplot, _save
 
 __all__ = ["kernel_image"]
 
@@ -52,14 +52,13 @@ def kernel_image(
     subtitle: str = "",
 ) -> None:
     """An (N, N) kernel with rows and columns sorted by class (TK fig. 6 left), class blocks
-    outlined and named. Block structure along the diagonal is class alignment of the kernel."""
+    outlined and named. Block structure along the diagonal is class alignment of the kernel.
+    ``title`` is the figure's one-line title, ``subtitle`` the details under it."""
     plt = _pyplot()
     sorted_kernel, counts, edges = _class_sorted(kernel, labels, len(class_names))
     fig, ax = plt.subplots(figsize=(6.2, 5.4), layout="constrained")
     image = ax.imshow(sorted_kernel, cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.85, label="Θ(x, x′)")
     _class_blocks(ax, counts, edges, class_names)
-    ax.set_title(title)
-    if subtitle:
-        _subtitle(fig, subtitle)
+    _heading(fig, _plain(title), subtitle, ref="TK fig. 6 left: examples sorted by class")
     _save(fig, path)

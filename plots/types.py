@@ -107,8 +107,9 @@ FeaturePanel = tuple[str, FeatureScoresLike]
 GalleryRow = tuple[str, np.ndarray, Sequence[str]]
 """(architecture name, gradients (k, C, H, W), captions (k,)): one row of ``feature_gallery``."""
 
-RobustOnlyPanel = tuple[str, Sequence[RobustOnlyPoint]]
-"""(architecture name, one point per r in increasing order): one panel of ``robust_only_curves``."""
+RobustOnlyPanel = tuple[str, Sequence[RobustOnlyPoint]] | tuple[str, Sequence[RobustOnlyPoint], int | None]
+"""(architecture name, one point per r in increasing order[, n]): one panel of
+``robust_only_curves``; n, the number of all features (training points), names r = n "all (n)"."""
 
 # -- training dynamics (TK sec. 5, LOO sec. 3) -------------------------------------------------
 

@@ -8,6 +8,7 @@ config, dataset, seed, warnings, seconds, versions, argv), written here once.
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 import warnings
@@ -56,14 +57,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+#: one line per finished stage, for logs and for stderr that is not a terminal (the command line
+#: shows them unless --quiet; progress bars cover the stages while they run)
+log = logging.getLogger("ntkrobust")
+
+
 class Clock:
-    """Seconds between named marks: ``clock.mark("data")``, ``clock.between("start", "data")``."""
+    """Seconds between named marks: ``clock.mark("data")``, ``clock.between("start", "data")``;
+    ``clock.mark("data", "data loaded")`` also logs the stage with its seconds."""
 
     def __init__(self) -> None:
         self.marks = {"start": time.perf_counter()}
 
-    def mark(self, name: str) -> None:
-        self.marks[name] = time.perf_counter()
+    def mark(self, name: str, stage: str | None = None) -> None:
+        now = time.perf_counter()
+        if stage is not None:
+            log.info(f"{stage} ({now - max(self.marks.values()):.1f} s)")
+        self.marks[name] = now
 
     def between(self, first: str, last: str) -> float:
         return self.marks[last] - self.marks[first]

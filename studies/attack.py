@@ -48,17 +48,17 @@ def run(settings: AttackSettings, *, progress: bool = False, argv: list[str] | N
     spec = settings.threat.spec(settings.method, data.image_shape[0], seed)
     notes: list[str] = []
     warn(notes, *spec.notes(data.image_shape[0]))
-    clock.mark("data")
+    clock.mark("data", f"data: {data.name}, {data.x_train.shape[0]} train, {data.x_test.shape[0]} test")
 
     from ntkrobust.attacks import perturbation_norms, robust_accuracy
     from ntkrobust.kernels.adversarial import craft_adversarial
 
     machine, fit_notes, kernel = settings.machine.fit(settings.arch, data, progress)
     warn(notes, *fit_notes)
-    clock.mark("machine")
+    clock.mark("machine", f"{settings.arch} NTK machine (Gram cache {kernel['gram_cache']})")
     clean_pred = machine.predict(data.x_test)
     x_adv = craft_adversarial(machine, data.x_test, data.y_test, spec, progress=progress)
-    clock.mark("attack")
+    clock.mark("attack", f"{spec.method} on {data.x_test.shape[0]} test points")
     adv_pred = machine.predict(x_adv)
     sizes = perturbation_norms(x_adv, data.x_test)
     attack = {key: value for key, value in spec.to_dict().items() if key != "seed"}

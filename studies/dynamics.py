@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import StagedOutput, StudyError, StudyResult, envelope
+from ntkrobust.studies._base import StagedOutput, StudyError, StudyResult, envelope, log
 from ntkrobust.studies._common import torch_device
 
 
@@ -132,6 +132,7 @@ def eigenvector_rows(
             )
             for maximize in (True, False)
         ]
+        log.info(f"eigenvectors of the {label} network pictured")
         rows.append((label, pictures[0][0], pictures[1][0]))
         cosines.append((pictures[0][1], pictures[1][1]))
         summary[label] = {

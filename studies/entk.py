@@ -134,7 +134,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         x_kernel = pgd_examples(net, inputs, labels, eps=eps, step=step, steps=steps, seed=seed)
         kernel_pred = predict(net, x_kernel)
         adversarial = {"eps": eps, "step": step, "steps": steps, "norm": "linf", "random_start": True}
-    clock.mark("inputs")
+    clock.mark("inputs", f"{settings.n} {settings.split} points" + (" and their PGD examples" if adversarial else ""))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     budget = auto_memory_budget(device) if settings.memory_budget is None else settings.memory_budget * 2**20
@@ -142,7 +142,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         kernel = empirical_ntk(net, x_kernel, kind=kind, memory_budget=budget, progress=progress)
     except BudgetError as err:
         raise StudyError(f"--memory-budget {settings.memory_budget}: {err}") from None
-    clock.mark("kernel")
+    clock.mark("kernel", f"{kind} empirical NTK of {config.model} on {settings.n} points")
 
     metrics: dict[str, Any] = {
         "kind": str(kind),
@@ -192,17 +192,21 @@ def _picture(
 ) -> dict[str, Any]:
     """The arguments of the class-sorted kernel image."""
     which = "AE-NTK" if adversarial else "C-NTK"
-    label = "trace kernel" if kind.index is None else f"kernel of class {data.class_name(data.classes[kind.index])}"
+    if kind.index is not None:  # the (N, N) block of one output
+        label = f"block of class {data.class_name(data.classes[kind.index])}"
+    else:  # a full (N, N, C, C) kernel is drawn as its trace, the mean of its C diagonal blocks
+        label = "trace of the full kernel" if kind.name == "full" else "trace kernel"
     checkpoint = settings.checkpoint
     subtitle = (
         f"{config.model} (width {config.width}), {settings.n} {data.name} {settings.split} points"
         + (f", PGD eps={adversarial['eps']:.4g}" if adversarial else "")
         + (f", from {checkpoint.name}" if checkpoint else ", at initialisation")
+        + ("; drawn as the mean of its C diagonal output blocks Θ_cc" if kind.name == "full" else "")
     )
     return {
         "kernel": kernel if kernel.ndim == 2 else np.einsum("ijcc->ij", kernel) / kernel.shape[2],
         "labels": targets,
         "class_names": [data.class_name(c) for c in data.classes],
-        "title": f"empirical {which}, {label}",
+        "title": f"Empirical {which}: {label}",
         "subtitle": subtitle,
     }

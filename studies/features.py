@@ -133,7 +133,7 @@ def _one_architecture(
     machine, notes, kernel = settings.machine.fit(name, data, progress)
     part_notes: list[str] = []
     warn(part_notes, *(f"{name}: {note}" for note in notes))
-    clock.mark("machine")
+    clock.mark("machine", f"{name}: NTK machine (Gram cache {kernel['gram_cache']})")
     clean = machine.predict(x_val)
     threat = ThreatModel(settings.threat.norm, eps)  # type: ignore[arg-type]  # checked by the settings
     adv = machine.predict(craft_adversarial(machine, x_val, y_val, AttackSpec("fgsm", eps, threat.norm)))
@@ -150,7 +150,7 @@ def _one_architecture(
         seed=settings.data.seed,
         progress=progress,
     )
-    clock.mark("features")
+    clock.mark("features", f"{name}: {settings.n_features} eigen-features scored")
     top = list(range(min(settings.top_k, settings.n_features)))
     weak = scores.useful_non_robust(settings.non_robust_below)
     shown = _early_and_late(weak, 3)
@@ -170,7 +170,7 @@ def _one_architecture(
             seed=settings.data.seed,
             progress=progress,
         )
-    clock.mark("robust_only")
+    clock.mark("robust_only", f"{name}: robust-only kernels r = {split['r_values']}" if split["r_values"] else None)
     useful = scores.useful()
     head = min(10, settings.n_features)
     entry = {
@@ -245,7 +245,7 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
     budget = robust_attack.budget_warning(("--robust-steps", "--step"))
     if r_values:  # its eps hint is the feature attack's: only the budget can differ
         warn(notes, budget and f"robust-only kernels' PGD: {budget}")
-    clock.mark("data")
+    clock.mark("data", f"data: {data.name}, {data.x_train.shape[0]} train, {n_test} held out")
     parts = {name: _one_architecture(settings, name, data, split, progress) for name in arch_names}
     pgd = settings.feature_attack == "pgd"
     config = {
@@ -300,7 +300,8 @@ def _figures(settings: FeaturesSettings, data: Any, parts: dict[str, Any], confi
         "strips": [part["strip"] for part in parts.values()],
         "strip_text": f"useful but non-robust features (robustness <= {settings.non_robust_below:g}), earliest and "
         f"latest; u = usefulness, r = robustness; {image_text}",
-        "curves": [part["curve"] for part in parts.values() if part["curve"] is not None],
+        # r = n (all the features, the full machine) is named "all (n)" on the figure's axis
+        "curves": [(*part["curve"], data.x_train.shape[0]) for part in parts.values() if part["curve"] is not None],
         "curve_text": f"{what}: ranked on {n_val}, evaluated on {n_eval} held-out points; "
         f"{config['norm']} eps={config['eps']:.4g}, PGD-{settings.robust_steps}",
     }

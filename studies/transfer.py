@@ -65,6 +65,7 @@ class TransferResult(StudyResult):
             staged.path("transfer.png"),
             transferability=(matrix["transferability_columns"], np.asarray(matrix["transferability"], dtype=float)),
             subtitle=subtitle,
+            own_column="own white-box",  # a target's column as a source repeats it: drawn once
         )
         if self.figures["curves"]:
             plots.transferability_curves(
@@ -79,11 +80,17 @@ class TransferResult(StudyResult):
         lines = []
         for r in self.record["targets"]:
             black = ", ".join(f"{n} {r['transfer_accuracy'][n]:.3f}" for n in black_box)
+            tau = ", ".join(f"{n} {_tau_text(r['transferability'].get(n))}" for n in black_box)
             lines.append(
                 f"{r['name']}: clean {r['clean_accuracy']:.3f}, own {method} {r['white_box_accuracy']:.3f}, "
-                f"random sign {r['random_accuracy']:.3f}" + (f", {black}" if black else "")
+                f"random sign {r['random_accuracy']:.3f}" + (f", {black}; tau {tau}" if black else "")
             )
         return "\n".join(lines)
+
+
+def _tau_text(tau: float | None) -> str:
+    """τ to two decimals; "undefined" where the own attack did not lower the accuracy."""
+    return f"{tau:.2f}" if tau is not None and math.isfinite(tau) else "undefined"
 
 
 def load_targets(specs: Sequence[str], data: Any, device: Any, *, trust_code: bool = False) -> list[Any]:
@@ -228,10 +235,10 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     targets, extra_sources = nets[: len(settings.target)], nets[len(settings.target) :]
     x_test, y_test = data.x_test, data.y_test
     y_index = task_indices(y_test, data.classes)
-    clock.mark("targets")
+    clock.mark("targets", f"data and {len(nets)} net(s) loaded")
     sources, about, notes, kernel_n = _black_box_sources(settings, arch_names, data, attack, device, progress)
     notes[:0] = attack_notes
-    clock.mark("black_box")
+    clock.mark("black_box", f"black-box examples of {len(sources)} source(s)")
     for i, net in enumerate(nets):
         sources[net.label] = white_box_examples(net.model, x_test, y_index, attack, device=device)
         about[net.label] = {"kind": "white-box", "is_target": i < len(targets), "net": net.description}
@@ -248,7 +255,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
         )
         for t in targets
     ]  # fmt: skip
-    clock.mark("evaluation")
+    clock.mark("evaluation", f"{len(targets)} target(s) against {len(sources)} source(s)")
     metrics = {
         "targets": rows,
         "sources": [{"name": name, **about[name]} for name in sources],

@@ -154,7 +154,7 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
     machine = fit_kernel_machine(
         get_architecture("two-layer"), data.x_train, data.y_train, classes=data.classes, time=0.0, progress=progress
     )
-    clock.mark("machine")
+    clock.mark("machine", f"data and the two-layer NTK machine ({machine.n_train} train)")
     x_test, y_test = data.x_test, data.y_test
     result = two_layer_experiment(
         data.x_train,
@@ -168,7 +168,7 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
         device=device,
         progress=progress,
     )
-    clock.mark("experiment")
+    clock.mark("experiment", f"{len(result.nets)} net(s) trained and compared at {len(measured)} epochs")
     theory = theory_time_per_epoch(settings.lr, machine.n_train)
     nets = [{**net, "checkpoint": f"net_w{net['width']}_s{net['seed']}.pt"} for net in result.nets]
     metrics = {

@@ -232,3 +232,49 @@ def two_layer_nets(tmp_path_factory, binary_task):
     )
     result = two_layer.run(settings)
     return result, result.save(tmp_path_factory.mktemp("two-layer") / "run")
+
+
+# -- what the figures show (the figure objects, caught as they are saved) ----------------------
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, object]:
+    """The figures saved while a test runs, by file name (each still drawable)."""
+    from matplotlib.figure import Figure
+
+    figures: dict[str, object] = {}
+    save = Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        figures[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return figures
+
+
+def _assert_heading(fig, subtitle: str) -> None:
+    """One short title line that fits the figure; the details, ``subtitle`` among them, in a
+    separate subtitle under it that overlaps no panel; no panel title runs off the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # pyplot closed the figure as it saved it
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    title = fig.get_suptitle().strip()
+    assert title and "\n" not in title, title
+    assert fig._suptitle.get_window_extent(renderer).width <= fig.bbox.width
+    (note,) = [a for a in fig.artists if a.get_gid() == "subtitle"]
+    assert subtitle in note.get_text().replace("\n", " ")
+    box = note.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), f"the subtitle covers a panel: {ax.get_title()!r}"
+        title = ax.title.get_window_extent(renderer)
+        assert title.x0 >= 0 and title.x1 <= fig.bbox.width, f"a panel title runs off the figure: {ax.get_title()!r}"
+
+
+@pytest.fixture
+def assert_heading():
+    """``assert_heading(fig, subtitle)``: a figure's one-line title and its subtitle (see above)."""
+    return _assert_heading

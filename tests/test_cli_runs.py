@@ -41,7 +41,8 @@ def test_attack(tmp_path, run_cli):
     assert sorted(p.name for p in out.iterdir()) == ["adversarial.npz", "old.txt", "results.json"]
     record = results(out / "results.json")
     assert record["config"]["eps"] == pytest.approx(8 / 255) and record["argv"] == argv
-    ours = [line for line in stderr.splitlines() if line.startswith("ntkrobust:")]  # not JAX's own logging
+    ours = [line for line in stderr.splitlines() if line.startswith("ntkrobust: warning:")]  # not the stage lines
+    assert "ntkrobust: data: digits, 150 train, 40 test (" in stderr  # a line per stage: stderr is no terminal
     assert ours == [f"ntkrobust: warning: {note}" for note in record["warnings"]]  # said as found, and recorded
     assert "PGD can move at most" in ours[0] and "raise --steps or --step" in ours[0]
     assert "eps 0.03137 on grey-scale images is a colour-image radius" in ours[1]
@@ -107,6 +108,19 @@ def test_train(trained):
     assert history["argv"] == argv and history["label"] == "fc1 standard"
     assert_printed(stdout, TrainResult(history, out=out, label=history["label"]).summary(), out)
     assert stdout.startswith("fc1 standard: 2 epochs")
+    # stderr is not a terminal here (as under nohup or CI): a plain line per epoch
+    prefixes = ("ntkrobust: initialisation:", "ntkrobust: epoch")
+    epochs = [line for line in stderr.splitlines() if line.startswith(prefixes)]
+    assert [line.split(":")[1].strip() for line in epochs] == ["initialisation", "epoch 1/2", "epoch 2/2"]
+    assert all("test clean" in line and "s training" in line for line in epochs)
+
+
+def test_quiet_silences_the_stage_lines(tmp_path, run_cli):
+    argv = ["attack", "--n-train", "60", "--n-test", "20", "--quiet", "--out", tmp_path / "out"]
+    code, _, stderr = run_cli(argv)
+    assert code == 0 and "ntkrobust: data:" not in stderr
+    code, _, stderr = run_cli([*argv[:-3], "--out", tmp_path / "loud"])
+    assert code == 0 and "ntkrobust: data: digits, 60 train, 20 test" in stderr
 
 
 def test_dynamics(trained, tmp_path, run_cli):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from ntkrobust import plots
 from ntkrobust.bridge.runs import (
@@ -398,3 +399,105 @@ def test_runs_and_plots_import_neither_torch_nor_jax():
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# -- what the figures show (the figure objects, caught as they are saved) ----------------------
+
+
+def small_angle_run(degrees: float) -> dict:
+    """A run whose kernels turned by at most ``degrees`` (whole kernel and top-k space)."""
+    theta = np.radians(np.array([0.0, 0.4, 0.7, 1.0]) * degrees)
+    r = [0.0, 0.35, 0.7, 1.0]
+    dynamics = {"epochs": [0, 1, 2, 3], "polar_r": r, "polar_theta": theta, "top_polar_r": r, "top_polar_theta": theta}
+    return {"label": "turning", "kernel_epochs": [0, 1, 2, 3], "dynamics": {"clean": dynamics}}
+
+
+@pytest.mark.parametrize(
+    ("degrees", "ticks", "wedge"),
+    [(4.0, ["0°", "1°", "2°", "3°", "4°", "5°"], 90.0), (60.0, ["0°", "15°", "30°", "45°", "60°", "75°"], 75.0)],
+    ids=["small angles stretched", "large angles as they are"],
+)
+def test_polar_angular_axis_spans_the_data(tmp_path, drawn, assert_heading, degrees, ticks, wedge):
+    """A kernel that turned by 4° fills a quarter circle, not a 5° sliver: the angular axis is
+    stretched, its ticks (a readable few) still name the true angles, and the label says so."""
+    plots.polar_trajectories([small_angle_run(degrees)], tmp_path / "polar.png", subtitle="angles")
+    fig = drawn["polar.png"]
+    polar = [ax for ax in fig.axes if ax.name == "polar"]
+    assert len(polar) == 2
+    for ax in polar:
+        assert ax.get_thetamin() == 0.0 and ax.get_thetamax() == pytest.approx(wedge)
+        assert [t.get_text() for t in ax.get_xticklabels()] == ticks
+        last = ax.lines[0].get_xdata()[-1]  # the true angle, drawn on the stretched axis
+        assert np.degrees(last) == pytest.approx(degrees * wedge / float(ticks[-1].rstrip("°")))
+        stretched = any("stretched" in t.get_text() for t in ax.texts)
+        assert stretched == (wedge != float(ticks[-1].rstrip("°")))
+    assert_heading(fig, "angles")
+
+
+def concentrated_run() -> dict:
+    """A run whose trace kernel has nearly all its spectrum in the top 10 (concentration 0.99999x)."""
+    kernels = [
+        {
+            "epoch": float(e),
+            "clean": {
+                "frobenius_norm": 100.0 + 40 * e,
+                "concentration_top10": 1.0 - 2e-6 * (1 + e) / 4,
+                "concentration_top20": 1.0 if e == 3 else 1.0 - 4e-7 * (1 + e) / 4,  # 1: nothing beyond
+            },
+        }
+        for e in range(4)
+    ]
+    return {"label": "concentrated", "kernels": kernels, "kernel_epochs": [0, 1, 2, 3]}
+
+
+def test_concentration_is_drawn_as_its_remainder_on_a_log_axis(tmp_path, drawn, assert_heading):
+    """Concentrations of 0.99999x: 1 − concentration on a log axis, no offset text ("1e-5 +
+    9.999e-1") on any panel, ticks all plain numbers or m×10ᵏ; a concentration of exactly 1 is
+    off the log axis and said so."""
+    plots.kernel_norm_and_concentration([concentrated_run()], tmp_path / "norm.png", subtitle="near one")
+    fig = drawn["norm.png"]
+    FigureCanvasAgg(fig).draw()
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [
+        "Frobenius norm",
+        "1 − concentration on the top 10",
+        "1 − concentration on the top 20",
+    ]
+    for ax in panels:
+        assert ax.get_yscale() == "log"
+        assert ax.yaxis.get_offset_text().get_text() == ""
+        labels = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
+        assert labels and not any("e-" in label or "e+" in label for label in labels), labels
+        assert len({label.startswith("$") for label in labels}) == 1, labels  # all m×10ᵏ or all plain
+    assert panels[1].get_ylabel().startswith("$1 - ")
+    top10 = panels[1].lines[0].get_ydata()
+    np.testing.assert_allclose(top10, 2e-6 * np.arange(1, 5) / 4, rtol=1e-6)
+    assert "concentration(s) of 1" in fig._supxlabel.get_text()
+    assert_heading(fig, "near one")
+
+
+def test_a_log_axis_across_decades_names_its_ticks_alike(tmp_path, drawn, assert_heading):
+    """Values from 5×10⁻⁶ to 2×10⁻³: every tick m×10ᵏ, not 10⁻⁵ beside a plain 0.001."""
+    records = [{"epoch": e, "relative_magnitude": 5e-6 * 20**e} for e in range(4)]
+    plots.relative_magnitude_curve([{"label": "wide", "epochs": records}], tmp_path / "relative.png")
+    fig = drawn["relative.png"]
+    FigureCanvasAgg(fig).draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels(which="both") if t.get_text()]
+    assert len(labels) >= 3 and all(label.startswith("$") for label in labels), labels
+
+
+def test_every_dynamics_figure_has_a_one_line_title_and_a_subtitle(summaries, tmp_path, drawn, assert_heading, rng):
+    plots.dynamics_figures(summaries, tmp_path, subtitle="synthetic runs, probe of 24 points")
+    rows = [("init", rng.uniform(0, 1, (2, 1, 8, 8)), rng.uniform(0, 1, (2, 1, 8, 8)))]
+    plots.eigenvector_pictures(rows, tmp_path / "eigen.png", subtitle="synthetic runs, probe of 24 points")
+    labels = np.arange(N) % C
+    names = ["digit 0", "digit 1", "digit 2"]
+    kernel = summaries[0]["final_kernel"]
+    plots.kernel_image(
+        kernel, labels, tmp_path / "kernel.png", class_names=names, title="Empirical C-NTK: trace kernel"
+    )
+    assert set(drawn) == {*plots.DYNAMICS_FIGURES.values(), "eigen.png", "kernel.png"}
+    for name, fig in drawn.items():
+        subtitle = "" if name == "kernel.png" else "synthetic runs, probe of 24 points"
+        assert_heading(fig, subtitle)
+    assert drawn["kernel.png"].get_suptitle().strip() == "Empirical C-NTK: trace kernel"

@@ -194,3 +194,116 @@ def test_transferability_curves_single_point_and_nothing(tmp_path, assert_real_p
     assert_real_png(tmp_path / "one.png")
     plots.transferability_curves([("standard", [], [])], tmp_path / "none.png")
     assert_real_png(tmp_path / "none.png", colours=5)
+
+
+# -- what the figures show (the figure objects, caught as they are saved) ----------------------
+
+
+def columns_of(ax) -> list[str]:
+    return [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()]
+
+
+def test_a_single_targets_own_attack_is_one_column(tmp_path, drawn, assert_heading):
+    """One target: its white-box examples are the "own white-box" column; the source column
+    named after it (τ 1 by definition) is not drawn again, in either panel."""
+    columns = ["clean", "random sign", "own white-box", "NTK fc2", "net epoch 4"]
+    accuracy = np.array([[0.9, 0.85, 0.03, 0.2, 0.03]])
+    tau = np.array([[0.76, 1.0]])
+    plots.transfer_heatmap(
+        ["net epoch 4"],
+        columns,
+        accuracy,
+        tmp_path / "one.png",
+        transferability=(columns[3:], tau),
+        own_column="own white-box",
+        subtitle="one target",
+    )
+    fig = drawn["one.png"]
+    heat = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in heat] == ["accuracy", "transferability τ"]
+    assert columns_of(heat[0]) == ["clean", "random sign", "own white-box", "NTK fc2"]
+    assert columns_of(heat[1]) == ["NTK fc2"]
+    assert [t.get_text() for t in heat[1].texts] == ["0.76"]
+    assert_heading(fig, "one target")
+
+
+def test_several_targets_show_each_own_attack_once(tmp_path, drawn, assert_heading):
+    """Two targets: each one's column as a source attacks the other, so it stays; the cell
+    against itself (the diagonal) repeats "own white-box" and reads "own" instead."""
+    targets = ["a", "b"]
+    columns = ["clean", "random sign", "own white-box", "NTK fc2", "a", "b"]
+    accuracy = np.array([[0.9, 0.8, 0.05, 0.3, 0.05, 0.4], [0.8, 0.7, 0.1, 0.2, 0.5, 0.1]])
+    tau = np.array([[0.7, 1.0, 0.59], [0.86, 0.43, 1.0]])
+    plots.transfer_heatmap(
+        targets, columns, accuracy, tmp_path / "two.png", transferability=(columns[3:], tau), own_column="own white-box"
+    )
+    accuracy_ax, tau_ax = [ax for ax in drawn["two.png"].get_axes() if ax.get_title()]
+    assert columns_of(accuracy_ax) == columns and columns_of(tau_ax) == ["NTK fc2", "a", "b"]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in accuracy_ax.texts}
+    assert cells[(0, 4)] == cells[(1, 5)] == "own" and cells[(0, 5)] == "0.40" and cells[(1, 4)] == "0.50"
+    assert [t.get_text() for t in tau_ax.texts].count("own") == 2
+    plots.transfer_heatmap(targets, columns, accuracy, tmp_path / "plain.png")  # no own column: all drawn
+    assert "own" not in [t.get_text() for t in drawn["plain.png"].axes[0].texts]
+
+
+def test_the_transfer_study_draws_a_targets_own_attack_once(tmp_path, drawn, assert_heading):
+    """Through ``TransferResult``: the heatmap leaves out the target's column as a source; the
+    matrix in results.json keeps it; the summary gives τ of every black-box source."""
+    import json
+
+    from ntkrobust.studies.transfer import TransferResult
+
+    target = {
+        "name": "net epoch 4",
+        "clean_accuracy": 0.9,
+        "white_box_accuracy": 0.03,
+        "random_accuracy": 0.85,
+        "transfer_accuracy": {"NTK fc2": 0.2, "eNTK fc1": 0.5, "net epoch 4": 0.03},
+        "transferability": {"NTK fc2": 0.8046, "eNTK fc1": float("nan"), "net epoch 4": 1.0},
+    }
+    matrix = {
+        "rows": ["net epoch 4"],
+        "columns": ["clean", "random sign", "own white-box", "NTK fc2", "eNTK fc1", "net epoch 4"],
+        "accuracy": [[0.9, 0.85, 0.03, 0.2, 0.5, 0.03]],
+        "transferability_columns": ["NTK fc2", "eNTK fc1", "net epoch 4"],
+        "transferability": [[0.8046, None, 1.0]],
+    }
+    sources = [{"name": "NTK fc2", "kind": "ntk"}, {"name": "eNTK fc1", "kind": "entk-surrogate"}]
+    record = {
+        "command": "transfer",
+        "config": {"attack": {"method": "fgsm"}},
+        "targets": [target],
+        "sources": [*sources, {"name": "net epoch 4", "kind": "white-box"}],
+        "matrix": matrix,
+    }
+    result = TransferResult(record, arrays={"x": np.zeros((1, 1, 2, 2))}, figures={"subtitle": "digits", "curves": []})
+    out = result.save(tmp_path / "out")
+    accuracy_ax, tau_ax = [ax for ax in drawn["transfer.png"].get_axes() if ax.get_title()]
+    assert columns_of(accuracy_ax) == ["clean", "random sign", "own white-box", "NTK fc2", "eNTK fc1"]
+    assert columns_of(tau_ax) == ["NTK fc2", "eNTK fc1"]
+    assert json.loads((out / "results.json").read_text())["matrix"]["columns"] == matrix["columns"]
+    assert result.summary() == (
+        "net epoch 4: clean 0.900, own fgsm 0.030, random sign 0.850, NTK fc2 0.200, eNTK fc1 0.500; "
+        "tau NTK fc2 0.80, eNTK fc1 undefined"
+    )
+
+
+def test_every_transfer_figure_has_a_one_line_title_and_a_subtitle(tmp_path, drawn, assert_heading, nets, kernel, rng):
+    plots.two_layer_transfer(nets, kernel, tmp_path / "two_layer.png", subtitle="MNIST, full-batch GD", eps=0.3)
+    image, gradients = rng.uniform(0, 1, (1, 8, 8)), rng.normal(size=(2, 1, 8, 8))
+    plots.gradient_pictures(image, [("NTK", gradients)], [1, 10], tmp_path / "gradients.png", subtitle="MNIST")
+    accuracy, tau = rng.uniform(0, 1, (len(TARGETS), len(SOURCES))), rng.uniform(0, 1, (len(TARGETS), 7))
+    plots.transfer_heatmap(
+        TARGETS, SOURCES, accuracy, tmp_path / "heatmap.png", transferability=(SOURCES[:7], tau), subtitle="PGD"
+    )
+    series = [("standard", [1, 2, 3], [0.2, 0.5, 0.7])]
+    plots.transferability_curves(series, tmp_path / "tau.png", subtitle="target: standard net")
+    subtitles = {
+        "two_layer.png": "MNIST, full-batch GD",
+        "gradients.png": "MNIST",
+        "heatmap.png": "PGD",
+        "tau.png": "target: standard net",
+    }
+    assert set(drawn) == set(subtitles)
+    for name, subtitle in subtitles.items():
+        assert_heading(drawn[name], subtitle)

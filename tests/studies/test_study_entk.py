@@ -53,6 +53,7 @@ def test_every_registered_model_on_digits(tmp_path, model, request):
     assert metrics["network"]["model"] == model and metrics["kind"] == "trace" and metrics["shape"] == [20, 20]
     assert 1 <= metrics["metrics"]["effective_rank"] <= 20
     assert result.summary().startswith(f"trace C-NTK of {model} (")
+    assert result.picture["title"] == "Empirical C-NTK: trace kernel"
 
 
 def test_full_kernel_with_metrics_and_image(tmp_path, assert_real_png):
@@ -66,6 +67,8 @@ def test_full_kernel_with_metrics_and_image(tmp_path, assert_real_png):
     with np.load(out / "kernel.npz") as arrays:
         assert arrays["kernel"].shape == (20, 20, 10, 10)
     assert_real_png(out / "kernel.png")
+    assert result.picture["title"] == "Empirical C-NTK: trace of the full kernel"  # its picture is the trace
+    assert "mean of its C diagonal output blocks" in result.picture["subtitle"]
     summary = result.summary()
     assert summary.startswith("full C-NTK of mnist-cnn (") and "on 20 digits points" in summary
     assert "mean specialization" in summary

@@ -5,6 +5,7 @@ summary, and the settings it refuses before any compute."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,35 @@ def test_save_writes_csvs_and_figures(two_archs, saved, assert_real_png):
         eigenvalues = np.array([float(r["eigenvalue"]) for r in rows])
         assert np.all(np.diff(eigenvalues) <= 0)
         assert robustness.tolist() == [float(f"{r:.6g}") for r in two_archs.tables[name].robustness]
+
+
+def test_figures_zoom_to_the_features_and_name_r_all(two_archs, tmp_path, monkeypatch):
+    """Multiclass features crowd a corner of [0, 1]²: the axes zoom to them, chance in view; the
+    robust-only curves name r = n (every training point) "all (n)"; each figure has a title of
+    one line, the details in its subtitle."""
+    from matplotlib.figure import Figure
+
+    drawn, save = {}, Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        drawn[Path(path).name] = fig
+        return save(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    two_archs.save(tmp_path / "again")
+    assert [len(panel) for panel in two_archs.figures["curves"]] == [3, 3]
+    assert {panel[2] for panel in two_archs.figures["curves"]} == {120}
+    for name, scores in two_archs.figures["panels"]:
+        (ax,) = [ax for ax in drawn["robustness_usefulness.png"].axes if ax.get_title().startswith(f"{name}:")]
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        assert x1 - x0 < 0.5 and y1 - y0 < 0.5  # not the fixed [0, 1]: these features span 0.2
+        assert x0 <= scores.robustness.min() and scores.robustness.max() <= x1
+        assert y0 <= min(scores.usefulness.min(), scores.chance) and max(scores.usefulness.max(), scores.chance) <= y1
+    for ax in [ax for ax in drawn["robust_only.png"].axes if ax.get_title()]:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "all (120)"]
+    for fig in drawn.values():
+        assert fig.get_suptitle().strip() and "\n" not in fig.get_suptitle().strip()
+        assert [a.get_gid() for a in fig.artists] == ["subtitle"]
 
 
 def test_summary_has_a_line_per_architecture(two_archs):

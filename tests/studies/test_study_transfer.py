@@ -83,6 +83,10 @@ def test_summary_has_a_line_per_target(matrix):
     first = result.record["targets"][0]
     assert lines[0].startswith(f"net_w300_s0: clean {first['clean_accuracy']:.3f}, own fgsm ")
     assert "random sign" in lines[0] and "NTK fc1 " in lines[0] and "eNTK fc1:32 " in lines[0]
+    tau = {n: f"{v:.2f}" if np.isfinite(v) else "undefined" for n, v in first["transferability"].items()}  # headline
+    assert lines[0].endswith(
+        f"; tau NTK fc1 {tau['NTK fc1']}, NTK two-layer {tau['NTK two-layer']}, eNTK fc1:32 {tau['eNTK fc1:32']}"
+    )
 
 
 def test_transferability_against_the_epochs_of_a_run(binary_task, tmp_path, assert_real_png):
