@@ -171,6 +171,15 @@ class TwoLayerResult:
     net_pictures: list[np.ndarray]  # per net, the same for the net
 
 
+def _log_net(net: dict[str, Any], epochs: int) -> None:
+    """One line per trained net, for logs (the command line shows it on stderr unless --quiet)."""
+    logging.getLogger("ntkrobust").info(
+        f"two-layer width {net['width']} seed {net['seed']}: {epochs} epochs, gradient cosine "
+        f"{net['gradient_cosine']:.3f}, clean {net['clean_accuracy']:.3f}, own attack "
+        f"{net['white_box_accuracy']:.3f}, NTK attack {net['ntk_attack_accuracy']:.3f}"
+    )
+
+
 def two_layer_experiment(
     x_train: np.ndarray,
     targets: np.ndarray,
@@ -272,11 +281,7 @@ def two_layer_experiment(
             )
             networks.append((net_config, view.eval()))
             net_pictures.append(np.stack(pictures))
-            logging.getLogger("ntkrobust").info(
-                f"two-layer width {width} seed {seed}: {config.epochs} epochs, gradient cosine "
-                f"{final['gradient_cosine']:.3f}, clean {final['clean_accuracy']:.3f}, own attack "
-                f"{final['white_box_accuracy']:.3f}, NTK attack {final['ntk_attack_accuracy']:.3f}"
-            )
+            _log_net(nets[-1], config.epochs)
 
     return TwoLayerResult(
         time_per_epoch=per_epoch,
