@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkrobust.bridge.files import write_atomically
+from ntkrobust.bridge.files import first_line, write_atomically
 from ntkrobust.bridge.linearized import LinearizedNetwork
 from ntkrobust.bridge.models import ModelConfig, ModelError, build_model
 from ntkrobust.bridge.two_layer import OutputChange
@@ -58,7 +58,7 @@ def _save(payload: dict[str, Any], path: Path) -> None:
     try:
         torch.save(payload, path)
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "write failed"
+        reason = first_line(error)
         full = shutil.disk_usage(path.parent).free < 2**20
         code, text = (errno.ENOSPC, os.strerror(errno.ENOSPC)) if full else (errno.EIO, f"torch.save failed: {reason}")
         raise OSError(code, text, str(path)) from None
@@ -76,7 +76,7 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling, zip and format errors all mean "not ours"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise CheckpointError(f"{path} is not a checkpoint of this tool ({reason[:120]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this tool (no '{CHECKPOINT_FORMAT}' format tag)")
@@ -102,6 +102,6 @@ def load_checkpoint(
         if payload.get("minus_initial"):
             model = OutputChange(model, build_model(config))
     except (ModelError, KeyError, RuntimeError, TypeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise CheckpointError(f"{path}: cannot rebuild its model ({first[:160]})") from None
     return model, config, payload

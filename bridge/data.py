@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust.bridge.files import first_line
+
 #: Named datasets; any other spec must be a path to an ``.npz`` file.
 DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
 
@@ -140,11 +142,6 @@ def load_dataset(
         idx = _balanced_subset(yte, task, n_test, rng, what="test")
         xte, yte = xte[idx], yte[idx]
     return Dataset(name, xtr, ytr, xte, yte, task, tuple(label_names) if label_names is not None else None)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 # -- subsets and classes --------------------------------------------------------------------
@@ -306,7 +303,7 @@ def _npz(path: Path) -> dict[str, Any]:
         raise
     # a truncated or corrupted archive (bad zip, bad CRC, a broken deflate stream), or object arrays
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise DataError(f"cannot read {path} as an .npz of plain arrays: {_first_line(err)}") from None
+        raise DataError(f"cannot read {path} as an .npz of plain arrays: {first_line(err)}") from None
     return out
 
 
@@ -331,7 +328,7 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError, zlib.error) as err:  # EOFError: a gzip cut short
-        raise DataError(f"cannot read {path}: {_first_line(err)}") from None
+        raise DataError(f"cannot read {path}: {first_line(err)}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
@@ -436,7 +433,7 @@ def _download(spec: str, root: Path) -> None:
         for train in (True, False):
             source(root=str(root), train=train, download=True)
     except Exception as err:  # network, disk or archive errors: one line for the user
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = first_line(err)
         raise DataError(f"download of {spec} into {root} failed: {reason}") from None
 
 

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
-from ntkrobust.bridge.files import write_atomically, write_json
+from ntkrobust.bridge.files import first_line, write_atomically, write_json
 from ntkrobust.bridge.models import ModelConfig
 from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
 from ntkrobust.bridge.tracking import BATCHNORM_MODES, KernelTracker, clean_accuracy, pgd_accuracy
@@ -436,7 +436,7 @@ def _start(
         optimizer.load_state_dict(payload["optimizer"])
         state = _State(epoch=int(payload["epoch"]), step=int(payload["step"]), history=payload["history"])
     except (CheckpointError, KeyError, RuntimeError, ValueError) as error:
-        raise RunFolderError(f"--resume: cannot resume from {latest} ({str(error).splitlines()[0][:160]})") from None
+        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
     for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
         if step > state.step:
             stale.unlink()

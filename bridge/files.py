@@ -31,6 +31,12 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message as one line (its first), or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def json_safe(value: Any) -> Any:
     """Strict JSON: non-finite floats (t = inf) become the strings "inf", "-inf", "nan"."""
     if isinstance(value, float) and not math.isfinite(value):

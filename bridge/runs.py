@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust.bridge.files import first_line
 from ntkrobust.bridge.runfolder import HISTORY_FILE, RunFolder
 from ntkrobust.kernels import metrics
 
@@ -126,7 +127,7 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
     except json.JSONDecodeError as error:
         raise RunError(f"{history_path}: unreadable JSON ({error.msg} at line {error.lineno})") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise RunError(f"{history_path}: unreadable ({_reason(error)})") from None
+        raise RunError(f"{history_path}: unreadable ({first_line(error)})") from None
     if not isinstance(history, dict):
         raise RunError(f"{history_path}: not a training history (expected a JSON object)")
     epochs = history.get("epochs")
@@ -344,10 +345,6 @@ def _adversarial(run: TrainingRun) -> bool:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _reason(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
 def _is_number(value: Any) -> bool:
     return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
@@ -381,7 +378,7 @@ def _kernel_epochs(records: list[dict[str, Any]], history: dict[str, Any], where
             else:
                 raise KeyError("epoch")
         except (KeyError, TypeError, ValueError) as error:
-            raise RunError(f"{where}: kernel record {i} has no usable step/epoch ({_reason(error)})") from None
+            raise RunError(f"{where}: kernel record {i} has no usable step/epoch ({first_line(error)})") from None
         if not math.isfinite(epoch):
             raise RunError(f"{where}: kernel record {i} has epoch {epoch}")
         epochs.append(epoch)
@@ -403,7 +400,7 @@ def _load_npz(path: Path, keys: Sequence[str], *, required: Sequence[str]) -> di
     except FileNotFoundError:
         raise RunError(f"{path}: missing") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
-        raise RunError(f"{path}: unreadable ({_reason(error)})") from None
+        raise RunError(f"{path}: unreadable ({first_line(error)})") from None
 
 
 def probe_images(run: str | Path) -> np.ndarray:

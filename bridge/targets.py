@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+from ntkrobust.bridge.files import first_line
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
 
@@ -56,8 +57,7 @@ class Target:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:160]
+    return first_line(error)[:160]
 
 
 def _label(path: Path) -> str:
