@@ -34,7 +34,7 @@ from ntkrobust.attacks.spec import METHODS, NET_METHODS
 from ntkrobust.studies._base import StudyError, StudyWarning
 from ntkrobust.studies._output import OutputLock, check_out_dir, check_out_file, check_writable
 from ntkrobust.studies.features import DEFAULT_ROBUST_R
-from ntkrobust.studies.train import TRAINING_MODES
+from ntkrobust.studies.train import AUGMENTATIONS, INITIALISATIONS, TRAINING_MODES
 
 PROG = "ntkrobust"
 ARCHITECTURES = ("fc1", "fc2", "fc3", "fc4", "fc5", "conv1", "conv2", "two-layer")  # = kernels.ARCHITECTURES
@@ -222,7 +222,8 @@ _ABOUT = {
         "heatmaps, polar trajectories of the whole kernel and of its top-20 space, Frobenius norm and "
         "concentration, kernel velocity and distance to the final kernel, effective rank and mean "
         "specialization, class-sorted kernel images, accuracy curves, the relative magnitude of linearized "
-        "runs, and pictures of the top NTK eigenvectors at initialisation and at the end of every run.",
+        "runs, and with --eigenvectors K pictures of the top NTK eigenvectors at initialisation and at the end of "
+        "every run.",
     ),
     "two-layer": (
         "TK supp. C: wide two-layer nets against their NTK through training (gradient cosine, transfer)",
@@ -339,6 +340,13 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--width", type=_positive_int, help="hidden width / base channels of --model (default: the model's)")
     g.add_argument(
+        "--init",
+        choices=INITIALISATIONS,
+        default="default",
+        help="conv / linear weights: the model's own, or normal, truncated-normal or uniform of variance "
+        "2/fan_in (RAT app. B)",
+    )
+    g.add_argument(
         "--linearize-from",
         type=Path,
         metavar="CHECKPOINT",
@@ -367,12 +375,32 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--pgd-steps", type=_positive_int, help="PGD steps of pgd / trades training (default: 40 grey, 10 colour)"
     )
-    g.add_argument("--pgd-step", type=_number, help="PGD step (default: 0.01 grey, 2/255 colour, scaled to --eps)")
+    g.add_argument(
+        "--pgd-step",
+        type=_number,
+        help="PGD step of pgd / trades training (default: 0.01 grey, 2/255 colour, scaled to --eps)",
+    )
     g.add_argument("--trades-beta", type=_number, default=6.0, help="TRADES robustness weight beta (default 6)")
     g.add_argument(
         "--switch-epoch",
         type=_non_negative_int,
         help="train clean for this many epochs, then in --mode (RAT sec. 5)",
+    )
+    g.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        default="none",
+        help="crop-flip: random crop after 4-pixel zero padding, plus a random flip on colour images",
+    )
+    g.add_argument(
+        "--augment-shared", action="store_true", help="one crop / flip draw per mini-batch, not per example (RAT 6)"
+    )
+    g.add_argument(
+        "--eps-warmup",
+        type=_non_negative_int,
+        default=0,
+        metavar="EPOCHS",
+        help="ramp the training attack's eps (and step) linearly from 0 over the first EPOCHS adversarial epochs",
     )
     g = p.add_argument_group("tracking")
     g.add_argument(
@@ -389,12 +417,23 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
         "--eval-n",
         type=_positive_int,
         default=500,
-        help="class-balanced points per split for the per-epoch PGD accuracy (default 500; clean accuracy uses all)",
+        help="class-balanced points per split for the PGD accuracies (default 500; clean accuracy uses all)",
     )
     g.add_argument(
         "--eval-pgd-steps",
         type=_positive_int,
-        help="PGD steps of the evaluation and AE-NTK (default: 40 grey, 20 colour)",
+        help="PGD steps of the per-epoch robust accuracy and the AE-NTK (default 10, steps that reach --eps)",
+    )
+    g.add_argument(
+        "--full-eval-steps",
+        type=_non_negative_int,
+        help="PGD steps of the full evaluation after the last epoch (default: 40 grey, 20 colour; 0: none)",
+    )
+    g.add_argument(
+        "--full-eval-every",
+        type=_positive_int,
+        metavar="EPOCHS",
+        help="also run the full evaluation every EPOCHS epochs",
     )
     g.add_argument(
         "--batchnorm",
@@ -414,9 +453,10 @@ def _dynamics_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--eigenvectors",
         type=_non_negative_int,
-        default=4,
+        default=0,
         metavar="K",
-        help="top eigenvectors of the probe kernel to picture (default 4; 0: no pictures)",
+        help="picture the top K eigenvectors of the probe kernel (default 0: none; each picture is an optimisation "
+        "of --eigenvector-steps steps, minutes on a CPU)",
     )
     g.add_argument("--eigenvector-class", type=_non_negative_int, default=0, help="output whose kernel (default 0)")
     g.add_argument("--eigenvector-steps", type=_positive_int, default=200, help="optimisation steps (default 200)")

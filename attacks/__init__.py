@@ -10,11 +10,13 @@ from ntkrobust.attacks.fgsm import LossGradient, fgsm
 from ntkrobust.attacks.pgd import pgd
 from ntkrobust.attacks.random_sign import random_sign
 from ntkrobust.attacks.spec import (
+    EPOCH_PGD_STEPS,
     EVALUATION_PGD_STEPS,
     METHODS,
     NET_METHODS,
     STANDARD_THREATS,
     AttackSpec,
+    evaluation_schedule,
     evaluation_steps,
     image_type,
     pgd_schedule,
@@ -35,6 +37,7 @@ from ntkrobust.attacks.threat import (
 )
 
 __all__ = [
+    "EPOCH_PGD_STEPS",
     "EPS_SLACK",
     "EVALUATION_PGD_STEPS",
     "METHODS",
@@ -48,6 +51,7 @@ __all__ = [
     "ThreatModel",
     "check_adversarial",
     "dual_norm",
+    "evaluation_schedule",
     "evaluation_steps",
     "fgsm",
     "image_type",

@@ -63,9 +63,11 @@ class TrackingConfig:
 
     ``probe``: class-balanced training points of the tracked kernels (0: no kernels);
     ``every``: track every this many steps instead of after every epoch; ``eps``/``step``/
-    ``steps``: the ℓ∞ PGD of the AE-NTK and of the robust accuracies; ``eval_n``: class-balanced
-    points per split for the PGD accuracies (clean accuracy uses the whole split; None: all);
-    ``batchnorm``: evaluation modes, ``running`` and/or ``batch`` (RAT sec. 4).
+    ``steps``: the ℓ∞ PGD of the AE-NTK and of the per-epoch robust accuracies; ``eval_n``:
+    class-balanced points per split for the PGD accuracies (clean accuracy uses the whole split;
+    None: all); ``batchnorm``: evaluation modes, ``running`` and/or ``batch`` (RAT sec. 4).
+    ``full_step``/``full_steps``: the stronger PGD of the full evaluation, on the same points, at
+    the last epoch and every ``full_every`` epochs (None: no full evaluation).
     """
 
     eps: float
@@ -76,14 +78,31 @@ class TrackingConfig:
     eval_n: int | None = 500
     batchnorm: tuple[str, ...] = ("running",)
     memory_budget: int | None = None
+    full_step: float | None = None
+    full_steps: int | None = None
+    full_every: int | None = None
 
     def __post_init__(self) -> None:
         if not self.batchnorm or any(mode not in BATCHNORM_MODES for mode in self.batchnorm):
             raise ValueError(f"batchnorm modes must be among {BATCHNORM_MODES}, got {self.batchnorm}")
+        if (self.full_steps is None) != (self.full_step is None):
+            raise ValueError("a full evaluation needs both its PGD step and its steps")
 
     def attack(self, seed: int) -> AttackSpec:
-        """The ℓ∞ PGD of the robust accuracies (random start seeded by ``seed``)."""
+        """The ℓ∞ PGD of the per-epoch robust accuracies (random start seeded by ``seed``)."""
         return AttackSpec("pgd", self.eps, "linf", self.step, self.steps, random_start=True, seed=seed)
+
+    def full_attack(self, seed: int) -> AttackSpec | None:
+        """The ℓ∞ PGD of the full evaluation, or None."""
+        if self.full_steps is None or self.full_step is None:
+            return None
+        return AttackSpec("pgd", self.eps, "linf", self.full_step, self.full_steps, random_start=True, seed=seed)
+
+    def full_due(self, epoch: int, last: int) -> bool:
+        """Whether epoch ``epoch`` (of ``last``) ends with a full evaluation."""
+        if self.full_steps is None or epoch == 0:
+            return False
+        return epoch == last or (self.full_every is not None and epoch % self.full_every == 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "batchnorm": list(self.batchnorm)}
@@ -145,14 +164,22 @@ def _save_arrays(path: Path, arrays: dict[str, Any]) -> None:
 _log = logging.getLogger("ntkrobust")
 
 
-def _epoch_line(record: dict[str, Any], epochs: int, mode: str) -> str:
-    scores, seconds = record["accuracy"][mode], record["seconds"]
-    what = "initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}/{epochs}"
-    loss = f"train loss {record['train_loss']:.4f}, " if record.get("train_loss") is not None else ""
-    return (
-        f"{what}: {loss}test clean {scores['test_clean']:.3f}, PGD {scores['test_pgd']:.3f} "
-        f"({seconds['train']:.1f} s training, {seconds['evaluate']:.1f} s evaluation, {seconds['track']:.1f} s kernels)"
-    )
+def _epoch_line(record: dict[str, Any], train: TrainConfig, tracking: TrackingConfig) -> str:
+    mode, seconds = tracking.batchnorm[0], record["seconds"]
+    scores = record["accuracy"][mode]
+    parts = ["initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}/{train.epochs}"]
+    if record.get("eps") is not None and record["eps"] < train.eps:
+        parts.append(f"eps {record['eps']:.4g} (warming up)")
+    if record.get("train_loss") is not None:
+        parts.append(f"train loss {record['train_loss']:.4f}")
+    parts.append(f"test clean {scores['test_clean']:.3f}, PGD-{tracking.steps} {scores['test_pgd']:.3f}")
+    spent = [f"{seconds['train']:.1f} s training", f"{seconds['evaluate']:.1f} s evaluation"]
+    spent.append(f"{seconds['track']:.1f} s kernels")
+    full = record.get("full_evaluation")
+    if full:
+        parts.append(f"PGD-{full['steps']} {full['accuracy'][mode]['test_pgd']:.3f}")
+        spent.append(f"{full['seconds']:.1f} s full evaluation")
+    return f"{parts[0]}: {', '.join(parts[1:])} ({', '.join(spent)})"
 
 
 class _TrainingRun:
@@ -201,6 +228,7 @@ class _TrainingRun:
         self.tracker = self._make_tracker() if tracking.probe else None
         self.state = _State()
         self.step_track_seconds = 0.0  # tracking inside an epoch, taken out of its training time
+        self.progress = False  # bars for the evaluation and the kernels (set by run_training)
 
     def _make_tracker(self) -> KernelTracker:
         chosen = torch.as_tensor(self.chosen, device=self.device)
@@ -250,11 +278,17 @@ class _TrainingRun:
         if self.tracker is None:
             return 0.0
         network = self.model if self.kernel_network is None else self.kernel_network(self.model)
-        arrays, record = self.tracker.track(self.model, network, x_adv=probe_examples)
+        arrays, record = self.tracker.track(self.model, network, x_adv=probe_examples, progress=self.progress)
         name = self.run.kernel_name(step)
         _save_arrays(self.run.path / name, arrays)
         self.history["kernels"].append({"step": step, "epoch": step / self.steps_per_epoch, "file": name, **record})
         return float(record["seconds"])
+
+    def _splits(self) -> tuple[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor], ...]:
+        return (
+            ("train", self.x_train, self.y_train, self.eval_train),
+            ("test", self.x_test, self.y_test, self.eval_test),
+        )
 
     def evaluate(self) -> tuple[dict[str, Any], float, torch.Tensor | None]:
         """(accuracies, seconds, PGD examples of the probe when the evaluation made them)."""
@@ -262,13 +296,12 @@ class _TrainingRun:
         tracking = self.tracking
         result: dict[str, Any] = {}
         probe_examples = None
-        splits = (
-            ("train", self.x_train, self.y_train, self.eval_train),
-            ("test", self.x_test, self.y_test, self.eval_test),
+        bar = tqdm(
+            total=2 * len(tracking.batchnorm), desc="evaluating", unit="split", disable=not self.progress, leave=False
         )
         for mode in tracking.batchnorm:
             scores: dict[str, float] = {}
-            for split, x, y, subset in splits:
+            for split, x, y, subset in self._splits():
                 index = subset.to(x.device)
                 scores[f"{split}_clean"] = clean_accuracy(self.model, x, y, batchnorm=mode)
                 scores[f"{split}_pgd"], x_adv = pgd_accuracy(
@@ -280,10 +313,32 @@ class _TrainingRun:
                 )
                 if self.shared and split == "train" and mode == tracking.batchnorm[0]:
                     probe_examples = x_adv[: tracking.probe]  # the probe comes first in eval_train
+                bar.update(1)
             result[mode] = scores
+        bar.close()
         if self.relative_magnitude is not None:
             result["relative_magnitude"] = self.relative_magnitude(self.model, self.x_test)
         return result, time.perf_counter() - start, probe_examples
+
+    def full_evaluation(self) -> dict[str, Any]:
+        """The PGD accuracies of the full evaluation on the per-epoch evaluation's points."""
+        start = time.perf_counter()
+        attack = self.tracking.full_attack(derived_seed(self.train.seed, 5))
+        assert attack is not None  # only called when full_due
+        accuracy: dict[str, dict[str, float]] = {}
+        modes = self.tracking.batchnorm
+        bar = tqdm(
+            total=2 * len(modes), desc=f"PGD-{attack.steps}", unit="split", disable=not self.progress, leave=False
+        )
+        for mode in modes:
+            accuracy[mode] = {}
+            for split, x, y, subset in self._splits():
+                index = subset.to(x.device)
+                accuracy[mode][f"{split}_pgd"] = pgd_accuracy(self.model, x[index], y[index], attack, batchnorm=mode)[0]
+                bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - start
+        return {"steps": attack.steps, "step": attack.step, "accuracy": accuracy, "seconds": seconds}
 
     def checkpoint(self, epoch: int) -> None:
         save_checkpoint(
@@ -304,11 +359,13 @@ class _TrainingRun:
         record = {**head, "accuracy": scores}
         if magnitude is not None:
             record["relative_magnitude"] = magnitude
+        if self.tracking.full_due(head["epoch"], self.train.epochs):
+            record["full_evaluation"] = self.full_evaluation()
         record["seconds"] = seconds
         self.history["epochs"].append(record)
         self.state.epoch = head["epoch"]
         self.checkpoint(head["epoch"])
-        _log.info(_epoch_line(record, self.train.epochs, self.tracking.batchnorm[0]))
+        _log.info(_epoch_line(record, self.train, self.tracking))
 
     def record_initialisation(self) -> None:
         scores, evaluate_seconds, probe_examples = self.evaluate()
@@ -385,6 +442,7 @@ def run_training(
         kernel_network=kernel_network,
         relative_magnitude=relative_magnitude,
     )
+    trainer.progress = progress
     trainer.start(config, resume, label, metadata)
     epochs_bar = tqdm(
         total=train.epochs, initial=trainer.state.epoch, desc="training", unit="epoch", disable=not progress

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkrobust.bridge.initialisation import INITIALISATIONS, initialise
+
 W_STD = math.sqrt(2.0)  # the analytic kernels' defaults (kernels/architectures.py)
 B_STD = 0.1
 TWO_LAYER_W_STD = 0.01  # supp. eq. 28
@@ -54,6 +56,7 @@ class ModelConfig:
     seed: int = 0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    init: str = "default"  # bridge.initialisation.INITIALISATIONS
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values only: safe for ``torch.load(weights_only=True)`` and JSON."""
@@ -74,6 +77,7 @@ class ModelConfig:
                 seed=int(data.get("seed", 0)),
                 mean=None if data.get("mean") is None else tuple(float(v) for v in data["mean"]),
                 std=None if data.get("std") is None else tuple(float(v) for v in data["std"]),
+                init=str(data.get("init", "default")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"not a model config: {error}") from None
@@ -333,6 +337,7 @@ def model_config(
     seed: int = 0,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    init: str = "default",
 ) -> ModelConfig:
     """A checked ``ModelConfig`` (``width`` defaults to the model's own)."""
     spec = get_model_spec(name)
@@ -344,6 +349,7 @@ def model_config(
         seed=int(seed),
         mean=None if mean is None else tuple(float(v) for v in mean),
         std=None if std is None else tuple(float(v) for v in std),
+        init=init,
     )
     check_config(config)
     return config
@@ -367,6 +373,12 @@ def check_config(config: ModelConfig) -> None:
         raise ModelError("give both mean and std, or neither")
     if config.std is not None and min(config.std) <= 0:
         raise ModelError("std must be positive")
+    if config.init not in INITIALISATIONS:
+        raise ModelError(f"unknown initialisation {config.init!r}: choose one of {', '.join(INITIALISATIONS)}")
+    if config.init != "default" and spec.analytic_twin is not None:
+        raise ModelError(
+            f"--init {config.init}: {config.model} draws its weights as its analytic kernel assumes (--init default)"
+        )
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -375,6 +387,7 @@ def build_model(config: ModelConfig) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = get_model_spec(config.model).build(config)
+    initialise(model, config.init, torch.Generator().manual_seed(config.seed))
     if config.mean is not None and config.std is not None:
         model = nn.Sequential(Normalize(config.mean, config.std), model)
     return model

@@ -121,14 +121,20 @@ class KernelTracker:
     memory_budget: int | None = None
 
     def track(
-        self, model: nn.Module, kernel_network: nn.Module | None = None, *, x_adv: torch.Tensor | None = None
+        self,
+        model: nn.Module,
+        kernel_network: nn.Module | None = None,
+        *,
+        x_adv: torch.Tensor | None = None,
+        progress: bool = False,
     ) -> tuple[dict[str, np.ndarray], dict]:
         """``(arrays, record)``: the trace C-NTK / AE-NTK and the AE inputs for the kernel file,
         and the JSON record (metrics of both kernels, probe accuracies, seconds).
 
         ``kernel_network``: the network whose eNTK is the model's kernel (default the model; the
         frozen parent for linearized dynamics). ``x_adv``: PGD examples of the probe against
-        ``model`` under this tracker's threat and BatchNorm mode, if already made."""
+        ``model`` under this tracker's threat and BatchNorm mode, if already made. ``progress``:
+        bars over the chunks of each kernel."""
         start = time.perf_counter()
         tangent = model if kernel_network is None else kernel_network
         labels = self.targets.cpu().numpy()
@@ -139,11 +145,9 @@ class KernelTracker:
                     net, self.x, self.targets, eps=self.eps, step=self.step, steps=self.steps, seed=self.seed
                 )
             predicted_adv = predict(net, x_adv)
-        batch_stats = self.batchnorm == "batch"
-        clean = empirical_ntk(tangent, self.x, kind="full", batch_stats=batch_stats, memory_budget=self.memory_budget)
-        adversarial = empirical_ntk(
-            tangent, x_adv, kind="full", batch_stats=batch_stats, memory_budget=self.memory_budget
-        )
+        options = {"kind": "full", "batch_stats": self.batchnorm == "batch", "memory_budget": self.memory_budget}
+        clean = empirical_ntk(tangent, self.x, progress=progress, **options)
+        adversarial = empirical_ntk(tangent, x_adv, progress=progress, **options)
         adversarial_labels = predicted_adv.cpu().numpy()
         record: dict[str, Any] = {
             "clean": kernel_metrics(clean, labels, num_classes=self.num_classes),

@@ -14,13 +14,19 @@ Modes (``TrainConfig.mode``), each a loss on one mini-batch (x, y):
 - ``trades``: TRADES (Zhang et al. 2019; RAT app. D): CE(f(x), y) + β·KL(p(x) ‖ p(x̃)), x̃ from
   PGD on that KL, started at x + 0.001·N(0, I).
 ``switch_epoch = k`` trains clean for epochs 1..k and in ``mode`` afterwards (RAT sec. 5).
+``augment = "crop-flip"`` augments every mini-batch before its attack (``bridge.augment``; per
+example, or one draw per batch with ``augment_shared``).
+``eps_warmup = w`` ramps the training attack's ε (and its PGD step with it) linearly, batch by
+batch, from ε/(w·batches) to ε over the first w adversarial epochs, as Madry-style MNIST codes
+do: at ε = 0.3 a net attacked at full strength from the first step can settle on a constant
+prediction (the loss plateau at log C) and never leave it.
 
 Adversarial examples are made in eval mode (BatchNorm running statistics, as TRADES' and most
 AT code does) and the update runs in train mode. They come from the project's own ``attacks``
 algorithms, driven by the net's loss gradient.
 
-Determinism: the epoch's shuffle and every attack's random draws are seeded by (seed, epoch)
-and (seed, step), never by global RNG state, so a run resumed from the checkpoint of epoch e
+Determinism: the epoch's shuffle, every augmentation and every attack's random draws are seeded
+by (seed, epoch) and (seed, step), never by global RNG state, so a run resumed from the checkpoint of epoch e
 takes exactly the steps the uninterrupted run took.
 
 Shapes: x (B, C, H, W) in [0, 1] on the net's device; y (B,) int64 output indices.
@@ -31,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +49,7 @@ from tqdm.auto import tqdm
 from ntkrobust.attacks import fgsm, pgd
 from ntkrobust.attacks.threat import ThreatModel
 from ntkrobust.bridge.adversarial import cross_entropy_gradient, input_gradient
+from ntkrobust.bridge.augment import AUGMENTATIONS, augment
 
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
 
@@ -71,6 +78,9 @@ class TrainConfig:
     pgd_steps: int = 40
     trades_beta: float = 6.0
     switch_epoch: int | None = None
+    eps_warmup: int = 0
+    augment: str = "none"
+    augment_shared: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +101,8 @@ class TrainConfig:
             ("PGD steps", self.pgd_steps, self.pgd_steps >= 1),
             ("TRADES beta", self.trades_beta, math.isfinite(self.trades_beta) and self.trades_beta >= 0),
             ("switch epoch", self.switch_epoch, self.switch_epoch is None or self.switch_epoch >= 0),
+            ("eps warm-up", self.eps_warmup, self.eps_warmup >= 0),
+            ("augmentation", self.augment, self.augment in AUGMENTATIONS),
             ("milestones", list(self.milestones), all(m >= 1 for m in self.milestones)),
         )
         for name, value, ok in checks:
@@ -102,6 +114,20 @@ class TrainConfig:
         if self.switch_epoch is not None and epoch <= self.switch_epoch:
             return "standard"
         return self.mode
+
+    def eps_at(self, epoch: int, batch: int, batches: int) -> float:
+        """The training attack's ε at batch ``batch`` (0-based) of ``batches`` in epoch ``epoch``
+        (1-based): ramped over the first ``eps_warmup`` adversarial epochs, then ``eps``."""
+        if not self.eps_warmup:
+            return self.eps
+        done = (epoch - 1 - (self.switch_epoch or 0)) * batches + batch + 1  # adversarial batches so far
+        return self.eps * min(1.0, done / (self.eps_warmup * batches))
+
+    def at_eps(self, eps: float) -> TrainConfig:
+        """This config with the attack's ε set to ``eps`` and its PGD step scaled with it."""
+        if eps == self.eps:
+            return self
+        return replace(self, eps=eps, pgd_step=self.pgd_step * eps / self.eps)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "milestones": list(self.milestones)}
@@ -219,7 +245,7 @@ def train_epoch(
     ``first_step`` is the global step count before this epoch; ``after_step(step)`` is called
     after every update with the new global step (for tracking every k steps). Returns the mean
     training loss, the accuracy on the training inputs (x̃ for AT: the running robust training
-    accuracy), the step count and the seconds.
+    accuracy), the step count, the attack's ε at the last batch and the seconds.
     """
     mode = config.mode_at(epoch)
     for group in optimizer.param_groups:
@@ -228,12 +254,17 @@ def train_epoch(
     batches = math.ceil(x.shape[0] / config.batch_size)
     model.train()
     total_loss, correct, seen, step = 0.0, 0, 0, first_step
+    eps = config.eps
     start = time.perf_counter()
     bar = tqdm(range(batches), desc=f"epoch {epoch} ({mode})", unit="batch", disable=not progress, leave=False)
     for b in bar:
         index = order[b * config.batch_size : (b + 1) * config.batch_size]
         xb, yb = x[index], y[index]
-        loss, logits = training_loss(model, xb, yb, mode, config, derived_seed(config.seed, 2, step))
+        if config.augment != "none":
+            xb = augment(xb, seed=derived_seed(config.seed, 6, step), shared=config.augment_shared)
+        eps = config.eps_at(epoch, b, batches) if mode != "standard" else config.eps
+        seed = derived_seed(config.seed, 2, step)
+        loss, logits = training_loss(model, xb, yb, mode, config.at_eps(eps), seed)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at step {step + 1} (epoch {epoch})")
         optimizer.zero_grad(set_to_none=True)
@@ -252,5 +283,6 @@ def train_epoch(
         "train_loss": total_loss / max(seen, 1),
         "train_accuracy_running": correct / max(seen, 1),
         "steps": step - first_step,
+        "eps": None if mode == "standard" else eps,  # of the last batch (below the config's while ε warms up)
         "seconds": time.perf_counter() - start,
     }

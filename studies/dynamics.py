@@ -19,7 +19,7 @@ from ntkrobust.studies._common import torch_device
 @dataclass(frozen=True)
 class DynamicsSettings:
     runs: tuple[Path, ...]
-    eigenvectors: int = 4  # top eigenvectors pictured (0: none)
+    eigenvectors: int = 0  # top eigenvectors pictured (0: none; minutes each on a CPU)
     eigenvector_class: int = 0
     eigenvector_steps: int = 200
     device: str = "auto"

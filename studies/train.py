@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ntkrobust.studies._base import StudyError, StudyResult, check_out_dir, versions, warn
 from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
 from ntkrobust.studies._output import OutputLock
 
+# the choices of the command line, which must not import torch (tested equal to the bridge's)
 TRAINING_MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise")  # = bridge.training.MODES
+AUGMENTATIONS = ("none", "crop-flip")  # = bridge.augment.AUGMENTATIONS
+INITIALISATIONS = ("default", "normal", "truncated-normal", "uniform")  # = bridge.initialisation.INITIALISATIONS
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class TrainSettings:
     data: DataSettings = field(default_factory=DataSettings)
     model: str | None = None  # default: mnist-cnn for 1-channel images, else cifar-cnn
     width: int | None = None
+    init: str = "default"  # bridge.initialisation
     linearize_from: Path | None = None
     centered: bool = False
     mode: str = "standard"
@@ -42,10 +46,15 @@ class TrainSettings:
     pgd_step: float | None = None
     trades_beta: float = 6.0
     switch_epoch: int | None = None
+    eps_warmup: int = 0
+    augment: str = "none"  # bridge.augment
+    augment_shared: bool = False
     track_kernel: int = 300
     track_every: int | None = None
     eval_n: int = 500
-    eval_pgd_steps: int | None = None
+    eval_pgd_steps: int | None = None  # per epoch and AE-NTK (default attacks.EPOCH_PGD_STEPS)
+    full_eval_steps: int | None = None  # at the end (default attacks.EVALUATION_PGD_STEPS; 0: none)
+    full_eval_every: int | None = None
     batchnorm: str = "running"
     memory_budget: int | None = None  # MiB
     device: str = "auto"
@@ -67,7 +76,8 @@ class TrainResult(StudyResult):
     def summary(self) -> str:
         history = self.record
         last = history["epochs"][-1]
-        scores = last["accuracy"][history["config"]["tracking"]["batchnorm"][0]]
+        mode = history["config"]["tracking"]["batchnorm"][0]
+        scores = last["accuracy"][mode]
         kernels = history["kernels"]
         growth = (
             f", C-NTK Frobenius norm x"
@@ -76,9 +86,12 @@ class TrainResult(StudyResult):
             else ""
         )
         eps = history["config"]["train"]["eps"]
+        full = last.get("full_evaluation")
+        strong = f", PGD-{full['steps']} {full['accuracy'][mode]['test_pgd']:.3f}" if full else ""
+        steps = history["config"]["tracking"]["steps"]
         return (
             f"{self.label}: {last['epoch']} epochs, test clean {scores['test_clean']:.3f}, "
-            f"PGD {scores['test_pgd']:.3f} (eps {eps:.4g}){growth}"
+            f"PGD-{steps} {scores['test_pgd']:.3f}{strong} (eps {eps:.4g}){growth}"
         )
 
 
@@ -96,39 +109,57 @@ def _check_folder(settings: TrainSettings) -> None:
         raise StudyError("--centered needs --linearize-from CHECKPOINT (the network it is centered on)")
 
 
-def _threat(settings: TrainSettings, channels: int) -> tuple[float, float, int, int]:
-    """(eps, PGD step, PGD training steps, PGD evaluation steps): the standard ones of the image
-    type unless given (``attacks.spec``)."""
-    from ntkrobust.attacks import evaluation_steps, standard_threat
+class _Threat(NamedTuple):
+    """The run's ℓ∞ attacks: training PGD, per-epoch evaluation PGD (also the AE-NTK's), full
+    evaluation PGD (``full_steps`` 0: none)."""
+
+    eps: float
+    step: float
+    steps: int
+    eval_step: float
+    eval_steps: int
+    full_step: float | None
+    full_steps: int
+
+
+def _threat(settings: TrainSettings, channels: int) -> _Threat:
+    """The standard attacks of the image type, as far as the settings leave them (``attacks.spec``)."""
+    from ntkrobust.attacks import EPOCH_PGD_STEPS, evaluation_schedule, evaluation_steps, standard_threat
 
     eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
     # eps = 0 is refused too: the per-epoch PGD accuracy and the AE-NTK need an attack
     if not (0 < eps <= 1):
         raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
     step, steps = pgd_schedule(channels, "linf", eps, settings.pgd_step, settings.pgd_steps, flag="--pgd-step")
-    return eps, step, steps, evaluation_steps(channels, settings.eval_pgd_steps)
+    eval_step, eval_steps = evaluation_schedule(channels, eps, settings.eval_pgd_steps or EPOCH_PGD_STEPS)
+    full_steps = evaluation_steps(channels, settings.full_eval_steps)
+    full_step = evaluation_schedule(channels, eps, full_steps)[0] if full_steps else None
+    return _Threat(eps, step, steps, eval_step, eval_steps, full_step, full_steps)
 
 
-def _attack_notes(settings: TrainSettings, threat: tuple[float, float, int, int], channels: int) -> list[str]:
-    """Warnings about the training and evaluation attacks (budget, eps), said before training."""
+def _attack_notes(settings: TrainSettings, threat: _Threat, channels: int) -> list[str]:
+    """Warnings about the training attack (budget, eps), said before training; the evaluation
+    attacks take steps that reach eps by construction (``attacks.evaluation_schedule``)."""
     from ntkrobust.attacks import AttackSpec
 
-    eps, step, steps, eval_steps = threat
     notes: list[str] = []
-    training = AttackSpec("pgd", eps, "linf", step, steps)
+    attack = AttackSpec("pgd", threat.eps, "linf", threat.step, threat.steps)
     if settings.mode in ("pgd", "trades"):
-        warn(notes, *training.notes(channels, "training PGD: ", ("--pgd-steps", "--pgd-step")))
-    evaluation = AttackSpec("pgd", eps, "linf", step, eval_steps)
-    hint = training.eps_hint(channels) if settings.mode in ("pgd", "trades") else None
-    warn(
-        notes,
-        *(
-            note
-            for note in evaluation.notes(channels, "evaluation PGD: ", ("--eval-pgd-steps", "--pgd-step"))
-            if hint is None or hint not in note
-        ),
-    )
+        warn(notes, *attack.notes(channels, "training PGD: ", ("--pgd-steps", "--pgd-step")))
+    else:
+        warn(notes, *(note for note in [attack.eps_hint(channels)] if note))
     return notes
+
+
+def _check_augmentation(settings: TrainSettings, image_shape: tuple[int, ...]) -> None:
+    from ntkrobust.bridge.augment import check_augmentation
+
+    if settings.augment_shared and settings.augment == "none":
+        raise StudyError("--augment-shared shares the draws of an augmentation: give --augment crop-flip")
+    try:
+        check_augmentation(settings.augment, image_shape)
+    except ValueError as err:
+        raise StudyError(f"--augment {err}") from None
 
 
 def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -137,8 +168,10 @@ def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any,
     from ntkrobust.bridge.models import ModelError, check_fits
 
     path = settings.linearize_from
-    if settings.model is not None or settings.width is not None:
-        raise StudyError("--model / --width do not apply with --linearize-from: the checkpoint brings its network")
+    if settings.model is not None or settings.width is not None or settings.init != "default":
+        raise StudyError(
+            "--model / --width / --init do not apply with --linearize-from: the checkpoint has its network"
+        )
     try:
         parent, config, payload = load_checkpoint(path)
         check_fits(config, data.image_shape)
@@ -158,7 +191,12 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
     if settings.linearize_from is None:
         default = "mnist-cnn" if data.image_shape[0] == 1 else "cifar-cnn"
         model, config = torch_network(
-            data, model=settings.model or default, width=settings.width, checkpoint=None, seed=settings.data.seed
+            data,
+            model=settings.model or default,
+            width=settings.width,
+            checkpoint=None,
+            seed=settings.data.seed,
+            init=settings.init,
         )
         return {"model": model, "config": config, "linearization": None, "kernel_network": None, "magnitude": None}
     from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
@@ -177,11 +215,10 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
     }
 
 
-def _configs(settings: TrainSettings, threat: tuple[float, float, int, int]) -> tuple[Any, Any]:
+def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
     from ntkrobust.bridge.experiment import TrackingConfig
     from ntkrobust.bridge.training import TrainConfig
 
-    eps, step, steps, eval_steps = threat
     try:
         train = TrainConfig(
             mode=settings.mode,
@@ -192,22 +229,28 @@ def _configs(settings: TrainSettings, threat: tuple[float, float, int, int]) -> 
             milestones=tuple(settings.milestones),
             gamma=settings.gamma,
             batch_size=settings.batch_size,
-            eps=eps,
-            pgd_step=step,
-            pgd_steps=steps,
+            eps=threat.eps,
+            pgd_step=threat.step,
+            pgd_steps=threat.steps,
             trades_beta=settings.trades_beta,
             switch_epoch=settings.switch_epoch,
+            eps_warmup=settings.eps_warmup,
+            augment=settings.augment,
+            augment_shared=settings.augment_shared,
             seed=settings.data.seed,
         )
         tracking = TrackingConfig(
-            eps=eps,
-            step=step,
-            steps=eval_steps,
+            eps=threat.eps,
+            step=threat.eval_step,
+            steps=threat.eval_steps,
             probe=settings.track_kernel,
             every=settings.track_every,
             eval_n=settings.eval_n,
             batchnorm=("running", "batch") if settings.batchnorm == "both" else (settings.batchnorm,),
             memory_budget=None if settings.memory_budget is None else settings.memory_budget * 2**20,
+            full_step=threat.full_step,
+            full_steps=threat.full_steps or None,
+            full_every=settings.full_eval_every,
         )
     except ValueError as err:
         raise StudyError(str(err)) from None
@@ -234,6 +277,9 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {data.x_train.shape[0]} training points")
     if settings.switch_epoch is not None and settings.mode == "standard":
         raise StudyError("--switch-epoch switches from clean training to an adversarial --mode; --mode is standard")
+    if settings.eps_warmup and settings.mode == "standard":
+        raise StudyError("--eps-warmup ramps the training attack's eps; --mode standard has no attack")
+    _check_augmentation(settings, data.image_shape)
 
     from ntkrobust.bridge.data import DataError
     from ntkrobust.bridge.experiment import RunFolderError, run_training

@@ -176,6 +176,7 @@ SMALL_TRAINING = {
     "eps": 0.1,
     "pgd_steps": 2,
     "eval_pgd_steps": 2,
+    "full_eval_steps": 3,
     "track_kernel": 20,
     "eval_n": 30,
 }

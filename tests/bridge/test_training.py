@@ -38,8 +38,10 @@ def _fc2(data, width=64, seed=0):
 
 def test_modes_are_the_cli_choices():
     from ntkrobust import cli
+    from ntkrobust.bridge.augment import AUGMENTATIONS
+    from ntkrobust.bridge.initialisation import INITIALISATIONS
 
-    assert cli.TRAINING_MODES == MODES
+    assert (cli.TRAINING_MODES, cli.AUGMENTATIONS, cli.INITIALISATIONS) == (MODES, AUGMENTATIONS, INITIALISATIONS)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -105,10 +107,45 @@ def test_switch_epoch_and_step_schedule():
     assert TrainConfig.from_dict(config.to_dict()) == config
 
 
+def test_eps_warms_up_batch_by_batch_over_the_first_adversarial_epochs():
+    config = TrainConfig(mode="pgd", eps=0.3, pgd_step=0.01, eps_warmup=2, switch_epoch=1)
+    # epoch 1 is clean; epochs 2-3 ramp over 2 x 4 batches; epoch 4 is at full strength
+    ramp = [config.eps_at(epoch, b, 4) for epoch in (2, 3, 4) for b in range(4)]
+    assert ramp == pytest.approx([0.3 * k / 8 for k in range(1, 9)] + [0.3] * 4)
+    assert config.at_eps(0.15).pgd_step == pytest.approx(0.005) and config.at_eps(0.3) is config
+    assert TrainConfig(mode="pgd", eps=0.3).eps_at(1, 0, 4) == 0.3  # no warm-up
+
+
+def test_the_warm_up_attack_stays_in_its_smaller_ball(digits):
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    config = TrainConfig(mode="pgd", epochs=2, lr=0.1, batch_size=50, eps=0.2, pgd_step=0.05, pgd_steps=4, eps_warmup=2)
+    seen = []
+    real = training_inputs
+
+    def spy(model, x, y, mode, config, seed):
+        x_adv = real(model, x, y, mode, config, seed)
+        seen.append((config.eps, float((x_adv - x).abs().max())))
+        return x_adv
+
+    import ntkrobust.bridge.training as training
+
+    training.training_inputs = spy
+    try:
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+        summary = train_epoch(model, optimizer, x, y, config, 1)
+    finally:
+        training.training_inputs = real
+    assert [eps for eps, _ in seen] == pytest.approx([0.05, 0.1])  # 2 of the 4 warm-up batches
+    assert all(moved <= eps + 1e-6 for eps, moved in seen) and seen[1][1] > 0.05
+    assert summary["eps"] == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"mode": "free"}, "unknown training mode"),
+        ({"eps_warmup": -1}, "invalid eps warm-up"),
         ({"eps": 1.5}, "eps must lie in [0, 1]"),
         ({"mode": "pgd", "eps": 0.0}, "needs eps > 0"),
         ({"batch_size": 0}, "invalid batch size"),
@@ -172,8 +209,13 @@ def test_batch_statistics_do_not_move_running_ones():
 
 def _run(tmp, data, *, epochs=3, every=None, resume=False, interrupt_at=None, probe=16, mode="pgd"):
     model, config = _fc2(data, width=32)
-    train = TrainConfig(mode=mode, epochs=epochs, lr=0.3, batch_size=32, eps=0.1, pgd_step=0.03, pgd_steps=2)
-    tracking = TrackingConfig(eps=0.1, step=0.03, steps=2, probe=probe, every=every, eval_n=30)
+    # the ε warm-up and the full evaluations every 2 epochs are part of what a resume reproduces
+    train = TrainConfig(
+        mode=mode, epochs=epochs, lr=0.3, batch_size=32, eps=0.1, pgd_step=0.03, pgd_steps=2, eps_warmup=2
+    )
+    tracking = TrackingConfig(
+        eps=0.1, step=0.03, steps=2, probe=probe, every=every, eval_n=30, full_step=0.02, full_steps=6, full_every=2
+    )
     run_config = {"model": config.to_dict(), "train": train.to_dict(), "tracking": tracking.to_dict(), "device": "cpu"}
     if interrupt_at is not None:
         import ntkrobust.bridge.experiment as experiment
@@ -217,6 +259,7 @@ def _without_times(history):
     history = json.loads(json.dumps(history))
     for record in history["epochs"] + history["kernels"]:
         record.pop("seconds", None)
+        record.get("full_evaluation", {}).pop("seconds", None)
     return history
 
 
@@ -240,6 +283,14 @@ def test_run_tracks_one_kernel_per_epoch(tmp_path, digits):
     assert np.isfinite(record["train_loss"]) and record["mode"] == "pgd"
     assert {"frobenius_norm", "concentration_top10", "mean_specialization"} <= set(history["kernels"][-1]["clean"])
     assert json.loads((tmp_path / "history.json").read_text())["epochs"] == json.loads(json.dumps(history["epochs"]))
+
+
+def test_the_full_evaluation_runs_every_k_epochs_and_after_the_last(tmp_path, digits):
+    history = _run(tmp_path, digits, epochs=3, probe=0)
+    assert [("full_evaluation" in record) for record in history["epochs"]] == [False, False, True, True]
+    full = history["epochs"][-1]["full_evaluation"]
+    assert (full["steps"], full["step"]) == (6, 0.02) and full["seconds"] > 0
+    assert 0 <= full["accuracy"]["running"]["test_pgd"] <= history["epochs"][-1]["accuracy"]["running"]["test_clean"]
 
 
 def test_tracking_every_k_steps(tmp_path, digits):

@@ -47,12 +47,12 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, refuses):
 
 
 def test_eigenvectors_of_a_run_without_kernels_are_refused(untracked_run, refuses):
-    settings = DynamicsSettings(runs=(untracked_run.out,))
+    settings = DynamicsSettings(runs=(untracked_run.out,), eigenvectors=1)
     refuses(dynamics, settings, "tracked no kernels: no probe to picture eigenvectors on", compute=NO_EIGENVECTORS)
 
 
 def test_an_eigenvector_class_beyond_the_outputs_is_refused(tracked_runs, refuses):
-    settings = DynamicsSettings(runs=runs(tracked_runs), eigenvector_class=10)
+    settings = DynamicsSettings(runs=runs(tracked_runs), eigenvectors=1, eigenvector_class=10)
     refuses(dynamics, settings, "--eigenvector-class 10: the nets have 10 outputs", compute=NO_EIGENVECTORS)
 
 

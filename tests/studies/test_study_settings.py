@@ -3,6 +3,8 @@ one domain error, before any data is loaded or compute starts."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from ntkrobust.studies import MachineSettings, StudyError, ThreatSettings, attack, entk, features, transfer, two_layer
@@ -61,8 +63,9 @@ def test_every_attacking_study_warns_of_a_budget_pgd_cannot_use(small_training, 
 
     tiny = DataSettings(n_train=40, n_test=20)
     budget = "PGD can move at most"
-    with pytest.warns(StudyWarning, match=f"evaluation PGD: {budget}.*raise --eval-pgd-steps or --pgd-step"):
-        result = train.run(small_training(tmp_path / "run", epochs=0, eps=0.3, pgd_step=0.01, eval_pgd_steps=2))
+    settings = small_training(tmp_path / "run", mode="pgd", epochs=0, eps=0.3, pgd_step=0.01, pgd_steps=2)
+    with pytest.warns(StudyWarning, match=f"training PGD: {budget}.*raise --pgd-steps or --pgd-step"):
+        result = train.run(settings)
     assert any(budget in note for note in result.record["warnings"])
     with pytest.warns(StudyWarning, match=f"AE-NTK PGD: {budget}.*raise --pgd-steps"):
         entk.run(entk.EntkSettings(data=tiny, n=10, adversarial_eps=0.3, pgd_steps=1))
@@ -78,6 +81,34 @@ def test_every_attacking_study_warns_of_a_budget_pgd_cannot_use(small_training, 
             data=tiny, n_features=2, threat=ThreatSettings(step=0.001), robust_r=(1,), robust_steps=2
         )
         features.run(settings)
+
+
+@pytest.mark.parametrize(
+    ("channels", "eps", "steps", "step"),
+    [(1, 0.3, 10, 0.075), (1, 0.3, 40, 0.01875), (1, 0.1, 200, 0.01 / 3), (3, 8 / 255, 20, 2 / 255)],
+)
+def test_evaluation_steps_are_the_standard_step_or_long_enough_to_cross_the_ball(channels, eps, steps, step):
+    from ntkrobust.attacks import evaluation_schedule
+
+    assert evaluation_schedule(channels, eps, steps) == (pytest.approx(step), steps)
+
+
+def test_train_scales_its_evaluation_attacks_to_reach_eps(small_training, tmp_path):
+    """Two evaluation steps of the standard 0.01 could not leave 0.02 of the start: evaluation
+    steps are 2.5 eps / steps long when that is longer than the standard step."""
+    from ntkrobust.studies import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn of
+        result = train.run(small_training(tmp_path / "run", epochs=1, eps=0.3, eval_pgd_steps=2, full_eval_steps=40))
+    tracking = result.record["config"]["tracking"]
+    assert tracking["steps"] == 2 and tracking["step"] == pytest.approx(2.5 * 0.3 / 2)
+    assert (tracking["full_steps"], tracking["full_step"]) == (40, pytest.approx(2.5 * 0.3 / 40))
+    last = result.record["epochs"][-1]
+    assert last["full_evaluation"]["steps"] == 40
+    assert set(last["full_evaluation"]["accuracy"]["running"]) == {"train_pgd", "test_pgd"}
+    assert "full_evaluation" not in result.record["epochs"][0]
+    assert "PGD-2 " in result.summary() and "PGD-40 " in result.summary()
 
 
 @pytest.mark.parametrize(("channels", "eps", "hint"), [(1, 8 / 255, "colour-image radius"), (3, 0.3, "grey-image")])

@@ -112,6 +112,10 @@ BAD = {
     "momentum": ({"momentum": 1.5}, "invalid momentum for training: 1.5"),
     "resume nothing": ({"resume": True}, "holds no run to continue"),
     "resume and force": ({"resume": True, "force": True}, "choose one"),
+    "warm-up without an attack": ({"eps_warmup": 2}, "--eps-warmup ramps the training attack's eps"),
+    "crop of 8x8 digits": ({"augment": "crop-flip"}, "--augment crop-flip pads by 4 and crops: the 8x8 images"),
+    "shared without augmentation": ({"augment_shared": True}, "--augment-shared shares the draws"),
+    "init of an NTK twin": ({"init": "normal"}, "fc2 draws its weights as its analytic kernel assumes"),
 }
 
 
@@ -145,4 +149,4 @@ def test_bad_linearization_checkpoint(small_training, tmp_path, refuses):
     plain = {"model": None, "width": None}
     for path, message in ((garbage, "is not a checkpoint of this tool"), (tmp_path / "missing.pt", "does not exist")):
         refuses(train, small_training(tmp_path / "run", linearize_from=path, **plain), message, compute=NO_TRAINING)
-    refuses(train, small_training(tmp_path / "run", linearize_from=garbage), "--model / --width do not apply")
+    refuses(train, small_training(tmp_path / "run", linearize_from=garbage), "--model / --width / --init do not apply")
