@@ -443,6 +443,12 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--memory-budget", type=_positive_int, help="eNTK working memory in MiB (default: 40%% of free)")
     _add_device_flag(g)
+    g.add_argument(
+        "--seeds",
+        type=_int_list,
+        default=(),
+        help="one run per seed in OUT/seed_S (initialisation, shuffles, attacks; the data and probe of --seed)",
+    )
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (same configuration)")
     _add_output_flags(p, what="run folder: config.json, history.json, checkpoints/, kernels/")
 

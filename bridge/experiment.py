@@ -68,6 +68,8 @@ class TrackingConfig:
     None: all); ``batchnorm``: evaluation modes, ``running`` and/or ``batch`` (RAT sec. 4).
     ``full_step``/``full_steps``: the stronger PGD of the full evaluation, on the same points, at
     the last epoch and every ``full_every`` epochs (None: no full evaluation).
+    ``selection_seed``: seed of the probe and the evaluation points (None: the training seed), so
+    runs of several training seeds share their probe.
     """
 
     eps: float
@@ -81,6 +83,7 @@ class TrackingConfig:
     full_step: float | None = None
     full_steps: int | None = None
     full_every: int | None = None
+    selection_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.batchnorm or any(mode not in BATCHNORM_MODES for mode in self.batchnorm):
@@ -208,7 +211,8 @@ class _TrainingRun:
         self.y_train = torch.as_tensor(task_indices(data.y_train, data.classes), device=device)
         self.x_test = torch.as_tensor(data.x_test, device=device, dtype=dtype)
         self.y_test = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)
-        self.eval_test = torch.as_tensor(_subset(data.y_test, data.classes, tracking.eval_n, train.seed, "test"))
+        chooser = train.seed if tracking.selection_seed is None else tracking.selection_seed
+        self.eval_test = torch.as_tensor(_subset(data.y_test, data.classes, tracking.eval_n, chooser, "test"))
         self.optimizer = make_optimizer(model, train)
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / train.batch_size)
         # The AE-NTK needs PGD examples of the probe; the evaluation attacks training points with the
@@ -218,11 +222,11 @@ class _TrainingRun:
         self.chosen = np.arange(0)
         self.shared = False
         if tracking.probe:
-            self.chosen = balanced_indices(data.y_train, data.classes, tracking.probe, train.seed, what="probe")
+            self.chosen = balanced_indices(data.y_train, data.classes, tracking.probe, chooser, what="probe")
             self.shared = tracking.every is None and (tracking.eval_n is None or tracking.eval_n >= tracking.probe)
         self.eval_train = torch.as_tensor(
             _evaluation_subset(
-                data.y_train, data.classes, tracking.eval_n, train.seed, self.chosen if self.shared else None
+                data.y_train, data.classes, tracking.eval_n, chooser, self.chosen if self.shared else None
             )
         )
         self.tracker = self._make_tracker() if tracking.probe else None

@@ -10,11 +10,11 @@ folder in its settings and ``TrainResult.save`` has nothing left to write.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ntkrobust.studies._base import StudyError, StudyResult, check_out_dir, versions, warn
+from ntkrobust.studies._base import StudyError, StudyResult, check_out_dir, envelope, log, versions, warn
 from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
 from ntkrobust.studies._output import OutputLock
 
@@ -60,6 +60,8 @@ class TrainSettings:
     device: str = "auto"
     resume: bool = False
     force: bool = False
+    seeds: tuple[int, ...] = ()  # one run per seed in out/seed_S, all on the data and probe of data.seed
+    run_seed: int | None = None  # the net's initialisation, shuffles and attacks (None: data.seed)
 
 
 @dataclass
@@ -195,7 +197,7 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
             model=settings.model or default,
             width=settings.width,
             checkpoint=None,
-            seed=settings.data.seed,
+            seed=_run_seed(settings),
             init=settings.init,
         )
         return {"model": model, "config": config, "linearization": None, "kernel_network": None, "magnitude": None}
@@ -237,7 +239,7 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
             eps_warmup=settings.eps_warmup,
             augment=settings.augment,
             augment_shared=settings.augment_shared,
-            seed=settings.data.seed,
+            seed=_run_seed(settings),
         )
         tracking = TrackingConfig(
             eps=threat.eps,
@@ -251,22 +253,113 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
             full_step=threat.full_step,
             full_steps=threat.full_steps or None,
             full_every=settings.full_eval_every,
+            selection_seed=settings.data.seed,
         )
     except ValueError as err:
         raise StudyError(str(err)) from None
     return train, tracking
 
 
-def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | None = None) -> TrainResult:
+def _run_seed(settings: TrainSettings) -> int:
+    return settings.data.seed if settings.run_seed is None else settings.run_seed
+
+
+def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | None = None) -> TrainResult | SeedsResult:
     """Train into the run folder ``settings.out`` (locked while it runs); the result's record is
-    its history."""
+    its history. With ``seeds``, one run per seed in ``out/seed_S``, one after the other."""
     from ntkrobust.bridge.runfolder import RunFolder
 
+    if settings.seeds:
+        return _run_seeds(settings, progress, argv)
     _check_folder(settings)
     with OutputLock(settings.out):
         if settings.resume:  # a kill during an atomic write leaves its hidden temporary behind
             RunFolder(settings.out).remove_temporaries()
         return _train(settings, progress, argv)
+
+
+def _run_seeds(settings: TrainSettings, progress: bool, argv: list[str] | None) -> SeedsResult:
+    """One run per seed in ``out/seed_S``; with ``resume``, finished runs are continued (to more
+    epochs) and the seeds not reached yet are started."""
+    from ntkrobust.bridge.runfolder import RunFolder
+
+    seeds = settings.seeds
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"--seeds {','.join(map(str, seeds))} names a seed twice")
+    if settings.run_seed is not None:
+        raise StudyError("--seeds gives every run its own seed; run_seed is for a single run")
+    if settings.resume and not RunFolder(settings.out / f"seed_{seeds[0]}").exists():
+        raise StudyError(f"--resume: {settings.out} holds no seed_{seeds[0]} run to continue")
+    if not settings.resume:
+        check_out_dir(settings.out, settings.force)
+    results = []
+    with OutputLock(settings.out):
+        for seed in seeds:
+            folder = settings.out / f"seed_{seed}"
+            one = replace(settings, out=folder, seeds=(), run_seed=seed)
+            one = replace(one, resume=settings.resume and RunFolder(folder).exists())
+            log.info(f"seed {seed} ({len(results) + 1} of {len(seeds)}) -> {folder}")
+            result = run(one, progress=progress, argv=argv)
+            assert isinstance(result, TrainResult)
+            results.append(result)
+    return SeedsResult(_seeds_record(settings, results, argv), out=settings.out, runs=results)
+
+
+_FINAL = ("test_clean", "test_pgd", "train_clean", "train_pgd")
+
+
+def _final_scores(history: dict[str, Any]) -> dict[str, float]:
+    """The last epoch's accuracies (BatchNorm mode of the first evaluation), with the full
+    evaluation's as ``full_test_pgd`` / ``full_train_pgd`` when there is one."""
+    last = history["epochs"][-1]
+    mode = history["config"]["tracking"]["batchnorm"][0]
+    scores = {key: float(last["accuracy"][mode][key]) for key in _FINAL}
+    full = last.get("full_evaluation")
+    if full:
+        scores |= {f"full_{key}": float(value) for key, value in full["accuracy"][mode].items()}
+    return scores
+
+
+def _seeds_record(settings: TrainSettings, results: list[TrainResult], argv: list[str] | None) -> dict[str, Any]:
+    import numpy as np
+
+    finals = [_final_scores(result.record) for result in results]
+    keys = [key for key in finals[0] if all(key in final for final in finals)]
+    metrics = {
+        "seeds": list(settings.seeds),
+        "runs": [
+            {"seed": seed, "folder": f"seed_{seed}", "final": final}
+            for seed, final in zip(settings.seeds, finals, strict=True)
+        ],
+        # the spread over seeds, as LOO (n = 3) and RAT report it: mean and sample standard deviation
+        "mean": {key: float(np.mean([f[key] for f in finals])) for key in keys},
+        "std": {key: float(np.std([f[key] for f in finals], ddof=1)) if len(finals) > 1 else 0.0 for key in keys},
+    }
+    config = {"seeds": list(settings.seeds), "run": results[0].record["config"]}
+    return envelope("train", metrics, config, seconds=None, argv=argv, seed=settings.data.seed)
+
+
+@dataclass
+class SeedsResult(StudyResult):
+    out: Path
+    runs: list[TrainResult]
+
+    def save(self, out: str | Path) -> Path:
+        """Every run is in place once ``run`` returns; ``seeds.json`` summarises them."""
+        from ntkrobust.bridge.files import write_json
+
+        if Path(out).resolve() != self.out.resolve():
+            raise StudyError(f"runs of several seeds live in their own folder {self.out}, not in {out}")
+        write_json(self.out / "seeds.json", self.record)
+        return self.out
+
+    def summary(self) -> str:
+        mean, std = self.record["mean"], self.record["std"]
+        full = [key for key in ("full_test_pgd",) if key in mean]
+        shown = ["test_clean", "test_pgd", *full]
+        spread = ", ".join(f"{key} {mean[key]:.3f} ± {std[key]:.3f}" for key in shown)
+        lines = [result.summary() for result in self.runs]
+        return "\n".join([*lines, f"{len(self.runs)} seeds: {spread} (mean ± std)"])
 
 
 def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> TrainResult:

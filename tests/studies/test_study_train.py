@@ -150,3 +150,29 @@ def test_bad_linearization_checkpoint(small_training, tmp_path, refuses):
     for path, message in ((garbage, "is not a checkpoint of this tool"), (tmp_path / "missing.pt", "does not exist")):
         refuses(train, small_training(tmp_path / "run", linearize_from=path, **plain), message, compute=NO_TRAINING)
     refuses(train, small_training(tmp_path / "run", linearize_from=garbage), "--model / --width / --init do not apply")
+
+
+def test_seeds_write_one_run_each_on_one_probe(small_training, tmp_path, refuses):
+    import json
+
+    import numpy as np
+
+    out = tmp_path / "seeds"
+    result = train.run(small_training(out, epochs=1, seeds=(0, 1)))
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["seed_0", "seed_1"]
+    result.save(out)
+    stored = json.loads((out / "seeds.json").read_text())
+    assert stored["seeds"] == [0, 1] and [r["folder"] for r in stored["runs"]] == ["seed_0", "seed_1"]
+    finals = [r["final"]["test_clean"] for r in stored["runs"]]
+    assert stored["mean"]["test_clean"] == pytest.approx(np.mean(finals))
+    assert stored["std"]["test_clean"] == pytest.approx(np.std(finals, ddof=1))
+    histories = [json.loads((out / f"seed_{s}" / "history.json").read_text()) for s in (0, 1)]
+    assert [h["config"]["train"]["seed"] for h in histories] == [0, 1]
+    assert [h["config"]["model"]["seed"] for h in histories] == [0, 1]
+    probes = [np.load(out / f"seed_{s}" / "kernels" / "probe.npz")["x"] for s in (0, 1)]
+    np.testing.assert_array_equal(*probes)  # the kernels of both seeds are on the same points
+    assert histories[0]["epochs"][-1]["train_loss"] != histories[1]["epochs"][-1]["train_loss"]
+    assert "2 seeds: test_clean" in result.summary()
+    more = train.run(small_training(out, epochs=2, seeds=(0, 1), resume=True))
+    assert [len(r.record["epochs"]) for r in more.runs] == [3, 3]
+    refuses(train, small_training(tmp_path / "twice", seeds=(1, 1)), "names a seed twice", compute=NO_TRAINING)
