@@ -396,6 +396,15 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
         "--augment-shared", action="store_true", help="one crop / flip draw per mini-batch, not per example (RAT 6)"
     )
     g.add_argument(
+        "--te-start",
+        type=_positive_int,
+        metavar="EPOCH",
+        help="--mode te: first epoch of the regulariser (default 45%%)",
+    )
+    g.add_argument(
+        "--te-end", type=_positive_int, metavar="EPOCH", help="--mode te: epoch its weight reaches 300 (default 75%%)"
+    )
+    g.add_argument(
         "--eps-warmup",
         type=_non_negative_int,
         default=0,

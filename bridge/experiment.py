@@ -43,6 +43,7 @@ from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
 from ntkrobust.bridge.files import first_line, write_atomically, write_json
 from ntkrobust.bridge.models import ModelConfig
 from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
+from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
 from ntkrobust.bridge.tracking import BATCHNORM_MODES, KernelTracker, clean_accuracy, pgd_accuracy
 from ntkrobust.bridge.training import TrainConfig, derived_seed, learning_rate, make_optimizer, train_epoch
 
@@ -116,6 +117,7 @@ class _State:
     epoch: int = 0
     step: int = 0
     history: dict[str, Any] = field(default_factory=dict)
+    te_averages: torch.Tensor | None = None  # TE's per-example averages (mode te)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -230,6 +232,11 @@ class _TrainingRun:
             )
         )
         self.tracker = self._make_tracker() if tracking.probe else None
+        self.ensemble = None
+        if train.mode == "te":
+            assert train.te_start is not None and train.te_end is not None  # TrainConfig checks
+            n, classes = self.x_train.shape[0], len(data.classes)
+            self.ensemble = TemporalEnsemble.empty(n, classes, train.te_start, train.te_end, device=device)
         self.state = _State()
         self.step_track_seconds = 0.0  # tracking inside an epoch, taken out of its training time
         self.progress = False  # bars for the evaluation and the kernels (set by run_training)
@@ -255,6 +262,8 @@ class _TrainingRun:
     def start(self, config: dict[str, Any], resume: bool, label: str, metadata: dict[str, Any] | None) -> None:
         """Start the folder afresh (history header, probe file) or take up its last checkpoint."""
         self.state = _start(self.run, self.model, self.optimizer, config, resume, self.device)
+        if self.ensemble is not None and self.state.te_averages is not None:
+            self.ensemble.averages = self.state.te_averages.to(self.device, torch.float64)
         if self.state.history:
             self.state.history.update({"config": config, **(metadata or {})})
             return
@@ -353,6 +362,7 @@ class _TrainingRun:
             step=self.state.step,
             optimizer=self.optimizer.state_dict(),
             history=self.history,
+            **({} if self.ensemble is None else {"te_averages": self.ensemble.averages.cpu()}),
         )
         write_json(self.run.history, self.history)
 
@@ -395,6 +405,7 @@ class _TrainingRun:
             first_step=self.state.step,
             after_step=self.after_step,
             progress=progress,
+            ensemble=self.ensemble,
         )
         train_seconds = summary.pop("seconds") - self.step_track_seconds
         scores, evaluate_seconds, probe_examples = self.evaluate()
@@ -496,7 +507,12 @@ def _start(
         payload = read_checkpoint(latest, map_location=device)
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])
-        state = _State(epoch=int(payload["epoch"]), step=int(payload["step"]), history=payload["history"])
+        state = _State(
+            epoch=int(payload["epoch"]),
+            step=int(payload["step"]),
+            history=payload["history"],
+            te_averages=payload.get("te_averages"),
+        )
     except (CheckpointError, KeyError, RuntimeError, ValueError) as error:
         raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
     for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch

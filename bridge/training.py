@@ -13,6 +13,8 @@ Modes (``TrainConfig.mode``), each a loss on one mini-batch (x, y):
   random start, ``pgd_steps`` steps of ``pgd_step``.
 - ``trades``: TRADES (Zhang et al. 2019; RAT app. D): CE(f(x), y) + β·KL(p(x) ‖ p(x̃)), x̃ from
   PGD on that KL, started at x + 0.001·N(0, I).
+- ``te``: PGD-AT with the temporal-ensembling regulariser of Dong et al. 2022 from epoch
+  ``te_start`` on, its weight ramped up to epoch ``te_end`` (``bridge.temporal_ensembling``).
 ``switch_epoch = k`` trains clean for epochs 1..k and in ``mode`` afterwards (RAT sec. 5).
 ``augment = "crop-flip"`` augments every mini-batch before its attack (``bridge.augment``; per
 example, or one draw per batch with ``augment_shared``).
@@ -50,10 +52,11 @@ from ntkrobust.attacks import fgsm, pgd
 from ntkrobust.attacks.threat import ThreatModel
 from ntkrobust.bridge.adversarial import cross_entropy_gradient, input_gradient
 from ntkrobust.bridge.augment import AUGMENTATIONS, augment
+from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble, te_loss
 
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
 
-MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise")
+MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,8 @@ class TrainConfig:
     eps_warmup: int = 0
     augment: str = "none"
     augment_shared: bool = False
+    te_start: int | None = None
+    te_end: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -108,6 +113,13 @@ class TrainConfig:
         for name, value, ok in checks:
             if not ok:
                 raise ValueError(f"invalid {name} for training: {value}")
+        if self.mode == "te":
+            start, end = self.te_start, self.te_end
+            if start is None or end is None or not 1 <= start < end <= self.epochs:
+                raise ValueError(
+                    f"te ramps its weight from epoch te_start to te_end, 1 <= te_start < te_end <= epochs "
+                    f"({self.epochs}); got {start} and {end}"
+                )
 
     def mode_at(self, epoch: int) -> str:
         """The mode of epoch ``epoch`` (1-based): clean up to ``switch_epoch``, then ``mode``."""
@@ -171,8 +183,18 @@ def _anisotropic_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     return x + torch.as_tensor(noise, dtype=x.dtype, device=x.device)
 
 
+#: TE's regulariser on a batch: the normalised moving averages t (B, C), or None, and the weight
+TERegulariser = tuple[torch.Tensor | None, float]
+
+
 def training_inputs(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, config: TrainConfig, seed: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mode: str,
+    config: TrainConfig,
+    seed: int,
+    te: TERegulariser = (None, 0.0),
 ) -> torch.Tensor:
     """The inputs the loss of ``mode`` is taken on (x̃; x for standard and TRADES' clean term)."""
     if mode == "standard":
@@ -187,7 +209,10 @@ def training_inputs(
             threat = ThreatModel(norm="linf", eps=config.eps)
             start = threat.project(_anisotropic_start(x, config.eps, seed), x)
             return threat.project(fgsm(gradient, start, y, eps=config.eps), x)
-        if mode == "pgd":
+        if mode in ("pgd", "te"):
+            if mode == "te":
+                targets, weight = te
+                gradient = input_gradient(model, lambda logits, labels: te_loss(logits, labels, targets, weight))
             return pgd(gradient, x, y, eps=config.eps, step=config.pgd_step, steps=config.pgd_steps, seed=seed)
         if mode == "trades":
             with torch.no_grad():
@@ -209,11 +234,20 @@ def training_inputs(
 
 
 def training_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str, config: TrainConfig, seed: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mode: str,
+    config: TrainConfig,
+    seed: int,
+    te: TERegulariser = (None, 0.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss of ``mode`` on the batch, logits on the inputs it was taken on); ``model``
-    should be in train mode."""
-    inputs = training_inputs(model, x, y, mode, config, seed).detach()
+    should be in train mode. ``te``: TE's targets and weight for this batch."""
+    inputs = training_inputs(model, x, y, mode, config, seed, te).detach()
+    if mode == "te":
+        logits = model(inputs)
+        return te_loss(logits, y, *te) / y.shape[0], logits
     if mode != "trades":
         logits = model(inputs)
         return F.cross_entropy(logits, y), logits
@@ -228,6 +262,22 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng(derived_seed(seed, 1, epoch)).permutation(n)
 
 
+def _te_regulariser(
+    model: nn.Module, x: torch.Tensor, index: torch.Tensor, ensemble: TemporalEnsemble | None, epoch: int
+) -> TERegulariser:
+    """TE's targets and weight for a batch: the averages updated with its clean predictions (eval
+    mode, as the authors' code) once the ramp has started; none before."""
+    if ensemble is None:
+        raise ValueError("mode te needs the run's TemporalEnsemble")
+    if not ensemble.active(epoch):
+        return None, 0.0
+    model.eval()
+    with torch.no_grad():
+        targets = ensemble.update(index, model(x))
+    model.train()
+    return targets, ensemble.weight(epoch)
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -239,11 +289,13 @@ def train_epoch(
     first_step: int = 0,
     after_step: Callable[[int], None] | None = None,
     progress: bool = False,
+    ensemble: TemporalEnsemble | None = None,
 ) -> dict[str, Any]:
     """One epoch (1-based ``epoch``) of mini-batch SGD in the epoch's mode over (x, y).
 
     ``first_step`` is the global step count before this epoch; ``after_step(step)`` is called
-    after every update with the new global step (for tracking every k steps). Returns the mean
+    after every update with the new global step (for tracking every k steps); ``ensemble``
+    holds TE's per-example averages (mode ``te``), indexed like ``x``. Returns the mean
     training loss, the accuracy on the training inputs (x̃ for AT: the running robust training
     accuracy), the step count, the attack's ε at the last batch and the seconds.
     """
@@ -264,7 +316,8 @@ def train_epoch(
             xb = augment(xb, seed=derived_seed(config.seed, 6, step), shared=config.augment_shared)
         eps = config.eps_at(epoch, b, batches) if mode != "standard" else config.eps
         seed = derived_seed(config.seed, 2, step)
-        loss, logits = training_loss(model, xb, yb, mode, config.at_eps(eps), seed)
+        te = _te_regulariser(model, xb, index, ensemble, epoch) if mode == "te" else (None, 0.0)
+        loss, logits = training_loss(model, xb, yb, mode, config.at_eps(eps), seed, te)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at step {step + 1} (epoch {epoch})")
         optimizer.zero_grad(set_to_none=True)

@@ -19,7 +19,7 @@ from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, 
 from ntkrobust.studies._output import OutputLock
 
 # the choices of the command line, which must not import torch (tested equal to the bridge's)
-TRAINING_MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise")  # = bridge.training.MODES
+TRAINING_MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")  # = bridge.training.MODES
 AUGMENTATIONS = ("none", "crop-flip")  # = bridge.augment.AUGMENTATIONS
 INITIALISATIONS = ("default", "normal", "truncated-normal", "uniform")  # = bridge.initialisation.INITIALISATIONS
 
@@ -49,6 +49,8 @@ class TrainSettings:
     eps_warmup: int = 0
     augment: str = "none"  # bridge.augment
     augment_shared: bool = False
+    te_start: int | None = None  # default: 45% of the epochs (the authors' 90 of 200)
+    te_end: int | None = None  # default: 75% of the epochs (150 of 200)
     track_kernel: int = 300
     track_every: int | None = None
     eval_n: int = 500
@@ -146,7 +148,7 @@ def _attack_notes(settings: TrainSettings, threat: _Threat, channels: int) -> li
 
     notes: list[str] = []
     attack = AttackSpec("pgd", threat.eps, "linf", threat.step, threat.steps)
-    if settings.mode in ("pgd", "trades"):
+    if settings.mode in ("pgd", "trades", "te"):
         warn(notes, *attack.notes(channels, "training PGD: ", ("--pgd-steps", "--pgd-step")))
     else:
         warn(notes, *(note for note in [attack.eps_hint(channels)] if note))
@@ -239,6 +241,7 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
             eps_warmup=settings.eps_warmup,
             augment=settings.augment,
             augment_shared=settings.augment_shared,
+            **_te_ramp(settings),
             seed=_run_seed(settings),
         )
         tracking = TrackingConfig(
@@ -258,6 +261,24 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
     except ValueError as err:
         raise StudyError(str(err)) from None
     return train, tracking
+
+
+def _te_ramp(settings: TrainSettings) -> dict[str, int | None]:
+    """TE's ramp epochs: as given, else the authors' 90 and 150 of 200 scaled to the epochs."""
+    if settings.mode != "te":
+        if settings.te_start is not None or settings.te_end is not None:
+            raise StudyError("--te-start / --te-end set the ramp of --mode te")
+        return {}
+    from ntkrobust.bridge.temporal_ensembling import TE_RAMP
+
+    start = max(1, round(TE_RAMP[0] * settings.epochs)) if settings.te_start is None else settings.te_start
+    end = round(TE_RAMP[1] * settings.epochs) if settings.te_end is None else settings.te_end
+    if not 1 <= start < end <= settings.epochs:
+        raise StudyError(
+            f"--mode te ramps its regulariser from epoch {start} to {end}: it needs 1 <= --te-start < --te-end <= "
+            f"--epochs ({settings.epochs}); give more epochs or the two epochs"
+        )
+    return {"te_start": start, "te_end": end}
 
 
 def _run_seed(settings: TrainSettings) -> int:

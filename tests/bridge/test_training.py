@@ -49,17 +49,19 @@ def test_each_mode_lowers_its_loss(digits, mode):
     x, y = _tensors(digits)
     x, y = x[:64], y[:64]
     model, _ = _fc2(digits)
-    config = TrainConfig(mode=mode, lr=0.5, momentum=0.0, eps=0.1, pgd_step=0.03, pgd_steps=3)
+    ramp = {"te_start": 1, "te_end": 2} if mode == "te" else {}
+    config = TrainConfig(mode=mode, lr=0.5, momentum=0.0, eps=0.1, pgd_step=0.03, pgd_steps=3, **ramp)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    te = (torch.full((64, 10), 0.1), 50.0) if mode == "te" else (None, 0.0)  # TE towards uniform targets
 
     def loss() -> float:  # the mode's own loss on the batch, with the same attack draws
         model.train()
-        return float(training_loss(model, x, y, mode, config, seed=7)[0].detach())
+        return float(training_loss(model, x, y, mode, config, 7, te)[0].detach())
 
     before = loss()
     for _ in range(3):
         optimizer.zero_grad()
-        training_loss(model, x, y, mode, config, seed=7)[0].backward()
+        training_loss(model, x, y, mode, config, 7, te)[0].backward()
         optimizer.step()
     assert loss() < before - 0.02
 
@@ -123,8 +125,8 @@ def test_the_warm_up_attack_stays_in_its_smaller_ball(digits):
     seen = []
     real = training_inputs
 
-    def spy(model, x, y, mode, config, seed):
-        x_adv = real(model, x, y, mode, config, seed)
+    def spy(model, x, y, mode, config, seed, te):
+        x_adv = real(model, x, y, mode, config, seed, te)
         seen.append((config.eps, float((x_adv - x).abs().max())))
         return x_adv
 
@@ -210,8 +212,9 @@ def test_batch_statistics_do_not_move_running_ones():
 def _run(tmp, data, *, epochs=3, every=None, resume=False, interrupt_at=None, probe=16, mode="pgd"):
     model, config = _fc2(data, width=32)
     # the ε warm-up and the full evaluations every 2 epochs are part of what a resume reproduces
+    ramp = {"te_start": 1, "te_end": 2} if mode == "te" else {}
     train = TrainConfig(
-        mode=mode, epochs=epochs, lr=0.3, batch_size=32, eps=0.1, pgd_step=0.03, pgd_steps=2, eps_warmup=2
+        mode=mode, epochs=epochs, lr=0.3, batch_size=32, eps=0.1, pgd_step=0.03, pgd_steps=2, eps_warmup=2, **ramp
     )
     tracking = TrackingConfig(
         eps=0.1, step=0.03, steps=2, probe=probe, every=every, eval_n=30, full_step=0.02, full_steps=6, full_every=2
@@ -318,6 +321,16 @@ def test_resume_after_an_interruption_reproduces_the_run(tmp_path, digits):
     cut = torch.load(tmp_path / "cut" / "checkpoints" / "epoch_003.pt", weights_only=True)
     for key, value in whole["state_dict"].items():
         assert torch.equal(value, cut["state_dict"][key])
+
+
+def test_a_resumed_te_run_continues_its_moving_averages(tmp_path, digits):
+    reference = _run(tmp_path / "whole", digits, epochs=3, probe=0, mode="te")
+    _run(tmp_path / "cut", digits, epochs=3, probe=0, mode="te", interrupt_at=3)
+    resumed = _run(tmp_path / "cut", digits, epochs=3, probe=0, mode="te", resume=True)
+    assert _without_times(resumed) == _without_times(reference)
+    whole = torch.load(tmp_path / "whole" / "checkpoints" / "epoch_003.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "checkpoints" / "epoch_003.pt", weights_only=True)
+    assert torch.equal(whole["te_averages"], cut["te_averages"]) and float(whole["te_averages"].sum()) > 0
 
 
 def test_resume_refuses_another_configuration(tmp_path, digits):

@@ -116,6 +116,8 @@ BAD = {
     "crop of 8x8 digits": ({"augment": "crop-flip"}, "--augment crop-flip pads by 4 and crops: the 8x8 images"),
     "shared without augmentation": ({"augment_shared": True}, "--augment-shared shares the draws"),
     "init of an NTK twin": ({"init": "normal"}, "fc2 draws its weights as its analytic kernel assumes"),
+    "te in one epoch": ({"mode": "te"}, "--mode te ramps its regulariser from epoch 1 to 1"),
+    "te ramp without te": ({"te_start": 2}, "--te-start / --te-end set the ramp of --mode te"),
 }
 
 
