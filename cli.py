@@ -222,8 +222,10 @@ _ABOUT = {
         "heatmaps, polar trajectories of the whole kernel and of its top-20 space, Frobenius norm and "
         "concentration, kernel velocity and distance to the final kernel, effective rank and mean "
         "specialization, class-sorted kernel images, accuracy curves, the relative magnitude of linearized "
-        "runs, and with --eigenvectors K pictures of the top NTK eigenvectors at initialisation and at the end of "
-        "every run.",
+        "runs, the kernel specialization matrices at --ksm-epochs (RAT), with --baseline RUN the kernel distance "
+        "of every run to that run (RAT), and with --eigenvectors K pictures of the top NTK eigenvectors at "
+        "initialisation and at the end of every run. The folder of a train --seeds run is drawn as one run: "
+        "mean +- std over its seeds in the curves, its first seed in the pictures.",
     ),
     "two-layer": (
         "TK supp. C: wide two-layer nets against their NTK through training (gradient cosine, transfer)",
@@ -448,7 +450,8 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
         "--batchnorm",
         choices=("running", "batch", "both"),
         default="running",
-        help="BatchNorm statistics at evaluation: running ('w buffer'), batch ('w/o buffer') or both (RAT sec. 4)",
+        help="running ('w buffer'); batch: no running statistics anywhere in the run ('w/o buffer'); both: a "
+        "running run also evaluated with batch statistics (RAT sec. 4)",
     )
     g.add_argument("--memory-budget", type=_positive_int, help="eNTK working memory in MiB (default: 40%% of free)")
     _add_device_flag(g)
@@ -463,7 +466,36 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _dynamics_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders written by ntkrobust train")
+    def epochs(text: str) -> tuple[float, ...]:
+        """'0,5,10' -> (0.0, 5.0, 10.0): tracked epochs, each given once."""
+        values = [_number(item.strip()) for item in text.split(",") if item.strip()]
+        if not values or min(values) < 0:
+            raise argparse.ArgumentTypeError(f"expected epochs (numbers >= 0) separated by commas, got {text!r}")
+        return tuple(dict.fromkeys(values))
+
+    p.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run folders written by ntkrobust train; the folder of a train --seeds run is one run, its curves "
+        "the mean +- std over its seeds",
+    )
+    g = p.add_argument_group("comparisons (RAT sec. 4-6)")
+    g.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="RUN_DIR",
+        help="draw the kernel distance of every run to this run, C-NTK and AE-NTK, at the steps both tracked on "
+        "the same probe (baseline_distance.png; RAT figs. 5, 7, 17); a train --seeds folder: its first seed",
+    )
+    g.add_argument(
+        "--ksm-epochs",
+        type=epochs,
+        metavar="E1,E2,...",
+        help="tracked epochs of the kernel specialization heatmaps (specialization_*.png; RAT figs. 3, 4, 8; "
+        "default: each run's first and last tracked epoch)",
+    )
     g = p.add_argument_group("eigenvector pictures (LOO sec. 8)")
     g.add_argument(
         "--eigenvectors",

@@ -25,7 +25,8 @@ BatchNorm. With ``batch_stats=False`` the net runs in eval mode with its running
 "w buffer"). With ``batch_stats=True`` (RAT's "w/o buffer") every BatchNorm layer normalises with
 the mean and (biased) variance of the kernel's own input set, computed once in one forward pass
 and then held fixed: a per-example kernel cannot differentiate through statistics that couple the
-examples without depending on how they are chunked.
+examples without depending on how they are chunked. A model whose BatchNorm keeps no running
+statistics at all (``ModelConfig.running_stats = False``) always takes its kernel this way.
 """
 
 from __future__ import annotations
@@ -119,8 +120,13 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
     momenta = {id(norm): norm.momentum for norm in norms}
     hooks: list[torch.utils.hooks.RemovableHandle] = []
     for norm in norms:
-        if not norm.track_running_stats:
-            raise ValueError("a BatchNorm layer without running statistics has no per-example kernel")
+        if not norm.track_running_stats:  # a "w/o buffer" layer: give the copy buffers to hold x's statistics
+            norm.track_running_stats = True
+            reference = norm.weight if norm.weight is not None else next(model.parameters())
+            features = norm.num_features
+            norm.register_buffer("running_mean", torch.zeros(features, dtype=reference.dtype, device=reference.device))
+            norm.register_buffer("running_var", torch.ones(features, dtype=reference.dtype, device=reference.device))
+            norm.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=reference.device))
         norm.reset_running_stats()
         norm.momentum, norm.training = 1.0, True
         hooks.append(
@@ -203,7 +209,10 @@ def empirical_ntk(
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     a = as_inputs(x1, device, dtype)
     b = None if x2 is None else as_inputs(x2, device, dtype)
-    if batch_stats:
+    buffer_free = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in net.modules()
+    )
+    if batch_stats or buffer_free:  # a BatchNorm without running statistics only has the batch's
         net = with_batch_statistics(net, a if b is None else torch.cat([a, b]))
     if memory_budget is None:
         memory_budget = auto_memory_budget(device)

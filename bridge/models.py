@@ -57,6 +57,7 @@ class ModelConfig:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     init: str = "default"  # bridge.initialisation.INITIALISATIONS
+    running_stats: bool = True  # False: BatchNorm keeps no running statistics (RAT's "w/o buffer")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values only: safe for ``torch.load(weights_only=True)`` and JSON."""
@@ -78,6 +79,7 @@ class ModelConfig:
                 mean=None if data.get("mean") is None else tuple(float(v) for v in data["mean"]),
                 std=None if data.get("std") is None else tuple(float(v) for v in data["std"]),
                 init=str(data.get("init", "default")),
+                running_stats=bool(data.get("running_stats", True)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ModelError(f"not a model config: {error}") from None
@@ -338,6 +340,7 @@ def model_config(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     init: str = "default",
+    running_stats: bool = True,
 ) -> ModelConfig:
     """A checked ``ModelConfig`` (``width`` defaults to the model's own)."""
     spec = get_model_spec(name)
@@ -350,6 +353,7 @@ def model_config(
         mean=None if mean is None else tuple(float(v) for v in mean),
         std=None if std is None else tuple(float(v) for v in std),
         init=init,
+        running_stats=running_stats,
     )
     check_config(config)
     return config
@@ -388,8 +392,23 @@ def build_model(config: ModelConfig) -> nn.Module:
         torch.manual_seed(config.seed)
         model = get_model_spec(config.model).build(config)
     initialise(model, config.init, torch.Generator().manual_seed(config.seed))
+    if not config.running_stats:
+        without_running_statistics(model)
     if config.mean is not None and config.std is not None:
         model = nn.Sequential(Normalize(config.mean, config.std), model)
+    return model
+
+
+def without_running_statistics(model: nn.Module) -> nn.Module:
+    """Every BatchNorm of ``model`` without running statistics (in place): it normalises each
+    batch with the batch's own statistics in training, attacks, evaluation and kernels alike, and
+    its state dict has no buffers (RAT sec. 4's "w/o buffer" model)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = None
+            module.running_var = None
+            module.num_batches_tracked = None
     return model
 
 

@@ -225,7 +225,14 @@ def torch_device(name: str) -> Any:
 
 
 def torch_network(
-    data: Any, *, model: str | None, width: int | None, checkpoint: Path | None, seed: int, init: str = "default"
+    data: Any,
+    *,
+    model: str | None,
+    width: int | None,
+    checkpoint: Path | None,
+    seed: int,
+    init: str = "default",
+    running_stats: bool = True,
 ) -> tuple[Any, Any]:
     """The registry model (at initialisation) or the checkpoint's, checked against the data."""
     from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
@@ -242,7 +249,15 @@ def torch_network(
                     f"checkpoint {checkpoint} has {config.num_classes} outputs, the data has {classes} classes"
                 )
         else:
-            config = model_config(model or "fc2", data.image_shape, classes, width=width, seed=seed, init=init)
+            config = model_config(
+                model or "fc2",
+                data.image_shape,
+                classes,
+                width=width,
+                seed=seed,
+                init=init,
+                running_stats=running_stats,
+            )
             net = build_model(config)
         check_fits(config, data.image_shape)
     except (ModelError, CheckpointError) as err:

@@ -155,6 +155,13 @@ def _attack_notes(settings: TrainSettings, threat: _Threat, channels: int) -> li
     return notes
 
 
+def _check_batchnorm(settings: TrainSettings, model: Any, name: str) -> None:
+    from ntkrobust.bridge.tracking import has_batchnorm
+
+    if settings.batchnorm != "running" and not has_batchnorm(model):
+        raise StudyError(f"--batchnorm {settings.batchnorm}: {name} has no BatchNorm layers")
+
+
 def _check_augmentation(settings: TrainSettings, image_shape: tuple[int, ...]) -> None:
     from ntkrobust.bridge.augment import check_augmentation
 
@@ -172,6 +179,8 @@ def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any,
     from ntkrobust.bridge.models import ModelError, check_fits
 
     path = settings.linearize_from
+    if settings.batchnorm == "batch":
+        raise StudyError("--batchnorm batch trains without running statistics; --linearize-from freezes the parent's")
     if settings.model is not None or settings.width is not None or settings.init != "default":
         raise StudyError(
             "--model / --width / --init do not apply with --linearize-from: the checkpoint has its network"
@@ -201,7 +210,10 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
             checkpoint=None,
             seed=_run_seed(settings),
             init=settings.init,
+            # RAT's "w/o buffer" model: no running statistics anywhere in the run
+            running_stats=settings.batchnorm != "batch",
         )
+        _check_batchnorm(settings, model, config.model)
         return {"model": model, "config": config, "linearization": None, "kernel_network": None, "magnitude": None}
     from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
 

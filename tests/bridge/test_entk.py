@@ -259,3 +259,15 @@ def test_class_index_must_be_an_output():
     model = build_model(model_config("fc1", (1, 4, 4), 3, width=4))
     with pytest.raises(ValueError, match="class 3 is not an output"):
         empirical_ntk(model, torch.rand(2, 1, 4, 4), kind="class:3")
+
+
+def test_a_net_without_running_statistics_takes_the_kernel_of_its_points_statistics():
+    """RAT's "w/o buffer" net: its kernel is the buffered twin's with batch_stats (float64, 1e-12)."""
+
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    buffered = build_model(model_config("resnet18", (3, 8, 8), 3, width=2, seed=1))
+    free = build_model(model_config("resnet18", (3, 8, 8), 3, width=2, seed=1, running_stats=False))
+    expected = empirical_ntk(buffered, x, kind="full", batch_stats=True, dtype=torch.float64)
+    np.testing.assert_allclose(
+        empirical_ntk(free, x, kind="full", dtype=torch.float64), expected, rtol=1e-12, atol=1e-12
+    )

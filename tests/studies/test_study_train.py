@@ -178,3 +178,16 @@ def test_seeds_write_one_run_each_on_one_probe(small_training, tmp_path, refuses
     more = train.run(small_training(out, epochs=2, seeds=(0, 1), resume=True))
     assert [len(r.record["epochs"]) for r in more.runs] == [3, 3]
     refuses(train, small_training(tmp_path / "twice", seeds=(1, 1)), "names a seed twice", compute=NO_TRAINING)
+
+
+def test_batchnorm_batch_trains_a_net_without_running_statistics(small_training, tmp_path, refuses):
+    import torch
+
+    settings = small_training(tmp_path / "run", model="resnet18", width=2, epochs=1, batchnorm="batch", track_kernel=8)
+    history = train.run(settings).record
+    assert history["config"]["model"]["running_stats"] is False
+    assert set(history["epochs"][-1]["accuracy"]) == {"batch"}
+    assert history["kernels"][-1]["clean"]["frobenius_norm"] > 0  # the kernel of batch statistics
+    stored = torch.load(tmp_path / "run" / "checkpoints" / "epoch_001.pt", weights_only=True)["state_dict"]
+    assert not [key for key in stored if "running" in key or "num_batches" in key]
+    refuses(train, small_training(tmp_path / "fc", batchnorm="batch"), "--batchnorm batch: fc2 has no BatchNorm layers")
