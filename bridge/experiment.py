@@ -17,7 +17,8 @@ seeded by (seed, epoch, step) (``bridge.training``), reproduces the uninterrupte
                  "relative_magnitude" (linearized runs), "seconds": {"train", "track", "evaluate"}}, ...],
      "kernels": [{"step", "epoch" (= step / steps_per_epoch), "file", "clean", "adversarial",
                   "adversarial_labels" (kernels.metrics.kernel_metrics dicts), "probe_accuracy",
-                  "seconds"}, ...],
+                  "batch_statistics" (evaluated both ways: the same keys for the kernels taken
+                  with batch statistics, whose arrays carry the suffix _batch), "seconds"}, ...],
      "versions": {...}, "argv": [...]}
 """
 
@@ -231,7 +232,8 @@ class _TrainingRun:
                 data.y_train, data.classes, tracking.eval_n, chooser, self.chosen if self.shared else None
             )
         )
-        self.tracker = self._make_tracker() if tracking.probe else None
+        # one tracker per BatchNorm mode: with both, the kernels are also taken with batch statistics
+        self.trackers = [self._make_tracker(mode) for mode in tracking.batchnorm] if tracking.probe else []
         self.ensemble = None
         if train.mode == "te":
             assert train.te_start is not None and train.te_end is not None  # TrainConfig checks
@@ -241,7 +243,7 @@ class _TrainingRun:
         self.step_track_seconds = 0.0  # tracking inside an epoch, taken out of its training time
         self.progress = False  # bars for the evaluation and the kernels (set by run_training)
 
-    def _make_tracker(self) -> KernelTracker:
+    def _make_tracker(self, batchnorm: str) -> KernelTracker:
         chosen = torch.as_tensor(self.chosen, device=self.device)
         return KernelTracker(
             x=self.x_train[chosen],
@@ -251,7 +253,7 @@ class _TrainingRun:
             step=self.tracking.step,
             steps=self.tracking.steps,
             seed=derived_seed(self.train.seed, 3),
-            batchnorm=self.tracking.batchnorm[0],
+            batchnorm=batchnorm,
             memory_budget=self.tracking.memory_budget,
         )
 
@@ -278,20 +280,25 @@ class _TrainingRun:
             "kernels": [],
             **(metadata or {}),
         }
-        if self.tracker is not None:
+        if self.trackers:
             arrays = {
-                "x": self.tracker.x.cpu().numpy().astype(np.float32),
+                "x": self.trackers[0].x.cpu().numpy().astype(np.float32),
                 "y": self.data.y_train[self.chosen],
-                "targets": self.tracker.targets.cpu().numpy(),
+                "targets": self.trackers[0].targets.cpu().numpy(),
             }
             _save_arrays(self.run.probe, arrays)
 
     def track(self, step: int, probe_examples: torch.Tensor | None = None) -> float:
         """Take the kernels at ``step`` into their file and the history; their seconds."""
-        if self.tracker is None:
+        if not self.trackers:
             return 0.0
         network = self.model if self.kernel_network is None else self.kernel_network(self.model)
-        arrays, record = self.tracker.track(self.model, network, x_adv=probe_examples, progress=self.progress)
+        arrays, record = self.trackers[0].track(self.model, network, x_adv=probe_examples, progress=self.progress)
+        for tracker in self.trackers[1:]:  # the batch-statistics kernels of a run evaluated both ways
+            more_arrays, more = tracker.track(self.model, network, progress=self.progress)
+            arrays |= {f"{key}_{tracker.batchnorm}": value for key, value in more_arrays.items()}
+            record["seconds"] += more.pop("seconds")
+            record[f"{tracker.batchnorm}_statistics"] = more
         name = self.run.kernel_name(step)
         _save_arrays(self.run.path / name, arrays)
         self.history["kernels"].append({"step": step, "epoch": step / self.steps_per_epoch, "file": name, **record})

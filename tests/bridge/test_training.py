@@ -349,11 +349,16 @@ def test_run_with_batchnorm_evaluated_both_ways(tmp_path, digits):
     config = model_config("resnet18", digits.image_shape, len(digits.classes), width=2, seed=0)
     model = build_model(config)
     train = TrainConfig(mode="fgsm", epochs=1, lr=0.05, batch_size=50, eps=0.1)
-    tracking = TrackingConfig(eps=0.1, step=0.03, steps=2, probe=0, eval_n=20, batchnorm=("running", "batch"))
+    tracking = TrackingConfig(eps=0.1, step=0.03, steps=2, probe=10, eval_n=20, batchnorm=("running", "batch"))
     history = run_training(
         tmp_path, model, config, digits, train, tracking, config={}, label="bn", device=torch.device("cpu")
     )
     assert [set(record["accuracy"]) for record in history["epochs"]] == [{"running", "batch"}] * 2
+    # the kernels are taken both ways too (RAT figs. 2-4 from one run)
+    record = history["kernels"][-1]
+    assert record["batch_statistics"]["clean"]["frobenius_norm"] != record["clean"]["frobenius_norm"]
+    with np.load(tmp_path / record["file"]) as arrays:
+        assert {"clean", "clean_batch", "adversarial_batch", "x_adversarial_batch"} <= set(arrays.files)
     # at initialisation the running statistics are the defaults (mean 0, variance 1), far from the
     # batches' own, so the two evaluations of the same net see different inputs to every layer
     assert history["epochs"][0]["accuracy"]["running"] != history["epochs"][0]["accuracy"]["batch"]
