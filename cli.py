@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
 from ntkrobust.studies._base import StudyError, StudyWarning
 from ntkrobust.studies._output import OutputLock, check_out_dir, check_out_file, check_writable
+from ntkrobust.studies.evaluate import EVALUATION_ATTACKS
 from ntkrobust.studies.features import DEFAULT_ROBUST_R
 from ntkrobust.studies.train import AUGMENTATIONS, INITIALISATIONS, TRAINING_MODES
 
@@ -108,6 +109,22 @@ _non_negative_int = _int_at_least(0)
 def _int_list(text: str) -> tuple[int, ...]:
     """'50,75' → (50, 75), each at least 1."""
     return tuple(_positive_int(item.strip()) for item in text.split(",") if item.strip())
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """'0,1,2' → (0, 1, 2), each at least 0."""
+    return tuple(_non_negative_int(item.strip()) for item in text.split(",") if item.strip())
+
+
+def _attack_list(text: str) -> tuple[str, ...]:
+    """'pgd-20,autoattack' → ('pgd-20', 'autoattack'), each one of EVALUATION_ATTACKS."""
+    names = tuple(item.strip().lower() for item in text.split(",") if item.strip())
+    for name in names:
+        if name not in EVALUATION_ATTACKS:
+            raise argparse.ArgumentTypeError(f"{name!r} is none of {', '.join(EVALUATION_ATTACKS)}")
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one attack")
+    return names
 
 
 def _r_list(text: str) -> tuple[int, ...]:
@@ -241,6 +258,14 @@ _ABOUT = {
         "supp. B), against trained target nets (checkpoints of train / two-layer, TorchScript files, or state "
         "dicts of registry models), beside each net's own white-box attack and random-sign noise of the same "
         "eps; every net's own examples also attack every other net (transferability tau, LOO sec. 5).",
+    ),
+    "evaluate": (
+        "robust accuracy as RobustBench measures it: clean, PGD-20, PGD-100, CW, AutoAttack",
+        "Evaluate trained nets (checkpoints of train / two-layer, MODEL=STATE_DICT files, or with "
+        "--trust-model-code TorchScript / .pt2 files) on the test points of the data: clean accuracy, PGD-20 and "
+        "PGD-100 on the cross-entropy, PGD-100 on the CW margin loss and the standard AutoAttack (APGD-CE, APGD-T, "
+        "FAB-T, Square, by pyautoattack), per net the worst case over them, and a flag where AutoAttack lies far "
+        "below the gradient attacks (gradient masking).",
     ),
     "make-npz": (
         "write a dataset (after --classes / subsets / --from-test-split) as an .npz",
@@ -457,7 +482,7 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     _add_device_flag(g)
     g.add_argument(
         "--seeds",
-        type=_int_list,
+        type=_seed_list,
         default=(),
         help="one run per seed in OUT/seed_S (initialisation, shuffles, attacks; the data and probe of --seed)",
     )
@@ -600,6 +625,35 @@ def _transfer_parser(p: argparse.ArgumentParser) -> None:
     _add_output_flags(p, what="output folder: results.json, transfer.png, examples.npz")
 
 
+def _evaluate_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "nets", nargs="+", metavar="NET", help="checkpoint, MODEL[:WIDTH]=STATE_DICT, or (trusted) .pt / .pt2"
+    )
+    _add_data_flags(p)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eps", type=_number, help="linf radius (default: 0.3 grey, 8/255 colour)")
+    g.add_argument(
+        "--attacks",
+        type=_attack_list,
+        default=EVALUATION_ATTACKS,
+        help=f"comma-separated, of {','.join(EVALUATION_ATTACKS)} (default: all)",
+    )
+    g.add_argument(
+        "--masking-gap",
+        type=_number,
+        default=0.1,
+        help="flag a net whose AutoAttack accuracy lies this far below every gradient attack's (default 0.1)",
+    )
+    g.add_argument("--batch-size", type=_positive_int, default=250, help="points per attack batch (default 250)")
+    g.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="also load TorchScript and .pt2 files: loading them runs code from the file",
+    )
+    _add_device_flag(g)
+    _add_output_flags(p, what="output folder: results.json")
+
+
 def _make_npz_parser(p: argparse.ArgumentParser) -> None:
     _add_data_flags(p)
     _add_output_flags(p, what="the .npz file to write")
@@ -614,6 +668,7 @@ COMMANDS = {
     "dynamics": ("dynamics", "DynamicsSettings", _dynamics_parser),
     "two-layer": ("two_layer", "TwoLayerSettings", _two_layer_parser),
     "transfer": ("transfer", "TransferSettings", _transfer_parser),
+    "evaluate": ("evaluate", "EvaluateSettings", _evaluate_parser),
     "make-npz": ("make_npz", "MakeNpzSettings", _make_npz_parser),
 }
 

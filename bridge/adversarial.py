@@ -81,15 +81,17 @@ def adversarial_examples(
     random_start: bool = True,
     seed: int = 0,
     batch_size: int = 256,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The net's own white-box FGSM, or PGD (``step``, ``steps``, random start unless told
-    otherwise), in batches; ``model`` should be in the mode it is evaluated in (eval mode, or
-    frozen batch statistics)."""
+    otherwise), in batches, on the cross-entropy or on ``loss(logits, y)`` (summed over the
+    batch); ``model`` should be in the mode it is evaluated in (eval mode, or frozen batch
+    statistics)."""
     if method not in NET_METHODS:
         raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(NET_METHODS)}")
     if method == "pgd" and step is None:
         raise ValueError("pgd needs a step size")
-    gradient = cross_entropy_gradient(model)
+    gradient = cross_entropy_gradient(model) if loss is None else input_gradient(model, loss)
     parts = []
     for i in range(0, x.shape[0], batch_size):
         batch = slice(i, i + batch_size)

@@ -12,7 +12,12 @@ under ``"epochs"``, per-tracked-kernel records under ``"kernels"``), the probe (
 - ``kernel_dynamics`` measures a kernel trajectory with ``kernels.metrics``: pairwise distances
   (TK fig. 3 left), velocity and distance to the final kernel (LOO fig. 1a-b), polar coordinates
   of the whole kernel and of its top-k eigenspace (TK fig. 3 right, supp. fig. 8);
-- ``dynamics_summary`` gathers what ``plots.dynamics_figures`` draws for one run, as a plain dict.
+- ``dynamics_summary`` gathers what ``plots.dynamics_figures`` draws for one run, as a plain dict;
+- ``load_run_groups`` reads the RUNs of ``dynamics``, a folder of ``train --seeds`` as one group
+  whose curves are drawn as mean ± std over its seeds (LOO n = 3, RAT), ``group_summary`` its
+  summary;
+- ``baseline_distance`` measures KD(Θ_t^baseline, Θ_t^run) between two runs at the steps both
+  tracked (RAT sec. 5, figs. 5, 7, 9b-c, 17), after ``check_comparable``.
 """
 
 from __future__ import annotations
@@ -163,15 +168,17 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
 def load_runs(paths: Sequence[str | Path], *, kernels: bool = True) -> list[TrainingRun]:
     """Several runs, their labels made distinct (a repeated label gets its folder name appended)."""
     runs = [load_run(p, kernels=kernels) for p in paths]
-    labels = [run.label for run in runs]
-    for i, run in enumerate(runs):
-        if labels.count(run.label) > 1:
-            runs[i] = dataclasses.replace(run, label=f"{run.label} ({run.path.name or run.path})")
-    labels = [run.label for run in runs]
-    for i, run in enumerate(runs):
-        if labels.count(run.label) > 1:  # same folder name too: number them
-            runs[i] = dataclasses.replace(run, label=f"{run.label} #{i + 1}")
-    return runs
+    labels = distinct_labels([run.label for run in runs], [run.path for run in runs])
+    return [dataclasses.replace(run, label=label) for run, label in zip(runs, labels, strict=True)]
+
+
+def distinct_labels(labels: list[str], paths: Sequence[Path]) -> list[str]:
+    """``labels`` with a repeated one given its folder name, and numbered if that repeats too."""
+    labels = [
+        f"{label} ({path.name or path})" if labels.count(label) > 1 else label
+        for label, path in zip(labels, paths, strict=True)
+    ]
+    return [f"{label} #{i + 1}" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
 def run_label(history: dict[str, Any], path: Path) -> str:
@@ -298,8 +305,11 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
 
 
 def json_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """A ``dynamics_summary`` without its numpy arrays, ready for ``json.dump``."""
-    return {key: value for key, value in summary.items() if key not in ARRAY_KEYS}
+    """A ``dynamics_summary`` (or ``group_summary``) without its numpy arrays, ready for ``json.dump``."""
+    plain = {key: value for key, value in summary.items() if key not in ARRAY_KEYS}
+    if "seed_runs" in plain:
+        plain["seed_runs"] = [json_summary(seed) for seed in plain["seed_runs"]]
+    return plain
 
 
 def describe_run(run: TrainingRun) -> str:

@@ -22,10 +22,12 @@ Modules (Tsilivis & Kempe "TK", Loo et al. "LOO"):
   ``ntkrobust train`` runs (run summaries of ``bridge.runs.dynamics_summary``), named in
   ``DYNAMICS_FIGURES``; the figures are in ``dynamics_kernels`` (``kernel_distance_heatmaps``,
   TK fig. 3 left; ``polar_trajectories``, fig. 3 right, supp. fig. 8; ``kernel_images_grid``,
-  fig. 6 left; ``eigenvector_pictures``, LOO fig. 4) and ``dynamics_curves``
+  fig. 6 left; ``eigenvector_pictures``, LOO fig. 4), ``dynamics_curves``
   (``kernel_norm_and_concentration``, TK fig. 6 right, supp. fig. 7; ``accuracy_curves``, supp.
   fig. 6; ``kernel_velocity_and_distance`` and ``rank_and_specialization``, LOO fig. 1;
-  ``relative_magnitude_curve``, LOO sec. 4);
+  ``relative_magnitude_curve``, LOO sec. 4; a run of several seeds as mean ± std bands) and
+  ``dynamics_comparison`` (``baseline_distance_curves``, RAT figs. 5, 7, 17;
+  ``specialization_heatmaps``, RAT figs. 3, 4, 8, 18);
 - ``transfer``: ``two_layer_transfer`` (TK fig. 4, supp. fig. 1a), ``gradient_pictures`` (supp.
   fig. 1b), ``transfer_heatmap`` (targets × attack sources, transferability τ) and
   ``transferability_curves`` (LOO fig. 3);
@@ -35,6 +37,7 @@ Modules (Tsilivis & Kempe "TK", Loo et al. "LOO"):
 from __future__ import annotations
 
 from ntkrobust.plots.dynamics import DYNAMICS_FIGURES, applicable_figures, dynamics_figures, dynamics_subtitle
+from ntkrobust.plots.dynamics_comparison import baseline_distance_curves, specialization_heatmaps
 from ntkrobust.plots.dynamics_curves import (
     accuracy_curves,
     kernel_norm_and_concentration,
@@ -56,6 +59,7 @@ __all__ = [
     "DYNAMICS_FIGURES",
     "accuracy_curves",
     "applicable_figures",
+    "baseline_distance_curves",
     "dynamics_figures",
     "dynamics_subtitle",
     "eigenvector_pictures",
@@ -71,6 +75,7 @@ __all__ = [
     "relative_magnitude_curve",
     "robust_only_curves",
     "robustness_usefulness",
+    "specialization_heatmaps",
     "transfer_heatmap",
     "transferability_curves",
     "two_layer_transfer",

@@ -9,13 +9,15 @@ missing: a figure draws what is there and notes under its panels what is not. Ru
 - ``_dynamics_series``: a series of the kernel dynamics (``RunSummary["dynamics"]``);
 - ``_tracked_kinds``: the kernels (C-NTK, AE-NTK) some run tracked, with their line styles;
 - ``_relative_magnitudes``: the per-epoch relative magnitude of linearized training;
-- ``_mark_switches``: a dotted line in the run's colour at each run's switch epoch.
+- ``_mark_switches``: a dotted line in the run's colour at each run's switch epoch;
+- ``_seeded`` / ``_seed_band``: a series of a run, or of the runs of several seeds
+  (``RunSummary["seed_runs"]``) as their mean ± std.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -92,3 +94,47 @@ def _mark_switches(ax: Any, runs: Sequence[RunSummary], indices: Sequence[int] |
 def _relative_magnitudes(run: RunSummary) -> tuple[np.ndarray, np.ndarray]:
     records = [r for r in run.get("epochs") or [] if r.get("relative_magnitude") is not None]
     return _floats([r.get("epoch") for r in records]), _floats([r["relative_magnitude"] for r in records])
+
+
+class Curve(NamedTuple):
+    """What a curve figure draws of one run: its series, or for the runs of several seeds the
+    mean and the spread over them."""
+
+    epochs: np.ndarray
+    values: np.ndarray  # the run's values, or the mean over its seeds
+    spread: np.ndarray | None  # the sample standard deviation over the seeds; None for one run
+    lowest: np.ndarray | None  # the lowest seed's value (the band's floor on a log axis)
+    missing: str | None  # why some or all values are missing
+
+
+def _seed_band(curves: Sequence[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, std, lowest) of the seeds' curves (epochs, values), at the epochs where
+    every seed has a finite value: the mean, the sample standard deviation (ddof 1, as the
+    spread of train's seeds.json; 0 for a single seed) and the lowest seed's value."""
+    tables = []
+    for x, y in curves:
+        x, y = _floats(x), _floats(y)
+        keep = np.isfinite(x) & np.isfinite(y)
+        tables.append(dict(zip(x[keep].tolist(), y[keep].tolist(), strict=True)))
+    shared = sorted(set.intersection(*(set(table) for table in tables))) if tables else []
+    if not shared:
+        return np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0)
+    values = np.asarray([[table[epoch] for epoch in shared] for table in tables], dtype=np.float64)
+    spread = values.std(axis=0, ddof=1) if len(tables) > 1 else np.zeros(len(shared))
+    return np.asarray(shared), values.mean(axis=0), spread, values.min(axis=0)
+
+
+def _seeded(run: RunSummary, series: Series, kind: str, key: str) -> Curve:
+    """``series(run, kind, key)`` as a ``Curve``; for the runs of several seeds its mean ± std
+    over them, at the epochs every seed has (the others noted as missing)."""
+    seeds = run.get("seed_runs")
+    if not seeds:
+        x, y, reason = series(run, kind, key)
+        return Curve(x, y, None, None, reason)
+    drawn = [series(seed, kind, key) for seed in seeds]
+    reason = next((why for *_, why in drawn if why is not None), None)
+    x, mean, spread, lowest = _seed_band([(x, y) for x, y, _ in drawn])
+    finite = max(int((np.isfinite(_floats(x)) & np.isfinite(_floats(y))).sum()) for x, y, _ in drawn)
+    if reason is None and x.size < finite:
+        reason = f"{finite - x.size} epoch(s) not in every seed"
+    return Curve(x, mean, spread, lowest, reason)

@@ -175,6 +175,29 @@ def _line(ax: Any, x: Any, y: Any, colour: Any, style: Any, marker: str, *, log:
     return int((~keep).sum())
 
 
+_BAND_ALPHA = 0.25  # the mean ± std band of the runs of several seeds
+
+
+def _band(ax: Any, x: Any, mean: Any, spread: Any, lowest: Any, colour: Any, *, log: bool = False) -> None:
+    """The band mean ± spread behind a curve of several seeds; on a log axis its floor is the
+    lowest seed's value where mean − spread is not positive."""
+    x, mean, spread, lowest = _floats(x), _floats(mean), _floats(spread), _floats(lowest)
+    low, high = mean - spread, mean + spread
+    keep = np.isfinite(x) & np.isfinite(low) & np.isfinite(high)
+    if log:
+        low = np.where(low > 0, low, lowest)
+        keep &= (low > 0) & (high > 0)
+    if keep.any():
+        ax.fill_between(x[keep], low[keep], high[keep], color=colour, alpha=_BAND_ALPHA, linewidth=0, zorder=1)
+
+
+def _band_handle() -> Any:
+    """The legend entry of the seed bands."""
+    from matplotlib.patches import Patch
+
+    return Patch(facecolor="0.45", alpha=_BAND_ALPHA + 0.1, edgecolor="none")
+
+
 # -- axes --------------------------------------------------------------------------------------
 
 

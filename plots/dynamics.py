@@ -3,16 +3,21 @@
 ``dynamics_figures`` draws every figure that applies to the run summaries (``RunSummary``, one
 per run, from ``bridge.runs.dynamics_summary``) under the fixed file names of
 ``DYNAMICS_FIGURES``; ``applicable_figures`` says which, ``dynamics_subtitle`` what the runs
-share. The figures themselves live in ``plots.dynamics_kernels`` (pictures of kernels) and
-``plots.dynamics_curves`` (curves against the epoch).
+share. The figures themselves live in ``plots.dynamics_kernels`` (pictures of kernels),
+``plots.dynamics_curves`` (curves against the epoch) and ``plots.dynamics_comparison`` (the
+distance to a baseline run and the specialization matrices, RAT). A run summary of several
+seeds (``seed_runs``) is drawn as its mean ± std in the curves and by its first seed in the
+pictures; the subtitles say so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ntkrobust.plots._runs import _label, _relative_magnitudes
+from ntkrobust.plots._runs import _has_kind, _label, _relative_magnitudes
+from ntkrobust.plots.dynamics_comparison import SPECIALIZATION_KINDS, baseline_distance_curves, specialization_heatmaps
 from ntkrobust.plots.dynamics_curves import (
     accuracy_curves,
     kernel_norm_and_concentration,
@@ -35,6 +40,8 @@ DYNAMICS_FIGURES = {
     "kernel_images": "kernel_images.png",
     "accuracy": "accuracy.png",
     "relative_magnitude": "relative_magnitude.png",
+    "baseline_distance": "baseline_distance.png",
+    **{name: f"{name}.png" for name in SPECIALIZATION_KINDS},
 }
 """The figures of ``dynamics_figures``: name → file name in its output folder."""
 
@@ -84,16 +91,42 @@ def applicable_figures(runs: Sequence[RunSummary]) -> list[str]:
         "kernel_images": any(run.get("final_kernel") is not None for run in runs),
         "accuracy": any(run.get("epochs") for run in runs),
         "relative_magnitude": any(_relative_magnitudes(run)[0].size for run in runs),
+        "baseline_distance": any(run.get("baseline_distance") for run in runs),
+        **{name: any(_has_kind(run, kind) for run in runs) for name, (kind, _) in SPECIALIZATION_KINDS.items()},
     }
     return [name for name in DYNAMICS_FIGURES if applies[name]]
 
 
-def dynamics_figures(runs: Sequence[RunSummary], out_dir: Path, *, subtitle: str = "") -> dict[str, str]:
+_PICTURES = {"kernel_distance", "polar", "kernel_images", *SPECIALIZATION_KINDS}
+"""The figures that picture one run's kernels: a run of several seeds by its first seed."""
+
+
+def _seeds_note(name: str, runs: Sequence[RunSummary]) -> str:
+    """How a figure draws the runs of several seeds, for its subtitle ("" without any)."""
+    groups = [run for run in runs if len(run.get("seed_runs") or []) > 1]
+    if not groups:
+        return ""
+    if name in _PICTURES:
+        first = sorted({str((run.get("seeds") or ["?"])[0]) for run in groups})
+        return f"runs of several seeds pictured by their first seed (seed {' / '.join(first)})"
+    counts = sorted({len(run.get("seed_runs") or []) for run in groups})
+    return f"runs of several seeds: mean ± sample std over {' / '.join(map(str, counts))} seeds (band)"
+
+
+def dynamics_figures(
+    runs: Sequence[RunSummary],
+    out_dir: Path,
+    *,
+    subtitle: str = "",
+    ksm_epochs: Sequence[float] | None = None,
+) -> dict[str, str]:
     """Every applicable training-dynamics figure (``applicable_figures``) of the run summaries
     ``runs`` into ``out_dir``, under the fixed names of ``DYNAMICS_FIGURES``; returns
-    {figure: file name} of those written. ``subtitle`` defaults to the runs' descriptions. The
-    eigenvector figure (needs torch to compute) is ``eigenvector_pictures``, called on its own."""
-    draw = {
+    {figure: file name} of those written. ``subtitle`` defaults to the runs' descriptions;
+    ``ksm_epochs`` are the columns of the specialization figures (default: each run's first and
+    last tracked epoch). The eigenvector figure (needs torch to compute) is
+    ``eigenvector_pictures``, called on its own."""
+    draw: dict[str, Callable[..., None]] = {
         "kernel_distance": kernel_distance_heatmaps,
         "polar": polar_trajectories,
         "norm_concentration": kernel_norm_and_concentration,
@@ -102,12 +135,18 @@ def dynamics_figures(runs: Sequence[RunSummary], out_dir: Path, *, subtitle: str
         "kernel_images": kernel_images_grid,
         "accuracy": accuracy_curves,
         "relative_magnitude": relative_magnitude_curve,
+        "baseline_distance": baseline_distance_curves,
+        **{
+            name: functools.partial(specialization_heatmaps, figure=name, epochs=ksm_epochs)
+            for name in SPECIALIZATION_KINDS
+        },
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     subtitle = subtitle or dynamics_subtitle(runs)
     written: dict[str, str] = {}
     for name in applicable_figures(runs):
-        draw[name](runs, out_dir / DYNAMICS_FIGURES[name], subtitle=subtitle)
+        note = _seeds_note(name, runs)
+        draw[name](runs, out_dir / DYNAMICS_FIGURES[name], subtitle="; ".join(p for p in (subtitle, note) if p))
         written[name] = DYNAMICS_FIGURES[name]
     return written

@@ -5,12 +5,16 @@
 - ``rank_and_specialization``: effective rank and kernel specialization (LOO fig. 1c-d);
 - ``accuracy_curves``: train / test accuracy, clean and under PGD (TK supp. fig. 6);
 - ``relative_magnitude_curve``: the first-order term of linearized training (LOO sec. 4).
+
+A run of several seeds (``RunSummary["seed_runs"]``) is drawn as its mean with a band of ± one
+sample standard deviation (``fill_between``), as LOO (n = 3) and RAT report their runs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,11 +29,14 @@ from ntkrobust.plots._runs import (
     _mark_switches,
     _metric_series,
     _relative_magnitudes,
+    _seeded,
     _tracked_kinds,
 )
 from ntkrobust.plots._style import (
     _SWITCH_STYLE,
     KernelStyle,
+    _band,
+    _band_handle,
     _colour,
     _empty,
     _floats,
@@ -69,24 +76,28 @@ def _series_panels(
 ) -> None:
     """Panels of per-run curves against the epoch: (key, y label, title, log y, kernels) each;
     ``series(run, kind, key)`` gives (epochs, values, why missing); the run's colour throughout,
-    C-NTK solid, AE-NTK dashed, a dotted vertical line at a switch epoch."""
+    C-NTK solid, AE-NTK dashed, a dotted vertical line at a switch epoch; the runs of several
+    seeds as their mean with a band of ± one standard deviation."""
     plt = _pyplot()
     fig, axes = _grid(plt, 1, len(panels), 4.0)
     fig.set_figwidth(fig.get_figwidth() + 2.4)
     fig.set_figheight(fig.get_figheight() + 0.7)
     missing: dict[tuple[str, int, str], list[str]] = {}  # (panel, run, why) -> kernels
     used_kinds: set[str] = set()
-    switch = False
+    switch = banded = False
     for ax, (key, ylabel, title, log, kinds) in zip(axes[0], panels, strict=True):
         drawn = False
         for i, run in enumerate(runs):
             for kind, kind_name, style, marker in kinds:
                 short = kind_name.split(" (")[0]
-                x, y, reason = series(run, kind, key)
+                x, y, spread, lowest, reason = _seeded(run, series, kind, key)
                 if reason is not None:
                     missing.setdefault((title, i, reason), []).append(short)
                 if x.size == 0:
                     continue
+                if spread is not None:
+                    _band(ax, x, y, spread, lowest, _colour(i), log=log)
+                    banded = True
                 dropped = _line(ax, x, y, _colour(i), style, marker, log=log)
                 if dropped:
                     off = _RESIDUAL_OFF_AXIS if key.startswith(_CONCENTRATION) else "value(s) ≤ 0, off the log axis"
@@ -100,13 +111,17 @@ def _series_panels(
             ax.set_title(title, fontsize=10)
             _empty(ax, f"{title}: nothing to draw" + (" (see the note below)" if missing else ""))
     kinds_used = [k for k in (*_KERNELS, _OWN_LABELS) if k[0] in used_kinds]
-    _legend(fig, _all_runs(runs), kinds_used, switch=switch)
+    _legend(fig, _all_runs(runs), kinds_used, switch=switch, extra=_band_legend(banded))
     notes = [
         (f"{title} of {_label(runs[i], i)} ({' and '.join(which)})", why) for (title, i, why), which in missing.items()
     ]
     _notes(fig, notes)
     _heading(fig, heading, subtitle, ref=ref)
     _save(fig, path)
+
+
+def _band_legend(banded: bool) -> list[tuple[Any, str]]:
+    return [(_band_handle(), "mean ± std\nover the seeds")] if banded else []
 
 
 _CONCENTRATION = "concentration_top"
@@ -226,6 +241,14 @@ _ACCURACIES = (
 )
 
 
+def _accuracy_series(run: RunSummary, source: str, key: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(epochs, accuracies) of one split and input (``key``) with ``source`` BatchNorm statistics."""
+    records = run.get("epochs") or []
+    x = _floats([record.get("epoch") for record in records])
+    y = _floats([((record.get("accuracy") or {}).get(source) or {}).get(key) for record in records])
+    return x, y, None
+
+
 def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
     """Train / test accuracy on clean and PGD inputs against the epoch, one panel per run (TK supp.
     fig. 6): test in the run's colour, train lighter, clean solid, PGD dashed; accuracies with
@@ -237,17 +260,19 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
     fig, axes = _grid(plt, 1, max(len(runs), 1), 3.8)
     fig.set_figwidth(fig.get_figwidth() + 1.9)
     fig.set_figheight(fig.get_figheight() + 0.6)
-    batch_seen, notes = False, []
+    batch_seen = banded = False
+    notes = []
     for i, (ax, run) in enumerate(zip(axes[0], runs, strict=True)):
-        records = run.get("epochs") or []
-        x = _floats([record.get("epoch") for record in records])
         drawn = False
         for source in ("running", "batch"):
             for key, _, light, style, marker in _ACCURACIES:
-                y = _floats([((record.get("accuracy") or {}).get(source) or {}).get(key) for record in records])
+                x, y, spread, lowest, _ = _seeded(run, _accuracy_series, source, key)
                 if not np.isfinite(y).any():
                     continue
                 colour = _shade(_colour(i), light) if light else _colour(i)
+                if spread is not None:
+                    _band(ax, x, y, spread, lowest, colour)
+                    banded = True
                 if source == "running":
                     _line(ax, x, y, colour, style, marker)
                 else:
@@ -276,7 +301,7 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
         handles.append((Line2D([], [], color="0.3", marker="x", linewidth=0.9, ms=5), "BatchNorm batch\nstatistics"))
     if any(run.get("switch_epoch") is not None for run in runs):
         handles.append((Line2D([], [], color="0.3", ls=_SWITCH_STYLE), "switch epoch"))
-    _legend(fig, extra=handles)
+    _legend(fig, extra=handles + _band_legend(banded))
     _notes(fig, notes)
     _heading(fig, "Accuracy during training", subtitle, ref="TK supp. fig. 6; test in the run's colour, train lighter")
     _save(fig, path)
@@ -291,9 +316,13 @@ def relative_magnitude_curve(runs: Sequence[RunSummary], path: Path, *, subtitle
     ax = axes[0, 0]
     notes: list[tuple[str, str]] = []
     shown = []
+    banded = False
     for i, run in enumerate(runs):
-        x, y = _relative_magnitudes(run)
+        x, y, spread, lowest, _ = _seeded(run, lambda run, *_: (*_relative_magnitudes(run), None), "", "")
         if x.size:
+            if spread is not None:
+                _band(ax, x, y, spread, lowest, _colour(i), log=True)
+                banded = True
             dropped = _line(ax, x, y, _colour(i), "-", "o", log=True)
             if dropped:
                 notes.append((_label(run, i), f"{dropped} value(s) ≤ 0, off the log axis"))
@@ -305,7 +334,7 @@ def relative_magnitude_curve(runs: Sequence[RunSummary], path: Path, *, subtitle
         _style_epoch_axes(ax, ylabel, "linearized training", log=True)
     else:
         _empty(ax, "no run records a relative magnitude")
-    _legend(fig, [(i, _label(runs[i], i)) for i in shown])
+    _legend(fig, [(i, _label(runs[i], i)) for i in shown], extra=_band_legend(banded))
     _notes(fig, notes)
     _heading(fig, "First-order term of linearized training", subtitle, ref="LOO sec. 4")
     _save(fig, path)

@@ -12,7 +12,8 @@ Features (``robustness_usefulness``, ``feature_gallery``, ``robust_only_curves``
 
 Training dynamics (every figure of ``plots.dynamics``): ``RunSummary``, one per run, as built by
 ``bridge.runs.dynamics_summary`` (``json_summary`` is the same without the kernel arrays), with
-its ``EpochRecord``, ``KernelRecord`` and ``KernelDynamics`` parts.
+its ``EpochRecord``, ``KernelRecord``, ``KernelDynamics`` and ``BaselineDistance`` parts; the
+runs of several seeds as ``bridge.run_groups.group_summary`` builds them (``seed_runs``).
 
 Transfer (``two_layer_transfer``): ``TwoLayerNet`` and ``TwoLayerKernel``, the ``nets`` and
 ``{"epochs": kernel}`` of ``bridge.two_layer.TwoLayerResult``.
@@ -27,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "Accuracies",
+    "BaselineDistance",
     "EpochRecord",
     "FeaturePanel",
     "FeatureScoresLike",
@@ -177,8 +179,23 @@ class KernelDynamics(TypedDict, total=False):
     undefined: Mapping[str, str]  # name ("velocity", "polar", "top_polar", ...) -> why
 
 
+class BaselineDistance(TypedDict, total=False):
+    """KD(Θ_t^baseline, Θ_t^run) at the steps both runs tracked (``bridge.run_groups.baseline_distance``,
+    RAT sec. 5); a kernel whose distances could not be measured is absent, ``undefined`` says why."""
+
+    baseline: str  # the baseline's folder
+    baseline_label: str
+    steps: Sequence[int]  # (S,) the shared steps
+    epochs: Sequence[float]  # (S,) the run's epoch at each
+    clean: Sequence[float]  # (S,) of the C-NTKs
+    adversarial: Sequence[float]  # (S,) of the AE-NTKs
+    undefined: Mapping[str, str]  # kind -> why
+
+
 class RunSummary(TypedDict, total=False):
-    """One training run (``bridge.runs.dynamics_summary``); run i has colour i in every figure."""
+    """One training run (``bridge.runs.dynamics_summary``); run i has colour i in every figure.
+    The runs of several seeds (``bridge.run_groups.group_summary``): the first seed's summary, with the
+    group's label and path, ``seeds`` and every seed's summary under ``seed_runs``."""
 
     label: str
     path: str
@@ -198,6 +215,9 @@ class RunSummary(TypedDict, total=False):
     dynamics: Mapping[str, KernelDynamics]  # "clean" and, when tracked, "adversarial"
     initial_kernel: np.ndarray | None  # (N, N) first clean kernel
     final_kernel: np.ndarray | None  # (N, N) last clean kernel
+    baseline_distance: BaselineDistance  # with dynamics --baseline
+    seeds: Sequence[int]  # the runs of several seeds: their seeds, the first one pictured
+    seed_runs: Sequence[RunSummary]  # one summary per seed: the curves' mean ± std
 
 
 # -- transfer (TK sec. 3.2, supp. C; LOO sec. 5) -----------------------------------------------

@@ -15,6 +15,7 @@ train          ``TrainSettings``                    training with kernel trackin
 dynamics       ``DynamicsSettings``                 figures of how the kernels moved
 two_layer      ``TwoLayerSettings``                 TK supp. C: two-layer nets vs their NTK
 transfer       ``TransferSettings``                 transfer matrix and τ (TK, LOO sec. 5)
+evaluate       ``EvaluateSettings``                 PGD-20/100, CW, AutoAttack (RobustBench)
 make_npz       ``MakeNpzSettings``                  a resolved dataset as an .npz
 =============  ===================================  ===========================================
 

@@ -289,3 +289,24 @@ def check_choice(value: Any, choices: Sequence[Any], flag: str) -> None:
 def check_unique(values: Sequence[Any], flag: str, what: str) -> None:
     if len(set(values)) != len(values):
         raise StudyError(f"{flag} repeats {what}: {', '.join(map(str, values))}")
+
+
+def load_targets(specs: Sequence[str], data: Any, device: Any, *, trust_code: bool = False) -> list[Any]:
+    """The nets of ``specs``, with labels made unique; a bad one stops everything. TorchScript and
+    .pt2 files load only with ``trust_code`` (``bridge.targets``)."""
+    from ntkrobust.bridge.targets import TargetError, load_target
+
+    targets: list[Any] = []
+    for spec in specs:
+        try:
+            target = load_target(
+                spec, image_shape=data.image_shape, num_classes=len(data.classes), device=device, trust_code=trust_code
+            )
+        except TargetError as err:
+            raise StudyError(str(err)) from None
+        taken = {t.label for t in targets}
+        base, i = target.label, 2
+        while target.label in taken:
+            target.label, i = f"{base} ({i})", i + 1
+        targets.append(target)
+    return targets

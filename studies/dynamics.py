@@ -1,8 +1,10 @@
 """``dynamics``: figures of how the kernels of training runs moved (TK fig. 3, 6; LOO fig. 1, 4),
-the runs overlaid, and pictures of the top NTK eigenvectors at initialisation and at the end of
-every run (LOO sec. 8).
+the runs overlaid, the kernel distance of every run to a baseline run and the kernel
+specialization matrices at chosen epochs (RAT figs. 3-5, 7-9, 17-18), and pictures of the top
+NTK eigenvectors at initialisation and at the end of every run (LOO sec. 8).
 
-Reads the run folders of ``train``; writes PNG figures and ``results.json``.
+Reads the run folders of ``train`` (a folder of ``train --seeds`` as one run: its curves drawn
+as mean ± std over the seeds, LOO's n = 3); writes PNG figures and ``results.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from ntkrobust.studies._common import torch_device
 @dataclass(frozen=True)
 class DynamicsSettings:
     runs: tuple[Path, ...]
+    baseline: Path | None = None  # the run every run's kernels are compared with (RAT sec. 5)
+    ksm_epochs: tuple[float, ...] = ()  # columns of the specialization figures (): first and last tracked
     eigenvectors: int = 0  # top eigenvectors pictured (0: none; minutes each on a CPU)
     eigenvector_class: int = 0
     eigenvector_steps: int = 200
@@ -34,7 +38,8 @@ class DynamicsResult(StudyResult):
     def write_files(self, staged: StagedOutput) -> None:
         from ntkrobust import plots
 
-        self.record["figures"] = plots.dynamics_figures(self.summaries, staged.stage)
+        epochs = self.record["config"]["ksm_epochs"] or None
+        self.record["figures"] = plots.dynamics_figures(self.summaries, staged.stage, ksm_epochs=epochs)
         if self.eigenvector_rows is not None:
             rows, cosines = self.eigenvector_rows
             plots.eigenvector_pictures(rows, staged.path("eigenvectors.png"), cosines=cosines, subtitle=self.subtitle)
@@ -144,33 +149,83 @@ def eigenvector_rows(
     return rows, cosines, summary
 
 
-def _summary(run: Any, dynamics_summary: Any) -> Any:
-    """The run's dynamics; a history whose records have the wrong types is one line, not a traceback."""
+def _check_ksm_epochs(epochs: Sequence[float], groups: Sequence[Any]) -> None:
+    """Every run (its first seed: the one pictured) tracked a kernel at every epoch asked for."""
+    import numpy as np
+
+    from ntkrobust.bridge.run_groups import number_listing
+
+    for epoch in epochs:
+        for group in groups:
+            tracked = group.runs[0].kernel_epochs
+            if not np.any(np.abs(tracked - epoch) < 1e-9):
+                raise StudyError(
+                    f"--ksm-epochs {epoch:g}: {group.label} tracked no kernel at epoch {epoch:g} "
+                    f"(tracked: {number_listing(tracked.tolist())})"
+                )
+
+
+def _baseline(settings: DynamicsSettings, groups: Sequence[Any]) -> Any:
+    """The baseline run (a folder of seeds: its first seed), checked against every run to compare."""
+    from ntkrobust.bridge.run_groups import check_comparable, load_run_groups
+
+    if settings.baseline is None:
+        return None
+    given = next((group for group in groups if group.path.resolve() == settings.baseline.resolve()), None)
+    baseline = (given or load_run_groups([settings.baseline])[0]).runs[0]  # one of the runs: read once
+    for group in groups:
+        for run in group.runs:
+            check_comparable(baseline, run)
+    return baseline
+
+
+def _summary(group: Any, baseline: Any) -> Any:
+    """The group's dynamics; a history whose records have the wrong types is one line, not a traceback."""
+    from ntkrobust.bridge.run_groups import group_summary
+
     try:
-        return dynamics_summary(run)
+        return group_summary(group, baseline=baseline)
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
         kind = type(err).__name__
-        raise StudyError(f"{run.path}: malformed {run.path.name}/history.json records ({kind}: {err})") from None
+        path = group.path
+        raise StudyError(f"{path}: malformed {path.name}/history.json records ({kind}: {err})") from None
+
+
+def _baseline_record(summaries: Sequence[Any], baseline: Any) -> dict[str, Any]:
+    """results.json's ``baseline_distance``: the baseline and every run's (every seed's) distances."""
+    entries = []
+    for summary in summaries:
+        for seed, one in zip(summary.get("seeds") or [None], summary.get("seed_runs") or [summary], strict=True):
+            entries.append({"label": summary["label"], "path": one["path"], "seed": seed, **one["baseline_distance"]})
+    return {"baseline": str(baseline.path), "label": baseline.label, "runs": entries}
 
 
 def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] | None = None) -> DynamicsResult:
-    """Read the run folders and prepare every figure that applies to them."""
+    """Read the run folders, check what the flags ask of them, and prepare every figure that
+    applies to them."""
     from ntkrobust import plots
-    from ntkrobust.bridge.runs import RunError, dynamics_summary, json_summary, load_runs
+    from ntkrobust.bridge.run_groups import load_run_groups
+    from ntkrobust.bridge.runs import RunError, json_summary
 
     try:
-        runs = load_runs(settings.runs)
-        summaries = [_summary(run, dynamics_summary) for run in runs]
+        groups = load_run_groups(settings.runs)
+        baseline = _baseline(settings, groups)
+        _check_ksm_epochs(settings.ksm_epochs, groups)
+        summaries = [_summary(group, baseline) for group in groups]
     except RunError as err:
         raise StudyError(str(err)) from None
     metrics: dict[str, Any] = {"runs": [json_summary(summary) for summary in summaries]}
+    if baseline is not None:
+        metrics["baseline_distance"] = _baseline_record(summaries, baseline)
     rows = None
     if settings.eigenvectors:
-        pictures, cosines, about = eigenvector_rows(settings, runs, progress)
+        pictures, cosines, about = eigenvector_rows(settings, [group.runs[0] for group in groups], progress)
         rows = (pictures, cosines)
         metrics["eigenvectors"] = about
     config = {
         "runs": [str(path) for path in settings.runs],
+        "baseline": None if settings.baseline is None else str(settings.baseline),
+        "ksm_epochs": list(settings.ksm_epochs),
         "eigenvectors": settings.eigenvectors,
         "eigenvector_class": settings.eigenvector_class,
         "eigenvector_steps": settings.eigenvector_steps,

@@ -24,6 +24,7 @@ from ntkrobust.studies._common import (
     MachineSettings,
     ThreatSettings,
     check_unique,
+    load_targets,
     torch_device,
     training_subset,
 )
@@ -91,27 +92,6 @@ class TransferResult(StudyResult):
 def _tau_text(tau: float | None) -> str:
     """τ to two decimals; "undefined" where the own attack did not lower the accuracy."""
     return f"{tau:.2f}" if tau is not None and math.isfinite(tau) else "undefined"
-
-
-def load_targets(specs: Sequence[str], data: Any, device: Any, *, trust_code: bool = False) -> list[Any]:
-    """The nets of ``specs``, with labels made unique; a bad one stops everything. TorchScript and
-    .pt2 files load only with ``trust_code`` (``bridge.targets``)."""
-    from ntkrobust.bridge.targets import TargetError, load_target
-
-    targets: list[Any] = []
-    for spec in specs:
-        try:
-            target = load_target(
-                spec, image_shape=data.image_shape, num_classes=len(data.classes), device=device, trust_code=trust_code
-            )
-        except TargetError as err:
-            raise StudyError(str(err)) from None
-        taken = {t.label for t in targets}
-        base, i = target.label, 2
-        while target.label in taken:
-            target.label, i = f"{base} ({i})", i + 1
-        targets.append(target)
-    return targets
 
 
 def _surrogate_examples(

@@ -22,6 +22,7 @@ from ntkrobust.studies import DataSettings, MachineSettings, ThreatSettings
 from ntkrobust.studies.attack import AttackSettings
 from ntkrobust.studies.dynamics import DynamicsSettings
 from ntkrobust.studies.entk import EntkSettings
+from ntkrobust.studies.evaluate import EvaluateSettings
 from ntkrobust.studies.features import FeaturesSettings
 from ntkrobust.studies.make_npz import MakeNpzSettings
 from ntkrobust.studies.train import TrainSettings
@@ -48,6 +49,7 @@ MINIMAL = {
     "two-layer": ([], TwoLayerSettings()),
     "transfer": (["--target", "t.pt"], TransferSettings(target=("t.pt",))),
     "make-npz": ([], MakeNpzSettings()),
+    "evaluate": (["n.pt"], EvaluateSettings(nets=("n.pt",))),
 }
 
 

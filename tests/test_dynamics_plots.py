@@ -17,6 +17,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from ntkrobust import plots
+from ntkrobust.bridge.run_groups import baseline_distance, check_comparable, group_summary, load_run_groups
 from ntkrobust.bridge.runs import (
     RunError,
     TrainingRun,
@@ -343,6 +344,9 @@ def test_single_kernel_run(run_folders):
         "rank_specialization",
         "kernel_images",
         "accuracy",
+        "specialization_clean",
+        "specialization_adversarial",
+        "specialization_adversarial_labels",
     ]
 
 
@@ -364,7 +368,7 @@ def figures(summaries, run_folders, tmp_path_factory) -> tuple[Path, dict[str, s
 
 def test_dynamics_figures_writes_every_figure(figures, assert_real_png):
     out, written = figures
-    assert written == plots.DYNAMICS_FIGURES
+    assert written == {k: v for k, v in plots.DYNAMICS_FIGURES.items() if k != "baseline_distance"}
     assert sorted(p.name for p in out.iterdir()) == sorted(written.values())
     for name in written.values():
         assert_real_png(out / name)
@@ -496,8 +500,142 @@ def test_every_dynamics_figure_has_a_one_line_title_and_a_subtitle(summaries, tm
     plots.kernel_image(
         kernel, labels, tmp_path / "kernel.png", class_names=names, title="Empirical C-NTK: trace kernel"
     )
-    assert set(drawn) == {*plots.DYNAMICS_FIGURES.values(), "eigen.png", "kernel.png"}
+    assert set(drawn) == {*plots.DYNAMICS_FIGURES.values(), "eigen.png", "kernel.png"} - {"baseline_distance.png"}
     for name, fig in drawn.items():
         subtitle = "" if name == "kernel.png" else "synthetic runs, probe of 24 points"
         assert_heading(fig, subtitle)
     assert drawn["kernel.png"].get_suptitle().strip() == "Empirical C-NTK: trace kernel"
+
+
+# -- several runs: the seeds of one curve, the distance to a baseline, specialization (RAT) -----
+
+
+def write_seeds(folder: Path, seeds: tuple[int, ...] = (0, 1, 2), **changes) -> Path:
+    """A folder of ``train --seeds``: one run per seed in seed_S, on the first seed's probe, and seeds.json."""
+    import shutil
+
+    for s in seeds:
+        write_run(folder / f"seed_{s}", label="cnn seeds", mode="pgd", growth=2 + s, settle=1, seed=11 + s, **changes)
+        if s != seeds[0]:
+            shutil.copy(folder / f"seed_{seeds[0]}" / "kernels" / "probe.npz", folder / f"seed_{s}" / "kernels")
+    listing = {"command": "train", "seeds": list(seeds), "runs": [{"seed": s, "folder": f"seed_{s}"} for s in seeds]}
+    (folder / "seeds.json").write_text(json.dumps(listing))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def seeds_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_seeds(tmp_path_factory.mktemp("seeds") / "seeds", wobble=0.3)
+
+
+def test_seed_band_is_numpys_mean_and_sample_std():
+    from ntkrobust.plots._runs import _seed_band
+
+    curves = [([0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0]), ([0, 1, 2, 3], [2.0, 2.0, 5.0, np.nan]), ([1, 2, 3, 9], [1.0] * 4)]
+    epochs, mean, std, lowest = _seed_band(curves)  # epoch 0 and 9 are not in every seed, 3 is NaN in one
+    shared = np.array([[2.0, 3.0], [2.0, 5.0], [1.0, 1.0]])
+    np.testing.assert_array_equal(epochs, [1.0, 2.0])
+    np.testing.assert_allclose(mean, shared.mean(axis=0))
+    np.testing.assert_allclose(std, shared.std(axis=0, ddof=1))
+    np.testing.assert_array_equal(lowest, shared.min(axis=0))
+    _, _, alone, _ = _seed_band(curves[:1])
+    np.testing.assert_array_equal(alone, np.zeros(4))  # one seed: no spread
+
+
+def test_a_folder_of_seeds_is_one_group(seeds_folder, run_folders):
+    groups = load_run_groups([seeds_folder, run_folders["standard"]])
+    assert [g.label for g in groups] == ["cnn seeds (3 seeds)", "cnn standard"]
+    assert groups[0].seeds == [0, 1, 2] and groups[1].seeds is None
+    assert [run.label for run in groups[0].runs] == [f"cnn seeds (3 seeds), seed {s}" for s in range(3)]
+    summary = group_summary(groups[0])
+    assert summary["label"] == "cnn seeds (3 seeds)" and summary["seeds"] == [0, 1, 2]
+    assert [seed["path"] for seed in summary["seed_runs"]] == [str(seeds_folder / f"seed_{s}") for s in range(3)]
+    np.testing.assert_array_equal(summary["final_kernel"], summary["seed_runs"][0]["final_kernel"])
+    json.dumps(json_summary(summary), allow_nan=False)  # every seed's kernel arrays left out
+
+
+def test_seeds_that_do_not_share_their_epochs_are_one_line(tmp_path):
+    folder = write_seeds(tmp_path / "seeds", seeds=(0, 1))
+    history = json.loads((folder / "seed_1" / "history.json").read_text())
+    history["kernels"] = history["kernels"][:-1]
+    (folder / "seed_1" / "history.json").write_text(json.dumps(history))
+    with pytest.raises(RunError, match=r"seed 1 and seed 0 differ in their tracked kernels") as error:
+        load_run_groups([folder])
+    one_line(error)
+    (folder / "seeds.json").write_text("{}")
+    with pytest.raises(RunError, match=r"not the seeds\.json of train --seeds"):
+        load_run_groups([folder])
+
+
+def test_baseline_distance_is_the_kernel_distance_at_shared_steps(seeds_folder, run_folders, tmp_path):
+    import shutil
+
+    baseline = load_run(seeds_folder / "seed_0")
+    sparse = write_run(tmp_path / "sparse", label="x", mode="standard", growth=3, settle=1, seed=5, track_every=10)
+    shutil.copy(seeds_folder / "seed_0" / "kernels" / "probe.npz", sparse / "kernels")
+    other = load_run(sparse)
+    check_comparable(baseline, other)
+    distance = baseline_distance(baseline, other)
+    assert distance["steps"] == [0, 10, 20] and distance["epochs"] == [0.0, 2.0, 4.0]
+    for kind, mine, theirs in (
+        ("clean", other.clean_kernels, baseline.clean_kernels),
+        ("adversarial", other.adversarial_kernels, baseline.adversarial_kernels),
+    ):
+        expected = [metrics.kernel_distance(theirs[2 * i], mine[i]) for i in range(3)]
+        np.testing.assert_allclose(distance[kind], expected)
+    itself = baseline_distance(baseline, baseline)
+    assert itself["clean"] == itself["adversarial"] == [0.0] * (EPOCHS + 1)
+    with pytest.raises(RunError, match="tracked their kernels on different probes") as error:
+        check_comparable(baseline, load_run(run_folders["standard"]))
+    one_line(error)
+
+
+def test_specialization_heatmaps(summaries, tmp_path, drawn, assert_heading):
+    """Rows = runs, columns = epochs; one colour scale in the three figures; class names on the
+    outer axes; a record without the matrix an empty panel that says why."""
+    bare = {**summaries[0], "label": "bare"}
+    bare["kernels"] = [{"epoch": r["epoch"], "clean": {"frobenius_norm": 1.0}} for r in bare["kernels"]]
+    runs = [summaries[0], summaries[1], bare]
+    for name in plots.dynamics_comparison.SPECIALIZATION_KINDS:
+        plots.specialization_heatmaps(runs, tmp_path / f"{name}.png", figure=name, epochs=(0, 3), subtitle="ksm")
+    fig = drawn["specialization_clean.png"]
+    assert_heading(fig, "ksm")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split(" ·")[0] for ax in panels] == ["epoch 0", "epoch 3"] * 3
+    images = [ax.images[0] for ax in panels if ax.images]
+    assert len(images) == 4
+    np.testing.assert_allclose(images[-1].get_array(), summaries[1]["kernels"][3]["clean"]["specialization_matrix"])
+    scales = {
+        (image.norm.vmin, image.norm.vmax) for figure in drawn.values() for ax in figure.axes for image in ax.images
+    }
+    assert len(scales) == 1  # one scale in the three figures
+    names = ["digit 0", "digit 1", "digit 2"]
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == names
+    assert [t.get_text() for t in panels[2].get_xticklabels()] == names  # the last row that has a matrix
+    assert not any(t.get_text() for t in panels[1].get_yticklabels())
+    assert "not recorded" in panels[4].texts[0].get_text() and not panels[4].images
+
+
+def test_ksm_columns_default_to_the_first_and_last_tracked_epoch(summaries):
+    from ntkrobust.plots.dynamics_comparison import ksm_columns
+
+    assert ksm_columns(summaries[:1], None) == [[0.0, float(EPOCHS)]]
+    assert ksm_columns(summaries[:1], (1, 2.5)) == [[1.0, None]]
+    assert ksm_columns([{"label": "no kernels"}], None) == [[None]]
+
+
+def test_seed_bands_and_baseline_figures(seeds_folder, tmp_path, drawn, assert_real_png):
+    """A group of seeds is one curve with a band in every curve figure, one picture (its first
+    seed) in the others; the baseline figure draws every run's distance to the baseline."""
+    (group,) = load_run_groups([seeds_folder])
+    summary = group_summary(group, baseline=group.runs[0])
+    written = plots.dynamics_figures([summary], tmp_path, subtitle="seeds")
+    assert "baseline_distance" in written
+    for name in ("norm_concentration", "velocity_distance", "rank_specialization", "accuracy", "baseline_distance"):
+        assert_real_png(tmp_path / written[name])
+        bands = [c for ax in drawn[written[name]].axes for c in ax.collections]
+        assert bands, name
+    clean = drawn["baseline_distance.png"].axes[0]
+    each = np.array([seed["baseline_distance"]["clean"] for seed in summary["seed_runs"]])
+    np.testing.assert_allclose(clean.lines[0].get_ydata(), each.mean(axis=0))
+    assert each[0].tolist() == [0.0] * (EPOCHS + 1)  # the first seed is the baseline

@@ -1,10 +1,14 @@
 """``studies.dynamics.run(settings)``: every figure of how the kernels of training runs moved, the
-eigenvector pictures, the summary, and the run folders it refuses before any compute."""
+eigenvector pictures, the summary, and the run folders it refuses before any compute; the
+kernel distance to a baseline run and the specialization heatmaps (RAT), and a folder of
+``train --seeds`` drawn as one run, mean ± std over its seeds."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from ntkrobust.studies import dynamics
 from ntkrobust.studies.dynamics import DynamicsSettings
@@ -18,6 +22,9 @@ FIGURES = {
     "norm_concentration.png",
     "polar.png",
     "rank_specialization.png",
+    "specialization_adversarial.png",
+    "specialization_adversarial_labels.png",
+    "specialization_clean.png",
     "velocity_distance.png",
 }
 
@@ -89,3 +96,141 @@ def test_a_final_checkpoint_of_another_network_is_refused(tracked_runs, tmp_path
     save_checkpoint(run / "checkpoints" / "epoch_002.pt", build_model(other), other, epoch=2)
     settings = DynamicsSettings(runs=(run,), eigenvectors=1)
     refuses(dynamics, settings, "is not the network its run trained: model fc1 (run: fc2)", compute=NO_EIGENVECTORS)
+
+
+# -- the kernel distance to a baseline run and the specialization heatmaps (RAT) ---------------
+
+NO_SUMMARY = ("ntkrobust.bridge.runs.dynamics_summary", "ntkrobust.bridge.run_groups.baseline_distance")
+
+
+def test_a_run_as_its_own_baseline_is_at_distance_zero(tracked_runs, tmp_path, drawn, assert_real_png):
+    standard, pgd = runs(tracked_runs)
+    result = dynamics.run(DynamicsSettings(runs=(standard, pgd), baseline=standard, ksm_epochs=(0, 2)))
+    distances = result.record["baseline_distance"]
+    assert distances["baseline"] == str(standard) and distances["label"] == "fc2 standard"
+    itself, other = distances["runs"]
+    assert itself["steps"] == other["steps"] and len(itself["steps"]) == 3  # initialisation and two epochs
+    assert itself["epochs"] == [0.0, 1.0, 2.0]
+    assert itself["clean"] == [0.0] * 3 and itself["adversarial"] == [0.0] * 3
+    assert other["clean"][0] == 0.0 < other["clean"][-1]  # one initialisation (seed), then apart
+    assert other["adversarial"][-1] > 0
+    out = result.save(tmp_path / "figures")
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["baseline_distance"]["runs"][1]["clean"] == other["clean"]
+    assert saved["config"]["baseline"] == str(standard) and saved["config"]["ksm_epochs"] == [0, 2]
+    for name in ("baseline_distance.png", "specialization_clean.png", "specialization_adversarial_labels.png"):
+        assert_real_png(out / name)
+    clean = drawn["baseline_distance.png"].axes[0]  # the C-NTK panel: the baseline's line first
+    assert [list(line.get_ydata()) for line in clean.lines[:2]] == [[0.0] * 3, other["clean"]]
+    heatmaps = drawn["specialization_clean.png"].axes
+    assert [ax.get_title().split(" ·")[0] for ax in heatmaps[:4]] == ["epoch 0", "epoch 2"] * 2
+
+
+def test_a_baseline_on_another_probe_is_refused(tracked_runs, tmp_path, refuses):
+    import numpy as np
+
+    run = _copy(tracked_runs, tmp_path)
+    with np.load(run / "kernels" / "probe.npz") as probe:
+        arrays = {k: probe[k] for k in probe.files}
+    arrays["x"] = arrays["x"][::-1].copy()  # the same images in another order: another probe
+    np.savez(run / "kernels" / "probe.npz", **arrays)
+    settings = DynamicsSettings(runs=(run,), baseline=runs(tracked_runs)[0])
+    error = refuses(dynamics, settings, "tracked their kernels on different probes", compute=NO_SUMMARY)
+    assert str(run) in str(error) and str(runs(tracked_runs)[0]) in str(error)
+
+
+def test_a_baseline_without_a_shared_step_is_refused(tracked_runs, untracked_run, refuses):
+    settings = DynamicsSettings(runs=runs(tracked_runs), baseline=untracked_run.out)
+    refuses(dynamics, settings, "shares no tracked step with the baseline", compute=NO_SUMMARY)
+
+
+def test_a_specialization_epoch_a_run_did_not_track_is_refused(tracked_runs, refuses):
+    settings = DynamicsSettings(runs=runs(tracked_runs), ksm_epochs=(0, 5))
+    message = "--ksm-epochs 5: fc2 standard tracked no kernel at epoch 5 (tracked: 0, 1, 2)"
+    refuses(dynamics, settings, message, compute=NO_SUMMARY)
+
+
+def test_the_cli_reads_baseline_and_ksm_epochs():
+    from ntkrobust import cli
+
+    args = cli.build_parser().parse_args(
+        ["dynamics", "a", "--baseline", "b", "--ksm-epochs", "0,2.5,2.5", "--out", "o"]
+    )
+    settings = cli.settings_from(DynamicsSettings, args)
+    assert settings.baseline == Path("b") and settings.ksm_epochs == (0.0, 2.5)
+    defaults = cli.settings_from(DynamicsSettings, cli.build_parser().parse_args(["dynamics", "a", "--out", "o"]))
+    assert defaults.baseline is None and defaults.ksm_epochs == ()
+
+
+# -- a folder of train --seeds: one run, mean ± std over its seeds -----------------------------
+
+
+@pytest.fixture(scope="module")
+def seed_runs(tmp_path_factory, small_training):
+    """``train --seeds 0,1`` of one epoch, saved (seeds.json beside seed_0 and seed_1)."""
+    from ntkrobust.studies import train
+
+    result = train.run(small_training(tmp_path_factory.mktemp("seeds") / "run", epochs=1, seeds=(0, 1)))
+    return result.save(result.out)
+
+
+def _accuracies(folder: Path, key: str) -> list[float]:
+    history = json.loads((folder / "history.json").read_text())
+    return [record["accuracy"]["running"][key] for record in history["epochs"]]
+
+
+def test_a_folder_of_seeds_is_one_run_drawn_as_mean_and_std(seed_runs, tmp_path, drawn, assert_heading):
+    import numpy as np
+
+    from ntkrobust.plots._runs import _metric_series, _seeded
+
+    result = dynamics.run(DynamicsSettings(runs=(seed_runs,)))
+    (group,) = result.record["runs"]
+    assert group["label"] == "fc2 standard (2 seeds)" and group["seeds"] == [0, 1]
+    assert [seed["path"] for seed in group["seed_runs"]] == [str(seed_runs / "seed_0"), str(seed_runs / "seed_1")]
+    out = result.save(tmp_path / "figures")
+    assert {p.name for p in out.iterdir()} == FIGURES - {"eigenvectors.png"} | {"results.json"}
+
+    # the curves: numpy's mean and sample std of the seeds' own numbers
+    each = np.array([_accuracies(seed_runs / f"seed_{s}", "test_clean") for s in (0, 1)])
+    accuracy = drawn["accuracy.png"].axes[0]
+    test_clean = accuracy.lines[0]
+    np.testing.assert_allclose(test_clean.get_ydata(), each.mean(axis=0))
+    band = accuracy.collections[0].get_paths()[0].vertices
+    for epoch, mean, std in zip([0, 1], each.mean(axis=0), each.std(axis=0, ddof=1), strict=True):
+        at = band[np.isclose(band[:, 0], epoch), 1]
+        np.testing.assert_allclose([at.min(), at.max()], [mean - std, mean + std])
+    summary = result.summaries[0]
+    norms = np.array([[r["clean"]["frobenius_norm"] for r in seed["kernels"]] for seed in summary["seed_runs"]])
+    epochs, mean, spread, _, missing = _seeded(summary, _metric_series, "clean", "frobenius_norm")
+    assert epochs.tolist() == [0.0, 1.0] and missing is None
+    np.testing.assert_allclose(mean, norms.mean(axis=0))
+    np.testing.assert_allclose(spread, norms.std(axis=0, ddof=1))
+
+    # the pictures: the first seed's kernels, and the subtitle says so
+    np.testing.assert_array_equal(summary["final_kernel"], summary["seed_runs"][0]["final_kernel"])
+    assert_heading(drawn["kernel_images.png"], "runs of several seeds pictured by their first seed (seed 0)")
+    assert_heading(drawn["norm_concentration.png"], "runs of several seeds: mean ± sample std over 2 seeds (band)")
+
+
+def test_seeds_that_do_not_share_their_epochs_are_refused(seed_runs, tmp_path, refuses):
+    import shutil
+
+    copy = Path(shutil.copytree(seed_runs, tmp_path / "seeds"))
+    history = json.loads((copy / "seed_1" / "history.json").read_text())
+    history["epochs"] = history["epochs"][:1]
+    (copy / "seed_1" / "history.json").write_text(json.dumps(history))
+    message = "seed 1 and seed 0 differ in their epoch records (epochs 0 vs 0, 1): the seeds of one curve must"
+    refuses(dynamics, DynamicsSettings(runs=(copy,)), message, compute=NO_SUMMARY)
+    (copy / "seeds.json").unlink()  # an interrupted train --seeds
+    refuses(dynamics, DynamicsSettings(runs=(copy,)), "seed runs without seeds.json", compute=NO_SUMMARY)
+
+
+def test_a_folder_of_seeds_as_baseline_is_its_first_seed(seed_runs, tracked_runs):
+    standard = runs(tracked_runs)[0]
+    result = dynamics.run(DynamicsSettings(runs=(seed_runs, standard), baseline=seed_runs))
+    distances = result.record["baseline_distance"]
+    assert distances["baseline"] == str(seed_runs / "seed_0") and distances["label"] == "fc2 standard (2 seeds), seed 0"
+    first, second, other = distances["runs"]
+    assert (first["seed"], second["seed"], other["seed"]) == (0, 1, None)
+    assert first["clean"] == [0.0, 0.0] and second["clean"][0] > 0  # another initialisation

@@ -1,0 +1,139 @@
+"""Robust accuracy as RobustBench measures it: PGD-20, PGD-100, CW-ℓ∞ and AutoAttack.
+
+- ``pgd-20`` / ``pgd-100``: PGD on the cross-entropy from a random start, the evaluation steps of
+  ``attacks.evaluation_schedule`` (the standard step, or 2.5·ε/steps when that is longer).
+- ``cw-100``: the same PGD-100 on the Carlini-Wagner margin loss −relu(z_y − max_{j≠y} z_j + κ),
+  κ = 50 (the "CW∞" of the TRADES / MART evaluation code): it does not saturate where the
+  cross-entropy's gradient vanishes.
+- ``autoattack``: the standard version of Croce & Hein (2020), APGD-CE, APGD-T, FAB-T and Square
+  (5000 queries), run by their reference code (the registry's ``pyautoattack``), with as many
+  target classes as the task has wrong classes (at most 9). A net with one output (a binary task,
+  f > 0 for the second class) is attacked through the two logits (−f/2, f/2), whose softmax is
+  the same.
+
+Every attack is judged per point: ``robust_correct`` returns boolean arrays (point still
+classified correctly), and the worst case over the attacks counts a point only if it survives all
+of them. Gradient masking (a net whose gradients mislead gradient attacks, e.g. by rounding its
+input) shows as an AutoAttack accuracy far below the PGD accuracy, since Square needs no
+gradient: ``masking_suspected`` flags a gap larger than ``gap``, as RobustBench's checks do.
+
+Shapes: x (N, C, H, W) in [0, 1] on the model's device; y (N,) int64 output indices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntkrobust.attacks import evaluation_schedule
+from ntkrobust.bridge.adversarial import adversarial_examples, predict
+
+__all__ = ["EVALUATION_ATTACKS", "MASKING_GAP", "cw_margin_loss", "masking_suspected", "robust_correct"]
+
+EVALUATION_ATTACKS = ("pgd-20", "pgd-100", "cw-100", "autoattack")
+#: κ of the margin loss: large enough never to bind before the point is misclassified
+CW_KAPPA = 50.0
+#: AutoAttack accuracy this far below PGD-20's flags gradient masking
+MASKING_GAP = 0.1
+
+
+def cw_margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Σ_b −relu(z_y − max_{j≠y} z_j + κ): PGD raises it until another class wins by κ."""
+    correct = logits.gather(1, y[:, None])[:, 0]
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return -F.relu(correct - others + CW_KAPPA).sum()
+
+
+class _TwoLogits(nn.Module):
+    """A one-output binary net as two logits (−f/2, f/2): the same softmax, for attacks that
+    need one logit per class."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.model(x)
+        return torch.cat([-f / 2, f / 2], dim=1)
+
+
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    return (predict(model, x) == y).cpu().numpy()
+
+
+def _pgd_correct(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    channels: int,
+    seed: int,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> np.ndarray:
+    step, steps = evaluation_schedule(channels, eps, steps)
+    x_adv = adversarial_examples(model, x, y, method="pgd", eps=eps, step=step, steps=steps, seed=seed, loss=loss)
+    return _correct(model, x_adv, y)
+
+
+def _autoattack_correct(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int, batch_size: int
+) -> np.ndarray:
+    from pyautoattack import AutoAttack
+
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)  # its per-batch lines are not ours
+    classes = int(model(x[:1]).shape[1])
+    attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
+    attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = min(9, classes - 1)
+    if classes == 2:  # no class to target beyond the one wrong class: the untargeted attacks
+        attack.attacks_to_run = ["apgd-ce", "fab", "square"]
+    x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
+    return _correct(model, x_adv, y)
+
+
+def robust_correct(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    channels: int,
+    attacks: Sequence[str] = EVALUATION_ATTACKS,
+    seed: int = 0,
+    batch_size: int = 250,
+    on_attack: Callable[[str, float], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per point, whether ``model`` (eval mode) still classifies it correctly: ``clean`` and
+    under each of ``attacks`` (ℓ∞, radius ``eps``); ``on_attack(name, accuracy)`` after each."""
+    unknown = [a for a in attacks if a not in EVALUATION_ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown evaluation attack {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
+    model = model.eval()
+    with torch.no_grad():
+        two_logits = model(x[:1]).shape[1] == 1
+    net = _TwoLogits(model).eval() if two_logits else model
+    y = y.long()
+    result = {"clean": _correct(net, x, y)}
+    for name in attacks:
+        if name == "autoattack":
+            result[name] = _autoattack_correct(net, x, y, eps=eps, seed=seed, batch_size=batch_size)
+        else:
+            method, steps = name.split("-")
+            loss = cw_margin_loss if method == "cw" else None
+            result[name] = _pgd_correct(net, x, y, eps=eps, steps=int(steps), channels=channels, seed=seed, loss=loss)
+        if on_attack is not None:
+            on_attack(name, float(result[name].mean()))
+    return result
+
+
+def masking_suspected(accuracy: dict[str, float], gap: float = MASKING_GAP) -> bool:
+    """Whether AutoAttack leaves the net more than ``gap`` below the best gradient attack's
+    accuracy (PGD-20 / PGD-100 / CW-100): the sign that gradients mislead the gradient attacks."""
+    gradient = [accuracy[name] for name in ("pgd-20", "pgd-100", "cw-100") if name in accuracy]
+    return "autoattack" in accuracy and bool(gradient) and min(gradient) - accuracy["autoattack"] > gap

@@ -1,0 +1,115 @@
+"""``evaluate``: the robust accuracy of trained nets as RobustBench measures it (clean, PGD-20,
+PGD-100, CW-ℓ∞ and AutoAttack; ``bridge.evaluation``), on the class-balanced test points of the
+data, with a flag where AutoAttack finds the gradient attacks misled (gradient masking).
+
+Nets are named as ``transfer``'s targets: checkpoints of this tool, ``MODEL[:WIDTH]=STATE_DICT``,
+and, with ``trust_model_code``, TorchScript / .pt2 files. Outputs: ``results.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ntkrobust.studies._base import Clock, StudyError, StudyResult, envelope, log, warn
+from ntkrobust.studies._common import DataSettings, load_targets, torch_device
+
+EVALUATION_ATTACKS = ("pgd-20", "pgd-100", "cw-100", "autoattack")  # = bridge.evaluation.EVALUATION_ATTACKS
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    nets: tuple[str, ...]
+    data: DataSettings = field(default_factory=DataSettings)
+    eps: float | None = None  # default: the standard linf radius of the image type
+    attacks: tuple[str, ...] = EVALUATION_ATTACKS
+    masking_gap: float = 0.1  # bridge.evaluation.MASKING_GAP
+    batch_size: int = 250
+    device: str = "auto"
+    trust_model_code: bool = False
+
+
+@dataclass
+class EvaluateResult(StudyResult):
+    def summary(self) -> str:
+        lines = []
+        for net in self.record["nets"]:
+            scores = ", ".join(f"{name} {value:.3f}" for name, value in net["accuracy"].items())
+            flag = "  [AutoAttack far below PGD: gradient masking suspected]" if net["masking_suspected"] else ""
+            lines.append(f"{net['label']}: {scores}{flag}")
+        return "\n".join(lines)
+
+
+def _checked(settings: EvaluateSettings, channels: int) -> float:
+    """The eps, after refusing what the evaluation cannot run."""
+    from ntkrobust.attacks import standard_threat
+
+    unknown = [a for a in settings.attacks if a not in EVALUATION_ATTACKS]
+    if unknown:
+        raise StudyError(f"--attacks {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
+    if not settings.nets:
+        raise StudyError("name at least one net to evaluate")
+    if settings.batch_size < 1 or not settings.masking_gap >= 0:
+        raise StudyError("--batch-size must be >= 1 and --masking-gap >= 0")
+    eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
+    if not 0 < eps <= 1:
+        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
+    return eps
+
+
+def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] | None = None) -> EvaluateResult:
+    """Evaluate every net on the data's test points; refusals come before any attack."""
+    import numpy as np
+    import torch
+
+    from ntkrobust.attacks import AttackSpec
+    from ntkrobust.bridge.data import task_indices
+    from ntkrobust.bridge.evaluation import masking_suspected, robust_correct
+
+    clock = Clock()
+    data = settings.data.load()
+    channels = data.image_shape[0]
+    eps = _checked(settings, channels)
+    notes: list[str] = []
+    warn(notes, AttackSpec("pgd", eps, "linf", 1.0, 1).eps_hint(channels))
+    device = torch_device(settings.device)
+    nets = load_targets(settings.nets, data, device, trust_code=settings.trust_model_code)
+    x = torch.as_tensor(data.x_test, device=device)
+    y = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)
+    clock.mark("nets", f"data and {len(nets)} net(s) loaded")
+    rows = []
+    for net in nets:
+        model = net.model.to(device=device, dtype=torch.float32).eval()
+
+        def said(name: str, accuracy: float, label: str = net.label) -> None:
+            log.info(f"{label}: {name} {accuracy:.3f}")
+
+        correct = robust_correct(
+            model, x.float(), y, eps=eps, channels=channels, attacks=settings.attacks, on_attack=said,
+            seed=settings.data.seed, batch_size=settings.batch_size,
+        )  # fmt: skip
+        attacked = [correct[name] for name in settings.attacks]
+        accuracy = {name: float(flags.mean()) for name, flags in correct.items()}
+        accuracy["worst_case"] = float(np.logical_and.reduce([correct["clean"], *attacked]).mean())
+        rows.append(
+            {
+                "label": net.label,
+                "net": net.description,
+                "accuracy": accuracy,
+                "masking_suspected": masking_suspected(accuracy, settings.masking_gap),
+            }
+        )
+        clock.mark(net.label, f"{net.label} evaluated")
+    config: dict[str, Any] = {
+        "data": settings.data.config(data),
+        "eps": eps,
+        "norm": "linf",
+        "attacks": list(settings.attacks),
+        "masking_gap": settings.masking_gap,
+        "device": str(device),
+    }
+    record = envelope(
+        "evaluate", {"nets": rows}, config, seconds={"total": clock.since_start()}, argv=argv,
+        seed=settings.data.seed, dataset=data.describe(), warnings=notes,
+    )  # fmt: skip
+    return EvaluateResult(record)
