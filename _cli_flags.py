@@ -121,9 +121,13 @@ def _r_list(text: str) -> tuple[int, ...]:
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="digits", help="digits (default, offline), mnist, cifar10, or a path to an .npz")
-    g.add_argument("--data-root", type=Path, help="folder holding the mnist / cifar10 files")
-    g.add_argument("--download", action="store_true", help="download mnist / cifar10 into --data-root (online)")
+    g.add_argument(
+        "--data", default="digits", help="digits (default, offline), mnist, cifar10, cifar100, or a path to an .npz"
+    )
+    g.add_argument("--data-root", type=Path, help="folder holding the mnist / cifar10 / cifar100 files")
+    g.add_argument(
+        "--download", action="store_true", help="download mnist / cifar10 / cifar100 into --data-root (online)"
+    )
     g.add_argument(
         "--from-test-split",
         action="store_true",

@@ -7,6 +7,8 @@ Dataset specs (DESIGN.md, data contract):
   gzipped or not.
 - ``cifar10``: ``ROOT/cifar-10-batches-py`` (torchvision's layout; read with an unpickler that
   only rebuilds numpy arrays, so a tampered file cannot run code) or ``cifar-10-batches-bin``.
+- ``cifar100``: ``ROOT/cifar-100-python`` (torchvision's layout: ``train``, ``test`` and ``meta``,
+  read the same way; the 100 fine labels and their names) or ``cifar-100-binary``.
 - a path to an ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 0-255 or float 0-1,
   NCHW or NHW; optional ``label_names``), loaded without pickles.
 
@@ -32,7 +34,7 @@ import numpy as np
 from ntkrobust.bridge.files import first_line
 
 #: Named datasets; any other spec must be a path to an ``.npz`` file.
-DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar100")
 
 
 class DataError(ValueError):
@@ -263,7 +265,7 @@ def _to_labels(y: np.ndarray, what: str) -> np.ndarray:
 def _load_raw(spec: str, *, root: str | Path | None, download: bool, want_train: bool) -> dict[str, Any]:
     if spec == "digits":
         return _digits()
-    if spec in ("mnist", "cifar10"):
+    if spec in ("mnist", "cifar10", "cifar100"):
         if root is None:
             raise DataError(f"--data {spec} needs --data-root (the folder holding its files)")
         root = Path(root)
@@ -271,7 +273,8 @@ def _load_raw(spec: str, *, root: str | Path | None, download: bool, want_train:
             _download(spec, root)
         if not root.is_dir():
             raise DataError(f"data root {root} does not exist or is not a folder")
-        return _mnist(root, want_train) if spec == "mnist" else _cifar10(root, want_train)
+        readers = {"mnist": _mnist, "cifar10": _cifar10, "cifar100": _cifar100}
+        return readers[spec](root, want_train)
     path = Path(spec)
     if path.suffix != ".npz":
         raise DataError(f"unknown dataset {spec!r}: use {', '.join(DATASETS)} or a path to an .npz file")
@@ -374,21 +377,26 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise DataError(f"refusing to unpickle {module}.{name}: not a CIFAR-10 batch file")
 
 
-def _cifar_batch_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _unpickle_dict(path: Path, what: str) -> dict[str, Any]:
+    """A pickled dict of arrays, lists and strings (keys as str), read without running code."""
     try:
         with open(path, "rb") as f:
             batch = _ArrayOnlyUnpickler(f, encoding="latin1").load()
     except DataError:
         raise
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {err}") from None
+        raise DataError(f"cannot read {what} {path}: {err}") from None
     if not isinstance(batch, dict):
-        raise DataError(f"{path} is not a CIFAR-10 batch file")
-    batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    if "data" not in batch or "labels" not in batch:
-        raise DataError(f"{path} is not a CIFAR-10 batch file (no data/labels)")
+        raise DataError(f"{path} is not a {what} file")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _cifar_batch_py(path: Path, labels: str = "labels", what: str = "CIFAR-10 batch") -> tuple[np.ndarray, np.ndarray]:
+    batch = _unpickle_dict(path, what)
+    if "data" not in batch or labels not in batch:
+        raise DataError(f"{path} is not a {what} file (no data/{labels})")
     data = np.asarray(batch["data"], dtype=np.uint8)
-    return data.reshape(-1, 3, 32, 32), np.asarray(batch["labels"], dtype=np.int64)
+    return data.reshape(-1, 3, 32, 32), np.asarray(batch[labels], dtype=np.int64)
 
 
 def _cifar_batch_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -424,12 +432,54 @@ def _cifar10(root: Path, want_train: bool) -> dict[str, Any]:
     raise DataError(f"CIFAR-10 not found under {root} (expected cifar-10-batches-py/ or cifar-10-batches-bin/)")
 
 
+def _cifar100_names(base: Path, binary: bool) -> list[str] | None:
+    if binary:
+        names = base / "fine_label_names.txt"
+        return names.read_text().split() if names.is_file() else None
+    meta = base / "meta"
+    if not meta.is_file():
+        return None
+    listed = _unpickle_dict(meta, "CIFAR-100 meta").get("fine_label_names")
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in listed] if listed else None
+
+
+def _cifar100_part(path: Path, binary: bool) -> tuple[np.ndarray, np.ndarray]:
+    if not binary:
+        return _cifar_batch_py(path, "fine_labels", "CIFAR-100")
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size % 3074:
+        raise DataError(f"{path} is not a CIFAR-100 binary file ({raw.size} bytes)")
+    records = raw.reshape(-1, 3074)  # coarse label, fine label, 3072 pixels
+    return records[:, 2:].reshape(-1, 3, 32, 32), records[:, 1].astype(np.int64)
+
+
+def _cifar100(root: Path, want_train: bool) -> dict[str, Any]:
+    """The 100 fine classes of CIFAR-100, from torchvision's layout or the binary one."""
+    for folder, suffix, binary in (("cifar-100-python", "", False), ("cifar-100-binary", ".bin", True)):
+        base = root / folder
+        if not base.is_dir() and (root / f"test{suffix}").is_file():
+            base = root
+        if not (base / f"test{suffix}").is_file():
+            continue
+        out: dict[str, Any] = {}
+        names = _cifar100_names(base, binary)
+        if names is not None:
+            out["label_names"] = names
+        for split in ("train", "test") if want_train else ("test",):
+            path = base / f"{split}{suffix}"
+            if not path.is_file():
+                raise DataError(f"CIFAR-100 file missing under {base}: {path.name}")
+            out[f"x_{split}"], out[f"y_{split}"] = _cifar100_part(path, binary)
+        return out
+    raise DataError(f"CIFAR-100 not found under {root} (expected cifar-100-python/ or cifar-100-binary/)")
+
+
 def _download(spec: str, root: Path) -> None:
     try:
         import torchvision.datasets as tvd
 
         root.mkdir(parents=True, exist_ok=True)
-        source = tvd.MNIST if spec == "mnist" else tvd.CIFAR10
+        source = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[spec]
         for train in (True, False):
             source(root=str(root), train=train, download=True)
     except Exception as err:  # network, disk or archive errors: one line for the user

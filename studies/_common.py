@@ -21,7 +21,7 @@ from ntkrobust.studies._output import check_writable
 
 @dataclass(frozen=True)
 class DataSettings:
-    """Which data: ``digits`` (offline default), ``mnist``, ``cifar10`` or an .npz path, cut to a
+    """Which data: ``digits`` (offline default), ``mnist``, ``cifar10``, ``cifar100`` or an .npz path, cut to a
     class-balanced, seeded subset (``--classes``, ``--n-train``, ``--n-test``, ``--seed``)."""
 
     data: str = "digits"

@@ -197,6 +197,48 @@ def test_cifar10_binary_batches(tmp_path, rng):
     assert data.x_train.shape == (50, 3, 32, 32) and data.x_test.shape == (10, 3, 32, 32)
 
 
+def _cifar100_part(rng, n):
+    """A torchvision-layout CIFAR-100 file: fine labels 0..99 in turn, coarse labels beside them."""
+    fine = np.arange(n) % 100
+    data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+    return {b"data": data, b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist(), b"filenames": []}
+
+
+def test_cifar100_python_files_with_their_fine_label_names(tmp_path, rng):
+    base = tmp_path / "cifar-100-python"
+    base.mkdir()
+    parts = {"train": _cifar100_part(rng, 300), "test": _cifar100_part(rng, 200)}
+    names = [f"class{i:02d}".encode() for i in range(100)]
+    parts["meta"] = {b"fine_label_names": names, b"coarse_label_names": []}
+    for name, content in parts.items():
+        with open(base / name, "wb") as f:
+            pickle.dump(content, f, protocol=2)
+    data = load_dataset("cifar100", root=tmp_path, classes=["class07", "class42"], n_test=4)
+    assert data.x_train.shape == (6, 3, 32, 32) and data.x_test.shape == (4, 3, 32, 32)
+    assert data.classes == (7, 42) and data.class_name(42) == "class42"
+    stored = parts["train"][b"data"][7].reshape(3, 32, 32) / 255.0
+    np.testing.assert_allclose(data.x_train[0], stored, rtol=1e-6)  # the first class-7 image, in order
+    everything = load_dataset("cifar100", root=tmp_path)
+    assert len(everything.classes) == 100 and everything.x_train.shape[0] == 300
+
+
+def test_cifar100_binary_files_and_missing_ones(tmp_path, rng):
+    base = tmp_path / "cifar-100-binary"
+    base.mkdir()
+    for name, n in (("train.bin", 200), ("test.bin", 100)):
+        fine = np.arange(n) % 100
+        records = np.concatenate([(fine // 5)[:, None], fine[:, None], rng.integers(0, 256, (n, 3072))], axis=1)
+        records.astype(np.uint8).tofile(base / name)
+    data = load_dataset("cifar100", root=tmp_path, classes=[3, 99])
+    assert data.x_train.shape == (4, 3, 32, 32) and set(data.y_test) == {3, 99}
+    (base / "train.bin").unlink()
+    with pytest.raises(DataError, match=r"CIFAR-100 file missing under .*train\.bin"):
+        load_dataset("cifar100", root=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="CIFAR-100 not found under"):
+        load_dataset("cifar100", root=tmp_path / "empty")
+
+
 def _compressed_npz(path, arrays):
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
