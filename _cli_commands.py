@@ -208,6 +208,17 @@ def _train_network_flags(p: argparse.ArgumentParser) -> None:
         help="train f_lin = f_θt + J(θ − θt) around this checkpoint's weights θt, BatchNorm frozen (LOO sec. 2)",
     )
     g.add_argument("--centered", action="store_true", help="with --linearize-from: train J(θ − θt) alone (centered)")
+    g.add_argument(
+        "--centered-standard",
+        action="store_true",
+        help="with --linearize-from: train the full net f_θ − f_θt from θt (LOO table 1's centered standard net)",
+    )
+    g.add_argument(
+        "--stage2-batchnorm",
+        choices=("frozen", "train"),
+        default="frozen",
+        help="--centered-standard: BatchNorm at θt's running statistics (default) or trained on each batch",
+    )
 
 
 def _train_training_flags(p: argparse.ArgumentParser) -> None:

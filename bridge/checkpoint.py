@@ -4,7 +4,9 @@ A checkpoint is a ``torch.save`` of a plain dict: ``format`` (``CHECKPOINT_FORMA
 (the ``ModelConfig`` as plain values: registry name and constructor arguments), ``state_dict``,
 and any extra plain entries a caller adds (epoch, optimiser state, history). A checkpoint of a
 ``LinearizedNetwork`` (``bridge.linearized``) also records ``linearization``: ``{"centered": bool}``;
-its config is the parent's, and loading wraps the rebuilt parent again. A checkpoint of an
+its config is the parent's, and loading wraps the rebuilt parent again; a ``CenteredStandardNetwork``
+records ``{"centered": True, "kind": "standard", "batchnorm": ...}`` and its state dict holds both
+the trained network and the spawn. A checkpoint of an
 ``OutputChange`` (f − f₀, ``bridge.two_layer``) stores the trained net's weights and
 ``minus_initial: True``; f₀ is the config's own initialisation, rebuilt from its seed. It is written
 atomically (temporary file in the same folder, then rename) and read with
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from ntkrobust.bridge.files import first_line, write_atomically
-from ntkrobust.bridge.linearized import LinearizedNetwork
+from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork
 from ntkrobust.bridge.models import ModelConfig, ModelError, build_model
 from ntkrobust.bridge.two_layer import OutputChange
 
@@ -40,7 +42,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **e
 
     For a ``LinearizedNetwork``, ``config`` is its parent's, and ``linearization`` is recorded from
     the model (an extra ``linearization`` entry, e.g. passed on from a loaded payload, must agree)."""
-    recorded = {"centered": model.centered} if isinstance(model, LinearizedNetwork) else None
+    recorded = _linearization(model)
     if extra.pop("linearization", recorded) != recorded:
         raise ValueError(f"the model's linearization is {recorded}, not the extra entry's")
     if isinstance(model, OutputChange):  # f0 is rebuilt from the config's seed
@@ -50,6 +52,24 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **e
     if recorded is not None:
         payload["linearization"] = recorded
     return write_atomically(path, lambda temporary: _save(payload, temporary))
+
+
+def _linearization(model: nn.Module) -> dict[str, Any] | None:
+    """What a checkpoint records of a stage-2 wrapper (None for any other model)."""
+    if isinstance(model, LinearizedNetwork):
+        return {"centered": model.centered}
+    if isinstance(model, CenteredStandardNetwork):
+        return {"centered": True, "kind": "standard", "batchnorm": model.batchnorm}
+    return None
+
+
+def _wrapped(model: nn.Module, linearization: Any) -> nn.Module:
+    """The stage-2 wrapper a checkpoint's ``linearization`` entry names, around ``model``."""
+    if not isinstance(linearization, dict) or not isinstance(linearization.get("centered"), bool):
+        raise TypeError(f"bad linearization entry {linearization!r}")
+    if linearization.get("kind", "linearized") == "standard":
+        return CenteredStandardNetwork(model, batchnorm=str(linearization.get("batchnorm", "frozen")))
+    return LinearizedNetwork(model, centered=linearization["centered"])
 
 
 def _save(payload: dict[str, Any], path: Path) -> None:
@@ -94,10 +114,7 @@ def load_checkpoint(
         config = ModelConfig.from_dict(payload.get("config") or {})
         model = build_model(config)
         if "linearization" in payload:
-            linearization = payload["linearization"]
-            if not isinstance(linearization, dict) or not isinstance(linearization.get("centered"), bool):
-                raise TypeError(f"bad linearization entry {linearization!r}")
-            model = LinearizedNetwork(model, centered=linearization["centered"])
+            model = _wrapped(model, payload["linearization"])
         model.load_state_dict(payload["state_dict"])
         if payload.get("minus_initial"):
             model = OutputChange(model, build_model(config))

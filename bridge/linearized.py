@@ -2,6 +2,7 @@
 
     f_lin(x) = f_θt(x) + J_θt(x)(θ − θt)        linearized ("lazy") dynamics, LOO sec. 2, item 2
     f_cen(x) =           J_θt(x)(θ − θt)        centered dynamics, LOO sec. 2, item 3
+    f_cs(x)  = f_θ(x) − f_θt(x)                 centered standard network, LOO sec. 4, table 1
 
 θt are the parent network's parameters at the spawn epoch t, J_θt(x) = ∇θ f(x)|θt is its
 Jacobian (the feature map φ(x) of LOO sec. 2), and θ, initialised to θt, are the parameters
@@ -48,7 +49,7 @@ from torch.func import functional_call, jvp
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
 from ntkrobust.bridge.jacobians import as_inputs
 
-__all__ = ["LinearizedNetwork", "relative_magnitude"]
+__all__ = ["CenteredStandardNetwork", "LinearizedNetwork", "relative_magnitude"]
 
 _SEPARATOR = "-"  # stands for "." in θ's names: parameter names may not contain dots
 
@@ -132,6 +133,49 @@ class LinearizedNetwork(nn.Module):
 
     def extra_repr(self) -> str:
         return f"centered={self.centered}"
+
+
+class CenteredStandardNetwork(nn.Module):
+    """f_θ(x) − f_θt(x): the full non-linear network, trained from θt, minus its output at the
+    spawn (LOO sec. 4, table 1's "centered standard" network). Unlike the linearized networks its
+    kernel moves: it is the trained network's, ∇θ f_θ (``tangent_network``).
+
+    ``batchnorm``: ``frozen`` runs the trained network's BatchNorm with the spawn's running
+    statistics throughout (as the linearized networks do); ``train`` lets it normalise with each
+    batch's statistics in training and update its running ones (LOO's "BN unfrozen"). The spawn
+    copy always runs in eval mode and is never trained.
+    """
+
+    def __init__(self, parent: nn.Module, *, batchnorm: str = "frozen") -> None:
+        super().__init__()
+        if batchnorm not in ("frozen", "train"):
+            raise ValueError(f"stage-2 BatchNorm is frozen or train, not {batchnorm!r}")
+        self.network = copy.deepcopy(parent)
+        self.spawn = copy.deepcopy(parent).eval()
+        for parameter in self.spawn.parameters():
+            parameter.requires_grad_(False)
+        self.batchnorm = batchnorm
+
+    def train(self, mode: bool = True) -> CenteredStandardNetwork:
+        super().train(mode)
+        self.spawn.eval()
+        if self.batchnorm == "frozen":
+            for module in self.network.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            f0 = self.spawn(x)
+        return self.network(x) - f0
+
+    def tangent_network(self) -> nn.Module:
+        """The trained network alone (a copy, eval mode): ∇θ f_cs = ∇θ f_θ, so the same kernel."""
+        return copy.deepcopy(self.network).eval()
+
+    def extra_repr(self) -> str:
+        return f"batchnorm={self.batchnorm}"
 
 
 def relative_magnitude(model: LinearizedNetwork, x: torch.Tensor | np.ndarray, *, batch_size: int = 256) -> float:

@@ -91,7 +91,7 @@ def _pictured_networks(
     """(label, checkpoint, network whose kernel is pictured, probe images) of every network,
     all loaded and checked before any eigenvector is computed."""
     from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
-    from ntkrobust.bridge.linearized import LinearizedNetwork
+    from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork
     from ntkrobust.bridge.runfolder import checkpoint_epoch
     from ntkrobust.bridge.runs import RunError, probe_images
 
@@ -110,7 +110,8 @@ def _pictured_networks(
                 f"--eigenvector-class {settings.eigenvector_class}: the nets have {config.num_classes} outputs"
             )
         # a linearized net's kernel is its parent's at θt, for every θ
-        network = model.tangent_network() if isinstance(model, LinearizedNetwork) else model
+        wrapped = isinstance(model, LinearizedNetwork | CenteredStandardNetwork)
+        network = model.tangent_network() if wrapped else model
         loaded.append((label, path, network.to(device).eval(), x))
     return loaded
 

@@ -33,6 +33,8 @@ class TrainSettings:
     init: str = "default"  # bridge.initialisation
     linearize_from: Path | None = None
     centered: bool = False
+    centered_standard: bool = False  # f_θ − f_θt around --linearize-from (LOO table 1)
+    stage2_batchnorm: str = "frozen"  # frozen | train (centered_standard only)
     mode: str = "standard"
     epochs: int = 10
     lr: float = 0.01
@@ -109,8 +111,17 @@ def _check_folder(settings: TrainSettings) -> None:
             raise StudyError(f"--resume: {settings.out} holds no run to continue (no config.json)")
     else:
         check_out_dir(settings.out, settings.force)
-    if settings.centered and settings.linearize_from is None:
-        raise StudyError("--centered needs --linearize-from CHECKPOINT (the network it is centered on)")
+    if (settings.centered or settings.centered_standard) and settings.linearize_from is None:
+        flag = "--centered" if settings.centered else "--centered-standard"
+        raise StudyError(f"{flag} needs --linearize-from CHECKPOINT (the network it is centered on)")
+    if settings.centered and settings.centered_standard:
+        raise StudyError("--centered trains J(θ − θt), --centered-standard f_θ − f_θt: choose one")
+    if settings.stage2_batchnorm not in ("frozen", "train"):
+        raise StudyError(f"--stage2-batchnorm {settings.stage2_batchnorm!r}: choose frozen or train")
+    if settings.stage2_batchnorm == "train" and not settings.centered_standard:
+        raise StudyError(
+            "--stage2-batchnorm train applies to --centered-standard (linearized nets keep θt's statistics)"
+        )
 
 
 class _Threat(NamedTuple):
@@ -215,17 +226,28 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
         )
         _check_batchnorm(settings, model, config.model)
         return {"model": model, "config": config, "linearization": None, "kernel_network": None, "magnitude": None}
-    from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
+    from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork, relative_magnitude
 
     parent, config, payload = _linearization_parent(settings, data)
+    linearization = {
+        "checkpoint": str(settings.linearize_from),
+        "spawn_epoch": payload.get("epoch"),
+        "centered": settings.centered or settings.centered_standard,
+    }
+    if settings.centered_standard:  # LOO table 1: the full net minus its spawn; its kernel moves
+        linearization |= {"standard": True, "batchnorm": settings.stage2_batchnorm}
+        model = CenteredStandardNetwork(parent, batchnorm=settings.stage2_batchnorm)
+        return {
+            "model": model,
+            "config": config,
+            "linearization": linearization,
+            "kernel_network": CenteredStandardNetwork.tangent_network,
+            "magnitude": None,
+        }
     return {
         "model": LinearizedNetwork(parent, centered=settings.centered),
         "config": config,
-        "linearization": {
-            "checkpoint": str(settings.linearize_from),
-            "spawn_epoch": payload.get("epoch"),
-            "centered": settings.centered,
-        },
+        "linearization": linearization,
         "kernel_network": LinearizedNetwork.tangent_network,  # its kernel is the frozen parent's
         "magnitude": relative_magnitude,  # LOO sec. 4
     }
@@ -420,7 +442,8 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         f" after {settings.switch_epoch} clean" if settings.switch_epoch else ""
     )
     if net["linearization"] is not None:
-        label = f"{config.model} {'centered' if settings.centered else 'linearized'} {settings.mode}"
+        kind = "centered standard" if settings.centered_standard else "centered" if settings.centered else "linearized"
+        label = f"{config.model} {kind} {settings.mode}"
     run_config = {
         "data": settings.data.config(data),
         "model": {**config.to_dict(), "parameters": parameter_count(net["model"])},

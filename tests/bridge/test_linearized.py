@@ -369,3 +369,51 @@ def test_unlinearizable_parents_are_refused():
     assert [n for n, _ in model.named_parameters()] == ["theta.bias"]
     tangent = model.tangent_network()
     assert [(n, p.requires_grad) for n, p in tangent.named_parameters()] == [("weight", False), ("bias", True)]
+
+
+# -- the centered standard network f_θ − f_θt (LOO table 1) -------------------------------------
+
+
+def _resnet(seed: int = 0) -> torch.nn.Module:
+    return build_model(model_config("resnet18", (3, 8, 8), 3, width=2, seed=seed))
+
+
+@pytest.mark.parametrize("batchnorm", ["frozen", "train"])
+def test_the_centered_standard_network_is_zero_at_spawn_and_trains_the_full_net(batchnorm):
+    from ntkrobust.bridge.linearized import CenteredStandardNetwork
+
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    parent = _resnet().eval()
+    net = CenteredStandardNetwork(parent, batchnorm=batchnorm)
+    assert float(net.eval()(x).abs().max()) == 0.0
+    trained = [p for p in net.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trained) == sum(p.numel() for p in parent.parameters())
+    before = {k: v.clone() for k, v in net.network.state_dict().items() if "running" in k}
+    net.train()
+    optimizer = torch.optim.SGD(trained, lr=0.1)
+    optimizer.zero_grad()
+    F.cross_entropy(net(x), torch.tensor([0, 1, 2, 0, 1, 2])).backward()
+    optimizer.step()
+    moved = {k: not torch.equal(v, net.network.state_dict()[k]) for k, v in before.items()}
+    assert any(moved.values()) == (batchnorm == "train")  # frozen: the spawn's statistics stay
+    assert not net.spawn.training and float(net.eval()(x).abs().max()) > 0  # θ moved, the spawn did not
+    # its kernel is the trained network's, which moves with θ (unlike the linearized networks')
+    np.testing.assert_allclose(
+        empirical_ntk(net, x, kind="trace"), empirical_ntk(net.tangent_network(), x, kind="trace"), rtol=1e-5
+    )
+
+
+def test_a_checkpoint_rebuilds_the_centered_standard_network(tmp_path):
+    from ntkrobust.bridge.linearized import CenteredStandardNetwork
+
+    config = model_config("resnet18", (3, 8, 8), 3, width=2, seed=0)
+    net = CenteredStandardNetwork(build_model(config), batchnorm="train")
+    with torch.no_grad():
+        for p in net.network.parameters():
+            p.add_(0.01)
+    save_checkpoint(tmp_path / "c.pt", net, config, epoch=1)
+    loaded, _, payload = load_checkpoint(tmp_path / "c.pt")
+    assert isinstance(loaded, CenteredStandardNetwork) and loaded.batchnorm == "train"
+    assert payload["linearization"] == {"centered": True, "kind": "standard", "batchnorm": "train"}
+    x = torch.rand(4, 3, 8, 8)
+    torch.testing.assert_close(loaded.eval()(x), net.eval()(x))

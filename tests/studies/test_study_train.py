@@ -93,6 +93,20 @@ def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, re
             np.load(out / "kernels" / "step_0000002.npz") as last,
         ):
             np.testing.assert_allclose(first["clean"], last["clean"], rtol=1e-6, atol=1e-9)
+    standard = small_training(
+        tmp_path / "standard", epochs=1, model=None, width=None, linearize_from=parent, centered_standard=True
+    )
+    history = train.run(standard).record
+    assert history["label"] == "fc2 centered standard standard"
+    assert history["config"]["linearization"] == {
+        "checkpoint": str(parent), "spawn_epoch": 1, "centered": True, "standard": True, "batchnorm": "frozen"
+    }  # fmt: skip
+    assert history["epochs"][0]["accuracy"]["running"]["test_clean"] == pytest.approx(0.1)  # f = 0 at spawn
+    with (  # its kernel moves: it is the trained net's
+        np.load(tmp_path / "standard" / "kernels" / "step_0000000.npz") as first,
+        np.load(tmp_path / "standard" / "kernels" / "step_0000002.npz") as last,
+    ):
+        assert not np.allclose(first["clean"], last["clean"], rtol=1e-6, atol=1e-9)
     centered = json.loads((tmp_path / "centered" / "history.json").read_text())
     assert centered["epochs"][0]["accuracy"]["running"]["test_clean"] == pytest.approx(0.1)  # f = 0: class 0
     twice = small_training(
@@ -118,6 +132,8 @@ BAD = {
     "init of an NTK twin": ({"init": "normal"}, "fc2 draws its weights as its analytic kernel assumes"),
     "te in one epoch": ({"mode": "te"}, "--mode te ramps its regulariser from epoch 1 to 1"),
     "te ramp without te": ({"te_start": 2}, "--te-start / --te-end set the ramp of --mode te"),
+    "centered standard alone": ({"centered_standard": True}, "--centered-standard needs --linearize-from"),
+    "stage-2 BN of a linearized net": ({"stage2_batchnorm": "train"}, "--stage2-batchnorm train applies to"),
 }
 
 
