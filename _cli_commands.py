@@ -311,6 +311,12 @@ def _train_tracking_flags(p: argparse.ArgumentParser) -> None:
         help="PGD steps of the full evaluation after the last epoch (default: 40 grey, 20 colour; 0: none)",
     )
     g.add_argument(
+        "--final-eval",
+        choices=("none", "autoattack"),
+        default="none",
+        help="autoattack: after the last epoch, evaluate's PGD-20/100, CW-100 and AutoAttack on --eval-n test points",
+    )
+    g.add_argument(
         "--full-eval-every",
         type=_positive_int,
         metavar="EPOCHS",

@@ -64,6 +64,7 @@ class TrainSettings:
     device: str = "auto"
     resume: bool = False
     force: bool = False
+    final_eval: str = "none"  # autoattack: evaluate's PGD-20/100, CW-100 and AutoAttack after the last epoch
     seeds: tuple[int, ...] = ()  # one run per seed in out/seed_S, all on the data and probe of data.seed
     run_seed: int | None = None  # the net's initialisation, shuffles and attacks (None: data.seed)
 
@@ -425,6 +426,8 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {data.x_train.shape[0]} training points")
     if settings.switch_epoch is not None and settings.mode == "standard":
         raise StudyError("--switch-epoch switches from clean training to an adversarial --mode; --mode is standard")
+    if settings.final_eval not in ("none", "autoattack"):
+        raise StudyError(f"--final-eval {settings.final_eval!r}: choose none or autoattack")
     if settings.eps_warmup and settings.mode == "standard":
         raise StudyError("--eps-warmup ramps the training attack's eps; --mode standard has no attack")
     _check_augmentation(settings, data.image_shape)
@@ -473,4 +476,36 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         )
     except (RunFolderError, DataError) as err:
         raise StudyError(str(err)) from None
+    if settings.final_eval == "autoattack":
+        history["final_evaluation"] = _final_evaluation(settings, net["model"], data, threat.eps, device)
+        from ntkrobust.bridge.files import write_json
+
+        write_json(RunFolder(settings.out).history, history)
     return TrainResult(history, out=settings.out, label=label, results_file="history.json")
+
+
+def _final_evaluation(settings: TrainSettings, model: Any, data: Any, eps: float, device: Any) -> dict[str, Any]:
+    """RobustBench's attacks (``bridge.evaluation``) on --eval-n class-balanced test points."""
+    import numpy as np
+    import torch
+
+    from ntkrobust.bridge.data import balanced_indices, task_indices
+    from ntkrobust.bridge.evaluation import EVALUATION_ATTACKS, masking_suspected, robust_correct
+
+    n = min(settings.eval_n, data.x_test.shape[0])
+    chosen = balanced_indices(data.y_test, data.classes, n, settings.data.seed, what="test")
+    x = torch.as_tensor(data.x_test[chosen], device=device)
+    y = torch.as_tensor(task_indices(data.y_test[chosen], data.classes), device=device)
+    correct = robust_correct(
+        model, x, y, eps=eps, channels=data.image_shape[0], seed=settings.data.seed,
+        on_attack=lambda name, accuracy: log.info(f"final evaluation: {name} {accuracy:.3f}"),
+    )  # fmt: skip
+    accuracy = {name: float(flags.mean()) for name, flags in correct.items()}
+    accuracy["worst_case"] = float(np.logical_and.reduce(list(correct.values())).mean())
+    return {
+        "points": int(n),
+        "eps": eps,
+        "attacks": list(EVALUATION_ATTACKS),
+        "accuracy": accuracy,
+        "masking_suspected": masking_suspected(accuracy),
+    }

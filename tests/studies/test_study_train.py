@@ -207,3 +207,15 @@ def test_batchnorm_batch_trains_a_net_without_running_statistics(small_training,
     stored = torch.load(tmp_path / "run" / "checkpoints" / "epoch_001.pt", weights_only=True)["state_dict"]
     assert not [key for key in stored if "running" in key or "num_batches" in key]
     refuses(train, small_training(tmp_path / "fc", batchnorm="batch"), "--batchnorm batch: fc2 has no BatchNorm layers")
+
+
+def test_final_eval_autoattack_records_robustbenchs_attacks(small_training, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    settings = small_training(out, mode="standard", epochs=1, track_kernel=0, eval_n=20, final_eval="autoattack")
+    history = train.run(settings).record
+    final = history["final_evaluation"]
+    assert final["points"] == 20 and set(final["accuracy"]) >= {"clean", "pgd-20", "autoattack", "worst_case"}
+    assert final["accuracy"]["worst_case"] <= final["accuracy"]["autoattack"] <= final["accuracy"]["clean"]
+    assert json.loads((out / "history.json").read_text())["final_evaluation"] == final
