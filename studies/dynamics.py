@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import StagedOutput, StudyError, StudyResult, envelope, log
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, log
 from ntkrobust.studies._common import torch_device
 
 
@@ -39,7 +39,9 @@ class DynamicsResult(StudyResult):
         from ntkrobust import plots
 
         epochs = self.record["config"]["ksm_epochs"] or None
+        clock = Clock()
         self.record["figures"] = plots.dynamics_figures(self.summaries, staged.stage, ksm_epochs=epochs)
+        clock.mark("figures", f"{len(self.record['figures'])} figures drawn")
         if self.eigenvector_rows is not None:
             rows, cosines = self.eigenvector_rows
             plots.eigenvector_pictures(rows, staged.path("eigenvectors.png"), cosines=cosines, subtitle=self.subtitle)
@@ -208,13 +210,16 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
     from ntkrobust.bridge.run_groups import load_run_groups
     from ntkrobust.bridge.runs import RunError, json_summary
 
+    clock = Clock()
     try:
         groups = load_run_groups(settings.runs)
         baseline = _baseline(settings, groups)
         _check_ksm_epochs(settings.ksm_epochs, groups)
+        clock.mark("runs", f"{len(groups)} run(s) read")
         summaries = [_summary(group, baseline) for group in groups]
     except RunError as err:
         raise StudyError(str(err)) from None
+    clock.mark("summaries", "kernel trajectories measured")
     metrics: dict[str, Any] = {"runs": [json_summary(summary) for summary in summaries]}
     if baseline is not None:
         metrics["baseline_distance"] = _baseline_record(summaries, baseline)
@@ -223,6 +228,7 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
         pictures, cosines, about = eigenvector_rows(settings, [group.runs[0] for group in groups], progress)
         rows = (pictures, cosines)
         metrics["eigenvectors"] = about
+        clock.mark("eigenvectors", f"top {settings.eigenvectors} eigenvectors pictured")
     config = {
         "runs": [str(path) for path in settings.runs],
         "baseline": None if settings.baseline is None else str(settings.baseline),
