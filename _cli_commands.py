@@ -161,7 +161,11 @@ def _entk_parser(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel")
     g.add_argument("--n", type=_positive_int, default=100, help="class-balanced points from --split (default 100)")
     g.add_argument("--split", choices=("train", "test"), default="train", help="where the points come from")
-    g.add_argument("--kind", default="trace", help="full (N,N,C,C), trace (N,N) or class:C (N,N) (default trace)")
+    g.add_argument(
+        "--kind",
+        default="trace",
+        help="full (N,N,C,C), class-blocks (N,N,C: the diagonal blocks), trace (N,N) or class:C (N,N) (default trace)",
+    )
     g.add_argument(
         "--adversarial-eps",
         type=_number,
@@ -293,6 +297,11 @@ def _train_tracking_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--track-every", type=_positive_int, metavar="STEPS", help="track every STEPS steps, not every epoch"
+    )
+    g.add_argument(
+        "--track-full",
+        action="store_true",
+        help="compute the full C x C kernels (default: the C class blocks, all the metrics need, 1/C of the cost)",
     )
     g.add_argument(
         "--eval-n",

@@ -72,13 +72,13 @@ class KernelKind:
 
     @classmethod
     def parse(cls, text: str) -> KernelKind:
-        """``"full"``, ``"trace"`` or ``"class:C"``; ValueError with one line otherwise."""
-        if text in ("full", "trace"):
+        """``"full"``, ``"class-blocks"``, ``"trace"`` or ``"class:C"``; ValueError with one line otherwise."""
+        if text in ("full", "class-blocks", "trace"):
             return cls(text)
         head, _, tail = text.partition(":")
         if head == "class" and tail.isdigit():
             return cls("class", int(tail))
-        raise ValueError(f"kernel kind must be full, trace or class:C (C an output index), got {text!r}")
+        raise ValueError(f"kernel kind must be full, class-blocks, trace or class:C (C an output index), got {text!r}")
 
     def __str__(self) -> str:
         return self.name if self.index is None else f"{self.name}:{self.index}"
@@ -150,8 +150,12 @@ def _contract(kind: KernelKind, j1: torch.Tensor, j2: torch.Tensor) -> torch.Ten
     if kind.name == "full":
         product = j1.reshape(n1 * outputs, width) @ j2.reshape(n2 * outputs, width).T
         return product.reshape(n1, outputs, n2, outputs).permute(0, 2, 1, 3)
+    # J1_c J2_cᵀ for each output c: 1/C of the full kernel's products
+    blocks = torch.bmm(j1.transpose(0, 1), j2.permute(1, 2, 0))
+    if kind.name == "class-blocks":
+        return blocks.permute(1, 2, 0)
     # trace or one class: Σ_c J1_c J2_cᵀ (one class: C′ = 1); the trace's 1/C comes at the end
-    return torch.bmm(j1.transpose(0, 1), j2.permute(1, 2, 0)).sum(0)
+    return blocks.sum(0)
 
 
 def _contract_dense(
@@ -166,7 +170,8 @@ def _contract_dense(
     if layer.bias is not None:
         scale = scale + layer.b_scale**2
     gradients = _contract(kind, g1, g2)
-    return gradients * (scale[:, :, None, None] if kind.name == "full" else scale)
+    extra = {"full": (None, None), "class-blocks": (None,)}.get(kind.name, ())
+    return gradients * scale[(slice(None), slice(None), *extra)]
 
 
 def empirical_ntk(
@@ -187,7 +192,9 @@ def empirical_ntk(
     Args:
         model: any torch module mapping (B, ...) inputs to (B, C) outputs; not modified.
         x1, x2: inputs, NCHW in [0, 1] (any shape the model takes), numpy or torch.
-        kind: ``"full"`` (N1, N2, C, C), ``"trace"`` (N1, N2) or ``"class:c"`` (N1, N2).
+        kind: ``"full"`` (N1, N2, C, C), ``"class-blocks"`` (N1, N2, C): the C diagonal blocks
+            only, all that the trace kernel and the specialization metrics need, at 1/C of the
+            full kernel's products; ``"trace"`` (N1, N2) or ``"class:c"`` (N1, N2).
         batch_stats: BatchNorm with the statistics of the inputs (see the module docstring)
             instead of the running statistics.
         memory_budget: bytes of working memory for Jacobians and activations (the kernel itself,
@@ -239,9 +246,8 @@ def empirical_ntk(
     activations = activation_elements(net, a[:1])
 
     shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
-    kernel = torch.zeros(
-        shape + ((outputs, outputs) if kind.name == "full" else ()), dtype=torch.float64, device=device
-    )
+    trailing = {"full": (outputs, outputs), "class-blocks": (outputs,)}.get(kind.name, ())
+    kernel = torch.zeros(shape + trailing, dtype=torch.float64, device=device)
     passes: list[Group | None] = [None] if engine.dense else []  # None: the dense layers' pass
     passes += groups
     batch = [_sub_batch_size(group or [], engine, activations, outputs, itemsize, memory_budget) for group in passes]

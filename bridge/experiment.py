@@ -86,6 +86,7 @@ class TrackingConfig:
     full_steps: int | None = None
     full_every: int | None = None
     selection_seed: int | None = None
+    track_full: bool = False  # the full (N, N, C, C) kernels, not only their class blocks
 
     def __post_init__(self) -> None:
         if not self.batchnorm or any(mode not in BATCHNORM_MODES for mode in self.batchnorm):
@@ -255,6 +256,7 @@ class _TrainingRun:
             seed=derived_seed(self.train.seed, 3),
             batchnorm=batchnorm,
             memory_budget=self.tracking.memory_budget,
+            kind="full" if self.tracking.track_full else "class-blocks",
         )
 
     @property

@@ -6,8 +6,9 @@ of training points,
 - C-NTK: on the clean probe points;
 - AE-NTK: on the net's own PGD examples of them (RAT sec. 3), with its metrics under the clean
   labels and under the net's predictions on those examples, the "adversarial labels" (RAT sec. 4).
-The full (N, N, C, C) kernel is computed (its class blocks give the specialization metrics) and the
-trace kernel (N, N), the mean of the class blocks, is what is kept on disk and compared across time.
+The C diagonal class blocks (N, N, C) are computed (``kind="class-blocks"``; the full (N, N, C, C)
+kernel with ``kind="full"``, at C times the cost of the products): they give the specialization
+metrics, and the trace kernel (N, N), their mean, is what is kept on disk and compared across time.
 
 BatchNorm at evaluation (RAT sec. 4): ``"running"`` uses the running statistics ("w buffer");
 ``"batch"`` normalises every evaluation batch with its own statistics ("w/o buffer"), including a
@@ -119,6 +120,8 @@ class KernelTracker:
     seed: int = 0
     batchnorm: str = "running"
     memory_budget: int | None = None
+    #: ``class-blocks`` (N, N, C): all the metrics need, 1/C of the full kernel's products; ``full``
+    kind: str = "class-blocks"
 
     def track(
         self,
@@ -145,7 +148,7 @@ class KernelTracker:
                     net, self.x, self.targets, eps=self.eps, step=self.step, steps=self.steps, seed=self.seed
                 )
             predicted_adv = predict(net, x_adv)
-        options = {"kind": "full", "batch_stats": self.batchnorm == "batch", "memory_budget": self.memory_budget}
+        options = {"kind": self.kind, "batch_stats": self.batchnorm == "batch", "memory_budget": self.memory_budget}
         clean = empirical_ntk(tangent, self.x, progress=progress, **options)
         adversarial = empirical_ntk(tangent, x_adv, progress=progress, **options)
         adversarial_labels = predicted_adv.cpu().numpy()

@@ -50,6 +50,7 @@ _PUBLIC = {
     "UndefinedMetricError": "ntkrobust.kernels.metrics",
     "trace_kernel": "ntkrobust.kernels.metrics",
     "class_kernel": "ntkrobust.kernels.metrics",
+    "class_blocks": "ntkrobust.kernels.metrics",
     "kernel_distance": "ntkrobust.kernels.metrics",
     "kernel_alignment": "ntkrobust.kernels.metrics",
     "distance_matrix": "ntkrobust.kernels.metrics",
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them; at run tim
     from ntkrobust.kernels.metrics import (
         UndefinedMetricError,
         centered_alignment,
+        class_blocks,
         class_kernel,
         distance_matrix,
         distance_to_final,
@@ -135,6 +137,7 @@ __all__ = [
     "UnknownArchitectureError",
     "aligned_times",
     "centered_alignment",
+    "class_blocks",
     "class_kernel",
     "compute_gram",
     "craft_adversarial",

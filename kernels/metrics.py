@@ -2,8 +2,9 @@
 
 Pure numpy (no JAX, no torch), everything in float64.
 
-Shapes (neural-tangents conventions): a kernel is a square Gram matrix (N, N) or a full kernel
-(N, N, C, C) whose trace kernel is the mean of its C diagonal class blocks,
+Shapes (neural-tangents conventions): a kernel is a square Gram matrix (N, N), a full kernel
+(N, N, C, C) or its class blocks alone (N, N, C), whose trace kernel is the mean of its C
+diagonal class blocks,
     K̄ = C⁻¹ Σ_c K_{c,c},   K_{c,c} = full[:, :, c, c]   (Loo et al. sec. 3),
 which every single-kernel statistic uses, as Loo et al. do "unless otherwise stated". A kernel
 sequence (T kernels of one shape) is a training trajectory; labels are (N,) int class ids;
@@ -76,16 +77,26 @@ def _unit_distance(u: np.ndarray, v: np.ndarray) -> float:
     return float(np.clip(0.5 * np.sum((u - v) ** 2), 0.0, 2.0))
 
 
+def class_blocks(kernel: ArrayLike) -> np.ndarray:
+    """The C diagonal class blocks (C, N, N) of a full (N, N, C, C) kernel, or of the class-blocks
+    kernel (N, N, C) that holds only them (``bridge.entk``'s ``class-blocks`` kind)."""
+    k = _finite(kernel)
+    if k.ndim == 3 and k.shape[0] == k.shape[1]:
+        return np.moveaxis(k, 2, 0)
+    return np.einsum("nmcc->cnm", _full(k))
+
+
 def trace_kernel(kernel: ArrayLike) -> np.ndarray:
-    """(N, N) unchanged, or the mean of the diagonal class blocks of an (N, N, C, C) kernel."""
+    """(N, N) unchanged, or the mean of the diagonal class blocks of an (N, N, C, C) or a
+    class-blocks (N, N, C) kernel."""
     k = _finite(kernel)
     if k.ndim == 2 and k.shape[0] == k.shape[1]:
         return k
-    if k.ndim == 4:
-        return np.einsum("nmcc->nm", _full(k)) / k.shape[2]
+    if k.ndim in (3, 4):
+        return class_blocks(k).mean(axis=0)
     if k.ndim == 2:
         raise ValueError(f"expected a square kernel (N, N), got shape {k.shape}")
-    raise ValueError(f"expected a kernel of shape (N, N) or (N, N, C, C), got shape {k.shape}")
+    raise ValueError(f"expected a kernel of shape (N, N), (N, N, C) or (N, N, C, C), got shape {k.shape}")
 
 
 def class_kernel(full: ArrayLike, c: int) -> np.ndarray:
@@ -261,16 +272,17 @@ def centered_alignment(kernel: ArrayLike, labels: ArrayLike, *, num_classes: int
 
 
 def specialization_matrix(full: ArrayLike, labels: ArrayLike, *, num_classes: int | None = None) -> np.ndarray:
-    """(C, C) KSM[i, j] = A(K_{i,i}, y_j y_jᵀ) / (C⁻¹ Σ_l A(K_{l,l}, y_j y_jᵀ)) (LOO sec. 3, RAT's M_ks)."""
-    k = _full(full)
-    c = k.shape[2]
+    """(C, C) KSM[i, j] = A(K_{i,i}, y_j y_jᵀ) / (C⁻¹ Σ_l A(K_{l,l}, y_j y_jᵀ)) (LOO sec. 3, RAT's M_ks),
+    from a full (N, N, C, C) kernel or its class blocks (N, N, C): it needs nothing else."""
+    blocks = class_blocks(full)
+    k = np.moveaxis(blocks, 0, 2)
+    c = blocks.shape[0]
     if num_classes is not None and operator.index(num_classes) != c:
         raise ValueError(f"num_classes={num_classes} but the kernel has {c} classes")
     y = _one_hot_for(k, labels, c)
     missing = np.flatnonzero(y.sum(axis=0) == 0)
     if missing.size:
         raise UndefinedMetricError(f"specialization is undefined: class {missing[0]} has no labelled point")
-    blocks = np.einsum("nmcc->cnm", k)
     norms = np.linalg.norm(blocks, axis=(1, 2))
     if np.any(norms == 0):
         raise UndefinedMetricError(f"specialization is undefined: class kernel {np.argmin(norms)} is zero")
@@ -303,8 +315,9 @@ def kernel_metrics(
 
     Keys: ``frobenius_norm``, ``trace`` (of the trace kernel), ``effective_rank``,
     ``concentration_top{p}`` for each p in ``top`` with p ≤ N; with labels also
-    ``kernel_target_alignment`` and ``centered_alignment``, and for a full (N, N, C, C) kernel
-    ``specialization_matrix`` (nested list C × C) and ``mean_specialization``. A metric that is
+    ``kernel_target_alignment`` and ``centered_alignment``, and for a full (N, N, C, C) or a
+    class-blocks (N, N, C) kernel ``specialization_matrix`` (nested list C × C) and
+    ``mean_specialization``. A metric that is
     undefined for this input (``UndefinedMetricError``, e.g. centred alignment with a single
     class, specialization with a class absent from the labels) is left out, and its reason is
     kept under ``undefined`` (metric name → message); invalid input raises.
@@ -326,7 +339,7 @@ def kernel_metrics(
         return _with_reasons(metrics)
     _record(metrics, "kernel_target_alignment", lambda: kernel_target_alignment(k, labels, num_classes=num_classes))
     _record(metrics, "centered_alignment", lambda: centered_alignment(k, labels, num_classes=num_classes))
-    if np.ndim(kernel) == 4:
+    if np.ndim(kernel) in (3, 4):
         try:
             ksm = specialization_matrix(kernel, labels, num_classes=num_classes)
         except UndefinedMetricError as reason:

@@ -191,20 +191,24 @@ def _picture(
     settings: EntkSettings, data: Any, kernel: np.ndarray, targets: np.ndarray, kind: Any, config: Any, adversarial: Any
 ) -> dict[str, Any]:
     """The arguments of the class-sorted kernel image."""
+    from ntkrobust.kernels.metrics import trace_kernel
+
     which = "AE-NTK" if adversarial else "C-NTK"
     if kind.index is not None:  # the (N, N) block of one output
         label = f"block of class {data.class_name(data.classes[kind.index])}"
     else:  # a full (N, N, C, C) kernel is drawn as its trace, the mean of its C diagonal blocks
-        label = "trace of the full kernel" if kind.name == "full" else "trace kernel"
+        label = {"full": "trace of the full kernel", "class-blocks": "trace of the class blocks"}.get(
+            kind.name, "trace kernel"
+        )
     checkpoint = settings.checkpoint
     subtitle = (
         f"{config.model} (width {config.width}), {settings.n} {data.name} {settings.split} points"
         + (f", PGD eps={adversarial['eps']:.4g}" if adversarial else "")
         + (f", from {checkpoint.name}" if checkpoint else ", at initialisation")
-        + ("; drawn as the mean of its C diagonal output blocks Θ_cc" if kind.name == "full" else "")
+        + ("; drawn as the mean of its C diagonal output blocks Θ_cc" if kind.name in ("full", "class-blocks") else "")
     )
     return {
-        "kernel": kernel if kernel.ndim == 2 else np.einsum("ijcc->ij", kernel) / kernel.shape[2],
+        "kernel": trace_kernel(kernel),
         "labels": targets,
         "class_names": [data.class_name(c) for c in data.classes],
         "title": f"Empirical {which}: {label}",

@@ -55,6 +55,7 @@ class TrainSettings:
     te_end: int | None = None  # default: 75% of the epochs (150 of 200)
     track_kernel: int = 300
     track_every: int | None = None
+    track_full: bool = False  # full (N, N, C, C) kernels (default: their class blocks, 1/C of the cost)
     eval_n: int = 500
     eval_pgd_steps: int | None = None  # per epoch and AE-NTK (default attacks.EPOCH_PGD_STEPS)
     full_eval_steps: int | None = None  # at the end (default attacks.EVALUATION_PGD_STEPS; 0: none)
@@ -292,6 +293,7 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
             full_steps=threat.full_steps or None,
             full_every=settings.full_eval_every,
             selection_seed=settings.data.seed,
+            track_full=settings.track_full,
         )
     except ValueError as err:
         raise StudyError(str(err)) from None

@@ -165,7 +165,7 @@ def test_bad_flags_are_one_line_exit_2_and_write_nothing(case, assert_refused):
 STUDY_ERRORS = {
     "attack": (["attack", "--eps", "8"], "did you mean 8/255"),
     "features": (["features", "--non-robust-below", "2"], "--non-robust-below must lie in [0, 1]"),
-    "entk": (["entk", "--model", "fc1", "--kind", "diag"], "full, trace or class:C"),
+    "entk": (["entk", "--model", "fc1", "--kind", "diag"], "full, class-blocks, trace or class:C"),
     "train": (["train", "--centered"], "--centered needs --linearize-from"),
     "dynamics": (["dynamics", "/nonexistent/run"], "not a run folder"),
     "two-layer": (["two-layer", "--lr", "0"], "--lr must be a finite number > 0"),

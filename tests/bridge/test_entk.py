@@ -271,3 +271,20 @@ def test_a_net_without_running_statistics_takes_the_kernel_of_its_points_statist
     np.testing.assert_allclose(
         empirical_ntk(free, x, kind="full", dtype=torch.float64), expected, rtol=1e-12, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("structured", [True, False])
+def test_class_blocks_are_the_diagonal_blocks_of_the_full_kernel(structured):
+    """class-blocks (N, N, C) = full[:, :, c, c] for every c, dense layers and generic ones (float64)."""
+    from ntkrobust.kernels.metrics import kernel_metrics
+
+    x = torch.rand(7, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    net = build_model(model_config("mnist-cnn", (1, 8, 8), 4, width=2, seed=0))
+    full = empirical_ntk(net, x, kind="full", dtype=torch.float64, structured=structured)
+    blocks = empirical_ntk(net, x, kind="class-blocks", dtype=torch.float64, structured=structured)
+    assert blocks.shape == (7, 7, 4)
+    np.testing.assert_allclose(blocks, np.einsum("nmcc->nmc", full), rtol=1e-12, atol=1e-12)
+    labels = np.array([0, 1, 2, 3, 0, 1, 2])
+    a, b = kernel_metrics(full, labels), kernel_metrics(blocks, labels)
+    assert a.keys() == b.keys() and a["mean_specialization"] == pytest.approx(b["mean_specialization"], rel=1e-12)
+    np.testing.assert_allclose(a["specialization_matrix"], b["specialization_matrix"], rtol=1e-12)

@@ -255,7 +255,7 @@ LABELS = np.array([0, 1, 1])
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: trace_kernel(np.ones((3, 3, 3))), "shape"),
+        (lambda: trace_kernel(np.ones((3, 4, 3))), "shape"),  # (3, 3, 3) is a class-blocks kernel
         (lambda: trace_kernel(np.ones((3, 4))), "square"),
         (lambda: trace_kernel(np.ones((3, 3, 2, 3))), "full kernel"),
         (lambda: trace_kernel(NAN), "NaN or inf"),
