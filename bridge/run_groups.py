@@ -1,15 +1,19 @@
 """Several training runs at once: the seed runs of one curve (``train --seeds``: mean ± std
-bands, LOO n = 3, RAT) and the kernel distance of runs to a baseline run at the steps both
-tracked (RAT figs. 5, 7, 9b-c, 17; LOO table 1).
+bands, LOO n = 3, RAT), the kernel distance of runs to a baseline run at the steps both
+tracked (RAT figs. 5, 7, 9b-c, 17; LOO table 1), and two-stage training: the final accuracy
+of linearized / centered networks against their spawn epoch t' (``spawn_accuracy``, LOO fig. 2,
+table 2) and the training seconds of clean and adversarial epochs against the final accuracy
+(``switch_cost``, RAT sec. 5, fig. 6, table 1).
 
 The single run folder and its summary live in ``bridge.runs``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +177,217 @@ def baseline_distance(baseline: TrainingRun, run: TrainingRun) -> dict[str, Any]
     if undefined:
         result["undefined"] = undefined
     return result
+
+
+# -- two-stage training: spawned networks by spawn epoch (LOO), clean epochs before AT (RAT) ----
+
+
+def _where(run: TrainingRun) -> Path:
+    return run.path / HISTORY_FILE
+
+
+@contextlib.contextmanager
+def _reading(run: TrainingRun) -> Iterator[None]:
+    """A history whose records have the wrong types as a ``RunError`` naming it, not a traceback."""
+    try:
+        yield
+    except RunError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as error:
+        raise RunError(f"{_where(run)}: malformed records ({type(error).__name__}: {first_line(error)})") from None
+
+
+def _final(run: TrainingRun) -> dict[str, Any]:
+    """The run's last epoch's test accuracy (``epoch_accuracy``), with the full evaluation's PGD."""
+    if not run.epochs:
+        raise RunError(f"{_where(run)}: no epoch records")
+    return epoch_accuracy(run, len(run.epochs) - 1)
+
+
+def _number(value: Any, what: str, run: TrainingRun) -> float:
+    """``value`` as a float, or ``RunError`` naming ``what`` in the run's history."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise RunError(f"{_where(run)}: {what} is {json.dumps(value)[:40]}, not a number")
+    return float(value)
+
+
+def _accuracy_mode(run: TrainingRun) -> str:
+    """The BatchNorm statistics of the accuracies a run reports: its first tracked mode."""
+    tracking = run.config.get("tracking")
+    modes = tracking.get("batchnorm") if isinstance(tracking, dict) else None
+    return str(modes[0]) if isinstance(modes, list) and modes else "running"
+
+
+def epoch_accuracy(run: TrainingRun, index: int, *, full: bool = True) -> dict[str, Any]:
+    """Test accuracy of the run's epoch record ``index``, clean and under PGD, as the run reports
+    it (its first BatchNorm mode): ``test_clean``, ``test_pgd``, ``pgd`` (where the PGD accuracy
+    comes from: "full evaluation, PGD-S" when ``full`` and the epoch has one, else "per-epoch PGD-S")."""
+    mode, record = _accuracy_mode(run), run.epochs[index]
+    where = f"epoch record {index}"
+    scores = (record.get("accuracy") or {}).get(mode)
+    if not isinstance(scores, dict):
+        raise RunError(f"{_where(run)}: {where} has no '{mode}' test accuracies")
+    clean = _number(scores.get("test_clean"), f"{where}'s {mode} test_clean", run)
+    evaluation = record.get("full_evaluation")
+    if full and evaluation is not None:
+        if not isinstance(evaluation, dict) or not isinstance(evaluation.get("accuracy"), dict):
+            raise RunError(f"{_where(run)}: {where} has a malformed full_evaluation")
+        scores = evaluation["accuracy"].get(mode) or {}
+        pgd = _number(scores.get("test_pgd"), f"{where}'s full_evaluation {mode} test_pgd", run)
+        return {"test_clean": clean, "test_pgd": pgd, "pgd": f"full evaluation, PGD-{evaluation.get('steps', '?')}"}
+    tracking = run.config.get("tracking")
+    steps = tracking.get("steps", "?") if isinstance(tracking, dict) else "?"
+    pgd = _number(scores.get("test_pgd"), f"{where}'s {mode} test_pgd", run)
+    return {"test_clean": clean, "test_pgd": pgd, "pgd": f"per-epoch PGD-{steps}"}
+
+
+def _seed_mean(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The seeds' values as one: numbers as their mean (with ``<key>_std``, the sample standard
+    deviation, and ``seeds`` for several), text as the shared text (" / "-joined when it differs)."""
+    merged: dict[str, Any] = {}
+    for key, value in measured[0].items():
+        values = [one[key] for one in measured]
+        if isinstance(value, int) and not isinstance(value, bool) and len(set(values)) == 1:
+            merged[key] = value  # a count the seeds share
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            merged[key] = float(np.mean(values))
+            if len(values) > 1:
+                merged[f"{key}_std"] = float(np.std(values, ddof=1))
+        else:
+            merged[key] = " / ".join(dict.fromkeys(map(str, values))) if value is not None else None
+    if len(measured) > 1:
+        merged["seeds"] = len(measured)
+    return merged
+
+
+SPAWN_KINDS = ("linearized", "centered", "centered standard")
+"""The networks trained around a parent's checkpoint (LOO sec. 2, table 1)."""
+
+
+def spawned_from(run: TrainingRun) -> tuple[str, Path, int] | None:
+    """(kind, parent run folder, spawn epoch t') of a run trained around a checkpoint
+    ``PARENT/checkpoints/epoch_NNN.pt``; None for a run without a ``linearization``."""
+    from ntkrobust.bridge.runfolder import checkpoint_epoch
+
+    linearization = run.config.get("linearization")
+    if linearization is None:
+        return None
+    checkpoint = linearization.get("checkpoint") if isinstance(linearization, dict) else None
+    if not isinstance(checkpoint, str) or not checkpoint:
+        raise RunError(f"{_where(run)}: config.linearization has no checkpoint path")
+    epoch = linearization.get("spawn_epoch")
+    if epoch is None and (located := checkpoint_epoch(Path(checkpoint))) is not None:
+        epoch = located[1]  # a history written before spawn_epoch was: the checkpoint's name
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise RunError(f"{_where(run)}: config.linearization.spawn_epoch is {json.dumps(epoch)[:40]}, not an epoch")
+    kind = SPAWN_KINDS[2] if linearization.get("standard") else SPAWN_KINDS[int(bool(linearization.get("centered")))]
+    return kind, Path(checkpoint).parent.parent, epoch
+
+
+def _parent_record(run: TrainingRun) -> dict[str, Any]:
+    """A parent's clean and per-epoch PGD test accuracy at every epoch (the reference line)."""
+    scores = [epoch_accuracy(run, i, full=False) for i in range(len(run.epochs))]
+    return {
+        "path": str(run.path),
+        "label": run.label,
+        "epochs": [
+            _number(record.get("epoch"), f"epoch record {i}'s epoch", run) for i, record in enumerate(run.epochs)
+        ],
+        "test_clean": [s["test_clean"] for s in scores],
+        "test_pgd": [s["test_pgd"] for s in scores],
+        "pgd": scores[-1]["pgd"] if scores else None,
+    }
+
+
+def spawn_accuracy(groups: Sequence[RunGroup]) -> dict[str, Any]:
+    """LOO fig. 2, table 2: the final test accuracy, clean and under PGD (the last epoch's full
+    evaluation when it has one), of the networks trained around a parent's checkpoint, against
+    the spawn epoch t'. ``lines``: one per parent, kind and stage-2 training mode, each with its
+    ``points`` by spawn epoch (the runs of several seeds as their mean, ``_std``); ``parents``:
+    the parents among the runs, their accuracy at every epoch. Empty lists without spawned runs."""
+    given = {run.path.resolve(): run for group in groups for run in group.runs}
+    lines: dict[tuple[Path, str, str], dict[str, Any]] = {}
+    for group in groups:
+        with _reading(group.runs[0]):
+            spawned, mode = spawned_from(group.runs[0]), group.runs[0].mode or "?"
+        if spawned is None:
+            continue
+        kind, parent, epoch = spawned
+        measured = []
+        for run in group.runs:
+            with _reading(run):
+                measured.append(_final(run))
+        finals = _seed_mean(measured)
+        found = given.get(parent.resolve())  # the parent among the runs: named by its path there
+        line = lines.setdefault(
+            (parent.resolve(), kind, mode),
+            {
+                "parent": str(found.path if found is not None else parent),
+                "parent_label": found.label if found is not None else parent.name,
+                "kind": kind,
+                "mode": mode,
+                "points": [],
+            },
+        )
+        line["points"].append({"label": group.label, "path": str(group.path), "spawn_epoch": epoch, **finals})
+    for line in lines.values():
+        line["points"].sort(key=lambda point: point["spawn_epoch"])
+    parents = dict.fromkeys(parent for parent, _, _ in lines)
+    found = []
+    for parent in parents:
+        if parent in given:
+            with _reading(given[parent]):
+                found.append(_parent_record(given[parent]))
+    return {"lines": list(lines.values()), "parents": found}
+
+
+def _training_seconds(run: TrainingRun) -> dict[str, Any]:
+    """Seconds of training (``seconds.train``) in clean epochs (mode "standard") and in
+    adversarial ones (any other mode; the initialisation record counts in neither)."""
+    spent = {"seconds_clean": 0.0, "seconds_adversarial": 0.0, "epochs_clean": 0, "epochs_adversarial": 0}
+    for i, record in enumerate(run.epochs):
+        mode = record.get("mode")
+        if mode == "init":
+            continue
+        if not isinstance(mode, str):
+            raise RunError(f"{_where(run)}: epoch record {i} has no mode")
+        seconds = record.get("seconds")
+        train = _number(
+            seconds.get("train") if isinstance(seconds, dict) else seconds, f"epoch record {i}'s seconds.train", run
+        )
+        kind = "clean" if mode == "standard" else "adversarial"
+        spent[f"seconds_{kind}"] += train
+        spent[f"epochs_{kind}"] += 1
+    return spent
+
+
+def switch_cost(groups: Sequence[RunGroup]) -> dict[str, Any]:
+    """RAT sec. 5, fig. 6, table 1: of every adversarial run (its mode not "standard"), the
+    seconds of training in clean and in adversarial epochs and the final test accuracy, clean
+    and under PGD; a run that switched (``switch_epoch``) also as a share of the training
+    seconds of a full AT run (no switch) of the same mode and epochs, ``cost_of_full_at``."""
+    entries = []
+    for group in groups:
+        first = group.runs[0]
+        with _reading(first):
+            mode, switch = first.mode, first.switch_epoch
+        if mode in (None, "standard"):
+            continue
+        measured = []
+        for run in group.runs:
+            with _reading(run):
+                measured.append({**_training_seconds(run), **_final(run)})
+        merged = _seed_mean(measured)
+        merged["seconds_total"] = merged["seconds_clean"] + merged["seconds_adversarial"]
+        entries.append({"label": group.label, "path": str(group.path), "mode": mode, "switch_epoch": switch, **merged})
+    for entry in entries:
+        epochs = entry["epochs_clean"] + entry["epochs_adversarial"]
+        full = [
+            other for other in entries
+            if other["switch_epoch"] is None and other["mode"] == entry["mode"]
+            and other["epochs_clean"] + other["epochs_adversarial"] == epochs
+        ]  # fmt: skip
+        if entry["switch_epoch"] is not None and full and full[0]["seconds_total"] > 0:
+            entry["full_at"] = full[0]["label"]
+            entry["cost_of_full_at"] = entry["seconds_total"] / full[0]["seconds_total"]
+    return {"runs": entries}

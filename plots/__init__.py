@@ -27,7 +27,9 @@ Modules (Tsilivis & Kempe "TK", Loo et al. "LOO"):
   fig. 6; ``kernel_velocity_and_distance`` and ``rank_and_specialization``, LOO fig. 1;
   ``relative_magnitude_curve``, LOO sec. 4; a run of several seeds as mean ± std bands) and
   ``dynamics_comparison`` (``baseline_distance_curves``, RAT figs. 5, 7, 17;
-  ``specialization_heatmaps``, RAT figs. 3, 4, 8, 18);
+  ``specialization_heatmaps``, RAT figs. 3, 4, 8, 18) and ``dynamics_stages`` (two-stage
+  training: ``spawn_accuracy_curves``, LOO fig. 2, table 2; ``switch_cost_bars``, RAT sec. 5,
+  fig. 6, table 1);
 - ``transfer``: ``two_layer_transfer`` (TK fig. 4, supp. fig. 1a), ``gradient_pictures`` (supp.
   fig. 1b), ``transfer_heatmap`` (targets × attack sources, transferability τ) and
   ``transferability_curves`` (LOO fig. 3);
@@ -51,6 +53,7 @@ from ntkrobust.plots.dynamics_kernels import (
     kernel_images_grid,
     polar_trajectories,
 )
+from ntkrobust.plots.dynamics_stages import spawn_accuracy_curves, switch_cost_bars
 from ntkrobust.plots.features import feature_gallery, robust_only_curves, robustness_usefulness
 from ntkrobust.plots.kernel_images import kernel_image
 from ntkrobust.plots.transfer import gradient_pictures, transfer_heatmap, transferability_curves, two_layer_transfer
@@ -75,7 +78,9 @@ __all__ = [
     "relative_magnitude_curve",
     "robust_only_curves",
     "robustness_usefulness",
+    "spawn_accuracy_curves",
     "specialization_heatmaps",
+    "switch_cost_bars",
     "transfer_heatmap",
     "transferability_curves",
     "two_layer_transfer",

@@ -4,8 +4,11 @@
 per run, from ``bridge.runs.dynamics_summary``) under the fixed file names of
 ``DYNAMICS_FIGURES``; ``applicable_figures`` says which, ``dynamics_subtitle`` what the runs
 share. The figures themselves live in ``plots.dynamics_kernels`` (pictures of kernels),
-``plots.dynamics_curves`` (curves against the epoch) and ``plots.dynamics_comparison`` (the
-distance to a baseline run and the specialization matrices, RAT). A run summary of several
+``plots.dynamics_curves`` (curves against the epoch), ``plots.dynamics_comparison`` (the
+distance to a baseline run and the specialization matrices, RAT) and ``plots.dynamics_stages``
+(two-stage training: accuracy against the spawn epoch t', LOO fig. 2, table 2; the cost of
+clean epochs before adversarial ones, RAT sec. 5, fig. 6, table 1), the last two drawn from the
+records of ``bridge.run_groups.spawn_accuracy`` / ``switch_cost``. A run summary of several
 seeds (``seed_runs``) is drawn as its mean ± std in the curves and by its first seed in the
 pictures; the subtitles say so.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ntkrobust.plots._runs import _has_kind, _label, _relative_magnitudes
 from ntkrobust.plots.dynamics_comparison import SPECIALIZATION_KINDS, baseline_distance_curves, specialization_heatmaps
@@ -26,7 +30,8 @@ from ntkrobust.plots.dynamics_curves import (
     relative_magnitude_curve,
 )
 from ntkrobust.plots.dynamics_kernels import kernel_distance_heatmaps, kernel_images_grid, polar_trajectories
-from ntkrobust.plots.types import RunSummary
+from ntkrobust.plots.dynamics_stages import spawn_accuracy_curves, switch_cost_bars
+from ntkrobust.plots.types import RunSummary, SpawnAccuracy, SwitchCost
 
 __all__ = ["DYNAMICS_FIGURES", "applicable_figures", "dynamics_figures", "dynamics_subtitle"]
 
@@ -42,13 +47,16 @@ DYNAMICS_FIGURES = {
     "relative_magnitude": "relative_magnitude.png",
     "baseline_distance": "baseline_distance.png",
     **{name: f"{name}.png" for name in SPECIALIZATION_KINDS},
+    "spawn_accuracy": "spawn_accuracy.png",
+    "switch_cost": "switch_cost.png",
 }
 """The figures of ``dynamics_figures``: name → file name in its output folder."""
 
 
-def dynamics_subtitle(runs: Sequence[RunSummary]) -> str:
+def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> str:
     """What the runs share, in a line: data set, model, probe size, attack (the legend names the
-    runs); a fact that differs between runs is given per run."""
+    runs); a fact that differs between runs is given per run. Without ``kernels``: data set,
+    model and the PGD radius only (the figures of accuracies and seconds)."""
 
     def facts(key: str, phrase: str) -> str | None:
         values = [run.get(key) for run in runs]
@@ -66,6 +74,8 @@ def dynamics_subtitle(runs: Sequence[RunSummary]) -> str:
         )
         return ", ".join(per_run)
 
+    if not kernels:
+        return "; ".join(p for p in (facts("dataset", "{}"), facts("model", "{}"), facts("eps", "PGD eps {:.4g}")) if p)
     adversarial = any("adversarial" in (run.get("dynamics") or {}) for run in runs)
     parts = [
         facts("dataset", "{}"),
@@ -76,10 +86,17 @@ def dynamics_subtitle(runs: Sequence[RunSummary]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def applicable_figures(runs: Sequence[RunSummary]) -> list[str]:
+def applicable_figures(
+    runs: Sequence[RunSummary],
+    *,
+    spawn_accuracy: SpawnAccuracy | None = None,
+    switch_cost: SwitchCost | None = None,
+) -> list[str]:
     """The ``DYNAMICS_FIGURES`` that ``dynamics_figures`` draws for these run summaries: kernel
     figures need a run with tracked kernels, the polar one a run whose kernel moved, the
-    relative magnitude a run that records it, accuracy a run with epoch records."""
+    relative magnitude a run that records it, accuracy a run with epoch records; the spawn
+    accuracy a network trained around a parent's checkpoint (a line of ``spawn_accuracy``),
+    the switch cost an adversarial run (a run of ``switch_cost``)."""
     dynamics = [d for run in runs for d in (run.get("dynamics") or {}).values()]
     tracked = any(run.get("kernels") for run in runs)
     applies = {
@@ -93,6 +110,8 @@ def applicable_figures(runs: Sequence[RunSummary]) -> list[str]:
         "relative_magnitude": any(_relative_magnitudes(run)[0].size for run in runs),
         "baseline_distance": any(run.get("baseline_distance") for run in runs),
         **{name: any(_has_kind(run, kind) for run in runs) for name, (kind, _) in SPECIALIZATION_KINDS.items()},
+        "spawn_accuracy": bool(spawn_accuracy and spawn_accuracy.get("lines")),
+        "switch_cost": bool(switch_cost and switch_cost.get("runs")),
     }
     return [name for name in DYNAMICS_FIGURES if applies[name]]
 
@@ -119,13 +138,16 @@ def dynamics_figures(
     *,
     subtitle: str = "",
     ksm_epochs: Sequence[float] | None = None,
+    spawn_accuracy: SpawnAccuracy | None = None,
+    switch_cost: SwitchCost | None = None,
 ) -> dict[str, str]:
     """Every applicable training-dynamics figure (``applicable_figures``) of the run summaries
     ``runs`` into ``out_dir``, under the fixed names of ``DYNAMICS_FIGURES``; returns
-    {figure: file name} of those written. ``subtitle`` defaults to the runs' descriptions;
-    ``ksm_epochs`` are the columns of the specialization figures (default: each run's first and
-    last tracked epoch). The eigenvector figure (needs torch to compute) is
-    ``eigenvector_pictures``, called on its own."""
+    {figure: file name} of those written. ``subtitle`` defaults to the runs' descriptions (for
+    the two-stage figures: of the runs they draw); ``ksm_epochs`` are the columns of the
+    specialization figures (default: each run's first and last tracked epoch);
+    ``spawn_accuracy`` and ``switch_cost`` the records of ``bridge.run_groups`` of the same name.
+    The eigenvector figure (needs torch to compute) is ``eigenvector_pictures``, called on its own."""
     draw: dict[str, Callable[..., None]] = {
         "kernel_distance": kernel_distance_heatmaps,
         "polar": polar_trajectories,
@@ -141,12 +163,28 @@ def dynamics_figures(
             for name in SPECIALIZATION_KINDS
         },
     }
+    stages = {"spawn_accuracy": (spawn_accuracy_curves, spawn_accuracy), "switch_cost": (switch_cost_bars, switch_cost)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    subtitle = subtitle or dynamics_subtitle(runs)
     written: dict[str, str] = {}
-    for name in applicable_figures(runs):
-        note = _seeds_note(name, runs)
-        draw[name](runs, out_dir / DYNAMICS_FIGURES[name], subtitle="; ".join(p for p in (subtitle, note) if p))
+    for name in applicable_figures(runs, spawn_accuracy=spawn_accuracy, switch_cost=switch_cost):
+        if name in stages:
+            figure, record = stages[name]
+            drawn = _drawn_runs(runs, record)
+            figure(
+                record, out_dir / DYNAMICS_FIGURES[name], subtitle=subtitle or dynamics_subtitle(drawn, kernels=False)
+            )
+        else:
+            note = _seeds_note(name, runs)
+            text = subtitle or dynamics_subtitle(runs)
+            draw[name](runs, out_dir / DYNAMICS_FIGURES[name], subtitle="; ".join(p for p in (text, note) if p))
         written[name] = DYNAMICS_FIGURES[name]
     return written
+
+
+def _drawn_runs(runs: Sequence[RunSummary], record: Any) -> list[RunSummary]:
+    """The run summaries of the runs a two-stage record draws (by their folders)."""
+    entries = [*(record.get("runs") or []), *(record.get("parents") or [])]
+    entries += [point for line in record.get("lines") or [] for point in line.get("points") or []]
+    paths = {str(entry.get("path")) for entry in entries}
+    return [run for run in runs if str(run.get("path")) in paths] or list(runs)

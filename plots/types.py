@@ -13,7 +13,9 @@ Features (``robustness_usefulness``, ``feature_gallery``, ``robust_only_curves``
 Training dynamics (every figure of ``plots.dynamics``): ``RunSummary``, one per run, as built by
 ``bridge.runs.dynamics_summary`` (``json_summary`` is the same without the kernel arrays), with
 its ``EpochRecord``, ``KernelRecord``, ``KernelDynamics`` and ``BaselineDistance`` parts; the
-runs of several seeds as ``bridge.run_groups.group_summary`` builds them (``seed_runs``).
+runs of several seeds as ``bridge.run_groups.group_summary`` builds them (``seed_runs``). The
+two-stage figures read ``SpawnAccuracy`` (LOO fig. 2) and ``SwitchCost`` (RAT table 1), the
+records of ``bridge.run_groups.spawn_accuracy`` and ``switch_cost``.
 
 Transfer (``two_layer_transfer``): ``TwoLayerNet`` and ``TwoLayerKernel``, the ``nets`` and
 ``{"epochs": kernel}`` of ``bridge.two_layer.TwoLayerResult``.
@@ -41,6 +43,12 @@ __all__ = [
     "RobustOnlyPanel",
     "RobustOnlyPoint",
     "RunSummary",
+    "SpawnAccuracy",
+    "SpawnLine",
+    "SpawnParent",
+    "SpawnPoint",
+    "SwitchCost",
+    "SwitchCostRun",
     "TransferabilitySeries",
     "TwoLayerAccuracies",
     "TwoLayerEpoch",
@@ -218,6 +226,79 @@ class RunSummary(TypedDict, total=False):
     baseline_distance: BaselineDistance  # with dynamics --baseline
     seeds: Sequence[int]  # the runs of several seeds: their seeds, the first one pictured
     seed_runs: Sequence[RunSummary]  # one summary per seed: the curves' mean ± std
+
+
+class SpawnPoint(TypedDict, total=False):
+    """One network trained around its parent's checkpoint at epoch t' (LOO fig. 2, table 2): its
+    final test accuracy, clean and under PGD (``pgd``: which attack); the runs of several seeds as
+    their mean, with ``seeds`` and the sample standard deviations ``<key>_std``."""
+
+    label: str
+    path: str
+    spawn_epoch: int
+    test_clean: float
+    test_pgd: float
+    pgd: str  # "full evaluation, PGD-40" or "per-epoch PGD-10"
+    seeds: int
+    test_clean_std: float
+    test_pgd_std: float
+
+
+class SpawnLine(TypedDict, total=False):
+    """The networks of one kind spawned from one parent run, by spawn epoch."""
+
+    parent: str  # the parent's run folder
+    parent_label: str
+    kind: str  # "linearized", "centered" or "centered standard"
+    mode: str  # the stage-2 training mode
+    points: Sequence[SpawnPoint]
+
+
+class SpawnParent(TypedDict, total=False):
+    """A parent run among the runs: its test accuracy at every epoch (per-epoch PGD throughout)."""
+
+    path: str
+    label: str
+    epochs: Sequence[float]
+    test_clean: Sequence[float]
+    test_pgd: Sequence[float]
+    pgd: str
+
+
+class SpawnAccuracy(TypedDict, total=False):
+    """``bridge.run_groups.spawn_accuracy``: what ``spawn_accuracy_curves`` draws."""
+
+    lines: Sequence[SpawnLine]
+    parents: Sequence[SpawnParent]
+
+
+class SwitchCostRun(TypedDict, total=False):
+    """One adversarial run (RAT sec. 5, table 1): training seconds in clean and in adversarial
+    epochs and its final test accuracy; a switching run also relative to full AT."""
+
+    label: str
+    path: str
+    mode: str
+    switch_epoch: int | None  # None: adversarial from the first epoch (full AT)
+    seconds_clean: float
+    seconds_adversarial: float
+    seconds_total: float
+    epochs_clean: int
+    epochs_adversarial: int
+    test_clean: float
+    test_pgd: float
+    pgd: str
+    full_at: str  # the full AT run it is compared with
+    cost_of_full_at: float  # seconds_total / the full AT run's
+    seeds: int
+    test_clean_std: float
+    test_pgd_std: float
+
+
+class SwitchCost(TypedDict, total=False):
+    """``bridge.run_groups.switch_cost``: what ``switch_cost_bars`` draws."""
+
+    runs: Sequence[SwitchCostRun]
 
 
 # -- transfer (TK sec. 3.2, supp. C; LOO sec. 5) -----------------------------------------------

@@ -1,7 +1,10 @@
 """``dynamics``: figures of how the kernels of training runs moved (TK fig. 3, 6; LOO fig. 1, 4),
 the runs overlaid, the kernel distance of every run to a baseline run and the kernel
-specialization matrices at chosen epochs (RAT figs. 3-5, 7-9, 17-18), and pictures of the top
-NTK eigenvectors at initialisation and at the end of every run (LOO sec. 8).
+specialization matrices at chosen epochs (RAT figs. 3-5, 7-9, 17-18), pictures of the top
+NTK eigenvectors at initialisation and at the end of every run (LOO sec. 8), and of two-stage
+training: the final accuracy of linearized / centered networks against their spawn epoch t'
+(LOO fig. 2, table 2) and the training seconds of clean epochs before adversarial ones against
+the final accuracy (RAT sec. 5, fig. 6, table 1).
 
 Reads the run folders of ``train`` (a folder of ``train --seeds`` as one run: its curves drawn
 as mean ± std over the seeds, LOO's n = 3); writes PNG figures and ``results.json``.
@@ -40,7 +43,13 @@ class DynamicsResult(StudyResult):
 
         epochs = self.record["config"]["ksm_epochs"] or None
         clock = Clock()
-        self.record["figures"] = plots.dynamics_figures(self.summaries, staged.stage, ksm_epochs=epochs)
+        self.record["figures"] = plots.dynamics_figures(
+            self.summaries,
+            staged.stage,
+            ksm_epochs=epochs,
+            spawn_accuracy=self.record.get("spawn_accuracy"),
+            switch_cost=self.record.get("switch_cost"),
+        )
         clock.mark("figures", f"{len(self.record['figures'])} figures drawn")
         if self.eigenvector_rows is not None:
             rows, cosines = self.eigenvector_rows
@@ -194,6 +203,20 @@ def _summary(group: Any, baseline: Any) -> Any:
         raise StudyError(f"{path}: malformed {path.name}/history.json records ({kind}: {err})") from None
 
 
+def _two_stage_records(groups: Sequence[Any]) -> dict[str, Any]:
+    """results.json's ``spawn_accuracy`` (LOO fig. 2, table 2: spawned networks by spawn epoch)
+    and ``switch_cost`` (RAT sec. 5, table 1: seconds of clean and adversarial epochs), each
+    only when some run is one it draws: a linearized / centered run, an adversarial run."""
+    from ntkrobust.bridge.run_groups import spawn_accuracy, switch_cost
+
+    spawned, adversarial = spawn_accuracy(groups), switch_cost(groups)
+    return {
+        name: record
+        for name, record, key in (("spawn_accuracy", spawned, "lines"), ("switch_cost", adversarial, "runs"))
+        if record[key]
+    }
+
+
 def _baseline_record(summaries: Sequence[Any], baseline: Any) -> dict[str, Any]:
     """results.json's ``baseline_distance``: the baseline and every run's (every seed's) distances."""
     entries = []
@@ -216,11 +239,12 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
         baseline = _baseline(settings, groups)
         _check_ksm_epochs(settings.ksm_epochs, groups)
         clock.mark("runs", f"{len(groups)} run(s) read")
+        two_stage = _two_stage_records(groups)
         summaries = [_summary(group, baseline) for group in groups]
     except RunError as err:
         raise StudyError(str(err)) from None
     clock.mark("summaries", "kernel trajectories measured")
-    metrics: dict[str, Any] = {"runs": [json_summary(summary) for summary in summaries]}
+    metrics: dict[str, Any] = {"runs": [json_summary(summary) for summary in summaries], **two_stage}
     if baseline is not None:
         metrics["baseline_distance"] = _baseline_record(summaries, baseline)
     rows = None

@@ -353,6 +353,40 @@ def test_single_kernel_run(run_folders):
 # -- figures ---------------------------------------------------------------------------------
 
 
+def two_stage_records() -> dict[str, dict]:
+    """The records of ``bridge.run_groups.spawn_accuracy`` and ``switch_cost``, synthetic: two
+    parents (the first among the runs) with linearized and centered networks spawned at epochs
+    1, 2, 4 (centered ones of 3 seeds), and three PGD runs, two of which switched."""
+
+    def point(epoch: int, clean: float, pgd: float, seeds: bool = False) -> dict:
+        spread = {"seeds": 3, "test_clean_std": 0.02, "test_pgd_std": 0.05} if seeds else {}
+        return {"label": f"spawned at {epoch}", "spawn_epoch": epoch, "test_clean": clean, "test_pgd": pgd, **spread}
+
+    def line(parent: str, kind: str, seeds: bool = False, mode: str = "standard") -> dict:
+        points = [point(e, 0.6 + 0.05 * e, 0.1 + 0.08 * e + 0.1 * seeds, seeds) for e in (1, 2, 4)]
+        return {"parent": parent, "parent_label": parent, "kind": kind, "mode": mode, "points": points}
+
+    parent = {"path": "standard", "label": "standard", "epochs": [0.0, 1.0, 2.0, 3.0, 4.0], "pgd": "per-epoch PGD-10"}
+    parent |= {"test_clean": [0.1, 0.5, 0.7, 0.8, 0.85], "test_pgd": [0.02, 0.05, 0.06, 0.08, 0.1]}
+    spawn = {
+        "lines": [
+            line("standard", "linearized"),
+            line("standard", "centered", seeds=True),
+            line("pgd", "centered", mode="pgd"),
+        ],
+        "parents": [parent],
+    }
+    runs = [
+        {"label": "pgd", "mode": "pgd", "switch_epoch": None, "seconds_clean": 0.0, "seconds_adversarial": 90.0},
+        {"label": "pgd after 2", "mode": "pgd", "switch_epoch": 2, "seconds_clean": 5.0, "seconds_adversarial": 45.0},
+        {"label": "pgd after 1 clean, 3 seeds", "mode": "pgd", "switch_epoch": 1, "seconds_clean": 2.5},
+    ]
+    runs[1] |= {"test_clean": 0.8, "test_pgd": 0.4, "cost_of_full_at": 50 / 90, "pgd": "full evaluation, PGD-40"}
+    runs[0] |= {"test_clean": 0.75, "test_pgd": 0.45, "pgd": "full evaluation, PGD-40"}
+    runs[2] |= {"seconds_adversarial": 67.5, "test_clean": 0.78, "test_pgd": 0.42, "test_pgd_std": 0.03, "seeds": 3}
+    return {"spawn_accuracy": spawn, "switch_cost": {"runs": runs}}
+
+
 @pytest.fixture(scope="module")
 def figures(summaries, run_folders, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """Every figure, once, for the three runs plus a single-kernel run and a run whose history
@@ -363,7 +397,8 @@ def figures(summaries, run_folders, tmp_path_factory) -> tuple[Path, dict[str, s
     bare["kernels"] = [{"epoch": r["epoch"], "clean": {"frobenius_norm": 1.0 + r["epoch"]}} for r in bare["kernels"]]
     bare["dynamics"] = {"clean": bare["dynamics"]["clean"]}
     out = tmp_path_factory.mktemp("figures")
-    return out, plots.dynamics_figures([*summaries, single, bare], out, subtitle="synthetic runs, probe of 24 points")
+    runs = [*summaries, single, bare]
+    return out, plots.dynamics_figures(runs, out, subtitle="synthetic runs, probe of 24 points", **two_stage_records())
 
 
 def test_dynamics_figures_writes_every_figure(figures, assert_real_png):
@@ -491,7 +526,7 @@ def test_a_log_axis_across_decades_names_its_ticks_alike(tmp_path, drawn, assert
 
 
 def test_every_dynamics_figure_has_a_one_line_title_and_a_subtitle(summaries, tmp_path, drawn, assert_heading, rng):
-    plots.dynamics_figures(summaries, tmp_path, subtitle="synthetic runs, probe of 24 points")
+    plots.dynamics_figures(summaries, tmp_path, subtitle="synthetic runs, probe of 24 points", **two_stage_records())
     rows = [("init", rng.uniform(0, 1, (2, 1, 8, 8)), rng.uniform(0, 1, (2, 1, 8, 8)))]
     plots.eigenvector_pictures(rows, tmp_path / "eigen.png", subtitle="synthetic runs, probe of 24 points")
     labels = np.arange(N) % C
@@ -639,3 +674,52 @@ def test_seed_bands_and_baseline_figures(seeds_folder, tmp_path, drawn, assert_r
     each = np.array([seed["baseline_distance"]["clean"] for seed in summary["seed_runs"]])
     np.testing.assert_allclose(clean.lines[0].get_ydata(), each.mean(axis=0))
     assert each[0].tolist() == [0.0] * (EPOCHS + 1)  # the first seed is the baseline
+
+
+# -- two-stage training: accuracy against the spawn epoch (LOO fig. 2), switch cost (RAT table 1) --
+
+
+def test_two_stage_figures_need_their_records():
+    records = two_stage_records()
+    assert plots.applicable_figures([{"label": "bare"}], **records) == ["spawn_accuracy", "switch_cost"]
+    empty = {"spawn_accuracy": {"lines": [], "parents": []}, "switch_cost": {"runs": []}}
+    assert plots.applicable_figures([{"label": "bare"}], **empty) == []
+
+
+def test_spawn_accuracy_panels_by_parent(tmp_path, drawn, assert_real_png, assert_heading):
+    record = two_stage_records()["spawn_accuracy"]
+    plots.spawn_accuracy_curves(record, tmp_path / "spawn.png", subtitle="synthetic")
+    assert_real_png(tmp_path / "spawn.png")
+    fig = drawn["spawn.png"]
+    assert_heading(fig, "LOO fig. 2, table 2")
+    standard, adversarial = fig.axes  # one panel per parent
+    assert [ax.get_title() for ax in fig.axes] == ["parent: standard", "parent: pgd"]
+    parent = record["parents"][0]
+    assert [list(line.get_ydata()) for line in standard.lines[:2]] == [parent["test_clean"], parent["test_pgd"]]
+    centered = record["lines"][1]["points"]  # of seeds: ± their std as error bars
+    assert list(standard.lines[4].get_ydata()) == [p["test_clean"] for p in centered]
+    bars = [c for c in standard.collections if c.get_segments()]
+    assert len(bars) == 2 and len(adversarial.collections) == 0
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:3] == ["linearized", "centered", "centered, pgd in stage 2"]
+    assert "± sample std\nover the seeds" in legend and "parent at epoch t'\n(clean; per-epoch PGD-10 dashed)" in legend
+    note = fig._supxlabel.get_text()  # the second parent is not among the runs: no reference line
+    assert "the accuracy of the parent pgd at epoch t' (the parent run is not among the RUNs)" in note
+
+
+def test_switch_cost_bars_stack_clean_and_adversarial_seconds(tmp_path, drawn, assert_real_png, assert_heading):
+    runs = two_stage_records()["switch_cost"]["runs"]
+    plots.switch_cost_bars({"runs": runs}, tmp_path / "cost.png", subtitle="synthetic")
+    assert_real_png(tmp_path / "cost.png")
+    fig = drawn["cost.png"]
+    assert_heading(fig, "RAT sec. 5, fig. 6, table 1")
+    seconds, accuracy = fig.axes
+    assert [p.get_width() for p in seconds.patches] == [0.0, 5.0, 2.5, 90.0, 45.0, 67.5]
+    assert [p.get_x() for p in seconds.patches[3:]] == [0.0, 5.0, 2.5]  # stacked on the clean seconds
+    texts = [t.get_text() for t in seconds.texts]
+    assert texts == ["90 s", "50 s\n56% of full AT", "70 s"]
+    ticks = [t.get_text() for t in seconds.get_yticklabels()]
+    assert ticks[0].endswith("full pgd (no clean epochs)") and ticks[1].endswith("clean epochs 1–2, then pgd")
+    assert ticks[2].endswith("clean epoch 1, then pgd")
+    assert [p.get_width() for p in accuracy.patches] == [0.75, 0.8, 0.78, 0.45, 0.4, 0.42]
+    assert len([c for c in accuracy.collections if c.get_segments()]) == 1  # the seeds' PGD spread

@@ -1,7 +1,9 @@
 """``studies.dynamics.run(settings)``: every figure of how the kernels of training runs moved, the
 eigenvector pictures, the summary, and the run folders it refuses before any compute; the
 kernel distance to a baseline run and the specialization heatmaps (RAT), and a folder of
-``train --seeds`` drawn as one run, mean ± std over its seeds."""
+``train --seeds`` drawn as one run, mean ± std over its seeds; the two-stage figures: networks
+spawned from a parent's checkpoints against the spawn epoch (LOO fig. 2) and the cost of clean
+epochs before adversarial ones (RAT sec. 5, table 1)."""
 
 from __future__ import annotations
 
@@ -41,11 +43,13 @@ def test_dynamics_renders_every_figure(tracked_runs, tmp_path, assert_real_png):
     assert list(rows) == ["initialisation", "end of fc2 standard", "end of fc2 pgd"]
     assert all(len(row["eigenvalues"]) == 2 and len(row["cosine_max"]) == 2 for row in rows.values())
     out = result.save(tmp_path / "figures")
-    assert {p.name for p in out.iterdir()} == FIGURES | {"results.json"}
+    figures = FIGURES | {"switch_cost.png"}  # the PGD run is adversarial
+    assert {p.name for p in out.iterdir()} == figures | {"results.json"}
     saved = json.loads((out / "results.json").read_text())
-    assert set(saved["figures"].values()) == FIGURES and saved["config"]["eigenvectors"] == 2
+    assert set(saved["figures"].values()) == figures and saved["config"]["eigenvectors"] == 2
+    assert "spawn_accuracy" not in saved and [run["label"] for run in saved["switch_cost"]["runs"]] == ["fc2 pgd"]
     assert_real_png(out / "kernel_images.png")
-    assert result.summary() == f"2 run(s): {', '.join(sorted(FIGURES))}"
+    assert result.summary() == f"2 run(s): {', '.join(sorted(figures))}"
 
 
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path, refuses):
@@ -234,3 +238,145 @@ def test_a_folder_of_seeds_as_baseline_is_its_first_seed(seed_runs, tracked_runs
     first, second, other = distances["runs"]
     assert (first["seed"], second["seed"], other["seed"]) == (0, 1, None)
     assert first["clean"] == [0.0, 0.0] and second["clean"][0] > 0  # another initialisation
+
+
+# -- two-stage training: spawned networks (LOO fig. 2, table 2), clean epochs first (RAT sec. 5) --
+
+
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory, small_training, tracked_runs):
+    """{name: run folder}, read only: ``parent`` (the tracked standard run of two epochs), networks
+    linearized around its checkpoints of epochs 1 and 2 and centered around epoch 1's (one epoch
+    each), ``pgd`` (the tracked PGD run) and ``switch``: PGD after one clean epoch, of two."""
+    from ntkrobust.studies import train
+
+    root = tmp_path_factory.mktemp("two-stage")
+    parent = tracked_runs["standard"].out
+    spawned = {"model": None, "width": None, "epochs": 1, "track_kernel": 0}
+    settings = {
+        "linearized_1": {"linearize_from": parent / "checkpoints" / "epoch_001.pt", **spawned},
+        "linearized_2": {"linearize_from": parent / "checkpoints" / "epoch_002.pt", **spawned},
+        "centered_1": {"linearize_from": parent / "checkpoints" / "epoch_001.pt", "centered": True, **spawned},
+        "switch": {"mode": "pgd", "switch_epoch": 1, "epochs": 2, "track_kernel": 0},
+    }
+    folders = {name: train.run(small_training(root / name, **changes)).out for name, changes in settings.items()}
+    return {"parent": parent, "pgd": tracked_runs["pgd"].out, **folders}
+
+
+def _epochs(folder: Path) -> list[dict]:
+    return json.loads((folder / "history.json").read_text())["epochs"]
+
+
+def test_spawned_networks_against_their_spawn_epoch(two_stage, tmp_path, drawn, assert_heading):
+    names = ("parent", "linearized_1", "linearized_2", "centered_1")
+    result = dynamics.run(DynamicsSettings(runs=tuple(two_stage[name] for name in names)))
+    record = result.record["spawn_accuracy"]
+    assert "switch_cost" not in result.record  # every run trained clean
+    linearized, centered = record["lines"]
+    assert (linearized["kind"], centered["kind"]) == ("linearized", "centered")
+    assert linearized["parent"] == centered["parent"] == str(two_stage["parent"])
+    for line, spawned in ((linearized, ("linearized_1", "linearized_2")), (centered, ("centered_1",))):
+        assert [point["spawn_epoch"] for point in line["points"]] == [int(name[-1]) for name in spawned]
+        for point, name in zip(line["points"], spawned, strict=True):
+            last = _epochs(two_stage[name])[-1]  # by hand: the full evaluation's PGD of the last epoch
+            assert point["test_clean"] == last["accuracy"]["running"]["test_clean"]
+            assert point["test_pgd"] == last["full_evaluation"]["accuracy"]["running"]["test_pgd"]
+            assert point["pgd"] == "full evaluation, PGD-3" and point["path"] == str(two_stage[name])
+    (parent,) = record["parents"]
+    assert parent["epochs"] == [0.0, 1.0, 2.0] and parent["pgd"] == "per-epoch PGD-2"
+    by_hand = [r["accuracy"]["running"] for r in _epochs(two_stage["parent"])]
+    assert parent["test_clean"] == [r["test_clean"] for r in by_hand]
+    assert parent["test_pgd"] == [r["test_pgd"] for r in by_hand]
+    out = result.save(tmp_path / "figures")
+    assert json.loads((out / "results.json").read_text())["spawn_accuracy"] == record
+    assert "switch_cost.png" not in result.record["figures"].values()
+    (panel,) = drawn["spawn_accuracy.png"].axes
+    reference = [list(line.get_ydata()) for line in panel.lines[:2]]  # the parent's, in grey, first
+    assert reference == [parent["test_clean"], parent["test_pgd"]]
+    assert [list(line.get_ydata()) for line in panel.lines[2:4]] == [
+        [p[key] for p in linearized["points"]] for key in ("test_clean", "test_pgd")
+    ]
+    assert_heading(drawn["spawn_accuracy.png"], "LOO fig. 2, table 2")
+
+
+def test_the_cost_of_clean_epochs_before_adversarial_ones(two_stage, tmp_path, drawn, assert_heading):
+    result = dynamics.run(DynamicsSettings(runs=(two_stage["pgd"], two_stage["switch"], two_stage["parent"])))
+    assert "spawn_accuracy" not in result.record
+    full, switch = result.record["switch_cost"]["runs"]  # the standard run costs nothing adversarial
+    seconds = {name: [r["seconds"]["train"] for r in _epochs(two_stage[name])] for name in ("pgd", "switch")}
+    assert [r["mode"] for r in _epochs(two_stage["switch"])] == ["init", "standard", "pgd"]
+    assert (full["switch_epoch"], full["seconds_clean"], full["seconds_adversarial"]) == (
+        None,
+        0.0,
+        sum(seconds["pgd"]),
+    )
+    assert (switch["switch_epoch"], switch["seconds_clean"]) == (1, seconds["switch"][1])
+    assert switch["seconds_adversarial"] == seconds["switch"][2]
+    assert switch["cost_of_full_at"] == pytest.approx(sum(seconds["switch"]) / sum(seconds["pgd"]))
+    assert switch["full_at"] == "fc2 pgd" and "cost_of_full_at" not in full
+    for entry, name in ((full, "pgd"), (switch, "switch")):
+        last = _epochs(two_stage[name])[-1]
+        assert entry["test_clean"] == last["accuracy"]["running"]["test_clean"]
+        assert entry["test_pgd"] == last["full_evaluation"]["accuracy"]["running"]["test_pgd"]
+    out = result.save(tmp_path / "figures")
+    assert json.loads((out / "results.json").read_text())["switch_cost"] == result.record["switch_cost"]
+    assert "spawn_accuracy.png" not in result.record["figures"].values()
+    bars, accuracies = drawn["switch_cost.png"].axes
+    widths = [patch.get_width() for patch in bars.patches]  # clean seconds of both runs, then adversarial
+    assert widths == [0.0, seconds["switch"][1], sum(seconds["pgd"]), seconds["switch"][2]]
+    assert [patch.get_width() for patch in accuracies.patches][:2] == [full["test_clean"], switch["test_clean"]]
+    assert_heading(drawn["switch_cost.png"], "RAT sec. 5, fig. 6, table 1")
+
+
+def test_two_stage_figures_are_drawn_only_when_the_runs_allow(two_stage, tracked_runs):
+    from ntkrobust import plots
+
+    def applicable(*names):
+        record = dynamics.run(DynamicsSettings(runs=tuple(two_stage[name] for name in names))).record
+        stages = {key: record.get(key) for key in ("spawn_accuracy", "switch_cost")}
+        drawn = plots.applicable_figures(record["runs"], **stages)
+        return sorted(name for name in drawn if name in stages), sorted(k for k, v in stages.items() if v)
+
+    assert applicable("parent") == ([], [])
+    assert applicable("linearized_1", "linearized_2") == (["spawn_accuracy"], ["spawn_accuracy"])
+    assert applicable("switch") == (["switch_cost"], ["switch_cost"])
+    spawned = dynamics.run(DynamicsSettings(runs=(two_stage["centered_1"],))).record["spawn_accuracy"]
+    assert spawned["parents"] == [] and spawned["lines"][0]["parent_label"] == "standard"  # the parent's folder
+    alone = dynamics.run(DynamicsSettings(runs=(two_stage["switch"],))).record["switch_cost"]["runs"][0]
+    assert "cost_of_full_at" not in alone  # no full AT run to compare with
+
+
+def test_without_a_full_evaluation_the_per_epoch_pgd_is_reported(two_stage, tmp_path):
+    import shutil
+
+    run = Path(shutil.copytree(two_stage["linearized_2"], tmp_path / "copy"))
+    history = json.loads((run / "history.json").read_text())
+    del history["epochs"][-1]["full_evaluation"]
+    (run / "history.json").write_text(json.dumps(history))
+    (point,) = dynamics.run(DynamicsSettings(runs=(run,))).record["spawn_accuracy"]["lines"][0]["points"]
+    assert point["pgd"] == "per-epoch PGD-2"
+    assert point["test_pgd"] == history["epochs"][-1]["accuracy"]["running"]["test_pgd"]
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("linearized_1", ("config", "linearization", "spawn_epoch", "early"), 'spawn_epoch is "early", not an epoch'),
+        ("linearized_1", ("config", "linearization", "checkpoint", 3), "config.linearization has no checkpoint path"),
+        ("switch", ("epochs", 1, "seconds", "train", "slow"), 'epoch record 1\'s seconds.train is "slow", not a'),
+        ("switch", ("epochs", 2, "full_evaluation", "accuracy", "running", "high"), "malformed records (Attr"),
+    ],
+)
+def test_a_malformed_two_stage_history_is_one_line(two_stage, tmp_path, refuses, name, damage, message):
+    import shutil
+
+    run = Path(shutil.copytree(two_stage[name], tmp_path / "copy"))
+    history = json.loads((run / "history.json").read_text())
+    *keys, last, value = damage
+    target = history
+    for key in keys:
+        target = target[key]
+    target[last] = value
+    (run / "history.json").write_text(json.dumps(history))
+    error = refuses(dynamics, DynamicsSettings(runs=(run,)), message, compute=NO_SUMMARY)
+    assert str(run / "history.json") in str(error)
