@@ -260,7 +260,7 @@ def _seed_mean(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-SPAWN_KINDS = ("linearized", "centered", "centered standard")
+SPAWN_KINDS = ("linearized", "centered", "centered-standard")
 """The networks trained around a parent's checkpoint (LOO sec. 2, table 1)."""
 
 

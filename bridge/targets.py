@@ -80,7 +80,7 @@ def _curve(path: Path) -> tuple[str, int] | None:
         linearization = config.get("linearization")
         if linearization:
             kind = "centered" if linearization["centered"] else "linearized"
-            kind = "centered standard" if linearization.get("standard") else kind
+            kind = "centered-standard" if linearization.get("standard") else kind
             parent = Path(linearization["checkpoint"]).parent.parent.name
             return f"{kind} from {parent}", int(linearization["spawn_epoch"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -249,7 +249,7 @@ class SpawnLine(TypedDict, total=False):
 
     parent: str  # the parent's run folder
     parent_label: str
-    kind: str  # "linearized", "centered" or "centered standard"
+    kind: str  # "linearized", "centered" or "centered-standard"
     mode: str  # the stage-2 training mode
     points: Sequence[SpawnPoint]
 

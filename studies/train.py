@@ -447,7 +447,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         f" after {settings.switch_epoch} clean" if settings.switch_epoch else ""
     )
     if net["linearization"] is not None:
-        kind = "centered standard" if settings.centered_standard else "centered" if settings.centered else "linearized"
+        kind = "centered-standard" if settings.centered_standard else "centered" if settings.centered else "linearized"
         label = f"{config.model} {kind} {settings.mode}"
     run_config = {
         "data": settings.data.config(data),

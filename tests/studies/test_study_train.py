@@ -97,7 +97,7 @@ def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, re
         tmp_path / "standard", epochs=1, model=None, width=None, linearize_from=parent, centered_standard=True
     )
     history = train.run(standard).record
-    assert history["label"] == "fc2 centered standard standard"
+    assert history["label"] == "fc2 centered-standard standard"
     assert history["config"]["linearization"] == {
         "checkpoint": str(parent), "spawn_epoch": 1, "centered": True, "standard": True, "batchnorm": "frozen"
     }  # fmt: skip
