@@ -22,8 +22,9 @@ Shapes: x (N, C, H, W) in [0, 1] on the model's device; y (N,) int64 output indi
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -87,14 +88,39 @@ def _autoattack_correct(
 ) -> np.ndarray:
     from pyautoattack import AutoAttack
 
-    logging.getLogger("auto-attack").setLevel(logging.WARNING)  # its per-batch lines are not ours
     classes = int(model(x[:1]).shape[1])
     attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
     attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = min(9, classes - 1)
     if classes == 2:  # no class to target beyond the one wrong class: the untargeted attacks
         attack.attacks_to_run = ["apgd-ce", "fab", "square"]
-    x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
+    with _autoattack_progress():
+        x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
     return _correct(model, x_adv, y)
+
+
+class _Forward(logging.Handler):
+    """AutoAttack's own account of its attacks (a line per attack and batch, at DEBUG level),
+    passed on as progress lines of the ``ntkrobust`` logger: its runs take minutes on a CPU."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "successfully perturbed" in message or message.startswith("robust accuracy after"):
+            logging.getLogger("ntkrobust").info(f"AutoAttack: {message}")
+
+
+@contextlib.contextmanager
+def _autoattack_progress() -> Iterator[None]:
+    logger = logging.getLogger("auto-attack")
+    handler, saved = _Forward(), (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its other lines (checks, versions) are not the user's business
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def robust_correct(
