@@ -251,7 +251,7 @@ def test_kernel_kinds_parse(text, expected):
 
 @pytest.mark.parametrize("text", ["diag", "class:", "class:-1", "class:x", "trace:1"])
 def test_bad_kernel_kinds_are_refused(text):
-    with pytest.raises(ValueError, match="full, trace or class"):
+    with pytest.raises(ValueError, match="full, class-blocks, trace or class"):
         KernelKind.parse(text)
 
 
