@@ -275,7 +275,12 @@ def _train_training_flags(p: argparse.ArgumentParser) -> None:
         help="--mode te: first epoch of the regulariser (default 45%%)",
     )
     g.add_argument(
-        "--te-end", type=_positive_int, metavar="EPOCH", help="--mode te: epoch its weight reaches 300 (default 75%%)"
+        "--te-end", type=_positive_int, metavar="EPOCH", help="--mode te: epoch its weight is reached (default 75%%)"
+    )
+    g.add_argument(
+        "--te-weight",
+        type=_number,
+        help="--mode te: the regulariser's weight after the ramp (default 300, Dong et al.)",
     )
     g.add_argument(
         "--eps-warmup",

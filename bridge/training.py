@@ -86,6 +86,7 @@ class TrainConfig:
     augment_shared: bool = False
     te_start: int | None = None
     te_end: int | None = None
+    te_weight: float = 300.0  # the regulariser's weight after the ramp (Dong et al.'s 300)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -107,6 +108,7 @@ class TrainConfig:
             ("TRADES beta", self.trades_beta, math.isfinite(self.trades_beta) and self.trades_beta >= 0),
             ("switch epoch", self.switch_epoch, self.switch_epoch is None or self.switch_epoch >= 0),
             ("eps warm-up", self.eps_warmup, self.eps_warmup >= 0),
+            ("TE weight", self.te_weight, math.isfinite(self.te_weight) and self.te_weight >= 0),
             ("augmentation", self.augment, self.augment in AUGMENTATIONS),
             ("milestones", list(self.milestones), all(m >= 1 for m in self.milestones)),
         )

@@ -53,6 +53,7 @@ class TrainSettings:
     augment_shared: bool = False
     te_start: int | None = None  # default: 45% of the epochs (the authors' 90 of 200)
     te_end: int | None = None  # default: 75% of the epochs (150 of 200)
+    te_weight: float = 300.0  # Dong et al.'s weight after the ramp
     track_kernel: int = 300
     track_every: int | None = None
     track_full: bool = False  # full (N, N, C, C) kernels (default: their class blocks, 1/C of the cost)
@@ -303,8 +304,8 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
 def _te_ramp(settings: TrainSettings) -> dict[str, int | None]:
     """TE's ramp epochs: as given, else the authors' 90 and 150 of 200 scaled to the epochs."""
     if settings.mode != "te":
-        if settings.te_start is not None or settings.te_end is not None:
-            raise StudyError("--te-start / --te-end set the ramp of --mode te")
+        if settings.te_start is not None or settings.te_end is not None or settings.te_weight != 300.0:
+            raise StudyError("--te-start / --te-end / --te-weight set the regulariser of --mode te")
         return {}
     from ntkrobust.bridge.temporal_ensembling import TE_RAMP
 
@@ -315,7 +316,7 @@ def _te_ramp(settings: TrainSettings) -> dict[str, int | None]:
             f"--mode te ramps its regulariser from epoch {start} to {end}: it needs 1 <= --te-start < --te-end <= "
             f"--epochs ({settings.epochs}); give more epochs or the two epochs"
         )
-    return {"te_start": start, "te_end": end}
+    return {"te_start": start, "te_end": end, "te_weight": settings.te_weight}
 
 
 def _run_seed(settings: TrainSettings) -> int:

@@ -65,3 +65,21 @@ def test_an_epoch_updates_the_averages_only_once_the_ramp_started():
 def test_a_te_run_without_room_for_its_ramp_is_refused(start, end, epochs):
     with pytest.raises(ValueError, match="te ramps its weight"):
         TrainConfig(mode="te", epochs=epochs, te_start=start, te_end=end)
+
+
+def test_the_weight_after_the_ramp_is_configurable_and_checked(tmp_path):
+    from ntkrobust.bridge.data import load_dataset
+    from ntkrobust.bridge.experiment import TrackingConfig, _TrainingRun
+    from ntkrobust.bridge.runfolder import RunFolder
+
+    with pytest.raises(ValueError, match="invalid TE weight"):
+        TrainConfig(mode="te", epochs=3, te_start=1, te_end=2, te_weight=-1.0)
+    data = load_dataset("digits", n_train=50, n_test=20)
+    config = model_config("fc1", data.image_shape, 10, width=8)
+    train = TrainConfig(mode="te", epochs=3, te_start=1, te_end=2, te_weight=30.0)
+    tracking = TrackingConfig(eps=0.1, step=0.05, steps=2, probe=0)
+    run = _TrainingRun(
+        RunFolder(tmp_path), build_model(config), config, data, train, tracking,
+        device=torch.device("cpu"), kernel_network=None, relative_magnitude=None,
+    )  # fmt: skip
+    assert run.ensemble is not None and run.ensemble.weight(5) == 30.0

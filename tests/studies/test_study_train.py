@@ -131,7 +131,7 @@ BAD = {
     "shared without augmentation": ({"augment_shared": True}, "--augment-shared shares the draws"),
     "init of an NTK twin": ({"init": "normal"}, "fc2 draws its weights as its analytic kernel assumes"),
     "te in one epoch": ({"mode": "te"}, "--mode te ramps its regulariser from epoch 1 to 1"),
-    "te ramp without te": ({"te_start": 2}, "--te-start / --te-end set the ramp of --mode te"),
+    "te ramp without te": ({"te_start": 2}, "--te-start / --te-end / --te-weight set the regulariser of --mode te"),
     "centered standard alone": ({"centered_standard": True}, "--centered-standard needs --linearize-from"),
     "stage-2 BN of a linearized net": ({"stage2_batchnorm": "train"}, "--stage2-batchnorm train applies to"),
 }
