@@ -365,7 +365,10 @@ def switch_cost(groups: Sequence[RunGroup]) -> dict[str, Any]:
     """RAT sec. 5, fig. 6, table 1: of every adversarial run (its mode not "standard"), the
     seconds of training in clean and in adversarial epochs and the final test accuracy, clean
     and under PGD; a run that switched (``switch_epoch``) also as a share of the training
-    seconds of a full AT run (no switch) of the same mode and epochs, ``cost_of_full_at``."""
+    seconds of a full AT run (no switch) of the same mode and epochs, ``cost_of_full_at``, and as
+    the share its own epoch times give (every epoch adversarial at its mean adversarial epoch's
+    seconds), ``estimated_cost_of_full_at``: runs made under different machine loads compare by
+    that one only."""
     entries = []
     for group in groups:
         first = group.runs[0]
@@ -382,6 +385,10 @@ def switch_cost(groups: Sequence[RunGroup]) -> dict[str, Any]:
         entries.append({"label": group.label, "path": str(group.path), "mode": mode, "switch_epoch": switch, **merged})
     for entry in entries:
         epochs = entry["epochs_clean"] + entry["epochs_adversarial"]
+        if entry["switch_epoch"] is not None and entry["epochs_adversarial"] and entry["seconds_adversarial"] > 0:
+            # the run's own epoch times, so that a full AT run made under another load cannot skew it
+            per_adversarial_epoch = entry["seconds_adversarial"] / entry["epochs_adversarial"]
+            entry["estimated_cost_of_full_at"] = entry["seconds_total"] / (epochs * per_adversarial_epoch)
         full = [
             other for other in entries
             if other["switch_epoch"] is None and other["mode"] == entry["mode"]

@@ -164,8 +164,11 @@ def _seconds_panel(ax: Any, runs: Sequence[SwitchCostRun]) -> None:
     total = np.nan_to_num(clean) + np.nan_to_num(adversarial)
     longest = float(total.max()) if total.size and total.max() > 0 else 1.0
     for i, run in enumerate(runs):
-        share = run.get("cost_of_full_at")
-        text = f"{total[i]:.3g} s" + ("" if share is None else f"\n{share:.0%} of full AT")
+        text = f"{total[i]:.3g} s"
+        if run.get("estimated_cost_of_full_at") is not None:  # from its own epochs: load-proof
+            text += f"\n{run['estimated_cost_of_full_at']:.0%} of full AT (own epoch times)"
+        if run.get("cost_of_full_at") is not None:
+            text += f"\n{run['cost_of_full_at']:.0%} of the full AT run's seconds"
         ax.text(total[i] + 0.02 * longest, i, text, va="center", ha="left", fontsize=8)
     ax.set_xlim(0, longest * 1.45)
     ax.set_yticks(y, [_run_tick(run) for run in runs], fontsize=8)

@@ -290,6 +290,7 @@ class SwitchCostRun(TypedDict, total=False):
     pgd: str
     full_at: str  # the full AT run it is compared with
     cost_of_full_at: float  # seconds_total / the full AT run's
+    estimated_cost_of_full_at: float  # seconds_total / (epochs x its own mean adversarial epoch)
     seeds: int
     test_clean_std: float
     test_pgd_std: float

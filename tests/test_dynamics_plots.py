@@ -384,6 +384,7 @@ def two_stage_records() -> dict[str, dict]:
     runs[1] |= {"test_clean": 0.8, "test_pgd": 0.4, "cost_of_full_at": 50 / 90, "pgd": "full evaluation, PGD-40"}
     runs[0] |= {"test_clean": 0.75, "test_pgd": 0.45, "pgd": "full evaluation, PGD-40"}
     runs[2] |= {"seconds_adversarial": 67.5, "test_clean": 0.78, "test_pgd": 0.42, "test_pgd_std": 0.03, "seeds": 3}
+    runs[2]["estimated_cost_of_full_at"] = 0.75
     return {"spawn_accuracy": spawn, "switch_cost": {"runs": runs}}
 
 
@@ -717,7 +718,7 @@ def test_switch_cost_bars_stack_clean_and_adversarial_seconds(tmp_path, drawn, a
     assert [p.get_width() for p in seconds.patches] == [0.0, 5.0, 2.5, 90.0, 45.0, 67.5]
     assert [p.get_x() for p in seconds.patches[3:]] == [0.0, 5.0, 2.5]  # stacked on the clean seconds
     texts = [t.get_text() for t in seconds.texts]
-    assert texts == ["90 s", "50 s\n56% of full AT", "70 s"]
+    assert texts == ["90 s", "50 s\n56% of the full AT run's seconds", "70 s\n75% of full AT (own epoch times)"]
     ticks = [t.get_text() for t in seconds.get_yticklabels()]
     assert ticks[0].endswith("full pgd (no clean epochs)") and ticks[1].endswith("clean epochs 1–2, then pgd")
     assert ticks[2].endswith("clean epoch 1, then pgd")

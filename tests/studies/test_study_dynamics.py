@@ -314,6 +314,9 @@ def test_the_cost_of_clean_epochs_before_adversarial_ones(two_stage, tmp_path, d
     assert switch["seconds_adversarial"] == seconds["switch"][2]
     assert switch["cost_of_full_at"] == pytest.approx(sum(seconds["switch"]) / sum(seconds["pgd"]))
     assert switch["full_at"] == "fc2 pgd" and "cost_of_full_at" not in full
+    # from its own epochs alone: 1 clean + 1 adversarial, as if both epochs were adversarial
+    own = sum(seconds["switch"]) / (2 * seconds["switch"][2])
+    assert switch["estimated_cost_of_full_at"] == pytest.approx(own) and "estimated_cost_of_full_at" not in full
     for entry, name in ((full, "pgd"), (switch, "switch")):
         last = _epochs(two_stage[name])[-1]
         assert entry["test_clean"] == last["accuracy"]["running"]["test_clean"]
