@@ -34,7 +34,7 @@ from torch import nn
 from ntkrobust.attacks import evaluation_schedule
 from ntkrobust.bridge.adversarial import adversarial_examples, predict
 
-__all__ = ["EVALUATION_ATTACKS", "MASKING_GAP", "cw_margin_loss", "masking_suspected", "robust_correct"]
+__all__ = ["EVALUATION_ATTACKS", "MASKING_GAP", "accuracies", "cw_margin_loss", "masking_suspected", "robust_correct"]
 
 EVALUATION_ATTACKS = ("pgd-20", "pgd-100", "cw-100", "autoattack")
 #: κ of the margin loss: large enough never to bind before the point is misclassified
@@ -156,6 +156,14 @@ def robust_correct(
         if on_attack is not None:
             on_attack(name, float(result[name].mean()))
     return result
+
+
+def accuracies(correct: dict[str, np.ndarray]) -> dict[str, float]:
+    """The share of points still correct under each entry of ``robust_correct``'s result, and
+    ``worst_case``: the share correct under every one of them (clean included)."""
+    accuracy = {name: float(flags.mean()) for name, flags in correct.items()}
+    accuracy["worst_case"] = float(np.logical_and.reduce(list(correct.values())).mean())
+    return accuracy
 
 
 def masking_suspected(accuracy: dict[str, float], gap: float = MASKING_GAP) -> bool:

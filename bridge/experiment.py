@@ -239,8 +239,9 @@ class _TrainingRun:
         if train.mode == "te":
             assert train.te_start is not None and train.te_end is not None  # TrainConfig checks
             n, classes = self.x_train.shape[0], len(data.classes)
-            self.ensemble = TemporalEnsemble.empty(n, classes, train.te_start, train.te_end, device=device)
-            self.ensemble.maximum = train.te_weight
+            self.ensemble = TemporalEnsemble.empty(
+                n, classes, train.te_start, train.te_end, maximum=train.te_weight, device=device
+            )
         self.state = _State()
         self.step_track_seconds = 0.0  # tracking inside an epoch, taken out of its training time
         self.progress = False  # bars for the evaluation and the kernels (set by run_training)

@@ -63,9 +63,16 @@ class TemporalEnsemble:
 
     @classmethod
     def empty(
-        cls, n: int, classes: int, start: int, end: int, *, device: torch.device | str = "cpu"
+        cls,
+        n: int,
+        classes: int,
+        start: int,
+        end: int,
+        *,
+        maximum: float = TE_WEIGHT,
+        device: torch.device | str = "cpu",
     ) -> TemporalEnsemble:
-        return cls(torch.zeros(n, classes, dtype=torch.float64, device=device), start, end)
+        return cls(torch.zeros(n, classes, dtype=torch.float64, device=device), start, end, maximum=maximum)
 
     def weight(self, epoch: int) -> float:
         return te_weight(epoch, self.start, self.end, self.maximum)

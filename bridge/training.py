@@ -52,7 +52,7 @@ from ntkrobust.attacks import fgsm, pgd
 from ntkrobust.attacks.threat import ThreatModel
 from ntkrobust.bridge.adversarial import cross_entropy_gradient, input_gradient
 from ntkrobust.bridge.augment import AUGMENTATIONS, augment
-from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble, te_loss
+from ntkrobust.bridge.temporal_ensembling import TE_WEIGHT, TemporalEnsemble, te_loss
 
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
 
@@ -86,7 +86,7 @@ class TrainConfig:
     augment_shared: bool = False
     te_start: int | None = None
     te_end: int | None = None
-    te_weight: float = 300.0  # the regulariser's weight after the ramp (Dong et al.'s 300)
+    te_weight: float = TE_WEIGHT  # the regulariser's weight after the ramp (Dong et al.'s 300)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -59,12 +59,11 @@ def _checked(settings: EvaluateSettings, channels: int) -> float:
 
 def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] | None = None) -> EvaluateResult:
     """Evaluate every net on the data's test points; refusals come before any attack."""
-    import numpy as np
     import torch
 
     from ntkrobust.attacks import AttackSpec
     from ntkrobust.bridge.data import task_indices
-    from ntkrobust.bridge.evaluation import masking_suspected, robust_correct
+    from ntkrobust.bridge.evaluation import accuracies, masking_suspected, robust_correct
 
     clock = Clock()
     data = settings.data.load()
@@ -88,9 +87,7 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
             model, x.float(), y, eps=eps, channels=channels, attacks=settings.attacks, on_attack=said,
             seed=settings.data.seed, batch_size=settings.batch_size,
         )  # fmt: skip
-        attacked = [correct[name] for name in settings.attacks]
-        accuracy = {name: float(flags.mean()) for name, flags in correct.items()}
-        accuracy["worst_case"] = float(np.logical_and.reduce([correct["clean"], *attacked]).mean())
+        accuracy = accuracies(correct)
         rows.append(
             {
                 "label": net.label,

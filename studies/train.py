@@ -165,7 +165,7 @@ def _attack_notes(settings: TrainSettings, threat: _Threat, channels: int) -> li
     if settings.mode in ("pgd", "trades", "te"):
         warn(notes, *attack.notes(channels, "training PGD: ", ("--pgd-steps", "--pgd-step")))
     else:
-        warn(notes, *(note for note in [attack.eps_hint(channels)] if note))
+        warn(notes, attack.eps_hint(channels))
     return notes
 
 
@@ -303,11 +303,12 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
 
 def _te_ramp(settings: TrainSettings) -> dict[str, int | None]:
     """TE's ramp epochs: as given, else the authors' 90 and 150 of 200 scaled to the epochs."""
+    from ntkrobust.bridge.temporal_ensembling import TE_RAMP, TE_WEIGHT
+
     if settings.mode != "te":
-        if settings.te_start is not None or settings.te_end is not None or settings.te_weight != 300.0:
+        if settings.te_start is not None or settings.te_end is not None or settings.te_weight != TE_WEIGHT:
             raise StudyError("--te-start / --te-end / --te-weight set the regulariser of --mode te")
         return {}
-    from ntkrobust.bridge.temporal_ensembling import TE_RAMP
 
     start = max(1, round(TE_RAMP[0] * settings.epochs)) if settings.te_start is None else settings.te_start
     end = round(TE_RAMP[1] * settings.epochs) if settings.te_end is None else settings.te_end
@@ -489,11 +490,10 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
 
 def _final_evaluation(settings: TrainSettings, model: Any, data: Any, eps: float, device: Any) -> dict[str, Any]:
     """RobustBench's attacks (``bridge.evaluation``) on --eval-n class-balanced test points."""
-    import numpy as np
     import torch
 
     from ntkrobust.bridge.data import balanced_indices, task_indices
-    from ntkrobust.bridge.evaluation import EVALUATION_ATTACKS, masking_suspected, robust_correct
+    from ntkrobust.bridge.evaluation import EVALUATION_ATTACKS, accuracies, masking_suspected, robust_correct
 
     n = min(settings.eval_n, data.x_test.shape[0])
     chosen = balanced_indices(data.y_test, data.classes, n, settings.data.seed, what="test")
@@ -503,8 +503,7 @@ def _final_evaluation(settings: TrainSettings, model: Any, data: Any, eps: float
         model, x, y, eps=eps, channels=data.image_shape[0], seed=settings.data.seed,
         on_attack=lambda name, accuracy: log.info(f"final evaluation: {name} {accuracy:.3f}"),
     )  # fmt: skip
-    accuracy = {name: float(flags.mean()) for name, flags in correct.items()}
-    accuracy["worst_case"] = float(np.logical_and.reduce(list(correct.values())).mean())
+    accuracy = accuracies(correct)
     return {
         "points": int(n),
         "eps": eps,

@@ -84,3 +84,10 @@ def test_a_net_whose_outputs_do_not_match_the_classes_is_refused(trained, refuse
 
     three = DataSettings(classes=(0, 1, 2), n_train=60, n_test=30)
     refuses(evaluate, EvaluateSettings(nets=(str(trained),), data=three), "the task needs", compute=NO_ATTACKS)
+
+
+def test_the_command_lines_attack_names_are_the_bridges():
+    from ntkrobust.bridge import evaluation
+    from ntkrobust.studies import evaluate
+
+    assert evaluate.EVALUATION_ATTACKS == evaluation.EVALUATION_ATTACKS  # the CLI must not import torch
