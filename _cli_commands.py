@@ -88,6 +88,14 @@ _ABOUT = {
         "FAB-T, Square, by pyautoattack), per net the worst case over them, and a flag where AutoAttack lies far "
         "below the gradient attacks (gradient masking).",
     ),
+    "reproduce": (
+        "every finding of the three papers from one command, with a report that says paper vs here",
+        "Run the recipes of TARGET (tk, loo, rat, beyond, all, or one recipe of --list) at --scale smoke "
+        "(digits, seconds), cpu (the real MNIST and CIFAR-10 subset under --data-root, about an hour per paper on "
+        "2 cores) or paper (the papers' sizes, on a GPU); every step already finished in --out under the same "
+        "config is reused, so an interrupted reproduction resumes. Writes report.html (self-contained), report.md "
+        "and findings.json: per finding the claim, the paper's number, the measured number and the verdict.",
+    ),
     "make-npz": (
         "write a dataset (after --classes / subsets / --from-test-split) as an .npz",
         "Resolve the data flags and save the result as an .npz that --data accepts.",
@@ -309,6 +317,11 @@ def _train_tracking_flags(p: argparse.ArgumentParser) -> None:
         help="compute the full C x C kernels (default: the C class blocks, all the metrics need, 1/C of the cost)",
     )
     g.add_argument(
+        "--estimator",
+        help="exact (default) or rademacher:K: an unbiased estimate of the trace kernel from K random-sign "
+        "combinations of the outputs, at K/C of the cost, without the specialization metrics",
+    )
+    g.add_argument(
         "--eval-n",
         type=_positive_int,
         default=500,
@@ -523,7 +536,19 @@ def _make_npz_parser(p: argparse.ArgumentParser) -> None:
     _add_output_flags(p, what="the .npz file to write")
 
 
-#: command -> (study module, settings class)
+def _reproduce_parser(p: argparse.ArgumentParser) -> None:
+    from ntkrobust.reproduce._recipe import SCALES
+
+    p.add_argument("target", nargs="?", metavar="TARGET", help="tk, loo, rat, beyond, all, or a recipe name")
+    p.add_argument("--scale", default="smoke", help=f"{', '.join(SCALES)} (default smoke)")
+    p.add_argument("--data-root", type=Path, help="folder holding mnist/ and cifar10/ (cpu and paper scales)")
+    p.add_argument("--list", action="store_true", help="print the recipes with their estimated cost and exit")
+    p.add_argument("--out", type=Path, help="reproduction folder: steps/, report.html, report.md, findings.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+#: command -> (study module, settings class); a dotted module is a package of its own
+
 COMMANDS = {
     "attack": ("attack", "AttackSettings", _attack_parser),
     "features": ("features", "FeaturesSettings", _features_parser),
@@ -534,4 +559,5 @@ COMMANDS = {
     "transfer": ("transfer", "TransferSettings", _transfer_parser),
     "evaluate": ("evaluate", "EvaluateSettings", _evaluate_parser),
     "make-npz": ("make_npz", "MakeNpzSettings", _make_npz_parser),
+    "reproduce": ("ntkrobust.reproduce.run", "ReproduceSettings", _reproduce_parser),
 }

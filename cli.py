@@ -108,11 +108,13 @@ def run_command(args: argparse.Namespace) -> int:
     """Settings from ``args``, the output checked and locked, the study run, its result saved and
     summarised."""
     module_name, settings_name, _ = COMMANDS[args.command]
-    module = importlib.import_module(f"ntkrobust.studies.{module_name}")
+    if args.command == "reproduce" and _reproduce_listing(args):
+        return 0
+    module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
     settings = settings_from(getattr(module, settings_name), args)
     if args.command == "make-npz":
         check_out_file(args.out, args.force, suffix=".npz")
-    elif args.command == "train":  # the study checks its run folder: it may be resumed
+    elif args.command in ("train", "reproduce"):  # the study checks its folder: it may be resumed
         check_writable(args.out, "--out")
     else:
         check_out_dir(args.out, args.force)
@@ -133,6 +135,18 @@ def run_command(args: argparse.Namespace) -> int:
     summary = result.summary()
     print(f"{summary}\n-> {args.out}" if "\n" in summary else f"{summary} -> {args.out}")
     return 0
+
+
+def _reproduce_listing(args: argparse.Namespace) -> bool:
+    """``reproduce --list`` prints the recipes; otherwise TARGET and --out are required."""
+    if args.list:
+        from ntkrobust.reproduce import listing
+
+        print(listing())
+        return True
+    if args.target is None or args.out is None:
+        raise UsageError("reproduce needs TARGET and --out (or --list)")
+    return False
 
 
 def _show_stages(show: bool) -> None:
@@ -163,6 +177,8 @@ def _resumable(args: Any) -> str:
     """What to tell about a training run that stopped early (it resumes from its last epoch)."""
     if getattr(args, "command", None) == "train" and (args.out / "config.json").is_file():
         return f"; the run in {args.out} stays resumable: run the same command with --resume"
+    if getattr(args, "command", None) == "reproduce" and args.out is not None and (args.out / "steps").is_dir():
+        return f"; finished steps in {args.out} are kept: run the same command to resume"
     return ""
 
 

@@ -5,7 +5,18 @@
 Kinds (the shapes of neural-tangents, written once):
 - ``full``: (N1, N2, C, C), every pair of outputs;
 - ``trace``: (N1, N2), the mean of the C diagonal class blocks (LOO's "trace kernel", RAT);
-- ``class:c``: (N1, N2), the block of output c alone.
+- ``class:c``: (N1, N2), the block of output c alone;
+- ``rademacher:K``: (N1, N2), an unbiased estimate of ``trace`` from K random-sign combinations
+  of the outputs, at K/C of its cost (see below).
+
+The randomized trace estimator. With v ∈ {±1}^C of independent fair signs, the net
+f_v = Σ_c v_c f_c has the kernel ∇f_v(x)·∇f_v(x′) = Σ_cd v_c v_d Θ_cd(x, x′), whose mean over v is
+Σ_c Θ_cc(x, x′) (E v_c v_d = δ_cd): C times the trace kernel. K draws v_1..v_K, one Jacobian row
+each, give the estimate (1/KC) Σ_k ∇f_vk(x)·∇f_vk(x′). Its variance for one entry is
+(1/(K C²)) Σ_{c≠d} Θ_cd (Θ_cd + Θ_dc) (Hutchinson's estimator on the C × C block): zero when the
+off-diagonal blocks vanish (the infinite-width limit, Θ ⊗ I_C), largest for a net whose outputs
+share their gradients. The same K signs serve every entry of one kernel (drawn from ``seed``), so
+the estimate is a proper kernel: symmetric and positive semi-definite.
 
 How it is computed. The Jacobian of a large net over all inputs never exists at once. The
 trainable parameters are cut into groups (whole tensors, or slices of a flattened tensor when one
@@ -57,7 +68,7 @@ from ntkrobust.bridge.jacobians import (
 
 __all__ = ["KINDS", "BudgetError", "KernelKind", "auto_memory_budget", "empirical_ntk", "with_batch_statistics"]
 
-KINDS = ("full", "trace", "class")
+KINDS = ("full", "class-blocks", "trace", "class", "rademacher")
 MIN_AUTO_BUDGET = 2**30  # the automatic budget: a share of the free memory, at least 1 GiB
 AUTO_BUDGET_SHARE = 0.4
 _MAX_SUB_BATCH = 128
@@ -72,19 +83,27 @@ class KernelKind:
 
     @classmethod
     def parse(cls, text: str) -> KernelKind:
-        """``"full"``, ``"class-blocks"``, ``"trace"`` or ``"class:C"``; ValueError with one line otherwise."""
+        """``"full"``, ``"class-blocks"``, ``"trace"``, ``"class:C"`` or ``"rademacher:K"``; ValueError
+        with one line otherwise."""
         if text in ("full", "class-blocks", "trace"):
             return cls(text)
         head, _, tail = text.partition(":")
         if head == "class" and tail.isdigit():
             return cls("class", int(tail))
-        raise ValueError(f"kernel kind must be full, class-blocks, trace or class:C (C an output index), got {text!r}")
+        if head == "rademacher" and tail.isdigit() and int(tail) > 0:
+            return cls("rademacher", int(tail))
+        raise ValueError(
+            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (K > 0 "
+            f"random-sign draws), got {text!r}"
+        )
 
     def __str__(self) -> str:
         return self.name if self.index is None else f"{self.name}:{self.index}"
 
     def outputs(self, num_outputs: int) -> int:
-        """How many outputs per example the Jacobian needs (C, or 1 for one class)."""
+        """How many outputs per example the Jacobian needs (C, 1 for one class, K for K draws)."""
+        if self.name == "rademacher":
+            return int(self.index or 0)
         if self.index is None:
             return num_outputs
         if not 0 <= self.index < num_outputs:
@@ -143,6 +162,24 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
+class _SignedOutputs(nn.Module):
+    """f_v = v·f for each row v of ``signs`` (K, C): the K outputs of the Rademacher estimator."""
+
+    def __init__(self, model: nn.Module, signs: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("signs", signs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) @ self.signs.T
+
+
+def rademacher_signs(draws: int, num_outputs: int, seed: int) -> torch.Tensor:
+    """(draws, C) independent fair ±1 signs, the same for a seed on every device."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, (draws, num_outputs), generator=generator).to(torch.float64) * 2 - 1
+
+
 def _contract(kind: KernelKind, j1: torch.Tensor, j2: torch.Tensor) -> torch.Tensor:
     """J1 (N1, C′, P) and J2 (N2, C′, P) → the kind's kernel contribution."""
     n1, outputs, width = j1.shape
@@ -186,6 +223,7 @@ def empirical_ntk(
     dtype: torch.dtype | None = None,
     progress: bool = False,
     structured: bool = True,
+    seed: int = 0,
 ) -> np.ndarray:
     """The empirical NTK Θ(x1, x2) (Θ(x1, x1) if ``x2`` is None) of ``model``, as float64 numpy.
 
@@ -206,6 +244,7 @@ def empirical_ntk(
         progress: show a progress bar over parameter groups and sub-batches.
         structured: dense layers by their outer-product structure (see the module docstring);
             False puts every parameter through the generic Jacobian groups (the same kernel).
+        seed: the random signs of ``"rademacher:K"`` (the other kinds are exact).
     """
     kind = KernelKind.parse(kind) if isinstance(kind, str) else kind
     first = next(iter(model.parameters()), None)
@@ -227,6 +266,10 @@ def empirical_ntk(
     with torch.no_grad():
         num_outputs = net(a[:1]).shape[1]
     outputs = kind.outputs(num_outputs)
+    estimated = kind.name == "rademacher"
+    if estimated:  # the trace of the K signed outputs' kernel, rescaled at the end
+        net = _SignedOutputs(net, rademacher_signs(outputs, num_outputs, seed).to(device=device, dtype=dtype))
+        kind = KernelKind("trace")
     engine = JacobianEngine(net, kind.index, a[:1], structured=structured)
     if not engine.params:
         raise ValueError("the model has no trainable parameters, so no tangent kernel")
@@ -266,7 +309,7 @@ def empirical_ntk(
             kernel += _contract(kind, j1, j2).to(torch.float64)
             del j1, j2
     if kind.name == "trace":
-        kernel /= outputs
+        kernel /= outputs * (num_outputs if estimated else 1)
     return kernel.cpu().numpy()
 
 

@@ -87,16 +87,33 @@ class TrackingConfig:
     full_every: int | None = None
     selection_seed: int | None = None
     track_full: bool = False  # the full (N, N, C, C) kernels, not only their class blocks
+    #: "exact", or "rademacher:K": the trace kernel estimated from K random-sign draws (bridge.entk), at
+    #: K/C of the class blocks' cost, without the specialization metrics (they need the blocks)
+    estimator: str = "exact"
 
     def __post_init__(self) -> None:
         if not self.batchnorm or any(mode not in BATCHNORM_MODES for mode in self.batchnorm):
             raise ValueError(f"batchnorm modes must be among {BATCHNORM_MODES}, got {self.batchnorm}")
         if (self.full_steps is None) != (self.full_step is None):
             raise ValueError("a full evaluation needs both its PGD step and its steps")
+        if self.estimator != "exact":
+            from ntkrobust.bridge.entk import KernelKind
+
+            if KernelKind.parse(self.estimator).name != "rademacher":
+                raise ValueError(f"--estimator must be exact or rademacher:K, got {self.estimator!r}")
+            if self.track_full:
+                raise ValueError("--estimator estimates the trace kernel; --track-full asks for the exact full one")
 
     def attack(self, seed: int) -> AttackSpec:
         """The ℓ∞ PGD of the per-epoch robust accuracies (random start seeded by ``seed``)."""
         return AttackSpec("pgd", self.eps, "linf", self.step, self.steps, random_start=True, seed=seed)
+
+    @property
+    def kernel_kind(self) -> str:
+        """The tracked kernels' kind: the full kernels, their class blocks, or an estimated trace."""
+        if self.track_full:
+            return "full"
+        return "class-blocks" if self.estimator == "exact" else self.estimator
 
     def full_attack(self, seed: int) -> AttackSpec | None:
         """The ℓ∞ PGD of the full evaluation, or None."""
@@ -258,7 +275,7 @@ class _TrainingRun:
             seed=derived_seed(self.train.seed, 3),
             batchnorm=batchnorm,
             memory_budget=self.tracking.memory_budget,
-            kind="full" if self.tracking.track_full else "class-blocks",
+            kind=self.tracking.kernel_kind,
         )
 
     @property

@@ -57,6 +57,7 @@ class TrainSettings:
     track_kernel: int = 300
     track_every: int | None = None
     track_full: bool = False  # full (N, N, C, C) kernels (default: their class blocks, 1/C of the cost)
+    estimator: str = "exact"  # or rademacher:K: the trace kernel from K random-sign draws (bridge.entk)
     eval_n: int = 500
     eval_pgd_steps: int | None = None  # per epoch and AE-NTK (default attacks.EPOCH_PGD_STEPS)
     full_eval_steps: int | None = None  # at the end (default attacks.EVALUATION_PGD_STEPS; 0: none)
@@ -295,6 +296,7 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
             full_every=settings.full_eval_every,
             selection_seed=settings.data.seed,
             track_full=settings.track_full,
+            estimator=settings.estimator,
         )
     except ValueError as err:
         raise StudyError(str(err)) from None

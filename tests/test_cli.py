@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ntkrobust import cli
+from ntkrobust.reproduce import ReproduceSettings
 from ntkrobust.studies import DataSettings, MachineSettings, ThreatSettings
 from ntkrobust.studies.attack import AttackSettings
 from ntkrobust.studies.dynamics import DynamicsSettings
@@ -34,7 +35,8 @@ def settings(argv: list[object]):
     """The settings ``ntkrobust ARGV --out o`` hands to its study."""
     args = cli.build_parser().parse_args([*map(str, argv), "--out", "o"])
     module, name, _ = cli.COMMANDS[args.command]
-    return cli.settings_from(getattr(importlib.import_module(f"ntkrobust.studies.{module}"), name), args)
+    module = module if "." in module else f"ntkrobust.studies.{module}"
+    return cli.settings_from(getattr(importlib.import_module(module), name), args)
 
 
 # -- flags -> settings ---------------------------------------------------------------------------
@@ -50,6 +52,7 @@ MINIMAL = {
     "transfer": (["--target", "t.pt"], TransferSettings(target=("t.pt",))),
     "make-npz": ([], MakeNpzSettings()),
     "evaluate": (["n.pt"], EvaluateSettings(nets=("n.pt",))),
+    "reproduce": (["tk"], ReproduceSettings(target="tk", out=Path("o"))),
 }
 
 
@@ -165,7 +168,7 @@ def test_bad_flags_are_one_line_exit_2_and_write_nothing(case, assert_refused):
 STUDY_ERRORS = {
     "attack": (["attack", "--eps", "8"], "did you mean 8/255"),
     "features": (["features", "--non-robust-below", "2"], "--non-robust-below must lie in [0, 1]"),
-    "entk": (["entk", "--model", "fc1", "--kind", "diag"], "full, class-blocks, trace or class:C"),
+    "entk": (["entk", "--model", "fc1", "--kind", "diag"], "full, class-blocks, trace, class:C"),
     "train": (["train", "--centered"], "--centered needs --linearize-from"),
     "dynamics": (["dynamics", "/nonexistent/run"], "not a run folder"),
     "two-layer": (["two-layer", "--lr", "0"], "--lr must be a finite number > 0"),
@@ -195,8 +198,10 @@ def test_an_interrupt_exits_130(run_cli, tmp_path, monkeypatch):
 
 # -- the output, checked before the study runs ---------------------------------------------------
 
-#: every command writing a folder, with its required flags
-FOLDER_COMMANDS = {command: flags for command, (flags, _) in MINIMAL.items() if command != "make-npz"}
+#: every command writing a folder, with its required flags (reproduce checks its own: tests/reproduce)
+FOLDER_COMMANDS = {
+    command: flags for command, (flags, _) in MINIMAL.items() if command not in ("make-npz", "reproduce")
+}
 
 
 def _no_compute(monkeypatch, command):

@@ -137,7 +137,7 @@ BAD = {
         lambda d: {"model": "mnist-cnn", "data": DataSettings(data=str(d / "tiny.npz"))},
         "needs images at least 4x4",
     ),
-    "kind": (lambda d: {"model": "fc1", "kind": "diag"}, "full, class-blocks, trace or class:C"),
+    "kind": (lambda d: {"model": "fc1", "kind": "diag"}, "full, class-blocks, trace, class:C"),
     "class out of range": (lambda d: {"model": "fc1", "kind": "class:10"}, "class 10 is not an output"),
     "eps": (lambda d: {"model": "fc1", "adversarial_eps": 8.0}, "must lie in (0, 1]"),
     "zero eps": (lambda d: {"model": "fc1", "adversarial_eps": 0.0}, "must lie in (0, 1]"),

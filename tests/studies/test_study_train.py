@@ -134,6 +134,8 @@ BAD = {
     "te ramp without te": ({"te_start": 2}, "--te-start / --te-end / --te-weight set the regulariser of --mode te"),
     "centered standard alone": ({"centered_standard": True}, "--centered-standard needs --linearize-from"),
     "stage-2 BN of a linearized net": ({"stage2_batchnorm": "train"}, "--stage2-batchnorm train applies to"),
+    "unknown estimator": ({"estimator": "hutch"}, "kernel kind must be full, class-blocks"),
+    "full kernel estimated": ({"estimator": "rademacher:2", "track_full": True}, "--estimator estimates the trace"),
 }
 
 
@@ -207,6 +209,15 @@ def test_batchnorm_batch_trains_a_net_without_running_statistics(small_training,
     stored = torch.load(tmp_path / "run" / "checkpoints" / "epoch_001.pt", weights_only=True)["state_dict"]
     assert not [key for key in stored if "running" in key or "num_batches" in key]
     refuses(train, small_training(tmp_path / "fc", batchnorm="batch"), "--batchnorm batch: fc2 has no BatchNorm layers")
+
+
+def test_an_estimated_trace_kernel_is_tracked_without_the_specialization(small_training, tmp_path):
+    """--estimator rademacher:K tracks the trace kernel's estimate; the metrics that need the class
+    blocks are left out, the others recorded."""
+    history = train.run(small_training(tmp_path / "run", epochs=1, estimator="rademacher:2")).record
+    assert history["config"]["tracking"]["estimator"] == "rademacher:2"
+    clean = history["kernels"][-1]["clean"]
+    assert clean["frobenius_norm"] > 0 and "effective_rank" in clean and "mean_specialization" not in clean
 
 
 def test_final_eval_autoattack_records_robustbenchs_attacks(small_training, tmp_path):

@@ -1,0 +1,154 @@
+"""What a reproduction is made of: steps (one study run each), recipes (a paper's finding as a
+check on the results of steps) and the scales they run at.
+
+A ``Step`` is one call of a study (``ntkrobust.studies.<study>.run(settings)``) whose output
+lives in ``OUT/steps/<name>``. Steps are shared by name: two recipes that need the same training
+run list the same step, and it runs once. A step is identified by its *resolved config* (the
+study, its settings with the reproduction's folders abstracted, and the keys of the steps it
+reads), so a finished step is reused only while that config is unchanged.
+
+A ``Recipe`` states one finding of one paper: the claim in a sentence, the paper's number where
+it gives one, the steps that measure it at a scale, and ``check``, the claim as a rule on the
+steps' results that returns a ``Verdict`` (agrees / contradicts / inconclusive, with the numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: the scales a reproduction runs at (``--scale``)
+SCALES = ("smoke", "cpu", "paper")
+#: the outcomes of a check
+VERDICTS = ("agrees", "contradicts", "inconclusive")
+#: the papers, as the report names them
+PAPERS = {
+    "TK": "Tsilivis & Kempe 2022, What can the neural tangent kernel tell us about adversarial robustness?",
+    "LOO": "Loo et al. 2022, Evolution of neural tangent kernels under benign and adversarial training",
+    "RAT": "Rethinking adversarial training with neural tangent kernel",
+    "beyond": "beyond the papers: measured by this tool, no paper's number",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a reproduction reads and writes: its scale, the user's data folder and OUT/steps."""
+
+    scale: str
+    data_root: Path | None
+    steps_dir: Path
+
+    def step_dir(self, name: str) -> Path:
+        return self.steps_dir / name
+
+
+@dataclass(frozen=True)
+class Step:
+    """One study run: ``ntkrobust.studies.<study>.run(settings)`` into ``OUT/steps/<name>``.
+
+    ``needs``: the steps whose folders ``settings`` reads (they run first, and their keys are
+    part of this step's key). ``minutes``: the estimated cost at the step's scale (2 CPU cores at
+    smoke and cpu scale, one GPU at paper scale), for ``reproduce --list``.
+    """
+
+    name: str
+    study: str
+    settings: Any
+    needs: tuple[str, ...] = ()
+    minutes: float = 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check's outcome: the verdict, one or two sentences with the numbers, and the numbers."""
+
+    verdict: str
+    measured: str
+    numbers: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict {self.verdict!r} is not one of {VERDICTS}")
+
+
+def record_float(value: Any) -> float:
+    """A number of a record as a float: strict JSON writes NaN and the infinities as "nan", "inf",
+    "-inf", and some studies write an undefined number (τ, ρ) as None, read here as NaN."""
+    return float("nan") if value is None else float(value)
+
+
+class Results:
+    """The records of finished steps, for checks: ``results.record("mnist-standard")`` is the step's
+    results JSON (``history.json`` of a training run)."""
+
+    def __init__(self, ctx: Context, steps: Mapping[str, Step]):
+        self.ctx = ctx
+        self.steps = steps
+
+    def folder(self, name: str) -> Path:
+        return self.ctx.step_dir(name)
+
+    def record(self, name: str) -> dict[str, Any]:
+        folder = self.folder(name)
+        path = folder / ("history.json" if self.steps[name].study == "train" else "results.json")
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One finding of one paper, measured by ``steps(ctx)`` and judged by ``check(results)``."""
+
+    name: str
+    paper: str  # a key of PAPERS
+    reference: str  # "fig. 2", "table 1", "sec. 6"
+    claim: str
+    rule: str  # the check in words: what decides agrees / contradicts / inconclusive
+    steps: Callable[[Context], Sequence[Step]]
+    check: Callable[[Results], Verdict]
+    figures: Callable[[Context], Sequence[tuple[str, str, str]]] = lambda ctx: ()  # (step, file, caption)
+    paper_number: str | None = None
+    data: tuple[str, ...] = ()  # the data sets it reads: "mnist", "cifar10"
+
+
+def canonical(value: Any, ctx: Context) -> Any:
+    """``value`` (settings, paths, tuples, ...) as plain JSON, with the reproduction's folders
+    written ``$STEPS`` and ``$DATA`` so that the key does not depend on where OUT lives."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: canonical(getattr(value, f.name), ctx) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        text = str(value)
+        for prefix, name in ((ctx.steps_dir, "$STEPS"), (ctx.data_root, "$DATA")):
+            if prefix is not None and (value == prefix or prefix in value.parents):
+                text = name + "/" + str(value.relative_to(prefix)) if value != prefix else name
+                break
+        return text
+    if isinstance(value, dict):
+        return {str(k): canonical(v, ctx) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v, ctx) for v in value]
+    if isinstance(value, float) and value != value:  # NaN has no JSON form
+        return "nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return str(value)
+    return value
+
+
+def step_config(step: Step, ctx: Context) -> dict[str, Any]:
+    """The step's resolved config: its study and settings (``resume`` / ``force`` left out: they
+    say how to run it, not what it measures)."""
+    settings = canonical(step.settings, ctx)
+    for transient in ("resume", "force"):
+        settings.pop(transient, None)
+    return {"study": step.study, "settings": settings}
+
+
+def step_key(step: Step, ctx: Context, needed_keys: Sequence[str]) -> str:
+    """sha256 of the resolved config and the keys of the steps it reads."""
+    text = json.dumps({"config": step_config(step, ctx), "needs": list(needed_keys)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()

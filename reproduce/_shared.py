@@ -1,0 +1,135 @@
+"""The data and the runs that several papers' recipes share, at each scale.
+
+=========  =============================================  ========================================
+scale      data                                           nets and schedules
+=========  =============================================  ========================================
+smoke      scikit-learn's digits (offline, 8x8)           a few epochs, small probes: seconds
+cpu        DATA/mnist (the official test set, cut into    the MNIST CNN, 10 epochs, lr 0.05 decayed
+           5,000 train / 5,000 test) and                  ×0.1 after epoch 7; the CIFAR CNN and a
+           DATA/cifar10/cifar10_subset.npz                narrow ResNet-18 on the subset
+paper      DATA/mnist (train and test), DATA/cifar10      the papers': ResNet-18 on CIFAR-10 for
+           (torchvision's cifar-10-batches-py)            200 epochs (RAT), the MNIST CNN on MNIST
+=========  =============================================  ========================================
+
+At ``cpu`` scale the kernel-dynamics findings of LOO and RAT are measured on the MNIST CNN runs
+that TK's recipes train too (one run per training mode, shared by name); at ``paper`` scale they
+use ResNet-18 on CIFAR-10 as the papers do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ntkrobust.reproduce._recipe import Context, Step
+from ntkrobust.studies import DataSettings, MachineSettings
+
+#: the files each data set needs at each scale, relative to --data-root (for the error message)
+DATA_FILES = {
+    ("mnist", "cpu"): "mnist/t10k-images-idx3-ubyte.gz and mnist/t10k-labels-idx1-ubyte.gz",
+    ("cifar10", "cpu"): "cifar10/cifar10_subset.npz",
+    ("mnist", "paper"): "mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    ("cifar10", "paper"): "cifar10/cifar-10-batches-py/",
+}
+
+
+def mnist_data(ctx: Context, *, n_train: int | None = None, n_test: int | None = None) -> DataSettings:
+    """MNIST at the scale (digits at smoke scale), optionally a class-balanced subset."""
+    if ctx.scale == "smoke":
+        return DataSettings("digits", n_train=min(n_train or 600, 600), n_test=min(n_test or 150, 150))
+    root = _root(ctx) / "mnist"
+    return DataSettings("mnist", data_root=root, from_test_split=ctx.scale == "cpu", n_train=n_train, n_test=n_test)
+
+
+def cifar_data(ctx: Context, *, classes: tuple[str, ...] | None = None) -> DataSettings:
+    """CIFAR-10 at the scale: the 4,660-image subset at cpu scale (digits at smoke scale)."""
+    if ctx.scale == "smoke":
+        return DataSettings("digits", n_train=600, n_test=150, classes=None if classes is None else (0, 1))
+    if ctx.scale == "cpu":
+        return DataSettings(str(_root(ctx) / "cifar10" / "cifar10_subset.npz"), classes=classes)
+    return DataSettings("cifar10", data_root=_root(ctx) / "cifar10", classes=classes)
+
+
+def machine(ctx: Context) -> MachineSettings:
+    """Kernel machines with a Gram cache inside the reproduction (shared by its steps)."""
+    return MachineSettings(cache_dir=ctx.steps_dir / "gram-cache")
+
+
+def _root(ctx: Context) -> Path:
+    if ctx.data_root is None:
+        raise ValueError(f"scale {ctx.scale} needs a data root")  # checked by the runner before
+    return ctx.data_root
+
+
+#: schedules of the shared training runs (ε and steps: the standard ones of the images unless said)
+_SCHEDULES: dict[str, dict[str, Any]] = {
+    "smoke": {"epochs": 5, "milestones": (4,), "lr": 0.1, "batch_size": 32, "track_kernel": 20, "eval_n": 60,
+              "eval_pgd_steps": 3, "full_eval_steps": 5, "pgd_steps": 3, "width": 16, "eps": 0.1},
+    "cpu": {"epochs": 10, "milestones": (7,), "lr": 0.05, "track_kernel": 200, "eval_n": 500},
+    "paper": {"epochs": 200, "milestones": (100, 150), "lr": 0.1, "weight_decay": 5e-4, "track_kernel": 500,
+              "eval_n": 1000, "augment": "crop-flip"},
+}  # fmt: skip
+#: minutes per run (2 cores at smoke / cpu scale; one GPU at paper scale: RAT's 5 GPU-hours per AT run)
+_MINUTES = {"smoke": 0.1, "cpu": {"standard": 2.5, "fgsm": 3.0, "fgsm-noise": 3.0, "pgd": 5.0, "te": 5.0},
+            "paper": {"standard": 60.0, "fgsm": 90.0, "fgsm-noise": 90.0, "pgd": 300.0, "te": 320.0}}  # fmt: skip
+
+
+def dynamics_family(ctx: Context) -> str:
+    """The data of the kernel-dynamics runs: MNIST below paper scale, CIFAR-10 at paper scale."""
+    return "cifar" if ctx.scale == "paper" else "mnist"
+
+
+def run_name(family: str, mode: str, suffix: str = "") -> str:
+    return f"{family}-{mode}{suffix}"
+
+
+def training_run(ctx: Context, family: str, mode: str, *, suffix: str = "", **overrides: Any) -> Step:
+    """The shared run of ``mode`` on ``family`` ("mnist": the MNIST CNN; "cifar": the CIFAR CNN
+    below paper scale, ResNet-18 at paper scale), named ``family-mode[suffix]``."""
+    from ntkrobust.studies.train import TrainSettings
+
+    name = run_name(family, mode, suffix)
+    values: dict[str, Any] = dict(_SCHEDULES[ctx.scale])
+    if family == "mnist":
+        values["data"] = mnist_data(ctx, n_train=60000 if ctx.scale == "paper" else None)
+        values["model"] = "mnist-cnn"
+        values.pop("augment", None)
+        if ctx.scale == "cpu" and mode in ("pgd", "te", "trades"):  # PGD-AT at ε 0.3 needs the warm-up
+            values |= {"pgd_steps": 10, "pgd_step": 0.075, "eps_warmup": 3}
+        if ctx.scale == "cpu" and mode == "te":  # Dong et al.'s weight 300 collapsed the MNIST CNN at lr 0.05
+            values["te_weight"] = 30.0  # (15 epochs: clean 0.096, PGD-10 0.100); here a tenth of it
+    else:
+        values["data"] = cifar_data(ctx)
+        values["model"] = "resnet18" if ctx.scale == "paper" else "cifar-cnn"
+        if ctx.scale == "cpu":
+            values |= {"augment": "crop-flip", "weight_decay": 5e-4, "epochs": 15, "milestones": (), "eval_n": 200,
+                       "track_kernel": 50}  # fmt: skip
+    if ctx.scale == "smoke" and mode in ("pgd", "te", "trades"):
+        values["pgd_step"] = 0.04  # 3 steps that reach ε = 0.1
+    values |= overrides
+    if values.get("linearize_from") is not None:  # the checkpoint has its network
+        values |= {"model": None, "width": None}
+    minutes = _MINUTES[ctx.scale]
+    estimate = minutes if isinstance(minutes, float) else minutes.get(mode, 5.0)
+    if ctx.scale == "cpu" and family == "cifar":
+        estimate *= 3
+    return Step(name, "train", TrainSettings(out=ctx.step_dir(name), mode=mode, **values), minutes=estimate)
+
+
+def dynamics_step(ctx: Context, name: str, runs: list[Step], **settings: Any) -> Step:
+    """``dynamics`` over the folders of ``runs`` (``baseline``: one of them, by step)."""
+    from ntkrobust.studies.dynamics import DynamicsSettings
+
+    baseline = settings.pop("baseline", None)
+    if baseline is not None:
+        settings["baseline"] = ctx.step_dir(baseline.name)
+    folders = tuple(ctx.step_dir(run.name) for run in runs)
+    return Step(
+        name, "dynamics", DynamicsSettings(runs=folders, device="cpu", **settings),
+        needs=tuple(run.name for run in runs), minutes=0.5 if ctx.scale != "paper" else 10.0,
+    )  # fmt: skip
+
+
+def checkpoint(ctx: Context, run: Step, epoch: int | None = None) -> Path:
+    """A checkpoint of a training run (default: its last epoch)."""
+    return ctx.step_dir(run.name) / "checkpoints" / f"epoch_{run.settings.epochs if epoch is None else epoch:03d}.pt"

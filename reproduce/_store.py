@@ -1,0 +1,110 @@
+"""Running steps once: OUT/steps/<name> holds a step's output, OUT/steps/<name>.json its record
+(key, resolved config, seconds) once it finished.
+
+A step whose record carries the same key is reused as it is. A training run that was
+interrupted is resumed (``train --resume`` continues from its last checkpoint, exactly) when its
+folder was started under the same key (``<name>.started``); any other leftover is removed and
+the step runs again. A finished step's record is written last, so a kill at any point leaves
+either a finished step or one that runs again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ntkrobust.reproduce._recipe import Context, Step, step_config, step_key
+from ntkrobust.studies._base import log
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What happened to a step in this reproduction."""
+
+    name: str
+    study: str
+    key: str
+    config: dict[str, Any]
+    seconds: float  # the step's own seconds, when it ran (in this or an earlier invocation)
+    reused: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from ntkrobust.bridge.files import write_json
+
+    write_json(path, data)
+
+
+class StepStore:
+    """The finished steps of one reproduction folder."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.keys: dict[str, str] = {}
+
+    def _record_path(self, name: str) -> Path:
+        return self.ctx.steps_dir / f"{name}.json"
+
+    def _started_path(self, name: str) -> Path:
+        return self.ctx.steps_dir / f"{name}.started"
+
+    def key(self, step: Step) -> str:
+        missing = [n for n in step.needs if n not in self.keys]
+        if missing:
+            raise RuntimeError(f"step {step.name} needs {missing}, which have not run")  # a recipe bug
+        return step_key(step, self.ctx, [self.keys[n] for n in step.needs])
+
+    def finished(self, step: Step) -> bool:
+        record = _read_json(self._record_path(step.name))
+        return record is not None and record.get("key") == self.key(step)
+
+    def run(self, step: Step, *, progress: bool, position: str) -> StepRun:
+        """Reuse the step if finished under its key, else run it (resuming a training run)."""
+        key = self.key(step)
+        config = step_config(step, self.ctx)
+        record = _read_json(self._record_path(step.name))
+        if record is not None and record.get("key") == key:
+            self.keys[step.name] = key
+            log.info(f"{position} {step.name}: finished earlier, reused")
+            return StepRun(step.name, step.study, key, config, float(record["seconds"]), reused=True)
+        folder = self.ctx.step_dir(step.name)
+        started = _read_json(self._started_path(step.name))
+        resume = step.study == "train" and started is not None and started.get("key") == key
+        resume = resume and (folder / "config.json").is_file()
+        if not resume:
+            self._record_path(step.name).unlink(missing_ok=True)
+            if folder.exists():
+                shutil.rmtree(folder)
+        self.ctx.steps_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self._started_path(step.name), {"key": key})
+        log.info(f"{position} {step.name}: {step.study}{' (resumed)' if resume else ''}")
+        clock = time.perf_counter()
+        module = importlib.import_module(f"ntkrobust.studies.{step.study.replace('-', '_')}")
+        settings = step.settings
+        if step.study == "train":
+            settings = dataclasses.replace(settings, resume=resume, force=False)
+        result = module.run(settings, progress=progress, argv=None)
+        result.save(folder)
+        seconds = time.perf_counter() - clock
+        _write_json(self._record_path(step.name), {"key": key, "seconds": seconds, **config})
+        self._started_path(step.name).unlink(missing_ok=True)
+        self.keys[step.name] = key
+        log.info(f"{position} {step.name}: done in {seconds:.0f} s")
+        return StepRun(step.name, step.study, key, config, seconds, reused=False)

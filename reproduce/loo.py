@@ -1,0 +1,204 @@
+"""Loo et al. 2022 (LOO): the findings this tool can measure, as recipes.
+
+- fig. 1: the kernel moves fast, then slows into a lazy phase (kernel velocity);
+- fig. 1c-d: the adversarial kernel has a higher effective rank and a lower mean specialization;
+- fig. 2, table 1: linearized / centered nets spawned later in training reach the standard net's
+  accuracy, centered about as well as linearized;
+- fig. 3: examples of the net at initialisation do not transfer to the trained net; those of
+  later epochs do (transferability τ against the epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, record_float
+from ntkrobust.reproduce._shared import checkpoint, dynamics_family, dynamics_step, machine, mnist_data, training_run
+
+
+def _runs(ctx: Context) -> list[Step]:
+    family = dynamics_family(ctx)
+    return [training_run(ctx, family, "standard"), training_run(ctx, family, "pgd")]
+
+
+def _dynamics(ctx: Context) -> Sequence[Step]:
+    runs = _runs(ctx)
+    family = dynamics_family(ctx)
+    return [*runs, dynamics_step(ctx, f"{family}-dynamics-standard-pgd", runs)]
+
+
+def _dynamics_record(results: Results) -> list[dict]:
+    name = next(n for n in results.steps if n.endswith("-dynamics-standard-pgd"))
+    return results.record(name)["runs"]
+
+
+def _speed_check(results: Results) -> Verdict:
+    runs = _dynamics_record(results)
+    ratios = {}
+    for run in runs:
+        velocity = run["dynamics"]["clean"]["velocity"]
+        late = statistics.median(velocity[len(velocity) // 2 :])
+        ratios[run["mode"]] = (velocity[0], late, velocity[0] / late if late > 0 else float("inf"))
+    measured = "; ".join(
+        f"{mode}: velocity {first:.3g} in the first epoch, median {late:.3g} over the second half (×{ratio:.3g})"
+        for mode, (first, late, ratio) in ratios.items()
+    )
+    numbers = {mode: {"first": v[0], "late_median": v[1], "ratio": v[2]} for mode, v in ratios.items()}
+    verdict = "agrees" if all(v[2] > 3 for v in ratios.values()) else "contradicts"
+    return Verdict(verdict, measured, numbers)
+
+
+def _rank_check(results: Results) -> Verdict:
+    standard, pgd = _dynamics_record(results)
+    final = {run["mode"]: run["kernels"][-1]["clean"] for run in (standard, pgd)}
+    rank = {mode: k["effective_rank"] for mode, k in final.items()}
+    spec = {mode: k["mean_specialization"] for mode, k in final.items()}
+    measured = (
+        f"at the last epoch, C-NTK effective rank: standard {rank['standard']:.3g}, PGD-AT {rank['pgd']:.3g}; mean "
+        f"specialization: standard {spec['standard']:.3g}, PGD-AT {spec['pgd']:.3g}"
+    )
+    higher_rank, lower_spec = rank["pgd"] > rank["standard"], spec["pgd"] < spec["standard"]
+    verdict = "agrees" if higher_rank and lower_spec else "contradicts" if not (higher_rank or lower_spec) else (
+        "inconclusive")  # fmt: skip
+    return Verdict(verdict, measured, {"effective_rank": rank, "mean_specialization": spec})
+
+
+def spawn_epochs(ctx: Context) -> tuple[int, ...]:
+    return {"smoke": (1, 2), "cpu": (1, 3), "paper": (1, 10, 50)}[ctx.scale]
+
+
+def _spawns(ctx: Context) -> list[Step]:
+    """Linearized and centered nets spawned from the standard run (LOO sec. 2)."""
+    family = dynamics_family(ctx)
+    parent = training_run(ctx, family, "standard")
+    steps = []
+    for epoch in spawn_epochs(ctx):
+        for kind in ("linearized", "centered"):
+            step = training_run(
+                ctx, family, "standard", suffix=f"-{kind}-{epoch}", linearize_from=checkpoint(ctx, parent, epoch),
+                centered=kind == "centered", epochs={"smoke": 1, "cpu": 2, "paper": 100}[ctx.scale], milestones=(),
+                eps_warmup=0,
+            )  # fmt: skip
+            steps.append(Step(step.name, step.study, step.settings, needs=(parent.name,), minutes=step.minutes))
+    return [parent, *steps]
+
+
+def _centered(ctx: Context) -> Sequence[Step]:
+    spawns = _spawns(ctx)
+    family = dynamics_family(ctx)
+    return [*spawns, dynamics_step(ctx, f"{family}-dynamics-spawns", spawns)]
+
+
+def _centered_check(results: Results) -> Verdict:
+    name = next(n for n in results.steps if n.endswith("-dynamics-spawns"))
+    lines = results.record(name)["spawn_accuracy"]["lines"]
+    clean = {line["kind"]: {p["spawn_epoch"]: p["test_clean"] for p in line["points"]} for line in lines}
+    measured = "; ".join(
+        f"{kind}: " + ", ".join(f"spawned at {e}: clean {acc:.3f}" for e, acc in sorted(points.items()))
+        for kind, points in clean.items()
+    )
+    rising = all(points[max(points)] >= points[min(points)] for points in clean.values())
+    close = all(abs(clean["centered"][e] - clean["linearized"][e]) <= 0.05 for e in clean["linearized"])
+    verdict = "agrees" if rising and close else "contradicts" if not rising else "inconclusive"
+    return Verdict(verdict, measured + f" (later spawn at least as good: {rising}; centered within 0.05: {close})",
+                   {"clean": clean})  # fmt: skip
+
+
+def _transfer_epochs(ctx: Context) -> tuple[int, ...]:
+    return {"smoke": (0, 1, 2), "cpu": (0, 1, 2, 4, 7), "paper": (0, 1, 5, 15, 50, 100)}[ctx.scale]
+
+
+def _transfer(ctx: Context) -> Sequence[Step]:
+    from ntkrobust.studies import ThreatSettings
+    from ntkrobust.studies.transfer import TransferSettings
+
+    spawns = _spawns(ctx)
+    parent = spawns[0]
+    sources = [str(checkpoint(ctx, parent, e)) for e in _transfer_epochs(ctx)]
+    sources += [str(checkpoint(ctx, spawn)) for spawn in spawns[1:]]
+    smoke = ctx.scale == "smoke"
+    settings = TransferSettings(
+        target=(str(checkpoint(ctx, parent)),),
+        source=tuple(sources),
+        data=parent.settings.data if ctx.scale == "paper" else mnist_data(ctx, n_test=150 if smoke else 1000),
+        kernel_arch=("fc2",),
+        machine=machine(ctx),
+        method="pgd",
+        threat=ThreatSettings(steps=3 if smoke else 10),
+        device="cpu" if ctx.scale != "paper" else "auto",
+    )
+    name = f"{dynamics_family(ctx)}-transfer-epochs"
+    return [*spawns, Step(name, "transfer", settings, needs=tuple(s.name for s in spawns), minutes=3.0)]
+
+
+def _transfer_check(results: Results) -> Verdict:
+    name = next(n for n in results.steps if n.endswith("-transfer-epochs"))
+    row = results.record(name)["targets"][0]
+    tau = {key: value for key, value in row["transferability"].items() if " epoch " in key and "linearized" not in key
+           and "centered" not in key}  # fmt: skip
+    by_epoch = sorted((int(key.rsplit(" ", 1)[1]), record_float(value)) for key, value in tau.items())
+    at_init = dict(by_epoch).get(0)
+    final = by_epoch[-1][0]  # the target itself (τ = 1 by definition)
+    later = max((value for epoch, value in by_epoch if 0 < epoch < final), default=0.0)
+    measured = "τ of the standard net's PGD examples to its final epoch, by source epoch: " + ", ".join(
+        f"{epoch}: {value:.2f}" for epoch, value in by_epoch
+    )
+    numbers = {"tau_by_epoch": by_epoch, "all": row["transferability"]}
+    if at_init is None or math.isnan(at_init):  # τ undefined: the target's own attack does not lower its accuracy
+        return Verdict("inconclusive", measured + " (no source at initialisation, or τ undefined)", numbers)
+    verdict = "agrees" if at_init < 0.2 and later > at_init + 0.3 else "contradicts"
+    return Verdict(verdict, measured, numbers)
+
+
+RECIPES = (
+    Recipe(
+        "loo-fig1-kernel-speed", "LOO", "fig. 1a",
+        "The empirical NTK moves fast in the first epochs, then slows into a lazy phase, under standard and "
+        "adversarial training alike.",
+        "agrees if, for both runs, the first epoch's kernel velocity exceeds 3× the median velocity of the second "
+        "half of training, else contradicts",
+        _dynamics, _speed_check,
+        figures=lambda ctx: [(f"{dynamics_family(ctx)}-dynamics-standard-pgd", "velocity_distance.png",
+                              "kernel velocity and distance to the final kernel")],
+        paper_number="qualitative (velocity falls by an order of magnitude within ~10 of 100 epochs)",
+        data=("mnist",),
+    ),
+    Recipe(
+        "loo-fig1-rank-specialization", "LOO", "fig. 1c-d, sec. 6",
+        "The adversarially trained kernel has a higher effective rank and a lower mean kernel specialization than "
+        "the standard one.",
+        "agrees if PGD-AT's final C-NTK has the higher effective rank and the lower mean specialization; "
+        "contradicts if neither holds; else inconclusive",
+        _dynamics, _rank_check,
+        figures=lambda ctx: [(f"{dynamics_family(ctx)}-dynamics-standard-pgd", "rank_specialization.png",
+                              "effective rank and mean specialization through training")],
+        paper_number="qualitative (fig. 1c-d, CIFAR-10 ResNet-18)",
+        data=("mnist",),
+    ),
+    Recipe(
+        "loo-fig2-centered", "LOO", "fig. 2, table 1",
+        "Linearized and centered nets trained around a later spawn of the standard net reach higher accuracy, and "
+        "centered training does about as well as linearized.",
+        "agrees if both kinds are at least as accurate from the latest spawn as from the earliest and centered is "
+        "within 0.05 of linearized at every spawn; contradicts if a later spawn is worse; else inconclusive",
+        _centered, _centered_check,
+        figures=lambda ctx: [(f"{dynamics_family(ctx)}-dynamics-spawns", "spawn_accuracy.png",
+                              "stage-2 accuracy against the spawn epoch")],
+        paper_number="CIFAR-10: linearized from epoch 100 reaches the standard net's accuracy (table 1)",
+        data=("mnist",),
+    ),
+    Recipe(
+        "loo-fig3-transfer", "LOO", "fig. 3, sec. 5",
+        "Adversarial examples of the net at initialisation do not transfer to the fully trained net; those of later "
+        "epochs do (τ rises with the source epoch).",
+        "agrees if τ of the initial net's examples is below 0.2 and a later epoch's exceeds it by 0.3, else "
+        "contradicts; inconclusive if τ is undefined (the final net's own PGD does not lower its accuracy)",
+        _transfer, _transfer_check,
+        figures=lambda ctx: [(f"{dynamics_family(ctx)}-transfer-epochs", "transferability.png",
+                              "τ against the source epoch / spawn epoch")],
+        paper_number="τ ≈ 0 at initialisation, rising sharply within 15 epochs (fig. 3)",
+        data=("mnist",),
+    ),
+)  # fmt: skip

@@ -1,0 +1,274 @@
+"""The third paper, "Rethinking adversarial training with NTK" (RAT): the findings this tool can measure, as recipes.
+
+- fig. 1 / sec. 3.2: threefold kernel evolution: kernel learning, a lazy phase, and a second
+  change after the learning-rate decay; AE-NTKs of AT move less than the standard one's;
+- sec. 3.2: specialization (KS) of the AE-NTK close to 1 goes with robustness;
+- fig. 5: the kernels of AT runs first approach the standard run's, then part from it;
+- fig. 2 / sec. 4: BatchNorm without running statistics ("w/o buffer") changes robust, not
+  clean, accuracy;
+- fig. 6 / sec. 5: clean training first, AT after, costs less at equal robustness;
+- fig. 10 / sec. 6: FGSM-AT overfits catastrophically; per-example noise prevents it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict
+from ntkrobust.reproduce._shared import dynamics_family, dynamics_step, run_name, training_run
+
+METHODS = ("standard", "fgsm", "pgd", "te")
+
+
+def _methods(ctx: Context) -> list[Step]:
+    family = dynamics_family(ctx)
+    return [training_run(ctx, family, mode) for mode in METHODS]
+
+
+def _methods_dynamics(ctx: Context) -> Sequence[Step]:
+    runs = _methods(ctx)
+    last = runs[0].settings.epochs
+    step = dynamics_step(ctx, f"{dynamics_family(ctx)}-dynamics-methods", runs, baseline=runs[0], ksm_epochs=(0, last))
+    return [*runs, step]
+
+
+def _records(results: Results) -> dict[str, dict[str, Any]]:
+    name = next(n for n in results.steps if n.endswith("-dynamics-methods"))
+    return {run["mode"]: run for run in results.record(name)["runs"]}
+
+
+def _milestone(results: Results) -> int | None:
+    name = next(n for n in results.steps if n.endswith("-standard") and results.steps[n].study == "train")
+    milestones = results.steps[name].settings.milestones
+    return milestones[0] if milestones else None
+
+
+def _threefold_check(results: Results) -> Verdict:
+    runs = _records(results)
+    m = _milestone(results)
+    velocity = runs["standard"]["dynamics"]["clean"]["velocity"]
+    lazy = statistics.median(velocity[1 : m if m and m > 1 else None] or velocity)
+    numbers: dict[str, Any] = {"velocity_standard": velocity, "lazy_median": lazy, "milestone": m}
+    fast_then_lazy = velocity[0] > 3 * lazy
+    text = f"standard C-NTK velocity {velocity[0]:.3g} in epoch 1, median {lazy:.3g} in the lazy phase"
+    if m is None or m >= len(velocity):  # no decay to judge, but the rule's fast first phase still is
+        verdict = "inconclusive" if fast_then_lazy else "contradicts"
+        return Verdict(verdict, text + "; no learning-rate decay in this schedule", numbers)
+    before, after = velocity[m - 1], velocity[m]
+    numbers |= {"before_decay": before, "after_decay": after}
+    text += f"; {before:.3g} in the epoch before the decay (after epoch {m}), {after:.3g} in the epoch after it"
+    moves_again = after > before
+    verdict = "agrees" if fast_then_lazy and moves_again else "contradicts" if not fast_then_lazy else "inconclusive"
+    return Verdict(verdict, text + ("" if moves_again else " (no second kernel-learning phase)"), numbers)
+
+
+def _ae_distance_check(results: Results) -> Verdict:
+    runs = _records(results)
+    mean = {mode: statistics.fmean(run["dynamics"]["adversarial"]["velocity"]) for mode, run in runs.items()}
+    text = "mean AE-NTK velocity: " + ", ".join(f"{mode} {value:.3g}" for mode, value in mean.items())
+    at_smaller = [mean[m] < mean["standard"] for m in ("pgd", "te")]
+    verdict = "agrees" if all(at_smaller) else "contradicts" if not any(at_smaller) else "inconclusive"
+    return Verdict(verdict, text, {"mean_ae_velocity": mean})
+
+
+def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    def ranks(values: Sequence[float]) -> list[float]:  # ties share their mean rank
+        return [sum(v < x for v in values) + (sum(v == x for v in values) - 1) / 2 for x in values]
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    norm = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
+    return cov / norm if norm else 0.0
+
+
+def _ks_check(results: Results) -> Verdict:
+    runs = _records(results)
+    robust = {m: run["epochs"][-1]["accuracy"]["running"]["test_pgd"] for m, run in runs.items()}
+    ks = {m: run["kernels"][-1]["adversarial"]["mean_specialization"] for m, run in runs.items()}
+    gap = {m: abs(value - 1) for m, value in ks.items()}
+    rho = _spearman([robust[m] for m in runs], [gap[m] for m in runs])
+    text = (
+        "at the last epoch, AE-NTK mean specialization (test PGD accuracy): "
+        + ", ".join(f"{m} {ks[m]:.3g} ({robust[m]:.3f})" for m in runs)
+        + f"; Spearman(robust accuracy, |KS − 1|) = {rho:.2f}"
+    )
+    verdict = "agrees" if rho < 0 else "contradicts" if rho > 0 else "inconclusive"
+    return Verdict(verdict, text, {"mean_specialization_adversarial": ks, "test_pgd": robust, "spearman": rho})
+
+
+def _baseline_check(results: Results) -> Verdict:
+    name = next(n for n in results.steps if n.endswith("-dynamics-methods"))
+    rows = {row["label"].split(" ")[-1]: row for row in results.record(name)["baseline_distance"]["runs"]}
+    distance = rows["pgd"]["clean"]
+    lowest = min(range(1, len(distance)), key=lambda i: distance[i])
+    text = "C-NTK distance of PGD-AT's kernel to the standard run's, by epoch: " + ", ".join(
+        f"{d:.3f}" for d in distance
+    )
+    approach = lowest > 1
+    part = lowest < len(distance) - 1 and distance[-1] > distance[lowest]
+    verdict = "agrees" if approach and part else "contradicts" if not approach else "inconclusive"
+    return Verdict(verdict, text + f" (closest at epoch {lowest})", {"distance_pgd": distance, "closest_epoch": lowest})
+
+
+def _batchnorm(ctx: Context) -> Sequence[Step]:
+    width = {"smoke": 4, "cpu": 8, "paper": 64}[ctx.scale]
+    epochs = {"smoke": 2, "cpu": 6, "paper": 200}[ctx.scale]
+    step = training_run(
+        ctx, "cifar", "pgd", suffix="-resnet18-bn", model="resnet18", width=width, batchnorm="both", epochs=epochs,
+        milestones=() if ctx.scale != "paper" else (100, 150),
+        track_kernel={"smoke": 10, "cpu": 50, "paper": 500}[ctx.scale],
+        eval_n={"smoke": 60, "cpu": 200, "paper": 1000}[ctx.scale],
+    )  # fmt: skip
+    minutes = {"smoke": 0.3, "cpu": 25.0, "paper": 320.0}[ctx.scale]
+    run = Step(step.name, step.study, step.settings, minutes=minutes)
+    return [run, dynamics_step(ctx, "cifar-dynamics-batchnorm", [run], ksm_epochs=(0, epochs))]
+
+
+def _batchnorm_check(results: Results) -> Verdict:
+    history = results.record(next(n for n in results.steps if n.endswith("-resnet18-bn")))
+    last = history["epochs"][-1]["accuracy"]
+    clean = {mode: last[mode]["test_clean"] for mode in ("running", "batch")}
+    robust = {mode: last[mode]["test_pgd"] for mode in ("running", "batch")}
+    clean_gap, robust_gap = abs(clean["running"] - clean["batch"]), robust["running"] - robust["batch"]
+    text = (
+        f"ResNet-18 after PGD-AT, test clean / PGD: w buffer {clean['running']:.3f} / {robust['running']:.3f}, w/o "
+        f"buffer {clean['batch']:.3f} / {robust['batch']:.3f}"
+    )
+    holds = robust_gap > 0.02 and clean_gap < robust_gap
+    verdict = "agrees" if holds else "contradicts" if robust_gap < -0.02 or clean_gap > abs(robust_gap) else (
+        "inconclusive")  # fmt: skip
+    return Verdict(verdict, text, {"clean": clean, "pgd": robust})
+
+
+def _switch(ctx: Context) -> Sequence[Step]:
+    family = dynamics_family(ctx)
+    full = training_run(ctx, family, "pgd")
+    at = {"smoke": 1, "cpu": 4, "paper": 100}[ctx.scale]
+    switched = training_run(ctx, family, "pgd", suffix=f"-switch{at}", switch_epoch=at)
+    return [full, switched, dynamics_step(ctx, f"{family}-dynamics-switch", [full, switched])]
+
+
+def _switch_check(results: Results) -> Verdict:
+    name = next(n for n in results.steps if n.endswith("-dynamics-switch"))
+    full, switched = results.record(name)["switch_cost"]["runs"]
+    share = switched["estimated_cost_of_full_at"]
+    text = (
+        f"switch after {switched['epochs_clean']} clean epochs: test clean {switched['test_clean']:.3f}, "
+        f"{switched['pgd']} {switched['test_pgd']:.3f}, against {full['test_clean']:.3f} / {full['test_pgd']:.3f} for "
+        f"PGD-AT throughout; the switch costs {share:.0%} of full AT (from its own epoch times)"
+    )
+    robust_kept = switched["test_pgd"] >= full["test_pgd"] - 0.03
+    verdict = "agrees" if share < 0.9 and robust_kept else "contradicts"
+    return Verdict(verdict, text, {"cost_share": share, "switched": switched, "full": full})
+
+
+def _overfitting(ctx: Context) -> Sequence[Step]:
+    runs = [training_run(ctx, "cifar", mode) for mode in ("fgsm", "fgsm-noise")]
+    return [*runs, dynamics_step(ctx, "cifar-dynamics-fgsm", runs)]
+
+
+def _overfitting_check(results: Results) -> Verdict:
+    curves = {}
+    for mode in ("fgsm", "fgsm-noise"):
+        history = results.record(run_name("cifar", mode))
+        curves[mode] = [epoch["accuracy"]["running"]["test_pgd"] for epoch in history["epochs"]]
+    peak, final = max(curves["fgsm"]), curves["fgsm"][-1]
+    collapsed = final < 0.5 * peak and peak - final > 0.05
+    text = "test PGD-10 accuracy by epoch: " + "; ".join(
+        f"{mode}: " + ", ".join(f"{a:.2f}" for a in curve) for mode, curve in curves.items()
+    )
+    numbers = {"test_pgd": curves, "fgsm_peak": peak, "fgsm_final": final}
+    if not collapsed:
+        return Verdict("inconclusive", text + " (FGSM-AT did not overfit catastrophically)", numbers)
+    noise_peak = max(curves["fgsm-noise"])
+    prevented = curves["fgsm-noise"][-1] >= 0.5 * noise_peak and curves["fgsm-noise"][-1] > final
+    return Verdict("agrees" if prevented else "contradicts", text, numbers)
+
+
+def _dynamics_figures(ctx: Context, *files: tuple[str, str]) -> list[tuple[str, str, str]]:
+    return [(f"{dynamics_family(ctx)}-dynamics-methods", file, caption) for file, caption in files]
+
+
+RECIPES = (
+    Recipe(
+        "rat-fig1-threefold", "RAT", "fig. 1a, sec. 3.2",
+        "The kernel evolves in three phases: fast kernel learning, a lazy phase where it barely moves, and a second "
+        "change after the learning-rate decay.",
+        "agrees if the standard run's first-epoch C-NTK velocity exceeds 3× the lazy phase's median and the epoch "
+        "after the decay moves more than the one before; contradicts if there is no fast first phase; else "
+        "inconclusive",
+        _methods_dynamics, _threefold_check,
+        figures=lambda ctx: _dynamics_figures(ctx, ("velocity_distance.png", "kernel velocity, all methods")),
+        paper_number="qualitative (KD near 0 between epochs 10 and 100, sharp change after the decay at 100)",
+        data=("mnist",),
+    ),
+    Recipe(
+        "rat-fig1-ae-distance", "RAT", "fig. 1d, sec. 3.2",
+        "The AE-NTKs of adversarially trained nets move less than the standard net's (they converge to a robust "
+        "kernel).",
+        "agrees if the mean AE-NTK velocity of PGD-AT and of TE are both below standard training's; contradicts if "
+        "neither; else inconclusive",
+        _methods_dynamics, _ae_distance_check,
+        figures=lambda ctx: _dynamics_figures(ctx, ("kernel_distance.png", "kernel distance heatmaps")),
+        paper_number="qualitative",
+        data=("mnist",),
+    ),
+    Recipe(
+        "rat-sec3-ks-robustness", "RAT", "sec. 3.2, fig. 1",
+        "The AE-NTK's kernel specialization (KS) is close to 1 for robust nets: the closer to 1, the more robust.",
+        "agrees if Spearman(test PGD accuracy, |KS_AE − 1|) over the methods' nets is negative, contradicts if "
+        "positive",
+        _methods_dynamics, _ks_check,
+        figures=lambda ctx: _dynamics_figures(ctx, ("specialization_adversarial.png", "AE-NTK specialization "
+                                                    "matrices (clean labels)")),
+        paper_number="qualitative",
+        data=("mnist",),
+    ),
+    Recipe(
+        "rat-fig5-kernel-distance", "RAT", "fig. 5, sec. 5",
+        "The kernels of adversarial training first approach the standard run's kernel, then part from it.",
+        "agrees if PGD-AT's C-NTK distance to the standard run is lowest at an interior epoch after the first and "
+        "rises after it; contradicts if it is lowest at the first epoch (no approach); else inconclusive",
+        _methods_dynamics, _baseline_check,
+        figures=lambda ctx: _dynamics_figures(ctx, ("baseline_distance.png", "kernel distance to the standard run")),
+        paper_number="qualitative",
+        data=("mnist",),
+    ),
+    Recipe(
+        "rat-fig2-batchnorm", "RAT", "fig. 2, sec. 4",
+        "Evaluating with batch statistics instead of BatchNorm's running estimates (\"w/o buffer\") leaves clean "
+        "accuracy alone but lowers robust accuracy.",
+        "agrees if PGD accuracy with running statistics exceeds that with batch statistics by > 0.02 and the clean "
+        "gap is smaller; contradicts if robust accuracy is higher w/o buffer by > 0.02 or the clean gap dominates; "
+        "else inconclusive",
+        _batchnorm, _batchnorm_check,
+        figures=lambda ctx: [("cifar-dynamics-batchnorm", "accuracy.png", "accuracy with running and batch statistics"),
+                             ("cifar-dynamics-batchnorm", "specialization_adversarial.png", "AE-NTK specialization")],
+        paper_number="CIFAR-10 ResNet-18: close clean accuracy, \"quite different\" robust test accuracy (fig. 2)",
+        data=("cifar10",),
+    ),
+    Recipe(
+        "rat-fig6-switch-cost", "RAT", "fig. 6, table 1, sec. 5",
+        "Training clean first and adversarially after the switch costs less than AT throughout at equal robustness.",
+        "agrees if the switched run costs < 90% of full AT (from its own epoch times) and its PGD accuracy is within "
+        "0.03 of full AT's or above, else contradicts",
+        _switch, _switch_check,
+        figures=lambda ctx: [(f"{dynamics_family(ctx)}-dynamics-switch", "switch_cost.png", "cost against robustness")],
+        paper_number="63.88% of PGD-AT's time at equal robustness (table 1)",
+        data=("mnist",),
+    ),
+    Recipe(
+        "rat-fig10-catastrophic-overfitting", "RAT", "fig. 10, sec. 6",
+        "FGSM-AT overfits catastrophically (its robust test accuracy collapses); per-example anisotropic noise "
+        "prevents it.",
+        "inconclusive unless FGSM-AT's final PGD accuracy is below half its peak and 0.05 under it; else agrees if "
+        "FGSM-noise ends at least at half its peak and above FGSM-AT, contradicts otherwise",
+        _overfitting, _overfitting_check,
+        figures=lambda ctx: [("cifar-dynamics-fgsm", "accuracy.png", "clean and PGD accuracy through training")],
+        paper_number="CIFAR-10: FGSM-AT's PGD-20 accuracy collapses towards 0; the variant keeps it (fig. 10)",
+        data=("cifar10",),
+    ),
+)  # fmt: skip

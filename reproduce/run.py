@@ -1,0 +1,261 @@
+"""``ntkrobust reproduce``: run the recipes of a target, reuse finished steps, judge every
+finding and write the report (``reproduce.report``).
+
+The reproduction folder OUT holds ``reproduction.json`` (the scale and data root it was made
+with: another reproduction's folder is refused), ``steps/`` (one folder per step, see
+``reproduce._store``) and the report: ``report.html``, ``report.md``, ``findings.json``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ntkrobust.reproduce import beyond, loo, rat, tk
+from ntkrobust.reproduce._recipe import PAPERS, SCALES, Context, Recipe, Results, Step
+from ntkrobust.reproduce._shared import DATA_FILES
+from ntkrobust.reproduce._store import StepRun, StepStore
+from ntkrobust.studies._base import StudyError, StudyResult, log, versions
+
+#: every recipe, by paper
+RECIPES: dict[str, tuple[Recipe, ...]] = {"tk": tk.RECIPES, "loo": loo.RECIPES, "rat": rat.RECIPES,
+                                          "beyond": beyond.RECIPES}  # fmt: skip
+#: what ``reproduce TARGET`` accepts besides a recipe's name
+GROUPS = (*RECIPES, "all")
+
+
+def all_recipes() -> list[Recipe]:
+    return [recipe for group in RECIPES.values() for recipe in group]
+
+
+def select(target: str) -> list[Recipe]:
+    """The recipes of ``target``: a paper (tk, loo, rat), beyond, all, or one recipe's name."""
+    if target == "all":
+        return all_recipes()
+    if target in RECIPES:
+        return list(RECIPES[target])
+    found = [recipe for recipe in all_recipes() if recipe.name == target]
+    if not found:
+        raise StudyError(f"unknown recipe {target!r}: choose {', '.join(GROUPS)} or a recipe of `reproduce --list`")
+    return found
+
+
+@dataclass(frozen=True)
+class ReproduceSettings:
+    target: str
+    out: Path
+    scale: str = "smoke"
+    data_root: Path | None = None
+
+
+def context(settings: ReproduceSettings) -> Context:
+    root = None if settings.data_root is None else Path(settings.data_root).resolve()
+    return Context(settings.scale, root, Path(settings.out).resolve() / "steps")
+
+
+def plan(recipes: Sequence[Recipe], ctx: Context) -> tuple[dict[str, Step], dict[str, list[str]]]:
+    """Every step once, in an order where each follows the steps it reads; and each recipe's steps."""
+    steps: dict[str, Step] = {}
+    uses: dict[str, list[str]] = {}
+    for recipe in recipes:
+        uses[recipe.name] = []
+        for step in recipe.steps(ctx):
+            if step.name in steps and steps[step.name] != step:
+                raise RuntimeError(f"two recipes define step {step.name} differently")  # a recipe bug
+            missing = [n for n in step.needs if n not in steps]
+            if missing:
+                raise RuntimeError(f"step {step.name} comes before {missing}")  # a recipe bug
+            steps.setdefault(step.name, step)
+            uses[recipe.name].append(step.name)
+    return steps, uses
+
+
+def estimated_minutes(recipes: Sequence[Recipe], scale: str) -> float:
+    steps, _ = plan(recipes, Context(scale, Path("DATA"), Path("OUT/steps")))
+    return sum(step.minutes for step in steps.values())
+
+
+def listing() -> str:
+    """The recipes with their claims and estimated cost per scale (``reproduce --list``)."""
+    lines = [f"{'recipe':38} {'smoke':>7} {'cpu':>7} {'paper':>8}  claim"]
+    for recipe in all_recipes():
+        cost = [estimated_minutes([recipe], scale) for scale in SCALES]
+        lines.append(
+            f"{recipe.name:38} {cost[0]:6.1f}m {cost[1]:6.0f}m {cost[2] / 60:7.1f}h  "
+            f"{recipe.paper} {recipe.reference}: "
+            f"{recipe.claim}"
+        )
+    for group in GROUPS:
+        recipes = select(group)
+        cost = [estimated_minutes(recipes, scale) for scale in SCALES]
+        lines.append(
+            f"{group:38} {cost[0]:6.1f}m {cost[1]:6.0f}m {cost[2] / 60:7.1f}h  (steps shared within it run once)"
+        )
+    lines.append("smoke and cpu: minutes on 2 CPU cores; paper: hours on one GPU")
+    return "\n".join(lines)
+
+
+def _check_data(steps: dict[str, Step], ctx: Context, recipes: Sequence[Recipe]) -> None:
+    """Each data set the steps read loads (before any compute), or one line says which files where."""
+    if ctx.scale == "smoke":
+        return
+    seen: list[Any] = []
+    for step in steps.values():
+        data = getattr(step.settings, "data", None)
+        if data is None or data in seen:
+            continue
+        seen.append(data)
+        try:
+            data.load()
+        except StudyError as err:
+            name = "cifar10" if "cifar" in str(data.data) else "mnist"
+            raise StudyError(
+                f"--scale {ctx.scale} reads {DATA_FILES[(name, ctx.scale)]} under --data-root {ctx.data_root}: {err}"
+            ) from None
+
+
+def _check_out(settings: ReproduceSettings, ctx: Context) -> dict[str, Any]:
+    """The reproduction's identity; an OUT made by another one is refused."""
+    identity = {"scale": ctx.scale, "data_root": None if ctx.data_root is None else str(ctx.data_root)}
+    path = Path(settings.out) / "reproduction.json"
+    if path.is_file():
+        try:
+            with open(path, encoding="utf-8") as handle:
+                found = json.load(handle)
+        except (OSError, ValueError):
+            raise StudyError(f"--out {settings.out}: reproduction.json is unreadable; choose another --out") from None
+        if {k: found.get(k) for k in identity} != identity:
+            raise StudyError(
+                f"--out {settings.out} holds a reproduction at scale {found.get('scale')} with data root "
+                f"{found.get('data_root')}; this one is scale {ctx.scale} with {identity['data_root']}: "
+                "choose another --out"
+            )
+    elif Path(settings.out).is_dir() and any(Path(settings.out).iterdir()):
+        raise StudyError(f"--out {settings.out} is not empty and holds no reproduction; choose another --out")
+    return identity
+
+
+def check(settings: ReproduceSettings) -> tuple[list[Recipe], Context, dict[str, Step], dict[str, list[str]]]:
+    """Everything that can be wrong with the settings, found before any compute."""
+    if settings.scale not in SCALES:
+        raise StudyError(f"unknown scale {settings.scale!r}: choose {', '.join(SCALES)}")
+    recipes = select(settings.target)
+    ctx = context(settings)
+    if ctx.scale != "smoke" and ctx.data_root is None:
+        needed = sorted({name for recipe in recipes for name in recipe.data})
+        files = " and ".join(DATA_FILES[(name, ctx.scale)] for name in needed)
+        raise StudyError(f"--scale {ctx.scale} needs --data-root DIR holding {files}")
+    if ctx.data_root is not None and not ctx.data_root.is_dir():
+        raise StudyError(f"--data-root {settings.data_root} is not a folder")
+    steps, uses = plan(recipes, ctx)
+    _check_out(settings, ctx)
+    if settings.scale == "paper":
+        import torch
+
+        if not torch.cuda.is_available():
+            hours = estimated_minutes(recipes, "paper") / 60
+            raise StudyError(
+                f"--scale paper needs a GPU (about {hours:.0f} GPU-hours for {settings.target}); none found"
+            )
+    _check_data(steps, ctx, recipes)
+    return recipes, ctx, steps, uses
+
+
+def machine() -> dict[str, Any]:
+    gpu = None
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # a broken driver must not stop the report
+        gpu = None
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count() or 0, "gpu": gpu}
+
+
+@dataclass
+class ReproduceResult(StudyResult):
+    """The report of a reproduction (``report.write_report``), saved into its OUT."""
+
+    out: Path = field(kw_only=True)
+
+    def save(self, out: str | Path) -> Path:
+        from ntkrobust.reproduce.report import write_report
+
+        write_report(Path(out), self.record)
+        return Path(out)
+
+    def summary(self) -> str:
+        from ntkrobust.reproduce.report import verdict_counts
+
+        counts = verdict_counts(self.record["findings"])
+        lines = [f"{f['recipe']}: {f['verdict']}" for f in self.record["findings"]]
+        tally = ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
+        return "\n".join([*lines, f"{len(lines)} findings: {tally}; report.html, report.md, findings.json"])
+
+
+def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] | None = None) -> ReproduceResult:
+    """Run (or reuse) every step of the target's recipes, then judge each finding."""
+    recipes, ctx, steps, uses = check(settings)
+    started = datetime.datetime.now().astimezone()
+    clock = time.perf_counter()
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from ntkrobust.bridge.files import write_json
+
+    write_json(out / "reproduction.json", {**_check_out(settings, ctx), "target": settings.target})
+    total = estimated_minutes(recipes, settings.scale)
+    log.info(f"reproduce {settings.target} at scale {settings.scale}: {len(recipes)} findings, {len(steps)} steps, "
+             f"estimated {total:.0f} min")  # fmt: skip
+    store = StepStore(ctx)
+    runs: dict[str, StepRun] = {}
+    for i, (name, step) in enumerate(steps.items(), 1):
+        runs[name] = store.run(step, progress=progress, position=f"[{i}/{len(steps)}]")
+    results = Results(ctx, steps)
+    findings = [_finding(recipe, ctx, results, [runs[n] for n in uses[recipe.name]]) for recipe in recipes]
+    record = {
+        "reproduction": {
+            "target": settings.target, "scale": settings.scale,
+            "data_root": None if ctx.data_root is None else str(ctx.data_root), "out": str(out),
+            "created": started.isoformat(timespec="seconds"),
+            "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine(), "versions": versions(), "seconds": time.perf_counter() - clock,
+            "argv": argv,
+        },
+        "findings": findings,
+    }  # fmt: skip
+    return ReproduceResult(record, out=out)
+
+
+def _finding(recipe: Recipe, ctx: Context, results: Results, runs: list[StepRun]) -> dict[str, Any]:
+    verdict = recipe.check(results)
+    log.info(f"{recipe.name}: {verdict.verdict}")
+    steps_root = ctx.steps_dir.parent
+    figures = [
+        {"path": str((ctx.step_dir(step) / file).relative_to(steps_root)), "caption": caption}
+        for step, file, caption in recipe.figures(ctx)
+    ]
+    return {
+        "recipe": recipe.name, "paper": recipe.paper, "paper_title": PAPERS[recipe.paper],
+        "reference": recipe.reference, "claim": recipe.claim, "paper_number": recipe.paper_number,
+        "measured": verdict.measured, "numbers": _plain(verdict.numbers), "verdict": verdict.verdict,
+        "rule": recipe.rule, "figures": figures, "steps": [run.to_dict() for run in runs],
+        "seconds": sum(run.seconds for run in runs),
+    }  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe numbers (NaN and infinities as text)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    return value

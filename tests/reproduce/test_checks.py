@@ -1,0 +1,282 @@
+"""Every recipe's ``check`` on synthetic records: one that agrees, one that contradicts, and one
+per inconclusive branch. The steps are the recipes' own (smoke scale, so the real step names and
+settings); the records hold only the keys the checks read, shaped like the studies' results.json
+and history.json, with numbers well on one side of each rule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ntkrobust.reproduce import VERDICTS, Step, Verdict, all_recipes
+from ntkrobust.reproduce._recipe import Context
+
+CTX = Context("smoke", None, Path("/nonexistent/steps"))
+RECIPES = {recipe.name: recipe for recipe in all_recipes()}
+METHODS = ("standard", "fgsm", "pgd", "te")
+
+
+class FakeResults:
+    """``Results`` without files: the records by step name."""
+
+    def __init__(self, steps: Mapping[str, Step], records: Mapping[str, dict[str, Any]]):
+        self.steps = steps
+        self.records = records
+
+    def record(self, name: str) -> dict[str, Any]:
+        return self.records[name]
+
+
+def judge(name: str, records: dict[str, Any], edit: Callable[[dict[str, Step]], None] | None = None) -> Verdict:
+    recipe = RECIPES[name]
+    steps = {step.name: step for step in recipe.steps(CTX)}
+    if edit is not None:
+        edit(steps)
+    return recipe.check(FakeResults(steps, records))
+
+
+def no_decay(steps: dict[str, Step]) -> None:
+    """The standard run without a learning-rate decay (``milestones=()``)."""
+    step = steps["mnist-standard"]
+    steps[step.name] = dataclasses.replace(step, settings=dataclasses.replace(step.settings, milestones=()))
+
+
+# ---------------------------------------------------------------- records, shaped like the studies'
+
+
+def features(rho: Any = -0.8, top: float = 0.5, rest: float = 0.1, rows: tuple[tuple[float, float], ...] = ()):
+    """``features``: Spearman(index, robustness) and the robust-only kernels as (clean, own FGSM) per r."""
+    table = {
+        "spearman_index_robustness": rho,
+        "mean_robustness_top10": top,
+        "mean_robustness_rest": rest,
+        "robust_only": [{"r": r, "clean": c, "fgsm_own": f} for r, (c, f) in enumerate(rows or ((0.9, 0.0),), 1)],
+        "full_machine": {"clean_accuracy": 0.95, "fgsm_accuracy": 0.0},
+    }
+    config = {"data": "digits", "n_features": 20, "eps": 0.3}
+    return {"mnist-features": {"architectures": {"fc2": table}, "config": config}}
+
+
+def two_layer(narrow_cosine: float, wide_cosine: float, ntk: float, random: float = 0.8):
+    def net(width: int, cosine: float, ntk_accuracy: float) -> dict[str, Any]:
+        return {"width": width, "gradient_cosine": cosine, "clean_accuracy": 0.9, "white_box_accuracy": 0.0,
+                "ntk_attack_accuracy": ntk_accuracy, "random_accuracy": random}  # fmt: skip
+
+    return {"mnist-two-layer": {"nets": [net(1000, wide_cosine, ntk), net(100, narrow_cosine, 0.5)]}}
+
+
+def transfer_row(name: str, tau: dict[str, Any], **accuracy: Any) -> dict[str, Any]:
+    row = {"name": name, "clean_accuracy": 0.9, "white_box_accuracy": 0.0, "random_accuracy": 0.85,
+           "ntk_attack_accuracy": {"fc2": 0.3}, "transfer_accuracy": {}, "transferability": tau}  # fmt: skip
+    return row | accuracy
+
+
+def tk_transfer(tau: Any, random_tau: Any):
+    standard = transfer_row("mnist-standard epoch 3", {"NTK fc2": tau}, random_transferability=random_tau)
+    pgd = transfer_row("mnist-pgd epoch 3", {"NTK fc2": 0.1}, random_transferability=0.0)
+    return {"mnist-transfer-ntk": {"targets": [standard, pgd]}}
+
+
+def loo_transfer(by_epoch: dict[int, Any]):
+    tau: dict[str, Any] = {"NTK fc2": 0.9, "mnist-standard-linearized-1 epoch 1": 0.9, "mnist-standard-centered-1 "
+                           "epoch 1": 0.9}  # fmt: skip
+    tau |= {f"mnist-standard epoch {epoch}": value for epoch, value in by_epoch.items()}
+    return {"mnist-transfer-epochs": {"targets": [transfer_row("mnist-standard epoch 3", tau)]}}
+
+
+def run(mode: str, *, velocity=(1.0, 1.0, 1.0), ae_velocity=(1.0,), frobenius=(1.0, 1.0), top20=0.5, rank=5.0,
+        specialization=0.5, ks=1.0, test_pgd=0.0) -> dict[str, Any]:  # fmt: skip
+    """One run of a ``dynamics`` record: velocities, kernels by epoch, the last epoch's accuracy."""
+    kernels = [
+        {"clean": {"frobenius_norm": f, "concentration_top20": top20, "effective_rank": rank,
+                   "mean_specialization": specialization},
+         "adversarial": {"mean_specialization": ks}}
+        for f in frobenius
+    ]  # fmt: skip
+    return {"mode": mode, "label": f"mnist-cnn {mode}", "kernels": kernels,
+            "dynamics": {"clean": {"velocity": list(velocity)}, "adversarial": {"velocity": list(ae_velocity)}},
+            "epochs": [{"accuracy": {"running": {"test_clean": 0.9, "test_pgd": test_pgd}}}]}  # fmt: skip
+
+
+def standard_pgd(standard: dict[str, Any], pgd: dict[str, Any]):
+    return {"mnist-dynamics-standard-pgd": {"runs": [run("standard", **standard), run("pgd", **pgd)]}}
+
+
+def methods(pgd_distance=(0.0, 0.1, 0.1, 0.1), **by_mode: dict[str, Any]):
+    """``dynamics`` over the four methods' runs, with PGD-AT's C-NTK distance to the standard run."""
+    distance = [{"label": f"mnist-cnn {mode}", "clean": [0.0] * 4} for mode in METHODS if mode != "pgd"]
+    distance.append({"label": "mnist-cnn pgd", "clean": list(pgd_distance)})
+    runs = [run(mode, **by_mode.get(mode, {})) for mode in METHODS]
+    return {"mnist-dynamics-methods": {"runs": runs, "baseline_distance": {"runs": distance}}}
+
+
+def threefold(first: float, after_decay: float):
+    """The standard run's C-NTK velocity by epoch: ``first``, then 1 (the lazy phase, and the epoch
+    before the decay), ``after_decay`` in the epoch after the smoke schedule's decay, then 1."""
+    settings = next(s for s in RECIPES["rat-fig1-threefold"].steps(CTX) if s.name == "mnist-standard").settings
+    velocity = [first] + [1.0] * (settings.epochs - 1)
+    velocity[settings.milestones[0]] = after_decay
+    return methods(standard={"velocity": velocity})
+
+
+def ae_velocity(standard: float, pgd: float, te: float):
+    return methods(**{m: {"ae_velocity": (v,)} for m, v in (("standard", standard), ("pgd", pgd), ("te", te))})
+
+
+def ks(pairs: dict[str, tuple[float, float]]):
+    """(AE-NTK mean specialization, test PGD accuracy) by method."""
+    return methods(**{mode: {"ks": k, "test_pgd": acc} for mode, (k, acc) in pairs.items()})
+
+
+def spawns(linearized: dict[int, float], centered: dict[int, float]):
+    lines = [{"kind": kind, "points": [{"spawn_epoch": e, "test_clean": acc} for e, acc in points.items()]}
+             for kind, points in (("linearized", linearized), ("centered", centered))]  # fmt: skip
+    return {"mnist-dynamics-spawns": {"spawn_accuracy": {"lines": lines}}}
+
+
+def history(*per_epoch: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A training run's history.json: the accuracies of each epoch, by BatchNorm statistics."""
+    return {"epochs": [{"accuracy": accuracy} for accuracy in per_epoch]}
+
+
+def batchnorm(running: tuple[float, float], batch: tuple[float, float]):
+    def accuracy(clean_pgd: tuple[float, float]) -> dict[str, float]:
+        return {"test_clean": clean_pgd[0], "test_pgd": clean_pgd[1]}
+
+    return {"cifar-pgd-resnet18-bn": history({"running": accuracy(running), "batch": accuracy(batch)})}
+
+
+def switch(share: float, switched_pgd: float, full_pgd: float = 0.4):
+    full = {"test_clean": 0.9, "test_pgd": full_pgd}
+    switched = {"estimated_cost_of_full_at": share, "epochs_clean": 1, "test_clean": 0.9, "pgd": "PGD-5",
+                "test_pgd": switched_pgd}  # fmt: skip
+    return {"mnist-dynamics-switch": {"switch_cost": {"runs": [full, switched]}}}
+
+
+def overfitting(fgsm: tuple[float, ...], noise: tuple[float, ...]):
+    def curve(pgd: tuple[float, ...]) -> dict[str, Any]:
+        return history(*({"running": {"test_pgd": a}} for a in pgd))
+
+    return {"cifar-fgsm": curve(fgsm), "cifar-fgsm-noise": curve(noise)}
+
+
+def evaluate(**pgd20_autoattack: tuple[float, float]):
+    nets = [
+        {"label": f"mnist-{mode} epoch 3", "masking_suspected": False,
+         "accuracy": {"clean": 0.9, "pgd-20": p, "autoattack": a}}
+        for mode, (p, a) in pgd20_autoattack.items()
+    ]  # fmt: skip
+    return {"mnist-evaluate": {"nets": nets}}
+
+
+def matrix(pgd_under_te: float):
+    """Targets under each net's PGD examples: the PGD-AT target at 0.5 or ``pgd_under_te``, standard at 0.3."""
+    names = [f"mnist-{mode} epoch 3" for mode in ("standard", "fgsm", "fgsm-noise", "pgd", "te")]
+    sources = ["NTK fc2", *names]
+    rows = []
+    for name in names:
+        accuracy = {s: 0.0 if s == name else 0.3 if "standard" in name else 0.5 for s in sources}
+        if "pgd" in name:
+            accuracy["mnist-te epoch 3"] = pgd_under_te
+        rows.append({"name": name, "transfer_accuracy": accuracy})
+    return {"mnist-transfer-matrix": {"targets": rows}}
+
+
+# ---------------------------------------------------------------- (recipe, verdict, records[, edit steps])
+
+NAN = "nan"  # how strict JSON (bridge.files.write_json) writes an undefined ρ or τ
+CASES = [
+    ("tk-fig2-features", "agrees", features(rho=-0.8, top=0.5, rest=0.1)),
+    ("tk-fig2-features", "contradicts", features(rho=0.6, top=0.5, rest=0.1)),
+    ("tk-fig2-features", "contradicts", features(rho=-0.8, top=0.1, rest=0.5)),  # the top not more robust
+    ("tk-fig2-features", "inconclusive", features(rho=NAN, top=0.0, rest=0.0)),  # no feature robust: ρ undefined
+    ("tk-suppD3-robust-only", "agrees", features(rows=((0.9, 0.0), (0.3, 0.3), (0.1, 0.1)))),
+    ("tk-suppD3-robust-only", "contradicts", features(rows=((0.9, 0.0), (0.6, 0.25), (0.35, 0.35)))),  # any r counts
+    ("tk-fig4-two-layer", "agrees", two_layer(narrow_cosine=0.3, wide_cosine=0.9, ntk=0.1)),
+    ("tk-fig4-two-layer", "contradicts", two_layer(narrow_cosine=0.9, wide_cosine=0.3, ntk=0.8)),
+    ("tk-fig4-two-layer", "inconclusive", two_layer(narrow_cosine=0.3, wide_cosine=0.9, ntk=0.8)),  # closer, not fooled
+    ("tk-fig4-two-layer", "inconclusive", two_layer(narrow_cosine=0.9, wide_cosine=0.3, ntk=0.1)),  # fooled, not closer
+    ("tk-sec3-transfer", "agrees", tk_transfer(tau=0.9, random_tau=0.1)),
+    ("tk-sec3-transfer", "contradicts", tk_transfer(tau=0.2, random_tau=0.1)),
+    ("tk-sec3-transfer", "inconclusive", tk_transfer(tau=NAN, random_tau=None)),  # own FGSM: no drop
+    ("tk-fig6-kernel-growth", "agrees", standard_pgd({"frobenius": (1, 10), "top20": 0.5},
+                                                     {"frobenius": (1, 2), "top20": 0.9})),
+    ("tk-fig6-kernel-growth", "contradicts", standard_pgd({"frobenius": (1, 2), "top20": 0.5},
+                                                          {"frobenius": (1, 10), "top20": 0.9})),
+    ("tk-fig6-kernel-growth", "inconclusive", standard_pgd({"frobenius": (1, 10), "top20": 0.9},
+                                                           {"frobenius": (1, 2), "top20": 0.5})),
+    ("loo-fig1-kernel-speed", "agrees", standard_pgd({"velocity": (10, 1, 1, 1)}, {"velocity": (10, 2, 1, 1)})),
+    ("loo-fig1-kernel-speed", "contradicts", standard_pgd({"velocity": (10, 1, 1, 1)}, {"velocity": (1, 1, 1, 1)})),
+    ("loo-fig1-rank-specialization", "agrees", standard_pgd({"rank": 5, "specialization": 0.8},
+                                                            {"rank": 9, "specialization": 0.2})),
+    ("loo-fig1-rank-specialization", "contradicts", standard_pgd({"rank": 9, "specialization": 0.2},
+                                                                 {"rank": 5, "specialization": 0.8})),
+    ("loo-fig1-rank-specialization", "inconclusive", standard_pgd({"rank": 5, "specialization": 0.2},
+                                                                  {"rank": 9, "specialization": 0.8})),
+    ("loo-fig2-centered", "agrees", spawns({1: 0.5, 2: 0.8}, {1: 0.52, 2: 0.79})),
+    ("loo-fig2-centered", "contradicts", spawns({1: 0.8, 2: 0.5}, {1: 0.8, 2: 0.5})),
+    ("loo-fig2-centered", "inconclusive", spawns({1: 0.5, 2: 0.8}, {1: 0.3, 2: 0.6})),  # centered 0.2 behind
+    ("loo-fig3-transfer", "agrees", loo_transfer({0: 0.05, 1: 0.6, 2: 0.8, 3: 1.0})),
+    ("loo-fig3-transfer", "contradicts", loo_transfer({0: 0.5, 1: 0.6, 2: 0.8, 3: 1.0})),
+    ("loo-fig3-transfer", "contradicts", loo_transfer({0: 0.05, 1: 0.1, 2: 0.2, 3: 1.0})),  # later epochs no better
+    ("loo-fig3-transfer", "inconclusive", loo_transfer({0: NAN, 1: NAN, 2: NAN, 3: NAN})),  # own PGD: no drop
+    ("loo-fig3-transfer", "inconclusive", loo_transfer({1: 0.6, 2: 0.8, 3: 1.0})),  # no source at initialisation
+    ("rat-fig1-threefold", "agrees", threefold(first=10, after_decay=5)),
+    ("rat-fig1-threefold", "contradicts", threefold(first=1, after_decay=5)),  # no fast first phase
+    ("rat-fig1-threefold", "inconclusive", threefold(first=10, after_decay=0.5)),  # no second phase after the decay
+    ("rat-fig1-threefold", "inconclusive", threefold(first=10, after_decay=1), no_decay),
+    ("rat-fig1-threefold", "contradicts", threefold(first=1, after_decay=1), no_decay),  # nor a fast first phase
+    ("rat-fig1-ae-distance", "agrees", ae_velocity(standard=5, pgd=1, te=2)),
+    ("rat-fig1-ae-distance", "contradicts", ae_velocity(standard=1, pgd=5, te=2)),
+    ("rat-fig1-ae-distance", "inconclusive", ae_velocity(standard=3, pgd=1, te=5)),
+    ("rat-sec3-ks-robustness", "agrees",
+     ks({"standard": (3.0, 0.0), "fgsm": (2.0, 0.1), "pgd": (1.2, 0.4), "te": (1.05, 0.5)})),
+    ("rat-sec3-ks-robustness", "contradicts",
+     ks({"standard": (1.05, 0.0), "fgsm": (1.2, 0.1), "pgd": (2.0, 0.4), "te": (3.0, 0.5)})),
+    ("rat-sec3-ks-robustness", "inconclusive",  # every net equally (not) robust: ties, ρ = 0
+     ks({"standard": (3.0, 0.0), "fgsm": (2.0, 0.0), "pgd": (1.2, 0.0), "te": (1.05, 0.0)})),
+    ("rat-fig5-kernel-distance", "agrees", methods(pgd_distance=(0.0, 0.5, 0.2, 0.4))),
+    ("rat-fig5-kernel-distance", "contradicts", methods(pgd_distance=(0.0, 0.2, 0.2, 0.2))),
+    ("rat-fig5-kernel-distance", "inconclusive", methods(pgd_distance=(0.0, 0.5, 0.3, 0.1))),  # approaches only
+    ("rat-fig2-batchnorm", "agrees", batchnorm(running=(0.8, 0.4), batch=(0.8, 0.2))),
+    ("rat-fig2-batchnorm", "contradicts", batchnorm(running=(0.8, 0.2), batch=(0.8, 0.4))),
+    ("rat-fig2-batchnorm", "contradicts", batchnorm(running=(0.9, 0.4), batch=(0.5, 0.2))),  # the clean gap dominates
+    ("rat-fig2-batchnorm", "inconclusive", batchnorm(running=(0.8, 0.31), batch=(0.8, 0.3))),
+    ("rat-fig6-switch-cost", "agrees", switch(share=0.6, switched_pgd=0.39)),
+    ("rat-fig6-switch-cost", "contradicts", switch(share=0.95, switched_pgd=0.4)),
+    ("rat-fig6-switch-cost", "contradicts", switch(share=0.6, switched_pgd=0.2)),
+    ("rat-fig10-catastrophic-overfitting", "agrees", overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.3, 0.4, 0.38))),
+    ("rat-fig10-catastrophic-overfitting", "contradicts", overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.3, 0.4, 0.02))),
+    ("rat-fig10-catastrophic-overfitting", "inconclusive", overfitting(fgsm=(0.3, 0.4, 0.39), noise=(0.3, 0.4, 0.4))),
+    ("beyond-autoattack", "agrees", evaluate(fgsm=(0.5, 0.1), pgd=(0.40, 0.38), te=(0.4, 0.4))),
+    ("beyond-autoattack", "contradicts", evaluate(fgsm=(0.5, 0.5), pgd=(0.40, 0.10), te=(0.4, 0.4))),
+    ("beyond-autoattack", "inconclusive", evaluate(fgsm=(0.5, 0.1))),  # no PGD-AT net
+    ("beyond-transfer-matrix", "agrees", matrix(pgd_under_te=0.5)),
+    ("beyond-transfer-matrix", "contradicts", matrix(pgd_under_te=0.1)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_check_verdict(case: tuple) -> None:
+    name, expected, records, *edit = case
+    verdict = judge(name, records, *edit)
+    assert verdict.verdict == expected, verdict.measured
+    assert verdict.measured.strip()
+    json.dumps(verdict.numbers)  # plain data: the report writes it to findings.json
+
+
+def test_every_recipe_is_covered() -> None:
+    covered: dict[str, set[str]] = {}
+    for name, verdict, *_ in CASES:
+        assert verdict in VERDICTS
+        covered.setdefault(name, set()).add(verdict)
+    assert set(covered) == set(RECIPES), "a recipe without tests of its check (or a test of no recipe)"
+    for name, verdicts in covered.items():
+        assert {"agrees", "contradicts"} <= verdicts, name
+        if "inconclusive" in RECIPES[name].rule:  # the rule states an inconclusive branch: test it
+            assert "inconclusive" in verdicts, name

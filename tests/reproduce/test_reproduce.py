@@ -1,0 +1,159 @@
+"""``ntkrobust reproduce``: the whole smoke reproduction, its report, resuming, reuse and bad input."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from ntkrobust import cli
+from ntkrobust.reproduce import VERDICTS, all_recipes, select
+from ntkrobust.reproduce._recipe import Context, step_key
+from ntkrobust.reproduce.run import plan
+
+
+def _reproduce(*args: str) -> int:
+    return cli.main(["reproduce", *args, "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reproduce") / "smoke"
+    assert _reproduce("all", "--scale", "smoke", "--out", str(out)) == 0
+    return out
+
+
+def _findings(out: Path) -> dict:
+    return json.loads((out / "findings.json").read_text())
+
+
+def test_every_finding_has_a_verdict(smoke: Path) -> None:
+    report = _findings(smoke)
+    assert [f["recipe"] for f in report["findings"]] == [r.name for r in all_recipes()]
+    for finding in report["findings"]:
+        assert finding["verdict"] in VERDICTS, finding["recipe"]
+        assert finding["measured"] and finding["rule"] and finding["claim"]
+        assert finding["steps"] and all(step["config"]["study"] for step in finding["steps"])
+    assert sum(report["summary"].values()) == len(report["findings"])
+    assert report["reproduction"]["scale"] == "smoke" and report["reproduction"]["versions"]["torch"]
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.sources.append(dict(attrs).get("src") or "")
+
+
+def test_html_report_embeds_every_figure(smoke: Path) -> None:
+    report = _findings(smoke)
+    figures = [fig for f in report["findings"] for fig in f["figures"]]
+    assert figures and all((smoke / fig["path"]).is_file() for fig in figures), "a recipe names a figure not drawn"
+    parser = _Images()
+    parser.feed((smoke / "report.html").read_text(encoding="utf-8"))
+    assert len(parser.sources) == len(figures)
+    assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
+    markdown = (smoke / "report.md").read_text(encoding="utf-8")
+    assert all(f"[{r.name}]" in markdown for r in all_recipes())
+
+
+def test_a_second_reproduction_reuses_every_step(smoke: Path) -> None:
+    assert _reproduce("tk", "--scale", "smoke", "--out", str(smoke)) == 0
+    steps = [step for f in _findings(smoke)["findings"] for step in f["steps"]]
+    assert steps and all(step["reused"] for step in steps)
+
+
+def test_an_interrupted_reproduction_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ntkrobust.studies import dynamics
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(dynamics, "run", interrupted)
+        assert _reproduce("tk-fig6-kernel-growth", "--out", str(out)) == 130
+    assert (out / "steps" / "mnist-standard.json").is_file() and not (out / "findings.json").exists()
+    assert _reproduce("tk-fig6-kernel-growth", "--out", str(out)) == 0
+    steps = {step["name"]: step["reused"] for step in _findings(out)["findings"][0]["steps"]}
+    assert steps == {"mnist-standard": True, "mnist-pgd": True, "mnist-dynamics-standard-pgd": False}
+
+
+def test_a_changed_step_runs_again(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
+    record = out / "steps" / "mnist-features.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "key": "another config"}))
+    assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
+    assert not _findings(out)["findings"][0]["steps"][0]["reused"]
+
+
+def test_the_key_is_the_resolved_config(tmp_path: Path) -> None:
+    import dataclasses
+
+    def keys(root: Path) -> dict[str, str]:
+        ctx = Context("smoke", None, root / "steps")
+        steps, _ = plan(select("tk-fig6-kernel-growth"), ctx)
+        found: dict[str, str] = {}
+        for name, step in steps.items():
+            found[name] = step_key(step, ctx, [found[n] for n in step.needs])
+        return found
+
+    here, there = keys(tmp_path / "a"), keys(tmp_path / "b")
+    assert here == there  # OUT's location is not part of a step's config
+    ctx = Context("smoke", None, tmp_path / "steps")
+    steps, _ = plan(select("tk-fig6-kernel-growth"), ctx)
+    run = steps["mnist-standard"]
+    longer = dataclasses.replace(run, settings=dataclasses.replace(run.settings, epochs=run.settings.epochs + 1))
+    assert step_key(longer, ctx, []) != step_key(run, ctx, [])
+    resumed = dataclasses.replace(run, settings=dataclasses.replace(run.settings, resume=True))
+    assert step_key(resumed, ctx, []) == step_key(run, ctx, [])  # how it runs is not what it measures
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "unknown recipe 'nope'"),
+        (["tk", "--scale", "huge"], "unknown scale 'huge'"),
+        (["tk", "--scale", "cpu"], "--scale cpu needs --data-root DIR holding mnist/t10k-images-idx3-ubyte.gz"),
+        (["rat", "--scale", "cpu", "--data-root", "{empty}"], "reads mnist/t10k-images-idx3-ubyte.gz"),
+        (["tk", "--scale", "cpu", "--data-root", "{missing}"], "is not a folder"),
+        (["tk"], "reproduce needs TARGET and --out"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    args = [a.format(empty=empty, missing=tmp_path / "missing") for a in args]
+    argv = ["reproduce", *args] + ([] if args == ["tk"] else ["--out", str(out)])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_another_reproductions_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "reproduction.json").write_text(json.dumps({"scale": "cpu", "data_root": "/data"}))
+    assert _reproduce("tk", "--out", str(out)) == 2
+    assert "holds a reproduction at scale cpu" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["reproduction.json"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("mine")
+    assert _reproduce("tk", "--out", str(tmp_path / "other")) == 2
+
+
+def test_list_names_every_recipe_with_its_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["reproduce", "--list"]) == 0
+    text = capsys.readouterr().out
+    assert all(recipe.name in text for recipe in all_recipes())
+    assert "all" in text and "GPU" in text
