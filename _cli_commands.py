@@ -167,7 +167,14 @@ def _entk_parser(p: argparse.ArgumentParser) -> None:
         help="BatchNorm with the statistics of the kernel's points (RAT 'w/o buffer') instead of running ones",
     )
     g = p.add_argument_group("kernel")
-    g.add_argument("--n", type=_positive_int, default=100, help="class-balanced points from --split (default 100)")
+    g.add_argument(
+        "--n",
+        "--points",
+        dest="n",
+        type=_positive_int,
+        default=100,
+        help="class-balanced points from --split (default 100; --points under torchrun, whose parser takes --n)",
+    )
     g.add_argument("--split", choices=("train", "test"), default="train", help="where the points come from")
     g.add_argument(
         "--kind",

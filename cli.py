@@ -110,6 +110,8 @@ def run_command(args: argparse.Namespace) -> int:
     module_name, settings_name, _ = COMMANDS[args.command]
     if args.command == "reproduce" and _reproduce_listing(args):
         return 0
+    if _launched():
+        return _run_distributed(args)
     module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
     settings = settings_from(getattr(module, settings_name), args)
     if args.command == "make-npz":
@@ -134,6 +136,47 @@ def run_command(args: argparse.Namespace) -> int:
         result.save(args.out)
     summary = result.summary()
     print(f"{summary}\n-> {args.out}" if "\n" in summary else f"{summary} -> {args.out}")
+    return 0
+
+
+#: the commands that share their work between the processes of a torchrun launch
+DISTRIBUTED_COMMANDS = ("entk",)
+
+
+def _launched() -> bool:
+    """Whether torchrun (or another launcher) started this process as one of several."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    """One process of a torchrun launch: the group is joined, every rank computes its share, and
+    rank 0 alone checks and locks the output, saves and prints."""
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise UsageError(
+            f"{args.command} does not share its work under torchrun yet (only {', '.join(DISTRIBUTED_COMMANDS)}); "
+            "run it as one process"
+        )
+    from ntkrobust.bridge import distributed
+
+    module_name, settings_name, _ = COMMANDS[args.command]
+    module = importlib.import_module(f"ntkrobust.studies.{module_name}")
+    settings = settings_from(getattr(module, settings_name), args)
+    import os
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        check_out_dir(args.out, args.force)
+    distributed.init_from_environment()
+    if not main:
+        module.run(settings, progress=False, argv=args.argv)
+        return 0
+    _show_stages(not args.quiet)
+    with OutputLock(args.out):
+        result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
+        result.save(args.out)
+    print(f"{result.summary()} (world size {distributed.world_size()}) -> {args.out}")
     return 0
 
 

@@ -18,6 +18,9 @@ off-diagonal blocks vanish (the infinite-width limit, Θ ⊗ I_C), largest for a
 share their gradients. The same K signs serve every entry of one kernel (drawn from ``seed``), so
 the estimate is a proper kernel: symmetric and positive semi-definite.
 
+Under torchrun (``bridge.distributed``) the parameter groups are shared out between the processes
+and one all-reduce sums their parts: the same kernel, each process doing 1/N of the passes.
+
 How it is computed. The Jacobian of a large net over all inputs never exists at once. The
 trainable parameters are cut into groups (whole tensors, or slices of a flattened tensor when one
 tensor alone is too big), so that the per-example Jacobian of every input with respect to one
@@ -55,6 +58,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
+from ntkrobust.bridge import distributed
 from ntkrobust.bridge.jacobians import (
     BudgetError,
     DenseLayer,
@@ -293,6 +297,7 @@ def empirical_ntk(
     kernel = torch.zeros(shape + trailing, dtype=torch.float64, device=device)
     passes: list[Group | None] = [None] if engine.dense else []  # None: the dense layers' pass
     passes += groups
+    passes = distributed.share(passes)  # under torchrun each rank sums its share; all-reduced below
     batch = [_sub_batch_size(group or [], engine, activations, outputs, itemsize, memory_budget) for group in passes]
     steps = sum(math.ceil(a.shape[0] / size) + (0 if b is None else math.ceil(b.shape[0] / size)) for size in batch)
     with tqdm(total=steps, desc=f"eNTK ({kind})", unit="chunk", disable=not progress, leave=False) as bar:
@@ -308,6 +313,7 @@ def empirical_ntk(
             j2 = j1 if b is None else _in_sub_batches(functools.partial(engine.jacobian, group), b, size, bar)
             kernel += _contract(kind, j1, j2).to(torch.float64)
             del j1, j2
+    distributed.all_reduce_sum(kernel)
     if kind.name == "trace":
         kernel /= outputs * (num_outputs if estimated else 1)
     return kernel.cpu().numpy()

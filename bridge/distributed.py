@@ -1,0 +1,75 @@
+"""torch.distributed for the torch half: the process group of a ``torchrun`` launch, and the
+one collective the empirical NTK needs.
+
+``torchrun --nproc-per-node N -m ntkrobust entk ...`` starts N processes with ``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR`` / ``MASTER_PORT`` set; ``init_from_environment`` joins them into
+one group (NCCL when the processes have GPUs, gloo on CPUs). The empirical NTK is a sum over
+parameter groups, Θ = Σ_g J_g(X1) J_g(X2)ᵀ, so each rank computes the passes ``share(items)``
+gives it and one ``all_reduce_sum`` assembles the kernel on every rank, equal to the
+single-process kernel up to the order of the float64 sums. Only rank 0 writes files
+(``is_main``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["active", "all_reduce_sum", "init_from_environment", "is_main", "launched", "rank", "share", "world_size"]
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher) as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    """Whether a process group of more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init_from_environment() -> None:
+    """Join the launcher's process group (NCCL with GPUs, gloo otherwise), once."""
+    if not launched() or (dist.is_available() and dist.is_initialized()):
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    """Rank 0, or a single process: the one that writes files and prints."""
+    return rank() == 0
+
+
+def share(items: Sequence[T]) -> list[T]:
+    """This rank's items, round robin: every item on exactly one rank."""
+    return list(items[rank() :: world_size()])
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the ranks, in place, on every rank (a no-op in one process). gloo
+    reduces CPU tensors only, so a CUDA tensor under gloo goes through the host."""
+    if not active():
+        return tensor
+    if tensor.is_cuda and dist.get_backend() == "gloo":
+        host = tensor.cpu()
+        dist.all_reduce(host)
+        tensor.copy_(host)
+    else:
+        dist.all_reduce(tensor)
+    return tensor
