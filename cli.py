@@ -114,12 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
         return _run_distributed(args)
     module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
     settings = settings_from(getattr(module, settings_name), args)
-    if args.command == "make-npz":
-        check_out_file(args.out, args.force, suffix=".npz")
-    elif args.command in ("train", "reproduce"):  # the study checks its folder: it may be resumed
-        check_writable(args.out, "--out")
-    else:
-        check_out_dir(args.out, args.force)
+    _check_output(args)
     _show_stages(not args.quiet)
     with OutputLock(args.out), warnings.catch_warnings():
         warnings.simplefilter("always", StudyWarning)
@@ -139,8 +134,18 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(args: argparse.Namespace) -> None:
+    """The output of the command, checked before any compute."""
+    if args.command == "make-npz":
+        check_out_file(args.out, args.force, suffix=".npz")
+    elif args.command in ("train", "reproduce"):  # the study checks its folder: it may be resumed
+        check_writable(args.out, "--out")
+    else:
+        check_out_dir(args.out, args.force)
+
+
 #: the commands that share their work between the processes of a torchrun launch
-DISTRIBUTED_COMMANDS = ("entk",)
+DISTRIBUTED_COMMANDS = ("entk", "train")
 
 
 def _launched() -> bool:
@@ -167,7 +172,7 @@ def _run_distributed(args: argparse.Namespace) -> int:
 
     main = int(os.environ.get("RANK", "0")) == 0
     if main:
-        check_out_dir(args.out, args.force)
+        _check_output(args)
     distributed.init_from_environment()
     if not main:
         module.run(settings, progress=False, argv=args.argv)

@@ -19,7 +19,17 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["active", "all_reduce_sum", "init_from_environment", "is_main", "launched", "rank", "share", "world_size"]
+__all__ = [
+    "active",
+    "all_reduce_sum",
+    "init_from_environment",
+    "is_main",
+    "launched",
+    "rank",
+    "rows",
+    "share",
+    "world_size",
+]
 
 T = TypeVar("T")
 
@@ -59,6 +69,11 @@ def is_main() -> bool:
 def share(items: Sequence[T]) -> list[T]:
     """This rank's items, round robin: every item on exactly one rank."""
     return list(items[rank() :: world_size()])
+
+
+def rows(n: int) -> slice:
+    """This rank's contiguous share of n rows (sizes differ by at most one; all of them in one process)."""
+    return slice(n * rank() // world_size(), n * (rank() + 1) // world_size())
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

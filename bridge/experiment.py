@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ntkrobust.attacks import AttackSpec
+from ntkrobust.bridge import distributed
 from ntkrobust.bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
 from ntkrobust.bridge.files import first_line, write_atomically, write_json
@@ -227,6 +228,8 @@ class _TrainingRun:
         self.run, self.model_config, self.data, self.train, self.tracking = run, model_config, data, train, tracking
         self.device, self.kernel_network, self.relative_magnitude = device, kernel_network, relative_magnitude
         self.model = model = model.to(device)
+        if distributed.active() and device.type == "cuda":  # BatchNorm over the global batch (NCCL only:
+            self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # gloo's are per process)
         dtype = next(model.parameters()).dtype
         self.x_train = torch.as_tensor(data.x_train, device=device, dtype=dtype)
         self.y_train = torch.as_tensor(task_indices(data.y_train, data.classes), device=device)
@@ -235,6 +238,9 @@ class _TrainingRun:
         chooser = train.seed if tracking.selection_seed is None else tracking.selection_seed
         self.eval_test = torch.as_tensor(_subset(data.y_test, data.classes, tracking.eval_n, chooser, "test"))
         self.optimizer = make_optimizer(model, train)
+        # under torchrun: the DistributedDataParallel wrapper whose backward averages the gradients
+        # of the processes (each takes its share of every mini-batch: bridge.training.train_epoch)
+        self.replica = _replica(model, device) if distributed.active() else None
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / train.batch_size)
         # The AE-NTK needs PGD examples of the probe; the evaluation attacks training points with the
         # same threat and BatchNorm mode anyway. When the kernels are taken after every epoch and the
@@ -434,6 +440,7 @@ class _TrainingRun:
             after_step=self.after_step,
             progress=progress,
             ensemble=self.ensemble,
+            replica=self.replica,
         )
         train_seconds = summary.pop("seconds") - self.step_track_seconds
         scores, evaluate_seconds, probe_examples = self.evaluate()
@@ -504,6 +511,13 @@ def run_training(
     return trainer.history
 
 
+def _replica(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel (its parameters are broadcast from rank 0)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _start(
     run: RunFolder,
     model: nn.Module,
@@ -544,6 +558,6 @@ def _start(
     except (CheckpointError, KeyError, RuntimeError, ValueError) as error:
         raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
     for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
-        if step > state.step:
-            stale.unlink()
+        if step > state.step and distributed.is_main():
+            stale.unlink(missing_ok=True)
     return state

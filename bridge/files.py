@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,12 @@ from typing import Any
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     """``write(temporary)`` fills a temporary file beside ``path``, which is renamed into place
     only if ``write`` succeeds. The file gets the mode of any new file (the umask's), not the
-    private 0600 that ``mkstemp`` gives."""
+    private 0600 that ``mkstemp`` gives. Under torchrun only rank 0 writes (``bridge.distributed``):
+    every process computes the same files, one of them keeps them."""
     path = Path(path)
+    group = sys.modules.get("torch.distributed")  # looked up, not imported: this module stays light
+    if group is not None and group.is_available() and group.is_initialized() and group.get_rank() != 0:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

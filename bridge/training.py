@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from ntkrobust.attacks import fgsm, pgd
 from ntkrobust.attacks.threat import ThreatModel
+from ntkrobust.bridge import distributed
 from ntkrobust.bridge.adversarial import cross_entropy_gradient, input_gradient
 from ntkrobust.bridge.augment import AUGMENTATIONS, augment
 from ntkrobust.bridge.temporal_ensembling import TE_WEIGHT, TemporalEnsemble, te_loss
@@ -197,38 +198,47 @@ def training_inputs(
     config: TrainConfig,
     seed: int,
     te: TERegulariser = (None, 0.0),
+    part: slice | None = None,
 ) -> torch.Tensor:
-    """The inputs the loss of ``mode`` is taken on (x̃; x for standard and TRADES' clean term)."""
+    """The inputs the loss of ``mode`` is taken on (x̃; x for standard and TRADES' clean term).
+
+    ``part``: the rows of the batch this process attacks (distributed training). The random
+    starts are drawn for the whole batch and cut, so every example starts where it would in one
+    process."""
+    part = part or slice(None)
     if mode == "standard":
-        return x
+        return x[part]
     was_training = model.training
     model.eval()
     try:
         gradient = cross_entropy_gradient(model)
+        xs, ys = x[part], y[part]
         if mode == "fgsm":
-            return fgsm(gradient, x, y, eps=config.eps)
+            return fgsm(gradient, xs, ys, eps=config.eps)
+        threat = ThreatModel(norm="linf", eps=config.eps)
         if mode == "fgsm-noise":
-            threat = ThreatModel(norm="linf", eps=config.eps)
-            start = threat.project(_anisotropic_start(x, config.eps, seed), x)
-            return threat.project(fgsm(gradient, start, y, eps=config.eps), x)
+            start = threat.project(_anisotropic_start(x, config.eps, seed), x)[part]
+            return threat.project(fgsm(gradient, start, ys, eps=config.eps), xs)
         if mode in ("pgd", "te"):
             if mode == "te":
                 targets, weight = te
+                targets = None if targets is None else targets[part]
                 gradient = input_gradient(model, lambda logits, labels: te_loss(logits, labels, targets, weight))
-            return pgd(gradient, x, y, eps=config.eps, step=config.pgd_step, steps=config.pgd_steps, seed=seed)
+            start = threat.random_start(x, seed)[part]
+            return pgd(gradient, xs, ys, eps=config.eps, step=config.pgd_step, steps=config.pgd_steps, start=start)
         if mode == "trades":
             with torch.no_grad():
-                clean = F.softmax(model(x), dim=1)
+                clean = F.softmax(model(xs), dim=1)
             generator = torch.Generator().manual_seed(seed)
             start = x + 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             return pgd(
                 _kl_gradient(model),
-                x,
+                xs,
                 clean,
                 eps=config.eps,
                 step=config.pgd_step,
                 steps=config.pgd_steps,
-                start=start,
+                start=start[part],
             )
         raise ValueError(f"unknown training mode {mode!r}")
     finally:
@@ -243,20 +253,35 @@ def training_loss(
     config: TrainConfig,
     seed: int,
     te: TERegulariser = (None, 0.0),
+    *,
+    part: slice | None = None,
+    replicas: int = 1,
+    forward: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss of ``mode`` on the batch, logits on the inputs it was taken on); ``model``
-    should be in train mode. ``te``: TE's targets and weight for this batch."""
-    inputs = training_inputs(model, x, y, mode, config, seed, te).detach()
+    should be in train mode. ``te``: TE's targets and weight for this batch.
+
+    Distributed training: this process takes the rows ``part`` of the batch through ``forward``
+    (the DistributedDataParallel wrapper of ``model``, which averages the gradients of the
+    ``replicas`` processes), so its loss is its rows' sum × replicas / batch: the average over
+    the processes is the batch's mean loss, exactly as in one process."""
+    inputs = training_inputs(model, x, y, mode, config, seed, te, part).detach()
+    forward = forward or model
+    part = part or slice(None)
+    ys, scale = y[part], replicas / y.shape[0]
     if mode == "te":
-        logits = model(inputs)
-        return te_loss(logits, y, *te) / y.shape[0], logits
+        targets, weight = te
+        logits = forward(inputs)
+        return te_loss(logits, ys, None if targets is None else targets[part], weight) * scale, logits
     if mode != "trades":
-        logits = model(inputs)
-        return F.cross_entropy(logits, y), logits
-    logits_clean = model(x)
-    logits_adversarial = model(inputs)
-    robust = F.kl_div(F.log_softmax(logits_adversarial, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
-    return F.cross_entropy(logits_clean, y) + config.trades_beta * robust, logits_adversarial
+        logits = forward(inputs)
+        return F.cross_entropy(logits, ys, reduction="sum") * scale, logits
+    logits_clean = forward(x[part])
+    logits_adversarial = forward(inputs)
+    robust = F.kl_div(F.log_softmax(logits_adversarial, dim=1), F.softmax(logits_clean, dim=1), reduction="sum")
+    return (
+        F.cross_entropy(logits_clean, ys, reduction="sum") + config.trades_beta * robust
+    ) * scale, logits_adversarial
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -292,8 +317,14 @@ def train_epoch(
     after_step: Callable[[int], None] | None = None,
     progress: bool = False,
     ensemble: TemporalEnsemble | None = None,
+    replica: nn.Module | None = None,
 ) -> dict[str, Any]:
     """One epoch (1-based ``epoch``) of mini-batch SGD in the epoch's mode over (x, y).
+
+    Under torchrun, ``replica`` is the DistributedDataParallel wrapper of ``model``: every process
+    draws the same shuffle, augmentation and random starts for the whole mini-batch and takes its
+    contiguous share of the rows (``bridge.distributed.rows``), and the gradients are averaged, so
+    the updates are those of one process with the same global batch.
 
     ``first_step`` is the global step count before this epoch; ``after_step(step)`` is called
     after every update with the new global step (for tracking every k steps); ``ensemble``
@@ -307,6 +338,7 @@ def train_epoch(
     order = torch.as_tensor(epoch_order(x.shape[0], config.seed, epoch), device=x.device)
     batches = math.ceil(x.shape[0] / config.batch_size)
     model.train()
+    replicas = distributed.world_size()
     total_loss, correct, seen, step = 0.0, 0, 0, first_step
     eps = config.eps
     start = time.perf_counter()
@@ -319,20 +351,26 @@ def train_epoch(
         eps = config.eps_at(epoch, b, batches) if mode != "standard" else config.eps
         seed = derived_seed(config.seed, 2, step)
         te = _te_regulariser(model, xb, index, ensemble, epoch) if mode == "te" else (None, 0.0)
-        loss, logits = training_loss(model, xb, yb, mode, config.at_eps(eps), seed, te)
+        part = distributed.rows(yb.shape[0])
+        loss, logits = training_loss(
+            model, xb, yb, mode, config.at_eps(eps), seed, te, part=part, replicas=replicas, forward=replica
+        )
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss.item()} at step {step + 1} (epoch {epoch})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
-        total_loss += loss.item() * yb.shape[0]
-        correct += int((logits.argmax(1) == yb).sum())
+        total_loss += loss.item() * yb.shape[0] / replicas  # this process's share of the batch's loss sum
+        correct += int((logits.argmax(1) == yb[part]).sum())
         seen += yb.shape[0]
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         if after_step is not None:
             after_step(step)
             model.train()
+    if replicas > 1:  # the epoch's sums over every process's rows
+        sums = distributed.all_reduce_sum(torch.tensor([total_loss, float(correct)], dtype=torch.float64))
+        total_loss, correct = float(sums[0]), int(sums[1])
     return {
         "mode": mode,
         "train_loss": total_loss / max(seen, 1),

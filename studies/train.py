@@ -333,6 +333,10 @@ def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | No
 
     if settings.seeds:
         return _run_seeds(settings, progress, argv)
+    from ntkrobust.bridge import distributed
+
+    if not distributed.is_main():  # under torchrun rank 0 checks, locks and writes the folder
+        return _train(settings, progress=False, argv=argv)
     _check_folder(settings)
     with OutputLock(settings.out):
         if settings.resume:  # a kill during an atomic write leaves its hidden temporary behind
@@ -439,6 +443,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
     _check_augmentation(settings, data.image_shape)
 
     from ntkrobust.bridge.data import DataError
+    from ntkrobust.bridge.distributed import is_main
     from ntkrobust.bridge.experiment import RunFolderError, run_training
     from ntkrobust.bridge.models import parameter_count
     from ntkrobust.bridge.runfolder import RunFolder
@@ -461,7 +466,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         "tracking": tracking.to_dict(),
         "device": str(device),
     }
-    if settings.force and not settings.resume:  # start over: a previous run's files must not mix with this one's
+    if settings.force and not settings.resume and is_main():  # start over: no previous run's files mixed in
         RunFolder(settings.out).clear()
     try:
         history = run_training(

@@ -43,6 +43,15 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+def _torchrun(processes: int) -> list[str]:
+    """``torchrun --nproc-per-node N -m ntkrobust`` of this interpreter, on a free port."""
+    import sys
+
+    port = str(_free_port())
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "--master-port", port,
+            "-m", "ntkrobust"]  # fmt: skip
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -76,21 +85,11 @@ def test_entk_under_torchrun_writes_the_single_process_kernel_once(tmp_path: Pat
     """``torchrun --nproc-per-node 2 -m ntkrobust entk``: rank 0 alone writes, the kernel is the
     one-process kernel (float64, 1e-10)."""
     import subprocess
-    import sys
 
     flags = ["entk", "--data", "digits", "--model", "mnist-cnn", "--width", "4", "--points", "12", "--kind", "full"]
     flags += ["--dtype", "float64", "--memory-budget", "6", "--quiet"]
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(_free_port()),
-    ]
     done = subprocess.run(
-        [*launcher, "-m", "ntkrobust", *flags, "--out", str(tmp_path / "two")],
+        [*_torchrun(2), *flags, "--out", str(tmp_path / "two")],
         capture_output=True,
         text=True,
         timeout=240,
@@ -111,5 +110,109 @@ def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["attack", "--out", str(tmp_path / "out")]) == 2
-    assert "attack does not share its work under torchrun yet (only entk)" in capsys.readouterr().err
+    assert "attack does not share its work under torchrun yet (only entk, train)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# -- distributed training -------------------------------------------------------------------------
+
+MODES = ("standard", "pgd", "fgsm-noise", "trades", "te")
+
+
+def _training(mode: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, object]:
+    from ntkrobust.bridge.data import load_dataset, task_indices
+    from ntkrobust.bridge.training import TrainConfig
+
+    data = load_dataset("digits", n_train=90, n_test=30, seed=0)
+    x = torch.as_tensor(data.x_train, dtype=torch.float64)
+    y = torch.as_tensor(task_indices(data.y_train, data.classes))
+    model = build_model(model_config("mnist-cnn", data.image_shape, 10, width=4, seed=2)).double()
+    ramp = {"te_start": 1, "te_end": 2} if mode == "te" else {}
+    config = TrainConfig(
+        mode=mode, epochs=2, lr=0.1, batch_size=32, eps=0.1, pgd_step=0.05, pgd_steps=3, seed=4, **ramp
+    )
+    return model, x, y, config  # 90 points in batches of 32: the last batch (26) splits 13 / 13
+
+
+def _train_two_epochs(mode: str, replicate: bool) -> tuple[dict[str, np.ndarray], list[float]]:
+    from ntkrobust.bridge.training import make_optimizer, train_epoch
+
+    model, x, y, config = _training(mode)
+    optimizer = make_optimizer(model, config)
+    replica = None
+    if replicate:
+        from torch.nn.parallel import DistributedDataParallel
+
+        replica = DistributedDataParallel(model)
+    ensemble = None
+    if mode == "te":  # its regulariser from the first epoch on, ramped to its weight by the second
+        from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
+
+        ensemble = TemporalEnsemble.empty(x.shape[0], 10, 1, 2, maximum=30.0)
+    losses = [
+        train_epoch(model, optimizer, x, y, config, epoch, replica=replica, ensemble=ensemble)["train_loss"]
+        for epoch in (1, 2)
+    ]
+    return {name: p.detach().numpy().copy() for name, p in model.named_parameters()}, losses
+
+
+def _training_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
+    distributed.init_from_environment()
+    try:
+        for mode in MODES:
+            weights, losses = _train_two_epochs(mode, replicate=True)
+            np.savez(Path(out) / f"{mode}-rank{rank}.npz", losses=np.array(losses), **weights)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_train_to_the_weights_of_one(tmp_path: Path) -> None:
+    """2 gloo processes, each with its share of every mini-batch (random starts drawn for the whole
+    batch), reach the weights and losses of one process with the same global batch: float64, 1e-10."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_training_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for mode in MODES:
+        weights, losses = _train_two_epochs(mode, replicate=False)
+        for rank in (0, 1):
+            with np.load(tmp_path / f"{mode}-rank{rank}.npz") as found:
+                np.testing.assert_allclose(found["losses"], losses, rtol=1e-10, err_msg=f"{mode} losses")
+                for name, value in weights.items():
+                    np.testing.assert_allclose(found[name], value, rtol=1e-10, atol=1e-12, err_msg=f"{mode} {name}")
+
+
+def test_train_under_torchrun_and_resumed_in_one_process(tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m ntkrobust train`` writes one run (rank 0) with the history
+    of a one-process run (float32: 1e-5); resumed on one process it continues to the same weights."""
+    import json
+    import subprocess
+
+    from ntkrobust import cli
+
+    flags = ["train", "--data", "digits", "--n-train", "100", "--n-test", "60", "--mode", "pgd", "--eps", "0.1"]
+    flags += ["--pgd-steps", "3", "--pgd-step", "0.05", "--width", "8", "--batch-size", "30", "--lr", "0.05"]
+    flags += ["--track-kernel", "10", "--eval-n", "30", "--full-eval-steps", "0", "--quiet"]
+    two = tmp_path / "two"
+    done = subprocess.run(
+        [*_torchrun(2), *flags, "--epochs", "1", "--out", str(two)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("(world size 2)") == 1
+    assert cli.main([*flags, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
+
+    def history(folder: Path) -> dict:
+        return json.loads((folder / "history.json").read_text())
+
+    a, b = history(two)["epochs"][-1], history(tmp_path / "one")["epochs"][-1]
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert a["accuracy"] == b["accuracy"]
+    assert cli.main([*flags, "--epochs", "2", "--resume", "--out", str(two)]) == 0
+    assert cli.main([*flags, "--epochs", "2", "--out", str(tmp_path / "one2")]) == 0
+    first = torch.load(two / "checkpoints" / "epoch_002.pt", weights_only=True)["state_dict"]
+    second = torch.load(tmp_path / "one2" / "checkpoints" / "epoch_002.pt", weights_only=True)["state_dict"]
+    for name, value in second.items():
+        torch.testing.assert_close(first[name], value, rtol=1e-4, atol=1e-5)

@@ -125,8 +125,8 @@ def test_the_warm_up_attack_stays_in_its_smaller_ball(digits):
     seen = []
     real = training_inputs
 
-    def spy(model, x, y, mode, config, seed, te):
-        x_adv = real(model, x, y, mode, config, seed, te)
+    def spy(model, x, y, mode, config, seed, te, part=None):
+        x_adv = real(model, x, y, mode, config, seed, te, part)
         seen.append((config.eps, float((x_adv - x).abs().max())))
         return x_adv
 
