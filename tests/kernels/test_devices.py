@@ -1,0 +1,69 @@
+"""The analytic half on several JAX devices gives the one-device results.
+
+Run in subprocesses: the host device count is fixed when JAX starts
+(``XLA_FLAGS=--xla_force_host_platform_device_count=2``). Gram matrices go through ``nt.batch``
+over every device; a kernel machine's logits, loss gradients and output Jacobians split the test
+points over the devices (``kernels.machine``), so NTK attacks and feature scores do too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_SCRIPT = r"""
+import sys
+import numpy as np
+import jax
+from sklearn.datasets import load_digits
+
+from ntkrobust.attacks import AttackSpec
+from ntkrobust.attacks.threat import ThreatModel
+from ntkrobust.kernels import craft_adversarial, feature_scores, fit_kernel_machine, get_architecture
+from ntkrobust.kernels.gram import compute_gram
+
+digits = load_digits()
+x = (digits.images[:, None] / 16.0).astype(np.float64)
+y = digits.target
+x_train, y_train, x_test, y_test = x[:150], y[:150], x[150:213], y[150:213]  # 63 test points: odd
+arch = get_architecture("fc2")
+machine = fit_kernel_machine(arch, x_train, y_train, classes=tuple(range(10)))
+pgd = AttackSpec("pgd", 0.1, "linf", 0.025, 5, random_start=True, seed=3)
+scores = feature_scores(machine, x_test, y_test, ThreatModel(norm="linf", eps=0.1), n_features=12)
+from ntkrobust.kernels.machine import _test_sharding
+
+np.savez(
+    sys.argv[1],
+    devices=jax.local_device_count(),
+    sharded=_test_sharding((jax.numpy.zeros((4, 3)),)) is not None,
+    gram=np.asarray(compute_gram(arch, x_train[:40], x_test[:30])),
+    logits=np.asarray(machine.logits(x_test)),
+    gradient=np.asarray(machine.loss_gradient(x_test, machine.target_index(y_test))),
+    pgd=craft_adversarial(machine, x_test, y_test, pgd),
+    usefulness=scores.usefulness,
+    robustness=scores.robustness,
+)
+"""
+
+
+def _run(devices: int, out: Path) -> dict[str, np.ndarray]:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env |= {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as found:
+        return dict(found)
+
+
+def test_two_devices_give_the_one_device_results(tmp_path: Path) -> None:
+    one, two = _run(1, tmp_path / "one.npz"), _run(2, tmp_path / "two.npz")
+    assert int(one.pop("devices")) == 1 and int(two.pop("devices")) == 2
+    assert not one.pop("sharded") and two.pop("sharded")  # the test points really were split
+    for name, value in one.items():
+        np.testing.assert_allclose(two[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
