@@ -29,6 +29,7 @@ __all__ = [
     "StudyWarning",
     "check_out_dir",
     "envelope",
+    "peak_gpu_memory",
     "versions",
     "warn",
 ]
@@ -44,6 +45,17 @@ def warn(notes: list[str], *texts: str | None) -> None:
         if text:
             notes.append(text)
             warnings.warn(text, StudyWarning, stacklevel=2)
+
+
+def peak_gpu_memory() -> float | None:
+    """MiB of GPU memory torch held at its peak in this process (None without CUDA in use); looked
+    up, not imported, so the analytic half's records stay torch-free."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return float(torch.cuda.max_memory_allocated()) / 2**20
 
 
 def versions() -> dict[str, str]:
@@ -104,6 +116,9 @@ def envelope(
         record["warnings"] = list(warnings)
     if seconds is not None:
         record["seconds"] = seconds
+    peak = peak_gpu_memory()
+    if peak is not None:
+        record["peak_gpu_memory_mib"] = peak
     record |= {"versions": versions(), "argv": None if argv is None else list(argv)}
     return record
 

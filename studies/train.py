@@ -14,7 +14,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ntkrobust.studies._base import StudyError, StudyResult, check_out_dir, envelope, log, versions, warn
+from ntkrobust.studies._base import (
+    StudyError,
+    StudyResult,
+    check_out_dir,
+    envelope,
+    log,
+    peak_gpu_memory,
+    versions,
+    warn,
+)
 from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
 from ntkrobust.studies._output import OutputLock
 
@@ -489,8 +498,12 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         raise StudyError(str(err)) from None
     if settings.final_eval == "autoattack":
         history["final_evaluation"] = _final_evaluation(settings, net["model"], data, threat.eps, device)
+    peak = peak_gpu_memory()
+    if peak is not None or settings.final_eval == "autoattack":
         from ntkrobust.bridge.files import write_json
 
+        if peak is not None:
+            history["peak_gpu_memory_mib"] = peak
         write_json(RunFolder(settings.out).history, history)
     return TrainResult(history, out=settings.out, label=label, results_file="history.json")
 

@@ -141,3 +141,17 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_compute(tmp_path):
     with pytest.raises(StudyError, match=r"--cache-dir .* exists and is not a folder"):
         MachineSettings(cache_dir=tmp_path / "cache").check(["fc2"])
     MachineSettings(cache_dir=tmp_path / "cache", cache=False).check(["fc2"])  # not used: not checked
+
+
+def test_records_carry_the_peak_gpu_memory_when_cuda_was_used(monkeypatch):
+    """``peak_gpu_memory_mib`` joins a record when torch used CUDA, and only then."""
+    import sys
+    import types
+
+    from ntkrobust.studies._base import envelope
+
+    assert "peak_gpu_memory_mib" not in envelope("x", {}, {}, seconds=None, argv=None)  # no GPU here
+    cuda = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
+                                 max_memory_allocated=lambda: 3 * 2**20)  # fmt: skip
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    assert envelope("x", {}, {}, seconds=None, argv=None)["peak_gpu_memory_mib"] == 3.0
