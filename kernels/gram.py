@@ -1,6 +1,8 @@
 """Gram matrices Θ(X1, X2) of an architecture's NTK: batched, float64, cached on disk.
 
-Batching goes through ``nt.batch`` (which also spreads work over every local device), one row
+A matrix whose intermediates fit the memory budget on one device is one jitted call of the
+architecture's kernel on both input sets (no blocks, no padding). Larger ones, and any on several
+devices, go through ``nt.batch`` (which also spreads work over every local device), one row
 block at a time so that a progress bar can follow a long computation. ``nt.batch`` needs both
 sizes to be multiples of its batch size, so inputs are padded with copies of their last row
 and the padding is cut away afterwards.
@@ -96,6 +98,17 @@ def _pad_rows(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
     return jnp.concatenate([x, jnp.repeat(x[-1:], short, axis=0)], axis=0)
 
 
+_WHOLE: dict[int, tuple[Architecture, Any]] = {}
+
+
+def _whole_gram(arch: Architecture) -> Any:
+    """``arch``'s kernel on two whole input sets as one jitted program, one per architecture
+    object (kept with it, so its id stays its own)."""
+    if id(arch) not in _WHOLE or _WHOLE[id(arch)][0] is not arch:
+        _WHOLE[id(arch)] = (arch, jax.jit(lambda u, v: arch.kernel_fn(u, v, "ntk")))
+    return _WHOLE[id(arch)][1]
+
+
 @float64
 def compute_gram(
     arch: Architecture,
@@ -113,6 +126,10 @@ def compute_gram(
     b = arch.to_layout(jnp.asarray(x2_, dtype=jnp.float64))
     n1, n2 = a.shape[0], b.shape[0]
     devices = jax.local_device_count()
+    if devices == 1 and n1 * n2 <= entries_within_budget(arch, tuple(x1.shape), memory_budget):
+        # the whole matrix within the budget: one jitted program, no padding, no blocks (issue 20)
+        out = np.asarray(_whole_gram(arch)(a, b), dtype=np.float64)
+        return 0.5 * (out + out.T) if symmetric else out
     side = min(block_size(arch, tuple(x1.shape), memory_budget=memory_budget), max(n1, n2))
     batched = nt.batch(arch.kernel_fn, batch_size=side, device_count=-1, store_on_device=True)
     rows_per_call = side * devices

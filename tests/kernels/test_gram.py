@@ -32,6 +32,8 @@ def test_batched_padded_gram_equals_one_unbatched_call(name, images, jax_strict)
     )
     assert chunked.shape == (23, 17) and chunked.dtype == np.float64
     np.testing.assert_allclose(chunked, whole, rtol=1e-12)
+    in_budget = compute_gram(arch, x1, x2)  # within the default budget: one jitted call, no blocks
+    np.testing.assert_allclose(in_budget, whole, rtol=1e-12)
 
 
 def test_symmetric_gram_is_exactly_symmetric_and_psd(images):
