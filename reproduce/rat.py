@@ -60,8 +60,9 @@ def _threefold_check(results: Results) -> Verdict:
     numbers |= {"before_decay": before, "after_decay": after}
     text += f"; {before:.3g} in the epoch before the decay (after epoch {m}), {after:.3g} in the epoch after it"
     moves_again = after > before
-    verdict = "agrees" if fast_then_lazy and moves_again else "contradicts" if not fast_then_lazy else "inconclusive"
-    return Verdict(verdict, text + ("" if moves_again else " (no second kernel-learning phase)"), numbers)
+    verdict = "agrees" if fast_then_lazy and moves_again else "contradicts"
+    why = "" if moves_again else " (the decay slowed the kernel: no second kernel-learning phase)"
+    return Verdict(verdict, text + why + ("" if fast_then_lazy else " (no fast first phase)"), numbers)
 
 
 def _ae_distance_check(results: Results) -> Verdict:
@@ -198,8 +199,8 @@ RECIPES = (
         "The kernel evolves in three phases: fast kernel learning, a lazy phase where it barely moves, and a second "
         "change after the learning-rate decay.",
         "agrees if the standard run's first-epoch C-NTK velocity exceeds 3× the lazy phase's median and the epoch "
-        "after the decay moves more than the one before; contradicts if there is no fast first phase; else "
-        "inconclusive",
+        "after the decay moves more than the one before; contradicts if either fails; inconclusive if the schedule "
+        "has no decay and the first phase is fast",
         _methods_dynamics, _threefold_check,
         figures=lambda ctx: _dynamics_figures(ctx, ("velocity_distance.png", "kernel velocity, all methods")),
         paper_number="qualitative (KD near 0 between epochs 10 and 100, sharp change after the decay at 100)",

@@ -228,7 +228,7 @@ CASES = [
     ("loo-fig3-transfer", "inconclusive", loo_transfer({1: 0.6, 2: 0.8, 3: 1.0})),  # no source at initialisation
     ("rat-fig1-threefold", "agrees", threefold(first=10, after_decay=5)),
     ("rat-fig1-threefold", "contradicts", threefold(first=1, after_decay=5)),  # no fast first phase
-    ("rat-fig1-threefold", "inconclusive", threefold(first=10, after_decay=0.5)),  # no second phase after the decay
+    ("rat-fig1-threefold", "contradicts", threefold(first=10, after_decay=0.5)),  # no second phase after the decay
     ("rat-fig1-threefold", "inconclusive", threefold(first=10, after_decay=1), no_decay),
     ("rat-fig1-threefold", "contradicts", threefold(first=1, after_decay=1), no_decay),  # nor a fast first phase
     ("rat-fig1-ae-distance", "agrees", ae_velocity(standard=5, pgd=1, te=2)),
