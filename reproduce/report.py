@@ -154,7 +154,10 @@ def _meta_line(report: Mapping[str, Any]) -> str:
         f"machine: {hardware}",
         f"versions: {versions}" if versions else None,
         f"data: {rep['data_root']}" if rep.get("data_root") else None,
-        f"total time {_duration(seconds)}",
+        f"this invocation {_duration(seconds)}",
+        f"the steps' own time {_duration(rep['steps_seconds'])} (reused steps: when they ran)"
+        if rep.get("steps_seconds") is not None
+        else None,
     ]
     return " · ".join(x for x in items if x)
 

@@ -226,6 +226,7 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
             "created": started.isoformat(timespec="seconds"),
             "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": machine(), "versions": versions(), "seconds": time.perf_counter() - clock,
+            "steps_seconds": sum(run.seconds for run in runs.values()),
             "argv": argv,
         },
         "findings": findings,
