@@ -145,7 +145,7 @@ def _check_output(args: argparse.Namespace) -> None:
 
 
 #: the commands that share their work between the processes of a torchrun launch
-DISTRIBUTED_COMMANDS = ("entk", "train")
+DISTRIBUTED_COMMANDS = ("entk", "train", "transfer", "dynamics")
 
 
 def _launched() -> bool:

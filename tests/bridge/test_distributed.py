@@ -110,7 +110,8 @@ def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["attack", "--out", str(tmp_path / "out")]) == 2
-    assert "attack does not share its work under torchrun yet (only entk, train)" in capsys.readouterr().err
+    message = "attack does not share its work under torchrun yet (only entk, train, transfer, dynamics)"
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -216,3 +217,48 @@ def test_train_under_torchrun_and_resumed_in_one_process(tmp_path: Path) -> None
     second = torch.load(tmp_path / "one2" / "checkpoints" / "epoch_002.pt", weights_only=True)["state_dict"]
     for name, value in second.items():
         torch.testing.assert_close(first[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_surrogate_and_eigenvectors_under_torchrun_equal_one_process(tmp_path: Path) -> None:
+    """The eNTK surrogate of ``transfer`` and the eigenvector pictures of ``dynamics`` take their
+    kernels through the shared ``empirical_ntk``: under torchrun (2 processes) the surrogate's
+    examples and the eigenvalues are those of one process."""
+    import json
+    import subprocess
+
+    from ntkrobust import cli
+
+    run = tmp_path / "run"
+    train = ["train", "--data", "digits", "--n-train", "200", "--n-test", "100", "--model", "mnist-cnn"]
+    train += ["--width", "8", "--epochs", "1", "--track-kernel", "20", "--eval-n", "50", "--full-eval-steps", "0"]
+    assert cli.main([*train, "--quiet", "--out", str(run)]) == 0
+    transfer = ["transfer", "--data", "digits", "--n-train", "200", "--n-test", "100", "--kernel-arch", "fc2"]
+    transfer += [
+        "--surrogate",
+        "mnist-cnn:8",
+        "--surrogate-n",
+        "60",
+        "--target",
+        str(run / "checkpoints" / "epoch_001.pt"),
+    ]
+    dynamics = ["dynamics", str(run), "--eigenvectors", "1", "--eigenvector-steps", "20"]
+    for flags, name in ((transfer, "transfer"), (dynamics, "dynamics")):
+        done = subprocess.run(
+            [*_torchrun(2), *flags, "--quiet", "--out", str(tmp_path / f"{name}-2")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert cli.main([*flags, "--quiet", "--out", str(tmp_path / f"{name}-1")]) == 0
+    with (
+        np.load(tmp_path / "transfer-2" / "examples.npz") as two,
+        np.load(tmp_path / "transfer-1" / "examples.npz") as one,
+    ):
+        np.testing.assert_array_equal(two["entk_mnist_cnn_8"], one["entk_mnist_cnn_8"])
+
+    def eigenvalues(folder: Path) -> list[list[float]]:
+        found = json.loads((folder / "results.json").read_text())["eigenvectors"]
+        return [entry["eigenvalues"] for entry in found.values()]
+
+    np.testing.assert_allclose(eigenvalues(tmp_path / "dynamics-2"), eigenvalues(tmp_path / "dynamics-1"), rtol=1e-5)
