@@ -106,15 +106,23 @@ def settings_from(cls: type, args: argparse.Namespace) -> Any:
 
 def run_command(args: argparse.Namespace) -> int:
     """Settings from ``args``, the output checked and locked, the study run, its result saved and
-    summarised."""
+    summarised. Under torchrun every process joins the group and runs the study (which shares its
+    kernels); rank 0 alone checks and locks the output, saves and prints."""
     module_name, settings_name, _ = COMMANDS[args.command]
     if args.command == "reproduce" and _reproduce_listing(args):
         return 0
-    if _launched():
-        return _run_distributed(args)
+    rank = _launch_rank(args.command)
     module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
     settings = settings_from(getattr(module, settings_name), args)
-    _check_output(args)
+    if not rank:  # one process, or rank 0 of several
+        _check_output(args)
+    if rank is not None:
+        from ntkrobust.bridge import distributed
+
+        distributed.init_from_environment()
+        if rank != 0:
+            module.run(settings, progress=False, argv=args.argv)
+            return 0
     _show_stages(not args.quiet)
     with OutputLock(args.out), warnings.catch_warnings():
         warnings.simplefilter("always", StudyWarning)
@@ -129,7 +137,7 @@ def run_command(args: argparse.Namespace) -> int:
         warnings.showwarning = say
         result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
         result.save(args.out)
-    summary = result.summary()
+    summary = result.summary() + ("" if rank is None else f" (world size {distributed.world_size()})")
     print(f"{summary}\n-> {args.out}" if "\n" in summary else f"{summary} -> {args.out}")
     return 0
 
@@ -148,41 +156,19 @@ def _check_output(args: argparse.Namespace) -> None:
 DISTRIBUTED_COMMANDS = ("entk", "train", "transfer", "dynamics")
 
 
-def _launched() -> bool:
-    """Whether torchrun (or another launcher) started this process as one of several."""
+def _launch_rank(command: str) -> int | None:
+    """This process's rank when torchrun (or another launcher) started it as one of several
+    (None otherwise); a command that does not share its work is refused there."""
     import os
 
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def _run_distributed(args: argparse.Namespace) -> int:
-    """One process of a torchrun launch: the group is joined, every rank computes its share, and
-    rank 0 alone checks and locks the output, saves and prints."""
-    if args.command not in DISTRIBUTED_COMMANDS:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if command not in DISTRIBUTED_COMMANDS:
         raise UsageError(
-            f"{args.command} does not share its work under torchrun yet (only {', '.join(DISTRIBUTED_COMMANDS)}); "
+            f"{command} does not share its work under torchrun yet (only {', '.join(DISTRIBUTED_COMMANDS)}); "
             "run it as one process"
         )
-    from ntkrobust.bridge import distributed
-
-    module_name, settings_name, _ = COMMANDS[args.command]
-    module = importlib.import_module(f"ntkrobust.studies.{module_name}")
-    settings = settings_from(getattr(module, settings_name), args)
-    import os
-
-    main = int(os.environ.get("RANK", "0")) == 0
-    if main:
-        _check_output(args)
-    distributed.init_from_environment()
-    if not main:
-        module.run(settings, progress=False, argv=args.argv)
-        return 0
-    _show_stages(not args.quiet)
-    with OutputLock(args.out):
-        result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
-        result.save(args.out)
-    print(f"{result.summary()} (world size {distributed.world_size()}) -> {args.out}")
-    return 0
+    return int(os.environ.get("RANK", "0"))
 
 
 def _reproduce_listing(args: argparse.Namespace) -> bool:

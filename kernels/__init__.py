@@ -39,7 +39,6 @@ _PUBLIC = {
     "loss_gradient_weights": "ntkrobust.kernels.features",
     "projection_machine": "ntkrobust.kernels.features",
     "robustness_ranking": "ntkrobust.kernels.features",
-    "spearman_correlation": "ntkrobust.kernels.features",
     "RobustOnlyResult": "ntkrobust.kernels.robust_only",
     "robust_only_kernels": "ntkrobust.kernels.robust_only",
     "aligned_times": "ntkrobust.kernels.alignment",
@@ -68,6 +67,7 @@ _PUBLIC = {
     "specialization_matrix": "ntkrobust.kernels.metrics",
     "mean_specialization": "ntkrobust.kernels.metrics",
     "kernel_metrics": "ntkrobust.kernels.metrics",
+    "spearman_correlation": "ntkrobust.kernels.metrics",
 }
 
 if TYPE_CHECKING:  # the names as type checkers and editors see them; at run time they load lazily
@@ -84,7 +84,6 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them; at run tim
         loss_gradient_weights,
         projection_machine,
         robustness_ranking,
-        spearman_correlation,
     )
     from ntkrobust.kernels.gram import compute_gram, default_cache_dir, gram_cache_path, gram_matrix
     from ntkrobust.kernels.machine import (
@@ -116,6 +115,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them; at run tim
         mean_specialization,
         one_hot,
         polar_coordinates,
+        spearman_correlation,
         specialization_matrix,
         top_eigenspace,
         trace_kernel,

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
 from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index, spectral_filter
+from ntkrobust.kernels.metrics import spearman_correlation
 
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 
@@ -252,27 +253,6 @@ def _pair_loss_gradient(proj: KernelMachine, c: np.ndarray, cols: np.ndarray):  
         return g * weight.reshape(-1, *([1] * (x_.ndim - 1))).astype(x_.dtype)
 
     return loss_gradient
-
-
-def spearman_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ: Pearson correlation of the ranks (ties share their mean rank); nan if constant."""
-    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denominator = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
-    return float(np.sum(ra * rb) / denominator) if denominator > 0 else float("nan")
-
-
-def _ranks(v: np.ndarray) -> np.ndarray:
-    order = np.argsort(v, kind="stable")
-    sorted_v = v[order]
-    first = np.r_[True, sorted_v[1:] != sorted_v[:-1]]
-    group = np.cumsum(first) - 1
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], v.size]
-    mean_rank = (starts + ends - 1) / 2.0
-    ranks = np.empty_like(v)
-    ranks[order] = mean_rank[group]
-    return ranks
 
 
 def robustness_ranking(scores: FeatureScores, n_train: int) -> np.ndarray:

@@ -362,3 +362,24 @@ def _with_reasons(metrics: dict[str, Any]) -> dict[str, Any]:
     """Put the ``undefined`` reasons, if any, last."""
     reasons = metrics.pop("undefined", None)
     return metrics if reasons is None else {**metrics, "undefined": reasons}
+
+
+def spearman_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's ρ: Pearson correlation of the ranks (ties share their mean rank); nan if constant."""
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
+    return float(np.sum(ra * rb) / denominator) if denominator > 0 else float("nan")
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    order = np.argsort(v, kind="stable")
+    sorted_v = v[order]
+    first = np.r_[True, sorted_v[1:] != sorted_v[:-1]]
+    group = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], v.size]
+    mean_rank = (starts + ends - 1) / 2.0
+    ranks = np.empty_like(v)
+    ranks[order] = mean_rank[group]
+    return ranks

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ntkrobust.bridge.files import json_safe
+
 #: the scales a reproduction runs at (``--scale``)
 SCALES = ("smoke", "cpu", "paper")
 #: the outcomes of a check
@@ -132,11 +134,7 @@ def canonical(value: Any, ctx: Context) -> Any:
         return {str(k): canonical(v, ctx) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [canonical(v, ctx) for v in value]
-    if isinstance(value, float) and value != value:  # NaN has no JSON form
-        return "nan"
-    if isinstance(value, float) and value in (float("inf"), float("-inf")):
-        return str(value)
-    return value
+    return json_safe(value)  # NaN and the infinities (e.g. --time inf) as strict JSON's strings
 
 
 def step_config(step: Step, ctx: Context) -> dict[str, Any]:

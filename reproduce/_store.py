@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ntkrobust.bridge.files import write_json
 from ntkrobust.reproduce._recipe import Context, Step, step_config, step_key
 from ntkrobust.studies._base import log
 
@@ -44,12 +45,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
             return json.load(handle)
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from ntkrobust.bridge.files import write_json
-
-    write_json(path, data)
 
 
 class StepStore:
@@ -93,7 +88,7 @@ class StepStore:
             if folder.exists():
                 shutil.rmtree(folder)
         self.ctx.steps_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self._started_path(step.name), {"key": key})
+        write_json(self._started_path(step.name), {"key": key})
         log.info(f"{position} {step.name}: {step.study}{' (resumed)' if resume else ''}")
         clock = time.perf_counter()
         module = importlib.import_module(f"ntkrobust.studies.{step.study.replace('-', '_')}")
@@ -103,7 +98,7 @@ class StepStore:
         result = module.run(settings, progress=progress, argv=None)
         result.save(folder)
         seconds = time.perf_counter() - clock
-        _write_json(self._record_path(step.name), {"key": key, "seconds": seconds, **config})
+        write_json(self._record_path(step.name), {"key": key, "seconds": seconds, **config})
         self._started_path(step.name).unlink(missing_ok=True)
         self.keys[step.name] = key
         log.info(f"{position} {step.name}: done in {seconds:.0f} s")

@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from ntkrobust.kernels.metrics import spearman_correlation
 from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict
 from ntkrobust.reproduce._shared import dynamics_family, dynamics_step, run_name, training_run
 
@@ -74,23 +76,13 @@ def _ae_distance_check(results: Results) -> Verdict:
     return Verdict(verdict, text, {"mean_ae_velocity": mean})
 
 
-def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    def ranks(values: Sequence[float]) -> list[float]:  # ties share their mean rank
-        return [sum(v < x for v in values) + (sum(v == x for v in values) - 1) / 2 for x in values]
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
-    norm = (sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb)) ** 0.5
-    return cov / norm if norm else 0.0
-
-
 def _ks_check(results: Results) -> Verdict:
     runs = _records(results)
     robust = {m: run["epochs"][-1]["accuracy"]["running"]["test_pgd"] for m, run in runs.items()}
     ks = {m: run["kernels"][-1]["adversarial"]["mean_specialization"] for m, run in runs.items()}
     gap = {m: abs(value - 1) for m, value in ks.items()}
-    rho = _spearman([robust[m] for m in runs], [gap[m] for m in runs])
+    rho = spearman_correlation([robust[m] for m in runs], [gap[m] for m in runs])
+    rho = 0.0 if math.isnan(rho) else rho  # constant (e.g. every net at PGD accuracy 0): no order either way
     text = (
         "at the last epoch, AE-NTK mean specialization (test PGD accuracy): "
         + ", ".join(f"{m} {ks[m]:.3g} ({robust[m]:.3f})" for m in runs)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ntkrobust.bridge.files import json_safe, write_json
 from ntkrobust.reproduce import beyond, loo, rat, tk
 from ntkrobust.reproduce._recipe import PAPERS, SCALES, Context, Recipe, Results, Step
 from ntkrobust.reproduce._shared import DATA_FILES
@@ -207,7 +208,6 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
     clock = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    from ntkrobust.bridge.files import write_json
 
     write_json(out / "reproduction.json", {**_check_out(settings, ctx), "target": settings.target})
     total = estimated_minutes(recipes, settings.scale)
@@ -245,18 +245,7 @@ def _finding(recipe: Recipe, ctx: Context, results: Results, runs: list[StepRun]
     return {
         "recipe": recipe.name, "paper": recipe.paper, "paper_title": PAPERS[recipe.paper],
         "reference": recipe.reference, "claim": recipe.claim, "paper_number": recipe.paper_number,
-        "measured": verdict.measured, "numbers": _plain(verdict.numbers), "verdict": verdict.verdict,
+        "measured": verdict.measured, "numbers": json_safe(verdict.numbers), "verdict": verdict.verdict,
         "rule": recipe.rule, "figures": figures, "steps": [run.to_dict() for run in runs],
         "seconds": sum(run.seconds for run in runs),
     }  # fmt: skip
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe numbers (NaN and infinities as text)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return str(value)
-    return value
