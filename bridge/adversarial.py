@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkrobust.attacks import NET_METHODS, AttackSpec, Norm, fgsm, pgd
+from ntkrobust.bridge import distributed
 
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,10 +58,32 @@ def predicted_index(logits: torch.Tensor) -> torch.Tensor:
     return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
 
+def _batches(n: int, batch_size: int, across_processes: bool) -> list[int]:
+    """Start rows of the batches this process computes: all of them, or under torchrun with
+    ``across_processes`` its round-robin share. The batches (and each one's seed) are those of one
+    process, so a batch's result does not depend on the number of processes."""
+    starts = list(range(0, n, batch_size))
+    return distributed.share(starts) if across_processes else starts
+
+
+def _assembled(full: torch.Tensor, parts: dict[int, torch.Tensor], across_processes: bool) -> torch.Tensor:
+    """``full`` (zeros) with every batch's result at its rows; under torchrun with ``across_processes`` the
+    processes' batches are summed into it, so every process holds every row (adding zeros is
+    exact)."""
+    for start, part in parts.items():
+        full[start : start + part.shape[0]] = part
+    return distributed.all_reduce_sum(full) if across_processes else full
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
-    """Predicted output indices (B,), in batches."""
-    return torch.cat([predicted_index(model(x[i : i + batch_size])) for i in range(0, x.shape[0], batch_size)])
+def predict(
+    model: nn.Module, x: torch.Tensor, *, batch_size: int = 256, across_processes: bool = False
+) -> torch.Tensor:
+    """Predicted output indices (B,), in batches (``across_processes``: the batches split between the
+    processes of a torchrun launch, every process gets all the predictions)."""
+    starts = _batches(x.shape[0], batch_size, across_processes)
+    parts = {i: predicted_index(model(x[i : i + batch_size])) for i in starts}
+    return _assembled(torch.zeros(x.shape[0], dtype=torch.long, device=x.device), parts, across_processes)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
@@ -82,43 +105,51 @@ def adversarial_examples(
     seed: int = 0,
     batch_size: int = 256,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    across_processes: bool = False,
 ) -> torch.Tensor:
     """The net's own white-box FGSM, or PGD (``step``, ``steps``, random start unless told
     otherwise), in batches, on the cross-entropy or on ``loss(logits, y)`` (summed over the
     batch); ``model`` should be in the mode it is evaluated in (eval mode, or frozen batch
-    statistics)."""
+    statistics). ``across_processes``: under torchrun the batches are split between the processes (the
+    random start of the batch at row i is seeded by ``seed + i`` either way) and every process
+    gets every example."""
     if method not in NET_METHODS:
         raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(NET_METHODS)}")
     if method == "pgd" and step is None:
         raise ValueError("pgd needs a step size")
     gradient = cross_entropy_gradient(model) if loss is None else input_gradient(model, loss)
-    parts = []
-    for i in range(0, x.shape[0], batch_size):
+    parts = {}
+    for i in _batches(x.shape[0], batch_size, across_processes):
         batch = slice(i, i + batch_size)
         if method == "fgsm":
-            parts.append(fgsm(gradient, x[batch], y[batch], eps=eps, norm=norm))
+            parts[i] = fgsm(gradient, x[batch], y[batch], eps=eps, norm=norm)
         else:
             assert step is not None
-            parts.append(
-                pgd(
-                    gradient,
-                    x[batch],
-                    y[batch],
-                    eps=eps,
-                    step=step,
-                    steps=steps,
-                    norm=norm,
-                    random_start=random_start,
-                    seed=seed + i,
-                )
+            parts[i] = pgd(
+                gradient,
+                x[batch],
+                y[batch],
+                eps=eps,
+                step=step,
+                steps=steps,
+                norm=norm,
+                random_start=random_start,
+                seed=seed + i,
             )
-    return torch.cat(parts) if parts else x.clone()
+    return _assembled(torch.zeros_like(x), parts, across_processes)
 
 
 def attack_examples(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: AttackSpec, *, batch_size: int = 256
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    spec: AttackSpec,
+    *,
+    batch_size: int = 256,
+    across_processes: bool = False,
 ) -> torch.Tensor:
-    """The white-box attack of ``spec`` (a method of ``attacks.NET_METHODS``) against ``model``."""
+    """The white-box attack of ``spec`` (a method of ``attacks.NET_METHODS``) against ``model``
+    (``across_processes``: see ``adversarial_examples``)."""
     return adversarial_examples(
         model,
         x,
@@ -131,6 +162,7 @@ def attack_examples(
         random_start=spec.random_start,
         seed=spec.seed,
         batch_size=batch_size,
+        across_processes=across_processes,
     )
 
 

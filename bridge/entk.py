@@ -55,9 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
+from ntkrobust._progress import progress_bar
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.jacobians import (
     BudgetError,
@@ -300,7 +300,7 @@ def empirical_ntk(
     passes = distributed.share(passes)  # under torchrun each rank sums its share; all-reduced below
     batch = [_sub_batch_size(group or [], engine, activations, outputs, itemsize, memory_budget) for group in passes]
     steps = sum(math.ceil(a.shape[0] / size) + (0 if b is None else math.ceil(b.shape[0] / size)) for size in batch)
-    with tqdm(total=steps, desc=f"eNTK ({kind})", unit="chunk", disable=not progress, leave=False) as bar:
+    with progress_bar(steps, f"eNTK ({kind})", "chunk", show=progress) as bar:
         for group, size in zip(passes, batch, strict=True):
             if group is None:
                 f1 = _in_sub_batches(engine.dense_factors, a, size, bar)
@@ -339,7 +339,7 @@ def _sub_batch_size(
     return size
 
 
-def _in_sub_batches(compute: Callable[[torch.Tensor], Any], x: torch.Tensor, size: int, bar: tqdm) -> Any:
+def _in_sub_batches(compute: Callable[[torch.Tensor], Any], x: torch.Tensor, size: int, bar: Any) -> Any:
     """``compute`` over sub-batches of ``x``, results (tensors, or nested dicts / tuples of
     them) concatenated along the example axis."""
     parts = []

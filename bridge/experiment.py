@@ -350,13 +350,15 @@ class _TrainingRun:
             scores: dict[str, float] = {}
             for split, x, y, subset in self._splits():
                 index = subset.to(x.device)
-                scores[f"{split}_clean"] = clean_accuracy(self.model, x, y, batchnorm=mode)
+                # under torchrun each process evaluates its share of the batches
+                scores[f"{split}_clean"] = clean_accuracy(self.model, x, y, batchnorm=mode, across_processes=True)
                 scores[f"{split}_pgd"], x_adv = pgd_accuracy(
                     self.model,
                     x[index],
                     y[index],
                     tracking.attack(derived_seed(self.train.seed, 4)),
                     batchnorm=mode,
+                    across_processes=True,
                 )
                 if self.shared and split == "train" and mode == tracking.batchnorm[0]:
                     probe_examples = x_adv[: tracking.probe]  # the probe comes first in eval_train
@@ -381,7 +383,9 @@ class _TrainingRun:
             accuracy[mode] = {}
             for split, x, y, subset in self._splits():
                 index = subset.to(x.device)
-                accuracy[mode][f"{split}_pgd"] = pgd_accuracy(self.model, x[index], y[index], attack, batchnorm=mode)[0]
+                accuracy[mode][f"{split}_pgd"] = pgd_accuracy(
+                    self.model, x[index], y[index], attack, batchnorm=mode, across_processes=True
+                )[0]
                 bar.update(1)
         bar.close()
         seconds = time.perf_counter() - start

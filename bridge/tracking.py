@@ -79,10 +79,13 @@ def _evaluation(model: nn.Module, batchnorm: str) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batchnorm: str = "running") -> float:
-    """Share of ``x`` classified as ``y``, BatchNorm in ``batchnorm`` mode."""
+def clean_accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batchnorm: str = "running", across_processes: bool = False
+) -> float:
+    """Share of ``x`` classified as ``y``, BatchNorm in ``batchnorm`` mode (``across_processes``: the
+    batches split between the processes of a torchrun launch, see ``adversarial.predict``)."""
     with _evaluation(model, batchnorm) as net:
-        return float((predict(net, x) == y).double().mean())
+        return float((predict(net, x, across_processes=across_processes) == y).double().mean())
 
 
 def pgd_accuracy(
@@ -92,13 +95,15 @@ def pgd_accuracy(
     attack: AttackSpec,
     *,
     batchnorm: str = "running",
+    across_processes: bool = False,
 ) -> tuple[float, torch.Tensor]:
     """``(accuracy, x_adv)``: the share of ``x`` still classified as ``y`` after ``attack``
     (RobustBench's robust accuracy), and its examples, BatchNorm in ``batchnorm`` mode for the
-    attack and the prediction alike."""
+    attack and the prediction alike (``across_processes``: the batches split between the processes of a
+    torchrun launch, each batch attacked as in one process; every process gets every example)."""
     with _evaluation(model, batchnorm) as net:
-        x_adv = attack_examples(net, x, y, attack)
-        return float((predict(net, x_adv) == y).double().mean()), x_adv
+        x_adv = attack_examples(net, x, y, attack, across_processes=across_processes)
+        return float((predict(net, x_adv, across_processes=across_processes) == y).double().mean()), x_adv
 
 
 @dataclass

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ntkrobust._progress import progress_bar
 from ntkrobust.kernels._jax import float64, jax, jnp, nt
 from ntkrobust.kernels.architectures import Architecture
 
@@ -137,10 +137,12 @@ def compute_gram(
     b = _pad_rows(b, side)
     out = np.empty((n1, n2), dtype=np.float64)
     starts = range(0, n1, rows_per_call)
-    for start in tqdm(starts, desc=f"Gram {arch.name} {n1}x{n2}", unit="block", disable=not progress, leave=False):
-        block = np.asarray(batched(a[start : start + rows_per_call], b, "ntk"))
-        stop = min(start + rows_per_call, n1)
-        out[start:stop] = block[: stop - start, :n2]
+    with progress_bar(len(starts), f"Gram {arch.name} {n1}x{n2}", "block", show=progress) as bar:
+        for start in starts:
+            block = np.asarray(batched(a[start : start + rows_per_call], b, "ntk"))
+            stop = min(start + rows_per_call, n1)
+            out[start:stop] = block[: stop - start, :n2]
+            bar.update(1)
     if symmetric:
         out = 0.5 * (out + out.T)  # exact symmetry for the eigendecomposition
     return out

@@ -262,3 +262,52 @@ def test_surrogate_and_eigenvectors_under_torchrun_equal_one_process(tmp_path: P
         return [entry["eigenvalues"] for entry in found.values()]
 
     np.testing.assert_allclose(eigenvalues(tmp_path / "dynamics-2"), eigenvalues(tmp_path / "dynamics-1"), rtol=1e-5)
+
+
+# -- per-epoch evaluation -------------------------------------------------------------------------
+
+
+def _evaluation() -> dict[str, np.ndarray]:
+    """Clean and PGD accuracies of a BatchNorm net, with running and with batch statistics, on
+    600 points: three evaluation batches of 256, 256 and 88, so each process gets whole batches."""
+    from ntkrobust.attacks import AttackSpec
+    from ntkrobust.bridge.tracking import clean_accuracy, pgd_accuracy
+
+    model = build_model(model_config("resnet18", (3, 8, 8), 3, width=2, seed=1)).double()
+    generator = torch.Generator().manual_seed(7)
+    x = torch.rand(600, 3, 8, 8, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (600,), generator=generator)
+    attack = AttackSpec("pgd", 0.1, "linf", step=0.05, steps=2, seed=11)
+    found: dict[str, np.ndarray] = {}
+    for mode in ("running", "batch"):
+        accuracy, x_adv = pgd_accuracy(model, x, y, attack, batchnorm=mode, across_processes=True)
+        found[f"{mode}-pgd"] = np.array([accuracy])
+        found[f"{mode}-examples"] = x_adv.numpy()
+        found[f"{mode}-clean"] = np.array([clean_accuracy(model, x, y, batchnorm=mode, across_processes=True)])
+    return found
+
+
+def _evaluation_rank(rank: int, world: int, port: int, out: str) -> None:
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
+    distributed.init_from_environment()
+    try:
+        np.savez(Path(out) / f"evaluation-rank{rank}.npz", **_evaluation())
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_evaluate_their_shares_to_the_accuracies_of_one(tmp_path: Path) -> None:
+    """Each process attacks and predicts its share of the evaluation batches (each batch seeded
+    and normalised as in one process); the accuracies and every PGD example are one process's,
+    exactly (float64), on both processes."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_evaluation_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = _evaluation()
+    assert 0.0 < single["running-clean"][0] < 1.0 and not np.array_equal(
+        single["running-examples"], single["batch-examples"]
+    )
+    for rank in (0, 1):
+        with np.load(tmp_path / f"evaluation-rank{rank}.npz") as found:
+            for name, value in single.items():
+                np.testing.assert_array_equal(found[name], value, err_msg=f"{name}, rank {rank}")

@@ -1,0 +1,45 @@
+"""Long loops print plain progress lines when no bar is shown (stderr is a file)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ntkrobust import _progress
+from ntkrobust._progress import progress_bar
+
+
+def test_plain_lines_come_at_most_every_interval(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = iter([0.0, 10.0, 61.0, 70.0, 125.0])
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="ntkrobust"), progress_bar(4, "eNTK (full)", "chunk", show=False) as bar:
+        for _ in range(4):
+            bar.update(1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "eNTK (full): 2/4 chunks (50%), 61 s",
+        "eNTK (full): 4/4 chunks (100%), 125 s",
+    ]
+
+
+def test_a_terminal_gets_tqdm() -> None:
+    from tqdm.auto import tqdm
+
+    with progress_bar(3, "Gram", "block", show=True) as bar:
+        assert isinstance(bar, tqdm)
+        bar.update(3)
+
+
+def test_the_entk_command_prints_lines_into_a_file(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``entk`` with stderr not a terminal: its kernel stage says how far it is."""
+    from ntkrobust import cli
+
+    monkeypatch.setattr(_progress, "LINE_EVERY", 0.0)
+    flags = ["entk", "--data", "digits", "--model", "mnist-cnn", "--width", "2", "--points", "6"]
+    assert cli.main([*flags, "--kind", "trace", "--memory-budget", "6", "--out", str(tmp_path / "k")]) == 0
+    err = capsys.readouterr().err
+    assert "ntkrobust: eNTK (trace): 1/" in err and "chunks (" in err
