@@ -58,6 +58,8 @@ from ntkrobust.bridge.temporal_ensembling import TE_WEIGHT, TemporalEnsemble, te
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
 
 MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")
+#: steps between two reads of the running loss and accuracy (a non-finite loss stops the run there)
+_READ_EVERY = 20
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,10 @@ def train_epoch(
     batches = math.ceil(x.shape[0] / config.batch_size)
     model.train()
     replicas = distributed.world_size()
-    total_loss, correct, seen, step = 0.0, 0, 0, first_step
+    # the loss sum and the correct count stay on the device, read every _READ_EVERY steps: no
+    # host round trip per step on a GPU
+    sums = torch.zeros(2, dtype=torch.float64, device=x.device)
+    total_loss, correct, seen, step = 0.0, 0.0, 0, first_step
     eps = config.eps
     start = time.perf_counter()
     bar = tqdm(range(batches), desc=f"epoch {epoch} ({mode})", unit="batch", disable=not progress, leave=False)
@@ -355,22 +360,25 @@ def train_epoch(
         loss, logits = training_loss(
             model, xb, yb, mode, config.at_eps(eps), seed, te, part=part, replicas=replicas, forward=replica
         )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {loss.item()} at step {step + 1} (epoch {epoch})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
-        total_loss += loss.item() * yb.shape[0] / replicas  # this process's share of the batch's loss sum
-        correct += int((logits.argmax(1) == yb[part]).sum())
+        # this process's share of the batch's loss sum, and its correct predictions
+        sums += torch.stack([loss.detach().double() * yb.shape[0] / replicas, (logits.argmax(1) == yb[part]).sum()])
         seen += yb.shape[0]
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if step % _READ_EVERY == 0 or b == batches - 1:
+            total_loss, correct = sums.tolist()
+            if not math.isfinite(total_loss):
+                raise FloatingPointError(f"the training loss became {total_loss} by step {step} (epoch {epoch})")
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         if after_step is not None:
             after_step(step)
             model.train()
     if replicas > 1:  # the epoch's sums over every process's rows
-        sums = distributed.all_reduce_sum(torch.tensor([total_loss, float(correct)], dtype=torch.float64))
-        total_loss, correct = float(sums[0]), int(sums[1])
+        total_loss, correct = distributed.all_reduce_sum(
+            torch.tensor([total_loss, correct], dtype=torch.float64)
+        ).tolist()
     return {
         "mode": mode,
         "train_loss": total_loss / max(seen, 1),

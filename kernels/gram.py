@@ -1,7 +1,9 @@
 """Gram matrices Θ(X1, X2) of an architecture's NTK: batched, float64, cached on disk.
 
 A matrix whose intermediates fit the memory budget on one device is one jitted call of the
-architecture's kernel on both input sets (no blocks, no padding). Larger ones, and any on several
+architecture's kernel on both input sets (no blocks, no padding). A symmetric Θ(X, X) of more
+points is computed block pair by block pair, i <= j only, each block mirrored: about half the
+products and half the recursion of the whole matrix (issue 20). Larger ones, and any on several
 devices, go through ``nt.batch`` (which also spreads work over every local device), one row
 block at a time so that a progress bar can follow a long computation. ``nt.batch`` needs both
 sizes to be multiples of its batch size, so inputs are padded with copies of their last row
@@ -109,6 +111,12 @@ def _whole_gram(arch: Architecture) -> Any:
     return _WHOLE[id(arch)][1]
 
 
+#: Below this many points a symmetric Gram within the budget is one call; above it, it is cut
+#: into at least this many row blocks so that each block pair is computed once.
+_SYMMETRIC_WHOLE_BELOW = 256
+_SYMMETRIC_MIN_BLOCKS = 6
+
+
 @float64
 def compute_gram(
     arch: Architecture,
@@ -126,10 +134,16 @@ def compute_gram(
     b = arch.to_layout(jnp.asarray(x2_, dtype=jnp.float64))
     n1, n2 = a.shape[0], b.shape[0]
     devices = jax.local_device_count()
-    if devices == 1 and n1 * n2 <= entries_within_budget(arch, tuple(x1.shape), memory_budget):
+    within = entries_within_budget(arch, tuple(x1.shape), memory_budget)
+    if devices == 1 and n1 * n2 <= within and (not symmetric or n1 < _SYMMETRIC_WHOLE_BELOW):
         # the whole matrix within the budget: one jitted program, no padding, no blocks (issue 20)
         out = np.asarray(_whole_gram(arch)(a, b), dtype=np.float64)
         return 0.5 * (out + out.T) if symmetric else out
+    if devices == 1 and symmetric:
+        # as many blocks as the budget needs and at least _SYMMETRIC_MIN_BLOCKS, evened out so
+        # that the last block's padding is less than one row per block
+        count = max(-(-n1 // math.isqrt(within)), _SYMMETRIC_MIN_BLOCKS)
+        return _symmetric_gram(arch, a, -(-n1 // count), progress)
     side = min(block_size(arch, tuple(x1.shape), memory_budget=memory_budget), max(n1, n2))
     batched = nt.batch(arch.kernel_fn, batch_size=side, device_count=-1, store_on_device=True)
     rows_per_call = side * devices
@@ -145,6 +159,31 @@ def compute_gram(
             bar.update(1)
     if symmetric:
         out = 0.5 * (out + out.T)  # exact symmetry for the eigendecomposition
+    return out
+
+
+def _symmetric_gram(arch: Architecture, a: jnp.ndarray, side: int, progress: bool) -> np.ndarray:
+    """Θ(X, X) from the row-block pairs i <= j alone, each mirrored into (j, i): Θ is symmetric,
+    so this is (1 + 1/blocks)/2 of the whole matrix's products and elementwise recursion. Blocks
+    have ``side`` rows (the last one padded with copies of the last row: one compiled shape)."""
+    n = a.shape[0]
+    padded = _pad_rows(a, side)
+    count = padded.shape[0] // side
+    blocks = [padded[i * side : (i + 1) * side] for i in range(count)]
+    rows = [slice(i * side, min((i + 1) * side, n)) for i in range(count)]
+    pairs = [(i, j) for i in range(count) for j in range(i, count)]
+    kernel = _whole_gram(arch)
+    out = np.empty((n, n), dtype=np.float64)
+    with progress_bar(len(pairs), f"Gram {arch.name} {n}x{n}", "block", show=progress) as bar:
+        for i, j in pairs:
+            block = np.asarray(kernel(blocks[i], blocks[j]), dtype=np.float64)
+            block = block[: rows[i].stop - rows[i].start, : rows[j].stop - rows[j].start]
+            if i == j:
+                out[rows[i], rows[i]] = 0.5 * (block + block.T)  # exact symmetry for the eigendecomposition
+            else:
+                out[rows[i], rows[j]] = block
+                out[rows[j], rows[i]] = block.T
+            bar.update(1)
     return out
 
 

@@ -66,6 +66,18 @@ def test_each_mode_lowers_its_loss(digits, mode):
     assert loss() < before - 0.02
 
 
+def test_a_non_finite_loss_stops_the_epoch(digits):
+    """The running loss is read every 20 steps and at the epoch's end (no host round trip per
+    step): a net whose loss is NaN from the first step stops with FloatingPointError there."""
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    config = TrainConfig(mode="standard", lr=0.1, batch_size=32, epochs=1)
+    with pytest.raises(FloatingPointError, match=r"the training loss became nan by step 4 \(epoch 1\)"):
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, config, 1)
+
+
 @pytest.mark.parametrize("mode", ["fgsm", "fgsm-noise", "pgd", "trades"])
 def test_training_inputs_stay_in_the_threat_model(digits, mode):
     x, y = _tensors(digits)

@@ -36,6 +36,31 @@ def test_batched_padded_gram_equals_one_unbatched_call(name, images, jax_strict)
     np.testing.assert_allclose(in_budget, whole, rtol=1e-12)
 
 
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_symmetric_block_pairs_equal_the_whole_matrix(name, images, jax_strict):
+    """Θ(X, X) from the block pairs i <= j (side 8 on 23 points: 3 blocks, the last one padded)
+    against one call of kernel_fn on the whole set; and, above 256 points within the budget, the
+    same route with at least six blocks. float64, 1e-12."""
+    from ntkrobust.kernels import gram as gram_module
+    from ntkrobust.kernels._jax import jnp
+
+    arch = get_architecture(name)
+    x = images[0]
+    budget = 8 * 16 * arch.entry_cost(x.shape) * 8 * 8  # a block side of exactly 8
+    whole = np.asarray(arch.kernel_fn(*[arch.to_layout(jnp.asarray(x, jnp.float64))] * 2, "ntk"))
+    blocked = compute_gram(arch, x, memory_budget=budget)
+    np.testing.assert_array_equal(blocked, blocked.T)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12)
+    calls = []
+    kernel = gram_module._whole_gram(arch)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gram_module, "_whole_gram", lambda arch_: lambda u, v: calls.append(u.shape[0]) or kernel(u, v))
+        patch.setattr(gram_module, "_SYMMETRIC_WHOLE_BELOW", 20)  # 23 points count as many
+        many = compute_gram(arch, x)
+    assert calls == [4] * 21  # ceil(23 / 6) = 4 rows per block, 6 blocks: 21 pairs i <= j
+    np.testing.assert_allclose(many, whole, rtol=1e-12)
+
+
 def test_symmetric_gram_is_exactly_symmetric_and_psd(images):
     gram = compute_gram(get_architecture("fc3"), images[0])
     np.testing.assert_array_equal(gram, gram.T)
