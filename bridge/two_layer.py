@@ -110,13 +110,14 @@ def train_full_batch(
         on_epoch(0)
     for epoch in tqdm(range(1, epochs + 1), desc=description, unit="epoch", disable=not progress, leave=False):
         optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        parts = []
         for start in range(0, n, chunk):
             # each chunk's share of the mean loss, so the accumulated gradient is the full one
             part = regression_loss(model(x[start : start + chunk]), targets[start : start + chunk])
             part = part * (min(chunk, n - start) / n)
             part.backward()
-            total += float(part.detach())
+            parts.append(part.detach().double())
+        total = float(torch.stack(parts).sum())  # one read from the device per step
         if not math.isfinite(total):
             raise FloatingPointError(f"the loss diverged at epoch {epoch} (learning rate {learning_rate} too large)")
         losses.append(total)
