@@ -27,13 +27,18 @@ Arguments:
 
 Shapes:
     x: (B, C, H, W) → x_adv: (B, C, H, W), same dtype and array type (numpy, JAX, torch).
-    The loop stays on x's device: no host round trip per step.
+    The loop stays on x's device: no host round trip per step. On JAX arrays the step after the
+    gradient (direction, ascent, projection, clip) is one jitted call instead of ~8 dispatches
+    (~10 ms a step on 500 MNIST images on a CPU; the same operations, so the same iterates).
 
 Example:
     >>> x_adv = pgd(machine.loss_gradient, x, y, eps=0.3, step=0.01, steps=40)
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -67,7 +72,22 @@ def pgd(
         x_adv = threat.project(start, x)
     else:
         x_adv = threat.random_start(x, seed) if random_start else x
+    ascend = _jitted_ascent() if ops.name == "jax" else _ascent
     for _ in tqdm(range(steps), desc="PGD", unit="step", disable=not progress, leave=False):
-        direction = ops.astype_like(steepest_ascent(loss_gradient(x_adv, y), norm), x)
-        x_adv = threat.project(x_adv + step * direction, x)
+        x_adv = ascend(x_adv, loss_gradient(x_adv, y), x, step=step, threat=threat)
     return x_adv
+
+
+def _ascent(x_adv: Array, gradient: Array, x: Array, *, step: float, threat: ThreatModel) -> Array:
+    """One PGD update: x ← Π_ball(x + step·d(g)), clipped to [0, 1]."""
+    direction = ops_for(x).astype_like(steepest_ascent(gradient, threat.norm), x)
+    return threat.project(x_adv + step * direction, x)
+
+
+@functools.cache
+def _jitted_ascent() -> Any:
+    # step and the threat model are static: Python floats stay weakly typed constants, as in
+    # the eager update, so the jitted update rounds exactly as the eager one does.
+    import jax
+
+    return jax.jit(_ascent, static_argnames=("step", "threat"))

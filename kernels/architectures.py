@@ -29,12 +29,23 @@ from typing import Any, Literal
 
 from ntkrobust.kernels._jax import jnp, stax
 from ntkrobust.kernels.conv import convolutional_kernel_fn
-from ntkrobust.kernels.relu import fully_connected_dot_kernel_fn, fully_connected_kernel_fn
-from ntkrobust.kernels.two_layer import two_layer_dot_ntk, two_layer_ntk, two_layer_ntk_vjp, two_layer_stax_ntk
+from ntkrobust.kernels.relu import (
+    fully_connected_dot_kernel_fn,
+    fully_connected_entry_kernel_fn,
+    fully_connected_kernel_fn,
+)
+from ntkrobust.kernels.two_layer import (
+    two_layer_dot_ntk,
+    two_layer_dot_partials,
+    two_layer_ntk,
+    two_layer_ntk_vjp,
+    two_layer_stax_ntk,
+)
 
 KernelFn = Callable[..., jnp.ndarray]
 KernelVjp = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 DotKernelFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, int], jnp.ndarray]
+DotPartialsFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, int], tuple[jnp.ndarray, jnp.ndarray]]
 
 W_STD = math.sqrt(2.0)
 B_STD = 0.1
@@ -62,6 +73,12 @@ class Architecture:
     #: For kernels of x·x', ‖x‖², ‖x'‖² only (dense nets): ``(dots, sq1, sq2, dim) -> Θ`` entry by
     #: entry on arrays of one shape; gives cheap input Jacobians for many outputs.
     dot_kernel_fn: DotKernelFn | None = field(default=None, repr=False)
+    #: The same function of x·x', ‖x‖², ‖x'‖², broadcasting ((N1, N2), (N1, 1), (1, N2)) and open to
+    #: forward-mode autodiff (no custom VJPs): ``jax.jvp`` along one argument gives that partial
+    #: derivative of every entry in one fused pass (the loss gradients of ``kernels._dot_route``).
+    entry_kernel_fn: DotKernelFn | None = field(default=None, repr=False)
+    #: (∂Θ/∂(x·x'), ∂Θ/∂‖x‖²) entry by entry in closed form (supp. eq. 9), for ``kernel_vjp``'s kernels.
+    dot_partials_fn: DotPartialsFn | None = field(default=None, repr=False)
 
     def to_layout(self, x_nchw: jnp.ndarray) -> jnp.ndarray:
         """NCHW (or already flat (N, d)) inputs → this architecture's layout."""
@@ -111,6 +128,7 @@ def fully_connected(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -
         hyperparameters={"depth": depth, "W_std": W_std, "b_std": b_std},
         reference_kernel_fn=kernel_fn,
         dot_kernel_fn=fully_connected_dot_kernel_fn(depth, W_std, b_std),
+        entry_kernel_fn=fully_connected_entry_kernel_fn(depth, W_std, b_std),
     )
 
 
@@ -150,6 +168,8 @@ def two_layer() -> Architecture:
         kernel_vjp=two_layer_ntk_vjp,
         reference_kernel_fn=lambda x1, x2, get="ntk": two_layer_stax_ntk(x1, x2),
         dot_kernel_fn=two_layer_dot_ntk,
+        entry_kernel_fn=two_layer_dot_ntk,
+        dot_partials_fn=two_layer_dot_partials,
     )
 
 

@@ -6,8 +6,12 @@ Here every feature carries the machine's spectral filter g_t(λᵢ) in place of 
 t = ∞ without ridge), so Σᵢ f⁽ⁱ⁾ = f_t for any machine. Each feature is a scalar projection
 times a fixed output vector,
     f⁽ⁱ⁾(x) = pᵢ(x) cᵢ,   pᵢ(x) = Θ(x, X) vᵢ,   cᵢ = g_t(λᵢ) vᵢᵀ Y  (k outputs),
-so its loss gradient is a scalar times ∇ₓpᵢ(x) and every feature of a batch is scored from one
-Jacobian of the projections (``KernelMachine.output_jacobian`` with the eigenvectors as weights).
+so its loss gradient is a scalar times ∇ₓpᵢ(x). Scoring attacks each (example, feature) pair on
+its own: for kernels of x·x', ‖x‖², ‖x'‖² (dense nets) ``kernels._feature_rows`` takes each
+pair's gradient and its attacked projection from kernel rows indexed by the pair (two GEMMs of
+pairs × pixels × training points in all); any other kernel takes every feature's gradient from
+one Jacobian of the projections (``KernelMachine.output_jacobian`` with the eigenvectors as
+weights) and its attacked projections from the projection machine's logits.
 
 Supp. A, eq. 1-2: a feature's *usefulness* is its accuracy on held-out data; its *robustness*
 the accuracy that survives an attack on that feature itself: the share of points classified
@@ -31,11 +35,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
+from ntkrobust.kernels._feature_rows import _fixed, pair_scores
 from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index, spectral_filter
 from ntkrobust.kernels.metrics import spearman_correlation
 
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
+
+#: Routes of ``feature_scores``: "dots" (pair-indexed kernel rows, for kernels with
+#: ``Architecture.dot_kernel_fn``; ``kernels._feature_rows``) and "jacobian" (any kernel).
+ROUTES: tuple[str, ...] = ("auto", "dots", "jacobian")
 
 #: Bytes for one block of feature Jacobians (N_block × m × input size, float64).
 _JACOBIAN_BUDGET = 256 * 2**20
@@ -154,6 +163,7 @@ def feature_scores(
     random_start: bool = True,
     seed: int = 0,
     progress: bool = False,
+    route: str = "auto",
 ) -> FeatureScores:
     """Score the first ``n_features`` features on held-out (x, labels).
 
@@ -161,7 +171,10 @@ def feature_scores(
     ``attacks.pgd``, step/steps as there, each example's random start drawn as
     ``craft_adversarial`` draws it for batches of up to 1000). Only the pairs (example, feature) that
     are correct at x are attacked: the others count as non-robust whatever the attack does.
-    FGSM takes every feature's gradient from one projection Jacobian per block of examples.
+    Routes (the same scores): "dots", for kernels of x·x', ‖x‖², ‖x'‖² (``dot_kernel_fn``),
+    takes each attacked pair's gradient and attacked projection from kernel rows indexed by the
+    pair (``kernels._feature_rows``); "jacobian", for any kernel, takes every feature's FGSM
+    gradient from one projection Jacobian per block of examples. "auto": "dots" where it exists.
     """
     if attack not in ATTACKS:
         raise ValueError(f"unknown feature attack {attack!r}: choose one of {', '.join(ATTACKS)}")
@@ -169,15 +182,50 @@ def feature_scores(
         raise ValueError("pgd needs step > 0 and steps >= 1")
     if not 1 <= n_features <= machine.n_train:
         raise ValueError(f"n_features must be in [1, {machine.n_train}], got {n_features}")
+    if route not in ROUTES or (route == "dots" and machine.arch.dot_kernel_fn is None):
+        raise ValueError(f"feature route {route!r} is not available for {machine.arch.name}")
     x = np.asarray(x)
     target = machine.target_index(labels)
     idx = np.arange(n_features)
-    proj = projection_machine(machine, idx)
     c = feature_coefficients(machine, idx)  # (m, k)
+    # Each example's PGD start, shared by all its features.
+    x_start = np.asarray(threat.random_start(x, seed)) if attack == "pgd" and random_start else None
+    if route == "dots" or (route == "auto" and machine.arch.dot_kernel_fn is not None):
+        correct, robust = pair_scores(
+            machine,
+            x,
+            target,
+            c,
+            threat,
+            attack=attack,
+            pgd_step=step,
+            pgd_steps=steps,
+            starts=x_start,
+            progress=progress,
+        )
+    else:
+        correct, robust = _jacobian_route(machine, x, target, c, threat, attack, step, steps, x_start, progress)
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    return FeatureScores(
+        index=idx,
+        eigenvalue=machine.eigenvalues[idx].copy(),
+        usefulness=correct / x.shape[0],
+        robustness=robust / x.shape[0],
+        chance=float(counts.max() / labels.size),
+        n_examples=int(x.shape[0]),
+    )
+
+
+def _jacobian_route(  # type: ignore[no-untyped-def]
+    machine: KernelMachine, x, target, c, threat: ThreatModel, attack, step, steps, x_start, progress
+) -> tuple[np.ndarray, np.ndarray]:
+    """Correct and robust counts per feature for any kernel (supp. A eq. 1-2): FGSM takes every
+    feature's gradient from one projection Jacobian per block of examples."""
+    n_features = c.shape[0]
+    proj = projection_machine(machine, np.arange(n_features))
     correct = np.zeros(n_features)
     robust = np.zeros(n_features)
-    if attack == "pgd" and random_start:  # each example's start, shared by all its features
-        x_start = np.asarray(threat.random_start(x, seed))
     per_example = n_features * int(np.prod(x.shape[1:])) * 8
     block = max(1, _JACOBIAN_BUDGET // per_example)
     starts = range(0, x.shape[0], block)
@@ -210,27 +258,13 @@ def feature_scores(
                 norm=threat.norm,
                 step=step,
                 steps=steps,
-                start=x_start[start : start + block][rows] if random_start else None,
+                start=None if x_start is None else x_start[start : start + block][rows],
                 random_start=False,
             )
         p_adv = _selected(proj, np.asarray(x_adv), cols)
         still = predicted_index(p_adv[:, None] * c[cols]) == t_pairs
         np.add.at(robust, cols, still.astype(np.float64))
-    labels = np.asarray(labels)
-    _, counts = np.unique(labels, return_counts=True)
-    return FeatureScores(
-        index=idx,
-        eigenvalue=machine.eigenvalues[idx].copy(),
-        usefulness=correct / x.shape[0],
-        robustness=robust / x.shape[0],
-        chance=float(counts.max() / labels.size),
-        n_examples=int(x.shape[0]),
-    )
-
-
-def _fixed(gradient: np.ndarray, x: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """A loss gradient computed beforehand (FGSM asks for it once, at the clean points)."""
-    return gradient
+    return correct, robust
 
 
 def _loss_weight(p: np.ndarray, c: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -264,6 +298,7 @@ def robustness_ranking(scores: FeatureScores, n_train: int) -> np.ndarray:
 
 __all__ = [
     "ATTACKS",
+    "ROUTES",
     "FeatureScores",
     "feature_coefficients",
     "feature_gradients",

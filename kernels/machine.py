@@ -19,7 +19,9 @@ FGSM exactly eq. 8, and softmax cross-entropy for k outputs (supp. eq. 8).
 
 Shapes: inputs are NCHW (or (N, d)) in [0, 1]; outputs ``logits`` (N, k); ``loss_gradient``
 has the shape of its input; ``output_jacobian`` (N, k, C, H, W). Test points go in blocks and
-the training set in chunks sized by a memory budget; each block is one jitted call.
+the training set in chunks sized by a memory budget; each block is one jitted call, except the
+loss gradients of kernels of x·x' and ‖x‖² (dense nets, two-layer): two GEMMs and three fused
+elementwise passes in three calls, ~1.5x faster than reverse-mode autodiff (``kernels._dot_route``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust.kernels import _dot_route
 from ntkrobust.kernels._jax import float64, jax, jnp, x64_enabled
 from ntkrobust.kernels.architectures import Architecture
 from ntkrobust.kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
@@ -222,6 +225,19 @@ class KernelMachine:
                 ]
         return self._chunk_cache[key]
 
+    @functools.cached_property
+    def _norm_cache(self) -> dict[tuple[int, str], list[jnp.ndarray]]:
+        return {}
+
+    def _train_norms(self, size: int) -> list[jnp.ndarray]:
+        """‖x_j‖² of each of ``_train_chunks(size)``, (1, size): made once, as the chunks are."""
+        chunks = self._train_chunks(size)
+        key = (size, chunks[0][0].dtype.name)
+        if key not in self._norm_cache:
+            with jax.ensure_compile_time_eval():
+                self._norm_cache[key] = [jnp.sum(xc * xc, axis=1)[None, :] for xc, _ in chunks]
+        return self._norm_cache[key]
+
     def _over_test_blocks(
         self, fn: Callable[..., jnp.ndarray], arrays: tuple[jnp.ndarray, ...], size: int
     ) -> jnp.ndarray:
@@ -277,8 +293,11 @@ class KernelMachine:
         chunks = self._train_chunks(blocks.train)
         compiled = _compiled(self.arch)
         closed = self.gradient == "closed-form"
+        dot_programs = _dot_route.programs_for(self.arch, closed)
 
         def block_gradient(xb: jnp.ndarray, ib: jnp.ndarray) -> jnp.ndarray:
+            if dot_programs is not None:  # two GEMMs and elementwise passes (kernels._dot_route)
+                return _dot_route.loss_gradient_block(dot_programs, xb, ib, chunks, self._train_norms(blocks.train))
             if len(chunks) == 1:  # forward and backward in one pass, residuals reused
                 return compiled.loss_grad_one_pass(xb, ib, *chunks[0], closed)
             # Several chunks: all logits first (the loss needs the whole sum), then one VJP

@@ -20,7 +20,9 @@ sum of squares of the same row, and the residual of Σ₁₁Σ₂₂): its arc-c
 used to put 1e-9 to 1e-8 relative error on K(x, x), with stax's route as well. ``sine_part``
 takes s = 0 where Σ₁₁Σ₂₂ − Σ² is within rounding of 0, so θ = 0 and κ = 1/2 exactly there.
 Each ReLU layer carries a hand-written VJP (``relu_step``): the input gradients that attacks
-need then cost about as much as the forward pass instead of several times more.
+need then cost about as much as the forward pass instead of several times more. The entrywise
+form of the kernel for forward-mode autodiff (``fully_connected_entry_ntk``, the loss gradients of
+``kernels._dot_route``) uses ``relu_step_forward``, the same layer with a hand-written JVP.
 Shapes: x1 (N1, d), x2 (N2, d) → (N1, N2).
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 from ntkrobust.kernels._jax import jax, jnp
 
@@ -169,12 +172,21 @@ relu_step.defvjp(_relu_step_fwd, _relu_step_bwd)
 
 
 def _dense_relu_recursion(
-    nngp: jnp.ndarray, diag1: jnp.ndarray, diag2: jnp.ndarray, *, depth: int, w2: float, b2: float
+    nngp: jnp.ndarray,
+    diag1: jnp.ndarray,
+    diag2: jnp.ndarray,
+    *,
+    depth: int,
+    w2: float,
+    b2: float,
+    step: Callable[..., tuple[jnp.ndarray, jnp.ndarray]] | None = None,
 ) -> jnp.ndarray:
-    """Θ after ``depth`` × (ReLU, Dense) from the first Dense layer's Σ (N1, N2) and diagonals."""
+    """Θ after ``depth`` × (ReLU, Dense) from the first Dense layer's Σ (N1, N2) and diagonals;
+    ``step`` is the ReLU layer (``relu_step``, or ``relu_step_forward`` for forward mode)."""
+    step = relu_step if step is None else step
     ntk = nngp
     for _ in range(depth):
-        nngp, ntk = relu_step(nngp, ntk, diag1, diag2)
+        nngp, ntk = step(nngp, ntk, diag1, diag2)
         diag1, diag2 = diag1 / 2, diag2 / 2
         nngp = w2 * nngp + b2
         ntk = w2 * ntk + nngp
@@ -220,6 +232,55 @@ def fully_connected_dot_ntk(
     return entry(dots, sq1, sq2)
 
 
+def _ratio_or_zero(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+@jax.custom_jvp
+def relu_step_forward(S, T, d1, d2):  # type: ignore[no-untyped-def]
+    """``relu_step`` with a hand-written JVP instead of a VJP, for forward-mode autodiff.
+
+    The same derivatives as ``relu_step``'s VJP (dP = d(d1 d2)):
+        dκ = dΣ/(2πr) − Σ dP/(4πPr),  dΣ' = κ dΣ + r dP/(4πP),  dΘ' = κ dΘ + Θ dκ,
+    with the 1/r terms 0 at the kink. Written out, they reuse r and κ: JAX's rules for
+    ``sine_part`` and ``angle`` would add a square root's and an arctangent's divides per entry.
+    Broadcasting: S, T (N1, N2), d1 (N1, 1), d2 (1, N2).
+    """
+    root = sine_part(d1 * d2, S)
+    kappa = 0.5 - angle(root, S) / (2 * math.pi)
+    return root / (2 * math.pi) + kappa * S, kappa * T
+
+
+@relu_step_forward.defjvp
+def _relu_step_forward_jvp(primals, tangents):  # type: ignore[no-untyped-def]
+    S, T, d1, d2 = primals
+    dS, dT, dd1, dd2 = tangents
+    P = d1 * d2
+    root = sine_part(P, S)
+    kappa = 0.5 - angle(root, S) / (2 * math.pi)
+    smooth = root > 1e-30
+    inv_root = jnp.where(smooth, 1.0 / jnp.where(smooth, root, 1.0), 0.0)
+    # dP/P on the diagonals' vectors, not per entry; 0 for a zero diagonal (an all-zero input
+    # without bias), whose entries all sit on the kink
+    dP_over_P = _ratio_or_zero(dd1, d1) + _ratio_or_zero(dd2, d2)
+    d_kappa = (dS - 0.5 * S * dP_over_P) * inv_root / (2 * math.pi)
+    out = (root / (2 * math.pi) + kappa * S, kappa * T)
+    return out, (kappa * dS + root * dP_over_P / (4 * math.pi), kappa * dT + T * d_kappa)
+
+
+def fully_connected_entry_ntk(
+    dots: jnp.ndarray, sq1: jnp.ndarray, sq2: jnp.ndarray, dim: int, *, depth: int, W_std: float, b_std: float
+) -> jnp.ndarray:
+    """``fully_connected_dot_ntk`` written to broadcast (dots (N1, N2), sq1 (N1, 1), sq2 (1, N2))
+    and for forward-mode autodiff: the same operations as ``fully_connected_ntk`` after its GEMM,
+    so Θ is equal to rounding, and ``jax.jvp`` along x·x' or ‖x‖² gives one partial derivative of
+    every entry in one fused elementwise pass (``KernelMachine.loss_gradient``'s dots route).
+    At the kink (``sine_part`` = 0) the 1/r terms vanish, as in ``relu_step``'s VJP."""
+    w2, b2 = float(W_std) ** 2, float(b_std) ** 2
+    nngp, diag1, diag2 = w2 * dots / dim + b2, w2 * sq1 / dim + b2, w2 * sq2 / dim + b2
+    return _dense_relu_recursion(nngp, diag1, diag2, depth=depth, w2=w2, b2=b2, step=relu_step_forward)
+
+
 def fully_connected_kernel_fn(depth: int, W_std: float, b_std: float):  # type: ignore[no-untyped-def]
     """``kernel_fn(x1, x2, get='ntk')`` of FC{depth}, in the neural-tangents calling convention."""
     return functools.partial(fully_connected_ntk, depth=depth, W_std=W_std, b_std=b_std)
@@ -228,3 +289,8 @@ def fully_connected_kernel_fn(depth: int, W_std: float, b_std: float):  # type: 
 def fully_connected_dot_kernel_fn(depth: int, W_std: float, b_std: float):  # type: ignore[no-untyped-def]
     """``dot_kernel_fn(dots, sq1, sq2, dim)`` of FC{depth} (see ``fully_connected_dot_ntk``)."""
     return functools.partial(fully_connected_dot_ntk, depth=depth, W_std=W_std, b_std=b_std)
+
+
+def fully_connected_entry_kernel_fn(depth: int, W_std: float, b_std: float):  # type: ignore[no-untyped-def]
+    """``entry_kernel_fn(dots, sq1, sq2, dim)`` of FC{depth} (see ``fully_connected_entry_ntk``)."""
+    return functools.partial(fully_connected_entry_ntk, depth=depth, W_std=W_std, b_std=b_std)

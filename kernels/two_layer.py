@@ -53,6 +53,27 @@ def two_layer_dot_ntk(dots: jnp.ndarray, sq1: jnp.ndarray, sq2: jnp.ndarray, dim
     return (0.5 - theta / (2 * math.pi)) * dots
 
 
+def two_layer_dot_partials(
+    dots: jnp.ndarray, sq1: jnp.ndarray, sq2: jnp.ndarray, dim: int
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """∂Θ/∂(x·x') and ∂Θ/∂‖x‖² of eq. 29 entry by entry, in closed form (supp. eq. 9).
+
+    With r = √(‖x‖²‖x'‖² − (x·x')²) and κ = A(u) = 1/2 − θ/(2π): ∂θ/∂(x·x') = −1/r and
+    ∂θ/∂‖x‖² = (x·x')‖x'‖²/(2r‖x‖²‖x'‖²), so ∂Θ/∂(x·x') = κ + (x·x')/(2πr) = A + B and
+    ∂Θ/∂‖x‖² = −(x·x')²‖x'‖²/(4πr‖x‖²‖x'‖²) = −B·u·‖x'‖/(2‖x‖): ∇ₓΘ = a x' + 2 s x is the
+    formula of the module docstring. At the kink (r = 0) the 1/r terms are 0 (B = 0).
+    """
+    prod = sq1 * sq2
+    root = sine_part(prod, dots)
+    kappa = 0.5 - angle(root, dots) / (2 * math.pi)
+    smooth = root > 0
+    inv_root = jnp.where(smooth, 1.0 / jnp.where(smooth, root, 1.0), 0.0)
+    inv_prod = jnp.where(prod > 0, 1.0 / jnp.where(prod > 0, prod, 1.0), 0.0)
+    along_dot = kappa + dots * inv_root / (2 * math.pi)
+    along_sq1 = -(dots * dots) * sq2 * inv_root * inv_prod / (4 * math.pi)
+    return along_dot, along_sq1
+
+
 def two_layer_ntk_vjp(x1: jnp.ndarray, x2: jnp.ndarray, cotangent: jnp.ndarray) -> jnp.ndarray:
     """Σ_j cotangent[i, j]·∇_{x1_i} Θ(x1_i, x2_j) in closed form (supp. eq. 9): shape (N1, d)."""
     dots, root, theta, n1, n2 = _geometry(x1, x2)

@@ -102,6 +102,29 @@ def test_the_same_pgd_runs_on_every_backend(batch, rng, backend, norm):
     np.testing.assert_allclose(got_np, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_jitted_jax_pgd_step_equals_the_eager_step(rng, norm, dtype, jax_strict):
+    """On JAX arrays the update after the gradient is one jitted call: ℓ∞ iterates are identical to
+    the eager operations, ℓ2 ones agree to rounding (XLA may sum the squares in another order)."""
+    from ntkrobust.kernels._jax import jnp
+
+    x = jnp.asarray(rng.uniform(0, 1, size=(20, 1, 12, 12)).astype(dtype))
+    w = jnp.asarray(rng.standard_normal(x.shape).astype(dtype))
+    grad = lambda xa, y: w * (xa - 0.5) + w  # noqa: E731
+    eps, step = (0.3, 0.01) if norm == "linf" else (2.0, 0.1)
+    got = pgd(grad, x, None, eps=eps, step=step, steps=10, norm=norm, seed=1)
+    threat = ThreatModel(norm, eps)
+    want = threat.random_start(x, 1)
+    for _ in range(10):
+        want = threat.project(want + step * steepest_ascent(grad(want, None), norm).astype(x.dtype), x)
+    assert got.dtype == x.dtype
+    if norm == "linf":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=4 * np.finfo(dtype).eps)
+
+
 def test_steepest_ascent_and_dual_norm_are_a_dual_pair(rng):
     g = rng.standard_normal((4, 3, 2, 2))
     for norm in ("linf", "l2"):

@@ -1,0 +1,289 @@
+"""Pair-indexed feature scores for kernels of x·x', ‖x‖², ‖x'‖² (``Architecture.dot_kernel_fn``).
+
+Supp. A eq. 1-2 attack every (example b, feature i) pair that feature i classifies correctly,
+on the feature's own loss L(pᵢ(x) cᵢ) with pᵢ(x) = Θ(x, X) vᵢ (TK eq. 9). For a dense net
+Θ(x, x_j) = F(x·x_j, ‖x‖², ‖x_j‖²) entry by entry, so with a = ∂F/∂(x·x_j), s = ∂F/∂‖x‖²
+(supp. eq. 9 in these coordinates)
+    ∇ₓpᵢ(x_b) = Σ_j v_ji (a_bj x_j + 2 s_bj x_b) = (a_b ⊙ vᵢ)ᵀ X + 2 (s_b · vᵢ) x_b:
+the kernel derivatives of each example are computed once, and each attacked pair costs one row
+of a matrix product with X, without the padding of a per-example list of features. The attacked
+point x′ of a pair needs its own kernel row Θ(x′, X) (one GEMM row and the elementwise
+recursion), but only its projection onto the pair's own vᵢ: a row-wise dot instead of the m
+projections Θ(x′, X) V. What is left is the floor of scoring features by attacking them: two
+GEMMs of pairs × pixels × training points (the pairs' gradients and their attacked rows).
+
+Pixels that are 0 in every training image (183 of 784 on MNIST) add exact zeros to every x·x_j
+and to every row of (a ⊙ vᵢ)ᵀ X, so both GEMMs run over the other, "active" pixels only. The
+points are handled with their pixels permuted, active ones first: a gradient is then its GEMM
+row followed by zeros (plus the 2 (s·vᵢ) x part), and an attacked point's dot products read its
+first pixels. The ℓ∞ attack is pixel by pixel, so the permutation changes nothing there; an ℓ2
+step's norm is summed in another order (a float32 rounding, as any other route's).
+
+Shapes: points (N, C, H, W) or (N, d), flattened; X (n, d); V (n, m); pairs (P,).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ntkrobust.attacks import ThreatModel, fgsm, pgd
+from ntkrobust.kernels._jax import jax, jnp
+from ntkrobust.kernels.architectures import Architecture
+from ntkrobust.kernels.gram import entries_within_budget
+from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index
+from ntkrobust.kernels.relu import pairwise_dots
+
+#: Pair chunks are padded to a multiple of this, so calls with different pair counts share a
+#: few compiled shapes instead of compiling one program per count.
+_PAIR_QUANTUM = 16
+
+#: At most this many pairs per chunk: ~1000 ran 5-10% faster than 3000-6000 on a 2-core CPU
+#: (MNIST fc2, 1000 training points), the intermediates staying closer to the caches.
+_MAX_PAIRS = 1024
+
+T = TypeVar("T")
+
+
+class _Train(NamedTuple):
+    """The training side of every program (a pytree: jit arguments, not constants)."""
+
+    x: jnp.ndarray  # (n, A) training points on the active pixels
+    sq: jnp.ndarray  # (n,) ‖x_j‖²
+    v: jnp.ndarray  # (n, m) eigenvectors of the scored features
+    vt: jnp.ndarray  # (m, n) the same, one row per feature (gathered per pair)
+
+
+@dataclass(frozen=True)
+class _Programs:
+    """Jitted programs of one architecture (α-free: X and V are arguments)."""
+
+    clean: Callable[..., tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]]
+    fgsm_projection: Callable[..., jnp.ndarray]
+    moving_gradient: Callable[..., jnp.ndarray]
+    projection: Callable[..., jnp.ndarray]
+
+
+def _build(arch: Architecture) -> _Programs:
+    dot_kernel = arch.dot_kernel_fn
+    assert dot_kernel is not None and arch.layout == "flat"
+
+    def rows(z: jnp.ndarray, tr: _Train) -> tuple[jnp.ndarray, Callable[..., tuple[jnp.ndarray, ...]]]:
+        # Θ(z, X) = F(z Xᵀ, ‖z‖², ‖X‖²): one GEMM over the active pixels (z's first A), then F
+        # entry by entry. Equal to ``arch.kernel_fn`` to rounding (2e-16 relative on MNIST fc2)
+        # and ~2x faster on a CPU for fc2, whose elementwise recursion outweighs the GEMM.
+        dots = pairwise_dots(z[:, : tr.x.shape[1]], tr.x)
+        sq1 = jnp.broadcast_to(jnp.sum(z * z, axis=1)[:, None], dots.shape)
+        sq2 = jnp.broadcast_to(tr.sq[None, :], dots.shape)
+        return jax.vjp(lambda d_, s_: dot_kernel(d_, s_, sq2, z.shape[1]), dots, sq1)
+
+    def rows_and_partials(z: jnp.ndarray, tr: _Train) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+        # F is elementwise, so one VJP with cotangent 1 gives ∂F/∂(x·x_j) and ∂F/∂‖x‖² of every
+        # entry at once (as ``KernelMachine.output_jacobian``'s dots route).
+        k, vjp = rows(z, tr)
+        a, s = vjp(jnp.ones_like(k))
+        return k, a, s
+
+    def gradient_rows(a, sv, z, v, tr):  # type: ignore[no-untyped-def]
+        # ∇ₓpᵢ = (a ⊙ vᵢ)ᵀ X + 2 (s·vᵢ) x, one row per pair: the GEMM of pairs × train × pixels,
+        # zero beyond the active pixels. The barrier keeps a ⊙ vᵢ out of the GEMM: fused into
+        # it, XLA's CPU backend leaves its GEMM routine for a loop ~1.4x slower.
+        along_train = jax.lax.optimization_barrier(a * v) @ tr.x
+        short = z.shape[1] - along_train.shape[1]
+        if short:
+            along_train = jnp.concatenate([along_train, jnp.zeros((z.shape[0], short), z.dtype)], axis=1)
+        return along_train + (2.0 * sv)[:, None] * z
+
+    def loss_weight(p, ci, target):  # type: ignore[no-untyped-def]
+        # ∇ₓL(pᵢ cᵢ) = (cᵢ·∂L/∂f) ∇ₓpᵢ: one scalar per pair.
+        return jnp.sum(loss_cotangent(p[:, None] * ci, target) * ci, axis=1)
+
+    def clean(x, tr):  # type: ignore[no-untyped-def]
+        """pᵢ(x_b) (B, m), the derivatives a (B, n) and s·vᵢ (B, m) at the clean points."""
+        k, a, s = rows_and_partials(x.astype(tr.x.dtype), tr)
+        return k @ tr.v, a, s @ tr.v
+
+    def fgsm_projection(a, sv, p, x, tr, c, rows_, cols, target, eps, norm):  # type: ignore[no-untyped-def]
+        """p_{cols[q]} at the FGSM point of pair q (example rows_[q]) on that feature's loss."""
+        ci, x0 = c[cols], x[rows_]
+        g = gradient_rows(a[rows_], sv[rows_, cols], x0.astype(tr.x.dtype), tr.vt[cols], tr)
+        g = loss_weight(p[rows_, cols], ci, target)[:, None] * g
+        # As the machine hands FGSM its gradient: in the input's dtype; the step is the shared one,
+        # traced here. ℓ∞: x + ε·sign(g) has an exact product, so fused it rounds as numpy does.
+        x_adv = fgsm(functools.partial(_fixed, g.astype(x0.dtype)), x0, target, eps=eps, norm=norm)
+        return projection(x_adv, tr, cols)
+
+    def moving_gradient(x, tr, cols, c, target):  # type: ignore[no-untyped-def]
+        """∇ₓL(p_{cols[q]} c) at points of their own (PGD): rows, derivatives, one GEMM."""
+        z = x.astype(tr.x.dtype)
+        k, a, s = rows_and_partials(z, tr)
+        v = tr.vt[cols]
+        g = gradient_rows(a, jnp.sum(s * v, axis=1), z, v, tr)
+        return loss_weight(jnp.sum(k * v, axis=1), c, target)[:, None] * g
+
+    def projection(x, tr, cols):  # type: ignore[no-untyped-def]
+        """p_{cols[q]}(x_q): the kernel row of each point, dotted with its own feature's vᵢ."""
+        k, _ = rows(x.astype(tr.x.dtype), tr)
+        return jnp.sum(k * tr.vt[cols], axis=1)
+
+    return _Programs(
+        clean=jax.jit(clean),
+        fgsm_projection=jax.jit(fgsm_projection, static_argnames=("eps", "norm")),
+        moving_gradient=jax.jit(moving_gradient),
+        projection=jax.jit(projection),
+    )
+
+
+_PROGRAMS: dict[str, _Programs] = {}
+
+
+def _programs(arch: Architecture) -> _Programs:
+    key = arch.fingerprint()
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = _build(arch)
+    return _PROGRAMS[key]
+
+
+def _train_side(machine: KernelMachine, m: int) -> tuple[_Train, np.ndarray]:
+    """``_Train`` at the machine's precision (``KernelMachine.precision``) and the pixel order
+    (active pixels first, each group in its original order)."""
+    dtype = np.dtype(machine.precision)
+    x = np.asarray(machine.x_train, dtype=dtype)
+    used = np.any(x != 0, axis=0)
+    order = np.concatenate([np.flatnonzero(used), np.flatnonzero(~used)])
+    v = machine.eigenvectors[:, :m].astype(dtype)
+    train = _Train(
+        x=jnp.asarray(x[:, order[: used.sum()]]),
+        sq=jnp.sum(jnp.asarray(x) ** 2, axis=1),
+        v=jnp.asarray(v),
+        vt=jnp.asarray(np.ascontiguousarray(v.T)),
+    )
+    return train, order
+
+
+def _chunks(count: int, size: int) -> list[tuple[int, int, int]]:
+    """(start, stop, padded length) of near-equal chunks of at most ~``size`` items: equal chunks
+    waste less padding than ``size``-sized ones with a short last one."""
+    n_chunks = -(-count // size)
+    length = -(-count // n_chunks)
+    padded = -(-length // _PAIR_QUANTUM) * _PAIR_QUANTUM
+    return [(start, min(start + length, count), padded) for start in range(0, count, length)]
+
+
+def _padded(a: np.ndarray, length: int) -> np.ndarray:
+    """``a`` with its last entry repeated up to ``length`` (one compiled shape per chunk size)."""
+    short = length - a.shape[0]
+    return a if short <= 0 else np.concatenate([a, np.repeat(a[-1:], short, axis=0)], axis=0)
+
+
+def _fixed(gradient: np.ndarray, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """A loss gradient computed beforehand (FGSM asks for it once, at the clean points)."""
+    return gradient
+
+
+class Stopwatch:
+    """Wall time per stage of ``pair_scores``, for the benchmark's profile (``--profile``).
+
+    ``lap(name, value)`` waits for ``value`` (JAX dispatches asynchronously) and adds the time
+    since the previous lap to ``name``; disabled (the default), it returns ``value`` untouched
+    and nothing waits.
+    """
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str, value: T) -> T:
+        if self.enabled:
+            jax.block_until_ready(value)
+            now = time.perf_counter()
+            self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+            self._last = now
+        return value
+
+
+def pair_scores(
+    machine: KernelMachine,
+    x: np.ndarray,
+    target: np.ndarray,
+    c: np.ndarray,
+    threat: ThreatModel,
+    *,
+    attack: str,
+    pgd_step: float | None = None,
+    pgd_steps: int = 10,
+    starts: np.ndarray | None = None,
+    progress: bool = False,
+    stopwatch: Stopwatch | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature (m = c.shape[0]): how many of x are correct, and correct also when attacked.
+
+    Supp. A eq. 1-2 for a machine with ``dot_kernel_fn``; see the module docstring. ``starts``
+    are PGD's random starts per example (shared by all of that example's features).
+    """
+    watch = stopwatch or Stopwatch()
+    programs = _programs(machine.arch)
+    m = c.shape[0]
+    tr, order = _train_side(machine, m)
+    c_dev = jnp.asarray(c, dtype=tr.v.dtype)
+    x = np.asarray(x).reshape(x.shape[0], -1)[:, order]  # flat, active pixels first
+    starts = None if starts is None else np.asarray(starts).reshape(x.shape[0], -1)[:, order]
+    # Points per block: every array of a block is (points × training points).
+    entries = entries_within_budget(machine.arch, (1, x.shape[1]), machine.memory_budget)
+    per_block = max(entries // machine.n_train, 16)
+    correct, robust = np.zeros(m), np.zeros(m)
+    blocks = _chunks(x.shape[0], per_block)
+    watch.lap("setup", tr)
+    for start, stop, length in tqdm(blocks, desc=f"feature {attack}", unit="block", disable=not progress, leave=False):
+        xb = jnp.asarray(_padded(x[start:stop], length))
+        p_dev, a, sv = watch.lap("clean rows, derivatives, projections", programs.clean(xb, tr))
+        p = np.asarray(p_dev, dtype=np.float64)[: stop - start]
+        tb = target[start:stop]
+        hit = predicted_index(p[:, :, None] * c[None]) == tb[:, None]  # (B, m)
+        correct += hit.sum(axis=0)
+        rows, cols = np.nonzero(hit)
+        for lo, hi, width in _chunks(rows.size, min(per_block, _MAX_PAIRS)) if rows.size else []:
+            r, q, t = rows[lo:hi], cols[lo:hi], tb[rows[lo:hi]]
+            r_dev, q_dev, t_dev = watch.lap("host", [jnp.asarray(_padded(u, width)) for u in (r, q, t)])
+            if attack == "fgsm":
+                args = (a, sv, p_dev, xb, tr, c_dev, r_dev, q_dev, t_dev)
+                p_adv = programs.fgsm_projection(*args, eps=threat.eps, norm=threat.norm)
+            else:
+                assert pgd_step is not None
+                x_adv = pgd(
+                    _moving_loss_gradient(programs, tr, q_dev, c_dev[q_dev], t_dev),
+                    jnp.asarray(_padded(x[start:stop][r], width)),
+                    t_dev,
+                    eps=threat.eps,
+                    norm=threat.norm,
+                    step=pgd_step,
+                    steps=pgd_steps,
+                    start=None if starts is None else jnp.asarray(_padded(starts[start:stop][r], width)),
+                    random_start=False,
+                )
+                p_adv = programs.projection(x_adv, tr, q_dev)
+            p_adv = watch.lap(f"{attack} pairs: gradients, attack, own projections", p_adv)
+            still = predicted_index(np.asarray(p_adv)[: hi - lo, None] * c[q]) == t
+            np.add.at(robust, q, still.astype(np.float64))
+        watch.lap("host", robust)
+    return correct, robust
+
+
+def _moving_loss_gradient(programs: _Programs, tr: _Train, cols, c, target):  # type: ignore[no-untyped-def]
+    """PGD's loss gradient of the pairs (x_q, feature cols[q]) at the points it moves to, in the
+    points' dtype (as ``KernelMachine.loss_gradient``); pairs and points padded alike."""
+
+    def loss_gradient(x_: jnp.ndarray, _target: jnp.ndarray) -> jnp.ndarray:
+        return programs.moving_gradient(x_, tr, cols, c, target).astype(x_.dtype)
+
+    return loss_gradient
+
+
+__all__ = ["Stopwatch", "pair_scores"]
