@@ -19,12 +19,16 @@ row followed by zeros (plus the 2 (s·vᵢ) x part), and an attacked point's dot
 first pixels. The ℓ∞ attack is pixel by pixel, so the permutation changes nothing there; an ℓ2
 step's norm is summed in another order (a float32 rounding, as any other route's).
 
+With several local JAX devices, each block's points and each chunk's pairs are split over them
+(the training side whole on every device), as ``KernelMachine`` splits its test points.
+
 Shapes: points (N, C, H, W) or (N, d), flattened; X (n, d); V (n, m); pairs (P,).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +41,7 @@ from ntkrobust.attacks import ThreatModel, fgsm, pgd
 from ntkrobust.kernels._jax import jax, jnp
 from ntkrobust.kernels.architectures import Architecture
 from ntkrobust.kernels.gram import entries_within_budget
-from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index
+from ntkrobust.kernels.machine import KernelMachine, _test_sharding, loss_cotangent, predicted_index
 from ntkrobust.kernels.relu import pairwise_dots
 
 #: Pair chunks are padded to a multiple of this, so calls with different pair counts share a
@@ -167,12 +171,13 @@ def _train_side(machine: KernelMachine, m: int) -> tuple[_Train, np.ndarray]:
     return train, order
 
 
-def _chunks(count: int, size: int) -> list[tuple[int, int, int]]:
+def _chunks(count: int, size: int, quantum: int = _PAIR_QUANTUM) -> list[tuple[int, int, int]]:
     """(start, stop, padded length) of near-equal chunks of at most ~``size`` items: equal chunks
-    waste less padding than ``size``-sized ones with a short last one."""
+    waste less padding than ``size``-sized ones with a short last one. Lengths are multiples of
+    ``quantum`` (few compiled shapes; an equal share for every device)."""
     n_chunks = -(-count // size)
     length = -(-count // n_chunks)
-    padded = -(-length // _PAIR_QUANTUM) * _PAIR_QUANTUM
+    padded = -(-length // quantum) * quantum
     return [(start, min(start + length, count), padded) for start in range(0, count, length)]
 
 
@@ -180,6 +185,20 @@ def _padded(a: np.ndarray, length: int) -> np.ndarray:
     """``a`` with its last entry repeated up to ``length`` (one compiled shape per chunk size)."""
     short = length - a.shape[0]
     return a if short <= 0 else np.concatenate([a, np.repeat(a[-1:], short, axis=0)], axis=0)
+
+
+class _Placement:
+    """Where a block's points and a chunk's pairs go: split over every local JAX device along
+    their first axis (``kernels.machine``'s test-point sharding), or onto the one device. The
+    training side stays whole on every device, so each device's sums are the one-device sums."""
+
+    def __init__(self) -> None:
+        self.sharding = _test_sharding((jnp.zeros(1),))
+        devices = 1 if self.sharding is None else self.sharding.mesh.size
+        self.quantum = math.lcm(_PAIR_QUANTUM, devices)
+
+    def put(self, a: np.ndarray) -> jnp.ndarray:
+        return jnp.asarray(a) if self.sharding is None else jax.device_put(a, self.sharding)
 
 
 def _fixed(gradient: np.ndarray, x: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -239,19 +258,20 @@ def pair_scores(
     entries = entries_within_budget(machine.arch, (1, x.shape[1]), machine.memory_budget)
     per_block = max(entries // machine.n_train, 16)
     correct, robust = np.zeros(m), np.zeros(m)
-    blocks = _chunks(x.shape[0], per_block)
+    place = _Placement()
+    blocks = _chunks(x.shape[0], per_block, place.quantum)
     watch.lap("setup", tr)
     for start, stop, length in tqdm(blocks, desc=f"feature {attack}", unit="block", disable=not progress, leave=False):
-        xb = jnp.asarray(_padded(x[start:stop], length))
+        xb = place.put(_padded(x[start:stop], length))
         p_dev, a, sv = watch.lap("clean rows, derivatives, projections", programs.clean(xb, tr))
         p = np.asarray(p_dev, dtype=np.float64)[: stop - start]
         tb = target[start:stop]
         hit = predicted_index(p[:, :, None] * c[None]) == tb[:, None]  # (B, m)
         correct += hit.sum(axis=0)
         rows, cols = np.nonzero(hit)
-        for lo, hi, width in _chunks(rows.size, min(per_block, _MAX_PAIRS)) if rows.size else []:
+        for lo, hi, width in _chunks(rows.size, min(per_block, _MAX_PAIRS), place.quantum) if rows.size else []:
             r, q, t = rows[lo:hi], cols[lo:hi], tb[rows[lo:hi]]
-            r_dev, q_dev, t_dev = watch.lap("host", [jnp.asarray(_padded(u, width)) for u in (r, q, t)])
+            r_dev, q_dev, t_dev = watch.lap("host", [place.put(_padded(u, width)) for u in (r, q, t)])
             if attack == "fgsm":
                 args = (a, sv, p_dev, xb, tr, c_dev, r_dev, q_dev, t_dev)
                 p_adv = programs.fgsm_projection(*args, eps=threat.eps, norm=threat.norm)
@@ -259,13 +279,13 @@ def pair_scores(
                 assert pgd_step is not None
                 x_adv = pgd(
                     _moving_loss_gradient(programs, tr, q_dev, c_dev[q_dev], t_dev),
-                    jnp.asarray(_padded(x[start:stop][r], width)),
+                    place.put(_padded(x[start:stop][r], width)),
                     t_dev,
                     eps=threat.eps,
                     norm=threat.norm,
                     step=pgd_step,
                     steps=pgd_steps,
-                    start=None if starts is None else jnp.asarray(_padded(starts[start:stop][r], width)),
+                    start=None if starts is None else place.put(_padded(starts[start:stop][r], width)),
                     random_start=False,
                 )
                 p_adv = programs.projection(x_adv, tr, q_dev)

@@ -3,7 +3,8 @@
 Run in subprocesses: the host device count is fixed when JAX starts
 (``XLA_FLAGS=--xla_force_host_platform_device_count=2``). Gram matrices go through ``nt.batch``
 over every device; a kernel machine's logits, loss gradients and output Jacobians split the test
-points over the devices (``kernels.machine``), so NTK attacks and feature scores do too.
+points over the devices (``kernels.machine``), so NTK attacks do too, and the pair-indexed feature scores
+split their examples and (example, feature) pairs the same way (``kernels._feature_rows``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ x_train, y_train, x_test, y_test = x[:150], y[:150], x[150:213], y[150:213]  # 6
 arch = get_architecture("fc2")
 machine = fit_kernel_machine(arch, x_train, y_train, classes=tuple(range(10)))
 pgd = AttackSpec("pgd", 0.1, "linf", 0.025, 5, random_start=True, seed=3)
+from ntkrobust.kernels import _feature_rows
+
+placed = []  # the devices of every block and pair chunk that the pair-indexed feature route placed
+put = _feature_rows._Placement.put
+_feature_rows._Placement.put = lambda self, a: placed.append(len(put(self, a).sharding.device_set)) or put(self, a)
 scores = feature_scores(machine, x_test, y_test, ThreatModel(norm="linf", eps=0.1), n_features=12)
+pgd_scores = feature_scores(
+    machine, x_test, y_test, ThreatModel(norm="linf", eps=0.1), n_features=12, attack="pgd", step=0.05, steps=3
+)
 from ntkrobust.kernels.machine import _test_sharding
 
 np.savez(
@@ -46,6 +55,8 @@ np.savez(
     pgd=craft_adversarial(machine, x_test, y_test, pgd),
     usefulness=scores.usefulness,
     robustness=scores.robustness,
+    pgd_robustness=pgd_scores.robustness,
+    feature_devices=sorted(set(placed)),
 )
 """
 
@@ -65,5 +76,6 @@ def test_two_devices_give_the_one_device_results(tmp_path: Path) -> None:
     one, two = _run(1, tmp_path / "one.npz"), _run(2, tmp_path / "two.npz")
     assert int(one.pop("devices")) == 1 and int(two.pop("devices")) == 2
     assert not one.pop("sharded") and two.pop("sharded")  # the test points really were split
+    assert list(one.pop("feature_devices")) == [1] and list(two.pop("feature_devices")) == [2]  # feature pairs too
     for name, value in one.items():
         np.testing.assert_allclose(two[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
