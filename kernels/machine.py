@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from ntkrobust.kernels import _dot_route
+from ntkrobust.kernels._compiled import compiled as _compiled
+from ntkrobust.kernels._compiled import loss_cotangent
 from ntkrobust.kernels._jax import float64, jax, jnp, x64_enabled
 from ntkrobust.kernels.architectures import Architecture
 from ntkrobust.kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
-from ntkrobust.kernels.relu import pairwise_dots
 
 #: Condition numbers above this make the ridgeless t = ∞ solution amplify the ~1e-9 relative
 #: rounding error of arc-cosine kernel entries into visible error.
@@ -79,17 +80,6 @@ def _binary_or_onehot(index: np.ndarray, k: int) -> np.ndarray:
     if k == 1:
         return (2.0 * index - 1.0)[:, None]
     return np.eye(k)[index]
-
-
-def loss_cotangent(f: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
-    """∂L/∂f of the cross-entropy on outputs f (B, k) for targets ``index`` (B,), shape (B, k).
-
-    One output: L = softplus(−y f) with y = ±1 (index 0 ↔ −1); k outputs: softmax cross-entropy.
-    """
-    if f.shape[1] == 1:
-        y = 2.0 * index.astype(f.dtype) - 1.0
-        return (-y * jax.nn.sigmoid(-y * f[:, 0]))[:, None]  # d softplus(−y f) / df
-    return jax.nn.softmax(f, axis=1) - jax.nn.one_hot(index, f.shape[1], dtype=f.dtype)
 
 
 @dataclass(frozen=True)
@@ -389,105 +379,6 @@ def _test_sharding(arrays: tuple[jnp.ndarray, ...]) -> Any:
 
 def _dtype_of(x: np.ndarray | jnp.ndarray) -> np.dtype:
     return np.dtype(x.dtype)
-
-
-class _Compiled:
-    """Jitted block functions of one architecture; α and the training chunk are arguments."""
-
-    def __init__(self, arch: Architecture) -> None:
-        self.arch = arch
-
-        def rows(xb: jnp.ndarray, xc: jnp.ndarray) -> jnp.ndarray:
-            return arch.kernel_fn(arch.to_layout(xb.astype(xc.dtype)), xc, "ntk")
-
-        def rows_vjp(xb: jnp.ndarray, xc: jnp.ndarray, cot: jnp.ndarray, closed: bool) -> jnp.ndarray:
-            z = arch.to_layout(xb.astype(xc.dtype))
-            if closed:
-                assert arch.kernel_vjp is not None
-                g = arch.kernel_vjp(z, xc, cot)
-            else:
-                _, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
-                (g,) = vjp(cot)
-            return arch.from_layout(g, xb.shape)
-
-        def logits(xb: jnp.ndarray, xc: jnp.ndarray, ac: jnp.ndarray) -> jnp.ndarray:
-            return rows(xb, xc) @ ac
-
-        def loss_grad_one_pass(xb, ib, xc, ac, closed):  # type: ignore[no-untyped-def]
-            z = arch.to_layout(xb.astype(xc.dtype))
-            if closed:
-                assert arch.kernel_vjp is not None
-                f = arch.kernel_fn(z, xc, "ntk") @ ac
-                g = arch.kernel_vjp(z, xc, loss_cotangent(f, ib) @ ac.T)
-            else:
-                k, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
-                (g,) = vjp(loss_cotangent(k @ ac, ib) @ ac.T)
-            return arch.from_layout(g, xb.shape)
-
-        def per_example(g: jnp.ndarray, xb: jnp.ndarray) -> jnp.ndarray:
-            """Gradients (q, B, layout...) → (B, q, *xb.shape[1:])."""
-            g = jax.vmap(lambda gi: arch.from_layout(gi, xb.shape))(g)
-            return jnp.swapaxes(g, 0, 1)
-
-        def jacobian(xb, xc, w, closed):  # type: ignore[no-untyped-def]
-            # One VJP of the kernel rows per picked output q, cotangent w[:, q] (weights on X).
-            z = arch.to_layout(xb.astype(xc.dtype))
-            cots = jnp.swapaxes(w, 0, 1)  # (q, B, nc)
-            if closed:
-                kernel_vjp = arch.kernel_vjp
-                assert kernel_vjp is not None
-                g = jax.vmap(lambda c: kernel_vjp(z, xc, c))(cots)
-            else:
-                _, vjp = jax.vjp(lambda z_: arch.kernel_fn(z_, xc, "ntk"), z)
-                g = jax.vmap(lambda c: vjp(c)[0])(cots)
-            return per_example(g, xb)
-
-        def pair_jacobian(xb, xc, w):  # type: ignore[no-untyped-def]
-            # ∇ of Θ(x_b, x_j) for every pair at once: the kernel of single pairs, mapped over
-            # pairs of broadcast copies, so one backward pass separates the B·n_c gradients.
-            z = arch.to_layout(xb.astype(xc.dtype))
-            b, nc = z.shape[0], xc.shape[0]
-            left = jnp.broadcast_to(z[:, None], (b, nc, *z.shape[1:])).reshape(b * nc, *z.shape[1:])
-            right = jnp.broadcast_to(xc[None], (b, nc, *xc.shape[1:])).reshape(b * nc, *xc.shape[1:])
-            pair_kernel = jax.vmap(lambda u, v: arch.kernel_fn(u[None], v[None], "ntk")[0, 0])
-            per_pair = jax.grad(lambda u: jnp.sum(pair_kernel(u, right)))(left).reshape(b, nc, -1)
-            g = jnp.einsum("bjd,bqj->qbd", per_pair, w.astype(per_pair.dtype)).reshape(w.shape[1], *z.shape)
-            return per_example(g, xb)
-
-        def dot_jacobian(xb, xc, w):  # type: ignore[no-untyped-def]
-            # Θ(x, x_j) = F(x·x_j, ‖x‖², ‖x_j‖²) entrywise, so ∇ₓΘ(x_b, x_j) = a_bj x_j + 2 s_bj x_b
-            # with a = ∂F/∂(x·x_j), s = ∂F/∂‖x‖²: one backward pass of the elementwise F gives
-            # them for every pair, and Σ_j w_qj ∇Θ is one matrix product with X.
-            dot_kernel = arch.dot_kernel_fn
-            assert dot_kernel is not None
-            z = arch.to_layout(xb.astype(xc.dtype))
-            dots = pairwise_dots(z, xc)
-            sq1 = jnp.broadcast_to(jnp.sum(z * z, axis=1)[:, None], dots.shape)
-            sq2 = jnp.broadcast_to(jnp.sum(xc * xc, axis=1)[None, :], dots.shape)
-            _, vjp = jax.vjp(lambda d_, s_: dot_kernel(d_, s_, sq2, z.shape[1]), dots, sq1)
-            a, s = vjp(jnp.ones_like(dots))
-            w = w.astype(dots.dtype)
-            along_x2 = jnp.einsum("bqj,jd->bqd", w * a[:, None, :], xc)
-            along_x1 = 2.0 * jnp.einsum("bqj,bj->bq", w, s)[:, :, None] * z[:, None, :]
-            return per_example(jnp.swapaxes(along_x2 + along_x1, 0, 1), xb)
-
-        self.rows = jax.jit(rows)
-        self.pair_jacobian = jax.jit(pair_jacobian)
-        self.rows_vjp = jax.jit(rows_vjp, static_argnums=3)
-        self.logits = jax.jit(logits)
-        self.loss_grad_one_pass = jax.jit(loss_grad_one_pass, static_argnums=4)
-        self.jacobian = jax.jit(jacobian, static_argnames="closed")
-        self.dot_jacobian = jax.jit(dot_jacobian)
-
-
-_COMPILED: dict[str, _Compiled] = {}
-
-
-def _compiled(arch: Architecture) -> _Compiled:
-    key = arch.fingerprint()
-    if key not in _COMPILED:
-        _COMPILED[key] = _Compiled(arch)
-    return _COMPILED[key]
 
 
 @float64

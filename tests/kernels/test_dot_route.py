@@ -1,7 +1,7 @@
 """The dot route of loss gradients (kernels._dot_route) against the reverse-mode route it replaces.
 
 The reference is the route every machine used before: one VJP of ``Architecture.kernel_fn`` (or
-supp. eq. 9's ``kernel_vjp`` for the closed form) per block, kept as ``_Compiled.loss_grad_one_pass``
+supp. eq. 9's ``kernel_vjp`` for the closed form) per block, kept as ``kernels._compiled.Compiled.loss_grad_one_pass``
 and used by convolutional kernels. Tolerances: float64 gradients agree to 1e-12 of their largest
 entry (measured: 2-3e-15 on MNIST); where the reference is not within that of 0, the signs (the
 ℓ∞ attack direction) are identical.
