@@ -89,7 +89,12 @@ class _TorchOps(_ArrayModuleOps):
         return x.to(dtype=like.dtype)
 
     def from_numpy(self, a: np.ndarray, like: Array) -> Array:
-        return self.xp.as_tensor(a, dtype=like.dtype, device=like.device)
+        host = self.xp.as_tensor(a, dtype=like.dtype)
+        if like.is_cuda:
+            # through pinned memory, asynchronously: a copy from pageable memory would make the
+            # host wait for the GPU's queue (a round trip per attack, i.e. per training step)
+            return host.pin_memory().to(like.device, non_blocking=True)
+        return host
 
     def to_numpy(self, x: Array) -> np.ndarray:
         return x.detach().cpu().numpy()
