@@ -36,6 +36,7 @@ import numpy as np
 from ntkrobust._progress import progress_bar
 from ntkrobust.kernels._jax import float64, jax, jnp, nt
 from ntkrobust.kernels.architectures import Architecture
+from ntkrobust.kernels.relu import pairwise_dots
 
 log = logging.getLogger("ntkrobust")
 
@@ -107,14 +108,34 @@ def _whole_gram(arch: Architecture) -> Any:
     """``arch``'s kernel on two whole input sets as one jitted program, one per architecture
     object (kept with it, so its id stays its own)."""
     if id(arch) not in _WHOLE or _WHOLE[id(arch)][0] is not arch:
-        _WHOLE[id(arch)] = (arch, jax.jit(lambda u, v: arch.kernel_fn(u, v, "ntk")))
+        program = _dots_gram(arch) if arch.dot_kernel_fn is not None else lambda u, v: arch.kernel_fn(u, v, "ntk")
+        _WHOLE[id(arch)] = (arch, jax.jit(program))
     return _WHOLE[id(arch)][1]
+
+
+def _dots_gram(arch: Architecture) -> Any:
+    """Θ(U, V) = F(U Vᵀ, ‖u‖², ‖v‖²) entry by entry (``Architecture.dot_kernel_fn``, dense nets):
+    the GEMM, then F on plain (N1, N2) arrays. XLA's CPU backend vectorises F over plain arrays
+    but not over the row and column broadcasts of ``kernel_fn``'s recursion: ~1.7x faster for
+    fc2 on 1500 MNIST images, equal to rounding (3e-16 relative)."""
+    dot_kernel = arch.dot_kernel_fn
+    assert dot_kernel is not None
+
+    def gram(u: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
+        dots = jax.lax.optimization_barrier(pairwise_dots(u, v))  # the GEMM stays a GEMM
+        sq1 = jnp.broadcast_to(jnp.sum(u * u, axis=1)[:, None], dots.shape)
+        sq2 = jnp.broadcast_to(jnp.sum(v * v, axis=1)[None, :], dots.shape)
+        return dot_kernel(dots, sq1, sq2, u.shape[1])
+
+    return gram
 
 
 #: Below this many points a symmetric Gram within the budget is one call; above it, it is cut
 #: into at least this many row blocks so that each block pair is computed once.
 _SYMMETRIC_WHOLE_BELOW = 256
 _SYMMETRIC_MIN_BLOCKS = 6
+#: block results computed ahead of the one being copied to the host
+_IN_FLIGHT = 2
 
 
 @float64
@@ -174,15 +195,25 @@ def _symmetric_gram(arch: Architecture, a: jnp.ndarray, side: int, progress: boo
     pairs = [(i, j) for i in range(count) for j in range(i, count)]
     kernel = _whole_gram(arch)
     out = np.empty((n, n), dtype=np.float64)
+
+    def store(i: int, j: int, result: jnp.ndarray) -> None:
+        block = np.asarray(result, dtype=np.float64)[: rows[i].stop - rows[i].start, : rows[j].stop - rows[j].start]
+        if i == j:
+            out[rows[i], rows[i]] = 0.5 * (block + block.T)  # exact symmetry for the eigendecomposition
+        else:
+            out[rows[i], rows[j]] = block
+            out[rows[j], rows[i]] = block.T
+
+    # a few blocks in flight: JAX computes the next block while this one is copied to the host
+    pending: list[tuple[int, int, jnp.ndarray]] = []
     with progress_bar(len(pairs), f"Gram {arch.name} {n}x{n}", "block", show=progress) as bar:
         for i, j in pairs:
-            block = np.asarray(kernel(blocks[i], blocks[j]), dtype=np.float64)
-            block = block[: rows[i].stop - rows[i].start, : rows[j].stop - rows[j].start]
-            if i == j:
-                out[rows[i], rows[i]] = 0.5 * (block + block.T)  # exact symmetry for the eigendecomposition
-            else:
-                out[rows[i], rows[j]] = block
-                out[rows[j], rows[i]] = block.T
+            pending.append((i, j, kernel(blocks[i], blocks[j])))
+            if len(pending) > _IN_FLIGHT:
+                store(*pending.pop(0))
+                bar.update(1)
+        for item in pending:
+            store(*item)
             bar.update(1)
     return out
 
