@@ -103,6 +103,31 @@ def test_entk_under_torchrun_writes_the_single_process_kernel_once(tmp_path: Pat
         np.testing.assert_allclose(two["kernel"], one["kernel"], rtol=1e-10, atol=1e-10)
 
 
+def test_two_nodes_through_the_rendezvous_flags(tmp_path: Path) -> None:
+    """Two torchrun launchers with ``--nnodes 2`` and c10d rendezvous (two "nodes" on this host,
+    one process each): the one-process kernel, written once."""
+    import subprocess
+    import sys
+
+    endpoint = f"127.0.0.1:{_free_port()}"
+    flags = ["entk", "--data", "digits", "--model", "mnist-cnn", "--width", "4", "--points", "12", "--kind", "full"]
+    flags += ["--dtype", "float64", "--memory-budget", "6", "--quiet"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1"]
+    launcher += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes", "-m", "ntkrobust"]
+    nodes = [
+        subprocess.Popen([*launcher, *flags, "--out", str(tmp_path / "two")], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0]
+    assert sum(out.count("(world size 2)") for out in outputs) == 1  # one summary, from rank 0
+    from ntkrobust import cli
+
+    assert cli.main([*flags, "--out", str(tmp_path / "one")]) == 0
+    with np.load(tmp_path / "two" / "kernel.npz") as two, np.load(tmp_path / "one" / "kernel.npz") as one:
+        np.testing.assert_allclose(two["kernel"], one["kernel"], rtol=1e-10, atol=1e-10)
+
+
 def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
