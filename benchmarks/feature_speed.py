@@ -177,6 +177,15 @@ def profile(machine, x, y, threat, m: int, t_fgsm: float, repeats: int) -> None:
         f"{t_gemm * 1e3:.0f} ms = {t_gemm / t_fgsm:.2f}; gradients + attacked rows need two: "
         f"{2 * t_gemm / t_fgsm:.2f}, before the recursion of the attacked rows and the clean pass"
     )
+    # The same floor counted in GEMM work: one FGSM multiplies test points × pixels × training
+    # points four times (clean rows, the gradient's two GEMMs, attacked rows); scoring multiplies
+    # the clean points once and every attacked pair twice, over the active pixels only.
+    n_test, pixels = x.shape[0], int(np.prod(x.shape[1:]))
+    ratio = (n_test + 2 * pairs) * active / (4 * n_test * pixels)
+    print(
+        f"  GEMM work: scoring ({n_test} clean + 2 x {pairs} pairs) x {active} pixels / one FGSM (4 x {n_test}) x "
+        f"{pixels} pixels = {ratio:.2f}: the ratio [1] reaches at equal GEMM speed and free elementwise work"
+    )
 
 
 if __name__ == "__main__":
