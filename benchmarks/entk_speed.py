@@ -1,7 +1,7 @@
 """Speed and memory of the empirical NTK against the torch.func tutorial, as ratios measured in one run.
 
     python benchmarks/entk_speed.py [--mnist ../shared/data/mnist] [--cifar ../shared/data/cifar10/cifar10_subset.npz]
-        [--cases mnist,resnet] [--repeats 1] [--memory-limit-gb 16] [--device cpu|cuda] [--resnet-trace-500]
+        [--cases mnist,resnet] [--repeats 1] [--memory-limit-gb 16] [--device cpu|cuda] [--resnet-kinds N:KIND,...]
 
 Compares ``bridge.entk.empirical_ntk`` (dense layers by their outer-product structure, every other
 parameter through vmap(jacrev) in groups chunked under its memory budget, default 40% of the free
@@ -25,11 +25,13 @@ tutorial method does not fit at the issue's N, all methods also run at smaller N
 for a like-for-like timing. Every kernel is checked against ours at the same N: max |K - K_ours| /
 max |K_ours| (float32: ~1e-4 is agreement). [1]/[2] print tutorial seconds / ours (goal >= 1)
 against the faster tutorial method at the largest N where one ran.
-[3] (--resnet-trace-500, off by default: slow) ours alone, ResNet-18 trace kernel of 500
-CIFAR-shaped points: time and peak memory (goal: within this machine's 24 GB). Ours' Jacobian work
-grows like N^2 under a fixed budget (parameter groups ~ N, each over all N points), so this case
-takes hours on 2 CPU cores; --budget-gb (with --memory-limit-gb above it) trades memory for fewer
-groups.
+[3] (--resnet-kinds POINTS:KIND,..., off by default: slow) ours alone on ResNet-18 and CIFAR-shaped
+points, one child per case: the kernel's seconds, peak memory (goal: within this machine's 24 GB)
+and, where the full kind ran at the same N, the ratio to it; e.g.
+``--resnet-kinds 50:full,50:class-blocks,50:rademacher:2,500:class-blocks,500:rademacher:2``.
+Ours' Jacobian work grows with N and its contraction with N^2, so a 500-point exact kernel takes
+an hour or more on 2 CPU cores; --budget-gb (with --memory-limit-gb above it) trades memory for
+fewer groups.
 
 Peak memory: the child's peak resident set (VmHWM; it includes ~0.7-0.9 GB of torch and the model,
 printed as the baseline) on CPU, ``torch.cuda.max_memory_allocated`` with --device cuda.
@@ -57,7 +59,7 @@ from _common import ROOT, SHARED_MNIST, load_mnist
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_subset.npz"
 
 GOAL_TUTORIAL_RATIO = 1.0  # tutorial seconds / ours, against the faster tutorial method
-GOAL_TRACE_500_GB = 24.0  # this machine's memory
+GOAL_RESNET_GB = 24.0  # this machine's memory
 
 OURS, CONTRACTION, NTK_VPS, LOOP = "ours", "contraction", "ntk-vps", "loop"
 TUTORIAL = (CONTRACTION, NTK_VPS)
@@ -86,7 +88,7 @@ CASES = {
     "mnist": Case("[1]", "MNIST CNN", "mnist-cnn", (1, 28, 28), "trace", 300, (100, 20), 20, "mnist"),
     "resnet": Case("[2]", "ResNet-18 (3x3 stem)", "resnet18", (3, 32, 32), "full", 50, (8, 2), 4, "cifar"),
 }
-RESNET_500 = Case("[3]", "ResNet-18 (3x3 stem)", "resnet18", (3, 32, 32), "trace", 500, (), 0, "cifar")
+RESNET_KINDS = Case("[3]", "ResNet-18 (3x3 stem)", "resnet18", (3, 32, 32), "full", 0, (), 0, "cifar")
 
 
 # -- the child: one method, one N ------------------------------------------------------------
@@ -468,22 +470,25 @@ def run_case(case: Case, args: argparse.Namespace, runner: Runner, workdir: Path
         print(f"{case.label} no N where ours and a tutorial method both completed: no ratio")
 
 
-def run_resnet_500(args: argparse.Namespace, runner: Runner, workdir: Path) -> None:
-    case = RESNET_500
-    inputs, source = _inputs(case, args, workdir)
-    print(f"\n== {case.label} {case.title}, ours only, {case.kind} kernel, N = {case.n} ({args.device}) ==")
+def run_resnet_kinds(args: argparse.Namespace, runner: Runner, workdir: Path) -> None:
+    """[3]: ours alone on ResNet-18, one child per POINTS:KIND of --resnet-kinds."""
+    cases = [(int(points), kind) for points, kind in (item.split(":", 1) for item in args.resnet_kinds.split(","))]
+    inputs, source = _inputs(replace(RESNET_KINDS, n=max(points for points, _ in cases)), args, workdir)
+    print(f"\n== {RESNET_KINDS.label} {RESNET_KINDS.title}, ours only, by kernel kind ({args.device}) ==")
     print(f"data: {source}", flush=True)
-    run = runner.run(case, inputs, OURS, case.n, timeout=None)
-    if run.seconds is None:
-        print(
-            f"{case.label} ours: {run.status} (peak seen {_gb(run.peak_gb)} GB)   "
-            f"goal <= {GOAL_TRACE_500_GB:g} GB: NOT met"
-        )
-        return
-    print(
-        f"{case.label} ours: {run.seconds:.0f} s, peak memory {run.peak_gb:.2f} GB   "
-        f"goal <= {GOAL_TRACE_500_GB:g} GB: {'met' if (run.peak_gb or 0) <= GOAL_TRACE_500_GB else 'NOT met'}"
-    )
+    seconds: dict[tuple[int, str], float] = {}
+    for points, kind in cases:
+        run = runner.run(replace(RESNET_KINDS, kind=kind, n=points), inputs, OURS, points, timeout=None)
+        head = f"{RESNET_KINDS.label} N = {points:>4}, {kind:>14}:"
+        if run.seconds is None:
+            print(f"{head} {run.status} (peak seen {_gb(run.peak_gb)} GB)   goal <= {GOAL_RESNET_GB:g} GB: NOT met")
+            continue
+        seconds[(points, kind)] = run.seconds
+        full = seconds.get((points, "full"))
+        ratio = f", {run.seconds / full:.2f} of full" if full and kind != "full" else ""
+        met = "met" if (run.peak_gb or 0) <= GOAL_RESNET_GB else "NOT met"
+        memory = f"peak memory {run.peak_gb:.2f} GB   goal <= {GOAL_RESNET_GB:g} GB: {met}"
+        print(f"{head} {run.seconds:.0f} s{ratio}, {memory}", flush=True)
 
 
 def main() -> None:
@@ -498,7 +503,7 @@ def main() -> None:
     parser.add_argument("--child-timeout-min", type=float, default=30.0, help="kill a tutorial/loop child after")
     parser.add_argument("--budget-gb", type=float, default=None, help="ours' memory_budget (default: its own)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--resnet-trace-500", action="store_true", help="also [3]: ours alone, ResNet-18 trace N=500")
+    parser.add_argument("--resnet-kinds", default="", help="also [3]: ours alone on ResNet-18, POINTS:KIND,...")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -515,8 +520,8 @@ def main() -> None:
         runner = Runner(args, workdir)
         for name in wanted:
             run_case(replace(CASES[name], n=cases[name]), args, runner, workdir)
-        if args.resnet_trace_500:
-            run_resnet_500(args, runner, workdir)
+        if args.resnet_kinds:
+            run_resnet_kinds(args, runner, workdir)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Shapes: xb (B, *input) NCHW or flat; xc (n_c, layout...); α chunk (n_c, k); row
 from __future__ import annotations
 
 from ntkrobust.kernels._jax import jax, jnp
-from ntkrobust.kernels.architectures import Architecture
+from ntkrobust.kernels.architectures import Architecture, per_architecture
 from ntkrobust.kernels.relu import pairwise_dots
 
 
@@ -117,14 +117,8 @@ class Compiled:
         self.dot_jacobian = jax.jit(dot_jacobian)
 
 
-_COMPILED: dict[str, Compiled] = {}
-
-
-def compiled(arch: Architecture) -> Compiled:
-    key = arch.fingerprint()
-    if key not in _COMPILED:
-        _COMPILED[key] = Compiled(arch)
-    return _COMPILED[key]
+#: the programs of an architecture, compiled once
+compiled = per_architecture(Compiled)
 
 
 __all__ = ["Compiled", "compiled", "loss_cotangent"]

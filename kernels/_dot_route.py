@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ntkrobust.kernels._jax import jax, jnp
-from ntkrobust.kernels.architectures import Architecture
+from ntkrobust.kernels.architectures import Architecture, per_architecture
 from ntkrobust.kernels.relu import pairwise_dots
 
 
@@ -102,7 +102,7 @@ def build(arch: Architecture, closed: bool) -> DotPrograms:
     )
 
 
-_PROGRAMS: dict[tuple[str, bool], DotPrograms] = {}
+_built = per_architecture(build)
 
 
 def programs_for(arch: Architecture, closed: bool) -> DotPrograms | None:
@@ -110,10 +110,7 @@ def programs_for(arch: Architecture, closed: bool) -> DotPrograms | None:
     closed form without ``dot_partials_fn``): those keep the reverse-mode route."""
     if arch.entry_kernel_fn is None or (closed and arch.dot_partials_fn is None):
         return None
-    key = (arch.fingerprint(), closed)
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = build(arch, closed)
-    return _PROGRAMS[key]
+    return _built(arch, closed)
 
 
 def loss_gradient_block(
@@ -128,16 +125,16 @@ def loss_gradient_block(
     NCHW at the chunks' dtype.
 
     One chunk: its dot products serve the logits and both gradient passes. Several chunks: all
-    logits first (the loss needs the whole sum), then each chunk's dot products once more and
-    its share of the gradient, instead of keeping every chunk's (the budget that cut the chunks
-    forbids it).
+    logits first (the loss needs the whole sum), then each later chunk's dot products once more
+    and its share of the gradient, instead of keeping every chunk's (the budget that cut the
+    chunks forbids it); the first chunk's are still at hand.
     """
     d, f = programs.forward(xb, chunks[0][0], norms[0], chunks[0][1])
     for (xc, ac), sq2 in zip(chunks[1:], norms[1:], strict=True):
         f = f + programs.forward(xb, xc, sq2, ac)[1]
     g = None
-    for (xc, ac), sq2 in zip(chunks, norms, strict=True):  # ∇ₓL sums over training points
-        if len(chunks) > 1:
+    for i, ((xc, ac), sq2) in enumerate(zip(chunks, norms, strict=True)):  # ∇ₓL sums over training points
+        if i > 0:  # the first chunk's dot products are still those of its forward pass
             d = programs.dots(xb, xc)
         v = programs.norm_weights(d, sq2, xb, ib, f, ac)
         gc = programs.gradient(d, sq2, xb, ib, f, xc, ac, v)

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
 from ntkrobust.kernels._jax import jax, jnp
-from ntkrobust.kernels.architectures import Architecture
+from ntkrobust.kernels.architectures import Architecture, per_architecture
 from ntkrobust.kernels.gram import entries_within_budget
 from ntkrobust.kernels.machine import KernelMachine, _test_sharding, loss_cotangent, predicted_index
 from ntkrobust.kernels.relu import pairwise_dots
@@ -144,14 +144,7 @@ def _build(arch: Architecture) -> _Programs:
     )
 
 
-_PROGRAMS: dict[str, _Programs] = {}
-
-
-def _programs(arch: Architecture) -> _Programs:
-    key = arch.fingerprint()
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = _build(arch)
-    return _PROGRAMS[key]
+_programs = per_architecture(_build)
 
 
 def _train_side(machine: KernelMachine, m: int) -> tuple[_Train, np.ndarray]:

@@ -25,7 +25,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from ntkrobust.kernels._jax import jnp, stax
 from ntkrobust.kernels.conv import convolutional_kernel_fn
@@ -42,6 +42,7 @@ from ntkrobust.kernels.two_layer import (
     two_layer_stax_ntk,
 )
 
+T = TypeVar("T")
 KernelFn = Callable[..., jnp.ndarray]
 KernelVjp = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 DotKernelFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, int], jnp.ndarray]
@@ -107,6 +108,20 @@ class Architecture:
     def fingerprint(self) -> str:
         params = ",".join(f"{k}={v!r}" for k, v in sorted(self.hyperparameters.items()))
         return f"{self.name}({params})"
+
+
+def per_architecture(build: Callable[..., T]) -> Callable[..., T]:
+    """``build(arch, *options)`` made once per architecture (its fingerprint) and options: a
+    module's jitted programs, compiled once however many machines use them."""
+    made: dict[tuple[Any, ...], T] = {}
+
+    def get(arch: Architecture, *options: Any) -> T:
+        key = (arch.fingerprint(), *options)
+        if key not in made:
+            made[key] = build(arch, *options)
+        return made[key]
+
+    return get
 
 
 def fully_connected(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> Architecture:
