@@ -39,6 +39,9 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         assert distributed.active() and distributed.world_size() == world
         kernels = _kernels()
         np.savez(Path(out) / f"rank{rank}.npz", **kernels)
+        # every process gets here before the group goes: one tearing its gloo connections down
+        # while the other still holds them aborted that one once in a full run
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
@@ -189,6 +192,9 @@ def _training_rank(rank: int, world: int, port: int, out: str) -> None:
         for mode in MODES:
             weights, losses = _train_two_epochs(mode, replicate=True)
             np.savez(Path(out) / f"{mode}-rank{rank}.npz", losses=np.array(losses), **weights)
+        # every process gets here before the group goes: one tearing its gloo connections down
+        # while the other still holds them aborted that one once in a full run
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
@@ -317,6 +323,9 @@ def _evaluation_rank(rank: int, world: int, port: int, out: str) -> None:
     distributed.init_from_environment()
     try:
         np.savez(Path(out) / f"evaluation-rank{rank}.npz", **_evaluation())
+        # every process gets here before the group goes: one tearing its gloo connections down
+        # while the other still holds them aborted that one once in a full run
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
