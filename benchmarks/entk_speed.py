@@ -243,12 +243,14 @@ def worker(spec: dict) -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         baseline = _status_kib("VmRSS") * 1024
-        times, phase_times = [], []
+        times, cpu_times, phase_times = [], [], []
         for _ in range(spec["repeats"]):
-            start = time.perf_counter()
+            phases.clear()
+            start, cpu_start = time.perf_counter(), time.process_time()
             kernel = compute(x)
             _sync(device)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)  # every thread's: comparable across loads
             phase_times.append(dict(phases))
     except torch.OutOfMemoryError:
         print(json.dumps({"error": "out of GPU memory"}), flush=True)
@@ -263,6 +265,7 @@ def worker(spec: dict) -> None:
     order = sorted(range(len(times)), key=times.__getitem__)
     result = {
         "seconds": statistics.median(times),
+        "cpu_seconds": cpu_times[order[middle]],
         "phases": phase_times[order[middle]],
         "baseline_bytes": baseline,
         "peak_bytes": (
@@ -287,6 +290,7 @@ class Run:
     kernel: np.ndarray | None = None
     phases: dict | None = None
     params: int | None = None
+    cpu_seconds: float | None = None
     scaled_from: int | None = None  # the loop: measured on this many examples
 
 
@@ -349,6 +353,7 @@ class Runner:
         else:
             result = json.loads(lines[-1])
             run.seconds, run.phases, run.params = result["seconds"], result["phases"], result["params"]
+            run.cpu_seconds = result["cpu_seconds"]
             run.peak_gb, run.baseline_gb = result["peak_bytes"] / 2**30, result["baseline_bytes"] / 2**30
             run.kernel = np.load(spec["output"])
         return run
@@ -470,6 +475,19 @@ def run_case(case: Case, args: argparse.Namespace, runner: Runner, workdir: Path
         print(f"{case.label} no N where ours and a tutorial method both completed: no ratio")
 
 
+def _split(run: Run) -> str:
+    """Where a run of ours spent its time, and its CPU time (all threads; on shared cores the wall
+    time depends on the load, the CPU time much less)."""
+    cpu = f"CPU {run.cpu_seconds:.0f} s ({100 * (run.cpu_seconds or 0) / (run.seconds or 1):.0f}% of one core)"
+    p = run.phases or {}
+    if not p.get("contractions"):
+        return cpu
+    return (
+        f"{cpu}; {p['jacobian_calls']:.0f} vmap(jacrev) sub-batches {p['jacobians']:.0f} s, dense layers' factors "
+        f"{p['dense_factors']:.0f} s, {p['contractions']:.0f} contractions {p['contraction']:.0f} s"
+    )
+
+
 def run_resnet_kinds(args: argparse.Namespace, runner: Runner, workdir: Path) -> None:
     """[3]: ours alone on ResNet-18, one child per POINTS:KIND of --resnet-kinds."""
     cases = [(int(points), kind) for points, kind in (item.split(":", 1) for item in args.resnet_kinds.split(","))]
@@ -489,6 +507,7 @@ def run_resnet_kinds(args: argparse.Namespace, runner: Runner, workdir: Path) ->
         met = "met" if (run.peak_gb or 0) <= GOAL_RESNET_GB else "NOT met"
         memory = f"peak memory {run.peak_gb:.2f} GB   goal <= {GOAL_RESNET_GB:g} GB: {met}"
         print(f"{head} {run.seconds:.0f} s{ratio}, {memory}", flush=True)
+        print(f"{' ' * len(head)} {_split(run)}", flush=True)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ntkrobust.kernels._jax import jax, jnp
 from ntkrobust.kernels.architectures import Architecture, per_architecture
-from ntkrobust.kernels.relu import pairwise_dots
+from ntkrobust.kernels.relu import dot_kernel_partials, pairwise_dots
 
 
 def loss_cotangent(f: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -98,12 +98,9 @@ class Compiled:
             dot_kernel = arch.dot_kernel_fn
             assert dot_kernel is not None
             z = arch.to_layout(xb.astype(xc.dtype))
-            dots = pairwise_dots(z, xc)
-            sq1 = jnp.broadcast_to(jnp.sum(z * z, axis=1)[:, None], dots.shape)
-            sq2 = jnp.broadcast_to(jnp.sum(xc * xc, axis=1)[None, :], dots.shape)
-            _, vjp = jax.vjp(lambda d_, s_: dot_kernel(d_, s_, sq2, z.shape[1]), dots, sq1)
-            a, s = vjp(jnp.ones_like(dots))
-            w = w.astype(dots.dtype)
+            sq1, sq2 = jnp.sum(z * z, axis=1), jnp.sum(xc * xc, axis=1)
+            _, a, s = dot_kernel_partials(dot_kernel, pairwise_dots(z, xc), sq1, sq2, z.shape[1])
+            w = w.astype(a.dtype)
             along_x2 = jnp.einsum("bqj,jd->bqd", w * a[:, None, :], xc)
             along_x1 = 2.0 * jnp.einsum("bqj,bj->bq", w, s)[:, :, None] * z[:, None, :]
             return per_example(jnp.swapaxes(along_x2 + along_x1, 0, 1), xb)

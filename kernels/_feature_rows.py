@@ -38,11 +38,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
-from ntkrobust.kernels._jax import jax, jnp
+from ntkrobust.kernels._jax import jax, jnp, point_sharding
 from ntkrobust.kernels.architectures import Architecture, per_architecture
 from ntkrobust.kernels.gram import entries_within_budget
-from ntkrobust.kernels.machine import KernelMachine, _test_sharding, loss_cotangent, predicted_index
-from ntkrobust.kernels.relu import pairwise_dots
+from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index
+from ntkrobust.kernels.relu import dot_kernel_partials, dot_kernel_rows, pairwise_dots
 
 #: Pair chunks are padded to a multiple of this, so calls with different pair counts share a
 #: few compiled shapes instead of compiling one program per count.
@@ -78,21 +78,17 @@ def _build(arch: Architecture) -> _Programs:
     dot_kernel = arch.dot_kernel_fn
     assert dot_kernel is not None and arch.layout == "flat"
 
-    def rows(z: jnp.ndarray, tr: _Train) -> tuple[jnp.ndarray, Callable[..., tuple[jnp.ndarray, ...]]]:
-        # Θ(z, X) = F(z Xᵀ, ‖z‖², ‖X‖²): one GEMM over the active pixels (z's first A), then F
-        # entry by entry. Equal to ``arch.kernel_fn`` to rounding (2e-16 relative on MNIST fc2)
-        # and ~2x faster on a CPU for fc2, whose elementwise recursion outweighs the GEMM.
-        dots = pairwise_dots(z[:, : tr.x.shape[1]], tr.x)
-        sq1 = jnp.broadcast_to(jnp.sum(z * z, axis=1)[:, None], dots.shape)
-        sq2 = jnp.broadcast_to(tr.sq[None, :], dots.shape)
-        return jax.vjp(lambda d_, s_: dot_kernel(d_, s_, sq2, z.shape[1]), dots, sq1)
+    # Θ(z, X) = F(z Xᵀ, ‖z‖², ‖X‖²): one GEMM over the active pixels (z's first A), then F entry
+    # by entry: equal to ``arch.kernel_fn`` to rounding (2e-16 relative on MNIST fc2) and ~2x
+    # faster on a CPU for fc2, whose elementwise recursion outweighs the GEMM.
+    def rows(z: jnp.ndarray, tr: _Train) -> jnp.ndarray:
+        return dot_kernel_rows(
+            dot_kernel, pairwise_dots(z[:, : tr.x.shape[1]], tr.x), jnp.sum(z * z, axis=1), tr.sq, z.shape[1]
+        )
 
     def rows_and_partials(z: jnp.ndarray, tr: _Train) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        # F is elementwise, so one VJP with cotangent 1 gives ∂F/∂(x·x_j) and ∂F/∂‖x‖² of every
-        # entry at once (as ``KernelMachine.output_jacobian``'s dots route).
-        k, vjp = rows(z, tr)
-        a, s = vjp(jnp.ones_like(k))
-        return k, a, s
+        dots = pairwise_dots(z[:, : tr.x.shape[1]], tr.x)
+        return dot_kernel_partials(dot_kernel, dots, jnp.sum(z * z, axis=1), tr.sq, z.shape[1])
 
     def gradient_rows(a, sv, z, v, tr):  # type: ignore[no-untyped-def]
         # ∇ₓpᵢ = (a ⊙ vᵢ)ᵀ X + 2 (s·vᵢ) x, one row per pair: the GEMM of pairs × train × pixels,
@@ -120,7 +116,7 @@ def _build(arch: Architecture) -> _Programs:
         g = loss_weight(p[rows_, cols], ci, target)[:, None] * g
         # As the machine hands FGSM its gradient: in the input's dtype; the step is the shared one,
         # traced here. ℓ∞: x + ε·sign(g) has an exact product, so fused it rounds as numpy does.
-        x_adv = fgsm(functools.partial(_fixed, g.astype(x0.dtype)), x0, target, eps=eps, norm=norm)
+        x_adv = fgsm(functools.partial(fixed_gradient, g.astype(x0.dtype)), x0, target, eps=eps, norm=norm)
         return projection(x_adv, tr, cols)
 
     def moving_gradient(x, tr, cols, c, target):  # type: ignore[no-untyped-def]
@@ -133,8 +129,7 @@ def _build(arch: Architecture) -> _Programs:
 
     def projection(x, tr, cols):  # type: ignore[no-untyped-def]
         """p_{cols[q]}(x_q): the kernel row of each point, dotted with its own feature's vᵢ."""
-        k, _ = rows(x.astype(tr.x.dtype), tr)
-        return jnp.sum(k * tr.vt[cols], axis=1)
+        return jnp.sum(rows(x.astype(tr.x.dtype), tr) * tr.vt[cols], axis=1)
 
     return _Programs(
         clean=jax.jit(clean),
@@ -182,11 +177,11 @@ def _padded(a: np.ndarray, length: int) -> np.ndarray:
 
 class _Placement:
     """Where a block's points and a chunk's pairs go: split over every local JAX device along
-    their first axis (``kernels.machine``'s test-point sharding), or onto the one device. The
+    their first axis (``kernels._jax.point_sharding``), or onto the one device. The
     training side stays whole on every device, so each device's sums are the one-device sums."""
 
     def __init__(self) -> None:
-        self.sharding = _test_sharding((jnp.zeros(1),))
+        self.sharding = point_sharding((jnp.zeros(1),))
         devices = 1 if self.sharding is None else self.sharding.mesh.size
         self.quantum = math.lcm(_PAIR_QUANTUM, devices)
 
@@ -194,7 +189,7 @@ class _Placement:
         return jnp.asarray(a) if self.sharding is None else jax.device_put(a, self.sharding)
 
 
-def _fixed(gradient: np.ndarray, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+def fixed_gradient(gradient: np.ndarray, x: np.ndarray, target: np.ndarray) -> np.ndarray:
     """A loss gradient computed beforehand (FGSM asks for it once, at the clean points)."""
     return gradient
 

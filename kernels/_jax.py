@@ -52,7 +52,9 @@ import importlib.util
 import sys
 import types
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
 
 from ntkrobust._load_order import load_triton_first
 
@@ -149,4 +151,16 @@ def float64(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-__all__ = ["float64", "jax", "jnp", "nt", "stax", "x64_enabled"]
+def point_sharding(arrays: tuple[jnp.ndarray, ...]) -> Any:
+    """Points split over every local JAX device (their first axis), or None with one device or
+    under a caller's trace. Each device computes the kernel rows, logits, gradients or feature
+    scores of its own points against the whole (replicated) training set, so the sums inside every
+    entry are the one-device sums: the results are the same (tested with 2 host devices)."""
+    if jax.local_device_count() < 2 or any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return None
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    return NamedSharding(Mesh(np.array(jax.local_devices()), ("points",)), PartitionSpec("points"))
+
+
+__all__ = ["float64", "jax", "jnp", "nt", "point_sharding", "stax", "x64_enabled"]

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
-from ntkrobust.kernels._feature_rows import _fixed, pair_scores
+from ntkrobust.kernels._feature_rows import fixed_gradient, pair_scores
 from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index, spectral_filter
 from ntkrobust.kernels.metrics import spearman_correlation
@@ -247,7 +247,7 @@ def _jacobian_route(  # type: ignore[no-untyped-def]
             jac = np.asarray(proj.output_jacobian(xb, picked))  # (B, q, C, H, W)
             weight = _loss_weight(p[rows, cols], c[cols], t_pairs)
             grads = jac[rows, slot] * weight.reshape(-1, *([1] * (x.ndim - 1))).astype(x.dtype)
-            x_adv = fgsm(functools.partial(_fixed, grads), x_pairs, t_pairs, eps=threat.eps, norm=threat.norm)
+            x_adv = fgsm(functools.partial(fixed_gradient, grads), x_pairs, t_pairs, eps=threat.eps, norm=threat.norm)
         else:
             assert step is not None
             x_adv = pgd(

@@ -33,14 +33,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ntkrobust.kernels import _dot_route
 from ntkrobust.kernels._compiled import compiled as _compiled
 from ntkrobust.kernels._compiled import loss_cotangent
-from ntkrobust.kernels._jax import float64, jax, jnp, x64_enabled
+from ntkrobust.kernels._jax import float64, jax, jnp, point_sharding, x64_enabled
 from ntkrobust.kernels.architectures import Architecture
 from ntkrobust.kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
 
@@ -237,7 +236,7 @@ class KernelMachine:
         """
         n = arrays[0].shape[0]
         size = min(size, n)
-        sharding = _test_sharding(arrays)
+        sharding = point_sharding(arrays)
         if sharding is not None:  # a multiple of the devices, so each holds an equal share
             devices = sharding.mesh.size
             size = -(-size // devices) * devices
@@ -363,18 +362,6 @@ class KernelMachine:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match training inputs {self.input_shape}")
         return jnp.asarray(x)
-
-
-def _test_sharding(arrays: tuple[jnp.ndarray, ...]) -> Any:
-    """The test points split over every local JAX device (their first axis), or None with one
-    device or under a caller's trace. Each device computes the kernel rows, logits and gradients
-    of its own points against the whole (replicated) training set, so the sums inside every entry
-    are the one-device sums: the results are the same (tested with 2 host devices)."""
-    if jax.local_device_count() < 2 or any(isinstance(a, jax.core.Tracer) for a in arrays):
-        return None
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    return NamedSharding(Mesh(np.array(jax.local_devices()), ("points",)), PartitionSpec("points"))
 
 
 def _dtype_of(x: np.ndarray | jnp.ndarray) -> np.dtype:

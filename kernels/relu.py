@@ -95,6 +95,31 @@ def pairwise_dots(x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
     return jax.lax.dot_general(x1, x2, (((1,), (1,)), ((), ())))
 
 
+#: F(x·x', ‖x‖², ‖x'‖², d) entry by entry (``Architecture.dot_kernel_fn``)
+_EntryFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray, int], jnp.ndarray]
+
+
+def dot_kernel_rows(
+    dot_kernel: _EntryFn, dots: jnp.ndarray, sq1: jnp.ndarray, sq2: jnp.ndarray, dim: int
+) -> jnp.ndarray:
+    """Θ = F(dots, ‖x1‖², ‖x2‖²) on plain (N1, N2) arrays, from the products x1 x2ᵀ and the
+    squared norms (N1,) and (N2,). XLA's CPU backend vectorises F over plain arrays but not over
+    the row and column broadcasts of ``kernel_fn``'s recursion (~1.7x for fc2)."""
+    return dot_kernel(dots, jnp.broadcast_to(sq1[:, None], dots.shape), jnp.broadcast_to(sq2[None, :], dots.shape), dim)
+
+
+def dot_kernel_partials(
+    dot_kernel: _EntryFn, dots: jnp.ndarray, sq1: jnp.ndarray, sq2: jnp.ndarray, dim: int
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """``dot_kernel_rows`` with a = ∂Θ/∂(x1·x2) and s = ∂Θ/∂‖x1‖² of every entry. F is
+    elementwise, so one VJP with cotangent 1 gives both at once; then ∇_{x1}Θ(x1_b, x2_j) =
+    a_bj x2_j + 2 s_bj x1_b."""
+    s2 = jnp.broadcast_to(sq2[None, :], dots.shape)
+    k, vjp = jax.vjp(lambda d_, s_: dot_kernel(d_, s_, s2, dim), dots, jnp.broadcast_to(sq1[:, None], dots.shape))
+    a, s = vjp(jnp.ones_like(k))
+    return k, a, s
+
+
 @jax.custom_jvp
 def safe_sqrt(x: jnp.ndarray) -> jnp.ndarray:
     """√max(x, 0) whose derivative is 0 (not ∞) where x <= 0, as in neural-tangents."""

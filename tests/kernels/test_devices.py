@@ -43,12 +43,12 @@ scores = feature_scores(machine, x_test, y_test, ThreatModel(norm="linf", eps=0.
 pgd_scores = feature_scores(
     machine, x_test, y_test, ThreatModel(norm="linf", eps=0.1), n_features=12, attack="pgd", step=0.05, steps=3
 )
-from ntkrobust.kernels.machine import _test_sharding
+from ntkrobust.kernels._jax import point_sharding
 
 np.savez(
     sys.argv[1],
     devices=jax.local_device_count(),
-    sharded=_test_sharding((jax.numpy.zeros((4, 3)),)) is not None,
+    sharded=point_sharding((jax.numpy.zeros((4, 3)),)) is not None,
     gram=np.asarray(compute_gram(arch, x_train[:40], x_test[:30])),
     logits=np.asarray(machine.logits(x_test)),
     gradient=np.asarray(machine.loss_gradient(x_test, machine.target_index(y_test))),

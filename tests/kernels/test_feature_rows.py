@@ -95,7 +95,7 @@ def _programs_against_single_machines(machine, x, labels, features):  # type: ig
         single = machine.restricted_to([i])  # f = pᵢ cᵢ: its logits / cᵢ are pᵢ (up to the sign of cᵢ)
         scale = c[i][np.argmax(np.abs(c[i]))]
         g = np.asarray(single.loss_gradient(x[b : b + 1], target[b : b + 1]))
-        step = fgsm(functools.partial(rows_module._fixed, g), x[b : b + 1], target[b : b + 1], eps=0.1)
+        step = fgsm(functools.partial(rows_module.fixed_gradient, g), x[b : b + 1], target[b : b + 1], eps=0.1)
         theirs["clean"].append(np.asarray(single.logits(x[b : b + 1]))[0, np.argmax(np.abs(c[i]))] / scale)
         theirs["gradient"].append(g[0])
         theirs["attacked"].append(np.asarray(single.logits(step))[0, np.argmax(np.abs(c[i]))] / scale)
