@@ -141,6 +141,35 @@ def test_parameter_groups_cover_every_element_once_within_capacity():
         plan_parameter_groups(sizes, 0)
 
 
+def test_cpu_sub_batches_stay_within_the_working_set_and_give_the_same_kernel(monkeypatch):
+    """On a CPU a sub-batch holds about _CPU_WORKING_BYTES (cache); elsewhere only the budget
+    limits it. The kernel does not depend on it."""
+    from ntkrobust.bridge import entk
+
+    model = build_model(model_config("mnist-cnn", (1, 8, 8), 3, width=4))
+    x = torch.rand(12, 1, 8, 8, dtype=torch.float64)
+    sizes: list[tuple[bool, int]] = []
+    original = entk._sub_batch_size
+
+    def spy(*args, **kwargs):
+        sizes.append((kwargs["cpu"], original(*args, **kwargs)))
+        return sizes[-1][1]
+
+    monkeypatch.setattr(entk, "_sub_batch_size", spy)
+    reference = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64)
+    assert sizes and all(cpu and size == entk._MAX_SUB_BATCH for cpu, size in sizes)  # tiny examples
+    sizes.clear()
+    monkeypatch.setattr(entk, "_CPU_WORKING_BYTES", 1)  # one example per sub-batch on a CPU
+    capped = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64)
+    assert sizes and all(cpu and size == 1 for cpu, size in sizes)
+    np.testing.assert_allclose(capped, reference, rtol=0, atol=1e-12 * np.abs(reference).max())
+    # not on a CPU: the budget's size
+    group = [(name, 0, p.numel()) for name, p in model.named_parameters()]
+    engine = entk.JacobianEngine(model.eval(), None, x[:1].float())
+    assert original(group, engine, 100, 3, 4, 2**30, cpu=False) == entk._MAX_SUB_BATCH
+    assert original(group, engine, 100, 3, 4, 2**30, cpu=True) == 1
+
+
 def test_a_budget_too_small_for_one_chunk_is_refused():
     model = build_model(model_config("mnist-cnn", (1, 8, 8), 10, width=2))
     with pytest.raises(BudgetError, match="too small") as error:
