@@ -148,9 +148,12 @@ class JacobianEngine:
         structured = {name for layer in self.dense.values() for name in (layer.weight, layer.bias) if name}
         return {name: p.numel() for name, p in self.params.items() if name not in structured}
 
-    def _outputs(self, params: dict[str, torch.Tensor], example: torch.Tensor) -> torch.Tensor:
+    def _outputs(
+        self, params: dict[str, torch.Tensor], example: torch.Tensor, output: int | None = None
+    ) -> torch.Tensor:
         out = functional_call(self.model, (params, self.frozen, self.buffers), (example.unsqueeze(0),))[0]
-        return out if self.output_index is None else out[self.output_index : self.output_index + 1]
+        index = self.output_index if output is None else output
+        return out if index is None else out[index : index + 1]
 
     def dense_factors(self, x: torch.Tensor) -> dict[str, Factors]:
         """Per dense layer: g (B, C′, out), the output's gradient at the layer's output, and
@@ -180,8 +183,8 @@ class JacobianEngine:
         grads, inputs = vmap(jacrev(outputs, has_aux=True), in_dims=(None, 0))(zeros, x)
         return {name: (grads[name], inputs[name]) for name in self.dense}
 
-    def jacobian(self, group: Group, x: torch.Tensor) -> torch.Tensor:
-        """(B, C′, P_group) for a sub-batch ``x`` (B, ...)."""
+    def jacobian(self, group: Group, x: torch.Tensor, output: int | None = None) -> torch.Tensor:
+        """(B, C′, P_group) for a sub-batch ``x`` (B, ...); (B, 1, P_group) for one ``output``."""
         pieces = {f"{name}:{start}": self.params[name].reshape(-1)[start:stop] for name, start, stop in group}
 
         def outputs(pieces: dict[str, torch.Tensor], example: torch.Tensor) -> torch.Tensor:
@@ -192,7 +195,7 @@ class JacobianEngine:
                 if stop - start < flat.numel():  # rebuild the tensor around the differentiated slice
                     piece = torch.cat([flat[:start], piece, flat[stop:]])
                 params[name] = piece.reshape(self.params[name].shape)
-            return self._outputs(params, example)
+            return self._outputs(params, example, output)
 
         jac = vmap(jacrev(outputs), in_dims=(None, 0))(pieces, x)
         return torch.cat([jac[key].flatten(2) for key in pieces], dim=2)

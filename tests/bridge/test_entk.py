@@ -170,6 +170,45 @@ def test_cpu_sub_batches_stay_within_the_working_set_and_give_the_same_kernel(mo
     assert original(group, engine, 100, 3, 4, 2**30, cpu=True) == 1
 
 
+@pytest.mark.parametrize("kind", ["class-blocks", "trace", "rademacher:3"])
+def test_many_groups_take_one_output_at_a_time_to_the_same_kernel(kind, monkeypatch):
+    """A budget that needs many groups for all outputs at once: the class blocks and the trace
+    (also the Rademacher estimate's) go one output at a time, through larger groups, and give
+    the kernel of one unchunked pass (float64, 1e-12 relative), symmetric and with x2."""
+    from ntkrobust.bridge import entk
+
+    model = build_model(model_config("resnet18", (3, 8, 8), 10, width=4, seed=0))
+    x = torch.rand(5, 3, 8, 8, dtype=torch.float64)
+    options = {"kind": kind, "dtype": torch.float64, "seed": 3}
+    references = [empirical_ntk(model, x, **options), empirical_ntk(model, x, x[:2], **options)]
+    plans = []
+    original = entk._plan_passes
+    monkeypatch.setattr(entk, "_plan_passes", lambda *args: plans.append(original(*args)) or plans[-1])
+    chunked = [empirical_ntk(model, x, memory_budget=3_000_000, **options)]
+    chunked.append(empirical_ntk(model, x, x[:2], memory_budget=3_000_000, **options))
+    outputs = 3 if kind.startswith("rademacher") else 10
+    # every output's own passes (and the dense layer's pass, None, that the kernel adds first)
+    assert {step.output for step in plans[0]} == {None, *range(outputs)} and len(plans[0]) > outputs + 1
+    for got, reference in zip(chunked, references, strict=True):
+        assert relative_error(got, reference) < 1e-12
+    # the full kernel pairs outputs: all at once, and this budget is too small for that
+    with pytest.raises(BudgetError):
+        empirical_ntk(model, x, kind="full", dtype=torch.float64, memory_budget=3_000_000)
+
+
+def test_one_group_keeps_every_output_in_one_pass():
+    from ntkrobust.bridge import entk
+
+    sizes = {"a": 100, "b": 50}
+    for kind in ("class-blocks", "trace", "full"):
+        plan = entk._plan_passes(KernelKind.parse(kind), sizes, 10, 10 * 150)
+        assert [step.output for step in plan] == [None]
+    # 15 groups of all outputs (>= C = 10): the class blocks go one output at a time; full never
+    many = entk._plan_passes(KernelKind("class-blocks"), sizes, 10, 100)
+    assert len(many) == 10 * 2 and {step.output for step in many} == set(range(10))
+    assert {step.output for step in entk._plan_passes(KernelKind("full"), sizes, 10, 100)} == {None}
+
+
 def test_a_budget_too_small_for_one_chunk_is_refused():
     model = build_model(model_config("mnist-cnn", (1, 8, 8), 10, width=2))
     with pytest.raises(BudgetError, match="too small") as error:
