@@ -27,11 +27,14 @@ max |K_ours| (float32: ~1e-4 is agreement). [1]/[2] print tutorial seconds / our
 against the faster tutorial method at the largest N where one ran.
 [3] (--resnet-kinds POINTS:KIND,..., off by default: slow) ours alone on ResNet-18 and CIFAR-shaped
 points, one child per case: the kernel's seconds, peak memory (goal: within this machine's 24 GB)
-and, where the full kind ran at the same N, the ratio to it; e.g.
+and, where the full kind ran earlier at the same N, the ratio to it; then the child's CPU time (all
+threads: on a loaded machine it moves less than the wall time) and where ours spent it
+(Jacobian sub-batches, dense factors, contractions); e.g.
 ``--resnet-kinds 50:full,50:class-blocks,50:rademacher:2,500:class-blocks,500:rademacher:2``.
-Ours' Jacobian work grows with N and its contraction with N^2, so a 500-point exact kernel takes
-an hour or more on 2 CPU cores; --budget-gb (with --memory-limit-gb above it) trades memory for
-fewer groups.
+Ours' Jacobian work grows with N^2 once the parameters need several groups (each group's pass
+covers all N points, and the groups' number grows with N), and its contraction with N^2; a
+500-point full kernel takes well over an hour on 2 CPU cores; --budget-gb (with
+--memory-limit-gb above it) trades memory for fewer groups.
 
 Peak memory: the child's peak resident set (VmHWM; it includes ~0.7-0.9 GB of torch and the model,
 printed as the baseline) on CPU, ``torch.cuda.max_memory_allocated`` with --device cuda.
