@@ -207,6 +207,8 @@ def test_one_group_keeps_every_output_in_one_pass():
     many = entk._plan_passes(KernelKind("class-blocks"), sizes, 10, 100)
     assert len(many) == 10 * 2 and {step.output for step in many} == set(range(10))
     assert {step.output for step in entk._plan_passes(KernelKind("full"), sizes, 10, 100)} == {None}
+    # no parameter outside the dense layers: no pass, whatever the budget
+    assert entk._plan_passes(KernelKind("full"), {}, 10, 0) == []
 
 
 def test_a_budget_too_small_for_one_chunk_is_refused():
