@@ -81,14 +81,14 @@ def _build(arch: Architecture) -> _Programs:
     # Θ(z, X) = F(z Xᵀ, ‖z‖², ‖X‖²): one GEMM over the active pixels (z's first A), then F entry
     # by entry: equal to ``arch.kernel_fn`` to rounding (2e-16 relative on MNIST fc2) and ~2x
     # faster on a CPU for fc2, whose elementwise recursion outweighs the GEMM.
+    def entries(z: jnp.ndarray, tr: _Train) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, int]:
+        return pairwise_dots(z[:, : tr.x.shape[1]], tr.x), jnp.sum(z * z, axis=1), tr.sq, z.shape[1]
+
     def rows(z: jnp.ndarray, tr: _Train) -> jnp.ndarray:
-        return dot_kernel_rows(
-            dot_kernel, pairwise_dots(z[:, : tr.x.shape[1]], tr.x), jnp.sum(z * z, axis=1), tr.sq, z.shape[1]
-        )
+        return dot_kernel_rows(dot_kernel, *entries(z, tr))
 
     def rows_and_partials(z: jnp.ndarray, tr: _Train) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-        dots = pairwise_dots(z[:, : tr.x.shape[1]], tr.x)
-        return dot_kernel_partials(dot_kernel, dots, jnp.sum(z * z, axis=1), tr.sq, z.shape[1])
+        return dot_kernel_partials(dot_kernel, *entries(z, tr))
 
     def gradient_rows(a, sv, z, v, tr):  # type: ignore[no-untyped-def]
         # ∇ₓpᵢ = (a ⊙ vᵢ)ᵀ X + 2 (s·vᵢ) x, one row per pair: the GEMM of pairs × train × pixels,
