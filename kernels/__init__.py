@@ -15,6 +15,7 @@ _PUBLIC = {
     "Architecture": "ntkrobust.kernels.architectures",
     "UnknownArchitectureError": "ntkrobust.kernels.architectures",
     "get_architecture": "ntkrobust.kernels.architectures",
+    "is_registered": "ntkrobust.kernels.architectures",
     "two_layer_ntk": "ntkrobust.kernels.two_layer",
     "two_layer_ntk_vjp": "ntkrobust.kernels.two_layer",
     "two_layer_stax_ntk": "ntkrobust.kernels.two_layer",
@@ -73,7 +74,13 @@ _PUBLIC = {
 if TYPE_CHECKING:  # the names as type checkers and editors see them; at run time they load lazily
     from ntkrobust.kernels.adversarial import craft_adversarial
     from ntkrobust.kernels.alignment import aligned_times, matching_time, theory_time_per_epoch, training_outputs
-    from ntkrobust.kernels.architectures import ARCHITECTURES, Architecture, UnknownArchitectureError, get_architecture
+    from ntkrobust.kernels.architectures import (
+        ARCHITECTURES,
+        Architecture,
+        UnknownArchitectureError,
+        get_architecture,
+        is_registered,
+    )
     from ntkrobust.kernels.features import (
         ATTACKS,
         FeatureScores,
@@ -156,6 +163,7 @@ __all__ = [
     "get_architecture",
     "gram_cache_path",
     "gram_matrix",
+    "is_registered",
     "kernel_alignment",
     "kernel_distance",
     "kernel_metrics",

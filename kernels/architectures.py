@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -59,9 +60,13 @@ class UnknownArchitectureError(KeyError):
         return str(self.args[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Architecture:
-    """An infinite-width architecture: its NTK function and how inputs reach it."""
+    """An infinite-width architecture: its NTK function and how inputs reach it.
+
+    Compared and hashed by identity: compiled programs are kept per object (``per_architecture``),
+    and the registry's factories make one object per name and hyperparameters (``is_registered``).
+    """
 
     name: str
     description: str
@@ -106,24 +111,50 @@ class Architecture:
             raise ValueError(f"architecture {self.name} needs NCHW images, got shape {nchw_shape}")
 
     def fingerprint(self) -> str:
+        """Name and hyperparameters. They determine the kernel only for ``is_registered`` objects:
+        a hand-built architecture may share both with a registered one and compute another kernel."""
         params = ",".join(f"{k}={v!r}" for k, v in sorted(self.hyperparameters.items()))
         return f"{self.name}({params})"
 
 
 def per_architecture(build: Callable[..., T]) -> Callable[..., T]:
-    """``build(arch, *options)`` made once per architecture (its fingerprint) and options: a
-    module's jitted programs, compiled once however many machines use them."""
-    made: dict[tuple[Any, ...], T] = {}
+    """``build(arch, *options)`` made once per architecture object and options: a module's jitted
+    programs, compiled once however many machines use them (the registry hands every caller of a
+    name the same object). Keyed by identity, never by name: a hand-built architecture named like a
+    registered one gets programs of its own kernel functions."""
+    made: weakref.WeakKeyDictionary[Architecture, dict[tuple[Any, ...], T]] = weakref.WeakKeyDictionary()
 
     def get(arch: Architecture, *options: Any) -> T:
-        key = (arch.fingerprint(), *options)
-        if key not in made:
-            made[key] = build(arch, *options)
-        return made[key]
+        programs = made.setdefault(arch, {})
+        if options not in programs:
+            programs[options] = build(arch, *options)
+        return programs[options]
 
     return get
 
 
+_REGISTERED: dict[str, Architecture] = {}
+
+
+def _one_per_fingerprint(factory: Callable[..., Architecture]) -> Callable[..., Architecture]:
+    """The factory returns the first object it made for these hyperparameters: one set of compiled
+    programs per kernel, and a fingerprint that names the kernel (``is_registered``)."""
+
+    @functools.wraps(factory)
+    def make(*args: Any, **kwargs: Any) -> Architecture:
+        arch = factory(*args, **kwargs)
+        return _REGISTERED.setdefault(arch.fingerprint(), arch)
+
+    return make
+
+
+def is_registered(arch: Architecture) -> bool:
+    """Whether ``arch`` came from this module's factories, so that its fingerprint determines its
+    kernel (the Gram disk cache keys by it; hand-built architectures are not cached on disk)."""
+    return _REGISTERED.get(arch.fingerprint()) is arch
+
+
+@_one_per_fingerprint
 def fully_connected(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> Architecture:
     """FC{depth}: Flatten, depth × (Dense, ReLU), Dense readout; NTK parameterisation.
 
@@ -147,6 +178,7 @@ def fully_connected(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -
     )
 
 
+@_one_per_fingerprint
 def convolutional(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> Architecture:
     """CONV{depth}: depth × (3x3 SAME Conv, ReLU), Flatten, Dense readout; NTK parameterisation.
 
@@ -172,6 +204,7 @@ def convolutional(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> 
     )
 
 
+@_one_per_fingerprint
 def two_layer() -> Architecture:
     """Supp. eq. 28-29: the closed-form NTK of a two-layer ReLU net with a frozen ±1 readout."""
     return Architecture(

@@ -35,7 +35,7 @@ import numpy as np
 
 from ntkrobust._progress import progress_bar
 from ntkrobust.kernels._jax import float64, jax, jnp, nt
-from ntkrobust.kernels.architectures import Architecture
+from ntkrobust.kernels.architectures import Architecture, is_registered, per_architecture
 from ntkrobust.kernels.relu import dot_kernel_rows, pairwise_dots
 
 log = logging.getLogger("ntkrobust")
@@ -72,7 +72,10 @@ def default_cache_dir() -> Path:
 
 
 def gram_cache_key(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None) -> str:
-    """The full cache key (sha256 hex) of the Gram matrix of these inputs."""
+    """The full cache key (sha256 hex) of the Gram matrix of these inputs. Only a registered
+    architecture has one: a hand-built one's fingerprint does not say which kernel it computes."""
+    if not is_registered(arch):
+        raise ValueError(f"a hand-built architecture ({arch.fingerprint()}) has no Gram cache key")
     digest = hashlib.sha256()
     digest.update(f"{CACHE_FORMAT}|{arch.fingerprint()}|nt={version('neural-tangents')}|float64".encode())
     for x in (x1, x2):
@@ -101,16 +104,13 @@ def _pad_rows(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
     return jnp.concatenate([x, jnp.repeat(x[-1:], short, axis=0)], axis=0)
 
 
-_WHOLE: dict[int, tuple[Architecture, Any]] = {}
+def _build_whole_gram(arch: Architecture) -> Any:
+    program = _dots_gram(arch) if arch.dot_kernel_fn is not None else lambda u, v: arch.kernel_fn(u, v, "ntk")
+    return jax.jit(program)
 
 
-def _whole_gram(arch: Architecture) -> Any:
-    """``arch``'s kernel on two whole input sets as one jitted program, one per architecture
-    object (kept with it, so its id stays its own)."""
-    if id(arch) not in _WHOLE or _WHOLE[id(arch)][0] is not arch:
-        program = _dots_gram(arch) if arch.dot_kernel_fn is not None else lambda u, v: arch.kernel_fn(u, v, "ntk")
-        _WHOLE[id(arch)] = (arch, jax.jit(program))
-    return _WHOLE[id(arch)][1]
+#: ``arch``'s kernel on two whole input sets as one jitted program, one per architecture.
+_whole_gram = per_architecture(_build_whole_gram)
 
 
 def _dots_gram(arch: Architecture) -> Any:
@@ -231,6 +231,9 @@ def cached_gram(
     progress: bool = False,
 ) -> tuple[np.ndarray, CacheOutcome]:
     """``gram_matrix`` and what the cache did (``CacheOutcome``): only a verified entry is a hit."""
+    if cache_dir is not None and not is_registered(arch):
+        log.warning("%s is hand-built: its Gram is not cached on disk", arch.fingerprint())
+        cache_dir = None
     if cache_dir is None:
         return compute_gram(arch, x1, x2, memory_budget=memory_budget, progress=progress), "off"
     key = gram_cache_key(arch, x1, x2)
