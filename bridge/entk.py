@@ -314,6 +314,25 @@ def empirical_ntk(
     shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
     trailing = {"full": (outputs, outputs), "class-blocks": (outputs,)}.get(kind.name, ())
     kernel = torch.zeros(shape + trailing, dtype=torch.float64, device=device)
+    _add_passes(kernel, kind, engine, passes, batch, a, b, progress)
+    distributed.all_reduce_sum(kernel)
+    if kind.name == "trace":
+        kernel /= outputs * (num_outputs if estimated else 1)
+    return kernel.cpu().numpy()
+
+
+def _add_passes(
+    kernel: torch.Tensor,
+    kind: KernelKind,
+    engine: JacobianEngine,
+    passes: list[_Pass],
+    batch: list[int],
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    progress: bool,
+) -> None:
+    """Add each pass's share of Θ(a, b) into ``kernel``, sub-batch by sub-batch (``batch[i]``
+    examples at a time in pass i)."""
     steps = sum(math.ceil(a.shape[0] / size) + (0 if b is None else math.ceil(b.shape[0] / size)) for size in batch)
     with progress_bar(steps, f"eNTK ({kind})", "chunk", show=progress) as bar:
         for step, size in zip(passes, batch, strict=True):
@@ -336,10 +355,6 @@ def empirical_ntk(
                 else:
                     kernel += block
             del j1, j2
-    distributed.all_reduce_sum(kernel)
-    if kind.name == "trace":
-        kernel /= outputs * (num_outputs if estimated else 1)
-    return kernel.cpu().numpy()
 
 
 @dataclass(frozen=True)
