@@ -100,6 +100,26 @@ def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch
     assert relative_error(symmetric, explicit_gradient_gram(model, x1, x1)) < TOL
 
 
+@pytest.mark.parametrize("kind", ["full", "class-blocks", "trace"])
+def test_a_symmetric_kernel_from_the_block_triangle_equals_the_gradient_gram(case, monkeypatch, kind):
+    """Blocks of one row (4 points: 4 row blocks in the C-batched products, and in the full
+    kind's N·C rows) mirrored below the diagonal, against one autograd call per example."""
+    from ntkrobust.bridge import entk
+
+    model, x1, _, _ = case
+    monkeypatch.setattr(entk, "_MIN_BLOCK_ROWS", 1)
+    kernel = empirical_ntk(model, x1, kind=kind, dtype=torch.float64)
+    reference = explicit_gradient_gram(model, x1, x1)
+    expected = {
+        "full": reference,
+        "class-blocks": np.einsum("ijcc->ijc", reference),
+        "trace": np.einsum("ijcc->ij", reference) / 3,
+    }[kind]
+    assert relative_error(kernel, expected) < TOL
+    a = torch.rand(2, 11, 5, dtype=torch.float64)
+    torch.testing.assert_close(entk._products(a, a), a @ a.transpose(-1, -2), rtol=1e-14, atol=0)
+
+
 def test_dense_layers_take_the_structured_route_only_where_it_is_exact():
     from ntkrobust.bridge.jacobians import dense_layers
 
