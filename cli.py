@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from ntkrobust._allocator import retain_freed_memory
 from ntkrobust._cli_commands import _ABOUT, COMMANDS
 from ntkrobust._cli_flags import ARCHITECTURES, MODELS, PROG, UsageError, _Parser
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
@@ -112,6 +113,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "reproduce" and _reproduce_listing(args):
         return 0
     rank = _launch_rank(args.command)
+    retain_freed_memory()  # before the study allocates: reused pages, not fresh ones (_allocator.py)
     module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
     settings = settings_from(getattr(module, settings_name), args)
     if not rank:  # one process, or rank 0 of several

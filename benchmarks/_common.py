@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ntkrobust._allocator import retain_freed_memory
+
 ROOT = Path(__file__).resolve().parents[1]
+
+#: Benchmarks measure what the command line runs with: freed memory kept for reuse (glibc; see
+#: ``ntkrobust/_allocator.py``). ``NTKROBUST_MALLOC=system`` measures the default allocator.
+ALLOCATOR = "freed memory retained" if retain_freed_memory() else "the system allocator's defaults"
 
 #: The real MNIST test set of the steering repository, when it is checked out beside this one.
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"

@@ -57,7 +57,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from _common import ROOT, SHARED_MNIST, load_mnist
+from _common import ALLOCATOR, ROOT, SHARED_MNIST, load_mnist
 
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_subset.npz"
 
@@ -496,7 +496,7 @@ def run_resnet_kinds(args: argparse.Namespace, runner: Runner, workdir: Path) ->
     cases = [(int(points), kind) for points, kind in (item.split(":", 1) for item in args.resnet_kinds.split(","))]
     inputs, source = _inputs(replace(RESNET_KINDS, n=max(points for points, _ in cases)), args, workdir)
     print(f"\n== {RESNET_KINDS.label} {RESNET_KINDS.title}, ours only, by kernel kind ({args.device}) ==")
-    print(f"data: {source}", flush=True)
+    print(f"data: {source}; allocator: {ALLOCATOR}", flush=True)
     seconds: dict[tuple[int, str], float] = {}
     for points, kind in cases:
         run = runner.run(replace(RESNET_KINDS, kind=kind, n=points), inputs, OURS, points, timeout=None)

@@ -32,7 +32,7 @@ import sys
 import time
 import warnings
 
-from _common import SHARED_MNIST, load_mnist, median_seconds
+from _common import ALLOCATOR, SHARED_MNIST, load_mnist, median_seconds
 
 from ntkrobust.attacks import EPOCH_PGD_STEPS, AttackSpec, evaluation_schedule
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = KernelTracker(x=x[probe], targets=y[probe], num_classes=10, eps=0.3, step=0.01, steps=40)
     print(
         f"data: {source}; {x.shape[0]} training points, probe {args.probe}, device {device}, "
-        f"torch threads {torch.get_num_threads()}"
+        f"torch threads {torch.get_num_threads()}; allocator: {ALLOCATOR}"
     )
 
     standard = TrainConfig(mode="standard", epochs=1, batch_size=128)

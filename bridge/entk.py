@@ -195,8 +195,11 @@ def rademacher_signs(draws: int, num_outputs: int, seed: int) -> torch.Tensor:
 
 #: Row blocks of a symmetric product A Aᵀ: only the b(b+1)/2 blocks on and above the diagonal
 #: are multiplied, (b+1)/(2b) of the GEMM's products; blocks of fewer rows multiply slower.
+#: Measured on 2 cores (one output's rows, P = 0.4-1M): 150 rows gain nothing from 2 or 3 blocks
+#: (1.02-1.07 of the GEMM's time), so they take the plain GEMM; 200 rows 0.89 in 2 blocks, 300
+#: rows 0.85 and 500 rows 0.83-0.87 in 2 or 3.
 _SYMMETRIC_BLOCKS = 3
-_MIN_BLOCK_ROWS = 64
+_MIN_BLOCK_ROWS = 100
 
 
 def _products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
