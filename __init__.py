@@ -12,15 +12,19 @@ One installed name over the project's folders (the build maps this folder onto `
 - ``ntkrobust.cli``: the command line (``ntkrobust`` or ``python -m ntkrobust``).
 
 Importing ``ntkrobust`` imports nothing heavy: each subpackage loads its names on first use.
+``retain_freed_memory()`` makes a Python session keep and reuse the memory it frees, as the
+command line does (glibc; large tensors without page faults, see ``_allocator.py``).
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ntkrobust._allocator import retain_freed_memory
+
 try:
     __version__ = version("ntkrobust")
 except PackageNotFoundError:  # run from a checkout that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "retain_freed_memory"]

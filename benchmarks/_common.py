@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntkrobust._allocator import retain_freed_memory
+from ntkrobust import retain_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 # 64 MB blocks, above glibc's largest mmap threshold (32 MB): allocated, written, freed, four times
 _PROBE = """
 import resource, sys
-from ntkrobust._allocator import retain_freed_memory
+from ntkrobust import retain_freed_memory
 applied = retain_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
