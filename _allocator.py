@@ -1,15 +1,16 @@
 """Keep freed memory in the process: large tensors reuse pages instead of mapping fresh ones.
 
-glibc serves every allocation above its mmap threshold (at most 32 MB) with a mapping of its
-own and unmaps it when freed, so each of an empirical NTK's Jacobian sub-batches (hundreds of MB
-to GB for ResNet-18) arrives as fresh pages that the kernel faults in and zeroes one 4 KB page at
-a time: system time, not arithmetic. ``retain_freed_memory`` turns both off through ``mallopt``
-(``M_MMAP_MAX`` 0: large blocks come from the heap; ``M_TRIM_THRESHOLD`` -1: the heap is never
-given back), the in-process form of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=…``, doing the
-job that PyTorch's CPU tuning guide gives jemalloc or tcmalloc through ``LD_PRELOAD``.
+glibc serves every allocation above its mmap threshold (128 KB, rising with use to at most
+32 MB) with a mapping of its own and unmaps it when freed, so each of an empirical NTK's
+Jacobian sub-batches (hundreds of MB to GB for ResNet-18) arrives as fresh pages that the kernel
+faults in and zeroes one 4 KB page at a time: system time, not arithmetic.
+``retain_freed_memory`` turns both off through ``mallopt`` (``M_MMAP_MAX`` 0: large blocks come
+from the heap; ``M_TRIM_THRESHOLD`` -1: the heap is never given back), the in-process form of
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=…``, doing the job that PyTorch's CPU tuning guide
+gives jemalloc or tcmalloc through ``LD_PRELOAD``.
 
 Measured on this project's 2-core VM, one process each way: ResNet-18 class blocks of 150
-CIFAR-10 points 225 s → 116 s (CPU 417 s → 230 s; peak resident memory 8.05 → 8.12 GB); one
+CIFAR-10 points 225 s → 114 s (CPU 417 s → 224 s; peak resident memory 8.05 → 8.07 GB); one
 MNIST-CNN tracking point 1.50-1.59 s → 1.32-1.43 s (system time 0.24-0.42 s → 0.01 s).
 
 The price: memory a process frees stays with it (its resident size stays near its peak) until it
