@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ntkrobust._allocator import retain_freed_memory
+from ntkrobust import retain_freed_memory
 from ntkrobust._cli_commands import _ABOUT, COMMANDS
 from ntkrobust._cli_flags import ARCHITECTURES, MODELS, PROG, UsageError, _Parser
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
