@@ -28,7 +28,7 @@ import os
 import platform
 import sys
 
-__all__ = ["retain_freed_memory"]
+__all__ = ["freed_memory_retained", "retain_freed_memory"]
 
 # mallopt(3) parameters
 _M_TRIM_THRESHOLD = -1
@@ -54,4 +54,10 @@ def retain_freed_memory() -> bool:
         return False
     # -1: "disables trimming completely" (mallopt(3)); 0: no mmap for large requests
     _APPLIED = libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1 and libc.mallopt(_M_MMAP_MAX, 0) == 1
+    return _APPLIED
+
+
+def freed_memory_retained() -> bool:
+    """Whether ``retain_freed_memory`` is in effect in this process (its CPU tuning, e.g. the
+    empirical NTK's sub-batch size, depends on it)."""
     return _APPLIED

@@ -32,6 +32,22 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def paired_seconds(first: Callable[[], object], second: Callable[[], object], pairs: int) -> list[tuple[float, float]]:
+    """Wall times of ``first`` and ``second`` called in turn, ``pairs`` times after one warm-up
+    call of each: each pair's ratio compares the two at the same moment of a machine whose speed
+    drifts (a shared VM's can change by half within minutes)."""
+    first()
+    second()
+    times = []
+    for _ in range(pairs):
+        start = time.perf_counter()
+        first()
+        middle = time.perf_counter()
+        second()
+        times.append((middle - start, time.perf_counter() - middle))
+    return times
+
+
 def load_mnist(mnist: Path, n_train: int, n_test: int, seed: int = 0):  # type: ignore[no-untyped-def]
     """(x_train, y_train, x_test, y_test, source): real MNIST cut from its test set when the
     folder exists, else uniform noise images of the same shape (ten balanced classes)."""

@@ -25,12 +25,13 @@ How it is computed. The Jacobian of a large net over all inputs never exists at 
 trainable parameters are cut into groups (whole tensors, or slices of a flattened tensor when one
 tensor alone is too big), so that the per-example Jacobian of every input with respect to one
 group fits half the memory budget; the inputs go through ``vmap(jacrev(f))`` in sub-batches sized
-so that their activations and gradients fit the other half (and, on a CPU, about 64 MB, which
-stays near the cache: 1.5-1.9x faster than sub-batches of 128 on the CNNs measured). Then Θ = Σ_groups J_g(X1) J_g(X2)ᵀ,
-exactly, whatever the grouping (the tests check chunked = unchunked). When ``x2`` is omitted the
-kernel is symmetric and each group's Jacobian is computed once. The class blocks and the trace of
-a net that needs C groups or more take one output at a time, through groups C times larger
-(``_plan_passes``): C times fewer backward passes for the same forward passes.
+so that their activations and gradients fit the other half (and, on a CPU, about 64 MB under
+glibc's default allocator, 512 MB with freed memory kept: see ``_CPU_WORKING_BYTES``). Then Θ =
+Σ_groups J_g(X1) J_g(X2)ᵀ, exactly, whatever the grouping (the tests check chunked = unchunked).
+When ``x2`` is omitted the kernel is symmetric and each group's Jacobian is computed once. The
+class blocks and the trace of a net that needs C groups or more take one output at a time, through
+groups C times larger (``_plan_passes``): C times fewer backward passes for the same forward
+passes.
 
 Dense layers are cheaper still. For ``nn.Linear`` (and the twins' ``NTKLinear``) applied to one
 vector per example, y = s·W h + s_b·b, the gradient of output c is s·g_c hᵀ for W and s_b·g_c for
@@ -60,6 +61,7 @@ import torch
 from torch import nn
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
+from ntkrobust._allocator import freed_memory_retained
 from ntkrobust._progress import progress_bar
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.jacobians import (
@@ -79,12 +81,21 @@ KINDS = ("full", "class-blocks", "trace", "class", "rademacher")
 MIN_AUTO_BUDGET = 2**30  # the automatic budget: a share of the free memory, at least 1 GiB
 AUTO_BUDGET_SHARE = 0.4
 _MAX_SUB_BATCH = 128
-#: On a CPU, a sub-batch's working memory is kept near this size: vmap(jacrev)'s C′ backward
-#: copies of a large sub-batch run out of cache. Measured here (class blocks, 2 cores): the MNIST
-#: CNN (4.8 MB per example) on 300 points 1.16 s at 128 examples, 0.76 s at 16; the conv2 twin
-#: (12.9 MB) 2.50 s at 128, 1.30 s at 4; the CIFAR CNN (27 MB) 2.97 s at 128, 2.14 s at 4;
-#: ResNet-18 no slower at 1. A GPU keeps the budget's size.
+#: On a CPU, a sub-batch's working memory is kept near one of these sizes, after the allocator.
+#: With glibc's defaults, blocks above its mmap threshold (at most 32 MB) arrive as fresh pages at
+#: every call, so sub-batches stay small: the MNIST CNN (4.8 MB per example) on 300 points took
+#: 1.16 s at 128 examples, 0.76 s at 16; the conv2 twin (12.9 MB) 2.50 s at 128, 1.30 s at 4; the
+#: CIFAR CNN (27 MB) 2.97 s at 128, 2.14 s at 4. With freed memory kept (``retain_freed_memory``,
+#: as the command line runs) every block is reused and larger sub-batches pay fewer calls: class
+#: blocks at 512 MB against 64 MB, two sweeps on 2 cores, the MNIST CNN (300 points) 0.80-0.95 of
+#: the time, the CIFAR CNN (200) 0.81-0.87, ResNet-18 (40) 0.85-0.98; 1-2 GB were no better than
+#: 512 MB beyond the noise. A GPU keeps the budget's size.
 _CPU_WORKING_BYTES = 64 * 2**20
+_CPU_WORKING_BYTES_RETAINED = 512 * 2**20
+
+
+def _cpu_working_bytes() -> int:
+    return _CPU_WORKING_BYTES_RETAINED if freed_memory_retained() else _CPU_WORKING_BYTES
 
 
 @dataclass(frozen=True)
@@ -441,7 +452,7 @@ def _sub_batch_size(
     per_example = itemsize * (activations * (2 + outputs) + outputs * touched)
     size = min((memory_budget // 2) // per_example, _MAX_SUB_BATCH)
     if cpu and size >= 1:
-        size = min(size, max(1, _CPU_WORKING_BYTES // per_example))
+        size = min(size, max(1, _cpu_working_bytes() // per_example))
     if size < 1:
         raise BudgetError(
             f"memory budget of {memory_budget} bytes is too small for one example's Jacobian chunk "

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.skipif(
 _PROBE = """
 import resource, sys
 from ntkrobust import retain_freed_memory
+from ntkrobust._allocator import freed_memory_retained
+assert not freed_memory_retained()  # nothing is changed at import
 applied = retain_freed_memory()
+assert freed_memory_retained() is applied  # what the empirical NTK's CPU sub-batch size reads
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 block = bytearray(64 << 20); del block  # the first time, the pages are new either way

@@ -162,8 +162,8 @@ def test_parameter_groups_cover_every_element_once_within_capacity():
 
 
 def test_cpu_sub_batches_stay_within_the_working_set_and_give_the_same_kernel(monkeypatch):
-    """On a CPU a sub-batch holds about _CPU_WORKING_BYTES (cache); elsewhere only the budget
-    limits it. The kernel does not depend on it."""
+    """On a CPU a sub-batch holds about _CPU_WORKING_BYTES (_RETAINED with freed memory kept);
+    elsewhere only the budget limits it. The kernel does not depend on it."""
     from ntkrobust.bridge import entk
 
     model = build_model(model_config("mnist-cnn", (1, 8, 8), 3, width=4))
@@ -180,6 +180,7 @@ def test_cpu_sub_batches_stay_within_the_working_set_and_give_the_same_kernel(mo
     assert sizes and all(cpu and size == entk._MAX_SUB_BATCH for cpu, size in sizes)  # tiny examples
     sizes.clear()
     monkeypatch.setattr(entk, "_CPU_WORKING_BYTES", 1)  # one example per sub-batch on a CPU
+    monkeypatch.setattr(entk, "_CPU_WORKING_BYTES_RETAINED", 1)
     capped = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64)
     assert sizes and all(cpu and size == 1 for cpu, size in sizes)
     np.testing.assert_allclose(capped, reference, rtol=0, atol=1e-12 * np.abs(reference).max())
@@ -188,6 +189,14 @@ def test_cpu_sub_batches_stay_within_the_working_set_and_give_the_same_kernel(mo
     engine = entk.JacobianEngine(model.eval(), None, x[:1].float())
     assert original(group, engine, 100, 3, 4, 2**30, cpu=False) == entk._MAX_SUB_BATCH
     assert original(group, engine, 100, 3, 4, 2**30, cpu=True) == 1
+    # the allocator decides the CPU's size: small sub-batches under glibc's defaults, larger ones
+    # when freed memory is kept
+    per_example = 4 * (100 * (2 + 3) + 3 * sum(p.numel() for p in model.parameters()))
+    monkeypatch.setattr(entk, "_CPU_WORKING_BYTES", 3 * per_example)
+    monkeypatch.setattr(entk, "_CPU_WORKING_BYTES_RETAINED", 7 * per_example)
+    for retained, expected in ((False, 3), (True, 7)):
+        monkeypatch.setattr(entk, "freed_memory_retained", lambda retained=retained: retained)
+        assert original(group, engine, 100, 3, 4, 2**30, cpu=True) == expected
 
 
 @pytest.mark.parametrize("kind", ["class-blocks", "trace", "rademacher:3"])
