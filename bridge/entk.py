@@ -385,8 +385,8 @@ def _add_passes(
                 del f1, f2
                 continue
             jacobian = functools.partial(engine.jacobian, step.group, output=step.output)
-            j1 = _in_sub_batches(jacobian, a, size, bar)
-            j2 = j1 if b is None else _in_sub_batches(jacobian, b, size, bar)
+            j1 = _rows_in_sub_batches(jacobian, a, size, bar)
+            j2 = j1 if b is None else _rows_in_sub_batches(jacobian, b, size, bar)
             if step.output is None:
                 kernel += _contract(kind, j1, j2).to(torch.float64)
             else:  # one output's block: column c of the class blocks, or one term of the trace
@@ -469,6 +469,24 @@ def _in_sub_batches(compute: Callable[[torch.Tensor], Any], x: torch.Tensor, siz
         parts.append(compute(x[start : start + size]))
         bar.update(1)
     return _concatenate(parts)
+
+
+def _rows_in_sub_batches(
+    compute: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int, bar: Any
+) -> torch.Tensor:
+    """``compute`` over sub-batches of ``x`` (one tensor each), written into one tensor of all the
+    rows as they come: a group's Jacobian is never held twice (as parts and as their
+    concatenation), and each pass allocates one block of the same size, which a process that keeps
+    its freed memory reuses rather than fragmenting its heap."""
+    rows = None
+    for start in range(0, x.shape[0], size):
+        part = compute(x[start : start + size])
+        if rows is None:
+            rows = part.new_empty((x.shape[0], *part.shape[1:]))
+        rows[start : start + part.shape[0]] = part
+        bar.update(1)
+    assert rows is not None, "no rows"
+    return rows
 
 
 def _concatenate(parts: list[Any]) -> Any:
