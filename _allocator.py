@@ -14,11 +14,13 @@ CIFAR-10 points 225 s → 114 s (CPU 417 s → 224 s; peak resident memory 8.05 
 MNIST-CNN tracking point 1.50-1.59 s → 1.32-1.43 s (system time 0.24-0.42 s → 0.01 s).
 
 The price: memory a process frees stays with it (its resident size stays near its peak) until it
-exits, and freed blocks of other sizes can raise the peak (the ResNet-18 full kind of 500 points
-10.2 → 12.0 GB; the class blocks 9.8 → 9.1 GB). The command line applies it to every process
-it runs; ``NTKROBUST_MALLOC=system`` (or the user's own ``MALLOC_MMAP_MAX_`` /
-``MALLOC_TRIM_THRESHOLD_``) leaves the allocator as it is. Only glibc on Linux is touched;
-elsewhere this does nothing.
+exits, and freed blocks of other sizes can fragment the heap and raise the peak (the ResNet-18
+full kind of 500 points 10.2 → 12.0 GB while each pass's Jacobian was a list of parts and their
+concatenation; 5.9 GB since ``bridge.entk`` writes it into one array of one size per pass).
+``freed_memory_retained`` tells the empirical NTK to take larger CPU sub-batches.
+The command line applies it to every process it runs; ``NTKROBUST_MALLOC=system`` (or the
+user's own ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_``) leaves the allocator as it is. Only
+glibc on Linux is touched; elsewhere this does nothing.
 """
 
 from __future__ import annotations
