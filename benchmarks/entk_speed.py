@@ -3,9 +3,9 @@
     python benchmarks/entk_speed.py [--mnist ../shared/data/mnist] [--cifar ../shared/data/cifar10/cifar10_subset.npz]
         [--cases mnist,resnet] [--repeats 1] [--memory-limit-gb 16] [--device cpu|cuda] [--resnet-kinds N:KIND,...]
 
-Compares ``bridge.entk.empirical_ntk`` (dense layers by their outer-product structure, every other
-parameter through vmap(jacrev) in groups chunked under its memory budget, default 40% of the free
-memory) with the two methods of PyTorch's "Neural Tangent Kernels" tutorial (torch.func):
+Compares ``bridge.entk.empirical_ntk`` (dense layers by their outer-product structure, plain
+convolutions as g P^T rows when those fit a quarter of the budget, every other parameter through
+vmap(jacrev) in groups chunked under its memory budget, default 40% of the free memory) with the two methods of PyTorch's "Neural Tangent Kernels" tutorial (torch.func):
 - jacobian contraction: ``vmap(jacrev(f))`` over all of x1 and of x2, flattened, and
   ``einsum('Naf,Mbf->NMab')`` (full) or ``'Naf,Maf->NM'`` (trace) summed over parameters;
 - NTK-vector products: ``vmap`` over every pair (x1_n, x2_m) of a ``vjp`` then a ``jvp`` per
@@ -29,7 +29,7 @@ against the faster tutorial method at the largest N where one ran.
 points, one child per case: the kernel's seconds, peak memory (goal: within this machine's 24 GB)
 and, where the full kind ran earlier at the same N, the ratio to it; then the child's CPU time (all
 threads: on a loaded machine it moves less than the wall time) and where ours spent it
-(Jacobian sub-batches, dense factors, contractions); e.g.
+(Jacobian sub-batches, structured layers' factors and rows, contractions); e.g.
 ``--resnet-kinds 50:full,50:class-blocks,50:rademacher:2,500:class-blocks,500:rademacher:2``.
 Ours' Jacobian work grows with N^2 once the parameters need several groups (each group's pass
 covers all N points, and the groups' number grows with N), and its contraction with N^2; a
@@ -193,12 +193,12 @@ def _methods(model, kind: str, num_classes: int, device, budget: int | None):  #
 
 
 #: Where ours spends its time, timed from outside by wrapping bridge.entk's internals (in the child).
-OURS_PARTS = ("jacobians", "jacobian_calls", "dense_factors", "contraction", "contractions")
+OURS_PARTS = ("jacobians", "jacobian_calls", "factors", "contraction", "contractions")
 
 
 def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[no-untyped-def]
     """Wrap ``JacobianEngine.jacobian`` (one vmap(jacrev) sub-batch of one parameter group),
-    ``JacobianEngine.dense_factors`` (the dense layers' g and h of one sub-batch) and
+    ``JacobianEngine.factors`` (the dense layers' g and h and the convolutions' rows of one sub-batch) and
     ``_contract`` (one J1 J2^T) with timers."""
     import functools
 
@@ -219,7 +219,7 @@ def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[
 
     engine = jacobians.JacobianEngine
     engine.jacobian = timed(engine.jacobian, "jacobians", "jacobian_calls")  # type: ignore[method-assign]
-    engine.dense_factors = timed(engine.dense_factors, "dense_factors")  # type: ignore[method-assign]
+    engine.factors = timed(engine.factors, "factors")  # type: ignore[method-assign]
     entk._contract = timed(entk._contract, "contraction", "contractions")
 
 
@@ -453,10 +453,10 @@ def run_case(case: Case, args: argparse.Namespace, runner: Runner, workdir: Path
     for n, run in ours.items():
         if run.seconds is not None and run.phases and run.phases.get("contractions"):
             p = run.phases
-            parts = p["jacobians"] + p["dense_factors"] + p["contraction"]
+            parts = p["jacobians"] + p["factors"] + p["contraction"]
             print(
                 f"ours at N = {n}: {p['jacobian_calls']:.0f} vmap(jacrev) sub-batches of parameter groups "
-                f"{p['jacobians']:.1f} s, dense layers' factors {p['dense_factors']:.1f} s, "
+                f"{p['jacobians']:.1f} s, structured layers' factors {p['factors']:.1f} s, "
                 f"{p['contractions']:.0f} contractions {p['contraction']:.1f} s, other {run.seconds - parts:.1f} s"
             )
 
@@ -486,8 +486,8 @@ def _split(run: Run) -> str:
     if not p.get("contractions"):
         return cpu
     return (
-        f"{cpu}; {p['jacobian_calls']:.0f} vmap(jacrev) sub-batches {p['jacobians']:.0f} s, dense layers' factors "
-        f"{p['dense_factors']:.0f} s, {p['contractions']:.0f} contractions {p['contraction']:.0f} s"
+        f"{cpu}; {p['jacobian_calls']:.0f} vmap(jacrev) sub-batches {p['jacobians']:.0f} s, structured layers' factors "
+        f"{p['factors']:.0f} s, {p['contractions']:.0f} contractions {p['contraction']:.0f} s"
     )
 
 

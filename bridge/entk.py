@@ -38,6 +38,11 @@ vector per example, y = s·W h + s_b·b, the gradient of output c is s·g_c hᵀ
 b, with g_c = ∂f_c/∂y. So the layer adds (s² h·h′ + s_b²)(g_c·g′_d) to Θ_{cd}(x, x′) without ever
 forming its per-example gradients (the "structured derivatives" of neural-tangents, Novak et al.
 2022): g comes from differentiating with respect to a zero added to y, h from the layer's input.
+Plain convolutions (``nn.Conv2d``) come from the same pass: their Jacobian rows are g Pᵀ, the
+gradient at their output times their unfolded input (``bridge.convolutions``), formed with one
+batched product per layer, and a first convolution followed by ReLU and average pooling is
+differentiated only down to the pooling's output. Those rows are kept for every example, so when
+they would take more than a quarter of the budget the convolutions go through the groups instead.
 
 BatchNorm. With ``batch_stats=False`` the net runs in eval mode with its running statistics (RAT's
 "w buffer"). With ``batch_stats=True`` (RAT's "w/o buffer") every BatchNorm layer normalises with
@@ -59,6 +64,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
 from ntkrobust._allocator import freed_memory_retained
@@ -329,19 +335,20 @@ def empirical_ntk(
         raise ValueError("the model has no trainable parameters, so no tangent kernel")
     itemsize = torch.finfo(dtype).bits // 8
     samples = a.shape[0] + (0 if b is None else b.shape[0])
-    # the dense layers' factors g (C′ × out) and h (in) of every example
-    dense = sum(
-        outputs * engine.params[d.weight].shape[0] + engine.params[d.weight].shape[1] for d in engine.dense.values()
-    )
-    factor_bytes = samples * itemsize * dense
+    if _structured_bytes(engine, outputs, samples, itemsize) > memory_budget // 4:
+        # the convolutions' rows of every example at once would crowd out the groups: they take
+        # the groups' route, where they are chunked like any parameter
+        engine = JacobianEngine(net, kind.index, a[:1], structured=structured, convolutions=False)
+    factor_bytes = _structured_bytes(engine, outputs, samples, itemsize)
     passes = _plan_passes(kind, engine.sizes(), outputs, (memory_budget // 2 - factor_bytes) // (samples * itemsize))
-    if engine.dense:
-        passes.insert(0, _Pass(None, None))  # the dense layers' pass
+    if engine.dense or engine.convs:
+        passes.insert(0, _Pass(None, None))  # the structured layers' pass
     passes = distributed.share(passes)  # under torchrun each rank sums its share; all-reduced below
     activations = activation_elements(net, a[:1])
+    conv_group = [(name, 0, size) for name, size in engine.conv_parameters().items()]
     batch = [
         _sub_batch_size(
-            p.group or [],
+            p.group if p.group is not None else conv_group,
             engine,
             activations,
             1 if p.output is not None else outputs,
@@ -362,6 +369,16 @@ def empirical_ntk(
     return kernel.cpu().numpy()
 
 
+def _structured_bytes(engine: JacobianEngine, outputs: int, samples: int, itemsize: int) -> int:
+    """What the structured layers' pass keeps for the whole kernel: the dense layers' factors g
+    (C′ × out) and h (in), and the convolutions' rows (C′ × P_layer), of every example."""
+    dense = sum(
+        outputs * engine.params[d.weight].shape[0] + engine.params[d.weight].shape[1] for d in engine.dense.values()
+    )
+    convs = outputs * sum(layer.size for layer in engine.convs.values())
+    return samples * itemsize * (dense + convs)
+
+
 def _add_passes(
     kernel: torch.Tensor,
     kind: KernelKind,
@@ -378,10 +395,13 @@ def _add_passes(
     with progress_bar(steps, f"eNTK ({kind})", "chunk", show=progress) as bar:
         for step, size in zip(passes, batch, strict=True):
             if step.group is None:
-                f1 = _in_sub_batches(engine.dense_factors, a, size, bar)
-                f2 = f1 if b is None else _in_sub_batches(engine.dense_factors, b, size, bar)
+                f1 = _rows_in_sub_batches(engine.factors, a, size, bar)
+                f2 = f1 if b is None else _rows_in_sub_batches(engine.factors, b, size, bar)
                 for name, layer in engine.dense.items():
-                    kernel += _contract_dense(kind, layer, f1[name], f2[name]).to(torch.float64)
+                    kernel += _contract_dense(kind, layer, f1["dense"][name], f2["dense"][name]).to(torch.float64)
+                for name in engine.convs:
+                    rows = f1["conv"][name]
+                    kernel += _contract(kind, rows, rows if b is None else f2["conv"][name]).to(torch.float64)
                 del f1, f2
                 continue
             jacobian = functools.partial(engine.jacobian, step.group, output=step.output)
@@ -400,7 +420,7 @@ def _add_passes(
 
 @dataclass(frozen=True)
 class _Pass:
-    """One pass over the inputs: a parameter group (None: the dense layers' factors) and the
+    """One pass over the inputs: a parameter group (None: the structured layers' factors and rows) and the
     output it differentiates (None: every selected output at once)."""
 
     group: Group | None
@@ -461,39 +481,21 @@ def _sub_batch_size(
     return size
 
 
-def _in_sub_batches(compute: Callable[[torch.Tensor], Any], x: torch.Tensor, size: int, bar: Any) -> Any:
-    """``compute`` over sub-batches of ``x``, results (tensors, or nested dicts / tuples of
-    them) concatenated along the example axis."""
-    parts = []
+def _rows_in_sub_batches(compute: Callable[[torch.Tensor], Any], x: torch.Tensor, size: int, bar: Any) -> Any:
+    """``compute`` over sub-batches of ``x`` (a tensor, or nested dicts / tuples of them, with the
+    examples first), written into one tensor per result of all the rows as they come: a group's
+    Jacobian is never held twice (as parts and as their concatenation), and each pass allocates
+    blocks of the same sizes, which a process that keeps its freed memory reuses rather than
+    fragmenting its heap."""
+    rows: list[torch.Tensor] = []
+    spec = None
     for start in range(0, x.shape[0], size):
-        parts.append(compute(x[start : start + size]))
+        parts, spec = tree_flatten(compute(x[start : start + size]))
+        if not rows:
+            rows = [part.new_empty((x.shape[0], *part.shape[1:])) for part in parts]
+        for whole, part in zip(rows, parts, strict=True):
+            whole[start : start + part.shape[0]] = part
+        del parts
         bar.update(1)
-    return _concatenate(parts)
-
-
-def _rows_in_sub_batches(
-    compute: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int, bar: Any
-) -> torch.Tensor:
-    """``compute`` over sub-batches of ``x`` (one tensor each), written into one tensor of all the
-    rows as they come: a group's Jacobian is never held twice (as parts and as their
-    concatenation), and each pass allocates one block of the same size, which a process that keeps
-    its freed memory reuses rather than fragmenting its heap."""
-    rows = None
-    for start in range(0, x.shape[0], size):
-        part = compute(x[start : start + size])
-        if rows is None:
-            rows = part.new_empty((x.shape[0], *part.shape[1:]))
-        rows[start : start + part.shape[0]] = part
-        bar.update(1)
-    assert rows is not None, "no rows"
-    return rows
-
-
-def _concatenate(parts: list[Any]) -> Any:
-    """Tensors, or dicts / tuples of them, joined along the example axis."""
-    first = parts[0]
-    if isinstance(first, dict):
-        return {key: _concatenate([part[key] for part in parts]) for key in first}
-    if isinstance(first, tuple):
-        return tuple(_concatenate([part[i] for part in parts]) for i in range(len(first)))
-    return torch.cat(parts) if len(parts) > 1 else first
+    assert spec is not None, "no rows"
+    return tree_unflatten(rows, spec)

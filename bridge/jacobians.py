@@ -5,9 +5,10 @@
   group, for a sub-batch of examples: (B, C′, P_group);
 - ``dense_layers`` finds the dense layers whose per-example gradient is an outer product
   s·g hᵀ (``nn.Linear``, the twins' ``NTKLinear``, applied to one vector per example), and
-  ``JacobianEngine.dense_factors`` returns their factors g (B, C′, out) and h (B, in), which
+  ``JacobianEngine.factors`` returns their factors g (B, C′, out) and h (B, in), which
   ``bridge.entk`` contracts without forming the gradients (the structured derivatives of
-  neural-tangents, Novak et al. 2022);
+  neural-tangents, Novak et al. 2022), together with the Jacobian rows of the plain
+  convolutions, g Pᵀ from the same backward pass (``bridge.convolutions``);
 - ``transposed_products`` gives Jᵀw = ∇θ Σ_n w_nᵀ f(x_n) for weights w on the outputs of a set,
   without forming J (NTK eigenvectors, empirical-NTK kernel machines).
 """
@@ -24,6 +25,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
+from ntkrobust.bridge.convolutions import ConvLayer, conv_layers, conv_rows
 
 
 class BudgetError(ValueError):
@@ -133,19 +135,40 @@ def dense_layers(model: nn.Module, example: torch.Tensor, trainable: set[str]) -
 
 class JacobianEngine:
     """Per-example Jacobians of the selected outputs with respect to one parameter group, and
-    the factors (g, h) of the dense layers, whose parameters the groups leave out."""
+    the structured layers' share: the factors (g, h) of the dense layers and the Jacobian rows of
+    the convolutions, whose parameters the groups leave out (``convolutions=False``: the
+    convolutions go through the groups too)."""
 
-    def __init__(self, model: nn.Module, output_index: int | None, example: torch.Tensor, *, structured: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        output_index: int | None,
+        example: torch.Tensor,
+        *,
+        structured: bool = True,
+        convolutions: bool = True,
+    ):
         self.model = model
         self.params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
         self.frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
         self.buffers = {name: b.detach() for name, b in model.named_buffers()}
         self.output_index = output_index
-        self.dense = dense_layers(model, example, set(self.params)) if structured else {}
+        trainable = set(self.params)
+        self.dense = dense_layers(model, example, trainable) if structured else {}
+        outputs = None if output_index is None else 1
+        self.convs: dict[str, ConvLayer] = (
+            conv_layers(model, example, trainable, outputs) if structured and convolutions else {}
+        )
+
+    def conv_parameters(self) -> dict[str, int]:
+        """Element counts of the parameters that the convolutions' rows take."""
+        names = [name for layer in self.convs.values() for name in (layer.weight, layer.bias) if name]
+        return {name: self.params[name].numel() for name in names}
 
     def sizes(self) -> dict[str, int]:
         """Element counts of the parameters left to the generic Jacobian groups."""
         structured = {name for layer in self.dense.values() for name in (layer.weight, layer.bias) if name}
+        structured |= set(self.conv_parameters())
         return {name: p.numel() for name, p in self.params.items() if name not in structured}
 
     def _outputs(
@@ -155,21 +178,31 @@ class JacobianEngine:
         index = self.output_index if output is None else output
         return out if index is None else out[index : index + 1]
 
-    def dense_factors(self, x: torch.Tensor) -> dict[str, Factors]:
-        """Per dense layer: g (B, C′, out), the output's gradient at the layer's output, and
-        h (B, in), the layer's input, for a sub-batch ``x``."""
+    def factors(self, x: torch.Tensor) -> dict[str, dict[str, Any]]:
+        """For a sub-batch ``x``: ``"dense"``, per dense layer g (B, C′, out), the output's gradient
+        at the layer's output, and h (B, in), the layer's input; ``"conv"``, per convolution its
+        Jacobian rows (B, C′, P_layer). One forward and one backward pass per output for all."""
+        # the shift that each tap adds to its output, and the module whose input it keeps
+        taps = [(name, layer.module, layer.module) for name, layer in self.dense.items()]
+        taps += [(name, layer.tap, layer.module) for name, layer in self.convs.items()]
 
         def outputs(shifts: dict[str, torch.Tensor], example: torch.Tensor):  # type: ignore[no-untyped-def]
             inputs: dict[str, torch.Tensor] = {}
 
-            def tap(name: str):  # type: ignore[no-untyped-def]
-                def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-                    inputs[name] = args[0][0]
+            def shift(name: str):  # type: ignore[no-untyped-def]
+                def hook(_module: nn.Module, _args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
                     return output + shifts[name]
 
                 return hook
 
-            hooks = [layer.module.register_forward_hook(tap(name)) for name, layer in self.dense.items()]
+            def keep(name: str):  # type: ignore[no-untyped-def]
+                def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                    inputs[name] = args[0][0]
+
+                return hook
+
+            hooks = [tapped.register_forward_hook(shift(name)) for name, tapped, _ in taps]
+            hooks += [layer.register_forward_pre_hook(keep(name)) for name, _, layer in taps]
             try:
                 return self._outputs(self.params, example), inputs
             finally:
@@ -180,8 +213,13 @@ class JacobianEngine:
             name: torch.zeros(self.params[layer.weight].shape[0], dtype=x.dtype, device=x.device)
             for name, layer in self.dense.items()
         }
+        zeros.update({name: x.new_zeros(layer.tap_shape) for name, layer in self.convs.items()})
         grads, inputs = vmap(jacrev(outputs, has_aux=True), in_dims=(None, 0))(zeros, x)
-        return {name: (grads[name], inputs[name]) for name in self.dense}
+        rows = {}
+        for name, layer in self.convs.items():
+            bias = self.params.get(f"{name}.bias", self.frozen.get(f"{name}.bias"))  # a frozen one still shifts
+            rows[name] = conv_rows(layer, self.params[layer.weight], bias, grads[name], inputs[name])
+        return {"dense": {name: (grads[name], inputs[name]) for name in self.dense}, "conv": rows}
 
     def jacobian(self, group: Group, x: torch.Tensor, output: int | None = None) -> torch.Tensor:
         """(B, C′, P_group) for a sub-batch ``x`` (B, ...); (B, 1, P_group) for one ``output``."""

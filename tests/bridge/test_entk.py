@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from ntkrobust.bridge.convolutions import conv_layers
 from ntkrobust.bridge.entk import BudgetError, KernelKind, empirical_ntk, with_batch_statistics
 from ntkrobust.bridge.jacobians import plan_parameter_groups
 from ntkrobust.bridge.models import build_model, model_config
@@ -74,8 +76,8 @@ def test_trace_and_class_kernels_are_the_diagonal_blocks(case):
 
 @pytest.mark.parametrize("structured", [True, False], ids=["structured", "generic"])
 def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch, structured):
-    """Groups of a fifth of the generic parameters (tensors sliced), sub-batches of 2; with and
-    without the dense layers' structured route."""
+    """Groups of a fifth of the generic parameters (tensors sliced on the generic route), sub-batches
+    of 2; with and without the structured route of the dense layers and convolutions."""
     from ntkrobust.bridge import entk
 
     model, x1, x2, reference = case
@@ -91,9 +93,11 @@ def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch
     chunked = empirical_ntk(model, x1, x2, **options)
     if plans:
         sizes = {name: p.numel() for name, p in model.named_parameters()}
-        assert len(plans[0]) >= 5 and any(stop - start < sizes[name] for g in plans[0] for name, start, stop in g)
+        assert len(plans[0]) >= 5
+        sliced = any(stop - start < sizes[name] for g in plans[0] for name, start, stop in g)
+        assert sliced or structured  # left to the groups, the convolutions' BatchNorms may all fit whole
     else:
-        assert structured  # every parameter went the dense route (fc twins)
+        assert structured  # every parameter went the structured route (fc twins, the MNIST CNN)
     assert relative_error(chunked, reference) < TOL
     symmetric = empirical_ntk(model, x1, **options)
     np.testing.assert_allclose(symmetric, symmetric.transpose(1, 0, 3, 2), rtol=0, atol=1e-12 * np.abs(symmetric).max())
@@ -427,3 +431,123 @@ def test_the_rademacher_estimator_is_unbiased_with_the_documented_variance():
     np.testing.assert_allclose(draws.var(0), variance, rtol=1e-10, atol=1e-12)
     estimate = empirical_ntk(net, x, kind="rademacher:4000", dtype=torch.float64, seed=0)
     assert np.all(np.abs(estimate - trace) <= 4 * np.sqrt(variance / 4000) + 1e-12)
+
+
+# Convolutions' Jacobian rows as g Pᵀ (``bridge.convolutions``): which layers take the route, and
+# kernels equal to explicit per-example gradients (float64, TOL) on every variant.
+
+
+def routes(model: nn.Module, shape: tuple[int, ...], outputs: int | None = None) -> dict[str, int]:
+    """Layer name → pooling p (1: plain g Pᵀ) of the convolutions that take the structured route,
+    for a Jacobian of ``outputs`` outputs (default all)."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    example = torch.rand(1, *shape, dtype=next(model.parameters()).dtype)
+    layers = conv_layers(model.eval(), example, trainable, outputs)
+    return {name: layer.pool for name, layer in layers.items()}
+
+
+def test_plain_convolutions_take_the_route_and_a_pooled_first_one_its_shortcut():
+    mnist = build_model(model_config("mnist-cnn", (1, 8, 8), 10, width=2))
+    assert routes(mnist, (1, 8, 8)) == {"0": 2, "3": 1}  # conv2 is pooled too but does not see the input
+    # the shortcut's pooled patches cost as much for any number of outputs: from K/2 outputs on
+    assert routes(mnist, (1, 8, 8), outputs=5) == {"0": 2, "3": 1}
+    assert routes(mnist, (1, 8, 8), outputs=4) == routes(mnist, (1, 8, 8), outputs=1) == {"0": 1, "3": 1}
+    cifar = build_model(model_config("cifar-cnn", (3, 8, 8), 3, width=2))
+    assert set(routes(cifar, (3, 8, 8)).values()) == {1} and len(routes(cifar, (3, 8, 8))) == 6
+    resnet = build_model(model_config("resnet18", (3, 6, 6), 3, width=2))
+    convolutions = [name for name, m in resnet.named_modules() if isinstance(m, nn.Conv2d)]
+    assert routes(resnet, (3, 6, 6)) == dict.fromkeys(convolutions, 1)
+    twin = build_model(model_config("conv1", (1, 5, 5), 3, width=3))
+    assert routes(twin, (1, 5, 5)) == {}  # NTK-parametrised convolutions stay generic
+
+
+class Reused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.head = nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.head(self.conv(self.conv(x)).flatten(1))
+
+
+def test_convolutions_that_unfold_cannot_reproduce_stay_generic():
+    assert routes(Reused(), (2, 6, 6)) == {}  # called twice per forward pass
+    grouped = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 16, 3))
+    assert routes(grouped, (2, 6, 6)) == {}
+    same = nn.Sequential(nn.Conv2d(2, 4, 3, padding="same"), nn.Flatten(), nn.Linear(4 * 36, 3))
+    assert routes(same, (2, 6, 6)) == {}
+    circular = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular"), nn.Flatten(), nn.Linear(144, 3))
+    assert routes(circular, (2, 6, 6)) == {}
+    frozen = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 16, 3))
+    frozen[0].weight.requires_grad_(False)
+    assert routes(frozen, (2, 6, 6)) == {}
+    # overlapping cells, or a pooling not right after the ReLU: the plain route, not the shortcut
+    overlapping = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AvgPool2d(3, stride=2), nn.Flatten(), nn.Linear(12, 3)
+    )
+    assert routes(overlapping, (1, 7, 7)) == {"0": 1}
+    late = nn.Sequential(nn.Conv2d(1, 3, 3), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3))
+    assert routes(late, (1, 6, 6)) == {"0": 1}
+
+
+def nets() -> dict[str, tuple[nn.Module, tuple[int, ...], dict[str, int]]]:
+    """Variants of both routes: name → (net, input shape, expected routes)."""
+    torch.manual_seed(0)
+    cropped = nn.Sequential(  # 7 × 7 pooled in 2 × 2 cells drops a row and a column
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(3, 4, 2, stride=2, bias=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 1 * 1, 10),  # patches of 2·3·3 + 1: the shortcut from 10 outputs
+    )
+    thirds = nn.Sequential(nn.Conv2d(1, 3, 2, padding=1), nn.ReLU(), nn.AvgPool2d(3), nn.Flatten(), nn.Linear(27, 3))
+    thirds[0].bias.requires_grad_(False)  # a frozen bias: not in the rows
+    dilated = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=2, dilation=2), nn.Tanh(), nn.Conv2d(3, 2, 1), nn.Flatten(), nn.Linear(2 * 25, 3)
+    )
+    return {
+        "pooled-cropped": (cropped, (2, 7, 7), {"0": 2, "3": 1}),
+        "pooled-3-frozen-bias": (thirds, (1, 8, 8), {"0": 3}),
+        "dilated": (dilated, (2, 5, 5), {"0": 1, "2": 1}),
+    }
+
+
+@pytest.mark.parametrize("name", list(nets()))
+def test_kernels_from_convolution_rows_equal_explicit_gradients(name):
+    net, shape, expected = nets()[name]
+    net = net.double().eval()
+    assert routes(net, shape) == expected
+    generator = torch.Generator().manual_seed(1)
+    x1 = torch.rand(5, *shape, generator=generator, dtype=torch.float64)
+    x2 = torch.rand(3, *shape, generator=generator, dtype=torch.float64)
+    full = empirical_ntk(net, x1, x2, kind="full", dtype=torch.float64)
+    reference = explicit_gradient_gram(net, x1, x2)
+    assert relative_error(full, reference) < TOL
+    blocks = empirical_ntk(net, x1, kind="class-blocks", dtype=torch.float64)
+    assert relative_error(blocks, np.einsum("ijcc->ijc", explicit_gradient_gram(net, x1, x1))) < TOL
+
+
+def test_rows_that_crowd_the_budget_go_through_the_groups_to_the_same_kernel(monkeypatch):
+    """Convolution rows of every example above a quarter of the budget: the convolutions are
+    chunked with the groups instead; the kernel is the same."""
+    from ntkrobust.bridge import entk
+
+    model = build_model(model_config("mnist-cnn", (1, 8, 8), 10, width=4, seed=0))
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    generic_sizes = []
+    original = entk._plan_passes
+
+    def spy(kind, sizes, *rest):
+        generic_sizes.append(set(sizes))
+        return original(kind, sizes, *rest)
+
+    monkeypatch.setattr(entk, "_plan_passes", spy)
+    roomy = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64)
+    rows_bytes = 6 * 8 * 10 * sum(p.numel() for name, p in model.named_parameters() if name[0] in "03")
+    tight = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64, memory_budget=3 * rows_bytes)
+    assert generic_sizes == [set(), {"0.weight", "0.bias", "3.weight", "3.bias"}]
+    assert relative_error(tight, roomy) < 1e-12
+    assert relative_error(roomy, np.einsum("ijcc->ijc", explicit_gradient_gram(model, x, x))) < TOL
