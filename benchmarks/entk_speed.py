@@ -5,7 +5,8 @@
 
 Compares ``bridge.entk.empirical_ntk`` (dense layers by their outer-product structure, plain
 convolutions as g P^T rows when those fit a quarter of the budget, every other parameter through
-vmap(jacrev) in groups chunked under its memory budget, default 40% of the free memory) with the two methods of PyTorch's "Neural Tangent Kernels" tutorial (torch.func):
+vmap(jacrev) in groups chunked under its memory budget, default 40% of the free memory) with the
+two methods of PyTorch's "Neural Tangent Kernels" tutorial (torch.func):
 - jacobian contraction: ``vmap(jacrev(f))`` over all of x1 and of x2, flattened, and
   ``einsum('Naf,Mbf->NMab')`` (full) or ``'Naf,Maf->NM'`` (trace) summed over parameters;
 - NTK-vector products: ``vmap`` over every pair (x1_n, x2_m) of a ``vjp`` then a ``jvp`` per
