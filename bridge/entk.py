@@ -335,7 +335,7 @@ def empirical_ntk(
         raise ValueError("the model has no trainable parameters, so no tangent kernel")
     itemsize = torch.finfo(dtype).bits // 8
     samples = a.shape[0] + (0 if b is None else b.shape[0])
-    if _structured_bytes(engine, outputs, samples, itemsize) > memory_budget // 4:
+    if engine.convs and _structured_bytes(engine, outputs, samples, itemsize) > memory_budget // 4:
         # the convolutions' rows of every example at once would crowd out the groups: they take
         # the groups' route, where they are chunked like any parameter
         engine = JacobianEngine(net, kind.index, a[:1], structured=structured, convolutions=False)

@@ -88,9 +88,6 @@ def activation_elements(model: nn.Module, example: torch.Tensor) -> int:
     return max(total, example.numel())
 
 
-Factors = tuple[torch.Tensor, torch.Tensor]  # g (N, C′, out) and h (N, in) of one dense layer
-
-
 @dataclass(frozen=True)
 class DenseLayer:
     """A dense layer handled by its structure: y = w_scale·W h + b_scale·b."""
