@@ -121,11 +121,11 @@ def conv_layers(
     pooled = _pooled_first(model, example, inputs)
     layers = {}
     for name, conv in candidates.items():
-        patch = conv.weight[0].numel() + (1 if f"{name}.bias" in trainable else 0)
+        bias = f"{name}.bias" if f"{name}.bias" in trainable else None
+        patch = conv.weight[0].numel() + (1 if bias else 0)
         tap = pooled.get(id(conv), conv) if 2 * differentiated >= patch else conv
         if calls.get(id(conv)) != 1 or calls.get(id(tap)) != 1 or inputs[id(conv)].dim() != 4:
             continue
-        bias = f"{name}.bias" if f"{name}.bias" in trainable else None
         layers[name] = ConvLayer(conv, f"{name}.weight", bias, tap, shapes[id(tap)], _square_pool(tap) or 1)
     return layers
 
