@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkrobust.bridge.files import first_line, write_atomically
+from ntkrobust.bridge.files import first_line, refusal_reason, write_atomically
 from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork
 from ntkrobust.bridge.models import ModelConfig, ModelError, build_model
 from ntkrobust.bridge.two_layer import OutputChange
@@ -96,8 +96,7 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling, zip and format errors all mean "not ours"
-        reason = first_line(error)
-        raise CheckpointError(f"{path} is not a checkpoint of this tool ({reason[:120]})") from None
+        raise CheckpointError(f"{path} is not a checkpoint of this tool ({refusal_reason(path, error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this tool (no '{CHECKPOINT_FORMAT}' format tag)")
     return payload

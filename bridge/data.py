@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import pickle
-import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.bridge.files import first_line
+from ntkrobust.bridge.files import NpzError, first_line, read_npz
 
 #: Named datasets; any other spec must be a path to an ``.npz`` file.
 DATASETS: tuple[str, ...] = ("digits", "mnist", "cifar10", "cifar100")
@@ -294,19 +293,13 @@ def _digits() -> dict[str, Any]:
 def _npz(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist")
+    arrays = ("x_train", "y_train", "x_test", "y_test")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
-            if missing:
-                raise DataError(f"{path} lacks array(s) {', '.join(missing)}")
-            out = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            if "label_names" in f.files:
-                out["label_names"] = [str(s) for s in f["label_names"]]
-    except DataError:
-        raise
-    # a truncated or corrupted archive (bad zip, bad CRC, a broken deflate stream), or object arrays
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise DataError(f"cannot read {path} as an .npz of plain arrays: {first_line(err)}") from None
+        out: dict[str, Any] = read_npz(path, (*arrays, "label_names"), required=arrays)
+    except NpzError as error:
+        raise DataError(f"cannot read {path} as an .npz of plain arrays: {error}") from None
+    if "label_names" in out:
+        out["label_names"] = [str(s) for s in out["label_names"]]
     return out
 
 

@@ -1,15 +1,22 @@
-"""Files written atomically: a crash never leaves a half-written result (DESIGN.md, outputs)."""
+"""Files written atomically: a crash never leaves a half-written result (DESIGN.md, outputs); and
+files read without unpickling, with a refusal said in a few words of ours (torch's and numpy's own
+messages tell the reader to load the file unsafely)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import pickle
 import sys
 import tempfile
-from collections.abc import Callable
+import zipfile
+import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -57,3 +64,36 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """``payload`` as strict, indented JSON, written atomically."""
     text = json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
     return write_atomically(path, lambda temporary: temporary.write_text(text))
+
+
+def refusal_reason(path: Path, error: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` or ``np.load(allow_pickle=False)`` refused ``path``,
+    in a few words."""
+    if not zipfile.is_zipfile(path):  # torch.save and np.savez both write zip archives
+        return "not a zip archive, or a truncated one"
+    if isinstance(error, pickle.UnpicklingError) or "allow_pickle" in str(error):
+        return "it holds pickled Python objects, which are never unpickled here: that could run code"
+    return first_line(error)[:120]
+
+
+class NpzError(ValueError):
+    """An .npz that cannot be read as plain arrays; the message is one line without the path."""
+
+
+def read_npz(path: Path, keys: Sequence[str], *, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (those it holds) of the .npz at ``path``, never unpickling; ``NpzError``
+    when it is not a zip archive of plain arrays (``np.load`` reads a .npy as one array and any
+    other file as a pickle) or lacks one of ``required``."""
+    if not zipfile.is_zipfile(path):
+        raise NpzError("not an .npz (zip) archive, or a truncated one")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in required if k not in data.files]
+            if missing:
+                raise NpzError(f"lacks array(s) {', '.join(missing)} (has {', '.join(data.files) or 'none'})")
+            return {k: np.asarray(data[k]) for k in keys if k in data.files}
+    except NpzError:
+        raise
+    # a truncated or corrupted archive (bad zip, bad CRC, a broken deflate stream), or object arrays
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise NpzError(refusal_reason(path, error)) from None

@@ -26,15 +26,13 @@ import dataclasses
 import itertools
 import json
 import math
-import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ntkrobust.bridge.files import first_line
+from ntkrobust.bridge.files import NpzError, first_line, read_npz
 from ntkrobust.bridge.runfolder import HISTORY_FILE, RunFolder
 from ntkrobust.kernels import metrics
 
@@ -399,18 +397,12 @@ def _kernel_epochs(records: list[dict[str, Any]], history: dict[str, Any], where
 
 
 def _load_npz(path: Path, keys: Sequence[str], *, required: Sequence[str]) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise RunError(f"{path}: missing")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in required if k not in data.files]
-            if missing:
-                raise RunError(f"{path}: no {missing[0]!r} array (has {', '.join(data.files) or 'none'})")
-            return {k: np.asarray(data[k]) for k in keys if k in data.files}
-    except RunError:
-        raise
-    except FileNotFoundError:
-        raise RunError(f"{path}: missing") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
-        raise RunError(f"{path}: unreadable ({first_line(error)})") from None
+        return read_npz(path, keys, required=required)
+    except NpzError as error:
+        raise RunError(f"{path}: {error}") from None
 
 
 def probe_images(run: str | Path) -> np.ndarray:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
-from ntkrobust.bridge.files import first_line
+from ntkrobust.bridge.files import first_line, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
 
@@ -136,8 +136,8 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool) -> 
     except CheckpointError as checkpoint_error:
         if not trust_code:  # refused before torch's loaders see the file: they would run its code
             raise TargetError(
-                f"target {path}: not a checkpoint of this tool ({_first_line(checkpoint_error)}); a TorchScript or "
-                ".pt2 file carries code and loads only with --trust-model-code"
+                f"target {_first_line(checkpoint_error)}; a TorchScript or .pt2 file carries code and loads only "
+                "with --trust-model-code"
             ) from None
         # torch.export.load accepts only .pt2 files (and logs a traceback for anything else)
         kind, loader = (
@@ -148,8 +148,7 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool) -> 
                 return Target(label, loader(path), {"path": str(path), "kind": kind})
         except Exception as error:
             raise TargetError(
-                f"target {path}: not a checkpoint of this tool ({_first_line(checkpoint_error)}); "
-                f"not a {kind} that loads ({_first_line(error)[:80]})"
+                f"target {_first_line(checkpoint_error)}; not a {kind} that loads ({_first_line(error)[:80]})"
             ) from None
     try:
         check_fits(config, image_shape)
@@ -209,7 +208,8 @@ def _state_dict_target(
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise TargetError(f"target {path} is not a state dict that loads safely ({_first_line(error)})") from None
+        reason = refusal_reason(path, error)
+        raise TargetError(f"target {path} is not a state dict that loads safely ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TargetError(f"target {path} is not a state dict (a dict of tensors)")
     try:

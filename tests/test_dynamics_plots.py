@@ -270,6 +270,15 @@ def test_missing_kernel_file_is_one_line(tmp_path):
     one_line(error)
 
 
+def test_a_kernel_file_that_is_no_npz_is_one_line(tmp_path):
+    folder = write_run(tmp_path / "run", label="x", mode="standard", growth=1, settle=1, seed=0, epochs=2)
+    np.save(folder / "kernels" / "step_0000005.npy", np.eye(N))
+    (folder / "kernels" / "step_0000005.npy").replace(folder / "kernels" / "step_0000005.npz")
+    with pytest.raises(RunError, match=r"step_0000005\.npz: not an \.npz \(zip\) archive") as error:
+        load_run(folder)
+    one_line(error)
+
+
 def test_probe_size_mismatch_is_one_line(tmp_path):
     folder = write_run(tmp_path / "run", label="x", mode="standard", growth=1, settle=1, seed=0, epochs=1)
     np.savez(folder / "kernels" / "step_0000005.npz", clean=np.eye(N + 1), adversarial=np.eye(N + 1))

@@ -84,8 +84,23 @@ def test_bad_npz_contents_are_one_line_errors(tmp_path, small_arrays, change, me
 def test_npz_with_pickled_objects_is_refused(tmp_path, small_arrays):
     path = tmp_path / "objects.npz"
     np.savez(path, **{**small_arrays, "y_train": np.array([{"evil": 1}] * 20, dtype=object)})
-    with pytest.raises(DataError, match="plain arrays"):
+    with pytest.raises(DataError, match="plain arrays: it holds pickled Python objects, which are never unpickled"):
         load_dataset(str(path))
+
+
+@pytest.mark.parametrize("content", ["npy", "pickle", "text"])
+def test_a_file_that_is_no_zip_archive_is_not_an_npz(tmp_path, content):
+    path = tmp_path / "data.npz"
+    if content == "npy":  # np.load reads it as one array: a TypeError traceback before the fix
+        with open(path, "wb") as f:
+            np.save(f, np.zeros((20, 5, 5)))
+    elif content == "pickle":  # np.load would hand it to pickle with allow_pickle=True
+        path.write_bytes(pickle.dumps({"x_train": 1}))
+    else:
+        path.write_text("x_train,y_train\n")
+    with pytest.raises(DataError, match=r"of plain arrays: not an \.npz \(zip\) archive") as error:
+        load_dataset(str(path))
+    assert "\n" not in str(error.value) and "allow_pickle" not in str(error.value)
 
 
 def test_missing_keys_and_unknown_specs():

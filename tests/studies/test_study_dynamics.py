@@ -80,7 +80,7 @@ def test_a_probe_without_images_is_one_line(tracked_runs, tmp_path, refuses):
     with np.load(run / "kernels" / "probe.npz") as probe:
         kept = {k: probe[k] for k in probe.files if k != "x"}
     np.savez(run / "kernels" / "probe.npz", **kept)  # a KeyError on 'x' before the fix
-    refuses(dynamics, DynamicsSettings(runs=(run,), eigenvectors=1), "no 'x' array", compute=NO_EIGENVECTORS)
+    refuses(dynamics, DynamicsSettings(runs=(run,), eigenvectors=1), "lacks array(s) x ", compute=NO_EIGENVECTORS)
 
 
 def test_a_history_with_wrong_types_is_one_line(tracked_runs, tmp_path, refuses):
