@@ -73,7 +73,8 @@ def refusal_reason(path: Path, error: BaseException) -> str:
         return "not a zip archive, or a truncated one"
     if isinstance(error, pickle.UnpicklingError) or "allow_pickle" in str(error):
         return "it holds pickled Python objects, which are never unpickled here: that could run code"
-    return first_line(error)[:120]
+    text = first_line(error)  # torch's can run on for a paragraph: cut at a word
+    return text if len(text) <= 120 else text[: text.rfind(" ", 0, 120)] + " …"
 
 
 class NpzError(ValueError):

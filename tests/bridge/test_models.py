@@ -7,10 +7,12 @@ import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from ntkrobust.bridge.files import refusal_reason
 from ntkrobust.bridge.models import (
     MODELS,
     ModelConfig,
@@ -199,3 +201,12 @@ def test_bridge_loads_torch_only_for_its_torch_half():
         "assert all(getattr(bridge, name) is not None for name in bridge.__all__)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[2]))
+
+
+def test_a_long_loader_message_is_cut_at_a_word(tmp_path):
+    archive = tmp_path / "other.npz"
+    np.savez(archive, x=np.zeros(2))  # a zip archive, but not torch's
+    words = "PytorchStreamReader failed reading zip archive: failed finding central directory. " * 3
+    reason = refusal_reason(archive, RuntimeError(words + "\nsecond line"))
+    assert len(reason) <= 122 and reason.endswith(" …") and words.startswith(reason[:-2])
+    assert refusal_reason(archive, RuntimeError("short")) == "short"
