@@ -199,8 +199,9 @@ OURS_PARTS = ("jacobians", "jacobian_calls", "factors", "contraction", "contract
 
 def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[no-untyped-def]
     """Wrap ``JacobianEngine.jacobian`` (one vmap(jacrev) sub-batch of one parameter group),
-    ``JacobianEngine.factors`` (the dense layers' g and h and the convolutions' rows of one sub-batch) and
-    ``_contract`` (one J1 J2^T) with timers."""
+    ``JacobianEngine.factors`` (the dense layers' g and h and the convolutions' rows or Gram factors of
+    one sub-batch), ``_contract`` (one J1 J2^T) and ``add_gram_share`` (one Gram convolution's share)
+    with timers."""
     import functools
 
     from ntkrobust.bridge import entk, jacobians
@@ -222,6 +223,7 @@ def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[
     engine.jacobian = timed(engine.jacobian, "jacobians", "jacobian_calls")  # type: ignore[method-assign]
     engine.factors = timed(engine.factors, "factors")  # type: ignore[method-assign]
     entk._contract = timed(entk._contract, "contraction", "contractions")
+    entk.add_gram_share = timed(entk.add_gram_share, "contraction", "contractions")
 
 
 def _sync(device) -> None:  # type: ignore[no-untyped-def]

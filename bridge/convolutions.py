@@ -24,18 +24,32 @@ with the bias, 300 points) the kernel took 1.29, 1.05, 1.05, 0.89 and 0.82 of th
 time for C′ = 1, 2, 3, 5 and 10. Hence the rule here, C′ ≥ K/2 (the class blocks of MNIST's ten
 classes, not the one- and two-draw Rademacher estimates).
 
-Shapes: rows (B, C′, P_layer), the layer's parameters in the order (O, I·k·k [+ 1 for the bias]).
+A convolution with few output positions S and many parameters (ResNet-18's last stage on CIFAR:
+S = 16, 2.4M weights) is cheaper still without its rows. Its share of Θ_cd(x, x′) is
+
+    ⟨g_c Pᵀ, g′_d P′ᵀ⟩ = Σ_{s,t} (g_c[:, s]·g′_d[:, t]) (P[:, s]·P′[:, t]),
+
+the Gram of the gradients over positions times the Gram of the patches, which does not depend on
+the outputs (the structured derivatives of Novak et al. 2022). Per pair of examples that
+is S²(C′·O + K) products, against C′·O·K for the rows (C′ the output products per pair: C′² for
+the full kernel), and it keeps S(C′·O + K) numbers per example, not C′·O·K. So a layer takes this
+route (``ConvLayer.gram``) where S²(C′·O + K) < C′·O·K: on ResNet-18 at 32 × 32 its last stage's
+3 × 3 convolutions, not its earlier stages, the MNIST CNN's or the CIFAR CNN's layers.
+
+Shapes: rows (B, C′, P_layer), the layer's parameters in the order (O, I·k·k [+ 1 for the bias]);
+a Gram layer's factors g (B, C′, O, S) and patches (B, K, S).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ConvLayer", "conv_layers", "conv_rows"]
+__all__ = ["ConvLayer", "add_gram_share", "conv_factors", "conv_layers", "conv_rows"]
 
 
 @dataclass(frozen=True)
@@ -49,12 +63,23 @@ class ConvLayer:
     tap: nn.Module
     tap_shape: tuple[int, ...]  # one example's output of ``tap``
     pool: int = 1
+    gram: bool = False  # its kernel share from the Grams of g and of the patches, without rows
+
+    @property
+    def patch(self) -> int:
+        """K: the numbers of one output position's patch (with a 1 for a trainable bias)."""
+        return self.module.weight[0].numel() + (1 if self.bias else 0)
 
     @property
     def size(self) -> int:
         """Parameters per output in its rows."""
-        weight = self.module.weight
-        return weight.numel() + (weight.shape[0] if self.bias else 0)
+        return self.module.weight.shape[0] * self.patch
+
+    def stored(self, outputs: int) -> int:
+        """Numbers kept per example for ``outputs`` outputs: its rows, or its g and patches."""
+        if self.gram:
+            return math.prod(self.tap_shape[1:]) * (outputs * self.tap_shape[0] + self.patch)
+        return outputs * self.size
 
 
 def _plain(conv: nn.Module) -> bool:
@@ -93,11 +118,17 @@ def _pooled_first(model: nn.Module, example: torch.Tensor, inputs: dict[int, tor
     return found
 
 
+def _gram_pays(products: int, channels: int, positions: int, patch: int) -> bool:
+    """The Grams over S positions take fewer products per pair of examples than the rows."""
+    return positions**2 * (products * channels + patch) < products * channels * patch
+
+
 def conv_layers(
-    model: nn.Module, example: torch.Tensor, trainable: set[str], outputs: int | None = None
+    model: nn.Module, example: torch.Tensor, trainable: set[str], outputs: int | None = None, *, paired: bool = False
 ) -> dict[str, ConvLayer]:
     """The plain convolutions with a trainable weight, each called exactly once per forward pass,
-    for a Jacobian of ``outputs`` of the net's outputs (None: all of them)."""
+    for a Jacobian of ``outputs`` of the net's outputs (None: all of them), in a kernel that pairs
+    every two outputs (``paired``, the full kind) or only each with itself."""
     candidates = {
         name: module for name, module in model.named_modules() if _plain(module) and f"{name}.weight" in trainable
     }
@@ -119,6 +150,7 @@ def conv_layers(
             hook.remove()
     differentiated = outputs or result.shape[1]
     pooled = _pooled_first(model, example, inputs)
+    products = differentiated**2 if paired else differentiated
     layers = {}
     for name, conv in candidates.items():
         bias = f"{name}.bias" if f"{name}.bias" in trainable else None
@@ -126,7 +158,9 @@ def conv_layers(
         tap = pooled.get(id(conv), conv) if 2 * differentiated >= patch else conv
         if calls.get(id(conv)) != 1 or calls.get(id(tap)) != 1 or inputs[id(conv)].dim() != 4:
             continue
-        layers[name] = ConvLayer(conv, f"{name}.weight", bias, tap, shapes[id(tap)], _square_pool(tap) or 1)
+        channels, *size = shapes[id(conv)]
+        gram = tap is conv and _gram_pays(products, channels, math.prod(size), patch)
+        layers[name] = ConvLayer(conv, f"{name}.weight", bias, tap, shapes[id(tap)], _square_pool(tap) or 1, gram)
     return layers
 
 
@@ -139,6 +173,12 @@ def _patches(layer: ConvLayer, a: torch.Tensor, height: int, width: int) -> torc
     if layer.bias:
         patches = torch.cat([patches, patches.new_ones(patches.shape[0], 1, patches.shape[2])], 1)
     return patches.reshape(a.shape[0], -1, height, width)
+
+
+def conv_factors(layer: ConvLayer, g: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Gram layer's g (B, C′, O, S) and patches (B, K, S), from g (B, C′, O, H, W), the gradients
+    at its output, and its input a (B, I, H_in, W_in)."""
+    return g.flatten(3), _patches(layer, a, *g.shape[3:]).flatten(2)
 
 
 def conv_rows(
@@ -171,3 +211,49 @@ def conv_rows(
     per_channel = g.flatten(3).transpose(1, 2).flatten(0, 1)  # (B·O, C′, Q)
     rows = torch.bmm(per_channel, pooled.transpose(1, 2))  # (B·O, C′, K)
     return rows.reshape(batch, channels, outputs, -1).transpose(1, 2).reshape(batch, outputs, -1)
+
+
+#: Elements of one block of the Gram route's products (rows of the kernel at a time): 256 MB in float64
+_GRAM_BLOCK_ELEMENTS = 2**25
+
+
+def add_gram_share(
+    kernel: torch.Tensor,
+    kind: str,
+    factors1: tuple[torch.Tensor, torch.Tensor],
+    factors2: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Add a Gram convolution's share Σ_{s,t} (g_c[:, s]·g′_d[:, t]) (P[:, s]·P′[:, t]) into
+    ``kernel``, from g (N, C′, O, S) and patches (N, K, S) of each input set, a block of the
+    kernel's rows at a time. ``kind``: ``"full"`` (kernel (N1, N2, C′, C′)), ``"class-blocks"``
+    ((N1, N2, C′)) or any other for the sum over the outputs ((N1, N2))."""
+    (g1, p1), (g2, p2) = factors1, factors2
+    n2, outputs, channels, positions = g2.shape
+
+    def by_position(g: torch.Tensor) -> torch.Tensor:
+        """full: (N·C′·S, O), every output apart; class blocks: (C′, N·S, O), one product per
+        output; trace and one class: (N·S, C′·O), the outputs summed by the product."""
+        if kind == "full":
+            return g.permute(0, 1, 3, 2).reshape(-1, channels)
+        if kind == "class-blocks":
+            return g.permute(1, 0, 3, 2).reshape(outputs, -1, channels)
+        return g.permute(0, 3, 1, 2).reshape(-1, outputs * channels)
+
+    gradients2 = by_position(g2).transpose(-1, -2)
+    patches2 = p2.transpose(1, 2).reshape(n2 * positions, -1).T  # (K, N2·S)
+    per_row = {"full": outputs**2, "class-blocks": outputs}.get(kind, 1) + 1
+    size = max(1, _GRAM_BLOCK_ELEMENTS // (per_row * positions**2 * n2))
+    for start in range(0, g1.shape[0], size):
+        rows = slice(start, start + size)
+        n1 = g1[rows].shape[0]
+        patch = (p1[rows].transpose(1, 2).reshape(n1 * positions, -1) @ patches2).reshape(n1, positions, n2, positions)
+        grads = by_position(g1[rows]) @ gradients2
+        if kind == "full":  # (i, c, s, j, d, t) → (i, j, c, d)
+            share = torch.einsum(
+                "icsjdt,isjt->ijcd", grads.reshape(n1, outputs, positions, n2, outputs, positions), patch
+            )
+        elif kind == "class-blocks":  # (c, i, s, j, t) → (i, j, c)
+            share = torch.einsum("cisjt,isjt->ijc", grads.reshape(outputs, n1, positions, n2, positions), patch)
+        else:
+            share = torch.einsum("isjt,isjt->ij", grads.reshape(n1, positions, n2, positions), patch)
+        kernel[rows] += share.to(torch.float64)

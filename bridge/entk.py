@@ -41,8 +41,11 @@ forming its per-example gradients (the "structured derivatives" of neural-tangen
 Plain convolutions (``nn.Conv2d``) come from the same pass: their Jacobian rows are g Pᵀ, the
 gradient at their output times their unfolded input (``bridge.convolutions``), formed with one
 batched product per layer, and a first convolution followed by ReLU and average pooling is
-differentiated only down to the pooling's output. Those rows are kept for every example, so when
-they would take more than a quarter of the budget the convolutions go through the groups instead.
+differentiated only down to the pooling's output. A convolution with few output positions and
+many parameters (ResNet-18's last stage) keeps no rows: its share is the Gram of its gradients
+over output positions times the Gram of its patches (``bridge.convolutions``). The rows and Gram
+factors are kept for every example, so when they would take more than a quarter of the budget the
+row convolutions go through the groups instead, and then, if still too large, the Gram ones.
 
 BatchNorm. With ``batch_stats=False`` the net runs in eval mode with its running statistics (RAT's
 "w buffer"). With ``batch_stats=True`` (RAT's "w/o buffer") every BatchNorm layer normalises with
@@ -70,6 +73,7 @@ from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, befo
 from ntkrobust._allocator import freed_memory_retained
 from ntkrobust._progress import progress_bar
 from ntkrobust.bridge import distributed
+from ntkrobust.bridge.convolutions import add_gram_share
 from ntkrobust.bridge.jacobians import (
     BudgetError,
     DenseLayer,
@@ -330,26 +334,27 @@ def empirical_ntk(
     if estimated:  # the trace of the K signed outputs' kernel, rescaled at the end
         net = _SignedOutputs(net, rademacher_signs(outputs, num_outputs, seed).to(device=device, dtype=dtype))
         kind = KernelKind("trace")
-    engine = JacobianEngine(net, kind.index, a[:1], structured=structured)
-    if not engine.params:
-        raise ValueError("the model has no trainable parameters, so no tangent kernel")
     itemsize = torch.finfo(dtype).bits // 8
     samples = a.shape[0] + (0 if b is None else b.shape[0])
-    if engine.convs and _structured_bytes(engine, outputs, samples, itemsize) > memory_budget // 4:
-        # the convolutions' rows of every example at once would crowd out the groups: they take
-        # the groups' route, where they are chunked like any parameter
-        engine = JacobianEngine(net, kind.index, a[:1], structured=structured, convolutions=False)
-    factor_bytes = _structured_bytes(engine, outputs, samples, itemsize)
+    for convolutions in ("all", "gram", "none"):
+        # the convolutions' rows (then Gram factors) of every example at once would crowd out the
+        # groups: they take the groups' route, where they are chunked like any parameter
+        engine = JacobianEngine(
+            net, kind.index, a[:1], structured=structured, convolutions=convolutions, paired=kind.name == "full"
+        )
+        if not engine.convs or samples * itemsize * _structured_numbers(engine, outputs) <= memory_budget // 4:
+            break
+    if not engine.params:
+        raise ValueError("the model has no trainable parameters, so no tangent kernel")
+    factor_bytes = samples * itemsize * _structured_numbers(engine, outputs)
     passes = _plan_passes(kind, engine.sizes(), outputs, (memory_budget // 2 - factor_bytes) // (samples * itemsize))
     if engine.dense or engine.convs:
         passes.insert(0, _Pass(None, None))  # the structured layers' pass
     passes = distributed.share(passes)  # under torchrun each rank sums its share; all-reduced below
     activations = activation_elements(net, a[:1])
-    conv_group = [(name, 0, size) for name, size in engine.conv_parameters().items()]
     batch = [
         _sub_batch_size(
-            p.group if p.group is not None else conv_group,
-            engine,
+            _kept(p, engine, outputs),
             activations,
             1 if p.output is not None else outputs,
             itemsize,
@@ -369,14 +374,24 @@ def empirical_ntk(
     return kernel.cpu().numpy()
 
 
-def _structured_bytes(engine: JacobianEngine, outputs: int, samples: int, itemsize: int) -> int:
-    """What the structured layers' pass keeps for the whole kernel: the dense layers' factors g
-    (C′ × out) and h (in), and the convolutions' rows (C′ × P_layer), of every example."""
+def _structured_numbers(engine: JacobianEngine, outputs: int) -> int:
+    """What the structured layers' pass keeps per example (for the whole kernel, of every
+    example): the dense layers' factors g (C′ × out) and h (in), and the convolutions' rows
+    (C′ × P_layer) or Gram factors."""
     dense = sum(
         outputs * engine.params[d.weight].shape[0] + engine.params[d.weight].shape[1] for d in engine.dense.values()
     )
-    convs = outputs * sum(layer.size for layer in engine.convs.values())
-    return samples * itemsize * (dense + convs)
+    return dense + sum(layer.stored(outputs) for layer in engine.convs.values())
+
+
+def _kept(step: _Pass, engine: JacobianEngine, outputs: int) -> int:
+    """Numbers one example's result holds in a pass: the structured layers' factors and rows, or a
+    group's Jacobian (C′ gradients of every whole tensor the group touches: a sliced tensor's full
+    gradient is formed before it is sliced)."""
+    if step.group is None:
+        return _structured_numbers(engine, outputs)
+    touched = sum(engine.params[name].numel() for name in {name for name, _, _ in step.group})
+    return (1 if step.output is not None else outputs) * touched
 
 
 def _add_passes(
@@ -399,9 +414,11 @@ def _add_passes(
                 f2 = f1 if b is None else _rows_in_sub_batches(engine.factors, b, size, bar)
                 for name, layer in engine.dense.items():
                     kernel += _contract_dense(kind, layer, f1["dense"][name], f2["dense"][name]).to(torch.float64)
-                for name in engine.convs:
+                for name in f1["conv"]:
                     rows = f1["conv"][name]
                     kernel += _contract(kind, rows, rows if b is None else f2["conv"][name]).to(torch.float64)
+                for name in f1["gram"]:
+                    add_gram_share(kernel, kind.name, f1["gram"][name], f2["gram"][name])
                 del f1, f2
                 continue
             jacobian = functools.partial(engine.jacobian, step.group, output=step.output)
@@ -453,8 +470,7 @@ def _plan_passes(kind: KernelKind, sizes: dict[str, int], outputs: int, capacity
 
 
 def _sub_batch_size(
-    group: Group,
-    engine: JacobianEngine,
+    kept: int,
     activations: int,
     outputs: int,
     itemsize: int,
@@ -462,14 +478,12 @@ def _sub_batch_size(
     *,
     cpu: bool = False,
 ) -> int:
-    """How many examples go through ``vmap(jacrev)`` at once for ``group``.
+    """How many examples go through a pass at once.
 
     Working memory per example: the forward activations and C′ backward copies of them, plus
-    C′ gradients of every whole tensor the group touches (a sliced tensor's full gradient is
-    formed before it is sliced).
+    the ``kept`` numbers of its result (its Jacobian, or its factors and rows).
     """
-    touched = sum(engine.params[name].numel() for name in {name for name, _, _ in group})
-    per_example = itemsize * (activations * (2 + outputs) + outputs * touched)
+    per_example = itemsize * (activations * (2 + outputs) + kept)
     size = min((memory_budget // 2) // per_example, _MAX_SUB_BATCH)
     if cpu and size >= 1:
         size = min(size, max(1, _cpu_working_bytes() // per_example))

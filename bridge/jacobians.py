@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
-from ntkrobust.bridge.convolutions import ConvLayer, conv_layers, conv_rows
+from ntkrobust.bridge.convolutions import ConvLayer, conv_factors, conv_layers, conv_rows
 
 
 class BudgetError(ValueError):
@@ -132,9 +132,10 @@ def dense_layers(model: nn.Module, example: torch.Tensor, trainable: set[str]) -
 
 class JacobianEngine:
     """Per-example Jacobians of the selected outputs with respect to one parameter group, and
-    the structured layers' share: the factors (g, h) of the dense layers and the Jacobian rows of
-    the convolutions, whose parameters the groups leave out (``convolutions=False``: the
-    convolutions go through the groups too)."""
+    the structured layers' share: the factors (g, h) of the dense layers and the Jacobian rows (or
+    Gram factors) of the convolutions, whose parameters the groups leave out. ``convolutions``:
+    ``"all"``, ``"gram"`` (only the Gram layers; the others go through the groups) or ``"none"``;
+    ``paired``: for a kernel that pairs every two outputs (the full kind)."""
 
     def __init__(
         self,
@@ -143,7 +144,8 @@ class JacobianEngine:
         example: torch.Tensor,
         *,
         structured: bool = True,
-        convolutions: bool = True,
+        convolutions: str = "all",
+        paired: bool = False,
     ):
         self.model = model
         self.params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
@@ -153,19 +155,17 @@ class JacobianEngine:
         trainable = set(self.params)
         self.dense = dense_layers(model, example, trainable) if structured else {}
         outputs = None if output_index is None else 1
-        self.convs: dict[str, ConvLayer] = (
-            conv_layers(model, example, trainable, outputs) if structured and convolutions else {}
-        )
-
-    def conv_parameters(self) -> dict[str, int]:
-        """Element counts of the parameters that the convolutions' rows take."""
-        names = [name for layer in self.convs.values() for name in (layer.weight, layer.bias) if name]
-        return {name: self.params[name].numel() for name in names}
+        found = conv_layers(model, example, trainable, outputs, paired=paired) if structured else {}
+        self.convs: dict[str, ConvLayer] = {
+            name: layer
+            for name, layer in found.items()
+            if convolutions == "all" or (convolutions == "gram" and layer.gram)
+        }
 
     def sizes(self) -> dict[str, int]:
         """Element counts of the parameters left to the generic Jacobian groups."""
-        structured = {name for layer in self.dense.values() for name in (layer.weight, layer.bias) if name}
-        structured |= set(self.conv_parameters())
+        layers = [*self.dense.values(), *self.convs.values()]
+        structured = {name for layer in layers for name in (layer.weight, layer.bias) if name}
         return {name: p.numel() for name, p in self.params.items() if name not in structured}
 
     def _outputs(
@@ -178,7 +178,8 @@ class JacobianEngine:
     def factors(self, x: torch.Tensor) -> dict[str, dict[str, Any]]:
         """For a sub-batch ``x``: ``"dense"``, per dense layer g (B, C′, out), the output's gradient
         at the layer's output, and h (B, in), the layer's input; ``"conv"``, per convolution its
-        Jacobian rows (B, C′, P_layer). One forward and one backward pass per output for all."""
+        Jacobian rows (B, C′, P_layer); ``"gram"``, per Gram convolution its g (B, C′, O, S) and
+        patches (B, K, S). One forward and one backward pass per output for all."""
         # the shift that each tap adds to its output, and the module whose input it keeps
         taps = [(name, layer.module, layer.module) for name, layer in self.dense.items()]
         taps += [(name, layer.tap, layer.module) for name, layer in self.convs.items()]
@@ -212,11 +213,15 @@ class JacobianEngine:
         }
         zeros.update({name: x.new_zeros(layer.tap_shape) for name, layer in self.convs.items()})
         grads, inputs = vmap(jacrev(outputs, has_aux=True), in_dims=(None, 0))(zeros, x)
-        rows = {}
+        rows, grams = {}, {}
         for name, layer in self.convs.items():
+            if layer.gram:
+                grams[name] = conv_factors(layer, grads[name], inputs[name])
+                continue
             bias = self.params.get(f"{name}.bias", self.frozen.get(f"{name}.bias"))  # a frozen one still shifts
             rows[name] = conv_rows(layer, self.params[layer.weight], bias, grads[name], inputs[name])
-        return {"dense": {name: (grads[name], inputs[name]) for name in self.dense}, "conv": rows}
+        dense = {name: (grads[name], inputs[name]) for name in self.dense}
+        return {"dense": dense, "conv": rows, "gram": grams}
 
     def jacobian(self, group: Group, x: torch.Tensor, output: int | None = None) -> torch.Tensor:
         """(B, C′, P_group) for a sub-batch ``x`` (B, ...); (B, 1, P_group) for one ``output``."""

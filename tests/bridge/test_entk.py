@@ -189,18 +189,17 @@ def test_cpu_sub_batches_stay_within_the_working_set_and_give_the_same_kernel(mo
     assert sizes and all(cpu and size == 1 for cpu, size in sizes)
     np.testing.assert_allclose(capped, reference, rtol=0, atol=1e-12 * np.abs(reference).max())
     # not on a CPU: the budget's size
-    group = [(name, 0, p.numel()) for name, p in model.named_parameters()]
-    engine = entk.JacobianEngine(model.eval(), None, x[:1].float())
-    assert original(group, engine, 100, 3, 4, 2**30, cpu=False) == entk._MAX_SUB_BATCH
-    assert original(group, engine, 100, 3, 4, 2**30, cpu=True) == 1
+    kept = 3 * sum(p.numel() for p in model.parameters())  # all outputs' Jacobian of every parameter
+    assert original(kept, 100, 3, 4, 2**30, cpu=False) == entk._MAX_SUB_BATCH
+    assert original(kept, 100, 3, 4, 2**30, cpu=True) == 1
     # the allocator decides the CPU's size: small sub-batches under glibc's defaults, larger ones
     # when freed memory is kept
-    per_example = 4 * (100 * (2 + 3) + 3 * sum(p.numel() for p in model.parameters()))
+    per_example = 4 * (100 * (2 + 3) + kept)
     monkeypatch.setattr(entk, "_CPU_WORKING_BYTES", 3 * per_example)
     monkeypatch.setattr(entk, "_CPU_WORKING_BYTES_RETAINED", 7 * per_example)
     for retained, expected in ((False, 3), (True, 7)):
         monkeypatch.setattr(entk, "freed_memory_retained", lambda retained=retained: retained)
-        assert original(group, engine, 100, 3, 4, 2**30, cpu=True) == expected
+        assert original(kept, 100, 3, 4, 2**30, cpu=True) == expected
 
 
 @pytest.mark.parametrize("kind", ["class-blocks", "trace", "rademacher:3"])
@@ -208,9 +207,10 @@ def test_many_groups_take_one_output_at_a_time_to_the_same_kernel(kind, monkeypa
     """A budget that needs many groups for all outputs at once: the class blocks and the trace
     (also the Rademacher estimate's) go one output at a time, through larger groups, and give
     the kernel of one unchunked pass (float64, 1e-12 relative), symmetric and with x2."""
-    from ntkrobust.bridge import entk
+    from ntkrobust.bridge import convolutions, entk
 
     model = build_model(model_config("resnet18", (3, 8, 8), 10, width=4, seed=0))
+    monkeypatch.setattr(convolutions, "_gram_pays", lambda *_: False)  # rows, which this budget sends to the groups
     x = torch.rand(5, 3, 8, 8, dtype=torch.float64)
     options = {"kind": kind, "dtype": torch.float64, "seed": 3}
     references = [empirical_ntk(model, x, **options), empirical_ntk(model, x, x[:2], **options)]
@@ -437,13 +437,15 @@ def test_the_rademacher_estimator_is_unbiased_with_the_documented_variance():
 # kernels equal to explicit per-example gradients (float64, TOL) on every variant.
 
 
-def routes(model: nn.Module, shape: tuple[int, ...], outputs: int | None = None) -> dict[str, int]:
-    """Layer name → pooling p (1: plain g Pᵀ) of the convolutions that take the structured route,
-    for a Jacobian of ``outputs`` outputs (default all)."""
+def routes(
+    model: nn.Module, shape: tuple[int, ...], outputs: int | None = None, *, paired: bool = False
+) -> dict[str, int | str]:
+    """Layer name → pooling p (1: plain g Pᵀ) or "gram" of the convolutions that take the
+    structured route, for a Jacobian of ``outputs`` outputs (default all)."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     example = torch.rand(1, *shape, dtype=next(model.parameters()).dtype)
-    layers = conv_layers(model.eval(), example, trainable, outputs)
-    return {name: layer.pool for name, layer in layers.items()}
+    layers = conv_layers(model.eval(), example, trainable, outputs, paired=paired)
+    return {name: "gram" if layer.gram else layer.pool for name, layer in layers.items()}
 
 
 def test_plain_convolutions_take_the_route_and_a_pooled_first_one_its_shortcut():
@@ -454,9 +456,13 @@ def test_plain_convolutions_take_the_route_and_a_pooled_first_one_its_shortcut()
     assert routes(mnist, (1, 8, 8), outputs=4) == routes(mnist, (1, 8, 8), outputs=1) == {"0": 1, "3": 1}
     cifar = build_model(model_config("cifar-cnn", (3, 8, 8), 3, width=2))
     assert set(routes(cifar, (3, 8, 8)).values()) == {1} and len(routes(cifar, (3, 8, 8))) == 6
-    resnet = build_model(model_config("resnet18", (3, 6, 6), 3, width=2))
+    resnet = build_model(model_config("resnet18", (3, 32, 32), 10))
     convolutions = [name for name, m in resnet.named_modules() if isinstance(m, nn.Conv2d)]
-    assert routes(resnet, (3, 6, 6)) == dict.fromkeys(convolutions, 1)
+    # CIFAR's 32 x 32: the last stage's 3 x 3 convolutions (S = 16) by their Grams, S²(C′O + K) <
+    # C′OK; its 1 x 1 shortcut (K = 256) and every earlier stage (S >= 64) by their rows
+    grams = {name for name in convolutions if name.startswith("layer4") and "downsample" not in name}
+    expected = {name: "gram" if name in grams else 1 for name in convolutions}
+    assert routes(resnet, (3, 32, 32)) == routes(resnet, (3, 32, 32), paired=True) == expected
     twin = build_model(model_config("conv1", (1, 5, 5), 3, width=3))
     assert routes(twin, (1, 5, 5)) == {}  # NTK-parametrised convolutions stay generic
 
@@ -491,7 +497,16 @@ def test_convolutions_that_unfold_cannot_reproduce_stay_generic():
     assert routes(late, (1, 6, 6)) == {"0": 1}
 
 
-def nets() -> dict[str, tuple[nn.Module, tuple[int, ...], dict[str, int]]]:
+def test_a_convolution_takes_its_grams_when_they_take_fewer_products_than_its_rows():
+    """S = 2 positions, O = 2 channels, K = 5: Grams 4(2p + 5) against rows 10p products per pair,
+    with p = C′ output products for the diagonal kinds, C′² for the full kernel."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 2), nn.Flatten(), nn.Linear(4, 4))
+    assert routes(net, (1, 2, 3)) == {"0": 1}  # p = 4: 52 against 40
+    assert routes(net, (1, 2, 3), paired=True) == {"0": "gram"}  # p = 16: 148 against 160
+    assert routes(net, (1, 2, 3), outputs=1, paired=True) == {"0": 1}
+
+
+def nets() -> dict[str, tuple[nn.Module, tuple[int, ...], dict[str, int | str]]]:
     """Variants of both routes: name → (net, input shape, expected routes)."""
     torch.manual_seed(0)
     cropped = nn.Sequential(  # 7 × 7 pooled in 2 × 2 cells drops a row and a column
@@ -508,8 +523,17 @@ def nets() -> dict[str, tuple[nn.Module, tuple[int, ...], dict[str, int]]]:
     dilated = nn.Sequential(
         nn.Conv2d(2, 3, 3, padding=2, dilation=2), nn.Tanh(), nn.Conv2d(3, 2, 1), nn.Flatten(), nn.Linear(2 * 25, 3)
     )
+    strided = nn.Sequential(  # 6 x 6 → 2 x 2 in steps of 3: S = 4, O = 16, K = 28 (with the bias)
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(3, 16, 3, stride=3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(64, 3),
+    )
     return {
-        "pooled-cropped": (cropped, (2, 7, 7), {"0": 2, "3": 1}),
+        "gram-strided": (strided, (2, 6, 6), {"0": 1, "2": "gram"}),
+        "pooled-cropped": (cropped, (2, 7, 7), {"0": 2, "3": "gram"}),  # "3": one position (S = 1)
         "pooled-3-frozen-bias": (thirds, (1, 8, 8), {"0": 3}),
         "dilated": (dilated, (2, 5, 5), {"0": 1, "2": 1}),
     }
@@ -530,21 +554,68 @@ def test_kernels_from_convolution_rows_equal_explicit_gradients(name):
     assert relative_error(blocks, np.einsum("ijcc->ijc", explicit_gradient_gram(net, x1, x1))) < TOL
 
 
-def test_rows_that_crowd_the_budget_go_through_the_groups_to_the_same_kernel(monkeypatch):
-    """Convolution rows of every example above a quarter of the budget: the convolutions are
-    chunked with the groups instead; the kernel is the same."""
+@pytest.mark.parametrize("kind", ["full", "class-blocks", "trace", "class:1", "rademacher:2"])
+def test_every_kind_from_gram_convolutions_equals_the_generic_route(kind):
+    net = build_model(model_config("resnet18", (3, 8, 8), 3, width=2, seed=0)).double().eval()
+    assert "gram" in routes(net, (3, 8, 8)).values() and 1 in routes(net, (3, 8, 8)).values()
+    generator = torch.Generator().manual_seed(2)
+    x1 = torch.rand(5, 3, 8, 8, generator=generator, dtype=torch.float64)
+    x2 = torch.rand(3, 3, 8, 8, generator=generator, dtype=torch.float64)
+    for inputs in ((x1,), (x1, x2)):
+        structured = empirical_ntk(net, *inputs, kind=kind, dtype=torch.float64)
+        generic = empirical_ntk(net, *inputs, kind=kind, dtype=torch.float64, structured=False)
+        assert relative_error(structured, generic) < TOL
+
+
+def test_gram_blocks_of_a_few_rows_give_the_same_kernel(monkeypatch):
+    from ntkrobust.bridge import convolutions
+
+    net, shape, _ = nets()["gram-strided"]
+    x = torch.rand(7, *shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    whole = {kind: empirical_ntk(net.double(), x, kind=kind, dtype=torch.float64) for kind in ("full", "class-blocks")}
+    monkeypatch.setattr(convolutions, "_GRAM_BLOCK_ELEMENTS", 1)  # one kernel row per block
+    for kind, kernel in whole.items():
+        assert relative_error(empirical_ntk(net.double(), x, kind=kind, dtype=torch.float64), kernel) < TOL
+
+
+@pytest.fixture
+def generic_sizes(monkeypatch) -> list[set[str]]:
+    """The parameters that each empirical_ntk call leaves to the generic groups, call by call."""
     from ntkrobust.bridge import entk
 
-    model = build_model(model_config("mnist-cnn", (1, 8, 8), 10, width=4, seed=0))
-    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
-    generic_sizes = []
+    seen: list[set[str]] = []
     original = entk._plan_passes
 
     def spy(kind, sizes, *rest):
-        generic_sizes.append(set(sizes))
+        seen.append(set(sizes))
         return original(kind, sizes, *rest)
 
     monkeypatch.setattr(entk, "_plan_passes", spy)
+    return seen
+
+
+def test_rows_that_crowd_the_budget_go_through_the_groups_before_the_grams(generic_sizes):
+    """Rows and Gram factors of every example above a quarter of the budget: first the rows'
+    convolutions go through the groups, then, if still too much, the Gram ones; the same kernel."""
+    net, shape, _ = nets()["gram-strided"]
+    net = net.double()
+    x = torch.rand(6, *shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    roomy = empirical_ntk(net, x, kind="class-blocks", dtype=torch.float64)
+    per_example = {"rows": 3 * 3 * 19, "gram": 4 * (3 * 16 + 28), "dense": 3 * 3 + 64}  # numbers kept
+    structured_bytes = 6 * 8 * sum(per_example.values())
+    without_rows = 6 * 8 * (per_example["gram"] + per_example["dense"])
+    for budget in (4 * (structured_bytes + without_rows) // 2, 4 * without_rows - 8, 8 * structured_bytes):
+        tight = empirical_ntk(net, x, kind="class-blocks", dtype=torch.float64, memory_budget=budget)
+        assert relative_error(tight, roomy) < 1e-12
+    assert generic_sizes == [set(), {"0.weight", "0.bias"}, {"0.weight", "0.bias", "2.weight", "2.bias"}, set()]
+    assert relative_error(roomy, np.einsum("ijcc->ijc", explicit_gradient_gram(net, x, x))) < TOL
+
+
+def test_rows_that_crowd_the_budget_go_through_the_groups_to_the_same_kernel(generic_sizes):
+    """Convolution rows of every example above a quarter of the budget: the convolutions are
+    chunked with the groups instead; the kernel is the same."""
+    model = build_model(model_config("mnist-cnn", (1, 8, 8), 10, width=4, seed=0))
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
     roomy = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64)
     rows_bytes = 6 * 8 * 10 * sum(p.numel() for name, p in model.named_parameters() if name[0] in "03")
     tight = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64, memory_budget=3 * rows_bytes)
