@@ -32,7 +32,8 @@ S = 16, 2.4M weights) is cheaper still without its rows. Its share of Θ_cd(x, x
 the Gram of the gradients over positions times the Gram of the patches, which does not depend on
 the outputs (the structured derivatives of Novak et al. 2022). Per pair of examples that
 is S²(C′·O + K) products, against C′·O·K for the rows (C′ the output products per pair: C′² for
-the full kernel), and it keeps S(C′·O + K) numbers per example, not C′·O·K. So a layer takes this
+the full kernel; half of it for a kernel of one input set, symmetric), and it keeps S(C′·O + K)
+numbers per example, not C′·O·K. So a layer takes this
 route (``ConvLayer.gram``) where S²(C′·O + K) < C′·O·K: on ResNet-18 at 32 × 32 its last stage's
 3 × 3 convolutions, not its earlier stages, the MNIST CNN's or the CIFAR CNN's layers.
 
@@ -226,7 +227,10 @@ def add_gram_share(
     """Add a Gram convolution's share Σ_{s,t} (g_c[:, s]·g′_d[:, t]) (P[:, s]·P′[:, t]) into
     ``kernel``, from g (N, C′, O, S) and patches (N, K, S) of each input set, a block of the
     kernel's rows at a time. ``kind``: ``"full"`` (kernel (N1, N2, C′, C′)), ``"class-blocks"``
-    ((N1, N2, C′)) or any other for the sum over the outputs ((N1, N2))."""
+    ((N1, N2, C′)) or any other for the sum over the outputs ((N1, N2)). When ``factors2`` is
+    ``factors1`` the kernel is symmetric: each block of rows is taken from its diagonal on and
+    mirrored below it, half the products."""
+    symmetric = factors2 is factors1
     (g1, p1), (g2, p2) = factors1, factors2
     n2, outputs, channels, positions = g2.shape
 
@@ -243,17 +247,23 @@ def add_gram_share(
     patches2 = p2.transpose(1, 2).reshape(n2 * positions, -1).T  # (K, N2·S)
     per_row = {"full": outputs**2, "class-blocks": outputs}.get(kind, 1) + 1
     size = max(1, _GRAM_BLOCK_ELEMENTS // (per_row * positions**2 * n2))
+    mirrored = {"full": (1, 0, 3, 2), "class-blocks": (1, 0, 2)}.get(kind, (1, 0))  # Θ(x′, x) from Θ(x, x′)
     for start in range(0, g1.shape[0], size):
         rows = slice(start, start + size)
         n1 = g1[rows].shape[0]
-        patch = (p1[rows].transpose(1, 2).reshape(n1 * positions, -1) @ patches2).reshape(n1, positions, n2, positions)
-        grads = by_position(g1[rows]) @ gradients2
+        first = start if symmetric else 0  # the columns taken: from the diagonal on, or all
+        m = n2 - first
+        patch = p1[rows].transpose(1, 2).reshape(n1 * positions, -1) @ patches2[:, first * positions :]
+        patch = patch.reshape(n1, positions, m, positions)
+        grads = by_position(g1[rows]) @ gradients2[..., first * (outputs if kind == "full" else 1) * positions :]
         if kind == "full":  # (i, c, s, j, d, t) → (i, j, c, d)
-            share = torch.einsum(
-                "icsjdt,isjt->ijcd", grads.reshape(n1, outputs, positions, n2, outputs, positions), patch
-            )
+            grads = grads.reshape(n1, outputs, positions, m, outputs, positions)
+            share = torch.einsum("icsjdt,isjt->ijcd", grads, patch)
         elif kind == "class-blocks":  # (c, i, s, j, t) → (i, j, c)
-            share = torch.einsum("cisjt,isjt->ijc", grads.reshape(outputs, n1, positions, n2, positions), patch)
+            share = torch.einsum("cisjt,isjt->ijc", grads.reshape(outputs, n1, positions, m, positions), patch)
         else:
-            share = torch.einsum("isjt,isjt->ij", grads.reshape(n1, positions, n2, positions), patch)
-        kernel[rows] += share.to(torch.float64)
+            share = torch.einsum("isjt,isjt->ij", grads.reshape(n1, positions, m, positions), patch)
+        share = share.to(torch.float64)
+        kernel[rows, first:] += share
+        if symmetric:  # the rows below this block, from its columns right of the diagonal block
+            kernel[start + n1 :, rows] += share[:, n1:].permute(*mirrored)
