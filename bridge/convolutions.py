@@ -30,12 +30,12 @@ S = 16, 2.4M weights) is cheaper still without its rows. Its share of Θ_cd(x, x
     ⟨g_c Pᵀ, g′_d P′ᵀ⟩ = Σ_{s,t} (g_c[:, s]·g′_d[:, t]) (P[:, s]·P′[:, t]),
 
 the Gram of the gradients over positions times the Gram of the patches, which does not depend on
-the outputs (the structured derivatives of Novak et al. 2022). Per pair of examples that
-is S²(C′·O + K) products, against C′·O·K for the rows (C′ the output products per pair: C′² for
-the full kernel; half of it for a kernel of one input set, symmetric), and it keeps S(C′·O + K)
-numbers per example, not C′·O·K. So a layer takes this
-route (``ConvLayer.gram``) where S²(C′·O + K) < C′·O·K: on ResNet-18 at 32 × 32 its last stage's
-3 × 3 convolutions, not its earlier stages, the MNIST CNN's or the CIFAR CNN's layers.
+the outputs (the structured derivatives of Novak et al. 2022). Per pair of examples that is
+S²(C′·O + K) products, against C′·O·K for the rows (C′ the output products per pair: C′² for the
+full kernel), and it keeps S(C′·O + K) numbers per example, not C′·O·K. Both routes take only
+the pairs on and above the diagonal of a kernel of one input set. So a layer takes this route
+(``ConvLayer.gram``) where S²(C′·O + K) < C′·O·K: on ResNet-18 at 32 × 32 its last stage's 3 × 3
+convolutions, not its earlier stages, the MNIST CNN's or the CIFAR CNN's layers.
 
 Shapes: rows (B, C′, P_layer), the layer's parameters in the order (O, I·k·k [+ 1 for the bias]);
 a Gram layer's factors g (B, C′, O, S) and patches (B, K, S).
