@@ -69,7 +69,7 @@ class ConvLayer:
     @property
     def patch(self) -> int:
         """K: the numbers of one output position's patch (with a 1 for a trainable bias)."""
-        return self.module.weight[0].numel() + (1 if self.bias else 0)
+        return _patch_size(self.module, self.bias)
 
     @property
     def size(self) -> int:
@@ -81,6 +81,10 @@ class ConvLayer:
         if self.gram:
             return math.prod(self.tap_shape[1:]) * (outputs * self.tap_shape[0] + self.patch)
         return outputs * self.size
+
+
+def _patch_size(conv: nn.Conv2d, bias: str | None) -> int:
+    return conv.weight[0].numel() + (1 if bias else 0)
 
 
 def _plain(conv: nn.Module) -> bool:
@@ -155,7 +159,7 @@ def conv_layers(
     layers = {}
     for name, conv in candidates.items():
         bias = f"{name}.bias" if f"{name}.bias" in trainable else None
-        patch = conv.weight[0].numel() + (1 if bias else 0)
+        patch = _patch_size(conv, bias)
         tap = pooled.get(id(conv), conv) if 2 * differentiated >= patch else conv
         if calls.get(id(conv)) != 1 or calls.get(id(tap)) != 1 or inputs[id(conv)].dim() != 4:
             continue
@@ -190,7 +194,7 @@ def conv_rows(
     ``bias`` are the layer's values (the bias even when frozen: it moves the ReLU's mask)."""
     batch, outputs, channels = g.shape[:3]
     if layer.pool == 1:
-        patches = _patches(layer, a, *g.shape[3:]).flatten(2)  # (B, K, S)
+        g, patches = conv_factors(layer, g, a)  # (B, C′, O, S), (B, K, S)
         rows = torch.bmm(g.reshape(batch, outputs * channels, -1), patches.transpose(1, 2))
         return rows.reshape(batch, outputs, -1)
     with torch.no_grad():

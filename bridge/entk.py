@@ -414,9 +414,8 @@ def _add_passes(
                 f2 = f1 if b is None else _rows_in_sub_batches(engine.factors, b, size, bar)
                 for name, layer in engine.dense.items():
                     kernel += _contract_dense(kind, layer, f1["dense"][name], f2["dense"][name]).to(torch.float64)
-                for name in f1["conv"]:
-                    rows = f1["conv"][name]
-                    kernel += _contract(kind, rows, rows if b is None else f2["conv"][name]).to(torch.float64)
+                for name in f1["conv"]:  # f2 is f1 for a kernel of one set: _contract sees it is symmetric
+                    kernel += _contract(kind, f1["conv"][name], f2["conv"][name]).to(torch.float64)
                 for name in f1["gram"]:
                     add_gram_share(kernel, kind.name, f1["gram"][name], f2["gram"][name])
                 del f1, f2

@@ -8,7 +8,8 @@
   ``JacobianEngine.factors`` returns their factors g (B, C′, out) and h (B, in), which
   ``bridge.entk`` contracts without forming the gradients (the structured derivatives of
   neural-tangents, Novak et al. 2022), together with the Jacobian rows of the plain
-  convolutions, g Pᵀ from the same backward pass (``bridge.convolutions``);
+  convolutions, g Pᵀ from the same backward pass, or for convolutions of few output positions
+  their g and patches, whose Grams give their share (``bridge.convolutions``);
 - ``transposed_products`` gives Jᵀw = ∇θ Σ_n w_nᵀ f(x_n) for weights w on the outputs of a set,
   without forming J (NTK eigenvectors, empirical-NTK kernel machines).
 """
