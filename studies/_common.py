@@ -81,13 +81,9 @@ class MachineSettings:
     cache: bool = True
 
     def check(self, arch_names: Sequence[str]) -> None:
-        from ntkrobust.kernels.architectures import ARCHITECTURES
-        from ntkrobust.kernels.machine import PRECISIONS
-
-        for name in arch_names:
-            check_choice(name, ARCHITECTURES, "--arch")
+        """Every setting, before any compute; JAX is imported only when ``arch_names`` asks for a
+        machine (a transfer run with torch surrogates alone builds none)."""
         check_choice(self.gradient, GRADIENTS, "--gradient")
-        check_choice(self.precision, PRECISIONS, "--precision")
         if not (self.time >= 0):
             raise StudyError(f"--time must be >= 0 or inf, got {self.time}")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
@@ -96,6 +92,14 @@ class MachineSettings:
             raise StudyError(f"--learning-rate must be a finite number > 0, got {self.learning_rate}")
         if self.gradient == "closed-form" and any(name != "two-layer" for name in arch_names):
             raise StudyError("--gradient closed-form exists only for two-layer")
+        if not arch_names:
+            return
+        from ntkrobust.kernels.architectures import ARCHITECTURES
+        from ntkrobust.kernels.machine import PRECISIONS
+
+        for name in arch_names:
+            check_choice(name, ARCHITECTURES, "--arch")
+        check_choice(self.precision, PRECISIONS, "--precision")
         if self.cache:  # a cache folder that cannot be made is found now, not after the compute
             from ntkrobust.kernels.gram import default_cache_dir
 

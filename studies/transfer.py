@@ -131,7 +131,6 @@ def _black_box_sources(
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], list[str], int]:
     """Examples of every NTK machine and eNTK surrogate, what made them, warnings, kernel n."""
     from ntkrobust.attacks import robust_accuracy
-    from ntkrobust.kernels.adversarial import craft_adversarial
 
     x_test, y_test = data.x_test, data.y_test
     sources: dict[str, np.ndarray] = {}
@@ -139,6 +138,8 @@ def _black_box_sources(
     notes: list[str] = []
     kernel_data = training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n")
     for arch_name in arch_names:
+        from ntkrobust.kernels.adversarial import craft_adversarial  # JAX, only for an NTK machine
+
         machine, arch_notes, kernel = settings.machine.fit(arch_name, kernel_data, progress)
         warn(notes, *arch_notes)
         examples = craft_adversarial(machine, x_test, y_test, attack, progress=progress)

@@ -168,6 +168,35 @@ def test_transfer(trained, tmp_path, run_cli):
     assert stdout.startswith("run epoch 2: clean")
 
 
+def test_torch_half_runs_without_jax(trained, tmp_path):
+    """entk, train, transfer with an eNTK surrogate and evaluate import nothing of the analytic
+    half: a GPU image with torch alone runs them (``benchmarks/gpu_smoke.sh`` counts on it).
+    JAX, neural-tangents and TensorFlow are packages that raise ImportError when imported."""
+    import os
+    import subprocess
+    import sys
+
+    blocked = tmp_path / "blocked"
+    for name in ("jax", "jaxlib", "neural_tangents", "tensorflow"):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed here')\n")
+    target = cli.build_parser().parse_args(trained[0]).out / "checkpoints" / "epoch_002.pt"
+    attack = ["--pgd-steps", "1", "--eps", "0.1", "--eval-pgd-steps", "1", "--eval-n", "10"]
+    argvs = [
+        ["entk", *TASK, "--model", "fc1", "--width", "16", "--points", "12", "--kind", "class-blocks"],
+        ["train", *TASK, "--model", "fc1", "--width", "16", "--epochs", "1", *attack, "--track-kernel", "10"],
+        ["transfer", *TASK, "--surrogate", "fc1:16", "--surrogate-n", "20", "--target", str(target)],
+        ["evaluate", str(target), *TASK, "--eps", "0.1", "--attacks", "pgd-20", "--n-test", "20"],
+    ]
+    argvs = [[*argv, "--quiet", "--out", str(tmp_path / argv[0])] for argv in argvs]
+    code = f"from ntkrobust import cli\nfor argv in {argvs!r}:\n    assert cli.main(argv) == 0, argv\n"
+    records = {"entk": "metrics.json", "train": "history.json", "transfer": "results.json", "evaluate": "results.json"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocked), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [name for name, record in records.items() if not (tmp_path / name / record).is_file()] == []
+
+
 def test_make_npz(tmp_path, run_cli):
     from ntkrobust.bridge.data import load_dataset
 
