@@ -69,6 +69,7 @@ run entk-mnist-cnn entk "${D[@]}" --model mnist-cnn --points 300 --kind class-bl
 run entk-resnet18 entk "${D[@]}" --model resnet18 --points 100 --kind trace
 run entk-rademacher entk "${D[@]}" --model resnet18 --points 100 --kind rademacher:2
 run train-pgd train "${D[@]}" --model mnist-cnn --mode pgd --eps 0.1 --epochs 3 --track-kernel 100
+run dynamics dynamics "$OUT/train-pgd" --eigenvectors 2 --eigenvector-steps 100 --device "$DEVICE"
 run train-resnet-bn train "${D[@]}" --model resnet18 --width 16 --mode pgd --eps 0.1 --epochs 2 --batchnorm both --track-kernel 50
 if [ -z "$ANALYTIC_MISSING" ]; then
   run two-layer two-layer "${D[@]}" --width 10000 --epochs 300

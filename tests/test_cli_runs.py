@@ -169,9 +169,10 @@ def test_transfer(trained, tmp_path, run_cli):
 
 
 def test_torch_half_runs_without_jax(trained, tmp_path):
-    """entk, train, transfer with an eNTK surrogate and evaluate import nothing of the analytic
-    half: a GPU image with torch alone runs them (``benchmarks/gpu_smoke.sh`` counts on it).
-    JAX, neural-tangents and TensorFlow are packages that raise ImportError when imported."""
+    """entk, train, transfer with an eNTK surrogate, evaluate and dynamics (the eigenvector
+    pictures of the train run made here) import nothing of the analytic half: a GPU image with
+    torch alone runs them (``benchmarks/gpu_smoke.sh`` counts on it). Here JAX, neural-tangents
+    and TensorFlow are packages that raise ImportError when imported."""
     import os
     import subprocess
     import sys
@@ -187,10 +188,12 @@ def test_torch_half_runs_without_jax(trained, tmp_path):
         ["train", *TASK, "--model", "fc1", "--width", "16", "--epochs", "1", *attack, "--track-kernel", "10"],
         ["transfer", *TASK, "--surrogate", "fc1:16", "--surrogate-n", "20", "--target", str(target)],
         ["evaluate", str(target), *TASK, "--eps", "0.1", "--attacks", "pgd-20", "--n-test", "20"],
+        ["dynamics", str(tmp_path / "train"), "--eigenvectors", "1", "--eigenvector-steps", "5"],
     ]
     argvs = [[*argv, "--quiet", "--out", str(tmp_path / argv[0])] for argv in argvs]
     code = f"from ntkrobust import cli\nfor argv in {argvs!r}:\n    assert cli.main(argv) == 0, argv\n"
     records = {"entk": "metrics.json", "train": "history.json", "transfer": "results.json", "evaluate": "results.json"}
+    records["dynamics"] = "eigenvectors.png"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(blocked), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
