@@ -58,8 +58,9 @@ from ntkrobust.bridge.temporal_ensembling import TE_WEIGHT, TemporalEnsemble, te
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
 
 MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")
-#: steps between two reads of the running loss and accuracy (a non-finite loss stops the run there)
-_READ_EVERY = 20
+#: steps between two reads of the running loss from the device (a non-finite loss stops the run
+#: there): no host round trip per step on a GPU; also the two-layer full-batch trainer's
+READ_EVERY = 20
 
 
 @dataclass(frozen=True)
@@ -341,7 +342,7 @@ def train_epoch(
     batches = math.ceil(x.shape[0] / config.batch_size)
     model.train()
     replicas = distributed.world_size()
-    # the loss sum and the correct count stay on the device, read every _READ_EVERY steps: no
+    # the loss sum and the correct count stay on the device, read every READ_EVERY steps: no
     # host round trip per step on a GPU
     sums = torch.zeros(2, dtype=torch.float64, device=x.device)
     total_loss, correct, seen, step = 0.0, 0.0, 0, first_step
@@ -367,7 +368,7 @@ def train_epoch(
         # this process's share of the batch's loss sum, and its correct predictions
         sums += torch.stack([loss.detach().double() * yb.shape[0] / replicas, (logits.argmax(1) == yb[part]).sum()])
         seen += yb.shape[0]
-        if step % _READ_EVERY == 0 or b == batches - 1:
+        if step % READ_EVERY == 0 or b == batches - 1:
             total_loss, correct = sums.tolist()
             if not math.isfinite(total_loss):
                 raise FloatingPointError(f"the training loss became {total_loss} by step {step} (epoch {epoch})")

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge.adversarial import cross_entropy_gradient
 from ntkrobust.bridge.models import ModelConfig, build_model, model_config
+from ntkrobust.bridge.training import READ_EVERY
 from ntkrobust.bridge.transfer import cosine_summary, evaluate_target, gradient_cosine, random_sign_examples
 
 #: The four numbers every transfer target reports (results.json).
@@ -95,7 +96,9 @@ def train_full_batch(
 
     One step per epoch on the gradient of the whole set, accumulated over chunks of ``chunk``
     points (the same gradient, bounded memory). ``on_epoch(e)`` runs after epoch e for every
-    e in ``measure_at`` (epoch 0: before training).
+    e in ``measure_at`` (epoch 0: before training). The losses stay on the device and are read
+    every ``READ_EVERY`` epochs, at every measured one and at the end (no host round trip per
+    step); a non-finite one raises ``FloatingPointError`` naming its epoch, there.
     """
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate}")
@@ -108,6 +111,17 @@ def train_full_batch(
     losses = []
     if on_epoch is not None and 0 in measure:
         on_epoch(0)
+    unread: list[torch.Tensor] = []  # the losses of the epochs since the last read, on the device
+
+    def read(epoch: int) -> None:
+        """Move the unread losses to ``losses``: one host round trip per READ_EVERY epochs."""
+        values = torch.stack(unread).tolist()
+        unread.clear()
+        for at, value in enumerate(values, start=epoch - len(values) + 1):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"the loss diverged at epoch {at} (learning rate {learning_rate} too large)")
+        losses.extend(values)
+
     for epoch in tqdm(range(1, epochs + 1), desc=description, unit="epoch", disable=not progress, leave=False):
         optimizer.zero_grad(set_to_none=True)
         parts = []
@@ -117,11 +131,10 @@ def train_full_batch(
             part = part * (min(chunk, n - start) / n)
             part.backward()
             parts.append(part.detach().double())
-        total = float(torch.stack(parts).sum())  # one read from the device per step
-        if not math.isfinite(total):
-            raise FloatingPointError(f"the loss diverged at epoch {epoch} (learning rate {learning_rate} too large)")
-        losses.append(total)
+        unread.append(torch.stack(parts).sum())
         optimizer.step()
+        if epoch in measure or epoch % READ_EVERY == 0 or epoch == epochs:  # nothing is measured on a diverged net
+            read(epoch)
         if on_epoch is not None and epoch in measure:
             on_epoch(epoch)
     return losses

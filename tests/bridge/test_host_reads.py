@@ -1,0 +1,114 @@
+"""No host round trip per step: attacks, training and the two-layer trainer keep their tensors on
+the device and read them back a bounded number of times, however many steps they take.
+
+On a GPU each read of a tensor's value (``.item()``, ``.tolist()``, ``.cpu()``, ``.numpy()``,
+``float(t)``, ``bool(t)``, ``int(t)``) waits for every queued kernel. Here, on the CPU, the reads
+are counted by wrapping those methods; the counts must not grow with the number of steps.
+(Syncs that these methods do not make, such as boolean-mask indexing, are not counted.)
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+
+import pytest
+import torch
+
+from ntkrobust.bridge.adversarial import adversarial_examples
+from ntkrobust.bridge.data import load_dataset, task_indices
+from ntkrobust.bridge.evaluation import robust_correct
+from ntkrobust.bridge.models import build_model, model_config
+from ntkrobust.bridge.training import READ_EVERY, TrainConfig, make_optimizer, train_epoch
+from ntkrobust.bridge.two_layer import train_full_batch
+
+READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """A counter of tensor reads to the host, by method name, while the test runs."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    def counted(name):
+        method = getattr(torch.Tensor, name)
+
+        @functools.wraps(method)
+        def read(self, *args, **kwargs):
+            counts[name] += 1
+            return method(self, *args, **kwargs)
+
+        return read
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    # the counter sees the implicit conversions too, or every count below would pass vacuously
+    assert float(torch.ones(())) == 1.0 and bool(torch.ones(())) and counts == {"__float__": 1, "__bool__": 1}
+    counts.clear()
+    return counts
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_dataset("digits", n_train=160, n_test=40, seed=0)
+    x = torch.as_tensor(data.x_train)
+    return data, x, torch.as_tensor(task_indices(data.y_train, data.classes))
+
+
+def _cnn(data):
+    return build_model(model_config("mnist-cnn", data.image_shape, len(data.classes), width=8, seed=0))
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd"])
+def test_white_box_attacks_read_nothing(digits, host_reads, method):
+    data, x, y = digits
+    model = _cnn(data).eval()
+    for steps in (3, 9):
+        adversarial_examples(model, x, y, method=method, eps=0.1, step=0.02, steps=steps, batch_size=64)
+        assert sum(host_reads.values()) == 0, (steps, host_reads)
+
+
+def test_evaluation_reads_once_per_attack(digits, host_reads):
+    """PGD-20 and PGD-100 make the same reads: the per-point flags of each attack, once."""
+    data, x, y = digits
+    model = _cnn(data).eval()
+    counts = []
+    for attack in ("pgd-20", "pgd-100"):
+        robust_correct(model, x[:64], y[:64], eps=0.1, channels=1, attacks=(attack,), batch_size=32)
+        counts.append(sum(host_reads.values()))
+        host_reads.clear()
+    assert counts[0] == counts[1] <= 4, counts  # the clean and the attacked flags, each .cpu().numpy()
+
+
+@pytest.mark.parametrize("mode", ["standard", "pgd", "trades", "fgsm-noise"])
+def test_a_training_epoch_reads_its_loss_every_read_every_steps(digits, host_reads, mode):
+    data, x, y = digits
+    reads = {}
+    for batch_size in (160 // 4, 160 // (READ_EVERY + 4)):  # 4 steps, then READ_EVERY + 4 (rounded up)
+        model = _cnn(data)
+        config = TrainConfig(mode=mode, eps=0.1, pgd_step=0.03, pgd_steps=3, batch_size=batch_size, epochs=1)
+        steps = train_epoch(model, make_optimizer(model, config), x, y, config, 1)["steps"]
+        reads[steps] = sum(host_reads.values())
+        host_reads.clear()
+    assert len(reads) == 2 and max(reads) > READ_EVERY, reads
+    assert reads == {steps: -(-steps // READ_EVERY) for steps in reads}  # one per READ_EVERY steps, and the last
+
+
+def test_full_batch_gradient_descent_reads_its_losses_every_read_every_epochs(digits, host_reads):
+    data, x, _ = digits
+    model = build_model(model_config("fc1", data.image_shape, 1, width=32, seed=0))
+    targets = torch.randn(x.shape[0], 1)
+    epochs = 2 * READ_EVERY + 3
+    losses = train_full_batch(model, x, targets, learning_rate=0.1, epochs=epochs)
+    assert len(losses) == epochs and host_reads == {"tolist": 3}  # at READ_EVERY, 2 READ_EVERY and the end
+    host_reads.clear()
+    seen = []
+    train_full_batch(model, x, targets, learning_rate=0.1, epochs=epochs, on_epoch=seen.append, measure_at=[0, 5])
+    assert seen == [0, 5] and host_reads == {"tolist": 4}  # and once before the measurement at epoch 5
+
+
+def test_full_batch_divergence_names_its_epoch_though_read_later(digits):
+    data, x, _ = digits
+    model = build_model(model_config("fc1", data.image_shape, 1, width=16, seed=0))
+    with pytest.raises(FloatingPointError, match=r"the loss diverged at epoch 1 \("):  # (1e20)² overflows float32
+        train_full_batch(model, x, torch.full((x.shape[0], 1), 1e20), learning_rate=1.0, epochs=READ_EVERY + 5)
