@@ -265,5 +265,8 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
         f"top {settings.eigenvectors} eigenvectors of the class-{settings.eigenvector_class} eNTK "
         f"on the probe set; {plots.dynamics_subtitle(summaries)}"
     )
-    record = envelope("dynamics", metrics, config, seconds=None, argv=argv)
+    seconds = {"runs": clock.between("start", "runs"), "summaries": clock.between("runs", "summaries")}
+    if settings.eigenvectors:
+        seconds["eigenvectors"] = clock.between("summaries", "eigenvectors")
+    record = envelope("dynamics", metrics, config, seconds={**seconds, "total": clock.since_start()}, argv=argv)
     return DynamicsResult(record, summaries=summaries, eigenvector_rows=rows, subtitle=subtitle)

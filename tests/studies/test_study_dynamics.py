@@ -47,6 +47,8 @@ def test_dynamics_renders_every_figure(tracked_runs, tmp_path, assert_real_png):
     assert {p.name for p in out.iterdir()} == figures | {"results.json"}
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["figures"].values()) == figures and saved["config"]["eigenvectors"] == 2
+    assert list(saved["seconds"]) == ["runs", "summaries", "eigenvectors", "total"]
+    assert saved["seconds"]["total"] >= sum(saved["seconds"][stage] for stage in ("runs", "summaries", "eigenvectors"))
     assert "spawn_accuracy" not in saved and [run["label"] for run in saved["switch_cost"]["runs"]] == ["fc2 pgd"]
     assert_real_png(out / "kernel_images.png")
     assert result.summary() == f"2 run(s): {', '.join(sorted(figures))}"
@@ -111,6 +113,7 @@ def test_a_run_as_its_own_baseline_is_at_distance_zero(tracked_runs, tmp_path, d
     standard, pgd = runs(tracked_runs)
     result = dynamics.run(DynamicsSettings(runs=(standard, pgd), baseline=standard, ksm_epochs=(0, 2)))
     distances = result.record["baseline_distance"]
+    assert list(result.record["seconds"]) == ["runs", "summaries", "total"]  # no eigenvectors asked for
     assert distances["baseline"] == str(standard) and distances["label"] == "fc2 standard"
     itself, other = distances["runs"]
     assert itself["steps"] == other["steps"] and len(itself["steps"]) == 3  # initialisation and two epochs
