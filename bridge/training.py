@@ -58,8 +58,8 @@ from ntkrobust.bridge.temporal_ensembling import TE_WEIGHT, TemporalEnsemble, te
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
 
 MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")
-#: steps between two reads of the running loss from the device (a non-finite loss stops the run
-#: there): no host round trip per step on a GPU; also the two-layer full-batch trainer's
+#: steps between two reads of the running loss from the device, here and in the two-layer
+#: full-batch descent (a non-finite loss stops the run there): no host round trip per step on a GPU
 READ_EVERY = 20
 
 
