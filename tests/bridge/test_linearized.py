@@ -385,7 +385,7 @@ def test_the_centered_standard_network_is_zero_at_spawn_and_trains_the_full_net(
     x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     parent = _resnet().eval()
     net = CenteredStandardNetwork(parent, batchnorm=batchnorm)
-    assert float(net.eval()(x).abs().max()) == 0.0
+    assert float(net.eval()(x).detach().abs().max()) == 0.0
     trained = [p for p in net.parameters() if p.requires_grad]
     assert sum(p.numel() for p in trained) == sum(p.numel() for p in parent.parameters())
     before = {k: v.clone() for k, v in net.network.state_dict().items() if "running" in k}
@@ -396,7 +396,7 @@ def test_the_centered_standard_network_is_zero_at_spawn_and_trains_the_full_net(
     optimizer.step()
     moved = {k: not torch.equal(v, net.network.state_dict()[k]) for k, v in before.items()}
     assert any(moved.values()) == (batchnorm == "train")  # frozen: the spawn's statistics stay
-    assert not net.spawn.training and float(net.eval()(x).abs().max()) > 0  # θ moved, the spawn did not
+    assert not net.spawn.training and float(net.eval()(x).detach().abs().max()) > 0  # θ moved, the spawn did not
     # its kernel is the trained network's, which moves with θ (unlike the linearized networks')
     np.testing.assert_allclose(
         empirical_ntk(net, x, kind="trace"), empirical_ntk(net.tangent_network(), x, kind="trace"), rtol=1e-5
