@@ -19,6 +19,7 @@ from ntkrobust.bridge.adversarial import adversarial_examples
 from ntkrobust.bridge.data import load_dataset, task_indices
 from ntkrobust.bridge.evaluation import robust_correct
 from ntkrobust.bridge.models import build_model, model_config
+from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
 from ntkrobust.bridge.training import READ_EVERY, TrainConfig, make_optimizer, train_epoch
 from ntkrobust.bridge.two_layer import train_full_batch
 
@@ -80,14 +81,21 @@ def test_evaluation_reads_once_per_attack(digits, host_reads):
     assert counts[0] == counts[1] <= 4, counts  # the clean and the attacked flags, each .cpu().numpy()
 
 
-@pytest.mark.parametrize("mode", ["standard", "pgd", "trades", "fgsm-noise"])
-def test_a_training_epoch_reads_its_loss_every_read_every_steps(digits, host_reads, mode):
+@pytest.mark.parametrize(
+    ("mode", "augment"),
+    [*[(mode, "none") for mode in ("standard", "pgd", "trades", "fgsm-noise", "te")], ("pgd", "crop-flip")],
+)
+def test_a_training_epoch_reads_its_loss_every_read_every_steps(digits, host_reads, mode, augment):
     data, x, y = digits
     reads = {}
     for batch_size in (160 // 4, 160 // (READ_EVERY + 4)):  # 4 steps, then READ_EVERY + 4 (rounded up)
         model = _cnn(data)
-        config = TrainConfig(mode=mode, eps=0.1, pgd_step=0.03, pgd_steps=3, batch_size=batch_size, epochs=1)
-        steps = train_epoch(model, make_optimizer(model, config), x, y, config, 1)["steps"]
+        ramp = {"te_start": 1, "te_end": 2} if mode == "te" else {}  # TE's regulariser on from epoch 1
+        config = TrainConfig(
+            mode=mode, eps=0.1, pgd_step=0.03, pgd_steps=3, batch_size=batch_size, epochs=2, augment=augment, **ramp
+        )
+        ensemble = TemporalEnsemble.empty(x.shape[0], len(data.classes), 1, 2) if mode == "te" else None
+        steps = train_epoch(model, make_optimizer(model, config), x, y, config, 1, ensemble=ensemble)["steps"]
         reads[steps] = sum(host_reads.values())
         host_reads.clear()
     assert len(reads) == 2 and max(reads) > READ_EVERY, reads
