@@ -401,8 +401,12 @@ def transfer_heatmap(
             (bool((finite < 0).any()), bool((finite > 1).any()))
         ]
         given.append((tau_columns, tau, "Blues", "transferability τ", "transferability τ", extend))
-    panels = [(*_without_self_pairs(row_labels, c, v, own_column), *rest) for c, v, *rest in given]
-    panels = [p for p in panels if p[0]] or [(*_without_self_pairs(row_labels, *given[0][:2], None), *given[0][2:])]
+    panels = [
+        (*_without_self_pairs(row_labels, c, v, own_column), cmap, bar, heading, extend)
+        for c, v, cmap, bar, heading, extend in given
+    ]
+    first_c, first_v, *_ = given[0]
+    panels = [p for p in panels if p[0]] or [(*_without_self_pairs(row_labels, first_c, first_v, None), *given[0][2:])]
     cell_w, cell_h = 0.6, 0.42
     row_w = 0.3 + 0.075 * max((len(str(r)) for r in row_labels), default=1)
     col_h = 0.3 + 0.05 * max((min(len(str(c)), _COLUMN_WRAP) for p in panels for c in p[0]), default=1)
@@ -450,7 +454,7 @@ def _without_self_pairs(
     own = np.array([[c != own_column and c == r for c in columns] for r in rows], dtype=bool).reshape(values.shape)
     if own_column is None:
         own[:] = False
-    keep = ~own.all(axis=0) if len(rows) else np.ones(len(columns), dtype=bool)
+    keep = np.asarray(~own.all(axis=0)) if len(rows) else np.ones(len(columns), dtype=bool)
     return [c for c, k in zip(columns, keep, strict=True) if k], values[:, keep], own[:, keep]
 
 

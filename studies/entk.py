@@ -46,7 +46,7 @@ class EntkResult(StudyResult):
         from ntkrobust import plots
 
         with open(staged.path("kernel.npz"), "wb") as f:
-            np.savez_compressed(f, **self.arrays)
+            np.savez_compressed(f, **self.arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
         plots.kernel_image(**self.picture, path=staged.path("kernel.png"))
 
     def summary(self) -> str:

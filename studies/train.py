@@ -312,7 +312,7 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
     return train, tracking
 
 
-def _te_ramp(settings: TrainSettings) -> dict[str, int | None]:
+def _te_ramp(settings: TrainSettings) -> dict[str, int | float | None]:
     """TE's ramp epochs: as given, else the authors' 90 and 150 of 200 scaled to the epochs."""
     from ntkrobust.bridge.temporal_ensembling import TE_RAMP, TE_WEIGHT
 
@@ -367,7 +367,7 @@ def _run_seeds(settings: TrainSettings, progress: bool, argv: list[str] | None) 
         raise StudyError(f"--resume: {settings.out} holds no seed_{seeds[0]} run to continue")
     if not settings.resume:
         check_out_dir(settings.out, settings.force)
-    results = []
+    results: list[TrainResult] = []
     with OutputLock(settings.out):
         for seed in seeds:
             folder = settings.out / f"seed_{seed}"

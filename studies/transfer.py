@@ -57,7 +57,7 @@ class TransferResult(StudyResult):
         from ntkrobust import plots
 
         with open(staged.path("examples.npz"), "wb") as f:
-            np.savez_compressed(f, **self.arrays)
+            np.savez_compressed(f, **self.arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
         matrix, subtitle = self.record["matrix"], self.figures["subtitle"]
         plots.transfer_heatmap(
             matrix["rows"],
