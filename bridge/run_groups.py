@@ -333,12 +333,12 @@ def spawn_accuracy(groups: Sequence[RunGroup]) -> dict[str, Any]:
     for line in lines.values():
         line["points"].sort(key=lambda point: point["spawn_epoch"])
     parents = dict.fromkeys(parent for parent, _, _ in lines)
-    found = []
+    records = []
     for parent in parents:
         if parent in given:
             with _reading(given[parent]):
-                found.append(_parent_record(given[parent]))
-    return {"lines": list(lines.values()), "parents": found}
+                records.append(_parent_record(given[parent]))
+    return {"lines": list(lines.values()), "parents": records}
 
 
 def _training_seconds(run: TrainingRun) -> dict[str, Any]:

@@ -153,7 +153,11 @@ class KernelTracker:
                     net, self.x, self.targets, eps=self.eps, step=self.step, steps=self.steps, seed=self.seed
                 )
             predicted_adv = predict(net, x_adv)
-        options = {"kind": self.kind, "batch_stats": self.batchnorm == "batch", "memory_budget": self.memory_budget}
+        options: dict[str, Any] = {
+            "kind": self.kind,
+            "batch_stats": self.batchnorm == "batch",
+            "memory_budget": self.memory_budget,
+        }
         clean = empirical_ntk(tangent, self.x, progress=progress, **options)
         adversarial = empirical_ntk(tangent, x_adv, progress=progress, **options)
         adversarial_labels = predicted_adv.cpu().numpy()

@@ -366,7 +366,7 @@ def _with_reasons(metrics: dict[str, Any]) -> dict[str, Any]:
     return metrics if reasons is None else {**metrics, "undefined": reasons}
 
 
-def spearman_correlation(a: np.ndarray, b: np.ndarray) -> float:
+def spearman_correlation(a: ArrayLike, b: ArrayLike) -> float:
     """Spearman's ρ: Pearson correlation of the ranks (ties share their mean rank); nan if constant."""
     ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
     ra, rb = ra - ra.mean(), rb - rb.mean()

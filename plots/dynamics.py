@@ -126,7 +126,7 @@ def _seeds_note(name: str, runs: Sequence[RunSummary]) -> str:
     if not groups:
         return ""
     if name in _PICTURES:
-        first = sorted({str((run.get("seeds") or ["?"])[0]) for run in groups})
+        first = sorted({str(seeds[0]) if (seeds := run.get("seeds")) else "?" for run in groups})
         return f"runs of several seeds pictured by their first seed (seed {' / '.join(first)})"
     counts = sorted({len(run.get("seed_runs") or []) for run in groups})
     return f"runs of several seeds: mean ± sample std over {' / '.join(map(str, counts))} seeds (band)"
@@ -163,7 +163,10 @@ def dynamics_figures(
             for name in SPECIALIZATION_KINDS
         },
     }
-    stages = {"spawn_accuracy": (spawn_accuracy_curves, spawn_accuracy), "switch_cost": (switch_cost_bars, switch_cost)}
+    stages: dict[str, tuple[Callable[..., None], Any]] = {
+        "spawn_accuracy": (spawn_accuracy_curves, spawn_accuracy),
+        "switch_cost": (switch_cost_bars, switch_cost),
+    }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}

@@ -132,7 +132,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
     for ax, (key, name) in zip(axes, panels, strict=True):
         # the angles of this panel first: they set the stretch of its angular axis
         angles = [
-            _floats(d[f"{key}_theta"])
+            _floats(d[f"{key}_theta"])  # type: ignore[literal-required]  # the panel names the key
             for run in runs
             for kind, *_ in kinds
             if f"{key}_r" in (d := (run.get("dynamics") or {}).get(kind) or {})

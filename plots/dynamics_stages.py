@@ -83,11 +83,11 @@ def _spawn_panel(ax: Any, lines: Sequence[SpawnLine], names: list[str], referenc
     for line in lines:
         colour = _colour(names.index(_line_name(line)))
         points = line.get("points") or []
-        x = [p.get("spawn_epoch") for p in points]
+        spawns = [p.get("spawn_epoch") for p in points]
         for key, style, marker in (("test_clean", "-", "o"), ("test_pgd", "--", "s")):
-            y = [p.get(key) for p in points]
-            _line(ax, x, y, colour, style, marker, markersize=5, zorder=2)
-            seeded = _error_bars(ax, x, y, [p.get(f"{key}_std") for p in points], colour) or seeded
+            scores = [p.get(key) for p in points]
+            _line(ax, spawns, scores, colour, style, marker, markersize=5, zorder=2)
+            seeded = _error_bars(ax, spawns, scores, [p.get(f"{key}_std") for p in points], colour) or seeded
     ax.set_ylim(-0.02, 1.02)
     _epoch_ticks(ax.xaxis)
     ax.set_xlabel("spawn epoch t'")

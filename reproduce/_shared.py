@@ -70,8 +70,11 @@ _SCHEDULES: dict[str, dict[str, Any]] = {
               "eval_n": 1000, "augment": "crop-flip"},
 }  # fmt: skip
 #: minutes per run (2 cores at smoke / cpu scale; one GPU at paper scale: RAT's 5 GPU-hours per AT run)
-_MINUTES = {"smoke": 0.1, "cpu": {"standard": 2.5, "fgsm": 3.0, "fgsm-noise": 3.0, "pgd": 5.0, "te": 5.0},
-            "paper": {"standard": 60.0, "fgsm": 90.0, "fgsm-noise": 90.0, "pgd": 300.0, "te": 320.0}}  # fmt: skip
+_MINUTES: dict[str, float | dict[str, float]] = {
+    "smoke": 0.1,
+    "cpu": {"standard": 2.5, "fgsm": 3.0, "fgsm-noise": 3.0, "pgd": 5.0, "te": 5.0},
+    "paper": {"standard": 60.0, "fgsm": 90.0, "fgsm-noise": 90.0, "pgd": 300.0, "te": 320.0},
+}
 
 
 def dynamics_family(ctx: Context) -> str:

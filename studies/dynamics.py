@@ -121,8 +121,7 @@ def _pictured_networks(
                 f"--eigenvector-class {settings.eigenvector_class}: the nets have {config.num_classes} outputs"
             )
         # a linearized net's kernel is its parent's at θt, for every θ
-        wrapped = isinstance(model, LinearizedNetwork | CenteredStandardNetwork)
-        network = model.tangent_network() if wrapped else model
+        network = model.tangent_network() if isinstance(model, LinearizedNetwork | CenteredStandardNetwork) else model
         loaded.append((label, path, network.to(device).eval(), x))
     return loaded
 

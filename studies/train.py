@@ -203,6 +203,7 @@ def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any,
     from ntkrobust.bridge.models import ModelError, check_fits
 
     path = settings.linearize_from
+    assert path is not None  # called only with --linearize-from
     if settings.batchnorm == "batch":
         raise StudyError("--batchnorm batch trains without running statistics; --linearize-from freezes the parent's")
     if settings.model is not None or settings.width is not None or settings.init != "default":
@@ -312,7 +313,7 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
     return train, tracking
 
 
-def _te_ramp(settings: TrainSettings) -> dict[str, int | float | None]:
+def _te_ramp(settings: TrainSettings) -> dict[str, Any]:
     """TE's ramp epochs: as given, else the authors' 90 and 150 of 200 scaled to the epochs."""
     from ntkrobust.bridge.temporal_ensembling import TE_RAMP, TE_WEIGHT
 
