@@ -165,8 +165,8 @@ class JacobianEngine:
 
     def sizes(self) -> dict[str, int]:
         """Element counts of the parameters left to the generic Jacobian groups."""
-        structured = {name for layer in self.dense.values() for name in (layer.weight, layer.bias) if name}
-        structured |= {name for layer in self.convs.values() for name in (layer.weight, layer.bias) if name}
+        layers: list[DenseLayer | ConvLayer] = [*self.dense.values(), *self.convs.values()]
+        structured = {name for layer in layers for name in (layer.weight, layer.bias) if name}
         return {name: p.numel() for name, p in self.params.items() if name not in structured}
 
     def _outputs(

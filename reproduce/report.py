@@ -245,7 +245,7 @@ def _markdown_section(finding: Mapping[str, Any], base: Path) -> list[str]:
     lines += [f"**Claim.** {_md_text(finding.get('claim'))}", ""]
     lines += [f"**Paper's number.** {_md_text(finding.get('paper_number'))}", ""]
     lines += [f"**Measured here.** {_md_text(finding.get('measured'))}", ""]
-    lines += [f"**Verdict: {_MARK.get(str(verdict), '')} {verdict}** (rule: {_md_text(finding.get('rule'))})", ""]
+    lines += [f"**Verdict: {_MARK.get(verdict or '', '')} {verdict}** (rule: {_md_text(finding.get('rule'))})", ""]
     for figure in finding.get("figures", []):
         path, caption = str(figure.get("path", "")), str(figure.get("caption", ""))
         if (base / path).is_file():
