@@ -9,7 +9,8 @@ a kernel machine and a torch forward/backward plus ``torch.func.jacrev`` in one 
 The package also no longer switches ``jax_enable_x64`` on for the process: its own computations
 run in float64 while the user's JAX code keeps float32 defaults.
 
-The interpreters run concurrently (about 10 s each, mostly imports), so the file takes ~30 s.
+The interpreters run concurrently (about 10 s each, mostly imports), so the file takes 30-70 s on
+2 cores: it is marked slow and runs with ``pytest -m slow``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import sys
 import textwrap
 
 import pytest
+
+#: eight fresh interpreters that import TensorFlow, JAX and torch: about a minute on 2 cores
+pytestmark = pytest.mark.slow
 
 _HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 _HAS_TRITON = importlib.util.find_spec("triton") is not None

@@ -29,6 +29,7 @@ def _findings(out: Path) -> dict:
     return json.loads((out / "findings.json").read_text())
 
 
+@pytest.mark.slow  # the whole smoke reproduction: 1.5-2.5 min
 def test_every_finding_has_a_verdict(smoke: Path) -> None:
     report = _findings(smoke)
     assert [f["recipe"] for f in report["findings"]] == [r.name for r in all_recipes()]
@@ -50,6 +51,7 @@ class _Images(HTMLParser):
             self.sources.append(dict(attrs).get("src") or "")
 
 
+@pytest.mark.slow  # the whole smoke reproduction: 1.5-2.5 min
 def test_html_report_embeds_every_figure(smoke: Path) -> None:
     report = _findings(smoke)
     figures = [fig for f in report["findings"] for fig in f["figures"]]
@@ -62,12 +64,14 @@ def test_html_report_embeds_every_figure(smoke: Path) -> None:
     assert all(f"[{r.name}]" in markdown for r in all_recipes())
 
 
+@pytest.mark.slow  # the whole smoke reproduction: 1.5-2.5 min
 def test_a_second_reproduction_reuses_every_step(smoke: Path) -> None:
     assert _reproduce("tk", "--scale", "smoke", "--out", str(smoke)) == 0
     steps = [step for f in _findings(smoke)["findings"] for step in f["steps"]]
     assert steps and all(step["reused"] for step in steps)
 
 
+@pytest.mark.slow  # two partial smoke reproductions: 8-16 s
 def test_an_interrupted_reproduction_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ntkrobust.studies import dynamics
 
