@@ -106,7 +106,7 @@ def test_entk_under_torchrun_writes_the_single_process_kernel_once(tmp_path: Pat
         np.testing.assert_allclose(two["kernel"], one["kernel"], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.slow  # several torchrun launches: 15-40 s
+@pytest.mark.slow  # two torchrun launchers and one process: ~15 s
 def test_two_nodes_through_the_rendezvous_flags(tmp_path: Path) -> None:
     """Two torchrun launchers with ``--nnodes 2`` and c10d rendezvous (two "nodes" on this host,
     one process each): the one-process kernel, written once."""
@@ -251,7 +251,7 @@ def test_train_under_torchrun_and_resumed_in_one_process(tmp_path: Path) -> None
         torch.testing.assert_close(first[name], value, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow  # several torchrun launches: 15-40 s
+@pytest.mark.slow  # two torchrun launches and their one-process runs: 35-40 s
 def test_surrogate_and_eigenvectors_under_torchrun_equal_one_process(tmp_path: Path) -> None:
     """The eNTK surrogate of ``transfer`` and the eigenvector pictures of ``dynamics`` take their
     kernels through the shared ``empirical_ntk``: under torchrun (2 processes) the surrogate's
