@@ -34,7 +34,7 @@ threads: on a loaded machine it moves less than the wall time) and where ours sp
 ``--resnet-kinds 50:full,50:class-blocks,50:rademacher:2,500:class-blocks,500:rademacher:2``.
 Ours' Jacobian work grows with N^2 once the parameters need several groups (each group's pass
 covers all N points, and the groups' number grows with N), and its contraction with N^2; a
-500-point full kernel takes well over an hour on 2 CPU cores; --budget-gb (with
+500-point full kernel takes about 16 minutes on 2 CPU cores (959 s; class blocks 309 s); --budget-gb (with
 --memory-limit-gb above it) trades memory for fewer groups.
 
 Peak memory: the child's peak resident set (VmHWM; it includes ~0.7-0.9 GB of torch and the model,
