@@ -76,8 +76,15 @@ def _finish(process: subprocess.Popen[str], out: Path) -> dict[str, np.ndarray]:
 
 def test_two_devices_give_the_one_device_results(tmp_path: Path) -> None:
     # both interpreters at once: most of each one's time is imports, on one core
-    runs = {devices: _start(devices, tmp_path / f"{devices}.npz") for devices in (1, 2)}
-    one, two = (_finish(runs[devices], tmp_path / f"{devices}.npz") for devices in (1, 2))
+    paths = {devices: tmp_path / f"{devices}.npz" for devices in (1, 2)}
+    runs = {devices: _start(devices, path) for devices, path in paths.items()}
+    try:
+        one, two = (_finish(runs[devices], paths[devices]) for devices in (1, 2))
+    finally:  # the other interpreter does not outlive a failed or timed-out one
+        for process in runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     assert int(one.pop("devices")) == 1 and int(two.pop("devices")) == 2
     assert not one.pop("sharded") and two.pop("sharded")  # the test points really were split
     assert list(one.pop("feature_devices")) == [1] and list(two.pop("feature_devices")) == [2]  # feature pairs too
