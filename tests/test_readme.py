@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+import shlex
 from pathlib import Path
+
+from ntkrobust import cli
 
 
 def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
@@ -25,3 +29,47 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
     assert 0.0 <= float(robust) < 0.95 and int(steps) == 40  # the standard grey-scale PGD-40
     accuracy = float(lines[-1])
     assert 0.0 <= accuracy < 0.95  # an attacked 3-vs-8 machine
+
+
+def _readme_command_lines() -> list[tuple[str, list[str]]]:
+    """``(launcher words, ntkrobust argv)`` of every ``ntkrobust`` command line in the README's
+    ``bash`` and ``sh`` blocks (the ``sh`` ones need GPUs and are never run by the tests), cut at
+    the first ``&&``, ``|`` or ``;`` and with trailing comments dropped."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = []
+    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            for end, word in enumerate(words):
+                if word in ("&&", "|", ";"):
+                    words = words[:end]
+                    break
+            program = next((i for i, word in enumerate(words) if word.split("/")[-1] == "ntkrobust"), None)
+            if program is not None:
+                found.append((words[:program], words[program + 1 :]))
+    return found
+
+
+def test_readme_command_lines_parse_into_settings():
+    """Every command line the README shows, the GPU-only ones of "Running at paper scale" included,
+    names real flags with values their parsers accept and builds its study's settings, and
+    torchrun's own flags pass torchrun's parser. Nothing runs: the checks a study makes before its
+    compute (a kernel kind's spelling, the data's presence) are the CLI tests' business."""
+    from torch.distributed.run import get_args_parser
+
+    lines = _readme_command_lines()
+    launched = [(launcher, argv) for launcher, argv in lines if launcher[:1] == ["torchrun"]]
+    assert len(lines) >= 25 and len(launched) >= 4, (len(lines), len(launched))
+    for launcher, argv in lines:
+        if launcher[:1] == ["torchrun"]:
+            assert launcher[-1] == "-m", launcher
+            options = get_args_parser().parse_args([*launcher[1:-1], "-m", "ntkrobust"])
+            assert options.module and options.training_script == "ntkrobust"
+            assert argv[0] in cli.DISTRIBUTED_COMMANDS, argv[0]
+        if argv == ["--version"] or argv[:2] == ["reproduce", "--list"]:
+            continue
+        args = cli.parse(argv)
+        module_name, settings_name, _ = cli.COMMANDS[args.command]
+        module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
+        settings = cli.settings_from(getattr(module, settings_name), args)
+        assert type(settings).__name__ == settings_name
