@@ -31,22 +31,23 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
     assert 0.0 <= accuracy < 0.95  # an attacked 3-vs-8 machine
 
 
-def _readme_command_lines() -> list[tuple[str, list[str]]]:
-    """``(launcher words, ntkrobust argv)`` of every ``ntkrobust`` command line in the README's
-    ``bash`` and ``sh`` blocks (the ``sh`` ones need GPUs and are never run by the tests), cut at
-    the first ``&&``, ``|`` or ``;`` and with trailing comments dropped."""
+def _readme_command_lines() -> list[tuple[list[str], list[str]]]:
+    """``(launcher words, ntkrobust argv)`` of every ``ntkrobust`` command in the README's ``bash``
+    and ``sh`` blocks (the ``sh`` ones need GPUs and are never run by the tests): each line cut
+    into its commands at ``&&``, ``|`` and ``;``, trailing comments dropped."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     found = []
     for block in re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S):
         for line in block.splitlines():
-            words = shlex.split(line, comments=True)
-            for end, word in enumerate(words):
-                if word in ("&&", "|", ";"):
-                    words = words[:end]
-                    break
-            program = next((i for i, word in enumerate(words) if word.split("/")[-1] == "ntkrobust"), None)
-            if program is not None:
-                found.append((words[:program], words[program + 1 :]))
+            command: list[str] = []
+            for word in [*shlex.split(line, comments=True), ";"]:
+                if word not in ("&&", "|", ";"):
+                    command.append(word)
+                    continue
+                program = next((i for i, w in enumerate(command) if w.split("/")[-1] == "ntkrobust"), None)
+                if program is not None:
+                    found.append((command[:program], command[program + 1 :]))
+                command = []
     return found
 
 
