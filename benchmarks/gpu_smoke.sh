@@ -11,6 +11,9 @@
 # analytic half: neural-tangents with the pinned JAX; AutoAttack: pyautoattack) are reported as
 # SKIPPED with the reason, never silently dropped.
 #
+# The analytic half runs on JAX's GPU and is compared with the CPU (benchmarks/analytic_devices.py)
+# when JAX has a GPU backend (the cuda extra); otherwise that comparison is SKIPPED.
+#
 # GPU_SMOKE_DEVICE=cpu runs the same commands on the CPU (slowly): a check of the script itself.
 # Each command must exit 0; the script stops at the first failure. Timings are this machine's;
 # the peak memory is what torch held (``peak_gpu_memory_mib`` of each record).
@@ -86,6 +89,20 @@ else
 fi
 if [ -z "$ANALYTIC_MISSING" ]; then
   run attack-analytic attack --data digits --arch fc2 --method pgd
+  # the analytic half on JAX's GPU against the CPU: seconds and the largest differences
+  PLATFORMS=cpu
+  if [ "$DEVICE" = cuda ]; then
+    if [ "$("$PY" -c 'import jax; print(jax.default_backend())' 2>/dev/null)" = gpu ]; then
+      PLATFORMS=cpu,cuda
+    else
+      skip analytic-on-gpu "JAX has no GPU backend here (the cuda extra installs it); compared on the CPU only"
+    fi
+  fi
+  start=$(date +%s.%N)
+  "$PY" "$ROOT/benchmarks/analytic_devices.py" --platforms "$PLATFORMS" > "$OUT/analytic-devices.log" 2>&1 \
+    || { cat "$OUT/analytic-devices.log"; exit 1; }
+  printf '%-28s %8s s   (JAX platforms %s)\n' analytic-devices "$(seconds_since "$start")" "$PLATFORMS"
+  sed -n "/^${PLATFORMS##*,}: devices/,\$p" "$OUT/analytic-devices.log"
 else
   skip attack-analytic "the analytic half does not import ($ANALYTIC_MISSING)"
 fi
