@@ -14,10 +14,11 @@ scores (FGSM, ε = 0.1); and a conv2 Gram matrix of 100 × 100 points.
 
 Prints each stage's seconds on each platform (the first call, with JAX's compilation, and a second
 call), its ratio to the CPU's, and how far each result is from the CPU's: the largest difference
-relative to the CPU result's largest entry for kernels and logits (float64: expected below 1e-10;
-a GPU's reductions sum in another order), and for the attack the share of pixels that differ by
-more than 1e-6 and both robust accuracies (an iterate of PGD takes the sign of the gradient, so an
-entry within rounding of zero can step the other way).
+relative to the CPU result's largest entry for kernels and logits (float64: the CPU run twice
+gives exactly 0; a GPU's reductions sum in another order, so expect rounding), and for the
+attack the share of pixels that differ by more than 1e-6 and both robust accuracies (an iterate
+of PGD takes the sign of the gradient, so an entry within rounding of zero can step the other
+way).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 if i == 0:
                     return 1
                 continue
-            with np.load(out.with_suffix(".npz")) as arrays:
+            with np.load(out.with_suffix(".npz"), allow_pickle=False) as arrays:
                 found.append((platform, dict(arrays), json.loads(out.with_suffix(".json").read_text())))
     _, cpu_arrays, cpu_record = found[0]
     for i, (platform, arrays, record) in enumerate(found):
