@@ -34,21 +34,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import SHARED_MNIST, load_mnist
+from _common import SHARED_MNIST
 
 STAGES = ("gram_fc2", "fit_and_logits", "ntk_pgd", "feature_scores", "gram_conv2")
 
 
 def _data(mnist: Path, n_train: int, n_test: int) -> tuple[np.ndarray, ...]:
-    if mnist.exists():
-        x_train, y_train, x_test, y_test, _ = load_mnist(mnist, n_train, n_test)
-        return x_train.astype(np.float64), y_train, x_test.astype(np.float64), y_test
-    from sklearn.datasets import load_digits
+    """Real MNIST cut from its test set when the folder exists, else scikit-learn's digits, in float64."""
+    from ntkrobust.bridge.data import load_dataset
 
-    digits = load_digits()
-    x = (digits.images[:, None] / 16.0).astype(np.float64)
-    y, test = digits.target, slice(n_train, n_train + n_test)
-    return x[:n_train], y[:n_train], x[test], y[test]
+    if mnist.exists():
+        data = load_dataset("mnist", root=mnist, from_test_split=True, n_train=n_train, n_test=n_test)
+    else:
+        data = load_dataset("digits", n_train=n_train, n_test=n_test)
+    return data.x_train.astype(np.float64), data.y_train, data.x_test.astype(np.float64), data.y_test
 
 
 def _child(out: Path, mnist: Path, n_train: int, n_test: int, n_features: int) -> None:
