@@ -51,6 +51,7 @@ __all__ = [
     "parse",
     "run_command",
     "settings_from",
+    "study_settings",
 ]
 
 
@@ -105,17 +106,23 @@ def settings_from(cls: type, args: argparse.Namespace) -> Any:
     return cls(**values)
 
 
+def study_settings(args: argparse.Namespace) -> tuple[Any, Any]:
+    """``(module, settings)``: the module that runs ``args.command`` (a study, or ``reproduce``)
+    and its settings built from the parsed flags. Imports the module; runs nothing."""
+    module_name, settings_name, _ = COMMANDS[args.command]
+    module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
+    return module, settings_from(getattr(module, settings_name), args)
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Settings from ``args``, the output checked and locked, the study run, its result saved and
     summarised. Under torchrun every process joins the group and runs the study (which shares its
     kernels); rank 0 alone checks and locks the output, saves and prints."""
-    module_name, settings_name, _ = COMMANDS[args.command]
     if args.command == "reproduce" and _reproduce_listing(args):
         return 0
     rank = _launch_rank(args.command)
     retain_freed_memory()  # before the study allocates: reused pages, not fresh ones (_allocator.py)
-    module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
-    settings = settings_from(getattr(module, settings_name), args)
+    module, settings = study_settings(args)
     if not rank:  # one process, or rank 0 of several
         _check_output(args)
     if rank is not None:

@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 
-def commands(readme: str) -> list[str]:
-    """The command lines of the README's bash blocks, in order (comments and blanks left out)."""
-    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+def commands(readme: str, languages: tuple[str, ...] = ("bash",)) -> list[str]:
+    """The command lines of the README's code blocks in ``languages`` (its ``bash`` blocks, which
+    run here; ``sh`` ones need GPUs), in order, comments and blanks left out."""
+    blocks = re.findall(rf"```(?:{'|'.join(languages)})\n(.*?)```", readme, re.S)
     return [line for block in blocks for line in block.strip().splitlines() if line.strip() and line[0] != "#"]
 
 

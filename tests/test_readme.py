@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 import shlex
 from pathlib import Path
+
+from readme_commands import commands  # tests/ is on sys.path (pytest's prepend import mode)
 
 from ntkrobust import cli
 
@@ -37,17 +38,16 @@ def _readme_command_lines() -> list[tuple[list[str], list[str]]]:
     into its commands at ``&&``, ``|`` and ``;``, trailing comments dropped."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     found = []
-    for block in re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S):
-        for line in block.splitlines():
-            command: list[str] = []
-            for word in [*shlex.split(line, comments=True), ";"]:
-                if word not in ("&&", "|", ";"):
-                    command.append(word)
-                    continue
-                program = next((i for i, w in enumerate(command) if w.split("/")[-1] == "ntkrobust"), None)
-                if program is not None:
-                    found.append((command[:program], command[program + 1 :]))
-                command = []
+    for line in commands(readme, ("bash", "sh")):
+        command: list[str] = []
+        for word in [*shlex.split(line, comments=True), ";"]:
+            if word not in ("&&", "|", ";"):
+                command.append(word)
+                continue
+            program = next((i for i, w in enumerate(command) if w.split("/")[-1] == "ntkrobust"), None)
+            if program is not None:
+                found.append((command[:program], command[program + 1 :]))
+            command = []
     return found
 
 
@@ -70,7 +70,5 @@ def test_readme_command_lines_parse_into_settings():
         if argv == ["--version"] or argv[:2] == ["reproduce", "--list"]:
             continue
         args = cli.parse(argv)
-        module_name, settings_name, _ = cli.COMMANDS[args.command]
-        module = importlib.import_module(module_name if "." in module_name else f"ntkrobust.studies.{module_name}")
-        settings = cli.settings_from(getattr(module, settings_name), args)
-        assert type(settings).__name__ == settings_name
+        _, settings = cli.study_settings(args)
+        assert type(settings).__name__ == cli.COMMANDS[args.command][1]
