@@ -128,7 +128,7 @@ def run_command(args: argparse.Namespace) -> int:
     if rank is not None:
         from ntkrobust.bridge import distributed
 
-        distributed.init_from_environment()
+        distributed.init_from_environment(getattr(settings, "device", "auto"))
         if rank != 0:
             module.run(settings, progress=False, argv=args.argv)
             return 0

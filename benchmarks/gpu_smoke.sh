@@ -107,11 +107,24 @@ else
   skip attack-analytic "the analytic half does not import ($ANALYTIC_MISSING)"
 fi
 if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
-  start=$(date +%s.%N)
-  "$PY" -m torch.distributed.run --nproc-per-node 2 -m ntkrobust train "${D[@]}" --model mnist-cnn --mode pgd \
-    --eps 0.1 --epochs 3 --track-kernel 100 --out "$OUT/train-pgd-2gpu" --force --quiet > "$OUT/train-pgd-2gpu.log" 2>&1 \
-    || { cat "$OUT/train-pgd-2gpu.log"; exit 1; }
-  printf '%-28s %8s s   (torchrun, 2 GPUs; compare with train-pgd)\n' train-pgd-2gpu "$(seconds_since "$start")"
+  # the same commands under torchrun on 2 GPUs (NCCL); the ResNet's BatchNorm takes the statistics
+  # of both processes' rows (bridge.global_batchnorm), so its history should be the one-GPU run's
+  # up to float32 rounding (on CPUs, in float64, the tests find one process's weights to 1e-10)
+  N=("$PY" -m torch.distributed.run --nproc-per-node 2 -m ntkrobust)
+  run train-pgd-2gpu train "${D[@]}" --model mnist-cnn --mode pgd --eps 0.1 --epochs 3 --track-kernel 100
+  run train-resnet-bn-2gpu train "${D[@]}" --model resnet18 --width 16 --mode pgd --eps 0.1 --epochs 2 \
+    --batchnorm both --track-kernel 50
+  for name in train-pgd train-resnet-bn; do
+    "$PY" - "$OUT/$name" "$OUT/$name-2gpu" <<'PY'
+import json, sys
+one, two = (json.load(open(f"{folder}/history.json"))["epochs"][-1] for folder in sys.argv[1:])
+for key in ("train_loss", "accuracy"):
+    a, b = one.get(key), two.get(key)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        print(f"  {sys.argv[2].rsplit('/', 1)[-1]} {key}: 1 GPU {a:.6g}, 2 GPUs {b:.6g} "
+              f"(relative difference {abs(a - b) / max(abs(a), 1e-12):.2e})")
+PY
+  done
 fi
 if [ ${#SKIPPED[@]} -eq 0 ]; then
   echo "gpu_smoke: every command passed; records in $OUT"

@@ -3,7 +3,7 @@ one collective the empirical NTK needs.
 
 ``torchrun --nproc-per-node N -m ntkrobust entk ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR`` / ``MASTER_PORT`` set; ``init_from_environment`` joins them into
-one group (NCCL when the processes have GPUs, gloo on CPUs). The empirical NTK is a sum over
+one group (NCCL when the command runs on GPUs, gloo on CPUs). The empirical NTK is a sum over
 parameter groups, Θ = Σ_g J_g(X1) J_g(X2)ᵀ, so each rank computes the passes ``share(items)``
 gives it and one ``all_reduce_sum`` assembles the kernel on every rank, equal to the
 single-process kernel up to the order of the float64 sums. Only rank 0 writes files
@@ -22,6 +22,7 @@ import torch.distributed as dist
 __all__ = [
     "active",
     "all_reduce_sum",
+    "backend",
     "init_from_environment",
     "is_main",
     "launched",
@@ -44,13 +45,22 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def init_from_environment() -> None:
-    """Join the launcher's process group (NCCL with GPUs, gloo otherwise), once."""
+def backend(device: str = "auto") -> str:
+    """The collectives' backend for a command on ``device`` (``auto``, ``cpu`` or ``cuda``): NCCL
+    when its tensors live on GPUs, gloo otherwise, including ``--device cpu`` on a machine with
+    GPUs (NCCL reduces CUDA tensors only)."""
+    return "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
+
+
+def init_from_environment(device: str = "auto") -> None:
+    """Join the launcher's process group, once: NCCL with one GPU per process (``LOCAL_RANK``)
+    when the command runs on GPUs, gloo otherwise (``backend``)."""
     if not launched() or (dist.is_available() and dist.is_initialized()):
         return
-    if torch.cuda.is_available():
+    chosen = backend(device)
+    if chosen == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend=chosen)
 
 
 def rank() -> int:

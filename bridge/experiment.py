@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ntkrobust.attacks import AttackSpec
-from ntkrobust.bridge import distributed
+from ntkrobust.bridge import distributed, global_batchnorm
 from ntkrobust.bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
 from ntkrobust.bridge.files import first_line, write_atomically, write_json
@@ -228,8 +228,8 @@ class _TrainingRun:
         self.run, self.model_config, self.data, self.train, self.tracking = run, model_config, data, train, tracking
         self.device, self.kernel_network, self.relative_magnitude = device, kernel_network, relative_magnitude
         self.model = model = model.to(device)
-        if distributed.active() and device.type == "cuda":  # BatchNorm over the global batch (NCCL only:
-            self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # gloo's are per process)
+        if distributed.active():  # BatchNorm over the whole batch of the training step (gloo and NCCL)
+            self.model = model = global_batchnorm.convert(model)
         dtype = next(model.parameters()).dtype
         self.x_train = torch.as_tensor(data.x_train, device=device, dtype=dtype)
         self.y_train = torch.as_tensor(task_indices(data.y_train, data.classes), device=device)

@@ -53,6 +53,7 @@ from ntkrobust.attacks.threat import ThreatModel
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.adversarial import cross_entropy_gradient, input_gradient
 from ntkrobust.bridge.augment import AUGMENTATIONS, augment
+from ntkrobust.bridge.global_batchnorm import shared_batch
 from ntkrobust.bridge.temporal_ensembling import TE_WEIGHT, TemporalEnsemble, te_loss
 
 __all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
@@ -267,24 +268,27 @@ def training_loss(
     Distributed training: this process takes the rows ``part`` of the batch through ``forward``
     (the DistributedDataParallel wrapper of ``model``, which averages the gradients of the
     ``replicas`` processes), so its loss is its rows' sum × replicas / batch: the average over
-    the processes is the batch's mean loss, exactly as in one process."""
-    inputs = training_inputs(model, x, y, mode, config, seed, te, part).detach()
-    forward = forward or model
-    part = part or slice(None)
-    ys, scale = y[part], replicas / y.shape[0]
-    if mode == "te":
-        targets, weight = te
-        logits = forward(inputs)
-        return te_loss(logits, ys, None if targets is None else targets[part], weight) * scale, logits
-    if mode != "trades":
-        logits = forward(inputs)
-        return F.cross_entropy(logits, ys, reduction="sum") * scale, logits
-    logits_clean = forward(x[part])
-    logits_adversarial = forward(inputs)
-    robust = F.kl_div(F.log_softmax(logits_adversarial, dim=1), F.softmax(logits_clean, dim=1), reduction="sum")
-    return (
-        F.cross_entropy(logits_clean, ys, reduction="sum") + config.trades_beta * robust
-    ) * scale, logits_adversarial
+    the processes is the batch's mean loss, exactly as in one process. Its attack and forwards run
+    inside ``global_batchnorm.shared_batch``: BatchNorm on batch statistics takes them over the
+    whole batch, every process's rows (a net converted by ``global_batchnorm.convert``)."""
+    with shared_batch(replicas > 1):
+        inputs = training_inputs(model, x, y, mode, config, seed, te, part).detach()
+        forward = forward or model
+        part = part or slice(None)
+        ys, scale = y[part], replicas / y.shape[0]
+        if mode == "te":
+            targets, weight = te
+            logits = forward(inputs)
+            return te_loss(logits, ys, None if targets is None else targets[part], weight) * scale, logits
+        if mode != "trades":
+            logits = forward(inputs)
+            return F.cross_entropy(logits, ys, reduction="sum") * scale, logits
+        logits_clean = forward(x[part])
+        logits_adversarial = forward(inputs)
+        robust = F.kl_div(F.log_softmax(logits_adversarial, dim=1), F.softmax(logits_clean, dim=1), reduction="sum")
+        return (
+            F.cross_entropy(logits_clean, ys, reduction="sum") + config.trades_beta * robust
+        ) * scale, logits_adversarial
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -84,6 +84,25 @@ def test_the_shares_cover_every_item_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert sorted(item for part in parts for item in part) == items and all(parts)
 
 
+@pytest.mark.parametrize(
+    ("cuda", "device", "expected"),
+    [
+        (True, "auto", "nccl"),
+        (True, "cuda", "nccl"),
+        (True, "cpu", "gloo"),
+        (False, "auto", "gloo"),
+        (False, "cuda", "gloo"),
+    ],
+)
+def test_the_backend_follows_the_commands_device(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, device: str, expected: str
+) -> None:
+    """NCCL reduces CUDA tensors only: ``--device cpu`` on a machine with GPUs takes gloo (and
+    ``--device cuda`` without one gets gloo too, and then the study's own one-line refusal)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert distributed.backend(device) == expected
+
+
 def test_entk_under_torchrun_writes_the_single_process_kernel_once(tmp_path: Path) -> None:
     """``torchrun --nproc-per-node 2 -m ntkrobust entk``: rank 0 alone writes, the kernel is the
     one-process kernel (float64, 1e-10)."""
@@ -147,35 +166,53 @@ def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
 # -- distributed training -------------------------------------------------------------------------
 
 MODES = ("standard", "pgd", "fgsm-noise", "trades", "te")
+#: (model, mode, BatchNorm running statistics): every mode on the MNIST CNN (no BatchNorm); a
+#: ResNet-18 whose BatchNorm takes the statistics of the whole batch over both processes, with
+#: running statistics (train-mode updates) and without ("w/o buffer": the attacks on batch
+#: statistics as well), in modes of one forward, two forwards (TRADES) and none attacked
+CASES = (
+    *(("mnist-cnn", mode, True) for mode in MODES),
+    ("resnet18", "standard", True),
+    ("resnet18", "trades", True),
+    ("resnet18", "pgd", False),
+)
 
 
-def _training(mode: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, object]:
+def _case_name(case: tuple[str, str, bool]) -> str:
+    model, mode, running = case
+    return f"{model}-{mode}" + ("" if running else "-no-buffer")
+
+
+def _training(case: tuple[str, str, bool]) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, object]:
     from ntkrobust.bridge.data import load_dataset, task_indices
     from ntkrobust.bridge.training import TrainConfig
 
+    name, mode, running = case
     data = load_dataset("digits", n_train=90, n_test=30, seed=0)
     x = torch.as_tensor(data.x_train, dtype=torch.float64)
     y = torch.as_tensor(task_indices(data.y_train, data.classes))
-    model = build_model(model_config("mnist-cnn", data.image_shape, 10, width=4, seed=2)).double()
+    width = 4 if name == "mnist-cnn" else 2
+    config = model_config(name, data.image_shape, 10, width=width, seed=2, running_stats=running)
+    model = build_model(config).double()
     ramp = {"te_start": 1, "te_end": 2} if mode == "te" else {}
-    config = TrainConfig(
-        mode=mode, epochs=2, lr=0.1, batch_size=32, eps=0.1, pgd_step=0.05, pgd_steps=3, seed=4, **ramp
-    )
-    return model, x, y, config  # 90 points in batches of 32: the last batch (26) splits 13 / 13
+    train = TrainConfig(mode=mode, epochs=2, lr=0.1, batch_size=32, eps=0.1, pgd_step=0.05, pgd_steps=3, seed=4, **ramp)
+    return model, x, y, train  # 90 points in batches of 32: the last batch (26) splits 13 / 13
 
 
-def _train_two_epochs(mode: str, replicate: bool) -> tuple[dict[str, np.ndarray], list[float]]:
+def _train_two_epochs(case: tuple[str, str, bool], replicate: bool) -> tuple[dict[str, np.ndarray], list[float]]:
+    from ntkrobust.bridge.global_batchnorm import convert
     from ntkrobust.bridge.training import make_optimizer, train_epoch
 
-    model, x, y, config = _training(mode)
-    optimizer = make_optimizer(model, config)
+    model, x, y, config = _training(case)
     replica = None
-    if replicate:
+    if replicate:  # as bridge.experiment does under torchrun
         from torch.nn.parallel import DistributedDataParallel
 
+        model = convert(model)
         replica = DistributedDataParallel(model)
+    optimizer = make_optimizer(model, config)
     ensemble = None
-    if mode == "te":  # its regulariser from the first epoch on, ramped to its weight by the second
+    if config.mode == "te":  # its regulariser from the first epoch on, ramped to its weight by the second
         from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
 
         ensemble = TemporalEnsemble.empty(x.shape[0], 10, 1, 2, maximum=30.0)
@@ -183,16 +220,17 @@ def _train_two_epochs(mode: str, replicate: bool) -> tuple[dict[str, np.ndarray]
         train_epoch(model, optimizer, x, y, config, epoch, replica=replica, ensemble=ensemble)["train_loss"]
         for epoch in (1, 2)
     ]
-    return {name: p.detach().numpy().copy() for name, p in model.named_parameters()}, losses
+    # the weights and, for BatchNorm, the running statistics
+    return {name: p.detach().numpy().copy() for name, p in model.state_dict().items()}, losses
 
 
 def _training_rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
     distributed.init_from_environment()
     try:
-        for mode in MODES:
-            weights, losses = _train_two_epochs(mode, replicate=True)
-            np.savez(Path(out) / f"{mode}-rank{rank}.npz", losses=np.array(losses), **weights)
+        for case in CASES:
+            weights, losses = _train_two_epochs(case, replicate=True)
+            np.savez(Path(out) / f"{_case_name(case)}-rank{rank}.npz", losses=np.array(losses), **weights)
         # every process gets here before the group goes: one tearing its gloo connections down
         # while the other still holds them aborted that one once in a full run
         torch.distributed.barrier()
@@ -202,17 +240,19 @@ def _training_rank(rank: int, world: int, port: int, out: str) -> None:
 
 def test_two_processes_train_to_the_weights_of_one(tmp_path: Path) -> None:
     """2 gloo processes, each with its share of every mini-batch (random starts drawn for the whole
-    batch), reach the weights and losses of one process with the same global batch: float64, 1e-10."""
+    batch; BatchNorm statistics over both shares), reach the weights, running statistics and
+    losses of one process with the same global batch and plain BatchNorm: float64, 1e-10."""
     import torch.multiprocessing as mp
 
     mp.spawn(_training_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    for mode in MODES:
-        weights, losses = _train_two_epochs(mode, replicate=False)
+    for case in CASES:
+        name = _case_name(case)
+        weights, losses = _train_two_epochs(case, replicate=False)
         for rank in (0, 1):
-            with np.load(tmp_path / f"{mode}-rank{rank}.npz") as found:
-                np.testing.assert_allclose(found["losses"], losses, rtol=1e-10, err_msg=f"{mode} losses")
-                for name, value in weights.items():
-                    np.testing.assert_allclose(found[name], value, rtol=1e-10, atol=1e-12, err_msg=f"{mode} {name}")
+            with np.load(tmp_path / f"{name}-rank{rank}.npz") as found:
+                np.testing.assert_allclose(found["losses"], losses, rtol=1e-10, err_msg=f"{name} losses")
+                for key, value in weights.items():
+                    np.testing.assert_allclose(found[key], value, rtol=1e-10, atol=1e-12, err_msg=f"{name} {key}")
 
 
 def test_train_under_torchrun_and_resumed_in_one_process(tmp_path: Path) -> None:
@@ -304,9 +344,12 @@ def _evaluation() -> dict[str, np.ndarray]:
     """Clean and PGD accuracies of a BatchNorm net, with running and with batch statistics, on
     600 points: three evaluation batches of 256, 256 and 88, so each process gets whole batches."""
     from ntkrobust.attacks import AttackSpec
+    from ntkrobust.bridge.global_batchnorm import convert
     from ntkrobust.bridge.tracking import clean_accuracy, pgd_accuracy
 
     model = build_model(model_config("resnet18", (3, 8, 8), 3, width=2, seed=1)).double()
+    if distributed.active():  # the net as bridge.experiment holds it under torchrun: its
+        model = convert(model)  # BatchNorm shares nothing here (each process has whole batches)
     generator = torch.Generator().manual_seed(7)
     x = torch.rand(600, 3, 8, 8, generator=generator, dtype=torch.float64)
     y = torch.randint(0, 3, (600,), generator=generator)

@@ -120,3 +120,21 @@ def test_full_batch_divergence_names_its_epoch_though_read_later(digits):
     model = build_model(model_config("fc1", data.image_shape, 1, width=16, seed=0))
     with pytest.raises(FloatingPointError, match=r"the loss diverged at epoch 1 \("):  # (1e20)² overflows float32
         train_full_batch(model, x, torch.full((x.shape[0], 1), 1e20), learning_rate=1.0, epochs=READ_EVERY + 5)
+
+
+def test_batchnorm_over_a_shared_batch_reads_nothing(host_reads, monkeypatch):
+    """GlobalBatchNorm keeps the count of the rows of every process on the device: a training
+    step of a ResNet-18 on a shared batch (here in one process, the all-reduce the identity)
+    reads nothing back, however many steps."""
+    from ntkrobust.bridge import global_batchnorm
+
+    monkeypatch.setattr(global_batchnorm, "sharing", lambda: True)
+    monkeypatch.setattr(global_batchnorm, "_sum_over_processes", lambda tensor: tensor)
+    model = global_batchnorm.convert(build_model(model_config("resnet18", (3, 8, 8), 4, width=2, seed=0))).train()
+    x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 4
+    for _ in range(3):
+        with global_batchnorm.shared_batch():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+    assert sum(host_reads.values()) == 0, host_reads
+    assert all(m.num_batches_tracked == 3 for m in model.modules() if isinstance(m, global_batchnorm.GlobalBatchNorm))

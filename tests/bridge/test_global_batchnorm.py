@@ -1,0 +1,94 @@
+"""GlobalBatchNorm's own arithmetic against torch's BatchNorm (float64): the shifted sums give the
+batch's mean and variance, the normalisation, its gradients and the running statistics torch
+gives. Here in one process, with the all-reduce replaced by the identity; the two-process run
+against one process is in test_distributed.py."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from ntkrobust.bridge import global_batchnorm
+from ntkrobust.bridge.global_batchnorm import GlobalBatchNorm, batch_moments, convert, shared_batch
+
+
+@pytest.fixture
+def one_process_sharing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared-batch path in one process: sharing on, the sum over processes the identity."""
+    monkeypatch.setattr(global_batchnorm, "sharing", lambda: True)
+    monkeypatch.setattr(global_batchnorm, "_sum_over_processes", lambda tensor: tensor)
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (5, 3, 4, 4), (4, 3, 2, 3, 2)])
+def test_batch_moments_are_the_mean_and_biased_variance(shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = 5.0 + 2.0 * torch.randn(shape, generator=generator, dtype=torch.float64)
+    axes = [0, *range(2, x.dim())]
+    variance, mean = torch.var_mean(x, dim=axes, unbiased=False)
+    for shift in (torch.zeros(3, dtype=torch.float64), torch.tensor([4.0, 5.5, 6.0], dtype=torch.float64)):
+        found_mean, found_variance, n = batch_moments(x, shift)
+        torch.testing.assert_close(found_mean, mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(found_variance, variance, rtol=1e-12, atol=1e-12)
+        assert float(n) == x.numel() / 3
+
+
+@pytest.mark.usefixtures("one_process_sharing")
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("kind", ["1d", "2d"])
+def test_the_shared_path_is_torchs_batchnorm(kind: str, momentum: float | None) -> None:
+    """Output, input/weight/bias gradients and running statistics over three training steps."""
+    generator = torch.Generator().manual_seed(1)
+    reference = nn.BatchNorm1d(3, momentum=momentum) if kind == "1d" else nn.BatchNorm2d(3, momentum=momentum)
+    reference = reference.double()
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5, generator=generator)
+        reference.bias.uniform_(-0.5, 0.5, generator=generator)
+    layer = convert(copy.deepcopy(reference))
+    assert isinstance(layer, GlobalBatchNorm)
+    shape = (6, 3) if kind == "1d" else (6, 3, 4, 4)
+    for step in range(3):
+        x = (1.0 + step + torch.randn(shape, generator=generator, dtype=torch.float64)).requires_grad_(True)
+        weights = torch.randn(shape, generator=generator, dtype=torch.float64)
+        outputs, gradients = [], []
+        for net in (reference, layer):
+            with shared_batch():
+                out = net(x)
+            outputs.append(out)
+            gradients.append(torch.autograd.grad((out * weights).sum(), [x, net.weight, net.bias]))
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-12, atol=1e-12)
+        for found, expected in zip(gradients[1], gradients[0], strict=True):
+            torch.testing.assert_close(found, expected, rtol=1e-10, atol=1e-12)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(layer, name), getattr(reference, name), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.usefixtures("one_process_sharing")
+def test_a_layer_without_running_statistics_shares_in_eval_mode_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RAT "w/o buffer" layer normalises with batch statistics in every mode, so the attacks of
+    the training step (eval mode) take them over the shared batch as well."""
+    reference = nn.BatchNorm2d(3, track_running_stats=False).double().eval()
+    layer = convert(copy.deepcopy(reference)).eval()
+    calls: list[torch.Tensor] = []
+    monkeypatch.setattr(global_batchnorm, "_sum_over_processes", lambda tensor: calls.append(tensor) or tensor)
+    x = torch.randn(5, 3, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with shared_batch():
+        torch.testing.assert_close(layer(x), reference(x), rtol=1e-12, atol=1e-12)
+    assert len(calls) == 1
+
+
+def test_outside_a_shared_batch_it_is_a_plain_batchnorm() -> None:
+    """No sharing outside ``shared_batch()`` nor in one process (evaluation with batch statistics
+    holds whole batches per process); and the state dict keeps torch's keys."""
+    reference = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3)).double()
+    net = convert(copy.deepcopy(reference))
+    assert isinstance(net[1], GlobalBatchNorm)
+    assert net.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(4, 1, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with shared_batch():  # one process: sharing() is off
+        assert not global_batchnorm.sharing()
+        torch.testing.assert_close(net(x), reference(x), rtol=1e-12, atol=1e-12)
+    for a, b in zip(net.state_dict().values(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
