@@ -4,21 +4,24 @@ Under torchrun every process takes a contiguous share of each mini-batch
 (``bridge.training.train_epoch``). A BatchNorm layer that normalises with batch statistics
 (train mode, or a RAT "w/o buffer" layer in any mode) must then take them over the whole batch,
 or the processes' updates are not those of one process. ``GlobalBatchNorm`` does so inside
-``shared_batch()``: each process sums its rows' shifted values and squares per channel,
+``shared_batch()``: each process takes its rows' count, mean and sum of squared deviations per
+channel (two passes over its own rows: the mean, then the deviations from it),
 
-    s₁ = Σ (x − K),   s₂ = Σ (x − K)²,   n = rows × spatial positions,
+    n_r = rows × spatial positions,   m_r = Σ x / n_r,   M_r = Σ (x − m_r)²,
 
-one differentiable all-reduce adds (s₁, s₂, n) over the processes, and
+one differentiable all-reduce of a (processes, 2C + 1) matrix, each process's row its own and the
+rest zeros, gives every process every row, and Chan et al.'s pairwise combination
 
-    μ = K + s₁/N,   σ² = s₂/N − (s₁/N)²
+    N = Σ n_r,   μ = Σ n_r m_r / N,   σ² = (Σ M_r + Σ n_r (m_r − μ)²) / N
 
-are the batch's mean and biased variance, exactly what one process computes from all the rows
-(up to the order of the sums). K is the layer's running mean, a shift that keeps the difference
-of squares away from cancellation once the running mean tracks the data (zero for a layer
-without running statistics). The all-reduce's backward is an all-reduce of the gradients, so the
-gradient each process takes through μ and σ² includes every process's loss, as one process's
-would: training and the attacks of the training step (which, for a "w/o buffer" layer, run on
-batch statistics) are those of one process (tested against nn.BatchNorm in float64, 1e-10).
+gives the batch's mean and biased variance, what one process computes from all the rows up to
+rounding. (Sums of x and x², or of x shifted by the running mean, would need no per-process
+rows, but their difference of squares cancels in float32 wherever the mean is far from the shift,
+as it is at the first steps: tests/bridge/test_global_batchnorm.py.) The all-reduce's backward
+is an all-reduce of the gradients, so the gradient each process takes through μ and σ² includes
+every process's loss, as one process's would: training and the attacks of the training step
+(which, for a "w/o buffer" layer, run on batch statistics) are those of one process (tested
+against nn.BatchNorm in float64, 1e-10).
 Running statistics are updated with the global μ and the unbiased σ²·N/(N − 1), as torch does.
 
 Outside ``shared_batch()`` (evaluation with batch statistics, kernels, TE's clean predictions,
@@ -26,7 +29,8 @@ anything where each process holds whole batches of its own) the layer is a plain
 not ``nn.SyncBatchNorm``: it refuses CPU tensors, so no test on this project's CPUs could run it,
 and it synchronises in every train-mode forward of a distributed run, including the per-process
 evaluation with batch statistics (``bridge.tracking.batch_statistics``), where the processes hold
-different batches, and different numbers of them: it would mix their statistics or wait forever.
+different batches, and different numbers of them: it would mix their statistics, or their
+collectives would not match (that behaviour, tried here, aborts the evaluation test).
 
 Shapes: x (B, C, ...) for every BatchNorm1d/2d/3d.
 """
@@ -35,14 +39,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from ntkrobust.bridge import distributed
 
-__all__ = ["GlobalBatchNorm", "batch_moments", "convert", "shared_batch", "sharing"]
+__all__ = ["GlobalBatchNorm", "combined_moments", "convert", "local_moments", "shared_batch", "sharing"]
 
 _SHARED = contextvars.ContextVar("ntkrobust_shared_batch", default=False)
 
@@ -63,29 +67,37 @@ def sharing() -> bool:
     return _SHARED.get() and distributed.active()
 
 
-def _sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` summed over the processes, differentiably (its backward sums the gradients)."""
+def _gather_over_processes(local: torch.Tensor) -> torch.Tensor:
+    """(processes, *local.shape): every process's ``local``, in rank order, differentiably. One
+    all-reduce (its backward sums the gradients over the processes) of rows that are zero but
+    for each process's own; all_gather's backward needs reduce-scatter, which gloo lacks."""
     from torch.distributed.nn.functional import all_reduce
 
-    return all_reduce(tensor)
+    own = torch.zeros(distributed.world_size(), dtype=local.dtype, device=local.device)
+    own[distributed.rank()] = 1.0
+    return all_reduce(own.view(-1, *([1] * local.dim())) * local.unsqueeze(0))
 
 
-def batch_moments(
-    x: torch.Tensor, shift: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean (C,), biased variance (C,), count N ()) of x over every axis but the channel axis 1,
-    from the sums of this process's rows shifted by ``shift`` (C,), added over the processes by
-    ``reduce`` (none: this process's rows alone). N stays on the device: no host read per layer."""
+def local_moments(x: torch.Tensor) -> torch.Tensor:
+    """(2C + 1,): this process's count n, per-channel means m (C,) and sums of squared deviations
+    M (C,) of x over every axis but the channel axis 1 (zeros for no rows)."""
     axes = [0, *range(2, x.dim())]
-    centred = x - shift.view(1, -1, *([1] * (x.dim() - 2)))
     count = torch.full((1,), x.numel() // max(x.shape[1], 1), dtype=x.dtype, device=x.device)
-    sums = torch.cat([centred.sum(axes), (centred * centred).sum(axes), count])
-    if reduce is not None:
-        sums = reduce(sums)
-    channels, n = x.shape[1], sums[-1]
-    mean_shift = sums[:channels] / n
-    variance = sums[channels : 2 * channels] / n - mean_shift * mean_shift
-    return shift + mean_shift, variance.clamp_min(0.0), n
+    mean = x.sum(axes) / count.clamp_min(1.0)
+    deviations = x - mean.view(1, -1, *([1] * (x.dim() - 2)))
+    return torch.cat([count, mean, (deviations * deviations).sum(axes)])
+
+
+def combined_moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean (C,), biased variance (C,), count N ()) of the union of the row sets whose
+    ``local_moments`` are the rows of ``rows`` (R, 2C + 1) (Chan et al.'s combination).
+    Everything stays on the device: no host read per layer."""
+    channels = (rows.shape[1] - 1) // 2
+    counts, means, squares = rows[:, :1], rows[:, 1 : channels + 1], rows[:, channels + 1 :]
+    total = counts.sum()
+    mean = (counts * means).sum(0) / total
+    spread = means - mean
+    return mean, (squares.sum(0) + (counts * spread * spread).sum(0)) / total, total
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -103,10 +115,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not (batch_statistics and sharing()):
             return super().forward(input)
         self._check_input_dim(input)
-        shift = torch.zeros(self.num_features, dtype=input.dtype, device=input.device)
-        if self.running_mean is not None:
-            shift = self.running_mean.detach().clone()  # cloned: updated in place below
-        mean, variance, n = batch_moments(input, shift, _sum_over_processes)
+        mean, variance, n = combined_moments(_gather_over_processes(local_moments(input)))
         if self.training and self.track_running_stats and self.running_mean is not None:
             self._update_running_statistics(mean.detach(), variance.detach(), n)
         view = (1, -1, *([1] * (input.dim() - 2)))

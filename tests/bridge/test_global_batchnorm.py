@@ -6,33 +6,49 @@ against one process is in test_distributed.py."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
 from torch import nn
 
 from ntkrobust.bridge import global_batchnorm
-from ntkrobust.bridge.global_batchnorm import GlobalBatchNorm, batch_moments, convert, shared_batch
+from ntkrobust.bridge.global_batchnorm import GlobalBatchNorm, combined_moments, convert, local_moments, shared_batch
 
 
 @pytest.fixture
 def one_process_sharing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The shared-batch path in one process: sharing on, the sum over processes the identity."""
+    """The shared-batch path in one process: sharing on, the gather over processes its one row."""
     monkeypatch.setattr(global_batchnorm, "sharing", lambda: True)
-    monkeypatch.setattr(global_batchnorm, "_sum_over_processes", lambda tensor: tensor)
+    monkeypatch.setattr(global_batchnorm, "_gather_over_processes", lambda local: local.unsqueeze(0))
 
 
-@pytest.mark.parametrize("shape", [(7, 3), (5, 3, 4, 4), (4, 3, 2, 3, 2)])
-def test_batch_moments_are_the_mean_and_biased_variance(shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("shape", [(7, 3), (9, 3, 4, 4), (6, 3, 2, 3, 2)])
+def test_the_moments_of_shares_combine_to_the_batchs(shape: tuple[int, ...]) -> None:
+    """Rows cut into shares (one of them empty, as a process gets when a batch has fewer rows
+    than processes) and combined: the mean and biased variance of the whole batch."""
     generator = torch.Generator().manual_seed(0)
     x = 5.0 + 2.0 * torch.randn(shape, generator=generator, dtype=torch.float64)
-    axes = [0, *range(2, x.dim())]
-    variance, mean = torch.var_mean(x, dim=axes, unbiased=False)
-    for shift in (torch.zeros(3, dtype=torch.float64), torch.tensor([4.0, 5.5, 6.0], dtype=torch.float64)):
-        found_mean, found_variance, n = batch_moments(x, shift)
-        torch.testing.assert_close(found_mean, mean, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(found_variance, variance, rtol=1e-12, atol=1e-12)
-        assert float(n) == x.numel() / 3
+    variance, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], unbiased=False)
+    cuts = [0, 2, 2, shape[0] // 2 + 1, shape[0]]
+    rows = torch.stack([local_moments(x[a:b]) for a, b in itertools.pairwise(cuts)])
+    found_mean, found_variance, n = combined_moments(rows)
+    torch.testing.assert_close(found_mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(found_variance, variance, rtol=1e-12, atol=1e-12)
+    assert float(n) == x.numel() / 3
+
+
+def test_float32_moments_do_not_cancel() -> None:
+    """A channel whose mean is 10⁴ standard deviations from zero: float32 sums of x and x² lose
+    every digit of the variance there; the combination of per-share deviations keeps it."""
+    generator = torch.Generator().manual_seed(1)
+    x = 100.0 + 0.01 * torch.randn(64, 2, 4, 4, generator=generator, dtype=torch.float64)
+    variance = torch.var(x, dim=[0, 2, 3], unbiased=False)
+    single = x.float()
+    rows = torch.stack([local_moments(single[:32]), local_moments(single[32:])])
+    torch.testing.assert_close(combined_moments(rows)[1].double(), variance, rtol=1e-4, atol=0.0)
+    sums = single.sum([0, 2, 3]) / 1024, (single * single).sum([0, 2, 3]) / 1024
+    assert not torch.allclose((sums[1] - sums[0] ** 2).double(), variance, rtol=0.1)  # the naive route
 
 
 @pytest.mark.usefixtures("one_process_sharing")
@@ -72,7 +88,9 @@ def test_a_layer_without_running_statistics_shares_in_eval_mode_too(monkeypatch:
     reference = nn.BatchNorm2d(3, track_running_stats=False).double().eval()
     layer = convert(copy.deepcopy(reference)).eval()
     calls: list[torch.Tensor] = []
-    monkeypatch.setattr(global_batchnorm, "_sum_over_processes", lambda tensor: calls.append(tensor) or tensor)
+    monkeypatch.setattr(
+        global_batchnorm, "_gather_over_processes", lambda local: calls.append(local) or local.unsqueeze(0)
+    )
     x = torch.randn(5, 3, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     with shared_batch():
         torch.testing.assert_close(layer(x), reference(x), rtol=1e-12, atol=1e-12)
