@@ -10,7 +10,7 @@ channel (two passes over its own rows: the mean, then the deviations from it),
     n_r = rows × spatial positions,   m_r = Σ x / n_r,   M_r = Σ (x − m_r)²,
 
 one differentiable all-reduce of a (processes, 2C + 1) matrix, each process's row its own and the
-rest zeros, gives every process every row, and Chan et al.'s pairwise combination
+rest zeros, gives every process every row, and Chan et al.'s combination of moments
 
     N = Σ n_r,   μ = Σ n_r m_r / N,   σ² = (Σ M_r + Σ n_r (m_r − μ)²) / N
 
