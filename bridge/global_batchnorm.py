@@ -68,9 +68,9 @@ def sharing() -> bool:
 
 
 def _gather_over_processes(local: torch.Tensor) -> torch.Tensor:
-    """(processes, *local.shape): every process's ``local``, in rank order, differentiably. One
-    all-reduce (its backward sums the gradients over the processes) of rows that are zero but
-    for each process's own; all_gather's backward needs reduce-scatter, which gloo lacks."""
+    """(processes, *local.shape): every process's ``local``, in rank order, differentiably: one
+    all-reduce (whose backward sums the gradients over the processes) of rows that are zero but
+    for each process's own, the collective that gloo and NCCL both have."""
     from torch.distributed.nn.functional import all_reduce
 
     own = torch.zeros(distributed.world_size(), dtype=local.dtype, device=local.device)
