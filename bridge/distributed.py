@@ -88,7 +88,8 @@ def rows(n: int) -> slice:
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` summed over the ranks, in place, on every rank (a no-op in one process). gloo
-    reduces CPU tensors only, so a CUDA tensor under gloo goes through the host."""
+    reduces CPU tensors only, so a CUDA tensor under gloo goes through the host; NCCL reduces
+    CUDA tensors only, so under NCCL (``backend``: commands on GPUs) pass a tensor on the GPU."""
     if not active():
         return tensor
     if tensor.is_cuda and dist.get_backend() == "gloo":
