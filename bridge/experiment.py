@@ -39,7 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ntkrobust.attacks import AttackSpec
-from ntkrobust.bridge import distributed, global_batchnorm
+from ntkrobust.bridge import distributed
 from ntkrobust.bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
 from ntkrobust.bridge.files import first_line, write_atomically, write_json
@@ -47,7 +47,14 @@ from ntkrobust.bridge.models import ModelConfig
 from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
 from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
 from ntkrobust.bridge.tracking import BATCHNORM_MODES, KernelTracker, clean_accuracy, pgd_accuracy
-from ntkrobust.bridge.training import TrainConfig, derived_seed, learning_rate, make_optimizer, train_epoch
+from ntkrobust.bridge.training import (
+    TrainConfig,
+    derived_seed,
+    learning_rate,
+    make_optimizer,
+    replicated,
+    train_epoch,
+)
 
 __all__ = ["RunFolderError", "TrackingConfig", "run_training"]
 
@@ -228,8 +235,13 @@ class _TrainingRun:
         self.run, self.model_config, self.data, self.train, self.tracking = run, model_config, data, train, tracking
         self.device, self.kernel_network, self.relative_magnitude = device, kernel_network, relative_magnitude
         self.model = model = model.to(device)
-        if distributed.active():  # BatchNorm over the whole batch of the training step (gloo and NCCL)
-            self.model = model = global_batchnorm.convert(model)
+        # under torchrun: BatchNorm over the whole batch of the training step, and the
+        # DistributedDataParallel wrapper whose backward averages the gradients of the processes
+        # (each takes its share of every mini-batch: bridge.training.train_epoch)
+        self.replica: nn.Module | None = None
+        if distributed.active():
+            model, self.replica = replicated(model, device)
+            self.model = model
         dtype = next(model.parameters()).dtype
         self.x_train = torch.as_tensor(data.x_train, device=device, dtype=dtype)
         self.y_train = torch.as_tensor(task_indices(data.y_train, data.classes), device=device)
@@ -238,9 +250,6 @@ class _TrainingRun:
         chooser = train.seed if tracking.selection_seed is None else tracking.selection_seed
         self.eval_test = torch.as_tensor(_subset(data.y_test, data.classes, tracking.eval_n, chooser, "test"))
         self.optimizer = make_optimizer(model, train)
-        # under torchrun: the DistributedDataParallel wrapper whose backward averages the gradients
-        # of the processes (each takes its share of every mini-batch: bridge.training.train_epoch)
-        self.replica = _replica(model, device) if distributed.active() else None
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / train.batch_size)
         # The AE-NTK needs PGD examples of the probe; the evaluation attacks training points with the
         # same threat and BatchNorm mode anyway. When the kernels are taken after every epoch and the
@@ -513,13 +522,6 @@ def run_training(
     epochs_bar.close()
     write_json(run.history, trainer.history)
     return trainer.history
-
-
-def _replica(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` wrapped in DistributedDataParallel (its parameters are broadcast from rank 0)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _start(

@@ -53,10 +53,19 @@ from ntkrobust.attacks.threat import ThreatModel
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.adversarial import cross_entropy_gradient, input_gradient
 from ntkrobust.bridge.augment import AUGMENTATIONS, augment
-from ntkrobust.bridge.global_batchnorm import shared_batch
+from ntkrobust.bridge.global_batchnorm import convert, shared_batch
 from ntkrobust.bridge.temporal_ensembling import TE_WEIGHT, TemporalEnsemble, te_loss
 
-__all__ = ["MODES", "TrainConfig", "derived_seed", "learning_rate", "make_optimizer", "train_epoch", "training_loss"]
+__all__ = [
+    "MODES",
+    "TrainConfig",
+    "derived_seed",
+    "learning_rate",
+    "make_optimizer",
+    "replicated",
+    "train_epoch",
+    "training_loss",
+]
 
 MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")
 #: steps between two reads of the running loss from the device, here and in the two-layer
@@ -310,6 +319,17 @@ def _te_regulariser(
         targets = ensemble.update(index, model(x))
     model.train()
     return targets, ensemble.weight(epoch)
+
+
+def replicated(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(the net, its DistributedDataParallel wrapper) to train under torchrun: every BatchNorm
+    replaced by one whose training-step statistics are the whole batch's
+    (``global_batchnorm.convert``), and the wrapper whose backward averages the processes'
+    gradients (parameters broadcast from rank 0). Pass the wrapper to ``train_epoch``."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    model = convert(model)
+    return model, DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def train_epoch(

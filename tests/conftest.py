@@ -279,3 +279,13 @@ def _assert_heading(fig, subtitle: str) -> None:
 def assert_heading():
     """``assert_heading(fig, subtitle)``: a figure's one-line title and its subtitle (see above)."""
     return _assert_heading
+
+
+@pytest.fixture
+def one_process_sharing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GlobalBatchNorm's shared-batch path in one process: sharing on, and the gather over the
+    processes this process's one row (the two-process runs are in tests/bridge/test_distributed.py)."""
+    from ntkrobust.bridge import global_batchnorm
+
+    monkeypatch.setattr(global_batchnorm, "sharing", lambda: True)
+    monkeypatch.setattr(global_batchnorm, "_gather_over_processes", lambda local: local.unsqueeze(0))

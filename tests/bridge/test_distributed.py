@@ -200,16 +200,12 @@ def _training(case: tuple[str, str, bool]) -> tuple[torch.nn.Module, torch.Tenso
 
 
 def _train_two_epochs(case: tuple[str, str, bool], replicate: bool) -> tuple[dict[str, np.ndarray], list[float]]:
-    from ntkrobust.bridge.global_batchnorm import convert
-    from ntkrobust.bridge.training import make_optimizer, train_epoch
+    from ntkrobust.bridge.training import make_optimizer, replicated, train_epoch
 
     model, x, y, config = _training(case)
     replica = None
     if replicate:  # as bridge.experiment does under torchrun
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = convert(model)
-        replica = DistributedDataParallel(model)
+        model, replica = replicated(model, torch.device("cpu"))
     optimizer = make_optimizer(model, config)
     ensemble = None
     if config.mode == "te":  # its regulariser from the first epoch on, ramped to its weight by the second

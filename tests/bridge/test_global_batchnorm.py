@@ -1,6 +1,7 @@
-"""GlobalBatchNorm's own arithmetic against torch's BatchNorm (float64): the shifted sums give the
-batch's mean and variance, the normalisation, its gradients and the running statistics torch
-gives. Here in one process, with the all-reduce replaced by the identity; the two-process run
+"""GlobalBatchNorm's own arithmetic against torch's BatchNorm (float64): the combined moments of
+shares give the batch's mean and variance, and the shared path the normalisation, its gradients
+and the running statistics torch gives. Here in one process, the gather over the processes
+replaced by this process's one row (conftest's ``one_process_sharing``); the two-process run
 against one process is in test_distributed.py."""
 
 from __future__ import annotations
@@ -14,13 +15,6 @@ from torch import nn
 
 from ntkrobust.bridge import global_batchnorm
 from ntkrobust.bridge.global_batchnorm import GlobalBatchNorm, combined_moments, convert, local_moments, shared_batch
-
-
-@pytest.fixture
-def one_process_sharing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The shared-batch path in one process: sharing on, the gather over processes its one row."""
-    monkeypatch.setattr(global_batchnorm, "sharing", lambda: True)
-    monkeypatch.setattr(global_batchnorm, "_gather_over_processes", lambda local: local.unsqueeze(0))
 
 
 @pytest.mark.parametrize("shape", [(7, 3), (9, 3, 4, 4), (6, 3, 2, 3, 2)])

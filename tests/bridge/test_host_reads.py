@@ -122,14 +122,13 @@ def test_full_batch_divergence_names_its_epoch_though_read_later(digits):
         train_full_batch(model, x, torch.full((x.shape[0], 1), 1e20), learning_rate=1.0, epochs=READ_EVERY + 5)
 
 
-def test_batchnorm_over_a_shared_batch_reads_nothing(host_reads, monkeypatch):
+@pytest.mark.usefixtures("one_process_sharing")
+def test_batchnorm_over_a_shared_batch_reads_nothing(host_reads):
     """GlobalBatchNorm keeps the count of the rows of every process on the device: a training
     step of a ResNet-18 on a shared batch (here in one process, the gather its one row)
     reads nothing back, however many steps."""
     from ntkrobust.bridge import global_batchnorm
 
-    monkeypatch.setattr(global_batchnorm, "sharing", lambda: True)
-    monkeypatch.setattr(global_batchnorm, "_gather_over_processes", lambda local: local.unsqueeze(0))
     model = global_batchnorm.convert(build_model(model_config("resnet18", (3, 8, 8), 4, width=2, seed=0))).train()
     x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 4
     for _ in range(3):
