@@ -139,7 +139,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def convert(model: nn.Module) -> nn.Module:
     """``model`` with every BatchNorm layer replaced (in place where it is nested) by a
-    ``GlobalBatchNorm`` holding the same parameters and buffers; other modules untouched."""
+    ``GlobalBatchNorm`` holding the same parameters and buffers (a weight and bias held as
+    buffers, as ``LinearizedNetwork`` holds them, stay buffers); other modules untouched."""
     if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, GlobalBatchNorm):
         layer = GlobalBatchNorm(
             model.num_features,
@@ -148,7 +149,12 @@ def convert(model: nn.Module) -> nn.Module:
             affine=model.affine,
             track_running_stats=model.track_running_stats,
         )
-        layer.weight, layer.bias = model.weight, model.bias
+        for name in ("weight", "bias"):
+            if name in model._parameters:
+                setattr(layer, name, model._parameters[name])
+            else:  # held as a buffer (a linearized net's frozen θt): a buffer here too
+                del layer._parameters[name]
+                layer.register_buffer(name, model._buffers[name])
         layer.running_mean, layer.running_var = model.running_mean, model.running_var
         layer.num_batches_tracked = model.num_batches_tracked
         layer.train(model.training)

@@ -166,40 +166,47 @@ def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
 # -- distributed training -------------------------------------------------------------------------
 
 MODES = ("standard", "pgd", "fgsm-noise", "trades", "te")
-#: (model, mode, BatchNorm running statistics): every mode on the MNIST CNN (no BatchNorm); a
-#: ResNet-18 whose BatchNorm takes the statistics of the whole batch over both processes, with
-#: running statistics (train-mode updates) and without ("w/o buffer": the attacks on batch
-#: statistics as well), in modes of one forward, two forwards (TRADES) and none attacked
-CASES = (
-    *(("mnist-cnn", mode, True) for mode in MODES),
-    ("resnet18", "standard", True),
-    ("resnet18", "trades", True),
-    ("resnet18", "pgd", False),
+#: (model, mode, BatchNorm running statistics, linearized): every mode on the MNIST CNN (no
+#: BatchNorm); a ResNet-18 whose BatchNorm takes the statistics of the whole batch over both
+#: processes, with running statistics (train-mode updates) and without ("w/o buffer": the attacks
+#: on batch statistics as well), in modes of one forward, two forwards (TRADES) and none attacked;
+#: and stage 2 of LOO's linearized dynamics around a ResNet-18 (its BatchNorm frozen, its weights
+#: held as buffers: what ``train --linearize-from`` trains)
+Case = tuple[str, str, bool, bool]
+CASES: tuple[Case, ...] = (
+    *((("mnist-cnn", mode, True, False) for mode in MODES)),
+    ("resnet18", "standard", True, False),
+    ("resnet18", "trades", True, False),
+    ("resnet18", "pgd", False, False),
+    ("resnet18", "standard", True, True),
 )
 
 
-def _case_name(case: tuple[str, str, bool]) -> str:
-    model, mode, running = case
-    return f"{model}-{mode}" + ("" if running else "-no-buffer")
+def _case_name(case: Case) -> str:
+    model, mode, running, linearized = case
+    return f"{model}-{mode}" + ("" if running else "-no-buffer") + ("-linearized" if linearized else "")
 
 
-def _training(case: tuple[str, str, bool]) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, object]:
+def _training(case: Case) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, object]:
     from ntkrobust.bridge.data import load_dataset, task_indices
+    from ntkrobust.bridge.linearized import LinearizedNetwork
     from ntkrobust.bridge.training import TrainConfig
 
-    name, mode, running = case
+    name, mode, running, linearized = case
     data = load_dataset("digits", n_train=90, n_test=30, seed=0)
     x = torch.as_tensor(data.x_train, dtype=torch.float64)
     y = torch.as_tensor(task_indices(data.y_train, data.classes))
     width = 4 if name == "mnist-cnn" else 2
     config = model_config(name, data.image_shape, 10, width=width, seed=2, running_stats=running)
     model = build_model(config).double()
+    if linearized:
+        model = LinearizedNetwork(model)
     ramp = {"te_start": 1, "te_end": 2} if mode == "te" else {}
     train = TrainConfig(mode=mode, epochs=2, lr=0.1, batch_size=32, eps=0.1, pgd_step=0.05, pgd_steps=3, seed=4, **ramp)
     return model, x, y, train  # 90 points in batches of 32: the last batch (26) splits 13 / 13
 
 
-def _train_two_epochs(case: tuple[str, str, bool], replicate: bool) -> tuple[dict[str, np.ndarray], list[float]]:
+def _train_two_epochs(case: Case, replicate: bool) -> tuple[dict[str, np.ndarray], list[float]]:
     from ntkrobust.bridge.training import make_optimizer, replicated, train_epoch
 
     model, x, y, config = _training(case)

@@ -104,3 +104,20 @@ def test_outside_a_shared_batch_it_is_a_plain_batchnorm() -> None:
         torch.testing.assert_close(net(x), reference(x), rtol=1e-12, atol=1e-12)
     for a, b in zip(net.state_dict().values(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_linearized_nets_frozen_batchnorm_keeps_its_buffers() -> None:
+    """``LinearizedNetwork`` holds the parent's weights, BatchNorm's included, as buffers: they stay
+    buffers (``train --linearize-from`` under torchrun converted none before: a TypeError), the
+    state dict and θ are unchanged, and so is the function."""
+    from ntkrobust.bridge.linearized import LinearizedNetwork
+
+    parent = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(27, 2)).double()
+    reference = LinearizedNetwork(parent)
+    net = convert(copy.deepcopy(reference))
+    layer = net.parent[1]
+    assert isinstance(layer, GlobalBatchNorm) and "weight" in layer._buffers and "bias" in layer._buffers
+    assert dict(net.named_parameters()).keys() == dict(reference.named_parameters()).keys()
+    assert net.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(4, 1, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.testing.assert_close(net(x), reference(x), rtol=1e-12, atol=1e-12)
