@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 __all__ = [
     "active",
+    "agreed_minimum",
     "all_reduce_sum",
     "backend",
     "init_from_environment",
@@ -90,12 +91,30 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` summed over the ranks, in place, on every rank (a no-op in one process). gloo
     reduces CPU tensors only, so a CUDA tensor under gloo goes through the host; NCCL reduces
     CUDA tensors only, so under NCCL (``backend``: commands on GPUs) pass a tensor on the GPU."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
+
+
+def agreed_minimum(value: int, device: torch.device | str = "cpu") -> int:
+    """The smallest of the ranks' ``value``, on every rank (``value`` itself in one process).
+
+    What every rank must plan with where each measures its own: a memory budget read from each
+    GPU's free memory, from which the ranks cut the same work into their shares (``share``).
+    Plans from different budgets would split different lists: some work done twice, some never,
+    and the all-reduce summing it without an error. ``device``: where the command's tensors live
+    (NCCL reduces GPU tensors only)."""
+    if not active():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    return int(_all_reduce(tensor, dist.ReduceOp.MIN).item())
+
+
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType) -> torch.Tensor:
     if not active():
         return tensor
     if tensor.is_cuda and dist.get_backend() == "gloo":
         host = tensor.cpu()
-        dist.all_reduce(host)
+        dist.all_reduce(host, op=op)
         tensor.copy_(host)
     else:
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, op=op)
     return tensor

@@ -326,6 +326,8 @@ def empirical_ntk(
         net = with_batch_statistics(net, a if b is None else torch.cat([a, b]))
     if memory_budget is None:
         memory_budget = auto_memory_budget(device)
+    # under torchrun the ranks cut the passes from one budget, the smallest: each reads its own GPU
+    memory_budget = distributed.agreed_minimum(memory_budget, device)
 
     with torch.no_grad():
         num_outputs = net(a[:1]).shape[1]
