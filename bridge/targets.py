@@ -21,6 +21,7 @@ refused with a ``TargetError`` of one line, before any attack runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import warnings
@@ -108,7 +109,7 @@ def load_target(
     if model_name is not None:
         target = _state_dict_target(path, model_name, width, image_shape, num_classes)
     else:
-        target = _file_target(path, image_shape, trust_code)
+        target = _file_target(path, image_shape, trust_code, device)
     target.model = target.model.to(device).eval()
     _check_outputs(target, image_shape, num_classes, device)
     return target
@@ -129,7 +130,7 @@ def _parse(spec: str) -> tuple[str | None, int | None, Path]:
     return name, width, Path(tail)
 
 
-def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool) -> Target:
+def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, device: torch.device | str) -> Target:
     label = _label(path)
     try:
         model, config, payload = load_checkpoint(path)
@@ -141,7 +142,9 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool) -> 
             ) from None
         # torch.export.load accepts only .pt2 files (and logs a traceback for anything else)
         kind, loader = (
-            ("exported program", _exported_program) if path.suffix == ".pt2" else ("torchscript", _torchscript)
+            ("exported program", functools.partial(_exported_program, device=device))
+            if path.suffix == ".pt2"
+            else ("torchscript", _torchscript)
         )
         try:
             with _quiet_torch():
@@ -179,12 +182,13 @@ def _quiet_torch() -> Iterator[None]:
 
 
 def _torchscript(path: Path) -> nn.Module:
-    return torch.jit.load(str(path), map_location="cpu")
+    return torch.jit.load(str(path), map_location="cpu")  # then ``.to()`` moves it as any module
 
 
 class _ExportedProgram(nn.Module):
     """An exported program's module behind the usual interface: its graph refuses ``eval()`` and
-    already runs in the mode it was exported in, so it sits outside the module tree."""
+    already runs in the mode it was exported in, so it sits outside the module tree (where
+    ``.to()`` does not reach it: ``_exported_program`` puts it on its device)."""
 
     program: nn.Module
 
@@ -196,8 +200,11 @@ class _ExportedProgram(nn.Module):
         return self.program(x)
 
 
-def _exported_program(path: Path) -> nn.Module:
-    return _ExportedProgram(torch.export.load(str(path)).module())
+def _exported_program(path: Path, device: torch.device | str) -> nn.Module:
+    from torch.export.passes import move_to_device_pass
+
+    # the pass moves the weights and the devices written into the graph's own ops as well
+    return _ExportedProgram(move_to_device_pass(torch.export.load(str(path)), device).module())
 
 
 def _state_dict_target(

@@ -18,6 +18,7 @@ task); every source's examples have the shape of x.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -62,13 +63,15 @@ def evaluate_target(
     *,
     random_examples: np.ndarray | None = None,
     own_examples: np.ndarray | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     batch_size: int = 256,
 ) -> TargetEvaluation:
     """Clean, own white-box, random-sign and every source's accuracy of ``model`` (eval mode).
 
-    ``own_examples``: the net's white-box examples if already made (``white_box_examples``)."""
+    ``own_examples``: the net's white-box examples if already made (``white_box_examples``).
+    ``device``: where the inputs go (default: where the model's tensors are)."""
     model = model.eval()
+    device = device or _model_device(model)
     dtype = _input_dtype(model)
     own = white_box_examples(model, x, y, attack, device=device) if own_examples is None else own_examples
     noisy = random_sign_examples(x, attack) if random_examples is None else random_examples
@@ -88,15 +91,22 @@ def evaluate_target(
     )
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters and buffers are (the CPU if it has none)."""
+    return next((t.device for t in itertools.chain(model.parameters(), model.buffers())), torch.device("cpu"))
+
+
 def _input_dtype(model: nn.Module) -> torch.dtype:
     """The dtype inputs take to ``model``: that of its floating-point state (float32 if none)."""
     return next((t.dtype for t in model.state_dict().values() if t.is_floating_point()), torch.float32)
 
 
 def white_box_examples(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, attack: AttackSpec, *, device: torch.device | str = "cpu"
+    model: nn.Module, x: np.ndarray, y: np.ndarray, attack: AttackSpec, *, device: torch.device | str | None = None
 ) -> np.ndarray:
-    """``attack`` against ``model`` (eval mode) on (x, y), as numpy examples like ``x``."""
+    """``attack`` against ``model`` (eval mode) on (x, y), as numpy examples like ``x``; the
+    inputs on ``device`` (default: where the model's tensors are)."""
+    device = device or _model_device(model)
     inputs = torch.as_tensor(x).to(device, _input_dtype(model))
     own = attack_examples(model.eval(), inputs, torch.as_tensor(y).to(device), attack)
     return own.detach().cpu().numpy().astype(x.dtype)

@@ -250,7 +250,9 @@ def two_layer_experiment(
                 view.eval()
                 at = kernel[epoch]
                 outputs = train_outputs(view)
-                evaluation = evaluate_target(view, x_test, y_test, attack, {"ntk": at.examples}, random_examples=noisy)
+                evaluation = evaluate_target(
+                    view, x_test, y_test, attack, {"ntk": at.examples}, random_examples=noisy, device=device
+                )
                 gradient = cross_entropy_gradient(view)(x_eval, y_eval).cpu().numpy()
                 cosines = gradient_cosine(at.loss_gradient, gradient)
                 summary = cosine_summary(cosines)

@@ -81,6 +81,24 @@ def test_torchscript_and_state_dict_targets(tmp_path, fc2):
     torch.testing.assert_close(loaded.model(x), net(x))
 
 
+def test_every_kind_of_target_goes_to_the_commands_device(tmp_path, fc2):
+    """``--device cuda`` puts every target on the GPU; checked here on the meta device, which no
+    tensor left on the CPU can meet (an exported program's weights sit outside the wrapper's
+    module tree: ``.to()`` alone left them on the CPU). Not TorchScript: it cannot go to the meta
+    device at all; ``.to()`` moves it to a GPU like any module."""
+    config, net = fc2
+    x = torch.rand(4, *SHAPE)
+    save_checkpoint(tmp_path / "net.pt", net, config)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    exported = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(exported, tmp_path / "net.pt2")
+    for spec in ("net.pt", "net.pt2", "fc2:32=weights.pt"):
+        name, _, file = spec.rpartition("=")
+        path = f"{name}={tmp_path / file}" if name else str(tmp_path / file)
+        target = load_target(path, image_shape=SHAPE, num_classes=10, device="meta", trust_code=True)
+        assert target.model(x.to("meta")).device.type == "meta", spec
+
+
 def test_binary_tasks_take_one_or_two_logits(tmp_path):
     for outputs in (1, 2):
         config = model_config("fc1", SHAPE, outputs, width=8)
