@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust._upload import upload
+
 Array = Any  # numpy.ndarray | jax.Array | torch.Tensor
 
 _TINY = 1e-12  # guards divisions by a zero gradient norm: such a step is simply zero
@@ -89,12 +91,7 @@ class _TorchOps(_ArrayModuleOps):
         return x.to(dtype=like.dtype)
 
     def from_numpy(self, a: np.ndarray, like: Array) -> Array:
-        host = self.xp.as_tensor(a, dtype=like.dtype)
-        if like.is_cuda:
-            # through pinned memory, asynchronously: a copy from pageable memory would make the
-            # host wait for the GPU's queue (a round trip per attack, i.e. per training step)
-            return host.pin_memory().to(like.device, non_blocking=True)
-        return host
+        return upload(a, like)  # no round trip per attack, i.e. per training step
 
     def to_numpy(self, x: Array) -> np.ndarray:
         return x.detach().cpu().numpy()

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ntkrobust._upload import upload
+
 __all__ = ["AUGMENTATIONS", "CROP_PADDING", "MIN_SIDE", "augment", "check_augmentation"]
 
 AUGMENTATIONS = ("none", "crop-flip")
@@ -52,11 +54,11 @@ def augment(x: torch.Tensor, *, seed: int, shared: bool = False) -> torch.Tensor
         offsets, flips = np.repeat(offsets, batch, axis=0), np.repeat(flips, batch)
     padded = torch.nn.functional.pad(x, (CROP_PADDING,) * 4)
     device = x.device
-    top = torch.as_tensor(offsets[:, 0], device=device)
-    left = torch.as_tensor(offsets[:, 1], device=device)
+    # the draws in one copy that does not wait for the GPU: this runs every training step
+    top, left, flipped = upload(np.column_stack([offsets, flips]), like=x, dtype=torch.int64).unbind(1)
     rows = top[:, None] + torch.arange(height, device=device)  # (B, H)
     columns = torch.arange(width, device=device)
-    columns = torch.where(torch.as_tensor(flips, device=device)[:, None], columns.flip(0), columns)
+    columns = torch.where(flipped.bool()[:, None], columns.flip(0), columns)
     columns = left[:, None] + columns  # (B, W), reversed for flipped examples
     examples = torch.arange(batch, device=device)[:, None, None, None]
     planes = torch.arange(channels, device=device)[None, :, None, None]

@@ -217,7 +217,8 @@ def eigenvector_images(
         with torch.no_grad():
             better = objective < best
             best = torch.where(better, objective.detach(), best)
-            best_z[better] = z.detach()[better]
+            # where, not boolean indexing: that reads the mask's count back, a round trip a step
+            best_z = torch.where(better.view(-1, *([1] * len(image_shape))), z.detach(), best_z)
         if step == steps:
             break
         optimizer.zero_grad(set_to_none=True)

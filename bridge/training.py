@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ntkrobust._upload import upload
 from ntkrobust.attacks import fgsm, pgd
 from ntkrobust.attacks.threat import ThreatModel
 from ntkrobust.bridge import distributed
@@ -196,7 +197,7 @@ def _anisotropic_start(x: torch.Tensor, eps: float, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     sigma = rng.uniform(0.0, eps, size=tuple(x.shape))
     noise = sigma * rng.standard_normal(size=tuple(x.shape))
-    return x + torch.as_tensor(noise, dtype=x.dtype, device=x.device)
+    return x + upload(noise, like=x)
 
 
 #: TE's regulariser on a batch: the normalised moving averages t (B, C), or None, and the weight
@@ -243,7 +244,7 @@ def training_inputs(
             with torch.no_grad():
                 clean = F.softmax(model(xs), dim=1)
             generator = torch.Generator().manual_seed(seed)
-            start = x + 0.001 * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            start = x + 0.001 * upload(torch.randn(x.shape, generator=generator, dtype=x.dtype), like=x)
             return pgd(
                 _kl_gradient(model),
                 xs,

@@ -5,12 +5,19 @@ On a GPU each read of a tensor's value (``.item()``, ``.tolist()``, ``.cpu()``, 
 ``float(t)``, ``bool(t)``, ``int(t)``) waits for every queued kernel. Here, on the CPU, the reads
 are counted by wrapping those methods; the counts must not grow with the number of steps.
 (Syncs that these methods do not make, such as boolean-mask indexing, are not counted.)
+
+The other way round, a copy from ordinary host memory to a GPU waits for the GPU's queue as
+well: ``blocking_uploads`` counts the calls that would make one (``.to(device)`` without
+``non_blocking``, ``torch.as_tensor`` / ``torch.tensor`` with a device); on the CPU they copy
+nothing, but a count that grows with the steps is a round trip per step on a GPU.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +56,45 @@ def host_reads(monkeypatch):
     return counts
 
 
+@pytest.fixture
+def blocking_uploads(monkeypatch):
+    """A counter of the calls that would copy to a GPU from pageable memory, by caller line."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    def count() -> None:
+        caller = traceback.extract_stack(limit=3)[0]
+        counts[f"{Path(caller.filename).name}:{caller.lineno}"] += 1
+
+    to = torch.Tensor.to
+
+    def counted_to(self, *args, **kwargs):
+        if not kwargs.get("non_blocking") and any(
+            isinstance(a, (str, torch.device)) for a in (*args, kwargs.get("device"))
+        ):
+            count()
+        return to(self, *args, **kwargs)
+
+    def with_device(make):
+        @functools.wraps(make)
+        def counted(*args, **kwargs):
+            if kwargs.get("device") is not None:
+                count()
+            return make(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(torch.Tensor, "to", counted_to)
+    monkeypatch.setattr(torch, "as_tensor", with_device(torch.as_tensor))
+    monkeypatch.setattr(torch, "tensor", with_device(torch.tensor))
+    # the counter sees each way in, or the count below would pass vacuously
+    torch.zeros(1).to("cpu"), torch.as_tensor([1], device="cpu"), torch.tensor([1], device="cpu")
+    assert sum(counts.values()) == 3, counts
+    torch.zeros(1).to("cpu", non_blocking=True)
+    assert sum(counts.values()) == 3, counts
+    counts.clear()
+    return counts
+
+
 @pytest.fixture(scope="module")
 def digits():
     data = load_dataset("digits", n_train=160, n_test=40, seed=0)
@@ -61,12 +107,16 @@ def _cnn(data):
 
 
 @pytest.mark.parametrize("method", ["fgsm", "pgd"])
-def test_white_box_attacks_read_nothing(digits, host_reads, method):
+def test_white_box_attacks_read_nothing(digits, host_reads, blocking_uploads, method):
     data, x, y = digits
     model = _cnn(data).eval()
+    uploads = []
     for steps in (3, 9):
         adversarial_examples(model, x, y, method=method, eps=0.1, step=0.02, steps=steps, batch_size=64)
         assert sum(host_reads.values()) == 0, (steps, host_reads)
+        uploads.append(dict(blocking_uploads))
+        blocking_uploads.clear()
+    assert uploads[0] == uploads[1], uploads  # per batch at most, not per step
 
 
 def test_evaluation_reads_once_per_attack(digits, host_reads):
@@ -100,6 +150,29 @@ def test_a_training_epoch_reads_its_loss_every_read_every_steps(digits, host_rea
         host_reads.clear()
     assert len(reads) == 2 and max(reads) > READ_EVERY, reads
     assert reads == {steps: -(-steps // READ_EVERY) for steps in reads}  # one per READ_EVERY steps, and the last
+
+
+@pytest.mark.parametrize(
+    ("mode", "augment"),
+    [*[(mode, "none") for mode in ("standard", "pgd", "trades", "fgsm-noise", "te")], ("trades", "crop-flip")],
+)
+def test_a_training_epoch_uploads_without_waiting(digits, blocking_uploads, mode, augment):
+    """Random starts and augmentation draws, made on the host every step, reach the GPU by
+    non-blocking copies from pinned memory: the blocking uploads are the epoch's, not the steps'
+    (TRADES', fgsm-noise's and the crops' were one to three a step)."""
+    data, x, y = digits
+    uploads = []
+    for batch_size in (160 // 4, 160 // 9):  # 4 steps, then 9
+        model = _cnn(data)
+        ramp = {"te_start": 1, "te_end": 2} if mode == "te" else {}
+        config = TrainConfig(
+            mode=mode, eps=0.1, pgd_step=0.03, pgd_steps=3, batch_size=batch_size, augment=augment, **ramp
+        )
+        ensemble = TemporalEnsemble.empty(x.shape[0], len(data.classes), 1, 2) if mode == "te" else None
+        train_epoch(model, make_optimizer(model, config), x, y, config, 1, ensemble=ensemble)
+        uploads.append(dict(blocking_uploads))
+        blocking_uploads.clear()
+    assert uploads[0] == uploads[1] and sum(uploads[0].values()) <= 1, uploads  # the epoch's shuffle
 
 
 def test_full_batch_gradient_descent_reads_its_losses_every_read_every_epochs(digits, host_reads):
