@@ -46,10 +46,13 @@ def has_batchnorm(model: nn.Module) -> bool:
 @contextlib.contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode except that every BatchNorm normalises with the statistics of the
-    batch it sees and leaves its running statistics as they are (RAT's "w/o buffer")."""
+    batch it sees and leaves its running statistics as they are (RAT's "w/o buffer"), its batch
+    count too: under torchrun the processes evaluate different numbers of batches, and their
+    buffers must stay equal (DistributedDataParallel does not broadcast them: ``replicated``)."""
     was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, m.training) for m in norms]
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
     model.eval()
     try:
         for m in norms:
@@ -59,9 +62,11 @@ def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
             m.train()
         yield model
     finally:
-        for m, (momentum, training) in zip(norms, saved, strict=True):
+        for m, (momentum, training), count in zip(norms, saved, counts, strict=True):
             m.momentum = momentum
             m.train(training)
+            if count is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(count)
         model.train(was_training)
 
 

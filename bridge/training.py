@@ -326,11 +326,18 @@ def replicated(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Mo
     """(the net, its DistributedDataParallel wrapper) to train under torchrun: every BatchNorm
     replaced by one whose training-step statistics are the whole batch's
     (``global_batchnorm.convert``), and the wrapper whose backward averages the processes'
-    gradients (parameters broadcast from rank 0). Pass the wrapper to ``train_epoch``."""
+    gradients (parameters and buffers broadcast from rank 0 once). Pass the wrapper to
+    ``train_epoch``.
+
+    The buffers are not broadcast again before every forward (DDP's default): every process
+    updates its running statistics from the same all-reduced moments, and the evaluations leave
+    them as they are (``tracking.batch_statistics``), so they stay equal; the broadcast would
+    copy rank 0's equal values every step, and a linearized net's whole θt with them."""
     from torch.nn.parallel import DistributedDataParallel
 
     model = convert(model)
-    return model, DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return model, DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def train_epoch(

@@ -370,6 +370,9 @@ def _evaluation() -> dict[str, np.ndarray]:
         found[f"{mode}-pgd"] = np.array([accuracy])
         found[f"{mode}-examples"] = x_adv.numpy()
         found[f"{mode}-clean"] = np.array([clean_accuracy(model, x, y, batchnorm=mode, across_processes=True)])
+    # the buffers as they were, batch counts included: the processes evaluated different numbers
+    # of batches, and training does not broadcast the buffers (training.replicated)
+    found["buffers"] = torch.cat([b.double().reshape(-1) for b in model.buffers()]).numpy()
     return found
 
 
