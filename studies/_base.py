@@ -58,6 +58,23 @@ def peak_gpu_memory() -> float | None:
     return float(torch.cuda.max_memory_allocated()) / 2**20
 
 
+def gpu_precision() -> dict[str, Any] | None:
+    """The GPU and the float32 arithmetic torch gave it (None without CUDA in use): on Ampere and
+    later GPUs, cuDNN's float32 convolutions run in TF32 by PyTorch's default (10-bit mantissa,
+    about 1e-3 relative), so float32 kernels and trainings differ from the CPU's by more than
+    rounding; float64 never takes TF32."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return {
+        "name": torch.cuda.get_device_name(),
+        "tf32_convolutions": bool(torch.backends.cudnn.allow_tf32),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
 def versions() -> dict[str, str]:
     """Python's and every relevant package's version."""
     out = {"python": platform.python_version()}
@@ -116,9 +133,11 @@ def envelope(
         record["warnings"] = list(warnings)
     if seconds is not None:
         record["seconds"] = seconds
-    peak = peak_gpu_memory()
+    peak, gpu = peak_gpu_memory(), gpu_precision()
     if peak is not None:
         record["peak_gpu_memory_mib"] = peak
+    if gpu is not None:
+        record["gpu"] = gpu
     record |= {"versions": versions(), "argv": None if argv is None else list(argv)}
     return record
 

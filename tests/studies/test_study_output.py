@@ -144,14 +144,20 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_compute(tmp_path):
 
 
 def test_records_carry_the_peak_gpu_memory_when_cuda_was_used(monkeypatch):
-    """``peak_gpu_memory_mib`` joins a record when torch used CUDA, and only then."""
+    """``peak_gpu_memory_mib`` and the GPU's float32 precision (TF32 or not) join a record when
+    torch used CUDA, and only then."""
     import sys
     import types
 
     from ntkrobust.studies._base import envelope
 
-    assert "peak_gpu_memory_mib" not in envelope("x", {}, {}, seconds=None, argv=None)  # no GPU here
+    record = envelope("x", {}, {}, seconds=None, argv=None)
+    assert "peak_gpu_memory_mib" not in record and "gpu" not in record  # no GPU here
     cuda = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
-                                 max_memory_allocated=lambda: 3 * 2**20)  # fmt: skip
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
-    assert envelope("x", {}, {}, seconds=None, argv=None)["peak_gpu_memory_mib"] == 3.0
+                                 max_memory_allocated=lambda: 3 * 2**20, get_device_name=lambda: "H200",
+                                 matmul=types.SimpleNamespace(allow_tf32=False))  # fmt: skip
+    backends = types.SimpleNamespace(cudnn=types.SimpleNamespace(allow_tf32=True), cuda=cuda)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda, backends=backends))
+    record = envelope("x", {}, {}, seconds=None, argv=None)
+    assert record["peak_gpu_memory_mib"] == 3.0
+    assert record["gpu"] == {"name": "H200", "tf32_convolutions": True, "tf32_matmul": False}
