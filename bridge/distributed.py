@@ -30,6 +30,7 @@ __all__ = [
     "rank",
     "rows",
     "share",
+    "summed_over_processes",
     "world_size",
 ]
 
@@ -92,6 +93,27 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     reduces CPU tensors only, so a CUDA tensor under gloo goes through the host; NCCL reduces
     CUDA tensors only, so under NCCL (``backend``: commands on GPUs) pass a tensor on the GPU."""
     return _all_reduce(tensor, dist.ReduceOp.SUM)
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """y = Σ_r x_r on every rank; its backward, ∂L/∂x_r = Σ_r' ∂L_r'/∂y, is the same all-reduce of
+    the gradients (L = Σ_r L_r, each process's loss)."""
+
+    @staticmethod
+    def forward(ctx: object, tensor: torch.Tensor) -> torch.Tensor:
+        return _all_reduce(tensor.clone(), dist.ReduceOp.SUM)
+
+    @staticmethod
+    def backward(ctx: object, gradient: torch.Tensor) -> torch.Tensor:
+        return _all_reduce(gradient.contiguous().clone(), dist.ReduceOp.SUM)
+
+
+def summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the ranks, out of place and differentiably: the gradient each rank
+    takes is the sum of every rank's (``tensor`` itself in one process). torch's own
+    ``torch.distributed.nn.functional.all_reduce`` does the same and is deprecated; its
+    replacement differentiates only in recent versions."""
+    return _SumOverProcesses.apply(tensor) if active() else tensor
 
 
 def agreed_minimum(value: int, device: torch.device | str = "cpu") -> int:

@@ -71,11 +71,9 @@ def _gather_over_processes(local: torch.Tensor) -> torch.Tensor:
     """(processes, *local.shape): every process's ``local``, in rank order, differentiably: one
     all-reduce (whose backward sums the gradients over the processes) of rows that are zero but
     for each process's own, the collective that gloo and NCCL both have."""
-    from torch.distributed.nn.functional import all_reduce
-
     own = torch.zeros(distributed.world_size(), dtype=local.dtype, device=local.device)
     own[distributed.rank()] = 1.0
-    return all_reduce(own.view(-1, *([1] * local.dim())) * local.unsqueeze(0))
+    return distributed.summed_over_processes(own.view(-1, *([1] * local.dim())) * local.unsqueeze(0))
 
 
 def local_moments(x: torch.Tensor) -> torch.Tensor:
