@@ -14,7 +14,8 @@
 # The analytic half runs on JAX's GPU and is compared with the CPU (benchmarks/analytic_devices.py)
 # when JAX has a GPU backend (the cuda extra); otherwise that comparison is SKIPPED.
 #
-# GPU_SMOKE_DEVICE=cpu runs the same commands on the CPU (slowly): a check of the script itself.
+# GPU_SMOKE_DEVICE=cpu runs the same commands on the CPU (slowly): a check of the script itself;
+# GPU_SMOKE_TORCHRUN=1 runs the torchrun block there too (2 gloo processes).
 # Each command must exit 0; the script stops at the first failure. Timings are this machine's;
 # the peak memory is what torch held (``peak_gpu_memory_mib`` of each record).
 set -euo pipefail
@@ -44,6 +45,8 @@ if os.environ["DEVICE"] == "cuda" and not torch.cuda.is_available():
     sys.exit("gpu_smoke: no CUDA device visible to torch")
 gpus = torch.cuda.device_count()
 print(f"torch {torch.__version__}, {gpus} GPU(s)" + (f": {torch.cuda.get_device_name(0)}" if gpus else ""))
+# float32 convolutions in TF32 (PyTorch's default on Ampere and later): ~1e-3 relative, not rounding
+print(f"TF32: convolutions {torch.backends.cudnn.allow_tf32}, matmul {torch.backends.cuda.matmul.allow_tf32}")
 try:
     import jax
     print(f"jax {jax.__version__}: devices {jax.devices()}")
@@ -80,6 +83,15 @@ else
   skip two-layer "its NTK machine needs the analytic half ($ANALYTIC_MISSING)"
 fi
 run transfer transfer "${D[@]}" --target "$OUT/train-pgd/checkpoints/epoch_003.pt" --surrogate mnist-cnn --surrogate-n 300
+# an exported program as a target: its weights sit outside the module tree, moved to the GPU apart
+"$PY" - "$OUT/train-pgd/checkpoints/epoch_003.pt" "$OUT/net.pt2" <<'PY'
+import sys, torch
+from ntkrobust.bridge.checkpoint import load_checkpoint
+model = load_checkpoint(sys.argv[1])[0].eval()
+example = torch.zeros(2, 1, 8, 8)
+torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)), sys.argv[2])
+PY
+run evaluate-pt2 evaluate "$OUT/net.pt2" --trust-model-code "${D[@]}" --eps 0.1 --n-test 200 --attacks pgd-20
 if [ -z "$AUTOATTACK_MISSING" ]; then
   run evaluate evaluate "$OUT/train-pgd/checkpoints/epoch_003.pt" "${D[@]}" --eps 0.1 --n-test 200
 else
@@ -106,19 +118,30 @@ if [ -z "$ANALYTIC_MISSING" ]; then
 else
   skip attack-analytic "the analytic half does not import ($ANALYTIC_MISSING)"
 fi
-if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ] || [ "${GPU_SMOKE_TORCHRUN:-0}" = 1 ]; then
   # the same training under torchrun on 2 GPUs (NCCL), set beside one GPU's. The ResNet's
-  # BatchNorm takes the statistics of both processes' rows (bridge.global_batchnorm). Measured on
-  # CPUs in float32 for this ResNet's epoch: 2 processes are 1e-8 from one process with the same
-  # thread count; one process's own loss moves 3.5e-4 between 1 and 2 threads (rounding grows
-  # fast in this net); BatchNorm per process is 1.6% off. So a difference near 1e-3 is rounding,
-  # one near 1e-2 is BatchNorm that is not global. (One GPU and two need not reduce in the same
-  # order, as one thread and two do not; PGD's sign steps turn such rounding into whole steps.)
+  # BatchNorm takes the statistics of both processes' rows (bridge.global_batchnorm). Judge by
+  # the loss. Measured on CPUs in float32 for this ResNet's epoch: 2 processes are 1e-8 from one
+  # process with the same thread count (loss 9e-9, every accuracy equal); one process's own loss
+  # moves 3.5e-4 between 1 and 2 threads (rounding grows fast in this net), and its accuracy
+  # with batch statistics 1.9e-2; BatchNorm per process put the loss 1.6% off. So a loss
+  # difference near 1e-3 is rounding, one near 1e-2 is BatchNorm that is not global, and the
+  # accuracies after one epoch move by a few points from rounding alone. (One GPU and two need
+  # not reduce in the same order, as one thread and two do not; PGD's sign steps turn such
+  # rounding into whole steps.)
   RESNET=(--model resnet18 --width 16 --mode standard --epochs 1 --batchnorm both --track-kernel 50)
   run train-resnet-bn-standard train "${D[@]}" "${RESNET[@]}"
   N=("$PY" -m torch.distributed.run --nproc-per-node 2 -m ntkrobust)
   run train-pgd-2gpu train "${D[@]}" --model mnist-cnn --mode pgd --eps 0.1 --epochs 3 --track-kernel 100
   run train-resnet-bn-standard-2gpu train "${D[@]}" "${RESNET[@]}"
+  # the eNTK shared by 2 processes (one all-reduce over NCCL) against one GPU's kernel
+  run entk-resnet18-2gpu entk "${D[@]}" --model resnet18 --points 100 --kind trace
+  "$PY" - "$OUT/entk-resnet18/kernel.npz" "$OUT/entk-resnet18-2gpu/kernel.npz" <<'PY'
+import sys, numpy as np
+one, two = (np.load(path)["kernel"] for path in sys.argv[1:])
+print(f"  entk-resnet18-2gpu: largest difference {np.abs(one - two).max() / np.abs(one).max():.2e} "
+      "of the largest entry (float32; near 1e-6 is rounding, near 1 a missing or doubled share)")
+PY
   for name in train-pgd train-resnet-bn-standard; do
     "$PY" - "$OUT/$name" "$OUT/$name-2gpu" <<'PY'
 import json, sys
