@@ -326,18 +326,25 @@ def replicated(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Mo
     """(the net, its DistributedDataParallel wrapper) to train under torchrun: every BatchNorm
     replaced by one whose training-step statistics are the whole batch's
     (``global_batchnorm.convert``), and the wrapper whose backward averages the processes'
-    gradients (parameters and buffers broadcast from rank 0 once). Pass the wrapper to
-    ``train_epoch``.
+    gradients (parameters broadcast from rank 0 at the start; the buffers too where torch has
+    ``forward_sync_buffers``, and they are equal anyway: every process builds the net from the
+    same seed or checkpoint). Pass the wrapper to ``train_epoch``.
 
     The buffers are not broadcast again before every forward (DDP's default): every process
     updates its running statistics from the same all-reduced moments, and the evaluations leave
     them as they are (``tracking.batch_statistics``), so they stay equal; the broadcast would
     copy rank 0's equal values every step, and a linearized net's whole θt with them."""
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
     model = convert(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    return model, DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    # torch 2.14 names it forward_sync_buffers (and deprecates broadcast_buffers, which skipped the
+    # buffers' broadcast at the start as well); the cuda extra's torch 2.10 has only the old name
+    newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    return model, DistributedDataParallel(model, device_ids=device_ids, **no_sync)
 
 
 def train_epoch(

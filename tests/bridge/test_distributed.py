@@ -285,6 +285,7 @@ def test_train_under_torchrun_and_resumed_in_one_process(tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("(world size 2)") == 1
+    assert "Warning" not in done.stderr, done.stderr[-2000:]  # e.g. torch's deprecations, every run
     assert cli.main([*flags, "--epochs", "1", "--out", str(tmp_path / "one")]) == 0
 
     def history(folder: Path) -> dict:
