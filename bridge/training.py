@@ -343,7 +343,7 @@ def replicated(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Mo
     # torch 2.14 names it forward_sync_buffers (and deprecates broadcast_buffers, which skipped the
     # buffers' broadcast at the start as well); the cuda extra's torch 2.10 has only the old name
     newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
-    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    no_sync: dict[str, Any] = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
     return model, DistributedDataParallel(model, device_ids=device_ids, **no_sync)
 
 
