@@ -24,6 +24,7 @@ __all__ = [
     "agreed_minimum",
     "all_reduce_sum",
     "backend",
+    "from_main",
     "init_from_environment",
     "is_main",
     "launched",
@@ -114,6 +115,17 @@ def summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     ``torch.distributed.nn.functional.all_reduce`` does the same and is deprecated; its
     replacement differentiates only in recent versions."""
     return _SumOverProcesses.apply(tensor) if active() else tensor
+
+
+def from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (``value`` itself in one process): a decision every rank
+    must make alike from files that rank 0 alone writes (which runs of a folder to resume), taken
+    before it writes any."""
+    if not active():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def agreed_minimum(value: int, device: torch.device | str = "cpu") -> int:

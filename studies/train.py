@@ -10,6 +10,7 @@ folder in its settings and ``TrainResult.save`` has nothing left to write.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -366,14 +367,19 @@ def _run_seeds(settings: TrainSettings, progress: bool, argv: list[str] | None) 
         raise StudyError("--seeds gives every run its own seed; run_seed is for a single run")
     if settings.resume and not RunFolder(settings.out / f"seed_{seeds[0]}").exists():
         raise StudyError(f"--resume: {settings.out} holds no seed_{seeds[0]} run to continue")
-    if not settings.resume:
+    from ntkrobust.bridge import distributed
+
+    main = distributed.is_main()  # under torchrun rank 0 checks, locks and writes the folder
+    if not settings.resume and main:
         check_out_dir(settings.out, settings.force)
+    # which runs to continue, decided once from rank 0's view before it writes anything: a
+    # process that looked later would see the folders rank 0 has started since
+    resumes = distributed.from_main([settings.resume and RunFolder(settings.out / f"seed_{s}").exists() for s in seeds])
     results: list[TrainResult] = []
-    with OutputLock(settings.out):
-        for seed in seeds:
+    with OutputLock(settings.out) if main else contextlib.nullcontext():
+        for seed, resume in zip(seeds, resumes, strict=True):
             folder = settings.out / f"seed_{seed}"
-            one = replace(settings, out=folder, seeds=(), run_seed=seed)
-            one = replace(one, resume=settings.resume and RunFolder(folder).exists())
+            one = replace(settings, out=folder, seeds=(), run_seed=seed, resume=resume)
             log.info(f"seed {seed} ({len(results) + 1} of {len(seeds)}) -> {folder}")
             result = run(one, progress=progress, argv=argv)
             assert isinstance(result, TrainResult)

@@ -302,6 +302,31 @@ def test_train_under_torchrun_and_resumed_in_one_process(tmp_path: Path) -> None
         torch.testing.assert_close(first[name], value, rtol=1e-4, atol=1e-5)
 
 
+def test_several_seeds_under_torchrun_and_resumed(tmp_path: Path) -> None:
+    """``train --seeds`` under torchrun: rank 0 alone locks and checks the folder (every process
+    took the lock before, and all but one failed), and every process resumes the same runs."""
+    import json
+    import subprocess
+
+    from ntkrobust import cli
+
+    flags = ["train", "--data", "digits", "--n-train", "60", "--n-test", "30", "--model", "fc2", "--width", "16"]
+    flags += ["--track-kernel", "0", "--eval-n", "20", "--full-eval-steps", "0", "--seeds", "0,1", "--quiet"]
+    two = tmp_path / "two"
+    for extra in (["--epochs", "1"], ["--epochs", "2", "--resume"]):
+        done = subprocess.run(
+            [*_torchrun(2), *flags, *extra, "--out", str(two)], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert cli.main([*flags, "--epochs", "2", "--out", str(tmp_path / "one")]) == 0
+    for seed in (0, 1):
+        a, b = (
+            json.loads((f / f"seed_{seed}" / "history.json").read_text())["epochs"] for f in (two, tmp_path / "one")
+        )
+        assert [e["epoch"] for e in a] == [0, 1, 2]  # continued, not started again
+        assert a[-1]["train_loss"] == pytest.approx(b[-1]["train_loss"], rel=1e-5)
+
+
 @pytest.mark.slow  # two torchrun launches and their one-process runs: 35-40 s
 def test_surrogate_and_eigenvectors_under_torchrun_equal_one_process(tmp_path: Path) -> None:
     """The eNTK surrogate of ``transfer`` and the eigenvector pictures of ``dynamics`` take their
