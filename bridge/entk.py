@@ -352,9 +352,8 @@ def empirical_ntk(
     passes = _plan_passes(kind, engine.sizes(), outputs, (memory_budget // 2 - factor_bytes) // (samples * itemsize))
     if engine.dense or engine.convs:
         passes.insert(0, _Pass(None, None))  # the structured layers' pass
-    passes = distributed.share(passes)  # under torchrun each rank sums its share; all-reduced below
     activations = activation_elements(net, a[:1])
-    batch = [
+    batch = [  # of every pass on every rank: a budget too small for one is refused alike everywhere
         _sub_batch_size(
             _kept(p, engine, outputs),
             activations,
@@ -365,6 +364,9 @@ def empirical_ntk(
         )
         for p in passes
     ]
+    # under torchrun each rank sums its share of the passes; all-reduced below
+    mine = distributed.share(list(zip(passes, batch, strict=True)))
+    passes, batch = [step for step, _ in mine], [size for _, size in mine]
 
     shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
     trailing = {"full": (outputs, outputs), "class-blocks": (outputs,)}.get(kind.name, ())

@@ -158,6 +158,20 @@ def test_two_nodes_through_the_rendezvous_flags(tmp_path: Path) -> None:
         np.testing.assert_allclose(two["kernel"], one["kernel"], rtol=1e-10, atol=1e-10)
 
 
+def test_a_budget_too_small_is_refused_by_every_process(tmp_path: Path) -> None:
+    """Every process checks every pass's memory, not only its share's: the one that holds the
+    pass too large no longer raises alone while the other waits in the all-reduce (on gloo, a
+    connection error and a traceback; on NCCL, a hang until torchrun kills it)."""
+    import subprocess
+
+    flags = ["entk", "--data", "digits", "--model", "fc2", "--width", "8192", "--points", "20"]
+    flags += ["--memory-budget", "1", "--quiet", "--out", str(tmp_path / "out")]
+    done = subprocess.run([*_torchrun(2), *flags], capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert done.stderr.count("ntkrobust: error: --memory-budget 1: memory budget of") == 2, done.stderr[-2000:]
+    assert "Connection closed" not in done.stderr and not (tmp_path / "out").exists()
+
+
 def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
