@@ -408,15 +408,15 @@ def train_epoch(
         sums += torch.stack([loss.detach().double() * yb.shape[0] / replicas, (logits.argmax(1) == yb[part]).sum()])
         seen += yb.shape[0]
         if step % READ_EVERY == 0 or b == batches - 1:
-            total_loss, correct = sums.tolist()
+            # the sums over every process's rows (the same reads on each: one decides as all do
+            # whether the loss diverged), reduced where they live: NCCL reduces GPU tensors only
+            total_loss, correct = (distributed.all_reduce_sum(sums.clone()) if replicas > 1 else sums).tolist()
             if not math.isfinite(total_loss):
                 raise FloatingPointError(f"the training loss became {total_loss} by step {step} (epoch {epoch})")
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         if after_step is not None:
             after_step(step)
             model.train()
-    if replicas > 1:  # the epoch's sums over every process's rows, reduced where they live: NCCL
-        total_loss, correct = distributed.all_reduce_sum(sums).tolist()  # reduces GPU tensors only
     return {
         "mode": mode,
         "train_loss": total_loss / max(seen, 1),

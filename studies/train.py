@@ -503,6 +503,8 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         )
     except (RunFolderError, DataError) as err:
         raise StudyError(str(err)) from None
+    except FloatingPointError as err:  # diverged: the epochs before it are saved, the message says so
+        raise StudyError(f"{err}: the run diverged; try a smaller --lr (the finished epochs are kept)") from None
     if settings.final_eval == "autoattack":
         history["final_evaluation"] = _final_evaluation(settings, net["model"], data, threat.eps, device)
     peak = peak_gpu_memory()

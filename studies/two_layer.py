@@ -156,18 +156,21 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
     )
     clock.mark("machine", f"data and the two-layer NTK machine ({machine.n_train} train)")
     x_test, y_test = data.x_test, data.y_test
-    result = two_layer_experiment(
-        data.x_train,
-        machine.targets,
-        x_test,
-        task_indices(y_test, data.classes),
-        config,
-        spec,
-        match_time=lambda outputs: matching_time(machine, outputs),
-        kernel_at=_kernel_at(machine, x_test, y_test, spec),
-        device=device,
-        progress=progress,
-    )
+    try:
+        result = two_layer_experiment(
+            data.x_train,
+            machine.targets,
+            x_test,
+            task_indices(y_test, data.classes),
+            config,
+            spec,
+            match_time=lambda outputs: matching_time(machine, outputs),
+            kernel_at=_kernel_at(machine, x_test, y_test, spec),
+            device=device,
+            progress=progress,
+        )
+    except FloatingPointError as err:  # names the epoch and the learning rate: one line
+        raise StudyError(str(err)) from None
     clock.mark("experiment", f"{len(result.nets)} net(s) trained and compared at {len(measured)} epochs")
     theory = theory_time_per_epoch(settings.lr, machine.n_train)
     nets = [{**net, "checkpoint": f"net_w{net['width']}_s{net['seed']}.pt"} for net in result.nets]

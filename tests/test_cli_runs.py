@@ -224,3 +224,17 @@ def test_features_prints_its_warnings(tmp_path, run_cli):
     code, _, stderr = run_cli([*argv, "--out", tmp_path / "out"])
     assert code == 0, stderr
     assert "ntkrobust: warning: fc2: Gram matrix is numerically singular" in stderr
+
+
+@pytest.mark.parametrize("command", ["train", "two-layer"])
+def test_a_diverging_run_is_one_line(tmp_path, run_cli, command):
+    """A learning rate that makes the loss overflow ends the run with one line and status 2, not
+    a traceback; train keeps its finished epochs, two-layer writes nothing."""
+    out = tmp_path / command
+    argv = [command, *TASK, "--lr", "1e30", "--epochs", "2", "--out", out, "--quiet"]
+    argv += ["--width", "16", "--track-kernel", "0", "--eval-n", "20"] if command == "train" else ["--width", "20"]
+    code, stdout, stderr = run_cli(argv)
+    assert code == 2 and stdout == "" and "Traceback" not in stderr
+    assert len(stderr.splitlines()) == 1 and "diverged" in stderr, stderr
+    assert ("try a smaller --lr" if command == "train" else "learning rate 1e+30 too large") in stderr
+    assert (out / "checkpoints" / "epoch_001.pt").is_file() if command == "train" else not out.exists()

@@ -279,6 +279,39 @@ def test_two_processes_train_to_the_weights_of_one(tmp_path: Path) -> None:
                     np.testing.assert_allclose(found[key], value, rtol=1e-10, atol=1e-12, err_msg=f"{name} {key}")
 
 
+def _diverging_rank(rank: int, world: int, port: int, out: str) -> None:
+    from ntkrobust.bridge.training import TrainConfig, make_optimizer, replicated, train_epoch
+
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
+    distributed.init_from_environment()
+    try:
+        model = build_model(model_config("fc2", (1, 8, 8), 3, width=8, seed=0))
+        x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        x[-1] = float("inf")  # a row of the second process's share: its loss alone is not finite
+        y = torch.arange(8) % 3
+        config = TrainConfig(mode="standard", epochs=1, batch_size=8)  # one batch: every step is read
+        model, replica = replicated(model, torch.device("cpu"))
+        try:
+            train_epoch(model, make_optimizer(model, config), x, y, config, 1, replica=replica)
+            outcome = "finished"
+        except FloatingPointError as error:
+            outcome = str(error)
+        (Path(out) / f"rank{rank}.txt").write_text(outcome)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_loss_that_diverges_on_one_process_stops_every_process(tmp_path: Path) -> None:
+    """The loss is read summed over the processes, so all of them decide alike that it diverged;
+    before, the one holding the non-finite rows raised alone and the other failed (gloo) or would
+    wait (NCCL) in the epoch's all-reduce."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_diverging_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outcomes = {(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
+    assert outcomes == {"the training loss became nan by step 1 (epoch 1)"}, outcomes
+
+
 def test_train_under_torchrun_and_resumed_in_one_process(tmp_path: Path) -> None:
     """``torchrun --nproc-per-node 2 -m ntkrobust train`` writes one run (rank 0) with the history
     of a one-process run (float32: 1e-5); resumed on one process it continues to the same weights."""
