@@ -95,6 +95,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     import torch
 
     from ntkrobust.attacks import AttackSpec
+    from ntkrobust.bridge import distributed
     from ntkrobust.bridge.adversarial import pgd_examples, predict
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.entk import BudgetError, auto_memory_budget, empirical_ntk, with_batch_statistics
@@ -138,6 +139,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     budget = auto_memory_budget(device) if settings.memory_budget is None else settings.memory_budget * 2**20
+    budget = distributed.agreed_minimum(budget, device)  # the one every process plans with (and recorded)
     try:
         kernel = empirical_ntk(net, x_kernel, kind=kind, memory_budget=budget, progress=progress)
     except BudgetError as err:
