@@ -269,7 +269,10 @@ def _load_raw(spec: str, *, root: str | Path | None, download: bool, want_train:
             raise DataError(f"--data {spec} needs --data-root (the folder holding its files)")
         root = Path(root)
         if download:
-            _download(spec, root)
+            from ntkrobust.bridge import distributed  # torch, as torchvision's download needs it anyway
+
+            with distributed.main_first():  # under torchrun: rank 0 downloads, the others find the files
+                _download(spec, root)
         if not root.is_dir():
             raise DataError(f"data root {root} does not exist or is not a folder")
         readers = {"mnist": _mnist, "cifar10": _cifar10, "cifar100": _cifar100}

@@ -12,8 +12,9 @@ single-process kernel up to the order of the float64 sums. Only rank 0 writes fi
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 import torch
@@ -28,6 +29,7 @@ __all__ = [
     "init_from_environment",
     "is_main",
     "launched",
+    "main_first",
     "rank",
     "rows",
     "share",
@@ -115,6 +117,30 @@ def summed_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     ``torch.distributed.nn.functional.all_reduce`` does the same and is deprecated; its
     replacement differentiates only in recent versions."""
     return _SumOverProcesses.apply(tensor) if active() else tensor
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the body, then the other ranks do (in one process: just the body): work on
+    files every rank then reads, such as a download into the shared ``--data-root``, which the
+    ranks would otherwise write over each other. Rank 0 releases the others even when its body
+    fails, so they fail on their own rather than wait."""
+    if not active():
+        yield
+        return
+    if not is_main():
+        _barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            _barrier()
+
+
+def _barrier() -> None:
+    # NCCL's barrier is told the device (set from LOCAL_RANK), or torch warns that it guesses
+    nccl = dist.get_backend() == "nccl"
+    dist.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
 
 
 def from_main(value: T) -> T:

@@ -158,6 +158,40 @@ def test_two_nodes_through_the_rendezvous_flags(tmp_path: Path) -> None:
         np.testing.assert_allclose(two["kernel"], one["kernel"], rtol=1e-10, atol=1e-10)
 
 
+def _main_first_rank(rank: int, world: int, port: int, out: str) -> None:
+    import time
+
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
+    distributed.init_from_environment()
+    folder = Path(out)
+    try:
+        with distributed.main_first():  # a slow writer: rank 1 must find the whole file
+            if rank == 0:
+                time.sleep(1.0)
+                (folder / "data.txt").write_text("complete")
+            else:
+                (folder / "seen.txt").write_text((folder / "data.txt").read_text())
+        try:
+            with distributed.main_first():  # rank 0 fails: rank 1 is released, not left waiting
+                if rank == 0:
+                    raise OSError("no network")
+                (folder / "released.txt").write_text("yes")
+        except OSError:
+            pass
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_rank_zero_goes_first_and_releases_the_others_when_it_fails(tmp_path: Path) -> None:
+    """``main_first`` (the download of ``--data-root`` under torchrun): rank 0's body ends before
+    the others' begin, and its failure still lets them go on."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_main_first_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "seen.txt").read_text() == "complete"
+    assert (tmp_path / "released.txt").read_text() == "yes"
+
+
 def test_a_budget_too_small_is_refused_by_every_process(tmp_path: Path) -> None:
     """Every process checks every pass's memory, not only its share's: the one that holds the
     pass too large no longer raises alone while the other waits in the all-reduce (on gloo, a
