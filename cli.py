@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import logging
 import signal
 import sys
 import threading
@@ -129,8 +130,11 @@ def run_command(args: argparse.Namespace) -> int:
         from ntkrobust.bridge import distributed
 
         distributed.init_from_environment(getattr(settings, "device", "auto"))
-        if rank != 0:
-            module.run(settings, progress=False, argv=args.argv)
+        if rank != 0:  # rank 0 says what they all would: warnings and stage lines once
+            logging.getLogger(PROG).setLevel(logging.ERROR)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StudyWarning)
+                module.run(settings, progress=False, argv=args.argv)
             return 0
     _show_stages(not args.quiet)
     with OutputLock(args.out), warnings.catch_warnings():
@@ -195,8 +199,6 @@ def _reproduce_listing(args: argparse.Namespace) -> bool:
 def _show_stages(show: bool) -> None:
     """One line per finished stage or epoch on stderr (the ``ntkrobust`` logger), in a terminal
     beside the progress bars and in a file (nohup, CI, ``| tee``) on their own."""
-    import logging
-
     logger = logging.getLogger(PROG)
     logger.handlers = [h for h in logger.handlers if not getattr(h, "ntkrobust_cli", False)]
     if show:
@@ -225,6 +227,15 @@ def _resumable(args: Any) -> str:
     return ""
 
 
+def _speaker() -> str:
+    """Who prints a final line: ``ntkrobust``, or under torchrun ``ntkrobust (rank R)`` for the
+    ranks after 0, each of which prints its own (an error may be one process's alone)."""
+    import os
+
+    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
+    return PROG if rank == "0" else f"{PROG} (rank {rank})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args: Any = None
@@ -236,15 +247,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.argv = argv
         return run_command(args)
     except (UsageError, StudyError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{_speaker()}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a folder made read-only during the run, ...
         where = f" ({err.filename})" if err.filename else ""
-        print(f"{PROG}: error: {err.strerror or err}{where}{_resumable(args)}", file=sys.stderr)
+        print(f"{_speaker()}: error: {err.strerror or err}{where}{_resumable(args)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, _Terminated) as err:
         print(
-            f"{PROG}: {'terminated' if isinstance(err, _Terminated) else 'interrupted'}{_resumable(args)}",
+            f"{_speaker()}: {'terminated' if isinstance(err, _Terminated) else 'interrupted'}{_resumable(args)}",
             file=sys.stderr,
         )
         return 143 if isinstance(err, _Terminated) else 130

@@ -202,8 +202,22 @@ def test_a_budget_too_small_is_refused_by_every_process(tmp_path: Path) -> None:
     flags += ["--memory-budget", "1", "--quiet", "--out", str(tmp_path / "out")]
     done = subprocess.run([*_torchrun(2), *flags], capture_output=True, text=True, timeout=240)
     assert done.returncode != 0
-    assert done.stderr.count("ntkrobust: error: --memory-budget 1: memory budget of") == 2, done.stderr[-2000:]
+    for speaker in ("ntkrobust", "ntkrobust (rank 1)"):
+        assert done.stderr.count(f"{speaker}: error: --memory-budget 1: memory budget of") == 1, done.stderr[-2000:]
     assert "Connection closed" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_warnings_and_stage_lines_are_said_once_under_torchrun(tmp_path: Path) -> None:
+    """Rank 0 prints the study's warnings and stage lines; the other processes, which would say
+    the same, say nothing (they printed the warnings in Python's own format)."""
+    import subprocess
+
+    flags = ["entk", "--data", "digits", "--model", "fc2", "--width", "64", "--points", "20"]
+    flags += ["--adversarial-eps", "0.3", "--pgd-steps", "3", "--out", str(tmp_path / "out")]
+    done = subprocess.run([*_torchrun(2), *flags], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("ntkrobust: warning: AE-NTK PGD: PGD can move at most") == 1, done.stderr
+    assert done.stderr.count("empirical NTK of fc2 on 20 points") == 1 and "Warning" not in done.stderr
 
 
 def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
