@@ -20,6 +20,8 @@ Shapes: x (N, C, H, W) in [0, 1]; y (N,) int64 output indices; kernels (N, N) fl
 from __future__ import annotations
 
 import contextlib
+import copy
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,13 +36,48 @@ from ntkrobust.bridge.adversarial import attack_examples, pgd_examples, predict
 from ntkrobust.bridge.entk import empirical_ntk
 from ntkrobust.kernels.metrics import kernel_metrics, trace_kernel
 
-__all__ = ["BATCHNORM_MODES", "KernelTracker", "batch_statistics", "clean_accuracy", "has_batchnorm", "pgd_accuracy"]
+__all__ = [
+    "BATCHNORM_MODES",
+    "KernelTracker",
+    "batch_statistics",
+    "clean_accuracy",
+    "has_batchnorm",
+    "pgd_accuracy",
+    "single_value_batchnorms",
+]
 
 BATCHNORM_MODES = ("running", "batch")
 
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def single_value_batchnorms(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The BatchNorm layers that, training, normalise with the batch's statistics over one value
+    per channel per example (1 × 1 maps, or a BatchNorm1d): a batch of one example leaves them a
+    single value, which torch refuses. Found by a forward pass of ``x`` (two or more examples)
+    through a copy of ``model`` in train mode (a linearized net's frozen parent stays in eval)."""
+    net = copy.deepcopy(model).train()
+    found: list[str] = []
+
+    def seen(name: str):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            batch_statistics = module.training or getattr(module, "running_mean", None) is None
+            if batch_statistics and math.prod(args[0].shape[2:]) == 1:
+                found.append(name)
+
+        return hook
+
+    norms = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    hooks = [m.register_forward_pre_hook(seen(name)) for name, m in norms]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
 
 
 @contextlib.contextmanager

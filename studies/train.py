@@ -198,6 +198,24 @@ def _check_augmentation(settings: TrainSettings, image_shape: tuple[int, ...]) -
         raise StudyError(f"--augment {err}") from None
 
 
+def _check_last_batch(settings: TrainSettings, model: Any, data: Any) -> None:
+    """A last mini-batch of one example is refused before training where a BatchNorm layer would
+    normalise it over a single value per channel (torch raises there, mid-run)."""
+    n = data.x_train.shape[0]
+    if n % settings.batch_size != 1:
+        return
+    import torch
+
+    from ntkrobust.bridge.tracking import single_value_batchnorms
+
+    layers = single_value_batchnorms(model, torch.as_tensor(data.x_train[:2]))
+    if layers:
+        raise StudyError(
+            f"--batch-size {settings.batch_size} leaves a last batch of one of the {n} training points, and "
+            f"BatchNorm {layers[0]} would normalise it over one value per channel: choose another --batch-size"
+        )
+
+
 def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any, dict[str, Any]]:
     """The parent network, config and checkpoint payload of ``linearize_from``, checked."""
     from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
@@ -466,6 +484,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
 
     device = torch_device(settings.device)
     net = _network(settings, data)
+    _check_last_batch(settings, net["model"], data)
     config = net["config"]
     train, tracking = _configs(settings, threat)
     label = f"{config.model} {settings.mode}" + (

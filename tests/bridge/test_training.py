@@ -208,6 +208,22 @@ def test_batch_statistics_evaluation_is_train_mode_batchnorm_without_side_effect
     assert norm.momentum == 0.1 and not model.training
 
 
+def test_single_value_batchnorms_are_those_on_one_by_one_maps():
+    """ResNet-18 on 8 x 8 images: its last stage's maps are 1 x 1, so a one-example batch gives
+    its BatchNorm one value per channel; on 32 x 32 none; a linearized net's BatchNorm is frozen."""
+    from ntkrobust.bridge.linearized import LinearizedNetwork
+    from ntkrobust.bridge.tracking import single_value_batchnorms
+
+    small = build_model(model_config("resnet18", (3, 8, 8), 3, width=2, seed=0)).eval()
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    found = single_value_batchnorms(small, torch.rand(2, 3, 8, 8))
+    assert found and all(name.startswith("layer4.") for name in found) and "layer4.0.bn1" in found
+    assert not small.training and all(torch.equal(v, small.state_dict()[k]) for k, v in before.items())  # a copy ran
+    large = build_model(model_config("resnet18", (3, 32, 32), 3, width=2, seed=0))
+    assert single_value_batchnorms(large, torch.rand(2, 3, 32, 32)) == []
+    assert single_value_batchnorms(LinearizedNetwork(small), torch.rand(2, 3, 8, 8)) == []
+
+
 def test_batch_statistics_do_not_move_running_ones():
     config = model_config("resnet18", (3, 8, 8), 3, width=4, seed=0)
     model = build_model(config).eval()

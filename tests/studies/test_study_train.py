@@ -136,6 +136,10 @@ BAD = {
     "stage-2 BN of a linearized net": ({"stage2_batchnorm": "train"}, "--stage2-batchnorm train applies to"),
     "unknown estimator": ({"estimator": "hutch"}, "kernel kind must be full, class-blocks"),
     "full kernel estimated": ({"estimator": "rademacher:2", "track_full": True}, "--estimator estimates the trace"),
+    "a last batch of one through 1x1 BatchNorm": (
+        {"model": "resnet18", "width": 2, "batch_size": 99},
+        "--batch-size 99 leaves a last batch of one of the 100 training points, and BatchNorm layer4.0.bn1",
+    ),
 }
 
 
