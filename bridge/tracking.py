@@ -34,6 +34,7 @@ from torch import nn
 from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge.adversarial import attack_examples, pgd_examples, predict
 from ntkrobust.bridge.entk import empirical_ntk
+from ntkrobust.bridge.jacobians import forward_pass
 from ntkrobust.kernels.metrics import kernel_metrics, trace_kernel
 
 __all__ = [
@@ -70,13 +71,7 @@ def single_value_batchnorms(model: nn.Module, x: torch.Tensor) -> list[str]:
         return hook
 
     norms = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    hooks = [m.register_forward_pre_hook(seen(name)) for name, m in norms]
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    forward_pass(net, x, [m.register_forward_pre_hook(seen(name)) for name, m in norms])
     return found
 
 
