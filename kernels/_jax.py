@@ -115,6 +115,22 @@ def _defer_tensorflow_half_of_neural_tangents() -> None:
     sys.modules[name] = stand_in
 
 
+def _one_gpu_per_process() -> None:
+    """Under torchrun (several processes, one GPU each from ``LOCAL_RANK``), this process's JAX
+    takes only its own GPU, and allocates as it goes. By default every process's JAX would shard
+    over every GPU of the node and take 75% of each one's memory when it starts: the second
+    process, or torch on the same GPU, would run out of memory. A user's own settings (the
+    ``jax_cuda_visible_devices`` flag set before, ``XLA_PYTHON_CLIENT_PREALLOCATE``) are left
+    alone. Called before JAX makes its backends, which read both."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "LOCAL_RANK" not in os.environ:
+        return
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if jax.config.read("jax_cuda_visible_devices") == "all":
+        jax.config.update("jax_cuda_visible_devices", os.environ["LOCAL_RANK"])
+
+
 load_triton_first()
 _defer_tensorflow_half_of_neural_tangents()
 
@@ -123,6 +139,8 @@ import jax.numpy as jnp  # noqa: E402
 import neural_tangents as nt  # noqa: E402
 from jax.experimental import enable_x64 as _enable_x64  # noqa: E402
 from neural_tangents import stax  # noqa: E402
+
+_one_gpu_per_process()
 
 
 def x64_enabled() -> bool:

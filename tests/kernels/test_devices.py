@@ -90,3 +90,29 @@ def test_two_devices_give_the_one_device_results(tmp_path: Path) -> None:
     assert list(one.pop("feature_devices")) == [1] and list(two.pop("feature_devices")) == [2]  # feature pairs too
     for name, value in one.items():
         np.testing.assert_allclose(two[name], value, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+_TORCHRUN_PROBE = r"""
+import os
+from ntkrobust.kernels import _jax
+print(_jax.jax.config.read("jax_cuda_visible_devices"), os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+"""
+
+
+def test_under_torchrun_each_process_takes_its_own_gpu(tmp_path: Path) -> None:
+    """A process of a torchrun launch gives JAX only its own GPU (``LOCAL_RANK``) and no
+    preallocation: N processes would otherwise each shard over every GPU and take 75% of each.
+    Alone, or with the user's own settings, nothing changes."""
+
+    def probe(**env: str) -> str:
+        clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "LOCAL_RANK", "RANK")}
+        clean.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
+        done = subprocess.run(
+            [sys.executable, "-c", _TORCHRUN_PROBE], env=clean | env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    assert probe(WORLD_SIZE="2", LOCAL_RANK="1") == "1 false"
+    assert probe() == "all None"
+    assert probe(WORLD_SIZE="2", LOCAL_RANK="1", XLA_PYTHON_CLIENT_PREALLOCATE="true") == "1 true"
