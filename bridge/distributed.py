@@ -1,5 +1,5 @@
 """torch.distributed for the torch half: the process group of a ``torchrun`` launch, and the
-one collective the empirical NTK needs.
+few collectives the commands need.
 
 ``torchrun --nproc-per-node N -m ntkrobust entk ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR`` / ``MASTER_PORT`` set; ``init_from_environment`` joins them into
@@ -8,6 +8,12 @@ parameter groups, Θ = Σ_g J_g(X1) J_g(X2)ᵀ, so each rank computes the passes
 gives it and one ``all_reduce_sum`` assembles the kernel on every rank, equal to the
 single-process kernel up to the order of the float64 sums. Only rank 0 writes files
 (``is_main``).
+
+Every rank must make the same collectives in the same order, so whatever decides how the work is
+cut or whether it goes on is made equal first: a budget each rank measures itself
+(``agreed_minimum``), a decision from files rank 0 writes (``from_main``), a loss read summed
+(``all_reduce_sum``). ``summed_over_processes`` is the differentiable sum (BatchNorm over the
+global batch); ``main_first`` lets rank 0 write shared files (a download) before the others read.
 """
 
 from __future__ import annotations
