@@ -169,19 +169,23 @@ def _check_output(args: argparse.Namespace) -> None:
 DISTRIBUTED_COMMANDS = ("entk", "train", "transfer", "dynamics")
 
 
-def _launch_rank(command: str) -> int | None:
+def _rank_in_launch() -> int | None:
     """This process's rank when torchrun (or another launcher) started it as one of several
-    (None otherwise); a command that does not share its work is refused there."""
+    (None otherwise), from the launcher's environment: known before any process group exists."""
     import os
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if command not in DISTRIBUTED_COMMANDS:
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
+def _launch_rank(command: str) -> int | None:
+    """``_rank_in_launch``, where a command that does not share its work is refused."""
+    rank = _rank_in_launch()
+    if rank is not None and command not in DISTRIBUTED_COMMANDS:
         raise UsageError(
             f"{command} does not share its work under torchrun yet (only {', '.join(DISTRIBUTED_COMMANDS)}); "
             "run it as one process"
         )
-    return int(os.environ.get("RANK", "0"))
+    return rank
 
 
 def _reproduce_listing(args: argparse.Namespace) -> bool:
@@ -230,10 +234,8 @@ def _resumable(args: Any) -> str:
 def _speaker() -> str:
     """Who prints a final line: ``ntkrobust``, or under torchrun ``ntkrobust (rank R)`` for the
     ranks after 0, each of which prints its own (an error may be one process's alone)."""
-    import os
-
-    rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
-    return PROG if rank == "0" else f"{PROG} (rank {rank})"
+    rank = _rank_in_launch()
+    return PROG if not rank else f"{PROG} (rank {rank})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

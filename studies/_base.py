@@ -47,15 +47,21 @@ def warn(notes: list[str], *texts: str | None) -> None:
             warnings.warn(text, StudyWarning, stacklevel=2)
 
 
-def peak_gpu_memory() -> float | None:
-    """MiB of GPU memory torch held at its peak in this process (None without CUDA in use); looked
-    up, not imported, so the analytic half's records stay torch-free."""
+def _torch_on_cuda() -> Any:
+    """torch, when this process has used CUDA through it (else None); looked up, not imported, so
+    the analytic half's records stay torch-free."""
     import sys
 
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return None
-    return float(torch.cuda.max_memory_allocated()) / 2**20
+    return torch
+
+
+def peak_gpu_memory() -> float | None:
+    """MiB of GPU memory torch held at its peak in this process (None without CUDA in use)."""
+    torch = _torch_on_cuda()
+    return None if torch is None else float(torch.cuda.max_memory_allocated()) / 2**20
 
 
 def gpu_precision() -> dict[str, Any] | None:
@@ -63,10 +69,8 @@ def gpu_precision() -> dict[str, Any] | None:
     later GPUs, cuDNN's float32 convolutions run in TF32 by PyTorch's default (10-bit mantissa,
     about 1e-3 relative), so float32 kernels and trainings differ from the CPU's by more than
     rounding; float64 never takes TF32."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    torch = _torch_on_cuda()
+    if torch is None:
         return None
     return {
         "name": torch.cuda.get_device_name(),
