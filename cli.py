@@ -118,7 +118,8 @@ def study_settings(args: argparse.Namespace) -> tuple[Any, Any]:
 def run_command(args: argparse.Namespace) -> int:
     """Settings from ``args``, the output checked and locked, the study run, its result saved and
     summarised. Under torchrun every process joins the group and runs the study (which shares its
-    kernels); rank 0 alone checks and locks the output, saves and prints."""
+    kernels); rank 0 alone checks and locks the output, saves and prints. Once it has finished in
+    every process, each leaves the group (``distributed.leave``)."""
     if args.command == "reproduce" and _reproduce_listing(args):
         return 0
     rank = _launch_rank(args.command)
@@ -135,6 +136,7 @@ def run_command(args: argparse.Namespace) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", StudyWarning)
                 module.run(settings, progress=False, argv=args.argv)
+            distributed.leave()
             return 0
     _show_stages(not args.quiet)
     with OutputLock(args.out), warnings.catch_warnings():
@@ -152,6 +154,8 @@ def run_command(args: argparse.Namespace) -> int:
         result.save(args.out)
     summary = result.summary() + ("" if rank is None else f" (world size {distributed.world_size()})")
     print(f"{summary}\n-> {args.out}" if "\n" in summary else f"{summary} -> {args.out}")
+    if rank is not None:
+        distributed.leave()
     return 0
 
 

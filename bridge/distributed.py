@@ -14,6 +14,7 @@ cut or whether it goes on is made equal first: a budget each rank measures itsel
 (``agreed_minimum``), a decision from files rank 0 writes (``from_main``), a loss read summed
 (``all_reduce_sum``). ``summed_over_processes`` is the differentiable sum (BatchNorm over the
 global batch); ``main_first`` lets rank 0 write shared files (a download) before the others read.
+``leave`` ends a command that finished in every process.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "init_from_environment",
     "is_main",
     "launched",
+    "leave",
     "main_first",
     "rank",
     "rows",
@@ -72,6 +74,23 @@ def init_from_environment(device: str = "auto") -> None:
     if chosen == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=chosen)
+
+
+def leave() -> None:
+    """The command finished in this process: wait until it has in every process, then leave the
+    group (nothing when there is none).
+
+    PyTorch asks every process to destroy its group at the end (since 2.4 an NCCL group left for
+    exit prints a warning per process: pending work may not have finished). The barrier first: a
+    process that tears its connections down while another still holds them (rank 0, saving) can
+    abort that one (seen once on gloo). Called on success only: after a failure another process
+    may be waiting in a collective that never completes, and the teardown would wait with it
+    (NCCL flushes pending work first); torchrun stops the others instead."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if active():
+        _barrier()
+    dist.destroy_process_group()
 
 
 def rank() -> int:

@@ -132,6 +132,26 @@ def test_entk_under_torchrun_writes_the_single_process_kernel_once(tmp_path: Pat
         np.testing.assert_allclose(two["kernel"], one["kernel"], rtol=1e-10, atol=1e-10)
 
 
+def _command_rank(rank: int, world: int, port: int, out: str) -> None:
+    from ntkrobust import cli
+
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
+    flags = ["entk", "--data", "digits", "--model", "fc2", "--width", "16", "--points", "8", "--kind", "trace"]
+    status = cli.main([*flags, "--quiet", "--out", str(Path(out) / "kernel")])
+    left = not torch.distributed.is_initialized()
+    (Path(out) / f"rank{rank}.txt").write_text(f"{status} {left}")
+
+
+def test_every_process_leaves_the_group_when_the_command_has_finished(tmp_path: Path) -> None:
+    """A command under torchrun ends with every process out of the group (on GPUs torch warns,
+    once per process, of an NCCL group left for exit): rank 0 after saving, the others after it."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_command_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == ["0 True"] * 2
+    assert (tmp_path / "kernel" / "kernel.npz").is_file()
+
+
 @pytest.mark.slow  # two torchrun launchers and one process: ~15 s
 def test_two_nodes_through_the_rendezvous_flags(tmp_path: Path) -> None:
     """Two torchrun launchers with ``--nnodes 2`` and c10d rendezvous (two "nodes" on this host,
