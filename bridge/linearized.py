@@ -166,9 +166,9 @@ class CenteredStandardNetwork(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            f0 = self.spawn(x)
-        return self.network(x) - f0
+        # not under no_grad: an attack's input gradient is ∇x f_θ − ∇x f_θt, the spawn's term
+        # included (its parameters are frozen, so training's gradient is ∇θ f_θ alone either way)
+        return self.network(x) - self.spawn(x)
 
     def tangent_network(self) -> nn.Module:
         """The trained network alone (a copy, eval mode): ∇θ f_cs = ∇θ f_θ, so the same kernel."""

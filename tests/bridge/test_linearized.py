@@ -403,6 +403,24 @@ def test_the_centered_standard_network_is_zero_at_spawn_and_trains_the_full_net(
     )
 
 
+def test_the_centered_standard_networks_input_gradient_takes_the_spawns_term():
+    """An attack on f_θ − f_θt follows ∇x f_θ − ∇x f_θt (it followed ∇x f_θ alone before: the
+    spawn's output was taken without gradients, and PGD on these nets was too weak)."""
+    from ntkrobust.bridge.linearized import CenteredStandardNetwork
+
+    parent = parent_network("mnist-cnn")
+    net = CenteredStandardNetwork(parent)
+    with torch.no_grad():
+        for p in net.network.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()), dtype=p.dtype))
+    x = inputs("mnist-cnn", 2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v: net(v), (x,), eps=1e-6, atol=1e-7)
+    (gradient,) = torch.autograd.grad(net(x).sum(), x)
+    (trained,) = torch.autograd.grad(net.network(x).sum(), x)
+    (spawn,) = torch.autograd.grad(parent(x).sum(), x)
+    torch.testing.assert_close(gradient, trained - spawn, rtol=1e-12, atol=1e-12)
+
+
 def test_a_checkpoint_rebuilds_the_centered_standard_network(tmp_path):
     from ntkrobust.bridge.linearized import CenteredStandardNetwork
 
