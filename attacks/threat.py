@@ -135,6 +135,10 @@ def transferability(clean_accuracy: float, transfer_accuracy: float, own_accurac
     The accuracy drop that examples made on another model cause, as a share of the drop the
     model's own (white-box) examples cause: 1 = as effective as the model's own attack, 0 = no
     effect, NaN when the own attack causes no drop (τ is undefined).
+
+    LOO's Acc is the plain accuracy on the examples; the callers here pass ``robust_accuracy``
+    with the clean predictions (a point counts only if also correct clean), which differs from it
+    by at most the clean error rate.
     """
     for name, value in (("clean", clean_accuracy), ("transfer", transfer_accuracy), ("own", own_accuracy)):
         if not 0.0 <= value <= 1.0:
