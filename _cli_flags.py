@@ -83,6 +83,15 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _seed(text: str) -> int:
+    """A seed: 0 <= seed < 2**63 (torch's and numpy's generators take no more, and --seeds and
+    --nets count up from it)."""
+    value = _non_negative_int(text)
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be below 2**63, got {value}")
+    return value
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     """'50,75' → (50, 75), each at least 1."""
     return tuple(_positive_int(item.strip()) for item in text.split(",") if item.strip())
@@ -90,7 +99,7 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def _seed_list(text: str) -> tuple[int, ...]:
     """'0,1,2' → (0, 1, 2), each at least 0."""
-    return tuple(_non_negative_int(item.strip()) for item in text.split(",") if item.strip())
+    return tuple(_seed(item.strip()) for item in text.split(",") if item.strip())
 
 
 def _attack_list(text: str) -> tuple[str, ...]:
@@ -136,7 +145,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classes", type=_class_list, help="task classes, ids or names: 'a,b' is a binary task")
     g.add_argument("--n-train", type=_positive_int, help="class-balanced training subset size (default: all)")
     g.add_argument("--n-test", type=_positive_int, help="class-balanced test subset size (default: all)")
-    g.add_argument("--seed", type=int, default=0, help="seed of subsets and random starts (default 0)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of subsets and random starts (default 0)")
 
 
 def _add_machine_flags(g: argparse._ArgumentGroup) -> None:

@@ -255,6 +255,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, StudyError) as err:
         print(f"{_speaker()}: error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        # a width or size too large for this machine: say so in one line (torch's messages run on)
+        said = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        print(
+            f"{_speaker()}: error: out of memory ({said}); try fewer points, a smaller --width or --memory-budget"
+            f"{_resumable(args)}",
+            file=sys.stderr,
+        )
+        return 2
     except OSError as err:  # a full disk, a folder made read-only during the run, ...
         where = f" ({err.filename})" if err.filename else ""
         print(f"{_speaker()}: error: {err.strerror or err}{where}{_resumable(args)}", file=sys.stderr)
@@ -268,6 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError, or torch's allocators failing (a RuntimeError on the CPU; the CUDA
+    one subclasses it), told by their messages: torch need not be imported here."""
+    text = str(err)
+    return isinstance(err, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 if __name__ == "__main__":

@@ -35,8 +35,12 @@ class DataSettings:
 
     def load(self) -> Any:
         """The ``bridge.data.Dataset``; a bad spec is a ``StudyError``."""
-        from ntkrobust.bridge.data import DataError, load_dataset
+        from ntkrobust.bridge.data import DATASETS, DataError, load_dataset
 
+        rooted = self.data in DATASETS and self.data != "digits"  # digits ships with scikit-learn
+        if not rooted and (self.data_root is not None or self.download):
+            flag = "--data-root" if self.data_root is not None else "--download"
+            raise StudyError(f"{flag} applies to mnist, cifar10 and cifar100, not to {self.data}")
         try:
             return load_dataset(
                 self.data,
@@ -84,6 +88,8 @@ class MachineSettings:
         """Every setting, before any compute; JAX is imported only when ``arch_names`` asks for a
         machine (a transfer run with torch surrogates alone builds none)."""
         check_choice(self.gradient, GRADIENTS, "--gradient")
+        if self.cache_dir is not None and not self.cache:
+            raise StudyError("--cache-dir names the Gram cache that --no-cache turns off: give one of them")
         if not (self.time >= 0):
             raise StudyError(f"--time must be >= 0 or inf, got {self.time}")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
@@ -275,6 +281,8 @@ def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:
 
     if n is not None and n > data.x_train.shape[0]:
         raise StudyError(f"{flag} {n} exceeds the {data.x_train.shape[0]} training points of the data")
+    if n is not None and n < len(data.classes):  # a class without points would drop out of the machine
+        raise StudyError(f"{flag} {n} is fewer than the {len(data.classes)} classes: each needs a training point")
     if n is None or n == data.x_train.shape[0]:
         return data
     try:

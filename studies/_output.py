@@ -39,6 +39,7 @@ def check_writable(path: Path, flag: str) -> None:
     """Refuse ``path`` when the nearest folder that exists above it (or itself) is a file or
     does not let this process create files there (tried, not guessed: root on a read-only mount,
     permissions, a full inode table)."""
+    _refuse_dangling_link(path, flag)
     if path.exists() and not path.is_dir():
         raise StudyError(f"{flag} {path} exists and is not a folder")
     ancestor = path
@@ -50,6 +51,13 @@ def check_writable(path: Path, flag: str) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".ntkrobust-check.", dir=ancestor))
     except OSError as err:
         raise StudyError(f"{flag} {path}: cannot create files in {ancestor} ({err.strerror})") from None
+
+
+def _refuse_dangling_link(path: Path, flag: str) -> None:
+    # exists() follows the link: a dangling one passes every other check, and writing the
+    # output after the compute then fails
+    if path.is_symlink() and not path.exists():
+        raise StudyError(f"{flag} {path} is a link to {os.readlink(path)}, which does not exist")
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -67,6 +75,7 @@ def check_out_file(out: Path, force: bool, *, suffix: str) -> None:
     one whose folder cannot be created."""
     if out.suffix != suffix:
         raise StudyError(f"--out must name an {suffix} file, got {out}")
+    _refuse_dangling_link(out, "--out")
     if out.is_dir():
         raise StudyError(f"--out {out} is a folder")
     if out.exists() and not force:

@@ -73,6 +73,19 @@ def _points(settings: EntkSettings, data: Any) -> tuple[np.ndarray, np.ndarray]:
     return x_all[chosen], y_all[chosen]
 
 
+def _check_batch_statistics(net: Any, inputs: Any, name: str) -> None:
+    """--batch-stats needs BatchNorm layers, and a BatchNorm of 1 x 1 maps more than one point."""
+    from ntkrobust.bridge.tracking import has_batchnorm, single_value_batchnorms
+
+    if not has_batchnorm(net):
+        raise StudyError(f"--batch-stats: {name} has no BatchNorm layers")
+    if inputs.shape[0] == 1 and (layers := single_value_batchnorms(net, inputs.repeat(2, *[1] * (inputs.dim() - 1)))):
+        raise StudyError(
+            f"--batch-stats over one point: BatchNorm {layers[0]} would normalise over one value per channel; "
+            "give --n 2 or more"
+        )
+
+
 def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | None = None) -> EntkResult:
     """The empirical NTK of the network of ``settings`` on ``settings.n`` points, and its metrics."""
     from ntkrobust.bridge.entk import KernelKind
@@ -88,6 +101,8 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     eps = settings.adversarial_eps
     if eps is not None and not 0 < eps <= 1:
         raise StudyError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {eps:g}")
+    if eps is None and (settings.pgd_step is not None or settings.pgd_steps is not None):
+        raise StudyError("--pgd-step and --pgd-steps set the AE-NTK's attack: give --adversarial-eps too")
     clock = Clock()
     data = settings.data.load()
     seed = settings.data.seed
@@ -117,6 +132,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     inputs = torch.as_tensor(x_clean, device=device, dtype=dtype)
     labels = torch.as_tensor(targets, device=device)
     if settings.batch_stats:
+        _check_batch_statistics(net, inputs, config.model)
         net = with_batch_statistics(net, inputs)
     clean_pred = predict(net, inputs)
     adversarial: dict[str, Any] | None = None

@@ -222,6 +222,11 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
     n_test = data.x_test.shape[0]
     if r_values:
         val_idx, eval_idx = stratified_halves(data.y_test, settings.data.seed)
+        if eval_idx.size == 0:  # one held-out point per class: all of them rank, none evaluate
+            raise StudyError(
+                f"--robust-r ranks the features on half of the {n_test} held-out points and evaluates on the "
+                "other half, which is empty: give --n-test at least two points per class"
+            )
     else:
         val_idx, eval_idx = np.arange(n_test), np.arange(0)
     image, label = data.x_test[settings.image_index], data.y_test[settings.image_index]

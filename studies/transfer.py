@@ -94,23 +94,35 @@ def _tau_text(tau: float | None) -> str:
     return f"{tau:.2f}" if tau is not None and math.isfinite(tau) else "undefined"
 
 
+def _surrogate_configs(settings: TransferSettings, data: Any) -> dict[str, Any]:
+    """The network config of every ``--surrogate`` MODEL[:WIDTH], checked against the data (and
+    --surrogate-n against its training points) before any compute."""
+    from ntkrobust.bridge.models import ModelError, check_fits, model_config, parse_model_name
+
+    check_unique(list(settings.surrogate), "--surrogate", "a surrogate")
+    configs = {}
+    for spec in settings.surrogate:
+        try:
+            name, width = parse_model_name(spec)
+            config = model_config(name, data.image_shape, len(data.classes), width=width, seed=settings.data.seed)
+            check_fits(config, data.image_shape)
+            configs[spec] = config
+        except ModelError as err:
+            raise StudyError(str(err)) from None
+    if configs:
+        training_subset(data, settings.surrogate_n, settings.data.seed, "--surrogate-n")
+    return configs
+
+
 def _surrogate_examples(
-    settings: TransferSettings, spec: str, data: Any, attack: Any, device: Any, progress: bool
+    settings: TransferSettings, config: Any, data: Any, attack: Any, device: Any, progress: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """White-box examples of an empirical-NTK kernel machine (TK supp. B) and its fit record."""
     from ntkrobust.bridge.data import task_indices
-    from ntkrobust.bridge.models import ModelError, check_fits, model_config, parse_model_name
     from ntkrobust.bridge.surrogate import fit_empirical_kernel_machine, initial_networks
     from ntkrobust.bridge.transfer import white_box_examples
 
-    seed = settings.data.seed
-    try:
-        name, width = parse_model_name(spec)
-        config = model_config(name, data.image_shape, len(data.classes), width=width, seed=seed)
-        check_fits(config, data.image_shape)
-    except ModelError as err:
-        raise StudyError(str(err)) from None
-    fit_data = training_subset(data, settings.surrogate_n, seed, "--surrogate-n")
+    fit_data = training_subset(data, settings.surrogate_n, settings.data.seed, "--surrogate-n")
     networks = [net.to(device) for net in initial_networks(config, settings.surrogate_nets)]
     machine = fit_empirical_kernel_machine(
         networks,
@@ -127,9 +139,16 @@ def _surrogate_examples(
 
 
 def _black_box_sources(
-    settings: TransferSettings, arch_names: Sequence[str], data: Any, attack: Any, device: Any, progress: bool
+    settings: TransferSettings,
+    arch_names: Sequence[str],
+    surrogates: dict[str, Any],
+    data: Any,
+    attack: Any,
+    device: Any,
+    progress: bool,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], list[str], int]:
-    """Examples of every NTK machine and eNTK surrogate, what made them, warnings, kernel n."""
+    """Examples of every NTK machine and eNTK surrogate (``_surrogate_configs``), what made them,
+    warnings, kernel n."""
     from ntkrobust.attacks import robust_accuracy
 
     x_test, y_test = data.x_test, data.y_test
@@ -152,9 +171,9 @@ def _black_box_sources(
             "kernel_clean_accuracy": robust_accuracy(clean, y_test),
             "kernel_robust_accuracy": robust_accuracy(machine.predict(examples), y_test, clean),
         }
-    for spec in settings.surrogate:
+    for spec, config in surrogates.items():
         name = f"eNTK {spec}"
-        sources[name], fit = _surrogate_examples(settings, spec, data, attack, device, progress)
+        sources[name], fit = _surrogate_examples(settings, config, data, attack, device, progress)
         about[name] = {"kind": "entk-surrogate", **fit}
     return sources, about, notes, int(kernel_data.x_train.shape[0])
 
@@ -206,6 +225,8 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     attack = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
     attack_notes: list[str] = []
     warn(attack_notes, *attack.notes(data.image_shape[0]))
+    surrogates = _surrogate_configs(settings, data)
+    training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n")  # refused now, not after the nets load
 
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
@@ -217,7 +238,9 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     x_test, y_test = data.x_test, data.y_test
     y_index = task_indices(y_test, data.classes)
     clock.mark("targets", f"data and {len(nets)} net(s) loaded")
-    sources, about, notes, kernel_n = _black_box_sources(settings, arch_names, data, attack, device, progress)
+    sources, about, notes, kernel_n = _black_box_sources(
+        settings, arch_names, surrogates, data, attack, device, progress
+    )
     notes[:0] = attack_notes
     clock.mark("black_box", f"black-box examples of {len(sources)} source(s)")
     for i, net in enumerate(nets):

@@ -154,6 +154,8 @@ BAD_FLAGS = {
     "features architecture": (["features", "--arch", "resnet"], "invalid choice"),
     "model and checkpoint": (["entk", "--model", "fc1", "--checkpoint", "n.pt"], "not allowed with"),
     "unknown mode": (["train", "--mode", "free"], "invalid choice: 'free'"),
+    "negative seed": (["attack", "--seed", "-1"], "--seed: must be at least 0"),
+    "seed too large": (["train", "--seeds", f"0,{2**63}"], "--seeds: must be below 2**63"),
     "no runs": (["dynamics"], "the following arguments are required: RUN_DIR"),
     "no target": (["transfer"], "the following arguments are required: --target"),
 }
@@ -181,6 +183,57 @@ def test_study_errors_are_one_line_exit_2_and_write_nothing(command, assert_refu
     assert_refused(*STUDY_ERRORS[command])
 
 
+#: refused before the compute that used to come first (found by review: each was refused after
+#: the kernel machines' fit and attacks, or failed with a traceback)
+BEFORE_THE_COMPUTE = {
+    "unknown surrogate": (["--surrogate", "alexnet"], "unknown model 'alexnet'"),
+    "repeated surrogate": (["--surrogate", "fc2", "--surrogate", "fc2"], "--surrogate repeats a surrogate"),
+    "surrogate-n": (["--surrogate", "fc2", "--surrogate-n", "5000"], "--surrogate-n 5000 exceeds"),
+    "kernel-n below the classes": (["--kernel-n", "5"], "--kernel-n 5 is fewer than the 10 classes"),
+    "a cache turned off": (["--no-cache", "--cache-dir", "c"], "--cache-dir names the Gram cache that --no-cache"),
+}
+
+
+@pytest.mark.parametrize("case", list(BEFORE_THE_COMPUTE))
+def test_transfer_checks_its_sources_before_the_compute(case, assert_refused, monkeypatch):
+    monkeypatch.setattr("ntkrobust.studies.transfer.load_targets", _never_reached)
+    flags, message = BEFORE_THE_COMPUTE[case]
+    assert_refused(["transfer", "--target", "t.pt", *flags], message)
+
+
+ENTK_FLAGS_THAT_DO_NOTHING = {
+    "batch statistics without BatchNorm": (["--model", "fc2", "--batch-stats"], "fc2 has no BatchNorm layers"),
+    "batch statistics of one point": (
+        ["--model", "resnet18", "--width", "2", "--batch-stats", "--n", "1"],
+        "would normalise over one value per channel",
+    ),
+    "an attack without eps": (["--model", "fc2", "--pgd-steps", "3"], "give --adversarial-eps too"),
+}
+
+
+ENTK_FLAGS_THAT_DO_NOTHING |= {
+    "a data root for digits": (["--data-root", "somewhere"], "--data-root applies to mnist, cifar10 and cifar100"),
+    "a download of an npz": (["--data", "d.npz", "--download"], "--download applies to mnist, cifar10 and cifar100"),
+}
+
+
+@pytest.mark.parametrize("case", list(ENTK_FLAGS_THAT_DO_NOTHING))
+def test_entk_refuses_flags_it_would_ignore_or_fail_on(case, assert_refused, monkeypatch):
+    monkeypatch.setattr("ntkrobust.bridge.entk.empirical_ntk", _never_reached)
+    flags, message = ENTK_FLAGS_THAT_DO_NOTHING[case]
+    assert_refused(["entk", *flags], message)
+
+
+def test_features_refuses_an_empty_evaluation_half_before_the_compute(assert_refused, monkeypatch):
+    monkeypatch.setattr("ntkrobust.studies.features._one_architecture", _never_reached)
+    flags = ["--n-train", "30", "--n-features", "5", "--n-test", "10", "--robust-r", "1"]
+    assert_refused(["features", *flags], "evaluates on the other half, which is empty")
+
+
+def _never_reached(*args, **kwargs):
+    raise AssertionError("the compute started before the check")
+
+
 def test_make_npz_refuses_bad_data_as_one_line(tmp_path, run_cli):
     code, _, stderr = run_cli(["make-npz", "--data", "imagenet", "--out", tmp_path / "d.npz"])
     assert code == 2 and stderr.count("\n") == 1 and "unknown dataset 'imagenet'" in stderr
@@ -194,6 +247,28 @@ def test_an_interrupt_exits_130(run_cli, tmp_path, monkeypatch):
     monkeypatch.setattr("ntkrobust.studies.attack.run", interrupted)
     code, _, stderr = run_cli(["attack", "--out", tmp_path / "out"])
     assert code == 130 and stderr == "ntkrobust: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1600000 bytes")],
+)
+def test_running_out_of_memory_is_one_line(error, run_cli, tmp_path, monkeypatch):
+    def too_large(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("ntkrobust.studies.attack.run", too_large)
+    code, _, stderr = run_cli(["attack", "--out", tmp_path / "out"])
+    assert code == 2 and stderr.count("\n") == 1 and "error: out of memory (" in stderr, stderr
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(run_cli, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr("ntkrobust.studies.attack.run", broken)
+    with pytest.raises(RuntimeError, match="mat1"):
+        run_cli(["attack", "--out", tmp_path / "out"])
 
 
 # -- the output, checked before the study runs ---------------------------------------------------
@@ -235,6 +310,17 @@ def test_an_out_that_is_a_file_is_refused(command, tmp_path, run_cli, monkeypatc
     code, _, stderr = run_cli([command, "--force", "--out", out])
     assert code == 2 and stderr.count("\n") == 1 and "exists and is not a folder" in stderr
     assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", ["attack", "train", "make-npz"])
+def test_an_out_that_is_a_dangling_link_is_refused(command, tmp_path, run_cli, monkeypatch):
+    """exists() follows a link: a dangling --out passed every check and failed after the compute."""
+    _no_compute(monkeypatch, command)
+    out = tmp_path / ("results.npz" if command == "make-npz" else "results")
+    out.symlink_to(tmp_path / "gone" / "folder")
+    code, _, stderr = run_cli([command, "--out", out])
+    assert code == 2 and stderr.count("\n") == 1 and "which does not exist" in stderr, stderr
+    assert out.is_symlink() and not (tmp_path / "gone").exists()
 
 
 def test_make_npz_refuses_to_overwrite(tmp_path, run_cli):
