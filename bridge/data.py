@@ -21,6 +21,7 @@ Downloads happen only with ``download=True`` (through torchvision, online).
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import zlib
 from collections.abc import Sequence
@@ -233,6 +234,8 @@ def _to_images(x: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what} has shape {x.shape}, which looks like NHWC; transpose it to NCHW")
     if x.shape[0] == 0:
         raise DataError(f"{what} holds no images")
+    if 0 in x.shape[1:]:  # images of no pixels: nothing to reduce over, nothing to learn from
+        raise DataError(f"{what} has shape {x.shape}: images with a zero-size dimension")
     if x.dtype.kind == "f":
         if not np.all(np.isfinite(x)):
             raise DataError(f"{what} contains NaN or infinite values")
@@ -302,8 +305,22 @@ def _npz(path: Path) -> dict[str, Any]:
     except NpzError as error:
         raise DataError(f"cannot read {path} as an .npz of plain arrays: {error}") from None
     if "label_names" in out:
-        out["label_names"] = [str(s) for s in out["label_names"]]
+        out["label_names"] = _label_names(out["label_names"], str(path))
     return out
+
+
+def _label_names(names: Any, where: str, key: str = "label_names") -> list[str]:
+    """One name per class id, in order: a 1-D array or list of strings (bytes decoded), or of
+    numbers; anything else (a single string, a table, objects) is refused."""
+    try:
+        array = np.asarray(names)
+    except ValueError:  # ragged nested lists
+        array = np.asarray(None)
+    if array.ndim != 1 or array.dtype.kind not in "USiu":
+        raise DataError(
+            f"{where}: {key} must be a list of names, one per class id; got {array.dtype} of shape {array.shape}"
+        )
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in array.tolist()]
 
 
 _MNIST_FILES = {
@@ -333,7 +350,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    if len(data) != header + int(np.prod(shape)):
+    if len(data) != header + math.prod(shape):  # Python ints: np.prod wraps around at 2**64
         raise DataError(f"{path} is truncated or corrupt (shape {shape}, {len(data)} bytes)")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -391,8 +408,27 @@ def _cifar_batch_py(path: Path, labels: str = "labels", what: str = "CIFAR-10 ba
     batch = _unpickle_dict(path, what)
     if "data" not in batch or labels not in batch:
         raise DataError(f"{path} is not a {what} file (no data/{labels})")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    return data.reshape(-1, 3, 32, 32), np.asarray(batch[labels], dtype=np.int64)
+    data, ids = _integers(batch["data"], path, "data"), _integers(batch[labels], path, labels)
+    if data.ndim != 2 or data.shape[1] != 3072 or ids.shape != data.shape[:1]:
+        raise DataError(
+            f"{path} is not a {what} file: 'data' of shape {data.shape} and '{labels}' of shape {ids.shape} "
+            "(expected (N, 3072) pixels and N labels)"
+        )
+    if data.dtype != np.uint8 and data.size and (data.min() < 0 or data.max() > 255):
+        raise DataError(f"{path} is not a {what} file: pixels in [{data.min()}, {data.max()}], expected 0-255")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32), ids.astype(np.int64)
+
+
+def _integers(value: Any, path: Path, key: str) -> np.ndarray:
+    """A pickled batch's ``key`` as an integer array, or ``DataError``: a string or a ragged list
+    would otherwise be parsed (or fail) deep inside numpy's casts."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged nested lists
+        array = np.asarray(None)
+    if array.dtype.kind not in "ui":
+        raise DataError(f"{path}: '{key}' holds {type(value).__name__} {array.dtype}, not integers")
+    return array
 
 
 def _cifar_batch_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -436,7 +472,9 @@ def _cifar100_names(base: Path, binary: bool) -> list[str] | None:
     if not meta.is_file():
         return None
     listed = _unpickle_dict(meta, "CIFAR-100 meta").get("fine_label_names")
-    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in listed] if listed else None
+    if listed is None or (isinstance(listed, list | tuple) and not listed):
+        return None
+    return _label_names(listed, str(meta), "fine_label_names")
 
 
 def _cifar100_part(path: Path, binary: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -92,6 +92,8 @@ def ntk_eigenvectors(
         memory_budget = auto_memory_budget(first.device)
 
     kernel = empirical_ntk(net, xs, kind=f"class:{output}", memory_budget=memory_budget)
+    if not np.all(np.isfinite(kernel)):  # eigh would fail with a LinAlgError that names neither
+        raise ValueError("the kernel holds NaN or inf: the model's weights or the inputs are not finite")
     eigenvalues, vectors = np.linalg.eigh(kernel)  # ascending
     eigenvalues, vectors = eigenvalues[::-1][:top].copy(), vectors[:, ::-1][:, :top].copy()
     signs = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(top)])

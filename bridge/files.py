@@ -88,6 +88,7 @@ def read_npz(path: Path, keys: Sequence[str], *, required: Sequence[str] = ()) -
     if not zipfile.is_zipfile(path):
         raise NpzError("not an .npz (zip) archive, or a truncated one")
     try:
+        _check_declared_sizes(path, keys)
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in required if k not in data.files]
             if missing:
@@ -98,3 +99,61 @@ def read_npz(path: Path, keys: Sequence[str], *, required: Sequence[str] = ()) -
     # a truncated or corrupted archive (bad zip, bad CRC, a broken deflate stream), or object arrays
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise NpzError(refusal_reason(path, error)) from None
+    except MemoryError:  # arrays within the machine's memory (checked first) that still did not fit
+        raise NpzError("its arrays do not fit in this machine's memory") from None
+
+
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_declared_sizes(path: Path, keys: Sequence[str]) -> None:
+    """``NpzError`` for an array of ``keys`` whose .npy header declares more bytes than its
+    archive member holds, or than this machine's memory. numpy allocates the declared shape
+    before reading a byte of data, so a corrupt or hostile header (10^12 floats in a few bytes)
+    would otherwise end in a MemoryError (or in swapping) instead of a refusal. What a member
+    holds is the zip directory's uncompressed size; a directory forged to match the header is
+    still held to the memory bound, and reading stops with an error where the data ends."""
+    memory = _physical_memory()
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+        for key in keys:
+            info = members.get(key)
+            if info is None:
+                continue
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                except ValueError:
+                    continue  # not a .npy: np.load hands back its bytes, which the caller refuses
+                # version 3 differs from 2 only in a UTF-8 header, which an ASCII one also is
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                try:
+                    shape, _, dtype = read_header(member)
+                except (ValueError, SyntaxError, RecursionError, MemoryError, OverflowError):
+                    raise NpzError(f"{key} has an unreadable .npy header") from None
+                held = info.file_size - member.tell()
+            declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            if declared > held:
+                raise NpzError(
+                    f"{key} declares shape {shape} of {dtype} ({_bytes(declared)}) but holds {_bytes(held)}: "
+                    "a corrupt or forged array header"
+                )
+            if memory is not None and declared > memory:
+                raise NpzError(f"{key} of shape {shape} needs {_bytes(declared)}, more than this machine's memory")
+
+
+def _bytes(count: int) -> str:
+    """A byte count for a message: '812 bytes', '3.6 TiB'."""
+    size, unit = float(count), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{count} bytes" if unit == "bytes" else f"{size:.3g} {unit}"

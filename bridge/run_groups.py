@@ -22,7 +22,7 @@ import numpy as np
 from ntkrobust.bridge import runs as run_folders
 from ntkrobust.bridge.files import first_line
 from ntkrobust.bridge.runfolder import HISTORY_FILE
-from ntkrobust.bridge.runs import RunError, TrainingRun, distinct_labels, load_run, probe_images
+from ntkrobust.bridge.runs import RunError, TrainingRun, distinct_labels, inside_folder, load_run, probe_images
 from ntkrobust.kernels import metrics
 
 SEEDS_FILE = "seeds.json"
@@ -53,9 +53,10 @@ def seed_folders(path: str | Path) -> list[tuple[int, Path]] | None:
         return None
     try:
         record = json.loads(listing.read_text(encoding="utf-8"))
-        folders = [(int(entry["seed"]), path / str(entry["folder"])) for entry in record["runs"]]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        names = [(int(entry["seed"]), str(entry["folder"])) for entry in record["runs"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise RunError(f"{listing}: not the {SEEDS_FILE} of train --seeds ({first_line(error)})") from None
+    folders = [(seed, inside_folder(path, name, f"run folder of seed {seed}")) for seed, name in names]
     if not folders:
         raise RunError(f"{listing}: lists no runs")
     return folders

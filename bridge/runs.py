@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust.bridge.files import NpzError, first_line, read_npz
-from ntkrobust.bridge.runfolder import HISTORY_FILE, RunFolder
+from ntkrobust.bridge.runfolder import HISTORY_FILE, PROBE_FILE, RunFolder
 from ntkrobust.kernels import metrics
 
 KINDS = ("clean", "adversarial")
@@ -101,7 +101,10 @@ class TrainingRun:
 
     @property
     def kernel_files(self) -> list[Path]:
-        return [self.path / str(record["file"]) for record in self.kernel_records]
+        return [
+            inside_folder(self.path, str(record["file"]), f"kernel file of record {i}")
+            for i, record in enumerate(self.kernel_records)
+        ]
 
     def with_kernels(self) -> TrainingRun:
         """This run with its kernels read (itself if they already are)."""
@@ -115,8 +118,9 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
     """Read and validate the run folder ``path``; with ``kernels`` also read every tracked kernel.
 
     Raises ``RunError`` for a folder that is not a run: no history, unreadable or
-    malformed JSON, a missing or unreadable kernel or probe file, kernels whose size differs
-    from the probe's, tracked steps out of order.
+    malformed JSON, a missing or unreadable kernel or probe file, one outside the folder,
+    kernels that are not real numbers or whose size differs from the probe's, tracked steps
+    out of order.
     """
     path = Path(path)
     if not path.is_dir():
@@ -131,6 +135,10 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
         raise RunError(f"{history_path}: unreadable JSON ({error.msg} at line {error.lineno})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise RunError(f"{history_path}: unreadable ({first_line(error)})") from None
+    except RecursionError:  # arrays nested thousands deep: Python's parser recurses
+        raise RunError(f"{history_path}: unreadable JSON (nested too deeply)") from None
+    except ValueError as error:  # an integer of more digits than Python converts (4300); cut its advice
+        raise RunError(f"{history_path}: unreadable JSON ({first_line(error).split(';')[0]})") from None
     if not isinstance(history, dict):
         raise RunError(f"{history_path}: not a training history (expected a JSON object)")
     epochs = history.get("epochs")
@@ -142,12 +150,12 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
     _check_epoch_records(epochs, history_path)
     kernel_epochs = _kernel_epochs(records, history, history_path)
     if records:
-        targets, labels = _read_probe(folder.probe)
+        targets, labels = _read_probe(inside_folder(path, PROBE_FILE, "probe"))
     else:
         targets = labels = np.zeros(0, dtype=np.int64)
     class_names = _class_names(history, targets, history_path)
-    for record in records:
-        if not (path / str(record["file"])).is_file():
+    for i, record in enumerate(records):
+        if not inside_folder(path, str(record["file"]), f"kernel file of record {i}").is_file():
             raise RunError(f"{path}: missing kernel file {record['file']}")
     run = TrainingRun(
         path=path,
@@ -396,6 +404,21 @@ def _kernel_epochs(records: list[dict[str, Any]], history: dict[str, Any], where
     return np.asarray(epochs, dtype=np.float64)
 
 
+def inside_folder(folder: Path, name: str, what: str) -> Path:
+    """``folder / name``, or ``RunError`` unless it resolves (symbolic links followed) inside
+    ``folder``: the file names in a history or a seeds.json are data, and one such as
+    ``../../../etc/passwd`` or an absolute path must not make the tool read a file the user
+    never named."""
+    path = folder / name
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError, RuntimeError):  # a NUL in the name, a symbolic link loop
+        inside = False
+    if not inside:
+        raise RunError(f"{folder}: the {what}, {name!r}, lies outside this folder")
+    return path
+
+
 def _load_npz(path: Path, keys: Sequence[str], *, required: Sequence[str]) -> dict[str, np.ndarray]:
     if not path.exists():
         raise RunError(f"{path}: missing")
@@ -407,10 +430,14 @@ def _load_npz(path: Path, keys: Sequence[str], *, required: Sequence[str]) -> di
 
 def probe_images(run: str | Path) -> np.ndarray:
     """The probe images (N, C, H, W) of the run folder ``run`` (``RunError`` if unreadable)."""
-    path = RunFolder(Path(run)).probe
+    path = inside_folder(Path(run), PROBE_FILE, "probe")
     x = _load_npz(path, ("x",), required=("x",))["x"]
-    if x.ndim != 4 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.floating):
+    if x.ndim != 4 or 0 in x.shape or not np.issubdtype(x.dtype, np.floating):
         raise RunError(f"{path}: 'x' must be non-empty float images (N, C, H, W), got {x.dtype} {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise RunError(f"{path}: the probe images 'x' hold NaN or inf")
+    if x.min() < 0 or x.max() > 1:  # every image of the data contract is in [0, 1]
+        raise RunError(f"{path}: the probe images 'x' hold values in [{x.min():.3g}, {x.max():.3g}], not in [0, 1]")
     return x
 
 
@@ -445,6 +472,10 @@ def _read_kernels(files: Sequence[Path], n: int) -> tuple[list[np.ndarray], list
     for path in files:
         arrays = _load_npz(path, KINDS, required=("clean",))
         for kind, kernel in arrays.items():
+            # real numbers only: strings fail isfinite, complex kernels would lose their imaginary
+            # part in the cast below, booleans are no kernel
+            if kernel.dtype.kind not in "fiu":
+                raise RunError(f"{path}: {kind} kernel has dtype {kernel.dtype}; expected real numbers")
             if kernel.shape != (n, n):
                 raise RunError(
                     f"{path}: probe size mismatch: {kind} kernel of shape {kernel.shape}, probe of {n} points"

@@ -86,7 +86,7 @@ def _check_same_model(path: Path, found: dict[str, Any]) -> None:
     located = checkpoint_epoch(path)
     try:
         trained = json.loads(located[0].config.read_text())["model"] if located else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         trained = None  # no readable config.json: nothing to compare with
     if not isinstance(trained, dict):
         return
@@ -94,6 +94,32 @@ def _check_same_model(path: Path, found: dict[str, Any]) -> None:
     if differ:
         what = ", ".join(f"{key} {found.get(key)} (run: {trained.get(key)})" for key in differ)
         raise StudyError(f"{path} is not the network its run trained: {what}")
+
+
+def _check_pictured(settings: DynamicsSettings, path: Path, model: Any, config: Any, x: Any) -> None:
+    """Refuse, before any eigenvector is computed, what would fail (or mislead) only in the middle
+    of the computation: more eigenvectors than probe points, a probe the network cannot take,
+    a diverged network (NaN weights: ``eigh`` fails on its kernel)."""
+    import torch
+
+    _check_same_model(path, config.to_dict())
+    if not 0 <= settings.eigenvector_class < config.num_classes:
+        raise StudyError(
+            f"--eigenvector-class {settings.eigenvector_class}: the nets have {config.num_classes} outputs"
+        )
+    if not 1 <= settings.eigenvectors <= x.shape[0]:
+        raise StudyError(
+            f"--eigenvectors {settings.eigenvectors}: the probe of {path.parent.parent} has {x.shape[0]} points; "
+            f"ask for 1 to {x.shape[0]}"
+        )
+    if tuple(x.shape[1:]) != tuple(config.input_shape):
+        raise StudyError(
+            f"{path.parent.parent}: probe images of shape {tuple(x.shape[1:])}, "
+            f"but the network {path.name} takes {tuple(config.input_shape)}"
+        )
+    weights = model.state_dict().items()
+    if not all(bool(torch.isfinite(t).all()) for _, t in weights if t.is_floating_point()):
+        raise StudyError(f"{path}: the network's weights hold NaN or inf (a diverged run?)")
 
 
 def _pictured_networks(
@@ -115,11 +141,7 @@ def _pictured_networks(
             x = probe_images(located[0].path)
         except (CheckpointError, RunError) as err:
             raise StudyError(str(err)) from None
-        _check_same_model(path, config.to_dict())
-        if not 0 <= settings.eigenvector_class < config.num_classes:
-            raise StudyError(
-                f"--eigenvector-class {settings.eigenvector_class}: the nets have {config.num_classes} outputs"
-            )
+        _check_pictured(settings, path, model, config, x)
         # a linearized net's kernel is its parent's at θt, for every θ
         network = model.tangent_network() if isinstance(model, LinearizedNetwork | CenteredStandardNetwork) else model
         loaded.append((label, path, network.to(device).eval(), x))
@@ -127,14 +149,15 @@ def _pictured_networks(
 
 
 def eigenvector_rows(
-    settings: DynamicsSettings, runs: Sequence[Any], progress: bool
+    settings: DynamicsSettings, networks: Sequence[tuple[str, Path, Any, Any]], progress: bool
 ) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """LOO fig. 4: pictures of the top eigenvectors of the class kernel on the probe, for the
-    network at initialisation (the first run's) and at the end of every run."""
+    ``_pictured_networks``: the network at initialisation (the first run's) and at the end of
+    every run."""
     from ntkrobust.bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
 
     rows, cosines, summary = [], [], {}
-    for label, path, network, x in _pictured_networks(settings, runs, torch_device(settings.device)):
+    for label, path, network, x in networks:
         eigen = ntk_eigenvectors(network, x, output=settings.eigenvector_class, top=settings.eigenvectors)
         pictures = [
             eigenvector_images(
@@ -237,6 +260,13 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
         groups = load_run_groups(settings.runs)
         baseline = _baseline(settings, groups)
         _check_ksm_epochs(settings.ksm_epochs, groups)
+        # the pictured networks are loaded and checked here, before the kernel trajectories are
+        # measured: a checkpoint or probe they refuse ends the command before any compute
+        networks = (
+            _pictured_networks(settings, [group.runs[0] for group in groups], torch_device(settings.device))
+            if settings.eigenvectors
+            else None
+        )
         clock.mark("runs", f"{len(groups)} run(s) read")
         two_stage = _two_stage_records(groups)
         summaries = [_summary(group, baseline) for group in groups]
@@ -247,8 +277,8 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
     if baseline is not None:
         metrics["baseline_distance"] = _baseline_record(summaries, baseline)
     rows = None
-    if settings.eigenvectors:
-        pictures, cosines, about = eigenvector_rows(settings, [group.runs[0] for group in groups], progress)
+    if networks is not None:
+        pictures, cosines, about = eigenvector_rows(settings, networks, progress)
         rows = (pictures, cosines)
         metrics["eigenvectors"] = about
         clock.mark("eigenvectors", f"top {settings.eigenvectors} eigenvectors pictured")

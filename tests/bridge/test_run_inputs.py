@@ -1,0 +1,222 @@
+"""Hostile or corrupt run folders for ``dynamics``: each is one ``RunError`` / ``StudyError`` line
+before any compute, and no file outside the folders the user named is read (the tracebacks and
+silent acceptances a review found: kernels of strings, complex numbers or booleans, a history
+nested 100000 deep or holding a 5001-digit integer, kernel files named ``../../etc/passwd``, and
+for ``--eigenvectors``: more than the probe holds, a probe of another shape, probe pixels outside
+[0, 1], a diverged network)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkrobust.bridge.run_groups import load_run_groups, seed_folders
+from ntkrobust.bridge.runs import RunError, load_run, probe_images
+
+N, C, SHAPE = 8, 2, (1, 4, 4)
+STEPS = (0, 5)  # tracked steps, 5 per epoch
+
+
+def make_run(folder: Path, *, checkpoints: bool = False) -> Path:
+    """A tiny run folder in the format of ``train --out RUN``: two epochs of records, a probe of
+    N points, two tracked kernels, and with ``checkpoints`` an fc2 net at epochs 0 and 1."""
+    rng = np.random.default_rng(0)
+    (folder / "kernels").mkdir(parents=True)
+    targets = np.arange(N) % C
+    np.savez(
+        folder / "kernels" / "probe.npz",
+        x=rng.uniform(0, 1, (N, *SHAPE)).astype(np.float32),
+        y=targets,
+        targets=targets,
+    )
+    records = []
+    for step in STEPS:
+        features = rng.normal(size=(N, 3))
+        name = f"kernels/step_{step:07d}.npz"
+        np.savez(folder / name, clean=features @ features.T, adversarial=features @ features.T / 2)
+        records.append({"step": step, "epoch": step / 5, "file": name})
+    epochs = [{"epoch": e, "mode": "standard", "accuracy": {"running": {"test_clean": 0.5}}} for e in (0, 1)]
+    history = {
+        "label": "tiny",
+        "config": {"mode": "standard"},
+        "steps_per_epoch": 5,
+        "epochs": epochs,
+        "kernels": records,
+    }
+    (folder / "history.json").write_text(json.dumps(history))
+    if checkpoints:
+        from ntkrobust.bridge.checkpoint import save_checkpoint
+        from ntkrobust.bridge.models import build_model, model_config
+
+        config = model_config("fc2", SHAPE, C, width=8)
+        for epoch in (0, 1):
+            save_checkpoint(folder / "checkpoints" / f"epoch_{epoch:03d}.pt", build_model(config), config, epoch=epoch)
+    return folder
+
+
+def refused(path: Path, message: str) -> str:
+    with pytest.raises(RunError, match=message) as error:
+        load_run(path)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def edit_history(run: Path, change) -> None:
+    history = json.loads((run / "history.json").read_text())
+    change(history)
+    (run / "history.json").write_text(json.dumps(history))
+
+
+# -- kernels that are not real numbers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kernel, dtype",
+    [
+        (np.full((N, N), "a"), "<U1"),  # a TypeError from isfinite before the fix
+        (np.eye(N) + 1j, "complex128"),  # its imaginary part silently dropped before the fix
+        (np.eye(N) > 0, "bool"),  # accepted as 0/1 before the fix
+    ],
+)
+def test_a_kernel_of_no_real_numbers_is_refused(tmp_path, kernel, dtype):
+    run = make_run(tmp_path / "run")
+    np.savez(run / "kernels" / "step_0000005.npz", clean=kernel)
+    refused(run, rf"step_0000005\.npz: clean kernel has dtype {dtype}; expected real numbers")
+    load_run(run, kernels=False)  # the history alone still reads
+
+
+def test_a_baseline_with_a_string_kernel_is_one_line(tmp_path, assert_refused):
+    run, baseline = make_run(tmp_path / "run"), make_run(tmp_path / "baseline")
+    np.savez(baseline / "kernels" / "step_0000005.npz", clean=np.full((N, N), "a"))
+    assert_refused(["dynamics", run, "--baseline", baseline], "clean kernel has dtype <U1")
+
+
+# -- histories Python's JSON parser gives up on -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[" * 100000 + "]" * 100000, r"unreadable JSON \(nested too deeply\)"),  # RecursionError before
+        ('{"epochs": [], "n": ' + "7" * 5001 + "}", r"unreadable JSON \(Exceeds the limit \(4300 digits\)"),
+    ],
+)
+def test_a_history_python_cannot_parse_is_one_line(tmp_path, text, message):
+    run = make_run(tmp_path / "run")
+    (run / "history.json").write_text(text)
+    assert "set_int_max_str_digits" not in refused(run, message)
+
+
+def test_a_seeds_listing_nested_too_deep_is_one_line(tmp_path):
+    (tmp_path / "seeds.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(RunError, match=r"not the seeds\.json of train --seeds"):
+        seed_folders(tmp_path)
+
+
+# -- file names that lead out of the run folder -------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+def test_a_kernel_file_outside_the_run_folder_is_never_read(tmp_path, where):
+    run = make_run(tmp_path / "run")
+    outside = tmp_path / "elsewhere.npz"  # a valid kernel: before the fix it was read as the run's
+    np.savez(outside, clean=np.eye(N), adversarial=np.eye(N))
+    name = "../elsewhere.npz" if where == "relative" else str(outside)
+    edit_history(run, lambda history: history["kernels"][1].__setitem__("file", name))
+    refused(run, re.escape(f"the kernel file of record 1, '{name}', lies outside this folder"))
+    with pytest.raises(RunError, match="lies outside"):
+        load_run(run, kernels=False)
+
+
+def test_a_probe_linked_from_outside_the_run_folder_is_never_read(tmp_path):
+    run, other = make_run(tmp_path / "run"), make_run(tmp_path / "other")
+    (run / "kernels" / "probe.npz").unlink()
+    os.symlink(other / "kernels" / "probe.npz", run / "kernels" / "probe.npz")
+    refused(run, "the probe, 'kernels/probe.npz', lies outside this folder")
+    with pytest.raises(RunError, match="lies outside"):
+        probe_images(run)
+
+
+def test_a_seed_folder_outside_the_seeds_folder_is_never_read(tmp_path):
+    make_run(tmp_path / "elsewhere")
+    (tmp_path / "seeds").mkdir()
+    listing = {"runs": [{"seed": 0, "folder": "../elsewhere"}]}
+    (tmp_path / "seeds" / "seeds.json").write_text(json.dumps(listing))
+    with pytest.raises(RunError, match=r"the run folder of seed 0, '\.\./elsewhere', lies outside this folder"):
+        load_run_groups([tmp_path / "seeds"])
+
+
+# -- --eigenvectors: refused before the kernel trajectories are measured ------------------------
+
+BEFORE_ANY_COMPUTE = ("ntkrobust.bridge.eigenvectors.ntk_eigenvectors", "ntkrobust.bridge.runs.dynamics_summary")
+
+
+def eigenvectors(run: Path, top: int = 1):
+    from ntkrobust.studies.dynamics import DynamicsSettings
+
+    return DynamicsSettings(runs=(run,), eigenvectors=top, eigenvector_steps=1)
+
+
+def test_more_eigenvectors_than_probe_points_are_refused(tmp_path, refuses):
+    from ntkrobust.studies import dynamics
+
+    run = make_run(tmp_path / "run", checkpoints=True)  # a ValueError of ntk_eigenvectors before the fix
+    message = f"--eigenvectors 999: the probe of {run} has {N} points; ask for 1 to {N}"
+    refuses(dynamics, eigenvectors(run, 999), message, compute=BEFORE_ANY_COMPUTE)
+
+
+def test_a_probe_the_network_cannot_take_is_refused(tmp_path, refuses):
+    from ntkrobust.studies import dynamics
+
+    run = make_run(tmp_path / "run", checkpoints=True)
+    with np.load(run / "kernels" / "probe.npz") as probe:
+        arrays = dict(probe)
+    np.savez(run / "kernels" / "probe.npz", **{**arrays, "x": arrays["x"][:, :, :2]})  # RuntimeError of torch before
+    message = "probe images of shape (1, 2, 4), but the network epoch_000.pt takes (1, 4, 4)"
+    refuses(dynamics, eigenvectors(run), message, compute=BEFORE_ANY_COMPUTE)
+
+
+def test_probe_pixels_outside_the_unit_interval_are_refused(tmp_path, refuses):
+    from ntkrobust.studies import dynamics
+
+    run = make_run(tmp_path / "run", checkpoints=True)
+    with np.load(run / "kernels" / "probe.npz") as probe:
+        arrays = dict(probe)
+    np.savez(run / "kernels" / "probe.npz", **{**arrays, "x": arrays["x"] * 7})  # pictured as if fine before
+    refuses(dynamics, eigenvectors(run), "the probe images 'x' hold values in [0", compute=BEFORE_ANY_COMPUTE)
+    with pytest.raises(RunError, match=r"not in \[0, 1\]"):
+        probe_images(run)
+
+
+def test_a_diverged_network_is_refused_before_any_eigenvector(tmp_path, refuses):
+    import torch
+
+    from ntkrobust.bridge.checkpoint import save_checkpoint
+    from ntkrobust.bridge.models import build_model, model_config
+    from ntkrobust.studies import dynamics
+
+    run = make_run(tmp_path / "run", checkpoints=True)
+    config = model_config("fc2", SHAPE, C, width=8)
+    model = build_model(config)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    save_checkpoint(run / "checkpoints" / "epoch_001.pt", model, config, epoch=1)
+    # before the fix: the initial network's eigenvectors computed, then a LinAlgError on the last
+    refuses(dynamics, eigenvectors(run), "NaN", compute=BEFORE_ANY_COMPUTE)
+
+
+def test_ntk_eigenvectors_of_a_diverged_network_name_the_cause():
+    import torch
+
+    from ntkrobust.bridge.eigenvectors import ntk_eigenvectors
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))  # NaN features: the last layer's gradients are NaN
+    with pytest.raises(ValueError, match="the kernel holds NaN or inf"):  # a LinAlgError before the fix
+        ntk_eigenvectors(model, np.full((3, 1, 2, 2), 0.5, np.float32), output=0, top=1)
