@@ -96,10 +96,25 @@ class Results:
         return self.ctx.step_dir(name)
 
     def record(self, name: str) -> dict[str, Any]:
-        folder = self.folder(name)
-        path = folder / ("history.json" if self.steps[name].study == "train" else "results.json")
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        path = self.folder(name) / record_file(self.steps[name])
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError, RecursionError) as err:
+            record = err
+        if not isinstance(record, dict):  # edited or damaged since the step finished
+            raise StepRecordError(f"step {name}: {path} is unreadable or not a record ({type(record).__name__})")
+        return record
+
+
+class StepRecordError(Exception):
+    """A finished step's record cannot be read (a folder edited or damaged after the step)."""
+
+
+def record_file(step: Step) -> str:
+    """The file of a finished step that its recipes' checks read: a training run's history,
+    any other study's results."""
+    return "history.json" if step.study == "train" else "results.json"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkrobust.bridge.files import write_json
-from ntkrobust.reproduce._recipe import Context, Step, step_config, step_key
+from ntkrobust.reproduce._recipe import Context, Step, record_file, step_config, step_key
 from ntkrobust.studies._base import log
 
 
@@ -40,11 +40,13 @@ class StepRun:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None if it is missing, unreadable or not an object."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
+            found = json.load(handle)
+    except (OSError, ValueError, RecursionError):
         return None
+    return found if isinstance(found, dict) else None
 
 
 class StepStore:
@@ -66,16 +68,27 @@ class StepStore:
             raise RuntimeError(f"step {step.name} needs {missing}, which have not run")  # a recipe bug
         return step_key(step, self.ctx, [self.keys[n] for n in step.needs])
 
-    def finished(self, step: Step) -> bool:
+    def _finished_record(self, step: Step, key: str) -> dict[str, Any] | None:
+        """The record of ``step`` finished under ``key`` whose output is still there, else None:
+        a step whose output file was deleted, or whose record was damaged, runs again (it used
+        to count as finished, and every run of the command failed on the missing file)."""
         record = _read_json(self._record_path(step.name))
-        return record is not None and record.get("key") == self.key(step)
+        if record is None or record.get("key") != key:
+            return None
+        seconds = record.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            return None
+        return record if (self.ctx.step_dir(step.name) / record_file(step)).is_file() else None
+
+    def finished(self, step: Step) -> bool:
+        return self._finished_record(step, self.key(step)) is not None
 
     def run(self, step: Step, *, progress: bool, position: str) -> StepRun:
         """Reuse the step if finished under its key, else run it (resuming a training run)."""
         key = self.key(step)
         config = step_config(step, self.ctx)
-        record = _read_json(self._record_path(step.name))
-        if record is not None and record.get("key") == key:
+        record = self._finished_record(step, key)
+        if record is not None:
             self.keys[step.name] = key
             log.info(f"{position} {step.name}: finished earlier, reused")
             return StepRun(step.name, step.study, key, config, float(record["seconds"]), reused=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ntkrobust.bridge.files import json_safe, write_json
 from ntkrobust.reproduce import beyond, loo, rat, tk
-from ntkrobust.reproduce._recipe import PAPERS, SCALES, Context, Recipe, Results, Step
+from ntkrobust.reproduce._recipe import PAPERS, SCALES, Context, Recipe, Results, Step, StepRecordError
 from ntkrobust.reproduce._shared import DATA_FILES
 from ntkrobust.reproduce._store import StepRun, StepStore
 from ntkrobust.studies._base import StudyError, StudyResult, log, versions
@@ -130,8 +130,10 @@ def _check_out(settings: ReproduceSettings, ctx: Context) -> dict[str, Any]:
         try:
             with open(path, encoding="utf-8") as handle:
                 found = json.load(handle)
-        except (OSError, ValueError):
-            raise StudyError(f"--out {settings.out}: reproduction.json is unreadable; choose another --out") from None
+        except (OSError, ValueError, RecursionError):
+            found = None
+        if not isinstance(found, dict):
+            raise StudyError(f"--out {settings.out}: reproduction.json is unreadable; choose another --out")
         if {k: found.get(k) for k in identity} != identity:
             raise StudyError(
                 f"--out {settings.out} holds a reproduction at scale {found.get('scale')} with data root "
@@ -235,7 +237,15 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
 
 
 def _finding(recipe: Recipe, ctx: Context, results: Results, runs: list[StepRun]) -> dict[str, Any]:
-    verdict = recipe.check(results)
+    try:
+        verdict = recipe.check(results)
+    except StepRecordError as err:
+        raise StudyError(f"{err}: delete that step's folder under {ctx.steps_dir} to run it again") from None
+    except (KeyError, TypeError, ValueError, IndexError) as err:  # a record edited into another shape
+        raise StudyError(
+            f"{recipe.name}: its steps' records under {ctx.steps_dir} do not hold what it reads ({type(err).__name__}: "
+            f"{str(err)[:80]}); delete the steps it uses to run them again"
+        ) from None
     log.info(f"{recipe.name}: {verdict.verdict}")
     steps_root = ctx.steps_dir.parent
     figures = [

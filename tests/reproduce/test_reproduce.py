@@ -88,13 +88,32 @@ def test_an_interrupted_reproduction_resumes(tmp_path: Path, monkeypatch: pytest
     assert steps == {"mnist-standard": True, "mnist-pgd": True, "mnist-dynamics-standard-pgd": False}
 
 
-def test_a_changed_step_runs_again(tmp_path: Path) -> None:
+def test_a_changed_or_edited_step_runs_again_or_says_what_to_delete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A step whose key changed, or whose output was deleted, runs again (a deleted output counted
+    as finished, and every run of the command failed on the missing file); a record edited into
+    another shape, or a reproduction.json that is no object, is one line (tracebacks before)."""
     out = tmp_path / "out"
     assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
     record = out / "steps" / "mnist-features.json"
     record.write_text(json.dumps({**json.loads(record.read_text()), "key": "another config"}))
     assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
     assert not _findings(out)["findings"][0]["steps"][0]["reused"]
+    results = out / "steps" / "mnist-features" / "results.json"
+    results.unlink()
+    assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
+    assert not _findings(out)["findings"][0]["steps"][0]["reused"] and results.is_file()
+    capsys.readouterr()
+    for path, text, said in (
+        (results, '{"architectures": "x"}', "do not hold what it reads (TypeError"),
+        (results, "{bad", "is unreadable or not a record"),
+        (out / "reproduction.json", "[1]", "reproduction.json is unreadable"),
+    ):
+        path.write_text(text)
+        assert _reproduce("tk-fig2-features", "--out", str(out)) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
 
 
 def test_the_key_is_the_resolved_config(tmp_path: Path) -> None:
