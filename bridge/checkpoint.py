@@ -111,9 +111,10 @@ def load_checkpoint(
     payload = read_checkpoint(path, map_location=map_location)
     try:
         config = ModelConfig.from_dict(payload.get("config") or {})
-        model = build_model(config)
-        if "linearization" in payload:
-            model = _wrapped(model, payload["linearization"])
+        # the state dict is checked against a shapes-only build first: a config that claims a
+        # huge width must not allocate its model before the weights show they do not fit it
+        check_state_dict(path, payload.get("state_dict"), _assembled(build_model(config, meta=True), payload))
+        model = _assembled(build_model(config), payload)
         model.load_state_dict(payload["state_dict"])
         if payload.get("minus_initial"):
             model = OutputChange(model, build_model(config))
@@ -121,3 +122,34 @@ def load_checkpoint(
         first = first_line(error)
         raise CheckpointError(f"{path}: cannot rebuild its model ({first[:160]})") from None
     return model, config, payload
+
+
+def _assembled(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
+    """``model`` in the stage-2 wrapper the payload records, if any (its state dict is the wrapper's)."""
+    return _wrapped(model, payload["linearization"]) if "linearization" in payload else model
+
+
+def check_state_dict(path: str | Path, state_dict: Any, model: nn.Module) -> None:
+    """Refuse, in one line naming the tensor, weights that do not fit ``model`` (its names and
+    shapes; ``model`` may live on the meta device) or that ``load_state_dict`` would take without
+    complaint and train or evaluate wrongly: NaN or infinite values, and integer or boolean
+    values where the model holds floating point ones (copied in, they silently change results)."""
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path}: its state_dict is not a dict of tensors")
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    if missing or unexpected:
+        what = f"lacks {missing[0]!r}" if missing else f"has {unexpected[0]!r}, which the model does not"
+        raise CheckpointError(f"{path}: cannot rebuild its model (its state dict {what})")
+    for key, wanted in expected.items():
+        value = state_dict[key]
+        if value.shape != wanted.shape:
+            raise CheckpointError(
+                f"{path}: cannot rebuild its model ({key} has shape {tuple(value.shape)}, "
+                f"its config's model needs {tuple(wanted.shape)})"
+            )
+        if wanted.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{path}: {key} holds {value.dtype} values, the model's are {wanted.dtype}")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: {key} holds NaN or infinite values")

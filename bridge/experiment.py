@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge import distributed
-from ntkrobust.bridge.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from ntkrobust.bridge.checkpoint import CheckpointError, check_state_dict, read_checkpoint, save_checkpoint
 from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
 from ntkrobust.bridge.files import first_line, write_atomically, write_json
 from ntkrobust.bridge.models import ModelConfig
@@ -152,8 +152,9 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     for path in _RESUMABLE_CHANGES:
         holder = config
         for key in path[:-1]:
-            holder = holder.get(key, {})
-        holder.pop(path[-1], None)
+            holder = holder.get(key, {}) if isinstance(holder, dict) else {}
+        if isinstance(holder, dict):  # an edited config.json's "train": 5 is a difference, not a crash
+            holder.pop(path[-1], None)
     return config
 
 
@@ -299,7 +300,7 @@ class _TrainingRun:
 
     def start(self, config: dict[str, Any], resume: bool, label: str, metadata: dict[str, Any] | None) -> None:
         """Start the folder afresh (history header, probe file) or take up its last checkpoint."""
-        self.state = _start(self.run, self.model, self.optimizer, config, resume, self.device)
+        self.state = _start(self, config, resume)
         if self.ensemble is not None and self.state.te_averages is not None:
             self.ensemble.averages = self.state.te_averages.to(self.device, torch.float64)
         if self.state.history:
@@ -524,15 +525,12 @@ def run_training(
     return trainer.history
 
 
-def _start(
-    run: RunFolder,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    config: dict[str, Any],
-    resume: bool,
-    device: torch.device,
-) -> _State:
-    """A fresh run (writes ``config.json``), or the state of the last checkpoint of a resumed one."""
+def _start(trainer: _TrainingRun, config: dict[str, Any], resume: bool) -> _State:
+    """A fresh run (writes ``config.json``), or the state of the last checkpoint of a resumed one.
+
+    A resume reads and checks the stored configuration and the whole checkpoint before it writes
+    anything: a refused resume leaves the folder as it was."""
+    run = trainer.run
     stored = run.config
     if not resume:
         write_json(stored, config)
@@ -543,27 +541,70 @@ def _start(
         previous = json.loads(stored.read_text())
     except (OSError, ValueError) as error:
         raise RunFolderError(f"--resume: cannot read {stored} ({error})") from None
+    if not isinstance(previous, dict):
+        raise RunFolderError(f"--resume: {stored} is not a run's configuration (a JSON object)")
     differences = _differences(_comparable(previous), _comparable(json.loads(json.dumps(config))))
     if differences:
         more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
         raise RunFolderError(f"--resume: {run.path} was made with a different configuration: {differences[0]}{more}")
-    write_json(stored, config)  # the epochs may have grown
     latest = run.latest_checkpoint()
-    if latest is None:
-        return _State()
-    try:
-        payload = read_checkpoint(latest, map_location=device)
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["optimizer"])
-        state = _State(
-            epoch=int(payload["epoch"]),
-            step=int(payload["step"]),
-            history=payload["history"],
-            te_averages=payload.get("te_averages"),
-        )
-    except (CheckpointError, KeyError, RuntimeError, ValueError) as error:
-        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+    state = _State() if latest is None else _resumed(trainer, latest)
+    write_json(stored, config)  # the epochs may have grown
     for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
         if step > state.step and distributed.is_main():
             stale.unlink(missing_ok=True)
     return state
+
+
+def _resumed(trainer: _TrainingRun, latest: Path) -> _State:
+    """The state of checkpoint ``latest``, loaded into the trainer's model and optimizer once it is
+    checked (``RunFolderError`` in one line otherwise)."""
+    try:
+        payload = read_checkpoint(latest, map_location=trainer.device)
+        check_state_dict(latest, payload.get("state_dict"), trainer.model)
+        state = _checkpoint_state(payload, trainer.steps_per_epoch, trainer.ensemble)
+    except CheckpointError as error:  # its message names the file
+        raise RunFolderError(f"--resume: {error}") from None
+    except ValueError as error:
+        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+    if state.epoch > trainer.train.epochs:  # config.json would say fewer epochs than the history holds
+        raise RunFolderError(
+            f"--resume: {trainer.run.path} has trained {state.epoch} epochs already, more than the "
+            f"{trainer.train.epochs} asked: give --epochs {state.epoch} or more"
+        )
+    try:
+        trainer.model.load_state_dict(payload["state_dict"])
+        trainer.optimizer.load_state_dict(payload["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+    return state
+
+
+def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: TemporalEnsemble | None) -> _State:
+    """The state a checkpoint holds, checked to be one its run wrote (``ValueError`` otherwise): an
+    epoch of at least 0, a history of exactly the epochs 0 to it, the step count at the end of
+    that epoch, and TE's averages of the ensemble's shape. A hand-edited or corrupt one would
+    otherwise train nothing, or rewrite history.json without the epochs before it."""
+    epoch, step, history = payload.get("epoch"), payload.get("step"), payload.get("history")
+    if not _whole(epoch) or epoch < 0:
+        raise ValueError(f"its epoch {epoch!r} is not a whole number >= 0")
+    if not isinstance(history, dict) or not all(isinstance(history.get(key), list) for key in ("epochs", "kernels")):
+        raise ValueError("its history is not a training run's (no lists of epochs and kernels)")
+    records = history["epochs"]
+    numbers = [record.get("epoch") if isinstance(record, dict) else None for record in records]
+    if len(numbers) != epoch + 1 or numbers != list(range(epoch + 1)):
+        raise ValueError(f"it claims epoch {epoch}, but its history holds {len(records)} epoch records")
+    if not _whole(step) or step != epoch * steps_per_epoch:
+        raise ValueError(
+            f"its step {step!r} is not {epoch * steps_per_epoch}, the step count at the end of epoch {epoch}"
+        )
+    averages = payload.get("te_averages")
+    if ensemble is not None and averages is not None:
+        shape = tuple(ensemble.averages.shape)
+        if not isinstance(averages, torch.Tensor) or tuple(averages.shape) != shape:
+            raise ValueError(f"its te_averages are not a tensor of shape {shape}")
+    return _State(epoch=epoch, step=step, history=history, te_averages=averages)
+
+
+def _whole(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -25,6 +25,7 @@ store that config (``bridge.checkpoint``), so a checkpoint alone rebuilds its mo
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -369,6 +370,8 @@ def check_config(config: ModelConfig) -> None:
         raise ModelError(f"{config.model} needs images at least {spec.min_side}x{spec.min_side}, got {height}x{width}")
     if config.num_classes < 1 or config.width < 1:
         raise ModelError(f"num_classes and width must be positive, got {config.num_classes} and {config.width}")
+    if not 0 <= config.seed < 2**63:  # torch's and numpy's generators take no more (as the CLI's --seed)
+        raise ModelError(f"seed must lie in [0, 2**63), got {config.seed}")
     for key in ("mean", "std"):
         value = getattr(config, key)
         if value is not None and len(value) != channels:
@@ -385,17 +388,22 @@ def check_config(config: ModelConfig) -> None:
         )
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """The model of ``config``, initialised from ``config.seed`` (global RNG state untouched)."""
+def build_model(config: ModelConfig, *, meta: bool = False) -> nn.Module:
+    """The model of ``config``, initialised from ``config.seed`` (global RNG state untouched).
+
+    ``meta``: on the meta device, without initialisation: the names, shapes and dtypes of its
+    parameters and buffers at no memory cost, so a checkpoint's state dict can be checked against
+    what its config implies before a config of absurd width allocates gigabytes."""
     check_config(config)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
         torch.manual_seed(config.seed)
         model = get_model_spec(config.model).build(config)
-    initialise(model, config.init, torch.Generator().manual_seed(config.seed))
-    if not config.running_stats:
-        without_running_statistics(model)
-    if config.mean is not None and config.std is not None:
-        model = nn.Sequential(Normalize(config.mean, config.std), model)
+        if not meta:  # re-drawing values changes no shape
+            initialise(model, config.init, torch.Generator().manual_seed(config.seed))
+        if not config.running_stats:
+            without_running_statistics(model)
+        if config.mean is not None and config.std is not None:
+            model = nn.Sequential(Normalize(config.mean, config.std), model)
     return model
 
 

@@ -478,6 +478,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
 
     from ntkrobust.bridge.data import DataError
     from ntkrobust.bridge.distributed import is_main
+    from ntkrobust.bridge.entk import BudgetError
     from ntkrobust.bridge.experiment import RunFolderError, run_training
     from ntkrobust.bridge.models import parameter_count
     from ntkrobust.bridge.runfolder import RunFolder
@@ -503,6 +504,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
     }
     if settings.force and not settings.resume and is_main():  # start over: no previous run's files mixed in
         RunFolder(settings.out).clear()
+    existed = settings.out.exists()
     try:
         history = run_training(
             settings.out,
@@ -522,6 +524,10 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         )
     except (RunFolderError, DataError) as err:
         raise StudyError(str(err)) from None
+    except BudgetError as err:  # the probe's first kernel, after the initial evaluation
+        if not settings.resume and is_main():
+            _discard_unfinished(RunFolder(settings.out), existed)
+        raise StudyError(f"--memory-budget {settings.memory_budget}: {err}") from None
     except FloatingPointError as err:  # diverged: the epochs before it are saved, the message says so
         raise StudyError(f"{err}: the run diverged; try a smaller --lr (the finished epochs are kept)") from None
     if settings.final_eval == "autoattack":
@@ -534,6 +540,20 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
             history["peak_gpu_memory_mib"] = peak
         write_json(RunFolder(settings.out).history, history)
     return TrainResult(history, out=settings.out, label=label, results_file="history.json")
+
+
+def _discard_unfinished(run: Any, existed: bool) -> None:
+    """Remove what a fresh run refused before its first checkpoint wrote (its configuration and
+    probe), and its folder when the run made it: a refusal leaves nothing half-written. A run with
+    a finished epoch keeps it, as a diverged one does.
+
+    The budget is refused only where the tracker first plans the probe's kernel, after the
+    initial evaluation: bridge.entk has no plan-only entry that could check it before."""
+    if run.latest_checkpoint() is not None:
+        return
+    run.clear()
+    if not existed and run.path.is_dir() and not any(run.path.iterdir()):
+        run.path.rmdir()
 
 
 def _final_evaluation(settings: TrainSettings, model: Any, data: Any, eps: float, device: Any) -> dict[str, Any]:
