@@ -164,8 +164,11 @@ def _add_machine_flags(g: argparse._ArgumentGroup) -> None:
         choices=("float64", "float32"),
         help="arithmetic of test-time kernel rows and gradients; the Gram matrix is always float64 (default float64)",
     )
-    g.add_argument("--cache-dir", type=Path, help="Gram-matrix cache (default $NTKROBUST_CACHE or ~/.cache/ntkrobust)")
-    g.add_argument("--no-cache", action="store_true", help="do not read or write the Gram-matrix cache")
+    cache = g.add_mutually_exclusive_group()  # a folder for the cache that --no-cache turns off
+    cache.add_argument(
+        "--cache-dir", type=Path, help="Gram-matrix cache (default $NTKROBUST_CACHE or ~/.cache/ntkrobust)"
+    )
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write the Gram-matrix cache")
 
 
 def _add_threat_flags(g: argparse._ArgumentGroup, *, steps_help: str, between: Sequence[Any] = ()) -> None:

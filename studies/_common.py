@@ -88,8 +88,6 @@ class MachineSettings:
         """Every setting, before any compute; JAX is imported only when ``arch_names`` asks for a
         machine (a transfer run with torch surrogates alone builds none)."""
         check_choice(self.gradient, GRADIENTS, "--gradient")
-        if self.cache_dir is not None and not self.cache:
-            raise StudyError("--cache-dir names the Gram cache that --no-cache turns off: give one of them")
         if not (self.time >= 0):
             raise StudyError(f"--time must be >= 0 or inf, got {self.time}")
         if not (math.isfinite(self.ridge) and self.ridge >= 0):
