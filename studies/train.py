@@ -470,6 +470,13 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {data.x_train.shape[0]} training points")
     if settings.switch_epoch is not None and settings.mode == "standard":
         raise StudyError("--switch-epoch switches from clean training to an adversarial --mode; --mode is standard")
+    if settings.switch_epoch is not None and settings.switch_epoch >= settings.epochs:
+        raise StudyError(
+            f"--switch-epoch {settings.switch_epoch} is not before the last of --epochs {settings.epochs}: "
+            "the run would never train adversarially"
+        )
+    if settings.full_eval_every is not None and settings.full_eval_steps == 0:
+        raise StudyError("--full-eval-every repeats the full evaluation that --full-eval-steps 0 turns off")
     if settings.final_eval not in ("none", "autoattack"):
         raise StudyError(f"--final-eval {settings.final_eval!r}: choose none or autoattack")
     if settings.eps_warmup and settings.mode == "standard":
