@@ -155,7 +155,7 @@ BAD_FLAGS = {
     "model and checkpoint": (["entk", "--model", "fc1", "--checkpoint", "n.pt"], "not allowed with"),
     "unknown mode": (["train", "--mode", "free"], "invalid choice: 'free'"),
     "negative seed": (["attack", "--seed", "-1"], "--seed: must be at least 0"),
-    "a cache turned off": (["attack", "--no-cache", "--cache-dir", "c"], "--cache-dir: not allowed with argument --no-cache"),
+    "a cache turned off": (["attack", "--no-cache", "--cache-dir", "c"], "not allowed with argument --no-cache"),
     "seed too large": (["train", "--seeds", f"0,{2**63}"], "--seeds: must be below 2**63"),
     "no runs": (["dynamics"], "the following arguments are required: RUN_DIR"),
     "no target": (["transfer"], "the following arguments are required: --target"),
