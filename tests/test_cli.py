@@ -89,12 +89,12 @@ def test_data_machine_and_threat_flags_fill_the_shared_groups():
     argv = ["attack", "--data", "d.npz", "--data-root", "root", "--download", "--from-test-split"]
     argv += ["--classes", "3, 8", "--n-train", "50", "--n-test", "20", "--seed", "4", "--arch", "two-layer"]
     argv += ["--time", "inf", "--ridge", "1e-3", "--learning-rate", "0.5", "--gradient", "closed-form"]
-    argv += ["--precision", "float32", "--cache-dir", "cache", "--no-cache", "--method", "pgd", "--norm", "l2"]
+    argv += ["--precision", "float32", "--no-cache", "--method", "pgd", "--norm", "l2"]
     argv += ["--eps", "8/255", "--step", "0.5", "--steps", "7", "--no-random-start"]
     assert settings(argv) == AttackSettings(
         data=DataSettings("d.npz", Path("root"), True, True, ("3", "8"), 50, 20, 4),
         arch="two-layer",
-        machine=MachineSettings(math.inf, 1e-3, 0.5, "closed-form", "float32", Path("cache"), cache=False),
+        machine=MachineSettings(math.inf, 1e-3, 0.5, "closed-form", "float32", None, cache=False),
         method="pgd",
         threat=ThreatSettings("l2", 8 / 255, 0.5, 7, random_start=False),
     )

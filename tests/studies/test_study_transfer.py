@@ -136,7 +136,10 @@ def test_refusals(two_layer_nets, binary_task, tmp_path, refuses):
     check("is a folder, not a model file", target=(str(tmp_path),))
     check("unknown model 'resnet50'", target=(f"resnet50={weights}",))
     check("takes images of shape (1, 8, 8), the data has (1, 3, 3)", data=small)
-    check("does not exist", data=small, surrogate=("mnist-cnn",), target=(f"fc1={weights}",))
+    check("does not exist", data=small, surrogate=("fc1",), surrogate_n=10, target=(f"fc1={weights}",))
+    check("--surrogate-n 500 exceeds the 20 training", data=small, surrogate=("fc1",), target=(f"fc1={weights}",))
+    # the surrogates are checked before the targets load: before the kernel machines' fit, too
+    check("mnist-cnn needs images at least 4x4", data=small, surrogate=("mnist-cnn",), target=(f"fc1={weights}",))
     torch.save(build_model(model_config("fc1", (1, 3, 3), 2, width=8)).state_dict(), weights)
     check("mnist-cnn needs images at least 4x4", data=small, surrogate=("mnist-cnn",), target=(f"fc1:8={weights}",))
     check("repeats", kernel_arch=("fc1", "fc1"))
