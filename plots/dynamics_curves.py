@@ -99,9 +99,9 @@ def _series_panels(
                     _band(ax, x, y, spread, lowest, _colour(i), log=log)
                     banded = True
                 dropped = _line(ax, x, y, _colour(i), style, marker, log=log)
-                if dropped:
-                    off = _RESIDUAL_OFF_AXIS if key.startswith(_CONCENTRATION) else "value(s) ≤ 0, off the log axis"
-                    missing.setdefault((title, i, f"{dropped} {off}"), []).append(short)
+                if dropped:  # said as points of the run: the run itself is drawn
+                    off = _RESIDUAL_OFF_AXIS if key.startswith(_CONCENTRATION) else "values ≤ 0, off the log axis"
+                    missing.setdefault((title, i, off), []).append(f"{dropped} point(s) of {short}")
                 drawn = drawn or dropped < x.size
                 used_kinds.add(kind)
         if drawn:
@@ -126,7 +126,7 @@ def _band_legend(banded: bool) -> list[tuple[Any, str]]:
 
 _CONCENTRATION = "concentration_top"
 _RESIDUAL_FLOOR = 1e-12  # 1 − concentration below this is rounding: the concentration is 1
-_RESIDUAL_OFF_AXIS = "concentration(s) of 1 (nothing beyond the top p), off the log axis"
+_RESIDUAL_OFF_AXIS = "concentrations of 1 (nothing beyond the top p), off the log axis"
 
 
 def _residual_series(run: RunSummary, kind: str, key: str) -> tuple[np.ndarray, np.ndarray, str | None]:
@@ -325,7 +325,7 @@ def relative_magnitude_curve(runs: Sequence[RunSummary], path: Path, *, subtitle
                 banded = True
             dropped = _line(ax, x, y, _colour(i), "-", "o", log=True)
             if dropped:
-                notes.append((_label(run, i), f"{dropped} value(s) ≤ 0, off the log axis"))
+                notes.append((f"{dropped} point(s) of {_label(run, i)}", "values ≤ 0, off the log axis"))
             if dropped < x.size:
                 shown.append(i)
     if shown:

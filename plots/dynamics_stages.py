@@ -154,8 +154,9 @@ def _run_tick(run: SwitchCostRun) -> str:
     return textwrap.fill(_plain(run.get("label") or "?"), 30) + "\n" + _plain(text)
 
 
-def _seconds_panel(ax: Any, runs: Sequence[SwitchCostRun]) -> None:
-    """Stacked bars of the seconds in clean and in adversarial epochs, the total at their end."""
+def _seconds_panel(ax: Any, runs: Sequence[SwitchCostRun]) -> list[tuple[float, Any]]:
+    """Stacked bars of the seconds in clean and in adversarial epochs, the total at their end
+    (the labels, as (start, text))."""
     y = np.arange(len(runs))
     clean = _floats([run.get("seconds_clean") for run in runs])
     adversarial = _floats([run.get("seconds_adversarial") for run in runs])
@@ -163,19 +164,37 @@ def _seconds_panel(ax: Any, runs: Sequence[SwitchCostRun]) -> None:
     ax.barh(y, adversarial, left=clean, height=0.6, color=_ADVERSARIAL_EPOCHS)
     total = np.nan_to_num(clean) + np.nan_to_num(adversarial)
     longest = float(total.max()) if total.size and total.max() > 0 else 1.0
+    labels = []
     for i, run in enumerate(runs):
         text = f"{total[i]:.3g} s"
         if run.get("estimated_cost_of_full_at") is not None:  # from its own epochs: load-proof
             text += f"\n{run['estimated_cost_of_full_at']:.0%} of full AT (own epoch times)"
         if run.get("cost_of_full_at") is not None:
             text += f"\n{run['cost_of_full_at']:.0%} of the full AT run's seconds"
-        ax.text(total[i] + 0.02 * longest, i, text, va="center", ha="left", fontsize=8)
-    ax.set_xlim(0, longest * 1.45)
+        start = total[i] + 0.02 * longest
+        labels.append((start, ax.text(start, i, text, va="center", ha="left", fontsize=8)))
+    ax.set_xlim(0, longest * 1.45)  # widened to the labels once the figure is laid out (_room_for)
     ax.set_yticks(y, [_run_tick(run) for run in runs], fontsize=8)
     ax.set_ylim(len(runs) - 0.5, -0.5)  # the first run on top
     ax.set_xlabel("seconds of training (kernel tracking and evaluation excluded)")
     ax.set_title("training cost", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
+    return labels
+
+
+def _room_for(ax: Any, labels: Sequence[tuple[float, Any]]) -> None:
+    """Widen the x limit so that every (start, text) label ends inside the axes: a text's width is
+    fixed in pixels, so it takes the share w / W of the axes' width W whatever the limit, and ends
+    inside when start <= limit (1 - w / W). Called on the finished figure (its layout sizes W)."""
+    limit = ax.get_xlim()[1]
+    ax.figure.draw_without_rendering()
+    renderer = ax.figure.canvas.get_renderer()
+    width = ax.get_window_extent(renderer).width
+    for start, text in labels:
+        share = 1.1 * text.get_window_extent(renderer).width / width  # and some space after it
+        if share < 0.9:  # a text wider than the axes cannot fit at any limit
+            limit = max(limit, start / (1 - share))
+    ax.set_xlim(0, limit)
 
 
 def _accuracy_panel(ax: Any, runs: Sequence[SwitchCostRun]) -> bool:
@@ -212,7 +231,7 @@ def switch_cost_bars(record: SwitchCost, path: Path, *, subtitle: str = "") -> N
     fig, axes = plt.subplots(
         1, 2, figsize=(11.5, 2.6 + 0.75 * len(runs)), sharey=True, width_ratios=(1.3, 1), layout="constrained"
     )
-    _seconds_panel(axes[0], runs)
+    labels = _seconds_panel(axes[0], runs)
     seeded = _accuracy_panel(axes[1], runs)
     modes = " / ".join(dict.fromkeys(str(run.get("mode") or "?") for run in runs))
     handles = [
@@ -228,4 +247,5 @@ def switch_cost_bars(record: SwitchCost, path: Path, *, subtitle: str = "") -> N
         subtitle,
         ref="RAT sec. 5, fig. 6, table 1; clean epochs before the switch epoch, adversarial after",
     )
+    _room_for(axes[0], labels)
     _save(fig, path)

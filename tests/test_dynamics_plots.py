@@ -521,7 +521,7 @@ def test_concentration_is_drawn_as_its_remainder_on_a_log_axis(tmp_path, drawn, 
     assert panels[1].get_ylabel().startswith("$1 - ")
     top10 = panels[1].lines[0].get_ydata()
     np.testing.assert_allclose(top10, 2e-6 * np.arange(1, 5) / 4, rtol=1e-6)
-    assert "concentration(s) of 1" in fig._supxlabel.get_text()
+    assert "concentrations of 1" in fig._supxlabel.get_text() and "point(s) of" in fig._supxlabel.get_text()
     assert_heading(fig, "near one")
 
 
@@ -733,3 +733,8 @@ def test_switch_cost_bars_stack_clean_and_adversarial_seconds(tmp_path, drawn, a
     assert ticks[2].endswith("clean epoch 1, then pgd")
     assert [p.get_width() for p in accuracy.patches] == [0.75, 0.8, 0.78, 0.45, 0.4, 0.42]
     assert len([c for c in accuracy.collections if c.get_segments()]) == 1  # the seeds' PGD spread
+    canvas = FigureCanvasAgg(fig)  # every label ends inside its panel (one ran across the border)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    right = seconds.get_window_extent(renderer).x1
+    assert all(t.get_window_extent(renderer).x1 < right for t in seconds.texts)
