@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-__all__ = ["LINE_EVERY", "progress_bar"]
+_T = TypeVar("_T")
+
+__all__ = ["LINE_EVERY", "progress_bar", "progress_iter"]
 
 #: seconds between two plain progress lines
 LINE_EVERY = 60.0
+
+
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
 
 
 class _Lines:
@@ -28,6 +35,7 @@ class _Lines:
     def __init__(self, total: int, desc: str, unit: str) -> None:
         self.total, self.desc, self.unit = total, desc, unit
         self.n = 0
+        self.postfix = ""
         self.start = self.last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
@@ -36,9 +44,12 @@ class _Lines:
         if now - self.last >= LINE_EVERY:
             self.last = now
             share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-            logging.getLogger("ntkrobust").info(
-                f"{self.desc}: {self.n}/{self.total} {self.unit}s{share}, {now - self.start:.0f} s"
-            )
+            done = f"{self.n}/{self.total} {_plural(self.unit)}{share}"
+            logging.getLogger("ntkrobust").info(f"{self.desc}: {done}, {now - self.start:.0f} s{self.postfix}")
+
+    def set_postfix(self, **values: str) -> None:
+        """tqdm's running figures, added to the next line."""
+        self.postfix = "".join(f", {name} {value}" for name, value in values.items())
 
     def close(self) -> None:
         pass
@@ -55,3 +66,12 @@ def progress_bar(total: int, desc: str, unit: str, *, show: bool, leave: bool = 
     if show:
         return tqdm(total=total, desc=desc, unit=unit, leave=leave)
     return _Lines(total, desc, unit)
+
+
+def progress_iter(items: Iterable[_T], desc: str, unit: str, *, show: bool, leave: bool = False) -> Iterator[_T]:
+    """``items`` one by one, counted by ``progress_bar`` (a bar or timed plain lines)."""
+    listed = list(items)
+    with progress_bar(len(listed), desc, unit, show=show, leave=leave) as bar:
+        for item in listed:
+            yield item
+            bar.update(1)

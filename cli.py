@@ -178,7 +178,17 @@ def _rank_in_launch() -> int | None:
     (None otherwise), from the launcher's environment: known before any process group exists."""
     import os
 
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    values = {}
+    for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        text = os.environ.get(name, default)
+        if not (text.isascii() and text.isdigit()):
+            raise UsageError(f"the environment variable {name}={text!r} is not a whole number >= 0 (set by torchrun)")
+        values[name] = int(text)
+    if values["WORLD_SIZE"] <= 1:
+        return None
+    if values["RANK"] >= values["WORLD_SIZE"]:
+        raise UsageError(f"RANK={values['RANK']} is not below WORLD_SIZE={values['WORLD_SIZE']} (set by torchrun)")
+    return values["RANK"]
 
 
 def _launch_rank(command: str) -> int | None:
@@ -238,7 +248,10 @@ def _resumable(args: Any) -> str:
 def _speaker() -> str:
     """Who prints a final line: ``ntkrobust``, or under torchrun ``ntkrobust (rank R)`` for the
     ranks after 0, each of which prints its own (an error may be one process's alone)."""
-    rank = _rank_in_launch()
+    try:
+        rank = _rank_in_launch()
+    except UsageError:  # the launcher's variables are what the error is about
+        return PROG
     return PROG if not rank else f"{PROG} (rank {rank})"
 
 

@@ -40,6 +40,7 @@ _TORCH_HALF = {
     "save_checkpoint": "ntkrobust.bridge.checkpoint",
     "BudgetError": "ntkrobust.bridge.entk",
     "KernelKind": "ntkrobust.bridge.entk",
+    "check_memory_budget": "ntkrobust.bridge.entk",
     "empirical_ntk": "ntkrobust.bridge.entk",
     "with_batch_statistics": "ntkrobust.bridge.entk",
     "LinearizedNetwork": "ntkrobust.bridge.linearized",
@@ -93,7 +94,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them; at run tim
     from ntkrobust.bridge.adversarial import adversarial_examples, attack_examples, cross_entropy_gradient, pgd_examples
     from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from ntkrobust.bridge.eigenvectors import NTKEigenvectors, eigenvector_images, ntk_eigenvectors
-    from ntkrobust.bridge.entk import BudgetError, KernelKind, empirical_ntk, with_batch_statistics
+    from ntkrobust.bridge.entk import BudgetError, KernelKind, check_memory_budget, empirical_ntk, with_batch_statistics
     from ntkrobust.bridge.experiment import RunFolderError, TrackingConfig, run_training
     from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
     from ntkrobust.bridge.models import MODELS, ModelConfig, ModelError, build_model, model_config
@@ -156,6 +157,7 @@ __all__ = [
     "balanced_indices",
     "batch_statistics",
     "build_model",
+    "check_memory_budget",
     "checkpoint_epoch",
     "clean_accuracy",
     "cross_entropy_gradient",

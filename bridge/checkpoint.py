@@ -37,6 +37,11 @@ class CheckpointError(ValueError):
     """A file that is not a readable checkpoint of this tool; the message is one line."""
 
 
+class ForeignFileError(CheckpointError):
+    """A file that is no checkpoint of this tool at all (it may be a TorchScript or .pt2 model),
+    as against one of ours that is damaged or does not fit its config."""
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **extra: Any) -> Path:
     """Write ``model``'s weights and ``config`` (plus ``extra`` entries) to ``path`` atomically.
 
@@ -96,9 +101,9 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling, zip and format errors all mean "not ours"
-        raise CheckpointError(f"{path} is not a checkpoint of this tool ({refusal_reason(path, error)})") from None
+        raise ForeignFileError(f"{path} is not a checkpoint of this tool ({refusal_reason(path, error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint of this tool (no '{CHECKPOINT_FORMAT}' format tag)")
+        raise ForeignFileError(f"{path} is not a checkpoint of this tool (no '{CHECKPOINT_FORMAT}' format tag)")
     return payload
 
 

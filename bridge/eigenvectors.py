@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
+from ntkrobust._progress import progress_iter
 from ntkrobust.bridge.entk import auto_memory_budget, empirical_ntk
 from ntkrobust.bridge.jacobians import activation_elements, as_inputs, dense_layers, transposed_products
 
@@ -213,7 +213,7 @@ def eigenvector_images(
     # (the top eigenvector, already near cos 0.97 at grey, drifts by ±0.02): keep each image's
     # best iterate, so the result is never worse than the start.
     best_z, best = z.detach().clone(), torch.full((k,), math.inf, dtype=first.dtype, device=first.device)
-    for step in tqdm(range(steps + 1), desc="eigenvector images", disable=not progress, leave=False):
+    for step in progress_iter(range(steps + 1), "eigenvector images", "step", show=progress):
         with torch.set_grad_enabled(step < steps):  # the last iterate is only scored
             objective = sign * cosines(z)  # (k,); the images are independent: one sum, k gradients
         with torch.no_grad():

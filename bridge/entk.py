@@ -85,7 +85,15 @@ from ntkrobust.bridge.jacobians import (
     plan_parameter_groups,
 )
 
-__all__ = ["KINDS", "BudgetError", "KernelKind", "auto_memory_budget", "empirical_ntk", "with_batch_statistics"]
+__all__ = [
+    "KINDS",
+    "BudgetError",
+    "KernelKind",
+    "auto_memory_budget",
+    "check_memory_budget",
+    "empirical_ntk",
+    "with_batch_statistics",
+]
 
 KINDS = ("full", "class-blocks", "trace", "class", "rademacher")
 MIN_AUTO_BUDGET = 2**30  # the automatic budget: a share of the free memory, at least 1 GiB
@@ -310,6 +318,71 @@ def empirical_ntk(
             False puts every parameter through the generic Jacobian groups (the same kernel).
         seed: the random signs of ``"rademacher:K"`` (the other kinds are exact).
     """
+    plan = _plan(model, x1, x2, kind, batch_stats, memory_budget, device, dtype, structured, seed)
+    kind, a, b = plan.kind, plan.a, plan.b
+    # under torchrun each rank sums its share of the passes; all-reduced below
+    mine = distributed.share(list(zip(plan.passes, plan.batch, strict=True)))
+    passes, batch = [step for step, _ in mine], [size for _, size in mine]
+
+    shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
+    outputs = plan.outputs
+    trailing = {"full": (outputs, outputs), "class-blocks": (outputs,)}.get(kind.name, ())
+    kernel = torch.zeros(shape + trailing, dtype=torch.float64, device=a.device)
+    _add_passes(kernel, kind, plan.engine, passes, batch, a, b, progress)
+    distributed.all_reduce_sum(kernel)
+    if kind.name == "trace":
+        kernel /= outputs * (plan.num_outputs if plan.estimated else 1)
+    return kernel.cpu().numpy()
+
+
+def check_memory_budget(
+    model: nn.Module,
+    x1: np.ndarray | torch.Tensor,
+    x2: np.ndarray | torch.Tensor | None = None,
+    *,
+    kind: str | KernelKind = "trace",
+    batch_stats: bool = False,
+    memory_budget: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    structured: bool = True,
+) -> None:
+    """Raise ``BudgetError`` now if ``empirical_ntk`` with these arguments would, without
+    computing the kernel: a long run (``train`` tracks a kernel after its first evaluation)
+    refuses a budget too small before it starts. Under torchrun every process calls it."""
+    _plan(model, x1, x2, kind, batch_stats, memory_budget, device, dtype, structured, seed=0)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What ``empirical_ntk`` decides before the first product: the prepared net's Jacobian
+    engine, the passes over the inputs and each pass's sub-batch size."""
+
+    kind: KernelKind
+    a: torch.Tensor
+    b: torch.Tensor | None
+    engine: JacobianEngine
+    passes: list[_Pass]
+    batch: list[int]
+    outputs: int
+    num_outputs: int
+    estimated: bool
+
+
+def _plan(
+    model: nn.Module,
+    x1: np.ndarray | torch.Tensor,
+    x2: np.ndarray | torch.Tensor | None,
+    kind: str | KernelKind,
+    batch_stats: bool,
+    memory_budget: int | None,
+    device: str | torch.device | None,
+    dtype: torch.dtype | None,
+    structured: bool,
+    seed: int,
+) -> _Plan:
+    """The net on its device and dtype, its engine and the passes that fit ``memory_budget``
+    (``BudgetError`` when none does); the arguments are ``empirical_ntk``'s."""
     kind = KernelKind.parse(kind) if isinstance(kind, str) else kind
     first = next(iter(model.parameters()), None)
     if first is None:
@@ -364,18 +437,7 @@ def empirical_ntk(
         )
         for p in passes
     ]
-    # under torchrun each rank sums its share of the passes; all-reduced below
-    mine = distributed.share(list(zip(passes, batch, strict=True)))
-    passes, batch = [step for step, _ in mine], [size for _, size in mine]
-
-    shape = (a.shape[0], a.shape[0] if b is None else b.shape[0])
-    trailing = {"full": (outputs, outputs), "class-blocks": (outputs,)}.get(kind.name, ())
-    kernel = torch.zeros(shape + trailing, dtype=torch.float64, device=device)
-    _add_passes(kernel, kind, engine, passes, batch, a, b, progress)
-    distributed.all_reduce_sum(kernel)
-    if kind.name == "trace":
-        kernel /= outputs * (num_outputs if estimated else 1)
-    return kernel.cpu().numpy()
+    return _Plan(kind, a, b, engine, passes, batch, outputs, num_outputs, estimated)
 
 
 def _structured_numbers(engine: JacobianEngine, outputs: int) -> int:

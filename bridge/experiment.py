@@ -325,6 +325,12 @@ class _TrainingRun:
             }
             _save_arrays(self.run.probe, arrays)
 
+    def check_budget(self) -> None:
+        """``BudgetError`` before anything runs when the probe's kernels would not fit."""
+        network = self.model if self.kernel_network is None else self.kernel_network(self.model)
+        for tracker in self.trackers:
+            tracker.check_budget(network)
+
     def track(self, step: int, probe_examples: torch.Tensor | None = None) -> float:
         """Take the kernels at ``step`` into their file and the history; their seconds."""
         if not self.trackers:
@@ -507,6 +513,7 @@ def run_training(
         relative_magnitude=relative_magnitude,
     )
     trainer.progress = progress
+    trainer.check_budget()  # a budget too small is refused now, not after the first evaluation
     trainer.start(config, resume, label, metadata)
     epochs_bar = tqdm(
         total=train.epochs, initial=trainer.state.epoch, desc="training", unit="epoch", disable=not progress

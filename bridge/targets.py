@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, load_checkpoint
 from ntkrobust.bridge.files import first_line, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
@@ -134,7 +134,7 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
     label = _label(path)
     try:
         model, config, payload = load_checkpoint(path)
-    except CheckpointError as checkpoint_error:
+    except ForeignFileError as checkpoint_error:
         if not trust_code:  # refused before torch's loaders see the file: they would run its code
             raise TargetError(
                 f"target {_first_line(checkpoint_error)}; a TorchScript or .pt2 file carries code and loads only "
@@ -149,10 +149,14 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
         try:
             with _quiet_torch():
                 return Target(label, loader(path), {"path": str(path), "kind": kind})
+        except TargetError:
+            raise
         except Exception as error:
             raise TargetError(
                 f"target {_first_line(checkpoint_error)}; not a {kind} that loads ({_first_line(error)[:80]})"
             ) from None
+    except CheckpointError as damaged:  # one of ours that does not load: no code file to suggest
+        raise TargetError(f"target {_first_line(damaged)}") from None
     try:
         check_fits(config, image_shape)
     except ModelError as error:
@@ -203,8 +207,25 @@ class _ExportedProgram(nn.Module):
 def _exported_program(path: Path, device: torch.device | str) -> nn.Module:
     from torch.export.passes import move_to_device_pass
 
+    program = torch.export.load(str(path))
+    batch = _fixed_batch(program)
+    if batch is not None:  # its graph asserts the size: every batch but that one fails mid-attack
+        raise TargetError(
+            f"target {path} was exported for batches of exactly {batch} images; export it with a dynamic batch "
+            "(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},)))"
+        )
     # the pass moves the weights and the devices written into the graph's own ops as well
-    return _ExportedProgram(move_to_device_pass(torch.export.load(str(path)), device).module())
+    return _ExportedProgram(move_to_device_pass(program, device).module())
+
+
+def _fixed_batch(program: torch.export.ExportedProgram) -> int | None:
+    """The batch size an exported program's input is fixed to (None: a dynamic batch dimension)."""
+    inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        value = node.meta.get("val") if node.op == "placeholder" and node.name in inputs else None
+        if isinstance(value, torch.Tensor) and value.ndim > 0 and isinstance(value.shape[0], int):
+            return value.shape[0]
+    return None
 
 
 def _state_dict_target(

@@ -33,7 +33,7 @@ from torch import nn
 
 from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge.adversarial import attack_examples, pgd_examples, predict
-from ntkrobust.bridge.entk import empirical_ntk
+from ntkrobust.bridge.entk import check_memory_budget, empirical_ntk
 from ntkrobust.bridge.jacobians import forward_pass
 from ntkrobust.kernels.metrics import kernel_metrics, trace_kernel
 
@@ -164,6 +164,12 @@ class KernelTracker:
     memory_budget: int | None = None
     #: ``class-blocks`` (N, N, C): all the metrics need, 1/C of the full kernel's products; ``full``
     kind: str = "class-blocks"
+
+    def check_budget(self, network: nn.Module) -> None:
+        """``BudgetError`` now if ``track``'s kernels of ``network`` would not fit the budget."""
+        check_memory_budget(
+            network, self.x, kind=self.kind, batch_stats=self.batchnorm == "batch", memory_budget=self.memory_budget
+        )
 
     def track(
         self,

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
+from ntkrobust._progress import progress_bar
 from ntkrobust._upload import upload
 from ntkrobust.attacks import fgsm, pgd
 from ntkrobust.attacks.threat import ThreatModel
@@ -387,8 +387,8 @@ def train_epoch(
     total_loss, correct, seen, step = 0.0, 0.0, 0, first_step
     eps = config.eps
     start = time.perf_counter()
-    bar = tqdm(range(batches), desc=f"epoch {epoch} ({mode})", unit="batch", disable=not progress, leave=False)
-    for b in bar:
+    bar = progress_bar(batches, f"epoch {epoch} ({mode})", "batch", show=progress)
+    for b in range(batches):
         index = order[b * config.batch_size : (b + 1) * config.batch_size]
         xb, yb = x[index], y[index]
         if config.augment != "none":
@@ -414,9 +414,11 @@ def train_epoch(
             if not math.isfinite(total_loss):
                 raise FloatingPointError(f"the training loss became {total_loss} by step {step} (epoch {epoch})")
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.update(1)
         if after_step is not None:
             after_step(step)
             model.train()
+    bar.close()
     return {
         "mode": mode,
         "train_loss": total_loss / max(seen, 1),

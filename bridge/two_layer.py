@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ntkrobust._progress import progress_iter
 from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge.adversarial import cross_entropy_gradient
 from ntkrobust.bridge.models import ModelConfig, build_model, model_config
@@ -122,7 +122,7 @@ def train_full_batch(
                 raise FloatingPointError(f"the loss diverged at epoch {at} (learning rate {learning_rate} too large)")
         losses.extend(values)
 
-    for epoch in tqdm(range(1, epochs + 1), desc=description, unit="epoch", disable=not progress, leave=False):
+    for epoch in progress_iter(range(1, epochs + 1), description, "epoch", show=progress):
         optimizer.zero_grad(set_to_none=True)
         parts = []
         for start in range(0, n, chunk):
@@ -235,7 +235,9 @@ def two_layer_experiment(
     train_full_batch(first, x, y_regression, learning_rate=config.learning_rate, epochs=config.anchor_epoch)
     anchor_time = match_time(train_outputs(first))
     per_epoch = anchor_time / config.anchor_epoch
-    kernel = {e: kernel_at(e * per_epoch) for e in tqdm(config.measure_at, desc="kernel", disable=not progress)}
+    kernel = {
+        e: kernel_at(e * per_epoch) for e in progress_iter(config.measure_at, "kernel", "measurement", show=progress)
+    }
     noisy = random_sign_examples(x_test, attack)
     pick = config.picture_index
 

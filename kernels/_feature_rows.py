@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ntkrobust._progress import progress_iter
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
 from ntkrobust.kernels._jax import jax, jnp, point_sharding
 from ntkrobust.kernels.architectures import Architecture, per_architecture
@@ -249,7 +249,7 @@ def pair_scores(
     place = _Placement()
     blocks = _chunks(x.shape[0], per_block, place.quantum)
     watch.lap("setup", tr)
-    for start, stop, length in tqdm(blocks, desc=f"feature {attack}", unit="block", disable=not progress, leave=False):
+    for start, stop, length in progress_iter(blocks, f"feature {attack}", "block", show=progress):
         xb = place.put(_padded(x[start:stop], length))
         p_dev, a, sv = watch.lap("clean rows, derivatives, projections", programs.clean(xb, tr))
         p = np.asarray(p_dev, dtype=np.float64)[: stop - start]

@@ -16,8 +16,8 @@ Shapes: x (N, C, H, W) float32 in [0, 1], labels (N,) class ids → x_adv like x
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ntkrobust._progress import progress_iter
 from ntkrobust.attacks import AttackSpec, fgsm, pgd, taylor_max_l1, taylor_sum
 from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine
@@ -38,7 +38,7 @@ def craft_adversarial(
     index = machine.target_index(labels)
     out = np.empty_like(x)
     starts = range(0, x.shape[0], batch_size)
-    for start in tqdm(starts, desc=f"NTK-{spec.method}", unit="batch", disable=not progress, leave=False):
+    for start in progress_iter(starts, f"NTK-{spec.method}", "batch", show=progress):
         xb = jnp.asarray(x[start : start + batch_size])
         ib = index[start : start + batch_size]
         x_adv = _attack_batch(machine, xb, ib, spec, seed_offset=start, progress=progress)

@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ntkrobust._progress import progress_iter
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
 from ntkrobust.kernels._feature_rows import fixed_gradient, pair_scores
 from ntkrobust.kernels._jax import float64, jnp
@@ -229,7 +229,7 @@ def _jacobian_route(  # type: ignore[no-untyped-def]
     per_example = n_features * int(np.prod(x.shape[1:])) * 8
     block = max(1, _JACOBIAN_BUDGET // per_example)
     starts = range(0, x.shape[0], block)
-    for start in tqdm(starts, desc=f"feature {attack}", unit="block", disable=not progress, leave=False):
+    for start in progress_iter(starts, f"feature {attack}", "block", show=progress):
         xb, tb = x[start : start + block], target[start : start + block]
         p = np.asarray(proj.logits(xb), dtype=np.float64)  # (B, m)
         hit = predicted_index(p[:, :, None] * c[None]) == tb[:, None]  # (B, m)

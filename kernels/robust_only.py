@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from ntkrobust._progress import progress_iter
 from ntkrobust.attacks import AttackSpec, ThreatModel, robust_accuracy
 from ntkrobust.kernels.adversarial import craft_adversarial
 from ntkrobust.kernels.machine import KernelMachine
@@ -69,7 +69,7 @@ def robust_only_kernels(
         "pgd": craft_adversarial(machine, x, labels, pgd_config),
     }
     results = []
-    for r in tqdm(list(r_values), desc="robust-only kernels", unit="r", disable=not progress, leave=False):
+    for r in progress_iter(r_values, "robust-only", "kernel", show=progress):
         kept = machine.restricted_to(ranking[:r])
         clean = kept.predict(x)
         own_fgsm = craft_adversarial(kept, x, labels, fgsm_config)

@@ -531,7 +531,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         )
     except (RunFolderError, DataError) as err:
         raise StudyError(str(err)) from None
-    except BudgetError as err:  # the probe's first kernel, after the initial evaluation
+    except BudgetError as err:  # refused before the first evaluation (the trainer's check_budget)
         if not settings.resume and is_main():
             _discard_unfinished(RunFolder(settings.out), existed)
         raise StudyError(f"--memory-budget {settings.memory_budget}: {err}") from None

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from ntkrobust import _progress
-from ntkrobust._progress import progress_bar
+from ntkrobust._progress import progress_bar, progress_iter
 
 
 def test_plain_lines_come_at_most_every_interval(
@@ -22,6 +22,22 @@ def test_plain_lines_come_at_most_every_interval(
         "eNTK (full): 2/4 chunks (50%), 61 s",
         "eNTK (full): 4/4 chunks (100%), 125 s",
     ]
+
+
+def test_iterated_loops_and_running_figures_print_lines(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_progress, "LINE_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger="ntkrobust"):
+        assert list(progress_iter(iter("abc"), "robust-only", "kernel", show=False)) == ["a", "b", "c"]
+        with progress_bar(2, "epoch 1 (pgd)", "batch", show=False) as bar:
+            bar.set_postfix(loss="0.512", acc="0.830")
+            bar.update(1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines[:3]] == [
+        f"robust-only: {i}/3 kernels (%d%%)" % p for i, p in ((1, 33), (2, 67), (3, 100))
+    ]
+    assert lines[3].startswith("epoch 1 (pgd): 1/2 batches (50%), ") and lines[3].endswith(" s, loss 0.512, acc 0.830")
 
 
 def test_a_terminal_gets_tqdm() -> None:

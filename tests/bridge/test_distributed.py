@@ -252,6 +252,32 @@ def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"WORLD_SIZE": "abc"}, "the environment variable WORLD_SIZE='abc' is not a whole number >= 0"),
+        ({"WORLD_SIZE": "2", "RANK": "x"}, "the environment variable RANK='x' is not a whole number >= 0"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "the environment variable LOCAL_RANK='-1' is not a whole number"),
+    ],
+)
+def test_a_broken_launch_environment_is_one_line(
+    environment: dict[str, str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ntkrobust import cli
+
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["entk", "--data", "digits", "--model", "fc2", "--points", "4", "--out", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ntkrobust: error: {message}" + err.partition(message)[2] and err.count("\n") == 1
+    assert not (tmp_path / "k").exists()
+
+
 # -- distributed training -------------------------------------------------------------------------
 
 MODES = ("standard", "pgd", "fgsm-noise", "trades", "te")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ntkrobust.bridge.convolutions import conv_layers
-from ntkrobust.bridge.entk import BudgetError, KernelKind, empirical_ntk, with_batch_statistics
+from ntkrobust.bridge.entk import BudgetError, KernelKind, check_memory_budget, empirical_ntk, with_batch_statistics
 from ntkrobust.bridge.jacobians import plan_parameter_groups
 from ntkrobust.bridge.models import build_model, model_config
 
@@ -249,6 +249,13 @@ def test_a_budget_too_small_for_one_chunk_is_refused():
     with pytest.raises(BudgetError, match="too small") as error:
         empirical_ntk(model, torch.rand(3, 1, 8, 8), memory_budget=2_000)
     assert "\n" not in str(error.value)
+    # the check alone says the same, computing nothing, and passes every budget the kernel takes
+    with pytest.raises(BudgetError, match="too small") as checked:
+        check_memory_budget(model, torch.rand(3, 1, 8, 8), memory_budget=2_000)
+    assert str(checked.value) == str(error.value)
+    for kind in ("full", "class-blocks", "trace"):
+        check_memory_budget(model, torch.rand(3, 1, 8, 8), kind=kind, batch_stats=True, memory_budget=2**20)
+        empirical_ntk(model, torch.rand(3, 1, 8, 8), kind=kind, batch_stats=True, memory_budget=2**20)
 
 
 def _stax_twin(name: str, x: np.ndarray, stax, jax):  # type: ignore[no-untyped-def]

@@ -119,7 +119,13 @@ def test_te_averages_of_the_wrong_shape_are_refused():
         _checkpoint_state({**payload, "te_averages": torch.zeros(3)}, 3, ensemble)
 
 
-def test_a_memory_budget_too_small_for_the_probe_kernel_is_one_line_and_writes_nothing(assert_refused):
+def test_a_memory_budget_too_small_for_the_probe_kernel_is_one_line_and_writes_nothing(assert_refused, monkeypatch):
+    from ntkrobust.bridge import experiment
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("the budget is checked before the first evaluation")
+
+    monkeypatch.setattr(experiment, "clean_accuracy", evaluated)
     argv = [*TRAIN, "--model", "mnist-cnn", "--width", 64, "--epochs", 1, "--memory-budget", 1]
     assert_refused(argv, "--memory-budget 1: memory budget of 1048576 bytes is too small")
 

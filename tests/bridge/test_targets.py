@@ -127,6 +127,33 @@ def test_bad_targets_are_refused_in_one_line(tmp_path, make, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_damaged_checkpoint_of_ours_is_not_taken_for_a_code_file(tmp_path, fc2):
+    """A checkpoint with NaN weights is ours: the refusal names the tensor, and neither suggests
+    --trust-model-code nor, with it, tries the file as TorchScript."""
+    config, net = fc2
+    with torch.no_grad():
+        next(net.parameters())[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan.pt", net, config)
+    for trust_code in (False, True):
+        with pytest.raises(TargetError) as error:
+            _load(tmp_path / "nan.pt", trust_code=trust_code)
+        message = str(error.value)
+        assert message.endswith("holds NaN or infinite values") and "torchscript" not in message.lower(), message
+        assert "trust-model-code" not in message and "\n" not in message
+
+
+def test_an_exported_program_of_a_fixed_batch_is_refused_before_it_runs(tmp_path, fc2):
+    """Its graph asserts the batch size: the check's batch of 2 could pass and an attack's
+    batch of 500 fail mid-run with an AssertionError."""
+    _, net = fc2
+    for batch in (2, 4):
+        torch.export.save(torch.export.export(net, (torch.rand(batch, *SHAPE),)), tmp_path / f"b{batch}.pt2")
+        with pytest.raises(
+            TargetError, match=f"exported for batches of exactly {batch} images; export it with a dynamic"
+        ):
+            _load(tmp_path / f"b{batch}.pt2", trust_code=True)
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

@@ -7,11 +7,13 @@ the machine's own loss gradients; scipy's Spearman correlation.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import pytest
 
+from ntkrobust import _progress
 from ntkrobust.attacks import AttackSpec, ThreatModel, robust_accuracy
 from ntkrobust.kernels import (
     compute_gram,
@@ -205,13 +207,18 @@ def test_scores_helpers():
     assert scores.spearman_index_robustness() == pytest.approx(-0.6)  # 1 - 6·16/(4·15)
 
 
-def test_robust_only_kernels_end_at_the_full_machine(fc2_binary, digits_binary):
+def test_robust_only_kernels_end_at_the_full_machine(fc2_binary, digits_binary, monkeypatch, caplog):
     x, y = digits_binary.x_test[:30], digits_binary.y_test[:30]
     threat = ThreatModel("linf", 0.1)
     scores = feature_scores(fc2_binary, x, y, threat, n_features=20)
     ranking = robustness_ranking(scores, fc2_binary.n_train)
-    results = robust_only_kernels(fc2_binary, ranking, [1, 5, fc2_binary.n_train], x, y, threat, pgd_step=0.025)
+    monkeypatch.setattr(_progress, "LINE_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger="ntkrobust"):
+        results = robust_only_kernels(fc2_binary, ranking, [1, 5, fc2_binary.n_train], x, y, threat, pgd_step=0.025)
     assert [r.r for r in results] == [1, 5, fc2_binary.n_train]
+    # without a bar (stderr a file) each kernel says it is done: a CIFAR r takes minutes
+    lines = [m.getMessage().split(" (")[0] for m in caplog.records if m.getMessage().startswith("robust-only")]
+    assert lines == [f"robust-only: {i}/3 kernels" for i in (1, 2, 3)]
     full = results[-1]
     clean = fc2_binary.predict(x)
     adv = fc2_binary.predict(craft_adversarial(fc2_binary, x, y, AttackSpec("fgsm", threat.eps, threat.norm)))
