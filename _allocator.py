@@ -30,7 +30,7 @@ import os
 import platform
 import sys
 
-__all__ = ["freed_memory_retained", "retain_freed_memory"]
+__all__ = ["available_memory", "freed_memory_retained", "retain_freed_memory"]
 
 # mallopt(3) parameters
 _M_TRIM_THRESHOLD = -1
@@ -63,3 +63,14 @@ def freed_memory_retained() -> bool:
     """Whether ``retain_freed_memory`` is in effect in this process (its CPU tuning, e.g. the
     empirical NTK's sub-batch size, depends on it)."""
     return _APPLIED
+
+
+def available_memory() -> int | None:
+    """Bytes of this machine's memory that a process could still take (Linux's MemAvailable:
+    free pages and caches it can drop), None where /proc/meminfo does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None

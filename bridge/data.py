@@ -320,7 +320,17 @@ def _label_names(names: Any, where: str, key: str = "label_names") -> list[str]:
         raise DataError(
             f"{where}: {key} must be a list of names, one per class id; got {array.dtype} of shape {array.shape}"
         )
-    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in array.tolist()]
+    listed = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in array.tolist()]
+    # names go into one-line messages, CSV rows and legends, and --classes picks them in any case
+    for name in listed:
+        if not name.strip() or not name.isprintable():
+            raise DataError(f"{where}: {key} holds {name!r}: every name must be printable text on one line")
+    seen: dict[str, str] = {}
+    for name in listed:
+        if name.lower() in seen:
+            raise DataError(f"{where}: {key} names two classes {seen[name.lower()]!r} and {name!r} (in any case)")
+        seen[name.lower()] = name
+    return listed
 
 
 _MNIST_FILES = {

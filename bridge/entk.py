@@ -70,7 +70,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
-from ntkrobust._allocator import freed_memory_retained
+from ntkrobust._allocator import available_memory, freed_memory_retained
 from ntkrobust._progress import progress_bar
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.convolutions import add_gram_share
@@ -159,12 +159,7 @@ def auto_memory_budget(device: torch.device | str = "cpu") -> int:
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
-        try:
-            with open("/proc/meminfo") as meminfo:
-                fields = dict(line.split(":", 1) for line in meminfo)
-            free = int(fields["MemAvailable"].split()[0]) * 1024
-        except (OSError, KeyError, ValueError):  # not Linux: assume a modest machine
-            free = 8 * 2**30
+        free = available_memory() or 8 * 2**30  # not Linux: assume a modest machine
     return max(int(AUTO_BUDGET_SHARE * free), MIN_AUTO_BUDGET)
 
 

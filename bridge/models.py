@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkrobust._allocator import available_memory
 from ntkrobust.bridge.initialisation import INITIALISATIONS, initialise
 
 W_STD = math.sqrt(2.0)  # the analytic kernels' defaults (kernels/architectures.py)
@@ -395,6 +396,8 @@ def build_model(config: ModelConfig, *, meta: bool = False) -> nn.Module:
     parameters and buffers at no memory cost, so a checkpoint's state dict can be checked against
     what its config implies before a config of absurd width allocates gigabytes."""
     check_config(config)
+    if not meta:
+        check_memory(config)
     with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
         torch.manual_seed(config.seed)
         model = get_model_spec(config.model).build(config)
@@ -405,6 +408,21 @@ def build_model(config: ModelConfig, *, meta: bool = False) -> nn.Module:
         if config.mean is not None and config.std is not None:
             model = nn.Sequential(Normalize(config.mean, config.std), model)
     return model
+
+
+def check_memory(config: ModelConfig) -> None:
+    """Refuse (``ModelError``) a model whose weights alone exceed the memory free now, before
+    they are allocated: with overcommitted memory a huge allocation can succeed and the process
+    die later, killed when initialisation first touches the pages."""
+    shapes = build_model(config, meta=True)
+    needed = sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
+    free = available_memory()
+    if free is not None and needed > free:
+        count = sum(p.numel() for p in shapes.parameters())
+        raise ModelError(
+            f"{config.model} of width {config.width} has {count:,} parameters ({needed / 2**30:.1f} GiB), "
+            f"more than the {free / 2**30:.1f} GiB of memory free: choose a smaller width"
+        )
 
 
 def without_running_statistics(model: nn.Module) -> nn.Module:

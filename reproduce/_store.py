@@ -11,6 +11,7 @@ either a finished step or one that runs again.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import shutil
@@ -37,6 +38,18 @@ class StepRun:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _folder_digest(folder: Path) -> str:
+    """SHA-256 over every file under ``folder`` (relative path and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -80,6 +93,16 @@ class StepStore:
             return None
         return record if (self.ctx.step_dir(step.name) / record_file(step)).is_file() else None
 
+    def changed_since_finished(self, names: list[str]) -> bool:
+        """Whether a file of any of these finished steps changed after it finished (or its
+        record predates the digest): a check that cannot read them is then told apart from a
+        recipe's bug."""
+        for name in names:
+            record = _read_json(self._record_path(name)) or {}
+            if record.get("folder_sha256") != _folder_digest(self.ctx.step_dir(name)):
+                return True
+        return False
+
     def finished(self, step: Step) -> bool:
         return self._finished_record(step, self.key(step)) is not None
 
@@ -111,7 +134,8 @@ class StepStore:
         result = module.run(settings, progress=progress, argv=None)
         result.save(folder)
         seconds = time.perf_counter() - clock
-        write_json(self._record_path(step.name), {"key": key, "seconds": seconds, **config})
+        record = {"key": key, "seconds": seconds, "folder_sha256": _folder_digest(folder), **config}
+        write_json(self._record_path(step.name), record)
         self._started_path(step.name).unlink(missing_ok=True)
         self.keys[step.name] = key
         log.info(f"{position} {step.name}: done in {seconds:.0f} s")

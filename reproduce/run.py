@@ -220,7 +220,7 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
     for i, (name, step) in enumerate(steps.items(), 1):
         runs[name] = store.run(step, progress=progress, position=f"[{i}/{len(steps)}]")
     results = Results(ctx, steps)
-    findings = [_finding(recipe, ctx, results, [runs[n] for n in uses[recipe.name]]) for recipe in recipes]
+    findings = [_finding(recipe, ctx, results, [runs[n] for n in uses[recipe.name]], store) for recipe in recipes]
     record = {
         "reproduction": {
             "target": settings.target, "scale": settings.scale,
@@ -236,12 +236,14 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
     return ReproduceResult(record, out=out)
 
 
-def _finding(recipe: Recipe, ctx: Context, results: Results, runs: list[StepRun]) -> dict[str, Any]:
+def _finding(recipe: Recipe, ctx: Context, results: Results, runs: list[StepRun], store: StepStore) -> dict[str, Any]:
     try:
         verdict = recipe.check(results)
     except StepRecordError as err:
         raise StudyError(f"{err}: delete that step's folder under {ctx.steps_dir} to run it again") from None
-    except (KeyError, TypeError, ValueError, IndexError) as err:  # a record edited into another shape
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        if not store.changed_since_finished([run.name for run in runs]):
+            raise  # the steps' files are as they finished: a bug in the recipe, with its traceback
         raise StudyError(
             f"{recipe.name}: its steps' records under {ctx.steps_dir} do not hold what it reads ({type(err).__name__}: "
             f"{str(err)[:80]}); delete the steps it uses to run them again"

@@ -95,8 +95,8 @@ def _tau_text(tau: float | None) -> str:
 
 
 def _surrogate_configs(settings: TransferSettings, data: Any) -> dict[str, Any]:
-    """The network config of every ``--surrogate`` MODEL[:WIDTH], checked against the data (and
-    --surrogate-n against its training points) before any compute."""
+    """The network config of every ``--surrogate`` MODEL[:WIDTH], checked against the data
+    before any compute."""
     from ntkrobust.bridge.models import ModelError, check_fits, model_config, parse_model_name
 
     check_unique(list(settings.surrogate), "--surrogate", "a surrogate")
@@ -109,25 +109,24 @@ def _surrogate_configs(settings: TransferSettings, data: Any) -> dict[str, Any]:
             configs[spec] = config
         except ModelError as err:
             raise StudyError(str(err)) from None
-    if configs:
-        training_subset(data, settings.surrogate_n, settings.data.seed, "--surrogate-n")
     return configs
 
 
 def _surrogate_examples(
-    settings: TransferSettings, config: Any, data: Any, attack: Any, device: Any, progress: bool
+    settings: TransferSettings, config: Any, fit_data: Any, attack: Any, device: Any, progress: bool
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """White-box examples of an empirical-NTK kernel machine (TK supp. B) and its fit record."""
+    """White-box examples of an empirical-NTK kernel machine (TK supp. B) fitted on the training
+    points of ``fit_data``, and its fit record."""
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.surrogate import fit_empirical_kernel_machine, initial_networks
     from ntkrobust.bridge.transfer import white_box_examples
 
-    fit_data = training_subset(data, settings.surrogate_n, settings.data.seed, "--surrogate-n")
+    data = fit_data  # its test points are the study's
     networks = [net.to(device) for net in initial_networks(config, settings.surrogate_nets)]
     machine = fit_empirical_kernel_machine(
         networks,
-        fit_data.x_train,
-        task_indices(fit_data.y_train, data.classes),
+        data.x_train,
+        task_indices(data.y_train, data.classes),
         len(data.classes),
         ridge=settings.surrogate_ridge,
         progress=progress,
@@ -142,20 +141,21 @@ def _black_box_sources(
     settings: TransferSettings,
     arch_names: Sequence[str],
     surrogates: dict[str, Any],
-    data: Any,
+    fit_data: dict[str, Any],
     attack: Any,
     device: Any,
     progress: bool,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], list[str], int]:
     """Examples of every NTK machine and eNTK surrogate (``_surrogate_configs``), what made them,
-    warnings, kernel n."""
+    warnings, kernel n. ``fit_data``: the data with the training points of the NTK machines
+    (``kernel``) and of the surrogates (``surrogate``)."""
     from ntkrobust.attacks import robust_accuracy
 
-    x_test, y_test = data.x_test, data.y_test
+    kernel_data = fit_data["kernel"]
+    x_test, y_test = kernel_data.x_test, kernel_data.y_test
     sources: dict[str, np.ndarray] = {}
     about: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
-    kernel_data = training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n")
     for arch_name in arch_names:
         from ntkrobust.kernels.adversarial import craft_adversarial  # JAX, only for an NTK machine
 
@@ -173,7 +173,7 @@ def _black_box_sources(
         }
     for spec, config in surrogates.items():
         name = f"eNTK {spec}"
-        sources[name], fit = _surrogate_examples(settings, config, data, attack, device, progress)
+        sources[name], fit = _surrogate_examples(settings, config, fit_data["surrogate"], attack, device, progress)
         about[name] = {"kind": "entk-surrogate", **fit}
     return sources, about, notes, int(kernel_data.x_train.shape[0])
 
@@ -226,7 +226,12 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     attack_notes: list[str] = []
     warn(attack_notes, *attack.notes(data.image_shape[0]))
     surrogates = _surrogate_configs(settings, data)
-    training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n")  # refused now, not after the nets load
+    fit_data = {  # cut once, and refused now rather than after the nets load
+        "kernel": training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n"),
+        "surrogate": training_subset(data, settings.surrogate_n, settings.data.seed, "--surrogate-n")
+        if surrogates
+        else None,
+    }
 
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
@@ -239,7 +244,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     y_index = task_indices(y_test, data.classes)
     clock.mark("targets", f"data and {len(nets)} net(s) loaded")
     sources, about, notes, kernel_n = _black_box_sources(
-        settings, arch_names, surrogates, data, attack, device, progress
+        settings, arch_names, surrogates, fit_data, attack, device, progress
     )
     notes[:0] = attack_notes
     clock.mark("black_box", f"black-box examples of {len(sources)} source(s)")

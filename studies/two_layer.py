@@ -131,6 +131,13 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
     if settings.picture_index >= data.x_test.shape[0]:
         raise StudyError(f"--picture-index {settings.picture_index} exceeds the {data.x_test.shape[0]} test points")
     spec = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
+    from ntkrobust.bridge.models import ModelError, check_memory, model_config
+
+    for width in settings.width:  # before the NTK machine: a width too large is refused at once
+        try:
+            check_memory(model_config("two-layer", data.image_shape, len(data.classes), width=width))
+        except ModelError as err:
+            raise StudyError(str(err)) from None
     notes: list[str] = []
     warn(notes, *spec.notes(data.image_shape[0]))
 

@@ -74,6 +74,19 @@ def test_label_names_that_are_no_list_are_refused(tmp_path, arrays, names, shape
     refused(path, f"label_names must be a list of names, one per class id; got .*{shape}")
 
 
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (np.array(["cat", "dog\nrm -rf"]), r"holds 'dog\\nrm -rf': every name must be printable text on one line"),
+        (np.array(["cat", " "]), r"holds ' ': every name must be printable text on one line"),
+        (np.array(["Cat", "cat"]), r"names two classes 'Cat' and 'cat' \(in any case\)"),
+    ],
+)
+def test_label_names_on_several_lines_blank_or_twice_are_refused(tmp_path, arrays, names, message):
+    """A name goes into one-line messages, CSV rows and legends, and --classes picks it by name."""
+    refused(npz(tmp_path / "d.npz", **arrays, label_names=names), message)
+
+
 def test_make_npz_refuses_a_0d_label_names_in_one_line(tmp_path, arrays, run_cli):
     path = npz(tmp_path / "d.npz", **arrays, label_names=np.array("cat"))
     code, _, stderr = run_cli(["make-npz", "--data", path, "--out", tmp_path / "out.npz"])

@@ -114,6 +114,20 @@ def test_width_is_the_twins_hidden_width():
     assert parameter_count(build_model(model_config("conv1", (1, 8, 8), 2, width=5))) == 9 * 5 + 5 + 5 * 64 * 2 + 2
 
 
+def test_a_model_larger_than_the_free_memory_is_refused_before_it_is_allocated(monkeypatch):
+    from ntkrobust.bridge import models
+
+    config = model_config("fc2", (1, 8, 8), 10, width=64)  # 64·64 + 64·64 + 64·10 + biases: 8,970 floats
+    monkeypatch.setattr(models, "available_memory", lambda: 8_970 * 4)
+    build_model(config)  # fits exactly
+    build_model(config, meta=True)  # shapes only: no memory to check
+    monkeypatch.setattr(models, "available_memory", lambda: 8_969 * 4)
+    with pytest.raises(ModelError, match=r"fc2 of width 64 has 8,970 parameters \(0.0 GiB\), more than the 0.0 GiB"):
+        build_model(config)
+    monkeypatch.setattr(models, "available_memory", lambda: None)  # not Linux: nothing to compare
+    build_model(config)
+
+
 def test_normalisation_lives_inside_the_model():
     plain = build_model(model_config("fc1", (3, 4, 4), 2, width=8))
     normalised = build_model(model_config("fc1", (3, 4, 4), 2, width=8, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25)))

@@ -130,6 +130,25 @@ def test_a_memory_budget_too_small_for_the_probe_kernel_is_one_line_and_writes_n
     assert_refused(argv, "--memory-budget 1: memory budget of 1048576 bytes is too small")
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (TRAIN, "fc2 of width 16 has 1,482 parameters"),
+        (["two-layer", "--data", "digits", "--width", 16, "--epochs", 2], "two-layer of width 16 has 1,024 parameters"),
+    ],
+)
+def test_a_width_larger_than_the_free_memory_is_one_line_before_any_compute(argv, message, assert_refused, monkeypatch):
+    import ntkrobust.kernels
+    from ntkrobust.bridge import models
+
+    def fitted(*args, **kwargs):
+        raise AssertionError("the width is checked before the NTK machine is fitted")
+
+    monkeypatch.setattr(models, "available_memory", lambda: 1000)
+    monkeypatch.setattr(ntkrobust.kernels, "fit_kernel_machine", fitted)
+    assert_refused(argv, f"{message} (0.0 GiB), more than the 0.0 GiB of memory free: choose a smaller width")
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 
 

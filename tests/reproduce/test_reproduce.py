@@ -89,13 +89,30 @@ def test_an_interrupted_reproduction_resumes(tmp_path: Path, monkeypatch: pytest
 
 
 def test_a_changed_or_edited_step_runs_again_or_says_what_to_delete(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A step whose key changed, or whose output was deleted, runs again (a deleted output counted
     as finished, and every run of the command failed on the missing file); a record edited into
-    another shape, or a reproduction.json that is no object, is one line (tracebacks before)."""
+    another shape, or a reproduction.json that is no object, is one line (tracebacks before).
+    A check that fails on files as they finished is a bug of the recipe: its traceback stays."""
+    import dataclasses
+    import importlib
+
+    reproduce_run = importlib.import_module("ntkrobust.reproduce.run")  # the package's `run` is a function
     out = tmp_path / "out"
     assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
+
+    def buggy(results: object) -> object:
+        raise KeyError("a key the recipe misspelt")
+
+    with monkeypatch.context() as patch:
+        recipes = tuple(
+            dataclasses.replace(r, check=buggy) if r.name == "tk-fig2-features" else r
+            for r in reproduce_run.RECIPES["tk"]
+        )
+        patch.setitem(reproduce_run.RECIPES, "tk", recipes)
+        with pytest.raises(KeyError, match="misspelt"):
+            _reproduce("tk-fig2-features", "--out", str(out))
     record = out / "steps" / "mnist-features.json"
     record.write_text(json.dumps({**json.loads(record.read_text()), "key": "another config"}))
     assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
