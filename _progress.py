@@ -26,7 +26,7 @@ LINE_EVERY = 60.0
 
 
 def _plural(unit: str) -> str:
-    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
+    return unit + ("es" if unit.endswith(("s", "sh", "tch", "x")) else "s")  # batches, epochs
 
 
 class _Lines:

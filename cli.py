@@ -179,13 +179,14 @@ def _rank_in_launch() -> int | None:
     import os
 
     values = {}
+    # RANK and LOCAL_RANK only mean something in a launch: LOCAL_RANK=-1 elsewhere says "not distributed"
     for name, default in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
-        text = os.environ.get(name, default)
+        text = os.environ.get(name, default).strip()
         if not (text.isascii() and text.isdigit()):
             raise UsageError(f"the environment variable {name}={text!r} is not a whole number >= 0 (set by torchrun)")
         values[name] = int(text)
-    if values["WORLD_SIZE"] <= 1:
-        return None
+        if name == "WORLD_SIZE" and values[name] <= 1:
+            return None
     if values["RANK"] >= values["WORLD_SIZE"]:
         raise UsageError(f"RANK={values['RANK']} is not below WORLD_SIZE={values['WORLD_SIZE']} (set by torchrun)")
     return values["RANK"]

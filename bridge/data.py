@@ -158,7 +158,10 @@ def _resolve_classes(
         if text.lstrip("-").isdigit():
             cid = int(text)
         elif label_names is not None and text.lower() in (lowered := [str(n).lower() for n in label_names]):
-            cid = lowered.index(text.lower())  # names in any case: Cat, cat, CAT
+            ids = [i for i, name in enumerate(lowered) if name == text.lower()]  # names in any case: Cat, cat, CAT
+            if len(ids) > 1:  # ImageNet's names hold "crane" twice
+                raise DataError(f"class name {text!r} names classes {', '.join(map(str, ids))}: give the class id")
+            cid = ids[0]
         else:
             known = f" (names: {', '.join(label_names)})" if label_names is not None else ""
             raise DataError(f"unknown class {text!r}: give class ids{known}")
@@ -320,17 +323,18 @@ def _label_names(names: Any, where: str, key: str = "label_names") -> list[str]:
         raise DataError(
             f"{where}: {key} must be a list of names, one per class id; got {array.dtype} of shape {array.shape}"
         )
-    listed = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in array.tolist()]
-    # names go into one-line messages, CSV rows and legends, and --classes picks them in any case
-    for name in listed:
-        if not name.strip() or not name.isprintable():
+    listed = [_decoded(n) if isinstance(n, bytes) else str(n) for n in array.tolist()]
+    for name in listed:  # names go into one-line messages, CSV rows and legends
+        if not name.isprintable():
             raise DataError(f"{where}: {key} holds {name!r}: every name must be printable text on one line")
-    seen: dict[str, str] = {}
-    for name in listed:
-        if name.lower() in seen:
-            raise DataError(f"{where}: {key} names two classes {seen[name.lower()]!r} and {name!r} (in any case)")
-        seen[name.lower()] = name
     return listed
+
+
+def _decoded(name: bytes) -> str:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:  # CIFAR's own files are ASCII; anything else as bytes
+        return name.decode("latin1")
 
 
 _MNIST_FILES = {

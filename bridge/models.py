@@ -410,17 +410,20 @@ def build_model(config: ModelConfig, *, meta: bool = False) -> nn.Module:
     return model
 
 
-def check_memory(config: ModelConfig) -> None:
-    """Refuse (``ModelError``) a model whose weights alone exceed the memory free now, before
-    they are allocated: with overcommitted memory a huge allocation can succeed and the process
-    die later, killed when initialisation first touches the pages."""
+def check_memory(config: ModelConfig, *, copies: int = 1) -> None:
+    """Refuse (``ModelError``) a model whose weights alone (``copies`` of them: a command that
+    holds several nets at once) exceed the memory free now, before they are allocated: with
+    overcommitted memory a huge allocation can succeed and the process die later, killed when
+    initialisation first touches the pages."""
     shapes = build_model(config, meta=True)
-    needed = sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
+    needed = copies * sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
     free = available_memory()
     if free is not None and needed > free:
         count = sum(p.numel() for p in shapes.parameters())
+        gib = f"{needed / 2**30:.1f} GiB"
+        size = f"; the {copies} copies held at once take {gib}" if copies > 1 else f" ({gib})"
         raise ModelError(
-            f"{config.model} of width {config.width} has {count:,} parameters ({needed / 2**30:.1f} GiB), "
+            f"{config.model} of width {config.width} has {count:,} parameters{size}, "
             f"more than the {free / 2**30:.1f} GiB of memory free: choose a smaller width"
         )
 

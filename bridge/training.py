@@ -387,38 +387,37 @@ def train_epoch(
     total_loss, correct, seen, step = 0.0, 0.0, 0, first_step
     eps = config.eps
     start = time.perf_counter()
-    bar = progress_bar(batches, f"epoch {epoch} ({mode})", "batch", show=progress)
-    for b in range(batches):
-        index = order[b * config.batch_size : (b + 1) * config.batch_size]
-        xb, yb = x[index], y[index]
-        if config.augment != "none":
-            xb = augment(xb, seed=derived_seed(config.seed, 6, step), shared=config.augment_shared)
-        eps = config.eps_at(epoch, b, batches) if mode != "standard" else config.eps
-        seed = derived_seed(config.seed, 2, step)
-        te = _te_regulariser(model, xb, index, ensemble, epoch) if mode == "te" else (None, 0.0)
-        part = distributed.rows(yb.shape[0])
-        loss, logits = training_loss(
-            model, xb, yb, mode, config.at_eps(eps), seed, te, part=part, replicas=replicas, forward=replica
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        # this process's share of the batch's loss sum, and its correct predictions
-        sums += torch.stack([loss.detach().double() * yb.shape[0] / replicas, (logits.argmax(1) == yb[part]).sum()])
-        seen += yb.shape[0]
-        if step % READ_EVERY == 0 or b == batches - 1:
-            # the sums over every process's rows (the same reads on each: one decides as all do
-            # whether the loss diverged), reduced where they live: NCCL reduces GPU tensors only
-            total_loss, correct = (distributed.all_reduce_sum(sums.clone()) if replicas > 1 else sums).tolist()
-            if not math.isfinite(total_loss):
-                raise FloatingPointError(f"the training loss became {total_loss} by step {step} (epoch {epoch})")
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.update(1)
-        if after_step is not None:
-            after_step(step)
-            model.train()
-    bar.close()
+    with progress_bar(batches, f"epoch {epoch} ({mode})", "batch", show=progress) as bar:
+        for b in range(batches):
+            index = order[b * config.batch_size : (b + 1) * config.batch_size]
+            xb, yb = x[index], y[index]
+            if config.augment != "none":
+                xb = augment(xb, seed=derived_seed(config.seed, 6, step), shared=config.augment_shared)
+            eps = config.eps_at(epoch, b, batches) if mode != "standard" else config.eps
+            seed = derived_seed(config.seed, 2, step)
+            te = _te_regulariser(model, xb, index, ensemble, epoch) if mode == "te" else (None, 0.0)
+            part = distributed.rows(yb.shape[0])
+            loss, logits = training_loss(
+                model, xb, yb, mode, config.at_eps(eps), seed, te, part=part, replicas=replicas, forward=replica
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            # this process's share of the batch's loss sum, and its correct predictions
+            sums += torch.stack([loss.detach().double() * yb.shape[0] / replicas, (logits.argmax(1) == yb[part]).sum()])
+            seen += yb.shape[0]
+            if step % READ_EVERY == 0 or b == batches - 1:
+                # the sums over every process's rows (the same reads on each: one decides as all do
+                # whether the loss diverged), reduced where they live: NCCL reduces GPU tensors only
+                total_loss, correct = (distributed.all_reduce_sum(sums.clone()) if replicas > 1 else sums).tolist()
+                if not math.isfinite(total_loss):
+                    raise FloatingPointError(f"the training loss became {total_loss} by step {step} (epoch {epoch})")
+                bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.update(1)
+            if after_step is not None:
+                after_step(step)
+                model.train()
     return {
         "mode": mode,
         "train_loss": total_loss / max(seen, 1),

@@ -554,8 +554,9 @@ def _discard_unfinished(run: Any, existed: bool) -> None:
     probe), and its folder when the run made it: a refusal leaves nothing half-written. A run with
     a finished epoch keeps it, as a diverged one does.
 
-    The budget is refused only where the tracker first plans the probe's kernel, after the
-    initial evaluation: bridge.entk has no plan-only entry that could check it before."""
+    The trainer checks the budget before its first evaluation (``entk.check_memory_budget``),
+    so nothing of the run exists yet when it is refused; the cleanup stays for a refusal that
+    comes later (a rank whose budget differs under torchrun)."""
     if run.latest_checkpoint() is not None:
         return
     run.clear()

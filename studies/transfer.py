@@ -97,7 +97,7 @@ def _tau_text(tau: float | None) -> str:
 def _surrogate_configs(settings: TransferSettings, data: Any) -> dict[str, Any]:
     """The network config of every ``--surrogate`` MODEL[:WIDTH], checked against the data
     before any compute."""
-    from ntkrobust.bridge.models import ModelError, check_fits, model_config, parse_model_name
+    from ntkrobust.bridge.models import ModelError, check_fits, check_memory, model_config, parse_model_name
 
     check_unique(list(settings.surrogate), "--surrogate", "a surrogate")
     configs = {}
@@ -106,6 +106,7 @@ def _surrogate_configs(settings: TransferSettings, data: Any) -> dict[str, Any]:
             name, width = parse_model_name(spec)
             config = model_config(name, data.image_shape, len(data.classes), width=width, seed=settings.data.seed)
             check_fits(config, data.image_shape)
+            check_memory(config, copies=settings.surrogate_nets)  # the surrogate holds them all at once
             configs[spec] = config
         except ModelError as err:
             raise StudyError(str(err)) from None
@@ -122,7 +123,12 @@ def _surrogate_examples(
     from ntkrobust.bridge.transfer import white_box_examples
 
     data = fit_data  # its test points are the study's
-    networks = [net.to(device) for net in initial_networks(config, settings.surrogate_nets)]
+    from ntkrobust.bridge.models import ModelError
+
+    try:  # checked before any compute; the memory may have filled since
+        networks = [net.to(device) for net in initial_networks(config, settings.surrogate_nets)]
+    except ModelError as err:
+        raise StudyError(str(err)) from None
     machine = fit_empirical_kernel_machine(
         networks,
         data.x_train,

@@ -135,7 +135,8 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
 
     for width in settings.width:  # before the NTK machine: a width too large is refused at once
         try:
-            check_memory(model_config("two-layer", data.image_shape, len(data.classes), width=width))
+            # each net is held with its initial copy (f − f₀)
+            check_memory(model_config("two-layer", data.image_shape, len(data.classes), width=width), copies=2)
         except ModelError as err:
             raise StudyError(str(err)) from None
     notes: list[str] = []
@@ -176,7 +177,7 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
             device=device,
             progress=progress,
         )
-    except FloatingPointError as err:  # names the epoch and the learning rate: one line
+    except (FloatingPointError, ModelError) as err:  # the epoch and learning rate, or the memory: one line
         raise StudyError(str(err)) from None
     clock.mark("experiment", f"{len(result.nets)} net(s) trained and compared at {len(measured)} epochs")
     theory = theory_time_per_epoch(settings.lr, machine.n_train)

@@ -30,6 +30,7 @@ def test_iterated_loops_and_running_figures_print_lines(
     monkeypatch.setattr(_progress, "LINE_EVERY", 0.0)
     with caplog.at_level(logging.INFO, logger="ntkrobust"):
         assert list(progress_iter(iter("abc"), "robust-only", "kernel", show=False)) == ["a", "b", "c"]
+        assert list(progress_iter(range(2), "two-layer", "epoch", show=False)) == [0, 1]
         with progress_bar(2, "epoch 1 (pgd)", "batch", show=False) as bar:
             bar.set_postfix(loss="0.512", acc="0.830")
             bar.update(1)
@@ -37,7 +38,8 @@ def test_iterated_loops_and_running_figures_print_lines(
     assert [line.split(",")[0] for line in lines[:3]] == [
         f"robust-only: {i}/3 kernels (%d%%)" % p for i, p in ((1, 33), (2, 67), (3, 100))
     ]
-    assert lines[3].startswith("epoch 1 (pgd): 1/2 batches (50%), ") and lines[3].endswith(" s, loss 0.512, acc 0.830")
+    assert lines[4].startswith("two-layer: 2/2 epochs (100%), ")
+    assert lines[5].startswith("epoch 1 (pgd): 1/2 batches (50%), ") and lines[5].endswith(" s, loss 0.512, acc 0.830")
 
 
 def test_a_terminal_gets_tqdm() -> None:

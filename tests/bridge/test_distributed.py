@@ -252,6 +252,20 @@ def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
     assert not (tmp_path / "out").exists()
 
 
+def test_rank_variables_outside_a_launch_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOCAL_RANK=-1 says "not distributed" in other tools' setups; torchrun's values may carry spaces."""
+    from ntkrobust import cli
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "-1")
+    monkeypatch.setenv("RANK", "x")
+    assert cli._rank_in_launch() is None
+    monkeypatch.setenv("WORLD_SIZE", " 2 ")
+    monkeypatch.setenv("RANK", "1 ")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert cli._rank_in_launch() == 1
+
+
 @pytest.mark.parametrize(
     ("environment", "message"),
     [

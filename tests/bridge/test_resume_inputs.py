@@ -134,7 +134,14 @@ def test_a_memory_budget_too_small_for_the_probe_kernel_is_one_line_and_writes_n
     ("argv", "message"),
     [
         (TRAIN, "fc2 of width 16 has 1,482 parameters"),
-        (["two-layer", "--data", "digits", "--width", 16, "--epochs", 2], "two-layer of width 16 has 1,024 parameters"),
+        (
+            ["two-layer", "--data", "digits", "--width", 16, "--epochs", 2],
+            "two-layer of width 16 has 1,024 parameters; the 2 copies held at once take 0.0 GiB, more than",
+        ),
+        (
+            ["transfer", "--data", "digits", "--target", "missing.pt", "--surrogate", "fc2:16", "--surrogate-nets", 3],
+            "fc2 of width 16 has 1,482 parameters; the 3 copies held at once take 0.0 GiB, more than",
+        ),
     ],
 )
 def test_a_width_larger_than_the_free_memory_is_one_line_before_any_compute(argv, message, assert_refused, monkeypatch):
@@ -146,7 +153,8 @@ def test_a_width_larger_than_the_free_memory_is_one_line_before_any_compute(argv
 
     monkeypatch.setattr(models, "available_memory", lambda: 1000)
     monkeypatch.setattr(ntkrobust.kernels, "fit_kernel_machine", fitted)
-    assert_refused(argv, f"{message} (0.0 GiB), more than the 0.0 GiB of memory free: choose a smaller width")
+    assert_refused(argv, message if "copies" in message else f"{message} (0.0 GiB), more than the 0.0 GiB")
+    assert_refused(argv, "of memory free: choose a smaller width")
 
 
 # -- checkpoints ------------------------------------------------------------------------------
