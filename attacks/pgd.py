@@ -40,8 +40,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from ntkrobust._progress import progress_iter
 from ntkrobust.attacks._array import Array, ops_for
 from ntkrobust.attacks.fgsm import LossGradient
 from ntkrobust.attacks.threat import Norm, ThreatModel, steepest_ascent
@@ -73,7 +72,7 @@ def pgd(
     else:
         x_adv = threat.random_start(x, seed) if random_start else x
     ascend = _jitted_ascent() if ops.name == "jax" else _ascent
-    for _ in tqdm(range(steps), desc="PGD", unit="step", disable=not progress, leave=False):
+    for _ in progress_iter(range(steps), "PGD", "step", show=progress):
         x_adv = ascend(x_adv, loss_gradient(x_adv, y), x, step=step, threat=threat)
     return x_adv
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ntkrobust._progress import progress_bar
 from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.checkpoint import CheckpointError, check_state_dict, read_checkpoint, save_checkpoint
@@ -359,9 +360,7 @@ class _TrainingRun:
         tracking = self.tracking
         result: dict[str, Any] = {}
         probe_examples = None
-        bar = tqdm(
-            total=2 * len(tracking.batchnorm), desc="evaluating", unit="split", disable=not self.progress, leave=False
-        )
+        bar = progress_bar(2 * len(tracking.batchnorm), "evaluating", "split", show=self.progress)
         for mode in tracking.batchnorm:
             scores: dict[str, float] = {}
             for split, x, y, subset in self._splits():
@@ -392,9 +391,7 @@ class _TrainingRun:
         assert attack is not None  # only called when full_due
         accuracy: dict[str, dict[str, float]] = {}
         modes = self.tracking.batchnorm
-        bar = tqdm(
-            total=2 * len(modes), desc=f"PGD-{attack.steps}", unit="split", disable=not self.progress, leave=False
-        )
+        bar = progress_bar(2 * len(modes), f"PGD-{attack.steps}", "split", show=self.progress)
         for mode in modes:
             accuracy[mode] = {}
             for split, x, y, subset in self._splits():
