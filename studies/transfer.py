@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust._progress import progress_iter
 from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
 from ntkrobust.studies._common import (
@@ -254,7 +255,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     )
     notes[:0] = attack_notes
     clock.mark("black_box", f"black-box examples of {len(sources)} source(s)")
-    for i, net in enumerate(nets):
+    for i, net in enumerate(progress_iter(nets, "white-box examples", "net", show=progress)):
         sources[net.label] = white_box_examples(net.model, x_test, y_index, attack, device=device)
         about[net.label] = {"kind": "white-box", "is_target": i < len(targets), "net": net.description}
     noisy = random_sign_examples(x_test, attack)
@@ -268,7 +269,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
             ),
             about,
         )
-        for t in targets
+        for t in progress_iter(targets, "transfer to targets", "target", show=progress)
     ]  # fmt: skip
     clock.mark("evaluation", f"{len(targets)} target(s) against {len(sources)} source(s)")
     metrics = {
