@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -69,8 +69,9 @@ def progress_bar(total: int, desc: str, unit: str, *, show: bool, leave: bool = 
 
 
 def progress_iter(items: Iterable[_T], desc: str, unit: str, *, show: bool, leave: bool = False) -> Iterator[_T]:
-    """``items`` one by one, counted by ``progress_bar`` (a bar or timed plain lines)."""
-    listed = list(items)
+    """``items`` one by one, counted by ``progress_bar`` (a bar or timed plain lines). A range or
+    a list is not copied (``range(steps)`` of a billion steps takes no memory)."""
+    listed = items if isinstance(items, Sized) else list(items)
     with progress_bar(len(listed), desc, unit, show=show, leave=leave) as bar:
         for item in listed:
             yield item

@@ -167,8 +167,10 @@ def _resolve_classes(
             raise DataError(f"unknown class {text!r}: give class ids{known}")
         if cid not in present:
             raise DataError(f"class {cid} is absent from the data (present: {', '.join(map(str, present))})")
+        if cid in out:
+            raise DataError(f"--classes names class {cid} twice ({','.join(map(str, requested))})")
         out.append(cid)
-    if len(out) < 2 or len(set(out)) != len(out):
+    if len(out) < 2:
         raise DataError(f"--classes needs at least two distinct classes, got {','.join(map(str, requested))}")
     return tuple(out)
 
@@ -250,6 +252,10 @@ def _to_images(x: np.ndarray, what: str) -> np.ndarray:
     return (x.astype(np.float32) / 255.0).astype(np.float32)
 
 
+#: the largest class id a label may hold (a larger one is a corrupt or foreign file)
+MAX_CLASS_ID = 2**31 - 1
+
+
 def _to_labels(y: np.ndarray, what: str) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim != 1:
@@ -261,6 +267,8 @@ def _to_labels(y: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what} has dtype {y.dtype}; expected integer class ids")
     if y.size and y.min() < 0:
         raise DataError(f"{what} holds negative class ids")
+    if y.size and y.max() > MAX_CLASS_ID:  # checked before the cast, which wraps 2**63 to a negative id
+        raise DataError(f"{what} holds class id {y.max():.6g}, above {MAX_CLASS_ID}: labels are class ids")
     return y.astype(np.int64)
 
 

@@ -108,8 +108,14 @@ class TrackingConfig:
         if self.estimator != "exact":
             from ntkrobust.bridge.entk import KernelKind
 
-            if KernelKind.parse(self.estimator).name != "rademacher":
-                raise ValueError(f"--estimator must be exact or rademacher:K, got {self.estimator!r}")
+            try:
+                kind: str | None = KernelKind.parse(self.estimator).name
+            except ValueError:  # rademacher:0, rademacher:x, or no kind at all
+                kind = None
+            if kind != "rademacher":
+                raise ValueError(
+                    f"--estimator must be exact or rademacher:K (K > 0 random-sign draws), got {self.estimator!r}"
+                )
             if self.track_full:
                 raise ValueError("--estimator estimates the trace kernel; --track-full asks for the exact full one")
 
@@ -163,7 +169,13 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = sorted(set(old) | set(new))
         return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix[:-1]} was {old!r}, now {new!r}"]
+    return [] if old == new else [f"{prefix[:-1]} was {_short(old)}, now {_short(new)}"]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a whole section that differs stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]} ..."
 
 
 def _subset(labels: np.ndarray, classes: tuple[int, ...], n: int | None, seed: int, what: str) -> np.ndarray:

@@ -36,9 +36,10 @@ Shapes: x (B, C, H, W) in [0, 1] on the net's device; y (B,) int64 output indice
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -72,6 +73,19 @@ MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")
 #: steps between two reads of the running loss from the device, here and in the two-layer
 #: full-batch descent (a non-finite loss stops the run there): no host round trip per step on a GPU
 READ_EVERY = 20
+
+
+#: the largest float32: a learning rate or weight beyond it overflows in torch's float32 updates
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _float32(value: float) -> bool:
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+
+
+def _milestones_ok(milestones: Sequence[int]) -> bool:
+    """Each milestone once, from epoch 1, in order: a repeated one would apply gamma twice."""
+    return all(m >= 1 for m in milestones) and all(a < b for a, b in itertools.pairwise(milestones))
 
 
 @dataclass(frozen=True)
@@ -113,19 +127,19 @@ class TrainConfig:
             raise ValueError(f"mode {self.mode} needs eps > 0")
         checks = (
             ("epochs", self.epochs, self.epochs >= 0),
-            ("lr", self.lr, math.isfinite(self.lr) and self.lr > 0),
+            ("lr", self.lr, _float32(self.lr) and self.lr > 0),
             ("momentum", self.momentum, 0 <= self.momentum < 1),
-            ("weight decay", self.weight_decay, math.isfinite(self.weight_decay) and self.weight_decay >= 0),
-            ("gamma", self.gamma, math.isfinite(self.gamma) and self.gamma > 0),
+            ("weight decay", self.weight_decay, _float32(self.weight_decay) and self.weight_decay >= 0),
+            ("gamma", self.gamma, _float32(self.gamma) and self.gamma > 0),
             ("batch size", self.batch_size, self.batch_size >= 1),
-            ("PGD step", self.pgd_step, math.isfinite(self.pgd_step) and self.pgd_step > 0),
+            ("PGD step", self.pgd_step, _float32(self.pgd_step) and self.pgd_step > 0),
             ("PGD steps", self.pgd_steps, self.pgd_steps >= 1),
-            ("TRADES beta", self.trades_beta, math.isfinite(self.trades_beta) and self.trades_beta >= 0),
+            ("TRADES beta", self.trades_beta, _float32(self.trades_beta) and self.trades_beta >= 0),
             ("switch epoch", self.switch_epoch, self.switch_epoch is None or self.switch_epoch >= 0),
             ("eps warm-up", self.eps_warmup, self.eps_warmup >= 0),
-            ("TE weight", self.te_weight, math.isfinite(self.te_weight) and self.te_weight >= 0),
+            ("TE weight", self.te_weight, _float32(self.te_weight) and self.te_weight >= 0),
             ("augmentation", self.augment, self.augment in AUGMENTATIONS),
-            ("milestones", list(self.milestones), all(m >= 1 for m in self.milestones)),
+            ("milestones", list(self.milestones), _milestones_ok(self.milestones)),
         )
         for name, value, ok in checks:
             if not ok:

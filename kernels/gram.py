@@ -64,11 +64,19 @@ def block_size(arch: Architecture, nchw_shape: tuple[int, ...], *, memory_budget
 
 
 def default_cache_dir() -> Path:
-    """``$NTKROBUST_CACHE``, else ``$XDG_CACHE_HOME/ntkrobust``, else ``~/.cache/ntkrobust``."""
-    if os.environ.get("NTKROBUST_CACHE"):
+    """``$NTKROBUST_CACHE``, else ``$XDG_CACHE_HOME/ntkrobust``, else ``~/.cache/ntkrobust``
+    (a blank variable counts as unset: ``" "`` made a folder of that name)."""
+    if os.environ.get("NTKROBUST_CACHE", "").strip():
         return Path(os.environ["NTKROBUST_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
     return Path(base) / "ntkrobust"
+
+
+def cache_dir_source() -> str:
+    """What chose ``default_cache_dir``, for messages about it."""
+    if os.environ.get("NTKROBUST_CACHE", "").strip():
+        return "$NTKROBUST_CACHE"
+    return "$XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME", "").strip() else "the default cache folder"
 
 
 def gram_cache_key(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None) -> str:

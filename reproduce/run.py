@@ -155,6 +155,8 @@ def check(settings: ReproduceSettings) -> tuple[list[Recipe], Context, dict[str,
         needed = sorted({name for recipe in recipes for name in recipe.data})
         files = " and ".join(DATA_FILES[(name, ctx.scale)] for name in needed)
         raise StudyError(f"--scale {ctx.scale} needs --data-root DIR holding {files}")
+    if ctx.scale == "smoke" and ctx.data_root is not None:  # it would be recorded, though unread
+        raise StudyError("--scale smoke runs on scikit-learn's digits and reads no --data-root: leave it out")
     if ctx.data_root is not None and not ctx.data_root.is_dir():
         raise StudyError(f"--data-root {settings.data_root} is not a folder")
     steps, uses = plan(recipes, ctx)

@@ -90,8 +90,7 @@ class MachineSettings:
         check_choice(self.gradient, GRADIENTS, "--gradient")
         if not (self.time >= 0):
             raise StudyError(f"--time must be >= 0 or inf, got {self.time}")
-        if not (math.isfinite(self.ridge) and self.ridge >= 0):
-            raise StudyError(f"--ridge must be a finite number >= 0, got {self.ridge}")
+        check_ridge(self.ridge, "--ridge")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise StudyError(f"--learning-rate must be a finite number > 0, got {self.learning_rate}")
         if self.gradient == "closed-form" and any(name != "two-layer" for name in arch_names):
@@ -105,9 +104,14 @@ class MachineSettings:
             check_choice(name, ARCHITECTURES, "--arch")
         check_choice(self.precision, PRECISIONS, "--precision")
         if self.cache:  # a cache folder that cannot be made is found now, not after the compute
-            from ntkrobust.kernels.gram import default_cache_dir
+            from ntkrobust.kernels.gram import cache_dir_source, default_cache_dir
 
-            check_writable(self.cache_dir or default_cache_dir(), "--cache-dir (or pass --no-cache)")
+            what = "--cache-dir" if self.cache_dir else f"the Gram cache of {cache_dir_source()},"
+            try:
+                check_writable(self.cache_dir or default_cache_dir(), what)
+            except StudyError as err:
+                remedy = " (or pass --no-cache)" if self.cache_dir else ": set --cache-dir or pass --no-cache"
+                raise StudyError(f"{err}{remedy}") from None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -290,6 +294,17 @@ def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:
     return dataclasses.replace(data, x_train=data.x_train[chosen], y_train=data.y_train[chosen])
 
 
+#: the largest ridge, relative to the Gram matrix's mean eigenvalue: beyond it a machine is its
+#: kernel's scale alone, its outputs and their gradients near underflow (1e308 overflowed)
+MAX_RIDGE = 1e6
+
+
+def check_ridge(ridge: float, flag: str) -> None:
+    """A ridge relative to the mean eigenvalue (neural-tangents' ``diag_reg``): 0 to ``MAX_RIDGE``."""
+    if not (math.isfinite(ridge) and 0 <= ridge <= MAX_RIDGE):
+        raise StudyError(f"{flag} must be from 0 to {MAX_RIDGE:g} (relative to the mean eigenvalue), got {ridge}")
+
+
 def check_choice(value: Any, choices: Sequence[Any], flag: str) -> None:
     """Refuse a value that is not one of ``choices`` (argparse does this for the command line)."""
     if value not in choices:
@@ -299,6 +314,19 @@ def check_choice(value: Any, choices: Sequence[Any], flag: str) -> None:
 def check_unique(values: Sequence[Any], flag: str, what: str) -> None:
     if len(set(values)) != len(values):
         raise StudyError(f"{flag} repeats {what}: {', '.join(map(str, values))}")
+
+
+def check_distinct_files(specs: Sequence[str], what: str) -> None:
+    """Refuse a net or run named twice (as written or through another path to the same file):
+    it would be evaluated, drawn or attacked twice under two labels."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        head, sep, tail = spec.rpartition("=")
+        path = Path(tail if sep and not Path(spec).exists() else spec)
+        key = f"{head if sep and not Path(spec).exists() else ''}={path.resolve()}"
+        if key in seen:
+            raise StudyError(f"{what} {spec} is named twice (also as {seen[key]})")
+        seen[key] = spec
 
 
 def load_targets(specs: Sequence[str], data: Any, device: Any, *, trust_code: bool = False) -> list[Any]:

@@ -93,6 +93,7 @@ class OutputLock:
         self.out = out
         self.path = out.parent / f".{out.name}.lock"
         self.owned = False
+        self.made: list[Path] = []  # the folders above ``out`` that taking the lock created
 
     def _holder(self) -> int | None:
         try:
@@ -101,6 +102,7 @@ class OutputLock:
             return None
 
     def __enter__(self) -> OutputLock:
+        self.made = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):  # a stale lock is removed once, then taken
             try:
@@ -125,6 +127,11 @@ class OutputLock:
         if self.owned:
             self.path.unlink(missing_ok=True)
             self.owned = False
+            for folder in self.made:  # deepest first: a refused run leaves no empty folders behind
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (the run wrote there), or gone
+                    break
 
 
 def remove_stale_staging(out: Path) -> list[Path]:

@@ -61,6 +61,12 @@ def run(settings: AttackSettings, *, progress: bool = False, argv: list[str] | N
     clock.mark("attack", f"{spec.method} on {data.x_test.shape[0]} test points")
     adv_pred = machine.predict(x_adv)
     sizes = perturbation_norms(x_adv, data.x_test)
+    if spec.eps > 0 and not sizes["linf"].max() > 0:  # a robust accuracy that measures nothing
+        warn(
+            notes,
+            "the attack moved no pixel: the machine's input gradients vanished (a --time near 0 or a large "
+            "--ridge scales them below float precision), so the robust accuracy is the clean one",
+        )
     attack = {key: value for key, value in spec.to_dict().items() if key != "seed"}
     config: dict[str, Any] = {
         **settings.data.config(data),

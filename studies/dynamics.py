@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, log
-from ntkrobust.studies._common import torch_device
+from ntkrobust.studies._common import check_distinct_files, torch_device
 
 
 @dataclass(frozen=True)
@@ -256,6 +256,7 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
     from ntkrobust.bridge.runs import RunError, json_summary
 
     clock = Clock()
+    check_distinct_files([str(path) for path in settings.runs], "run")
     try:
         groups = load_run_groups(settings.runs)
         baseline = _baseline(settings, groups)

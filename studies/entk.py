@@ -113,7 +113,13 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     from ntkrobust.bridge import distributed
     from ntkrobust.bridge.adversarial import pgd_examples, predict
     from ntkrobust.bridge.data import task_indices
-    from ntkrobust.bridge.entk import BudgetError, auto_memory_budget, empirical_ntk, with_batch_statistics
+    from ntkrobust.bridge.entk import (
+        BudgetError,
+        auto_memory_budget,
+        check_memory_budget,
+        empirical_ntk,
+        with_batch_statistics,
+    )
     from ntkrobust.bridge.models import parameter_count
     from ntkrobust.kernels.metrics import kernel_metrics
 
@@ -124,7 +130,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     try:
         kind.outputs(config.num_classes)
     except ValueError as err:
-        raise StudyError(str(err)) from None
+        raise StudyError(f"--kind {settings.kind}: {err}") from None
     x_clean, y = _points(settings, data)
     targets = task_indices(y, data.classes)
     dtype = torch.float64 if settings.dtype == "float64" else torch.float32
@@ -134,6 +140,12 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     if settings.batch_stats:
         _check_batch_statistics(net, inputs, config.model)
         net = with_batch_statistics(net, inputs)
+    budget = auto_memory_budget(device) if settings.memory_budget is None else settings.memory_budget * 2**20
+    budget = distributed.agreed_minimum(budget, device)  # the one every process plans with (and recorded)
+    try:  # before the PGD examples: a budget too small is refused before any compute
+        check_memory_budget(net, inputs, kind=kind, memory_budget=budget)
+    except BudgetError as err:
+        raise StudyError(f"--memory-budget {settings.memory_budget}: {err}") from None
     clean_pred = predict(net, inputs)
     adversarial: dict[str, Any] | None = None
     notes: list[str] = []
@@ -154,8 +166,6 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     clock.mark("inputs", f"{settings.n} {settings.split} points" + (" and their PGD examples" if adversarial else ""))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    budget = auto_memory_budget(device) if settings.memory_budget is None else settings.memory_budget * 2**20
-    budget = distributed.agreed_minimum(budget, device)  # the one every process plans with (and recorded)
     try:
         kernel = empirical_ntk(net, x_kernel, kind=kind, memory_budget=budget, progress=progress)
     except BudgetError as err:

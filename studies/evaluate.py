@@ -8,11 +8,12 @@ and, with ``trust_model_code``, TorchScript / .pt2 files. Outputs: ``results.jso
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ntkrobust.studies._base import Clock, StudyError, StudyResult, envelope, log, warn
-from ntkrobust.studies._common import DataSettings, load_targets, torch_device
+from ntkrobust.studies._common import DataSettings, check_distinct_files, check_unique, load_targets, torch_device
 
 EVALUATION_ATTACKS = ("pgd-20", "pgd-100", "cw-100", "autoattack")  # = bridge.evaluation.EVALUATION_ATTACKS
 
@@ -49,8 +50,12 @@ def _checked(settings: EvaluateSettings, channels: int) -> float:
         raise StudyError(f"--attacks {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
     if not settings.nets:
         raise StudyError("name at least one net to evaluate")
-    if settings.batch_size < 1 or not settings.masking_gap >= 0:
-        raise StudyError("--batch-size must be >= 1 and --masking-gap >= 0")
+    check_unique(list(settings.attacks), "--attacks", "an attack")
+    check_distinct_files(settings.nets, "net")
+    if settings.batch_size < 1:
+        raise StudyError(f"--batch-size must be >= 1, got {settings.batch_size}")
+    if not (math.isfinite(settings.masking_gap) and settings.masking_gap >= 0):
+        raise StudyError(f"--masking-gap must be a finite number >= 0, got {settings.masking_gap}")
     eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
     if not 0 < eps <= 1:
         raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")

@@ -115,6 +115,13 @@ class TrainResult(StudyResult):
         )
 
 
+def _clears(run: Any, path: Path) -> bool:
+    """Whether ``RunFolder.clear`` of ``run`` removes ``path``."""
+    path = path.resolve()
+    folders = (run.checkpoint_dir.resolve(), run.kernel_dir.resolve())
+    return path in (run.config.resolve(), run.history.resolve()) or any(path.is_relative_to(f) for f in folders)
+
+
 def _check_folder(settings: TrainSettings) -> None:
     from ntkrobust.bridge.runfolder import RunFolder
 
@@ -125,6 +132,12 @@ def _check_folder(settings: TrainSettings) -> None:
             raise StudyError(f"--resume: {settings.out} holds no run to continue (no config.json)")
     else:
         check_out_dir(settings.out, settings.force)
+    if settings.force and not settings.resume:  # --force clears the run's files: never an input
+        cleared = RunFolder(settings.out)
+        inputs = {"--linearize-from": settings.linearize_from, "--data": Path(settings.data.data)}
+        for flag, path in inputs.items():
+            if path is not None and path.exists() and _clears(cleared, path):
+                raise StudyError(f"{flag} {path} lies in --out {settings.out}, which --force clears: choose another")
     if (settings.centered or settings.centered_standard) and settings.linearize_from is None:
         flag = "--centered" if settings.centered else "--centered-standard"
         raise StudyError(f"{flag} needs --linearize-from CHECKPOINT (the network it is centered on)")

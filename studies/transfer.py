@@ -24,6 +24,8 @@ from ntkrobust.studies._common import (
     DataSettings,
     MachineSettings,
     ThreatSettings,
+    check_distinct_files,
+    check_ridge,
     check_unique,
     load_targets,
     torch_device,
@@ -110,7 +112,7 @@ def _surrogate_configs(settings: TransferSettings, data: Any) -> dict[str, Any]:
             check_memory(config, copies=settings.surrogate_nets)  # the surrogate holds them all at once
             configs[spec] = config
         except ModelError as err:
-            raise StudyError(str(err)) from None
+            raise StudyError(f"--surrogate {spec}: {err}") from None
     return configs
 
 
@@ -224,8 +226,10 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     """Attack every target with every source; the accuracy and τ matrices."""
     arch_names = list(settings.kernel_arch or ([] if settings.surrogate else ["fc2"]))
     check_unique(arch_names, "--kernel-arch", "an architecture")
-    if not (math.isfinite(settings.surrogate_ridge) and settings.surrogate_ridge >= 0):
-        raise StudyError(f"--surrogate-ridge must be a finite number >= 0, got {settings.surrogate_ridge}")
+    # a net may be a target and a source (its examples then transfer with τ = 1), not twice either
+    check_distinct_files(settings.target, "--target")
+    check_distinct_files(settings.source, "--source")
+    check_ridge(settings.surrogate_ridge, "--surrogate-ridge")
     settings.machine.check(arch_names)
     clock = Clock()
     data = settings.data.load()

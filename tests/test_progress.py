@@ -31,6 +31,8 @@ def test_iterated_loops_and_running_figures_print_lines(
     with caplog.at_level(logging.INFO, logger="ntkrobust"):
         assert list(progress_iter(iter("abc"), "robust-only", "kernel", show=False)) == ["a", "b", "c"]
         assert list(progress_iter(range(2), "two-layer", "epoch", show=False)) == [0, 1]
+        # a range is not copied: the first of a billion steps comes at once (it took 20 GB before)
+        assert next(progress_iter(range(10**9), "PGD", "step", show=False)) == 0
         with progress_bar(2, "epoch 1 (pgd)", "batch", show=False) as bar:
             bar.set_postfix(loss="0.512", acc="0.830")
             bar.update(1)

@@ -136,7 +136,7 @@ BAD = {
     "te ramp without te": ({"te_start": 2}, "--te-start / --te-end / --te-weight set the regulariser of --mode te"),
     "centered standard alone": ({"centered_standard": True}, "--centered-standard needs --linearize-from"),
     "stage-2 BN of a linearized net": ({"stage2_batchnorm": "train"}, "--stage2-batchnorm train applies to"),
-    "unknown estimator": ({"estimator": "hutch"}, "kernel kind must be full, class-blocks"),
+    "unknown estimator": ({"estimator": "hutch"}, "--estimator must be exact or rademacher:K"),
     "full kernel estimated": ({"estimator": "rademacher:2", "track_full": True}, "--estimator estimates the trace"),
     "a last batch of one through 1x1 BatchNorm": (
         {"model": "resnet18", "width": 2, "batch_size": 99},
