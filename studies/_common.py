@@ -193,6 +193,8 @@ class ThreatSettings:
         check_choice(method, METHODS if methods is None else methods, "--method")
         eps, step, steps = self.resolve(channels)
         iterative = method == "pgd"
+        if not iterative and (self.step is not None or self.steps is not None):  # they would go unread
+            raise StudyError(f"--step and --steps set PGD's schedule; --method {method} takes none: leave them out")
         return AttackSpec(
             method,
             eps,

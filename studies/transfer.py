@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -230,6 +230,12 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     check_distinct_files(settings.target, "--target")
     check_distinct_files(settings.source, "--source")
     check_ridge(settings.surrogate_ridge, "--surrogate-ridge")
+    if not settings.surrogate:  # the surrogates' flags alone would go unread
+        defaults = {f.name: f.default for f in fields(TransferSettings)}
+        for name in ("surrogate_n", "surrogate_nets", "surrogate_ridge"):
+            if getattr(settings, name) != defaults[name]:
+                flag = "--" + name.replace("_", "-")
+                raise StudyError(f"{flag} sets the eNTK surrogates: give --surrogate MODEL, or leave it out")
     settings.machine.check(arch_names)
     clock = Clock()
     data = settings.data.load()

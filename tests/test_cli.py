@@ -219,6 +219,12 @@ ENTK_FLAGS_THAT_DO_NOTHING |= {
 
 @pytest.mark.parametrize("case", list(ENTK_FLAGS_THAT_DO_NOTHING))
 def test_entk_refuses_flags_it_would_ignore_or_fail_on(case, assert_refused, monkeypatch):
+    # the modules that bind empirical_ntk at import are imported first: one imported while it is
+    # patched would keep the patch after the test (it failed later tests run in the same process)
+    import ntkrobust.bridge.eigenvectors
+    import ntkrobust.bridge.surrogate
+    import ntkrobust.bridge.tracking  # noqa: F401
+
     monkeypatch.setattr("ntkrobust.bridge.entk.empirical_ntk", _never_reached)
     flags, message = ENTK_FLAGS_THAT_DO_NOTHING[case]
     assert_refused(["entk", *flags], message)

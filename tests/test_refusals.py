@@ -50,6 +50,8 @@ def test_force_never_clears_the_checkpoint_a_linearized_run_starts_from(tmp_path
         (["entk", "--data", "digits", "--model", "fc2", "--kind", "class:99"], "--kind class:99: class 99 is not"),
         (["attack", "--data", "digits", "--classes", "0,1,0"], "--classes names class 0 twice (0,1,0)"),
         (["transfer", "--data", "digits", "--target", "N", "--surrogate", "fc2:0"], "--surrogate fc2:0: num_classes"),
+        (["transfer", "--data", "digits", "--target", "N", "--surrogate-n", 50], "--surrogate-n sets the eNTK surr"),
+        (["attack", *DIGITS, "--steps", 7], "--step and --steps set PGD's schedule; --method fgsm takes none"),
     ],
 )
 def test_values_that_overflowed_repeated_or_went_unread_are_refused(argv, message, assert_refused):
