@@ -108,6 +108,13 @@ class RunFolder:
         for file in (self.config, self.history):
             file.unlink(missing_ok=True)
 
+    def clears(self, path: Path) -> bool:
+        """Whether ``clear`` removes ``path``."""
+        path = path.resolve()
+        if path in (self.config.resolve(), self.history.resolve()):
+            return True
+        return any(path.is_relative_to(folder.resolve()) for folder in (self.checkpoint_dir, self.kernel_dir))
+
     def remove_temporaries(self) -> list[Path]:
         """Remove the hidden ``.NAME.*.tmp`` files of atomic writes that a killed run left behind
         (in the run folder, checkpoints/ and kernels/); the removed ones. Only while no other

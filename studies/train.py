@@ -115,13 +115,6 @@ class TrainResult(StudyResult):
         )
 
 
-def _clears(run: Any, path: Path) -> bool:
-    """Whether ``RunFolder.clear`` of ``run`` removes ``path``."""
-    path = path.resolve()
-    folders = (run.checkpoint_dir.resolve(), run.kernel_dir.resolve())
-    return path in (run.config.resolve(), run.history.resolve()) or any(path.is_relative_to(f) for f in folders)
-
-
 def _check_folder(settings: TrainSettings) -> None:
     from ntkrobust.bridge.runfolder import RunFolder
 
@@ -136,7 +129,7 @@ def _check_folder(settings: TrainSettings) -> None:
         cleared = RunFolder(settings.out)
         inputs = {"--linearize-from": settings.linearize_from, "--data": Path(settings.data.data)}
         for flag, path in inputs.items():
-            if path is not None and path.exists() and _clears(cleared, path):
+            if path is not None and path.exists() and cleared.clears(path):
                 raise StudyError(f"{flag} {path} lies in --out {settings.out}, which --force clears: choose another")
     if (settings.centered or settings.centered_standard) and settings.linearize_from is None:
         flag = "--centered" if settings.centered else "--centered-standard"

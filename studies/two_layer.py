@@ -94,7 +94,9 @@ def picture_epochs(epochs: Sequence[int]) -> list[int]:
 def _check(settings: TwoLayerSettings) -> int:
     """Refuse bad settings; the anchor epoch."""
     check_unique(settings.width, "--width", "a width")
-    if not (math.isfinite(settings.lr) and 0 < settings.lr <= 3.4028234663852886e38):  # float32's largest
+    from ntkrobust.bridge.training import FLOAT32_MAX
+
+    if not (math.isfinite(settings.lr) and 0 < settings.lr <= FLOAT32_MAX):
         raise StudyError(f"--lr must be a finite number > 0 within float32's range, got {settings.lr}")
     anchor = settings.anchor_epoch or max(1, round(settings.epochs / 100))
     if anchor > settings.epochs:
