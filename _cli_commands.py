@@ -148,7 +148,6 @@ def _features_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--robust-steps",
         type=_positive_int,
-        default=10,
         help="PGD steps against f'_r, of size --step or 2.5·eps/steps (default 10)",
     )
     _add_output_flags(p, what="output folder: features.csv, PNG figures, results.json")
@@ -547,9 +546,11 @@ def _reproduce_parser(p: argparse.ArgumentParser) -> None:
     from ntkrobust.reproduce._recipe import SCALES
 
     p.add_argument("target", nargs="?", metavar="TARGET", help="tk, loo, rat, beyond, all, or a recipe name")
-    p.add_argument("--scale", default="smoke", help=f"{', '.join(SCALES)} (default smoke)")
+    p.add_argument("--scale", help=f"{', '.join(SCALES)} (default smoke)")
     p.add_argument("--data-root", type=Path, help="folder holding mnist/ and cifar10/ (cpu and paper scales)")
-    p.add_argument("--list", action="store_true", help="print the recipes with their estimated cost and exit")
+    p.add_argument(
+        "--list", action="store_true", help="print the recipes (of TARGET, if given) with their estimated cost and exit"
+    )
     p.add_argument("--out", type=Path, help="reproduction folder: steps/, report.html, report.md, findings.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -204,11 +204,15 @@ def _launch_rank(command: str) -> int | None:
 
 
 def _reproduce_listing(args: argparse.Namespace) -> bool:
-    """``reproduce --list`` prints the recipes; otherwise TARGET and --out are required."""
+    """``reproduce [TARGET] --list`` prints the recipes (of TARGET); otherwise TARGET and --out
+    are required. --scale defaults to smoke once the listing is ruled out."""
     if args.list:
         from ntkrobust.reproduce import listing
 
-        print(listing())
+        unread = [f"--{name.replace('_', '-')}" for name in ("scale", "data_root", "out") if getattr(args, name)]
+        if unread:
+            raise UsageError(f"--list prints every scale's cost and runs nothing: leave out {', '.join(unread)}")
+        print(listing(args.target or "all"))
         return True
     if args.target is None or args.out is None:
         raise UsageError("reproduce needs TARGET and --out (or --list)")

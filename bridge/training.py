@@ -70,6 +70,10 @@ __all__ = [
 ]
 
 MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")
+#: the modes whose attack is PGD, of ``pgd_steps`` steps of ``pgd_step``
+PGD_MODES = ("pgd", "trades", "te")
+#: TRADES's robustness weight β (Zhang et al. 2019's 6)
+TRADES_BETA = 6.0
 #: steps between two reads of the running loss from the device, here and in the two-layer
 #: full-batch descent (a non-finite loss stops the run there): no host round trip per step on a GPU
 READ_EVERY = 20
@@ -108,7 +112,7 @@ class TrainConfig:
     eps: float = 0.3
     pgd_step: float = 0.01
     pgd_steps: int = 40
-    trades_beta: float = 6.0
+    trades_beta: float = TRADES_BETA
     switch_epoch: int | None = None
     eps_warmup: int = 0
     augment: str = "none"

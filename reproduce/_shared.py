@@ -64,7 +64,7 @@ def _root(ctx: Context) -> Path:
 #: schedules of the shared training runs (ε and steps: the standard ones of the images unless said)
 _SCHEDULES: dict[str, dict[str, Any]] = {
     "smoke": {"epochs": 5, "milestones": (4,), "lr": 0.1, "batch_size": 32, "track_kernel": 20, "eval_n": 60,
-              "eval_pgd_steps": 3, "full_eval_steps": 5, "pgd_steps": 3, "width": 16, "eps": 0.1},
+              "eval_pgd_steps": 3, "full_eval_steps": 5, "width": 16, "eps": 0.1},
     "cpu": {"epochs": 10, "milestones": (7,), "lr": 0.05, "track_kernel": 200, "eval_n": 500},
     "paper": {"epochs": 200, "milestones": (100, 150), "lr": 0.1, "weight_decay": 5e-4, "track_kernel": 500,
               "eval_n": 1000, "augment": "crop-flip"},
@@ -109,7 +109,7 @@ def training_run(ctx: Context, family: str, mode: str, *, suffix: str = "", **ov
             values |= {"augment": "crop-flip", "weight_decay": 5e-4, "epochs": 15, "milestones": (), "eval_n": 200,
                        "track_kernel": 50, "lr": 0.01}  # fmt: skip
     if ctx.scale == "smoke" and mode in ("pgd", "te", "trades"):
-        values["pgd_step"] = 0.04  # 3 steps that reach ε = 0.1
+        values |= {"pgd_steps": 3, "pgd_step": 0.04}  # 3 steps that reach ε = 0.1
     values |= overrides
     if values.get("linearize_from") is not None:  # the checkpoint has its network
         values |= {"model": None, "width": None}

@@ -16,6 +16,7 @@ import importlib
 import json
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,8 +104,16 @@ class StepStore:
                 return True
         return False
 
-    def finished(self, step: Step) -> bool:
-        return self._finished_record(step, self.key(step)) is not None
+    def finished_steps(self, steps: Mapping[str, Step]) -> set[str]:
+        """The names of ``steps`` (in plan order) finished under the keys they have now; their
+        keys follow from the configs alone, so nothing runs."""
+        keys: dict[str, str] = {}
+        done = set()
+        for name, step in steps.items():
+            keys[name] = step_key(step, self.ctx, [keys[n] for n in step.needs])
+            if self._finished_record(step, keys[name]) is not None:
+                done.add(name)
+        return done
 
     def run(self, step: Step, *, progress: bool, position: str) -> StepRun:
         """Reuse the step if finished under its key, else run it (resuming a training run)."""

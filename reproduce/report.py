@@ -96,7 +96,7 @@ def summary_table_markdown(report: Mapping[str, Any], link_to: str | None = "") 
             _md_cell(_source(finding, short=True)),
             _md_cell(finding.get("claim")),
             _md_cell(finding.get("paper_number")),
-            _md_cell(finding.get("measured")),
+            _md_cell(_measured(finding)),
             f"{_MARK.get(finding.get('verdict'), '')} **{_md_cell(finding.get('verdict'))}**",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -132,6 +132,18 @@ def render_html(report: Mapping[str, Any], out: Path) -> str:
     parts += [_html_section(f, a, base) for f, a in zip(findings, anchors, strict=True)]
     parts.append("</body>\n</html>\n")
     return "\n".join(parts)
+
+
+def _measured(finding: Mapping[str, Any]) -> str:
+    """What was measured; a finding kept from an earlier report says when it was judged."""
+    measured = str(finding.get("measured") or "")
+    if not finding.get("kept"):
+        return measured
+    return (
+        f"(kept from the report of {_when(finding.get('judged'))}: its steps are not all finished under this "
+        f"version's configs; ntkrobust reproduce {finding.get('recipe')} into this folder measures it again) "
+        f"{measured}"
+    )
 
 
 def _target(report: Mapping[str, Any]) -> str:
@@ -244,7 +256,7 @@ def _markdown_section(finding: Mapping[str, Any], base: Path) -> list[str]:
     lines = [f"## {finding.get('recipe', 'finding')}", "", f"*{_md_text(_source(finding))}*", ""]
     lines += [f"**Claim.** {_md_text(finding.get('claim'))}", ""]
     lines += [f"**Paper's number.** {_md_text(finding.get('paper_number'))}", ""]
-    lines += [f"**Measured here.** {_md_text(finding.get('measured'))}", ""]
+    lines += [f"**Measured here.** {_md_text(_measured(finding))}", ""]
     lines += [f"**Verdict: {_MARK.get(verdict or '', '')} {verdict}** (rule: {_md_text(finding.get('rule'))})", ""]
     for figure in finding.get("figures", []):
         path, caption = str(figure.get("path", "")), str(figure.get("caption", ""))
@@ -289,7 +301,7 @@ def _html_summary(findings: list[Mapping[str, Any]], anchors: list[str]) -> str:
             f"<td>{_h(x)}</td>"
             for x in (_source(finding, short=True), finding.get("claim"), finding.get("paper_number"))
         ]
-        cells += [f"<td>{_h(finding.get('measured'))}</td>", _html_verdict(finding.get("verdict"))]
+        cells += [f"<td>{_h(_measured(finding))}</td>", _html_verdict(finding.get("verdict"))]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join([*rows, "</tbody>", "</table>"])
 
@@ -301,7 +313,7 @@ def _html_section(finding: Mapping[str, Any], anchor: str, base: Path) -> str:
         f'<p class="meta">{_h(_source(finding))}</p>',
         f"<p><b>Claim.</b> {_h(finding.get('claim'))}</p>",
         f"<p><b>Paper's number.</b> {_h(finding.get('paper_number'))}</p>",
-        f"<p><b>Measured here.</b> {_h(finding.get('measured'))}</p>",
+        f"<p><b>Measured here.</b> {_h(_measured(finding))}</p>",
         f'<p class="verdict"><b>Verdict:</b> {_html_verdict(finding.get("verdict"), "span")}'
         f" (rule: <code>{_h(finding.get('rule'))}</code>)</p>",
     ]

@@ -3,7 +3,8 @@ finding and write the report (``reproduce.report``).
 
 The reproduction folder OUT holds ``reproduction.json`` (the scale and data root it was made
 with: another reproduction's folder is refused), ``steps/`` (one folder per step, see
-``reproduce._store``) and the report: ``report.html``, ``report.md``, ``findings.json``.
+``reproduce._store``) and the report: ``report.html``, ``report.md``, ``findings.json``. The
+report covers every target reproduced into OUT (``run``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ntkrobust.bridge.files import json_safe, write_json
 from ntkrobust.reproduce import beyond, loo, rat, tk
@@ -83,17 +84,18 @@ def estimated_minutes(recipes: Sequence[Recipe], scale: str) -> float:
     return sum(step.minutes for step in steps.values())
 
 
-def listing() -> str:
-    """The recipes with their claims and estimated cost per scale (``reproduce --list``)."""
+def listing(target: str = "all") -> str:
+    """The recipes of ``target`` with their claims and estimated cost per scale, then the cost of
+    each group (``reproduce [TARGET] --list``)."""
     lines = [f"{'recipe':38} {'smoke':>7} {'cpu':>7} {'paper':>8}  claim"]
-    for recipe in all_recipes():
+    for recipe in select(target):
         cost = [estimated_minutes([recipe], scale) for scale in SCALES]
         lines.append(
             f"{recipe.name:38} {cost[0]:6.1f}m {cost[1]:6.0f}m {cost[2] / 60:7.1f}h  "
             f"{recipe.paper} {recipe.reference}: "
             f"{recipe.claim}"
         )
-    for group in GROUPS:
+    for group in GROUPS if target == "all" else ((target,) if target in GROUPS else ()):
         recipes = select(group)
         cost = [estimated_minutes(recipes, scale) for scale in SCALES]
         lines.append(
@@ -145,7 +147,60 @@ def _check_out(settings: ReproduceSettings, ctx: Context) -> dict[str, Any]:
     return identity
 
 
-def check(settings: ReproduceSettings) -> tuple[list[Recipe], Context, dict[str, Step], dict[str, list[str]]]:
+def describe(names: Sequence[str]) -> str:
+    """The recipes ``names`` as targets: "all", whole papers by name, then single recipes (past
+    three parts: their number, and the first three)."""
+    rest = set(names)
+    if rest >= {recipe.name for recipe in all_recipes()}:
+        return "all"
+    parts = []
+    for group, recipes in RECIPES.items():
+        if {recipe.name for recipe in recipes} <= rest:
+            parts.append(group)
+            rest -= {recipe.name for recipe in recipes}
+    parts += [recipe.name for recipe in all_recipes() if recipe.name in rest]
+    if len(parts) > 3:
+        return f"{len(names)} findings ({', '.join(parts[:3])}, ...)"
+    return " + ".join(parts)
+
+
+def _earlier_findings(out: Path, selected: Sequence[Recipe]) -> dict[str, dict[str, Any]]:
+    """The findings of the report already in ``out`` that this target does not judge (by recipe
+    name, in the report's order): the report keeps them. One that this version lacks is dropped."""
+    path = out / "findings.json"
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            report = json.load(handle)
+        findings = report["findings"]
+        created = report["reproduction"]["created"]
+        earlier = {str(f["recipe"]): {**f, "judged": f.get("judged") or created} for f in findings}
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as err:
+        raise StudyError(
+            f"--out {out}: findings.json, the report of the reproduction there, is unreadable ({type(err).__name__}); "
+            "delete it (the steps stay and are reused) or choose another --out"
+        ) from None
+    known = {recipe.name for recipe in all_recipes()}
+    for name in earlier.keys() - known:
+        log.info(f"{name}, a finding of the earlier report, is no recipe of this version: left out of the report")
+    chosen = {recipe.name for recipe in selected}
+    return {name: finding for name, finding in earlier.items() if name in known and name not in chosen}
+
+
+class Checked(NamedTuple):
+    """A checked reproduction: the target's recipes, then those of the report already in --out
+    (``_earlier_findings``: their findings as that report holds them, in ``earlier``); every step
+    of them in order, and each recipe's steps."""
+
+    recipes: list[Recipe]
+    ctx: Context
+    steps: dict[str, Step]
+    uses: dict[str, list[str]]
+    earlier: dict[str, dict[str, Any]]
+
+
+def check(settings: ReproduceSettings) -> Checked:
     """Everything that can be wrong with the settings, found before any compute."""
     if settings.scale not in SCALES:
         raise StudyError(f"unknown scale {settings.scale!r}: choose {', '.join(SCALES)}")
@@ -159,8 +214,8 @@ def check(settings: ReproduceSettings) -> tuple[list[Recipe], Context, dict[str,
         raise StudyError("--scale smoke runs on scikit-learn's digits and reads no --data-root: leave it out")
     if ctx.data_root is not None and not ctx.data_root.is_dir():
         raise StudyError(f"--data-root {settings.data_root} is not a folder")
-    steps, uses = plan(recipes, ctx)
     _check_out(settings, ctx)
+    target_steps, _ = plan(recipes, ctx)
     if settings.scale == "paper":
         import torch
 
@@ -169,8 +224,11 @@ def check(settings: ReproduceSettings) -> tuple[list[Recipe], Context, dict[str,
             raise StudyError(
                 f"--scale paper needs a GPU (about {hours:.0f} GPU-hours for {settings.target}); none found"
             )
-    _check_data(steps, ctx, recipes)
-    return recipes, ctx, steps, uses
+    _check_data(target_steps, ctx, recipes)
+    earlier = _earlier_findings(Path(settings.out), recipes)
+    recipes += [recipe for recipe in all_recipes() if recipe.name in earlier]
+    steps, uses = plan(recipes, ctx)
+    return Checked(recipes, ctx, steps, uses, earlier)
 
 
 def machine() -> dict[str, Any]:
@@ -200,32 +258,57 @@ class ReproduceResult(StudyResult):
         from ntkrobust.reproduce.report import verdict_counts
 
         counts = verdict_counts(self.record["findings"])
-        lines = [f"{f['recipe']}: {f['verdict']}" for f in self.record["findings"]]
+        kept = " (kept from the earlier report)"
+        lines = [f"{f['recipe']}: {f['verdict']}{kept if f.get('kept') else ''}" for f in self.record["findings"]]
         tally = ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
-        return "\n".join([*lines, f"{len(lines)} findings: {tally}; report.html, report.md, findings.json"])
+        return "\n".join([*lines, f"{_count(len(lines), 'finding')}: {tally}; report.html, report.md, findings.json"])
 
 
 def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] | None = None) -> ReproduceResult:
-    """Run (or reuse) every step of the target's recipes, then judge each finding."""
-    recipes, ctx, steps, uses = check(settings)
+    """Run (or reuse) every step of the target's recipes, then judge each finding. The findings
+    of the report already in --out stay in it: judged again where their steps are all finished
+    (nothing runs for them), else kept as that report judged them, marked so."""
+    recipes, ctx, steps, uses, earlier = check(settings)
     started = datetime.datetime.now().astimezone()
     clock = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-
-    write_json(out / "reproduction.json", {**_check_out(settings, ctx), "target": settings.target})
-    total = estimated_minutes(recipes, settings.scale)
-    log.info(f"reproduce {settings.target} at scale {settings.scale}: {len(recipes)} findings, {len(steps)} steps, "
-             f"estimated {total:.0f} min")  # fmt: skip
+    chosen = [recipe for recipe in recipes if recipe.name not in earlier]
+    target = describe([recipe.name for recipe in recipes])
+    write_json(out / "reproduction.json", {**_check_out(settings, ctx), "target": target})
+    total = estimated_minutes(chosen, settings.scale)
+    needed = [name for name in steps if any(name in uses[recipe.name] for recipe in chosen)]
+    kept = f"; the report keeps {_count(len(earlier), 'earlier finding')}" if earlier else ""
+    log.info(f"reproduce {settings.target} at scale {settings.scale}: {_count(len(chosen), 'finding')}, "
+             f"{_count(len(needed), 'step')}, estimated {total:.1f} min{kept}")  # fmt: skip
     store = StepStore(ctx)
     runs: dict[str, StepRun] = {}
-    for i, (name, step) in enumerate(steps.items(), 1):
-        runs[name] = store.run(step, progress=progress, position=f"[{i}/{len(steps)}]")
+    for i, name in enumerate(needed, 1):
+        runs[name] = store.run(steps[name], progress=progress, position=f"[{i}/{len(needed)}]")
+    finished = store.finished_steps(steps)
+    judged = [recipe for recipe in recipes if all(name in finished for name in uses[recipe.name])]
+    for name in steps:  # the steps of earlier findings, all finished: reused
+        if name not in runs and any(name in uses[recipe.name] for recipe in judged):
+            runs[name] = store.run(steps[name], progress=progress, position="[earlier report]")
     results = Results(ctx, steps)
-    findings = [_finding(recipe, ctx, results, [runs[n] for n in uses[recipe.name]], store) for recipe in recipes]
+    findings = []
+    for recipe in recipes:
+        recipe_runs = [runs[n] for n in uses[recipe.name] if n in runs]
+        if recipe.name not in earlier:
+            findings.append(_finding(recipe, ctx, results, recipe_runs, store))
+            continue
+        try:  # an earlier finding cannot stop this target's report: kept as it was when not judged
+            if recipe not in judged:
+                raise StudyError("its steps are not all finished under this version's configs")
+            findings.append(_finding(recipe, ctx, results, recipe_runs, store))
+        except (StudyError, StepRecordError, KeyError, TypeError, ValueError, IndexError) as err:
+            log.info(f"{recipe.name}: kept from the earlier report ({str(err)[:120]})")
+            findings.append({**earlier[recipe.name], "kept": True})
+    order = {recipe.name: i for i, recipe in enumerate(all_recipes())}
+    findings.sort(key=lambda finding: order[finding["recipe"]])
     record = {
         "reproduction": {
-            "target": settings.target, "scale": settings.scale,
+            "target": target, "asked": settings.target, "scale": settings.scale,
             "data_root": None if ctx.data_root is None else str(ctx.data_root), "out": str(out),
             "created": started.isoformat(timespec="seconds"),
             "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -236,6 +319,10 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
         "findings": findings,
     }  # fmt: skip
     return ReproduceResult(record, out=out)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _finding(recipe: Recipe, ctx: Context, results: Results, runs: list[StepRun], store: StepStore) -> dict[str, Any]:

@@ -47,6 +47,11 @@ def warn(notes: list[str], *texts: str | None) -> None:
             warnings.warn(text, StudyWarning, stacklevel=2)
 
 
+def flags_do(flags: Sequence[str], verb: str) -> str:
+    """ "--a sets" or "--a / --b set": the flags as the subject of ``verb``, in number."""
+    return f"{' / '.join(flags)} {verb}s" if len(flags) == 1 else f"{' / '.join(flags)} {verb}"
+
+
 def _torch_on_cuda() -> Any:
     """torch, when this process has used CUDA through it (else None); looked up, not imported, so
     the analytic half's records stay torch-free."""

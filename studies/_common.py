@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import StudyError
+from ntkrobust.studies._base import StudyError, flags_do
 from ntkrobust.studies._output import check_writable
 
 
@@ -95,7 +95,15 @@ class MachineSettings:
             raise StudyError(f"--learning-rate must be a finite number > 0, got {self.learning_rate}")
         if self.gradient == "closed-form" and any(name != "two-layer" for name in arch_names):
             raise StudyError("--gradient closed-form exists only for two-layer")
+        if math.isinf(self.time) and self.learning_rate != MachineSettings.learning_rate:
+            raise StudyError(
+                "--learning-rate is the η of a finite --time; at --time inf the machine has converged and "
+                "does not read it"
+            )
         if not arch_names:
+            given = self.given()
+            if given:  # transfer with --surrogate alone
+                raise StudyError(f"{flags_do(given, 'set')} the NTK machines; none is built: add --kernel-arch")
             return
         from ntkrobust.kernels.architectures import ARCHITECTURES
         from ntkrobust.kernels.machine import PRECISIONS
@@ -112,6 +120,13 @@ class MachineSettings:
             except StudyError as err:
                 remedy = " (or pass --no-cache)" if self.cache_dir else ": set --cache-dir or pass --no-cache"
                 raise StudyError(f"{err}{remedy}") from None
+
+    def given(self) -> list[str]:
+        """The flags of the settings that differ from their defaults."""
+        flags = {"time": "--time", "ridge": "--ridge", "learning_rate": "--learning-rate", "gradient": "--gradient",
+                 "precision": "--precision", "cache_dir": "--cache-dir", "cache": "--no-cache"}  # fmt: skip
+        default = MachineSettings()
+        return [flag for name, flag in flags.items() if getattr(self, name) != getattr(default, name)]
 
     def config(self) -> dict[str, Any]:
         return {
@@ -195,6 +210,8 @@ class ThreatSettings:
         iterative = method == "pgd"
         if not iterative and (self.step is not None or self.steps is not None):  # they would go unread
             raise StudyError(f"--step and --steps set PGD's schedule; --method {method} takes none: leave them out")
+        if not iterative and not self.random_start:
+            raise StudyError(f"--no-random-start sets where PGD starts; --method {method} starts at x: leave it out")
         return AttackSpec(
             method,
             eps,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, log
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, flags_do, log
 from ntkrobust.studies._common import check_distinct_files, torch_device
 
 
@@ -248,6 +248,20 @@ def _baseline_record(summaries: Sequence[Any], baseline: Any) -> dict[str, Any]:
     return {"baseline": str(baseline.path), "label": baseline.label, "runs": entries}
 
 
+def _check_unread(settings: DynamicsSettings) -> None:
+    """Refuse the picture flags without pictures. (``--device`` is read without them too: it
+    picks the backend of a torchrun launch.)"""
+    if settings.eigenvectors:
+        return
+    unread = [f"--{name.replace('_', '-')}" for name in ("eigenvector_class", "eigenvector_steps")
+              if getattr(settings, name) != getattr(DynamicsSettings, name)]  # fmt: skip
+    if unread:
+        pronoun = "them" if len(unread) > 1 else "it"
+        raise StudyError(
+            f"{flags_do(unread, 'set')} the eigenvector pictures: give --eigenvectors K, or leave {pronoun} out"
+        )
+
+
 def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] | None = None) -> DynamicsResult:
     """Read the run folders, check what the flags ask of them, and prepare every figure that
     applies to them."""
@@ -255,6 +269,7 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
     from ntkrobust.bridge.run_groups import load_run_groups
     from ntkrobust.bridge.runs import RunError, json_summary
 
+    _check_unread(settings)
     clock = Clock()
     check_distinct_files([str(path) for path in settings.runs], "run")
     try:

@@ -70,6 +70,12 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
     from ntkrobust.bridge.data import task_indices
     from ntkrobust.bridge.evaluation import accuracies, masking_suspected, robust_correct
 
+    compared = "autoattack" in settings.attacks and bool({"pgd-20", "pgd-100", "cw-100"} & set(settings.attacks))
+    if settings.masking_gap != EvaluateSettings.masking_gap and not compared:
+        raise StudyError(
+            "--masking-gap compares AutoAttack with PGD-20 / PGD-100 / CW-100: --attacks needs autoattack and "
+            "one of them"
+        )
     clock = Clock()
     data = settings.data.load()
     channels = data.image_shape[0]
@@ -107,7 +113,7 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
         "eps": eps,
         "norm": "linf",
         "attacks": list(settings.attacks),
-        "masking_gap": settings.masking_gap,
+        "masking_gap": settings.masking_gap if compared else None,  # None: no comparison ran
         "device": str(device),
     }
     record = envelope(

@@ -24,6 +24,8 @@ from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSetti
 
 #: r values of the robust-features-only kernels; -1: every feature (the full machine)
 DEFAULT_ROBUST_R = (1, 2, 5, 10, 20, 50, 100, -1)
+#: PGD steps against the robust-only kernels f'_r (step 2.5·eps/steps unless --step)
+ROBUST_STEPS = 10
 
 _DEFINITIONS = {
     "usefulness": "held-out accuracy of the feature alone (supp. A eq. 1)",
@@ -45,7 +47,7 @@ class FeaturesSettings:
     top_k: int = 5
     non_robust_below: float = 0.05
     robust_r: tuple[int, ...] = DEFAULT_ROBUST_R
-    robust_steps: int = 10
+    robust_steps: int | None = None  # default ROBUST_STEPS; only with robust_r
 
 
 @dataclass
@@ -101,6 +103,28 @@ def _early_and_late(mask: np.ndarray, each: int) -> list[int]:
     """Up to ``each`` of the first and ``each`` of the last features where ``mask`` holds (TK fig. 5)."""
     hits = [int(i) for i in mask.nonzero()[0]]
     return hits if len(hits) <= 2 * each else hits[:each] + hits[-each:]
+
+
+def _check_unread(settings: FeaturesSettings) -> None:
+    """Refuse the PGD flags that no attack of the run reads: the feature attack's (pgd only) and
+    the robust-only kernels' (``--step`` and the random start are shared; not with --robust-r none)."""
+    attack = settings.feature_attack
+    if settings.robust_steps is not None and not settings.robust_r:
+        raise StudyError("--robust-steps sets the PGD of the robust-only kernels, which --robust-r none skips")
+    if attack == "pgd":
+        return
+    if settings.threat.steps is not None:
+        raise StudyError(
+            f"--steps sets the PGD of --feature-attack pgd; {attack} takes none (the robust-only kernels': "
+            "--robust-steps)"
+        )
+    shared = {"--step": settings.threat.step is not None, "--no-random-start": not settings.threat.random_start}
+    for flag, given in shared.items():
+        if given and not settings.robust_r:
+            raise StudyError(
+                f"{flag} sets the PGD of --feature-attack pgd and of the robust-only kernels; --feature-attack "
+                f"{attack} with --robust-r none runs neither"
+            )
 
 
 def _check(settings: FeaturesSettings, data: Any) -> list[int]:
@@ -165,7 +189,7 @@ def _one_architecture(
             split["y_eval"],
             threat,
             pgd_step=split["robust_step"],
-            pgd_steps=settings.robust_steps,
+            pgd_steps=split["robust_steps"],
             random_start=settings.threat.random_start,
             seed=settings.data.seed,
             progress=progress,
@@ -213,6 +237,8 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
     check_unique(arch_names, "--arch", "an architecture")
     settings.machine.check(arch_names)
     check_choice(settings.feature_attack, NET_METHODS, "--feature-attack")
+    _check_unread(settings)
+    robust_steps = ROBUST_STEPS if settings.robust_steps is None else settings.robust_steps
     if not (0 <= settings.non_robust_below <= 1):
         raise StudyError(f"--non-robust-below must lie in [0, 1], got {settings.non_robust_below}")
     clock = Clock()
@@ -240,12 +266,13 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
         "label": label,
         "r_values": r_values,
         # PGD against f'_r: --step if given, else Madry et al.'s 2.5·ε/steps (2/255 for CIFAR's PGD-10)
-        "robust_step": step if settings.threat.step is not None else 2.5 * eps / settings.robust_steps,
+        "robust_step": step if settings.threat.step is not None else 2.5 * eps / robust_steps,
+        "robust_steps": robust_steps,
     }
     notes: list[str] = []
     channels = data.image_shape[0]
     feature_attack = AttackSpec(settings.feature_attack, eps, settings.threat.norm, step, steps)  # type: ignore[arg-type]
-    robust_attack = AttackSpec("pgd", eps, settings.threat.norm, split["robust_step"], settings.robust_steps)  # type: ignore[arg-type]
+    robust_attack = AttackSpec("pgd", eps, settings.threat.norm, split["robust_step"], robust_steps)  # type: ignore[arg-type]
     warn(notes, *feature_attack.notes(channels, "feature attack: "))
     budget = robust_attack.budget_warning(("--robust-steps", "--step"))
     if r_values:  # its eps hint is the feature attack's: only the budget can differ
@@ -263,13 +290,13 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
         "feature_attack": settings.feature_attack,
         "step": step if pgd else None,
         "steps": steps if pgd else 1,
-        "random_start": settings.threat.random_start,
-        "robust_steps": settings.robust_steps,
+        "random_start": settings.threat.random_start if pgd or r_values else None,  # None: no PGD ran
+        "robust_steps": robust_steps if r_values else None,
         "robust_step": split["robust_step"] if r_values else None,
         "robust_r": r_values,
         "non_robust_below": settings.non_robust_below,
         "image_index": settings.image_index,
-        "top_k": settings.top_k,
+        "top_k": min(settings.top_k, settings.n_features),  # the features pictured
         "validation_points": int(val_idx.size),
         "evaluation_points": int(eval_idx.size),
     }
@@ -308,5 +335,5 @@ def _figures(settings: FeaturesSettings, data: Any, parts: dict[str, Any], confi
         # r = n (all the features, the full machine) is named "all (n)" on the figure's axis
         "curves": [(*part["curve"], data.x_train.shape[0]) for part in parts.values() if part["curve"] is not None],
         "curve_text": f"{what}: ranked on {n_val}, evaluated on {n_eval} held-out points; "
-        f"{config['norm']} eps={config['eps']:.4g}, PGD-{settings.robust_steps}",
+        f"{config['norm']} eps={config['eps']:.4g}, PGD-{config['robust_steps']}",
     }

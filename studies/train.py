@@ -20,6 +20,7 @@ from ntkrobust.studies._base import (
     StudyResult,
     check_out_dir,
     envelope,
+    flags_do,
     log,
     peak_gpu_memory,
     versions,
@@ -56,7 +57,7 @@ class TrainSettings:
     eps: float | None = None
     pgd_steps: int | None = None
     pgd_step: float | None = None
-    trades_beta: float = 6.0
+    trades_beta: float = 6.0  # = bridge.training.TRADES_BETA
     switch_epoch: int | None = None
     eps_warmup: int = 0
     augment: str = "none"  # bridge.augment
@@ -176,14 +177,39 @@ def _attack_notes(settings: TrainSettings, threat: _Threat, channels: int) -> li
     """Warnings about the training attack (budget, eps), said before training; the evaluation
     attacks take steps that reach eps by construction (``attacks.evaluation_schedule``)."""
     from ntkrobust.attacks import AttackSpec
+    from ntkrobust.bridge.training import PGD_MODES
 
     notes: list[str] = []
     attack = AttackSpec("pgd", threat.eps, "linf", threat.step, threat.steps)
-    if settings.mode in ("pgd", "trades", "te"):
+    if settings.mode in PGD_MODES:
         warn(notes, *attack.notes(channels, "training PGD: ", ("--pgd-steps", "--pgd-step")))
     else:
         warn(notes, attack.eps_hint(channels))
     return notes
+
+
+def _unread_flags(settings: TrainSettings) -> list[str]:
+    """Warnings for flags that the other flags leave unread. Warned, not refused: a sweep over
+    modes or probes passes one schedule to every run (as ``reproduce``'s smoke schedule once did)."""
+    from ntkrobust.bridge.training import PGD_MODES
+
+    given = [flag for flag, value in (("--pgd-steps", settings.pgd_steps), ("--pgd-step", settings.pgd_step))
+             if value is not None]  # fmt: skip
+    unread = []
+    if given and settings.mode not in PGD_MODES:
+        unread.append(f"{flags_do(given, 'set')} the PGD of --mode {', '.join(PGD_MODES)}; "
+                      f"--mode {settings.mode} does not read {'them' if len(given) > 1 else 'it'}")  # fmt: skip
+    if settings.trades_beta != TrainSettings.trades_beta and settings.mode != "trades":
+        unread.append(f"--trades-beta weighs the robust loss of --mode trades; --mode {settings.mode} does not read it")
+    if settings.gamma != TrainSettings.gamma and not settings.milestones:
+        unread.append("--gamma scales the learning rate at --milestones; there are none, so it is not read")
+    tracking = {"--track-every": settings.track_every is not None, "--track-full": settings.track_full,
+                "--estimator": settings.estimator != TrainSettings.estimator,
+                "--memory-budget": settings.memory_budget is not None}  # fmt: skip
+    shaped = [flag for flag, given in tracking.items() if given]
+    if shaped and not settings.track_kernel:
+        unread.append(f"{flags_do(shaped, 'shape')} the tracked kernels; --track-kernel 0 tracks none")
+    return unread
 
 
 def _check_batchnorm(settings: TrainSettings, model: Any, name: str) -> None:
@@ -472,6 +498,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
     data = settings.data.load()
     threat = _threat(settings, data.image_shape[0])
     notes = _attack_notes(settings, threat, data.image_shape[0])
+    warn(notes, *_unread_flags(settings))
     if settings.track_kernel > data.x_train.shape[0]:
         raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {data.x_train.shape[0]} training points")
     if settings.switch_epoch is not None and settings.mode == "standard":

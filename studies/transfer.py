@@ -236,6 +236,8 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
             if getattr(settings, name) != defaults[name]:
                 flag = "--" + name.replace("_", "-")
                 raise StudyError(f"{flag} sets the eNTK surrogates: give --surrogate MODEL, or leave it out")
+    if not arch_names and settings.kernel_n is not None:
+        raise StudyError("--kernel-n sets the analytic NTK machines' training points; none is built: add --kernel-arch")
     settings.machine.check(arch_names)
     clock = Clock()
     data = settings.data.load()

@@ -185,12 +185,15 @@ SMALL_TRAINING = {
 @pytest.fixture(scope="session")
 def small_training():
     """``small_training(out, **changes) -> TrainSettings``: digits (100 train, 60 test) and the
-    settings of ``SMALL_TRAINING``, with ``changes``."""
+    settings of ``SMALL_TRAINING``, with ``changes``; its PGD steps only in modes that read them."""
+    from ntkrobust.bridge.training import PGD_MODES
     from ntkrobust.studies import DataSettings
     from ntkrobust.studies.train import TrainSettings
 
     def make(out, **changes):
         fields = {"data": DataSettings(n_train=100, n_test=60), **SMALL_TRAINING, **changes}
+        if fields.get("mode", "standard") not in PGD_MODES and "pgd_steps" not in changes:
+            del fields["pgd_steps"]
         return TrainSettings(out=Path(out), **fields)
 
     return make

@@ -44,6 +44,16 @@ def test_modes_are_the_cli_choices():
     assert (cli.TRAINING_MODES, cli.AUGMENTATIONS, cli.INITIALISATIONS) == (MODES, AUGMENTATIONS, INITIALISATIONS)
 
 
+def test_the_study_defaults_are_the_trainers():
+    """The study's defaults, written without importing torch, compare with the trainer's to tell
+    a flag given from one left alone (``train._unread_flags``)."""
+    from ntkrobust.bridge.training import TRADES_BETA, TrainConfig
+    from ntkrobust.studies.train import TrainSettings
+
+    assert TrainSettings.trades_beta == TRADES_BETA == TrainConfig.trades_beta
+    assert TrainSettings.gamma == TrainConfig.gamma
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_each_mode_lowers_its_loss(digits, mode):
     x, y = _tensors(digits)

@@ -197,3 +197,31 @@ def test_list_names_every_recipe_with_its_cost(capsys: pytest.CaptureFixture[str
     text = capsys.readouterr().out
     assert all(recipe.name in text for recipe in all_recipes())
     assert "all" in text and "GPU" in text
+
+
+def test_a_second_target_adds_its_findings_to_the_folders_report(tmp_path: Path) -> None:
+    """Reproducing another target into a folder replaced its report (the steps stayed): the
+    report now keeps the earlier findings, judged again from their finished steps, or, when a
+    step's config changed since, as the earlier report judged them, marked so (nothing reruns)."""
+    out = tmp_path / "out"
+    assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
+    first = _findings(out)["findings"][0]
+    assert _reproduce("tk-fig4-two-layer", "--out", str(out)) == 0
+    report = _findings(out)
+    assert [f["recipe"] for f in report["findings"]] == ["tk-fig2-features", "tk-fig4-two-layer"]
+    assert report["reproduction"]["target"] == "tk-fig2-features + tk-fig4-two-layer"
+    again = report["findings"][0]
+    assert again["steps"][0]["reused"] and again["measured"] == first["measured"] and "kept" not in again
+    record = out / "steps" / "mnist-features.json"
+    finished = json.loads(record.read_text())
+    record.write_text(json.dumps({**finished, "key": "a config of another version"}))
+    assert _reproduce("tk-fig4-two-layer", "--out", str(out)) == 0
+    kept = _findings(out)["findings"][0]
+    assert kept["kept"] and kept["measured"] == first["measured"] and kept["judged"]
+    assert json.loads(record.read_text())["key"] == "a config of another version"  # not run again
+    assert "(kept from the report of" in (out / "report.md").read_text(encoding="utf-8")
+    # an earlier finding whose records no longer read stays as it was; the new target still reports
+    record.write_text(json.dumps(finished))
+    (out / "steps" / "mnist-features" / "results.json").write_text("{damaged")
+    assert _reproduce("tk-fig4-two-layer", "--out", str(out)) == 0
+    assert [f.get("kept", False) for f in _findings(out)["findings"]] == [True, False]
