@@ -128,9 +128,13 @@ def _features_parser(p: argparse.ArgumentParser) -> None:
     _add_threat_flags(
         g,
         steps_help="PGD steps of --feature-attack pgd (default: standard)",
+        step_help="PGD step of --feature-attack pgd (default: standard, scaled with --eps) and of the robust-only "
+        "kernels (default: 2.5·eps/--robust-steps)",
         between=[(("--feature-attack",), feature_attack)],
     )
-    g.add_argument("--image-index", type=int, default=0, help="held-out image whose feature gradients are drawn")
+    g.add_argument(
+        "--image-index", type=int, default=0, help="held-out image whose feature gradients are drawn (default 0)"
+    )
     g.add_argument("--top-k", type=_positive_int, default=5, help="features in the gallery (default 5)")
     g.add_argument(
         "--non-robust-below",
@@ -174,19 +178,26 @@ def _entk_parser(p: argparse.ArgumentParser) -> None:
         default=100,
         help="class-balanced points from --split (default 100; --points under torchrun, whose parser takes --n)",
     )
-    g.add_argument("--split", choices=("train", "test"), default="train", help="where the points come from")
+    g.add_argument(
+        "--split", choices=("train", "test"), default="train", help="where the points come from (default train)"
+    )
     g.add_argument(
         "--kind",
         default="trace",
-        help="full (N,N,C,C), class-blocks (N,N,C: the diagonal blocks), trace (N,N) or class:C (N,N) (default trace)",
+        help="full (N,N,C,C), class-blocks (N,N,C: the diagonal blocks), trace (N,N), class:I (N,N: output I's "
+        "block) or rademacher:K (N,N: unbiased trace estimate from K random-sign draws) (default trace)",
     )
     g.add_argument(
         "--adversarial-eps",
         type=_number,
         help="AE-NTK: the kernel on the net's own PGD examples of this linf radius (pixel units)",
     )
-    g.add_argument("--pgd-steps", type=_positive_int, help="PGD steps (default: 40 grey / 10 colour images)")
-    g.add_argument("--pgd-step", type=_number, help="PGD step (default: the standard step scaled to the eps)")
+    g.add_argument(
+        "--pgd-steps", type=_positive_int, help="PGD steps of --adversarial-eps (default: 40 grey / 10 colour images)"
+    )
+    g.add_argument(
+        "--pgd-step", type=_number, help="PGD step of --adversarial-eps (default: the standard step scaled to the eps)"
+    )
     g.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="compute dtype (default float32)")
     g.add_argument(
         "--memory-budget",
@@ -217,7 +228,7 @@ def _train_network_flags(p: argparse.ArgumentParser) -> None:
         choices=INITIALISATIONS,
         default="default",
         help="conv / linear weights: the model's own, or normal, truncated-normal or uniform of variance "
-        "2/fan_in (RAT app. B)",
+        "2/fan_in (RAT app. B; not for the NTK twins fc*, conv*, two-layer)",
     )
     g.add_argument(
         "--linearize-from",
@@ -257,15 +268,18 @@ def _train_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=_number, default=0.1, help="learning-rate factor at each milestone (default 0.1)")
     g.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size (default 128)")
     g.add_argument(
-        "--eps", type=_number, help="linf radius of training and evaluation attacks (default: 0.3 grey, 8/255 colour)"
+        "--eps",
+        type=_number,
+        help="linf radius of training and evaluation attacks, pixel units, e.g. 0.3 or 8/255 (default: 0.3 grey, "
+        "8/255 colour)",
     )
     g.add_argument(
-        "--pgd-steps", type=_positive_int, help="PGD steps of pgd / trades training (default: 40 grey, 10 colour)"
+        "--pgd-steps", type=_positive_int, help="PGD steps of pgd / trades / te training (default: 40 grey, 10 colour)"
     )
     g.add_argument(
         "--pgd-step",
         type=_number,
-        help="PGD step of pgd / trades training (default: 0.01 grey, 2/255 colour, scaled to --eps)",
+        help="PGD step of pgd / trades / te training (default: 0.01 grey, 2/255 colour, scaled to --eps)",
     )
     g.add_argument("--trades-beta", type=_number, default=6.0, help="TRADES robustness weight beta (default 6)")
     g.add_argument(
@@ -277,7 +291,8 @@ def _train_training_flags(p: argparse.ArgumentParser) -> None:
         "--augment",
         choices=AUGMENTATIONS,
         default="none",
-        help="crop-flip: random crop after 4-pixel zero padding, plus a random flip on colour images",
+        help="crop-flip: random crop after 4-pixel zero padding, plus a random flip on colour images (images of 16 "
+        "pixels a side or more; default none)",
     )
     g.add_argument(
         "--augment-shared", action="store_true", help="one crop / flip draw per mini-batch, not per example (RAT 6)"
@@ -413,7 +428,9 @@ def _dynamics_parser(p: argparse.ArgumentParser) -> None:
         help="picture the top K eigenvectors of the probe kernel (default 0: none; each picture is an optimisation "
         "of --eigenvector-steps steps, minutes on a CPU)",
     )
-    g.add_argument("--eigenvector-class", type=_non_negative_int, default=0, help="output whose kernel (default 0)")
+    g.add_argument(
+        "--eigenvector-class", type=_non_negative_int, default=0, help="output index 0..C-1 whose kernel (default 0)"
+    )
     g.add_argument("--eigenvector-steps", type=_positive_int, default=200, help="optimisation steps (default 200)")
     _add_device_flag(g)
     _add_output_flags(p, what="output folder: PNG figures and results.json")
@@ -425,7 +442,9 @@ def _two_layer_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--width", type=_positive_int, action="append", help="hidden width m; repeat for several (default 1000)"
     )
-    g.add_argument("--nets", type=_positive_int, default=1, help="networks per width, seeds --seed, --seed+1, ...")
+    g.add_argument(
+        "--nets", type=_positive_int, default=1, help="networks per width, seeds --seed, --seed+1, ... (default 1)"
+    )
     g.add_argument("--epochs", type=_positive_int, default=1000, help="full-batch epochs (default 1000)")
     g.add_argument("--lr", type=_number, default=1e-2, help="gradient-descent learning rate (default 1e-2, supp. C)")
     g.add_argument(
@@ -442,7 +461,9 @@ def _two_layer_parser(p: argparse.ArgumentParser) -> None:
     )
     _add_device_flag(g)
     g = _add_attack_flags(p, choices=NET_METHODS, method_help="white-box and NTK attack (default fgsm)")
-    g.add_argument("--picture-index", type=_non_negative_int, default=0, help="test point of the gradient pictures")
+    g.add_argument(
+        "--picture-index", type=_non_negative_int, default=0, help="test point of the gradient pictures (default 0)"
+    )
     _add_output_flags(p, what="output folder: results.json, figures, gradients.npz, one checkpoint per net")
 
 
@@ -514,7 +535,7 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
     )
     _add_data_flags(p)
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eps", type=_number, help="linf radius (default: 0.3 grey, 8/255 colour)")
+    g.add_argument("--eps", type=_number, help="linf radius, pixel units, e.g. 8/255 (default: 0.3 grey, 8/255 colour)")
     g.add_argument(
         "--attacks",
         type=_attack_list,
@@ -525,9 +546,14 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
         "--masking-gap",
         type=_number,
         default=0.1,
-        help="flag a net whose AutoAttack accuracy lies this far below every gradient attack's (default 0.1)",
+        help="flag a net whose AutoAttack accuracy lies more than this below every gradient attack's (default 0.1)",
     )
-    g.add_argument("--batch-size", type=_positive_int, default=250, help="points per attack batch (default 250)")
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=250,
+        help="points per AutoAttack batch (default 250; PGD and CW run in 256s)",
+    )
     g.add_argument(
         "--trust-model-code",
         action="store_true",
@@ -546,13 +572,13 @@ def _reproduce_parser(p: argparse.ArgumentParser) -> None:
     from ntkrobust.reproduce._recipe import SCALES
 
     p.add_argument("target", nargs="?", metavar="TARGET", help="tk, loo, rat, beyond, all, or a recipe name")
-    p.add_argument("--scale", help=f"{', '.join(SCALES)} (default smoke)")
+    p.add_argument("--scale", choices=SCALES, help=f"{', '.join(SCALES)} (default smoke)")
     p.add_argument("--data-root", type=Path, help="folder holding mnist/ and cifar10/ (cpu and paper scales)")
     p.add_argument(
         "--list", action="store_true", help="print the recipes (of TARGET, if given) with their estimated cost and exit"
     )
     p.add_argument("--out", type=Path, help="reproduction folder: steps/, report.html, report.md, findings.json")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage / epoch lines")
 
 
 #: command -> (study module, settings class); a dotted module is a package of its own

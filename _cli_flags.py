@@ -140,23 +140,28 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--from-test-split",
         action="store_true",
-        help="use only the official test split, cut into train (--n-train) and test (the rest)",
+        help="use only the official test split, cut into train (--n-train, default half) and test (the rest)",
     )
     g.add_argument("--classes", type=_class_list, help="task classes, ids or names: 'a,b' is a binary task")
     g.add_argument("--n-train", type=_positive_int, help="class-balanced training subset size (default: all)")
     g.add_argument("--n-test", type=_positive_int, help="class-balanced test subset size (default: all)")
-    g.add_argument("--seed", type=_seed, default=0, help="seed of subsets and random starts (default 0)")
+    g.add_argument(
+        "--seed", type=_seed, default=0, help="seed of subsets, initialisations, shuffles and random starts (default 0)"
+    )
 
 
 def _add_machine_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--time", type=_number, default=math.inf, help="training time t of eq. 7 (default inf)")
     g.add_argument("--ridge", type=_number, default=0.0, help="ridge relative to tr(Θ)/n (default 0)")
-    g.add_argument("--learning-rate", type=_number, default=1.0, help="η of eq. 7 (default 1)")
+    g.add_argument(
+        "--learning-rate", type=_number, default=1.0, help="η of eq. 7, read with a finite --time (default 1)"
+    )
     g.add_argument(
         "--gradient",
         default="auto",
         choices=("auto", "autodiff", "closed-form"),
-        help="input gradients: closed form (supp. eq. 9, two-layer only) or autodiff (default auto)",
+        help="input gradients: closed form (supp. eq. 9, two-layer only) or autodiff (default auto: the closed "
+        "form where one exists)",
     )
     g.add_argument(
         "--precision",
@@ -166,18 +171,26 @@ def _add_machine_flags(g: argparse._ArgumentGroup) -> None:
     )
     cache = g.add_mutually_exclusive_group()  # a folder for the cache that --no-cache turns off
     cache.add_argument(
-        "--cache-dir", type=Path, help="Gram-matrix cache (default $NTKROBUST_CACHE or ~/.cache/ntkrobust)"
+        "--cache-dir",
+        type=Path,
+        help="Gram-matrix cache (default $NTKROBUST_CACHE, else $XDG_CACHE_HOME/ntkrobust, else ~/.cache/ntkrobust)",
     )
     cache.add_argument("--no-cache", action="store_true", help="do not read or write the Gram-matrix cache")
 
 
-def _add_threat_flags(g: argparse._ArgumentGroup, *, steps_help: str, between: Sequence[Any] = ()) -> None:
+def _add_threat_flags(
+    g: argparse._ArgumentGroup,
+    *,
+    steps_help: str,
+    step_help: str = "PGD step size (default: standard, scaled with --eps)",
+    between: Sequence[Any] = (),
+) -> None:
     """--norm, --eps, (``between``: extra (args, kwargs) flags), --step, --steps, --no-random-start."""
     g.add_argument("--norm", default="linf", choices=("linf", "l2"), help="threat model (default linf)")
     g.add_argument("--eps", type=_number, help="radius in pixel units, e.g. 0.3 or 8/255 (default: standard)")
     for flag_args, flag_kwargs in between:
         g.add_argument(*flag_args, **flag_kwargs)
-    g.add_argument("--step", type=_number, help="PGD step size (default: standard, scaled with --eps)")
+    g.add_argument("--step", type=_number, help=step_help)
     g.add_argument("--steps", type=_positive_int, help=steps_help)
     g.add_argument("--no-random-start", action="store_true", help="start PGD at x instead of a random point")
 
@@ -197,7 +210,7 @@ def _add_device_flag(g: Any) -> None:
 def _add_output_flags(p: argparse.ArgumentParser, *, what: str) -> None:
     p.add_argument("--out", type=Path, required=True, help=what)
     p.add_argument("--force", action="store_true", help="overwrite an existing, non-empty --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage / epoch lines")
 
 
 #: command -> (help, description) of its parser

@@ -86,6 +86,10 @@ def test_flags_that_would_go_unread_are_refused(argv, message, assert_refused):
     [
         (["--gamma", 0.5], "--gamma scales the learning rate at --milestones; there are none"),
         (["--track-every", 2, "--estimator", "rademacher:2"], "--track-every / --estimator shape the tracked kernels"),
+        (
+            ["--epochs", 1, "--milestones", "1,3", "--full-eval-every", 2],
+            "--milestones 1,3 and --full-eval-every 2 come at or after the last of --epochs 1: only a --resume",
+        ),
     ],
 )
 def test_train_warns_of_schedule_and_tracking_flags_it_does_not_read(tmp_path, run_cli, flags, said):

@@ -159,7 +159,7 @@ def test_the_key_is_the_resolved_config(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["nope"], "unknown recipe 'nope'"),
-        (["tk", "--scale", "huge"], "unknown scale 'huge'"),
+        (["tk", "--scale", "huge"], "argument --scale: invalid choice: 'huge'"),
         (["tk", "--scale", "cpu"], "--scale cpu needs --data-root DIR holding mnist/t10k-images-idx3-ubyte.gz"),
         (["rat", "--scale", "cpu", "--data-root", "{empty}"], "reads mnist/t10k-images-idx3-ubyte.gz"),
         (["tk", "--scale", "cpu", "--data-root", "{missing}"], "is not a folder"),
