@@ -97,7 +97,7 @@ def summary_table_markdown(report: Mapping[str, Any], link_to: str | None = "") 
             _md_cell(finding.get("claim")),
             _md_cell(finding.get("paper_number")),
             _md_cell(_measured(finding)),
-            f"{_MARK.get(finding.get('verdict'), '')} **{_md_cell(finding.get('verdict'))}**",
+            f"{_MARK.get(finding.get('verdict'), '')} **{_md_cell(finding.get('verdict'))}**{_kept_mark(finding)}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -132,6 +132,11 @@ def render_html(report: Mapping[str, Any], out: Path) -> str:
     parts += [_html_section(f, a, base) for f, a in zip(findings, anchors, strict=True)]
     parts.append("</body>\n</html>\n")
     return "\n".join(parts)
+
+
+def _kept_mark(finding: Mapping[str, Any]) -> str:
+    """Beside the verdict of a finding kept from an earlier report."""
+    return " (kept)" if finding.get("kept") else ""
 
 
 def _measured(finding: Mapping[str, Any]) -> str:
@@ -288,9 +293,9 @@ def _h(value: Any) -> str:
     return html.escape("—" if value is None or value == "" else str(value))
 
 
-def _html_verdict(verdict: Any, tag: str = "td") -> str:
+def _html_verdict(verdict: Any, tag: str = "td", kept: str = "") -> str:
     cls = verdict if verdict in VERDICTS else "inconclusive"
-    return f'<{tag} class="{cls}">{_MARK.get(verdict, "")} {_h(verdict)}</{tag}>'
+    return f'<{tag} class="{cls}">{_MARK.get(verdict, "")} {_h(verdict)}{_h(kept) if kept else ""}</{tag}>'
 
 
 def _html_summary(findings: list[Mapping[str, Any]], anchors: list[str]) -> str:
@@ -301,7 +306,7 @@ def _html_summary(findings: list[Mapping[str, Any]], anchors: list[str]) -> str:
             f"<td>{_h(x)}</td>"
             for x in (_source(finding, short=True), finding.get("claim"), finding.get("paper_number"))
         ]
-        cells += [f"<td>{_h(_measured(finding))}</td>", _html_verdict(finding.get("verdict"))]
+        cells += [f"<td>{_h(_measured(finding))}</td>", _html_verdict(finding.get("verdict"), kept=_kept_mark(finding))]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join([*rows, "</tbody>", "</table>"])
 

@@ -220,6 +220,9 @@ def test_a_second_target_adds_its_findings_to_the_folders_report(tmp_path: Path)
     assert kept["kept"] and kept["measured"] == first["measured"] and kept["judged"]
     assert json.loads(record.read_text())["key"] == "a config of another version"  # not run again
     assert "(kept from the report of" in (out / "report.md").read_text(encoding="utf-8")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert html.count("agrees (kept)</td>") + html.count("contradicts (kept)</td>") == 1
+    assert "—</td>" not in html  # a fresh verdict carries no mark (it carried a dash)
     # an earlier finding whose records no longer read stays as it was; the new target still reports
     record.write_text(json.dumps(finished))
     (out / "steps" / "mnist-features" / "results.json").write_text("{damaged")
