@@ -204,17 +204,17 @@ def _unread_flags(settings: TrainSettings) -> list[str]:
     if settings.gamma != TrainSettings.gamma and not settings.milestones:
         unread.append("--gamma scales the learning rate at --milestones; there are none, so it is not read")
     late = [m for m in settings.milestones if m >= settings.epochs]
-    given = [f"--milestones {','.join(map(str, late))}"] if late else []
+    too_late = [f"--milestones {','.join(map(str, late))}"] if late else []
     if settings.full_eval_every is not None and settings.full_eval_every >= settings.epochs:
-        given.append(f"--full-eval-every {settings.full_eval_every}")
-    if given and settings.epochs:  # --epochs 0 trains nothing: no schedule is read
-        verb, pronoun = ("comes", "it") if len(given) == 1 else ("come", "them")
-        unread.append(f"{' and '.join(given)} {verb} at or after the last of --epochs {settings.epochs}: only a "
-                      f"--resume to more epochs reads {pronoun}")  # fmt: skip
+        too_late.append(f"--full-eval-every {settings.full_eval_every}")
+    if too_late and settings.epochs:  # --epochs 0 trains nothing: no schedule is read
+        verb, pronoun = ("comes", "it") if len(too_late) == 1 else ("come", "them")
+        unread.append(f"{' and '.join(too_late)} {verb} at or after the last of --epochs {settings.epochs}: only "
+                      f"a --resume to more epochs reads {pronoun}")  # fmt: skip
     tracking = {"--track-every": settings.track_every is not None, "--track-full": settings.track_full,
                 "--estimator": settings.estimator != TrainSettings.estimator,
                 "--memory-budget": settings.memory_budget is not None}  # fmt: skip
-    shaped = [flag for flag, given in tracking.items() if given]
+    shaped = [flag for flag, set_ in tracking.items() if set_]
     if shaped and not settings.track_kernel:
         unread.append(f"{flags_do(shaped, 'shape')} the tracked kernels; --track-kernel 0 tracks none")
     return unread
