@@ -11,76 +11,40 @@ folder in its settings and ``TrainResult.save`` has nothing left to write.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from ntkrobust.studies._base import (
     StudyError,
     StudyResult,
     check_out_dir,
     envelope,
-    flags_do,
     log,
     peak_gpu_memory,
     versions,
     warn,
 )
-from ntkrobust.studies._common import DataSettings, pgd_schedule, torch_device, torch_network
+from ntkrobust.studies._common import torch_device, torch_network
 from ntkrobust.studies._output import OutputLock
+from ntkrobust.studies._train_settings import (
+    AUGMENTATIONS,
+    INITIALISATIONS,
+    TRAINING_MODES,
+    Threat,
+    TrainSettings,
+    attack_notes,
+    check_augmentation,
+    check_batchnorm,
+    check_folder,
+    check_last_batch,
+    resolve_threat,
+    run_seed,
+    te_ramp,
+    unread_flags,
+)
 
-# the choices of the command line, which must not import torch (tested equal to the bridge's)
-TRAINING_MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")  # = bridge.training.MODES
-AUGMENTATIONS = ("none", "crop-flip")  # = bridge.augment.AUGMENTATIONS
-INITIALISATIONS = ("default", "normal", "truncated-normal", "uniform")  # = bridge.initialisation.INITIALISATIONS
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    out: Path
-    data: DataSettings = field(default_factory=DataSettings)
-    model: str | None = None  # default: mnist-cnn for 1-channel images, else cifar-cnn
-    width: int | None = None
-    init: str = "default"  # bridge.initialisation
-    linearize_from: Path | None = None
-    centered: bool = False
-    centered_standard: bool = False  # f_θ − f_θt around --linearize-from (LOO table 1)
-    stage2_batchnorm: str = "frozen"  # frozen | train (centered_standard only)
-    mode: str = "standard"
-    epochs: int = 10
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    batch_size: int = 128
-    eps: float | None = None
-    pgd_steps: int | None = None
-    pgd_step: float | None = None
-    trades_beta: float = 6.0  # = bridge.training.TRADES_BETA
-    switch_epoch: int | None = None
-    eps_warmup: int = 0
-    augment: str = "none"  # bridge.augment
-    augment_shared: bool = False
-    te_start: int | None = None  # default: 45% of the epochs (the authors' 90 of 200)
-    te_end: int | None = None  # default: 75% of the epochs (150 of 200)
-    te_weight: float = 300.0  # Dong et al.'s weight after the ramp
-    track_kernel: int = 300
-    track_every: int | None = None
-    track_full: bool = False  # full (N, N, C, C) kernels (default: their class blocks, 1/C of the cost)
-    estimator: str = "exact"  # or rademacher:K: the trace kernel from K random-sign draws (bridge.entk)
-    eval_n: int = 500
-    eval_pgd_steps: int | None = None  # per epoch and AE-NTK (default attacks.EPOCH_PGD_STEPS)
-    full_eval_steps: int | None = None  # at the end (default attacks.EVALUATION_PGD_STEPS; 0: none)
-    full_eval_every: int | None = None
-    batchnorm: str = "running"
-    memory_budget: int | None = None  # MiB
-    device: str = "auto"
-    resume: bool = False
-    force: bool = False
-    final_eval: str = "none"  # autoattack: evaluate's PGD-20/100, CW-100 and AutoAttack after the last epoch
-    seeds: tuple[int, ...] = ()  # one run per seed in out/seed_S, all on the data and probe of data.seed
-    run_seed: int | None = None  # the net's initialisation, shuffles and attacks (None: data.seed)
+__all__ = ["AUGMENTATIONS", "INITIALISATIONS", "TRAINING_MODES", "SeedsResult", "TrainResult", "TrainSettings", "run"]
 
 
 @dataclass
@@ -113,146 +77,6 @@ class TrainResult(StudyResult):
         return (
             f"{self.label}: {last['epoch']} epochs, test clean {scores['test_clean']:.3f}, "
             f"PGD-{steps} {scores['test_pgd']:.3f}{strong} (eps {eps:.4g}){growth}"
-        )
-
-
-def _check_folder(settings: TrainSettings) -> None:
-    from ntkrobust.bridge.runfolder import RunFolder
-
-    if settings.resume and settings.force:
-        raise StudyError("--resume continues the run in --out; --force would start it over: choose one")
-    if settings.resume:
-        if not RunFolder(settings.out).exists():
-            raise StudyError(f"--resume: {settings.out} holds no run to continue (no config.json)")
-    else:
-        check_out_dir(settings.out, settings.force)
-    if settings.force and not settings.resume:  # --force clears the run's files: never an input
-        cleared = RunFolder(settings.out)
-        inputs = {"--linearize-from": settings.linearize_from, "--data": Path(settings.data.data)}
-        for flag, path in inputs.items():
-            if path is not None and path.exists() and cleared.clears(path):
-                raise StudyError(f"{flag} {path} lies in --out {settings.out}, which --force clears: choose another")
-    if (settings.centered or settings.centered_standard) and settings.linearize_from is None:
-        flag = "--centered" if settings.centered else "--centered-standard"
-        raise StudyError(f"{flag} needs --linearize-from CHECKPOINT (the network it is centered on)")
-    if settings.centered and settings.centered_standard:
-        raise StudyError("--centered trains J(θ − θt), --centered-standard f_θ − f_θt: choose one")
-    if settings.stage2_batchnorm not in ("frozen", "train"):
-        raise StudyError(f"--stage2-batchnorm {settings.stage2_batchnorm!r}: choose frozen or train")
-    if settings.stage2_batchnorm == "train" and not settings.centered_standard:
-        raise StudyError(
-            "--stage2-batchnorm train applies to --centered-standard (linearized nets keep θt's statistics)"
-        )
-
-
-class _Threat(NamedTuple):
-    """The run's ℓ∞ attacks: training PGD, per-epoch evaluation PGD (also the AE-NTK's), full
-    evaluation PGD (``full_steps`` 0: none)."""
-
-    eps: float
-    step: float
-    steps: int
-    eval_step: float
-    eval_steps: int
-    full_step: float | None
-    full_steps: int
-
-
-def _threat(settings: TrainSettings, channels: int) -> _Threat:
-    """The standard attacks of the image type, as far as the settings leave them (``attacks.spec``)."""
-    from ntkrobust.attacks import EPOCH_PGD_STEPS, evaluation_schedule, evaluation_steps, standard_threat
-
-    eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
-    # eps = 0 is refused too: the per-epoch PGD accuracy and the AE-NTK need an attack
-    if not (0 < eps <= 1):
-        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
-    step, steps = pgd_schedule(channels, "linf", eps, settings.pgd_step, settings.pgd_steps, flag="--pgd-step")
-    eval_step, eval_steps = evaluation_schedule(channels, eps, settings.eval_pgd_steps or EPOCH_PGD_STEPS)
-    full_steps = evaluation_steps(channels, settings.full_eval_steps)
-    full_step = evaluation_schedule(channels, eps, full_steps)[0] if full_steps else None
-    return _Threat(eps, step, steps, eval_step, eval_steps, full_step, full_steps)
-
-
-def _attack_notes(settings: TrainSettings, threat: _Threat, channels: int) -> list[str]:
-    """Warnings about the training attack (budget, eps), said before training; the evaluation
-    attacks take steps that reach eps by construction (``attacks.evaluation_schedule``)."""
-    from ntkrobust.attacks import AttackSpec
-    from ntkrobust.bridge.training import PGD_MODES
-
-    notes: list[str] = []
-    attack = AttackSpec("pgd", threat.eps, "linf", threat.step, threat.steps)
-    if settings.mode in PGD_MODES:
-        warn(notes, *attack.notes(channels, "training PGD: ", ("--pgd-steps", "--pgd-step")))
-    else:
-        warn(notes, attack.eps_hint(channels))
-    return notes
-
-
-def _unread_flags(settings: TrainSettings) -> list[str]:
-    """Warnings for flags that the other flags leave unread. Warned, not refused: a sweep over
-    modes or probes passes one schedule to every run (as ``reproduce``'s smoke schedule once did)."""
-    from ntkrobust.bridge.training import PGD_MODES
-
-    given = [flag for flag, value in (("--pgd-steps", settings.pgd_steps), ("--pgd-step", settings.pgd_step))
-             if value is not None]  # fmt: skip
-    unread = []
-    if given and settings.mode not in PGD_MODES:
-        unread.append(f"{flags_do(given, 'set')} the PGD of --mode {', '.join(PGD_MODES)}; "
-                      f"--mode {settings.mode} does not read {'them' if len(given) > 1 else 'it'}")  # fmt: skip
-    if settings.trades_beta != TrainSettings.trades_beta and settings.mode != "trades":
-        unread.append(f"--trades-beta weighs the robust loss of --mode trades; --mode {settings.mode} does not read it")
-    if settings.gamma != TrainSettings.gamma and not settings.milestones:
-        unread.append("--gamma scales the learning rate at --milestones; there are none, so it is not read")
-    late = [m for m in settings.milestones if m >= settings.epochs]
-    too_late = [f"--milestones {','.join(map(str, late))}"] if late else []
-    if settings.full_eval_every is not None and settings.full_eval_every >= settings.epochs:
-        too_late.append(f"--full-eval-every {settings.full_eval_every}")
-    if too_late and settings.epochs:  # --epochs 0 trains nothing: no schedule is read
-        verb, pronoun = ("comes", "it") if len(too_late) == 1 else ("come", "them")
-        unread.append(f"{' and '.join(too_late)} {verb} at or after the last of --epochs {settings.epochs}: only "
-                      f"a --resume to more epochs reads {pronoun}")  # fmt: skip
-    tracking = {"--track-every": settings.track_every is not None, "--track-full": settings.track_full,
-                "--estimator": settings.estimator != TrainSettings.estimator,
-                "--memory-budget": settings.memory_budget is not None}  # fmt: skip
-    shaped = [flag for flag, set_ in tracking.items() if set_]
-    if shaped and not settings.track_kernel:
-        unread.append(f"{flags_do(shaped, 'shape')} the tracked kernels; --track-kernel 0 tracks none")
-    return unread
-
-
-def _check_batchnorm(settings: TrainSettings, model: Any, name: str) -> None:
-    from ntkrobust.bridge.tracking import has_batchnorm
-
-    if settings.batchnorm != "running" and not has_batchnorm(model):
-        raise StudyError(f"--batchnorm {settings.batchnorm}: {name} has no BatchNorm layers")
-
-
-def _check_augmentation(settings: TrainSettings, image_shape: tuple[int, ...]) -> None:
-    from ntkrobust.bridge.augment import check_augmentation
-
-    if settings.augment_shared and settings.augment == "none":
-        raise StudyError("--augment-shared shares the draws of an augmentation: give --augment crop-flip")
-    try:
-        check_augmentation(settings.augment, image_shape)
-    except ValueError as err:
-        raise StudyError(f"--augment {err}") from None
-
-
-def _check_last_batch(settings: TrainSettings, model: Any, data: Any) -> None:
-    """A last mini-batch of one example is refused before training where a BatchNorm layer would
-    normalise it over a single value per channel (torch raises there, mid-run)."""
-    n = data.x_train.shape[0]
-    if n % settings.batch_size != 1:
-        return
-    import torch
-
-    from ntkrobust.bridge.tracking import single_value_batchnorms
-
-    layers = single_value_batchnorms(model, torch.as_tensor(data.x_train[:2]))
-    if layers:
-        raise StudyError(
-            f"--batch-size {settings.batch_size} leaves a last batch of one of the {n} training points, and "
-            f"BatchNorm {layers[0]} would normalise it over one value per channel: choose another --batch-size"
         )
 
 
@@ -292,12 +116,12 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
             model=settings.model or default,
             width=settings.width,
             checkpoint=None,
-            seed=_run_seed(settings),
+            seed=run_seed(settings),
             init=settings.init,
             # RAT's "w/o buffer" model: no running statistics anywhere in the run
             running_stats=settings.batchnorm != "batch",
         )
-        _check_batchnorm(settings, model, config.model)
+        check_batchnorm(settings, model, config.model)
         return {"model": model, "config": config, "linearization": None, "kernel_network": None, "magnitude": None}
     from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork, relative_magnitude
 
@@ -326,7 +150,7 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
     }
 
 
-def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
+def _configs(settings: TrainSettings, threat: Threat) -> tuple[Any, Any]:
     from ntkrobust.bridge.experiment import TrackingConfig
     from ntkrobust.bridge.training import TrainConfig
 
@@ -348,8 +172,8 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
             eps_warmup=settings.eps_warmup,
             augment=settings.augment,
             augment_shared=settings.augment_shared,
-            **_te_ramp(settings),
-            seed=_run_seed(settings),
+            **te_ramp(settings),
+            seed=run_seed(settings),
         )
         tracking = TrackingConfig(
             eps=threat.eps,
@@ -372,29 +196,6 @@ def _configs(settings: TrainSettings, threat: _Threat) -> tuple[Any, Any]:
     return train, tracking
 
 
-def _te_ramp(settings: TrainSettings) -> dict[str, Any]:
-    """TE's ramp epochs: as given, else the authors' 90 and 150 of 200 scaled to the epochs."""
-    from ntkrobust.bridge.temporal_ensembling import TE_RAMP, TE_WEIGHT
-
-    if settings.mode != "te":
-        if settings.te_start is not None or settings.te_end is not None or settings.te_weight != TE_WEIGHT:
-            raise StudyError("--te-start / --te-end / --te-weight set the regulariser of --mode te")
-        return {}
-
-    start = max(1, round(TE_RAMP[0] * settings.epochs)) if settings.te_start is None else settings.te_start
-    end = round(TE_RAMP[1] * settings.epochs) if settings.te_end is None else settings.te_end
-    if not 1 <= start < end <= settings.epochs:
-        raise StudyError(
-            f"--mode te ramps its regulariser from epoch {start} to {end}: it needs 1 <= --te-start < --te-end <= "
-            f"--epochs ({settings.epochs}); give more epochs or the two epochs"
-        )
-    return {"te_start": start, "te_end": end, "te_weight": settings.te_weight}
-
-
-def _run_seed(settings: TrainSettings) -> int:
-    return settings.data.seed if settings.run_seed is None else settings.run_seed
-
-
 def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | None = None) -> TrainResult | SeedsResult:
     """Train into the run folder ``settings.out`` (locked while it runs); the result's record is
     its history. With ``seeds``, one run per seed in ``out/seed_S``, one after the other."""
@@ -406,7 +207,7 @@ def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | No
 
     if not distributed.is_main():  # under torchrun rank 0 checks, locks and writes the folder
         return _train(settings, progress=False, argv=argv)
-    _check_folder(settings)
+    check_folder(settings)
     with OutputLock(settings.out):
         if settings.resume:  # a kill during an atomic write leaves its hidden temporary behind
             RunFolder(settings.out).remove_temporaries()
@@ -504,9 +305,9 @@ class SeedsResult(StudyResult):
 
 def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> TrainResult:
     data = settings.data.load()
-    threat = _threat(settings, data.image_shape[0])
-    notes = _attack_notes(settings, threat, data.image_shape[0])
-    warn(notes, *_unread_flags(settings))
+    threat = resolve_threat(settings, data.image_shape[0])
+    notes = attack_notes(settings, threat, data.image_shape[0])
+    warn(notes, *unread_flags(settings))
     if settings.track_kernel > data.x_train.shape[0]:
         raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {data.x_train.shape[0]} training points")
     if settings.switch_epoch is not None and settings.mode == "standard":
@@ -522,7 +323,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         raise StudyError(f"--final-eval {settings.final_eval!r}: choose none or autoattack")
     if settings.eps_warmup and settings.mode == "standard":
         raise StudyError("--eps-warmup ramps the training attack's eps; --mode standard has no attack")
-    _check_augmentation(settings, data.image_shape)
+    check_augmentation(settings, data.image_shape)
 
     from ntkrobust.bridge.data import DataError
     from ntkrobust.bridge.distributed import is_main
@@ -533,7 +334,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
 
     device = torch_device(settings.device)
     net = _network(settings, data)
-    _check_last_batch(settings, net["model"], data)
+    check_last_batch(settings, net["model"], data)
     config = net["config"]
     train, tracking = _configs(settings, threat)
     label = f"{config.model} {settings.mode}" + (

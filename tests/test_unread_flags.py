@@ -121,14 +121,14 @@ def test_no_reproduce_step_sets_a_flag_its_study_leaves_unread(scale):
     from ntkrobust.reproduce import all_recipes
     from ntkrobust.reproduce._recipe import Context
     from ntkrobust.reproduce.run import plan
-    from ntkrobust.studies import dynamics, features, train
+    from ntkrobust.studies import _train_settings, dynamics, features
 
     steps, _ = plan(all_recipes(), Context(scale, Path("DATA"), Path("OUT/steps")))
     checked = set()
     for step in steps.values():
         settings = step.settings
         if step.study == "train":
-            assert train._unread_flags(settings) == [], step.name
+            assert _train_settings.unread_flags(settings) == [], step.name
         elif step.study == "dynamics":
             dynamics._check_unread(settings)
         elif step.study == "features":

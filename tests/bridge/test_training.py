@@ -46,7 +46,7 @@ def test_modes_are_the_cli_choices():
 
 def test_the_study_defaults_are_the_trainers():
     """The study's defaults, written without importing torch, compare with the trainer's to tell
-    a flag given from one left alone (``train._unread_flags``)."""
+    a flag given from one left alone (``studies._train_settings.unread_flags``)."""
     from ntkrobust.bridge.training import TRADES_BETA, TrainConfig
     from ntkrobust.studies.train import TrainSettings
 
