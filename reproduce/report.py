@@ -197,13 +197,14 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {sec} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """ "1 finding", "2 findings"."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _counts_text(findings: list[Mapping[str, Any]]) -> str:
     counts = verdict_counts(findings)
-    return f"{_plural(len(findings), 'finding')}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."
+    return f"{plural(len(findings), 'finding')}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + "."
 
 
 def _source(finding: Mapping[str, Any], *, short: bool = False) -> str:
@@ -274,7 +275,7 @@ def _markdown_section(finding: Mapping[str, Any], base: Path) -> list[str]:
         lines += _md_details("numbers the check used", _pretty(finding["numbers"]))
     steps = finding.get("steps", [])
     if steps:
-        lines += [f"<details><summary>{_plural(len(steps), 'step')}, {_duration(finding.get('seconds'))}</summary>", ""]
+        lines += [f"<details><summary>{plural(len(steps), 'step')}, {_duration(finding.get('seconds'))}</summary>", ""]
         for step in steps:
             config = _pretty(step.get("config", {}))
             fence = _fence(config)
@@ -327,7 +328,7 @@ def _html_section(finding: Mapping[str, Any], anchor: str, base: Path) -> str:
         parts.append(_html_details("numbers the check used", _pretty(finding["numbers"])))
     steps = finding.get("steps", [])
     if steps:
-        parts.append(f"<h3>{_plural(len(steps), 'step')}, {_h(_duration(finding.get('seconds')))}</h3>\n<ul>")
+        parts.append(f"<h3>{plural(len(steps), 'step')}, {_h(_duration(finding.get('seconds')))}</h3>\n<ul>")
         for step in steps:
             config = _html_details("config", _pretty(step.get("config", {})))
             parts.append(f"<li><b>{_h(step.get('name'))}</b> ({_h(_step_line(step))}){config}</li>")

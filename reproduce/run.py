@@ -24,6 +24,7 @@ from ntkrobust.reproduce import beyond, loo, rat, tk
 from ntkrobust.reproduce._recipe import PAPERS, SCALES, Context, Recipe, Results, Step, StepRecordError
 from ntkrobust.reproduce._shared import DATA_FILES
 from ntkrobust.reproduce._store import StepRun, StepStore
+from ntkrobust.reproduce.report import plural
 from ntkrobust.studies._base import StudyError, StudyResult, log, versions
 
 #: every recipe, by paper
@@ -261,7 +262,7 @@ class ReproduceResult(StudyResult):
         kept = " (kept from the earlier report)"
         lines = [f"{f['recipe']}: {f['verdict']}{kept if f.get('kept') else ''}" for f in self.record["findings"]]
         tally = ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
-        return "\n".join([*lines, f"{_count(len(lines), 'finding')}: {tally}; report.html, report.md, findings.json"])
+        return "\n".join([*lines, f"{plural(len(lines), 'finding')}: {tally}; report.html, report.md, findings.json"])
 
 
 def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] | None = None) -> ReproduceResult:
@@ -278,9 +279,9 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
     write_json(out / "reproduction.json", {**_check_out(settings, ctx), "target": target})
     total = estimated_minutes(chosen, settings.scale)
     needed = [name for name in steps if any(name in uses[recipe.name] for recipe in chosen)]
-    kept = f"; the report keeps {_count(len(earlier), 'earlier finding')}" if earlier else ""
-    log.info(f"reproduce {settings.target} at scale {settings.scale}: {_count(len(chosen), 'finding')}, "
-             f"{_count(len(needed), 'step')}, estimated {total:.1f} min{kept}")  # fmt: skip
+    kept = f"; the report keeps {plural(len(earlier), 'earlier finding')}" if earlier else ""
+    log.info(f"reproduce {settings.target} at scale {settings.scale}: {plural(len(chosen), 'finding')}, "
+             f"{plural(len(needed), 'step')}, estimated {total:.1f} min{kept}")  # fmt: skip
     store = StepStore(ctx)
     runs: dict[str, StepRun] = {}
     for i, name in enumerate(needed, 1):
@@ -319,10 +320,6 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
         "findings": findings,
     }  # fmt: skip
     return ReproduceResult(record, out=out)
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _finding(recipe: Recipe, ctx: Context, results: Results, runs: list[StepRun], store: StepStore) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import platform
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,15 @@ def warn(notes: list[str], *texts: str | None) -> None:
         if text:
             notes.append(text)
             warnings.warn(text, StudyWarning, stacklevel=2)
+
+
+def changed_flags(settings: Any, names: Sequence[str], flags: dict[str, str] | None = None) -> list[str]:
+    """The flags (``--name``, or as ``flags`` names them) of the fields ``names`` of the settings
+    dataclass ``settings`` that differ from their defaults: the flags given (one given at its
+    default value cannot be told apart, and changes nothing)."""
+    defaults = {f.name: f.default for f in fields(settings)}
+    spelled = flags or {}
+    return [spelled.get(n, "--" + n.replace("_", "-")) for n in names if getattr(settings, n) != defaults[n]]
 
 
 def flags_do(flags: Sequence[str], verb: str) -> str:

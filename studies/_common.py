@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import StudyError, flags_do
+from ntkrobust.studies._base import StudyError, changed_flags, flags_do
 from ntkrobust.studies._output import check_writable
 
 
@@ -123,10 +123,8 @@ class MachineSettings:
 
     def given(self) -> list[str]:
         """The flags of the settings that differ from their defaults."""
-        flags = {"time": "--time", "ridge": "--ridge", "learning_rate": "--learning-rate", "gradient": "--gradient",
-                 "precision": "--precision", "cache_dir": "--cache-dir", "cache": "--no-cache"}  # fmt: skip
-        default = MachineSettings()
-        return [flag for name, flag in flags.items() if getattr(self, name) != getattr(default, name)]
+        names = ("time", "ridge", "learning_rate", "gradient", "precision", "cache_dir", "cache")
+        return changed_flags(self, names, {"cache": "--no-cache"})
 
     def config(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, flags_do, log
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, changed_flags, envelope, flags_do, log
 from ntkrobust.studies._common import check_distinct_files, torch_device
 
 
@@ -253,8 +253,7 @@ def _check_unread(settings: DynamicsSettings) -> None:
     picks the backend of a torchrun launch.)"""
     if settings.eigenvectors:
         return
-    unread = [f"--{name.replace('_', '-')}" for name in ("eigenvector_class", "eigenvector_steps")
-              if getattr(settings, name) != getattr(DynamicsSettings, name)]  # fmt: skip
+    unread = changed_flags(settings, ("eigenvector_class", "eigenvector_steps"))
     if unread:
         pronoun = "them" if len(unread) > 1 else "it"
         raise StudyError(

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ntkrobust._progress import progress_iter
 from ntkrobust.attacks.spec import NET_METHODS
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, changed_flags, envelope, warn
 from ntkrobust.studies._common import (
     DataSettings,
     MachineSettings,
@@ -231,11 +231,9 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     check_distinct_files(settings.source, "--source")
     check_ridge(settings.surrogate_ridge, "--surrogate-ridge")
     if not settings.surrogate:  # the surrogates' flags alone would go unread
-        defaults = {f.name: f.default for f in fields(TransferSettings)}
-        for name in ("surrogate_n", "surrogate_nets", "surrogate_ridge"):
-            if getattr(settings, name) != defaults[name]:
-                flag = "--" + name.replace("_", "-")
-                raise StudyError(f"{flag} sets the eNTK surrogates: give --surrogate MODEL, or leave it out")
+        given = changed_flags(settings, ("surrogate_n", "surrogate_nets", "surrogate_ridge"))
+        if given:
+            raise StudyError(f"{given[0]} sets the eNTK surrogates: give --surrogate MODEL, or leave it out")
     if not arch_names and settings.kernel_n is not None:
         raise StudyError("--kernel-n sets the analytic NTK machines' training points; none is built: add --kernel-arch")
     settings.machine.check(arch_names)
