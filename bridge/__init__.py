@@ -52,11 +52,11 @@ _TORCH_HALF = {
     "TrainConfig": "ntkrobust.bridge.training",
     "train_epoch": "ntkrobust.bridge.training",
     "KernelTracker": "ntkrobust.bridge.tracking",
+    "TrackingConfig": "ntkrobust.bridge.tracking",
     "batch_statistics": "ntkrobust.bridge.tracking",
     "clean_accuracy": "ntkrobust.bridge.tracking",
     "pgd_accuracy": "ntkrobust.bridge.tracking",
     "RunFolderError": "ntkrobust.bridge.experiment",
-    "TrackingConfig": "ntkrobust.bridge.experiment",
     "run_training": "ntkrobust.bridge.experiment",
     "NTKEigenvectors": "ntkrobust.bridge.eigenvectors",
     "eigenvector_images": "ntkrobust.bridge.eigenvectors",
@@ -95,7 +95,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them; at run tim
     from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from ntkrobust.bridge.eigenvectors import NTKEigenvectors, eigenvector_images, ntk_eigenvectors
     from ntkrobust.bridge.entk import BudgetError, KernelKind, check_memory_budget, empirical_ntk, with_batch_statistics
-    from ntkrobust.bridge.experiment import RunFolderError, TrackingConfig, run_training
+    from ntkrobust.bridge.experiment import RunFolderError, run_training
     from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
     from ntkrobust.bridge.models import MODELS, ModelConfig, ModelError, build_model, model_config
     from ntkrobust.bridge.runfolder import (
@@ -110,7 +110,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them; at run tim
     from ntkrobust.bridge.runs import RunError, TrainingRun, dynamics_summary, load_run, load_runs
     from ntkrobust.bridge.surrogate import EmpiricalKernelMachine, fit_empirical_kernel_machine, initial_networks
     from ntkrobust.bridge.targets import Target, TargetError, load_target
-    from ntkrobust.bridge.tracking import KernelTracker, batch_statistics, clean_accuracy, pgd_accuracy
+    from ntkrobust.bridge.tracking import KernelTracker, TrackingConfig, batch_statistics, clean_accuracy, pgd_accuracy
     from ntkrobust.bridge.training import TrainConfig, train_epoch
     from ntkrobust.bridge.transfer import TargetEvaluation, evaluate_target, gradient_cosine, white_box_examples
     from ntkrobust.bridge.two_layer import (

@@ -4,9 +4,10 @@ The run folder (``ntkrobust train --out RUN``) is laid out as ``bridge.runfolder
 configuration, the history, a checkpoint per epoch and the tracked kernels with their probe.
 
 Every file is written atomically, in this order for each epoch: kernel files, checkpoint,
-history. An interrupted run therefore loses at most the epoch in flight: ``resume`` restarts
-from the last checkpoint, drops kernel files of later steps, and, because every random draw is
-seeded by (seed, epoch, step) (``bridge.training``), reproduces the uninterrupted run.
+history. An interrupted run therefore loses at most the epoch in flight: ``resume``
+(``bridge._resume``) restarts from the last checkpoint, drops kernel files of later steps, and,
+because every random draw is seeded by (seed, epoch, step) (``bridge.training``), reproduces the
+uninterrupted run. What is measured is a ``bridge.tracking.TrackingConfig``.
 
 ``history.json`` (strict JSON)::
 
@@ -24,14 +25,12 @@ seeded by (seed, epoch, step) (``bridge.training``), reproduces the uninterrupte
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,15 +38,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ntkrobust._progress import progress_bar
-from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge import distributed
-from ntkrobust.bridge.checkpoint import CheckpointError, check_state_dict, read_checkpoint, save_checkpoint
+from ntkrobust.bridge._resume import RunFolderError, RunState, start_state
+from ntkrobust.bridge.checkpoint import save_checkpoint
 from ntkrobust.bridge.data import Dataset, balanced_indices, task_indices
-from ntkrobust.bridge.files import first_line, write_atomically, write_json
+from ntkrobust.bridge.files import write_atomically, write_json
 from ntkrobust.bridge.models import ModelConfig
-from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
+from ntkrobust.bridge.runfolder import RunFolder
 from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
-from ntkrobust.bridge.tracking import BATCHNORM_MODES, KernelTracker, clean_accuracy, pgd_accuracy
+from ntkrobust.bridge.tracking import KernelTracker, TrackingConfig, clean_accuracy, pgd_accuracy
 from ntkrobust.bridge.training import (
     TrainConfig,
     derived_seed,
@@ -58,124 +57,6 @@ from ntkrobust.bridge.training import (
 )
 
 __all__ = ["RunFolderError", "TrackingConfig", "run_training"]
-
-# config keys a resumed run may change: more epochs continue the same trajectory, and the
-# machine it runs on is not part of the experiment
-_RESUMABLE_CHANGES = (("train", "epochs"), ("device",))
-
-
-class RunFolderError(ValueError):
-    """A run folder that cannot be started or resumed as asked; the message is one line."""
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    """What is measured during training.
-
-    ``probe``: class-balanced training points of the tracked kernels (0: no kernels);
-    ``every``: track every this many steps instead of after every epoch; ``eps``/``step``/
-    ``steps``: the ℓ∞ PGD of the AE-NTK and of the per-epoch robust accuracies; ``eval_n``:
-    class-balanced points per split for the PGD accuracies (clean accuracy uses the whole split;
-    None: all); ``batchnorm``: evaluation modes, ``running`` and/or ``batch`` (RAT sec. 4).
-    ``full_step``/``full_steps``: the stronger PGD of the full evaluation, on the same points, at
-    the last epoch and every ``full_every`` epochs (None: no full evaluation).
-    ``selection_seed``: seed of the probe and the evaluation points (None: the training seed), so
-    runs of several training seeds share their probe.
-    """
-
-    eps: float
-    step: float
-    steps: int
-    probe: int = 300
-    every: int | None = None
-    eval_n: int | None = 500
-    batchnorm: tuple[str, ...] = ("running",)
-    memory_budget: int | None = None
-    full_step: float | None = None
-    full_steps: int | None = None
-    full_every: int | None = None
-    selection_seed: int | None = None
-    track_full: bool = False  # the full (N, N, C, C) kernels, not only their class blocks
-    #: "exact", or "rademacher:K": the trace kernel estimated from K random-sign draws (bridge.entk), at
-    #: K/C of the class blocks' cost, without the specialization metrics (they need the blocks)
-    estimator: str = "exact"
-
-    def __post_init__(self) -> None:
-        if not self.batchnorm or any(mode not in BATCHNORM_MODES for mode in self.batchnorm):
-            raise ValueError(f"batchnorm modes must be among {BATCHNORM_MODES}, got {self.batchnorm}")
-        if (self.full_steps is None) != (self.full_step is None):
-            raise ValueError("a full evaluation needs both its PGD step and its steps")
-        if self.estimator != "exact":
-            from ntkrobust.bridge.entk import KernelKind
-
-            try:
-                kind: str | None = KernelKind.parse(self.estimator).name
-            except ValueError:  # rademacher:0, rademacher:x, or no kind at all
-                kind = None
-            if kind != "rademacher":
-                raise ValueError(
-                    f"--estimator must be exact or rademacher:K (K > 0 random-sign draws), got {self.estimator!r}"
-                )
-            if self.track_full:
-                raise ValueError("--estimator estimates the trace kernel; --track-full asks for the exact full one")
-
-    def attack(self, seed: int) -> AttackSpec:
-        """The ℓ∞ PGD of the per-epoch robust accuracies (random start seeded by ``seed``)."""
-        return AttackSpec("pgd", self.eps, "linf", self.step, self.steps, random_start=True, seed=seed)
-
-    @property
-    def kernel_kind(self) -> str:
-        """The tracked kernels' kind: the full kernels, their class blocks, or an estimated trace."""
-        if self.track_full:
-            return "full"
-        return "class-blocks" if self.estimator == "exact" else self.estimator
-
-    def full_attack(self, seed: int) -> AttackSpec | None:
-        """The ℓ∞ PGD of the full evaluation, or None."""
-        if self.full_steps is None or self.full_step is None:
-            return None
-        return AttackSpec("pgd", self.eps, "linf", self.full_step, self.full_steps, random_start=True, seed=seed)
-
-    def full_due(self, epoch: int, last: int) -> bool:
-        """Whether epoch ``epoch`` (of ``last``) ends with a full evaluation."""
-        if self.full_steps is None or epoch == 0:
-            return False
-        return epoch == last or (self.full_every is not None and epoch % self.full_every == 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "batchnorm": list(self.batchnorm)}
-
-
-@dataclass
-class _State:
-    epoch: int = 0
-    step: int = 0
-    history: dict[str, Any] = field(default_factory=dict)
-    te_averages: torch.Tensor | None = None  # TE's per-example averages (mode te)
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    config = json.loads(json.dumps(config))
-    for path in _RESUMABLE_CHANGES:
-        holder = config
-        for key in path[:-1]:
-            holder = holder.get(key, {}) if isinstance(holder, dict) else {}
-        if isinstance(holder, dict):  # an edited config.json's "train": 5 is a difference, not a crash
-            holder.pop(path[-1], None)
-    return config
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = sorted(set(old) | set(new))
-        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix[:-1]} was {_short(old)}, now {_short(new)}"]
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a whole section that differs stays one short line."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]} ..."
 
 
 def _subset(labels: np.ndarray, classes: tuple[int, ...], n: int | None, seed: int, what: str) -> np.ndarray:
@@ -288,7 +169,7 @@ class _TrainingRun:
             self.ensemble = TemporalEnsemble.empty(
                 n, classes, train.te_start, train.te_end, maximum=train.te_weight, device=device
             )
-        self.state = _State()
+        self.state = RunState()
         self.step_track_seconds = 0.0  # tracking inside an epoch, taken out of its training time
         self.progress = False  # bars for the evaluation and the kernels (set by run_training)
 
@@ -313,7 +194,17 @@ class _TrainingRun:
 
     def start(self, config: dict[str, Any], resume: bool, label: str, metadata: dict[str, Any] | None) -> None:
         """Start the folder afresh (history header, probe file) or take up its last checkpoint."""
-        self.state = _start(self, config, resume)
+        self.state = start_state(
+            self.run,
+            config,
+            resume,
+            model=self.model,
+            optimizer=self.optimizer,
+            device=self.device,
+            epochs=self.train.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            ensemble=self.ensemble,
+        )
         if self.ensemble is not None and self.state.te_averages is not None:
             self.ensemble.averages = self.state.te_averages.to(self.device, torch.float64)
         if self.state.history:
@@ -539,88 +430,3 @@ def run_training(
     epochs_bar.close()
     write_json(run.history, trainer.history)
     return trainer.history
-
-
-def _start(trainer: _TrainingRun, config: dict[str, Any], resume: bool) -> _State:
-    """A fresh run (writes ``config.json``), or the state of the last checkpoint of a resumed one.
-
-    A resume reads and checks the stored configuration and the whole checkpoint before it writes
-    anything: a refused resume leaves the folder as it was."""
-    run = trainer.run
-    stored = run.config
-    if not resume:
-        write_json(stored, config)
-        return _State()
-    if not run.exists():
-        raise RunFolderError(f"--resume: {run.path} holds no run (no {CONFIG_FILE})")
-    try:
-        previous = json.loads(stored.read_text())
-    except (OSError, ValueError) as error:
-        raise RunFolderError(f"--resume: cannot read {stored} ({error})") from None
-    if not isinstance(previous, dict):
-        raise RunFolderError(f"--resume: {stored} is not a run's configuration (a JSON object)")
-    differences = _differences(_comparable(previous), _comparable(json.loads(json.dumps(config))))
-    if differences:
-        more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
-        raise RunFolderError(f"--resume: {run.path} was made with a different configuration: {differences[0]}{more}")
-    latest = run.latest_checkpoint()
-    state = _State() if latest is None else _resumed(trainer, latest)
-    write_json(stored, config)  # the epochs may have grown
-    for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
-        if step > state.step and distributed.is_main():
-            stale.unlink(missing_ok=True)
-    return state
-
-
-def _resumed(trainer: _TrainingRun, latest: Path) -> _State:
-    """The state of checkpoint ``latest``, loaded into the trainer's model and optimizer once it is
-    checked (``RunFolderError`` in one line otherwise)."""
-    try:
-        payload = read_checkpoint(latest, map_location=trainer.device)
-        check_state_dict(latest, payload.get("state_dict"), trainer.model)
-        state = _checkpoint_state(payload, trainer.steps_per_epoch, trainer.ensemble)
-    except CheckpointError as error:  # its message names the file
-        raise RunFolderError(f"--resume: {error}") from None
-    except ValueError as error:
-        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
-    if state.epoch > trainer.train.epochs:  # config.json would say fewer epochs than the history holds
-        raise RunFolderError(
-            f"--resume: {trainer.run.path} has trained {state.epoch} epochs already, more than the "
-            f"{trainer.train.epochs} asked: give --epochs {state.epoch} or more"
-        )
-    try:
-        trainer.model.load_state_dict(payload["state_dict"])
-        trainer.optimizer.load_state_dict(payload["optimizer"])
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
-    return state
-
-
-def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: TemporalEnsemble | None) -> _State:
-    """The state a checkpoint holds, checked to be one its run wrote (``ValueError`` otherwise): an
-    epoch of at least 0, a history of exactly the epochs 0 to it, the step count at the end of
-    that epoch, and TE's averages of the ensemble's shape. A hand-edited or corrupt one would
-    otherwise train nothing, or rewrite history.json without the epochs before it."""
-    epoch, step, history = payload.get("epoch"), payload.get("step"), payload.get("history")
-    if not _whole(epoch) or epoch < 0:
-        raise ValueError(f"its epoch {epoch!r} is not a whole number >= 0")
-    if not isinstance(history, dict) or not all(isinstance(history.get(key), list) for key in ("epochs", "kernels")):
-        raise ValueError("its history is not a training run's (no lists of epochs and kernels)")
-    records = history["epochs"]
-    numbers = [record.get("epoch") if isinstance(record, dict) else None for record in records]
-    if len(numbers) != epoch + 1 or numbers != list(range(epoch + 1)):
-        raise ValueError(f"it claims epoch {epoch}, but its history holds {len(records)} epoch records")
-    if not _whole(step) or step != epoch * steps_per_epoch:
-        raise ValueError(
-            f"its step {step!r} is not {epoch * steps_per_epoch}, the step count at the end of epoch {epoch}"
-        )
-    averages = payload.get("te_averages")
-    if ensemble is not None and averages is not None:
-        shape = tuple(ensemble.averages.shape)
-        if not isinstance(averages, torch.Tensor) or tuple(averages.shape) != shape:
-            raise ValueError(f"its te_averages are not a tensor of shape {shape}")
-    return _State(epoch=epoch, step=step, history=history, te_averages=averages)
-
-
-def _whole(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)

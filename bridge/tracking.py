@@ -24,7 +24,7 @@ import copy
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -33,13 +33,14 @@ from torch import nn
 
 from ntkrobust.attacks import AttackSpec
 from ntkrobust.bridge.adversarial import attack_examples, pgd_examples, predict
-from ntkrobust.bridge.entk import check_memory_budget, empirical_ntk
+from ntkrobust.bridge.entk import KernelKind, check_memory_budget, empirical_ntk
 from ntkrobust.bridge.jacobians import forward_pass
 from ntkrobust.kernels.metrics import kernel_metrics, trace_kernel
 
 __all__ = [
     "BATCHNORM_MODES",
     "KernelTracker",
+    "TrackingConfig",
     "batch_statistics",
     "clean_accuracy",
     "has_batchnorm",
@@ -48,6 +49,82 @@ __all__ = [
 ]
 
 BATCHNORM_MODES = ("running", "batch")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """What is measured during training.
+
+    ``probe``: class-balanced training points of the tracked kernels (0: no kernels);
+    ``every``: track every this many steps instead of after every epoch; ``eps``/``step``/
+    ``steps``: the ℓ∞ PGD of the AE-NTK and of the per-epoch robust accuracies; ``eval_n``:
+    class-balanced points per split for the PGD accuracies (clean accuracy uses the whole split;
+    None: all); ``batchnorm``: evaluation modes, ``running`` and/or ``batch`` (RAT sec. 4).
+    ``full_step``/``full_steps``: the stronger PGD of the full evaluation, on the same points, at
+    the last epoch and every ``full_every`` epochs (None: no full evaluation).
+    ``selection_seed``: seed of the probe and the evaluation points (None: the training seed), so
+    runs of several training seeds share their probe.
+    """
+
+    eps: float
+    step: float
+    steps: int
+    probe: int = 300
+    every: int | None = None
+    eval_n: int | None = 500
+    batchnorm: tuple[str, ...] = ("running",)
+    memory_budget: int | None = None
+    full_step: float | None = None
+    full_steps: int | None = None
+    full_every: int | None = None
+    selection_seed: int | None = None
+    track_full: bool = False  # the full (N, N, C, C) kernels, not only their class blocks
+    #: "exact", or "rademacher:K": the trace kernel estimated from K random-sign draws (bridge.entk), at
+    #: K/C of the class blocks' cost, without the specialization metrics (they need the blocks)
+    estimator: str = "exact"
+
+    def __post_init__(self) -> None:
+        if not self.batchnorm or any(mode not in BATCHNORM_MODES for mode in self.batchnorm):
+            raise ValueError(f"batchnorm modes must be among {BATCHNORM_MODES}, got {self.batchnorm}")
+        if (self.full_steps is None) != (self.full_step is None):
+            raise ValueError("a full evaluation needs both its PGD step and its steps")
+        if self.estimator != "exact":
+            try:
+                kind: str | None = KernelKind.parse(self.estimator).name
+            except ValueError:  # rademacher:0, rademacher:x, or no kind at all
+                kind = None
+            if kind != "rademacher":
+                raise ValueError(
+                    f"--estimator must be exact or rademacher:K (K > 0 random-sign draws), got {self.estimator!r}"
+                )
+            if self.track_full:
+                raise ValueError("--estimator estimates the trace kernel; --track-full asks for the exact full one")
+
+    def attack(self, seed: int) -> AttackSpec:
+        """The ℓ∞ PGD of the per-epoch robust accuracies (random start seeded by ``seed``)."""
+        return AttackSpec("pgd", self.eps, "linf", self.step, self.steps, random_start=True, seed=seed)
+
+    @property
+    def kernel_kind(self) -> str:
+        """The tracked kernels' kind: the full kernels, their class blocks, or an estimated trace."""
+        if self.track_full:
+            return "full"
+        return "class-blocks" if self.estimator == "exact" else self.estimator
+
+    def full_attack(self, seed: int) -> AttackSpec | None:
+        """The ℓ∞ PGD of the full evaluation, or None."""
+        if self.full_steps is None or self.full_step is None:
+            return None
+        return AttackSpec("pgd", self.eps, "linf", self.full_step, self.full_steps, random_start=True, seed=seed)
+
+    def full_due(self, epoch: int, last: int) -> bool:
+        """Whether epoch ``epoch`` (of ``last``) ends with a full evaluation."""
+        if self.full_steps is None or epoch == 0:
+            return False
+        return epoch == last or (self.full_every is not None and epoch % self.full_every == 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "batchnorm": list(self.batchnorm)}
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -151,7 +151,7 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
 
 
 def _configs(settings: TrainSettings, threat: Threat) -> tuple[Any, Any]:
-    from ntkrobust.bridge.experiment import TrackingConfig
+    from ntkrobust.bridge.tracking import TrackingConfig
     from ntkrobust.bridge.training import TrainConfig
 
     try:

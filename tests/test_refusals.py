@@ -113,7 +113,7 @@ def test_a_blank_cache_variable_counts_as_unset(tmp_path, run_cli, monkeypatch):
 
 
 def test_a_resumed_config_that_differs_by_a_whole_section_stays_one_short_line():
-    from ntkrobust.bridge.experiment import _differences
+    from ntkrobust.bridge._resume import _differences
 
     whole = {"lr": 0.1, "milestones": list(range(100)), "mode": "pgd"}
     (said,) = _differences({"train": None}, {"train": whole})

@@ -109,7 +109,7 @@ def test_a_sound_resume_still_continues(tmp_path, finished_run, run_cli):
 
 
 def test_te_averages_of_the_wrong_shape_are_refused():
-    from ntkrobust.bridge.experiment import _checkpoint_state
+    from ntkrobust.bridge._resume import _checkpoint_state
     from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
 
     payload = {"epoch": 0, "step": 0, "history": {"epochs": [{"epoch": 0}], "kernels": []}}

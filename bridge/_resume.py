@@ -1,0 +1,177 @@
+"""Starting a run folder, afresh or from its last checkpoint (``bridge.experiment``'s ``--resume``).
+
+A resume refuses a folder whose stored configuration differs from the new one in anything but
+``_RESUMABLE_CHANGES`` (more epochs continue the same trajectory; the device is not part of the
+experiment), and a checkpoint that its run could not have written (``_checkpoint_state``). Both
+are checked before anything is written: a refused resume leaves the folder as it was. Because
+every random draw of a run is seeded by (seed, epoch, step) (``bridge.training``), the resumed
+run takes the uninterrupted run's steps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import torch
+from torch import nn
+
+from ntkrobust.bridge import distributed
+from ntkrobust.bridge.checkpoint import CheckpointError, check_state_dict, read_checkpoint
+from ntkrobust.bridge.files import first_line, write_json
+from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
+from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
+
+__all__ = ["RunFolderError", "RunState", "start_state"]
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be started or resumed as asked; the message is one line."""
+
+
+# config keys a resumed run may change: more epochs continue the same trajectory, and the
+# machine it runs on is not part of the experiment
+_RESUMABLE_CHANGES = (("train", "epochs"), ("device",))
+
+
+@dataclass
+class RunState:
+    epoch: int = 0
+    step: int = 0
+    history: dict[str, Any] = field(default_factory=dict)
+    te_averages: torch.Tensor | None = None  # TE's per-example averages (mode te)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    config = json.loads(json.dumps(config))
+    for path in _RESUMABLE_CHANGES:
+        holder = config
+        for key in path[:-1]:
+            holder = holder.get(key, {}) if isinstance(holder, dict) else {}
+        if isinstance(holder, dict):  # an edited config.json's "train": 5 is a difference, not a crash
+            holder.pop(path[-1], None)
+    return config
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]} was {_short(old)}, now {_short(new)}"]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a whole section that differs stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]} ..."
+
+
+def start_state(
+    run: RunFolder,
+    config: dict[str, Any],
+    resume: bool,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epochs: int,
+    steps_per_epoch: int,
+    ensemble: TemporalEnsemble | None,
+) -> RunState:
+    """A fresh run (writes ``config.json``), or the state of the last checkpoint of a resumed one.
+
+    A resume reads and checks the stored configuration and the whole checkpoint before it writes
+    anything: a refused resume leaves the folder as it was. The checkpoint is loaded into ``model``
+    and ``optimizer`` (on ``device``) once it is checked against them, against ``epochs`` (the
+    run's length now), ``steps_per_epoch`` and TE's ``ensemble``."""
+    stored = run.config
+    if not resume:
+        write_json(stored, config)
+        return RunState()
+    if not run.exists():
+        raise RunFolderError(f"--resume: {run.path} holds no run (no {CONFIG_FILE})")
+    try:
+        previous = json.loads(stored.read_text())
+    except (OSError, ValueError) as error:
+        raise RunFolderError(f"--resume: cannot read {stored} ({error})") from None
+    if not isinstance(previous, dict):
+        raise RunFolderError(f"--resume: {stored} is not a run's configuration (a JSON object)")
+    differences = _differences(_comparable(previous), _comparable(json.loads(json.dumps(config))))
+    if differences:
+        more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+        raise RunFolderError(f"--resume: {run.path} was made with a different configuration: {differences[0]}{more}")
+    latest = run.latest_checkpoint()
+    if latest is None:
+        state = RunState()
+    else:
+        state = _resumed(run, latest, model, optimizer, device, epochs, steps_per_epoch, ensemble)
+    write_json(stored, config)  # the epochs may have grown
+    for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
+        if step > state.step and distributed.is_main():
+            stale.unlink(missing_ok=True)
+    return state
+
+
+def _resumed(
+    run: RunFolder,
+    latest: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epochs: int,
+    steps_per_epoch: int,
+    ensemble: TemporalEnsemble | None,
+) -> RunState:
+    """The state of checkpoint ``latest``, loaded into ``model`` and ``optimizer`` once it is
+    checked (``RunFolderError`` in one line otherwise)."""
+    try:
+        payload = read_checkpoint(latest, map_location=device)
+        check_state_dict(latest, payload.get("state_dict"), model)
+        state = _checkpoint_state(payload, steps_per_epoch, ensemble)
+    except CheckpointError as error:  # its message names the file
+        raise RunFolderError(f"--resume: {error}") from None
+    except ValueError as error:
+        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+    if state.epoch > epochs:  # config.json would say fewer epochs than the history holds
+        raise RunFolderError(
+            f"--resume: {run.path} has trained {state.epoch} epochs already, more than the "
+            f"{epochs} asked: give --epochs {state.epoch} or more"
+        )
+    try:
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+    return state
+
+
+def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: TemporalEnsemble | None) -> RunState:
+    """The state a checkpoint holds, checked to be one its run wrote (``ValueError`` otherwise): an
+    epoch of at least 0, a history of exactly the epochs 0 to it, the step count at the end of
+    that epoch, and TE's averages of the ensemble's shape. A hand-edited or corrupt one would
+    otherwise train nothing, or rewrite history.json without the epochs before it."""
+    epoch, step, history = payload.get("epoch"), payload.get("step"), payload.get("history")
+    if not _whole(epoch) or epoch < 0:
+        raise ValueError(f"its epoch {epoch!r} is not a whole number >= 0")
+    if not isinstance(history, dict) or not all(isinstance(history.get(key), list) for key in ("epochs", "kernels")):
+        raise ValueError("its history is not a training run's (no lists of epochs and kernels)")
+    records = history["epochs"]
+    numbers = [record.get("epoch") if isinstance(record, dict) else None for record in records]
+    if len(numbers) != epoch + 1 or numbers != list(range(epoch + 1)):
+        raise ValueError(f"it claims epoch {epoch}, but its history holds {len(records)} epoch records")
+    if not _whole(step) or step != epoch * steps_per_epoch:
+        raise ValueError(
+            f"its step {step!r} is not {epoch * steps_per_epoch}, the step count at the end of epoch {epoch}"
+        )
+    averages = payload.get("te_averages")
+    if ensemble is not None and averages is not None:
+        shape = tuple(ensemble.averages.shape)
+        if not isinstance(averages, torch.Tensor) or tuple(averages.shape) != shape:
+            raise ValueError(f"its te_averages are not a tensor of shape {shape}")
+    return RunState(epoch=epoch, step=step, history=history, te_averages=averages)
+
+
+def _whole(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
