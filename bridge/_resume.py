@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeGuard
 
 import torch
@@ -85,11 +84,43 @@ def start_state(
     A resume reads and checks the stored configuration and the whole checkpoint before it writes
     anything: a refused resume leaves the folder as it was. The checkpoint is loaded into ``model``
     and ``optimizer`` (on ``device``) once it is checked against them, against ``epochs`` (the
-    run's length now), ``steps_per_epoch`` and TE's ``ensemble``."""
-    stored = run.config
+    run's length now), ``steps_per_epoch`` and TE's ``ensemble`` (``RunFolderError`` in one line
+    otherwise)."""
     if not resume:
-        write_json(stored, config)
+        write_json(run.config, config)
         return RunState()
+    _check_config(run, config)
+    latest = run.latest_checkpoint()
+    state = RunState()
+    if latest is not None:
+        try:
+            payload = read_checkpoint(latest, map_location=device)
+            check_state_dict(latest, payload.get("state_dict"), model)
+            state = _checkpoint_state(payload, steps_per_epoch, ensemble)
+        except CheckpointError as error:  # its message names the file
+            raise RunFolderError(f"--resume: {error}") from None
+        except ValueError as error:
+            raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+        if state.epoch > epochs:  # config.json would say fewer epochs than the history holds
+            raise RunFolderError(
+                f"--resume: {run.path} has trained {state.epoch} epochs already, more than the "
+                f"{epochs} asked: give --epochs {state.epoch} or more"
+            )
+        try:
+            model.load_state_dict(payload["state_dict"])
+            optimizer.load_state_dict(payload["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+    write_json(run.config, config)  # the epochs may have grown
+    for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
+        if step > state.step and distributed.is_main():
+            stale.unlink(missing_ok=True)
+    return state
+
+
+def _check_config(run: RunFolder, config: dict[str, Any]) -> None:
+    """``RunFolderError`` unless ``run`` holds a configuration that ``config`` may resume."""
+    stored = run.config
     if not run.exists():
         raise RunFolderError(f"--resume: {run.path} holds no run (no {CONFIG_FILE})")
     try:
@@ -102,49 +133,6 @@ def start_state(
     if differences:
         more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
         raise RunFolderError(f"--resume: {run.path} was made with a different configuration: {differences[0]}{more}")
-    latest = run.latest_checkpoint()
-    if latest is None:
-        state = RunState()
-    else:
-        state = _resumed(run, latest, model, optimizer, device, epochs, steps_per_epoch, ensemble)
-    write_json(stored, config)  # the epochs may have grown
-    for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
-        if step > state.step and distributed.is_main():
-            stale.unlink(missing_ok=True)
-    return state
-
-
-def _resumed(
-    run: RunFolder,
-    latest: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    device: torch.device,
-    epochs: int,
-    steps_per_epoch: int,
-    ensemble: TemporalEnsemble | None,
-) -> RunState:
-    """The state of checkpoint ``latest``, loaded into ``model`` and ``optimizer`` once it is
-    checked (``RunFolderError`` in one line otherwise)."""
-    try:
-        payload = read_checkpoint(latest, map_location=device)
-        check_state_dict(latest, payload.get("state_dict"), model)
-        state = _checkpoint_state(payload, steps_per_epoch, ensemble)
-    except CheckpointError as error:  # its message names the file
-        raise RunFolderError(f"--resume: {error}") from None
-    except ValueError as error:
-        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
-    if state.epoch > epochs:  # config.json would say fewer epochs than the history holds
-        raise RunFolderError(
-            f"--resume: {run.path} has trained {state.epoch} epochs already, more than the "
-            f"{epochs} asked: give --epochs {state.epoch} or more"
-        )
-    try:
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["optimizer"])
-    except (KeyError, RuntimeError, ValueError) as error:
-        raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
-    return state
 
 
 def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: TemporalEnsemble | None) -> RunState:
