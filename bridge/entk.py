@@ -26,11 +26,11 @@ trainable parameters are cut into groups (whole tensors, or slices of a flattene
 tensor alone is too big), so that the per-example Jacobian of every input with respect to one
 group fits half the memory budget; the inputs go through ``vmap(jacrev(f))`` in sub-batches sized
 so that their activations and gradients fit the other half (and, on a CPU, about 64 MB under
-glibc's default allocator, 512 MB with freed memory kept: see ``_CPU_WORKING_BYTES``). Then Θ =
+glibc's default allocator, 512 MB with freed memory kept: ``bridge._entk_plan``). Then Θ =
 Σ_groups J_g(X1) J_g(X2)ᵀ, exactly, whatever the grouping (the tests check chunked = unchunked).
 When ``x2`` is omitted the kernel is symmetric and each group's Jacobian is computed once. The
 class blocks and the trace of a net that needs C groups or more take one output at a time, through
-groups C times larger (``_plan_passes``): C times fewer backward passes for the same forward
+groups C times larger (``_entk_plan._plan_passes``): C times fewer backward passes for the same forward
 passes.
 
 Dense layers are cheaper still. For ``nn.Linear`` (and the twins' ``NTKLinear``) applied to one
@@ -57,11 +57,9 @@ statistics at all (``ModelConfig.running_stats = False``) always takes its kerne
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,20 +68,18 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
-from ntkrobust._allocator import available_memory, freed_memory_retained
 from ntkrobust._progress import progress_bar
 from ntkrobust.bridge import distributed
-from ntkrobust.bridge.convolutions import add_gram_share
-from ntkrobust.bridge.jacobians import (
-    BudgetError,
-    DenseLayer,
-    Group,
-    JacobianEngine,
-    activation_elements,
-    as_inputs,
-    forward_pass,
-    plan_parameter_groups,
+from ntkrobust.bridge._entk_plan import (
+    KernelKind,
+    Pass,
+    auto_memory_budget,
+    plan_kernel,
+    rademacher_signs,
+    with_batch_statistics,
 )
+from ntkrobust.bridge.convolutions import add_gram_share
+from ntkrobust.bridge.jacobians import BudgetError, DenseLayer, JacobianEngine
 
 __all__ = [
     "KINDS",
@@ -92,131 +88,11 @@ __all__ = [
     "auto_memory_budget",
     "check_memory_budget",
     "empirical_ntk",
+    "rademacher_signs",
     "with_batch_statistics",
 ]
 
 KINDS = ("full", "class-blocks", "trace", "class", "rademacher")
-MIN_AUTO_BUDGET = 2**30  # the automatic budget: a share of the free memory, at least 1 GiB
-AUTO_BUDGET_SHARE = 0.4
-_MAX_SUB_BATCH = 128
-#: On a CPU, a sub-batch's working memory is kept near one of these sizes, after the allocator.
-#: With glibc's defaults, blocks above its mmap threshold (at most 32 MB) arrive as fresh pages at
-#: every call, so sub-batches stay small: the MNIST CNN (4.8 MB per example) on 300 points took
-#: 1.16 s at 128 examples, 0.76 s at 16; the conv2 twin (12.9 MB) 2.50 s at 128, 1.30 s at 4; the
-#: CIFAR CNN (27 MB) 2.97 s at 128, 2.14 s at 4. With freed memory kept (``retain_freed_memory``,
-#: as the command line runs) every block is reused and larger sub-batches pay fewer calls: class
-#: blocks at 512 MB against 64 MB, two sweeps on 2 cores, the MNIST CNN (300 points) 0.80-0.95 of
-#: the time, the CIFAR CNN (200) 0.81-0.87, ResNet-18 (40) 0.85-0.98; 1-2 GB were no better than
-#: 512 MB beyond the noise. A GPU keeps the budget's size.
-_CPU_WORKING_BYTES = 64 * 2**20
-_CPU_WORKING_BYTES_RETAINED = 512 * 2**20
-
-
-def _cpu_working_bytes() -> int:
-    return _CPU_WORKING_BYTES_RETAINED if freed_memory_retained() else _CPU_WORKING_BYTES
-
-
-@dataclass(frozen=True)
-class KernelKind:
-    """``full``, ``trace`` or ``class`` (with the output ``index``)."""
-
-    name: str
-    index: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> KernelKind:
-        """``"full"``, ``"class-blocks"``, ``"trace"``, ``"class:C"`` or ``"rademacher:K"``; ValueError
-        with one line otherwise."""
-        if text in ("full", "class-blocks", "trace"):
-            return cls(text)
-        head, _, tail = text.partition(":")
-        if head == "class" and tail.isdigit():
-            return cls("class", int(tail))
-        if head == "rademacher" and tail.isdigit() and int(tail) > 0:
-            return cls("rademacher", int(tail))
-        raise ValueError(
-            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (K > 0 "
-            f"random-sign draws), got {text!r}"
-        )
-
-    def __str__(self) -> str:
-        return self.name if self.index is None else f"{self.name}:{self.index}"
-
-    def outputs(self, num_outputs: int) -> int:
-        """How many outputs per example the Jacobian needs (C, 1 for one class, K for K draws)."""
-        if self.name == "rademacher":
-            return int(self.index or 0)
-        if self.index is None:
-            return num_outputs
-        if not 0 <= self.index < num_outputs:
-            raise ValueError(f"class {self.index} is not an output of a net with {num_outputs} outputs")
-        return 1
-
-
-def auto_memory_budget(device: torch.device | str = "cpu") -> int:
-    """``AUTO_BUDGET_SHARE`` of the memory free now (the GPU's on CUDA), at least ``MIN_AUTO_BUDGET``."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = available_memory() or 8 * 2**30  # not Linux: assume a modest machine
-    return max(int(AUTO_BUDGET_SHARE * free), MIN_AUTO_BUDGET)
-
-
-def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` in eval mode whose BatchNorm layers use the statistics of ``x``.
-
-    One no-grad forward pass over all of ``x`` in train mode with momentum 1 sets every running
-    mean to the batch mean; torch stores the unbiased variance, so it is rescaled by (n−1)/n to the
-    biased variance that train-mode normalisation divides by.
-    """
-    model = copy.deepcopy(model).eval()
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    counts: dict[int, int] = {}
-    momenta = {id(norm): norm.momentum for norm in norms}
-    hooks: list[torch.utils.hooks.RemovableHandle] = []
-    for norm in norms:
-        if not norm.track_running_stats:  # a "w/o buffer" layer: give the copy buffers to hold x's statistics
-            norm.track_running_stats = True
-            reference = norm.weight if norm.weight is not None else next(model.parameters())
-            features = norm.num_features
-            norm.register_buffer("running_mean", torch.zeros(features, dtype=reference.dtype, device=reference.device))
-            norm.register_buffer("running_var", torch.ones(features, dtype=reference.dtype, device=reference.device))
-            norm.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=reference.device))
-        norm.reset_running_stats()
-        norm.momentum, norm.training = 1.0, True
-        hooks.append(
-            norm.register_forward_pre_hook(
-                lambda m, args: counts.__setitem__(id(m), args[0].numel() // args[0].shape[1])
-            )
-        )
-    forward_pass(model, x, hooks)
-    for norm in norms:
-        n = counts[id(norm)]
-        if norm.running_var is not None and n > 1:
-            norm.running_var.mul_((n - 1) / n)
-        norm.momentum = momenta[id(norm)]
-    return model.eval()
-
-
-class _SignedOutputs(nn.Module):
-    """f_v = v·f for each row v of ``signs`` (K, C): the K outputs of the Rademacher estimator."""
-
-    def __init__(self, model: nn.Module, signs: torch.Tensor):
-        super().__init__()
-        self.model = model
-        self.register_buffer("signs", signs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) @ self.signs.T
-
-
-def rademacher_signs(draws: int, num_outputs: int, seed: int) -> torch.Tensor:
-    """(draws, C) independent fair ±1 signs, the same for a seed on every device."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 2, (draws, num_outputs), generator=generator).to(torch.float64) * 2 - 1
-
-
 #: Row blocks of a symmetric product A Aᵀ: only the b(b+1)/2 blocks on and above the diagonal
 #: are multiplied, (b+1)/(2b) of the GEMM's products; blocks of fewer rows multiply slower.
 #: Measured on 2 cores (one output's rows, P = 0.4-1M): 150 rows gain nothing from 2 or 3 blocks
@@ -313,7 +189,7 @@ def empirical_ntk(
             False puts every parameter through the generic Jacobian groups (the same kernel).
         seed: the random signs of ``"rademacher:K"`` (the other kinds are exact).
     """
-    plan = _plan(model, x1, x2, kind, batch_stats, memory_budget, device, dtype, structured, seed)
+    plan = plan_kernel(model, x1, x2, kind, batch_stats, memory_budget, device, dtype, structured, seed)
     kind, a, b = plan.kind, plan.a, plan.b
     # under torchrun each rank sums its share of the passes; all-reduced below
     mine = distributed.share(list(zip(plan.passes, plan.batch, strict=True)))
@@ -345,121 +221,14 @@ def check_memory_budget(
     """Raise ``BudgetError`` now if ``empirical_ntk`` with these arguments would, without
     computing the kernel: a long run (``train`` tracks a kernel after its first evaluation)
     refuses a budget too small before it starts. Under torchrun every process calls it."""
-    _plan(model, x1, x2, kind, batch_stats, memory_budget, device, dtype, structured, seed=0)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What ``empirical_ntk`` decides before the first product: the prepared net's Jacobian
-    engine, the passes over the inputs and each pass's sub-batch size."""
-
-    kind: KernelKind
-    a: torch.Tensor
-    b: torch.Tensor | None
-    engine: JacobianEngine
-    passes: list[_Pass]
-    batch: list[int]
-    outputs: int
-    num_outputs: int
-    estimated: bool
-
-
-def _plan(
-    model: nn.Module,
-    x1: np.ndarray | torch.Tensor,
-    x2: np.ndarray | torch.Tensor | None,
-    kind: str | KernelKind,
-    batch_stats: bool,
-    memory_budget: int | None,
-    device: str | torch.device | None,
-    dtype: torch.dtype | None,
-    structured: bool,
-    seed: int,
-) -> _Plan:
-    """The net on its device and dtype, its engine and the passes that fit ``memory_budget``
-    (``BudgetError`` when none does); the arguments are ``empirical_ntk``'s."""
-    kind = KernelKind.parse(kind) if isinstance(kind, str) else kind
-    first = next(iter(model.parameters()), None)
-    if first is None:
-        raise ValueError("the model has no parameters, so no tangent kernel")
-    device = torch.device(device) if device is not None else first.device
-    dtype = dtype or first.dtype
-    net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    a = as_inputs(x1, device, dtype)
-    b = None if x2 is None else as_inputs(x2, device, dtype)
-    buffer_free = any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in net.modules()
-    )
-    if batch_stats or buffer_free:  # a BatchNorm without running statistics only has the batch's
-        net = with_batch_statistics(net, a if b is None else torch.cat([a, b]))
-    if memory_budget is None:
-        memory_budget = auto_memory_budget(device)
-    # under torchrun the ranks cut the passes from one budget, the smallest: each reads its own GPU
-    memory_budget = distributed.agreed_minimum(memory_budget, device)
-
-    with torch.no_grad():
-        num_outputs = net(a[:1]).shape[1]
-    outputs = kind.outputs(num_outputs)
-    estimated = kind.name == "rademacher"
-    if estimated:  # the trace of the K signed outputs' kernel, rescaled at the end
-        net = _SignedOutputs(net, rademacher_signs(outputs, num_outputs, seed).to(device=device, dtype=dtype))
-        kind = KernelKind("trace")
-    itemsize = torch.finfo(dtype).bits // 8
-    samples = a.shape[0] + (0 if b is None else b.shape[0])
-    for convolutions in ("all", "gram", "none"):
-        # the convolutions' rows (then Gram factors) of every example at once would crowd out the
-        # groups: they take the groups' route, where they are chunked like any parameter
-        engine = JacobianEngine(
-            net, kind.index, a[:1], structured=structured, convolutions=convolutions, paired=kind.name == "full"
-        )
-        if not engine.convs or samples * itemsize * _structured_numbers(engine, outputs) <= memory_budget // 4:
-            break
-    if not engine.params:
-        raise ValueError("the model has no trainable parameters, so no tangent kernel")
-    factor_bytes = samples * itemsize * _structured_numbers(engine, outputs)
-    passes = _plan_passes(kind, engine.sizes(), outputs, (memory_budget // 2 - factor_bytes) // (samples * itemsize))
-    if engine.dense or engine.convs:
-        passes.insert(0, _Pass(None, None))  # the structured layers' pass
-    activations = activation_elements(net, a[:1])
-    batch = [  # of every pass on every rank: a budget too small for one is refused alike everywhere
-        _sub_batch_size(
-            _kept(p, engine, outputs),
-            activations,
-            1 if p.output is not None else outputs,
-            itemsize,
-            memory_budget,
-            cpu=device.type == "cpu",
-        )
-        for p in passes
-    ]
-    return _Plan(kind, a, b, engine, passes, batch, outputs, num_outputs, estimated)
-
-
-def _structured_numbers(engine: JacobianEngine, outputs: int) -> int:
-    """What the structured layers' pass keeps per example (for the whole kernel, of every
-    example): the dense layers' factors g (C′ × out) and h (in), and the convolutions' rows
-    (C′ × P_layer) or Gram factors."""
-    dense = sum(
-        outputs * engine.params[d.weight].shape[0] + engine.params[d.weight].shape[1] for d in engine.dense.values()
-    )
-    return dense + sum(layer.stored(outputs) for layer in engine.convs.values())
-
-
-def _kept(step: _Pass, engine: JacobianEngine, outputs: int) -> int:
-    """Numbers one example's result holds in a pass: the structured layers' factors and rows, or a
-    group's Jacobian (C′ gradients of every whole tensor the group touches: a sliced tensor's full
-    gradient is formed before it is sliced)."""
-    if step.group is None:
-        return _structured_numbers(engine, outputs)
-    touched = sum(engine.params[name].numel() for name in {name for name, _, _ in step.group})
-    return (1 if step.output is not None else outputs) * touched
+    plan_kernel(model, x1, x2, kind, batch_stats, memory_budget, device, dtype, structured, seed=0)
 
 
 def _add_passes(
     kernel: torch.Tensor,
     kind: KernelKind,
     engine: JacobianEngine,
-    passes: list[_Pass],
+    passes: list[Pass],
     batch: list[int],
     a: torch.Tensor,
     b: torch.Tensor | None,
@@ -493,66 +262,6 @@ def _add_passes(
                 else:
                     kernel += block
             del j1, j2
-
-
-@dataclass(frozen=True)
-class _Pass:
-    """One pass over the inputs: a parameter group (None: the structured layers' factors and rows) and the
-    output it differentiates (None: every selected output at once)."""
-
-    group: Group | None
-    output: int | None
-
-
-def _plan_passes(kind: KernelKind, sizes: dict[str, int], outputs: int, capacity: int) -> list[_Pass]:
-    """The parameter groups, for all C outputs at once or, for the class blocks and the trace of
-    a net that needs many groups, one output at a time.
-
-    A group's Jacobian of N examples holds N·C·P_g numbers, so with all outputs at once the groups
-    are C times smaller and C times more numerous, and every pass runs a forward pass and C
-    backward passes down to its group's first layer. The class blocks and the trace never pair
-    two outputs, so they can take one output at a time through groups C times larger: the same
-    number of forward passes, and C times fewer backward passes (each as deep as its larger
-    group). Measured on ResNet-18 (24 CIFAR points, class blocks, 2 cores): with 15 or 50 groups
-    at once, one output at a time took 0.70 of the time (34.8 s vs 49.6 s; 72 s vs 103 s); with 5
-    groups (40 points) 1.24 times as long, each output's pass then running the whole depth. Hence
-    one output at a time from C groups up."""
-    if not sizes:  # every parameter took the dense layers' route
-        return []
-    if capacity < outputs:
-        if kind.name in ("class-blocks", "trace") and capacity >= 1:
-            return [_Pass(group, c) for c in range(outputs) for group in plan_parameter_groups(sizes, capacity)]
-        raise BudgetError("memory budget too small for even one parameter's Jacobian column")
-    together = plan_parameter_groups(sizes, capacity // outputs)
-    if kind.name in ("class-blocks", "trace") and outputs > 1 and len(together) >= outputs:
-        return [_Pass(group, c) for c in range(outputs) for group in plan_parameter_groups(sizes, capacity)]
-    return [_Pass(group, None) for group in together]
-
-
-def _sub_batch_size(
-    kept: int,
-    activations: int,
-    outputs: int,
-    itemsize: int,
-    memory_budget: int,
-    *,
-    cpu: bool = False,
-) -> int:
-    """How many examples go through a pass at once.
-
-    Working memory per example: the forward activations and C′ backward copies of them, plus
-    the ``kept`` numbers of its result (its Jacobian, or its factors and rows).
-    """
-    per_example = itemsize * (activations * (2 + outputs) + kept)
-    size = min((memory_budget // 2) // per_example, _MAX_SUB_BATCH)
-    if cpu and size >= 1:
-        size = min(size, max(1, _cpu_working_bytes() // per_example))
-    if size < 1:
-        raise BudgetError(
-            f"memory budget of {memory_budget} bytes is too small for one example's Jacobian chunk "
-            f"(needs about {2 * per_example / 2**20:.1f} MiB)"
-        )
-    return size
 
 
 def _rows_in_sub_batches(compute: Callable[[torch.Tensor], Any], x: torch.Tensor, size: int, bar: Any) -> Any:

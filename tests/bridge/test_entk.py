@@ -78,7 +78,7 @@ def test_trace_and_class_kernels_are_the_diagonal_blocks(case):
 def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch, structured):
     """Groups of a fifth of the generic parameters (tensors sliced on the generic route), sub-batches
     of 2; with and without the structured route of the dense layers and convolutions."""
-    from ntkrobust.bridge import entk
+    from ntkrobust.bridge import _entk_plan as entk_plan
 
     model, x1, x2, reference = case
     plans = []
@@ -87,8 +87,8 @@ def test_chunked_over_parameters_and_examples_equals_unchunked(case, monkeypatch
         plans.append(plan_parameter_groups(sizes, min(capacity, max(sum(sizes.values()) // 5, 1))))
         return plans[-1]
 
-    monkeypatch.setattr(entk, "plan_parameter_groups", small_groups)
-    monkeypatch.setattr(entk, "_MAX_SUB_BATCH", 2)
+    monkeypatch.setattr(entk_plan, "plan_parameter_groups", small_groups)
+    monkeypatch.setattr(entk_plan, "_MAX_SUB_BATCH", 2)
     options = {"kind": "full", "dtype": torch.float64, "structured": structured}
     chunked = empirical_ntk(model, x1, x2, **options)
     if plans:
@@ -168,37 +168,37 @@ def test_parameter_groups_cover_every_element_once_within_capacity():
 def test_cpu_sub_batches_stay_within_the_working_set_and_give_the_same_kernel(monkeypatch):
     """On a CPU a sub-batch holds about _CPU_WORKING_BYTES (_RETAINED with freed memory kept);
     elsewhere only the budget limits it. The kernel does not depend on it."""
-    from ntkrobust.bridge import entk
+    from ntkrobust.bridge import _entk_plan as entk_plan
 
     model = build_model(model_config("mnist-cnn", (1, 8, 8), 3, width=4))
     x = torch.rand(12, 1, 8, 8, dtype=torch.float64)
     sizes: list[tuple[bool, int]] = []
-    original = entk._sub_batch_size
+    original = entk_plan._sub_batch_size
 
     def spy(*args, **kwargs):
         sizes.append((kwargs["cpu"], original(*args, **kwargs)))
         return sizes[-1][1]
 
-    monkeypatch.setattr(entk, "_sub_batch_size", spy)
+    monkeypatch.setattr(entk_plan, "_sub_batch_size", spy)
     reference = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64)
-    assert sizes and all(cpu and size == entk._MAX_SUB_BATCH for cpu, size in sizes)  # tiny examples
+    assert sizes and all(cpu and size == entk_plan._MAX_SUB_BATCH for cpu, size in sizes)  # tiny examples
     sizes.clear()
-    monkeypatch.setattr(entk, "_CPU_WORKING_BYTES", 1)  # one example per sub-batch on a CPU
-    monkeypatch.setattr(entk, "_CPU_WORKING_BYTES_RETAINED", 1)
+    monkeypatch.setattr(entk_plan, "_CPU_WORKING_BYTES", 1)  # one example per sub-batch on a CPU
+    monkeypatch.setattr(entk_plan, "_CPU_WORKING_BYTES_RETAINED", 1)
     capped = empirical_ntk(model, x, kind="class-blocks", dtype=torch.float64)
     assert sizes and all(cpu and size == 1 for cpu, size in sizes)
     np.testing.assert_allclose(capped, reference, rtol=0, atol=1e-12 * np.abs(reference).max())
     # not on a CPU: the budget's size
     kept = 3 * sum(p.numel() for p in model.parameters())  # all outputs' Jacobian of every parameter
-    assert original(kept, 100, 3, 4, 2**30, cpu=False) == entk._MAX_SUB_BATCH
+    assert original(kept, 100, 3, 4, 2**30, cpu=False) == entk_plan._MAX_SUB_BATCH
     assert original(kept, 100, 3, 4, 2**30, cpu=True) == 1
     # the allocator decides the CPU's size: small sub-batches under glibc's defaults, larger ones
     # when freed memory is kept
     per_example = 4 * (100 * (2 + 3) + kept)
-    monkeypatch.setattr(entk, "_CPU_WORKING_BYTES", 3 * per_example)
-    monkeypatch.setattr(entk, "_CPU_WORKING_BYTES_RETAINED", 7 * per_example)
+    monkeypatch.setattr(entk_plan, "_CPU_WORKING_BYTES", 3 * per_example)
+    monkeypatch.setattr(entk_plan, "_CPU_WORKING_BYTES_RETAINED", 7 * per_example)
     for retained, expected in ((False, 3), (True, 7)):
-        monkeypatch.setattr(entk, "freed_memory_retained", lambda retained=retained: retained)
+        monkeypatch.setattr(entk_plan, "freed_memory_retained", lambda retained=retained: retained)
         assert original(kept, 100, 3, 4, 2**30, cpu=True) == expected
 
 
@@ -207,7 +207,8 @@ def test_many_groups_take_one_output_at_a_time_to_the_same_kernel(kind, monkeypa
     """A budget that needs many groups for all outputs at once: the class blocks and the trace
     (also the Rademacher estimate's) go one output at a time, through larger groups, and give
     the kernel of one unchunked pass (float64, 1e-12 relative), symmetric and with x2."""
-    from ntkrobust.bridge import convolutions, entk
+    from ntkrobust.bridge import _entk_plan as entk_plan
+    from ntkrobust.bridge import convolutions
 
     model = build_model(model_config("resnet18", (3, 8, 8), 10, width=4, seed=0))
     monkeypatch.setattr(convolutions, "_gram_pays", lambda *_: False)  # rows, which this budget sends to the groups
@@ -215,8 +216,8 @@ def test_many_groups_take_one_output_at_a_time_to_the_same_kernel(kind, monkeypa
     options = {"kind": kind, "dtype": torch.float64, "seed": 3}
     references = [empirical_ntk(model, x, **options), empirical_ntk(model, x, x[:2], **options)]
     plans = []
-    original = entk._plan_passes
-    monkeypatch.setattr(entk, "_plan_passes", lambda *args: plans.append(original(*args)) or plans[-1])
+    original = entk_plan._plan_passes
+    monkeypatch.setattr(entk_plan, "_plan_passes", lambda *args: plans.append(original(*args)) or plans[-1])
     chunked = [empirical_ntk(model, x, memory_budget=3_000_000, **options)]
     chunked.append(empirical_ntk(model, x, x[:2], memory_budget=3_000_000, **options))
     outputs = 3 if kind.startswith("rademacher") else 10
@@ -230,18 +231,18 @@ def test_many_groups_take_one_output_at_a_time_to_the_same_kernel(kind, monkeypa
 
 
 def test_one_group_keeps_every_output_in_one_pass():
-    from ntkrobust.bridge import entk
+    from ntkrobust.bridge import _entk_plan as entk_plan
 
     sizes = {"a": 100, "b": 50}
     for kind in ("class-blocks", "trace", "full"):
-        plan = entk._plan_passes(KernelKind.parse(kind), sizes, 10, 10 * 150)
+        plan = entk_plan._plan_passes(KernelKind.parse(kind), sizes, 10, 10 * 150)
         assert [step.output for step in plan] == [None]
     # 15 groups of all outputs (>= C = 10): the class blocks go one output at a time; full never
-    many = entk._plan_passes(KernelKind("class-blocks"), sizes, 10, 100)
+    many = entk_plan._plan_passes(KernelKind("class-blocks"), sizes, 10, 100)
     assert len(many) == 10 * 2 and {step.output for step in many} == set(range(10))
-    assert {step.output for step in entk._plan_passes(KernelKind("full"), sizes, 10, 100)} == {None}
+    assert {step.output for step in entk_plan._plan_passes(KernelKind("full"), sizes, 10, 100)} == {None}
     # no parameter outside the dense layers: no pass, whatever the budget
-    assert entk._plan_passes(KernelKind("full"), {}, 10, 0) == []
+    assert entk_plan._plan_passes(KernelKind("full"), {}, 10, 0) == []
 
 
 def test_a_budget_too_small_for_one_chunk_is_refused():
@@ -588,16 +589,16 @@ def test_gram_blocks_of_a_few_rows_give_the_same_kernel(monkeypatch):
 @pytest.fixture
 def generic_sizes(monkeypatch) -> list[set[str]]:
     """The parameters that each empirical_ntk call leaves to the generic groups, call by call."""
-    from ntkrobust.bridge import entk
+    from ntkrobust.bridge import _entk_plan as entk_plan
 
     seen: list[set[str]] = []
-    original = entk._plan_passes
+    original = entk_plan._plan_passes
 
     def spy(kind, sizes, *rest):
         seen.append(set(sizes))
         return original(kind, sizes, *rest)
 
-    monkeypatch.setattr(entk, "_plan_passes", spy)
+    monkeypatch.setattr(entk_plan, "_plan_passes", spy)
     return seen
 
 
