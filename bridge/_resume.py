@@ -90,7 +90,9 @@ def start_state(
         write_json(run.config, config)
         return RunState()
     _check_config(run, config)
-    latest = run.latest_checkpoint()
+    # rank 0's view of the folder under torchrun: a node whose listing of shared storage lags
+    # would otherwise load another epoch, and its weights would part from the others' silently
+    latest = distributed.from_main(run.latest_checkpoint())
     state = RunState()
     if latest is not None:
         try:

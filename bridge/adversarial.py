@@ -177,8 +177,20 @@ def pgd_examples(
     norm: Norm = "linf",
     seed: int = 0,
     batch_size: int = 256,
+    across_processes: bool = False,
 ) -> torch.Tensor:
-    """PGD with a random start (``attacks.pgd``) against ``model``, in batches."""
+    """PGD with a random start (``attacks.pgd``) against ``model``, in batches (``across_processes``:
+    see ``adversarial_examples``)."""
     return adversarial_examples(
-        model, x, y, method="pgd", eps=eps, step=step, steps=steps, norm=norm, seed=seed, batch_size=batch_size
+        model,
+        x,
+        y,
+        method="pgd",
+        eps=eps,
+        step=step,
+        steps=steps,
+        norm=norm,
+        seed=seed,
+        batch_size=batch_size,
+        across_processes=across_processes,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from typing import TypeVar
 
 import torch
@@ -46,6 +47,12 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: How long a process waits in a collective for the others: the longest wait is a download by rank
+#: 0 into ``--data-root`` (``main_first``: CIFAR-100 is 161 MB) while the others wait at a barrier.
+#: torch's defaults are 10 minutes for NCCL and 30 for gloo: the same command would abort on GPUs
+#: where it passes on CPUs. A process that fails ends the launch sooner (torchrun stops the others).
+COLLECTIVE_TIMEOUT = timedelta(minutes=60)
 
 
 def launched() -> bool:
@@ -73,7 +80,7 @@ def init_from_environment(device: str = "auto") -> None:
     chosen = backend(device)
     if chosen == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=chosen)
+    dist.init_process_group(backend=chosen, timeout=COLLECTIVE_TIMEOUT)
 
 
 def leave() -> None:

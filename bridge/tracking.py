@@ -268,9 +268,17 @@ class KernelTracker:
         labels = self.targets.cpu().numpy()
         with _evaluation(model, self.batchnorm) as net:
             predicted_clean = predict(net, self.x)
-            if x_adv is None:
+            if x_adv is None:  # under torchrun the same examples in every process: their kernel's
+                # passes are shared out and summed, and a GPU's attack need not repeat to the bit
                 x_adv = pgd_examples(
-                    net, self.x, self.targets, eps=self.eps, step=self.step, steps=self.steps, seed=self.seed
+                    net,
+                    self.x,
+                    self.targets,
+                    eps=self.eps,
+                    step=self.step,
+                    steps=self.steps,
+                    seed=self.seed,
+                    across_processes=True,
                 )
             predicted_adv = predict(net, x_adv)
         options: dict[str, Any] = {

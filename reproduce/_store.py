@@ -23,7 +23,7 @@ from typing import Any
 
 from ntkrobust.bridge.files import write_json
 from ntkrobust.reproduce._recipe import Context, Step, record_file, step_config, step_key
-from ntkrobust.studies._base import log
+from ntkrobust.studies._base import log, restart_gpu_peak
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,7 @@ class StepStore:
         log.info(f"{position} {step.name}: {step.study}{' (resumed)' if resume else ''}")
         clock = time.perf_counter()
         module = importlib.import_module(f"ntkrobust.studies.{step.study.replace('-', '_')}")
+        restart_gpu_peak()  # the step's record holds its own peak, not an earlier step's
         settings = step.settings
         if step.study == "train":
             settings = dataclasses.replace(settings, resume=resume, force=False)

@@ -9,6 +9,7 @@ config, dataset, seed, warnings, seconds, versions, argv), written here once.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 import warnings
@@ -30,6 +31,7 @@ __all__ = [
     "check_out_dir",
     "envelope",
     "peak_gpu_memory",
+    "restart_gpu_peak",
     "versions",
     "warn",
 ]
@@ -73,9 +75,18 @@ def _torch_on_cuda() -> Any:
 
 
 def peak_gpu_memory() -> float | None:
-    """MiB of GPU memory torch held at its peak in this process (None without CUDA in use)."""
+    """MiB of GPU memory torch held at its peak since this process started or since the last
+    ``restart_gpu_peak`` (None without CUDA in use)."""
     torch = _torch_on_cuda()
     return None if torch is None else float(torch.cuda.max_memory_allocated()) / 2**20
+
+
+def restart_gpu_peak() -> None:
+    """Count ``peak_gpu_memory`` from now: where one process runs several studies (``reproduce``'s
+    steps, ``train --seeds``), each record holds its own peak, not the largest before it."""
+    torch = _torch_on_cuda()
+    if torch is not None:
+        torch.cuda.reset_peak_memory_stats()
 
 
 def gpu_precision() -> dict[str, Any] | None:
@@ -86,10 +97,12 @@ def gpu_precision() -> dict[str, Any] | None:
     torch = _torch_on_cuda()
     if torch is None:
         return None
+    # TF32 units: Ampere and later, unless NVIDIA_TF32_OVERRIDE=0 turns them off for cuBLAS and cuDNN
+    tensor_float = torch.cuda.get_device_capability() >= (8, 0) and os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
     return {
         "name": torch.cuda.get_device_name(),
-        "tf32_convolutions": bool(torch.backends.cudnn.allow_tf32),
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_convolutions": tensor_float and bool(torch.backends.cudnn.allow_tf32),
+        "tf32_matmul": tensor_float and bool(torch.backends.cuda.matmul.allow_tf32),
     }
 
 

@@ -160,12 +160,12 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
                 data.image_shape[0], "AE-NTK PGD: ", ("--pgd-steps", "--pgd-step")
             ),
         )
-        x_kernel = pgd_examples(net, inputs, labels, eps=eps, step=step, steps=steps, seed=seed)
+        # under torchrun the same examples in every process (each attacks its share of the batches):
+        # the kernel's passes are shared out and summed, and a GPU's attack need not repeat to the bit
+        x_kernel = pgd_examples(net, inputs, labels, eps=eps, step=step, steps=steps, seed=seed, across_processes=True)
         kernel_pred = predict(net, x_kernel)
         adversarial = {"eps": eps, "step": step, "steps": steps, "norm": "linf", "random_start": True}
     clock.mark("inputs", f"{settings.n} {settings.split} points" + (" and their PGD examples" if adversarial else ""))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     try:
         kernel = empirical_ntk(net, x_kernel, kind=kind, memory_budget=budget, progress=progress)
     except BudgetError as err:
@@ -185,8 +185,6 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         },
         "accuracy_clean": float((clean_pred == labels).double().mean()),
     }
-    if device.type == "cuda":
-        metrics["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     adversarial_labels = kernel_pred.cpu().numpy()
     if adversarial is not None:
         # RAT sec. 4: AE-NTK specialization under clean labels (above) and adversarial labels

@@ -22,6 +22,7 @@ from ntkrobust.studies._base import (
     envelope,
     log,
     peak_gpu_memory,
+    restart_gpu_peak,
     versions,
     warn,
 )
@@ -304,6 +305,7 @@ class SeedsResult(StudyResult):
 
 
 def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> TrainResult:
+    restart_gpu_peak()  # each seed's history holds its own peak (--seeds runs them in one process)
     data = settings.data.load()
     threat = resolve_threat(settings, data.image_shape[0])
     notes = attack_notes(settings, threat, data.image_shape[0])

@@ -229,15 +229,24 @@ def test_a_budget_too_small_is_refused_by_every_process(tmp_path: Path) -> None:
 
 def test_warnings_and_stage_lines_are_said_once_under_torchrun(tmp_path: Path) -> None:
     """Rank 0 prints the study's warnings and stage lines; the other processes, which would say
-    the same, say nothing (they printed the warnings in Python's own format)."""
+    the same, say nothing (they printed the warnings in Python's own format). The AE-NTK's PGD
+    examples, attacked a share of the batches per process and assembled, give the one-process
+    kernel (float64, 1e-10)."""
     import subprocess
 
-    flags = ["entk", "--data", "digits", "--model", "fc2", "--width", "64", "--points", "20"]
-    flags += ["--adversarial-eps", "0.3", "--pgd-steps", "3", "--out", str(tmp_path / "out")]
-    done = subprocess.run([*_torchrun(2), *flags], capture_output=True, text=True, timeout=240)
+    from ntkrobust import cli
+
+    flags = ["entk", "--data", "digits", "--model", "fc2", "--width", "64", "--points", "300", "--dtype", "float64"]
+    flags += ["--adversarial-eps", "0.3", "--pgd-steps", "3"]
+    done = subprocess.run(
+        [*_torchrun(2), *flags, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stderr.count("ntkrobust: warning: AE-NTK PGD: PGD can move at most") == 1, done.stderr
-    assert done.stderr.count("empirical NTK of fc2 on 20 points") == 1 and "Warning" not in done.stderr
+    assert done.stderr.count("empirical NTK of fc2 on 300 points") == 1 and "Warning" not in done.stderr
+    assert cli.main([*flags, "--quiet", "--out", str(tmp_path / "one")]) == 0
+    one, two = (np.load(tmp_path / name / "kernel.npz")["kernel"] for name in ("one", "two"))
+    np.testing.assert_allclose(two, one, rtol=1e-10, atol=1e-10 * np.abs(one).max())
 
 
 def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(

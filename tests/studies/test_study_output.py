@@ -145,19 +145,31 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_compute(tmp_path):
 
 def test_records_carry_the_peak_gpu_memory_when_cuda_was_used(monkeypatch):
     """``peak_gpu_memory_mib`` and the GPU's float32 precision (TF32 or not) join a record when
-    torch used CUDA, and only then."""
+    torch used CUDA, and only then; TF32 only where the GPU has it (Ampere and later); the peak
+    counts from ``restart_gpu_peak``."""
     import sys
     import types
 
-    from ntkrobust.studies._base import envelope
+    from ntkrobust.studies._base import envelope, restart_gpu_peak
 
     record = envelope("x", {}, {}, seconds=None, argv=None)
     assert "peak_gpu_memory_mib" not in record and "gpu" not in record  # no GPU here
+    peak = [3 * 2**20]
     cuda = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True,
-                                 max_memory_allocated=lambda: 3 * 2**20, get_device_name=lambda: "H200",
-                                 matmul=types.SimpleNamespace(allow_tf32=False))  # fmt: skip
+                                 max_memory_allocated=lambda: peak[0], get_device_name=lambda: "H200",
+                                 get_device_capability=lambda: (9, 0),
+                                 reset_peak_memory_stats=lambda: peak.__setitem__(0, 0),
+                                 matmul=types.SimpleNamespace(allow_tf32=True))  # fmt: skip
     backends = types.SimpleNamespace(cudnn=types.SimpleNamespace(allow_tf32=True), cuda=cuda)
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda, backends=backends))
     record = envelope("x", {}, {}, seconds=None, argv=None)
     assert record["peak_gpu_memory_mib"] == 3.0
-    assert record["gpu"] == {"name": "H200", "tf32_convolutions": True, "tf32_matmul": False}
+    assert record["gpu"] == {"name": "H200", "tf32_convolutions": True, "tf32_matmul": True}
+    cuda.matmul.allow_tf32 = False
+    assert envelope("x", {}, {}, seconds=None, argv=None)["gpu"]["tf32_matmul"] is False
+    # a GPU before Ampere has no TF32 units: the setting is on, the arithmetic is float32
+    cuda.get_device_name, cuda.get_device_capability = (lambda: "V100"), (lambda: (7, 0))
+    record = envelope("x", {}, {}, seconds=None, argv=None)
+    assert record["gpu"] == {"name": "V100", "tf32_convolutions": False, "tf32_matmul": False}
+    restart_gpu_peak()  # the next study of the process counts its own peak
+    assert envelope("x", {}, {}, seconds=None, argv=None)["peak_gpu_memory_mib"] == 0.0
