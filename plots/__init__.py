@@ -30,8 +30,9 @@ Modules (Tsilivis & Kempe "TK", Loo et al. "LOO"):
   ``specialization_heatmaps``, RAT figs. 3, 4, 8, 18) and ``dynamics_stages`` (two-stage
   training: ``spawn_accuracy_curves``, LOO fig. 2, table 2; ``switch_cost_bars``, RAT sec. 5,
   fig. 6, table 1);
-- ``transfer``: ``two_layer_transfer`` (TK fig. 4, supp. fig. 1a), ``gradient_pictures`` (supp.
-  fig. 1b), ``transfer_heatmap`` (targets × attack sources, transferability τ) and
+- ``two_layer``: ``two_layer_transfer`` (TK fig. 4, supp. fig. 1a) and ``gradient_pictures``
+  (supp. fig. 1b);
+- ``transfer``: ``transfer_heatmap`` (targets × attack sources, transferability τ) and
   ``transferability_curves`` (LOO fig. 3);
 - ``types``: the input types; ``_style`` and ``_runs``: the shared look and run-summary readers.
 """
@@ -56,7 +57,8 @@ from ntkrobust.plots.dynamics_kernels import (
 from ntkrobust.plots.dynamics_stages import spawn_accuracy_curves, switch_cost_bars
 from ntkrobust.plots.features import feature_gallery, robust_only_curves, robustness_usefulness
 from ntkrobust.plots.kernel_images import kernel_image
-from ntkrobust.plots.transfer import gradient_pictures, transfer_heatmap, transferability_curves, two_layer_transfer
+from ntkrobust.plots.transfer import transfer_heatmap, transferability_curves
+from ntkrobust.plots.two_layer import gradient_pictures, two_layer_transfer
 
 __all__ = [
     "DYNAMICS_FIGURES",

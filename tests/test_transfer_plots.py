@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ntkrobust import plots
-from ntkrobust.plots.transfer import _budget
+from ntkrobust.plots.two_layer import _budget
 
 EPOCHS = [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 TIME_PER_EPOCH = 0.01
