@@ -140,17 +140,19 @@ if { [ "$DEVICE" = cuda ] && [ "$GPUS" -ge 2 ]; } || { [ "$DEVICE" = cpu ] && [ 
   export NVIDIA_TF32_OVERRIDE=0
   RESNET=(--model resnet18 --width 16 --mode standard --epochs 1 --batchnorm both --track-kernel 50)
   PGD=(--model mnist-cnn --mode pgd --eps 0.1 --epochs 3 --track-kernel 100)
+  ENTK=(--model resnet18 --points 100 --kind trace)
   run train-resnet-bn-standard train "${D[@]}" "${RESNET[@]}"
   run train-pgd-float32 train "${D[@]}" "${PGD[@]}"
+  run entk-resnet18-float32 entk "${D[@]}" "${ENTK[@]}"
   N=("$PY" -m torch.distributed.run --nproc-per-node 2 -m ntkrobust)
   run train-pgd-float32-2gpu train "${D[@]}" "${PGD[@]}"
   run train-resnet-bn-standard-2gpu train "${D[@]}" "${RESNET[@]}"
   # the eNTK shared by 2 processes (one all-reduce over NCCL) against one GPU's kernel
-  run entk-resnet18-2gpu entk "${D[@]}" --model resnet18 --points 100 --kind trace
-  "$PY" - "$OUT/entk-resnet18/kernel.npz" "$OUT/entk-resnet18-2gpu/kernel.npz" <<'PY'
+  run entk-resnet18-float32-2gpu entk "${D[@]}" "${ENTK[@]}"
+  "$PY" - "$OUT/entk-resnet18-float32/kernel.npz" "$OUT/entk-resnet18-float32-2gpu/kernel.npz" <<'PY'
 import sys, numpy as np
 one, two = (np.load(path)["kernel"] for path in sys.argv[1:])
-print(f"  entk-resnet18-2gpu: largest difference {np.abs(one - two).max() / np.abs(one).max():.2e} "
+print(f"  entk-resnet18-float32-2gpu: largest difference {np.abs(one - two).max() / np.abs(one).max():.2e} "
       "of the largest entry (float32; near 1e-6 is rounding, near 1 a missing or doubled share)")
 PY
   for name in train-pgd-float32 train-resnet-bn-standard; do

@@ -71,6 +71,8 @@ from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, befo
 from ntkrobust._progress import progress_bar
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge._entk_plan import (
+    AUTO_BUDGET_SHARE,
+    MIN_AUTO_BUDGET,
     KernelKind,
     Pass,
     auto_memory_budget,
@@ -82,7 +84,9 @@ from ntkrobust.bridge.convolutions import add_gram_share
 from ntkrobust.bridge.jacobians import BudgetError, DenseLayer, JacobianEngine
 
 __all__ = [
+    "AUTO_BUDGET_SHARE",
     "KINDS",
+    "MIN_AUTO_BUDGET",
     "BudgetError",
     "KernelKind",
     "auto_memory_budget",

@@ -278,7 +278,11 @@ def _seeds_record(settings: TrainSettings, results: list[TrainResult], argv: lis
         "std": {key: float(np.std([f[key] for f in finals], ddof=1)) if len(finals) > 1 else 0.0 for key in keys},
     }
     config = {"seeds": list(settings.seeds), "run": results[0].record["config"]}
-    return envelope("train", metrics, config, seconds=None, argv=argv, seed=settings.data.seed)
+    record = envelope("train", metrics, config, seconds=None, argv=argv, seed=settings.data.seed)
+    peaks = [result.record["peak_gpu_memory_mib"] for result in results if "peak_gpu_memory_mib" in result.record]
+    if peaks:  # the envelope read the last seed's (each seed's run counts its own): the largest of them
+        record["peak_gpu_memory_mib"] = max(peaks)
+    return record
 
 
 @dataclass

@@ -152,6 +152,7 @@ def test_records_carry_the_peak_gpu_memory_when_cuda_was_used(monkeypatch):
 
     from ntkrobust.studies._base import envelope, restart_gpu_peak
 
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
     record = envelope("x", {}, {}, seconds=None, argv=None)
     assert "peak_gpu_memory_mib" not in record and "gpu" not in record  # no GPU here
     peak = [3 * 2**20]
@@ -167,6 +168,9 @@ def test_records_carry_the_peak_gpu_memory_when_cuda_was_used(monkeypatch):
     assert record["gpu"] == {"name": "H200", "tf32_convolutions": True, "tf32_matmul": True}
     cuda.matmul.allow_tf32 = False
     assert envelope("x", {}, {}, seconds=None, argv=None)["gpu"]["tf32_matmul"] is False
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # TF32 off for cuBLAS and cuDNN, whatever torch allows
+    assert envelope("x", {}, {}, seconds=None, argv=None)["gpu"]["tf32_convolutions"] is False
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
     # a GPU before Ampere has no TF32 units: the setting is on, the arithmetic is float32
     cuda.get_device_name, cuda.get_device_capability = (lambda: "V100"), (lambda: (7, 0))
     record = envelope("x", {}, {}, seconds=None, argv=None)
