@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -124,6 +125,9 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     rank = _launch_rank(args.command)
     retain_freed_memory()  # before the study allocates: reused pages, not fresh ones (_allocator.py)
+    # JAX takes 75% of a GPU's memory when it starts by default, and torch in the same process
+    # (transfer, two-layer, reproduce) would run out: it allocates as it goes, unless told otherwise
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     module, settings = study_settings(args)
     if not rank:  # one process, or rank 0 of several
         _check_output(args)

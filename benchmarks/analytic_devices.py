@@ -54,8 +54,6 @@ def _child(out: Path, mnist: Path, n_train: int, n_test: int, n_features: int) -
     """One platform's stages, each called twice: arrays to ``out``.npz, seconds to ``out``.json."""
     import jax
 
-    from ntkrobust.kernels import _jax  # noqa: F401  (its settings, e.g. no preallocation, before any backend)
-
     try:
         jax.devices()
     except (RuntimeError, AssertionError) as error:  # a backend this JAX lacks (0.4.38: a bare assert)

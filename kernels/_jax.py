@@ -115,20 +115,19 @@ def _defer_tensorflow_half_of_neural_tangents() -> None:
     sys.modules[name] = stand_in
 
 
-def _share_gpus_with_torch() -> None:
-    """JAX allocates GPU memory as it goes, in every process: by default it takes 75% of each GPU's
-    memory when it starts, and torch on the same GPU (``transfer``, ``two-layer``, ``reproduce``,
-    which run both halves in one process) would run out of memory; whichever half starts first
-    would starve the other. Under torchrun (several processes, one GPU each from ``LOCAL_RANK``)
-    this process's JAX also takes only its own GPU: by default every process would shard over
-    every GPU of the node. A user's own settings (``XLA_PYTHON_CLIENT_PREALLOCATE=true`` for a
-    JAX-only process, the ``jax_cuda_visible_devices`` flag set before) are left alone. Called
-    before JAX makes its backends, which read both."""
+def _one_gpu_per_process() -> None:
+    """Under torchrun (several processes, one GPU each from ``LOCAL_RANK``), this process's JAX
+    takes only its own GPU, and allocates as it goes. By default every process's JAX would shard
+    over every GPU of the node and take 75% of each one's memory when it starts: the second
+    process, or torch on the same GPU, would run out of memory. A user's own settings (the
+    ``jax_cuda_visible_devices`` flag set before, ``XLA_PYTHON_CLIENT_PREALLOCATE``) are left
+    alone. Called before JAX makes its backends, which read both. (In one process the command
+    line sets no preallocation, ``cli.run_command``; an import alone changes nothing there.)"""
     import os
 
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "LOCAL_RANK" not in os.environ:
         return
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if jax.config.read("jax_cuda_visible_devices") == "all":
         jax.config.update("jax_cuda_visible_devices", os.environ["LOCAL_RANK"])
 
@@ -142,7 +141,7 @@ import neural_tangents as nt  # noqa: E402
 from jax.experimental import enable_x64 as _enable_x64  # noqa: E402
 from neural_tangents import stax  # noqa: E402
 
-_share_gpus_with_torch()
+_one_gpu_per_process()
 
 
 def x64_enabled() -> bool:

@@ -379,3 +379,19 @@ def test_names_in_any_case_and_the_version(run_cli, tmp_path):
     assert (args.method, args.arch, args.norm) == ("pgd", "fc2", "linf")
     with pytest.raises(SystemExit):
         cli.main(["--version"])
+
+
+@pytest.mark.parametrize(("given", "kept"), [(None, "false"), ("true", "true")])
+def test_the_command_line_keeps_jax_from_taking_three_quarters_of_a_gpu(given, kept, tmp_path, monkeypatch):
+    """A command can run both halves on one GPU (transfer, two-layer, reproduce): JAX allocates as
+    it goes instead of taking 75% of the GPU's memory when it starts, unless the user says so.
+    Importing the package alone leaves the setting to its user (tests/kernels/test_devices.py)."""
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+    if given is not None:
+        environment["XLA_PYTHON_CLIENT_PREALLOCATE"] = given
+    monkeypatch.setattr(os, "environ", environment)
+    argv = ["attack", "--data", "digits", "--n-train", "30", "--n-test", "10", "--quiet", "--out", str(tmp_path / "a")]
+    assert cli.main(argv) == 0
+    assert environment["XLA_PYTHON_CLIENT_PREALLOCATE"] == kept
