@@ -41,7 +41,7 @@ def _evaluate(ctx: Context) -> Sequence[Step]:
 
 
 def _evaluate_check(results: Results) -> Verdict:
-    name = next(n for n in results.steps if results.steps[n].study == "evaluate")
+    name = f"{dynamics_family(results.ctx)}-evaluate"
     nets = {entry["label"].split(" ")[0].rsplit("-", 1)[-1]: entry for entry in results.record(name)["nets"]}
     text = "; ".join(
         f"{label}: clean {n['accuracy']['clean']:.2f}, PGD-20 {n['accuracy']['pgd-20']:.2f}, AutoAttack "
@@ -75,7 +75,7 @@ def _matrix(ctx: Context) -> Sequence[Step]:
 
 
 def _matrix_check(results: Results) -> Verdict:
-    name = next(n for n in results.steps if n.endswith("-transfer-matrix"))
+    name = f"{dynamics_family(results.ctx)}-transfer-matrix"
     rows = results.record(name)["targets"]
     by_mode = {row["name"].split(" ")[0].split("-", 1)[-1]: row for row in rows}
     standard, pgd = by_mode["standard"], by_mode["pgd"]

@@ -16,7 +16,15 @@ import statistics
 from collections.abc import Callable, Sequence
 
 from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, record_float
-from ntkrobust.reproduce._shared import checkpoint, dynamics_family, dynamics_step, machine, mnist_data, training_run
+from ntkrobust.reproduce._shared import (
+    checkpoint,
+    dynamics_family,
+    dynamics_step,
+    machine,
+    mnist_data,
+    run_name,
+    training_run,
+)
 
 
 def _runs(ctx: Context) -> list[Step]:
@@ -31,7 +39,7 @@ def _dynamics(ctx: Context) -> Sequence[Step]:
 
 
 def _dynamics_record(results: Results) -> list[dict]:
-    name = next(n for n in results.steps if n.endswith("-dynamics-standard-pgd"))
+    name = f"{dynamics_family(results.ctx)}-dynamics-standard-pgd"  # by name: TK's MNIST runs have one too
     return results.record(name)["runs"]
 
 
@@ -93,7 +101,7 @@ def _centered(ctx: Context) -> Sequence[Step]:
 
 
 def _centered_check(results: Results) -> Verdict:
-    name = next(n for n in results.steps if n.endswith("-dynamics-spawns"))
+    name = f"{dynamics_family(results.ctx)}-dynamics-spawns"
     lines = results.record(name)["spawn_accuracy"]["lines"]
     clean = {line["kind"]: {p["spawn_epoch"]: p["test_clean"] for p in line["points"]} for line in lines}
     measured = "; ".join(
@@ -108,10 +116,11 @@ def _centered_check(results: Results) -> Verdict:
 
 
 def _centered_robustness_check(results: Results) -> Verdict:
-    name = next(n for n in results.steps if n.endswith("-dynamics-spawns"))
+    family = dynamics_family(results.ctx)
+    name = f"{family}-dynamics-spawns"
     lines = {line["kind"]: line["points"] for line in results.record(name)["spawn_accuracy"]["lines"]}
     latest = {kind: max(points, key=lambda p: p["spawn_epoch"]) for kind, points in lines.items()}
-    parent = results.record(next(n for n in results.steps if n.endswith("-standard")))["epochs"][-1]
+    parent = results.record(run_name(family, "standard"))["epochs"][-1]
     final = parent.get("full_evaluation") or parent  # the same evaluation as the spawned nets' where it exists
     standard = final["accuracy"]["running"]["test_pgd"]
     epoch = latest["centered"]["spawn_epoch"]
@@ -159,7 +168,7 @@ def _transfer(ctx: Context) -> Sequence[Step]:
 
 
 def _transfer_check(results: Results) -> Verdict:
-    name = next(n for n in results.steps if n.endswith("-transfer-epochs"))
+    name = f"{dynamics_family(results.ctx)}-transfer-epochs"
     row = results.record(name)["targets"][0]
     tau = {key: value for key, value in row["transferability"].items() if " epoch " in key and "linearized" not in key
            and "centered" not in key}  # fmt: skip

@@ -41,13 +41,13 @@ def _methods_dynamics(ctx: Context) -> Sequence[Step]:
 
 
 def _records(results: Results) -> dict[str, dict[str, Any]]:
-    name = next(n for n in results.steps if n.endswith("-dynamics-methods"))
+    name = f"{dynamics_family(results.ctx)}-dynamics-methods"
     return {run["mode"]: run for run in results.record(name)["runs"]}
 
 
 def _milestone(results: Results) -> int | None:
-    name = next(n for n in results.steps if n.endswith("-standard") and results.steps[n].study == "train")
-    milestones = results.steps[name].settings.milestones
+    # by name: another family's standard run (TK's MNIST CNN at paper scale) has other milestones
+    milestones = results.steps[run_name(dynamics_family(results.ctx), "standard")].settings.milestones
     return milestones[0] if milestones else None
 
 
@@ -97,7 +97,7 @@ def _ks_check(results: Results) -> Verdict:
 
 
 def _baseline_check(results: Results) -> Verdict:
-    name = next(n for n in results.steps if n.endswith("-dynamics-methods"))
+    name = f"{dynamics_family(results.ctx)}-dynamics-methods"
     rows = {row["label"].split(" ")[-1]: row["clean"] for row in results.record(name)["baseline_distance"]["runs"]}
     distances = {mode: rows[mode] for mode in METHODS if mode != "te"}
     text = "C-NTK distance to TE's kernel by epoch: " + "; ".join(
@@ -136,7 +136,7 @@ def _batchnorm(ctx: Context) -> Sequence[Step]:
 
 
 def _batchnorm_check(results: Results) -> Verdict:
-    history = results.record(next(n for n in results.steps if n.endswith("-resnet18-bn")))
+    history = results.record(run_name("cifar", "pgd", "-resnet18-bn"))
     last = history["epochs"][-1]["accuracy"]
     clean = {mode: last[mode]["test_clean"] for mode in ("running", "batch")}
     robust = {mode: last[mode]["test_pgd"] for mode in ("running", "batch")}
@@ -160,7 +160,7 @@ def _switch(ctx: Context) -> Sequence[Step]:
 
 
 def _switch_check(results: Results) -> Verdict:
-    name = next(n for n in results.steps if n.endswith("-dynamics-switch"))
+    name = f"{dynamics_family(results.ctx)}-dynamics-switch"
     full, switched = results.record(name)["switch_cost"]["runs"]
     share = switched["estimated_cost_of_full_at"]
     clean_epochs, epochs = switched["epochs_clean"], switched["epochs_clean"] + switched["epochs_adversarial"]

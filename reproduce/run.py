@@ -291,10 +291,12 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
     for name in steps:  # the steps of earlier findings, all finished: reused
         if name not in runs and any(name in uses[recipe.name] for recipe in judged):
             runs[name] = store.run(steps[name], progress=progress, position="[earlier report]")
-    results = Results(ctx, steps)
     findings = []
     for recipe in recipes:
         recipe_runs = [runs[n] for n in uses[recipe.name] if n in runs]
+        # a check sees its own recipe's steps only: one that read another recipe's (another
+        # family's runs, at another scale) would fail here rather than judge the wrong net
+        results = Results(ctx, {name: steps[name] for name in uses[recipe.name]})
         if recipe.name not in earlier:
             findings.append(_finding(recipe, ctx, results, recipe_runs, store))
             continue

@@ -24,7 +24,8 @@ METHODS = ("standard", "fgsm", "pgd", "te")
 class FakeResults:
     """``Results`` without files: the records by step name."""
 
-    def __init__(self, steps: Mapping[str, Step], records: Mapping[str, dict[str, Any]]):
+    def __init__(self, steps: Mapping[str, Step], records: Mapping[str, dict[str, Any]], ctx: Context = CTX):
+        self.ctx = ctx
         self.steps = steps
         self.records = records
 
@@ -311,3 +312,36 @@ def test_every_recipe_is_covered() -> None:
         assert {"agrees", "contradicts"} <= verdicts, name
         if "inconclusive" in RECIPES[name].rule:  # the rule states an inconclusive branch: test it
             assert "inconclusive" in verdicts, name
+
+
+class _Asked(Exception):
+    """The name of the first record a check asked for."""
+
+
+class AskingResults:
+    """``Results`` that answer no record: the first name asked for ends the check."""
+
+    def __init__(self, ctx: Context, steps: Mapping[str, Step]):
+        self.ctx, self.steps = ctx, steps
+
+    def record(self, name: str) -> dict[str, Any]:
+        raise _Asked(name)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+def test_every_check_reads_its_own_recipes_steps_in_the_whole_plan(scale):
+    """In ``reproduce all`` every recipe's check reads the steps of its own recipe, at every scale:
+    at paper scale LOO's kernel dynamics are ResNet-18's on CIFAR-10 while TK's MNIST runs carry
+    the same step suffixes (a check that took the first name ending in "-dynamics-standard-pgd"
+    judged TK's MNIST CNN). Here each check sees the whole plan; ``reproduce`` itself gives it
+    its own recipe's steps alone."""
+    from ntkrobust.reproduce.run import plan
+
+    ctx = Context(scale, Path("/nonexistent/data"), Path("/nonexistent/steps"))
+    recipes = all_recipes()
+    steps, uses = plan(recipes, ctx)
+    for recipe in recipes:
+        own = {name: steps[name] for name in uses[recipe.name]}
+        with pytest.raises(_Asked) as asked:
+            recipe.check(AskingResults(ctx, steps))
+        assert str(asked.value) in own, (recipe.name, str(asked.value))
