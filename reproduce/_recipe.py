@@ -130,7 +130,6 @@ class Recipe:
     check: Callable[[Results], Verdict]
     figures: Callable[[Context], Sequence[tuple[str, str, str]]] = lambda ctx: ()  # (step, file, caption)
     paper_number: str | None = None
-    data: tuple[str, ...] = ()  # the data sets it reads: "mnist", "cifar10"
 
 
 def canonical(value: Any, ctx: Context) -> Any:

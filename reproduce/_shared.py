@@ -9,6 +9,7 @@ cpu        DATA/mnist (the official test set, cut into    the MNIST CNN, 10 epoc
            DATA/cifar10/cifar10_subset.npz                narrow ResNet-18 on the subset
 paper      DATA/mnist (train and test), DATA/cifar10      the papers': ResNet-18 on CIFAR-10 for
            (torchvision's cifar-10-batches-py)            200 epochs (RAT), the MNIST CNN on MNIST
+                                                          for 200 epochs as TK supp. E trains it
 =========  =============================================  ========================================
 
 At ``cpu`` scale the kernel-dynamics findings of LOO and RAT are measured on the MNIST CNN runs
@@ -77,6 +78,18 @@ _MINUTES: dict[str, float | dict[str, float]] = {
 }
 
 
+#: TK supp. E, the MNIST CNN: "a fixed learning rate of 10^-2 for all experiments and no weight
+#: decay", no augmentation, "Stochastic gradient descent ... with a batch size of 300 for MNIST"
+#: (no momentum is named: plain SGD), 200 epochs, and for PGD training 20 steps of α = 0.1 at
+#: ε = 0.3 (set above). TK track their kernels on "the same (first) batch": 300 points here,
+#: class-balanced.
+_TK_MNIST: dict[str, Any] = {"lr": 0.01, "milestones": (), "weight_decay": 0.0, "momentum": 0.0, "batch_size": 300,
+                             "track_kernel": 300}  # fmt: skip
+#: minutes per MNIST CNN run at paper scale, one GPU: RAT's ResNet-18 times scaled by the nets'
+#: cost per image (about 40 times fewer multiply-adds), with PGD-20: an estimate, not a measurement
+_MNIST_PAPER_MINUTES = {"standard": 10.0, "fgsm": 15.0, "fgsm-noise": 15.0, "pgd": 40.0, "te": 40.0}
+
+
 def dynamics_family(ctx: Context) -> str:
     """The data of the kernel-dynamics runs: MNIST below paper scale, CIFAR-10 at paper scale."""
     return "cifar" if ctx.scale == "paper" else "mnist"
@@ -89,6 +102,7 @@ def run_name(family: str, mode: str, suffix: str = "") -> str:
 def training_run(ctx: Context, family: str, mode: str, *, suffix: str = "", **overrides: Any) -> Step:
     """The shared run of ``mode`` on ``family`` ("mnist": the MNIST CNN; "cifar": the CIFAR CNN
     below paper scale, ResNet-18 at paper scale), named ``family-mode[suffix]``."""
+    from ntkrobust.bridge.training import PGD_MODES
     from ntkrobust.studies.train import TrainSettings
 
     name = run_name(family, mode, suffix)
@@ -97,7 +111,11 @@ def training_run(ctx: Context, family: str, mode: str, *, suffix: str = "", **ov
         values["data"] = mnist_data(ctx, n_train=60000 if ctx.scale == "paper" else None)
         values["model"] = "mnist-cnn"
         values.pop("augment", None)
-        if ctx.scale == "cpu" and mode in ("pgd", "te", "trades"):  # PGD-AT at ε 0.3 needs the warm-up
+        if ctx.scale == "paper":  # at paper scale only TK trains the MNIST CNN: its own schedule
+            values |= _TK_MNIST
+            if mode in PGD_MODES:
+                values |= {"pgd_steps": 20, "pgd_step": 0.1}
+        if ctx.scale == "cpu" and mode in PGD_MODES:  # PGD-AT at ε 0.3 needs the warm-up
             values |= {"pgd_steps": 10, "pgd_step": 0.075, "eps_warmup": 3}
         if ctx.scale == "cpu" and mode == "te":  # Dong et al.'s weight 300 collapsed the MNIST CNN at lr 0.05
             values["te_weight"] = 30.0  # (15 epochs: clean 0.096, PGD-10 0.100); here a tenth of it
@@ -108,12 +126,12 @@ def training_run(ctx: Context, family: str, mode: str, *, suffix: str = "", **ov
             # lr 0.01: at 0.05 the CIFAR CNN (no BatchNorm) fell to chance in its second FGSM-AT epoch
             values |= {"augment": "crop-flip", "weight_decay": 5e-4, "epochs": 15, "milestones": (), "eval_n": 200,
                        "track_kernel": 50, "lr": 0.01}  # fmt: skip
-    if ctx.scale == "smoke" and mode in ("pgd", "te", "trades"):
+    if ctx.scale == "smoke" and mode in PGD_MODES:
         values |= {"pgd_steps": 3, "pgd_step": 0.04}  # 3 steps that reach ε = 0.1
     values |= overrides
     if values.get("linearize_from") is not None:  # the checkpoint has its network
         values |= {"model": None, "width": None}
-    minutes = _MINUTES[ctx.scale]
+    minutes = _MNIST_PAPER_MINUTES if family == "mnist" and ctx.scale == "paper" else _MINUTES[ctx.scale]
     estimate = minutes if isinstance(minutes, float) else minutes.get(mode, 5.0)
     if ctx.scale == "cpu" and family == "cifar":
         estimate *= 3

@@ -38,6 +38,11 @@ def _dynamics(ctx: Context) -> Sequence[Step]:
     return [*runs, dynamics_step(ctx, f"{family}-dynamics-standard-pgd", runs)]
 
 
+#: LOO fig. 1 follows training "for 100 epochs"; a longer schedule (RAT's 200 at paper scale) is
+#: judged on its first 100, before the second kernel-learning phase RAT finds after the decay
+LOO_EPOCHS = 100
+
+
 def _dynamics_record(results: Results) -> list[dict]:
     name = f"{dynamics_family(results.ctx)}-dynamics-standard-pgd"  # by name: TK's MNIST runs have one too
     return results.record(name)["runs"]
@@ -47,7 +52,8 @@ def _speed_check(results: Results) -> Verdict:
     runs = _dynamics_record(results)
     ratios = {}
     for run in runs:
-        velocity = run["dynamics"]["clean"]["velocity"]
+        clean = run["dynamics"]["clean"]
+        velocity = [v for v, e in zip(clean["velocity"], clean["velocity_epochs"], strict=True) if e <= LOO_EPOCHS]
         late = statistics.median(velocity[len(velocity) // 2 :])
         ratios[run["mode"]] = (velocity[0], late, velocity[0] / late if late > 0 else float("inf"))
     measured = "; ".join(
@@ -61,11 +67,14 @@ def _speed_check(results: Results) -> Verdict:
 
 def _rank_check(results: Results) -> Verdict:
     standard, pgd = _dynamics_record(results)
-    final = {run["mode"]: run["kernels"][-1]["clean"] for run in (standard, pgd)}
+    kept = {run["mode"]: [k for k in run["kernels"] if k["epoch"] <= LOO_EPOCHS] for run in (standard, pgd)}
+    final = {mode: kernels[-1]["clean"] for mode, kernels in kept.items()}
+    epoch = kept["standard"][-1]["epoch"]
+    at = "the last epoch" if epoch == standard["kernels"][-1]["epoch"] else f"epoch {epoch:g} (LOO's length)"
     rank = {mode: k["effective_rank"] for mode, k in final.items()}
     spec = {mode: k["mean_specialization"] for mode, k in final.items()}
     measured = (
-        f"at the last epoch, C-NTK effective rank: standard {rank['standard']:.3g}, PGD-AT {rank['pgd']:.3g}; mean "
+        f"at {at}, C-NTK effective rank: standard {rank['standard']:.3g}, PGD-AT {rank['pgd']:.3g}; mean "
         f"specialization: standard {spec['standard']:.3g}, PGD-AT {spec['pgd']:.3g}"
     )
     higher_rank, lower_spec = rank["pgd"] > rank["standard"], spec["pgd"] < spec["standard"]
@@ -75,7 +84,8 @@ def _rank_check(results: Results) -> Verdict:
 
 
 def spawn_epochs(ctx: Context) -> tuple[int, ...]:
-    return {"smoke": (1, 2), "cpu": (1, 3), "paper": (1, 10, 50)}[ctx.scale]
+    # at paper scale up to LOO's K_100, the kernel of table 2's 85.06% / 41.41% (LOO trains 0 ≤ t ≤ 100)
+    return {"smoke": (1, 2), "cpu": (1, 3), "paper": (1, 10, 50, LOO_EPOCHS)}[ctx.scale]
 
 
 def _spawns(ctx: Context) -> list[Step]:
@@ -154,10 +164,13 @@ def _transfer(ctx: Context) -> Sequence[Step]:
     sources += [str(checkpoint(ctx, spawn)) for spawn in spawns[1:]]
     smoke = ctx.scale == "smoke"
     settings = TransferSettings(
-        target=(str(checkpoint(ctx, parent)),),
+        # LOO's target is f_stan,t=100 (sec. 5): the end of LOO's schedule, the last epoch below paper scale
+        target=(str(checkpoint(ctx, parent, min(LOO_EPOCHS, parent.settings.epochs))),),
         source=tuple(sources),
         data=parent.settings.data if ctx.scale == "paper" else mnist_data(ctx, n_test=150 if smoke else 1000),
-        kernel_arch=("fc2",),
+        # the NTK's examples are shown beside the epochs' below paper scale; the rule does not read
+        # them, and at paper scale they would take an fc2 machine on all 50,000 CIFAR-10 images
+        kernel_arch=("fc2",) if ctx.scale != "paper" else (),
         machine=machine(ctx),
         method="pgd",
         threat=ThreatSettings(steps=3 if smoke else 10),
@@ -197,7 +210,6 @@ RECIPES = (
         figures=lambda ctx: [(f"{dynamics_family(ctx)}-dynamics-standard-pgd", "velocity_distance.png",
                               "kernel velocity and distance to the final kernel")],
         paper_number="qualitative (velocity falls by an order of magnitude within ~10 of 100 epochs)",
-        data=("mnist",),
     ),
     Recipe(
         "loo-fig1-rank-specialization", "LOO", "fig. 1c-d, sec. 3, sec. 10",
@@ -209,7 +221,6 @@ RECIPES = (
         figures=lambda ctx: [(f"{dynamics_family(ctx)}-dynamics-standard-pgd", "rank_specialization.png",
                               "effective rank and mean specialization through training")],
         paper_number="qualitative (fig. 1c-d, CIFAR-10 ResNet-18)",
-        data=("mnist",),
     ),
     Recipe(
         "loo-fig2-centered", "LOO", "fig. 2, sec. 4",
@@ -220,8 +231,8 @@ RECIPES = (
         _centered, _centered_check,
         figures=_spawn_figure("stage-2 accuracy against the spawn epoch"),
         paper_number="CIFAR-10 (fig. 2 left): benign accuracy rises with the spawn epoch; centered training on the "
-        "kernel of epoch 100 reaches 85.06% (table 2), at \"the cost of some benign accuracy\" against linearized",
-        data=("mnist",),
+        "kernel of epoch 100 reaches 85.06% (table 2), at \"the cost of some benign accuracy\" against linearized "
+        "(ε = 4/255; sec. 9 repeats every experiment at 8/255, the ε of the paper-scale runs here, alike)",
     ),
     Recipe(
         "loo-fig2-centered-robustness", "LOO", "fig. 2, sec. 4",
@@ -233,8 +244,8 @@ RECIPES = (
         _centered, _centered_robustness_check,
         figures=_spawn_figure("stage-2 clean (solid) and PGD (dashed) accuracy against the spawn epoch"),
         paper_number="CIFAR-10, ε = 4/255: centered training on the benign kernel of epoch 100 reaches 41.41% "
-        "adversarial accuracy; the standard net \"still sees no adversarial accuracy\" (sec. 4; table 2)",
-        data=("mnist",),
+        "adversarial accuracy; the standard net \"still sees no adversarial accuracy\" (sec. 4; table 2). Sec. 9 "
+        "finds the same at 8/255, the ε of the paper-scale runs here (fig. 5)",
     ),
     Recipe(
         "loo-fig3-transfer", "LOO", "fig. 3, sec. 5",
@@ -246,6 +257,5 @@ RECIPES = (
         figures=lambda ctx: [(f"{dynamics_family(ctx)}-transfer-epochs", "transferability.png",
                               "τ against the source epoch / spawn epoch")],
         paper_number="τ ≈ 0 at initialisation, rising sharply within 15 epochs (fig. 3)",
-        data=("mnist",),
     ),
 )  # fmt: skip

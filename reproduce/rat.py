@@ -51,11 +51,17 @@ def _milestone(results: Results) -> int | None:
     return milestones[0] if milestones else None
 
 
+def _lazy_start(milestone: int | None) -> int:
+    """The first epoch of the lazy phase: RAT sec. 3.2 finds it "between the 10-th epoch and 100-th
+    epoch" of a schedule that decays at 100, so a tenth of the way to the decay (at least 1)."""
+    return max(1, (milestone or 0) // 10)
+
+
 def _threefold_check(results: Results) -> Verdict:
     runs = _records(results)
     m = _milestone(results)
     velocity = runs["standard"]["dynamics"]["clean"]["velocity"]
-    lazy = statistics.median(velocity[1 : m if m and m > 1 else None] or velocity)
+    lazy = statistics.median(velocity[_lazy_start(m) : m if m and m > 1 else None] or velocity)
     numbers: dict[str, Any] = {"velocity_standard": velocity, "lazy_median": lazy, "milestone": m}
     fast_then_lazy = velocity[0] > 3 * lazy
     text = f"standard C-NTK velocity {velocity[0]:.3g} in epoch 1, median {lazy:.3g} in the lazy phase"
@@ -108,9 +114,10 @@ def _baseline_check(results: Results) -> Verdict:
     last = len(next(iter(distances.values()))) - 1
     if m is None or not 1 < m < last:
         return Verdict("inconclusive", text + " (no learning-rate decay inside the schedule)", numbers)
-    # per epoch: how far each distance moved in the lazy phase (epochs 1 to the decay), and how
-    # much it grew after the decay
-    lazy = {mode: abs(d[m] - d[1]) / (m - 1) for mode, d in distances.items()}
+    # per epoch: how far each distance moved in the lazy phase (from its start to the decay), and
+    # how much it grew after the decay
+    start = _lazy_start(m)
+    lazy = {mode: abs(d[m] - d[start]) / (m - start) for mode, d in distances.items()}
     after = {mode: (d[last] - d[m]) / (last - m) for mode, d in distances.items()}
     numbers |= {"lazy_change_per_epoch": lazy, "growth_after_decay_per_epoch": after}
     parts = [mode for mode in distances if after[mode] > lazy[mode]]
@@ -227,7 +234,6 @@ RECIPES = (
         _methods_dynamics, _threefold_check,
         figures=lambda ctx: _dynamics_figures(ctx, ("velocity_distance.png", "kernel velocity, all methods")),
         paper_number="qualitative (KD near 0 between epochs 10 and 100, sharp change after the decay at 100)",
-        data=("mnist",),
     ),
     Recipe(
         "rat-fig1-ae-distance", "RAT", "fig. 1d, sec. 3.2",
@@ -238,7 +244,6 @@ RECIPES = (
         _methods_dynamics, _ae_distance_check,
         figures=lambda ctx: _dynamics_figures(ctx, ("kernel_distance.png", "kernel distance heatmaps")),
         paper_number="qualitative",
-        data=("mnist",),
     ),
     Recipe(
         "rat-sec3-ks-robustness", "RAT", "sec. 3.2, fig. 1",
@@ -249,7 +254,6 @@ RECIPES = (
         figures=lambda ctx: _dynamics_figures(ctx, ("specialization_adversarial.png", "AE-NTK specialization "
                                                     "matrices (clean labels)")),
         paper_number="qualitative",
-        data=("mnist",),
     ),
     Recipe(
         "rat-fig5-kernel-distance", "RAT", "fig. 5, sec. 5",
@@ -261,7 +265,6 @@ RECIPES = (
         _methods_dynamics, _baseline_check,
         figures=lambda ctx: _dynamics_figures(ctx, ("baseline_distance.png", "kernel distance to TE's kernel")),
         paper_number="qualitative (TE as the baseline; fig. 5)",
-        data=("mnist",),
     ),
     Recipe(
         "rat-fig2-batchnorm", "RAT", "fig. 2, sec. 4",
@@ -274,7 +277,6 @@ RECIPES = (
         figures=lambda ctx: [("cifar-dynamics-batchnorm", "accuracy.png", "accuracy with running and batch statistics"),
                              ("cifar-dynamics-batchnorm", "specialization_adversarial.png", "AE-NTK specialization")],
         paper_number="CIFAR-10 ResNet-18: close clean accuracy, \"quite different\" robust test accuracy (fig. 2)",
-        data=("cifar10",),
     ),
     Recipe(
         "rat-fig6-switch-cost", "RAT", "fig. 6, table 1, sec. 5",
@@ -285,7 +287,6 @@ RECIPES = (
         figures=lambda ctx: [(f"{dynamics_family(ctx)}-dynamics-switch", "switch_cost.png", "cost against robustness")],
         paper_number="switching at epoch 100 of 200: 11,500 s, 63.88% of full AT's 18,000 s (sec. 5: clean epochs "
         "25 s, adversarial 90 s); TE 100 PGD-20 54.16% against TE's 55.17% (app. C table 1)",
-        data=("mnist",),
     ),
     Recipe(
         "rat-fig10-catastrophic-overfitting", "RAT", "fig. 10, sec. 6",
@@ -297,6 +298,5 @@ RECIPES = (
         _overfitting, _overfitting_check,
         figures=lambda ctx: [("cifar-dynamics-fgsm", "accuracy.png", "clean and PGD accuracy through training")],
         paper_number="CIFAR-10: FGSM-AT's PGD-20 accuracy collapses towards 0; the variant keeps it (fig. 10)",
-        data=("cifar10",),
     ),
 )  # fmt: skip

@@ -9,6 +9,7 @@ report covers every target reproduced into OUT (``run``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -106,6 +107,12 @@ def listing(target: str = "all") -> str:
     return "\n".join(lines)
 
 
+def _data_name(step: Step) -> str | None:
+    """ "mnist" or "cifar10": the data set a step reads (None: none, e.g. dynamics of runs)."""
+    data = getattr(step.settings, "data", None)
+    return None if data is None else "cifar10" if "cifar" in str(data.data) else "mnist"
+
+
 def _check_data(steps: dict[str, Step], ctx: Context, recipes: Sequence[Recipe]) -> None:
     """Each data set the steps read loads (before any compute), or one line says which files where."""
     if ctx.scale == "smoke":
@@ -119,10 +126,8 @@ def _check_data(steps: dict[str, Step], ctx: Context, recipes: Sequence[Recipe])
         try:
             data.load()
         except StudyError as err:
-            name = "cifar10" if "cifar" in str(data.data) else "mnist"
-            raise StudyError(
-                f"--scale {ctx.scale} reads {DATA_FILES[(name, ctx.scale)]} under --data-root {ctx.data_root}: {err}"
-            ) from None
+            files = DATA_FILES[(_data_name(step) or "mnist", ctx.scale)]
+            raise StudyError(f"--scale {ctx.scale} reads {files} under --data-root {ctx.data_root}: {err}") from None
 
 
 def _check_out(settings: ReproduceSettings, ctx: Context) -> dict[str, Any]:
@@ -208,7 +213,10 @@ def check(settings: ReproduceSettings) -> Checked:
     recipes = select(settings.target)
     ctx = context(settings)
     if ctx.scale != "smoke" and ctx.data_root is None:
-        needed = sorted({name for recipe in recipes for name in recipe.data})
+        # the data sets its steps read at this scale (LOO's and RAT's are MNIST's below paper scale
+        # and CIFAR-10's at it), from the plan under a stand-in root
+        stand_in = dataclasses.replace(ctx, data_root=Path("DIR"))
+        needed = sorted({name for step in plan(recipes, stand_in)[0].values() if (name := _data_name(step))})
         files = " and ".join(DATA_FILES[(name, ctx.scale)] for name in needed)
         raise StudyError(f"--scale {ctx.scale} needs --data-root DIR holding {files}")
     if ctx.scale == "smoke" and ctx.data_root is not None:  # it would be recorded, though unread

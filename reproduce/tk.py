@@ -181,7 +181,6 @@ RECIPES = (
         figures=lambda ctx: [("mnist-features", "robustness_usefulness.png", "features in robustness-usefulness space"),
                              ("mnist-features", "feature_gallery.png", "the top features of one test image")],
         paper_number="qualitative (fig. 2: larger/darker bullets, the large eigenvalues, sit at the robust end)",
-        data=("mnist",),
     ),
     Recipe(
         "tk-suppD3-robust-only", "TK", "supp. D.3, fig. 4",
@@ -191,7 +190,6 @@ RECIPES = (
         _features, _robust_only_check,
         figures=lambda ctx: [("mnist-features", "robust_only.png", "robust-only kernels against r")],
         paper_number="qualitative (supp. fig. 4: no non-trivial robust accuracy at any r)",
-        data=("mnist",),
     ),
     Recipe(
         "tk-fig4-two-layer", "TK", "fig. 4, supp. C",
@@ -203,7 +201,6 @@ RECIPES = (
         figures=lambda ctx: [("mnist-two-layer", "two_layer.png", "nets against their NTK through training")],
         paper_number="widths 10³ and 10⁴ (supp. C): \"a very strong alignment of loss gradients\" throughout "
         "training, NTK attacks \"a similar drop in accuracy\" as the nets' own (sec. 3.2, fig. 4; supp. fig. 1)",
-        data=("mnist",),
     ),
     Recipe(
         "tk-sec3-transfer", "TK", "sec. 3, Final Remarks",
@@ -215,7 +212,6 @@ RECIPES = (
         figures=lambda ctx: [("mnist-transfer-ntk", "transfer.png", "accuracy of the trained CNNs under each source")],
         paper_number="two-layer nets: NTK attacks cause \"a similar drop in accuracy\" as white-box ones (sec. 3.2, "
         "fig. 4); across architectures \"this warrants an in-depth study\" (Final Remarks)",
-        data=("mnist",),
     ),
     Recipe(
         "tk-fig6-kernel-growth", "TK", "fig. 6",
@@ -227,6 +223,5 @@ RECIPES = (
         figures=lambda ctx: [("mnist-dynamics-standard-pgd", "norm_concentration.png", "Frobenius norm and top-20 "
                               "concentration through training")],
         paper_number="CIFAR-10: the standard kernel grows significantly more (fig. 6a)",
-        data=("mnist",),
     ),
 )  # fmt: skip

@@ -94,13 +94,15 @@ def run(mode: str, *, velocity=(1.0, 1.0, 1.0), ae_velocity=(1.0,), frobenius=(1
         specialization=0.5, ks=1.0, test_pgd=0.0) -> dict[str, Any]:  # fmt: skip
     """One run of a ``dynamics`` record: velocities, kernels by epoch, the last epoch's accuracy."""
     kernels = [
-        {"clean": {"frobenius_norm": f, "concentration_top20": top20, "effective_rank": rank,
+        {"epoch": float(epoch),
+         "clean": {"frobenius_norm": f, "concentration_top20": top20, "effective_rank": rank,
                    "mean_specialization": specialization},
          "adversarial": {"mean_specialization": ks}}
-        for f in frobenius
+        for epoch, f in enumerate(frobenius)
     ]  # fmt: skip
+    clean = {"velocity": list(velocity), "velocity_epochs": [i + 0.5 for i in range(len(velocity))]}
     return {"mode": mode, "label": f"mnist-cnn {mode}", "kernels": kernels,
-            "dynamics": {"clean": {"velocity": list(velocity)}, "adversarial": {"velocity": list(ae_velocity)}},
+            "dynamics": {"clean": clean, "adversarial": {"velocity": list(ae_velocity)}},
             "epochs": [{"accuracy": {"running": {"test_clean": 0.9, "test_pgd": test_pgd}}}]}  # fmt: skip
 
 
@@ -345,3 +347,61 @@ def test_every_check_reads_its_own_recipes_steps_in_the_whole_plan(scale):
         with pytest.raises(_Asked) as asked:
             recipe.check(AskingResults(ctx, steps))
         assert str(asked.value) in own, (recipe.name, str(asked.value))
+
+
+def test_paper_scale_settings_follow_the_papers():
+    """The paper-scale plan trains as the papers did: TK supp. E's MNIST CNN (lr 1e-2 fixed, no
+    weight decay or momentum, batch 300, PGD-20 of α = 0.1, kernels on 300 points), RAT sec. 3.1's
+    ResNet-18 (lr 0.1 decayed at 100 and 150, weight decay 5e-4, crop-flip, PGD-10 of 2/255, 500
+    kernel points); and it builds no NTK machine on all 50,000 CIFAR-10 images."""
+    from ntkrobust.reproduce.run import plan
+
+    steps, _ = plan(all_recipes(), Context("paper", Path("/nonexistent/data"), Path("/nonexistent/steps")))
+    mnist, cifar = steps["mnist-pgd"].settings, steps["cifar-pgd"].settings
+    assert (mnist.lr, mnist.milestones, mnist.weight_decay, mnist.momentum, mnist.batch_size) == (
+        0.01,
+        (),
+        0.0,
+        0.0,
+        300,
+    )
+    assert (mnist.epochs, mnist.pgd_steps, mnist.pgd_step, mnist.track_kernel, mnist.augment) == (
+        200,
+        20,
+        0.1,
+        300,
+        "none",
+    )
+    assert steps["mnist-standard"].settings.pgd_steps is None  # PGD's schedule only where PGD trains
+    assert (cifar.model, cifar.lr, cifar.milestones, cifar.weight_decay, cifar.momentum) == (
+        "resnet18",
+        0.1,
+        (100, 150),
+        5e-4,
+        0.9,
+    )
+    assert (cifar.batch_size, cifar.augment, cifar.track_kernel, cifar.epochs) == (128, "crop-flip", 500, 200)
+    assert steps["cifar-transfer-epochs"].settings.kernel_arch == ()
+    assert steps["cifar-transfer-matrix"].settings.kernel_n == 10000
+
+
+def test_loo_fig1_is_judged_at_loos_length_and_rats_lazy_phase_starts_a_tenth_of_the_way():
+    """A 200-epoch run (RAT's schedule at paper scale) is judged on LOO fig. 1's 100 epochs: the
+    kernels after the decay at 100 change the verdict here and are not read. RAT's lazy phase runs
+    from epoch 10 of a schedule that decays at 100 (RAT sec. 3.2); from epoch 1 at 7."""
+    from ntkrobust.reproduce.rat import _lazy_start
+
+    records = standard_pgd({"frobenius": [1.0] * 201}, {"frobenius": [1.0] * 201})
+    for run_record in records["mnist-dynamics-standard-pgd"]["runs"]:
+        run_record["dynamics"]["clean"]["velocity"] = [10.0] + [1.0] * 99 + [50.0] * 100  # fast again after 100
+        run_record["dynamics"]["clean"]["velocity_epochs"] = [i + 0.5 for i in range(200)]
+        for epoch, kernel in enumerate(run_record["kernels"]):
+            up_to_100 = {"standard": (5.0, 1.5), "pgd": (6.0, 1.2)}[run_record["mode"]]
+            after_100 = {"standard": (9.0, 1.0), "pgd": (4.0, 2.0)}[run_record["mode"]]
+            rank, spec = up_to_100 if epoch <= 100 else after_100
+            kernel["clean"] |= {"effective_rank": rank, "mean_specialization": spec}
+    rank = judge("loo-fig1-rank-specialization", records)
+    assert rank.verdict == "agrees" and "at epoch 100 (LOO's length)" in rank.measured, rank.measured
+    speed = judge("loo-fig1-kernel-speed", records)
+    assert speed.verdict == "agrees" and speed.numbers["standard"]["late_median"] == 1.0
+    assert (_lazy_start(100), _lazy_start(7), _lazy_start(None)) == (10, 1, 1)
