@@ -81,12 +81,13 @@ _MINUTES: dict[str, float | dict[str, float]] = {
 #: TK supp. E, the MNIST CNN: "a fixed learning rate of 10^-2 for all experiments and no weight
 #: decay", no augmentation, "Stochastic gradient descent ... with a batch size of 300 for MNIST"
 #: (no momentum is named: plain SGD), 200 epochs, and for PGD training 20 steps of α = 0.1 at
-#: ε = 0.3 (set above). TK track their kernels on "the same (first) batch": 300 points here,
+#: ε = 0.3 (the default for grey images). TK track their kernels on "the same (first) batch": 300 points here,
 #: class-balanced.
 _TK_MNIST: dict[str, Any] = {"lr": 0.01, "milestones": (), "weight_decay": 0.0, "momentum": 0.0, "batch_size": 300,
                              "track_kernel": 300}  # fmt: skip
-#: minutes per MNIST CNN run at paper scale, one GPU: RAT's ResNet-18 times scaled by the nets'
-#: cost per image (about 40 times fewer multiply-adds), with PGD-20: an estimate, not a measurement
+#: minutes per MNIST CNN run at paper scale, one GPU: RAT's ResNet-18 times scaled down, though not by
+#: the whole ratio of multiply-adds per image (4.6 M against 555 M): a net this small keeps a GPU far
+#: from busy. With PGD-20; an estimate, not a measurement
 _MNIST_PAPER_MINUTES = {"standard": 10.0, "fgsm": 15.0, "fgsm-noise": 15.0, "pgd": 40.0, "te": 40.0}
 
 

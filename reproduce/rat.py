@@ -228,7 +228,8 @@ RECIPES = (
         "rat-fig1-threefold", "RAT", "fig. 1a, sec. 3.2",
         "The kernel evolves in three phases: fast kernel learning, a lazy phase where it barely moves, and a second "
         "change after the learning-rate decay.",
-        "agrees if the standard run's first-epoch C-NTK velocity exceeds 3× the lazy phase's median and the epoch "
+        "agrees if the standard run's first-epoch C-NTK velocity exceeds 3× the lazy phase's median (from a tenth "
+        "of the way to the decay, at least epoch 1, to the decay) and the epoch "
         "after the decay moves more than the one before; contradicts if either fails; inconclusive if the schedule "
         "has no decay and the first phase is fast",
         _methods_dynamics, _threefold_check,
@@ -260,7 +261,8 @@ RECIPES = (
         "Measured from TE's kernel, the training methods' kernels converge and stay frozen in the lazy phase, and "
         "become very different in the second kernel-learning stage after the learning-rate decay.",
         "agrees if, for each of standard, FGSM-AT and PGD-AT, the C-NTK distance to TE's kernel grows more per epoch "
-        "after the decay than it moved per epoch in the lazy phase (epoch 1 to the decay); contradicts if for none; "
+        "after the decay than it moved per epoch in the lazy phase (from a tenth of the way to the decay, at least "
+        "epoch 1, to the decay); contradicts if for none; "
         "else inconclusive (also without a decay inside the schedule)",
         _methods_dynamics, _baseline_check,
         figures=lambda ctx: _dynamics_figures(ctx, ("baseline_distance.png", "kernel distance to TE's kernel")),

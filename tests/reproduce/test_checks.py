@@ -353,7 +353,8 @@ def test_paper_scale_settings_follow_the_papers():
     """The paper-scale plan trains as the papers did: TK supp. E's MNIST CNN (lr 1e-2 fixed, no
     weight decay or momentum, batch 300, PGD-20 of α = 0.1, kernels on 300 points), RAT sec. 3.1's
     ResNet-18 (lr 0.1 decayed at 100 and 150, weight decay 5e-4, crop-flip, PGD-10 of 2/255, 500
-    kernel points); and it builds no NTK machine on all 50,000 CIFAR-10 images."""
+    kernel points); LOO's transfer target is epoch 100; and no NTK machine on all 50,000 CIFAR-10
+    images."""
     from ntkrobust.reproduce.run import plan
 
     steps, _ = plan(all_recipes(), Context("paper", Path("/nonexistent/data"), Path("/nonexistent/steps")))
@@ -381,8 +382,11 @@ def test_paper_scale_settings_follow_the_papers():
         0.9,
     )
     assert (cifar.batch_size, cifar.augment, cifar.track_kernel, cifar.epochs) == (128, "crop-flip", 500, 200)
-    assert steps["cifar-transfer-epochs"].settings.kernel_arch == ()
-    assert steps["cifar-transfer-matrix"].settings.kernel_n == 10000
+    for name in ("cifar-transfer-epochs", "cifar-transfer-matrix"):  # fc2 on 10,000 images, not all 50,000
+        assert steps[name].settings.kernel_arch == ("fc2",) and steps[name].settings.kernel_n == 10000
+    loo = steps["cifar-transfer-epochs"].settings  # LOO sec. 5: the target f_stan,t=100, not also a source
+    assert loo.target == (str(Path("/nonexistent/steps/cifar-standard/checkpoints/epoch_100.pt")),)
+    assert loo.target[0] not in loo.source
 
 
 def test_loo_fig1_is_judged_at_loos_length_and_rats_lazy_phase_starts_a_tenth_of_the_way():
