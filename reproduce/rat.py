@@ -204,7 +204,7 @@ def _overfitting_check(results: Results) -> Verdict:
     peak, final = max(curves["fgsm"]), curves["fgsm"][-1]
     collapsed = final < 0.5 * peak and peak - final > 0.05
     text = (
-        "test PGD-10 accuracy by epoch: "
+        f"test PGD-{history['config']['tracking']['steps']} accuracy by epoch: "
         + "; ".join(f"{mode}: " + ", ".join(f"{a:.2f}" for a in curve) for mode, curve in curves.items())
         + "; final clean accuracy: "
         + ", ".join(f"{mode} {a:.2f}" for mode, a in clean.items())

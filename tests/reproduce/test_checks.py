@@ -185,7 +185,7 @@ def overfitting(fgsm: tuple[float, ...], noise: tuple[float, ...], clean: float 
 
     def curve(pgd: tuple[float, ...]) -> dict[str, Any]:
         run = history(*({"running": {"test_pgd": a, "test_clean": clean}} for a in pgd))
-        return run | {"dataset": {"classes": list(range(10))}}
+        return run | {"dataset": {"classes": list(range(10))}, "config": {"tracking": {"steps": 20}}}
 
     return {"cifar-fgsm": curve(fgsm), "cifar-fgsm-noise": curve(noise)}
 
@@ -382,6 +382,9 @@ def test_paper_scale_settings_follow_the_papers():
         0.9,
     )
     assert (cifar.batch_size, cifar.augment, cifar.track_kernel, cifar.epochs) == (128, "crop-flip", 500, 200)
+    assert cifar.eval_pgd_steps == 20  # RAT sec. 3.1: "PGD-20 to generate AEs on the test set"
+    measured = judge("rat-fig10-catastrophic-overfitting", overfitting(fgsm=(0.3, 0.05), noise=(0.3, 0.3))).measured
+    assert measured.startswith("test PGD-20 accuracy by epoch")  # as the runs' records say, not a fixed PGD-10
     for name in ("cifar-transfer-epochs", "cifar-transfer-matrix"):  # fc2 on 10,000 images, not all 50,000
         assert steps[name].settings.kernel_arch == ("fc2",) and steps[name].settings.kernel_n == 10000
     loo = steps["cifar-transfer-epochs"].settings  # LOO sec. 5: the target f_stan,t=100, not also a source
