@@ -51,6 +51,13 @@ def cifar_data(ctx: Context, *, classes: tuple[str, ...] | None = None) -> DataS
     return DataSettings("cifar10", data_root=_root(ctx) / "cifar10", classes=classes)
 
 
+def ntk_points(ctx: Context) -> int | None:
+    """Training points of the analytic NTK machine whose examples a transfer step sets beside the
+    nets': all of them below paper scale; 10,000 of CIFAR-10's 50,000 at paper scale, where all
+    would make a 20 GB Gram matrix."""
+    return 10000 if ctx.scale == "paper" else None
+
+
 def machine(ctx: Context) -> MachineSettings:
     """Kernel machines with a Gram cache inside the reproduction (shared by its steps)."""
     return MachineSettings(cache_dir=ctx.steps_dir / "gram-cache")
@@ -82,8 +89,8 @@ _MINUTES: dict[str, float | dict[str, float]] = {
 #: TK supp. E, the MNIST CNN: "a fixed learning rate of 10^-2 for all experiments and no weight
 #: decay", no augmentation, "Stochastic gradient descent ... with a batch size of 300 for MNIST"
 #: (no momentum is named: plain SGD), 200 epochs, and for PGD training 20 steps of α = 0.1 at
-#: ε = 0.3 (the default for grey images). TK track their kernels on "the same (first) batch": 300 points here,
-#: class-balanced.
+#: ε = 0.3 (the default for grey images). TK track their kernels on "the same (first) batch": 300
+#: points here, class-balanced.
 _TK_MNIST: dict[str, Any] = {"lr": 0.01, "milestones": (), "weight_decay": 0.0, "momentum": 0.0, "batch_size": 300,
                              "track_kernel": 300}  # fmt: skip
 #: minutes per MNIST CNN run at paper scale, one GPU: RAT's ResNet-18 times scaled down, though not by

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict
-from ntkrobust.reproduce._shared import checkpoint, dynamics_family, machine, mnist_data, training_run
+from ntkrobust.reproduce._shared import checkpoint, dynamics_family, machine, mnist_data, ntk_points, training_run
 
 MODES = ("standard", "fgsm", "fgsm-noise", "pgd", "te")
 
@@ -65,7 +65,7 @@ def _matrix(ctx: Context) -> Sequence[Step]:
         target=tuple(str(checkpoint(ctx, run)) for run in runs),
         data=mnist_data(ctx, n_test=150 if smoke else 1000) if ctx.scale != "paper" else runs[0].settings.data,
         kernel_arch=("fc2",),
-        kernel_n=10000 if ctx.scale == "paper" else None,  # not a 50,000-point Gram matrix (20 GB)
+        kernel_n=ntk_points(ctx),
         machine=machine(ctx),
         method="pgd",
         device="cpu" if ctx.scale != "paper" else "auto",

@@ -22,6 +22,7 @@ from ntkrobust.reproduce._shared import (
     dynamics_step,
     machine,
     mnist_data,
+    ntk_points,
     run_name,
     training_run,
 )
@@ -169,10 +170,8 @@ def _transfer(ctx: Context) -> Sequence[Step]:
         target=(str(checkpoint(ctx, parent, min(LOO_EPOCHS, parent.settings.epochs))),),
         source=tuple(sources),
         data=parent.settings.data if ctx.scale == "paper" else mnist_data(ctx, n_test=150 if smoke else 1000),
-        # the NTK's examples beside the epochs' (the rule does not read them): at paper scale its
-        # machine on 10,000 CIFAR-10 images, not a 50,000-point Gram matrix (20 GB)
-        kernel_arch=("fc2",),
-        kernel_n=10000 if ctx.scale == "paper" else None,
+        kernel_arch=("fc2",),  # the NTK's examples beside the epochs' (the rule does not read them)
+        kernel_n=ntk_points(ctx),
         machine=machine(ctx),
         method="pgd",
         threat=ThreatSettings(steps=3 if smoke else 10),
