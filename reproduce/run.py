@@ -204,6 +204,7 @@ class Checked(NamedTuple):
     steps: dict[str, Step]
     uses: dict[str, list[str]]
     earlier: dict[str, dict[str, Any]]
+    identity: dict[str, Any]  # what reproduction.json records (``_check_out``)
 
 
 def check(settings: ReproduceSettings) -> Checked:
@@ -223,7 +224,7 @@ def check(settings: ReproduceSettings) -> Checked:
         raise StudyError("--scale smoke runs on scikit-learn's digits and reads no --data-root: leave it out")
     if ctx.data_root is not None and not ctx.data_root.is_dir():
         raise StudyError(f"--data-root {settings.data_root} is not a folder")
-    _check_out(settings, ctx)
+    identity = _check_out(settings, ctx)
     target_steps, _ = plan(recipes, ctx)
     if settings.scale == "paper":
         import torch
@@ -237,7 +238,7 @@ def check(settings: ReproduceSettings) -> Checked:
     earlier = _earlier_findings(Path(settings.out), recipes)
     recipes += [recipe for recipe in all_recipes() if recipe.name in earlier]
     steps, uses = plan(recipes, ctx)
-    return Checked(recipes, ctx, steps, uses, earlier)
+    return Checked(recipes, ctx, steps, uses, earlier, identity)
 
 
 def machine() -> dict[str, Any]:
@@ -277,14 +278,14 @@ def run(settings: ReproduceSettings, *, progress: bool = False, argv: list[str] 
     """Run (or reuse) every step of the target's recipes, then judge each finding. The findings
     of the report already in --out stay in it: judged again where their steps are all finished
     (nothing runs for them), else kept as that report judged them, marked so."""
-    recipes, ctx, steps, uses, earlier = check(settings)
+    recipes, ctx, steps, uses, earlier, identity = check(settings)
     started = datetime.datetime.now().astimezone()
     clock = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = [recipe for recipe in recipes if recipe.name not in earlier]
     target = describe([recipe.name for recipe in recipes])
-    write_json(out / "reproduction.json", {**_check_out(settings, ctx), "target": target})
+    write_json(out / "reproduction.json", {**identity, "target": target})
     total = estimated_minutes(chosen, settings.scale)
     needed = [name for name in steps if any(name in uses[recipe.name] for recipe in chosen)]
     kept = f"; the report keeps {plural(len(earlier), 'earlier finding')}" if earlier else ""
