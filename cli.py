@@ -17,6 +17,7 @@ and exits with status 2. Heavy imports (JAX, neural-tangents, torch) happen insi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -33,7 +34,7 @@ from ntkrobust import retain_freed_memory
 from ntkrobust._cli_commands import _ABOUT, COMMANDS
 from ntkrobust._cli_flags import ARCHITECTURES, MODELS, PROG, UsageError, _Parser
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
-from ntkrobust.studies._base import StudyError, StudyWarning
+from ntkrobust.studies._base import StudyError, StudyWarning, checked_together
 from ntkrobust.studies._output import OutputLock, check_out_dir, check_out_file, check_writable
 from ntkrobust.studies.train import AUGMENTATIONS, INITIALISATIONS, TRAINING_MODES
 
@@ -129,21 +130,29 @@ def run_command(args: argparse.Namespace) -> int:
     # (transfer, two-layer, reproduce) would run out: it allocates as it goes, unless told otherwise
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     module, settings = study_settings(args)
-    if not rank:  # one process, or rank 0 of several
-        _check_output(args)
     if rank is not None:
         from ntkrobust.bridge import distributed
 
         distributed.init_from_environment(getattr(settings, "device", "auto"))
-        if rank != 0:  # rank 0 says what they all would: warnings and stage lines once
+    with contextlib.ExitStack() as locked:
+        with checked_together():  # rank 0's refusal stops every process, on every node
+            if not rank:  # one process, or rank 0 of several
+                _check_output(args)
+                locked.enter_context(OutputLock(args.out))
+        if rank:  # rank 0 says what they all would: warnings and stage lines once
             logging.getLogger(PROG).setLevel(logging.ERROR)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", StudyWarning)
                 module.run(settings, progress=False, argv=args.argv)
             distributed.leave()
             return 0
+        return _run_and_save(args, module, settings, rank)
+
+
+def _run_and_save(args: argparse.Namespace, module: Any, settings: Any, rank: int | None) -> int:
+    """Rank 0's (or the one process's) study: run, saved into ``args.out`` (locked), summarised."""
     _show_stages(not args.quiet)
-    with OutputLock(args.out), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("always", StudyWarning)
         shown = warnings.showwarning
 
@@ -156,7 +165,11 @@ def run_command(args: argparse.Namespace) -> int:
         warnings.showwarning = say
         result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
         result.save(args.out)
-    summary = result.summary() + ("" if rank is None else f" (world size {distributed.world_size()})")
+    summary = result.summary()
+    if rank is not None:
+        from ntkrobust.bridge import distributed
+
+        summary += f" (world size {distributed.world_size()})"
     print(f"{summary}\n-> {args.out}" if "\n" in summary else f"{summary} -> {args.out}")
     if rank is not None:
         distributed.leave()
@@ -292,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({err.filename})" if err.filename else ""
         print(f"{_speaker()}: error: {err.strerror or err}{where}{_resumable(args)}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not _stopped_with_another(err):
+            raise
+        return 2  # another process of the launch failed a check and said why
     except (KeyboardInterrupt, _Terminated) as err:
         print(
             f"{_speaker()}: {'terminated' if isinstance(err, _Terminated) else 'interrupted'}{_resumable(args)}",
@@ -301,6 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped_with_another(err: BaseException) -> bool:
+    """Whether ``err`` is ``bridge.distributed.StoppedWithAnother``: looked up, not imported (a
+    launch's processes have imported it; a single process raises no such error)."""
+    distributed = sys.modules.get("ntkrobust.bridge.distributed")
+    return distributed is not None and isinstance(err, distributed.StoppedWithAnother)
 
 
 def _out_of_memory(err: BaseException) -> bool:

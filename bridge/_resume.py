@@ -89,30 +89,33 @@ def start_state(
     if not resume:
         write_json(run.config, config)
         return RunState()
-    _check_config(run, config)
     # rank 0's view of the folder under torchrun: a node whose listing of shared storage lags
     # would otherwise load another epoch, and its weights would part from the others' silently
     latest = distributed.from_main(run.latest_checkpoint())
     state = RunState()
-    if latest is not None:
-        try:
-            payload = read_checkpoint(latest, map_location=device)
-            check_state_dict(latest, payload.get("state_dict"), model)
-            state = _checkpoint_state(payload, steps_per_epoch, ensemble)
-        except CheckpointError as error:  # its message names the file
-            raise RunFolderError(f"--resume: {error}") from None
-        except ValueError as error:
-            raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
-        if state.epoch > epochs:  # config.json would say fewer epochs than the history holds
-            raise RunFolderError(
-                f"--resume: {run.path} has trained {state.epoch} epochs already, more than the "
-                f"{epochs} asked: give --epochs {state.epoch} or more"
-            )
-        try:
-            model.load_state_dict(payload["state_dict"])
-            optimizer.load_state_dict(payload["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+    # every process reads the folder itself: one that cannot (an --out that not every node
+    # shares) stops them all before the first collective of the training
+    with distributed.failing_together():
+        _check_config(run, config)
+        if latest is not None:
+            try:
+                payload = read_checkpoint(latest, map_location=device)
+                check_state_dict(latest, payload.get("state_dict"), model)
+                state = _checkpoint_state(payload, steps_per_epoch, ensemble)
+            except CheckpointError as error:  # its message names the file
+                raise RunFolderError(f"--resume: {error}") from None
+            except ValueError as error:
+                raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+            if state.epoch > epochs:  # config.json would say fewer epochs than the history holds
+                raise RunFolderError(
+                    f"--resume: {run.path} has trained {state.epoch} epochs already, more than the "
+                    f"{epochs} asked: give --epochs {state.epoch} or more"
+                )
+            try:
+                model.load_state_dict(payload["state_dict"])
+                optimizer.load_state_dict(payload["optimizer"])
+            except (KeyError, RuntimeError, ValueError) as error:
+                raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
     write_json(run.config, config)  # the epochs may have grown
     for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
         if step > state.step and distributed.is_main():
@@ -124,7 +127,11 @@ def _check_config(run: RunFolder, config: dict[str, Any]) -> None:
     """``RunFolderError`` unless ``run`` holds a configuration that ``config`` may resume."""
     stored = run.config
     if not run.exists():
-        raise RunFolderError(f"--resume: {run.path} holds no run (no {CONFIG_FILE})")
+        # rank 0 checked that it does (studies.train): here another rank cannot see it
+        elsewhere = f" on rank {distributed.rank()}, where rank 0 found one: --out must be on storage every node shares"
+        raise RunFolderError(
+            f"--resume: {run.path} holds no run (no {CONFIG_FILE}){elsewhere if distributed.rank() else ''}"
+        )
     try:
         previous = json.loads(stored.read_text())
     except (OSError, ValueError) as error:

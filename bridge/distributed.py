@@ -12,9 +12,10 @@ single-process kernel up to the order of the float64 sums. Only rank 0 writes fi
 Every rank must make the same collectives in the same order, so whatever decides how the work is
 cut or whether it goes on is made equal first: a budget each rank measures itself
 (``agreed_minimum``), a decision from files rank 0 writes (``from_main``), a loss read summed
-(``all_reduce_sum``). ``summed_over_processes`` is the differentiable sum (BatchNorm over the
-global batch); ``main_first`` lets rank 0 write shared files (a download) before the others read.
-``leave`` ends a command that finished in every process.
+(``all_reduce_sum``), and the checks before the compute (``failing_together``: a refusal on one
+rank stops every rank, not just its own node's). ``summed_over_processes`` is the differentiable
+sum (BatchNorm over the global batch); ``main_first`` lets rank 0 write shared files (a download)
+before the others read. ``leave`` ends a command that finished in every process.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "StoppedWithAnother",
     "active",
     "agreed_minimum",
     "all_reduce_sum",
     "backend",
+    "failing_together",
     "from_main",
     "init_from_environment",
     "is_main",
@@ -184,6 +187,43 @@ def from_main(value: T) -> T:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+class StoppedWithAnother(Exception):
+    """This process stopped because another process of the launch failed a check before the
+    compute (``failing_together``); that one says why, so this one says nothing more."""
+
+
+@contextlib.contextmanager
+def failing_together() -> Iterator[None]:
+    """The checks in the body pass on every rank or stop every rank: each rank runs the body (the
+    checks of every rank, or those that rank 0 alone makes of the files it writes), then all learn
+    which failed. The lowest failing rank raises its own error; every other rank raises
+    ``StoppedWithAnother``, so a launch prints one line for one cause. (Nothing happens in one
+    process: the body's error is just raised.)
+
+    Without it a rank that refuses (``--data-root`` or ``--out`` missing on its node, a lock held)
+    leaves the others in their next collective. On one node torchrun stops them; across nodes an
+    NCCL group may wait for ``COLLECTIVE_TIMEOUT``. The body must make no collective: a rank that
+    failed before it would never reach it."""
+    if not active():
+        yield
+        return
+    failure: Exception | None = None
+    try:
+        yield
+    except Exception as error:  # any error: the others must learn of it, whatever it is
+        failure = error
+    failed: list[bool | None] = [None] * world_size()
+    dist.all_gather_object(failed, failure is not None)
+    first = next((r for r, did in enumerate(failed) if did), None)
+    if first is None:
+        return
+    here = rank()
+    leave()  # every rank stops here, none waits in a collective: the group can go
+    if failure is not None and first == here:
+        raise failure
+    raise StoppedWithAnother(f"rank {first} of the launch failed a check before the compute")
 
 
 def agreed_minimum(value: int, device: torch.device | str = "cpu") -> int:

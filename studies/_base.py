@@ -8,12 +8,14 @@ config, dataset, seed, warnings, seconds, versions, argv), written here once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,6 +31,7 @@ __all__ = [
     "StudyResult",
     "StudyWarning",
     "check_out_dir",
+    "checked_together",
     "envelope",
     "peak_gpu_memory",
     "restart_gpu_peak",
@@ -61,6 +64,17 @@ def changed_flags(settings: Any, names: Sequence[str], flags: dict[str, str] | N
 def flags_do(flags: Sequence[str], verb: str) -> str:
     """ "--a sets" or "--a / --b set": the flags as the subject of ``verb``, in number."""
     return f"{' / '.join(flags)} {verb}s" if len(flags) == 1 else f"{' / '.join(flags)} {verb}"
+
+
+def checked_together() -> AbstractContextManager[None]:
+    """Under torchrun, ``bridge.distributed.failing_together``: the checks in the ``with`` body
+    pass on every process or stop every process (the first to fail says why). Elsewhere nothing:
+    looked up, not imported (a group exists only once the command line has imported it), so a
+    single process never imports torch for it."""
+    import sys
+
+    distributed = sys.modules.get("ntkrobust.bridge.distributed")
+    return contextlib.nullcontext() if distributed is None else distributed.failing_together()
 
 
 def _torch_on_cuda() -> Any:

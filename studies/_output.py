@@ -3,8 +3,9 @@
 - ``check_out_dir`` / ``check_out_file`` / ``check_writable``: an ``--out`` (or a cache folder)
   that cannot be created is refused before the compute starts, not after it.
 - ``OutputLock``: a run holds ``.NAME.lock`` beside its ``--out`` (created with ``O_EXCL``, holding
-  the holder's pid), so a second run into the same folder is refused instead of silently
-  replacing the first one's files; a lock whose process is gone is stale and taken over.
+  the holder's pid and host), so a second run into the same folder is refused instead of silently
+  replacing the first one's files; a lock whose process is gone from this host is stale and taken
+  over (one of another host's is left to the user: no process there can be asked).
 - ``StagedOutput``: files are written into a hidden ``.NAME.PID.*.partial`` folder beside
   ``--out`` and moved in only when all of them were written; staging folders of processes that
   died (SIGKILL) are removed by the next run into the same parent.
@@ -15,11 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
 
 from ntkrobust.studies._errors import StudyError
+
+#: this machine's name, in a lock beside its pid: on storage that several machines share, a pid
+#: alone cannot tell a live run elsewhere from a dead one here
+_HOST = socket.gethostname() or "unknown"
 
 
 def _alive(pid: int) -> bool:
@@ -95,9 +101,11 @@ class OutputLock:
         self.owned = False
         self.made: list[Path] = []  # the folders above ``out`` that taking the lock created
 
-    def _holder(self) -> int | None:
+    def _holder(self) -> tuple[int, str | None] | None:
+        """The lock's process id and host (None for a lock written before hosts were recorded)."""
         try:
-            return int(self.path.read_text().strip() or 0)
+            pid, *host = self.path.read_text().split()
+            return int(pid), host[0] if host else None
         except (OSError, ValueError):
             return None
 
@@ -109,16 +117,23 @@ class OutputLock:
                 handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder == os.getpid():
-                    return self  # already ours: the outer holder releases it
-                if holder is not None and _alive(holder):
-                    raise StudyError(
-                        f"--out {self.out} is in use by another run (pid {holder}, lock {self.path})"
-                    ) from None
+                if holder is not None:
+                    pid, host = holder
+                    if host not in (None, _HOST):  # a process on another machine: none to ask if it lives
+                        raise StudyError(
+                            f"--out {self.out} is in use by a run on {host} (pid {pid}); if none is running there, "
+                            f"delete its lock {self.path}"
+                        ) from None
+                    if pid == os.getpid():
+                        return self  # already ours: the outer holder releases it
+                    if _alive(pid):
+                        raise StudyError(
+                            f"--out {self.out} is in use by another run (pid {pid}, lock {self.path})"
+                        ) from None
                 self.path.unlink(missing_ok=True)  # its process is gone: a stale lock
                 continue
             with os.fdopen(handle, "w") as f:
-                f.write(f"{os.getpid()}\n")
+                f.write(f"{os.getpid()} {_HOST}\n")
             self.owned = True
             return self
         raise StudyError(f"cannot take the lock {self.path}: another run keeps taking it")

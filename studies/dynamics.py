@@ -17,7 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, changed_flags, envelope, flags_do, log
+from ntkrobust.studies._base import (
+    Clock,
+    StagedOutput,
+    StudyError,
+    StudyResult,
+    changed_flags,
+    checked_together,
+    envelope,
+    flags_do,
+    log,
+)
 from ntkrobust.studies._common import check_distinct_files, torch_device
 
 
@@ -268,25 +278,28 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
     from ntkrobust.bridge.run_groups import load_run_groups
     from ntkrobust.bridge.runs import RunError, json_summary
 
-    _check_unread(settings)
     clock = Clock()
-    check_distinct_files([str(path) for path in settings.runs], "run")
-    try:
-        groups = load_run_groups(settings.runs)
-        baseline = _baseline(settings, groups)
-        _check_ksm_epochs(settings.ksm_epochs, groups)
-        # the pictured networks are loaded and checked here, before the kernel trajectories are
-        # measured: a checkpoint or probe they refuse ends the command before any compute
-        networks = (
-            _pictured_networks(settings, [group.runs[0] for group in groups], torch_device(settings.device))
-            if settings.eigenvectors
-            else None
-        )
-        clock.mark("runs", f"{len(groups)} run(s) read")
-        two_stage = _two_stage_records(groups)
-        summaries = [_summary(group, baseline) for group in groups]
-    except RunError as err:
-        raise StudyError(str(err)) from None
+    # the runs and networks as every process reads them, checked on all of them before the first
+    # collective (the eigenvectors' kernels): one that fails stops them all, the first says why
+    with checked_together():
+        _check_unread(settings)
+        check_distinct_files([str(path) for path in settings.runs], "run")
+        try:
+            groups = load_run_groups(settings.runs)
+            baseline = _baseline(settings, groups)
+            _check_ksm_epochs(settings.ksm_epochs, groups)
+            # the pictured networks are loaded and checked here, before the kernel trajectories are
+            # measured: a checkpoint or probe they refuse ends the command before any compute
+            networks = (
+                _pictured_networks(settings, [group.runs[0] for group in groups], torch_device(settings.device))
+                if settings.eigenvectors
+                else None
+            )
+            clock.mark("runs", f"{len(groups)} run(s) read")
+            two_stage = _two_stage_records(groups)
+            summaries = [_summary(group, baseline) for group in groups]
+        except RunError as err:
+            raise StudyError(str(err)) from None
     clock.mark("summaries", "kernel trajectories measured")
     metrics: dict[str, Any] = {"runs": [json_summary(summary) for summary in summaries], **two_stage}
     if baseline is not None:

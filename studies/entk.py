@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, checked_together, envelope, warn
 from ntkrobust.studies._common import DataSettings, check_choice, pgd_schedule, torch_device, torch_network
 
 _SUMMARY_METRICS = ("effective_rank", "concentration_top20", "centered_alignment", "mean_specialization")
@@ -90,56 +90,59 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     """The empirical NTK of the network of ``settings`` on ``settings.n`` points, and its metrics."""
     from ntkrobust.bridge.entk import KernelKind
 
-    try:
-        kind = KernelKind.parse(settings.kind)
-    except ValueError as err:
-        raise StudyError(f"--kind: {err}") from None
-    check_choice(settings.split, ("train", "test"), "--split")
-    check_choice(settings.dtype, ("float32", "float64"), "--dtype")
-    if settings.model is not None and settings.checkpoint is not None:
-        raise StudyError("--model and --checkpoint name two networks: choose one")
-    eps = settings.adversarial_eps
-    if eps is not None and not 0 < eps <= 1:
-        raise StudyError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {eps:g}")
-    if eps is None and (settings.pgd_step is not None or settings.pgd_steps is not None):
-        raise StudyError("--pgd-step and --pgd-steps set the AE-NTK's attack: give --adversarial-eps too")
     clock = Clock()
-    data = settings.data.load()
-    seed = settings.data.seed
+    # every process's own inputs, checked on all of them before the first collective (the
+    # budget's): one that fails stops them all, the first says why
+    with checked_together():
+        try:
+            kind = KernelKind.parse(settings.kind)
+        except ValueError as err:
+            raise StudyError(f"--kind: {err}") from None
+        check_choice(settings.split, ("train", "test"), "--split")
+        check_choice(settings.dtype, ("float32", "float64"), "--dtype")
+        if settings.model is not None and settings.checkpoint is not None:
+            raise StudyError("--model and --checkpoint name two networks: choose one")
+        eps = settings.adversarial_eps
+        if eps is not None and not 0 < eps <= 1:
+            raise StudyError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {eps:g}")
+        if eps is None and (settings.pgd_step is not None or settings.pgd_steps is not None):
+            raise StudyError("--pgd-step and --pgd-steps set the AE-NTK's attack: give --adversarial-eps too")
+        data = settings.data.load()
+        seed = settings.data.seed
 
-    import torch
+        import torch
 
-    from ntkrobust.attacks import AttackSpec
-    from ntkrobust.bridge import distributed
-    from ntkrobust.bridge.adversarial import pgd_examples, predict
-    from ntkrobust.bridge.data import task_indices
-    from ntkrobust.bridge.entk import (
-        BudgetError,
-        auto_memory_budget,
-        check_memory_budget,
-        empirical_ntk,
-        with_batch_statistics,
-    )
-    from ntkrobust.bridge.models import parameter_count
-    from ntkrobust.kernels.metrics import kernel_metrics
+        from ntkrobust.attacks import AttackSpec
+        from ntkrobust.bridge import distributed
+        from ntkrobust.bridge.adversarial import pgd_examples, predict
+        from ntkrobust.bridge.data import task_indices
+        from ntkrobust.bridge.entk import (
+            BudgetError,
+            auto_memory_budget,
+            check_memory_budget,
+            empirical_ntk,
+            with_batch_statistics,
+        )
+        from ntkrobust.bridge.models import parameter_count
+        from ntkrobust.kernels.metrics import kernel_metrics
 
-    device = torch_device(settings.device)
-    model, config = torch_network(
-        data, model=settings.model, width=settings.width, checkpoint=settings.checkpoint, seed=seed
-    )
-    try:
-        kind.outputs(config.num_classes)
-    except ValueError as err:
-        raise StudyError(f"--kind {settings.kind}: {err}") from None
-    x_clean, y = _points(settings, data)
-    targets = task_indices(y, data.classes)
-    dtype = torch.float64 if settings.dtype == "float64" else torch.float32
-    net = model.to(device=device, dtype=dtype).eval()
-    inputs = torch.as_tensor(x_clean, device=device, dtype=dtype)
-    labels = torch.as_tensor(targets, device=device)
-    if settings.batch_stats:
-        _check_batch_statistics(net, inputs, config.model)
-        net = with_batch_statistics(net, inputs)
+        device = torch_device(settings.device)
+        model, config = torch_network(
+            data, model=settings.model, width=settings.width, checkpoint=settings.checkpoint, seed=seed
+        )
+        try:
+            kind.outputs(config.num_classes)
+        except ValueError as err:
+            raise StudyError(f"--kind {settings.kind}: {err}") from None
+        x_clean, y = _points(settings, data)
+        targets = task_indices(y, data.classes)
+        dtype = torch.float64 if settings.dtype == "float64" else torch.float32
+        net = model.to(device=device, dtype=dtype).eval()
+        inputs = torch.as_tensor(x_clean, device=device, dtype=dtype)
+        labels = torch.as_tensor(targets, device=device)
+        if settings.batch_stats:
+            _check_batch_statistics(net, inputs, config.model)
+            net = with_batch_statistics(net, inputs)
     budget = auto_memory_budget(device) if settings.memory_budget is None else settings.memory_budget * 2**20
     budget = distributed.agreed_minimum(budget, device)  # the one every process plans with (and recorded)
     try:  # before the PGD examples: a budget too small is refused before any compute

@@ -19,6 +19,7 @@ from ntkrobust.studies._base import (
     StudyError,
     StudyResult,
     check_out_dir,
+    checked_together,
     envelope,
     log,
     peak_gpu_memory,
@@ -206,32 +207,34 @@ def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | No
         return _run_seeds(settings, progress, argv)
     from ntkrobust.bridge import distributed
 
-    if not distributed.is_main():  # under torchrun rank 0 checks, locks and writes the folder
-        return _train(settings, progress=False, argv=argv)
-    check_folder(settings)
-    with OutputLock(settings.out):
-        if settings.resume:  # a kill during an atomic write leaves its hidden temporary behind
-            RunFolder(settings.out).remove_temporaries()
-        return _train(settings, progress, argv)
+    main = distributed.is_main()  # under torchrun rank 0 checks, locks and writes the folder
+    with contextlib.ExitStack() as locked:
+        with checked_together():
+            if main:
+                check_folder(settings)
+                locked.enter_context(OutputLock(settings.out))
+                if settings.resume:  # a kill during an atomic write leaves its hidden temporary behind
+                    RunFolder(settings.out).remove_temporaries()
+        return _train(settings, progress and main, argv)
 
 
 def _run_seeds(settings: TrainSettings, progress: bool, argv: list[str] | None) -> SeedsResult:
     """One run per seed in ``out/seed_S``; with ``resume``, finished runs are continued (to more
     epochs) and the seeds not reached yet are started."""
+    from ntkrobust.bridge import distributed
     from ntkrobust.bridge.runfolder import RunFolder
 
     seeds = settings.seeds
-    if len(set(seeds)) != len(seeds):
-        raise StudyError(f"--seeds {','.join(map(str, seeds))} names a seed twice")
-    if settings.run_seed is not None:
-        raise StudyError("--seeds gives every run its own seed; run_seed is for a single run")
-    if settings.resume and not RunFolder(settings.out / f"seed_{seeds[0]}").exists():
-        raise StudyError(f"--resume: {settings.out} holds no seed_{seeds[0]} run to continue")
-    from ntkrobust.bridge import distributed
-
     main = distributed.is_main()  # under torchrun rank 0 checks, locks and writes the folder
-    if not settings.resume and main:
-        check_out_dir(settings.out, settings.force)
+    with checked_together():
+        if len(set(seeds)) != len(seeds):
+            raise StudyError(f"--seeds {','.join(map(str, seeds))} names a seed twice")
+        if settings.run_seed is not None:
+            raise StudyError("--seeds gives every run its own seed; run_seed is for a single run")
+        if settings.resume and main and not RunFolder(settings.out / f"seed_{seeds[0]}").exists():
+            raise StudyError(f"--resume: {settings.out} holds no seed_{seeds[0]} run to continue")
+        if not settings.resume and main:
+            check_out_dir(settings.out, settings.force)
     # which runs to continue, decided once from rank 0's view before it writes anything: a
     # process that looked later would see the folders rank 0 has started since
     resumes = distributed.from_main([settings.resume and RunFolder(settings.out / f"seed_{s}").exists() for s in seeds])
@@ -308,14 +311,10 @@ class SeedsResult(StudyResult):
         return "\n".join([*lines, f"{len(self.runs)} seeds: {spread} (mean ± std)"])
 
 
-def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> TrainResult:
-    restart_gpu_peak()  # each seed's history holds its own peak (--seeds runs them in one process)
-    data = settings.data.load()
-    threat = resolve_threat(settings, data.image_shape[0])
-    notes = attack_notes(settings, threat, data.image_shape[0])
-    warn(notes, *unread_flags(settings))
-    if settings.track_kernel > data.x_train.shape[0]:
-        raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {data.x_train.shape[0]} training points")
+def _check_schedule(settings: TrainSettings, n_train: int) -> None:
+    """The flags that contradict each other or the data's ``n_train`` training points."""
+    if settings.track_kernel > n_train:
+        raise StudyError(f"--track-kernel {settings.track_kernel} exceeds the {n_train} training points")
     if settings.switch_epoch is not None and settings.mode == "standard":
         raise StudyError("--switch-epoch switches from clean training to an adversarial --mode; --mode is standard")
     if settings.switch_epoch is not None and settings.switch_epoch >= settings.epochs:
@@ -329,8 +328,9 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         raise StudyError(f"--final-eval {settings.final_eval!r}: choose none or autoattack")
     if settings.eps_warmup and settings.mode == "standard":
         raise StudyError("--eps-warmup ramps the training attack's eps; --mode standard has no attack")
-    check_augmentation(settings, data.image_shape)
 
+
+def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> TrainResult:
     from ntkrobust.bridge.data import DataError
     from ntkrobust.bridge.distributed import is_main
     from ntkrobust.bridge.entk import BudgetError
@@ -338,11 +338,22 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
     from ntkrobust.bridge.models import parameter_count
     from ntkrobust.bridge.runfolder import RunFolder
 
-    device = torch_device(settings.device)
-    net = _network(settings, data)
-    check_last_batch(settings, net["model"], data)
-    config = net["config"]
-    train, tracking = _configs(settings, threat)
+    restart_gpu_peak()  # each seed's history holds its own peak (--seeds runs them in one process)
+    # every process's own inputs (data, the net, a linearization's checkpoint), checked on all
+    # of them before the first collective: one that fails stops them all (the first says why)
+    with checked_together():
+        data = settings.data.load()
+        threat = resolve_threat(settings, data.image_shape[0])
+        notes = attack_notes(settings, threat, data.image_shape[0])
+        warn(notes, *unread_flags(settings))
+        _check_schedule(settings, data.x_train.shape[0])
+        check_augmentation(settings, data.image_shape)
+
+        device = torch_device(settings.device)
+        net = _network(settings, data)
+        check_last_batch(settings, net["model"], data)
+        config = net["config"]
+        train, tracking = _configs(settings, threat)
     label = f"{config.model} {settings.mode}" + (
         f" after {settings.switch_epoch} clean" if settings.switch_epoch else ""
     )

@@ -19,7 +19,16 @@ import numpy as np
 
 from ntkrobust._progress import progress_iter
 from ntkrobust.attacks.spec import NET_METHODS
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, changed_flags, envelope, warn
+from ntkrobust.studies._base import (
+    Clock,
+    StagedOutput,
+    StudyError,
+    StudyResult,
+    changed_flags,
+    checked_together,
+    envelope,
+    warn,
+)
 from ntkrobust.studies._common import (
     DataSettings,
     MachineSettings,
@@ -222,8 +231,8 @@ def _matrix(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str,
     }
 
 
-def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] | None = None) -> TransferResult:
-    """Attack every target with every source; the accuracy and τ matrices."""
+def _architectures(settings: TransferSettings) -> list[str]:
+    """The analytic NTK machines' architectures, once the flags and files are checked."""
     arch_names = list(settings.kernel_arch or ([] if settings.surrogate else ["fc2"]))
     check_unique(arch_names, "--kernel-arch", "an architecture")
     # a net may be a target and a source (its examples then transfer with τ = 1), not twice either
@@ -237,29 +246,40 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     if not arch_names and settings.kernel_n is not None:
         raise StudyError("--kernel-n sets the analytic NTK machines' training points; none is built: add --kernel-arch")
     settings.machine.check(arch_names)
+    return arch_names
+
+
+def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] | None = None) -> TransferResult:
+    """Attack every target with every source; the accuracy and τ matrices."""
+    # under torchrun every process checks its flags and files, then loads its data and nets, each
+    # on all of them before a collective (a download waits for rank 0's; the surrogate's kernel):
+    # one process that fails stops them all, the first says why
+    with checked_together():
+        arch_names = _architectures(settings)
     clock = Clock()
-    data = settings.data.load()
-    attack = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
-    attack_notes: list[str] = []
-    warn(attack_notes, *attack.notes(data.image_shape[0]))
-    surrogates = _surrogate_configs(settings, data)
-    fit_data = {  # cut once, and refused now rather than after the nets load
-        "kernel": training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n"),
-        "surrogate": training_subset(data, settings.surrogate_n, settings.data.seed, "--surrogate-n")
-        if surrogates
-        else None,
-    }
+    with checked_together():
+        data = settings.data.load()
+        attack = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
+        attack_notes: list[str] = []
+        warn(attack_notes, *attack.notes(data.image_shape[0]))
+        surrogates = _surrogate_configs(settings, data)
+        fit_data = {  # cut once, and refused now rather than after the nets load
+            "kernel": training_subset(data, settings.kernel_n, settings.data.seed, "--kernel-n"),
+            "surrogate": training_subset(data, settings.surrogate_n, settings.data.seed, "--surrogate-n")
+            if surrogates
+            else None,
+        }
 
-    from ntkrobust.bridge.data import task_indices
-    from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
+        from ntkrobust.bridge.data import task_indices
+        from ntkrobust.bridge.transfer import evaluate_target, random_sign_examples, white_box_examples
 
-    device = torch_device(settings.device)
-    specs = [*settings.target, *settings.source]  # one namespace of labels
-    nets = load_targets(specs, data, device, trust_code=settings.trust_model_code)
-    targets, extra_sources = nets[: len(settings.target)], nets[len(settings.target) :]
-    x_test, y_test = data.x_test, data.y_test
-    y_index = task_indices(y_test, data.classes)
-    clock.mark("targets", f"data and {len(nets)} net(s) loaded")
+        device = torch_device(settings.device)
+        specs = [*settings.target, *settings.source]  # one namespace of labels
+        nets = load_targets(specs, data, device, trust_code=settings.trust_model_code)
+        targets, extra_sources = nets[: len(settings.target)], nets[len(settings.target) :]
+        x_test, y_test = data.x_test, data.y_test
+        y_index = task_indices(y_test, data.classes)
+        clock.mark("targets", f"data and {len(nets)} net(s) loaded")
     sources, about, notes, kernel_n = _black_box_sources(
         settings, arch_names, surrogates, fit_data, attack, device, progress
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import sys
 
@@ -54,8 +55,25 @@ def test_the_lock_refuses_a_live_holder_and_takes_a_stale_one(tmp_path):
         holder.wait()
     lock.write_text(f"{_dead_pid()}\n")  # its process is gone: taken over
     with OutputLock(out), OutputLock(out):  # and re-entrant within one process
-        assert lock.read_text().strip() == str(os.getpid())
+        assert lock.read_text().split() == [str(os.getpid()), socket.gethostname()]
     assert not lock.exists()
+    lock.write_text(f"{_dead_pid()} {socket.gethostname()}\n")  # with this host's name: the same
+    with OutputLock(out):
+        pass
+    assert not lock.exists()
+
+
+def test_a_lock_of_another_host_is_never_taken(tmp_path):
+    """On storage that several machines share (a multi-node --out) a pid says nothing about a
+    process elsewhere: not even this process's own pid on another host is taken as ours."""
+    out, lock = tmp_path / "out", tmp_path / ".out.lock"
+    for pid in (_dead_pid(), os.getpid()):
+        lock.write_text(f"{pid} another-node\n")
+        with pytest.raises(StudyError, match=f"in use by a run on another-node \\(pid {pid}\\); if none"):
+            with OutputLock(out):
+                pass
+        assert lock.read_text() == f"{pid} another-node\n"
+    assert not out.exists()
 
 
 def test_two_commands_into_one_out_cannot_both_run(tmp_path, run_cli):

@@ -1,0 +1,102 @@
+"""A refusal on one process of a launch stops every process, with one line from the process that
+refused (``bridge.distributed.failing_together``). Each of 2 gloo processes runs the command line
+in a folder of its own, as two nodes with storage of their own would: a relative --data or --out
+is then there for one process and not for the other. Without the agreement the process that did
+not refuse went on into a collective and waited there (across nodes, for up to an hour)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ntkrobust import cli
+
+#: a process still running after this long waits for one that has stopped: a failed agreement
+DEADLINE_S = 150
+
+
+def _node_rank(rank: int, world: int, port: int, out: str, argv: list[str]) -> None:
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
+    os.chdir(Path(out) / f"node{rank}")
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        status = cli.main(argv)
+    left = not torch.distributed.is_initialized()
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"status": status, "stderr": said.getvalue(), "left": left}))
+
+
+def _launch(tmp_path: Path, argv: list[str]) -> list[dict[str, object]]:
+    """``argv`` on 2 processes, rank R in ``tmp_path/nodeR``: each one's status, stderr, and
+    whether it left the group."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.spawn(_node_rank, args=(2, port, str(tmp_path), argv), nprocs=2, join=False)
+    deadline = time.monotonic() + DEADLINE_S
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"a process still ran {DEADLINE_S} s after the launch: it waits for one that stopped")
+    return [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def _nodes(tmp_path: Path) -> tuple[Path, Path]:
+    for rank in (0, 1):
+        (tmp_path / f"node{rank}").mkdir()
+    return tmp_path / "node0", tmp_path / "node1"
+
+
+def test_data_missing_on_one_node_stops_both_processes_with_its_one_line(tmp_path: Path) -> None:
+    node0, _ = _nodes(tmp_path)
+    assert cli.main(["make-npz", "--n-train", "40", "--n-test", "20", "--quiet", "--out", str(node0 / "data.npz")]) == 0
+    out = tmp_path / "kernel"
+    argv = ["entk", "--data", "data.npz", "--model", "fc2", "--width", "8", "--points", "8", "--kind", "trace"]
+    found = _launch(tmp_path, [*argv, "--quiet", "--out", str(out)])
+    assert [f["status"] for f in found] == [2, 2]
+    assert found[0]["stderr"] == ""  # rank 0 could read its data: the other says why they stopped
+    lines = str(found[1]["stderr"]).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ntkrobust (rank 1): error: ") and "data.npz" in lines[0]
+    assert all(f["left"] for f in found)
+    assert not out.exists()
+
+
+def test_rank_zeros_refusal_of_the_output_stops_both_processes(tmp_path: Path) -> None:
+    _nodes(tmp_path)
+    out = tmp_path / "kernel"
+    out.mkdir()
+    (out / "earlier.txt").write_text("kept")
+    argv = ["entk", "--data", "digits", "--model", "fc2", "--width", "8", "--points", "8", "--kind", "trace"]
+    found = _launch(tmp_path, [*argv, "--quiet", "--out", str(out)])
+    assert [f["status"] for f in found] == [2, 2]
+    assert str(found[0]["stderr"]).splitlines() == [
+        f"ntkrobust: error: --out {out} exists and is not empty (use --force to overwrite)"
+    ]
+    assert found[1]["stderr"] == ""
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
+
+
+def test_resuming_an_out_that_one_node_cannot_see_is_refused_before_training(tmp_path: Path) -> None:
+    node0, _ = _nodes(tmp_path)
+    argv = ["train", "--data", "digits", "--n-train", "100", "--n-test", "50", "--model", "mnist-cnn", "--width", "4"]
+    argv += ["--track-kernel", "10", "--eval-n", "20", "--full-eval-steps", "0", "--batch-size", "50", "--quiet"]
+    assert cli.main([*argv, "--epochs", "1", "--out", str(node0 / "run")]) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (node0 / "run").rglob("*")}
+    found = _launch(tmp_path, [*argv, "--epochs", "2", "--resume", "--out", "run"])  # node0/run for rank 0 only
+    assert [f["status"] for f in found] == [2, 2]
+    assert found[0]["stderr"] == ""
+    assert str(found[1]["stderr"]).splitlines() == [
+        "ntkrobust (rank 1): error: --resume: run holds no run (no config.json) on rank 1, where rank 0 found one: "
+        "--out must be on storage every node shares"
+    ]
+    assert {p.name: p.stat().st_mtime_ns for p in (node0 / "run").rglob("*")} == before  # untouched

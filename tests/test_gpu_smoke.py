@@ -1,0 +1,46 @@
+"""``benchmarks/gpu_smoke.sh``, the GPU owner's first command, kept working without a GPU: on
+the CPU (``GPU_SMOKE_DEVICE=cpu``, its torchrun block with 2 gloo processes) every command runs,
+none is skipped, and 2 processes' kernel is one process's. Its GPU run is not tested here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: every command the script runs on the CPU with its torchrun block, in order
+COMMANDS = (
+    "entk-mnist-cnn", "entk-resnet18", "entk-rademacher", "train-pgd", "dynamics", "train-resnet-bn",
+    "two-layer", "transfer", "evaluate-pt2", "evaluate", "attack-analytic", "analytic-devices",
+    "train-resnet-bn-standard", "train-pgd-float32", "entk-resnet18-float32", "train-pgd-float32-2gpu",
+    "train-resnet-bn-standard-2gpu", "entk-resnet18-float32-2gpu",
+)  # fmt: skip
+
+
+@pytest.mark.slow  # every command of the script on 2 CPU cores: ~4 minutes
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the script is a bash script")
+def test_gpu_smoke_script_runs_every_command_on_the_cpu(tmp_path: Path) -> None:
+    env = os.environ | {"GPU_SMOKE_DEVICE": "cpu", "GPU_SMOKE_TORCHRUN": "1", "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_smoke.sh"), str(tmp_path / "smoke")],
+        env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran = [line.split()[0] for line in done.stdout.splitlines() if re.match(r"^\S+ +[0-9.]+ s ", line)]
+    assert ran == list(COMMANDS)
+    assert "SKIPPED" not in done.stdout
+    assert done.stdout.rstrip().endswith(f"gpu_smoke: every command passed; records in {tmp_path / 'smoke'}")
+    # the shared kernel against one process's, as the script prints it (float32 on the CPU)
+    difference = re.search(r"entk-resnet18-float32-2gpu: largest difference (\S+) of the largest", done.stdout)
+    assert difference is not None and float(difference.group(1)) < 1e-5
+    # the last epoch's loss, 1 process against 2: PGD's CNN ~1e-8 here; the BatchNorm ResNet 1.3e-3
+    # (one process on 2 threads, each of 2 on one: rounding); 1.6e-2 with BatchNorm per process
+    losses = re.findall(r"train_loss: 1 GPU \S+, 2 GPUs \S+ \(relative difference (\S+)\)", done.stdout)
+    assert len(losses) == 2 and all(float(value) < 5e-3 for value in losses)
