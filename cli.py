@@ -277,6 +277,14 @@ def _speaker() -> str:
     return PROG if not rank else f"{PROG} (rank {rank})"
 
 
+def _later_rank() -> bool:
+    """Whether this process is one of a launch's after rank 0 (not when the launch is broken)."""
+    try:
+        return bool(_rank_in_launch())
+    except UsageError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args: Any = None
@@ -288,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.argv = argv
         return run_command(args)
     except (UsageError, StudyError) as err:
+        if args is None and _later_rank():  # flags every process of a launch refuses alike: rank 0 says why
+            return 2
         print(f"{_speaker()}: error: {err}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:

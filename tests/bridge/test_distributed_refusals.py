@@ -100,3 +100,16 @@ def test_resuming_an_out_that_one_node_cannot_see_is_refused_before_training(tmp
         "--out must be on storage every node shares"
     ]
     assert {p.name: p.stat().st_mtime_ns for p in (node0 / "run").rglob("*")} == before  # untouched
+
+
+@pytest.mark.parametrize(("rank", "said"), [("0", True), ("1", False)])
+def test_a_flag_every_process_refuses_is_said_by_rank_zero_alone(
+    rank: str, said: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every process of a launch parses the same flags: 16 processes would print 16 copies."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert cli.main(["entk", "--data", "digits", "--points", "-3", "--out", str(tmp_path / "k")]) == 2
+    err = capsys.readouterr().err
+    assert err == "ntkrobust: error: entk: argument --n/--points: must be at least 1, got -3\n" if said else err == ""
+    assert not (tmp_path / "k").exists()
