@@ -30,7 +30,7 @@ def test_gpu_smoke_script_runs_every_command_on_the_cpu(tmp_path: Path) -> None:
     env = os.environ | {"GPU_SMOKE_DEVICE": "cpu", "GPU_SMOKE_TORCHRUN": "1", "PYTHON": sys.executable}
     done = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_smoke.sh"), str(tmp_path / "smoke")],
-        env=env, capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+        env=env, capture_output=True, text=True, timeout=1800, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     ran = [line.split()[0] for line in done.stdout.splitlines() if re.match(r"^\S+ +[0-9.]+ s ", line)]
