@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import TypeVar
@@ -56,6 +57,8 @@ T = TypeVar("T")
 #: torch's defaults are 10 minutes for NCCL and 30 for gloo: the same command would abort on GPUs
 #: where it passes on CPUs. A process that fails ends the launch sooner (torchrun stops the others).
 COLLECTIVE_TIMEOUT = timedelta(minutes=60)
+#: how long the processes that ``failing_together`` stops wait before they exit
+_SAY_WHY_S = 2.0
 
 
 def launched() -> bool:
@@ -95,7 +98,8 @@ def leave() -> None:
     process that tears its connections down while another still holds them (rank 0, saving) can
     abort that one (seen once on gloo). Called on success only: after a failure another process
     may be waiting in a collective that never completes, and the teardown would wait with it
-    (NCCL flushes pending work first); torchrun stops the others instead."""
+    (NCCL flushes pending work first); torchrun stops the others instead. The exception: a
+    check that stopped every rank together (``failing_together``), where none waits elsewhere."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     if active():
@@ -204,8 +208,10 @@ def failing_together() -> Iterator[None]:
 
     Without it a rank that refuses (``--data-root`` or ``--out`` missing on its node, a lock held)
     leaves the others in their next collective. On one node torchrun stops them; across nodes an
-    NCCL group may wait for ``COLLECTIVE_TIMEOUT``. The body must make no collective: a rank that
-    failed before it would never reach it."""
+    NCCL group may wait for ``COLLECTIVE_TIMEOUT``. The body may make a collective only where no
+    rank can have failed before it (a download's ``main_first`` follows checks of the flags
+    alone): a rank that failed earlier would never reach it. An interruption (``KeyboardInterrupt``,
+    SIGTERM: not an ``Exception``) is not gathered; torchrun delivers it to every process."""
     if not active():
         yield
         return
@@ -220,9 +226,14 @@ def failing_together() -> Iterator[None]:
     if first is None:
         return
     here = rank()
-    leave()  # every rank stops here, none waits in a collective: the group can go
+    with contextlib.suppress(Exception):  # the error to raise is the check's, whatever the teardown does
+        leave()  # every rank stops here, none waits in a collective: the group can go
     if failure is not None and first == here:
         raise failure
+    # torchrun stops the other processes once one has exited: give the one that says why the time
+    # to say it (and to be the failure torchrun reports first)
+    with contextlib.suppress(BaseException):  # torchrun's SIGTERM meanwhile: still without a line
+        time.sleep(_SAY_WHY_S)
     raise StoppedWithAnother(f"rank {first} of the launch failed a check before the compute")
 
 

@@ -104,8 +104,8 @@ class OutputLock:
     def _holder(self) -> tuple[int, str | None] | None:
         """The lock's process id and host (None for a lock written before hosts were recorded)."""
         try:
-            pid, *host = self.path.read_text().split()
-            return int(pid), host[0] if host else None
+            pid, _, host = self.path.read_text().strip().partition(" ")  # a host's name may hold spaces
+            return int(pid), host or None
         except (OSError, ValueError):
             return None
 

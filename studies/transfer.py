@@ -137,10 +137,11 @@ def _surrogate_examples(
     data = fit_data  # its test points are the study's
     from ntkrobust.bridge.models import ModelError
 
-    try:  # checked before any compute; the memory may have filled since
-        networks = [net.to(device) for net in initial_networks(config, settings.surrogate_nets)]
-    except ModelError as err:
-        raise StudyError(str(err)) from None
+    with checked_together():  # before the kernel's collectives: a node whose memory filled stops all
+        try:  # checked before any compute; the memory may have filled since
+            networks = [net.to(device) for net in initial_networks(config, settings.surrogate_nets)]
+        except ModelError as err:
+            raise StudyError(str(err)) from None
     machine = fit_empirical_kernel_machine(
         networks,
         data.x_train,

@@ -68,7 +68,7 @@ def test_data_missing_on_one_node_stops_both_processes_with_its_one_line(tmp_pat
     lines = str(found[1]["stderr"]).splitlines()
     assert len(lines) == 1 and lines[0].startswith("ntkrobust (rank 1): error: ") and "data.npz" in lines[0]
     assert all(f["left"] for f in found)
-    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node0", "node1", "rank0.json", "rank1.json"]  # no lock
 
 
 def test_rank_zeros_refusal_of_the_output_stops_both_processes(tmp_path: Path) -> None:
@@ -84,6 +84,7 @@ def test_rank_zeros_refusal_of_the_output_stops_both_processes(tmp_path: Path) -
     ]
     assert found[1]["stderr"] == ""
     assert sorted(p.name for p in out.iterdir()) == ["earlier.txt"]
+    assert not (tmp_path / ".kernel.lock").exists()
 
 
 def test_resuming_an_out_that_one_node_cannot_see_is_refused_before_training(tmp_path: Path) -> None:

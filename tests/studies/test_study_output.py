@@ -68,12 +68,21 @@ def test_a_lock_of_another_host_is_never_taken(tmp_path):
     process elsewhere: not even this process's own pid on another host is taken as ours."""
     out, lock = tmp_path / "out", tmp_path / ".out.lock"
     for pid in (_dead_pid(), os.getpid()):
-        lock.write_text(f"{pid} another-node\n")
-        with pytest.raises(StudyError, match=f"in use by a run on another-node \\(pid {pid}\\); if none"):
+        lock.write_text(f"{pid} another node\n")  # a name may hold a space
+        with pytest.raises(StudyError, match=f"in use by a run on another node \\(pid {pid}\\); if none"):
             with OutputLock(out):
                 pass
-        assert lock.read_text() == f"{pid} another-node\n"
-    assert not out.exists()
+        assert lock.read_text() == f"{pid} another node\n"
+
+
+def test_a_host_name_with_a_space_is_this_hosts_own(tmp_path, monkeypatch):
+    """The lock holds the whole name: cut at its space, this process would refuse its own lock."""
+    from ntkrobust.studies import _output
+
+    monkeypatch.setattr(_output, "_HOST", "my host")
+    out = tmp_path / "out"
+    with OutputLock(out), OutputLock(out):
+        assert (tmp_path / ".out.lock").read_text() == f"{os.getpid()} my host\n"
 
 
 def test_two_commands_into_one_out_cannot_both_run(tmp_path, run_cli):
