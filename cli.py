@@ -267,22 +267,24 @@ def _resumable(args: Any) -> str:
     return ""
 
 
+def _rank_if_sound() -> int | None:
+    """``_rank_in_launch``, or None where the launcher's variables are what the error is about."""
+    try:
+        return _rank_in_launch()
+    except UsageError:
+        return None
+
+
 def _speaker() -> str:
     """Who prints a final line: ``ntkrobust``, or under torchrun ``ntkrobust (rank R)`` for the
     ranks after 0, each of which prints its own (an error may be one process's alone)."""
-    try:
-        rank = _rank_in_launch()
-    except UsageError:  # the launcher's variables are what the error is about
-        return PROG
+    rank = _rank_if_sound()
     return PROG if not rank else f"{PROG} (rank {rank})"
 
 
 def _later_rank() -> bool:
     """Whether this process is one of a launch's after rank 0 (not when the launch is broken)."""
-    try:
-        return bool(_rank_in_launch())
-    except UsageError:
-        return False
+    return bool(_rank_if_sound())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
