@@ -187,9 +187,10 @@ class TwoLayerResult:
 
 def _log_net(net: dict[str, Any], epochs: int) -> None:
     """One line per trained net, for logs (the command line shows it on stderr unless --quiet)."""
+    cosine = net["gradient_cosine"]  # None where no example's gradients are both non-zero
     logging.getLogger("ntkrobust").info(
         f"two-layer width {net['width']} seed {net['seed']}: {epochs} epochs, gradient cosine "
-        f"{net['gradient_cosine']:.3f}, clean {net['clean_accuracy']:.3f}, own attack "
+        f"{'undefined' if cosine is None else f'{cosine:.3f}'}, clean {net['clean_accuracy']:.3f}, own attack "
         f"{net['white_box_accuracy']:.3f}, NTK attack {net['ntk_attack_accuracy']:.3f}"
     )
 

@@ -89,7 +89,7 @@ def _two_layer(ctx: Context) -> Sequence[Step]:
 def _two_layer_check(results: Results) -> Verdict:
     nets = sorted(results.record("mnist-two-layer")["nets"], key=lambda net: net["width"])
     narrow, wide = nets[0], nets[-1]
-    cosines = {net["width"]: round(net["gradient_cosine"], 3) for net in nets}
+    cosines = {net["width"]: _rounded(net["gradient_cosine"]) for net in nets}
     measured = (
         f"gradient cosine net vs NTK by width {cosines}; the widest net: clean {wide['clean_accuracy']:.2f}, under the "
         f"NTK's FGSM {wide['ntk_attack_accuracy']:.2f}, under random-sign noise {wide['random_accuracy']:.2f}, under "
@@ -97,10 +97,16 @@ def _two_layer_check(results: Results) -> Verdict:
     )
     numbers = {"gradient_cosine": cosines, "widest": wide["width"], "ntk_attack_accuracy": wide["ntk_attack_accuracy"],
                "random_accuracy": wide["random_accuracy"], "clean_accuracy": wide["clean_accuracy"]}  # fmt: skip
-    closer = wide["gradient_cosine"] > narrow["gradient_cosine"]
     fooled = wide["ntk_attack_accuracy"] < wide["random_accuracy"] - 0.1
+    if wide["gradient_cosine"] is None or narrow["gradient_cosine"] is None:  # no finite cosine to compare
+        return Verdict("inconclusive", measured, numbers)
+    closer = wide["gradient_cosine"] > narrow["gradient_cosine"]
     verdict = "agrees" if closer and fooled else "contradicts" if not (closer or fooled) else "inconclusive"
     return Verdict(verdict, measured, numbers)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _mnist_runs(ctx: Context) -> list[Step]:

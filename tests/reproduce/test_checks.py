@@ -63,8 +63,8 @@ def features(rho: Any = -0.8, top: float = 0.5, rest: float = 0.1, rows: tuple[t
     return {"mnist-features": {"architectures": {"fc2": table}, "config": config}}
 
 
-def two_layer(narrow_cosine: float, wide_cosine: float, ntk: float, random: float = 0.8):
-    def net(width: int, cosine: float, ntk_accuracy: float) -> dict[str, Any]:
+def two_layer(narrow_cosine: float | None, wide_cosine: float | None, ntk: float, random: float = 0.8):
+    def net(width: int, cosine: float | None, ntk_accuracy: float) -> dict[str, Any]:
         return {"width": width, "gradient_cosine": cosine, "clean_accuracy": 0.9, "white_box_accuracy": 0.0,
                 "ntk_attack_accuracy": ntk_accuracy, "random_accuracy": random}  # fmt: skip
 
@@ -226,6 +226,7 @@ CASES = [
     ("tk-fig4-two-layer", "contradicts", two_layer(narrow_cosine=0.9, wide_cosine=0.3, ntk=0.8)),
     ("tk-fig4-two-layer", "inconclusive", two_layer(narrow_cosine=0.3, wide_cosine=0.9, ntk=0.8)),  # closer, not fooled
     ("tk-fig4-two-layer", "inconclusive", two_layer(narrow_cosine=0.9, wide_cosine=0.3, ntk=0.1)),  # fooled, not closer
+    ("tk-fig4-two-layer", "inconclusive", two_layer(narrow_cosine=None, wide_cosine=0.3, ntk=0.1)),  # no finite cosine
     ("tk-sec3-transfer", "agrees", tk_transfer(tau=0.9, random_tau=0.1)),
     ("tk-sec3-transfer", "contradicts", tk_transfer(tau=0.2, random_tau=0.1)),
     ("tk-sec3-transfer", "inconclusive", tk_transfer(tau=NAN, random_tau=None)),  # own FGSM: no drop

@@ -4,6 +4,7 @@ settings it refuses before any compute."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -63,6 +64,20 @@ def test_summary_has_a_line_per_net(two_layer_nets):
     net = result.record["nets"][0]
     assert f"gradient cosine {net['gradient_cosine']:.3f}; accuracy clean {net['clean_accuracy']:.3f}" in lines[0]
     assert "own fgsm" in lines[0] and "NTK fgsm" in lines[0]
+
+
+def test_an_undefined_gradient_cosine_is_said_in_the_summary_and_the_log(two_layer_nets, caplog):
+    """``cosine_summary`` gives None where no example's two gradients are both non-zero (a net
+    whose units are all dead): the lines say so instead of failing on the format."""
+    from ntkrobust.bridge.two_layer import _log_net
+
+    result = two_layer_nets[0]
+    net = {**result.record["nets"][0], "gradient_cosine": None}
+    undefined = dataclasses.replace(result, record={**result.record, "nets": [net]})
+    assert "gradient cosine undefined; accuracy clean" in undefined.summary()
+    with caplog.at_level("INFO", logger="ntkrobust"):
+        _log_net(net, 20)
+    assert "20 epochs, gradient cosine undefined, clean" in caplog.text
 
 
 def test_picture_epochs_spread_on_a_log_scale():
