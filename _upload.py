@@ -4,7 +4,8 @@ A copy from ordinary (pageable) host memory to a GPU returns only once the GPU's
 up to it: a round trip, and where it is made every training or attack step (random starts,
 augmentation draws), the GPU idles while the host draws the next numbers. Through pinned memory
 and ``non_blocking`` the copy joins the queue and the host goes on; torch's caching host
-allocator keeps the pinned block until the copy is done. On the CPU nothing is copied.
+allocator keeps the pinned block until the copy is done. On the CPU nothing is copied; to any
+other device (the meta device of the placement tests included) an ordinary copy.
 """
 
 from __future__ import annotations
@@ -22,4 +23,4 @@ def upload(host: Any, like: Any, dtype: Any = None) -> Any:
     tensor = torch.as_tensor(host, dtype=like.dtype if dtype is None else dtype)
     if like.is_cuda:
         return tensor.pin_memory().to(like.device, non_blocking=True)
-    return tensor
+    return tensor if like.device.type == "cpu" else tensor.to(like.device)
