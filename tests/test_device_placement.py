@@ -10,6 +10,11 @@ eigenvalue zero), False; so the commands run to their end. Their numbers mean no
 exit status and that the device was read from are checked. AutoAttack (pyautoattack) branches
 on its values and cannot run here; it is the only ``--device cuda`` path left out.
 
+The commands that share their work under torchrun run again as rank 0 of a launch of 2 NCCL
+processes (``nccl_launch``): their paths of a launch on the device, and every tensor handed to an
+all-reduce there, as NCCL requires (gloo, which the 2-process tests use, takes CPU tensors and
+would not notice one left behind).
+
 Before ``_upload.upload`` moved host draws to any device (it moved them to CUDA only), 8 of these
 13 commands failed here (every attack with a random start, TRADES', FGSM-noise's and TE's
 training steps) and so did crop-flip: a check that fails when a path leaves a tensor behind.
@@ -81,6 +86,64 @@ def meta_device(monkeypatch):
     return reads
 
 
+@pytest.fixture
+def nccl_launch(monkeypatch):
+    """This process as rank 0 of a torchrun launch of 2 NCCL processes, its collectives answered
+    here: an all-reduce leaves its tensor as it is (only shapes matter on the meta device) and
+    refuses one that is not on the device, as NCCL does; the object collectives see 2 equal
+    ranks; DistributedDataParallel is the net itself (its gradient all-reduce is torch's).
+    Returns the list of the collectives made."""
+    import torch.distributed as dist
+    import torch.nn.parallel
+
+    import ntkrobust.kernels._jax  # noqa: F401  (first: under a launch it would set this process's JAX up for one GPU)
+    from ntkrobust.bridge import distributed
+
+    made: list[str] = []
+
+    def all_reduce(tensor: torch.Tensor, op: object = None) -> None:
+        made.append("all_reduce")
+        if tensor.device.type != "meta":
+            raise RuntimeError(f"NCCL reduces tensors on GPUs only: an all-reduce of a tensor on {tensor.device}")
+
+    def all_gather_object(out: list, obj: object) -> None:
+        made.append("all_gather_object")
+        out[:] = [obj] * len(out)
+
+    class Unwrapped(torch.nn.Module):
+        def __init__(self, module: torch.nn.Module, **_: object) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args: object, **kwargs: object) -> object:
+            return self.module(*args, **kwargs)
+
+    fakes = {
+        "is_initialized": lambda: True,
+        "get_world_size": lambda group=None: 2,
+        "get_rank": lambda group=None: 0,
+        "get_backend": lambda group=None: "nccl",
+        "all_reduce": all_reduce,
+        "all_gather_object": all_gather_object,
+        "broadcast_object_list": lambda box, src=0: made.append("broadcast_object_list"),
+        "destroy_process_group": lambda group=None: None,
+    }
+    for name, fake in fakes.items():
+        monkeypatch.setattr(dist, name, fake)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", Unwrapped)
+    monkeypatch.setattr(distributed, "_barrier", lambda: made.append("barrier"))
+    agreed = distributed.agreed_minimum
+
+    def agreed_minimum(value: int, device: torch.device | str = "cpu") -> int:
+        agreed(value, device)  # its all-reduce, checked (on the meta device the minimum reads as 1)
+        return value
+
+    monkeypatch.setattr(distributed, "agreed_minimum", agreed_minimum)
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    return made
+
+
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory):
     """A 2-epoch PGD training run of the CNN made on the CPU, with real values, for the commands
@@ -125,8 +188,11 @@ COMMANDS = {
 # fmt: on
 
 
-@pytest.mark.parametrize("name", COMMANDS)
-def test_a_cuda_command_runs_on_another_device_without_mixing(name, cpu_run, tmp_path, meta_device, run_cli):
+#: the commands that share their work between the processes of a launch (the others refuse one)
+SHARED = [name for name in COMMANDS if COMMANDS[name][0] in ("entk", "train", "dynamics", "transfer")]
+
+
+def _run_on_the_device(name, cpu_run, tmp_path, meta_device, run_cli) -> None:
     resume = tmp_path / "resumed"
     shutil.copytree(cpu_run, resume)
     fields = {"ckpt": cpu_run / "checkpoints" / "epoch_002.pt", "run": cpu_run, "resume": resume}
@@ -136,6 +202,22 @@ def test_a_cuda_command_runs_on_another_device_without_mixing(name, cpu_run, tmp
     code, _, stderr = run_cli([*argv, "--device", "cuda", "--quiet", *out])
     assert code == 0, stderr
     assert meta_device["count"] > 0  # the compute ran on the meta device, not on the CPU
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_cuda_command_runs_on_another_device_without_mixing(name, cpu_run, tmp_path, meta_device, run_cli):
+    _run_on_the_device(name, cpu_run, tmp_path, meta_device, run_cli)
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_under_an_nccl_launch_every_collective_gets_a_tensor_on_the_device(
+    name, cpu_run, tmp_path, meta_device, nccl_launch, run_cli
+):
+    """The paths of a launch (each process's share of rows, batches and attacks; BatchNorm over
+    the whole batch; the kernel's all-reduce) on the device, and every tensor an all-reduce gets
+    there: the 2-process gloo tests cannot see a CPU tensor that NCCL would refuse."""
+    _run_on_the_device(name, cpu_run, tmp_path, meta_device, run_cli)
+    assert "all_reduce" in nccl_launch and "all_gather_object" in nccl_launch  # the launch's paths ran
 
 
 def test_crop_flip_draws_reach_the_device(meta_device):
