@@ -10,8 +10,8 @@ eigenvalue zero), False; so the commands run to their end. Their numbers mean no
 exit status and that the device was read from are checked. AutoAttack (pyautoattack) branches
 on its values and cannot run here; it is the only ``--device cuda`` path left out.
 
-The commands that share their work under torchrun run again as rank 0 of a launch of 2 NCCL
-processes (``nccl_launch``): their paths of a launch on the device, and every tensor handed to an
+The commands that share their work under torchrun run again as rank 0 and as rank 1 of a launch
+of 2 NCCL processes (``nccl_launch``): their paths of a launch on the device, and every tensor handed to an
 all-reduce there, as NCCL requires (gloo, which the 2-process tests use, takes CPU tensors and
 would not notice one left behind).
 
@@ -86,9 +86,9 @@ def meta_device(monkeypatch):
     return reads
 
 
-@pytest.fixture
-def nccl_launch(monkeypatch):
-    """This process as rank 0 of a torchrun launch of 2 NCCL processes, its collectives answered
+@pytest.fixture(params=[0, 1], ids=["rank 0", "rank 1"])
+def nccl_launch(monkeypatch, request):
+    """This process as rank 0 or 1 of a torchrun launch of 2 NCCL processes, its collectives answered
     here: an all-reduce leaves its tensor as it is (only shapes matter on the meta device) and
     refuses one that is not on the device, as NCCL does; the object collectives see 2 equal
     ranks; DistributedDataParallel is the net itself (its gradient all-reduce is torch's).
@@ -100,6 +100,7 @@ def nccl_launch(monkeypatch):
     from ntkrobust.bridge import distributed
 
     made: list[str] = []
+    rank = request.param
 
     def all_reduce(tensor: torch.Tensor, op: object = None) -> None:
         made.append("all_reduce")
@@ -121,7 +122,7 @@ def nccl_launch(monkeypatch):
     fakes = {
         "is_initialized": lambda: True,
         "get_world_size": lambda group=None: 2,
-        "get_rank": lambda group=None: 0,
+        "get_rank": lambda group=None: rank,
         "get_backend": lambda group=None: "nccl",
         "all_reduce": all_reduce,
         "all_gather_object": all_gather_object,
@@ -139,7 +140,7 @@ def nccl_launch(monkeypatch):
         return value
 
     monkeypatch.setattr(distributed, "agreed_minimum", agreed_minimum)
-    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+    for name, value in {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}.items():
         monkeypatch.setenv(name, value)
     return made
 
