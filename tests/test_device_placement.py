@@ -1,38 +1,108 @@
 """Every ``--device cuda`` path keeps its tensors on the device: checked without a GPU on torch's
 meta device, where tensors have shapes, dtypes and a device but no values.
 
-Each command runs through ``cli.main`` with ``--device cuda`` answered by the meta device. A
-tensor left on the CPU that meets one on the device raises there as it would on a GPU ("Expected
-all tensors to be on the same device"). Reads of a meta tensor's values (``.item()``,
-``.tolist()``, ``.cpu()``, ``.numpy()``, ``float``/``int``) answer ones, and ``bool`` True (all
-finite, say) or, where the command would take True for a degenerate input (an eigenvector of
-eigenvalue zero), False; so the commands run to their end. Their numbers mean nothing: only the
-exit status and that the device was read from are checked. AutoAttack (pyautoattack) branches
-on its values and cannot run here; it is the only ``--device cuda`` path left out.
+Each command runs through ``cli.main`` with ``--device cuda`` answered by the meta device, under
+``OneDevice``: a dispatch mode that refuses any op whose tensors (or generator) lie on two
+devices, as CUDA kernels do. (The meta device alone checks only some ops: ``mm``, ``conv2d`` and
+``index_select`` take a CPU operand there in silence, ``bmm`` and ``einsum`` even answer on the
+CPU.) Allowed, as on a GPU: copies between devices, CPU scalars (0-dim) and CPU index tensors
+of advanced indexing. Reads of a meta tensor's values answer ones (``.item()``, ``.tolist()``,
+``.cpu()``, ``float``/``int``) and True for ``bool`` (all finite, say) or, where the command would
+take True for a degenerate input (an eigenvector of eigenvalue zero), False; ``.numpy()`` raises,
+as it does for a CUDA tensor. So the commands run to their end; their numbers mean nothing.
 
 The commands that share their work under torchrun run again as rank 0 and as rank 1 of a launch
-of 2 NCCL processes (``nccl_launch``): their paths of a launch on the device, and every tensor handed to an
-all-reduce there, as NCCL requires (gloo, which the 2-process tests use, takes CPU tensors and
-would not notice one left behind).
+of 2 NCCL processes (``nccl_launch``): their paths of a launch on the device, every tensor handed
+to an all-reduce there, as NCCL requires (gloo, which the 2-process tests use, takes CPU tensors
+and would not notice one left behind), and the same collectives in the same order on both ranks
+(a collective that one rank skips leaves the other waiting).
 
-Before ``_upload.upload`` moved host draws to any device (it moved them to CUDA only), 8 of these
-13 commands failed here (every attack with a random start, TRADES', FGSM-noise's and TE's
-training steps) and so did crop-flip: a check that fails when a path leaves a tensor behind.
+Not reached here: AutoAttack (pyautoattack branches on its values: ``evaluate``'s default attacks,
+``train --final-eval autoattack``), TorchScript and ``.pt2`` targets, crop-flip through the
+command line (the digits' 8 pixels are too few; ``augment`` is checked on its own), the pinned
+non-blocking copy of ``_upload.upload`` (CUDA only; checked with a stand-in below), and what the
+meta device skips: ``torch.cuda``'s free memory and peak, DistributedDataParallel's own buckets.
+
+Before ``_upload.upload`` moved host draws to any device (it moved them to CUDA only, right on a
+GPU), 8 of these 13 commands failed here, and so did crop-flip: the check fails where a path
+leaves a tensor behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
+import pkgutil
 import shutil
 import sys
+import types
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 TASK = ["--data", "digits", "--n-train", "100", "--n-test", "30"]
 CNN = ["--model", "mnist-cnn", "--width", "4"]
 FEW_STEPS = ["--pgd-steps", "2", "--eval-pgd-steps", "2", "--full-eval-steps", "2", "--eval-n", "20"]
 RESNET = ["--model", "resnet18", "--width", "2"]
+
+
+aten = torch.ops.aten
+#: ops that move data between devices, as ``.to`` and ``copy_`` do on a GPU
+COPIES = {aten._to_copy.default, aten.copy_.default, aten._copy_from.default, aten._copy_from_and_resize.default}
+#: ops whose index tensors (their second argument) may stay on the CPU: a CUDA tensor takes them
+INDEXED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+
+
+class OneDevice(TorchDispatchMode):
+    """Refuses an op whose tensors or generator lie on two devices; counts the ops by the device
+    of their first output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in COPIES:
+            leaves = tree_leaves((args[:1], args[2:], kwargs) if func in INDEXED else (args, kwargs))
+            devices = {
+                leaf.device.type
+                for leaf in leaves
+                if isinstance(leaf, torch.Generator)
+                or (isinstance(leaf, torch.Tensor) and (leaf.device.type != "cpu" or leaf.dim() > 0))
+            }
+            if isinstance(kwargs.get("device"), torch.device):  # where a factory makes its tensor
+                devices.add(kwargs["device"].type)
+            if len(devices) > 1:
+                raise RuntimeError(f"{func} mixes devices: {sorted(devices)}")
+        out = func(*args, **kwargs)
+        first = next((leaf for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)), None)
+        if first is not None:
+            self.ops[first.device.type] = self.ops.get(first.device.type, 0) + 1
+        return out
+
+
+def test_one_device_refuses_what_cuda_refuses_and_allows_what_it_allows():
+    x, host = torch.zeros(3, 4, device="meta"), torch.zeros(4, 2)
+    refused = {
+        "mm": lambda: x @ host,
+        "einsum": lambda: torch.einsum("ij,jk->ik", x, host),
+        "conv2d": lambda: torch.nn.functional.conv2d(x[None, None], host[None, None, :2]),
+        "index_select": lambda: x.index_select(0, torch.tensor([0])),
+        "a CPU generator": lambda: torch.randn(3, device="meta", generator=torch.Generator()),
+    }
+    for op in refused.values():
+        op()  # the meta device alone lets each of them through
+        with OneDevice(), pytest.raises(RuntimeError, match="mixes devices"):
+            op()
+    with OneDevice() as mode:
+        x[torch.tensor([0, 2])], x * torch.tensor(2.0), host.to("meta"), x.copy_(torch.ones(3, 4))
+    assert mode.ops["meta"] == 4  # (and the index tensors and scalar made on the CPU)
 
 
 @pytest.fixture
@@ -51,7 +121,6 @@ def meta_device(monkeypatch):
         "item": lambda t: ones(t.reshape(())).item(),
         "tolist": lambda t: ones(t).tolist(),
         "cpu": ones,
-        "numpy": lambda t: ones(t).numpy(),
         "__float__": lambda t: float(ones(t)),
         "__int__": lambda t: int(ones(t)),
         "__index__": lambda t: int(ones(t)),
@@ -75,41 +144,48 @@ def meta_device(monkeypatch):
 
     monkeypatch.setattr(torch.Tensor, "to", moved)
 
+    numpy = torch.Tensor.numpy
+
+    def host_only(self, *args, **kwargs):
+        if self.device.type == "meta":  # as for a CUDA tensor: .cpu() first
+            raise TypeError(f"can't convert {self.device} device type tensor to numpy")
+        return numpy(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "numpy", host_only)
+
     real = _common.torch_device
 
     def torch_device(name: str) -> torch.device:
         return torch.device("meta") if name == "cuda" else real(name)
 
-    # every study that imported the function by name (their imports are of the module's top level)
+    # every study that imported the function by name: all of them imported first, so that none
+    # imported during the test keeps the stand-in after it
+    from ntkrobust import studies
+
+    for info in pkgutil.iter_modules(studies.__path__):
+        importlib.import_module(f"ntkrobust.studies.{info.name}")
     for module in [m for m in list(sys.modules.values()) if getattr(m, "torch_device", None) is real]:
         monkeypatch.setattr(module, "torch_device", torch_device)
-    return reads
+    # --quiet and a later rank quieten the package's logger for the process: restored after
+    logger = logging.getLogger("ntkrobust")
+    level = logger.level
+    yield reads
+    logger.setLevel(level)
 
 
-@pytest.fixture(params=[0, 1], ids=["rank 0", "rank 1"])
-def nccl_launch(monkeypatch, request):
-    """This process as rank 0 or 1 of a torchrun launch of 2 NCCL processes, its collectives answered
-    here: an all-reduce leaves its tensor as it is (only shapes matter on the meta device) and
-    refuses one that is not on the device, as NCCL does; the object collectives see 2 equal
-    ranks; DistributedDataParallel is the net itself (its gradient all-reduce is torch's).
-    Returns the list of the collectives made."""
+@pytest.fixture
+def nccl_launch(monkeypatch):
+    """``nccl_launch(rank)``: a context in which this process is that rank of a torchrun launch
+    of 2 NCCL processes, its collectives answered here; it gives the list of the collectives
+    made (name, and an all-reduce's shape, dtype and operation). An all-reduce leaves its tensor
+    as it is (only shapes matter on the meta device) and refuses one that is not on the device,
+    as NCCL does; the object collectives see 2 equal ranks; DistributedDataParallel is the net
+    itself (its gradient all-reduce is torch's)."""
     import torch.distributed as dist
     import torch.nn.parallel
 
     import ntkrobust.kernels._jax  # noqa: F401  (first: under a launch it would set this process's JAX up for one GPU)
     from ntkrobust.bridge import distributed
-
-    made: list[str] = []
-    rank = request.param
-
-    def all_reduce(tensor: torch.Tensor, op: object = None) -> None:
-        made.append("all_reduce")
-        if tensor.device.type != "meta":
-            raise RuntimeError(f"NCCL reduces tensors on GPUs only: an all-reduce of a tensor on {tensor.device}")
-
-    def all_gather_object(out: list, obj: object) -> None:
-        made.append("all_gather_object")
-        out[:] = [obj] * len(out)
 
     class Unwrapped(torch.nn.Module):
         def __init__(self, module: torch.nn.Module, **_: object) -> None:
@@ -119,30 +195,46 @@ def nccl_launch(monkeypatch, request):
         def forward(self, *args: object, **kwargs: object) -> object:
             return self.module(*args, **kwargs)
 
-    fakes = {
-        "is_initialized": lambda: True,
-        "get_world_size": lambda group=None: 2,
-        "get_rank": lambda group=None: rank,
-        "get_backend": lambda group=None: "nccl",
-        "all_reduce": all_reduce,
-        "all_gather_object": all_gather_object,
-        "broadcast_object_list": lambda box, src=0: made.append("broadcast_object_list"),
-        "destroy_process_group": lambda group=None: None,
-    }
-    for name, fake in fakes.items():
-        monkeypatch.setattr(dist, name, fake)
-    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", Unwrapped)
-    monkeypatch.setattr(distributed, "_barrier", lambda: made.append("barrier"))
     agreed = distributed.agreed_minimum
 
     def agreed_minimum(value: int, device: torch.device | str = "cpu") -> int:
         agreed(value, device)  # its all-reduce, checked (on the meta device the minimum reads as 1)
         return value
 
-    monkeypatch.setattr(distributed, "agreed_minimum", agreed_minimum)
-    for name, value in {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}.items():
-        monkeypatch.setenv(name, value)
-    return made
+    @contextlib.contextmanager
+    def launch(rank: int):
+        made: list[tuple] = []
+
+        def all_reduce(tensor: torch.Tensor, op: object = None) -> None:
+            made.append(("all_reduce", tuple(tensor.shape), tensor.dtype, str(op)))
+            if tensor.device.type != "meta":
+                raise RuntimeError(f"NCCL reduces tensors on GPUs only: an all-reduce of a tensor on {tensor.device}")
+
+        def all_gather_object(out: list, obj: object) -> None:
+            made.append(("all_gather_object",))
+            out[:] = [obj] * len(out)
+
+        fakes = {
+            "is_initialized": lambda: True,
+            "get_world_size": lambda group=None: 2,
+            "get_rank": lambda group=None: rank,
+            "get_backend": lambda group=None: "nccl",
+            "all_reduce": all_reduce,
+            "all_gather_object": all_gather_object,
+            "broadcast_object_list": lambda box, src=0: made.append(("broadcast_object_list",)),
+            "destroy_process_group": lambda group=None: None,
+        }
+        with monkeypatch.context() as patch:
+            for name, fake in fakes.items():
+                patch.setattr(dist, name, fake)
+            patch.setattr(torch.nn.parallel, "DistributedDataParallel", Unwrapped)
+            patch.setattr(distributed, "_barrier", lambda: made.append(("barrier",)))
+            patch.setattr(distributed, "agreed_minimum", agreed_minimum)
+            for name, value in {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}.items():
+                patch.setenv(name, value)
+            yield made
+
+    return launch
 
 
 @pytest.fixture(scope="module")
@@ -193,16 +285,19 @@ COMMANDS = {
 SHARED = [name for name in COMMANDS if COMMANDS[name][0] in ("entk", "train", "dynamics", "transfer")]
 
 
-def _run_on_the_device(name, cpu_run, tmp_path, meta_device, run_cli) -> None:
+def _run_on_the_device(name, cpu_run, tmp_path, meta_device, run_cli) -> OneDevice:
     resume = tmp_path / "resumed"
+    shutil.rmtree(resume, ignore_errors=True)  # each run resumes the same 2 epochs
     shutil.copytree(cpu_run, resume)
     fields = {"ckpt": cpu_run / "checkpoints" / "epoch_002.pt", "run": cpu_run, "resume": resume}
     argv = [arg.format(**fields) for arg in COMMANDS[name]]
     out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
     meta_device["truth"] = name not in FALSE_TRUTH
-    code, _, stderr = run_cli([*argv, "--device", "cuda", "--quiet", *out])
+    with OneDevice() as mode:
+        code, _, stderr = run_cli([*argv, "--device", "cuda", "--quiet", *out])
     assert code == 0, stderr
-    assert meta_device["count"] > 0  # the compute ran on the meta device, not on the CPU
+    assert mode.ops.get("meta", 0) > 100, mode.ops  # the compute ran on the device
+    return mode
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -211,14 +306,20 @@ def test_a_cuda_command_runs_on_another_device_without_mixing(name, cpu_run, tmp
 
 
 @pytest.mark.parametrize("name", SHARED)
-def test_under_an_nccl_launch_every_collective_gets_a_tensor_on_the_device(
+def test_under_an_nccl_launch_both_ranks_reduce_the_same_tensors_on_the_device(
     name, cpu_run, tmp_path, meta_device, nccl_launch, run_cli
 ):
     """The paths of a launch (each process's share of rows, batches and attacks; BatchNorm over
-    the whole batch; the kernel's all-reduce) on the device, and every tensor an all-reduce gets
-    there: the 2-process gloo tests cannot see a CPU tensor that NCCL would refuse."""
-    _run_on_the_device(name, cpu_run, tmp_path, meta_device, run_cli)
-    assert "all_reduce" in nccl_launch and "all_gather_object" in nccl_launch  # the launch's paths ran
+    the whole batch; the kernel's all-reduce) on the device, every tensor an all-reduce gets
+    there (the 2-process gloo tests cannot see a CPU tensor that NCCL would refuse), and the
+    same collectives on both ranks."""
+    made = []
+    for rank in (0, 1):
+        with nccl_launch(rank) as collectives:
+            _run_on_the_device(name, cpu_run, tmp_path / f"rank{rank}", meta_device, run_cli)
+        made.append(collectives)
+    assert any(c[0] == "all_reduce" for c in made[0]) and any(c[0] == "all_gather_object" for c in made[0])
+    assert made[0] == made[1]
 
 
 def test_crop_flip_draws_reach_the_device(meta_device):
@@ -226,4 +327,25 @@ def test_crop_flip_draws_reach_the_device(meta_device):
     from ntkrobust.bridge.augment import augment
 
     x = torch.rand(4, 3, 16, 16, device="meta")
-    assert augment(x, seed=0).device == x.device and augment(x, seed=0, shared=True).shape == x.shape
+    with OneDevice():
+        assert augment(x, seed=0).device == x.device and augment(x, seed=0, shared=True).shape == x.shape
+
+
+def test_upload_to_a_gpu_goes_through_pinned_memory_without_waiting(monkeypatch):
+    """The CUDA branch of ``_upload.upload``, which no CPU reaches: a stand-in for a CUDA tensor
+    (``is_cuda``, its device: here the meta device) and ``pin_memory`` recorded."""
+    from ntkrobust._upload import upload
+
+    pinned, to = [], torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
+    moves = []
+
+    def recorded_to(self, *args, **kwargs):
+        moves.append((args, kwargs))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recorded_to)
+    like = types.SimpleNamespace(is_cuda=True, device=torch.device("meta"), dtype=torch.float16)
+    out = upload(np.zeros((2, 3)), like=like)
+    assert (out.device.type, out.dtype, out.shape) == ("meta", torch.float16, (2, 3))
+    assert pinned == [(2, 3)] and moves == [((torch.device("meta"),), {"non_blocking": True})]
