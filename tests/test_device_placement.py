@@ -17,14 +17,15 @@ to an all-reduce there, as NCCL requires (gloo, which the 2-process tests use, t
 and would not notice one left behind), and the same collectives in the same order on both ranks
 (a collective that one rank skips leaves the other waiting).
 
-Not reached here: AutoAttack (pyautoattack branches on its values: ``evaluate``'s default attacks,
-``train --final-eval autoattack``), TorchScript and ``.pt2`` targets, crop-flip through the
-command line (the digits' 8 pixels are too few; ``augment`` is checked on its own), the pinned
-non-blocking copy of ``_upload.upload`` (CUDA only; checked with a stand-in below), and what the
-meta device skips: ``torch.cuda``'s free memory and peak, DistributedDataParallel's own buckets.
+Not reached here: AutoAttack (pyautoattack branches on its values: ``evaluate``'s default
+attacks, ``train --final-eval autoattack``), TorchScript targets (they cannot go to the meta
+device), crop-flip through the command line (the digits' 8 pixels are too few; ``augment`` is
+checked on its own), the pinned non-blocking copy of ``_upload.upload`` (CUDA only; checked with
+a stand-in below), and what the meta device skips: ``torch.cuda``'s free memory and peak,
+DistributedDataParallel's own buckets.
 
 Before ``_upload.upload`` moved host draws to any device (it moved them to CUDA only, right on a
-GPU), 8 of these 13 commands failed here, and so did crop-flip: the check fails where a path
+GPU), 9 of these 14 commands failed here, and so did crop-flip: the check fails where a path
 leaves a tensor behind.
 """
 
@@ -246,6 +247,13 @@ def cpu_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cpu") / "run"
     argv = ["train", *TASK, *CNN, "--mode", "pgd", *PGD, "--epochs", "2", "--track-kernel", "10"]
     assert cli.main([*argv, "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    # the run's net as an exported program with a dynamic batch (its weights outside the module tree)
+    from ntkrobust.bridge.checkpoint import load_checkpoint
+
+    model = load_checkpoint(out / "checkpoints" / "epoch_002.pt")[0].eval()
+    batch = {0: torch.export.Dim("batch")}
+    program = torch.export.export(model, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=(batch,))
+    torch.export.save(program, out.parent / "net.pt2")
     return out
 
 
@@ -277,6 +285,8 @@ COMMANDS = {
     "transfer with an eNTK surrogate": ["transfer", *TASK, "--target", "{ckpt}", "--surrogate", "mnist-cnn:4",
                                         "--surrogate-n", "20"],
     "evaluate, PGD and CW": ["evaluate", "{ckpt}", *TASK, "--eps", "0.1", "--attacks", "pgd-20,cw-100"],
+    "evaluate, an exported program": ["evaluate", "{exported}", "--trust-model-code", *TASK, "--eps", "0.1",
+                                      "--attacks", "pgd-20"],
 }
 # fmt: on
 
@@ -289,7 +299,8 @@ def _run_on_the_device(name, cpu_run, tmp_path, meta_device, run_cli) -> OneDevi
     resume = tmp_path / "resumed"
     shutil.rmtree(resume, ignore_errors=True)  # each run resumes the same 2 epochs
     shutil.copytree(cpu_run, resume)
-    fields = {"ckpt": cpu_run / "checkpoints" / "epoch_002.pt", "run": cpu_run, "resume": resume}
+    fields = {"ckpt": cpu_run / "checkpoints" / "epoch_002.pt", "run": cpu_run, "resume": resume,
+              "exported": cpu_run.parent / "net.pt2"}  # fmt: skip
     argv = [arg.format(**fields) for arg in COMMANDS[name]]
     out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
     meta_device["truth"] = name not in FALSE_TRUTH
