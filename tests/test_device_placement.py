@@ -19,14 +19,13 @@ and would not notice one left behind), and the same collectives in the same orde
 
 Not reached here: AutoAttack (pyautoattack branches on its values: ``evaluate``'s default
 attacks, ``train --final-eval autoattack``), TorchScript targets (they cannot go to the meta
-device), crop-flip through the command line (the digits' 8 pixels are too few; ``augment`` is
-checked on its own), the pinned non-blocking copy of ``_upload.upload`` (CUDA only; checked with
+device), the pinned non-blocking copy of ``_upload.upload`` (CUDA only; checked with
 a stand-in below), and what the meta device skips: ``torch.cuda``'s free memory and peak,
 DistributedDataParallel's own buckets.
 
 Before ``_upload.upload`` moved host draws to any device (it moved them to CUDA only, right on a
-GPU), 9 of these 14 commands failed here, and so did crop-flip: the check fails where a path
-leaves a tensor behind.
+GPU), 10 of these 15 commands failed here, and so did crop-flip alone: the check fails where a
+path leaves a tensor behind.
 """
 
 from __future__ import annotations
@@ -254,6 +253,12 @@ def cpu_run(tmp_path_factory):
     batch = {0: torch.export.Dim("batch")}
     program = torch.export.export(model, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=(batch,))
     torch.export.save(program, out.parent / "net.pt2")
+    # colour images of 16 pixels, enough for crop-flip's padding of 4 (the digits have 8)
+    rng = np.random.default_rng(0)
+    images = {split: rng.random((n, 3, 16, 16), dtype=np.float32) for split, n in (("train", 40), ("test", 20))}
+    labels = {split: np.arange(len(images[split])) % 4 for split in images}
+    np.savez(out.parent / "colour.npz", **{f"{a}_{split}": (images if a == "x" else labels)[split]
+                                           for a in "xy" for split in images})  # fmt: skip
     return out
 
 
@@ -285,6 +290,8 @@ COMMANDS = {
     "transfer with an eNTK surrogate": ["transfer", *TASK, "--target", "{ckpt}", "--surrogate", "mnist-cnn:4",
                                         "--surrogate-n", "20"],
     "evaluate, PGD and CW": ["evaluate", "{ckpt}", *TASK, "--eps", "0.1", "--attacks", "pgd-20,cw-100"],
+    "train, crop-flip on colour images": ["train", "--data", "{colour}", "--model", "fc2", "--width", "16",
+                                          "--mode", "pgd", *PGD, "--epochs", "1", "--augment", "crop-flip"],
     "evaluate, an exported program": ["evaluate", "{exported}", "--trust-model-code", *TASK, "--eps", "0.1",
                                       "--attacks", "pgd-20"],
 }
@@ -300,7 +307,7 @@ def _run_on_the_device(name, cpu_run, tmp_path, meta_device, run_cli) -> OneDevi
     shutil.rmtree(resume, ignore_errors=True)  # each run resumes the same 2 epochs
     shutil.copytree(cpu_run, resume)
     fields = {"ckpt": cpu_run / "checkpoints" / "epoch_002.pt", "run": cpu_run, "resume": resume,
-              "exported": cpu_run.parent / "net.pt2"}  # fmt: skip
+              "exported": cpu_run.parent / "net.pt2", "colour": cpu_run.parent / "colour.npz"}  # fmt: skip
     argv = [arg.format(**fields) for arg in COMMANDS[name]]
     out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
     meta_device["truth"] = name not in FALSE_TRUTH
@@ -334,7 +341,7 @@ def test_under_an_nccl_launch_both_ranks_reduce_the_same_tensors_on_the_device(
 
 
 def test_crop_flip_draws_reach_the_device(meta_device):
-    """Crop-flip needs sides of 16 pixels, more than the digits' 8: on its own."""
+    """Crop-flip alone, per image and with one draw for the batch (``--augment-shared``)."""
     from ntkrobust.bridge.augment import augment
 
     x = torch.rand(4, 3, 16, 16, device="meta")
