@@ -291,7 +291,8 @@ COMMANDS = {
                                         "--surrogate-n", "20"],
     "evaluate, PGD and CW": ["evaluate", "{ckpt}", *TASK, "--eps", "0.1", "--attacks", "pgd-20,cw-100"],
     "train, crop-flip on colour images": ["train", "--data", "{colour}", "--model", "fc2", "--width", "16",
-                                          "--mode", "pgd", *PGD, "--epochs", "1", "--augment", "crop-flip"],
+                                          "--mode", "pgd", *PGD, "--epochs", "1", "--augment", "crop-flip",
+                                          "--track-kernel", "4"],
     "evaluate, an exported program": ["evaluate", "{exported}", "--trust-model-code", *TASK, "--eps", "0.1",
                                       "--attacks", "pgd-20"],
 }
