@@ -4,8 +4,10 @@ and distributed training equals one process's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +39,61 @@ def _kernels(budget: int = BUDGET) -> dict[str, np.ndarray]:
     return found
 
 
-def _rank_main(rank: int, world: int, port: int, out: str) -> None:
+@contextlib.contextmanager
+def _in_group(rank: int, world: int, port: int) -> Iterator[None]:
+    """This process as ``rank`` of a gloo group of ``world``. The body done, it leaves as the
+    command line does (``distributed.leave``: the unreachable nets collected, a barrier, the
+    teardown): a DistributedDataParallel wrapper freed after its group, at exit, or a process
+    tearing its connections down while another still held them, aborted a process. After a
+    failure it leaves at once (the other may never reach the barrier)."""
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
     distributed.init_from_environment()
     try:
+        yield
+    except BaseException:
+        torch.distributed.destroy_process_group()
+        raise
+    distributed.leave()
+
+
+def test_leaving_frees_what_a_cycle_keeps_while_the_group_is_there() -> None:
+    """``distributed.leave`` collects before its teardown: an object in a reference cycle (as a
+    DistributedDataParallel wrapper can be) is freed while its group still exists, not at exit,
+    where freeing a DDP wrapper after its group aborted a process (the ``_in_group`` note)."""
+    import gc
+
+    freed: list[bool] = []
+
+    class Cyclic:
+        def __init__(self) -> None:
+            self.me = self
+
+        def __del__(self) -> None:
+            freed.append(torch.distributed.is_initialized())
+
+    init = f"tcp://127.0.0.1:{_free_port()}"
+    torch.distributed.init_process_group("gloo", init_method=init, rank=0, world_size=1)
+    collecting = gc.isenabled()
+    gc.disable()  # no collection but leave's
+    try:
+        Cyclic()
+        assert freed == []
+        distributed.leave()
+    finally:
+        if collecting:
+            gc.enable()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert freed == [True]  # freed, and while the group was there
+
+
+def _rank_main(rank: int, world: int, port: int, out: str) -> None:
+    with _in_group(rank, world, port):
         assert distributed.active() and distributed.world_size() == world
         # each rank its own budget, as each GPU's free memory gives: they cut the passes from the
         # smallest (a larger one cuts fewer groups: its share of another list would be wrong)
         kernels = _kernels(BUDGET * (1 + 3 * rank))
         np.savez(Path(out) / f"rank{rank}.npz", **kernels)
-        # every process gets here before the group goes: one tearing its gloo connections down
-        # while the other still holds them aborted that one once in a full run
-        torch.distributed.barrier()
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def _torchrun(processes: int) -> list[str]:
@@ -181,10 +224,8 @@ def test_two_nodes_through_the_rendezvous_flags(tmp_path: Path) -> None:
 def _main_first_rank(rank: int, world: int, port: int, out: str) -> None:
     import time
 
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
-    distributed.init_from_environment()
     folder = Path(out)
-    try:
+    with _in_group(rank, world, port):
         with distributed.main_first():  # a slow writer: rank 1 must find the whole file
             if rank == 0:
                 time.sleep(1.0)
@@ -198,8 +239,6 @@ def _main_first_rank(rank: int, world: int, port: int, out: str) -> None:
                 (folder / "released.txt").write_text("yes")
         except OSError:
             pass
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def test_rank_zero_goes_first_and_releases_the_others_when_it_fails(tmp_path: Path) -> None:
@@ -366,17 +405,10 @@ def _train_two_epochs(case: Case, replicate: bool) -> tuple[dict[str, np.ndarray
 
 
 def _training_rank(rank: int, world: int, port: int, out: str) -> None:
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
-    distributed.init_from_environment()
-    try:
+    with _in_group(rank, world, port):
         for case in CASES:
             weights, losses = _train_two_epochs(case, replicate=True)
             np.savez(Path(out) / f"{_case_name(case)}-rank{rank}.npz", losses=np.array(losses), **weights)
-        # every process gets here before the group goes: one tearing its gloo connections down
-        # while the other still holds them aborted that one once in a full run
-        torch.distributed.barrier()
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def test_two_processes_train_to_the_weights_of_one(tmp_path: Path) -> None:
@@ -396,26 +428,26 @@ def test_two_processes_train_to_the_weights_of_one(tmp_path: Path) -> None:
                     np.testing.assert_allclose(found[key], value, rtol=1e-10, atol=1e-12, err_msg=f"{name} {key}")
 
 
-def _diverging_rank(rank: int, world: int, port: int, out: str) -> None:
+def _diverging_outcome() -> str:
+    """How one epoch on this process's share ends, where the second share holds an infinite row."""
     from ntkrobust.bridge.training import TrainConfig, make_optimizer, replicated, train_epoch
 
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
-    distributed.init_from_environment()
+    model = build_model(model_config("fc2", (1, 8, 8), 3, width=8, seed=0))
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    x[-1] = float("inf")  # a row of the second process's share: its loss alone is not finite
+    y = torch.arange(8) % 3
+    config = TrainConfig(mode="standard", epochs=1, batch_size=8)  # one batch: every step is read
+    model, replica = replicated(model, torch.device("cpu"))
     try:
-        model = build_model(model_config("fc2", (1, 8, 8), 3, width=8, seed=0))
-        x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-        x[-1] = float("inf")  # a row of the second process's share: its loss alone is not finite
-        y = torch.arange(8) % 3
-        config = TrainConfig(mode="standard", epochs=1, batch_size=8)  # one batch: every step is read
-        model, replica = replicated(model, torch.device("cpu"))
-        try:
-            train_epoch(model, make_optimizer(model, config), x, y, config, 1, replica=replica)
-            outcome = "finished"
-        except FloatingPointError as error:
-            outcome = str(error)
-        (Path(out) / f"rank{rank}.txt").write_text(outcome)
-    finally:
-        torch.distributed.destroy_process_group()
+        train_epoch(model, make_optimizer(model, config), x, y, config, 1, replica=replica)
+    except FloatingPointError as error:
+        return str(error)
+    return "finished"
+
+
+def _diverging_rank(rank: int, world: int, port: int, out: str) -> None:
+    with _in_group(rank, world, port):
+        (Path(out) / f"rank{rank}.txt").write_text(_diverging_outcome())
 
 
 def test_a_loss_that_diverges_on_one_process_stops_every_process(tmp_path: Path) -> None:
@@ -567,15 +599,8 @@ def _evaluation() -> dict[str, np.ndarray]:
 
 
 def _evaluation_rank(rank: int, world: int, port: int, out: str) -> None:
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(world)}
-    distributed.init_from_environment()
-    try:
+    with _in_group(rank, world, port):
         np.savez(Path(out) / f"evaluation-rank{rank}.npz", **_evaluation())
-        # every process gets here before the group goes: one tearing its gloo connections down
-        # while the other still holds them aborted that one once in a full run
-        torch.distributed.barrier()
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def test_two_processes_evaluate_their_shares_to_the_accuracies_of_one(tmp_path: Path) -> None:
