@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import platform
 import time
@@ -33,6 +34,7 @@ __all__ = [
     "check_out_dir",
     "checked_together",
     "envelope",
+    "number_text",
     "peak_gpu_memory",
     "restart_gpu_peak",
     "versions",
@@ -59,6 +61,12 @@ def changed_flags(settings: Any, names: Sequence[str], flags: dict[str, str] | N
     defaults = {f.name: f.default for f in fields(settings)}
     spelled = flags or {}
     return [spelled.get(n, "--" + n.replace("_", "-")) for n in names if getattr(settings, n) != defaults[n]]
+
+
+def number_text(value: float | None, digits: int) -> str:
+    """``value`` to ``digits`` decimals; "undefined" where there is none (None, or not finite: a
+    measure with nothing to measure, such as τ where the own attack lowers no accuracy)."""
+    return f"{value:.{digits}f}" if value is not None and math.isfinite(value) else "undefined"
 
 
 def flags_do(flags: Sequence[str], verb: str) -> str:

@@ -27,6 +27,7 @@ from ntkrobust.studies._base import (
     changed_flags,
     checked_together,
     envelope,
+    number_text,
     warn,
 )
 from ntkrobust.studies._common import (
@@ -93,17 +94,12 @@ class TransferResult(StudyResult):
         lines = []
         for r in self.record["targets"]:
             black = ", ".join(f"{n} {r['transfer_accuracy'][n]:.3f}" for n in black_box)
-            tau = ", ".join(f"{n} {_tau_text(r['transferability'].get(n))}" for n in black_box)
+            tau = ", ".join(f"{n} {number_text(r['transferability'].get(n), 2)}" for n in black_box)
             lines.append(
                 f"{r['name']}: clean {r['clean_accuracy']:.3f}, own {method} {r['white_box_accuracy']:.3f}, "
                 f"random sign {r['random_accuracy']:.3f}" + (f", {black}; tau {tau}" if black else "")
             )
         return "\n".join(lines)
-
-
-def _tau_text(tau: float | None) -> str:
-    """τ to two decimals; "undefined" where the own attack did not lower the accuracy."""
-    return f"{tau:.2f}" if tau is not None and math.isfinite(tau) else "undefined"
 
 
 def _surrogate_configs(settings: TransferSettings, data: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust.attacks.spec import NET_METHODS
-from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
+from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, number_text, warn
 from ntkrobust.studies._common import DataSettings, ThreatSettings, check_unique, torch_device
 
 
@@ -75,17 +75,11 @@ class TwoLayerResult(StudyResult):
         method = self.record["config"]["attack"]["method"]
         return "\n".join(
             f"two-layer width {net['width']} seed {net['seed']} after {self.record['config']['epochs']} epochs: "
-            f"gradient cosine {_cosine_text(net['gradient_cosine'])}; accuracy clean {net['clean_accuracy']:.3f}, "
+            f"gradient cosine {number_text(net['gradient_cosine'], 3)}; accuracy clean {net['clean_accuracy']:.3f}, "
             f"own {method} {net['white_box_accuracy']:.3f}, NTK {method} {net['ntk_attack_accuracy']:.3f}, "
             f"random sign {net['random_accuracy']:.3f}"
             for net in self.record["nets"]
         )
-
-
-def _cosine_text(cosine: float | None) -> str:
-    """The mean gradient cosine to three decimals; "undefined" where no example had a non-zero
-    gradient from both the net and the NTK machine (``bridge.transfer.cosine_summary``)."""
-    return "undefined" if cosine is None else f"{cosine:.3f}"
 
 
 def picture_epochs(epochs: Sequence[int]) -> list[int]:
