@@ -552,7 +552,7 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=_positive_int,
         default=250,
-        help="points per AutoAttack batch (default 250; PGD and CW run in 256s)",
+        help="points per AutoAttack run (default 250), each seeded by its first row; PGD and CW run in 256s",
     )
     g.add_argument(
         "--trust-model-code",

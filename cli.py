@@ -187,7 +187,7 @@ def _check_output(args: argparse.Namespace) -> None:
 
 
 #: the commands that share their work between the processes of a torchrun launch
-DISTRIBUTED_COMMANDS = ("entk", "train", "transfer", "dynamics")
+DISTRIBUTED_COMMANDS = ("entk", "train", "transfer", "dynamics", "evaluate")
 
 
 def _rank_in_launch() -> int | None:

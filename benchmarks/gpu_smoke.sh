@@ -144,9 +144,23 @@ if { [ "$DEVICE" = cuda ] && [ "$GPUS" -ge 2 ]; } || { [ "$DEVICE" = cpu ] && [ 
   run train-resnet-bn-standard train "${D[@]}" "${RESNET[@]}"
   run train-pgd-float32 train "${D[@]}" "${PGD[@]}"
   run entk-resnet18-float32 entk "${D[@]}" "${ENTK[@]}"
+  # RobustBench's attacks with AutoAttack's runs of 50 points shared by 2 processes, against one.
+  # On CPUs the one process takes one thread, as torchrun gives each of its processes: the same
+  # arithmetic, so the same verdicts (a thread count of its own would round differently, and an
+  # attack's sign steps can turn that into a point won or lost)
+  EVALUATE=("$OUT/train-pgd/checkpoints/epoch_003.pt" "${D[@]}" --eps 0.1 --n-test 200 --batch-size 50)
+  EVALUATE+=(--attacks "pgd-20,$([ -z "$AUTOATTACK_MISSING" ] && echo autoattack || echo cw-100)")
+  OMP_NUM_THREADS=1 run evaluate-float32 evaluate "${EVALUATE[@]}"
   N=("$PY" -m torch.distributed.run --nproc-per-node 2 -m ntkrobust)
   run train-pgd-float32-2gpu train "${D[@]}" "${PGD[@]}"
   run train-resnet-bn-standard-2gpu train "${D[@]}" "${RESNET[@]}"
+  run evaluate-float32-2gpu evaluate "${EVALUATE[@]}"
+  "$PY" - "$OUT/evaluate-float32/results.json" "$OUT/evaluate-float32-2gpu/results.json" <<'PY'
+import json, sys
+one, two = (json.load(open(path))["nets"][0]["accuracy"] for path in sys.argv[1:])
+print("  evaluate-float32-2gpu: " + ", ".join(f"{name} 1 GPU {one[name]:.3f}, 2 GPUs {two[name]:.3f}" for name in one)
+      + " (equal on CPUs; on GPUs a point or so apart where rounding moved an attack's step)")
+PY
   # the eNTK shared by 2 processes (one all-reduce over NCCL) against one GPU's kernel
   run entk-resnet18-float32-2gpu entk "${D[@]}" "${ENTK[@]}"
   "$PY" - "$OUT/entk-resnet18-float32/kernel.npz" "$OUT/entk-resnet18-float32-2gpu/kernel.npz" <<'PY'

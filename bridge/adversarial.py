@@ -58,21 +58,19 @@ def predicted_index(logits: torch.Tensor) -> torch.Tensor:
     return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
 
 
-def _batches(n: int, batch_size: int, across_processes: bool) -> list[int]:
-    """Start rows of the batches this process computes: all of them, or under torchrun with
-    ``across_processes`` its round-robin share. The batches (and each one's seed) are those of one
-    process, so a batch's result does not depend on the number of processes."""
-    starts = list(range(0, n, batch_size))
-    return distributed.share(starts) if across_processes else starts
-
-
-def _assembled(full: torch.Tensor, parts: dict[int, torch.Tensor], across_processes: bool) -> torch.Tensor:
-    """``full`` (zeros) with every batch's result at its rows; under torchrun with ``across_processes`` the
-    processes' batches are summed into it, so every process holds every row (adding zeros is
-    exact)."""
-    for start, part in parts.items():
-        full[start : start + part.shape[0]] = part
-    return distributed.all_reduce_sum(full) if across_processes else full
+def in_batches(
+    compute: Callable[[slice], torch.Tensor], out: torch.Tensor, *, batch_size: int, across_processes: bool = False
+) -> torch.Tensor:
+    """``out`` (zeros, one row per point) with ``compute(rows)`` at the rows of every batch of
+    ``batch_size``; a batch's seed should come from ``rows.start``, so that its result depends on
+    its rows alone. Under torchrun with ``across_processes`` each process computes its round-robin
+    share of the batches and one all-reduce sums them into ``out`` (adding zeros is exact): every
+    process holds every row, the same rows as one process computes."""
+    starts = list(range(0, out.shape[0], batch_size))
+    for start in distributed.share(starts) if across_processes else starts:
+        rows = slice(start, start + batch_size)
+        out[rows] = compute(rows)
+    return distributed.all_reduce_sum(out) if across_processes else out
 
 
 @torch.no_grad()
@@ -81,9 +79,12 @@ def predict(
 ) -> torch.Tensor:
     """Predicted output indices (B,), in batches (``across_processes``: the batches split between the
     processes of a torchrun launch, every process gets all the predictions)."""
-    starts = _batches(x.shape[0], batch_size, across_processes)
-    parts = {i: predicted_index(model(x[i : i + batch_size])) for i in starts}
-    return _assembled(torch.zeros(x.shape[0], dtype=torch.long, device=x.device), parts, across_processes)
+    return in_batches(
+        lambda rows: predicted_index(model(x[rows])),
+        torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
+        batch_size=batch_size,
+        across_processes=across_processes,
+    )
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
@@ -118,25 +119,17 @@ def adversarial_examples(
     if method == "pgd" and step is None:
         raise ValueError("pgd needs a step size")
     gradient = cross_entropy_gradient(model) if loss is None else input_gradient(model, loss)
-    parts = {}
-    for i in _batches(x.shape[0], batch_size, across_processes):
-        batch = slice(i, i + batch_size)
+
+    def attacked(rows: slice) -> torch.Tensor:
         if method == "fgsm":
-            parts[i] = fgsm(gradient, x[batch], y[batch], eps=eps, norm=norm)
-        else:
-            assert step is not None
-            parts[i] = pgd(
-                gradient,
-                x[batch],
-                y[batch],
-                eps=eps,
-                step=step,
-                steps=steps,
-                norm=norm,
-                random_start=random_start,
-                seed=seed + i,
-            )
-    return _assembled(torch.zeros_like(x), parts, across_processes)
+            return fgsm(gradient, x[rows], y[rows], eps=eps, norm=norm)
+        assert step is not None
+        return pgd(
+            gradient, x[rows], y[rows], eps=eps, step=step, steps=steps, norm=norm, random_start=random_start,
+            seed=seed + rows.start,
+        )  # fmt: skip
+
+    return in_batches(attacked, torch.zeros_like(x), batch_size=batch_size, across_processes=across_processes)
 
 
 def attack_examples(

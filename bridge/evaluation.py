@@ -7,9 +7,17 @@
   cross-entropy's gradient vanishes.
 - ``autoattack``: the standard version of Croce & Hein (2020), APGD-CE, APGD-T, FAB-T and Square
   (5000 queries), run by their reference code (the registry's ``pyautoattack``), with as many
-  target classes as the task has wrong classes (at most 9). A net with one output (a binary task,
-  f > 0 for the second class) is attacked through the two logits (−f/2, f/2), whose softmax is
-  the same.
+  target classes as the task has wrong classes (at most 9). Where the task has too few classes
+  for a part of it (``autoattack_attacks``): with 2, the untargeted APGD-CE, FAB and Square; with
+  3, APGD-T's targeted DLR loss divides by z_π1 − (z_π3 + z_π4)/2 and needs a fourth logit
+  (pyautoattack fails with an IndexError; fra31/auto-attack issue 70), so the untargeted APGD-DLR
+  (z_π1 − z_π3, defined for 3) takes its place beside APGD-CE, FAB-T and Square. A net with one
+  output (a binary task, f > 0 for the second class) is attacked through the two logits
+  (−f/2, f/2), whose softmax is the same.
+
+Every attack runs in batches whose random draws are seeded by ``seed`` + the batch's first row
+(AutoAttack: a run of its own per batch of ``batch_size`` points), so a point's verdict does not
+depend on how many processes share the batches (``across_processes``, under torchrun).
 
 Every attack is judged per point: ``robust_correct`` returns boolean arrays (point still
 classified correctly), and the worst case over the attacks counts a point only if it survives all
@@ -32,9 +40,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkrobust.attacks import evaluation_schedule
-from ntkrobust.bridge.adversarial import adversarial_examples, predict
+from ntkrobust.bridge.adversarial import adversarial_examples, in_batches, predict
 
-__all__ = ["EVALUATION_ATTACKS", "MASKING_GAP", "accuracies", "cw_margin_loss", "masking_suspected", "robust_correct"]
+__all__ = [
+    "EVALUATION_ATTACKS",
+    "MASKING_GAP",
+    "accuracies",
+    "autoattack_attacks",
+    "cw_margin_loss",
+    "masking_suspected",
+    "robust_correct",
+]
 
 EVALUATION_ATTACKS = ("pgd-20", "pgd-100", "cw-100", "autoattack")
 #: κ of the margin loss: large enough never to bind before the point is misclassified
@@ -63,8 +79,8 @@ class _TwoLogits(nn.Module):
         return torch.cat([-f / 2, f / 2], dim=1)
 
 
-def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    return (predict(model, x) == y).cpu().numpy()
+def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, across_processes: bool) -> np.ndarray:
+    return (predict(model, x, across_processes=across_processes) == y).cpu().numpy()
 
 
 def _pgd_correct(
@@ -76,42 +92,80 @@ def _pgd_correct(
     steps: int,
     channels: int,
     seed: int,
+    across_processes: bool,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> np.ndarray:
     step, steps = evaluation_schedule(channels, eps, steps)
-    x_adv = adversarial_examples(model, x, y, method="pgd", eps=eps, step=step, steps=steps, seed=seed, loss=loss)
-    return _correct(model, x_adv, y)
+    x_adv = adversarial_examples(
+        model, x, y, method="pgd", eps=eps, step=step, steps=steps, seed=seed, loss=loss,
+        across_processes=across_processes,
+    )  # fmt: skip
+    return _correct(model, x_adv, y, across_processes)
+
+
+def autoattack_attacks(classes: int) -> list[str]:
+    """The parts of AutoAttack's standard version (pyautoattack's names) run against a net with
+    ``classes`` logits: APGD-CE, APGD-T, FAB-T and Square where the task has 4 classes or more;
+    with 3, the untargeted APGD-DLR for APGD-T (whose loss needs a fourth logit); with 2, no
+    class to target beyond the one wrong class: the untargeted APGD-CE, FAB and Square."""
+    if classes == 2:
+        return ["apgd-ce", "fab", "square"]
+    return ["apgd-ce", "apgd-dlr" if classes == 3 else "apgd-t", "fab-t", "square"]
 
 
 def _autoattack_correct(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, seed: int, batch_size: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    seed: int,
+    batch_size: int,
+    across_processes: bool,
 ) -> np.ndarray:
+    """AutoAttack on each batch of ``batch_size`` points as a run of its own, seeded by
+    ``seed`` + its first row: a point's verdict depends on its batch alone, so the batches can be
+    shared between the processes of a torchrun launch (each of AutoAttack's attacks reseeds
+    torch's generator per batch anyway). For at most ``batch_size`` points, one run with ``seed``:
+    exactly AutoAttack's ``run_standard_evaluation``."""
     from pyautoattack import AutoAttack
 
     classes = int(model(x[:1]).shape[1])
     attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
     attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = min(9, classes - 1)
-    if classes == 2:  # no class to target beyond the one wrong class: the untargeted attacks
-        attack.attacks_to_run = ["apgd-ce", "fab", "square"]
-    with _autoattack_progress():
-        x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=batch_size)
-    return _correct(model, x_adv, y)
+    attack.attacks_to_run = autoattack_attacks(classes)
+
+    def survived(rows: slice) -> torch.Tensor:
+        attack.seed = seed + rows.start  # each attack takes its seed from here (AutoAttack.get_seed)
+        points = f"points {rows.start}-{rows.start + x[rows].shape[0] - 1} of {x.shape[0]}"
+        with _autoattack_progress(points if x.shape[0] > batch_size else None):
+            x_adv, _ = attack.run_standard_evaluation(x[rows], y[rows], batch_size=batch_size)
+        return (predict(model, x_adv) == y[rows]).long()
+
+    flags = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    return in_batches(survived, flags, batch_size=batch_size, across_processes=across_processes).bool().cpu().numpy()
 
 
 class _Forward(logging.Handler):
     """AutoAttack's own account of its attacks (a line per attack and batch, at DEBUG level),
     passed on as progress lines of the ``ntkrobust`` logger: its runs take minutes on a CPU."""
 
+    def __init__(self, points: str | None) -> None:
+        super().__init__()
+        self.prefix = "AutoAttack" if points is None else f"AutoAttack, {points}"
+
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if "successfully perturbed" in message or message.startswith("robust accuracy after"):
-            logging.getLogger("ntkrobust").info(f"AutoAttack: {message}")
+            logging.getLogger("ntkrobust").info(f"{self.prefix}: {message}")
 
 
 @contextlib.contextmanager
-def _autoattack_progress() -> Iterator[None]:
+def _autoattack_progress(points: str | None) -> Iterator[None]:
+    """AutoAttack's progress lines as the ``ntkrobust`` logger's, labelled with the ``points`` a
+    run attacks when it is one of several."""
     logger = logging.getLogger("auto-attack")
-    handler, saved = _Forward(), (logger.level, logger.propagate)
+    handler, saved = _Forward(points), (logger.level, logger.propagate)
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False  # its other lines (checks, versions) are not the user's business
@@ -134,9 +188,13 @@ def robust_correct(
     seed: int = 0,
     batch_size: int = 250,
     on_attack: Callable[[str, float], None] | None = None,
+    across_processes: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per point, whether ``model`` (eval mode) still classifies it correctly: ``clean`` and
-    under each of ``attacks`` (ℓ∞, radius ``eps``); ``on_attack(name, accuracy)`` after each."""
+    under each of ``attacks`` (ℓ∞, radius ``eps``); ``on_attack(name, accuracy)`` after each.
+    ``across_processes``: under torchrun every attack's batches are shared between the processes,
+    and every process gets every point's verdict, the one a single process finds (the batches and
+    their seeds do not depend on the number of processes)."""
     unknown = [a for a in attacks if a not in EVALUATION_ATTACKS]
     if unknown:
         raise ValueError(f"unknown evaluation attack {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
@@ -145,14 +203,19 @@ def robust_correct(
         two_logits = model(x[:1]).shape[1] == 1
     net = _TwoLogits(model).eval() if two_logits else model
     y = y.long()
-    result = {"clean": _correct(net, x, y)}
+    result = {"clean": _correct(net, x, y, across_processes)}
     for name in attacks:
         if name == "autoattack":
-            result[name] = _autoattack_correct(net, x, y, eps=eps, seed=seed, batch_size=batch_size)
+            result[name] = _autoattack_correct(
+                net, x, y, eps=eps, seed=seed, batch_size=batch_size, across_processes=across_processes
+            )
         else:
             method, steps = name.split("-")
             loss = cw_margin_loss if method == "cw" else None
-            result[name] = _pgd_correct(net, x, y, eps=eps, steps=int(steps), channels=channels, seed=seed, loss=loss)
+            result[name] = _pgd_correct(
+                net, x, y, eps=eps, steps=int(steps), channels=channels, seed=seed, loss=loss,
+                across_processes=across_processes,
+            )  # fmt: skip
         if on_attack is not None:
             on_attack(name, float(result[name].mean()))
     return result

@@ -4,6 +4,9 @@ data, with a flag where AutoAttack finds the gradient attacks misled (gradient m
 
 Nets are named as ``transfer``'s targets: checkpoints of this tool, ``MODEL[:WIDTH]=STATE_DICT``,
 and, with ``trust_model_code``, TorchScript / .pt2 files. Outputs: ``results.json``.
+
+Under torchrun every process loads the data and the nets, attacks its share of every attack's
+batches and gets every point's verdict (``bridge.evaluation``): the accuracies of one process.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ntkrobust.studies._base import Clock, StudyError, StudyResult, envelope, log, warn
+from ntkrobust.studies._base import Clock, StudyError, StudyResult, checked_together, envelope, log, warn
 from ntkrobust.studies._common import DataSettings, check_distinct_files, check_unique, load_targets, torch_device
 
 EVALUATION_ATTACKS = ("pgd-20", "pgd-100", "cw-100", "autoattack")  # = bridge.evaluation.EVALUATION_ATTACKS
@@ -68,22 +71,23 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
 
     from ntkrobust.attacks import AttackSpec
     from ntkrobust.bridge.data import task_indices
-    from ntkrobust.bridge.evaluation import accuracies, masking_suspected, robust_correct
+    from ntkrobust.bridge.evaluation import accuracies, autoattack_attacks, masking_suspected, robust_correct
 
     compared = "autoattack" in settings.attacks and bool({"pgd-20", "pgd-100", "cw-100"} & set(settings.attacks))
-    if settings.masking_gap != EvaluateSettings.masking_gap and not compared:
-        raise StudyError(
-            "--masking-gap compares AutoAttack with PGD-20 / PGD-100 / CW-100: --attacks needs autoattack and "
-            "one of them"
-        )
     clock = Clock()
-    data = settings.data.load()
-    channels = data.image_shape[0]
-    eps = _checked(settings, channels)
+    with checked_together():  # under torchrun: every process's data and nets, before the attacks' collectives
+        if settings.masking_gap != EvaluateSettings.masking_gap and not compared:
+            raise StudyError(
+                "--masking-gap compares AutoAttack with PGD-20 / PGD-100 / CW-100: --attacks needs autoattack and "
+                "one of them"
+            )
+        data = settings.data.load()
+        channels = data.image_shape[0]
+        eps = _checked(settings, channels)
+        device = torch_device(settings.device)
+        nets = load_targets(settings.nets, data, device, trust_code=settings.trust_model_code)
     notes: list[str] = []
     warn(notes, AttackSpec("pgd", eps, "linf", 1.0, 1).eps_hint(channels))
-    device = torch_device(settings.device)
-    nets = load_targets(settings.nets, data, device, trust_code=settings.trust_model_code)
     x = torch.as_tensor(data.x_test, device=device)
     y = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)
     clock.mark("nets", f"data and {len(nets)} net(s) loaded")
@@ -96,7 +100,7 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
 
         correct = robust_correct(
             model, x.float(), y, eps=eps, channels=channels, attacks=settings.attacks, on_attack=said,
-            seed=settings.data.seed, batch_size=settings.batch_size,
+            seed=settings.data.seed, batch_size=settings.batch_size, across_processes=True,
         )  # fmt: skip
         accuracy = accuracies(correct)
         rows.append(
@@ -113,6 +117,8 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
         "eps": eps,
         "norm": "linf",
         "attacks": list(settings.attacks),
+        # AutoAttack's parts for this many classes (bridge.evaluation.autoattack_attacks)
+        "autoattack_attacks": autoattack_attacks(len(data.classes)) if "autoattack" in settings.attacks else None,
         "masking_gap": settings.masking_gap if compared else None,  # None: no comparison ran
         "device": str(device),
     }

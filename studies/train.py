@@ -428,7 +428,13 @@ def _final_evaluation(settings: TrainSettings, model: Any, data: Any, eps: float
     import torch
 
     from ntkrobust.bridge.data import balanced_indices, task_indices
-    from ntkrobust.bridge.evaluation import EVALUATION_ATTACKS, accuracies, masking_suspected, robust_correct
+    from ntkrobust.bridge.evaluation import (
+        EVALUATION_ATTACKS,
+        accuracies,
+        autoattack_attacks,
+        masking_suspected,
+        robust_correct,
+    )
 
     n = min(settings.eval_n, data.x_test.shape[0])
     chosen = balanced_indices(data.y_test, data.classes, n, settings.data.seed, what="test")
@@ -437,12 +443,14 @@ def _final_evaluation(settings: TrainSettings, model: Any, data: Any, eps: float
     correct = robust_correct(
         model, x, y, eps=eps, channels=data.image_shape[0], seed=settings.data.seed,
         on_attack=lambda name, accuracy: log.info(f"final evaluation: {name} {accuracy:.3f}"),
+        across_processes=True,  # under torchrun each process attacks its share of the batches
     )  # fmt: skip
     accuracy = accuracies(correct)
     return {
         "points": int(n),
         "eps": eps,
         "attacks": list(EVALUATION_ATTACKS),
+        "autoattack_attacks": autoattack_attacks(len(data.classes)),
         "accuracy": accuracy,
         "masking_suspected": masking_suspected(accuracy),
     }

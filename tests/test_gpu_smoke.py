@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = (
     "entk-mnist-cnn", "entk-resnet18", "entk-rademacher", "train-pgd", "dynamics", "train-resnet-bn",
     "two-layer", "transfer", "evaluate-pt2", "evaluate", "attack-analytic", "analytic-devices",
-    "train-resnet-bn-standard", "train-pgd-float32", "entk-resnet18-float32", "train-pgd-float32-2gpu",
-    "train-resnet-bn-standard-2gpu", "entk-resnet18-float32-2gpu",
+    "train-resnet-bn-standard", "train-pgd-float32", "entk-resnet18-float32", "evaluate-float32",
+    "train-pgd-float32-2gpu", "train-resnet-bn-standard-2gpu", "evaluate-float32-2gpu", "entk-resnet18-float32-2gpu",
 )  # fmt: skip
 
 
@@ -44,3 +44,8 @@ def test_gpu_smoke_script_runs_every_command_on_the_cpu(tmp_path: Path) -> None:
     # (one process on 2 threads, each of 2 on one: rounding); 1.6e-2 with BatchNorm per process
     losses = re.findall(r"train_loss: 1 GPU \S+, 2 GPUs \S+ \(relative difference (\S+)\)", done.stdout)
     assert len(losses) == 2 and all(float(value) < 5e-3 for value in losses)
+    # RobustBench's attacks shared by 2 processes against one (on one thread, as each of them): equal
+    evaluated = re.search(r"evaluate-float32-2gpu: (.*) \(equal", done.stdout)
+    assert evaluated is not None
+    pairs = re.findall(r"1 GPU (\S+), 2 GPUs (\S+?)(?:,|$)", evaluated.group(1))
+    assert len(pairs) == 4 and all(a == b for a, b in pairs), evaluated.group(0)

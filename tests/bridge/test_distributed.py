@@ -5,6 +5,7 @@ and distributed training equals one process's."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -295,7 +296,7 @@ def test_a_command_that_does_not_share_its_work_is_refused_under_torchrun(
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["attack", "--out", str(tmp_path / "out")]) == 2
-    message = "attack does not share its work under torchrun yet (only entk, train, transfer, dynamics)"
+    message = "attack does not share its work under torchrun yet (only entk, train, transfer, dynamics, evaluate)"
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -618,3 +619,140 @@ def test_two_processes_evaluate_their_shares_to_the_accuracies_of_one(tmp_path: 
         with np.load(tmp_path / f"evaluation-rank{rank}.npz") as found:
             for name, value in single.items():
                 np.testing.assert_array_equal(found[name], value, err_msg=f"{name}, rank {rank}")
+
+
+# -- RobustBench's evaluation (evaluate, train --final-eval) --------------------------------------
+
+#: 28 points in AutoAttack runs of 8: rank 0 attacks rows 0-7 and 16-23, rank 1 rows 8-15 and 24-27
+ROBUST_POINTS, ROBUST_BATCH, ROBUST_SEED, ROBUST_EPS = 28, 8, 3, 0.06
+
+
+def _robust_net() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A random linear 3-class net on random 8x8 images, labelled by its own predictions (every
+    clean point correct) except the first 2. (A random CNN's outputs hardly move with its input:
+    no attack took a point of one at eps 0.3.) At eps 0.06 PGD-20 leaves 5 of the 26, AutoAttack
+    4: the attacks take some points and not others, and AutoAttack's runs are short."""
+    from ntkrobust.bridge.adversarial import predict
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    with torch.no_grad():
+        weight = torch.randn(3, 65, generator=torch.Generator().manual_seed(2)) / 8
+        model[1].weight.copy_(weight[:, :64])
+        model[1].bias.copy_(weight[:, 64])
+    x = torch.rand(ROBUST_POINTS, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    y = predict(model.eval(), x)
+    y[:2] = (y[:2] + 1) % 3
+    return model, x, y
+
+
+def _robust_flags() -> tuple[dict[str, np.ndarray], list[list[int]]]:
+    """``robust_correct``'s verdicts (across processes under a launch) and the AutoAttack runs
+    this process made: [points, seed] of each (each attack of a run takes the run's seed)."""
+    from unittest import mock
+
+    from pyautoattack import AutoAttack
+
+    from ntkrobust.bridge.evaluation import robust_correct
+
+    model, x, y = _robust_net()
+    runs: list[list[int]] = []
+    run_standard_evaluation = AutoAttack.run_standard_evaluation
+
+    def counted(self: AutoAttack, x: torch.Tensor, y: torch.Tensor, **kw: object) -> object:
+        runs.append([int(x.shape[0]), int(self.seed)])
+        return run_standard_evaluation(self, x, y, **kw)
+
+    with mock.patch.object(AutoAttack, "run_standard_evaluation", counted):
+        flags = robust_correct(
+            model, x, y, eps=ROBUST_EPS, channels=1, seed=ROBUST_SEED, batch_size=ROBUST_BATCH, across_processes=True
+        )
+    return flags, runs
+
+
+def test_autoattack_runs_each_batch_as_autoattack_seeded_by_its_first_row() -> None:
+    """The per-batch runs are pyautoattack's standard evaluation of each batch with seed + its first
+    row, to the point (the independent route: the reference code called directly), with 3 classes
+    the untargeted APGD-DLR in place of APGD-T (whose loss fails with an IndexError there)."""
+    from pyautoattack import AutoAttack
+
+    from ntkrobust.bridge.adversarial import predict
+
+    flags, runs = _robust_flags()
+    assert runs == [[8, 3], [8, 11], [8, 19], [4, 27]]  # seeded by the seed + the first row
+    assert flags["clean"][2:].all() and not flags["clean"][:2].any()
+    assert 0 < flags["autoattack"].sum() < flags["clean"].sum()  # the attack takes some points, not all
+    assert (flags["autoattack"] <= flags["clean"]).all()
+    model, x, y = _robust_net()
+    direct = []
+    for start in range(0, ROBUST_POINTS, ROBUST_BATCH):
+        rows = slice(start, start + ROBUST_BATCH)
+        attack = AutoAttack(model, norm="Linf", eps=ROBUST_EPS, version="standard", seed=ROBUST_SEED + start)
+        # 3 classes: no targeted DLR loss (it needs a fourth logit), the untargeted one in its place
+        attack.attacks_to_run = ["apgd-ce", "apgd-dlr", "fab-t", "square"]
+        attack.fab.n_target_classes = 2
+        attack.logger.setLevel(logging.WARNING)
+        x_adv, _ = attack.run_standard_evaluation(x[rows], y[rows], batch_size=ROBUST_BATCH)
+        direct.append((predict(model, x_adv) == y[rows]).numpy())
+    np.testing.assert_array_equal(flags["autoattack"], np.concatenate(direct))
+
+
+def _robust_rank(rank: int, world: int, port: int, out: str) -> None:
+    with _in_group(rank, world, port):
+        flags, runs = _robust_flags()
+        np.savez(Path(out) / f"robust-rank{rank}.npz", runs=np.array(runs), **flags)
+
+
+def test_two_processes_share_the_autoattack_runs_to_the_verdicts_of_one(tmp_path: Path) -> None:
+    """Under a launch each process makes its share of the AutoAttack runs (rows 0-7 and 16-23 on
+    rank 0, 8-15 and 24-27 on rank 1), and both get one process's verdict for every point and
+    attack (PGD and CW too: their batches are seeded by their first row as well)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_robust_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    single, _ = _robust_flags()
+    for rank, runs in ((0, [[8, 3], [8, 19]]), (1, [[8, 11], [4, 27]])):
+        with np.load(tmp_path / f"robust-rank{rank}.npz") as found:
+            assert found["runs"].tolist() == runs
+            for name, value in single.items():
+                np.testing.assert_array_equal(found[name], value, err_msg=f"{name}, rank {rank}")
+
+
+def test_evaluate_under_torchrun_gives_one_processs_accuracies_on_a_three_class_task(tmp_path: Path) -> None:
+    """``train --final-eval autoattack`` on a 3-class task (it failed with an IndexError in
+    AutoAttack's targeted DLR loss) under torchrun, and ``torchrun --nproc-per-node 2 -m ntkrobust
+    evaluate`` of its net: AutoAttack's runs of 8 points shared between the processes, the
+    accuracies of one process on one thread (as torchrun gives each process) exactly, written once.
+    About 30 s: three launches with AutoAttack."""
+    import json
+    import subprocess
+
+    from ntkrobust import cli
+
+    task = ["--data", "digits", "--classes", "0,1,2", "--n-test", "30"]
+    train = ["train", *task, "--n-train", "150", "--epochs", "4", "--lr", "0.1", "--width", "16", "--batch-size", "16"]
+    train += ["--track-kernel", "0", "--final-eval", "autoattack", "--eval-n", "30", "--quiet"]
+    done = subprocess.run(
+        [*_torchrun(2), *train, "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = json.loads((tmp_path / "run" / "history.json").read_text())["final_evaluation"]
+    assert final["autoattack_attacks"] == ["apgd-ce", "apgd-dlr", "fab-t", "square"]
+    assert final["accuracy"]["clean"] > 0.5  # something for the attacks to take
+    evaluate = ["evaluate", str(tmp_path / "run" / "checkpoints" / "epoch_004.pt"), *task, "--eps", "0.1"]
+    evaluate += ["--attacks", "pgd-20,autoattack", "--batch-size", "8", "--quiet"]
+    done = subprocess.run(
+        [*_torchrun(2), *evaluate, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("(world size 2)") == 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main([*evaluate, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    two, one = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("two", "one"))
+    assert two["nets"] == one["nets"]
+    assert two["config"]["autoattack_attacks"] == ["apgd-ce", "apgd-dlr", "fab-t", "square"]
+    accuracy = one["nets"][0]["accuracy"]
+    assert accuracy["autoattack"] < accuracy["clean"]

@@ -114,3 +114,20 @@ def test_a_flag_every_process_refuses_is_said_by_rank_zero_alone(
     err = capsys.readouterr().err
     assert err == "ntkrobust: error: entk: argument --n/--points: must be at least 1, got -3\n" if said else err == ""
     assert not (tmp_path / "k").exists()
+
+
+def test_a_net_missing_on_one_node_stops_evaluate_before_any_attack(tmp_path: Path) -> None:
+    """``evaluate`` under a launch: every process loads the nets inside the agreed checks."""
+    node0, _ = _nodes(tmp_path)
+    train = ["train", "--data", "digits", "--n-train", "60", "--n-test", "20", "--width", "4", "--epochs", "1"]
+    train += ["--track-kernel", "0", "--eval-n", "20", "--full-eval-steps", "0", "--quiet"]
+    assert cli.main([*train, "--out", str(node0 / "run")]) == 0
+    out = tmp_path / "evaluate"
+    argv = ["evaluate", "run/checkpoints/epoch_001.pt", "--data", "digits", "--n-test", "20", "--attacks", "pgd-20"]
+    found = _launch(tmp_path, [*argv, "--quiet", "--out", str(out)])
+    assert [f["status"] for f in found] == [2, 2]
+    assert found[0]["stderr"] == ""
+    lines = str(found[1]["stderr"]).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ntkrobust (rank 1): error: ") and "epoch_001.pt" in lines[0]
+    assert all(f["left"] for f in found)
+    assert not out.exists()
