@@ -240,13 +240,27 @@ def _state_dict_target(
         raise TargetError(f"target {path} is not a state dict that loads safely ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TargetError(f"target {path} is not a state dict (a dict of tensors)")
-    try:
-        config = model_config(name, image_shape, num_classes, width=width)
-        model = build_model(config)
-        model.load_state_dict(state)
-    except (ModelError, RuntimeError) as error:
-        raise TargetError(f"target {path} does not fit the {name} model: {_first_line(error)}") from None
-    return Target(_label(path), model, {"path": str(path), "kind": "state-dict", **config.to_dict()})
+    # a binary task's net may have one logit (as two-layer writes them): tried after the two
+    failure = None
+    for outputs in (num_classes, 1) if num_classes == 2 else (num_classes,):
+        try:
+            config = model_config(name, image_shape, outputs, width=width)
+            model = build_model(config)
+            model.load_state_dict(state)
+        except (ModelError, RuntimeError) as error:
+            failure = error if failure is None else failure
+            continue
+        return Target(_label(path), model, {"path": str(path), "kind": "state-dict", **config.to_dict()})
+    raise TargetError(f"target {path} does not fit the {name} model: {_mismatch(failure)}")
+
+
+def _mismatch(error: BaseException | None) -> str:
+    """What does not fit: ``load_state_dict`` says it on the line after its heading ("Error(s) in
+    loading state_dict for Net:"), a size mismatch or the missing and unexpected keys."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        return lines[1][:240]
+    return _first_line(error) if error is not None else "unknown"
 
 
 def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: int, device: torch.device | str) -> None:

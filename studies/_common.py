@@ -273,10 +273,7 @@ def torch_network(
             if width is not None:
                 raise StudyError("--width applies to --model; a checkpoint brings its own")
             net, config, _ = load_checkpoint(checkpoint)
-            if config.num_classes != classes:
-                raise StudyError(
-                    f"checkpoint {checkpoint} has {config.num_classes} outputs, the data has {classes} classes"
-                )
+            check_one_output_per_class(config.num_classes, classes, f"checkpoint {checkpoint}")
         else:
             config = model_config(
                 model or "fc2",
@@ -292,6 +289,20 @@ def torch_network(
     except (ModelError, CheckpointError) as err:
         raise StudyError(str(err)) from None
     return net, config
+
+
+def check_one_output_per_class(outputs: int, classes: int, what: str) -> None:
+    """A net whose kernel or linearization is taken needs one output per class of the data. A
+    one-logit binary net (``two-layer`` writes them; ``evaluate`` and ``transfer`` attack them
+    through two logits) is told apart from a net of another task."""
+    if outputs == classes:
+        return
+    if outputs == 1 and classes == 2:
+        raise StudyError(
+            f"{what} has 1 output, a one-logit binary net (as two-layer writes); this command needs one output per "
+            "class, 2 here (evaluate and transfer take it)"
+        )
+    raise StudyError(f"{what} has {outputs} outputs, the data has {classes} classes")
 
 
 def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:
@@ -346,19 +357,25 @@ def check_distinct_files(specs: Sequence[str], what: str) -> None:
         seen[key] = spec
 
 
-def load_targets(specs: Sequence[str], data: Any, device: Any, *, trust_code: bool = False) -> list[Any]:
+def load_targets(
+    specs: Sequence[str], data: Any, device: Any, *, trust_code: bool = False, sources: int = 0
+) -> list[Any]:
     """The nets of ``specs``, with labels made unique; a bad one stops everything. TorchScript and
-    .pt2 files load only with ``trust_code`` (``bridge.targets``)."""
+    .pt2 files load only with ``trust_code`` (``bridge.targets``). The last ``sources`` specs are
+    transfer's ``--source`` nets: their refusals say so (``bridge.targets`` says "target")."""
     from ntkrobust.bridge.targets import TargetError, load_target
 
     targets: list[Any] = []
-    for spec in specs:
+    for i, spec in enumerate(specs):
         try:
             target = load_target(
                 spec, image_shape=data.image_shape, num_classes=len(data.classes), device=device, trust_code=trust_code
             )
         except TargetError as err:
-            raise StudyError(str(err)) from None
+            message = str(err)
+            if i >= len(specs) - sources and message.startswith("target "):
+                message = "--source " + message.removeprefix("target ")
+            raise StudyError(message) from None
         taken = {t.label for t in targets}
         base, i = target.label, 2
         while target.label in taken:

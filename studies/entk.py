@@ -223,8 +223,10 @@ def _picture(
     from ntkrobust.kernels.metrics import trace_kernel
 
     which = "AE-NTK" if adversarial else "C-NTK"
-    if kind.index is not None:  # the (N, N) block of one output
+    if kind.name == "class":  # the (N, N) block of one output
         label = f"block of class {data.class_name(data.classes[kind.index])}"
+    elif kind.name == "rademacher":  # its index is the number of draws, not an output
+        label = f"trace kernel, Rademacher estimate of {kind.index} draw{'s' if kind.index > 1 else ''}"
     else:  # a full (N, N, C, C) kernel is drawn as its trace, the mean of its C diagonal blocks
         label = {"full": "trace of the full kernel", "class-blocks": "trace of the class blocks"}.get(
             kind.name, "trace kernel"

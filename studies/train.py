@@ -27,7 +27,7 @@ from ntkrobust.studies._base import (
     versions,
     warn,
 )
-from ntkrobust.studies._common import torch_device, torch_network
+from ntkrobust.studies._common import check_one_output_per_class, torch_device, torch_network
 from ntkrobust.studies._output import OutputLock
 from ntkrobust.studies._train_settings import (
     AUGMENTATIONS,
@@ -102,10 +102,7 @@ def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any,
         raise StudyError(str(err)) from None
     if "linearization" in payload:
         raise StudyError(f"--linearize-from {path} is itself a linearized network")
-    if config.num_classes != len(data.classes):
-        raise StudyError(
-            f"--linearize-from {path} has {config.num_classes} outputs, the data has {len(data.classes)} classes"
-        )
+    check_one_output_per_class(config.num_classes, len(data.classes), f"--linearize-from {path}")
     return parent, config, payload
 
 

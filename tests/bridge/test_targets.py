@@ -106,6 +106,12 @@ def test_binary_tasks_take_one_or_two_logits(tmp_path):
         assert _load(tmp_path / f"o{outputs}.pt", classes=2).model is not None
     with pytest.raises(TargetError, match=r"needs \(2, 3\) logits"):
         _load(tmp_path / "o2.pt", classes=3)
+    for outputs in (1, 2):  # a state dict too (two-layer writes one-logit nets for binary tasks)
+        torch.save(build_model(model_config("two-layer", SHAPE, outputs, width=16)).state_dict(), tmp_path / "w.pt")
+        target = _load(f"two-layer:16={tmp_path / 'w.pt'}", classes=2)
+        assert target.description["num_classes"] == outputs
+    with pytest.raises(TargetError, match="does not fit the two-layer model: size mismatch for "):
+        _load(f"two-layer:16={tmp_path / 'w.pt'}", classes=3)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +123,8 @@ def test_binary_tasks_take_one_or_two_logits(tmp_path):
         (lambda d: _write(d / "junk.pt", b"not a model"), "loads only with --trust-model-code"),
         (lambda d: _script(d, (1, 8, 8)), "loads only with --trust-model-code"),
         (lambda d: _checkpoint(d, (1, 28, 28)), "takes images of shape (1, 28, 28), the data has (1, 8, 8)"),
-        (lambda d: f"fc2:64={_state(d)}", "does not fit the fc2 model"),
+        # what does not fit, not load_state_dict's heading alone (the message ended at its colon)
+        (lambda d: f"fc2:64={_state(d)}", "does not fit the fc2 model: size mismatch for "),
         (lambda d: f"fc2:x={_state(d)}", "must be a whole number"),
     ],
 )

@@ -74,6 +74,24 @@ def test_full_kernel_with_metrics_and_image(tmp_path, assert_real_png):
     assert "mean specialization" in summary
 
 
+@pytest.mark.parametrize(
+    ("kind", "label"),
+    [
+        ("rademacher:3", "trace kernel, Rademacher estimate of 3 draws"),
+        ("rademacher:1", "trace kernel, Rademacher estimate of 1 draw"),
+        ("class:1", "block of class 8"),
+    ],
+)
+def test_the_picture_names_the_kernel_of_a_binary_task(tmp_path, kind, label):
+    """rademacher:K's K counts draws, not an output: with K at least the task's classes, the picture
+    looked it up as a class and failed after the kernel (IndexError); below, it was titled as
+    the block of class K."""
+    result = entk.run(small("fc2", kind=kind, data=DataSettings(classes=(3, 8))))
+    assert result.picture["title"] == f"Empirical C-NTK: {label}"
+    assert result.arrays["kernel"].shape == (20, 20)
+    result.save(tmp_path / "out")
+
+
 def test_adversarial_kernel_is_on_the_nets_own_pgd_examples(tmp_path):
     result = entk.run(small("fc2", adversarial_eps=0.3, pgd_steps=5, kind="full"))
     arrays = result.arrays
@@ -120,6 +138,8 @@ def foreign_files(tmp_path):
     save_checkpoint(tmp_path / "colour.pt", build_model(colour), colour)
     binary = model_config("fc1", (1, 8, 8), 2, width=4)
     save_checkpoint(tmp_path / "binary.pt", build_model(binary), binary)
+    one_logit = model_config("two-layer", (1, 8, 8), 1, width=4)  # as two-layer writes for a binary task
+    save_checkpoint(tmp_path / "one-logit.pt", build_model(one_logit), one_logit)
     x = np.random.default_rng(0).random((20, 1, 2, 2), dtype=np.float32)
     y = np.arange(20) % 2
     save_dataset_npz(Dataset("tiny", x, y, x, y, (0, 1)), tmp_path / "tiny.npz")
@@ -132,6 +152,10 @@ BAD = {
     "missing checkpoint": (lambda d: {"checkpoint": d / "nothing.pt"}, "does not exist"),
     "shape mismatch": (lambda d: {"checkpoint": d / "colour.pt"}, "takes images of shape (3, 8, 8)"),
     "class mismatch": (lambda d: {"checkpoint": d / "binary.pt"}, "has 2 outputs, the data has 10 classes"),
+    "one-logit binary net": (
+        lambda d: {"checkpoint": d / "one-logit.pt", "data": DataSettings(classes=(3, 8))},
+        "has 1 output, a one-logit binary net (as two-layer writes); this command needs one output per class, 2 here",
+    ),
     "width with checkpoint": (lambda d: {"checkpoint": d / "binary.pt", "width": 3}, "--width applies to --model"),
     "model too big for data": (
         lambda d: {"model": "mnist-cnn", "data": DataSettings(data=str(d / "tiny.npz"))},

@@ -4,6 +4,7 @@ training. The runs of the suite are the fixtures of ``conftest`` (``small_traini
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -176,6 +177,18 @@ def test_bad_linearization_checkpoint(small_training, tmp_path, refuses):
     for path, message in ((garbage, "is not a checkpoint of this tool"), (tmp_path / "missing.pt", "does not exist")):
         refuses(train, small_training(tmp_path / "run", linearize_from=path, **plain), message, compute=NO_TRAINING)
     refuses(train, small_training(tmp_path / "run", linearize_from=garbage), "--model / --width / --init do not apply")
+    from ntkrobust.bridge.checkpoint import save_checkpoint
+    from ntkrobust.bridge.models import build_model, model_config
+
+    one_logit = model_config("two-layer", (1, 8, 8), 1, width=4)  # as two-layer writes for a binary task
+    save_checkpoint(tmp_path / "one-logit.pt", build_model(one_logit), one_logit)
+    binary = dataclasses.replace(small_training(tmp_path / "run").data, classes=(3, 8))
+    refuses(
+        train,
+        small_training(tmp_path / "run", linearize_from=tmp_path / "one-logit.pt", data=binary, **plain),
+        "has 1 output, a one-logit binary net (as two-layer writes); this command needs one output per class",
+        compute=NO_TRAINING,
+    )
 
 
 def test_seeds_write_one_run_each_on_one_probe(small_training, tmp_path, refuses):
