@@ -267,7 +267,8 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
     Keys: ``label``, ``path``, ``mode``, ``switch_epoch`` (int or None), ``linearized`` (bool),
     ``description`` (one line: model, training, probe), ``dataset`` (str or None, from the config's
     ``dataset`` / ``data``), ``model`` ("<name> (width w)" or None), ``eps`` (the config's PGD radius,
-    for training and for the AE-NTK's probe attack, or None), ``probe_size``,
+    for training and for the AE-NTK's probe attack, or None), ``probe_size``, ``estimator`` (the
+    tracked trace kernel's: "exact" or "rademacher:K"),
     ``class_names``, ``probe_targets`` (list of N output indices), ``epochs`` (the history's epoch
     records), ``kernels`` (its kernel records, each with ``epoch``, ``clean``, ``adversarial``,
     ``adversarial_labels`` metric dicts as written), ``kernel_epochs`` (T,),
@@ -299,6 +300,7 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
         "model": _model(config),
         "eps": None if config.get("eps") is None else float(config["eps"]),
         "probe_size": run.probe_size,
+        "estimator": (config.get("tracking") or {}).get("estimator", "exact"),
         "class_names": list(run.class_names),
         "probe_targets": run.probe_targets.tolist(),
         "epochs": run.epochs,

@@ -81,9 +81,26 @@ def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> st
         facts("dataset", "{}"),
         facts("model", "{}"),
         facts("probe_size", "trace eNTK on a probe of {} points"),
+        _estimators(runs),
         facts("eps", "AE-NTK on its PGD examples (eps {:.4g})") if adversarial else None,
     ]
     return "; ".join(p for p in parts if p)
+
+
+def _estimators(runs: Sequence[RunSummary]) -> str | None:
+    """How the tracked trace kernels were taken, where a run estimated them (``--estimator
+    rademacher:K``): "Rademacher estimate of K draws", per run where the runs differ."""
+
+    def phrase(estimator: str) -> str:
+        draws = int(estimator.partition(":")[2] or 0)
+        return "exact" if estimator == "exact" else f"Rademacher estimate of {draws} draw{'s' * (draws > 1)}"
+
+    estimators = [run.get("estimator", "exact") for run in runs]
+    if all(e == "exact" for e in estimators):
+        return None
+    if len(set(estimators)) == 1:
+        return phrase(estimators[0])
+    return ", ".join(f"{phrase(e)} ({_label(run, i)})" for i, (run, e) in enumerate(zip(runs, estimators, strict=True)))
 
 
 def applicable_figures(

@@ -215,6 +215,7 @@ class RunSummary(TypedDict, total=False):
     model: str | None
     eps: float | None
     probe_size: int
+    estimator: str  # of the tracked trace kernel: "exact", or "rademacher:K" (its unbiased estimate)
     class_names: Sequence[str]
     probe_targets: Sequence[int]  # (N,) output indices of the probe points
     epochs: Sequence[EpochRecord]

@@ -738,3 +738,19 @@ def test_switch_cost_bars_stack_clean_and_adversarial_seconds(tmp_path, drawn, a
     renderer = canvas.get_renderer()
     right = seconds.get_window_extent(renderer).x1
     assert all(t.get_window_extent(renderer).x1 < right for t in seconds.texts)
+
+
+def test_the_subtitle_says_where_the_trace_kernels_were_estimated():
+    """``train --estimator rademacher:K`` tracks an unbiased estimate of the trace eNTK: the
+    figures' line says so (it said "trace eNTK" alone), per run where the runs differ."""
+    from ntkrobust.plots.dynamics import dynamics_subtitle
+
+    def run(label, estimator):
+        return {"label": label, "dataset": "digits", "model": "fc2 (width 8)", "probe_size": 20, "estimator": estimator}
+
+    exact = dynamics_subtitle([run("a", "exact"), run("b", "exact")])
+    assert exact == "digits; fc2 (width 8); trace eNTK on a probe of 20 points"
+    assert dynamics_subtitle([run("a", "rademacher:2")]) == exact + "; Rademacher estimate of 2 draws"
+    mixed = dynamics_subtitle([run("a", "exact"), run("b", "rademacher:1")])
+    assert mixed == exact + "; exact (a), Rademacher estimate of 1 draw (b)"
+    assert dynamics_subtitle([{k: v for k, v in run("a", "").items() if k != "estimator"}]) == exact  # older runs
