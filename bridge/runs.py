@@ -300,7 +300,7 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
         "model": _model(config),
         "eps": None if config.get("eps") is None else float(config["eps"]),
         "probe_size": run.probe_size,
-        "estimator": (config.get("tracking") or {}).get("estimator", "exact"),
+        "estimator": _estimator(config),
         "class_names": list(run.class_names),
         "probe_targets": run.probe_targets.tolist(),
         "epochs": run.epochs,
@@ -310,6 +310,14 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
         "initial_kernel": run.clean_kernels[0] if run.clean_kernels else None,
         "final_kernel": run.clean_kernels[-1] if run.clean_kernels else None,
     }
+
+
+def _estimator(config: dict[str, Any]) -> str:
+    """How the run tracked its trace kernel (``--estimator``): "exact" for runs from before the
+    option, and for a configuration that does not say it as text."""
+    tracking = config.get("tracking")
+    estimator = tracking.get("estimator") if isinstance(tracking, dict) else None
+    return estimator if isinstance(estimator, str) else "exact"
 
 
 def json_summary(summary: dict[str, Any]) -> dict[str, Any]:

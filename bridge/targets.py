@@ -251,12 +251,14 @@ def _state_dict_target(
             failure = error if failure is None else failure
             continue
         return Target(_label(path), model, {"path": str(path), "kind": "state-dict", **config.to_dict()})
-    raise TargetError(f"target {path} does not fit the {name} model: {_mismatch(failure)}")
+    tried = " (tried with 2 outputs and with 1)" if num_classes == 2 else ""
+    raise TargetError(f"target {path} does not fit the {name} model{tried}: {_mismatch(failure)}")
 
 
 def _mismatch(error: BaseException | None) -> str:
     """What does not fit: ``load_state_dict`` says it on the line after its heading ("Error(s) in
-    loading state_dict for Net:"), a size mismatch or the missing and unexpected keys."""
+    loading state_dict for Net:"), a size mismatch or the missing and unexpected keys; the first
+    of them (one line), the others left out."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
         return lines[1][:240]

@@ -92,8 +92,10 @@ def _estimators(runs: Sequence[RunSummary]) -> str | None:
     rademacher:K``): "Rademacher estimate of K draws", per run where the runs differ."""
 
     def phrase(estimator: str) -> str:
-        draws = int(estimator.partition(":")[2] or 0)
-        return "exact" if estimator == "exact" else f"Rademacher estimate of {draws} draw{'s' * (draws > 1)}"
+        head, _, draws = estimator.partition(":")
+        if head != "rademacher" or not draws.isdigit():  # "exact", or what a foreign history says
+            return estimator
+        return f"Rademacher estimate of {draws} draw{'s' * (int(draws) > 1)}"
 
     estimators = [run.get("estimator", "exact") for run in runs]
     if all(e == "exact" for e in estimators):

@@ -754,3 +754,4 @@ def test_the_subtitle_says_where_the_trace_kernels_were_estimated():
     mixed = dynamics_subtitle([run("a", "exact"), run("b", "rademacher:1")])
     assert mixed == exact + "; exact (a), Rademacher estimate of 1 draw (b)"
     assert dynamics_subtitle([{k: v for k, v in run("a", "").items() if k != "estimator"}]) == exact  # older runs
+    assert dynamics_subtitle([run("a", "rademacher:x")]) == exact + "; rademacher:x"  # as a foreign file says it

@@ -112,6 +112,8 @@ def test_binary_tasks_take_one_or_two_logits(tmp_path):
         assert target.description["num_classes"] == outputs
     with pytest.raises(TargetError, match="does not fit the two-layer model: size mismatch for "):
         _load(f"two-layer:16={tmp_path / 'w.pt'}", classes=3)
+    with pytest.raises(TargetError, match=r"model \(tried with 2 outputs and with 1\): size mismatch for "):
+        _load(f"two-layer:32={tmp_path / 'w.pt'}", classes=2)
 
 
 @pytest.mark.parametrize(

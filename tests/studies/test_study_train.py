@@ -256,6 +256,9 @@ def test_an_estimated_trace_kernel_is_tracked_without_the_specialization(small_t
     assert history["config"]["tracking"]["estimator"] == "rademacher:2"
     clean = history["kernels"][-1]["clean"]
     assert clean["frobenius_norm"] > 0 and "effective_rank" in clean and "mean_specialization" not in clean
+    from ntkrobust.bridge.runs import dynamics_summary, load_run
+
+    assert dynamics_summary(load_run(tmp_path / "run"))["estimator"] == "rademacher:2"  # for dynamics' figures
 
 
 def test_final_eval_autoattack_records_robustbenchs_attacks(small_training, tmp_path):

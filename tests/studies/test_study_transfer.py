@@ -135,6 +135,7 @@ def test_refusals(two_layer_nets, binary_task, tmp_path, refuses):
     check("not a torchscript that loads", target=(str(tmp_path / "junk.ts"),), trust_model_code=True)
     check("is a folder, not a model file", target=(str(tmp_path),))
     check(f"--source {tmp_path} is a folder, not a model file", source=(str(tmp_path),))  # named as its flag
+    check(f"target {tmp_path} is a folder, not a model file", target=(str(tmp_path),), source=(ckpt,))
     check("unknown model 'resnet50'", target=(f"resnet50={weights}",))
     check("takes images of shape (1, 8, 8), the data has (1, 3, 3)", data=small)
     check("does not exist", data=small, surrogate=("fc1",), surrogate_n=10, target=(f"fc1={weights}",))
