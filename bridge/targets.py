@@ -96,16 +96,27 @@ def load_target(
     num_classes: int,
     device: torch.device | str = "cpu",
     trust_code: bool = False,
+    role: str = "target",
 ) -> Target:
     """The target named by ``spec`` (see the module docstring), checked against the data.
 
     ``trust_code``: also accept TorchScript and ``.pt2`` files, whose loading runs code from the
-    file; without it they are refused before anything of theirs is loaded."""
+    file; without it they are refused before anything of theirs is loaded. ``role``: what a
+    refusal calls the net ("target", or transfer's "--source")."""
+    try:
+        return _load(spec, image_shape, num_classes, device, trust_code)
+    except TargetError as error:  # the helpers say what is wrong; the role is said here, once
+        raise TargetError(f"{role} {error}") from None
+
+
+def _load(
+    spec: str, image_shape: tuple[int, ...], num_classes: int, device: torch.device | str, trust_code: bool
+) -> Target:
     model_name, width, path = _parse(spec)
     if path.is_dir():
-        raise TargetError(f"target {path} is a folder, not a model file")
+        raise TargetError(f"{path} is a folder, not a model file")
     if not path.is_file():
-        raise TargetError(f"target {path} does not exist")
+        raise TargetError(f"{path} does not exist")
     if model_name is not None:
         target = _state_dict_target(path, model_name, width, image_shape, num_classes)
     else:
@@ -120,13 +131,11 @@ def _parse(spec: str) -> tuple[str | None, int | None, Path]:
     if not sep or Path(spec).exists():
         return None, None, Path(spec)
     if head.partition(":")[0] not in MODELS:
-        raise TargetError(
-            f"target {spec}: unknown model {head.partition(':')[0]!r} (MODEL is one of {', '.join(MODELS)})"
-        )
+        raise TargetError(f"{spec}: unknown model {head.partition(':')[0]!r} (MODEL is one of {', '.join(MODELS)})")
     try:
         name, width = parse_model_name(head)
     except ModelError as error:
-        raise TargetError(f"target {error}") from None
+        raise TargetError(f"{error}") from None
     return name, width, Path(tail)
 
 
@@ -137,7 +146,7 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
     except ForeignFileError as checkpoint_error:
         if not trust_code:  # refused before torch's loaders see the file: they would run its code
             raise TargetError(
-                f"target {_first_line(checkpoint_error)}; a TorchScript or .pt2 file carries code and loads only "
+                f"{_first_line(checkpoint_error)}; a TorchScript or .pt2 file carries code and loads only "
                 "with --trust-model-code"
             ) from None
         # torch.export.load accepts only .pt2 files (and logs a traceback for anything else)
@@ -153,14 +162,14 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
             raise
         except Exception as error:
             raise TargetError(
-                f"target {_first_line(checkpoint_error)}; not a {kind} that loads ({_first_line(error)[:80]})"
+                f"{_first_line(checkpoint_error)}; not a {kind} that loads ({_first_line(error)[:80]})"
             ) from None
     except CheckpointError as damaged:  # one of ours that does not load: no code file to suggest
-        raise TargetError(f"target {_first_line(damaged)}") from None
+        raise TargetError(f"{_first_line(damaged)}") from None
     try:
         check_fits(config, image_shape)
     except ModelError as error:
-        raise TargetError(f"target {path}: {error}") from None
+        raise TargetError(f"{path}: {error}") from None
     epoch = payload.get("epoch")
     kind = "linearized" if "linearization" in payload else "checkpoint"
     description = {"path": str(path), "kind": kind, **config.to_dict()}
@@ -211,7 +220,7 @@ def _exported_program(path: Path, device: torch.device | str) -> nn.Module:
     batch = _fixed_batch(program)
     if batch is not None:  # its graph asserts the size: every batch but that one fails mid-attack
         raise TargetError(
-            f"target {path} was exported for batches of exactly {batch} images; export it with a dynamic batch "
+            f"{path} was exported for batches of exactly {batch} images; export it with a dynamic batch "
             "(torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},)))"
         )
     # the pass moves the weights and the devices written into the graph's own ops as well
@@ -237,9 +246,9 @@ def _state_dict_target(
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         reason = refusal_reason(path, error)
-        raise TargetError(f"target {path} is not a state dict that loads safely ({reason})") from None
+        raise TargetError(f"{path} is not a state dict that loads safely ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TargetError(f"target {path} is not a state dict (a dict of tensors)")
+        raise TargetError(f"{path} is not a state dict (a dict of tensors)")
     # a binary task's net may have one logit (as two-layer writes them): tried after the two
     failure = None
     for outputs in (num_classes, 1) if num_classes == 2 else (num_classes,):
@@ -252,7 +261,7 @@ def _state_dict_target(
             continue
         return Target(_label(path), model, {"path": str(path), "kind": "state-dict", **config.to_dict()})
     tried = " (tried with 2 outputs and with 1)" if num_classes == 2 else ""
-    raise TargetError(f"target {path} does not fit the {name} model{tried}: {_mismatch(failure)}")
+    raise TargetError(f"{path} does not fit the {name} model{tried}: {_mismatch(failure)}")
 
 
 def _mismatch(error: BaseException | None) -> str:
@@ -273,13 +282,12 @@ def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: in
             outputs = target.model(probe)
     except Exception as error:
         raise TargetError(
-            f"target {target.description['path']} does not take images of shape {tuple(image_shape)}: "
-            f"{_first_line(error)}"
+            f"{target.description['path']} does not take images of shape {tuple(image_shape)}: {_first_line(error)}"
         ) from None
     allowed = {num_classes, 1} if num_classes == 2 else {num_classes}
     if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] not in allowed:
         shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
         raise TargetError(
-            f"target {target.description['path']} returns {shape} for 2 images; "
+            f"{target.description['path']} returns {shape} for 2 images; "
             f"the task needs (2, {num_classes}) logits" + (" or (2, 1)" if num_classes == 2 else "")
         )

@@ -362,20 +362,22 @@ def load_targets(
 ) -> list[Any]:
     """The nets of ``specs``, with labels made unique; a bad one stops everything. TorchScript and
     .pt2 files load only with ``trust_code`` (``bridge.targets``). The last ``sources`` specs are
-    transfer's ``--source`` nets: their refusals say so (``bridge.targets`` says "target")."""
+    transfer's ``--source`` nets: their refusals say so."""
     from ntkrobust.bridge.targets import TargetError, load_target
 
     targets: list[Any] = []
     for i, spec in enumerate(specs):
         try:
             target = load_target(
-                spec, image_shape=data.image_shape, num_classes=len(data.classes), device=device, trust_code=trust_code
+                spec,
+                image_shape=data.image_shape,
+                num_classes=len(data.classes),
+                device=device,
+                trust_code=trust_code,
+                role="--source" if i >= len(specs) - sources else "target",
             )
         except TargetError as err:
-            message = str(err)
-            if i >= len(specs) - sources and message.startswith("target "):
-                message = "--source " + message.removeprefix("target ")
-            raise StudyError(message) from None
+            raise StudyError(str(err)) from None
         taken = {t.label for t in targets}
         base, i = target.label, 2
         while target.label in taken:

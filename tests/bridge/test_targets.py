@@ -116,6 +116,16 @@ def test_binary_tasks_take_one_or_two_logits(tmp_path):
         _load(f"two-layer:32={tmp_path / 'w.pt'}", classes=2)
 
 
+def test_every_refusal_names_the_nets_role_once(tmp_path):
+    missing = tmp_path / "missing.pt"
+    for role in ("target", "--source"):
+        for spec in (missing, f"fc2:32={missing}", f"nonet={missing}"):
+            with pytest.raises(TargetError) as error:
+                load_target(str(spec), image_shape=SHAPE, num_classes=10, role=role)
+            message = str(error.value)
+            assert message.startswith(f"{role} ") and not message.startswith(f"{role} target"), message
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
