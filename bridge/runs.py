@@ -66,6 +66,10 @@ class TrainingRun:
     class_names: list[str]
     clean_kernels: list[np.ndarray] | None = None
     adversarial_kernels: list[np.ndarray] | None = None
+    #: a run tracked under both BatchNorm statistics, seen under one (``bridge.batchnorm_views``):
+    #: "running" or "batch"; None for the run as its history records it first
+    statistics: str | None = None
+    kernel_suffix: str = ""  # its kernels' keys in the kernel files: "clean" + suffix, ...
 
     @property
     def config(self) -> dict[str, Any]:
@@ -110,7 +114,7 @@ class TrainingRun:
         """This run with its kernels read (itself if they already are)."""
         if self.clean_kernels is not None:
             return self
-        clean, adversarial = _read_kernels(self.kernel_files, self.probe_size)
+        clean, adversarial = _read_kernels(self.kernel_files, self.probe_size, self.kernel_suffix)
         return dataclasses.replace(self, clean_kernels=clean, adversarial_kernels=adversarial)
 
 
@@ -274,8 +278,9 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
     ``adversarial_labels`` metric dicts as written), ``kernel_epochs`` (T,),
     ``dynamics`` ({"clean": kernel_dynamics, "adversarial": kernel_dynamics when the AE-NTK was
     tracked}), and the numpy arrays ``initial_kernel`` / ``final_kernel``, the first and last
-    clean (N, N) kernels (None without tracked kernels). Only the ``ARRAY_KEYS`` are not JSON-ready;
-    ``json_summary`` leaves them out.
+    clean (N, N) kernels (None without tracked kernels); for one BatchNorm statistics of a run
+    tracked under both (``bridge.batchnorm_views``), ``statistics`` ("running" or "batch"). Only
+    the ``ARRAY_KEYS`` are not JSON-ready; ``json_summary`` leaves them out.
     """
     run = run.with_kernels()
     config = run.config
@@ -309,7 +314,7 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
         "dynamics": dynamics,
         "initial_kernel": run.clean_kernels[0] if run.clean_kernels else None,
         "final_kernel": run.clean_kernels[-1] if run.clean_kernels else None,
-    }
+    } | ({} if run.statistics is None else {"statistics": run.statistics})
 
 
 def _estimator(config: dict[str, Any]) -> str:
@@ -476,22 +481,23 @@ def _class_names(history: dict[str, Any], targets: np.ndarray, where: Path) -> l
     return [str(n) for n in names]
 
 
-def _read_kernels(files: Sequence[Path], n: int) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+def _read_kernels(files: Sequence[Path], n: int, suffix: str = "") -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     clean: list[np.ndarray] = []
     adversarial: list[np.ndarray] = []
     for path in files:
-        arrays = _load_npz(path, KINDS, required=("clean",))
+        stored = _load_npz(path, [kind + suffix for kind in KINDS], required=("clean" + suffix,))
+        arrays = {kind: stored[kind + suffix] for kind in KINDS if kind + suffix in stored}
         for kind, kernel in arrays.items():
             # real numbers only: strings fail isfinite, complex kernels would lose their imaginary
             # part in the cast below, booleans are no kernel
             if kernel.dtype.kind not in "fiu":
-                raise RunError(f"{path}: {kind} kernel has dtype {kernel.dtype}; expected real numbers")
+                raise RunError(f"{path}: {kind + suffix} kernel has dtype {kernel.dtype}; expected real numbers")
             if kernel.shape != (n, n):
                 raise RunError(
-                    f"{path}: probe size mismatch: {kind} kernel of shape {kernel.shape}, probe of {n} points"
+                    f"{path}: probe size mismatch: {kind + suffix} kernel of shape {kernel.shape}, probe of {n} points"
                 )
             if not np.all(np.isfinite(kernel)):
-                raise RunError(f"{path}: {kind} kernel contains NaN or inf")
+                raise RunError(f"{path}: {kind + suffix} kernel contains NaN or inf")
         clean.append(arrays["clean"].astype(np.float64))
         if "adversarial" in arrays:
             adversarial.append(arrays["adversarial"].astype(np.float64))

@@ -44,7 +44,8 @@ def _all_runs(runs: Sequence[RunSummary]) -> list[tuple[int, str]]:
 
 def _metric_series(run: RunSummary, kind: str, key: str) -> tuple[np.ndarray, np.ndarray, str | None]:
     """(epochs, values) of a kernel metric over the tracked kernels, and why some are missing
-    (None when none are, or when the run did not track this kernel at all)."""
+    (None when none are, or when the run did not track this kernel at all; where others are
+    drawn, how many are missing)."""
     epochs, values, reasons = [], [], []
     for record in run.get("kernels") or []:
         metrics = record.get(kind)
@@ -56,6 +57,8 @@ def _metric_series(run: RunSummary, kind: str, key: str) -> tuple[np.ndarray, np
             values.append(float(value))
         else:
             reasons.append((metrics.get("undefined") or {}).get(key, "not recorded"))
+    if reasons and values:  # the others are drawn: the note says how many are not
+        reasons[0] += f"; {len(reasons)} of the {len(reasons) + len(values)} tracked kernels"
     return np.asarray(epochs), np.asarray(values), (reasons[0] if reasons else None)
 
 

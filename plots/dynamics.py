@@ -67,12 +67,11 @@ def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> st
             return phrase.format(present[0])
         if key == "probe_size":  # one phrase with the sizes in legend order, not one per run
             return phrase.format(" / ".join(str(v) for v in present))
-        per_run = (
-            f"{phrase.format(v)} ({_label(run, i)})"
-            for i, (run, v) in enumerate(zip(runs, values, strict=True))
-            if v is not None
-        )
-        return ", ".join(per_run)
+        runs_of: dict[str, list[str]] = {}  # each value once, with the runs that have it
+        for i, (run, v) in enumerate(zip(runs, values, strict=True)):
+            if v is not None:
+                runs_of.setdefault(phrase.format(v), []).append(_label(run, i))
+        return ", ".join(f"{value} ({' and '.join(labels)})" for value, labels in runs_of.items())
 
     if not kernels:
         return "; ".join(p for p in (facts("dataset", "{}"), facts("model", "{}"), facts("eps", "PGD eps {:.4g}")) if p)

@@ -252,8 +252,10 @@ def _accuracy_series(run: RunSummary, source: str, key: str) -> tuple[np.ndarray
 def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
     """Train / test accuracy on clean and PGD inputs against the epoch, one panel per run (TK supp.
     fig. 6): test in the run's colour, train lighter, clean solid, PGD dashed; accuracies with
-    BatchNorm batch statistics, when recorded, as thin lines with × markers; a dotted vertical
-    line at the epoch where training switches from standard to adversarial."""
+    BatchNorm batch statistics, when recorded, as thin lines with × markers (a run drawn once per
+    statistics, ``statistics`` in its summary: that statistics' accuracies alone, as the main
+    lines); a dotted vertical line at the epoch where training switches from standard to
+    adversarial."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
@@ -264,7 +266,8 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
     notes = []
     for i, (ax, run) in enumerate(zip(axes[0], runs, strict=True)):
         drawn = False
-        for source in ("running", "batch"):
+        main = run.get("statistics") or "running"
+        for source in (main,) if run.get("statistics") else ("running", "batch"):
             for key, _, light, style, marker in _ACCURACIES:
                 x, y, spread, lowest, _ = _seeded(run, _accuracy_series, source, key)
                 if not np.isfinite(y).any():
@@ -273,7 +276,7 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
                 if spread is not None:
                     _band(ax, x, y, spread, lowest, colour)
                     banded = True
-                if source == "running":
+                if source == main:
                     _line(ax, x, y, colour, style, marker)
                 else:
                     _line(ax, x, y, colour, style, "x", linewidth=0.9, markersize=4.5, alpha=0.9)

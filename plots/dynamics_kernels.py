@@ -227,14 +227,12 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
 
 
 def kernel_images_grid(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
-    """Class-sorted trace C-NTKs side by side (TK fig. 6 left): at initialisation (of the first
-    run) and the last tracked kernel of every run, each with its own colour scale, whose maximum
-    (and the Frobenius norm) the panel names, so that the growth of the kernel reads at a glance."""
+    """Class-sorted trace C-NTKs side by side (TK fig. 6 left): at initialisation (one panel per
+    distinct first kernel: runs of other seeds, or linearized runs, start elsewhere) and the last
+    tracked kernel of every run, each with its own colour scale, whose maximum (and the Frobenius
+    norm) the panel names, so that the growth of the kernel reads at a glance."""
     plt = _pyplot()
-    panels: list[tuple[str, RunSummary, np.ndarray, int]] = []
-    first = next((run for run in runs if run.get("initial_kernel") is not None), None)
-    if first is not None:
-        panels.append(("initialisation", first, np.asarray(first["initial_kernel"]), -1))
+    panels = _starts(runs)
     for i, run in enumerate(runs):
         if run.get("final_kernel") is not None:
             epoch = _floats(run.get("kernel_epochs") or [np.nan])[-1]
@@ -271,6 +269,29 @@ def kernel_images_grid(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
         ref="TK fig. 6 left; each panel on its own colour scale",
     )
     _save(fig, path)
+
+
+def _starts(runs: Sequence[RunSummary]) -> list[tuple[str, RunSummary, np.ndarray, int]]:
+    """The panels of the runs' first kernels, each kernel once: "initialisation" where every run
+    starts from the same one (index -1: drawn in black), else one per run that starts elsewhere,
+    named and coloured as its run ("start of" a linearized run: its parent's kernel at t')."""
+    starts: list[tuple[RunSummary, np.ndarray, int]] = []
+    for i, run in enumerate(runs):
+        if run.get("initial_kernel") is None:
+            continue
+        kernel = np.asarray(run["initial_kernel"])
+        targets = list(run.get("probe_targets") or [])
+        if not any(
+            np.array_equal(kernel, seen) and targets == list(other.get("probe_targets") or [])
+            for other, seen, _ in starts
+        ):
+            starts.append((run, kernel, i))
+    if len(starts) == 1 and not starts[0][0].get("linearized"):
+        return [("initialisation", starts[0][0], starts[0][1], -1)]
+    return [
+        (f"{'start' if run.get('linearized') else 'initialisation'} of {_label(run, i)}", run, kernel, i)
+        for run, kernel, i in starts
+    ]
 
 
 def eigenvector_pictures(

@@ -225,6 +225,9 @@ class RunSummary(TypedDict, total=False):
     initial_kernel: np.ndarray | None  # (N, N) first clean kernel
     final_kernel: np.ndarray | None  # (N, N) last clean kernel
     baseline_distance: BaselineDistance  # with dynamics --baseline
+    #: a run tracked under both BatchNorm statistics is drawn once per statistics
+    #: (``bridge.batchnorm_views``): "running" or "batch", whose kernels and accuracies these are
+    statistics: str
     seeds: Sequence[int]  # the runs of several seeds: their seeds, the first one pictured
     seed_runs: Sequence[RunSummary]  # one summary per seed: the curves' mean ± std
 

@@ -277,7 +277,8 @@ RECIPES = (
         "else inconclusive",
         _batchnorm, _batchnorm_check,
         figures=lambda ctx: [("cifar-dynamics-batchnorm", "accuracy.png", "accuracy with running and batch statistics"),
-                             ("cifar-dynamics-batchnorm", "specialization_adversarial.png", "AE-NTK specialization")],
+                             ("cifar-dynamics-batchnorm", "specialization_adversarial.png",
+                              "AE-NTK specialization, running and batch statistics (w and w/o buffer; figs. 3-4)")],
         paper_number="CIFAR-10 ResNet-18: close clean accuracy, \"quite different\" robust test accuracy (fig. 2)",
     ),
     Recipe(

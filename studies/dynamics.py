@@ -72,10 +72,12 @@ class DynamicsResult(StudyResult):
 
 
 def _networks(runs: Sequence[Any]) -> list[tuple[str, Path]]:
-    """(label, checkpoint): the first run's network at initialisation, every run's at its end."""
+    """(label, checkpoint): every run's network at its start ("start of LABEL"; ``_pictured_networks``
+    says "initialisation" where it is not a linearized run's, and keeps each distinct one once),
+    then every run's at its end."""
     from ntkrobust.bridge.runfolder import RunFolder
 
-    networks = [("initialisation", RunFolder(runs[0].path).checkpoint(0))]
+    networks = [(f"start of {run.label}", RunFolder(run.path).checkpoint(0)) for run in runs]
     for run in runs:
         folder = RunFolder(run.path)
         if not folder.probe.is_file():
@@ -142,7 +144,7 @@ def _pictured_networks(
     from ntkrobust.bridge.runfolder import checkpoint_epoch
     from ntkrobust.bridge.runs import RunError, probe_images
 
-    loaded = []
+    loaded: list[tuple[str, Path, Any, Any]] = []
     for label, path in _networks(runs):
         try:
             model, config, _ = load_checkpoint(path)
@@ -152,18 +154,45 @@ def _pictured_networks(
         except (CheckpointError, RunError) as err:
             raise StudyError(str(err)) from None
         _check_pictured(settings, path, model, config, x)
-        # a linearized net's kernel is its parent's at θt, for every θ
-        network = model.tangent_network() if isinstance(model, LinearizedNetwork | CenteredStandardNetwork) else model
+        if isinstance(model, LinearizedNetwork | CenteredStandardNetwork):
+            network = model.tangent_network()  # its kernel is its parent's at θt, for every θ
+        else:
+            network = model  # and its start is its initialisation
+            label = label.replace("start of ", "initialisation of ", 1) if label.startswith("start of ") else label
         loaded.append((label, path, network.to(device).eval(), x))
-    return loaded
+    return _distinct_starts(loaded, len(runs))
+
+
+def _distinct_starts(loaded: list[tuple[str, Path, Any, Any]], runs: int) -> list[tuple[str, Path, Any, Any]]:
+    """Each run's starting network once: runs of one seed start from the same weights (one row,
+    "initialisation"), runs of other seeds or linearized runs (their parent at t') from their own."""
+    import numpy as np
+    import torch
+
+    def same(a: tuple[str, Path, Any, Any], b: tuple[str, Path, Any, Any]) -> bool:
+        one, other = a[2].state_dict(), b[2].state_dict()
+        return (
+            type(a[2]) is type(b[2])
+            and one.keys() == other.keys()
+            and all(one[k].shape == other[k].shape and torch.equal(one[k], other[k]) for k in one)
+            and np.array_equal(a[3], b[3])  # the probes (images, as the runs saved them)
+        )
+
+    starts: list[tuple[str, Path, Any, Any]] = []
+    for start in loaded[:runs]:
+        if not any(same(start, kept) for kept in starts):
+            starts.append(start)
+    if len(starts) == 1 and starts[0][0].startswith("initialisation of "):  # shared by every run
+        starts = [("initialisation", *starts[0][1:])]
+    return starts + loaded[runs:]
 
 
 def eigenvector_rows(
     settings: DynamicsSettings, networks: Sequence[tuple[str, Path, Any, Any]], progress: bool
 ) -> tuple[list[Any], list[Any], dict[str, Any]]:
     """LOO fig. 4: pictures of the top eigenvectors of the class kernel on the probe, for the
-    ``_pictured_networks``: the network at initialisation (the first run's) and at the end of
-    every run."""
+    ``_pictured_networks``: the networks the runs start from (each distinct one once) and every
+    run's at its end."""
     from ntkrobust.bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
 
     rows, cosines, summary = [], [], {}
@@ -275,6 +304,7 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
     """Read the run folders, check what the flags ask of them, and prepare every figure that
     applies to them."""
     from ntkrobust import plots
+    from ntkrobust.bridge.batchnorm_views import statistics_groups
     from ntkrobust.bridge.run_groups import load_run_groups
     from ntkrobust.bridge.runs import RunError, json_summary
 
@@ -297,7 +327,8 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
             )
             clock.mark("runs", f"{len(groups)} run(s) read")
             two_stage = _two_stage_records(groups)
-            summaries = [_summary(group, baseline) for group in groups]
+            # a run tracked under both BatchNorm statistics is drawn as two (RAT figs. 3-4)
+            summaries = [_summary(group, baseline) for group in statistics_groups(groups)]
         except RunError as err:
             raise StudyError(str(err)) from None
     clock.mark("summaries", "kernel trajectories measured")

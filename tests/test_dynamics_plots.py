@@ -525,6 +525,27 @@ def test_concentration_is_drawn_as_its_remainder_on_a_log_axis(tmp_path, drawn, 
     assert_heading(fig, "near one")
 
 
+def test_a_metric_undefined_at_some_kernels_says_how_many(tmp_path, drawn):
+    """A metric defined at some tracked kernels only is drawn there, and the note counts the others
+    (it said "not shown" of the whole run beside the points it drew)."""
+    why = "a single class among the net's own labels"
+    kernels = [
+        {"epoch": float(e), "clean": {"effective_rank": 3.0 + e, "mean_specialization": 1.0 + e}} for e in range(5)
+    ]
+    for e, record in enumerate(kernels):
+        own = {"mean_specialization": 1.2} if e == 4 else {"undefined": {"mean_specialization": why}}
+        record["adversarial_labels"] = own
+    run = {"label": "partial", "kernels": kernels, "kernel_epochs": list(range(5))}
+    plots.rank_and_specialization([run], tmp_path / "rank.png")
+    fig = drawn["rank.png"]
+    specialization = next(ax for ax in fig.axes if ax.get_title() == "mean kernel specialization")
+    assert [list(line.get_xdata()) for line in specialization.lines if len(line.get_xdata())] == [
+        [0.0, 1.0, 2.0, 3.0, 4.0],
+        [4.0],
+    ]
+    assert f"({why}; 4 of the 5 tracked kernels)" in " ".join(fig._supxlabel.get_text().split())
+
+
 def test_a_log_axis_across_decades_names_its_ticks_alike(tmp_path, drawn, assert_heading):
     """Values from 5×10⁻⁶ to 2×10⁻³: every tick m×10ᵏ, not 10⁻⁵ beside a plain 0.001."""
     records = [{"epoch": e, "relative_magnitude": 5e-6 * 20**e} for e in range(4)]
@@ -755,3 +776,10 @@ def test_the_subtitle_says_where_the_trace_kernels_were_estimated():
     assert mixed == exact + "; exact (a), Rademacher estimate of 1 draw (b)"
     assert dynamics_subtitle([{k: v for k, v in run("a", "").items() if k != "estimator"}]) == exact  # older runs
     assert dynamics_subtitle([run("a", "rademacher:x")]) == exact + "; rademacher:x"  # as a foreign file says it
+
+
+def test_a_fact_that_differs_names_each_value_once_with_its_runs():
+    from ntkrobust.plots.dynamics import dynamics_subtitle
+
+    runs = [{"label": label, "model": model} for label, model in (("a", "m1"), ("b", "m2"), ("c", "m1"))]
+    assert dynamics_subtitle(runs, kernels=False) == "m1 (a and c), m2 (b)"

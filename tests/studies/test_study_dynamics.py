@@ -243,6 +243,57 @@ def test_a_folder_of_seeds_as_baseline_is_its_first_seed(seed_runs, tracked_runs
     assert first["clean"] == [0.0, 0.0] and second["clean"][0] > 0  # another initialisation
 
 
+def test_runs_from_other_initialisations_each_show_their_own(seed_runs, tracked_runs, drawn, tmp_path):
+    standard, other = runs(tracked_runs)[0], seed_runs / "seed_1"  # seed 0 and seed 1
+    settings = DynamicsSettings(runs=(standard, other), eigenvectors=1, eigenvector_steps=2)
+    result = dynamics.run(settings)
+    result.save(tmp_path / "two")
+    record = result.record
+    first, second = (run["label"] for run in record["runs"])
+    starts = [f"initialisation of {first}", f"initialisation of {second}"]
+    assert list(record["eigenvectors"]) == [*starts, f"end of {first}", f"end of {second}"]
+    titles = [ax.get_title().split("\n")[0] for ax in drawn["kernel_images.png"].axes if ax.get_title()]
+    assert titles[:2] == starts and len(titles) == 4
+    record = dynamics.run(DynamicsSettings(runs=runs(tracked_runs), eigenvectors=1, eigenvector_steps=2)).record
+    assert next(iter(record["eigenvectors"])) == "initialisation"  # one seed: one shared start
+
+
+def test_a_run_tracked_under_both_batchnorm_statistics_is_drawn_as_two(
+    tmp_path, small_training, drawn, tracked_runs
+):
+    """RAT figs. 3-4 set the kernels of running statistics ("w buffer") beside those of batch
+    statistics ("w/o buffer"); a run of --batchnorm both records both, and dynamics draws both
+    (it drew the running statistics' alone)."""
+    import numpy as np
+
+    from ntkrobust.studies import train
+
+    run = train.run(small_training(tmp_path / "bn", model="resnet18", width=2, epochs=1, batchnorm="both")).out
+    history = json.loads((run / "history.json").read_text())
+    result = dynamics.run(DynamicsSettings(runs=(run, runs(tracked_runs)[0])))
+    result.save(tmp_path / "figures")
+    summaries = result.record["runs"]
+    running, batch = summaries[:2]
+    assert (running["statistics"], batch["statistics"]) == ("running", "batch") and "statistics" not in summaries[2]
+    assert running["label"].endswith(", BatchNorm running stats") and batch["label"].endswith(", BatchNorm batch stats")
+    for summary, key in ((running, None), (batch, "batch_statistics")):
+        recorded = [record if key is None else record[key] for record in history["kernels"]]
+        norms = [record["clean"]["frobenius_norm"] for record in recorded]
+        assert [record["clean"]["frobenius_norm"] for record in summary["kernels"]] == norms
+        # the distances are those of the kernels the run stored for that statistics
+        with np.load(run / history["kernels"][-1]["file"]) as arrays:
+            kernel = arrays["clean" if key is None else "clean_batch"]
+        assert np.isclose(np.linalg.norm(kernel), norms[-1], rtol=1e-6)
+    assert running["kernels"][0]["clean"] != batch["kernels"][0]["clean"]
+    rows = [ax.get_ylabel() for ax in drawn["specialization_adversarial.png"].axes if ax.get_ylabel()]
+    assert sum("BatchNorm batch stats" in " ".join(row.split()) for row in rows) == 1, rows
+    accuracy = drawn["accuracy.png"]
+    panels = [ax for ax in accuracy.axes if ax.get_title()]
+    assert len(panels) == 3  # one per statistics, and the other run
+    test_clean = next(line for line in panels[1].lines if len(line.get_xdata())).get_ydata()  # its own, as main
+    assert list(test_clean) == [record["accuracy"]["batch"]["test_clean"] for record in history["epochs"]]
+
+
 # -- two-stage training: spawned networks (LOO fig. 2, table 2), clean epochs first (RAT sec. 5) --
 
 
