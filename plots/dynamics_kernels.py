@@ -40,7 +40,9 @@ __all__ = ["eigenvector_pictures", "kernel_distance_heatmaps", "kernel_images_gr
 
 def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
     """Kernel distance d(Θ_s, Θ_t) between every two tracked epochs, one panel per run (TK fig. 3
-    left): a row for the C-NTK and, when tracked, one for the AE-NTK; one colour scale for all."""
+    left): a row for the C-NTK and, when tracked, one for the AE-NTK; one colour scale per row,
+    shared by its runs (the AE-NTK moves several times as far: on one scale the C-NTK's row read
+    as a blank)."""
     plt = _pyplot()
     kinds = [k for k in _KERNELS if any(k[0] in (run.get("dynamics") or {}) for run in runs)] or [_KERNELS[0]]
     rows, cols = len(kinds), max(len(runs), 1)
@@ -48,15 +50,14 @@ def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle
     fig, axes = plt.subplots(
         rows, cols, figsize=(3.3 * cols + 1.2, 3.65 * rows + 1.0), squeeze=False, layout="compressed"
     )
-    matrices = [
-        np.asarray(run["dynamics"][kind]["distance_matrix"])
-        for run in runs
-        for kind, *_ in kinds
-        if "distance_matrix" in (run.get("dynamics") or {}).get(kind, {})
-    ]
-    vmax = max((float(m.max()) for m in matrices), default=0.0) or 1.0
-    mesh = None
     for row, (kind, name, _, _) in enumerate(kinds):
+        matrices = [
+            np.asarray(run["dynamics"][kind]["distance_matrix"])
+            for run in runs
+            if "distance_matrix" in (run.get("dynamics") or {}).get(kind, {})
+        ]
+        vmax = max((float(m.max()) for m in matrices), default=0.0) or 1.0
+        mesh = None
         for col, run in enumerate(runs):
             ax = axes[row, col]
             ax.set_title(f"{_label(run, col)}\n{name}", fontsize=9, color=_colour(col))
@@ -83,13 +84,13 @@ def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle
             for spine in ax.spines.values():
                 spine.set_edgecolor(_colour(col))
                 spine.set_linewidth(2)
-    if mesh is not None:
-        fig.colorbar(
-            mesh,
-            ax=axes,
-            shrink=0.8,
-            label=r"kernel distance  $1 - \langle\Theta_s, \Theta_t\rangle_F \,/\, (\|\Theta_s\|_F \|\Theta_t\|_F)$",
-        )
+        if mesh is not None:
+            bar = fig.colorbar(mesh, ax=axes[row, :], shrink=0.9)
+            bar.set_label(
+                rf"{name.split()[0]} kernel distance" + "\n"
+                r"$1 - \langle\Theta_s, \Theta_t\rangle_F \,/\, (\|\Theta_s\|_F \|\Theta_t\|_F)$",
+                fontsize=9,
+            )
     _heading(fig, "Kernel distance between tracked epochs", subtitle, ref="TK fig. 3 left")
     _save(fig, path)
 
@@ -188,16 +189,8 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
         ticks = np.arange(0.0, upper + step / 2, step)
         ax.set_xticks(np.radians(ticks * stretch), [f"{t:g}°" for t in ticks])
         ax.set_rlim(0.0, max(1.05, 1.08 * r_max))
-        ax.annotate(
-            r"$r = \|\Theta_t - \Theta_0\|_F \;/\; \|\Theta_f - \Theta_0\|_F$",
-            xy=(0.0, ax.get_rmax() / 2),
-            xytext=(0, -20),
-            textcoords="offset points",
-            ha="center",
-            va="top",
-            fontsize=9,
-            annotation_clip=False,
-        )
+        # the r axis's label, under the wedge's straight edge (the layout makes room for an x label)
+        ax.set_xlabel(r"$r = \|\Theta_t - \Theta_0\|_F \;/\; \|\Theta_f - \Theta_0\|_F$", fontsize=9, labelpad=16)
         stretched = f"\n(angular axis stretched ×{stretch:.3g};\nticks: the true angles)" if stretch != 1.0 else ""
         ax.text(  # the corner outside the arc
             1.0,
@@ -223,7 +216,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
     ]
     _notes(fig, notes)
     _heading(fig, "Kernel trajectories in polar space", subtitle, ref="TK eq. 12, fig. 3 right; supp. fig. 8")
-    _save(fig, path)
+    _save(fig, path, tight=True)  # constrained layout leaves a polar axis's x label below the canvas
 
 
 def kernel_images_grid(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:

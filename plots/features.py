@@ -143,13 +143,21 @@ def feature_gallery(
 
 
 def _r_ticks(ax: Any, r: np.ndarray, everything: int | None) -> None:
-    """Plain ticks on the log r axis: the powers of ten in range and r = ``everything`` (all
-    features, the full machine) as "all (n)", a power of ten close to it left out."""
+    """Plain ticks on the log r axis: every r drawn where they are few and apart (at most 8, each
+    at least 1.5 times the one before), else the powers of ten in range; r = ``everything`` (all
+    features, the full machine) as "all (n)", any other tick within a factor 5 of it left out
+    (their labels would run into each other)."""
     from matplotlib.ticker import NullFormatter
 
     low, high = float(r.min()), float(r.max())
-    powers = [10.0**k for k in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)]
-    ticks = [p for p in powers if low <= p <= high and (everything is None or not everything / 3 < p < everything * 3)]
+    drawn = np.unique(r[r != everything] if everything is not None else r).astype(float)
+    if drawn.size <= 8 and np.all(drawn[1:] >= 1.5 * drawn[:-1]):
+        candidates = drawn.tolist()
+    else:
+        candidates = [10.0**k for k in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)]
+    ticks = [
+        p for p in candidates if low <= p <= high and (everything is None or not everything / 5 < p < everything * 5)
+    ]
     labels = [f"{p:.0f}" for p in ticks]
     if everything is not None and np.any(r == everything):
         ticks.append(float(everything))

@@ -228,7 +228,9 @@ def transferability_curves(
     else:
         _empty(ax, "no transferability values")
         ax.set_ylabel("transferability τ")
-    ax.set_xlabel("source epoch t′")
+    spawned = any(label.startswith(("linearized", "centered")) for label, _, _ in series)
+    # a linearized or centered net's examples sit at the parent's epoch it was trained from (LOO sec. 5)
+    ax.set_xlabel("source epoch t′" + (" (linearized / centered nets: their spawn epoch)" if spawned else ""))
     _legend(fig, extra=handles)
     ref = "LOO fig. 3; the examples of each source checkpoint, evaluated on the target"
     _heading(fig, "Adversarial transferability to the target", subtitle, ref=ref)

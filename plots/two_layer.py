@@ -282,7 +282,8 @@ def gradient_pictures(
             for spine in ax.spines.values():
                 spine.set_visible(False)
         if r < len(rows):
-            ax.set_ylabel(_plain(rows[r][0]), fontsize=10, fontweight="bold")
+            # wrapped to the row's height: "net, width 500, seed 0" ran into the next row's name
+            ax.set_ylabel(textwrap.fill(_plain(rows[r][0]), 18), fontsize=10, fontweight="bold")
     for r, (_, gradients) in enumerate(rows):
         for c, epoch in enumerate(epochs):
             ax = axes[r, c + 1]

@@ -71,7 +71,7 @@ def _root(ctx: Context) -> Path:
 
 #: schedules of the shared training runs (ε and steps: the standard ones of the images unless said)
 _SCHEDULES: dict[str, dict[str, Any]] = {
-    "smoke": {"epochs": 5, "milestones": (4,), "lr": 0.1, "batch_size": 32, "track_kernel": 20, "eval_n": 60,
+    "smoke": {"epochs": 5, "milestones": (4,), "lr": 0.1, "batch_size": 32, "track_kernel": 40, "eval_n": 60,
               "eval_pgd_steps": 3, "full_eval_steps": 5, "width": 16, "eps": 0.1},
     "cpu": {"epochs": 10, "milestones": (7,), "lr": 0.05, "track_kernel": 200, "eval_n": 500},
     # RAT sec. 3.1: "For robustness evaluation, we choose PGD-20 to generate AEs on the test set"

@@ -349,9 +349,13 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
         "eigenvector_class": settings.eigenvector_class,
         "eigenvector_steps": settings.eigenvector_steps,
     }
-    subtitle = (
-        f"top {settings.eigenvectors} eigenvectors of the class-{settings.eigenvector_class} eNTK "
-        f"on the probe set; {plots.dynamics_subtitle(summaries)}"
+    names = summaries[0].get("class_names") or []
+    output = settings.eigenvector_class
+    name = str(names[output]) if output < len(names) else str(output)
+    # the class the output stands for: output 0 of a 3-vs-8 task is class 3
+    which = f"class {name}" if name == str(output) else f"output {output} (class {name})"
+    subtitle = f"top {settings.eigenvectors} eigenvectors of the eNTK of {which} on the probe set; " + (
+        plots.dynamics_subtitle(summaries)
     )
     seconds = {"runs": clock.between("start", "runs"), "summaries": clock.between("runs", "summaries")}
     if settings.eigenvectors:

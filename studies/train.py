@@ -356,7 +356,8 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
     )
     if net["linearization"] is not None:
         kind = "centered-standard" if settings.centered_standard else "centered" if settings.centered else "linearized"
-        label = f"{config.model} {kind} {settings.mode}"
+        # "fc2 centered (standard)": the training mode apart, never read as LOO's centered standard net
+        label = f"{config.model} {kind} ({settings.mode})"
     run_config = {
         "data": settings.data.config(data),
         "model": {**config.to_dict(), "parameters": parameter_count(net["model"])},

@@ -176,7 +176,7 @@ def test_transfer_heatmap_all_nan_and_bad_shapes(tmp_path, assert_real_png):
         )
 
 
-def test_transferability_curves(tmp_path, assert_real_png):
+def test_transferability_curves(tmp_path, assert_real_png, drawn):
     epochs = np.arange(0, 101, 5)
     series = [
         ("standard", epochs, 1 - np.exp(-epochs / 5) - epochs / 400),
@@ -187,6 +187,9 @@ def test_transferability_curves(tmp_path, assert_real_png):
     path = tmp_path / "tau.png"
     plots.transferability_curves(series, path, subtitle="target: standard net at epoch 100")
     assert_real_png(path)
+    assert drawn["tau.png"].axes[0].get_xlabel() == "source epoch t′ (linearized / centered nets: their spawn epoch)"
+    plots.transferability_curves(series[:1], tmp_path / "standard.png")
+    assert drawn["standard.png"].axes[0].get_xlabel() == "source epoch t′"
 
 
 def test_transferability_curves_single_point_and_nothing(tmp_path, assert_real_png):

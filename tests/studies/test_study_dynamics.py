@@ -248,6 +248,7 @@ def test_runs_from_other_initialisations_each_show_their_own(seed_runs, tracked_
     settings = DynamicsSettings(runs=(standard, other), eigenvectors=1, eigenvector_steps=2)
     result = dynamics.run(settings)
     result.save(tmp_path / "two")
+    assert result.subtitle.startswith("top 1 eigenvectors of the eNTK of class 0 on the probe set; ")
     record = result.record
     first, second = (run["label"] for run in record["runs"])
     starts = [f"initialisation of {first}", f"initialisation of {second}"]
@@ -258,9 +259,7 @@ def test_runs_from_other_initialisations_each_show_their_own(seed_runs, tracked_
     assert next(iter(record["eigenvectors"])) == "initialisation"  # one seed: one shared start
 
 
-def test_a_run_tracked_under_both_batchnorm_statistics_is_drawn_as_two(
-    tmp_path, small_training, drawn, tracked_runs
-):
+def test_a_run_tracked_under_both_batchnorm_statistics_is_drawn_as_two(tmp_path, small_training, drawn, tracked_runs):
     """RAT figs. 3-4 set the kernels of running statistics ("w buffer") beside those of batch
     statistics ("w/o buffer"); a run of --batchnorm both records both, and dynamics draws both
     (it drew the running statistics' alone)."""

@@ -69,6 +69,27 @@ def test_save_writes_csvs_and_figures(two_archs, saved, assert_real_png):
         assert robustness.tolist() == [float(f"{r:.6g}") for r in two_archs.tables[name].robustness]
 
 
+@pytest.mark.parametrize(
+    ("r", "everything", "labels"),
+    [
+        ((1, 2, 5, 10, 20, 100, 300), 300, ["1", "2", "5", "10", "20", "all (300)"]),  # 100 would meet "all (300)"
+        (tuple(range(1, 13)), None, ["1", "10"]),  # too many to name: the powers of ten
+        ((1, 10, 1000), 1000, ["1", "10", "all (1000)"]),
+    ],
+)
+def test_the_robust_only_axis_names_the_r_drawn(r, everything, labels):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ntkrobust.plots.features import _r_ticks
+
+    fig, ax = plt.subplots()
+    ax.set_xscale("log")
+    _r_ticks(ax, np.asarray(r), everything)
+    assert [t.get_text() for t in ax.get_xticklabels()] == labels
+    plt.close(fig)
+
+
 def test_figures_zoom_to_the_features_and_name_r_all(two_archs, tmp_path, monkeypatch):
     """Multiclass features crowd a corner of [0, 1]²: the axes zoom to them, chance in view; the
     robust-only curves name r = n (every training point) "all (n)"; each figure has a title of
@@ -92,7 +113,7 @@ def test_figures_zoom_to_the_features_and_name_r_all(two_archs, tmp_path, monkey
         assert x0 <= scores.robustness.min() and scores.robustness.max() <= x1
         assert y0 <= min(scores.usefulness.min(), scores.chance) and max(scores.usefulness.max(), scores.chance) <= y1
     for ax in [ax for ax in drawn["robust_only.png"].axes if ax.get_title()]:
-        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "all (120)"]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "5", "all (120)"]  # r = 1, 5, 120
     for fig in drawn.values():
         assert fig.get_suptitle().strip() and "\n" not in fig.get_suptitle().strip()
         assert [a.get_gid() for a in fig.artists] == ["subtitle"]

@@ -85,7 +85,7 @@ def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, re
         history = result.record
         assert history["config"]["linearization"]["centered"] == centered
         assert history["config"]["linearization"]["spawn_epoch"] == 1
-        assert history["label"] == f"fc2 {'centered' if centered else 'linearized'} standard"
+        assert history["label"] == f"fc2 {'centered' if centered else 'linearized'} (standard)"
         magnitudes = [r["relative_magnitude"] for r in history["epochs"]]
         assert magnitudes[0] == 0.0 and magnitudes[1] > 0
         # the linearized network's kernel is frozen: the C-NTK is the parent's at every epoch
@@ -98,7 +98,7 @@ def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, re
         tmp_path / "standard", epochs=1, model=None, width=None, linearize_from=parent, centered_standard=True
     )
     history = train.run(standard).record
-    assert history["label"] == "fc2 centered-standard standard"
+    assert history["label"] == "fc2 centered-standard (standard)"
     assert history["config"]["linearization"] == {
         "checkpoint": str(parent), "spawn_epoch": 1, "centered": True, "standard": True, "batchnorm": "frozen"
     }  # fmt: skip
