@@ -80,7 +80,7 @@ _SCHEDULES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 #: minutes per run (2 cores at smoke / cpu scale; one GPU at paper scale: RAT's 5 GPU-hours per AT run)
 _MINUTES: dict[str, float | dict[str, float]] = {
-    "smoke": 0.1,
+    "smoke": 0.05,
     "cpu": {"standard": 2.5, "fgsm": 3.0, "fgsm-noise": 3.0, "pgd": 5.0, "te": 5.0},
     "paper": {"standard": 60.0, "fgsm": 90.0, "fgsm-noise": 90.0, "pgd": 300.0, "te": 320.0},
 }
@@ -157,7 +157,7 @@ def dynamics_step(ctx: Context, name: str, runs: list[Step], **settings: Any) ->
     folders = tuple(ctx.step_dir(run.name) for run in runs)
     return Step(
         name, "dynamics", DynamicsSettings(runs=folders, device="cpu", **settings),
-        needs=tuple(run.name for run in runs), minutes=0.5 if ctx.scale != "paper" else 10.0,
+        needs=tuple(run.name for run in runs), minutes={"smoke": 0.1, "cpu": 0.5, "paper": 10.0}[ctx.scale],
     )  # fmt: skip
 
 

@@ -178,7 +178,10 @@ def _transfer(ctx: Context) -> Sequence[Step]:
         device="cpu" if ctx.scale != "paper" else "auto",
     )
     name = f"{dynamics_family(ctx)}-transfer-epochs"
-    return [*spawns, Step(name, "transfer", settings, needs=tuple(s.name for s in spawns), minutes=3.0)]
+    return [
+        *spawns,
+        Step(name, "transfer", settings, needs=tuple(s.name for s in spawns), minutes=0.05 if smoke else 3.0),
+    ]
 
 
 def _transfer_check(results: Results) -> Verdict:

@@ -82,7 +82,7 @@ def _two_layer(ctx: Context) -> Sequence[Step]:
         device="cpu" if ctx.scale != "paper" else "auto",
     )
     return [
-        Step("mnist-two-layer", "two-layer", settings, minutes={"smoke": 0.2, "cpu": 4.0, "paper": 120.0}[ctx.scale])
+        Step("mnist-two-layer", "two-layer", settings, minutes={"smoke": 0.1, "cpu": 4.0, "paper": 120.0}[ctx.scale])
     ]
 
 
@@ -126,7 +126,13 @@ def _transfer(ctx: Context) -> Sequence[Step]:
         machine=machine(ctx),
         device="cpu" if ctx.scale != "paper" else "auto",
     )  # fmt: skip
-    step = Step("mnist-transfer-ntk", "transfer", settings, needs=tuple(r.name for r in runs), minutes=2.0)
+    step = Step(
+        "mnist-transfer-ntk",
+        "transfer",
+        settings,
+        needs=tuple(r.name for r in runs),
+        minutes=0.05 if ctx.scale == "smoke" else 2.0,
+    )
     return [*runs, step]
 
 
