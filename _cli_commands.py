@@ -330,12 +330,16 @@ def _train_tracking_flags(p: argparse.ArgumentParser) -> None:
         help="class-balanced training points of the tracked eNTKs (default 300; 0: no kernels)",
     )
     g.add_argument(
-        "--track-every", type=_positive_int, metavar="STEPS", help="track every STEPS steps, not every epoch"
+        "--track-every",
+        type=_positive_int,
+        metavar="STEPS",
+        help="track every STEPS steps (and the last), not every epoch",
     )
     g.add_argument(
         "--track-full",
         action="store_true",
-        help="compute the full C x C kernels (default: the C class blocks, all the metrics need, 1/C of the cost)",
+        help="compute the full C x C kernels and store them (clean_full, adversarial_full in each kernel file; "
+        "default: the C class blocks, all the metrics need, 1/C of the cost)",
     )
     g.add_argument(
         "--estimator",

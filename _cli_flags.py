@@ -144,7 +144,12 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--classes", type=_class_list, help="task classes, ids or names: 'a,b' is a binary task")
     g.add_argument("--n-train", type=_positive_int, help="class-balanced training subset size (default: all)")
-    g.add_argument("--n-test", type=_positive_int, help="class-balanced test subset size (default: all)")
+    g.add_argument(
+        "--n-test",
+        type=_positive_int,
+        help="class-balanced test subset size (default: all); drawn after the training subset, so the test points "
+        "depend on --n-train, --classes and --seed too: keep them when comparing runs",
+    )
     g.add_argument(
         "--seed", type=_seed, default=0, help="seed of subsets, initialisations, shuffles and random starts (default 0)"
     )

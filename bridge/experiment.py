@@ -364,7 +364,12 @@ class _TrainingRun:
         )
         train_seconds = summary.pop("seconds") - self.step_track_seconds
         scores, evaluate_seconds, probe_examples = self.evaluate()
-        after_epoch = self.track(self.state.step, probe_examples) if self.tracking.every is None else 0.0
+        after_epoch = 0.0
+        if self.tracking.every is None:
+            after_epoch = self.track(self.state.step, probe_examples)
+        elif epoch == self.train.epochs and self.state.step % self.tracking.every:
+            # the trained net's kernel, off the grid of --track-every: every run ends on its own
+            after_epoch = self.track(self.state.step, probe_examples)
         track_seconds = self.step_track_seconds + after_epoch
         head = {"epoch": epoch, "step": self.state.step, **summary, "lr": learning_rate(self.train, epoch)}
         self.record_epoch(head, scores, {"train": train_seconds, "track": track_seconds, "evaluate": evaluate_seconds})

@@ -118,8 +118,9 @@ class TrackingConfig:
         return AttackSpec("pgd", self.eps, "linf", self.full_step, self.full_steps, random_start=True, seed=seed)
 
     def full_due(self, epoch: int, last: int) -> bool:
-        """Whether epoch ``epoch`` (of ``last``) ends with a full evaluation."""
-        if self.full_steps is None or epoch == 0:
+        """Whether epoch ``epoch`` (of ``last``) ends with a full evaluation: the last one (the
+        initialisation of a run of 0 epochs, as ``--final-eval`` takes it) and every ``full_every``."""
+        if self.full_steps is None or (epoch == 0 and last != 0):
             return False
         return epoch == last or (self.full_every is not None and epoch % self.full_every == 0)
 
@@ -304,5 +305,7 @@ class KernelTracker:
             "x_adversarial": x_adv.detach().cpu().numpy().astype(np.float32),
             "predicted_adversarial": adversarial_labels.astype(np.int64),
         }
+        if self.kind == "full":  # --track-full: the (N, N, C, C) kernels themselves, for later analysis
+            arrays |= {"clean_full": np.asarray(clean), "adversarial_full": np.asarray(adversarial)}
         record["seconds"] = time.perf_counter() - start
         return arrays, record

@@ -349,12 +349,18 @@ def check_distinct_files(specs: Sequence[str], what: str) -> None:
     it would be evaluated, drawn or attacked twice under two labels."""
     seen: dict[str, str] = {}
     for spec in specs:
-        head, sep, tail = spec.rpartition("=")
-        path = Path(tail if sep and not Path(spec).exists() else spec)
-        key = f"{head if sep and not Path(spec).exists() else ''}={path.resolve()}"
+        key = file_key(spec)
         if key in seen:
             raise StudyError(f"{what} {spec} is named twice (also as {seen[key]})")
         seen[key] = spec
+
+
+def file_key(spec: str) -> str:
+    """What a net or run named on the command line is, however written: ``MODEL=`` (if any) and
+    the file's resolved path."""
+    head, sep, tail = spec.rpartition("=")
+    path = Path(tail if sep and not Path(spec).exists() else spec)
+    return f"{head if sep and not Path(spec).exists() else ''}={path.resolve()}"
 
 
 def load_targets(

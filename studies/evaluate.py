@@ -81,6 +81,8 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
                 "--masking-gap compares AutoAttack with PGD-20 / PGD-100 / CW-100: --attacks needs autoattack and "
                 "one of them"
             )
+        if settings.batch_size != EvaluateSettings.batch_size and "autoattack" not in settings.attacks:
+            raise StudyError("--batch-size sets AutoAttack's runs (PGD and CW run in 256s): --attacks needs autoattack")
         data = settings.data.load()
         channels = data.image_shape[0]
         eps = _checked(settings, channels)
@@ -119,6 +121,8 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
         "attacks": list(settings.attacks),
         # AutoAttack's parts for this many classes (bridge.evaluation.autoattack_attacks)
         "autoattack_attacks": autoattack_attacks(len(data.classes)) if "autoattack" in settings.attacks else None,
+        # points per AutoAttack run, each seeded by its first row: a point's verdict depends on it
+        "autoattack_batch_size": settings.batch_size if "autoattack" in settings.attacks else None,
         "masking_gap": settings.masking_gap if compared else None,  # None: no comparison ran
         "device": str(device),
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkrobust.studies._common import DataSettings
+from ntkrobust.studies._errors import StudyError
 
 
 @dataclass(frozen=True)
@@ -36,4 +37,18 @@ class MakeNpzResult:
 def run(settings: MakeNpzSettings, *, progress: bool = False, argv: list[str] | None = None) -> MakeNpzResult:
     """Load the data as the settings say (``progress`` and ``argv`` are unused: an .npz holds
     arrays only)."""
-    return MakeNpzResult(settings.data.load())
+    import numpy as np
+
+    from ntkrobust.bridge.data import task_indices
+
+    data = settings.data.load()
+    # every command reads a dataset file whole, and refuses one whose split misses a class of the
+    # task; a subset that small (--n-test 5 of 10 classes) is written only as something no command takes
+    for split, y, flag in (("train", data.y_train, "--n-train"), ("test", data.y_test, "--n-test")):
+        missing = len(data.classes) - np.unique(task_indices(y, data.classes)).size
+        if missing:
+            raise StudyError(
+                f"{flag} {y.shape[0]} leaves {missing} class(es) without a {split} point, and a dataset file's "
+                f"splits must hold every class: at least {len(data.classes)} for {len(data.classes)} classes"
+            )
+    return MakeNpzResult(data)

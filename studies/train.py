@@ -131,6 +131,10 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
         "centered": settings.centered or settings.centered_standard,
     }
     if settings.centered_standard:  # LOO table 1: the full net minus its spawn; its kernel moves
+        from ntkrobust.bridge.tracking import has_batchnorm
+
+        if settings.stage2_batchnorm == "train" and not has_batchnorm(parent):
+            raise StudyError(f"--stage2-batchnorm train: {config.model} has no BatchNorm layers")
         linearization |= {"standard": True, "batchnorm": settings.stage2_batchnorm}
         model = CenteredStandardNetwork(parent, batchnorm=settings.stage2_batchnorm)
         return {

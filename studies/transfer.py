@@ -37,6 +37,7 @@ from ntkrobust.studies._common import (
     check_distinct_files,
     check_ridge,
     check_unique,
+    file_key,
     load_targets,
     torch_device,
     training_subset,
@@ -232,9 +233,15 @@ def _architectures(settings: TransferSettings) -> list[str]:
     """The analytic NTK machines' architectures, once the flags and files are checked."""
     arch_names = list(settings.kernel_arch or ([] if settings.surrogate else ["fc2"]))
     check_unique(arch_names, "--kernel-arch", "an architecture")
-    # a net may be a target and a source (its examples then transfer with τ = 1), not twice either
     check_distinct_files(settings.target, "--target")
     check_distinct_files(settings.source, "--source")
+    targets = {file_key(spec): spec for spec in settings.target}
+    for spec in settings.source:  # its column would repeat the target's own attack as a transfer (τ = 1)
+        if file_key(spec) in targets:
+            raise StudyError(
+                f"--source {spec} is also a --target ({targets[file_key(spec)]}): every target's examples already "
+                "attack the others; leave it out of --source"
+            )
     check_ridge(settings.surrogate_ridge, "--surrogate-ridge")
     if not settings.surrogate:  # the surrogates' flags alone would go unread
         given = changed_flags(settings, ("surrogate_n", "surrogate_nets", "surrogate_ridge"))

@@ -64,6 +64,8 @@ def test_a_net_or_run_named_twice_is_refused(tmp_path, checkpoint, assert_refuse
     same = tmp_path / "." / checkpoint.name
     assert_refused(["evaluate", "--data", "digits", checkpoint, same], "is named twice")
     assert_refused(["transfer", "--data", "digits", "--target", checkpoint, "--target", same], "is named twice")
+    # a target's examples attack the other targets already: as a source too, a duplicate column of τ = 1
+    assert_refused(["transfer", "--data", "digits", "--target", checkpoint, "--source", same], "is also a --target")
     (tmp_path / "run").mkdir()
     assert_refused(["dynamics", tmp_path / "run", f"{tmp_path / 'run'}/"], "is named twice")
 

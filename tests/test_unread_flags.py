@@ -70,6 +70,10 @@ def test_train_records_the_default_trades_beta(tmp_path, run_cli):
             ["evaluate", "--data", "digits", "--attacks", "pgd-20", "--masking-gap", 0.3, "N"],
             "--masking-gap compares AutoAttack with PGD-20 / PGD-100 / CW-100",
         ),
+        (
+            ["evaluate", "--data", "digits", "--attacks", "pgd-20", "--batch-size", 3, "N"],
+            "--batch-size sets AutoAttack's runs (PGD and CW run in 256s): --attacks needs autoattack",
+        ),
         (["dynamics", "RUN", "--eigenvector-steps", 5], "--eigenvector-steps sets the eigenvector pictures: give"),
         (
             ["dynamics", "RUN", "--eigenvector-class", 1, "--eigenvector-steps", 5],

@@ -754,5 +754,6 @@ def test_evaluate_under_torchrun_gives_one_processs_accuracies_on_a_three_class_
     two, one = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("two", "one"))
     assert two["nets"] == one["nets"]
     assert two["config"]["autoattack_attacks"] == ["apgd-ce", "apgd-dlr", "fab-t", "square"]
+    assert two["config"]["autoattack_batch_size"] == 8
     accuracy = one["nets"][0]["accuracy"]
     assert accuracy["autoattack"] < accuracy["clean"]

@@ -329,6 +329,8 @@ def test_run_tracks_one_kernel_per_epoch(tmp_path, digits):
 def test_the_full_evaluation_runs_every_k_epochs_and_after_the_last(tmp_path, digits):
     history = _run(tmp_path, digits, epochs=3, probe=0)
     assert [("full_evaluation" in record) for record in history["epochs"]] == [False, False, True, True]
+    initial = _run(tmp_path / "init", digits, epochs=0, probe=0)  # the last epoch of none: the initialisation
+    assert ["full_evaluation" in record for record in initial["epochs"]] == [True]
     full = history["epochs"][-1]["full_evaluation"]
     assert (full["steps"], full["step"]) == (6, 0.02) and full["seconds"] > 0
     assert 0 <= full["accuracy"]["running"]["test_pgd"] <= history["epochs"][-1]["accuracy"]["running"]["test_clean"]
@@ -336,8 +338,8 @@ def test_the_full_evaluation_runs_every_k_epochs_and_after_the_last(tmp_path, di
 
 def test_tracking_every_k_steps(tmp_path, digits):
     history = _run(tmp_path, digits, epochs=1, every=3)
-    assert [k["step"] for k in history["kernels"]] == [0, 3]
-    assert history["kernels"][1]["epoch"] == pytest.approx(0.75)
+    assert [k["step"] for k in history["kernels"]] == [0, 3, 4]  # and the trained net's, off the grid
+    assert [k["epoch"] for k in history["kernels"]] == pytest.approx([0, 0.75, 1.0])
 
 
 def test_resume_after_an_interruption_reproduces_the_run(tmp_path, digits):
@@ -420,3 +422,19 @@ def test_the_evaluation_set_starts_with_the_probe_and_the_kernels_reuse_its_atta
     arrays, record = tracker.track(model, x_adv=x_adv)
     np.testing.assert_array_equal(arrays["x_adversarial"], x_adv.numpy())
     assert record["probe_accuracy"]["pgd"] == accuracy
+    assert "clean_full" not in arrays  # the class blocks alone by default
+
+
+def test_track_full_stores_the_full_kernels_whose_trace_the_files_hold(digits):
+    from ntkrobust.bridge.tracking import KernelTracker
+    from ntkrobust.kernels.metrics import trace_kernel
+
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits, width=16)
+    tracker = KernelTracker(x=x[:6], targets=y[:6], num_classes=10, eps=0.1, step=0.03, steps=2, kind="full")
+    arrays, _ = tracker.track(model)
+    for kind in ("clean", "adversarial"):
+        assert arrays[f"{kind}_full"].shape == (6, 6, 10, 10)
+        np.testing.assert_allclose(trace_kernel(arrays[f"{kind}_full"]), arrays[kind], rtol=1e-12)
+    blocks = KernelTracker(x=x[:6], targets=y[:6], num_classes=10, eps=0.1, step=0.03, steps=2)
+    np.testing.assert_allclose(blocks.track(model)[0]["clean"], arrays["clean"], rtol=1e-5, atol=1e-6)

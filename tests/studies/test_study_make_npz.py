@@ -36,3 +36,12 @@ def test_save_writes_one_npz_that_an_attack_reads(digits38, tmp_path):
 
 def test_bad_data_is_refused(refuses):
     refuses(make_npz, MakeNpzSettings(data=DataSettings(data="imagenet")), "unknown dataset 'imagenet'")
+
+
+def test_a_split_too_small_to_hold_every_class_is_refused(refuses, tmp_path):
+    """A file whose test split misses a class is refused by every command that reads it: make-npz
+    wrote one (--n-test 5 of 10 classes) that nothing could take."""
+    message = "--n-test 5 leaves 5 class(es) without a test point, and a dataset file's splits must hold every class"
+    refuses(make_npz, MakeNpzSettings(data=DataSettings(n_test=5)), message)
+    made = make_npz.run(MakeNpzSettings(data=DataSettings(n_test=10))).save(tmp_path / "ten.npz")
+    assert attack.run(attack.AttackSettings(data=DataSettings(data=str(made)))).record["config"]["n_test"] == 10

@@ -97,6 +97,8 @@ def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, re
     standard = small_training(
         tmp_path / "standard", epochs=1, model=None, width=None, linearize_from=parent, centered_standard=True
     )
+    no_norms = "--stage2-batchnorm train: fc2 has no BatchNorm"
+    refuses(train, dataclasses.replace(standard, stage2_batchnorm="train"), no_norms)
     history = train.run(standard).record
     assert history["label"] == "fc2 centered-standard (standard)"
     assert history["config"]["linearization"] == {

@@ -25,8 +25,8 @@ EPS = ThreatSettings(eps=0.2)
 
 @pytest.fixture(scope="module")
 def matrix(two_layer_nets, binary_task, tmp_path_factory):
-    """Two checkpoints and a TorchScript net attacked by fc1 and two-layer NTK machines, an fc1
-    eNTK surrogate and the first checkpoint again as a source only: (result, saved folder)."""
+    """A checkpoint and a TorchScript net attacked by fc1 and two-layer NTK machines, an fc1 eNTK
+    surrogate and a second checkpoint as a source only: (result, saved folder)."""
     import torch
 
     from ntkrobust.bridge.models import build_model, model_config
@@ -36,8 +36,8 @@ def matrix(two_layer_nets, binary_task, tmp_path_factory):
     torch.jit.save(torch.jit.trace(net, torch.rand(2, 1, 8, 8)), folder / "mine.ts")
     nets = two_layer_nets[1]
     settings = TransferSettings(
-        target=(str(nets / "net_w300_s0.pt"), str(nets / "net_w300_s1.pt"), str(folder / "mine.ts")),
-        source=(str(nets / "net_w300_s0.pt"),),  # a source only, under its own label
+        target=(str(nets / "net_w300_s0.pt"), str(folder / "mine.ts")),
+        source=(str(nets / "net_w300_s1.pt"),),  # a source only: its examples attack, it is not attacked
         data=binary_task,
         kernel_arch=("fc1", "two-layer"),
         surrogate=("fc1:32",),
@@ -51,7 +51,7 @@ def matrix(two_layer_nets, binary_task, tmp_path_factory):
 
 def test_the_matrix_for_checkpoints_torchscript_and_surrogates(matrix):
     record = matrix[0].record
-    assert [t["name"] for t in record["targets"]] == ["net_w300_s0", "net_w300_s1", "mine"]
+    assert [t["name"] for t in record["targets"]] == ["net_w300_s0", "mine"]
     first = record["targets"][0]
     assert set(first["ntk_attack_accuracy"]) == {"fc1", "two-layer"}
     assert set(first["surrogate_attack_accuracy"]) == {"fc1:32"}
@@ -59,9 +59,9 @@ def test_the_matrix_for_checkpoints_torchscript_and_surrogates(matrix):
     assert first["transferability"]["net_w300_s0"] == pytest.approx(1.0)
     table = record["matrix"]
     assert table["columns"][:3] == ["clean", "random sign", "own white-box"]
-    assert np.asarray(table["accuracy"]).shape == (3, 3 + 2 + 1 + 4) and table["columns"][-1] == "net_w300_s0 (2)"
-    assert [s["kind"] for s in record["sources"]] == ["ntk", "ntk", "entk-surrogate", *["white-box"] * 4]
-    assert [s["is_target"] for s in record["sources"][3:]] == [True, True, True, False]
+    assert np.asarray(table["accuracy"]).shape == (2, 3 + 2 + 1 + 3) and table["columns"][-1] == "net_w300_s1"
+    assert [s["kind"] for s in record["sources"]] == ["ntk", "ntk", "entk-surrogate", *["white-box"] * 3]
+    assert [s["is_target"] for s in record["sources"][3:]] == [True, True, False]
     assert record["config"]["kernel_archs"] == ["fc1", "two-layer"] and record["config"]["kernel_n"] == 60
     assert record["config"]["attack"]["eps"] == 0.2 and record["config"]["surrogate_n"] == 30
 
@@ -69,7 +69,7 @@ def test_the_matrix_for_checkpoints_torchscript_and_surrogates(matrix):
 def test_save_writes_the_examples_and_the_heatmap(matrix, assert_real_png):
     out = matrix[1]
     assert sorted(p.name for p in out.iterdir()) == ["examples.npz", "results.json", "transfer.png"]
-    assert json.loads((out / "results.json").read_text())["matrix"]["rows"] == ["net_w300_s0", "net_w300_s1", "mine"]
+    assert json.loads((out / "results.json").read_text())["matrix"]["rows"] == ["net_w300_s0", "mine"]
     with np.load(out / "examples.npz", allow_pickle=False) as arrays:
         assert {"ntk_fc1", "ntk_two_layer", "entk_fc1_32", "random_sign", "x", "y"} == set(arrays.files)
         assert arrays["ntk_fc1"].shape == arrays["x"].shape == (40, 1, 8, 8)
@@ -79,7 +79,7 @@ def test_save_writes_the_examples_and_the_heatmap(matrix, assert_real_png):
 def test_summary_has_a_line_per_target(matrix):
     result = matrix[0]
     lines = result.summary().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["net_w300_s0", "net_w300_s1", "mine"]
+    assert [line.split(":")[0] for line in lines] == ["net_w300_s0", "mine"]
     first = result.record["targets"][0]
     assert lines[0].startswith(f"net_w300_s0: clean {first['clean_accuracy']:.3f}, own fgsm ")
     assert "random sign" in lines[0] and "NTK fc1 " in lines[0] and "eNTK fc1:32 " in lines[0]
