@@ -268,7 +268,8 @@ def kernel_dynamics(kernels: Sequence[np.ndarray], epochs: np.ndarray, *, top_k:
 def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
     """What ``plots.dynamics_figures`` draws for one run, as a plain dict (reads the kernels if needed).
 
-    Keys: ``label``, ``path``, ``mode``, ``switch_epoch`` (int or None), ``linearized`` (bool),
+    Keys: ``label``, ``path``, ``mode``, ``switch_epoch`` (int or None), ``milestones`` (the
+    epochs after which the learning rate decays), ``linearized`` (bool),
     ``description`` (one line: model, training, probe), ``dataset`` (str or None, from the config's
     ``dataset`` / ``data``), ``model`` ("<name> (width w)" or None), ``eps`` (the config's PGD radius,
     for training and for the AE-NTK's probe attack, or None), ``probe_size``, ``estimator`` (the
@@ -299,6 +300,7 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
         "path": str(run.path),
         "mode": run.mode,
         "switch_epoch": run.switch_epoch,
+        "milestones": _milestones(config),
         "linearized": config.get("linearize_from") is not None,
         "description": describe_run(run),
         "dataset": _dataset(config),
@@ -315,6 +317,15 @@ def dynamics_summary(run: TrainingRun, *, top_k: int = 20) -> dict[str, Any]:
         "initial_kernel": run.clean_kernels[0] if run.clean_kernels else None,
         "final_kernel": run.clean_kernels[-1] if run.clean_kernels else None,
     } | ({} if run.statistics is None else {"statistics": run.statistics})
+
+
+def _milestones(config: dict[str, Any]) -> list[int]:
+    """The epochs after which the run's learning rate decays (``--milestones``; none where the
+    configuration does not say them as whole numbers)."""
+    milestones = config.get("milestones")
+    if not isinstance(milestones, list) or not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones):
+        return []
+    return [int(m) for m in milestones]
 
 
 def _estimator(config: dict[str, Any]) -> str:

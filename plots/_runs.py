@@ -10,6 +10,7 @@ missing: a figure draws what is there and notes under its panels what is not. Ru
 - ``_tracked_kinds``: the kernels (C-NTK, AE-NTK) some run tracked, with their line styles;
 - ``_relative_magnitudes``: the per-epoch relative magnitude of linearized training;
 - ``_mark_switches``: a dotted line in the run's colour at each run's switch epoch;
+- ``_mark_decays``: a grey dash-dot line at each epoch after which a learning rate decays;
 - ``_seeded`` / ``_seed_band``: a series of a run, or of the runs of several seeds
   (``RunSummary["seed_runs"]``) as their mean ± std.
 """
@@ -21,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ntkrobust.plots._style import _SWITCH_STYLE, KernelStyle, _colour, _floats, _plain
+from ntkrobust.plots._style import _DECAY_STYLE, _SWITCH_STYLE, KernelStyle, _colour, _floats, _plain
 from ntkrobust.plots.types import RunSummary
 
 _KERNELS: tuple[KernelStyle, ...] = (
@@ -81,6 +82,15 @@ def _tracked_kinds(runs: Sequence[RunSummary]) -> list[KernelStyle]:
     """The kernels (C-NTK, AE-NTK) that some run tracked; the C-NTK when none did."""
     kinds = [k for k in _KERNELS if any(_has_kind(run, k[0]) or k[0] in (run.get("dynamics") or {}) for run in runs)]
     return kinds or [_KERNELS[0]]
+
+
+def _mark_decays(ax: Any, runs: Sequence[RunSummary]) -> bool:
+    """A thin grey dash-dot line at every epoch after which a run's learning rate decays
+    (``train --milestones``): RAT's second kernel-learning phase starts there (sec. 3.2)."""
+    epochs = sorted({float(m) for run in runs for m in run.get("milestones") or []})
+    for epoch in epochs:
+        ax.axvline(epoch, color="0.55", linestyle=_DECAY_STYLE, linewidth=0.9, zorder=0)
+    return bool(epochs)
 
 
 def _mark_switches(ax: Any, runs: Sequence[RunSummary], indices: Sequence[int] | None = None) -> bool:

@@ -20,6 +20,7 @@ _RUN_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"
 
 _MANY_POINTS = 40  # no markers on longer series
 _SWITCH_STYLE = (0, (1, 2))  # dotted vertical line at a run's switch epoch
+_DECAY_STYLE = "-."  # grey dash-dot vertical line where a learning rate decays
 
 KernelStyle = tuple[KernelKind, str, str, str]
 """How a kernel's series are drawn: (kind, legend name, line style, marker)."""
@@ -272,10 +273,11 @@ def _legend(
     kinds: Sequence[KernelStyle] = (),
     *,
     switch: bool = False,
+    decay: bool = False,
     extra: Sequence[tuple[Any, str]] = (),
 ) -> None:
     """One legend for the figure, right of the panels: runs (index, label) by colour, kernels by
-    line style, a switch-epoch line, then ``extra`` (handle, label) pairs."""
+    line style, a switch-epoch line, a learning-rate decay line, then ``extra`` (handle, label) pairs."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=_colour(i), linewidth=3) for i, _ in runs]
@@ -287,6 +289,9 @@ def _legend(
     if switch:
         handles.append(Line2D([], [], color="0.3", ls=_SWITCH_STYLE, linewidth=1.2))
         labels.append("switch epoch\n(standard → adversarial)")
+    if decay:
+        handles.append(Line2D([], [], color="0.55", ls=_DECAY_STYLE, linewidth=0.9))
+        labels.append("learning-rate decay\n(after this epoch)")
     for handle, label in extra:
         handles.append(handle)
         labels.append(label)

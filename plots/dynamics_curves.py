@@ -26,6 +26,7 @@ from ntkrobust.plots._runs import (
     _dynamics_series,
     _has_kind,
     _label,
+    _mark_decays,
     _mark_switches,
     _metric_series,
     _relative_magnitudes,
@@ -84,7 +85,7 @@ def _series_panels(
     fig.set_figheight(fig.get_figheight() + 0.7)
     missing: dict[tuple[str, int, str], list[str]] = {}  # (panel, run, why) -> kernels
     used_kinds: set[str] = set()
-    switch = banded = False
+    switch = banded = decay = False
     for ax, (key, ylabel, title, log, kinds) in zip(axes[0], panels, strict=True):
         drawn = False
         for i, run in enumerate(runs):
@@ -106,12 +107,13 @@ def _series_panels(
                 used_kinds.add(kind)
         if drawn:
             switch = _mark_switches(ax, runs) or switch
+            decay = _mark_decays(ax, runs) or decay
             _style_epoch_axes(ax, ylabel, title, log=log)
         else:
             ax.set_title(title, fontsize=10)
             _empty(ax, f"{title}: nothing to draw" + (" (see the note below)" if missing else ""))
     kinds_used = [k for k in (*_KERNELS, _OWN_LABELS) if k[0] in used_kinds]
-    _legend(fig, _all_runs(runs), kinds_used, switch=switch, extra=_band_legend(banded))
+    _legend(fig, _all_runs(runs), kinds_used, switch=switch, decay=decay, extra=_band_legend(banded))
     notes = [
         (f"{title} of {_label(runs[i], i)} ({' and '.join(which)})", why) for (title, i, why), which in missing.items()
     ]
@@ -259,12 +261,16 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    fig, axes = _grid(plt, 1, max(len(runs), 1), 3.8)
+    # at most 3 panels a row: five runs in one row made a figure too wide to read at page width
+    cols = min(max(len(runs), 1), 3)
+    fig, axes = _grid(plt, -(-max(len(runs), 1) // cols), cols, 3.8)
     fig.set_figwidth(fig.get_figwidth() + 1.9)
     fig.set_figheight(fig.get_figheight() + 0.6)
-    batch_seen = banded = False
+    for ax in axes.ravel()[len(runs) :]:
+        ax.set_visible(False)
+    batch_seen = banded = decay = False
     notes = []
-    for i, (ax, run) in enumerate(zip(axes[0], runs, strict=True)):
+    for i, (ax, run) in enumerate(zip(axes.ravel()[: len(runs)], runs, strict=True)):
         drawn = False
         main = run.get("statistics") or "running"
         for source in (main,) if run.get("statistics") else ("running", "batch"):
@@ -293,6 +299,7 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
             notes.append((f"accuracies of {_label(run, i)}", "not recorded"))
             continue
         ax.set_ylim(-0.02, 1.02)
+        decay = _mark_decays(ax, [run]) or decay
         _style_epoch_axes(ax, "accuracy", title)
         ax.title.set_color(_colour(i))
     handles = []
@@ -304,7 +311,7 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
         handles.append((Line2D([], [], color="0.3", marker="x", linewidth=0.9, ms=5), "BatchNorm batch\nstatistics"))
     if any(run.get("switch_epoch") is not None for run in runs):
         handles.append((Line2D([], [], color="0.3", ls=_SWITCH_STYLE), "switch epoch"))
-    _legend(fig, extra=handles + _band_legend(banded))
+    _legend(fig, decay=decay, extra=handles + _band_legend(banded))
     _notes(fig, notes)
     _heading(fig, "Accuracy during training", subtitle, ref="TK supp. fig. 6; test in the run's colour, train lighter")
     _save(fig, path)

@@ -234,8 +234,9 @@ def switch_cost_bars(record: SwitchCost, path: Path, *, subtitle: str = "") -> N
     labels = _seconds_panel(axes[0], runs)
     seeded = _accuracy_panel(axes[1], runs)
     modes = " / ".join(dict.fromkeys(str(run.get("mode") or "?") for run in runs))
-    handles = [
-        (Patch(color=_CLEAN_EPOCHS), "clean epochs (standard)"),
+    switched = any(np.nan_to_num(_floats([run.get("seconds_clean")]))[0] > 0 for run in runs)
+    handles = [(Patch(color=_CLEAN_EPOCHS), "clean epochs (standard)")] if switched else []  # only where drawn
+    handles += [
         (Patch(color=_ADVERSARIAL_EPOCHS), f"adversarial epochs ({modes})"),
         (Patch(facecolor=_ACCURACY, edgecolor=_ACCURACY), "clean test accuracy"),
         (Patch(facecolor="white", edgecolor=_ACCURACY, hatch="////"), f"PGD test accuracy\n({_sources(runs)})"),

@@ -209,6 +209,7 @@ class RunSummary(TypedDict, total=False):
     path: str
     mode: str | None
     switch_epoch: int | None  # the epoch after which training switched to ``mode``
+    milestones: Sequence[int]  # the epochs after which the learning rate decays
     linearized: bool
     description: str
     dataset: str | None

@@ -546,6 +546,23 @@ def test_a_metric_undefined_at_some_kernels_says_how_many(tmp_path, drawn):
     assert f"({why}; 4 of the 5 tracked kernels)" in " ".join(fig._supxlabel.get_text().split())
 
 
+def test_the_learning_rate_decay_is_marked(tmp_path, drawn):
+    """RAT's second kernel-learning phase follows the decay (sec. 3.2, fig. 1): the curve figures
+    and the accuracies mark the epochs after which the learning rate decays."""
+    kernels = [{"epoch": float(e), "clean": {"effective_rank": 3.0 + e, "mean_specialization": 1.0}} for e in range(5)]
+    run = {"label": "decayed", "kernels": kernels, "kernel_epochs": list(range(5)), "milestones": [3]}
+    run["epochs"] = [{"epoch": e, "accuracy": {"running": {"test_clean": 0.5 + 0.1 * e}}} for e in range(5)]
+    plots.rank_and_specialization([run], tmp_path / "rank.png")
+    plots.accuracy_curves([run], tmp_path / "accuracy.png")
+    for name in ("rank.png", "accuracy.png"):
+        fig = drawn[name]
+        for ax in (ax for ax in fig.axes if ax.get_title()):
+            assert [line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "-."] == [3.0]
+        assert "learning-rate decay\n(after this epoch)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    plots.rank_and_specialization([{**run, "milestones": []}], tmp_path / "constant.png")
+    assert all(line.get_linestyle() != "-." for ax in drawn["constant.png"].axes for line in ax.lines)
+
+
 def test_a_log_axis_across_decades_names_its_ticks_alike(tmp_path, drawn, assert_heading):
     """Values from 5×10⁻⁶ to 2×10⁻³: every tick m×10ᵏ, not 10⁻⁵ beside a plain 0.001."""
     records = [{"epoch": e, "relative_magnitude": 5e-6 * 20**e} for e in range(4)]
@@ -759,6 +776,9 @@ def test_switch_cost_bars_stack_clean_and_adversarial_seconds(tmp_path, drawn, a
     renderer = canvas.get_renderer()
     right = seconds.get_window_extent(renderer).x1
     assert all(t.get_window_extent(renderer).x1 < right for t in seconds.texts)
+    assert "clean epochs (standard)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    plots.switch_cost_bars({"runs": runs[:1]}, tmp_path / "full.png")  # full AT alone: no clean bar to name
+    assert "clean epochs (standard)" not in [t.get_text() for t in drawn["full.png"].legends[0].get_texts()]
 
 
 def test_the_subtitle_says_where_the_trace_kernels_were_estimated():
