@@ -115,10 +115,12 @@ def feature_gallery(
     path: Path,
     *,
     subtitle: str = "",
+    heading: str = "Input gradients of eigen-features",
 ) -> None:
     """Rows (name, gradients (k, C, H, W), captions (k,)): the image, then each feature's gradient.
 
-    TK fig. 2 left (the top features, one row per architecture) and fig. 5 (chosen features).
+    TK fig. 2 left (the top features, one row per architecture) and fig. 5 (chosen features);
+    ``heading`` names which features the figure shows.
     """
     plt = _pyplot()
     cols = 1 + max(max(g.shape[0], 1) for _, g, _ in rows)
@@ -138,7 +140,7 @@ def feature_gallery(
         if gradients.shape[0] == 0:
             axes[r, 1].text(0.0, 0.5, "none", fontsize=9, va="center")
     axes[0, 0].set_title("input", fontsize=9)
-    _heading(fig, "Input gradients of eigen-features", subtitle, ref="TK fig. 2 left, fig. 5")
+    _heading(fig, heading, subtitle, ref="TK fig. 2 left, fig. 5")
     _save(fig, path)
 
 

@@ -60,5 +60,7 @@ def kernel_image(
     image = ax.imshow(sorted_kernel, cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.85, label="Θ(x, x′)")
     _class_blocks(ax, counts, edges, class_names)
+    ax.set_xlabel("point x′, sorted by class", fontsize=9)
+    ax.set_ylabel("point x, sorted by class", fontsize=9)
     _heading(fig, _plain(title), subtitle, ref="TK fig. 6 left: examples sorted by class")
     _save(fig, path)

@@ -234,7 +234,11 @@ def _picture(
     checkpoint = settings.checkpoint
     subtitle = (
         f"{config.model} (width {config.width}), {settings.n} {data.name} {settings.split} points"
-        + (f", PGD eps={adversarial['eps']:.4g}" if adversarial else "")
+        + (
+            f", PGD eps={adversarial['eps']:.4g} ({adversarial['steps']} steps of {adversarial['step']:.4g})"
+            if adversarial
+            else ""
+        )
         + (f", from {checkpoint.name}" if checkpoint else ", at initialisation")
         + ("; drawn as the mean of its C diagonal output blocks Θ_cc" if kind.name in ("full", "class-blocks") else "")
     )

@@ -222,8 +222,10 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
         dataset=data.describe(),
         warnings=notes,
     )
+    # an iterated attack's steps: the title's ε is its budget, which the steps may not reach
+    steps = f"{spec.method.upper()}: {spec.steps} steps of {spec.step:.3g}; " if spec.steps > 1 and spec.step else ""
     subtitle = (
-        f"{data.name}, {machine.n_train} train / {x_test.shape[0]} test, full-batch GD lr {settings.lr:g}, "
+        f"{steps}{data.name}, {machine.n_train} train / {x_test.shape[0]} test, full-batch GD lr {settings.lr:g}, "
         f"epoch <-> t anchored at epoch {anchor} (t = {result.time_per_epoch:.3g} x epoch; theory {theory:.3g})"
     )
     return TwoLayerResult(

@@ -108,6 +108,7 @@ def test_adversarial_kernel_is_on_the_nets_own_pgd_examples(tmp_path):
     }
     assert record["accuracy_adversarial"] <= record["accuracy_clean"]
     assert "mean_specialization" in record["metrics_adversarial_labels"] or len(set(y_adv)) < 10
+    assert ", PGD eps=0.3 (5 steps of 0.01)" in result.picture["subtitle"]  # ε the steps cannot reach: said
     assert "AE-NTK" in result.summary()
     with np.load(result.save(tmp_path / "ae") / "kernel.npz") as saved:
         assert sorted(saved.files) == ["kernel", "x", "x_clean", "y", "y_adversarial"]
