@@ -74,12 +74,12 @@ class FeaturesResult(StudyResult):
             subtitle=f["subtitle"],
             useful_non_robust_below=f["non_robust_below"],
         )
-        for rows, name, text, which in (
+        for gallery, name, text, which in (
             ("gallery", "feature_gallery.png", "gallery_text", "the top"),
             ("strips", "useful_non_robust.png", "strip_text", "useful, non-robust"),
         ):
             heading = f"Input gradients of {which} eigen-features"
-            plots.feature_gallery(f["image"], f[rows], staged.path(name), subtitle=f[text], heading=heading)
+            plots.feature_gallery(f["image"], f[gallery], staged.path(name), subtitle=f[text], heading=heading)
         if f["curves"]:
             plots.robust_only_curves(f["curves"], staged.path("robust_only.png"), subtitle=f["curve_text"])
 
