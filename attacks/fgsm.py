@@ -21,7 +21,7 @@ Shapes:
     x: (B, C, H, W) → x_adv: (B, C, H, W), same dtype and array type (numpy, JAX, torch).
 
 Example:
-    >>> x_adv = fgsm(machine.loss_gradient, x, y, eps=0.3)
+    >>> x_adv = fgsm(machine.loss_gradient, x, machine.target_index(y), eps=0.3)
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ LossGradient = Callable[[Array, Array], Array]
 def fgsm(loss_gradient: LossGradient, x: Array, y: Array, *, eps: float, norm: Norm = "linf") -> Array:
     """One steepest-ascent step of size ``eps`` on the loss, projected and clipped to [0, 1]."""
     threat = ThreatModel(norm=norm, eps=eps)
+    threat.check_inputs(x)
     ops = ops_for(x)
     direction = ops.astype_like(steepest_ascent(loss_gradient(x, y), norm), x)
     return threat.project(x + eps * direction, x)

@@ -32,7 +32,7 @@ Shapes:
     (~10 ms a step on 500 MNIST images on a CPU; the same operations, so the same iterates).
 
 Example:
-    >>> x_adv = pgd(machine.loss_gradient, x, y, eps=0.3, step=0.01, steps=40)
+    >>> x_adv = pgd(machine.loss_gradient, x, machine.target_index(y), eps=0.3, step=0.01, steps=40)
 """
 
 from __future__ import annotations
@@ -66,8 +66,11 @@ def pgd(
         raise ValueError(f"step must be > 0, got {step}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    threat.check_inputs(x)
     ops = ops_for(x)
     if start is not None:
+        if tuple(start.shape) != tuple(x.shape):  # it would broadcast against x silently
+            raise ValueError(f"start must have the shape of x, {tuple(x.shape)}, got {tuple(start.shape)}")
         x_adv = threat.project(start, x)
     else:
         x_adv = threat.random_start(x, seed) if random_start else x

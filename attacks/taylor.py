@@ -70,13 +70,14 @@ def _taylor(
     batch, k = int(z.shape[0]), int(z.shape[1])
     if batch != x.shape[0] or target_index.shape != (batch,):
         raise ValueError(f"jacobian batch {batch}, inputs {x.shape[0]}, labels {target_index.shape} disagree")
+    classes = 2 if k == 1 else k  # one output: 0 ↔ y = −1, 1 ↔ y = +1
+    if target_index.min(initial=0) < 0 or target_index.max(initial=0) >= classes:
+        raise ValueError(f"target_index must lie in [0, {classes}) (machine.target_index(labels) maps class ids)")
     if k == 1:
         # Eq. 16: η = −ε·y·d(z), y = ±1.
         sign_y = ops.from_numpy((2 * target_index - 1).reshape((batch,) + (1,) * (x.ndim - 1)), like=z)
         direction = -sign_y * steepest_ascent(z[:, 0], norm)
     else:
-        if target_index.min(initial=0) < 0 or target_index.max(initial=0) >= k:
-            raise ValueError(f"target_index must lie in [0, {k})")
         true_mask = np.eye(k)[target_index].reshape((batch, k) + (1,) * (x.ndim - 1))
         true_mask_dev = ops.from_numpy(true_mask, like=z)
         z_true = (z * true_mask_dev).sum(1)  # .sum(1) means the same on numpy, JAX and torch

@@ -38,6 +38,12 @@ class ThreatModel:
         if not np.isfinite(self.eps) or self.eps < 0:
             raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
 
+    def check_inputs(self, x: Array) -> None:
+        """Refuse host (numpy) inputs outside [0, 1]: the clip to the box would move a clean
+        point by more than ε. Device arrays are not read (no host round trip per attack)."""
+        if isinstance(x, np.ndarray) and x.size and (np.isnan(x).any() or x.min() < 0 or x.max() > 1):
+            raise ValueError(f"inputs must lie in [0, 1] (pixel units), got values from {x.min():g} to {x.max():g}")
+
     def project(self, x_adv: Array, x: Array) -> Array:
         """Nearest point of the ε-ball around ``x`` (then clipped to [0, 1])."""
         ops = ops_for(x)
@@ -81,7 +87,8 @@ def steepest_ascent(gradient: Array, norm: Norm) -> Array:
 
 
 def dual_norm(gradient: Array, norm: Norm) -> Array:
-    """Per-example dual norm, the gain of a steepest-ascent step: ‖g‖₁ for ℓ∞, ‖g‖₂ for ℓ2."""
+    """Per-example dual norm, the gain of a steepest-ascent step: ‖g‖₁ for ℓ∞, ‖g‖₂ for ℓ2, shape
+    (B, 1, ..., 1) so that it broadcasts against the batch (``attacks._array``)."""
     ops = ops_for(gradient)
     if norm == "linf":
         return ops.reduce(ops.abs(gradient), "sum")

@@ -66,10 +66,24 @@ def _cpu_working_bytes() -> int:
 
 @dataclass(frozen=True)
 class KernelKind:
-    """``full``, ``trace`` or ``class`` (with the output ``index``)."""
+    """What an empirical NTK holds: ``full`` (N1, N2, C, C), ``class-blocks`` (N1, N2, C),
+    ``trace`` (N1, N2), ``class`` with the output ``index`` (N1, N2), or ``rademacher`` with
+    ``index`` K > 0 random-sign draws (N1, N2). ``parse`` reads the text forms; a kind built
+    directly is checked the same way."""
 
     name: str
     index: int | None = None
+
+    def __post_init__(self) -> None:
+        indexed = {"class": lambda i: i >= 0, "rademacher": lambda i: i > 0}
+        if self.name in ("full", "class-blocks", "trace") and self.index is None:
+            return
+        if self.name in indexed and isinstance(self.index, int) and indexed[self.name](self.index):
+            return
+        raise ValueError(
+            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (K > 0 "
+            f"random-sign draws), got {self.name!r} with index {self.index!r}"
+        )
 
     @classmethod
     def parse(cls, text: str) -> KernelKind:
@@ -204,6 +218,12 @@ def plan_kernel(
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     a = as_inputs(x1, device, dtype)
     b = None if x2 is None else as_inputs(x2, device, dtype)
+    if b is not None and a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"inputs of shapes {tuple(a.shape[1:])} and {tuple(b.shape[1:])}: one kernel takes one")
+    # every entry of the kernel would be NaN (one read of the inputs per kernel; the meta device,
+    # which stands in for CUDA in the placement tests, has no values to read)
+    if a.device.type != "meta" and not all(bool(torch.isfinite(t).all()) for t in ((a,) if b is None else (a, b))):
+        raise ValueError("inputs contain NaN or inf")
     buffer_free = any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats for m in net.modules()
     )
@@ -215,7 +235,13 @@ def plan_kernel(
     memory_budget = distributed.agreed_minimum(memory_budget, device)
 
     with torch.no_grad():
-        num_outputs = net(a[:1]).shape[1]
+        try:
+            num_outputs = net(a[:1]).shape[1]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as error:  # "mat1 and mat2 shapes cannot be multiplied" says too little
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(f"the model does not take inputs of shape {tuple(a.shape[1:])}: {first_line}") from None
     outputs = kind.outputs(num_outputs)
     estimated = kind.name == "rademacher"
     if estimated:  # the trace of the K signed outputs' kernel, rescaled at the end

@@ -4,6 +4,8 @@
 
 Kinds (the shapes of neural-tangents, written once):
 - ``full``: (N1, N2, C, C), every pair of outputs;
+- ``class-blocks``: (N1, N2, C), the C diagonal blocks Θ_cc alone (all that the trace and the
+  specialization metrics need, about 1/C of the full kernel's products);
 - ``trace``: (N1, N2), the mean of the C diagonal class blocks (LOO's "trace kernel", RAT);
 - ``class:c``: (N1, N2), the block of output c alone;
 - ``rademacher:K``: (N1, N2), an unbiased estimate of ``trace`` from K random-sign combinations

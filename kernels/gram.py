@@ -152,9 +152,17 @@ def compute_gram(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: bool = False,
 ) -> np.ndarray:
-    """Θ(x1, x2) (Θ(x1, x1) if ``x2`` is None) in float64 from NCHW inputs: shape (N1, N2)."""
+    """Θ(x1, x2) (Θ(x1, x1) if ``x2`` is None) in float64 from NCHW inputs: shape (N1, N2).
+    Inputs of two shapes, and NaN or inf in host inputs, are refused (ValueError)."""
     symmetric = x2 is None
-    x2_ = x1 if symmetric else x2
+    x2_ = x1 if x2 is None else x2
+    for x in (x1,) if symmetric else (x1, x2_):
+        if not hasattr(x, "shape"):
+            raise TypeError(f"inputs must be arrays (numpy, JAX or torch), got {type(x).__name__}")
+        if isinstance(x, np.ndarray) and not np.all(np.isfinite(x)):
+            raise ValueError("inputs contain NaN or inf")
+    if tuple(x2_.shape[1:]) != tuple(x1.shape[1:]):
+        raise ValueError(f"inputs of shapes {tuple(x1.shape[1:])} and {tuple(x2_.shape[1:])}: one kernel takes one")
     arch.check_input(tuple(x1.shape))
     a = arch.to_layout(jnp.asarray(x1, dtype=jnp.float64))
     b = arch.to_layout(jnp.asarray(x2_, dtype=jnp.float64))
@@ -224,8 +232,9 @@ def _symmetric_gram(arch: Architecture, a: jnp.ndarray, side: int, progress: boo
 
 
 def gram_matrix(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None = None, **options: Any) -> np.ndarray:
-    """``compute_gram`` through the on-disk cache: ``cached_gram``'s Gram alone (same keywords:
-    ``cache_dir=None`` disables caching, ``memory_budget``, ``progress``)."""
+    """``compute_gram`` through the on-disk cache (keywords: ``cache_dir``, where the matrices are
+    kept by a key of the architecture and the inputs, None for no cache; ``memory_budget``;
+    ``progress``), the Gram matrix alone (``kernels.gram.cached_gram`` also says whether it hit)."""
     return cached_gram(arch, x1, x2, **options)[0]
 
 

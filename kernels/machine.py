@@ -33,12 +33,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ntkrobust.kernels import _dot_route
 from ntkrobust.kernels._compiled import compiled as _compiled
-from ntkrobust.kernels._compiled import loss_cotangent
+from ntkrobust.kernels._compiled import loss_cotangent as _loss_cotangent
 from ntkrobust.kernels._jax import float64, jax, jnp, point_sharding, x64_enabled
 from ntkrobust.kernels.architectures import Architecture
 from ntkrobust.kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
@@ -275,9 +276,13 @@ class KernelMachine:
 
     @float64
     def loss_gradient(self, x: np.ndarray | jnp.ndarray, target_index: np.ndarray | jnp.ndarray) -> jnp.ndarray:
-        """∇ₓ of the cross-entropy of each example (supp. eq. 5 / 8), shape and dtype of ``x``."""
+        """∇ₓ of the cross-entropy of each example (supp. eq. 5 / 8), shape, dtype and array type
+        (numpy, JAX, torch) of ``x``. ``target_index`` (N,): each example's true class as its
+        position among ``classes`` (``target_index(labels)`` maps class ids; for one output 0 ↔
+        y = −1, 1 ↔ y = +1); host arrays are checked (inside a JAX trace nothing can be)."""
         x_arr = self._check(x)
-        index = jnp.asarray(target_index, dtype=jnp.int32)
+        check_target_index(target_index, len(self.classes), x_arr.shape[0])
+        index = jnp.asarray(_host(target_index), dtype=jnp.int32)
         blocks = self._blocks()
         chunks = self._train_chunks(blocks.train)
         compiled = _compiled(self.arch)
@@ -294,14 +299,14 @@ class KernelMachine:
             f = compiled.logits(xb, *chunks[0])
             for xc, ac in chunks[1:]:
                 f = f + compiled.logits(xb, xc, ac)
-            cot = loss_cotangent(f, ib)
+            cot = _loss_cotangent(f, ib)
             g = compiled.rows_vjp(xb, chunks[0][0], cot @ chunks[0][1].T, closed)
             for xc, ac in chunks[1:]:
                 g = g + compiled.rows_vjp(xb, xc, cot @ ac.T, closed)
             return g
 
         g = self._over_test_blocks(block_gradient, (x_arr, index), blocks.test)
-        return g.astype(_dtype_of(x))
+        return _like(g, x)
 
     @float64
     def output_jacobian(
@@ -356,16 +361,64 @@ class KernelMachine:
             return z
 
         z = self._over_test_blocks(block_jacobian, (x_arr, jnp.asarray(outputs)), blocks.test)
-        return z.astype(_dtype_of(x))
+        return _like(z, x)
 
     def _check(self, x: np.ndarray | jnp.ndarray) -> jnp.ndarray:
+        """``x`` as a JAX array (a torch tensor through the host), its shape checked; a host array
+        (numpy, torch) also for NaN and inf, which every prediction would carry silently."""
+        if not hasattr(x, "shape"):
+            raise TypeError(f"inputs must be an array (numpy, JAX or torch), got {type(x).__name__}")
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match training inputs {self.input_shape}")
+        if not isinstance(x, jax.Array):  # JAX arrays may live on a device: no transfer to check them
+            x = _host(x)
+            if not np.all(np.isfinite(x)):
+                raise ValueError("inputs contain NaN or inf")
         return jnp.asarray(x)
 
 
-def _dtype_of(x: np.ndarray | jnp.ndarray) -> np.dtype:
-    return np.dtype(x.dtype)
+def loss_cotangent(f: jnp.ndarray, index: Any) -> jnp.ndarray:
+    """∂L/∂f of the cross-entropy on outputs f (B, k) for targets ``index`` (B,), shape (B, k):
+    one output, L = softplus(−y f) with y = ±1 (index 0 ↔ −1); k outputs, softmax cross-entropy.
+    Host indices are checked (``check_target_index``)."""
+    check_target_index(index, max(int(f.shape[1]), 2), int(f.shape[0]))
+    return _loss_cotangent(f, jnp.asarray(_host(index)) if _is_torch(index) else index)
+
+
+def check_target_index(index: object, classes: int, batch: int) -> None:
+    """Refuse target indices that are not ``batch`` positions in [0, ``classes``): class ids given
+    for positions are otherwise read silently as other classes. Only host arrays (numpy, torch on
+    the CPU, lists) are checked: JAX arrays may live on a device, and tracers have no values."""
+    if isinstance(index, jax.Array) or (_is_torch(index) and index.device.type != "cpu"):  # type: ignore[attr-defined]
+        return
+    values = _host(index)
+    if values.shape != (batch,) or (values.size and not np.issubdtype(values.dtype, np.integer)):
+        raise ValueError(f"target indices must be ({batch},) integers, got {values.dtype} of shape {values.shape}")
+    if values.size and (values.min() < 0 or values.max() >= classes):
+        raise ValueError(
+            f"target indices must lie in [0, {classes}) (positions among the classes: "
+            f"machine.target_index(labels) maps class ids), got {values.min()} to {values.max()}"
+        )
+
+
+def _is_torch(a: object) -> bool:
+    return type(a).__module__.split(".")[0] == "torch"
+
+
+def _host(a: object) -> np.ndarray:
+    """A numpy view of a host array, a torch tensor (copied from its device) or a list."""
+    if _is_torch(a):
+        return a.detach().cpu().numpy()  # type: ignore[attr-defined, no-any-return]
+    return np.asarray(a)
+
+
+def _like(g: jnp.ndarray, x: object) -> Any:
+    """``g`` in the dtype and array type of ``x``: a torch tensor back on ``x``'s device."""
+    if _is_torch(x):
+        import torch
+
+        return torch.as_tensor(np.array(g), device=x.device).to(x.dtype)  # type: ignore[attr-defined]
+    return g.astype(np.dtype(x.dtype))  # type: ignore[attr-defined]
 
 
 @float64
@@ -407,6 +460,10 @@ def fit_kernel_machine(
     y_train = np.asarray(y_train)
     if x_train.shape[0] != y_train.shape[0]:
         raise ValueError(f"{x_train.shape[0]} inputs but {y_train.shape[0]} labels")
+    if y_train.ndim != 1 or not np.issubdtype(y_train.dtype, np.integer):
+        raise ValueError(f"y_train must be (n,) integer class ids, got {y_train.dtype} of shape {y_train.shape}")
+    if not np.all(np.isfinite(x_train)):
+        raise ValueError("x_train contains NaN or inf")
     arch.check_input(tuple(x_train.shape))
     classes = tuple(int(c) for c in (np.unique(y_train) if classes is None else classes))
     if len(classes) < 2 or len(set(classes)) != len(classes):

@@ -11,6 +11,8 @@ self-contained file), ``report.md`` and ``findings.json``.
 
 Example::
 
+    from pathlib import Path
+
     from ntkrobust.reproduce import ReproduceSettings, run
 
     result = run(ReproduceSettings("tk", out=Path("runs/reproduce-smoke"), scale="smoke"))

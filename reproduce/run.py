@@ -36,6 +36,7 @@ GROUPS = (*RECIPES, "all")
 
 
 def all_recipes() -> list[Recipe]:
+    """Every recipe of every group (``RECIPES``), in the order of ``--list``."""
     return [recipe for group in RECIPES.values() for recipe in group]
 
 
@@ -53,6 +54,11 @@ def select(target: str) -> list[Recipe]:
 
 @dataclass(frozen=True)
 class ReproduceSettings:
+    """What ``run`` reproduces: ``target`` (a recipe's name, a paper ``tk`` / ``loo`` / ``rat``,
+    ``beyond`` or ``all``) at ``scale`` (``smoke``, ``cpu``, ``paper``: ``SCALES``) into the folder
+    ``out`` (steps finished there under the same resolved config are reused), the real data read
+    from ``data_root`` (the ``cpu`` and ``paper`` scales; ``smoke`` uses scikit-learn's digits)."""
+
     target: str
     out: Path
     scale: str = "smoke"

@@ -163,6 +163,20 @@ def test_threat_model_rejects_bad_settings():
         pgd(lambda x, y: x, np.zeros((1, 1, 2, 2)), None, eps=0.1, step=0.0, steps=3)
 
 
+def test_inputs_outside_the_box_a_start_of_another_shape_and_binary_targets_beyond_1_are_refused(batch):
+    """The clip to [0, 1] moved such inputs by more than eps; a start broadcast against x; a
+    binary Taylor attack read target 5 as 1."""
+    with pytest.raises(ValueError, match=r"inputs must lie in \[0, 1\] \(pixel units\), got values from"):
+        fgsm(lambda x, y: x, batch * 2, None, eps=0.1)
+    with pytest.raises(ValueError, match=r"inputs must lie in \[0, 1\]"):
+        pgd(lambda x, y: x, np.full_like(batch, np.nan), None, eps=0.1, step=0.1, steps=1)
+    with pytest.raises(ValueError, match="start must have the shape of x"):
+        pgd(lambda x, y: x, batch, None, eps=0.1, step=0.1, steps=1, start=batch[0])
+    z = np.ones((2, 1, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"target_index must lie in \[0, 2\)"):
+        taylor_max_l1(lambda _: z, batch[:2], np.array([0, 5]), eps=0.1)
+
+
 def test_check_adversarial_catches_each_violation(batch):
     threat = ThreatModel("linf", 0.1)
     with pytest.raises(AssertionError, match="exceeds"):

@@ -366,6 +366,24 @@ def test_bad_kernel_kinds_are_refused(text):
         KernelKind.parse(text)
 
 
+@pytest.mark.parametrize("kind", [("bogus",), ("rademacher",), ("trace", 2), ("full", 1), ("class", -1)])
+def test_a_kernel_kind_built_directly_is_checked(kind):
+    """``KernelKind("bogus")`` drew C times the trace, ``("rademacher",)`` NaN: as ``parse`` refuses."""
+    with pytest.raises(ValueError, match=r"full, class-blocks, trace, class:C .* or rademacher:K"):
+        KernelKind(*kind)
+
+
+def test_inputs_with_nan_of_two_shapes_or_that_the_net_does_not_take_are_refused():
+    model = build_model(model_config("fc1", (1, 4, 4), 3, width=4))
+    x = torch.rand(3, 1, 4, 4)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        empirical_ntk(model, torch.where(x > 0.5, torch.nan, x))
+    with pytest.raises(ValueError, match=r"inputs of shapes \(1, 4, 4\) and \(1, 5, 5\)"):
+        empirical_ntk(model, x, torch.rand(2, 1, 5, 5))
+    with pytest.raises(ValueError, match=r"the model does not take inputs of shape \(1, 5, 5\): "):
+        empirical_ntk(model, torch.rand(2, 1, 5, 5))
+
+
 def test_class_index_must_be_an_output():
     model = build_model(model_config("fc1", (1, 4, 4), 3, width=4))
     with pytest.raises(ValueError, match="class 3 is not an output"):

@@ -102,3 +102,13 @@ def test_corrupt_cache_file_is_recomputed(images, tmp_path):
 def test_unknown_architecture_names_the_choices():
     with pytest.raises(UnknownArchitectureError, match="fc1, fc2"):
         get_architecture("resnet")
+
+
+def test_inputs_with_nan_or_of_two_shapes_are_refused(images):
+    arch, x = get_architecture("fc2"), images[0]
+    with pytest.raises(ValueError, match="NaN or inf"):
+        compute_gram(arch, np.where(x > 0.5, np.nan, x))
+    with pytest.raises(ValueError, match=r"inputs of shapes \(1, 6, 6\) and \(1, 7, 7\): one kernel takes one"):
+        compute_gram(arch, x, np.zeros((3, 1, 7, 7)))
+    with pytest.raises(TypeError, match="inputs must be arrays"):
+        compute_gram(arch, x.tolist())

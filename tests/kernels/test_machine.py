@@ -162,6 +162,44 @@ def test_labels_map_to_outputs(fc2_binary, digits_binary):
         fc2_binary.logits(np.zeros((2, 1, 4, 4), np.float32))
 
 
+def test_class_ids_for_target_indices_and_bad_inputs_are_refused(fc2_binary, digits_binary):
+    """The attacks' examples once passed class ids (3, 8) where the gradient takes positions
+    (0, 1): the gradient read them as other targets and FGSM left the accuracy at 0.50."""
+    from ntkrobust.attacks import fgsm
+    from ntkrobust.kernels import loss_cotangent
+
+    x, y = digits_binary.x_test[:6], digits_binary.y_test[:6]
+    with pytest.raises(ValueError, match=r"target indices must lie in \[0, 2\) .*machine.target_index"):
+        fgsm(fc2_binary.loss_gradient, x, y, eps=0.3)
+    with pytest.raises(ValueError, match=r"must be \(6,\) integers"):
+        fc2_binary.loss_gradient(x, np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        loss_cotangent(np.zeros((2, 3)), np.array([0, 7]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fc2_binary.predict(np.where(np.arange(x.size).reshape(x.shape) == 5, np.nan, x))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fit_kernel_machine(get_architecture("fc2"), np.full_like(x, np.nan), y)
+    with pytest.raises(ValueError, match="integer class ids"):
+        fit_kernel_machine(get_architecture("fc2"), x, y + 0.5)
+
+
+def test_the_gradient_of_a_torch_input_is_a_torch_tensor(fc2_binary, digits_binary):
+    """The attacks run on numpy, JAX and torch arrays alike: a torch batch through the kernel
+    machine's gradient (it raised numpy's "Cannot interpret 'torch.float32' as a data type")."""
+    import torch
+
+    from ntkrobust.attacks import pgd
+
+    x, index = digits_binary.x_test[:4], fc2_binary.target_index(digits_binary.y_test[:4])
+    g = fc2_binary.loss_gradient(torch.as_tensor(x), torch.as_tensor(index))
+    assert isinstance(g, torch.Tensor) and g.dtype == torch.float32
+    np.testing.assert_allclose(g.numpy(), np.asarray(fc2_binary.loss_gradient(x, index)), rtol=1e-6, atol=1e-9)
+    x_adv = pgd(fc2_binary.loss_gradient, torch.as_tensor(x), index, eps=0.1, step=0.05, steps=2, seed=1)
+    expected = pgd(fc2_binary.loss_gradient, x, index, eps=0.1, step=0.05, steps=2, seed=1)
+    assert isinstance(x_adv, torch.Tensor)
+    np.testing.assert_allclose(x_adv.numpy(), np.asarray(expected), atol=1e-6)
+
+
 def test_float32_evaluation_agrees_with_float64(fc2_multiclass, digits_multiclass):
     """float32 rows and gradients: ~1e-6 relative error, the same attack directions."""
     fast = fc2_multiclass.with_precision("float32")
