@@ -30,6 +30,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from ntkrobust.attacks.threat import NORMS, Norm, ThreatModel
 
 #: Attacks on kernel machines: FGSM, PGD and the first-order output attacks of TK supp. eq. 20 / 22.
@@ -56,7 +58,9 @@ EVALUATION_STEP_FACTOR = 2.5
 
 
 def image_type(channels: int) -> ImageType:
-    """'grey' for one channel, else 'colour'."""
+    """'grey' for one channel, else 'colour' (ValueError for fewer than one)."""
+    if not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"images have one channel or more, got {channels!r}")
     return "grey" if channels == 1 else "colour"
 
 

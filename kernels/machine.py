@@ -59,7 +59,10 @@ class IllConditionedWarning(UserWarning):
 def spectral_filter(
     eigenvalues: np.ndarray, *, time: float, ridge: float, learning_rate: float, cutoff: float
 ) -> np.ndarray:
-    """g_t(λ) of eq. 7: (1 − e^{−η(λ+ρ)t})/(λ+ρ), 1/(λ+ρ) at t = ∞, 0 where λ+ρ ≤ cutoff."""
+    """g_t(λ) of eq. 7: (1 − e^{−η(λ+ρ)t})/(λ+ρ), 1/(λ+ρ) at t = ∞, 0 where λ+ρ ≤ cutoff;
+    t ≥ 0, ρ ≥ 0 and η > 0 (ValueError otherwise: a negative one turns the filter's sign)."""
+    if not (time >= 0 and ridge >= 0 and learning_rate > 0):
+        raise ValueError(f"need time >= 0, ridge >= 0 and learning_rate > 0, got {time}, {ridge}, {learning_rate}")
     shifted = np.maximum(eigenvalues, 0.0) + ridge
     keep = shifted > cutoff
     safe = np.where(keep, shifted, 1.0)

@@ -54,6 +54,9 @@ def kernel_image(
     """An (N, N) kernel with rows and columns sorted by class (TK fig. 6 left), class blocks
     outlined and named. Block structure along the diagonal is class alignment of the kernel.
     ``title`` is the figure's one-line title, ``subtitle`` the details under it."""
+    kernel, labels = np.asarray(kernel), np.asarray(labels)
+    if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or labels.shape != (kernel.shape[0],):
+        raise ValueError(f"a square (N, N) kernel and N labels, got a kernel {kernel.shape} and labels {labels.shape}")
     plt = _pyplot()
     sorted_kernel, counts, edges = _class_sorted(kernel, labels, len(class_names))
     fig, ax = plt.subplots(figsize=(6.2, 5.4), layout="constrained")

@@ -803,3 +803,13 @@ def test_a_fact_that_differs_names_each_value_once_with_its_runs():
 
     runs = [{"label": label, "model": model} for label, model in (("a", "m1"), ("b", "m2"), ("c", "m1"))]
     assert dynamics_subtitle(runs, kernels=False) == "m1 (a and c), m2 (b)"
+
+
+def test_a_kernel_picture_of_mismatched_labels_is_refused(tmp_path):
+    from ntkrobust.plots import kernel_image
+
+    with pytest.raises(
+        ValueError, match=r"a square \(N, N\) kernel and N labels, got a kernel \(6, 6\) and labels \(2,\)"
+    ):
+        kernel_image(np.eye(6), np.array([0, 1]), tmp_path / "k.png", class_names=["a", "b"], title="t")
+    assert not (tmp_path / "k.png").exists()  # it drew the 2 x 2 corner

@@ -195,3 +195,11 @@ def test_robust_accuracy_is_the_share_still_correct():
     assert robust_accuracy(np.array([1, 2, 3, 4]), np.array([1, 0, 3, 0])) == 0.5
     with pytest.raises(ValueError):
         robust_accuracy(np.array([1]), np.array([1, 2]))
+
+
+def test_a_threat_for_images_without_channels_is_refused():
+    from ntkrobust.attacks import standard_threat
+
+    assert standard_threat(np.int64(1))[0] == 0.3  # a numpy channel count, as shapes give it
+    with pytest.raises(ValueError, match="images have one channel or more, got 0"):
+        standard_threat(0)  # it answered with the colour threat

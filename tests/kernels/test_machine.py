@@ -214,3 +214,16 @@ def test_float32_evaluation_agrees_with_float64(fc2_multiclass, digits_multiclas
     assert np.mean(np.sign(g32) == np.sign(g64)) > 0.999
     with pytest.raises(ValueError, match="precision"):
         fc2_multiclass.with_precision("float16")
+
+
+def test_a_spectral_filter_of_negative_time_ridge_or_rate_is_refused():
+    from ntkrobust.kernels.machine import spectral_filter
+
+    eigenvalues = np.array([2.0, 1.0])
+    np.testing.assert_allclose(
+        spectral_filter(eigenvalues, time=math.inf, ridge=0.0, learning_rate=1.0, cutoff=0.0), [0.5, 1]
+    )
+    for bad in ({"learning_rate": -1.0}, {"time": -1.0}, {"ridge": -0.5}):
+        arguments = {"time": 1.0, "ridge": 0.0, "learning_rate": 1.0, "cutoff": 0.0} | bad
+        with pytest.raises(ValueError, match="need time >= 0, ridge >= 0 and learning_rate > 0"):
+            spectral_filter(eigenvalues, **arguments)
