@@ -124,7 +124,11 @@ def _notes(fig: Any, notes: Sequence[tuple[str, str]]) -> None:
 
 
 def _empty(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, textwrap.fill(_plain(text), 38), ha="center", va="center", fontsize=9, color="0.35")
+    """An empty panel saying why, its text wrapped to the panel's width (9 pt: about 12 characters
+    an inch, with a margin; 38 characters ran into the borders of a 3-inch panel)."""
+    width = ax.get_position().width * ax.figure.get_figwidth()
+    chars = int(np.clip(10 * width, 18, 38))
+    ax.text(0.5, 0.5, textwrap.fill(_plain(text), chars), ha="center", va="center", fontsize=9, color="0.35")
     ax.set_xticks([])
     ax.set_yticks([])
 
