@@ -310,3 +310,11 @@ def test_every_transfer_figure_has_a_one_line_title_and_a_subtitle(tmp_path, dra
     assert set(drawn) == set(subtitles)
     for name, subtitle in subtitles.items():
         assert_heading(drawn[name], subtitle)
+
+
+def test_long_column_labels_wrap_into_even_lines():
+    from ntkrobust.plots.transfer import _balanced
+
+    assert _balanced("mnist-fgsm-noise epoch 5", 22) == "mnist-fgsm-noise\nepoch 5"  # not "... epoch\n5"
+    assert _balanced("mnist-standard epoch 5", 22) == "mnist-standard epoch 5"
+
