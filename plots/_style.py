@@ -133,9 +133,8 @@ def _empty(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
-def _save(fig: Any, path: Path, *, tight: bool = False) -> None:
-    """``tight``: the canvas grown to every artist, for a layout that misplaces one (polar axes)."""
-    fig.savefig(path, dpi=150, **({"bbox_inches": "tight", "pad_inches": 0.15} if tight else {}))
+def _save(fig: Any, path: Path) -> None:
+    fig.savefig(path, dpi=150)
     _pyplot().close(fig)
 
 

@@ -126,6 +126,8 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
     panels = [("polar", "whole kernel"), ("top_polar", f"top-{top_k} eigenspace")]
     kinds = [k for k in _KERNELS if any(k[0] in (run.get("dynamics") or {}) for run in runs)]
     fig, axes = plt.subplots(1, 2, figsize=(12.0, 5.8), subplot_kw={"projection": "polar"}, layout="constrained")
+    # the r tick labels under a wedge lie outside what constrained layout reserves: room under them
+    fig.get_layout_engine().set(rect=(0.0, 0.05, 1.0, 0.95))
     last_epoch = max((float(np.nanmax(_floats(run.get("kernel_epochs") or [0.0]))) for run in runs), default=1.0)
     norm = Normalize(vmin=0.0, vmax=last_epoch or 1.0)
     missing: dict[tuple[int, str], tuple[list[str], list[str]]] = {}  # (run, why) -> kernels, panels
@@ -170,8 +172,11 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
                     linewidths=0.8,
                     zorder=3,
                 )
+                # every run ends at r = 1, often at one angle: later runs' stars smaller and on top,
+                # so that each star of a pile shows
+                size, order = 180 * 0.72 ** min(i, 5), 4 + 0.01 * i
                 ax.scatter(
-                    theta[-1], r[-1], marker="*", s=180, color=colour, edgecolors="black", linewidths=0.7, zorder=4
+                    theta[-1], r[-1], marker="*", s=size, color=colour, edgecolors="black", linewidths=0.7, zorder=order
                 )
                 r_max = max(r_max, float(r.max()))
                 shown.add(i)
@@ -189,13 +194,14 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
         ticks = np.arange(0.0, upper + step / 2, step)
         ax.set_xticks(np.radians(ticks * stretch), [f"{t:g}°" for t in ticks])
         ax.set_rlim(0.0, max(1.05, 1.08 * r_max))
-        # the r axis's label, under the wedge's straight edge (the layout makes room for an x label)
-        ax.set_xlabel(r"$r = \|\Theta_t - \Theta_0\|_F \;/\; \|\Theta_f - \Theta_0\|_F$", fontsize=9, labelpad=16)
         stretched = f"\n(angular axis stretched ×{stretch:.3g};\nticks: the true angles)" if stretch != 1.0 else ""
-        ax.text(  # the corner outside the arc
+        # both coordinates named in the corner outside the arc: a label under a polar wedge falls
+        # outside what constrained layout reserves (it was cut at the bottom, or ran into the notes)
+        radius = r"$r = \|\Theta_t - \Theta_0\|_F \,/\, \|\Theta_f - \Theta_0\|_F$"
+        ax.text(
             1.0,
             1.0,
-            r"$\theta$ = angle between $\Theta_t$ and $\Theta_0$" + stretched,
+            radius + "\n" + r"$\theta$ = angle between $\Theta_t$ and $\Theta_0$" + stretched,
             transform=ax.transAxes,
             ha="right",
             va="top",
@@ -216,7 +222,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
     ]
     _notes(fig, notes)
     _heading(fig, "Kernel trajectories in polar space", subtitle, ref="TK eq. 12, fig. 3 right; supp. fig. 8")
-    _save(fig, path, tight=True)  # constrained layout leaves a polar axis's x label below the canvas
+    _save(fig, path)
 
 
 def kernel_images_grid(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "") -> None:
