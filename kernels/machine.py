@@ -417,10 +417,10 @@ def _host(a: object) -> np.ndarray:
 
 def _like(g: jnp.ndarray, x: object) -> Any:
     """``g`` in the dtype and array type of ``x``: a torch tensor back on ``x``'s device."""
-    if _is_torch(x):
-        import torch
+    if _is_torch(x):  # through the attacks' backend-neutral arrays: kernels/ imports no torch itself
+        from ntkrobust.attacks._array import ops_for
 
-        return torch.as_tensor(np.array(g), device=x.device).to(x.dtype)  # type: ignore[attr-defined]
+        return ops_for(x).from_numpy(np.array(g), like=x)
     return g.astype(np.dtype(x.dtype))  # type: ignore[attr-defined]
 
 
