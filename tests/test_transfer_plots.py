@@ -317,4 +317,3 @@ def test_long_column_labels_wrap_into_even_lines():
 
     assert _balanced("mnist-fgsm-noise epoch 5", 22) == "mnist-fgsm-noise\nepoch 5"  # not "... epoch\n5"
     assert _balanced("mnist-standard epoch 5", 22) == "mnist-standard epoch 5"
-
