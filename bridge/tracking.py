@@ -63,7 +63,9 @@ class TrackingConfig:
     ``full_step``/``full_steps``: the stronger PGD of the full evaluation, on the same points, at
     the last epoch and every ``full_every`` epochs (None: no full evaluation).
     ``selection_seed``: seed of the probe and the evaluation points (None: the training seed), so
-    runs of several training seeds share their probe.
+    runs of several training seeds share their probe. ``memory_budget``: bytes for one kernel
+    pass's intermediates (None: ``bridge.entk``'s default from the free memory; the CLI's
+    ``--memory-budget`` is in MiB, and ``config.json`` records this field in bytes).
     """
 
     eps: float
