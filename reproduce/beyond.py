@@ -34,7 +34,7 @@ def _evaluate(ctx: Context) -> Sequence[Step]:
         from dataclasses import replace
 
         settings = replace(settings, data=replace(settings.data, n_test={"cpu": 200, "paper": 1000}[ctx.scale]))
-    minutes = {"smoke": 0.05, "cpu": 10.0, "paper": 30.0}[ctx.scale]
+    minutes = {"smoke": 0.05, "cpu": 5.0, "paper": 30.0}[ctx.scale]
     step = Step(f"{dynamics_family(ctx)}-evaluate", "evaluate", settings, needs=tuple(r.name for r in runs),
                 minutes=minutes)  # fmt: skip
     return [*runs, step]
@@ -71,7 +71,7 @@ def _matrix(ctx: Context) -> Sequence[Step]:
         device="cpu" if ctx.scale != "paper" else "auto",
     )
     step = Step(f"{dynamics_family(ctx)}-transfer-matrix", "transfer", settings, needs=tuple(r.name for r in runs),
-                minutes=0.05 if smoke else 3.0)  # fmt: skip
+                minutes={"smoke": 0.05, "cpu": 1.2, "paper": 3.0}[ctx.scale])  # fmt: skip
     return [*runs, step]
 
 

@@ -178,10 +178,8 @@ def _transfer(ctx: Context) -> Sequence[Step]:
         device="cpu" if ctx.scale != "paper" else "auto",
     )
     name = f"{dynamics_family(ctx)}-transfer-epochs"
-    return [
-        *spawns,
-        Step(name, "transfer", settings, needs=tuple(s.name for s in spawns), minutes=0.05 if smoke else 3.0),
-    ]
+    minutes = {"smoke": 0.05, "cpu": 1.0, "paper": 3.0}[ctx.scale]
+    return [*spawns, Step(name, "transfer", settings, needs=tuple(s.name for s in spawns), minutes=minutes)]
 
 
 def _transfer_check(results: Results) -> Verdict:

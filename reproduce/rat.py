@@ -137,7 +137,7 @@ def _batchnorm(ctx: Context) -> Sequence[Step]:
         track_kernel={"smoke": 10, "cpu": 50, "paper": 500}[ctx.scale],
         eval_n={"smoke": 60, "cpu": 200, "paper": 1000}[ctx.scale],
     )  # fmt: skip
-    minutes = {"smoke": 0.05, "cpu": 25.0, "paper": 320.0}[ctx.scale]
+    minutes = {"smoke": 0.05, "cpu": 3.0, "paper": 320.0}[ctx.scale]
     run = Step(step.name, step.study, step.settings, minutes=minutes)
     return [run, dynamics_step(ctx, "cifar-dynamics-batchnorm", [run], ksm_epochs=(0, epochs))]
 

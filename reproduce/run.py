@@ -99,7 +99,7 @@ def listing(target: str = "all") -> str:
     for recipe in select(target):
         cost = [estimated_minutes([recipe], scale) for scale in SCALES]
         lines.append(
-            f"{recipe.name:38} {cost[0]:6.1f}m {cost[1]:6.0f}m {cost[2] / 60:7.1f}h  "
+            f"{recipe.name:38} {cost[0]:6.1f}m {cost[1]:6.1f}m {cost[2] / 60:7.1f}h  "
             f"{recipe.paper} {recipe.reference}: "
             f"{recipe.claim}"
         )
@@ -107,7 +107,7 @@ def listing(target: str = "all") -> str:
         recipes = select(group)
         cost = [estimated_minutes(recipes, scale) for scale in SCALES]
         lines.append(
-            f"{group:38} {cost[0]:6.1f}m {cost[1]:6.0f}m {cost[2] / 60:7.1f}h  (steps shared within it run once)"
+            f"{group:38} {cost[0]:6.1f}m {cost[1]:6.1f}m {cost[2] / 60:7.1f}h  (steps shared within it run once)"
         )
     lines.append("smoke and cpu: minutes on 2 CPU cores; paper: hours on one GPU")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ def features_step(ctx: Context) -> Step:
         robust_r=(1, 5, 20) if smoke else (1, 10, 30, 100),
         robust_steps=3 if smoke else 10,
     )
-    return Step("mnist-features", "features", settings, minutes={"smoke": 0.1, "cpu": 2.0, "paper": 60.0}[ctx.scale])
+    return Step("mnist-features", "features", settings, minutes={"smoke": 0.1, "cpu": 0.2, "paper": 60.0}[ctx.scale])
 
 
 def _features(ctx: Context) -> Sequence[Step]:
@@ -82,7 +82,7 @@ def _two_layer(ctx: Context) -> Sequence[Step]:
         device="cpu" if ctx.scale != "paper" else "auto",
     )
     return [
-        Step("mnist-two-layer", "two-layer", settings, minutes={"smoke": 0.1, "cpu": 4.0, "paper": 120.0}[ctx.scale])
+        Step("mnist-two-layer", "two-layer", settings, minutes={"smoke": 0.1, "cpu": 0.8, "paper": 120.0}[ctx.scale])
     ]
 
 
@@ -131,7 +131,7 @@ def _transfer(ctx: Context) -> Sequence[Step]:
         "transfer",
         settings,
         needs=tuple(r.name for r in runs),
-        minutes=0.05 if ctx.scale == "smoke" else 2.0,
+        minutes={"smoke": 0.05, "cpu": 0.4, "paper": 2.0}[ctx.scale],
     )
     return [*runs, step]
 
