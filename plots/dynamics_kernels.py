@@ -17,6 +17,7 @@ import numpy as np
 
 from ntkrobust.plots._runs import _KERNELS, _all_runs, _label
 from ntkrobust.plots._style import (
+    _DECAY_STYLE,
     _MANY_POINTS,
     _colour,
     _empty,
@@ -42,7 +43,8 @@ def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle
     """Kernel distance d(Θ_s, Θ_t) between every two tracked epochs, one panel per run (TK fig. 3
     left): a row for the C-NTK and, when tracked, one for the AE-NTK; one colour scale per row,
     shared by its runs (the AE-NTK moves several times as far: on one scale the C-NTK's row read
-    as a blank)."""
+    as a blank). A white dash-dot cross parts the epochs before a learning-rate decay from those
+    after it (``train --milestones``; RAT fig. 1a reads its second phase from these blocks)."""
     plt = _pyplot()
     kinds = [k for k in _KERNELS if any(k[0] in (run.get("dynamics") or {}) for run in runs)] or [_KERNELS[0]]
     rows, cols = len(kinds), max(len(runs), 1)
@@ -50,6 +52,7 @@ def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle
     fig, axes = plt.subplots(
         rows, cols, figsize=(3.3 * cols + 1.2, 3.65 * rows + 1.0), squeeze=False, layout="compressed"
     )
+    decayed: set[float] = set()
     for row, (kind, name, _, _) in enumerate(kinds):
         matrices = [
             np.asarray(run["dynamics"][kind]["distance_matrix"])
@@ -74,6 +77,10 @@ def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle
             else:
                 edges = np.array([t[0] - 0.5, t[0] + 0.5])
             mesh = ax.pcolormesh(edges, edges, d, cmap="viridis", vmin=0.0, vmax=vmax, shading="flat")
+            for milestone, edge in _decay_edges(run, t, edges):
+                decayed.add(milestone)
+                for line in (ax.axvline, ax.axhline):
+                    line(edge, color="white", linestyle=_DECAY_STYLE, linewidth=1.0, alpha=0.85)
             ax.set_xlim(edges[0], edges[-1])
             ax.set_ylim(edges[-1], edges[0])  # matrix orientation: the first epoch top left
             ax.set_aspect("equal")
@@ -91,8 +98,22 @@ def kernel_distance_heatmaps(runs: Sequence[RunSummary], path: Path, *, subtitle
                 r"$1 - \langle\Theta_s, \Theta_t\rangle_F \,/\, (\|\Theta_s\|_F \|\Theta_t\|_F)$",
                 fontsize=9,
             )
+    if decayed:
+        marks = "white dash-dot: the learning rate decays after epoch " + ", ".join(f"{m:g}" for m in sorted(decayed))
+        subtitle = "; ".join(part for part in (subtitle, marks) if part)
     _heading(fig, "Kernel distance between tracked epochs", subtitle, ref="TK fig. 3 left")
     _save(fig, path)
+
+
+def _decay_edges(run: RunSummary, epochs: np.ndarray, edges: np.ndarray) -> list[tuple[float, float]]:
+    """(m, edge) for each of ``run``'s decays (the learning rate falls after epoch m): the cell edge
+    that parts the tracked epochs up to m from the later ones; none for a decay outside them."""
+    found = []
+    for milestone in sorted({float(m) for m in run.get("milestones") or []}):
+        before = int(np.searchsorted(epochs, milestone, side="right"))  # tracked epochs <= m
+        if 0 < before < epochs.size:
+            found.append((milestone, float(edges[before])))
+    return found
 
 
 _ANGLE_STEPS = (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 15.0, 30.0, 45.0)  # degrees

@@ -813,3 +813,25 @@ def test_a_kernel_picture_of_mismatched_labels_is_refused(tmp_path):
     ):
         kernel_image(np.eye(6), np.array([0, 1]), tmp_path / "k.png", class_names=["a", "b"], title="t")
     assert not (tmp_path / "k.png").exists()  # it drew the 2 x 2 corner
+
+
+def test_the_kernel_distance_blocks_are_parted_at_the_decay(tmp_path, drawn):
+    """kernel_distance.png parts the epochs up to a decay from the later ones (RAT fig. 1a reads
+    its second phase from these blocks): a line on the cell edge after the milestone, whatever the
+    tracking's spacing; none for a decay outside the tracked epochs."""
+    epochs = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0]
+    matrix = np.abs(np.subtract.outer(epochs, epochs)).tolist()
+    dynamics = {"clean": {"distance_matrix": matrix, "epochs": epochs}}
+    runs = [
+        {"label": "decayed", "dynamics": dynamics, "milestones": [2, 9]},
+        {"label": "constant", "dynamics": dynamics, "milestones": []},
+    ]
+    plots.kernel_distance_heatmaps(runs, tmp_path / "kernel_distance.png")
+    fig = drawn["kernel_distance.png"]
+    decayed, constant = (ax for ax in fig.axes if ax.get_title().startswith(("decayed", "constant")))
+    marks = [line for line in decayed.lines if line.get_linestyle() == "-."]
+    assert sorted(float(line.get_xdata()[0]) for line in marks if line.get_xdata()[0] == line.get_xdata()[1]) == [2.5]
+    assert sorted(float(line.get_ydata()[0]) for line in marks if line.get_ydata()[0] == line.get_ydata()[1]) == [2.5]
+    assert not [line for line in constant.lines if line.get_linestyle() == "-."]
+    texts = [" ".join(t.get_text().split()) for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    assert any(text.endswith("white dash-dot: the learning rate decays after epoch 2") for text in texts), texts
