@@ -10,7 +10,8 @@ missing: a figure draws what is there and notes under its panels what is not. Ru
 - ``_tracked_kinds``: the kernels (C-NTK, AE-NTK) some run tracked, with their line styles;
 - ``_relative_magnitudes``: the per-epoch relative magnitude of linearized training;
 - ``_mark_switches``: a dotted line in the run's colour at each run's switch epoch;
-- ``_mark_decays``: a grey dash-dot line at each epoch after which a learning rate decays;
+- ``_decay_epochs`` / ``_mark_decays``: the epochs after which a learning rate decays, and a grey
+  dash-dot line at each;
 - ``_seeded`` / ``_seed_band``: a series of a run, or of the runs of several seeds
   (``RunSummary["seed_runs"]``) as their mean ± std.
 """
@@ -84,10 +85,15 @@ def _tracked_kinds(runs: Sequence[RunSummary]) -> list[KernelStyle]:
     return kinds or [_KERNELS[0]]
 
 
+def _decay_epochs(runs: Sequence[RunSummary]) -> list[float]:
+    """The epochs after which some run's learning rate decays (``train --milestones``), sorted."""
+    return sorted({float(m) for run in runs for m in run.get("milestones") or []})
+
+
 def _mark_decays(ax: Any, runs: Sequence[RunSummary]) -> bool:
     """A thin grey dash-dot line at every epoch after which a run's learning rate decays
     (``train --milestones``): RAT's second kernel-learning phase starts there (sec. 3.2)."""
-    epochs = sorted({float(m) for run in runs for m in run.get("milestones") or []})
+    epochs = _decay_epochs(runs)
     for epoch in epochs:
         ax.axvline(epoch, color="0.55", linestyle=_DECAY_STYLE, linewidth=0.9, zorder=0)
     return bool(epochs)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.plots._runs import _KERNELS, _all_runs, _label
+from ntkrobust.plots._runs import _KERNELS, _all_runs, _decay_epochs, _label
 from ntkrobust.plots._style import (
     _DECAY_STYLE,
     _MANY_POINTS,
@@ -109,7 +109,7 @@ def _decay_edges(run: RunSummary, epochs: np.ndarray, edges: np.ndarray) -> list
     """(m, edge) for each of ``run``'s decays (the learning rate falls after epoch m): the cell edge
     that parts the tracked epochs up to m from the later ones; none for a decay outside them."""
     found = []
-    for milestone in sorted({float(m) for m in run.get("milestones") or []}):
+    for milestone in _decay_epochs([run]):
         before = int(np.searchsorted(epochs, milestone, side="right"))  # tracked epochs <= m
         if 0 < before < epochs.size:
             found.append((milestone, float(edges[before])))
