@@ -24,10 +24,11 @@ from torch import nn
 from ntkrobust.attacks import NET_METHODS, AttackSpec, Norm, fgsm, pgd
 from ntkrobust.bridge import distributed
 
-LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, labels) -> its gradient in x
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> loss summed over the batch
 
 
-def input_gradient(model: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> LossGradient:
+def input_gradient(model: nn.Module, loss: Loss) -> LossGradient:
     """``(x, target) -> ∇ₓ loss(f(x), target)`` for a loss summed over the batch, so that each
     example's gradient is its own loss's (a mean would shrink it with the batch size)."""
 
@@ -51,6 +52,50 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def cross_entropy_gradient(model: nn.Module) -> LossGradient:
     """``(x, y) -> ∇ₓ Σ_b CE(f(x_b), y_b)``: each example's own loss gradient."""
     return input_gradient(model, classification_loss)
+
+
+def check_labels(y: torch.Tensor, outputs: int) -> None:
+    """Refuse labels that are not output indices of a net with ``outputs`` outputs (0 and 1 for one
+    output). A one-output net given ±1 labels would be attacked as if −1 were class 0 while its
+    accuracy counts every −1 as wrong; an out-of-range label of a C-output net is a device-side
+    assert on a GPU. No host read: on the CPU a bad label raises ``ValueError`` here; on a GPU the
+    check is an assertion queued on the device (``torch._assert_async``) that stops the process
+    at its next synchronisation, as the cross-entropy's own assert would, but for one output too."""
+    _check_label_shape(y)
+    if y.numel() == 0:
+        return
+    try:
+        torch._assert_async(((y >= 0) & (y < max(outputs, 2))).all())
+    except RuntimeError:  # raised at once for host tensors; reading them costs nothing
+        low, high = torch.stack((y.min(), y.max())).tolist()
+        raise ValueError(_label_range_message(low, high, outputs)) from None
+
+
+def _check_label_shape(y: torch.Tensor) -> None:
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.ndim != 1:
+        raise ValueError(f"labels must be a 1D tensor of int output indices, got {y.dtype} of shape {tuple(y.shape)}")
+
+
+def _label_range_message(low: int, high: int, outputs: int) -> str:
+    binary = " (one output: 0 where f < 0, 1 where f > 0, not ±1)" if outputs == 1 else ""
+    classes = max(outputs, 2)
+    net = f"a net with {outputs} output(s){binary}"
+    return f"labels must be output indices 0..{classes - 1} of {net}; got labels from {low} to {high}"
+
+
+def _checking_labels(loss: Loss, y: torch.Tensor) -> Loss:
+    """``loss`` that checks all of ``y`` against the width of the logits it first sees: once per
+    attack (the net's own forward pass tells its number of outputs), not once per step."""
+    checked = False
+
+    def checked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        nonlocal checked
+        if not checked:
+            check_labels(y, logits.shape[1])
+            checked = True
+        return loss(logits, target)
+
+    return checked_loss
 
 
 def predicted_index(logits: torch.Tensor) -> torch.Tensor:
@@ -87,9 +132,36 @@ def predict(
     )
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256) -> float:
-    """Share of ``x`` that ``model`` classifies as ``y``."""
-    return float((predict(model, x, batch_size=batch_size) == y).double().mean())
+@torch.no_grad()
+def accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256, across_processes: bool = False
+) -> float:
+    """Share of ``x`` that ``model`` classifies as ``y`` (robust accuracy when ``x`` holds
+    adversarial examples of the points labelled ``y``); labels that are not output indices of
+    ``model`` are refused (``check_labels``). ``across_processes``: see ``predict``."""
+    outputs = 0
+
+    def predicted(rows: slice) -> torch.Tensor:
+        nonlocal outputs
+        logits = model(x[rows])
+        outputs = logits.shape[1]
+        return predicted_index(logits)
+
+    predictions = in_batches(
+        predicted,
+        torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
+        batch_size=batch_size,
+        across_processes=across_processes,
+    )
+    _check_label_shape(y)
+    share = (predictions == y).double().mean()
+    if not outputs or not y.numel():  # under torchrun a process with no batch of its own: no check
+        return float(share)
+    # the labels' range comes back in the read that brings the share: no extra synchronisation
+    share, low, high = torch.stack((share, y.min().double(), y.max().double())).tolist()
+    if low < 0 or high >= max(outputs, 2):
+        raise ValueError(_label_range_message(int(low), int(high), outputs))
+    return share
 
 
 def adversarial_examples(
@@ -105,7 +177,7 @@ def adversarial_examples(
     random_start: bool = True,
     seed: int = 0,
     batch_size: int = 256,
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    loss: Loss | None = None,
     across_processes: bool = False,
 ) -> torch.Tensor:
     """The net's own white-box FGSM, or PGD (``step``, ``steps``, random start unless told
@@ -118,7 +190,7 @@ def adversarial_examples(
         raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(NET_METHODS)}")
     if method == "pgd" and step is None:
         raise ValueError("pgd needs a step size")
-    gradient = cross_entropy_gradient(model) if loss is None else input_gradient(model, loss)
+    gradient = input_gradient(model, _checking_labels(classification_loss if loss is None else loss, y))
 
     def attacked(rows: slice) -> torch.Tensor:
         if method == "fgsm":

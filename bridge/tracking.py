@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ntkrobust.attacks import AttackSpec
-from ntkrobust.bridge.adversarial import attack_examples, pgd_examples, predict
+from ntkrobust.bridge.adversarial import accuracy, attack_examples, pgd_examples, predict
 from ntkrobust.bridge.entk import KernelKind, check_memory_budget, empirical_ntk
 from ntkrobust.bridge.jacobians import forward_pass
 from ntkrobust.kernels.metrics import kernel_metrics, trace_kernel
@@ -202,7 +202,7 @@ def clean_accuracy(
     """Share of ``x`` classified as ``y``, BatchNorm in ``batchnorm`` mode (``across_processes``: the
     batches split between the processes of a torchrun launch, see ``adversarial.predict``)."""
     with _evaluation(model, batchnorm) as net:
-        return float((predict(net, x, across_processes=across_processes) == y).double().mean())
+        return accuracy(net, x, y, across_processes=across_processes)
 
 
 def pgd_accuracy(
@@ -220,7 +220,7 @@ def pgd_accuracy(
     torchrun launch, each batch attacked as in one process; every process gets every example)."""
     with _evaluation(model, batchnorm) as net:
         x_adv = attack_examples(net, x, y, attack, across_processes=across_processes)
-        return float((predict(net, x_adv, across_processes=across_processes) == y).double().mean()), x_adv
+        return accuracy(net, x_adv, y, across_processes=across_processes), x_adv
 
 
 @dataclass

@@ -351,7 +351,9 @@ def _html_figure(figure: Mapping[str, Any], base: Path) -> str:
     if mime is None:
         return f'<p class="missing">(figure not embedded, not PNG/SVG/JPEG: {_h(path)}) {_h(caption)}</p>'
     src = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return f'<figure><img src="{src}" alt="{_h(caption)}"><figcaption>{_h(caption)}</figcaption></figure>'
+    # the page scales a wide figure down to its column; the file beside the report is full size
+    full = f' · <a href="{_h(quote(path))}">{_h(path)}</a>'
+    return f'<figure><img src="{src}" alt="{_h(caption)}"><figcaption>{_h(caption)}{full}</figcaption></figure>'
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ntkrobust.bridge.adversarial import adversarial_examples
+from ntkrobust.bridge.adversarial import accuracy, adversarial_examples
 from ntkrobust.bridge.data import load_dataset, task_indices
 from ntkrobust.bridge.evaluation import robust_correct
 from ntkrobust.bridge.models import build_model, model_config
@@ -117,6 +117,16 @@ def test_white_box_attacks_read_nothing(digits, host_reads, blocking_uploads, me
         uploads.append(dict(blocking_uploads))
         blocking_uploads.clear()
     assert uploads[0] == uploads[1], uploads  # per batch at most, not per step
+
+
+def test_accuracy_reads_once_with_its_label_check(digits, host_reads):
+    """The share and the labels' range come back in one read, however many batches."""
+    data, x, y = digits
+    model = _cnn(data).eval()
+    for batch_size in (16, 160):
+        accuracy(model, x, y, batch_size=batch_size)
+        assert host_reads == {"tolist": 1}, (batch_size, host_reads)
+        host_reads.clear()
 
 
 def test_evaluation_reads_once_per_attack(digits, host_reads):

@@ -169,6 +169,8 @@ def test_html_is_self_contained_and_balanced(out: Path) -> None:
     assert 'class="agrees"' in text and 'class="contradicts"' in text and 'class="inconclusive"' in text
     assert "<details><summary>config</summary><pre>" in text
     assert 'alt="fc2 usefulness"' in text
+    # each caption links the figure's file (relative: beside the report, full size)
+    assert [h for h in checker.hrefs if not h.startswith("#")] == ["steps/a/fig.png", "steps/a/fig.svg"]
 
 
 def test_missing_figure_is_reported_not_fatal(out: Path) -> None:
