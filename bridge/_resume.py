@@ -1,11 +1,11 @@
 """Starting a run folder, afresh or from its last checkpoint (``bridge.experiment``'s ``--resume``).
 
 A resume refuses a folder whose stored configuration differs from the new one in anything but
-``_RESUMABLE_CHANGES`` (more epochs continue the same trajectory; the device is not part of the
-experiment), and a checkpoint that its run could not have written (``_checkpoint_state``). Both
-are checked before anything is written: a refused resume leaves the folder as it was. Because
-every random draw of a run is seeded by (seed, epoch, step) (``bridge.training``), the resumed
-run takes the uninterrupted run's steps.
+``_RESUMABLE_CHANGES`` (more epochs continue the same trajectory; the device and the kernels'
+memory budget are not part of the experiment), and a checkpoint that its run could not have
+written (``_checkpoint_state``). Both are checked before anything is written: a refused resume
+leaves the folder as it was. Because every random draw of a run is seeded by (seed, epoch, step)
+(``bridge.training``), the resumed run takes the uninterrupted run's steps.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ class RunFolderError(ValueError):
 
 
 # config keys a resumed run may change: more epochs continue the same trajectory, and the
-# machine it runs on is not part of the experiment
-_RESUMABLE_CHANGES = (("train", "epochs"), ("device",))
+# machine it runs on is not part of the experiment, nor is the working memory its kernels are
+# computed in (it sets how the sums are chunked, as the device sets how they are rounded)
+_RESUMABLE_CHANGES = (("train", "epochs"), ("device",), ("tracking", "memory_budget"))
 
 
 @dataclass

@@ -247,7 +247,7 @@ def test_batch_statistics_do_not_move_running_ones():
 # -- runs on disk ---------------------------------------------------------------------------
 
 
-def _run(tmp, data, *, epochs=3, every=None, resume=False, interrupt_at=None, probe=16, mode="pgd"):
+def _run(tmp, data, *, epochs=3, every=None, resume=False, interrupt_at=None, probe=16, mode="pgd", budget=None):
     model, config = _fc2(data, width=32)
     # the ε warm-up and the full evaluations every 2 epochs are part of what a resume reproduces
     ramp = {"te_start": 1, "te_end": 2} if mode == "te" else {}
@@ -255,7 +255,16 @@ def _run(tmp, data, *, epochs=3, every=None, resume=False, interrupt_at=None, pr
         mode=mode, epochs=epochs, lr=0.3, batch_size=32, eps=0.1, pgd_step=0.03, pgd_steps=2, eps_warmup=2, **ramp
     )
     tracking = TrackingConfig(
-        eps=0.1, step=0.03, steps=2, probe=probe, every=every, eval_n=30, full_step=0.02, full_steps=6, full_every=2
+        eps=0.1,
+        step=0.03,
+        steps=2,
+        probe=probe,
+        every=every,
+        eval_n=30,
+        full_step=0.02,
+        full_steps=6,
+        full_every=2,
+        memory_budget=budget,
     )
     run_config = {"model": config.to_dict(), "train": train.to_dict(), "tracking": tracking.to_dict(), "device": "cpu"}
     if interrupt_at is not None:
@@ -377,6 +386,23 @@ def test_resume_refuses_another_configuration(tmp_path, digits):
     _run(tmp_path, digits, epochs=1, probe=0)
     with pytest.raises(RunFolderError, match=re.escape("different configuration: tracking.probe was 0, now 16")):
         _run(tmp_path, digits, epochs=1, resume=True)
+
+
+def test_resume_on_another_memory_budget_continues(tmp_path, digits):
+    """The budget sets how a kernel's sums are chunked, not what they are: a run moved to a
+    machine with less memory resumes, its kernels the same up to rounding."""
+    reference = _run(tmp_path / "whole", digits, epochs=2, every=3)
+    _run(tmp_path / "cut", digits, epochs=1, every=3)
+    _run(tmp_path / "cut", digits, epochs=2, every=3, resume=True, budget=40_000)
+    last = sorted((tmp_path / "whole" / "kernels").glob("step_*.npz"))[-1].name
+    with np.load(tmp_path / "whole" / "kernels" / last) as a, np.load(tmp_path / "cut" / "kernels" / last) as b:
+        np.testing.assert_allclose(b["clean"], a["clean"], rtol=1e-5, atol=1e-5 * np.abs(a["clean"]).max())
+    stored = json.loads((tmp_path / "cut" / "config.json").read_text())
+    resumed = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert stored["tracking"]["memory_budget"] == 40_000
+    # the first run's last step (4, off the grid of 3) stays tracked beside the reference's
+    assert [k["step"] for k in resumed["kernels"]] == [0, 3, 4, 6, 8]
+    assert [k["step"] for k in reference["kernels"]] == [0, 3, 6, 8]
 
 
 def test_resume_with_more_epochs_continues(tmp_path, digits):
