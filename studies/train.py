@@ -400,14 +400,31 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         raise StudyError(f"{err}: the run diverged; try a smaller --lr (the finished epochs are kept)") from None
     if settings.final_eval == "autoattack":
         history["final_evaluation"] = _final_evaluation(settings, net["model"], data, threat.eps, device)
+    untrained = _near_chance(history, len(data.classes))
+    warn(history["warnings"], untrained)
     peak = peak_gpu_memory()
-    if peak is not None or settings.final_eval == "autoattack":
+    if peak is not None or settings.final_eval == "autoattack" or untrained:  # rank 0 writes (files.py)
         from ntkrobust.bridge.files import write_json
 
         if peak is not None:
             history["peak_gpu_memory_mib"] = peak
         write_json(RunFolder(settings.out).history, history)
     return TrainResult(history, out=settings.out, label=label, results_file="history.json")
+
+
+def _near_chance(history: dict[str, Any], classes: int) -> str | None:
+    """A warning when the trained net's clean test accuracy is within 0.05 of chance (1/C): the
+    run's kernels and robust accuracies then describe a net that has not learned (the default lr
+    of 0.01, TK supp. E's for MNIST, takes more than 100 steps to move fc2 or the MNIST CNN on
+    digits; a too large lr can leave a net at chance as well)."""
+    last = history["epochs"][-1]
+    clean = _final_scores(history)["test_clean"]
+    if last["epoch"] == 0 or clean >= 1 / classes + 0.05:
+        return None
+    return (
+        f"test clean accuracy {clean:.3f} after {last['epoch']} epochs is near chance ({1 / classes:.3f} for "
+        f"{classes} classes): the net has not learned (try another --lr or more --epochs)"
+    )
 
 
 def _discard_unfinished(run: Any, existed: bool) -> None:

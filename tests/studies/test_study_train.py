@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ntkrobust.studies import DataSettings, StudyError, entk, train
+from ntkrobust.studies import DataSettings, StudyError, StudyWarning, entk, train
 
 NO_TRAINING = ("ntkrobust.bridge.experiment.run_training",)
 
@@ -273,3 +273,20 @@ def test_final_eval_autoattack_records_robustbenchs_attacks(small_training, tmp_
     assert final["points"] == 20 and set(final["accuracy"]) >= {"clean", "pgd-20", "autoattack", "worst_case"}
     assert final["accuracy"]["worst_case"] <= final["accuracy"]["autoattack"] <= final["accuracy"]["clean"]
     assert json.loads((out / "history.json").read_text())["final_evaluation"] == final
+
+
+def test_a_net_left_at_chance_is_said_and_recorded(tmp_path, small_training):
+    # lr 1e-4 moves fc2 nowhere in two steps: its test accuracy stays at chance (0.1 + 0.05 at most)
+    settings = small_training(tmp_path / "run", epochs=1, track_kernel=0, lr=1e-4)
+    with pytest.warns(StudyWarning, match=r"after 1 epochs is near chance \(0.100 for 10 classes\)"):
+        result = train.run(settings)
+    assert result.record["warnings"] == json.loads((tmp_path / "run" / "history.json").read_text())["warnings"]
+    assert "near chance" in result.record["warnings"][-1]
+
+
+def test_a_net_that_learned_and_an_untrained_start_are_not_flagged(tmp_path, small_training):
+    data = DataSettings(n_train=400, n_test=60)
+    learned = train.run(small_training(tmp_path / "learned", data=data, epochs=3, track_kernel=0, lr=1.0))
+    assert learned.record["epochs"][-1]["accuracy"]["running"]["test_clean"] > 0.3
+    start = train.run(small_training(tmp_path / "init", epochs=0, track_kernel=0))
+    assert not any("near chance" in text for text in learned.record["warnings"] + start.record["warnings"])
