@@ -77,6 +77,21 @@ _TITLE_SIZE = 11.0  # the figure's one-line title
 _SUBTITLE_SIZE = 8.5  # the details under it
 
 
+def _even_lines(text: str, width: int) -> list[str]:
+    """``text`` in as few lines of at most ``width`` characters as it needs (a word longer than
+    that on a line of its own), the lines of even length: the narrowest width that needs no more
+    lines, so no lone last word ("... epoch" and then "10")."""
+    options: dict[str, Any] = {"break_long_words": False, "break_on_hyphens": False}
+    lines = textwrap.wrap(text, width, **options)
+    if len(lines) < 2:
+        return lines
+    for narrower in range(-(-len(text) // len(lines)), width):  # no narrower width holds it
+        even = textwrap.wrap(text, narrower, **options)
+        if len(even) <= len(lines):
+            return even
+    return lines
+
+
 def _heading(fig: Any, heading: str, subtitle: str = "", *, ref: str = "") -> None:
     """A short title of one line (``heading``, bold) and under it, in smaller grey type, the
     details: ``ref`` (the paper's figure) and ``subtitle`` (what was run, user text), wrapped
@@ -87,7 +102,7 @@ def _heading(fig: Any, heading: str, subtitle: str = "", *, ref: str = "") -> No
     inches = fig.get_figwidth()
     title = textwrap.fill(heading, width=max(30, int(11 * inches)), break_on_hyphens=False)
     details = " · ".join(p for p in (ref, _plain(subtitle)) if p)
-    lines = textwrap.wrap(details, width=max(40, int(16 * inches)), break_on_hyphens=False) if details else []
+    lines = _even_lines(details, max(40, int(16 * inches))) if details else []
     # blank title lines that hold the detail lines (plus a small gap above them)
     reserve = int(np.ceil((len(lines) * _SUBTITLE_SIZE + 0.1 * _TITLE_SIZE) / _TITLE_SIZE)) if lines else 0
     suptitle = fig.suptitle(title + "\n" * reserve, fontsize=_TITLE_SIZE, fontweight="bold", va="top")

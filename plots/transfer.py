@@ -9,7 +9,6 @@ The two-layer nets against their NTK (TK fig. 4, supp. fig. 1) are drawn by ``pl
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 from ntkrobust.plots._style import (
     _colour,
     _empty,
+    _even_lines,
     _floats,
     _grid,
     _heading,
@@ -34,15 +34,6 @@ from ntkrobust.plots.types import TransferabilitySeries
 __all__ = ["transfer_heatmap", "transferability_curves"]
 
 _COLUMN_WRAP = 22  # characters per line of a column label of ``transfer_heatmap``
-
-
-def _balanced(text: str, width: int) -> str:
-    """``text`` in as few lines of at most about ``width`` characters as it needs, of even length
-    ("mnist-fgsm-noise epoch 5" as two lines of its words, not 22 characters and a lone "5")."""
-    if len(text) <= width:
-        return text
-    lines = -(-len(text) // width)
-    return textwrap.fill(text, -(-len(text) // lines), break_long_words=False, break_on_hyphens=False)
 
 
 def _annotated_heatmap(
@@ -79,7 +70,8 @@ def _annotated_heatmap(
             r, g, b, _ = cmap(norm(float(np.clip(values[i, j], 0.0, 1.0))))
             ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.55 else "black"
             ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=size, color=ink)
-    names = [_balanced(_plain(c), _COLUMN_WRAP) for c in columns]
+    # "mnist-fgsm-noise epoch 5" as two lines of its words, not 22 characters and a lone "5"
+    names = ["\n".join(_even_lines(_plain(c), _COLUMN_WRAP)) for c in columns]
     long = max((len(n) for n in names), default=0) > 6
     ax.set_xticks(
         np.arange(cols), names, rotation=40 if long else 0, ha="right" if long else "center", multialignment="right"
@@ -239,7 +231,7 @@ def transferability_curves(
         ax.set_ylabel("transferability τ")
     spawned = any(label.startswith(("linearized", "centered")) for label, _, _ in series)
     # a linearized or centered net's examples sit at the parent's epoch it was trained from (LOO sec. 5)
-    ax.set_xlabel("source epoch t′" + (" (linearized / centered nets: their spawn epoch)" if spawned else ""))
+    ax.set_xlabel("source epoch t′" + ("\n(linearized / centered nets: their spawn epoch)" if spawned else ""))
     _legend(fig, extra=handles)
     ref = "LOO fig. 3; the examples of each source checkpoint, evaluated on the target"
     _heading(fig, "Adversarial transferability to the target", subtitle, ref=ref)

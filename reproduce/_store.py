@@ -36,6 +36,7 @@ class StepRun:
     config: dict[str, Any]
     seconds: float  # the step's own seconds, when it ran (in this or an earlier invocation)
     reused: bool
+    warnings: tuple[str, ...] = ()  # what the study warned of (a net left at chance, a weak attack)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,7 +124,9 @@ class StepStore:
         if record is not None:
             self.keys[step.name] = key
             log.info(f"{position} {step.name}: finished earlier, reused")
-            return StepRun(step.name, step.study, key, config, float(record["seconds"]), reused=True)
+            said = record.get("warnings")  # a record from before warnings were kept has none
+            said = tuple(str(text) for text in said) if isinstance(said, list) else ()
+            return StepRun(step.name, step.study, key, config, float(record["seconds"]), reused=True, warnings=said)
         folder = self.ctx.step_dir(step.name)
         started = _read_json(self._started_path(step.name))
         resume = step.study == "train" and started is not None and started.get("key") == key
@@ -144,9 +147,11 @@ class StepStore:
         result = module.run(settings, progress=progress, argv=None)
         result.save(folder)
         seconds = time.perf_counter() - clock
-        record = {"key": key, "seconds": seconds, "folder_sha256": _folder_digest(folder), **config}
+        said = tuple(str(text) for text in result.record.get("warnings") or ())
+        record = {"key": key, "seconds": seconds, "folder_sha256": _folder_digest(folder), "warnings": list(said)}
+        record |= config
         write_json(self._record_path(step.name), record)
         self._started_path(step.name).unlink(missing_ok=True)
         self.keys[step.name] = key
         log.info(f"{position} {step.name}: done in {seconds:.0f} s")
-        return StepRun(step.name, step.study, key, config, seconds, reused=False)
+        return StepRun(step.name, step.study, key, config, seconds, reused=False, warnings=said)

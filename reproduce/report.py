@@ -49,6 +49,8 @@ p.verdict span { padding: .1em .45em; border-radius: 4px; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figcaption { color: #57606a; font-size: .9em; }
 .missing { color: #9b1c1c; font-style: italic; }
+.warned { background: #fff8c5; border: 1px solid #d4a72c; padding: .4em .8em; border-radius: 4px; }
+.warned ul { margin: .3em 0; }
 pre { background: #f6f8fa; padding: .6em; overflow-x: auto; font-size: .85em; }
 code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 details { margin: .3em 0; } summary { cursor: pointer; color: #0969da; }
@@ -264,6 +266,10 @@ def _markdown_section(finding: Mapping[str, Any], base: Path) -> list[str]:
     lines += [f"**Paper's number.** {_md_text(finding.get('paper_number'))}", ""]
     lines += [f"**Measured here.** {_md_text(_measured(finding))}", ""]
     lines += [f"**Verdict: {_MARK.get(verdict or '', '')} {verdict}** (rule: {_md_text(finding.get('rule'))})", ""]
+    warned = _step_warnings(finding)
+    if warned:
+        lines += ["**Its steps warned** (the verdict rests on them):", ""]
+        lines += [f"- {_md_text(name)}: {_md_text(text)}" for name, text in warned] + [""]
     for figure in finding.get("figures", []):
         path, caption = str(figure.get("path", "")), str(figure.get("caption", ""))
         if (base / path).is_file():
@@ -283,6 +289,16 @@ def _markdown_section(finding: Mapping[str, Any], base: Path) -> list[str]:
             lines += [f"  {fence}json", *("  " + row for row in config.splitlines()), f"  {fence}", ""]
         lines += ["</details>", ""]
     return lines
+
+
+def _step_warnings(finding: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(step, text) for each warning of the finding's steps, in step order."""
+    return [
+        (str(step.get("name", "?")), str(text))
+        for step in finding.get("steps", [])
+        if isinstance(step, Mapping)
+        for text in step.get("warnings") or ()
+    ]
 
 
 def _md_details(summary: str, body: str) -> list[str]:
@@ -323,6 +339,10 @@ def _html_section(finding: Mapping[str, Any], anchor: str, base: Path) -> str:
         f'<p class="verdict"><b>Verdict:</b> {_html_verdict(finding.get("verdict"), "span")}'
         f" (rule: <code>{_h(finding.get('rule'))}</code>)</p>",
     ]
+    warned = _step_warnings(finding)
+    if warned:
+        items = "".join(f"<li><b>{_h(name)}</b>: {_h(text)}</li>" for name, text in warned)
+        parts.append(f'<div class="warned"><b>Its steps warned</b> (the verdict rests on them):<ul>{items}</ul></div>')
     parts += [_html_figure(figure, base) for figure in finding.get("figures", [])]
     if finding.get("numbers"):
         parts.append(_html_details("numbers the check used", _pretty(finding["numbers"])))

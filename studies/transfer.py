@@ -333,9 +333,10 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
         "transfer", metrics, run_config, seconds=seconds, argv=argv, seed=settings.data.seed,
         dataset=data.describe(), warnings=notes,
     )  # fmt: skip
+    steps = f", {attack.steps} steps of {attack.step:.3g}" if attack.method == "pgd" and attack.step else ""
     subtitle = (
-        f"{data.name}, {x_test.shape[0]} test points, {attack.method.upper()} eps {attack.eps:.4g} ({attack.norm}); "
-        f"accuracy = share still correct"
+        f"{data.name}, {x_test.shape[0]} test points, {attack.method.upper()} eps {attack.eps:.4g} ({attack.norm}"
+        f"{steps}); accuracy = share still correct"
     )
     arrays = {"x": x_test, "y": y_test, "random_sign": noisy, **{_array_name(n): sources[n] for n in black_box}}
     curves = transferability_series(targets, extra_sources, rows)

@@ -187,7 +187,7 @@ def test_transferability_curves(tmp_path, assert_real_png, drawn):
     path = tmp_path / "tau.png"
     plots.transferability_curves(series, path, subtitle="target: standard net at epoch 100")
     assert_real_png(path)
-    assert drawn["tau.png"].axes[0].get_xlabel() == "source epoch t′ (linearized / centered nets: their spawn epoch)"
+    assert drawn["tau.png"].axes[0].get_xlabel() == "source epoch t′\n(linearized / centered nets: their spawn epoch)"
     plots.transferability_curves(series[:1], tmp_path / "standard.png")
     assert drawn["standard.png"].axes[0].get_xlabel() == "source epoch t′"
 
@@ -312,8 +312,11 @@ def test_every_transfer_figure_has_a_one_line_title_and_a_subtitle(tmp_path, dra
         assert_heading(drawn[name], subtitle)
 
 
-def test_long_column_labels_wrap_into_even_lines():
-    from ntkrobust.plots.transfer import _balanced
+def test_long_column_labels_and_subtitles_wrap_into_even_lines():
+    from ntkrobust.plots._style import _even_lines
 
-    assert _balanced("mnist-fgsm-noise epoch 5", 22) == "mnist-fgsm-noise\nepoch 5"  # not "... epoch\n5"
-    assert _balanced("mnist-standard epoch 5", 22) == "mnist-standard epoch 5"
+    assert _even_lines("mnist-fgsm-noise epoch 5", 22) == ["mnist-fgsm-noise", "epoch 5"]  # not "... epoch", "5"
+    assert _even_lines("mnist-standard epoch 5", 22) == ["mnist-standard epoch 5"]
+    assert _even_lines("", 22) == [] and _even_lines("a-very-long-path-name x", 8) == ["a-very-long-path-name", "x"]
+    subtitle = "accuracy = share still correct; target mnist-standard epoch 10"
+    assert _even_lines(subtitle, 56) == ["accuracy = share still correct;", "target mnist-standard epoch 10"]

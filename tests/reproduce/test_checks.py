@@ -413,3 +413,32 @@ def test_loo_fig1_is_judged_at_loos_length_and_rats_lazy_phase_starts_a_tenth_of
     speed = judge("loo-fig1-kernel-speed", records)
     assert speed.verdict == "agrees" and speed.numbers["standard"]["late_median"] == 1.0
     assert (_lazy_start(100), _lazy_start(7), _lazy_start(None)) == (10, 1, 1)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+def test_every_pgd_of_the_plan_can_reach_its_eps(scale):
+    """No step attacks with a PGD whose steps cannot take an example to ε: LOO fig. 3's transfer
+    step took MNIST's PGD-40 step (0.01) for 10 steps, so its examples stayed within 0.1 of their
+    start at ε = 0.3 (the study warned; the cpu report did not say)."""
+    from ntkrobust.bridge.training import PGD_MODES
+    from ntkrobust.reproduce.run import plan
+    from ntkrobust.studies._train_settings import resolve_threat
+
+    steps, _ = plan(all_recipes(), Context(scale, Path("/nonexistent/data"), Path("/nonexistent/steps")))
+    checked = []
+    for name, step in steps.items():
+        settings = step.settings
+        if not hasattr(settings, "data"):  # dynamics: figures of finished runs, no attack
+            continue
+        channels = 3 if settings.data.data.startswith("cifar") else 1
+        if step.study == "train" and settings.mode in PGD_MODES:
+            threat = resolve_threat(settings, channels)
+            eps, reach = threat.eps, threat.step * threat.steps
+        elif getattr(settings, "method", None) == "pgd" and hasattr(settings, "threat"):
+            eps, step_size, count = settings.threat.resolve(channels)
+            reach = step_size * count
+        else:
+            continue
+        checked.append(name)
+        assert reach >= eps - 1e-12, (name, reach, eps)
+    assert any("transfer-epochs" in name for name in checked) and any("-pgd" in name for name in checked)

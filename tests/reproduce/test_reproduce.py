@@ -228,3 +228,31 @@ def test_a_second_target_adds_its_findings_to_the_folders_report(tmp_path: Path)
     (out / "steps" / "mnist-features" / "results.json").write_text("{damaged")
     assert _reproduce("tk-fig4-two-layer", "--out", str(out)) == 0
     assert [f.get("kept", False) for f in _findings(out)["findings"]] == [True, False]
+
+
+def test_a_steps_warnings_reach_the_report_and_stay_when_it_is_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verdict that rests on a step the study warned about (a net left at chance, a PGD that
+    cannot reach ε) says so beside the verdict, also when a later invocation reuses the step."""
+    from ntkrobust.studies import features
+
+    real = features.run
+
+    def warned(*args: object, **kwargs: object) -> object:
+        result = real(*args, **kwargs)  # type: ignore[arg-type]
+        result.record.setdefault("warnings", []).append("a weak attack & <more>")
+        return result
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(features, "run", warned)
+        assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
+    for invocation in ("ran", "reused"):
+        (step,) = _findings(out)["findings"][0]["steps"]
+        assert step["reused"] == (invocation == "reused") and step["warnings"] == ["a weak attack & <more>"]
+        markdown = (out / "report.md").read_text(encoding="utf-8")
+        assert "**Its steps warned**" in markdown and "- mnist-features: a weak attack & \\<more>" in markdown
+        html = (out / "report.html").read_text(encoding="utf-8")
+        assert "<b>mnist-features</b>: a weak attack &amp; &lt;more&gt;</li>" in html
+        assert _reproduce("tk-fig2-features", "--out", str(out)) == 0

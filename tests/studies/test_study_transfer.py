@@ -103,8 +103,11 @@ def test_transferability_against_the_epochs_of_a_run(binary_task, tmp_path, asse
         source=(str(checkpoints / "epoch_000.pt"), str(checkpoints / "epoch_001.pt")),
         data=binary_task,
         kernel_arch=("fc1",),
+        method="pgd",
+        threat=ThreatSettings(eps=0.2, steps=2, step=0.1),
     )
     result = transfer.run(settings)
+    assert "PGD eps 0.2 (linf, 2 steps of 0.1); accuracy" in result.figures["subtitle"]
     tau = result.record["targets"][0]["transferability"]
     assert set(tau) == {"NTK fc1", "run epoch 2", "run epoch 0", "run epoch 1"}
     assert [name for name, _, _ in result.figures["curves"]] == ["run"]
