@@ -71,9 +71,11 @@ def check_labels(y: torch.Tensor, outputs: int) -> None:
         raise ValueError(_label_range_message(low, high, outputs)) from None
 
 
-def _check_label_shape(y: torch.Tensor) -> None:
+def _check_label_shape(y: torch.Tensor, points: int | None = None) -> None:
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.ndim != 1:
         raise ValueError(f"labels must be a 1D tensor of int output indices, got {y.dtype} of shape {tuple(y.shape)}")
+    if points is not None and y.shape[0] != points:
+        raise ValueError(f"{y.shape[0]} labels for {points} inputs")
 
 
 def _label_range_message(low: int, high: int, outputs: int) -> str:
@@ -153,7 +155,7 @@ def accuracy(
         batch_size=batch_size,
         across_processes=across_processes,
     )
-    _check_label_shape(y)
+    _check_label_shape(y, x.shape[0])
     share = (predictions == y).double().mean()
     if not outputs or not y.numel():  # under torchrun a process with no batch of its own: no check
         return float(share)
@@ -190,6 +192,7 @@ def adversarial_examples(
         raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(NET_METHODS)}")
     if method == "pgd" and step is None:
         raise ValueError("pgd needs a step size")
+    _check_label_shape(y, x.shape[0])  # before the first batch: its slice of y would hide a mismatch
     gradient = input_gradient(model, _checking_labels(classification_loss if loss is None else loss, y))
 
     def attacked(rows: slice) -> torch.Tensor:

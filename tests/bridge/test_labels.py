@@ -43,6 +43,8 @@ BAD = {
     "negative": (10, torch.tensor([-1, 3] * 4), "got labels from -1 to 3"),
     "float": (10, torch.ones(8), "1D tensor of int output indices, got torch.float32"),
     "one-hot": (10, torch.eye(10)[:8].long(), "shape (8, 10)"),
+    "too few": (10, torch.tensor([0, 1] * 3), "6 labels for 8 inputs"),
+    "too many": (10, torch.tensor([0, 1] * 5), "10 labels for 8 inputs"),
 }
 
 
