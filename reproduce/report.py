@@ -99,7 +99,7 @@ def summary_table_markdown(report: Mapping[str, Any], link_to: str | None = "") 
             _md_cell(finding.get("claim")),
             _md_cell(finding.get("paper_number")),
             _md_cell(_measured(finding)),
-            f"{_MARK.get(finding.get('verdict'), '')} **{_md_cell(finding.get('verdict'))}**{_kept_mark(finding)}",
+            f"{_MARK.get(finding.get('verdict'), '')} **{_md_cell(finding.get('verdict'))}**{_verdict_marks(finding)}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -136,9 +136,10 @@ def render_html(report: Mapping[str, Any], out: Path) -> str:
     return "\n".join(parts)
 
 
-def _kept_mark(finding: Mapping[str, Any]) -> str:
-    """Beside the verdict of a finding kept from an earlier report."""
-    return " (kept)" if finding.get("kept") else ""
+def _verdict_marks(finding: Mapping[str, Any]) -> str:
+    """Beside the verdict in the summary: a finding kept from an earlier report, and one whose
+    steps warned (the warnings stand in its section)."""
+    return (" (kept)" if finding.get("kept") else "") + (" (steps warned)" if _step_warnings(finding) else "")
 
 
 def _measured(finding: Mapping[str, Any]) -> str:
@@ -310,9 +311,9 @@ def _h(value: Any) -> str:
     return html.escape("—" if value is None or value == "" else str(value))
 
 
-def _html_verdict(verdict: Any, tag: str = "td", kept: str = "") -> str:
+def _html_verdict(verdict: Any, tag: str = "td", marks: str = "") -> str:
     cls = verdict if verdict in VERDICTS else "inconclusive"
-    return f'<{tag} class="{cls}">{_MARK.get(verdict, "")} {_h(verdict)}{_h(kept) if kept else ""}</{tag}>'
+    return f'<{tag} class="{cls}">{_MARK.get(verdict, "")} {_h(verdict)}{_h(marks) if marks else ""}</{tag}>'
 
 
 def _html_summary(findings: list[Mapping[str, Any]], anchors: list[str]) -> str:
@@ -323,7 +324,8 @@ def _html_summary(findings: list[Mapping[str, Any]], anchors: list[str]) -> str:
             f"<td>{_h(x)}</td>"
             for x in (_source(finding, short=True), finding.get("claim"), finding.get("paper_number"))
         ]
-        cells += [f"<td>{_h(_measured(finding))}</td>", _html_verdict(finding.get("verdict"), kept=_kept_mark(finding))]
+        verdict = _html_verdict(finding.get("verdict"), marks=_verdict_marks(finding))
+        cells += [f"<td>{_h(_measured(finding))}</td>", verdict]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return "\n".join([*rows, "</tbody>", "</table>"])
 

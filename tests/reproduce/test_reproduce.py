@@ -253,6 +253,7 @@ def test_a_steps_warnings_reach_the_report_and_stay_when_it_is_reused(
         assert step["reused"] == (invocation == "reused") and step["warnings"] == ["a weak attack & <more>"]
         markdown = (out / "report.md").read_text(encoding="utf-8")
         assert "**Its steps warned**" in markdown and "- mnist-features: a weak attack & \\<more>" in markdown
+        assert "**agrees** (steps warned) |" in markdown or "**contradicts** (steps warned) |" in markdown
         html = (out / "report.html").read_text(encoding="utf-8")
         assert "<b>mnist-features</b>: a weak attack &amp; &lt;more&gt;</li>" in html
         assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
