@@ -62,6 +62,10 @@ def check_labels(y: torch.Tensor, outputs: int) -> None:
     check is an assertion queued on the device (``torch._assert_async``) that stops the process
     at its next synchronisation, as the cross-entropy's own assert would, but for one output too."""
     _check_label_shape(y)
+    _check_label_range(y, outputs)
+
+
+def _check_label_range(y: torch.Tensor, outputs: int) -> None:
     if y.numel() == 0:
         return
     try:
@@ -86,14 +90,15 @@ def _label_range_message(low: int, high: int, outputs: int) -> str:
 
 
 def _checking_labels(loss: Loss, y: torch.Tensor) -> Loss:
-    """``loss`` that checks all of ``y`` against the width of the logits it first sees: once per
-    attack (the net's own forward pass tells its number of outputs), not once per step."""
+    """``loss`` that checks the range of all of ``y`` (its shape checked already) against the width
+    of the logits it first sees: once per attack (the net's own forward pass tells its number of
+    outputs), not once per step."""
     checked = False
 
     def checked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         nonlocal checked
         if not checked:
-            check_labels(y, logits.shape[1])
+            _check_label_range(y, logits.shape[1])
             checked = True
         return loss(logits, target)
 

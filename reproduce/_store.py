@@ -54,6 +54,12 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _warnings(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """A study's or a step record's warnings (none where the record holds no list of them)."""
+    said = record.get("warnings")
+    return tuple(str(text) for text in said) if isinstance(said, list) else ()
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; None if it is missing, unreadable or not an object."""
     try:
@@ -124,8 +130,7 @@ class StepStore:
         if record is not None:
             self.keys[step.name] = key
             log.info(f"{position} {step.name}: finished earlier, reused")
-            said = record.get("warnings")  # a record from before warnings were kept has none
-            said = tuple(str(text) for text in said) if isinstance(said, list) else ()
+            said = _warnings(record)  # a record from before warnings were kept has none
             return StepRun(step.name, step.study, key, config, float(record["seconds"]), reused=True, warnings=said)
         folder = self.ctx.step_dir(step.name)
         started = _read_json(self._started_path(step.name))
@@ -147,7 +152,7 @@ class StepStore:
         result = module.run(settings, progress=progress, argv=None)
         result.save(folder)
         seconds = time.perf_counter() - clock
-        said = tuple(str(text) for text in result.record.get("warnings") or ())
+        said = _warnings(result.record)
         record = {"key": key, "seconds": seconds, "folder_sha256": _folder_digest(folder), "warnings": list(said)}
         record |= config
         write_json(self._record_path(step.name), record)

@@ -157,6 +157,7 @@ def _transfer_epochs(ctx: Context) -> tuple[int, ...]:
 
 
 def _transfer(ctx: Context) -> Sequence[Step]:
+    from ntkrobust.attacks import evaluation_schedule, standard_threat
     from ntkrobust.studies import ThreatSettings
     from ntkrobust.studies.transfer import TransferSettings
 
@@ -167,8 +168,9 @@ def _transfer(ctx: Context) -> Sequence[Step]:
     smoke = ctx.scale == "smoke"
     steps = 3 if smoke else 10
     # MNIST's standard step, 0.01, is PGD-40's: ten of them leave every example within 0.1 of its
-    # start, a third of ε = 0.3; Madry et al.'s 2.5 ε / steps reaches ε (CIFAR's 2/255 does already)
-    step = None if ctx.scale == "paper" else 2.5 * 0.3 / steps
+    # start, a third of ε = 0.3; the evaluation attacks' schedule (2.5 ε / steps) reaches ε
+    # (CIFAR's standard 2/255 does already)
+    step = None if ctx.scale == "paper" else evaluation_schedule(1, standard_threat(1)[0], steps)[0]
     settings = TransferSettings(
         # LOO's target is f_stan,t=100 (sec. 5): the end of LOO's schedule, the last epoch below paper scale
         target=(str(checkpoint(ctx, parent, min(LOO_EPOCHS, parent.settings.epochs))),),
