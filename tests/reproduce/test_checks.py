@@ -199,6 +199,16 @@ def evaluate(**pgd20_autoattack: tuple[float, float]):
     return {"mnist-evaluate": {"nets": nets}}
 
 
+def centered_at(centered: tuple[float, float], pgd: tuple[float, float], masking: bool = False):
+    """``evaluate`` of the centered AT net and the PGD-AT net: (PGD-20, AutoAttack) accuracy each."""
+    nets = [
+        {"label": label, "masking_suspected": flag, "accuracy": {"clean": 0.9, "pgd-20": p, "autoattack": a}}
+        for label, (p, a), flag in (("mnist-pgd-centered-on-standard-5 epoch 2", centered, masking),
+                                    ("mnist-pgd epoch 5", pgd, False))
+    ]  # fmt: skip
+    return {"mnist-evaluate-centered-at": {"nets": nets}}
+
+
 def matrix(pgd_under_te: float):
     """Targets under each net's PGD examples: the PGD-AT target at 0.5 or ``pgd_under_te``, standard at 0.3."""
     names = [f"mnist-{mode} epoch 3" for mode in ("standard", "fgsm", "fgsm-noise", "pgd", "te")]
@@ -250,6 +260,10 @@ CASES = [
     ("loo-fig2-centered-robustness", "agrees", spawned_robustness(centered=0.4, linearized=0.1, standard=0.0)),
     ("loo-fig2-centered-robustness", "contradicts", spawned_robustness(centered=0.02, linearized=0.0, standard=0.0)),
     ("loo-fig2-centered-robustness", "inconclusive", spawned_robustness(centered=0.4, linearized=0.38, standard=0.0)),
+    ("loo-table2-centered-at", "agrees", centered_at(centered=(0.76, 0.70), pgd=(0.52, 0.50))),
+    # PGD's gain is gone under AutoAttack: judged by AutoAttack, masking or not
+    ("loo-table2-centered-at", "contradicts", centered_at(centered=(0.76, 0.30), pgd=(0.52, 0.50), masking=True)),
+    ("loo-table2-centered-at", "inconclusive", centered_at(centered=(0.55, 0.52), pgd=(0.52, 0.50))),
     ("loo-fig3-transfer", "agrees", loo_transfer({0: 0.05, 1: 0.6, 2: 0.8, 3: 1.0})),
     ("loo-fig3-transfer", "contradicts", loo_transfer({0: 0.5, 1: 0.6, 2: 0.8, 3: 1.0})),
     ("loo-fig3-transfer", "contradicts", loo_transfer({0: 0.05, 1: 0.1, 2: 0.2, 3: 1.0})),  # later epochs no better
@@ -388,6 +402,12 @@ def test_paper_scale_settings_follow_the_papers():
     assert measured.startswith("test PGD-20 accuracy by epoch")  # as the runs' records say, not a fixed PGD-10
     for name in ("cifar-transfer-epochs", "cifar-transfer-matrix"):  # fc2 on 10,000 images, not all 50,000
         assert steps[name].settings.kernel_arch == ("fc2",) and steps[name].settings.kernel_n == 10000
+    for kind in ("linearized", "centered"):  # LOO's stage 2: 100 epochs at lr 0.01 (their code's second_lr)
+        spawn = steps[f"cifar-standard-{kind}-100"].settings
+        assert (spawn.epochs, spawn.lr, spawn.centered) == (100, 0.01, kind == "centered")
+    centered = steps["cifar-pgd-centered-on-standard-100"].settings  # LOO sec. 7: AT on K_t=100,benign
+    assert (centered.centered, centered.epochs, centered.eps_warmup, centered.lr) == (True, 100, 0, 0.01)
+    assert centered.linearize_from == Path("/nonexistent/steps/cifar-standard/checkpoints/epoch_100.pt")
     loo = steps["cifar-transfer-epochs"].settings  # LOO sec. 5: the target f_stan,t=100, not also a source
     assert loo.target == (str(Path("/nonexistent/steps/cifar-standard/checkpoints/epoch_100.pt")),)
     assert loo.target[0] not in loo.source
