@@ -30,6 +30,8 @@ Modules (Tsilivis & Kempe "TK", Loo et al. "LOO"):
   ``specialization_heatmaps``, RAT figs. 3, 4, 8, 18) and ``dynamics_stages`` (two-stage
   training: ``spawn_accuracy_curves``, LOO fig. 2, table 2; ``switch_cost_bars``, RAT sec. 5,
   fig. 6, table 1);
+- ``evaluation``: ``robust_accuracy_bars``, robust accuracy of trained nets under RobustBench's
+  attacks (``evaluate``), gradient masking marked;
 - ``two_layer``: ``two_layer_transfer`` (TK fig. 4, supp. fig. 1a) and ``gradient_pictures``
   (supp. fig. 1b);
 - ``transfer``: ``transfer_heatmap`` (targets × attack sources, transferability τ) and
@@ -55,6 +57,7 @@ from ntkrobust.plots.dynamics_kernels import (
     polar_trajectories,
 )
 from ntkrobust.plots.dynamics_stages import spawn_accuracy_curves, switch_cost_bars
+from ntkrobust.plots.evaluation import robust_accuracy_bars
 from ntkrobust.plots.features import feature_gallery, robust_only_curves, robustness_usefulness
 from ntkrobust.plots.kernel_images import kernel_image
 from ntkrobust.plots.transfer import transfer_heatmap, transferability_curves
@@ -78,6 +81,7 @@ __all__ = [
     "polar_trajectories",
     "rank_and_specialization",
     "relative_magnitude_curve",
+    "robust_accuracy_bars",
     "robust_only_curves",
     "robustness_usefulness",
     "spawn_accuracy_curves",

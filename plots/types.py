@@ -17,6 +17,8 @@ runs of several seeds as ``bridge.run_groups.group_summary`` builds them (``seed
 two-stage figures read ``SpawnAccuracy`` (LOO fig. 2) and ``SwitchCost`` (RAT table 1), the
 records of ``bridge.run_groups.spawn_accuracy`` and ``switch_cost``.
 
+Robust accuracy (``robust_accuracy_bars``): ``EvaluatedNet``, the ``nets`` of ``evaluate``.
+
 Transfer (``two_layer_transfer``): ``TwoLayerNet`` and ``TwoLayerKernel``, the ``nets`` and
 ``{"epochs": kernel}`` of ``bridge.two_layer.TwoLayerResult``.
 """
@@ -305,6 +307,19 @@ class SwitchCost(TypedDict, total=False):
     """``bridge.run_groups.switch_cost``: what ``switch_cost_bars`` draws."""
 
     runs: Sequence[SwitchCostRun]
+
+
+# -- robust accuracy (``evaluate``) -----------------------------------------------------------
+
+
+class EvaluatedNet(TypedDict, total=False):
+    """One of the ``nets`` of ``evaluate``'s results.json: what ``robust_accuracy_bars`` draws.
+    ``accuracy``: in [0, 1] by measure (``clean``, ``pgd-20``, ``pgd-100``, ``cw-100``,
+    ``autoattack``, ``worst_case``; those that ran)."""
+
+    label: str
+    accuracy: Mapping[str, float]
+    masking_suspected: bool
 
 
 # -- transfer (TK sec. 3.2, supp. C; LOO sec. 5) -----------------------------------------------

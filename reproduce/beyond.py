@@ -97,6 +97,7 @@ RECIPES = (
         "AutoAttack finds at most a few points more than PGD-20 on a PGD-AT net (no gradient masking).",
         "agrees if PGD-20 accuracy minus AutoAttack accuracy of the PGD-AT net is ≤ 0.05, else contradicts",
         _evaluate, _evaluate_check,
+        figures=lambda ctx: [(f"{dynamics_family(ctx)}-evaluate", "robust_accuracy.png", "accuracy under each attack")],
         paper_number="RobustBench: AutoAttack within ~1-3 points of PGD on PGD-AT models (Croce & Hein 2020)",
     ),
     Recipe(

@@ -337,6 +337,8 @@ RECIPES = (
         "linearized dynamics\", sec. 10): agrees if the centered AT net's AutoAttack accuracy is at least 0.05 "
         "above the PGD-AT net's; contradicts if it is not above it; else inconclusive",
         _centered_at, _centered_at_check,
+        figures=lambda ctx: [(f"{dynamics_family(ctx)}-evaluate-centered-at", "robust_accuracy.png",
+                              "accuracy under each attack: centered AT and PGD-AT")],
         paper_number="CIFAR-10, ResNet-18, ε = 4/255, PGD: centered AT on the benign kernel of epoch 100 84.85% clean "
         "/ 76.15% adversarial against standard PGD-AT's 81.58% / 51.77% (table 2; on the initial kernel 10.46% / "
         "6.27%); appendix D: the same at 8/255, the ε of the paper-scale runs here",

@@ -3,7 +3,8 @@ PGD-100, CW-ℓ∞ and AutoAttack; ``bridge.evaluation``), on the class-balanced
 data, with a flag where AutoAttack finds the gradient attacks misled (gradient masking).
 
 Nets are named as ``transfer``'s targets: checkpoints of this tool, ``MODEL[:WIDTH]=STATE_DICT``,
-and, with ``trust_model_code``, TorchScript / .pt2 files. Outputs: ``results.json``.
+and, with ``trust_model_code``, TorchScript / .pt2 files. Outputs: ``results.json`` and
+``robust_accuracy.png`` (``plots.robust_accuracy_bars``).
 
 Under torchrun every process loads the data and the nets, attacks its share of every attack's
 batches and gets every point's verdict (``bridge.evaluation``): the accuracies of one process.
@@ -13,9 +14,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._base import Clock, StudyError, StudyResult, checked_together, envelope, log, warn
+from ntkrobust.studies._base import (
+    Clock,
+    StagedOutput,
+    StudyError,
+    StudyResult,
+    checked_together,
+    envelope,
+    log,
+    warn,
+)
 from ntkrobust.studies._common import DataSettings, check_distinct_files, check_unique, load_targets, torch_device
 
 EVALUATION_ATTACKS = ("pgd-20", "pgd-100", "cw-100", "autoattack")  # = bridge.evaluation.EVALUATION_ATTACKS
@@ -35,6 +46,14 @@ class EvaluateSettings:
 
 @dataclass
 class EvaluateResult(StudyResult):
+    def write_files(self, staged: StagedOutput) -> None:
+        from ntkrobust import plots
+
+        config, data = self.record["config"], self.record["config"]["data"]
+        points = f", {data['n_test']} test points" if data.get("n_test") else ""
+        subtitle = f"{Path(str(data['data'])).name}{points}; ℓ∞ ε = {config['eps']:g}"
+        plots.robust_accuracy_bars(self.record["nets"], staged.path("robust_accuracy.png"), subtitle=subtitle)
+
     def summary(self) -> str:
         lines = []
         for net in self.record["nets"]:

@@ -35,6 +35,7 @@ def test_autoattack_is_at_least_as_strong_as_pgd(trained, tmp_path):
     assert accuracy["worst_case"] <= min(accuracy[name] for name in ("pgd-20", "pgd-100", "cw-100", "autoattack"))
     assert not net["masking_suspected"]
     assert "autoattack" in result.summary()
+    assert (tmp_path / "out" / "robust_accuracy.png").stat().st_size > 8000  # the figure beside the record
 
 
 class _Rounding(torch.nn.Module):
