@@ -199,13 +199,15 @@ def evaluate(**pgd20_autoattack: tuple[float, float]):
     return {"mnist-evaluate": {"nets": nets}}
 
 
-def centered_at(centered: tuple[float, float], pgd: tuple[float, float], masking: bool = False):
-    """``evaluate`` of the centered AT net and the PGD-AT net: (PGD-20, AutoAttack) accuracy each."""
-    nets = [
-        {"label": label, "masking_suspected": flag, "accuracy": {"clean": 0.9, "pgd-20": p, "autoattack": a}}
-        for label, (p, a), flag in (("mnist-pgd-centered-on-standard-5 epoch 2", centered, masking),
-                                    ("mnist-pgd epoch 5", pgd, False))
-    ]  # fmt: skip
+def centered_at(centered: tuple[float, float], pgd: tuple[float, float], masking: bool = False,
+                adversarial_kernel: tuple[float, float] | None = (0.5, 0.45)):  # fmt: skip
+    """``evaluate`` of centered AT on the benign kernel, PGD-AT and centered AT on PGD-AT's kernel
+    (None: not run, as in a folder of an earlier version): (PGD-20, AutoAttack) accuracy each."""
+    rows = [("mnist-pgd-centered-on-standard-5 epoch 2", centered, masking), ("mnist-pgd epoch 5", pgd, False)]
+    if adversarial_kernel is not None:
+        rows.append(("mnist-pgd-centered-on-pgd-5 epoch 2", adversarial_kernel, False))
+    nets = [{"label": label, "masking_suspected": flag, "accuracy": {"clean": 0.9, "pgd-20": p, "autoattack": a}}
+            for label, (p, a), flag in rows]  # fmt: skip
     return {"mnist-evaluate-centered-at": {"nets": nets}}
 
 
@@ -264,6 +266,7 @@ CASES = [
     # PGD's gain is gone under AutoAttack: judged by AutoAttack, masking or not
     ("loo-table2-centered-at", "contradicts", centered_at(centered=(0.76, 0.30), pgd=(0.52, 0.50), masking=True)),
     ("loo-table2-centered-at", "inconclusive", centered_at(centered=(0.55, 0.52), pgd=(0.52, 0.50))),
+    ("loo-table2-centered-at", "agrees", centered_at(centered=(0.76, 0.70), pgd=(0.52, 0.50), adversarial_kernel=None)),
     ("loo-fig3-transfer", "agrees", loo_transfer({0: 0.05, 1: 0.6, 2: 0.8, 3: 1.0})),
     ("loo-fig3-transfer", "contradicts", loo_transfer({0: 0.5, 1: 0.6, 2: 0.8, 3: 1.0})),
     ("loo-fig3-transfer", "contradicts", loo_transfer({0: 0.05, 1: 0.1, 2: 0.2, 3: 1.0})),  # later epochs no better
@@ -408,6 +411,11 @@ def test_paper_scale_settings_follow_the_papers():
     centered = steps["cifar-pgd-centered-on-standard-100"].settings  # LOO sec. 7: AT on K_t=100,benign
     assert (centered.centered, centered.epochs, centered.eps_warmup, centered.lr) == (True, 100, 0, 0.01)
     assert centered.linearize_from == Path("/nonexistent/steps/cifar-standard/checkpoints/epoch_100.pt")
+    on_adversarial = steps["cifar-pgd-centered-on-pgd-100"].settings  # and on K_t=100,adv
+    assert on_adversarial.linearize_from == Path("/nonexistent/steps/cifar-pgd/checkpoints/epoch_100.pt")
+    assert dataclasses.replace(on_adversarial, linearize_from=None, out=None) == dataclasses.replace(
+        centered, linearize_from=None, out=None
+    )
     loo = steps["cifar-transfer-epochs"].settings  # LOO sec. 5: the target f_stan,t=100, not also a source
     assert loo.target == (str(Path("/nonexistent/steps/cifar-standard/checkpoints/epoch_100.pt")),)
     assert loo.target[0] not in loo.source
@@ -462,3 +470,13 @@ def test_every_pgd_of_the_plan_can_reach_its_eps(scale):
         checked.append(name)
         assert reach >= eps - 1e-12, (name, reach, eps)
     assert any("transfer-epochs" in name for name in checked) and any("-pgd" in name for name in checked)
+
+
+def test_loo_table2_reports_centered_at_on_the_adversarial_kernel_where_it_ran():
+    """LOO table 2's third row (centered AT on the PGD-AT net's kernel) stands beside the verdict
+    without deciding it; a folder whose evaluation has no such net still reads."""
+    both = judge("loo-table2-centered-at", centered_at(centered=(0.76, 0.70), pgd=(0.52, 0.50)))
+    assert "centered AT on the PGD-AT kernel of epoch 5" in both.measured
+    assert both.numbers["accuracy"]["centered_adversarial_kernel"]["autoattack"] == 0.45
+    alone = judge("loo-table2-centered-at", centered_at((0.76, 0.70), (0.52, 0.50), adversarial_kernel=None))
+    assert "PGD-AT kernel" not in alone.measured and alone.verdict == both.verdict == "agrees"
