@@ -341,8 +341,8 @@ RECIPES = (
         "robust accuracy far above standard adversarial training's, at about its clean accuracy.",
         "judged by AutoAttack, which LOO did not run (their PGD \"is unproven against networks under centered or "
         "linearized dynamics\", sec. 10): agrees if centered AT on the benign kernel has an AutoAttack accuracy at "
-        "least 0.05 above the PGD-AT net's; contradicts if it is not above it; else inconclusive (centered AT on "
-        "the PGD-AT net's kernel is measured beside them)",
+        "least 0.05 above the PGD-AT net's; contradicts if it is not above it; else inconclusive; centered AT on "
+        "the PGD-AT net's kernel is measured beside them",
         _centered_at, _centered_at_check,
         figures=lambda ctx: [(f"{dynamics_family(ctx)}-evaluate-centered-at", "robust_accuracy.png",
                               "accuracy under each attack: centered AT on both kernels and PGD-AT")],
