@@ -19,6 +19,7 @@ use ResNet-18 on CIFAR-10 as the papers do.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ def cifar_data(ctx: Context, *, classes: tuple[str, ...] | None = None) -> DataS
     if ctx.scale == "cpu":
         return DataSettings(str(_root(ctx) / "cifar10" / "cifar10_subset.npz"), classes=classes)
     return DataSettings("cifar10", data_root=_root(ctx) / "cifar10", classes=classes)
+
+
+def evaluation_data(ctx: Context, run: Step) -> DataSettings:
+    """The test points ``evaluate`` attacks the nets of a run's family with (AutoAttack's cost
+    grows with them): 30 digits at smoke scale, 200 / 1,000 class-balanced points of the run's
+    data at cpu / paper scale."""
+    if ctx.scale == "smoke":
+        return mnist_data(ctx, n_test=30)
+    return dataclasses.replace(run.settings.data, n_test={"cpu": 200, "paper": 1000}[ctx.scale])
 
 
 def ntk_points(ctx: Context) -> int | None:

@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict
-from ntkrobust.reproduce._shared import checkpoint, dynamics_family, machine, mnist_data, ntk_points, training_run
+from ntkrobust.reproduce._shared import (
+    checkpoint,
+    dynamics_family,
+    evaluation_data,
+    machine,
+    mnist_data,
+    ntk_points,
+    training_run,
+)
 
 MODES = ("standard", "fgsm", "fgsm-noise", "pgd", "te")
 
@@ -24,16 +32,11 @@ def _evaluate(ctx: Context) -> Sequence[Step]:
     from ntkrobust.studies.evaluate import EvaluateSettings
 
     runs = [run for run in _runs(ctx) if run.settings.mode in ("fgsm", "pgd", "te")]
-    smoke = ctx.scale == "smoke"
     settings = EvaluateSettings(
         nets=tuple(str(checkpoint(ctx, run)) for run in runs),
-        data=runs[0].settings.data if not smoke else mnist_data(ctx, n_test=30),
+        data=evaluation_data(ctx, runs[0]),
         device="cpu" if ctx.scale != "paper" else "auto",
     )
-    if not smoke:
-        from dataclasses import replace
-
-        settings = replace(settings, data=replace(settings.data, n_test={"cpu": 200, "paper": 1000}[ctx.scale]))
     minutes = {"smoke": 0.05, "cpu": 5.0, "paper": 30.0}[ctx.scale]
     step = Step(f"{dynamics_family(ctx)}-evaluate", "evaluate", settings, needs=tuple(r.name for r in runs),
                 minutes=minutes)  # fmt: skip

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from ntkrobust.reproduce._shared import (
     checkpoint,
     dynamics_family,
     dynamics_step,
+    evaluation_data,
     machine,
     mnist_data,
     ntk_points,
@@ -90,7 +90,7 @@ def _rank_check(results: Results) -> Verdict:
 
 #: LOO's stage 2 trains at lr 0.01, a tenth of stage 1's 0.1 (their code's default ``second_lr``);
 #: below paper scale the benign spawns keep the parent's lr (cpu: 0.05 for 2 epochs)
-_STAGE2_LR: dict[str, dict[str, Any]] = {"paper": {"lr": 0.01}}
+STAGE2_LR = 0.01
 
 
 def spawn_epochs(ctx: Context) -> tuple[int, ...]:
@@ -108,7 +108,7 @@ def _spawns(ctx: Context) -> list[Step]:
             step = training_run(
                 ctx, family, "standard", suffix=f"-{kind}-{epoch}", linearize_from=checkpoint(ctx, parent, epoch),
                 centered=kind == "centered", epochs={"smoke": 1, "cpu": 2, "paper": 100}[ctx.scale], milestones=(),
-                eps_warmup=0, **_STAGE2_LR.get(ctx.scale, {}),
+                eps_warmup=0, **({"lr": STAGE2_LR} if ctx.scale == "paper" else {}),
             )  # fmt: skip
             steps.append(Step(step.name, step.study, step.settings, needs=(parent.name,), minutes=step.minutes))
     return [parent, *steps]
@@ -164,24 +164,24 @@ def _trained_epoch(parent: Step) -> int:
     return min(LOO_EPOCHS, parent.settings.epochs)
 
 
-#: stage 2 of centered AT (LOO's stage-2 lr, _STAGE2_LR, at cpu scale too: at the parent's 0.05 the
+#: stage 2 of centered AT (LOO's stage-2 lr, STAGE2_LR, at cpu scale too: at the parent's 0.05 the
 #: centered net's adversarial loss rose to 6.8 and its PGD-20 accuracy, 0.245, was AutoAttack's
 #: 0.000). It starts at output 0 (no warm start): at cpu scale 6 epochs, the first 2 with ε ramped
 #: up as PGD-AT's is
 _CENTERED_AT: dict[str, dict[str, Any]] = {"smoke": {"epochs": 2}, "cpu": {"epochs": 6, "eps_warmup": 2, "lr": 0.01},
-                                           "paper": {"epochs": 100, **_STAGE2_LR["paper"]}}  # fmt: skip
+                                           "paper": {"epochs": 100, "lr": STAGE2_LR}}  # fmt: skip
 
 
-def _centered_at_run(ctx: Context, parent: Step) -> Step:
+def _centered_at_run(ctx: Context, parent: Step, pgd: Step) -> Step:
     """PGD-AT with centered dynamics on the kernel of ``parent``'s trained net (its epoch 100, or
-    its last below paper scale): ``FAMILY-pgd-centered-on-MODE-EPOCH``."""
+    its last below paper scale): ``FAMILY-pgd-centered-on-MODE-EPOCH``; its cost estimated from
+    ``pgd``'s, the family's PGD-AT run."""
     family, epoch = dynamics_family(ctx), _trained_epoch(parent)
     run = training_run(
         ctx, family, "pgd", suffix=f"-centered-on-{parent.settings.mode}-{epoch}",
         linearize_from=checkpoint(ctx, parent, epoch), centered=True, milestones=(),
         **{"eps_warmup": 0} | _CENTERED_AT[ctx.scale],
     )  # fmt: skip
-    pgd = training_run(ctx, family, "pgd")
     # an epoch of centered AT (forward mode) costs 2.6 of PGD-AT's here (29 s against 11.4 s, cpu scale)
     minutes = pgd.minutes * run.settings.epochs / pgd.settings.epochs * 2.6
     return Step(run.name, run.study, run.settings, needs=(parent.name,), minutes=minutes)
@@ -195,14 +195,12 @@ def _centered_at(ctx: Context) -> Sequence[Step]:
 
     family = dynamics_family(ctx)
     standard, pgd = training_run(ctx, family, "standard"), training_run(ctx, family, "pgd")
-    runs = [_centered_at_run(ctx, standard), pgd, _centered_at_run(ctx, pgd)]  # the order _centered_at_check reads
-    n_test = {"smoke": 30, "cpu": 200, "paper": 1000}[ctx.scale]
+    runs = [_centered_at_run(ctx, standard, pgd), pgd, _centered_at_run(ctx, pgd, pgd)]  # as _centered_at_check reads
     settings = EvaluateSettings(
         nets=tuple(str(checkpoint(ctx, run)) for run in runs),
-        data=mnist_data(ctx, n_test=n_test) if ctx.scale == "smoke" else dataclasses.replace(pgd.settings.data,
-                                                                                             n_test=n_test),
+        data=evaluation_data(ctx, pgd),
         device="cpu" if ctx.scale != "paper" else "auto",
-    )  # fmt: skip
+    )
     evaluate = Step(f"{family}-evaluate-centered-at", "evaluate", settings, needs=tuple(r.name for r in runs),
                     minutes={"smoke": 0.1, "cpu": 9.0, "paper": 60.0}[ctx.scale])  # fmt: skip
     return [standard, *runs, evaluate]
