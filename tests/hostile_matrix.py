@@ -11,7 +11,8 @@ data, payloads that only create a marker file), runs one command in a subprocess
   and a refused command did not create its ``--out``.
 
 Cases that need root (a read-only mount, a 2 MB tmpfs for the full disk) run when ``mount`` works
-and are reported as skipped otherwise. Prints one line per case and the tally.
+and are reported as skipped otherwise. Prints one line per case and the tally; each case's
+command, exit status, stdout and stderr are kept in ``--work/CASE.log``.
 """
 
 from __future__ import annotations
@@ -452,6 +453,11 @@ def run_case(case: Case, work: Path) -> Outcome:
             process.send_signal(case.signal_after[0])
         stdout, stderr = process.communicate(timeout=900)
     done = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+    # the whole exchange stays beside the case's files: a failure that does not come back on a
+    # rerun (the signal cases race the command) can still be read afterwards
+    (folder.parent / f"{folder.name}.log").write_text(
+        f"$ ntkrobust {' '.join(argv)}\nexit {process.returncode}\n--- stdout\n{stdout}--- stderr\n{stderr}"
+    )
     while _BACKGROUND:  # a run that held the folder: terminated (which must clean up too)
         holder = _BACKGROUND.pop()
         holder.send_signal(signal.SIGTERM)

@@ -72,3 +72,19 @@ def test_readme_command_lines_parse_into_settings():
         args = cli.parse(argv)
         _, settings = cli.study_settings(args)
         assert type(settings).__name__ == cli.COMMANDS[args.command][1]
+
+
+def _heading_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, every character but letters, digits,
+    spaces, ``-`` and ``_`` dropped, each space a ``-`` (so ``` `--scale cpu` ``` keeps its dashes)."""
+    kept = "".join(c for c in heading.strip().lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
+def test_readme_links_within_the_page_name_its_headings():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    prose = re.sub(r"```.*?```", "", readme, flags=re.S)  # a '#' line inside a code block is no heading
+    anchors = {_heading_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", prose)
+    assert len(links) >= 10, "the contents line at the top links every section"
+    assert [link for link in links if link not in anchors] == []
