@@ -10,9 +10,11 @@ from readme_commands import commands  # tests/ is on sys.path (pytest's prepend 
 
 from ntkrobust import cli
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
 
 def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = README.read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     assert blocks, "README has no Python example"
     assert all("from ntkrobust" in block for block in blocks), "examples import the installed namespace"
@@ -36,7 +38,7 @@ def _readme_command_lines() -> list[tuple[list[str], list[str]]]:
     """``(launcher words, ntkrobust argv)`` of every ``ntkrobust`` command in the README's ``bash``
     and ``sh`` blocks (the ``sh`` ones need GPUs and are never run by the tests): each line cut
     into its commands at ``&&``, ``|`` and ``;``, trailing comments dropped."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = README.read_text()
     found = []
     for line in commands(readme, ("bash", "sh")):
         command: list[str] = []
@@ -82,7 +84,7 @@ def _heading_anchor(heading: str) -> str:
 
 
 def test_readme_links_within_the_page_name_its_headings():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = README.read_text()
     prose = re.sub(r"```.*?```", "", readme, flags=re.S)  # a '#' line inside a code block is no heading
     anchors = {_heading_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
     links = re.findall(r"\]\(#([^)]+)\)", prose)
