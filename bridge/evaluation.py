@@ -122,18 +122,20 @@ def _autoattack_correct(
     seed: int,
     batch_size: int,
     across_processes: bool,
+    parts: Sequence[str] | None = None,
 ) -> np.ndarray:
     """AutoAttack on each batch of ``batch_size`` points as a run of its own, seeded by
     ``seed`` + its first row: a point's verdict depends on its batch alone, so the batches can be
     shared between the processes of a torchrun launch (each of AutoAttack's attacks reseeds
     torch's generator per batch anyway). For at most ``batch_size`` points, one run with ``seed``:
-    exactly AutoAttack's ``run_standard_evaluation``."""
+    exactly AutoAttack's ``run_standard_evaluation``. ``parts``: AutoAttack's attacks to run
+    (pyautoattack's names), by default its standard version's (``autoattack_attacks``)."""
     from pyautoattack import AutoAttack
 
     classes = int(model(x[:1]).shape[1])
     attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
     attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = min(9, classes - 1)
-    attack.attacks_to_run = autoattack_attacks(classes)
+    attack.attacks_to_run = autoattack_attacks(classes) if parts is None else list(parts)
 
     def survived(rows: slice) -> torch.Tensor:
         attack.seed = seed + rows.start  # each attack takes its seed from here (AutoAttack.get_seed)
