@@ -42,6 +42,14 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _spec(net: dict[str, Any]) -> str:
+    """The NET argument that names ``net`` (an entry of the record's nets) to ``evaluate``."""
+    if net["kind"] == "state-dict":
+        width = f":{net['width']}" if net.get("width") is not None else ""
+        return f"{net['model']}{width}={net['path']}"
+    return str(net["path"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="results.json of an evaluate run")
@@ -50,12 +58,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3, 4])
     parser.add_argument("--batch-size", type=int, default=None, help="default: the evaluation's")
     parser.add_argument("--out", type=Path, default=Path("runs/autoattack-seeds"))
+    parser.add_argument("--trust-model-code", action="store_true", help="as evaluate's: for TorchScript / .pt2 nets")
     args = parser.parse_args()
 
     import torch
 
     from ntkrobust.bridge.data import task_indices
-    from ntkrobust.bridge.evaluation import _autoattack_correct, autoattack_attacks
+    from ntkrobust.bridge.evaluation import autoattack_attacks, robust_correct
     from ntkrobust.studies._common import DataSettings, load_targets, quiet_torch_warnings
 
     quiet_torch_warnings()
@@ -83,7 +92,7 @@ def main() -> None:
     batch_size = args.batch_size or config.get("autoattack_batch_size") or 250
     x = torch.as_tensor(data.x_test).float()
     y = torch.as_tensor(task_indices(data.y_test, data.classes)).long()
-    targets = load_targets([n["net"]["path"] for n in nets], data, "cpu")
+    targets = load_targets([_spec(n["net"]) for n in nets], data, "cpu", trust_code=args.trust_model_code)
     print(f"{len(x)} test points, eps {config['eps']:g}, AutoAttack parts {','.join(parts)}, seeds {args.seeds}")
     rows: list[dict[str, Any]] = []
     for described, target in zip(nets, targets, strict=True):
@@ -91,9 +100,10 @@ def main() -> None:
         verdicts, seconds = {}, {}
         for seed in args.seeds:
             start = time.perf_counter()
-            correct = _autoattack_correct(
-                model, x, y, eps=config["eps"], seed=seed, batch_size=batch_size, across_processes=False, parts=parts
-            )
+            correct = robust_correct(
+                model, x, y, eps=config["eps"], channels=data.image_shape[0], attacks=("autoattack",), seed=seed,
+                batch_size=batch_size, autoattack_parts=parts,
+            )["autoattack"]  # fmt: skip
             seconds[seed] = time.perf_counter() - start
             verdicts[seed] = correct
             print(f"{described['label']}: seed {seed}: {correct.mean():.3f} ({seconds[seed]:.0f} s)", flush=True)

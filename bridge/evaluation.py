@@ -191,12 +191,15 @@ def robust_correct(
     batch_size: int = 250,
     on_attack: Callable[[str, float], None] | None = None,
     across_processes: bool = False,
+    autoattack_parts: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per point, whether ``model`` (eval mode) still classifies it correctly: ``clean`` and
     under each of ``attacks`` (ℓ∞, radius ``eps``); ``on_attack(name, accuracy)`` after each.
     ``across_processes``: under torchrun every attack's batches are shared between the processes,
     and every process gets every point's verdict, the one a single process finds (the batches and
-    their seeds do not depend on the number of processes)."""
+    their seeds do not depend on the number of processes). ``autoattack_parts``: AutoAttack's
+    attacks to run (pyautoattack's names, e.g. ``["square"]``), by default the standard version's
+    for the net's classes (``autoattack_attacks``)."""
     unknown = [a for a in attacks if a not in EVALUATION_ATTACKS]
     if unknown:
         raise ValueError(f"unknown evaluation attack {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
@@ -209,8 +212,9 @@ def robust_correct(
     for name in attacks:
         if name == "autoattack":
             result[name] = _autoattack_correct(
-                net, x, y, eps=eps, seed=seed, batch_size=batch_size, across_processes=across_processes
-            )
+                net, x, y, eps=eps, seed=seed, batch_size=batch_size, across_processes=across_processes,
+                parts=autoattack_parts,
+            )  # fmt: skip
         else:
             method, steps = name.split("-")
             loss = cw_margin_loss if method == "cw" else None

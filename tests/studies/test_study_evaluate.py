@@ -98,17 +98,14 @@ def test_autoattack_runs_only_the_parts_it_is_given(trained, caplog):
     """``benchmarks/autoattack_seeds.py`` runs single parts of AutoAttack (Square alone)."""
     from ntkrobust.bridge.checkpoint import load_checkpoint
     from ntkrobust.bridge.data import task_indices
-    from ntkrobust.bridge.evaluation import _autoattack_correct
+    from ntkrobust.bridge.evaluation import robust_correct
 
     net = load_checkpoint(trained)[0].eval()
     data = SMALL.load()
     x, y = torch.as_tensor(data.x_test).float(), torch.as_tensor(task_indices(data.y_test, data.classes)).long()
     with caplog.at_level("INFO", logger="ntkrobust"):
-        kept = _autoattack_correct(
-            net, x, y, eps=0.1, seed=0, batch_size=250, across_processes=False, parts=["apgd-ce"]
-        )
+        kept = robust_correct(net, x, y, eps=0.1, channels=1, attacks=("autoattack",), autoattack_parts=["apgd-ce"])
     ran = {m.split("after ")[1].split(":")[0] for m in caplog.messages if "robust accuracy after" in m}
     assert ran == {"APGD-CE"}  # with the standard parts: APGD-T, FAB-T and Square after it
-    with torch.no_grad():
-        clean = (net(x).argmax(1) == y).numpy()
-    assert (kept <= clean).all() and kept.mean() < clean.mean()  # it attacked: some correct points fell
+    assert (kept["autoattack"] <= kept["clean"]).all()
+    assert kept["autoattack"].mean() < kept["clean"].mean()  # it attacked: some correct points fell
