@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import statistics
 import sys
@@ -68,6 +69,11 @@ def main() -> None:
     from ntkrobust.studies._common import DataSettings, load_targets, quiet_torch_warnings
 
     quiet_torch_warnings()
+    # AutoAttack's own lines (each part's robust accuracy, as evaluate prints them): a seed of
+    # Square on a few hundred points takes minutes on a CPU
+    progress = logging.getLogger("ntkrobust")
+    progress.addHandler(logging.StreamHandler(sys.stderr))
+    progress.setLevel(logging.INFO)
 
     record = json.loads(args.results.read_text())
     if record.get("command") != "evaluate":
