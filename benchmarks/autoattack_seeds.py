@@ -33,11 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust._cli_flags import _seed_list
 from ntkrobust.bridge.files import write_atomically
 
 
 def _seeds(text: str) -> list[int]:
-    seeds = [int(v) for v in text.split(",") if v.strip()]
+    """The CLI's ``--seeds`` list (``_cli_flags``), distinct: each seed is one run of the table."""
+    seeds = list(_seed_list(text))
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"distinct integers, comma-separated: {text!r}")
     return seeds
