@@ -167,12 +167,15 @@ def refuses(monkeypatch):
     return check
 
 
-#: small and fast training (fc2 of width 32, PGD of 2 steps, kernels of 20 probe points)
+#: small and fast training (fc2 of width 32, PGD of 2 steps, kernels of 20 probe points); lr 0.5 in
+#: batches of 10 (10 steps an epoch) so that the net learns: its test clean accuracy goes 0.067,
+#: 0.133, 0.283 over two epochs (at lr 0.1 in batches of 50 it stayed at 0.067, every epoch and run
+#: alike, and the tests that tell epochs or runs apart by their accuracies could not fail)
 SMALL_TRAINING = {
     "model": "fc2",
     "width": 32,
-    "lr": 0.1,
-    "batch_size": 50,
+    "lr": 0.5,
+    "batch_size": 10,
     "eps": 0.1,
     "pgd_steps": 2,
     "eval_pgd_steps": 2,

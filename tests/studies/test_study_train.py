@@ -32,7 +32,7 @@ def test_a_tracked_pgd_run(tracked_runs):
     assert history == json.loads((out / "history.json").read_text())
     assert [r["mode"] for r in history["epochs"]] == ["init", "pgd", "pgd"]
     assert history["config"]["train"]["eps"] == 0.1 and history["config"]["model"]["model"] == "fc2"
-    assert history["label"] == "fc2 pgd" and history["steps_per_epoch"] == 2
+    assert history["label"] == "fc2 pgd" and history["steps_per_epoch"] == 10
     assert "torch" in history["versions"] and history["argv"] is None
     summary = result.summary()
     assert summary.startswith("fc2 pgd: 2 epochs, test clean ") and "Frobenius" in summary
@@ -63,7 +63,7 @@ def test_resume_continues_a_run(copy_of_untracked, small_training):
 def test_resume_refuses_a_different_configuration(copy_of_untracked, small_training, refuses):
     before = (copy_of_untracked / "history.json").read_text()
     settings = small_training(copy_of_untracked, epochs=1, track_kernel=0, lr=0.2, resume=True)
-    refuses(train, settings, "different configuration: train.lr was 0.1, now 0.2")
+    refuses(train, settings, "different configuration: train.lr was 0.5, now 0.2")
     assert (copy_of_untracked / "history.json").read_text() == before
 
 
@@ -91,7 +91,7 @@ def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, re
         # the linearized network's kernel is frozen: the C-NTK is the parent's at every epoch
         with (
             np.load(out / "kernels" / "step_0000000.npz") as first,
-            np.load(out / "kernels" / "step_0000002.npz") as last,
+            np.load(out / "kernels" / "step_0000010.npz") as last,
         ):
             np.testing.assert_allclose(first["clean"], last["clean"], rtol=1e-6, atol=1e-9)
     standard = small_training(
@@ -107,7 +107,7 @@ def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, re
     assert history["epochs"][0]["accuracy"]["running"]["test_clean"] == pytest.approx(0.1)  # f = 0 at spawn
     with (  # its kernel moves: it is the trained net's
         np.load(tmp_path / "standard" / "kernels" / "step_0000000.npz") as first,
-        np.load(tmp_path / "standard" / "kernels" / "step_0000002.npz") as last,
+        np.load(tmp_path / "standard" / "kernels" / "step_0000010.npz") as last,
     ):
         assert not np.allclose(first["clean"], last["clean"], rtol=1e-6, atol=1e-9)
     centered = json.loads((tmp_path / "centered" / "history.json").read_text())
@@ -267,11 +267,17 @@ def test_final_eval_autoattack_records_robustbenchs_attacks(small_training, tmp_
     import json
 
     out = tmp_path / "run"
-    settings = small_training(out, mode="standard", epochs=1, track_kernel=0, eval_n=20, final_eval="autoattack")
+    # a net that learned (0.70 clean here), so that AutoAttack has points to take: at chance every
+    # attack reads 0 and the order below holds whatever AutoAttack does
+    data = DataSettings(n_train=400, n_test=60)
+    settings = small_training(
+        out, data=data, mode="standard", epochs=3, lr=1.0, track_kernel=0, eval_n=20, final_eval="autoattack"
+    )
     history = train.run(settings).record
     final = history["final_evaluation"]
     assert final["points"] == 20 and set(final["accuracy"]) >= {"clean", "pgd-20", "autoattack", "worst_case"}
-    assert final["accuracy"]["worst_case"] <= final["accuracy"]["autoattack"] <= final["accuracy"]["clean"]
+    accuracy = final["accuracy"]
+    assert accuracy["clean"] > 0.3 and accuracy["worst_case"] <= accuracy["autoattack"] < accuracy["clean"]
     assert json.loads((out / "history.json").read_text())["final_evaluation"] == final
 
 
