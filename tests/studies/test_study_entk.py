@@ -112,7 +112,8 @@ def test_adversarial_kernel_is_on_the_nets_own_pgd_examples(tmp_path):
     import torch
     import torch.nn.functional as F
 
-    net = build_model(model_config("fc2", (1, 8, 8), 10, width=32, seed=record["network"]["seed"])).eval()
+    network = record["network"]
+    net = build_model(model_config("fc2", (1, 8, 8), 10, width=network["width"], seed=network["seed"])).eval()
     with torch.no_grad():
         logits = {name: net(torch.as_tensor(arrays[name])) for name in ("x", "x_clean")}
         labels = torch.as_tensor(arrays["y"])
