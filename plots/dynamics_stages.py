@@ -72,10 +72,27 @@ def _seed_handle(seeded: bool) -> list[tuple[Any, str]]:
     return [(Line2D([], [], color="0.3", marker="|", ms=9, linewidth=0), "± sample std\nover the seeds")]
 
 
+_DODGE = 0.035  # of a panel's span of epochs, between the points of two kinds at one epoch
+
+
+def _dodged(spawns: Sequence[Any], index: int, count: int, span: float) -> np.ndarray:
+    """The spawn epochs of the ``index``-th of ``count`` kinds, moved sideways by a few pixels'
+    worth so that kinds that end at the same accuracy (centered and linearized networks often
+    do) stay visible side by side instead of one dot covering the other; the middle kind stays
+    on its epoch."""
+    return _floats(spawns) + (index - (count - 1) / 2) * _DODGE * max(span, 1.0)
+
+
 def _spawn_panel(ax: Any, lines: Sequence[SpawnLine], names: list[str], reference: Any) -> bool:
-    """One parent's panel: its spawned networks by kind, its own accuracy in grey; whether a
-    point has seeds."""
+    """One parent's panel: its spawned networks by kind, side by side at each spawn epoch, its own
+    accuracy in grey; whether a point has seeds."""
     seeded = False
+    # the panel's x-range, the parent's epochs included: the sideways step is a share of it
+    spawned = [p.get("spawn_epoch") for line in lines for p in line.get("points") or []]
+    every = _floats(spawned + list((reference or {}).get("epochs") or []))
+    every = every[np.isfinite(every)]
+    span = float(every.max() - every.min()) if every.size else 1.0
+    here = [name for name in names if name in {_line_name(line) for line in lines}]  # this panel's kinds
     if reference is not None:
         for key, style in (("test_clean", "-"), ("test_pgd", "--")):
             x, y = _floats(reference.get("epochs") or []), _floats(reference.get(key) or [])
@@ -83,7 +100,7 @@ def _spawn_panel(ax: Any, lines: Sequence[SpawnLine], names: list[str], referenc
     for line in lines:
         colour = _colour(names.index(_line_name(line)))
         points = line.get("points") or []
-        spawns = [p.get("spawn_epoch") for p in points]
+        spawns = _dodged([p.get("spawn_epoch") for p in points], here.index(_line_name(line)), len(here), span)
         for key, style, marker in (("test_clean", "-", "o"), ("test_pgd", "--", "s")):
             scores = [p.get(key) for p in points]
             _line(ax, spawns, scores, colour, style, marker, markersize=5, zorder=2)
@@ -137,7 +154,8 @@ def spawn_accuracy_curves(record: SpawnAccuracy, path: Path, *, subtitle: str = 
         fig,
         "Final accuracy against the spawn epoch t'",
         subtitle,
-        ref="LOO fig. 2, table 2; every point a network trained around its parent's checkpoint of epoch t'",
+        ref="LOO fig. 2, table 2; every point a network trained around its parent's checkpoint of epoch t' "
+        "(the kinds drawn side by side at each t')",
     )
     _save(fig, path)
 

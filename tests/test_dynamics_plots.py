@@ -746,6 +746,12 @@ def test_spawn_accuracy_panels_by_parent(tmp_path, drawn, assert_real_png, asser
     assert [list(line.get_ydata()) for line in standard.lines[:2]] == [parent["test_clean"], parent["test_pgd"]]
     centered = record["lines"][1]["points"]  # of seeds: ± their std as error bars
     assert list(standard.lines[4].get_ydata()) == [p["test_clean"] for p in centered]
+    # the two kinds of a panel side by side at each spawn epoch (1, 2, 4 in a panel of epochs 0-4: 0.14 apart),
+    # so that equal accuracies stay visible; the lone kind of a panel stays on its epoch
+    linearized_x, centered_x = standard.lines[2].get_xdata(), standard.lines[4].get_xdata()
+    np.testing.assert_allclose(linearized_x, [0.93, 1.93, 3.93])
+    np.testing.assert_allclose(centered_x, [1.07, 2.07, 4.07])
+    np.testing.assert_allclose(adversarial.lines[0].get_xdata(), [1.0, 2.0, 4.0])
     bars = [c for c in standard.collections if c.get_segments()]
     assert len(bars) == 2 and len(adversarial.collections) == 0
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
