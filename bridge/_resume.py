@@ -136,7 +136,9 @@ def _check_config(run: RunFolder, config: dict[str, Any]) -> None:
     try:
         previous = json.loads(stored.read_text())
     except (OSError, ValueError) as error:
-        raise RunFolderError(f"--resume: cannot read {stored} ({error})") from None
+        raise RunFolderError(f"--resume: cannot read {stored} ({first_line(error)})") from None
+    except RecursionError:  # arrays nested thousands deep: Python's parser recurses
+        raise RunFolderError(f"--resume: cannot read {stored} (JSON nested too deeply)") from None
     if not isinstance(previous, dict):
         raise RunFolderError(f"--resume: {stored} is not a run's configuration (a JSON object)")
     differences = _differences(_comparable(previous), _comparable(json.loads(json.dumps(config))))

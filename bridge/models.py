@@ -400,7 +400,15 @@ def build_model(config: ModelConfig, *, meta: bool = False) -> nn.Module:
         check_memory(config)
     with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
         torch.manual_seed(config.seed)
-        model = get_model_spec(config.model).build(config)
+        try:
+            model = get_model_spec(config.model).build(config)
+        except (RuntimeError, TypeError) as error:  # a size past 2**63 - 1: torch cannot count it
+            if "overflow" not in str(error).lower():
+                raise
+            raise ModelError(
+                f"{config.model} of width {config.width} has a weight of more elements than torch can "
+                "count (2^63 - 1): choose a smaller width"
+            ) from None
         if not meta:  # re-drawing values changes no shape
             initialise(model, config.init, torch.Generator().manual_seed(config.seed))
         if not config.running_stats:

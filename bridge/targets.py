@@ -84,7 +84,7 @@ def _curve(path: Path) -> tuple[str, int] | None:
             kind = "centered-standard" if linearization.get("standard") else kind
             parent = Path(linearization["checkpoint"]).parent.parent.name
             return f"{kind} from {parent}", int(linearization["spawn_epoch"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         pass  # not a run folder of this tool after all: the folder's name and the epoch
     return run.path.name, epoch
 

@@ -128,6 +128,22 @@ def test_a_model_larger_than_the_free_memory_is_refused_before_it_is_allocated(m
     build_model(config)
 
 
+@pytest.mark.parametrize(
+    ("model", "width"),
+    [("fc2", 4 * 10**9), ("mnist-cnn", 10**12), ("resnet18", 10**12), ("fc2", 2 * 10**19)],
+    ids=["square-past-2^63", "cnn", "resnet", "width-past-2^63"],
+)
+def test_a_width_whose_weights_torch_cannot_count_is_refused(model, width):
+    """fc2's hidden weight of 4e9 x 4e9 has more elements than int64 holds: torch's meta build
+    (the memory check's) fails in its size arithmetic (RuntimeError) or in unpacking the width
+    (TypeError); both are the model's error, not a traceback; checkpoints go through it too."""
+    config = model_config(model, (1, 8, 8), 10, width=width)
+    with pytest.raises(ModelError, match=rf"{model} of width {width} has a weight of more elements than torch"):
+        build_model(config)
+    with pytest.raises(ModelError, match="choose a smaller width"):
+        build_model(config, meta=True)
+
+
 def test_normalisation_lives_inside_the_model():
     plain = build_model(model_config("fc1", (3, 4, 4), 2, width=8))
     normalised = build_model(model_config("fc1", (3, 4, 4), 2, width=8, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25)))
