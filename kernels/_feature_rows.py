@@ -32,11 +32,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
-from ntkrobust._progress import progress_iter
+from ntkrobust._progress import progress_bar
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
 from ntkrobust.kernels._jax import jax, jnp, point_sharding
 from ntkrobust.kernels.architectures import Architecture, per_architecture
@@ -53,6 +53,7 @@ _PAIR_QUANTUM = 16
 _MAX_PAIRS = 1024
 
 T = TypeVar("T")
+_G = TypeVar("_G", bound=Callable[..., Any])
 
 
 class _Train(NamedTuple):
@@ -249,39 +250,61 @@ def pair_scores(
     place = _Placement()
     blocks = _chunks(x.shape[0], per_block, place.quantum)
     watch.lap("setup", tr)
-    for start, stop, length in progress_iter(blocks, f"feature {attack}", "block", show=progress):
-        xb = place.put(_padded(x[start:stop], length))
-        p_dev, a, sv = watch.lap("clean rows, derivatives, projections", programs.clean(xb, tr))
-        p = np.asarray(p_dev, dtype=np.float64)[: stop - start]
-        tb = target[start:stop]
-        hit = predicted_index(p[:, :, None] * c[None]) == tb[:, None]  # (B, m)
-        correct += hit.sum(axis=0)
-        rows, cols = np.nonzero(hit)
-        for lo, hi, width in _chunks(rows.size, min(per_block, _MAX_PAIRS), place.quantum) if rows.size else []:
-            r, q, t = rows[lo:hi], cols[lo:hi], tb[rows[lo:hi]]
-            r_dev, q_dev, t_dev = watch.lap("host", [place.put(_padded(u, width)) for u in (r, q, t)])
-            if attack == "fgsm":
-                args = (a, sv, p_dev, xb, tr, c_dev, r_dev, q_dev, t_dev)
-                p_adv = programs.fgsm_projection(*args, eps=threat.eps, norm=threat.norm)
-            else:
-                assert pgd_step is not None
-                x_adv = pgd(
-                    _moving_loss_gradient(programs, tr, q_dev, c_dev[q_dev], t_dev),
-                    place.put(_padded(x[start:stop][r], width)),
-                    t_dev,
-                    eps=threat.eps,
-                    norm=threat.norm,
-                    step=pgd_step,
-                    steps=pgd_steps,
-                    start=None if starts is None else place.put(_padded(starts[start:stop][r], width)),
-                    random_start=False,
-                )
-                p_adv = programs.projection(x_adv, tr, q_dev)
-            p_adv = watch.lap(f"{attack} pairs: gradients, attack, own projections", p_adv)
-            still = predicted_index(np.asarray(p_adv)[: hi - lo, None] * c[q]) == t
-            np.add.at(robust, q, still.astype(np.float64))
-        watch.lap("host", robust)
+    with progress_bar(len(blocks), f"feature {attack}", "block", show=progress) as bar:
+        for block, (start, stop, length) in enumerate(blocks, 1):
+            xb = place.put(_padded(x[start:stop], length))
+            p_dev, a, sv = watch.lap("clean rows, derivatives, projections", programs.clean(xb, tr))
+            p = np.asarray(p_dev, dtype=np.float64)[: stop - start]
+            tb = target[start:stop]
+            hit = predicted_index(p[:, :, None] * c[None]) == tb[:, None]  # (B, m)
+            correct += hit.sum(axis=0)
+            rows, cols = np.nonzero(hit)
+            for lo, hi, width in _chunks(rows.size, min(per_block, _MAX_PAIRS), place.quantum) if rows.size else []:
+                r, q, t = rows[lo:hi], cols[lo:hi], tb[rows[lo:hi]]
+                r_dev, q_dev, t_dev = watch.lap("host", [place.put(_padded(u, width)) for u in (r, q, t)])
+                if attack == "fgsm":
+                    args = (a, sv, p_dev, xb, tr, c_dev, r_dev, q_dev, t_dev)
+                    p_adv = programs.fgsm_projection(*args, eps=threat.eps, norm=threat.norm)
+                else:
+                    assert pgd_step is not None
+                    pairs = f"{hi:,}/{rows.size:,}" + (f" in block {block}" if len(blocks) > 1 else "")
+                    x_adv = pgd(
+                        counted_steps(
+                            _moving_loss_gradient(programs, tr, q_dev, c_dev[q_dev], t_dev), bar, pairs, pgd_steps
+                        ),
+                        place.put(_padded(x[start:stop][r], width)),
+                        t_dev,
+                        eps=threat.eps,
+                        norm=threat.norm,
+                        step=pgd_step,
+                        steps=pgd_steps,
+                        start=None if starts is None else place.put(_padded(starts[start:stop][r], width)),
+                        random_start=False,
+                    )
+                    p_adv = programs.projection(x_adv, tr, q_dev)
+                p_adv = watch.lap(f"{attack} pairs: gradients, attack, own projections", p_adv)
+                still = predicted_index(np.asarray(p_adv)[: hi - lo, None] * c[q]) == t
+                np.add.at(robust, q, still.astype(np.float64))
+            watch.lap("host", robust)
+            bar.update(1)
     return correct, robust
+
+
+def counted_steps(loss_gradient: _G, bar: Any, pairs: str, steps: int) -> _G:
+    """``loss_gradient``, telling ``bar`` (it counts blocks of examples) at each call which PGD
+    step of which pairs it is at: one block's pairs under PGD-200 run for minutes, and a bar that
+    moved only between blocks printed no line for all of them (``_progress``: a line a minute
+    comes from an update)."""
+    step = 0
+
+    def counted(x_: Any, target: Any) -> Any:
+        nonlocal step
+        step += 1
+        bar.set_postfix(**{"pairs attacked": pairs, "PGD step": f"{step}/{steps}"})
+        bar.update(0)
+        return loss_gradient(x_, target)
+
+    return cast(_G, counted)
 
 
 def _moving_loss_gradient(programs: _Programs, tr: _Train, cols, c, target):  # type: ignore[no-untyped-def]
@@ -294,4 +317,4 @@ def _moving_loss_gradient(programs: _Programs, tr: _Train, cols, c, target):  # 
     return loss_gradient
 
 
-__all__ = ["Stopwatch", "pair_scores"]
+__all__ = ["Stopwatch", "counted_steps", "pair_scores"]

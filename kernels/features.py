@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ntkrobust._progress import progress_iter
+from ntkrobust._progress import progress_bar
 from ntkrobust.attacks import ThreatModel, fgsm, pgd
-from ntkrobust.kernels._feature_rows import fixed_gradient, pair_scores
+from ntkrobust.kernels._feature_rows import counted_steps, fixed_gradient, pair_scores
 from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index, spectral_filter
 from ntkrobust.kernels.metrics import spearman_correlation
@@ -229,41 +229,46 @@ def _jacobian_route(  # type: ignore[no-untyped-def]
     per_example = n_features * int(np.prod(x.shape[1:])) * 8
     block = max(1, _JACOBIAN_BUDGET // per_example)
     starts = range(0, x.shape[0], block)
-    for start in progress_iter(starts, f"feature {attack}", "block", show=progress):
-        xb, tb = x[start : start + block], target[start : start + block]
-        p = np.asarray(proj.logits(xb), dtype=np.float64)  # (B, m)
-        hit = predicted_index(p[:, :, None] * c[None]) == tb[:, None]  # (B, m)
-        correct += hit.sum(axis=0)
-        rows, cols = np.nonzero(hit)
-        if rows.size == 0:
-            continue
-        x_pairs, t_pairs = xb[rows], tb[rows]
-        if attack == "fgsm":
-            # Gradients of the attacked pairs only: each example's correct features, padded
-            # to the longest list with feature 0 (the padding is never read).
-            slot = np.arange(rows.size) - np.searchsorted(rows, rows)  # position within its row
-            picked = np.zeros((xb.shape[0], slot.max() + 1), dtype=np.int64)
-            picked[rows, slot] = cols
-            jac = np.asarray(proj.output_jacobian(xb, picked))  # (B, q, C, H, W)
-            weight = _loss_weight(p[rows, cols], c[cols], t_pairs)
-            grads = jac[rows, slot] * weight.reshape(-1, *([1] * (x.ndim - 1))).astype(x.dtype)
-            x_adv = fgsm(functools.partial(fixed_gradient, grads), x_pairs, t_pairs, eps=threat.eps, norm=threat.norm)
-        else:
-            assert step is not None
-            x_adv = pgd(
-                _pair_loss_gradient(proj, c, cols),
-                x_pairs,
-                t_pairs,
-                eps=threat.eps,
-                norm=threat.norm,
-                step=step,
-                steps=steps,
-                start=None if x_start is None else x_start[start : start + block][rows],
-                random_start=False,
-            )
-        p_adv = _selected(proj, np.asarray(x_adv), cols)
-        still = predicted_index(p_adv[:, None] * c[cols]) == t_pairs
-        np.add.at(robust, cols, still.astype(np.float64))
+    with progress_bar(len(starts), f"feature {attack}", "block", show=progress) as bar:
+        for number, start in enumerate(starts, 1):
+            xb, tb = x[start : start + block], target[start : start + block]
+            p = np.asarray(proj.logits(xb), dtype=np.float64)  # (B, m)
+            hit = predicted_index(p[:, :, None] * c[None]) == tb[:, None]  # (B, m)
+            correct += hit.sum(axis=0)
+            rows, cols = np.nonzero(hit)
+            if rows.size == 0:
+                bar.update(1)
+                continue
+            x_pairs, t_pairs = xb[rows], tb[rows]
+            if attack == "fgsm":
+                # Gradients of the attacked pairs only: each example's correct features, padded
+                # to the longest list with feature 0 (the padding is never read).
+                slot = np.arange(rows.size) - np.searchsorted(rows, rows)  # position within its row
+                picked = np.zeros((xb.shape[0], slot.max() + 1), dtype=np.int64)
+                picked[rows, slot] = cols
+                jac = np.asarray(proj.output_jacobian(xb, picked))  # (B, q, C, H, W)
+                weight = _loss_weight(p[rows, cols], c[cols], t_pairs)
+                grads = jac[rows, slot] * weight.reshape(-1, *([1] * (x.ndim - 1))).astype(x.dtype)
+                gradient = functools.partial(fixed_gradient, grads)
+                x_adv = fgsm(gradient, x_pairs, t_pairs, eps=threat.eps, norm=threat.norm)
+            else:
+                assert step is not None
+                pairs = f"{rows.size:,}" + (f" in block {number}" if len(starts) > 1 else "")
+                x_adv = pgd(
+                    counted_steps(_pair_loss_gradient(proj, c, cols), bar, pairs, steps),
+                    x_pairs,
+                    t_pairs,
+                    eps=threat.eps,
+                    norm=threat.norm,
+                    step=step,
+                    steps=steps,
+                    start=None if x_start is None else x_start[start : start + block][rows],
+                    random_start=False,
+                )
+            p_adv = _selected(proj, np.asarray(x_adv), cols)
+            still = predicted_index(p_adv[:, None] * c[cols]) == t_pairs
+            np.add.at(robust, cols, still.astype(np.float64))
+            bar.update(1)
     return correct, robust
 
 

@@ -63,3 +63,24 @@ def test_the_entk_command_prints_lines_into_a_file(
     assert cli.main([*flags, "--kind", "trace", "--memory-budget", "6", "--out", str(tmp_path / "k")]) == 0
     err = capsys.readouterr().err
     assert "ntkrobust: eNTK (trace): 1/" in err and "chunks (" in err
+
+
+@pytest.mark.parametrize("route", ["dots", "jacobian"])
+def test_feature_scores_under_pgd_say_which_step_they_are_at(
+    route, fc2_multiclass, digits_multiclass, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``features --feature-attack pgd`` counted blocks of examples only: 400 features of 599
+    digits under PGD-200 are one block, and with stderr in a file it printed no line in 400 s.
+    Each PGD step now updates the bar with the pairs it attacks and its step."""
+    from ntkrobust.attacks import ThreatModel
+    from ntkrobust.kernels.features import feature_scores
+
+    monkeypatch.setattr(_progress, "LINE_EVERY", 0.0)
+    x, y = digits_multiclass.x_test[:20], digits_multiclass.y_test[:20]
+    threat = ThreatModel("linf", 0.1)
+    with caplog.at_level(logging.INFO, logger="ntkrobust"):
+        feature_scores(fc2_multiclass, x, y, threat, n_features=5, attack="pgd", step=0.05, steps=3, route=route)
+    lines = [r.getMessage() for r in caplog.records]
+    during = [line for line in lines if line.startswith("feature pgd: 0/1 blocks (0%)")]
+    assert [line.split(", PGD step ")[1] for line in during] == ["1/3", "2/3", "3/3"], lines
+    assert ", pairs attacked " in during[0] and lines[-1].startswith("feature pgd: 1/1 blocks (100%)")
