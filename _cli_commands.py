@@ -20,6 +20,7 @@ from ntkrobust._cli_flags import (
     _int_list,
     _non_negative_int,
     _number,
+    _out_path,
     _positive_int,
     _r_list,
     _seed_list,
@@ -581,7 +582,7 @@ def _reproduce_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--list", action="store_true", help="print the recipes (of TARGET, if given) with their estimated cost and exit"
     )
-    p.add_argument("--out", type=Path, help="reproduction folder: steps/, report.html, report.md, findings.json")
+    p.add_argument("--out", type=_out_path, help="reproduction folder: steps/, report.html, report.md, findings.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage / epoch lines")
 
 

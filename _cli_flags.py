@@ -59,6 +59,14 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
 
 
+def _out_path(text: str) -> Path:
+    """--out as a path; an empty one is refused (``Path("")`` is the working folder, where the
+    files went unasked)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty --out names no folder (use . for the working folder)")
+    return Path(text)
+
+
 def _class_list(text: str) -> list[str]:
     items = [s.strip() for s in text.split(",") if s.strip()]
     if len(items) < 2:
@@ -213,7 +221,7 @@ def _add_device_flag(g: Any) -> None:
 
 
 def _add_output_flags(p: argparse.ArgumentParser, *, what: str) -> None:
-    p.add_argument("--out", type=Path, required=True, help=what)
+    p.add_argument("--out", type=_out_path, required=True, help=what)
     p.add_argument("--force", action="store_true", help="overwrite an existing, non-empty --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage / epoch lines")
 

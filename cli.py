@@ -28,6 +28,7 @@ import threading
 import typing
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ntkrobust import retain_freed_memory
@@ -184,6 +185,34 @@ def _check_output(args: argparse.Namespace) -> None:
         check_writable(args.out, "--out")
     else:
         check_out_dir(args.out, args.force)
+    if getattr(args, "force", False) and args.command != "train":  # train's study refuses inputs among what it clears
+        _refuse_inputs_replaced(args)
+
+
+def _refuse_inputs_replaced(args: argparse.Namespace) -> None:
+    """With --force the command's files replace those of the same names in --out (make-npz: the
+    file --out): an input file there may be one of them. ``attack --data OUT/adversarial.npz
+    --out OUT --force`` overwrote its own input. Any file named on the command line (also after
+    an ``=``, as in evaluate's MODEL=WEIGHTS) that sits directly in --out is refused."""
+    out = args.out.resolve()
+    for name, value in vars(args).items():
+        if name in ("out", "argv", "command"):
+            continue
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if not isinstance(item, str | Path):
+                continue
+            for text in dict.fromkeys((str(item), str(item).rpartition("=")[2])):
+                try:
+                    path = Path(text).resolve()
+                    named = path.is_file()
+                except (OSError, RuntimeError):  # a name too long for a path, a loop of links: no file
+                    continue
+                if named and args.command == "make-npz" and path == out:
+                    raise UsageError(f"--out {args.out} is the input {text}: --force would replace it; choose another")
+                if named and args.command != "make-npz" and path.parent == out:
+                    raise UsageError(
+                        f"{text} lies in --out {args.out}, whose files --force replaces: choose another --out"
+                    )
 
 
 #: the commands that share their work between the processes of a torchrun launch

@@ -329,6 +329,50 @@ def test_an_out_that_is_a_dangling_link_is_refused(command, tmp_path, run_cli, m
     assert out.is_symlink() and not (tmp_path / "gone").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "where"),
+    [
+        (["attack", "--data", "{out}/adversarial.npz"], "lies in --out"),  # its own output's name
+        (["features", "--data", "{out}/mine.npz"], "lies in --out"),
+        (["evaluate", "fc2={out}/weights.pt", "--data", "digits"], "lies in --out"),  # after the =
+        (["make-npz", "--data", "{out}"], "is the input"),
+    ],
+    ids=["attack-own-name", "features", "evaluate-model-weights", "make-npz"],
+)
+def test_force_refuses_an_input_among_the_files_it_replaces(argv, where, tmp_path, run_cli, monkeypatch):
+    """``attack --data OUT/adversarial.npz --out OUT --force`` read its data, then replaced the
+    file with its own output (train refused this for what it clears, no other command did)."""
+    command = argv[0]
+    if command != "make-npz":
+        _no_compute(monkeypatch, command)
+    out = tmp_path / ("d.npz" if command == "make-npz" else "run")
+    if command != "make-npz":
+        out.mkdir()
+    name = argv[-1] if command != "evaluate" else argv[1].split("=")[1]
+    source = Path(name.format(out=out))
+    source.write_bytes(b"precious")
+    code, _, stderr = run_cli([*(a.format(out=out) for a in argv), "--force", "--out", out])
+    assert code == 2 and stderr.count("\n") == 1 and where in stderr and "choose another" in stderr, stderr
+    assert source.read_bytes() == b"precious"
+
+
+def test_force_keeps_inputs_below_out_and_an_empty_out_is_refused(tmp_path, run_cli, monkeypatch):
+    """Only the files directly in --out are replaced: data in OUT/inner/ is an input like any
+    other, and the command reaches its study. An empty --out was the working folder (Path(""))."""
+
+    def reached(*args, **kwargs):
+        raise RuntimeError("the study was reached")
+
+    monkeypatch.setattr("ntkrobust.studies.attack.run", reached)
+    inner = tmp_path / "run" / "inner"
+    inner.mkdir(parents=True)
+    (inner / "d.npz").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="the study was reached"):
+        run_cli(["attack", "--data", inner / "d.npz", "--force", "--out", tmp_path / "run"])
+    code, _, stderr = run_cli(["attack", "--out", ""])
+    assert code == 2 and stderr.count("\n") == 1 and "an empty --out names no folder" in stderr, stderr
+
+
 def test_make_npz_refuses_to_overwrite(tmp_path, run_cli):
     npz = tmp_path / "d.npz"
     npz.write_bytes(b"precious")
