@@ -15,7 +15,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
@@ -39,6 +39,7 @@ __all__ = [
     "restart_gpu_peak",
     "versions",
     "warn",
+    "warned_after_checks",
 ]
 
 #: Distributions whose versions every result records.
@@ -72,6 +73,19 @@ def number_text(value: float | None, digits: int) -> str:
 def flags_do(flags: Sequence[str], verb: str) -> str:
     """ "--a sets" or "--a / --b set": the flags as the subject of ``verb``, in number."""
     return f"{' / '.join(flags)} {verb}s" if len(flags) == 1 else f"{' / '.join(flags)} {verb}"
+
+
+@contextlib.contextmanager
+def warned_after_checks() -> Iterator[None]:
+    """The ``StudyWarning``s raised by the checks in the ``with`` body, held back and said when
+    the body ends without an error: bad input then reads as its one error line, not as the
+    warnings found before the check that refused it (``train --epochs 1 --milestones 5,1``
+    warned that 5 comes after the last epoch, then refused the order)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StudyWarning)
+        yield
+    for held in caught:
+        warnings.warn_explicit(held.message, held.category, held.filename, held.lineno)
 
 
 def checked_together() -> AbstractContextManager[None]:

@@ -26,6 +26,7 @@ from ntkrobust.studies._base import (
     restart_gpu_peak,
     versions,
     warn,
+    warned_after_checks,
 )
 from ntkrobust.studies._common import check_one_output_per_class, torch_device, torch_network
 from ntkrobust.studies._output import OutputLock
@@ -342,7 +343,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
     restart_gpu_peak()  # each seed's history holds its own peak (--seeds runs them in one process)
     # every process's own inputs (data, the net, a linearization's checkpoint), checked on all
     # of them before the first collective: one that fails stops them all (the first says why)
-    with checked_together():
+    with checked_together(), warned_after_checks():
         data = settings.data.load()
         threat = resolve_threat(settings, data.image_shape[0])
         notes = attack_notes(settings, threat, data.image_shape[0])

@@ -101,6 +101,14 @@ def test_train_warns_of_schedule_and_tracking_flags_it_does_not_read(tmp_path, r
     assert code == 0 and f"warning: {said}" in err, err
 
 
+def test_train_refuses_in_one_line_what_it_also_would_have_warned_of(tmp_path, run_cli):
+    """--milestones 5,1 with --epochs 1: the warning that 5 comes after the last epoch was said
+    before the refusal of the order (two lines); warnings now wait for the checks to pass."""
+    code, _, err = run_cli([*TRAIN, "--epochs", 1, "--milestones", "5,1", "--out", tmp_path / "run"])
+    assert code == 2 and err.count("\n") == 1 and "invalid milestones for training: [5, 1]" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("flags", [["--scale", "cpu"], ["--out", "X"], ["--data-root", "."]])
 def test_reproduce_list_refuses_the_flags_of_a_run(run_cli, flags):
     code, out, err = run_cli(["reproduce", "--list", *flags])
