@@ -73,7 +73,7 @@ def _digits() -> dict[str, Any]:
 
 def _npz(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise DataError(f"dataset file {path} does not exist")
+        raise DataError(f"dataset file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
     arrays = ("x_train", "y_train", "x_test", "y_test")
     try:
         out: dict[str, Any] = read_npz(path, (*arrays, "label_names"), required=arrays)

@@ -146,7 +146,7 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
     except ForeignFileError as checkpoint_error:
         if not trust_code:  # refused before torch's loaders see the file: they would run its code
             raise TargetError(
-                f"{_first_line(checkpoint_error)}; a TorchScript or .pt2 file carries code and loads only "
+                f"{first_line(checkpoint_error)}; a TorchScript or .pt2 file carries code and loads only "
                 "with --trust-model-code"
             ) from None
         # torch.export.load accepts only .pt2 files (and logs a traceback for anything else)

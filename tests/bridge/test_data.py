@@ -103,11 +103,14 @@ def test_a_file_that_is_no_zip_archive_is_not_an_npz(tmp_path, content):
     assert "\n" not in str(error.value) and "allow_pickle" not in str(error.value)
 
 
-def test_missing_keys_and_unknown_specs():
+def test_missing_keys_and_unknown_specs(tmp_path):
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("imagenet")
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("/nonexistent/data.npz")
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(DataError, match=r"folder\.npz is a folder"):  # it said "does not exist"
+        load_dataset(str(tmp_path / "folder.npz"))
     with pytest.raises(DataError, match="needs --data-root"):
         load_dataset("mnist")
 
