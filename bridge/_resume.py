@@ -98,6 +98,9 @@ def start_state(
     # shares) stops them all before the first collective of the training
     with distributed.failing_together():
         _check_config(run, config)
+        blocked = run.in_the_way()
+        if blocked:
+            raise RunFolderError(f"--resume: {blocked[0]} is not a file, and the run writes one there: move it away")
         if latest is not None:
             try:
                 payload = read_checkpoint(latest, map_location=device)

@@ -97,6 +97,17 @@ class RunFolder:
         """{step: file} of the tracked kernel files on disk, in step order."""
         return _numbered(self.kernel_dir, _KERNEL)
 
+    def in_the_way(self) -> list[Path]:
+        """Paths where the run writes a file (its history, a checkpoint, a tracked kernel) that
+        hold something else, a folder say: a resume would train an epoch before failing to
+        write it."""
+        named = [
+            *self.checkpoint_dir.glob("{}*{}".format(*_CHECKPOINT)),
+            *self.kernel_dir.glob("{}*{}".format(*_KERNEL)),
+        ]
+        candidates = [self.history, self.probe, *sorted(named)]
+        return [path for path in candidates if (path.exists() or path.is_symlink()) and not path.is_file()]
+
     def exists(self) -> bool:
         """Whether the folder holds a run (its configuration is a file)."""
         return self.config.is_file()

@@ -53,6 +53,14 @@ def _truncated(run):
     path.write_bytes(path.read_bytes()[:100])
 
 
+def _folder_for_the_last_checkpoint(run):
+    """A folder where the last checkpoint was: the resume took the one before, trained the epoch
+    again and failed only when it wrote the checkpoint, naming its temporary file."""
+    path = run / "checkpoints" / "epoch_002.pt"
+    path.unlink()
+    path.mkdir()
+
+
 def _nan_weights(payload):
     payload["state_dict"] = {key: torch.full_like(value, float("nan")) for key, value in payload["state_dict"].items()}
 
@@ -72,6 +80,11 @@ EDITS = {
         "claims epoch 1000000, but its history holds 3",
     ),
     "truncated checkpoint": (_truncated, "is not a checkpoint of this tool"),
+    "a folder for a checkpoint": (_folder_for_the_last_checkpoint, "epoch_002.pt is not a file, and the run writes"),
+    "a folder for the history": (
+        lambda run: ((run / "history.json").unlink(), (run / "history.json").mkdir()),
+        "history.json is not a file",
+    ),
     "bad optimizer state": (
         lambda run: _edit_checkpoint(run, lambda p: p.update(optimizer={"state": {}, "param_groups": []})),
         "parameter groups",
