@@ -101,11 +101,8 @@ class RunFolder:
         """Paths where the run writes a file (its history, a checkpoint, a tracked kernel) that
         hold something else, a folder say: a resume would train an epoch before failing to
         write it."""
-        named = [
-            *self.checkpoint_dir.glob("{}*{}".format(*_CHECKPOINT)),
-            *self.kernel_dir.glob("{}*{}".format(*_KERNEL)),
-        ]
-        candidates = [self.history, self.probe, *sorted(named)]
+        candidates = [self.history, self.probe, *_named(self.checkpoint_dir, _CHECKPOINT)]
+        candidates += _named(self.kernel_dir, _KERNEL)
         return [path for path in candidates if (path.exists() or path.is_symlink()) and not path.is_file()]
 
     def exists(self) -> bool:
@@ -157,11 +154,16 @@ def _number(name: str, pattern: tuple[str, str]) -> int | None:
     return int(digits)
 
 
+def _named(folder: Path, pattern: tuple[str, str]) -> list[Path]:
+    """Whatever in ``folder`` has a name of ``pattern``'s prefix and suffix (files or not), sorted."""
+    prefix, suffix = pattern
+    return sorted(folder.glob(f"{prefix}*{suffix}"))
+
+
 def _numbered(folder: Path, pattern: tuple[str, str]) -> dict[int, Path]:
     """{N: file} of the files in ``folder`` named after ``pattern``, sorted by N (none: {})."""
-    prefix, suffix = pattern
     found: dict[int, Path] = {}
-    for path in folder.glob(f"{prefix}*{suffix}"):
+    for path in _named(folder, pattern):
         number = _number(path.name, pattern)
         if number is not None and path.is_file():
             found[number] = path
