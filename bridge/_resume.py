@@ -19,7 +19,7 @@ from torch import nn
 
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.checkpoint import CheckpointError, check_state_dict, read_checkpoint
-from ntkrobust.bridge.files import first_line, write_json
+from ntkrobust.bridge.files import JsonFileError, first_line, read_json, write_json
 from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
 from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
 
@@ -137,11 +137,9 @@ def _check_config(run: RunFolder, config: dict[str, Any]) -> None:
             f"--resume: {run.path} holds no run (no {CONFIG_FILE}){elsewhere if distributed.rank() else ''}"
         )
     try:
-        previous = json.loads(stored.read_text())
-    except (OSError, ValueError) as error:
-        raise RunFolderError(f"--resume: cannot read {stored} ({first_line(error)})") from None
-    except RecursionError:  # arrays nested thousands deep: Python's parser recurses
-        raise RunFolderError(f"--resume: cannot read {stored} (JSON nested too deeply)") from None
+        previous = read_json(stored)
+    except JsonFileError as error:
+        raise RunFolderError(f"--resume: {stored}: {error}") from None
     if not isinstance(previous, dict):
         raise RunFolderError(f"--resume: {stored} is not a run's configuration (a JSON object)")
     differences = _differences(_comparable(previous), _comparable(json.loads(json.dumps(config))))

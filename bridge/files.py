@@ -66,6 +66,31 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     return write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
+class JsonFileError(ValueError):
+    """A JSON file that cannot be read; the message is the reason in a few words, for the caller
+    to put after the file's name and what it was to be."""
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in ``path``, or ``JsonFileError``: every reader of run and reproduction
+    files says the same reasons (a parser's own errors are a traceback for arrays nested thousands
+    deep, and a paragraph of advice for an integer of more digits than Python converts)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise JsonFileError("not UTF-8 text") from None
+    except OSError as error:
+        raise JsonFileError(first_line(error)) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise JsonFileError(f"unreadable JSON ({error.msg} at line {error.lineno})") from None
+    except RecursionError:  # Python's parser recurses into each array and object
+        raise JsonFileError("unreadable JSON (nested too deeply)") from None
+    except ValueError as error:  # an integer of more than 4300 digits: its advice cut off
+        raise JsonFileError(f"unreadable JSON ({first_line(error).split(';')[0]})") from None
+
+
 def refusal_reason(path: Path, error: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` or ``np.load(allow_pickle=False)`` refused ``path``,
     in a few words."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust.bridge import runs as run_folders
-from ntkrobust.bridge.files import first_line
+from ntkrobust.bridge.files import JsonFileError, first_line, read_json
 from ntkrobust.bridge.runfolder import HISTORY_FILE
 from ntkrobust.bridge.runs import RunError, TrainingRun, distinct_labels, inside_folder, load_run, probe_images
 from ntkrobust.kernels import metrics
@@ -52,9 +52,12 @@ def seed_folders(path: str | Path) -> list[tuple[int, Path]] | None:
             raise RunError(f"{path}: seed runs without {SEEDS_FILE} (an unfinished train --seeds: --resume it)")
         return None
     try:
-        record = json.loads(listing.read_text(encoding="utf-8"))
+        record = read_json(listing)
+    except JsonFileError as error:
+        raise RunError(f"{listing}: {error}") from None
+    try:
         names = [(int(entry["seed"]), str(entry["folder"])) for entry in record["runs"]]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as error:
+    except (ValueError, KeyError, TypeError) as error:
         raise RunError(f"{listing}: not the {SEEDS_FILE} of train --seeds ({first_line(error)})") from None
     folders = [(seed, inside_folder(path, name, f"run folder of seed {seed}")) for seed, name in names]
     if not folders:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.bridge.files import NpzError, first_line, read_npz
+from ntkrobust.bridge.files import JsonFileError, NpzError, first_line, read_json, read_npz
 from ntkrobust.bridge.runfolder import HISTORY_FILE, PROBE_FILE, RunFolder
 from ntkrobust.kernels import metrics
 
@@ -134,15 +133,9 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
     if not history_path.is_file():
         raise RunError(f"{path}: not a run folder (no {HISTORY_FILE})")
     try:
-        history = json.loads(history_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise RunError(f"{history_path}: unreadable JSON ({error.msg} at line {error.lineno})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RunError(f"{history_path}: unreadable ({first_line(error)})") from None
-    except RecursionError:  # arrays nested thousands deep: Python's parser recurses
-        raise RunError(f"{history_path}: unreadable JSON (nested too deeply)") from None
-    except ValueError as error:  # an integer of more digits than Python converts (4300); cut its advice
-        raise RunError(f"{history_path}: unreadable JSON ({first_line(error).split(';')[0]})") from None
+        history = read_json(history_path)
+    except JsonFileError as error:
+        raise RunError(f"{history_path}: {error}") from None
     if not isinstance(history, dict):
         raise RunError(f"{history_path}: not a training history (expected a JSON object)")
     epochs = history.get("epochs")

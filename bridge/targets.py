@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 
 from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, load_checkpoint
-from ntkrobust.bridge.files import first_line, refusal_reason
+from ntkrobust.bridge.files import JsonFileError, first_line, read_json, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
 
@@ -77,14 +76,14 @@ def _curve(path: Path) -> tuple[str, int] | None:
         return None
     run, epoch = found
     try:
-        config = json.loads(run.config.read_text())
+        config = read_json(run.config)
         linearization = config.get("linearization")
         if linearization:
             kind = "centered" if linearization["centered"] else "linearized"
             kind = "centered-standard" if linearization.get("standard") else kind
             parent = Path(linearization["checkpoint"]).parent.parent.name
             return f"{kind} from {parent}", int(linearization["spawn_epoch"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except (JsonFileError, ValueError, KeyError, TypeError, AttributeError):
         pass  # not a run folder of this tool after all: the folder's name and the epoch
     return run.path.name, epoch
 

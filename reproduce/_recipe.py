@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.bridge.files import json_safe
+from ntkrobust.bridge.files import JsonFileError, json_safe, read_json
 
 #: the scales a reproduction runs at (``--scale``)
 SCALES = ("smoke", "cpu", "paper")
@@ -98,12 +98,11 @@ class Results:
     def record(self, name: str) -> dict[str, Any]:
         path = self.folder(name) / record_file(self.steps[name])
         try:
-            with open(path, encoding="utf-8") as handle:
-                record = json.load(handle)
-        except (OSError, ValueError, RecursionError) as err:
-            record = err
-        if not isinstance(record, dict):  # edited or damaged since the step finished
-            raise StepRecordError(f"step {name}: {path} is unreadable or not a record ({type(record).__name__})")
+            record = read_json(path)
+        except JsonFileError as error:  # edited or damaged since the step finished
+            raise StepRecordError(f"step {name}: {path}: {error}") from None
+        if not isinstance(record, dict):
+            raise StepRecordError(f"step {name}: {path} is not a record ({type(record).__name__})")
         return record
 
 

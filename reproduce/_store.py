@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import json
 import shutil
 import time
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.bridge.files import write_json
+from ntkrobust.bridge.files import JsonFileError, read_json, write_json
 from ntkrobust.reproduce._recipe import Context, Step, record_file, step_config, step_key
 from ntkrobust.studies._base import log, restart_gpu_peak
 
@@ -63,9 +62,8 @@ def _warnings(record: Mapping[str, Any]) -> tuple[str, ...]:
 def _read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; None if it is missing, unreadable or not an object."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            found = json.load(handle)
-    except (OSError, ValueError, RecursionError):
+        found = read_json(path)
+    except JsonFileError:
         return None
     return found if isinstance(found, dict) else None
 

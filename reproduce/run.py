@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ntkrobust.bridge.files import json_safe, write_json
+from ntkrobust.bridge.files import JsonFileError, json_safe, read_json, write_json
 from ntkrobust.reproduce import beyond, loo, rat, tk
 from ntkrobust.reproduce._recipe import PAPERS, SCALES, Context, Recipe, Results, Step, StepRecordError
 from ntkrobust.reproduce._shared import DATA_FILES
@@ -142,9 +141,8 @@ def _check_out(settings: ReproduceSettings, ctx: Context) -> dict[str, Any]:
     path = Path(settings.out) / "reproduction.json"
     if path.is_file():
         try:
-            with open(path, encoding="utf-8") as handle:
-                found = json.load(handle)
-        except (OSError, ValueError, RecursionError):
+            found = read_json(path)
+        except JsonFileError:
             found = None
         if not isinstance(found, dict):
             raise StudyError(f"--out {settings.out}: reproduction.json is unreadable; choose another --out")
@@ -183,14 +181,14 @@ def _earlier_findings(out: Path, selected: Sequence[Recipe]) -> dict[str, dict[s
     if not path.is_file():
         return {}
     try:
-        with open(path, encoding="utf-8") as handle:
-            report = json.load(handle)
+        report = read_json(path)
         findings = report["findings"]
         created = report["reproduction"]["created"]
         earlier = {str(f["recipe"]): {**f, "judged": f.get("judged") or created} for f in findings}
-    except (OSError, ValueError, RecursionError, KeyError, TypeError) as err:
+    except (JsonFileError, KeyError, TypeError) as err:
+        reason = str(err) if isinstance(err, JsonFileError) else f"not a report: {type(err).__name__}"
         raise StudyError(
-            f"--out {out}: findings.json, the report of the reproduction there, is unreadable ({type(err).__name__}); "
+            f"--out {out}: findings.json, the report of the reproduction there, is unreadable ({reason}); "
             "delete it (the steps stay and are reused) or choose another --out"
         ) from None
     known = {recipe.name for recipe in all_recipes()}

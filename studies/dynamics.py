@@ -91,14 +91,13 @@ def _networks(runs: Sequence[Any]) -> list[tuple[str, Path]]:
 
 def _check_same_model(path: Path, found: dict[str, Any]) -> None:
     """Refuse a checkpoint whose network is not the one its run folder's config.json trained."""
-    import json
-
+    from ntkrobust.bridge.files import JsonFileError, read_json
     from ntkrobust.bridge.runfolder import checkpoint_epoch
 
     located = checkpoint_epoch(path)
     try:
-        trained = json.loads(located[0].config.read_text())["model"] if located else None
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        trained = read_json(located[0].config)["model"] if located else None
+    except (JsonFileError, KeyError, TypeError):
         trained = None  # no readable config.json: nothing to compare with
     if not isinstance(trained, dict):
         return

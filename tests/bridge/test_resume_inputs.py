@@ -69,8 +69,15 @@ EDITS = {
     "config a list": (lambda run: _config_file(run, "[1, 2]"), "is not a run's configuration"),
     "config train an int": (_train_int, "different configuration: train was 5"),
     # Python's JSON parser recurses per level: 100,000 levels raised RecursionError, a traceback
-    "config nested too deeply": (lambda run: _config_file(run, "[" * 100_000), "(JSON nested too deeply)"),
-    "config an integer of 5,000 digits": (lambda run: _config_file(run, "9" * 5000), "cannot read"),
+    "config nested too deeply": (
+        lambda run: _config_file(run, "[" * 100_000),
+        "config.json: unreadable JSON (nested too deeply)",
+    ),
+    "config an integer of 5,000 digits": (  # without Python's advice to call sys.set_int_max_str_digits
+        lambda run: _config_file(run, "9" * 5000),
+        "config.json: unreadable JSON (Exceeds the limit (4300 digits) for integer string conversion: "
+        "value has 5000 digits)\n",
+    ),
     "negative epoch": (lambda run: _edit_checkpoint(run, lambda p: p.update(epoch=-3)), "epoch -3 is not"),
     "negative step": (lambda run: _edit_checkpoint(run, lambda p: p.update(step=-1)), "its step -1 is not 4"),
     "history a list": (lambda run: _edit_checkpoint(run, lambda p: p.update(history=[1])), "its history is not"),

@@ -112,9 +112,42 @@ def test_a_history_python_cannot_parse_is_one_line(tmp_path, text, message):
     assert "set_int_max_str_digits" not in refused(run, message)
 
 
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b'{"a" 1}', "unreadable JSON (Expecting ':' delimiter at line 1)"),
+        (b"{\n\n  nan", "unreadable JSON (Expecting property name enclosed in double quotes at line 3)"),
+        (b"[" * 100000, "unreadable JSON (nested too deeply)"),
+        (
+            b"1" * 5000,
+            "unreadable JSON (Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits)",
+        ),
+        (b'{"a": "\xff"}', "not UTF-8 text"),
+    ],
+)
+def test_every_reader_of_run_files_says_one_reason(tmp_path, content, reason):
+    """``bridge.files.read_json``, which every reader of run and reproduction files shares: one
+    line, no parser traceback, no advice to raise Python's limits."""
+    from ntkrobust.bridge.files import JsonFileError, read_json
+
+    path = tmp_path / "record.json"
+    path.write_bytes(content)
+    with pytest.raises(JsonFileError) as error:
+        read_json(path)
+    assert str(error.value) == reason
+    with pytest.raises(JsonFileError, match="Is a directory"):
+        read_json(tmp_path)
+    assert read_json(_written(tmp_path / "ok.json", '{"a": [1, 2.5, null]}')) == {"a": [1, 2.5, None]}
+
+
+def _written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def test_a_seeds_listing_nested_too_deep_is_one_line(tmp_path):
     (tmp_path / "seeds.json").write_text("[" * 100000 + "]" * 100000)
-    with pytest.raises(RunError, match=r"not the seeds\.json of train --seeds"):
+    with pytest.raises(RunError, match=r"seeds\.json: unreadable JSON \(nested too deeply\)"):
         seed_folders(tmp_path)
 
 

@@ -124,7 +124,7 @@ def test_a_changed_or_edited_step_runs_again_or_says_what_to_delete(
     capsys.readouterr()
     for path, text, said in (
         (results, '{"architectures": "x"}', "do not hold what it reads (TypeError"),
-        (results, "{bad", "is unreadable or not a record"),
+        (results, "{bad", "results.json: unreadable JSON (Expecting property name enclosed"),
         (out / "reproduction.json", "[1]", "reproduction.json is unreadable"),
     ):
         path.write_text(text)
