@@ -92,10 +92,11 @@ _ABOUT = {
     "reproduce": (
         "every finding of the three papers from one command, with a report that says paper vs here",
         "Run the recipes of TARGET (tk, loo, rat, beyond, all, or one recipe of --list) at --scale smoke "
-        "(digits, seconds), cpu (the real MNIST and CIFAR-10 subset under --data-root, about an hour per paper on "
-        "2 cores) or paper (the papers' sizes, on a GPU); every step already finished in --out under the same "
-        "config is reused, so an interrupted reproduction resumes. Writes report.html (self-contained), report.md "
-        "and findings.json: per finding the claim, the paper's number, the measured number and the verdict.",
+        "(digits, seconds), cpu (the real MNIST and CIFAR-10 subset under --data-root, 5 to 26 minutes "
+        "per paper on 2 cores by --list) or paper (the papers' sizes, on a GPU); every step already finished in "
+        "--out under the same config is reused, so an interrupted reproduction resumes. Writes report.html "
+        "(self-contained), report.md and findings.json: per finding the claim, the paper's number, the measured "
+        "number and the verdict.",
     ),
     "make-npz": (
         "write a dataset (after --classes / subsets / --from-test-split) as an .npz",
@@ -531,7 +532,9 @@ def _transfer_parser(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("kernel machines")
     _add_machine_flags(g)
     g = _add_attack_flags(p, choices=NET_METHODS, method_help="attack of every source (default fgsm)")
-    _add_output_flags(p, what="output folder: results.json, transfer.png, examples.npz")
+    _add_output_flags(
+        p, what="output folder: results.json, transfer.png, examples.npz, transferability.png (τ by epoch, LOO fig. 3)"
+    )
 
 
 def _evaluate_parser(p: argparse.ArgumentParser) -> None:
@@ -565,7 +568,7 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
         help="also load TorchScript and .pt2 files: loading them runs code from the file",
     )
     _add_device_flag(g)
-    _add_output_flags(p, what="output folder: results.json")
+    _add_output_flags(p, what="output folder: results.json, robust_accuracy.png")
 
 
 def _make_npz_parser(p: argparse.ArgumentParser) -> None:

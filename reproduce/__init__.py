@@ -4,8 +4,8 @@ A *recipe* is one finding of Tsilivis & Kempe (``tk``), Loo et al. (``loo``) or 
 with NTK" (``rat``), or one that goes beyond them (``beyond``): the claim, the paper's number, the
 study runs that measure it (``steps``) and the claim as a check on their results, which returns
 a verdict: agrees, contradicts or inconclusive. ``run`` runs the recipes of a target at a
-*scale* (``smoke``: digits, seconds; ``cpu``: the real MNIST and CIFAR-10 subset, about an hour
-per paper on 2 cores; ``paper``: the papers' sizes, on a GPU), reusing every step already
+*scale* (``smoke``: digits, seconds; ``cpu``: the real MNIST and CIFAR-10 subset, 5 to 26
+minutes per paper on 2 cores by ``--list``; ``paper``: the papers' sizes, on a GPU), reusing every step already
 finished in OUT under the same resolved config, and the result writes ``report.html`` (one
 self-contained file), ``report.md`` and ``findings.json``.
 

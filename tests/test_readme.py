@@ -13,14 +13,53 @@ from ntkrobust import cli
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def _official_files_stand_in(monkeypatch) -> list[tuple[str, bool]]:
+    """``bridge.data.load_raw`` answers mnist and cifar10 with arrays of the official files'
+    shapes (no download here): CIFAR-10's training image i carries its index as its label, so
+    the README's recipe for ``cifar10_subset.npz`` can be checked to take 932 of each batch."""
+    import numpy as np
+
+    from ntkrobust.bridge import data
+
+    asked: list[tuple[str, bool]] = []
+    real = data.load_raw
+
+    def stand_in(spec, **kwargs):
+        if spec not in ("mnist", "cifar10"):
+            return real(spec, **kwargs)
+        asked.append((spec, kwargs["download"]))
+        Path(kwargs["root"]).mkdir(parents=True, exist_ok=True)  # as the download makes it
+        train, test = (60_000, 10_000) if spec == "mnist" else (50_000, 10_000)
+        shape = (1, 28, 28) if spec == "mnist" else (3, 32, 32)
+        return {
+            "x_train": np.zeros((train, *shape), np.uint8),
+            "y_train": np.arange(train),
+            "x_test": np.zeros((test, *shape), np.uint8),
+            "y_test": np.arange(test),
+            "label_names": [f"class {i}" for i in range(10)],
+        }
+
+    monkeypatch.setattr(data, "load_raw", stand_in)
+    return asked
+
+
 def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
+    import numpy as np
+
     readme = README.read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     assert blocks, "README has no Python example"
     assert all("from ntkrobust" in block for block in blocks), "examples import the installed namespace"
     monkeypatch.chdir(tmp_path)  # the study example saves into runs/
+    asked = _official_files_stand_in(monkeypatch)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+    assert asked == [("mnist", True), ("cifar10", True)]
+    with np.load(tmp_path / "data" / "cifar10" / "cifar10_subset.npz") as subset:
+        assert subset["x_train"].shape == (4660, 3, 32, 32) and subset["x_test"].shape == (932, 3, 32, 32)
+        chosen = [i for batch in range(5) for i in range(batch * 10_000, batch * 10_000 + 932)]
+        assert subset["y_train"].tolist() == chosen and subset["y_test"].tolist() == list(range(932))
+        assert len(subset["label_names"]) == 10
     assert sorted(p.name for p in (tmp_path / "runs" / "digits-3v8-pgd").iterdir()) == [
         "adversarial.npz",
         "results.json",
