@@ -43,7 +43,7 @@ from typing import Any
 from ntkrobust._progress import progress_iter
 from ntkrobust.attacks._array import Array, ops_for
 from ntkrobust.attacks.fgsm import LossGradient
-from ntkrobust.attacks.threat import Norm, ThreatModel, steepest_ascent
+from ntkrobust.attacks.threat import Norm, ThreatModel, check_schedule, check_seed, steepest_ascent
 
 
 def pgd(
@@ -62,10 +62,8 @@ def pgd(
 ) -> Array:
     """Projected steepest ascent on the loss from a random point of the ε-ball."""
     threat = ThreatModel(norm=norm, eps=eps)
-    if not step > 0:
-        raise ValueError(f"step must be > 0, got {step}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_schedule(step, steps)
+    check_seed(seed)
     threat.check_inputs(x)
     ops = ops_for(x)
     if start is not None:

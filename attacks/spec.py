@@ -26,13 +26,12 @@ PGD-40 of the training step 0.01 left 0.398.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from ntkrobust.attacks.threat import NORMS, Norm, ThreatModel
+from ntkrobust.attacks.threat import NORMS, Norm, ThreatModel, check_schedule, check_seed
 
 #: Attacks on kernel machines: FGSM, PGD and the first-order output attacks of TK supp. eq. 20 / 22.
 METHODS: tuple[str, ...] = ("fgsm", "pgd", "taylor-l1", "taylor-sum")
@@ -76,10 +75,13 @@ def pgd_schedule(
 ) -> tuple[float, int]:
     """PGD (step, steps): the given ones, else the standard ones with the step scaled to ``eps``."""
     std_eps, std_step, std_steps = standard_threat(channels, norm)
-    step = (std_step * eps / std_eps) if step is None else step
-    if not math.isfinite(step) or step <= 0:
-        raise ValueError(f"the PGD step must be a finite number > 0, got {step}")
-    return step, std_steps if steps is None else steps
+    ThreatModel("linf", eps)  # eps checked (the norm was): a negative one scales to a negative step
+    # ε = 0 (the clean accuracy as an attack, e.g. the first point of a curve over ε) makes a
+    # ball of one point: any step stays in it; the standard one keeps the schedule valid
+    step = (std_step * eps / std_eps if eps > 0 else std_step) if step is None else step
+    steps = std_steps if steps is None else steps
+    check_schedule(step, steps)
+    return step, steps
 
 
 def evaluation_steps(channels: int, steps: int | None = None) -> int:
@@ -114,8 +116,9 @@ class AttackSpec:
         if self.method not in METHODS:
             raise ValueError(f"unknown attack method {self.method!r}: choose one of {', '.join(METHODS)}")
         ThreatModel(self.norm, self.eps)  # checks the norm and eps
-        if self.iterative and (self.step is None or not self.step > 0 or self.steps < 1):
-            raise ValueError("pgd needs step > 0 and steps >= 1")
+        if self.iterative:
+            check_schedule(self.step, self.steps)
+        check_seed(self.seed)
 
     @classmethod
     def standard(

@@ -11,8 +11,10 @@ Taylor attacks of Tsilivis & Kempe (supp. eq. 16, 20, 22) all step along it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from numbers import Integral, Real
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,14 +37,23 @@ class ThreatModel:
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}: choose one of {', '.join(NORMS)}")
-        if not np.isfinite(self.eps) or self.eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
+        if not isinstance(self.eps, Real) or not np.isfinite(self.eps) or self.eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
 
     def check_inputs(self, x: Array) -> None:
-        """Refuse host (numpy) inputs outside [0, 1]: the clip to the box would move a clean
-        point by more than ε. Device arrays are not read (no host round trip per attack)."""
-        if isinstance(x, np.ndarray) and x.size and (np.isnan(x).any() or x.min() < 0 or x.max() > 1):
-            raise ValueError(f"inputs must lie in [0, 1] (pixel units), got values from {x.min():g} to {x.max():g}")
+        """Refuse inputs that are not floating-point images in [0, 1]: the clip to the box would
+        move a clean point of 0-255 images by more than ε (254 for ε = 0.1), integer images
+        would round every step away, and a NaN spreads through its example. numpy arrays and
+        host tensors are read; a GPU tensor gets an assertion queued on its device (no host
+        round trip per attack), which stops the process at its next synchronisation; JAX
+        device arrays are not read (``kernels.craft_adversarial`` checks its host array)."""
+        if isinstance(x, np.ndarray):
+            if not np.issubdtype(x.dtype, np.floating):
+                raise TypeError(f"inputs must be floating-point images in [0, 1], got dtype {x.dtype}")
+            if x.size and (np.isnan(x).any() or x.min() < 0 or x.max() > 1):
+                raise ValueError(_outside_message(x.min(), x.max()))
+        elif type(x).__module__.startswith("torch"):
+            _check_tensor_inputs(x)
 
     def project(self, x_adv: Array, x: Array) -> Array:
         """Nearest point of the ε-ball around ``x`` (then clipped to [0, 1])."""
@@ -77,11 +88,55 @@ class ThreatModel:
         return ops.clip(x + ops.from_numpy(noise, like=x), 0.0, 1.0)
 
 
+def check_schedule(step: Any, steps: Any) -> None:
+    """Refuse a PGD step that is not a finite number > 0 (an infinite step times a zero gradient
+    is NaN) and a number of steps that is not a whole number >= 1."""
+    if isinstance(step, bool) or not isinstance(step, Real) or not math.isfinite(step) or step <= 0:
+        raise ValueError(f"the PGD step must be a finite number > 0, got {step!r}")
+    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
+        raise ValueError(f"the PGD steps must be a whole number >= 1, got {steps!r}")
+
+
+def check_batch_size(batch_size: Any) -> None:
+    """Refuse a batch size that is not a whole number >= 1: a loop over ``range(0, N, -1)``
+    never runs, and its zero-filled (or uninitialised) output would be returned as the result."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def check_seed(seed: Any) -> None:
+    """Refuse a seed that numpy's generators do not take (a whole number >= 0)."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+        raise ValueError(f"the seed must be a whole number >= 0, got {seed!r}")
+
+
+def _outside_message(low: float, high: float) -> str:
+    return f"inputs must lie in [0, 1] (pixel units), got values from {low:g} to {high:g}"
+
+
+def _check_tensor_inputs(x: Any) -> None:
+    """``ThreatModel.check_inputs`` of a torch tensor, as ``bridge.adversarial`` checks labels."""
+    import torch
+
+    if not x.is_floating_point():
+        raise TypeError(f"inputs must be floating-point images in [0, 1], got dtype {x.dtype}")
+    if not x.numel():
+        return
+    with torch.no_grad():
+        try:  # NaN fails both comparisons
+            torch._assert_async(((x >= 0) & (x <= 1)).all())
+        except RuntimeError:  # raised at once for host tensors; reading them costs nothing
+            low, high = torch.stack((x.min(), x.max())).tolist()
+            raise ValueError(_outside_message(low, high)) from None
+
+
 def steepest_ascent(gradient: Array, norm: Norm) -> Array:
     """Unit-ball maximiser of ⟨gradient, η⟩: sign(g) for ℓ∞, g/‖g‖₂ for ℓ2 (zero if g = 0)."""
     ops = ops_for(gradient)
     if norm == "linf":
         return ops.sign(gradient)
+    if norm != "l2":  # any other name took the l2 step
+        raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
     norms = ops.sqrt(ops.reduce(gradient * gradient, "sum"))
     return gradient / ops.maximum(norms, _TINY)
 

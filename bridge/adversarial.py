@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntkrobust.attacks import NET_METHODS, AttackSpec, Norm, fgsm, pgd
+from ntkrobust.attacks import NET_METHODS, AttackSpec, Norm, check_batch_size, fgsm, pgd
 from ntkrobust.bridge import distributed
 
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, labels) -> its gradient in x
@@ -75,6 +75,14 @@ def _check_label_range(y: torch.Tensor, outputs: int) -> None:
         raise ValueError(_label_range_message(low, high, outputs)) from None
 
 
+def _check_tensors(x: object, y: object) -> None:
+    """The torch half takes tensors (``torch.from_numpy`` of a data set's arrays): numpy arrays
+    failed deep inside torch ('Int64DType' object has no attribute 'is_floating_point')."""
+    for name, value in (("images", x), ("labels", y)):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (torch.from_numpy), got {type(value).__name__}")
+
+
 def _check_label_shape(y: torch.Tensor, points: int | None = None) -> None:
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.ndim != 1:
         raise ValueError(f"labels must be a 1D tensor of int output indices, got {y.dtype} of shape {tuple(y.shape)}")
@@ -118,6 +126,7 @@ def in_batches(
     its rows alone. Under torchrun with ``across_processes`` each process computes its round-robin
     share of the batches and one all-reduce sums them into ``out`` (adding zeros is exact): every
     process holds every row, the same rows as one process computes."""
+    check_batch_size(batch_size)
     starts = list(range(0, out.shape[0], batch_size))
     for start in distributed.share(starts) if across_processes else starts:
         rows = slice(start, start + batch_size)
@@ -145,7 +154,13 @@ def accuracy(
 ) -> float:
     """Share of ``x`` that ``model`` classifies as ``y`` (robust accuracy when ``x`` holds
     adversarial examples of the points labelled ``y``); labels that are not output indices of
-    ``model`` are refused (``check_labels``). ``across_processes``: see ``predict``."""
+    ``model`` are refused (``check_labels``), and so are inputs outside [0, 1] or NaN (whose
+    argmax would be class 0). ``across_processes``: see ``predict``."""
+    _check_tensors(x, y)
+    if not x.is_floating_point():
+        raise TypeError(f"inputs must be floating-point images in [0, 1], got dtype {x.dtype}")
+    if not x.shape[0]:
+        raise ValueError("accuracy of an empty set is undefined")
     outputs = 0
 
     def predicted(rows: slice) -> torch.Tensor:
@@ -162,12 +177,15 @@ def accuracy(
     )
     _check_label_shape(y, x.shape[0])
     share = (predictions == y).double().mean()
-    if not outputs or not y.numel():  # under torchrun a process with no batch of its own: no check
-        return float(share)
-    # the labels' range comes back in the read that brings the share: no extra synchronisation
-    share, low, high = torch.stack((share, y.min().double(), y.max().double())).tolist()
-    if low < 0 or high >= max(outputs, 2):
+    # the inputs' and the labels' ranges come back in the read that brings the share: no extra
+    # synchronisation (NaN inputs make their minimum NaN)
+    share, low, high, darkest, brightest = torch.stack(
+        (share, y.min().double(), y.max().double(), x.min().double(), x.max().double())
+    ).tolist()
+    if outputs and (low < 0 or high >= max(outputs, 2)):  # under torchrun a process may have no batch
         raise ValueError(_label_range_message(int(low), int(high), outputs))
+    if not 0 <= darkest <= brightest <= 1:
+        raise ValueError(f"inputs must lie in [0, 1] (pixel units), got values from {darkest:g} to {brightest:g}")
     return share
 
 
@@ -197,6 +215,7 @@ def adversarial_examples(
         raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(NET_METHODS)}")
     if method == "pgd" and step is None:
         raise ValueError("pgd needs a step size")
+    _check_tensors(x, y)
     _check_label_shape(y, x.shape[0])  # before the first batch: its slice of y would hide a mismatch
     gradient = input_gradient(model, _checking_labels(classification_loss if loss is None else loss, y))
 

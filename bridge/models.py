@@ -346,6 +346,10 @@ def model_config(
 ) -> ModelConfig:
     """A checked ``ModelConfig`` (``width`` defaults to the model's own)."""
     spec = get_model_spec(name)
+    whole = {"input_shape": tuple(input_shape), "num_classes": (num_classes,), "width": (width,), "seed": (seed,)}
+    for what, values in whole.items():  # int() truncated 2.5 classes to 2 outputs
+        if any(v is not None and (isinstance(v, bool) or v != int(v)) for v in values):
+            raise ModelError(f"{what} must be whole numbers, got {values if len(values) > 1 else values[0]}")
     config = ModelConfig(
         model=name,
         input_shape=tuple(int(v) for v in input_shape),  # type: ignore[arg-type]

@@ -184,6 +184,8 @@ def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def _evaluation(model: nn.Module, batchnorm: str) -> Iterator[nn.Module]:
+    if batchnorm not in BATCHNORM_MODES:  # any other spelling evaluated with running statistics
+        raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
     if batchnorm == "batch":
         with batch_statistics(model):
             yield model

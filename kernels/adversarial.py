@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ntkrobust._progress import progress_iter
-from ntkrobust.attacks import AttackSpec, fgsm, pgd, taylor_max_l1, taylor_sum
+from ntkrobust.attacks import AttackSpec, check_batch_size, fgsm, pgd, taylor_max_l1, taylor_sum
 from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine
 
@@ -35,6 +35,13 @@ def craft_adversarial(
 ) -> np.ndarray:
     """Attack ``machine`` on (x, labels) with any method of ``attacks.METHODS``; batches of
     ``batch_size`` stay on the JAX device."""
+    check_batch_size(batch_size)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy array of images, got {type(x).__name__}")
+    if len(labels) != x.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {x.shape[0]} inputs")
+    # here, on the host array: each batch becomes a JAX array, which the attacks do not read
+    spec.threat.check_inputs(x)
     index = machine.target_index(labels)
     out = np.empty_like(x)
     starts = range(0, x.shape[0], batch_size)

@@ -109,6 +109,12 @@ class Architecture:
         """Raise ``ValueError`` if images of this shape cannot enter the architecture."""
         if self.layout == "nhwc" and len(nchw_shape) != 4:
             raise ValueError(f"architecture {self.name} needs NCHW images, got shape {nchw_shape}")
+        if self.layout == "nhwc" and nchw_shape[1] not in (1, 3) and nchw_shape[-1] in (1, 3):
+            # an NHWC batch of 8x8 grey images reads as 8 channels of 8x1 images: another kernel
+            raise ValueError(
+                f"images of shape {nchw_shape[1:]} look like NHWC (channels last): architecture {self.name} "
+                "takes NCHW; transpose them with x.transpose(0, 3, 1, 2)"
+            )
 
     def fingerprint(self) -> str:
         """Name and hyperparameters. They determine the kernel only for ``is_registered`` objects:

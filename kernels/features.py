@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ntkrobust._progress import progress_bar
-from ntkrobust.attacks import ThreatModel, fgsm, pgd
+from ntkrobust.attacks import ThreatModel, check_schedule, fgsm, pgd
 from ntkrobust.kernels._feature_rows import counted_steps, fixed_gradient, pair_scores
 from ntkrobust.kernels._jax import float64, jnp
 from ntkrobust.kernels.machine import KernelMachine, loss_cotangent, predicted_index, spectral_filter
@@ -178,13 +178,20 @@ def feature_scores(
     """
     if attack not in ATTACKS:
         raise ValueError(f"unknown feature attack {attack!r}: choose one of {', '.join(ATTACKS)}")
-    if attack == "pgd" and (step is None or not step > 0 or steps < 1):
-        raise ValueError("pgd needs step > 0 and steps >= 1")
+    if attack == "pgd":
+        check_schedule(step, steps)
     if not 1 <= n_features <= machine.n_train:
         raise ValueError(f"n_features must be in [1, {machine.n_train}], got {n_features}")
     if route not in ROUTES or (route == "dots" and machine.arch.dot_kernel_fn is None):
         raise ValueError(f"feature route {route!r} is not available for {machine.arch.name}")
     x = np.asarray(x)
+    # the "dots" route reads pixels by the machine's permutation: a wrong shape, a pixel range or
+    # NaN there is no error of its own, and the two routes must refuse the same inputs
+    if tuple(x.shape[1:]) != machine.input_shape:
+        raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match training inputs {machine.input_shape}")
+    if not x.shape[0] or len(labels) != x.shape[0]:
+        raise ValueError(f"need as many labels as inputs, and at least one: got {len(labels)} for {x.shape[0]}")
+    threat.check_inputs(x)
     target = machine.target_index(labels)
     idx = np.arange(n_features)
     c = feature_coefficients(machine, idx)  # (m, k)

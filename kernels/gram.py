@@ -159,10 +159,14 @@ def compute_gram(
     for x in (x1,) if symmetric else (x1, x2_):
         if not hasattr(x, "shape"):
             raise TypeError(f"inputs must be arrays (numpy, JAX or torch), got {type(x).__name__}")
-        if isinstance(x, np.ndarray) and not np.all(np.isfinite(x)):
+        # a CPU tensor is a host input too
+        host = x.detach().numpy() if _is_host_tensor(x) else x  # type: ignore[attr-defined]
+        if isinstance(host, np.ndarray) and not np.all(np.isfinite(host)):
             raise ValueError("inputs contain NaN or inf")
     if tuple(x2_.shape[1:]) != tuple(x1.shape[1:]):
         raise ValueError(f"inputs of shapes {tuple(x1.shape[1:])} and {tuple(x2_.shape[1:])}: one kernel takes one")
+    if not (x1.shape[0] and x2_.shape[0]):
+        raise ValueError(f"inputs hold no points: {x1.shape[0]} and {x2_.shape[0]} rows")
     arch.check_input(tuple(x1.shape))
     a = arch.to_layout(jnp.asarray(x1, dtype=jnp.float64))
     b = arch.to_layout(jnp.asarray(x2_, dtype=jnp.float64))
@@ -194,6 +198,10 @@ def compute_gram(
     if symmetric:
         out = 0.5 * (out + out.T)  # exact symmetry for the eigendecomposition
     return out
+
+
+def _is_host_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and x.device.type == "cpu"
 
 
 def _symmetric_gram(arch: Architecture, a: jnp.ndarray, side: int, progress: bool) -> np.ndarray:

@@ -239,6 +239,8 @@ class KernelMachine:
         Equal blocks mean one compiled shape; the padding repeats the last example.
         """
         n = arrays[0].shape[0]
+        if not n:
+            raise ValueError("inputs hold no points (0 rows)")
         size = min(size, n)
         sharding = point_sharding(arrays)
         if sharding is not None:  # a multiple of the devices, so each holds an equal share
@@ -467,6 +469,8 @@ def fit_kernel_machine(
         raise ValueError(f"y_train must be (n,) integer class ids, got {y_train.dtype} of shape {y_train.shape}")
     if not np.all(np.isfinite(x_train)):
         raise ValueError("x_train contains NaN or inf")
+    if not x_train.shape[0]:
+        raise ValueError("no training points (x_train is empty)")
     arch.check_input(tuple(x_train.shape))
     classes = tuple(int(c) for c in (np.unique(y_train) if classes is None else classes))
     if len(classes) < 2 or len(set(classes)) != len(classes):
@@ -486,6 +490,8 @@ def fit_kernel_machine(
     n = x_train.shape[0]
     if gram.shape != (n, n):
         raise ValueError(f"Gram matrix of shape {gram.shape} does not match {n} training points")
+    if not np.all(np.isfinite(gram)):  # eigh turns NaN entries into finite, wrong eigenvalues
+        raise ValueError("the Gram matrix contains NaN or inf")
     eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (gram + gram.T))
     eigenvalues, eigenvectors = eigenvalues[::-1].copy(), eigenvectors[:, ::-1].copy()
     absolute_ridge = ridge * float(np.trace(gram)) / n
@@ -512,6 +518,10 @@ def fit_kernel_machine(
 
 
 def _index_of(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1D array of class ids, got shape {labels.shape}")
+    if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(labels == np.round(labels))):
+        raise ValueError(f"labels must be whole class ids, got {labels.dtype} values such as {labels[:3].tolist()}")
     lookup = {c: i for i, c in enumerate(classes)}
     missing = sorted({int(c) for c in labels} - set(lookup))
     if missing:

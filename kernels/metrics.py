@@ -368,7 +368,12 @@ def _with_reasons(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def spearman_correlation(a: ArrayLike, b: ArrayLike) -> float:
     """Spearman's ρ: Pearson correlation of the ranks (ties share their mean rank); nan if constant."""
-    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"need two 1D arrays of one length, got shapes {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):  # NaN ranked as the largest value
+        raise ValueError("values contain NaN or inf")
+    ra, rb = _ranks(a), _ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denominator = np.sqrt(np.sum(ra * ra) * np.sum(rb * rb))
     return float(np.sum(ra * rb) / denominator) if denominator > 0 else float("nan")

@@ -59,6 +59,8 @@ def robust_only_kernels(
     the paper's setting is FGSM and PGD-10 at the standard ε.
     """
     ranking = np.asarray(ranking, dtype=np.int64)
+    if np.unique(ranking).size != ranking.size:  # f'_r would keep fewer than r features
+        raise ValueError("ranking repeats eigen-indices: it must order distinct ones (features.robustness_ranking)")
     bad = [r for r in r_values if not 1 <= r <= ranking.size]
     if bad:
         raise ValueError(f"r must be in [1, {ranking.size}], got {bad}")

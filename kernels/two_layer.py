@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from ntkrobust.kernels._jax import jnp, stax
+from ntkrobust.kernels._jax import float64, jnp, stax
 from ntkrobust.kernels.relu import angle, pairwise_dots, sine_part
 
 _TINY = 1e-30  # keeps an all-zero input from dividing by zero; its kernel row is then 0
@@ -39,10 +39,18 @@ def _geometry(x1: jnp.ndarray, x2: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
     return dots, root, angle(root, dots), n1, n2
 
 
+def _check_flat(x1: jnp.ndarray, x2: jnp.ndarray) -> None:
+    if x1.ndim != 2 or x2.ndim != 2 or x1.shape[1] != x2.shape[1]:
+        raise ValueError(f"the two-layer NTK takes flat inputs (N1, d) and (N2, d), got {x1.shape} and {x2.shape}")
+
+
+@float64
 def two_layer_ntk(x1: jnp.ndarray, x2: jnp.ndarray, get: str = "ntk") -> jnp.ndarray:
-    """Supp. eq. 29 between every row of ``x1`` and of ``x2``: shape (N1, N2)."""
+    """Supp. eq. 29 between every row of ``x1`` and of ``x2``: shape (N1, N2), float64 (as every
+    Gram matrix of the package, ``kernels._jax.float64``)."""
     if get != "ntk":
         raise ValueError("the two-layer closed form is an NTK only (get='ntk')")
+    _check_flat(x1, x2)
     sq1, sq2 = jnp.sum(x1 * x1, axis=1), jnp.sum(x2 * x2, axis=1)
     return two_layer_dot_ntk(pairwise_dots(x1, x2), sq1[:, None], sq2[None, :], x1.shape[1])
 
@@ -74,8 +82,12 @@ def two_layer_dot_partials(
     return along_dot, along_sq1
 
 
+@float64
 def two_layer_ntk_vjp(x1: jnp.ndarray, x2: jnp.ndarray, cotangent: jnp.ndarray) -> jnp.ndarray:
     """Σ_j cotangent[i, j]·∇_{x1_i} Θ(x1_i, x2_j) in closed form (supp. eq. 9): shape (N1, d)."""
+    _check_flat(x1, x2)
+    if tuple(cotangent.shape) != (x1.shape[0], x2.shape[0]):
+        raise ValueError(f"the cotangent must have shape {(x1.shape[0], x2.shape[0])}, got {tuple(cotangent.shape)}")
     dots, root, theta, n1, n2 = _geometry(x1, x2)
     norms = n1[:, None] * n2[None, :]
     u = jnp.clip(dots / norms, -1.0, 1.0)
@@ -88,6 +100,7 @@ def two_layer_ntk_vjp(x1: jnp.ndarray, x2: jnp.ndarray, cotangent: jnp.ndarray) 
     return along_x2 - along_x1[:, None] * x1
 
 
+@float64
 def two_layer_stax_ntk(x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
     """Eq. 29 through neural-tangents, an independent route used to verify the closed form.
 
@@ -101,5 +114,6 @@ def two_layer_stax_ntk(x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
         stax.Relu(),
         stax.Dense(1, W_std=1.0, b_std=None, parameterization="ntk"),
     )
+    _check_flat(x1, x2)
     k = kernel_fn(x1, x2, ("nngp", "ntk"))
     return x1.shape[1] * (k.ntk - k.nngp)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ntkrobust.studies._base import StudyError, changed_flags, flags_do
 from ntkrobust.studies._output import check_writable
@@ -33,10 +34,19 @@ class DataSettings:
     n_test: int | None = None
     seed: int = 0
 
+    COUNTS: ClassVar[dict[str, int]] = {"n_train": 1, "n_test": 1, "seed": 0}
+
     def load(self) -> Any:
         """The ``bridge.data.Dataset``; a bad spec is a ``StudyError``."""
         from ntkrobust.bridge.data import DATASETS, DataError, load_dataset
 
+        check_counts(self)
+        classes: Any = self.classes
+        if hasattr(classes, "tolist") and not isinstance(classes, Sequence):
+            classes = classes.tolist()  # a numpy array of ids
+        if classes is not None and (isinstance(classes, str | bytes) or not isinstance(classes, Sequence)):
+            # a string would be its letters: '38' the classes 3 and 8
+            raise StudyError(f"--classes must be a list of class ids or names, e.g. (3, 8), got {classes!r}")
         rooted = self.data in DATASETS and self.data != "digits"  # digits ships with scikit-learn
         if not rooted and (self.data_root is not None or self.download):
             flag = "--data-root" if self.data_root is not None else "--download"
@@ -45,7 +55,7 @@ class DataSettings:
             return load_dataset(
                 self.data,
                 root=self.data_root,
-                classes=self.classes,
+                classes=classes,
                 n_train=self.n_train,
                 n_test=self.n_test,
                 seed=self.seed,
@@ -186,6 +196,8 @@ class ThreatSettings:
     steps: int | None = None
     random_start: bool = True
 
+    COUNTS: ClassVar[dict[str, int]] = {"steps": 1}  # checked by check_counts, as the parser does
+
     def resolve(self, channels: int) -> tuple[float, float, int]:
         """(eps, PGD step, PGD steps) for images with ``channels`` channels."""
         from ntkrobust.attacks import NORMS, standard_threat
@@ -196,7 +208,7 @@ class ThreatSettings:
             raise StudyError(f"--eps must be a finite number > 0 (pixel units), got {eps:g}")
         if self.norm == "linf" and eps > 1:
             raise StudyError(f"--eps {eps:g} exceeds the [0, 1] pixel range (pixel units: did you mean {eps:g}/255?)")
-        return (eps, *pgd_schedule(channels, self.norm, eps, self.step, self.steps, flag="--step"))
+        return (eps, *pgd_schedule(channels, self.norm, eps, self.step, self.steps, flags=("--step", "--steps")))
 
     def spec(self, method: str, channels: int, seed: int, *, methods: Sequence[str] | None = None) -> Any:
         """The ``attacks.AttackSpec`` of ``method`` (one of ``methods``, default every attack of
@@ -222,15 +234,17 @@ class ThreatSettings:
 
 
 def pgd_schedule(
-    channels: int, norm: str, eps: float, step: float | None, steps: int | None, *, flag: str
+    channels: int, norm: str, eps: float, step: float | None, steps: int | None, *, flags: tuple[str, str]
 ) -> tuple[float, int]:
-    """``attacks.pgd_schedule`` with its refusal phrased for the flag that set the step."""
+    """``attacks.pgd_schedule`` with its refusals phrased for the flags (step, steps) that set them."""
     from ntkrobust.attacks import spec
 
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise StudyError(f"{flags[1]} must be a whole number >= 1, got {steps!r}")
     try:
         return spec.pgd_schedule(channels, norm, eps, step, steps)
     except ValueError:
-        raise StudyError(f"{flag} must be a finite number > 0, got {step}") from None
+        raise StudyError(f"{flags[0]} must be a finite number > 0, got {step}") from None
 
 
 def quiet_torch_warnings() -> None:
@@ -325,6 +339,26 @@ def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:
 #: the largest ridge, relative to the Gram matrix's mean eigenvalue: beyond it a machine is its
 #: kernel's scale alone, its outputs and their gradients near underflow (1e308 overflowed)
 MAX_RIDGE = 1e6
+
+
+def check_counts(settings: Any) -> None:
+    """Refuse a field of ``settings`` (or of the settings inside it) named in its class's
+    ``COUNTS`` (field: minimum) whose value, or any value of its tuple, is not a whole number >=
+    the minimum (None: not given). The command line's parser takes whole numbers of those minimums
+    only (tested to be the same table); a study called from Python met ``range()`` and numpy with
+    0, -1 or 2.5 deep inside its compute, some after minutes of it."""
+    counts: Mapping[str, int] = getattr(type(settings), "COUNTS", {})
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            check_counts(value)
+            continue
+        if f.name not in counts or value is None:
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, bool) or not isinstance(item, Integral) or item < counts[f.name]:
+                flag = "--" + f.name.replace("_", "-")
+                raise StudyError(f"{flag} must be a whole number >= {counts[f.name]}, got {item!r}")
 
 
 def check_ridge(ridge: float, flag: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from ntkrobust.studies._base import StudyError, check_out_dir, flags_do, warn
 from ntkrobust.studies._common import DataSettings, pgd_schedule
@@ -68,6 +68,12 @@ class TrainSettings:
     seeds: tuple[int, ...] = ()  # one run per seed in out/seed_S, all on the data and probe of data.seed
     run_seed: int | None = None  # the net's initialisation, shuffles and attacks (None: data.seed)
 
+    COUNTS: ClassVar[dict[str, int]] = {  # checked by check_counts, as the parser does
+        "width": 1, "epochs": 0, "batch_size": 1, "pgd_steps": 1, "switch_epoch": 0, "te_start": 1, "te_end": 1,
+        "eps_warmup": 0, "track_kernel": 0, "track_every": 1, "eval_n": 1, "eval_pgd_steps": 1,
+        "full_eval_steps": 0, "full_eval_every": 1, "memory_budget": 1, "seeds": 0,
+    }  # fmt: skip
+
 
 def check_folder(settings: TrainSettings) -> None:
     from ntkrobust.bridge.runfolder import RunFolder
@@ -119,7 +125,9 @@ def resolve_threat(settings: TrainSettings, channels: int) -> Threat:
     # eps = 0 is refused too: the per-epoch PGD accuracy and the AE-NTK need an attack
     if not (0 < eps <= 1):
         raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
-    step, steps = pgd_schedule(channels, "linf", eps, settings.pgd_step, settings.pgd_steps, flag="--pgd-step")
+    step, steps = pgd_schedule(
+        channels, "linf", eps, settings.pgd_step, settings.pgd_steps, flags=("--pgd-step", "--pgd-steps")
+    )
     eval_step, eval_steps = evaluation_schedule(channels, eps, settings.eval_pgd_steps or EPOCH_PGD_STEPS)
     full_steps = evaluation_steps(channels, settings.full_eval_steps)
     full_step = evaluation_schedule(channels, eps, full_steps)[0] if full_steps else None

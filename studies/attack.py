@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust.studies._base import Clock, StagedOutput, StudyResult, envelope, warn
-from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings
+from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings, check_counts
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class AttackResult(StudyResult):
 
 def run(settings: AttackSettings, *, progress: bool = False, argv: list[str] | None = None) -> AttackResult:
     """Fit the NTK machine of ``settings.arch`` and attack it on the test split."""
+    check_counts(settings)
     settings.machine.check([settings.arch])
     clock = Clock()
     data = settings.data.load()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ntkrobust.studies._base import (
     Clock,
@@ -28,7 +28,7 @@ from ntkrobust.studies._base import (
     flags_do,
     log,
 )
-from ntkrobust.studies._common import check_distinct_files, torch_device
+from ntkrobust.studies._common import check_counts, check_distinct_files, torch_device
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,12 @@ class DynamicsSettings:
     eigenvector_class: int = 0
     eigenvector_steps: int = 200
     device: str = "auto"
+
+    COUNTS: ClassVar[dict[str, int]] = {
+        "eigenvectors": 0,
+        "eigenvector_class": 0,
+        "eigenvector_steps": 1,
+    }  # checked by check_counts, as the parser does
 
 
 @dataclass
@@ -302,6 +308,7 @@ def _check_unread(settings: DynamicsSettings) -> None:
 def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] | None = None) -> DynamicsResult:
     """Read the run folders, check what the flags ask of them, and prepare every figure that
     applies to them."""
+    check_counts(settings)
     from ntkrobust import plots
     from ntkrobust.bridge.batchnorm_views import statistics_groups
     from ntkrobust.bridge.run_groups import load_run_groups

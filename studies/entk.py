@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, checked_together, envelope, warn
-from ntkrobust.studies._common import DataSettings, check_choice, pgd_schedule, torch_device, torch_network
+from ntkrobust.studies._common import (
+    DataSettings,
+    check_choice,
+    check_counts,
+    pgd_schedule,
+    torch_device,
+    torch_network,
+)
 
 _SUMMARY_METRICS = ("effective_rank", "concentration_top20", "centered_alignment", "mean_specialization")
 
@@ -35,6 +42,13 @@ class EntkSettings:
     dtype: str = "float32"
     memory_budget: int | None = None  # MiB
     device: str = "auto"
+
+    COUNTS: ClassVar[dict[str, int]] = {
+        "width": 1,
+        "n": 1,
+        "pgd_steps": 1,
+        "memory_budget": 1,
+    }  # checked by check_counts, as the parser does
 
 
 @dataclass
@@ -88,6 +102,7 @@ def _check_batch_statistics(net: Any, inputs: Any, name: str) -> None:
 
 def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | None = None) -> EntkResult:
     """The empirical NTK of the network of ``settings`` on ``settings.n`` points, and its metrics."""
+    check_counts(settings)
     from ntkrobust.bridge.entk import KernelKind
 
     clock = Clock()
@@ -155,7 +170,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
     x_kernel, kernel_pred = inputs, clean_pred
     if eps is not None:
         step, steps = pgd_schedule(
-            data.image_shape[0], "linf", eps, settings.pgd_step, settings.pgd_steps, flag="--pgd-step"
+            data.image_shape[0], "linf", eps, settings.pgd_step, settings.pgd_steps, flags=("--pgd-step", "--pgd-steps")
         )
         warn(
             notes,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ntkrobust.studies._base import (
     Clock,
@@ -27,7 +27,14 @@ from ntkrobust.studies._base import (
     log,
     warn,
 )
-from ntkrobust.studies._common import DataSettings, check_distinct_files, check_unique, load_targets, torch_device
+from ntkrobust.studies._common import (
+    DataSettings,
+    check_counts,
+    check_distinct_files,
+    check_unique,
+    load_targets,
+    torch_device,
+)
 
 EVALUATION_ATTACKS = ("pgd-20", "pgd-100", "cw-100", "autoattack")  # = bridge.evaluation.EVALUATION_ATTACKS
 
@@ -42,6 +49,8 @@ class EvaluateSettings:
     batch_size: int = 250
     device: str = "auto"
     trust_model_code: bool = False
+
+    COUNTS: ClassVar[dict[str, int]] = {"batch_size": 1}  # checked by check_counts, as the parser does
 
 
 @dataclass
@@ -86,6 +95,7 @@ def _checked(settings: EvaluateSettings, channels: int) -> float:
 
 def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] | None = None) -> EvaluateResult:
     """Evaluate every net on the data's test points; refusals come before any attack."""
+    check_counts(settings)
     import torch
 
     from ntkrobust.attacks import AttackSpec

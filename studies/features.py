@@ -14,13 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ntkrobust.attacks.spec import NET_METHODS, AttackSpec
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
-from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings, check_choice, check_unique
+from ntkrobust.studies._common import (
+    DataSettings,
+    MachineSettings,
+    ThreatSettings,
+    check_choice,
+    check_counts,
+    check_unique,
+)
 
 #: r values of the robust-features-only kernels; -1: every feature (the full machine)
 DEFAULT_ROBUST_R = (1, 2, 5, 10, 20, 50, 100, -1)
@@ -48,6 +55,12 @@ class FeaturesSettings:
     non_robust_below: float = 0.05
     robust_r: tuple[int, ...] = DEFAULT_ROBUST_R
     robust_steps: int | None = None  # default ROBUST_STEPS; only with robust_r
+
+    COUNTS: ClassVar[dict[str, int]] = {
+        "n_features": 1,
+        "top_k": 1,
+        "robust_steps": 1,
+    }  # checked by check_counts, as the parser does
 
 
 @dataclass
@@ -235,6 +248,7 @@ def _one_architecture(
 
 def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] | None = None) -> FeaturesResult:
     """Score the top eigen-features of every architecture's NTK machine on held-out data."""
+    check_counts(settings)
     from ntkrobust.bridge.data import stratified_halves
 
     arch_names = list(settings.arch)

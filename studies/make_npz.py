@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.studies._common import DataSettings
+from ntkrobust.studies._common import DataSettings, check_counts
 from ntkrobust.studies._errors import StudyError
 
 
@@ -37,6 +37,7 @@ class MakeNpzResult:
 def run(settings: MakeNpzSettings, *, progress: bool = False, argv: list[str] | None = None) -> MakeNpzResult:
     """Load the data as the settings say (``progress`` and ``argv`` are unused: an .npz holds
     arrays only)."""
+    check_counts(settings)
     import numpy as np
 
     from ntkrobust.bridge.data import task_indices

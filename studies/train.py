@@ -28,7 +28,7 @@ from ntkrobust.studies._base import (
     warn,
     warned_after_checks,
 )
-from ntkrobust.studies._common import check_one_output_per_class, torch_device, torch_network
+from ntkrobust.studies._common import check_counts, check_one_output_per_class, torch_device, torch_network
 from ntkrobust.studies._output import OutputLock
 from ntkrobust.studies._train_settings import (
     AUGMENTATIONS,
@@ -203,6 +203,7 @@ def _configs(settings: TrainSettings, threat: Threat) -> tuple[Any, Any]:
 def run(settings: TrainSettings, *, progress: bool = False, argv: list[str] | None = None) -> TrainResult | SeedsResult:
     """Train into the run folder ``settings.out`` (locked while it runs); the result's record is
     its history. With ``seeds``, one run per seed in ``out/seed_S``, one after the other."""
+    check_counts(settings)
     from ntkrobust.bridge.runfolder import RunFolder
 
     if settings.seeds:

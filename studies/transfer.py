@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from ntkrobust.studies._common import (
     DataSettings,
     MachineSettings,
     ThreatSettings,
+    check_counts,
     check_distinct_files,
     check_ridge,
     check_unique,
@@ -60,6 +61,12 @@ class TransferSettings:
     machine: MachineSettings = field(default_factory=MachineSettings)
     method: str = "fgsm"
     threat: ThreatSettings = field(default_factory=ThreatSettings)
+
+    COUNTS: ClassVar[dict[str, int]] = {
+        "kernel_n": 1,
+        "surrogate_nets": 1,
+        "surrogate_n": 1,
+    }  # checked by check_counts, as the parser does
 
 
 @dataclass
@@ -255,6 +262,7 @@ def _architectures(settings: TransferSettings) -> list[str]:
 
 def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] | None = None) -> TransferResult:
     """Attack every target with every source; the accuracy and τ matrices."""
+    check_counts(settings)
     # under torchrun every process checks its flags and files, then loads its data and nets, each
     # on all of them before a collective (a download waits for rank 0's; the surrogate's kernel):
     # one process that fails stops them all, the first says why

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, number_text, warn
-from ntkrobust.studies._common import DataSettings, ThreatSettings, check_unique, torch_device
+from ntkrobust.studies._common import DataSettings, ThreatSettings, check_counts, check_unique, torch_device
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,15 @@ class TwoLayerSettings:
     method: str = "fgsm"
     threat: ThreatSettings = field(default_factory=ThreatSettings)
     picture_index: int = 0
+
+    COUNTS: ClassVar[dict[str, int]] = {
+        "width": 1,
+        "nets": 1,
+        "epochs": 1,
+        "log_every": 1,
+        "anchor_epoch": 1,
+        "picture_index": 0,
+    }  # checked by check_counts, as the parser does
 
 
 @dataclass
@@ -127,6 +136,7 @@ def _kernel_at(machine: Any, x_test: np.ndarray, y_test: np.ndarray, spec: Any) 
 
 def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] | None = None) -> TwoLayerResult:
     """Train the nets and compare them with their NTK machine at every measured epoch."""
+    check_counts(settings)
     anchor = _check(settings)
     clock = Clock()
     data = settings.data.load()

@@ -111,5 +111,5 @@ def test_white_box_attack_configuration():
     assert AttackSpec("fgsm", eps=0.3, step=0.1, steps=7).to_dict()["steps"] == 1
     with pytest.raises(ValueError, match="unknown attack method"):
         AttackSpec("cw", eps=0.3)
-    with pytest.raises(ValueError, match="pgd needs"):
+    with pytest.raises(ValueError, match="the PGD step must be a finite number > 0, got None"):
         AttackSpec("pgd", eps=0.3)

@@ -239,7 +239,7 @@ def test_bad_arguments(fc2_binary, digits_binary):
         feature_scores(fc2_binary, x, y, threat, n_features=fc2_binary.n_train + 1)
     with pytest.raises(ValueError, match="unknown feature attack"):
         feature_scores(fc2_binary, x, y, threat, attack="cw")
-    with pytest.raises(ValueError, match="pgd needs"):
+    with pytest.raises(ValueError, match="the PGD step must be a finite number > 0, got None"):
         feature_scores(fc2_binary, x, y, threat, attack="pgd")
     with pytest.raises(ValueError, match="feature indices"):
         feature_outputs(fc2_binary, x, [-1])

@@ -70,5 +70,5 @@ def test_pgd_is_at_least_as_strong_as_fgsm_here(fc2_multiclass, digits_multiclas
 def test_attack_config_validates():
     with pytest.raises(ValueError, match="unknown attack"):
         AttackSpec("cw", 0.1)
-    with pytest.raises(ValueError, match="pgd needs"):
+    with pytest.raises(ValueError, match="the PGD step must be a finite number > 0, got None"):
         AttackSpec("pgd", 0.1, step=None, steps=10)

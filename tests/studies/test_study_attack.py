@@ -116,7 +116,7 @@ BAD = {
     "class absent": ({"classes": (3, 12)}, "absent"),
     "one class": ({"classes": (3,)}, "at least two distinct classes"),
     "subset too large": ({"n_train": 5000}, "only 1198"),
-    "zero subset": ({"n_test": 0}, "--n-test must be at least 1"),
+    "zero subset": ({"n_test": 0}, "--n-test must be a whole number >= 1, got 0"),
     "negative eps": ({"threat": ThreatSettings(eps=-0.1)}, "--eps must be"),
     "eps in 0-255 units": ({"threat": ThreatSettings(eps=8.0)}, "did you mean 8/255"),
     "negative time": ({"machine": MachineSettings(time=-1.0)}, "--time must be"),

@@ -118,3 +118,96 @@ def test_an_eps_made_for_the_other_image_type_is_hinted(channels, eps, hint):
 
     assert hint in AttackSpec("fgsm", eps).eps_hint(channels)
     assert AttackSpec("fgsm", 0.1).eps_hint(1) is None and AttackSpec("fgsm", 8 / 255).eps_hint(3) is None
+
+
+# -- whole numbers: the parser's minimums, and the studies' --------------------------------------
+
+# a valid command line per command: parsed, then one count set below its minimum from Python
+VALID_ARGV = {
+    "attack": ["attack"],
+    "features": ["features"],
+    "entk": ["entk"],
+    "train": ["train"],
+    "dynamics": ["dynamics", "RUN"],
+    "two-layer": ["two-layer"],
+    "transfer": ["transfer", "--target", "x.pt"],
+    "evaluate": ["evaluate", "x.pt"],
+    "make-npz": ["make-npz"],
+}
+
+
+def _parser_minimums(command: str) -> dict[str, int]:
+    """dest: minimum of every whole-number flag of ``command`` (``_int_at_least``, ``_seed``)."""
+    import argparse
+
+    from ntkrobust import cli
+
+    subparsers = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    found = {}
+    for action in subparsers.choices[command]._actions:
+        name = getattr(action.type, "__qualname__", "")
+        if name.startswith("_int_at_least"):
+            found[action.dest] = action.type.__closure__[0].cell_contents
+        elif name.startswith(("_seed", "_seed_list")):
+            found[action.dest] = 0
+    return found
+
+
+def _settings_minimums(cls: type) -> dict[str, int]:
+    import dataclasses
+    import typing
+
+    found = dict(getattr(cls, "COUNTS", {}))
+    for hint in typing.get_type_hints(cls).values():
+        if dataclasses.is_dataclass(hint):
+            found.update(_settings_minimums(hint))
+    return found
+
+
+@pytest.mark.parametrize("command", list(VALID_ARGV))
+def test_the_studies_check_the_whole_numbers_the_parser_checks(command, tmp_path, monkeypatch):
+    """One table each side (the parser's types, the settings' COUNTS), found equal here; and each
+    count below its minimum, given from Python, is a StudyError naming its flag before any compute
+    (0 / -1 / 2.5 met range() and numpy inside the compute before: a ZeroDivisionError for
+    ``features`` with robust_steps=0 after its machine was fitted)."""
+    import dataclasses
+
+    from ntkrobust import cli
+
+    monkeypatch.chdir(tmp_path)
+    args = cli.parse([*VALID_ARGV[command], "--out", str(tmp_path / "out")])
+    module, settings = cli.study_settings(args)
+    minimums = _parser_minimums(command)
+    assert _settings_minimums(type(settings)) == minimums
+    for dest, minimum in minimums.items():
+        for bad in (minimum - 1, 2.5):
+            if dest == "seeds":
+                bad = (0, bad)
+            setattr(args, dest, bad)
+            try:
+                with pytest.raises(StudyError) as error:
+                    module.run(cli.settings_from(type(settings), args))
+            finally:
+                setattr(args, dest, None)
+            flag = "--" + dest.replace("_", "-")
+            assert str(error.value).startswith(f"{flag} must be a whole number >= {minimum}, got "), error.value
+    assert dataclasses.is_dataclass(settings)
+
+
+@pytest.mark.parametrize(
+    "classes, message",
+    [("38", "got '38'"), (38, "got 38")],
+)
+def test_classes_are_a_list(classes, message):
+    from ntkrobust.studies import DataSettings
+
+    with pytest.raises(StudyError, match=f"--classes must be a list of class ids or names, e.g. \\(3, 8\\), {message}"):
+        DataSettings(classes=classes).load()  # '38' was the classes 3 and 8
+
+
+def test_classes_may_be_a_numpy_array():
+    import numpy as np
+
+    from ntkrobust.studies import DataSettings
+
+    assert DataSettings(classes=np.array([3, 8]), n_train=10, n_test=10).load().classes == (3, 8)

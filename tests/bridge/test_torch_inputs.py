@@ -1,0 +1,101 @@
+"""The torch half's attacks and accuracies refuse what they would answer wrongly. A Python-API
+audit found, before: ``batch_size=-1`` returning all-zero examples and an accuracy computed
+without the model (the share of label 0); 0-255 images clipped into [0, 1] and NaN images scored
+as class 0; 0 points giving NaN; numpy arrays failing inside torch; any misspelt BatchNorm mode
+evaluated with running statistics. On a GPU the range checks add no host read (the accuracy's
+comes back with its share, the attacks' is queued on the device): ``test_host_reads.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ntkrobust.attacks import AttackSpec
+from ntkrobust.bridge.adversarial import accuracy, adversarial_examples, predict
+from ntkrobust.bridge.tracking import clean_accuracy, pgd_accuracy
+
+PGD = AttackSpec("pgd", eps=0.1, step=0.02, steps=2)
+
+
+@pytest.fixture
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+@pytest.fixture
+def points() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.rand(9, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.arange(9) % 3
+
+
+SCORERS = {
+    "accuracy": lambda model, x, y: accuracy(model, x, y),
+    "clean_accuracy": lambda model, x, y: clean_accuracy(model, x, y),
+    "pgd_accuracy": lambda model, x, y: pgd_accuracy(model, x, y, PGD),
+    "adversarial_examples": lambda model, x, y: adversarial_examples(model, x, y, method="fgsm", eps=0.1),
+}
+
+
+@pytest.mark.parametrize("scorer", list(SCORERS))
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (lambda x: x * 255, ValueError, r"inputs must lie in \[0, 1\] \(pixel units\), got values from"),
+        (lambda x: torch.full_like(x, float("nan")), ValueError, r"inputs must lie in \[0, 1\].* nan"),
+        (lambda x: (x > 0.5).long(), TypeError, r"floating-point images in \[0, 1\], got dtype torch.int64"),
+        (lambda x: x.numpy(), TypeError, r"images must be a torch.Tensor \(torch.from_numpy\), got ndarray"),
+    ],
+)
+def test_images_that_are_no_images_in_the_box_are_refused(net, points, scorer, change, error, message):
+    x, y = points
+    with pytest.raises(error, match=message):
+        SCORERS[scorer](net, change(x), y)
+
+
+@pytest.mark.parametrize("scorer", list(SCORERS))
+def test_numpy_labels_are_refused(net, points, scorer):
+    x, y = points
+    with pytest.raises(TypeError, match=r"labels must be a torch.Tensor \(torch.from_numpy\), got ndarray"):
+        SCORERS[scorer](net, x, y.numpy())
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_a_batch_size_below_one_is_refused(net, points, batch_size):
+    x, y = points
+    for call in (
+        lambda: accuracy(net, x, y, batch_size=batch_size),
+        lambda: predict(net, x, batch_size=batch_size),
+        lambda: adversarial_examples(net, x, y, method="fgsm", eps=0.1, batch_size=batch_size),
+    ):
+        with pytest.raises(ValueError, match=f"batch_size must be a whole number >= 1, got {batch_size}"):
+            call()
+
+
+@pytest.mark.parametrize("scorer", ["accuracy", "clean_accuracy", "pgd_accuracy"])
+def test_the_accuracy_of_no_points_is_refused(net, points, scorer):
+    x, y = points
+    with pytest.raises(ValueError, match="accuracy of an empty set is undefined"):
+        SCORERS[scorer](net, x[:0], y[:0])
+
+
+@pytest.mark.parametrize("mode", ["Batch", "runing", ""])
+def test_a_misspelt_batchnorm_mode_is_refused(net, points, mode):
+    x, y = points
+    for call in (
+        lambda: clean_accuracy(net, x, y, batchnorm=mode),
+        lambda: pgd_accuracy(net, x, y, PGD, batchnorm=mode),
+    ):
+        with pytest.raises(ValueError, match=f"batchnorm must be one of .*, got '{mode}'"):
+            call()
+
+
+def test_good_inputs_score_as_before(net, points):
+    x, y = points
+    expected = float((net(x).argmax(1) == y).double().mean())
+    assert accuracy(net, x, y, batch_size=4) == expected
+    assert clean_accuracy(net, x, y, batchnorm="batch") == expected  # no BatchNorm: the same net
+    examples = adversarial_examples(net, x, y, method="fgsm", eps=0.1, batch_size=4)
+    assert float((examples - x).abs().max()) == pytest.approx(0.1, abs=1e-6)
+    assert np.isfinite(examples.numpy()).all()
