@@ -47,6 +47,8 @@ def matching_time(machine: KernelMachine, outputs: np.ndarray, *, grid: int = 40
     outputs = np.asarray(outputs, dtype=np.float64)
     if outputs.shape != machine.targets.shape:
         raise ValueError(f"outputs of shape {outputs.shape} do not match the targets' {machine.targets.shape}")
+    if not np.all(np.isfinite(outputs)):  # every residual NaN: argmin took the grid's first time
+        raise ValueError("outputs contain NaN or inf (a diverged net?)")
     v = machine.eigenvectors
     target_coef, output_coef = v.T @ machine.targets, v.T @ outputs  # the part outside span(V) is constant
     kept = np.maximum(machine.eigenvalues, 0.0) + machine.ridge

@@ -142,3 +142,10 @@ def test_small_silent_answers_are_refused(digits_binary):
     with pytest.raises(ModelError, match=r"num_classes must be whole numbers, got 2\.5"):
         model_config("mnist-cnn", (1, 8, 8), num_classes=2.5)  # type: ignore[arg-type]  # 2 outputs before
     assert spearman_correlation([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+def test_matching_time_of_non_finite_outputs_is_refused(fc2_binary):
+    from ntkrobust.kernels import matching_time
+
+    with pytest.raises(ValueError, match="outputs contain NaN or inf"):
+        matching_time(fc2_binary, np.full(fc2_binary.targets.shape, np.nan))  # 3.3e-5 before
