@@ -48,10 +48,9 @@ class ThreatModel:
         round trip per attack), which stops the process at its next synchronisation; JAX
         device arrays are not read (``kernels.craft_adversarial`` checks its host array)."""
         if isinstance(x, np.ndarray):
-            if not np.issubdtype(x.dtype, np.floating):
-                raise TypeError(f"inputs must be floating-point images in [0, 1], got dtype {x.dtype}")
+            check_floating(x)
             if x.size and (np.isnan(x).any() or x.min() < 0 or x.max() > 1):
-                raise ValueError(_outside_message(x.min(), x.max()))
+                raise ValueError(outside_box_message(x.min(), x.max()))
         elif type(x).__module__.startswith("torch"):
             _check_tensor_inputs(x)
 
@@ -110,7 +109,18 @@ def check_seed(seed: Any) -> None:
         raise ValueError(f"the seed must be a whole number >= 0, got {seed!r}")
 
 
-def _outside_message(low: float, high: float) -> str:
+def check_floating(x: Array) -> None:
+    """Refuse images of an integer (or boolean) dtype, from the dtype alone (no read)."""
+    if type(x).__module__.startswith("torch"):
+        floating = x.is_floating_point()
+    else:
+        floating = np.issubdtype(x.dtype, np.floating)
+    if not floating:
+        raise TypeError(f"inputs must be floating-point images in [0, 1], got dtype {x.dtype}")
+
+
+def outside_box_message(low: float, high: float) -> str:
+    """Why images whose values run from ``low`` to ``high`` (NaN: some are NaN) are refused."""
     return f"inputs must lie in [0, 1] (pixel units), got values from {low:g} to {high:g}"
 
 
@@ -118,8 +128,7 @@ def _check_tensor_inputs(x: Any) -> None:
     """``ThreatModel.check_inputs`` of a torch tensor, as ``bridge.adversarial`` checks labels."""
     import torch
 
-    if not x.is_floating_point():
-        raise TypeError(f"inputs must be floating-point images in [0, 1], got dtype {x.dtype}")
+    check_floating(x)
     if not x.numel():
         return
     with torch.no_grad():
@@ -127,7 +136,7 @@ def _check_tensor_inputs(x: Any) -> None:
             torch._assert_async(((x >= 0) & (x <= 1)).all())
         except RuntimeError:  # raised at once for host tensors; reading them costs nothing
             low, high = torch.stack((x.min(), x.max())).tolist()
-            raise ValueError(_outside_message(low, high)) from None
+            raise ValueError(outside_box_message(low, high)) from None
 
 
 def steepest_ascent(gradient: Array, norm: Norm) -> Array:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkrobust.attacks import NET_METHODS, AttackSpec, Norm, check_batch_size, fgsm, pgd
+from ntkrobust.attacks.threat import check_floating, outside_box_message
 from ntkrobust.bridge import distributed
 
 LossGradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, labels) -> its gradient in x
@@ -157,8 +158,7 @@ def accuracy(
     ``model`` are refused (``check_labels``), and so are inputs outside [0, 1] or NaN (whose
     argmax would be class 0). ``across_processes``: see ``predict``."""
     _check_tensors(x, y)
-    if not x.is_floating_point():
-        raise TypeError(f"inputs must be floating-point images in [0, 1], got dtype {x.dtype}")
+    check_floating(x)
     if not x.shape[0]:
         raise ValueError("accuracy of an empty set is undefined")
     outputs = 0
@@ -185,7 +185,7 @@ def accuracy(
     if outputs and (low < 0 or high >= max(outputs, 2)):  # under torchrun a process may have no batch
         raise ValueError(_label_range_message(int(low), int(high), outputs))
     if not 0 <= darkest <= brightest <= 1:
-        raise ValueError(f"inputs must lie in [0, 1] (pixel units), got values from {darkest:g} to {brightest:g}")
+        raise ValueError(outside_box_message(darkest, brightest))
     return share
 
 

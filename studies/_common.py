@@ -239,8 +239,7 @@ def pgd_schedule(
     """``attacks.pgd_schedule`` with its refusals phrased for the flags (step, steps) that set them."""
     from ntkrobust.attacks import spec
 
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise StudyError(f"{flags[1]} must be a whole number >= 1, got {steps!r}")
+    check_count(steps, 1, flags[1])  # before the step's refusal, which would be said of the step
     try:
         return spec.pgd_schedule(channels, norm, eps, step, steps)
     except ValueError:
@@ -353,12 +352,16 @@ def check_counts(settings: Any) -> None:
         if dataclasses.is_dataclass(value):
             check_counts(value)
             continue
-        if f.name not in counts or value is None:
+        if f.name not in counts:
             continue
         for item in value if isinstance(value, tuple) else (value,):
-            if isinstance(item, bool) or not isinstance(item, Integral) or item < counts[f.name]:
-                flag = "--" + f.name.replace("_", "-")
-                raise StudyError(f"{flag} must be a whole number >= {counts[f.name]}, got {item!r}")
+            check_count(item, counts[f.name], "--" + f.name.replace("_", "-"))
+
+
+def check_count(value: Any, minimum: int, flag: str) -> None:
+    """Refuse a ``value`` of ``flag`` that is not a whole number >= ``minimum`` (None: not given)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < minimum):
+        raise StudyError(f"{flag} must be a whole number >= {minimum}, got {value!r}")
 
 
 def check_ridge(ridge: float, flag: str) -> None:
