@@ -67,6 +67,9 @@ def _taylor(
     ops = ops_for(x)
     target_index = np.asarray(target_index, dtype=np.int64)
     z = output_jacobian(x)
+    if len(z.shape) != x.ndim + 1 or tuple(z.shape[2:]) != tuple(x.shape[1:]):
+        shapes = f"got {tuple(z.shape)} for x of {tuple(x.shape)}"
+        raise ValueError(f"output_jacobian must return (B, k, *x.shape[1:]), {shapes}")
     batch, k = int(z.shape[0]), int(z.shape[1])
     if batch != x.shape[0] or target_index.shape != (batch,):
         raise ValueError(f"jacobian batch {batch}, inputs {x.shape[0]}, labels {target_index.shape} disagree")

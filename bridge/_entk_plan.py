@@ -195,6 +195,21 @@ class Plan:
     estimated: bool
 
 
+def _as_device(device: str | torch.device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):  # torch lists all of its backends: say what a user writes
+        raise ValueError(f"unknown device {device!r}: e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+
+
+def _as_floating_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A floating torch dtype, also from its name ("float64"): an integer dtype has no gradients."""
+    named = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not (isinstance(named, torch.dtype) and named.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch dtype such as torch.float64, got {dtype!r}")
+    return named
+
+
 def plan_kernel(
     model: nn.Module,
     x1: np.ndarray | torch.Tensor,
@@ -203,7 +218,7 @@ def plan_kernel(
     batch_stats: bool,
     memory_budget: int | None,
     device: str | torch.device | None,
-    dtype: torch.dtype | None,
+    dtype: torch.dtype | str | None,
     structured: bool,
     seed: int,
 ) -> Plan:
@@ -213,8 +228,8 @@ def plan_kernel(
     first = next(iter(model.parameters()), None)
     if first is None:
         raise ValueError("the model has no parameters, so no tangent kernel")
-    device = torch.device(device) if device is not None else first.device
-    dtype = dtype or first.dtype
+    device = _as_device(device) if device is not None else first.device
+    dtype = first.dtype if dtype is None else _as_floating_dtype(dtype)
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     a = as_inputs(x1, device, dtype)
     b = None if x2 is None else as_inputs(x2, device, dtype)

@@ -169,7 +169,7 @@ def empirical_ntk(
     batch_stats: bool = False,
     memory_budget: int | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     progress: bool = False,
     structured: bool = True,
     seed: int = 0,
@@ -189,7 +189,8 @@ def empirical_ntk(
             not even one chunk fits. A larger budget means fewer parameter groups, hence fewer
             passes over the inputs.
         device: where to compute (default: where the model's parameters are).
-        dtype: compute dtype, e.g. ``torch.float64`` to compare kernels (default: the model's).
+        dtype: compute dtype, e.g. ``torch.float64`` (or ``"float64"``) to compare kernels
+            (default: the model's).
         progress: show a progress bar over parameter groups and sub-batches.
         structured: dense layers by their outer-product structure (see the module docstring);
             False puts every parameter through the generic Jacobian groups (the same kernel).
@@ -221,7 +222,7 @@ def check_memory_budget(
     batch_stats: bool = False,
     memory_budget: int | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     structured: bool = True,
 ) -> None:
     """Raise ``BudgetError`` now if ``empirical_ntk`` with these arguments would, without

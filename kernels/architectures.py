@@ -123,6 +123,15 @@ class Architecture:
         return f"{self.name}({params})"
 
 
+def check_architecture(arch: object) -> None:
+    """Raise ``TypeError`` unless ``arch`` is an ``Architecture``: a name passed where the object
+    belongs would fail deep inside with an AttributeError."""
+    if isinstance(arch, str):
+        raise TypeError(f"expected an Architecture, got the string {arch!r}: pass get_architecture({arch!r})")
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"expected an Architecture (from get_architecture), got {type(arch).__name__}")
+
+
 def per_architecture(build: Callable[..., T]) -> Callable[..., T]:
     """``build(arch, *options)`` made once per architecture object and options: a module's jitted
     programs, compiled once however many machines use them (the registry hands every caller of a
@@ -239,6 +248,8 @@ ARCHITECTURES: tuple[str, ...] = tuple(_FACTORIES)
 
 def get_architecture(name: str) -> Architecture:
     """The registered architecture called ``name`` (``fc1``..``fc5``, ``conv1``, ``conv2``, ``two-layer``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"an architecture is named by a string ({', '.join(ARCHITECTURES)}), got {type(name).__name__}")
     try:
         factory = _FACTORIES[name]
     except KeyError:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ntkrobust._progress import progress_bar
 from ntkrobust.kernels._jax import float64, jax, jnp, nt
-from ntkrobust.kernels.architectures import Architecture, is_registered, per_architecture
+from ntkrobust.kernels.architectures import Architecture, check_architecture, is_registered, per_architecture
 from ntkrobust.kernels.relu import dot_kernel_rows, pairwise_dots
 
 log = logging.getLogger("ntkrobust")
@@ -154,6 +154,7 @@ def compute_gram(
 ) -> np.ndarray:
     """Θ(x1, x2) (Θ(x1, x1) if ``x2`` is None) in float64 from NCHW inputs: shape (N1, N2).
     Inputs of two shapes, and NaN or inf in host inputs, are refused (ValueError)."""
+    check_architecture(arch)
     symmetric = x2 is None
     x2_ = x1 if x2 is None else x2
     for x in (x1,) if symmetric else (x1, x2_):
@@ -256,6 +257,7 @@ def cached_gram(
     progress: bool = False,
 ) -> tuple[np.ndarray, CacheOutcome]:
     """``gram_matrix`` and what the cache did (``CacheOutcome``): only a verified entry is a hit."""
+    check_architecture(arch)
     if cache_dir is not None and not is_registered(arch):
         log.warning("%s is hand-built: its Gram is not cached on disk", arch.fingerprint())
         cache_dir = None

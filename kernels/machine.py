@@ -41,7 +41,7 @@ from ntkrobust.kernels import _dot_route
 from ntkrobust.kernels._compiled import compiled as _compiled
 from ntkrobust.kernels._compiled import loss_cotangent as _loss_cotangent
 from ntkrobust.kernels._jax import float64, jax, jnp, point_sharding, x64_enabled
-from ntkrobust.kernels.architectures import Architecture
+from ntkrobust.kernels.architectures import Architecture, check_architecture
 from ntkrobust.kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
 
 #: Condition numbers above this make the ridgeless t = ∞ solution amplify the ~1e-9 relative
@@ -461,6 +461,7 @@ def fit_kernel_machine(
         precision: arithmetic of test-time evaluation ("float64" or "float32"); see KernelMachine.
         progress: show progress bars.
     """
+    check_architecture(arch)
     x_train = np.asarray(x_train)
     y_train = np.asarray(y_train)
     if x_train.shape[0] != y_train.shape[0]:

@@ -310,13 +310,13 @@ def kernel_metrics(
     kernel: ArrayLike,
     labels: ArrayLike | None = None,
     *,
-    top: Sequence[int] = (10, 20),
+    top: int | Sequence[int] = (10, 20),
     num_classes: int | None = None,
 ) -> dict[str, Any]:
     """The single-kernel metrics that apply, as JSON-ready plain floats and lists.
 
     Keys: ``frobenius_norm``, ``trace`` (of the trace kernel), ``effective_rank``,
-    ``concentration_top{p}`` for each p in ``top`` with p ≤ N; with labels also
+    ``concentration_top{p}`` for each p in ``top`` (one cut-off or several) with p ≤ N; with labels also
     ``kernel_target_alignment`` and ``centered_alignment``, and for a full (N, N, C, C) or a
     class-blocks (N, N, C) kernel ``specialization_matrix`` (nested list C × C) and
     ``mean_specialization``. A metric that is
@@ -325,9 +325,9 @@ def kernel_metrics(
     kept under ``undefined`` (metric name → message); invalid input raises.
     """
     k = trace_kernel(kernel)
-    cutoffs = [operator.index(p) for p in top]
+    cutoffs = [operator.index(p) for p in ((top,) if isinstance(top, int) else top)]
     if any(p < 1 for p in cutoffs):
-        raise ValueError(f"top cut-offs must be positive, got {list(top)}")
+        raise ValueError(f"top cut-offs must be positive, got {cutoffs}")
     metrics: dict[str, Any] = {
         "frobenius_norm": frobenius_norm(k),
         "trace": float(np.trace(k)),

@@ -6,6 +6,8 @@ never moved, all-NaN examples from ``step=inf``, the ℓ2 step taken for any mis
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +98,16 @@ def test_an_unknown_norm_takes_no_step():
 def test_a_batch_size_must_be_a_whole_number_of_at_least_one(batch_size):
     with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
         check_batch_size(batch_size)
+
+
+def test_a_jacobian_of_the_wrong_shape_is_refused_by_the_taylor_attacks(images):
+    from ntkrobust.attacks import taylor_max_l1
+
+    labels = np.arange(4) % 3
+    # flattened rows: numpy failed to broadcast (4, 1, 8, 8) with (4, 4, 3, 64) before
+    flat = lambda x: np.ones((x.shape[0], 3, 64))  # noqa: E731
+    expected = "must return (B, k, *x.shape[1:]), got (4, 3, 64) for x of (4, 1, 8, 8)"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        taylor_max_l1(flat, images, labels, eps=0.1)
+    full = lambda x: np.ones((x.shape[0], 3, *x.shape[1:]))  # noqa: E731
+    assert taylor_max_l1(full, images, labels, eps=0.1).shape == images.shape

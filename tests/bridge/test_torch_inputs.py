@@ -99,3 +99,18 @@ def test_good_inputs_score_as_before(net, points):
     examples = adversarial_examples(net, x, y, method="fgsm", eps=0.1, batch_size=4)
     assert float((examples - x).abs().max()) == pytest.approx(0.1, abs=1e-6)
     assert np.isfinite(examples.numpy()).all()
+
+
+def test_the_kernel_device_and_dtype_are_checked_in_one_line(net, points):
+    from ntkrobust.bridge.entk import empirical_ntk
+
+    x = points[0]
+    by_name = empirical_ntk(net, x, dtype="float64")  # a name, as in numpy: to() refused it before
+    np.testing.assert_array_equal(by_name, empirical_ntk(net, x, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"dtype must be a floating torch dtype such as torch\.float64, got 'int64'"):
+        empirical_ntk(net, x, dtype="int64")
+    with pytest.raises(TypeError, match=r"got torch\.int32"):
+        empirical_ntk(net, x, dtype=torch.int32)
+    # torch's message listed its 20 backends before
+    with pytest.raises(ValueError, match=r"unknown device 'gpu': e.g. 'cpu', 'cuda' or 'cuda:1'"):
+        empirical_ntk(net, x, device="gpu")

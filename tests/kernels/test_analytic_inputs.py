@@ -149,3 +149,20 @@ def test_matching_time_of_non_finite_outputs_is_refused(fc2_binary):
 
     with pytest.raises(ValueError, match="outputs contain NaN or inf"):
         matching_time(fc2_binary, np.full(fc2_binary.targets.shape, np.nan))  # 3.3e-5 before
+
+
+def test_an_architecture_name_where_the_object_belongs_is_refused(digits_binary):
+    from ntkrobust.kernels import gram_matrix, kernel_metrics
+
+    x, y = digits_binary.x_train[:6], digits_binary.y_train[:6]
+    # an AttributeError ('str' object has no attribute 'check_input') before
+    calls = (lambda: compute_gram("fc2", x), lambda: gram_matrix("fc2", x), lambda: fit_kernel_machine("fc2", x, y))
+    for call in calls:
+        with pytest.raises(TypeError, match=r"got the string 'fc2': pass get_architecture\('fc2'\)"):
+            call()
+    with pytest.raises(TypeError, match=r"expected an Architecture .*, got int"):
+        compute_gram(2, x)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"an architecture is named by a string .*, got list"):
+        get_architecture(["fc2"])  # type: ignore[arg-type]  # unhashable type: 'list' before
+    # one cut-off where a sequence is expected ('int' object is not iterable before)
+    assert kernel_metrics(np.eye(12), top=5)["concentration_top5"] == pytest.approx(5 / 12)
