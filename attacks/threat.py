@@ -119,6 +119,12 @@ def check_floating(x: Array) -> None:
         raise TypeError(f"inputs must be floating-point images in [0, 1], got dtype {x.dtype}")
 
 
+def looks_channels_last(image_shape: tuple[int, ...]) -> bool:
+    """Whether one image's (C, H, W) shape reads as an (H, W, C) one: a grey or colour channel
+    count last and another first (8x8 grey images taken channels last are 8 channels of 8x1)."""
+    return len(image_shape) == 3 and image_shape[0] not in (1, 3) and image_shape[-1] in (1, 3)
+
+
 def outside_box_message(low: float, high: float) -> str:
     """Why images whose values run from ``low`` to ``high`` (NaN: some are NaN) are refused."""
     return f"inputs must lie in [0, 1] (pixel units), got values from {low:g} to {high:g}"

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkrobust._allocator import available_memory
+from ntkrobust.attacks.threat import looks_channels_last
 from ntkrobust.bridge.initialisation import INITIALISATIONS, initialise
 
 W_STD = math.sqrt(2.0)  # the analytic kernels' defaults (kernels/architectures.py)
@@ -371,6 +372,8 @@ def check_config(config: ModelConfig) -> None:
     if len(config.input_shape) != 3 or min(config.input_shape) < 1:
         raise ModelError(f"input shape must be (channels, height, width), got {config.input_shape}")
     channels, height, width = config.input_shape
+    if looks_channels_last(config.input_shape):  # resnet18 took (28, 28, 1) as 28 channels of 28x1
+        raise ModelError(f"input shape {config.input_shape} looks like (height, width, channels): give (C, H, W)")
     if min(height, width) < spec.min_side:
         raise ModelError(f"{config.model} needs images at least {spec.min_side}x{spec.min_side}, got {height}x{width}")
     if config.num_classes < 1 or config.width < 1:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from ntkrobust.attacks.threat import looks_channels_last
 from ntkrobust.kernels._jax import jnp, stax
 from ntkrobust.kernels.conv import convolutional_kernel_fn
 from ntkrobust.kernels.relu import (
@@ -109,8 +110,7 @@ class Architecture:
         """Raise ``ValueError`` if images of this shape cannot enter the architecture."""
         if self.layout == "nhwc" and len(nchw_shape) != 4:
             raise ValueError(f"architecture {self.name} needs NCHW images, got shape {nchw_shape}")
-        if self.layout == "nhwc" and nchw_shape[1] not in (1, 3) and nchw_shape[-1] in (1, 3):
-            # an NHWC batch of 8x8 grey images reads as 8 channels of 8x1 images: another kernel
+        if self.layout == "nhwc" and looks_channels_last(tuple(nchw_shape[1:])):  # another kernel
             raise ValueError(
                 f"images of shape {nchw_shape[1:]} look like NHWC (channels last): architecture {self.name} "
                 "takes NCHW; transpose them with x.transpose(0, 3, 1, 2)"

@@ -7,6 +7,8 @@ comes back with its share, the attacks' is queued on the device): ``test_host_re
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,14 @@ def test_the_kernel_device_and_dtype_are_checked_in_one_line(net, points):
     # torch's message listed its 20 backends before
     with pytest.raises(ValueError, match=r"unknown device 'gpu': e.g. 'cpu', 'cuda' or 'cuda:1'"):
         empirical_ntk(net, x, device="gpu")
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_a_channels_last_input_shape_is_refused_by_the_models(shape):
+    from ntkrobust.bridge.models import ModelError, model_config
+
+    # resnet18 was built for 28 channels of 28x1 images before (mnist-cnn said "at least 4x4, got 28x1")
+    for name in ("resnet18", "mnist-cnn"):
+        with pytest.raises(ModelError, match=re.escape(f"input shape {shape} looks like (height, width, channels)")):
+            model_config(name, shape, 10)
+    assert model_config("resnet18", (shape[2], *shape[:2]), 10).input_shape == (shape[2], *shape[:2])
