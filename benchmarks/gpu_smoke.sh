@@ -131,24 +131,26 @@ GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
 if { [ "$DEVICE" = cuda ] && [ "$GPUS" -ge 2 ]; } || { [ "$DEVICE" = cpu ] && [ "${GPU_SMOKE_TORCHRUN:-0}" = 1 ]; }; then
   # the same training under torchrun on 2 GPUs (NCCL), set beside one GPU's. The ResNet's
   # BatchNorm takes the statistics of both processes' rows (bridge.global_batchnorm). Judge by
-  # the loss. Measured on CPUs in float32 for this ResNet's epoch: 2 processes are 1e-8 from one
-  # process with the same thread count (loss 9e-9, every accuracy equal); one process's own loss
-  # moves 3.5e-4 between 1 and 2 threads (rounding grows fast in this net), and its accuracy
-  # with batch statistics 1.9e-2; BatchNorm per process put the loss 1.6% off. So a loss
-  # difference near 1e-3 is rounding, one near 1e-2 is BatchNorm that is not global, and the
-  # accuracies after one epoch move by a few points from rounding alone. (One GPU and two need
-  # not reduce in the same order, as one thread and two do not; PGD's sign steps turn such
-  # rounding into whole steps: the PGD-trained CNN's 3 epochs on CPUs, one thread each, end with
-  # losses 3.8e-4 apart and clean accuracies 0.544 and 0.541, where in float64 the tests find
-  # one process's weights to 1e-10.)
+  # the loss. The ResNet trains two steps of the global batch of 128 (256 images): over a whole
+  # epoch (10 steps) rounding grows in this net until it hides what the comparison is for. Measured
+  # on CPUs in float32 (2026-12-04, AMD EPYC): after two steps 2 processes are 2.5e-6 from one
+  # (global BatchNorm combines the moments by another formula than torch's), with AVX2 kernels as
+  # with AVX-512; one process on 1 or 2 threads, AVX2 or AVX-512, gives the same loss to the bit;
+  # BatchNorm per process puts it 5.2e-3 off. After the whole epoch the same 2 processes were
+  # 3.3e-4 apart with AVX-512 and 6.6e-3 with AVX2, one process 9.4e-4 between 1 and 2 threads and
+  # 5.1e-3 between AVX2 and AVX-512 (on another machine 1.5e-8: luck of its summation order).
+  # So near 1e-6 is rounding, near 5e-3 is BatchNorm that is not global. (One GPU and two need not
+  # reduce in the same order either.) PGD's sign steps turn rounding into whole steps: the
+  # PGD-trained CNN's 3 epochs on CPUs, one thread each, end with losses 3.7e-4 apart and clean
+  # accuracies 0.536 and 0.544, where in float64 the tests find one process's weights to 1e-10.
   # TF32 is off for the runs compared here (one GPU's twins included): its 1e-3 per convolution
   # would blur that line after an epoch. The records say so (gpu.tf32_*: false).
   export NVIDIA_TF32_OVERRIDE=0
-  RESNET=(--model resnet18 --width 16 --mode standard --epochs 1 --batchnorm both --track-kernel 50)
+  RESNET=(--model resnet18 --width 16 --mode standard --epochs 1 --n-train 256 --batchnorm both --track-kernel 50)
   PGD=(--model mnist-cnn --mode pgd --eps 0.1 --epochs 3 --track-kernel 100 "${LEARNS[@]}")
   ENTK=(--model resnet18 --points 100 --kind trace)
   # the one-process twins take one thread, as torchrun gives each of its processes: on CPUs a
-  # thread count of its own rounds differently (the ResNet's loss 2.9e-3 apart on 2 threads)
+  # thread count of its own rounds differently (the CNN's PGD steps, the ResNet over an epoch)
   OMP_NUM_THREADS=1 run train-resnet-bn-standard train "${D[@]}" "${RESNET[@]}"
   OMP_NUM_THREADS=1 run train-pgd-float32 train "${D[@]}" "${PGD[@]}"
   OMP_NUM_THREADS=1 run entk-resnet18-float32 entk "${D[@]}" "${ENTK[@]}"

@@ -40,12 +40,14 @@ def test_gpu_smoke_script_runs_every_command_on_the_cpu(tmp_path: Path) -> None:
     # the shared kernel against one process's, as the script prints it (float32 on the CPU)
     difference = re.search(r"entk-resnet18-float32-2gpu: largest difference (\S+) of the largest", done.stdout)
     assert difference is not None and float(difference.group(1)) < 1e-5
-    # the last epoch's loss, 1 process against 2, each on one thread: the BatchNorm ResNet 1.5e-8
-    # here (1.6e-2 with BatchNorm per process); PGD's CNN 3.8e-4, rounding that its sign steps
-    # turn into whole steps (in float64 the distributed tests find its weights to 1e-10)
+    # the last epoch's loss, 1 process against 2, each on one thread: the BatchNorm ResNet's two
+    # steps 2.5e-6 apart here, with AVX2 kernels as with AVX-512 (5.2e-3 with BatchNorm per
+    # process; over a whole epoch rounding reached 3.3e-4 to 6.6e-3 on this machine, 1.5e-8 on
+    # another); PGD's CNN 3.7e-4, rounding that its sign steps turn into whole steps (in float64
+    # the distributed tests find its weights to 1e-10)
     losses = dict(re.findall(r"(\S+) train_loss: 1 GPU \S+, 2 GPUs \S+ \(relative difference (\S+)\)", done.stdout))
     assert set(losses) == {"train-pgd-float32-2gpu", "train-resnet-bn-standard-2gpu"}, losses
-    assert float(losses["train-resnet-bn-standard-2gpu"]) < 1e-5 and float(losses["train-pgd-float32-2gpu"]) < 5e-3
+    assert float(losses["train-resnet-bn-standard-2gpu"]) < 1e-4 and float(losses["train-pgd-float32-2gpu"]) < 5e-3
     # RobustBench's attacks shared by 2 processes against one (on one thread, as each of them): equal
     evaluated = re.search(r"evaluate-float32-2gpu: (.*) \(equal", done.stdout)
     assert evaluated is not None
