@@ -133,6 +133,35 @@ def test_steepest_ascent_and_dual_norm_are_a_dual_pair(rng):
         np.testing.assert_allclose(gain, dual_norm(g, norm), rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_l2_steps_are_a_whole_eps_for_a_tiny_gradient(backend, jax_strict):
+    """A non-zero gradient far below any floor (a confident net's cross-entropy gradient) still
+    moves an ℓ2 step ε along g/‖g‖, also in float32, where ‖g‖² underflows to 0; a zero gradient
+    moves nothing. With the former floor max(‖g‖, 1e-12) the steps were ε·1e-13/1e-12 and 0."""
+    from ntkrobust.kernels._jax import jnp
+
+    rows = np.zeros((3, 1, 2, 2), dtype=np.float32)
+    rows[0, 0, 0] = [1e-13, -2e-13]  # below the old floor
+    rows[1, 0, 1] = [3e-30, 4e-30]  # their squares underflow to 0 in float32
+    x = np.full_like(rows, 0.5)
+    convert = {"numpy": np.asarray, "torch": torch_tensor, "jax": jnp.asarray}[backend]
+    g = convert(rows)
+    direction = steepest_ascent(g, "l2")
+    got = np.asarray(direction.numpy() if backend == "torch" else direction, dtype=np.float64)
+    np.testing.assert_allclose(got[0, 0, 0], np.array([1, -2]) / np.sqrt(5), rtol=1e-6)
+    np.testing.assert_allclose(got[1, 0, 1], [0.6, 0.8], rtol=1e-6)
+    assert not got[2].any()
+    x_adv = fgsm(lambda a, b: g, convert(x), None, eps=0.3, norm="l2")
+    step = np.asarray(x_adv.numpy() if backend == "torch" else x_adv, dtype=np.float64) - x
+    np.testing.assert_allclose(np.linalg.norm(step.reshape(3, -1), axis=1), [0.3, 0.3, 0.0], rtol=1e-6)
+
+
+def torch_tensor(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(a)
+
+
 def test_taylor_binary_is_eq16(rng):
     x = rng.uniform(0.2, 0.8, size=(5, 1, 3, 3))
     z = rng.standard_normal((5, 1, 1, 3, 3))
