@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ntkrobust.studies._common import MAX_WHOLE
 from ntkrobust.studies.evaluate import EVALUATION_ATTACKS
 
 PROG = "ntkrobust"
@@ -82,6 +83,8 @@ def _int_at_least(minimum: int):  # type: ignore[no-untyped-def]
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if value > MAX_WHOLE:
+            raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1, got {value}")
         return value
 
     return parse
@@ -94,10 +97,7 @@ _non_negative_int = _int_at_least(0)
 def _seed(text: str) -> int:
     """A seed: 0 <= seed < 2**63 (torch's and numpy's generators take no more, and --seeds and
     --nets count up from it)."""
-    value = _non_negative_int(text)
-    if value >= 2**63:
-        raise argparse.ArgumentTypeError(f"must be below 2**63, got {value}")
-    return value
+    return _non_negative_int(text)
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -68,20 +68,21 @@ def _cpu_working_bytes() -> int:
 class KernelKind:
     """What an empirical NTK holds: ``full`` (N1, N2, C, C), ``class-blocks`` (N1, N2, C),
     ``trace`` (N1, N2), ``class`` with the output ``index`` (N1, N2), or ``rademacher`` with
-    ``index`` K > 0 random-sign draws (N1, N2). ``parse`` reads the text forms; a kind built
+    ``index`` K random-sign draws, 0 < K < 2**31 (N1, N2). ``parse`` reads the text forms; a kind built
     directly is checked the same way."""
 
     name: str
     index: int | None = None
 
     def __post_init__(self) -> None:
-        indexed = {"class": lambda i: i >= 0, "rademacher": lambda i: i > 0}
+        # K past 2**31 draws would not fit any machine (and overflowed torch's randint past 2**63)
+        indexed = {"class": lambda i: i >= 0, "rademacher": lambda i: 0 < i < 2**31}
         if self.name in ("full", "class-blocks", "trace") and self.index is None:
             return
         if self.name in indexed and isinstance(self.index, int) and indexed[self.name](self.index):
             return
         raise ValueError(
-            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (K > 0 "
+            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (0 < K < 2**31 "
             f"random-sign draws), got {self.name!r} with index {self.index!r}"
         )
 
@@ -94,10 +95,10 @@ class KernelKind:
         head, _, tail = text.partition(":")
         if head == "class" and tail.isdigit():
             return cls("class", int(tail))
-        if head == "rademacher" and tail.isdigit() and int(tail) > 0:
+        if head == "rademacher" and tail.isdigit() and 0 < int(tail) < 2**31:
             return cls("rademacher", int(tail))
         raise ValueError(
-            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (K > 0 "
+            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (0 < K < 2**31 "
             f"random-sign draws), got {text!r}"
         )
 

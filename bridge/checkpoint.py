@@ -72,8 +72,14 @@ def _wrapped(model: nn.Module, linearization: Any) -> nn.Module:
     """The stage-2 wrapper a checkpoint's ``linearization`` entry names, around ``model``."""
     if not isinstance(linearization, dict) or not isinstance(linearization.get("centered"), bool):
         raise TypeError(f"bad linearization entry {linearization!r}")
-    if linearization.get("kind", "linearized") == "standard":
-        return CenteredStandardNetwork(model, batchnorm=str(linearization.get("batchnorm", "frozen")))
+    kind = linearization.get("kind", "linearized")
+    if kind == "standard":
+        batchnorm = linearization.get("batchnorm", "frozen")
+        if batchnorm not in ("frozen", "train"):  # the wrapper's ValueError would escape the loaders
+            raise TypeError(f"bad linearization entry: stage-2 BatchNorm is frozen or train, not {batchnorm!r}")
+        return CenteredStandardNetwork(model, batchnorm=batchnorm)
+    if kind != "linearized":
+        raise TypeError(f"bad linearization entry: its kind is linearized or standard, not {kind!r}")
     return LinearizedNetwork(model, centered=linearization["centered"])
 
 

@@ -91,9 +91,22 @@ def read_json(path: str | Path) -> Any:
         raise JsonFileError(f"unreadable JSON ({first_line(error).split(';')[0]})") from None
 
 
+def unreadable_reason(path: Path) -> str | None:
+    """Why the file ``path`` cannot be opened for reading ("Permission denied", "Too many levels of
+    symbolic links"), or None: ``zipfile.is_zipfile`` says False for it, which reads as damage."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as error:
+        return error.strerror or first_line(error)
+
+
 def refusal_reason(path: Path, error: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` or ``np.load(allow_pickle=False)`` refused ``path``,
     in a few words."""
+    unreadable = unreadable_reason(path)
+    if unreadable:
+        return unreadable
     if not zipfile.is_zipfile(path):  # torch.save and np.savez both write zip archives
         return "not a zip archive, or a truncated one"
     if isinstance(error, pickle.UnpicklingError) or "allow_pickle" in str(error):
@@ -110,6 +123,9 @@ def read_npz(path: Path, keys: Sequence[str], *, required: Sequence[str] = ()) -
     """The arrays ``keys`` (those it holds) of the .npz at ``path``, never unpickling; ``NpzError``
     when it is not a zip archive of plain arrays (``np.load`` reads a .npy as one array and any
     other file as a pickle) or lacks one of ``required``."""
+    unreadable = unreadable_reason(path)
+    if unreadable:
+        raise NpzError(unreadable)
     if not zipfile.is_zipfile(path):
         raise NpzError("not an .npz (zip) archive, or a truncated one")
     try:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, load_checkpoint
+from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, check_state_dict, load_checkpoint
 from ntkrobust.bridge.files import JsonFileError, first_line, read_json, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
@@ -258,6 +258,10 @@ def _state_dict_target(
         except (ModelError, RuntimeError) as error:
             failure = error if failure is None else failure
             continue
+        try:  # it fits: now the values that load_state_dict copies in without a word (NaN, integers)
+            check_state_dict(path, state, model)
+        except CheckpointError as error:
+            raise TargetError(str(error)) from None
         return Target(_label(path), model, {"path": str(path), "kind": "state-dict", **config.to_dict()})
     tried = " (tried with 2 outputs and with 1)" if num_classes == 2 else ""
     raise TargetError(f"{path} does not fit the {name} model{tried}: {_mismatch(failure)}")

@@ -97,7 +97,8 @@ class TrackingConfig:
                 kind = None
             if kind != "rademacher":
                 raise ValueError(
-                    f"--estimator must be exact or rademacher:K (K > 0 random-sign draws), got {self.estimator!r}"
+                    "--estimator must be exact or rademacher:K (0 < K < 2**31 random-sign draws), "
+                    f"got {self.estimator!r}"
                 )
             if self.track_full:
                 raise ValueError("--estimator estimates the trace kernel; --track-full asks for the exact full one")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import math
 import shutil
 import time
 from collections.abc import Mapping
@@ -95,8 +96,8 @@ class StepStore:
         if record is None or record.get("key") != key:
             return None
         seconds = record.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            return None
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < math.inf:
+            return None  # NaN, a negative or an infinite time: a damaged record (the report failed on NaN)
         return record if (self.ctx.step_dir(step.name) / record_file(step)).is_file() else None
 
     def changed_since_finished(self, names: list[str]) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 import re
 import uuid
@@ -192,7 +193,7 @@ def _when(stamp: Any) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
+    if seconds is None or not 0 <= seconds < math.inf:  # not given, or a damaged record's
         return "?"
     if seconds < 60:
         return f"{seconds:.1f} s"

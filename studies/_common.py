@@ -358,10 +358,18 @@ def check_counts(settings: Any) -> None:
             check_count(item, counts[f.name], "--" + f.name.replace("_", "-"))
 
 
+#: The largest count or seed taken: torch's and numpy's generators and ``len(range(n))`` (the
+#: progress bars) take no more; 2**63 steps met an OverflowError after the compute had started.
+MAX_WHOLE = 2**63 - 1
+
+
 def check_count(value: Any, minimum: int, flag: str) -> None:
-    """Refuse a ``value`` of ``flag`` that is not a whole number >= ``minimum`` (None: not given)."""
+    """Refuse a ``value`` of ``flag`` that is not a whole number from ``minimum`` to ``MAX_WHOLE``
+    (None: not given)."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < minimum):
         raise StudyError(f"{flag} must be a whole number >= {minimum}, got {value!r}")
+    if value is not None and int(value) > MAX_WHOLE:
+        raise StudyError(f"{flag} must be at most 2**63 - 1, got {value}")
 
 
 def check_ridge(ridge: float, flag: str) -> None:
@@ -397,7 +405,11 @@ def file_key(spec: str) -> str:
     the file's resolved path."""
     head, sep, tail = spec.rpartition("=")
     path = Path(tail if sep and not Path(spec).exists() else spec)
-    return f"{head if sep and not Path(spec).exists() else ''}={path.resolve()}"
+    try:
+        resolved = path.resolve()
+    except (RuntimeError, OSError):  # a loop: RuntimeError, OSError(ELOOP) from Python 3.13
+        raise StudyError(f"{spec} is a symbolic link that loops") from None
+    return f"{head if sep and not Path(spec).exists() else ''}={resolved}"
 
 
 def load_targets(

@@ -46,7 +46,10 @@ def test_force_never_clears_the_checkpoint_a_linearized_run_starts_from(tmp_path
         (["reproduce", "tk-fig2-features", "--data-root", "."], "--scale smoke runs on scikit-learn's digits"),
         (["evaluate", "--data", "digits", "--attacks", "pgd-20,pgd-20", "N"], "--attacks repeats an attack"),
         (["evaluate", "--data", "digits", "--masking-gap", "nan", "N"], "--masking-gap must be a finite number"),
-        ([*TRAIN, "--estimator", "rademacher:0"], "--estimator must be exact or rademacher:K (K > 0 random-sign"),
+        (
+            [*TRAIN, "--estimator", "rademacher:0"],
+            "--estimator must be exact or rademacher:K (0 < K < 2**31 random-sign",
+        ),
         (["entk", "--data", "digits", "--model", "fc2", "--kind", "class:99"], "--kind class:99: class 99 is not"),
         (["attack", "--data", "digits", "--classes", "0,1,0"], "--classes names class 0 twice (0,1,0)"),
         (["transfer", "--data", "digits", "--target", "N", "--surrogate", "fc2:0"], "--surrogate fc2:0: num_classes"),

@@ -325,7 +325,9 @@ def test_plain_checkpoints_stay_plain_and_bad_linearizations_are_refused(tmp_pat
     with pytest.raises(ValueError, match="linearization"):
         save_checkpoint(tmp_path / "no.pt", parent, config, linearization={"centered": True})
     payload = read_checkpoint(path)
-    for entry in ({"centered": "yes"}, [True], None):
+    bad_entries = ({"centered": "yes"}, [True], None, {"centered": True, "kind": "standard", "batchnorm": "bogus"},
+                   {"centered": True, "kind": "other"})  # fmt: skip
+    for entry in bad_entries:
         torch.save({**payload, "linearization": entry}, tmp_path / "bad.pt")
         with pytest.raises(CheckpointError, match="cannot rebuild") as error:
             load_checkpoint(tmp_path / "bad.pt")
