@@ -246,7 +246,25 @@ def _launch_rank(command: str) -> int | None:
             f"{command} does not share its work under torchrun yet (only {', '.join(DISTRIBUTED_COMMANDS)}); "
             "run it as one process"
         )
+    if rank is not None:
+        _check_rendezvous_environment()
     return rank
+
+
+def _check_rendezvous_environment() -> None:
+    """torchrun sets RANK, MASTER_ADDR and MASTER_PORT with WORLD_SIZE; set by hand without
+    them, torch's rendezvous raised a traceback ("environment variable MASTER_ADDR expected")."""
+    import os
+
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name, "").strip()]
+    if missing:
+        raise UsageError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE'].strip()} without {', '.join(missing)}: start the processes "
+            "with torchrun (torchrun --nproc-per-node N -m ntkrobust ...), which sets them"
+        )
+    port = os.environ["MASTER_PORT"].strip()
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise UsageError(f"the environment variable MASTER_PORT={port!r} is not a port number (set by torchrun)")
 
 
 def _reproduce_listing(args: argparse.Namespace) -> bool:

@@ -164,7 +164,7 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
                 f"{_first_line(checkpoint_error)}; not a {kind} that loads ({_first_line(error)[:80]})"
             ) from None
     except CheckpointError as damaged:  # one of ours that does not load: no code file to suggest
-        raise TargetError(f"{_first_line(damaged)}") from None
+        raise TargetError(first_line(damaged)) from None  # ours, one line: a long path must not cut its reason
     try:
         check_fits(config, image_shape)
     except ModelError as error:

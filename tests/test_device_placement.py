@@ -232,7 +232,8 @@ def nccl_launch(monkeypatch):
             patch.setattr(torch.nn.parallel, "DistributedDataParallel", Unwrapped)
             patch.setattr(distributed, "_barrier", lambda: made.append(("barrier",)))
             patch.setattr(distributed, "agreed_minimum", agreed_minimum)
-            for name, value in {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}.items():
+            launcher = {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1"}
+            for name, value in {**launcher, "MASTER_PORT": "29500"}.items():
                 patch.setenv(name, value)
             yield made
 

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -114,6 +115,25 @@ def test_a_flag_every_process_refuses_is_said_by_rank_zero_alone(
     err = capsys.readouterr().err
     assert err == "ntkrobust: error: entk: argument --n/--points: must be at least 1, got -3\n" if said else err == ""
     assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"RANK": "0"}, "WORLD_SIZE=2 without MASTER_ADDR, MASTER_PORT: start the processes with torchrun"),
+        ({"MASTER_ADDR": "h", "MASTER_PORT": "1"}, "WORLD_SIZE=2 without RANK: start the processes with torchrun"),
+        ({"RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "abc"}, "MASTER_PORT='abc' is not a port number"),
+    ],
+)
+def test_a_launch_environment_set_by_hand_without_torchrun_is_one_line(
+    environment: dict[str, str], message: str, assert_refused: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WORLD_SIZE without the rest of torchrun's variables met torch's rendezvous: a traceback."""
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"WORLD_SIZE": "2", **environment}.items():
+        monkeypatch.setenv(name, value)
+    assert_refused(["entk", "--data", "digits", "--points", 10], message)
 
 
 def test_a_net_missing_on_one_node_stops_evaluate_before_any_attack(tmp_path: Path) -> None:
