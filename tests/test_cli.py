@@ -156,7 +156,7 @@ BAD_FLAGS = {
     "unknown mode": (["train", "--mode", "free"], "invalid choice: 'free'"),
     "negative seed": (["attack", "--seed", "-1"], "--seed: must be at least 0"),
     "a cache turned off": (["attack", "--no-cache", "--cache-dir", "c"], "not allowed with argument --no-cache"),
-    "seed too large": (["train", "--seeds", f"0,{2**63}"], "--seeds: must be below 2**63"),
+    "seed too large": (["train", "--seeds", f"0,{2**63}"], "--seeds: must be at most 2**63 - 1"),
     "no runs": (["dynamics"], "the following arguments are required: RUN_DIR"),
     "no target": (["transfer"], "the following arguments are required: --target"),
 }
