@@ -19,7 +19,7 @@ from ntkrobust._upload import upload
 
 Array = Any  # numpy.ndarray | jax.Array | torch.Tensor
 
-_TINY = 1e-12  # guards divisions by a zero gradient norm: such a step is simply zero
+_TINY = 1e-12  # guards divisions by a zero norm (a projection's δ, a random start's direction)
 
 
 class _ArrayModuleOps:

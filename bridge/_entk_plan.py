@@ -64,6 +64,10 @@ def _cpu_working_bytes() -> int:
     return _CPU_WORKING_BYTES_RETAINED if freed_memory_retained() else _CPU_WORKING_BYTES
 
 
+#: rademacher:K past 2**31 draws would fit no machine (and overflowed torch's randint past 2**63)
+_MAX_DRAWS = 2**31
+
+
 @dataclass(frozen=True)
 class KernelKind:
     """What an empirical NTK holds: ``full`` (N1, N2, C, C), ``class-blocks`` (N1, N2, C),
@@ -75,8 +79,7 @@ class KernelKind:
     index: int | None = None
 
     def __post_init__(self) -> None:
-        # K past 2**31 draws would not fit any machine (and overflowed torch's randint past 2**63)
-        indexed = {"class": lambda i: i >= 0, "rademacher": lambda i: 0 < i < 2**31}
+        indexed = {"class": lambda i: i >= 0, "rademacher": lambda i: 0 < i < _MAX_DRAWS}
         if self.name in ("full", "class-blocks", "trace") and self.index is None:
             return
         if self.name in indexed and isinstance(self.index, int) and indexed[self.name](self.index):
@@ -95,7 +98,7 @@ class KernelKind:
         head, _, tail = text.partition(":")
         if head == "class" and tail.isdigit():
             return cls("class", int(tail))
-        if head == "rademacher" and tail.isdigit() and 0 < int(tail) < 2**31:
+        if head == "rademacher" and tail.isdigit() and 0 < int(tail) < _MAX_DRAWS:
             return cls("rademacher", int(tail))
         raise ValueError(
             "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (0 < K < 2**31 "
