@@ -36,6 +36,7 @@ from ntkrobust._cli_commands import _ABOUT, COMMANDS
 from ntkrobust._cli_flags import ARCHITECTURES, MODELS, PROG, UsageError, _Parser
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
 from ntkrobust.studies._base import StudyError, StudyWarning, checked_together
+from ntkrobust.studies._common import quiet_torch_warnings
 from ntkrobust.studies._output import OutputLock, check_out_dir, check_out_file, check_writable
 from ntkrobust.studies.train import AUGMENTATIONS, INITIALISATIONS, TRAINING_MODES
 
@@ -144,6 +145,7 @@ def run_command(args: argparse.Namespace) -> int:
             logging.getLogger(PROG).setLevel(logging.ERROR)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", StudyWarning)
+                quiet_torch_warnings()
                 module.run(settings, progress=False, argv=args.argv)
             distributed.leave()
             return 0
@@ -155,6 +157,9 @@ def _run_and_save(args: argparse.Namespace, module: Any, settings: Any, rank: in
     _show_stages(not args.quiet)
     with warnings.catch_warnings():
         warnings.simplefilter("always", StudyWarning)
+        # here, not only where a study first uses torch: its checks' ``warned_after_checks``
+        # restores the filters it found, and torch's first jvp came after them
+        quiet_torch_warnings()
         shown = warnings.showwarning
 
         def say(message: Any, category: type[Warning], *rest: Any, **kw: Any) -> None:  # as soon as found

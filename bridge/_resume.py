@@ -14,13 +14,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+import numpy as np
 import torch
 from torch import nn
 
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.checkpoint import CheckpointError, check_state_dict, read_checkpoint
-from ntkrobust.bridge.files import JsonFileError, first_line, read_json, write_json
+from ntkrobust.bridge.files import JsonFileError, NpzError, first_line, read_json, read_npz, write_json
 from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
+from ntkrobust.bridge.runs import RunError, check_kernel_files
 from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
 
 __all__ = ["RunFolderError", "RunState", "start_state"]
@@ -42,6 +44,9 @@ class RunState:
     step: int = 0
     history: dict[str, Any] = field(default_factory=dict)
     te_averages: torch.Tensor | None = None  # TE's per-example averages (mode te)
+    # whether the probe file is to be written: a fresh run's, or a resumed one's that is missing
+    # or damaged (the probe is drawn alike from the same configuration)
+    write_probe: bool = True
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +84,7 @@ def start_state(
     epochs: int,
     steps_per_epoch: int,
     ensemble: TemporalEnsemble | None,
+    probe: dict[str, np.ndarray] | None = None,
 ) -> RunState:
     """A fresh run (writes ``config.json``), or the state of the last checkpoint of a resumed one.
 
@@ -86,7 +92,10 @@ def start_state(
     anything: a refused resume leaves the folder as it was. The checkpoint is loaded into ``model``
     and ``optimizer`` (on ``device``) once it is checked against them, against ``epochs`` (the
     run's length now), ``steps_per_epoch`` and TE's ``ensemble`` (``RunFolderError`` in one line
-    otherwise)."""
+    otherwise). With kernel tracking, ``probe`` holds the probe's arrays as this configuration
+    draws them: a resume refuses a probe file that holds others (the data changed), and kernel
+    files of the checkpoint's steps that ``dynamics`` could not read (they cannot be taken again);
+    a missing or unreadable probe file is only flagged (``write_probe``), to be written."""
     if not resume:
         write_json(run.config, config)
         return RunState()
@@ -120,6 +129,8 @@ def start_state(
                 optimizer.load_state_dict(payload["optimizer"])
             except (KeyError, RuntimeError, ValueError) as error:
                 raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
+        if probe is not None and latest is not None:
+            state.write_probe = _check_tracked(run, state.history.get("kernels", []), probe)
     write_json(run.config, config)  # the epochs may have grown
     for step, stale in run.kernel_files().items():  # kernels of the interrupted epoch
         if step > state.step and distributed.is_main():
@@ -146,6 +157,27 @@ def _check_config(run: RunFolder, config: dict[str, Any]) -> None:
     if differences:
         more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
         raise RunFolderError(f"--resume: {run.path} was made with a different configuration: {differences[0]}{more}")
+
+
+def _check_tracked(run: RunFolder, records: list[Any], probe: dict[str, np.ndarray]) -> bool:
+    """Whether ``run``'s probe file must be written again (missing or unreadable); ``RunFolderError``
+    when it holds other points than ``probe``, or when a kernel file of ``records`` is damaged."""
+    try:
+        stored = read_npz(run.probe, tuple(probe), required=tuple(probe)) if run.probe.is_file() else None
+    except NpzError:
+        stored = None
+    if stored is not None and not all(np.array_equal(stored[key], value) for key, value in probe.items()):
+        raise RunFolderError(
+            f"--resume: {run.probe} holds other probe points than this configuration draws from the data: "
+            "was the data changed since the run began?"
+        )
+    try:
+        check_kernel_files(run.path, records, next(iter(probe.values())).shape[0])
+    except RunError as error:  # its message names the file
+        raise RunFolderError(
+            f"--resume: {error}; a kernel tracked before the checkpoint cannot be taken again: start over with --force"
+        ) from None
+    return stored is None
 
 
 def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: TemporalEnsemble | None) -> RunState:

@@ -194,6 +194,13 @@ class _TrainingRun:
 
     def start(self, config: dict[str, Any], resume: bool, label: str, metadata: dict[str, Any] | None) -> None:
         """Start the folder afresh (history header, probe file) or take up its last checkpoint."""
+        probe = None
+        if self.trackers:
+            probe = {
+                "x": self.trackers[0].x.cpu().numpy().astype(np.float32),
+                "y": self.data.y_train[self.chosen],
+                "targets": self.trackers[0].targets.cpu().numpy(),
+            }
         self.state = start_state(
             self.run,
             config,
@@ -204,7 +211,10 @@ class _TrainingRun:
             epochs=self.train.epochs,
             steps_per_epoch=self.steps_per_epoch,
             ensemble=self.ensemble,
+            probe=probe,
         )
+        if probe is not None and self.state.write_probe:
+            _save_arrays(self.run.probe, probe)
         if self.ensemble is not None and self.state.te_averages is not None:
             self.ensemble.averages = self.state.te_averages.to(self.device, torch.float64)
         if self.state.history:
@@ -221,13 +231,6 @@ class _TrainingRun:
             "kernels": [],
             **(metadata or {}),
         }
-        if self.trackers:
-            arrays = {
-                "x": self.trackers[0].x.cpu().numpy().astype(np.float32),
-                "y": self.data.y_train[self.chosen],
-                "targets": self.trackers[0].targets.cpu().numpy(),
-            }
-            _save_arrays(self.run.probe, arrays)
 
     def check_budget(self) -> None:
         """``BudgetError`` before anything runs when the probe's kernels would not fit."""

@@ -168,6 +168,23 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
     return run.with_kernels() if kernels else run
 
 
+def check_kernel_files(folder: Path, records: Sequence[Any], probe_size: int) -> None:
+    """``RunError`` unless every kernel file that the kernel ``records`` of a history name is one
+    ``load_run`` reads (inside ``folder``, present, of ``probe_size`` points, real and finite;
+    also the keys of a second BatchNorm statistics, ``bridge.batchnorm_views``). One file at a
+    time, none kept: ``--resume`` checks the kernels tracked before its checkpoint this way, which
+    it cannot take again, before it trains on (``dynamics`` refused such a run only afterwards)."""
+    if not all(isinstance(r, dict) and "file" in r for r in records):
+        raise RunError(f"{folder}: malformed 'kernels' (expected records with a 'file')")
+    for i, record in enumerate(records):
+        path = inside_folder(folder, str(record["file"]), f"kernel file of record {i}")
+        if not path.is_file():
+            raise RunError(f"{folder}: missing kernel file {record['file']}")
+        others = [key.removesuffix("_statistics") for key, value in record.items() if key.endswith("_statistics")]
+        for suffix in ["", *(f"_{mode}" for mode in others if isinstance(record[f"{mode}_statistics"], dict))]:
+            _read_kernels([path], probe_size, suffix)
+
+
 def load_runs(paths: Sequence[str | Path], *, kernels: bool = True) -> list[TrainingRun]:
     """Several runs, their labels made distinct (a repeated label gets its folder name appended)."""
     runs = [load_run(p, kernels=kernels) for p in paths]

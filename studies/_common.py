@@ -250,8 +250,9 @@ def quiet_torch_warnings() -> None:
     """Silence torch's warnings that are not the user's business."""
     # the registry's torch is a CUDA build; on a machine without a GPU it says so at every backward
     warnings.filterwarnings("ignore", message="CUDA initialization")
-    # torch's own forward-mode decompositions (first torch.func.jvp) still use torch.jit.script
-    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    # torch's own forward-mode decompositions (first torch.func.jvp) still use torch.jit.script:
+    # a DeprecationWarning in torch 2.10, a FutureWarning later, so any category
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
 
 
 def torch_device(name: str) -> Any:

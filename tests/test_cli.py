@@ -12,6 +12,7 @@ import importlib
 import math
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,6 +254,28 @@ def test_an_interrupt_exits_130(run_cli, tmp_path, monkeypatch):
     monkeypatch.setattr("ntkrobust.studies.attack.run", interrupted)
     code, _, stderr = run_cli(["attack", "--out", tmp_path / "out"])
     assert code == 130 and stderr == "ntkrobust: interrupted\n"
+
+
+def test_torchs_jit_script_notice_stays_hidden_after_the_checks(run_cli, tmp_path, monkeypatch):
+    """torch's first ``torch.func.jvp`` (train --linearize-from) said that ``torch.jit.script`` is
+    deprecated: the filter set with the study's checks was dropped when they ended."""
+    from ntkrobust.studies._base import warned_after_checks
+    from ntkrobust.studies._common import torch_device
+
+    def jvp_after_the_checks(*args, **kwargs):
+        with warned_after_checks():
+            torch_device("cpu")
+        warnings.warn(
+            "`torch.jit.script` is deprecated. Please switch to `torch.compile`.", FutureWarning, stacklevel=1
+        )
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ntkrobust.studies.train.run", jvp_after_the_checks)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.resetwarnings()  # not pytest's filters, which hide this notice too
+        code, _, stderr = run_cli(["train", "--out", tmp_path / "out"])
+    assert code == 130 and stderr == "ntkrobust: interrupted\n"
+    assert not [w for w in shown if "torch.jit.script" in str(w.message)]
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from ntkrobust.bridge import checkpoint as checkpoint_module
 from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from ntkrobust.bridge.models import ModelConfig, ModelError, build_model, model_config
+from ntkrobust.bridge.runs import load_run
 
 #: a tiny run of two epochs: fc2 of width 16 on 40 digits, kernels of 10 probe points
 TRAIN = [
@@ -65,6 +67,24 @@ def _nan_weights(payload):
     payload["state_dict"] = {key: torch.full_like(value, float("nan")) for key, value in payload["state_dict"].items()}
 
 
+def _cut(path, keep=100):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _nan_kernel(run):
+    path = run / "kernels" / "step_0000004.npz"
+    arrays = dict(np.load(path))
+    arrays["clean"][0, 0] = np.nan
+    np.savez(path, **arrays)
+
+
+def _other_probe(run):
+    path = run / "kernels" / "probe.npz"
+    arrays = dict(np.load(path))
+    arrays["x"] = arrays["x"][::-1].copy()
+    np.savez(path, **arrays)
+
+
 EDITS = {
     "config a list": (lambda run: _config_file(run, "[1, 2]"), "is not a run's configuration"),
     "config train an int": (_train_int, "different configuration: train was 5"),
@@ -97,6 +117,17 @@ EDITS = {
         "parameter groups",
     ),
     "NaN weights": (lambda run: _edit_checkpoint(run, _nan_weights), "holds NaN or infinite values"),
+    # the kernels and probe of the steps before the checkpoint: trained on, then refused by dynamics
+    "truncated kernel file": (
+        lambda run: _cut(run / "kernels" / "step_0000002.npz"),
+        "step_0000002.npz: not an .npz (zip) archive, or a truncated one; a kernel tracked before",
+    ),
+    "missing kernel file": (
+        lambda run: (run / "kernels" / "step_0000000.npz").unlink(),
+        "missing kernel file kernels/step_0000000.npz; a kernel tracked before the checkpoint",
+    ),
+    "NaN kernel": (_nan_kernel, "step_0000004.npz: clean kernel contains NaN or inf; a kernel tracked"),
+    "probe of other points": (_other_probe, "probe.npz holds other probe points than this configuration draws"),
 }
 
 
@@ -129,6 +160,19 @@ def test_a_sound_resume_still_continues(tmp_path, finished_run, run_cli):
     assert code == 0, stderr
     history = json.loads((run / "history.json").read_text())
     assert [record["epoch"] for record in history["epochs"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_resume_writes_a_missing_or_damaged_probe_again(damage, tmp_path, finished_run, run_cli):
+    """The probe is drawn from the configuration alone: the resumed run's is the one it began with."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    probe = run / "kernels" / "probe.npz"
+    (probe.unlink if damage == "missing" else lambda: _cut(probe))()
+    code, _, stderr = run_cli([*TRAIN, "--epochs", 3, "--out", run, "--resume"])
+    assert code == 0, stderr
+    assert probe.read_bytes() == (finished_run / "kernels" / "probe.npz").read_bytes()
+    assert load_run(run).clean_kernels is not None  # dynamics reads the run
 
 
 def test_te_averages_of_the_wrong_shape_are_refused():
