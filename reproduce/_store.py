@@ -54,6 +54,15 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _remove(path: Path) -> None:
+    """A step's leftover output, gone: its folder, or a file or symbolic link (a loop too) that
+    took the folder's place (the step ran, then failed to save: "Not a directory")."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
 def _warnings(record: Mapping[str, Any]) -> tuple[str, ...]:
     """A study's or a step record's warnings (none where the record holds no list of them)."""
     said = record.get("warnings")
@@ -137,8 +146,7 @@ class StepStore:
         resume = resume and (folder / "config.json").is_file()
         if not resume:
             self._record_path(step.name).unlink(missing_ok=True)
-            if folder.exists():
-                shutil.rmtree(folder)
+            _remove(folder)
         self.ctx.steps_dir.mkdir(parents=True, exist_ok=True)
         write_json(self._started_path(step.name), {"key": key})
         log.info(f"{position} {step.name}: {step.study}{' (resumed)' if resume else ''}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def test_a_changed_or_edited_step_runs_again_or_says_what_to_delete(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A step whose key changed, or whose output was deleted, runs again (a deleted output counted
-    as finished, and every run of the command failed on the missing file); a record edited into
+    as finished, and every run of the command failed on the missing file), and so does one whose
+    folder a file or a link loop replaced (it ran, then failed with "Not a directory"); a record edited into
     another shape, or a reproduction.json that is no object, is one line (tracebacks before).
     A check that fails on files as they finished is a bug of the recipe: its traceback stays."""
     import dataclasses
@@ -121,6 +123,12 @@ def test_a_changed_or_edited_step_runs_again_or_says_what_to_delete(
     results.unlink()
     assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
     assert not _findings(out)["findings"][0]["steps"][0]["reused"] and results.is_file()
+    step = out / "steps" / "mnist-features"
+    for replace in (lambda: step.write_text("a file"), lambda: step.symlink_to(step.name)):  # "Not a directory"
+        shutil.rmtree(step)
+        replace()
+        assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
+        assert step.is_dir() and not step.is_symlink() and results.is_file()
     capsys.readouterr()
     for path, text, said in (
         (results, '{"architectures": "x"}', "do not hold what it reads (TypeError"),
