@@ -13,6 +13,7 @@ so under torchrun every process makes the same one from the agreed (smallest) bu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -66,6 +67,7 @@ def _cpu_working_bytes() -> int:
 
 #: rademacher:K past 2**31 draws would fit no machine (and overflowed torch's randint past 2**63)
 _MAX_DRAWS = 2**31
+_KIND_FORMS = "full, class-blocks, trace, class:C (C an output index) or rademacher:K (0 < K < 2**31 random-sign draws)"
 
 
 @dataclass(frozen=True)
@@ -84,26 +86,19 @@ class KernelKind:
             return
         if self.name in indexed and isinstance(self.index, int) and indexed[self.name](self.index):
             return
-        raise ValueError(
-            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (0 < K < 2**31 "
-            f"random-sign draws), got {self.name!r} with index {self.index!r}"
-        )
+        raise ValueError(f"kernel kind must be {_KIND_FORMS}, got {self.name!r} with index {self.index!r}")
 
     @classmethod
     def parse(cls, text: str) -> KernelKind:
         """``"full"``, ``"class-blocks"``, ``"trace"``, ``"class:C"`` or ``"rademacher:K"``; ValueError
         with one line otherwise."""
-        if text in ("full", "class-blocks", "trace"):
-            return cls(text)
         head, _, tail = text.partition(":")
-        if head == "class" and tail.isdigit():
-            return cls("class", int(tail))
-        if head == "rademacher" and tail.isdigit() and 0 < int(tail) < _MAX_DRAWS:
-            return cls("rademacher", int(tail))
-        raise ValueError(
-            "kernel kind must be full, class-blocks, trace, class:C (C an output index) or rademacher:K (0 < K < 2**31 "
-            f"random-sign draws), got {text!r}"
-        )
+        with contextlib.suppress(ValueError):  # the kind's own check, said of the text given
+            if text in ("full", "class-blocks", "trace"):
+                return cls(text)
+            if head in ("class", "rademacher") and tail.isdigit():
+                return cls(head, int(tail))
+        raise ValueError(f"kernel kind must be {_KIND_FORMS}, got {text!r}")
 
     def __str__(self) -> str:
         return self.name if self.index is None else f"{self.name}:{self.index}"
