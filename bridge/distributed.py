@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -87,7 +89,27 @@ def init_from_environment(device: str = "auto") -> None:
     chosen = backend(device)
     if chosen == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=chosen, timeout=COLLECTIVE_TIMEOUT)
+    with _signals_end_the_process():
+        dist.init_process_group(backend=chosen, timeout=COLLECTIVE_TIMEOUT)
+
+
+@contextlib.contextmanager
+def _signals_end_the_process() -> Iterator[None]:
+    """SIGTERM and SIGINT with their default actions in the ``with`` body (the main thread only).
+    The rendezvous waits in C++ for the other processes (up to ``COLLECTIVE_TIMEOUT``), and a
+    Python handler runs only once it returns: a launch whose other processes never came ignored
+    ``kill`` and Ctrl-C for an hour (seen with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set
+    by hand). Nothing is written or locked before the group is joined, so an end at once leaves
+    nothing behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def leave() -> None:

@@ -195,11 +195,11 @@ class _TrainingRun:
     def start(self, config: dict[str, Any], resume: bool, label: str, metadata: dict[str, Any] | None) -> None:
         """Start the folder afresh (history header, probe file) or take up its last checkpoint."""
         probe = None
-        if self.trackers:
+        if self.trackers:  # the trackers' x and targets, from the host's data (no device read)
             probe = {
-                "x": self.trackers[0].x.cpu().numpy().astype(np.float32),
+                "x": np.asarray(self.data.x_train[self.chosen]).astype(np.float32),
                 "y": self.data.y_train[self.chosen],
-                "targets": self.trackers[0].targets.cpu().numpy(),
+                "targets": task_indices(self.data.y_train, self.data.classes)[self.chosen],
             }
         self.state = start_state(
             self.run,

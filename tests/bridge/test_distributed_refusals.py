@@ -151,3 +151,44 @@ def test_a_net_missing_on_one_node_stops_evaluate_before_any_attack(tmp_path: Pa
     assert len(lines) == 1 and lines[0].startswith("ntkrobust (rank 1): error: ") and "epoch_001.pt" in lines[0]
     assert all(f["left"] for f in found)
     assert not out.exists()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_process_waiting_for_a_launch_that_never_comes_ends_on_sigterm(tmp_path: Path) -> None:
+    """A complete launch environment set by hand, and no other process: rank 0 waits in torch's
+    rendezvous (in C++, where no Python handler runs). It ignored SIGTERM and Ctrl-C there for up
+    to COLLECTIVE_TIMEOUT (an hour); now they end it at once, and nothing was written."""
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    out = tmp_path / "kernel"
+    argv = ["entk", "--data", "digits", "--model", "fc2", "--width", "8", "--points", "8", "--kind", "trace"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ntkrobust", *argv, "--quiet", "--out", str(out)],
+        env=os.environ | launch,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not _listening(port):  # rank 0 hosts the rendezvous: listening, it waits for rank 1
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "rank 0 never began its rendezvous"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            pytest.fail("still waiting in the rendezvous 30 s after SIGTERM")
+    assert process.returncode == -signal.SIGTERM
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no lock
