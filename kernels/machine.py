@@ -76,6 +76,10 @@ def spectral_filter(
 def predicted_index(f: np.ndarray) -> np.ndarray:
     """Target index predicted by outputs f (..., k): f > 0 for one output, argmax for k."""
     f = np.asarray(f)
+    if f.ndim < 2:  # a binary machine's (N,) outputs squeezed would be argmax-ed over the points
+        raise ValueError(
+            f"outputs must be (..., k) with the k outputs last (a binary machine's are (N, 1)), got shape {f.shape}"
+        )
     return (f[..., 0] > 0).astype(np.int64) if f.shape[-1] == 1 else np.argmax(f, axis=-1)
 
 

@@ -227,3 +227,13 @@ def test_a_spectral_filter_of_negative_time_ridge_or_rate_is_refused():
         arguments = {"time": 1.0, "ridge": 0.0, "learning_rate": 1.0, "cutoff": 0.0} | bad
         with pytest.raises(ValueError, match="need time >= 0, ridge >= 0 and learning_rate > 0"):
             spectral_filter(eigenvalues, **arguments)
+
+
+def test_predicted_index_reads_the_outputs_last_and_refuses_squeezed_ones():
+    from ntkrobust.kernels import predicted_index
+
+    f = np.array([[0.3], [-0.2], [1.5]])
+    assert predicted_index(f).tolist() == [1, 0, 1]  # one output: its sign
+    assert predicted_index(np.array([[0.1, 0.7, 0.2], [0.9, 0.0, 0.1]])).tolist() == [1, 0]
+    with pytest.raises(ValueError, match=r"outputs must be \(\.\.\., k\).*got shape \(3,\)"):
+        predicted_index(f[:, 0])  # argmax over the points was 2, one index for three points

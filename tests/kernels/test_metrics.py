@@ -304,3 +304,18 @@ def test_undefined_metrics_are_their_own_error():
         kernel_distance(np.eye(2), np.zeros((2, 2)))
     with pytest.raises(UndefinedMetricError):
         specialization_matrix(np.ones((3, 3, 3, 3)), LABELS)
+
+
+def test_a_torch_kernel_that_requires_grad_is_measured_as_its_values(rng):
+    """An eNTK computed with autograd on (``Tensor.requires_grad``): numpy's conversion refused it
+    ("Can't call numpy() on Tensor that requires grad")."""
+    import torch
+
+    full = np.stack([np.stack([psd(rng, 6) for _ in range(2)], -1) for _ in range(2)], -1)  # (6, 6, 2, 2)
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    tensor = torch.tensor(full, requires_grad=True)
+    expected = kernel_metrics(full, labels)
+    measured = kernel_metrics(tensor, torch.tensor(labels))
+    assert json.dumps(measured, sort_keys=True, default=str) == json.dumps(expected, sort_keys=True, default=str)
+    assert kernel_distance(tensor[..., 0, 0], 2 * tensor[..., 0, 0]) == pytest.approx(0.0, abs=1e-15)
+    assert kernel_velocity([tensor, tensor * 1.5], times=torch.tensor([0.0, 1.0])).shape == (1,)
