@@ -218,8 +218,10 @@ class ThreatSettings:
         check_choice(method, METHODS if methods is None else methods, "--method")
         eps, step, steps = self.resolve(channels)
         iterative = method == "pgd"
-        if not iterative and (self.step is not None or self.steps is not None):  # they would go unread
-            raise StudyError(f"--step and --steps set PGD's schedule; --method {method} takes none: leave them out")
+        given = [flag for flag, value in (("--step", self.step), ("--steps", self.steps)) if value is not None]
+        if not iterative and given:  # they would go unread
+            them = "them" if len(given) > 1 else "it"
+            raise StudyError(f"{flags_do(given, 'set')} PGD's schedule; --method {method} takes none: leave {them} out")
         if not iterative and not self.random_start:
             raise StudyError(f"--no-random-start sets where PGD starts; --method {method} starts at x: leave it out")
         return AttackSpec(

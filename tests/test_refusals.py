@@ -54,7 +54,8 @@ def test_force_never_clears_the_checkpoint_a_linearized_run_starts_from(tmp_path
         (["attack", "--data", "digits", "--classes", "0,1,0"], "--classes names class 0 twice (0,1,0)"),
         (["transfer", "--data", "digits", "--target", "N", "--surrogate", "fc2:0"], "--surrogate fc2:0: num_classes"),
         (["transfer", "--data", "digits", "--target", "N", "--surrogate-n", 50], "--surrogate-n sets the eNTK surr"),
-        (["attack", *DIGITS, "--steps", 7], "--step and --steps set PGD's schedule; --method fgsm takes none"),
+        (["attack", *DIGITS, "--steps", 7], "--steps sets PGD's schedule; --method fgsm takes none: leave it out"),
+        (["attack", *DIGITS, "--step", 0.1, "--steps", 7], "--step / --steps set PGD's schedule; --method fgsm"),
     ],
 )
 def test_values_that_overflowed_repeated_or_went_unread_are_refused(argv, message, assert_refused):
