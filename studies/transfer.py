@@ -179,6 +179,7 @@ def _black_box_sources(
     sources: dict[str, np.ndarray] = {}
     about: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
+    clock = Clock()  # a stage line per source: four sources of a minute each printed nothing for 3 min
     for arch_name in arch_names:
         from ntkrobust.kernels.adversarial import craft_adversarial  # JAX, only for an NTK machine
 
@@ -194,10 +195,13 @@ def _black_box_sources(
             "kernel_clean_accuracy": robust_accuracy(clean, y_test),
             "kernel_robust_accuracy": robust_accuracy(machine.predict(examples), y_test, clean),
         }
+        robust = about[name]["kernel_robust_accuracy"]
+        clock.mark(name, f"{name}: {len(examples)} black-box examples, the machine's robust accuracy {robust:.3f}")
     for spec, config in surrogates.items():
         name = f"eNTK {spec}"
         sources[name], fit = _surrogate_examples(settings, config, fit_data["surrogate"], attack, device, progress)
         about[name] = {"kind": "entk-surrogate", **fit}
+        clock.mark(name, f"{name}: {len(sources[name])} black-box examples")
     return sources, about, notes, int(kernel_data.x_train.shape[0])
 
 

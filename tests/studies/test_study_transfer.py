@@ -150,3 +150,24 @@ def test_refusals(two_layer_nets, binary_task, tmp_path, refuses):
     check("repeats", kernel_arch=("fc1", "fc1"))
     check("exceeds the [0, 1] pixel range", threat=ThreatSettings(eps=3.0))
     check("--surrogate-ridge must be", surrogate_ridge=-1.0)
+
+
+def test_each_black_box_source_says_when_its_examples_are_made(two_layer_nets, binary_task, caplog):
+    """A line per source as it finishes: four sources of about a minute each (MNIST, 1,000 test
+    points) printed nothing for three minutes, then one line for all of them."""
+    import logging
+
+    settings = TransferSettings(
+        target=(str(two_layer_nets[1] / "net_w300_s0.pt"),),
+        data=binary_task,
+        kernel_arch=("fc1",),
+        surrogate=("fc1:8",),
+        surrogate_n=20,
+        threat=EPS,
+    )
+    with caplog.at_level(logging.INFO, logger="ntkrobust"):
+        transfer.run(settings)
+    lines = [record.getMessage() for record in caplog.records]
+    made = [line for line in lines if "black-box examples" in line]
+    assert [line.split(":")[0] for line in made[:2]] == ["NTK fc1", "eNTK fc1"]
+    assert "the machine's robust accuracy" in made[0] and made[2].startswith("black-box examples of 2 source(s) (")
