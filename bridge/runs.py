@@ -180,8 +180,10 @@ def check_kernel_files(folder: Path, records: Sequence[Any], probe_size: int) ->
         path = inside_folder(folder, str(record["file"]), f"kernel file of record {i}")
         if not path.is_file():
             raise RunError(f"{folder}: missing kernel file {record['file']}")
-        others = [key.removesuffix("_statistics") for key, value in record.items() if key.endswith("_statistics")]
-        for suffix in ["", *(f"_{mode}" for mode in others if isinstance(record[f"{mode}_statistics"], dict))]:
+        # a second BatchNorm statistics' kernels too ("batch_statistics": clean_batch, ...)
+        statistics = [key.removesuffix("_statistics") for key, value in record.items()
+                      if key.endswith("_statistics") and isinstance(value, dict)]  # fmt: skip
+        for suffix in ["", *(f"_{mode}" for mode in statistics)]:
             _read_kernels([path], probe_size, suffix)
 
 

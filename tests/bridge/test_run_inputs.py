@@ -253,3 +253,25 @@ def test_ntk_eigenvectors_of_a_diverged_network_name_the_cause():
         model[1].weight.fill_(float("nan"))  # NaN features: the last layer's gradients are NaN
     with pytest.raises(ValueError, match="the kernel holds NaN or inf"):  # a LinAlgError before the fix
         ntk_eigenvectors(model, np.full((3, 1, 2, 2), 0.5, np.float32), output=0, top=1)
+
+
+def test_check_kernel_files_reads_each_statistics_a_record_names(tmp_path: Path) -> None:
+    """``train --resume``'s check (``check_kernel_files``): the kernels of a second BatchNorm
+    statistics are read only where the record names them (``batch_statistics``)."""
+    from ntkrobust.bridge.runs import check_kernel_files
+
+    kernel = np.eye(N)
+    broken = kernel.copy()
+    broken[0, 1] = np.nan
+    (tmp_path / "kernels").mkdir()
+    np.savez(tmp_path / "kernels" / "step_0000000.npz", clean=kernel, adversarial=kernel, clean_batch=broken)
+    record = {"step": 0, "file": "kernels/step_0000000.npz"}
+    check_kernel_files(tmp_path, [record], N)  # the running statistics' kernels are sound
+    with pytest.raises(RunError, match="clean_batch kernel contains NaN or inf"):
+        check_kernel_files(tmp_path, [{**record, "batch_statistics": {"trace": 1.0}}], N)
+    with pytest.raises(RunError, match="probe size mismatch"):
+        check_kernel_files(tmp_path, [record], N + 1)
+    with pytest.raises(RunError, match=r"missing kernel file kernels/step_0000005\.npz"):
+        check_kernel_files(tmp_path, [record, {"step": 5, "file": "kernels/step_0000005.npz"}], N)
+    with pytest.raises(RunError, match="lies outside this folder"):
+        check_kernel_files(tmp_path, [{"step": 0, "file": "../elsewhere.npz"}], N)
