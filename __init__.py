@@ -27,4 +27,11 @@ try:
 except PackageNotFoundError:  # run from a checkout that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "retain_freed_memory"]
+
+class AnalyticHalfMissing(ImportError):
+    """JAX or neural-tangents does not import here as the analytic half needs them (raised by
+    ``kernels._jax``; the command line says it in one line): neither installed, or a JAX newer
+    than neural-tangents 0.6.5 knows (JAX 0.11 has no ``jax.core.Jaxpr``)."""
+
+
+__all__ = ["AnalyticHalfMissing", "__version__", "retain_freed_memory"]

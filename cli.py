@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ntkrobust import retain_freed_memory
+from ntkrobust import AnalyticHalfMissing, retain_freed_memory
 from ntkrobust._cli_commands import _ABOUT, COMMANDS
 from ntkrobust._cli_flags import ARCHITECTURES, MODELS, PROG, UsageError, _Parser
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
@@ -364,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{_resumable(args)}",
             file=sys.stderr,
         )
+        return 2
+    except AnalyticHalfMissing as err:  # an environment without the pinned JAX: no traceback of its internals
+        print(f"{_speaker()}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a full disk, a folder made read-only during the run, ...
         where = f" ({err.filename})" if err.filename else ""

@@ -135,11 +135,20 @@ def _one_gpu_per_process() -> None:
 load_triton_first()
 _defer_tensorflow_half_of_neural_tangents()
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import neural_tangents as nt  # noqa: E402
-from jax.experimental import enable_x64 as _enable_x64  # noqa: E402
-from neural_tangents import stax  # noqa: E402
+try:
+    import jax
+    import jax.numpy as jnp
+    import neural_tangents as nt
+    from jax.experimental import enable_x64 as _enable_x64
+    from neural_tangents import stax
+except ImportError as _error:
+    from ntkrobust import AnalyticHalfMissing
+
+    _said = str(_error).strip().splitlines()[0] if str(_error).strip() else type(_error).__name__
+    raise AnalyticHalfMissing(
+        f"the analytic half (JAX, neural-tangents) does not import here ({type(_error).__name__}: {_said}); "
+        "it needs the pinned jax 0.4.38 and neural-tangents 0.6.5, which `pip install -e .` installs"
+    ) from _error
 
 _one_gpu_per_process()
 

@@ -462,3 +462,18 @@ def test_the_command_line_keeps_jax_from_taking_three_quarters_of_a_gpu(given, k
     argv = ["attack", "--data", "digits", "--n-train", "30", "--n-test", "10", "--quiet", "--out", str(tmp_path / "a")]
     assert cli.main(argv) == 0
     assert environment["XLA_PYTHON_CLIENT_PREALLOCATE"] == kept
+
+
+def test_an_environment_without_the_analytic_half_is_one_line(tmp_path):
+    """JAX 0.11 (a GPU image's) breaks neural-tangents 0.6.5's import (``jax.core.Jaxpr``): the
+    command printed that traceback. Simulated with neural-tangents made unimportable."""
+    out = tmp_path / "out"
+    script = (
+        "import sys; sys.modules['neural_tangents'] = None\n"
+        "from ntkrobust.cli import main\n"
+        f"sys.exit(main(['attack', '--n-train', '50', '--n-test', '20', '--quiet', '--out', {str(out)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("ntkrobust: error: the analytic half (JAX, neural-tangents) does not import here (")
+    assert "jax 0.4.38 and neural-tangents 0.6.5" in done.stderr and not out.exists()
