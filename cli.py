@@ -259,8 +259,6 @@ def _launch_rank(command: str) -> int | None:
 def _check_rendezvous_environment() -> None:
     """torchrun sets RANK, MASTER_ADDR and MASTER_PORT with WORLD_SIZE; set by hand without
     them, torch's rendezvous raised a traceback ("environment variable MASTER_ADDR expected")."""
-    import os
-
     missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name, "").strip()]
     if missing:
         raise UsageError(

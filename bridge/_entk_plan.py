@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -67,7 +68,8 @@ def _cpu_working_bytes() -> int:
 
 #: rademacher:K past 2**31 draws would fit no machine (and overflowed torch's randint past 2**63)
 _MAX_DRAWS = 2**31
-_KIND_FORMS = "full, class-blocks, trace, class:C (C an output index) or rademacher:K (0 < K < 2**31 random-sign draws)"
+_RADEMACHER_FORM = "rademacher:K (0 < K < 2**31 random-sign draws)"
+_KIND_FORMS = f"full, class-blocks, trace, class:C (C an output index) or {_RADEMACHER_FORM}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class KernelKind:
 
     name: str
     index: int | None = None
+    #: the estimator's text form, as refusals say it (``bridge.tracking``'s --estimator too)
+    RADEMACHER_FORM: ClassVar[str] = _RADEMACHER_FORM
 
     def __post_init__(self) -> None:
         indexed = {"class": lambda i: i >= 0, "rademacher": lambda i: 0 < i < _MAX_DRAWS}

@@ -96,10 +96,7 @@ class TrackingConfig:
             except ValueError:  # rademacher:0, rademacher:x, or no kind at all
                 kind = None
             if kind != "rademacher":
-                raise ValueError(
-                    "--estimator must be exact or rademacher:K (0 < K < 2**31 random-sign draws), "
-                    f"got {self.estimator!r}"
-                )
+                raise ValueError(f"--estimator must be exact or {KernelKind.RADEMACHER_FORM}, got {self.estimator!r}")
             if self.track_full:
                 raise ValueError("--estimator estimates the trace kernel; --track-full asks for the exact full one")
 
