@@ -34,6 +34,7 @@ __all__ = [
     "check_out_dir",
     "checked_together",
     "envelope",
+    "gpu_record",
     "number_text",
     "peak_gpu_memory",
     "restart_gpu_peak",
@@ -142,6 +143,13 @@ def gpu_precision() -> dict[str, Any] | None:
     }
 
 
+def gpu_record() -> dict[str, Any]:
+    """What a record holds of the GPU where this process used CUDA (else nothing): the peak memory
+    (``peak_gpu_memory_mib``) and the arithmetic it got (``gpu``, ``gpu_precision``)."""
+    peak, gpu = peak_gpu_memory(), gpu_precision()
+    return ({} if peak is None else {"peak_gpu_memory_mib": peak}) | ({} if gpu is None else {"gpu": gpu})
+
+
 def versions() -> dict[str, str]:
     """Python's and every relevant package's version."""
     out = {"python": platform.python_version()}
@@ -200,11 +208,7 @@ def envelope(
         record["warnings"] = list(warnings)
     if seconds is not None:
         record["seconds"] = seconds
-    peak, gpu = peak_gpu_memory(), gpu_precision()
-    if peak is not None:
-        record["peak_gpu_memory_mib"] = peak
-    if gpu is not None:
-        record["gpu"] = gpu
+    record |= gpu_record()
     record |= {"versions": versions(), "argv": None if argv is None else list(argv)}
     return record
 

@@ -21,8 +21,8 @@ from ntkrobust.studies._base import (
     check_out_dir,
     checked_together,
     envelope,
+    gpu_record,
     log,
-    peak_gpu_memory,
     restart_gpu_peak,
     versions,
     warn,
@@ -404,12 +404,11 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         history["final_evaluation"] = _final_evaluation(settings, net["model"], data, threat.eps, device)
     untrained = _near_chance(history, len(data.classes))
     warn(history["warnings"], untrained)
-    peak = peak_gpu_memory()
-    if peak is not None or settings.final_eval == "autoattack" or untrained:  # rank 0 writes (files.py)
+    on_gpu = gpu_record()  # the history's own: each seed of --seeds counts its peak from its start
+    if on_gpu or settings.final_eval == "autoattack" or untrained:  # rank 0 writes (files.py)
         from ntkrobust.bridge.files import write_json
 
-        if peak is not None:
-            history["peak_gpu_memory_mib"] = peak
+        history |= on_gpu
         write_json(RunFolder(settings.out).history, history)
     return TrainResult(history, out=settings.out, label=label, results_file="history.json")
 

@@ -221,21 +221,25 @@ def test_seeds_write_one_run_each_on_one_probe(small_training, tmp_path, refuses
 
 def test_each_seed_records_its_own_gpu_peak_and_seeds_json_the_largest(small_training, tmp_path, monkeypatch):
     """``train --seeds`` runs its seeds in one process: the peak GPU memory counts from each seed's
-    start (its history's own), and ``seeds.json`` holds the largest, not the last seed's. torch's
-    CUDA counters stand in as functions here (no GPU)."""
+    start (its history's own), and ``seeds.json`` holds the largest, not the last seed's. Every
+    history says which GPU arithmetic it got (``gpu``: the first GPU run's histories had the peak
+    but not this). torch's CUDA counters stand in as functions here (no GPU)."""
     import json
 
     from ntkrobust.studies import _base
 
-    restarts, peaks = [], iter([5.0, 9.0])
+    gpu = {"name": "H200", "tf32_convolutions": True, "tf32_matmul": False}
+    restarts, peaks = [], iter([5.0, 9.0, 2.0])  # the last: the counter after the last seed's restart
     monkeypatch.setattr(train, "restart_gpu_peak", lambda: restarts.append(1))
-    monkeypatch.setattr(train, "peak_gpu_memory", lambda: next(peaks))
-    monkeypatch.setattr(_base, "peak_gpu_memory", lambda: 2.0)  # the counter after the last seed's restart
+    monkeypatch.setattr(_base, "peak_gpu_memory", lambda: next(peaks))
+    monkeypatch.setattr(_base, "gpu_precision", lambda: gpu)
     out = tmp_path / "seeds"
     train.run(small_training(out, epochs=1, seeds=(0, 1), track_kernel=0)).save(out)
     histories = [json.loads((out / f"seed_{s}" / "history.json").read_text()) for s in (0, 1)]
     assert len(restarts) == 2 and [h["peak_gpu_memory_mib"] for h in histories] == [5.0, 9.0]
-    assert json.loads((out / "seeds.json").read_text())["peak_gpu_memory_mib"] == 9.0
+    assert [h["gpu"] for h in histories] == [gpu, gpu]
+    seeds = json.loads((out / "seeds.json").read_text())
+    assert seeds["peak_gpu_memory_mib"] == 9.0 and seeds["gpu"] == gpu
 
 
 def test_batchnorm_batch_trains_a_net_without_running_statistics(small_training, tmp_path, refuses):
