@@ -122,16 +122,17 @@ def _heading(fig: Any, heading: str, subtitle: str = "", *, ref: str = "") -> No
         fig.add_artist(note)
 
 
-def _notes(fig: Any, notes: Sequence[tuple[str, str]]) -> None:
+def _notes(fig: Any, notes: Sequence[tuple[str, str]], *, said: Sequence[str] = ()) -> None:
     """What a figure could not draw, (what, why) pairs grouped by reason, in small grey type
-    under the panels."""
+    under the panels; ``said``: other sentences about what is drawn, before them."""
     reasons: dict[str, list[str]] = {}
     for what, why in notes:
         if what not in reasons.setdefault(why, []):
             reasons[why].append(what)
-    if reasons:
+    if reasons or said:
         width = max(60, int(15 * fig.get_figwidth()))
-        lines = [
+        lines = [textwrap.fill(_plain(sentence), width) for sentence in said]
+        lines += [
             textwrap.fill(_plain(f"not shown: {', '.join(whats)} ({why})"), width) for why, whats in reasons.items()
         ]
         text = "\n".join(lines[:5]) + (f"\n(and {len(lines) - 5} more)" if len(lines) > 5 else "")

@@ -116,6 +116,13 @@ def _decay_edges(run: RunSummary, epochs: np.ndarray, edges: np.ndarray) -> list
     return found
 
 
+#: the largest radius a polar panel draws: the last kernel lies at r = 1, and a trajectory seldom
+#: strays far beyond it; a transient blow-up (a PGD-AT ResNet-18's kernel norm 4,000 times its
+#: start after a first epoch at lr 0.1, r = 4,906) would otherwise shrink every other point into
+#: the origin. Points beyond it are drawn on the rim of the others (open markers, at their angle) and
+#: named under the panels.
+_R_CAP = 3.0
+
 _ANGLE_STEPS = (0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 15.0, 30.0, 45.0)  # degrees
 _MIN_WEDGE = 45.0  # degrees: a narrower angle range is stretched to a quarter circle
 
@@ -152,6 +159,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
     last_epoch = max((float(np.nanmax(_floats(run.get("kernel_epochs") or [0.0]))) for run in runs), default=1.0)
     norm = Normalize(vmin=0.0, vmax=last_epoch or 1.0)
     missing: dict[tuple[int, str], tuple[list[str], list[str]]] = {}  # (run, why) -> kernels, panels
+    off_scale: dict[tuple[int, str], list[str]] = {}  # (run, kernel) -> "epoch E (r = R)", whole kernel's
     shown: set[int] = set()
     for ax, (key, name) in zip(axes, panels, strict=True):
         # the angles of this panel first: they set the stretch of its angular axis
@@ -163,6 +171,14 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
         ]
         finite = np.concatenate([np.zeros(1), *(a[np.isfinite(a)] for a in angles)])
         upper, step, stretch = _angle_axis(float(np.degrees(finite.max())))
+        radii = [
+            _floats(d[f"{key}_r"])  # type: ignore[literal-required]
+            for run in runs
+            for kind, *_ in kinds
+            if f"{key}_r" in (d := (run.get("dynamics") or {}).get(kind) or {})
+        ]
+        r_all = np.concatenate([np.zeros(1), *(r[np.isfinite(r)] for r in radii)])
+        r_rim = max(1.05, 1.08 * float(r_all[r_all <= _R_CAP].max()))  # the rim of the points on the scale
         r_max = 0.0
         for i, run in enumerate(runs):
             colour = _colour(i)
@@ -180,6 +196,17 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
                     continue
                 r, theta = _floats(dynamics[f"{key}_r"]), stretch * _floats(dynamics[f"{key}_theta"])
                 t = _floats(dynamics["epochs"])
+                beyond = r > _R_CAP
+                if beyond.any() and key == "polar":  # the top-k panel's radii are alike: named once
+                    off_scale[(i, kind_name.split()[0])] = [
+                        f"epoch {e:g} (r = {v:,.0f})" if v >= 100 else f"epoch {e:g} (r = {v:.3g})"
+                        for e, v in zip(t[beyond], r[beyond], strict=True)
+                    ]
+                if beyond.any():
+                    rim = np.full(int(beyond.sum()), r_rim)
+                    ax.scatter(theta[beyond], rim, marker=marker, s=60, facecolors="none", edgecolors=colour,
+                               linewidths=1.2, zorder=3, clip_on=False)  # fmt: skip
+                r = np.minimum(r, r_rim)
                 ax.plot(theta, r, linestyle=style, color=colour, linewidth=1.2, alpha=0.85, zorder=2)
                 ax.scatter(
                     theta,
@@ -214,7 +241,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
         ax.set_thetamax(degrees)
         ticks = np.arange(0.0, upper + step / 2, step)
         ax.set_xticks(np.radians(ticks * stretch), [f"{t:g}°" for t in ticks])
-        ax.set_rlim(0.0, max(1.05, 1.08 * r_max))
+        ax.set_rlim(0.0, r_rim)
         stretched = f"\n(angular axis stretched ×{stretch:.3g};\nticks: the true angles)" if stretch != 1.0 else ""
         # both coordinates named in the corner outside the arc: a label under a polar wedge falls
         # outside what constrained layout reserves (it was cut at the bottom, or ran into the notes)
@@ -241,7 +268,12 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
         (f"{_label(runs[i], i)} {' and '.join(which)} ({' and '.join(where)})", why)
         for (i, why), (which, where) in missing.items()
     ]
-    _notes(fig, notes)
+    listed = [
+        f"{_label(runs[i], i)} {kernel}: {', '.join(points[:4])}" + (", ..." if len(points) > 4 else "")
+        for (i, kernel), points in off_scale.items()
+    ]
+    said = [f"beyond r = {_R_CAP:g}, drawn on the rim at their angles (open markers): " + "; ".join(listed)]
+    _notes(fig, notes, said=said if listed else [])
     _heading(fig, "Kernel trajectories in polar space", subtitle, ref="TK eq. 12, fig. 3 right; supp. fig. 8")
     _save(fig, path)
 

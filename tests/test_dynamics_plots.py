@@ -483,6 +483,26 @@ def test_polar_angular_axis_spans_the_data(tmp_path, drawn, assert_heading, degr
     assert_heading(fig, "angles")
 
 
+def test_a_polar_point_far_off_the_scale_is_drawn_on_the_rim_and_named(tmp_path, drawn):
+    """A transient blow-up (a PGD-AT ResNet-18 on an H200: its kernel 4,000 times its start after
+    a first epoch at lr 0.1, r = 4,906) would shrink every other point of the panel into the
+    origin: it goes on the rim of the others, at its angle, and the note under the panels names it."""
+    steady, blown = small_angle_run(30.0), small_angle_run(60.0)
+    blown["label"] = "blown"
+    for key in ("polar_r", "top_polar_r"):
+        blown["dynamics"]["clean"][key] = [0.0, 4906.0, 1.2, 1.0]
+    plots.polar_trajectories([steady, blown], tmp_path / "polar.png", subtitle="off the scale")
+    fig = drawn["polar.png"]
+    for ax in (ax for ax in fig.axes if ax.name == "polar"):
+        assert ax.get_ylim()[1] == pytest.approx(1.08 * 1.2)  # the largest radius on the scale sets the rim
+        assert max(max(line.get_ydata()) for line in ax.lines) == pytest.approx(1.08 * 1.2)
+    note = " ".join(fig._supxlabel.get_text().split())  # wrapped to the figure's width
+    assert "beyond r = 3" in note and "blown C-NTK: epoch 1 (r = 4,906)" in note
+    plots.polar_trajectories([steady], tmp_path / "steady.png")  # on the scale: no note, the rim just past r = 1
+    assert drawn["steady.png"]._supxlabel is None
+    assert [ax.get_ylim()[1] for ax in drawn["steady.png"].axes if ax.name == "polar"] == [1.08, 1.08]
+
+
 def concentrated_run() -> dict:
     """A run whose trace kernel has nearly all its spectrum in the top 10 (concentration 0.99999x)."""
     kernels = [
