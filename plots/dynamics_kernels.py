@@ -159,7 +159,7 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
     last_epoch = max((float(np.nanmax(_floats(run.get("kernel_epochs") or [0.0]))) for run in runs), default=1.0)
     norm = Normalize(vmin=0.0, vmax=last_epoch or 1.0)
     missing: dict[tuple[int, str], tuple[list[str], list[str]]] = {}  # (run, why) -> kernels, panels
-    off_scale: dict[tuple[int, str], list[str]] = {}  # (run, kernel) -> "epoch E (r = R)", whole kernel's
+    off_scale: dict[tuple[int, str], list[str]] = {}  # (run, kernel) -> "epoch E (r = R)", first panel's
     shown: set[int] = set()
     for ax, (key, name) in zip(axes, panels, strict=True):
         # the angles of this panel first: they set the stretch of its angular axis
@@ -197,12 +197,14 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
                 r, theta = _floats(dynamics[f"{key}_r"]), stretch * _floats(dynamics[f"{key}_theta"])
                 t = _floats(dynamics["epochs"])
                 beyond = r > _R_CAP
-                if beyond.any() and key == "polar":  # the top-k panel's radii are alike: named once
-                    off_scale[(i, kind_name.split()[0])] = [
-                        f"epoch {e:g} (r = {v:,.0f})" if v >= 100 else f"epoch {e:g} (r = {v:.3g})"
-                        for e, v in zip(t[beyond], r[beyond], strict=True)
-                    ]
-                if beyond.any():
+                if beyond.any():  # named once: the top-k panel's radii are the whole kernel's, nearly
+                    off_scale.setdefault(
+                        (i, kind_name.split()[0]),
+                        [
+                            f"epoch {e:g} (r = {v:,.0f})" if v >= 100 else f"epoch {e:g} (r = {v:.3g})"
+                            for e, v in zip(t[beyond], r[beyond], strict=True)
+                        ],
+                    )
                     rim = np.full(int(beyond.sum()), r_rim)
                     ax.scatter(theta[beyond], rim, marker=marker, s=60, facecolors="none", edgecolors=colour,
                                linewidths=1.2, zorder=3, clip_on=False)  # fmt: skip
