@@ -16,7 +16,8 @@ Three measurements, each one ``python -m ntkrobust`` process as a user runs it:
    ``--estimator``): the kernel's seconds (``metrics.json``; data loading and start-up apart).
 Each run's ``history.json`` has every epoch's seconds of training, kernel tracking and evaluation
 (--eval-n points per split). The last epoch's are used: the first pays for the warm-up (cuDNN's
-algorithm choice, the allocator). Training scales with the number of images; a tracking point
+algorithm choice, the allocator). Two epochs leave the nets near chance, and ``train`` warns so:
+that does not change what an epoch costs. Training scales with the number of images; a tracking point
 (C-NTK and AE-NTK of the probe) and the evaluation do not. So 200 epochs on 50,000 images cost
 200 x (train x 50,000 / n_train + evaluate) + 201 x track, printed in hours; the training epoch
 on 50,000 images is set beside RAT's on one RTX 3090 (the text of its figure 6: 90 s with PGD
