@@ -3,9 +3,12 @@ extrapolated to the papers' scale (CIFAR-10's 50,000 training images, 200 epochs
 empirical NTK after every epoch).
 
     python benchmarks/paper_scale.py --data cifar10 --data-root DATA/cifar10 [--device cuda]
-        [--epochs 2] [--points 500] [--n-train N] [--width W] [--out runs/paper-scale]
+        [--epochs 2] [--points 500] [--n-train N] [--width W] [--nproc-per-node K] [--out runs/paper-scale]
 
-(``--data`` also takes an .npz, e.g. ``../shared/data/cifar10/cifar10_subset.npz``.)
+(``--data`` also takes an .npz, e.g. ``../shared/data/cifar10/cifar10_subset.npz``.) With
+``--nproc-per-node k`` every command runs under ``torchrun --nproc-per-node k`` (k GPUs of one node,
+or k gloo processes on a CPU): the seconds are those of the k processes together, as section
+"Running at paper scale" of the README runs them; the peak memory is rank 0's GPU's.
 
 Three measurements, each one ``python -m ntkrobust`` process as a user runs it:
 1. ``train`` with RAT's PGD-AT flags (ε = 8/255, 10 steps of 2/255, crop-flip, lr 0.1, weight
@@ -44,9 +47,11 @@ RAT_TRAINING = ["--augment", "crop-flip", "--lr", "0.1", "--weight-decay", "5e-4
 KINDS = ("full", "class-blocks", "rademacher:2")
 
 
-def _ntkrobust(args: list[str], out: Path) -> dict:
-    """Run one command (its progress lines go to this process's stderr); its record."""
-    command = [sys.executable, "-m", "ntkrobust", *args, "--out", str(out), "--force"]
+def _ntkrobust(args: list[str], out: Path, processes: int) -> dict:
+    """Run one command (its progress lines go to this process's stderr), under torchrun on more
+    than one process; its record (rank 0 writes it)."""
+    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes)] if processes > 1 else []
+    command = [sys.executable, *launcher, "-m", "ntkrobust", *args, "--out", str(out), "--force"]
     print(f"$ {' '.join(command[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL)
@@ -97,29 +102,34 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=1000, help="points per split of each epoch's evaluation")
     parser.add_argument("--width", type=int, help="ResNet-18's base channels (default 64; smaller to check the script)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="entk kinds to time (comma-separated; none)")
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) per command, under torchrun")
     parser.add_argument("--out", type=Path, default=Path("runs/paper-scale"))
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch pays for the warm-up")
+    if args.nproc_per_node < 1:
+        parser.error("--nproc-per-node must be at least 1")
 
     data = ["--data", args.data, *(["--data-root", args.data_root] if args.data_root else [])]
     data += ["--n-train", str(args.n_train)] if args.n_train else []
     model = ["--model", "resnet18", *(["--width", str(args.width)] if args.width else [])]
     common = [*data, *model, "--device", args.device]
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"argv": sys.argv, "kernels": {}, "training": {}}
+    results: dict = {"argv": sys.argv, "processes": args.nproc_per_node, "kernels": {}, "training": {}}
 
     record_file = args.out / "paper_scale.json"
     # the training runs first (what a paper-scale run costs), then the kernels alone; the record is
     # rewritten after each, so a run stopped by a time limit keeps what it measured
     tracking = ["--track-kernel", str(args.points), "--eval-n", str(args.eval_n), "--epochs", str(args.epochs)]
     for mode, flags in (("pgd", RAT_PGD), ("standard", ["--mode", "standard", "--eps", "8/255"])):
-        history = _ntkrobust(["train", *common, *flags, *RAT_TRAINING, *tracking], args.out / f"train-{mode}")
+        train = ["train", *common, *flags, *RAT_TRAINING, *tracking]
+        history = _ntkrobust(train, args.out / f"train-{mode}", args.nproc_per_node)
         results["training"][mode] = _extrapolated(history)
         record_file.write_text(json.dumps(results, indent=2))
     for kind in [kind for kind in args.kinds.split(",") if kind and kind != "none"]:
         name = "entk-" + kind.replace(":", "")
-        record = _ntkrobust(["entk", *common, "--points", str(args.points), "--kind", kind], args.out / name)
+        entk = ["entk", *common, "--points", str(args.points), "--kind", kind]
+        record = _ntkrobust(entk, args.out / name, args.nproc_per_node)
         peak = record.get("peak_gpu_memory_mib")
         results["kernels"][kind] = {
             "seconds": record["seconds"]["kernel"],
@@ -130,7 +140,10 @@ def main() -> None:
 
     gpu = next((run["gpu"] for run in results["training"].values() if run["gpu"]), None)
     device = args.device if gpu is None else f"{gpu['name']} (TF32 convolutions {gpu['tf32_convolutions']})"
-    print(f"ResNet-18{f' (width {args.width})' if args.width else ''} on {device}, {args.points} kernel points")
+    processes = f" x {args.nproc_per_node} processes" if args.nproc_per_node > 1 else ""
+    print(
+        f"ResNet-18{f' (width {args.width})' if args.width else ''} on {device}{processes}, {args.points} kernel points"
+    )
     for mode, run in results["training"].items():
         s, hours = run["epoch_seconds"], run["paper_hours"]
         print(
@@ -146,10 +159,10 @@ def main() -> None:
             f"    a training epoch of {PAPER_IMAGES:,} images: {run['paper_epoch_train_seconds']:.1f} s "
             f"(RAT on an RTX 3090: {RAT_EPOCH_SECONDS[mode]:.0f} s)"
         )
-    full = results["kernels"].get("full", {"seconds": float("nan")})["seconds"]
+    full = results["kernels"].get("full")
     for kind, kernel in results["kernels"].items():
-        ratio = kernel["seconds"] / full
-        print(f"  entk {kind:<14} {kernel['seconds']:8.1f} s  ({ratio:.2f} of full)  peak GPU memory {_mib(kernel)}")
+        ratio = f"({kernel['seconds'] / full['seconds']:.2f} of full)" if full else ""
+        print(f"  entk {kind:<14} {kernel['seconds']:8.1f} s  {ratio:<16} peak GPU memory {_mib(kernel)}")
     print(f"-> {record_file}")
 
 

@@ -43,14 +43,16 @@ def test_the_last_epoch_is_scaled_to_the_papers_runs():
     assert run["peak_gpu_memory_mib"] is None and run["gpu"] is None  # a CPU's history has neither
 
 
-@pytest.mark.slow  # four commands of a width-4 ResNet-18 on 2 CPU cores: about a minute
-def test_the_script_runs_on_a_cpu(tmp_path: Path) -> None:
+@pytest.mark.slow  # four commands of a width-4 ResNet-18 on 2 CPU cores: about a minute each way
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "2 gloo processes under torchrun"])
+def test_the_script_runs_on_a_cpu(tmp_path: Path, processes: int) -> None:
     rng = np.random.default_rng(0)
     data = tmp_path / "images.npz"  # CIFAR-shaped: RAT's crop-flip needs sides of 16 pixels or more
     x_train, x_test = (rng.uniform(0, 1, (n, 3, 32, 32)).astype(np.float32) for n in (200, 50))
     np.savez(data, x_train=x_train, y_train=np.arange(200) % 10, x_test=x_test, y_test=np.arange(50) % 10)
     out = tmp_path / "out"
     flags = ["--data", str(data), "--device", "cpu", "--width", "4", "--points", "20", "--eval-n", "20"]
+    flags += ["--nproc-per-node", str(processes)]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *flags, "--kinds", "full,rademacher:2", "--out", str(out)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
@@ -63,4 +65,6 @@ def test_the_script_runs_on_a_cpu(tmp_path: Path) -> None:
     assert history["config"]["train"]["eps"] == pytest.approx(8 / 255)  # RAT's flags reached train
     assert "a training epoch of 50,000 images" in done.stdout and "entk rademacher:2" in done.stdout
     # its progress: each command's line and the commands' own stage lines
-    assert done.stderr.count("$ -m ntkrobust") == 4 and "epoch 2/2" in done.stderr
+    launched = "$ -m ntkrobust" if processes == 1 else "$ -m torch.distributed.run --nproc-per-node 2 -m ntkrobust"
+    assert done.stderr.count(launched) == 4 and "epoch 2/2" in done.stderr
+    assert record["processes"] == processes
