@@ -10,7 +10,7 @@ empirical NTK after every epoch).
 or k gloo processes on a CPU): the seconds are those of the k processes together, as section
 "Running at paper scale" of the README runs them; the peak memory is rank 0's GPU's.
 
-Three measurements, each one ``python -m ntkrobust`` process as a user runs it:
+Three measurements, each one ``python -m ntkrobust`` command as a user runs it:
 1. ``train`` with RAT's PGD-AT flags (ε = 8/255, 10 steps of 2/255, crop-flip, lr 0.1, weight
    decay 5e-4, batch 128) and the tracking of --points probe points, for --epochs epochs;
 2. the same with ``--mode standard``;
@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ntkrobust.bridge.entk import KernelKind
 
 #: CIFAR-10's training set and the papers' epochs: what the measurements are scaled to
 PAPER_IMAGES, PAPER_EPOCHS = 50_000, 200
@@ -109,6 +111,12 @@ def main() -> None:
         parser.error("--epochs must be at least 2: the first epoch pays for the warm-up")
     if args.nproc_per_node < 1:
         parser.error("--nproc-per-node must be at least 1")
+    kinds = [kind for kind in args.kinds.split(",") if kind and kind != "none"]
+    for kind in kinds:  # before the training runs' minutes, not after them
+        try:
+            KernelKind.parse(kind)
+        except ValueError as err:
+            parser.error(f"--kinds: {err}")
 
     data = ["--data", args.data, *(["--data-root", args.data_root] if args.data_root else [])]
     data += ["--n-train", str(args.n_train)] if args.n_train else []
@@ -126,7 +134,7 @@ def main() -> None:
         history = _ntkrobust(train, args.out / f"train-{mode}", args.nproc_per_node)
         results["training"][mode] = _extrapolated(history)
         record_file.write_text(json.dumps(results, indent=2))
-    for kind in [kind for kind in args.kinds.split(",") if kind and kind != "none"]:
+    for kind in kinds:
         name = "entk-" + kind.replace(":", "")
         entk = ["entk", *common, "--points", str(args.points), "--kind", kind]
         record = _ntkrobust(entk, args.out / name, args.nproc_per_node)

@@ -68,3 +68,13 @@ def test_the_script_runs_on_a_cpu(tmp_path: Path, processes: int) -> None:
     launched = "$ -m ntkrobust" if processes == 1 else "$ -m torch.distributed.run --nproc-per-node 2 -m ntkrobust"
     assert done.stderr.count(launched) == 4 and "epoch 2/2" in done.stderr
     assert record["processes"] == processes
+
+
+def test_a_kernel_kind_it_cannot_take_is_refused_before_the_training_runs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--kinds", "full,fulll", "--device", "cpu", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "error: --kinds: kernel kind must be" in done.stderr and "'fulll'" in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing written, nothing run
