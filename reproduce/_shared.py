@@ -88,7 +88,10 @@ _SCHEDULES: dict[str, dict[str, Any]] = {
     "paper": {"epochs": 200, "milestones": (100, 150), "lr": 0.1, "weight_decay": 5e-4, "track_kernel": 500,
               "eval_n": 1000, "eval_pgd_steps": 20, "augment": "crop-flip"},
 }  # fmt: skip
-#: minutes per run (2 cores at smoke / cpu scale; one GPU at paper scale: RAT's 5 GPU-hours per AT run).
+#: minutes per run (2 cores at smoke / cpu scale; one GPU at paper scale: RAT's 5 GPU-hours per AT run,
+#: an RTX 3090's). On an H200 (2026-12-04, ``benchmarks/paper_scale.py``, extrapolated from 2 epochs of
+#: the CIFAR-10 subset) a PGD-AT run with its 500-point kernels and evaluations took 140 minutes, a
+#: standard one 31: about half these.
 #: cpu: from a run of `reproduce all --scale cpu` on 2 nearly idle cores (2026-12-03, 34 min of steps; the
 #: MNIST CNN's standard run 0.85 min, FGSM-AT 1.06, PGD-AT 2.34, TE 2.52; the CIFAR CNN's FGSM runs 5.1-5.4)
 _MINUTES: dict[str, float | dict[str, float]] = {

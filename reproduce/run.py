@@ -108,7 +108,9 @@ def listing(target: str = "all") -> str:
         lines.append(
             f"{group:38} {cost[0]:6.1f}m {cost[1]:6.1f}m {cost[2] / 60:7.1f}h  (steps shared within it run once)"
         )
-    lines.append("smoke and cpu: minutes on 2 CPU cores; paper: hours on one GPU")
+    lines.append(
+        "smoke and cpu: minutes on 2 CPU cores; paper: hours on one RTX 3090, RAT's GPU (an H200 took about half)"
+    )
     return "\n".join(lines)
 
 
