@@ -162,21 +162,15 @@ def polar_trajectories(runs: Sequence[RunSummary], path: Path, *, subtitle: str 
     off_scale: dict[tuple[int, str], list[str]] = {}  # (run, kernel) -> "epoch E (r = R)", first panel's
     shown: set[int] = set()
     for ax, (key, name) in zip(axes, panels, strict=True):
-        # the angles of this panel first: they set the stretch of its angular axis
-        angles = [
-            _floats(d[f"{key}_theta"])  # type: ignore[literal-required]  # the panel names the key
-            for run in runs
-            for kind, *_ in kinds
-            if f"{key}_r" in (d := (run.get("dynamics") or {}).get(kind) or {})
+        # this panel's coordinates first: its angles set the stretch of its angular axis, its radii
+        # on the scale the rim
+        drawn = [
+            d for run in runs for kind, *_ in kinds if f"{key}_r" in (d := (run.get("dynamics") or {}).get(kind) or {})
         ]
+        angles = [_floats(d[f"{key}_theta"]) for d in drawn]  # type: ignore[literal-required]  # the panel names the key
+        radii = [_floats(d[f"{key}_r"]) for d in drawn]  # type: ignore[literal-required]
         finite = np.concatenate([np.zeros(1), *(a[np.isfinite(a)] for a in angles)])
         upper, step, stretch = _angle_axis(float(np.degrees(finite.max())))
-        radii = [
-            _floats(d[f"{key}_r"])  # type: ignore[literal-required]
-            for run in runs
-            for kind, *_ in kinds
-            if f"{key}_r" in (d := (run.get("dynamics") or {}).get(kind) or {})
-        ]
         r_all = np.concatenate([np.zeros(1), *(r[np.isfinite(r)] for r in radii)])
         r_rim = max(1.05, 1.08 * float(r_all[r_all <= _R_CAP].max()))  # the rim of the points on the scale
         r_max = 0.0
