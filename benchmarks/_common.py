@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,13 @@ ALLOCATOR = "freed memory retained" if retain_freed_memory() else "the system al
 
 #: The real MNIST test set of the steering repository, when it is checked out beside this one.
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def ntkrobust_command(processes: int) -> list[str]:
+    """``python -m ntkrobust`` as a user starts it: under torchrun (``torch.distributed.run``,
+    one node) on more than one process."""
+    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes)] if processes > 1 else []
+    return [sys.executable, *launcher, "-m", "ntkrobust"]
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -30,16 +30,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import SHARED_MNIST
+from _common import SHARED_MNIST, ntkrobust_command
 
 
 def _train(flags: list[str], out: Path, processes: int) -> dict:
     """One ``ntkrobust train`` run; its history."""
-    if processes == 1:
-        command = [sys.executable, "-m", "ntkrobust"]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes), "-m", "ntkrobust"]
-    done = subprocess.run([*command, *flags, "--out", str(out)], capture_output=True, text=True)
+    done = subprocess.run([*ntkrobust_command(processes), *flags, "--out", str(out)], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"train on {processes} process(es) failed:\n{done.stderr[-3000:]}")
     return json.loads((out / "history.json").read_text())

@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import ntkrobust_command
+
 from ntkrobust.bridge.entk import KernelKind
 
 #: CIFAR-10's training set and the papers' epochs: what the measurements are scaled to
@@ -52,8 +54,7 @@ KINDS = ("full", "class-blocks", "rademacher:2")
 def _ntkrobust(args: list[str], out: Path, processes: int) -> dict:
     """Run one command (its progress lines go to this process's stderr), under torchrun on more
     than one process; its record (rank 0 writes it)."""
-    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes)] if processes > 1 else []
-    command = [sys.executable, *launcher, "-m", "ntkrobust", *args, "--out", str(out), "--force"]
+    command = [*ntkrobust_command(processes), *args, "--out", str(out), "--force"]
     print(f"$ {' '.join(command[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL)

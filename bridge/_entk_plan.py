@@ -370,7 +370,7 @@ def _sub_batch_size(
         size = min(size, max(1, _cpu_working_bytes() // per_example))
     if size < 1:
         raise BudgetError(
-            f"memory budget of {memory_budget} bytes is too small for one example's Jacobian chunk "
+            f"memory budget of {memory_budget / 2**20:.3g} MiB is too small for one example's Jacobian chunk "
             f"(needs about {2 * per_example / 2**20:.1f} MiB)"
         )
     return size

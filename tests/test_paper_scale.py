@@ -17,6 +17,8 @@ SCRIPT = ROOT / "benchmarks" / "paper_scale.py"
 
 
 def _script():  # type: ignore[no-untyped-def]
+    if str(SCRIPT.parent) not in sys.path:  # its ``_common``, as when it runs as a script
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("paper_scale", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

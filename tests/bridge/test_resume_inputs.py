@@ -194,7 +194,7 @@ def test_a_memory_budget_too_small_for_the_probe_kernel_is_one_line_and_writes_n
 
     monkeypatch.setattr(experiment, "clean_accuracy", evaluated)
     argv = [*TRAIN, "--model", "mnist-cnn", "--width", 64, "--epochs", 1, "--memory-budget", 1]
-    assert_refused(argv, "--memory-budget 1: memory budget of 1048576 bytes is too small")
+    assert_refused(argv, "--memory-budget 1: memory budget of 1 MiB is too small")
 
 
 @pytest.mark.parametrize(
