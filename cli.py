@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 from ntkrobust import AnalyticHalfMissing, retain_freed_memory
 from ntkrobust._cli_commands import _ABOUT, COMMANDS
 from ntkrobust._cli_flags import ARCHITECTURES, MODELS, PROG, UsageError, _Parser
+from ntkrobust._messages import first_line
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
 from ntkrobust.studies._base import StudyError, StudyWarning, checked_together
 from ntkrobust.studies._common import quiet_torch_warnings
@@ -356,9 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _out_of_memory(err):
             raise
         # a width or size too large for this machine: say so in one line (torch's messages run on)
-        said = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         print(
-            f"{_speaker()}: error: out of memory ({said}); try fewer points, a smaller --width or --memory-budget"
+            f"{_speaker()}: error: out of memory ({first_line(err)[:200]}); "
+            "try fewer points, a smaller --width or --memory-budget"
             f"{_resumable(args)}",
             file=sys.stderr,
         )

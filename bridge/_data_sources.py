@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.bridge.files import NpzError, first_line, read_npz
+from ntkrobust._messages import first_line
+from ntkrobust.bridge.files import NpzError, read_npz
 
 __all__ = ["DATASETS", "DataError", "load_raw", "read_idx"]
 

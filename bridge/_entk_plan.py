@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ntkrobust._allocator import available_memory, freed_memory_retained
+from ntkrobust._messages import first_line
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.jacobians import (
     BudgetError,
@@ -258,8 +259,8 @@ def plan_kernel(
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as error:  # "mat1 and mat2 shapes cannot be multiplied" says too little
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ValueError(f"the model does not take inputs of shape {tuple(a.shape[1:])}: {first_line}") from None
+            said = first_line(error)
+            raise ValueError(f"the model does not take inputs of shape {tuple(a.shape[1:])}: {said}") from None
     outputs = kind.outputs(num_outputs)
     estimated = kind.name == "rademacher"
     if estimated:  # the trace of the K signed outputs' kernel, rescaled at the end

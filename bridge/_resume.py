@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkrobust._messages import first_line
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.checkpoint import CheckpointError, check_state_dict, read_checkpoint
-from ntkrobust.bridge.files import JsonFileError, NpzError, first_line, read_json, read_npz, write_json
+from ntkrobust.bridge.files import JsonFileError, NpzError, read_json, read_npz, write_json
 from ntkrobust.bridge.runfolder import CONFIG_FILE, RunFolder
 from ntkrobust.bridge.runs import RunError, check_kernel_files
 from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkrobust.bridge.files import first_line, refusal_reason, write_atomically
+from ntkrobust._messages import first_line
+from ntkrobust.bridge.files import refusal_reason, write_atomically
 from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork
 from ntkrobust.bridge.models import ModelConfig, ModelError, build_model
 from ntkrobust.bridge.two_layer import OutputChange

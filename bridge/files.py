@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust._messages import first_line
+
 
 def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     """``write(temporary)`` fills a temporary file beside ``path``, which is renamed into place
@@ -41,12 +43,6 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
-
-
-def first_line(error: BaseException) -> str:
-    """An error's message as one line (its first), or its type's name when it has none."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def json_safe(value: Any) -> Any:

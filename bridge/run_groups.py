@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust._messages import first_line
 from ntkrobust.bridge import runs as run_folders
-from ntkrobust.bridge.files import JsonFileError, first_line, read_json
+from ntkrobust.bridge.files import JsonFileError, read_json
 from ntkrobust.bridge.runfolder import HISTORY_FILE
 from ntkrobust.bridge.runs import RunError, TrainingRun, distinct_labels, inside_folder, load_run, probe_images
 from ntkrobust.kernels import metrics

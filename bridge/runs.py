@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.bridge.files import JsonFileError, NpzError, first_line, read_json, read_npz
+from ntkrobust._messages import first_line
+from ntkrobust.bridge.files import JsonFileError, NpzError, read_json, read_npz
 from ntkrobust.bridge.runfolder import HISTORY_FILE, PROBE_FILE, RunFolder
 from ntkrobust.kernels import metrics
 

@@ -32,8 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ntkrobust._messages import first_line
 from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, check_state_dict, load_checkpoint
-from ntkrobust.bridge.files import JsonFileError, first_line, read_json, refusal_reason
+from ntkrobust.bridge.files import JsonFileError, read_json, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
 

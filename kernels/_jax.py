@@ -143,10 +143,11 @@ try:
     from neural_tangents import stax
 except ImportError as _error:
     from ntkrobust import AnalyticHalfMissing
+    from ntkrobust._messages import first_line
 
-    _said = str(_error).strip().splitlines()[0] if str(_error).strip() else type(_error).__name__
     raise AnalyticHalfMissing(
-        f"the analytic half (JAX, neural-tangents) does not import here ({type(_error).__name__}: {_said}); "
+        "the analytic half (JAX, neural-tangents) does not import here "
+        f"({type(_error).__name__}: {first_line(_error)}); "
         "it needs the pinned jax 0.4.38 and neural-tangents 0.6.5, which `pip install -e .` installs"
     ) from _error
 
