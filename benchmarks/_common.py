@@ -29,6 +29,26 @@ def ntkrobust_command(processes: int) -> list[str]:
     return [sys.executable, *launcher, "-m", "ntkrobust"]
 
 
+def wait_for_device(device) -> None:  # type: ignore[no-untyped-def]
+    """Wait until a GPU has run every kernel queued on it: a CUDA call returns as soon as its work
+    is queued, so a time taken without this can stop before the work does."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def until_done(fn: Callable[[], object], device) -> Callable[[], object]:  # type: ignore[no-untyped-def]
+    """``fn`` that returns only once ``device`` has finished its work (see ``wait_for_device``)."""
+
+    def call() -> object:
+        result = fn()
+        wait_for_device(device)
+        return result
+
+    return call
+
+
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``fn`` over ``repeats`` calls, after one warm-up call (compilation)."""
     fn()

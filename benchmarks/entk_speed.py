@@ -58,7 +58,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from _common import ALLOCATOR, ROOT, SHARED_MNIST, load_mnist
+from _common import ALLOCATOR, ROOT, SHARED_MNIST, load_mnist, wait_for_device
 
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_subset.npz"
 
@@ -179,7 +179,7 @@ def _methods(model, kind: str, num_classes: int, device, budget: int | None):  #
                 grads = torch.autograd.grad(out[c], weights, retain_graph=c < num_classes - 1)
                 rows.append(torch.cat([g.reshape(-1) for g in grads]))
         g = torch.stack(rows).reshape(n, num_classes, -1)
-        _sync(device)
+        wait_for_device(device)
         middle = time.perf_counter()
         if full:
             flat = g.reshape(n * num_classes, -1)
@@ -211,7 +211,7 @@ def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[
         def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
             start = time.perf_counter()
             result = fn(*args, **kwargs)
-            _sync(device)
+            wait_for_device(device)
             phases[key] = phases.get(key, 0) + time.perf_counter() - start
             if count:
                 phases[count] = phases.get(count, 0) + 1
@@ -224,13 +224,6 @@ def _time_ours_parts(phases: dict[str, float], device) -> None:  # type: ignore[
     engine.factors = timed(engine.factors, "factors")  # type: ignore[method-assign]
     entk._contract = timed(entk._contract, "contraction", "contractions")
     entk.add_gram_share = timed(entk.add_gram_share, "contraction", "contractions")
-
-
-def _sync(device) -> None:  # type: ignore[no-untyped-def]
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def worker(spec: dict) -> None:
@@ -254,7 +247,7 @@ def worker(spec: dict) -> None:
             phases.clear()
             start, cpu_start = time.perf_counter(), time.process_time()
             kernel = compute(x)
-            _sync(device)
+            wait_for_device(device)
             times.append(time.perf_counter() - start)
             cpu_times.append(time.process_time() - cpu_start)  # every thread's: comparable across loads
             phase_times.append(dict(phases))

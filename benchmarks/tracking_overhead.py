@@ -35,7 +35,7 @@ import sys
 import time
 import warnings
 
-from _common import ALLOCATOR, SHARED_MNIST, load_mnist, median_seconds, paired_seconds
+from _common import ALLOCATOR, SHARED_MNIST, load_mnist, median_seconds, paired_seconds, until_done, wait_for_device
 
 from ntkrobust.attacks import EPOCH_PGD_STEPS, AttackSpec, evaluation_schedule
 
@@ -83,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     standard = TrainConfig(mode="standard", epochs=1, batch_size=128)
     adversarial = TrainConfig(mode="pgd", epochs=1, batch_size=128, eps=0.3, pgd_step=0.01, pgd_steps=40)
     optimizer = make_optimizer(model, standard)
-    epoch_standard = median_seconds(lambda: train_epoch(model, optimizer, x, y, standard, 1), args.repeats)
-    track = median_seconds(lambda: tracker.track(model), args.repeats)
+    # on a GPU every timed call waits for the work it queued (until_done)
+    standard_epoch = until_done(lambda: train_epoch(model, optimizer, x, y, standard, 1), device)
+    epoch_standard = median_seconds(standard_epoch, args.repeats)
+    track = median_seconds(until_done(lambda: tracker.track(model), device), args.repeats)
     examples = pgd_accuracy(model, tracker.x, tracker.targets, MNIST_PGD)[1]
-    shared = median_seconds(lambda: tracker.track(model, x_adv=examples), args.repeats)
+    shared = median_seconds(until_done(lambda: tracker.track(model, x_adv=examples), device), args.repeats)
     evaluation_points = torch.as_tensor(
         balanced_indices(y_train, tuple(range(10)), args.eval_n, 0, what="eval"), device=device
     )
@@ -95,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         clean_accuracy(model, x, y)
         pgd_accuracy(model, x[evaluation_points], y[evaluation_points], attack)
 
-    evaluation = median_seconds(evaluate, args.repeats)
+    evaluation = median_seconds(until_done(evaluate, device), args.repeats)
     # train's per-epoch default since issue 16: PGD-10 with steps that reach eps (the full PGD-40 runs once, at the end)
-    per_epoch = median_seconds(lambda: evaluate(EPOCH_PGD), args.repeats)
+    per_epoch = median_seconds(until_done(lambda: evaluate(EPOCH_PGD), device), args.repeats)
     start = time.perf_counter()
     for _ in range(args.pgd_epochs):
         train_epoch(model, optimizer, x, y, adversarial, 1)
+    wait_for_device(device)
     epoch_pgd = (time.perf_counter() - start) / args.pgd_epochs
 
     print(f"epoch, standard training: {epoch_standard:8.2f} s")
@@ -122,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("full", "class-blocks", "rademacher:2", "rademacher:1"):
         other = dataclasses.replace(tracker, kind=kind)
         pairs = paired_seconds(
-            lambda: train_epoch(model, optimizer, x, y, standard, 1),
-            lambda: other.track(model, x_adv=examples),  # noqa: B023
+            standard_epoch,
+            until_done(lambda: other.track(model, x_adv=examples), device),  # noqa: B023
             args.repeats,
         )
         by_kind[kind] = (statistics.median(t for _, t in pairs), sorted(t / e for e, t in pairs))
