@@ -141,6 +141,9 @@ _SYMMETRIC_WHOLE_BELOW = 256
 _SYMMETRIC_MIN_BLOCKS = 6
 #: block results computed ahead of the one being copied to the host
 _IN_FLIGHT = 2
+#: largest asymmetry of a cached training Gram, relative to its largest entry: the whole-matrix
+#: call can part K[i, j] from K[j, i] by rounding (float64), the blocked route mirrors its blocks
+_SYMMETRY = 1e-9
 
 
 @float64
@@ -268,7 +271,7 @@ def cached_gram(
     shape = (x1.shape[0], (x1 if x2 is None else x2).shape[0])
     outcome: CacheOutcome = "miss"
     if path.exists() or path.is_symlink():
-        gram = _read_entry(path, key, shape)
+        gram = _read_entry(path, key, shape, square=x2 is None)
         if gram is not None:
             log.info("Gram cache hit: %s", path)
             return gram, "hit"
@@ -285,8 +288,11 @@ def _checksum(gram: np.ndarray) -> str:
     return hashlib.sha256(f"{gram.dtype.str}{gram.shape}|".encode() + gram.tobytes()).hexdigest()
 
 
-def _read_entry(path: Path, key: str, shape: tuple[int, int]) -> np.ndarray | None:
-    """The entry's Gram if it verifies (key, checksum, shape, float64, finite), else None."""
+def _read_entry(path: Path, key: str, shape: tuple[int, int], square: bool) -> np.ndarray | None:
+    """The entry's Gram if it verifies (key, checksum, shape, float64, finite; a training Gram
+    symmetric, its diagonal >= 0), else None. The checksum catches damage, not forgery: anyone
+    can recompute it, so the cache folder is trusted as the user's own, as a run folder is; the
+    symmetry and the diagonal refuse a forged entry that breaks what every kernel's Gram is."""
     try:
         with np.load(path, allow_pickle=False) as f:
             stored_key, stored_sum, gram = str(f["key"][()]), str(f["checksum"][()]), f["gram"]
@@ -294,7 +300,15 @@ def _read_entry(path: Path, key: str, shape: tuple[int, int]) -> np.ndarray | No
         return None
     if stored_key != key or gram.shape != shape or gram.dtype != np.float64 or stored_sum != _checksum(gram):
         return None
-    return gram if np.all(np.isfinite(gram)) else None
+    if not np.all(np.isfinite(gram)):
+        return None
+    if square and (np.any(np.diagonal(gram) < 0) or np.abs(gram - gram.T).max(initial=0.0) > _SYMMETRY * _scale(gram)):
+        return None
+    return gram
+
+
+def _scale(gram: np.ndarray) -> float:
+    return float(np.abs(gram).max(initial=0.0))
 
 
 def _write_entry(path: Path, key: str, gram: np.ndarray) -> None:

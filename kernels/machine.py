@@ -132,9 +132,11 @@ class KernelMachine:
 
     @property
     def condition_number(self) -> float:
+        """Of the directions kept; inf when none is (a zero Gram, such as the two-layer NTK of
+        all-zero images: the machine then predicts zero everywhere)."""
         kept = np.maximum(self.eigenvalues, 0.0) + self.ridge
         kept = kept[kept > self.cutoff]
-        return float(kept.max() / kept.min())
+        return float(kept.max() / kept.min()) if kept.size else math.inf
 
     @property
     def dropped_directions(self) -> int:
@@ -537,7 +539,15 @@ def _index_of(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
 def _warn_if_ill_conditioned(machine: KernelMachine) -> None:
     dropped = machine.dropped_directions
     cond = machine.condition_number
-    if dropped:
+    if dropped == machine.n_train:
+        warnings.warn(
+            f"Gram matrix is numerically zero: all {dropped} of {machine.n_train} eigen-directions "
+            f"(eigenvalue <= {machine.cutoff:.3g}) are left out and the machine predicts 0 everywhere; "
+            "the two-layer NTK (no biases) of all-zero images does this",
+            IllConditionedWarning,
+            stacklevel=3,
+        )
+    elif dropped:
         warnings.warn(
             f"Gram matrix is numerically singular: {dropped} of {machine.n_train} eigen-directions "
             f"(eigenvalue <= {machine.cutoff:.3g}) are left out (pseudo-inverse); duplicated inputs do this",

@@ -110,6 +110,31 @@ def _a_directory(path, inputs, tmp_path):
     (path / "inside").mkdir(parents=True)
 
 
+def _forged(path, transform) -> None:
+    """The entry's own key, ``transform`` of its Gram, and that Gram's checksum recomputed (anyone
+    can: the checksum catches damage, not forgery)."""
+    with np.load(path, allow_pickle=False) as f:
+        key, gram = f["key"], f["gram"]
+    forged = np.ascontiguousarray(transform(gram))
+    np.savez(path, gram=forged, key=key, checksum=np.array(gram_module._checksum(forged)))
+
+
+def _forged_negated(path, inputs, tmp_path):
+    """−K: symmetric, checksum right, but a negative diagonal no kernel has (the sweep's case)."""
+    _forged(path, lambda g: -g)
+
+
+def _forged_asymmetric(path, inputs, tmp_path):
+    """One entry above the diagonal changed: it silently changed a kernel machine's accuracy."""
+
+    def shift(g):
+        g = g.copy()
+        g[0, 1] *= 1.5
+        return g
+
+    _forged(path, shift)
+
+
 CORRUPTIONS = [
     _truncated,
     _emptied,
@@ -124,6 +149,8 @@ CORRUPTIONS = [
     _missing_arrays,
     _a_plain_npy,
     _a_directory,
+    _forged_negated,
+    _forged_asymmetric,
 ]
 
 

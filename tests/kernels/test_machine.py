@@ -147,6 +147,16 @@ def test_duplicated_training_points_warn_and_stay_finite(digits_binary):
     np.testing.assert_allclose(f, machine.targets, atol=1e-5)  # consistent duplicates: still interpolated
 
 
+def test_a_zero_gram_warns_and_predicts_zero(digits_binary):
+    """The two-layer NTK (no biases) of all-zero images is the zero matrix: every direction is
+    dropped, the condition number is inf (it raised on the empty set of kept eigenvalues)."""
+    x = np.zeros_like(digits_binary.x_train[:12])
+    with pytest.warns(IllConditionedWarning, match="zero: all 12 of 12"):
+        machine = fit_kernel_machine(get_architecture("two-layer"), x, digits_binary.y_train[:12])
+    assert machine.condition_number == math.inf and machine.dropped_directions == 12
+    assert np.abs(np.asarray(machine.logits(digits_binary.x_test[:5]))).max() == 0.0
+
+
 def test_well_conditioned_machine_does_not_warn(digits_binary):
     with warnings.catch_warnings():
         warnings.simplefilter("error", IllConditionedWarning)
