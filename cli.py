@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(argv)
         args.argv = argv
         return run_command(args)
-    except (UsageError, StudyError) as err:
+    except (UsageError, StudyError, FloatingPointError) as err:  # the last: a kernel or loss not finite
         if args is None and _later_rank():  # flags every process of a launch refuses alike: rank 0 says why
             return 2
         print(f"{_speaker()}: error: {err}", file=sys.stderr)

@@ -195,6 +195,9 @@ def empirical_ntk(
         structured: dense layers by their outer-product structure (see the module docstring);
             False puts every parameter through the generic Jacobian groups (the same kernel).
         seed: the random signs of ``"rademacher:K"`` (the other kinds are exact).
+
+    Raises ``FloatingPointError`` when the kernel holds NaN or inf (weights that make the net
+    overflow: a diverged run, a damaged checkpoint).
     """
     plan = plan_kernel(model, x1, x2, kind, batch_stats, memory_budget, device, dtype, structured, seed)
     kind, a, b = plan.kind, plan.a, plan.b
@@ -210,7 +213,13 @@ def empirical_ntk(
     distributed.all_reduce_sum(kernel)
     if kind.name == "trace":
         kernel /= outputs * (plan.num_outputs if plan.estimated else 1)
-    return kernel.cpu().numpy()
+    kernel = kernel.cpu().numpy()
+    if not np.isfinite(kernel).all():  # every metric of it would be NaN: say why, where it happened
+        raise FloatingPointError(
+            f"the empirical NTK of {shape[0]} points is not finite (NaN or inf): the net's outputs "
+            f"or their gradients overflow {str(a.dtype).removeprefix('torch.')}"
+        )
+    return kernel
 
 
 def check_memory_budget(

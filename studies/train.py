@@ -399,6 +399,11 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
             _discard_unfinished(RunFolder(settings.out), existed)
         raise StudyError(f"--memory-budget {settings.memory_budget}: {err}") from None
     except FloatingPointError as err:  # diverged: the epochs before it are saved, the message says so
+        run = RunFolder(settings.out)
+        if run.latest_checkpoint() is None:  # at initialisation: the starting weights overflow
+            if not settings.resume and is_main():
+                _discard_unfinished(run, existed)
+            raise StudyError(f"at initialisation, {err}: the starting weights do this; nothing was written") from None
         raise StudyError(f"{err}: the run diverged; try a smaller --lr (the finished epochs are kept)") from None
     if settings.final_eval == "autoattack":
         history["final_evaluation"] = _final_evaluation(settings, net["model"], data, threat.eps, device)

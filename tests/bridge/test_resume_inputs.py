@@ -295,3 +295,29 @@ def test_a_state_dict_with_a_missing_or_foreign_entry_is_refused(tmp_path, saved
     torch.save(_changed_weights(payload, "extra", torch.zeros(1)), tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match="its state dict has 'extra'"):
         load_checkpoint(tmp_path / "extra.pt")
+
+
+def test_weights_that_overflow_the_kernel_are_one_line_and_write_nothing(tmp_path, assert_refused):
+    """Finite weights (so the checkpoint loads) a million million times too large: the net's
+    outputs overflow float32 and its empirical NTK holds inf. It was a traceback from the
+    kernel's metrics, and ``train`` left its configuration and probe behind."""
+    config = model_config("fc2", (1, 8, 8), 10, width=16)
+    model = build_model(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(1e12)
+    path = save_checkpoint(tmp_path / "huge.pt", model, config, epoch=1)
+    entk = ["entk", "--data", "digits", "--checkpoint", path, "--n", 10, "--device", "cpu", "--quiet"]
+    assert_refused(entk, "the empirical NTK of 10 points is not finite (NaN or inf)")
+    linearized = [*TRAIN[:7], "--epochs", 1, "--track-kernel", 10, "--eval-n", 10, "--full-eval-steps", 0]
+    assert_refused([*linearized, "--linearize-from", path], "at initialisation, the empirical NTK")
+
+
+def test_a_run_whose_weights_overflow_after_an_epoch_says_it_diverged_and_keeps_the_epochs_before(tmp_path, run_cli):
+    """lr 1e30 and one step (a batch of all 40 points): its loss is finite, the weights after it
+    make the probe's kernel overflow (the loss of a second step would have been NaN)."""
+    out = tmp_path / "run"
+    code, _, stderr = run_cli([*TRAIN, "--epochs", 1, "--batch-size", 40, "--lr", "1e30", "--out", out])
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "is not finite (NaN or inf)" in stderr and "the run diverged; try a smaller --lr" in stderr
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch_000.pt"]
