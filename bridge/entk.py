@@ -213,13 +213,13 @@ def empirical_ntk(
     distributed.all_reduce_sum(kernel)
     if kind.name == "trace":
         kernel /= outputs * (plan.num_outputs if plan.estimated else 1)
-    kernel = kernel.cpu().numpy()
-    if not np.isfinite(kernel).all():  # every metric of it would be NaN: say why, where it happened
+    values = kernel.cpu().numpy()
+    if not np.isfinite(values).all():  # every metric of it would be NaN: say why, where it happened
         raise FloatingPointError(
             f"the empirical NTK of {shape[0]} points is not finite (NaN or inf): the net's outputs "
             f"or their gradients overflow {str(a.dtype).removeprefix('torch.')}"
         )
-    return kernel
+    return values
 
 
 def check_memory_budget(
