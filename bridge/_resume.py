@@ -128,7 +128,8 @@ def start_state(
             try:
                 model.load_state_dict(payload["state_dict"])
                 optimizer.load_state_dict(payload["optimizer"])
-            except (KeyError, RuntimeError, ValueError) as error:
+                _check_optimizer_state(optimizer)
+            except (KeyError, RuntimeError, TypeError, ValueError) as error:
                 raise RunFolderError(f"--resume: cannot resume from {latest} ({first_line(error)[:160]})") from None
         if probe is not None and latest is not None:
             state.write_probe = _check_tracked(run, state.history.get("kernels", []), probe)
@@ -158,6 +159,24 @@ def _check_config(run: RunFolder, config: dict[str, Any]) -> None:
     if differences:
         more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
         raise RunFolderError(f"--resume: {run.path} was made with a different configuration: {differences[0]}{more}")
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """``ValueError`` unless every tensor of the loaded optimizer state (SGD's momentum buffers)
+    has its parameter's shape and holds finite floats: ``load_state_dict`` takes any tensors,
+    and a wrong one failed only at the first step, as a traceback."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if not isinstance(value, torch.Tensor) or value.ndim == 0:
+                    continue  # a step count
+                if value.shape != parameter.shape or not value.is_floating_point():
+                    raise ValueError(
+                        f"its optimizer's {name} of shape {tuple(value.shape)} ({value.dtype}) is not "
+                        f"one for a parameter of shape {tuple(parameter.shape)}"
+                    )
+                if not torch.isfinite(value).all():
+                    raise ValueError(f"its optimizer's {name} holds NaN or infinite values")
 
 
 def _check_tracked(run: RunFolder, records: list[Any], probe: dict[str, np.ndarray]) -> bool:

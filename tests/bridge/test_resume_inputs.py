@@ -67,6 +67,13 @@ def _nan_weights(payload):
     payload["state_dict"] = {key: torch.full_like(value, float("nan")) for key, value in payload["state_dict"].items()}
 
 
+def _wrong_momentum(payload, nan=False):
+    """Every momentum buffer of shape (2,), or of its own shape and NaN."""
+    for state in payload["optimizer"]["state"].values():
+        buffer = state["momentum_buffer"]
+        state["momentum_buffer"] = torch.full_like(buffer, float("nan")) if nan else torch.zeros(2)
+
+
 def _cut(path, keep=100):
     path.write_bytes(path.read_bytes()[:keep])
 
@@ -115,6 +122,18 @@ EDITS = {
     "bad optimizer state": (
         lambda run: _edit_checkpoint(run, lambda p: p.update(optimizer={"state": {}, "param_groups": []})),
         "parameter groups",
+    ),
+    "optimizer state of the wrong types": (  # TypeError inside torch's load_state_dict: a traceback
+        lambda run: _edit_checkpoint(run, lambda p: p.update(optimizer={"state": 5, "param_groups": "x"})),
+        "cannot resume from",
+    ),
+    "momentum buffers of the wrong shape": (  # loaded as they were, and a traceback at the first step
+        lambda run: _edit_checkpoint(run, _wrong_momentum),
+        "its optimizer's momentum_buffer of shape (2,) (torch.float32) is not one for a parameter of shape",
+    ),
+    "NaN momentum": (
+        lambda run: _edit_checkpoint(run, lambda p: _wrong_momentum(p, nan=True)),
+        "its optimizer's momentum_buffer holds NaN or infinite values",
     ),
     "NaN weights": (lambda run: _edit_checkpoint(run, _nan_weights), "holds NaN or infinite values"),
     # the kernels and probe of the steps before the checkpoint: trained on, then refused by dynamics
