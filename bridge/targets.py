@@ -279,11 +279,12 @@ def _mismatch(error: BaseException | None) -> str:
 
 
 def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: int, device: torch.device | str) -> None:
-    """One forward pass on a blank image: the shape must go in and the logits must fit the task."""
-    probe = torch.zeros((2, *image_shape), device=device)
+    """One forward pass on a blank image: the shape must go in, and the logits must fit the task
+    and be differentiable floats (every white-box attack, transfer's references included, takes
+    the gradient of a cross-entropy of them with respect to the images)."""
+    probe = torch.zeros((2, *image_shape), device=device, requires_grad=True)
     try:
-        with torch.no_grad():
-            outputs = target.model(probe)
+        outputs = target.model(probe)
     except Exception as error:
         raise TargetError(
             f"{target.description['path']} does not take images of shape {tuple(image_shape)}: {_first_line(error)}"
@@ -294,4 +295,12 @@ def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: in
         raise TargetError(
             f"{target.description['path']} returns {shape} for 2 images; "
             f"the task needs (2, {num_classes}) logits" + (" or (2, 1)" if num_classes == 2 else "")
+        )
+    if not outputs.is_floating_point():
+        path = target.description["path"]
+        raise TargetError(f"{path} returns {outputs.dtype} logits; attacks need floating-point ones")
+    if not outputs.requires_grad:
+        raise TargetError(
+            f"{target.description['path']} returns logits without a gradient to the images "
+            "(detached, or computed under no_grad): white-box attacks need one"
         )

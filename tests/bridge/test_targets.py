@@ -182,6 +182,9 @@ def test_an_exported_program_of_a_fixed_batch_is_refused_before_it_runs(tmp_path
     [
         (lambda d: _write(d / "junk.pt", b"not a model"), "not a torchscript that loads"),
         (lambda d: _script(d, (1, 28, 28)), "does not take images of shape (1, 8, 8)"),
+        # both were tracebacks from the first attack step, in transfer after its NTK machine was fitted
+        (lambda d: _scripted(d, _IntegerLogits()), "returns torch.int64 logits; attacks need floating-point ones"),
+        (lambda d: _scripted(d, _DetachedLogits()), "returns logits without a gradient to the images"),
     ],
 )
 def test_bad_trusted_files_are_refused_in_one_line(tmp_path, make, message):
@@ -247,6 +250,22 @@ def _script(folder, shape):
     net = build_model(model_config("fc1", shape, 10, width=8)).eval()
     path = folder / "mnist.ts"
     torch.jit.save(torch.jit.trace(net, torch.rand(2, *shape)), path)
+    return path
+
+
+class _IntegerLogits(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1)[:, :10] * 10).long()
+
+
+class _DetachedLogits(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :10].detach()
+
+
+def _scripted(folder, net):
+    path = folder / "scripted.pt"
+    torch.jit.script(net).save(str(path))
     return path
 
 
