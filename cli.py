@@ -199,10 +199,12 @@ def _refuse_inputs_replaced(args: argparse.Namespace) -> None:
     """With --force the command's files replace those of the same names in --out (make-npz: the
     file --out): an input file there may be one of them. ``attack --data OUT/adversarial.npz
     --out OUT --force`` overwrote its own input. Any file named on the command line (also after
-    an ``=``, as in evaluate's MODEL=WEIGHTS) that sits directly in --out is refused."""
+    an ``=``, as in evaluate's MODEL=WEIGHTS) that sits directly in --out is refused, and so is
+    an input folder that is --out itself (``dynamics RUN --out RUN --force`` wrote its figures
+    among the run's files; the Gram cache is a folder the command writes too, and may be it)."""
     out = args.out.resolve()
     for name, value in vars(args).items():
-        if name in ("out", "argv", "command"):
+        if name in ("out", "argv", "command", "cache_dir"):
             continue
         for item in value if isinstance(value, list | tuple) else [value]:
             if not isinstance(item, str | Path):
@@ -210,9 +212,11 @@ def _refuse_inputs_replaced(args: argparse.Namespace) -> None:
             for text in dict.fromkeys((str(item), str(item).rpartition("=")[2])):
                 try:
                     path = Path(text).resolve()
-                    named = path.is_file()
+                    named, folder = path.is_file(), path.is_dir()
                 except (OSError, RuntimeError):  # a name too long for a path, a loop of links: no file
                     continue
+                if folder and path == out and args.command != "make-npz":
+                    raise UsageError(f"--out {args.out} is the input folder {text}: choose another --out")
                 if named and args.command == "make-npz" and path == out:
                     raise UsageError(f"--out {args.out} is the input {text}: --force would replace it; choose another")
                 if named and args.command != "make-npz" and path.parent == out:

@@ -78,6 +78,8 @@ def ntk_eigenvectors(
         top: how many eigenpairs (1 ≤ top ≤ N).
         memory_budget: bytes of working memory, for the kernel (``empirical_ntk``) and for the
             sub-batches of X in the gradients; default ``auto_memory_budget``.
+
+    Raises ``FloatingPointError`` (from ``empirical_ntk``) when the kernel is not finite.
     """
     net = _eval_copy(model)
     params = _trainable(net)
@@ -91,9 +93,8 @@ def ntk_eigenvectors(
     if memory_budget is None:
         memory_budget = auto_memory_budget(first.device)
 
+    # a kernel of NaN or inf (where eigh fails with a LinAlgError that names neither) is refused there
     kernel = empirical_ntk(net, xs, kind=f"class:{output}", memory_budget=memory_budget)
-    if not np.all(np.isfinite(kernel)):  # eigh would fail with a LinAlgError that names neither
-        raise ValueError("the kernel holds NaN or inf: the model's weights or the inputs are not finite")
     eigenvalues, vectors = np.linalg.eigh(kernel)  # ascending
     eigenvalues, vectors = eigenvalues[::-1][:top].copy(), vectors[:, ::-1][:, :top].copy()
     signs = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(top)])

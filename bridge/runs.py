@@ -502,6 +502,11 @@ def _class_names(history: dict[str, Any], targets: np.ndarray, where: Path) -> l
         raise RunError(f"{where}: 'class_names' must be a list")
     if len(names) < needed:
         raise RunError(f"{where}: {len(names)} class names but the probe has output index {needed - 1}")
+    model = history.get("config", {}).get("model") if isinstance(history.get("config"), dict) else None
+    outputs = model.get("num_classes") if isinstance(model, dict) else None
+    # a binary net may have one output for its two classes; 100,000 names kept dynamics busy for minutes
+    if isinstance(outputs, int) and len(names) > max(outputs, 2):
+        raise RunError(f"{where}: {len(names)} class names for a net of {outputs} outputs")
     return [str(n) for n in names]
 
 

@@ -379,6 +379,17 @@ def test_force_refuses_an_input_among_the_files_it_replaces(argv, where, tmp_pat
     assert source.read_bytes() == b"precious"
 
 
+def test_force_refuses_an_input_folder_that_is_out(tmp_path, run_cli, monkeypatch):
+    """``dynamics RUN --out RUN --force`` wrote its results and figures among the run's files."""
+    _no_compute(monkeypatch, "dynamics")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "history.json").write_text("{}")
+    code, _, stderr = run_cli(["dynamics", run, "--force", "--out", f"{run}/"])
+    assert code == 2 and stderr.count("\n") == 1 and "is the input folder" in stderr, stderr
+    assert [p.name for p in run.iterdir()] == ["history.json"]
+
+
 def test_force_keeps_inputs_below_out_and_an_empty_out_is_refused(tmp_path, run_cli, monkeypatch):
     """Only the files directly in --out are replaced: data in OUT/inner/ is an input like any
     other, and the command reaches its study. An empty --out was the working folder (Path(""))."""

@@ -251,7 +251,7 @@ def test_ntk_eigenvectors_of_a_diverged_network_name_the_cause():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     with torch.no_grad():
         model[1].weight.fill_(float("nan"))  # NaN features: the last layer's gradients are NaN
-    with pytest.raises(ValueError, match="the kernel holds NaN or inf"):  # a LinAlgError before the fix
+    with pytest.raises(FloatingPointError, match=r"is not finite \(NaN or inf\)"):  # a LinAlgError before the fix
         ntk_eigenvectors(model, np.full((3, 1, 2, 2), 0.5, np.float32), output=0, top=1)
 
 
@@ -275,3 +275,17 @@ def test_check_kernel_files_reads_each_statistics_a_record_names(tmp_path: Path)
         check_kernel_files(tmp_path, [record, {"step": 5, "file": "kernels/step_0000005.npz"}], N)
     with pytest.raises(RunError, match="lies outside this folder"):
         check_kernel_files(tmp_path, [{"step": 0, "file": "../elsewhere.npz"}], N)
+
+
+def test_more_class_names_than_the_net_has_outputs_are_refused(tmp_path):
+    """A history naming 100,000 classes for a net of 10 kept ``dynamics`` busy for minutes."""
+    run = make_run(tmp_path / "run")
+    history = json.loads((run / "history.json").read_text())
+    history["config"]["model"] = {"model": "fc2", "num_classes": C}
+    for names, refused in ((["a", "b"], False), (["a", "b", "c"], True)):
+        (run / "history.json").write_text(json.dumps({**history, "class_names": names}))
+        if refused:
+            with pytest.raises(RunError, match=r"history.json: 3 class names for a net of 2 outputs"):
+                load_run(run)
+        else:
+            assert load_run(run).class_names == names
