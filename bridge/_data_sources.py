@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
+import shutil
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,7 +75,8 @@ def _digits() -> dict[str, Any]:
 
 def _npz(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise DataError(f"dataset file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
+        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+        raise DataError(f"dataset file {path} {what}")  # a FIFO or a device exists, and is no .npz
     arrays = ("x_train", "y_train", "x_test", "y_test")
     try:
         out: dict[str, Any] = read_npz(path, (*arrays, "label_names"), required=arrays)
@@ -174,7 +176,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise DataError(f"refusing to unpickle {module}.{name}: not a CIFAR-10 batch file")
+        raise DataError(f"refusing to unpickle {module}.{name}: a CIFAR batch file holds only arrays and strings")
 
 
 def _unpickle_dict(path: Path, what: str) -> dict[str, Any]:
@@ -296,6 +298,8 @@ def _cifar100(root: Path, want_train: bool) -> dict[str, Any]:
 
 
 def _download(spec: str, root: Path) -> None:
+    """torchvision's download of ``spec`` into ``root``; a failed one removes what it made there."""
+    before = set(root.iterdir()) if root.is_dir() else None
     try:
         import torchvision.datasets as tvd
 
@@ -304,5 +308,15 @@ def _download(spec: str, root: Path) -> None:
         for train in (True, False):
             source(root=str(root), train=train, download=True)
     except Exception as err:  # network, disk or archive errors: one line for the user
-        reason = first_line(err)
-        raise DataError(f"download of {spec} into {root} failed: {reason}") from None
+        made = [root] if before is None else sorted(set(root.iterdir()) - before) if root.is_dir() else []
+        for path in made:  # its folders and partial files (a retry starts clean)
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        raise DataError(f"download of {spec} into {root} failed: {_download_reason(err)}") from None
+
+
+def _download_reason(error: BaseException) -> str:
+    """torchvision's "Error downloading X:" heads a list of the mirrors tried; the cause is last."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[-1]}"[:300]
+    return first_line(error)

@@ -384,6 +384,8 @@ def check_config(config: ModelConfig) -> None:
         value = getattr(config, key)
         if value is not None and len(value) != channels:
             raise ModelError(f"{key} needs one value per input channel ({channels}), got {len(value)}")
+        if value is not None and not all(math.isfinite(v) for v in value):  # NaN passed "std > 0"
+            raise ModelError(f"{key} must be finite, got {list(value)}")
     if (config.mean is None) != (config.std is None):
         raise ModelError("give both mean and std, or neither")
     if config.std is not None and min(config.std) <= 0:

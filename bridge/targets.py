@@ -136,6 +136,8 @@ def _parse(spec: str) -> tuple[str | None, int | None, Path]:
         name, width = parse_model_name(head)
     except ModelError as error:
         raise TargetError(f"{error}") from None
+    if not tail.strip():  # Path("") is the working folder: "target . is a folder" said nothing useful
+        raise TargetError(f"{spec}: no weights file after '=' (MODEL=WEIGHTS)")
     return name, width, Path(tail)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +113,9 @@ def test_missing_keys_and_unknown_specs(tmp_path):
     (tmp_path / "folder.npz").mkdir()
     with pytest.raises(DataError, match=r"folder\.npz is a folder"):  # it said "does not exist"
         load_dataset(str(tmp_path / "folder.npz"))
+    os.mkfifo(tmp_path / "fifo.npz")
+    with pytest.raises(DataError, match=r"fifo\.npz is not a regular file"):  # it said "does not exist"
+        load_dataset(str(tmp_path / "fifo.npz"))
     with pytest.raises(DataError, match="needs --data-root"):
         load_dataset("mnist")
 
@@ -315,3 +320,29 @@ def test_fewer_training_points_than_classes_are_refused():
 def test_class_names_in_any_case(tmp_path, small_arrays):
     arrays = dict(small_arrays, label_names=np.array(["Cat", "Dog"]))
     assert load_dataset(write_npz(tmp_path / "pets.npz", **arrays), classes=["dog", "CAT"]).classes == (1, 0)
+
+
+def test_a_failed_download_says_its_cause_and_removes_what_it_made(tmp_path, monkeypatch):
+    """torchvision's message began "Error downloading X:" and the line was cut at that colon; the
+    folders it had made (MNIST/raw) stayed behind."""
+    import torchvision.datasets
+
+    from ntkrobust.bridge._data_sources import _download
+
+    class Offline:
+        def __init__(self, root, train, download):
+            (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+            (Path(root) / "MNIST" / "raw" / "part.gz").write_bytes(b"x")
+            raise RuntimeError("Error downloading x.gz:\nTried https://mirror, got:\n<urlopen error offline>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(DataError, match=r"failed: Error downloading x\.gz: <urlopen error offline>$"):
+        _download("mnist", fresh)
+    assert not fresh.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine").write_text("keep")
+    with pytest.raises(DataError):
+        _download("mnist", kept)
+    assert [p.name for p in kept.iterdir()] == ["mine"]

@@ -142,6 +142,7 @@ def test_every_refusal_names_the_nets_role_once(tmp_path):
         # what does not fit, not load_state_dict's heading alone (the message ended at its colon)
         (lambda d: f"fc2:64={_state(d)}", "does not fit the fc2 model: size mismatch for "),
         (lambda d: f"fc2:x={_state(d)}", "must be a whole number"),
+        (lambda d: "fc2=", "fc2=: no weights file after '='"),  # it said "target . is a folder"
     ],
 )
 def test_bad_targets_are_refused_in_one_line(tmp_path, make, message):
