@@ -141,9 +141,11 @@ _SYMMETRIC_WHOLE_BELOW = 256
 _SYMMETRIC_MIN_BLOCKS = 6
 #: block results computed ahead of the one being copied to the host
 _IN_FLIGHT = 2
-#: largest asymmetry of a cached training Gram, relative to its largest entry: the whole-matrix
-#: call can part K[i, j] from K[j, i] by rounding (float64), the blocked route mirrors its blocks
+#: largest asymmetry of a cached training Gram, and largest difference of its sampled entries
+#: from their recomputation, relative to the largest entry: the routes part by rounding (float64)
 _SYMMETRY = 1e-9
+#: points per side of the cached Gram's block that a hit recomputes (``_agrees_with_a_sample``)
+_SAMPLE = 8
 
 
 @float64
@@ -272,7 +274,7 @@ def cached_gram(
     outcome: CacheOutcome = "miss"
     if path.exists() or path.is_symlink():
         gram = _read_entry(path, key, shape, square=x2 is None)
-        if gram is not None:
+        if gram is not None and _agrees_with_a_sample(arch, gram, x1, x2):
             log.info("Gram cache hit: %s", path)
             return gram, "hit"
         log.warning("Gram cache entry %s is corrupt or not this Gram's: recomputing and replacing it", path)
@@ -291,8 +293,8 @@ def _checksum(gram: np.ndarray) -> str:
 def _read_entry(path: Path, key: str, shape: tuple[int, int], square: bool) -> np.ndarray | None:
     """The entry's Gram if it verifies (key, checksum, shape, float64, finite; a training Gram
     symmetric, its diagonal >= 0), else None. The checksum catches damage, not forgery: anyone
-    can recompute it, so the cache folder is trusted as the user's own, as a run folder is; the
-    symmetry and the diagonal refuse a forged entry that breaks what every kernel's Gram is."""
+    can recompute it. The symmetry and the diagonal refuse a forged entry that breaks what every
+    kernel's Gram is, and ``cached_gram`` then recomputes a sample of its entries."""
     try:
         with np.load(path, allow_pickle=False) as f:
             stored_key, stored_sum, gram = str(f["key"][()]), str(f["checksum"][()]), f["gram"]
@@ -305,6 +307,23 @@ def _read_entry(path: Path, key: str, shape: tuple[int, int], square: bool) -> n
     if square and (np.any(np.diagonal(gram) < 0) or np.abs(gram - gram.T).max(initial=0.0) > _SYMMETRY * _scale(gram)):
         return None
     return gram
+
+
+@float64
+def _agrees_with_a_sample(arch: Architecture, gram: np.ndarray, x1: Any, x2: Any) -> bool:
+    """Whether ``_SAMPLE`` x ``_SAMPLE`` entries of a cached Gram, at rows and columns drawn
+    afresh each time (no seed: a forger cannot know which), equal the same entries recomputed,
+    within ``_SYMMETRY``. One small jitted program, about a second to compile: a forged entry
+    that keeps its symmetry (zeros, a multiple of the true Gram, another kernel's) is refused."""
+    rng = np.random.default_rng()
+    hosts = [np.asarray(x.detach().cpu() if hasattr(x, "detach") else x) for x in (x1, x1 if x2 is None else x2)]
+    picks = [np.sort(rng.choice(h.shape[0], min(_SAMPLE, h.shape[0]), replace=False)) for h in hosts]
+    if x2 is None:
+        picks[1] = picks[0]
+    a, b = (arch.to_layout(jnp.asarray(h[p], dtype=jnp.float64)) for h, p in zip(hosts, picks, strict=True))
+    sample = np.asarray(_whole_gram(arch)(a, b), dtype=np.float64)
+    stored = gram[np.ix_(picks[0], picks[1])]
+    return bool(np.abs(sample - stored).max() <= _SYMMETRY * max(_scale(sample), np.finfo(np.float64).tiny))
 
 
 def _scale(gram: np.ndarray) -> float:

@@ -135,6 +135,16 @@ def _forged_asymmetric(path, inputs, tmp_path):
     _forged(path, shift)
 
 
+def _forged_zero(path, inputs, tmp_path):
+    """Symmetric, a diagonal >= 0, its checksum right: only the recomputed sample refuses it."""
+    _forged(path, np.zeros_like)
+
+
+def _forged_scaled(path, inputs, tmp_path):
+    """Twice the true Gram (positive definite like it): only the recomputed sample refuses it."""
+    _forged(path, lambda g: 2 * g)
+
+
 CORRUPTIONS = [
     _truncated,
     _emptied,
@@ -151,6 +161,8 @@ CORRUPTIONS = [
     _a_directory,
     _forged_negated,
     _forged_asymmetric,
+    _forged_zero,
+    _forged_scaled,
 ]
 
 
