@@ -308,9 +308,15 @@ def _download(spec: str, root: Path) -> None:
         for train in (True, False):
             source(root=str(root), train=train, download=True)
     except Exception as err:  # network, disk or archive errors: one line for the user
-        made = [root] if before is None else sorted(set(root.iterdir()) - before) if root.is_dir() else []
-        for path in made:  # its folders and partial files (a retry starts clean)
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if before is None:  # the folder is the download's: all of it goes
+            made = [root]
+        else:  # its folders and partial files in a folder of the user's (a retry starts clean)
+            made = sorted(set(root.iterdir()) - before) if root.is_dir() else []
+        for path in made:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         raise DataError(f"download of {spec} into {root} failed: {_download_reason(err)}") from None
 
 

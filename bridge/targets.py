@@ -284,25 +284,23 @@ def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: in
     """One forward pass on a blank image: the shape must go in, and the logits must fit the task
     and be differentiable floats (every white-box attack, transfer's references included, takes
     the gradient of a cross-entropy of them with respect to the images)."""
+    path = target.description["path"]
     probe = torch.zeros((2, *image_shape), device=device, requires_grad=True)
     try:
         outputs = target.model(probe)
     except Exception as error:
-        raise TargetError(
-            f"{target.description['path']} does not take images of shape {tuple(image_shape)}: {_first_line(error)}"
-        ) from None
+        raise TargetError(f"{path} does not take images of shape {tuple(image_shape)}: {_first_line(error)}") from None
     allowed = {num_classes, 1} if num_classes == 2 else {num_classes}
     if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] not in allowed:
         shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
         raise TargetError(
-            f"{target.description['path']} returns {shape} for 2 images; "
+            f"{path} returns {shape} for 2 images; "
             f"the task needs (2, {num_classes}) logits" + (" or (2, 1)" if num_classes == 2 else "")
         )
     if not outputs.is_floating_point():
-        path = target.description["path"]
         raise TargetError(f"{path} returns {outputs.dtype} logits; attacks need floating-point ones")
     if not outputs.requires_grad:
         raise TargetError(
-            f"{target.description['path']} returns logits without a gradient to the images "
+            f"{path} returns logits without a gradient to the images "
             "(detached, or computed under no_grad): white-box attacks need one"
         )
