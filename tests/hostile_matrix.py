@@ -268,6 +268,11 @@ def _cases() -> list[Case]:
         Case("full-disk/attack", _full_disk_attack, needs_root=True),
         Case("concurrent-out/attack", _concurrent),
         Case("corrupt-cache-entry/attack", _corrupt_cache, expect="ok", after=_recomputed),
+        Case("forged-cache-entry/attack", _forged_cache, expect="ok", after=_recomputed),
+        Case(
+            "overflowing-weights/entk",
+            lambda d: ["entk", "--checkpoint", str(_overflowing_checkpoint(d)), "--n", "20", "--out", str(d / "out")],
+        ),
         Case(
             "sigint/attack",
             lambda d: [
@@ -333,6 +338,34 @@ def _corrupt_cache(folder: Path) -> list[str]:
     data[len(data) // 2] ^= 0xFF
     entry.write_bytes(bytes(data))
     return [*argv, "--out", str(folder / "out")]
+
+
+def _forged_cache(folder: Path) -> list[str]:
+    """The entry's Gram doubled and its checksum recomputed (anyone can): symmetric, a diagonal
+    >= 0, only the hit's recomputed sample of entries tells it from the true one."""
+    import hashlib
+
+    argv = ["attack", *SMALL, "--cache-dir", str(folder / "cache"), "--quiet"]
+    subprocess.run([*NTK, *argv, "--out", str(folder / "first")], check=True, capture_output=True)
+    (entry,) = (folder / "cache").glob("*.npz")
+    with np.load(entry, allow_pickle=False) as stored:
+        key, gram = stored["key"], np.ascontiguousarray(2 * stored["gram"])
+    checksum = hashlib.sha256(f"{gram.dtype.str}{gram.shape}|".encode() + gram.tobytes()).hexdigest()
+    with open(entry, "wb") as f:
+        np.savez(f, gram=gram, key=key, checksum=np.array(checksum))
+    return [*argv, "--out", str(folder / "out")]
+
+
+def _overflowing_checkpoint(folder: Path) -> Path:
+    """A run's checkpoint with every weight times 1e20: finite, so it loads, and the net's
+    outputs overflow float32 (its kernel holds inf)."""
+    import torch
+
+    path = _checkpoint(folder)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = {k: v * 1e20 if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    torch.save(payload, folder / "overflowing.pt")
+    return folder / "overflowing.pt"
 
 
 def _recomputed(folder: Path) -> str | None:
