@@ -198,25 +198,36 @@ class ThreatSettings:
 
     COUNTS: ClassVar[dict[str, int]] = {"steps": 1}  # checked by check_counts, as the parser does
 
-    def resolve(self, channels: int) -> tuple[float, float, int]:
-        """(eps, PGD step, PGD steps) for images with ``channels`` channels."""
+    def resolve(self, image_shape: tuple[int, ...]) -> tuple[float, float, int]:
+        """(eps, PGD step, PGD steps) for images of ``image_shape`` (C, H, W)."""
         from ntkrobust.attacks import NORMS, standard_threat
 
         check_choice(self.norm, NORMS, "--norm")
+        channels = image_shape[0]
         eps = standard_threat(channels, self.norm)[0] if self.eps is None else self.eps
         if not math.isfinite(eps) or eps <= 0:  # eps = 0 is no attack: its PGD step would be 0 too
             raise StudyError(f"--eps must be a finite number > 0 (pixel units), got {eps:g}")
-        if self.norm == "linf" and eps > 1:
-            raise StudyError(f"--eps {eps:g} exceeds the [0, 1] pixel range (pixel units: did you mean {eps:g}/255?)")
+        # beyond the [0, 1] box's extent every image is within reach: a radius in 0-255 units?
+        extent = 1.0 if self.norm == "linf" else math.sqrt(math.prod(image_shape))
+        if eps > extent:
+            meant = f"; did you mean {eps:g}/255?" if eps / 255 <= extent else ""
+            where = (
+                "the [0, 1] pixel range"
+                if self.norm == "linf"
+                else f"{extent:.3g}, the l2 diameter of the [0, 1] box of {'x'.join(map(str, image_shape))} images"
+            )
+            raise StudyError(f"--eps {eps:g} exceeds {where} (pixel units{meant})")
         return (eps, *pgd_schedule(channels, self.norm, eps, self.step, self.steps, flags=("--step", "--steps")))
 
-    def spec(self, method: str, channels: int, seed: int, *, methods: Sequence[str] | None = None) -> Any:
+    def spec(
+        self, method: str, image_shape: tuple[int, ...], seed: int, *, methods: Sequence[str] | None = None
+    ) -> Any:
         """The ``attacks.AttackSpec`` of ``method`` (one of ``methods``, default every attack of
         ``attacks.METHODS``) in this threat model."""
         from ntkrobust.attacks import METHODS, AttackSpec
 
         check_choice(method, METHODS if methods is None else methods, "--method")
-        eps, step, steps = self.resolve(channels)
+        eps, step, steps = self.resolve(image_shape)
         iterative = method == "pgd"
         given = [flag for flag, value in (("--step", self.step), ("--steps", self.steps)) if value is not None]
         if not iterative and given:  # they would go unread

@@ -46,7 +46,7 @@ def run(settings: AttackSettings, *, progress: bool = False, argv: list[str] | N
     clock = Clock()
     data = settings.data.load()
     seed = settings.data.seed
-    spec = settings.threat.spec(settings.method, data.image_shape[0], seed)
+    spec = settings.threat.spec(settings.method, data.image_shape, seed)
     notes: list[str] = []
     warn(notes, *spec.notes(data.image_shape[0]))
     clock.mark("data", f"data: {data.name}, {data.x_train.shape[0]} train, {data.x_test.shape[0]} test")

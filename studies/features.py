@@ -261,7 +261,7 @@ def run(settings: FeaturesSettings, *, progress: bool = False, argv: list[str] |
         raise StudyError(f"--non-robust-below must lie in [0, 1], got {settings.non_robust_below}")
     clock = Clock()
     data = settings.data.load()
-    eps, step, steps = settings.threat.resolve(data.image_shape[0])
+    eps, step, steps = settings.threat.resolve(data.image_shape)
     r_values = _check(settings, data)
     n_test = data.x_test.shape[0]
     if r_values:

@@ -275,7 +275,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
     clock = Clock()
     with checked_together():
         data = settings.data.load()
-        attack = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
+        attack = settings.threat.spec(settings.method, data.image_shape, settings.data.seed, methods=NET_METHODS)
         attack_notes: list[str] = []
         warn(attack_notes, *attack.notes(data.image_shape[0]))
         surrogates = _surrogate_configs(settings, data)

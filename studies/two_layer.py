@@ -142,7 +142,7 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
     data = settings.data.load()
     if settings.picture_index >= data.x_test.shape[0]:
         raise StudyError(f"--picture-index {settings.picture_index} exceeds the {data.x_test.shape[0]} test points")
-    spec = settings.threat.spec(settings.method, data.image_shape[0], settings.data.seed, methods=NET_METHODS)
+    spec = settings.threat.spec(settings.method, data.image_shape, settings.data.seed, methods=NET_METHODS)
     from ntkrobust.bridge.models import ModelError, check_memory, model_config
 
     for width in settings.width:  # before the NTK machine: a width too large is refused at once

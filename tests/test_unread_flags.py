@@ -146,6 +146,6 @@ def test_no_reproduce_step_sets_a_flag_its_study_leaves_unread(scale):
         elif step.study == "features":
             features._check_unread(settings)
         if hasattr(settings, "method") and hasattr(settings, "threat"):
-            settings.threat.spec(settings.method, 1, 0)
+            settings.threat.spec(settings.method, (1, 28, 28), 0)
         checked.add(step.study)
     assert {"train", "dynamics", "features", "transfer", "two-layer"} <= checked

@@ -463,7 +463,7 @@ def test_every_pgd_of_the_plan_can_reach_its_eps(scale):
             threat = resolve_threat(settings, channels)
             eps, reach = threat.eps, threat.step * threat.steps
         elif getattr(settings, "method", None) == "pgd" and hasattr(settings, "threat"):
-            eps, step_size, count = settings.threat.resolve(channels)
+            eps, step_size, count = settings.threat.resolve((channels, 28, 28) if channels == 1 else (3, 32, 32))
             reach = step_size * count
         else:
             continue

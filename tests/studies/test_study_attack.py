@@ -119,6 +119,12 @@ BAD = {
     "zero subset": ({"n_test": 0}, "--n-test must be a whole number >= 1, got 0"),
     "negative eps": ({"threat": ThreatSettings(eps=-0.1)}, "--eps must be"),
     "eps in 0-255 units": ({"threat": ThreatSettings(eps=8.0)}, "did you mean 8/255"),
+    # beyond the box's l2 diameter (8 for 8x8 digits) every image is within reach; 1e6 was accepted
+    "l2 eps beyond the box": (
+        {"threat": ThreatSettings(norm="l2", eps=1e6)},
+        "--eps 1e+06 exceeds 8, the l2 diameter of the [0, 1] box of 1x8x8 images (pixel units)",
+    ),
+    "l2 eps in 0-255 units": ({"threat": ThreatSettings(norm="l2", eps=128.0)}, "did you mean 128/255?"),
     "negative time": ({"machine": MachineSettings(time=-1.0)}, "--time must be"),
     "negative ridge": ({"machine": MachineSettings(ridge=-1.0)}, "--ridge must be"),
     "closed form for fc2": ({"machine": MachineSettings(gradient="closed-form")}, "only for two-layer"),

@@ -39,7 +39,7 @@ def test_choices_are_checked_by_the_study(study, settings, message, monkeypatch)
 
 def test_eps_zero_is_named_as_such():
     with pytest.raises(StudyError, match="--eps must be a finite number > 0"):
-        ThreatSettings(eps=0.0).resolve(channels=1)
+        ThreatSettings(eps=0.0).resolve((1, 8, 8))
 
 
 def test_a_subset_larger_than_the_data_is_refused(monkeypatch):
