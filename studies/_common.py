@@ -398,6 +398,20 @@ def check_choice(value: Any, choices: Sequence[Any], flag: str) -> None:
         raise StudyError(f"{flag} {value!r}: choose one of {', '.join(map(str, choices))}")
 
 
+def check_draws(kind: str, flag: str, num_outputs: int) -> None:
+    """Refuse ``rademacher:K`` with more draws than the net has outputs: it costs more than the
+    exact trace kernel it estimates (K signed outputs against C), and its memory grows with K
+    beyond ``--memory-budget`` (30,000 draws of a 10-output net took all 24 GB here)."""
+    from ntkrobust.bridge.entk import KernelKind
+
+    parsed = KernelKind.parse(kind)
+    if parsed.name == "rademacher" and parsed.index is not None and parsed.index > num_outputs:
+        raise StudyError(
+            f"{flag} {kind}: {parsed.index} draws cost more than the exact trace kernel they estimate "
+            f"(the net's {num_outputs} outputs): give K <= {num_outputs}"
+        )
+
+
 def check_unique(values: Sequence[Any], flag: str, what: str) -> None:
     if len(set(values)) != len(values):
         raise StudyError(f"{flag} repeats {what}: {', '.join(map(str, values))}")

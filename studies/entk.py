@@ -18,6 +18,7 @@ from ntkrobust.studies._common import (
     DataSettings,
     check_choice,
     check_counts,
+    check_draws,
     pgd_schedule,
     torch_device,
     torch_network,
@@ -149,6 +150,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
             kind.outputs(config.num_classes)
         except ValueError as err:
             raise StudyError(f"--kind {settings.kind}: {err}") from None
+        check_draws(settings.kind, "--kind", config.num_classes)
         x_clean, y = _points(settings, data)
         targets = task_indices(y, data.classes)
         dtype = torch.float64 if settings.dtype == "float64" else torch.float32

@@ -28,7 +28,13 @@ from ntkrobust.studies._base import (
     warn,
     warned_after_checks,
 )
-from ntkrobust.studies._common import check_counts, check_one_output_per_class, torch_device, torch_network
+from ntkrobust.studies._common import (
+    check_counts,
+    check_draws,
+    check_one_output_per_class,
+    torch_device,
+    torch_network,
+)
 from ntkrobust.studies._output import OutputLock
 from ntkrobust.studies._train_settings import (
     AUGMENTATIONS,
@@ -357,6 +363,8 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         check_last_batch(settings, net["model"], data)
         config = net["config"]
         train, tracking = _configs(settings, threat)
+        if settings.track_kernel and settings.estimator != "exact":
+            check_draws(settings.estimator, "--estimator", config.num_classes)
     label = f"{config.model} {settings.mode}" + (
         f" after {settings.switch_epoch} clean" if settings.switch_epoch else ""
     )

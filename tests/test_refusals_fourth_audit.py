@@ -51,6 +51,22 @@ def test_counts_past_what_torch_and_range_take_are_refused(argv, message, assert
     assert_refused(argv, message)
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["entk", "--data", "digits", "--model", "fc2", "--width", "8", "--n", "10", "--kind", "rademacher:30000"],
+         "--kind rademacher:30000: 30000 draws cost more than the exact trace kernel they estimate (the net's 10 "
+         "outputs): give K <= 10"),
+        (["train", "--data", "digits", "--model", "fc2", "--width", "8", "--epochs", "1", "--track-kernel", "10",
+          "--eval-n", "10", "--estimator", "rademacher:11"], "--estimator rademacher:11: 11 draws cost more"),
+    ],
+)  # fmt: skip
+def test_more_rademacher_draws_than_outputs_are_refused_before_anything_runs(argv, message, assert_refused):
+    """30,000 draws of a 10-output net grew past --memory-budget until the OS killed the process
+    (24 GB, no line); train --estimator rademacher:10**6 left its config and probe behind."""
+    assert_refused(argv, message)
+
+
 def test_the_studies_refuse_the_same_counts_from_python():
     from ntkrobust.studies import StudyError
     from ntkrobust.studies._common import check_count

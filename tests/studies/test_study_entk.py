@@ -77,7 +77,7 @@ def test_full_kernel_with_metrics_and_image(tmp_path, assert_real_png):
 @pytest.mark.parametrize(
     ("kind", "label"),
     [
-        ("rademacher:3", "trace kernel, Rademacher estimate of 3 draws"),
+        ("rademacher:2", "trace kernel, Rademacher estimate of 2 draws"),  # more than 2 are refused
         ("rademacher:1", "trace kernel, Rademacher estimate of 1 draw"),
         ("class:1", "block of class 8"),
     ],
