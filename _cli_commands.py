@@ -18,6 +18,7 @@ from ntkrobust._cli_flags import (
     _add_threat_flags,
     _attack_list,
     _int_list,
+    _items,
     _non_negative_int,
     _number,
     _out_path,
@@ -397,7 +398,7 @@ def _train_tracking_flags(p: argparse.ArgumentParser) -> None:
 def _dynamics_parser(p: argparse.ArgumentParser) -> None:
     def epochs(text: str) -> tuple[float, ...]:
         """'0,5,10' -> (0.0, 5.0, 10.0): tracked epochs, each given once."""
-        values = [_number(item.strip()) for item in text.split(",") if item.strip()]
+        values = [_number(item) for item in _items(text)]
         if not values or min(values) < 0:
             raise argparse.ArgumentTypeError(f"expected epochs (numbers >= 0) separated by commas, got {text!r}")
         return tuple(dict.fromkeys(values))

@@ -69,7 +69,7 @@ def _out_path(text: str) -> Path:
 
 
 def _class_list(text: str) -> list[str]:
-    items = [s.strip() for s in text.split(",") if s.strip()]
+    items = _items(text)
     if len(items) < 2:
         raise argparse.ArgumentTypeError(f"--classes needs at least two comma-separated classes, got {text!r}")
     return items
@@ -100,19 +100,31 @@ def _seed(text: str) -> int:
     return _non_negative_int(text)
 
 
+def _items(text: str) -> list[str]:
+    """The comma-separated items of ``text``, stripped; an empty one is refused ('1,,2' and ','
+    were read as '1,2' and as no list at all). Empty ``text`` is no items."""
+    items = [item.strip() for item in text.split(",")]
+    if text.strip() and not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item: separate the values by single commas")
+    return [item for item in items if item]
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     """'50,75' → (50, 75), each at least 1."""
-    return tuple(_positive_int(item.strip()) for item in text.split(",") if item.strip())
+    return tuple(_positive_int(item) for item in _items(text))
 
 
 def _seed_list(text: str) -> tuple[int, ...]:
-    """'0,1,2' → (0, 1, 2), each at least 0."""
-    return tuple(_seed(item.strip()) for item in text.split(",") if item.strip())
+    """'0,1,2' → (0, 1, 2), each at least 0; at least one."""
+    seeds = tuple(_seed(item) for item in _items(text))
+    if not seeds:  # "" ran one run of the default seed, as if --seeds were not given
+        raise argparse.ArgumentTypeError("name at least one seed")
+    return seeds
 
 
 def _attack_list(text: str) -> tuple[str, ...]:
     """'pgd-20,autoattack' → ('pgd-20', 'autoattack'), each one of EVALUATION_ATTACKS."""
-    names = tuple(item.strip().lower() for item in text.split(",") if item.strip())
+    names = tuple(item.lower() for item in _items(text))
     for name in names:
         if name not in EVALUATION_ATTACKS:
             raise argparse.ArgumentTypeError(f"{name!r} is none of {', '.join(EVALUATION_ATTACKS)}")
@@ -126,7 +138,7 @@ def _r_list(text: str) -> tuple[int, ...]:
     if text.strip().lower() == "none":
         return ()
     values = []
-    for item in (t.strip().lower() for t in text.split(",") if t.strip()):
+    for item in (t.lower() for t in _items(text)):
         if item == "all":
             values.append(-1)
             continue

@@ -117,6 +117,24 @@ def test_repeated_and_list_flags_become_tuples():
         hash(each)  # frozen and hashable: no list slipped through
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "x.pt", "--attacks", "pgd-20,,cw-100"], "'pgd-20,,cw-100' has an empty item"),
+        (["train", "--milestones", "1,,2"], "'1,,2' has an empty item"),
+        (["train", "--seeds", ","], "',' has an empty item"),
+        (["train", "--seeds", ""], "name at least one seed"),  # ran one run, --seeds unread
+        (["features", "--robust-r", "1,,2"], "'1,,2' has an empty item"),
+        (["attack", "--classes", "3,,8"], "'3,,8' has an empty item"),
+        (["dynamics", "r", "--ksm-epochs", "0,,5"], "'0,,5' has an empty item"),
+    ],
+)
+def test_a_list_with_an_empty_or_repeated_item_is_refused(argv, message, run_cli):
+    """An empty item was dropped without a word ('1,,2' read as '1,2')."""
+    code, _, stderr = run_cli([*argv, "--out", "o"])
+    assert code == 2 and stderr.count("\n") == 1 and message in stderr, stderr
+
+
 def test_command_specific_flags():
     argv = ["entk", "--checkpoint", "net.pt", "--batch-stats", "--kind", "class:3", "--adversarial-eps", "8/255"]
     entk = settings([*argv, "--pgd-steps", "3", "--split", "test", "--memory-budget", "512", "--device", "cpu"])
