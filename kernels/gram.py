@@ -143,7 +143,7 @@ _SYMMETRIC_MIN_BLOCKS = 6
 _IN_FLIGHT = 2
 #: largest asymmetry of a cached training Gram, and largest difference of its sampled entries
 #: from their recomputation, relative to the largest entry: the routes part by rounding (float64)
-_SYMMETRY = 1e-9
+_ROUNDING = 1e-9
 #: points per side of the cached Gram's block that a hit recomputes (``_agrees_with_a_sample``)
 _SAMPLE = 8
 
@@ -304,7 +304,7 @@ def _read_entry(path: Path, key: str, shape: tuple[int, int], square: bool) -> n
         return None
     if not np.all(np.isfinite(gram)):
         return None
-    if square and (np.any(np.diagonal(gram) < 0) or np.abs(gram - gram.T).max(initial=0.0) > _SYMMETRY * _scale(gram)):
+    if square and (np.any(np.diagonal(gram) < 0) or np.abs(gram - gram.T).max(initial=0.0) > _ROUNDING * _scale(gram)):
         return None
     return gram
 
@@ -313,7 +313,7 @@ def _read_entry(path: Path, key: str, shape: tuple[int, int], square: bool) -> n
 def _agrees_with_a_sample(arch: Architecture, gram: np.ndarray, x1: Any, x2: Any) -> bool:
     """Whether ``_SAMPLE`` x ``_SAMPLE`` entries of a cached Gram, at rows and columns drawn
     afresh each time (no seed: a forger cannot know which), equal the same entries recomputed,
-    within ``_SYMMETRY``. One small jitted program, about a second to compile: a forged entry
+    within ``_ROUNDING``. One small jitted program, about a second to compile: a forged entry
     that keeps its symmetry (zeros, a multiple of the true Gram, another kernel's) is refused."""
     rng = np.random.default_rng()
     hosts = [np.asarray(x.detach().cpu() if hasattr(x, "detach") else x) for x in (x1, x1 if x2 is None else x2)]
@@ -323,7 +323,7 @@ def _agrees_with_a_sample(arch: Architecture, gram: np.ndarray, x1: Any, x2: Any
     a, b = (arch.to_layout(jnp.asarray(h[p], dtype=jnp.float64)) for h, p in zip(hosts, picks, strict=True))
     sample = np.asarray(_whole_gram(arch)(a, b), dtype=np.float64)
     stored = gram[np.ix_(picks[0], picks[1])]
-    return bool(np.abs(sample - stored).max() <= _SYMMETRY * max(_scale(sample), np.finfo(np.float64).tiny))
+    return bool(np.abs(sample - stored).max() <= _ROUNDING * max(_scale(sample), np.finfo(np.float64).tiny))
 
 
 def _scale(gram: np.ndarray) -> float:
