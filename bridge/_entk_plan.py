@@ -362,10 +362,12 @@ def _sub_batch_size(
 ) -> int:
     """How many examples go through a pass at once.
 
-    Working memory per example: the forward activations and C′ backward copies of them, plus
-    the ``kept`` numbers of its result (its Jacobian, or its factors and rows).
+    Working memory per example: the forward activations and C′ backward copies of them, the
+    ``kept`` numbers of its result (its Jacobian, or its factors and rows), and jacrev's C′ one-hot
+    cotangents of C′ numbers each, which vmap holds for every example: negligible for a net's C
+    outputs, but 4 GB at 20 examples for ``rademacher:5000``, which the budget did not see.
     """
-    per_example = itemsize * (activations * (2 + outputs) + kept)
+    per_example = itemsize * (activations * (2 + outputs) + kept + outputs * outputs)
     size = min((memory_budget // 2) // per_example, _MAX_SUB_BATCH)
     if cpu and size >= 1:
         size = min(size, max(1, _cpu_working_bytes() // per_example))
