@@ -339,6 +339,20 @@ def _check_schedule(settings: TrainSettings, n_train: int) -> None:
         raise StudyError("--eps-warmup ramps the training attack's eps; --mode standard has no attack")
 
 
+def _short_warmup(settings: TrainSettings, eps: float) -> str | None:
+    """A warning when ``--eps-warmup`` ramps over more epochs than train adversarially: the
+    attack then never reaches its ε. Not refused, as a later ``--resume`` with more ``--epochs``
+    can finish the ramp."""
+    adversarial = settings.epochs - (settings.switch_epoch or 0)
+    if settings.mode == "standard" or settings.eps_warmup <= adversarial:
+        return None
+    reached = eps * adversarial / settings.eps_warmup
+    return (
+        f"--eps-warmup {settings.eps_warmup} ramps over more than the {adversarial} adversarial epochs: "
+        f"the training attack ends at eps {reached:.4g}, not {eps:.4g}"
+    )
+
+
 def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> TrainResult:
     from ntkrobust.bridge.data import DataError
     from ntkrobust.bridge.distributed import is_main
@@ -354,7 +368,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         data = settings.data.load()
         threat = resolve_threat(settings, data.image_shape[0])
         notes = attack_notes(settings, threat, data.image_shape[0])
-        warn(notes, *unread_flags(settings))
+        warn(notes, *unread_flags(settings), _short_warmup(settings, threat.eps))
         _check_schedule(settings, data.x_train.shape[0])
         check_augmentation(settings, data.image_shape)
 

@@ -294,6 +294,19 @@ def test_a_net_left_at_chance_is_said_and_recorded(tmp_path, small_training):
     assert "near chance" in result.record["warnings"][-1]
 
 
+def test_a_warmup_longer_than_the_adversarial_epochs_is_said_and_recorded(tmp_path, small_training):
+    """Two adversarial epochs (of three, after one clean) of a three-epoch ramp: the attack ends at
+    2/3 of its eps. Said, not refused: a resume with more epochs finishes the ramp."""
+    settings = small_training(
+        tmp_path / "run", mode="pgd", eps=0.3, epochs=3, switch_epoch=1, eps_warmup=3, track_kernel=0
+    )
+    with pytest.warns(
+        StudyWarning, match=r"--eps-warmup 3 ramps over more than the 2 adversarial epochs: .* eps 0.2, not 0.3"
+    ):
+        result = train.run(settings)
+    assert any("--eps-warmup 3" in text for text in result.record["warnings"])
+
+
 def test_a_net_that_learned_and_an_untrained_start_are_not_flagged(tmp_path, small_training):
     data = DataSettings(n_train=400, n_test=60)
     learned = train.run(small_training(tmp_path / "learned", data=data, epochs=3, track_kernel=0, lr=1.0))
