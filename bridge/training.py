@@ -126,7 +126,7 @@ class TrainConfig:
         if self.mode not in MODES:
             raise ValueError(f"unknown training mode {self.mode!r}; choose from {', '.join(MODES)}")
         if not 0 <= self.eps <= 1:
-            raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps:g}")
+            raise ValueError(f"eps must lie in [0, 1] (pixel units), got {self.eps}")
         if self.mode != "standard" and self.eps == 0:
             raise ValueError(f"mode {self.mode} needs eps > 0")
         checks = (

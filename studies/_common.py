@@ -206,7 +206,7 @@ class ThreatSettings:
         channels = image_shape[0]
         eps = standard_threat(channels, self.norm)[0] if self.eps is None else self.eps
         if not math.isfinite(eps) or eps <= 0:  # eps = 0 is no attack: its PGD step would be 0 too
-            raise StudyError(f"--eps must be a finite number > 0 (pixel units), got {eps:g}")
+            raise StudyError(f"--eps must be a finite number > 0 (pixel units), got {eps}")
         # beyond the [0, 1] box's extent every image is within reach: a radius in 0-255 units?
         extent = 1.0 if self.norm == "linf" else math.sqrt(math.prod(image_shape))
         if eps > extent:

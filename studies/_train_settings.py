@@ -124,7 +124,7 @@ def resolve_threat(settings: TrainSettings, channels: int) -> Threat:
     eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
     # eps = 0 is refused too: the per-epoch PGD accuracy and the AE-NTK need an attack
     if not (0 < eps <= 1):
-        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
+        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps}")
     step, steps = pgd_schedule(
         channels, "linf", eps, settings.pgd_step, settings.pgd_steps, flags=("--pgd-step", "--pgd-steps")
     )

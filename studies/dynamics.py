@@ -122,7 +122,8 @@ def _check_pictured(settings: DynamicsSettings, path: Path, model: Any, config: 
     _check_same_model(path, config.to_dict())
     if not 0 <= settings.eigenvector_class < config.num_classes:
         raise StudyError(
-            f"--eigenvector-class {settings.eigenvector_class}: the nets have {config.num_classes} outputs"
+            f"--eigenvector-class {settings.eigenvector_class}: the net of {path.parent.parent} has "
+            f"{config.num_classes} outputs (0 to {config.num_classes - 1})"
         )
     if not 1 <= settings.eigenvectors <= x.shape[0]:
         raise StudyError(

@@ -120,7 +120,7 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
             raise StudyError("--model and --checkpoint name two networks: choose one")
         eps = settings.adversarial_eps
         if eps is not None and not 0 < eps <= 1:
-            raise StudyError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {eps:g}")
+            raise StudyError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {eps}")
         if eps is None and (settings.pgd_step is not None or settings.pgd_steps is not None):
             raise StudyError("--pgd-step and --pgd-steps set the AE-NTK's attack: give --adversarial-eps too")
         data = settings.data.load()

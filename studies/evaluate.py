@@ -89,7 +89,7 @@ def _checked(settings: EvaluateSettings, channels: int) -> float:
         raise StudyError(f"--masking-gap must be a finite number >= 0, got {settings.masking_gap}")
     eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
     if not 0 < eps <= 1:
-        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps:g}")
+        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps}")
     return eps
 
 

@@ -66,7 +66,8 @@ def test_eigenvectors_of_a_run_without_kernels_are_refused(untracked_run, refuse
 
 def test_an_eigenvector_class_beyond_the_outputs_is_refused(tracked_runs, refuses):
     settings = DynamicsSettings(runs=runs(tracked_runs), eigenvectors=1, eigenvector_class=10)
-    refuses(dynamics, settings, "--eigenvector-class 10: the nets have 10 outputs", compute=NO_EIGENVECTORS)
+    message = f"--eigenvector-class 10: the net of {settings.runs[0]} has 10 outputs (0 to 9)"
+    refuses(dynamics, settings, message, compute=NO_EIGENVECTORS)
 
 
 def _copy(tracked_runs, tmp_path):

@@ -177,6 +177,7 @@ BAD = {
     "class out of range": (lambda d: {"model": "fc1", "kind": "class:10"}, "class 10 is not an output"),
     "eps": (lambda d: {"model": "fc1", "adversarial_eps": 8.0}, "must lie in (0, 1]"),
     "zero eps": (lambda d: {"model": "fc1", "adversarial_eps": 0.0}, "must lie in (0, 1]"),
+    "eps just above 1": (lambda d: {"model": "fc1", "adversarial_eps": 1.0000001}, "(pixel units), got 1.0000001"),
     "pgd step": (lambda d: {"model": "fc1", "adversarial_eps": 0.1, "pgd_step": -1.0}, "--pgd-step must be"),
     "too many points": (lambda d: {"model": "fc1", "n": 5000}, "exceeds the 1198 train points"),
     "unknown model": (lambda d: {"model": "vgg"}, "unknown model 'vgg'"),

@@ -121,6 +121,7 @@ def test_linearized_and_centered_runs(tracked_runs, small_training, tmp_path, re
 #: TrainSettings fields (beside small_training's, one epoch) -> the refusal
 BAD = {
     "eps above 1": ({"eps": 1.5}, "--eps must lie in (0, 1]"),
+    "eps just above 1": ({"eps": 1.0000001}, "--eps must lie in (0, 1] (pixel units), got 1.0000001"),
     "zero eps": ({"eps": 0.0}, "--eps must lie in (0, 1]"),
     "unknown mode": ({"mode": "free"}, "unknown training mode 'free'"),
     "probe too large": ({"track_kernel": 500}, "--track-kernel 500 exceeds the 100 training points"),
