@@ -365,6 +365,20 @@ def replicated(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Mo
     return model, DistributedDataParallel(model, device_ids=device_ids, **no_sync)
 
 
+def _overflowed(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """(1,) float64: 1 when the net's outputs on ``rows`` hold NaN or inf. The last update can
+    overflow the net though the loss before it was finite (one step at lr 1e30 left weights of
+    1e27 and inf logits, and the run ended on a near-chance warning); read with the epoch's last
+    loss sums, so it costs one forward pass of a batch and no host round trip of its own."""
+    if rows.shape[0] == 0:  # a process without rows in a batch smaller than the processes
+        return torch.zeros(1, dtype=torch.float64, device=rows.device)
+    model.eval()
+    with torch.no_grad():
+        overflowed = ~torch.isfinite(model(rows)).all()
+    model.train()
+    return overflowed.double()[None]
+
+
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -428,9 +442,14 @@ def train_epoch(
             if step % READ_EVERY == 0 or b == batches - 1:
                 # the sums over every process's rows (the same reads on each: one decides as all do
                 # whether the loss diverged), reduced where they live: NCCL reduces GPU tensors only
-                total_loss, correct = (distributed.all_reduce_sum(sums.clone()) if replicas > 1 else sums).tolist()
+                read = sums.clone() if b < batches - 1 else torch.cat([sums, _overflowed(model, xb[part])])
+                total_loss, correct, *overflowed = (distributed.all_reduce_sum(read) if replicas > 1 else read).tolist()
                 if not math.isfinite(total_loss):
                     raise FloatingPointError(f"the training loss became {total_loss} by step {step} (epoch {epoch})")
+                if any(overflowed):
+                    raise FloatingPointError(
+                        f"the net's outputs became NaN or inf after the last update of epoch {epoch}"
+                    )
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
             bar.update(1)
             if after_step is not None:

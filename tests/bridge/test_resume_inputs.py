@@ -334,9 +334,12 @@ def test_weights_that_overflow_the_kernel_are_one_line_and_write_nothing(tmp_pat
 
 def test_a_run_whose_weights_overflow_after_an_epoch_says_it_diverged_and_keeps_the_epochs_before(tmp_path, run_cli):
     """lr 1e30 and one step (a batch of all 40 points): its loss is finite, the weights after it
-    make the probe's kernel overflow (the loss of a second step would have been NaN)."""
+    make the net's outputs overflow (the loss of a second step would have been NaN, and the
+    probe's kernel is not finite either). The epoch's end checks the outputs on its last batch,
+    before the kernel is tracked."""
     out = tmp_path / "run"
     code, _, stderr = run_cli([*TRAIN, "--epochs", 1, "--batch-size", 40, "--lr", "1e30", "--out", out])
     assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
-    assert "is not finite (NaN or inf)" in stderr and "the run diverged; try a smaller --lr" in stderr
+    assert "outputs became NaN or inf after the last update of epoch 1" in stderr
+    assert "the run diverged; try a smaller --lr" in stderr
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch_000.pt"]

@@ -88,6 +88,17 @@ def test_a_non_finite_loss_stops_the_epoch(digits):
         train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, config, 1)
 
 
+def test_an_update_that_overflows_the_net_stops_the_epoch(digits):
+    """One step at lr 1e30: its loss is finite, the weights after it are finite (about 1e27) but
+    the net's outputs are not. The epoch's end checks the outputs on its last batch."""
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    config = TrainConfig(mode="standard", lr=1e30, batch_size=x.shape[0], epochs=1)
+    with pytest.raises(FloatingPointError, match=r"outputs became NaN or inf after the last update of epoch 1"):
+        train_epoch(model, torch.optim.SGD(model.parameters(), lr=1e30), x, y, config, 1)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 @pytest.mark.parametrize("mode", ["fgsm", "fgsm-noise", "pgd", "trades"])
 def test_training_inputs_stay_in_the_threat_model(digits, mode):
     x, y = _tensors(digits)
