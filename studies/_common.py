@@ -400,8 +400,8 @@ def check_choice(value: Any, choices: Sequence[Any], flag: str) -> None:
 
 def check_draws(kind: str, flag: str, num_outputs: int) -> None:
     """Refuse ``rademacher:K`` with more draws than the net has outputs: it costs more than the
-    exact trace kernel it estimates (K signed outputs against C), and its memory grows with K
-    beyond ``--memory-budget`` (30,000 draws of a 10-output net took all 24 GB here)."""
+    exact trace kernel it estimates (K signed outputs against C, and K² numbers per example that
+    the memory budget then refuses: 30,000 draws of a 10-output net had taken all 24 GB here)."""
     from ntkrobust.bridge.entk import KernelKind
 
     parsed = KernelKind.parse(kind)
