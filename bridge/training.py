@@ -365,18 +365,20 @@ def replicated(model: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Mo
     return model, DistributedDataParallel(model, device_ids=device_ids, **no_sync)
 
 
-def _overflowed(model: nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """(1,) float64: 1 when the net's outputs on ``rows`` hold NaN or inf. The last update can
+def _finite_share(model: nn.Module, rows: torch.Tensor, replicas: int) -> torch.Tensor:
+    """(1,) float64: 1/replicas when the net's outputs on this process's ``rows`` are finite, else
+    0, so that the sum over the processes is 1 when all of them are. The last update can
     overflow the net though the loss before it was finite (one step at lr 1e30 left weights of
     1e27 and inf logits, and the run ended on a near-chance warning); read with the epoch's last
-    loss sums, so it costs one forward pass of a batch and no host round trip of its own."""
+    loss sums, so it costs one forward pass of a share of a batch and no host round trip of its
+    own."""
     if rows.shape[0] == 0:  # a process without rows in a batch smaller than the processes
-        return torch.zeros(1, dtype=torch.float64, device=rows.device)
+        return torch.full((1,), 1 / replicas, dtype=torch.float64, device=rows.device)
     model.eval()
     with torch.no_grad():
-        overflowed = ~torch.isfinite(model(rows)).all()
+        finite = torch.isfinite(model(rows)).all()
     model.train()
-    return overflowed.double()[None]
+    return finite.double()[None] / replicas
 
 
 def train_epoch(
@@ -442,11 +444,11 @@ def train_epoch(
             if step % READ_EVERY == 0 or b == batches - 1:
                 # the sums over every process's rows (the same reads on each: one decides as all do
                 # whether the loss diverged), reduced where they live: NCCL reduces GPU tensors only
-                read = sums.clone() if b < batches - 1 else torch.cat([sums, _overflowed(model, xb[part])])
-                total_loss, correct, *overflowed = (distributed.all_reduce_sum(read) if replicas > 1 else read).tolist()
+                read = sums.clone() if b < batches - 1 else torch.cat([sums, _finite_share(model, xb[part], replicas)])
+                total_loss, correct, *finite = (distributed.all_reduce_sum(read) if replicas > 1 else read).tolist()
                 if not math.isfinite(total_loss):
                     raise FloatingPointError(f"the training loss became {total_loss} by step {step} (epoch {epoch})")
-                if any(overflowed):
+                if finite and finite[0] < 1 - 0.5 / replicas:  # some process's share was not finite
                     raise FloatingPointError(
                         f"the net's outputs became NaN or inf after the last update of epoch {epoch}"
                     )

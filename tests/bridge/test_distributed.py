@@ -451,6 +451,24 @@ def _diverging_rank(rank: int, world: int, port: int, out: str) -> None:
         (Path(out) / f"rank{rank}.txt").write_text(_diverging_outcome())
 
 
+def _overflowing_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One step at lr 1e30 on this process's share: a finite loss, then inf outputs."""
+    from ntkrobust.bridge.training import TrainConfig, make_optimizer, replicated, train_epoch
+
+    with _in_group(rank, world, port):
+        model = build_model(model_config("fc2", (1, 8, 8), 3, width=8, seed=0))
+        x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        config = TrainConfig(mode="standard", epochs=1, batch_size=8, lr=1e30)
+        model, replica = replicated(model, torch.device("cpu"))
+        try:
+            outcome = str(
+                train_epoch(model, make_optimizer(model, config), x, torch.arange(8) % 3, config, 1, replica=replica)
+            )
+        except FloatingPointError as error:
+            outcome = str(error)
+        (Path(out) / f"rank{rank}.txt").write_text(outcome)
+
+
 def test_a_loss_that_diverges_on_one_process_stops_every_process(tmp_path: Path) -> None:
     """The loss is read summed over the processes, so all of them decide alike that it diverged;
     before, the one holding the non-finite rows raised alone and the other failed (gloo) or would
@@ -460,6 +478,16 @@ def test_a_loss_that_diverges_on_one_process_stops_every_process(tmp_path: Path)
     mp.spawn(_diverging_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     outcomes = {(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
     assert outcomes == {"the training loss became nan by step 1 (epoch 1)"}, outcomes
+
+
+def test_outputs_that_overflow_after_the_last_update_stop_every_process(tmp_path: Path) -> None:
+    """Each process adds 1/2 for its share's finite outputs to the epoch's last read: 0 here, and
+    both say so (the epochs that finish, in the tests above, sum to 1)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_overflowing_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outcomes = {(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)}
+    assert outcomes == {"the net's outputs became NaN or inf after the last update of epoch 1"}, outcomes
 
 
 def test_train_under_torchrun_and_resumed_in_one_process(tmp_path: Path) -> None:
