@@ -7,7 +7,8 @@ paragraph, and the first line is the one that says what went wrong.
 from __future__ import annotations
 
 
-def first_line(error: BaseException) -> str:
-    """An error's message as one line (its first), or its type's name when it has none."""
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """An error's message as one line (its first, cut to ``limit`` characters), or its type's
+    name when it has none."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]

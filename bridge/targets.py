@@ -38,6 +38,9 @@ from ntkrobust.bridge.files import JsonFileError, read_json, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
 
+#: characters of a loader's or a target's own error said after ours: torch's can run to a page
+_SAID = 160
+
 
 class TargetError(ValueError):
     """A target that cannot be loaded or does not fit the data; the message is one line."""
@@ -55,10 +58,6 @@ class Target:
     #: the epoch for standard dynamics; "linearized" / "centered from PARENT" and the spawn epoch
     #: for linearized runs (LOO sec. 5 plots transferability against t')
     curve: tuple[str, int] | None = None
-
-
-def _first_line(error: BaseException) -> str:
-    return first_line(error)[:160]
 
 
 def _label(path: Path) -> str:
@@ -164,7 +163,7 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
             raise
         except Exception as error:
             raise TargetError(
-                f"{_first_line(checkpoint_error)}; not a {kind} that loads ({_first_line(error)[:80]})"
+                f"{first_line(checkpoint_error, _SAID)}; not a {kind} that loads ({first_line(error, 80)})"
             ) from None
     except CheckpointError as damaged:  # one of ours that does not load: no code file to suggest
         raise TargetError(first_line(damaged)) from None  # ours, one line: a long path must not cut its reason
@@ -277,7 +276,7 @@ def _mismatch(error: BaseException | None) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
         return lines[1][:240]
-    return _first_line(error) if error is not None else "unknown"
+    return first_line(error, _SAID) if error is not None else "unknown"
 
 
 def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: int, device: torch.device | str) -> None:
@@ -289,7 +288,8 @@ def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: in
     try:
         outputs = target.model(probe)
     except Exception as error:
-        raise TargetError(f"{path} does not take images of shape {tuple(image_shape)}: {_first_line(error)}") from None
+        said = first_line(error, _SAID)
+        raise TargetError(f"{path} does not take images of shape {tuple(image_shape)}: {said}") from None
     allowed = {num_classes, 1} if num_classes == 2 else {num_classes}
     if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] not in allowed:
         shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
