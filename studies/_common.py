@@ -398,6 +398,13 @@ def check_choice(value: Any, choices: Sequence[Any], flag: str) -> None:
         raise StudyError(f"{flag} {value!r}: choose one of {', '.join(map(str, choices))}")
 
 
+def check_linf_eps(eps: float, flag: str) -> None:
+    """Refuse an ℓ∞ radius outside (0, 1] pixel units: 0 is no attack (the per-epoch PGD accuracy
+    and the AE-NTK need one), above 1 every image is within reach."""
+    if not 0 < eps <= 1:
+        raise StudyError(f"{flag} must lie in (0, 1] (pixel units), got {eps}")
+
+
 def check_draws(kind: str, flag: str, num_outputs: int) -> None:
     """Refuse ``rademacher:K`` with more draws than the net has outputs: it costs more than the
     exact trace kernel it estimates (K signed outputs against C, and K² numbers per example that

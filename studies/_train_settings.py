@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 from ntkrobust.studies._base import StudyError, check_out_dir, flags_do, warn
-from ntkrobust.studies._common import DataSettings, pgd_schedule
+from ntkrobust.studies._common import DataSettings, check_linf_eps, pgd_schedule
 
 # the choices of the command line, which must not import torch (tested equal to the bridge's)
 TRAINING_MODES = ("standard", "fgsm", "pgd", "trades", "fgsm-noise", "te")  # = bridge.training.MODES
@@ -122,9 +122,7 @@ def resolve_threat(settings: TrainSettings, channels: int) -> Threat:
     from ntkrobust.attacks import EPOCH_PGD_STEPS, evaluation_schedule, evaluation_steps, standard_threat
 
     eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
-    # eps = 0 is refused too: the per-epoch PGD accuracy and the AE-NTK need an attack
-    if not (0 < eps <= 1):
-        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps}")
+    check_linf_eps(eps, "--eps")
     step, steps = pgd_schedule(
         channels, "linf", eps, settings.pgd_step, settings.pgd_steps, flags=("--pgd-step", "--pgd-steps")
     )

@@ -19,6 +19,7 @@ from ntkrobust.studies._common import (
     check_choice,
     check_counts,
     check_draws,
+    check_linf_eps,
     pgd_schedule,
     torch_device,
     torch_network,
@@ -119,8 +120,8 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         if settings.model is not None and settings.checkpoint is not None:
             raise StudyError("--model and --checkpoint name two networks: choose one")
         eps = settings.adversarial_eps
-        if eps is not None and not 0 < eps <= 1:
-            raise StudyError(f"--adversarial-eps must lie in (0, 1] (pixel units), got {eps}")
+        if eps is not None:
+            check_linf_eps(eps, "--adversarial-eps")
         if eps is None and (settings.pgd_step is not None or settings.pgd_steps is not None):
             raise StudyError("--pgd-step and --pgd-steps set the AE-NTK's attack: give --adversarial-eps too")
         data = settings.data.load()

@@ -31,6 +31,7 @@ from ntkrobust.studies._common import (
     DataSettings,
     check_counts,
     check_distinct_files,
+    check_linf_eps,
     check_unique,
     load_targets,
     torch_device,
@@ -88,8 +89,7 @@ def _checked(settings: EvaluateSettings, channels: int) -> float:
     if not (math.isfinite(settings.masking_gap) and settings.masking_gap >= 0):
         raise StudyError(f"--masking-gap must be a finite number >= 0, got {settings.masking_gap}")
     eps = standard_threat(channels, "linf")[0] if settings.eps is None else settings.eps
-    if not 0 < eps <= 1:
-        raise StudyError(f"--eps must lie in (0, 1] (pixel units), got {eps}")
+    check_linf_eps(eps, "--eps")
     return eps
 
 
