@@ -42,15 +42,26 @@ class StepRun:
         return dataclasses.asdict(self)
 
 
+def _add_bytes(digest: Any, path: Path) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+
+
 def _folder_digest(folder: Path) -> str:
     """SHA-256 over every file under ``folder`` (relative path and bytes, in sorted order)."""
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(2**20), b""):
-                digest.update(block)
+        _add_bytes(digest, path)
         digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of one file's bytes."""
+    digest = hashlib.sha256()
+    _add_bytes(digest, path)
     return digest.hexdigest()
 
 
@@ -97,17 +108,27 @@ class StepStore:
             raise RuntimeError(f"step {step.name} needs {missing}, which have not run")  # a recipe bug
         return step_key(step, self.ctx, [self.keys[n] for n in step.needs])
 
-    def _finished_record(self, step: Step, key: str) -> dict[str, Any] | None:
-        """The record of ``step`` finished under ``key`` whose output is still there, else None:
-        a step whose output file was deleted, or whose record was damaged, runs again (it used
-        to count as finished, and every run of the command failed on the missing file)."""
+    def _finished_record(self, step: Step, key: str) -> tuple[dict[str, Any] | None, str]:
+        """The record of ``step`` finished under ``key`` whose output is still there as it
+        finished, else None and why (where that is worth saying). A step whose output file was
+        deleted or edited, or whose record was damaged, runs again: it used to count as finished,
+        so every run of the command failed on a missing file, and an edited file's numbers went
+        into the report as measured."""
         record = _read_json(self._record_path(step.name))
         if record is None or record.get("key") != key:
-            return None
+            return None, ""
         seconds = record.get("seconds")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < math.inf:
-            return None  # NaN, a negative or an infinite time: a damaged record (the report failed on NaN)
-        return record if (self.ctx.step_dir(step.name) / record_file(step)).is_file() else None
+            return None, ""  # NaN, a negative or an infinite time: a damaged record (the report failed on NaN)
+        output = self.ctx.step_dir(step.name) / record_file(step)
+        if not output.is_file():
+            return None, ""
+        # the file the checks read, as the step wrote it (a record of an earlier version holds no
+        # digest and is taken as it is); the checkpoints beside it are not hashed again here: at
+        # paper scale they are gigabytes, and no check reads them
+        if "record_sha256" in record and record["record_sha256"] != _file_digest(output):
+            return None, f"its {record_file(step)} changed after the step finished"
+        return record, ""
 
     def changed_since_finished(self, names: list[str]) -> bool:
         """Whether a file of any of these finished steps changed after it finished (or its
@@ -126,7 +147,7 @@ class StepStore:
         done = set()
         for name, step in steps.items():
             keys[name] = step_key(step, self.ctx, [keys[n] for n in step.needs])
-            if self._finished_record(step, keys[name]) is not None:
+            if self._finished_record(step, keys[name])[0] is not None:
                 done.add(name)
         return done
 
@@ -134,7 +155,9 @@ class StepStore:
         """Reuse the step if finished under its key, else run it (resuming a training run)."""
         key = self.key(step)
         config = step_config(step, self.ctx)
-        record = self._finished_record(step, key)
+        record, why = self._finished_record(step, key)
+        if why:
+            log.info(f"{position} {step.name}: {why}: it runs again")
         if record is not None:
             self.keys[step.name] = key
             log.info(f"{position} {step.name}: finished earlier, reused")
@@ -160,7 +183,10 @@ class StepStore:
         result.save(folder)
         seconds = time.perf_counter() - clock
         said = _warnings(result.record)
-        record = {"key": key, "seconds": seconds, "folder_sha256": _folder_digest(folder), "warnings": list(said)}
+        record = {
+            "key": key, "seconds": seconds, "folder_sha256": _folder_digest(folder),
+            "record_sha256": _file_digest(folder / record_file(step)), "warnings": list(said),
+        }  # fmt: skip
         record |= config
         write_json(self._record_path(step.name), record)
         self._started_path(step.name).unlink(missing_ok=True)

@@ -92,9 +92,10 @@ def test_an_interrupted_reproduction_resumes(tmp_path: Path, monkeypatch: pytest
 def test_a_changed_or_edited_step_runs_again_or_says_what_to_delete(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A step whose key changed, or whose output was deleted, runs again (a deleted output counted
-    as finished, and every run of the command failed on the missing file), and so does one whose
-    folder a file or a link loop replaced (it ran, then failed with "Not a directory"); a record edited into
+    """A step whose key changed, or whose output was deleted or edited, runs again (a deleted output
+    counted as finished, and every run of the command failed on the missing file; an edited one's
+    numbers went into the report), and so does one whose folder a file or a link loop replaced (it
+    ran, then failed with "Not a directory"); a record of an earlier version (no digest) edited into
     another shape, or a reproduction.json that is no object, is one line (tracebacks before).
     A check that fails on files as they finished is a bug of the recipe: its traceback stays."""
     import dataclasses
@@ -129,7 +130,19 @@ def test_a_changed_or_edited_step_runs_again_or_says_what_to_delete(
         replace()
         assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
         assert step.is_dir() and not step.is_symlink() and results.is_file()
+    # an edited results.json (valid, its numbers changed) runs again: its numbers reached the
+    # report as measured before the record kept the file's digest
+    measured = _findings(out)["findings"][0]["measured"]
+    edited = json.loads(results.read_text())
+    edited["architectures"]["fc2"]["spearman_index_robustness"] = 0.99
+    results.write_text(json.dumps(edited))
     capsys.readouterr()
+    assert cli.main(["reproduce", "tk-fig2-features", "--out", str(out)]) == 0
+    assert "its results.json changed after the step finished: it runs again" in capsys.readouterr().err
+    assert not _findings(out)["findings"][0]["steps"][0]["reused"]
+    assert _findings(out)["findings"][0]["measured"] == measured and "0.99" not in measured
+    # a record of an earlier version holds no digest: its files are read as they are
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "record_sha256"}))
     for path, text, said in (
         (results, '{"architectures": "x"}', "do not hold what it reads (TypeError"),
         (results, "{bad", "results.json: unreadable JSON (Expecting property name enclosed"),
