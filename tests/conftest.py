@@ -5,7 +5,8 @@
   only around its own computations, leaving the user's process default alone) and refuses
   implicit rank promotion;
 - every random draw is seeded; the Gram cache lives in a per-session temporary folder;
-- nothing here needs ``../shared`` (real data tests are marked ``shared_data`` and skip).
+- nothing here needs ``../shared`` (real data tests are marked ``shared_data`` and skip without it:
+  ``shared_file``).
 - the studies' tests share their expensive runs here (training runs, two-layer nets).
 """
 
@@ -134,11 +135,17 @@ def assert_real_png():
     return _assert_real_png
 
 
-def shared_data_or_skip(*parts: str) -> Path:
+def _shared_data_or_skip(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"{path} not available")
     return path
+
+
+@pytest.fixture
+def shared_file():
+    """``shared_file(*parts) -> Path`` under ``../shared/data``; the test skips where it is absent."""
+    return _shared_data_or_skip
 
 
 # -- studies -----------------------------------------------------------------------------------

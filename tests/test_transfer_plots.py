@@ -8,6 +8,8 @@ None cosines and NaN accuracies are left out, not fatal.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -62,14 +64,89 @@ def kernel() -> dict:
     }
 
 
-def test_two_layer_transfer(tmp_path, nets, kernel, assert_real_png):
+# -- what the two-layer figure draws (read off the figure as it is saved, not the PNG) ------------
+
+#: the record key behind each accuracy line of the legend (``two_layer_transfer``'s docstring)
+NET_ACCURACY_KEYS = {
+    "net: own white-box attack": "white_box_accuracy",
+    "net: NTK-generated examples": "ntk_attack_accuracy",
+    "net: clean": "clean_accuracy",
+    "net: random-sign perturbation": "random_accuracy",
+}
+KERNEL_ACCURACY_KEYS = {"NTK machine:\nits own attack": "robust_accuracy", "NTK machine: clean": "clean_accuracy"}
+
+
+def legend_of(fig) -> dict[str, Any]:
+    """The figure's one legend: each label's handle (a proxy line in the style of the series)."""
+    (legend,) = fig.legends
+    return {text.get_text(): handle for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)}
+
+
+def recorded_points(records: list[dict], key: str) -> list[tuple[float, float]]:
+    """(epoch, value) of ``key`` that a line must draw: epochs ≥ 1 (a log axis) whose value is
+    neither None nor NaN, in the records' order."""
+    return [
+        (float(r["epoch"]), float(r[key]))
+        for r in records
+        if r["epoch"] >= 1 and r.get(key) is not None and np.isfinite(r[key])
+    ]
+
+
+def look(handle: Any) -> tuple[Any, float, float | None]:
+    """What tells the accuracy lines of one net apart: dashes, width and alpha."""
+    return handle.get_linestyle(), handle.get_linewidth(), handle.get_alpha()
+
+
+def lines_like(ax, colour: Any, style: Any = None) -> list[list[tuple[float, float]]]:
+    """The (x, y) points of each line of ``ax`` in ``colour`` (and, given a legend handle
+    ``style``, drawn in its dashes, width and alpha)."""
+    from matplotlib.colors import to_rgb
+
+    return [
+        list(zip(line.get_xdata().tolist(), line.get_ydata().tolist(), strict=True))
+        for line in ax.get_lines()
+        if to_rgb(line.get_color()) == to_rgb(colour) and (style is None or look(line) == look(style))
+    ]
+
+
+def assert_draws_the_records(fig, nets: list[dict], kernel: dict) -> None:
+    """Each legend label's line carries the values of the record key it names, per net (in the
+    net's legend colour) and for the NTK machine, None and NaN values left out; a series with no
+    value draws no line and an NTK series none in the legend either."""
+    legend = legend_of(fig)
+    (top,) = [ax for ax in fig.axes if ax.get_ylabel() == "gradient cosine"]
+    (bottom,) = [ax for ax in fig.axes if ax.get_ylabel() == "accuracy"]
+    for net in nets:
+        colour = legend[f"m = {net['width']:,}, seed {net['seed']}"].get_color()
+        cosines = recorded_points(net["epochs"], "gradient_cosine")
+        assert lines_like(top, colour) == ([cosines] if cosines else []), net["seed"]
+        for label, key in NET_ACCURACY_KEYS.items():
+            points = recorded_points(net["epochs"], key)
+            assert lines_like(bottom, colour, legend[label]) == ([points] if points else []), (net["seed"], label)
+    for label, key in KERNEL_ACCURACY_KEYS.items():
+        points = recorded_points(kernel.get("epochs") or [], key)
+        if points:
+            assert lines_like(bottom, legend[label].get_color(), legend[label]) == [points], label
+        else:
+            assert label not in legend
+    for line in (*top.get_lines(), *bottom.get_lines()):
+        assert np.isfinite(line.get_xydata()).all()
+
+
+def test_two_layer_transfer(tmp_path, nets, kernel, assert_real_png, drawn):
+    """Four nets and the NTK machine: every legend label's line is the series it names (the own
+    white-box and NTK-generated accuracies differ by a few percent, which the PNG checks do not
+    see), epoch 0 left out of the log axis."""
     path = tmp_path / "two_layer.png"
     plots.two_layer_transfer(nets, kernel, path, subtitle="MNIST, full-batch GD", method="fgsm", eps=0.3)
     assert_real_png(path)
+    assert_draws_the_records(drawn["two_layer.png"], nets, kernel)
+    assert set(legend_of(drawn["two_layer.png"])) >= {*NET_ACCURACY_KEYS, *KERNEL_ACCURACY_KEYS}
 
 
-def test_two_layer_transfer_one_net_with_gaps(tmp_path, nets, kernel, assert_real_png):
-    """One net; None cosines (some epochs, and all quartiles), a NaN accuracy, epoch 0 (off the log axis)."""
+def test_two_layer_transfer_one_net_with_gaps(tmp_path, nets, kernel, assert_real_png, drawn):
+    """One net; None cosines (some epochs, and all quartiles), a NaN accuracy, epoch 0 (off the log axis):
+    those points are left out of their lines, the others drawn, and no quartile band is claimed."""
     records = [dict(r) for r in nets[0]["epochs"]]
     for i, record in enumerate(records):
         record["gradient_cosine_q25"] = record["gradient_cosine_q75"] = None
@@ -78,24 +155,44 @@ def test_two_layer_transfer_one_net_with_gaps(tmp_path, nets, kernel, assert_rea
     records[4]["white_box_accuracy"] = float("nan")
     records[5]["random_accuracy"] = None
     path = tmp_path / "gaps.png"
-    plots.two_layer_transfer([{"width": 1000, "seed": 3, "epochs": records}], kernel, path, eps=8 / 255)
+    net = {"width": 1000, "seed": 3, "epochs": records}
+    plots.two_layer_transfer([net], kernel, path, eps=8 / 255)
     assert_real_png(path)
+    fig = drawn["gaps.png"]
+    assert_draws_the_records(fig, [net], kernel)
+    legend = legend_of(fig)
+    drawn_white_box = lines_like(
+        fig.axes[1], legend["m = 1,000, seed 3"].get_color(), legend["net: own white-box attack"]
+    )
+    assert len(drawn_white_box[0]) == len(EPOCHS) - 2  # epoch 0 and the NaN one
+    assert records[4]["epoch"] not in [x for x, _ in drawn_white_box[0]]
+    assert not any("quartiles" in label for label in legend)
 
 
-def test_two_layer_transfer_single_epoch_without_cosines(tmp_path, rng, assert_real_png):
+def test_two_layer_transfer_single_epoch_without_cosines(tmp_path, rng, assert_real_png, drawn):
+    """One epoch, no cosine at all, no kernel epochs: each accuracy is one point, no cosine line,
+    and the NTK machine is neither drawn nor in the legend."""
     record = net_record(1000, 1000, rng) | {"gradient_cosine": None, "time": None}
     record |= {"gradient_cosine_q25": None, "gradient_cosine_q75": None}
     path = tmp_path / "single.png"
-    plots.two_layer_transfer([{"width": 1000, "seed": 0, "epochs": [record]}], {"epochs": []}, path, method="pgd")
+    net = {"width": 1000, "seed": 0, "epochs": [record]}
+    plots.two_layer_transfer([net], {"epochs": []}, path, method="pgd")
     assert_real_png(path)
+    fig = drawn["single.png"]
+    assert_draws_the_records(fig, [net], {"epochs": []})
+    top, bottom = fig.axes[:2]
+    assert top.get_lines() == [] and len(bottom.get_lines()) == len(NET_ACCURACY_KEYS)
 
 
-def test_two_layer_transfer_without_epochs(tmp_path, assert_real_png):
+def test_two_layer_transfer_without_epochs(tmp_path, assert_real_png, drawn):
+    """Only epoch 0 (off the log axis), or no net at all: an empty figure, no line drawn."""
     path = tmp_path / "empty.png"
     plots.two_layer_transfer([{"width": 100, "seed": 0, "epochs": [{"epoch": 0}]}], {}, path)
     assert_real_png(path, colours=5)
     plots.two_layer_transfer([], {}, tmp_path / "none.png")
     assert_real_png(tmp_path / "none.png", colours=5)
+    for name in ("empty.png", "none.png"):
+        assert [line for ax in drawn[name].axes for line in ax.get_lines()] == []
 
 
 def test_budget_reads_like_the_papers():
@@ -104,8 +201,38 @@ def test_budget_reads_like_the_papers():
     assert _budget(None) == ""
 
 
+def assert_pictures_show(fig, image: np.ndarray, rows: list[tuple[str, np.ndarray]], epochs: list[int]) -> None:
+    """The grid of ``gradient_pictures``: the input top left, each row named after its model and
+    showing that model's gradient of each epoch (column 1 + c for epochs[c]), the epochs as the
+    top row's titles. Grey pictures are the gradient itself on a scale symmetric about 0; colour
+    ones the gradient rescaled to [0, 1] (its docstring)."""
+    axes = np.array(fig.axes).reshape(len(rows), 1 + len(epochs))
+    (shown,) = axes[0, 0].get_images()
+    expected_input = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+    np.testing.assert_array_equal(np.asarray(shown.get_array()), expected_input)
+    assert axes[0, 0].get_title() == "input"
+    assert [ax.get_title() for ax in axes[0, 1:]] == [f"epoch {e}" for e in epochs]
+    for r, (label, gradients) in enumerate(rows):
+        assert axes[r, 0].get_ylabel().replace("\n", " ") == label
+        assert r == 0 or axes[r, 0].get_images() == []  # the input is shown once
+        for c, gradient in enumerate(gradients):
+            (picture,) = axes[r, 1 + c].get_images()
+            if gradient.shape[0] == 1:
+                np.testing.assert_array_equal(np.asarray(picture.get_array()), gradient[0])
+                scale = np.abs(gradient).max()
+                assert picture.get_clim() == (-scale, scale)
+            else:
+                rescaled = (gradient - gradient.min()) / (gradient.max() - gradient.min())
+                np.testing.assert_allclose(
+                    np.asarray(picture.get_array()), np.transpose(rescaled, (1, 2, 0)), atol=1e-15
+                )
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)], ids=["digits", "mnist", "cifar"])
-def test_gradient_pictures(tmp_path, rng, shape, assert_real_png):
+def test_gradient_pictures(tmp_path, rng, shape, assert_real_png, drawn):
+    """Three models at three epochs, grey and colour: each picture is the gradient of the row's
+    model at the column's epoch (the rows differ in noise about one base gradient, so a picture
+    of the wrong epoch or model looks alike in the PNG but not here)."""
     image = rng.uniform(0, 1, shape)
     base = rng.normal(size=shape)
     epochs = [100, 1000, 10000]
@@ -116,12 +243,17 @@ def test_gradient_pictures(tmp_path, rng, shape, assert_real_png):
     path = tmp_path / "gradients.png"
     plots.gradient_pictures(image, rows, epochs, path, subtitle="test image 0")
     assert_real_png(path)
+    assert_pictures_show(drawn["gradients.png"], image, rows, epochs)
 
 
-def test_gradient_pictures_one_row_one_epoch_and_mismatch(tmp_path, rng, assert_real_png):
+def test_gradient_pictures_one_row_one_epoch_and_mismatch(tmp_path, rng, assert_real_png, drawn):
+    """One model at one epoch is a grid of two pictures, the input and its gradient; gradients
+    for a different number of epochs are refused."""
+    image, rows = rng.uniform(0, 1, (1, 8, 8)), [("NTK", rng.normal(size=(1, 1, 8, 8)))]
     path = tmp_path / "one.png"
-    plots.gradient_pictures(rng.uniform(0, 1, (1, 8, 8)), [("NTK", rng.normal(size=(1, 1, 8, 8)))], [10], path)
+    plots.gradient_pictures(image, rows, [10], path)
     assert_real_png(path)
+    assert_pictures_show(drawn["one.png"], image, rows, [10])
     with pytest.raises(ValueError, match="2 gradients for 3 epochs"):
         plots.gradient_pictures(
             rng.uniform(0, 1, (1, 8, 8)), [("NTK", rng.normal(size=(2, 1, 8, 8)))], [1, 2, 3], tmp_path / "bad.png"

@@ -72,6 +72,29 @@ def test_random_start_is_seeded_and_inside_the_ball(batch):
         check_adversarial(a, batch, threat)
 
 
+def test_random_start_is_uniform_in_the_ball():
+    """The start is uniform in the ε-ball (Madry et al.'s PGD; torchattacks' ℓ2 PGD draws its
+    radius the same way): in ℓ∞ every pixel's offset is U(−ε, ε); in ℓ2 the direction is uniform
+    on the sphere and the radius r has P(r ≤ t) = (t/ε)^d, so (r/ε)^d is U(0, 1). Kolmogorov-
+    Smirnov tests at p > 0.001 on 4,000 draws of d = 4 pixels at 0.5, where the clip to [0, 1]
+    never binds. A start of ±ε/10, or a radius of ε·U without the d-th root (half of its draws
+    within ε/2, against 1/16 of the ball's volume), passed the test above."""
+    from scipy import stats
+
+    x = np.full((4000, 1, 2, 2), 0.5)
+    offsets = ThreatModel("linf", 0.1).random_start(x, seed=0) - x
+    assert stats.kstest(offsets.ravel(), stats.uniform(loc=-0.1, scale=0.2).cdf).pvalue > 1e-3
+    offsets = (ThreatModel("l2", 0.3).random_start(x, seed=0) - x).reshape(4000, 4)
+    radius = np.linalg.norm(offsets, axis=1)
+    assert stats.kstest((radius / 0.3) ** 4, "uniform").pvalue > 1e-3
+    directions = offsets / radius[:, None]
+    # uniform on the sphere: E[u] = 0, E[u uᵀ] = I/d and E[u_i⁴] = 3/(d(d+2)) = 1/8, each within
+    # 5 standard errors (the fourth moment tells it from a normalised uniform cube's, 0.107)
+    np.testing.assert_allclose(directions.mean(axis=0), 0, atol=5 * 0.5 / np.sqrt(4000))
+    np.testing.assert_allclose(directions.T @ directions / 4000, np.eye(4) / 4, atol=5 * 0.25 / np.sqrt(4000))
+    assert abs(float((directions**4).mean()) - 1 / 8) < 5 * 0.2 / np.sqrt(4000)
+
+
 def _converter(backend):
     if backend == "jax":
         from ntkrobust.kernels._jax import jnp

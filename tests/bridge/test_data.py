@@ -133,6 +133,33 @@ def test_subset_and_class_errors():
         load_dataset("digits", classes=["cat", "dog"])
 
 
+def indexed_images(first, n, channels, size):
+    """uint8 images whose pixels say which record, channel, row and column they are:
+    (7 * index + 101 * channel + 29 * row + col) % 256, with indices first, first + 1, ...
+    Records differ from each other (7 is odd: 256 indices in turn give 256 distinct first pixels),
+    a channel from the others and a row from its mirror image, so a reader that drops, shifts or
+    reorders bytes, records or channels returns images other than these."""
+    index = np.arange(first, first + n)[:, None, None, None]
+    channel = np.arange(channels)[None, :, None, None]
+    row, col = np.arange(size)[None, None, :, None], np.arange(size)[None, None, None, :]
+    return ((7 * index + 101 * channel + 29 * row + col) % 256).astype(np.uint8)
+
+
+def stored_bytes(x):
+    """Loaded images (float32 in [0, 1], the byte / 255) back as the bytes they were read from."""
+    assert x.dtype == np.float32
+    scaled = x.astype(np.float64) * 255
+    assert np.abs(scaled - np.rint(scaled)).max() < 1e-3, "a loaded pixel is no byte / 255"
+    return np.rint(scaled).astype(np.uint8)
+
+
+def record_indices(x, written):
+    """Which written record each loaded image is: each must equal exactly one, pixel for pixel."""
+    same = (stored_bytes(x)[:, None] == written[None]).reshape(x.shape[0], written.shape[0], -1).all(axis=2)
+    assert (same.sum(axis=1) == 1).all(), "a loaded image equals no written record (or several)"
+    return same.argmax(axis=1)
+
+
 def write_idx(path, array):
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -140,13 +167,24 @@ def write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+#: the MNIST records the fixture writes: (first record index, count) per split; images of
+#: shape (n, 1, 28, 28) (stored as NHW), labels index % 3 in file order
+MNIST_RECORDS = {"train": (0, 30), "t10k": (100, 20)}
+
+
+def mnist_records(split):
+    first, n = MNIST_RECORDS[split]
+    return indexed_images(first, n, 1, 28), np.arange(n) % 3
+
+
 @pytest.fixture
-def mnist_root(tmp_path, rng):
+def mnist_root(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for split, n in (("train", 30), ("t10k", 20)):
-        write_idx(raw / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, size=(n, 28, 28)))
-        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 3)
+    for split in MNIST_RECORDS:
+        images, labels = mnist_records(split)
+        write_idx(raw / f"{split}-images-idx3-ubyte.gz", images[:, 0])
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
     return tmp_path
 
 
@@ -157,7 +195,22 @@ def test_mnist_torchvision_layout(mnist_root):
     np.testing.assert_array_equal(read_idx(mnist_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"), np.arange(20) % 3)
 
 
+def test_mnist_images_are_the_idx_bytes_in_file_order_beside_their_labels(mnist_root):
+    """Shapes and label sets held when the reader paired every image with another record's label
+    (the images reversed): the loaded pixels must be the files' bytes / 255, record for record,
+    row and column in place, and y[i] the label written with record i, in train and test files."""
+    data = load_dataset("mnist", root=mnist_root, classes=[0, 2])
+    for x, y, split in ((data.x_train, data.y_train, "train"), (data.x_test, data.y_test, "t10k")):
+        images, labels = mnist_records(split)
+        kept = np.isin(labels, [0, 2])
+        np.testing.assert_array_equal(stored_bytes(x), images[kept])
+        np.testing.assert_array_equal(y, labels[kept])
+        np.testing.assert_array_equal(y, labels[record_indices(x, images)])  # each image with its own label
+
+
 def test_mnist_test_set_only_needs_from_test_split(mnist_root):
+    """Cut from the test file, both halves keep each image with its own label, in file order, and
+    together hold every test record once."""
     for f in (mnist_root / "MNIST" / "raw").glob("train-*"):
         f.unlink()
     with pytest.raises(DataError, match="--from-test-split"):
@@ -165,6 +218,12 @@ def test_mnist_test_set_only_needs_from_test_split(mnist_root):
     data = load_dataset("mnist", root=mnist_root, from_test_split=True, n_train=12)
     assert data.x_train.shape[0] == 12 and data.x_test.shape[0] == 8
     assert np.bincount(data.y_train).tolist() == [4, 4, 4]
+    images, labels = mnist_records("t10k")
+    train, test = record_indices(data.x_train, images), record_indices(data.x_test, images)
+    np.testing.assert_array_equal(data.y_train, labels[train])
+    np.testing.assert_array_equal(data.y_test, labels[test])
+    assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)  # file order
+    assert sorted([*train, *test]) == list(range(20))
 
 
 def test_corrupt_idx_is_reported(tmp_path):
@@ -210,14 +269,30 @@ def test_cifar10_tampered_pickle_cannot_run_code(cifar_root, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_cifar10_binary_batches(tmp_path, rng):
+def test_cifar10_binary_batches(tmp_path):
+    """Each record is a label byte then 3072 pixel bytes, channel-major (R, G, B planes), rows of
+    32: shapes alone held when the reader took the label byte as the first pixel and reversed the
+    channels. The loaded images must be the written ones, batches in order 1-5, channels, rows
+    and columns in place, and y[i] the label byte of record i."""
     base = tmp_path / "cifar-10-batches-bin"
     base.mkdir()
-    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-        records = np.concatenate([(np.arange(10) % 10)[:, None], rng.integers(0, 256, (10, 3072))], axis=1)
-        records.astype(np.uint8).tofile(base / name)
+    written = {}
+    for b, name in enumerate([f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]):
+        index = np.arange(10 * b, 10 * b + 10)
+        images, labels = indexed_images(10 * b, 10, 3, 32), (3 * index + index // 10) % 10  # every class per batch
+        np.concatenate([labels[:, None], images.reshape(10, 3072)], axis=1).astype(np.uint8).tofile(base / name)
+        written[name] = images, labels
     data = load_dataset("cifar10", root=tmp_path)
     assert data.x_train.shape == (50, 3, 32, 32) and data.x_test.shape == (10, 3, 32, 32)
+    batches = [written[f"data_batch_{i}.bin"] for i in range(1, 6)]
+    train_images, train_labels = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    for x, y, (images, labels) in (
+        (data.x_train, data.y_train, (train_images, train_labels)),
+        (data.x_test, data.y_test, written["test_batch.bin"]),
+    ):
+        np.testing.assert_array_equal(stored_bytes(x), images)
+        np.testing.assert_array_equal(y, labels)
+        np.testing.assert_array_equal(y, labels[record_indices(x, images)])
 
 
 def _cifar100_part(rng, n):
@@ -245,15 +320,28 @@ def test_cifar100_python_files_with_their_fine_label_names(tmp_path, rng):
     assert len(everything.classes) == 100 and everything.x_train.shape[0] == 300
 
 
-def test_cifar100_binary_files_and_missing_ones(tmp_path, rng):
+def test_cifar100_binary_files_and_missing_ones(tmp_path):
+    """Each record is a coarse label byte, a fine label byte, then 3072 pixel bytes: shapes and the
+    label set held when the reader took the fine label as the first pixel. The loaded images must
+    be the written ones, channels, rows and columns in place, y[i] the fine label of record i."""
     base = tmp_path / "cifar-100-binary"
     base.mkdir()
-    for name, n in (("train.bin", 200), ("test.bin", 100)):
-        fine = np.arange(n) % 100
-        records = np.concatenate([(fine // 5)[:, None], fine[:, None], rng.integers(0, 256, (n, 3072))], axis=1)
+    written = {}
+    for name, first, n in (("train.bin", 0, 200), ("test.bin", 200, 100)):
+        images, fine = indexed_images(first, n, 3, 32), np.arange(n) % 100
+        records = np.concatenate([(fine // 5)[:, None], fine[:, None], images.reshape(n, 3072)], axis=1)
         records.astype(np.uint8).tofile(base / name)
+        written[name] = images, fine
     data = load_dataset("cifar100", root=tmp_path, classes=[3, 99])
     assert data.x_train.shape == (4, 3, 32, 32) and set(data.y_test) == {3, 99}
+    everything = load_dataset("cifar100", root=tmp_path)
+    for subset, task in ((data, [3, 99]), (everything, range(100))):
+        for x, y, name in ((subset.x_train, subset.y_train, "train.bin"), (subset.x_test, subset.y_test, "test.bin")):
+            images, fine = written[name]
+            kept = np.isin(fine, task)
+            np.testing.assert_array_equal(stored_bytes(x), images[kept])
+            np.testing.assert_array_equal(y, fine[kept])
+            np.testing.assert_array_equal(y, fine[record_indices(x, images)])
     (base / "train.bin").unlink()
     with pytest.raises(DataError, match=r"CIFAR-100 file missing under .*train\.bin"):
         load_dataset("cifar100", root=tmp_path)

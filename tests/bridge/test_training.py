@@ -113,6 +113,64 @@ def test_training_inputs_stay_in_the_threat_model(digits, mode):
     assert model.training  # the mode was restored
 
 
+def _per_example_cross_entropy(model, x, y):
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+
+
+@pytest.mark.parametrize("mode", ["fgsm", "fgsm-noise", "pgd"])
+def test_training_attacks_raise_each_examples_loss(digits, mode):
+    """The inputs the net trains on are attacks: every example's cross-entropy rises (an attack
+    whose gradient's sign was flipped lowered it and passed the threat-model test above). Float64
+    on the net at initialisation, ε = 0.1: every example of the 100 rose by 0.2 or more (median
+    0.48-0.57), the test asks 0.01."""
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    model, x = model.double(), x.double()
+    config = TrainConfig(mode=mode, eps=0.1, pgd_step=0.03, pgd_steps=5)
+    raised = _per_example_cross_entropy(model, training_inputs(model, x, y, mode, config, seed=3), y)
+    assert bool((raised > _per_example_cross_entropy(model, x, y) + 0.01).all())
+
+
+def test_fgsm_training_inputs_are_the_sign_step_of_autograd(digits):
+    """FGSM's training inputs are clip(x + ε·sign(∇ₓ CE(f(x), y)), 0, 1) exactly, with the
+    gradient taken here by plain autograd on the summed loss."""
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    model, x = model.double(), x.double()
+    z = x.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(z), y, reduction="sum"), z)
+    expected = (x + 0.1 * gradient.sign()).clamp(0, 1)
+    got = training_inputs(model, x, y, "fgsm", TrainConfig(mode="fgsm", eps=0.1), seed=0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)
+
+
+def test_trades_loss_is_cross_entropy_plus_beta_kl_of_its_attack(digits):
+    """TRADES (Zhang et al. 2019, eq. 5): CE(f(x), y) + β·KL(p(x) ‖ p(x̃)), averaged over the
+    batch, with x̃ the inputs its inner attack found; and that attack finds a larger KL than a
+    random corner of the ball. Float64, β = 6, tolerance 1e-12 relative. A robust term left out,
+    or taken as KL(p(x̃) ‖ p(x)), passed the β = 0 test below."""
+    x, y = _tensors(digits)
+    model, _ = _fc2(digits)
+    model, x = model.double(), x.double()
+    config = TrainConfig(mode="trades", eps=0.1, pgd_step=0.03, pgd_steps=5, trades_beta=6.0)
+    x_adv = training_inputs(model, x, y, "trades", config, seed=2)
+    loss, logits = training_loss(model, x, y, "trades", config, seed=2)
+    with torch.no_grad():
+        clean = torch.log_softmax(model(x), dim=1)
+        adversarial = torch.log_softmax(model(x_adv), dim=1)
+        kl = (clean.exp() * (clean - adversarial)).sum(dim=1)
+        cross_entropy = -clean.gather(1, y[:, None])[:, 0]
+        expected = (cross_entropy + 6.0 * kl).mean()
+        torch.testing.assert_close(loss.detach(), expected, rtol=1e-12, atol=0)
+        torch.testing.assert_close(logits, model(x_adv), rtol=1e-12, atol=0)
+        # a random corner of the ball: the attack beats it on every example (0.056 against
+        # 0.0066 on average); an attack that descended the KL beat it on 18 of 100
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+        corner = torch.log_softmax(model((x + 0.1 * noise.sign()).clamp(0, 1)), dim=1)
+        assert float((kl > (clean.exp() * (clean - corner)).sum(dim=1)).double().mean()) >= 0.95
+
+
 def test_anisotropic_noise_differs_per_example(digits):
     """FGSM with noise: the same image twice in a batch gets different starts, hence (generally)
     different training inputs; plain FGSM gives identical ones."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,26 @@ def test_every_method_keeps_the_invariants(
     assert isinstance(x_adv, np.ndarray)
     check_adversarial(x_adv, x, ThreatModel(norm, eps))
     assert np.any(x_adv != x)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batches_attack_their_own_points(method, fc2_multiclass, digits_multiclass):
+    """Batches of 10 give each point the attack that one batch of all gives it: its own label and,
+    for PGD, the random start of seed + the batch's first row (``craft_adversarial`` on that batch
+    alone with that seed). Every study attacks fewer points than the default batch of 1000, but
+    the MNIST test set's 10,000 go through ten batches; a loop that gave every batch the first
+    batch's labels passed the other tests. ℓ∞: the steps are signs, so the results agree exactly
+    up to a float32 rounding of the projection."""
+    x, y = digits_multiclass.x_test[:25], digits_multiclass.y_test[:25]
+    spec = config(method)
+    batched = craft_adversarial(fc2_multiclass, x, y, spec, batch_size=10)
+    if method != "pgd":
+        np.testing.assert_allclose(batched, craft_adversarial(fc2_multiclass, x, y, spec), rtol=0, atol=1e-6)
+        return
+    for start in (0, 10, 20):
+        rows = slice(start, start + 10)
+        alone = craft_adversarial(fc2_multiclass, x[rows], y[rows], dataclasses.replace(spec, seed=spec.seed + start))
+        np.testing.assert_allclose(batched[rows], alone, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("time", [0.5, np.inf])

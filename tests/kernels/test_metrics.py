@@ -209,8 +209,13 @@ def test_specialization_matrix(rng):
 
 
 def test_kernel_metrics_keys_and_values(rng):
+    """Every value ``kernel_metrics`` reports is the metric its key names, of the trace kernel
+    K̄ = C⁻¹ Σ_c K_{c,c} (module docstring): the norm and the kernel-target alignment are
+    computed here from their definitions, so that a wrong formula inside ``kernel_metrics``
+    (|K| summed instead of ‖K̄‖_F, a squared alignment) cannot pass as the right one."""
     labels = np.repeat(np.arange(3), 4)
-    full = full_kernel([psd(rng, 12) for _ in range(3)])
+    blocks = [psd(rng, 12) for _ in range(3)]
+    full = full_kernel(blocks)
     m = kernel_metrics(full, labels, top=(10, 20))
     json.dumps(m)  # JSON-ready
     assert set(m) == {
@@ -224,6 +229,15 @@ def test_kernel_metrics_keys_and_values(rng):
         "mean_specialization",
     }
     k = trace_kernel(full)
+    k_bar = (blocks[0] + blocks[1] + blocks[2]) / 3  # the mean of the diagonal class blocks
+    # frobenius_norm: ‖K̄‖_F = √(Σ_nm K̄_nm²) (TK fig. 6a), of the (N, N) trace kernel, not the 4D array
+    assert m["frobenius_norm"] == pytest.approx(np.sqrt(np.sum(k_bar**2)), rel=1e-12)
+    assert m["frobenius_norm"] != pytest.approx(np.sqrt(np.sum(full**2)), rel=1e-3)
+    # kernel_target_alignment: A(K̄, YYᵀ) = ⟨K̄, YYᵀ⟩_F / (‖K̄‖_F ‖YYᵀ‖_F), Y one-hot (Cortes et al. 2012, uncentred)
+    target = np.equal.outer(labels, labels).astype(np.float64)  # (YYᵀ)_nm = 1 where labels agree
+    alignment = np.sum(k_bar * target) / (np.sqrt(np.sum(k_bar**2)) * np.sqrt(np.sum(target**2)))
+    assert 0.05 < alignment < 0.95  # a value whose square is a different number
+    assert m["kernel_target_alignment"] == pytest.approx(alignment, rel=1e-12)
     assert m["trace"] == pytest.approx(np.trace(k))
     assert m["effective_rank"] == effective_rank(k)
     assert m["concentration_top10"] == eigenvalue_concentration(k, 10)

@@ -49,6 +49,68 @@ def test_save_writes_results_figures_arrays_and_checkpoints(two_layer_nets, asse
     assert_real_png(out / "gradients.png")
 
 
+def points(records: list[dict], key: str) -> list[tuple[float, float]]:
+    """(epoch, value) of ``key`` over the epochs ≥ 1 (a log axis) where it is neither None nor NaN."""
+    return [
+        (float(r["epoch"]), float(r[key]))
+        for r in records
+        if r["epoch"] >= 1 and r.get(key) is not None and np.isfinite(r[key])
+    ]
+
+
+def drawn_points(ax, colour, style) -> list[list[tuple[float, float]]]:
+    """The points of the lines of ``ax`` in ``colour`` and in the dashes, width and alpha of the
+    legend handle ``style``."""
+    from matplotlib.colors import to_rgb
+
+    def look(line):
+        return line.get_linestyle(), line.get_linewidth(), line.get_alpha()
+
+    return [
+        list(zip(line.get_xdata().tolist(), line.get_ydata().tolist(), strict=True))
+        for line in ax.get_lines()
+        if to_rgb(line.get_color()) == to_rgb(colour) and look(line) == look(style)
+    ]
+
+
+def test_the_figures_draw_what_results_json_and_gradients_npz_hold(two_layer_nets, tmp_path, drawn):
+    """The saved figures show the run's own numbers: in two_layer.png each legend label's line
+    (per net, in its legend colour) is the recorded series it names, the NTK machine's its own
+    attack; in gradients.png each picture is the saved gradient of its row's model at its
+    column's epoch. A PNG check sees neither a swapped series nor a wrong picture."""
+    out = two_layer_nets[0].save(tmp_path / "run")
+    record = json.loads((out / "results.json").read_text())
+    fig = drawn["two_layer.png"]
+    (legend,) = fig.legends
+    handles = {text.get_text(): handle for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)}
+    (bottom,) = [ax for ax in fig.axes if ax.get_ylabel() == "accuracy"]
+    claimed = {
+        "net: own white-box attack": "white_box_accuracy",
+        "net: NTK-generated examples": "ntk_attack_accuracy",
+        "net: clean": "clean_accuracy",
+        "net: random-sign perturbation": "random_accuracy",
+    }
+    for net in record["nets"]:
+        colour = handles[f"m = {net['width']}, seed {net['seed']}"].get_color()
+        for label, key in claimed.items():
+            assert drawn_points(bottom, colour, handles[label]) == [points(net["epochs"], key)], (net["seed"], label)
+    ntk = handles["NTK machine:\nits own attack"]
+    assert drawn_points(bottom, ntk.get_color(), ntk) == [points(record["kernel"]["epochs"], "robust_accuracy")]
+
+    with np.load(out / "gradients.npz", allow_pickle=False) as arrays:
+        shown = two_layer.picture_epochs(arrays["epochs"].tolist())
+        at = [arrays["epochs"].tolist().index(e) for e in shown]
+        rows = [(f"net, width 300, seed {s}", arrays[f"net_w300_s{s}"][at]) for s in (0, 1)]
+        rows.append(("NTK", arrays["kernel"][at]))
+    axes = np.array(drawn["gradients.png"].axes).reshape(len(rows), 1 + len(shown))
+    assert [ax.get_title() for ax in axes[0, 1:]] == [f"epoch {e}" for e in shown]
+    for r, (label, gradients) in enumerate(rows):
+        assert axes[r, 0].get_ylabel().replace("\n", " ") == label
+        for c, gradient in enumerate(gradients):
+            (picture,) = axes[r, 1 + c].get_images()
+            np.testing.assert_array_equal(np.asarray(picture.get_array()), gradient[0])  # one channel: as it is
+
+
 def test_checkpoints_load_as_two_layer_nets(two_layer_nets):
     from ntkrobust.bridge.checkpoint import load_checkpoint
 
