@@ -368,8 +368,8 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         data = settings.data.load()
         threat = resolve_threat(settings, data.image_shape[0])
         notes = attack_notes(settings, threat, data.image_shape[0])
+        _check_schedule(settings, data.x_train.shape[0])  # first: the warm-up's warning divides by its epochs
         warn(notes, *unread_flags(settings), _short_warmup(settings, threat.eps))
-        _check_schedule(settings, data.x_train.shape[0])
         check_augmentation(settings, data.image_shape)
 
         device = torch_device(settings.device)

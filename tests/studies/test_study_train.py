@@ -128,6 +128,8 @@ BAD = {
     "centered alone": ({"centered": True}, "--centered needs --linearize-from"),
     "switch without a mode": ({"switch_epoch": 2}, "--switch-epoch switches from clean training"),
     "switch after the last epoch": ({"mode": "pgd", "switch_epoch": 1}, "the run would never train adversarially"),
+    # the warm-up's warning divided by the adversarial epochs (-1 here): a ZeroDivisionError before
+    "switch beyond the last epoch": ({"mode": "pgd", "switch_epoch": 2}, "--switch-epoch 2 is not before the last"),
     "a full evaluation turned off": ({"full_eval_every": 1, "full_eval_steps": 0}, "--full-eval-steps 0 turns off"),
     "momentum": ({"momentum": 1.5}, "invalid momentum for training: 1.5"),
     "resume nothing": ({"resume": True}, "holds no run to continue"),
