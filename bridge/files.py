@@ -136,6 +136,14 @@ def read_npz(path: Path, keys: Sequence[str], *, required: Sequence[str] = ()) -
     # a truncated or corrupted archive (bad zip, bad CRC, a broken deflate stream), or object arrays
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise NpzError(refusal_reason(path, error)) from None
+    # zipfile's own refusals of a member it cannot read (tracebacks before): NotImplementedError
+    # for an unknown compression method, and RuntimeError, its base class, for an encrypted one
+    except NotImplementedError:
+        raise NpzError("a member of it is compressed by a method this zip reader does not support") from None
+    except RuntimeError as error:
+        if "encrypted" not in str(error):
+            raise
+        raise NpzError("a member of it is encrypted (password-protected); numpy reads plain archives") from None
     except MemoryError:  # arrays within the machine's memory (checked first) that still did not fit
         raise NpzError("its arrays do not fit in this machine's memory") from None
 

@@ -124,6 +124,35 @@ def test_an_npy_header_declaring_terabytes_is_refused_before_allocating(tmp_path
     refused(path, r"x_train declares shape \(1000000, 1, 1000, 1000\) of float32 \(3.64 TiB\) but holds 0 bytes")
 
 
+def _zip_flags(data: bytes, *, flag: int = 0, method: int | None = None) -> bytes:
+    """``data`` (a zip archive) with ``flag`` set in every member's general-purpose bits and, given
+    ``method``, another compression method, in the local headers and the central directory."""
+    out = bytearray(data)
+    for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = out.find(signature)
+        while at >= 0:
+            out[at + flags_at] |= flag
+            if method is not None:
+                out[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            at = out.find(signature, at + 4)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("flag", "method", "message"),
+    [(1, None, "is encrypted \\(password-protected\\)"), (0, 99, "compressed by a method this zip reader")],
+    ids=["encrypted", "compression method 99"],
+)
+def test_a_member_zipfile_cannot_read_is_one_line(tmp_path, arrays, flag, method, message):
+    """zipfile raises RuntimeError for an encrypted member and NotImplementedError for an unknown
+    compression method: tracebacks from every .npz reader (data, run folders, probes) before."""
+    path = npz(tmp_path / "d.npz", **arrays)
+    path.write_bytes(_zip_flags(path.read_bytes(), flag=flag, method=method))
+    refused(path, message)
+    with pytest.raises(files.NpzError, match=message):
+        files.read_npz(path, ("x_train",))
+
+
 def test_arrays_beyond_the_machines_memory_are_refused(tmp_path, arrays, monkeypatch):
     path = npz(tmp_path / "d.npz", **arrays)
     monkeypatch.setattr(files, "_physical_memory", lambda: 100)
