@@ -405,6 +405,17 @@ def check_linf_eps(eps: float, flag: str) -> None:
         raise StudyError(f"{flag} must lie in (0, 1] (pixel units), got {eps}")
 
 
+def check_seed_count(seed: int, count: int, flag: str) -> None:
+    """Refuse ``count`` nets seeded ``seed``, ``seed`` + 1, ... whose last seed is beyond torch's
+    2**63 − 1: the first net trained, then the second was refused with a seed never given."""
+    last = seed + count - 1
+    if last >= 2**63:
+        raise StudyError(
+            f"{flag} {count} seeds its nets --seed to --seed + {count - 1}, and {last} is beyond 2**63 - 1: "
+            f"choose --seed {2**63 - count} or less"
+        )
+
+
 def check_draws(kind: str, flag: str, num_outputs: int) -> None:
     """Refuse ``rademacher:K`` with more draws than the net has outputs: it costs more than the
     exact trace kernel it estimates (K signed outputs against C, and K² numbers per example that

@@ -37,6 +37,7 @@ from ntkrobust.studies._common import (
     check_counts,
     check_distinct_files,
     check_ridge,
+    check_seed_count,
     check_unique,
     file_key,
     load_targets,
@@ -116,6 +117,7 @@ def _surrogate_configs(settings: TransferSettings, data: Any) -> dict[str, Any]:
     from ntkrobust.bridge.models import ModelError, check_fits, check_memory, model_config, parse_model_name
 
     check_unique(list(settings.surrogate), "--surrogate", "a surrogate")
+    check_seed_count(settings.data.seed, settings.surrogate_nets, "--surrogate-nets")
     configs = {}
     for spec in settings.surrogate:
         try:

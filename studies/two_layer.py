@@ -19,7 +19,14 @@ import numpy as np
 
 from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, number_text, warn
-from ntkrobust.studies._common import DataSettings, ThreatSettings, check_counts, check_unique, torch_device
+from ntkrobust.studies._common import (
+    DataSettings,
+    ThreatSettings,
+    check_counts,
+    check_seed_count,
+    check_unique,
+    torch_device,
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ def picture_epochs(epochs: Sequence[int]) -> list[int]:
 def _check(settings: TwoLayerSettings) -> int:
     """Refuse bad settings; the anchor epoch."""
     check_unique(settings.width, "--width", "a width")
+    check_seed_count(settings.data.seed, settings.nets, "--nets")
     from ntkrobust.bridge.training import FLOAT32_MAX
 
     if not (math.isfinite(settings.lr) and 0 < settings.lr <= FLOAT32_MAX):

@@ -5,6 +5,7 @@ any compute."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -150,6 +151,8 @@ def test_refusals(two_layer_nets, binary_task, tmp_path, refuses):
     check("repeats", kernel_arch=("fc1", "fc1"))
     check("exceeds the [0, 1] pixel range", threat=ThreatSettings(eps=3.0))
     check("--surrogate-ridge must be", surrogate_ridge=-1.0)
+    last_seed = dataclasses.replace(binary_task, seed=2**63 - 1)
+    check("choose --seed 9223372036854775806 or less", data=last_seed, surrogate=("fc1",), surrogate_nets=2)
 
 
 def test_each_black_box_source_says_when_its_examples_are_made(two_layer_nets, binary_task, caplog):

@@ -156,6 +156,16 @@ BAD = {
 }
 
 
+def test_seeds_beyond_torchs_range_are_refused_before_training(binary_task, refuses):
+    """--nets 2 from the largest seed: the first net trained in full, then the second was refused
+    as "seed must lie in [0, 2**63), got 9223372036854775808", a seed never given."""
+    import dataclasses
+
+    data = dataclasses.replace(binary_task, seed=2**63 - 1)
+    message = "--nets 2 seeds its nets --seed to --seed + 1, and 9223372036854775808 is beyond 2**63 - 1"
+    refuses(two_layer, TwoLayerSettings(data=data, epochs=5, nets=2), message, compute=NO_TRAINING)
+
+
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_settings_are_refused_before_training(case, binary_task, refuses):
     fields, message = BAD[case]
