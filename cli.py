@@ -38,7 +38,7 @@ from ntkrobust._messages import first_line
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
 from ntkrobust.studies._base import StudyError, StudyWarning, checked_together
 from ntkrobust.studies._common import quiet_torch_warnings
-from ntkrobust.studies._output import OutputLock, check_out_dir, check_out_file, check_writable
+from ntkrobust.studies._output import OutputLock, check_name_length, check_out_dir, check_out_file, check_writable
 from ntkrobust.studies.train import AUGMENTATIONS, INITIALISATIONS, TRAINING_MODES
 
 # the names the tests and users read from the command line module
@@ -185,6 +185,8 @@ def _run_and_save(args: argparse.Namespace, module: Any, settings: Any, rank: in
 
 def _check_output(args: argparse.Namespace) -> None:
     """The output of the command, checked before any compute."""
+    beside = {"make-npz": "temporary file", "train": "lock", "reproduce": "lock"}.get(args.command, "staging folder")
+    check_name_length(args.out, "--out", beside)
     if args.command == "make-npz":
         check_out_file(args.out, args.force, suffix=".npz")
     elif args.command in ("train", "reproduce"):  # the study checks its folder: it may be resumed

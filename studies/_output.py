@@ -59,6 +59,45 @@ def check_writable(path: Path, flag: str) -> None:
         raise StudyError(f"{flag} {path}: cannot create files in {ancestor} ({err.strerror})") from None
 
 
+#: what the names made beside an ``--out`` add to its name: the staging folder
+#: ``.NAME.PID.XXXXXXXX.partial`` (a pid of up to 7 digits, Linux's largest pid_max), an atomic
+#: write's ``.NAME.XXXXXXXX.tmp`` (make-npz's file) and the lock ``.NAME.lock`` (a run folder)
+BESIDE = {
+    "staging folder": len(".." + "4194304" + "." + "XXXXXXXX" + ".partial"),
+    "temporary file": len(".." + "XXXXXXXX" + ".tmp"),
+    "lock": len("." + ".lock"),
+}
+
+
+def check_name_length(path: Path, flag: str, beside: str = "staging folder") -> None:
+    """Refuse an ``--out`` whose name leaves no room for the hidden ``beside`` made next to it: the
+    move into place failed with "File name too long" only after the whole compute, naming the
+    hidden staging folder."""
+    ancestor = path.parent
+    while ancestor != ancestor.parent and not _is_folder(ancestor):
+        ancestor = ancestor.parent
+    try:
+        limit = os.pathconf(ancestor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    for part in path.parent.parts:
+        if len(os.fsencode(part)) > limit:
+            raise StudyError(f"{flag}: the folder name {part[:24]}… is longer than the {limit} bytes a name may have")
+    size, room = len(os.fsencode(path.name)), limit - BESIDE[beside]
+    if size > room:
+        raise StudyError(
+            f"{flag}'s name is {size} bytes long ({path.name[:24]}…); the hidden {beside} made beside it "
+            f"adds {BESIDE[beside]}, beyond the {limit} bytes a name may have there: use at most {room}"
+        )
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system
+        return False
+
+
 def _refuse_dangling_link(path: Path, flag: str) -> None:
     # exists() follows the link: a dangling one passes every other check, and writing the
     # output after the compute then fails
