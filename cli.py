@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import io
 import logging
 import os
 import signal
@@ -346,6 +347,9 @@ def _later_rank() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # θ, τ, ε of the help and messages on an ASCII terminal: \u03b8
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args: Any = None
     previous = (
         signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None

@@ -36,3 +36,17 @@ def test_an_out_name_that_fits_still_works(tmp_path, run_cli):
     code, _, err = run_cli(["attack", *DIGITS, "--no-cache", "--quiet", "--out", tmp_path / ("a" * 229)])
     assert code == 0, err
     assert (tmp_path / ("a" * 229) / "results.json").is_file()
+
+
+def test_help_on_an_ascii_terminal_escapes_greek_letters():
+    """``PYTHONIOENCODING=ascii``: the help's θ, τ and Θ were a UnicodeEncodeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ntkrobust", "train", "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "\\u03b8" in done.stdout or "\\u0398" in done.stdout
