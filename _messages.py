@@ -12,3 +12,18 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     name when it has none."""
     text = str(error).strip()
     return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
+#: class names and run labels go into one-line messages, legends, titles and CSV rows
+NAME_LIMIT = 120
+
+
+def name_problem(name: str) -> str | None:
+    """What makes ``name`` unfit for a one-line message or a legend, or None: text that is not
+    printable on one line (a newline, an escape sequence that recolours the terminal), or longer
+    than ``NAME_LIMIT`` characters (a label of 100,000 characters took matplotlib's layout 110 s)."""
+    if not name.isprintable():
+        return "is not printable text on one line"
+    if len(name) > NAME_LIMIT:
+        return f"is {len(name)} characters long, more than the {NAME_LIMIT} a name may have"
+    return None

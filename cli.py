@@ -294,18 +294,28 @@ def _reproduce_listing(args: argparse.Namespace) -> bool:
     return False
 
 
+class _StageLines(logging.Formatter):
+    """``ntkrobust: MESSAGE``, and ``ntkrobust: warning: MESSAGE`` for a warning, as the studies'
+    warnings print (the Gram cache's warnings had no "warning:")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        said = "warning: " if record.levelno >= logging.WARNING else ""
+        return f"{PROG}: {said}{record.getMessage()}"
+
+
 def _show_stages(show: bool) -> None:
     """One line per finished stage or epoch on stderr (the ``ntkrobust`` logger), in a terminal
-    beside the progress bars and in a file (nohup, CI, ``| tee``) on their own."""
+    beside the progress bars and in a file (nohup, CI, ``| tee``) on their own; with --quiet
+    the warnings only."""
     logger = logging.getLogger(PROG)
     logger.handlers = [h for h in logger.handlers if not getattr(h, "ntkrobust_cli", False)]
-    if show:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-        handler.ntkrobust_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_StageLines())
+    handler.ntkrobust_cli = True  # type: ignore[attr-defined]
+    handler.setLevel(logging.INFO if show else logging.WARNING)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 class _Terminated(BaseException):

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust._messages import first_line
-from ntkrobust.bridge.files import NpzError, read_npz
+from ntkrobust._messages import NAME_LIMIT, first_line, name_problem
+from ntkrobust.bridge.files import NpzError, not_a_file, read_npz
 
 __all__ = ["DATASETS", "DataError", "load_raw", "read_idx"]
 
@@ -74,9 +74,9 @@ def _digits() -> dict[str, Any]:
 
 
 def _npz(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
-        raise DataError(f"dataset file {path} {what}")  # a FIFO or a device exists, and is no .npz
+    reason = not_a_file(path)  # a FIFO or a device exists, and is no .npz
+    if reason:
+        raise DataError(f"dataset file {path} {reason}")
     arrays = ("x_train", "y_train", "x_test", "y_test")
     try:
         out: dict[str, Any] = read_npz(path, (*arrays, "label_names"), required=arrays)
@@ -100,8 +100,12 @@ def _label_names(names: Any, where: str, key: str = "label_names") -> list[str]:
         )
     listed = [_decoded(n) if isinstance(n, bytes) else str(n) for n in array.tolist()]
     for name in listed:  # names go into one-line messages, CSV rows and legends
-        if not name.isprintable():
-            raise DataError(f"{where}: {key} holds {name!r}: every name must be printable text on one line")
+        problem = name_problem(name)
+        if problem:
+            shown = repr(name) if len(name) <= NAME_LIMIT else f"{name[:24]!r}…"
+            raise DataError(
+                f"{where}: {key} holds {shown}, which {problem}: every name must be printable text on one line"
+            )
     return listed
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ntkrobust._messages import first_line
-from ntkrobust.bridge.files import refusal_reason, write_atomically
+from ntkrobust.bridge.files import not_a_file, program_kind, refusal_reason, write_atomically
 from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork
 from ntkrobust.bridge.models import ModelConfig, ModelError, build_model
 from ntkrobust.bridge.two_layer import OutputChange
@@ -101,13 +101,20 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    reason = not_a_file(path)  # a FIFO, /dev/zero or a loop of links "did not exist"
+    if reason:
+        raise CheckpointError(f"checkpoint {path} {reason}")
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning is not the user's business
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # unpickling, zip and format errors all mean "not ours"
+        program = program_kind(path)
+        if program:  # torch's own words on it are a paragraph about weights_only and PyTorch 2.6
+            raise ForeignFileError(
+                f"{path} is {program}, not a checkpoint of this tool: this needs the weights and model name "
+                "that train writes (evaluate and transfer run programs with --trust-model-code)"
+            ) from None
         raise ForeignFileError(f"{path} is not a checkpoint of this tool ({refusal_reason(path, error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ForeignFileError(f"{path} is not a checkpoint of this tool (no '{CHECKPOINT_FORMAT}' format tag)")

@@ -87,6 +87,46 @@ def read_json(path: str | Path) -> Any:
         raise JsonFileError(f"unreadable JSON ({first_line(error).split(';')[0]})") from None
 
 
+def not_a_file(path: Path) -> str | None:
+    """Why ``path`` is no regular file to read ("is a folder", "is not a regular file" for a FIFO
+    or a device, "is a symbolic link that loops", "does not exist"), or None where it is one."""
+    try:
+        if path.is_file():
+            return None
+        if path.is_dir():
+            return "is a folder"
+        if path.exists():
+            return "is not a regular file"
+    except OSError as error:  # a name too long for the file system
+        return error.strerror or first_line(error)
+    return "is a symbolic link that loops" if path.is_symlink() and _loops(path) else "does not exist"
+
+
+def _loops(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 raises this for a loop
+        return True
+    except OSError as error:
+        return error.errno == 40  # ELOOP
+    return False
+
+
+def program_kind(path: Path) -> str | None:
+    """ "a TorchScript program" or "an exported program (.pt2)" when the zip archive ``path`` is one
+    (told from its member names, nothing of it loaded), else None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if any(name.endswith("/constants.pkl") or "/code/" in name for name in names):
+        return "a TorchScript program"
+    if any(name.endswith("/archive_format") or "/models/" in name for name in names):
+        return "an exported program (.pt2)"
+    return None
+
+
 def unreadable_reason(path: Path) -> str | None:
     """Why the file ``path`` cannot be opened for reading ("Permission denied", "Too many levels of
     symbolic links"), or None: ``zipfile.is_zipfile`` says False for it, which reads as damage."""

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust._messages import first_line
+from ntkrobust._messages import first_line, name_problem
 from ntkrobust.bridge.files import JsonFileError, NpzError, read_json, read_npz
 from ntkrobust.bridge.runfolder import HISTORY_FILE, PROBE_FILE, RunFolder
 from ntkrobust.kernels import metrics
@@ -208,6 +208,9 @@ def run_label(history: dict[str, Any], path: Path) -> str:
     """The history's ``label``, else "<model> <mode>" from its config, else the folder name."""
     label = history.get("label")
     if isinstance(label, str) and label.strip():
+        problem = name_problem(label.strip())
+        if problem:  # it goes into legends and the summary line
+            raise RunError(f"{path}: its label {label.strip()[:24]!r}… {problem}")
         return label.strip()
     config = history.get("config")
     config = config if isinstance(config, dict) else {}
@@ -507,6 +510,10 @@ def _class_names(history: dict[str, Any], targets: np.ndarray, where: Path) -> l
     # a binary net may have one output for its two classes; 100,000 names kept dynamics busy for minutes
     if isinstance(outputs, int) and len(names) > max(outputs, 2):
         raise RunError(f"{where}: {len(names)} class names for a net of {outputs} outputs")
+    for name in map(str, names):
+        problem = name_problem(name)
+        if problem:
+            raise RunError(f"{where}: the class name {name[:24]!r}… {problem}")
     return [str(n) for n in names]
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from ntkrobust._messages import first_line
 from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, check_state_dict, load_checkpoint
-from ntkrobust.bridge.files import JsonFileError, read_json, refusal_reason
+from ntkrobust.bridge.files import JsonFileError, not_a_file, program_kind, read_json, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
 
@@ -114,8 +114,9 @@ def _load(
     model_name, width, path = _parse(spec)
     if path.is_dir():
         raise TargetError(f"{path} is a folder, not a model file")
-    if not path.is_file():
-        raise TargetError(f"{path} does not exist")
+    reason = not_a_file(path)
+    if reason:
+        raise TargetError(f"{path} {reason}")
     if model_name is not None:
         target = _state_dict_target(path, model_name, width, image_shape, num_classes)
     else:
@@ -145,7 +146,12 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
     try:
         model, config, payload = load_checkpoint(path)
     except ForeignFileError as checkpoint_error:
-        if not trust_code:  # refused before torch's loaders see the file: they would run its code
+        program = program_kind(path)
+        if not trust_code and program:  # refused before torch's loaders see the file: they would run its code
+            raise TargetError(
+                f"{path} is {program}, which carries code and loads only with --trust-model-code"
+            ) from None
+        if not trust_code:
             raise TargetError(
                 f"{first_line(checkpoint_error)}; a TorchScript or .pt2 file carries code and loads only "
                 "with --trust-model-code"

@@ -280,7 +280,10 @@ def cached_gram(
         log.warning("Gram cache entry %s is corrupt or not this Gram's: recomputing and replacing it", path)
         outcome = CORRUPT_ENTRY
     gram = compute_gram(arch, x1, x2, memory_budget=memory_budget, progress=progress)
-    _write_entry(path, key, gram)
+    try:
+        _write_entry(path, key, gram)
+    except OSError as err:  # a full disk: the Gram is computed, the cache only saves a later run time
+        log.warning("the Gram could not be cached in %s (%s): a later run computes it again", path.parent, err.strerror)
     return gram, outcome
 
 

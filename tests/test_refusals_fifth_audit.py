@@ -50,3 +50,42 @@ def test_help_on_an_ascii_terminal_escapes_greek_letters():
     )
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "\\u03b8" in done.stdout or "\\u0398" in done.stdout
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]], ids=["stages", "quiet"])
+def test_the_gram_caches_warnings_read_as_warnings(tmp_path, run_cli, quiet):
+    """A damaged cache entry is said as "ntkrobust: warning: ...", as the studies' warnings are,
+    with --quiet too (it printed without "warning:", and under --quiet without "ntkrobust:")."""
+    argv = ["attack", *DIGITS, "--cache-dir", tmp_path / "cache", *quiet]
+    assert run_cli([*argv, "--out", tmp_path / "one"])[0] == 0
+    (entry,) = (tmp_path / "cache").glob("gram-*.npz")
+    entry.write_bytes(entry.read_bytes()[:100])
+    code, _, err = run_cli([*argv, "--out", tmp_path / "two"])
+    assert code == 0 and f"ntkrobust: warning: Gram cache entry {entry} is corrupt" in err, err
+
+
+def test_a_fifo_or_a_loop_of_links_named_as_a_checkpoint_says_what_it_is(tmp_path, assert_refused):
+    """They "did not exist" for entk's --checkpoint and evaluate's nets, where --data said "is not a
+    regular file": one reason for every reader (``files.not_a_file``)."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    entk = ["entk", *DIGITS, "--checkpoint"]
+    assert_refused([*entk, tmp_path / "fifo.pt"], f"checkpoint {tmp_path / 'fifo.pt'} is not a regular file")
+    assert_refused([*entk, tmp_path / "a.pt"], f"checkpoint {tmp_path / 'a.pt'} is a symbolic link that loops")
+    assert_refused(["evaluate", *DIGITS, tmp_path / "fifo.pt"], "fifo.pt is not a regular file")
+    assert_refused(["entk", *DIGITS, "--checkpoint", tmp_path / "none.pt"], "none.pt does not exist")
+
+
+def test_a_torchscript_file_given_as_a_checkpoint_says_what_it_is(tmp_path, assert_refused):
+    """entk --checkpoint and train --linearize-from quoted torch's paragraph on weights_only and
+    PyTorch 2.6 for a TorchScript file, without saying what the file is or what they need."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    torch.jit.save(torch.jit.script(net), tmp_path / "net.pt")
+    said = f"{tmp_path / 'net.pt'} is a TorchScript program, not a checkpoint of this tool: this needs the weights"
+    assert_refused(["entk", *DIGITS, "--checkpoint", tmp_path / "net.pt"], said)
+    assert_refused(["train", *DIGITS, "--track-kernel", 10, "--linearize-from", tmp_path / "net.pt"], said)

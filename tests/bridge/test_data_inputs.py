@@ -77,7 +77,19 @@ def test_label_names_that_are_no_list_are_refused(tmp_path, arrays, names, shape
 def test_label_names_on_several_lines_are_refused(tmp_path, arrays):
     """A name goes into one-line messages, CSV rows and legends."""
     names = np.array(["cat", "dog\nrm -rf"])
-    refused(npz(tmp_path / "d.npz", **arrays, label_names=names), r"holds 'dog\\nrm -rf': every name must be printable")
+    refused(
+        npz(tmp_path / "d.npz", **arrays, label_names=names),
+        r"holds 'dog\\nrm -rf', which is not printable text on one line",
+    )
+
+
+def test_a_label_name_too_long_for_a_legend_is_refused(tmp_path, arrays):
+    """One printable name of 100,000 characters passed: entk, features and dynamics then took
+    three to twenty times as long in matplotlib's layout. 120 characters at most."""
+    ok = npz(tmp_path / "ok.npz", **arrays, label_names=np.array(["a" * 120, "b"]))
+    assert load_dataset(str(ok)).class_name(0) == "a" * 120
+    long = npz(tmp_path / "d.npz", **arrays, label_names=np.array(["a" * 100_000, "b"]))
+    refused(long, r"holds 'aaaaaaaaaaaaaaaaaaaaaaaa'…, which is 100000 characters long, more than the 120")
 
 
 def test_a_name_of_two_classes_is_refused_only_when_asked_for(tmp_path, rng):

@@ -207,6 +207,24 @@ def test_fresh_and_reused_entries_are_miss_then_hit_and_no_cache_is_off(inputs, 
     np.testing.assert_array_equal(gram, true_gram)
 
 
+def test_a_full_disk_leaves_the_gram_computed_and_uncached(inputs, true_gram, tmp_path, monkeypatch, caplog):
+    """The cache only saves a later run time: a write that fails (a full disk) is a warning naming
+    the folder, not the command's end ("No space left on device", without a path, after the Gram
+    was computed); nothing half-written is left in the cache."""
+    import errno
+    import logging
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gram_module.np, "savez", full)
+    with caplog.at_level(logging.WARNING, logger="ntkrobust"):
+        gram, outcome = cached_gram(get_architecture(ARCH), inputs[0], cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(gram, true_gram)
+    assert outcome == "miss" and [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    assert f"could not be cached in {tmp_path / 'cache'}" in caplog.text and "No space left on device" in caplog.text
+
+
 def test_concurrent_writers_of_one_entry_all_succeed_and_leave_a_valid_entry(
     inputs, true_gram, tmp_path, monkeypatch, no_compute
 ):
