@@ -123,6 +123,8 @@ def check_out_file(out: Path, force: bool, *, suffix: str) -> None:
     _refuse_dangling_link(out, "--out")
     if out.is_dir():
         raise StudyError(f"--out {out} is a folder")
+    if out.exists() and not out.is_file():  # --force replaced a FIFO or a device with a file
+        raise StudyError(f"--out {out} is not a regular file")
     if out.exists() and not force:
         raise StudyError(f"--out {out} exists (use --force to overwrite)")
     check_writable(out.parent, "--out's folder")

@@ -89,3 +89,14 @@ def test_a_torchscript_file_given_as_a_checkpoint_says_what_it_is(tmp_path, asse
     said = f"{tmp_path / 'net.pt'} is a TorchScript program, not a checkpoint of this tool: this needs the weights"
     assert_refused(["entk", *DIGITS, "--checkpoint", tmp_path / "net.pt"], said)
     assert_refused(["train", *DIGITS, "--track-kernel", 10, "--linearize-from", tmp_path / "net.pt"], said)
+
+
+def test_make_npz_never_replaces_a_fifo_or_a_device(tmp_path, run_cli):
+    """``make-npz --out X.npz --force`` replaced a FIFO named X.npz with a regular file."""
+    import os
+    import stat
+
+    os.mkfifo(tmp_path / "pipe.npz")
+    code, _, err = run_cli(["make-npz", *DIGITS, "--force", "--out", tmp_path / "pipe.npz"])
+    assert code == 2 and f"--out {tmp_path / 'pipe.npz'} is not a regular file" in err, err
+    assert stat.S_ISFIFO(os.stat(tmp_path / "pipe.npz").st_mode)
