@@ -4,6 +4,7 @@ messages tell the reader to load the file unsafely)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -108,7 +109,7 @@ def _loops(path: Path) -> bool:
     except RuntimeError:  # Python < 3.13 raises this for a loop
         return True
     except OSError as error:
-        return error.errno == 40  # ELOOP
+        return error.errno == errno.ELOOP
     return False
 
 
