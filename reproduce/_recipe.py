@@ -78,6 +78,21 @@ class Verdict:
             raise ValueError(f"verdict {self.verdict!r} is not one of {VERDICTS}")
 
 
+#: accuracies are shares k/n, and a rule's margin is a decimal: 0.35 − 0.30 is 0.04999… in floats,
+#: so a gap of exactly the margin failed "at least 0.05". Comparisons with a margin allow this much
+_ROUNDING = 1e-9
+
+
+def at_least(value: float, bound: float) -> bool:
+    """``value`` ≥ ``bound``, a float rounding below counted as equal."""
+    return value >= bound - _ROUNDING
+
+
+def at_most(value: float, bound: float) -> bool:
+    """``value`` ≤ ``bound``, a float rounding above counted as equal."""
+    return value <= bound + _ROUNDING
+
+
 def record_float(value: Any) -> float:
     """A number of a record as a float: strict JSON writes NaN and the infinities as "nan", "inf",
     "-inf", and some studies write an undefined number (τ, ρ) as None, read here as NaN."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_most
 from ntkrobust.reproduce._shared import (
     checkpoint,
     dynamics_family,
@@ -56,7 +56,7 @@ def _evaluate_check(results: Results) -> Verdict:
     pgd = gap.get("pgd")
     if pgd is None:
         return Verdict("inconclusive", text, numbers)
-    return Verdict("agrees" if pgd <= 0.05 else "contradicts", text, numbers)
+    return Verdict("agrees" if at_most(pgd, 0.05) else "contradicts", text, numbers)
 
 
 def _matrix(ctx: Context) -> Sequence[Step]:

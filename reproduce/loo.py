@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, record_float
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most, record_float
 from ntkrobust.reproduce._shared import (
     checkpoint,
     dynamics_family,
@@ -60,7 +60,10 @@ def _speed_check(results: Results) -> Verdict:
         clean = run["dynamics"]["clean"]
         velocity = [v for v, e in zip(clean["velocity"], clean["velocity_epochs"], strict=True) if e <= LOO_EPOCHS]
         late = statistics.median(velocity[len(velocity) // 2 :])
-        ratios[run["mode"]] = (velocity[0], late, velocity[0] / late if late > 0 else float("inf"))
+        # a late median of 0 makes any first velocity above 0 infinitely faster, and a kernel that
+        # never moved (0 and 0) no faster at all
+        ratio = velocity[0] / late if late > 0 else float("inf") if velocity[0] > 0 else float("nan")
+        ratios[run["mode"]] = (velocity[0], late, ratio)
     measured = "; ".join(
         f"{mode}: velocity {first:.3g} in the first epoch, median {late:.3g} over the second half (×{ratio:.3g})"
         for mode, (first, late, ratio) in ratios.items()
@@ -129,7 +132,7 @@ def _centered_check(results: Results) -> Verdict:
         for kind, points in clean.items()
     )
     rising = all(points[max(points)] >= points[min(points)] for points in clean.values())
-    close = all(abs(clean["centered"][e] - clean["linearized"][e]) <= 0.05 for e in clean["linearized"])
+    close = all(at_most(abs(clean["centered"][e] - clean["linearized"][e]), 0.05) for e in clean["linearized"])
     verdict = "agrees" if rising and close else "contradicts" if not rising else "inconclusive"
     return Verdict(verdict, measured + f" (later spawn at least as good: {rising}; centered within 0.05: {close})",
                    {"clean": clean})  # fmt: skip
@@ -151,7 +154,7 @@ def _centered_robustness_check(results: Results) -> Verdict:
         f"{standard:.3f}; clean: centered {latest['centered']['test_clean']:.3f}, linearized "
         f"{latest['linearized']['test_clean']:.3f}"
     )
-    above = [pgd["centered"] >= other + 0.05 for other in (pgd["linearized"], standard)]
+    above = [at_least(pgd["centered"], other + 0.05) for other in (pgd["linearized"], standard)]
     verdict = "agrees" if all(above) else "contradicts" if not any(above) else "inconclusive"
     return Verdict(verdict, measured, {"test_pgd": pgd, "standard_test_pgd": standard, "spawn_epoch": epoch})
 
@@ -224,7 +227,7 @@ def _centered_at_check(results: Results) -> Verdict:
               "centered_adversarial_kernel": f"centered AT on the PGD-AT kernel of epoch {epoch}"}  # fmt: skip
     measured = "; ".join(said(kind, labels[kind]) for kind in nets)
     gain = accuracy["centered"]["autoattack"] - accuracy["pgd"]["autoattack"]
-    verdict = "agrees" if gain >= 0.05 else "contradicts" if gain <= 0 else "inconclusive"
+    verdict = "agrees" if at_least(gain, 0.05) else "contradicts" if gain <= 0 else "inconclusive"
     return Verdict(verdict, measured, {"accuracy": accuracy, "masking_suspected": masking, "autoattack_gain": gain})
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ntkrobust.kernels.metrics import spearman_correlation
-from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least
 from ntkrobust.reproduce._shared import dynamics_family, dynamics_step, run_name, training_run
 
 METHODS = ("standard", "fgsm", "pgd", "te")
@@ -183,7 +183,7 @@ def _switch_check(results: Results) -> Verdict:
         f"{ratio:.2f} of an adversarial one, RAT's {RAT_CLEAN_EPOCH_PRICE:.2f}: at RAT's price this schedule would "
         f"cost {at_rats_price:.0%})"
     )
-    robust_kept = switched["test_pgd"] >= full["test_pgd"] - 0.03
+    robust_kept = at_least(switched["test_pgd"], full["test_pgd"] - 0.03)
     verdict = "agrees" if share < 0.9 and robust_kept else "contradicts"
     numbers = {"cost_share": share, "clean_epoch_price": ratio, "cost_share_at_rats_price": at_rats_price}
     return Verdict(verdict, text, numbers | {"switched": switched, "full": full})
@@ -210,7 +210,7 @@ def _overfitting_check(results: Results) -> Verdict:
         + ", ".join(f"{mode} {a:.2f}" for mode, a in clean.items())
     )
     numbers = {"test_pgd": curves, "fgsm_peak": peak, "fgsm_final": final, "test_clean": clean}
-    if clean["fgsm"] < 1.5 * chance:  # a net at chance lost everything, not only its robustness
+    if not at_least(clean["fgsm"], 1.5 * chance):  # a net at chance lost everything, not only its robustness
         return Verdict("inconclusive", text + " (FGSM-AT's clean accuracy is at chance: training failed)", numbers)
     if not collapsed:
         return Verdict("inconclusive", text + " (FGSM-AT did not overfit catastrophically)", numbers)

@@ -177,9 +177,9 @@ def _growth_check(results: Results) -> Verdict:
         f"C-NTK Frobenius norm growth: standard ×{growth['standard']:.3g}, PGD-AT ×{growth['pgd']:.3g}; share of the "
         f"top 20 eigenvalues at the end: standard {top20['standard']:.4f}, PGD-AT {top20['pgd']:.4f}"
     )
-    grows_less = growth["pgd"] < growth["standard"]
+    grows_less, grows_more = growth["pgd"] < growth["standard"], growth["pgd"] > growth["standard"]
     concentrated = top20["pgd"] > top20["standard"]
-    verdict = "agrees" if grows_less and concentrated else "contradicts" if not grows_less else "inconclusive"
+    verdict = "agrees" if grows_less and concentrated else "contradicts" if grows_more else "inconclusive"
     return Verdict(verdict, measured, {"frobenius_growth": growth, "concentration_top20": top20})
 
 

@@ -1,7 +1,9 @@
 """Every recipe's ``check`` on synthetic records: one that agrees, one that contradicts, and one
-per inconclusive branch. The steps are the recipes' own (smoke scale, so the real step names and
-settings); the records hold only the keys the checks read, shaped like the studies' results.json
-and history.json, with numbers well on one side of each rule."""
+per inconclusive branch, with numbers well on one side of each rule (``CASES``); records just on
+each side of every threshold (``EDGES``); the exact "measured" text of each (``MEASURED``); and
+the cases where a check departed from its documented rule (``RULE_DISAGREEMENTS``). The steps are the
+recipes' own (smoke scale, so the real step names and settings); the records hold only the keys
+the checks read, shaped like the studies' results.json and history.json."""
 
 from __future__ import annotations
 
@@ -211,8 +213,9 @@ def centered_at(centered: tuple[float, float], pgd: tuple[float, float], masking
     return {"mnist-evaluate-centered-at": {"nets": nets}}
 
 
-def matrix(pgd_under_te: float):
-    """Targets under each net's PGD examples: the PGD-AT target at 0.5 or ``pgd_under_te``, standard at 0.3."""
+def matrix(pgd_under_te: float, pgd_under_ntk: float = 0.5):
+    """Targets under each net's PGD examples: the PGD-AT target at 0.5 (``pgd_under_te`` under TE's,
+    ``pgd_under_ntk`` under the NTK's), standard at 0.3."""
     names = [f"mnist-{mode} epoch 3" for mode in ("standard", "fgsm", "fgsm-noise", "pgd", "te")]
     sources = ["NTK fc2", *names]
     rows = []
@@ -220,6 +223,7 @@ def matrix(pgd_under_te: float):
         accuracy = {s: 0.0 if s == name else 0.3 if "standard" in name else 0.5 for s in sources}
         if "pgd" in name:
             accuracy["mnist-te epoch 3"] = pgd_under_te
+            accuracy["NTK fc2"] = pgd_under_ntk
         rows.append({"name": name, "transfer_accuracy": accuracy})
     return {"mnist-transfer-matrix": {"targets": rows}}
 
@@ -480,3 +484,397 @@ def test_loo_table2_reports_centered_at_on_the_adversarial_kernel_where_it_ran()
     assert both.numbers["accuracy"]["centered_adversarial_kernel"]["autoattack"] == 0.45
     alone = judge("loo-table2-centered-at", centered_at((0.76, 0.70), (0.52, 0.50), adversarial_kernel=None))
     assert "PGD-AT kernel" not in alone.measured and alone.verdict == both.verdict == "agrees"
+
+
+# ---------------------------------------------------------------- at each rule's thresholds
+#
+# Records just on each side of every threshold of every rule (and on it, where the rule says
+# "at least" / "within" / "exceeds"): a flipped comparison or a moved threshold flips one of
+# these verdicts. Values on a threshold are computed as the rule writes it (``0.1 + 0.2``) or are
+# exact in binary (0.25, 0.5), so that float rounding does not decide the case.
+
+TINY = 1e-6
+
+
+def growth(standard: tuple[tuple[float, ...], tuple[float, ...]], pgd: tuple[tuple[float, ...], tuple[float, ...]]):
+    """The C-NTK's Frobenius norm and top-20 concentration of both runs, by epoch."""
+    records = standard_pgd({"frobenius": standard[0]}, {"frobenius": pgd[0]})
+    for run_record, (_, top20) in zip(records["mnist-dynamics-standard-pgd"]["runs"], (standard, pgd), strict=True):
+        for kernel, share in zip(run_record["kernels"], top20, strict=True):
+            kernel["clean"]["concentration_top20"] = share
+    return records
+
+
+def distances(d: tuple[float, ...]):
+    """The same C-NTK distance to TE's kernel (epochs 0-5; lazy phase 1-4, decay after 4) for
+    standard, FGSM-AT and PGD-AT."""
+    return methods(dict.fromkeys(("standard", "fgsm", "pgd"), d))
+
+
+def with_earlier_epoch(records: dict[str, Any], step: str, test_pgd: float) -> dict[str, Any]:
+    """``records`` with an epoch at PGD accuracy ``test_pgd`` (its full evaluation too) before the
+    step's others: a check that reads the first epoch, not the last, reads it."""
+    accuracy = {"running": {"test_clean": 0.9, "test_pgd": test_pgd}}
+    first = {"accuracy": accuracy, "full_evaluation": {"accuracy": accuracy}}
+    records[step]["epochs"].insert(0, first)
+    return records
+
+
+def without_full_evaluation(records: dict[str, Any]) -> dict[str, Any]:
+    del records["mnist-standard"]["epochs"][-1]["full_evaluation"]
+    return records
+
+
+EDGES = [
+    # TK fig. 2: agrees iff ρ < 0 and the top 10 more robust than the rest
+    ("tk-fig2-features", "agrees", features(rho=-0.01, top=0.3 + TINY, rest=0.3)),
+    ("tk-fig2-features", "contradicts", features(rho=0.0, top=0.5, rest=0.1)),  # ρ = 0: robustness does not fall
+    ("tk-fig2-features", "contradicts", features(rho=-0.8, top=0.3, rest=0.3)),  # the top as robust, not more
+    # TK supp. D.3: contradicts iff some r keeps clean ≥ 0.5 and own-FGSM ≥ 0.2
+    ("tk-suppD3-robust-only", "agrees", features(rows=((0.5 - TINY, 0.9), (0.9, 0.2 - TINY)))),  # each a hair short
+    ("tk-suppD3-robust-only", "contradicts", features(rows=((0.9, 0.0), (0.5, 0.2)))),  # both exactly at the bar
+    # TK fig. 4: closer (wide cosine > narrow) and fooled (NTK's FGSM below random-sign noise − 0.1)
+    ("tk-fig4-two-layer", "agrees", two_layer(narrow_cosine=0.5, wide_cosine=0.5 + TINY, ntk=0.8 - 0.1 - TINY)),
+    ("tk-fig4-two-layer", "inconclusive", two_layer(narrow_cosine=0.5, wide_cosine=0.9, ntk=0.8 - 0.1 + TINY)),
+    ("tk-fig4-two-layer", "inconclusive", two_layer(narrow_cosine=0.5, wide_cosine=0.5, ntk=0.1)),  # equal: not closer
+    ("tk-fig4-two-layer", "contradicts", two_layer(narrow_cosine=0.5, wide_cosine=0.5, ntk=0.8 - 0.1 + TINY)),
+    # TK sec. 3: τ(NTK) > τ(random) + 0.2
+    ("tk-sec3-transfer", "agrees", tk_transfer(tau=0.1 + 0.2 + TINY, random_tau=0.1)),
+    ("tk-sec3-transfer", "contradicts", tk_transfer(tau=0.1 + 0.2, random_tau=0.1)),  # by 0.2: does not exceed it
+    ("tk-sec3-transfer", "contradicts", tk_transfer(tau=0.1 + 0.2 - TINY, random_tau=0.1)),
+    ("tk-sec3-transfer", "inconclusive", tk_transfer(tau=0.9, random_tau=NAN)),  # random noise's τ undefined alone
+    # TK fig. 6: PGD-AT's growth below standard's and its end concentration above
+    ("tk-fig6-kernel-growth", "agrees", growth(((1, 10), (0.5, 0.5)), ((1, 10 - TINY), (0.5, 0.5 + TINY)))),
+    ("tk-fig6-kernel-growth", "inconclusive", growth(((1, 10), (0.5, 0.5)), ((1, 2), (0.5, 0.5)))),  # as concentrated
+    ("tk-fig6-kernel-growth", "contradicts", growth(((1, 10), (0.5, 0.5)), ((1, 10 + TINY), (0.5, 0.9)))),
+    # growth from the first kernel, not over the last epoch (×10 against ×8; the last epoch ×5 against ×7.3)
+    ("tk-fig6-kernel-growth", "agrees", growth(((1, 2, 10), (0.5, 0.5, 0.5)), ((1, 1.1, 8), (0.5, 0.5, 0.9)))),
+    # the concentration at the end, not at the start
+    ("tk-fig6-kernel-growth", "agrees", growth(((1, 10), (0.9, 0.5)), ((1, 2), (0.5, 0.9)))),
+    ("tk-fig6-kernel-growth", "inconclusive", growth(((1, 10), (0.5, 0.9)), ((1, 2), (0.9, 0.5)))),
+    # LOO fig. 1a: for both runs, first-epoch velocity > 3 × the median of the second half
+    ("loo-fig1-kernel-speed", "contradicts", standard_pgd({"velocity": (3, 1, 1, 1)}, {"velocity": (10, 1, 1, 1)})),
+    ("loo-fig1-kernel-speed", "agrees", standard_pgd({"velocity": (3 + TINY, 1, 1, 1)}, {"velocity": (10, 1, 1, 1)})),
+    ("loo-fig1-kernel-speed", "contradicts", standard_pgd({"velocity": (10, 1, 1, 1)}, {"velocity": (3, 1, 1, 1)})),
+    # the second half of (10, 1, 2, 4) is (2, 4): median 3, ×3.33; (4) alone would be ×2.5
+    ("loo-fig1-kernel-speed", "agrees", standard_pgd({"velocity": (10, 1, 2, 4)}, {"velocity": (10, 1, 2, 4)})),
+    # the second half of six epochs is the last three (1, 1, 4): median 1, ×3.5 (the last two: 2.5, ×1.4)
+    ("loo-fig1-kernel-speed", "agrees", standard_pgd({"velocity": (3.5, 9, 9, 1, 1, 4)}, {"velocity": (10, 1, 1, 1)})),
+    # LOO fig. 1c-d: higher effective rank and lower mean specialization
+    ("loo-fig1-rank-specialization", "inconclusive", standard_pgd({"rank": 5, "specialization": 0.5},
+                                                                  {"rank": 5, "specialization": 0.4})),
+    ("loo-fig1-rank-specialization", "inconclusive", standard_pgd({"rank": 5, "specialization": 0.5},
+                                                                  {"rank": 6, "specialization": 0.5})),
+    ("loo-fig1-rank-specialization", "contradicts", standard_pgd({"rank": 5, "specialization": 0.5},
+                                                                 {"rank": 5, "specialization": 0.5})),  # neither
+    ("loo-fig1-rank-specialization", "agrees", standard_pgd({"rank": 5, "specialization": 0.5},
+                                                            {"rank": 5 + TINY, "specialization": 0.5 - TINY})),
+    # LOO fig. 2: latest spawn ≥ earliest for both kinds; centered within 0.05 of linearized at each spawn
+    ("loo-fig2-centered", "agrees", spawns({1: 0.6, 2: 0.6}, {1: 0.6, 2: 0.6})),  # as good: at least as good
+    ("loo-fig2-centered", "contradicts", spawns({1: 0.6, 2: 0.6 - TINY}, {1: 0.6, 2: 0.6})),
+    ("loo-fig2-centered", "contradicts", spawns({1: 0.6, 2: 0.6}, {1: 0.6, 2: 0.6 - TINY})),
+    ("loo-fig2-centered", "agrees", spawns({1: 0.05, 2: 0.8}, {1: 0.0, 2: 0.8})),  # 0.05 behind: within 0.05
+    ("loo-fig2-centered", "inconclusive", spawns({1: 0.5, 2: 0.8}, {1: 0.43, 2: 0.8})),  # 0.07 behind
+    ("loo-fig2-centered", "inconclusive", spawns({1: 0.5, 2: 0.8}, {1: 0.57, 2: 0.8})),  # 0.07 ahead: not within either
+    # LOO fig. 2 robustness: centered PGD ≥ linearized + 0.05 and ≥ the standard net's + 0.05
+    ("loo-fig2-centered-robustness", "agrees", spawned_robustness(centered=0.05, linearized=0.0, standard=0.0)),
+    ("loo-fig2-centered-robustness", "contradicts",
+     spawned_robustness(centered=0.05 - TINY, linearized=0.0, standard=0.0)),
+    ("loo-fig2-centered-robustness", "inconclusive",
+     spawned_robustness(centered=0.05, linearized=0.0, standard=TINY)),  # above the linearized net only
+    ("loo-fig2-centered-robustness", "inconclusive",
+     spawned_robustness(centered=0.05, linearized=TINY, standard=0.0)),  # above the standard net only
+    # the standard net at its LAST epoch (an earlier epoch at 0.9 is not the one compared)
+    ("loo-fig2-centered-robustness", "agrees",
+     with_earlier_epoch(spawned_robustness(centered=0.4, linearized=0.1, standard=0.0), "mnist-standard", 0.9)),
+    # without a full evaluation, the last epoch's own PGD accuracy (0.5 in spawned_robustness)
+    ("loo-fig2-centered-robustness", "inconclusive",
+     without_full_evaluation(spawned_robustness(centered=0.5, linearized=0.1, standard=0.0))),
+    # LOO table 2: AutoAttack gain of centered AT over PGD-AT ≥ 0.05 agrees, ≤ 0 contradicts
+    ("loo-table2-centered-at", "agrees", centered_at(centered=(0.9, 0.05), pgd=(0.5, 0.0))),
+    ("loo-table2-centered-at", "inconclusive", centered_at(centered=(0.9, 0.05 - TINY), pgd=(0.5, 0.0))),
+    ("loo-table2-centered-at", "contradicts", centered_at(centered=(0.9, 0.3), pgd=(0.5, 0.3))),  # not above it
+    ("loo-table2-centered-at", "inconclusive", centered_at(centered=(0.9, 0.3 + TINY), pgd=(0.5, 0.3))),
+    # LOO fig. 3: τ at initialisation < 0.2 and a later (not the final) epoch's > it + 0.3
+    ("loo-fig3-transfer", "contradicts", loo_transfer({0: 0.2, 1: 0.9, 2: 0.9, 3: 1.0})),
+    ("loo-fig3-transfer", "agrees", loo_transfer({0: 0.2 - TINY, 1: 0.9, 2: 0.9, 3: 1.0})),
+    ("loo-fig3-transfer", "contradicts", loo_transfer({0: 0.0, 1: 0.3, 2: 0.25, 3: 1.0})),  # 0.3 above: not beyond
+    ("loo-fig3-transfer", "agrees", loo_transfer({0: 0.0, 1: 0.1, 2: 0.3 + TINY, 3: 1.0})),
+    # RAT fig. 1a (smoke: 5 epochs, decay after epoch 4): first > 3 × the lazy median, after > before the decay
+    ("rat-fig1-threefold", "contradicts", threefold(first=3, after_decay=5)),
+    ("rat-fig1-threefold", "agrees", threefold(first=3 + TINY, after_decay=5)),
+    ("rat-fig1-threefold", "contradicts", threefold(first=10, after_decay=1)),  # as fast as before: not faster
+    ("rat-fig1-threefold", "agrees", threefold(first=10, after_decay=1 + TINY)),
+    # the epoch just before the decay (3) is faster than the one after (2)
+    ("rat-fig1-threefold", "contradicts", methods(standard={"velocity": (10, 1, 1, 3, 2)})),
+    # the lazy median is of epochs 2-4 (1, 1, 9: 1), not of all five (4)
+    ("rat-fig1-threefold", "agrees", methods(standard={"velocity": (4, 1, 1, 9, 10)})),
+    # RAT fig. 1d: PGD-AT's and TE's mean AE-NTK velocity below standard's
+    ("rat-fig1-ae-distance", "inconclusive", ae_velocity(standard=2, pgd=2, te=1)),  # PGD-AT's as large: not below
+    ("rat-fig1-ae-distance", "contradicts", ae_velocity(standard=2, pgd=2, te=2)),
+    ("rat-fig1-ae-distance", "agrees", ae_velocity(standard=2, pgd=2 - TINY, te=2 - TINY)),
+    # RAT sec. 3.2: |KS − 1|, also for KS below 1
+    ("rat-sec3-ks-robustness", "agrees",
+     ks({"standard": (0.2, 0.0), "fgsm": (0.5, 0.1), "pgd": (0.9, 0.4), "te": (1.05, 0.5)})),
+    ("rat-sec3-ks-robustness", "contradicts",
+     ks({"standard": (1.05, 0.0), "fgsm": (0.9, 0.1), "pgd": (0.5, 0.4), "te": (0.2, 0.5)})),
+    # RAT fig. 5 (distances at epochs 0-5; the lazy phase from epoch 1 to 4, the decay after 4)
+    ("rat-fig5-kernel-distance", "contradicts", distances((0, 0, 0.25, 0.5, 0.75, 1.0))),  # 0.25 / epoch both: not more
+    ("rat-fig5-kernel-distance", "agrees", distances((0, 0, 0.25, 0.5, 0.75, 1.0 + TINY))),
+    ("rat-fig5-kernel-distance", "agrees", distances((0, 0, 0.25, 0.5, 0.75, 1.15))),  # one epoch after: 0.4 / epoch
+    ("rat-fig5-kernel-distance", "agrees", distances((0.0, 0.6, 0.6, 0.6, 0.6, 0.7))),  # epoch 0 not in the lazy phase
+    ("rat-fig5-kernel-distance", "contradicts", distances((0, 1.0, 0.75, 0.5, 0.25, 0.4))),  # moved back 0.25 / epoch
+    # RAT fig. 2: running − batch PGD > 0.02 and a smaller clean gap; batch ahead by > 0.02 or the clean gap dominates
+    ("rat-fig2-batchnorm", "inconclusive", batchnorm(running=(0.5, 0.02), batch=(0.5, 0.0))),
+    ("rat-fig2-batchnorm", "agrees", batchnorm(running=(0.5, 0.02 + TINY), batch=(0.5, 0.0))),
+    ("rat-fig2-batchnorm", "inconclusive", batchnorm(running=(0.5, 0.0), batch=(0.5, 0.02))),
+    ("rat-fig2-batchnorm", "contradicts", batchnorm(running=(0.5, 0.0), batch=(0.5, 0.02 + TINY))),
+    ("rat-fig2-batchnorm", "contradicts", batchnorm(running=(0.5, 0.0), batch=(0.5, 0.03))),
+    ("rat-fig2-batchnorm", "inconclusive", batchnorm(running=(0.75, 0.5), batch=(0.5, 0.25))),  # gaps equal
+    ("rat-fig2-batchnorm", "contradicts", batchnorm(running=(0.5, 0.5), batch=(0.8, 0.25))),  # batch cleaner by 0.3
+    # RAT fig. 6: cost share < 0.9 and PGD accuracy ≥ full AT's − 0.03
+    ("rat-fig6-switch-cost", "contradicts", switch(share=0.9, switched_pgd=0.5, full_pgd=0.5)),
+    ("rat-fig6-switch-cost", "agrees", switch(share=0.9 - TINY, switched_pgd=0.5, full_pgd=0.5)),
+    ("rat-fig6-switch-cost", "agrees", switch(share=0.6, switched_pgd=0.5 - 0.03, full_pgd=0.5)),
+    ("rat-fig6-switch-cost", "contradicts", switch(share=0.6, switched_pgd=0.5 - 0.03 - TINY, full_pgd=0.5)),
+    ("rat-fig6-switch-cost", "contradicts", switch(share=0.6, switched_pgd=0.46, full_pgd=0.5)),
+    # RAT fig. 10: collapsed = final < peak / 2 and peak − final > 0.05; prevented = noise's final
+    # ≥ its peak / 2 and > FGSM-AT's final; a failed run (clean < 1.5 × chance) inconclusive
+    ("rat-fig10-catastrophic-overfitting", "inconclusive", overfitting(fgsm=(0.3, 0.4, 0.2), noise=(0.3, 0.4, 0.38))),
+    ("rat-fig10-catastrophic-overfitting", "agrees",
+     overfitting(fgsm=(0.3, 0.4, 0.2 - TINY), noise=(0.3, 0.4, 0.38))),
+    ("rat-fig10-catastrophic-overfitting", "agrees",
+     overfitting(fgsm=(0.0, 0.08, 0.03 - TINY), noise=(0.08, 0.08, 0.08))),  # 0.05 under the peak: collapsed
+    ("rat-fig10-catastrophic-overfitting", "inconclusive",
+     overfitting(fgsm=(0.0, 0.08, 0.03 + TINY), noise=(0.08, 0.08, 0.08))),  # below half, not 0.05 under
+    ("rat-fig10-catastrophic-overfitting", "agrees", overfitting(fgsm=(0.0, 0.12, 0.05), noise=(0.1, 0.12, 0.1))),
+    ("rat-fig10-catastrophic-overfitting", "inconclusive",
+     overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.3, 0.4, 0.38), clean=0.14)),  # below 1.5 × chance (0.1)
+    ("rat-fig10-catastrophic-overfitting", "agrees",
+     overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.3, 0.4, 0.38), clean=0.16)),
+    ("rat-fig10-catastrophic-overfitting", "agrees", overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.3, 0.4, 0.2))),
+    ("rat-fig10-catastrophic-overfitting", "contradicts",
+     overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.3, 0.4, 0.2 - TINY))),
+    ("rat-fig10-catastrophic-overfitting", "contradicts",
+     overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.06, 0.1, 0.05))),  # as low as FGSM-AT at the end: not above
+    # beyond: PGD-20 − AutoAttack of the PGD-AT net ≤ 0.05
+    ("beyond-autoattack", "agrees", evaluate(fgsm=(0.5, 0.1), pgd=(0.05, 0.0))),
+    ("beyond-autoattack", "contradicts", evaluate(fgsm=(0.5, 0.5), pgd=(0.05 + TINY, 0.0))),
+    ("beyond-autoattack", "agrees", evaluate(pgd=(0.3, 0.35))),  # AutoAttack weaker than PGD: no masking shown
+    # beyond: the PGD-AT target at least as accurate as the standard one under every other source
+    ("beyond-transfer-matrix", "agrees", matrix(pgd_under_te=0.3)),  # as accurate: at least as
+    ("beyond-transfer-matrix", "contradicts", matrix(pgd_under_te=0.3 - TINY)),
+    ("beyond-transfer-matrix", "contradicts", matrix(pgd_under_te=0.5, pgd_under_ntk=0.3 - TINY)),  # the NTK counts
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", EDGES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(EDGES)])
+def test_check_verdict_at_the_thresholds(case: tuple) -> None:
+    name, expected, records, *edit = case
+    verdict = judge(name, records, *edit)
+    assert verdict.verdict == expected, verdict.measured
+
+
+def test_every_recipe_is_tested_at_its_thresholds() -> None:
+    assert {case[0] for case in EDGES} == set(RECIPES)
+
+
+# ---------------------------------------------------------------- the "measured" text, exactly
+#
+# What the report prints as "measured here": every number in its place and with its rounding.
+# The records' numbers are all different, so a number read from the wrong key, run or epoch, or
+# rounded otherwise, changes the text.
+
+
+def tk_transfer_measured():
+    records = tk_transfer(tau=0.876, random_tau=0.123)
+    standard, pgd = records["mnist-transfer-ntk"]["targets"]
+    standard |= {"clean_accuracy": 0.9876, "random_accuracy": 0.8524, "white_box_accuracy": 0.0123}
+    standard["ntk_attack_accuracy"] = {"fc2": 0.2346}
+    pgd["ntk_attack_accuracy"] = {"fc2": 0.7651}
+    pgd["transferability"] = {"NTK fc2": 0.0456}
+    return records
+
+
+def evaluate_measured():
+    records = evaluate(fgsm=(0.5, 0.1), pgd=(0.4012, 0.3789), te=(0.42, 0.41))
+    records["mnist-evaluate"]["nets"][0]["masking_suspected"] = True
+    return records
+
+
+MEASURED = [
+    ("tk-fig2-features", features(rho=-0.8123, top=0.51234, rest=0.1),
+     "fc2 on digits, first 20 features, FGSM ε 0.3: Spearman(index, robustness) = -0.81; mean robustness of the "
+     "top 10 features 0.512 against 0.100 for the rest"),
+    ("tk-suppD3-robust-only", features(rows=((0.9, 0.0), (0.61, 0.15), (0.3, 0.3))),
+     "robust-only kernels r = [1, 2, 3]: the best keeps clean 0.30 and own-FGSM 0.30 (r = 3); the full kernel: "
+     "clean 0.95, FGSM 0.00"),
+    ("tk-fig4-two-layer", two_layer(narrow_cosine=0.12345, wide_cosine=0.98765, ntk=0.1234, random=0.7654),
+     "gradient cosine net vs NTK by width {100: 0.123, 1000: 0.988}; the widest net: clean 0.90, under the NTK's "
+     "FGSM 0.12, under random-sign noise 0.77, under its own FGSM 0.00"),
+    ("tk-sec3-transfer", tk_transfer_measured(),
+     "the standard MNIST CNN: clean 0.988, under the fc2 NTK's FGSM 0.235 (τ 0.88), under random-sign noise 0.852 "
+     "(τ 0.12), its own FGSM 0.012; PGD-AT CNN under the NTK's FGSM 0.765 (τ 0.05)"),
+    ("tk-fig6-kernel-growth", growth(((2, 3, 25), (0.5, 0.5, 0.61234)), ((2, 3, 4.5), (0.5, 0.5, 0.91234))),
+     "C-NTK Frobenius norm growth: standard ×12.5, PGD-AT ×2.25; share of the top 20 eigenvalues at the end: "
+     "standard 0.6123, PGD-AT 0.9123"),
+    ("loo-fig1-kernel-speed", standard_pgd({"velocity": (10, 1, 2, 4)}, {"velocity": (0.5, 0.1, 0, 0)}),
+     "standard: velocity 10 in the first epoch, median 3 over the second half (×3.33); pgd: velocity 0.5 in the "
+     "first epoch, median 0 over the second half (×inf)"),
+    ("loo-fig1-rank-specialization",
+     standard_pgd({"rank": 5.4321, "specialization": 0.81234}, {"rank": 9.8765, "specialization": 0.23456}),
+     "at the last epoch, C-NTK effective rank: standard 5.43, PGD-AT 9.88; mean specialization: standard 0.812, "
+     "PGD-AT 0.235"),
+    ("loo-fig2-centered", spawns({1: 0.5123, 2: 0.8456}, {1: 0.5234, 2: 0.7987}),
+     "linearized: spawned at 1: clean 0.512, spawned at 2: clean 0.846; centered: spawned at 1: clean 0.523, "
+     "spawned at 2: clean 0.799 (later spawn at least as good: True; centered within 0.05: True)"),
+    ("loo-fig2-centered-robustness", spawned_robustness(centered=0.4321, linearized=0.1234, standard=0.0123),
+     "PGD accuracy on the test split after stage 2 from the spawn at epoch 2 (full evaluation, PGD-5): centered "
+     "0.432, linearized 0.123; the standard net at its last epoch 0.012; clean: centered 0.900, linearized 0.900"),
+    ("loo-table2-centered-at", centered_at(centered=(0.7612, 0.7034), pgd=(0.5234, 0.5012), masking=True),
+     "centered AT on the standard kernel of epoch 5: clean 0.900, PGD-20 0.761, AutoAttack 0.703 (gradient masking "
+     "suspected); PGD-AT: clean 0.900, PGD-20 0.523, AutoAttack 0.501; centered AT on the PGD-AT kernel of epoch 5: "
+     "clean 0.900, PGD-20 0.500, AutoAttack 0.450"),
+    ("loo-fig3-transfer", loo_transfer({0: 0.0512, 1: 0.6234, 2: 0.8123, 3: 1.0}),
+     "τ of the standard net's PGD examples to its final epoch, by source epoch: 0: 0.05, 1: 0.62, 2: 0.81, 3: 1.00"),
+    ("rat-fig1-threefold", methods(standard={"velocity": (12.345, 1.5, 1.25, 2.5, 4.75)}),
+     "standard C-NTK velocity 12.3 in epoch 1, median 1.5 in the lazy phase; 2.5 in the epoch before the decay "
+     "(after epoch 4), 4.75 in the epoch after it"),
+    ("rat-fig1-ae-distance",
+     methods(**{m: {"ae_velocity": v} for m, v in (("standard", (5.0, 4.0)), ("fgsm", (3.0,)), ("pgd", (1.0, 2.0)),
+                                                   ("te", (0.123,)))}),
+     "mean AE-NTK velocity: standard 4.5, fgsm 3, pgd 1.5, te 0.123"),
+    ("rat-sec3-ks-robustness",
+     ks({"standard": (3.0, 0.0), "fgsm": (2.0, 0.1), "pgd": (1.2, 0.4), "te": (1.05, 0.5)}),
+     "at the last epoch, AE-NTK mean specialization (test PGD accuracy): standard 3 (0.000), fgsm 2 (0.100), pgd 1.2 "
+     "(0.400), te 1.05 (0.500); Spearman(robust accuracy, |KS − 1|) = -1.00"),
+    ("rat-fig5-kernel-distance",
+     methods({"standard": (0, 0.3, 0.31, 0.32, 0.33, 0.43), "fgsm": (0, 0.2, 0.22, 0.24, 0.26, 0.3),
+              "pgd": (0, 0.1, 0.1, 0.1, 0.1, 0.05)}),
+     "C-NTK distance to TE's kernel by epoch: standard: 0.000, 0.300, 0.310, 0.320, 0.330, 0.430; fgsm: 0.000, 0.200, "
+     "0.220, 0.240, 0.260, 0.300; pgd: 0.000, 0.100, 0.100, 0.100, 0.100, 0.050; per epoch, lazy phase → after the "
+     "decay (after epoch 4): standard 0.0100 → +0.1000, fgsm 0.0200 → +0.0400, pgd 0.0000 → -0.0500"),
+    ("rat-fig2-batchnorm", batchnorm(running=(0.8123, 0.4321), batch=(0.8012, 0.2123)),
+     "ResNet-18 after PGD-AT, test clean / PGD: w buffer 0.812 / 0.432, w/o buffer 0.801 / 0.212"),
+    ("rat-fig6-switch-cost", switch(share=0.6234, switched_pgd=0.3912, full_pgd=0.4012),
+     "switch after 1 of 5 epochs: test clean 0.900, PGD-5 0.391, against 0.900 / 0.401 for PGD-AT throughout; the "
+     "switch costs 62% of full AT (from its own epoch times; a clean epoch here 0.10 of an adversarial one, RAT's "
+     "0.28: at RAT's price this schedule would cost 86%)"),
+    ("rat-fig10-catastrophic-overfitting", overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.3, 0.4, 0.38)),
+     "test PGD-20 accuracy by epoch: fgsm: 0.30, 0.40, 0.05; fgsm-noise: 0.30, 0.40, 0.38; final clean accuracy: "
+     "fgsm 0.60, fgsm-noise 0.60"),
+    ("beyond-autoattack", evaluate_measured(),
+     "fgsm: clean 0.90, PGD-20 0.50, AutoAttack 0.10 (masking suspected); pgd: clean 0.90, PGD-20 0.40, AutoAttack "
+     "0.38; te: clean 0.90, PGD-20 0.42, AutoAttack 0.41"),
+    ("beyond-transfer-matrix", matrix(pgd_under_te=0.45, pgd_under_ntk=0.4),
+     "accuracy under each other net's PGD examples: standard: NTK 0.30, mnist-fgsm 0.30, mnist-fgsm-noise 0.30, "
+     "mnist-pgd 0.30, mnist-te 0.30; fgsm: NTK 0.50, mnist-standard 0.50, mnist-fgsm-noise 0.50, mnist-pgd 0.50, "
+     "mnist-te 0.50; fgsm-noise: NTK 0.50, mnist-standard 0.50, mnist-fgsm 0.50, mnist-pgd 0.50, mnist-te 0.50; pgd: "
+     "NTK 0.40, mnist-standard 0.50, mnist-fgsm 0.50, mnist-fgsm-noise 0.50, mnist-te 0.45; te: NTK 0.50, "
+     "mnist-standard 0.50, mnist-fgsm 0.50, mnist-fgsm-noise 0.50, mnist-pgd 0.50"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", MEASURED, ids=[c[0] for c in MEASURED])
+def test_measured_text(case: tuple) -> None:
+    name, records, expected = case
+    verdict = judge(name, records)
+    assert verdict.verdict == "agrees" or name == "rat-fig5-kernel-distance", verdict.verdict
+    assert verdict.measured == expected
+
+
+def test_every_recipe_has_its_measured_text_tested() -> None:
+    assert [case[0] for case in MEASURED] == list(RECIPES)
+
+
+MEASURED_RECORDS = {name: records for name, records, _ in MEASURED}
+
+
+def numbers_of(name: str) -> dict[str, Any]:
+    return dict(judge(name, MEASURED_RECORDS[name]).numbers)
+
+
+def test_the_numbers_the_checks_report() -> None:
+    """``numbers`` (findings.json, and the report's "numbers the check used") carry the measured
+    values under their own names."""
+    transfer = judge("tk-sec3-transfer", tk_transfer_measured()).numbers
+    assert transfer == {"tau_ntk_standard": 0.876, "tau_random_standard": 0.123, "ntk_accuracy_standard": 0.2346,
+                        "tau_ntk_pgd": 0.0456}  # fmt: skip
+    growth_numbers = numbers_of("tk-fig6-kernel-growth")
+    assert growth_numbers == {"frobenius_growth": {"standard": 12.5, "pgd": 2.25},
+                              "concentration_top20": {"standard": 0.61234, "pgd": 0.91234}}  # fmt: skip
+    speed = numbers_of("loo-fig1-kernel-speed")
+    assert speed["standard"] == {"first": 10, "late_median": 3.0, "ratio": 10 / 3}
+    gain = numbers_of("loo-table2-centered-at")["autoattack_gain"]
+    assert gain == pytest.approx(0.7034 - 0.5012)
+    robustness = numbers_of("loo-fig2-centered-robustness")
+    assert robustness == {"test_pgd": {"linearized": 0.1234, "centered": 0.4321}, "standard_test_pgd": 0.0123,
+                          "spawn_epoch": 2}  # fmt: skip
+    threefold_numbers = numbers_of("rat-fig1-threefold")
+    assert (threefold_numbers["lazy_median"], threefold_numbers["before_decay"]) == (1.5, 2.5)
+    assert threefold_numbers["after_decay"] == 4.75 and threefold_numbers["milestone"] == 4
+    switch_numbers = numbers_of("rat-fig6-switch-cost")
+    assert switch_numbers["cost_share"] == 0.6234 and switch_numbers["clean_epoch_price"] == 0.1
+    assert switch_numbers["cost_share_at_rats_price"] == pytest.approx((25 / 90 + 4) / 5)
+    overfit = numbers_of("rat-fig10-catastrophic-overfitting")
+    assert (overfit["fgsm_peak"], overfit["fgsm_final"]) == (0.4, 0.05)
+    autoattack = numbers_of("beyond-autoattack")["pgd20_minus_autoattack"]
+    assert autoattack["pgd"] == pytest.approx(0.4012 - 0.3789)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+def test_every_recipes_figures_are_drawn_by_its_own_steps(scale):
+    """A figure of a finding lies in the folder of one of its own recipe's steps, at every scale
+    (at paper scale LOO's and RAT's dynamics are CIFAR-10's, while TK's MNIST steps carry the same
+    suffixes), and no finding shows the same figure twice."""
+    ctx = Context(scale, Path("/nonexistent/data"), Path("/nonexistent/steps"))
+    for recipe in all_recipes():
+        own = {step.name: step for step in recipe.steps(ctx)}
+        figures = list(recipe.figures(ctx))
+        assert figures, recipe.name
+        for step, file, caption in figures:
+            assert step in own, (recipe.name, step)
+            assert own[step].study != "train", (recipe.name, step)  # a study that draws figures
+            assert file.endswith(".png") and caption.strip(), (recipe.name, file)
+        assert len({(step, file) for step, file, _ in figures}) == len(figures), recipe.name
+
+
+def test_equal_numbers_are_never_agreement():
+    """Where the rule asks for more (below, above, exceeds), equal numbers do not agree."""
+    equal_growth = growth(((1, 10), (0.5, 0.5)), ((1, 10), (0.5, 0.9)))  # PGD-AT grows as much, more concentrated
+    assert judge("tk-fig6-kernel-growth", equal_growth).verdict != "agrees"
+
+
+# ---------------------------------------------------------------- where the code and its rule parted
+#
+# Each case was judged otherwise than the recipe's documented ``rule`` says, until the checks
+# compared margins with ``at_least`` / ``at_most`` (a float rounding of a k/n difference counts as
+# equal), equal growth stayed inconclusive, and a kernel that never moved was no faster.
+
+RULE_DISAGREEMENTS = [
+    # tk.py _growth_check: "contradicts if it grows more; else inconclusive", but equal growth contradicted
+    ("tk-fig6-kernel-growth", "inconclusive", growth(((1, 10), (0.5, 0.5)), ((1, 10), (0.5, 0.9)))),
+    # loo.py _speed_check: a kernel that never moves (velocity 0, median 0) is given a ratio of inf,
+    # so "the first epoch's velocity exceeds 3× the median" holds for 0 and 0
+    ("loo-fig1-kernel-speed", "contradicts", standard_pgd({"velocity": (0, 0, 0, 0)}, {"velocity": (0, 0, 0, 0)})),
+    # beyond.py _evaluate_check: 0.40 − 0.35 (80 and 70 of 200 points) is 0.0500…04 in
+    # floats, above 0.05: "≤ 0.05" fails on an exact gap of 0.05
+    ("beyond-autoattack", "agrees", evaluate(pgd=(0.40, 0.35))),
+    # loo.py _centered_at_check: 0.35 − 0.30 is 0.0499…9 in floats: "at least 0.05 above" fails
+    ("loo-table2-centered-at", "agrees", centered_at(centered=(0.9, 0.35), pgd=(0.5, 0.30))),
+    # loo.py _centered_robustness_check: 0.10 + 0.05 is 0.1500…02: 0.15 is not "at least 0.05 above" 0.10
+    ("loo-fig2-centered-robustness", "agrees", spawned_robustness(centered=0.15, linearized=0.10, standard=0.10)),
+    # loo.py _centered_check: |0.50 − 0.55| is 0.0500…04: not "within 0.05"
+    ("loo-fig2-centered", "agrees", spawns({1: 0.55, 2: 0.8}, {1: 0.50, 2: 0.8})),
+    # rat.py _switch_check: 0.44 − 0.03 is 0.4100…04: 0.41 is not "within 0.03 of full AT's"
+    ("rat-fig6-switch-cost", "agrees", switch(share=0.6, switched_pgd=0.41, full_pgd=0.44)),
+    # rat.py _overfitting_check: 1.5 × 1/10 is 0.1500…02: a clean accuracy of 0.15 counts as "below 1.5× chance"
+    ("rat-fig10-catastrophic-overfitting", "agrees",
+     overfitting(fgsm=(0.3, 0.4, 0.05), noise=(0.3, 0.4, 0.38), clean=0.15)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", RULE_DISAGREEMENTS, ids=[f"{c[0]}-{i}" for i, c in enumerate(RULE_DISAGREEMENTS)])
+def test_the_documented_rule_where_the_code_departed_from_it(case: tuple) -> None:
+    name, expected, records = case
+    assert judge(name, records).verdict == expected

@@ -220,3 +220,201 @@ def test_verdict_counts() -> None:
     assert verdict_counts(findings) == {"agrees": 2, "contradicts": 0, "inconclusive": 1}
     with pytest.raises(ValueError, match="maybe"):
         verdict_counts([{"recipe": "r", "verdict": "maybe"}])
+
+
+# ---------------------------------------------------------------- every cell and line in its place
+
+
+def distinct(recipe: str, verdict: str, n: int, **extra: Any) -> dict[str, Any]:
+    """A finding whose every text differs from every other finding's."""
+    return finding(
+        recipe,
+        verdict,
+        claim=f"claim {n}",
+        paper_number=f"number {n}",
+        measured=f"measured {n}",
+        rule=f"rule {n} < 0",
+        numbers={"n": n},
+        reference=f"fig. {n}",
+        paper_title=f"Paper {n} title",
+        **extra,
+    )
+
+
+def sections(text: str, start: str) -> dict[str, str]:
+    """The text of each finding's section, by the recipe name that opens it (``start``: what
+    precedes the name, "## " in report.md, '<section id="' in report.html)."""
+    parts = text.split("\n" + start)[1:]
+    return {part.split("\n", 1)[0].split('"', 1)[0]: part for part in parts}
+
+
+def html_rows(text: str) -> list[list[str]]:
+    """The summary table's rows as the cells' text."""
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append("".join(self.cell))
+                self.cell = None
+
+        def handle_data(self, data: str) -> None:
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Rows()
+    parser.feed(text.split("</table>", 1)[0])
+    return parser.rows
+
+
+def three(out: Path) -> dict[str, Any]:
+    figures = [{"path": "steps/a/fig.png", "caption": "usefulness"}]
+    return make_report(
+        [distinct("tk-a", "agrees", 1, figures=figures), distinct("loo-b", "contradicts", 2),
+         distinct("rat-c", "inconclusive", 3)],
+        out,
+    )  # fmt: skip
+
+
+def test_summary_table_rows_cell_by_cell(out: Path) -> None:
+    table = summary_table_markdown(three(out)).splitlines()
+    assert table[0] == "| finding | paper & reference | claim | paper's number | measured here | verdict |"
+    assert table[2:] == [
+        "| [tk-a](#tk-a) | TK, fig. 1 | claim 1 | number 1 | measured 1 | ✓ **agrees** |",
+        "| [loo-b](#loo-b) | TK, fig. 2 | claim 2 | number 2 | measured 2 | ✗ **contradicts** |",
+        "| [rat-c](#rat-c) | TK, fig. 3 | claim 3 | number 3 | measured 3 | ? **inconclusive** |",
+    ]
+    rows = html_rows(render_html(three(out), out))
+    assert rows[0] == ["finding", "paper & reference", "claim", "paper's number", "measured here", "verdict"]
+    assert rows[1:] == [
+        ["tk-a", "TK, fig. 1", "claim 1", "number 1", "measured 1", "✓ agrees"],
+        ["loo-b", "TK, fig. 2", "claim 2", "number 2", "measured 2", "✗ contradicts"],
+        ["rat-c", "TK, fig. 3", "claim 3", "number 3", "measured 3", "? inconclusive"],
+    ]
+    html_text = render_html(three(out), out)
+    for verdict, mark in (("agrees", "✓"), ("contradicts", "✗"), ("inconclusive", "?")):
+        assert f'<td class="{verdict}">{mark} {verdict}</td>' in html_text
+        assert f'<span class="{verdict}">{mark} {verdict}</span>' in html_text
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "text"),
+    [
+        ([], "0 findings: 0 agrees, 0 contradicts, 0 inconclusive."),
+        (["inconclusive"], "1 finding: 0 agrees, 0 contradicts, 1 inconclusive."),
+        (["agrees", "contradicts", "agrees", "inconclusive", "agrees", "contradicts"],
+         "6 findings: 3 agrees, 2 contradicts, 1 inconclusive."),
+    ],
+)  # fmt: skip
+def test_summary_counts_in_every_file(out: Path, verdicts: list[str], text: str) -> None:
+    report = make_report([finding(f"tk-{i}", v) for i, v in enumerate(verdicts)], out)
+    write_report(out, report)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert md.split("## Summary\n\n", 1)[1].split("\n\n", 2)[1].strip() == text  # right below the table
+    assert f"<p>{text}</p>" in (out / "report.html").read_text(encoding="utf-8")
+    summary = json.loads((out / "findings.json").read_text(encoding="utf-8"))["summary"]
+    assert summary == {v: verdicts.count(v) for v in ("agrees", "contradicts", "inconclusive")}
+
+
+def test_markdown_sections_line_by_line(out: Path) -> None:
+    md = render_markdown(three(out), out)
+    found = sections(md, "## ")
+    assert list(found) == ["Summary", "tk-a", "loo-b", "rat-c"]
+    lines = found["loo-b"].split("\n")
+    assert lines[:12] == [
+        "loo-b", "", "*Paper 2 title, fig. 2*", "", "**Claim.** claim 2", "", "**Paper's number.** number 2", "",
+        "**Measured here.** measured 2", "", "**Verdict: ✗ contradicts** (rule: rule 2 < 0)", "",
+    ]  # fmt: skip
+    steps = found["loo-b"].split("<details><summary>2 steps, 13.8 s</summary>", 1)[1]
+    assert "- **mnist-features** (study features, 12.3 s, reused)" in steps
+    assert "- **mnist-train** (study train, 1.5 s, run)" in steps
+    first, second = steps.split("- **mnist-train**")
+    assert '"width": 512' in first and '"epochs": 2' in second  # each step's own config
+    # the figure and its caption in the section of its own finding, and only there
+    assert "![usefulness](steps/a/fig.png)\n\n*usefulness*\n" in found["tk-a"]
+    assert "fig.png" not in found["loo-b"] + found["rat-c"]
+
+
+def test_html_sections_line_by_line(out: Path) -> None:
+    html_text = render_html(three(out), out)
+    found = sections(html_text, '<section id="')
+    assert list(found) == ["tk-a", "loo-b", "rat-c"]
+    for n, (name, verdict, mark) in enumerate(
+        (("tk-a", "agrees", "✓"), ("loo-b", "contradicts", "✗"), ("rat-c", "inconclusive", "?")), 1
+    ):
+        section = found[name]
+        assert section.split("\n")[:7] == [
+            f'{name}">',
+            f"<h2>{name}</h2>",
+            f'<p class="meta">Paper {n} title, fig. {n}</p>',
+            f"<p><b>Claim.</b> claim {n}</p>",
+            f"<p><b>Paper's number.</b> number {n}</p>",
+            f"<p><b>Measured here.</b> measured {n}</p>",
+            f'<p class="verdict"><b>Verdict:</b> <span class="{verdict}">{mark} {verdict}</span> (rule: <code>rule {n} '
+            "&lt; 0</code>)</p>",
+        ]
+        assert "<h3>2 steps, 13.8 s</h3>" in section
+        first, second = section.split("<li><b>mnist-train</b> (study train, 1.5 s, run)")
+        assert "<li><b>mnist-features</b> (study features, 12.3 s, reused)" in first and "width" in first
+        assert "epochs" in second and "width" not in second
+        assert ("<figcaption>usefulness · " in section) == (name == "tk-a")
+    figure = found["tk-a"].split("<figure>", 1)[1].split("</figure>", 1)[0]
+    assert 'alt="usefulness"' in figure
+    assert figure.endswith('<figcaption>usefulness · <a href="steps/a/fig.png">steps/a/fig.png</a></figcaption>')
+
+
+def test_durations_and_the_meta_line(out: Path) -> None:
+    report = make_report([finding("tk-a", "agrees")], out)
+    report["reproduction"]["steps_seconds"] = 3725
+    report["findings"][0]["steps"][0]["seconds"] = 125
+    report["findings"][0]["steps"][1]["seconds"] = 59.94
+    report["findings"][0]["seconds"] = 7384.0
+    md = render_markdown(report, out)
+    meta = (
+        "run 2024-05-01 12:00+00:00 to 2024-05-01 12:03+00:00 · machine: Linux-6.1, x86_64, 2 CPUs, GPU none · "
+        "versions: python 3.11.4, torch 2.3.1, jax 0.4.38 · this invocation 3 min 10 s · the steps' own time "
+        "1 h 2 min (reused steps: when they ran)"
+    )
+    assert md.split("\n")[2] == meta
+    assert f'<p class="meta">{meta.replace(chr(39), "&#x27;")}</p>' in render_html(report, out)
+    assert "<details><summary>2 steps, 2 h 3 min</summary>" in md
+    assert "(study features, 2 min 5 s, reused)" in md and "(study train, 59.9 s, run)" in md
+    report["findings"][0]["steps"][1]["seconds"] = None
+    assert "(study train, ?, run)" in render_markdown(report, out)
+
+
+def test_kept_and_warned_findings_say_so_everywhere(out: Path) -> None:
+    kept = finding("tk-a", "agrees", kept=True, judged="2024-04-30T09:15:00+00:00")
+    warned = finding("tk-b", "contradicts")
+    warned["steps"][1]["warnings"] = ["loss rose in epoch 2"]
+    report = make_report([kept, warned, finding("tk-c", "agrees")], out)
+    note = (
+        "(kept from the report of 2024-04-30 09:15+00:00: its steps are not all finished under this version's "
+        "configs; ntkrobust reproduce tk-a into this folder measures it again) Spearman -0.81 over 10 features"
+    )
+    rows = summary_table_markdown(report).splitlines()[2:]
+    assert rows[0].endswith(f"| {note} | ✓ **agrees** (kept) |")
+    assert rows[1].endswith("| Spearman -0.81 over 10 features | ✗ **contradicts** (steps warned) |")
+    assert rows[2].endswith("| Spearman -0.81 over 10 features | ✓ **agrees** |")
+    md = sections(render_markdown(report, out), "## ")
+    assert f"**Measured here.** {note}\n" in md["tk-a"]
+    assert "**Its steps warned** (the verdict rests on them):\n\n- mnist-train: loss rose in epoch 2\n" in md["tk-b"]
+    assert "warned" not in md["tk-a"] + md["tk-c"]
+    html_text = render_html(report, out)
+    assert [row[-1] for row in html_rows(html_text)[1:]] == ["✓ agrees (kept)", "✗ contradicts (steps warned)",
+                                                              "✓ agrees"]  # fmt: skip
+    assert html_rows(html_text)[1][4] == note
+    found = sections(html_text, '<section id="')
+    assert f"<p><b>Measured here.</b> {note.replace(chr(39), '&#x27;')}</p>" in found["tk-a"]
+    assert "<li><b>mnist-train</b>: loss rose in epoch 2</li>" in found["tk-b"]
+    assert "warned" not in found["tk-a"] + found["tk-c"]
