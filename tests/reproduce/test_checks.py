@@ -317,15 +317,6 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
-def test_check_verdict(case: tuple) -> None:
-    name, expected, records, *edit = case
-    verdict = judge(name, records, *edit)
-    assert verdict.verdict == expected, verdict.measured
-    assert verdict.measured.strip()
-    json.dumps(verdict.numbers)  # plain data: the report writes it to findings.json
-
-
 def test_every_recipe_is_covered() -> None:
     covered: dict[str, set[str]] = {}
     for name, verdict, *_ in CASES:
@@ -668,11 +659,17 @@ EDGES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("case", EDGES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(EDGES)])
-def test_check_verdict_at_the_thresholds(case: tuple) -> None:
+def _ids(cases: list[tuple], label: str) -> list[str]:
+    return [f"{label}-{c[0]}-{c[1]}-{i}" for i, c in enumerate(cases)]
+
+
+@pytest.mark.parametrize("case", CASES + EDGES, ids=_ids(CASES, "case") + _ids(EDGES, "edge"))
+def test_check_verdict(case: tuple) -> None:
     name, expected, records, *edit = case
     verdict = judge(name, records, *edit)
     assert verdict.verdict == expected, verdict.measured
+    assert verdict.measured.strip()
+    json.dumps(verdict.numbers)  # plain data: the report writes it to findings.json
 
 
 def test_every_recipe_is_tested_at_its_thresholds() -> None:
