@@ -41,8 +41,9 @@ def training_outputs(machine: KernelMachine, time: float) -> np.ndarray:
 def matching_time(machine: KernelMachine, outputs: np.ndarray, *, grid: int = 400) -> float:
     """The t ≥ 0 whose f_t(X) is closest (least squares) to ``outputs`` (n, k).
 
-    A log-spaced grid from 10⁻³ to 10³ of the time scales 1/(ηλ) spanned by the kept
-    eigenvalues, then a golden-section refinement around the best grid point.
+    A log-spaced grid from 10⁻³ to 10³ of the time scales 1/(η(λ+ρ)) spanned by the kept
+    eigenvalues (those of the filter g_t), then a golden-section refinement around the best grid
+    point.
     """
     outputs = np.asarray(outputs, dtype=np.float64)
     if outputs.shape != machine.targets.shape:

@@ -7,8 +7,8 @@ With Θ(X, X) = V diag(λ) Vᵀ, computed once, every t costs only a new spectra
     f_t(x) = Θ(x, X) α_t,   α_t = V diag(g_t(λ)) Vᵀ Y,   g_t(λ) = (1 − e^{−η(λ+ρ)t}) / (λ+ρ),
 and g_∞(λ) = 1/(λ+ρ). ρ is an optional ridge, given relative to tr(Θ)/n (the neural-tangents
 ``diag_reg`` convention); the paper's setting is ρ = 0. Eigen-directions with
-λ + ρ ≤ rcond·λ_max (rcond = n·ε_float64, numpy's pinv default) are the Gram matrix's numerical
-null space and are left out: the Moore-Penrose solution, instead of the noise a plain solve of
+λ + ρ ≤ rcond·(λ_max + ρ) (rcond = n·ε_float64, numpy's pinv default) are the Gram matrix's
+numerical null space and are left out: the Moore-Penrose solution, instead of the noise a plain solve of
 a singular system returns. Note neural-tangents' ``gradient_descent_mse`` divides time by
 ``y_train.size``; here t is the t of eq. 7.
 

@@ -2,10 +2,11 @@
 
 Tsilivis & Kempe supp. D.3 (figs. 4-5): rank the features f⁽ⁱ⁾ by their robustness on a
 validation set (``kernels.features``), keep the r most robust with their original eigenvalues,
-    Θ'_r = Σ_{i ∈ R_r} λᵢ vᵢ vᵢᵀ,   f'_r(x) = Θ(x, X) Θ'_r⁺ Y = Σ_{i ∈ R_r} f⁽ⁱ⁾(x),
-and measure f'_r clean, under its own FGSM and PGD, and under the FGSM and PGD examples of
-the full machine (attacks that transfer from all features to the robust few). With r = n,
-f'_r is the full machine.
+    Θ'_r = Σ_{i ∈ R_r} λᵢ vᵢ vᵢᵀ,   f'_r(x) = Θ(x, X) Θ'_r⁺ Y = Σ_{i ∈ R_r} f⁽ⁱ⁾(x)
+(at t = ∞; at a finite time each kept feature keeps the machine's filter g_t(λᵢ) in place of
+1/λᵢ, so f'_r is still the sum of its features), and measure f'_r clean, under its own FGSM
+and PGD, and under the FGSM and PGD examples of the full machine (attacks that transfer from
+all features to the robust few). With r = n, f'_r is the full machine.
 
 Accuracies under attack count the examples still correct (correct at x and at the attack).
 Shapes: x (N, C, H, W) in [0, 1], labels (N,); one ``RobustOnlyResult`` per r.

@@ -46,3 +46,48 @@ def test_aligned_times_are_linear_through_the_anchor():
     assert theory_time_per_epoch(0.01, 200) == pytest.approx(5e-5)
     with pytest.raises(ValueError):
         aligned_times([1], anchor_epoch=0, anchor_time=1.0)
+
+
+def _eq29_gram(x):
+    """Supp. eq. 29 in plain numpy float64 (angle by atan2: exact 0 on the diagonal)."""
+    a = x.reshape(x.shape[0], -1).astype(np.float64)
+    dots = a @ a.T
+    sq = np.sum(a * a, axis=1)
+    theta = np.arctan2(np.sqrt(np.maximum(sq[:, None] * sq[None, :] - dots * dots, 0.0)), dots)
+    return (0.5 - theta / (2 * np.pi)) * dots
+
+
+RIDGE, RATE = 0.02, 40.0
+
+
+@pytest.fixture(scope="module")
+def ridged(digits_multiclass):
+    """A ridge and a learning rate far from 1: each must enter f_t and the time grid."""
+    data = digits_multiclass
+    machine = fit_kernel_machine(
+        get_architecture("two-layer"), data.x_train[:30], data.y_train[:30], time=0.0, ridge=RIDGE, learning_rate=RATE
+    )
+    return machine, _eq29_gram(data.x_train[:30])
+
+
+@pytest.mark.parametrize("scaled_time", [0.01, 1.0, 30.0])
+def test_training_outputs_of_a_ridged_machine_equal_a_matrix_exponential(ridged, scaled_time):
+    """f_t(X) = Θ (Θ+ρI)⁻¹ (I − e^{−η(Θ+ρI)t}) Y by scipy's expm, t in units of 1/(ηλ_max)."""
+    import scipy.linalg
+
+    machine, gram = ridged
+    n = gram.shape[0]
+    shifted = gram + RIDGE * np.trace(gram) / n * np.eye(n)
+    time = scaled_time / (RATE * np.linalg.eigvalsh(gram)[-1])
+    expected = gram @ np.linalg.solve(
+        shifted, (np.eye(n) - scipy.linalg.expm(-RATE * time * shifted)) @ machine.targets
+    )
+    np.testing.assert_allclose(training_outputs(machine, time), expected, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("scaled_time", [0.01, 1.0, 30.0])
+def test_matching_time_of_a_ridged_machine_with_a_learning_rate(ridged, scaled_time):
+    """The time scales are 1/(η(λ+ρ)): a grid without η misses the early times."""
+    machine, gram = ridged
+    time = scaled_time / (RATE * np.linalg.eigvalsh(gram)[-1])
+    assert matching_time(machine, training_outputs(machine, time)) == pytest.approx(time, rel=1e-6)

@@ -243,3 +243,162 @@ def test_bad_arguments(fc2_binary, digits_binary):
         feature_scores(fc2_binary, x, y, threat, attack="pgd")
     with pytest.raises(ValueError, match="feature indices"):
         feature_outputs(fc2_binary, x, [-1])
+
+
+# -- eq. 9 with the full filter, multiclass gradients, the scores' bookkeeping ------------------
+
+
+def _eq29_gram(x1, x2):
+    """Supp. eq. 29 in plain numpy float64 (angle by atan2: exact 0 on the diagonal)."""
+    a, b = x1.reshape(x1.shape[0], -1).astype(np.float64), x2.reshape(x2.shape[0], -1).astype(np.float64)
+    dots = a @ b.T
+    sq = np.sum(a * a, axis=1)[:, None] * np.sum(b * b, axis=1)[None, :]
+    theta = np.arctan2(np.sqrt(np.maximum(sq - dots * dots, 0.0)), dots)
+    return (0.5 - theta / (2 * np.pi)) * dots
+
+
+def test_features_of_a_ridged_machine_at_a_finite_time_follow_eq9(digits_multiclass):
+    """f⁽ⁱ⁾(x) = Θ(x, X) vᵢ · g_t(λᵢ) vᵢᵀ Y with g_t(λ) = (1 − e^{−η(λ+ρ)t})/(λ+ρ), from numpy's
+    eigh of the numpy Gram matrix: every factor of the filter (t, ρ, η ≠ 1) is visible."""
+    data = digits_multiclass
+    x_tr, y_tr, x_te = data.x_train[:14], data.y_train[:14], data.x_test[:6]
+    time, ridge, rate = 0.4, 0.05, 3.0
+    machine = fit_kernel_machine(
+        get_architecture("two-layer"), x_tr, y_tr, classes=range(10), time=time, ridge=ridge, learning_rate=rate
+    )
+    gram, rows = _eq29_gram(x_tr, x_tr), _eq29_gram(x_te, x_tr)
+    lam, vec = np.linalg.eigh(gram)
+    lam, vec = lam[::-1], vec[:, ::-1]
+    rho = ridge * np.trace(gram) / 14
+    g = (1 - np.exp(-rate * time * (lam + rho))) / (lam + rho)
+    top = 6
+    assert np.min(np.abs(np.diff(lam[: top + 1]))) > 1e-6 * lam[0]  # distinct: vᵢ defined up to sign
+    targets = np.eye(10)[y_tr]
+    c = g[:top, None] * (vec[:, :top].T @ targets)  # (m, k), sign of vᵢ
+    np.testing.assert_allclose(np.abs(feature_coefficients(machine, range(top))), np.abs(c), rtol=1e-8, atol=1e-14)
+    expected = (rows @ vec[:, :top])[:, :, None] * c[None]  # the two signs of vᵢ cancel
+    got = feature_outputs(machine, x_te, range(top))
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12 * np.abs(expected).max())
+    everything = feature_outputs(machine, x_te).sum(axis=1)
+    np.testing.assert_allclose(everything, rows @ (vec @ (g[:, None] * (vec.T @ targets))), rtol=1e-8, atol=1e-12)
+
+
+def test_multiclass_feature_gradients_score_the_true_class(fc2_multiclass, digits_multiclass):
+    """k outputs: ∇ₓ f⁽ⁱ⁾_y(x), the single-feature machine's Jacobian row of the true class."""
+    x, y = digits_multiclass.x_test[:6].astype(np.float64), digits_multiclass.y_test[:6]
+    target = fc2_multiclass.target_index(y)
+    assert len(set(target.tolist())) > 1
+    g = feature_gradients(fc2_multiclass, x, y, [0, 5])
+    for col, i in enumerate([0, 5]):
+        jac = np.asarray(fc2_multiclass.restricted_to([i]).output_jacobian(x))  # (N, k, C, H, W)
+        want = jac[np.arange(6), target]
+        np.testing.assert_allclose(g[:, col], want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+
+
+def test_usefulness_and_chance_are_shares_of_the_held_out_set(fc2_binary, digits_binary):
+    """Usefulness = share of x that sign(pᵢ cᵢ) puts in its class (counted by hand from
+    feature_outputs); chance = share of the most frequent class (3:1 here, not 1/2)."""
+    data = digits_binary
+    first, second = (np.flatnonzero(data.y_test == c) for c in data.classes)
+    pick = np.concatenate([first[:9], second[:3]])
+    x, y = data.x_test[pick], data.y_test[pick]
+    scores = feature_scores(fc2_binary, x, y, ThreatModel("linf", 0.1), n_features=5)
+    assert scores.chance == 0.75 and scores.n_examples == 12
+    f = feature_outputs(fc2_binary, x, range(5))[:, :, 0]
+    correct = (f > 0) == (fc2_binary.target_index(y) == 1)[:, None]
+    np.testing.assert_array_equal(scores.usefulness, correct.mean(axis=0))
+    np.testing.assert_array_equal(scores.index, np.arange(5))
+
+
+def test_ranking_breaks_ties_by_eigen_index_and_thresholds_are_inclusive():
+    scores = FeatureScores(
+        index=np.arange(5),
+        eigenvalue=np.array([5.0, 4.0, 3.0, 2.0, 1.0]),
+        usefulness=np.array([0.9, 0.9, 0.9, 0.9, 0.9]),
+        robustness=np.array([0.5, 0.7, 0.5, 0.7, 0.0]),
+        chance=0.5,
+        n_examples=10,
+    )
+    np.testing.assert_array_equal(robustness_ranking(scores, 7), [1, 3, 0, 2, 4, 5, 6])
+    np.testing.assert_array_equal(scores.useful_non_robust(0.0), [False, False, False, False, True])
+    np.testing.assert_array_equal(scores.useful_non_robust(0.5), [True, False, True, False, True])
+
+
+def test_jacobian_route_in_several_blocks_equals_one_block(fc2_multiclass, digits_multiclass, monkeypatch):
+    """A Jacobian budget of 7 examples: blocks of 7, 7 and 6, each with its own labels."""
+    from ntkrobust.kernels import features as features_module
+
+    x, y = digits_multiclass.x_test[:20], digits_multiclass.y_test[:20]
+    threat, m = ThreatModel("linf", 0.1), 6
+    whole = feature_scores(fc2_multiclass, x, y, threat, n_features=m, route="jacobian")
+    monkeypatch.setattr(features_module, "_JACOBIAN_BUDGET", 7 * m * x[0].size * 8)
+    blocked = feature_scores(fc2_multiclass, x, y, threat, n_features=m, route="jacobian")
+    np.testing.assert_array_equal(blocked.usefulness, whole.usefulness)
+    np.testing.assert_array_equal(blocked.robustness, whole.robustness)
+    assert whole.usefulness.sum() > 0 and whole.robustness.sum() < whole.usefulness.sum()
+
+
+def test_robust_only_accuracies_of_one_kernel_by_hand(fc2_binary, digits_binary):
+    """f'_r for r = 3 of a given ranking: Θ(x, X) Σ_{i∈R} λᵢ⁻¹ vᵢ vᵢᵀ Y by numpy (its clean
+    predictions), and each attacked accuracy counted as correct at x and at the attack: its own
+    FGSM and PGD-3, and the full machine's FGSM and PGD-3 examples."""
+    x, y = digits_binary.x_test[:24], digits_binary.y_test[:24]
+    threat, ranking = ThreatModel("linf", 0.1), np.array([7, 2, 11, 0, 1])
+    (result,) = robust_only_kernels(fc2_binary, ranking, [3], x, y, threat, pgd_step=0.04, pgd_steps=3, seed=2)
+    assert result.r == 3
+    kept = ranking[:3]
+    v, lam = fc2_binary.eigenvectors[:, kept], fc2_binary.eigenvalues[kept]
+    rows = compute_gram(fc2_binary.arch, x, digits_binary.x_train)
+    f = rows @ (v @ ((v.T @ fc2_binary.targets) / lam[:, None]))
+    machine = fc2_binary.restricted_to(kept)
+    clean = machine.predict(x)
+    np.testing.assert_array_equal(clean, np.where(f[:, 0] > 0, digits_binary.classes[1], digits_binary.classes[0]))
+    assert result.clean == pytest.approx(np.mean(clean == y), abs=1e-12)
+    fgsm_spec = AttackSpec("fgsm", 0.1, "linf")
+    pgd_spec = AttackSpec("pgd", 0.1, "linf", 0.04, 3, True, 2)
+    expected = {
+        "fgsm_own": craft_adversarial(machine, x, y, fgsm_spec),
+        "pgd_own": craft_adversarial(machine, x, y, pgd_spec),
+        "fgsm_transfer": craft_adversarial(fc2_binary, x, y, fgsm_spec),
+        "pgd_transfer": craft_adversarial(fc2_binary, x, y, pgd_spec),
+    }
+    for name, x_adv in expected.items():
+        still = (machine.predict(x_adv) == y) & (clean == y)
+        assert getattr(result, name) == pytest.approx(np.mean(still), abs=1e-12), name
+
+
+def test_robust_only_kernels_wire_machines_attacks_and_the_clean_condition(fc2_binary, digits_binary, monkeypatch):
+    """The attacks replaced by stand-ins that move each x to another test point (a shift of the
+    batch per machine and method): the recorded calls show which machine each attack runs on,
+    and the accuracies are counted by hand, correct at x and at the "attacked" point."""
+    from ntkrobust.kernels import robust_only as robust_only_module
+
+    x, y = digits_binary.x_test[:24], digits_binary.y_test[:24]
+    ranking = np.array([7, 2, 11, 0, 1])
+    shifts = {("full", "fgsm"): 1, ("full", "pgd"): 2, ("own", "fgsm"): 3, ("own", "pgd"): 5}
+    calls = []
+
+    def stand_in(machine, x_, labels, spec):
+        who = "full" if machine is fc2_binary else "own"
+        calls.append((who, spec, machine))
+        return np.roll(np.asarray(x_), shifts[who, spec.method], axis=0)
+
+    monkeypatch.setattr(robust_only_module, "craft_adversarial", stand_in)
+    threat = ThreatModel("linf", 0.1)
+    (result,) = robust_only_kernels(fc2_binary, ranking, [3], x, y, threat, pgd_step=0.04, pgd_steps=3, seed=2)
+    assert [(who, spec.method) for who, spec, _ in calls] == list(shifts)
+    pgd_specs = [spec for _, spec, _ in calls if spec.method == "pgd"]
+    assert all((s.eps, s.norm, s.step, s.steps, s.seed) == (0.1, "linf", 0.04, 3, 2) for s in pgd_specs)
+    kept = calls[2][2]
+    np.testing.assert_array_equal(kept.eigenvalues, np.sort(fc2_binary.eigenvalues[ranking[:3]])[::-1])
+    single = fc2_binary.restricted_to(ranking[:3])
+    clean = single.predict(x)
+    assert result.clean == pytest.approx(np.mean(clean == y), abs=1e-12)
+    wrong_then_right = False
+    for (who, method), shift in shifts.items():
+        at_attack = single.predict(np.roll(x, shift, axis=0)) == y
+        wrong_then_right |= bool(np.any(at_attack & (clean != y)))
+        want = np.mean(at_attack & (clean == y))
+        got = getattr(result, f"{method}_{'transfer' if who == 'full' else 'own'}")
+        assert got == pytest.approx(want, abs=1e-12), (who, method)
+    assert wrong_then_right  # the clean condition changes the count here

@@ -247,3 +247,90 @@ def test_predicted_index_reads_the_outputs_last_and_refuses_squeezed_ones():
     assert predicted_index(np.array([[0.1, 0.7, 0.2], [0.9, 0.0, 0.1]])).tolist() == [1, 0]
     with pytest.raises(ValueError, match=r"outputs must be \(\.\.\., k\).*got shape \(3,\)"):
         predicted_index(f[:, 0])  # argmax over the points was 2, one index for three points
+
+
+# -- eq. 7 against numpy and scipy alone (no neural-tangents, no shared eigendecomposition) ------
+
+
+def _eq29_gram(x1, x2):
+    """Supp. eq. 29 in plain numpy float64: (1/2 − θ/(2π)) x·x', θ the angle between x and x'
+    (atan2 of the sine and cosine parts: exact 0 on the diagonal, unlike arccos of a rounded 1)."""
+    a, b = x1.reshape(x1.shape[0], -1).astype(np.float64), x2.reshape(x2.shape[0], -1).astype(np.float64)
+    dots = a @ b.T
+    sq = np.sum(a * a, axis=1)[:, None] * np.sum(b * b, axis=1)[None, :]
+    theta = np.arctan2(np.sqrt(np.maximum(sq - dots * dots, 0.0)), dots)
+    return (0.5 - theta / (2 * np.pi)) * dots
+
+
+#: a small two-layer machine at a finite time, with a ridge and a learning rate other than 1:
+#: every factor of g_t(λ) = (1 − e^{−η(λ+ρ)t})/(λ+ρ) then shows in the outputs
+TIME, RIDGE, RATE = 0.3, 0.05, 2.5
+
+
+@pytest.fixture(scope="module")
+def tiny(digits_binary, jax_strict):
+    data = digits_binary
+    x_tr, y_tr, x_te = data.x_train[:12], data.y_train[:12], data.x_test[:5]
+    machine = fit_kernel_machine(
+        get_architecture("two-layer"), x_tr, y_tr, classes=data.classes, time=TIME, ridge=RIDGE, learning_rate=RATE
+    )
+    gram = _eq29_gram(x_tr, x_tr)
+    return machine, x_tr, x_te, gram, _eq29_gram(x_te, x_tr)
+
+
+def test_spectral_filter_by_hand():
+    """g_t(λ) = (1 − e^{−η(λ+ρ)t})/(λ+ρ); a negative λ counts as 0; λ+ρ at or below the cutoff is 0."""
+    from ntkrobust.kernels.machine import spectral_filter
+
+    lam = np.array([3.0, 1.0, 0.0, -1e-3])
+    got = spectral_filter(lam, time=0.7, ridge=0.2, learning_rate=1.5, cutoff=1e-10)
+    shifted = np.array([3.2, 1.2, 0.2, 0.2])
+    np.testing.assert_allclose(got, (1 - np.exp(-1.5 * 0.7 * shifted)) / shifted, rtol=1e-14)
+    got = spectral_filter(lam, time=math.inf, ridge=0.0, learning_rate=1.5, cutoff=1e-10)
+    np.testing.assert_array_equal(got, [1 / 3.0, 1.0, 0.0, 0.0])
+    got = spectral_filter(lam[:2], time=0.0, ridge=0.2, learning_rate=1.5, cutoff=1e-10)
+    np.testing.assert_array_equal(got, [0.0, 0.0])
+
+
+def test_eigendecomposition_is_descending_and_numpys(tiny):
+    machine, _, _, gram, _ = tiny
+    lam = np.linalg.eigvalsh(gram)[::-1]
+    np.testing.assert_allclose(machine.eigenvalues, lam, rtol=1e-10, atol=1e-12 * lam[0])
+    assert np.all(np.diff(machine.eigenvalues) <= 0)
+    v = machine.eigenvectors  # Θ vᵢ = λᵢ vᵢ, column by column, orthonormal
+    np.testing.assert_allclose(gram @ v, v * machine.eigenvalues[None, :], atol=1e-10 * lam[0])
+    np.testing.assert_allclose(v.T @ v, np.eye(v.shape[0]), atol=1e-12)
+
+
+def test_finite_time_ridge_and_learning_rate_match_a_matrix_exponential(tiny):
+    """f_t(x) = Θ(x, X) (Θ+ρI)⁻¹ (I − e^{−η(Θ+ρI)t}) Y, ρ = ridge·tr(Θ)/n, by scipy's expm."""
+    import scipy.linalg
+
+    machine, _, x_te, gram, rows = tiny
+    n = gram.shape[0]
+    rho = RIDGE * np.trace(gram) / n
+    assert machine.ridge == pytest.approx(rho, rel=1e-12)
+    shifted = gram + rho * np.eye(n)
+    for t in (TIME, 4.0):
+        coef = np.linalg.solve(shifted, (np.eye(n) - scipy.linalg.expm(-RATE * t * shifted)) @ machine.targets)
+        got = np.asarray(machine.at_time(t).logits(x_te))
+        np.testing.assert_allclose(got, rows @ coef, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(  # t = ∞: the ridge solve, whatever the learning rate
+        np.asarray(machine.at_time(math.inf).logits(x_te)), rows @ np.linalg.solve(shifted, machine.targets), rtol=1e-9
+    )
+
+
+def test_restricted_machines_keep_their_time(tiny):
+    """restricted_to(R) at time t: Θ(x, X) Σ_{i∈R} g_t(λᵢ) vᵢ vᵢᵀ Y, from numpy's eigh (each vᵢ's
+    sign cancels in vᵢ vᵢᵀ)."""
+    machine, _, x_te, gram, rows = tiny
+    lam, vec = np.linalg.eigh(gram)
+    lam, vec = lam[::-1], vec[:, ::-1]
+    chosen = [4, 0, 2]
+    assert np.min(np.abs(np.diff(lam[:6]))) > 1e-6 * lam[0]  # distinct: each vᵢ defined up to sign
+    rho = machine.ridge
+    for t in (TIME, 2.0):
+        g = (1 - np.exp(-RATE * t * (lam[chosen] + rho))) / (lam[chosen] + rho)
+        coef = vec[:, chosen] @ (g[:, None] * (vec[:, chosen].T @ machine.targets))
+        got = np.asarray(machine.at_time(t).restricted_to(chosen).logits(x_te))
+        np.testing.assert_allclose(got, rows @ coef, rtol=1e-8, atol=1e-12)

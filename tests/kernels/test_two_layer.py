@@ -84,3 +84,46 @@ def test_vjp_at_and_near_a_training_point_equals_autodiff(points, rng):
     assert np.all(np.isfinite(closed)) and np.all(np.isfinite(auto))
     np.testing.assert_allclose(closed[:2], auto[:2], rtol=1e-12, atol=1e-14 * float(np.abs(auto).max()))
     np.testing.assert_allclose(closed[-1], auto[-1], rtol=1e-6, atol=1e-8 * float(np.abs(auto).max()))
+
+
+def _eq29_numpy(s, p, q):
+    """Θ(s, ‖x‖², ‖x'‖²) of eq. 29 in plain numpy float64."""
+    return (0.5 - np.arccos(s / np.sqrt(p * q)) / (2 * np.pi)) * s
+
+
+def test_dot_partials_equal_central_differences_of_eq29(rng):
+    """∂Θ/∂(x·x') and ∂Θ/∂‖x‖² against numpy central differences of eq. 29 (step 1e-6 of each
+    coordinate: truncation and rounding both near 1e-10 relative), away from the kink."""
+    from ntkrobust.kernels.two_layer import two_layer_dot_partials
+
+    a, b = rng.uniform(0.1, 1, size=(6, 5)), rng.standard_normal((6, 5))
+    s, p, q = np.sum(a * b, axis=1), np.sum(a * a, axis=1), np.sum(b * b, axis=1)
+    along_dot, along_sq1 = (
+        np.asarray(v) for v in two_layer_dot_partials(jnp.asarray(s), jnp.asarray(p), jnp.asarray(q), 5)
+    )
+    hs, hp = 1e-6 * np.sqrt(p * q), 1e-6 * p
+    fd_dot = (_eq29_numpy(s + hs, p, q) - _eq29_numpy(s - hs, p, q)) / (2 * hs)
+    fd_sq1 = (_eq29_numpy(s, p + hp, q) - _eq29_numpy(s, p - hp, q)) / (2 * hp)
+    np.testing.assert_allclose(along_dot, fd_dot, rtol=1e-7)
+    np.testing.assert_allclose(along_sq1, fd_sq1, rtol=1e-6, atol=1e-9 * np.abs(fd_sq1).max())
+    # and the module docstring's A + B, −B·u·‖x'‖/(2‖x‖)
+    u = s / np.sqrt(p * q)
+    big_a, big_b = 0.5 - np.arccos(u) / (2 * np.pi), u / (2 * np.pi * np.sqrt(1 - u * u))
+    np.testing.assert_allclose(along_dot, big_a + big_b, rtol=1e-12)
+    np.testing.assert_allclose(along_sq1, -big_b * u * np.sqrt(q) / (2 * np.sqrt(p)), rtol=1e-10, atol=1e-15)
+
+
+def test_vjp_equals_the_docstring_gradient_in_numpy(rng):
+    """Σ_j w_ij ∇Θ(x_i, x_j) with ∇ₓΘ(x, x') = (A + B)·x' − B·u·(‖x'‖/‖x‖)·x, in numpy."""
+    x1, x2 = rng.uniform(0, 1, size=(4, 6)), rng.standard_normal((3, 6))
+    w = rng.standard_normal((4, 3))
+    n1, n2 = np.linalg.norm(x1, axis=1), np.linalg.norm(x2, axis=1)
+    expected = np.zeros_like(x1)
+    for i in range(4):
+        for j in range(3):
+            u = x1[i] @ x2[j] / (n1[i] * n2[j])
+            big_a, big_b = 0.5 - np.arccos(u) / (2 * np.pi), u / (2 * np.pi * np.sqrt(1 - u * u))
+            expected[i] += w[i, j] * ((big_a + big_b) * x2[j] - big_b * u * n2[j] / n1[i] * x1[i])
+    got = np.asarray(two_layer_ntk_vjp(jnp.asarray(x1), jnp.asarray(x2), jnp.asarray(w)))
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-13 * np.abs(expected).max())
+    assert np.asarray(two_layer_ntk(jnp.asarray(x1), jnp.asarray(x2))).shape == (4, 3)
