@@ -40,7 +40,12 @@ class CheckpointError(ValueError):
 
 class ForeignFileError(CheckpointError):
     """A file that is no checkpoint of this tool at all (it may be a TorchScript or .pt2 model),
-    as against one of ours that is damaged or does not fit its config."""
+    as against one of ours that is damaged or does not fit its config. ``program``: "a TorchScript
+    program" or "an exported program (.pt2)" where the file is one (``files.program_kind``)."""
+
+    def __init__(self, message: str, program: str | None = None) -> None:
+        super().__init__(message)
+        self.program = program
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **extra: Any) -> Path:
@@ -113,7 +118,8 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         if program:  # torch's own words on it are a paragraph about weights_only and PyTorch 2.6
             raise ForeignFileError(
                 f"{path} is {program}, not a checkpoint of this tool: this needs the weights and model name "
-                "that train writes (evaluate and transfer run programs with --trust-model-code)"
+                "that train writes (evaluate and transfer run programs with --trust-model-code)",
+                program,
             ) from None
         raise ForeignFileError(f"{path} is not a checkpoint of this tool ({refusal_reason(path, error)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

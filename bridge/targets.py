@@ -34,7 +34,7 @@ from torch import nn
 
 from ntkrobust._messages import first_line
 from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, check_state_dict, load_checkpoint
-from ntkrobust.bridge.files import JsonFileError, not_a_file, program_kind, read_json, refusal_reason
+from ntkrobust.bridge.files import JsonFileError, not_a_file, read_json, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
 
@@ -146,16 +146,14 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
     try:
         model, config, payload = load_checkpoint(path)
     except ForeignFileError as checkpoint_error:
-        program = program_kind(path)
-        if not trust_code and program:  # refused before torch's loaders see the file: they would run its code
-            raise TargetError(
-                f"{path} is {program}, which carries code and loads only with --trust-model-code"
-            ) from None
-        if not trust_code:
-            raise TargetError(
-                f"{first_line(checkpoint_error)}; a TorchScript or .pt2 file carries code and loads only "
-                "with --trust-model-code"
-            ) from None
+        if not trust_code:  # refused before torch's loaders see the file: they would run its code
+            program = checkpoint_error.program
+            said = (
+                f"{path} is {program}, which carries"
+                if program
+                else f"{first_line(checkpoint_error)}; a TorchScript or .pt2 file carries"
+            )
+            raise TargetError(f"{said} code and loads only with --trust-model-code") from None
         # torch.export.load accepts only .pt2 files (and logs a traceback for anything else)
         kind, loader = (
             ("exported program", functools.partial(_exported_program, device=device))
