@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -90,6 +91,15 @@ def damaged_npz(folder: Path, damage: str) -> Path:
         data = bytearray()
     elif damage == "random":
         data = bytearray(np.random.default_rng(0).integers(0, 256, size=4096, dtype=np.uint8).tobytes())
+    elif damage in ("encrypted", "method-99"):  # zipfile: RuntimeError / NotImplementedError
+        for signature, flags_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+            at = data.find(signature)
+            while at >= 0:
+                if damage == "encrypted":
+                    data[at + flags_at] |= 1
+                else:
+                    data[at + method_at : at + method_at + 2] = (99).to_bytes(2, "little")
+                at = data.find(signature, at + 4)
     path.write_bytes(bytes(data))
     return path
 
@@ -180,7 +190,7 @@ def _mount(target: Path, options: str) -> bool:
 
 def _cases() -> list[Case]:
     cases: list[Case] = []
-    for damage in ("truncated", "flipped", "empty", "random"):
+    for damage in ("truncated", "flipped", "empty", "random", "encrypted", "method-99"):
         for command, argv in DATA_COMMANDS.items():
             cases.append(
                 Case(
@@ -259,6 +269,66 @@ def _cases() -> list[Case]:
                 str(_checkpoint(d)),
                 "--kernel-n",
                 "100000",
+                "--out",
+                str(d / "out"),
+            ],
+        ),
+        Case(
+            "fifo-as-checkpoint/entk",
+            lambda d: ["entk", "--checkpoint", str(_fifo(d, "net.pt")), "--out", str(d / "out")],
+        ),
+        Case(
+            "link-loop-as-checkpoint/entk", lambda d: ["entk", "--checkpoint", str(_loop(d)), "--out", str(d / "out")]
+        ),
+        Case(
+            "torchscript-as-checkpoint/entk",
+            lambda d: ["entk", "--checkpoint", str(_torchscript(d)), "--out", str(d / "out")],
+        ),
+        Case(
+            "torchscript-as-linearize-from/train",
+            lambda d: [
+                "train",
+                "--epochs",
+                "1",
+                "--quiet",
+                *SMALL,
+                "--track-kernel",
+                "10",
+                "--linearize-from",
+                str(_torchscript(d)),
+                "--out",
+                str(d / "run"),
+            ],
+        ),
+        Case(
+            "fifo-as-out/make-npz",
+            lambda d: ["make-npz", *SMALL, "--force", "--out", str(_fifo(d, "d.npz"))],
+            after=lambda d: None if stat.S_ISFIFO((d / "d.npz").stat().st_mode) else "the FIFO was replaced",
+        ),
+        # 230 bytes: no room for the staging folder's 26 more (found after the whole attack ran)
+        Case("out-name-without-room/attack", lambda d: ["attack", *SMALL, "--out", str(d / ("a" * 230))]),
+        Case(
+            "switch-epoch-after-epochs/train",
+            lambda d: [
+                *DATA_COMMANDS["train"],
+                *SMALL,
+                "--mode",
+                "pgd",
+                "--switch-epoch",
+                "2",
+                "--out",
+                str(d / "run"),
+            ],
+        ),
+        Case(
+            "seeds-beyond-2**63/two-layer",
+            lambda d: [
+                *DATA_COMMANDS["two-layer"],
+                *SMALL,
+                "--nets",
+                "2",
+                "--seed",
+                str(2**63 - 1),
                 "--out",
                 str(d / "out"),
             ],
@@ -408,6 +478,26 @@ def _file(folder: Path) -> Path:
     return path
 
 
+def _fifo(folder: Path, name: str) -> Path:
+    os.mkfifo(folder / name)
+    return folder / name
+
+
+def _loop(folder: Path) -> Path:
+    (folder / "a.pt").symlink_to(folder / "b.pt")
+    (folder / "b.pt").symlink_to(folder / "a.pt")
+    return folder / "a.pt"
+
+
+def _torchscript(folder: Path) -> Path:
+    """A TorchScript program where a checkpoint is expected: named, never run."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    torch.jit.save(torch.jit.script(net), folder / "net.pt")
+    return folder / "net.pt"
+
+
 def _checkpoint(folder: Path) -> Path:
     return train_run(folder) / "checkpoints" / "epoch_001.pt"
 
@@ -478,6 +568,8 @@ def run_case(case: Case, work: Path) -> Outcome:
         argv = case.build(folder)
     except PermissionError as err:
         return Outcome(case.name, "skipped", str(err))
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
+    out_was_there = out is not None and os.path.lexists(out)  # a FIFO put there by the case
     with subprocess.Popen(
         [*NTK, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder
     ) as process:
@@ -505,8 +597,7 @@ def run_case(case: Case, work: Path) -> Outcome:
             problems.append(f"exit {done.returncode}")
         if len(errors) != 1:
             problems.append(f"{len(errors)} error lines")
-        out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else None
-        if out is not None and out.exists() and not case.needs_root:
+        if out is not None and out.exists() and not out_was_there and not case.needs_root:
             problems.append("--out was created")
     elif case.expect == "interrupted":
         if done.returncode not in (130, 143) or len(done.stderr.strip().splitlines()) != 1:
