@@ -155,15 +155,20 @@ class CenteredStandardNetwork(nn.Module):
         for parameter in self.spawn.parameters():
             parameter.requires_grad_(False)
         self.batchnorm = batchnorm
+        self._freeze_batchnorm()  # from the start: a parent in train mode would not be frozen
 
     def train(self, mode: bool = True) -> CenteredStandardNetwork:
         super().train(mode)
         self.spawn.eval()
+        self._freeze_batchnorm()
+        return self
+
+    def _freeze_batchnorm(self) -> None:
+        """``frozen``: the trained network's BatchNorm layers in eval mode (spawn statistics)."""
         if self.batchnorm == "frozen":
             for module in self.network.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # not under no_grad: an attack's input gradient is ∇x f_θ − ∇x f_θt, the spawn's term
