@@ -32,6 +32,18 @@ def _strict_numpy():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Every worker runs torch with one intra-op thread: the tests' tensors are tiny, and a second
+    thread only spins on a shared 2-core machine where pytest-xdist already runs two workers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     os.environ["NTKROBUST_CACHE"] = str(tmp_path_factory.mktemp("gram-cache"))
     yield

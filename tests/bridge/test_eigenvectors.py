@@ -19,16 +19,6 @@ CASES = {  # name: (input shape, width); N = 12 inputs, 3 outputs
 OUTPUT = 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two
-    spinning OpenMP threads slow these tests by 10-50x; the setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(name: str) -> torch.nn.Module:
     shape, width = CASES[name]
     model = build_model(model_config(name, shape, 3, width=width, seed=1))

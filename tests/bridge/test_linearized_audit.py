@@ -24,14 +24,6 @@ from ntkrobust.bridge.models import build_model, model_config
 TOL = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _parent(name: str) -> torch.nn.Module:
     """A float64 net in eval mode; a ResNet's BatchNorm given non-trivial running statistics."""
     shape = (3, 6, 6) if name == "resnet18" else (1, 6, 6)

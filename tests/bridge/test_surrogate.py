@@ -23,8 +23,6 @@ from ntkrobust.bridge.surrogate import (
     initial_networks,
 )
 
-torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine
-
 CLASSES = 10
 
 

@@ -17,8 +17,6 @@ from torch.func import functional_call, jacrev
 from ntkrobust.bridge.models import model_config
 from ntkrobust.bridge.surrogate import fit_empirical_kernel_machine, initial_networks
 
-torch.set_num_threads(1)
-
 N, C, SHAPE = 6, 3, (1, 8, 8)
 CASES = {  # name: (image shape, width); mnist-cnn's C x C blocks are not symmetric, resnet18 has BatchNorm
     "fc1": ((1, 8, 8), 8),

@@ -11,7 +11,6 @@ from ntkrobust.bridge.models import build_model, model_config
 from ntkrobust.bridge.targets import TargetError, load_target
 from ntkrobust.bridge.two_layer import OutputChange
 
-torch.set_num_threads(1)
 # the tests make TorchScript files as a user would; torch deprecates making them, not loading them
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
 SHAPE = (1, 8, 8)

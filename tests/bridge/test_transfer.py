@@ -20,7 +20,6 @@ from ntkrobust.bridge.transfer import (
 )
 from ntkrobust.bridge.two_layer import train_full_batch
 
-torch.set_num_threads(1)
 EPS = 0.1
 
 

@@ -31,8 +31,6 @@ from ntkrobust.bridge.transfer import (
     white_box_examples,
 )
 
-torch.set_num_threads(1)
-
 
 def _net(dtype: torch.dtype = torch.float64) -> torch.nn.Module:
     """Logits (x₀, x₁) of a (N, 1, 1, 2) image: class 0 iff x₀ > x₁."""

@@ -23,8 +23,6 @@ from ntkrobust.bridge.two_layer import (
     two_layer_experiment,
 )
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def three_vs_eight():
