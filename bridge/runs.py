@@ -207,11 +207,12 @@ def distinct_labels(labels: list[str], paths: Sequence[Path]) -> list[str]:
 def run_label(history: dict[str, Any], path: Path) -> str:
     """The history's ``label``, else "<model> <mode>" from its config, else the folder name."""
     label = history.get("label")
-    if isinstance(label, str) and label.strip():
-        problem = name_problem(label.strip())
+    label = label.strip() if isinstance(label, str) else ""
+    if label:
+        problem = name_problem(label)
         if problem:  # it goes into legends and the summary line
-            raise RunError(f"{path}: its label {label.strip()[:24]!r}… {problem}")
-        return label.strip()
+            raise RunError(f"{path}: its label {label[:24]!r}… {problem}")
+        return label
     config = history.get("config")
     config = config if isinstance(config, dict) else {}
     model = config.get("model")
@@ -510,11 +511,12 @@ def _class_names(history: dict[str, Any], targets: np.ndarray, where: Path) -> l
     # a binary net may have one output for its two classes; 100,000 names kept dynamics busy for minutes
     if isinstance(outputs, int) and len(names) > max(outputs, 2):
         raise RunError(f"{where}: {len(names)} class names for a net of {outputs} outputs")
-    for name in map(str, names):
+    names = [str(n) for n in names]
+    for name in names:
         problem = name_problem(name)
         if problem:
             raise RunError(f"{where}: the class name {name[:24]!r}… {problem}")
-    return [str(n) for n in names]
+    return names
 
 
 def _read_kernels(files: Sequence[Path], n: int, suffix: str = "") -> tuple[list[np.ndarray], list[np.ndarray] | None]:
