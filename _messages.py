@@ -27,3 +27,9 @@ def name_problem(name: str) -> str | None:
     if len(name) > NAME_LIMIT:
         return f"is {len(name)} characters long, more than the {NAME_LIMIT} a name may have"
     return None
+
+
+def shown_name(name: str, shown: int = 24) -> str:
+    """``name`` quoted for a message that refuses it: its repr (escapes visible), cut to its first
+    ``shown`` characters and "…" when longer, so a name of 100,000 characters stays one short line."""
+    return repr(name) if len(name) <= shown else f"{name[:shown]!r}…"

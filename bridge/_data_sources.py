@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust._messages import NAME_LIMIT, first_line, name_problem
+from ntkrobust._messages import first_line, name_problem, shown_name
 from ntkrobust.bridge.files import NpzError, not_a_file, read_npz
 
 __all__ = ["DATASETS", "DataError", "load_raw", "read_idx"]
@@ -102,7 +102,7 @@ def _label_names(names: Any, where: str, key: str = "label_names") -> list[str]:
     for name in listed:  # names go into one-line messages, CSV rows and legends
         problem = name_problem(name)
         if problem:
-            shown = repr(name) if len(name) <= NAME_LIMIT else f"{name[:24]!r}…"
+            shown = shown_name(name)
             raise DataError(
                 f"{where}: {key} holds {shown}, which {problem}: every name must be printable text on one line"
             )

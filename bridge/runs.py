@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust._messages import first_line, name_problem
+from ntkrobust._messages import first_line, name_problem, shown_name
 from ntkrobust.bridge.files import JsonFileError, NpzError, read_json, read_npz
 from ntkrobust.bridge.runfolder import HISTORY_FILE, PROBE_FILE, RunFolder
 from ntkrobust.kernels import metrics
@@ -211,7 +211,7 @@ def run_label(history: dict[str, Any], path: Path) -> str:
     if label:
         problem = name_problem(label)
         if problem:  # it goes into legends and the summary line
-            raise RunError(f"{path}: its label {label[:24]!r}… {problem}")
+            raise RunError(f"{path}: its label {shown_name(label)} {problem}")
         return label
     config = history.get("config")
     config = config if isinstance(config, dict) else {}
@@ -515,7 +515,7 @@ def _class_names(history: dict[str, Any], targets: np.ndarray, where: Path) -> l
     for name in names:
         problem = name_problem(name)
         if problem:
-            raise RunError(f"{where}: the class name {name[:24]!r}… {problem}")
+            raise RunError(f"{where}: the class name {shown_name(name)} {problem}")
     return names
 
 

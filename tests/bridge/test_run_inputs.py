@@ -310,3 +310,23 @@ def test_labels_and_class_names_fit_a_legend_and_one_line(tmp_path, field, value
     with pytest.raises(RunError, match=re.escape(reason)) as error:
         load_run(run)
     assert "\n" not in str(error.value) and "\x1b" not in str(error.value).replace("\\x1b", "")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [
+        ("label", "a\x1b[31m", r"its label 'a\x1b[31m' is not printable"),
+        ("label", "y" * 130, "its label 'yyyyyyyyyyyyyyyyyyyyyyyy'… is 130 characters long"),
+        ("class_names", ["a", "b\n"], r"the class name 'b\n' is not printable"),
+    ],
+    ids=["short label whole", "long label cut", "short class name whole"],
+)
+def test_a_refused_name_is_shown_whole_when_short_and_cut_at_24_characters(tmp_path, field, value, shown):
+    """The same rule as ``--data``'s ``label_names`` (``_messages.shown_name``): no "…" after a
+    name that was shown whole."""
+    run = make_run(tmp_path / "run")
+    history = json.loads((run / "history.json").read_text())
+    (run / "history.json").write_text(json.dumps({**history, field: value}))
+    with pytest.raises(RunError) as error:
+        load_run(run)
+    assert shown in str(error.value), str(error.value)
