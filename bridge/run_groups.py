@@ -369,11 +369,12 @@ def _training_seconds(run: TrainingRun) -> dict[str, Any]:
 def switch_cost(groups: Sequence[RunGroup]) -> dict[str, Any]:
     """RAT sec. 5, fig. 6, table 1: of every adversarial run (its mode not "standard"), the
     seconds of training in clean and in adversarial epochs and the final test accuracy, clean
-    and under PGD; a run that switched (``switch_epoch``) also as a share of the training
-    seconds of a full AT run (no switch) of the same mode and epochs, ``cost_of_full_at``, and as
-    the share its own epoch times give (every epoch adversarial at its mean adversarial epoch's
-    seconds), ``estimated_cost_of_full_at``: runs made under different machine loads compare by
-    that one only."""
+    and under PGD; a run that switched (``switch_epoch`` of 1 or more) also as a share of the
+    training seconds of a full AT run (no switch, or a switch at epoch 0: no clean epoch either
+    way) of the same mode and epochs, ``cost_of_full_at``, and as the share its own epoch times
+    give (every epoch adversarial at its mean adversarial epoch's seconds),
+    ``estimated_cost_of_full_at``: runs made under different machine loads compare by that one
+    only."""
     entries = []
     for group in groups:
         first = group.runs[0]
@@ -390,16 +391,17 @@ def switch_cost(groups: Sequence[RunGroup]) -> dict[str, Any]:
         entries.append({"label": group.label, "path": str(group.path), "mode": mode, "switch_epoch": switch, **merged})
     for entry in entries:
         epochs = entry["epochs_clean"] + entry["epochs_adversarial"]
-        if entry["switch_epoch"] is not None and entry["epochs_adversarial"] and entry["seconds_adversarial"] > 0:
+        switched = bool(entry["switch_epoch"])  # a switch at epoch 0 trains no clean epoch: it is full AT
+        if switched and entry["epochs_adversarial"] and entry["seconds_adversarial"] > 0:
             # the run's own epoch times, so that a full AT run made under another load cannot skew it
             per_adversarial_epoch = entry["seconds_adversarial"] / entry["epochs_adversarial"]
             entry["estimated_cost_of_full_at"] = entry["seconds_total"] / (epochs * per_adversarial_epoch)
         full = [
             other for other in entries
-            if other["switch_epoch"] is None and other["mode"] == entry["mode"]
+            if not other["switch_epoch"] and other["mode"] == entry["mode"]
             and other["epochs_clean"] + other["epochs_adversarial"] == epochs
         ]  # fmt: skip
-        if entry["switch_epoch"] is not None and full and full[0]["seconds_total"] > 0:
+        if switched and full and full[0]["seconds_total"] > 0:
             entry["full_at"] = full[0]["label"]
             entry["cost_of_full_at"] = entry["seconds_total"] / full[0]["seconds_total"]
     return {"runs": entries}

@@ -366,8 +366,8 @@ def describe_run(run: TrainingRun) -> str:
     config = run.config
     parts = [p for p in (_dataset(config), _model(config)) if p]
     mode = run.mode or "?"
-    if run.switch_epoch is not None:
-        mode = f"standard then {mode} from epoch {run.switch_epoch}"
+    if run.switch_epoch:  # 0: adversarial from the first epoch
+        mode = f"standard then {mode} after epoch {run.switch_epoch}"
     if config.get("linearize_from") is not None:
         mode = f"linearized {mode}"
     epochs = config.get("epochs", max((int(e.get("epoch", 0)) for e in run.epochs), default=0))

@@ -100,11 +100,12 @@ def _mark_decays(ax: Any, runs: Sequence[RunSummary]) -> bool:
 
 
 def _mark_switches(ax: Any, runs: Sequence[RunSummary], indices: Sequence[int] | None = None) -> bool:
-    """A dotted vertical line, in the run's colour, at each run's switch epoch."""
+    """A dotted vertical line, in the run's colour, at each run's switch epoch (none at epoch 0:
+    such a run trained no clean epoch)."""
     marked = False
     for i, run in zip(indices if indices is not None else range(len(runs)), runs, strict=True):
         switch = run.get("switch_epoch")
-        if switch is not None:
+        if switch:
             ax.axvline(float(switch), color=_colour(i), linestyle=_SWITCH_STYLE, linewidth=1.2, zorder=0)
             marked = True
     return marked

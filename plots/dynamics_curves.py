@@ -290,7 +290,7 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
                 drawn = True
         title = _label(run, i)
         switch = run.get("switch_epoch")
-        if switch is not None:
+        if switch:  # a switch at epoch 0 trained no clean epoch: nothing to mark
             title += f"\nstandard → {_plain(run.get('mode') or 'adversarial')} after epoch {switch}"
             ax.axvline(float(switch), color="0.3", linestyle=_SWITCH_STYLE, linewidth=1.2, zorder=0)
         if not drawn:
@@ -309,7 +309,7 @@ def accuracy_curves(runs: Sequence[RunSummary], path: Path, *, subtitle: str = "
         handles.append((Line2D([], [], color=colour, ls=style, marker=marker, markerfacecolor=face, ms=4), name))
     if batch_seen:
         handles.append((Line2D([], [], color="0.3", marker="x", linewidth=0.9, ms=5), "BatchNorm batch\nstatistics"))
-    if any(run.get("switch_epoch") is not None for run in runs):
+    if any(run.get("switch_epoch") for run in runs):
         handles.append((Line2D([], [], color="0.3", ls=_SWITCH_STYLE), "switch epoch"))
     _legend(fig, decay=decay, extra=handles + _band_legend(banded))
     _notes(fig, notes)

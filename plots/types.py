@@ -286,7 +286,7 @@ class SwitchCostRun(TypedDict, total=False):
     label: str
     path: str
     mode: str
-    switch_epoch: int | None  # None: adversarial from the first epoch (full AT)
+    switch_epoch: int | None  # None or 0: adversarial from the first epoch (full AT)
     seconds_clean: float
     seconds_adversarial: float
     seconds_total: float
