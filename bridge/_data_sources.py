@@ -190,7 +190,8 @@ def _unpickle_dict(path: Path, what: str) -> dict[str, Any]:
             batch = _ArrayOnlyUnpickler(f, encoding="latin1").load()
     except DataError:
         raise
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, LookupError, MemoryError) as err:
+        # LookupError: _codecs.encode of an unknown codec; MemoryError: _reconstruct of a huge shape
         raise DataError(f"cannot read {what} {path}: {err}") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path} is not a {what} file")

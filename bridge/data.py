@@ -20,6 +20,7 @@ Downloads happen only with ``download=True`` (through torchvision, online).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +157,7 @@ def _resolve_classes(
     out: list[int] = []
     for c in requested:
         text = str(c).strip()
-        if text.lstrip("-").isdigit():
+        if re.fullmatch(r"-?\d+", text):  # what int() reads: "--1" and "²" (isdigit) are no ids
             cid = int(text)
         elif label_names is not None and text.lower() in (lowered := [str(n).lower() for n in label_names]):
             ids = [i for i, name in enumerate(lowered) if name == text.lower()]  # names in any case: Cat, cat, CAT
