@@ -148,7 +148,8 @@ class Recipe:
 
 def canonical(value: Any, ctx: Context) -> Any:
     """``value`` (settings, paths, tuples, ...) as plain JSON, with the reproduction's folders
-    written ``$STEPS`` and ``$DATA`` so that the key does not depend on where OUT lives."""
+    written ``$STEPS`` and ``$DATA`` so that the key does not depend on where OUT lives (also in a
+    path given as text: a transfer step's checkpoints were absolute, and a moved OUT ran them again)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: canonical(getattr(value, f.name), ctx) for f in dataclasses.fields(value)}
     if isinstance(value, Path):
@@ -162,6 +163,11 @@ def canonical(value: Any, ctx: Context) -> Any:
         return {str(k): canonical(v, ctx) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [canonical(v, ctx) for v in value]
+    if isinstance(value, str) and any(
+        prefix is not None and (value == str(prefix) or value.startswith(str(prefix) + "/"))
+        for prefix in (ctx.steps_dir, ctx.data_root)
+    ):  # a checkpoint or data file given as text (transfer's targets, evaluate's nets, the CIFAR subset)
+        return canonical(Path(value), ctx)
     return json_safe(value)  # NaN and the infinities (e.g. --time inf) as strict JSON's strings
 
 
