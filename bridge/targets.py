@@ -303,7 +303,8 @@ def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: in
         )
     if not outputs.is_floating_point():
         raise TargetError(f"{path} returns {outputs.dtype} logits; attacks need floating-point ones")
-    if not outputs.requires_grad:
+    # requires_grad alone is no proof: a net's parameters give it to logits of detached images
+    if not outputs.requires_grad or torch.autograd.grad(outputs.sum(), probe, allow_unused=True)[0] is None:
         raise TargetError(
             f"{path} returns logits without a gradient to the images "
             "(detached, or computed under no_grad): white-box attacks need one"
