@@ -72,5 +72,5 @@ def available_memory() -> int | None:
         with open("/proc/meminfo") as meminfo:
             fields = dict(line.split(":", 1) for line in meminfo)
         return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, IndexError):  # IndexError: a field with no value
         return None
