@@ -523,13 +523,17 @@ def test_convolutions_that_unfold_cannot_reproduce_stay_generic():
     frozen = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 16, 3))
     frozen[0].weight.requires_grad_(False)
     assert routes(frozen, (2, 6, 6)) == {}
-    # overlapping cells, or a pooling not right after the ReLU: the plain route, not the shortcut
+    # overlapping cells, or a pooling not right after the ReLU: the plain route, not the shortcut.
+    # 5 outputs, so that the shortcut is weighed at all (from C' >= K/2, K = 10 here; with 3 outputs
+    # these checks held whatever the pooling rule said)
     overlapping = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AvgPool2d(3, stride=2), nn.Flatten(), nn.Linear(12, 3)
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AvgPool2d(3, stride=2), nn.Flatten(), nn.Linear(12, 5)
     )
     assert routes(overlapping, (1, 7, 7)) == {"0": 1}
-    late = nn.Sequential(nn.Conv2d(1, 3, 3), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3))
+    late = nn.Sequential(nn.Conv2d(1, 3, 3), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(12, 5))
     assert routes(late, (1, 6, 6)) == {"0": 1}
+    cells = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 5))
+    assert routes(cells, (1, 6, 6)) != {"0": 1}  # the control: disjoint cells right after the ReLU take it
 
 
 def test_a_convolution_takes_its_grams_when_they_take_fewer_products_than_its_rows():
