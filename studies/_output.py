@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -173,9 +175,13 @@ class OutputLock:
                         ) from None
                 self.path.unlink(missing_ok=True)  # its process is gone: a stale lock
                 continue
-            with os.fdopen(handle, "w") as f:
-                f.write(f"{os.getpid()} {_HOST}\n")
             self.owned = True
+            try:
+                with os.fdopen(handle, "w") as f:
+                    f.write(f"{os.getpid()} {_HOST}\n")
+            except BaseException:  # a full disk: no empty lock, no folders left behind
+                self.__exit__(None, None, None)
+                raise
             return self
         raise StudyError(f"cannot take the lock {self.path}: another run keeps taking it")
 
@@ -193,9 +199,11 @@ class OutputLock:
 def remove_stale_staging(out: Path) -> list[Path]:
     """Remove staging folders of ``out`` left by processes that no longer run; the removed ones."""
     removed = []
-    for stage in out.parent.glob(f".{out.name}.*.partial"):
-        pid = stage.name[len(out.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and stage.is_dir():
+    # .NAME.PID.RANDOM.partial exactly: that of an --out named NAME.N has a dot more (N is no pid)
+    own = re.compile(rf"\.{re.escape(out.name)}\.(\d+)\.[^.]+\.partial")
+    for stage in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        match = own.fullmatch(stage.name)
+        if match and not _alive(int(match[1])) and stage.is_dir():
             shutil.rmtree(stage, ignore_errors=True)
             removed.append(stage)
     return removed
