@@ -199,9 +199,10 @@ def check_augmentation(settings: TrainSettings, image_shape: tuple[int, ...]) ->
 
 def check_last_batch(settings: TrainSettings, model: Any, data: Any) -> None:
     """A last mini-batch of one example is refused before training where a BatchNorm layer would
-    normalise it over a single value per channel (torch raises there, mid-run)."""
+    normalise it over a single value per channel (torch raises there, mid-run); so is
+    ``--batch-size 1``, whose every mini-batch is of one example."""
     n = data.x_train.shape[0]
-    if n % settings.batch_size != 1:
+    if n % settings.batch_size != 1 and settings.batch_size != 1:
         return
     import torch
 
@@ -209,9 +210,13 @@ def check_last_batch(settings: TrainSettings, model: Any, data: Any) -> None:
 
     layers = single_value_batchnorms(model, torch.as_tensor(data.x_train[:2]))
     if layers:
+        if settings.batch_size == 1:
+            batches = "trains on batches of one example"
+        else:
+            batches = f"leaves a last batch of one of the {n} training points"
         raise StudyError(
-            f"--batch-size {settings.batch_size} leaves a last batch of one of the {n} training points, and "
-            f"BatchNorm {layers[0]} would normalise it over one value per channel: choose another --batch-size"
+            f"--batch-size {settings.batch_size} {batches}, and BatchNorm {layers[0]} would normalise it over one "
+            "value per channel: choose another --batch-size"
         )
 
 
