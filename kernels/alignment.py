@@ -8,8 +8,9 @@ to the net's,
     t* = argmin_t ‖f_t(X) − (f − f₀)(X)‖²,   f_t(X) = V diag(λ g_t(λ)) Vᵀ Y,
 computed from the machine's eigendecomposition alone (no kernel rows), and epoch e maps to
 t = e · t*/e*. Theory predicts the slope: gradient descent with learning rate η on
-L = (1/2n) Σᵢ ‖f(xᵢ) − yᵢ‖² is the Euler scheme of df/dt = −(1/n) Θ (f − Y), so each epoch
-advances t by η/n (machine learning rate 1); ``theory_time_per_epoch`` gives it for comparison.
+L = (1/2n) Σᵢ ‖f(xᵢ) − yᵢ‖² is the Euler scheme, of step η, of df/ds = −(1/n) Θ (f − Y); the
+machine (learning rate 1) follows df/dt = −Θ (f − Y), so t = s/n and each full-batch epoch
+advances t by η/n; ``theory_time_per_epoch`` gives it for comparison.
 
 Shapes: outputs (n, k), the machine's targets' shape (±1 column, or one-hot).
 """
