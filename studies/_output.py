@@ -2,10 +2,11 @@
 
 - ``check_out_dir`` / ``check_out_file`` / ``check_writable``: an ``--out`` (or a cache folder)
   that cannot be created is refused before the compute starts, not after it.
-- ``OutputLock``: a run holds ``.NAME.lock`` beside its ``--out`` (created with ``O_EXCL``, holding
-  the holder's pid and host), so a second run into the same folder is refused instead of silently
-  replacing the first one's files; a lock whose process is gone from this host is stale and taken
-  over (one of another host's is left to the user: no process there can be asked).
+- ``OutputLock``: a run holds ``.NAME.lock`` beside its ``--out`` (linked in whole, so never seen
+  empty, or created with ``O_EXCL``; holding the holder's pid and host), so a second run into the
+  same folder is refused instead of silently replacing the first one's files; a lock whose process
+  is gone from this host is stale and taken over (one of another host's is left to the user: no
+  process there can be asked).
 - ``StagedOutput``: files are written into a hidden ``.NAME.PID.*.partial`` folder beside
   ``--out`` and moved in only when all of them were written; staging folders of processes that
   died (SIGKILL) are removed by the next run into the same parent.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import re
@@ -41,6 +43,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process: alive
         return True
     return True
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, ValueError):
+        return None
+
+
+def _holder(text: str | None) -> tuple[int, str | None] | None:
+    """A lock's process id and host (None for a lock written before hosts were recorded)."""
+    try:
+        pid, _, host = (text or "").strip().partition(" ")  # a host's name may hold spaces
+        return int(pid), host or None
+    except ValueError:
+        return None
 
 
 def check_writable(path: Path, flag: str) -> None:
@@ -144,56 +162,96 @@ class OutputLock:
         self.owned = False
         self.made: list[Path] = []  # the folders above ``out`` that taking the lock created
 
-    def _holder(self) -> tuple[int, str | None] | None:
-        """The lock's process id and host (None for a lock written before hosts were recorded)."""
-        try:
-            pid, _, host = self.path.read_text().strip().partition(" ")  # a host's name may hold spaces
-            return int(pid), host or None
-        except (OSError, ValueError):
-            return None
-
     def __enter__(self) -> OutputLock:
         self.made = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):  # a stale lock is removed once, then taken
-            try:
-                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
+        try:
+            for _ in range(3):  # a stale lock is removed, then taken; a lost race shows the winner's
+                if self._create():
+                    self.owned = True
+                    return self
+                text = _read(self.path)
+                holder = _holder(text)
                 if holder is not None:
                     pid, host = holder
                     if host not in (None, _HOST):  # a process on another machine: none to ask if it lives
                         raise StudyError(
                             f"--out {self.out} is in use by a run on {host} (pid {pid}); if none is running there, "
                             f"delete its lock {self.path}"
-                        ) from None
+                        )
                     if pid == os.getpid():
                         return self  # already ours: the outer holder releases it
                     if _alive(pid):
-                        raise StudyError(
-                            f"--out {self.out} is in use by another run (pid {pid}, lock {self.path})"
-                        ) from None
-                self.path.unlink(missing_ok=True)  # its process is gone: a stale lock
-                continue
-            self.owned = True
-            try:
-                with os.fdopen(handle, "w") as f:
-                    f.write(f"{os.getpid()} {_HOST}\n")
-            except BaseException:  # a full disk: no empty lock, no folders left behind
-                self.__exit__(None, None, None)
-                raise
-            return self
+                        raise StudyError(f"--out {self.out} is in use by another run (pid {pid}, lock {self.path})")
+                self._remove_stale(text)  # its process is gone
+        except BaseException:  # a full disk: no folders left behind
+            self._remove_made_folders()
+            raise
         raise StudyError(f"cannot take the lock {self.path}: another run keeps taking it")
+
+    def _create(self) -> bool:
+        """Create the lock already holding this process's pid and host, or False where one exists.
+        It is written under a name of its own, then linked in: another run never sees it empty
+        (it would take an empty lock for a stale one)."""
+        line = f"{os.getpid()} {_HOST}\n"
+        try:  # a fixed-length name: it fits wherever the lock's name does
+            handle, written = tempfile.mkstemp(prefix=".ntkrobust-lock.", dir=self.path.parent)
+        except OSError:
+            return self._create_in_place(line)
+        try:
+            os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide the holder from another user's run
+            with os.fdopen(handle, "w") as f:
+                f.write(line)
+            os.link(written, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            return self._create_in_place(line)  # a file system without hard links
+        finally:
+            os.unlink(written)
+
+    def _create_in_place(self, line: str) -> bool:
+        try:
+            handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            with os.fdopen(handle, "w") as f:
+                f.write(line)
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
+        return True
+
+    def _remove_stale(self, text: str | None) -> None:
+        """Remove the lock read as ``text`` and judged stale. It is moved aside first and compared:
+        a run that took it over in the meantime (having judged it stale too) gets its lock back,
+        instead of two runs each holding one."""
+        aside = self.path.with_name(f".ntkrobust-stale-lock.{os.getpid()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:  # another run removed it
+            return
+        if _read(aside) != text:
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+        aside.unlink(missing_ok=True)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         if self.owned:
             self.path.unlink(missing_ok=True)
             self.owned = False
-            for folder in self.made:  # deepest first: a refused run leaves no empty folders behind
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty (the run wrote there), or gone
-                    break
+            self._remove_made_folders()
+
+    def _remove_made_folders(self) -> None:
+        for folder in self.made:  # deepest first: a refused run leaves no empty folders behind
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote there), or gone
+                break
 
 
 def remove_stale_staging(out: Path) -> list[Path]:

@@ -7,7 +7,8 @@ data, payloads that only create a marker file), runs one command in a subprocess
 
 - a refusal exits with status 2 and prints exactly one ``ntkrobust: error:`` line and no traceback;
 - an accepted run exits 0;
-- no payload marker appeared, no ``*.partial`` staging folder, ``*.lock`` or ``.*.tmp`` is left,
+- no payload marker appeared, no ``*.partial`` staging folder, ``*.lock``, ``.*.tmp`` or
+  ``.ntkrobust-*`` (a lock's or a check's temporary) is left,
   and a refused command did not create its ``--out``.
 
 Cases that need root (a read-only mount, a 2 MB tmpfs for the full disk) run when ``mount`` works
@@ -554,7 +555,7 @@ def _full_disk_attack(folder: Path) -> list[str]:
 
 def _leftovers(folder: Path) -> list[str]:
     found = []
-    for pattern in ("**/*.partial", "**/.*.lock", "**/.*.tmp", "**/MARKER"):
+    for pattern in ("**/*.partial", "**/.*.lock", "**/.*.tmp", "**/.ntkrobust-*", "**/MARKER"):
         found += [str(p.relative_to(folder)) for p in folder.glob(pattern)]
     return found
 

@@ -283,6 +283,79 @@ def test_a_lock_whose_write_fails_leaves_no_lock_and_no_folders(tmp_path, monkey
     assert os.listdir(tmp_path) == []
 
 
+def test_a_lock_is_never_seen_empty(tmp_path, monkeypatch):
+    """Another run that reads the lock between its creation and its write finds it empty and
+    takes it for a stale one (an empty lock names no process). So every moment the lock's name
+    exists, it holds its line: each call into the file system is watched. Failed before the fix:
+    the lock existed, empty, when its file was opened for the write."""
+    out, lock = tmp_path / "out", tmp_path / ".out.lock"
+    seen = []
+
+    def watched(name):
+        real = getattr(os, name)
+
+        def call(*args, **kwargs):
+            if lock.exists():
+                seen.append((name, lock.read_text()))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, call)
+
+    for name in ("open", "fdopen", "write", "link", "unlink", "rename"):
+        watched(name)
+    with OutputLock(out):
+        seen.append(("held", lock.read_text()))
+        assert lock.stat().st_mode & 0o777 == 0o644  # another user's run reads the holder
+    line = f"{os.getpid()} {socket.gethostname()}\n"
+    assert seen and all(text == line for _, text in seen), seen
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stale_lock_taken_over_by_another_run_first_is_left_to_it(tmp_path, monkeypatch):
+    """Two runs find the same stale lock; the other one removes it and takes the lock while this
+    one asks whether the dead holder lives. This one must then refuse, not remove the other's
+    fresh lock and run beside it. Made by hand: asking about the dead pid lets a live process
+    take the lock first. Failed before the fix: this run removed that lock and took its own."""
+    out, lock = tmp_path / "out", tmp_path / ".out.lock"
+    dead = _dead_pid()
+    lock.write_text(f"{dead} {socket.gethostname()}\n")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    real_alive = _output._alive
+
+    def another_run_takes_it_meanwhile(pid):
+        if pid == dead:
+            lock.unlink()
+            lock.write_text(f"{other.pid} {socket.gethostname()}\n")
+        return real_alive(pid)
+
+    monkeypatch.setattr(_output, "_alive", another_run_takes_it_meanwhile)
+    try:
+        with pytest.raises(StudyError, match=f"in use by another run \\(pid {other.pid}, lock "):
+            with OutputLock(out):
+                pass
+        assert lock.read_text() == f"{other.pid} {socket.gethostname()}\n"
+        assert os.listdir(tmp_path) == [".out.lock"]
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_lock_on_a_file_system_without_hard_links_is_made_in_place(tmp_path, monkeypatch):
+    """Where ``link`` is refused (EPERM: FAT, some network mounts), the lock is created with
+    O_EXCL and written; it holds the same line and goes when released."""
+
+    def no_links(*args, **kwargs):
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_links)
+    out, lock = tmp_path / "out", tmp_path / ".out.lock"
+    with OutputLock(out):
+        assert os.listdir(tmp_path) == [".out.lock"]
+        assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+        assert _try_lock_elsewhere(out).startswith(f"--out {out} is in use by another run (pid {os.getpid()}")
+    assert os.listdir(tmp_path) == []
+
+
 # --- the staging folder ------------------------------------------------------------------------
 
 
