@@ -194,10 +194,8 @@ class OutputLock:
         It is written under a name of its own, then linked in: another run never sees it empty
         (it would take an empty lock for a stale one)."""
         line = f"{os.getpid()} {_HOST}\n"
-        try:  # a fixed-length name: it fits wherever the lock's name does
-            handle, written = tempfile.mkstemp(prefix=".ntkrobust-lock.", dir=self.path.parent)
-        except OSError:
-            return self._create_in_place(line)
+        # a fixed-length name: it fits wherever the lock's name does
+        handle, written = tempfile.mkstemp(prefix=".ntkrobust-lock.", dir=self.path.parent)
         try:
             os.fchmod(handle, 0o644)  # mkstemp's 0600 would hide the holder from another user's run
             with os.fdopen(handle, "w") as f:
