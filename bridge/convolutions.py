@@ -174,10 +174,22 @@ def _patches(layer: ConvLayer, a: torch.Tensor, height: int, width: int) -> torc
     conv = layer.module
     padding = conv.padding
     assert not isinstance(padding, str), "a padding by name takes the generic route"
-    patches = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=padding, stride=conv.stride)
+    (kh, kw), (ph, pw), (sh, sw), (dh, dw) = conv.kernel_size, padding, conv.stride, conv.dilation
+    batch, channels = a.shape[:2]
+    # F.unfold's layout (I, kh, kw) written one kernel offset at a time from strided views of the
+    # padded input: the same numbers, 2-3x faster on the CPU than unfold's im2col (which took a
+    # sixth of a tracking point's time on the MNIST CNN), and the bias row without a concatenation
+    padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+    patches = a.new_empty(batch, channels * kh * kw + (1 if layer.bias else 0), height, width)
+    body = patches[:, : channels * kh * kw].view(batch, channels, kh * kw, height, width)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dh, i * dh + (height - 1) * sh + 1, sh)
+            columns = slice(j * dw, j * dw + (width - 1) * sw + 1, sw)
+            body[:, :, i * kw + j] = padded[:, :, rows, columns]
     if layer.bias:
-        patches = torch.cat([patches, patches.new_ones(patches.shape[0], 1, patches.shape[2])], 1)
-    return patches.reshape(a.shape[0], -1, height, width)
+        patches[:, -1] = 1
+    return patches
 
 
 def conv_factors(layer: ConvLayer, g: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -228,3 +228,28 @@ def test_a_subclass_of_conv2d_takes_the_generic_route():
     net = nn.Sequential(ScaledConv(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 16, 3)).double().eval()
     assert routes(net, (1, 5, 5)) == {}
     check_kernels(net, (1, 5, 5))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(
+    ("kernel", "padding", "stride", "dilation"),
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1)),
+        ((2, 3), (2, 0), (1, 3), (2, 1)),
+        ((5, 5), (0, 0), (2, 2), (1, 1)),
+        ((1, 1), (0, 0), (1, 1), (1, 1)),
+    ],
+)
+def test_patches_equal_unfold_at_every_stride_padding_and_dilation(kernel, padding, stride, dilation, bias):
+    """The patches, written one kernel offset at a time, hold exactly ``F.unfold``'s numbers in its
+    layout (input channel, kernel row, kernel column), with a row of ones for a trainable bias."""
+    conv = nn.Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias).double()
+    a = torch.rand(2, 3, 11, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    height, width = conv(a).shape[2:]
+    layer = convolutions.ConvLayer(conv, "weight", "bias" if bias else None, conv, (4, height, width))
+    unfolded = torch.nn.functional.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)
+    if bias:
+        unfolded = torch.cat([unfolded, torch.ones(2, 1, unfolded.shape[2], dtype=torch.float64)], 1)
+    patches = convolutions._patches(layer, a, height, width)
+    assert patches.shape == (2, unfolded.shape[1], height, width)
+    assert torch.equal(patches.flatten(2), unfolded)
