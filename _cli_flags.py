@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from ntkrobust.studies._common import MAX_WHOLE
 from ntkrobust.studies.evaluate import EVALUATION_ATTACKS
@@ -30,6 +31,18 @@ class _Parser(argparse.ArgumentParser):
             f"{self.prog.removeprefix(PROG).strip() + ': ' if self.prog != PROG else ''}"
             f"{message}{_did_you_mean(self, message)}"
         )
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        """argparse's, without swallowing a failed write: ``--help`` into a full disk is then
+        cli.main's one error line and exit status 2, not a silent exit 0. A reader that stopped
+        early (``--help | head -1``) is no error, as argparse has it."""
+        if message:
+            file = file or sys.stderr
+            try:
+                file.write(message)
+                file.flush()
+            except BrokenPipeError:
+                pass
 
 
 def _did_you_mean(parser: argparse.ArgumentParser, message: str) -> str:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import errno
 import importlib
+import io
 import logging
 import os
 import signal
+import sys
 import warnings
 
 import pytest
@@ -385,3 +387,32 @@ def test_reproduce_list_of_a_target_lists_its_recipes_alone(run_cli):
     assert (code, stderr) == (0, "")
     rows = [line.split()[0] for line in stdout.splitlines()[1:-1]]
     assert rows == [*(r.name for r in all_recipes() if r.name.startswith("tk-")), "tk"]
+
+
+# -- argparse's own output (--help, --version): a failed write is an error, a closed reader is not ------
+
+
+class _Unwritable(io.StringIO):
+    def __init__(self, error: OSError) -> None:
+        super().__init__()
+        self.error = error
+
+    def write(self, text: str) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["--version"]])
+def test_help_into_a_full_disk_is_one_line_and_status_2(argv, run_cli, monkeypatch):
+    """argparse swallows an OSError of its own output, so ``--help > /dev/full`` exited 0 with no help."""
+    monkeypatch.setattr(sys, "stdout", _Unwritable(OSError(errno.ENOSPC, "No space left on device")))
+    code, _, stderr = run_cli(argv)
+    assert (code, stderr) == (2, "ntkrobust: error: No space left on device\n")
+
+
+def test_help_into_a_reader_that_stopped_early_exits_0_quietly(run_cli, monkeypatch, capsys):
+    """``ntkrobust --help | head -1``: the pipe closed by the reader is no error (as argparse has it)."""
+    monkeypatch.setattr(sys, "stdout", _Unwritable(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    with pytest.raises(SystemExit) as stop:
+        run_cli(["--help"])
+    assert stop.value.code in (0, None)
+    assert capsys.readouterr().err == ""
