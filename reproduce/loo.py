@@ -283,7 +283,8 @@ def _transfer_check(results: Results) -> Verdict:
     numbers = {"tau_by_epoch": by_epoch, "all": row["transferability"]}
     if at_init is None or math.isnan(at_init):  # τ undefined: the target's own attack does not lower its accuracy
         return Verdict("inconclusive", measured + " (no source at initialisation, or τ undefined)", numbers)
-    verdict = "agrees" if at_init < 0.2 and later > at_init + 0.3 else "contradicts"
+    # "exceeds it by 0.3", a float rounding counted as equal (0.15 + 0.3 is 0.449…96: 0.45 did exceed it)
+    verdict = "agrees" if at_init < 0.2 and not at_most(later, at_init + 0.3) else "contradicts"
     return Verdict(verdict, measured, numbers)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ntkrobust.kernels.metrics import spearman_correlation
-from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most
 from ntkrobust.reproduce._shared import dynamics_family, dynamics_step, run_name, training_run
 
 METHODS = ("standard", "fgsm", "pgd", "te")
@@ -152,9 +152,11 @@ def _batchnorm_check(results: Results) -> Verdict:
         f"ResNet-18 after PGD-AT, test clean / PGD: w buffer {clean['running']:.3f} / {robust['running']:.3f}, w/o "
         f"buffer {clean['batch']:.3f} / {robust['batch']:.3f}"
     )
-    holds = robust_gap > 0.02 and clean_gap < robust_gap
-    verdict = "agrees" if holds else "contradicts" if robust_gap < -0.02 or clean_gap > abs(robust_gap) else (
-        "inconclusive")  # fmt: skip
+    # accuracies are shares k/n: a float rounding of a gap counts as equal (0.32 − 0.30 is 0.0200…02, not
+    # "> 0.02"; |0.85 − 0.80| is 0.0499…93 against 0.35 − 0.30's 0.0499…99, equal gaps, not "smaller")
+    holds = not at_most(robust_gap, 0.02) and not at_least(clean_gap, robust_gap)
+    verdict = "agrees" if holds else "contradicts" if not at_least(robust_gap, -0.02) or not at_most(
+        clean_gap, abs(robust_gap)) else "inconclusive"  # fmt: skip
     return Verdict(verdict, text, {"clean": clean, "pgd": robust})
 
 
