@@ -79,7 +79,9 @@ def ntk_eigenvectors(
         memory_budget: bytes of working memory, for the kernel (``empirical_ntk``) and for the
             sub-batches of X in the gradients; default ``auto_memory_budget``.
 
-    Raises ``FloatingPointError`` (from ``empirical_ntk``) when the kernel is not finite.
+    Raises ``FloatingPointError`` (from ``empirical_ntk``) when the kernel is not finite, and
+    ``ValueError`` when an eigenvalue asked for is at the kernel's rounding level (N·eps·λ_1 of the
+    model's dtype): its eigenvector would be noise.
     """
     net = _eval_copy(model)
     params = _trainable(net)
@@ -99,6 +101,14 @@ def ntk_eigenvectors(
     eigenvalues, vectors = eigenvalues[::-1][:top].copy(), vectors[:, ::-1][:, :top].copy()
     signs = np.sign(vectors[np.abs(vectors).argmax(0), np.arange(top)])
     vectors *= np.where(signs == 0, 1.0, signs)
+    # an eigenvalue at the kernel's rounding level (rank below ``top``: repeated inputs, a dead net)
+    # has an eigenvector of rounding noise, and v = Jᵀu/‖Jᵀu‖ of it (0/0 for an exact zero) pictures nothing
+    floor = n * torch.finfo(first.dtype).eps * max(float(eigenvalues[0]), 0.0)
+    if eigenvalues[-1] <= floor:
+        raise ValueError(
+            f"an eigenvector has a zero eigenvalue (λ_{top} = {eigenvalues[-1]:.3g}, λ_1 = {eigenvalues[0]:.3g}, "
+            f"rounding level {floor:.2g}): ask for fewer (top) or more varied inputs"
+        )
 
     # Jᵀ u_i = ∂θ Σ_n u_ni f_c(x_n): u_i as weights on output c alone. Memory: the activations
     # of one sub-batch.
@@ -111,9 +121,7 @@ def ntk_eigenvectors(
     weights[:, :, output] = torch.as_tensor(vectors.T, dtype=first.dtype, device=first.device)
     products = transposed_products(net, xs, weights, [p for _, p in params], batch_size=size)
     v = torch.stack([torch.cat([g.reshape(-1) for g in grads]) for grads in products])
-    norms = v.norm(dim=1, keepdim=True)  # ‖Jᵀ u_i‖ = √λ_i
-    if bool((norms == 0).any()):
-        raise ValueError("an eigenvector has a zero eigenvalue: ask for fewer (top) or more varied inputs")
+    norms = v.norm(dim=1, keepdim=True)  # ‖Jᵀ u_i‖ = √λ_i, above the rounding level checked above
     return NTKEigenvectors(eigenvalues=eigenvalues, u=vectors, v=(v / norms).detach(), output=output)
 
 

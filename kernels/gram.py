@@ -192,7 +192,9 @@ def compute_gram(
     batched = nt.batch(arch.kernel_fn, batch_size=side, device_count=-1, store_on_device=True)
     rows_per_call = side * devices
     a = _pad_rows(a, rows_per_call)
-    b = _pad_rows(b, side)
+    # the columns too in whole row blocks: nt.batch cuts x2 by gcd(x1 rows, x2 rows) / devices, so
+    # on 2 devices an odd block side times an odd block count failed (5 x 3 points: "n1 = 10, batch 4")
+    b = _pad_rows(b, rows_per_call)
     out = np.empty((n1, n2), dtype=np.float64)
     starts = range(0, n1, rows_per_call)
     with progress_bar(len(starts), f"Gram {arch.name} {n1}x{n2}", "block", show=progress) as bar:

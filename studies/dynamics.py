@@ -203,7 +203,10 @@ def eigenvector_rows(
 
     rows, cosines, summary = [], [], {}
     for label, path, network, x in networks:
-        eigen = ntk_eigenvectors(network, x, output=settings.eigenvector_class, top=settings.eigenvectors)
+        try:
+            eigen = ntk_eigenvectors(network, x, output=settings.eigenvector_class, top=settings.eigenvectors)
+        except ValueError as err:  # a kernel of rank below --eigenvectors: one line, not a traceback
+            raise StudyError(f"{path}: {err}") from None
         pictures = [
             eigenvector_images(
                 network,

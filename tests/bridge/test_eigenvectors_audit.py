@@ -48,14 +48,20 @@ def eigen():
     return net, x, ntk_eigenvectors(net, x, output=OUTPUT, top=4)
 
 
+def numpy_top_eigenpairs(kernel: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """numpy's ``eigh`` by hand: the ``top`` eigenpairs descending, each u with its
+    largest-magnitude entry positive (the sign ``ntk_eigenvectors`` fixes)."""
+    values, vectors = np.linalg.eigh(kernel)
+    values, vectors = values[::-1][:top], vectors[:, ::-1][:, :top]
+    return values, vectors * np.sign(vectors[np.abs(vectors).argmax(0), np.arange(top)])
+
+
 def test_v_is_jt_u_over_sqrt_lambda_from_a_numpy_eigendecomposition(eigen):
     """numpy: K = J Jᵀ, its top 4 eigenpairs descending, each u with its largest-magnitude entry
     positive, v_i = Jᵀ u_i / √λ_i (unit norm since ‖Jᵀ u_i‖² = λ_i)."""
     net, x, found = eigen
     jacobian = _jacobian(net, x)
-    values, vectors = np.linalg.eigh(jacobian @ jacobian.T)
-    values, vectors = values[::-1][:4], vectors[:, ::-1][:, :4]
-    vectors = vectors * np.sign(vectors[np.abs(vectors).argmax(0), np.arange(4)])
+    values, vectors = numpy_top_eigenpairs(jacobian @ jacobian.T, 4)
     assert np.all(np.diff(values) < -1e-6 * values[0])  # distinct: the eigenvectors are defined
     np.testing.assert_allclose(found.eigenvalues, values, rtol=1e-10)
     np.testing.assert_allclose(found.u, vectors, rtol=0, atol=1e-8)

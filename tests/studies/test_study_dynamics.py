@@ -437,3 +437,16 @@ def test_a_malformed_two_stage_history_is_one_line(two_stage, tmp_path, refuses,
     (run / "history.json").write_text(json.dumps(history))
     error = refuses(dynamics, DynamicsSettings(runs=(run,)), message, compute=NO_SUMMARY)
     assert str(run / "history.json") in str(error)
+
+
+def test_a_kernel_of_rank_below_the_eigenvectors_asked_for_is_one_line(tracked_runs, monkeypatch):
+    """``ntk_eigenvectors``' refusal of an eigenvalue at the rounding level (repeated probe points, a
+    dead net) ends the command in one line naming the checkpoint, not in a traceback."""
+
+    def rank_one(*args, **kwargs):
+        raise ValueError("an eigenvector has a zero eigenvalue (λ_2 = 1e-16, λ_1 = 5.8, rounding level 2e-15): ask")
+
+    monkeypatch.setattr("ntkrobust.bridge.eigenvectors.ntk_eigenvectors", rank_one)
+    with pytest.raises(dynamics.StudyError, match=r"epoch_\d+\.pt: an eigenvector has a zero eigenvalue") as caught:
+        dynamics.run(DynamicsSettings(runs=runs(tracked_runs), eigenvectors=2, eigenvector_steps=5))
+    assert "\n" not in str(caught.value)
