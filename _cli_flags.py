@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 from ntkrobust.studies._common import MAX_WHOLE
 from ntkrobust.studies.evaluate import EVALUATION_ATTACKS
@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
             f"{message}{_did_you_mean(self, message)}"
         )
 
-    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+    def _print_message(self, message: str, file: Any = None) -> None:  # argparse: SupportsWrite[str] | None
         """argparse's, without swallowing a failed write: ``--help`` into a full disk is then
         cli.main's one error line and exit status 2, not a silent exit 0. A reader that stopped
         early (``--help | head -1``) is no error, as argparse has it."""
