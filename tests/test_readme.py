@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from readme_commands import commands  # tests/ is on sys.path (pytest's prepend import mode)
+from readme_commands import commands, without_install  # tests/ is on sys.path (pytest's prepend import mode)
 
 from ntkrobust import cli
 
@@ -129,3 +129,13 @@ def test_readme_links_within_the_page_name_its_headings():
     links = re.findall(r"\]\(#([^)]+)\)", prose)
     assert len(links) >= 10, "the contents line at the top links every section"
     assert [link for link in links if link not in anchors] == []
+
+
+def test_skipping_the_install_keeps_what_the_quick_start_runs_after_it():
+    """``readme_commands.py --skip-install`` drops the venv and pip steps of a line and keeps the
+    rest: the quick start's first line is also its first attack (the README's first quoted output)."""
+    quick_start = [c for c in commands(README.read_text()) if c.startswith("python3 -m venv")]
+    kept = [without_install(c) for c in quick_start]
+    assert kept[0] == ".venv/bin/ntkrobust attack --out runs/digits-fc2"
+    assert kept[1].startswith(".venv/bin/python -m pytest")
+    assert without_install("python3 -m venv .venv && pip install -e .") == ""
