@@ -177,8 +177,9 @@ def _patches(layer: ConvLayer, a: torch.Tensor, height: int, width: int) -> torc
     (kh, kw), (ph, pw), (sh, sw), (dh, dw) = conv.kernel_size, padding, conv.stride, conv.dilation
     batch, channels = a.shape[:2]
     # F.unfold's layout (I, kh, kw) written one kernel offset at a time from strided views of the
-    # padded input: the same numbers, 2-3x faster on the CPU than unfold's im2col (which took a
-    # sixth of a tracking point's time on the MNIST CNN), and the bias row without a concatenation
+    # padded input: the same numbers, and the bias row without a concatenation. Faster than
+    # unfold's im2col on the CPU (51 vs 141 ms for 300 inputs of 32 x 14 x 14), though a tracking
+    # point of the MNIST CNN gains only about 2% on idle cores (benchmarks/RESULTS.md)
     padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
     patches = a.new_empty(batch, channels * kh * kw + (1 if layer.bias else 0), height, width)
     body = patches[:, : channels * kh * kw].view(batch, channels, kh * kw, height, width)
