@@ -58,6 +58,7 @@ _TORCH_HALF = {
     "pgd_accuracy": "ntkrobust.bridge.tracking",
     "RunFolderError": "ntkrobust.bridge.experiment",
     "run_training": "ntkrobust.bridge.experiment",
+    "KernelRankError": "ntkrobust.bridge.eigenvectors",
     "NTKEigenvectors": "ntkrobust.bridge.eigenvectors",
     "eigenvector_images": "ntkrobust.bridge.eigenvectors",
     "ntk_eigenvectors": "ntkrobust.bridge.eigenvectors",
@@ -93,7 +94,7 @@ _TORCH_HALF = {
 if TYPE_CHECKING:  # the names as type checkers and editors see them; at run time they load lazily
     from ntkrobust.bridge.adversarial import adversarial_examples, attack_examples, cross_entropy_gradient, pgd_examples
     from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from ntkrobust.bridge.eigenvectors import NTKEigenvectors, eigenvector_images, ntk_eigenvectors
+    from ntkrobust.bridge.eigenvectors import KernelRankError, NTKEigenvectors, eigenvector_images, ntk_eigenvectors
     from ntkrobust.bridge.entk import BudgetError, KernelKind, check_memory_budget, empirical_ntk, with_batch_statistics
     from ntkrobust.bridge.experiment import RunFolderError, run_training
     from ntkrobust.bridge.linearized import LinearizedNetwork, relative_magnitude
@@ -136,6 +137,7 @@ __all__ = [
     "EmpiricalKernelMachine",
     "KernelAtTime",
     "KernelKind",
+    "KernelRankError",
     "KernelTracker",
     "LinearizedNetwork",
     "ModelConfig",

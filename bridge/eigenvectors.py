@@ -30,11 +30,17 @@ from ntkrobust._progress import progress_iter
 from ntkrobust.bridge.entk import auto_memory_budget, empirical_ntk
 from ntkrobust.bridge.jacobians import activation_elements, as_inputs, dense_layers, transposed_products
 
-__all__ = ["NTKEigenvectors", "eigenvector_images", "ntk_eigenvectors"]
+__all__ = ["KernelRankError", "NTKEigenvectors", "eigenvector_images", "ntk_eigenvectors"]
 
 _MAX_SUB_BATCH = 256
 _STRUCTURED = True  # dense layers by their outer-product structure (False: the generic route, for tests)
 _START_NOISE = 0.1  # std of the start logits z: x = sigmoid(z) ≈ 0.5 ± 0.025, grey with a little noise
+
+
+class KernelRankError(ValueError):
+    """An eigenvalue asked for is at the kernel's rounding level (its rank is below ``top``), so its
+    eigenvector would picture noise. A ``ValueError``, kept apart from others (a failed ``eigh``'s
+    ``LinAlgError`` is one too) so that callers can refuse exactly this case."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,8 @@ def ntk_eigenvectors(
             sub-batches of X in the gradients; default ``auto_memory_budget``.
 
     Raises ``FloatingPointError`` (from ``empirical_ntk``) when the kernel is not finite, and
-    ``ValueError`` when an eigenvalue asked for is at the kernel's rounding level (N·eps·λ_1 of the
-    model's dtype): its eigenvector would be noise.
+    ``KernelRankError`` (a ``ValueError``) when an eigenvalue asked for is at the kernel's rounding
+    level (N·eps·λ_1 of the model's dtype): its eigenvector would be noise.
     """
     net = _eval_copy(model)
     params = _trainable(net)
@@ -105,7 +111,7 @@ def ntk_eigenvectors(
     # has an eigenvector of rounding noise, and v = Jᵀu/‖Jᵀu‖ of it (0/0 for an exact zero) pictures nothing
     floor = n * torch.finfo(first.dtype).eps * max(float(eigenvalues[0]), 0.0)
     if eigenvalues[-1] <= floor:
-        raise ValueError(
+        raise KernelRankError(
             f"an eigenvector has a zero eigenvalue (λ_{top} = {eigenvalues[-1]:.3g}, λ_1 = {eigenvalues[0]:.3g}, "
             f"rounding level {floor:.2g}): ask for fewer (top) or more varied inputs"
         )

@@ -199,13 +199,13 @@ def eigenvector_rows(
     """LOO fig. 4: pictures of the top eigenvectors of the class kernel on the probe, for the
     ``_pictured_networks``: the networks the runs start from (each distinct one once) and every
     run's at its end."""
-    from ntkrobust.bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
+    from ntkrobust.bridge.eigenvectors import KernelRankError, eigenvector_images, ntk_eigenvectors
 
     rows, cosines, summary = [], [], {}
     for label, path, network, x in networks:
         try:
             eigen = ntk_eigenvectors(network, x, output=settings.eigenvector_class, top=settings.eigenvectors)
-        except ValueError as err:  # a kernel of rank below --eigenvectors: one line, not a traceback
+        except KernelRankError as err:  # a kernel of rank below --eigenvectors: one line, not a traceback
             raise StudyError(f"{path}: {err}") from None
         pictures = [
             eigenvector_images(

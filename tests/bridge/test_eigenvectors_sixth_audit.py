@@ -9,7 +9,7 @@ import torch
 from test_eigenvectors_audit import numpy_top_eigenpairs
 from torch import nn
 
-from ntkrobust.bridge.eigenvectors import eigenvector_images, ntk_eigenvectors
+from ntkrobust.bridge.eigenvectors import KernelRankError, eigenvector_images, ntk_eigenvectors
 
 
 def test_an_eigenvector_of_an_exactly_zero_kernel_is_refused_not_divided_by_zero():
@@ -18,7 +18,7 @@ def test_an_eigenvector_of_an_exactly_zero_kernel_is_refused_not_divided_by_zero
     with the remedy. The same net on varied images gives v = the unit rows of Jᵀ u, checked by
     hand (J's rows are the flattened images in the block of output c, zeros elsewhere)."""
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3, bias=False)).double()
-    with pytest.raises(ValueError, match=r"an eigenvector has a zero eigenvalue \(λ_2 = 0, .*\): ask for fewer"):
+    with pytest.raises(KernelRankError, match=r"an eigenvector has a zero eigenvalue \(λ_2 = 0, .*\): ask for fewer"):
         ntk_eigenvectors(net, np.zeros((4, 1, 4, 4)), output=1, top=2)
     x = np.random.default_rng(3).uniform(0, 1, size=(4, 1, 4, 4))
     found = ntk_eigenvectors(net, x, output=1, top=2)
@@ -105,7 +105,7 @@ def test_an_eigenvalue_at_the_rounding_level_is_refused(dtype):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(16, 5), nn.Tanh(), nn.Linear(5, 3)).to(dtype)
     x = np.repeat(np.random.default_rng(0).uniform(0, 1, size=(1, 1, 4, 4)), 4, axis=0)
-    with pytest.raises(ValueError, match=r"an eigenvector has a zero eigenvalue \(λ_2 = .*: ask for fewer"):
+    with pytest.raises(KernelRankError, match=r"an eigenvector has a zero eigenvalue \(λ_2 = .*: ask for fewer"):
         ntk_eigenvectors(net, x, output=1, top=2)
     found = ntk_eigenvectors(net, x, output=1, top=1)
     grads = torch.autograd.grad(net(torch.as_tensor(x[:1], dtype=dtype))[0, 1], list(net.parameters()))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from ntkrobust.bridge.eigenvectors import KernelRankError
 from ntkrobust.studies import dynamics
 from ntkrobust.studies.dynamics import DynamicsSettings
 
@@ -444,9 +446,21 @@ def test_a_kernel_of_rank_below_the_eigenvectors_asked_for_is_one_line(tracked_r
     dead net) ends the command in one line naming the checkpoint, not in a traceback."""
 
     def rank_one(*args, **kwargs):
-        raise ValueError("an eigenvector has a zero eigenvalue (λ_2 = 1e-16, λ_1 = 5.8, rounding level 2e-15): ask")
+        raise KernelRankError("an eigenvector has a zero eigenvalue (λ_2 = 1e-16, λ_1 = 5.8, rounding level 2e-15)")
 
     monkeypatch.setattr("ntkrobust.bridge.eigenvectors.ntk_eigenvectors", rank_one)
     with pytest.raises(dynamics.StudyError, match=r"epoch_\d+\.pt: an eigenvector has a zero eigenvalue") as caught:
         dynamics.run(DynamicsSettings(runs=runs(tracked_runs), eigenvectors=2, eigenvector_steps=5))
     assert "\n" not in str(caught.value)
+
+
+def test_a_failed_eigendecomposition_is_not_reported_as_a_rank_refusal(tracked_runs, monkeypatch):
+    """Only the rank refusal becomes the one-line StudyError: any other ValueError from
+    ``ntk_eigenvectors`` (numpy's ``LinAlgError`` is one) is a bug to see in full, not a user's input."""
+
+    def no_convergence(*args, **kwargs):
+        raise np.linalg.LinAlgError("Eigenvalues did not converge")
+
+    monkeypatch.setattr("ntkrobust.bridge.eigenvectors.ntk_eigenvectors", no_convergence)
+    with pytest.raises(np.linalg.LinAlgError, match="did not converge"):
+        dynamics.run(DynamicsSettings(runs=runs(tracked_runs), eigenvectors=2, eigenvector_steps=5))
