@@ -154,9 +154,12 @@ def _batchnorm_check(results: Results) -> Verdict:
     )
     # accuracies are shares k/n: a float rounding of a gap counts as equal (0.32 − 0.30 is 0.0200…02, not
     # "> 0.02"; |0.85 − 0.80| is 0.0499…93 against 0.35 − 0.30's 0.0499…99, equal gaps, not "smaller")
-    holds = not at_most(robust_gap, 0.02) and not at_least(clean_gap, robust_gap)
-    verdict = "agrees" if holds else "contradicts" if not at_least(robust_gap, -0.02) or not at_most(
-        clean_gap, abs(robust_gap)) else "inconclusive"  # fmt: skip
+    if not at_most(robust_gap, 0.02) and not at_least(clean_gap, robust_gap):
+        verdict = "agrees"  # the buffer adds more than 0.02 of robustness, and moves clean accuracy less
+    elif not at_least(robust_gap, -0.02) or not at_most(clean_gap, abs(robust_gap)):
+        verdict = "contradicts"  # the buffer costs more than 0.02 of robustness, or moves clean accuracy more
+    else:
+        verdict = "inconclusive"
     return Verdict(verdict, text, {"clean": clean, "pgd": robust})
 
 
