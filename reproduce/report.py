@@ -11,7 +11,10 @@ OUT, then ``os.replace``), so a crash never leaves a half-written report behind:
   fetched from anywhere, so the page can be archived, mailed or opened on a machine without the
   run folder or a network and still shows everything.
 
-A figure whose file is missing is reported as ``(figure missing: PATH)``, never an error.
+A figure whose file is missing is reported as ``(figure missing: PATH)``, never an error. A figure
+path that is absolute, climbs out of OUT (``..``) or leads out of it through a symbolic link (a
+findings.json handed over with the folder can name any file) is neither read, embedded nor
+linked: ``(figure outside the report's folder, not shown: PATH)``.
 Standard library only.
 """
 
@@ -67,6 +70,26 @@ def verdict_counts(findings: Iterable[Mapping[str, Any]]) -> dict[str, int]:
             raise ValueError(f"finding {finding.get('recipe')!r}: verdict {verdict!r} is not one of {VERDICTS}")
         counts[verdict] += 1
     return counts
+
+
+def check_finding(finding: Any) -> None:
+    """Raise ``ValueError`` (one line) where the report could not show ``finding``: a finding of
+    findings.json kept from an earlier report is shown as it stands there, so this is checked
+    before any compute, not found when the report is written after it."""
+    if not isinstance(finding, Mapping):
+        raise ValueError(f"a finding is {type(finding).__name__}, not an object")
+    if finding.get("verdict") not in VERDICTS:
+        raise ValueError(f"verdict {finding.get('verdict')!r} is not one of {VERDICTS}")
+    for key in ("figures", "steps"):
+        entries = finding.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(entry, Mapping) for entry in entries):
+            raise ValueError(f"its {key} are not a list of objects")
+    for what, record in [("it", finding)] + [(f"step {s.get('name')!r}", s) for s in finding.get("steps", [])]:
+        seconds = record.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+            raise ValueError(f"{what} took {seconds!r} seconds, not a number")
+        if not isinstance(record.get("warnings", []), (list, type(None))):
+            raise ValueError(f"{what} has warnings {record.get('warnings')!r}, not a list")
 
 
 def write_report(out: Path, report: Mapping[str, Any]) -> list[Path]:
@@ -274,11 +297,13 @@ def _markdown_section(finding: Mapping[str, Any], base: Path) -> list[str]:
         lines += [f"- {_md_text(name)}: {_md_text(text)}" for name, text in warned] + [""]
     for figure in finding.get("figures", []):
         path, caption = str(figure.get("path", "")), str(figure.get("caption", ""))
-        if (base / path).is_file():
+        if _outside(path, base):
+            lines += [f"*({_OUTSIDE}: {_md_text(path)})* {_md_text(caption)}", ""]
+        elif (base / path).is_file():
             alt = _md_text(caption).replace("[", "\\[").replace("]", "\\]")
             lines += [f"![{alt}]({quote(path)})", ""] + ([f"*{_md_text(caption)}*", ""] if caption else [])
         else:
-            lines += [f"*(figure missing: {path})* {_md_text(caption)}", ""]
+            lines += [f"*(figure missing: {_md_text(path)})* {_md_text(caption)}", ""]
     if finding.get("numbers"):
         lines += _md_details("numbers the check used", _pretty(finding["numbers"]))
     steps = finding.get("steps", [])
@@ -287,7 +312,7 @@ def _markdown_section(finding: Mapping[str, Any], base: Path) -> list[str]:
         for step in steps:
             config = _pretty(step.get("config", {}))
             fence = _fence(config)
-            lines += [f"- **{step.get('name', '?')}** ({_step_line(step)})", ""]
+            lines += [f"- **{_md_text(step.get('name', '?'))}** ({_md_text(_step_line(step))})", ""]
             lines += [f"  {fence}json", *("  " + row for row in config.splitlines()), f"  {fence}", ""]
         lines += ["</details>", ""]
     return lines
@@ -367,6 +392,8 @@ def _html_details(summary: str, body: str) -> str:
 def _html_figure(figure: Mapping[str, Any], base: Path) -> str:
     path, caption = str(figure.get("path", "")), str(figure.get("caption", ""))
     mime = _MIME.get(Path(path).suffix.lower())
+    if _outside(path, base):
+        return f'<p class="missing">({_OUTSIDE}: {_h(path)}) {_h(caption)}</p>'
     try:
         data = (base / path).read_bytes()
     except OSError:
@@ -377,6 +404,20 @@ def _html_figure(figure: Mapping[str, Any], base: Path) -> str:
     # the page scales a wide figure down to its column; the file beside the report is full size
     full = f' · <a href="{_h(quote(path))}">{_h(path)}</a>'
     return f'<figure><img src="{src}" alt="{_h(caption)}"><figcaption>{_h(caption)}{full}</figcaption></figure>'
+
+
+_OUTSIDE = "figure outside the report's folder, not shown"
+
+
+def _outside(path: str, base: Path) -> bool:
+    """Whether a figure's path is absolute, climbs out of the report's folder (``..``) or leads
+    out of it through a symbolic link (one handed over with the folder can point anywhere)."""
+    if Path(path).is_absolute() or ".." in Path(path).parts:
+        return True
+    try:
+        return not (base / path).resolve().is_relative_to(base.resolve())
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13): not shown either
+        return True
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -24,7 +24,7 @@ from ntkrobust.reproduce import beyond, loo, rat, tk
 from ntkrobust.reproduce._recipe import PAPERS, SCALES, Context, Recipe, Results, Step, StepRecordError
 from ntkrobust.reproduce._shared import DATA_FILES
 from ntkrobust.reproduce._store import StepRun, StepStore
-from ntkrobust.reproduce.report import plural
+from ntkrobust.reproduce.report import check_finding, plural
 from ntkrobust.studies._base import StudyError, StudyResult, log, versions
 
 #: every recipe, by paper
@@ -189,15 +189,25 @@ def _earlier_findings(out: Path, selected: Sequence[Recipe]) -> dict[str, dict[s
         earlier = {str(f["recipe"]): {**f, "judged": f.get("judged") or created} for f in findings}
     except (JsonFileError, KeyError, TypeError) as err:
         reason = str(err) if isinstance(err, JsonFileError) else f"not a report: {type(err).__name__}"
-        raise StudyError(
-            f"--out {out}: findings.json, the report of the reproduction there, is unreadable ({reason}); "
-            "delete it (the steps stay and are reused) or choose another --out"
-        ) from None
+        raise _unreadable(out, reason) from None
     known = {recipe.name for recipe in all_recipes()}
     for name in earlier.keys() - known:
         log.info(f"{name}, a finding of the earlier report, is no recipe of this version: left out of the report")
     chosen = {recipe.name for recipe in selected}
-    return {name: finding for name, finding in earlier.items() if name in known and name not in chosen}
+    kept = {name: finding for name, finding in earlier.items() if name in known and name not in chosen}
+    for name, finding in kept.items():  # the report shows them as they stand: checked now, not after the compute
+        try:
+            check_finding(finding)
+        except ValueError as err:
+            raise _unreadable(out, f"finding {name}: {err}") from None
+    return kept
+
+
+def _unreadable(out: Path, reason: str) -> StudyError:
+    return StudyError(
+        f"--out {out}: findings.json, the report of the reproduction there, is unreadable ({reason}); "
+        "delete it (the steps stay and are reused) or choose another --out"
+    )
 
 
 class Checked(NamedTuple):

@@ -7,7 +7,7 @@ import struct
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -113,12 +113,19 @@ class Checker(HTMLParser):
         self.stack.pop()
 
 
-def parse(text: str) -> Checker:
-    checker = Checker()
+CheckerT = TypeVar("CheckerT", bound=Checker)
+
+
+def fed(checker: CheckerT, text: str) -> CheckerT:
+    """``checker`` (a ``Checker`` or a subclass) having read ``text``, every tag closed."""
     checker.feed(text)
     checker.close()
     assert checker.stack == [], f"unclosed tags {checker.stack}"
     return checker
+
+
+def parse(text: str) -> Checker:
+    return fed(Checker(), text)
 
 
 def test_writes_three_files_and_json_round_trips(out: Path) -> None:
