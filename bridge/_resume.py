@@ -203,8 +203,9 @@ def _check_tracked(run: RunFolder, records: list[Any], probe: dict[str, np.ndarr
 def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: TemporalEnsemble | None) -> RunState:
     """The state a checkpoint holds, checked to be one its run wrote (``ValueError`` otherwise): an
     epoch of at least 0, a history of exactly the epochs 0 to it, the step count at the end of
-    that epoch, and TE's averages of the ensemble's shape. A hand-edited or corrupt one would
-    otherwise train nothing, or rewrite history.json without the epochs before it."""
+    that epoch, and TE's averages, finite and of the ensemble's shape. A hand-edited or corrupt one
+    would otherwise train nothing, rewrite history.json without the epochs before it, or (without
+    its averages) start TE's moving averages again from zero, off the uninterrupted run."""
     epoch, step, history = payload.get("epoch"), payload.get("step"), payload.get("history")
     if not _whole(epoch) or epoch < 0:
         raise ValueError(f"its epoch {epoch!r} is not a whole number >= 0")
@@ -219,10 +220,12 @@ def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: T
             f"its step {step!r} is not {epoch * steps_per_epoch}, the step count at the end of epoch {epoch}"
         )
     averages = payload.get("te_averages")
-    if ensemble is not None and averages is not None:
+    if ensemble is not None:  # a te run writes them into every checkpoint, the initialisation's too
         shape = tuple(ensemble.averages.shape)
         if not isinstance(averages, torch.Tensor) or tuple(averages.shape) != shape:
             raise ValueError(f"its te_averages are not a tensor of shape {shape}")
+        if not bool(torch.isfinite(averages).all()):
+            raise ValueError("its te_averages hold NaN or infinite values")
     return RunState(epoch=epoch, step=step, history=history, te_averages=averages)
 
 

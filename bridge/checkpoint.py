@@ -158,7 +158,9 @@ def check_state_dict(path: str | Path, state_dict: Any, model: nn.Module) -> Non
     """Refuse, in one line naming the tensor, weights that do not fit ``model`` (its names and
     shapes; ``model`` may live on the meta device) or that ``load_state_dict`` would take without
     complaint and train or evaluate wrongly: NaN or infinite values, and integer or boolean
-    values where the model holds floating point ones (copied in, they silently change results)."""
+    values where the model holds floating point ones (copied in, they silently change results).
+    A tensor of the file without values (on the meta device) or of a sparse layout is refused
+    too: the checks of its values raised RuntimeError, a traceback from ``train --resume``."""
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: its state_dict is not a dict of tensors")
     expected = model.state_dict()
@@ -169,6 +171,10 @@ def check_state_dict(path: str | Path, state_dict: Any, model: nn.Module) -> Non
         raise CheckpointError(f"{path}: cannot rebuild its model (its state dict {what})")
     for key, wanted in expected.items():
         value = state_dict[key]
+        if value.is_meta or value.layout != torch.strided:  # no values to check or copy: a traceback below
+            raise CheckpointError(
+                f"{path}: {key} is not a dense tensor of values (layout {value.layout}, device {value.device.type})"
+            )
         if value.shape != wanted.shape:
             raise CheckpointError(
                 f"{path}: cannot rebuild its model ({key} has shape {tuple(value.shape)}, "
