@@ -50,17 +50,19 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
     assert blocks, "README has no Python example"
     assert all("from ntkrobust" in block for block in blocks), "examples import the installed namespace"
-    monkeypatch.chdir(tmp_path)  # the study example saves into runs/
+    checkout = tmp_path / "checkout"  # the data snippet writes ../shared/data, beside the checkout
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)  # the study example saves into runs/
     asked = _official_files_stand_in(monkeypatch)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     assert asked == [("mnist", True), ("cifar10", True)]
-    with np.load(tmp_path / "data" / "cifar10" / "cifar10_subset.npz") as subset:
+    with np.load(tmp_path / "shared" / "data" / "cifar10" / "cifar10_subset.npz") as subset:
         assert subset["x_train"].shape == (4660, 3, 32, 32) and subset["x_test"].shape == (932, 3, 32, 32)
         chosen = [i for batch in range(5) for i in range(batch * 10_000, batch * 10_000 + 932)]
         assert subset["y_train"].tolist() == chosen and subset["y_test"].tolist() == list(range(932))
         assert len(subset["label_names"]) == 10
-    assert sorted(p.name for p in (tmp_path / "runs" / "digits-3v8-pgd").iterdir()) == [
+    assert sorted(p.name for p in (checkout / "runs" / "digits-3v8-pgd").iterdir()) == [
         "adversarial.npz",
         "results.json",
     ]
