@@ -114,7 +114,7 @@ def start_state(
         if latest is not None:
             try:
                 payload = read_checkpoint(latest, map_location=device)
-                check_state_dict(latest, payload.get("state_dict"), model)
+                check_state_dict(latest, payload.get("state_dict"), model, read_to=device)
                 state = _checkpoint_state(payload, steps_per_epoch, ensemble)
             except CheckpointError as error:  # its message names the file
                 raise RunFolderError(f"--resume: {error}") from None

@@ -138,7 +138,8 @@ def load_checkpoint(
         config = ModelConfig.from_dict(payload.get("config") or {})
         # the state dict is checked against a shapes-only build first: a config that claims a
         # huge width must not allocate its model before the weights show they do not fit it
-        check_state_dict(path, payload.get("state_dict"), _assembled(build_model(config, meta=True), payload))
+        shapes = _assembled(build_model(config, meta=True), payload)
+        check_state_dict(path, payload.get("state_dict"), shapes, read_to=map_location)
         model = _assembled(build_model(config), payload)
         model.load_state_dict(payload["state_dict"])
         if payload.get("minus_initial"):
@@ -154,13 +155,16 @@ def _assembled(model: nn.Module, payload: dict[str, Any]) -> nn.Module:
     return _wrapped(model, payload["linearization"]) if "linearization" in payload else model
 
 
-def check_state_dict(path: str | Path, state_dict: Any, model: nn.Module) -> None:
+def check_state_dict(
+    path: str | Path, state_dict: Any, model: nn.Module, *, read_to: str | torch.device = "cpu"
+) -> None:
     """Refuse, in one line naming the tensor, weights that do not fit ``model`` (its names and
     shapes; ``model`` may live on the meta device) or that ``load_state_dict`` would take without
     complaint and train or evaluate wrongly: NaN or infinite values, and integer or boolean
     values where the model holds floating point ones (copied in, they silently change results).
-    A tensor of the file without values (on the meta device) or of a sparse layout is refused
-    too: the checks of its values raised RuntimeError, a traceback from ``train --resume``."""
+    A tensor of the file without values (left on the meta device when it was read to
+    ``read_to``, the ``map_location`` of ``torch.load``) or of a sparse layout is refused too: the
+    checks of its values raised RuntimeError, a traceback from ``train --resume``."""
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: its state_dict is not a dict of tensors")
     expected = model.state_dict()
@@ -171,7 +175,9 @@ def check_state_dict(path: str | Path, state_dict: Any, model: nn.Module) -> Non
         raise CheckpointError(f"{path}: cannot rebuild its model (its state dict {what})")
     for key, wanted in expected.items():
         value = state_dict[key]
-        if value.is_meta or value.layout != torch.strided:  # no values to check or copy: a traceback below
+        # no values to check or copy (a traceback below); read to the meta device, as the tests of
+        # --device placement do, a meta tensor is what the file should give
+        if value.layout != torch.strided or value.device.type != torch.device(read_to).type:
             raise CheckpointError(
                 f"{path}: {key} is not a dense tensor of values (layout {value.layout}, device {value.device.type})"
             )
