@@ -215,6 +215,8 @@ def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: T
     numbers = [record.get("epoch") if isinstance(record, dict) else None for record in records]
     if len(numbers) != epoch + 1 or numbers != list(range(epoch + 1)):
         raise ValueError(f"it claims epoch {epoch}, but its history holds {len(records)} epoch records")
+    if not all(map(_whole, numbers)):  # 1.0 == 1 and True == 1; resumed, it is printed and written back as is
+        raise ValueError(f"its history's epoch records are not numbered 0 to {epoch} in whole numbers")
     if not _whole(step) or step != epoch * steps_per_epoch:
         raise ValueError(
             f"its step {step!r} is not {epoch * steps_per_epoch}, the step count at the end of epoch {epoch}"

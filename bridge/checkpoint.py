@@ -52,10 +52,19 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **e
     """Write ``model``'s weights and ``config`` (plus ``extra`` entries) to ``path`` atomically.
 
     For a ``LinearizedNetwork``, ``config`` is its parent's, and ``linearization`` is recorded from
-    the model (an extra ``linearization`` entry, e.g. passed on from a loaded payload, must agree)."""
+    the model (an extra ``linearization`` or ``minus_initial`` entry, e.g. passed on from a loaded
+    payload, must agree with the model); an extra ``format`` or ``state_dict`` is
+    refused (``ValueError``), since it would replace the checkpoint's own."""
+    # (an extra ``config`` is already Python's TypeError: the parameter's name)
+    fixed = [key for key in ("format", "state_dict") if key in extra]
+    if fixed:  # would replace the tag that marks the file as ours, or the model's weights
+        raise ValueError(f"extra entry {fixed[0]!r} would replace the checkpoint's own")
     recorded = _linearization(model)
     if extra.pop("linearization", recorded) != recorded:
         raise ValueError(f"the model's linearization is {recorded}, not the extra entry's")
+    minus_initial = isinstance(model, OutputChange)
+    if bool(extra.pop("minus_initial", minus_initial)) != minus_initial:  # loading would wrap it wrongly
+        raise ValueError(f"the model is {'' if minus_initial else 'not '}an OutputChange, unlike the extra entry")
     if isinstance(model, OutputChange):  # f0 is rebuilt from the config's seed
         extra["minus_initial"] = True
         model = model.network
@@ -80,6 +89,8 @@ def _wrapped(model: nn.Module, linearization: Any) -> nn.Module:
         raise TypeError(f"bad linearization entry {linearization!r}")
     kind = linearization.get("kind", "linearized")
     if kind == "standard":
+        if not linearization["centered"]:  # the centered standard net is f - f0 by construction
+            raise TypeError("bad linearization entry: a stage-2 standard net is centered, not centered: False")
         batchnorm = linearization.get("batchnorm", "frozen")
         if batchnorm not in ("frozen", "train"):  # the wrapper's ValueError would escape the loaders
             raise TypeError(f"bad linearization entry: stage-2 BatchNorm is frozen or train, not {batchnorm!r}")

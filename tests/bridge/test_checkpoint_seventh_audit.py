@@ -252,3 +252,49 @@ def test_a_failed_save_with_exactly_one_mib_free_is_an_io_error(tmp_path, monkey
     with pytest.raises(OSError) as error:
         save_checkpoint(tmp_path / "epoch_001.pt", net, config, epoch=1)
     assert error.value.errno == errno.EIO and "torch.save failed" in error.value.strerror
+
+
+def test_a_standard_record_that_is_not_centered_is_refused(tmp_path, fc2):
+    """A centered standard network is f - f0 by construction: a record of kind standard with
+    ``centered: False`` is one this tool never writes, and loading it as centered would give
+    another function than the record claims."""
+    config, net = fc2
+    path = save_checkpoint(tmp_path / "c.pt", CenteredStandardNetwork(net, batchnorm="frozen"), config, epoch=1)
+    payload = torch.load(path, weights_only=True)
+    torch.save({**payload, "linearization": {"centered": False, "kind": "standard", "batchnorm": "frozen"}}, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    assert str(error.value) == (
+        f"{path}: cannot rebuild its model (bad linearization entry: a stage-2 standard net is centered, "
+        "not centered: False)"
+    )
+
+
+@pytest.mark.parametrize("key", ["format", "state_dict"])
+def test_an_extra_entry_that_would_replace_the_checkpoints_own_is_refused(tmp_path, fc2, key):
+    """``save_checkpoint``'s extras come after its fixed entries: ``state_dict={}`` would have
+    replaced the model's weights, and ``format`` the tag that marks the file as ours. Refused,
+    and nothing is written."""
+    config, net = fc2
+    with pytest.raises(ValueError, match=re.escape(f"extra entry {key!r} would replace the checkpoint's own")):
+        save_checkpoint(tmp_path / "net.pt", net, config, **{key: {}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_extra_minus_initial_entry_must_agree_with_the_model(tmp_path, fc2):
+    """``minus_initial`` makes loading wrap the net as f - f0: passed for a plain net it would load
+    as another function, so it is refused; a False one agrees with a plain net and is stored as
+    no entry at all, a True one with an ``OutputChange``."""
+    from ntkrobust.bridge.two_layer import OutputChange
+
+    config, net = fc2
+    with pytest.raises(ValueError, match=re.escape("the model is not an OutputChange, unlike the extra entry")):
+        save_checkpoint(tmp_path / "net.pt", net, config, minus_initial=True)
+    assert list(tmp_path.iterdir()) == []
+    change = OutputChange(net, build_model(config))
+    with pytest.raises(ValueError, match=re.escape("the model is an OutputChange, unlike the extra entry")):
+        save_checkpoint(tmp_path / "net.pt", change, config, minus_initial=False)
+    plain = save_checkpoint(tmp_path / "plain.pt", net, config, minus_initial=False)
+    assert "minus_initial" not in torch.load(plain, weights_only=True)
+    loaded, _, payload = load_checkpoint(save_checkpoint(tmp_path / "change.pt", change, config, minus_initial=True))
+    assert isinstance(loaded, OutputChange) and payload["minus_initial"] is True

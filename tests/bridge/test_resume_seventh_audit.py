@@ -238,8 +238,25 @@ def _other_history(**history):
         ({"step": 4}, "its step 4 is not 3, the step count at the end of epoch 1"),
         ({"history": {"epochs": [{"epoch": 0}, {"epoch": 1}]}}, "its history is not a training run's"),
         ({"history": _other_history(epochs=[{"epoch": 0}, 1])}, "it claims epoch 1, but its history holds 2"),
+        (
+            {"history": _other_history(epochs=[{"epoch": 0}, {"epoch": 1.0}])},
+            "its history's epoch records are not numbered 0 to 1 in whole numbers",
+        ),
+        (
+            {"history": _other_history(epochs=[{"epoch": False}, {"epoch": True}])},
+            "its history's epoch records are not numbered 0 to 1 in whole numbers",
+        ),
     ],
-    ids=["float-epoch", "bool-epoch", "float-step", "step-beyond", "no-kernels", "record-not-a-dict"],
+    ids=[
+        "float-epoch",
+        "bool-epoch",
+        "float-step",
+        "step-beyond",
+        "no-kernels",
+        "record-not-a-dict",
+        "float-record-epoch",
+        "bool-record-epochs",
+    ],
 )
 def test_a_checkpoint_entry_its_run_could_not_have_written_is_refused(tmp_path, changes, said):
     """A run writes whole numbers for epoch and step (step = epoch x steps per epoch, no more and
