@@ -136,7 +136,10 @@ def _features_parser(p: argparse.ArgumentParser) -> None:
         between=[(("--feature-attack",), feature_attack)],
     )
     g.add_argument(
-        "--image-index", type=int, default=0, help="held-out image whose feature gradients are drawn (default 0)"
+        "--image-index",
+        type=_non_negative_int,
+        default=0,
+        help="held-out image whose feature gradients are drawn (default 0)",
     )
     g.add_argument("--top-k", type=_positive_int, default=5, help="features in the gallery (default 5)")
     g.add_argument(

@@ -60,6 +60,7 @@ class FeaturesSettings:
         "n_features": 1,
         "top_k": 1,
         "robust_steps": 1,
+        "image_index": 0,
     }  # checked by check_counts, as the parser does
 
 

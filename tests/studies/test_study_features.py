@@ -146,7 +146,7 @@ def test_single_architecture_writes_features_csv_and_can_skip_robust_only(tmp_pa
 BAD = {
     "too many features": ({"n_features": 500, "n_train": 100}, "exceeds the 100 training points"),
     "image index": ({"image_index": 60, "n_test": 60}, "out of range"),
-    "negative image index": ({"image_index": -1}, "out of range"),
+    "negative image index": ({"image_index": -1}, "--image-index must be a whole number >= 0, got -1"),
     "repeated architecture": ({"arch": ("fc2", "fc2")}, "repeats"),
     "threshold": ({"non_robust_below": 2.0}, "--non-robust-below"),
     "no r applies": ({"n_features": 20, "robust_r": (50,)}, "no --robust-r value is at most --n-features 20"),
