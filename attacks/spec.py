@@ -58,7 +58,7 @@ EVALUATION_STEP_FACTOR = 2.5
 
 def image_type(channels: int) -> ImageType:
     """'grey' for one channel, else 'colour' (ValueError for fewer than one)."""
-    if not isinstance(channels, (int, np.integer)) or channels < 1:
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
         raise ValueError(f"images have one channel or more, got {channels!r}")
     return "grey" if channels == 1 else "colour"
 

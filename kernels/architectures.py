@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -169,6 +170,19 @@ def is_registered(arch: Architecture) -> bool:
     return _REGISTERED.get(arch.fingerprint()) is arch
 
 
+def _checked(depth: int, W_std: float, b_std: float) -> tuple[int, float, float]:
+    """The factories' arguments as plain values, checked: a whole depth >= 1, a finite W_std > 0
+    and b_std >= 0 as floats, so that W_std=1 and W_std=1.0 name one kernel (one registered
+    object, one set of compiled programs, one Gram cache key) and "fc-1" is never built."""
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
+        raise ValueError(f"depth must be a whole number of layers >= 1, got {depth!r}")
+    for name, value, least in (("W_std", W_std, "> 0"), ("b_std", b_std, ">= 0")):
+        bad = isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+        if bad or value < 0 or (value == 0 and name == "W_std"):
+            raise ValueError(f"{name} must be a finite number {least}, got {value!r}")
+    return int(depth), float(W_std), float(b_std)
+
+
 @_one_per_fingerprint
 def fully_connected(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> Architecture:
     """FC{depth}: Flatten, depth × (Dense, ReLU), Dense readout; NTK parameterisation.
@@ -176,6 +190,7 @@ def fully_connected(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -
     Defined by stax; evaluated by ``kernels.relu``'s vectorised recursion of the same kernel
     (equal in float64, several times faster on CPUs), stax's own ``kernel_fn`` kept as reference.
     """
+    depth, W_std, b_std = _checked(depth, W_std, b_std)
     layers = [stax.Flatten()]
     for _ in range(depth):
         layers += [stax.Dense(512, W_std=W_std, b_std=b_std, parameterization="ntk"), stax.Relu()]
@@ -201,6 +216,7 @@ def convolutional(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> 
     kernel (equal in float64; kernel blocks and their input gradients 4-7x faster on CPUs),
     stax's own ``kernel_fn`` kept as reference.
     """
+    depth, W_std, b_std = _checked(depth, W_std, b_std)
     layers = []
     for _ in range(depth):
         layers += [
@@ -211,7 +227,8 @@ def convolutional(depth: int, *, W_std: float = W_STD, b_std: float = B_STD) -> 
     _, _, kernel_fn = stax.serial(*layers)
     return Architecture(
         name=f"conv{depth}",
-        description=f"fully convolutional, {depth} 3x3 ReLU conv layer(s), flatten readout",
+        description=f"fully convolutional, {depth} 3x3 ReLU conv layer(s), flatten readout, W_std={W_std:.4g}, "
+        f"b_std={b_std:g}",
         layout="nhwc",
         kernel_fn=convolutional_kernel_fn(depth, W_std, b_std),
         hyperparameters={"depth": depth, "W_std": W_std, "b_std": b_std},
