@@ -5,8 +5,9 @@ machine of eq. 7 (net output taken as f − f₀), with kernel time linear in th
 aligns by hand "on epoch = 10³ with a time-point for the NTK" and matches the other epochs
 linearly; here the anchor's time is the least-squares match of the machine's training outputs
 to the net's,
-    t* = argmin_t ‖f_t(X) − (f − f₀)(X)‖²,   f_t(X) = V diag(λ g_t(λ)) Vᵀ Y,
-computed from the machine's eigendecomposition alone (no kernel rows), and epoch e maps to
+    t* = argmin_t ‖f_t(X) − (f − f₀)(X)‖²,   f_t(X) = V diag(λ₊ g_t(λ)) Vᵀ Y,
+(λ₊ = max(λ, 0): a Gram's negative eigenvalues are rounding and fit nothing) computed from the
+machine's eigendecomposition alone (no kernel rows), and epoch e maps to
 t = e · t*/e*. Theory predicts the slope: gradient descent with learning rate η on
 L = (1/2n) Σᵢ ‖f(xᵢ) − yᵢ‖² is the Euler scheme, of step η, of df/ds = −(1/n) Θ (f − Y); the
 machine (learning rate 1) follows df/dt = −Θ (f − Y), so t = s/n and each full-batch epoch
