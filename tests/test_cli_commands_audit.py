@@ -104,6 +104,16 @@ def test_dynamics_refuses_ksm_epochs_that_name_no_epoch(run_cli, epochs):
     assert "argument --ksm-epochs: expected epochs (numbers >= 0) separated by commas" in err, err
 
 
+@pytest.mark.parametrize("index", ["-1", "2.5"])
+def test_features_refuses_an_image_index_that_is_no_image_in_the_parser(run_cli, index):
+    """``--image-index`` names a held-out image, as ``--picture-index`` and
+    ``--eigenvector-class`` name theirs: -1 (numpy's last image, not one the user counted) and
+    2.5 are refused by the parser, one line and exit status 2, before any data is read."""
+    code, _, err = run_cli(["features", "--image-index", index, "--out", "o"])
+    assert code == 2 and err.count("\n") == 1, err
+    assert "argument --image-index:" in err, err
+
+
 #: README: every command of the tool, each with its section
 README_COMMANDS = [
     "attack",
