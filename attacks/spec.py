@@ -29,8 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import numpy as np
-
+from ntkrobust._numbers import is_whole
 from ntkrobust.attacks.threat import NORMS, Norm, ThreatModel, check_schedule, check_seed
 
 #: Attacks on kernel machines: FGSM, PGD and the first-order output attacks of TK supp. eq. 20 / 22.
@@ -58,7 +57,7 @@ EVALUATION_STEP_FACTOR = 2.5
 
 def image_type(channels: int) -> ImageType:
     """'grey' for one channel, else 'colour' (ValueError for fewer than one)."""
-    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+    if not is_whole(channels) or channels < 1:
         raise ValueError(f"images have one channel or more, got {channels!r}")
     return "grey" if channels == 1 else "colour"
 
@@ -101,8 +100,9 @@ def evaluation_schedule(channels: int, eps: float, steps: int) -> tuple[float, i
 @dataclass(frozen=True)
 class AttackSpec:
     """What to run: ``method`` in the ``norm`` ball of radius ``eps`` (pixel units); PGD takes
-    ``steps`` of ``step`` from a random start unless told otherwise (one-step methods ignore the
-    schedule). ``seed`` seeds the random starts (and the random-sign baseline)."""
+    ``steps`` of ``step`` from a random start unless told otherwise (a one-step method drops the
+    schedule and the start it is given: its spec holds step None, steps 1, random_start False).
+    ``seed`` seeds the random starts (and the random-sign baseline)."""
 
     method: str
     eps: float
@@ -118,6 +118,9 @@ class AttackSpec:
         ThreatModel(self.norm, self.eps)  # checks the norm and eps
         if self.iterative:
             check_schedule(self.step, self.steps)
+        else:  # one step from x: no schedule and no random start, as the record says
+            for name, value in (("step", None), ("steps", 1), ("random_start", False)):
+                object.__setattr__(self, name, value)
         check_seed(self.seed)
 
     @classmethod
@@ -180,8 +183,5 @@ class AttackSpec:
         return [f"{what}{note}" for note in (self.budget_warning(flags), self.eps_hint(channels)) if note]
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as recorded in results: one-step methods show no schedule and no start."""
-        data = asdict(self)
-        if not self.iterative:
-            data.update(step=None, steps=1, random_start=False)
-        return data
+        """The spec as recorded in results (one-step methods hold no schedule and no start)."""
+        return asdict(self)

@@ -11,13 +11,12 @@ Taylor attacks of Tsilivis & Kempe (supp. eq. 16, 20, 22) all step along it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any, Literal
 
 import numpy as np
 
+from ntkrobust._numbers import is_real, is_whole
 from ntkrobust.attacks._array import _TINY, Array, ops_for
 
 Norm = Literal["linf", "l2"]
@@ -37,7 +36,7 @@ class ThreatModel:
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}: choose one of {', '.join(NORMS)}")
-        if not isinstance(self.eps, Real) or not np.isfinite(self.eps) or self.eps < 0:
+        if not is_real(self.eps, finite=True) or self.eps < 0:
             raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
 
     def check_inputs(self, x: Array) -> None:
@@ -90,22 +89,22 @@ class ThreatModel:
 def check_schedule(step: Any, steps: Any) -> None:
     """Refuse a PGD step that is not a finite number > 0 (an infinite step times a zero gradient
     is NaN) and a number of steps that is not a whole number >= 1."""
-    if isinstance(step, bool) or not isinstance(step, Real) or not math.isfinite(step) or step <= 0:
+    if not is_real(step, finite=True) or step <= 0:
         raise ValueError(f"the PGD step must be a finite number > 0, got {step!r}")
-    if isinstance(steps, bool) or not isinstance(steps, Integral) or steps < 1:
+    if not is_whole(steps) or steps < 1:
         raise ValueError(f"the PGD steps must be a whole number >= 1, got {steps!r}")
 
 
 def check_batch_size(batch_size: Any) -> None:
     """Refuse a batch size that is not a whole number >= 1: a loop over ``range(0, N, -1)``
     never runs, and its zero-filled (or uninitialised) output would be returned as the result."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+    if not is_whole(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def check_seed(seed: Any) -> None:
     """Refuse a seed that numpy's generators do not take (a whole number >= 0)."""
-    if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+    if not is_whole(seed) or seed < 0:
         raise ValueError(f"the seed must be a whole number >= 0, got {seed!r}")
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ntkrobust._messages import first_line
+from ntkrobust._numbers import is_whole
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from ntkrobust.bridge.files import JsonFileError, NpzError, read_json, read_npz, write_json
@@ -207,7 +208,7 @@ def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: T
     would otherwise train nothing, rewrite history.json without the epochs before it, or (without
     its averages) start TE's moving averages again from zero, off the uninterrupted run."""
     epoch, step, history = payload.get("epoch"), payload.get("step"), payload.get("history")
-    if not _whole(epoch) or epoch < 0:
+    if not is_whole(epoch) or epoch < 0:
         raise ValueError(f"its epoch {epoch!r} is not a whole number >= 0")
     if not isinstance(history, dict) or not all(isinstance(history.get(key), list) for key in ("epochs", "kernels")):
         raise ValueError("its history is not a training run's (no lists of epochs and kernels)")
@@ -215,9 +216,9 @@ def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: T
     numbers = [record.get("epoch") if isinstance(record, dict) else None for record in records]
     if len(numbers) != epoch + 1 or numbers != list(range(epoch + 1)):
         raise ValueError(f"it claims epoch {epoch}, but its history holds {len(records)} epoch records")
-    if not all(map(_whole, numbers)):  # 1.0 == 1 and True == 1; resumed, it is printed and written back as is
+    if not all(map(is_whole, numbers)):  # 1.0 == 1 and True == 1; resumed, it is printed and written back as is
         raise ValueError(f"its history's epoch records are not numbered 0 to {epoch} in whole numbers")
-    if not _whole(step) or step != epoch * steps_per_epoch:
+    if not is_whole(step) or step != epoch * steps_per_epoch:
         raise ValueError(
             f"its step {step!r} is not {epoch * steps_per_epoch}, the step count at the end of epoch {epoch}"
         )
@@ -229,7 +230,3 @@ def _checkpoint_state(payload: dict[str, Any], steps_per_epoch: int, ensemble: T
         if not bool(torch.isfinite(averages).all()):
             raise ValueError("its te_averages hold NaN or infinite values")
     return RunState(epoch=epoch, step=step, history=history, te_averages=averages)
-
-
-def _whole(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust._messages import first_line
+from ntkrobust._numbers import is_real, is_whole
 from ntkrobust.bridge import runs as run_folders
 from ntkrobust.bridge.files import JsonFileError, read_json
 from ntkrobust.bridge.runfolder import HISTORY_FILE
@@ -211,7 +212,7 @@ def _final(run: TrainingRun) -> dict[str, Any]:
 
 def _number(value: Any, what: str, run: TrainingRun) -> float:
     """``value`` as a float, or ``RunError`` naming ``what`` in the run's history."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+    if not is_real(value, finite=True):
         raise RunError(f"{_where(run)}: {what} is {json.dumps(value)[:40]}, not a number")
     return float(value)
 
@@ -252,9 +253,9 @@ def _seed_mean(measured: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for key, value in measured[0].items():
         values = [one[key] for one in measured]
-        if isinstance(value, int) and not isinstance(value, bool) and len(set(values)) == 1:
+        if is_whole(value) and len(set(values)) == 1:
             merged[key] = value  # a count the seeds share
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+        elif is_real(value):
             merged[key] = float(np.mean(values))
             if len(values) > 1:
                 merged[f"{key}_std"] = float(np.std(values, ddof=1))
@@ -283,7 +284,7 @@ def spawned_from(run: TrainingRun) -> tuple[str, Path, int] | None:
     epoch = linearization.get("spawn_epoch")
     if epoch is None and (located := checkpoint_epoch(Path(checkpoint))) is not None:
         epoch = located[1]  # a history written before spawn_epoch was: the checkpoint's name
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+    if not is_whole(epoch) or epoch < 0:
         raise RunError(f"{_where(run)}: config.linearization.spawn_epoch is {json.dumps(epoch)[:40]}, not an epoch")
     kind = SPAWN_KINDS[2] if linearization.get("standard") else SPAWN_KINDS[int(bool(linearization.get("centered")))]
     return kind, Path(checkpoint).parent.parent, epoch

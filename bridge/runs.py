@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust._messages import first_line, name_problem, shown_name
+from ntkrobust._numbers import is_real, is_whole
 from ntkrobust.bridge.files import JsonFileError, NpzError, read_json, read_npz
 from ntkrobust.bridge.runfolder import HISTORY_FILE, PROBE_FILE, RunFolder
 from ntkrobust.kernels import metrics
@@ -340,7 +341,7 @@ def _milestones(config: dict[str, Any]) -> list[int]:
     """The epochs after which the run's learning rate decays (``--milestones``; none where the
     configuration does not say them as whole numbers)."""
     milestones = config.get("milestones")
-    if not isinstance(milestones, list) or not all(isinstance(m, int) and not isinstance(m, bool) for m in milestones):
+    if not isinstance(milestones, list) or not all(map(is_whole, milestones)):
         return []
     return [int(m) for m in milestones]
 
@@ -405,7 +406,7 @@ def _adversarial(run: TrainingRun) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    return value is None or is_real(value)
 
 
 def _check_epoch_records(epochs: list[dict[str, Any]], where: Path) -> None:
@@ -509,7 +510,7 @@ def _class_names(history: dict[str, Any], targets: np.ndarray, where: Path) -> l
     model = history.get("config", {}).get("model") if isinstance(history.get("config"), dict) else None
     outputs = model.get("num_classes") if isinstance(model, dict) else None
     # a binary net may have one output for its two classes; 100,000 names kept dynamics busy for minutes
-    if isinstance(outputs, int) and len(names) > max(outputs, 2):
+    if is_whole(outputs) and len(names) > max(outputs, 2):
         raise RunError(f"{where}: {len(names)} class names for a net of {outputs} outputs")
     names = [str(n) for n in names]
     for name in names:

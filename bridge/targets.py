@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ntkrobust._messages import first_line
+from ntkrobust._numbers import is_whole
 from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, check_state_dict, load_checkpoint
 from ntkrobust.bridge.files import JsonFileError, not_a_file, read_json, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
@@ -182,7 +183,7 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
         description["centered"] = payload["linearization"]["centered"]
     if payload.get("minus_initial"):
         description["output"] = "f - f0"
-    return Target(label, model, description, epoch=epoch if isinstance(epoch, int) else None, curve=_curve(path))
+    return Target(label, model, description, epoch=epoch if is_whole(epoch) else None, curve=_curve(path))
 
 
 @contextlib.contextmanager

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from ntkrobust._numbers import is_real, is_whole
 from ntkrobust.attacks.threat import looks_channels_last
 from ntkrobust.kernels._jax import jnp, stax
 from ntkrobust.kernels.conv import convolutional_kernel_fn
@@ -174,11 +174,10 @@ def _checked(depth: int, W_std: float, b_std: float) -> tuple[int, float, float]
     """The factories' arguments as plain values, checked: a whole depth >= 1, a finite W_std > 0
     and b_std >= 0 as floats, so that W_std=1 and W_std=1.0 name one kernel (one registered
     object, one set of compiled programs, one Gram cache key) and "fc-1" is never built."""
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
+    if not is_whole(depth) or depth < 1:
         raise ValueError(f"depth must be a whole number of layers >= 1, got {depth!r}")
     for name, value, least in (("W_std", W_std, "> 0"), ("b_std", b_std, ">= 0")):
-        bad = isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-        if bad or value < 0 or (value == 0 and name == "W_std"):
+        if not is_real(value, finite=True) or value < 0 or (value == 0 and name == "W_std"):
             raise ValueError(f"{name} must be a finite number {least}, got {value!r}")
     return int(depth), float(W_std), float(b_std)
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ntkrobust._numbers import is_real
 from ntkrobust.plots._style import _DECAY_STYLE, _SWITCH_STYLE, KernelStyle, _colour, _floats, _plain
 from ntkrobust.plots.types import RunSummary
 
@@ -54,7 +55,7 @@ def _metric_series(run: RunSummary, kind: str, key: str) -> tuple[np.ndarray, np
         if not isinstance(metrics, dict):
             continue
         value = metrics.get(key)
-        if isinstance(value, int | float) and np.isfinite(value):
+        if is_real(value, finite=True):
             epochs.append(float(record["epoch"]))
             values.append(float(value))
         else:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ntkrobust._numbers import is_real
 from ntkrobust.bridge.files import JsonFileError, read_json, write_json
 from ntkrobust.reproduce._recipe import Context, Step, record_file, step_config, step_key
 from ntkrobust.studies._base import log, restart_gpu_peak
@@ -118,7 +119,7 @@ class StepStore:
         if record is None or record.get("key") != key:
             return None, ""
         seconds = record.get("seconds")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < math.inf:
+        if not is_real(seconds) or not 0 <= seconds < math.inf:
             return None, ""  # NaN, a negative or an infinite time: a damaged record (the report failed on NaN)
         output = self.ctx.step_dir(step.name) / record_file(step)
         if not output.is_file():

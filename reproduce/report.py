@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ntkrobust._numbers import is_real
+
 VERDICTS = ("agrees", "contradicts", "inconclusive")
 _MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 _MARK = {"agrees": "✓", "contradicts": "✗", "inconclusive": "?"}
@@ -86,7 +88,7 @@ def check_finding(finding: Any) -> None:
             raise ValueError(f"its {key} are not a list of objects")
     for what, record in [("it", finding)] + [(f"step {s.get('name')!r}", s) for s in finding.get("steps", [])]:
         seconds = record.get("seconds")
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+        if seconds is not None and not is_real(seconds):
             raise ValueError(f"{what} took {seconds!r} seconds, not a number")
         if not isinstance(record.get("warnings", []), (list, type(None))):
             raise ValueError(f"{what} has warnings {record.get('warnings')!r}, not a list")

@@ -12,10 +12,10 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ntkrobust._numbers import is_whole
 from ntkrobust.studies._base import StudyError, changed_flags, flags_do
 from ntkrobust.studies._output import check_writable
 
@@ -380,7 +380,7 @@ MAX_WHOLE = 2**63 - 1
 def check_count(value: Any, minimum: int, flag: str) -> None:
     """Refuse a ``value`` of ``flag`` that is not a whole number from ``minimum`` to ``MAX_WHOLE``
     (None: not given)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < minimum):
+    if value is not None and (not is_whole(value) or value < minimum):
         raise StudyError(f"{flag} must be a whole number >= {minimum}, got {value!r}")
     if value is not None and int(value) > MAX_WHOLE:
         raise StudyError(f"{flag} must be at most 2**63 - 1, got {value}")

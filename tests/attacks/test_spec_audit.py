@@ -235,3 +235,28 @@ def test_a_spec_cannot_change_after_its_checks():
     assert hash(spec) == hash(AttackSpec("pgd", 0.3, step=0.01, steps=40))
     with pytest.raises(ValueError, match="the PGD steps must be a whole number >= 1, got 0"):
         dataclasses.replace(spec, steps=0)
+
+
+@pytest.mark.parametrize("method", ["fgsm", "taylor-l1", "taylor-sum"])
+def test_a_one_step_spec_holds_what_its_record_says(method):
+    """A one-step method starts at x and takes no schedule: its spec holds step None, steps 1 and
+    random_start False whatever it was given, so the attributes, the record and equality agree
+    (before, ``AttackSpec("fgsm", ...).random_start`` stayed True while its record said False,
+    and two FGSM specs that differed only in an unread start compared unequal)."""
+    given = AttackSpec(method, 0.1, step=0.02, steps=7, random_start=True, seed=3)
+    assert (given.step, given.steps, given.random_start) == (None, 1, False)
+    assert given == AttackSpec(method, 0.1, seed=3) and hash(given) == hash(AttackSpec(method, 0.1, seed=3))
+    assert given.to_dict() == {
+        "method": method,
+        "eps": 0.1,
+        "norm": "linf",
+        "step": None,
+        "steps": 1,
+        "random_start": False,
+        "seed": 3,
+    }
+    standard = AttackSpec.standard(method, 1)
+    assert (standard.step, standard.steps, standard.random_start) == (None, 1, False)
+    # PGD keeps what it is given
+    pgd = AttackSpec("pgd", 0.1, step=0.02, steps=7, random_start=True, seed=3)
+    assert (pgd.step, pgd.steps, pgd.random_start) == (0.02, 7, True)
