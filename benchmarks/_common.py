@@ -49,6 +49,21 @@ def until_done(fn: Callable[[], object], device) -> Callable[[], object]:  # typ
     return call
 
 
+def against_goal(value: float, goal: float, *, at_most: bool, digits: int, width: int = 0) -> tuple[str, str]:
+    """(``value`` printed with ``digits`` decimals in ``width`` characters, "met" or "NOT met").
+
+    The verdict is the unrounded value's. Where ``digits`` decimals would round the value onto the
+    goal's other side (1.004 against "<= 1.0" printed "1.00 ... NOT met"), it is printed with as
+    many more as it takes, up to 6 more, so the number printed agrees with its verdict."""
+    met = value <= goal if at_most else value >= goal
+    shown = digits
+    text = f"{value:{width}.{shown}f}"
+    while shown < digits + 6 and (float(text) <= goal if at_most else float(text) >= goal) != met:
+        shown += 1
+        text = f"{value:{width}.{shown}f}"
+    return text, "met" if met else "NOT met"
+
+
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``fn`` over ``repeats`` calls, after one warm-up call (compilation)."""
     fn()

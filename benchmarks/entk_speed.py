@@ -58,7 +58,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from _common import ALLOCATOR, ROOT, SHARED_MNIST, load_mnist, wait_for_device
+from _common import ALLOCATOR, ROOT, SHARED_MNIST, against_goal, load_mnist, wait_for_device
 
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_subset.npz"
 
@@ -463,11 +463,11 @@ def run_case(case: Case, args: argparse.Namespace, runner: Runner, workdir: Path
             fastest = min(ran, key=lambda r: r.seconds or 0.0)
             ratio = (fastest.seconds or 0.0) / (ours[n].seconds or 1.0)
             where = "" if n == case.n else f" (at N = {case.n} no tutorial method completed)"
+            shown, met = against_goal(ratio, GOAL_TUTORIAL_RATIO, at_most=False, digits=2)
             print(
                 f"{case.label} tutorial/ours at N = {n}, the faster tutorial method "
                 f"({LABELS[fastest.method].split(': ')[1]}: {fastest.seconds:.1f} s vs ours "
-                f"{ours[n].seconds:.1f} s) = {ratio:.2f}   goal >= {GOAL_TUTORIAL_RATIO:g}: "
-                f"{'met' if ratio >= GOAL_TUTORIAL_RATIO else 'NOT met'}{where}"
+                f"{ours[n].seconds:.1f} s) = {shown}   goal >= {GOAL_TUTORIAL_RATIO:g}: {met}{where}"
             )
             break
     else:
@@ -503,8 +503,8 @@ def run_resnet_kinds(args: argparse.Namespace, runner: Runner, workdir: Path) ->
         seconds[(points, kind)] = run.seconds
         full = seconds.get((points, "full"))
         ratio = f", {run.seconds / full:.2f} of full" if full and kind != "full" else ""
-        met = "met" if (run.peak_gb or 0) <= GOAL_RESNET_GB else "NOT met"
-        memory = f"peak memory {run.peak_gb:.2f} GB   goal <= {GOAL_RESNET_GB:g} GB: {met}"
+        shown, met = against_goal(run.peak_gb or 0.0, GOAL_RESNET_GB, at_most=True, digits=2)
+        memory = f"peak memory {shown} GB   goal <= {GOAL_RESNET_GB:g} GB: {met}"
         print(f"{head} {run.seconds:.0f} s{ratio}, {memory}", flush=True)
         print(f"{' ' * len(head)} {_split(run)}", flush=True)
 

@@ -263,9 +263,9 @@ def test_an_even_number_of_pairs_has_the_middle_two_ratios_halved(clock, monkeyp
     """2 pairs per kind: full (2, 3) (4, 2): ratios 1.5 and 0.5, median 1.0 (met; the upper middle
     1.5 would not be), points 3 and 2 s: 2.5 s; class-blocks (1, 1) (2, 3): 1 and 1.5, 1.25 (not
     met), 2 s; rademacher:2 (4, 1) (4, 3): 0.25 and 0.75, 0.5, 2 s; rademacher:1 (256, 128)
-    (256, 386): 0.5 and 1.5078125, 1.00390625 (not met, though printed 1.00), 257 s. A standard
-    epoch 10 and 30 s after the warm-up: 20 s; a shared point 2.0078125 and 4 s: 3.00390625, 0.1502
-    of it (not met, though printed 0.150)."""
+    (256, 386): 0.5 and 1.5078125, 1.00390625 (not met: printed 1.004, where two decimals would
+    read 1.00), 257 s. A standard epoch 10 and 30 s after the warm-up: 20 s; a shared point
+    2.0078125 and 4 s: 3.00390625, 0.1502 of it (not met: printed 0.1502, not 0.150)."""
     seconds = {
         "standard": [
             *[100.0, 10.0, 30.0],  # median_seconds, then paired with full, class-blocks, rademacher:2 and :1
@@ -290,14 +290,14 @@ def test_an_even_number_of_pairs_has_the_middle_two_ratios_halved(clock, monkeyp
         "1.00 of class-blocks",
         "tracking point, rademacher:2 :    2.00 s =  0.50 standard epochs (pairs 0.25-0.75; goal <= 1.0: met), "
         "1.00 of class-blocks",
-        "tracking point, rademacher:1 :  257.00 s =  1.00 standard epochs (pairs 0.50-1.51; goal <= 1.0: NOT met), "
+        "tracking point, rademacher:1 :  257.00 s = 1.004 standard epochs (pairs 0.50-1.51; goal <= 1.0: NOT met), "
         "128.50 of class-blocks",
     ]
     full_mnist = "; extrapolated to full MNIST (60k, epochs 10x longer)"
     assert printed[-4:] == [
         f"standalone tracking / standard epoch:  0.200  (goal <= 0.15: NOT met){full_mnist} 0.020",
         f"standalone tracking / PGD-AT epoch:  0.016  (goal <= 0.15: met){full_mnist} 0.002",
-        f"shared tracking / standard epoch:  0.150  (goal <= 0.15: NOT met){full_mnist} 0.015",
+        f"shared tracking / standard epoch: 0.1502  (goal <= 0.15: NOT met){full_mnist} 0.015",
         f"shared tracking / PGD-AT epoch:  0.012  (goal <= 0.15: met){full_mnist} 0.001",
     ]
 
@@ -391,3 +391,25 @@ def test_paper_scale_reads_the_record_its_command_writes(monkeypatch, tmp_path):
     entk = ["entk", "--kind", "full", "--out", str(tmp_path / "a"), "--force"]
     assert ran[0] == [sys.executable, "-m", "ntkrobust", *entk]
     assert ran[1][1:5] == ["-m", "torch.distributed.run", "--nproc-per-node", "2"]
+
+
+@pytest.mark.parametrize(
+    ("value", "goal", "at_most", "digits", "expected"),
+    [
+        (0.85, 1.0, True, 2, ("0.85", "met")),
+        (1.0, 1.0, True, 2, ("1.00", "met")),  # on the goal: met, as printed
+        (1.004, 1.0, True, 2, ("1.004", "NOT met")),  # "1.00 ... NOT met" before
+        (1.00001, 1.0, True, 2, ("1.00001", "NOT met")),
+        (1.0 + 1e-12, 1.0, True, 2, ("1.00000000", "NOT met")),  # at most 6 more decimals
+        (19.96, 20.0, False, 1, ("19.96", "NOT met")),  # at least: "20.0x ... NOT met" before
+        (20.04, 20.0, False, 1, ("20.0", "met")),  # rounded onto the goal from its side: as it was
+        (0.1502, 0.15, True, 3, ("0.1502", "NOT met")),
+        (float("nan"), 1.0, True, 2, ("nan", "NOT met")),
+    ],
+)
+def test_a_printed_ratio_agrees_with_its_verdict(value, goal, at_most, digits, expected, monkeypatch):
+    """``against_goal`` decides on the unrounded value and prints as many decimals as it takes for
+    the printed number to sit on the same side of the goal as its verdict."""
+    against_goal = _module("_common", monkeypatch).against_goal
+    assert against_goal(value, goal, at_most=at_most, digits=digits) == expected
+    assert against_goal(value, goal, at_most=at_most, digits=digits, width=9)[0] == expected[0].rjust(9)
