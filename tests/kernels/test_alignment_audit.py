@@ -51,6 +51,33 @@ def test_matching_time_finds_early_times_set_by_a_large_ridge():
     assert matching_time(machine, outputs) == pytest.approx(time, rel=1e-9)
 
 
+@pytest.mark.parametrize("time", [1e-5, 1e-6, 1e-12, 1e-30])
+def test_matching_time_follows_a_net_that_moved_less_than_the_grid_starts_at(time):
+    """The ridge machine above: the grid starts at 10⁻³ of the fastest time scale, 1e-3/93.75+2 ≈
+    1.04e-5. A net that moved less (t = 1e-5 … 1e-30, f_t(X) all but linear in t) is matched to
+    rtol 1e-9 by extending the grid downward; before, it came out as the grid's edge (1e-5: 4.4 %
+    high, 1e-6: 10.4x, 1e-12: 10⁷x)."""
+    lam = np.array([2.0, 1.0, 0.5, 0.25])
+    machine = _gram_machine(np.diag(lam), ridge=100.0)
+    rho = 100.0 * lam.mean()
+    outputs = (lam / (lam + rho) * -np.expm1(-time * (lam + rho)))[:, None] * machine.targets
+    assert matching_time(machine, outputs) == pytest.approx(time, rel=1e-9)
+
+
+def test_matching_time_of_a_net_that_has_not_moved_is_zero_and_of_a_converged_one_its_earliest_fit():
+    """Outputs of zero are fitted best as t → 0: 0.0 (the grid's lowest point before). Outputs of a
+    machine converged to the last digit (t = 10⁵, e^{−ηλ_min t} = e^{−12500}) are fitted as well
+    by every later t: the earliest such time is returned, and its f_t(X) equals them to 1e-15."""
+    lam = np.array([2.0, 1.0, 0.5, 0.25])
+    machine = _gram_machine(np.diag(lam), ridge=100.0)
+    assert matching_time(machine, np.zeros_like(machine.targets)) == 0.0
+    machine = _gram_machine(np.diag(lam), learning_rate=0.5)
+    converged = -np.expm1(-0.5 * 1e5 * lam)[:, None] * machine.targets
+    found = matching_time(machine, converged)
+    assert 0 < found < 1e5
+    np.testing.assert_allclose(training_outputs(machine, found), converged, rtol=0, atol=1e-15)
+
+
 def test_matching_time_finds_late_times_from_the_last_digits_of_the_outputs():
     """diag(2, 1, 0.5, 0.25), η = 0.5, t = 15/(ηλ_min): the slowest direction is fitted up to
     e^{−15} ≈ 3e-7, which float64 outputs still resolve (recovered to rtol 1e-8; the real code gets
