@@ -67,6 +67,29 @@ def test_tiles_and_their_padding_leave_the_kernel_unchanged(rng, jax_strict, mon
     np.testing.assert_allclose(tiled, whole, rtol=1e-14)
 
 
+def test_tiles_and_their_padding_leave_the_input_gradient_unchanged(rng, jax_strict, monkeypatch):
+    """The padding column of the last tile (a zero image) is cut off before the cotangent reaches
+    it, but a NaN in its part of the VJP would still poison x1's gradient (0 · NaN). Without a bias
+    its covariances are exactly 0, where the angle's derivative divides by s² + c² = 0: the tiled
+    VJP of a bias-free conv2 must equal the untiled one to rtol 1e-12, and be finite."""
+    from ntkrobust.kernels.architectures import convolutional
+
+    kernel_fn = convolutional(2, b_std=0.0).kernel_fn
+    assert kernel_fn is not None
+    _, x2 = _inputs(rng, SHAPES[1])
+    x1 = jnp.asarray(rng.uniform(0.1, 1.0, size=(N, *SHAPES[1])))  # no zero image: only the padding is one
+    cotangent = jnp.asarray(rng.standard_normal((N, N)))
+
+    def vjp():  # a new function per call: jax.jit of the same function would reuse its first trace
+        return jax.jit(lambda a, b, c: jax.vjp(lambda z: kernel_fn(z, b, "ntk"), a)[1](c)[0])
+
+    whole = np.asarray(vjp()(x1, x2, cotangent))
+    monkeypatch.setattr(conv_module, "_TILE_PIXEL_ENTRIES", 2 * 6 * 7)  # tiles of 2, 2 and 1 + 1 padding
+    tiled = np.asarray(vjp()(x1, x2, cotangent))
+    assert np.isfinite(whole).all() and np.isfinite(tiled).all()
+    np.testing.assert_allclose(tiled, whole, rtol=1e-12, atol=1e-15 * float(np.abs(whole).max()))
+
+
 def test_float32_stays_float32(rng, jax_strict):
     kernel_fn = get_architecture("conv2").kernel_fn
     x1, x2 = _inputs(rng, SHAPES[0])
