@@ -261,7 +261,10 @@ def _cifar10(root: Path, want_train: bool) -> dict[str, Any]:
 def _cifar100_names(base: Path, binary: bool) -> list[str] | None:
     if binary:
         names = base / "fine_label_names.txt"
-        return names.read_text().split() if names.is_file() else None
+        if not names.is_file():
+            return None
+        listed = names.read_bytes().split()  # one name a line: decoded and checked as the python layout's
+        return _label_names(listed, str(names), "fine_label_names") if listed else []
     meta = base / "meta"
     if not meta.is_file():
         return None
