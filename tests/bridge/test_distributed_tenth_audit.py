@@ -23,12 +23,12 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_distributed_audit import _free_port
 from torch import nn
 
 from ntkrobust.bridge import distributed, global_batchnorm
@@ -248,12 +248,6 @@ def _layer() -> nn.BatchNorm2d:
 
 class _NodeCheckFailed(Exception):
     """A check's error of no class the code names: ``failing_together`` must gather any error."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:

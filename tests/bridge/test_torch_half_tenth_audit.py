@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_transfer_audit import OWN, SOURCE, X, Y, _images  # the same five points and attacks
 from torch.func import functional_call, jacrev
 
 from ntkrobust.attacks import AttackSpec
@@ -45,20 +46,12 @@ def _bn_net() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Flatten(), norm).double()
 
 
-def _images(pairs: list[tuple[float, float]]) -> np.ndarray:
-    return np.array(pairs, dtype=np.float32).reshape(-1, 1, 1, 2)
-
-
 # Hand counts with the eval-mode rule x₀ − 0.4 > x₁ (1 = correct):
 #   point            0  1  2  3  4
 #   clean            1  1  1  1  0     Acc_b = 4/5
 #   own              0  0  1  1  0     still correct 2/5
 #   source           0  1  1  1  0     still correct 3/5
 #   random           1  0  1  1  (1)   still correct 3/5 (point 4 is wrong clean)
-X = _images([(0.9, 0.1), (0.8, 0.3), (0.2, 0.7), (0.6, 0.4), (0.3, 0.6)])
-Y = np.array([0, 0, 1, 1, 0])
-OWN = _images([(0.1, 0.9), (0.3, 0.8), (0.2, 0.7), (0.4, 0.6), (0.6, 0.3)])
-SOURCE = _images([(0.1, 0.9), (0.8, 0.3), (0.2, 0.7), (0.4, 0.6), (0.3, 0.6)])
 RANDOM = _images([(0.9, 0.1), (0.3, 0.8), (0.6, 0.7), (0.6, 0.4), (0.9, 0.1)])
 
 
