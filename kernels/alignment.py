@@ -52,8 +52,8 @@ def matching_time(machine: KernelMachine, outputs: np.ndarray, *, grid: int = 40
     point. Where the best point is the grid's first, the net has moved less than the machine does
     in 10⁻³ of its fastest time scale (f_t is then all but linear in t, and its best t lies
     further down): the grid is extended downward by its own span, up to ``_EXTENSIONS`` times
-    (before, such a t came out as the grid's edge: 4.4 % high at a tenth of the edge, 10x at a
-    hundredth); 0.0 where the outputs are still best fitted as t → 0 (a net that has not moved).
+    (before, such a t came out as the grid's edge: 4.4 % high just below it, 10x at a tenth of
+    it); 0.0 where the outputs are still best fitted as t → 0 (a net that has not moved).
     Past the grid's far end f_t(X) has converged to the last digit, so every later t fits as
     well: the earliest of them is returned.
     """
