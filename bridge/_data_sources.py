@@ -263,8 +263,8 @@ def _cifar100_names(base: Path, binary: bool) -> list[str] | None:
         names = base / "fine_label_names.txt"
         if not names.is_file():
             return None
-        listed = names.read_bytes().split()  # one name a line: decoded and checked as the python layout's
-        return _label_names(listed, str(names), "fine_label_names") if listed else []
+        lines = names.read_bytes().split()  # one name a line: decoded and checked as the python layout's
+        return _label_names(lines, str(names), "fine_label_names") if lines else []
     meta = base / "meta"
     if not meta.is_file():
         return None
