@@ -222,7 +222,7 @@ def test_transfer_records_its_settings_and_an_undefined_tau_as_none(tmp_path, mo
     monkeypatch.setattr(transfer, "_surrogate_examples", stand_in)
 
     target = _checkpoint(tmp_path / "constant.pt", 2, 0, constant=True)
-    torch.save(torch.load(target, weights_only=False) | {"epoch": 3}, target)  # a run's epoch 3
+    torch.save(torch.load(target, weights_only=True) | {"epoch": 3}, target)  # a run's epoch 3
     settings = TransferSettings(
         target=(str(_checkpoint(tmp_path / "random.pt", 2, seed=1)), str(target)),
         data=DATA,
