@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkrobust._allocator import available_memory
+from ntkrobust._numbers import is_real, is_whole
 from ntkrobust.attacks.threat import looks_channels_last
 from ntkrobust.bridge.initialisation import INITIALISATIONS, initialise
 
@@ -72,20 +73,43 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        try:
-            return cls(
-                model=str(data["model"]),
-                input_shape=tuple(int(v) for v in data["input_shape"]),  # type: ignore[arg-type]
-                num_classes=int(data["num_classes"]),
-                width=int(data["width"]),
-                seed=int(data.get("seed", 0)),
-                mean=None if data.get("mean") is None else tuple(float(v) for v in data["mean"]),
-                std=None if data.get("std") is None else tuple(float(v) for v in data["std"]),
-                init=str(data.get("init", "default")),
-                running_stats=bool(data.get("running_stats", True)),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise ModelError(f"not a model config: {error}") from None
+        """The config a checkpoint records, its types checked as written: ``int()`` and ``bool()``
+        would read a width of 8.5 as 8, a seed of 1.9 as 1 (the f₀ an ``OutputChange`` rebuilds)
+        and ``running_stats: "false"`` as True."""
+        if not isinstance(data, dict):
+            raise ModelError(f"not a model config: {type(data).__name__}")
+        missing = [key for key in ("model", "input_shape", "num_classes", "width") if key not in data]
+        if missing:
+            raise ModelError(f"not a model config: no {', '.join(missing)}")
+        words = {"model": data["model"], "init": data.get("init", "default")}
+        for key, value in [*words.items(), ("running_stats", data.get("running_stats", True))]:
+            if not isinstance(value, bool if key == "running_stats" else str):
+                raise ModelError(f"not a model config: {key} is {value!r}")
+        return cls(
+            model=words["model"],
+            input_shape=tuple(_wholes(data["input_shape"], "input_shape")),  # type: ignore[arg-type]
+            num_classes=_wholes([data["num_classes"]], "num_classes")[0],
+            width=_wholes([data["width"]], "width")[0],
+            seed=_wholes([data.get("seed", 0)], "seed")[0],
+            mean=_reals(data.get("mean"), "mean"),
+            std=_reals(data.get("std"), "std"),
+            init=words["init"],
+            running_stats=data.get("running_stats", True),
+        )
+
+
+def _wholes(values: Any, key: str) -> list[int]:
+    if not isinstance(values, (list, tuple)) or not all(is_whole(v) for v in values):
+        raise ModelError(f"not a model config: {key} must be whole numbers, got {values!r}")
+    return [int(v) for v in values]
+
+
+def _reals(values: Any, key: str) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    if not isinstance(values, (list, tuple)) or not all(is_real(v) for v in values):
+        raise ModelError(f"not a model config: {key} must be real numbers, got {values!r}")
+    return tuple(float(v) for v in values)
 
 
 # --- layers -------------------------------------------------------------------------------
@@ -349,7 +373,7 @@ def model_config(
     spec = get_model_spec(name)
     whole = {"input_shape": tuple(input_shape), "num_classes": (num_classes,), "width": (width,), "seed": (seed,)}
     for what, values in whole.items():  # int() truncated 2.5 classes to 2 outputs
-        if any(v is not None and (isinstance(v, bool) or v != int(v)) for v in values):
+        if any(v is not None and not is_whole(v) for v in values):
             raise ModelError(f"{what} must be whole numbers, got {values if len(values) > 1 else values[0]}")
     config = ModelConfig(
         model=name,

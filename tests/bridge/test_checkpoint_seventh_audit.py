@@ -180,7 +180,8 @@ def test_a_checkpoint_without_a_model_config_says_so(tmp_path, config):
     torch.save(payload, tmp_path / "c.pt")
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(tmp_path / "c.pt")
-    assert str(error.value) == f"{tmp_path / 'c.pt'}: cannot rebuild its model (not a model config: 'model')"
+    missing = "no model, input_shape, num_classes, width"
+    assert str(error.value) == f"{tmp_path / 'c.pt'}: cannot rebuild its model (not a model config: {missing})"
     assert not isinstance(error.value, ForeignFileError)
 
 

@@ -195,6 +195,46 @@ def test_checkpoint_alone_rebuilds_its_model(tmp_path, name):
     assert path.stat().st_mode & 0o044  # readable by others, like any file the user writes
 
 
+@pytest.mark.parametrize(
+    ("entry", "value", "message"),
+    [
+        ("width", 16.5, "width must be whole numbers, got [16.5]"),  # int() read it as 16
+        ("seed", 1.9, "seed must be whole numbers, got [1.9]"),  # f0 of an OutputChange from seed 1
+        ("num_classes", True, "num_classes must be whole numbers, got [True]"),
+        ("input_shape", [1, 8.0, 8], "input_shape must be whole numbers, got [1, 8.0, 8]"),
+        ("input_shape", "1x8x8", "input_shape must be whole numbers, got '1x8x8'"),
+        ("running_stats", "false", "running_stats is 'false'"),  # bool("false") is True
+        ("model", None, "model is None"),
+        ("init", 0, "init is 0"),
+        ("mean", ["0.5"], "mean must be real numbers, got ['0.5']"),
+        ("std", 0.5, "std must be real numbers, got 0.5"),
+    ],
+)
+def test_a_checkpoints_config_is_read_as_written(tmp_path, entry, value, message):
+    """A stored config whose numbers are not whole, or whose words and flags are of another type,
+    is a damaged checkpoint: refused in one line, not read with ``int()`` or ``bool()``."""
+    config = small_config("conv1", mean=(0.5,), std=(0.25,))
+    path = save_checkpoint(tmp_path / "model.pt", build_model(config), config)
+    payload = torch.load(path, weights_only=True)
+    payload["config"][entry] = value
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    assert str(error.value) == f"{path}: cannot rebuild its model (not a model config: {message})"
+    payload["config"] = [1, 2]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"not a model config: list\)$"):
+        load_checkpoint(path)
+
+
+def test_a_config_takes_numpys_whole_numbers_but_no_float():
+    config = model_config("fc1", (np.int64(1), 8, 8), np.int32(3), width=np.int64(16), seed=np.uint8(2))
+    assert config == model_config("fc1", (1, 8, 8), 3, width=16, seed=2)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ModelError, match=re.escape("width must be whole numbers, got 16.0")):
+        model_config("fc1", (1, 8, 8), 3, width=16.0)  # type: ignore[arg-type]
+
+
 def test_foreign_files_are_not_checkpoints(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
