@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ntkrobust.attacks import AttackSpec
+from ntkrobust.bridge._modes import kept_modes
 from ntkrobust.bridge.adversarial import accuracy, attack_examples, pgd_examples, predict
 from ntkrobust.bridge.entk import KernelKind, check_memory_budget, empirical_ntk
 from ntkrobust.bridge.jacobians import forward_pass
@@ -159,25 +160,23 @@ def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
     batch it sees and leaves its running statistics as they are (RAT's "w/o buffer"), its batch
     count too: under torchrun the processes evaluate different numbers of batches, and their
     buffers must stay equal (DistributedDataParallel does not broadcast them: ``replicated``)."""
-    was_training = model.training
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.training) for m in norms]
+    momenta = [m.momentum for m in norms]
     counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
-    model.eval()
-    try:
-        for m in norms:
-            # train mode makes BatchNorm use the batch's statistics; momentum 0 keeps the running
-            # ones: running ← (1 − 0)·running + 0·batch.
-            m.momentum = 0.0
-            m.train()
-        yield model
-    finally:
-        for m, (momentum, training), count in zip(norms, saved, counts, strict=True):
-            m.momentum = momentum
-            m.train(training)
-            if count is not None and m.num_batches_tracked is not None:
-                m.num_batches_tracked.copy_(count)
-        model.train(was_training)
+    with kept_modes(model):
+        model.eval()
+        try:
+            for m in norms:
+                # train mode makes BatchNorm use the batch's statistics; momentum 0 keeps the running
+                # ones: running ← (1 − 0)·running + 0·batch.
+                m.momentum = 0.0
+                m.train()
+            yield model
+        finally:
+            for m, momentum, count in zip(norms, momenta, counts, strict=True):
+                m.momentum = momentum
+                if count is not None and m.num_batches_tracked is not None:
+                    m.num_batches_tracked.copy_(count)
 
 
 @contextlib.contextmanager
@@ -188,12 +187,9 @@ def _evaluation(model: nn.Module, batchnorm: str) -> Iterator[nn.Module]:
         with batch_statistics(model):
             yield model
         return
-    was_training = model.training
-    model.eval()
-    try:
+    with kept_modes(model):
+        model.eval()
         yield model
-    finally:
-        model.train(was_training)
 
 
 def clean_accuracy(

@@ -48,11 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkrobust._numbers import is_real, is_whole
 from ntkrobust._progress import progress_bar
 from ntkrobust._upload import upload
 from ntkrobust.attacks import fgsm, pgd
 from ntkrobust.attacks.threat import ThreatModel
 from ntkrobust.bridge import distributed
+from ntkrobust.bridge._modes import kept_modes
 from ntkrobust.bridge.adversarial import cross_entropy_gradient, input_gradient
 from ntkrobust.bridge.augment import AUGMENTATIONS, augment
 from ntkrobust.bridge.global_batchnorm import convert, shared_batch
@@ -92,6 +94,11 @@ def _milestones_ok(milestones: Sequence[int]) -> bool:
     return all(m >= 1 for m in milestones) and all(a < b for a, b in itertools.pairwise(milestones))
 
 
+_WHOLE_FIELDS = ("epochs", "batch_size", "pgd_steps", "eps_warmup", "seed", "switch_epoch", "te_start", "te_end")
+_OPTIONAL_FIELDS = ("switch_epoch", "te_start", "te_end")
+_REAL_FIELDS = ("eps", "lr", "momentum", "weight_decay", "gamma", "pgd_step", "trades_beta", "te_weight")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides the training trajectory (with the model's config and the data).
@@ -123,6 +130,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.mode not in MODES:
             raise ValueError(f"unknown training mode {self.mode!r}; choose from {', '.join(MODES)}")
         if not 0 <= self.eps <= 1:
@@ -131,6 +139,7 @@ class TrainConfig:
             raise ValueError(f"mode {self.mode} needs eps > 0")
         checks = (
             ("epochs", self.epochs, self.epochs >= 0),
+            ("seed", self.seed, self.seed >= 0),  # numpy's SeedSequence refuses a negative one
             ("lr", self.lr, _float32(self.lr) and self.lr > 0),
             ("momentum", self.momentum, 0 <= self.momentum < 1),
             ("weight decay", self.weight_decay, _float32(self.weight_decay) and self.weight_decay >= 0),
@@ -155,6 +164,22 @@ class TrainConfig:
                     f"te ramps its weight from epoch te_start to te_end, 1 <= te_start < te_end <= epochs "
                     f"({self.epochs}); got {start} and {end}"
                 )
+
+    def _check_types(self) -> None:
+        """Counts are whole numbers and rates real ones, before any bound is compared: a batch size
+        of 2.5 or an ``eps`` of True passed every bound below and failed (or did not) far later."""
+        for name in _WHOLE_FIELDS:
+            value = getattr(self, name)
+            if not (is_whole(value) or (value is None and name in _OPTIONAL_FIELDS)):
+                raise ValueError(f"invalid {name.replace('_', ' ')} for training: {value!r} (not a whole number)")
+        for name in _REAL_FIELDS:
+            value = getattr(self, name)
+            if not is_real(value):
+                raise ValueError(f"invalid {name.replace('_', ' ')} for training: {value!r} (not a number)")
+        if not all(is_whole(m) for m in self.milestones):
+            raise ValueError(f"invalid milestones for training: {list(self.milestones)} (not whole numbers)")
+        if not isinstance(self.augment_shared, bool):
+            raise ValueError(f"invalid augment shared for training: {self.augment_shared!r} (not True or False)")
 
     def mode_at(self, epoch: int) -> str:
         """The mode of epoch ``epoch`` (1-based): clean up to ``switch_epoch``, then ``mode``."""
@@ -240,9 +265,8 @@ def training_inputs(
     part = part or slice(None)
     if mode == "standard":
         return x[part]
-    was_training = model.training
-    model.eval()
-    try:
+    with kept_modes(model):
+        model.eval()
         gradient = cross_entropy_gradient(model)
         xs, ys = x[part], y[part]
         if mode == "fgsm":
@@ -273,8 +297,6 @@ def training_inputs(
                 start=start[part],
             )
         raise ValueError(f"unknown training mode {mode!r}")
-    finally:
-        model.train(was_training)
 
 
 def training_loss(
@@ -333,10 +355,9 @@ def _te_regulariser(
         raise ValueError("mode te needs the run's TemporalEnsemble")
     if not ensemble.active(epoch):
         return None, 0.0
-    model.eval()
-    with torch.no_grad():
+    with kept_modes(model), torch.no_grad():
+        model.eval()
         targets = ensemble.update(index, model(x))
-    model.train()
     return targets, ensemble.weight(epoch)
 
 
@@ -374,10 +395,9 @@ def _finite_share(model: nn.Module, rows: torch.Tensor, replicas: int) -> torch.
     own."""
     if rows.shape[0] == 0:  # a process without rows in a batch smaller than the processes
         return torch.full((1,), 1 / replicas, dtype=torch.float64, device=rows.device)
-    model.eval()
-    with torch.no_grad():
+    with kept_modes(model), torch.no_grad():
+        model.eval()
         finite = torch.isfinite(model(rows)).all()
-    model.train()
     return finite.double()[None] / replicas
 
 

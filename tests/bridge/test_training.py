@@ -242,11 +242,27 @@ def test_the_warm_up_attack_stays_in_its_smaller_ball(digits):
         ({"eps": 1.5}, "eps must lie in [0, 1]"),
         ({"mode": "pgd", "eps": 0.0}, "needs eps > 0"),
         ({"batch_size": 0}, "invalid batch size"),
+        # types before bounds: each of these passed every bound check before
+        ({"batch_size": 2.5}, "invalid batch size for training: 2.5 (not a whole number)"),
+        ({"epochs": True}, "invalid epochs for training: True (not a whole number)"),
+        ({"pgd_steps": 10.0}, "invalid pgd steps for training: 10.0 (not a whole number)"),
+        ({"switch_epoch": 1.5}, "invalid switch epoch for training: 1.5 (not a whole number)"),
+        ({"mode": "pgd", "eps": True}, "invalid eps for training: True (not a number)"),
+        ({"lr": "0.1"}, "invalid lr for training: '0.1' (not a number)"),  # was math's TypeError
+        ({"milestones": (2.5,)}, "invalid milestones for training: [2.5] (not whole numbers)"),
+        ({"augment_shared": "no"}, "invalid augment shared for training: 'no' (not True or False)"),
+        ({"seed": -1}, "invalid seed for training: -1"),  # was SeedSequence's error at the first epoch
     ],
 )
 def test_bad_training_configuration(changes, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         TrainConfig(**changes)
+
+
+def test_training_configuration_takes_numpys_numbers():
+    config = TrainConfig(epochs=np.int64(3), batch_size=np.int32(8), lr=np.float32(0.5), milestones=(np.int64(2),))
+    assert config == TrainConfig(epochs=3, batch_size=8, lr=0.5, milestones=(2,))
+    assert TrainConfig(switch_epoch=None).switch_epoch is None
 
 
 def test_epoch_uses_the_switch_mode_and_reports(digits):
