@@ -255,12 +255,17 @@ def plan_kernel(
 
     with torch.no_grad():
         try:
-            num_outputs = net(a[:1]).shape[1]
+            probe = net(a[:1])
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as error:  # "mat1 and mat2 shapes cannot be multiplied" says too little
             said = first_line(error)
             raise ValueError(f"the model does not take inputs of shape {tuple(a.shape[1:])}: {said}") from None
+    # a (B, C, H, W) map or a tuple was "too many values to unpack (expected 3)" deep in a contraction
+    if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
+        got = f"shape {tuple(probe.shape)}" if isinstance(probe, torch.Tensor) else type(probe).__name__
+        raise ValueError(f"the model must map a batch to (batch, outputs) scores, got {got} for one input")
+    num_outputs = probe.shape[1]
     outputs = kind.outputs(num_outputs)
     estimated = kind.name == "rademacher"
     if estimated:  # the trace of the K signed outputs' kernel, rescaled at the end

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -382,6 +384,28 @@ def test_inputs_with_nan_of_two_shapes_or_that_the_net_does_not_take_are_refused
         empirical_ntk(model, x, torch.rand(2, 1, 5, 5))
     with pytest.raises(ValueError, match=r"the model does not take inputs of shape \(1, 5, 5\): "):
         empirical_ntk(model, torch.rand(2, 1, 5, 5))
+
+
+class _Reshaped(torch.nn.Module):
+    """A net whose output is not (batch, outputs): a map, a vector or a tuple of scores."""
+
+    def __init__(self, shape: tuple[int, ...] | None) -> None:
+        super().__init__()
+        self.linear, self.shape = torch.nn.Linear(4, 6), shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.linear(x.flatten(1))
+        return (out,) if self.shape is None else out.reshape(-1, *self.shape)
+
+
+@pytest.mark.parametrize(("shape", "got"), [((3, 2), "shape (1, 3, 2)"), ((), "shape (6,)"), (None, "tuple")])
+def test_a_net_whose_output_is_not_batch_by_outputs_is_refused(shape, got):
+    """Before: "too many values to unpack (expected 3)" from a contraction, an IndexError or an
+    AttributeError; now one line saying what the net gave."""
+    message = f"the model must map a batch to (batch, outputs) scores, got {got} for one input"
+    for kind in ("trace", "full"):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            empirical_ntk(_Reshaped(shape), torch.rand(2, 1, 2, 2), kind=kind)
 
 
 def test_class_index_must_be_an_output():
