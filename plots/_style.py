@@ -258,6 +258,8 @@ def _tick_number(value: float, *, plain: bool) -> str:
         return np.format_float_positional(value, precision=3, unique=True, fractional=False, trim="-")
     exponent = int(np.floor(np.log10(value) + 1e-9))
     mantissa = round(value / 10.0**exponent, 2)
+    if mantissa >= 10:  # 9.999e-3 rounds to 10: write 10⁻² rather than 10×10⁻³
+        exponent, mantissa = exponent + 1, 1
     power = rf"10^{{{exponent}}}"
     return rf"${power}$" if mantissa == 1 else rf"${mantissa:g}\times{power}$"
 

@@ -57,6 +57,13 @@ def kernel_image(
     kernel, labels = np.asarray(kernel), np.asarray(labels)
     if kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1] or labels.shape != (kernel.shape[0],):
         raise ValueError(f"a square (N, N) kernel and N labels, got a kernel {kernel.shape} and labels {labels.shape}")
+    # an empty kernel failed in max() of no names, a label past the names with an IndexError
+    if (
+        labels.size == 0
+        or not np.issubdtype(labels.dtype, np.integer)
+        or not 0 <= labels.min() <= labels.max() < len(class_names)
+    ):
+        raise ValueError(f"labels must be class indices into the {len(class_names)} class names, at least one point")
     plt = _pyplot()
     sorted_kernel, counts, edges = _class_sorted(kernel, labels, len(class_names))
     fig, ax = plt.subplots(figsize=(6.2, 5.4), layout="constrained")
