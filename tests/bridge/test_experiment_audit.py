@@ -275,21 +275,27 @@ def both_statistics_run(tmp_path_factory):
     config = model_config("resnet18", data.image_shape, len(data.classes), width=2, seed=SEED)
     train = TrainConfig(mode="pgd", epochs=1, lr=0.1, batch_size=16, eps=EPS, pgd_step=STEP, pgd_steps=STEPS, seed=SEED)
     tracking = _tracking(eval_n=6, batchnorm=("running", "batch"), selection_seed=SELECTION)
-    original = KernelTracker.track
-
-    def timed(self, *args, **kwargs):
-        arrays, record = original(self, *args, **kwargs)
-        record["seconds"] = 10.0 if self.batchnorm == "running" else 1.0
-        return arrays, record
-
     out = tmp_path_factory.mktemp("both") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(KernelTracker, "track", timed)
+        patch.setattr(KernelTracker, "track", tracked_in(running=10.0, batch=1.0))
         history = run_training(
             out, build_model(config), config, data, train, tracking,
             config={"audit": True}, label="audit", device=torch.device("cpu"),
         )  # fmt: skip
     return out, data, history
+
+
+def tracked_in(*, running: float, batch: float):
+    """``KernelTracker.track`` that reports ``running`` seconds for the running-statistics
+    tracker and ``batch`` for the batch-statistics one (what the records' speed note reads)."""
+    original = KernelTracker.track
+
+    def timed(self, *args, **kwargs):
+        arrays, record = original(self, *args, **kwargs)
+        record["seconds"] = running if self.batchnorm == "running" else batch
+        return arrays, record
+
+    return timed
 
 
 @pytest.mark.slow  # a BatchNorm net's kernels: ~25 s

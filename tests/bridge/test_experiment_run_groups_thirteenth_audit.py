@@ -217,6 +217,7 @@ def both_modes_run(tmp_path_factory):
     evaluation (PGD-3, step 0.04) every 2 epochs and at the last; the running tracker reports
     10 s, the batch-statistics one 1 s."""
     import torch
+    from test_experiment_audit import tracked_in  # the same speed note, tracked in 10 s and 1 s
 
     from ntkrobust.bridge.experiment import run_training
     from ntkrobust.bridge.models import build_model, model_config
@@ -233,16 +234,9 @@ def both_modes_run(tmp_path_factory):
         eps=0.1, step=0.05, steps=2, probe=4, eval_n=9, full_step=0.04, full_steps=3, full_every=2,
         batchnorm=("running", "batch"),
     )  # fmt: skip
-    original = KernelTracker.track
-
-    def timed(self, *args, **kwargs):
-        arrays, record = original(self, *args, **kwargs)
-        record["seconds"] = 10.0 if self.batchnorm == "running" else 1.0
-        return arrays, record
-
     out = tmp_path_factory.mktemp("both") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(KernelTracker, "track", timed)
+        patch.setattr(KernelTracker, "track", tracked_in(running=10.0, batch=1.0))
         history = run_training(
             out, build_model(config), config, data, train, tracking,
             config={"audit": 13}, label="audit", device=torch.device("cpu"),
