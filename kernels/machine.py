@@ -293,7 +293,10 @@ class KernelMachine:
         y = −1, 1 ↔ y = +1); host arrays are checked (inside a JAX trace nothing can be)."""
         x_arr = self._check(x)
         check_target_index(target_index, len(self.classes), x_arr.shape[0])
-        index = jnp.asarray(_host(target_index), dtype=jnp.int32)
+        # a JAX array (a caller's tracer too) as it is: tracers cannot go through the host
+        index = jnp.asarray(
+            target_index if isinstance(target_index, jax.Array) else _host(target_index), dtype=jnp.int32
+        )
         blocks = self._blocks()
         chunks = self._train_chunks(blocks.train)
         compiled = _compiled(self.arch)
@@ -353,7 +356,7 @@ class KernelMachine:
             raise ValueError(f"route {route!r} is not available for {self.arch.name}")
         # Intermediates per kernel entry: q backward passes (cotangents); one input-sized
         # gradient, about a conv entry's intermediates (pairs); q weights (dots).
-        blocks = self._blocks(per_example_outputs={"cotangents": q, "pairs": 4, "dots": max(q // 8, 1)}[route])
+        blocks = self._blocks(per_example_outputs={"cotangents": max(q, 1), "pairs": 4, "dots": max(q // 8, 1)}[route])
         chunks = self._train_chunks(blocks.train)
         compiled = _compiled(self.arch)
         closed = self.gradient == "closed-form"

@@ -31,11 +31,17 @@ CONV_BUDGET_4 = 8 * 16 * 12 * 4 * 64
 
 @pytest.fixture(scope="module")
 def data(jax_strict):
-    rng = np.random.default_rng(7)
+    return tiny_data(seed=7, n_test=9)
+
+
+def tiny_data(*, seed: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, x_test, y3, y2): N_TRAIN seeded uniform images of SHAPE, ``n_test`` more, and
+    labels of three classes (one-hot outputs) and of two (one ±1 output, 5 ↔ −1)."""
+    rng = np.random.default_rng(seed)
     x_train = rng.uniform(0, 1, size=(N_TRAIN, *SHAPE))
-    x_test = rng.uniform(0, 1, size=(9, *SHAPE))
-    y3 = np.array([0, 1, 2] * 4 + [1])  # three classes: one-hot outputs
-    y2 = np.array([5, 9] * 6 + [9])  # two classes: one ±1 output (5 ↔ −1)
+    x_test = rng.uniform(0, 1, size=(n_test, *SHAPE))
+    y3 = np.array([0, 1, 2] * 4 + [1])
+    y2 = np.array([5, 9] * 6 + [9])
     return x_train, x_test, y3, y2
 
 
