@@ -10,72 +10,15 @@ documented seed, epochs of kernels = step / steps per epoch), recomputed here.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_run_groups_audit import _record, _write_run  # run folders written by hand, as there
 
 from ntkrobust.bridge import run_groups
 from ntkrobust.bridge.runs import RunError, load_run
 
 TOL = 1e-12
-
-
-def _record(epoch, mode, train_seconds, test_clean, test_pgd, *, full=None, batch=None):
-    """An epoch record as ``bridge.experiment`` writes it (running statistics; ``batch``: the
-    (clean, pgd) test accuracy under batch statistics; ``full``: a full evaluation's test PGD)."""
-    scores = {"running": {"train_clean": 0.5, "train_pgd": 0.25, "test_clean": test_clean, "test_pgd": test_pgd}}
-    if batch is not None:
-        scores["batch"] = {"train_clean": 0.5, "train_pgd": 0.25, "test_clean": batch[0], "test_pgd": batch[1]}
-    record = {
-        "epoch": epoch,
-        "step": 10 * epoch,
-        "mode": mode,
-        "lr": None if mode == "init" else 0.1,
-        "train_loss": None if mode == "init" else 1.0,
-        "accuracy": scores,
-        "seconds": {"train": train_seconds, "track": 50.0, "evaluate": 100.0},
-    }
-    if full is not None:
-        record["full_evaluation"] = {
-            "steps": 7,
-            "step": 0.01,
-            "accuracy": {m: {"train_pgd": 0.0, "test_pgd": full} for m in scores},
-            "seconds": 1.0,
-        }
-    return record
-
-
-def _write_run(path, records, *, mode="standard", switch_epoch=None, linearization=None, label=None, kernels=(),
-               steps_per_epoch=10, probe_x=None, batchnorm=("running",)):  # fmt: skip
-    """A run folder: ``history.json`` with ``records``; for ``kernels`` [(step, clean,
-    adversarial)] the kernel files and a probe of ``probe_x`` (default: a fixed ramp)."""
-    path = Path(path)
-    (path / "kernels").mkdir(parents=True, exist_ok=True)
-    history = {
-        "command": "train",
-        "label": label or path.name,
-        "config": {
-            "model": {"model": "fc2", "num_classes": 2},
-            "train": {"mode": mode, "switch_epoch": switch_epoch, "epochs": len(records) - 1},
-            "tracking": {"batchnorm": list(batchnorm), "steps": 3},
-            "linearization": linearization,
-        },
-        "class_names": ["a", "b"],
-        "steps_per_epoch": steps_per_epoch,
-        "epochs": records,
-        "kernels": [],
-    }
-    if kernels:
-        n = kernels[0][1].shape[0]
-        x = np.linspace(0, 1, n * 4).reshape(n, 1, 2, 2) if probe_x is None else probe_x
-        np.savez(path / "kernels" / "probe.npz", x=x, y=np.arange(n) % 2, targets=np.arange(n) % 2)
-    for step, clean, adversarial in kernels:
-        name = f"kernels/step_{step:06d}.npz"
-        np.savez(path / name, clean=clean, **({} if adversarial is None else {"adversarial": adversarial}))
-        history["kernels"].append({"step": step, "epoch": step / steps_per_epoch, "file": name})
-    (path / "history.json").write_text(json.dumps(history))
-    return path
 
 
 def _kernels(rng, steps, n=4):

@@ -48,10 +48,10 @@ def _record(epoch, mode, train_seconds, test_clean, test_pgd, *, evaluate=100.0,
     return record
 
 
-def _write_run(path, records, *, mode, switch_epoch=None, batchnorm=("running",), linearization=None, label=None,
-               kernels=(), steps_per_epoch=10, probe_x=None):  # fmt: skip
+def _write_run(path, records, *, mode="standard", switch_epoch=None, batchnorm=("running",), linearization=None,
+               label=None, kernels=(), steps_per_epoch=10, probe_x=None):  # fmt: skip
     """A run folder: ``history.json`` with ``records`` and, for ``kernels`` [(step, clean,
-    adversarial)], the kernel files and a probe."""
+    adversarial)], the kernel files (no AE-NTK where ``adversarial`` is None) and a probe."""
     path = Path(path)
     (path / "kernels").mkdir(parents=True, exist_ok=True)
     history = {
@@ -74,7 +74,7 @@ def _write_run(path, records, *, mode, switch_epoch=None, batchnorm=("running",)
         np.savez(path / "kernels" / "probe.npz", x=x, y=np.arange(n) % 2, targets=np.arange(n) % 2)
     for step, clean, adversarial in kernels:
         name = f"kernels/step_{step:06d}.npz"
-        np.savez(path / name, clean=clean, adversarial=adversarial)
+        np.savez(path / name, clean=clean, **({} if adversarial is None else {"adversarial": adversarial}))
         history["kernels"].append({"step": step, "epoch": step / steps_per_epoch, "file": name})
     (path / "history.json").write_text(json.dumps(history))
     return path
