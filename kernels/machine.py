@@ -292,7 +292,9 @@ class KernelMachine:
         position among ``classes`` (``target_index(labels)`` maps class ids; for one output 0 ↔
         y = −1, 1 ↔ y = +1); host arrays are checked (inside a JAX trace nothing can be)."""
         x_arr = self._check(x)
-        check_target_index(target_index, len(self.classes), x_arr.shape[0])
+        # positions among the outputs the loss reads, as ``loss_cotangent``: a machine of other
+        # dual coefficients (``with_dual_coef``) may have more or fewer outputs than classes
+        check_target_index(target_index, max(self.n_outputs, 2), x_arr.shape[0])
         # a JAX array (a caller's tracer too) as it is: tracers cannot go through the host
         index = jnp.asarray(
             target_index if isinstance(target_index, jax.Array) else _host(target_index), dtype=jnp.int32

@@ -112,6 +112,32 @@ def test_with_dual_coef_gives_rows_times_the_weights_and_their_gradients(data):
         machine.with_dual_coef(w[:-1])
 
 
+def test_loss_gradient_of_other_dual_coefficients_indexes_their_outputs(data):
+    """The loss of a ``with_dual_coef`` machine is over its own outputs (``loss_cotangent``): with 4
+    outputs on a 3-class task index 3 is the fourth output's softmax cross-entropy (checked
+    against ``jax.grad`` of it), and with one output only 0 and 1 (y = ∓1) exist, so 2 is refused
+    (it was checked against the 3 classes and read as y = +3)."""
+    x_train, x_test, y3, _ = data
+    machine = fit_kernel_machine(get_architecture("fc1"), x_train, y3, time=0.8)
+    w = np.random.default_rng(4).standard_normal((N_TRAIN, 4))
+    four = machine.with_dual_coef(w)
+    index = np.array([3, 0, 3])
+    got = np.asarray(four.loss_gradient(x_test[:3], index))
+    arch = machine.arch
+    xt = arch.to_layout(jnp.asarray(x_train))
+
+    def loss(xb):
+        f = arch.kernel_fn(arch.to_layout(xb), xt, "ntk") @ jnp.asarray(w)
+        return -jnp.sum(jax.nn.log_softmax(f)[jnp.arange(3), jnp.asarray(index)])
+
+    want = np.asarray(jax.grad(loss)(jnp.asarray(x_test[:3])))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max())
+    one = machine.with_dual_coef(w[:, :1])
+    assert np.all(np.isfinite(np.asarray(one.loss_gradient(x_test[:2], np.array([0, 1])))))
+    with pytest.raises(ValueError, match=r"target indices must lie in \[0, 2\)"):
+        one.loss_gradient(x_test[:2], np.array([0, 2]))
+
+
 # -- refusals of the evaluation entry points ------------------------------------------------------
 
 
