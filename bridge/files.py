@@ -72,8 +72,11 @@ def read_json(path: str | Path) -> Any:
     """The JSON value in ``path``, or ``JsonFileError``: every reader of run and reproduction
     files says the same reasons (a parser's own errors are a traceback for arrays nested thousands
     deep, and a paragraph of advice for an integer of more digits than Python converts)."""
+    path = Path(path)
+    if not_a_file(path) == "is not a regular file":  # a FIFO blocks the reader, a device never ends
+        raise JsonFileError("is not a regular file")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise JsonFileError("not UTF-8 text") from None
     except OSError as error:

@@ -76,13 +76,17 @@ class TrainSettings:
 
 
 def check_folder(settings: TrainSettings) -> None:
+    from ntkrobust.bridge.files import not_a_file
     from ntkrobust.bridge.runfolder import RunFolder
 
     if settings.resume and settings.force:
         raise StudyError("--resume continues the run in --out; --force would start it over: choose one")
     if settings.resume:
-        if not RunFolder(settings.out).exists():
-            raise StudyError(f"--resume: {settings.out} holds no run to continue (no config.json)")
+        run = RunFolder(settings.out)
+        if not run.exists():
+            reason = not_a_file(run.config)
+            what = "no config.json" if reason == "does not exist" else f"its config.json {reason}"
+            raise StudyError(f"--resume: {settings.out} holds no run to continue ({what})")
     else:
         check_out_dir(settings.out, settings.force)
     if settings.force and not settings.resume:  # --force clears the run's files: never an input

@@ -77,13 +77,13 @@ class DynamicsResult(StudyResult):
         return f"{len(self.summaries)} run(s): {figures}"
 
 
-def _networks(runs: Sequence[Any]) -> list[tuple[str, Path]]:
-    """(label, checkpoint): every run's network at its start ("start of LABEL"; ``_pictured_networks``
+def _networks(runs: Sequence[Any]) -> list[tuple[str, Path, Any]]:
+    """(label, checkpoint, its run): every run's network at its start ("start of LABEL"; ``_pictured_networks``
     says "initialisation" where it is not a linearized run's, and keeps each distinct one once),
     then every run's at its end."""
     from ntkrobust.bridge.runfolder import RunFolder
 
-    networks = [(f"start of {run.label}", RunFolder(run.path).checkpoint(0)) for run in runs]
+    networks = [(f"start of {run.label}", RunFolder(run.path).checkpoint(0), run) for run in runs]
     for run in runs:
         folder = RunFolder(run.path)
         if not folder.probe.is_file():
@@ -91,35 +91,31 @@ def _networks(runs: Sequence[Any]) -> list[tuple[str, Path]]:
         latest = folder.latest_checkpoint()
         if latest is None:
             raise StudyError(f"{run.path} has no checkpoints to picture its kernel's eigenvectors")
-        networks.append((f"end of {run.label}", latest))
+        networks.append((f"end of {run.label}", latest, run))
     return networks
 
 
-def _check_same_model(path: Path, found: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose network is not the one its run folder's config.json trained."""
-    from ntkrobust.bridge.files import JsonFileError, read_json
-    from ntkrobust.bridge.runfolder import checkpoint_epoch
-
-    located = checkpoint_epoch(path)
-    try:
-        trained = read_json(located[0].config)["model"] if located else None
-    except (JsonFileError, KeyError, TypeError):
-        trained = None  # no readable config.json: nothing to compare with
+def _check_same_model(path: Path, found: dict[str, Any], history: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose network is not the one its run trained: the model its run's
+    history (already read and checked by ``load_run``) records, the same as its config.json.
+    A history that records no model cannot vouch for the checkpoint, so it is refused too."""
+    config = history.get("config")
+    trained = config.get("model") if isinstance(config, dict) else None
     if not isinstance(trained, dict):
-        return
+        raise StudyError(f"{path.parent.parent}'s history records no model to check {path.name} against")
     differ = [key for key in ("model", "width", "num_classes", "input_shape") if trained.get(key) != found.get(key)]
     if differ:
         what = ", ".join(f"{key} {found.get(key)} (run: {trained.get(key)})" for key in differ)
         raise StudyError(f"{path} is not the network its run trained: {what}")
 
 
-def _check_pictured(settings: DynamicsSettings, path: Path, model: Any, config: Any, x: Any) -> None:
+def _check_pictured(settings: DynamicsSettings, path: Path, run: Any, model: Any, config: Any, x: Any) -> None:
     """Refuse, before any eigenvector is computed, what would fail (or mislead) only in the middle
     of the computation: more eigenvectors than probe points, a probe the network cannot take,
     a diverged network (NaN weights: ``eigh`` fails on its kernel)."""
     import torch
 
-    _check_same_model(path, config.to_dict())
+    _check_same_model(path, config.to_dict(), run.history)
     if not 0 <= settings.eigenvector_class < config.num_classes:
         raise StudyError(
             f"--eigenvector-class {settings.eigenvector_class}: the net of {path.parent.parent} has "
@@ -151,7 +147,7 @@ def _pictured_networks(
     from ntkrobust.bridge.runs import RunError, probe_images
 
     loaded: list[tuple[str, Path, Any, Any]] = []
-    for label, path in _networks(runs):
+    for label, path, run in _networks(runs):
         try:
             model, config, _ = load_checkpoint(path)
             located = checkpoint_epoch(path)
@@ -159,7 +155,7 @@ def _pictured_networks(
             x = probe_images(located[0].path)
         except (CheckpointError, RunError) as err:
             raise StudyError(str(err)) from None
-        _check_pictured(settings, path, model, config, x)
+        _check_pictured(settings, path, run, model, config, x)
         if isinstance(model, LinearizedNetwork | CenteredStandardNetwork):
             network = model.tangent_network()  # its kernel is its parent's at θt, for every θ
         else:

@@ -153,6 +153,15 @@ def test_read_json_says_one_short_reason(tmp_path, content, reason):
     assert "sys.set_int_max_str_digits" not in str(error.value)
 
 
+def test_read_json_refuses_a_fifo_and_a_device_before_reading(tmp_path):
+    """A FIFO named config.json blocked its reader until something wrote to it (for good, in a
+    hostile run folder), and /dev/zero never ends: neither is read."""
+    os.mkfifo(tmp_path / "config.json")
+    for path in (tmp_path / "config.json", Path("/dev/zero")):
+        with pytest.raises(JsonFileError, match=r"^is not a regular file$"):
+            read_json(path)
+
+
 def test_read_json_of_a_folder_or_missing_file_is_the_systems_words(tmp_path):
     with pytest.raises(JsonFileError, match=r"^\[Errno 21\] Is a directory"):
         read_json(tmp_path)

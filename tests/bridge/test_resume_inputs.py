@@ -4,6 +4,7 @@ folder left as it was (nothing rewritten before the checkpoint is read and check
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -48,6 +49,11 @@ def _train_int(run):
     config = json.loads((run / "config.json").read_text())
     config["train"] = 5
     _config_file(run, json.dumps(config))
+
+
+def _fifo(path):
+    path.unlink()
+    os.mkfifo(path)
 
 
 def _truncated(run):
@@ -105,6 +111,12 @@ EDITS = {
         "config.json: unreadable JSON (Exceeds the limit (4300 digits) for integer string conversion: "
         "value has 5000 digits)\n",
     ),
+    # a FIFO blocked the reader for good (``files.read_json``), a device never ended
+    "config a FIFO": (
+        lambda run: _fifo(run / "config.json"),
+        "holds no run to continue (its config.json is not a regular file)",
+    ),
+    "history a FIFO": (lambda run: _fifo(run / "history.json"), "history.json is not"),
     "negative epoch": (lambda run: _edit_checkpoint(run, lambda p: p.update(epoch=-3)), "epoch -3 is not"),
     "negative step": (lambda run: _edit_checkpoint(run, lambda p: p.update(step=-1)), "its step -1 is not 4"),
     "history a list": (lambda run: _edit_checkpoint(run, lambda p: p.update(history=[1])), "its history is not"),

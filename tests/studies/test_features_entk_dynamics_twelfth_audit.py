@@ -9,6 +9,8 @@ checks, so a setting that passes the checks is told apart from one that is refus
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -171,7 +173,7 @@ def test_the_kernel_image_says_when_it_draws_the_mean_of_the_diagonal_blocks(kin
     ],
 )
 def test_each_field_of_the_trained_network_tells_a_foreign_checkpoint(tmp_path, changes, said):
-    """The network pictured must be the one its run folder's config.json trained: the model, its
+    """The network pictured must be the one its run's history records: the model, its
     width, its outputs and its input shape each tell two networks apart (an fc2 of width 8 in a
     run of width 16 has other kernels). The same network, read back from the JSON, passes."""
     import json
@@ -180,15 +182,13 @@ def test_each_field_of_the_trained_network_tells_a_foreign_checkpoint(tmp_path, 
     from ntkrobust.studies import dynamics
 
     trained = model_config("fc2", (1, 8, 8), 10, width=16)
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"model": trained.to_dict()}))
-    path = run / "checkpoints" / "epoch_002.pt"
-    dynamics._check_same_model(path, json.loads(json.dumps(trained.to_dict())))  # the same network: no refusal
+    history = json.loads(json.dumps({"config": {"model": trained.to_dict()}}))  # as the run's history.json
+    path = tmp_path / "run" / "checkpoints" / "epoch_002.pt"
+    dynamics._check_same_model(path, json.loads(json.dumps(trained.to_dict())), history)  # the same: no refusal
     fields = {"name": "fc2", "input_shape": (1, 8, 8), "num_classes": 10, "width": 16} | changes
     other = model_config(fields["name"], fields["input_shape"], fields["num_classes"], width=fields["width"])
     with pytest.raises(StudyError, match="is not the network its run trained") as caught:
-        dynamics._check_same_model(path, json.loads(json.dumps(other.to_dict())))
+        dynamics._check_same_model(path, json.loads(json.dumps(other.to_dict())), history)
     assert said in str(caught.value)
 
 
@@ -296,14 +296,15 @@ def test_a_network_with_non_finite_weights_is_refused_before_its_eigenvectors(tm
     x = np.zeros((5, 1, 4, 4), dtype=np.float32)
     settings = DynamicsSettings(runs=(tmp_path,), eigenvectors=5, eigenvector_class=2)
     path = tmp_path / "net.pt"
-    dynamics._check_pictured(settings, path, model, config, x)
+    run = types.SimpleNamespace(history={"config": {"model": config.to_dict()}})  # the run that trained it
+    dynamics._check_pictured(settings, path, run, model, config, x)
     one_more = DynamicsSettings(runs=(tmp_path,), eigenvectors=6, eigenvector_class=2)  # 5 points: 5 eigenvectors
     with pytest.raises(StudyError, match=r"--eigenvectors 6: the probe of .* has 5 points; ask for 1 to 5"):
-        dynamics._check_pictured(one_more, path, model, config, x)
+        dynamics._check_pictured(one_more, path, run, model, config, x)
     with torch.no_grad():
         next(p for p in model.parameters() if p.is_floating_point()).view(-1)[0] = bad
     with pytest.raises(StudyError, match="the network's weights hold NaN or inf"):
-        dynamics._check_pictured(settings, path, model, config, x)
+        dynamics._check_pictured(settings, path, run, model, config, x)
 
 
 @pytest.mark.parametrize(

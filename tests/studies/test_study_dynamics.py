@@ -107,6 +107,24 @@ def test_a_final_checkpoint_of_another_network_is_refused(tracked_runs, tmp_path
     refuses(dynamics, settings, "is not the network its run trained: model fc1 (run: fc2)", compute=NO_EIGENVECTORS)
 
 
+def test_the_checked_network_is_the_one_the_history_records(tracked_runs, tmp_path, refuses):
+    """The checkpoints are checked against the model of the history ``load_run`` read: a
+    config.json that cannot be read (here a FIFO, which blocked its reader for good) changes
+    nothing, and a history that records no model is refused (the check was skipped silently)."""
+    import os
+
+    run = _copy(tracked_runs, tmp_path)
+    (run / "config.json").unlink()
+    os.mkfifo(run / "config.json")
+    history = json.loads((run / "history.json").read_text())
+    del history["config"]["model"]
+    (run / "history.json").write_text(json.dumps(history))
+    settings = DynamicsSettings(runs=(run,), eigenvectors=1)
+    refuses(
+        dynamics, settings, "copy's history records no model to check epoch_000.pt against", compute=NO_EIGENVECTORS
+    )
+
+
 # -- the kernel distance to a baseline run and the specialization heatmaps (RAT) ---------------
 
 NO_SUMMARY = ("ntkrobust.bridge.runs.dynamics_summary", "ntkrobust.bridge.run_groups.baseline_distance")
