@@ -30,6 +30,7 @@ _PUBLIC = {
     "fit_kernel_machine": "ntkrobust.kernels.machine",
     "spectral_filter": "ntkrobust.kernels.machine",
     "loss_cotangent": "ntkrobust.kernels.machine",
+    "output_count": "ntkrobust.kernels.machine",
     "predicted_index": "ntkrobust.kernels.machine",
     "ATTACKS": "ntkrobust.kernels.features",
     "FeatureScores": "ntkrobust.kernels.features",
@@ -100,6 +101,7 @@ if TYPE_CHECKING:  # the names as type checkers and editors see them; at run tim
         KernelMachine,
         fit_kernel_machine,
         loss_cotangent,
+        output_count,
         predicted_index,
         spectral_filter,
     )
@@ -174,6 +176,7 @@ __all__ = [
     "matching_time",
     "mean_specialization",
     "one_hot",
+    "output_count",
     "polar_coordinates",
     "predicted_index",
     "projection_machine",

@@ -83,6 +83,12 @@ def predicted_index(f: np.ndarray) -> np.ndarray:
     return (f[..., 0] > 0).astype(np.int64) if f.shape[-1] == 1 else np.argmax(f, axis=-1)
 
 
+def output_count(classes: int) -> int:
+    """The outputs of a machine (and of the nets compared with it) for ``classes`` classes: one ±1
+    output for a binary task, one per class otherwise."""
+    return 1 if classes == 2 else classes
+
+
 def _binary_or_onehot(index: np.ndarray, k: int) -> np.ndarray:
     if k == 1:
         return (2.0 * index - 1.0)[:, None]
@@ -507,7 +513,7 @@ def fit_kernel_machine(
     eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (gram + gram.T))
     eigenvalues, eigenvectors = eigenvalues[::-1].copy(), eigenvectors[:, ::-1].copy()
     absolute_ridge = ridge * float(np.trace(gram)) / n
-    k = 1 if len(classes) == 2 else len(classes)
+    k = output_count(len(classes))
     untrained = KernelMachine(
         arch=arch,
         classes=classes,
@@ -575,6 +581,7 @@ __all__ = [
     "KernelMachine",
     "fit_kernel_machine",
     "loss_cotangent",
+    "output_count",
     "predicted_index",
     "spectral_filter",
 ]

@@ -152,11 +152,13 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
         raise StudyError(f"--picture-index {settings.picture_index} exceeds the {data.x_test.shape[0]} test points")
     spec = settings.threat.spec(settings.method, data.image_shape, settings.data.seed, methods=NET_METHODS)
     from ntkrobust.bridge.models import ModelError, check_memory, model_config
+    from ntkrobust.kernels import output_count
 
+    outputs = output_count(len(data.classes))  # the machine's: one ±1 output for a binary task
     for width in settings.width:  # before the NTK machine: a width too large is refused at once
         try:
             # each net is held with its initial copy (f − f₀)
-            check_memory(model_config("two-layer", data.image_shape, len(data.classes), width=width), copies=2)
+            check_memory(model_config("two-layer", data.image_shape, outputs, width=width), copies=2)
         except ModelError as err:
             raise StudyError(str(err)) from None
     notes: list[str] = []

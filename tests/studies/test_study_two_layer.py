@@ -170,3 +170,20 @@ def test_seeds_beyond_torchs_range_are_refused_before_training(binary_task, refu
 def test_bad_settings_are_refused_before_training(case, binary_task, refuses):
     fields, message = BAD[case]
     refuses(two_layer, TwoLayerSettings(data=binary_task, epochs=5, **fields), message, compute=NO_TRAINING)
+
+
+def test_the_memory_check_sizes_the_nets_of_a_binary_task_with_one_output(binary_task, monkeypatch):
+    """A binary task's nets have the machine's one ±1 output (``checkpoints load as two-layer
+    nets`` above: num_classes 1); the memory check before any compute sized them with two."""
+    from ntkrobust.bridge import models
+
+    checked = []
+
+    def record(config, copies=1):
+        checked.append((config.num_classes, copies))
+        raise models.ModelError("recorded")
+
+    monkeypatch.setattr(models, "check_memory", record)
+    with pytest.raises(two_layer.StudyError, match="recorded"):
+        two_layer.run(TwoLayerSettings(data=binary_task, epochs=5, width=(300,)))
+    assert checked == [(1, 2)]
