@@ -105,11 +105,12 @@ def _check_shared_epochs(path: Path, seeds: Sequence[int], runs: Sequence[Traini
                 )
 
 
-def number_listing(values: Sequence[float], most: int = 6) -> str:
-    """'0, 1, 2' or '0, 0.5, 1, ..., 10 (21)': numbers for a one-line message."""
+def number_listing(values: Sequence[float]) -> str:
+    """'0, 1, 2' or '0, 0.5, 1, 1.5, ..., 10 (21 numbers)': at most six numbers for a one-line
+    message, the first four and the last."""
     shown = [f"{v:g}" for v in values]
-    if len(shown) > most:
-        shown = [*shown[: most - 2], "...", shown[-1], f"({len(values)})"]
+    if len(shown) > 6:
+        shown = [*shown[:4], "...", f"{shown[-1]} ({len(values)} numbers)"]
     return ", ".join(shown) if shown else "none"
 
 

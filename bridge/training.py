@@ -85,6 +85,11 @@ READ_EVERY = 20
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+def _said(name: str) -> str:
+    """A field as refusals name it: "PGD steps" for ``pgd_steps``, "batch size" for ``batch_size``."""
+    return _SAID.get(name, name.replace("_", " "))
+
+
 def _float32(value: float) -> bool:
     return math.isfinite(value) and abs(value) <= FLOAT32_MAX
 
@@ -97,6 +102,16 @@ def _milestones_ok(milestones: Sequence[int]) -> bool:
 _WHOLE_FIELDS = ("epochs", "batch_size", "pgd_steps", "eps_warmup", "seed", "switch_epoch", "te_start", "te_end")
 _OPTIONAL_FIELDS = ("switch_epoch", "te_start", "te_end")
 _REAL_FIELDS = ("eps", "lr", "momentum", "weight_decay", "gamma", "pgd_step", "trades_beta", "te_weight")
+#: fields named in refusals otherwise than by their words ("batch_size": "batch size")
+_SAID = {
+    "pgd_step": "PGD step",
+    "pgd_steps": "PGD steps",
+    "eps_warmup": "eps warm-up",
+    "trades_beta": "TRADES beta",
+    "te_weight": "TE weight",
+    "te_start": "TE start",
+    "te_end": "TE end",
+}
 
 
 @dataclass(frozen=True)
@@ -171,11 +186,11 @@ class TrainConfig:
         for name in _WHOLE_FIELDS:
             value = getattr(self, name)
             if not (is_whole(value) or (value is None and name in _OPTIONAL_FIELDS)):
-                raise ValueError(f"invalid {name.replace('_', ' ')} for training: {value!r} (not a whole number)")
+                raise ValueError(f"invalid {_said(name)} for training: {value!r} (not a whole number)")
         for name in _REAL_FIELDS:
             value = getattr(self, name)
             if not is_real(value):
-                raise ValueError(f"invalid {name.replace('_', ' ')} for training: {value!r} (not a number)")
+                raise ValueError(f"invalid {_said(name)} for training: {value!r} (not a number)")
         if not all(is_whole(m) for m in self.milestones):
             raise ValueError(f"invalid milestones for training: {list(self.milestones)} (not whole numbers)")
         if not isinstance(self.augment_shared, bool):

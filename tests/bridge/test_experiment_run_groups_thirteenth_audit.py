@@ -80,10 +80,10 @@ def test_seeds_with_other_epoch_records_are_refused(tmp_path):
 
 
 def test_number_listing_by_hand():
-    """At most ``most`` entries: the first most − 2, an ellipsis, the last and the count;
-    exactly ``most`` values are all shown."""
+    """At most six numbers: the first four, an ellipsis, the last with the count; exactly six
+    values are all shown."""
     assert run_groups.number_listing([0, 1, 2, 3, 4, 5]) == "0, 1, 2, 3, 4, 5"
-    assert run_groups.number_listing([float(v) for v in range(10)]) == "0, 1, 2, 3, ..., 9, (10)"
+    assert run_groups.number_listing([float(v) for v in range(10)]) == "0, 1, 2, 3, ..., 9 (10 numbers)"
     assert run_groups.number_listing([]) == "none"
 
 

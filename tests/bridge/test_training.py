@@ -245,8 +245,11 @@ def test_the_warm_up_attack_stays_in_its_smaller_ball(digits):
         # types before bounds: each of these passed every bound check before
         ({"batch_size": 2.5}, "invalid batch size for training: 2.5 (not a whole number)"),
         ({"epochs": True}, "invalid epochs for training: True (not a whole number)"),
-        ({"pgd_steps": 10.0}, "invalid pgd steps for training: 10.0 (not a whole number)"),
+        ({"pgd_steps": 10.0}, "invalid PGD steps for training: 10.0 (not a whole number)"),
         ({"switch_epoch": 1.5}, "invalid switch epoch for training: 1.5 (not a whole number)"),
+        # named as the bound checks name them
+        ({"eps_warmup": 1.5}, "invalid eps warm-up for training: 1.5 (not a whole number)"),
+        ({"te_weight": "300"}, "invalid TE weight for training: '300' (not a number)"),
         ({"mode": "pgd", "eps": True}, "invalid eps for training: True (not a number)"),
         ({"lr": "0.1"}, "invalid lr for training: '0.1' (not a number)"),  # was math's TypeError
         ({"milestones": (2.5,)}, "invalid milestones for training: [2.5] (not whole numbers)"),
