@@ -267,24 +267,27 @@ def _tick_number(value: float, *, plain: bool) -> str:
 def _readable_log_axis(ax: Any) -> None:
     """A log y axis whose ticks all read alike, no offset text: plain numbers when the axis lies
     within 0.001 to 10⁵, m×10ᵏ otherwise; within less than a factor of 30, minor ticks at 2, 3
-    and 5 (every minor tick within a factor of 3) labelled too."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    and 5 (every minor tick within a factor of 3) labelled too. The limits are read when the
+    ticks are drawn, so a caller's later ``set_ylim`` or data is followed."""
+    from matplotlib.ticker import FuncFormatter
 
     ax.set_yscale("log")
     ax.grid(alpha=0.12, which="minor")
-    low, high = ax.get_ylim()
-    plain = 1e-3 <= low and high <= 1e5
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _tick_number(value, plain=plain)))
-    if low > 0 and high / low < 30:
+
+    def plain() -> bool:
+        low, high = ax.get_ylim()
+        return 1e-3 <= low and high <= 1e5
+
+    def minor(value: float, _: Any) -> str:
+        low, high = ax.get_ylim()
+        if not (low > 0 and high / low < 30):
+            return ""
         every = high / low <= 3  # label every minor tick only on a very short axis
+        mantissa = round(value / 10 ** np.floor(np.log10(value)), 6)
+        return _tick_number(value, plain=plain()) if every or mantissa in (2.0, 3.0, 5.0) else ""
 
-        def minor(value: float, _: Any) -> str:
-            mantissa = round(value / 10 ** np.floor(np.log10(value)), 6)
-            return _tick_number(value, plain=plain) if every or mantissa in (2.0, 3.0, 5.0) else ""
-
-        ax.yaxis.set_minor_formatter(FuncFormatter(minor))
-    else:
-        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _tick_number(value, plain=plain())))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 # -- legends -----------------------------------------------------------------------------------

@@ -119,6 +119,10 @@ def test_a_log_axis_up_to_ten_thousand_is_plain_and_a_short_one_labels_2_3_5():
     axes[2].set_ylim(2.0, 4.0)
     _readable_log_axis(axes[2])
     assert axes[2].yaxis.get_minor_formatter()(4.0, 0) == "4"
+    # limits set after the call are followed: wider than 30, no minor labels; beyond 10⁵, m×10ᵏ
+    axes[2].set_ylim(1.0, 1e6)
+    assert axes[2].yaxis.get_minor_formatter()(4.0, 0) == ""
+    assert axes[2].yaxis.get_major_formatter()(1000.0, 0) == "$10^{3}$"
     plt.close(fig)
 
 
