@@ -24,7 +24,11 @@ STEPS = (0, 5)  # tracked steps, 5 per epoch
 
 def make_run(folder: Path, *, checkpoints: bool = False) -> Path:
     """A tiny run folder in the format of ``train --out RUN``: two epochs of records, a probe of
-    N points, two tracked kernels, and with ``checkpoints`` an fc2 net at epochs 0 and 1."""
+    N points, two tracked kernels, the fc2 net the history records, and with ``checkpoints`` that
+    net at epochs 0 and 1."""
+    from ntkrobust.bridge.models import model_config
+
+    config = model_config("fc2", SHAPE, C, width=8)
     rng = np.random.default_rng(0)
     (folder / "kernels").mkdir(parents=True)
     targets = np.arange(N) % C
@@ -43,7 +47,7 @@ def make_run(folder: Path, *, checkpoints: bool = False) -> Path:
     epochs = [{"epoch": e, "mode": "standard", "accuracy": {"running": {"test_clean": 0.5}}} for e in (0, 1)]
     history = {
         "label": "tiny",
-        "config": {"mode": "standard"},
+        "config": {"mode": "standard", "model": config.to_dict()},
         "steps_per_epoch": 5,
         "epochs": epochs,
         "kernels": records,
@@ -51,9 +55,8 @@ def make_run(folder: Path, *, checkpoints: bool = False) -> Path:
     (folder / "history.json").write_text(json.dumps(history))
     if checkpoints:
         from ntkrobust.bridge.checkpoint import save_checkpoint
-        from ntkrobust.bridge.models import build_model, model_config
+        from ntkrobust.bridge.models import build_model
 
-        config = model_config("fc2", SHAPE, C, width=8)
         for epoch in (0, 1):
             save_checkpoint(folder / "checkpoints" / f"epoch_{epoch:03d}.pt", build_model(config), config, epoch=epoch)
     return folder
