@@ -73,7 +73,7 @@ def read_json(path: str | Path) -> Any:
     files says the same reasons (a parser's own errors are a traceback for arrays nested thousands
     deep, and a paragraph of advice for an integer of more digits than Python converts)."""
     path = Path(path)
-    if not_a_file(path) == "is not a regular file":  # a FIFO blocks the reader, a device never ends
+    if special_file(path):
         raise JsonFileError("is not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
@@ -106,6 +106,12 @@ def not_a_file(path: Path) -> str | None:
     return "is a symbolic link that loops" if path.is_symlink() and _loops(path) else "does not exist"
 
 
+def special_file(path: Path) -> bool:
+    """Whether ``path`` is a FIFO, a device or a socket: something that exists, neither a regular
+    file nor a folder, whose open or read may block for good (a FIFO) or never end (/dev/zero)."""
+    return not_a_file(path) == "is not a regular file"
+
+
 def _loops(path: Path) -> bool:
     try:
         path.resolve(strict=True)
@@ -133,7 +139,10 @@ def program_kind(path: Path) -> str | None:
 
 def unreadable_reason(path: Path) -> str | None:
     """Why the file ``path`` cannot be opened for reading ("Permission denied", "Too many levels of
-    symbolic links"), or None: ``zipfile.is_zipfile`` says False for it, which reads as damage."""
+    symbolic links", "is not a regular file" for a FIFO, whose open blocks until a writer comes,
+    or a device), or None: ``zipfile.is_zipfile`` says False for it, which reads as damage."""
+    if special_file(path):  # checked before open(): a FIFO would block it
+        return "is not a regular file"
     try:
         with open(path, "rb"):
             return None

@@ -299,7 +299,10 @@ def _read_entry(path: Path, key: str, shape: tuple[int, int], square: bool) -> n
     """The entry's Gram if it verifies (key, checksum, shape, float64, finite; a training Gram
     symmetric, its diagonal >= 0), else None. The checksum catches damage, not forgery: anyone
     can recompute it. The symmetry and the diagonal refuse a forged entry that breaks what every
-    kernel's Gram is, and ``cached_gram`` then recomputes a sample of its entries."""
+    kernel's Gram is, and ``cached_gram`` then recomputes a sample of its entries. A FIFO, a
+    device or a folder in its place is none (np.load would block on a FIFO for good)."""
+    if not path.is_file():
+        return None
     try:
         with np.load(path, allow_pickle=False) as f:
             stored_key, stored_sum, gram = str(f["key"][()]), str(f["checksum"][()]), f["gram"]

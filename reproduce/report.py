@@ -397,6 +397,8 @@ def _html_figure(figure: Mapping[str, Any], base: Path) -> str:
     if _outside(path, base):
         return f'<p class="missing">({_OUTSIDE}: {_h(path)}) {_h(caption)}</p>'
     try:
+        if not (base / path).is_file():  # as report.md: a FIFO would block the read, /dev/zero never end it
+            raise FileNotFoundError(path)
         data = (base / path).read_bytes()
     except OSError:
         return f'<p class="missing">(figure missing: {_h(path)}) {_h(caption)}</p>'

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from ntkrobust.bridge.files import not_a_file
 from ntkrobust.studies._errors import StudyError
 
 #: this machine's name, in a lock beside its pid: on storage that several machines share, a pid
@@ -170,6 +171,9 @@ class OutputLock:
                 if self._create():
                     self.owned = True
                     return self
+                squatter = not_a_file(self.path)  # a FIFO would block the read for good, /dev/zero never end it
+                if squatter in ("is not a regular file", "is a folder"):
+                    raise StudyError(f"--out {self.out}: its lock {self.path} {squatter}: move it away")
                 text = _read(self.path)
                 holder = _holder(text)
                 if holder is not None:
