@@ -81,6 +81,7 @@ def _networks(runs: Sequence[Any]) -> list[tuple[str, Path, Any]]:
     """(label, checkpoint, its run): every run's network at its start ("start of LABEL"; ``_pictured_networks``
     says "initialisation" where it is not a linearized run's, and keeps each distinct one once),
     then every run's at its end."""
+    from ntkrobust.bridge.files import not_a_file
     from ntkrobust.bridge.runfolder import RunFolder
 
     networks = [(f"start of {run.label}", RunFolder(run.path).checkpoint(0), run) for run in runs]
@@ -88,6 +89,10 @@ def _networks(runs: Sequence[Any]) -> list[tuple[str, Path, Any]]:
         folder = RunFolder(run.path)
         if not folder.probe.is_file():
             raise StudyError(f"{run.path} tracked no kernels: no probe to picture eigenvectors on (--eigenvectors 0)")
+        # a FIFO or a folder at a checkpoint's name is no checkpoint: the latest would be an
+        # earlier epoch's, pictured as the run's end without a word
+        for blocked in (p for p in folder.in_the_way() if p.parent == folder.checkpoint_dir):
+            raise StudyError(f"{blocked} {not_a_file(blocked)}, where a checkpoint of the run belongs")
         latest = folder.latest_checkpoint()
         if latest is None:
             raise StudyError(f"{run.path} has no checkpoints to picture its kernel's eigenvectors")

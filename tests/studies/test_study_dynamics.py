@@ -107,6 +107,24 @@ def test_a_final_checkpoint_of_another_network_is_refused(tracked_runs, tmp_path
     refuses(dynamics, settings, "is not the network its run trained: model fc1 (run: fc2)", compute=NO_EIGENVECTORS)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_a_checkpoint_that_is_no_file_is_refused_not_passed_over(kind, tracked_runs, tmp_path, refuses):
+    """A FIFO or a folder at the last checkpoint's name was skipped by ``RunFolder.checkpoints``:
+    the epoch before it was pictured as the run's end, exit 0."""
+    import os
+
+    run = _copy(tracked_runs, tmp_path)
+    last = run / "checkpoints" / "epoch_002.pt"
+    last.unlink()
+    if kind == "fifo":
+        os.mkfifo(last)
+    else:
+        last.mkdir()
+    said = "is not a regular file" if kind == "fifo" else "is a folder"
+    message = f"{last} {said}, where a checkpoint of the run belongs"
+    refuses(dynamics, DynamicsSettings(runs=(run,), eigenvectors=1), message, compute=NO_EIGENVECTORS)
+
+
 def test_the_checked_network_is_the_one_the_history_records(tracked_runs, tmp_path, refuses):
     """The checkpoints are checked against the model of the history ``load_run`` read: a
     config.json that cannot be read (here a FIFO, which blocked its reader for good) changes
