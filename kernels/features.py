@@ -51,7 +51,8 @@ _JACOBIAN_BUDGET = 256 * 2**20
 
 
 def _indices(machine: KernelMachine, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
-    idx = np.arange(machine.n_train) if indices is None else np.asarray(indices, dtype=np.int64)
+    # default: every eigen-direction the machine has (a restricted machine has fewer than n_train)
+    idx = np.arange(machine.eigenvalues.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
     if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= machine.eigenvalues.shape[0]:
         raise ValueError(f"feature indices must lie in [0, {machine.eigenvalues.shape[0]})")
     return idx
@@ -78,7 +79,8 @@ def projection_machine(machine: KernelMachine, indices: Sequence[int] | np.ndarr
 def feature_outputs(
     machine: KernelMachine, x: np.ndarray, indices: Sequence[int] | np.ndarray | None = None
 ) -> np.ndarray:
-    """f⁽ⁱ⁾(x) for the chosen features (default: all n), shape (N, m, k); Σᵢ over all = f_t(x)."""
+    """f⁽ⁱ⁾(x) for the chosen features (default: all of the machine's eigen-directions, n unless
+    ``restricted_to``), shape (N, m, k); Σᵢ over all = f_t(x)."""
     idx = _indices(machine, indices)
     p = np.asarray(projection_machine(machine, idx).logits(x), dtype=np.float64)
     return p[:, :, None] * feature_coefficients(machine, idx)[None]
@@ -180,8 +182,8 @@ def feature_scores(
         raise ValueError(f"unknown feature attack {attack!r}: choose one of {', '.join(ATTACKS)}")
     if attack == "pgd":
         check_schedule(step, steps)
-    if not 1 <= n_features <= machine.n_train:
-        raise ValueError(f"n_features must be in [1, {machine.n_train}], got {n_features}")
+    if not 1 <= n_features <= machine.eigenvalues.shape[0]:
+        raise ValueError(f"n_features must be in [1, {machine.eigenvalues.shape[0]}], got {n_features}")
     if route not in ROUTES or (route == "dots" and machine.arch.dot_kernel_fn is None):
         raise ValueError(f"feature route {route!r} is not available for {machine.arch.name}")
     x = np.asarray(x)
