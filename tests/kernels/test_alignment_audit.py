@@ -61,7 +61,7 @@ def test_matching_time_follows_a_net_that_moved_less_than_the_grid_starts_at(tim
     machine = _gram_machine(np.diag(lam), ridge=100.0)
     rho = 100.0 * lam.mean()
     outputs = (lam / (lam + rho) * -np.expm1(-time * (lam + rho)))[:, None] * machine.targets
-    assert matching_time(machine, outputs) == pytest.approx(time, rel=1e-9)
+    assert matching_time(machine, outputs) == pytest.approx(time, rel=1e-9, abs=0)
 
 
 def test_matching_time_of_a_net_that_has_not_moved_is_zero_and_of_a_converged_one_its_earliest_fit():
