@@ -33,7 +33,7 @@ import numpy as np
 
 from ntkrobust._messages import first_line, name_problem, shown_name
 from ntkrobust._numbers import is_real, is_whole
-from ntkrobust.bridge.files import JsonFileError, NpzError, read_json, read_npz
+from ntkrobust.bridge.files import JsonFileError, NpzError, not_a_file, read_json, read_npz
 from ntkrobust.bridge.runfolder import HISTORY_FILE, PROBE_FILE, RunFolder
 from ntkrobust.kernels import metrics
 
@@ -133,7 +133,12 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
     folder = RunFolder(path)
     history_path = folder.history
     if not history_path.is_file():
-        raise RunError(f"{path}: not a run folder (no {HISTORY_FILE})")
+        reason = not_a_file(history_path)
+        raise RunError(
+            f"{path}: not a run folder (no {HISTORY_FILE})"
+            if reason == "does not exist"
+            else f"{history_path} {reason}"
+        )
     try:
         history = read_json(history_path)
     except JsonFileError as error:
@@ -154,8 +159,7 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
         targets = labels = np.zeros(0, dtype=np.int64)
     class_names = _class_names(history, targets, history_path)
     for i, record in enumerate(records):
-        if not inside_folder(path, str(record["file"]), f"kernel file of record {i}").is_file():
-            raise RunError(f"{path}: missing kernel file {record['file']}")
+        _kernel_file(path, record, i)
     run = TrainingRun(
         path=path,
         label=run_label(history, path),
@@ -170,6 +174,17 @@ def load_run(path: str | Path, *, kernels: bool = True) -> TrainingRun:
     return run.with_kernels() if kernels else run
 
 
+def _kernel_file(folder: Path, record: dict[str, Any], i: int) -> Path:
+    """The kernel file that record ``i`` names, inside ``folder`` and a regular file, else ``RunError``."""
+    path = inside_folder(folder, str(record["file"]), f"kernel file of record {i}")
+    reason = not_a_file(path)
+    if reason == "does not exist":
+        raise RunError(f"{folder}: missing kernel file {record['file']}")
+    if reason:  # a FIFO or a folder: no kernel file, and not a missing one either
+        raise RunError(f"{folder}: kernel file {record['file']} {reason}")
+    return path
+
+
 def check_kernel_files(folder: Path, records: Sequence[Any], probe_size: int) -> None:
     """``RunError`` unless every kernel file that the kernel ``records`` of a history name is one
     ``load_run`` reads (inside ``folder``, present, of ``probe_size`` points, real and finite;
@@ -179,9 +194,7 @@ def check_kernel_files(folder: Path, records: Sequence[Any], probe_size: int) ->
     if not all(isinstance(r, dict) and "file" in r for r in records):
         raise RunError(f"{folder}: malformed 'kernels' (expected records with a 'file')")
     for i, record in enumerate(records):
-        path = inside_folder(folder, str(record["file"]), f"kernel file of record {i}")
-        if not path.is_file():
-            raise RunError(f"{folder}: missing kernel file {record['file']}")
+        path = _kernel_file(folder, record, i)
         # a second BatchNorm statistics' kernels too ("batch_statistics": clean_batch, ...)
         statistics = [key.removesuffix("_statistics") for key, value in record.items()
                       if key.endswith("_statistics") and isinstance(value, dict)]  # fmt: skip

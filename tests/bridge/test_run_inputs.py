@@ -280,6 +280,20 @@ def test_check_kernel_files_reads_each_statistics_a_record_names(tmp_path: Path)
         check_kernel_files(tmp_path, [{"step": 0, "file": "../elsewhere.npz"}], N)
 
 
+def test_a_fifo_or_a_folder_for_a_runs_files_is_named_for_what_it_is(tmp_path):
+    """A FIFO at history.json read as "no history.json", a folder at a kernel file as a "missing"
+    one; each is named for what it is (``files.not_a_file``), and nothing of it is read."""
+    run = make_run(tmp_path / "run")
+    (run / "history.json").rename(run / "history.kept")
+    os.mkfifo(run / "history.json")
+    refused(run, re.escape(f"{run / 'history.json'} is not a regular file"))
+    (run / "history.json").unlink()
+    (run / "history.kept").rename(run / "history.json")
+    (run / "kernels" / "step_0000005.npz").unlink()
+    (run / "kernels" / "step_0000005.npz").mkdir()
+    refused(run, r"kernel file kernels/step_0000005\.npz is a folder")
+
+
 def test_more_class_names_than_the_net_has_outputs_are_refused(tmp_path):
     """A history naming 100,000 classes for a net of 10 kept ``dynamics`` busy for minutes."""
     run = make_run(tmp_path / "run")
