@@ -32,6 +32,8 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
     if group is not None and group.is_available() and group.is_initialized() and group.get_rank() != 0:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():  # before the write, and named as itself: os.replace names the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     umask = os.umask(0)

@@ -153,6 +153,18 @@ def test_read_json_says_one_short_reason(tmp_path, content, reason):
     assert "sys.set_int_max_str_digits" not in str(error.value)
 
 
+def test_a_folder_in_the_way_of_an_atomic_write_is_named_itself_and_nothing_is_written(tmp_path):
+    """``os.replace`` onto a folder names the temporary file (".x.json.abc.tmp"), which the
+    one-line refusals then quoted; the folder is now named, before anything is written."""
+    from ntkrobust.bridge.files import write_json
+
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(IsADirectoryError) as error:
+        write_json(tmp_path / "x.json", {"a": 1})
+    assert error.value.filename == str(tmp_path / "x.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+
+
 def test_read_json_refuses_a_fifo_and_a_device_before_reading(tmp_path):
     """A FIFO named config.json blocked its reader until something wrote to it (for good, in a
     hostile run folder), and /dev/zero never ends: neither is read."""
