@@ -8,7 +8,8 @@ checks and converts them to the data contract. Sources (DESIGN.md, data contract
 - ``cifar10`` / ``cifar100``: torchvision's python layout, read with an unpickler that rebuilds
   only numpy arrays, dicts, lists and strings (a tampered file cannot run code), or the binary
   layout;
-- a path to an ``.npz`` of plain arrays (no pickles).
+- a path to an ``.npz`` of plain arrays (no pickles); a file of ``save_dataset_npz`` also holds
+  ``classes``, its task's class ids in task order (the default task when it is read).
 Downloads happen only with ``download=True`` (through torchvision, online).
 """
 
@@ -79,12 +80,25 @@ def _npz(path: Path) -> dict[str, Any]:
         raise DataError(f"dataset file {path} {reason}")
     arrays = ("x_train", "y_train", "x_test", "y_test")
     try:
-        out: dict[str, Any] = read_npz(path, (*arrays, "label_names"), required=arrays)
+        out: dict[str, Any] = read_npz(path, (*arrays, "label_names", "classes"), required=arrays)
     except NpzError as error:
         raise DataError(f"cannot read {path} as an .npz of plain arrays: {error}") from None
     if "label_names" in out:
         out["label_names"] = _label_names(out["label_names"], str(path))
+    if "classes" in out:
+        out["classes"] = _task_classes(out["classes"], str(path))
     return out
+
+
+def _task_classes(classes: Any, where: str) -> list[int]:
+    """The task order a saved dataset records (``save_dataset_npz``): distinct class ids, 1-D."""
+    array = np.asarray(classes)
+    if array.ndim != 1 or array.dtype.kind not in "iu" or array.size < 2 or np.unique(array).size != array.size:
+        raise DataError(
+            f"{where}: classes must list two or more distinct class ids in task order; got {array.dtype} of "
+            f"shape {array.shape}"
+        )
+    return [int(c) for c in array.tolist()]
 
 
 def _label_names(names: Any, where: str, key: str = "label_names") -> list[str]:

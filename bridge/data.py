@@ -10,7 +10,8 @@ Dataset specs (DESIGN.md, data contract; their files are read by ``bridge._data_
 - ``cifar100``: ``ROOT/cifar-100-python`` (torchvision's layout: ``train``, ``test`` and ``meta``,
   read the same way; the 100 fine labels and their names) or ``cifar-100-binary``.
 - a path to an ``.npz`` with ``x_train, y_train, x_test, y_test`` (uint8 0-255 or float 0-1,
-  NCHW or NHW; optional ``label_names``), loaded without pickles.
+  NCHW or NHW; optional ``label_names``, and ``classes``: the task order that ``save_dataset_npz``
+  records, the default of ``classes`` below), loaded without pickles.
 
 Then, in this order: ``from_test_split`` (use only the official test split, cut into train and
 test: for a root that holds only the MNIST test set), ``classes`` (a binary or smaller task;
@@ -108,9 +109,10 @@ def load_dataset(
     label_names = raw.get("label_names")
     rng = np.random.default_rng(seed)
 
+    requested = classes or raw.get("classes")  # else the task order of a file of save_dataset_npz (make-npz)
     task = (
-        _resolve_classes(classes, label_names, np.union1d(ytr, yte))
-        if classes
+        _resolve_classes(requested, label_names, np.union1d(ytr, yte))
+        if requested
         else tuple(int(c) for c in np.unique(np.concatenate([ytr, yte])))
     )
     if len(task) < 2:
@@ -275,12 +277,14 @@ def _to_labels(y: np.ndarray, what: str) -> np.ndarray:
 
 
 def save_dataset_npz(dataset: Dataset, path: Path) -> None:
-    """Write ``dataset`` as an ``.npz`` this module reads back unchanged (float32 images)."""
+    """Write ``dataset`` as an ``.npz`` this module reads back unchanged (float32 images, and the
+    task's classes in task order: ``--classes 8,3`` stays 8, 3, not the sorted 3, 8)."""
     arrays: dict[str, np.ndarray] = {
         "x_train": dataset.x_train,
         "y_train": dataset.y_train,
         "x_test": dataset.x_test,
         "y_test": dataset.y_test,
+        "classes": np.asarray(dataset.classes, dtype=np.int64),
     }
     if dataset.label_names is not None:
         arrays["label_names"] = np.asarray(dataset.label_names, dtype=str)
