@@ -18,7 +18,17 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most, record_float
+from ntkrobust.reproduce._recipe import (
+    Context,
+    Recipe,
+    Results,
+    Step,
+    Verdict,
+    at_least,
+    at_most,
+    record_float,
+    runs_by_mode,
+)
 from ntkrobust.reproduce._shared import (
     checkpoint,
     dynamics_family,
@@ -48,15 +58,14 @@ def _dynamics(ctx: Context) -> Sequence[Step]:
 LOO_EPOCHS = 100
 
 
-def _dynamics_record(results: Results) -> list[dict]:
+def _dynamics_record(results: Results) -> dict[str, dict]:
     name = f"{dynamics_family(results.ctx)}-dynamics-standard-pgd"  # by name: TK's MNIST runs have one too
-    return results.record(name)["runs"]
+    return runs_by_mode(results, name)
 
 
 def _speed_check(results: Results) -> Verdict:
-    runs = _dynamics_record(results)
     ratios = {}
-    for run in runs:
+    for run in _dynamics_record(results).values():
         clean = run["dynamics"]["clean"]
         velocity = [v for v, e in zip(clean["velocity"], clean["velocity_epochs"], strict=True) if e <= LOO_EPOCHS]
         late = statistics.median(velocity[len(velocity) // 2 :])
@@ -74,7 +83,8 @@ def _speed_check(results: Results) -> Verdict:
 
 
 def _rank_check(results: Results) -> Verdict:
-    standard, pgd = _dynamics_record(results)
+    runs = _dynamics_record(results)
+    standard, pgd = runs["standard"], runs["pgd"]
     kept = {run["mode"]: [k for k in run["kernels"] if k["epoch"] <= LOO_EPOCHS] for run in (standard, pgd)}
     final = {mode: kernels[-1]["clean"] for mode, kernels in kept.items()}
     epoch = kept["standard"][-1]["epoch"]

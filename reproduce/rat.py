@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ntkrobust.kernels.metrics import spearman_correlation
-from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most, runs_by_mode
 from ntkrobust.reproduce._shared import dynamics_family, dynamics_step, run_name, training_run
 
 METHODS = ("standard", "fgsm", "pgd", "te")
@@ -42,7 +42,7 @@ def _methods_dynamics(ctx: Context) -> Sequence[Step]:
 
 def _records(results: Results) -> dict[str, dict[str, Any]]:
     name = f"{dynamics_family(results.ctx)}-dynamics-methods"
-    return {run["mode"]: run for run in results.record(name)["runs"]}
+    return runs_by_mode(results, name)
 
 
 def _milestone(results: Results) -> int | None:

@@ -13,7 +13,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most, record_float
+from ntkrobust.reproduce._recipe import (
+    Context,
+    Recipe,
+    Results,
+    Step,
+    Verdict,
+    at_least,
+    at_most,
+    record_float,
+    runs_by_mode,
+)
 from ntkrobust.reproduce._shared import checkpoint, dynamics_step, machine, mnist_data, training_run
 from ntkrobust.studies import ThreatSettings
 
@@ -171,7 +181,8 @@ def _last_ratio(run: dict, metric: str) -> float:
 
 
 def _growth_check(results: Results) -> Verdict:
-    standard, pgd = results.record("mnist-dynamics-standard-pgd")["runs"]
+    runs = runs_by_mode(results, "mnist-dynamics-standard-pgd")
+    standard, pgd = runs["standard"], runs["pgd"]
     growth = {"standard": _last_ratio(standard, "frobenius_norm"), "pgd": _last_ratio(pgd, "frobenius_norm")}
     top20 = {"standard": standard["kernels"][-1]["clean"]["concentration_top20"],
              "pgd": pgd["kernels"][-1]["clean"]["concentration_top20"]}  # fmt: skip

@@ -367,6 +367,11 @@ EVALUATE_NETS = ("mnist-evaluate", "nets")
 #: (recipe, records, the list the rule reads as a set, as a path of keys): the verdict's numbers
 #: are keyed by mode, width, label or spawn epoch, not by position
 SETS = [
+    # TK fig. 6 read its two runs by position until the checks looked them up by mode (Results.runs_by_mode)
+    ("tk-fig6-kernel-growth", checks.growth(((1, 10), (0.5, 0.5)), ((1, 2), (0.5, 0.9))),
+     ("mnist-dynamics-standard-pgd", "runs")),
+    ("tk-fig6-kernel-growth", checks.growth(((1, 2), (0.5, 0.5)), ((1, 10), (0.5, 0.9))),
+     ("mnist-dynamics-standard-pgd", "runs")),
     ("tk-fig4-two-layer", checks.two_layer(narrow_cosine=0.3, wide_cosine=0.9, ntk=0.1), ("mnist-two-layer", "nets")),
     ("tk-fig4-two-layer", checks.two_layer(narrow_cosine=0.9, wide_cosine=0.3, ntk=0.8), ("mnist-two-layer", "nets")),
     ("loo-fig1-kernel-speed", checks.standard_pgd({"velocity": (10, 1, 1, 1)}, {"velocity": (1, 1, 1, 1)}),
