@@ -121,12 +121,6 @@ class Results:
         return record
 
 
-def runs_by_mode(results: Results, name: str) -> dict[str, dict[str, Any]]:
-    """The runs of the dynamics record of step ``name`` by their training mode: checks read them
-    by mode, not by the order the study was given its folders in."""
-    return {run["mode"]: run for run in results.record(name)["runs"]}
-
-
 class StepRecordError(Exception):
     """A finished step's record cannot be read (a folder edited or damaged after the step)."""
 

@@ -23,7 +23,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ntkrobust.reproduce._recipe import Context, Step
+from ntkrobust.reproduce._recipe import Context, Results, Step
 from ntkrobust.studies import DataSettings, MachineSettings
 
 #: the files each data set needs at each scale, relative to --data-root (for the error message)
@@ -179,3 +179,9 @@ def dynamics_step(ctx: Context, name: str, runs: list[Step], **settings: Any) ->
 def checkpoint(ctx: Context, run: Step, epoch: int | None = None) -> Path:
     """A checkpoint of a training run (default: its last epoch)."""
     return ctx.step_dir(run.name) / "checkpoints" / f"epoch_{run.settings.epochs if epoch is None else epoch:03d}.pt"
+
+
+def runs_by_mode(results: Results, name: str) -> dict[str, dict[str, Any]]:
+    """The runs of the dynamics record of step ``name`` by their training mode: checks read them
+    by mode, not by the order the study was given its folders in."""
+    return {run["mode"]: run for run in results.record(name)["runs"]}

@@ -18,17 +18,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ntkrobust.reproduce._recipe import (
-    Context,
-    Recipe,
-    Results,
-    Step,
-    Verdict,
-    at_least,
-    at_most,
-    record_float,
-    runs_by_mode,
-)
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most, record_float
 from ntkrobust.reproduce._shared import (
     checkpoint,
     dynamics_family,
@@ -38,6 +28,7 @@ from ntkrobust.reproduce._shared import (
     mnist_data,
     ntk_points,
     run_name,
+    runs_by_mode,
     training_run,
 )
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ntkrobust.kernels.metrics import spearman_correlation
-from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most, runs_by_mode
-from ntkrobust.reproduce._shared import dynamics_family, dynamics_step, run_name, training_run
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most
+from ntkrobust.reproduce._shared import dynamics_family, dynamics_step, run_name, runs_by_mode, training_run
 
 METHODS = ("standard", "fgsm", "pgd", "te")
 #: RAT sec. 5: a clean epoch takes 25 s and an adversarial one 90 s (ResNet-18, one RTX 3090)

@@ -13,18 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ntkrobust.reproduce._recipe import (
-    Context,
-    Recipe,
-    Results,
-    Step,
-    Verdict,
-    at_least,
-    at_most,
-    record_float,
-    runs_by_mode,
-)
-from ntkrobust.reproduce._shared import checkpoint, dynamics_step, machine, mnist_data, training_run
+from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most, record_float
+from ntkrobust.reproduce._shared import checkpoint, dynamics_step, machine, mnist_data, runs_by_mode, training_run
 from ntkrobust.studies import ThreatSettings
 
 
