@@ -151,14 +151,24 @@ def predict(
 
 @torch.no_grad()
 def accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256, across_processes: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    clean: torch.Tensor | None = None,
+    batch_size: int = 256,
+    across_processes: bool = False,
 ) -> float:
-    """Share of ``x`` that ``model`` classifies as ``y`` (robust accuracy when ``x`` holds
-    adversarial examples of the points labelled ``y``); labels that are not output indices of
-    ``model`` are refused (``check_labels``), and so are inputs outside [0, 1] or NaN (whose
-    argmax would be class 0). ``across_processes``: see ``predict``."""
+    """Share of ``x`` that ``model`` classifies as ``y``; with ``clean``, the points that ``x``
+    holds adversarial examples of, the share still correct (robust accuracy as RobustBench counts
+    it: a point wrong clean is not robust, even where its attack lands right, as a random start
+    can). Labels that are not output indices of ``model`` are refused (``check_labels``), and so
+    are inputs outside [0, 1] or NaN (whose argmax would be class 0). ``across_processes``: see
+    ``predict``."""
     _check_tensors(x, y)
     check_floating(x)
+    if clean is not None and clean.shape != x.shape:
+        raise ValueError(f"clean points of shape {tuple(clean.shape)} for examples of shape {tuple(x.shape)}")
     if not x.shape[0]:
         raise ValueError("accuracy of an empty set is undefined")
     outputs = 0
@@ -167,7 +177,10 @@ def accuracy(
         nonlocal outputs
         logits = model(x[rows])
         outputs = logits.shape[1]
-        return predicted_index(logits)
+        index = predicted_index(logits)
+        if clean is None:
+            return index
+        return torch.where(predicted_index(model(clean[rows])) == y[rows], index, -1)  # -1: no label
 
     predictions = in_batches(
         predicted,

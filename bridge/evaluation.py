@@ -222,6 +222,8 @@ def robust_correct(
                 net, x, y, eps=eps, steps=int(steps), channels=channels, seed=seed, loss=loss,
                 across_processes=across_processes,
             )  # fmt: skip
+        # still correct: a point wrong clean is not robust, even where its attack lands right
+        result[name] &= result["clean"]
         if on_attack is not None:
             on_attack(name, float(result[name].mean()))
     return result

@@ -210,13 +210,13 @@ def pgd_accuracy(
     batchnorm: str = "running",
     across_processes: bool = False,
 ) -> tuple[float, torch.Tensor]:
-    """``(accuracy, x_adv)``: the share of ``x`` still classified as ``y`` after ``attack``
-    (RobustBench's robust accuracy), and its examples, BatchNorm in ``batchnorm`` mode for the
+    """``(accuracy, x_adv)``: the share of ``x`` classified as ``y`` before and after ``attack``
+    (RobustBench's robust accuracy: share still correct), and its examples, BatchNorm in ``batchnorm`` mode for the
     attack and the prediction alike (``across_processes``: the batches split between the processes of a
     torchrun launch, each batch attacked as in one process; every process gets every example)."""
     with _evaluation(model, batchnorm) as net:
         x_adv = attack_examples(net, x, y, attack, across_processes=across_processes)
-        return accuracy(net, x_adv, y, across_processes=across_processes), x_adv
+        return accuracy(net, x_adv, y, clean=x, across_processes=across_processes), x_adv
 
 
 @dataclass
@@ -294,7 +294,8 @@ class KernelTracker:
             "adversarial_labels": kernel_metrics(adversarial, adversarial_labels, num_classes=self.num_classes),
             "probe_accuracy": {
                 "clean": float((predicted_clean == self.targets).double().mean()),
-                "pgd": float((predicted_adv == self.targets).double().mean()),
+                # still correct, as pgd_accuracy counts it
+                "pgd": float(((predicted_adv == self.targets) & (predicted_clean == self.targets)).double().mean()),
             },
         }
         arrays = {

@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# test modules import each other's helpers by module name ("from test_machine_audit import ..."):
+# pytest puts a test file's folder on sys.path only once it collects a file there, so every test
+# folder is put there now, for a file that reuses the helpers of another folder's audit
+for _folder in sorted(Path(__file__).resolve().parent.iterdir()):
+    if _folder.is_dir() and not _folder.name.startswith(("_", ".")) and str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 # before anything imports jax: the tests build their own float64 arrays and compare at 1e-12
 os.environ["JAX_ENABLE_X64"] = "1"

@@ -22,16 +22,15 @@ their record) and the synthetic records of ``test_checks`` (the recipes' own smo
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
-import sys
 from collections import Counter
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+import test_checks as checks  # synthetic step records and ``judge``
+import test_data_audit as audit  # numbered records: a loaded image names its record
+import test_report as reports  # findings and reports as the runner writes them
 
 from ntkrobust.bridge.data import (
     balanced_indices,
@@ -42,19 +41,6 @@ from ntkrobust.bridge.data import (
 )
 from ntkrobust.reproduce import VERDICTS
 from ntkrobust.reproduce.report import render_markdown, summary_table_markdown, verdict_counts, write_report
-
-
-def _sibling(folder: str, name: str) -> ModuleType:
-    """A test module of a sub-folder, imported as pytest imports it (its folder on ``sys.path``)."""
-    path = str(Path(__file__).parent / folder)
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    return importlib.import_module(name)
-
-
-audit = _sibling("bridge", "test_data_audit")  # numbered records: a loaded image names its record
-checks = _sibling("reproduce", "test_checks")  # synthetic step records and ``judge``
-reports = _sibling("reproduce", "test_report")  # findings and reports as the runner writes them
 
 RANK = {"contradicts": 0, "inconclusive": 1, "agrees": 2}
 
