@@ -9,6 +9,7 @@ draws them as two runs, one per statistics, so that every figure shows both:
 - ``statistics_views(run)``: the run once per statistics it was tracked under, each labelled with
   it, whose kernel records, kernels and ``statistics`` are that statistics' (the epoch records are
   the run's: they hold the accuracies of both, and the accuracy figure draws a view's own);
+- ``statistics_modes(run)``: the statistics the run tracked its kernels under, its history's first;
 - ``statistics_groups(groups)``: every ``RunGroup`` (a run, or the seeds of one) as one group per
   statistics, in the order the run tracked them; a group tracked one way is itself.
 
@@ -24,13 +25,13 @@ from typing import Any
 from ntkrobust.bridge.run_groups import RunGroup
 from ntkrobust.bridge.runs import TrainingRun
 
-__all__ = ["STATISTICS", "statistics_groups", "statistics_views"]
+__all__ = ["STATISTICS", "statistics_groups", "statistics_modes", "statistics_views"]
 
 #: how a view's label names its statistics (RAT: "w buffer" / "w/o buffer")
 STATISTICS = {"running": "BatchNorm running stats", "batch": "BatchNorm batch stats"}
 
 
-def _modes(run: TrainingRun) -> list[str]:
+def statistics_modes(run: TrainingRun) -> list[str]:
     """The statistics the run tracked its kernels under, its history's first; [] where it says
     none it knows (a run without BatchNorm tracking, or a foreign history)."""
     tracking = run.config.get("tracking")
@@ -43,7 +44,7 @@ def _modes(run: TrainingRun) -> list[str]:
 def statistics_views(run: TrainingRun) -> list[TrainingRun]:
     """The run once per BatchNorm statistics it tracked its kernels under (module docstring); the
     run itself where it tracked them one way, or where a kernel record lacks the other's."""
-    modes = _modes(run)
+    modes = statistics_modes(run)
     if len(modes) < 2 or not run.kernel_records:
         return [run]
     first, *others = modes

@@ -262,12 +262,26 @@ def _baseline(settings: DynamicsSettings, groups: Sequence[Any]) -> Any:
     return baseline
 
 
+def _same_statistics(baseline: Any, group: Any) -> Any:
+    """The baseline as seen under the BatchNorm statistics of ``group``'s kernels (a view of a run
+    tracked both ways, ``bridge.batchnorm_views``, or the one statistics a run tracked) where the
+    baseline tracked its kernels under it too: KD(Θ_t^baseline, Θ_t^run) then compares kernels of
+    one statistics, and a run is at distance 0 from itself under either; else the baseline as given."""
+    from ntkrobust.bridge.batchnorm_views import statistics_modes, statistics_views
+
+    run = group.runs[0]
+    statistics = run.statistics or next(iter(statistics_modes(run)), None)
+    if baseline is None or statistics is None or statistics_modes(baseline)[:1] == [statistics]:
+        return baseline
+    return next((view for view in statistics_views(baseline) if view.statistics == statistics), baseline)
+
+
 def _summary(group: Any, baseline: Any) -> Any:
     """The group's dynamics; a history whose records have the wrong types is one line, not a traceback."""
     from ntkrobust.bridge.run_groups import group_summary
 
     try:
-        return group_summary(group, baseline=baseline)
+        return group_summary(group, baseline=_same_statistics(baseline, group))
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
         kind = type(err).__name__
         path = group.path
