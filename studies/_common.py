@@ -440,7 +440,10 @@ def check_distinct_files(specs: Sequence[str], what: str) -> None:
     it would be evaluated, drawn or attacked twice under two labels."""
     seen: dict[str, str] = {}
     for spec in specs:
-        key = file_key(spec)
+        try:
+            key = file_key(spec)
+        except StudyError as error:  # named as every other refusal of this net or run names it
+            raise StudyError(f"{what} {error}") from None
         if key in seen:
             raise StudyError(f"{what} {spec} is named twice (also as {seen[key]})")
         seen[key] = spec

@@ -25,7 +25,9 @@ def test_a_symbolic_link_loop_named_as_a_net_is_one_line(tmp_path, assert_refuse
     """It met ``Path.resolve``'s RuntimeError in the check for a net named twice (a traceback)."""
     (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
     (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
-    assert_refused(["evaluate", "--data", "digits", tmp_path / "a.pt"], "a.pt is a symbolic link that loops")
+    assert_refused(
+        ["evaluate", "--data", "digits", tmp_path / "a.pt"], f"net {tmp_path / 'a.pt'} is a symbolic link that loops"
+    )
 
 
 def test_an_unopenable_npz_says_why_not_that_it_is_damaged(tmp_path):
