@@ -114,16 +114,21 @@ class StepStore:
         finished, else None and why (where that is worth saying). A step whose output file was
         deleted or edited, or whose record was damaged, runs again: it used to count as finished,
         so every run of the command failed on a missing file, and an edited file's numbers went
-        into the report as measured."""
-        record = _read_json(self._record_path(step.name))
-        if record is None or record.get("key") != key:
-            return None, ""
+        into the report as measured. Why is said for all but a step never finished and one whose
+        config changed: a rerun that may take hours is a warning, which --quiet still prints."""
+        path = self._record_path(step.name)
+        record = _read_json(path)
+        if record is None:  # none yet, or one this step's run overwrites
+            return None, f"its record {path.name} is unreadable" if path.exists() or path.is_symlink() else ""
+        if record.get("key") != key:
+            return None, ""  # another config: a step of its own, which the key tells apart
         seconds = record.get("seconds")
         if not is_real(seconds) or not 0 <= seconds < math.inf:
-            return None, ""  # NaN, a negative or an infinite time: a damaged record (the report failed on NaN)
+            # NaN, a negative or an infinite time: a damaged record (the report failed on NaN)
+            return None, f"its record {path.name} holds no time it took"
         output = self.ctx.step_dir(step.name) / record_file(step)
         if not output.is_file():
-            return None, ""
+            return None, f"its {record_file(step)} is gone"
         # the file the checks read, as the step wrote it (a record of an earlier version holds no
         # digest and is taken as it is); the checkpoints beside it are not hashed again here: at
         # paper scale they are gigabytes, and no check reads them
@@ -157,8 +162,8 @@ class StepStore:
         key = self.key(step)
         config = step_config(step, self.ctx)
         record, why = self._finished_record(step, key)
-        if why:
-            log.info(f"{position} {step.name}: {why}: it runs again")
+        if why:  # a warning, which --quiet still prints: the step may take hours
+            log.warning(f"{position} {step.name}: {why}: it runs again")
         if record is not None:
             self.keys[step.name] = key
             log.info(f"{position} {step.name}: finished earlier, reused")

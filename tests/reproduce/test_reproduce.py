@@ -121,9 +121,20 @@ def test_a_changed_or_edited_step_runs_again_or_says_what_to_delete(
     assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
     assert not _findings(out)["findings"][0]["steps"][0]["reused"]
     results = out / "steps" / "mnist-features" / "results.json"
-    results.unlink()
-    assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
-    assert not _findings(out)["findings"][0]["steps"][0]["reused"] and results.is_file()
+    capsys.readouterr()
+    # a rerun that may take hours is said even under --quiet (it was an info line, so silent)
+    for damage, said in (
+        (results.unlink, "its results.json is gone"),
+        (lambda: record.write_text("{bad"), "its record mnist-features.json is unreadable"),
+        (
+            lambda: record.write_text(json.dumps({**json.loads(record.read_text()), "seconds": -1})),
+            "its record mnist-features.json holds no time it took",
+        ),
+    ):
+        damage()
+        assert _reproduce("tk-fig2-features", "--out", str(out)) == 0
+        assert f"mnist-features: {said}" in capsys.readouterr().err
+        assert not _findings(out)["findings"][0]["steps"][0]["reused"] and results.is_file()
     step = out / "steps" / "mnist-features"
     for replace in (lambda: step.write_text("a file"), lambda: step.symlink_to(step.name)):  # "Not a directory"
         shutil.rmtree(step)
