@@ -151,8 +151,11 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32)[:, None, None])
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32)[:, None, None])
+        # in torch's default dtype, as the layers' weights: a float64 net (the float64 checks) read
+        # 0.4 as float32's 0.4000000059
+        dtype = torch.get_default_dtype()
+        self.register_buffer("mean", torch.tensor(mean, dtype=dtype)[:, None, None])
+        self.register_buffer("std", torch.tensor(std, dtype=dtype)[:, None, None])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

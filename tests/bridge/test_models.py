@@ -152,6 +152,26 @@ def test_normalisation_lives_inside_the_model():
     torch.testing.assert_close(normalised(x), plain(shifted))
 
 
+def test_a_float64_nets_normalisation_is_its_mean_and_std_in_float64():
+    """Built under torch's float64 default, as the float64 checks build nets, the mean and std are
+    the float64 numbers given: they were float32 buffers, so 0.4 was 0.4000000059 inside the net."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        normalised = build_model(model_config("fc1", (2, 4, 4), 2, width=4, mean=(0.4, 0.7), std=(0.3, 0.1)))
+        x = torch.rand(2, 2, 4, 4)
+    finally:
+        torch.set_default_dtype(default)
+    layer = normalised[0]
+    assert layer.mean.dtype == torch.float64 and layer.mean.flatten().tolist() == [0.4, 0.7]
+    assert layer.std.flatten().tolist() == [0.3, 0.1]
+    expected = torch.stack([(x[:, 0] - 0.4) / 0.3, (x[:, 1] - 0.7) / 0.1], dim=1)
+    assert torch.equal(layer(x), expected)
+    assert build_model(model_config("fc1", (2, 4, 4), 2, width=4, mean=(0.4, 0.7), std=(0.3, 0.1)))[0].mean.dtype == (
+        torch.float32
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
