@@ -64,6 +64,7 @@ def _taylor(
     variant: str,
 ) -> Array:
     threat = ThreatModel(norm=norm, eps=eps)
+    threat.check_inputs(x)  # as fgsm and pgd: images in [0, 1], not 0-255 ones clipped into the box
     ops = ops_for(x)
     target_index = np.asarray(target_index, dtype=np.int64)
     z = output_jacobian(x)
