@@ -407,10 +407,15 @@ def _finite_share(model: nn.Module, rows: torch.Tensor, replicas: int) -> torch.
     overflow the net though the loss before it was finite (one step at lr 1e30 left weights of
     1e27 and inf logits, and the run ended on a near-chance warning); read with the epoch's last
     loss sums, so it costs one forward pass of a share of a batch and no host round trip of its
-    own."""
-    if rows.shape[0] == 0:  # a process without rows in a batch smaller than the processes
-        return torch.full((1,), 1 / replicas, dtype=torch.float64, device=rows.device)
-    with kept_modes(model), torch.no_grad():
+    own.
+
+    The forward runs inside ``shared_batch`` of the processes, as the training step's: a BatchNorm
+    on batch statistics in eval mode (one without running statistics, ``train --batchnorm batch``)
+    takes the whole batch's, as in one process; a share's own would be one row's (torch refuses a
+    single value per channel: a last batch of 3 rows on 2 processes stopped the launch) or none.
+    So every process forwards its rows, an empty share too (an empty batch gives no non-finite
+    output), and their collectives match."""
+    with kept_modes(model), torch.no_grad(), shared_batch(replicas > 1):
         model.eval()
         finite = torch.isfinite(model(rows)).all()
     return finite.double()[None] / replicas
