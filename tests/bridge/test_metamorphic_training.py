@@ -527,14 +527,14 @@ def test_two_processes_with_a_share_of_one_row_or_none_train_to_the_weights_of_o
     two: here with last batches of 3 rows (``check_last_batch`` lets them through) and of 1 row (a
     net without BatchNorm), shared 1 / 2 and 0 / 1 by the two processes.
 
-    BUG on main (the first case): the end-of-epoch check that the net's outputs are finite
-    (``_finite_share``) runs rank 0's one row through the net in eval mode outside
-    ``shared_batch()``, where a BatchNorm without running statistics normalises over the row's own
-    single value per channel, and torch raises ("Expected more than 1 value per channel when
-    training"): the launch dies after its first epoch. Fails on main; passes with
-    /tmp/metag/fix.patch (the check takes the shared batch's statistics, every process forwarding
-    its rows, the empty share of the second case too). Float64, 1e-10 (relative and absolute:
-    statistics over 3 rows amplify the rounding of the all-reduced sums to ~1e-11)."""
+    A bug this round found (the first case; fixed in a7c4734): the end-of-epoch check that the
+    net's outputs are finite (``_finite_share``) ran rank 0's one row through the net in eval mode
+    outside ``shared_batch()``, where a BatchNorm without running statistics normalised over the
+    row's own single value per channel, and torch raised ("Expected more than 1 value per channel
+    when training"): the launch died after its first epoch. The check now takes the shared batch's
+    statistics, every process forwarding its rows, the empty share of the second case too.
+    Float64, 1e-10 (relative and absolute: statistics over 3 rows amplify the rounding of the
+    all-reduced sums to ~1e-11)."""
     import torch.multiprocessing as mp
     from test_distributed import _free_port
 
