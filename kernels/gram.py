@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ntkrobust._progress import progress_bar
+from ntkrobust.kernels._host import torch_values
 from ntkrobust.kernels._jax import float64, jax, jnp, nt
 from ntkrobust.kernels.architectures import Architecture, check_architecture, is_registered, per_architecture
 from ntkrobust.kernels.relu import dot_kernel_rows, pairwise_dots
@@ -90,7 +91,7 @@ def gram_cache_key(arch: Architecture, x1: np.ndarray, x2: np.ndarray | None) ->
         if x is None:
             digest.update(b"|symmetric")
             continue
-        x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(torch_values(x))
         digest.update(f"|{x.dtype.str}{x.shape}|".encode())
         digest.update(x.tobytes())
     return digest.hexdigest()
@@ -161,13 +162,12 @@ def compute_gram(
     Inputs of two shapes, and NaN or inf in host inputs, are refused (ValueError)."""
     check_architecture(arch)
     symmetric = x2 is None
-    x2_ = x1 if x2 is None else x2
+    x1 = torch_values(x1)
+    x2_ = x1 if x2 is None else torch_values(x2)
     for x in (x1,) if symmetric else (x1, x2_):
         if not hasattr(x, "shape"):
             raise TypeError(f"inputs must be arrays (numpy, JAX or torch), got {type(x).__name__}")
-        # a CPU tensor is a host input too
-        host = x.detach().numpy() if _is_host_tensor(x) else x  # type: ignore[attr-defined]
-        if isinstance(host, np.ndarray) and not np.all(np.isfinite(host)):
+        if isinstance(x, np.ndarray) and not np.all(np.isfinite(x)):
             raise ValueError("inputs contain NaN or inf")
     if tuple(x2_.shape[1:]) != tuple(x1.shape[1:]):
         raise ValueError(f"inputs of shapes {tuple(x1.shape[1:])} and {tuple(x2_.shape[1:])}: one kernel takes one")
@@ -206,10 +206,6 @@ def compute_gram(
     if symmetric:
         out = 0.5 * (out + out.T)  # exact symmetry for the eigendecomposition
     return out
-
-
-def _is_host_tensor(x: Any) -> bool:
-    return type(x).__module__.startswith("torch") and x.device.type == "cpu"
 
 
 def _symmetric_gram(arch: Architecture, a: jnp.ndarray, side: int, progress: bool) -> np.ndarray:

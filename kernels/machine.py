@@ -40,6 +40,7 @@ import numpy as np
 from ntkrobust.kernels import _dot_route
 from ntkrobust.kernels._compiled import compiled as _compiled
 from ntkrobust.kernels._compiled import loss_cotangent as _loss_cotangent
+from ntkrobust.kernels._host import host_array, is_torch
 from ntkrobust.kernels._jax import float64, jax, jnp, point_sharding, x64_enabled
 from ntkrobust.kernels.architectures import Architecture, check_architecture
 from ntkrobust.kernels.gram import DEFAULT_MEMORY_BUDGET, entries_within_budget, gram_matrix
@@ -303,7 +304,7 @@ class KernelMachine:
         check_target_index(target_index, max(self.n_outputs, 2), x_arr.shape[0])
         # a JAX array (a caller's tracer too) as it is: tracers cannot go through the host
         index = jnp.asarray(
-            target_index if isinstance(target_index, jax.Array) else _host(target_index), dtype=jnp.int32
+            target_index if isinstance(target_index, jax.Array) else host_array(target_index), dtype=jnp.int32
         )
         blocks = self._blocks()
         chunks = self._train_chunks(blocks.train)
@@ -393,7 +394,7 @@ class KernelMachine:
         if tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not match training inputs {self.input_shape}")
         if not isinstance(x, jax.Array):  # JAX arrays may live on a device: no transfer to check them
-            x = _host(x)
+            x = host_array(x)
             if not np.all(np.isfinite(x)):
                 raise ValueError("inputs contain NaN or inf")
         return jnp.asarray(x)
@@ -404,16 +405,16 @@ def loss_cotangent(f: jnp.ndarray, index: Any) -> jnp.ndarray:
     one output, L = softplus(−y f) with y = ±1 (index 0 ↔ −1); k outputs, softmax cross-entropy.
     Host indices are checked (``check_target_index``)."""
     check_target_index(index, max(int(f.shape[1]), 2), int(f.shape[0]))
-    return _loss_cotangent(f, jnp.asarray(_host(index)) if _is_torch(index) else index)
+    return _loss_cotangent(f, jnp.asarray(host_array(index)) if is_torch(index) else index)
 
 
 def check_target_index(index: object, classes: int, batch: int) -> None:
     """Refuse target indices that are not ``batch`` positions in [0, ``classes``): class ids given
     for positions are otherwise read silently as other classes. Only host arrays (numpy, torch on
     the CPU, lists) are checked: JAX arrays may live on a device, and tracers have no values."""
-    if isinstance(index, jax.Array) or (_is_torch(index) and index.device.type != "cpu"):  # type: ignore[attr-defined]
+    if isinstance(index, jax.Array) or (is_torch(index) and index.device.type != "cpu"):  # type: ignore[attr-defined]
         return
-    values = _host(index)
+    values = host_array(index)
     if values.shape != (batch,) or (values.size and not np.issubdtype(values.dtype, np.integer)):
         raise ValueError(f"target indices must be ({batch},) integers, got {values.dtype} of shape {values.shape}")
     if values.size and (values.min() < 0 or values.max() >= classes):
@@ -423,20 +424,9 @@ def check_target_index(index: object, classes: int, batch: int) -> None:
         )
 
 
-def _is_torch(a: object) -> bool:
-    return type(a).__module__.split(".")[0] == "torch"
-
-
-def _host(a: object) -> np.ndarray:
-    """A numpy view of a host array, a torch tensor (copied from its device) or a list."""
-    if _is_torch(a):
-        return a.detach().cpu().numpy()  # type: ignore[attr-defined, no-any-return]
-    return np.asarray(a)
-
-
 def _like(g: jnp.ndarray, x: object) -> Any:
     """``g`` in the dtype and array type of ``x``: a torch tensor back on ``x``'s device."""
-    if _is_torch(x):  # through the attacks' backend-neutral arrays: kernels/ imports no torch itself
+    if is_torch(x):  # through the attacks' backend-neutral arrays: kernels/ imports no torch itself
         from ntkrobust.attacks._array import ops_for
 
         return ops_for(x).from_numpy(np.array(g), like=x)
@@ -479,7 +469,7 @@ def fit_kernel_machine(
         progress: show progress bars.
     """
     check_architecture(arch)
-    x_train = np.asarray(x_train)
+    x_train = host_array(x_train)  # a torch tensor's values, even one that requires grad
     y_train = np.asarray(y_train)
     if x_train.shape[0] != y_train.shape[0]:
         raise ValueError(f"{x_train.shape[0]} inputs but {y_train.shape[0]} labels")

@@ -34,22 +34,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ntkrobust.kernels._host import host_array
+
 
 class UndefinedMetricError(ValueError):
     """The metric is undefined for this input (e.g. the distance to a zero kernel)."""
 
 
-def _values(array: Any, dtype: Any = None) -> np.ndarray:
-    """``array`` as numpy; a torch tensor's values detached and on the host first (the metrics are
-    measurements: a kernel that requires grad, or lies on a GPU, is read as it is, where numpy's
-    conversion refused both). Duck-typed: no torch import."""
-    if type(array).__module__.startswith("torch") and hasattr(array, "detach"):
-        array = array.detach().cpu()
-    return np.asarray(array, dtype=dtype)
-
-
 def _finite(array: ArrayLike, name: str = "kernel") -> np.ndarray:
-    x = _values(array, np.float64)
+    x = host_array(array, np.float64)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or inf")
     return x
@@ -237,7 +230,7 @@ def _effective_rank(values: np.ndarray) -> float:
 
 def one_hot(labels: ArrayLike, num_classes: int | None = None) -> np.ndarray:
     """(N, C) float64 indicator matrix Y of int class ids; C defaults to max(labels) + 1."""
-    y = _values(labels)
+    y = host_array(labels)
     if y.ndim != 1 or y.size == 0 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be a non-empty 1D array of int class ids, got {y.dtype} {y.shape}")
     if y.min() < 0:
@@ -377,7 +370,7 @@ def _with_reasons(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def spearman_correlation(a: ArrayLike, b: ArrayLike) -> float:
     """Spearman's ρ: Pearson correlation of the ranks (ties share their mean rank); nan if constant."""
-    a, b = _values(a, np.float64), _values(b, np.float64)
+    a, b = host_array(a, np.float64), host_array(b, np.float64)
     if a.ndim != 1 or a.shape != b.shape:
         raise ValueError(f"need two 1D arrays of one length, got shapes {a.shape} and {b.shape}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):  # NaN ranked as the largest value
