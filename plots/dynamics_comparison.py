@@ -111,11 +111,16 @@ def _scale(runs: Sequence[RunSummary], columns: Sequence[Sequence[float | None]]
     return min(low, 1.0 - 1e-3), max(high, 1.0 + 1e-3)
 
 
+def _tick_names(names: Sequence[str], c: int) -> list[str]:
+    """The names of a panel's C classes: the run's class names, then indices for the classes past them."""
+    return [_plain(n) for n in (list(names) + [str(k) for k in range(len(names), c)])[:c]]
+
+
 def _class_ticks(ax: Any, names: Sequence[str], c: int, *, left: bool, bottom: bool) -> None:
     """Class names on the outer axes of the grid when there are at most ten classes."""
     if c <= _MANY_CLASSES:
         ticks = np.arange(c)
-        labels = [_plain(n) for n in (list(names) + [str(k) for k in range(len(names), c)])[:c]]
+        labels = _tick_names(names, c)
         ax.set_xticks(ticks, labels if bottom else [], fontsize=7, rotation=90 if max(map(len, labels)) > 2 else 0)
         ax.set_yticks(ticks, labels if left else [], fontsize=7)
     elif not (left or bottom):
@@ -154,9 +159,15 @@ def specialization_heatmaps(
         [(epoch, *_matrix(run, kind, epoch)) for epoch in epochs] for run, epochs in zip(runs, columns, strict=True)
     ]
     shown_at = {(r, c) for r, row in enumerate(cells) for c, (_, matrix, _) in enumerate(row) if matrix is not None}
-    # class names on the first drawn panel of a row and the last drawn panel of a column
+    # class names on the first drawn panel of a row and the last drawn panel of a column, and on
+    # any panel whose run names its classes otherwise than that last one (another data set, or
+    # the classes in another order): a column must not read one run's classes under another's names
     left = {r: min(c for rr, c in shown_at if rr == r) for r, _ in shown_at}
     bottom = {c: max(r for r, cc in shown_at if cc == c) for _, c in shown_at}
+    classes = {
+        (r, c): _tick_names(runs[r].get("class_names") or [], cells[r][c][1].shape[0])  # type: ignore[union-attr]
+        for r, c in shown_at
+    }
     image = None
     for row, run in enumerate(runs):
         for col in range(cols):
@@ -175,7 +186,8 @@ def specialization_heatmaps(
                 c = matrix.shape[0]
                 ax.set_title(f"{when} · tr(KSM)/C = {np.trace(matrix) / c:.3f}", fontsize=9)
                 names = run.get("class_names") or []
-                _class_ticks(ax, names, c, left=left[row] == col, bottom=bottom[col] == row)
+                named_below = bottom[col] == row or classes[(row, col)] != classes[(bottom[col], col)]
+                _class_ticks(ax, names, c, left=left[row] == col, bottom=named_below)
             for spine in ax.spines.values():
                 spine.set_edgecolor(_colour(row))
                 spine.set_linewidth(2)
