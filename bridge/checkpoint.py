@@ -74,6 +74,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: ModelConfig, **e
     return write_atomically(path, lambda temporary: _save(payload, temporary))
 
 
+def trained_classes(payload: dict[str, Any]) -> tuple[str, ...] | None:
+    """The names of the classes a checkpoint's net was trained on, in the order of its outputs, as
+    the history that ``train`` stores in every checkpoint records them; None where the checkpoint
+    records none (a two-layer net, a checkpoint written by hand)."""
+    history = payload.get("history")
+    names = history.get("class_names") if isinstance(history, dict) else None
+    if isinstance(names, list) and names and all(isinstance(name, str) for name in names):
+        return tuple(names)
+    return None
+
+
 def _linearization(model: nn.Module) -> dict[str, Any] | None:
     """What a checkpoint records of a stage-2 wrapper (None for any other model)."""
     if isinstance(model, LinearizedNetwork):

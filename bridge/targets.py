@@ -34,7 +34,13 @@ from torch import nn
 
 from ntkrobust._messages import first_line
 from ntkrobust._numbers import is_whole
-from ntkrobust.bridge.checkpoint import CheckpointError, ForeignFileError, check_state_dict, load_checkpoint
+from ntkrobust.bridge.checkpoint import (
+    CheckpointError,
+    ForeignFileError,
+    check_state_dict,
+    load_checkpoint,
+    trained_classes,
+)
 from ntkrobust.bridge.files import JsonFileError, not_a_file, read_json, refusal_reason
 from ntkrobust.bridge.models import MODELS, ModelError, build_model, check_fits, model_config, parse_model_name
 from ntkrobust.bridge.runfolder import checkpoint_epoch
@@ -59,6 +65,8 @@ class Target:
     #: the epoch for standard dynamics; "linearized" / "centered from PARENT" and the spawn epoch
     #: for linearized runs (LOO sec. 5 plots transferability against t')
     curve: tuple[str, int] | None = None
+    #: the classes a checkpoint of ``train`` was trained on, in its outputs' order (``trained_classes``)
+    class_names: tuple[str, ...] | None = None
 
 
 def _label(path: Path) -> str:
@@ -183,7 +191,14 @@ def _file_target(path: Path, image_shape: tuple[int, ...], trust_code: bool, dev
         description["centered"] = payload["linearization"]["centered"]
     if payload.get("minus_initial"):
         description["output"] = "f - f0"
-    return Target(label, model, description, epoch=epoch if is_whole(epoch) else None, curve=_curve(path))
+    return Target(
+        label,
+        model,
+        description,
+        epoch=epoch if is_whole(epoch) else None,
+        curve=_curve(path),
+        class_names=trained_classes(payload),
+    )
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ntkrobust._numbers import is_whole
-from ntkrobust.studies._base import StudyError, changed_flags, flags_do
+from ntkrobust.studies._base import StudyError, changed_flags, flags_do, warn
 from ntkrobust.studies._output import check_writable
 
 
@@ -289,9 +289,11 @@ def torch_network(
     seed: int,
     init: str = "default",
     running_stats: bool = True,
+    notes: list[str] | None = None,
 ) -> tuple[Any, Any]:
-    """The registry model (at initialisation) or the checkpoint's, checked against the data."""
-    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+    """The registry model (at initialisation) or the checkpoint's, checked against the data (its
+    classes too: ``check_task``, warnings in ``notes``)."""
+    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, trained_classes
     from ntkrobust.bridge.models import ModelError, build_model, check_fits, model_config
 
     classes = len(data.classes)
@@ -299,8 +301,9 @@ def torch_network(
         if checkpoint is not None:
             if width is not None:
                 raise StudyError("--width applies to --model; a checkpoint brings its own")
-            net, config, _ = load_checkpoint(checkpoint)
+            net, config, payload = load_checkpoint(checkpoint)
             check_one_output_per_class(config.num_classes, classes, f"checkpoint {checkpoint}")
+            check_task(trained_classes(payload), data, f"--checkpoint {checkpoint}", [] if notes is None else notes)
         else:
             config = model_config(
                 model or "fc2",
@@ -461,16 +464,47 @@ def file_key(spec: str) -> str:
     return f"{head if sep and not Path(spec).exists() else ''}={resolved}"
 
 
+def check_task(trained: Sequence[str] | None, data: Any, what: str, notes: list[str]) -> None:
+    """A net's outputs are read as the data's task's classes, in order: a checkpoint of ``train``
+    records the classes it was trained on (``bridge.checkpoint.trained_classes``). The same classes
+    in another order would read every output as another class (a binary net's labels swapped,
+    accepted without a word before): refused. Other classes are a warning in ``notes``: its
+    numbers are those of another task, which a user may mean (the same digits from another source
+    named otherwise)."""
+    if trained is None:
+        return
+    task = [data.class_name(c) for c in data.classes]
+    if list(trained) == task:
+        return
+    shown = ", ".join(trained)
+    if sorted(trained) == sorted(task):
+        raise StudyError(
+            f"{what} was trained on the classes ({shown}) in that order, and the data's task orders them "
+            f"({', '.join(task)}): give --classes in the net's order"
+        )
+    warn(notes, f"{what} was trained on the classes ({shown}), not the data's ({', '.join(task)}): "
+         "its numbers are those of a net of another task")  # fmt: skip
+
+
 def load_targets(
-    specs: Sequence[str], data: Any, device: Any, *, trust_code: bool = False, sources: int = 0
+    specs: Sequence[str],
+    data: Any,
+    device: Any,
+    *,
+    trust_code: bool = False,
+    sources: int = 0,
+    notes: list[str] | None = None,
 ) -> list[Any]:
     """The nets of ``specs``, with labels made unique; a bad one stops everything. TorchScript and
     .pt2 files load only with ``trust_code`` (``bridge.targets``). The last ``sources`` specs are
-    transfer's ``--source`` nets: their refusals say so."""
+    transfer's ``--source`` nets: their refusals say so. A checkpoint trained on the data's
+    classes in another order is refused, one of other classes warned of in ``notes``
+    (``check_task``)."""
     from ntkrobust.bridge.targets import TargetError, load_target
 
     targets: list[Any] = []
     for i, spec in enumerate(specs):
+        role = "--source" if i >= len(specs) - sources else "target"
         try:
             target = load_target(
                 spec,
@@ -478,10 +512,11 @@ def load_targets(
                 num_classes=len(data.classes),
                 device=device,
                 trust_code=trust_code,
-                role="--source" if i >= len(specs) - sources else "target",
+                role=role,
             )
         except TargetError as err:
             raise StudyError(str(err)) from None
+        check_task(target.class_names, data, f"{role} {spec}", [] if notes is None else notes)
         taken = {t.label for t in targets}
         base, i = target.label, 2
         while target.label in taken:

@@ -144,8 +144,9 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         from ntkrobust.kernels.metrics import kernel_metrics
 
         device = torch_device(settings.device)
+        notes: list[str] = []
         model, config = torch_network(
-            data, model=settings.model, width=settings.width, checkpoint=settings.checkpoint, seed=seed
+            data, model=settings.model, width=settings.width, checkpoint=settings.checkpoint, seed=seed, notes=notes
         )
         try:
             kind.outputs(config.num_classes)
@@ -169,7 +170,6 @@ def run(settings: EntkSettings, *, progress: bool = False, argv: list[str] | Non
         raise StudyError(f"--memory-budget {settings.memory_budget}: {err}") from None
     clean_pred = predict(net, inputs)
     adversarial: dict[str, Any] | None = None
-    notes: list[str] = []
     x_kernel, kernel_pred = inputs, clean_pred
     if eps is not None:
         step, steps = pgd_schedule(

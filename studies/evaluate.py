@@ -116,8 +116,8 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
         channels = data.image_shape[0]
         eps = _checked(settings, channels)
         device = torch_device(settings.device)
-        nets = load_targets(settings.nets, data, device, trust_code=settings.trust_model_code)
-    notes: list[str] = []
+        notes: list[str] = []
+        nets = load_targets(settings.nets, data, device, trust_code=settings.trust_model_code, notes=notes)
     warn(notes, AttackSpec("pgd", eps, "linf", 1.0, 1).eps_hint(channels))
     x = torch.as_tensor(data.x_test, device=device)
     y = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)

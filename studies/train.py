@@ -32,6 +32,7 @@ from ntkrobust.studies._common import (
     check_counts,
     check_draws,
     check_one_output_per_class,
+    check_task,
     torch_device,
     torch_network,
 )
@@ -89,9 +90,12 @@ class TrainResult(StudyResult):
         )
 
 
-def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """The parent network, config and checkpoint payload of ``linearize_from``, checked."""
-    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint
+def _linearization_parent(
+    settings: TrainSettings, data: Any, notes: list[str] | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The parent network, config and checkpoint payload of ``linearize_from``, checked (its
+    classes too: ``check_task``, warnings in ``notes``)."""
+    from ntkrobust.bridge.checkpoint import CheckpointError, load_checkpoint, trained_classes
     from ntkrobust.bridge.models import ModelError, check_fits
 
     path = settings.linearize_from
@@ -110,10 +114,11 @@ def _linearization_parent(settings: TrainSettings, data: Any) -> tuple[Any, Any,
     if "linearization" in payload:
         raise StudyError(f"--linearize-from {path} is itself a linearized network")
     check_one_output_per_class(config.num_classes, len(data.classes), f"--linearize-from {path}")
+    check_task(trained_classes(payload), data, f"--linearize-from {path}", [] if notes is None else notes)
     return parent, config, payload
 
 
-def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
+def _network(settings: TrainSettings, data: Any, notes: list[str] | None = None) -> dict[str, Any]:
     """The model to train, its config, and for linearized runs what tracking needs."""
     if settings.linearize_from is None:
         default = "mnist-cnn" if data.image_shape[0] == 1 else "cifar-cnn"
@@ -131,7 +136,7 @@ def _network(settings: TrainSettings, data: Any) -> dict[str, Any]:
         return {"model": model, "config": config, "linearization": None, "kernel_network": None, "magnitude": None}
     from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork, relative_magnitude
 
-    parent, config, payload = _linearization_parent(settings, data)
+    parent, config, payload = _linearization_parent(settings, data, notes)
     linearization = {
         "checkpoint": str(settings.linearize_from),
         "spawn_epoch": payload.get("epoch"),
@@ -373,7 +378,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
         check_augmentation(settings, data.image_shape)
 
         device = torch_device(settings.device)
-        net = _network(settings, data)
+        net = _network(settings, data, notes)
         check_last_batch(settings, net["model"], data)
         config = net["config"]
         train, tracking = _configs(settings, threat)

@@ -293,7 +293,9 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
 
         device = torch_device(settings.device)
         specs = [*settings.target, *settings.source]  # one namespace of labels
-        nets = load_targets(specs, data, device, trust_code=settings.trust_model_code, sources=len(settings.source))
+        nets = load_targets(
+            specs, data, device, trust_code=settings.trust_model_code, sources=len(settings.source), notes=attack_notes
+        )
         targets, extra_sources = nets[: len(settings.target)], nets[len(settings.target) :]
         x_test, y_test = data.x_test, data.y_test
         y_index = task_indices(y_test, data.classes)

@@ -319,6 +319,7 @@ def test_targets_named_alike_get_numbered_labels(monkeypatch):
     @dataclass
     class Target:
         label: str
+        class_names: tuple[str, ...] | None = None  # a net that records no classes: nothing to check
 
     monkeypatch.setattr(targets, "load_target", lambda spec, **kw: Target(spec.split("=")[0]))
     data = DataSettings(classes=(3, 8), n_train=4, n_test=2).load()
