@@ -65,8 +65,10 @@ def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> st
             return None
         if len(set(map(str, present))) == 1:
             return phrase.format(present[0])
-        if key == "probe_size":  # one phrase with the sizes in legend order, not one per run
-            return phrase.format(" / ".join(str(v) for v in present))
+        if key == "probe_size":  # one phrase with the sizes in legend order, not one per run; a
+            # run without kernels keeps its place ("20 / – / 30"): "20 / 30" paired the sizes with
+            # the first two runs of the legend
+            return phrase.format(" / ".join("–" if v is None else str(v) for v in values))
         runs_of: dict[str, list[str]] = {}  # each value once, with the runs that have it
         for i, (run, v) in enumerate(zip(runs, values, strict=True)):
             if v is not None:

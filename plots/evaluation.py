@@ -28,6 +28,10 @@ MEASURES = (
     ("cw-100", "CW-100 (ℓ∞)"),
     ("autoattack", "AutoAttack"),
 )
+#: each measure's colour, by its place in MEASURES: the same in every figure, whichever attacks a
+#: record holds (by its place among the measures present, PGD-100 took CW-100's colour where
+#: PGD-20 was not run)
+_COLOURS = {key: _colour(i) for i, (key, _) in enumerate(MEASURES)}
 _MASKING = "#D55E00"  # vermillion: the mark of a suspected masking
 _BAR = 0.8  # height of a group's bars together (groups are 1 apart)
 
@@ -53,7 +57,7 @@ def robust_accuracy_bars(nets: Sequence[EvaluatedNet], path: Path, *, subtitle: 
             if value is None or not np.isfinite(value):
                 continue
             y = row + (i - (len(present) - 1) / 2) * height
-            ax.barh(y, value, height=height * 0.92, color=_colour(i))
+            ax.barh(y, value, height=height * 0.92, color=_COLOURS[key])
             ax.text(value + 0.01, y, f"{value:.3f}", va="center", fontsize=7)
         worst = accuracy.get("worst_case")
         if worst is not None and np.isfinite(worst):
@@ -68,7 +72,7 @@ def robust_accuracy_bars(nets: Sequence[EvaluatedNet], path: Path, *, subtitle: 
     ax.set_xlabel("accuracy on the test points (share still correct)", fontsize=9)
     ax.grid(axis="x", color="0.9")
     ax.set_axisbelow(True)
-    extra: list[tuple[Any, str]] = [(Patch(color=_colour(i)), name) for i, (_, name) in enumerate(present)]
+    extra: list[tuple[Any, str]] = [(Patch(color=_COLOURS[key]), name) for key, name in present]
     if any((net.get("accuracy") or {}).get("worst_case") is not None for net in nets):
         extra.append((Line2D([], [], color="black", linewidth=1.4), "worst case\nover the attacks"))
     _legend(fig, extra=extra)

@@ -471,6 +471,8 @@ def test_the_two_stage_subtitles_describe_only_the_runs_they_draw(tmp_path, draw
     assert text.endswith("· mnist") and "cifar10" not in text
     sizes = [{"label": "a", "probe_size": 30}, {"label": "b", "probe_size": 20}]
     assert plots.dynamics_subtitle(sizes) == "trace eNTK on a probe of 30 / 20 points"
+    sizes.insert(1, {"label": "c"})  # a run without kernels keeps its place in the legend's order
+    assert plots.dynamics_subtitle(sizes) == "trace eNTK on a probe of 30 / – / 20 points"
 
 
 @pytest.mark.parametrize("switch", [None, 0])

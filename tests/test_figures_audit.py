@@ -158,6 +158,15 @@ def test_the_feature_gallery_shows_each_features_gradient_in_order(tmp_path, dra
 # -- robust accuracy (evaluate) ------------------------------------------------------------------
 
 
+def _legend_colours(fig, count: int) -> dict[str, str]:
+    """The first ``count`` entries of the figure's legend: name → colour of its patch."""
+    legend = fig.legends[0]
+    return {
+        t.get_text(): to_hex(h.get_facecolor())
+        for t, h in zip(legend.get_texts()[:count], legend.legend_handles[:count], strict=True)
+    }
+
+
 def test_robust_accuracy_bars_are_each_measure_in_its_place_and_colour(tmp_path, drawn):
     """A group per net, its measures top to bottom in the legend's order and colours (the y axis
     grows downwards), the worst case a black line at the worst-case accuracy."""
@@ -176,17 +185,27 @@ def test_robust_accuracy_bars_are_each_measure_in_its_place_and_colour(tmp_path,
         assert bar.get_width() == nets[row]["accuracy"][measures[i]]
         assert bar.get_y() + bar.get_height() / 2 == pytest.approx(row + (i - 2) * height)
         assert to_hex(bar.get_facecolor()) == to_hex(_colour(i))
-    legend = fig.legends[0]
-    named = {
-        t.get_text(): to_hex(h.get_facecolor())
-        for t, h in zip(legend.get_texts()[:5], legend.legend_handles[:5], strict=True)
-    }
-    assert named == {
+    assert _legend_colours(fig, 5) == {
         name: to_hex(_colour(i)) for i, name in enumerate(["clean", "PGD-20", "PGD-100", "CW-100 (ℓ∞)", "AutoAttack"])
     }
     worst = [line for line in ax.lines if line.get_color() == "black"]
     assert [list(line.get_xdata()) for line in worst] == [[0.3, 0.3], [0.3, 0.3]]
     assert [list(line.get_ydata()) for line in worst] == [[-0.4, 0.4], [0.6, 1.4]]
+
+
+def test_each_measure_keeps_its_colour_whichever_attacks_a_record_holds(tmp_path, drawn):
+    """PGD-100 and AutoAttack without PGD-20 and CW-100: each bar and legend entry in the colour the
+    measure has in the full figure (by its place among the measures present, PGD-100 took PGD-20's
+    colour and AutoAttack PGD-100's)."""
+    plots.robust_accuracy_bars([{"label": "one", "accuracy": {"clean": 0.9, "pgd-100": 0.4, "autoattack": 0.3}}],
+                               tmp_path / "some.png")  # fmt: skip
+    fig = drawn["some.png"]
+    assert [to_hex(bar.get_facecolor()) for bar in fig.axes[0].patches] == [to_hex(_colour(i)) for i in (0, 2, 4)]
+    assert _legend_colours(fig, 3) == {
+        "clean": to_hex(_colour(0)),
+        "PGD-100": to_hex(_colour(2)),
+        "AutoAttack": to_hex(_colour(4)),
+    }
 
 
 # -- a class-sorted kernel (TK fig. 6 left) -------------------------------------------------------
@@ -219,5 +238,5 @@ def test_a_measure_one_net_lacks_is_still_drawn_for_the_others(tmp_path, drawn):
     fig = drawn["partial.png"]
     bars = fig.axes[0].patches
     assert [bar.get_width() for bar in bars] == [0.9, 0.4, 0.8]
-    assert [to_hex(bar.get_facecolor()) for bar in bars] == [to_hex(_colour(i)) for i in (0, 1, 0)]
+    assert [to_hex(bar.get_facecolor()) for bar in bars] == [to_hex(_colour(i)) for i in (0, 3, 0)]  # CW-100 is 4th
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["clean", "CW-100 (ℓ∞)"]
