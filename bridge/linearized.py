@@ -2,7 +2,7 @@
 
     f_lin(x) = f_θt(x) + J_θt(x)(θ − θt)        linearized ("lazy") dynamics, LOO sec. 2, item 2
     f_cen(x) =           J_θt(x)(θ − θt)        centered dynamics, LOO sec. 2, item 3
-    f_cs(x)  = f_θ(x) − f_θt(x)                 centered standard network, LOO sec. 4, table 1
+    f_cs(x)  = f_θ(x) − f_θt(x)                 centered standard network, LOO sec. 6, table 1
 
 θt are the parent network's parameters at the spawn epoch t, J_θt(x) = ∇θ f(x)|θt is its
 Jacobian (the feature map φ(x) of LOO sec. 2), and θ, initialised to θt, are the parameters
@@ -137,12 +137,12 @@ class LinearizedNetwork(nn.Module):
 
 class CenteredStandardNetwork(nn.Module):
     """f_θ(x) − f_θt(x): the full non-linear network, trained from θt, minus its output at the
-    spawn (LOO sec. 4, table 1's "centered standard" network). Unlike the linearized networks its
+    spawn (LOO sec. 6, table 1's "centered standard" network). Unlike the linearized networks its
     kernel moves: it is the trained network's, ∇θ f_θ (``tangent_network``).
 
     ``batchnorm``: ``frozen`` runs the trained network's BatchNorm with the spawn's running
     statistics throughout (as the linearized networks do); ``train`` lets it normalise with each
-    batch's statistics in training and update its running ones (LOO's "BN unfrozen"). The spawn
+    batch's statistics in training and update its running ones (LOO table 1's "Standard Batchnorm"). The spawn
     copy always runs in eval mode and is never trained.
     """
 

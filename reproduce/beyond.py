@@ -101,7 +101,8 @@ RECIPES = (
         "agrees if PGD-20 accuracy minus AutoAttack accuracy of the PGD-AT net is ≤ 0.05, else contradicts",
         _evaluate, _evaluate_check,
         figures=lambda ctx: [(f"{dynamics_family(ctx)}-evaluate", "robust_accuracy.png", "accuracy under each attack")],
-        paper_number="RobustBench: AutoAttack within ~1-3 points of PGD on PGD-AT models (Croce & Hein 2020)",
+        paper_number="RobustBench practice (Croce & Hein 2020): AutoAttack a few points below PGD on robust nets; RAT "
+        "table 1 (TE, CIFAR-10, 8/255): 4.7 points, PGD-20 55.17% against AutoAttack 50.50%",
     ),
     Recipe(
         "beyond-transfer-matrix", "beyond", "transfer matrix",

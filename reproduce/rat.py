@@ -283,7 +283,7 @@ RECIPES = (
         _batchnorm, _batchnorm_check,
         figures=lambda ctx: [("cifar-dynamics-batchnorm", "accuracy.png", "accuracy with running and batch statistics"),
                              ("cifar-dynamics-batchnorm", "specialization_adversarial.png",
-                              "AE-NTK specialization, running and batch statistics (w and w/o buffer; figs. 3-4)")],
+                              "AE-NTK specialization, running and batch statistics (w and w/o buffer; fig. 4)")],
         paper_number="CIFAR-10 ResNet-18: close clean accuracy, \"quite different\" robust test accuracy (fig. 2)",
     ),
     Recipe(
@@ -305,6 +305,7 @@ RECIPES = (
         "FGSM-noise ends at least at half its peak and above FGSM-AT, contradicts otherwise",
         _overfitting, _overfitting_check,
         figures=lambda ctx: [("cifar-dynamics-fgsm", "accuracy.png", "clean and PGD accuracy through training")],
-        paper_number="CIFAR-10: FGSM-AT's PGD-20 accuracy collapses towards 0; the variant keeps it (fig. 10)",
+        paper_number="CIFAR-10: FGSM-AT nets \"suddenly lose robustness on the test set\" (sec. 6); the variant keeps "
+        "it (fig. 10)",
     ),
 )  # fmt: skip

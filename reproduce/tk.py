@@ -3,7 +3,8 @@
 - fig. 2 / sec. 4: robustness lies at the top of the NTK's eigenspectrum;
 - supp. D.3: kernels of the most robust features alone are not robust on multiclass MNIST;
 - fig. 4 / supp. C: wide two-layer nets follow their NTK, and the NTK's examples fool them;
-- sec. 3.2: examples crafted from the analytic NTK alone transfer to trained CNNs;
+- sec. 3.2 (two-layer nets; other architectures left open, Final Remarks): examples crafted from
+  the analytic NTK alone transfer to trained CNNs;
 - fig. 6: standard training grows the kernel far more than adversarial training, which keeps
   more of its mass on the top eigenvalues.
 """

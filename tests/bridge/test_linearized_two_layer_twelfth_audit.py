@@ -52,7 +52,7 @@ def test_parameter_names_that_collide_once_dots_become_dashes_are_refused():
 
 def test_a_misspelt_stage_two_batchnorm_mode_is_refused():
     """``batchnorm`` is ``frozen`` or ``train``; anything else would fall through ``_freeze_batchnorm``
-    and silently run LOO's "BN unfrozen" variant under another name."""
+    and silently run LOO table 1's "Standard Batchnorm" variant under another name."""
     with pytest.raises(ValueError, match="frozen or train"):
         CenteredStandardNetwork(_net_with_batchnorm(), batchnorm="freeze")
 

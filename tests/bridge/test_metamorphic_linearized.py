@@ -111,7 +111,7 @@ def test_wrappers_are_equivariant_under_a_permutation_of_the_batch(name):
 
 
 def test_centered_standard_network_is_the_moved_net_minus_the_spawn():
-    """f_cs = f_θ − f_θt (LOO sec. 4, table 1): 0 at θ = θt, and after moving θ by Δ exactly the
+    """f_cs = f_θ − f_θt (LOO sec. 6, table 1): 0 at θ = θt, and after moving θ by Δ exactly the
     independent run of a copy of the parent moved by Δ, minus the parent. Its kernel is the moved
     net's (``tangent_network``), so at θ = θt it equals the linearized wrapper's (the parent's)."""
     parent = parent_network("resnet18")
