@@ -1,4 +1,4 @@
-"""Data augmentation of training mini-batches: the standard CIFAR recipe of LOO and RAT.
+"""Data augmentation of training mini-batches: the standard CIFAR recipe (RAT sec. 3.1 states it).
 
 ``crop-flip``: every example is zero-padded by 4 pixels on each side and cropped back to its size
 at a random offset, then flipped left-right with probability 1/2 (colour images only: a flipped

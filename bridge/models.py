@@ -12,7 +12,8 @@ Three families:
 - **The paper nets**: the MNIST CNN of TK supp. E (conv 32, conv 64, each 3x3 + ReLU + 2x2 average
   pooling, fc 256, linear), the CIFAR CNN of TK supp. E (3x3 convs of 32, 32, 64, 64, 128, 128
   channels, 2x2 max pooling after the second, 2x2 average pooling after the last, linear), and
-  ResNet-18 with a 3x3 stride-1 stem and no max-pool (LOO, RAT), built from torchvision's
+  ResNet-18 with a 3x3 stride-1 stem and no max-pool (the usual CIFAR ResNet-18; LOO and RAT name
+  only "ResNet-18"), built from torchvision's
   ``BasicBlock`` with torchvision's module names, so at width 64 its state dict has the keys and
   shapes of ``torchvision.models.resnet18`` apart from the stem.
 
