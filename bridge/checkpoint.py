@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkrobust._messages import first_line
+from ntkrobust._messages import first_line, name_problem
 from ntkrobust.bridge.files import not_a_file, program_kind, refusal_reason, write_atomically
 from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork
 from ntkrobust.bridge.models import ModelConfig, ModelError, build_model
@@ -80,7 +80,8 @@ def trained_classes(payload: dict[str, Any]) -> tuple[str, ...] | None:
     records none (a two-layer net, a checkpoint written by hand)."""
     history = payload.get("history")
     names = history.get("class_names") if isinstance(history, dict) else None
-    if isinstance(names, list) and names and all(isinstance(name, str) for name in names):
+    # names a message can print on one line, as train wrote them: a forged file's are not read
+    if isinstance(names, list) and names and all(isinstance(n, str) and name_problem(n) is None for n in names):
         return tuple(names)
     return None
 

@@ -471,19 +471,23 @@ def check_task(trained: Sequence[str] | None, data: Any, what: str, notes: list[
     accepted without a word before): refused. Other classes are a warning in ``notes``: its
     numbers are those of another task, which a user may mean (the same digits from another source
     named otherwise)."""
-    if trained is None:
-        return
     task = [data.class_name(c) for c in data.classes]
-    if list(trained) == task:
-        return
-    shown = ", ".join(trained)
+    if trained is None or list(trained) == task or len(trained) != len(task):
+        return  # a count that differs is no record of these outputs (the net's own were checked)
     if sorted(trained) == sorted(task):
+        first = next(i for i, (a, b) in enumerate(zip(trained, task, strict=True)) if a != b)
         raise StudyError(
-            f"{what} was trained on the classes ({shown}) in that order, and the data's task orders them "
-            f"({', '.join(task)}): give --classes in the net's order"
+            f"{what} was trained on the classes ({_names(trained)}) in that order, and the data's task orders "
+            f"them ({_names(task)}; its output {first} is {trained[first]}, not {task[first]}): give --classes "
+            "in the net's order"
         )
-    warn(notes, f"{what} was trained on the classes ({shown}), not the data's ({', '.join(task)}): "
+    warn(notes, f"{what} was trained on the classes ({_names(trained)}), not the data's ({_names(task)}): "
          "its numbers are those of a net of another task")  # fmt: skip
+
+
+def _names(names: Sequence[str], most: int = 10) -> str:
+    """Class names for a one-line message: the first ``most`` of them, and how many in all."""
+    return ", ".join(names[:most]) + (f", ... ({len(names)} classes)" if len(names) > most else "")
 
 
 def load_targets(

@@ -44,7 +44,7 @@ def test_the_classes_in_another_order_are_refused_by_every_command_that_reads_a_
     net_of_3_and_8: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     net = str(net_of_3_and_8)
-    said = "was trained on the classes (3, 8) in that order, and the data's task orders them (8, 3)"
+    said = "was trained on the classes (3, 8) in that order, and the data's task orders them (8, 3; its output 0 is 3"
     commands = {
         "evaluate": ["evaluate", net, "--attacks", "pgd-20"],
         "entk": ["entk", "--checkpoint", net],
@@ -88,7 +88,35 @@ def test_a_checkpoint_that_records_no_classes_is_read_as_the_data_says(
         ({"history": {"class_names": []}}, None),
         ({"history": {"class_names": ["cat", 3]}}, None),
         ({"history": {"class_names": "cat,dog"}}, None),
+        ({"history": {"class_names": ["cat", "dog\nerror: forged"]}}, None),  # not a name train writes
+        ({"history": {"class_names": ["cat", "d" * 121]}}, None),
     ],
 )
 def test_trained_classes_reads_only_a_list_of_names(payload: dict, classes: tuple[str, ...] | None) -> None:
     assert trained_classes(payload) == classes
+
+
+def test_many_classes_are_named_in_one_short_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A net of the ten digits in reverse order, read under the task's order: the message names the
+    first ten and the first output that differs, on one line."""
+    from ntkrobust.studies._common import check_task
+    from ntkrobust.studies._errors import StudyError
+
+    class Data:
+        classes = tuple(range(12))
+
+        @staticmethod
+        def class_name(c: int) -> str:
+            return f"class {c}"
+
+    trained = [f"class {c}" for c in reversed(range(12))]
+    with pytest.raises(StudyError) as refused:
+        check_task(trained, Data(), "net x", [])
+    said = str(refused.value)
+    assert "\n" not in said and "... (12 classes)" in said and "its output 0 is class 11, not class 0" in said
+    notes: list[str] = []
+    with pytest.warns(UserWarning):
+        check_task([f"other {c}" for c in range(12)], Data(), "net x", notes)
+    assert len(notes) == 1 and notes[0].count("... (12 classes)") == 2
+    check_task([f"other {c}" for c in range(3)], Data(), "net x", notes)  # another count: no record of these outputs
+    assert len(notes) == 1
