@@ -153,7 +153,12 @@ class JacobianEngine:
         self.frozen = {name: p.detach() for name, p in model.named_parameters() if not p.requires_grad}
         self.buffers = {name: b.detach() for name, b in model.named_buffers()}
         self.output_index = output_index
-        trainable = set(self.params)
+        # a parameter that two modules hold (tied weights) has the gradients of both uses, and each
+        # module's factors or rows hold one: the layers of a shared tensor take the generic groups
+        uses: dict[int, int] = {}
+        for _, p in model.named_parameters(remove_duplicate=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad and uses[id(p)] == 1}
         self.dense = dense_layers(model, example, trainable) if structured else {}
         outputs = None if output_index is None else 1
         found = conv_layers(model, example, trainable, outputs, paired=paired) if structured else {}
@@ -219,7 +224,8 @@ class JacobianEngine:
             if layer.gram:
                 grams[name] = conv_factors(layer, grads[name], inputs[name])
                 continue
-            bias = self.params.get(f"{name}.bias", self.frozen.get(f"{name}.bias"))  # a frozen one still shifts
+            # the module's own bias, even frozen or named after another module that holds it: it still shifts
+            bias = None if layer.module.bias is None else layer.module.bias.detach()
             rows[name] = conv_rows(layer, self.params[layer.weight], bias, grads[name], inputs[name])
         dense = {name: (grads[name], inputs[name]) for name in self.dense}
         return {"dense": dense, "conv": rows, "gram": grams}
