@@ -303,7 +303,7 @@ def torch_network(
                 raise StudyError("--width applies to --model; a checkpoint brings its own")
             net, config, payload = load_checkpoint(checkpoint)
             check_one_output_per_class(config.num_classes, classes, f"checkpoint {checkpoint}")
-            check_task(trained_classes(payload), data, f"--checkpoint {checkpoint}", [] if notes is None else notes)
+            check_task(trained_classes(payload), data, f"--checkpoint {checkpoint}", notes)
         else:
             config = model_config(
                 model or "fc2",
@@ -464,13 +464,13 @@ def file_key(spec: str) -> str:
     return f"{head if sep and not Path(spec).exists() else ''}={resolved}"
 
 
-def check_task(trained: Sequence[str] | None, data: Any, what: str, notes: list[str]) -> None:
+def check_task(trained: Sequence[str] | None, data: Any, what: str, notes: list[str] | None = None) -> None:
     """A net's outputs are read as the data's task's classes, in order: a checkpoint of ``train``
     records the classes it was trained on (``bridge.checkpoint.trained_classes``). The same classes
     in another order would read every output as another class (a binary net's labels swapped,
     accepted without a word before): refused. Other classes are a warning in ``notes``: its
     numbers are those of another task, which a user may mean (the same digits from another source
-    named otherwise)."""
+    named otherwise; without ``notes``, only said)."""
     task = [data.class_name(c) for c in data.classes]
     if trained is None or list(trained) == task or len(trained) != len(task):
         return  # a count that differs is no record of these outputs (the net's own were checked)
@@ -481,8 +481,8 @@ def check_task(trained: Sequence[str] | None, data: Any, what: str, notes: list[
             f"them ({_names(task)}; its output {first} is {trained[first]}, not {task[first]}): give --classes "
             "in the net's order"
         )
-    warn(notes, f"{what} was trained on the classes ({_names(trained)}), not the data's ({_names(task)}): "
-         "its numbers are those of a net of another task")  # fmt: skip
+    said = f"{what} was trained on the classes ({_names(trained)}), not the data's ({_names(task)})"
+    warn([] if notes is None else notes, f"{said}: its numbers are those of a net of another task")
 
 
 def _names(names: Sequence[str], most: int = 10) -> str:
@@ -520,7 +520,7 @@ def load_targets(
             )
         except TargetError as err:
             raise StudyError(str(err)) from None
-        check_task(target.class_names, data, f"{role} {spec}", [] if notes is None else notes)
+        check_task(target.class_names, data, f"{role} {spec}", notes)
         taken = {t.label for t in targets}
         base, i = target.label, 2
         while target.label in taken:

@@ -114,7 +114,7 @@ def _linearization_parent(
     if "linearization" in payload:
         raise StudyError(f"--linearize-from {path} is itself a linearized network")
     check_one_output_per_class(config.num_classes, len(data.classes), f"--linearize-from {path}")
-    check_task(trained_classes(payload), data, f"--linearize-from {path}", [] if notes is None else notes)
+    check_task(trained_classes(payload), data, f"--linearize-from {path}", notes)
     return parent, config, payload
 
 
