@@ -79,6 +79,18 @@ D=(--data digits --device "$DEVICE")
 run entk-mnist-cnn entk "${D[@]}" --model mnist-cnn --points 300 --kind class-blocks
 run entk-resnet18 entk "${D[@]}" --model resnet18 --points 100 --kind trace
 run entk-rademacher entk "${D[@]}" --model resnet18 --points 100 --kind rademacher:2
+# the eNTK's plan-time check of its structured route, in float32 with TF32 as torch leaves it: a
+# sound layer it sent to the generic groups would cost time on every kernel (ResNet-18: all kept)
+"$PY" - "$DEVICE" <<'PY'
+import sys, torch
+from ntkrobust.bridge.jacobians import JacobianEngine
+from ntkrobust.bridge.models import build_model, model_config
+net = build_model(model_config("resnet18", (3, 32, 32), num_classes=10)).to(sys.argv[1]).eval()
+engine = JacobianEngine(net, None, torch.rand(1, 3, 32, 32, device=sys.argv[1]))
+convs = sum(type(m) is torch.nn.Conv2d for m in net.modules())
+print(f"{'structured-route check':<28} kept {len(engine.convs)} of {convs} convolutions, {len(engine.dense)} of 1 dense")
+sys.exit(0 if (len(engine.convs), len(engine.dense)) == (convs, 1) else "the check sent sound layers to the groups")
+PY
 # lr 0.1 in batches of 32: at train's defaults (0.01, 128: 30 steps in 3 epochs) the CNN stays at
 # chance on digits (test clean 0.097), and every attack of transfer and evaluate below would read
 # 0.100 on either device, a comparison that cannot fail; so it learns (0.54 clean, PGD-40 0.32)

@@ -19,7 +19,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +135,17 @@ def dense_layers(model: nn.Module, example: torch.Tensor, trainable: set[str]) -
     return layers
 
 
+@contextlib.contextmanager
+def _without_tf32() -> Iterator[None]:
+    """cuDNN convolutions and CUDA matrix products in full float32 inside, as they were after."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 class JacobianEngine:
     """Per-example Jacobians of the selected outputs with respect to one parameter group, and
     the structured layers' share: the factors (g, h) of the dense layers and the Jacobian rows (or
@@ -217,9 +229,15 @@ class JacobianEngine:
         layer's ∇(v·f) from its factors (s·g hᵀ, s_b·g) or rows against ``torch.func.grad``'s,
         from one forward and one backward pass: apart by more than √eps of the dtype relative to
         the larger norm (float64 1.5e-8, float32 3.5e-4; a use the hooks missed was 7-66% off in
-        the tests), the layer is named."""
+        the tests), the layer is named. Both routes run in full float32: a GPU's TF32 (cuDNN's
+        convolutions take it by default from Ampere on, 10 bits of mantissa) would put them about
+        1e-3 apart and send sound convolutions to the groups."""
         if not (self.dense or self.convs):
             return []
+        with _without_tf32():
+            return self._unfaithful_layers(example)
+
+    def _unfaithful_layers(self, example: torch.Tensor) -> list[str]:
         x = example[:1]
         names = [name for layer in self._structured() for name in (layer.weight, layer.bias) if name]
 

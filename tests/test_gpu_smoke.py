@@ -37,6 +37,7 @@ def test_gpu_smoke_script_runs_every_command_on_the_cpu(tmp_path: Path) -> None:
     assert ran == list(COMMANDS)
     assert "SKIPPED" not in done.stdout
     assert done.stdout.rstrip().endswith(f"gpu_smoke: every command passed; records in {tmp_path / 'smoke'}")
+    assert re.search(r"^structured-route check +kept (\d+) of \1 convolutions, 1 of 1 dense$", done.stdout, re.M)
     # the shared kernel against one process's, as the script prints it (float32 on the CPU)
     difference = re.search(r"entk-resnet18-float32-2gpu: largest difference (\S+) of the largest", done.stdout)
     assert difference is not None and float(difference.group(1)) < 1e-5

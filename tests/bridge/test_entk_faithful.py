@@ -127,3 +127,34 @@ def test_the_check_leaves_no_hook_behind():
     JacobianEngine(net, None, x[:1])
     for module in net.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+class _PrecisionSpy(nn.Module):
+    """Records, at every forward pass, whether cuDNN and CUDA matrix products may take TF32."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(1, 2, 2), nn.Linear(8, 3)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return self.d(torch.tanh(self.c(x)).flatten(1))
+
+
+@pytest.mark.parametrize("matmul", [True, False])
+def test_the_check_runs_without_tf32_and_restores_the_settings(matmul):
+    """On a GPU, TF32 would put the two routes about 1e-3 apart (above float32's √eps): the check
+    turns it off for its own passes only, and the user's settings come back."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, matmul
+    try:
+        net, x = _net(_PrecisionSpy), _inputs((1, 3, 3))
+        engine = JacobianEngine(net, None, x[:1])
+        assert set(engine.dense) | set(engine.convs) == {"c", "d"}
+        net.seen.clear()
+        assert engine.unfaithful_layers(x) == []
+        assert net.seen == [(False, False)]
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, matmul)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
