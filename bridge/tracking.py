@@ -159,24 +159,28 @@ def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode except that every BatchNorm normalises with the statistics of the
     batch it sees and leaves its running statistics as they are (RAT's "w/o buffer"), its batch
     count too: under torchrun the processes evaluate different numbers of batches, and their
-    buffers must stay equal (DistributedDataParallel does not broadcast them: ``replicated``)."""
+    buffers must stay equal (DistributedDataParallel does not broadcast them: ``replicated``).
+    The buffers are restored on leaving: momentum 0 alone leaves them only for finite batch
+    statistics (0·inf and 0·NaN are NaN), and a batch with a non-finite value made them NaN."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
-    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    saved = [{name: getattr(m, name).clone() for name in buffers if getattr(m, name) is not None} for m in norms]
     with kept_modes(model):
         model.eval()
         try:
             for m in norms:
                 # train mode makes BatchNorm use the batch's statistics; momentum 0 keeps the running
-                # ones: running ← (1 − 0)·running + 0·batch.
+                # ones for finite statistics (running ← 1·running + 0·batch), the restore for any
                 m.momentum = 0.0
                 m.train()
             yield model
         finally:
-            for m, momentum, count in zip(norms, momenta, counts, strict=True):
+            for m, momentum, kept in zip(norms, momenta, saved, strict=True):
                 m.momentum = momentum
-                if count is not None and m.num_batches_tracked is not None:
-                    m.num_batches_tracked.copy_(count)
+                for name, value in kept.items():
+                    if getattr(m, name) is not None:
+                        getattr(m, name).copy_(value)
 
 
 @contextlib.contextmanager
