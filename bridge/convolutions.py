@@ -141,10 +141,13 @@ def conv_layers(
     inputs: dict[int, torch.Tensor] = {}
     shapes: dict[int, tuple[int, ...]] = {}
 
-    def seen(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    def seen(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+        # any leaf module is seen: one that returns a tuple (nn.LSTM) or takes its input by
+        # keyword (``self.conv(input=x)``, which the taps do not keep) has no shape to keep
         calls[id(module)] = calls.get(id(module), 0) + 1
-        inputs[id(module)] = args[0]
-        shapes[id(module)] = tuple(output.shape[1:])
+        if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            inputs[id(module)] = args[0]
+            shapes[id(module)] = tuple(output.shape[1:])
 
     hooks = [m.register_forward_hook(seen) for m in model.modules() if not list(m.children())]
     try:
@@ -161,7 +164,9 @@ def conv_layers(
         bias = f"{name}.bias" if f"{name}.bias" in trainable else None
         patch = _patch_size(conv, bias)
         tap = pooled.get(id(conv), conv) if 2 * differentiated >= patch else conv
-        if calls.get(id(conv)) != 1 or calls.get(id(tap)) != 1 or inputs[id(conv)].dim() != 4:
+        if calls.get(id(conv)) != 1 or calls.get(id(tap)) != 1 or id(conv) not in inputs or id(tap) not in shapes:
+            continue
+        if inputs[id(conv)].dim() != 4:
             continue
         channels, *size = shapes[id(conv)]
         gram = tap is conv and _gram_pays(products, channels, math.prod(size), patch)

@@ -48,9 +48,10 @@ many parameters (ResNet-18's last stage) keeps no rows: its share is the Gram of
 over output positions times the Gram of its patches (``bridge.convolutions``). The rows and Gram
 factors are kept for every example, so when they would take more than a quarter of the budget the
 row convolutions go through the groups instead, and then, if still too large, the Gram ones. A
-module's hooks see only its own calls, so when the kernel is planned each structured layer's
-gradient at the first input is checked against ``torch.func``'s (``JacobianEngine.unfaithful_layers``):
-a weight also used outside its module's call takes the groups.
+module's hooks see only its own calls, so when the kernel is planned the operations of a forward
+pass that take a structured layer's weight outside its call are noted (``jacobians.used_outside``)
+and each structured layer's gradient at the first input is checked against ``torch.func``'s
+(``JacobianEngine.unfaithful_layers``): a weight also used outside its module's call takes the groups.
 
 BatchNorm. With ``batch_stats=False`` the net runs in eval mode with its running statistics (RAT's
 "w buffer"). With ``batch_stats=True`` (RAT's "w/o buffer") every BatchNorm layer normalises with

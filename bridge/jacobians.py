@@ -10,9 +10,10 @@
   neural-tangents, Novak et al. 2022), together with the Jacobian rows of the plain
   convolutions, g Pᵀ from the same backward pass, or for convolutions of few output positions
   their g and patches, whose Grams give their share (``bridge.convolutions``);
+  ``used_outside`` notes the operations that take a structured layer's weight outside its call, and
   ``JacobianEngine.unfaithful_layers`` checks at one example that a structured layer's gradient is
-  the net's (a weight also used outside its module's call is not), and the engine leaves such
-  layers to the groups;
+  the net's (a weight also used outside its module's call is not): the engine leaves such layers to
+  the groups;
 - ``transposed_products`` gives Jᵀw = ∇θ Σ_n w_nᵀ f(x_n) for weights w on the outputs of a set,
   without forming J (NTK eigenvectors, empirical-NTK kernel machines).
 """
@@ -20,7 +21,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from ntkrobust import _load_order  # noqa: F401  (Triton before TensorFlow, before any torch.func)
+from ntkrobust.bridge._observed import forward_pass, used_outside
 from ntkrobust.bridge.convolutions import ConvLayer, conv_factors, conv_layers, conv_rows
 
 
@@ -68,16 +70,6 @@ def plan_parameter_groups(sizes: dict[str, int], capacity: int) -> list[Group]:
     return [group for group in groups if group]
 
 
-def forward_pass(model: nn.Module, x: torch.Tensor, hooks: list[torch.utils.hooks.RemovableHandle]) -> None:
-    """One no-grad forward pass of ``x`` that the ``hooks`` observe; the hooks go afterwards."""
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
 def activation_elements(model: nn.Module, example: torch.Tensor) -> int:
     """Elements of every leaf module's output for one example: the activations a backward keeps."""
     total = 0
@@ -114,9 +106,14 @@ def dense_layers(model: nn.Module, example: torch.Tensor, trainable: set[str]) -
         for name, module in model.named_modules()
         if type(module) in (nn.Linear, NTKLinear) and f"{name}.weight" in trainable
     }
-    calls: dict[str, list[tuple[int, ...]]] = {name: [] for name in candidates}
+    calls: dict[str, list[tuple[int, ...] | None]] = {name: [] for name in candidates}
+
+    def seen(name: str, args: tuple[Any, ...]) -> None:
+        # an input given by keyword (``self.fc(input=h)``) is not the one the taps keep: generic route
+        calls[name].append(tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None)
+
     hooks = [
-        module.register_forward_pre_hook(lambda m, args, name=name: calls[name].append(tuple(args[0].shape)))
+        module.register_forward_pre_hook(lambda m, args, name=name: seen(name, args))
         for name, module in candidates.items()
     ]
     forward_pass(model, example, hooks)
@@ -183,11 +180,20 @@ class JacobianEngine:
             if convolutions == "all" or (convolutions == "gram" and layer.gram)
         }
         # a module's hooks see only its own calls: a weight also used outside them (F.linear(h,
-        # self.a.weight) in a forward) would lose that use's gradient; such layers take the groups
-        if example.device.type != "meta":  # no values there to compare
-            for name in self.unfaithful_layers(example):
-                self.dense.pop(name, None)
-                self.convs.pop(name, None)
+        # self.a.weight) in a forward) would lose that use's gradient; such layers take the groups.
+        # Seen by the operations that take it (a use a ReLU switches off at the first example too)
+        # and by the numbers at the first example (the meta device has none to compare)
+        self._leave_to_groups(used_outside(model, example, {name: layer.module for name, layer in self._named()}))
+        if example.device.type != "meta":
+            self._leave_to_groups(self.unfaithful_layers(example))
+
+    def _leave_to_groups(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.dense.pop(name, None)
+            self.convs.pop(name, None)
+
+    def _named(self) -> list[tuple[str, DenseLayer | ConvLayer]]:
+        return [*self.dense.items(), *self.convs.items()]
 
     def sizes(self) -> dict[str, int]:
         """Element counts of the parameters left to the generic Jacobian groups."""
@@ -250,8 +256,7 @@ class JacobianEngine:
         (taps, autograd), inputs = torch.func.grad(mixed, argnums=(0, 1), has_aux=True)(self._zero_shifts(x), pieces)
         tolerance = torch.finfo(x.dtype).eps ** 0.5
         unfaithful = []
-        named: list[tuple[str, DenseLayer | ConvLayer]] = [*self.dense.items(), *self.convs.items()]
-        for name, layer in named:
+        for name, layer in self._named():
             if isinstance(layer, DenseLayer):
                 g, h = taps[name], inputs[name]
                 mine = [layer.w_scale * torch.outer(g, h)] + ([layer.b_scale * g[:, None]] if layer.bias else [])
@@ -267,7 +272,7 @@ class JacobianEngine:
         return unfaithful
 
     def _structured(self) -> list[DenseLayer | ConvLayer]:
-        return [*self.dense.values(), *self.convs.values()]
+        return [layer for _, layer in self._named()]
 
     def _zero_shifts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One example's zero at every tap, whose gradient is the output's at the tap."""

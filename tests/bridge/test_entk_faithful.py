@@ -158,3 +158,22 @@ def test_the_check_runs_without_tf32_and_restores_the_settings(matmul):
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, matmul)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+class ReadsItsShape(nn.Module):
+    """Reads its layers' shapes, dtype and device in ``forward`` (no value of them: no gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1).to(dtype=self.a.weight.dtype, device=self.a.weight.device)
+        assert z.shape[1] == self.a.weight.shape[1] == self.a.weight.size(1) and self.b.weight.ndim == 2
+        return self.b(torch.tanh(self.a(z)))
+
+
+def test_a_read_of_a_weights_shape_outside_its_module_keeps_the_structured_route():
+    net, x = _net(ReadsItsShape), _inputs((2, 2, 2))
+    engine = JacobianEngine(net, None, x[:1])
+    assert set(engine.dense) == {"a", "b"}
