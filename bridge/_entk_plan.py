@@ -378,7 +378,13 @@ def _sub_batch_size(
         size = min(size, max(1, _cpu_working_bytes() // per_example))
     if size < 1:
         raise BudgetError(
-            f"memory budget of {memory_budget / 2**20:.3g} MiB is too small for one example's Jacobian chunk "
-            f"(needs about {2 * per_example / 2**20:.1f} MiB)"
+            f"memory budget of {_mib(memory_budget)} MiB is too small for one example's Jacobian chunk "
+            f"(needs about {_mib(2 * per_example)} MiB)"
         )
     return size
+
+
+def _mib(size: int) -> str:
+    """Bytes in MiB to three figures, without an exponent from 1000 MiB up ("0.00763", "16.1", "2048")."""
+    mib = size / 2**20
+    return f"{mib:.3g}" if mib < 999.5 else f"{mib:.0f}"

@@ -75,7 +75,7 @@ def test_the_sub_batch_is_half_the_budget_over_the_documented_bytes_per_example(
         if k > 1:
             assert size(kept, activations, outputs, itemsize, 2 * k * per_example - 1) == k - 1
     assert size(kept, activations, outputs, itemsize, 2 * 1000 * per_example) == 128  # at most 128
-    with pytest.raises(BudgetError, match=rf"\(needs about {2 * per_example / 2**20:.1f} MiB\)$"):
+    with pytest.raises(BudgetError, match=rf"\(needs about {2 * per_example / 2**20:.3g} MiB\)$"):
         size(kept, activations, outputs, itemsize, 2 * per_example - 1)
 
 
@@ -85,7 +85,7 @@ def test_a_refusal_says_the_budget_and_what_one_example_needs():
     per_example = 8 * (1000 * (2 + 3) + 2**20 + 3 * 3)
     budget = 2 * per_example - 1
     expected = f"memory budget of {budget / 2**20:.3g} MiB is too small for one example's Jacobian chunk "
-    expected += f"(needs about {2 * per_example / 2**20:.1f} MiB)"
+    expected += f"(needs about {2 * per_example / 2**20:.3g} MiB)"
     assert expected.endswith("(needs about 16.1 MiB)")
     with pytest.raises(BudgetError) as refused:
         plan_module._sub_batch_size(2**20, 1000, 3, 8, budget)
@@ -235,3 +235,12 @@ def test_rademacher_draws_stop_below_two_to_the_31():
         KernelKind("rademacher", 2**31)
     with pytest.raises(ValueError, match="rademacher:K"):
         KernelKind.parse(f"rademacher:{2**31}")
+
+
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [(8000, "0.00763"), (16857360, "16.1"), (2**20 * 999.7, "1000"), (2**31, "2048"), (10, "9.54e-06")],
+)
+def test_a_refusal_says_sizes_in_mib_to_three_figures_without_an_exponent_from_1000_up(size, said):
+    """A tiny budget of the Python API was "needs about 0.0 MiB"; from 1000 MiB up whole MiB."""
+    assert plan_module._mib(int(size)) == said
