@@ -41,7 +41,13 @@ Modules (Tsilivis & Kempe "TK", Loo et al. "LOO"):
 
 from __future__ import annotations
 
-from ntkrobust.plots.dynamics import DYNAMICS_FIGURES, applicable_figures, dynamics_figures, dynamics_subtitle
+from ntkrobust.plots.dynamics import (
+    DYNAMICS_FIGURES,
+    applicable_figures,
+    dynamics_figures,
+    dynamics_subtitle,
+    undrawn_specializations,
+)
 from ntkrobust.plots.dynamics_comparison import baseline_distance_curves, specialization_heatmaps
 from ntkrobust.plots.dynamics_curves import (
     accuracy_curves,
@@ -90,4 +96,5 @@ __all__ = [
     "transfer_heatmap",
     "transferability_curves",
     "two_layer_transfer",
+    "undrawn_specializations",
 ]

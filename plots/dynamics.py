@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from ntkrobust.plots._runs import _has_kind, _label, _relative_magnitudes
-from ntkrobust.plots.dynamics_comparison import SPECIALIZATION_KINDS, baseline_distance_curves, specialization_heatmaps
+from ntkrobust.plots.dynamics_comparison import (
+    SPECIALIZATION_KINDS,
+    baseline_distance_curves,
+    ksm_columns,
+    specialization_at,
+    specialization_heatmaps,
+)
 from ntkrobust.plots.dynamics_curves import (
     accuracy_curves,
     kernel_norm_and_concentration,
@@ -33,7 +39,7 @@ from ntkrobust.plots.dynamics_kernels import kernel_distance_heatmaps, kernel_im
 from ntkrobust.plots.dynamics_stages import spawn_accuracy_curves, switch_cost_bars
 from ntkrobust.plots.types import RunSummary, SpawnAccuracy, SwitchCost
 
-__all__ = ["DYNAMICS_FIGURES", "applicable_figures", "dynamics_figures", "dynamics_subtitle"]
+__all__ = ["DYNAMICS_FIGURES", "applicable_figures", "dynamics_figures", "dynamics_subtitle", "undrawn_specializations"]
 
 
 DYNAMICS_FIGURES = {
@@ -60,6 +66,8 @@ def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> st
 
     def facts(key: str, phrase: str) -> str | None:
         values = [run.get(key) for run in runs]
+        if key == "probe_size":  # a run that tracked no kernel has a probe of 0 points: none to speak of
+            values = [v or None for v in values]
         present = [v for v in values if v is not None]
         if not present:
             return None
@@ -75,7 +83,7 @@ def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> st
                 runs_of.setdefault(phrase.format(v), []).append(_label(run, i))
         return ", ".join(f"{value} ({' and '.join(labels)})" for value, labels in runs_of.items())
 
-    if not kernels:
+    if not kernels or not any(run.get("probe_size") for run in runs):  # no probe to speak of ("a probe of 0 points")
         return "; ".join(p for p in (facts("dataset", "{}"), facts("model", "{}"), facts("eps", "PGD eps {:.4g}")) if p)
     adversarial = any("adversarial" in (run.get("dynamics") or {}) for run in runs)
     parts = [
@@ -111,12 +119,14 @@ def applicable_figures(
     *,
     spawn_accuracy: SpawnAccuracy | None = None,
     switch_cost: SwitchCost | None = None,
+    ksm_epochs: Sequence[float] | None = None,
 ) -> list[str]:
     """The ``DYNAMICS_FIGURES`` that ``dynamics_figures`` draws for these run summaries: kernel
     figures need a run with tracked kernels, the polar one a run whose kernel moved, the
-    relative magnitude a run that records it, accuracy a run with epoch records; the spawn
-    accuracy a network trained around a parent's checkpoint (a line of ``spawn_accuracy``),
-    the switch cost an adversarial run (a run of ``switch_cost``)."""
+    relative magnitude a run that records it, accuracy a run with epoch records; a
+    specialization figure a panel whose matrix is defined (at ``ksm_epochs``: ``undrawn_specializations``
+    says why not); the spawn accuracy a network trained around a parent's checkpoint (a line of
+    ``spawn_accuracy``), the switch cost an adversarial run (a run of ``switch_cost``)."""
     dynamics = [d for run in runs for d in (run.get("dynamics") or {}).values()]
     tracked = any(run.get("kernels") for run in runs)
     applies = {
@@ -129,11 +139,29 @@ def applicable_figures(
         "accuracy": any(run.get("epochs") for run in runs),
         "relative_magnitude": any(_relative_magnitudes(run)[0].size for run in runs),
         "baseline_distance": any(run.get("baseline_distance") for run in runs),
-        **{name: any(_has_kind(run, kind) for run in runs) for name, (kind, _) in SPECIALIZATION_KINDS.items()},
+        **{name: name not in undrawn_specializations(runs, ksm_epochs) for name in SPECIALIZATION_KINDS},
         "spawn_accuracy": bool(spawn_accuracy and spawn_accuracy.get("lines")),
         "switch_cost": bool(switch_cost and switch_cost.get("runs")),
     }
     return [name for name in DYNAMICS_FIGURES if applies[name]]
+
+
+def undrawn_specializations(runs: Sequence[RunSummary], ksm_epochs: Sequence[float] | None = None) -> dict[str, str]:
+    """{figure: why} for the specialization figures of a kernel some run tracked whose every panel
+    is undefined (at ``ksm_epochs``): a figure of empty boxes says less than a line would (the
+    net's own labels on PGD examples of a standard net may miss most classes). A kernel no run
+    tracked is named too, "not tracked"."""
+    columns = ksm_columns(runs, ksm_epochs)
+    undrawn = {}
+    for name, (kind, _) in SPECIALIZATION_KINDS.items():
+        if not any(_has_kind(run, kind) for run in runs):
+            undrawn[name] = "not tracked"
+            continue
+        tracked = [(run, epochs) for run, epochs in zip(runs, columns, strict=True) if run.get("kernels")]
+        panels = [specialization_at(run, kind, epoch) for run, epochs in tracked for epoch in epochs]
+        if all(matrix is None for matrix, _ in panels):  # a run without kernels has empty panels alone
+            undrawn[name] = "; ".join(dict.fromkeys(why for _, why in panels))
+    return undrawn
 
 
 _PICTURES = {"kernel_distance", "polar", "kernel_images", *SPECIALIZATION_KINDS}
@@ -190,7 +218,7 @@ def dynamics_figures(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
-    for name in applicable_figures(runs, spawn_accuracy=spawn_accuracy, switch_cost=switch_cost):
+    for name in applicable_figures(runs, spawn_accuracy=spawn_accuracy, switch_cost=switch_cost, ksm_epochs=ksm_epochs):
         if name in stages:
             figure, record = stages[name]
             drawn = _drawn_runs(runs, record)

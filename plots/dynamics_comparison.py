@@ -81,7 +81,7 @@ def ksm_columns(runs: Sequence[RunSummary], epochs: Sequence[float] | None) -> l
     return columns
 
 
-def _matrix(run: RunSummary, kind: str, epoch: float | None) -> tuple[np.ndarray | None, str]:
+def specialization_at(run: RunSummary, kind: str, epoch: float | None) -> tuple[np.ndarray | None, str]:
     """The run's KSM of ``kind`` at ``epoch``, or None and why it is missing."""
     if epoch is None:
         return None, "no kernel tracked at this epoch"
@@ -104,7 +104,7 @@ def _scale(runs: Sequence[RunSummary], columns: Sequence[Sequence[float | None]]
         for run, epochs in zip(runs, columns, strict=True)
         for kind, _ in SPECIALIZATION_KINDS.values()
         for epoch in epochs
-        if (matrix := _matrix(run, kind, epoch)[0]) is not None and np.all(np.isfinite(matrix))
+        if (matrix := specialization_at(run, kind, epoch)[0]) is not None and np.all(np.isfinite(matrix))
     ]
     low = min((float(m.min()) for m in values), default=0.0)
     high = max((float(m.max()) for m in values), default=2.0)
@@ -156,7 +156,8 @@ def specialization_heatmaps(
         rows, cols, figsize=(2.5 * cols + 2.6, 2.5 * rows + 1.4), squeeze=False, layout="compressed"
     )
     cells = [
-        [(epoch, *_matrix(run, kind, epoch)) for epoch in epochs] for run, epochs in zip(runs, columns, strict=True)
+        [(epoch, *specialization_at(run, kind, epoch)) for epoch in epochs]
+        for run, epochs in zip(runs, columns, strict=True)
     ]
     shown_at = {(r, c) for r, row in enumerate(cells) for c, (_, matrix, _) in enumerate(row) if matrix is not None}
     # class names on the first drawn panel of a row and the last drawn panel of a column, and on

@@ -27,6 +27,7 @@ from ntkrobust.studies._base import (
     envelope,
     flags_do,
     log,
+    warn,
 )
 from ntkrobust.studies._common import check_counts, check_distinct_files, torch_device
 
@@ -324,6 +325,26 @@ def _check_unread(settings: DynamicsSettings) -> None:
         )
 
 
+def _undrawn(summaries: Sequence[Any], ksm_epochs: Sequence[float] | None) -> list[str]:
+    """Say which figures a user might look for are not drawn, and why (warned now, and in the record):
+    the kernel figures of runs that tracked no kernel, the specialization figures whose every panel
+    is undefined."""
+    from ntkrobust import plots
+
+    notes: list[str] = []
+    untracked = [str(summary.get("label")) for summary in summaries if not summary.get("kernels")]
+    if len(untracked) == len(summaries):
+        warn(notes, "no run tracked a kernel (trained with --track-kernel 0?): no kernel figures, only accuracies")
+        return notes
+    if untracked:
+        warn(notes, f"{', '.join(untracked)} tracked no kernel (--track-kernel 0?): it is in no kernel figure")
+    for name, why in plots.undrawn_specializations(summaries, ksm_epochs).items():
+        if why != "not tracked":
+            said = why.replace("specialization is undefined: ", "")
+            warn(notes, f"{name}.png not drawn: the specialization is undefined in every panel ({said})")
+    return notes
+
+
 def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] | None = None) -> DynamicsResult:
     """Read the run folders, check what the flags ask of them, and prepare every figure that
     applies to them."""
@@ -357,6 +378,7 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
         except RunError as err:
             raise StudyError(str(err)) from None
     clock.mark("summaries", "kernel trajectories measured")
+    notes = _undrawn(summaries, settings.ksm_epochs or None)
     metrics: dict[str, Any] = {"runs": [json_summary(summary) for summary in summaries], **two_stage}
     if baseline is not None:
         metrics["baseline_distance"] = _baseline_record(summaries, baseline)
@@ -385,5 +407,6 @@ def run(settings: DynamicsSettings, *, progress: bool = False, argv: list[str] |
     seconds = {"runs": clock.between("start", "runs"), "summaries": clock.between("runs", "summaries")}
     if settings.eigenvectors:
         seconds["eigenvectors"] = clock.between("summaries", "eigenvectors")
-    record = envelope("dynamics", metrics, config, seconds={**seconds, "total": clock.since_start()}, argv=argv)
+    seconds["total"] = clock.since_start()
+    record = envelope("dynamics", metrics, config, seconds=seconds, argv=argv, warnings=notes)
     return DynamicsResult(record, summaries=summaries, eigenvector_rows=rows, subtitle=subtitle)

@@ -438,8 +438,17 @@ HEADINGS = {
 def test_each_file_holds_its_figure_and_seeds_are_named_as_drawn(tmp_path, drawn):
     """A run of seeds 7 and 9: every file its own figure (by its heading); the curves say they
     draw the mean ± std over 2 seeds, the pictures that they show the first seed, 7."""
+    ksm = [[1.2, 0.8], [0.8, 1.2]]  # a defined matrix: a figure of undefined panels alone is not drawn
     seeds = [
-        metric_run(f"s{s}", {"frobenius_norm": [1.0 + s, 2.0 + s], "effective_rank": [3.0 + s, 2.0]}, epochs=(0, 1))
+        metric_run(
+            f"s{s}",
+            {
+                "frobenius_norm": [1.0 + s, 2.0 + s],
+                "effective_rank": [3.0 + s, 2.0],
+                "specialization_matrix": [ksm] * 2,
+            },
+            epochs=(0, 1),
+        )
         for s in (0, 1)
     ]
     for seed, accuracy in zip(seeds, (0.3, 0.5), strict=True):

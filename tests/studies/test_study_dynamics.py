@@ -33,6 +33,9 @@ FIGURES = {
 }
 
 
+OWN_LABELS = "specialization_adversarial_labels.png"
+
+
 def runs(tracked_runs):
     return tuple(tracked_runs[mode].out for mode in ("standard", "pgd"))
 
@@ -45,7 +48,10 @@ def test_dynamics_renders_every_figure(tracked_runs, tmp_path, assert_real_png):
     assert list(rows) == ["initialisation", "end of fc2 standard", "end of fc2 pgd"]
     assert all(len(row["eigenvalues"]) == 2 and len(row["cosine_max"]) == 2 for row in rows.values())
     out = result.save(tmp_path / "figures")
-    figures = FIGURES | {"switch_cost.png"}  # the PGD run is adversarial
+    # the PGD run is adversarial; under their own labels the nets leave classes without a point
+    # in every panel, so that figure is not drawn, and the record says why
+    figures = FIGURES - {OWN_LABELS} | {"switch_cost.png"}
+    assert [note.split(":")[0] for note in record["warnings"]] == [f"{OWN_LABELS} not drawn"]
     assert {p.name for p in out.iterdir()} == figures | {"results.json"}
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["figures"].values()) == figures and saved["config"]["eigenvectors"] == 2
@@ -164,7 +170,7 @@ def test_a_run_as_its_own_baseline_is_at_distance_zero(tracked_runs, tmp_path, d
     saved = json.loads((out / "results.json").read_text())
     assert saved["baseline_distance"]["runs"][1]["clean"] == other["clean"]
     assert saved["config"]["baseline"] == str(standard) and saved["config"]["ksm_epochs"] == [0, 2]
-    for name in ("baseline_distance.png", "specialization_clean.png", "specialization_adversarial_labels.png"):
+    for name in ("baseline_distance.png", "specialization_clean.png", "specialization_adversarial.png"):
         assert_real_png(out / name)
     clean = drawn["baseline_distance.png"].axes[0]  # the C-NTK panel: the baseline's line first
     assert [list(line.get_ydata()) for line in clean.lines[:2]] == [[0.0] * 3, other["clean"]]
@@ -235,7 +241,7 @@ def test_a_folder_of_seeds_is_one_run_drawn_as_mean_and_std(seed_runs, tmp_path,
     assert group["label"] == "fc2 standard (2 seeds)" and group["seeds"] == [0, 1]
     assert [seed["path"] for seed in group["seed_runs"]] == [str(seed_runs / "seed_0"), str(seed_runs / "seed_1")]
     out = result.save(tmp_path / "figures")
-    assert {p.name for p in out.iterdir()} == FIGURES - {"eigenvectors.png"} | {"results.json"}
+    assert {p.name for p in out.iterdir()} == FIGURES - {"eigenvectors.png", OWN_LABELS} | {"results.json"}
 
     # the curves: numpy's mean and sample std of the seeds' own numbers
     each = np.array([_accuracies(seed_runs / f"seed_{s}", "test_clean") for s in (0, 1)])
@@ -500,3 +506,23 @@ def test_a_failed_eigendecomposition_is_not_reported_as_a_rank_refusal(tracked_r
     monkeypatch.setattr("ntkrobust.bridge.eigenvectors.ntk_eigenvectors", no_convergence)
     with pytest.raises(np.linalg.LinAlgError, match="did not converge"):
         dynamics.run(DynamicsSettings(runs=runs(tracked_runs), eigenvectors=2, eigenvector_steps=5))
+
+
+def test_runs_without_kernels_are_said_to_be_in_no_kernel_figure(tracked_runs, untracked_run, tmp_path):
+    """A run trained with --track-kernel 0 drew accuracy.png alone, without a word, under a
+    subtitle of "a probe of 0 points" (seen by following the README on 2026-12-06)."""
+    from ntkrobust import plots
+
+    alone = dynamics.run(DynamicsSettings(runs=(untracked_run.out,)))
+    assert alone.record["warnings"] == [
+        "no run tracked a kernel (trained with --track-kernel 0?): no kernel figures, only accuracies"
+    ]
+    assert "probe" not in plots.dynamics_subtitle(alone.summaries)
+    assert set(alone.save(tmp_path / "alone").iterdir()) >= {tmp_path / "alone" / "accuracy.png"}
+    mixed = dynamics.run(DynamicsSettings(runs=(untracked_run.out, tracked_runs["standard"].out)))
+    label = mixed.record["runs"][0]["label"]
+    assert mixed.record["warnings"][0] == f"{label} tracked no kernel (--track-kernel 0?): it is in no kernel figure"
+    assert not any(
+        "tracked no kernel" in note
+        for note in dynamics.run(DynamicsSettings(runs=runs(tracked_runs))).record["warnings"]
+    )
