@@ -91,7 +91,9 @@ def _save_arrays(path: Path, arrays: dict[str, Any]) -> None:
 _log = logging.getLogger("ntkrobust")
 
 
-def _epoch_line(record: dict[str, Any], train: TrainConfig, tracking: TrackingConfig) -> str:
+def _epoch_line(record: dict[str, Any], train: TrainConfig, tracking: TrackingConfig, attacked: int, tests: int) -> str:
+    """The epoch's line; PGD's accuracy is on ``attacked`` of the ``tests`` test points (--eval-n),
+    said where fewer: beside clean accuracy on all of them, it could read as the larger."""
     mode, seconds = tracking.batchnorm[0], record["seconds"]
     scores = record["accuracy"][mode]
     parts = ["initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}/{train.epochs}"]
@@ -99,7 +101,8 @@ def _epoch_line(record: dict[str, Any], train: TrainConfig, tracking: TrackingCo
         parts.append(f"eps {record['eps']:.4g} (warming up)")
     if record.get("train_loss") is not None:
         parts.append(f"train loss {record['train_loss']:.4f}")
-    parts.append(f"test clean {scores['test_clean']:.3f}, PGD-{tracking.steps} {scores['test_pgd']:.3f}")
+    share = f" on {attacked} of {tests} points" if attacked < tests else ""
+    parts.append(f"test clean {scores['test_clean']:.3f}, PGD-{tracking.steps} {scores['test_pgd']:.3f}{share}")
     spent = [f"{seconds['train']:.1f} s training", f"{seconds['evaluate']:.1f} s evaluation"]
     spent.append(f"{seconds['track']:.1f} s kernels")
     full = record.get("full_evaluation")
@@ -336,7 +339,7 @@ class _TrainingRun:
         self.history["epochs"].append(record)
         self.state.epoch = head["epoch"]
         self.checkpoint(head["epoch"])
-        _log.info(_epoch_line(record, self.train, self.tracking))
+        _log.info(_epoch_line(record, self.train, self.tracking, len(self.eval_test), self.x_test.shape[0]))
 
     def record_initialisation(self) -> None:
         scores, evaluate_seconds, probe_examples = self.evaluate()

@@ -405,7 +405,8 @@ def check_linf_eps(eps: float, flag: str) -> None:
     """Refuse an ℓ∞ radius outside (0, 1] pixel units: 0 is no attack (the per-epoch PGD accuracy
     and the AE-NTK need one), above 1 every image is within reach."""
     if not 0 < eps <= 1:
-        raise StudyError(f"{flag} must lie in (0, 1] (pixel units), got {eps}")
+        meant = f"; did you mean {eps:g}/255?" if 1 < eps <= 255 else ""  # a radius in 0-255 units, as attack says
+        raise StudyError(f"{flag} must lie in (0, 1] (pixel units), got {eps}{meant}")
 
 
 def check_seed_count(seed: int, count: int, flag: str) -> None:

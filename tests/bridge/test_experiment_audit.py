@@ -335,13 +335,16 @@ def test_epoch_line():
     line = (
         "epoch 2/3: train loss 0.5000, test clean 0.500, PGD-2 0.250 (1.0 s training, 2.0 s evaluation, 3.0 s kernels)"
     )
-    assert experiment._epoch_line(record, train, tracking) == line
-    warming = experiment._epoch_line({**record, "eps": 0.05}, train, tracking)
+    assert experiment._epoch_line(record, train, tracking, 40, 40) == line
+    warming = experiment._epoch_line({**record, "eps": 0.05}, train, tracking, 40, 40)
     assert warming.startswith("epoch 2/3: eps 0.05 (warming up), train loss 0.5000,")
     full = {"steps": 7, "accuracy": {"running": {"test_pgd": 0.125}}, "seconds": 4.0}
-    assert experiment._epoch_line({**record, "full_evaluation": full}, train, tracking) == (
+    assert experiment._epoch_line({**record, "full_evaluation": full}, train, tracking, 40, 40) == (
         "epoch 2/3: train loss 0.5000, test clean 0.500, PGD-2 0.250, PGD-7 0.125 "
         "(1.0 s training, 2.0 s evaluation, 3.0 s kernels, 4.0 s full evaluation)"
     )
     initial = {**record, "epoch": 0, "train_loss": None}
-    assert experiment._epoch_line(initial, train, tracking).startswith("initialisation: test clean 0.500,")
+    assert experiment._epoch_line(initial, train, tracking, 40, 40).startswith("initialisation: test clean 0.500,")
+    # PGD on --eval-n of the test points, clean accuracy on all: the line says so where fewer
+    shared = experiment._epoch_line(initial, train, tracking, 500, 10000)
+    assert shared.startswith("initialisation: test clean 0.500, PGD-2 0.250 on 500 of 10000 points (1.0 s training")

@@ -123,6 +123,7 @@ BAD = {
     "eps above 1": ({"eps": 1.5}, "--eps must lie in (0, 1]"),
     "eps just above 1": ({"eps": 1.0000001}, "--eps must lie in (0, 1] (pixel units), got 1.0000001"),
     "zero eps": ({"eps": 0.0}, "--eps must lie in (0, 1]"),
+    "eps in 0-255 units": ({"eps": 8.0}, "--eps must lie in (0, 1] (pixel units), got 8.0; did you mean 8/255?"),
     "unknown mode": ({"mode": "free"}, "unknown training mode 'free'"),
     "probe too large": ({"track_kernel": 500}, "--track-kernel 500 exceeds the 100 training points"),
     "centered alone": ({"centered": True}, "--centered needs --linearize-from"),
