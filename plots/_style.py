@@ -60,6 +60,17 @@ def _show_gradient(ax: Any, gradient: np.ndarray) -> None:
     ax.set_yticks([])
 
 
+def _gradient_key(fig: Any, channels: int, raised: str, extra: str = "") -> None:
+    """The key of ``_show_gradient``'s pictures under the figure: what red and blue mean (of the
+    ``raised`` quantity) for grey images, the rescaling for colour ones; ``extra`` after it."""
+    if channels == 1:
+        key = f"red: raising the pixel raises {raised}, blue: lowers it; each picture on its own scale"
+    else:
+        key = "colour gradients: each picture's channels rescaled to [0, 1] together"
+    key += f"; {extra}" if extra else ""
+    fig.supxlabel(textwrap.fill(key, max(40, int(15 * fig.get_figwidth()))), fontsize=8, color="0.35")
+
+
 def _grid(plt: Any, rows: int, cols: int, size: float) -> tuple[Any, np.ndarray]:
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False, layout="constrained")
     return fig, axes

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ntkrobust.plots._style import _grid, _heading, _pyplot, _save, _show_gradient, _show_image
+from ntkrobust.plots._style import _gradient_key, _grid, _heading, _pyplot, _save, _show_gradient, _show_image
 from ntkrobust.plots.types import FeaturePanel, GalleryRow, RobustOnlyPanel
 
 __all__ = ["feature_gallery", "robust_only_curves", "robustness_usefulness"]
@@ -140,6 +140,9 @@ def feature_gallery(
         if gradients.shape[0] == 0:
             axes[r, 1].text(0.0, 0.5, "none", fontsize=9, va="center")
     axes[0, 0].set_title("input", fontsize=9)
+    _gradient_key(
+        fig, np.asarray(image).shape[0], "the feature's score", "u: usefulness, r: robustness (TK supp. A eqs. 1-2)"
+    )
     _heading(fig, heading, subtitle, ref="TK fig. 2 left, fig. 5")
     _save(fig, path)
 
@@ -174,17 +177,22 @@ def robust_only_curves(panels: Sequence[RobustOnlyPanel], path: Path, *, subtitl
     plt = _pyplot()
     fig, axes = _grid(plt, 1, len(panels), 4.4)
     fig.set_figheight(fig.get_figheight() + 0.4)
+    # FGSM and PGD often reach the same accuracy (a binary machine's loss is monotone along the
+    # sign direction): each FGSM series is dashed, with hollow markers, over its PGD twin, so
+    # that both stay visible where they coincide
     styles = [
         ("clean", "clean", "tab:blue", "-", "o"),
         ("fgsm_transfer", "FGSM from full kernel", "tab:red", "--", "s"),
-        ("pgd_transfer", "PGD from full kernel", "tab:purple", ":", "D"),
-        ("fgsm_own", "FGSM on f'_r (own)", "tab:orange", "-", "^"),
+        ("pgd_transfer", "PGD from full kernel", "tab:purple", "-", "D"),
+        ("fgsm_own", "FGSM on f'_r (own)", "tab:orange", "--", "^"),
         ("pgd_own", "PGD on f'_r (own)", "tab:green", "-", "v"),
     ]
     for ax, (name, results, *rest) in zip(axes[0], panels, strict=True):
         r = np.array([res.r for res in results])
         for key, label, color, line, marker in styles:
-            ax.plot(r, [getattr(res, key) for res in results], line, color=color, marker=marker, ms=4, label=label)
+            fgsm = key.startswith("fgsm")
+            ax.plot(r, [getattr(res, key) for res in results], line, color=color, marker=marker, label=label,
+                    ms=7 if fgsm else 4, mfc="none" if fgsm else color, zorder=3 if fgsm else 2)  # fmt: skip
         ax.set_xscale("log")
         if r.size:
             _r_ticks(ax, r, int(rest[0]) if rest and rest[0] is not None else None)

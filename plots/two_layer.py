@@ -19,6 +19,7 @@ from ntkrobust.plots._style import (
     _colour,
     _empty,
     _floats,
+    _gradient_key,
     _grid,
     _heading,
     _legend,
@@ -293,10 +294,6 @@ def gradient_pictures(
     if not rows or not len(epochs):
         for ax in axes[:, 1:].ravel():
             _empty(ax, "no gradients")
-    if image.shape[0] == 1:
-        key = "red: raising the pixel raises the loss, blue: lowers it; each picture on its own scale"
-    else:
-        key = "colour gradients: each picture's channels rescaled to [0, 1] together"
-    fig.supxlabel(textwrap.fill(key, max(40, int(15 * fig.get_figwidth()))), fontsize=8, color="0.35")
+    _gradient_key(fig, image.shape[0], "the loss")
     _heading(fig, "Input gradients of the loss during training", subtitle, ref="TK supp. fig. 1b")
     _save(fig, path)

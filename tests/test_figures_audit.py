@@ -140,6 +140,22 @@ def test_robust_only_curves_name_each_accuracy_on_a_log_r_axis(tmp_path, drawn):
     for line in ax.lines:
         assert list(line.get_xdata()) == [1, 5, 20]
         assert list(line.get_ydata()) == [getattr(res, labels[line.get_label()]) for res in results]
+    # FGSM and PGD often coincide (the README's CIFAR run: the own attacks at every r): each FGSM
+    # line is dashed with hollow markers above its PGD twin, which was hidden under it before
+    by_label = {line.get_label(): line for line in ax.lines}
+    for fgsm, pgd in (("FGSM from full kernel", "PGD from full kernel"), ("FGSM on f'_r (own)", "PGD on f'_r (own)")):
+        assert by_label[fgsm].get_linestyle() == "--" and by_label[pgd].get_linestyle() == "-"
+        assert (
+            by_label[fgsm].get_markerfacecolor() == "none" and by_label[fgsm].get_zorder() > by_label[pgd].get_zorder()
+        )
+
+
+@pytest.mark.parametrize(("channels", "key"), [(1, "red: raising the pixel raises the feature's score"), (3, "colour")])
+def test_the_feature_gallery_says_what_its_colours_and_captions_mean(tmp_path, drawn, rng, channels, key):
+    image = rng.uniform(0, 1, (channels, 5, 5))
+    plots.feature_gallery(image, [("net", rng.normal(size=(2, channels, 5, 5)), ["f0", "f1"])], tmp_path / "g.png")
+    said = " ".join(drawn["g.png"]._supxlabel.get_text().split())
+    assert said.startswith(key) and said.endswith("u: usefulness, r: robustness (TK supp. A eqs. 1-2)")
 
 
 def test_the_feature_gallery_shows_each_features_gradient_in_order(tmp_path, drawn, rng):
