@@ -6,13 +6,20 @@ it when stderr is a terminal). Otherwise it counts silently and, once a loop has
 seconds ("eNTK (full): 12/40 chunks (30%), 95 s"), which the command line prints to stderr: a
 kernel that takes a quarter of an hour under nohup or CI shows that it moves. Without a handler
 on that logger (library use, ``--quiet``) nothing is printed.
+
+A loop inside another names the loops it runs in ("features (fc2) 1/2 › PGD: 6/10 steps (60%),
+68 s"), and a loop whose item takes long (one block of three minutes) still says every
+``HEARTBEAT_EVERY`` seconds that it runs: a daemon thread looks at the innermost open loop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sized
+from time import monotonic as _wall  # the heartbeat's clock, whatever a test makes of time.monotonic
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -23,6 +30,13 @@ __all__ = ["LINE_EVERY", "progress_bar", "progress_iter"]
 
 #: seconds between two plain progress lines
 LINE_EVERY = 60.0
+#: seconds without a line after which the innermost open loop says that it still runs
+HEARTBEAT_EVERY = 60.0
+
+_OPEN: list[_Lines] = []  # the loops counting now, outermost first (one thread: the command's)
+_LOCK = threading.Lock()
+_STOP = threading.Event()  # never set: the thread is a daemon and ends with the process
+_beating: threading.Thread | None = None
 
 
 def _plural(unit: str) -> str:
@@ -37,28 +51,72 @@ class _Lines:
         self.n = 0
         self.postfix = ""
         self.start = self.last = time.monotonic()
+        self.start_wall = self.said_wall = _wall()
+        with _LOCK:
+            self.within = [f"{outer.desc} {min(outer.n + 1, outer.total)}/{outer.total} › " for outer in _OPEN]
+            _OPEN.append(self)
+        _start_heartbeat()
 
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
         if now - self.last >= LINE_EVERY:
             self.last = now
-            share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-            done = f"{self.n}/{self.total} {_plural(self.unit)}{share}"
-            logging.getLogger("ntkrobust").info(f"{self.desc}: {done}, {now - self.start:.0f} s{self.postfix}")
+            self._say(now - self.start)
+
+    def _say(self, seconds: float) -> None:
+        share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        done = f"{self.n}/{self.total} {_plural(self.unit)}{share}"
+        self.said_wall = _wall()
+        line = f"{''.join(self.within)}{self.desc}: {done}, {seconds:.0f} s{self.postfix}"
+        logging.getLogger("ntkrobust").info(line)
+
+    def beat(self) -> None:
+        """The heartbeat's line, when this loop has said nothing for ``HEARTBEAT_EVERY`` seconds."""
+        now = _wall()
+        if now - self.said_wall >= HEARTBEAT_EVERY:
+            self._say(now - self.start_wall)
 
     def set_postfix(self, **values: str) -> None:
         """tqdm's running figures, added to the next line."""
         self.postfix = "".join(f", {name} {value}" for name, value in values.items())
 
     def close(self) -> None:
-        pass
+        with _LOCK:
+            if self in _OPEN:
+                _OPEN.remove(self)
 
     def __enter__(self) -> _Lines:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _heartbeat() -> None:
+    """Every second: the innermost open loop says that it runs if it has been silent too long."""
+    while not _STOP.wait(1.0):  # an Event's wait: a test that patches time.sleep does not make it spin
+        with _LOCK:
+            innermost = _OPEN[-1] if _OPEN else None
+        if innermost is not None:
+            innermost.beat()
+
+
+def _start_heartbeat() -> None:
+    global _beating
+    with _LOCK:
+        if _beating is None:
+            _beating = threading.Thread(target=_heartbeat, name="ntkrobust-progress", daemon=True)
+            _beating.start()
+
+
+def _after_fork() -> None:  # a forked child has no heartbeat thread, and no loop of its parent's
+    global _beating, _LOCK
+    _beating, _LOCK = None, threading.Lock()  # the parent's thread may have held the lock
+    _OPEN.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def progress_bar(total: int, desc: str, unit: str, *, show: bool, leave: bool = False) -> Any:

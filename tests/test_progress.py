@@ -84,3 +84,50 @@ def test_feature_scores_under_pgd_say_which_step_they_are_at(
     during = [line for line in lines if line.startswith("feature pgd: 0/1 blocks (0%)")]
     assert [line.split(", PGD step ")[1] for line in during] == ["1/3", "2/3", "3/3"], lines
     assert ", pairs attacked " in during[0] and lines[-1].startswith("feature pgd: 1/1 blocks (100%)")
+
+
+def test_a_loop_inside_another_names_the_loops_it_runs_in(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lines of a PGD inside a robust-only kernel inside an architecture said only "PGD: 6/10
+    steps": which r, which attack (seen by following the README on 2026-12-06)."""
+    monkeypatch.setattr(_progress, "LINE_EVERY", 0.0)
+    with caplog.at_level(logging.INFO, logger="ntkrobust"):
+        for _ in progress_iter(["fc2", "conv2"], "features", "architecture", show=False):
+            with progress_bar(1, "NTK-pgd", "batch", show=False) as batches:
+                for _ in progress_iter(range(2), "PGD", "step", show=False):
+                    pass
+                batches.update(1)
+    lines = [r.getMessage().split(",")[0] for r in caplog.records]
+    assert lines == [
+        "features 1/2 › NTK-pgd 1/1 › PGD: 1/2 steps (50%)",
+        "features 1/2 › NTK-pgd 1/1 › PGD: 2/2 steps (100%)",
+        "features 1/2 › NTK-pgd: 1/1 batches (100%)",
+        "features: 1/2 architectures (50%)",
+        "features 2/2 › NTK-pgd 1/1 › PGD: 1/2 steps (50%)",
+        "features 2/2 › NTK-pgd 1/1 › PGD: 2/2 steps (100%)",
+        "features 2/2 › NTK-pgd: 1/1 batches (100%)",
+        "features: 2/2 architectures (100%)",
+    ]
+    assert not _progress._OPEN  # every loop closed
+
+
+def test_a_long_item_still_says_that_its_loop_runs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One block of three minutes said nothing until it ended ("feature fgsm: 1/1 blocks (100%),
+    180 s"): the heartbeat names the innermost open loop after ``HEARTBEAT_EVERY`` silent seconds."""
+    import time
+
+    monkeypatch.setattr(_progress, "HEARTBEAT_EVERY", 0.5)
+    with caplog.at_level(logging.INFO, logger="ntkrobust"):
+        with (
+            progress_bar(3, "features", "architecture", show=False),
+            progress_bar(1, "feature fgsm", "block", show=False),
+        ):
+            deadline = time.monotonic() + 10
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.05)
+        said = [r.getMessage() for r in caplog.records]
+    assert said and said[0].startswith("features 1/3 › feature fgsm: 0/1 blocks (0%), ")
+    assert not any(line.startswith("features:") for line in said)  # the innermost loop alone

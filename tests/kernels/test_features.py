@@ -217,7 +217,7 @@ def test_robust_only_kernels_end_at_the_full_machine(fc2_binary, digits_binary, 
         results = robust_only_kernels(fc2_binary, ranking, [1, 5, fc2_binary.n_train], x, y, threat, pgd_step=0.025)
     assert [r.r for r in results] == [1, 5, fc2_binary.n_train]
     # without a bar (stderr a file) each kernel says it is done: a CIFAR r takes minutes
-    lines = [m.getMessage().split(" (")[0] for m in caplog.records if m.getMessage().startswith("robust-only")]
+    lines = [m.getMessage().split(" (")[0] for m in caplog.records if m.getMessage().startswith("robust-only:")]
     assert lines == [f"robust-only: {i}/3 kernels" for i in (1, 2, 3)]
     full = results[-1]
     clean = fc2_binary.predict(x)
