@@ -269,26 +269,26 @@ class _TrainingRun:
         tracking = self.tracking
         result: dict[str, Any] = {}
         probe_examples = None
-        bar = progress_bar(2 * len(tracking.batchnorm), "evaluating", "split", show=self.progress)
-        for mode in tracking.batchnorm:
-            scores: dict[str, float] = {}
-            for split, x, y, subset in self._splits():
-                index = subset.to(x.device)
-                # under torchrun each process evaluates its share of the batches
-                scores[f"{split}_clean"] = clean_accuracy(self.model, x, y, batchnorm=mode, across_processes=True)
-                scores[f"{split}_pgd"], x_adv = pgd_accuracy(
-                    self.model,
-                    x[index],
-                    y[index],
-                    tracking.attack(derived_seed(self.train.seed, 4)),
-                    batchnorm=mode,
-                    across_processes=True,
-                )
-                if self.shared and split == "train" and mode == tracking.batchnorm[0]:
-                    probe_examples = x_adv[: tracking.probe]  # the probe comes first in eval_train
-                bar.update(1)
-            result[mode] = scores
-        bar.close()
+        # a loop left open by an error would name itself in every later loop's lines (_progress)
+        with progress_bar(2 * len(tracking.batchnorm), "evaluating", "split", show=self.progress) as bar:
+            for mode in tracking.batchnorm:
+                scores: dict[str, float] = {}
+                for split, x, y, subset in self._splits():
+                    index = subset.to(x.device)
+                    # under torchrun each process evaluates its share of the batches
+                    scores[f"{split}_clean"] = clean_accuracy(self.model, x, y, batchnorm=mode, across_processes=True)
+                    scores[f"{split}_pgd"], x_adv = pgd_accuracy(
+                        self.model,
+                        x[index],
+                        y[index],
+                        tracking.attack(derived_seed(self.train.seed, 4)),
+                        batchnorm=mode,
+                        across_processes=True,
+                    )
+                    if self.shared and split == "train" and mode == tracking.batchnorm[0]:
+                        probe_examples = x_adv[: tracking.probe]  # the probe comes first in eval_train
+                    bar.update(1)
+                result[mode] = scores
         if self.relative_magnitude is not None:
             result["relative_magnitude"] = self.relative_magnitude(self.model, self.x_test)
         return result, time.perf_counter() - start, probe_examples
@@ -300,16 +300,15 @@ class _TrainingRun:
         assert attack is not None  # only called when full_due
         accuracy: dict[str, dict[str, float]] = {}
         modes = self.tracking.batchnorm
-        bar = progress_bar(2 * len(modes), f"PGD-{attack.steps}", "split", show=self.progress)
-        for mode in modes:
-            accuracy[mode] = {}
-            for split, x, y, subset in self._splits():
-                index = subset.to(x.device)
-                accuracy[mode][f"{split}_pgd"] = pgd_accuracy(
-                    self.model, x[index], y[index], attack, batchnorm=mode, across_processes=True
-                )[0]
-                bar.update(1)
-        bar.close()
+        with progress_bar(2 * len(modes), f"PGD-{attack.steps}", "split", show=self.progress) as bar:
+            for mode in modes:
+                accuracy[mode] = {}
+                for split, x, y, subset in self._splits():
+                    index = subset.to(x.device)
+                    accuracy[mode][f"{split}_pgd"] = pgd_accuracy(
+                        self.model, x[index], y[index], attack, batchnorm=mode, across_processes=True
+                    )[0]
+                    bar.update(1)
         seconds = time.perf_counter() - start
         return {"steps": attack.steps, "step": attack.step, "accuracy": accuracy, "seconds": seconds}
 
