@@ -60,7 +60,10 @@ def load_raw(spec: str, *, root: str | Path | None, download: bool, want_train: 
         return readers[spec](root, want_train)
     path = Path(spec)
     if path.suffix != ".npz":
-        raise DataError(f"unknown dataset {spec!r}: use {', '.join(DATASETS)} or a path to an .npz file")
+        # a folder of MNIST's or CIFAR's files given as --data: say which flags take it
+        named = next((name for name in ("cifar100", "cifar10", "mnist") if name in path.name.lower()), None)
+        hint = f" (for a folder of its files: --data {named} --data-root {spec})" if named and path.is_dir() else ""
+        raise DataError(f"unknown dataset {spec!r}: use {', '.join(DATASETS)} or a path to an .npz file{hint}")
     return _npz(path)
 
 

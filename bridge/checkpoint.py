@@ -145,6 +145,12 @@ def read_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
                 program,
             ) from None
         raise ForeignFileError(f"{path} is not a checkpoint of this tool ({refusal_reason(path, error)})") from None
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise ForeignFileError(  # torch.save(model.state_dict()): weights without the model that reads them
+            f"{path} is not a checkpoint of this tool but a bare state dict, without the model it belongs to: "
+            f"evaluate and transfer take it as MODEL[:WIDTH]={path} for a registry model; for the other "
+            "commands save the net with ntkrobust.bridge.checkpoint.save_checkpoint"
+        )
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ForeignFileError(f"{path} is not a checkpoint of this tool (no '{CHECKPOINT_FORMAT}' format tag)")
     return payload

@@ -153,8 +153,14 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
         (b"PK\x03\x04 cut short", "is not a checkpoint of this tool ("),
         ({"state_dict": {"weight": torch.zeros(2)}}, f"is not a checkpoint of this tool (no '{TAG}' format tag)"),
         (torch.zeros(2), f"is not a checkpoint of this tool (no '{TAG}' format tag)"),
+        # torch.save(model.state_dict()): the message says which commands take it and how
+        (
+            {"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)},
+            "is not a checkpoint of this tool but a bare state dict, without the model it belongs to: "
+            "evaluate and transfer take it as MODEL[:WIDTH]=",
+        ),
     ],
-    ids=["bytes", "a-dict-without-the-tag", "a-tensor"],
+    ids=["bytes", "a-dict-without-the-tag", "a-tensor", "a-bare-state-dict"],
 )
 def test_a_file_that_is_no_checkpoint_of_ours_is_a_foreign_file(tmp_path, content, said):
     """Unreadable bytes, a dict without the format tag (a plain state dict file) or a tensor are

@@ -105,6 +105,20 @@ def test_a_file_that_is_no_zip_archive_is_not_an_npz(tmp_path, content):
     assert "\n" not in str(error.value) and "allow_pickle" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("folder", "name"), [("mnist", "mnist"), ("CIFAR100-data", "cifar100"), ("cifar10", "cifar10")]
+)
+def test_a_data_folder_given_as_the_dataset_is_told_the_flags_that_take_it(tmp_path, folder, name):
+    """``--data ../shared/data/mnist`` said only "unknown dataset" (seen by following the README)."""
+    (tmp_path / folder).mkdir()
+    with pytest.raises(DataError) as error:
+        load_dataset(str(tmp_path / folder))
+    assert str(error.value).endswith(f"(for a folder of its files: --data {name} --data-root {tmp_path / folder})")
+    with pytest.raises(DataError) as error:  # no folder there, or no dataset in its name: no guess
+        load_dataset(str(tmp_path / "elsewhere" / folder))
+    assert "--data-root" not in str(error.value)
+
+
 def test_missing_keys_and_unknown_specs(tmp_path):
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("imagenet")
