@@ -47,7 +47,16 @@ def select(target: str) -> list[Recipe]:
         return list(RECIPES[target])
     found = [recipe for recipe in all_recipes() if recipe.name == target]
     if not found:
-        raise StudyError(f"unknown recipe {target!r}: choose {', '.join(GROUPS)} or a recipe of `reproduce --list`")
+        import difflib
+
+        names = [recipe.name for recipe in all_recipes()]
+        # "tk-fig2" for "tk-fig2-features": a recipe whose name starts with it first, else a near spelling
+        close = [n for n in names if target and n.startswith(target)][:3]
+        close = close or difflib.get_close_matches(target, names, n=1)
+        meant = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise StudyError(
+            f"unknown recipe {target!r}: choose {', '.join(GROUPS)} or a recipe of `reproduce --list`{meant}"
+        )
     return found
 
 

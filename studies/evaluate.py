@@ -79,7 +79,14 @@ def _checked(settings: EvaluateSettings, channels: int) -> float:
 
     unknown = [a for a in settings.attacks if a not in EVALUATION_ATTACKS]
     if unknown:
-        raise StudyError(f"--attacks {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
+        import difflib
+
+        # "pgd20" for "pgd-20": the attack of the same letters and digits, else a near spelling
+        plain = {name.replace("-", ""): name for name in EVALUATION_ATTACKS}
+        close = [plain[key]] if (key := unknown[0].lower().replace("-", "")) in plain else []
+        close = close or difflib.get_close_matches(unknown[0].lower(), EVALUATION_ATTACKS, n=1)
+        meant = f" (did you mean {close[0]}?)" if close else ""
+        raise StudyError(f"--attacks {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}{meant}")
     if not settings.nets:
         raise StudyError("name at least one net to evaluate")
     check_unique(list(settings.attacks), "--attacks", "an attack")

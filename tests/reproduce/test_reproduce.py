@@ -191,6 +191,8 @@ def test_the_key_is_the_resolved_config(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["nope"], "unknown recipe 'nope'"),
+        (["tk-fig2"], "`reproduce --list` (did you mean tk-fig2-features?)"),  # a newcomer's shortening
+        (["rat-fig1-threefol"], "(did you mean rat-fig1-threefold?)"),
         (["tk", "--scale", "huge"], "argument --scale: invalid choice: 'huge'"),
         (["tk", "--scale", "cpu"], "--scale cpu needs --data-root DIR holding mnist/t10k-images-idx3-ubyte.gz"),
         (["rat", "--scale", "cpu", "--data-root", "{empty}"], "reads mnist/t10k-images-idx3-ubyte.gz"),

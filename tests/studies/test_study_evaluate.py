@@ -69,6 +69,9 @@ def test_a_net_that_masks_its_gradients_is_flagged(trained, tmp_path):
     ("changes", "message"),
     [
         ({"attacks": ("pgd-7",)}, "--attacks 'pgd-7'"),
+        ({"attacks": ("pgd20",)}, "--attacks 'pgd20': choose from"),  # a newcomer's spelling: the hint below
+        ({"attacks": ("PGD20",)}, "(did you mean pgd-20?)"),
+        ({"attacks": ("autoatack",)}, "(did you mean autoattack?)"),
         ({"eps": 2.0}, "--eps must lie in (0, 1]"),
         ({"nets": ("nothing.pt",)}, "does not exist"),
     ],
