@@ -92,8 +92,9 @@ _log = logging.getLogger("ntkrobust")
 
 
 def _epoch_line(record: dict[str, Any], train: TrainConfig, tracking: TrackingConfig, attacked: int, tests: int) -> str:
-    """The epoch's line; PGD's accuracy is on ``attacked`` of the ``tests`` test points (--eval-n),
-    said where fewer: beside clean accuracy on all of them, it could read as the larger."""
+    """The epoch's line; the PGD accuracies are on ``attacked`` of the ``tests`` test points
+    (--eval-n), said after them where fewer: beside clean accuracy on all of them, a PGD accuracy
+    could read as the larger."""
     mode, seconds = tracking.batchnorm[0], record["seconds"]
     scores = record["accuracy"][mode]
     parts = ["initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}/{train.epochs}"]
@@ -101,15 +102,16 @@ def _epoch_line(record: dict[str, Any], train: TrainConfig, tracking: TrackingCo
         parts.append(f"eps {record['eps']:.4g} (warming up)")
     if record.get("train_loss") is not None:
         parts.append(f"train loss {record['train_loss']:.4f}")
-    share = f" on {attacked} of {tests} points" if attacked < tests else ""
-    parts.append(f"test clean {scores['test_clean']:.3f}, PGD-{tracking.steps} {scores['test_pgd']:.3f}{share}")
+    parts.append(f"test clean {scores['test_clean']:.3f}")
+    parts.append(f"PGD-{tracking.steps} {scores['test_pgd']:.3f}")
     spent = [f"{seconds['train']:.1f} s training", f"{seconds['evaluate']:.1f} s evaluation"]
     spent.append(f"{seconds['track']:.1f} s kernels")
     full = record.get("full_evaluation")
-    if full:
+    if full:  # on the same points as the per-epoch PGD
         parts.append(f"PGD-{full['steps']} {full['accuracy'][mode]['test_pgd']:.3f}")
         spent.append(f"{full['seconds']:.1f} s full evaluation")
-    return f"{parts[0]}: {', '.join(parts[1:])} ({', '.join(spent)})"
+    share = f" on {attacked} of {tests} points" if attacked < tests else ""
+    return f"{parts[0]}: {', '.join(parts[1:])}{share} ({', '.join(spent)})"
 
 
 class _TrainingRun:

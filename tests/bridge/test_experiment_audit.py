@@ -348,3 +348,5 @@ def test_epoch_line():
     # PGD on --eval-n of the test points, clean accuracy on all: the line says so where fewer
     shared = experiment._epoch_line(initial, train, tracking, 500, 10000)
     assert shared.startswith("initialisation: test clean 0.500, PGD-2 0.250 on 500 of 10000 points (1.0 s training")
+    shared = experiment._epoch_line({**record, "full_evaluation": full}, train, tracking, 500, 10000)
+    assert "PGD-2 0.250, PGD-7 0.125 on 500 of 10000 points (1.0 s" in shared  # the full evaluation's points too
