@@ -210,7 +210,7 @@ class ThreatSettings:
         # beyond the [0, 1] box's extent every image is within reach: a radius in 0-255 units?
         extent = 1.0 if self.norm == "linf" else math.sqrt(math.prod(image_shape))
         if eps > extent:
-            meant = f"; did you mean {eps:g}/255?" if eps / 255 <= extent else ""
+            meant = _in_255_units(eps, extent)
             where = (
                 "the [0, 1] pixel range"
                 if self.norm == "linf"
@@ -401,11 +401,16 @@ def check_choice(value: Any, choices: Sequence[Any], flag: str) -> None:
         raise StudyError(f"{flag} {value!r}: choose one of {', '.join(map(str, choices))}")
 
 
+def _in_255_units(eps: float, extent: float) -> str:
+    """ "; did you mean 8/255?" for a radius beyond the [0, 1] box's ``extent`` that fits it in 0-255 units."""
+    return f"; did you mean {eps:g}/255?" if eps / 255 <= extent else ""
+
+
 def check_linf_eps(eps: float, flag: str) -> None:
     """Refuse an ℓ∞ radius outside (0, 1] pixel units: 0 is no attack (the per-epoch PGD accuracy
     and the AE-NTK need one), above 1 every image is within reach."""
     if not 0 < eps <= 1:
-        meant = f"; did you mean {eps:g}/255?" if 1 < eps <= 255 else ""  # a radius in 0-255 units, as attack says
+        meant = _in_255_units(eps, 1.0) if eps > 1 else ""
         raise StudyError(f"{flag} must lie in (0, 1] (pixel units), got {eps}{meant}")
 
 
