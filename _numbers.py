@@ -27,3 +27,16 @@ def is_real(value: Any, *, finite: bool = False) -> TypeGuard[float]:
         return not finite or math.isfinite(value)
     except OverflowError:
         return False
+
+
+def pixel_radius(value: float) -> str:
+    """A radius or step in pixel units as the papers write it: ``0.3`` and ``0.01`` as decimals,
+    a multiple of 1/255 that has no short decimal as ``8/255`` (not ``0.03137``), else 4 figures.
+    ε is always recorded as the float; this is only how it is printed."""
+    short = float(f"{value:.3g}")
+    if math.isclose(value, short, rel_tol=1e-6):  # 0.3 · 2/3 is 0.2 (0.19999999999999998), not 51/255
+        return f"{short:g}"
+    whole = round(value * 255)
+    if whole > 0 and math.isclose(value, whole / 255, rel_tol=1e-6):  # a float32 copy too
+        return f"{whole}/255"
+    return f"{value:.4g}"

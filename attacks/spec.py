@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ntkrobust._numbers import is_whole
+from ntkrobust._numbers import is_whole, pixel_radius
 from ntkrobust.attacks.threat import NORMS, Norm, ThreatModel, check_schedule, check_seed
 
 #: Attacks on kernel machines: FGSM, PGD and the first-order output attacks of TK supp. eq. 20 / 22.
@@ -156,7 +156,7 @@ class AttackSpec:
         if self.iterative and self.step is not None and self.step * self.steps < self.eps:
             return (
                 f"PGD can move at most step*steps = {self.step * self.steps:.4g} from its start, less than "
-                f"eps = {self.eps:.4g}: raise {flags[0]} or {flags[1]} to use the whole budget"
+                f"eps = {pixel_radius(self.eps)}: raise {flags[0]} or {flags[1]} to use the whole budget"
             )
         return None
 
@@ -167,13 +167,13 @@ class AttackSpec:
         grey, colour = STANDARD_THREATS[("grey", "linf")][0], STANDARD_THREATS[("colour", "linf")][0]
         if image_type(channels) == "grey" and self.eps <= 2 * colour:
             return (
-                f"eps {self.eps:.4g} on grey-scale images is a colour-image radius (CIFAR-10's standard is 8/255 "
-                f"= {colour:.4g}; MNIST's is {grey:g})"
+                f"eps {pixel_radius(self.eps)} on grey-scale images is a colour-image radius (CIFAR-10's standard "
+                f"is {pixel_radius(colour)}; MNIST's is {pixel_radius(grey)})"
             )
         if image_type(channels) == "colour" and self.eps >= 0.1:
             return (
-                f"eps {self.eps:.4g} on colour images is a grey-image radius (MNIST's standard is {grey:g}; "
-                f"CIFAR-10's is 8/255 = {colour:.4g})"
+                f"eps {pixel_radius(self.eps)} on colour images is a grey-image radius (MNIST's standard is "
+                f"{pixel_radius(grey)}; CIFAR-10's is {pixel_radius(colour)})"
             )
         return None
 

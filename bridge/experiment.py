@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust._progress import progress_bar
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge._resume import RunFolderError, RunState, start_state
@@ -99,7 +100,7 @@ def _epoch_line(record: dict[str, Any], train: TrainConfig, tracking: TrackingCo
     scores = record["accuracy"][mode]
     parts = ["initialisation" if record["epoch"] == 0 else f"epoch {record['epoch']}/{train.epochs}"]
     if record.get("eps") is not None and record["eps"] < train.eps:
-        parts.append(f"eps {record['eps']:.4g} (warming up)")
+        parts.append(f"eps {pixel_radius(record['eps'])} (warming up)")
     if record.get("train_loss") is not None:
         parts.append(f"train loss {record['train_loss']:.4f}")
     parts.append(f"test clean {scores['test_clean']:.3f}")

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust._messages import first_line, name_problem, shown_name
-from ntkrobust._numbers import is_real, is_whole
+from ntkrobust._numbers import is_real, is_whole, pixel_radius
 from ntkrobust.bridge.files import JsonFileError, NpzError, not_a_file, read_json, read_npz
 from ntkrobust.bridge.runfolder import HISTORY_FILE, PROBE_FILE, RunFolder
 from ntkrobust.kernels import metrics
@@ -387,7 +387,7 @@ def describe_run(run: TrainingRun) -> str:
     epochs = config.get("epochs", max((int(e.get("epoch", 0)) for e in run.epochs), default=0))
     parts.append(f"{mode} training for {epochs} epochs")
     if config.get("eps") is not None and _adversarial(run):
-        parts.append(f"eps {float(config['eps']):.4g}")
+        parts.append(f"eps {pixel_radius(float(config['eps']))}")
     parts.append(f"probe of {run.probe_size} points")
     return f"{run.label}: " + ", ".join(parts)
 

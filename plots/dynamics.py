@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.plots._runs import _has_kind, _label, _relative_magnitudes
 from ntkrobust.plots.dynamics_comparison import (
     SPECIALIZATION_KINDS,
@@ -68,6 +69,8 @@ def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> st
         values = [run.get(key) for run in runs]
         if key == "probe_size":  # a run that tracked no kernel has a probe of 0 points: none to speak of
             values = [v or None for v in values]
+        if key == "eps":  # 8/255, as the command was given, not 0.03137
+            values = [None if v is None else pixel_radius(float(v)) for v in values]
         present = [v for v in values if v is not None]
         if not present:
             return None
@@ -84,14 +87,14 @@ def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> st
         return ", ".join(f"{value} ({' and '.join(labels)})" for value, labels in runs_of.items())
 
     if not kernels or not any(run.get("probe_size") for run in runs):  # no probe to speak of ("a probe of 0 points")
-        return "; ".join(p for p in (facts("dataset", "{}"), facts("model", "{}"), facts("eps", "PGD eps {:.4g}")) if p)
+        return "; ".join(p for p in (facts("dataset", "{}"), facts("model", "{}"), facts("eps", "PGD eps {}")) if p)
     adversarial = any("adversarial" in (run.get("dynamics") or {}) for run in runs)
     parts = [
         facts("dataset", "{}"),
         facts("model", "{}"),
         facts("probe_size", "trace eNTK on a probe of {} points"),
         _estimators(runs),
-        facts("eps", "AE-NTK on its PGD examples (eps {:.4g})") if adversarial else None,
+        facts("eps", "AE-NTK on its PGD examples (eps {})") if adversarial else None,
     ]
     return "; ".join(p for p in parts if p)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.plots._style import (
     _colour,
     _empty,
@@ -51,10 +52,7 @@ def _budget(eps: float | None) -> str:
     """ε as the papers write it: 8/255 for a multiple of 1/255, else a short decimal."""
     if eps is None or not np.isfinite(eps):
         return ""
-    steps = eps * 255
-    if eps > 0 and abs(steps - round(steps)) < 1e-6 and round(steps) not in (0, 255) and eps < 0.25:
-        return f"ε = {round(steps)}/255"
-    return f"ε = {eps:.3g}"
+    return f"ε = {pixel_radius(eps)}"
 
 
 def _seed_shades(nets: Sequence[TwoLayerNet]) -> tuple[list[tuple[float, float, float]], list[str]]:

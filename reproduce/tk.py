@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.reproduce._recipe import Context, Recipe, Results, Step, Verdict, at_least, at_most, record_float
 from ntkrobust.reproduce._shared import checkpoint, dynamics_step, machine, mnist_data, runs_by_mode, training_run
 from ntkrobust.studies import ThreatSettings
@@ -46,7 +47,7 @@ def _spearman_check(results: Results) -> Verdict:
     rho = record_float(table["spearman_index_robustness"])  # strict JSON writes an undefined ρ as "nan"
     top, rest = table["mean_robustness_top10"], table["mean_robustness_rest"]
     measured = (
-        f"fc2 on {config['data']}, first {config['n_features']} features, FGSM ε {config['eps']:.3g}: "
+        f"fc2 on {config['data']}, first {config['n_features']} features, FGSM ε {pixel_radius(config['eps'])}: "
         f"Spearman(index, robustness) = {rho:.2f}; mean robustness of "
         f"the top 10 features {top:.3f} against {rest:.3f} for the rest"
     )

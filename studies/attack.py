@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.studies._base import Clock, StagedOutput, StudyResult, envelope, warn
 from ntkrobust.studies._common import DataSettings, MachineSettings, ThreatSettings, check_counts
 
@@ -89,7 +90,7 @@ def run(settings: AttackSettings, *, progress: bool = False, argv: list[str] | N
     }
     description = (
         f"{machine.arch.name} NTK machine on {data.name} ({config['n_train']} train, {config['n_test']} test): "
-        f"clean accuracy {record['clean_accuracy']:.3f}, {spec.method} {spec.norm} eps={spec.eps:.4g}: "
+        f"clean accuracy {record['clean_accuracy']:.3f}, {spec.method} {spec.norm} eps={pixel_radius(spec.eps)}: "
         f"robust accuracy {record['robust_accuracy']:.3f}"
     )
     return AttackResult(

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, checked_together, envelope, warn
 from ntkrobust.studies._common import (
     DataSettings,
@@ -253,7 +254,8 @@ def _picture(
     subtitle = (
         f"{config.model} (width {config.width}), {settings.n} {data.name} {settings.split} points"
         + (
-            f", PGD eps={adversarial['eps']:.4g} ({adversarial['steps']} steps of {adversarial['step']:.4g})"
+            f", PGD eps={pixel_radius(adversarial['eps'])} "
+            f"({adversarial['steps']} steps of {pixel_radius(adversarial['step'])})"
             if adversarial
             else ""
         )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.studies._base import (
     Clock,
     StagedOutput,
@@ -61,7 +62,7 @@ class EvaluateResult(StudyResult):
 
         config, data = self.record["config"], self.record["config"]["data"]
         points = f", {data['n_test']} test points" if data.get("n_test") else ""
-        subtitle = f"{Path(str(data['data'])).name}{points}; ℓ∞ ε = {config['eps']:g}"
+        subtitle = f"{Path(str(data['data'])).name}{points}; ℓ∞ ε = {pixel_radius(config['eps'])}"
         plots.robust_accuracy_bars(self.record["nets"], staged.path("robust_accuracy.png"), subtitle=subtitle)
 
     def summary(self) -> str:

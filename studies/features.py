@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.attacks.spec import NET_METHODS, AttackSpec
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, warn
 from ntkrobust.studies._common import (
@@ -337,7 +338,7 @@ def _figures(settings: FeaturesSettings, data: Any, parts: dict[str, Any], confi
     """What the figures are drawn from, with their captions."""
     names = [str(data.class_name(c)) for c in data.classes]
     what = f"{data.name}, {' vs '.join(names) if len(names) == 2 else f'{len(names)} classes'}"
-    threat_text = f"{settings.feature_attack.upper()} {config['norm']} eps={config['eps']:.4g}"
+    threat_text = f"{settings.feature_attack.upper()} {config['norm']} eps={pixel_radius(config['eps'])}"
     label = data.y_test[settings.image_index]
     image_text = f"held-out image {settings.image_index} (class {data.class_name(int(label))})"
     n_val, n_eval = config["validation_points"], config["evaluation_points"]
@@ -354,5 +355,5 @@ def _figures(settings: FeaturesSettings, data: Any, parts: dict[str, Any], confi
         # r = n (all the features, the full machine) is named "all (n)" on the figure's axis
         "curves": [(*part["curve"], data.x_train.shape[0]) for part in parts.values() if part["curve"] is not None],
         "curve_text": f"{what}: ranked on {n_val}, evaluated on {n_eval} held-out points; "
-        f"{config['norm']} eps={config['eps']:.4g}, PGD-{config['robust_steps']}",
+        f"{config['norm']} eps={pixel_radius(config['eps'])}, PGD-{config['robust_steps']}",
     }

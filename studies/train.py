@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.studies._base import (
     StudyError,
     StudyResult,
@@ -86,7 +87,7 @@ class TrainResult(StudyResult):
         steps = history["config"]["tracking"]["steps"]
         return (
             f"{self.label}: {last['epoch']} epochs, test clean {scores['test_clean']:.3f}, "
-            f"PGD-{steps} {scores['test_pgd']:.3f}{strong} (eps {eps:.4g}){growth}"
+            f"PGD-{steps} {scores['test_pgd']:.3f}{strong} (eps {pixel_radius(eps)}){growth}"
         )
 
 
@@ -354,7 +355,7 @@ def _short_warmup(settings: TrainSettings, eps: float) -> str | None:
     reached = eps * adversarial / settings.eps_warmup
     return (
         f"--eps-warmup {settings.eps_warmup} ramps over more than the {adversarial} adversarial epochs: "
-        f"the training attack ends at eps {reached:.4g}, not {eps:.4g}"
+        f"the training attack ends at eps {pixel_radius(reached)}, not {pixel_radius(eps)}"
     )
 
 

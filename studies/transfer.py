@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust._progress import progress_iter
 from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import (
@@ -349,9 +350,10 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
         "transfer", metrics, run_config, seconds=seconds, argv=argv, seed=settings.data.seed,
         dataset=data.describe(), warnings=notes,
     )  # fmt: skip
-    steps = f", {attack.steps} steps of {attack.step:.3g}" if attack.method == "pgd" and attack.step else ""
+    steps = f", {attack.steps} steps of {pixel_radius(attack.step)}" if attack.method == "pgd" and attack.step else ""
     subtitle = (
-        f"{data.name}, {x_test.shape[0]} test points, {attack.method.upper()} eps {attack.eps:.4g} ({attack.norm}"
+        f"{data.name}, {x_test.shape[0]} test points, {attack.method.upper()} "
+        f"eps {pixel_radius(attack.eps)} ({attack.norm}"
         f"{steps}); accuracy = share still correct"
     )
     arrays = {"x": x_test, "y": y_test, "random_sign": noisy, **{_array_name(n): sources[n] for n in black_box}}

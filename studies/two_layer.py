@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ntkrobust._numbers import pixel_radius
 from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import Clock, StagedOutput, StudyError, StudyResult, envelope, number_text, warn
 from ntkrobust.studies._common import (
@@ -243,7 +244,8 @@ def run(settings: TwoLayerSettings, *, progress: bool = False, argv: list[str] |
         warnings=notes,
     )
     # an iterated attack's steps: the title's ε is its budget, which the steps may not reach
-    steps = f"{spec.method.upper()}: {spec.steps} steps of {spec.step:.3g}; " if spec.steps > 1 and spec.step else ""
+    iterated = spec.steps > 1 and spec.step
+    steps = f"{spec.method.upper()}: {spec.steps} steps of {pixel_radius(spec.step)}; " if iterated else ""
     subtitle = (
         f"{steps}{data.name}, {machine.n_train} train / {x_test.shape[0]} test, full-batch GD lr {settings.lr:g}, "
         f"epoch <-> t anchored at epoch {anchor} (t = {result.time_per_epoch:.3g} x epoch; theory {theory:.3g})"

@@ -45,10 +45,10 @@ def test_attack(tmp_path, run_cli):
     assert "ntkrobust: data: digits, 150 train, 40 test (" in stderr  # a line per stage: stderr is no terminal
     assert ours == [f"ntkrobust: warning: {note}" for note in record["warnings"]]  # said as found, and recorded
     assert "PGD can move at most" in ours[0] and "raise --steps or --step" in ours[0]
-    assert "eps 0.03137 on grey-scale images is a colour-image radius" in ours[1]
+    assert "eps 8/255 on grey-scale images is a colour-image radius" in ours[1]
     summary = (
         f"fc2 NTK machine on digits (150 train, 40 test): clean accuracy {record['clean_accuracy']:.3f}, "
-        f"pgd linf eps=0.03137: robust accuracy {record['robust_accuracy']:.3f}"
+        f"pgd linf eps=8/255: robust accuracy {record['robust_accuracy']:.3f}"
     )
     assert_printed(stdout, summary, out)
     assert not list(tmp_path.glob(".*partial"))

@@ -8,7 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from ntkrobust._numbers import is_real, is_whole
+from ntkrobust._numbers import is_real, is_whole, pixel_radius
 
 
 @pytest.mark.parametrize("value", [0, 1, -3, 2**70, np.int8(3), np.int64(-1), np.uint16(5)])
@@ -86,3 +86,25 @@ def test_a_recorded_true_is_no_metric_value():
     epochs, values, reason = _metric_series(run, "c_ntk", "trace")  # type: ignore[arg-type]
     assert epochs.tolist() == [1.0] and values.tolist() == [2.5]
     assert reason == "not recorded; 1 of the 2 tracked kernels"
+
+
+@pytest.mark.parametrize(
+    ("value", "printed"),
+    [
+        (8 / 255, "8/255"),  # was 0.03137: a command given --eps 8/255 says 8/255 back
+        (2 / 255, "2/255"),
+        (float(np.float32(8 / 255)), "8/255"),  # a radius that went through float32
+        (0.3, "0.3"),  # a short decimal stays one: 0.2 is not written 51/255
+        (0.2, "0.2"),
+        (0.3 * 2 / 3, "0.2"),  # 0.19999999999999998, a warm-up's reach: not 51/255
+        (float(np.float32(0.2)), "0.2"),
+        (0.0, "0"),
+        (0.01, "0.01"),
+        (1.0, "1"),
+        (2.0, "2"),  # ℓ2 radii
+        (0.03137, "0.03137"),  # a decimal near 8/255 is not rounded to it
+        (0.123456, "0.1235"),
+    ],
+)
+def test_pixel_radius_is_written_as_the_papers_write_it(value, printed):
+    assert pixel_radius(value) == printed

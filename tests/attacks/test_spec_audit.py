@@ -201,11 +201,12 @@ def test_a_one_step_spec_records_one_step_whatever_it_was_given():
 def test_eps_zero_gets_no_hint_and_twice_the_colour_radius_still_does():
     """ε = 0 (the clean point of a curve over ε) is no radius of either image type; ε = 16/255 =
     2·(8/255) exactly is the last grey-image ε read as a colour radius, and the hint names
-    CIFAR-10's 8/255 as 0.03137. Hinting at ε = 0, a strict '<', and a colour radius of 8/256
-    (threshold 0.0625 < 16/255 = 0.06275) each survived the earlier tests."""
+    CIFAR-10's radius as 8/255 (a colour radius of 8/256 would read 0.03125). Hinting at ε = 0, a
+    strict '<', and a colour radius of 8/256 (threshold 0.0625 < 16/255 = 0.06275) each survived the
+    earlier tests."""
     assert AttackSpec("fgsm", 0.0).eps_hint(1) is None and AttackSpec("fgsm", 0.0).eps_hint(3) is None
     hint = AttackSpec("fgsm", 16 / 255).eps_hint(1)
-    assert hint is not None and "colour-image radius" in hint and "8/255 = 0.03137" in hint
+    assert hint is not None and "colour-image radius" in hint and "CIFAR-10's standard is 8/255;" in hint
     assert AttackSpec("fgsm", 16 / 255 + 1e-9).eps_hint(1) is None
 
 

@@ -271,8 +271,7 @@ def test_the_training_pgds_budget_is_noted_only_in_modes_that_run_it(tmp_path, m
     assert notes == ([budget] if mode in PGD_MODES else [])
     colour = _settings(tmp_path, mode=mode, eps=8 / 255)
     notes = settings_module.attack_notes(colour, settings_module.resolve_threat(colour, 1), 1)
-    hint = ("eps 0.03137 on grey-scale images is a colour-image radius (CIFAR-10's standard is 8/255 = 0.03137; "
-            "MNIST's is 0.3)")  # fmt: skip
+    hint = "eps 8/255 on grey-scale images is a colour-image radius (CIFAR-10's standard is 8/255; MNIST's is 0.3)"
     assert notes == [f"training PGD: {hint}" if mode in PGD_MODES else hint]
     reached = _settings(tmp_path, mode=mode, eps=0.1, pgd_step=0.01, pgd_steps=10)
     assert settings_module.attack_notes(reached, settings_module.resolve_threat(reached, 1), 1) == []
