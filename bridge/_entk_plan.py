@@ -273,12 +273,20 @@ def plan_kernel(
         kind = KernelKind("trace")
     itemsize = torch.finfo(dtype).bits // 8
     samples = a.shape[0] + (0 if b is None else b.shape[0])
+    unsound = None  # checked once, by the first engine
     for convolutions in ("all", "gram", "none"):
         # the convolutions' rows (then Gram factors) of every example at once would crowd out the
         # groups: they take the groups' route, where they are chunked like any parameter
         engine = JacobianEngine(
-            net, kind.index, a[:1], structured=structured, convolutions=convolutions, paired=kind.name == "full"
+            net,
+            kind.index,
+            a[:1],
+            structured=structured,
+            convolutions=convolutions,
+            paired=kind.name == "full",
+            unsound=unsound,
         )
+        unsound = engine.unsound
         if not engine.convs or samples * itemsize * _structured_numbers(engine, outputs) <= memory_budget // 4:
             break
     if not engine.params:

@@ -148,7 +148,8 @@ class JacobianEngine:
     the structured layers' share: the factors (g, h) of the dense layers and the Jacobian rows (or
     Gram factors) of the convolutions, whose parameters the groups leave out. ``convolutions``:
     ``"all"``, ``"gram"`` (only the Gram layers; the others go through the groups) or ``"none"``;
-    ``paired``: for a kernel that pairs every two outputs (the full kind)."""
+    ``paired``: for a kernel that pairs every two outputs (the full kind); ``unsound``: the layers
+    an earlier engine of the same net and example sent to the groups (its checks are not rerun)."""
 
     def __init__(
         self,
@@ -159,6 +160,7 @@ class JacobianEngine:
         structured: bool = True,
         convolutions: str = "all",
         paired: bool = False,
+        unsound: frozenset[str] | None = None,
     ):
         self.model = model
         self.params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
@@ -183,9 +185,16 @@ class JacobianEngine:
         # self.a.weight) in a forward) would lose that use's gradient; such layers take the groups.
         # Seen by the operations that take it (a use a ReLU switches off at the first example too)
         # and by the numbers at the first example (the meta device has none to compare)
-        self._leave_to_groups(used_outside(model, example, {name: layer.module for name, layer in self._named()}))
-        if example.device.type != "meta":
-            self._leave_to_groups(self.unfaithful_layers(example))
+        if unsound is None:
+            outside = set(used_outside(model, example, {name: layer.module for name, layer in self._named()}))
+            self._leave_to_groups(outside)
+            wrong = self.unfaithful_layers(example) if example.device.type != "meta" else []
+            unsound = frozenset(outside.union(wrong))
+        #: the layers the checks sent to the groups: an engine of the same net and example with
+        #: fewer convolutions takes them as ``unsound`` instead of checking again (a few seconds
+        #: each on ResNet-18)
+        self.unsound = unsound
+        self._leave_to_groups(unsound)
 
     def _leave_to_groups(self, names: Iterable[str]) -> None:
         for name in names:

@@ -685,3 +685,42 @@ def test_rows_that_crowd_the_budget_go_through_the_groups_to_the_same_kernel(gen
     assert generic_sizes == [set(), {"0.weight", "0.bias", "3.weight", "3.bias"}]
     assert relative_error(tight, roomy) < 1e-12
     assert relative_error(roomy, np.einsum("ijcc->ijc", explicit_gradient_gram(model, x, x))) < TOL
+
+
+def test_the_route_checks_run_once_when_the_convolutions_fall_back(monkeypatch):
+    """A budget that sends the rows, then the Gram convolutions, to the groups builds three engines;
+    the route checks (a forward pass noting outside uses, a gradient per structured layer) run at
+    the first only, and the later engines leave the same layers to the groups. Was three runs:
+    1-4 s each on ResNet-18."""
+    from ntkrobust.bridge import jacobians
+
+    net, shape, _ = nets()["gram-strided"]
+    net = net.double()
+    x = torch.rand(6, *shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    checks = {"outside": 0, "gradients": 0}
+    outside, gradients = jacobians.used_outside, jacobians.JacobianEngine.unfaithful_layers
+
+    def counted_outside(*args):
+        checks["outside"] += 1
+        return outside(*args)
+
+    def counted_gradients(self, example):
+        checks["gradients"] += 1
+        return gradients(self, example)
+
+    monkeypatch.setattr(jacobians, "used_outside", counted_outside)
+    monkeypatch.setattr(jacobians.JacobianEngine, "unfaithful_layers", counted_gradients)
+    roomy = empirical_ntk(net, x, kind="class-blocks", dtype=torch.float64)
+    assert checks == {"outside": 1, "gradients": 1}
+    engines = []
+    built = jacobians.JacobianEngine.__init__
+
+    def counted_engine(self, *args, **kwargs):
+        engines.append(kwargs["convolutions"])
+        built(self, *args, **kwargs)
+
+    monkeypatch.setattr(jacobians.JacobianEngine, "__init__", counted_engine)
+    without_rows = 6 * 8 * (4 * (3 * 16 + 28) + 3 * 3 + 64)  # the Gram factors and dense numbers kept
+    tight = empirical_ntk(net, x, kind="class-blocks", dtype=torch.float64, memory_budget=4 * without_rows - 8)
+    assert engines == ["all", "gram", "none"] and checks == {"outside": 2, "gradients": 2}
+    assert relative_error(tight, roomy) < 1e-12
