@@ -427,7 +427,8 @@ def check_config(config: ModelConfig) -> None:
 
 
 def build_model(config: ModelConfig, *, meta: bool = False) -> nn.Module:
-    """The model of ``config``, initialised from ``config.seed`` (global RNG state untouched).
+    """The model of ``config``, initialised from ``config.seed`` (global RNG state untouched), in
+    torch's default dtype: under a float64 default, the float32 net's values in float64.
 
     ``meta``: on the meta device, without initialisation: the names, shapes and dtypes of its
     parameters and buffers at no memory cost, so a checkpoint's state dict can be checked against
@@ -435,23 +436,36 @@ def build_model(config: ModelConfig, *, meta: bool = False) -> nn.Module:
     check_config(config)
     if not meta:
         check_memory(config)
+    default = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
-        torch.manual_seed(config.seed)
+        torch.set_default_dtype(torch.float32)  # a seed's draws are float32's whatever the default
         try:
-            model = get_model_spec(config.model).build(config)
-        except (RuntimeError, TypeError) as error:  # a size past 2**63 - 1: torch cannot count it
-            if "overflow" not in str(error).lower():
-                raise
-            raise ModelError(
-                f"{config.model} of width {config.width} has a weight of more elements than torch can "
-                "count (2^63 - 1): choose a smaller width"
-            ) from None
-        if not meta:  # re-drawing values changes no shape
-            initialise(model, config.init, torch.Generator().manual_seed(config.seed))
-        if not config.running_stats:
-            without_running_statistics(model)
-        if config.mean is not None and config.std is not None:
+            model = _built(config, meta)
+        finally:
+            torch.set_default_dtype(default)
+        if default != torch.float32:  # a float64 default (the float64 checks) gets the float32 net's values
+            model = model.to(default)
+        if config.mean is not None and config.std is not None:  # in the default dtype: 0.4 stays 0.4 in float64
             model = nn.Sequential(Normalize(config.mean, config.std), model)
+    return model
+
+
+def _built(config: ModelConfig, meta: bool) -> nn.Module:
+    """``config``'s model drawn from its seed, before any normalisation layer."""
+    torch.manual_seed(config.seed)
+    try:
+        model = get_model_spec(config.model).build(config)
+    except (RuntimeError, TypeError) as error:  # a size past 2**63 - 1: torch cannot count it
+        if "overflow" not in str(error).lower():
+            raise
+        raise ModelError(
+            f"{config.model} of width {config.width} has a weight of more elements than torch can "
+            "count (2^63 - 1): choose a smaller width"
+        ) from None
+    if not meta:  # re-drawing values changes no shape
+        initialise(model, config.init, torch.Generator().manual_seed(config.seed))
+    if not config.running_stats:
+        without_running_statistics(model)
     return model
 
 
