@@ -273,31 +273,61 @@ def centered_alignment(kernel: ArrayLike, labels: ArrayLike, *, num_classes: int
     return kernel_alignment(kc, tc)
 
 
-def specialization_matrix(full: ArrayLike, labels: ArrayLike, *, num_classes: int | None = None) -> np.ndarray:
-    """(C, C) KSM[i, j] = A(K_{i,i}, y_j y_jᵀ) / (C⁻¹ Σ_l A(K_{l,l}, y_j y_jᵀ)) (LOO sec. 3, RAT's M_ks),
-    from a full (N, N, C, C) kernel or its class blocks (N, N, C): it needs nothing else."""
+def _specialization(full: ArrayLike, labels: ArrayLike, num_classes: int | None) -> tuple[np.ndarray, str | None]:
+    """The KSM with NaN in the columns it cannot define, and why the first of them is undefined."""
     blocks = class_blocks(full)
     k = np.moveaxis(blocks, 0, 2)
     c = blocks.shape[0]
     if num_classes is not None and operator.index(num_classes) != c:
         raise ValueError(f"num_classes={num_classes} but the kernel has {c} classes")
     y = _one_hot_for(k, labels, c)
-    missing = np.flatnonzero(y.sum(axis=0) == 0)
-    if missing.size:
-        raise UndefinedMetricError(f"specialization is undefined: class {missing[0]} has no labelled point")
+    counts = y.sum(axis=0)
     norms = np.linalg.norm(blocks, axis=(1, 2))
     if np.any(norms == 0):
         raise UndefinedMetricError(f"specialization is undefined: class kernel {np.argmin(norms)} is zero")
     # ⟨K, y yᵀ⟩_F = yᵀ K y and ‖y yᵀ‖_F = ‖y‖² = class count, so A needs no N×N label matrices;
     # optimize: two matrix products instead of one loop over C·C·N·N terms (3 ms, not 11, at C=10, N=300)
     products = np.einsum("nj,inm,mj->ij", y, blocks, y, optimize=True)
-    alignment = products / (norms[:, None] * y.sum(axis=0)[None, :])
-    mean = alignment.mean(axis=0)
-    if np.any(mean == 0):
-        raise UndefinedMetricError(
-            f"specialization is undefined: class {np.argmin(np.abs(mean))} has zero mean alignment"
-        )
-    return alignment / mean[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a class without points: 0/0, NaN by design
+        alignment = products / (norms[:, None] * counts[None, :])
+        mean = alignment.mean(axis=0)
+        ksm = alignment / mean[None, :]
+    absent, unaligned = counts == 0, ~(counts == 0) & (mean == 0)
+    ksm[:, absent | unaligned] = np.nan
+    if np.any(absent):
+        return ksm, f"{_classes(absent)} no labelled point"
+    if np.any(unaligned):
+        return ksm, f"{_classes(unaligned)} zero mean alignment"
+    return ksm, None
+
+
+def _classes(which: np.ndarray) -> str:
+    """The subject of a sentence on the True entries of ``which``: "class 3 has", "classes 0 and 3 have"."""
+    found = [str(c) for c in np.flatnonzero(which)]
+    if len(found) == 1:
+        return f"class {found[0]} has"
+    return f"classes {', '.join(found[:-1])} and {found[-1]} have"
+
+
+def specialization_matrix(full: ArrayLike, labels: ArrayLike, *, num_classes: int | None = None) -> np.ndarray:
+    """(C, C) KSM[i, j] = A(K_{i,i}, y_j y_jᵀ) / (C⁻¹ Σ_l A(K_{l,l}, y_j y_jᵀ)) (LOO sec. 3, RAT's M_ks),
+    from a full (N, N, C, C) kernel or its class blocks (N, N, C): it needs nothing else.
+    ``UndefinedMetricError`` unless every column is defined (``specialization_columns`` keeps the others)."""
+    ksm, undefined = _specialization(full, labels, num_classes)
+    if undefined is not None:
+        raise UndefinedMetricError(f"specialization is undefined: {undefined}")
+    return ksm
+
+
+def specialization_columns(full: ArrayLike, labels: ArrayLike, *, num_classes: int | None = None) -> np.ndarray:
+    """``specialization_matrix`` with NaN in the columns it cannot define: a class j with no
+    labelled point (the net's own labels on its PGD examples often miss classes) or with zero mean
+    alignment; the other columns are the same numbers. ``UndefinedMetricError`` when no column is
+    defined or a class kernel is zero."""
+    ksm, undefined = _specialization(full, labels, num_classes)
+    if np.all(np.isnan(ksm)):
+        raise UndefinedMetricError(f"specialization is undefined: {undefined}")
+    return ksm
 
 
 def mean_specialization(ksm: ArrayLike) -> float:
@@ -321,7 +351,8 @@ def kernel_metrics(
     ``concentration_top{p}`` for each p in ``top`` (one cut-off or several) with p ≤ N; with labels also
     ``kernel_target_alignment`` and ``centered_alignment``, and for a full (N, N, C, C) or a
     class-blocks (N, N, C) kernel ``specialization_matrix`` (nested list C × C) and
-    ``mean_specialization``. A metric that is
+    ``mean_specialization``, or, when some columns are undefined (a class without labelled
+    points), ``specialization_columns``: the defined columns, null in the others. A metric that is
     undefined for this input (``UndefinedMetricError``, e.g. centred alignment with a single
     class, specialization with a class absent from the labels) is left out, and its reason is
     kept under ``undefined`` (metric name → message); invalid input raises.
@@ -345,12 +376,17 @@ def kernel_metrics(
     _record(metrics, "centered_alignment", lambda: centered_alignment(k, labels, num_classes=num_classes))
     if np.ndim(kernel) in (3, 4):
         try:
-            ksm = specialization_matrix(kernel, labels, num_classes=num_classes)
+            ksm, undefined = _specialization(kernel, labels, num_classes)
         except UndefinedMetricError as reason:
             metrics.setdefault("undefined", {})["mean_specialization"] = str(reason)
             return _with_reasons(metrics)
-        metrics["specialization_matrix"] = ksm.tolist()
-        metrics["mean_specialization"] = mean_specialization(ksm)
+        if undefined is None:
+            metrics["specialization_matrix"] = ksm.tolist()
+            metrics["mean_specialization"] = mean_specialization(ksm)
+        else:  # the columns it defines, null in the others; no mean over an incomplete diagonal
+            if not np.all(np.isnan(ksm)):
+                metrics["specialization_columns"] = [[None if np.isnan(v) else float(v) for v in row] for row in ksm]
+            metrics.setdefault("undefined", {})["mean_specialization"] = f"specialization is undefined: {undefined}"
     return _with_reasons(metrics)
 
 

@@ -63,7 +63,12 @@ SPECIALIZATION_KINDS: dict[str, tuple[KernelKind, str]] = {
 """The specialization figures: name → (kernel of the history's records, what it shows), RAT's
 C-NTK (fig. 3), AE-NTK under clean labels "CL" and under adversarial labels "AL" (fig. 4)."""
 
-_MANY_CLASSES = 10  # more classes: indices, not names, on the axes
+_MANY_CLASSES = 10
+_UNDEFINED_GREY = "0.8"
+_GREY_NOTES = (
+    "its class has no labelled point",
+    "its class has zero mean alignment",
+)  # more classes: indices, not names, on the axes
 _SAME_EPOCH = 1e-9
 
 
@@ -82,29 +87,33 @@ def ksm_columns(runs: Sequence[RunSummary], epochs: Sequence[float] | None) -> l
 
 
 def specialization_at(run: RunSummary, kind: str, epoch: float | None) -> tuple[np.ndarray | None, str]:
-    """The run's KSM of ``kind`` at ``epoch``, or None and why it is missing."""
+    """The run's KSM of ``kind`` at ``epoch`` and "", its defined columns (NaN in the others) and
+    why the others are undefined, or None and why it is missing."""
     if epoch is None:
         return None, "no kernel tracked at this epoch"
     record = next(r for r in run.get("kernels") or [] if abs(float(r["epoch"]) - epoch) < _SAME_EPOCH)
     metrics: Mapping[str, Any] | None = record.get(kind)  # type: ignore[assignment]  # a Mapping: computed keys
     if not isinstance(metrics, Mapping):
         return None, "the AE-NTK was not tracked" if kind != "clean" else "no C-NTK metrics recorded"
-    if "specialization_matrix" not in metrics:
-        reasons = metrics.get("undefined") or {}
-        why = reasons.get("specialization_matrix") or reasons.get("mean_specialization") or "not recorded"
-        return None, f"specialization: {why}" if not str(why).startswith("specialization") else str(why)
-    return np.asarray(metrics["specialization_matrix"], dtype=np.float64), ""
+    reasons = metrics.get("undefined") or {}
+    why = str(reasons.get("specialization_matrix") or reasons.get("mean_specialization") or "not recorded")
+    why = why if why.startswith("specialization") else f"specialization: {why}"
+    if "specialization_matrix" in metrics:
+        return np.asarray(metrics["specialization_matrix"], dtype=np.float64), ""
+    if "specialization_columns" in metrics:  # the defined columns; null (NaN here) in the others
+        return np.asarray(metrics["specialization_columns"], dtype=np.float64), why
+    return None, why
 
 
 def _scale(runs: Sequence[RunSummary], columns: Sequence[Sequence[float | None]]) -> tuple[float, float]:
     """One colour scale for every KSM of the three figures: its lowest and highest value,
     around 1 (a class kernel aligned with class j as much as the mean class kernel is)."""
     values = [
-        matrix
+        matrix[np.isfinite(matrix)]  # a column undefined (NaN) takes no part in the scale
         for run, epochs in zip(runs, columns, strict=True)
         for kind, _ in SPECIALIZATION_KINDS.values()
         for epoch in epochs
-        if (matrix := specialization_at(run, kind, epoch)[0]) is not None and np.all(np.isfinite(matrix))
+        if (matrix := specialization_at(run, kind, epoch)[0]) is not None and np.isfinite(matrix).any()
     ]
     low = min((float(m.min()) for m in values), default=0.0)
     high = max((float(m.max()) for m in values), default=2.0)
@@ -150,6 +159,7 @@ def specialization_heatmaps(
     columns = ksm_columns(runs, epochs)
     low, high = _scale(runs, columns)
     norm = TwoSlopeNorm(vmin=low, vcenter=1.0, vmax=high)
+    colours = plt.get_cmap("RdBu_r").with_extremes(bad=_UNDEFINED_GREY)  # an undefined column
     rows, cols = max(len(runs), 1), max((len(c) for c in columns), default=1)
     # "compressed" packs the square panels without the gaps "constrained" leaves
     fig, axes = plt.subplots(
@@ -170,6 +180,7 @@ def specialization_heatmaps(
         for r, c in shown_at
     }
     image = None
+    partial: dict[str, None] = {}  # why some columns are undefined, each kind of reason once
     for row, run in enumerate(runs):
         for col in range(cols):
             ax = axes[row, col]
@@ -183,9 +194,15 @@ def specialization_heatmaps(
                 _empty(ax, why)
                 ax.set_aspect("equal")
             else:
-                image = ax.imshow(matrix, cmap="RdBu_r", norm=norm, interpolation="nearest")
+                image = ax.imshow(matrix, cmap=colours, norm=norm, interpolation="nearest")
                 c = matrix.shape[0]
-                ax.set_title(f"{when} · tr(KSM)/C = {np.trace(matrix) / c:.3f}", fontsize=9)
+                undefined = int(np.isnan(matrix[0]).sum())
+                said = (
+                    f"{c - undefined}/{c} columns defined" if undefined else f"tr(KSM)/C = {np.trace(matrix) / c:.3f}"
+                )
+                ax.set_title(f"{when} · {said}", fontsize=9)
+                if undefined:
+                    partial[_GREY_NOTES[0] if "no labelled point" in why else _GREY_NOTES[1]] = None
                 names = run.get("class_names") or []
                 named_below = bottom[col] == row or classes[(row, col)] != classes[(bottom[col], col)]
                 _class_ticks(ax, names, c, left=left[row] == col, bottom=named_below)
@@ -203,6 +220,6 @@ def specialization_heatmaps(
         f"Kernel specialization: {shown}",
         subtitle,
         ref=f"RAT figs. 3, 4, 8, 18; LOO sec. 3; classes j: {labels}; one colour scale in the three "
-        "specialization figures",
+        "specialization figures" + (f"; grey: an undefined column, {' or '.join(partial)}" if partial else ""),
     )
     _save(fig, path)

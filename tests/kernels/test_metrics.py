@@ -249,7 +249,8 @@ def test_kernel_metrics_keys_and_values(rng):
     single_class = kernel_metrics(full, np.zeros(12, dtype=np.int64), num_classes=3)
     assert "centered_alignment" not in single_class and "specialization_matrix" not in single_class
     assert set(single_class["undefined"]) == {"centered_alignment", "mean_specialization"}
-    assert "class 1 has no labelled point" in single_class["undefined"]["mean_specialization"]
+    assert "classes 1 and 2 have no labelled point" in single_class["undefined"]["mean_specialization"]
+    assert single_class["specialization_columns"][0][1:] == [None, None]  # column 0 defined, 1 and 2 null
     assert list(single_class)[-1] == "undefined"
     assert "kernel_target_alignment" in single_class
 
