@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ntkrobust._numbers import pixel_radius
+from ntkrobust._numbers import is_real, pixel_radius
 from ntkrobust.plots._runs import _has_kind, _label, _relative_magnitudes
 from ntkrobust.plots.dynamics_comparison import (
     SPECIALIZATION_KINDS,
@@ -70,7 +70,7 @@ def dynamics_subtitle(runs: Sequence[RunSummary], *, kernels: bool = True) -> st
         if key == "probe_size":  # a run that tracked no kernel has a probe of 0 points: none to speak of
             values = [v or None for v in values]
         if key == "eps":  # 8/255, as the command was given, not 0.03137
-            values = [None if v is None else pixel_radius(float(v)) for v in values]
+            values = [pixel_radius(v) if is_real(v) else None for v in values]
         present = [v for v in values if v is not None]
         if not present:
             return None
