@@ -137,11 +137,18 @@ class RunFolder:
 
 
 def checkpoint_epoch(path: Path) -> tuple[RunFolder, int] | None:
-    """(its run folder, epoch) when ``path`` is ``RUN/checkpoints/epoch_NNN.pt``, else None."""
+    """(its run folder, epoch) when ``path`` is ``RUN/checkpoints/epoch_NNN.pt`` or a link to one
+    (``best.pt`` → ``runs/cnn/checkpoints/epoch_010.pt``: the run's checkpoint), else None."""
     path = Path(path)
     epoch = _number(path.name, _CHECKPOINT)
     if epoch is None or path.parent.name != CHECKPOINT_DIR:
-        return None
+        if not path.is_symlink():
+            return None
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link or a loop of links
+            return None
+        return checkpoint_epoch(target) if not target.is_symlink() else None
     return RunFolder(path.parent.parent), epoch
 
 

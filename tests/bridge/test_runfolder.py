@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ntkrobust.bridge import targets
 from ntkrobust.bridge.runfolder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -71,6 +72,26 @@ def test_kernel_files_by_step(tmp_path):
 def test_checkpoint_epoch_of_a_runs_checkpoint(tmp_path, epoch):
     run = RunFolder(tmp_path / "standard")
     assert checkpoint_epoch(run.checkpoint(epoch)) == (run, epoch)
+
+
+def test_a_link_to_a_runs_checkpoint_is_that_checkpoint(tmp_path):
+    """``best.pt`` → ``runs/cnn/checkpoints/epoch_010.pt`` names the run and its epoch (was the
+    link's stem, and no place on the dynamics curves); a dangling link or a loop is none."""
+    run = RunFolder(tmp_path / "runs" / "cnn")
+    _touch(run.checkpoint(10))
+    best = tmp_path / "best.pt"
+    best.symlink_to(run.checkpoint(10))
+    assert checkpoint_epoch(best) == (RunFolder(run.path.resolve()), 10)
+    assert targets._label(best) == "cnn epoch 10" and targets._curve(best) == ("cnn", 10)  # evaluate, transfer
+    relative = tmp_path / "runs" / "latest.pt"
+    relative.symlink_to(Path("cnn/checkpoints/epoch_010.pt"))
+    assert checkpoint_epoch(relative) == (RunFolder(run.path.resolve()), 10)
+    (tmp_path / "gone.pt").symlink_to(tmp_path / "runs" / "old" / "checkpoints" / "epoch_001.pt")
+    (tmp_path / "a.pt").symlink_to(tmp_path / "b.pt")
+    (tmp_path / "b.pt").symlink_to(tmp_path / "a.pt")
+    (tmp_path / "other.pt").symlink_to(tmp_path / "runs" / "cnn" / "config.json")
+    for path in ("gone.pt", "a.pt", "other.pt"):
+        assert checkpoint_epoch(tmp_path / path) is None
 
 
 def test_checkpoint_epoch_of_a_relative_path():
