@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -137,9 +137,16 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
     biased variance that train-mode normalisation divides by.
     """
     model = copy.deepcopy(model).eval()
+    names = {id(m): name for name, m in model.named_modules()}
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    counts: dict[int, int] = {}
+    counts: dict[int, list[int]] = {}  # per layer, the count of numbers per channel of each call
     momenta = {id(norm): norm.momentum for norm in norms}
+
+    def count(norm: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        given = args[0] if args else kwargs.get("input")  # self.bn(input=h) is a call too
+        if isinstance(given, torch.Tensor):
+            counts.setdefault(id(norm), []).append(given.numel() // given.shape[1])
+
     hooks: list[torch.utils.hooks.RemovableHandle] = []
     for norm in norms:
         if not norm.track_running_stats:  # a "w/o buffer" layer: give the copy buffers to hold x's statistics
@@ -151,16 +158,18 @@ def with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
             norm.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=reference.device))
         norm.reset_running_stats()
         norm.momentum, norm.training = 1.0, True
-        hooks.append(
-            norm.register_forward_pre_hook(
-                lambda m, args: counts.__setitem__(id(m), args[0].numel() // args[0].shape[1])
-            )
-        )
+        hooks.append(norm.register_forward_pre_hook(count, with_kwargs=True))
     forward_pass(model, x, hooks)
     for norm in norms:
-        n = counts[id(norm)]
-        if norm.running_var is not None and n > 1:
-            norm.running_var.mul_((n - 1) / n)
+        calls = counts.get(id(norm), [])
+        if len(calls) > 1:  # each call normalises by its own input's statistics; one buffer holds one
+            raise ValueError(
+                f"BatchNorm layer {names[id(norm)]!r} is called {len(calls)} times in one forward pass: batch "
+                "statistics give each call its own mean and variance, which its one pair of buffers cannot "
+                "hold; use one BatchNorm layer per use (or its running statistics: batch_stats=False)"
+            )
+        if norm.running_var is not None and calls and calls[0] > 1:
+            norm.running_var.mul_((calls[0] - 1) / calls[0])
         norm.momentum = momenta[id(norm)]
     return model.eval()
 

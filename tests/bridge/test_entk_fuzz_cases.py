@@ -164,6 +164,50 @@ def test_a_module_called_with_its_input_by_keyword_takes_the_kernel_of_the_gener
         assert _routes_agree(net, x, None, kind) < TOL
 
 
+class NormedTwice(nn.Module):
+    """A BatchNorm called by keyword (``keyword``) or, in ``twice``, on two different inputs."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.norm, self.b = nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.how == "keyword":
+            return self.b(self.norm(input=h))
+        if self.how == "twice":
+            return self.b(self.norm(h) + self.norm(torch.tanh(h)))
+        return self.b(self.norm(h))
+
+
+def test_a_batchnorm_called_by_keyword_takes_its_batch_statistics():
+    """Failed on both routes before: ``with_batch_statistics`` counted each BatchNorm's input from
+    ``args[0]`` (an ``IndexError`` for ``self.norm(input=h)``). Now the kernel with batch statistics is
+    the positional net's, which is the autograd loop's."""
+    torch.manual_seed(3)
+    net = NormedTwice("keyword").double()
+    positional = NormedTwice("positional").double()
+    positional.load_state_dict(net.state_dict())
+    x = torch.rand(6, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    reference = loop_kernel(positional.eval(), x, None, "full", batch_stats=True)
+    for structured in (True, False):
+        kernel = empirical_ntk(net.eval(), x, kind="full", batch_stats=True, structured=structured)
+        assert _relative(kernel, reference) < TOL
+
+
+def test_a_batchnorm_called_twice_is_refused_with_batch_statistics():
+    """Each call of a BatchNorm in train mode normalises by its own input's statistics; one pair of
+    buffers holds one. Before, the kernel silently took the last call's statistics for both calls;
+    now it is refused in one line, and with running statistics the net is fine."""
+    torch.manual_seed(3)
+    net = NormedTwice("twice").double().eval()
+    x = torch.rand(6, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with pytest.raises(ValueError, match="BatchNorm layer 'norm' is called 2 times in one forward pass"):
+        empirical_ntk(net, x, kind="trace", batch_stats=True)
+    assert _routes_agree(net, x, None, "trace") < TOL
+
+
 class Halves(nn.Module):
     """A parameter-free leaf module that returns a tuple."""
 
