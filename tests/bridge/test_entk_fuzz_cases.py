@@ -165,7 +165,8 @@ def test_a_module_called_with_its_input_by_keyword_takes_the_kernel_of_the_gener
 
 
 class NormedTwice(nn.Module):
-    """A BatchNorm called by keyword (``keyword``) or, in ``twice``, on two different inputs."""
+    """A BatchNorm called by keyword (``keyword``), on two different inputs (``twice``), not at all
+    (``unused``) or once by position."""
 
     def __init__(self, how: str):
         super().__init__()
@@ -178,7 +179,7 @@ class NormedTwice(nn.Module):
             return self.b(self.norm(input=h))
         if self.how == "twice":
             return self.b(self.norm(h) + self.norm(torch.tanh(h)))
-        return self.b(self.norm(h))
+        return self.b(h if self.how == "unused" else self.norm(h))
 
 
 def test_a_batchnorm_called_by_keyword_takes_its_batch_statistics():
@@ -206,6 +207,9 @@ def test_a_batchnorm_called_twice_is_refused_with_batch_statistics():
     with pytest.raises(ValueError, match="BatchNorm layer 'norm' is called 2 times in one forward pass"):
         empirical_ntk(net, x, kind="trace", batch_stats=True)
     assert _routes_agree(net, x, None, "trace") < TOL
+    unused = NormedTwice("unused").double().eval()  # its BatchNorm never called: was a KeyError
+    reference = loop_kernel(nn.Sequential(unused.a, unused.b), x, None, "trace", batch_stats=False)
+    assert _relative(empirical_ntk(unused, x, kind="trace", batch_stats=True), reference) < TOL
 
 
 class Halves(nn.Module):
