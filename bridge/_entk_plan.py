@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from torch.func import vmap
 
 from ntkrobust._allocator import available_memory, freed_memory_retained
 from ntkrobust._messages import first_line
@@ -274,6 +275,7 @@ def plan_kernel(
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
         got = f"shape {tuple(probe.shape)}" if isinstance(probe, torch.Tensor) else type(probe).__name__
         raise ValueError(f"the model must map a batch to (batch, outputs) scores, got {got} for one input")
+    _check_vmap(net, a[:1])
     num_outputs = probe.shape[1]
     outputs = kind.outputs(num_outputs)
     estimated = kind.name == "rademacher"
@@ -317,6 +319,25 @@ def plan_kernel(
         for p in passes
     ]
     return Plan(kind, a, b, engine, passes, batch, outputs, num_outputs, estimated)
+
+
+def _check_vmap(net: nn.Module, example: torch.Tensor) -> None:
+    """``ValueError`` in one line when the net cannot run under ``torch.func.vmap``, which every
+    per-example Jacobian takes: an ``nn.GRU``, ``nn.LSTM`` or ``nn.RNN`` has no batching rule, and
+    inside ``jacrev`` the error was "output with shape [1, 5] doesn't match the broadcast shape
+    [3, 1, 5]" from the first sub-batch. One forward pass of one example."""
+    if example.device.type == "meta":  # the placement tests' stand-in for CUDA: no values to run
+        return
+    try:
+        with torch.no_grad():
+            vmap(lambda one: net(one[None])[0])(example)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        said = first_line(error)
+        raise ValueError(
+            f"the model cannot run under torch.func.vmap, which its per-example Jacobians need: {said}"
+        ) from None
 
 
 def _structured_numbers(engine: JacobianEngine, outputs: int) -> int:

@@ -530,3 +530,24 @@ def test_a_generated_net_has_one_kernel_on_every_route(seed, monkeypatch):
                             assert _relative(result, reference) < TOL, (kind, other is None, batch_stats, budget)
                             compared += 1
     assert compared >= len(kinds) * 2
+
+
+class Recurrent(nn.Module):
+    def __init__(self, layer: type[nn.RNNBase]):
+        super().__init__()
+        self.recurrent, self.head = layer(4, 5, batch_first=True), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.recurrent(x)
+        return self.head(out[:, -1])
+
+
+@pytest.mark.parametrize("layer", [nn.GRU, nn.LSTM, nn.RNN])
+@pytest.mark.parametrize("structured", [True, False])
+def test_a_net_that_vmap_cannot_run_is_refused_in_one_line_before_any_kernel(layer, structured):
+    """torch's recurrent layers have no batching rule: inside the first sub-batch's ``jacrev`` the
+    error was "output with shape [1, 5] doesn't match the broadcast shape [3, 1, 5]" (seen in the
+    fuzzing's margin). Now the plan runs one example under ``vmap`` and says what torch says."""
+    net = Recurrent(layer).eval()
+    with pytest.raises(ValueError, match=r"cannot run under torch\.func\.vmap.*Batching rule not implemented"):
+        empirical_ntk(net, torch.rand(3, 6, 4), kind="trace", structured=structured)
