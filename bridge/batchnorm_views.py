@@ -43,9 +43,10 @@ def statistics_modes(run: TrainingRun) -> list[str]:
 
 def statistics_views(run: TrainingRun) -> list[TrainingRun]:
     """The run once per BatchNorm statistics it tracked its kernels under (module docstring); the
-    run itself where it tracked them one way, or where a kernel record lacks the other's."""
+    run itself where it tracked them one way, where a kernel record lacks the other's, or where
+    it is already one of the views (its labels were "…, BatchNorm running stats, BatchNorm …")."""
     modes = statistics_modes(run)
-    if len(modes) < 2 or not run.kernel_records:
+    if len(modes) < 2 or not run.kernel_records or run.statistics is not None:
         return [run]
     first, *others = modes
     if not all(isinstance(record.get(f"{mode}_statistics"), dict) for mode in others for record in run.kernel_records):

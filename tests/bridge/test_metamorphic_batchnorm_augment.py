@@ -621,3 +621,14 @@ def test_a_run_tracked_the_other_way_round_gives_the_same_views_and_groups_map_o
             (g.label, [r.label for r in g.runs]) for g in apart
         ]
     assert len(statistics_groups(groups)) == 3
+
+
+def test_the_views_of_a_run_are_their_own_views():
+    """``statistics_views`` of a view is that view: expanded again, the first view (whose records
+    still hold the other statistics) became two, "run, BatchNorm running stats, BatchNorm running
+    stats" and "run, BatchNorm running stats, BatchNorm batch stats" (round 12's smell)."""
+    views = statistics_views(_run(["running", "batch"], records=_records()))
+    again = [expanded for view in views for expanded in statistics_views(view)]
+    assert [(v.label, v.statistics, _numbers(v)) for v in again] == [
+        (v.label, v.statistics, _numbers(v)) for v in views
+    ]
