@@ -148,7 +148,7 @@ def checkpoint_epoch(path: Path) -> tuple[RunFolder, int] | None:
             target = path.resolve(strict=True)
         except (OSError, RuntimeError):  # a dangling link or a loop of links
             return None
-        return checkpoint_epoch(target) if not target.is_symlink() else None
+        return checkpoint_epoch(target)  # a resolved path is no link: one step of recursion
     return RunFolder(path.parent.parent), epoch
 
 
