@@ -274,7 +274,7 @@ def centered_alignment(kernel: ArrayLike, labels: ArrayLike, *, num_classes: int
 
 
 def _specialization(full: ArrayLike, labels: ArrayLike, num_classes: int | None) -> tuple[np.ndarray, str | None]:
-    """The KSM with NaN in the columns it cannot define, and why the first of them is undefined."""
+    """The KSM with NaN in the columns it cannot define, and why they are undefined (None: none is)."""
     blocks = class_blocks(full)
     k = np.moveaxis(blocks, 0, 2)
     c = blocks.shape[0]

@@ -63,12 +63,9 @@ SPECIALIZATION_KINDS: dict[str, tuple[KernelKind, str]] = {
 """The specialization figures: name → (kernel of the history's records, what it shows), RAT's
 C-NTK (fig. 3), AE-NTK under clean labels "CL" and under adversarial labels "AL" (fig. 4)."""
 
-_MANY_CLASSES = 10
-_UNDEFINED_GREY = "0.8"
-_GREY_NOTES = (
-    "its class has no labelled point",
-    "its class has zero mean alignment",
-)  # more classes: indices, not names, on the axes
+_MANY_CLASSES = 10  # more classes: indices, not names, on the axes
+_UNDEFINED_GREY = "0.8"  # a KSM column that is undefined; why, in the figure's note:
+_GREY_NOTES = ("its class has no labelled point", "its class has zero mean alignment")
 _SAME_EPOCH = 1e-9
 
 
