@@ -185,7 +185,10 @@ def empirical_ntk(
         x1, x2: inputs, NCHW in [0, 1] (any shape the model takes), numpy or torch.
         kind: ``"full"`` (N1, N2, C, C), ``"class-blocks"`` (N1, N2, C): the C diagonal blocks
             only, all that the trace kernel and the specialization metrics need, at 1/C of the
-            full kernel's products; ``"trace"`` (N1, N2) or ``"class:c"`` (N1, N2).
+            full kernel's products; ``"trace"`` (N1, N2): their mean C⁻¹ Σ_c Θ_cc, Loo et al.'s
+            trace kernel (the trace over outputs divided by C); ``"class:c"`` (N1, N2): block c;
+            ``"rademacher:K"`` (N1, N2): an unbiased estimate of ``"trace"`` from K random-sign
+            combinations of the outputs (``seed``).
         batch_stats: BatchNorm with the statistics of the inputs (see the module docstring)
             instead of the running statistics.
         memory_budget: bytes of working memory for Jacobians and activations (the kernel itself,
