@@ -34,6 +34,7 @@ MEASURES = (
 _COLOURS = {key: _colour(i) for i, (key, _) in enumerate(MEASURES)}
 _MASKING = "#D55E00"  # vermillion: the mark of a suspected masking
 _BAR = 0.8  # height of a group's bars together (groups are 1 apart)
+_THIN = 0.02  # a bar narrower than this names its measure beside its value
 
 
 def robust_accuracy_bars(nets: Sequence[EvaluatedNet], path: Path, *, subtitle: str = "") -> None:
@@ -52,16 +53,19 @@ def robust_accuracy_bars(nets: Sequence[EvaluatedNet], path: Path, *, subtitle: 
     height = _BAR / max(len(present), 1)
     for row, net in enumerate(nets):
         accuracy = net.get("accuracy") or {}
-        for i, (key, _) in enumerate(present):
+        for i, (key, name) in enumerate(present):
             value = accuracy.get(key)
             if value is None or not np.isfinite(value):
                 continue
             y = row + (i - (len(present) - 1) / 2) * height
             ax.barh(y, value, height=height * 0.92, color=_COLOURS[key])
-            ax.text(value + 0.01, y, f"{value:.3f}", va="center", fontsize=7)
+            # a bar too thin to show its colour names its measure: four bare "0.000" said not which
+            named = f" {_plain(name)}" if value < _THIN else ""
+            ax.text(value + 0.01, y, f"{value:.3f}{named}", va="center", fontsize=7)
         worst = accuracy.get("worst_case")
         if worst is not None and np.isfinite(worst):
             ax.plot([worst, worst], [row - _BAR / 2, row + _BAR / 2], color="black", linewidth=1.4)
+            ax.text(1.095, row, f"worst\n{worst:.3f}", ha="right", va="center", fontsize=7)
     ax.set_yticks(range(len(nets)), [_net_label(net) for net in nets], fontsize=8)
     for tick, net in zip(ax.get_yticklabels(), nets, strict=True):
         if net.get("masking_suspected"):
@@ -76,8 +80,17 @@ def robust_accuracy_bars(nets: Sequence[EvaluatedNet], path: Path, *, subtitle: 
     if any((net.get("accuracy") or {}).get("worst_case") is not None for net in nets):
         extra.append((Line2D([], [], color="black", linewidth=1.4), "worst case\nover the attacks"))
     _legend(fig, extra=extra)
-    _heading(fig, "Robust accuracy under RobustBench's attacks", subtitle, ref="AutoAttack: Croce & Hein 2020")
+    ran = {key for key, _ in present}
+    _heading(fig, "Robust accuracy under RobustBench's attacks", subtitle, ref=_references(ran))
     _save(fig, path)
+
+
+def _references(measures: set[str]) -> str:
+    """The papers of the attacks drawn: AutoAttack's only when it ran."""
+    papers = ["PGD: Madry et al. 2018"] if measures & {"pgd-20", "pgd-100"} else []
+    papers += ["CW loss: Carlini & Wagner 2017"] if "cw-100" in measures else []
+    papers += ["AutoAttack: Croce & Hein 2020"] if "autoattack" in measures else []
+    return "; ".join(papers)
 
 
 def _net_label(net: EvaluatedNet) -> str:

@@ -41,3 +41,35 @@ def test_a_record_with_fewer_measures_or_none_is_drawn(tmp_path, assert_real_png
     assert_real_png(tmp_path / "partial.png", colours=5)
     plots.robust_accuracy_bars([], tmp_path / "none.png")
     assert_real_png(tmp_path / "none.png", min_bytes=4000, colours=3)
+
+
+def test_the_references_follow_the_attacks_and_thin_bars_and_the_worst_case_are_named(tmp_path, monkeypatch):
+    """A newcomer's run of ``--attacks pgd-20,pgd-100,cw-100`` (2026-12-06): the figure cited
+    AutoAttack, which had not run; a standard net's three bars at 0.000 had no width, so their
+    values said not which attack was which; the worst case was a line without its number."""
+    import ntkrobust.plots.evaluation as evaluation
+    from ntkrobust.plots._style import _heading
+
+    headings: list[str] = []
+    texts: list[list[str]] = []
+    save = evaluation._save
+    monkeypatch.setattr(
+        evaluation,
+        "_heading",
+        lambda fig, title, subtitle, ref: (headings.append(ref), _heading(fig, title, subtitle, ref=ref)),
+    )
+    monkeypatch.setattr(
+        evaluation,
+        "_save",
+        lambda fig, path: (texts.append([t.get_text() for ax in fig.axes for t in ax.texts]), save(fig, path)),
+    )
+    standard = {"clean": 0.96, "pgd-20": 0.0, "pgd-100": 0.0, "cw-100": 0.0, "worst_case": 0.0}
+    robust = {"clean": 0.905, "pgd-20": 0.555, "pgd-100": 0.55, "cw-100": 0.535, "worst_case": 0.495}
+    nets = [{"label": "standard", "accuracy": standard}, {"label": "pgd", "accuracy": robust}]
+    plots.robust_accuracy_bars(nets, tmp_path / "gradient.png")
+    assert headings[-1] == "PGD: Madry et al. 2018; CW loss: Carlini & Wagner 2017"
+    assert {"0.000 PGD-20", "0.000 PGD-100", "0.000 CW-100 (ℓ∞)", "0.555", "worst\n0.000", "worst\n0.495"} <= set(
+        texts[-1]
+    )
+    plots.robust_accuracy_bars([{"label": "pgd", "accuracy": ALL}], tmp_path / "all.png")
+    assert headings[-1].endswith("AutoAttack: Croce & Hein 2020")

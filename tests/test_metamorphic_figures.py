@@ -958,7 +958,7 @@ def test_nets_in_another_order_keep_each_bar_value_text_and_masking_mark(tmp_pat
         worst = {labels[round(np.mean(line.get_ydata()))]: line.get_xdata()[0] for line in ax.lines}
         masked = sorted(t.get_text().split("\n")[0] for t in ax.get_yticklabels() if hexed(t.get_color()) == "#d55e00")
         read.append((bars_by_label(ax, labels, measures), worst, masked))
-    assert read[0][0] == read[1][0] and len(read[0][0]) == 2 * 9
+    assert read[0][0] == read[1][0] and len(read[0][0]) == 2 * 9 + 2  # bars, values, two worst-case numbers
     assert read[0][1] == read[1][1] == {"fast": 0.12, "robust": 0.47}
     assert read[0][2] == read[1][2] == ["fast"]
 

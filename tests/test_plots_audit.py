@@ -64,7 +64,9 @@ def test_the_worst_case_is_in_the_legend_only_when_recorded(tmp_path, drawn):
     plots.robust_accuracy_bars(nets, tmp_path / "worst.png")
     texts = [t.get_text() for t in drawn["worst.png"].legends[0].get_texts()]
     assert texts == ["clean", "worst case\nover the attacks"]
-    assert "AutoAttack: Croce & Hein 2020" in subtitle_of(drawn["worst.png"])  # the reference in the subtitle
+    nets = [{"label": "net", "accuracy": {"clean": 0.9, "autoattack": 0.4, "worst_case": 0.4}}]
+    plots.robust_accuracy_bars(nets, tmp_path / "autoattack.png")
+    assert "AutoAttack: Croce & Hein 2020" in subtitle_of(drawn["autoattack.png"])  # the reference in the subtitle
 
 
 # -- eigen-features --------------------------------------------------------------------------------
