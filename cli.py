@@ -172,7 +172,7 @@ def _run_and_save(args: argparse.Namespace, module: Any, settings: Any, rank: in
 
         warnings.showwarning = say
         result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
-        result.save(args.out)
+        result.save(args.out, overwrite=True)  # --out and --force were checked before the compute
     summary = result.summary()
     if rank is not None:
         from ntkrobust.bridge import distributed

@@ -186,7 +186,7 @@ class StepStore:
         if step.study == "train":
             settings = dataclasses.replace(settings, resume=resume, force=False)
         result = module.run(settings, progress=progress, argv=None)
-        result.save(folder)
+        result.save(folder, overwrite=True)  # the step's own folder
         seconds = time.perf_counter() - clock
         said = _warnings(result.record)
         record = {

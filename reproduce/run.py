@@ -283,7 +283,8 @@ class ReproduceResult(StudyResult):
 
     out: Path = field(kw_only=True)
 
-    def save(self, out: str | Path) -> Path:
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """The report in the reproduction's own folder (``overwrite``: the folder is its own)."""
         from ntkrobust.reproduce.report import write_report
 
         write_report(Path(out), self.record)

@@ -231,10 +231,19 @@ class StudyResult:
     def summary(self) -> str:
         raise NotImplementedError
 
-    def save(self, out: str | Path) -> Path:
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """The files in folder ``out`` (made if missing), all or none. A folder that holds files
+        already is refused (``StudyError``) unless ``overwrite``: then these files replace those
+        of the same names and the others stay, as the command line's ``--force`` does (a second
+        study saved into the first's folder left a mix, one's results beside the other's figure)."""
         from ntkrobust.bridge.files import write_json
 
         out = Path(out)
+        if not overwrite and out.is_dir() and any(out.iterdir()):
+            raise StudyError(
+                f"{out} holds files already: save(out, overwrite=True) replaces those of the same names, "
+                "or choose an empty or new folder"
+            )
         staged = None
         try:  # an interrupt at any point leaves no staging folder behind (a kill: the next run removes it)
             staged = StagedOutput(out)

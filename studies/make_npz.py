@@ -22,10 +22,13 @@ class MakeNpzResult:
 
     dataset: Any
 
-    def save(self, out: str | Path) -> Path:
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """The file ``out``; an existing one is refused (``StudyError``) unless ``overwrite``."""
         from ntkrobust.bridge.data import save_dataset_npz
         from ntkrobust.bridge.files import write_atomically
 
+        if not overwrite and Path(out).exists():
+            raise StudyError(f"{out} exists: save(out, overwrite=True) replaces it")
         return write_atomically(out, lambda temporary: save_dataset_npz(self.dataset, temporary))
 
     def summary(self) -> str:

@@ -63,8 +63,9 @@ class TrainResult(StudyResult):
     out: Path
     label: str
 
-    def save(self, out: str | Path) -> Path:
-        """The run folder is complete once ``run`` returns; it cannot move elsewhere."""
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """The run folder is complete once ``run`` returns; it cannot move elsewhere (``overwrite``:
+        nothing to overwrite)."""
         if Path(out).resolve() != self.out.resolve():
             raise StudyError(f"a training run lives in its own folder {self.out}, not in {out}")
         return self.out
@@ -308,8 +309,9 @@ class SeedsResult(StudyResult):
     out: Path
     runs: list[TrainResult]
 
-    def save(self, out: str | Path) -> Path:
-        """Every run is in place once ``run`` returns; ``seeds.json`` summarises them."""
+    def save(self, out: str | Path, *, overwrite: bool = False) -> Path:
+        """Every run is in place once ``run`` returns; ``seeds.json`` summarises them (``overwrite``:
+        the folder is theirs)."""
         from ntkrobust.bridge.files import write_json
 
         if Path(out).resolve() != self.out.resolve():

@@ -43,7 +43,7 @@ class Study:
             def __init__(self) -> None:
                 self.record = record
 
-            def save(self, folder: Path) -> None:
+            def save(self, folder: Path, *, overwrite: bool = False) -> None:
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "results.json").write_text(json.dumps(record))
                 (folder / "figure.png").write_bytes(b"png")

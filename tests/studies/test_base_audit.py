@@ -219,6 +219,24 @@ def test_a_json_that_cannot_be_written_leaves_nothing_in_out(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_with_files_is_refused_unless_overwrite(tmp_path):
+    """A newcomer's ``AttackResult.save`` into an ``evaluate`` folder replaced its results.json and
+    left its robust_accuracy.png: one study's results beside another's figure. Now a folder that
+    holds files is refused, nothing written; ``overwrite=True`` (the command line's ``--force``)
+    replaces the files of the same names. An empty folder is as good as a new one."""
+    out = tmp_path / "run"
+    out.mkdir()
+    _Result({"command": "x"}).save(out)  # empty: fine
+    (out / "robust_accuracy.png").write_bytes(b"png")
+    with pytest.raises(StudyError, match=r"holds files already: save\(out, overwrite=True\)"):
+        _Result({"command": "y"}).save(out)
+    assert json.loads((out / "results.json").read_text()) == {"command": "x"}  # untouched
+    _Result({"command": "y"}).save(out, overwrite=True)
+    assert json.loads((out / "results.json").read_text()) == {"command": "y"}
+    assert sorted(p.name for p in out.iterdir()) == ["array.txt", "results.json", "robust_accuracy.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left by the refusal
+
+
 # --- the settings and steps the studies share ---------------------------------------------------
 
 

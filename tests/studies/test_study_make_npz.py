@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ntkrobust.studies import DataSettings, attack, make_npz
+from ntkrobust.studies import DataSettings, StudyError, attack, make_npz
 from ntkrobust.studies.make_npz import MakeNpzSettings
 
 
@@ -45,3 +45,15 @@ def test_a_split_too_small_to_hold_every_class_is_refused(refuses, tmp_path):
     refuses(make_npz, MakeNpzSettings(data=DataSettings(n_test=5)), message)
     made = make_npz.run(MakeNpzSettings(data=DataSettings(n_test=10))).save(tmp_path / "ten.npz")
     assert attack.run(attack.AttackSettings(data=DataSettings(data=str(made)))).record["config"]["n_test"] == 10
+
+
+def test_an_existing_file_is_replaced_only_when_asked(tmp_path):
+    """``MakeNpzResult.save`` refuses an existing file (it replaced it silently), as the command
+    line does without ``--force``; ``overwrite=True`` replaces it."""
+    result = make_npz.run(MakeNpzSettings(data=DataSettings(n_test=10)))
+    (tmp_path / "data.npz").write_bytes(b"mine")
+    with pytest.raises(StudyError, match=r"exists: save\(out, overwrite=True\) replaces it"):
+        result.save(tmp_path / "data.npz")
+    assert (tmp_path / "data.npz").read_bytes() == b"mine"
+    result.save(tmp_path / "data.npz", overwrite=True)
+    assert (tmp_path / "data.npz").read_bytes() != b"mine"
