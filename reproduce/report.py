@@ -136,6 +136,7 @@ def render_markdown(report: Mapping[str, Any], out: Path | None = None) -> str:
     base = Path(out if out is not None else report.get("reproduction", {}).get("out", "."))
     findings = list(report.get("findings", []))
     parts = [f"# ntkrobust reproduction: {_target(report)}", "", _meta_line(report), ""]
+    parts += [f"**{_caveat(report)}**", ""] if _caveat(report) else []
     parts += ["## Summary", "", summary_table_markdown(report), _counts_text(findings), ""]
     for finding in findings:
         parts += _markdown_section(finding, base)
@@ -153,6 +154,7 @@ def render_html(report: Mapping[str, Any], out: Path) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_h(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>",
         f'<h1>{_h(title)}</h1>\n<p class="meta">{_h(_meta_line(report))}</p>',
+        f"<p><b>{_h(_caveat(report))}</b></p>" if _caveat(report) else "",
         "<h2>Summary</h2>",
         _html_summary(findings, anchors),
         f"<p>{_h(_counts_text(findings))}</p>",
@@ -183,6 +185,17 @@ def _measured(finding: Mapping[str, Any]) -> str:
 def _target(report: Mapping[str, Any]) -> str:
     rep = report.get("reproduction", {})
     return f"{rep.get('target', '?')} at scale {rep.get('scale', '?')}"
+
+
+def _caveat(report: Mapping[str, Any]) -> str:
+    """What a scale's verdicts are worth, where they are worth little: smoke's tiny runs check that
+    every recipe runs, and a newcomer read its "agrees" as a finding."""
+    if report.get("reproduction", {}).get("scale") == "smoke":
+        return (
+            "Scale smoke: tiny runs on scikit-learn's digits that check that every recipe runs; its verdicts "
+            "say nothing about the papers' claims (--scale cpu or paper measures them)."
+        )
+    return ""
 
 
 def _meta_line(report: Mapping[str, Any]) -> str:

@@ -425,3 +425,16 @@ def test_kept_and_warned_findings_say_so_everywhere(out: Path) -> None:
     assert f"<p><b>Measured here.</b> {note.replace(chr(39), '&#x27;')}</p>" in found["tk-a"]
     assert "<li><b>mnist-train</b>: loss rose in epoch 2</li>" in found["tk-b"]
     assert "warned" not in found["tk-a"] + found["tk-c"]
+
+
+def test_a_smoke_report_says_its_verdicts_are_no_evidence(out):
+    """A newcomer read a smoke report's plain "✓ agrees" as a finding (2026-12-06): the README says
+    smoke only checks that recipes run, the report did not. Now both renderings say it under the
+    title, and a cpu report does not."""
+    report = make_report([finding("tk-a", "agrees")], out)
+    caveat = "that check that every recipe runs; its verdicts say nothing about the papers"
+    markdown, html = render_markdown(report), render_html(report, out)
+    assert caveat in markdown and markdown.index(caveat) < markdown.index("## Summary")
+    assert caveat in html and html.index(caveat) < html.index("<h2>Summary</h2>")
+    report["reproduction"]["scale"] = "cpu"
+    assert "Scale smoke" not in render_markdown(report) and "Scale smoke" not in render_html(report, out)
