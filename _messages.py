@@ -8,10 +8,19 @@ from __future__ import annotations
 
 
 def first_line(error: BaseException, limit: int | None = None) -> str:
-    """An error's message as one line (its first, cut to ``limit`` characters), or its type's
-    name when it has none."""
+    """An error's message as one line (its first), or its type's name when it has none. Longer
+    than ``limit`` characters, it is cut after its last whole sentence that fits, else its last
+    whole word, and ends in "…" ("… file not found. This is )" was cut mid-sentence)."""
     text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+    line = text.splitlines()[0] if text else type(error).__name__
+    if limit is None or len(line) <= limit:
+        return line
+    cut = line[: limit - 1]
+    sentence = cut.rfind(". ")
+    if sentence >= limit // 2:
+        return cut[: sentence + 1] + " …"
+    word = cut.rfind(" ")
+    return (cut[:word] if word >= limit // 2 else cut).rstrip(" ,;:") + "…"
 
 
 #: class names and run labels go into one-line messages, legends, titles and CSV rows

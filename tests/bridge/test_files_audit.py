@@ -273,7 +273,13 @@ def test_a_long_loader_message_is_cut_at_a_word(tmp_path):
 
 def test_first_line_of_an_error():
     assert first_line(ValueError("\n  what went wrong\nand a paragraph")) == "what went wrong"
-    assert first_line(ValueError("what went wrong\nand more"), 4) == "what"
+    assert first_line(ValueError("what went wrong\nand more"), 15) == "what went wrong"  # fits: whole
+    assert first_line(ValueError("what went wrong\nand more"), 4) == "wha…"  # no word fits: cut in it
+    # torch's message under a limit of 80 ended "file not found. This is )" inside a parenthesis
+    said = "PytorchStreamReader failed locating file constants.pkl: file not found. This is a zip file"
+    assert first_line(RuntimeError(said), 80) == said[: said.index(" This")] + " …"
+    assert first_line(ValueError("one two three four five six"), 16) == "one two three…"
+    assert all(len(first_line(ValueError("x " * 50), n)) <= n for n in range(2, 60))
     assert first_line(ValueError("")) == "ValueError"
     assert first_line(KeyError()) == "KeyError"
     assert first_line(OSError("  \n ")) == "OSError"
