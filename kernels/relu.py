@@ -85,8 +85,10 @@ def angle(sine_part: jnp.ndarray, cosine_part: jnp.ndarray) -> jnp.ndarray:
 @angle.defjvp
 def _angle_jvp(primals, tangents):  # type: ignore[no-untyped-def]
     (s, c), (ds, dc) = primals, tangents
-    denom = jnp.maximum(s * s + c * c, 1e-30)
-    return angle(s, c), (c * ds - s * dc) / denom
+    # 0 only where s = c = 0 (π/2 by convention, derivative 0). No absolute floor: θ is scale-free,
+    # and a floor of 1e-30 shrank the derivative of inputs with ‖x‖‖x'‖ < 1e-15 (two-layer, x ~ 1e-8).
+    denom = s * s + c * c
+    return angle(s, c), jnp.where(denom > 0, (c * ds - s * dc) / jnp.where(denom > 0, denom, 1.0), 0.0)
 
 
 def pairwise_dots(x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
@@ -130,7 +132,9 @@ def safe_sqrt(x: jnp.ndarray) -> jnp.ndarray:
 def _safe_sqrt_jvp(primals, tangents):  # type: ignore[no-untyped-def]
     (x,), (dx,) = primals, tangents
     root = safe_sqrt(x)
-    return root, jnp.where(x > 1e-30, dx / (2 * jnp.where(x > 1e-30, root, 1.0)), 0.0)
+    # x > 0, not an absolute floor: ``sine_part`` already sends rounding to exactly 0, and a floor
+    # zeroed the derivative of every entry of tiny inputs (gap < 1e-30: ‖x‖‖x'‖ ~ 1e-16)
+    return root, jnp.where(x > 0, dx / (2 * jnp.where(x > 0, root, 1.0)), 0.0)
 
 
 #: Σ₁₁Σ₂₂ − Σ² of identical inputs measures up to ~24ε·Σ₁₁Σ₂₂ (MNIST, CIFAR-10, digits and
@@ -184,7 +188,7 @@ def _relu_step_fwd(S, T, d1, d2):  # type: ignore[no-untyped-def]
 def _relu_step_bwd(residuals, cotangents):  # type: ignore[no-untyped-def]
     S, T, P, root, kappa, d1, d2 = residuals
     gS_out, gT_out = cotangents
-    smooth = root > 1e-30
+    smooth = root > 0  # the kink is exactly r = 0 (``sine_part``); no absolute floor: Θ is homogeneous
     inv_root = jnp.where(smooth, 1.0 / jnp.where(smooth, root, 1.0), 0.0)
     inv_P = 1.0 / jnp.where(P > 0, P, 1.0)
     g_S = kappa * gS_out + T * inv_root * gT_out / (2 * math.pi)
@@ -283,7 +287,7 @@ def _relu_step_forward_jvp(primals, tangents):  # type: ignore[no-untyped-def]
     P = d1 * d2
     root = sine_part(P, S)
     kappa = 0.5 - angle(root, S) / (2 * math.pi)
-    smooth = root > 1e-30
+    smooth = root > 0  # the kink is exactly r = 0 (``sine_part``); no absolute floor: Θ is homogeneous
     inv_root = jnp.where(smooth, 1.0 / jnp.where(smooth, root, 1.0), 0.0)
     # dP/P on the diagonals' vectors, not per entry; 0 for a zero diagonal (an all-zero input
     # without bias), whose entries all sit on the kink
