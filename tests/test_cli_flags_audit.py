@@ -243,7 +243,7 @@ class _Recorded:
         recorded = self
 
         class Result:
-            def save(self, out):
+            def save(self, out, *, overwrite=False):
                 recorded.saved.append(Path(out))
 
             def summary(self):

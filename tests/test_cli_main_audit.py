@@ -312,7 +312,7 @@ class _Result:
     def __init__(self, summary):
         self.text = summary
 
-    def save(self, out):
+    def save(self, out, *, overwrite=False):
         out.mkdir()
         (out / "results.json").write_text("{}")
 

@@ -38,7 +38,7 @@ class FakeResult:
     def __init__(self, record: dict[str, Any]):
         self.record = record
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, *, overwrite: bool = False) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "results.json").write_text(json.dumps(self.record))
         (folder / "figure.png").write_bytes(b"png " + str(self.record["value"]).encode())
@@ -128,10 +128,10 @@ def test_the_seconds_include_saving_the_step(ctx: Context, fake: Recorder, monke
     saves: list[Path] = []
     real_save = FakeResult.save
 
-    def counted_save(self: FakeResult, folder: Path) -> None:
+    def counted_save(self: FakeResult, folder: Path, *, overwrite: bool = False) -> None:
         next(ticks)
         saves.append(folder)
-        real_save(self, folder)
+        real_save(self, folder, overwrite=overwrite)
 
     monkeypatch.setattr(FakeResult, "save", counted_save)
     run = StepStore(ctx).run(step(), progress=False, position="")
@@ -277,7 +277,7 @@ def train(monkeypatch: pytest.MonkeyPatch) -> Recorder:
             def __init__(self) -> None:
                 self.record: dict[str, Any] = {"epochs": []}
 
-            def save(self, folder: Path) -> None:
+            def save(self, folder: Path, *, overwrite: bool = False) -> None:
                 (folder / "history.json").write_text(json.dumps(self.record))
 
         return Saved()
