@@ -82,13 +82,17 @@ def angle(sine_part: jnp.ndarray, cosine_part: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(both_zero, math.pi / 2, theta)
 
 
+def _ratio_or_zero(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
+    """num / den where den > 0, else 0; the inner ``where`` keeps a NaN out of the unused branch."""
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
 @angle.defjvp
 def _angle_jvp(primals, tangents):  # type: ignore[no-untyped-def]
     (s, c), (ds, dc) = primals, tangents
     # 0 only where s = c = 0 (π/2 by convention, derivative 0). No absolute floor: θ is scale-free,
     # and a floor of 1e-30 shrank the derivative of inputs with ‖x‖‖x'‖ < 1e-15 (two-layer, x ~ 1e-8).
-    denom = s * s + c * c
-    return angle(s, c), jnp.where(denom > 0, (c * ds - s * dc) / jnp.where(denom > 0, denom, 1.0), 0.0)
+    return angle(s, c), _ratio_or_zero(c * ds - s * dc, s * s + c * c)
 
 
 def pairwise_dots(x1: jnp.ndarray, x2: jnp.ndarray) -> jnp.ndarray:
@@ -134,7 +138,7 @@ def _safe_sqrt_jvp(primals, tangents):  # type: ignore[no-untyped-def]
     root = safe_sqrt(x)
     # x > 0, not an absolute floor: ``sine_part`` already sends rounding to exactly 0, and a floor
     # zeroed the derivative of every entry of tiny inputs (gap < 1e-30: ‖x‖‖x'‖ ~ 1e-16)
-    return root, jnp.where(x > 0, dx / (2 * jnp.where(x > 0, root, 1.0)), 0.0)
+    return root, _ratio_or_zero(dx, 2 * root)  # root > 0 exactly where x > 0
 
 
 #: Σ₁₁Σ₂₂ − Σ² of identical inputs measures up to ~24ε·Σ₁₁Σ₂₂ (MNIST, CIFAR-10, digits and
@@ -259,10 +263,6 @@ def fully_connected_dot_ntk(
     for _ in range(dots.ndim):
         entry = jax.vmap(entry)
     return entry(dots, sq1, sq2)
-
-
-def _ratio_or_zero(num: jnp.ndarray, den: jnp.ndarray) -> jnp.ndarray:
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
 @jax.custom_jvp

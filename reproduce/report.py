@@ -135,8 +135,9 @@ def render_markdown(report: Mapping[str, Any], out: Path | None = None) -> str:
     """report.md's text; figure paths are relative to ``out`` (default: the report's own ``out``)."""
     base = Path(out if out is not None else report.get("reproduction", {}).get("out", "."))
     findings = list(report.get("findings", []))
+    caveat = _caveat(report)
     parts = [f"# ntkrobust reproduction: {_target(report)}", "", _meta_line(report), ""]
-    parts += [f"**{_caveat(report)}**", ""] if _caveat(report) else []
+    parts += [f"**{caveat}**", ""] if caveat else []
     parts += ["## Summary", "", summary_table_markdown(report), _counts_text(findings), ""]
     for finding in findings:
         parts += _markdown_section(finding, base)
@@ -149,12 +150,13 @@ def render_html(report: Mapping[str, Any], out: Path) -> str:
     findings = list(report.get("findings", []))
     anchors = _anchors(findings)
     title = f"ntkrobust reproduction: {_target(report)}"
+    caveat = _caveat(report)
     parts = [
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_h(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>",
         f'<h1>{_h(title)}</h1>\n<p class="meta">{_h(_meta_line(report))}</p>',
-        f"<p><b>{_h(_caveat(report))}</b></p>" if _caveat(report) else "",
+        f"<p><b>{_h(caveat)}</b></p>" if caveat else "",
         "<h2>Summary</h2>",
         _html_summary(findings, anchors),
         f"<p>{_h(_counts_text(findings))}</p>",

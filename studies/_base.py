@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkrobust.studies._errors import StudyError, StudyWarning
-from ntkrobust.studies._output import StagedOutput, check_out_dir
+from ntkrobust.studies._output import StagedOutput, check_out_dir, holds_files
 
 __all__ = [
     "Clock",
@@ -239,7 +239,7 @@ class StudyResult:
         from ntkrobust.bridge.files import write_json
 
         out = Path(out)
-        if not overwrite and out.is_dir() and any(out.iterdir()):
+        if not overwrite and holds_files(out):
             raise StudyError(
                 f"{out} holds files already: save(out, overwrite=True) replaces those of the same names, "
                 "or choose an empty or new folder"

@@ -126,12 +126,18 @@ def _refuse_dangling_link(path: Path, flag: str) -> None:
         raise StudyError(f"{flag} {path} is a link to {os.readlink(path)}, which does not exist")
 
 
+def holds_files(out: Path) -> bool:
+    """Whether ``out`` is a folder with anything in it (what ``--out`` without ``--force`` and
+    ``StudyResult.save`` without ``overwrite`` refuse)."""
+    return out.is_dir() and any(out.iterdir())
+
+
 def check_out_dir(out: Path, force: bool) -> None:
     """Refuse an ``out`` that is a file, a non-empty folder unless ``force``, or that cannot be
     created."""
     if out.exists() and not out.is_dir():
         raise StudyError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(p for p in out.iterdir()) and not force:
+    if holds_files(out) and not force:
         raise StudyError(f"--out {out} exists and is not empty (use --force to overwrite)")
     check_writable(out, "--out")
 
