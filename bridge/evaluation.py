@@ -30,9 +30,7 @@ Shapes: x (N, C, H, W) in [0, 1] on the model's device; y (N,) int64 output indi
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntkrobust.attacks import evaluation_schedule
-from ntkrobust.bridge.adversarial import adversarial_examples, in_batches, predict
+from ntkrobust.bridge._autoattack import autoattack_correct
+from ntkrobust.bridge.adversarial import adversarial_examples, predict
 
 __all__ = [
     "EVALUATION_ATTACKS",
@@ -113,72 +112,6 @@ def autoattack_attacks(classes: int) -> list[str]:
     return ["apgd-ce", "apgd-dlr" if classes == 3 else "apgd-t", "fab-t", "square"]
 
 
-def _autoattack_correct(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    seed: int,
-    batch_size: int,
-    across_processes: bool,
-    parts: Sequence[str] | None = None,
-) -> np.ndarray:
-    """AutoAttack on each batch of ``batch_size`` points as a run of its own, seeded by
-    ``seed`` + its first row: a point's verdict depends on its batch alone, so the batches can be
-    shared between the processes of a torchrun launch (each of AutoAttack's attacks reseeds
-    torch's generator per batch anyway). For at most ``batch_size`` points, one run with ``seed``:
-    exactly AutoAttack's ``run_standard_evaluation``. ``parts``: AutoAttack's attacks to run
-    (pyautoattack's names), by default its standard version's (``autoattack_attacks``)."""
-    from pyautoattack import AutoAttack
-
-    classes = int(model(x[:1]).shape[1])
-    attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
-    attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = min(9, classes - 1)
-    attack.attacks_to_run = autoattack_attacks(classes) if parts is None else list(parts)
-
-    def survived(rows: slice) -> torch.Tensor:
-        attack.seed = seed + rows.start  # each attack takes its seed from here (AutoAttack.get_seed)
-        points = f"points {rows.start}-{rows.start + x[rows].shape[0] - 1} of {x.shape[0]}"
-        with _autoattack_progress(points if x.shape[0] > batch_size else None):
-            x_adv, _ = attack.run_standard_evaluation(x[rows], y[rows], batch_size=batch_size)
-        return (predict(model, x_adv) == y[rows]).long()
-
-    flags = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    return in_batches(survived, flags, batch_size=batch_size, across_processes=across_processes).bool().cpu().numpy()
-
-
-class _Forward(logging.Handler):
-    """AutoAttack's own account of its attacks (a line per attack and batch, at DEBUG level),
-    passed on as progress lines of the ``ntkrobust`` logger: its runs take minutes on a CPU."""
-
-    def __init__(self, points: str | None) -> None:
-        super().__init__()
-        self.prefix = "AutoAttack" if points is None else f"AutoAttack, {points}"
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "successfully perturbed" in message or message.startswith("robust accuracy after"):
-            logging.getLogger("ntkrobust").info(f"{self.prefix}: {message}")
-
-
-@contextlib.contextmanager
-def _autoattack_progress(points: str | None) -> Iterator[None]:
-    """AutoAttack's progress lines as the ``ntkrobust`` logger's, labelled with the ``points`` a
-    run attacks when it is one of several."""
-    logger = logging.getLogger("auto-attack")
-    handler, saved = _Forward(points), (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    logger.propagate = False  # its other lines (checks, versions) are not the user's business
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-
 def robust_correct(
     model: nn.Module,
     x: torch.Tensor,
@@ -192,6 +125,7 @@ def robust_correct(
     on_attack: Callable[[str, float], None] | None = None,
     across_processes: bool = False,
     autoattack_parts: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per point, whether ``model`` (eval mode) still classifies it correctly: ``clean`` and
     under each of ``attacks`` (ℓ∞, radius ``eps``); ``on_attack(name, accuracy)`` after each.
@@ -199,7 +133,8 @@ def robust_correct(
     and every process gets every point's verdict, the one a single process finds (the batches and
     their seeds do not depend on the number of processes). ``autoattack_parts``: AutoAttack's
     attacks to run (pyautoattack's names, e.g. ``["square"]``), by default the standard version's
-    for the net's classes (``autoattack_attacks``)."""
+    for the net's classes (``autoattack_attacks``). ``progress``: AutoAttack's parts count their
+    iterations and queries in bars in a terminal, else in a line a minute (``bridge._autoattack``)."""
     unknown = [a for a in attacks if a not in EVALUATION_ATTACKS]
     if unknown:
         raise ValueError(f"unknown evaluation attack {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
@@ -211,9 +146,10 @@ def robust_correct(
     result = {"clean": _correct(net, x, y, across_processes)}
     for name in attacks:
         if name == "autoattack":
-            result[name] = _autoattack_correct(
-                net, x, y, eps=eps, seed=seed, batch_size=batch_size, across_processes=across_processes,
-                parts=autoattack_parts,
+            parts = autoattack_attacks(int(net(x[:1]).shape[1])) if autoattack_parts is None else autoattack_parts
+            result[name] = autoattack_correct(
+                net, x, y, eps=eps, seed=seed, batch_size=batch_size, parts=parts,
+                across_processes=across_processes, progress=progress,
             )  # fmt: skip
         else:
             method, steps = name.split("-")

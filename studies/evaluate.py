@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ntkrobust._numbers import pixel_radius
+from ntkrobust._progress import progress_iter
 from ntkrobust.studies._base import (
     Clock,
     StagedOutput,
@@ -131,7 +132,7 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
     y = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)
     clock.mark("nets", f"data and {len(nets)} net(s) loaded")
     rows = []
-    for net in nets:
+    for net in progress_iter(nets, "evaluate", "net", show=progress):
         model = net.model.to(device=device, dtype=torch.float32).eval()
 
         def said(name: str, accuracy: float, label: str = net.label) -> None:
@@ -139,7 +140,7 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
 
         correct = robust_correct(
             model, x.float(), y, eps=eps, channels=channels, attacks=settings.attacks, on_attack=said,
-            seed=settings.data.seed, batch_size=settings.batch_size, across_processes=True,
+            seed=settings.data.seed, batch_size=settings.batch_size, across_processes=True, progress=progress,
         )  # fmt: skip
         accuracy = accuracies(correct)
         rows.append(

@@ -436,7 +436,7 @@ def _train(settings: TrainSettings, progress: bool, argv: list[str] | None) -> T
             raise StudyError(f"at initialisation, {err}: the starting weights do this; nothing was written") from None
         raise StudyError(f"{err}: the run diverged; try a smaller --lr (the finished epochs are kept)") from None
     if settings.final_eval == "autoattack":
-        history["final_evaluation"] = _final_evaluation(settings, net["model"], data, threat.eps, device)
+        history["final_evaluation"] = _final_evaluation(settings, net["model"], data, threat.eps, device, progress)
     untrained = _near_chance(history, len(data.classes))
     warn(history["warnings"], untrained)
     on_gpu = gpu_record()  # the history's own: each seed of --seeds counts its peak from its start
@@ -478,7 +478,9 @@ def _discard_unfinished(run: Any, existed: bool) -> None:
         run.path.rmdir()
 
 
-def _final_evaluation(settings: TrainSettings, model: Any, data: Any, eps: float, device: Any) -> dict[str, Any]:
+def _final_evaluation(
+    settings: TrainSettings, model: Any, data: Any, eps: float, device: Any, progress: bool = False
+) -> dict[str, Any]:
     """RobustBench's attacks (``bridge.evaluation``) on --eval-n class-balanced test points."""
     import torch
 
@@ -499,6 +501,7 @@ def _final_evaluation(settings: TrainSettings, model: Any, data: Any, eps: float
         model, x, y, eps=eps, channels=data.image_shape[0], seed=settings.data.seed,
         on_attack=lambda name, accuracy: log.info(f"final evaluation: {name} {accuracy:.3f}"),
         across_processes=True,  # under torchrun each process attacks its share of the batches
+        progress=progress,
     )  # fmt: skip
     accuracy = accuracies(correct)
     return {
