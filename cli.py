@@ -37,7 +37,7 @@ from ntkrobust._cli_commands import _ABOUT, COMMANDS
 from ntkrobust._cli_flags import ARCHITECTURES, MODELS, PROG, UsageError, _Parser
 from ntkrobust._messages import first_line
 from ntkrobust.attacks.spec import METHODS, NET_METHODS
-from ntkrobust.studies._base import StudyError, StudyWarning, checked_together
+from ntkrobust.studies._base import StudyError, StudyWarning, checked_together, partial_result
 from ntkrobust.studies._common import quiet_torch_warnings
 from ntkrobust.studies._output import OutputLock, check_name_length, check_out_dir, check_out_file, check_writable
 from ntkrobust.studies.train import AUGMENTATIONS, INITIALISATIONS, TRAINING_MODES
@@ -171,7 +171,11 @@ def _run_and_save(args: argparse.Namespace, module: Any, settings: Any, rank: in
                 shown(message, category, *rest, **kw)
 
         warnings.showwarning = say
-        result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
+        try:
+            result = module.run(settings, progress=not args.quiet and sys.stderr.isatty(), argv=args.argv)
+        except BaseException as err:
+            _save_finished_part(args, err)
+            raise
         result.save(args.out, overwrite=True)  # --out and --force were checked before the compute
     summary = result.summary()
     if rank is not None:
@@ -326,8 +330,29 @@ def _terminate(signum: int, frame: Any) -> NoReturn:
     raise _Terminated
 
 
+def _save_finished_part(args: argparse.Namespace, err: BaseException) -> None:
+    """The part of the study that finished before ``err`` stopped it (``evaluate``'s nets), saved
+    into ``--out`` (checked and locked before the compute); ``_resumable`` then says so. Saved all
+    or nothing: where saving fails too (a full disk), ``err`` is what the user hears about."""
+    finished = partial_result(err)
+    if finished is not None:
+        with contextlib.suppress(Exception):
+            finished.save(args.out, overwrite=True)
+            args.saved_finished_part = True
+
+
+def _kept(args: Any) -> str:
+    """What to tell about a study's finished part, where ``_save_finished_part`` saved it."""
+    if getattr(args, "saved_finished_part", False):
+        return f"; the nets evaluated before it stopped are saved in {args.out} (results.json lists the others)"
+    return ""
+
+
 def _resumable(args: Any) -> str:
-    """What to tell about a training run that stopped early (it resumes from its last epoch)."""
+    """What to tell about a run that stopped early: a training run resumes from its last epoch,
+    reproduce from its last step; an evaluation kept the nets it finished."""
+    if kept := _kept(args):
+        return kept
     if getattr(args, "command", None) == "train" and (args.out / "config.json").is_file():
         return f"; the run in {args.out} stays resumable: run the same command with --resume"
     if getattr(args, "command", None) == "reproduce" and args.out is not None and (args.out / "steps").is_dir():
@@ -371,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, StudyError, FloatingPointError) as err:  # the last: a kernel or loss not finite
         if args is None and _later_rank():  # flags every process of a launch refuses alike: rank 0 says why
             return 2
-        print(f"{_speaker()}: error: {err}", file=sys.stderr)
+        print(f"{_speaker()}: error: {err}{_kept(args)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:
         if not _out_of_memory(err):
@@ -393,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as err:
         if not _stopped_with_another(err):
+            if kept := _kept(args):  # before the traceback: what of the run is kept
+                print(f"{_speaker()}: stopped by the error below{kept}", file=sys.stderr)
             raise
         return 2  # another process of the launch failed a check and said why
     except (KeyboardInterrupt, _Terminated) as err:

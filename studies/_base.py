@@ -15,7 +15,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
@@ -255,3 +255,24 @@ class StudyResult:
                 staged.discard()
             raise
         return out
+
+
+@contextlib.contextmanager
+def kept_if_stopped(finished: Callable[[], StudyResult | None]) -> Iterator[None]:
+    """A study's long loop whose finished part is worth keeping (``evaluate``'s nets): an error or
+    an interrupt leaving it carries ``finished()`` (None: nothing finished yet) for the command
+    line to save (``partial_result``) before it says what stopped the run."""
+    try:
+        yield
+    except BaseException as err:
+        with contextlib.suppress(Exception):  # what the user must hear about is ``err``
+            result = finished()
+            if result is not None:
+                err.ntkrobust_partial_result = result  # type: ignore[attr-defined]
+        raise
+
+
+def partial_result(err: BaseException) -> StudyResult | None:
+    """The finished part of a study that ``err`` stopped (``kept_if_stopped``), or None."""
+    result = getattr(err, "ntkrobust_partial_result", None)
+    return result if isinstance(result, StudyResult) else None

@@ -26,6 +26,7 @@ from ntkrobust.studies._base import (
     StudyResult,
     checked_together,
     envelope,
+    kept_if_stopped,
     log,
     warn,
 )
@@ -64,6 +65,9 @@ class EvaluateResult(StudyResult):
         config, data = self.record["config"], self.record["config"]["data"]
         points = f", {data['n_test']} test points" if data.get("n_test") else ""
         subtitle = f"{Path(str(data['data'])).name}{points}; ℓ∞ ε = {pixel_radius(config['eps'])}"
+        if left := self.record.get("nets_not_evaluated"):  # a run stopped early: the nets it finished
+            done = len(self.record["nets"])
+            subtitle += f"; stopped after {done} of {done + len(left)} nets (not evaluated: {', '.join(left)})"
         plots.robust_accuracy_bars(self.record["nets"], staged.path("robust_accuracy.png"), subtitle=subtitle)
 
     def summary(self) -> str:
@@ -131,27 +135,6 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
     x = torch.as_tensor(data.x_test, device=device)
     y = torch.as_tensor(task_indices(data.y_test, data.classes), device=device)
     clock.mark("nets", f"data and {len(nets)} net(s) loaded")
-    rows = []
-    for net in progress_iter(nets, "evaluate", "net", show=progress):
-        model = net.model.to(device=device, dtype=torch.float32).eval()
-
-        def said(name: str, accuracy: float, label: str = net.label) -> None:
-            log.info(f"{label}: {name} {accuracy:.3f}")
-
-        correct = robust_correct(
-            model, x.float(), y, eps=eps, channels=channels, attacks=settings.attacks, on_attack=said,
-            seed=settings.data.seed, batch_size=settings.batch_size, across_processes=True, progress=progress,
-        )  # fmt: skip
-        accuracy = accuracies(correct)
-        rows.append(
-            {
-                "label": net.label,
-                "net": net.description,
-                "accuracy": accuracy,
-                "masking_suspected": masking_suspected(accuracy, settings.masking_gap),
-            }
-        )
-        clock.mark(net.label, f"{net.label} evaluated")
     config: dict[str, Any] = {
         "data": settings.data.config(data),
         "eps": eps,
@@ -164,8 +147,36 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
         "masking_gap": settings.masking_gap if compared else None,  # None: no comparison ran
         "device": str(device),
     }
-    record = envelope(
-        "evaluate", {"nets": rows}, config, seconds={"total": clock.since_start()}, argv=argv,
-        seed=settings.data.seed, dataset=data.describe(), warnings=notes,
-    )  # fmt: skip
-    return EvaluateResult(record)
+    rows: list[dict[str, Any]] = []
+
+    def result() -> EvaluateResult:
+        stopped = {"nets_not_evaluated": [net.label for net in nets[len(rows) :]]} if len(rows) < len(nets) else {}
+        record = envelope(
+            "evaluate", {"nets": list(rows), **stopped}, config, seconds={"total": clock.since_start()}, argv=argv,
+            seed=settings.data.seed, dataset=data.describe(), warnings=notes,
+        )  # fmt: skip
+        return EvaluateResult(record)
+
+    # stopped by an interrupt or an error: the nets evaluated so far are saved (cli.py), the rest named
+    with kept_if_stopped(lambda: result() if rows else None):
+        for net in progress_iter(nets, "evaluate", "net", show=progress):
+            model = net.model.to(device=device, dtype=torch.float32).eval()
+
+            def said(name: str, accuracy: float, label: str = net.label) -> None:
+                log.info(f"{label}: {name} {accuracy:.3f}")
+
+            correct = robust_correct(
+                model, x.float(), y, eps=eps, channels=channels, attacks=settings.attacks, on_attack=said,
+                seed=settings.data.seed, batch_size=settings.batch_size, across_processes=True, progress=progress,
+            )  # fmt: skip
+            accuracy = accuracies(correct)
+            rows.append(
+                {
+                    "label": net.label,
+                    "net": net.description,
+                    "accuracy": accuracy,
+                    "masking_suspected": masking_suspected(accuracy, settings.masking_gap),
+                }
+            )
+            clock.mark(net.label, f"{net.label} evaluated")
+    return result()
