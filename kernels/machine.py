@@ -57,6 +57,11 @@ class IllConditionedWarning(UserWarning):
     """The Gram matrix is (numerically) singular or badly conditioned."""
 
 
+class InputRangeWarning(UserWarning):
+    """Training inputs outside [0, 1]: images in 0-255, most likely (the kernel takes any real
+    inputs; the attacks and feature scores take pixel units in [0, 1] and refuse others)."""
+
+
 def spectral_filter(
     eigenvalues: np.ndarray, *, time: float, ridge: float, learning_rate: float, cutoff: float
 ) -> np.ndarray:
@@ -480,6 +485,15 @@ def fit_kernel_machine(
     if not x_train.shape[0]:
         raise ValueError("no training points (x_train is empty)")
     arch.check_input(tuple(x_train.shape))
+    low, high = float(x_train.min()), float(x_train.max())
+    if high > 1:  # below 0 alone: centred features, more likely than images
+        warnings.warn(
+            f"x_train runs from {low:g} to {high:g}: if these are images, divide them by {_full_scale(high):g} "
+            "(pixel units in [0, 1]); the NTK of a net with biases is not scale-free, and the attacks and "
+            "feature scores refuse inputs outside [0, 1]",
+            InputRangeWarning,
+            stacklevel=2,
+        )
     classes = tuple(int(c) for c in (np.unique(y_train) if classes is None else classes))
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise ValueError(f"need at least two distinct classes, got {classes}")
@@ -537,6 +551,12 @@ def _index_of(labels: np.ndarray, classes: tuple[int, ...]) -> np.ndarray:
     return np.array([lookup[int(c)] for c in labels], dtype=np.int64)
 
 
+def _full_scale(high: float) -> float:
+    """The white of images whose largest value is ``high``: 255 (8 bits), 16 (scikit-learn's
+    digits) or 65535 (16 bits), else ``high`` itself."""
+    return next((white for white in (16.0, 255.0, 65535.0) if high <= white), high)
+
+
 def _warn_if_ill_conditioned(machine: KernelMachine) -> None:
     dropped = machine.dropped_directions
     cond = machine.condition_number
@@ -568,6 +588,7 @@ __all__ = [
     "CONDITION_WARNING",
     "PRECISIONS",
     "IllConditionedWarning",
+    "InputRangeWarning",
     "KernelMachine",
     "fit_kernel_machine",
     "loss_cotangent",

@@ -8,7 +8,13 @@ import warnings
 import numpy as np
 import pytest
 
-from ntkrobust.kernels import IllConditionedWarning, compute_gram, fit_kernel_machine, get_architecture
+from ntkrobust.kernels import (
+    IllConditionedWarning,
+    InputRangeWarning,
+    compute_gram,
+    fit_kernel_machine,
+    get_architecture,
+)
 from ntkrobust.kernels._jax import jax, jnp, nt
 
 
@@ -161,6 +167,26 @@ def test_well_conditioned_machine_does_not_warn(digits_binary):
     with warnings.catch_warnings():
         warnings.simplefilter("error", IllConditionedWarning)
         fit_kernel_machine(get_architecture("fc2"), digits_binary.x_train, digits_binary.y_train)
+
+
+@pytest.mark.parametrize(("white", "said"), [(16, "divide them by 16"), (255, "divide them by 255")])
+def test_images_in_pixel_counts_warn_and_name_their_white(digits_binary, white, said):
+    """scikit-learn's digits as loaded (0-16) or 8-bit images (0-255) fit a machine, but not the
+    one of pixel units: the NTK with biases is not scale-free (its predictions change)."""
+    x, y = digits_binary.x_train[:40], digits_binary.y_train[:40]
+    with pytest.warns(InputRangeWarning, match=f"x_train runs from 0 to {white}: if these are images, {said}"):
+        counts = fit_kernel_machine(get_architecture("fc2"), np.round(x * white), y)
+    units = fit_kernel_machine(get_architecture("fc2"), np.round(x * white) / white, y)
+    test = digits_binary.x_test[:20]
+    assert not np.allclose(np.asarray(counts.logits(test * white)), np.asarray(units.logits(test)), atol=1e-3)
+
+
+def test_pixel_units_and_centred_features_do_not_warn(digits_binary):
+    x, y = digits_binary.x_train[:40], digits_binary.y_train[:40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputRangeWarning)
+        fit_kernel_machine(get_architecture("fc2"), x, y)
+        fit_kernel_machine(get_architecture("fc2"), x - x.mean(), y)  # below 0: features, not images
 
 
 def test_labels_map_to_outputs(fc2_binary, digits_binary):
