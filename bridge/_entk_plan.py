@@ -25,6 +25,7 @@ from torch.func import vmap
 
 from ntkrobust._allocator import available_memory, freed_memory_retained
 from ntkrobust._messages import first_line
+from ntkrobust.attacks.threat import looks_channels_last
 from ntkrobust.bridge import distributed
 from ntkrobust.bridge.jacobians import (
     BudgetError,
@@ -270,6 +271,9 @@ def plan_kernel(
             raise
         except RuntimeError as error:  # "mat1 and mat2 shapes cannot be multiplied" says too little
             said = first_line(error)
+            if a.ndim == 4 and looks_channels_last(tuple(a.shape[1:])):  # as compute_gram says it
+                said += f"; images of shape {tuple(a.shape[1:])} look like NHWC (channels last): transpose them "
+                said += "to NCHW with x.permute(0, 3, 1, 2)"
             raise ValueError(f"the model does not take inputs of shape {tuple(a.shape[1:])}: {said}") from None
     # a (B, C, H, W) map or a tuple was "too many values to unpack (expected 3)" deep in a contraction
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2:

@@ -19,6 +19,7 @@ import errno
 import os
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,16 @@ def trained_classes(payload: dict[str, Any]) -> tuple[str, ...] | None:
     if isinstance(names, list) and names and all(isinstance(n, str) and name_problem(n) is None for n in names):
         return tuple(names)
     return None
+
+
+def trained_on(names: Sequence[str] | None, outputs: int) -> str:
+    """What a refusal of a net of ``outputs`` outputs says of the task it was trained on: "; it was
+    trained on the classes (0, 1, ..., 9; 10 classes): give that task's --classes" where its
+    checkpoint records as many classes as it has outputs (``trained_classes``), else nothing."""
+    if names is None or len(names) != outputs:
+        return ""
+    listed = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
+    return f"; it was trained on the classes ({listed}): give that task's --classes"
 
 
 def _linearization(model: nn.Module) -> dict[str, Any] | None:

@@ -302,7 +302,9 @@ def torch_network(
             if width is not None:
                 raise StudyError("--width applies to --model; a checkpoint brings its own")
             net, config, payload = load_checkpoint(checkpoint)
-            check_one_output_per_class(config.num_classes, classes, f"checkpoint {checkpoint}")
+            check_one_output_per_class(
+                config.num_classes, classes, f"checkpoint {checkpoint}", trained_classes(payload)
+            )
             check_task(trained_classes(payload), data, f"--checkpoint {checkpoint}", notes)
         else:
             config = model_config(
@@ -321,10 +323,11 @@ def torch_network(
     return net, config
 
 
-def check_one_output_per_class(outputs: int, classes: int, what: str) -> None:
+def check_one_output_per_class(outputs: int, classes: int, what: str, trained: Sequence[str] | None = None) -> None:
     """A net whose kernel or linearization is taken needs one output per class of the data. A
     one-logit binary net (``two-layer`` writes them; ``evaluate`` and ``transfer`` attack them
-    through two logits) is told apart from a net of another task."""
+    through two logits) is told apart from a net of another task, whose classes are named where
+    its checkpoint records them (``trained``: ``bridge.checkpoint.trained_classes``)."""
     if outputs == classes:
         return
     if outputs == 1 and classes == 2:
@@ -332,7 +335,9 @@ def check_one_output_per_class(outputs: int, classes: int, what: str) -> None:
             f"{what} has 1 output, a one-logit binary net (as two-layer writes); this command needs one output per "
             "class, 2 here (evaluate and transfer take it)"
         )
-    raise StudyError(f"{what} has {outputs} outputs, the data has {classes} classes")
+    from ntkrobust.bridge.checkpoint import trained_on
+
+    raise StudyError(f"{what} has {outputs} outputs, the data has {classes} classes{trained_on(trained, outputs)}")
 
 
 def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:

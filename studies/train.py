@@ -115,7 +115,9 @@ def _linearization_parent(
         raise StudyError(str(err)) from None
     if "linearization" in payload:
         raise StudyError(f"--linearize-from {path} is itself a linearized network")
-    check_one_output_per_class(config.num_classes, len(data.classes), f"--linearize-from {path}")
+    check_one_output_per_class(
+        config.num_classes, len(data.classes), f"--linearize-from {path}", trained_classes(payload)
+    )
     check_task(trained_classes(payload), data, f"--linearize-from {path}", notes)
     return parent, config, payload
 

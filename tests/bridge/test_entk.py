@@ -386,6 +386,17 @@ def test_inputs_with_nan_of_two_shapes_or_that_the_net_does_not_take_are_refused
         empirical_ntk(model, torch.rand(2, 1, 5, 5))
 
 
+def test_channels_last_images_that_the_net_refuses_are_named_as_such():
+    """NHWC images: the conv's own message ("expected input[1, 8, 8, 3] to have 3 channels, but got
+    8 channels") and the layout named, as ``compute_gram`` names it; a net's other refusals not."""
+    model = build_model(model_config("cifar-cnn", (3, 8, 8), 10, width=2))
+    with pytest.raises(ValueError, match=r"to have 3 channels.*look like NHWC \(channels last\): transpose them"):
+        empirical_ntk(model, torch.rand(2, 8, 8, 3), kind="trace")
+    with pytest.raises(ValueError, match="inputs of shape") as refused:
+        empirical_ntk(model, torch.rand(2, 3, 6, 6), kind="trace")
+    assert "NHWC" not in str(refused.value)
+
+
 class _Reshaped(torch.nn.Module):
     """A net whose output is not (batch, outputs): a map, a vector or a tuple of scores."""
 

@@ -426,6 +426,24 @@ def test_one_logit_is_a_binary_tasks_convention_only(tmp_path):
     assert said == f"target {path} returns (2, 1) for 2 images; the task needs (2, 10) logits"
 
 
+def test_a_net_of_another_task_is_refused_naming_the_classes_it_was_trained_on(tmp_path):
+    """A 10-class net of ``train`` on a binary task: the refusal names the classes its checkpoint
+    records (before, only the shapes: "(2, 10) ... the task needs (2, 2)"); a checkpoint without
+    that record, or one whose record does not match its outputs, gets the shapes alone."""
+    config = model_config("fc1", SHAPE, 10, width=4)
+    names = [str(c) for c in range(10)]
+    path = save_checkpoint(tmp_path / "ten.pt", build_model(config), config, history={"class_names": names})
+    said = _refused(path, "", classes=2)
+    assert said == (
+        f"target {path} returns (2, 10) for 2 images; the task needs (2, 2) logits or (2, 1); it was trained on "
+        "the classes (0, 1, 2, 3, 4, 5, 6, 7, 8, 9): give that task's --classes"
+    )
+    bare = save_checkpoint(tmp_path / "bare.pt", build_model(config), config)
+    assert _refused(bare, "", classes=2).endswith("the task needs (2, 2) logits or (2, 1)")
+    wrong = save_checkpoint(tmp_path / "wrong.pt", build_model(config), config, history={"class_names": names[:3]})
+    assert _refused(wrong, "", classes=2).endswith("the task needs (2, 2) logits or (2, 1)")
+
+
 @pytest.mark.parametrize(
     ("spec", "shape", "reason"),
     [

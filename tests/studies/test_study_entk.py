@@ -150,6 +150,7 @@ def foreign_files(tmp_path):
     save_checkpoint(tmp_path / "colour.pt", build_model(colour), colour)
     binary = model_config("fc1", (1, 8, 8), 2, width=4)
     save_checkpoint(tmp_path / "binary.pt", build_model(binary), binary)
+    save_checkpoint(tmp_path / "trained-binary.pt", build_model(binary), binary, history={"class_names": ["3", "8"]})
     one_logit = model_config("two-layer", (1, 8, 8), 1, width=4)  # as two-layer writes for a binary task
     save_checkpoint(tmp_path / "one-logit.pt", build_model(one_logit), one_logit)
     x = np.random.default_rng(0).random((20, 1, 2, 2), dtype=np.float32)
@@ -164,6 +165,10 @@ BAD = {
     "missing checkpoint": (lambda d: {"checkpoint": d / "nothing.pt"}, "does not exist"),
     "shape mismatch": (lambda d: {"checkpoint": d / "colour.pt"}, "takes images of shape (3, 8, 8)"),
     "class mismatch": (lambda d: {"checkpoint": d / "binary.pt"}, "has 2 outputs, the data has 10 classes"),
+    "class mismatch, classes recorded": (
+        lambda d: {"checkpoint": d / "trained-binary.pt"},
+        "has 2 outputs, the data has 10 classes; it was trained on the classes (3, 8): give that task's --classes",
+    ),
     "one-logit binary net": (
         lambda d: {"checkpoint": d / "one-logit.pt", "data": DataSettings(classes=(3, 8))},
         "has 1 output, a one-logit binary net (as two-layer writes); this command needs one output per class, 2 here",
