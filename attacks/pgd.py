@@ -21,6 +21,9 @@ Arguments:
     norm: ``"linf"`` (default) or ``"l2"``.
     random_start: start from a uniform draw in the ball (default True).
     seed: seed of the random start (default 0).
+    first_row: the place of x's first row among the points that ``seed`` draws starts for
+        (default 0): batches of one data set, each given its first row's index, start where one
+        call on all of it does (``ThreatModel.random_start``).
     start: the first iterate, overriding ``random_start`` and ``seed`` (default None), e.g. the
         random start of each example shared by several attacks on it; projected onto the ball.
     progress: show a progress bar over steps (default False).
@@ -57,6 +60,7 @@ def pgd(
     norm: Norm = "linf",
     random_start: bool = True,
     seed: int = 0,
+    first_row: int = 0,
     start: Array | None = None,
     progress: bool = False,
 ) -> Array:
@@ -71,7 +75,7 @@ def pgd(
             raise ValueError(f"start must have the shape of x, {tuple(x.shape)}, got {tuple(start.shape)}")
         x_adv = threat.project(start, x)
     else:
-        x_adv = threat.random_start(x, seed) if random_start else x
+        x_adv = threat.random_start(x, seed, first_row) if random_start else x
     ascend = _jitted_ascent() if ops.name == "jax" else _ascent
     for _ in progress_iter(range(steps), "PGD", "step", show=progress):
         x_adv = ascend(x_adv, loss_gradient(x_adv, y), x, step=step, threat=threat)

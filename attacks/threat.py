@@ -66,22 +66,37 @@ class ThreatModel:
         # itself lies in [0, 1]: the result stays inside the ball.
         return ops.clip(x + delta, 0.0, 1.0)
 
-    def random_start(self, x: Array, seed: int) -> Array:
+    def random_start(self, x: Array, seed: int, first_row: int = 0) -> Array:
         """A point drawn uniformly from the ε-ball around ``x``, clipped to [0, 1].
 
-        The noise is drawn on the host from a seeded numpy generator and moved to ``x``'s
-        device once, so every backend sees the same start for the same seed.
+        The noise is drawn on the host from numpy's generator seeded by ``seed`` and moved to
+        ``x``'s device once, so every backend sees the same start for the same seed. Row i of
+        ``x`` takes the draws of point ``first_row + i`` of that generator's stream (PCG64's
+        ``advance`` skips to them): a data set gets the same starts whether it is attacked in one
+        call or in batches, of any size, shared between any number of processes. ℓ∞: ε·(2u − 1)
+        per pixel (one draw each, as ``uniform(−ε, ε)``); ℓ2: a Gaussian direction by
+        Box–Muller (two draws per pair of coordinates) and the radius ε·u^(1/d) (one draw), a
+        fixed number of draws per point.
         """
+        if not is_whole(first_row) or first_row < 0:
+            raise ValueError(f"first_row must be a whole number >= 0, got {first_row!r}")
         ops = ops_for(x)
-        rng = np.random.default_rng(seed)
         shape = tuple(x.shape)
+        rows, size = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+        pairs = (size + 1) // 2
+        per_point = size if self.norm == "linf" else 2 * pairs + 1
+        bits = np.random.PCG64(seed)  # numpy's default_rng(seed), with its place in the stream
+        bits.advance(first_row * per_point)
+        rng = np.random.Generator(bits)
         if self.norm == "linf":
             noise = rng.uniform(-self.eps, self.eps, size=shape)
         else:
-            direction = rng.standard_normal(size=shape).reshape(shape[0], -1)
+            u = rng.random(size=(rows, per_point))
+            length = np.sqrt(-2.0 * np.log1p(-u[:, :pairs]))  # 1 − u lies in (0, 1]
+            angle = 2.0 * np.pi * u[:, pairs : 2 * pairs]
+            direction = np.concatenate([length * np.cos(angle), length * np.sin(angle)], axis=1)[:, :size]
             direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), _TINY)
-            dim = direction.shape[1]
-            radius = self.eps * rng.uniform(size=(shape[0], 1)) ** (1.0 / dim)
+            radius = self.eps * u[:, -1:] ** (1.0 / size)
             noise = (direction * radius).reshape(shape)
         return ops.clip(x + ops.from_numpy(noise, like=x), 0.0, 1.0)
 

@@ -15,8 +15,9 @@
   output (a binary task, f > 0 for the second class) is attacked through the two logits
   (−f/2, f/2), whose softmax is the same.
 
-Every attack runs in batches whose random draws are seeded by ``seed`` + the batch's first row
-(AutoAttack: a run of its own per batch of ``batch_size`` points), so a point's verdict does not
+PGD and CW start every point from its own draws of ``seed``'s stream (``attacks.pgd``'s
+``first_row``), whatever the batches; AutoAttack runs on each batch of ``batch_size`` points as a
+run of its own, seeded by ``seed`` + the batch's first row. Either way a point's verdict does not
 depend on how many processes share the batches (``across_processes``, under torchrun).
 
 Every attack is judged per point: ``robust_correct`` returns boolean arrays (point still

@@ -48,13 +48,13 @@ def craft_adversarial(
     for start in progress_iter(starts, f"NTK-{spec.method}", "batch", show=progress):
         xb = jnp.asarray(x[start : start + batch_size])
         ib = index[start : start + batch_size]
-        x_adv = _attack_batch(machine, xb, ib, spec, seed_offset=start, progress=progress)
+        x_adv = _attack_batch(machine, xb, ib, spec, first_row=start, progress=progress)
         out[start : start + batch_size] = np.asarray(x_adv)
     return out
 
 
 def _attack_batch(
-    machine: KernelMachine, xb: jnp.ndarray, ib: np.ndarray, spec: AttackSpec, *, seed_offset: int, progress: bool
+    machine: KernelMachine, xb: jnp.ndarray, ib: np.ndarray, spec: AttackSpec, *, first_row: int, progress: bool
 ) -> jnp.ndarray:
     eps, norm = spec.eps, spec.norm
     if spec.method == "fgsm":
@@ -70,7 +70,8 @@ def _attack_batch(
             step=spec.step,
             steps=spec.steps,
             random_start=spec.random_start,
-            seed=spec.seed + seed_offset,
+            seed=spec.seed,
+            first_row=first_row,  # the starts of one call on all of x, whatever the batch size
             progress=progress,
         )
     taylor = taylor_max_l1 if spec.method == "taylor-l1" else taylor_sum

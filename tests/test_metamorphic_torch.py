@@ -7,9 +7,9 @@ duplicated or grown by a wrong point, transfer sources swapped), and checks the 
 docstrings imply between the two results. Definitions: ``attacks.threat`` (the ε-ball and the
 box; robust accuracy = share still correct), ``attacks.pgd`` (the random start drawn from a
 numpy generator seeded by ``seed``, by position in the batch), ``bridge.adversarial`` (the
-random start of the batch at row i seeded by ``seed + i``), ``bridge.training`` (the modes' inputs
-and losses; random starts drawn for the whole batch and cut), ``bridge.transfer`` (LOO's τ),
-``bridge.evaluation`` (one output attacked as the two logits (−f/2, f/2)).
+random start of row i the i-th point's of ``seed``'s stream, whatever the batches),
+``bridge.training`` (the modes' inputs and losses; random starts drawn for the whole batch and
+cut), ``bridge.transfer`` (LOO's τ), ``bridge.evaluation`` (one output attacked as the two logits (−f/2, f/2)).
 
 The nets and data are the audits' own (``tests/bridge``): the float64 linear net of
 ``test_adversarial_audit``, the float64 tanh MLP of ``test_training_audit``, the separable linear
@@ -128,17 +128,20 @@ def test_pgd_from_a_permuted_start_permutes_its_examples(norm):
 
 @pytest.mark.parametrize(("method", "norm"), METHODS)
 def test_chunking_a_batch_changes_no_deterministic_attack_nor_the_accuracy(method, norm):
-    """``batch_size`` 1, 3 (a partial last batch), 4 and N: the same FGSM / PGD (no random start)
-    examples as one batch, the same predictions and the same accuracy (``in_batches`` writes every
-    batch's rows; each example's gradient is its own). 1e-12; predictions exact."""
+    """``batch_size`` 1, 3 (a partial last batch), 4 and N: the same FGSM / PGD examples as one
+    batch, PGD with and without its random start (each point's start is its own, whatever the
+    batches: until 2026-12-06 each batch drew from seed + its first row), the same predictions
+    and the same accuracy (``in_batches`` writes every batch's rows; each example's gradient is
+    its own). 1e-12; predictions exact."""
     net = tanh_net(seed=5)
     net.eval()
     x, y = tanh_data(seed=3)
-    kw = {"random_start": False} if method == "pgd" else {}
-    whole = _attack(net, x, y, method, norm, batch_size=len(y), **kw)
+    for kw in [{"random_start": False}, {"random_start": True}] if method == "pgd" else [{}]:
+        whole = _attack(net, x, y, method, norm, batch_size=len(y), **kw)
+        for batch_size in (1, 3, 4):
+            chunked = _attack(net, x, y, method, norm, batch_size=batch_size, **kw)
+            np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=0, atol=TOL)
     for batch_size in (1, 3, 4):
-        chunked = _attack(net, x, y, method, norm, batch_size=batch_size, **kw)
-        np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=0, atol=TOL)
         assert torch.equal(predict(net, whole, batch_size=batch_size), predict(net, whole, batch_size=len(y)))
         assert accuracy(net, whole, y, batch_size=batch_size) == accuracy(net, whole, y, batch_size=len(y))
 

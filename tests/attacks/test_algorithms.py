@@ -84,15 +84,51 @@ def test_random_start_is_uniform_in_the_ball():
     x = np.full((4000, 1, 2, 2), 0.5)
     offsets = ThreatModel("linf", 0.1).random_start(x, seed=0) - x
     assert stats.kstest(offsets.ravel(), stats.uniform(loc=-0.1, scale=0.2).cdf).pvalue > 1e-3
-    offsets = (ThreatModel("l2", 0.3).random_start(x, seed=0) - x).reshape(4000, 4)
+    # the fourth moment, 1/8 for d = 4, tells it from a normalised uniform cube's, 0.107
+    _assert_uniform_in_the_l2_ball(ThreatModel("l2", 0.3).random_start(x, seed=0) - x, 0.3)
+
+
+def _assert_uniform_in_the_l2_ball(offsets: np.ndarray, eps: float) -> None:
+    """``offsets`` (n, ...) uniform in the ℓ2 ball of radius ``eps`` in d dimensions: the radius
+    r has P(r ≤ t) = (t/ε)^d, so (r/ε)^d is U(0, 1) (Kolmogorov-Smirnov, p > 0.001), and the
+    direction u is uniform on the sphere: E[u] = 0, E[u uᵀ] = I/d and E[u_i⁴] = 3/(d(d+2)), each
+    within 5 standard errors (bounded by 1/√d, 1/d and the fourth moment's spread)."""
+    from scipy import stats
+
+    n = offsets.shape[0]
+    offsets = offsets.reshape(n, -1)
+    d = offsets.shape[1]
     radius = np.linalg.norm(offsets, axis=1)
-    assert stats.kstest((radius / 0.3) ** 4, "uniform").pvalue > 1e-3
+    assert stats.kstest((radius / eps) ** d, "uniform").pvalue > 1e-3
     directions = offsets / radius[:, None]
-    # uniform on the sphere: E[u] = 0, E[u uᵀ] = I/d and E[u_i⁴] = 3/(d(d+2)) = 1/8, each within
-    # 5 standard errors (the fourth moment tells it from a normalised uniform cube's, 0.107)
-    np.testing.assert_allclose(directions.mean(axis=0), 0, atol=5 * 0.5 / np.sqrt(4000))
-    np.testing.assert_allclose(directions.T @ directions / 4000, np.eye(4) / 4, atol=5 * 0.25 / np.sqrt(4000))
-    assert abs(float((directions**4).mean()) - 1 / 8) < 5 * 0.2 / np.sqrt(4000)
+    np.testing.assert_allclose(directions.mean(axis=0), 0, atol=5 / np.sqrt(d * n))
+    np.testing.assert_allclose(directions.T @ directions / n, np.eye(d) / d, atol=5 / (d * np.sqrt(n)))
+    assert abs(float((directions**4).mean()) - 3 / (d * (d + 2))) < 5 * 0.25 / np.sqrt(n)
+
+
+def test_an_odd_number_of_pixels_gets_a_uniform_l2_direction_too():
+    """ℓ2 directions come from Box–Muller pairs of normals; with d = 3 pixels the last pair's
+    second normal is dropped. Uniform in the ball of d = 3 all the same (E[u_i⁴] = 1/5; a cube's
+    would be 0.14)."""
+    x = np.full((4000, 1, 1, 3), 0.5)
+    _assert_uniform_in_the_l2_ball(ThreatModel("l2", 0.3).random_start(x, seed=3) - x, 0.3)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_rows_start_does_not_depend_on_the_rows_around_it(norm):
+    """Row i of ``random_start(x[a:b], seed, first_row=a)`` is row a + i of ``random_start(x,
+    seed)``, exactly, for any cut (one draw of all points, or any batches); a later seed or row
+    is another draw. Until 2026-12-06 a batch's starts came from seed + its first row, so the
+    same point got another start in batches of another size."""
+    x = np.random.default_rng(0).random((11, 2, 3, 3))
+    threat = ThreatModel(norm, 0.2)
+    whole = threat.random_start(x, seed=7)
+    for a, b in [(0, 4), (4, 11), (3, 4), (10, 11), (0, 11)]:
+        np.testing.assert_array_equal(threat.random_start(x[a:b], seed=7, first_row=a), whole[a:b])
+    assert not np.array_equal(threat.random_start(x[1:5], seed=7, first_row=0), whole[1:5])
+    assert not np.array_equal(threat.random_start(x[:4], seed=8), whole[:4])
+    with pytest.raises(ValueError, match="first_row must be a whole number >= 0, got -1"):
+        threat.random_start(x, seed=7, first_row=-1)
 
 
 def _converter(backend):

@@ -16,8 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import ntkrobust.bridge.training as training
-from ntkrobust.attacks import AttackSpec
-from ntkrobust.bridge.adversarial import accuracy, adversarial_examples, attack_examples, pgd_examples, predict
+from ntkrobust.attacks import AttackSpec, pgd
+from ntkrobust.bridge.adversarial import (
+    accuracy,
+    adversarial_examples,
+    attack_examples,
+    input_gradient,
+    pgd_examples,
+    predict,
+)
 from ntkrobust.bridge.temporal_ensembling import TemporalEnsemble
 from ntkrobust.bridge.training import (
     TrainConfig,
@@ -349,8 +356,9 @@ def _plain_pgd(model, x, y, eps, step, steps, start, loss=None):
 
 def test_pgd_without_random_start_and_each_batch_seeded_by_its_first_row():
     """``attack_examples`` of a PGD spec without random start is the plain loop from x itself;
-    with random starts, the batch at row i is seeded by seed + i: rows 4-7 of a run in batches of
-    4 are the attack of those rows alone with seed + 4."""
+    with random starts, row i starts from the i-th point's draws of the seed's stream: rows 4-7
+    of a run in batches of 4 are those of a run in one batch (and of rows 4-7 alone with their
+    place, ``first_row=4``, given to ``pgd``)."""
     x, y = _data()
     model = _net().eval()
     spec = AttackSpec("pgd", 0.1, step=0.03, steps=3, random_start=False, seed=2)
@@ -358,7 +366,10 @@ def test_pgd_without_random_start_and_each_batch_seeded_by_its_first_row():
         attack_examples(model, x, y, spec, batch_size=4), _plain_pgd(model, x, y, 0.1, 0.03, 3, x), rtol=0, atol=1e-12
     )
     whole = pgd_examples(model, x, y, eps=0.1, step=0.03, steps=3, seed=2, batch_size=4)
-    alone = pgd_examples(model, x[4:8], y[4:8], eps=0.1, step=0.03, steps=3, seed=6, batch_size=4)
+    one_batch = pgd_examples(model, x, y, eps=0.1, step=0.03, steps=3, seed=2, batch_size=len(x))
+    torch.testing.assert_close(whole, one_batch, rtol=0, atol=0)
+    gradient = input_gradient(model, lambda logits, labels: F.cross_entropy(logits, labels, reduction="sum"))
+    alone = pgd(gradient, x[4:8], y[4:8], eps=0.1, step=0.03, steps=3, seed=2, first_row=4)
     torch.testing.assert_close(whole[4:8], alone, rtol=0, atol=0)
     twice = pgd_examples(model, x[:4].repeat(2, 1, 1, 1), y[:4].repeat(2), eps=0.1, step=0.03, steps=1, batch_size=4)
     assert not torch.equal(twice[:4], twice[4:])  # each batch its own start
