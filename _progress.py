@@ -40,6 +40,8 @@ _beating: threading.Thread | None = None
 
 
 def _plural(unit: str) -> str:
+    if unit.endswith("y") and not unit.endswith(("ay", "ey", "oy", "uy")):  # Square's queries
+        return unit[:-1] + "ies"
     return unit + ("es" if unit.endswith(("s", "sh", "tch", "x")) else "s")  # batches, epochs
 
 

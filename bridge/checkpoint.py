@@ -89,8 +89,9 @@ def trained_classes(payload: dict[str, Any]) -> tuple[str, ...] | None:
 
 def trained_on(names: Sequence[str] | None, outputs: int) -> str:
     """What a refusal of a net of ``outputs`` outputs says of the task it was trained on: "; it was
-    trained on the classes (0, 1, ..., 9; 10 classes): give that task's --classes" where its
-    checkpoint records as many classes as it has outputs (``trained_classes``), else nothing."""
+    trained on the classes (3, 8): give that task's --classes" where its checkpoint records as many
+    classes as it has outputs (``trained_classes``), else nothing; past ten classes, the first ten
+    names and then ", ... (100 classes)"."""
     if names is None or len(names) != outputs:
         return ""
     listed = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
