@@ -217,13 +217,14 @@ def adversarial_examples(
     batch_size: int = 256,
     loss: Loss | None = None,
     across_processes: bool = False,
+    progress: bool = False,
 ) -> torch.Tensor:
     """The net's own white-box FGSM, or PGD (``step``, ``steps``, random start unless told
     otherwise), in batches, on the cross-entropy or on ``loss(logits, y)`` (summed over the
     batch); ``model`` should be in the mode it is evaluated in (eval mode, or frozen batch
     statistics). ``across_processes``: under torchrun the batches are split between the processes (the
     random start of row i is the i-th point's of ``seed``'s stream either way, whatever the batches)
-    and every process gets every example."""
+    and every process gets every example. ``progress``: PGD's steps as a bar (else a line a minute)."""
     if method not in NET_METHODS:
         raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(NET_METHODS)}")
     if method == "pgd" and step is None:
@@ -238,7 +239,7 @@ def adversarial_examples(
         assert step is not None
         return pgd(
             gradient, x[rows], y[rows], eps=eps, step=step, steps=steps, norm=norm, random_start=random_start,
-            seed=seed, first_row=rows.start,
+            seed=seed, first_row=rows.start, progress=progress,
         )  # fmt: skip
 
     return in_batches(attacked, torch.zeros_like(x), batch_size=batch_size, across_processes=across_processes)

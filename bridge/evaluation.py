@@ -94,11 +94,12 @@ def _pgd_correct(
     seed: int,
     across_processes: bool,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     step, steps = evaluation_schedule(channels, eps, steps)
     x_adv = adversarial_examples(
         model, x, y, method="pgd", eps=eps, step=step, steps=steps, seed=seed, loss=loss,
-        across_processes=across_processes,
+        across_processes=across_processes, progress=progress,
     )  # fmt: skip
     return _correct(model, x_adv, y, across_processes)
 
@@ -134,7 +135,7 @@ def robust_correct(
     and every process gets every point's verdict, the one a single process finds (the batches and
     their seeds do not depend on the number of processes). ``autoattack_parts``: AutoAttack's
     attacks to run (pyautoattack's names, e.g. ``["square"]``), by default the standard version's
-    for the net's classes (``autoattack_attacks``). ``progress``: AutoAttack's parts count their
+    for the net's classes (``autoattack_attacks``). ``progress``: PGD's steps and AutoAttack's
     iterations and queries in bars in a terminal, else in a line a minute (``bridge._autoattack``)."""
     unknown = [a for a in attacks if a not in EVALUATION_ATTACKS]
     if unknown:
@@ -157,7 +158,7 @@ def robust_correct(
             loss = cw_margin_loss if method == "cw" else None
             result[name] = _pgd_correct(
                 net, x, y, eps=eps, steps=int(steps), channels=channels, seed=seed, loss=loss,
-                across_processes=across_processes,
+                across_processes=across_processes, progress=progress,
             )  # fmt: skip
         # still correct: a point wrong clean is not robust, even where its attack lands right
         result[name] &= result["clean"]

@@ -88,3 +88,28 @@ def test_cw_finds_what_a_saturated_cross_entropy_hides(trained_digits_net):
     )
     assert accuracy["pgd-100"] > accuracy["clean"] - 0.1
     assert accuracy["cw-100"] < accuracy["clean"] - 0.4, accuracy
+
+
+def test_pgd_shows_its_steps_as_a_bar_when_asked_and_finds_the_same_examples(monkeypatch):
+    """``robust_correct(progress=True)`` (a terminal) shows PGD's and CW's steps as bars, one per
+    batch; without it they are timed lines. The verdicts are the same either way."""
+    import importlib
+
+    pgd_module = importlib.import_module("ntkrobust.attacks.pgd")  # the package's ``pgd`` is the function
+    shown = []
+    real = pgd_module.progress_iter
+
+    def recorded(items, desc, unit, *, show, leave=False):
+        shown.append((desc, unit, show))
+        return real(items, desc, unit, show=False, leave=leave)  # no bar on the test's stderr
+
+    monkeypatch.setattr(pgd_module, "progress_iter", recorded)
+    net = build_model(model_config("fc1", (1, 8, 8), 10, width=8)).eval()
+    data = load_dataset("digits", n_train=20, n_test=300)
+    x, y = torch.as_tensor(data.x_test).float(), torch.as_tensor(task_indices(data.y_test, data.classes))
+    quiet = robust_correct(net, x, y, eps=0.1, channels=1, attacks=("pgd-20", "cw-100"))
+    assert shown == [("PGD", "step", False)] * 4  # two attacks, two batches of 256 each
+    shown.clear()
+    barred = robust_correct(net, x, y, eps=0.1, channels=1, attacks=("pgd-20", "cw-100"), progress=True)
+    assert shown == [("PGD", "step", True)] * 4
+    assert all(np.array_equal(quiet[name], barred[name]) for name in quiet)
