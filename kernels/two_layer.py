@@ -24,7 +24,6 @@ import math
 from ntkrobust.kernels._jax import float64, jnp, stax
 from ntkrobust.kernels.relu import angle, pairwise_dots, sine_part
 
-_TINY = 1e-30  # keeps an all-zero input from dividing by zero; its kernel row is then 0
 
 
 def _geometry(x1: jnp.ndarray, x2: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
@@ -34,8 +33,10 @@ def _geometry(x1: jnp.ndarray, x2: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
     dots = pairwise_dots(x1, x2)
     sq1, sq2 = jnp.sum(x1 * x1, axis=1), jnp.sum(x2 * x2, axis=1)
     root = sine_part(sq1[:, None] * sq2[None, :], dots)
-    n1 = jnp.sqrt(jnp.maximum(sq1, _TINY))
-    n2 = jnp.sqrt(jnp.maximum(sq2, _TINY))
+    # an all-zero input's norm is read as 1: its dots and its root are 0, so nothing it multiplies
+    # survives (a floor of 1e-30 on ‖x‖² instead put the norm of inputs below 1e-15 at 1e-15)
+    n1 = jnp.sqrt(jnp.where(sq1 > 0, sq1, 1.0))
+    n2 = jnp.sqrt(jnp.where(sq2 > 0, sq2, 1.0))
     return dots, root, angle(root, dots), n1, n2
 
 
@@ -92,8 +93,9 @@ def two_layer_ntk_vjp(x1: jnp.ndarray, x2: jnp.ndarray, cotangent: jnp.ndarray) 
     norms = n1[:, None] * n2[None, :]
     u = jnp.clip(dots / norms, -1.0, 1.0)
     a = 0.5 - theta / (2 * math.pi)
-    # B = u / (2π sin θ) with sin θ = root / (‖x‖‖x'‖); zero at the kink (sin θ ≈ 0).
-    kinked = root <= 1e-7 * norms
+    # B = u / (2π sin θ) with sin θ = root / (‖x‖‖x'‖); zero at the kink, where ``sine_part``
+    # returns exactly 0 (θ below 1.2e-7 rad), as in ``two_layer_dot_partials`` and the relu routes
+    kinked = root == 0
     b = jnp.where(kinked, 0.0, u * norms / (2 * math.pi * jnp.where(kinked, 1.0, root)))
     along_x2 = (cotangent * (a + b)) @ x2
     along_x1 = jnp.sum(cotangent * b * u * n2[None, :], axis=1) / n1

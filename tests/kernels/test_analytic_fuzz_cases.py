@@ -58,7 +58,7 @@ from ntkrobust.kernels.relu import (
     fully_connected_ntk,
     pairwise_dots,
 )
-from ntkrobust.kernels.two_layer import two_layer_dot_ntk, two_layer_dot_partials
+from ntkrobust.kernels.two_layer import two_layer_dot_ntk, two_layer_dot_partials, two_layer_ntk, two_layer_ntk_vjp
 
 
 def _stax_fc(depth: int, W: float, b: float):  # type: ignore[no-untyped-def]
@@ -128,6 +128,24 @@ def test_two_layer_autodiff_partials_are_scale_free():
         along_sq1 = jax.jvp(lambda q, t=dots, r=sq2: two_layer_dot_ntk(t, q, r, 2), (sq1,), (jnp.ones_like(sq1),))[1]
         np.testing.assert_allclose(along_dots, closed[0], rtol=1e-12, err_msg=f"scale {scale}")
         np.testing.assert_allclose(along_sq1, closed[1], rtol=1e-12, err_msg=f"scale {scale}")
+
+
+@pytest.mark.parametrize("scale", [1e-16, 1e-20, 1e-100, 1e100])
+def test_two_layer_closed_form_vjp_is_scale_free(scale, rng):
+    """Failed before the fix of 2026-12-06. Θ(cx, x') = c·Θ(x, x') (eq. 29 is homogeneous of degree
+    1 in x), so ∇ₓΘ at cx is ∇ₓΘ at x, and so is the closed-form VJP (supp. eq. 9) of the machine's
+    ``gradient="closed-form"``. ``two_layer_ntk_vjp`` floored ‖x‖² at 1e-30 and tested its kink
+    by r <= 1e-7·‖x‖‖x'‖ with those floored norms: inputs of norm below 1e-15 got gradients
+    39-62 % off (autodiff of the kernel: exact). With a zero row and a row parallel to a row of
+    x' (kinks), checked also against autodiff of ``two_layer_ntk``."""
+    x1, x2, cotangent = rng.random((3, 6)), rng.random((4, 6)), rng.standard_normal((3, 4))
+    x1[1], x1[2] = 0.0, 3.0 * x2[0]
+    one = np.asarray(two_layer_ntk_vjp(jnp.asarray(x1), jnp.asarray(x2), jnp.asarray(cotangent)))
+    scaled = jnp.asarray(scale * x1)
+    got = np.asarray(two_layer_ntk_vjp(scaled, jnp.asarray(x2), jnp.asarray(cotangent)))
+    np.testing.assert_allclose(got, one, rtol=0, atol=1e-14 * np.abs(one).max())
+    by_autodiff = jax.grad(lambda z: jnp.sum(jnp.asarray(cotangent) * two_layer_ntk(z, jnp.asarray(x2))))(scaled)
+    np.testing.assert_allclose(got, np.asarray(by_autodiff), rtol=0, atol=1e-12 * np.abs(one).max())
 
 
 def test_two_layer_machine_loss_gradient_routes_agree_on_tiny_inputs(rng):
