@@ -335,7 +335,8 @@ def _save_finished_part(args: argparse.Namespace, err: BaseException) -> None:
     into ``--out`` (checked and locked before the compute); ``_resumable`` then says so. Saved all
     or nothing: where saving fails too (a full disk), ``err`` is what the user hears about."""
     finished = partial_result(err)
-    if finished is not None:
+    # the command's own study only: reproduce runs evaluate as a step, whose part is not its output
+    if finished is not None and finished.record.get("command") == getattr(args, "command", None):
         with contextlib.suppress(Exception):
             finished.save(args.out, overwrite=True)
             args.saved_finished_part = True

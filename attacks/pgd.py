@@ -24,8 +24,9 @@ Arguments:
     first_row: the place of x's first row among the points that ``seed`` draws starts for
         (default 0): batches of one data set, each given its first row's index, start where one
         call on all of it does (``ThreatModel.random_start``).
-    start: the first iterate, overriding ``random_start`` and ``seed`` (default None), e.g. the
-        random start of each example shared by several attacks on it; projected onto the ball.
+    start: the first iterate, overriding ``random_start``, ``seed`` and ``first_row`` (default
+        None), e.g. the random start of each example shared by several attacks on it; projected
+        onto the ball.
     progress: show a progress bar over steps (default False).
 
 Shapes:
@@ -43,6 +44,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from ntkrobust._numbers import is_whole
 from ntkrobust._progress import progress_iter
 from ntkrobust.attacks._array import Array, ops_for
 from ntkrobust.attacks.fgsm import LossGradient
@@ -68,6 +70,8 @@ def pgd(
     threat = ThreatModel(norm=norm, eps=eps)
     check_schedule(step, steps)
     check_seed(seed)
+    if not is_whole(first_row) or first_row < 0:  # refused with or without a random start
+        raise ValueError(f"first_row must be a whole number >= 0, got {first_row!r}")
     threat.check_inputs(x)
     ops = ops_for(x)
     if start is not None:

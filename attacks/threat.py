@@ -86,7 +86,7 @@ class ThreatModel:
         pairs = (size + 1) // 2
         per_point = size if self.norm == "linf" else 2 * pairs + 1
         bits = np.random.PCG64(seed)  # numpy's default_rng(seed), with its place in the stream
-        bits.advance(first_row * per_point)
+        bits.advance(int(first_row) * per_point)  # advance takes Python ints, not numpy's
         rng = np.random.Generator(bits)
         if self.norm == "linf":
             noise = rng.uniform(-self.eps, self.eps, size=shape)

@@ -123,10 +123,11 @@ def in_batches(
     compute: Callable[[slice], torch.Tensor], out: torch.Tensor, *, batch_size: int, across_processes: bool = False
 ) -> torch.Tensor:
     """``out`` (zeros, one row per point) with ``compute(rows)`` at the rows of every batch of
-    ``batch_size``; a batch's seed should come from ``rows.start``, so that its result depends on
-    its rows alone. Under torchrun with ``across_processes`` each process computes its round-robin
-    share of the batches and one all-reduce sums them into ``out`` (adding zeros is exact): every
-    process holds every row, the same rows as one process computes."""
+    ``batch_size``; a batch's random draws should depend on its rows alone (PGD's starts take
+    ``rows.start`` as their ``first_row``; AutoAttack's runs are seeded by it). Under torchrun with
+    ``across_processes`` each process computes its round-robin share of the batches and one
+    all-reduce sums them into ``out`` (adding zeros is exact): every process holds every row, the
+    same rows as one process computes."""
     check_batch_size(batch_size)
     starts = list(range(0, out.shape[0], batch_size))
     for start in distributed.share(starts) if across_processes else starts:

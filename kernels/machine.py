@@ -487,12 +487,14 @@ def fit_kernel_machine(
     arch.check_input(tuple(x_train.shape))
     low, high = float(x_train.min()), float(x_train.max())
     if high > 1:  # below 0 alone: centred features, more likely than images
+        # just above 1 (1.0000001): rounding, not another scale
+        advice = f"divide them by {_full_scale(high):g}" if high >= 2 else "clip them to [0, 1]"
         warnings.warn(
-            f"x_train runs from {low:g} to {high:g}: if these are images, divide them by {_full_scale(high):g} "
+            f"x_train runs from {low:.8g} to {high:.8g}: if these are images, {advice} "
             "(pixel units in [0, 1]); the NTK of a net with biases is not scale-free, and the attacks and "
             "feature scores refuse inputs outside [0, 1]",
             InputRangeWarning,
-            stacklevel=2,
+            stacklevel=3,  # the caller's line: 2 is the @float64 wrapper's
         )
     classes = tuple(int(c) for c in (np.unique(y_train) if classes is None else classes))
     if len(classes) < 2 or len(set(classes)) != len(classes):
@@ -566,21 +568,21 @@ def _warn_if_ill_conditioned(machine: KernelMachine) -> None:
             f"(eigenvalue <= {machine.cutoff:.3g}) are left out and the machine predicts 0 everywhere; "
             "the two-layer NTK (no biases) of all-zero images does this",
             IllConditionedWarning,
-            stacklevel=3,
+            stacklevel=4,  # fit_kernel_machine's caller, past the @float64 wrapper
         )
     elif dropped:
         warnings.warn(
             f"Gram matrix is numerically singular: {dropped} of {machine.n_train} eigen-directions "
             f"(eigenvalue <= {machine.cutoff:.3g}) are left out (pseudo-inverse); duplicated inputs do this",
             IllConditionedWarning,
-            stacklevel=3,
+            stacklevel=4,  # fit_kernel_machine's caller, past the @float64 wrapper
         )
     elif math.isinf(machine.time) and cond > CONDITION_WARNING:
         warnings.warn(
             f"Gram matrix is ill-conditioned (condition number {cond:.3g}); the ridgeless t=inf "
             "machine amplifies rounding errors: consider a ridge or a finite time",
             IllConditionedWarning,
-            stacklevel=3,
+            stacklevel=4,  # fit_kernel_machine's caller, past the @float64 wrapper
         )
 
 

@@ -25,7 +25,6 @@ from ntkrobust.kernels._jax import float64, jnp, stax
 from ntkrobust.kernels.relu import angle, pairwise_dots, sine_part
 
 
-
 def _geometry(x1: jnp.ndarray, x2: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
     """Dot products s, norms, and the angle θ = arccos(u) computed as atan2(√(‖x‖²‖x'‖² − s²), s)
     (the vectorised ``kernels.relu.angle``: libm's arccos is a scalar call on CPUs; the root is

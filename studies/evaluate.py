@@ -4,7 +4,10 @@ data, with a flag where AutoAttack finds the gradient attacks misled (gradient m
 
 Nets are named as ``transfer``'s targets: checkpoints of this tool, ``MODEL[:WIDTH]=STATE_DICT``,
 and, with ``trust_model_code``, TorchScript / .pt2 files. Outputs: ``results.json`` and
-``robust_accuracy.png`` (``plots.robust_accuracy_bars``).
+``robust_accuracy.png`` (``plots.robust_accuracy_bars``). Stopped part way (an interrupt, an error
+in a later net), the nets finished so far are the result the command line saves
+(``_base.kept_if_stopped``): ``results.json`` lists the others under ``nets_not_evaluated`` and the
+figure's subtitle says "stopped after k of n nets".
 
 Under torchrun every process loads the data and the nets, attacks its share of every attack's
 batches and gets every point's verdict (``bridge.evaluation``): the accuracies of one process.

@@ -131,6 +131,26 @@ def test_a_rows_start_does_not_depend_on_the_rows_around_it(norm):
         threat.random_start(x, seed=7, first_row=-1)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_numpy_first_row_is_taken_as_a_python_one(norm):
+    """``first_row`` from ``np.arange`` (a numpy integer, which ``is_whole`` takes): PCG64's
+    ``advance`` raised OverflowError ("Python int too large to convert to C long") on it."""
+    x = np.random.default_rng(0).random((6, 1, 2, 2))
+    threat = ThreatModel(norm, 0.2)
+    whole = threat.random_start(x, seed=7)
+    for first in (np.int64(3), np.int32(3), np.uint64(3)):
+        np.testing.assert_array_equal(threat.random_start(x[3:], seed=7, first_row=first), whole[3:])
+
+
+def test_pgd_refuses_a_negative_first_row_with_or_without_a_random_start():
+    """A bad ``first_row`` is refused whatever the start: without a random start or with a given
+    one it was accepted silently (only ``random_start`` checked it)."""
+    x = np.full((2, 1, 2, 2), 0.5)
+    for kw in ({}, {"random_start": False}, {"start": x}):
+        with pytest.raises(ValueError, match="first_row must be a whole number >= 0, got -1"):
+            pgd(lambda z, y: z, x, None, eps=0.1, step=0.05, steps=1, first_row=-1, **kw)
+
+
 def _converter(backend):
     if backend == "jax":
         from ntkrobust.kernels._jax import jnp

@@ -181,6 +181,29 @@ def test_images_in_pixel_counts_warn_and_name_their_white(digits_binary, white, 
     assert not np.allclose(np.asarray(counts.logits(test * white)), np.asarray(units.logits(test)), atol=1e-3)
 
 
+def test_the_range_warning_points_at_the_callers_line(digits_binary):
+    """``stacklevel`` past the ``@float64`` wrapper: the warning names this file, not _jax.py."""
+    x, y = digits_binary.x_train[:40], digits_binary.y_train[:40]
+    with pytest.warns(InputRangeWarning) as caught:
+        fit_kernel_machine(get_architecture("fc2"), x * 255, y)
+    assert [w.filename for w in caught if w.category is InputRangeWarning] == [__file__]
+
+
+def test_the_conditioning_warning_points_at_the_callers_line(digits_binary):
+    x, y = digits_binary.x_train[:20], digits_binary.y_train[:20]
+    with pytest.warns(IllConditionedWarning, match="duplicated inputs") as caught:
+        fit_kernel_machine(get_architecture("fc2"), np.concatenate([x, x]), np.concatenate([y, y]))
+    assert {w.filename for w in caught if w.category is IllConditionedWarning} == {__file__}
+
+
+def test_inputs_a_rounding_above_one_are_told_to_be_clipped_not_divided(digits_binary):
+    """A maximum of 1.0000001 is rounding, not a scale of 16: the advice is to clip."""
+    x, y = digits_binary.x_train[:40].copy(), digits_binary.y_train[:40]
+    x[0, 0] = 1.0000001
+    with pytest.warns(InputRangeWarning, match=r"from 0 to 1.0000001: if these are images, clip them to \[0, 1\]"):
+        fit_kernel_machine(get_architecture("fc2"), x, y)
+
+
 def test_pixel_units_and_centred_features_do_not_warn(digits_binary):
     x, y = digits_binary.x_train[:40], digits_binary.y_train[:40]
     with warnings.catch_warnings():

@@ -113,3 +113,25 @@ def test_sigterm_to_the_command_keeps_the_nets_evaluated(nets, tmp_path):
     record = json.loads((out / "results.json").read_text())
     assert record["nets"][0]["label"] == "run epoch 0"
     assert record["nets_not_evaluated"][-1] == "run epoch 2"
+
+
+def test_a_step_of_reproduce_does_not_save_its_part_as_reproduces_output(nets, tmp_path, monkeypatch, capsys):
+    """``reproduce`` runs evaluate in-process as a step: an interrupt in the step's second net
+    carries evaluate's part up to the command line, which saved it into reproduce's --out (its
+    results.json and figure beside the steps) and said so instead of how reproduce resumes."""
+    import importlib
+
+    eval_module, eval_settings = cli.study_settings(cli.parse(["evaluate", *nets, *TASK, "--out", str(tmp_path / "x")]))
+    stopping_at(monkeypatch, 2, KeyboardInterrupt())
+
+    def reproduce(settings, *, progress=False, argv=None):  # what reproduce._store's StepStore.run does
+        (settings.out / "steps").mkdir(parents=True, exist_ok=True)
+        return eval_module.run(eval_settings, progress=progress, argv=None)
+
+    monkeypatch.setattr(importlib.import_module("ntkrobust.reproduce.run"), "run", reproduce)
+    out = tmp_path / "reproduced"
+    assert cli.main(["reproduce", "tk-fig2-features", "--out", str(out), "--quiet"]) == 130
+    assert sorted(p.name for p in out.iterdir()) == ["steps"]
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"ntkrobust: interrupted; finished steps in {out} are kept: run the same command to resume"
+    )
