@@ -92,7 +92,7 @@ def trained_on(names: Sequence[str] | None, outputs: int) -> str:
     trained on the classes (3, 8): give that task's --classes" where its checkpoint records as many
     classes as it has outputs (``trained_classes``), else nothing; past ten classes, the first ten
     names and then ", ... (100 classes)"."""
-    if names is None or len(names) != outputs:
+    if names is None or len(names) != max(outputs, 2):  # one output: a binary task's two classes
         return ""
     listed = ", ".join(names[:10]) + (f", ... ({len(names)} classes)" if len(names) > 10 else "")
     return f"; it was trained on the classes ({listed}): give that task's --classes"

@@ -337,7 +337,8 @@ def check_one_output_per_class(outputs: int, classes: int, what: str, trained: S
         )
     from ntkrobust.bridge.checkpoint import trained_on
 
-    raise StudyError(f"{what} has {outputs} outputs, the data has {classes} classes{trained_on(trained, outputs)}")
+    said = f"{outputs} output" + ("" if outputs == 1 else "s")
+    raise StudyError(f"{what} has {said}, the data has {classes} classes{trained_on(trained, outputs)}")
 
 
 def training_subset(data: Any, n: int | None, seed: int, flag: str) -> Any:

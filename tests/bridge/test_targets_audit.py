@@ -442,6 +442,13 @@ def test_a_net_of_another_task_is_refused_naming_the_classes_it_was_trained_on(t
     assert _refused(bare, "", classes=2).endswith("the task needs (2, 2) logits or (2, 1)")
     wrong = save_checkpoint(tmp_path / "wrong.pt", build_model(config), config, history={"class_names": names[:3]})
     assert _refused(wrong, "", classes=2).endswith("the task needs (2, 2) logits or (2, 1)")
+    one_logit = model_config("fc1", SHAPE, 1, width=4)  # a binary net of one output: two classes recorded
+    binary = save_checkpoint(
+        tmp_path / "bin.pt", build_model(one_logit), one_logit, history={"class_names": ["3", "8"]}
+    )
+    assert _refused(binary, "", classes=10).endswith(
+        "the task needs (2, 10) logits; it was trained on the classes (3, 8): give that task's --classes"
+    )
 
 
 @pytest.mark.parametrize(
