@@ -6,6 +6,8 @@ paragraph, and the first line is the one that says what went wrong.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def first_line(error: BaseException, limit: int | None = None) -> str:
     """An error's message as one line (its first), or its type's name when it has none. Longer
@@ -21,6 +23,12 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
         return cut[: sentence + 1] + " …"
     word = cut.rfind(" ")
     return (cut[:word] if word >= limit // 2 else cut).rstrip(" ,;:") + "…"
+
+
+def listed(names: Sequence[str], most: int = 10) -> str:
+    """Names for a one-line message: the first ``most`` of them, and how many in all past that
+    ("0, 1, 2, ..., 9, ... (100 classes)")."""
+    return ", ".join(names[:most]) + (f", ... ({len(names)} classes)" if len(names) > most else "")
 
 
 #: class names and run labels go into one-line messages, legends, titles and CSV rows

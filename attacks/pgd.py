@@ -44,11 +44,17 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ntkrobust._numbers import is_whole
 from ntkrobust._progress import progress_iter
 from ntkrobust.attacks._array import Array, ops_for
 from ntkrobust.attacks.fgsm import LossGradient
-from ntkrobust.attacks.threat import Norm, ThreatModel, check_schedule, check_seed, steepest_ascent
+from ntkrobust.attacks.threat import (
+    Norm,
+    ThreatModel,
+    check_first_row,
+    check_schedule,
+    check_seed,
+    steepest_ascent,
+)
 
 
 def pgd(
@@ -70,8 +76,7 @@ def pgd(
     threat = ThreatModel(norm=norm, eps=eps)
     check_schedule(step, steps)
     check_seed(seed)
-    if not is_whole(first_row) or first_row < 0:  # refused with or without a random start
-        raise ValueError(f"first_row must be a whole number >= 0, got {first_row!r}")
+    check_first_row(first_row)  # with or without a random start
     threat.check_inputs(x)
     ops = ops_for(x)
     if start is not None:

@@ -78,8 +78,7 @@ class ThreatModel:
         Box–Muller (two draws per pair of coordinates) and the radius ε·u^(1/d) (one draw), a
         fixed number of draws per point.
         """
-        if not is_whole(first_row) or first_row < 0:
-            raise ValueError(f"first_row must be a whole number >= 0, got {first_row!r}")
+        check_first_row(first_row)
         ops = ops_for(x)
         shape = tuple(x.shape)
         rows, size = shape[0], int(np.prod(shape[1:], dtype=np.int64))
@@ -115,6 +114,12 @@ def check_batch_size(batch_size: Any) -> None:
     never runs, and its zero-filled (or uninitialised) output would be returned as the result."""
     if not is_whole(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
+def check_first_row(first_row: Any) -> None:
+    """Refuse a place in the seed's stream that is not a whole number >= 0."""
+    if not is_whole(first_row) or first_row < 0:
+        raise ValueError(f"first_row must be a whole number >= 0, got {first_row!r}")
 
 
 def check_seed(seed: Any) -> None:

@@ -89,45 +89,46 @@ def _counted(part: str, attack: Any, bar: Any) -> Iterator[None]:
             steps.runs, steps.calls = steps.runs + 1, 0
             show()
 
-    own = dict(vars(attack))  # the net (APGD's "model") is the instance's own; methods are the class's
-    setattr(attack, name, counted_step)
-    attack.attack_single_run = counted_run
+    with _replaced(attack, name, counted_step), _replaced(attack, "attack_single_run", counted_run):
+        yield
+
+
+@contextlib.contextmanager
+def _replaced(instance: Any, name: str, value: Any) -> Iterator[None]:
+    """``instance.name`` is ``value`` while open; then what it was: the instance's own attribute
+    again (the net, APGD's "model"), or none, so that the class's method shows through."""
+    own = vars(instance)
+    had, before = name in own, own.get(name)
+    setattr(instance, name, value)
     try:
         yield
     finally:
-        for member in (name, "attack_single_run"):
-            if member in own:
-                setattr(attack, member, own[member])
-            else:
-                delattr(attack, member)
+        if had:
+            setattr(instance, name, before)
+        else:
+            delattr(instance, name)
 
 
 @contextlib.contextmanager
 def _parts_counted(attack: Any, where: str, show: bool) -> Iterator[None]:
     """Each part's ``perturb`` of ``attack`` (an ``AutoAttack``) opens a progress loop over its
     steps, named "AutoAttack PART" and ``where``."""
-    wrapped: dict[str, Any] = {}
-    for part in attack.attacks_to_run:
-        member = _PARTS[part][0]
-        instance = getattr(attack, member)
-        if member in wrapped:  # apgd-ce and apgd-dlr share the instance: each call names its own part
-            continue
-        perturb = instance.perturb
+    with contextlib.ExitStack() as wrapped:
+        # apgd-ce and apgd-dlr share one instance: wrapped once, each call names its own part
+        for member in dict.fromkeys(_PARTS[part][0] for part in attack.attacks_to_run):
+            instance = getattr(attack, member)
 
-        def counted_perturb(*args: Any, _instance: Any = instance, _perturb: Any = perturb, **kwargs: Any) -> Any:
-            name = _running(attack, _instance)
-            label = f"AutoAttack {name.upper()}{where}"
-            total = _PARTS[name][2](_instance)
-            with progress_bar(total, label, _PARTS[name][1], show=show) as bar, _counted(name, _instance, bar):
-                return _perturb(*args, **kwargs)
+            def counted_perturb(
+                *args: Any, _instance: Any = instance, _perturb: Any = instance.perturb, **kw: Any
+            ) -> Any:
+                name = _running(attack, _instance)
+                label = f"AutoAttack {name.upper()}{where}"
+                total = _PARTS[name][2](_instance)
+                with progress_bar(total, label, _PARTS[name][1], show=show) as bar, _counted(name, _instance, bar):
+                    return _perturb(*args, **kw)
 
-        instance.perturb = counted_perturb
-        wrapped[member] = perturb
-    try:
+            wrapped.enter_context(_replaced(instance, "perturb", counted_perturb))
         yield
-    finally:
-        for member in wrapped:
-            del getattr(attack, member).perturb  # the class's method again
 
 
 def _running(attack: Any, instance: Any) -> str:

@@ -142,13 +142,13 @@ def robust_correct(
         raise ValueError(f"unknown evaluation attack {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
     model = model.eval()
     with torch.no_grad():
-        two_logits = model(x[:1]).shape[1] == 1
-    net = _TwoLogits(model).eval() if two_logits else model
+        outputs = int(model(x[:1]).shape[1])
+    net = _TwoLogits(model).eval() if outputs == 1 else model
     y = y.long()
     result = {"clean": _correct(net, x, y, across_processes)}
     for name in attacks:
         if name == "autoattack":
-            parts = autoattack_attacks(int(net(x[:1]).shape[1])) if autoattack_parts is None else autoattack_parts
+            parts = autoattack_attacks(max(outputs, 2)) if autoattack_parts is None else autoattack_parts
             result[name] = autoattack_correct(
                 net, x, y, eps=eps, seed=seed, batch_size=batch_size, parts=parts,
                 across_processes=across_processes, progress=progress,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ntkrobust._messages import listed
 from ntkrobust._numbers import is_whole
 from ntkrobust.studies._base import StudyError, changed_flags, flags_do, warn
 from ntkrobust.studies._output import check_writable
@@ -489,17 +490,12 @@ def check_task(trained: Sequence[str] | None, data: Any, what: str, notes: list[
     if sorted(trained) == sorted(task):
         first = next(i for i, (a, b) in enumerate(zip(trained, task, strict=True)) if a != b)
         raise StudyError(
-            f"{what} was trained on the classes ({_names(trained)}) in that order, and the data's task orders "
-            f"them ({_names(task)}; its output {first} is {trained[first]}, not {task[first]}): give --classes "
+            f"{what} was trained on the classes ({listed(trained)}) in that order, and the data's task orders "
+            f"them ({listed(task)}; its output {first} is {trained[first]}, not {task[first]}): give --classes "
             "in the net's order"
         )
-    said = f"{what} was trained on the classes ({_names(trained)}), not the data's ({_names(task)})"
+    said = f"{what} was trained on the classes ({listed(trained)}), not the data's ({listed(task)})"
     warn([] if notes is None else notes, f"{said}: its numbers are those of a net of another task")
-
-
-def _names(names: Sequence[str], most: int = 10) -> str:
-    """Class names for a one-line message: the first ``most`` of them, and how many in all."""
-    return ", ".join(names[:most]) + (f", ... ({len(names)} classes)" if len(names) > most else "")
 
 
 def load_targets(
