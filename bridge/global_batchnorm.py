@@ -125,14 +125,19 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     @torch.no_grad()
     def _update_running_statistics(self, mean: torch.Tensor, variance: torch.Tensor, n: torch.Tensor) -> None:
         """torch's update: running ← (1 − m)·running + m·batch, the variance unbiased (N/(N − 1)),
-        m the momentum or, without one, 1/batches (a cumulative average)."""
+        m the momentum or, without one, 1/batches (a cumulative average). No host read: torch's
+        own layer takes ``float(num_batches_tracked)`` for m, a device sync per layer and step on
+        a GPU; here m stays a tensor on the device."""
         assert self.running_mean is not None and self.running_var is not None
         assert self.num_batches_tracked is not None
         self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        dtype = self.running_mean.dtype
+        factor: float | torch.Tensor = (
+            self.num_batches_tracked.to(dtype).reciprocal() if self.momentum is None else self.momentum
+        )
         unbiased = variance * n / (n - 1).clamp_min(1.0)
-        self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
-        self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        self.running_mean.lerp_(mean.to(dtype), factor)  # (1 − m)·running + m·batch
+        self.running_var.lerp_(unbiased.to(dtype), factor)
 
 
 def convert(model: nn.Module) -> nn.Module:
