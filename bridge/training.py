@@ -274,9 +274,10 @@ def training_inputs(
 ) -> torch.Tensor:
     """The inputs the loss of ``mode`` is taken on (x̃; x for standard and TRADES' clean term).
 
-    ``part``: the rows of the batch this process attacks (distributed training). The random
-    starts are drawn for the whole batch and cut, so every example starts where it would in one
-    process."""
+    ``part``: the rows of the batch this process attacks (distributed training). Every example
+    starts where it would in one process: PGD's uniform starts are this process's rows' own draws
+    of the seed's stream (``first_row``, no draws for the other rows), the noise of FGSM-noise
+    and TRADES is drawn for the whole batch and cut."""
     part = part or slice(None)
     if mode == "standard":
         return x[part]
@@ -295,7 +296,7 @@ def training_inputs(
                 targets, weight = te
                 targets = None if targets is None else targets[part]
                 gradient = input_gradient(model, lambda logits, labels: te_loss(logits, labels, targets, weight))
-            start = threat.random_start(x, seed)[part]
+            start = threat.random_start(xs, seed, first_row=part.start or 0)
             return pgd(gradient, xs, ys, eps=config.eps, step=config.pgd_step, steps=config.pgd_steps, start=start)
         if mode == "trades":
             with torch.no_grad():

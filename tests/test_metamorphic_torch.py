@@ -485,10 +485,10 @@ def _config(mode: str, **changes) -> TrainConfig:
 
 @pytest.mark.parametrize("mode", TRAIN_MODES)
 def test_the_training_inputs_of_the_parts_of_a_batch_are_the_whole_batchs_cut(mode):
-    """``training_inputs(..., part)``: "the random starts are drawn for the whole batch and cut, so
-    every example starts where it would in one process"; the attack of each example then follows
-    its own gradient (eval mode, no batch statistics). So the parts' inputs, concatenated, are the
-    whole batch's. 1e-12."""
+    """``training_inputs(..., part)``: every example starts where it would in one process (PGD's
+    starts from its own rows' draws, the other modes' noise drawn for the whole batch and cut);
+    the attack of each example then follows its own gradient (eval mode, no batch statistics). So
+    the parts' inputs, concatenated, are the whole batch's. 1e-12."""
     net = tanh_net(seed=10)
     x, y = tanh_data(seed=9)
     config = _config(mode)
@@ -496,6 +496,26 @@ def test_the_training_inputs_of_the_parts_of_a_batch_are_the_whole_batchs_cut(mo
     parts = [training_inputs(net, x, y, mode, config, seed=4, part=slice(a, b)) for a, b in ((0, 3), (3, 7), (7, 10))]
     np.testing.assert_allclose(torch.cat(parts).numpy(), whole.numpy(), rtol=0, atol=TOL)
     check_adversarial(whole, x, ThreatModel("linf", EPS))
+
+
+@pytest.mark.parametrize("mode", ["pgd", "te"])
+def test_a_process_draws_the_pgd_starts_of_its_own_rows_only(mode, monkeypatch):
+    """Under torchrun a process draws its rows' starts (``first_row`` = its first row), not the
+    whole batch's to cut: the draws a batch of B rows costs on the host are B / processes."""
+    net = tanh_net(seed=10)
+    x, y = tanh_data(seed=9)
+    drawn: list[tuple[int, int]] = []
+    original = ThreatModel.random_start
+
+    def recorded(self, xs, seed, first_row=0):
+        drawn.append((xs.shape[0], first_row))
+        return original(self, xs, seed, first_row)
+
+    monkeypatch.setattr(ThreatModel, "random_start", recorded)
+    config = _config(mode, te_start=1, te_end=2) if mode == "te" else _config(mode)
+    training_inputs(net, x, y, mode, config, seed=4, part=slice(3, 7))
+    training_inputs(net, x, y, mode, config, seed=4)
+    assert drawn == [(4, 3), (x.shape[0], 0)]
 
 
 @pytest.mark.parametrize("mode", ["standard", *TRAIN_MODES])
