@@ -140,8 +140,10 @@ def check_floating(x: Array) -> None:
 
 def looks_channels_last(image_shape: tuple[int, ...]) -> bool:
     """Whether one image's (C, H, W) shape reads as an (H, W, C) one: a grey or colour channel
-    count last and another first (8x8 grey images taken channels last are 8 channels of 8x1)."""
-    return len(image_shape) == 3 and image_shape[0] not in (1, 3) and image_shape[-1] in (1, 3)
+    count last and, first, more channels than any image format holds (grey, grey and alpha, RGB,
+    RGBA: 1-4), so a height (8x8 grey images taken channels last are 8 channels of 8x1). Two or
+    four channels first stay NCHW, whatever the width: (2, 6, 3) is two channels of 6x3."""
+    return len(image_shape) == 3 and image_shape[0] > 4 and image_shape[-1] in (1, 3)
 
 
 def outside_box_message(low: float, high: float) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkrobust.attacks.threat import looks_channels_last
 from ntkrobust.bridge._data_sources import DATASETS, DataError, load_raw, read_idx
 
 __all__ = [
@@ -239,7 +240,7 @@ def _to_images(x: np.ndarray, what: str) -> np.ndarray:
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"{what} has shape {x.shape}; expected NCHW or NHW images")
-    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+    if looks_channels_last(x.shape[1:]):
         raise DataError(f"{what} has shape {x.shape}, which looks like NHWC; transpose it to NCHW")
     if x.shape[0] == 0:
         raise DataError(f"{what} holds no images")

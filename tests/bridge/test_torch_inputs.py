@@ -127,3 +127,24 @@ def test_a_channels_last_input_shape_is_refused_by_the_models(shape):
         with pytest.raises(ModelError, match=re.escape(f"input shape {shape} looks like (height, width, channels)")):
             model_config(name, shape, 10)
     assert model_config("resnet18", (shape[2], *shape[:2]), 10).input_shape == (shape[2], *shape[:2])
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 3), (4, 8, 1), (2, 5, 1)])
+def test_two_or_four_channel_nchw_images_of_width_one_or_three_are_taken_as_nchw(shape, tmp_path):
+    """No image format has more than 4 channels, so (2, 6, 3) is two channels of 6x3, not a 2x6
+    colour image: the models, the data loader and the convolutional kernels take it (all of them
+    refused it as channels last before: the first axis was not 1 or 3 and the last was)."""
+    from ntkrobust.attacks.threat import looks_channels_last
+    from ntkrobust.bridge.data import load_dataset
+    from ntkrobust.bridge.models import build_model, model_config
+    from ntkrobust.kernels import compute_gram, get_architecture
+
+    assert not looks_channels_last(shape)
+    net = build_model(model_config("conv1", shape, 2))
+    x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(0))
+    assert net(x).shape == (4, 2)
+    assert compute_gram(get_architecture("conv1"), x.double().numpy()).shape == (4, 4)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=x.numpy(), y_train=np.arange(4) % 2, x_test=x.numpy(), y_test=np.arange(4) % 2)
+    assert load_dataset(str(path)).x_train.shape == (4, *shape)
+    assert looks_channels_last((5, 5, 3)) and looks_channels_last((28, 28, 1))
