@@ -9,7 +9,8 @@ box; robust accuracy = share still correct), ``attacks.pgd`` (the random start d
 numpy generator seeded by ``seed``, by position in the batch), ``bridge.adversarial`` (the
 random start of row i the i-th point's of ``seed``'s stream, whatever the batches),
 ``bridge.training`` (the modes' inputs and losses; each process's random starts those of its
-rows in the whole batch), ``bridge.transfer`` (LOO's τ), ``bridge.evaluation`` (one output attacked as the two logits (−f/2, f/2)).
+rows in the whole batch), ``bridge.transfer`` (LOO's τ), ``bridge.evaluation`` (one output
+attacked as the two logits (−f/2, f/2)).
 
 The nets and data are the audits' own (``tests/bridge``): the float64 linear net of
 ``test_adversarial_audit``, the float64 tanh MLP of ``test_training_audit``, the separable linear

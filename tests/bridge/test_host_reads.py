@@ -206,13 +206,18 @@ def test_full_batch_divergence_names_its_epoch_though_read_later(digits):
 
 
 @pytest.mark.usefixtures("one_process_sharing")
-def test_batchnorm_over_a_shared_batch_reads_nothing(host_reads):
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_over_a_shared_batch_reads_nothing(host_reads, momentum):
     """GlobalBatchNorm keeps the count of the rows of every process on the device: a training
     step of a ResNet-18 on a shared batch (here in one process, the gather its one row)
-    reads nothing back, however many steps."""
+    reads nothing back, however many steps; with momentum None (a cumulative average) its
+    factor 1/batches too (torch's own layer reads the batch count: float(num_batches_tracked))."""
     from ntkrobust.bridge import global_batchnorm
 
     model = global_batchnorm.convert(build_model(model_config("resnet18", (3, 8, 8), 4, width=2, seed=0))).train()
+    for layer in model.modules():
+        if isinstance(layer, global_batchnorm.GlobalBatchNorm):
+            layer.momentum = momentum
     x, y = torch.rand(16, 3, 8, 8), torch.arange(16) % 4
     for _ in range(3):
         with global_batchnorm.shared_batch():
