@@ -121,4 +121,3 @@ def test_a_linearized_nets_frozen_batchnorm_keeps_its_buffers() -> None:
     assert net.state_dict().keys() == reference.state_dict().keys()
     x = torch.randn(4, 1, 5, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     torch.testing.assert_close(net(x), reference(x), rtol=1e-12, atol=1e-12)
-
