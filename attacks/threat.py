@@ -76,7 +76,9 @@ class ThreatModel:
         call or in batches, of any size, shared between any number of processes. ℓ∞: ε·(2u − 1)
         per pixel (one draw each, as ``uniform(−ε, ε)``); ℓ2: a Gaussian direction by
         Box–Muller (two draws per pair of coordinates) and the radius ε·u^(1/d) (one draw), a
-        fixed number of draws per point.
+        fixed number of draws per point. The ℓ2 draws are turned into noise a block of points at
+        a time (the stream read in order, so the same numbers): its temporaries cost a block's
+        memory, not five times the batch's.
         """
         check_first_row(first_row)
         ops = ops_for(x)
@@ -90,14 +92,30 @@ class ThreatModel:
         if self.norm == "linf":
             noise = rng.uniform(-self.eps, self.eps, size=shape)
         else:
-            u = rng.random(size=(rows, per_point))
-            length = np.sqrt(-2.0 * np.log1p(-u[:, :pairs]))  # 1 − u lies in (0, 1]
-            angle = 2.0 * np.pi * u[:, pairs : 2 * pairs]
-            direction = np.concatenate([length * np.cos(angle), length * np.sin(angle)], axis=1)[:, :size]
-            direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), _TINY)
-            radius = self.eps * u[:, -1:] ** (1.0 / size)
-            noise = (direction * radius).reshape(shape)
+            noise = np.empty((rows, size))
+            block = max(1, START_BLOCK_VALUES // per_point)
+            for first in range(0, rows, block):
+                noise[first : first + block] = _l2_noise(
+                    rng.random(size=(min(block, rows - first), per_point)), self.eps, size
+                )
+            noise = noise.reshape(shape)
         return ops.clip(x + ops.from_numpy(noise, like=x), 0.0, 1.0)
+
+
+#: values of uniforms per block of points whose ℓ2 start noise is made at once (2**20: 8 MiB)
+START_BLOCK_VALUES = 2**20
+
+
+def _l2_noise(u: np.ndarray, eps: float, size: int) -> np.ndarray:
+    """(points, d = ``size``) noise uniform in the ε-ball from each point's 2⌈d/2⌉ + 1 uniforms
+    (points, 2⌈d/2⌉ + 1): Box–Muller normals from the first 2⌈d/2⌉ (lengths, then angles), the
+    radius ε·u^(1/d) from the last."""
+    pairs = (size + 1) // 2
+    length = np.sqrt(-2.0 * np.log1p(-u[:, :pairs]))  # 1 − u lies in (0, 1]
+    angle = 2.0 * np.pi * u[:, pairs : 2 * pairs]
+    direction = np.concatenate([length * np.cos(angle), length * np.sin(angle)], axis=1)[:, :size]
+    direction /= np.maximum(np.linalg.norm(direction, axis=1, keepdims=True), _TINY)
+    return direction * (eps * u[:, -1:] ** (1.0 / size))
 
 
 def check_schedule(step: Any, steps: Any) -> None:

@@ -131,6 +131,41 @@ def test_a_rows_start_does_not_depend_on_the_rows_around_it(norm):
         threat.random_start(x, seed=7, first_row=-1)
 
 
+@pytest.mark.parametrize("pixels", [(1, 3, 3), (2, 3, 3)])
+def test_l2_starts_made_a_block_of_points_at_a_time_are_the_same_numbers(monkeypatch, pixels):
+    """The ℓ2 noise is made from the stream a block of points at a time: blocks of one point,
+    of three, or all at once give the same starts to the bit (odd and even d, from a later row)."""
+    from ntkrobust.attacks import threat as threat_module
+
+    x = np.random.default_rng(1).random((10, *pixels))
+    threat = ThreatModel("l2", 0.4)
+    whole = threat.random_start(x, seed=2, first_row=5)
+    per_point = 2 * ((int(np.prod(pixels)) + 1) // 2) + 1
+    for points in (1, 3):
+        monkeypatch.setattr(threat_module, "START_BLOCK_VALUES", points * per_point)
+        np.testing.assert_array_equal(threat.random_start(x, seed=2, first_row=5), whole)
+
+
+def test_l2_starts_of_a_large_batch_take_a_blocks_temporaries_not_the_batchs(monkeypatch):
+    """Peak host memory of the ℓ2 starts of 300 CIFAR-sized points (numpy's allocations, seen by
+    tracemalloc) with blocks of 1,000 values: under 3.5 times the starts' own size (the noise, x
+    + noise and the clipped result). Made for all points at once it was 6 times (the uniforms,
+    Box–Muller's lengths, angles, cosines and sines and the direction, each of the batch's size)."""
+    import tracemalloc
+
+    from ntkrobust.attacks import threat as threat_module
+
+    monkeypatch.setattr(threat_module, "START_BLOCK_VALUES", 1000)
+    x = np.random.default_rng(2).random((300, 3, 32, 32))
+    tracemalloc.start()
+    try:
+        start = ThreatModel("l2", 0.5).random_start(x, seed=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3.5 * start.nbytes, peak / start.nbytes
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_a_numpy_first_row_is_taken_as_a_python_one(norm):
     """``first_row`` from ``np.arange`` (a numpy integer, which ``is_whole`` takes): PCG64's
