@@ -78,6 +78,9 @@ class _Lines:
         now = _wall()
         if now - self.said_wall >= HEARTBEAT_EVERY:
             self._say(now - self.start_wall)
+            # the next update's line a whole interval after this one: a batch that ended a second
+            # after the heartbeat printed a second line ("15/40 batches, 60 s", "16/40 batches, 60 s")
+            self.last = time.monotonic()
 
     def set_postfix(self, **values: str) -> None:
         """tqdm's running figures, added to the next line."""

@@ -131,3 +131,27 @@ def test_a_long_item_still_says_that_its_loop_runs(
         said = [r.getMessage() for r in caplog.records]
     assert said and said[0].startswith("features 1/3 › feature fgsm: 0/1 blocks (0%), ")
     assert not any(line.startswith("features:") for line in said)  # the innermost loop alone
+
+
+def test_a_heartbeat_line_and_an_update_line_are_not_said_seconds_apart(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop whose heartbeat spoke at 60 s and whose next item ended at 61 s said two lines a
+    second apart ("epoch 1 (pgd): 15/40 batches (38%), 60 s", then "16/40 batches (40%), 60 s"):
+    one line a minute, whichever of the two says it."""
+    now = [0.0]
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(_progress, "_wall", lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="ntkrobust"), progress_bar(40, "epoch 1", "batch", show=False) as bar:
+        now[0] = 59.0
+        bar.update(15)
+        now[0] = 60.0
+        bar.beat()  # what the heartbeat thread does each second (it may have said it already)
+        now[0] = 61.0
+        bar.update(1)
+        now[0] = 121.0
+        bar.update(1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "epoch 1: 15/40 batches (38%), 60 s",
+        "epoch 1: 17/40 batches (42%), 121 s",
+    ]
