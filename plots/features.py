@@ -171,6 +171,28 @@ def _r_ticks(ax: Any, r: np.ndarray, everything: int | None) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _unlabel_crowded_ticks(ax: Any) -> None:
+    """Blank the labels of the r axis that would run into another as drawn (a narrow panel of
+    r = 1, 2, 5, ..., 100 ran "50" into "100"). Labels are taken in turn, "all (n)" first, then
+    the powers of ten, then the rest from the left, each kept when it ends or starts at least half
+    its font size from every label kept before it; the ticks stay. Needs the figure drawn."""
+    labels = ax.get_xticklabels()
+    texts = [label.get_text() for label in labels]
+    boxes = [label.get_window_extent() for label in labels]
+
+    def rank(i: int) -> tuple[bool, bool, int]:
+        power_of_ten = texts[i].isdigit() and texts[i].rstrip("0") == "1"
+        return (not texts[i].startswith("all ("), not power_of_ten, i)
+
+    kept: list[int] = []
+    for i in sorted((i for i, text in enumerate(texts) if text), key=rank):
+        gap = 0.5 * labels[i].get_fontsize() * ax.figure.dpi / 72
+        if all(boxes[i].x0 - boxes[j].x1 >= gap or boxes[j].x0 - boxes[i].x1 >= gap for j in kept):
+            kept.append(i)
+    if len(kept) < sum(map(bool, texts)):
+        ax.set_xticks(list(ax.get_xticks()), [text if i in kept else "" for i, text in enumerate(texts)])
+
+
 def robust_only_curves(panels: Sequence[RobustOnlyPanel], path: Path, *, subtitle: str = "") -> None:
     """One panel per architecture: accuracy of f'_r against r (``RobustOnlyResult`` lists); a
     panel's optional third entry n, the number of all features, labels r = n "all (n)"."""
@@ -203,4 +225,7 @@ def robust_only_curves(panels: Sequence[RobustOnlyPanel], path: Path, *, subtitl
         ax.grid(alpha=0.3, which="both")
     axes[0, -1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     _heading(fig, "Robust-features-only kernels", subtitle, ref="TK supp. figs. 4-5")
+    fig.draw_without_rendering()  # the layout, so the labels' drawn extents are known
+    for ax in axes[0]:
+        _unlabel_crowded_ticks(ax)
     _save(fig, path)

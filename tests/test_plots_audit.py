@@ -14,6 +14,7 @@ records built from the keys the types declare.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import typing
 
@@ -167,6 +168,24 @@ def test_robust_only_panels_share_one_legend_on_the_right_and_the_full_accuracy_
     left, right = (ax for ax in drawn["r.png"].axes if ax.get_title() in ("a", "b"))
     assert left.get_legend() is None and right.get_legend() is not None
     assert left.get_ylim() == right.get_ylim() == (-0.02, 1.02)
+
+
+def test_a_narrow_robust_only_panel_names_no_r_into_another(tmp_path, drawn):
+    """One panel of r = 1, 2, 5, ..., 100 and all 1000 (the README's MNIST features command):
+    "50" ran into "100" and "10" touched "20". The labels drawn are at least half their font size
+    apart; "all (1000)" and the powers of ten are named, the ticks of the others stay."""
+    rs = (1, 2, 5, 10, 20, 50, 100, 1000)
+    results = [RobustOnlyResult(r=r, clean=0.9, fgsm_own=0.1, pgd_own=0.0, fgsm_transfer=0.5, pgd_transfer=0.4)
+               for r in rs]  # fmt: skip
+    plots.robust_only_curves([("fc2", results, 1000)], tmp_path / "r.png")
+    fig = drawn["r.png"]
+    (ax,) = (ax for ax in fig.axes if ax.get_title() == "fc2")
+    fig.draw_without_rendering()
+    named = [(t.get_text(), t.get_window_extent()) for t in ax.get_xticklabels() if t.get_text()]
+    assert {"1", "10", "100", "all (1000)"} <= {text for text, _ in named}
+    assert [float(t) for t in ax.get_xticks()] == [float(r) for r in rs]
+    gap = 0.5 * ax.get_xticklabels()[0].get_fontsize() * fig.dpi / 72
+    assert all(b.x0 - a.x1 >= gap for (_, a), (_, b) in itertools.pairwise(named)), named
 
 
 # -- transfer heatmap and curves -------------------------------------------------------------------
