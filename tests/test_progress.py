@@ -133,25 +133,38 @@ def test_a_long_item_still_says_that_its_loop_runs(
     assert not any(line.startswith("features:") for line in said)  # the innermost loop alone
 
 
+def _lines_of(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, events) -> list[str]:
+    """The lines of a 40-batch loop driven by ``events`` (time, "update" n / "beat"), both of
+    its clocks (the update lines' and the heartbeat's) set to each event's time."""
+    now = [0.0]
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(_progress, "_wall", lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="ntkrobust"), progress_bar(40, "epoch 1", "batch", show=False) as bar:
+        for at, action, *n in events:
+            now[0] = at
+            bar.update(*n) if action == "update" else bar.beat()  # beat: what the heartbeat thread does
+    return [r.getMessage() for r in caplog.records]
+
+
 def test_a_heartbeat_line_and_an_update_line_are_not_said_seconds_apart(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A loop whose heartbeat spoke at 60 s and whose next item ended at 61 s said two lines a
     second apart ("epoch 1 (pgd): 15/40 batches (38%), 60 s", then "16/40 batches (40%), 60 s"):
     one line a minute, whichever of the two says it."""
-    now = [0.0]
-    monkeypatch.setattr(_progress.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(_progress, "_wall", lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="ntkrobust"), progress_bar(40, "epoch 1", "batch", show=False) as bar:
-        now[0] = 59.0
-        bar.update(15)
-        now[0] = 60.0
-        bar.beat()  # what the heartbeat thread does each second (it may have said it already)
-        now[0] = 61.0
-        bar.update(1)
-        now[0] = 121.0
-        bar.update(1)
-    assert [r.getMessage() for r in caplog.records] == [
+    events = [(59.0, "update", 15), (60.0, "beat"), (61.0, "update", 1), (121.0, "update", 1)]
+    assert _lines_of(monkeypatch, caplog, events) == [
         "epoch 1: 15/40 batches (38%), 60 s",
         "epoch 1: 17/40 batches (42%), 121 s",
     ]
+
+
+def test_a_silent_heartbeat_check_leaves_the_update_lines_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat thread calls ``beat`` every second; only a beat that speaks (the loop silent
+    for ``HEARTBEAT_EVERY``) restarts the update lines' minute. A beat at 59 s says nothing, so
+    the update at 60 s still says its line (restarting the minute on every beat would leave the
+    update lines to the heartbeat alone, a second late and never at the moment a batch ends)."""
+    events = [(30.0, "update", 10), (59.0, "beat"), (60.0, "update", 5)]
+    assert _lines_of(monkeypatch, caplog, events) == ["epoch 1: 15/40 batches (38%), 60 s"]
