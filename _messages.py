@@ -25,8 +25,8 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     return (cut[:word] if word >= limit // 2 else cut).rstrip(" ,;:") + "…"
 
 
-def listed(names: Sequence[str], most: int = 10) -> str:
-    """Names for a one-line message: the first ``most`` of them, and how many in all past that
+def class_names_listed(names: Sequence[str], most: int = 10) -> str:
+    """Class names for a one-line message: the first ``most`` of them, and how many in all past that
     ("0, 1, 2, ..., 9, ... (100 classes)")."""
     return ", ".join(names[:most]) + (f", ... ({len(names)} classes)" if len(names) > most else "")
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkrobust._messages import first_line, listed, name_problem
+from ntkrobust._messages import class_names_listed, first_line, name_problem
 from ntkrobust.bridge.files import not_a_file, program_kind, refusal_reason, write_atomically
 from ntkrobust.bridge.linearized import CenteredStandardNetwork, LinearizedNetwork
 from ntkrobust.bridge.models import ModelConfig, ModelError, build_model
@@ -94,7 +94,7 @@ def trained_on(names: Sequence[str] | None, outputs: int) -> str:
     names and then ", ... (100 classes)"."""
     if names is None or len(names) != max(outputs, 2):  # one output: a binary task's two classes
         return ""
-    return f"; it was trained on the classes ({listed(names)}): give that task's --classes"
+    return f"; it was trained on the classes ({class_names_listed(names)}): give that task's --classes"
 
 
 def _linearization(model: nn.Module) -> dict[str, Any] | None:

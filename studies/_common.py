@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ntkrobust._messages import listed
+from ntkrobust._messages import class_names_listed
 from ntkrobust._numbers import is_whole
 from ntkrobust.studies._base import StudyError, changed_flags, flags_do, warn
 from ntkrobust.studies._output import check_writable
@@ -490,11 +490,14 @@ def check_task(trained: Sequence[str] | None, data: Any, what: str, notes: list[
     if sorted(trained) == sorted(task):
         first = next(i for i, (a, b) in enumerate(zip(trained, task, strict=True)) if a != b)
         raise StudyError(
-            f"{what} was trained on the classes ({listed(trained)}) in that order, and the data's task orders "
-            f"them ({listed(task)}; its output {first} is {trained[first]}, not {task[first]}): give --classes "
-            "in the net's order"
+            f"{what} was trained on the classes ({class_names_listed(trained)}) in that order, and the data's task "
+            f"orders them ({class_names_listed(task)}; its output {first} is {trained[first]}, not {task[first]}): "
+            "give --classes in the net's order"
         )
-    said = f"{what} was trained on the classes ({listed(trained)}), not the data's ({listed(task)})"
+    said = (
+        f"{what} was trained on the classes ({class_names_listed(trained)}), "
+        f"not the data's ({class_names_listed(task)})"
+    )
     warn([] if notes is None else notes, f"{said}: its numbers are those of a net of another task")
 
 
