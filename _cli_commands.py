@@ -567,6 +567,12 @@ def _evaluate_parser(p: argparse.ArgumentParser) -> None:
         help="points per AutoAttack run (default 250), each seeded by its first row; PGD and CW run in 256s",
     )
     g.add_argument(
+        "--restarts",
+        type=_positive_int,
+        default=1,
+        help="random starts per point for PGD and CW (default 1); a point is robust only if none succeeds",
+    )
+    g.add_argument(
         "--trust-model-code",
         action="store_true",
         help="also load TorchScript and .pt2 files: loading them runs code from the file",

@@ -147,6 +147,7 @@ def autoattack_correct(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
+    classes: int,
     eps: float,
     seed: int,
     batch_size: int,
@@ -154,15 +155,15 @@ def autoattack_correct(
     across_processes: bool,
     progress: bool = False,
 ) -> np.ndarray:
-    """AutoAttack's ``parts`` (pyautoattack's names) on each batch of ``batch_size`` points as a
-    run of its own, seeded by ``seed`` + its first row: a point's verdict depends on its batch
-    alone, so the batches can be shared between the processes of a torchrun launch (each of
-    AutoAttack's attacks reseeds torch's generator per batch anyway). For at most ``batch_size``
-    points, one run with ``seed``: exactly AutoAttack's ``run_standard_evaluation``.
+    """AutoAttack's ``parts`` (pyautoattack's names) against ``model``'s ``classes`` logits, on each
+    batch of ``batch_size`` points as a run of its own, seeded by ``seed`` + its first row: a
+    point's verdict depends on its batch alone, so the batches can be shared between the
+    processes of a torchrun launch (each of AutoAttack's attacks reseeds torch's generator per
+    batch anyway). For at most ``batch_size`` points, one run with ``seed``: exactly AutoAttack's
+    ``run_standard_evaluation``.
     ``progress``: bars in a terminal, else timed lines (module docstring)."""
     from pyautoattack import AutoAttack
 
-    classes = int(model(x[:1]).shape[1])
     attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=x.device)
     attack.apgd_targeted.n_target_classes = attack.fab.n_target_classes = min(9, classes - 1)
     attack.attacks_to_run = list(parts)

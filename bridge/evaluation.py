@@ -16,7 +16,11 @@
   (−f/2, f/2), whose softmax is the same.
 
 PGD and CW start every point from its own draws of ``seed``'s stream (``attacks.pgd``'s
-``first_row``), whatever the batches; AutoAttack runs on each batch of ``batch_size`` points as a
+``first_row``), whatever the batches. With ``restarts`` R > 1 they run R times, restart r from
+the stream of ``restart_seed(seed, r)`` (restart 0: ``seed`` itself, so R = 1 is the plain
+evaluation), and a point counts as robust only if every restart leaves it correct (Madry et al.
+2018's restarts; R times the cost: every restart attacks every point, so a point's verdict still
+depends on its own draws alone); AutoAttack runs on each batch of ``batch_size`` points as a
 run of its own, seeded by ``seed`` + the batch's first row. Either way a point's verdict does not
 depend on how many processes share the batches (``across_processes``, under torchrun).
 
@@ -49,6 +53,7 @@ __all__ = [
     "autoattack_attacks",
     "cw_margin_loss",
     "masking_suspected",
+    "restart_seed",
     "robust_correct",
 ]
 
@@ -77,6 +82,16 @@ class _TwoLogits(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.model(x)
         return torch.cat([-f / 2, f / 2], dim=1)
+
+
+def restart_seed(seed: int, restart: int) -> int:
+    """The seed of PGD's random starts in restart ``restart`` (0, 1, ...) of an evaluation seeded
+    ``seed``: ``seed`` itself for restart 0, else a number drawn from numpy's SeedSequence of
+    (seed, restart), below 2**63: distinct starts for every restart, and not the starts of
+    another ``--seed`` (seed + restart would give seed 1's restart 0 to seed 0's restart 1)."""
+    if restart == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, restart]).generate_state(1, np.uint64)[0]) & (2**63 - 1)
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, across_processes: bool) -> np.ndarray:
@@ -128,6 +143,7 @@ def robust_correct(
     across_processes: bool = False,
     autoattack_parts: Sequence[str] | None = None,
     progress: bool = False,
+    restarts: int = 1,
 ) -> dict[str, np.ndarray]:
     """Per point, whether ``model`` (eval mode) still classifies it correctly: ``clean`` and
     under each of ``attacks`` (ℓ∞, radius ``eps``); ``on_attack(name, accuracy)`` after each.
@@ -136,7 +152,12 @@ def robust_correct(
     their seeds do not depend on the number of processes). ``autoattack_parts``: AutoAttack's
     attacks to run (pyautoattack's names, e.g. ``["square"]``), by default the standard version's
     for the net's classes (``autoattack_attacks``). ``progress``: PGD's steps and AutoAttack's
-    iterations and queries in bars in a terminal, else in a line a minute (``bridge._autoattack``)."""
+    iterations and queries in bars in a terminal, else in a line a minute (``bridge._autoattack``).
+    ``restarts``: PGD's and CW's random starts per point (module docstring); with more than one,
+    ``on_attack(f"{name} restart {r}/{restarts}", accuracy)`` after each restart, the accuracy under
+    the restarts so far, and ``on_attack(name, accuracy)`` after the last."""
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
     unknown = [a for a in attacks if a not in EVALUATION_ATTACKS]
     if unknown:
         raise ValueError(f"unknown evaluation attack {unknown[0]!r}: choose from {', '.join(EVALUATION_ATTACKS)}")
@@ -150,16 +171,21 @@ def robust_correct(
         if name == "autoattack":
             parts = autoattack_attacks(max(outputs, 2)) if autoattack_parts is None else autoattack_parts
             result[name] = autoattack_correct(
-                net, x, y, eps=eps, seed=seed, batch_size=batch_size, parts=parts,
+                net, x, y, classes=max(outputs, 2), eps=eps, seed=seed, batch_size=batch_size, parts=parts,
                 across_processes=across_processes, progress=progress,
             )  # fmt: skip
         else:
             method, steps = name.split("-")
             loss = cw_margin_loss if method == "cw" else None
-            result[name] = _pgd_correct(
-                net, x, y, eps=eps, steps=int(steps), channels=channels, seed=seed, loss=loss,
-                across_processes=across_processes, progress=progress,
-            )  # fmt: skip
+            for restart in range(restarts):
+                survived = _pgd_correct(
+                    net, x, y, eps=eps, steps=int(steps), channels=channels, seed=restart_seed(seed, restart),
+                    loss=loss, across_processes=across_processes, progress=progress,
+                )  # fmt: skip
+                result[name] = survived if restart == 0 else result[name] & survived
+                if restarts > 1 and restart < restarts - 1 and on_attack is not None:
+                    so_far = float((result[name] & result["clean"]).mean())
+                    on_attack(f"{name} restart {restart + 1}/{restarts}", so_far)
         # still correct: a point wrong clean is not robust, even where its attack lands right
         result[name] &= result["clean"]
         if on_attack is not None:

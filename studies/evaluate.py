@@ -1,6 +1,8 @@
 """``evaluate``: the robust accuracy of trained nets as RobustBench measures it (clean, PGD-20,
 PGD-100, CW-ℓ∞ and AutoAttack; ``bridge.evaluation``), on the class-balanced test points of the
 data, with a flag where AutoAttack finds the gradient attacks misled (gradient masking).
+``restarts`` repeats PGD and CW from that many random starts per point (``bridge.evaluation``): a
+point counts as robust only if it survives every one.
 
 Nets are named as ``transfer``'s targets: checkpoints of this tool, ``MODEL[:WIDTH]=STATE_DICT``,
 and, with ``trust_model_code``, TorchScript / .pt2 files. Outputs: ``results.json`` and
@@ -54,10 +56,11 @@ class EvaluateSettings:
     attacks: tuple[str, ...] = EVALUATION_ATTACKS
     masking_gap: float = 0.1  # bridge.evaluation.MASKING_GAP
     batch_size: int = 250
+    restarts: int = 1  # PGD's and CW's random starts per point; robust only if every one fails
     device: str = "auto"
     trust_model_code: bool = False
 
-    COUNTS: ClassVar[dict[str, int]] = {"batch_size": 1}  # checked by check_counts, as the parser does
+    COUNTS: ClassVar[dict[str, int]] = {"batch_size": 1, "restarts": 1}  # checked by check_counts, as the parser does
 
 
 @dataclass
@@ -68,6 +71,8 @@ class EvaluateResult(StudyResult):
         config, data = self.record["config"], self.record["config"]["data"]
         points = f", {data['n_test']} test points" if data.get("n_test") else ""
         subtitle = f"{Path(str(data['data'])).name}{points}; ℓ∞ ε = {pixel_radius(config['eps'])}"
+        if config.get("restarts", 1) > 1:  # records from before restarts have no key: one start
+            subtitle += f"; PGD and CW: {config['restarts']} random starts per point"
         if left := self.record.get("nets_not_evaluated"):  # a run stopped early: the nets it finished
             done = len(self.record["nets"])
             subtitle += f"; stopped after {done} of {done + len(left)} nets (not evaluated: {', '.join(left)})"
@@ -128,6 +133,11 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
             )
         if settings.batch_size != EvaluateSettings.batch_size and "autoattack" not in settings.attacks:
             raise StudyError("--batch-size sets AutoAttack's runs (PGD and CW run in 256s): --attacks needs autoattack")
+        if settings.restarts > 1 and set(settings.attacks) <= {"autoattack"}:
+            raise StudyError(
+                "--restarts repeats PGD and CW from new random starts (AutoAttack has its own): "
+                "--attacks needs pgd-20, pgd-100 or cw-100"
+            )
         data = settings.data.load()
         channels = data.image_shape[0]
         eps = _checked(settings, channels)
@@ -148,6 +158,8 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
         # points per AutoAttack run, each seeded by its first row: a point's verdict depends on it
         "autoattack_batch_size": settings.batch_size if "autoattack" in settings.attacks else None,
         "masking_gap": settings.masking_gap if compared else None,  # None: no comparison ran
+        # PGD's and CW's random starts per point (bridge.evaluation.restart_seed); 1: one start
+        "restarts": settings.restarts,
         "device": str(device),
     }
     rows: list[dict[str, Any]] = []
@@ -170,7 +182,8 @@ def run(settings: EvaluateSettings, *, progress: bool = False, argv: list[str] |
 
             correct = robust_correct(
                 model, x.float(), y, eps=eps, channels=channels, attacks=settings.attacks, on_attack=said,
-                seed=settings.data.seed, batch_size=settings.batch_size, across_processes=True, progress=progress,
+                seed=settings.data.seed, batch_size=settings.batch_size, restarts=settings.restarts,
+                across_processes=True, progress=progress,
             )  # fmt: skip
             accuracy = accuracies(correct)
             rows.append(

@@ -209,6 +209,7 @@ ROWS = {
         (["--attacks", "CW-100, pgd-20"], "attacks", ("cw-100", "pgd-20")),
         (["--masking-gap", "1/5"], "masking_gap", 0.2),
         (["--batch-size", "7"], "batch_size", 7),
+        (["--restarts", "5"], "restarts", 5),
         (["--trust-model-code"], "trust_model_code", True),
         (["--device", "cpu"], "device", "cpu"),
     ],

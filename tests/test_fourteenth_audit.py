@@ -322,7 +322,7 @@ def test_each_batch_is_a_run_seeded_by_its_first_row_and_the_logger_is_given_bac
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
     x = torch.rand(10, 1, 2, 2)
     y = net(x).argmax(1)
-    kw = {"eps": 0.1, "seed": 7, "batch_size": 4, "parts": ["apgd-ce"], "across_processes": False}
+    kw = {"classes": 3, "eps": 0.1, "seed": 7, "batch_size": 4, "parts": ["apgd-ce"], "across_processes": False}
     with caplog.at_level("INFO", logger="ntkrobust"):
         assert autoattack_correct(net, x, y, **kw).all()
         assert autoattack_correct(net, x[:4], y[:4], **kw).all()

@@ -74,6 +74,10 @@ def test_train_records_the_default_trades_beta(tmp_path, run_cli):
             ["evaluate", "--data", "digits", "--attacks", "pgd-20", "--batch-size", 3, "N"],
             "--batch-size sets AutoAttack's runs (PGD and CW run in 256s): --attacks needs autoattack",
         ),
+        (
+            ["evaluate", "--data", "digits", "--attacks", "autoattack", "--restarts", 3, "N"],
+            "--restarts repeats PGD and CW from new random starts (AutoAttack has its own): --attacks needs",
+        ),
         (["dynamics", "RUN", "--eigenvector-steps", 5], "--eigenvector-steps sets the eigenvector pictures: give"),
         (
             ["dynamics", "RUN", "--eigenvector-class", 1, "--eigenvector-steps", 5],

@@ -87,7 +87,7 @@ def test_the_counters_leave_autoattack_as_they_found_it(digits_net, shorter):
     """The wrapped methods are the instance's for the length of a run only."""
     net, x, y = digits_net
     _autoattack.autoattack_correct(
-        net, x[:5], y[:5], eps=0.05, seed=0, batch_size=5, parts=["apgd-ce", "apgd-t", "fab-t", "square"],
+        net, x[:5], y[:5], classes=10, eps=0.05, seed=0, batch_size=5, parts=["apgd-ce", "apgd-t", "fab-t", "square"],
         across_processes=False, progress=True,  # tqdm's bars
     )  # fmt: skip
     (attack,) = shorter

@@ -113,3 +113,57 @@ def test_pgd_shows_its_steps_as_a_bar_when_asked_and_finds_the_same_examples(mon
     barred = robust_correct(net, x, y, eps=0.1, channels=1, attacks=("pgd-20", "cw-100"), progress=True)
     assert shown == [("PGD", "step", True)] * 4
     assert all(np.array_equal(quiet[name], barred[name]) for name in quiet)
+
+
+def test_restart_seeds_start_at_the_seed_and_meet_no_other_seed():
+    """Restart 0 is the plain evaluation's seed; the others are distinct from each other and from
+    every small seed a user gives (seed + restart would hand seed 1's starts to seed 0's restart
+    1), and below 2**63 (the largest seed taken)."""
+    from ntkrobust.bridge.evaluation import restart_seed
+
+    assert [restart_seed(seed, 0) for seed in (0, 7, 2**63 - 1)] == [0, 7, 2**63 - 1]
+    later = {restart_seed(seed, r) for seed in range(50) for r in range(1, 20)}
+    assert len(later) == 50 * 19
+    assert not later & set(range(100_000))
+    assert all(0 <= s < 2**63 for s in later)
+    assert restart_seed(3, 2) == restart_seed(3, 2)  # a function of (seed, restart) alone
+
+
+def test_restarts_count_a_point_only_if_every_start_fails(trained_digits_net):
+    """``restarts=3``: PGD-20 and CW-100 each run from the starts of ``restart_seed(5, r)``, r = 0,
+    1, 2, and a point is robust only if clean-correct and correct after all three; computed here
+    by hand from ``adversarial_examples`` (the independent route). ``restarts=1`` is the plain
+    evaluation, and ``on_attack`` reports the accuracy under the restarts so far after each."""
+    from ntkrobust.attacks import evaluation_schedule
+    from ntkrobust.bridge.adversarial import adversarial_examples, predict
+    from ntkrobust.bridge.evaluation import restart_seed
+
+    model, x, y = trained_digits_net
+    eps, attacks = 0.06, ("pgd-20", "cw-100")
+    said: list[tuple[str, float]] = []
+    correct = robust_correct(
+        model, x, y, eps=eps, channels=1, attacks=attacks, seed=5, restarts=3,
+        on_attack=lambda name, accuracy: said.append((name, accuracy)),
+    )  # fmt: skip
+    clean = (predict(model, x) == y).numpy()
+    for name, loss in (("pgd-20", None), ("cw-100", cw_margin_loss)):
+        step, steps = evaluation_schedule(1, eps, int(name.split("-")[1]))
+        expected = clean.copy()
+        for r in range(3):
+            x_adv = adversarial_examples(
+                model, x, y, method="pgd", eps=eps, step=step, steps=steps, seed=restart_seed(5, r), loss=loss
+            )
+            expected &= (predict(model, x_adv) == y).numpy()
+        np.testing.assert_array_equal(correct[name], expected)
+    assert [name for name, _ in said] == [
+        "pgd-20 restart 1/3", "pgd-20 restart 2/3", "pgd-20", "cw-100 restart 1/3", "cw-100 restart 2/3", "cw-100",
+    ]  # fmt: skip
+    for first in (0, 3):  # never rising: each restart can only take points away
+        assert said[first][1] >= said[first + 1][1] >= said[first + 2][1]
+    once = robust_correct(model, x, y, eps=eps, channels=1, attacks=attacks, seed=5)
+    plain = robust_correct(model, x, y, eps=eps, channels=1, attacks=attacks, seed=5, restarts=1)
+    assert all(np.array_equal(once[name], plain[name]) for name in once)
+    np.testing.assert_array_equal(once["pgd-20"] & correct["pgd-20"], correct["pgd-20"])  # a subset
+    assert correct["cw-100"].sum() < once["cw-100"].sum()  # here the later starts take one more point
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        robust_correct(model, x, y, eps=eps, channels=1, attacks=attacks, restarts=0)

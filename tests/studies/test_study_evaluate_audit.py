@@ -84,3 +84,38 @@ def test_a_real_pgd_run_is_the_bridges_at_the_seed(net_file):
     mine = accuracies(robust_correct(net, x, y, eps=0.02, channels=1, attacks=("pgd-20",), seed=SEED))
     assert row["accuracy"] == pytest.approx(mine, abs=1e-15) and row["accuracy"]["clean"] == pytest.approx(clean)
     assert 0 < row["accuracy"]["pgd-20"] < row["accuracy"]["clean"]  # partly broken: the seed could show
+
+
+def test_restarts_reach_the_attacks_the_record_and_the_figure(net_file, monkeypatch, tmp_path):
+    """``restarts`` goes to ``robust_correct`` as given (1 by default), the record's config keeps
+    it, and the figure's subtitle says it where it is more than one. Refused, before any data is
+    loaded: 0 restarts, and restarts with AutoAttack alone (its runs have their own)."""
+    from ntkrobust import plots
+    from ntkrobust.bridge import evaluation
+    from ntkrobust.studies._base import StudyError
+
+    given, subtitles = [], []
+    monkeypatch.setattr(
+        evaluation,
+        "robust_correct",
+        lambda model, x, y, **kw: given.append(kw["restarts"]) or {"clean": np.ones(len(y), bool), "pgd-20": None},
+    )
+    monkeypatch.setattr(evaluation, "accuracies", lambda correct: {"clean": 1.0, "pgd-20": 0.5, "worst_case": 0.5})
+    monkeypatch.setattr(plots, "robust_accuracy_bars", lambda nets, path, *, subtitle: subtitles.append(subtitle))
+    for restarts in (4, 1):
+        settings = EvaluateSettings(nets=(str(net_file),), data=DATA, attacks=("pgd-20",), restarts=restarts)
+        result = evaluate.run(settings)
+        assert result.record["config"]["restarts"] == restarts
+        result.write_files(type("Staged", (), {"path": lambda self, name: tmp_path / name})())
+    assert given == [4, 1]
+    assert subtitles[0].endswith("; PGD and CW: 4 random starts per point")
+    assert "random starts" not in subtitles[1]
+
+    def refused(**kw):
+        monkeypatch.setattr(DataSettings, "load", lambda self: pytest.fail("data loaded before the refusal"))
+        with pytest.raises(StudyError, match="--restarts") as error:
+            evaluate.run(EvaluateSettings(nets=(str(net_file),), data=DATA, **kw))
+        return str(error.value)
+
+    assert "AutoAttack has its own" in refused(attacks=("autoattack",), restarts=2)
+    assert ">= 1" in refused(restarts=0)
