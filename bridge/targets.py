@@ -314,12 +314,13 @@ def _check_outputs(target: Target, image_shape: tuple[int, ...], num_classes: in
     allowed = {num_classes, 1} if num_classes == 2 else {num_classes}
     if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2 or outputs.shape[1] not in allowed:
         shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-        width = outputs.shape[1] if isinstance(outputs, torch.Tensor) and outputs.ndim == 2 else -1
+        # the classes it was trained on, where its logits have a width to compare with them
+        logits = isinstance(outputs, torch.Tensor) and outputs.ndim == 2
         raise TargetError(
             f"{path} returns {shape} for 2 images; "
             f"the task needs (2, {num_classes}) logits"
             + (" or (2, 1)" if num_classes == 2 else "")
-            + trained_on(target.class_names, width)
+            + (trained_on(target.class_names, outputs.shape[1]) if logits else "")
         )
     if not outputs.is_floating_point():
         raise TargetError(f"{path} returns {outputs.dtype} logits; attacks need floating-point ones")

@@ -273,3 +273,22 @@ def _state(folder):
     path = folder / "weights.pt"
     torch.save(build_model(model_config("fc2", SHAPE, 10, width=32)).state_dict(), path)
     return path
+
+
+class _Flat(torch.nn.Module):
+    """A net whose outputs are one number per image, (B,): no logits, so no width."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1).sum(1)
+
+
+def test_outputs_without_a_width_name_no_trained_classes():
+    """A refusal of outputs that are not (B, C) logits says nothing of the classes the net was
+    trained on: there is no width to compare them with. A width of -1 was read as one output,
+    hence two classes, and a checkpoint of a binary task was said to be trained on them."""
+    from ntkrobust.bridge.targets import Target, _check_outputs
+
+    target = Target("flat", _Flat(), {"path": "flat.pt"}, class_names=("3", "8"))
+    with pytest.raises(TargetError) as error:
+        _check_outputs(target, SHAPE, 10, "cpu")
+    assert str(error.value) == "flat.pt returns (2,) for 2 images; the task needs (2, 10) logits"
