@@ -149,9 +149,15 @@ class Recipe:
 def canonical(value: Any, ctx: Context) -> Any:
     """``value`` (settings, paths, tuples, ...) as plain JSON, with the reproduction's folders
     written ``$STEPS`` and ``$DATA`` so that the key does not depend on where OUT lives (also in a
-    path given as text: a transfer step's checkpoints were absolute, and a moved OUT ran them again)."""
+    path given as text: a transfer step's checkpoints were absolute, and a moved OUT ran them again).
+    A settings field marked ``studies._base.UNKEYED_AT_DEFAULT`` is left out at its default."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: canonical(getattr(value, f.name), ctx) for f in dataclasses.fields(value)}
+        return {
+            f.name: canonical(getattr(value, f.name), ctx)
+            for f in dataclasses.fields(value)
+            # a setting added after steps were recorded keeps their keys at its default
+            if not (f.metadata.get("unkeyed_at_default") and getattr(value, f.name) == f.default)
+        }
     if isinstance(value, Path):
         text = str(value)
         for prefix, name in ((ctx.steps_dir, "$STEPS"), (ctx.data_root, "$DATA")):

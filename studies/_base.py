@@ -26,6 +26,7 @@ from ntkrobust.studies._errors import StudyError, StudyWarning
 from ntkrobust.studies._output import StagedOutput, check_out_dir, holds_files
 
 __all__ = [
+    "UNKEYED_AT_DEFAULT",
     "Clock",
     "StagedOutput",
     "StudyError",
@@ -42,6 +43,11 @@ __all__ = [
     "warn",
     "warned_after_checks",
 ]
+
+#: ``field(metadata=UNKEYED_AT_DEFAULT)`` marks a setting added after reproductions were recorded:
+#: at its default a ``reproduce`` step's key leaves it out (``reproduce._recipe.canonical``), so
+#: the steps finished before it existed keep their keys and are not run again.
+UNKEYED_AT_DEFAULT = {"unkeyed_at_default": True}
 
 #: Distributions whose versions every result records.
 _VERSIONED = ("ntkrobust", "numpy", "jax", "jaxlib", "neural-tangents", "scikit-learn", "torch", "torchvision")

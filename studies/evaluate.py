@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from ntkrobust._numbers import pixel_radius
 from ntkrobust._progress import progress_iter
 from ntkrobust.studies._base import (
+    UNKEYED_AT_DEFAULT,
     Clock,
     StagedOutput,
     StudyError,
@@ -56,7 +57,9 @@ class EvaluateSettings:
     attacks: tuple[str, ...] = EVALUATION_ATTACKS
     masking_gap: float = 0.1  # bridge.evaluation.MASKING_GAP
     batch_size: int = 250
-    restarts: int = 1  # PGD's and CW's random starts per point; robust only if every one fails
+    # PGD's and CW's random starts per point, robust only if every one fails (added after reproduce's
+    # evaluate steps were recorded: their keys leave it out at 1)
+    restarts: int = field(default=1, metadata=UNKEYED_AT_DEFAULT)
     device: str = "auto"
     trust_model_code: bool = False
 
