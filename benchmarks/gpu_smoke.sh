@@ -112,7 +112,8 @@ model = load_checkpoint(sys.argv[1])[0].eval()
 example = torch.zeros(2, 1, 8, 8)
 torch.export.save(torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)), sys.argv[2])
 PY
-run evaluate-pt2 evaluate "$OUT/net.pt2" --trust-model-code "${D[@]}" --eps 0.1 --n-test 200 --attacks pgd-20
+# two random starts per point: the restarts' loop on the device
+run evaluate-pt2 evaluate "$OUT/net.pt2" --trust-model-code "${D[@]}" --eps 0.1 --n-test 200 --attacks pgd-20 --restarts 2
 if [ -z "$AUTOATTACK_MISSING" ]; then
   run evaluate evaluate "$OUT/train-pgd/checkpoints/epoch_003.pt" "${D[@]}" --eps 0.1 --n-test 200
 else
