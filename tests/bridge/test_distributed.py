@@ -785,3 +785,34 @@ def test_evaluate_under_torchrun_gives_one_processs_accuracies_on_a_three_class_
     assert two["config"]["autoattack_batch_size"] == 8
     accuracy = one["nets"][0]["accuracy"]
     assert accuracy["autoattack"] < accuracy["clean"]
+
+
+def _restarted_flags() -> dict[str, np.ndarray]:
+    """PGD-20 and CW-100 from 3 random starts per point, in batches of 256 (one here: rank 1 adds
+    its empty share to every restart's all-reduce)."""
+    from ntkrobust.bridge.evaluation import robust_correct
+
+    model, x, y = _robust_net()
+    return robust_correct(
+        model, x, y, eps=ROBUST_EPS, channels=1, seed=ROBUST_SEED, attacks=("pgd-20", "cw-100"), restarts=3,
+        across_processes=True,
+    )  # fmt: skip
+
+
+def _restarted_rank(rank: int, world: int, port: int, out: str) -> None:
+    with _in_group(rank, world, port):
+        np.savez(Path(out) / f"restarted-rank{rank}.npz", **_restarted_flags())
+
+
+def test_two_processes_restart_pgd_to_the_verdicts_of_one(tmp_path: Path) -> None:
+    """``evaluate --restarts`` under a launch: every process runs the same restarts' collectives in
+    the same order and gets one process's verdicts for every point."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_restarted_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    single = _restarted_flags()
+    assert 0 < single["pgd-20"].sum() < single["clean"].sum()  # the attack takes some points, not all
+    for rank in (0, 1):
+        with np.load(tmp_path / f"restarted-rank{rank}.npz") as found:
+            for name, value in single.items():
+                np.testing.assert_array_equal(found[name], value, err_msg=f"{name}, rank {rank}")
