@@ -75,7 +75,8 @@ class EvaluateResult(StudyResult):
         points = f", {data['n_test']} test points" if data.get("n_test") else ""
         subtitle = f"{Path(str(data['data'])).name}{points}; ℓ∞ ε = {pixel_radius(config['eps'])}"
         if config.get("restarts", 1) > 1:  # records from before restarts have no key: one start
-            subtitle += f"; PGD and CW: {config['restarts']} random starts per point"
+            restarted = ", ".join(name.upper() for name in config["attacks"] if name != "autoattack")
+            subtitle += f"; {restarted}: {config['restarts']} random starts per point"
         if left := self.record.get("nets_not_evaluated"):  # a run stopped early: the nets it finished
             done = len(self.record["nets"])
             subtitle += f"; stopped after {done} of {done + len(left)} nets (not evaluated: {', '.join(left)})"

@@ -127,6 +127,10 @@ def test_restart_seeds_start_at_the_seed_and_meet_no_other_seed():
     assert not later & set(range(100_000))
     assert all(0 <= s < 2**63 for s in later)
     assert restart_seed(3, 2) == restart_seed(3, 2)  # a function of (seed, restart) alone
+    # pinned: another rule (the order of the entropy, 32-bit words) would change recorded accuracies
+    assert [restart_seed(0, 1), restart_seed(5, 2), restart_seed(2**63 - 1, 3)] == [
+        5836529245451711556, 4160164373342109173, 2542839430063486525,
+    ]  # fmt: skip
 
 
 def test_restarts_count_a_point_only_if_every_start_fails(trained_digits_net):

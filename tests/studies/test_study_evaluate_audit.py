@@ -102,14 +102,15 @@ def test_restarts_reach_the_attacks_the_record_and_the_figure(net_file, monkeypa
     )
     monkeypatch.setattr(evaluation, "accuracies", lambda correct: {"clean": 1.0, "pgd-20": 0.5, "worst_case": 0.5})
     monkeypatch.setattr(plots, "robust_accuracy_bars", lambda nets, path, *, subtitle: subtitles.append(subtitle))
-    for restarts in (4, 1):
-        settings = EvaluateSettings(nets=(str(net_file),), data=DATA, attacks=("pgd-20",), restarts=restarts)
+    for restarts, attacks in ((4, ("pgd-20",)), (1, ("pgd-20",)), (2, ("pgd-20", "autoattack", "cw-100"))):
+        settings = EvaluateSettings(nets=(str(net_file),), data=DATA, attacks=attacks, restarts=restarts)
         result = evaluate.run(settings)
         assert result.record["config"]["restarts"] == restarts
         result.write_files(type("Staged", (), {"path": lambda self, name: tmp_path / name})())
-    assert given == [4, 1]
-    assert subtitles[0].endswith("; PGD and CW: 4 random starts per point")
+    assert given == [4, 1, 2]
+    assert subtitles[0].endswith("; PGD-20: 4 random starts per point")  # the attacks that restarted
     assert "random starts" not in subtitles[1]
+    assert subtitles[2].endswith("; PGD-20, CW-100: 2 random starts per point")  # not AutoAttack
 
     def refused(**kw):
         monkeypatch.setattr(DataSettings, "load", lambda self: pytest.fail("data loaded before the refusal"))
