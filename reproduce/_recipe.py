@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkrobust.bridge.files import JsonFileError, json_safe, read_json
+from ntkrobust.studies._base import keyed
 
 #: the scales a reproduction runs at (``--scale``)
 SCALES = ("smoke", "cpu", "paper")
@@ -155,8 +156,7 @@ def canonical(value: Any, ctx: Context) -> Any:
         return {
             f.name: canonical(getattr(value, f.name), ctx)
             for f in dataclasses.fields(value)
-            # a setting added after steps were recorded keeps their keys at its default
-            if not (f.metadata.get("unkeyed_at_default") and getattr(value, f.name) == f.default)
+            if keyed(f, getattr(value, f.name))  # a setting added later keeps old keys at its default
         }
     if isinstance(value, Path):
         text = str(value)

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ __all__ = [
     "checked_together",
     "envelope",
     "gpu_record",
+    "keyed",
     "number_text",
     "peak_gpu_memory",
     "restart_gpu_peak",
@@ -48,6 +49,13 @@ __all__ = [
 #: at its default a ``reproduce`` step's key leaves it out (``reproduce._recipe.canonical``), so
 #: the steps finished before it existed keep their keys and are not run again.
 UNKEYED_AT_DEFAULT = {"unkeyed_at_default": True}
+
+
+def keyed(setting: Field[Any], value: Any) -> bool:
+    """Whether ``setting`` (a field of a study's settings) holding ``value`` belongs in a
+    ``reproduce`` step's key: every one does but a field marked ``UNKEYED_AT_DEFAULT`` at its default."""
+    return not (setting.metadata.get("unkeyed_at_default") and value == setting.default)
+
 
 #: Distributions whose versions every result records.
 _VERSIONED = ("ntkrobust", "numpy", "jax", "jaxlib", "neural-tangents", "scikit-learn", "torch", "torchvision")
