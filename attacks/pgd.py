@@ -24,7 +24,9 @@ Arguments:
     first_row: the place of x's first row among the points that ``seed`` draws starts for
         (default 0): batches of one data set, each given its first row's index, start where one
         call on all of it does (``ThreatModel.random_start``).
-    start: the first iterate, overriding ``random_start``, ``seed`` and ``first_row`` (default
+    places: the place of each row of x among those points, instead of ``first_row`` + i
+        (default None), for rows picked out of a data set (``ThreatModel.random_start``).
+    start: the first iterate, overriding ``random_start``, ``seed`` and the places (default
         None), e.g. the random start of each example shared by several attacks on it; projected
         onto the ball.
     progress: show a progress bar over steps (default False).
@@ -43,6 +45,8 @@ from __future__ import annotations
 
 import functools
 from typing import Any
+
+import numpy as np
 
 from ntkrobust._progress import progress_iter
 from ntkrobust.attacks._array import Array, ops_for
@@ -69,6 +73,7 @@ def pgd(
     random_start: bool = True,
     seed: int = 0,
     first_row: int = 0,
+    places: np.ndarray | None = None,
     start: Array | None = None,
     progress: bool = False,
 ) -> Array:
@@ -84,7 +89,7 @@ def pgd(
             raise ValueError(f"start must have the shape of x, {tuple(x.shape)}, got {tuple(start.shape)}")
         x_adv = threat.project(start, x)
     else:
-        x_adv = threat.random_start(x, seed, first_row) if random_start else x
+        x_adv = threat.random_start(x, seed, first_row, places) if random_start else x
     ascend = _jitted_ascent() if ops.name == "jax" else _ascent
     for _ in progress_iter(range(steps), "PGD", "step", show=progress):
         x_adv = ascend(x_adv, loss_gradient(x_adv, y), x, step=step, threat=threat)

@@ -11,6 +11,7 @@ Taylor attacks of Tsilivis & Kempe (supp. eq. 16, 20, 22) all step along it.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -66,40 +67,63 @@ class ThreatModel:
         # itself lies in [0, 1]: the result stays inside the ball.
         return ops.clip(x + delta, 0.0, 1.0)
 
-    def random_start(self, x: Array, seed: int, first_row: int = 0) -> Array:
+    def random_start(self, x: Array, seed: int, first_row: int = 0, places: np.ndarray | None = None) -> Array:
         """A point drawn uniformly from the ε-ball around ``x``, clipped to [0, 1].
 
         The noise is drawn on the host from numpy's generator seeded by ``seed`` and moved to
         ``x``'s device once, so every backend sees the same start for the same seed. Row i of
         ``x`` takes the draws of point ``first_row + i`` of that generator's stream (PCG64's
         ``advance`` skips to them): a data set gets the same starts whether it is attacked in one
-        call or in batches, of any size, shared between any number of processes. ℓ∞: ε·(2u − 1)
-        per pixel (one draw each, as ``uniform(−ε, ε)``); ℓ2: a Gaussian direction by
-        Box–Muller (two draws per pair of coordinates) and the radius ε·u^(1/d) (one draw), a
-        fixed number of draws per point. The ℓ2 draws are turned into noise a block of points at
-        a time (the stream read in order, so the same numbers): Box–Muller's temporaries cost a
-        block's memory, and the peak is about 3 times the starts' size instead of 6.
+        call or in batches, of any size, shared between any number of processes. ``places``
+        (whole numbers >= 0, one per row) puts row i at point ``places[i]`` instead, for rows
+        picked out of a data set (e.g. the points an attack's earlier restarts left unbroken):
+        each run of consecutive places is drawn as one. ℓ∞: ε·(2u − 1) per pixel (one draw
+        each, as ``uniform(−ε, ε)``); ℓ2: a Gaussian direction by Box–Muller (two draws per pair
+        of coordinates) and the radius ε·u^(1/d) (one draw), a fixed number of draws per point.
+        The ℓ2 draws are turned into noise a block of points at a time (the stream read in
+        order, so the same numbers): Box–Muller's temporaries cost a block's memory, and the peak
+        is about 3 times the starts' size instead of 6.
         """
         check_first_row(first_row)
         ops = ops_for(x)
         shape = tuple(x.shape)
         rows, size = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+        runs = _runs(first_row, places, rows)
+        if len(runs) == 1:  # the whole batch in one run: no second buffer
+            noise = self._noise(seed, runs[0][1], rows, size)
+        else:
+            noise = np.empty((rows, size))
+            for at, first, count in runs:
+                noise[at : at + count] = self._noise(seed, first, count, size)
+        return ops.clip(x + ops.from_numpy(noise.reshape(shape), like=x), 0.0, 1.0)
+
+    def _noise(self, seed: int, first: int, count: int, size: int) -> np.ndarray:
+        """(count, size) start noise of points ``first`` .. ``first + count - 1`` of ``seed``'s stream."""
         pairs = (size + 1) // 2
         per_point = size if self.norm == "linf" else 2 * pairs + 1
         bits = np.random.PCG64(seed)  # numpy's default_rng(seed), with its place in the stream
-        bits.advance(int(first_row) * per_point)  # advance takes Python ints, not numpy's
+        bits.advance(int(first) * per_point)  # advance takes Python ints, not numpy's
         rng = np.random.Generator(bits)
         if self.norm == "linf":
-            noise = rng.uniform(-self.eps, self.eps, size=shape)
-        else:
-            noise = np.empty((rows, size))
-            block = max(1, START_BLOCK_VALUES // per_point)
-            for first in range(0, rows, block):
-                noise[first : first + block] = _l2_noise(
-                    rng.random(size=(min(block, rows - first), per_point)), self.eps, size
-                )
-            noise = noise.reshape(shape)
-        return ops.clip(x + ops.from_numpy(noise, like=x), 0.0, 1.0)
+            return rng.uniform(-self.eps, self.eps, size=(count, size))
+        noise = np.empty((count, size))
+        block = max(1, START_BLOCK_VALUES // per_point)
+        for at in range(0, count, block):
+            noise[at : at + block] = _l2_noise(rng.random(size=(min(block, count - at), per_point)), self.eps, size)
+        return noise
+
+
+def _runs(first_row: int, places: np.ndarray | None, rows: int) -> list[tuple[int, int, int]]:
+    """(row, place, count) of each run of rows whose places follow one another: one run from
+    ``first_row`` without ``places``."""
+    if places is None:
+        return [(0, int(first_row), rows)]
+    places = np.asarray(places)
+    if places.shape != (rows,) or not np.issubdtype(places.dtype, np.integer) or (rows and places.min() < 0):
+        raise ValueError(f"places must be {rows} whole numbers >= 0, one per row, got {places!r}")
+    breaks = np.flatnonzero(np.diff(places) != 1) + 1
+    edges = [0, *breaks.tolist(), rows]
+    return [(a, int(places[a]), b - a) for a, b in itertools.pairwise(edges) if b > a]
 
 
 #: values of uniforms per block of points whose ℓ2 start noise is made at once (2**20: 8 MiB)

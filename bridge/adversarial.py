@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -219,19 +220,24 @@ def adversarial_examples(
     loss: Loss | None = None,
     across_processes: bool = False,
     progress: bool = False,
+    places: np.ndarray | None = None,
 ) -> torch.Tensor:
     """The net's own white-box FGSM, or PGD (``step``, ``steps``, random start unless told
     otherwise), in batches, on the cross-entropy or on ``loss(logits, y)`` (summed over the
     batch); ``model`` should be in the mode it is evaluated in (eval mode, or frozen batch
     statistics). ``across_processes``: under torchrun the batches are split between the processes (the
     random start of row i is the i-th point's of ``seed``'s stream either way, whatever the batches)
-    and every process gets every example. ``progress``: PGD's steps as a bar (else a line a minute)."""
+    and every process gets every example. ``progress``: PGD's steps as a bar (else a line a minute).
+    ``places``: row i's random start is point ``places[i]``'s instead (rows picked out of a data
+    set: ``ThreatModel.random_start``)."""
     if method not in NET_METHODS:
         raise ValueError(f"unknown white-box method {method!r}: choose one of {', '.join(NET_METHODS)}")
     if method == "pgd" and step is None:
         raise ValueError("pgd needs a step size")
     _check_tensors(x, y)
     _check_label_shape(y, x.shape[0])  # before the first batch: its slice of y would hide a mismatch
+    if places is not None and np.shape(places) != (x.shape[0],):
+        raise ValueError(f"places must hold one place per point, {x.shape[0]}, got shape {np.shape(places)}")
     gradient = input_gradient(model, _checking_labels(classification_loss if loss is None else loss, y))
 
     def attacked(rows: slice) -> torch.Tensor:
@@ -240,7 +246,7 @@ def adversarial_examples(
         assert step is not None
         return pgd(
             gradient, x[rows], y[rows], eps=eps, step=step, steps=steps, norm=norm, random_start=random_start,
-            seed=seed, first_row=rows.start, progress=progress,
+            seed=seed, first_row=rows.start, places=None if places is None else places[rows], progress=progress,
         )  # fmt: skip
 
     return in_batches(attacked, torch.zeros_like(x), batch_size=batch_size, across_processes=across_processes)

@@ -19,10 +19,12 @@ PGD and CW start every point from its own draws of ``seed``'s stream (``attacks.
 ``first_row``), whatever the batches. With ``restarts`` R > 1 they run R times, restart r from
 the stream of ``restart_seed(seed, r)`` (restart 0: ``seed`` itself, so R = 1 is the plain
 evaluation), and a point counts as robust only if every restart leaves it correct (Madry et al.
-2018's restarts; R times the cost: every restart attacks every point, so a point's verdict still
-depends on its own draws alone); AutoAttack runs on each batch of ``batch_size`` points as a
-run of its own, seeded by ``seed`` + the batch's first row. Either way a point's verdict does not
-depend on how many processes share the batches (``across_processes``, under torchrun).
+2018's restarts). A restart after the first attacks only the points every earlier one left
+correct (clean-correct ones), each from its own place in the stream (``ThreatModel.random_start``'s
+``places``): the verdicts of attacking every point, at the cost of the points left. AutoAttack
+runs on each batch of ``batch_size`` points as a run of its own, seeded by ``seed`` + the batch's
+first row. Either way a point's verdict does not depend on how many processes share the batches
+(``across_processes``, under torchrun).
 
 Every attack is judged per point: ``robust_correct`` returns boolean arrays (point still
 classified correctly), and the worst case over the attacks counts a point only if it survives all
@@ -110,11 +112,12 @@ def _pgd_correct(
     across_processes: bool,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
+    places: np.ndarray | None = None,
 ) -> np.ndarray:
     step, steps = evaluation_schedule(channels, eps, steps)
     x_adv = adversarial_examples(
         model, x, y, method="pgd", eps=eps, step=step, steps=steps, seed=seed, loss=loss,
-        across_processes=across_processes, progress=progress,
+        across_processes=across_processes, progress=progress, places=places,
     )  # fmt: skip
     return _correct(model, x_adv, y, across_processes)
 
@@ -177,15 +180,24 @@ def robust_correct(
         else:
             method, steps = name.split("-")
             loss = cw_margin_loss if method == "cw" else None
-            for restart in range(restarts):
-                survived = _pgd_correct(
-                    net, x, y, eps=eps, steps=int(steps), channels=channels, seed=restart_seed(seed, restart),
-                    loss=loss, across_processes=across_processes, progress=progress,
-                )  # fmt: skip
-                result[name] = survived if restart == 0 else result[name] & survived
-                if restarts > 1 and restart < restarts - 1 and on_attack is not None:
-                    so_far = float((result[name] & result["clean"]).mean())
-                    on_attack(f"{name} restart {restart + 1}/{restarts}", so_far)
+            result[name] = _pgd_correct(
+                net, x, y, eps=eps, steps=int(steps), channels=channels, seed=seed, loss=loss,
+                across_processes=across_processes, progress=progress,
+            )  # fmt: skip
+            for restart in range(1, restarts):
+                if on_attack is not None:  # the accuracy under the restarts so far
+                    on_attack(f"{name} restart {restart}/{restarts}", float((result[name] & result["clean"]).mean()))
+                # a restart can only take points the earlier ones left standing: it attacks those
+                # alone, each from its own place in the stream, so with the verdicts of an attack
+                # on every point
+                standing = np.flatnonzero(result[name] & result["clean"])
+                if standing.size:
+                    rows = torch.as_tensor(standing, device=x.device)
+                    result[name][standing] = _pgd_correct(
+                        net, x[rows], y[rows], eps=eps, steps=int(steps), channels=channels,
+                        seed=restart_seed(seed, restart), loss=loss, across_processes=across_processes,
+                        progress=progress, places=standing,
+                    )  # fmt: skip
         # still correct: a point wrong clean is not robust, even where its attack lands right
         result[name] &= result["clean"]
         if on_attack is not None:

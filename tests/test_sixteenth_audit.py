@@ -32,21 +32,25 @@ RESTARTS = [
 @pytest.fixture
 def fixed_verdicts(monkeypatch):
     """``robust_correct`` with the clean verdicts ``CLEAN`` and, for the attack seeded by
-    ``restart_seed(SEED, r)``, the verdicts ``RESTARTS[r]`` (any other seed fails the test); the
-    (attack's steps, seed) of each run are listed in the order run."""
+    ``restart_seed(SEED, r)``, the verdicts ``RESTARTS[r]`` of the points it is given (any other
+    seed fails the test); the (attack's steps, seed, places) of each run are listed in the order
+    run, places None for every point, and each run's points are checked to be those places'."""
     by_seed = {restart_seed(SEED, r): verdicts for r, verdicts in enumerate(RESTARTS)}
-    runs: list[tuple[int, int]] = []
+    runs: list[tuple[int, int, list[int] | None]] = []
+    images = torch.rand(len(CLEAN), 1, 2, 2)
 
-    def attacked(model, x, y, *, steps, seed, **kwargs):
-        runs.append((steps, seed))
+    def attacked(model, x, y, *, steps, seed, places=None, **kwargs):
+        runs.append((steps, seed, None if places is None else places.tolist()))
         if seed not in by_seed:
             pytest.fail(f"an attack seeded {seed}, no restart's seed")
-        return by_seed[seed].copy()
+        chosen = slice(None) if places is None else places
+        assert torch.equal(x, images[chosen]), "the points attacked are not those of their places"
+        return by_seed[seed][chosen].copy()
 
     monkeypatch.setattr(evaluation, "_pgd_correct", attacked)
     monkeypatch.setattr(evaluation, "_correct", lambda model, x, y, across_processes: CLEAN.copy())
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
-    return net, torch.rand(len(CLEAN), 1, 2, 2), torch.zeros(len(CLEAN), dtype=torch.long), runs
+    return net, images, torch.zeros(len(CLEAN), dtype=torch.long), runs
 
 
 def test_each_restart_line_counts_the_clean_correct_points_that_survived_every_restart_so_far(fixed_verdicts):
@@ -62,7 +66,9 @@ def test_each_restart_line_counts_the_clean_correct_points_that_survived_every_r
         on_attack=lambda name, accuracy: said.append((name, accuracy)),
     )  # fmt: skip
     seeds = [restart_seed(SEED, r) for r in range(3)]
-    assert runs == [(20, s) for s in seeds] + [(100, s) for s in seeds]
+    # the first restart attacks every point, the later ones the clean-correct points still standing
+    standing = [None, [0, 1, 2, 3], [0, 1, 3]]
+    assert runs == [(steps, s, p) for steps in (20, 100) for s, p in zip(seeds, standing, strict=True)]
     expected = CLEAN & RESTARTS[0] & RESTARTS[1] & RESTARTS[2]
     assert expected.tolist() == [0, 1, 0, 1, 0, 0, 0, 0]
     for name in ("pgd-20", "cw-100"):

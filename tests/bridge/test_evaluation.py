@@ -136,7 +136,8 @@ def test_restart_seeds_start_at_the_seed_and_meet_no_other_seed():
 def test_restarts_count_a_point_only_if_every_start_fails(trained_digits_net):
     """``restarts=3``: PGD-20 and CW-100 each run from the starts of ``restart_seed(5, r)``, r = 0,
     1, 2, and a point is robust only if clean-correct and correct after all three; computed here
-    by hand from ``adversarial_examples`` (the independent route). ``restarts=1`` is the plain
+    by hand from ``adversarial_examples`` on every point in every restart (the independent route:
+    ``robust_correct`` attacks only the points still standing). ``restarts=1`` is the plain
     evaluation, and ``on_attack`` reports the accuracy under the restarts so far after each."""
     from ntkrobust.attacks import evaluation_schedule
     from ntkrobust.bridge.adversarial import adversarial_examples, predict
