@@ -180,24 +180,25 @@ def robust_correct(
         else:
             method, steps = name.split("-")
             loss = cw_margin_loss if method == "cw" else None
-            result[name] = _pgd_correct(
-                net, x, y, eps=eps, steps=int(steps), channels=channels, seed=seed, loss=loss,
-                across_processes=across_processes, progress=progress,
-            )  # fmt: skip
-            for restart in range(1, restarts):
-                if on_attack is not None:  # the accuracy under the restarts so far
-                    on_attack(f"{name} restart {restart}/{restarts}", float((result[name] & result["clean"]).mean()))
-                # a restart can only take points the earlier ones left standing: it attacks those
-                # alone, each from its own place in the stream, so with the verdicts of an attack
-                # on every point
-                standing = np.flatnonzero(result[name] & result["clean"])
-                if standing.size:
-                    rows = torch.as_tensor(standing, device=x.device)
-                    result[name][standing] = _pgd_correct(
-                        net, x[rows], y[rows], eps=eps, steps=int(steps), channels=channels,
-                        seed=restart_seed(seed, restart), loss=loss, across_processes=across_processes,
-                        progress=progress, places=standing,
-                    )  # fmt: skip
+            result[name] = np.zeros(x.shape[0], dtype=bool)
+            standing: np.ndarray | None = None  # the points attacked: every one in the first restart
+            for restart in range(restarts):
+                if restart:
+                    if on_attack is not None:  # the accuracy under the restarts so far
+                        so_far = float((result[name] & result["clean"]).mean())
+                        on_attack(f"{name} restart {restart}/{restarts}", so_far)
+                    # a later restart can only take points the earlier ones left standing: it attacks
+                    # those alone, each from its own place in the stream, so with the verdicts of an
+                    # attack on every point
+                    standing = np.flatnonzero(result[name] & result["clean"])
+                    if not standing.size:
+                        continue
+                rows = slice(None) if standing is None else torch.as_tensor(standing, device=x.device)
+                result[name][slice(None) if standing is None else standing] = _pgd_correct(
+                    net, x[rows], y[rows], eps=eps, steps=int(steps), channels=channels,
+                    seed=restart_seed(seed, restart), loss=loss, across_processes=across_processes,
+                    progress=progress, places=standing,
+                )  # fmt: skip
         # still correct: a point wrong clean is not robust, even where its attack lands right
         result[name] &= result["clean"]
         if on_attack is not None:
