@@ -496,6 +496,14 @@ def _transfer_parser(p: argparse.ArgumentParser) -> None:
         help="a net whose white-box examples attack the targets, not itself a target (same forms); repeat",
     )
     g.add_argument(
+        "--examples",
+        action="append",
+        default=[],
+        metavar="NPZ",
+        help="examples saved by an earlier run on the same test points and within --eps (attack's adversarial.npz, "
+        "transfer's examples.npz) attack the targets as black-box sources; repeat",
+    )
+    g.add_argument(
         "--trust-model-code",
         action="store_true",
         help="also load TorchScript and .pt2 files as targets and sources: loading them runs code from the file "
@@ -506,7 +514,8 @@ def _transfer_parser(p: argparse.ArgumentParser) -> None:
         "--kernel-arch",
         action="append",
         choices=ARCHITECTURES,
-        help="analytic NTK whose machine crafts black-box examples; repeat (default fc2 unless --surrogate)",
+        help="analytic NTK whose machine crafts black-box examples; repeat (default fc2 unless --surrogate or "
+        "--examples)",
     )
     g.add_argument(
         "--surrogate",

@@ -170,16 +170,19 @@ class NpzError(ValueError):
     """An .npz that cannot be read as plain arrays; the message is one line without the path."""
 
 
-def read_npz(path: Path, keys: Sequence[str], *, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
-    """The arrays ``keys`` (those it holds) of the .npz at ``path``, never unpickling; ``NpzError``
-    when it is not a zip archive of plain arrays (``np.load`` reads a .npy as one array and any
-    other file as a pickle) or lacks one of ``required``."""
+def read_npz(path: Path, keys: Sequence[str] | None, *, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (those it holds; None: all of them, in the archive's order) of the .npz
+    at ``path``, never unpickling; ``NpzError`` when it is not a zip archive of plain arrays
+    (``np.load`` reads a .npy as one array and any other file as a pickle) or lacks one of ``required``."""
     unreadable = unreadable_reason(path)
     if unreadable:
         raise NpzError(unreadable)
     if not zipfile.is_zipfile(path):
         raise NpzError("not an .npz (zip) archive, or a truncated one")
     try:
+        if keys is None:
+            with zipfile.ZipFile(path) as archive:
+                keys = [info.filename.removesuffix(".npy") for info in archive.infolist()]
         _check_declared_sizes(path, keys)
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in required if k not in data.files]

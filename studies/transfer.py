@@ -2,7 +2,9 @@
 machines of analytic architectures (before any training, TK sec. 3.2) and from empirical-NTK
 surrogates (a kernel machine on the eNTK of nets at initialisation, supp. B) attack trained target
 nets, beside each net's own white-box attack and random-sign noise of the same ε; every net's
-own examples also attack every other net (transferability τ, LOO sec. 5).
+own examples also attack every other net (transferability τ, LOO sec. 5); examples saved by an
+earlier run (``--examples``: ``attack``'s adversarial.npz, ``transfer``'s examples.npz) attack
+them as further black-box sources (``_saved_examples``).
 
 Outputs: ``results.json``, ``transfer.png``, ``transferability.png`` (LOO fig. 3, when run
 folders give a series), ``examples.npz``.
@@ -21,6 +23,7 @@ from ntkrobust._numbers import pixel_radius
 from ntkrobust._progress import progress_iter
 from ntkrobust.attacks.spec import NET_METHODS
 from ntkrobust.studies._base import (
+    UNKEYED_AT_DEFAULT,
     Clock,
     StagedOutput,
     StudyError,
@@ -45,6 +48,7 @@ from ntkrobust.studies._common import (
     torch_device,
     training_subset,
 )
+from ntkrobust.studies._saved_examples import KIND, check_example_files, saved_examples
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class TransferSettings:
     source: tuple[str, ...] = ()  # nets whose white-box examples attack the targets (same forms)
     trust_model_code: bool = False  # load TorchScript / .pt2 targets and sources (their loading runs code)
     data: DataSettings = field(default_factory=DataSettings)
-    kernel_arch: tuple[str, ...] | None = None  # default fc2 unless surrogates are given
+    kernel_arch: tuple[str, ...] | None = None  # default fc2 unless surrogates or saved examples are given
     surrogate: tuple[str, ...] = ()  # MODEL[:WIDTH] of empirical-NTK surrogates
     kernel_n: int | None = None
     surrogate_nets: int = 1
@@ -63,6 +67,8 @@ class TransferSettings:
     machine: MachineSettings = field(default_factory=MachineSettings)
     method: str = "fgsm"
     threat: ThreatSettings = field(default_factory=ThreatSettings)
+    # .npz files of examples made by an earlier run: black-box sources (studies._saved_examples)
+    examples: tuple[str, ...] = field(default=(), metadata=UNKEYED_AT_DEFAULT)
 
     COUNTS: ClassVar[dict[str, int]] = {
         "kernel_n": 1,
@@ -220,6 +226,7 @@ def _target_row(target: Any, evaluation: Any, about: dict[str, dict[str, Any]]) 
         "white_box_accuracy": evaluation.white_box_accuracy,
         "ntk_attack_accuracy": _accuracies_of(evaluation.sources, about, "ntk"),
         "surrogate_attack_accuracy": _accuracies_of(evaluation.sources, about, "entk-surrogate"),
+        "file_attack_accuracy": _accuracies_of(evaluation.sources, about, KIND),
         "random_accuracy": evaluation.random_accuracy,
         "transfer_accuracy": evaluation.sources,
         "transferability": evaluation.transferability(),
@@ -245,10 +252,11 @@ def _matrix(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str,
 
 def _architectures(settings: TransferSettings) -> list[str]:
     """The analytic NTK machines' architectures, once the flags and files are checked."""
-    arch_names = list(settings.kernel_arch or ([] if settings.surrogate else ["fc2"]))
+    arch_names = list(settings.kernel_arch or ([] if settings.surrogate or settings.examples else ["fc2"]))
     check_unique(arch_names, "--kernel-arch", "an architecture")
     check_distinct_files(settings.target, "--target")
     check_distinct_files(settings.source, "--source")
+    check_example_files(settings.examples)
     targets = {file_key(spec): spec for spec in settings.target}
     for spec in settings.source:  # its column would repeat the target's own attack as a transfer (τ = 1)
         if file_key(spec) in targets:
@@ -299,12 +307,16 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
         )
         targets, extra_sources = nets[: len(settings.target)], nets[len(settings.target) :]
         x_test, y_test = data.x_test, data.y_test
+        made_here = [*(f"NTK {a}" for a in arch_names), *(f"eNTK {s}" for s in surrogates), *(n.label for n in nets)]
+        saved, saved_about = saved_examples(settings.examples, x_test, y_test, attack, taken=made_here)
         y_index = task_indices(y_test, data.classes)
         clock.mark("targets", f"data and {len(nets)} net(s) loaded")
     sources, about, notes, kernel_n = _black_box_sources(
         settings, arch_names, surrogates, fit_data, attack, device, progress
     )
     notes[:0] = attack_notes
+    sources.update(saved)  # after the ones made here, before the nets' own
+    about.update(saved_about)
     clock.mark("black_box", f"black-box examples of {len(sources)} source(s)")
     for i, net in enumerate(progress_iter(nets, "white-box examples", "net", show=progress)):
         sources[net.label] = white_box_examples(net.model, x_test, y_index, attack, device=device)
@@ -338,6 +350,7 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
         "surrogate_nets": settings.surrogate_nets,
         "surrogate_n": settings.surrogate_n,
         "surrogate_ridge": settings.surrogate_ridge,
+        "examples": list(settings.examples),
         "attack": attack.to_dict(),
         "device": str(device),
     }

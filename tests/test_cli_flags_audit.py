@@ -189,6 +189,7 @@ ROWS = {
         *DATA,
         (["--target", "a.pt", "--target", "b.pt"], "target", ("a.pt", "b.pt")),
         (["--source", "c.pt"], "source", ("c.pt",)),
+        (["--examples", "a.npz", "--examples", "b.npz"], "examples", ("a.npz", "b.npz")),
         (["--trust-model-code"], "trust_model_code", True),
         (["--kernel-arch", "fc1", "--kernel-arch", "CONV1"], "kernel_arch", ("fc1", "conv1")),
         (["--surrogate", "fc2:16"], "surrogate", ("fc2:16",)),
