@@ -64,14 +64,13 @@ def saved_examples(
             raise StudyError(f"--examples {spec} holds no examples, only {', '.join(arrays)}")
         folder = Path(spec).resolve().parent.name or Path(spec).stem
         for key in keys:
-            examples = _checked(spec, key, arrays[key], x, attack)
+            examples, sizes = _checked(spec, key, arrays[key], x, attack)
             name = f"{KIND} {folder}" if len(keys) == 1 else f"{KIND} {folder} {key}"
             base, i = name, 2
             while name in names:
                 name, i = f"{base} ({i})", i + 1
             names.add(name)
             sources[name] = examples
-            sizes = _sizes(examples, x)
             about[name] = {"kind": KIND, "file": str(spec), "array": key, "sha256": digest, **sizes}
     return sources, about
 
@@ -102,8 +101,11 @@ def _read(spec: str, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _checked(spec: str, key: str, examples: np.ndarray, x: np.ndarray, attack: Any) -> np.ndarray:
-    """``examples`` as x's dtype, once they are images in [0, 1] within ``attack``'s ε of x."""
+def _checked(
+    spec: str, key: str, examples: np.ndarray, x: np.ndarray, attack: Any
+) -> tuple[np.ndarray, dict[str, float]]:
+    """``examples`` as x's dtype, once they are images in [0, 1] within ``attack``'s ε of x, and
+    their sizes: the largest ℓ∞ move and the mean ℓ2 move."""
     where = f"--examples {spec}: its array {key}"
     if examples.shape != x.shape:
         raise StudyError(f"{where} has shape {examples.shape}, not its points' {x.shape}")
@@ -114,20 +116,14 @@ def _checked(spec: str, key: str, examples: np.ndarray, x: np.ndarray, attack: A
         raise StudyError(f"{where} holds values outside [0, 1]: not images as this tool writes them")
     from ntkrobust.attacks import EPS_SLACK, perturbation_norms
 
-    size = float(perturbation_norms(examples, x)[attack.norm].max(initial=0.0))
+    norms = perturbation_norms(examples, x)
+    size = float(norms[attack.norm].max(initial=0.0))
     if size > attack.eps + EPS_SLACK:  # a larger ε than the other columns': no comparison
         raise StudyError(
             f"{where} moves a point {size:.4g} from it in {attack.norm}, beyond this run's --eps "
             f"{pixel_radius(attack.eps)}: give the ε it was made with"
         )
-    return examples
-
-
-def _sizes(examples: np.ndarray, x: np.ndarray) -> dict[str, float]:
-    from ntkrobust.attacks import perturbation_norms
-
-    sizes = perturbation_norms(examples, x)
-    return {"linf_max": float(sizes["linf"].max(initial=0.0)), "l2_mean": float(sizes["l2"].mean())}
+    return examples, {"linf_max": float(norms["linf"].max(initial=0.0)), "l2_mean": float(norms["l2"].mean())}
 
 
 def _sha256(path: Path) -> str:
