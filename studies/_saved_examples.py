@@ -5,7 +5,10 @@ array but ``x``, ``y`` and ``random_sign``). A column from a file compares with 
 columns only on the same points and within the same threat model, so both are checked before
 any compute: the file's ``x`` and ``y`` equal the run's test points and labels bit for bit, and
 every example lies in [0, 1] within the run's ε of its point (``attacks.EPS_SLACK``, as for the
-attacks' own contract). The arrays are read without unpickling (``bridge.files.read_npz``).
+attacks' own contract). The arrays are read without unpickling (``bridge.files.read_npz``). What
+made a file is recorded as found: the command and config of the ``results.json`` beside it, which
+this tool writes there (read as plain JSON, not checked against the file; absent when there is
+none or it cannot be read: a file from elsewhere has its path and sha256 alone).
 
 Shapes, written once: x (N, C, H, W) float32 in [0, 1]; y (N,) class ids; every examples array
 of a file has x's shape.
@@ -63,6 +66,7 @@ def saved_examples(
         if not keys:
             raise StudyError(f"--examples {spec} holds no examples, only {', '.join(arrays)}")
         folder = Path(spec).resolve().parent.name or Path(spec).stem
+        made_by = _made_by(Path(spec).resolve().parent / "results.json")
         for key in keys:
             examples, sizes = _checked(spec, key, arrays[key], x, attack)
             name = f"{KIND} {folder}" if len(keys) == 1 else f"{KIND} {folder} {key}"
@@ -71,7 +75,7 @@ def saved_examples(
                 name, i = f"{base} ({i})", i + 1
             names.add(name)
             sources[name] = examples
-            about[name] = {"kind": KIND, "file": str(spec), "array": key, "sha256": digest, **sizes}
+            about[name] = {"kind": KIND, "file": str(spec), "array": key, "sha256": digest, **sizes, **made_by}
     return sources, about
 
 
@@ -124,6 +128,28 @@ def _checked(
             f"{pixel_radius(attack.eps)}: give the ε it was made with"
         )
     return examples, {"linf_max": float(norms["linf"].max(initial=0.0)), "l2_mean": float(norms["l2"].mean())}
+
+
+#: the largest ``results.json`` read for a file's provenance (this tool's are kilobytes)
+RECORD_BYTES = 1 << 20
+
+
+def _made_by(record: Path) -> dict[str, Any]:
+    """``{"made_by": {"command", "config"}}`` of the run record ``record`` where it is one of this
+    tool's (a JSON object naming its command and config), else nothing."""
+    from ntkrobust.bridge.files import JsonFileError, read_json
+
+    try:
+        if not record.is_file() or record.stat().st_size > RECORD_BYTES:
+            return {}
+        found = read_json(record)
+    except (JsonFileError, OSError):
+        return {}
+    if not (
+        isinstance(found, dict) and isinstance(found.get("command"), str) and isinstance(found.get("config"), dict)
+    ):
+        return {}
+    return {"made_by": {"command": found["command"], "config": found["config"]}}
 
 
 def _sha256(path: Path) -> str:

@@ -60,7 +60,9 @@ def test_attack_files_examples_give_the_column_of_the_same_ntk_machine(saved):
         "sha256": digest,
         "linf_max": pytest.approx(0.2, abs=1e-6),
         "l2_mean": source["l2_mean"],
+        "made_by": {"command": "attack", "config": json.loads((made / "results.json").read_text())["config"]},
     }
+    assert source["made_by"]["config"]["method"] == "fgsm" and source["made_by"]["config"]["arch"] == "fc1"
     assert result.record["config"]["examples"] == [str(made / "adversarial.npz")]
     assert result.record["matrix"]["columns"][3:5] == ["NTK fc1", "file fc1-attack"]
     assert "file fc1-attack" in result.summary()
@@ -84,6 +86,7 @@ def test_a_transfer_runs_examples_file_feeds_another_run_without_the_default_mac
         "transfer file_fc1_attack": before["file_attack_accuracy"]["fc1-attack"],
     }
     assert [s["array"] for s in record["sources"] if s["kind"] == "file"] == ["ntk_fc1", "file_fc1_attack"]
+    assert {s["made_by"]["command"] for s in record["sources"] if s["kind"] == "file"} == {"transfer"}
 
 
 def test_names_that_repeat_are_numbered(saved, two_layer_nets, binary_task, tmp_path):
@@ -191,3 +194,33 @@ def test_the_examples_flag_reaches_the_command_line(saved, two_layer_nets, tmp_p
     assert main(argv) == 0
     record = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(record["targets"][0]["file_attack_accuracy"]) == ["fc1-attack"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [None, "{not json", '["attack"]', '{"command": "attack"}', '{"command": 3, "config": {}}', "fifo", "large"],
+)
+def test_a_file_without_a_record_of_this_tool_beside_it_has_its_path_and_digest_alone(
+    saved, two_layer_nets, binary_task, tmp_path, record
+):
+    import os
+
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    shutil.copy(saved[0] / "adversarial.npz", folder / "adversarial.npz")
+    beside = folder / "results.json"
+    if record == "fifo":  # would block a reader that opened it
+        os.mkfifo(beside)
+    elif record == "large":  # a record of this tool's form, but over the bound read for provenance
+        beside.write_text(json.dumps({"command": "attack", "config": {"pad": "x" * (1 << 20)}}))
+    elif record is not None:
+        beside.write_text(record)
+    settings = TransferSettings(
+        target=(str(two_layer_nets[1] / "net_w300_s0.pt"),),
+        data=binary_task,
+        examples=(str(folder / "adversarial.npz"),),
+        threat=EPS,
+    )
+    source = transfer.run(settings).record["sources"][0]
+    assert source["kind"] == "file" and "made_by" not in source
+    assert source["sha256"] == hashlib.sha256((folder / "adversarial.npz").read_bytes()).hexdigest()
