@@ -369,6 +369,8 @@ def run(settings: TransferSettings, *, progress: bool = False, argv: list[str] |
         f"eps {pixel_radius(attack.eps)} ({attack.norm}"
         f"{steps}); accuracy = share still correct"
     )
+    if saved:  # the attack named above made the other columns; a file's made its own, within this ε
+        subtitle += f"; '{KIND}' columns: examples read from files, made by their own attacks within this eps"
     arrays = {"x": x_test, "y": y_test, "random_sign": noisy, **{_array_name(n): sources[n] for n in black_box}}
     curves = transferability_series(targets, extra_sources, rows)
     return TransferResult(record, arrays=arrays, figures={"subtitle": subtitle, "curves": curves})

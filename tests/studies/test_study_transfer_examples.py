@@ -66,6 +66,10 @@ def test_attack_files_examples_give_the_column_of_the_same_ntk_machine(saved):
     assert result.record["config"]["examples"] == [str(made / "adversarial.npz")]
     assert result.record["matrix"]["columns"][3:5] == ["NTK fc1", "file fc1-attack"]
     assert "file fc1-attack" in result.summary()
+    assert result.figures["subtitle"].endswith(
+        "FGSM eps 0.2 (linf); accuracy = share still correct; 'file' columns: examples read from files, made by "
+        "their own attacks within this eps"
+    )
 
 
 def test_a_transfer_runs_examples_file_feeds_another_run_without_the_default_machine(
