@@ -5,6 +5,7 @@ messages tell the reader to load the file unsafely)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -46,6 +47,20 @@ def write_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def add_file_bytes(digest: Any, path: Path) -> None:
+    """Feed the bytes of the file ``path`` to ``digest`` (a ``hashlib`` object), a MiB at a time."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of one file's bytes (hex)."""
+    digest = hashlib.sha256()
+    add_file_bytes(digest, path)
+    return digest.hexdigest()
 
 
 def json_safe(value: Any) -> Any:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ntkrobust._numbers import is_real
-from ntkrobust.bridge.files import JsonFileError, read_json, write_json
+from ntkrobust.bridge.files import JsonFileError, add_file_bytes, file_digest, read_json, write_json
 from ntkrobust.reproduce._recipe import Context, Step, record_file, step_config, step_key
 from ntkrobust.studies._base import log, restart_gpu_peak
 
@@ -43,26 +43,13 @@ class StepRun:
         return dataclasses.asdict(self)
 
 
-def _add_bytes(digest: Any, path: Path) -> None:
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-
-
 def _folder_digest(folder: Path) -> str:
     """SHA-256 over every file under ``folder`` (relative path and bytes, in sorted order)."""
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        _add_bytes(digest, path)
+        add_file_bytes(digest, path)
         digest.update(b"\0")
-    return digest.hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    """SHA-256 of one file's bytes."""
-    digest = hashlib.sha256()
-    _add_bytes(digest, path)
     return digest.hexdigest()
 
 
@@ -132,7 +119,7 @@ class StepStore:
         # the file the checks read, as the step wrote it (a record of an earlier version holds no
         # digest and is taken as it is); the checkpoints beside it are not hashed again here: at
         # paper scale they are gigabytes, and no check reads them
-        if "record_sha256" in record and record["record_sha256"] != _file_digest(output):
+        if "record_sha256" in record and record["record_sha256"] != file_digest(output):
             return None, f"its {record_file(step)} changed after the step finished"
         return record, ""
 
@@ -191,7 +178,7 @@ class StepStore:
         said = _warnings(result.record)
         record = {
             "key": key, "seconds": seconds, "folder_sha256": _folder_digest(folder),
-            "record_sha256": _file_digest(folder / record_file(step)), "warnings": list(said),
+            "record_sha256": file_digest(folder / record_file(step)), "warnings": list(said),
         }  # fmt: skip
         record |= config
         write_json(self._record_path(step.name), record)

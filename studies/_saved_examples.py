@@ -16,7 +16,6 @@ of a file has x's shape.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ntkrobust._numbers import pixel_radius
+from ntkrobust.bridge.files import file_digest
 from ntkrobust.studies._errors import StudyError
 
 #: the arrays of a saved file that are no source's examples: the points, the labels and
@@ -37,16 +37,13 @@ KIND = "file"
 def check_example_files(paths: Sequence[str]) -> None:
     """Refuse a missing, unreadable or repeated ``--examples`` file: before the data loads."""
     from ntkrobust.bridge.files import not_a_file
+    from ntkrobust.studies._common import check_distinct_files
 
-    seen: dict[Path, str] = {}
     for spec in paths:
         why = not_a_file(Path(spec))
         if why:
             raise StudyError(f"--examples {spec} {why}")
-        resolved = Path(spec).resolve()
-        if resolved in seen:
-            raise StudyError(f"--examples {spec} is named twice (also as {seen[resolved]})")
-        seen[resolved] = spec
+    check_distinct_files(paths, "--examples")  # as a net named twice is refused
 
 
 def saved_examples(
@@ -61,7 +58,7 @@ def saved_examples(
     names = set(taken)
     for spec in paths:
         arrays = _read(spec, x, y)
-        digest = _sha256(Path(spec))
+        digest = file_digest(Path(spec))
         keys = [k for k in arrays if k not in NOT_EXAMPLES]
         if not keys:
             raise StudyError(f"--examples {spec} holds no examples, only {', '.join(arrays)}")
@@ -150,11 +147,3 @@ def _made_by(record: Path) -> dict[str, Any]:
     ):
         return {}
     return {"made_by": {"command": found["command"], "config": found["config"]}}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
